@@ -1,0 +1,28 @@
+//! The Kubernetes object model as nanokube serves it.
+//!
+//! Objects stay `serde_json::Value` on the server's generic path (as the design brief
+//! asks); this crate holds everything about them that is pure data and logic:
+//!
+//! - [`resources`]: the table of built-in resources (group, version, kind, plural,
+//!   scope, verbs, short names, subresources) that discovery, routing and storage read.
+//! - [`error`]: [`error::ApiError`], rendered as a `metav1.Status` with upstream's codes,
+//!   reasons and messages.
+//! - [`selector`]: label and field selectors with upstream's syntax and errors.
+//! - [`table`]: server-side `Table` rendering with upstream's default columns.
+//! - [`validation`] and [`defaults`]: per-kind checks and defaults clients read back.
+//! - [`meta`]: small helpers over `metadata`, timestamps and generated names.
+//! - [`protobuf`]: decoding of kubectl's protobuf request bodies into JSON.
+//!
+//! Invariant: this crate never does IO and never blocks.
+
+pub mod defaults;
+pub mod error;
+pub mod meta;
+pub mod protobuf;
+pub mod resources;
+pub mod selector;
+pub mod table;
+pub mod validation;
+
+pub use error::ApiError;
+pub use resources::ResourceDef;

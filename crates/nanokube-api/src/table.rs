@@ -1,0 +1,511 @@
+//! Server-side `Table` rendering (`Accept: application/json;as=Table;g=meta.k8s.io;v=v1`)
+//! with upstream's default columns. kubectl has no compiled-in printers: what is here is
+//! what `kubectl get` shows.
+
+use serde_json::{json, Value};
+use time::OffsetDateTime;
+
+use crate::meta::{age, human_duration, parse_time};
+
+/// A column definition.
+#[derive(Debug, Clone, Copy)]
+pub struct Column {
+    /// Header, e.g. `Name`.
+    pub name: &'static str,
+    /// `string`, `integer`, `date`.
+    pub ty: &'static str,
+    /// `name` for the name column, else empty.
+    pub format: &'static str,
+    /// 0 always shown; 1 only with `-o wide`.
+    pub priority: u8,
+}
+
+const fn col(name: &'static str, priority: u8) -> Column {
+    Column { name, ty: "string", format: "", priority }
+}
+const NAME: Column = Column { name: "Name", ty: "string", format: "name", priority: 0 };
+const AGE: Column = Column { name: "Age", ty: "string", format: "", priority: 0 };
+
+/// The columns of a resource (by group and plural).
+pub fn columns(group: &str, plural: &str) -> Vec<Column> {
+    match (group, plural) {
+        ("", "pods") => vec![NAME, col("Ready", 0), col("Status", 0), col("Restarts", 0), AGE, col("IP", 1), col("Node", 1), col("Nominated Node", 1), col("Readiness Gates", 1)],
+        ("", "services") => vec![NAME, col("Type", 0), col("Cluster-IP", 0), col("External-IP", 0), col("Port(s)", 0), AGE, col("Selector", 1)],
+        ("apps", "deployments") => vec![NAME, col("Ready", 0), col("Up-to-date", 0), col("Available", 0), AGE, col("Containers", 1), col("Images", 1), col("Selector", 1)],
+        ("apps", "replicasets") | ("", "replicationcontrollers") => vec![NAME, col("Desired", 0), col("Current", 0), col("Ready", 0), AGE, col("Containers", 1), col("Images", 1), col("Selector", 1)],
+        ("apps", "statefulsets") => vec![NAME, col("Ready", 0), AGE, col("Containers", 1), col("Images", 1)],
+        ("apps", "daemonsets") => vec![NAME, col("Desired", 0), col("Current", 0), col("Ready", 0), col("Up-to-date", 0), col("Available", 0), col("Node Selector", 0), AGE, col("Containers", 1), col("Images", 1), col("Selector", 1)],
+        ("", "namespaces") => vec![NAME, col("Status", 0), AGE],
+        ("", "secrets") => vec![NAME, col("Type", 0), col("Data", 0), AGE],
+        ("", "serviceaccounts") => vec![NAME, col("Secrets", 0), AGE],
+        ("", "configmaps") => vec![NAME, col("Data", 0), AGE],
+        ("", "endpoints") => vec![NAME, col("Endpoints", 0), AGE],
+        ("", "nodes") => vec![NAME, col("Status", 0), col("Roles", 0), AGE, col("Version", 0), col("Internal-IP", 1), col("External-IP", 1), col("OS-Image", 1), col("Kernel-Version", 1), col("Container-Runtime", 1)],
+        ("", "events") => vec![col("Last Seen", 0), col("Type", 0), col("Reason", 0), col("Object", 0), col("Message", 0), col("Subobject", 1), col("Source", 1), col("First Seen", 1), col("Count", 1), Column { name: "Name", ty: "string", format: "name", priority: 1 }],
+        ("", "persistentvolumeclaims") => vec![NAME, col("Status", 0), col("Volume", 0), col("Capacity", 0), col("Access Modes", 0), col("StorageClass", 0), col("VolumeAttributesClass", 0), AGE, col("VolumeMode", 1)],
+        ("", "persistentvolumes") => vec![NAME, col("Capacity", 0), col("Access Modes", 0), col("Reclaim Policy", 0), col("Status", 0), col("Claim", 0), col("StorageClass", 0), col("VolumeAttributesClass", 0), col("Reason", 0), AGE, col("VolumeMode", 1)],
+        ("", "resourcequotas") => vec![NAME, AGE, col("Request", 0), col("Limit", 0)],
+        ("", "limitranges") => vec![NAME, col("Created At", 0)],
+        ("batch", "jobs") => vec![NAME, col("Status", 0), col("Completions", 0), col("Duration", 0), AGE, col("Containers", 1), col("Images", 1), col("Selector", 1)],
+        ("batch", "cronjobs") => vec![NAME, col("Schedule", 0), col("Timezone", 0), col("Suspend", 0), col("Active", 0), col("Last Schedule", 0), AGE, col("Containers", 1), col("Images", 1), col("Selector", 1)],
+        ("rbac.authorization.k8s.io", "rolebindings") | ("rbac.authorization.k8s.io", "clusterrolebindings") => vec![NAME, col("Role", 0), AGE, col("Users", 1), col("Groups", 1), col("ServiceAccounts", 1)],
+        ("rbac.authorization.k8s.io", "roles") | ("rbac.authorization.k8s.io", "clusterroles") => vec![NAME, col("Created At", 0)],
+        ("networking.k8s.io", "ingresses") => vec![NAME, col("Class", 0), col("Hosts", 0), col("Address", 0), col("Ports", 0), AGE],
+        ("networking.k8s.io", "networkpolicies") => vec![NAME, col("Pod-Selector", 0), AGE],
+        ("discovery.k8s.io", "endpointslices") => vec![NAME, col("AddressType", 0), col("Ports", 0), col("Endpoints", 0), AGE],
+        ("coordination.k8s.io", "leases") => vec![NAME, col("Holder", 0), AGE],
+        ("policy", "poddisruptionbudgets") => vec![NAME, col("Min Available", 0), col("Max Unavailable", 0), col("Allowed Disruptions", 0), AGE],
+        ("storage.k8s.io", "storageclasses") => vec![NAME, col("Provisioner", 0), col("ReclaimPolicy", 0), col("VolumeBindingMode", 0), col("AllowVolumeExpansion", 0), AGE],
+        _ => vec![NAME, AGE],
+    }
+}
+
+/// The `columnDefinitions` array for a resource.
+pub fn column_definitions(group: &str, plural: &str) -> Value {
+    Value::Array(
+        columns(group, plural)
+            .iter()
+            .map(|c| {
+                json!({"name": c.name, "type": c.ty, "format": c.format, "description": describe(c.name), "priority": c.priority})
+            })
+            .collect(),
+    )
+}
+
+fn describe(col: &str) -> String {
+    match col {
+        "Name" => "Name must be unique within a namespace. Is required when creating resources, although some resources may allow a client to request the generation of an appropriate name automatically. Name is primarily intended for creation idempotence and configuration definition. Cannot be updated. More info: https://kubernetes.io/docs/concepts/overview/working-with-objects/names#names".into(),
+        "Age" => "CreationTimestamp is a timestamp representing the server time when this object was created. It is not guaranteed to be set in happens-before order across separate operations. Clients may not set this value. It is represented in RFC3339 form and is in UTC.".into(),
+        other => other.to_string(),
+    }
+}
+
+fn s<'a>(v: &'a Value, ptr: &str) -> &'a str {
+    v.pointer(ptr).and_then(Value::as_str).unwrap_or("")
+}
+fn i(v: &Value, ptr: &str) -> i64 {
+    v.pointer(ptr).and_then(Value::as_i64).unwrap_or(0)
+}
+fn none_if_empty(x: String) -> Value {
+    if x.is_empty() {
+        json!("<none>")
+    } else {
+        json!(x)
+    }
+}
+fn arr<'a>(v: &'a Value, ptr: &str) -> &'a [Value] {
+    v.pointer(ptr).and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[])
+}
+fn count_map(v: &Value, ptr: &str) -> usize {
+    v.pointer(ptr).and_then(Value::as_object).map_or(0, |m| m.len())
+}
+
+fn selector_string(sel: Option<&Value>) -> String {
+    match sel {
+        Some(Value::Object(m)) if m.contains_key("matchLabels") || m.contains_key("matchExpressions") => {
+            crate::selector::LabelSelector::from_object(&Value::Object(m.clone())).map(|s| s.to_string_form()).unwrap_or_default()
+        }
+        Some(Value::Object(m)) => m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect::<Vec<_>>().join(","),
+        _ => String::new(),
+    }
+}
+
+fn containers_images(v: &Value, ptr: &str) -> (String, String) {
+    let cs = arr(v, ptr);
+    let names = cs.iter().map(|c| s(c, "/name")).collect::<Vec<_>>().join(",");
+    let images = cs.iter().map(|c| s(c, "/image")).collect::<Vec<_>>().join(",");
+    (names, images)
+}
+
+fn service_ports(svc: &Value) -> String {
+    let ports = arr(svc, "/spec/ports");
+    if ports.is_empty() {
+        return "<none>".into();
+    }
+    ports
+        .iter()
+        .map(|p| {
+            let proto = p.get("protocol").and_then(Value::as_str).unwrap_or("TCP");
+            match p.get("nodePort").and_then(Value::as_i64) {
+                Some(np) if np > 0 => format!("{}:{}/{}", i(p, "/port"), np, proto),
+                _ => format!("{}/{}", i(p, "/port"), proto),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn service_external_ip(svc: &Value) -> String {
+    let ty = s(svc, "/spec/type");
+    let external: Vec<&str> = arr(svc, "/spec/externalIPs").iter().filter_map(Value::as_str).collect();
+    match ty {
+        "ExternalName" => s(svc, "/spec/externalName").to_string(),
+        "LoadBalancer" => {
+            let mut ips: Vec<String> = arr(svc, "/status/loadBalancer/ingress")
+                .iter()
+                .map(|ing| if !s(ing, "/ip").is_empty() { s(ing, "/ip").to_string() } else { s(ing, "/hostname").to_string() })
+                .collect();
+            ips.extend(external.iter().map(|x| x.to_string()));
+            if ips.is_empty() {
+                "<pending>".into()
+            } else {
+                ips.join(",")
+            }
+        }
+        _ if !external.is_empty() => external.join(","),
+        _ => "<none>".into(),
+    }
+}
+
+fn pod_status_cells(pod: &Value, now: OffsetDateTime) -> (String, String, String) {
+    let total = arr(pod, "/spec/containers").len();
+    let statuses = arr(pod, "/status/containerStatuses");
+    let ready = statuses.iter().filter(|c| c.get("ready").and_then(Value::as_bool) == Some(true)).count();
+    let mut restarts = 0i64;
+    let mut last_restart: Option<OffsetDateTime> = None;
+    let mut reason = s(pod, "/status/phase").to_string();
+    if !s(pod, "/status/reason").is_empty() {
+        reason = s(pod, "/status/reason").to_string();
+    }
+    for c in statuses {
+        restarts += c.get("restartCount").and_then(Value::as_i64).unwrap_or(0);
+        if let Some(t) = c.pointer("/lastState/terminated/finishedAt").and_then(Value::as_str).and_then(parse_time) {
+            last_restart = Some(last_restart.map_or(t, |l: OffsetDateTime| l.max(t)));
+        }
+        if let Some(w) = c.pointer("/state/waiting/reason").and_then(Value::as_str) {
+            if !w.is_empty() {
+                reason = w.to_string();
+            }
+        } else if let Some(t) = c.pointer("/state/terminated") {
+            let r = t.get("reason").and_then(Value::as_str).unwrap_or("");
+            if !r.is_empty() {
+                reason = r.to_string();
+            }
+        }
+    }
+    if reason.is_empty() {
+        reason = "Pending".into();
+    }
+    if pod.pointer("/metadata/deletionTimestamp").is_some_and(|v| !v.is_null()) {
+        reason = if s(pod, "/status/reason") == "NodeLost" { "Unknown".into() } else { "Terminating".into() };
+    }
+    let restarts = match last_restart {
+        Some(t) if restarts > 0 => format!("{} ({} ago)", restarts, human_duration((now - t).whole_seconds())),
+        _ => restarts.to_string(),
+    };
+    (format!("{ready}/{total}"), reason, restarts)
+}
+
+fn node_status(node: &Value) -> String {
+    let ready = arr(node, "/status/conditions").iter().find(|c| s(c, "/type") == "Ready").map(|c| s(c, "/status") == "True");
+    let mut out = match ready {
+        Some(true) => "Ready".to_string(),
+        Some(false) => "NotReady".to_string(),
+        None => "Unknown".to_string(),
+    };
+    if node.pointer("/spec/unschedulable").and_then(Value::as_bool) == Some(true) {
+        out.push_str(",SchedulingDisabled");
+    }
+    out
+}
+
+fn node_roles(node: &Value) -> String {
+    let mut roles: Vec<String> = node
+        .pointer("/metadata/labels")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| {
+                    if let Some(r) = k.strip_prefix("node-role.kubernetes.io/") {
+                        Some(r.to_string())
+                    } else if k == "kubernetes.io/role" {
+                        v.as_str().map(String::from)
+                    } else {
+                        None
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    roles.sort();
+    if roles.is_empty() {
+        "<none>".into()
+    } else {
+        roles.join(",")
+    }
+}
+
+fn node_address(node: &Value, ty: &str) -> String {
+    arr(node, "/status/addresses").iter().find(|a| s(a, "/type") == ty).map(|a| s(a, "/address").to_string()).unwrap_or_else(|| "<none>".into())
+}
+
+fn subjects(b: &Value, kind: &str) -> String {
+    arr(b, "/subjects")
+        .iter()
+        .filter(|x| s(x, "/kind") == kind)
+        .map(|x| if kind == "ServiceAccount" { format!("{}/{}", s(x, "/namespace"), s(x, "/name")) } else { s(x, "/name").to_string() })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn event_time(ev: &Value, field: &str, now: OffsetDateTime) -> String {
+    let t = ev.get(field).and_then(Value::as_str).and_then(parse_time).or_else(|| ev.get("eventTime").and_then(Value::as_str).and_then(parse_time));
+    match t {
+        Some(t) => human_duration((now - t).whole_seconds()),
+        None => "<unknown>".into(),
+    }
+}
+
+/// The cells of one row, in the order of [`columns`].
+pub fn cells(group: &str, plural: &str, obj: &Value, now: OffsetDateTime) -> Vec<Value> {
+    let name = json!(s(obj, "/metadata/name"));
+    let age_v = json!(age(obj, now));
+    match (group, plural) {
+        ("", "pods") => {
+            let (ready, status, restarts) = pod_status_cells(obj, now);
+            let gates = arr(obj, "/spec/readinessGates");
+            let gates_cell = if gates.is_empty() {
+                "<none>".to_string()
+            } else {
+                let conds = arr(obj, "/status/conditions");
+                let ok = gates.iter().filter(|g| conds.iter().any(|c| s(c, "/type") == s(g, "/conditionType") && s(c, "/status") == "True")).count();
+                format!("{}/{}", ok, gates.len())
+            };
+            vec![name, json!(ready), json!(status), json!(restarts), age_v, none_if_empty(s(obj, "/status/podIP").into()), none_if_empty(s(obj, "/spec/nodeName").into()), none_if_empty(s(obj, "/status/nominatedNodeName").into()), json!(gates_cell)]
+        }
+        ("", "services") => {
+            let cip = s(obj, "/spec/clusterIP");
+            vec![name, json!(s(obj, "/spec/type")), json!(if cip.is_empty() { "<none>" } else { cip }), json!(service_external_ip(obj)), json!(service_ports(obj)), age_v, none_if_empty(selector_string(obj.pointer("/spec/selector")))]
+        }
+        ("apps", "deployments") => {
+            let (c, im) = containers_images(obj, "/spec/template/spec/containers");
+            vec![name, json!(format!("{}/{}", i(obj, "/status/readyReplicas"), i(obj, "/spec/replicas"))), json!(i(obj, "/status/updatedReplicas")), json!(i(obj, "/status/availableReplicas")), age_v, json!(c), json!(im), none_if_empty(selector_string(obj.pointer("/spec/selector")))]
+        }
+        ("apps", "replicasets") | ("", "replicationcontrollers") => {
+            let (c, im) = containers_images(obj, "/spec/template/spec/containers");
+            vec![name, json!(i(obj, "/spec/replicas")), json!(i(obj, "/status/replicas")), json!(i(obj, "/status/readyReplicas")), age_v, json!(c), json!(im), none_if_empty(selector_string(obj.pointer("/spec/selector")))]
+        }
+        ("apps", "statefulsets") => {
+            let (c, im) = containers_images(obj, "/spec/template/spec/containers");
+            vec![name, json!(format!("{}/{}", i(obj, "/status/readyReplicas"), i(obj, "/spec/replicas"))), age_v, json!(c), json!(im)]
+        }
+        ("apps", "daemonsets") => {
+            let (c, im) = containers_images(obj, "/spec/template/spec/containers");
+            vec![name, json!(i(obj, "/status/desiredNumberScheduled")), json!(i(obj, "/status/currentNumberScheduled")), json!(i(obj, "/status/numberReady")), json!(i(obj, "/status/updatedNumberScheduled")), json!(i(obj, "/status/numberAvailable")), none_if_empty(selector_string(obj.pointer("/spec/template/spec/nodeSelector"))), age_v, json!(c), json!(im), none_if_empty(selector_string(obj.pointer("/spec/selector")))]
+        }
+        ("", "namespaces") => vec![name, json!(s(obj, "/status/phase")), age_v],
+        ("", "secrets") => vec![name, json!(s(obj, "/type")), json!(count_map(obj, "/data")), age_v],
+        ("", "serviceaccounts") => vec![name, json!(arr(obj, "/secrets").len()), age_v],
+        ("", "configmaps") => vec![name, json!(count_map(obj, "/data") + count_map(obj, "/binaryData")), age_v],
+        ("", "endpoints") => {
+            let mut eps = Vec::new();
+            for subset in arr(obj, "/subsets") {
+                for a in arr(subset, "/addresses") {
+                    for p in arr(subset, "/ports") {
+                        eps.push(format!("{}:{}", s(a, "/ip"), i(p, "/port")));
+                    }
+                    if arr(subset, "/ports").is_empty() {
+                        eps.push(s(a, "/ip").to_string());
+                    }
+                }
+            }
+            let shown = if eps.len() > 3 { format!("{} + {} more...", eps[..3].join(","), eps.len() - 3) } else { eps.join(",") };
+            vec![name, none_if_empty(shown), age_v]
+        }
+        ("", "nodes") => vec![
+            name,
+            json!(node_status(obj)),
+            json!(node_roles(obj)),
+            age_v,
+            json!(s(obj, "/status/nodeInfo/kubeletVersion")),
+            json!(node_address(obj, "InternalIP")),
+            json!(node_address(obj, "ExternalIP")),
+            none_if_empty(s(obj, "/status/nodeInfo/osImage").into()),
+            none_if_empty(s(obj, "/status/nodeInfo/kernelVersion").into()),
+            none_if_empty(s(obj, "/status/nodeInfo/containerRuntimeVersion").into()),
+        ],
+        ("", "events") => {
+            let kind = s(obj, "/involvedObject/kind").to_lowercase();
+            vec![
+                json!(event_time(obj, "lastTimestamp", now)),
+                json!(s(obj, "/type")),
+                json!(s(obj, "/reason")),
+                json!(format!("{}/{}", kind, s(obj, "/involvedObject/name"))),
+                json!(s(obj, "/message")),
+                json!(s(obj, "/involvedObject/fieldPath")),
+                json!(s(obj, "/source/component")),
+                json!(event_time(obj, "firstTimestamp", now)),
+                json!(obj.get("count").and_then(Value::as_i64).unwrap_or(1)),
+                name,
+            ]
+        }
+        ("", "persistentvolumeclaims") => vec![
+            name,
+            json!(s(obj, "/status/phase")),
+            json!(s(obj, "/spec/volumeName")),
+            json!(s(obj, "/status/capacity/storage")),
+            json!(arr(obj, "/status/accessModes").iter().filter_map(Value::as_str).map(access_mode).collect::<Vec<_>>().join(",")),
+            none_if_empty(s(obj, "/spec/storageClassName").into()),
+            none_if_empty(s(obj, "/spec/volumeAttributesClassName").into()),
+            age_v,
+            json!(s(obj, "/spec/volumeMode")),
+        ],
+        ("", "persistentvolumes") => {
+            let claim = if s(obj, "/spec/claimRef/name").is_empty() { String::new() } else { format!("{}/{}", s(obj, "/spec/claimRef/namespace"), s(obj, "/spec/claimRef/name")) };
+            vec![
+                name,
+                json!(s(obj, "/spec/capacity/storage")),
+                json!(arr(obj, "/spec/accessModes").iter().filter_map(Value::as_str).map(access_mode).collect::<Vec<_>>().join(",")),
+                json!(s(obj, "/spec/persistentVolumeReclaimPolicy")),
+                json!(s(obj, "/status/phase")),
+                json!(claim),
+                json!(s(obj, "/spec/storageClassName")),
+                none_if_empty(s(obj, "/spec/volumeAttributesClassName").into()),
+                json!(s(obj, "/status/reason")),
+                age_v,
+                json!(s(obj, "/spec/volumeMode")),
+            ]
+        }
+        ("", "resourcequotas") => {
+            let hard = obj.pointer("/status/hard").or_else(|| obj.pointer("/spec/hard")).and_then(Value::as_object);
+            let used = obj.pointer("/status/used").and_then(Value::as_object);
+            let fmt = |limits: bool| -> String {
+                hard.map(|h| {
+                    h.iter()
+                        .filter(|(k, _)| k.starts_with("limits.") == limits)
+                        .map(|(k, v)| format!("{}: {}/{}", k, used.and_then(|u| u.get(k)).and_then(Value::as_str).unwrap_or("0"), v.as_str().unwrap_or("")))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                })
+                .unwrap_or_default()
+            };
+            vec![name, age_v, json!(fmt(false)), json!(fmt(true))]
+        }
+        ("", "limitranges") | ("rbac.authorization.k8s.io", "roles") | ("rbac.authorization.k8s.io", "clusterroles") => {
+            vec![name, json!(s(obj, "/metadata/creationTimestamp"))]
+        }
+        ("batch", "jobs") => {
+            let (c, im) = containers_images(obj, "/spec/template/spec/containers");
+            let conds = arr(obj, "/status/conditions");
+            let has = |t: &str| conds.iter().any(|c| s(c, "/type") == t && s(c, "/status") == "True");
+            let status = if has("Complete") {
+                "Complete"
+            } else if has("Failed") {
+                "Failed"
+            } else if has("Suspended") {
+                "Suspended"
+            } else {
+                "Running"
+            };
+            let completions = match obj.pointer("/spec/completions").and_then(Value::as_i64) {
+                Some(n) => format!("{}/{}", i(obj, "/status/succeeded"), n),
+                None => format!("{}/1 of {}", i(obj, "/status/succeeded"), i(obj, "/spec/parallelism").max(1)),
+            };
+            let duration = match (obj.pointer("/status/startTime").and_then(Value::as_str).and_then(parse_time), obj.pointer("/status/completionTime").and_then(Value::as_str).and_then(parse_time)) {
+                (Some(st), Some(ct)) => human_duration((ct - st).whole_seconds()),
+                (Some(st), None) => human_duration((now - st).whole_seconds()),
+                _ => String::new(),
+            };
+            vec![name, json!(status), json!(completions), json!(duration), age_v, json!(c), json!(im), none_if_empty(selector_string(obj.pointer("/spec/selector")))]
+        }
+        ("batch", "cronjobs") => {
+            let (c, im) = containers_images(obj, "/spec/jobTemplate/spec/template/spec/containers");
+            let last = obj.pointer("/status/lastScheduleTime").and_then(Value::as_str).and_then(parse_time).map(|t| human_duration((now - t).whole_seconds())).unwrap_or_else(|| "<none>".into());
+            vec![
+                name,
+                json!(s(obj, "/spec/schedule")),
+                none_if_empty(s(obj, "/spec/timeZone").into()),
+                json!(obj.pointer("/spec/suspend").and_then(Value::as_bool).unwrap_or(false).to_string().to_lowercase().replace("false", "False").replace("true", "True")),
+                json!(arr(obj, "/status/active").len()),
+                json!(last),
+                age_v,
+                json!(c),
+                json!(im),
+                json!("<none>"),
+            ]
+        }
+        ("rbac.authorization.k8s.io", "rolebindings") | ("rbac.authorization.k8s.io", "clusterrolebindings") => vec![
+            name,
+            json!(format!("{}/{}", s(obj, "/roleRef/kind"), s(obj, "/roleRef/name"))),
+            age_v,
+            json!(subjects(obj, "User")),
+            json!(subjects(obj, "Group")),
+            json!(subjects(obj, "ServiceAccount")),
+        ],
+        ("networking.k8s.io", "ingresses") => {
+            let hosts: Vec<&str> = arr(obj, "/spec/rules").iter().map(|r| s(r, "/host")).filter(|h| !h.is_empty()).collect();
+            let addr: Vec<String> = arr(obj, "/status/loadBalancer/ingress").iter().map(|x| if s(x, "/ip").is_empty() { s(x, "/hostname").to_string() } else { s(x, "/ip").to_string() }).collect();
+            let ports = if arr(obj, "/spec/tls").is_empty() { "80" } else { "80, 443" };
+            vec![name, none_if_empty(s(obj, "/spec/ingressClassName").into()), json!(if hosts.is_empty() { "*".to_string() } else { hosts.join(",") }), json!(addr.join(",")), json!(ports), age_v]
+        }
+        ("networking.k8s.io", "networkpolicies") => vec![name, none_if_empty(selector_string(obj.pointer("/spec/podSelector"))), age_v],
+        ("discovery.k8s.io", "endpointslices") => {
+            let ports: Vec<String> = arr(obj, "/ports").iter().map(|p| i(p, "/port").to_string()).collect();
+            let eps: Vec<String> = arr(obj, "/endpoints").iter().flat_map(|e| arr(e, "/addresses").iter().filter_map(Value::as_str).map(String::from)).collect();
+            vec![name, json!(s(obj, "/addressType")), json!(if ports.is_empty() { "<unset>".into() } else { ports.join(",") }), json!(if eps.is_empty() { "<unset>".into() } else { eps.join(",") }), age_v]
+        }
+        ("coordination.k8s.io", "leases") => vec![name, none_if_empty(s(obj, "/spec/holderIdentity").into()), age_v],
+        ("policy", "poddisruptionbudgets") => {
+            let show = |p: &str| obj.pointer(p).map(|v| v.as_str().map(String::from).unwrap_or_else(|| v.to_string())).unwrap_or_else(|| "N/A".into());
+            vec![name, json!(show("/spec/minAvailable")), json!(show("/spec/maxUnavailable")), json!(i(obj, "/status/disruptionsAllowed")), age_v]
+        }
+        ("storage.k8s.io", "storageclasses") => {
+            let mut n = s(obj, "/metadata/name").to_string();
+            if s(obj, "/metadata/annotations/storageclass.kubernetes.io~1is-default-class") == "true" {
+                n.push_str(" (default)");
+            }
+            vec![
+                json!(n),
+                json!(s(obj, "/provisioner")),
+                json!(if s(obj, "/reclaimPolicy").is_empty() { "Delete" } else { s(obj, "/reclaimPolicy") }),
+                json!(if s(obj, "/volumeBindingMode").is_empty() { "Immediate" } else { s(obj, "/volumeBindingMode") }),
+                json!(obj.get("allowVolumeExpansion").and_then(Value::as_bool).unwrap_or(false)),
+                age_v,
+            ]
+        }
+        _ => vec![name, age_v],
+    }
+}
+
+fn access_mode(m: &str) -> &str {
+    match m {
+        "ReadWriteOnce" => "RWO",
+        "ReadOnlyMany" => "ROX",
+        "ReadWriteMany" => "RWX",
+        "ReadWriteOncePod" => "RWOP",
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_row_has_as_many_cells_as_columns() {
+        let now = OffsetDateTime::now_utc();
+        let obj = json!({"metadata": {"name": "x", "creationTimestamp": "2026-01-01T00:00:00Z"}});
+        for r in crate::resources::BUILTIN {
+            assert_eq!(columns(r.group, r.plural).len(), cells(r.group, r.plural, &obj, now).len(), "{}", r.plural);
+        }
+    }
+
+    #[test]
+    fn pod_row() {
+        let now = OffsetDateTime::now_utc();
+        let pod = json!({"metadata": {"name": "web"}, "spec": {"containers": [{"name": "c"}]},
+            "status": {"phase": "Running", "containerStatuses": [{"ready": true, "restartCount": 0, "state": {"running": {}}}]}});
+        let c = cells("", "pods", &pod, now);
+        assert_eq!(c[1], "1/1");
+        assert_eq!(c[2], "Running");
+        assert_eq!(c[3], "0");
+        assert_eq!(c[5], "<none>");
+    }
+
+    #[test]
+    fn service_ports_show_node_ports() {
+        let svc = json!({"spec": {"type": "NodePort", "ports": [{"port": 80, "nodePort": 30080, "protocol": "TCP"}]}});
+        assert_eq!(service_ports(&svc), "80:30080/TCP");
+        assert_eq!(service_external_ip(&json!({"spec": {"type": "LoadBalancer"}})), "<pending>");
+    }
+}

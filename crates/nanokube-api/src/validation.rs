@@ -1,0 +1,378 @@
+//! Validation of names and of the required fields of the core kinds, producing
+//! upstream's `422 Invalid` causes.
+
+use serde_json::Value;
+
+use crate::error::Cause;
+use crate::resources::ResourceDef;
+
+const DNS1123_LABEL_MSG: &str = "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')";
+const DNS1123_SUBDOMAIN_MSG: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')";
+const DNS1035_LABEL_MSG: &str = "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character (e.g. 'my-name',  or 'abc-123', regex used for validation is '[a-z]([-a-z0-9]*[a-z0-9])?')";
+
+/// `[a-z0-9]([-a-z0-9]*[a-z0-9])?`, at most 63 characters.
+pub fn is_dns1123_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// Dot-separated DNS-1123 labels, at most 253 characters.
+pub fn is_dns1123_subdomain(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns1123_label)
+}
+
+/// `[a-z]([-a-z0-9]*[a-z0-9])?`, at most 63 characters (Service names).
+pub fn is_dns1035_label(s: &str) -> bool {
+    is_dns1123_label(s) && s.starts_with(|c: char| c.is_ascii_lowercase())
+}
+
+/// Which rule an object name follows for a resource.
+pub fn name_rule(def: &ResourceDef) -> NameRule {
+    match (def.group, def.plural) {
+        ("", "namespaces") => NameRule::Dns1123Label,
+        ("", "services") => NameRule::Dns1035Label,
+        ("rbac.authorization.k8s.io", _) => NameRule::PathSegment,
+        _ => NameRule::Dns1123Subdomain,
+    }
+}
+
+/// The naming rules upstream applies to `metadata.name`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameRule {
+    /// Namespaces.
+    Dns1123Label,
+    /// Services.
+    Dns1035Label,
+    /// Most kinds.
+    Dns1123Subdomain,
+    /// RBAC objects: anything but `.`, `..`, or containing `/` or `%`.
+    PathSegment,
+}
+
+/// Check a name against a rule; the cause message on failure.
+pub fn check_name(rule: NameRule, name: &str) -> Option<String> {
+    let bad = |msg: &str| Some(format!("Invalid value: {name:?}: {msg}"));
+    match rule {
+        NameRule::Dns1123Label if !is_dns1123_label(name) => bad(if name.len() > 63 { "must be no more than 63 characters" } else { DNS1123_LABEL_MSG }),
+        NameRule::Dns1035Label if !is_dns1035_label(name) => bad(if name.len() > 63 { "must be no more than 63 characters" } else { DNS1035_LABEL_MSG }),
+        NameRule::Dns1123Subdomain if !is_dns1123_subdomain(name) => bad(if name.len() > 253 { "must be no more than 253 characters" } else { DNS1123_SUBDOMAIN_MSG }),
+        NameRule::PathSegment if name == "." || name == ".." => bad("may not be '.' or '..'"),
+        NameRule::PathSegment if name.contains('/') || name.contains('%') => bad("may not contain '/' or '%'"),
+        _ => None,
+    }
+}
+
+fn required(field: &str) -> Cause {
+    Cause { reason: "FieldValueRequired".into(), message: "Required value".into(), field: field.into() }
+}
+
+fn invalid(field: &str, value: &Value, msg: &str) -> Cause {
+    let shown = match value {
+        Value::String(s) => format!("{s:?}"),
+        v => v.to_string(),
+    };
+    Cause { reason: "FieldValueInvalid".into(), message: format!("Invalid value: {shown}: {msg}"), field: field.into() }
+}
+
+fn not_supported(field: &str, value: &str, allowed: &[&str]) -> Cause {
+    let list = allowed.iter().map(|a| format!("{a:?}")).collect::<Vec<_>>().join(", ");
+    Cause { reason: "FieldValueNotSupported".into(), message: format!("Unsupported value: {value:?}: supported values: {list}"), field: field.into() }
+}
+
+fn valid_qualified_name(k: &str) -> bool {
+    let (prefix, name) = match k.split_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, k),
+    };
+    let name_ok = !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name.as_bytes()[name.len() - 1].is_ascii_alphanumeric();
+    name_ok && prefix.is_none_or(is_dns1123_subdomain)
+}
+
+fn valid_label_value(v: &str) -> bool {
+    v.is_empty()
+        || (v.len() <= 63
+            && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+            && v.as_bytes()[0].is_ascii_alphanumeric()
+            && v.as_bytes()[v.len() - 1].is_ascii_alphanumeric())
+}
+
+fn valid_config_key(k: &str) -> bool {
+    !k.is_empty() && k.len() <= 253 && k != "." && k != ".." && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
+/// Validate metadata common to every kind: name, labels, annotations.
+pub fn validate_meta(def: &ResourceDef, obj: &Value, causes: &mut Vec<Cause>) {
+    let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+    if name.is_empty() {
+        causes.push(Cause { reason: "FieldValueRequired".into(), message: "Required value: name or generateName is required".into(), field: "metadata.name".into() });
+    } else if let Some(msg) = check_name(name_rule(def), name) {
+        causes.push(Cause { reason: "FieldValueInvalid".into(), message: msg, field: "metadata.name".into() });
+    }
+    if let Some(labels) = obj.pointer("/metadata/labels") {
+        match labels.as_object() {
+            Some(map) => {
+                for (k, v) in map {
+                    if !valid_qualified_name(k) {
+                        causes.push(invalid("metadata.labels", &Value::String(k.clone()), "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"));
+                    }
+                    match v.as_str() {
+                        Some(s) if valid_label_value(s) => {}
+                        _ => causes.push(invalid("metadata.labels", v, "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character")),
+                    }
+                }
+            }
+            None if labels.is_null() => {}
+            None => causes.push(invalid("metadata.labels", labels, "must be a map of strings")),
+        }
+    }
+    if let Some(ann) = obj.pointer("/metadata/annotations").and_then(Value::as_object) {
+        let total: usize = ann.iter().map(|(k, v)| k.len() + v.as_str().map_or(0, str::len)).sum();
+        if total > 256 * 1024 {
+            causes.push(Cause { reason: "FieldValueTooLong".into(), message: "Too long: must have at most 262144 bytes".into(), field: "metadata.annotations".into() });
+        }
+        for k in ann.keys() {
+            if !valid_qualified_name(k) {
+                causes.push(invalid("metadata.annotations", &Value::String(k.clone()), "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"));
+            }
+        }
+    }
+}
+
+fn validate_pod_spec(spec: Option<&Value>, path: &str, causes: &mut Vec<Cause>) {
+    let Some(spec) = spec else {
+        causes.push(required(&format!("{path}.containers")));
+        return;
+    };
+    match spec.get("containers").and_then(Value::as_array) {
+        Some(cs) if !cs.is_empty() => {
+            let mut seen = Vec::new();
+            for (i, c) in cs.iter().enumerate() {
+                let cpath = format!("{path}.containers[{i}]");
+                match c.get("name").and_then(Value::as_str) {
+                    None | Some("") => causes.push(required(&format!("{cpath}.name"))),
+                    Some(n) if !is_dns1123_label(n) => causes.push(invalid(&format!("{cpath}.name"), &Value::String(n.into()), DNS1123_LABEL_MSG)),
+                    Some(n) if seen.contains(&n) => causes.push(Cause { reason: "FieldValueDuplicate".into(), message: format!("Duplicate value: {n:?}"), field: format!("{cpath}.name") }),
+                    Some(n) => seen.push(n),
+                }
+                if c.get("image").and_then(Value::as_str).is_none_or(str::is_empty) {
+                    causes.push(required(&format!("{cpath}.image")));
+                }
+                if let Some(ports) = c.get("ports").and_then(Value::as_array) {
+                    for (j, p) in ports.iter().enumerate() {
+                        match p.get("containerPort").and_then(Value::as_i64) {
+                            Some(n) if (1..=65535).contains(&n) => {}
+                            Some(n) => causes.push(invalid(&format!("{cpath}.ports[{j}].containerPort"), &Value::from(n), "must be between 1 and 65535, inclusive")),
+                            None => causes.push(required(&format!("{cpath}.ports[{j}].containerPort"))),
+                        }
+                    }
+                }
+            }
+        }
+        _ => causes.push(required(&format!("{path}.containers"))),
+    }
+    if let Some(rp) = spec.get("restartPolicy").and_then(Value::as_str) {
+        if !["Always", "OnFailure", "Never"].contains(&rp) {
+            causes.push(not_supported(&format!("{path}.restartPolicy"), rp, &["Always", "OnFailure", "Never"]));
+        }
+    }
+    if let Some(dp) = spec.get("dnsPolicy").and_then(Value::as_str) {
+        if !["ClusterFirstWithHostNet", "ClusterFirst", "Default", "None"].contains(&dp) {
+            causes.push(not_supported(&format!("{path}.dnsPolicy"), dp, &["ClusterFirst", "ClusterFirstWithHostNet", "Default", "None"]));
+        }
+    }
+}
+
+fn validate_template_selector(obj: &Value, causes: &mut Vec<Cause>, restart_always: bool) {
+    let sel = obj.pointer("/spec/selector");
+    match sel {
+        Some(s) if s.get("matchLabels").is_some() || s.get("matchExpressions").is_some() => {
+            if let Ok(selector) = crate::selector::LabelSelector::from_object(s) {
+                let labels = obj.pointer("/spec/template/metadata/labels").and_then(Value::as_object);
+                if !selector.matches(labels) {
+                    causes.push(invalid(
+                        "spec.template.metadata.labels",
+                        &obj.pointer("/spec/template/metadata/labels").cloned().unwrap_or(Value::Null),
+                        "`selector` does not match template `labels`",
+                    ));
+                }
+            }
+        }
+        _ => causes.push(required("spec.selector")),
+    }
+    validate_pod_spec(obj.pointer("/spec/template/spec"), "spec.template.spec", causes);
+    if restart_always {
+        if let Some(rp) = obj.pointer("/spec/template/spec/restartPolicy").and_then(Value::as_str) {
+            if rp != "Always" {
+                causes.push(not_supported("spec.template.spec.restartPolicy", rp, &["Always"]));
+            }
+        }
+    }
+}
+
+/// Validate the kind-specific required fields of an object.
+pub fn validate_object(def: &ResourceDef, obj: &Value) -> Vec<Cause> {
+    let mut causes = Vec::new();
+    validate_meta(def, obj, &mut causes);
+    match (def.group, def.plural) {
+        ("", "pods") => validate_pod_spec(obj.get("spec"), "spec", &mut causes),
+        ("", "services") => validate_service(obj, &mut causes),
+        ("", "configmaps") => {
+            for field in ["data", "binaryData"] {
+                if let Some(m) = obj.get(field).and_then(Value::as_object) {
+                    for k in m.keys() {
+                        if !valid_config_key(k) {
+                            causes.push(invalid(&format!("{field}[{k}]"), &Value::String(k.clone()), "a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')"));
+                        }
+                    }
+                }
+            }
+        }
+        ("", "secrets") => {
+            if let Some(m) = obj.get("data").and_then(Value::as_object) {
+                for (k, v) in m {
+                    if !valid_config_key(k) {
+                        causes.push(invalid(&format!("data[{k}]"), &Value::String(k.clone()), "a valid config key must consist of alphanumeric characters, '-', '_' or '.'"));
+                    }
+                    if let Some(s) = v.as_str() {
+                        use base64::Engine;
+                        if base64::engine::general_purpose::STANDARD.decode(s).is_err() {
+                            causes.push(invalid(&format!("data[{k}]"), v, "illegal base64 data"));
+                        }
+                    }
+                }
+            }
+        }
+        ("apps", "deployments") | ("apps", "replicasets") | ("apps", "daemonsets") | ("apps", "statefulsets") => {
+            validate_template_selector(obj, &mut causes, true);
+            if let Some(r) = obj.pointer("/spec/replicas").and_then(Value::as_i64) {
+                if r < 0 {
+                    causes.push(invalid("spec.replicas", &Value::from(r), "must be greater than or equal to 0"));
+                }
+            }
+        }
+        ("batch", "jobs") => {
+            validate_pod_spec(obj.pointer("/spec/template/spec"), "spec.template.spec", &mut causes);
+            if let Some(rp) = obj.pointer("/spec/template/spec/restartPolicy").and_then(Value::as_str) {
+                if rp == "Always" {
+                    causes.push(not_supported("spec.template.spec.restartPolicy", rp, &["OnFailure", "Never"]));
+                }
+            }
+        }
+        ("batch", "cronjobs") => {
+            if obj.pointer("/spec/schedule").and_then(Value::as_str).is_none_or(str::is_empty) {
+                causes.push(required("spec.schedule"));
+            }
+            validate_pod_spec(obj.pointer("/spec/jobTemplate/spec/template/spec"), "spec.jobTemplate.spec.template.spec", &mut causes);
+        }
+        ("rbac.authorization.k8s.io", "rolebindings") | ("rbac.authorization.k8s.io", "clusterrolebindings") => {
+            match obj.get("roleRef") {
+                Some(r) if r.get("name").and_then(Value::as_str).is_some_and(|n| !n.is_empty()) => {
+                    let kind = r.get("kind").and_then(Value::as_str).unwrap_or("");
+                    let allowed: &[&str] = if def.plural == "rolebindings" { &["Role", "ClusterRole"] } else { &["ClusterRole"] };
+                    if !allowed.contains(&kind) {
+                        causes.push(not_supported("roleRef.kind", kind, allowed));
+                    }
+                }
+                _ => causes.push(required("roleRef.name")),
+            }
+        }
+        _ => {}
+    }
+    causes
+}
+
+fn validate_service(obj: &Value, causes: &mut Vec<Cause>) {
+    let spec = obj.get("spec").cloned().unwrap_or(Value::Null);
+    let ty = spec.get("type").and_then(Value::as_str).unwrap_or("ClusterIP");
+    const TYPES: &[&str] = &["ClusterIP", "ExternalName", "LoadBalancer", "NodePort"];
+    if !TYPES.contains(&ty) {
+        causes.push(not_supported("spec.type", ty, TYPES));
+    }
+    let headless = spec.get("clusterIP").and_then(Value::as_str) == Some("None");
+    let ports = spec.get("ports").and_then(Value::as_array);
+    if ty == "ExternalName" {
+        if spec.get("externalName").and_then(Value::as_str).is_none_or(str::is_empty) {
+            causes.push(required("spec.externalName"));
+        }
+    } else if ports.is_none_or(|p| p.is_empty()) && !headless {
+        causes.push(required("spec.ports"));
+    }
+    if let Some(ports) = ports {
+        let multi = ports.len() > 1;
+        for (i, p) in ports.iter().enumerate() {
+            let path = format!("spec.ports[{i}]");
+            match p.get("port").and_then(Value::as_i64) {
+                Some(n) if (1..=65535).contains(&n) => {}
+                Some(n) => causes.push(invalid(&format!("{path}.port"), &Value::from(n), "must be between 1 and 65535, inclusive")),
+                None => causes.push(required(&format!("{path}.port"))),
+            }
+            if multi && p.get("name").and_then(Value::as_str).is_none_or(str::is_empty) {
+                causes.push(required(&format!("{path}.name")));
+            }
+            if let Some(proto) = p.get("protocol").and_then(Value::as_str) {
+                if !["TCP", "UDP", "SCTP"].contains(&proto) {
+                    causes.push(not_supported(&format!("{path}.protocol"), proto, &["SCTP", "TCP", "UDP"]));
+                }
+            }
+            if let Some(np) = p.get("nodePort").and_then(Value::as_i64) {
+                if np != 0 && !(30000..=32767).contains(&np) {
+                    causes.push(invalid(&format!("{path}.nodePort"), &Value::from(np), "provided port is not in the valid range. The range of valid ports is 30000-32767"));
+                }
+            }
+        }
+    }
+    if let Some(sa) = spec.get("sessionAffinity").and_then(Value::as_str) {
+        if !["ClientIP", "None"].contains(&sa) {
+            causes.push(not_supported("spec.sessionAffinity", sa, &["ClientIP", "None"]));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::find;
+    use serde_json::json;
+
+    #[test]
+    fn names() {
+        assert!(is_dns1123_subdomain("a.b-c"));
+        assert!(!is_dns1123_subdomain("Bad_Name"));
+        assert!(is_dns1123_label("default"));
+        assert!(!is_dns1123_label("a.b"));
+        assert!(!is_dns1035_label("1abc"));
+    }
+
+    #[test]
+    fn pod_without_containers_is_invalid() {
+        let def = find("", "v1", "pods").unwrap();
+        let c = validate_object(def, &json!({"metadata": {"name": "p"}, "spec": {}}));
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].field, "spec.containers");
+        assert_eq!(c[0].reason, "FieldValueRequired");
+    }
+
+    #[test]
+    fn deployment_selector_must_match_template() {
+        let def = find("apps", "v1", "deployments").unwrap();
+        let d = json!({"metadata": {"name": "d"}, "spec": {"selector": {"matchLabels": {"app": "a"}},
+            "template": {"metadata": {"labels": {"app": "b"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}}}});
+        let c = validate_object(def, &d);
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].field, "spec.template.metadata.labels");
+    }
+
+    #[test]
+    fn service_port_range() {
+        let def = find("", "v1", "services").unwrap();
+        let s = json!({"metadata": {"name": "s"}, "spec": {"ports": [{"port": 70000}]}});
+        assert_eq!(validate_object(def, &s)[0].field, "spec.ports[0].port");
+    }
+}

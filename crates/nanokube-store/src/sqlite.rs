@@ -1,0 +1,381 @@
+//! The embedded backend: SQLite as a durable revision log, an in-memory index of the
+//! current state, and a single writer thread that commits in groups.
+//!
+//! Table `log(revision PRIMARY KEY, key, create_revision, prev_revision, deleted, value)`:
+//! every change is a row, like kine's. A delete row carries the deleted value, so a
+//! DELETED watch event can be rebuilt after a restart. Compaction removes superseded rows.
+//!
+//! Group commit: writers send requests to one thread; it takes every request waiting,
+//! checks each against the state as of the batch, writes them in one transaction, commits
+//! (one fsync with `synchronous=FULL` in WAL mode), then publishes the new state and
+//! events and only then answers. Readers take a read lock on the in-memory index, never
+//! the database, so no reader waits on an fsync.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
+use std::path::PathBuf;
+use std::sync::{mpsc, Arc, RwLock};
+
+
+use bytes::Bytes;
+use rusqlite::{params, Connection, OptionalExtension};
+use tokio::sync::oneshot;
+
+use crate::watch::History;
+use crate::{Backend, BoxFuture, Event, EventKind, KeyValue, ListResult, Revision, StoreError, WatchStream};
+
+/// How to open the store.
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    /// Database file; `None` keeps everything in memory (tests, `TestCluster`).
+    pub path: Option<PathBuf>,
+    /// How many recent events watches can resume from.
+    pub history: usize,
+    /// fsync every commit (the default). Off only on explicit request: acknowledged
+    /// writes may then be lost on a crash of the machine (not of the process).
+    pub fsync: bool,
+    /// Most writes committed in one transaction.
+    pub max_batch: usize,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        SqliteOptions { path: None, history: 100_000, fsync: true, max_batch: 2048 }
+    }
+}
+
+struct State {
+    map: BTreeMap<String, Arc<KeyValue>>,
+    revision: Revision,
+}
+
+struct Shared {
+    state: RwLock<State>,
+    history: Arc<History>,
+}
+
+enum Op {
+    Create { key: String, value: Bytes },
+    Update { key: String, value: Bytes, expected: Option<Revision> },
+    Delete { key: String, expected: Option<Revision> },
+    Compact { revision: Revision },
+}
+
+struct Request {
+    op: Op,
+    reply: oneshot::Sender<Result<Option<Arc<KeyValue>>, StoreError>>,
+}
+
+/// The SQLite backend. Cheap to share behind an `Arc`; dropping the last handle stops
+/// the writer thread after it has committed what it holds.
+pub struct SqliteBackend {
+    shared: Arc<Shared>,
+    tx: mpsc::Sender<Request>,
+}
+
+fn io<E: std::fmt::Display>(e: E) -> StoreError {
+    StoreError::Io(e.to_string())
+}
+
+impl SqliteBackend {
+    /// Open (or create) the store and load the current state.
+    pub fn open(opts: SqliteOptions) -> Result<Self, StoreError> {
+        let conn = match &opts.path {
+            Some(p) => Connection::open(p).map_err(io)?,
+            None => Connection::open_in_memory().map_err(io)?,
+        };
+        conn.execute_batch(if opts.fsync {
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;"
+        } else {
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=OFF;"
+        })
+        .map_err(io)?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS log (
+                revision INTEGER PRIMARY KEY,
+                key TEXT NOT NULL,
+                create_revision INTEGER NOT NULL,
+                prev_revision INTEGER,
+                deleted INTEGER NOT NULL,
+                value BLOB NOT NULL);
+             CREATE INDEX IF NOT EXISTS log_key_revision ON log(key, revision);
+             CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);",
+        )
+        .map_err(io)?;
+
+        let (map, revision, compacted, events) = load(&conn, opts.history)?;
+        let floor = events.first().map(|e| e.revision() - 1).unwrap_or(revision).max(compacted);
+        let history = Arc::new(History::new(opts.history, floor));
+        history.preload(events, floor);
+        let shared = Arc::new(Shared { state: RwLock::new(State { map, revision }), history });
+
+        let (tx, rx) = mpsc::channel::<Request>();
+        let writer_shared = shared.clone();
+        let max_batch = opts.max_batch.max(1);
+        std::thread::Builder::new()
+            .name("nanokube-store-writer".into())
+            .spawn(move || writer_loop(conn, writer_shared, rx, max_batch))
+            .map_err(io)?;
+        Ok(SqliteBackend { shared, tx })
+    }
+
+    fn submit(&self, op: Op) -> BoxFuture<'_, Result<Option<Arc<KeyValue>>, StoreError>> {
+        let (reply, rx) = oneshot::channel();
+        let sent = self.tx.send(Request { op, reply });
+        Box::pin(async move {
+            sent.map_err(|_| StoreError::Io("store writer stopped".into()))?;
+            rx.await.map_err(|_| StoreError::Io("store writer stopped".into()))?
+        })
+    }
+}
+
+type Loaded = (BTreeMap<String, Arc<KeyValue>>, Revision, Revision, Vec<Arc<Event>>);
+
+fn load(conn: &Connection, history: usize) -> Result<Loaded, StoreError> {
+    let meta = |name: &str| -> Result<Revision, StoreError> {
+        Ok(conn.query_row("SELECT value FROM meta WHERE name = ?1", [name], |r| r.get(0)).optional().map_err(io)?.unwrap_or(0))
+    };
+    let compacted = meta("compact_revision")?;
+    let max_row: Revision = conn.query_row("SELECT COALESCE(MAX(revision), 0) FROM log", [], |r| r.get(0)).map_err(io)?;
+    let revision = max_row.max(meta("revision")?);
+
+    let mut map = BTreeMap::new();
+    let mut stmt = conn
+        .prepare("SELECT l.revision, l.key, l.create_revision, l.deleted, l.value FROM log l JOIN (SELECT key, MAX(revision) AS r FROM log GROUP BY key) m ON l.key = m.key AND l.revision = m.r")
+        .map_err(io)?;
+    let rows = stmt
+        .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?, r.get::<_, Vec<u8>>(4)?)))
+        .map_err(io)?;
+    for row in rows {
+        let (rev, key, create, deleted, value) = row.map_err(io)?;
+        if deleted == 0 {
+            map.insert(key.clone(), Arc::new(KeyValue::new(key, Bytes::from(value), create, rev)));
+        }
+    }
+
+    // Rebuild the watch history from the newest rows of the log.
+    let mut stmt = conn
+        .prepare("SELECT revision, key, create_revision, prev_revision, deleted, value FROM log ORDER BY revision DESC LIMIT ?1")
+        .map_err(io)?;
+    let mut rows: Vec<(i64, String, i64, Option<i64>, i64, Vec<u8>)> = stmt
+        .query_map([history as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)))
+        .map_err(io)?
+        .collect::<Result<_, _>>()
+        .map_err(io)?;
+    rows.reverse();
+    let mut by_rev: HashMap<i64, Arc<KeyValue>> = HashMap::new();
+    let mut events = Vec::with_capacity(rows.len());
+    for (rev, key, create, prev_rev, deleted, value) in rows {
+        let kv = Arc::new(KeyValue::new(key, Bytes::from(value), create, rev));
+        let prev = prev_rev.and_then(|p| by_rev.get(&p).cloned());
+        let kind = if deleted != 0 {
+            EventKind::Deleted
+        } else if create == rev {
+            EventKind::Created
+        } else {
+            EventKind::Updated
+        };
+        by_rev.insert(rev, kv.clone());
+        events.push(Arc::new(Event { kind, kv, prev }));
+    }
+    Ok((map, revision, compacted, events))
+}
+
+/// Outcome of one op inside a batch, before commit.
+struct Planned {
+    reply: oneshot::Sender<Result<Option<Arc<KeyValue>>, StoreError>>,
+    result: Result<Option<Arc<KeyValue>>, StoreError>,
+    event: Option<Arc<Event>>,
+    compact: Option<Revision>,
+}
+
+fn writer_loop(mut conn: Connection, shared: Arc<Shared>, rx: mpsc::Receiver<Request>, max_batch: usize) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < max_batch {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        commit_batch(&mut conn, &shared, batch);
+    }
+}
+
+fn commit_batch(conn: &mut Connection, shared: &Shared, batch: Vec<Request>) {
+    let base = shared.state.read().expect("state lock").revision;
+    let mut next = base;
+    // Keys touched in this batch: their value as of the batch so far (None = deleted).
+    let mut overlay: HashMap<String, Option<Arc<KeyValue>>> = HashMap::new();
+    let current = |overlay: &HashMap<String, Option<Arc<KeyValue>>>, key: &str| -> Option<Arc<KeyValue>> {
+        match overlay.get(key) {
+            Some(v) => v.clone(),
+            None => shared.state.read().expect("state lock").map.get(key).cloned(),
+        }
+    };
+
+    let mut planned = Vec::with_capacity(batch.len());
+    let mut rows: Vec<(Revision, String, Revision, Option<Revision>, bool, Bytes)> = Vec::new();
+    for req in batch {
+        let (result, event, compact) = match req.op {
+            Op::Create { key, value } => match current(&overlay, &key) {
+                Some(_) => (Err(StoreError::AlreadyExists), None, None),
+                None => {
+                    next += 1;
+                    let kv = Arc::new(KeyValue::new(key.clone(), value.clone(), next, next));
+                    rows.push((next, key.clone(), next, None, false, value));
+                    overlay.insert(key, Some(kv.clone()));
+                    (Ok(Some(kv.clone())), Some(Arc::new(Event { kind: EventKind::Created, kv, prev: None })), None)
+                }
+            },
+            Op::Update { key, value, expected } => match current(&overlay, &key) {
+                None => (Err(StoreError::NotFound), None, None),
+                Some(cur) if expected.is_some_and(|e| e != cur.mod_revision) => (Err(StoreError::Conflict { current: cur }), None, None),
+                Some(cur) => {
+                    next += 1;
+                    let kv = Arc::new(KeyValue::new(key.clone(), value.clone(), cur.create_revision, next));
+                    rows.push((next, key.clone(), cur.create_revision, Some(cur.mod_revision), false, value));
+                    overlay.insert(key, Some(kv.clone()));
+                    (Ok(Some(kv.clone())), Some(Arc::new(Event { kind: EventKind::Updated, kv, prev: Some(cur) })), None)
+                }
+            },
+            Op::Delete { key, expected } => match current(&overlay, &key) {
+                None => (Err(StoreError::NotFound), None, None),
+                Some(cur) if expected.is_some_and(|e| e != cur.mod_revision) => (Err(StoreError::Conflict { current: cur }), None, None),
+                Some(cur) => {
+                    next += 1;
+                    let kv = Arc::new(KeyValue::new(key.clone(), cur.value.clone(), cur.create_revision, next));
+                    rows.push((next, key.clone(), cur.create_revision, Some(cur.mod_revision), true, cur.value.clone()));
+                    overlay.insert(key, None);
+                    (Ok(Some(kv.clone())), Some(Arc::new(Event { kind: EventKind::Deleted, kv, prev: Some(cur) })), None)
+                }
+            },
+            Op::Compact { revision } => (Ok(None), None, Some(revision.min(next))),
+        };
+        planned.push(Planned { reply: req.reply, result, event, compact });
+    }
+
+    let compacts: Vec<Revision> = planned.iter().filter_map(|p| p.compact).collect();
+    if let Err(e) = write_rows(conn, &rows, &compacts, next) {
+        tracing::error!(error = %e, "store commit failed; answering the batch with errors");
+        for p in planned {
+            let _ = p.reply.send(Err(StoreError::Io(e.to_string())));
+        }
+        return;
+    }
+
+    // Durable: publish state and events, then answer.
+    {
+        let mut st = shared.state.write().expect("state lock");
+        for (key, v) in overlay {
+            match v {
+                Some(kv) => {
+                    st.map.insert(key, kv);
+                }
+                None => {
+                    st.map.remove(&key);
+                }
+            }
+        }
+        st.revision = next;
+        for p in &planned {
+            if let Some(ev) = &p.event {
+                shared.history.publish(ev.clone());
+            }
+        }
+    }
+    for c in compacts {
+        shared.history.compact(c);
+    }
+    for p in planned {
+        let _ = p.reply.send(p.result);
+    }
+}
+
+fn write_rows(conn: &mut Connection, rows: &[(Revision, String, Revision, Option<Revision>, bool, Bytes)], compacts: &[Revision], revision: Revision) -> rusqlite::Result<()> {
+    if rows.is_empty() && compacts.is_empty() {
+        return Ok(());
+    }
+    let txn = conn.transaction()?;
+    {
+        let mut stmt = txn.prepare_cached("INSERT INTO log (revision, key, create_revision, prev_revision, deleted, value) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?;
+        for (rev, key, create, prev, deleted, value) in rows {
+            stmt.execute(params![rev, key, create, prev, *deleted as i64, value.as_ref()])?;
+        }
+    }
+    for &c in compacts {
+        txn.execute(
+            "DELETE FROM log WHERE revision <= ?1 AND (deleted = 1 OR revision NOT IN (SELECT MAX(revision) FROM log GROUP BY key))",
+            [c],
+        )?;
+        txn.execute("INSERT INTO meta (name, value) VALUES ('compact_revision', ?1) ON CONFLICT(name) DO UPDATE SET value = MAX(value, excluded.value)", [c])?;
+        txn.execute("INSERT INTO meta (name, value) VALUES ('revision', ?1) ON CONFLICT(name) DO UPDATE SET value = MAX(value, excluded.value)", [revision])?;
+    }
+    txn.commit()
+}
+
+impl Backend for SqliteBackend {
+    fn get(&self, key: &str) -> Option<Arc<KeyValue>> {
+        self.shared.state.read().expect("state lock").map.get(key).cloned()
+    }
+
+    fn list(&self, prefix: &str, after: Option<&str>, limit: usize) -> ListResult {
+        let st = self.shared.state.read().expect("state lock");
+        let start = match after {
+            Some(a) if a >= prefix => Bound::Excluded(a.to_string()),
+            _ => Bound::Included(prefix.to_string()),
+        };
+        let mut iter = st.map.range::<String, _>((start, Bound::Unbounded)).take_while(|(k, _)| k.starts_with(prefix));
+        let mut items = Vec::new();
+        for (_, v) in iter.by_ref() {
+            items.push(v.clone());
+            if limit > 0 && items.len() == limit {
+                break;
+            }
+        }
+        let remaining = if limit > 0 && items.len() == limit { iter.count() } else { 0 };
+        ListResult { items, revision: st.revision, remaining }
+    }
+
+    fn create(&self, key: String, value: Bytes) -> BoxFuture<'_, Result<Arc<KeyValue>, StoreError>> {
+        let f = self.submit(Op::Create { key, value });
+        Box::pin(async move { f.await.map(|kv| kv.expect("create returns a value")) })
+    }
+
+    fn update(&self, key: String, value: Bytes, expected: Option<Revision>) -> BoxFuture<'_, Result<Arc<KeyValue>, StoreError>> {
+        let f = self.submit(Op::Update { key, value, expected });
+        Box::pin(async move { f.await.map(|kv| kv.expect("update returns a value")) })
+    }
+
+    fn delete(&self, key: String, expected: Option<Revision>) -> BoxFuture<'_, Result<Arc<KeyValue>, StoreError>> {
+        let f = self.submit(Op::Delete { key, expected });
+        Box::pin(async move { f.await.map(|kv| kv.expect("delete returns a value")) })
+    }
+
+    fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, StoreError> {
+        let current = self.current_revision();
+        if after > current {
+            return Err(StoreError::FutureRevision { requested: after, current });
+        }
+        self.shared.history.watch(prefix, after)
+    }
+
+    fn current_revision(&self) -> Revision {
+        self.shared.state.read().expect("state lock").revision
+    }
+
+    fn oldest_watchable(&self) -> Revision {
+        self.shared.history.floor()
+    }
+
+    fn compact(&self, revision: Revision) -> BoxFuture<'_, Result<(), StoreError>> {
+        let f = self.submit(Op::Compact { revision });
+        Box::pin(async move { f.await.map(|_| ()) })
+    }
+
+    fn count(&self, prefix: &str) -> usize {
+        let st = self.shared.state.read().expect("state lock");
+        st.map.range::<str, _>((Bound::Included(prefix), Bound::Unbounded)).take_while(|(k, _)| k.starts_with(prefix)).count()
+    }
+}
+
