@@ -1,1 +1,30 @@
-//! placeholder
+//! nanokube's API server.
+//!
+//! The request path, one module per concern, as kube-apiserver splits it:
+//!
+//! ```text
+//! server (TLS, HTTP/1.1 + h2)        → handler (route, encode)
+//!   → authn (x509 ∪ bearer ∪ anonymous) → request (RequestInfo)
+//!   → authz (system:masters, then the interim/RBAC authorizer)
+//!   → discovery | openapi | health | version | reviews | resources
+//!        resources: decode (JSON, YAML, protobuf) → registry (prepare, defaults,
+//!        admission, validation, allocation) → store (nanokube-store)
+//! ```
+//!
+//! Layers only look down: the registry never sees HTTP; authentication never sees
+//! resources. [`registry::Registry`] is also the in-process API the controllers use.
+
+pub mod alloc;
+pub mod authn;
+pub mod authz;
+pub mod discovery;
+pub mod handler;
+pub mod http;
+pub mod kubeconfig;
+pub mod openapi;
+pub mod patch;
+pub mod pki;
+pub mod registry;
+pub mod request;
+pub mod reviews;
+pub mod server;

@@ -1,1 +1,15 @@
-//! placeholder
+//! nanokube's in-process controllers.
+//!
+//! They act through [`nanokube_apiserver::registry::Registry`], the same code path as
+//! HTTP writes (defaults, validation, allocation, conflicts), as the system itself rather
+//! than as a user. Each is a loop over store watches that reconciles what it is told
+//! about, plus a full pass at start.
+//!
+//! - [`bootstrap`]: what every cluster has at start: the four namespaces and the
+//!   `kubernetes` Service with its Endpoints and EndpointSlice.
+//! - [`namespaces`]: a `default` ServiceAccount and a `kube-root-ca.crt` ConfigMap in every
+//!   namespace (recreated if deleted), and namespace termination (delete the contents,
+//!   then clear the `kubernetes` finalizer).
+
+pub mod bootstrap;
+pub mod namespaces;

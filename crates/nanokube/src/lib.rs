@@ -1,1 +1,186 @@
-//! placeholder
+//! nanokube: a real Kubernetes control plane in one binary.
+//!
+//! [`Cluster::start`] assembles the parts: certificates and kubeconfig
+//! ([`nanokube_apiserver::pki`], [`nanokube_apiserver::kubeconfig`]), the store
+//! ([`nanokube_store`]), the registry and API server ([`nanokube_apiserver`]) and the
+//! controllers ([`nanokube_controllers`]). The `nanokube` binary's `server` command is a
+//! thin wrapper around it.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use nanokube_apiserver::authn::{Authenticator, StaticTokens, TokenAuthenticator};
+use nanokube_apiserver::authz::{Chain, PublicInfoAuthorizer, SuperuserAuthorizer};
+use nanokube_apiserver::pki::{self, Paths};
+use nanokube_apiserver::registry::{Registry, RegistryConfig};
+use nanokube_apiserver::server::{self, ApiServer};
+use nanokube_apiserver::kubeconfig;
+use nanokube_controllers::namespaces::NamespaceController;
+use nanokube_store::sqlite::{SqliteBackend, SqliteOptions};
+use nanokube_store::Backend;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+/// How to start a cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// Address to listen on.
+    pub bind_address: IpAddr,
+    /// Port (0: any free port).
+    pub secure_port: u16,
+    /// Address clients and the `kubernetes` Endpoints use (default: the bind address).
+    pub advertise_address: Option<IpAddr>,
+    /// Data directory (certificates, `state.db`, `kubeconfig`).
+    pub data_dir: PathBuf,
+    /// Static bearer tokens (`token,user,uid,"groups"`).
+    pub token_auth_file: Option<PathBuf>,
+    /// Whether unauthenticated requests become `system:anonymous`.
+    pub anonymous_auth: bool,
+    /// Service CIDR.
+    pub service_cidr: String,
+    /// NodePort range.
+    pub node_port_range: (u16, u16),
+    /// Kubeconfig file to merge a `nanokube` context into, or `None`.
+    pub merge_kubeconfig: Option<PathBuf>,
+    /// Keep state in memory only (no `state.db`).
+    pub in_memory: bool,
+    /// fsync every commit (default true).
+    pub fsync: bool,
+}
+
+impl ClusterConfig {
+    /// The defaults of `nanokube server` for a data directory.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        ClusterConfig {
+            bind_address: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            secure_port: 6443,
+            advertise_address: None,
+            data_dir: data_dir.into(),
+            token_auth_file: None,
+            anonymous_auth: true,
+            service_cidr: "127.96.0.0/16".into(),
+            node_port_range: (30000, 32767),
+            merge_kubeconfig: None,
+            in_memory: false,
+            fsync: true,
+        }
+    }
+}
+
+/// A running cluster.
+pub struct Cluster {
+    /// Where the API server listens.
+    pub addr: SocketAddr,
+    /// `https://host:port`.
+    pub server_url: String,
+    /// The admin kubeconfig written into the data directory.
+    pub kubeconfig: PathBuf,
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// Files created on this start (certificates).
+    pub created: Vec<PathBuf>,
+    /// The API server's state.
+    pub api: Arc<ApiServer>,
+    shutdown: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+fn host_for_url(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("[{v6}]"),
+    }
+}
+
+impl Cluster {
+    /// Start a cluster and wait until it is ready (`/readyz` answers ok).
+    pub async fn start(cfg: ClusterConfig) -> Result<Cluster, String> {
+        let started = Instant::now();
+        let listener = TcpListener::bind(SocketAddr::new(cfg.bind_address, cfg.secure_port)).await.map_err(|e| format!("listen on {}:{}: {e}", cfg.bind_address, cfg.secure_port))?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let advertise = cfg.advertise_address.unwrap_or(if cfg.bind_address.is_unspecified() { IpAddr::V4(Ipv4Addr::LOCALHOST) } else { cfg.bind_address });
+
+        let paths = Paths::new(&cfg.data_dir);
+        let mut registry_cfg = RegistryConfig { service_cidr: cfg.service_cidr.clone(), node_ports: cfg.node_port_range };
+        let service_ip = nanokube_apiserver::alloc::ServiceAllocator::new(&registry_cfg.service_cidr, registry_cfg.node_ports)?.first_ip();
+        let mut ips = vec![IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V4(service_ip), advertise];
+        if !cfg.bind_address.is_unspecified() {
+            ips.push(cfg.bind_address);
+        }
+        ips.dedup();
+        let dns: Vec<String> = ["localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"].iter().map(|s| s.to_string()).collect();
+        let pki = pki::ensure(&paths, &ips, &dns).map_err(|e| format!("certificates in {}: {e}", cfg.data_dir.display()))?;
+        let tls = server::tls_config(&pki)?;
+
+        let store: Arc<dyn Backend> = Arc::new(
+            SqliteBackend::open(SqliteOptions { path: (!cfg.in_memory).then(|| paths.state_db()), fsync: cfg.fsync, ..Default::default() })
+                .map_err(|e| format!("store {}: {e}", paths.state_db().display()))?,
+        );
+        registry_cfg.service_cidr = cfg.service_cidr.clone();
+        let registry = Arc::new(Registry::new(store.clone(), registry_cfg)?);
+
+        let mut tokens: Vec<Arc<dyn TokenAuthenticator>> = Vec::new();
+        if let Some(f) = &cfg.token_auth_file {
+            tokens.push(Arc::new(StaticTokens::load(f)?));
+        }
+        let authn = Authenticator { tokens, anonymous: cfg.anonymous_auth };
+        let authz = Chain(vec![Box::new(SuperuserAuthorizer), Box::new(PublicInfoAuthorizer)]);
+        let server_address = format!("{}:{}", host_for_url(advertise), addr.port());
+        let api = Arc::new(ApiServer::new(registry.clone(), authn, Box::new(authz), server_address));
+
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        tasks.spawn(server::serve(api.clone(), listener, tls, shutdown_rx.clone()));
+
+        nanokube_controllers::bootstrap::run(&registry, &advertise.to_string(), addr.port()).await.map_err(|e| format!("bootstrap: {e}"))?;
+        let ns_controller = Arc::new(NamespaceController::new(registry.clone(), pki.ca_pem.clone()));
+        let mut first = JoinSet::new();
+        for ns in nanokube_controllers::bootstrap::SYSTEM_NAMESPACES {
+            let c = ns_controller.clone();
+            first.spawn(async move { c.reconcile(ns).await });
+        }
+        while let Some(r) = first.join_next().await {
+            r.map_err(|e| e.to_string())?.map_err(|e| format!("namespace controller: {e}"))?;
+        }
+        tasks.spawn(ns_controller.run(shutdown_rx.clone()));
+        {
+            // Compact the log to what watches can still resume from, every five minutes.
+            let store = store.clone();
+            let mut sd = shutdown_rx.clone();
+            tasks.spawn(async move {
+                let mut every = tokio::time::interval(std::time::Duration::from_secs(300));
+                every.tick().await;
+                loop {
+                    tokio::select! {
+                        _ = sd.changed() => return,
+                        _ = every.tick() => {
+                            let floor = store.oldest_watchable();
+                            if let Err(e) = store.compact(floor).await {
+                                tracing::warn!(error = %e, "compaction failed");
+                            }
+                        }
+                    }
+                }
+            });
+        }
+
+        let server_url = format!("https://{}:{}", host_for_url(advertise), addr.port());
+        let kc = kubeconfig::single("nanokube", &server_url, &pki.ca_pem, &pki.client_pem, &pki.client_key_pem);
+        kubeconfig::write(&paths.kubeconfig(), &kc).map_err(|e| format!("kubeconfig: {e}"))?;
+        if let Some(target) = &cfg.merge_kubeconfig {
+            kubeconfig::merge_into(target, &kc).map_err(|e| format!("merging into {}: {e}", target.display()))?;
+        }
+        api.set_ready();
+        tracing::info!(elapsed_ms = started.elapsed().as_secs_f64() * 1000.0, %server_url, "ready");
+        Ok(Cluster { addr, server_url, kubeconfig: paths.kubeconfig(), data_dir: cfg.data_dir, created: pki.created, api, shutdown, tasks })
+    }
+
+    /// Stop serving and wait for the server's tasks to end.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        while self.tasks.join_next().await.is_some() {}
+    }
+}

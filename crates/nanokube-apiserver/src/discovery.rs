@@ -1,0 +1,166 @@
+//! Discovery documents, legacy (`APIVersions`, `APIGroupList`, `APIResourceList`) and
+//! aggregated (`APIGroupDiscoveryList`, v2 and v2beta1), built from the resource table.
+
+use nanokube_api::resources::{self, ResourceDef};
+use serde_json::{json, Value};
+
+/// The Kubernetes version nanokube answers as (`/version`, nodes' kubelet version).
+pub const KUBE_MAJOR: &str = "1";
+/// Minor version.
+pub const KUBE_MINOR: &str = "33";
+/// `gitVersion`, with a build suffix as k3s does (`v1.33.1+k3s1`).
+pub const GIT_VERSION: &str = "v1.33.0+nanokube";
+
+/// `/version`.
+pub fn version() -> Value {
+    json!({
+        "major": KUBE_MAJOR,
+        "minor": KUBE_MINOR,
+        "emulationMajor": KUBE_MAJOR,
+        "emulationMinor": KUBE_MINOR,
+        "minCompatibilityMajor": KUBE_MAJOR,
+        "minCompatibilityMinor": "32",
+        "gitVersion": GIT_VERSION,
+        "gitCommit": env!("CARGO_PKG_VERSION"),
+        "gitTreeState": "clean",
+        "buildDate": "2026-11-29T00:00:00Z",
+        "goVersion": "go1.24.0",
+        "compiler": "gc",
+        "platform": format!("linux/{}", if cfg!(target_arch = "aarch64") { "arm64" } else { "amd64" }),
+    })
+}
+
+/// `/api` (legacy).
+pub fn api_versions(server_address: &str) -> Value {
+    json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": server_address}]})
+}
+
+fn group_entry(group: &str) -> Value {
+    let gv = json!({"groupVersion": format!("{group}/v1"), "version": "v1"});
+    json!({"name": group, "versions": [gv.clone()], "preferredVersion": gv})
+}
+
+/// `/apis` (legacy).
+pub fn api_group_list() -> Value {
+    json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": resources::groups().into_iter().map(group_entry).collect::<Vec<_>>()})
+}
+
+/// `/apis/{group}` (legacy), if the group exists.
+pub fn api_group(group: &str) -> Option<Value> {
+    resources::groups().contains(&group).then(|| {
+        let mut g = group_entry(group);
+        g["kind"] = json!("APIGroup");
+        g["apiVersion"] = json!("v1");
+        g
+    })
+}
+
+fn storage_version_hash(r: &ResourceDef) -> String {
+    use base64::Engine;
+    let h = crate::openapi::fnv64(format!("{}/{}/{}", r.group, r.version, r.kind).as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(&h.to_be_bytes()[..8])[..11].to_string()
+}
+
+/// `/api/v1` or `/apis/{group}/{version}` (legacy), if served.
+pub fn api_resource_list(group: &str, version: &str) -> Option<Value> {
+    let defs: Vec<&ResourceDef> = resources::in_group_version(group, version).collect();
+    if defs.is_empty() {
+        return None;
+    }
+    let mut out = Vec::new();
+    for r in defs {
+        let mut e = json!({
+            "name": r.plural, "singularName": r.singular, "namespaced": r.namespaced,
+            "kind": r.kind, "verbs": r.verbs,
+        });
+        if !r.short_names.is_empty() {
+            e["shortNames"] = json!(r.short_names);
+        }
+        if !r.categories.is_empty() {
+            e["categories"] = json!(r.categories);
+        }
+        if r.is_stored() {
+            e["storageVersionHash"] = json!(storage_version_hash(r));
+        }
+        out.push(e);
+        for s in r.subresources {
+            let mut se = json!({"name": format!("{}/{}", r.plural, s.name), "singularName": "", "namespaced": r.namespaced, "kind": s.kind, "verbs": s.verbs});
+            if s.group != r.group || s.version != r.version {
+                se["group"] = json!(s.group);
+                se["version"] = json!(s.version);
+            }
+            out.push(se);
+        }
+    }
+    let gv = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
+    Some(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": out}))
+}
+
+fn aggregated_resource(r: &ResourceDef) -> Value {
+    let mut e = json!({
+        "resource": r.plural,
+        "responseKind": {"group": r.group, "version": r.version, "kind": r.kind},
+        "scope": if r.namespaced { "Namespaced" } else { "Cluster" },
+        "singularResource": r.singular,
+        "verbs": r.verbs,
+    });
+    if !r.short_names.is_empty() {
+        e["shortNames"] = json!(r.short_names);
+    }
+    if !r.categories.is_empty() {
+        e["categories"] = json!(r.categories);
+    }
+    if !r.subresources.is_empty() {
+        e["subresources"] = json!(r
+            .subresources
+            .iter()
+            .map(|s| json!({"subresource": s.name, "responseKind": {"group": s.group, "version": s.version, "kind": s.kind}, "verbs": s.verbs}))
+            .collect::<Vec<_>>());
+    }
+    e
+}
+
+/// Aggregated discovery for `/api` (core) or `/apis` (named groups), as `version`
+/// (`v2` or `v2beta1`).
+pub fn aggregated(core: bool, version: &str) -> Value {
+    let groups: Vec<&str> = if core { vec![""] } else { resources::groups() };
+    let items: Vec<Value> = groups
+        .into_iter()
+        .map(|g| {
+            let res: Vec<Value> = resources::in_group_version(g, "v1").map(aggregated_resource).collect();
+            let metadata = if g.is_empty() { json!({"creationTimestamp": null}) } else { json!({"name": g, "creationTimestamp": null}) };
+            json!({"metadata": metadata, "versions": [{"version": "v1", "resources": res, "freshness": "Current"}]})
+        })
+        .collect();
+    json!({"kind": "APIGroupDiscoveryList", "apiVersion": format!("apidiscovery.k8s.io/{version}"), "metadata": {}, "items": items})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_aggregated_entry_has_a_response_kind() {
+        for core in [true, false] {
+            let d = aggregated(core, "v2");
+            for item in d["items"].as_array().unwrap() {
+                for r in item["versions"][0]["resources"].as_array().unwrap() {
+                    assert!(!r["responseKind"]["kind"].as_str().unwrap().is_empty());
+                    for s in r["subresources"].as_array().into_iter().flatten() {
+                        assert!(!s["responseKind"]["kind"].as_str().unwrap().is_empty());
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn legacy_lists() {
+        let core = api_resource_list("", "v1").unwrap();
+        let names: Vec<&str> = core["resources"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
+        assert!(names.contains(&"pods") && names.contains(&"pods/status") && names.contains(&"namespaces"));
+        let scale = api_resource_list("apps", "v1").unwrap()["resources"].as_array().unwrap().iter().find(|r| r["name"] == "deployments/scale").cloned().unwrap();
+        assert_eq!(scale["group"], "autoscaling");
+        assert!(api_resource_list("nope", "v1").is_none());
+    }
+}

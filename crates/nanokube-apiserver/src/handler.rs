@@ -1,0 +1,766 @@
+//! The request path: authenticate → request info → authorize → route → encode.
+//! Non-resource endpoints (health, version, discovery, OpenAPI) and the resource verbs
+//! (get, list, watch, create, update, patch, delete, deletecollection, status, scale,
+//! finalize) live here; what happens to objects lives in [`crate::registry`].
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use nanokube_api::resources::{self, ResourceDef};
+use nanokube_api::selector::{FieldSelector, LabelSelector};
+use nanokube_api::{meta, table, ApiError};
+use serde_json::{json, Value};
+use time::OffsetDateTime;
+
+use crate::authn::UserInfo;
+use crate::authz::{forbidden_message, Decision};
+use crate::http::{self as h, Body, Output};
+use crate::patch::{self, PatchType};
+use crate::registry::{DeleteOptions, Deleted, ListOptions, Obj, WriteOptions};
+use crate::request::{self, RequestInfo};
+use crate::reviews;
+use crate::server::{ApiServer, ConnInfo};
+
+/// Largest request body accepted, as upstream (3 MiB).
+pub const MAX_BODY: usize = 3 * 1024 * 1024;
+
+/// Parsed query parameters (last value wins; `all` keeps repeats).
+pub struct Query {
+    map: HashMap<String, String>,
+}
+
+impl Query {
+    fn parse(q: Option<&str>) -> Self {
+        let map = form_urlencoded::parse(q.unwrap_or("").as_bytes()).into_owned().collect();
+        Query { map }
+    }
+    /// A parameter.
+    pub fn get(&self, k: &str) -> Option<&str> {
+        self.map.get(k).map(String::as_str)
+    }
+    fn flag(&self, k: &str) -> bool {
+        matches!(self.get(k), Some("true") | Some("1"))
+    }
+}
+
+/// Serve one request.
+pub async fn handle(server: Arc<ApiServer>, conn: Arc<ConnInfo>, req: Request<Incoming>) -> Response<Body> {
+    let audit_id = uuid::Uuid::new_v4().to_string();
+    let mut resp = match handle_inner(&server, &conn, req).await {
+        Ok(r) => r,
+        Err(e) => h::error(&e),
+    };
+    if let Ok(v) = HeaderValue::from_str(&audit_id) {
+        resp.headers_mut().insert("audit-id", v);
+    }
+    resp.headers_mut().insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-cache, private"));
+    resp
+}
+
+async fn handle_inner(server: &Arc<ApiServer>, conn: &ConnInfo, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path().to_string();
+    let query = Query::parse(parts.uri.query());
+    let authorization = parts.headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let user = server.authn.authenticate(conn.cert_user.as_ref(), authorization)?;
+    let watch = query.flag("watch");
+    let info = request::parse(parts.method.as_str(), &path, watch);
+    if let Decision::Deny(reason) = server.authz.authorize(&user, &info) {
+        let mut e = ApiError::forbidden(forbidden_message(&user, &info, &reason));
+        if info.is_resource {
+            e.name = (!info.name.is_empty()).then(|| info.name.clone());
+            e.kind = Some(info.resource.clone());
+            e.group = (!info.group.is_empty()).then(|| info.group.clone());
+        }
+        return Err(e);
+    }
+    if !info.is_resource {
+        return non_resource(server, &parts.method, &path, &query, parts.headers.get(http::header::ACCEPT).and_then(|v| v.to_str().ok()));
+    }
+    let body = read_body(body, &parts.headers).await?;
+    let ctx = Ctx { server, user: &user, info: &info, query: &query, headers: &parts.headers, method: &parts.method };
+    ctx.resource(body).await
+}
+
+async fn read_body(body: Incoming, headers: &HeaderMap) -> Result<Bytes, ApiError> {
+    if let Some(len) = headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok()) {
+        if len > MAX_BODY {
+            return Err(ApiError::too_large(format!("Request entity too large: limit is {MAX_BODY}")));
+        }
+    }
+    let limited = http_body_util::Limited::new(body, MAX_BODY);
+    match limited.collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(ApiError::too_large(format!("Request entity too large: limit is {MAX_BODY}"))),
+        Err(e) => Err(ApiError::bad_request(format!("error reading request body: {e}"))),
+    }
+}
+
+fn non_resource(server: &ApiServer, method: &Method, path: &str, query: &Query, accept: Option<&str>) -> Result<Response<Body>, ApiError> {
+    if method != Method::GET && method != Method::HEAD {
+        return Err(ApiError::method_not_allowed(format!("the server does not allow this method on the requested resource: {method} {path}")));
+    }
+    let path = path.trim_end_matches('/');
+    match path {
+        "/healthz" | "/livez" | "/readyz" => {
+            let ready = path != "/readyz" || server.is_ready();
+            let checks: &[&str] = match path {
+                "/readyz" => &["ping", "log", "etcd", "informer-sync", "poststarthook/bootstrap-controller", "shutdown"],
+                _ => &["ping", "log", "etcd"],
+            };
+            if !ready {
+                let mut body = String::new();
+                for c in checks {
+                    body.push_str(&format!("[{}]{} {}\n", if *c == "poststarthook/bootstrap-controller" { "-" } else { "+" }, c, if *c == "poststarthook/bootstrap-controller" { "failed: reason withheld" } else { "ok" }));
+                }
+                body.push_str(&format!("{} check failed\n", &path[1..]));
+                return Ok(h::text(StatusCode::INTERNAL_SERVER_ERROR, body));
+            }
+            if query.get("verbose").is_some() {
+                let mut body = String::new();
+                for c in checks {
+                    body.push_str(&format!("[+]{c} ok\n"));
+                }
+                body.push_str(&format!("{} check passed\n", &path[1..]));
+                return Ok(h::text(StatusCode::OK, body));
+            }
+            Ok(h::text(StatusCode::OK, "ok"))
+        }
+        p if p.starts_with("/healthz/") || p.starts_with("/livez/") || p.starts_with("/readyz/") => Ok(h::text(StatusCode::OK, "ok")),
+        "/version" => Ok(h::json(StatusCode::OK, &crate::discovery::version())),
+        "/api" | "/apis" => {
+            let core = path == "/api";
+            for m in h::media_ranges(accept.unwrap_or("")) {
+                if m.mime == "application/json" && m.as_ == "APIGroupDiscoveryList" && m.g == "apidiscovery.k8s.io" && (m.v == "v2" || m.v == "v2beta1") {
+                    let doc = crate::discovery::aggregated(core, m.v);
+                    let ct = format!("application/json;g=apidiscovery.k8s.io;v={};as=APIGroupDiscoveryList", m.v);
+                    let mut r = h::bytes_response(StatusCode::OK, &ct, Bytes::from(serde_json::to_vec(&doc).expect("serialize")));
+                    r.headers_mut().insert(http::header::VARY, HeaderValue::from_static("Accept"));
+                    return Ok(r);
+                }
+            }
+            let mut r = if core { h::json(StatusCode::OK, &crate::discovery::api_versions(&server.server_address)) } else { h::json(StatusCode::OK, &crate::discovery::api_group_list()) };
+            r.headers_mut().insert(http::header::VARY, HeaderValue::from_static("Accept"));
+            Ok(r)
+        }
+        "/api/v1" => crate::discovery::api_resource_list("", "v1").map(|v| h::json(StatusCode::OK, &v)).ok_or_else(ApiError::path_not_found),
+        p if p.starts_with("/apis/") => {
+            let segs: Vec<&str> = p["/apis/".len()..].split('/').collect();
+            let doc = match segs.as_slice() {
+                [g] => crate::discovery::api_group(g),
+                [g, v] => crate::discovery::api_resource_list(g, v),
+                _ => None,
+            };
+            doc.map(|v| h::json(StatusCode::OK, &v)).ok_or_else(ApiError::path_not_found)
+        }
+        "/openapi/v3" => Ok(h::bytes_response(StatusCode::OK, "application/json", server.openapi.root())),
+        p if p.starts_with("/openapi/v3/") => {
+            let key = &p["/openapi/v3/".len()..];
+            let (hash, doc) = server.openapi.document(key).ok_or_else(ApiError::path_not_found)?;
+            match query.get("hash") {
+                Some(h) if h != hash => {
+                    let mut r = h::text(StatusCode::MOVED_PERMANENTLY, "");
+                    if let Ok(v) = HeaderValue::from_str(&format!("/openapi/v3/{key}?hash={hash}")) {
+                        r.headers_mut().insert(http::header::LOCATION, v);
+                    }
+                    Ok(r)
+                }
+                Some(_) => {
+                    let mut r = h::bytes_response(StatusCode::OK, "application/json", doc);
+                    r.headers_mut().insert(http::header::CACHE_CONTROL, HeaderValue::from_static("public, immutable"));
+                    Ok(r)
+                }
+                None => Ok(h::bytes_response(StatusCode::OK, "application/json", doc)),
+            }
+        }
+        "" => {
+            let mut paths = vec!["/api".to_string(), "/api/v1".into(), "/apis".into(), "/healthz".into(), "/livez".into(), "/readyz".into(), "/version".into(), "/openapi/v3".into()];
+            for g in resources::groups() {
+                paths.push(format!("/apis/{g}"));
+                paths.push(format!("/apis/{g}/v1"));
+            }
+            paths.sort();
+            Ok(h::json(StatusCode::OK, &json!({"paths": paths})))
+        }
+        _ => Err(ApiError::path_not_found()),
+    }
+}
+
+/// Which object a Table row embeds.
+#[derive(Clone, Copy, PartialEq)]
+enum Include {
+    None,
+    Metadata,
+    Object,
+}
+
+struct Ctx<'a> {
+    server: &'a Arc<ApiServer>,
+    user: &'a UserInfo,
+    info: &'a RequestInfo,
+    query: &'a Query,
+    headers: &'a HeaderMap,
+    method: &'a Method,
+}
+
+fn partial_metadata(obj: &Value, v: &str) -> Value {
+    json!({"kind": "PartialObjectMetadata", "apiVersion": format!("meta.k8s.io/{v}"), "metadata": obj.get("metadata").cloned().unwrap_or(json!({}))})
+}
+
+fn list_metadata(rv: i64, cont: Option<&str>, remaining: Option<usize>) -> Value {
+    let mut m = json!({"resourceVersion": rv.to_string()});
+    if let Some(c) = cont {
+        m["continue"] = json!(c);
+    }
+    if let Some(r) = remaining {
+        m["remainingItemCount"] = json!(r);
+    }
+    m
+}
+
+impl Ctx<'_> {
+    fn accept(&self) -> Option<&str> {
+        self.headers.get(http::header::ACCEPT).and_then(|v| v.to_str().ok())
+    }
+
+    fn content_type(&self) -> &str {
+        self.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("application/json")
+    }
+
+    fn dry_run(&self) -> Result<bool, ApiError> {
+        match self.query.get("dryRun") {
+            None | Some("") => Ok(false),
+            Some("All") => Ok(true),
+            Some(other) => Err(ApiError::bad_request(format!("dryRun: Unsupported value: {other:?}: supported values: \"All\""))),
+        }
+    }
+
+    fn check_field_validation(&self) -> Result<(), ApiError> {
+        match self.query.get("fieldValidation") {
+            None | Some("") | Some("Strict") | Some("Warn") | Some("Ignore") => Ok(()),
+            Some(other) => Err(ApiError::bad_request(format!("fieldValidation: Invalid value: {other:?}: fieldValidation must be one of \"Ignore\", \"Warn\", or \"Strict\""))),
+        }
+    }
+
+    fn include(&self) -> Result<Include, ApiError> {
+        match self.query.get("includeObject") {
+            None | Some("") | Some("Metadata") => Ok(Include::Metadata),
+            Some("Object") => Ok(Include::Object),
+            Some("None") => Ok(Include::None),
+            Some(other) => Err(ApiError::bad_request(format!("includeObject: Unsupported value: {other:?}: supported values: \"Metadata\", \"None\", \"Object\""))),
+        }
+    }
+
+    /// Decode a request body by its Content-Type.
+    fn decode_body(&self, body: &[u8]) -> Result<Value, ApiError> {
+        let ct = self.content_type();
+        let mime = ct.split(';').next().unwrap_or("").trim();
+        match mime {
+            "application/json" | "" | "*/*" => serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("Object 'Kind' is missing in '{}': {e}", String::from_utf8_lossy(&body[..body.len().min(200)])))),
+            "application/yaml" | "application/x-yaml" | "text/yaml" => serde_norway::from_slice(body).map_err(|e| ApiError::bad_request(format!("error converting YAML to JSON: {e}"))),
+            "application/vnd.kubernetes.protobuf" => nanokube_api::protobuf::decode_request(body).map_err(|e| ApiError::bad_request(format!("failed to decode protobuf body: {e}"))),
+            other => Err(ApiError::unsupported_media_type(other)),
+        }
+    }
+
+    fn table_row(&self, def: &ResourceDef, obj: &Value, include: Include, now: OffsetDateTime, meta_v: &str) -> Value {
+        let mut row = json!({"cells": table::cells(def.group, def.plural, obj, now)});
+        match include {
+            Include::Metadata => row["object"] = partial_metadata(obj, meta_v),
+            Include::Object => row["object"] = obj.clone(),
+            Include::None => {}
+        }
+        row
+    }
+
+    fn table(&self, def: &ResourceDef, objs: &[Obj], meta: Value, meta_v: &str, with_columns: bool) -> Result<Value, ApiError> {
+        let include = self.include()?;
+        let now = OffsetDateTime::now_utc();
+        let rows: Vec<Value> = objs.iter().map(|o| self.table_row(def, o, include, now, meta_v)).collect();
+        let mut t = json!({"kind": "Table", "apiVersion": format!("meta.k8s.io/{meta_v}"), "metadata": meta, "rows": rows});
+        if with_columns {
+            t["columnDefinitions"] = table::column_definitions(def.group, def.plural);
+        } else {
+            t["columnDefinitions"] = Value::Null;
+        }
+        Ok(t)
+    }
+
+    fn respond_object(&self, def: &ResourceDef, code: StatusCode, obj: &Obj) -> Result<Response<Body>, ApiError> {
+        let out = h::negotiate(self.accept())?;
+        match out {
+            Output::Table(v) => {
+                let meta = json!({"resourceVersion": meta::resource_version(obj)});
+                let t = self.table(def, std::slice::from_ref(obj), meta, v, true)?;
+                Ok(h::encode(out, code, &t, false))
+            }
+            Output::PartialMetadata(v) => Ok(h::encode(out, code, &partial_metadata(obj, v), false)),
+            _ => Ok(h::encode(out, code, obj, false)),
+        }
+    }
+
+    async fn resource(&self, body: Bytes) -> Result<Response<Body>, ApiError> {
+        let info = self.info;
+        let def = resources::find(&info.group, &info.version, &info.resource).ok_or_else(ApiError::path_not_found)?;
+        let namespaced_url = !info.namespace.is_empty() && !(def.plural == "namespaces" && def.group.is_empty());
+        if namespaced_url && !def.namespaced {
+            return Err(ApiError::path_not_found());
+        }
+        if def.namespaced && info.namespace.is_empty() && !matches!(info.verb.as_str(), "list" | "watch") {
+            return Err(ApiError::path_not_found());
+        }
+        if !def.is_stored() {
+            if info.verb != "create" || !info.name.is_empty() {
+                return Err(ApiError::method_not_allowed(format!("the server does not allow this method on the requested resource ({})", def.plural)));
+            }
+            let obj = self.decode_body(&body)?;
+            crate::registry::Registry::check_type(def, &obj)?;
+            let out = reviews::review(self.server, self.user, def, &info.namespace, obj)?;
+            return self.respond_object(def, StatusCode::CREATED, &Arc::new(out));
+        }
+        let ns = info.namespace.as_str();
+        if !info.subresource.is_empty() {
+            return self.subresource(def, body).await;
+        }
+        match info.verb.as_str() {
+            "get" => {
+                let obj = self.server.registry.get(def, ns, &info.name)?;
+                self.respond_object(def, StatusCode::OK, &obj)
+            }
+            "list" => self.list(def).await,
+            "watch" => self.watch(def).await,
+            "create" => {
+                self.check_field_validation()?;
+                let obj = self.decode_body(&body)?;
+                let opts = WriteOptions { dry_run: self.dry_run()?, subresource: None };
+                let created = self.server.registry.create(def, ns, obj, &opts).await?;
+                self.respond_object(def, StatusCode::CREATED, &created)
+            }
+            "update" => {
+                self.check_field_validation()?;
+                let obj = self.decode_body(&body)?;
+                let opts = WriteOptions { dry_run: self.dry_run()?, subresource: None };
+                let updated = self.server.registry.update(def, ns, &info.name, obj, &opts).await?;
+                self.respond_object(def, StatusCode::OK, &updated)
+            }
+            "patch" => {
+                self.check_field_validation()?;
+                let updated = self.patch(def, &body, None).await?;
+                self.respond_object(def, StatusCode::OK, &updated)
+            }
+            "delete" => {
+                let opts = self.delete_options(&body)?;
+                match self.server.registry.delete(def, ns, &info.name, &opts).await? {
+                    Deleted::Pending(obj) => {
+                        let code = if self.orphan_dependents_false(&body) { StatusCode::ACCEPTED } else { StatusCode::OK };
+                        self.respond_object(def, code, &obj)
+                    }
+                    Deleted::Gone(obj) => {
+                        if returns_deleted_object(def) {
+                            self.respond_object(def, StatusCode::OK, &obj)
+                        } else {
+                            Ok(h::json(StatusCode::OK, &nanokube_api::error::success_status(meta::name(&obj), def.group, def.plural, meta::uid(&obj))))
+                        }
+                    }
+                }
+            }
+            "deletecollection" => {
+                let opts = self.delete_options(&body)?;
+                let list_opts = self.list_options()?;
+                let listed = self.server.registry.list(def, if ns.is_empty() { None } else { Some(ns) }, &list_opts)?;
+                let mut deleted = Vec::new();
+                for obj in listed.items {
+                    match self.server.registry.delete(def, meta::namespace(&obj), meta::name(&obj), &opts).await {
+                        Ok(Deleted::Gone(o)) | Ok(Deleted::Pending(o)) => deleted.push((*o).clone()),
+                        Err(e) if e.code == 404 => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                let rv = self.server.registry.store().current_revision();
+                Ok(h::json(StatusCode::OK, &json!({"kind": def.list_kind(), "apiVersion": def.api_version(), "metadata": {"resourceVersion": rv.to_string()}, "items": deleted})))
+            }
+            _ => Err(ApiError::method_not_allowed(format!("the server does not allow this method on the requested resource ({})", def.plural))),
+        }
+    }
+
+    fn orphan_dependents_false(&self, body: &[u8]) -> bool {
+        self.query.get("orphanDependents") == Some("false") || serde_json::from_slice::<Value>(body).ok().and_then(|v| v.get("orphanDependents").cloned()) == Some(json!(false))
+    }
+
+    fn delete_options(&self, body: &[u8]) -> Result<DeleteOptions, ApiError> {
+        let mut opts = DeleteOptions { dry_run: self.dry_run()?, ..Default::default() };
+        if !body.is_empty() {
+            let v: Value = self.decode_body(body)?;
+            if let Some(k) = v.get("kind").and_then(Value::as_str) {
+                if k != "DeleteOptions" {
+                    return Err(ApiError::bad_request(format!("the body of the request was not a DeleteOptions object: kind {k:?}")));
+                }
+            }
+            opts.propagation = v.get("propagationPolicy").and_then(Value::as_str).map(String::from);
+            opts.grace_period = v.get("gracePeriodSeconds").and_then(Value::as_i64);
+            opts.precondition_uid = v.pointer("/preconditions/uid").and_then(Value::as_str).map(String::from);
+            opts.precondition_rv = v.pointer("/preconditions/resourceVersion").and_then(Value::as_str).map(String::from);
+            if v.get("orphanDependents") == Some(&json!(true)) && opts.propagation.is_none() {
+                opts.propagation = Some("Orphan".into());
+            }
+            if v.get("dryRun").and_then(Value::as_array).is_some_and(|a| a.iter().any(|x| x == "All")) {
+                opts.dry_run = true;
+            }
+        }
+        if let Some(p) = self.query.get("propagationPolicy") {
+            opts.propagation = Some(p.to_string());
+        }
+        if let Some(g) = self.query.get("gracePeriodSeconds") {
+            opts.grace_period = Some(g.parse().map_err(|_| ApiError::bad_request(format!("gracePeriodSeconds: invalid value {g:?}")))?);
+        }
+        if self.query.get("orphanDependents") == Some("true") && opts.propagation.is_none() {
+            opts.propagation = Some("Orphan".into());
+        }
+        Ok(opts)
+    }
+
+    fn list_options(&self) -> Result<ListOptions, ApiError> {
+        let labels = LabelSelector::parse(self.query.get("labelSelector").unwrap_or(""))?;
+        let fields = FieldSelector::parse(self.query.get("fieldSelector").unwrap_or(""))?;
+        let limit = match self.query.get("limit") {
+            None | Some("") => 0,
+            Some(l) => l.parse::<i64>().map_err(|_| ApiError::bad_request(format!("limit: Invalid value: {l:?}")))?.max(0) as usize,
+        };
+        if self.query.get("resourceVersionMatch").is_some_and(|m| !m.is_empty()) && self.query.get("resourceVersion").is_none_or(str::is_empty) {
+            return Err(ApiError::bad_request("resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden unless resourceVersion is provided"));
+        }
+        Ok(ListOptions { labels, fields, limit, continue_token: self.query.get("continue").map(String::from) })
+    }
+
+    fn check_list_rv(&self) -> Result<(), ApiError> {
+        let rv = self.query.get("resourceVersion").unwrap_or("");
+        if rv.is_empty() || rv == "0" {
+            return Ok(());
+        }
+        let n: i64 = rv.parse().map_err(|_| ApiError::bad_request(format!("resourceVersion: Invalid value: {rv:?}: must be a non-negative integer")))?;
+        let current = self.server.registry.store().current_revision();
+        match self.query.get("resourceVersionMatch").unwrap_or("NotOlderThan") {
+            "NotOlderThan" | "" => {
+                if n > current {
+                    let mut e = ApiError::new(504, "Timeout", format!("Too large resource version: {n}, current: {current}"));
+                    e.causes.push(nanokube_api::error::Cause { reason: "ResourceVersionTooLarge".into(), message: "Too large resource version".into(), field: String::new() });
+                    e.retry_after = Some(1);
+                    return Err(e);
+                }
+                Ok(())
+            }
+            // Only the current state is held in memory: an exact read of an older
+            // revision is reported as compacted, as upstream does past its history.
+            "Exact" if n == current => Ok(()),
+            "Exact" => Err(ApiError::expired(format!("too old resource version: {n} ({current})"))),
+            other => Err(ApiError::bad_request(format!("resourceVersionMatch: Unsupported value: {other:?}: supported values: \"Exact\", \"NotOlderThan\""))),
+        }
+    }
+
+    async fn list(&self, def: &'static ResourceDef) -> Result<Response<Body>, ApiError> {
+        let out = h::negotiate(self.accept())?;
+        self.check_list_rv()?;
+        let opts = self.list_options()?;
+        let ns = (!self.info.namespace.is_empty()).then_some(self.info.namespace.as_str());
+        let l = self.server.registry.list(def, ns, &opts)?;
+        let meta = list_metadata(l.revision, l.continue_token.as_deref(), l.remaining);
+        let v = match out {
+            Output::Table(mv) => self.table(def, &l.items, meta, mv, true)?,
+            Output::PartialMetadata(mv) => json!({"kind": "PartialObjectMetadataList", "apiVersion": format!("meta.k8s.io/{mv}"), "metadata": meta,
+                "items": l.items.iter().map(|o| partial_metadata(o, mv)).collect::<Vec<_>>()}),
+            _ => {
+                // Items are serialized as stored, so build the list text directly.
+                let mut buf = Vec::with_capacity(256 + l.items.len() * 512);
+                buf.extend_from_slice(format!("{{\"kind\":\"{}\",\"apiVersion\":\"{}\",\"metadata\":", def.list_kind(), def.api_version()).as_bytes());
+                serde_json::to_writer(&mut buf, &meta).expect("serialize");
+                buf.extend_from_slice(b",\"items\":[");
+                for (i, o) in l.items.iter().enumerate() {
+                    if i > 0 {
+                        buf.push(b',');
+                    }
+                    serde_json::to_writer(&mut buf, o.as_ref()).expect("serialize");
+                }
+                buf.extend_from_slice(b"]}");
+                if out == Output::Json {
+                    return Ok(h::bytes_response(StatusCode::OK, "application/json", Bytes::from(buf)));
+                }
+                serde_json::from_slice(&buf).expect("valid JSON")
+            }
+        };
+        Ok(h::encode(out, StatusCode::OK, &v, true))
+    }
+
+    async fn watch(&self, def: &'static ResourceDef) -> Result<Response<Body>, ApiError> {
+        let out = h::negotiate(self.accept())?;
+        let labels = LabelSelector::parse(self.query.get("labelSelector").unwrap_or(""))?;
+        let fields = FieldSelector::parse(self.query.get("fieldSelector").unwrap_or(""))?;
+        fields.check_supported(def.group, def.plural, def.namespaced)?;
+        let ns = (!self.info.namespace.is_empty()).then(|| self.info.namespace.clone());
+        let rv = self.query.get("resourceVersion").unwrap_or("").to_string();
+        let send_initial = self.query.flag("sendInitialEvents");
+        let bookmarks = self.query.flag("allowWatchBookmarks");
+        let timeout = match self.query.get("timeoutSeconds") {
+            Some(t) => Duration::from_secs(t.parse::<u64>().map_err(|_| ApiError::bad_request(format!("timeoutSeconds: invalid value {t:?}")))?),
+            // Upstream closes watches at a random point in [min-request-timeout, 2x].
+            None => Duration::from_secs(1800 + fastrand::u64(..1800)),
+        };
+        if send_initial && self.query.get("resourceVersionMatch") != Some("NotOlderThan") {
+            return Err(ApiError::invalid("ListOptions", "meta.k8s.io", "", vec![nanokube_api::error::Cause {
+                reason: "FieldValueForbidden".into(),
+                message: "Forbidden: sendInitialEvents requires setting resourceVersionMatch to NotOlderThan".into(),
+                field: "resourceVersionMatch".into(),
+            }]));
+        }
+        let registry = self.server.registry.clone();
+        // Initial state: synthetic ADDED events when the client has no revision.
+        let (initial, start_rv) = if rv.is_empty() || rv == "0" || send_initial {
+            let opts = ListOptions { labels: labels.clone(), fields: fields.clone(), ..Default::default() };
+            let l = registry.list(def, ns.as_deref(), &opts)?;
+            let start = if send_initial && !rv.is_empty() && rv != "0" { rv.parse::<i64>().unwrap_or(l.revision).max(l.revision) } else { l.revision };
+            (l.items, start)
+        } else {
+            (Vec::new(), rv.parse::<i64>().map_err(|_| ApiError::bad_request(format!("resourceVersion: Invalid value: {rv:?}")))?)
+        };
+        let watch = match registry.watch(def, ns.as_deref(), start_rv, labels, fields) {
+            Ok(w) => Some(w),
+            Err(e) if e.code == 410 => None,
+            Err(e) => return Err(e),
+        };
+        let include = self.include()?;
+        let (tx, body) = h::channel(64);
+        let content_type = match out {
+            Output::Table(_) => out.content_type(false),
+            _ => "application/json".to_string(),
+        };
+        tokio::spawn(async move {
+            let mut first_table = true;
+            let mut encode_event = |ty: &str, obj: &Value| -> Bytes {
+                let object = match out {
+                    Output::Table(mv) => {
+                        let now = OffsetDateTime::now_utc();
+                        let mut row = json!({"cells": table::cells(def.group, def.plural, obj, now)});
+                        match include {
+                            Include::Metadata => row["object"] = partial_metadata(obj, mv),
+                            Include::Object => row["object"] = obj.clone(),
+                            Include::None => {}
+                        }
+                        let mut t = json!({"kind": "Table", "apiVersion": format!("meta.k8s.io/{mv}"), "metadata": {"resourceVersion": meta::resource_version(obj)}, "rows": [row]});
+                        t["columnDefinitions"] = if first_table { table::column_definitions(def.group, def.plural) } else { Value::Null };
+                        first_table = false;
+                        t
+                    }
+                    Output::PartialMetadata(mv) => partial_metadata(obj, mv),
+                    _ => obj.clone(),
+                };
+                let mut line = serde_json::to_vec(&json!({"type": ty, "object": object})).expect("serialize");
+                line.push(b'\n');
+                Bytes::from(line)
+            };
+            let bookmark = |rv: i64, initial_end: bool| -> Bytes {
+                let mut m = json!({"resourceVersion": rv.to_string()});
+                if initial_end {
+                    m["annotations"] = json!({"k8s.io/initial-events-end": "true"});
+                }
+                let mut line = serde_json::to_vec(&json!({"type": "BOOKMARK", "object": {"kind": def.kind, "apiVersion": def.api_version(), "metadata": m}})).expect("serialize");
+                line.push(b'\n');
+                Bytes::from(line)
+            };
+            for obj in &initial {
+                if tx.send(encode_event("ADDED", obj)).await.is_err() {
+                    return;
+                }
+            }
+            if send_initial && tx.send(bookmark(start_rv, true)).await.is_err() {
+                return;
+            }
+            let Some(mut watch) = watch else {
+                let e = ApiError::expired(format!("too old resource version: {} ({})", start_rv, registry.store().oldest_watchable()));
+                let mut line = serde_json::to_vec(&json!({"type": "ERROR", "object": e.to_status()})).expect("serialize");
+                line.push(b'\n');
+                let _ = tx.send(Bytes::from(line)).await;
+                return;
+            };
+            let deadline = tokio::time::sleep(timeout);
+            tokio::pin!(deadline);
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = &mut deadline => return,
+                    _ = tx.closed() => return,
+                    _ = tick.tick(), if bookmarks => {
+                        if tx.send(bookmark(watch.last_revision(), false)).await.is_err() {
+                            return;
+                        }
+                    }
+                    ev = watch.next() => match ev {
+                        Some(Ok((ty, obj))) => {
+                            if tx.send(encode_event(ty, &obj)).await.is_err() {
+                                return;
+                            }
+                        }
+                        Some(Err(e)) => {
+                            let mut line = serde_json::to_vec(&json!({"type": "ERROR", "object": e.to_status()})).expect("serialize");
+                            line.push(b'\n');
+                            let _ = tx.send(Bytes::from(line)).await;
+                            return;
+                        }
+                        None => return,
+                    }
+                }
+            }
+        });
+        let mut r = Response::new(body);
+        r.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_str(&content_type).expect("header"));
+        Ok(r)
+    }
+
+    async fn patch(&self, def: &ResourceDef, body: &[u8], subresource: Option<&str>) -> Result<Obj, ApiError> {
+        let ct = self.content_type().to_string();
+        let ty = PatchType::from_content_type(&ct).ok_or_else(|| ApiError::unsupported_media_type(&ct))?;
+        if ty == PatchType::Apply {
+            let fm = self.query.get("fieldManager").unwrap_or("");
+            if fm.is_empty() {
+                return Err(ApiError::invalid("PatchOptions", "meta.k8s.io", "", vec![nanokube_api::error::Cause {
+                    reason: "FieldValueRequired".into(),
+                    message: "Required value: is required for apply patch".into(),
+                    field: "fieldManager".into(),
+                }]));
+            }
+        }
+        let opts = WriteOptions { dry_run: self.dry_run()?, subresource: subresource.map(String::from) };
+        // A resourceVersion inside the patch is a precondition; PATCH never needs one.
+        let body = body.to_vec();
+        self.server
+            .registry
+            .update_with(def, &self.info.namespace, &self.info.name, &opts, |current| {
+                let mut cur = current.clone();
+                let rv = meta::resource_version(&cur).to_string();
+                meta::metadata_mut(&mut cur).remove("resourceVersion");
+                let mut patched = patch::apply(ty, &cur, &body)?;
+                let new_rv = meta::resource_version(&patched).to_string();
+                if new_rv.is_empty() {
+                    let _ = rv;
+                    meta::metadata_mut(&mut patched).remove("resourceVersion");
+                }
+                Ok(patched)
+            })
+            .await
+    }
+
+    async fn subresource(&self, def: &'static ResourceDef, body: Bytes) -> Result<Response<Body>, ApiError> {
+        let info = self.info;
+        let sub = info.subresource.as_str();
+        let ns = info.namespace.as_str();
+        let is_namespace = def.group.is_empty() && def.plural == "namespaces";
+        if is_namespace && sub == "finalize" {
+            if self.method != Method::PUT {
+                return Err(ApiError::method_not_allowed("finalize supports PUT only"));
+            }
+            let obj = self.decode_body(&body)?;
+            let finalizers = obj.pointer("/spec/finalizers").cloned().unwrap_or(json!([]));
+            let opts = WriteOptions { dry_run: self.dry_run()?, subresource: Some("finalize".into()) };
+            let updated = self
+                .server
+                .registry
+                .update_with(def, "", &info.name, &opts, |cur| {
+                    let mut next = cur.clone();
+                    next["spec"]["finalizers"] = finalizers.clone();
+                    Ok(next)
+                })
+                .await?;
+            return self.respond_object(def, StatusCode::OK, &updated);
+        }
+        let Some(sdef) = def.subresource(sub) else {
+            return Err(ApiError::path_not_found());
+        };
+        match sdef.name {
+            "status" => match self.method.as_str() {
+                "GET" => {
+                    let obj = self.server.registry.get(def, ns, &info.name)?;
+                    self.respond_object(def, StatusCode::OK, &obj)
+                }
+                "PUT" => {
+                    let obj = self.decode_body(&body)?;
+                    let opts = WriteOptions { dry_run: self.dry_run()?, subresource: Some("status".into()) };
+                    let updated = self.server.registry.update(def, ns, &info.name, obj, &opts).await?;
+                    self.respond_object(def, StatusCode::OK, &updated)
+                }
+                "PATCH" => {
+                    let updated = self.patch(def, &body, Some("status")).await?;
+                    self.respond_object(def, StatusCode::OK, &updated)
+                }
+                _ => Err(ApiError::method_not_allowed("status supports get, update and patch")),
+            },
+            "scale" => {
+                let to_scale = |obj: &Value| -> Value {
+                    let selector = obj
+                        .pointer("/spec/selector")
+                        .map(|s| if def.group.is_empty() { nanokube_api::selector::LabelSelector { requirements: s.as_object().map(|m| m.iter().map(|(k, v)| nanokube_api::selector::Requirement::In(k.clone(), vec![v.as_str().unwrap_or("").into()])).collect()).unwrap_or_default() }.to_string_form() } else { LabelSelector::from_object(s).map(|l| l.to_string_form()).unwrap_or_default() })
+                        .unwrap_or_default();
+                    json!({
+                        "kind": "Scale", "apiVersion": "autoscaling/v1",
+                        "metadata": {"name": meta::name(obj), "namespace": meta::namespace(obj), "uid": meta::uid(obj), "resourceVersion": meta::resource_version(obj),
+                                     "creationTimestamp": obj.pointer("/metadata/creationTimestamp").cloned().unwrap_or(Value::Null)},
+                        "spec": {"replicas": obj.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(0)},
+                        "status": {"replicas": obj.pointer("/status/replicas").and_then(Value::as_i64).unwrap_or(0), "selector": selector},
+                    })
+                };
+                let scale_resp = |obj: &Value| -> Response<Body> { h::json(StatusCode::OK, &to_scale(obj)) };
+                match self.method.as_str() {
+                    "GET" => {
+                        let obj = self.server.registry.get(def, ns, &info.name)?;
+                        Ok(scale_resp(&obj))
+                    }
+                    "PUT" | "PATCH" => {
+                        let is_put = self.method == Method::PUT;
+                        let ct = self.content_type().to_string();
+                        let body_v = if is_put { Some(self.decode_body(&body)?) } else { None };
+                        let opts = WriteOptions { dry_run: self.dry_run()?, subresource: None };
+                        let updated = self
+                            .server
+                            .registry
+                            .update_with(def, ns, &info.name, &opts, |cur| {
+                                let scale = match &body_v {
+                                    Some(v) => {
+                                        if let Some(rv) = v.pointer("/metadata/resourceVersion").and_then(Value::as_str).filter(|s| !s.is_empty()) {
+                                            if rv != meta::resource_version(cur) {
+                                                return Err(ApiError::conflict(def.plural, def.group, meta::name(cur)));
+                                            }
+                                        }
+                                        v.clone()
+                                    }
+                                    None => {
+                                        let ty = PatchType::from_content_type(&ct).ok_or_else(|| ApiError::unsupported_media_type(&ct))?;
+                                        patch::apply(ty, &to_scale(cur), &body)?
+                                    }
+                                };
+                                let replicas = scale.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(0);
+                                if replicas < 0 {
+                                    return Err(ApiError::invalid("Scale", "autoscaling", meta::name(cur), vec![nanokube_api::error::Cause { reason: "FieldValueInvalid".into(), message: format!("Invalid value: {replicas}: must be greater than or equal to 0"), field: "spec.replicas".into() }]));
+                                }
+                                let mut next = cur.clone();
+                                next["spec"]["replicas"] = json!(replicas);
+                                meta::metadata_mut(&mut next).remove("resourceVersion");
+                                Ok(next)
+                            })
+                            .await?;
+                        Ok(scale_resp(&updated))
+                    }
+                    _ => Err(ApiError::method_not_allowed("scale supports get, update and patch")),
+                }
+            }
+            _ => Err(ApiError::path_not_found()),
+        }
+    }
+}
+
+/// Types whose DELETE answers with the deleted object rather than a Status.
+fn returns_deleted_object(def: &ResourceDef) -> bool {
+    matches!((def.group, def.plural), ("", "pods") | ("", "services") | ("", "namespaces") | ("", "persistentvolumes") | ("", "persistentvolumeclaims"))
+}

@@ -1,0 +1,192 @@
+//! HTTP plumbing: response bodies (whole and streamed), JSON/YAML/Status responses,
+//! and content negotiation of `Accept` (JSON, YAML, Table, PartialObjectMetadata).
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode};
+use http_body::Frame;
+use http_body_util::{BodyExt, Full};
+use nanokube_api::ApiError;
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+/// The response body type: a whole body or a stream.
+pub type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+/// A whole body.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).boxed()
+}
+
+/// A body fed by a channel; each message is flushed as its own chunk. The stream ends
+/// when the sender is dropped; a dropped body (client gone) makes sends fail.
+pub struct ChannelBody {
+    rx: mpsc::Receiver<Bytes>,
+}
+
+impl http_body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(Some(b)) => Poll::Ready(Some(Ok(Frame::data(b)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// A streamed body and the sender that feeds it.
+pub fn channel(capacity: usize) -> (mpsc::Sender<Bytes>, Body) {
+    let (tx, rx) = mpsc::channel(capacity);
+    (tx, ChannelBody { rx }.boxed())
+}
+
+/// A JSON response.
+pub fn json(code: StatusCode, v: &Value) -> Response<Body> {
+    bytes_response(code, "application/json", Bytes::from(serde_json::to_vec(v).expect("serialize")))
+}
+
+/// A response with a content type.
+pub fn bytes_response(code: StatusCode, content_type: &str, b: Bytes) -> Response<Body> {
+    let mut r = Response::new(full(b));
+    *r.status_mut() = code;
+    r.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_str(content_type).unwrap_or(HeaderValue::from_static("application/json")));
+    r
+}
+
+/// A plain-text response.
+pub fn text(code: StatusCode, body: impl Into<String>) -> Response<Body> {
+    bytes_response(code, "text/plain; charset=utf-8", Bytes::from(body.into()))
+}
+
+/// An error as a `metav1.Status` response.
+pub fn error(e: &ApiError) -> Response<Body> {
+    let mut r = json(StatusCode::from_u16(e.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &e.to_status());
+    if let Some(s) = e.retry_after {
+        r.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from(s));
+    }
+    r
+}
+
+/// How a response should be encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// Plain JSON objects and Lists.
+    Json,
+    /// YAML.
+    Yaml,
+    /// `meta.k8s.io` Table (v1 or v1beta1).
+    Table(&'static str),
+    /// `PartialObjectMetadata` / `PartialObjectMetadataList` (v1 or v1beta1).
+    PartialMetadata(&'static str),
+}
+
+impl Output {
+    /// The Content-Type of a response in this encoding.
+    pub fn content_type(&self, list: bool) -> String {
+        match self {
+            Output::Json => "application/json".into(),
+            Output::Yaml => "application/yaml".into(),
+            Output::Table(v) => format!("application/json;as=Table;v={v};g=meta.k8s.io"),
+            Output::PartialMetadata(v) => format!("application/json;as={};v={v};g=meta.k8s.io", if list { "PartialObjectMetadataList" } else { "PartialObjectMetadata" }),
+        }
+    }
+}
+
+/// One media range of an Accept header.
+#[derive(Debug, Default)]
+pub struct MediaRange<'a> {
+    /// `type/subtype`.
+    pub mime: &'a str,
+    /// `as=` parameter.
+    pub as_: &'a str,
+    /// `g=` parameter.
+    pub g: &'a str,
+    /// `v=` parameter.
+    pub v: &'a str,
+}
+
+/// Parse an Accept header into media ranges (in order; q-values are ignored, as clients
+/// list their preference first).
+pub fn media_ranges(accept: &str) -> Vec<MediaRange<'_>> {
+    accept
+        .split(',')
+        .map(|part| {
+            let mut it = part.split(';');
+            let mut m = MediaRange { mime: it.next().unwrap_or("").trim(), ..Default::default() };
+            for p in it {
+                if let Some((k, v)) = p.split_once('=') {
+                    match k.trim() {
+                        "as" => m.as_ = v.trim(),
+                        "g" => m.g = v.trim(),
+                        "v" => m.v = v.trim(),
+                        _ => {}
+                    }
+                }
+            }
+            m
+        })
+        .collect()
+}
+
+fn meta_version(v: &str) -> Option<&'static str> {
+    match v {
+        "v1" => Some("v1"),
+        "v1beta1" => Some("v1beta1"),
+        _ => None,
+    }
+}
+
+/// Choose the response encoding for a resource request.
+pub fn negotiate(accept: Option<&str>) -> Result<Output, ApiError> {
+    let Some(accept) = accept.filter(|a| !a.trim().is_empty()) else { return Ok(Output::Json) };
+    let mut saw_protobuf = false;
+    for m in media_ranges(accept) {
+        match (m.mime, m.as_) {
+            ("application/json", "Table") if m.g == "meta.k8s.io" => {
+                if let Some(v) = meta_version(m.v) {
+                    return Ok(Output::Table(v));
+                }
+            }
+            ("application/json", "PartialObjectMetadata" | "PartialObjectMetadataList") if m.g == "meta.k8s.io" => {
+                if let Some(v) = meta_version(m.v) {
+                    return Ok(Output::PartialMetadata(v));
+                }
+            }
+            ("application/json" | "*/*" | "application/*", "") => return Ok(Output::Json),
+            ("application/yaml", "") => return Ok(Output::Yaml),
+            ("application/vnd.kubernetes.protobuf", _) => saw_protobuf = true,
+            _ => {}
+        }
+    }
+    let _ = saw_protobuf;
+    Err(ApiError::not_acceptable("only the following media types are accepted: application/json, application/yaml, application/json;as=Table;v=v1;g=meta.k8s.io, application/json;as=PartialObjectMetadata;v=v1;g=meta.k8s.io"))
+}
+
+/// Encode a value as JSON or YAML for a response.
+pub fn encode(output: Output, code: StatusCode, v: &Value, list: bool) -> Response<Body> {
+    match output {
+        Output::Yaml => bytes_response(code, "application/yaml", Bytes::from(serde_norway::to_string(v).unwrap_or_default())),
+        o => bytes_response(code, &o.content_type(list), Bytes::from(serde_json::to_vec(v).expect("serialize"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kubectl_get_accept_picks_table() {
+        let a = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json";
+        assert_eq!(negotiate(Some(a)).unwrap(), Output::Table("v1"));
+        assert_eq!(negotiate(Some("application/vnd.kubernetes.protobuf,application/json")).unwrap(), Output::Json);
+        assert_eq!(negotiate(Some("application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1")).unwrap(), Output::PartialMetadata("v1"));
+        assert_eq!(negotiate(None).unwrap(), Output::Json);
+        assert_eq!(negotiate(Some("application/vnd.kubernetes.protobuf")).unwrap_err().code, 406);
+    }
+}

@@ -1,0 +1,935 @@
+//! The registry: what happens to an object on create, update, patch, delete, get, list
+//! and watch, for every built-in resource, over the revisioned store. Handlers (HTTP) and
+//! in-process controllers both go through it, so every write gets the same defaults,
+//! validation, allocation and conflict checks.
+//!
+//! Per-resource behaviour runs as strategy hooks in a fixed order, as upstream's
+//! `registry/rest` does: decode → prepare (create: uid, timestamps, generation, status
+//! reset; update: carry immutable metadata, status/spec split, generation) → defaults →
+//! admission (service-account defaulting, Service IP and NodePort allocation) →
+//! validation → store.
+
+use std::sync::{Arc, Mutex};
+
+use base64::Engine;
+use bytes::Bytes;
+use nanokube_api::error::Cause;
+use nanokube_api::resources::{self, ResourceDef};
+use nanokube_api::selector::{FieldSelector, LabelSelector};
+use nanokube_api::{defaults, meta, validation, ApiError};
+use nanokube_store::{Backend, EventKind, KeyValue, Revision, StoreError, WatchStream};
+use serde_json::{json, Map, Value};
+
+use crate::alloc::ServiceAllocator;
+
+/// A decoded object, shared between the store's cache and responses.
+pub type Obj = Arc<Value>;
+
+/// Options of a write.
+#[derive(Debug, Clone, Default)]
+pub struct WriteOptions {
+    /// `dryRun=All`: run everything, store nothing.
+    pub dry_run: bool,
+    /// Subresource written (`status`), if any.
+    pub subresource: Option<String>,
+}
+
+/// Options of a list.
+#[derive(Debug, Clone, Default)]
+pub struct ListOptions {
+    /// Label selector.
+    pub labels: LabelSelector,
+    /// Field selector.
+    pub fields: FieldSelector,
+    /// Page size (0: all).
+    pub limit: usize,
+    /// Continue token from a previous page.
+    pub continue_token: Option<String>,
+}
+
+/// A list result.
+#[derive(Debug, Clone)]
+pub struct ListOutput {
+    /// Matching objects in key order.
+    pub items: Vec<Obj>,
+    /// The revision the list was read at.
+    pub revision: Revision,
+    /// Token for the next page.
+    pub continue_token: Option<String>,
+    /// Items left after this page (only when no selector filters).
+    pub remaining: Option<usize>,
+}
+
+/// Options of a delete.
+#[derive(Debug, Clone, Default)]
+pub struct DeleteOptions {
+    /// `Background`, `Foreground` or `Orphan`.
+    pub propagation: Option<String>,
+    /// Precondition on the object's uid.
+    pub precondition_uid: Option<String>,
+    /// Precondition on the object's resourceVersion.
+    pub precondition_rv: Option<String>,
+    /// `gracePeriodSeconds`.
+    pub grace_period: Option<i64>,
+    /// `dryRun=All`.
+    pub dry_run: bool,
+}
+
+/// The result of a delete.
+#[derive(Debug, Clone)]
+pub enum Deleted {
+    /// The object is gone; its last state.
+    Gone(Obj),
+    /// The object remains until its finalizers are removed; its current state.
+    Pending(Obj),
+}
+
+/// A watch event type as the wire names it.
+pub type EventType = &'static str;
+
+/// Registry configuration.
+pub struct RegistryConfig {
+    /// Service CIDR, e.g. `127.96.0.0/16`.
+    pub service_cidr: String,
+    /// NodePort range.
+    pub node_ports: (u16, u16),
+}
+
+/// The registry.
+pub struct Registry {
+    store: Arc<dyn Backend>,
+    services: Mutex<ServiceAllocator>,
+}
+
+fn store_err(e: StoreError, def: &ResourceDef, name: &str) -> ApiError {
+    match e {
+        StoreError::AlreadyExists => ApiError::already_exists(def.plural, def.group, name),
+        StoreError::NotFound => ApiError::not_found(def.plural, def.group, name),
+        StoreError::Conflict { .. } => ApiError::conflict(def.plural, def.group, name),
+        StoreError::Compacted { requested, oldest } => ApiError::expired(format!("too old resource version: {requested} ({oldest})")),
+        StoreError::FutureRevision { requested, current } => {
+            let mut e = ApiError::new(504, "Timeout", format!("Too large resource version: {requested}, current: {current}"));
+            e.causes.push(Cause { reason: "ResourceVersionTooLarge".into(), message: "Too large resource version".into(), field: String::new() });
+            e.retry_after = Some(1);
+            e
+        }
+        StoreError::Unsupported(what) => ApiError::new(405, "MethodNotAllowed", format!("unsupported by the storage backend: {what}")),
+        StoreError::Io(msg) => ApiError::internal(msg),
+    }
+}
+
+/// Decode a stored value once per revision, with `resourceVersion` set from the revision.
+pub fn decode(kv: &KeyValue) -> Result<Obj, ApiError> {
+    let rev = kv.mod_revision;
+    kv.decoded(|bytes| -> Result<Value, ApiError> {
+        let mut v: Value = serde_json::from_slice(bytes).map_err(|e| ApiError::internal(format!("stored object is not JSON: {e}")))?;
+        meta::metadata_mut(&mut v).insert("resourceVersion".into(), Value::String(rev.to_string()));
+        Ok(v)
+    })
+}
+
+fn encode(obj: &Value) -> Bytes {
+    // The revision is the resourceVersion: never store it inside the value.
+    let mut v = obj.clone();
+    if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+        m.remove("resourceVersion");
+        m.remove("selfLink");
+    }
+    Bytes::from(serde_json::to_vec(&v).expect("JSON values serialize"))
+}
+
+fn parse_rv(rv: &str) -> Result<Revision, ApiError> {
+    rv.parse::<Revision>().map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv:?}")))
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ContinueToken {
+    v: String,
+    rv: Revision,
+    start: String,
+}
+
+fn encode_continue(rv: Revision, last_key: &str) -> String {
+    let t = ContinueToken { v: "meta.k8s.io/v1".into(), rv, start: last_key.to_string() };
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(&t).expect("serialize"))
+}
+
+fn decode_continue(token: &str) -> Result<ContinueToken, ApiError> {
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token.trim_end_matches('='))
+        .map_err(|e| ApiError::bad_request(format!("continue key is not valid: {e}")))?;
+    let t: ContinueToken = serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(format!("continue key is not valid: {e}")))?;
+    if t.v != "meta.k8s.io/v1" {
+        return Err(ApiError::bad_request("continue key is not valid: incorrect encoded start resourceVersion (version meta.k8s.io/v1)"));
+    }
+    Ok(t)
+}
+
+/// Everything but `metadata` and `status`: what a generation change compares.
+fn spec_part(v: &Value) -> Map<String, Value> {
+    v.as_object()
+        .map(|m| m.iter().filter(|(k, _)| !matches!(k.as_str(), "metadata" | "status" | "apiVersion" | "kind")).map(|(k, v)| (k.clone(), v.clone())).collect())
+        .unwrap_or_default()
+}
+
+/// Whether an object matches label and field selectors.
+pub fn matches(def: &ResourceDef, obj: &Value, labels: &LabelSelector, fields: &FieldSelector) -> bool {
+    labels.matches(meta::labels(obj)) && (fields.is_empty() || fields.matches(def.group, def.plural, def.namespaced, obj))
+}
+
+impl Registry {
+    /// A registry over a store. Allocators are rebuilt from the stored Services.
+    pub fn new(store: Arc<dyn Backend>, config: RegistryConfig) -> Result<Self, String> {
+        let mut alloc = ServiceAllocator::new(&config.service_cidr, config.node_ports)?;
+        let svc = resources::find("", "v1", "services").expect("services");
+        for kv in store.list(&svc.key_prefix(), None, 0).items {
+            if let Ok(obj) = decode(&kv) {
+                for ip in service_ips(&obj) {
+                    alloc.mark_ip(&ip);
+                }
+                for p in node_ports(&obj) {
+                    alloc.mark_port(p);
+                }
+            }
+        }
+        Ok(Registry { store, services: Mutex::new(alloc) })
+    }
+
+    /// The store underneath.
+    pub fn store(&self) -> &Arc<dyn Backend> {
+        &self.store
+    }
+
+    /// The first Service IP (for the `kubernetes` Service).
+    pub fn first_service_ip(&self) -> String {
+        self.services.lock().expect("alloc").first_ip().to_string()
+    }
+
+    /// The cluster DNS Service IP.
+    pub fn dns_service_ip(&self) -> String {
+        self.services.lock().expect("alloc").dns_ip().to_string()
+    }
+
+    /// Get one object.
+    pub fn get(&self, def: &ResourceDef, namespace: &str, name: &str) -> Result<Obj, ApiError> {
+        match self.store.get(&def.key(namespace, name)) {
+            Some(kv) => decode(&kv),
+            None => Err(ApiError::not_found(def.plural, def.group, name)),
+        }
+    }
+
+    /// List objects (one namespace, or all with `None`).
+    pub fn list(&self, def: &ResourceDef, namespace: Option<&str>, opts: &ListOptions) -> Result<ListOutput, ApiError> {
+        opts.fields.check_supported(def.group, def.plural, def.namespaced)?;
+        let prefix = def.namespace_prefix(namespace);
+        let (after, token_rv) = match &opts.continue_token {
+            Some(t) if !t.is_empty() => {
+                let t = decode_continue(t)?;
+                if !t.start.starts_with(&prefix) {
+                    return Err(ApiError::bad_request("continue key is not valid: the token does not belong to this list"));
+                }
+                (Some(t.start), Some(t.rv))
+            }
+            _ => (None, None),
+        };
+        let filtering = !opts.labels.is_empty() || !opts.fields.is_empty();
+        // A pinned metadata.name reads one key instead of scanning.
+        if let (Some(name), true) = (opts.fields.pinned_name(), namespace.is_some() || !def.namespaced) {
+            let revision = self.store.current_revision();
+            let mut items = Vec::new();
+            if let Some(kv) = self.store.get(&def.key(namespace.unwrap_or(""), name)) {
+                let obj = decode(&kv)?;
+                if matches(def, &obj, &opts.labels, &opts.fields) {
+                    items.push(obj);
+                }
+            }
+            return Ok(ListOutput { items, revision, continue_token: None, remaining: None });
+        }
+        let mut items = Vec::new();
+        let mut cursor = after;
+        let revision;
+        loop {
+            let page = self.store.list(&prefix, cursor.as_deref(), if opts.limit > 0 { opts.limit.max(64) } else { 0 });
+            let page_rev = page.revision;
+            let n = page.items.len();
+            let mut last_key = None;
+            let mut stopped_early = false;
+            for (i, kv) in page.items.iter().enumerate() {
+                let obj = decode(kv)?;
+                last_key = Some(kv.key.clone());
+                if !filtering || matches(def, &obj, &opts.labels, &opts.fields) {
+                    items.push(obj);
+                }
+                if opts.limit > 0 && items.len() == opts.limit {
+                    stopped_early = i + 1 < n || page.remaining > 0;
+                    break;
+                }
+            }
+            if opts.limit == 0 || items.len() == opts.limit || page.remaining == 0 {
+                revision = token_rv.unwrap_or(page_rev);
+                let continue_token = if stopped_early { last_key.as_deref().map(|k| encode_continue(revision, k)) } else { None };
+                let remaining = if continue_token.is_some() && !filtering {
+                    let seen_in_page = page.items.iter().position(|kv| Some(&kv.key) == last_key.as_ref()).map_or(0, |p| p + 1);
+                    Some(n - seen_in_page + page.remaining)
+                } else {
+                    None
+                };
+                return Ok(ListOutput { items, revision, continue_token, remaining });
+            }
+            cursor = last_key;
+        }
+    }
+
+    fn check_namespace(&self, def: &ResourceDef, namespace: &str) -> Result<(), ApiError> {
+        if !def.namespaced {
+            return Ok(());
+        }
+        let ns_def = resources::find("", "v1", "namespaces").expect("namespaces");
+        match self.store.get(&ns_def.key("", namespace)) {
+            None => Err(ApiError::not_found("namespaces", "", namespace)),
+            Some(kv) => {
+                let ns = decode(&kv)?;
+                if meta::is_deleting(&ns) || ns.pointer("/status/phase").and_then(Value::as_str) == Some("Terminating") {
+                    let mut e = ApiError::forbidden(format!(
+                        "{} \"{}\" is forbidden: unable to create new content in namespace {} because it is being terminated",
+                        nanokube_api::error::qualified(def.plural, def.group),
+                        "",
+                        namespace
+                    ));
+                    e.message = e.message.replace(" \"\" is forbidden", " is forbidden");
+                    e.causes.push(Cause { reason: "NamespaceTerminating".into(), message: format!("namespace {namespace} is being terminated"), field: "metadata.namespace".into() });
+                    Err(e)
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    /// Check `kind`/`apiVersion` of a body against the resource (either may be omitted).
+    pub fn check_type(def: &ResourceDef, obj: &Value) -> Result<(), ApiError> {
+        if !obj.is_object() {
+            return Err(ApiError::bad_request("the body of the request is not a JSON object"));
+        }
+        let kind = obj.get("kind").and_then(Value::as_str).unwrap_or("");
+        let api_version = obj.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+        if !kind.is_empty() && kind != def.kind {
+            return Err(ApiError::bad_request(format!(
+                "the API version in the data ({}) does not match the expected API version ({})",
+                if api_version.is_empty() { "<none>".into() } else { format!("{api_version}, Kind={kind}") },
+                format_args!("{}, Kind={}", def.api_version(), def.kind)
+            )));
+        }
+        if !api_version.is_empty() && api_version != def.api_version() {
+            return Err(ApiError::bad_request(format!("the API version in the data ({api_version}) does not match the expected API version ({})", def.api_version())));
+        }
+        Ok(())
+    }
+
+    /// Create an object in `namespace` (ignored for cluster-scoped resources).
+    pub async fn create(&self, def: &ResourceDef, namespace: &str, mut obj: Value, opts: &WriteOptions) -> Result<Obj, ApiError> {
+        Self::check_type(def, &obj)?;
+        obj["kind"] = json!(def.kind);
+        obj["apiVersion"] = json!(def.api_version());
+        let body_ns = meta::namespace(&obj).to_string();
+        if def.namespaced {
+            if !body_ns.is_empty() && body_ns != namespace {
+                return Err(ApiError::bad_request("the namespace of the provided object does not match the namespace sent on the request"));
+            }
+        }
+        {
+            let m = meta::metadata_mut(&mut obj);
+            if def.namespaced {
+                m.insert("namespace".into(), json!(namespace));
+            } else {
+                m.remove("namespace");
+            }
+            if m.get("resourceVersion").and_then(Value::as_str).is_some_and(|s| !s.is_empty()) {
+                return Err(ApiError::bad_request("resourceVersion should not be set on objects to be created"));
+            }
+            let name_empty = m.get("name").and_then(Value::as_str).is_none_or(str::is_empty);
+            if name_empty {
+                if let Some(prefix) = m.get("generateName").and_then(Value::as_str).filter(|s| !s.is_empty()) {
+                    let generated = meta::generate_name(prefix);
+                    m.insert("name".into(), json!(generated));
+                }
+            }
+            m.insert("uid".into(), json!(meta::new_uid()));
+            m.insert("creationTimestamp".into(), json!(meta::now_rfc3339()));
+            m.remove("deletionTimestamp");
+            m.remove("deletionGracePeriodSeconds");
+            m.remove("selfLink");
+            if def.tracks_generation {
+                m.insert("generation".into(), json!(1));
+            } else {
+                m.remove("generation");
+            }
+        }
+        let name = meta::name(&obj).to_string();
+        if def.has_status() && def.plural != "namespaces" && def.plural != "nodes" && def.plural != "persistentvolumes" {
+            // Status is the controllers' to write; a create starts it empty.
+            if let Some(m) = obj.as_object_mut() {
+                m.remove("status");
+            }
+        }
+        if !def.namespaced || namespace.is_empty() {
+            // nothing to check
+        } else {
+            self.check_namespace(def, namespace)?;
+        }
+        defaults::apply_defaults(def, &mut obj);
+        self.admit_create(def, &mut obj);
+        let causes = validation::validate_object(def, &obj);
+        if !causes.is_empty() {
+            return Err(ApiError::invalid(def.kind, def.group, &name, causes));
+        }
+        if def.plural == "services" {
+            if self.store.get(&def.key(namespace, &name)).is_some() {
+                return Err(ApiError::already_exists(def.plural, def.group, &name));
+            }
+            self.allocate_service(&mut obj, None, opts.dry_run)?;
+        }
+        if opts.dry_run {
+            if self.store.get(&def.key(namespace, &name)).is_some() {
+                return Err(ApiError::already_exists(def.plural, def.group, &name));
+            }
+            return Ok(Arc::new(obj));
+        }
+        let key = def.key(namespace, &name);
+        match self.store.create(key, encode(&obj)).await {
+            Ok(kv) => decode(&kv),
+            Err(e) => {
+                if def.plural == "services" {
+                    self.release_service(&obj, None);
+                }
+                Err(store_err(e, def, &name))
+            }
+        }
+    }
+
+    /// Admission on create: what upstream's default admission plugins do to new objects.
+    fn admit_create(&self, def: &ResourceDef, obj: &mut Value) {
+        if def.group.is_empty() && def.plural == "pods" {
+            // ServiceAccount admission: every pod runs as a service account.
+            let sa = obj.pointer("/spec/serviceAccountName").and_then(Value::as_str).filter(|s| !s.is_empty()).map(String::from).or_else(|| obj.pointer("/spec/serviceAccount").and_then(Value::as_str).filter(|s| !s.is_empty()).map(String::from)).unwrap_or_else(|| "default".into());
+            if let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) {
+                spec.insert("serviceAccountName".into(), json!(sa));
+                spec.insert("serviceAccount".into(), json!(sa));
+            }
+            let qos = qos_class(obj_spec_containers(obj));
+            let status = obj.as_object_mut().expect("object").entry("status").or_insert_with(|| json!({}));
+            if let Some(st) = status.as_object_mut() {
+                st.insert("phase".into(), json!("Pending"));
+                st.insert("qosClass".into(), json!(qos));
+            }
+        }
+    }
+
+    /// Allocate ClusterIPs and NodePorts; `old` carries what an update keeps.
+    fn allocate_service(&self, obj: &mut Value, old: Option<&Value>, dry_run: bool) -> Result<(), ApiError> {
+        let ty = obj.pointer("/spec/type").and_then(Value::as_str).unwrap_or("ClusterIP").to_string();
+        let mut alloc = self.services.lock().expect("alloc");
+        let mut taken_ips: Vec<String> = Vec::new();
+        let mut taken_ports: Vec<u16> = Vec::new();
+        let result = (|| -> Result<(), ApiError> {
+            let spec = obj.get_mut("spec").and_then(Value::as_object_mut).ok_or_else(|| ApiError::bad_request("spec is required"))?;
+            if ty == "ExternalName" {
+                spec.remove("clusterIP");
+                spec.remove("clusterIPs");
+                return Ok(());
+            }
+            let old_ip = old.and_then(|o| o.pointer("/spec/clusterIP")).and_then(Value::as_str).map(String::from);
+            let requested = spec.get("clusterIP").and_then(Value::as_str).filter(|s| !s.is_empty()).map(String::from);
+            let ip = match (old_ip, requested) {
+                (Some(o), Some(r)) if o != r => {
+                    return Err(ApiError::invalid("Service", "", "", vec![Cause { reason: "FieldValueInvalid".into(), message: format!("Invalid value: {r:?}: field is immutable"), field: "spec.clusterIPs[0]".into() }]));
+                }
+                (Some(o), _) => o,
+                (None, Some(r)) if r == "None" => r,
+                (None, r) => {
+                    let ip = alloc.allocate_ip(r.as_deref())?.to_string();
+                    taken_ips.push(ip.clone());
+                    ip
+                }
+            };
+            spec.insert("clusterIP".into(), json!(ip));
+            spec.insert("clusterIPs".into(), json!([ip]));
+            if ip != "None" {
+                spec.entry("ipFamilies").or_insert(json!(["IPv4"]));
+                spec.entry("ipFamilyPolicy").or_insert(json!("SingleStack"));
+            } else {
+                spec.entry("ipFamilies").or_insert(json!(["IPv4"]));
+                spec.entry("ipFamilyPolicy").or_insert(json!("SingleStack"));
+            }
+            let wants_node_ports = ty == "NodePort" || ty == "LoadBalancer";
+            let old_ports: Vec<(i64, u16)> = old
+                .and_then(|o| o.pointer("/spec/ports"))
+                .and_then(Value::as_array)
+                .map(|ps| ps.iter().filter_map(|p| Some((p.get("port")?.as_i64()?, p.get("nodePort")?.as_u64()? as u16))).collect())
+                .unwrap_or_default();
+            if let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) {
+                for p in ports.iter_mut() {
+                    let Some(p) = p.as_object_mut() else { continue };
+                    if !wants_node_ports {
+                        p.remove("nodePort");
+                        continue;
+                    }
+                    let port = p.get("port").and_then(Value::as_i64).unwrap_or(0);
+                    let requested = p.get("nodePort").and_then(Value::as_u64).filter(|n| *n > 0).map(|n| n as u16);
+                    let kept = old_ports.iter().find(|(op, np)| *op == port && requested.is_none_or(|r| r == *np)).map(|(_, np)| *np);
+                    let np = match kept {
+                        Some(np) => np,
+                        None => {
+                            let np = alloc.allocate_port(requested)?;
+                            taken_ports.push(np);
+                            np
+                        }
+                    };
+                    p.insert("nodePort".into(), json!(np));
+                }
+            }
+            Ok(())
+        })();
+        if result.is_err() || dry_run {
+            for ip in &taken_ips {
+                alloc.release_ip(ip);
+            }
+            for p in &taken_ports {
+                alloc.release_port(*p);
+            }
+        }
+        result
+    }
+
+    /// Release what a Service held that `kept` (its replacement) no longer holds.
+    fn release_service(&self, obj: &Value, kept: Option<&Value>) {
+        let mut alloc = self.services.lock().expect("alloc");
+        let kept_ips = kept.map(service_ips).unwrap_or_default();
+        let kept_ports = kept.map(node_ports).unwrap_or_default();
+        for ip in service_ips(obj) {
+            if !kept_ips.contains(&ip) {
+                alloc.release_ip(&ip);
+            }
+        }
+        for p in node_ports(obj) {
+            if !kept_ports.contains(&p) {
+                alloc.release_port(p);
+            }
+        }
+    }
+
+    /// Update an object by applying `change` to its current state, retrying on conflicts
+    /// unless `precondition_rv` pins the version (upstream's GuaranteedUpdate).
+    pub async fn update_with<F>(&self, def: &ResourceDef, namespace: &str, name: &str, opts: &WriteOptions, mut change: F) -> Result<Obj, ApiError>
+    where
+        F: FnMut(&Value) -> Result<Value, ApiError>,
+    {
+        let key = def.key(namespace, name);
+        for _attempt in 0..16 {
+            let kv = self.store.get(&key).ok_or_else(|| ApiError::not_found(def.plural, def.group, name))?;
+            let current = decode(&kv)?;
+            let mut new = change(&current)?;
+            Self::check_type(def, &new)?;
+            let rv = meta::resource_version(&new).to_string();
+            let pinned = !rv.is_empty();
+            if pinned && parse_rv(&rv).ok() != Some(kv.mod_revision) {
+                return Err(ApiError::conflict(def.plural, def.group, name));
+            }
+            if meta::name(&new) != name {
+                if meta::name(&new).is_empty() {
+                    meta::metadata_mut(&mut new).insert("name".into(), json!(name));
+                } else {
+                    return Err(ApiError::bad_request(format!("the name of the object ({}) does not match the name on the URL ({})", meta::name(&new), name)));
+                }
+            }
+            if def.namespaced && !meta::namespace(&new).is_empty() && meta::namespace(&new) != namespace {
+                return Err(ApiError::bad_request("the namespace of the provided object does not match the namespace sent on the request"));
+            }
+            let mut new = self.prepare_update(def, &current, new, opts)?;
+            if *current == new {
+                return Ok(current);
+            }
+            // Removing the last finalizer of an object being deleted completes the delete.
+            let finish_delete = meta::is_deleting(&new) && meta::finalizers(&new).is_empty() && namespace_finalizers_empty(def, &new);
+            if def.plural == "services" && def.group.is_empty() {
+                self.allocate_service(&mut new, Some(&current), opts.dry_run)?;
+            }
+            if opts.dry_run {
+                return Ok(Arc::new(new));
+            }
+            let result = if finish_delete {
+                self.store.delete(key.clone(), Some(kv.mod_revision)).await
+            } else {
+                self.store.update(key.clone(), encode(&new), Some(kv.mod_revision)).await
+            };
+            match result {
+                Ok(kv) => {
+                    if def.plural == "services" && def.group.is_empty() {
+                        if finish_delete {
+                            self.release_service(&current, None);
+                        } else {
+                            self.release_service(&current, Some(&new));
+                        }
+                    }
+                    return decode(&kv);
+                }
+                Err(StoreError::Conflict { .. }) if !pinned => {
+                    if def.plural == "services" && def.group.is_empty() {
+                        self.release_service(&new, Some(&current));
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    if def.plural == "services" && def.group.is_empty() {
+                        self.release_service(&new, Some(&current));
+                    }
+                    return Err(store_err(e, def, name));
+                }
+            }
+        }
+        Err(ApiError::conflict(def.plural, def.group, name))
+    }
+
+    /// Replace an object (PUT).
+    pub async fn update(&self, def: &ResourceDef, namespace: &str, name: &str, obj: Value, opts: &WriteOptions) -> Result<Obj, ApiError> {
+        Self::check_type(def, &obj)?;
+        self.update_with(def, namespace, name, opts, |_| Ok(obj.clone())).await
+    }
+
+    fn prepare_update(&self, def: &ResourceDef, old: &Value, mut new: Value, opts: &WriteOptions) -> Result<Value, ApiError> {
+        new["kind"] = json!(def.kind);
+        new["apiVersion"] = json!(def.api_version());
+        let status_write = opts.subresource.as_deref() == Some("status");
+        if status_write {
+            // The status subresource changes status only.
+            let mut merged = old.clone();
+            match new.get("status") {
+                Some(s) => merged["status"] = s.clone(),
+                None => {
+                    if let Some(m) = merged.as_object_mut() {
+                        m.remove("status");
+                    }
+                }
+            }
+            new = merged;
+        } else if def.has_status() {
+            match old.get("status") {
+                Some(s) => new["status"] = s.clone(),
+                None => {
+                    if let Some(m) = new.as_object_mut() {
+                        m.remove("status");
+                    }
+                }
+            }
+        }
+        // Metadata the client may not change.
+        let old_meta = old.get("metadata").cloned().unwrap_or(json!({}));
+        {
+            let m = meta::metadata_mut(&mut new);
+            for k in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "namespace"] {
+                match old_meta.get(k) {
+                    Some(v) => {
+                        m.insert(k.into(), v.clone());
+                    }
+                    None => {
+                        m.remove(k);
+                    }
+                }
+            }
+            m.insert("resourceVersion".into(), old_meta.get("resourceVersion").cloned().unwrap_or(json!("")));
+            m.remove("selfLink");
+            match old_meta.get("generateName") {
+                Some(g) => {
+                    m.insert("generateName".into(), g.clone());
+                }
+                None => {
+                    m.remove("generateName");
+                }
+            }
+        }
+        if meta::is_deleting(old) {
+            let old_f = meta::finalizers(old);
+            let added: Vec<String> = meta::finalizers(&new).into_iter().filter(|f| !old_f.contains(f)).collect();
+            if !added.is_empty() {
+                return Err(ApiError::invalid(
+                    def.kind,
+                    def.group,
+                    meta::name(old),
+                    vec![Cause { reason: "FieldValueForbidden".into(), message: "Forbidden: no new finalizers can be added if the object is being deleted".into(), field: "metadata.finalizers".into() }],
+                ));
+            }
+        }
+        if !status_write {
+            defaults::apply_defaults(def, &mut new);
+        }
+        if def.group.is_empty() && def.plural == "pods" {
+            // A pod's spec is immutable but for images and a few fields; keep it simple and
+            // strict as upstream is: only container images, activeDeadlineSeconds and
+            // tolerations may change.
+            let mut os = old.get("spec").cloned().unwrap_or(Value::Null);
+            let ns = new.get("spec").cloned().unwrap_or(Value::Null);
+            if let (Some(oc), Some(nc)) = (os.get_mut("containers").and_then(Value::as_array_mut), ns.get("containers").and_then(Value::as_array)) {
+                for (o, n) in oc.iter_mut().zip(nc) {
+                    if let Some(img) = n.get("image") {
+                        o["image"] = img.clone();
+                    }
+                }
+            }
+            for k in ["activeDeadlineSeconds", "tolerations", "nodeName"] {
+                if let Some(v) = ns.get(k) {
+                    os[k] = v.clone();
+                }
+            }
+            if os != ns && !status_write {
+                return Err(ApiError::invalid(
+                    "Pod",
+                    "",
+                    meta::name(old),
+                    vec![Cause { reason: "FieldValueForbidden".into(), message: "Forbidden: pod updates may not change fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)".into(), field: "spec".into() }],
+                ));
+            }
+        }
+        // Generation moves on spec changes only.
+        if def.tracks_generation {
+            let g = old.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(1);
+            let g = if spec_part(old) != spec_part(&new) { g + 1 } else { g };
+            meta::metadata_mut(&mut new).insert("generation".into(), json!(g));
+        } else if let Some(g) = old.pointer("/metadata/generation") {
+            meta::metadata_mut(&mut new).insert("generation".into(), g.clone());
+        } else {
+            meta::metadata_mut(&mut new).remove("generation");
+        }
+        let mut causes = validation::validate_object(def, &new);
+        self.validate_immutable(def, old, &new, &mut causes);
+        if !causes.is_empty() {
+            return Err(ApiError::invalid(def.kind, def.group, meta::name(old), causes));
+        }
+        Ok(new)
+    }
+
+    fn validate_immutable(&self, def: &ResourceDef, old: &Value, new: &Value, causes: &mut Vec<Cause>) {
+        let immutable = |field: &str, ptr: &str, causes: &mut Vec<Cause>| {
+            if old.pointer(ptr) != new.pointer(ptr) {
+                let v = new.pointer(ptr).cloned().unwrap_or(Value::Null);
+                causes.push(Cause { reason: "FieldValueInvalid".into(), message: format!("Invalid value: {}: field is immutable", v), field: field.into() });
+            }
+        };
+        match (def.group, def.plural) {
+            ("apps", "deployments") | ("apps", "replicasets") | ("apps", "daemonsets") | ("apps", "statefulsets") => immutable("spec.selector", "/spec/selector", causes),
+            ("rbac.authorization.k8s.io", "rolebindings") | ("rbac.authorization.k8s.io", "clusterrolebindings") => {
+                if old.get("roleRef") != new.get("roleRef") {
+                    causes.push(Cause { reason: "FieldValueInvalid".into(), message: "Invalid value: cannot change roleRef".into(), field: "roleRef".into() });
+                }
+            }
+            ("", "configmaps") | ("", "secrets") if old.get("immutable") == Some(&json!(true)) => {
+                for f in ["data", "binaryData", "stringData"] {
+                    if old.get(f) != new.get(f) {
+                        causes.push(Cause { reason: "FieldValueForbidden".into(), message: "Forbidden: field is immutable when `immutable` is set".into(), field: f.into() });
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Delete an object.
+    pub async fn delete(&self, def: &ResourceDef, namespace: &str, name: &str, opts: &DeleteOptions) -> Result<Deleted, ApiError> {
+        let key = def.key(namespace, name);
+        for _attempt in 0..16 {
+            let kv = self.store.get(&key).ok_or_else(|| ApiError::not_found(def.plural, def.group, name))?;
+            let current = decode(&kv)?;
+            if let Some(uid) = &opts.precondition_uid {
+                if meta::uid(&current) != uid {
+                    return Err(ApiError::conflict_msg(def.plural, def.group, name, &format!("Precondition failed: UID in precondition: {}, UID in object meta: {}", uid, meta::uid(&current))));
+                }
+            }
+            if let Some(rv) = &opts.precondition_rv {
+                if meta::resource_version(&current) != rv {
+                    return Err(ApiError::conflict_msg(
+                        def.plural,
+                        def.group,
+                        name,
+                        &format!("Precondition failed: ResourceVersion in precondition: {}, ResourceVersion in object meta: {}", rv, meta::resource_version(&current)),
+                    ));
+                }
+            }
+            let mut finalizers = meta::finalizers(&current);
+            match opts.propagation.as_deref() {
+                Some("Foreground") if !finalizers.iter().any(|f| f == "foregroundDeletion") => finalizers.push("foregroundDeletion".into()),
+                Some("Orphan") if !finalizers.iter().any(|f| f == "orphan") => finalizers.push("orphan".into()),
+                Some("Foreground") | Some("Orphan") | Some("Background") | None => {}
+                Some(other) => {
+                    return Err(ApiError::invalid(
+                        "DeleteOptions",
+                        "",
+                        "",
+                        vec![Cause { reason: "FieldValueNotSupported".into(), message: format!("Unsupported value: {other:?}: supported values: \"Foreground\", \"Background\", \"Orphan\""), field: "propagationPolicy".into() }],
+                    ))
+                }
+            }
+            let is_namespace = def.group.is_empty() && def.plural == "namespaces";
+            let graceful = !finalizers.is_empty() || (is_namespace && !namespace_finalizers_empty(def, &current));
+            if graceful {
+                if meta::is_deleting(&current) && finalizers == meta::finalizers(&current) {
+                    return Ok(Deleted::Pending(current));
+                }
+                let mut next = (*current).clone();
+                {
+                    let m = meta::metadata_mut(&mut next);
+                    if !m.contains_key("deletionTimestamp") {
+                        m.insert("deletionTimestamp".into(), json!(meta::now_rfc3339()));
+                        m.insert("deletionGracePeriodSeconds".into(), json!(0));
+                    }
+                    m.insert("finalizers".into(), json!(finalizers));
+                }
+                if is_namespace {
+                    next["status"]["phase"] = json!("Terminating");
+                }
+                if opts.dry_run {
+                    return Ok(Deleted::Pending(Arc::new(next)));
+                }
+                match self.store.update(key.clone(), encode(&next), Some(kv.mod_revision)).await {
+                    Ok(kv) => return Ok(Deleted::Pending(decode(&kv)?)),
+                    Err(StoreError::Conflict { .. }) => continue,
+                    Err(e) => return Err(store_err(e, def, name)),
+                }
+            }
+            if opts.dry_run {
+                return Ok(Deleted::Gone(current));
+            }
+            match self.store.delete(key.clone(), Some(kv.mod_revision)).await {
+                Ok(kv) => {
+                    if def.group.is_empty() && def.plural == "services" {
+                        self.release_service(&current, None);
+                    }
+                    return Ok(Deleted::Gone(decode(&kv)?));
+                }
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(store_err(e, def, name)),
+            }
+        }
+        Err(ApiError::conflict(def.plural, def.group, name))
+    }
+
+    /// Watch objects of a resource (one namespace or all) after `after`.
+    pub fn watch(&self, def: &'static ResourceDef, namespace: Option<&str>, after: Revision, labels: LabelSelector, fields: FieldSelector) -> Result<ObjectWatch, ApiError> {
+        fields.check_supported(def.group, def.plural, def.namespaced)?;
+        let prefix = match (fields.pinned_name(), namespace) {
+            (Some(name), Some(ns)) if def.namespaced => def.key(ns, name),
+            (Some(name), _) if !def.namespaced => def.key("", name),
+            _ => def.namespace_prefix(namespace),
+        };
+        let exact = fields.pinned_name().is_some() && (namespace.is_some() || !def.namespaced);
+        let stream = self.store.watch(&prefix, after).map_err(|e| store_err(e, def, ""))?;
+        Ok(ObjectWatch { def, stream, labels, fields, exact_key: if exact { Some(prefix) } else { None } })
+    }
+}
+
+fn obj_spec_containers(obj: &Value) -> &[Value] {
+    obj.pointer("/spec/containers").and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[])
+}
+
+/// Upstream's QoS class from container resources.
+fn qos_class(containers: &[Value]) -> &'static str {
+    let mut any = false;
+    let mut all_guaranteed = !containers.is_empty();
+    for c in containers {
+        let req = c.pointer("/resources/requests").and_then(Value::as_object);
+        let lim = c.pointer("/resources/limits").and_then(Value::as_object);
+        if req.is_some_and(|r| !r.is_empty()) || lim.is_some_and(|l| !l.is_empty()) {
+            any = true;
+        }
+        let guaranteed = ["cpu", "memory"].iter().all(|r| {
+            let l = lim.and_then(|l| l.get(*r));
+            let q = req.and_then(|q| q.get(*r)).or(l);
+            l.is_some() && q == l
+        });
+        all_guaranteed &= guaranteed;
+    }
+    if !any {
+        "BestEffort"
+    } else if all_guaranteed {
+        "Guaranteed"
+    } else {
+        "Burstable"
+    }
+}
+
+fn namespace_finalizers_empty(def: &ResourceDef, obj: &Value) -> bool {
+    if def.group.is_empty() && def.plural == "namespaces" {
+        obj.pointer("/spec/finalizers").and_then(Value::as_array).is_none_or(|a| a.is_empty())
+    } else {
+        true
+    }
+}
+
+fn service_ips(obj: &Value) -> Vec<String> {
+    let mut ips: Vec<String> = obj.pointer("/spec/clusterIPs").and_then(Value::as_array).map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect()).unwrap_or_default();
+    if let Some(ip) = obj.pointer("/spec/clusterIP").and_then(Value::as_str) {
+        if !ips.iter().any(|i| i == ip) {
+            ips.push(ip.to_string());
+        }
+    }
+    ips.retain(|i| i != "None" && !i.is_empty());
+    ips
+}
+
+fn node_ports(obj: &Value) -> Vec<u16> {
+    obj.pointer("/spec/ports").and_then(Value::as_array).map(|a| a.iter().filter_map(|p| p.get("nodePort").and_then(Value::as_u64).map(|n| n as u16)).collect()).unwrap_or_default()
+}
+
+/// A watch of objects with selectors applied the way upstream does: an object that
+/// starts matching is ADDED, one that stops matching is DELETED.
+pub struct ObjectWatch {
+    def: &'static ResourceDef,
+    stream: WatchStream,
+    labels: LabelSelector,
+    fields: FieldSelector,
+    exact_key: Option<String>,
+}
+
+impl ObjectWatch {
+    /// The next event, `Err` with 410 Expired if the watch fell behind the history.
+    pub async fn next(&mut self) -> Option<Result<(EventType, Obj), ApiError>> {
+        loop {
+            let ev = match self.stream.next().await? {
+                Ok(ev) => ev,
+                Err(e) => return Some(Err(store_err(e, self.def, ""))),
+            };
+            if let Some(k) = &self.exact_key {
+                if &ev.kv.key != k {
+                    continue;
+                }
+            }
+            let obj = match decode(&ev.kv) {
+                Ok(o) => o,
+                Err(e) => return Some(Err(e)),
+            };
+            let now = matches(self.def, &obj, &self.labels, &self.fields);
+            let out = match ev.kind {
+                EventKind::Created => now.then_some("ADDED"),
+                EventKind::Deleted => now.then_some("DELETED"),
+                EventKind::Updated => {
+                    let before = match &ev.prev {
+                        Some(p) => decode(p).map(|p| matches(self.def, &p, &self.labels, &self.fields)).unwrap_or(true),
+                        None => true,
+                    };
+                    match (before, now) {
+                        (true, true) => Some("MODIFIED"),
+                        (false, true) => Some("ADDED"),
+                        (true, false) => Some("DELETED"),
+                        (false, false) => None,
+                    }
+                }
+            };
+            if let Some(t) = out {
+                return Some(Ok((t, obj)));
+            }
+        }
+    }
+
+    /// The revision of the last event seen (for bookmarks).
+    pub fn last_revision(&self) -> Revision {
+        self.stream.last_revision()
+    }
+}

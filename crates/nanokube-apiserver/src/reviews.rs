@@ -1,0 +1,119 @@
+//! Review resources (create-only, never stored): SelfSubjectReview (`kubectl auth
+//! whoami`), SelfSubjectAccessReview / SubjectAccessReview / LocalSubjectAccessReview
+//! (`kubectl auth can-i`), SelfSubjectRulesReview (`can-i --list`) and TokenReview. Each
+//! asks the same authenticator and authorizer the request path uses.
+
+use std::sync::Arc;
+
+use nanokube_api::resources::ResourceDef;
+use nanokube_api::ApiError;
+use serde_json::{json, Value};
+
+use crate::authn::{UserInfo, SYSTEM_MASTERS};
+use crate::authz::Decision;
+use crate::request::RequestInfo;
+use crate::server::ApiServer;
+
+fn user_json(u: &UserInfo) -> Value {
+    let mut v = json!({"username": u.name, "groups": u.groups});
+    if !u.uid.is_empty() {
+        v["uid"] = json!(u.uid);
+    }
+    if !u.extra.is_empty() {
+        v["extra"] = json!(u.extra);
+    }
+    v
+}
+
+fn attributes_to_request(spec: &Value, namespace_override: Option<&str>) -> Result<RequestInfo, ApiError> {
+    if let Some(ra) = spec.get("resourceAttributes").filter(|v| v.is_object()) {
+        let s = |k: &str| ra.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+        Ok(RequestInfo {
+            is_resource: true,
+            verb: s("verb"),
+            group: s("group"),
+            version: s("version"),
+            namespace: namespace_override.map(String::from).unwrap_or_else(|| s("namespace")),
+            resource: s("resource"),
+            subresource: s("subresource"),
+            name: s("name"),
+            ..Default::default()
+        })
+    } else if let Some(nr) = spec.get("nonResourceAttributes").filter(|v| v.is_object()) {
+        Ok(RequestInfo {
+            is_resource: false,
+            verb: nr.get("verb").and_then(Value::as_str).unwrap_or("").to_string(),
+            path: nr.get("path").and_then(Value::as_str).unwrap_or("").to_string(),
+            ..Default::default()
+        })
+    } else {
+        Err(ApiError::invalid("SelfSubjectAccessReview", "authorization.k8s.io", "", vec![nanokube_api::error::Cause {
+            reason: "FieldValueRequired".into(),
+            message: "Required value: exactly one of nonResourceAttributes or resourceAttributes must be specified".into(),
+            field: "spec.resourceAttributes".into(),
+        }]))
+    }
+}
+
+fn access_status(server: &ApiServer, user: &UserInfo, req: &RequestInfo) -> Value {
+    match server.authz.authorize(user, req) {
+        Decision::Allow => json!({"allowed": true}),
+        Decision::Deny(reason) if !reason.is_empty() => json!({"allowed": false, "denied": true, "reason": reason}),
+        _ => json!({"allowed": false}),
+    }
+}
+
+/// Answer a review request.
+pub fn review(server: &Arc<ApiServer>, user: &UserInfo, def: &ResourceDef, namespace: &str, mut obj: Value) -> Result<Value, ApiError> {
+    obj["kind"] = json!(def.kind);
+    obj["apiVersion"] = json!(def.api_version());
+    if obj.get("metadata").is_none_or(Value::is_null) {
+        obj["metadata"] = json!({});
+    }
+    obj["metadata"]["creationTimestamp"] = Value::Null;
+    let spec = obj.get("spec").cloned().unwrap_or(json!({}));
+    match def.plural {
+        "selfsubjectreviews" => {
+            obj["status"] = json!({"userInfo": user_json(user)});
+        }
+        "selfsubjectaccessreviews" => {
+            let req = attributes_to_request(&spec, None)?;
+            obj["status"] = access_status(server, user, &req);
+        }
+        "localsubjectaccessreviews" | "subjectaccessreviews" => {
+            let who = UserInfo {
+                name: spec.get("user").and_then(Value::as_str).unwrap_or("").to_string(),
+                uid: spec.get("uid").and_then(Value::as_str).unwrap_or("").to_string(),
+                groups: spec.get("groups").and_then(Value::as_array).map(|a| a.iter().filter_map(|g| g.as_str().map(String::from)).collect()).unwrap_or_default(),
+                extra: Default::default(),
+            };
+            let ns_override = (def.plural == "localsubjectaccessreviews").then_some(namespace);
+            let req = attributes_to_request(&spec, ns_override)?;
+            obj["status"] = access_status(server, &who, &req);
+        }
+        "selfsubjectrulesreviews" => {
+            obj["status"] = if user.in_group(SYSTEM_MASTERS) {
+                json!({"resourceRules": [{"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]}], "nonResourceRules": [{"verbs": ["*"], "nonResourceURLs": ["*"]}], "incomplete": false})
+            } else {
+                json!({"resourceRules": [], "nonResourceRules": [{"verbs": ["get"], "nonResourceURLs": crate::authz::PUBLIC_PATHS}], "incomplete": true,
+                       "evaluationError": "rule listing is not supported by the interim authorizer"})
+            };
+        }
+        "tokenreviews" => {
+            let token = spec.get("token").and_then(Value::as_str).unwrap_or("");
+            let mut found = None;
+            for a in &server.authn.tokens {
+                if let Some(r) = a.authenticate(token) {
+                    found = Some(r);
+                    break;
+                }
+            }
+            obj["status"] = match found {
+                Some(Ok(u)) => json!({"authenticated": true, "user": user_json(&u), "audiences": spec.get("audiences").cloned().unwrap_or(json!([]))}),
+                _ => json!({"authenticated": false, "user": {}, "error": "invalid bearer token"}),
+            };
+        }
+        _ => return Err(ApiError::path_not_found()),
+    }
+    Ok(obj)
+}

@@ -1,0 +1,134 @@
+//! Serving: TLS (rustls with the ring provider; client certificates requested and
+//! verified against the cluster CA but optional; ALPN h2 and http/1.1) and one hyper
+//! connection per client, with upgrades kept for later exec/attach/port-forward.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::authn::{user_from_cert, Authenticator, UserInfo};
+use crate::authz::Authorizer;
+use crate::openapi::OpenApi;
+use crate::pki::Pki;
+use crate::registry::Registry;
+
+/// The API server's shared state.
+pub struct ApiServer {
+    /// Objects.
+    pub registry: Arc<Registry>,
+    /// Authentication chain.
+    pub authn: Authenticator,
+    /// Authorization chain.
+    pub authz: Box<dyn Authorizer>,
+    /// OpenAPI documents.
+    pub openapi: OpenApi,
+    /// `host:port` advertised in `/api`'s `serverAddressByClientCIDRs`.
+    pub server_address: String,
+    ready: AtomicBool,
+}
+
+impl ApiServer {
+    /// A new server, not yet ready.
+    pub fn new(registry: Arc<Registry>, authn: Authenticator, authz: Box<dyn Authorizer>, server_address: String) -> Self {
+        ApiServer { registry, authn, authz, openapi: OpenApi::build(), server_address, ready: AtomicBool::new(false) }
+    }
+
+    /// Whether `/readyz` answers ok.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Mark the server ready (after bootstrap objects exist).
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Release);
+    }
+}
+
+/// What is known about a connection.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    /// The identity of a verified client certificate.
+    pub cert_user: Option<UserInfo>,
+    /// The peer address.
+    pub peer: SocketAddr,
+}
+
+/// The TLS configuration for serving.
+pub fn tls_config(pki: &Pki) -> Result<Arc<rustls::ServerConfig>, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(pki.ca_pem.as_bytes()) {
+        roots.add(c.map_err(|e| format!("ca.crt: {e}"))?).map_err(|e| format!("ca.crt: {e}"))?;
+    }
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| format!("client verifier: {e}"))?;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pki.server_pem.as_bytes()).collect::<Result<_, _>>().map_err(|e| format!("apiserver.crt: {e}"))?;
+    let key = PrivateKeyDer::from_pem_slice(pki.server_key_pem.as_bytes()).map_err(|e| format!("apiserver.key: {e}"))?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|e| format!("serving certificate: {e}"))?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// Accept connections until `shutdown` turns true.
+pub async fn serve(api: Arc<ApiServer>, listener: TcpListener, tls: Arc<rustls::ServerConfig>, mut shutdown: watch::Receiver<bool>) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let api = api.clone();
+        let mut conn_shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let tls = match acceptor.accept(tcp).await {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+            };
+            let cert_user = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| user_from_cert(c.as_ref()));
+            let info = Arc::new(ConnInfo { cert_user, peer });
+            let svc = service_fn(move |req| {
+                let api = api.clone();
+                let info = info.clone();
+                async move { Ok::<_, std::convert::Infallible>(crate::handler::handle(api, info, req).await) }
+            });
+            let builder = auto::Builder::new(TokioExecutor::new());
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                }
+                _ = conn_shutdown.changed() => {}
+            }
+        });
+    }
+}

@@ -1,0 +1,88 @@
+//! Objects every cluster has from the start.
+
+use std::sync::Arc;
+
+use nanokube_api::resources::{self, ResourceDef};
+use nanokube_api::ApiError;
+use nanokube_apiserver::registry::{Registry, WriteOptions};
+use serde_json::{json, Value};
+
+/// The namespaces kube-apiserver creates.
+pub const SYSTEM_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public", "kube-node-lease"];
+
+fn def(group: &str, plural: &str) -> &'static ResourceDef {
+    resources::find(group, "v1", plural).expect("built-in resource")
+}
+
+/// Create `obj` unless it exists; if it exists and `reconcile` says it differs, replace
+/// the fields `reconcile` returns.
+async fn ensure(registry: &Registry, d: &ResourceDef, ns: &str, obj: Value, reconcile: impl Fn(&Value) -> Option<Value>) -> Result<(), ApiError> {
+    let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
+    match registry.get(d, ns, &name) {
+        Ok(cur) => {
+            if let Some(next) = reconcile(&cur) {
+                registry.update(d, ns, &name, next, &WriteOptions::default()).await?;
+            }
+            Ok(())
+        }
+        Err(e) if e.code == 404 => match registry.create(d, ns, obj, &WriteOptions::default()).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.code == 409 => Ok(()),
+            Err(e) => Err(e),
+        },
+        Err(e) => Err(e),
+    }
+}
+
+/// Create the system namespaces and the `kubernetes` Service, Endpoints and
+/// EndpointSlice pointing at the API server (`ip:port`).
+pub async fn run(registry: &Arc<Registry>, apiserver_ip: &str, apiserver_port: u16) -> Result<(), ApiError> {
+    let ns_def = def("", "namespaces");
+    for ns in SYSTEM_NAMESPACES {
+        ensure(registry, ns_def, "", json!({"metadata": {"name": ns}}), |_| None).await?;
+    }
+
+    let svc_ip = registry.first_service_ip();
+    let svc = json!({
+        "metadata": {"name": "kubernetes", "labels": {"component": "apiserver", "provider": "kubernetes"}},
+        "spec": {"type": "ClusterIP", "clusterIP": svc_ip, "sessionAffinity": "None",
+                 "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": apiserver_port}]}
+    });
+    ensure(registry, def("", "services"), "default", svc, |cur| {
+        let target = cur.pointer("/spec/ports/0/targetPort").and_then(Value::as_u64);
+        (target != Some(apiserver_port as u64)).then(|| {
+            let mut next = cur.clone();
+            next["spec"]["ports"] = json!([{"name": "https", "port": 443, "protocol": "TCP", "targetPort": apiserver_port}]);
+            next
+        })
+    })
+    .await?;
+
+    let subsets = json!([{"addresses": [{"ip": apiserver_ip}], "ports": [{"name": "https", "port": apiserver_port, "protocol": "TCP"}]}]);
+    let eps = json!({"metadata": {"name": "kubernetes", "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}}, "subsets": subsets});
+    ensure(registry, def("", "endpoints"), "default", eps, |cur| {
+        (cur.get("subsets") != Some(&subsets)).then(|| {
+            let mut next = cur.clone();
+            next["subsets"] = subsets.clone();
+            next
+        })
+    })
+    .await?;
+
+    let endpoints = json!([{"addresses": [apiserver_ip], "conditions": {"ready": true}}]);
+    let ports = json!([{"name": "https", "port": apiserver_port, "protocol": "TCP"}]);
+    let slice = json!({
+        "metadata": {"name": "kubernetes", "labels": {"kubernetes.io/service-name": "kubernetes", "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"}},
+        "addressType": "IPv4", "endpoints": endpoints, "ports": ports,
+    });
+    ensure(registry, def("discovery.k8s.io", "endpointslices"), "default", slice, |cur| {
+        (cur.get("endpoints") != Some(&endpoints) || cur.get("ports") != Some(&ports)).then(|| {
+            let mut next = cur.clone();
+            next["endpoints"] = endpoints.clone();
+            next["ports"] = ports.clone();
+            next
+        })
+    })
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,142 @@
+//! The `nanokube` command.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::{ArgAction, Parser, Subcommand};
+use nanokube::{Cluster, ClusterConfig};
+
+#[derive(Parser)]
+#[command(name = "nanokube", version, about = "A real Kubernetes control plane in one binary")]
+struct Cli {
+    /// Log verbosity: -v info, -vv debug, -vvv trace.
+    #[arg(short, long, action = ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the API server and controllers on the embedded store.
+    Server(ServerArgs),
+}
+
+#[derive(clap::Args)]
+struct ServerArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    bind_address: IpAddr,
+    /// HTTPS port (0 picks a free one).
+    #[arg(long, default_value_t = 6443)]
+    secure_port: u16,
+    /// Address advertised to clients and in the `kubernetes` Endpoints (default: the bind address).
+    #[arg(long)]
+    advertise_address: Option<IpAddr>,
+    /// Data directory: certificates, state.db, kubeconfig [default: ~/.nanokube].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Static tokens, CSV lines `token,user,uid,"group1,group2"`.
+    #[arg(long)]
+    token_auth_file: Option<PathBuf>,
+    /// Treat requests without credentials as system:anonymous (else 401).
+    #[arg(long, default_value_t = true, action = ArgAction::Set)]
+    anonymous_auth: bool,
+    /// Service ClusterIP range.
+    #[arg(long, default_value = "127.96.0.0/16")]
+    service_cluster_ip_range: String,
+    /// NodePort range, `lo-hi`.
+    #[arg(long, default_value = "30000-32767")]
+    service_node_port_range: String,
+    /// Merge a `nanokube` context into $KUBECONFIG (first file) or ~/.kube/config and make it current.
+    #[arg(long, default_value_t = true, action = ArgAction::Set)]
+    merge_kubeconfig: bool,
+    /// Keep all state in memory (nothing survives a restart).
+    #[arg(long)]
+    in_memory: bool,
+    /// Do not fsync commits: faster, but acknowledged writes can be lost if the machine crashes.
+    #[arg(long)]
+    unsafe_no_fsync: bool,
+}
+
+fn home() -> PathBuf {
+    std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/"))
+}
+
+fn user_kubeconfig() -> PathBuf {
+    match std::env::var("KUBECONFIG") {
+        Ok(v) if !v.is_empty() => PathBuf::from(v.split(':').find(|s| !s.is_empty()).unwrap_or(&v)),
+        _ => home().join(".kube").join("config"),
+    }
+}
+
+fn main() {
+    let started = Instant::now();
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => tracing::Level::WARN,
+        1 => tracing::Level::INFO,
+        2 => tracing::Level::DEBUG,
+        _ => tracing::Level::TRACE,
+    };
+    tracing_subscriber::fmt().with_max_level(level).with_writer(std::io::stderr).init();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let code = rt.block_on(async move {
+        match cli.command {
+            Command::Server(args) => run_server(args, started).await,
+        }
+    });
+    std::process::exit(code);
+}
+
+async fn run_server(args: ServerArgs, started: Instant) -> i32 {
+    let Some((lo, hi)) = args.service_node_port_range.split_once('-').and_then(|(a, b)| Some((a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?))) else {
+        eprintln!("error: --service-node-port-range must look like 30000-32767");
+        return 2;
+    };
+    let data_dir = args.data_dir.unwrap_or_else(|| home().join(".nanokube"));
+    let merge = args.merge_kubeconfig.then(user_kubeconfig);
+    let cfg = ClusterConfig {
+        bind_address: args.bind_address,
+        secure_port: args.secure_port,
+        advertise_address: args.advertise_address,
+        data_dir,
+        token_auth_file: args.token_auth_file,
+        anonymous_auth: args.anonymous_auth,
+        service_cidr: args.service_cluster_ip_range,
+        node_port_range: (lo, hi),
+        merge_kubeconfig: merge.clone(),
+        in_memory: args.in_memory,
+        fsync: !args.unsafe_no_fsync,
+    };
+    let cluster = match Cluster::start(cfg).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    println!("nanokube is ready at {} ({ms:.1} ms after start)", cluster.server_url);
+    for f in &cluster.created {
+        println!("  created    {}", f.display());
+    }
+    println!("  data dir   {}", cluster.data_dir.display());
+    println!("  kubeconfig {}", cluster.kubeconfig.display());
+    match &merge {
+        Some(m) => println!("  merged context \"nanokube\" into {} and made it current", m.display()),
+        None => println!("  (not merged into any other kubeconfig)"),
+    }
+    println!();
+    println!("Try:");
+    println!("  kubectl --kubeconfig {} get namespaces", cluster.kubeconfig.display());
+    println!("  curl --cacert {dir}/ca.crt --cert {dir}/client.crt --key {dir}/client.key {}/api", cluster.server_url, dir = cluster.data_dir.display());
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    cluster.shutdown().await;
+    0
+}
