@@ -103,6 +103,7 @@ pub fn apply_defaults(def: &ResourceDef, obj: &mut Value) {
             set_default(status, "phase", json!("Active"));
         }
         ("", "secrets") => set_default(root, "type", json!("Opaque")),
+        ("scheduling.k8s.io", "priorityclasses") => set_default(root, "preemptionPolicy", json!("PreemptLowerPriority")),
         ("", "replicationcontrollers") => {
             let spec = obj_entry(root, "spec");
             set_default(spec, "replicas", json!(1));

@@ -219,6 +219,8 @@ pub static BUILTIN: &[ResourceDef] = &[
     res("rbac.authorization.k8s.io", "ClusterRole", "clusterroles", "clusterrole", false, NONE, NONE, &[]),
     res("rbac.authorization.k8s.io", "RoleBinding", "rolebindings", "rolebinding", true, NONE, NONE, &[]),
     res("rbac.authorization.k8s.io", "Role", "roles", "role", true, NONE, NONE, &[]),
+    // scheduling.k8s.io/v1
+    res("scheduling.k8s.io", "PriorityClass", "priorityclasses", "priorityclass", false, &["pc"], NONE, &[]),
     // storage.k8s.io/v1
     res("storage.k8s.io", "StorageClass", "storageclasses", "storageclass", false, &["sc"], NONE, &[]),
 ];

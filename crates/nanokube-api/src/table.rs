@@ -55,6 +55,7 @@ pub fn columns(group: &str, plural: &str) -> Vec<Column> {
         ("discovery.k8s.io", "endpointslices") => vec![NAME, col("AddressType", 0), col("Ports", 0), col("Endpoints", 0), AGE],
         ("coordination.k8s.io", "leases") => vec![NAME, col("Holder", 0), AGE],
         ("policy", "poddisruptionbudgets") => vec![NAME, col("Min Available", 0), col("Max Unavailable", 0), col("Allowed Disruptions", 0), AGE],
+        ("scheduling.k8s.io", "priorityclasses") => vec![NAME, Column { name: "Value", ty: "integer", format: "", priority: 0 }, col("Global-Default", 0), AGE, col("PreemptionPolicy", 0)],
         ("storage.k8s.io", "storageclasses") => vec![NAME, col("Provisioner", 0), col("ReclaimPolicy", 0), col("VolumeBindingMode", 0), col("AllowVolumeExpansion", 0), AGE],
         _ => vec![NAME, AGE],
     }
@@ -449,6 +450,13 @@ pub fn cells(group: &str, plural: &str, obj: &Value, now: OffsetDateTime) -> Vec
             let show = |p: &str| obj.pointer(p).map(|v| v.as_str().map(String::from).unwrap_or_else(|| v.to_string())).unwrap_or_else(|| "N/A".into());
             vec![name, json!(show("/spec/minAvailable")), json!(show("/spec/maxUnavailable")), json!(i(obj, "/status/disruptionsAllowed")), age_v]
         }
+        ("scheduling.k8s.io", "priorityclasses") => vec![
+            name,
+            json!(i(obj, "/value")),
+            json!(obj.get("globalDefault").and_then(Value::as_bool).unwrap_or(false)),
+            age_v,
+            json!(if s(obj, "/preemptionPolicy").is_empty() { "PreemptLowerPriority" } else { s(obj, "/preemptionPolicy") }),
+        ],
         ("storage.k8s.io", "storageclasses") => {
             let mut n = s(obj, "/metadata/name").to_string();
             if s(obj, "/metadata/annotations/storageclass.kubernetes.io~1is-default-class") == "true" {
