@@ -102,7 +102,18 @@ pub fn apply_defaults(def: &ResourceDef, obj: &mut Value) {
             let status = obj_entry(root, "status");
             set_default(status, "phase", json!("Active"));
         }
-        ("", "secrets") => set_default(root, "type", json!("Opaque")),
+        ("", "secrets") => {
+            set_default(root, "type", json!("Opaque"));
+            // stringData is write-only: upstream merges it into data (base64) and drops it.
+            if let Some(Value::Object(sd)) = root.remove("stringData") {
+                use base64::Engine;
+                let data = obj_entry(root, "data");
+                for (k, v) in sd {
+                    let text = v.as_str().unwrap_or("").to_string();
+                    data.insert(k, json!(base64::engine::general_purpose::STANDARD.encode(text)));
+                }
+            }
+        }
         ("scheduling.k8s.io", "priorityclasses") => set_default(root, "preemptionPolicy", json!("PreemptLowerPriority")),
         ("", "replicationcontrollers") => {
             let spec = obj_entry(root, "spec");
@@ -127,7 +138,13 @@ pub fn apply_defaults(def: &ResourceDef, obj: &mut Value) {
             set_default(spec, "replicas", json!(1));
             set_default(spec, "revisionHistoryLimit", json!(10));
             set_default(spec, "progressDeadlineSeconds", json!(600));
-            set_default(spec, "strategy", json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"}}));
+            let strategy = obj_entry(spec, "strategy");
+            set_default(strategy, "type", json!("RollingUpdate"));
+            if strategy.get("type") == Some(&json!("RollingUpdate")) {
+                let ru = obj_entry(strategy, "rollingUpdate");
+                set_default(ru, "maxUnavailable", json!("25%"));
+                set_default(ru, "maxSurge", json!("25%"));
+            }
             default_template(spec);
         }
         ("apps", "replicasets") => {
@@ -140,14 +157,24 @@ pub fn apply_defaults(def: &ResourceDef, obj: &mut Value) {
             set_default(spec, "replicas", json!(1));
             set_default(spec, "podManagementPolicy", json!("OrderedReady"));
             set_default(spec, "revisionHistoryLimit", json!(10));
-            set_default(spec, "updateStrategy", json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 0}}));
+            let strategy = obj_entry(spec, "updateStrategy");
+            set_default(strategy, "type", json!("RollingUpdate"));
+            if strategy.get("type") == Some(&json!("RollingUpdate")) {
+                set_default(obj_entry(strategy, "rollingUpdate"), "partition", json!(0));
+            }
             set_default(spec, "persistentVolumeClaimRetentionPolicy", json!({"whenDeleted": "Retain", "whenScaled": "Retain"}));
             default_template(spec);
         }
         ("apps", "daemonsets") => {
             let spec = obj_entry(root, "spec");
             set_default(spec, "revisionHistoryLimit", json!(10));
-            set_default(spec, "updateStrategy", json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}}));
+            let strategy = obj_entry(spec, "updateStrategy");
+            set_default(strategy, "type", json!("RollingUpdate"));
+            if strategy.get("type") == Some(&json!("RollingUpdate")) {
+                let ru = obj_entry(strategy, "rollingUpdate");
+                set_default(ru, "maxUnavailable", json!(1));
+                set_default(ru, "maxSurge", json!(0));
+            }
             default_template(spec);
         }
         ("batch", "jobs") => {
@@ -188,6 +215,9 @@ mod tests {
         assert_eq!(d["spec"]["revisionHistoryLimit"], 10);
         assert_eq!(d["spec"]["progressDeadlineSeconds"], 600);
         assert_eq!(d["spec"]["strategy"]["type"], "RollingUpdate");
+        let mut empty = json!({"spec": {"strategy": {}, "template": {"spec": {"containers": []}}}});
+        apply_defaults(def, &mut empty);
+        assert_eq!(empty["spec"]["strategy"]["rollingUpdate"]["maxSurge"], "25%");
         assert_eq!(d["spec"]["template"]["spec"]["restartPolicy"], "Always");
         assert_eq!(d["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"], "Always");
     }
@@ -201,6 +231,14 @@ mod tests {
         assert_eq!(s["spec"]["sessionAffinity"], "None");
         assert_eq!(s["spec"]["ports"][0]["targetPort"], 80);
         assert_eq!(s["spec"]["ports"][0]["protocol"], "TCP");
+    }
+
+    #[test]
+    fn secret_string_data_is_folded_into_data() {
+        let def = find("", "v1", "secrets").unwrap();
+        let mut s = json!({"data": {"x": "eA=="}, "stringData": {"a": "b"}});
+        apply_defaults(def, &mut s);
+        assert_eq!(s, json!({"type": "Opaque", "data": {"x": "eA==", "a": "Yg=="}}));
     }
 
     #[test]

@@ -87,18 +87,34 @@ async fn handle_inner(server: &Arc<ApiServer>, conn: &ConnInfo, req: Request<Inc
     ctx.resource(body).await
 }
 
-async fn read_body(body: Incoming, headers: &HeaderMap) -> Result<Bytes, ApiError> {
-    if let Some(len) = headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok()) {
-        if len > MAX_BODY {
-            return Err(ApiError::too_large(format!("Request entity too large: limit is {MAX_BODY}")));
+/// Most bytes of an oversized body read (and dropped) before answering 413, so HTTP/2
+/// clients get the answer rather than a reset stream.
+const MAX_DRAIN: usize = 64 * 1024 * 1024;
+
+async fn read_body(mut body: Incoming, headers: &HeaderMap) -> Result<Bytes, ApiError> {
+    let too_large = || ApiError::too_large(format!("Request entity too large: limit is {MAX_BODY}"));
+    let declared = headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > MAX_DRAIN) {
+        return Err(too_large());
+    }
+    let mut buf = bytes::BytesMut::new();
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ApiError::bad_request(format!("error reading request body: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            total += data.len();
+            if total > MAX_DRAIN {
+                return Err(too_large());
+            }
+            if total <= MAX_BODY {
+                buf.extend_from_slice(&data);
+            }
         }
     }
-    let limited = http_body_util::Limited::new(body, MAX_BODY);
-    match limited.collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(ApiError::too_large(format!("Request entity too large: limit is {MAX_BODY}"))),
-        Err(e) => Err(ApiError::bad_request(format!("error reading request body: {e}"))),
+    if total > MAX_BODY {
+        return Err(too_large());
     }
+    Ok(buf.freeze())
 }
 
 fn non_resource(server: &ApiServer, method: &Method, path: &str, query: &Query, accept: Option<&str>) -> Result<Response<Body>, ApiError> {
@@ -157,6 +173,16 @@ fn non_resource(server: &ApiServer, method: &Method, path: &str, query: &Query, 
                 _ => None,
             };
             doc.map(|v| h::json(StatusCode::OK, &v)).ok_or_else(ApiError::path_not_found)
+        }
+        "/openapi/v2" | "/swagger-2.0.0.pb-v1" => {
+            let wants_proto = path == "/swagger-2.0.0.pb-v1" || accept.is_some_and(|a| a.contains("protobuf"));
+            if wants_proto {
+                // Upstream serves it with http.ServeContent, which sniffs binary as octet-stream;
+                // client-go cannot parse the "@" in the protobuf media type name.
+                Ok(h::bytes_response(StatusCode::OK, "application/octet-stream", server.openapi.v2_protobuf()))
+            } else {
+                Ok(h::bytes_response(StatusCode::OK, "application/json", server.openapi.v2_json()))
+            }
         }
         "/openapi/v3" => Ok(h::bytes_response(StatusCode::OK, "application/json", server.openapi.root())),
         p if p.starts_with("/openapi/v3/") => {

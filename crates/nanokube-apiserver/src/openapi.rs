@@ -141,6 +141,8 @@ pub struct OpenApi {
     /// (`api/v1` key, hash, serialized document).
     docs: Vec<(String, String, bytes::Bytes)>,
     root: bytes::Bytes,
+    v2_protobuf: bytes::Bytes,
+    v2_json: bytes::Bytes,
 }
 
 impl OpenApi {
@@ -156,7 +158,22 @@ impl OpenApi {
             docs.push((key, hash, bytes::Bytes::from(bytes)));
         }
         let root = bytes::Bytes::from(serde_json::to_vec(&json!({"paths": root_paths})).expect("serialize"));
-        OpenApi { docs, root }
+        OpenApi {
+            docs,
+            root,
+            v2_protobuf: bytes::Bytes::from(v2::protobuf()),
+            v2_json: bytes::Bytes::from(serde_json::to_vec(&v2::json()).expect("serialize")),
+        }
+    }
+
+    /// OpenAPI v2 as protobuf.
+    pub fn v2_protobuf(&self) -> bytes::Bytes {
+        self.v2_protobuf.clone()
+    }
+
+    /// OpenAPI v2 as JSON.
+    pub fn v2_json(&self) -> bytes::Bytes {
+        self.v2_json.clone()
     }
 
     /// The root index.
@@ -185,5 +202,137 @@ mod tests {
         assert!(o.document("apis/apps/v1").is_some());
         let root: Value = serde_json::from_slice(&o.root()).unwrap();
         assert!(root["paths"]["apis/apps/v1"]["serverRelativeURL"].as_str().unwrap().contains("?hash="));
+    }
+}
+
+/// OpenAPI v2, which kubectl 1.27 and 1.28 read (as the gnostic `openapi.v2.Document`
+/// protobuf) to learn that the server validates fields: they look for each kind's PATCH
+/// operation, its `x-kubernetes-group-version-kind` extension and a `fieldValidation`
+/// query parameter. The document carries exactly that, for every kind; no definitions,
+/// so client-side apply uses kubectl's compiled-in types for strategic merge patches.
+pub mod v2 {
+    use nanokube_api::resources::{self, ResourceDef};
+    use prost::encoding::{encode_key, encode_varint, WireType};
+    use serde_json::{json, Map, Value};
+
+    fn bytes_field(tag: u32, data: &[u8], out: &mut Vec<u8>) {
+        encode_key(tag, WireType::LengthDelimited, out);
+        encode_varint(data.len() as u64, out);
+        out.extend_from_slice(data);
+    }
+
+    fn message(tag: u32, build: impl FnOnce(&mut Vec<u8>), out: &mut Vec<u8>) {
+        let mut inner = Vec::new();
+        build(&mut inner);
+        bytes_field(tag, &inner, out);
+    }
+
+    fn gvk_yaml(r: &ResourceDef) -> String {
+        format!("group: \"{}\"\nkind: {}\nversion: {}\n", r.group, r.kind, r.version)
+    }
+
+    fn served() -> impl Iterator<Item = &'static ResourceDef> {
+        resources::BUILTIN.iter().filter(|r| r.is_stored())
+    }
+
+    /// The document as `openapi.v2.Document` protobuf.
+    pub fn protobuf() -> Vec<u8> {
+        let mut doc = Vec::new();
+        bytes_field(1, b"2.0", &mut doc);
+        message(
+            2,
+            |info| {
+                bytes_field(1, b"Kubernetes", info);
+                bytes_field(2, crate::discovery::GIT_VERSION.as_bytes(), info);
+            },
+            &mut doc,
+        );
+        message(
+            8,
+            |paths| {
+                for r in served() {
+                    // Paths.path (2): NamedPathItem { name, value: PathItem { patch (8): Operation } }
+                    message(
+                        2,
+                        |named| {
+                            bytes_field(1, super::operation_path(r).as_bytes(), named);
+                            message(
+                                2,
+                                |item| {
+                                    message(
+                                        8,
+                                        |op| {
+                                            bytes_field(5, format!("patch{}", r.kind).as_bytes(), op);
+                                            for p in ["fieldValidation", "fieldManager", "dryRun", "force"] {
+                                                // ParametersItem.parameter (1) → Parameter.non_body_parameter (2)
+                                                // → NonBodyParameter.query_parameter_sub_schema (3)
+                                                message(
+                                                    8,
+                                                    |pi| {
+                                                        message(
+                                                            1,
+                                                            |param| {
+                                                                message(
+                                                                    2,
+                                                                    |nb| {
+                                                                        message(
+                                                                            3,
+                                                                            |q| {
+                                                                                bytes_field(2, b"query", q);
+                                                                                bytes_field(4, p.as_bytes(), q);
+                                                                                bytes_field(6, if p == "force" { b"boolean" as &[u8] } else { b"string" }, q);
+                                                                            },
+                                                                            nb,
+                                                                        )
+                                                                    },
+                                                                    param,
+                                                                )
+                                                            },
+                                                            pi,
+                                                        )
+                                                    },
+                                                    op,
+                                                );
+                                            }
+                                            // vendor_extension (13): NamedAny { name, value: Any { yaml (2) } }
+                                            message(
+                                                13,
+                                                |na| {
+                                                    bytes_field(1, b"x-kubernetes-group-version-kind", na);
+                                                    message(2, |any| bytes_field(2, gvk_yaml(r).as_bytes(), any), na);
+                                                },
+                                                op,
+                                            );
+                                        },
+                                        item,
+                                    );
+                                },
+                                named,
+                            );
+                        },
+                        paths,
+                    );
+                }
+            },
+            &mut doc,
+        );
+        doc
+    }
+
+    /// The same document as JSON (Swagger 2.0).
+    pub fn json() -> Value {
+        let mut paths = Map::new();
+        for r in served() {
+            let params: Vec<Value> = ["fieldValidation", "fieldManager", "dryRun", "force"]
+                .iter()
+                .map(|p| json!({"name": p, "in": "query", "type": if *p == "force" { "boolean" } else { "string" }, "uniqueItems": true}))
+                .collect();
+            paths.insert(
+                super::operation_path(r),
+                json!({"patch": {"operationId": format!("patch{}", r.kind), "parameters": params,
+                    "x-kubernetes-group-version-kind": {"group": r.group, "kind": r.kind, "version": r.version}}}),
+            );
+        }
+        json!({"swagger": "2.0", "info": {"title": "Kubernetes", "version": crate::discovery::GIT_VERSION}, "paths": paths})
     }
 }

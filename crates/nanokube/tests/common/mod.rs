@@ -1,0 +1,234 @@
+//! Test harness: the real `nanokube` binary on a free loopback port with a temporary
+//! data directory, and the real `kubectl` and `curl` pointed at it.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running `nanokube server` process.
+pub struct Server {
+    pub child: Child,
+    pub url: String,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    pub data: PathBuf,
+    extra_args: Vec<String>,
+}
+
+/// Where the versioned kubectl binaries live (`kubectl.1.27` …).
+pub fn kubectl_path(name: &str) -> PathBuf {
+    for dir in std::env::var("PATH").unwrap_or_default().split(':').chain(["/usr/lib/google-cloud-sdk/bin", "/usr/local/bin", "/usr/bin"]) {
+        let p = Path::new(dir).join(name);
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!("{name} not found on PATH or in /usr/lib/google-cloud-sdk/bin");
+}
+
+fn spawn(data: &Path, port: u16, extra: &[String]) -> (Child, String, u16) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nanokube"))
+        .args(["server", "--secure-port", &port.to_string(), "--merge-kubeconfig=false", "--data-dir"])
+        .arg(data)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn nanokube");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        for line in lines.by_ref() {
+            let Ok(line) = line else { break };
+            if let Some(rest) = line.strip_prefix("nanokube is ready at ") {
+                let url = rest.split_whitespace().next().unwrap().to_string();
+                let _ = tx.send(url);
+            }
+        }
+    });
+    let url = rx.recv_timeout(Duration::from_secs(30)).expect("server did not become ready");
+    let port = url.rsplit(':').next().unwrap().parse().unwrap();
+    (child, url, port)
+}
+
+impl Server {
+    /// Start on a free port with a fresh data directory.
+    pub fn start() -> Server {
+        Self::start_with(&[])
+    }
+
+    /// Start with extra `nanokube server` flags.
+    pub fn start_with(extra: &[&str]) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let (child, url, port) = spawn(&data, 0, &extra);
+        Server { child, url, port, dir, data, extra_args: extra }
+    }
+
+    /// Kill with SIGKILL (a crash) and wait for the process to end.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Stop with SIGTERM and wait.
+    pub fn stop(&mut self) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.kill9();
+    }
+
+    /// Start again on the same data directory and port.
+    pub fn restart(&mut self) {
+        let (child, url, port) = spawn(&self.data, self.port, &self.extra_args);
+        self.child = child;
+        self.url = url;
+        self.port = port;
+    }
+
+    /// The admin kubeconfig the server wrote.
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.data.join("kubeconfig")
+    }
+
+    /// Run a kubectl binary (e.g. `kubectl.1.27`) with the admin kubeconfig.
+    pub fn kubectl_bin(&self, bin: &str, args: &[&str]) -> Output {
+        let home = self.dir.path().join(format!("home-{bin}"));
+        std::fs::create_dir_all(&home).unwrap();
+        Command::new(kubectl_path(bin))
+            .args(args)
+            .env("KUBECONFIG", self.kubeconfig())
+            .env("HOME", &home)
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run kubectl")
+    }
+
+    /// Run `kubectl` and return its output.
+    pub fn kubectl(&self, args: &[&str]) -> Output {
+        self.kubectl_bin("kubectl", args)
+    }
+
+    /// Run `kubectl`, assert success and return stdout.
+    pub fn k(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args);
+        assert!(out.status.success(), "kubectl {args:?} failed:\nstdout: {}\nstderr: {}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Run `kubectl` with a manifest on stdin (`-f -`).
+    pub fn k_stdin(&self, args: &[&str], stdin: &str) -> Output {
+        use std::io::Write;
+        let home = self.dir.path().join("home-kubectl");
+        std::fs::create_dir_all(&home).unwrap();
+        let mut child = Command::new(kubectl_path("kubectl"))
+            .args(args)
+            .env("KUBECONFIG", self.kubeconfig())
+            .env("HOME", &home)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    /// `curl` as the admin (client certificate, cluster CA). Returns (HTTP code, body).
+    pub fn curl(&self, method: &str, path: &str, content_type: Option<&str>, body: Option<&[u8]>) -> (u16, String) {
+        let d = &self.data;
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sS", "-o", "-", "-w", "\n%{http_code}", "-X", method, "--cacert"])
+            .arg(d.join("ca.crt"))
+            .arg("--cert")
+            .arg(d.join("client.crt"))
+            .arg("--key")
+            .arg(d.join("client.key"));
+        if let Some(ct) = content_type {
+            cmd.args(["-H", &format!("Content-Type: {ct}")]);
+        }
+        if body.is_some() {
+            cmd.args(["--data-binary", "@-"]);
+        }
+        cmd.arg(format!("{}{}", self.url, path)).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().unwrap();
+            if let Some(b) = body {
+                stdin.write_all(b).unwrap();
+            }
+        }
+        let out = child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.trim().parse().unwrap_or(0), body.to_string())
+    }
+
+    /// `curl` GET returning parsed JSON and the code.
+    pub fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
+        let (code, body) = self.curl("GET", path, None, None);
+        (code, serde_json::from_str(&body).unwrap_or(serde_json::Value::Null))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Poll `f` until it returns true or `timeout` passes.
+pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Column headers and rows of kubectl's table output.
+pub fn table(out: &str) -> (Vec<String>, Vec<Vec<String>>) {
+    let mut lines = out.lines().filter(|l| !l.trim().is_empty());
+    let header = lines.next().unwrap_or("");
+    // Columns start where the header has a word after two or more spaces (or at 0).
+    let mut starts = vec![0];
+    let b = header.as_bytes();
+    for i in 1..b.len() {
+        if b[i] != b' ' && b[i - 1] == b' ' && i >= 2 && b[i - 2] == b' ' {
+            starts.push(i);
+        }
+    }
+    let cut = |line: &str| -> Vec<String> {
+        starts
+            .iter()
+            .enumerate()
+            .map(|(n, &s)| {
+                let e = starts.get(n + 1).copied().unwrap_or(usize::MAX);
+                let s = s.min(line.len());
+                let e = e.min(line.len());
+                line[s..e].trim().to_string()
+            })
+            .collect()
+    };
+    let headers = cut(header);
+    let rows = lines.map(cut).collect();
+    (headers, rows)
+}
