@@ -43,7 +43,7 @@ impl ServiceAllocator {
     fn offset(&self, ip: &str) -> Option<u32> {
         let ip: Ipv4Addr = ip.parse().ok()?;
         let v = u32::from(ip);
-        (v > self.base && v < self.base + self.size - 1).then_some(v - self.base)
+        (v > self.base && v < self.base + self.size - 1).then(|| v - self.base)
     }
 
     /// Mark an address used (at start, from stored Services).

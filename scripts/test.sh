@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Runs every test of nanokube: unit and integration tests (cargo, with the real
+# kubectl 1.27-1.33, curl and SQLite), then the Python `kubernetes` client tests.
+# Installs what the tests need from the package registries first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v curl >/dev/null || need_apt+=(curl)
+command -v python3 >/dev/null || need_apt+=(python3 python3-venv)
+if ((${#need_apt[@]})); then
+  apt-get update -qq && apt-get install -y -qq "${need_apt[@]}"
+fi
+# kubectl and its versioned siblings (kubectl.1.27 ... kubectl.1.33) come with the
+# machine image; the tests look for them on PATH and in /usr/lib/google-cloud-sdk/bin.
+command -v kubectl >/dev/null || { echo "kubectl is required on PATH" >&2; exit 1; }
+
+echo "== python client (venv .venv)"
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+.venv/bin/pip install -q --disable-pip-version-check -r tests/python/requirements.txt
+
+echo "== build"
+cargo build --workspace --all-targets
+
+echo "== cargo tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast
+  cargo test --workspace --doc
+else
+  cargo test --workspace --no-fail-fast
+fi
+
+echo "== python tests"
+NANOKUBE_BIN="$PWD/target/debug/nanokube" .venv/bin/pytest -q tests/python

@@ -1,0 +1,102 @@
+"""The Python `kubernetes` client against nanokube through the kubeconfig it wrote:
+list, create, merge-patch, watch, and errors as ApiException with Status bodies."""
+import json
+import threading
+import time
+
+import pytest
+from kubernetes import client, watch
+from kubernetes.client.rest import ApiException
+
+
+def test_list_create_patch(api):
+    core = client.CoreV1Api(api)
+    names = [ns.metadata.name for ns in core.list_namespace().items]
+    assert names == ["default", "kube-node-lease", "kube-public", "kube-system"]
+
+    cm = client.V1ConfigMap(metadata=client.V1ObjectMeta(name="py", labels={"from": "python"}), data={"a": "1"})
+    created = core.create_namespaced_config_map("default", cm)
+    assert created.metadata.uid
+    assert int(created.metadata.resource_version) > 0
+
+    patched = core.patch_namespaced_config_map("py", "default", {"data": {"b": "2"}, "metadata": {"labels": {"from": None}}})
+    assert patched.data == {"a": "1", "b": "2"}
+    assert not patched.metadata.labels
+    assert int(patched.metadata.resource_version) > int(created.metadata.resource_version)
+
+    listed = core.list_namespaced_config_map("default", label_selector="!from")
+    assert "py" in [c.metadata.name for c in listed.items]
+
+    apps = client.AppsV1Api(api)
+    dep = client.V1Deployment(
+        metadata=client.V1ObjectMeta(name="web"),
+        spec=client.V1DeploymentSpec(
+            selector=client.V1LabelSelector(match_labels={"app": "web"}),
+            template=client.V1PodTemplateSpec(
+                metadata=client.V1ObjectMeta(labels={"app": "web"}),
+                spec=client.V1PodSpec(containers=[client.V1Container(name="c", image="nginx")]),
+            ),
+        ),
+    )
+    d = apps.create_namespaced_deployment("default", dep)
+    assert d.spec.replicas == 1
+    assert d.spec.strategy.type == "RollingUpdate"
+
+
+def test_errors_are_api_exceptions_with_status(api):
+    core = client.CoreV1Api(api)
+    with pytest.raises(ApiException) as e:
+        core.read_namespaced_config_map("missing", "default")
+    assert e.value.status == 404
+    body = json.loads(e.value.body)
+    assert body["kind"] == "Status" and body["reason"] == "NotFound"
+
+    core.create_namespaced_config_map("default", {"metadata": {"name": "dup"}})
+    with pytest.raises(ApiException) as e:
+        core.create_namespaced_config_map("default", {"metadata": {"name": "dup"}})
+    assert e.value.status == 409
+    assert json.loads(e.value.body)["reason"] == "AlreadyExists"
+
+
+def test_watch_sees_changes(api):
+    core = client.CoreV1Api(api)
+    seen = []
+    ready = threading.Event()
+
+    def run():
+        w = watch.Watch()
+        for ev in w.stream(core.list_namespaced_config_map, "default", timeout_seconds=20):
+            ready.set()
+            seen.append((ev["type"], ev["object"].metadata.name))
+            if ev["type"] == "DELETED" and ev["object"].metadata.name == "watched":
+                w.stop()
+
+    t = threading.Thread(target=run)
+    t.start()
+    # The first event (kube-root-ca.crt, ADDED from the initial state) means the watch is open.
+    assert ready.wait(10)
+    core.create_namespaced_config_map("default", {"metadata": {"name": "watched"}})
+    core.patch_namespaced_config_map("watched", "default", {"data": {"x": "y"}})
+    core.delete_namespaced_config_map("watched", "default")
+    t.join(20)
+    assert not t.is_alive()
+    mine = [e for e in seen if e[1] == "watched"]
+    assert mine == [("ADDED", "watched"), ("MODIFIED", "watched"), ("DELETED", "watched")]
+    assert ("ADDED", "kube-root-ca.crt") in seen
+
+
+def test_paging_with_limit_and_continue(api):
+    core = client.CoreV1Api(api)
+    for i in range(7):
+        core.create_namespaced_config_map("default", {"metadata": {"name": f"page-{i}"}})
+    got, token, pages = [], None, 0
+    while True:
+        r = core.list_namespaced_config_map("default", limit=3, _continue=token, label_selector="")
+        pages += 1
+        got += [c.metadata.name for c in r.items]
+        token = r.metadata._continue
+        if not token:
+            break
+        assert r.metadata.remaining_item_count is not None
+    assert pages == 3
+    assert sorted(got) == sorted([f"page-{i}" for i in range(7)] + ["kube-root-ca.crt"])
