@@ -6,6 +6,9 @@
 //! controllers ([`nanokube_controllers`]). The `nanokube` binary's `server` command is a
 //! thin wrapper around it.
 
+pub mod bench;
+pub mod client;
+
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;

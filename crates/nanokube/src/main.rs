@@ -21,6 +21,38 @@ struct Cli {
 enum Command {
     /// Start the API server and controllers on the embedded store.
     Server(ServerArgs),
+    /// Measure a cluster: startup, durable creates, lists, and the disk's fsync latency.
+    Bench(BenchArgs),
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// Scenarios: startup (spawn → /readyz 200, cold/warm, idle RSS), create (durable
+    /// creates/s and latency per client count), list (LIST of --objects ConfigMaps as JSON
+    /// and Table, with and without resourceVersion=0), fsync (fdatasync latency of the
+    /// disk under the temp dir). Default: fsync startup create list.
+    scenarios: Vec<String>,
+    /// Cluster to measure (create, list); default: a fresh `nanokube server` this bench starts.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Startup runs.
+    #[arg(long, default_value_t = 10)]
+    runs: usize,
+    /// ConfigMaps created per client count.
+    #[arg(long, default_value_t = 2000)]
+    count: usize,
+    /// Concurrent clients for create, comma-separated.
+    #[arg(long, default_value = "1,8,64", value_delimiter = ',')]
+    clients: Vec<usize>,
+    /// ConfigMaps listed by the list scenario.
+    #[arg(long, default_value_t = 2000)]
+    objects: usize,
+    /// Use HTTP/2 connections.
+    #[arg(long)]
+    http2: bool,
+    /// Also write the figures as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -85,6 +117,27 @@ fn main() {
     let code = rt.block_on(async move {
         match cli.command {
             Command::Server(args) => run_server(args, started).await,
+            Command::Bench(args) => {
+                let scenarios = if args.scenarios.is_empty() { ["fsync", "startup", "create", "list"].map(String::from).to_vec() } else { args.scenarios };
+                let opts = nanokube::bench::BenchOptions {
+                    scenarios,
+                    kubeconfig: args.kubeconfig,
+                    binary: std::env::current_exe().expect("current exe"),
+                    runs: args.runs.max(1),
+                    count: args.count.max(1),
+                    clients: args.clients,
+                    objects: args.objects,
+                    json: args.json,
+                    http2: args.http2,
+                };
+                match nanokube::bench::run(opts).await {
+                    Ok(()) => 0,
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        1
+                    }
+                }
+            }
         }
     });
     std::process::exit(code);

@@ -1,0 +1,350 @@
+//! `nanokube bench`: measures a cluster the way users feel it. Scenarios: `startup`
+//! (spawn → `/readyz` 200, cold and warm, RSS after 1 s), `create` (durable creates/s
+//! and latency at several client counts), `list` (LIST of N ConfigMaps as JSON and
+//! Table, with and without `resourceVersion=0`), `fsync` (the data disk's fdatasync
+//! latency, the physical limit of one sequential durable writer). Figures print as a
+//! table and optionally as JSON. The client is async Rust over pooled HTTPS
+//! connections; its own CPU time is printed so a reader can tell it was not the
+//! bottleneck.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde_json::{json, Value};
+
+use crate::client::ApiClient;
+
+/// Options of a bench run.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Scenarios to run.
+    pub scenarios: Vec<String>,
+    /// Target cluster; `None` starts a fresh `nanokube server` (durable, default flags).
+    pub kubeconfig: Option<PathBuf>,
+    /// The nanokube binary for `startup` and for the fresh server.
+    pub binary: PathBuf,
+    /// Startup runs.
+    pub runs: usize,
+    /// Objects created per client count.
+    pub count: usize,
+    /// Client counts for `create`.
+    pub clients: Vec<usize>,
+    /// Objects listed by `list`.
+    pub objects: usize,
+    /// Write figures as JSON here.
+    pub json: Option<PathBuf>,
+    /// Use HTTP/2 (one connection per client either way).
+    pub http2: bool,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+/// A nanokube server started by the bench.
+struct Spawned {
+    child: Child,
+    kubeconfig: PathBuf,
+}
+
+fn spawn_server(binary: &Path, data: &Path, port: u16) -> Result<Spawned, String> {
+    let mut child = Command::new(binary)
+        .args(["server", "--secure-port", &port.to_string(), "--merge-kubeconfig=false", "--data-dir"])
+        .arg(data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("spawn {}: {e}", binary.display()))?;
+    let out = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(out).lines();
+    loop {
+        match lines.next() {
+            Some(Ok(l)) if l.starts_with("nanokube is ready at") => break,
+            Some(Ok(_)) => continue,
+            _ => {
+                let _ = child.kill();
+                return Err("server exited before it was ready".into());
+            }
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    Ok(Spawned { child, kubeconfig: data.join("kubeconfig") })
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// This process's user+system CPU time (clock ticks of 10 ms, as Linux uses by default).
+fn cpu_time() -> Duration {
+    let s = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // After "(comm)", field 3 (state) is index 0, so utime (14) and stime (15) are 11 and 12.
+    let after = s.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ut: u64 = fields.get(11).and_then(|x| x.parse().ok()).unwrap_or(0);
+    let st: u64 = fields.get(12).and_then(|x| x.parse().ok()).unwrap_or(0);
+    Duration::from_millis((ut + st) * 10)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1000.0 * 100.0).round() / 100.0
+}
+
+struct Report {
+    rows: Vec<(String, String)>,
+    json: serde_json::Map<String, Value>,
+}
+
+impl Report {
+    fn add(&mut self, key: &str, shown: String, v: Value) {
+        println!("  {key:<44} {shown}");
+        std::io::stdout().flush().ok();
+        self.rows.push((key.to_string(), shown));
+        self.json.insert(key.to_string(), v);
+    }
+}
+
+/// Run the bench.
+pub async fn run(opts: BenchOptions) -> Result<(), String> {
+    let mut report = Report { rows: Vec::new(), json: serde_json::Map::new() };
+    let tmp = std::env::temp_dir().join(format!("nanokube-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).map_err(|e| e.to_string())?;
+    let cpu0 = cpu_time();
+    let wall0 = Instant::now();
+    println!("nanokube bench: {}", opts.scenarios.join(", "));
+    let mut target: Option<Spawned> = None;
+    let result = async {
+        for sc in &opts.scenarios {
+            match sc.as_str() {
+                "fsync" => fsync(&tmp, &mut report)?,
+                "startup" => startup(&opts, &tmp, &mut report).await?,
+                "create" | "list" => {
+                    let kc = match (&opts.kubeconfig, &target) {
+                        (Some(k), _) => k.clone(),
+                        (None, Some(t)) => t.kubeconfig.clone(),
+                        (None, None) => {
+                            let s = spawn_server(&opts.binary, &tmp.join("target"), free_port())?;
+                            println!("  (target: a fresh nanokube server, durable store, pid {})", s.child.id());
+                            let k = s.kubeconfig.clone();
+                            target = Some(s);
+                            k
+                        }
+                    };
+                    if sc == "create" {
+                        create(&opts, &kc, &mut report).await?;
+                    } else {
+                        list(&opts, &kc, &mut report).await?;
+                    }
+                }
+                other => return Err(format!("unknown scenario {other:?} (startup, create, list, fsync)")),
+            }
+        }
+        Ok::<(), String>(())
+    }
+    .await;
+    if let Some(mut t) = target.take() {
+        if let Some(r) = rss_kib(t.child.id()) {
+            report.add("target RSS after the run (MiB)", format!("{:.1}", r as f64 / 1024.0), json!(r as f64 / 1024.0));
+        }
+        let _ = t.child.kill();
+        let _ = t.child.wait();
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+    result?;
+    let cpu = cpu_time().saturating_sub(cpu0);
+    report.add("bench client CPU (s) / wall (s)", format!("{:.2} / {:.2}", cpu.as_secs_f64(), wall0.elapsed().as_secs_f64()), json!({"cpu_s": cpu.as_secs_f64(), "wall_s": wall0.elapsed().as_secs_f64()}));
+    if let Some(path) = &opts.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&Value::Object(report.json)).expect("serialize")).map_err(|e| format!("{}: {e}", path.display()))?;
+        println!("figures written to {}", path.display());
+    }
+    Ok(())
+}
+
+fn fsync(dir: &Path, report: &mut Report) -> Result<(), String> {
+    let path = dir.join("fsync-probe");
+    let mut f = std::fs::OpenOptions::new().create(true).write(true).truncate(true).open(&path).map_err(|e| e.to_string())?;
+    let block = vec![0u8; 4096];
+    let mut lat = Vec::new();
+    for _ in 0..200 {
+        let t = Instant::now();
+        f.write_all(&block).map_err(|e| e.to_string())?;
+        f.sync_data().map_err(|e| e.to_string())?;
+        lat.push(t.elapsed());
+    }
+    let _ = std::fs::remove_file(&path);
+    lat.sort();
+    let p50 = percentile(&lat, 0.5);
+    let mean = lat.iter().sum::<Duration>() / lat.len() as u32;
+    report.add("fsync: fdatasync p50 / mean (ms)", format!("{} / {}", ms(p50), ms(mean)), json!({"p50_ms": ms(p50), "mean_ms": ms(mean)}));
+    report.add("fsync: 1 sequential writer limit (writes/s)", format!("{:.0}", 1.0 / mean.as_secs_f64()), json!(1.0 / mean.as_secs_f64()));
+    Ok(())
+}
+
+async fn startup(opts: &BenchOptions, tmp: &Path, report: &mut Report) -> Result<(), String> {
+    let mut cold = Vec::new();
+    let mut warm = Vec::new();
+    let mut rss = Vec::new();
+    for run in 0..opts.runs {
+        let data = tmp.join(format!("startup-{run}"));
+        for (phase, out) in [("cold", &mut cold), ("warm", &mut warm)] {
+            let port = free_port();
+            let t = Instant::now();
+            let mut s = spawn_server(&opts.binary, &data, port)?;
+            let client = ApiClient::from_kubeconfig(&s.kubeconfig, false)?;
+            let (code, _) = client.request("GET", "/readyz", None, None, Bytes::new()).await?;
+            let ready = t.elapsed();
+            if code != 200 {
+                return Err(format!("/readyz answered {code}"));
+            }
+            out.push(ready);
+            if phase == "cold" {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if let Some(r) = rss_kib(s.child.id()) {
+                    rss.push(r);
+                }
+            }
+            let _ = Command::new("kill").args(["-TERM", &s.child.id().to_string()]).status();
+            let _ = s.child.wait();
+        }
+    }
+    cold.sort();
+    warm.sort();
+    rss.sort();
+    report.add(
+        &format!("startup: spawn → /readyz 200, cold (ms, {} runs)", opts.runs),
+        format!("p50 {}  min {}  max {}", ms(percentile(&cold, 0.5)), ms(cold[0]), ms(*cold.last().unwrap())),
+        json!({"p50_ms": ms(percentile(&cold, 0.5)), "min_ms": ms(cold[0]), "max_ms": ms(*cold.last().unwrap())}),
+    );
+    report.add(
+        "startup: spawn → /readyz 200, warm (ms)",
+        format!("p50 {}  min {}  max {}", ms(percentile(&warm, 0.5)), ms(warm[0]), ms(*warm.last().unwrap())),
+        json!({"p50_ms": ms(percentile(&warm, 0.5)), "min_ms": ms(warm[0]), "max_ms": ms(*warm.last().unwrap())}),
+    );
+    if !rss.is_empty() {
+        let mid = rss[rss.len() / 2] as f64 / 1024.0;
+        report.add("startup: idle RSS 1 s after ready (MiB)", format!("{mid:.1}"), json!(mid));
+    }
+    Ok(())
+}
+
+async fn ensure_namespace(client: &ApiClient, ns: &str) -> Result<(), String> {
+    let body = Bytes::from(format!(r#"{{"apiVersion":"v1","kind":"Namespace","metadata":{{"name":"{ns}"}}}}"#));
+    let (code, b) = client.request("POST", "/api/v1/namespaces", Some("application/json"), None, body).await?;
+    if code != 201 && code != 409 {
+        return Err(format!("create namespace {ns}: {code} {}", String::from_utf8_lossy(&b)));
+    }
+    // The namespace controller creates its default objects; give it a moment.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    Ok(())
+}
+
+fn configmap(name: &str) -> Bytes {
+    // About 1 KB, as in the issue's scenario.
+    Bytes::from(format!(r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"{name}","labels":{{"bench":"true"}}}},"data":{{"payload":"{}"}}}}"#, "x".repeat(900)))
+}
+
+/// Create `count` ConfigMaps in `ns` with `clients` concurrent clients; latencies sorted.
+async fn create_many(kubeconfig: &Path, ns: &str, prefix: &str, count: usize, clients: usize, http2: bool) -> Result<(Duration, Vec<Duration>), String> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..clients {
+        let client = ApiClient::from_kubeconfig(kubeconfig, http2)?;
+        let next = next.clone();
+        let path = format!("/api/v1/namespaces/{ns}/configmaps");
+        let prefix = prefix.to_string();
+        tasks.spawn(async move {
+            let mut lat = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= count {
+                    return Ok::<_, String>(lat);
+                }
+                let t = Instant::now();
+                let (code, body) = client.request("POST", &path, Some("application/json"), None, configmap(&format!("{prefix}-{i}"))).await?;
+                if code != 201 {
+                    return Err(format!("create: {code} {}", String::from_utf8_lossy(&body)));
+                }
+                lat.push(t.elapsed());
+            }
+        });
+    }
+    let mut all = Vec::with_capacity(count);
+    while let Some(r) = tasks.join_next().await {
+        all.extend(r.map_err(|e| e.to_string())??);
+    }
+    let wall = start.elapsed();
+    all.sort();
+    Ok((wall, all))
+}
+
+async fn create(opts: &BenchOptions, kubeconfig: &Path, report: &mut Report) -> Result<(), String> {
+    let client = ApiClient::from_kubeconfig(kubeconfig, opts.http2)?;
+    for &c in &opts.clients {
+        let ns = format!("bench-create-{c}-{}", std::process::id());
+        ensure_namespace(&client, &ns).await?;
+        let (wall, lat) = create_many(kubeconfig, &ns, "cm", opts.count, c, opts.http2).await?;
+        let rate = opts.count as f64 / wall.as_secs_f64();
+        report.add(
+            &format!("create: {} ConfigMaps, {c} client(s)", opts.count),
+            format!("{rate:.0}/s  p50 {}  p90 {}  p99 {}  max {} ms", ms(percentile(&lat, 0.5)), ms(percentile(&lat, 0.9)), ms(percentile(&lat, 0.99)), ms(*lat.last().unwrap())),
+            json!({"clients": c, "per_second": rate, "p50_ms": ms(percentile(&lat, 0.5)), "p90_ms": ms(percentile(&lat, 0.9)), "p99_ms": ms(percentile(&lat, 0.99)), "max_ms": ms(*lat.last().unwrap())}),
+        );
+    }
+    Ok(())
+}
+
+async fn list(opts: &BenchOptions, kubeconfig: &Path, report: &mut Report) -> Result<(), String> {
+    let client = ApiClient::from_kubeconfig(kubeconfig, opts.http2)?;
+    let ns = format!("bench-list-{}", std::process::id());
+    ensure_namespace(&client, &ns).await?;
+    create_many(kubeconfig, &ns, "item", opts.objects, 8, opts.http2).await?;
+    let table = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json";
+    for (label, query, accept) in [
+        ("JSON", "", "application/json"),
+        ("JSON, resourceVersion=0", "?resourceVersion=0", "application/json"),
+        ("Table", "?limit=500", table),
+    ] {
+        let path = format!("/api/v1/namespaces/{ns}/configmaps{query}");
+        let mut lat = Vec::new();
+        let mut bytes = 0;
+        let mut items = 0;
+        for i in 0..22 {
+            let t = Instant::now();
+            let (code, body) = client.request("GET", &path, None, Some(accept), Bytes::new()).await?;
+            let d = t.elapsed();
+            if code != 200 {
+                return Err(format!("list: {code}"));
+            }
+            if i >= 2 {
+                lat.push(d);
+            }
+            bytes = body.len();
+            if i == 0 {
+                let v: Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+                items = v.get("items").or_else(|| v.get("rows")).and_then(Value::as_array).map_or(0, Vec::len);
+            }
+        }
+        lat.sort();
+        report.add(
+            &format!("list: {} ConfigMaps, {label}", opts.objects + 1),
+            format!("p50 {}  min {} ms  ({} items, {} KB)", ms(percentile(&lat, 0.5)), ms(lat[0]), items, bytes / 1024),
+            json!({"p50_ms": ms(percentile(&lat, 0.5)), "min_ms": ms(lat[0]), "items": items, "bytes": bytes}),
+        );
+    }
+    Ok(())
+}
