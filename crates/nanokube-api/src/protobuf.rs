@@ -425,3 +425,94 @@ mod tests {
         assert_eq!(format_duration(90_000_000_000), "1m30s");
     }
 }
+
+/// Fields of `obj` that the kind's schema does not have, as upstream's strict decoding
+/// names them (`spec.containers[0].imagee`). `None` if the kind has no schema here.
+pub fn unknown_fields(api_version: &str, kind: &str, obj: &Value) -> Option<Vec<String>> {
+    let msg = message_for(api_version, kind);
+    schema().get(msg.as_str())?;
+    let mut out = Vec::new();
+    if let Value::Object(m) = obj {
+        for (k, v) in m {
+            if k == "apiVersion" || k == "kind" {
+                continue;
+            }
+            check_field(&msg, k, v, k, &mut out);
+        }
+    }
+    Some(out)
+}
+
+/// Messages whose JSON form is free-form or scalar: anything goes inside them.
+fn opaque(msg: &str) -> bool {
+    matches!(
+        msg,
+        "apimachinery.pkg.apis.meta.v1.Time"
+            | "apimachinery.pkg.apis.meta.v1.MicroTime"
+            | "apimachinery.pkg.api.resource.Quantity"
+            | "apimachinery.pkg.util.intstr.IntOrString"
+            | "apimachinery.pkg.runtime.RawExtension"
+            | "apimachinery.pkg.apis.meta.v1.FieldsV1"
+            | "apimachinery.pkg.apis.meta.v1.Duration"
+            | "apiextensions_apiserver.pkg.apis.apiextensions.v1.JSON"
+    ) || msg.starts_with("apiextensions_apiserver.pkg.apis.apiextensions.v1.JSONSchemaProps")
+}
+
+fn check_field(msg: &str, key: &str, value: &Value, path: &str, out: &mut Vec<String>) {
+    let Some(fields) = schema().get(msg) else { return };
+    let Some(f) = fields.values().find(|f| f.json == key) else {
+        out.push(path.to_string());
+        return;
+    };
+    let Ty::Msg(inner) = f.ty else { return };
+    if opaque(inner) {
+        return;
+    }
+    match (f.card, value) {
+        (Card::One, Value::Object(m)) => {
+            for (k, v) in m {
+                check_field(inner, k, v, &format!("{path}.{k}"), out);
+            }
+        }
+        (Card::Rep, Value::Array(items)) => {
+            for (i, item) in items.iter().enumerate() {
+                if let Value::Object(m) = item {
+                    for (k, v) in m {
+                        check_field(inner, k, v, &format!("{path}[{i}].{k}"), out);
+                    }
+                }
+            }
+        }
+        (Card::Map, Value::Object(entries)) => {
+            for (name, item) in entries {
+                if let Value::Object(m) = item {
+                    for (k, v) in m {
+                        check_field(inner, k, v, &format!("{path}[{name}].{k}"), out);
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod unknown_field_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn finds_typos_at_any_depth() {
+        let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "labelz": {}},
+            "spec": {"containers": [{"name": "c", "imagee": "x", "resources": {"limits": {"cpu": "1"}}}], "nodeSelector": {"a": "b"}},
+            "bogus": 1});
+        let mut u = unknown_fields("v1", "Pod", &pod).unwrap();
+        u.sort();
+        assert_eq!(u, ["bogus", "metadata.labelz", "spec.containers[0].imagee"]);
+        let ok = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d", "creationTimestamp": null},
+            "spec": {"selector": {"matchLabels": {"a": "b"}}, "strategy": {"rollingUpdate": {"maxSurge": "25%"}},
+                     "template": {"metadata": {"labels": {"a": "b"}}, "spec": {"containers": [{"name": "c", "image": "i", "ports": [{"containerPort": 80}]}]}}}});
+        assert_eq!(unknown_fields("apps/v1", "Deployment", &ok).unwrap(), Vec::<String>::new());
+        assert!(unknown_fields("example.com/v1", "Widget", &ok).is_none());
+    }
+}

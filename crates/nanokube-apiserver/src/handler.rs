@@ -266,10 +266,36 @@ impl Ctx<'_> {
         }
     }
 
-    fn check_field_validation(&self) -> Result<(), ApiError> {
-        match self.query.get("fieldValidation") {
-            None | Some("") | Some("Strict") | Some("Warn") | Some("Ignore") => Ok(()),
-            Some(other) => Err(ApiError::bad_request(format!("fieldValidation: Invalid value: {other:?}: fieldValidation must be one of \"Ignore\", \"Warn\", or \"Strict\""))),
+    /// `fieldValidation`: Strict (400 on unknown fields), Warn (Warning headers) or Ignore
+    /// (drop them). kubectl sends Strict unless told otherwise; no parameter means Warn,
+    /// as upstream defaults. Unknown fields are found from the kind's generated schema.
+    /// Returns the warnings to send.
+    fn field_validation(&self, def: &ResourceDef, obj: &mut Value) -> Result<Vec<String>, ApiError> {
+        let mode = match self.query.get("fieldValidation") {
+            None | Some("") | Some("Warn") => "Warn",
+            Some("Strict") => "Strict",
+            Some("Ignore") => "Ignore",
+            Some(other) => return Err(ApiError::bad_request(format!("fieldValidation: Invalid value: {other:?}: fieldValidation must be one of \"Ignore\", \"Warn\", or \"Strict\""))),
+        };
+        let unknown = nanokube_api::protobuf::unknown_fields(&def.api_version(), def.kind, obj).unwrap_or_default();
+        if unknown.is_empty() {
+            return Ok(Vec::new());
+        }
+        match mode {
+            "Strict" => Err(ApiError::bad_request(format!(
+                "{kind} in version \"{version}\" cannot be handled as a {kind}: strict decoding error: {}",
+                unknown.iter().map(|u| format!("unknown field \"{u}\"")).collect::<Vec<_>>().join(", "),
+                kind = def.kind,
+                version = def.version,
+            ))),
+            // Built-in types are decoded into typed structs upstream, so unknown fields
+            // never survive: Warn and Ignore both drop them; Warn also says so.
+            mode => {
+                for u in &unknown {
+                    remove_path(obj, u);
+                }
+                Ok(if mode == "Warn" { unknown.iter().map(|u| format!("unknown field \"{u}\"")).collect() } else { Vec::new() })
+            }
         }
     }
 
@@ -361,23 +387,22 @@ impl Ctx<'_> {
             "list" => self.list(def).await,
             "watch" => self.watch(def).await,
             "create" => {
-                self.check_field_validation()?;
-                let obj = self.decode_body(&body)?;
+                let mut obj = self.decode_body(&body)?;
+                let warnings = self.field_validation(def, &mut obj)?;
                 let opts = WriteOptions { dry_run: self.dry_run()?, subresource: None };
                 let created = self.server.registry.create(def, ns, obj, &opts).await?;
-                self.respond_object(def, StatusCode::CREATED, &created)
+                Ok(with_warnings(self.respond_object(def, StatusCode::CREATED, &created)?, &warnings))
             }
             "update" => {
-                self.check_field_validation()?;
-                let obj = self.decode_body(&body)?;
+                let mut obj = self.decode_body(&body)?;
+                let warnings = self.field_validation(def, &mut obj)?;
                 let opts = WriteOptions { dry_run: self.dry_run()?, subresource: None };
                 let updated = self.server.registry.update(def, ns, &info.name, obj, &opts).await?;
-                self.respond_object(def, StatusCode::OK, &updated)
+                Ok(with_warnings(self.respond_object(def, StatusCode::OK, &updated)?, &warnings))
             }
             "patch" => {
-                self.check_field_validation()?;
-                let updated = self.patch(def, &body, None).await?;
-                self.respond_object(def, StatusCode::OK, &updated)
+                let (updated, warnings) = self.patch(def, &body, None).await?;
+                Ok(with_warnings(self.respond_object(def, StatusCode::OK, &updated)?, &warnings))
             }
             "delete" => {
                 let opts = self.delete_options(&body)?;
@@ -646,7 +671,7 @@ impl Ctx<'_> {
         Ok(r)
     }
 
-    async fn patch(&self, def: &ResourceDef, body: &[u8], subresource: Option<&str>) -> Result<Obj, ApiError> {
+    async fn patch(&self, def: &ResourceDef, body: &[u8], subresource: Option<&str>) -> Result<(Obj, Vec<String>), ApiError> {
         let ct = self.content_type().to_string();
         let ty = PatchType::from_content_type(&ct).ok_or_else(|| ApiError::unsupported_media_type(&ct))?;
         if ty == PatchType::Apply {
@@ -662,21 +687,19 @@ impl Ctx<'_> {
         let opts = WriteOptions { dry_run: self.dry_run()?, subresource: subresource.map(String::from) };
         // A resourceVersion inside the patch is a precondition; PATCH never needs one.
         let body = body.to_vec();
-        self.server
+        let mut warnings = Vec::new();
+        let updated = self
+            .server
             .registry
             .update_with(def, &self.info.namespace, &self.info.name, &opts, |current| {
                 let mut cur = current.clone();
-                let rv = meta::resource_version(&cur).to_string();
                 meta::metadata_mut(&mut cur).remove("resourceVersion");
                 let mut patched = patch::apply(ty, &cur, &body)?;
-                let new_rv = meta::resource_version(&patched).to_string();
-                if new_rv.is_empty() {
-                    let _ = rv;
-                    meta::metadata_mut(&mut patched).remove("resourceVersion");
-                }
+                warnings = self.field_validation(def, &mut patched)?;
                 Ok(patched)
             })
-            .await
+            .await?;
+        Ok((updated, warnings))
     }
 
     async fn subresource(&self, def: &'static ResourceDef, body: Bytes) -> Result<Response<Body>, ApiError> {
@@ -718,8 +741,8 @@ impl Ctx<'_> {
                     self.respond_object(def, StatusCode::OK, &updated)
                 }
                 "PATCH" => {
-                    let updated = self.patch(def, &body, Some("status")).await?;
-                    self.respond_object(def, StatusCode::OK, &updated)
+                    let (updated, warnings) = self.patch(def, &body, Some("status")).await?;
+                    Ok(with_warnings(self.respond_object(def, StatusCode::OK, &updated)?, &warnings))
                 }
                 _ => Err(ApiError::method_not_allowed("status supports get, update and patch")),
             },
@@ -783,6 +806,55 @@ impl Ctx<'_> {
             }
             _ => Err(ApiError::path_not_found()),
         }
+    }
+}
+
+/// Add `Warning: 299 - "..."` headers, as upstream sends for field validation.
+fn with_warnings(mut r: Response<Body>, warnings: &[String]) -> Response<Body> {
+    for w in warnings {
+        let escaped = w.replace('\\', "\\\\").replace('"', "\\\"");
+        if let Ok(v) = HeaderValue::from_str(&format!("299 - \"{escaped}\"")) {
+            r.headers_mut().append(http::header::WARNING, v);
+        }
+    }
+    r
+}
+
+/// Remove a field named by a strict-decoding path (`spec.containers[0].imagee`).
+fn remove_path(obj: &mut Value, path: &str) {
+    let mut segs: Vec<String> = Vec::new();
+    for part in path.split('.') {
+        let mut rest = part;
+        while let Some(open) = rest.find('[') {
+            if open > 0 {
+                segs.push(rest[..open].to_string());
+            }
+            let close = rest[open..].find(']').map(|c| open + c).unwrap_or(rest.len() - 1);
+            segs.push(rest[open..=close].to_string());
+            rest = &rest[close + 1..];
+        }
+        if !rest.is_empty() {
+            segs.push(rest.to_string());
+        }
+    }
+    let Some((last, parents)) = segs.split_last() else { return };
+    let mut cur = obj;
+    for s in parents {
+        let next = if let Some(inner) = s.strip_prefix('[').and_then(|x| x.strip_suffix(']')) {
+            match inner.parse::<usize>() {
+                Ok(i) if cur.is_array() => cur.get_mut(i),
+                _ => cur.get_mut(inner),
+            }
+        } else {
+            cur.get_mut(s.as_str())
+        };
+        match next {
+            Some(n) => cur = n,
+            None => return,
+        }
+    }
+    if let Some(m) = cur.as_object_mut() {
+        m.remove(last.as_str());
     }
 }
 

@@ -1,0 +1,128 @@
+//! Server-side field validation, content negotiation (YAML bodies, Tables with objects,
+//! PartialObjectMetadata, aggregated discovery), namespace deletion and the objects the
+//! controllers keep in every namespace.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{eventually, table, Server};
+use serde_json::Value;
+
+const TYPO: &str = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: typo\nspec:\n  containers:\n  - name: c\n    image: nginx\n    imagee: nginx\n";
+
+#[test]
+fn field_validation_strict_warn_ignore() {
+    let s = Server::start();
+    let out = s.k_stdin(&["create", "-f", "-"], TYPO);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(r#"Error from server (BadRequest): error when creating "STDIN": Pod in version "v1" cannot be handled as a Pod: strict decoding error: unknown field "spec.containers[0].imagee""#), "{err}");
+    assert_eq!(s.curl("GET", "/api/v1/namespaces/default/pods/typo", None, None).0, 404, "nothing stored");
+
+    let out = s.k_stdin(&["create", "--validate=warn", "-f", "-"], TYPO);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains(r#"Warning: unknown field "spec.containers[0].imagee""#));
+    let c = s.get_json("/api/v1/namespaces/default/pods/typo").1["spec"]["containers"][0].clone();
+    assert!(c.get("imagee").is_none(), "unknown fields are dropped, as typed decoding does: {c}");
+    assert_eq!(c["image"], "nginx");
+
+    let out = s.k_stdin(&["apply", "--validate=false", "-f", "-"], &TYPO.replace("typo", "typo2"));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(s.get_json("/api/v1/namespaces/default/pods/typo2").1["spec"]["containers"][0].get("imagee").is_none());
+}
+
+#[test]
+fn yaml_bodies_partial_metadata_and_aggregated_discovery() {
+    let s = Server::start();
+    let (code, body) = s.curl("POST", "/api/v1/namespaces/default/configmaps", Some("application/yaml"), Some(b"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: from-yaml\ndata:\n  k: v\n"));
+    assert_eq!(code, 201, "{body}");
+    assert_eq!(s.get_json("/api/v1/namespaces/default/configmaps/from-yaml").1["data"]["k"], "v");
+
+    let meta = |accept: &str, path: &str| -> (String, Value) {
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "-D", "-", "-H", &format!("Accept: {accept}"), "--cacert"])
+            .arg(s.data.join("ca.crt"))
+            .arg("--cert")
+            .arg(s.data.join("client.crt"))
+            .arg("--key")
+            .arg(s.data.join("client.key"))
+            .arg(format!("{}{}", s.url, path))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let ct = head.lines().find(|l| l.to_ascii_lowercase().starts_with("content-type:")).unwrap_or("").split_once(':').unwrap().1.trim().to_string();
+        (ct, serde_json::from_str(body).unwrap())
+    };
+    let (ct, list) = meta("application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1", "/api/v1/namespaces/default/configmaps");
+    assert_eq!(ct, "application/json;as=PartialObjectMetadataList;v=v1;g=meta.k8s.io");
+    assert_eq!(list["kind"], "PartialObjectMetadataList");
+    assert!(list["items"].as_array().unwrap().iter().all(|i| i["kind"] == "PartialObjectMetadata" && i.get("data").is_none() && !i["metadata"]["resourceVersion"].as_str().unwrap().is_empty()));
+
+    let (ct, d) = meta("application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json", "/apis");
+    assert_eq!(ct, "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList");
+    assert_eq!(d["kind"], "APIGroupDiscoveryList");
+    assert_eq!(d["items"][0]["metadata"]["name"], "apps");
+    let (ct, d) = meta("application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList", "/api");
+    assert!(ct.contains("v=v2beta1"));
+    assert!(d["items"][0]["versions"][0]["resources"].as_array().unwrap().iter().any(|r| r["resource"] == "pods" && r["scope"] == "Namespaced"));
+    let (ct, v) = meta("application/json", "/api");
+    assert_eq!(ct, "application/json");
+    assert_eq!(v["serverAddressByClientCIDRs"][0]["serverAddress"], format!("127.0.0.1:{}", s.port));
+
+    // --sort-by asks for Tables with the whole object embedded (includeObject=Object).
+    s.k(&["create", "configmap", "zz"]);
+    s.k(&["create", "configmap", "aa", "--from-literal=a=b"]);
+    let (_, rows) = table(&s.k(&["get", "cm", "--sort-by=.metadata.name"]));
+    let names: Vec<&str> = rows.iter().map(|r| r[0].as_str()).collect();
+    assert_eq!(names, ["aa", "from-yaml", "kube-root-ca.crt", "zz"]);
+    let (code, _) = s.curl("GET", "/api/v1/namespaces/default/configmaps?includeObject=Everything", None, None);
+    assert_eq!(code, 200, "includeObject only matters for Tables");
+}
+
+#[test]
+fn namespace_deletion_removes_contents_then_the_namespace() {
+    let s = Server::start();
+    s.k(&["create", "namespace", "doomed"]);
+    s.k(&["create", "configmap", "c", "-n", "doomed"]);
+    s.k(&["create", "deployment", "d", "--image=nginx", "-n", "doomed"]);
+    // Creation is refused while it terminates; kubectl delete waits until it is gone.
+    let out = s.kubectl(&["delete", "namespace", "doomed", "--wait=false"]);
+    assert!(out.status.success());
+    let (code, body) = s.curl("POST", "/api/v1/namespaces/doomed/configmaps", Some("application/json"), Some(br#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"late"}}"#));
+    assert!(code == 403 || code == 404, "{code} {body}");
+    if code == 403 {
+        assert!(body.contains("because it is being terminated"), "{body}");
+    }
+    assert!(eventually(Duration::from_secs(20), || s.curl("GET", "/api/v1/namespaces/doomed", None, None).0 == 404));
+    assert_eq!(s.get_json("/api/v1/namespaces/doomed/configmaps").1["items"].as_array().unwrap().len(), 0);
+    assert_eq!(s.get_json("/apis/apps/v1/namespaces/doomed/deployments").1["items"].as_array().unwrap().len(), 0);
+    // Deleting a namespace through kubectl waits and returns.
+    s.k(&["create", "namespace", "again"]);
+    assert_eq!(s.k(&["delete", "namespace", "again"]).trim(), "namespace \"again\" deleted");
+}
+
+#[test]
+fn controllers_keep_defaults_and_the_kubernetes_service_endpoints() {
+    let s = Server::start();
+    s.k(&["create", "namespace", "team"]);
+    assert!(eventually(Duration::from_secs(10), || s.curl("GET", "/api/v1/namespaces/team/serviceaccounts/default", None, None).0 == 200));
+    s.k(&["delete", "sa", "default", "-n", "team"]);
+    s.k(&["delete", "cm", "kube-root-ca.crt", "-n", "team"]);
+    assert!(eventually(Duration::from_secs(10), || s.curl("GET", "/api/v1/namespaces/team/serviceaccounts/default", None, None).0 == 200), "default SA recreated");
+    assert!(eventually(Duration::from_secs(10), || s.curl("GET", "/api/v1/namespaces/team/configmaps/kube-root-ca.crt", None, None).0 == 200), "kube-root-ca.crt recreated");
+    let ca = s.get_json("/api/v1/namespaces/team/configmaps/kube-root-ca.crt").1["data"]["ca.crt"].as_str().unwrap().to_string();
+    assert_eq!(ca, std::fs::read_to_string(s.data.join("ca.crt")).unwrap());
+
+    let ep = s.get_json("/api/v1/namespaces/default/endpoints/kubernetes").1;
+    assert_eq!(ep["subsets"][0]["addresses"][0]["ip"], "127.0.0.1");
+    assert_eq!(ep["subsets"][0]["ports"][0]["port"], s.port);
+    let slice = s.get_json("/apis/discovery.k8s.io/v1/namespaces/default/endpointslices/kubernetes").1;
+    assert_eq!(slice["endpoints"][0]["addresses"][0], "127.0.0.1");
+    assert_eq!(slice["metadata"]["labels"]["kubernetes.io/service-name"], "kubernetes");
+    let svc = s.get_json("/api/v1/namespaces/default/services/kubernetes").1;
+    assert_eq!(svc["spec"]["clusterIP"], "127.96.0.1");
+    assert_eq!(svc["spec"]["ports"][0]["targetPort"], s.port);
+    assert_eq!(svc["metadata"]["labels"]["component"], "apiserver");
+}
