@@ -22,6 +22,12 @@ pub trait Authorizer: Send + Sync {
     fn authorize(&self, user: &UserInfo, req: &RequestInfo) -> Decision;
 }
 
+impl<T: Authorizer + ?Sized> Authorizer for std::sync::Arc<T> {
+    fn authorize(&self, user: &UserInfo, req: &RequestInfo) -> Decision {
+        (**self).authorize(user, req)
+    }
+}
+
 /// Allows `system:masters` everything (upstream's privileged-group authorizer).
 pub struct SuperuserAuthorizer;
 
@@ -38,8 +44,8 @@ impl Authorizer for SuperuserAuthorizer {
 /// Paths everyone may GET, authenticated or not (upstream's `system:public-info-viewer`).
 pub const PUBLIC_PATHS: &[&str] = &["/healthz", "/livez", "/readyz", "/version", "/version/"];
 
-/// The interim authorizer until RBAC enforcement lands: public health and version paths
-/// for everyone; nothing else.
+/// Public health and version paths for everyone, without consulting RBAC (what the
+/// default `system:public-info-viewer` binding grants; useful when RBAC is not loaded).
 pub struct PublicInfoAuthorizer;
 
 impl Authorizer for PublicInfoAuthorizer {

@@ -352,6 +352,7 @@ impl Ctx<'_> {
                 Ok(h::encode(out, code, &t, false))
             }
             Output::PartialMetadata(v) => Ok(h::encode(out, code, &partial_metadata(obj, v), false)),
+            Output::Json => Ok(h::bytes_response(code, "application/json", obj.json())),
             _ => Ok(h::encode(out, code, obj, false)),
         }
     }
@@ -373,7 +374,7 @@ impl Ctx<'_> {
             let obj = self.decode_body(&body)?;
             crate::registry::Registry::check_type(def, &obj)?;
             let out = reviews::review(self.server, self.user, def, &info.namespace, obj)?;
-            return self.respond_object(def, StatusCode::CREATED, &Arc::new(out));
+            return self.respond_object(def, StatusCode::CREATED, &Arc::new(crate::registry::Stored::new(out)));
         }
         let ns = info.namespace.as_str();
         if !info.subresource.is_empty() {
@@ -534,7 +535,7 @@ impl Ctx<'_> {
                     if i > 0 {
                         buf.push(b',');
                     }
-                    serde_json::to_writer(&mut buf, o.as_ref()).expect("serialize");
+                    buf.extend_from_slice(&o.json());
                 }
                 buf.extend_from_slice(b"]}");
                 if out == Output::Json {
@@ -590,14 +591,14 @@ impl Ctx<'_> {
         };
         tokio::spawn(async move {
             let mut first_table = true;
-            let mut encode_event = |ty: &str, obj: &Value| -> Bytes {
+            let mut encode_event = |ty: &str, obj: &Obj| -> Bytes {
                 let object = match out {
                     Output::Table(mv) => {
                         let now = OffsetDateTime::now_utc();
                         let mut row = json!({"cells": table::cells(def.group, def.plural, obj, now)});
                         match include {
                             Include::Metadata => row["object"] = partial_metadata(obj, mv),
-                            Include::Object => row["object"] = obj.clone(),
+                            Include::Object => row["object"] = obj.value().clone(),
                             Include::None => {}
                         }
                         let mut t = json!({"kind": "Table", "apiVersion": format!("meta.k8s.io/{mv}"), "metadata": {"resourceVersion": meta::resource_version(obj)}, "rows": [row]});
@@ -606,7 +607,17 @@ impl Ctx<'_> {
                         t
                     }
                     Output::PartialMetadata(mv) => partial_metadata(obj, mv),
-                    _ => obj.clone(),
+                    _ => {
+                        // Plain JSON: the object's cached encoding, shared by every watcher.
+                        let body = obj.json();
+                        let mut line = Vec::with_capacity(body.len() + 32);
+                        line.extend_from_slice(b"{\"type\":\"");
+                        line.extend_from_slice(ty.as_bytes());
+                        line.extend_from_slice(b"\",\"object\":");
+                        line.extend_from_slice(&body);
+                        line.extend_from_slice(b"}\n");
+                        return Bytes::from(line);
+                    }
                 };
                 let mut line = serde_json::to_vec(&json!({"type": ty, "object": object})).expect("serialize");
                 line.push(b'\n');

@@ -24,6 +24,7 @@ pub mod kubeconfig;
 pub mod openapi;
 pub mod patch;
 pub mod pki;
+pub mod rbac;
 pub mod registry;
 pub mod request;
 pub mod reviews;

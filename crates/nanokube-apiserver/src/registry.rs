@@ -22,8 +22,46 @@ use serde_json::{json, Map, Value};
 
 use crate::alloc::ServiceAllocator;
 
+/// An object as stored at one revision: decoded once, and serialized (with its
+/// `resourceVersion`) at most once, however many lists, gets and watchers send it.
+#[derive(Debug)]
+pub struct Stored {
+    value: Value,
+    json: std::sync::OnceLock<Bytes>,
+}
+
+impl Stored {
+    /// Wrap a value (e.g. a dry-run result that was never stored).
+    pub fn new(value: Value) -> Self {
+        Stored { value, json: std::sync::OnceLock::new() }
+    }
+
+    /// The JSON encoding, computed once.
+    pub fn json(&self) -> Bytes {
+        self.json.get_or_init(|| Bytes::from(serde_json::to_vec(&self.value).expect("JSON values serialize"))).clone()
+    }
+
+    /// The value.
+    pub fn value(&self) -> &Value {
+        &self.value
+    }
+}
+
+impl std::ops::Deref for Stored {
+    type Target = Value;
+    fn deref(&self) -> &Value {
+        &self.value
+    }
+}
+
+impl PartialEq<Value> for Stored {
+    fn eq(&self, other: &Value) -> bool {
+        &self.value == other
+    }
+}
+
 /// A decoded object, shared between the store's cache and responses.
-pub type Obj = Arc<Value>;
+pub type Obj = Arc<Stored>;
 
 /// Options of a write.
 #[derive(Debug, Clone, Default)]
@@ -121,10 +159,10 @@ fn store_err(e: StoreError, def: &ResourceDef, name: &str) -> ApiError {
 /// Decode a stored value once per revision, with `resourceVersion` set from the revision.
 pub fn decode(kv: &KeyValue) -> Result<Obj, ApiError> {
     let rev = kv.mod_revision;
-    kv.decoded(|bytes| -> Result<Value, ApiError> {
+    kv.decoded(|bytes| -> Result<Stored, ApiError> {
         let mut v: Value = serde_json::from_slice(bytes).map_err(|e| ApiError::internal(format!("stored object is not JSON: {e}")))?;
         meta::metadata_mut(&mut v).insert("resourceVersion".into(), Value::String(rev.to_string()));
-        Ok(v)
+        Ok(Stored::new(v))
     })
 }
 
@@ -393,7 +431,7 @@ impl Registry {
             if self.store.get(&def.key(namespace, &name)).is_some() {
                 return Err(ApiError::already_exists(def.plural, def.group, &name));
             }
-            return Ok(Arc::new(obj));
+            return Ok(Arc::new(Stored::new(obj)));
         }
         let key = def.key(namespace, &name);
         match self.store.create(key, encode(&obj)).await {
@@ -555,7 +593,7 @@ impl Registry {
                 self.allocate_service(&mut new, Some(&current), opts.dry_run)?;
             }
             if opts.dry_run {
-                return Ok(Arc::new(new));
+                return Ok(Arc::new(Stored::new(new)));
             }
             let result = if finish_delete {
                 self.store.delete(key.clone(), Some(kv.mod_revision)).await
@@ -786,7 +824,7 @@ impl Registry {
                     next["status"]["phase"] = json!("Terminating");
                 }
                 if opts.dry_run {
-                    return Ok(Deleted::Pending(Arc::new(next)));
+                    return Ok(Deleted::Pending(Arc::new(Stored::new(next))));
                 }
                 match self.store.update(key.clone(), encode(&next), Some(kv.mod_revision)).await {
                     Ok(kv) => return Ok(Deleted::Pending(decode(&kv)?)),

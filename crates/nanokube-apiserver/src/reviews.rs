@@ -92,12 +92,25 @@ pub fn review(server: &Arc<ApiServer>, user: &UserInfo, def: &ResourceDef, names
             obj["status"] = access_status(server, &who, &req);
         }
         "selfsubjectrulesreviews" => {
-            obj["status"] = if user.in_group(SYSTEM_MASTERS) {
-                json!({"resourceRules": [{"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]}], "nonResourceRules": [{"verbs": ["*"], "nonResourceURLs": ["*"]}], "incomplete": false})
-            } else {
-                json!({"resourceRules": [], "nonResourceRules": [{"verbs": ["get"], "nonResourceURLs": crate::authz::PUBLIC_PATHS}], "incomplete": true,
-                       "evaluationError": "rule listing is not supported by the interim authorizer"})
-            };
+            let ns = spec.get("namespace").and_then(Value::as_str).unwrap_or("");
+            let mut resource_rules = Vec::new();
+            let mut non_resource_rules = Vec::new();
+            if user.in_group(SYSTEM_MASTERS) {
+                resource_rules.push(json!({"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]}));
+                non_resource_rules.push(json!({"verbs": ["*"], "nonResourceURLs": ["*"]}));
+            }
+            for r in server.rbac.rules_for(user, ns) {
+                if r.non_resource_urls.is_empty() {
+                    let mut rule = json!({"verbs": r.verbs, "apiGroups": r.api_groups, "resources": r.resources});
+                    if !r.resource_names.is_empty() {
+                        rule["resourceNames"] = json!(r.resource_names);
+                    }
+                    resource_rules.push(rule);
+                } else {
+                    non_resource_rules.push(json!({"verbs": r.verbs, "nonResourceURLs": r.non_resource_urls}));
+                }
+            }
+            obj["status"] = json!({"resourceRules": resource_rules, "nonResourceRules": non_resource_rules, "incomplete": false});
         }
         "tokenreviews" => {
             let token = spec.get("token").and_then(Value::as_str).unwrap_or("");

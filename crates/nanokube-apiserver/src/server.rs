@@ -33,13 +33,15 @@ pub struct ApiServer {
     pub openapi: OpenApi,
     /// `host:port` advertised in `/api`'s `serverAddressByClientCIDRs`.
     pub server_address: String,
+    /// The RBAC index (rules reviews and escalation checks read it).
+    pub rbac: Arc<crate::rbac::Rbac>,
     ready: AtomicBool,
 }
 
 impl ApiServer {
     /// A new server, not yet ready.
-    pub fn new(registry: Arc<Registry>, authn: Authenticator, authz: Box<dyn Authorizer>, server_address: String) -> Self {
-        ApiServer { registry, authn, authz, openapi: OpenApi::build(), server_address, ready: AtomicBool::new(false) }
+    pub fn new(registry: Arc<Registry>, authn: Authenticator, authz: Box<dyn Authorizer>, rbac: Arc<crate::rbac::Rbac>, server_address: String) -> Self {
+        ApiServer { registry, authn, authz, openapi: OpenApi::build(), server_address, rbac, ready: AtomicBool::new(false) }
     }
 
     /// Whether `/readyz` answers ok.

@@ -10,6 +10,8 @@
 //! - [`namespaces`]: a `default` ServiceAccount and a `kube-root-ca.crt` ConfigMap in every
 //!   namespace (recreated if deleted), and namespace termination (delete the contents,
 //!   then clear the `kubernetes` finalizer).
+//! - [`rbac_policy`]: the default ClusterRoles and ClusterRoleBindings, recreated if deleted.
 
 pub mod bootstrap;
 pub mod namespaces;
+pub mod rbac_policy;

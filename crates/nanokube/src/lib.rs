@@ -15,7 +15,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use nanokube_apiserver::authn::{Authenticator, StaticTokens, TokenAuthenticator};
-use nanokube_apiserver::authz::{Chain, PublicInfoAuthorizer, SuperuserAuthorizer};
+use nanokube_apiserver::authz::{Chain, SuperuserAuthorizer};
+use nanokube_apiserver::rbac::Rbac;
 use nanokube_apiserver::pki::{self, Paths};
 use nanokube_apiserver::registry::{Registry, RegistryConfig};
 use nanokube_apiserver::server::{self, ApiServer};
@@ -130,15 +131,20 @@ impl Cluster {
             tokens.push(Arc::new(StaticTokens::load(f)?));
         }
         let authn = Authenticator { tokens, anonymous: cfg.anonymous_auth };
-        let authz = Chain(vec![Box::new(SuperuserAuthorizer), Box::new(PublicInfoAuthorizer)]);
+        let rbac = Rbac::start(store.clone());
+        let authz = Chain(vec![Box::new(SuperuserAuthorizer), Box::new(rbac.clone())]);
         let server_address = format!("{}:{}", host_for_url(advertise), addr.port());
-        let api = Arc::new(ApiServer::new(registry.clone(), authn, Box::new(authz), server_address));
+        let api = Arc::new(ApiServer::new(registry.clone(), authn, Box::new(authz), rbac, server_address));
 
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
         tasks.spawn(server::serve(api.clone(), listener, tls, shutdown_rx.clone()));
 
-        nanokube_controllers::bootstrap::run(&registry, &advertise.to_string(), addr.port()).await.map_err(|e| format!("bootstrap: {e}"))?;
+        let advertise_ip = advertise.to_string();
+        let (boot, policy) = tokio::join!(nanokube_controllers::bootstrap::run(&registry, &advertise_ip, addr.port()), nanokube_controllers::rbac_policy::ensure(&registry));
+        boot.map_err(|e| format!("bootstrap: {e}"))?;
+        policy.map_err(|e| format!("default RBAC policy: {e}"))?;
+        tasks.spawn(nanokube_controllers::rbac_policy::run(registry.clone(), shutdown_rx.clone()));
         let ns_controller = Arc::new(NamespaceController::new(registry.clone(), pki.ca_pem.clone()));
         let mut first = JoinSet::new();
         for ns in nanokube_controllers::bootstrap::SYSTEM_NAMESPACES {
