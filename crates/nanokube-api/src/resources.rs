@@ -185,7 +185,7 @@ pub static BUILTIN: &[ResourceDef] = &[
     res("", "ReplicationController", "replicationcontrollers", "replicationcontroller", true, &["rc"], ALL, &[status("ReplicationController", ""), scale()]),
     res("", "ResourceQuota", "resourcequotas", "resourcequota", true, &["quota"], NONE, &[status("ResourceQuota", "")]),
     res("", "Secret", "secrets", "secret", true, NONE, NONE, &[]),
-    res("", "ServiceAccount", "serviceaccounts", "serviceaccount", true, &["sa"], NONE, &[]),
+    res("", "ServiceAccount", "serviceaccounts", "serviceaccount", true, &["sa"], NONE, &[SubresourceDef { name: "token", group: "authentication.k8s.io", version: "v1", kind: "TokenRequest", verbs: &["create"] }]),
     res("", "Service", "services", "service", true, &["svc"], ALL, &[status("Service", "")]),
     // apps/v1
     res("apps", "ControllerRevision", "controllerrevisions", "controllerrevision", true, NONE, NONE, &[]),

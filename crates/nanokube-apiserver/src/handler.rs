@@ -48,10 +48,34 @@ impl Query {
     }
 }
 
+/// What the audit event of a request records, filled in as the request is served.
+#[derive(Default)]
+pub struct AuditInfo {
+    user: Option<UserInfo>,
+    impersonated: Option<UserInfo>,
+    info: Option<RequestInfo>,
+    decision: Option<&'static str>,
+}
+
+fn user_json(u: &UserInfo) -> Value {
+    let mut v = json!({"username": u.name, "groups": u.groups});
+    if !u.uid.is_empty() {
+        v["uid"] = json!(u.uid);
+    }
+    if !u.extra.is_empty() {
+        v["extra"] = json!(u.extra);
+    }
+    v
+}
+
 /// Serve one request.
 pub async fn handle(server: Arc<ApiServer>, conn: Arc<ConnInfo>, req: Request<Incoming>) -> Response<Body> {
     let audit_id = uuid::Uuid::new_v4().to_string();
-    let mut resp = match handle_inner(&server, &conn, req).await {
+    let received = OffsetDateTime::now_utc();
+    let request_uri = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_default();
+    let user_agent = req.headers().get(http::header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let mut audit = AuditInfo::default();
+    let mut resp = match handle_inner(&server, &conn, req, &mut audit).await {
         Ok(r) => r,
         Err(e) => h::error(&e),
     };
@@ -59,18 +83,137 @@ pub async fn handle(server: Arc<ApiServer>, conn: Arc<ConnInfo>, req: Request<In
         resp.headers_mut().insert("audit-id", v);
     }
     resp.headers_mut().insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-cache, private"));
+    if let Some(log) = &server.audit {
+        let info = audit.info.unwrap_or_default();
+        let streaming = info.verb == "watch";
+        let mut ev = json!({
+            "kind": "Event", "apiVersion": "audit.k8s.io/v1", "level": "Metadata", "auditID": audit_id,
+            "stage": if streaming { "ResponseStarted" } else { "ResponseComplete" },
+            "requestURI": request_uri, "verb": info.verb,
+            "user": audit.user.as_ref().map(user_json).unwrap_or(json!({})),
+            "sourceIPs": [conn.peer.ip().to_string()], "userAgent": user_agent,
+            "responseStatus": {"metadata": {}, "code": resp.status().as_u16()},
+            "requestReceivedTimestamp": meta::format_micro_time(received),
+            "stageTimestamp": meta::format_micro_time(OffsetDateTime::now_utc()),
+        });
+        if let Some(u) = &audit.impersonated {
+            ev["impersonatedUser"] = user_json(u);
+        }
+        if info.is_resource {
+            let mut r = json!({"resource": info.resource, "apiVersion": info.version});
+            for (k, v) in [("namespace", &info.namespace), ("name", &info.name), ("apiGroup", &info.group), ("subresource", &info.subresource)] {
+                if !v.is_empty() {
+                    r[k] = json!(v);
+                }
+            }
+            ev["objectRef"] = r;
+        }
+        if let Some(d) = audit.decision {
+            ev["annotations"] = json!({"authorization.k8s.io/decision": d});
+        }
+        log.record(&ev);
+    }
     resp
 }
 
-async fn handle_inner(server: &Arc<ApiServer>, conn: &ConnInfo, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+/// Apply `Impersonate-*` headers: each impersonated attribute needs the `impersonate`
+/// verb on users, groups, serviceaccounts, uids or userextras.
+fn impersonate(server: &ApiServer, requester: &UserInfo, headers: &HeaderMap) -> Result<Option<UserInfo>, ApiError> {
+    let get_all = |name: &str| headers.get_all(name).iter().filter_map(|v| v.to_str().ok().map(String::from)).collect::<Vec<_>>();
+    let user = headers.get("impersonate-user").and_then(|v| v.to_str().ok()).map(String::from);
+    let groups = get_all("impersonate-group");
+    let uid = headers.get("impersonate-uid").and_then(|v| v.to_str().ok()).map(String::from);
+    let mut extras: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for (k, v) in headers.iter() {
+        if let Some(key) = k.as_str().strip_prefix("impersonate-extra-") {
+            let key = percent_decode(key);
+            extras.entry(key).or_default().push(v.to_str().unwrap_or("").to_string());
+        }
+    }
+    let Some(user) = user else {
+        if !groups.is_empty() || uid.is_some() || !extras.is_empty() {
+            return Err(ApiError::bad_request("requested impersonation of groups, uid or extra fields without impersonating a user"));
+        }
+        return Ok(None);
+    };
+    let check = |group: &str, resource: &str, subresource: &str, namespace: &str, name: &str| -> Result<(), ApiError> {
+        let req = RequestInfo { is_resource: true, verb: "impersonate".into(), group: group.into(), resource: resource.into(), subresource: subresource.into(), namespace: namespace.into(), name: name.into(), ..Default::default() };
+        match server.authz.authorize(requester, &req) {
+            Decision::Allow => Ok(()),
+            Decision::Deny(reason) => Err(ApiError::forbidden(forbidden_message(requester, &req, &reason))),
+            Decision::NoOpinion => Err(ApiError::forbidden(forbidden_message(requester, &req, ""))),
+        }
+    };
+    let mut out_groups = groups.clone();
+    if let Some(rest) = user.strip_prefix("system:serviceaccount:") {
+        let (ns, name) = rest.split_once(':').unwrap_or(("", rest));
+        check("", "serviceaccounts", "", ns, name)?;
+        if groups.is_empty() {
+            out_groups = vec!["system:serviceaccounts".into(), format!("system:serviceaccounts:{ns}")];
+        }
+    } else {
+        check("", "users", "", "", &user)?;
+    }
+    for g in &groups {
+        check("", "groups", "", "", g)?;
+    }
+    if let Some(u) = &uid {
+        check("authentication.k8s.io", "uids", "", "", u)?;
+    }
+    for (k, vs) in &extras {
+        for v in vs {
+            check("authentication.k8s.io", "userextras", k, "", v)?;
+        }
+    }
+    if user == "system:anonymous" {
+        if !out_groups.iter().any(|g| g == crate::authn::UNAUTHENTICATED) {
+            out_groups.push(crate::authn::UNAUTHENTICATED.into());
+        }
+    } else if !out_groups.iter().any(|g| g == crate::authn::AUTHENTICATED) {
+        out_groups.push(crate::authn::AUTHENTICATED.into());
+    }
+    Ok(Some(UserInfo { name: user, uid: uid.unwrap_or_default(), groups: out_groups, extra: extras }))
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn handle_inner(server: &Arc<ApiServer>, conn: &ConnInfo, req: Request<Incoming>, audit: &mut AuditInfo) -> Result<Response<Body>, ApiError> {
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_string();
     let query = Query::parse(parts.uri.query());
     let authorization = parts.headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    let user = server.authn.authenticate(conn.cert_user.as_ref(), authorization)?;
     let watch = query.flag("watch");
     let info = request::parse(parts.method.as_str(), &path, watch);
-    if let Decision::Deny(reason) = server.authz.authorize(&user, &info) {
+    audit.info = Some(info.clone());
+    let user = server.authn.authenticate(conn.cert_user.as_ref(), authorization)?;
+    audit.user = Some(user.clone());
+    let user = match impersonate(server, &user, &parts.headers)? {
+        Some(u) => {
+            audit.impersonated = Some(u.clone());
+            u
+        }
+        None => user,
+    };
+    let decision = server.authz.authorize(&user, &info);
+    audit.decision = Some(if decision == Decision::Allow { "allow" } else { "forbid" });
+    if decision != Decision::Allow {
+        let reason = if let Decision::Deny(r) = decision { r } else { String::new() };
         let mut e = ApiError::forbidden(forbidden_message(&user, &info, &reason));
         if info.is_resource {
             e.name = (!info.name.is_empty()).then(|| info.name.clone());
@@ -149,6 +292,14 @@ fn non_resource(server: &ApiServer, method: &Method, path: &str, query: &Query, 
         }
         p if p.starts_with("/healthz/") || p.starts_with("/livez/") || p.starts_with("/readyz/") => Ok(h::text(StatusCode::OK, "ok")),
         "/version" => Ok(h::json(StatusCode::OK, &crate::discovery::version())),
+        "/.well-known/openid-configuration" => match &server.tokens {
+            Some(t) => Ok(h::json(StatusCode::OK, &t.openid_configuration(&server.server_url))),
+            None => Err(ApiError::path_not_found()),
+        },
+        "/openid/v1/jwks" => match &server.tokens {
+            Some(t) => Ok(h::bytes_response(StatusCode::OK, "application/jwk-set+json", Bytes::from(serde_json::to_vec(&t.jwks()).expect("serialize")))),
+            None => Err(ApiError::path_not_found()),
+        },
         "/api" | "/apis" => {
             let core = path == "/api";
             for m in h::media_ranges(accept.unwrap_or("")) {
@@ -390,6 +541,7 @@ impl Ctx<'_> {
             "create" => {
                 let mut obj = self.decode_body(&body)?;
                 let warnings = self.field_validation(def, &mut obj)?;
+                self.admit_rbac(def, &obj)?;
                 let opts = WriteOptions { dry_run: self.dry_run()?, subresource: None };
                 let created = self.server.registry.create(def, ns, obj, &opts).await?;
                 Ok(with_warnings(self.respond_object(def, StatusCode::CREATED, &created)?, &warnings))
@@ -397,6 +549,7 @@ impl Ctx<'_> {
             "update" => {
                 let mut obj = self.decode_body(&body)?;
                 let warnings = self.field_validation(def, &mut obj)?;
+                self.admit_rbac(def, &obj)?;
                 let opts = WriteOptions { dry_run: self.dry_run()?, subresource: None };
                 let updated = self.server.registry.update(def, ns, &info.name, obj, &opts).await?;
                 Ok(with_warnings(self.respond_object(def, StatusCode::OK, &updated)?, &warnings))
@@ -438,6 +591,125 @@ impl Ctx<'_> {
             }
             _ => Err(ApiError::method_not_allowed(format!("the server does not allow this method on the requested resource ({})", def.plural))),
         }
+    }
+
+    /// RBAC escalation prevention: creating or updating a role needs the `escalate` verb
+    /// or every permission it grants; binding a role needs the `bind` verb on it or every
+    /// permission it grants (in the binding's namespace). `system:masters` is exempt.
+    fn admit_rbac(&self, def: &ResourceDef, obj: &Value) -> Result<(), ApiError> {
+        if def.group != "rbac.authorization.k8s.io" || self.user.in_group(crate::authn::SYSTEM_MASTERS) {
+            return Ok(());
+        }
+        let ns = if def.namespaced { self.info.namespace.clone() } else { String::new() };
+        let name = meta::name(obj).to_string();
+        let allowed = |verb: &str, resource: &str, target: &str| {
+            let req = RequestInfo { is_resource: true, verb: verb.into(), group: def.group.into(), version: "v1".into(), resource: resource.into(), namespace: ns.clone(), name: target.into(), ..Default::default() };
+            self.server.authz.authorize(self.user, &req) == Decision::Allow
+        };
+        let wanted = match def.plural {
+            "roles" | "clusterroles" => {
+                if allowed("escalate", def.plural, &name) {
+                    return Ok(());
+                }
+                crate::rbac::Rule::list_from(obj)
+            }
+            "rolebindings" | "clusterrolebindings" => {
+                let kind = obj.pointer("/roleRef/kind").and_then(Value::as_str).unwrap_or("");
+                let role = obj.pointer("/roleRef/name").and_then(Value::as_str).unwrap_or("");
+                let (role_plural, role_ns) = if kind == "Role" { ("roles", ns.as_str()) } else { ("clusterroles", "") };
+                if allowed("bind", role_plural, role) {
+                    return Ok(());
+                }
+                let role_def = resources::find(def.group, "v1", role_plural).expect("rbac");
+                let role_obj = self.server.registry.get(role_def, role_ns, role)?;
+                crate::rbac::Rule::list_from(&role_obj)
+            }
+            _ => return Ok(()),
+        };
+        if let Err(missing) = self.server.rbac.covers(self.user, &ns, &wanted) {
+            let shown: Vec<String> = missing
+                .iter()
+                .map(|r| {
+                    if r.non_resource_urls.is_empty() {
+                        let mut s = format!("{{APIGroups:{:?}, Resources:{:?}", r.api_groups, r.resources);
+                        if !r.resource_names.is_empty() {
+                            s.push_str(&format!(", ResourceNames:{:?}", r.resource_names));
+                        }
+                        s.push_str(&format!(", Verbs:{:?}}}", r.verbs));
+                        s
+                    } else {
+                        format!("{{NonResourceURLs:{:?}, Verbs:{:?}}}", r.non_resource_urls, r.verbs)
+                    }
+                })
+                .collect();
+            let groups = self.user.groups.iter().map(|g| format!("{g:?}")).collect::<Vec<_>>().join(" ");
+            let mut e = ApiError::forbidden(format!(
+                "{}.{} \"{}\" is forbidden: user \"{}\" (groups=[{}]) is attempting to grant RBAC permissions not currently held:\n{}",
+                def.plural,
+                def.group,
+                name,
+                self.user.name,
+                groups,
+                shown.join("\n")
+            ));
+            e.name = Some(name);
+            e.group = Some(def.group.into());
+            e.kind = Some(def.plural.into());
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// `POST serviceaccounts/{name}/token`: a bound token for the service account.
+    fn token_request(&self, ns: &str, sa_name: &str, mut req: Value) -> Result<Value, ApiError> {
+        let issuer = self.server.tokens.as_ref().ok_or_else(|| ApiError::path_not_found())?;
+        let kind = req.get("kind").and_then(Value::as_str).unwrap_or("TokenRequest");
+        if kind != "TokenRequest" {
+            return Err(ApiError::bad_request(format!("the body of the request was not a TokenRequest: kind {kind:?}")));
+        }
+        let sa_def = resources::find("", "v1", "serviceaccounts").expect("serviceaccounts");
+        let sa = self.server.registry.get(sa_def, ns, sa_name)?;
+        let invalid = |field: &str, msg: String| ApiError::invalid("TokenRequest", "authentication.k8s.io", sa_name, vec![nanokube_api::error::Cause { reason: "FieldValueInvalid".into(), message: msg, field: field.into() }]);
+        let expiration = req.pointer("/spec/expirationSeconds").and_then(Value::as_i64).unwrap_or(3600);
+        if expiration < 600 {
+            return Err(invalid("spec.expirationSeconds", format!("Invalid value: {expiration}: may not specify a duration less than 10 minutes")));
+        }
+        if expiration > 1 << 32 {
+            return Err(invalid("spec.expirationSeconds", format!("Invalid value: {expiration}: may not specify a duration larger than 2^32 seconds")));
+        }
+        let audiences: Vec<String> = req.pointer("/spec/audiences").and_then(Value::as_array).map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect()).unwrap_or_default();
+        let bound = match req.pointer("/spec/boundObjectRef").filter(|b| b.is_object()) {
+            None => None,
+            Some(b) => {
+                let kind = b.get("kind").and_then(Value::as_str).unwrap_or("");
+                let name = b.get("name").and_then(Value::as_str).unwrap_or("");
+                let plural = match kind {
+                    "Pod" => "pods",
+                    "Secret" => "secrets",
+                    other => return Err(invalid("spec.boundObjectRef.kind", format!("Unsupported value: {other:?}: supported values: \"Pod\", \"Secret\""))),
+                };
+                let obj = self.server.registry.get(resources::find("", "v1", plural).expect("core"), ns, name)?;
+                let uid = meta::uid(&obj).to_string();
+                if let Some(want) = b.get("uid").and_then(Value::as_str).filter(|u| !u.is_empty()) {
+                    if want != uid {
+                        return Err(ApiError::conflict_msg(plural, "", name, &format!("the UID in the bound object reference ({want}) does not match the UID in record. The object might have been deleted and then recreated")));
+                    }
+                }
+                Some(crate::satoken::BoundObject { kind: kind.to_string(), name: name.to_string(), uid })
+            }
+        };
+        let (token, exp) = issuer.bound_token(ns, sa_name, meta::uid(&sa), &audiences, expiration, bound.as_ref());
+        let exp_time = time::OffsetDateTime::from_unix_timestamp(exp).map(meta::format_time).unwrap_or_default();
+        req["apiVersion"] = json!("authentication.k8s.io/v1");
+        req["kind"] = json!("TokenRequest");
+        let m = meta::metadata_mut(&mut req);
+        m.insert("name".into(), json!(sa_name));
+        m.insert("namespace".into(), json!(ns));
+        m.insert("creationTimestamp".into(), Value::Null);
+        req["spec"]["audiences"] = json!(if audiences.is_empty() { issuer.api_audiences.clone() } else { audiences });
+        req["spec"]["expirationSeconds"] = json!(expiration);
+        req["status"] = json!({"token": token, "expirationTimestamp": exp_time});
+        Ok(req)
     }
 
     fn orphan_dependents_false(&self, body: &[u8]) -> bool {
@@ -707,6 +979,7 @@ impl Ctx<'_> {
                 meta::metadata_mut(&mut cur).remove("resourceVersion");
                 let mut patched = patch::apply(ty, &cur, &body)?;
                 warnings = self.field_validation(def, &mut patched)?;
+                self.admit_rbac(def, &patched)?;
                 Ok(patched)
             })
             .await?;
@@ -740,6 +1013,14 @@ impl Ctx<'_> {
             return Err(ApiError::path_not_found());
         };
         match sdef.name {
+            "token" => {
+                if self.method != Method::POST {
+                    return Err(ApiError::method_not_allowed("serviceaccounts/token supports create only"));
+                }
+                let req = self.decode_body(&body)?;
+                let out = self.token_request(ns, &info.name, req)?;
+                Ok(h::json(StatusCode::CREATED, &out))
+            }
             "status" => match self.method.as_str() {
                 "GET" => {
                     let obj = self.server.registry.get(def, ns, &info.name)?;

@@ -15,6 +15,7 @@
 //! resources. [`registry::Registry`] is also the in-process API the controllers use.
 
 pub mod alloc;
+pub mod audit;
 pub mod authn;
 pub mod authz;
 pub mod discovery;
@@ -28,4 +29,5 @@ pub mod rbac;
 pub mod registry;
 pub mod request;
 pub mod reviews;
+pub mod satoken;
 pub mod server;

@@ -82,6 +82,8 @@ pub struct Pki {
     pub client_key_pem: String,
     /// Service-account signing key PEM (PKCS#8, ECDSA P-256).
     pub sa_key_pem: String,
+    /// Service-account public key PEM.
+    pub sa_pub_pem: String,
     /// Whether anything was created on this start.
     pub created: Vec<PathBuf>,
 }
@@ -203,6 +205,7 @@ pub fn ensure(paths: &Paths, sans_ips: &[IpAddr], sans_dns: &[String]) -> std::i
         client_pem: std::fs::read_to_string(paths.client_crt())?,
         client_key_pem: std::fs::read_to_string(paths.client_key())?,
         sa_key_pem: std::fs::read_to_string(paths.sa_key())?,
+        sa_pub_pem: std::fs::read_to_string(paths.sa_pub())?,
         created,
     })
 }

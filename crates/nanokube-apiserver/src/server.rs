@@ -35,13 +35,20 @@ pub struct ApiServer {
     pub server_address: String,
     /// The RBAC index (rules reviews and escalation checks read it).
     pub rbac: Arc<crate::rbac::Rbac>,
+    /// Service-account token issuer (TokenRequest, OIDC discovery).
+    pub tokens: Option<Arc<crate::satoken::TokenIssuer>>,
+    /// `https://host:port` as clients reach it.
+    pub server_url: String,
+    /// The audit log, if enabled.
+    pub audit: Option<crate::audit::AuditLog>,
     ready: AtomicBool,
 }
 
 impl ApiServer {
     /// A new server, not yet ready.
     pub fn new(registry: Arc<Registry>, authn: Authenticator, authz: Box<dyn Authorizer>, rbac: Arc<crate::rbac::Rbac>, server_address: String) -> Self {
-        ApiServer { registry, authn, authz, openapi: OpenApi::build(), server_address, rbac, ready: AtomicBool::new(false) }
+        let server_url = format!("https://{server_address}");
+        ApiServer { registry, authn, authz, openapi: OpenApi::build(), server_address, rbac, tokens: None, server_url, audit: None, ready: AtomicBool::new(false) }
     }
 
     /// Whether `/readyz` answers ok.

@@ -8,6 +8,7 @@
 
 pub mod bench;
 pub mod client;
+pub mod users;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -16,7 +17,10 @@ use std::time::Instant;
 
 use nanokube_apiserver::authn::{Authenticator, StaticTokens, TokenAuthenticator};
 use nanokube_apiserver::authz::{Chain, SuperuserAuthorizer};
+use nanokube_apiserver::audit::AuditLog;
 use nanokube_apiserver::rbac::Rbac;
+use nanokube_apiserver::satoken::{ServiceAccountAuthenticator, TokenIssuer};
+use nanokube_controllers::tokens::TokenController;
 use nanokube_apiserver::pki::{self, Paths};
 use nanokube_apiserver::registry::{Registry, RegistryConfig};
 use nanokube_apiserver::server::{self, ApiServer};
@@ -53,6 +57,12 @@ pub struct ClusterConfig {
     pub in_memory: bool,
     /// fsync every commit (default true).
     pub fsync: bool,
+    /// Write one audit event per request to this file.
+    pub audit_log_path: Option<PathBuf>,
+    /// Create a legacy token Secret for every ServiceAccount (the seed's `default-token-xxxxx`).
+    pub legacy_service_account_token_secrets: bool,
+    /// `iss` of bound service-account tokens.
+    pub service_account_issuer: String,
 }
 
 impl ClusterConfig {
@@ -70,6 +80,9 @@ impl ClusterConfig {
             merge_kubeconfig: None,
             in_memory: false,
             fsync: true,
+            audit_log_path: None,
+            legacy_service_account_token_secrets: true,
+            service_account_issuer: "https://kubernetes.default.svc.cluster.local".into(),
         }
     }
 }
@@ -126,15 +139,22 @@ impl Cluster {
         registry_cfg.service_cidr = cfg.service_cidr.clone();
         let registry = Arc::new(Registry::new(store.clone(), registry_cfg)?);
 
+        let issuer = Arc::new(TokenIssuer::new(&pki.sa_key_pem, &pki.sa_pub_pem, &cfg.service_account_issuer)?);
         let mut tokens: Vec<Arc<dyn TokenAuthenticator>> = Vec::new();
         if let Some(f) = &cfg.token_auth_file {
             tokens.push(Arc::new(StaticTokens::load(f)?));
         }
+        tokens.push(Arc::new(ServiceAccountAuthenticator { issuer: issuer.clone(), registry: registry.clone() }));
         let authn = Authenticator { tokens, anonymous: cfg.anonymous_auth };
         let rbac = Rbac::start(store.clone());
         let authz = Chain(vec![Box::new(SuperuserAuthorizer), Box::new(rbac.clone())]);
         let server_address = format!("{}:{}", host_for_url(advertise), addr.port());
-        let api = Arc::new(ApiServer::new(registry.clone(), authn, Box::new(authz), rbac, server_address));
+        let mut api = ApiServer::new(registry.clone(), authn, Box::new(authz), rbac, server_address);
+        api.tokens = Some(issuer.clone());
+        if let Some(p) = &cfg.audit_log_path {
+            api.audit = Some(AuditLog::open(p).map_err(|e| format!("audit log {}: {e}", p.display()))?);
+        }
+        let api = Arc::new(api);
 
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
@@ -155,6 +175,8 @@ impl Cluster {
             r.map_err(|e| e.to_string())?.map_err(|e| format!("namespace controller: {e}"))?;
         }
         tasks.spawn(ns_controller.run(shutdown_rx.clone()));
+        let token_controller = Arc::new(TokenController::new(registry.clone(), issuer.clone(), pki.ca_pem.clone(), cfg.legacy_service_account_token_secrets));
+        tasks.spawn(token_controller.run(shutdown_rx.clone()));
         {
             // Compact the log to what watches can still resume from, every five minutes.
             let store = store.clone();

@@ -23,6 +23,28 @@ enum Command {
     Server(ServerArgs),
     /// Measure a cluster: startup, durable creates, lists, and the disk's fsync latency.
     Bench(BenchArgs),
+    /// Manage users: `nanokube user add NAME` issues a client certificate and kubeconfig.
+    #[command(subcommand)]
+    User(UserCommand),
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Issue a client certificate for NAME (CN=NAME, O=each group) signed by the cluster
+    /// CA, and write a kubeconfig for it.
+    Add {
+        /// The user name (certificate CN).
+        name: String,
+        /// A group (certificate O); repeat for several.
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        /// The cluster's data directory [default: ~/.nanokube].
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Where to write the kubeconfig [default: <data-dir>/users/NAME.kubeconfig].
+        #[arg(short = 'o', long)]
+        output: Option<PathBuf>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -90,6 +112,15 @@ struct ServerArgs {
     /// Do not fsync commits: faster, but acknowledged writes can be lost if the machine crashes.
     #[arg(long)]
     unsafe_no_fsync: bool,
+    /// Append one audit.k8s.io/v1 Event (Metadata level) per request to this file.
+    #[arg(long)]
+    audit_log_path: Option<PathBuf>,
+    /// Give every ServiceAccount a legacy `<sa>-token-xxxxx` Secret, as clusters before 1.24 did.
+    #[arg(long, default_value_t = true, action = ArgAction::Set)]
+    legacy_service_account_token_secrets: bool,
+    /// The `iss` claim of bound service-account tokens.
+    #[arg(long, default_value = "https://kubernetes.default.svc.cluster.local")]
+    service_account_issuer: String,
 }
 
 fn home() -> PathBuf {
@@ -117,6 +148,21 @@ fn main() {
     let code = rt.block_on(async move {
         match cli.command {
             Command::Server(args) => run_server(args, started).await,
+            Command::User(UserCommand::Add { name, groups, data_dir, output }) => {
+                let data_dir = data_dir.unwrap_or_else(|| home().join(".nanokube"));
+                match nanokube::users::add(&data_dir, &name, &groups, output.as_deref()) {
+                    Ok(path) => {
+                        println!("{}", path.display());
+                        eprintln!("user {name:?} (groups {groups:?}): client certificate signed by {}/ca.crt", data_dir.display());
+                        eprintln!("try: kubectl --kubeconfig {} auth whoami", path.display());
+                        0
+                    }
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        1
+                    }
+                }
+            }
             Command::Bench(args) => {
                 let scenarios = if args.scenarios.is_empty() { ["fsync", "startup", "create", "list"].map(String::from).to_vec() } else { args.scenarios };
                 let opts = nanokube::bench::BenchOptions {
@@ -162,6 +208,9 @@ async fn run_server(args: ServerArgs, started: Instant) -> i32 {
         merge_kubeconfig: merge.clone(),
         in_memory: args.in_memory,
         fsync: !args.unsafe_no_fsync,
+        audit_log_path: args.audit_log_path,
+        legacy_service_account_token_secrets: args.legacy_service_account_token_secrets,
+        service_account_issuer: args.service_account_issuer,
     };
     let cluster = match Cluster::start(cfg).await {
         Ok(c) => c,

@@ -1,0 +1,294 @@
+//! RBAC as upstream enforces it: a matrix of subjects × verbs × resources checked through
+//! real requests and `kubectl auth can-i`; users made by `nanokube user add`;
+//! impersonation; escalation prevention; and the audit log.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use base64::Engine;
+use common::{eventually, kubectl_path, Server};
+use serde_json::Value;
+
+/// A subject that can call the API: a kubeconfig, or a bearer token.
+enum Who {
+    Kubeconfig(PathBuf),
+    Token(String),
+    Anonymous,
+}
+
+fn user_add(s: &Server, name: &str, groups: &[&str]) -> PathBuf {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_nanokube"));
+    c.args(["user", "add", name, "--data-dir"]).arg(&s.data);
+    for g in groups {
+        c.args(["--group", g]);
+    }
+    let out = c.output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+fn cert_files(kubeconfig: &Path) -> (PathBuf, PathBuf) {
+    let v: Value = serde_json::to_value(serde_norway::from_str::<serde_norway::Value>(&std::fs::read_to_string(kubeconfig).unwrap()).unwrap()).unwrap();
+    let dec = |k: &str| base64::engine::general_purpose::STANDARD.decode(v["users"][0]["user"][k].as_str().unwrap()).unwrap();
+    let crt = kubeconfig.with_extension("crt");
+    let key = kubeconfig.with_extension("key");
+    std::fs::write(&crt, dec("client-certificate-data")).unwrap();
+    std::fs::write(&key, dec("client-key-data")).unwrap();
+    (crt, key)
+}
+
+fn call(s: &Server, who: &Who, method: &str, path: &str, body: Option<&str>) -> u16 {
+    let mut c = Command::new("curl");
+    c.args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", method, "--cacert"]).arg(s.data.join("ca.crt"));
+    match who {
+        Who::Kubeconfig(k) => {
+            let (crt, key) = cert_files(k);
+            c.arg("--cert").arg(crt).arg("--key").arg(key);
+        }
+        Who::Token(t) => {
+            c.args(["-H", &format!("Authorization: Bearer {t}")]);
+        }
+        Who::Anonymous => {}
+    }
+    if let Some(b) = body {
+        c.args(["-H", "Content-Type: application/json", "--data-binary", b]);
+    }
+    let out = c.arg(format!("{}{}", s.url, path)).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).parse().unwrap()
+}
+
+fn can_i(s: &Server, kubeconfig: &Path, args: &[&str]) -> bool {
+    let home = s.dir.path().join("home-cani");
+    std::fs::create_dir_all(&home).unwrap();
+    let out = Command::new(kubectl_path("kubectl")).args(["auth", "can-i"]).args(args).env("KUBECONFIG", kubeconfig).env("HOME", &home).output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(said == "yes" || said.starts_with("no"), "can-i said {said:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.success(), said == "yes");
+    said == "yes"
+}
+
+const POLICY: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: team}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: other}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: pod-reader, namespace: team}
+rules:
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: [""]
+  resources: ["pods/log"]
+  verbs: ["get"]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: jane-reads-pods, namespace: team}
+subjects: [{kind: User, name: jane, apiGroup: rbac.authorization.k8s.io}]
+roleRef: {kind: Role, name: pod-reader, apiGroup: rbac.authorization.k8s.io}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: one-configmap}
+rules:
+- apiGroups: [""]
+  resources: ["configmaps"]
+  resourceNames: ["public-cm"]
+  verbs: ["get"]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: devs-read-public-cm, namespace: team}
+subjects: [{kind: Group, name: devs, apiGroup: rbac.authorization.k8s.io}]
+roleRef: {kind: ClusterRole, name: one-configmap, apiGroup: rbac.authorization.k8s.io}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: ops-view}
+subjects: [{kind: Group, name: ops, apiGroup: rbac.authorization.k8s.io}]
+roleRef: {kind: ClusterRole, name: view, apiGroup: rbac.authorization.k8s.io}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: ci, namespace: team}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: ci-edit, namespace: team}
+subjects: [{kind: ServiceAccount, name: ci}]
+roleRef: {kind: ClusterRole, name: edit, apiGroup: rbac.authorization.k8s.io}
+"#;
+
+#[test]
+fn rbac_matrix_through_requests_and_can_i() {
+    let s = Server::start();
+    let out = s.k_stdin(&["apply", "-f", "-"], POLICY);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    s.k(&["create", "configmap", "public-cm", "-n", "team"]);
+    s.k(&["create", "configmap", "private-cm", "-n", "team"]);
+    s.k(&["create", "configmap", "public-cm", "-n", "other"]);
+    let jane = user_add(&s, "jane", &["devs"]);
+    let bob = user_add(&s, "bob", &["ops"]);
+    let ci_token = s.k(&["create", "token", "ci", "-n", "team"]).trim().to_string();
+    let default_token = s.k(&["create", "token", "default", "-n", "team"]).trim().to_string();
+    // The authorizer's index follows the store by watch; wait until it has the policy.
+    assert!(eventually(Duration::from_secs(5), || call(&s, &Who::Kubeconfig(jane.clone()), "GET", "/api/v1/namespaces/team/pods", None) == 200));
+
+    let cm = r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"new"}}"#;
+    // (who, method, path, body, allowed, can-i args for kubeconfig subjects)
+    type Cell<'a> = (&'a str, &'a str, String, Option<&'a str>, bool, Vec<&'a str>);
+    let cells: Vec<Cell> = vec![
+        ("jane", "GET", "/api/v1/namespaces/team/pods".into(), None, true, vec!["list", "pods", "-n", "team"]),
+        ("jane", "GET", "/api/v1/namespaces/other/pods".into(), None, false, vec!["list", "pods", "-n", "other"]),
+        ("jane", "DELETE", "/api/v1/namespaces/team/pods/x".into(), None, false, vec!["delete", "pods", "-n", "team"]),
+        ("jane", "GET", "/api/v1/namespaces/team/pods/x/log".into(), None, true, vec!["get", "pods", "--subresource=log", "-n", "team"]),
+        ("jane", "GET", "/api/v1/namespaces/team/pods/x/exec".into(), None, false, vec!["get", "pods", "--subresource=exec", "-n", "team"]),
+        ("jane", "GET", "/api/v1/namespaces/team/configmaps/public-cm".into(), None, true, vec!["get", "configmaps/public-cm", "-n", "team"]),
+        ("jane", "GET", "/api/v1/namespaces/team/configmaps/private-cm".into(), None, false, vec!["get", "configmaps/private-cm", "-n", "team"]),
+        ("jane", "GET", "/api/v1/namespaces/team/configmaps".into(), None, false, vec!["list", "configmaps", "-n", "team"]),
+        ("jane", "GET", "/api/v1/namespaces/other/configmaps/public-cm".into(), None, false, vec!["get", "configmaps/public-cm", "-n", "other"]),
+        ("jane", "GET", "/api".into(), None, true, vec!["get", "/api"]),
+        ("jane", "GET", "/metrics".into(), None, false, vec!["get", "/metrics"]),
+        ("bob", "GET", "/api/v1/namespaces/other/pods".into(), None, true, vec!["list", "pods", "-n", "other"]),
+        ("bob", "GET", "/api/v1/pods".into(), None, true, vec!["list", "pods", "--all-namespaces"]),
+        ("bob", "GET", "/api/v1/namespaces/team/secrets".into(), None, false, vec!["list", "secrets", "-n", "team"]),
+        ("bob", "GET", "/apis/apps/v1/namespaces/team/deployments".into(), None, true, vec!["list", "deployments.apps", "-n", "team"]),
+        ("bob", "POST", "/api/v1/namespaces/team/configmaps".into(), Some(cm), false, vec!["create", "configmaps", "-n", "team"]),
+        ("bob", "GET", "/api/v1/nodes".into(), None, false, vec!["list", "nodes"]),
+        ("ci", "POST", "/api/v1/namespaces/team/configmaps".into(), Some(cm), true, vec![]),
+        ("ci", "GET", "/api/v1/namespaces/team/secrets".into(), None, true, vec![]),
+        ("ci", "GET", "/apis/rbac.authorization.k8s.io/v1/namespaces/team/rolebindings".into(), None, false, vec![]),
+        ("ci", "POST", "/api/v1/namespaces/other/configmaps".into(), Some(cm), false, vec![]),
+        ("default", "GET", "/apis".into(), None, true, vec![]),
+        ("default", "POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews".into(), Some(r#"{"apiVersion":"authorization.k8s.io/v1","kind":"SelfSubjectAccessReview","spec":{"resourceAttributes":{"verb":"list","resource":"pods","namespace":"team"}}}"#), true, vec![]),
+        ("default", "GET", "/api/v1/namespaces/team/pods".into(), None, false, vec![]),
+        ("default", "GET", "/api/v1/namespaces/team/configmaps".into(), None, false, vec![]),
+        ("anonymous", "GET", "/api".into(), None, false, vec![]),
+        ("anonymous", "GET", "/healthz".into(), None, true, vec![]),
+        ("anonymous", "GET", "/version".into(), None, true, vec![]),
+    ];
+    let mut failures = Vec::new();
+    for (who, method, path, body, allowed, can_i_args) in &cells {
+        let subject = match *who {
+            "jane" => Who::Kubeconfig(jane.clone()),
+            "bob" => Who::Kubeconfig(bob.clone()),
+            "ci" => Who::Token(ci_token.clone()),
+            "default" => Who::Token(default_token.clone()),
+            _ => Who::Anonymous,
+        };
+        let code = call(&s, &subject, method, path, *body);
+        if (code != 403) != *allowed || code == 401 {
+            failures.push(format!("{who} {method} {path}: HTTP {code}, expected {}", if *allowed { "allowed" } else { "403" }));
+        }
+        if let (Who::Kubeconfig(k), false) = (&subject, can_i_args.is_empty()) {
+            if can_i(&s, k, can_i_args) != *allowed {
+                failures.push(format!("{who} can-i {can_i_args:?}: expected {allowed}"));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "RBAC matrix mismatches:\n{}", failures.join("\n"));
+
+    // whoami shows the certificate's CN and O.
+    let home = s.dir.path().join("home-jane");
+    std::fs::create_dir_all(&home).unwrap();
+    let out = Command::new(kubectl_path("kubectl")).args(["auth", "whoami"]).env("KUBECONFIG", &jane).env("HOME", &home).output().unwrap();
+    let who = String::from_utf8_lossy(&out.stdout);
+    assert!(who.contains("Username    jane") && who.contains("[devs system:authenticated]"), "{who}");
+    // can-i --list shows the rules that apply in the namespace.
+    let out = Command::new(kubectl_path("kubectl")).args(["auth", "can-i", "--list", "-n", "team"]).env("KUBECONFIG", &jane).env("HOME", &home).output().unwrap();
+    let list = String::from_utf8_lossy(&out.stdout);
+    assert!(list.lines().any(|l| l.starts_with("pods ") && l.contains("[get list watch]")), "{list}");
+    assert!(list.lines().any(|l| l.starts_with("configmaps ") && l.contains("[public-cm]")), "{list}");
+}
+
+#[test]
+fn impersonation_and_escalation_prevention() {
+    let s = Server::start();
+    s.k(&["create", "namespace", "team"]);
+    s.k(&["create", "role", "pod-reader", "--verb=get,list", "--resource=pods", "-n", "team"]);
+    s.k(&["create", "role", "rbac-editor", "--verb=create,get,list", "--resource=roles.rbac.authorization.k8s.io,rolebindings.rbac.authorization.k8s.io", "-n", "team"]);
+    s.k(&["create", "rolebinding", "jane-pods", "--role=pod-reader", "--user=jane", "-n", "team"]);
+    s.k(&["create", "rolebinding", "jane-rbac", "--role=rbac-editor", "--user=jane", "-n", "team"]);
+    let jane = user_add(&s, "jane", &[]);
+    let kj = |args: &[&str]| -> std::process::Output {
+        let home = s.dir.path().join("home-j");
+        std::fs::create_dir_all(&home).unwrap();
+        Command::new(kubectl_path("kubectl")).args(args).env("KUBECONFIG", &jane).env("HOME", &home).output().unwrap()
+    };
+    assert!(eventually(Duration::from_secs(5), || kj(&["get", "pods", "-n", "team"]).status.success()));
+
+    // Admins may impersonate; --as shows the impersonated identity.
+    let who = s.k(&["auth", "whoami", "--as=jane", "--as-group=devs"]);
+    assert!(who.contains("Username    jane") && who.contains("devs"), "{who}");
+    assert_eq!(s.k(&["auth", "can-i", "list", "pods", "-n", "team", "--as=jane"]).trim(), "yes");
+    // Others may not.
+    let out = kj(&["get", "pods", "-n", "team", "--as=bob"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(r#"users "bob" is forbidden: User "jane" cannot impersonate resource "users" in API group "" at the cluster scope"#), "{err}");
+
+    // A role within what she holds is fine; more is refused.
+    let ok = kj(&["create", "role", "subset", "--verb=get", "--resource=pods", "-n", "team"]);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let bad = kj(&["create", "role", "superset", "--verb=get,delete", "--resource=pods", "-n", "team"]);
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("is attempting to grant RBAC permissions not currently held") && err.contains("delete"), "{err}");
+    // Binding a ClusterRole she does not hold is refused; one she holds is fine.
+    let bad = kj(&["create", "rolebinding", "make-me-admin", "--clusterrole=admin", "--user=jane", "-n", "team"]);
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains(r#"rolebindings.rbac.authorization.k8s.io "make-me-admin" is forbidden: user "jane""#) && err.contains("attempting to grant RBAC permissions not currently held"), "{err}");
+    let ok = kj(&["create", "rolebinding", "share", "--role=pod-reader", "--user=max", "-n", "team"]);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    // With the `bind` verb on that ClusterRole, the binding is allowed.
+    s.k(&["create", "role", "bind-admin", "--verb=bind", "--resource=clusterroles.rbac.authorization.k8s.io", "--resource-name=admin", "-n", "team"]);
+    s.k(&["create", "rolebinding", "jane-bind", "--role=bind-admin", "--user=jane", "-n", "team"]);
+    assert!(eventually(Duration::from_secs(5), || kj(&["create", "rolebinding", "make-me-admin", "--clusterrole=admin", "--user=jane", "-n", "team"]).status.success()));
+}
+
+#[test]
+fn audit_log_has_one_line_per_request_and_no_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.log");
+    let s = Server::start_with(&["--audit-log-path", log.to_str().unwrap()]);
+    let token = s.k(&["create", "token", "default"]).trim().to_string();
+    let before = std::fs::read_to_string(&log).unwrap_or_default().lines().count();
+    let mut sent = 0;
+    for path in ["/api", "/api/v1/namespaces/default/pods", "/version"] {
+        call(&s, &Who::Token(token.clone()), "GET", path, None);
+        sent += 1;
+    }
+    call(&s, &Who::Anonymous, "GET", "/api", None);
+    sent += 1;
+    assert!(eventually(Duration::from_secs(5), || std::fs::read_to_string(&log).unwrap_or_default().lines().count() >= before + sent));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.contains(&token), "the audit log must not contain tokens");
+    let events: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(events.len(), before + sent, "exactly one line per request");
+    for e in &events {
+        assert_eq!(e["kind"], "Event");
+        assert_eq!(e["apiVersion"], "audit.k8s.io/v1");
+        assert_eq!(e["level"], "Metadata");
+        for f in ["auditID", "stage", "requestURI", "verb", "user", "sourceIPs", "userAgent", "responseStatus", "requestReceivedTimestamp", "stageTimestamp"] {
+            assert!(e.get(f).is_some(), "{f} missing in {e}");
+        }
+    }
+    let pods = events.iter().find(|e| e["requestURI"] == "/api/v1/namespaces/default/pods").unwrap();
+    assert_eq!(pods["user"]["username"], "system:serviceaccount:default:default");
+    assert_eq!(pods["responseStatus"]["code"], 403);
+    assert_eq!(pods["objectRef"]["resource"], "pods");
+    assert_eq!(pods["objectRef"]["namespace"], "default");
+    assert_eq!(pods["annotations"]["authorization.k8s.io/decision"], "forbid");
+    let anon = events.iter().rev().find(|e| e["requestURI"] == "/api").unwrap();
+    assert_eq!(anon["user"]["username"], "system:anonymous");
+}
