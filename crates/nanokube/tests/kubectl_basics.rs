@@ -78,7 +78,8 @@ fn create_get_describe_label_annotate_delete() {
     assert!(rows.iter().any(|r| r[0] == "kube-root-ca.crt" && r[1] == "1"), "kube-root-ca.crt is created in new namespaces");
     let (h, rows) = table(&s.k(&["get", "secrets", "-n", "x"]));
     assert_eq!(h, ["NAME", "TYPE", "DATA", "AGE"]);
-    assert_eq!(rows[0][..3], ["s1", "Opaque", "1"]);
+    assert!(rows.iter().any(|r| r[..3] == ["s1", "Opaque", "1"]), "{rows:?}");
+    assert!(rows.iter().any(|r| r[0].starts_with("default-token-") && r[1] == "kubernetes.io/service-account-token" && r[2] == "3"), "{rows:?}");
     let (h, rows) = table(&s.k(&["get", "deploy", "-n", "x", "-o", "wide"]));
     assert_eq!(h, ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE", "CONTAINERS", "IMAGES", "SELECTOR"]);
     assert_eq!(rows[0][..4], ["d", "0/1", "0", "0"]);
