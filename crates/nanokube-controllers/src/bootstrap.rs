@@ -34,40 +34,46 @@ async fn ensure(registry: &Registry, d: &ResourceDef, ns: &str, obj: Value, reco
     }
 }
 
-/// Create the system namespaces and the `kubernetes` Service, Endpoints and
-/// EndpointSlice pointing at the API server (`ip:port`).
-pub async fn run(registry: &Arc<Registry>, apiserver_ip: &str, apiserver_port: u16) -> Result<(), ApiError> {
-    let ns_def = def("", "namespaces");
+/// Create the system namespaces (concurrently, so they share one commit).
+pub async fn ensure_namespaces(registry: &Arc<Registry>) -> Result<(), ApiError> {
+    let mut tasks = tokio::task::JoinSet::new();
     for ns in SYSTEM_NAMESPACES {
-        ensure(registry, ns_def, "", json!({"metadata": {"name": ns}}), |_| None).await?;
+        let r = registry.clone();
+        tasks.spawn(async move { ensure(&r, def("", "namespaces"), "", json!({"metadata": {"name": ns}}), |_| None).await });
     }
+    while let Some(r) = tasks.join_next().await {
+        r.map_err(|e| ApiError::internal(e.to_string()))??;
+    }
+    Ok(())
+}
 
+/// Create (or repoint) the `kubernetes` Service, Endpoints and EndpointSlice at the API
+/// server (`ip:port`), concurrently. The `default` namespace must exist.
+pub async fn ensure_kubernetes_service(registry: &Arc<Registry>, apiserver_ip: &str, apiserver_port: u16) -> Result<(), ApiError> {
     let svc_ip = registry.first_service_ip();
     let svc = json!({
         "metadata": {"name": "kubernetes", "labels": {"component": "apiserver", "provider": "kubernetes"}},
         "spec": {"type": "ClusterIP", "clusterIP": svc_ip, "sessionAffinity": "None",
                  "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": apiserver_port}]}
     });
-    ensure(registry, def("", "services"), "default", svc, |cur| {
+    let service = ensure(registry, def("", "services"), "default", svc, |cur| {
         let target = cur.pointer("/spec/ports/0/targetPort").and_then(Value::as_u64);
         (target != Some(apiserver_port as u64)).then(|| {
             let mut next = cur.clone();
             next["spec"]["ports"] = json!([{"name": "https", "port": 443, "protocol": "TCP", "targetPort": apiserver_port}]);
             next
         })
-    })
-    .await?;
+    });
 
     let subsets = json!([{"addresses": [{"ip": apiserver_ip}], "ports": [{"name": "https", "port": apiserver_port, "protocol": "TCP"}]}]);
     let eps = json!({"metadata": {"name": "kubernetes", "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}}, "subsets": subsets});
-    ensure(registry, def("", "endpoints"), "default", eps, |cur| {
+    let endpoints_obj = ensure(registry, def("", "endpoints"), "default", eps, |cur| {
         (cur.get("subsets") != Some(&subsets)).then(|| {
             let mut next = cur.clone();
             next["subsets"] = subsets.clone();
             next
         })
-    })
-    .await?;
+    });
 
     let endpoints = json!([{"addresses": [apiserver_ip], "conditions": {"ready": true}}]);
     let ports = json!([{"name": "https", "port": apiserver_port, "protocol": "TCP"}]);
@@ -75,14 +81,15 @@ pub async fn run(registry: &Arc<Registry>, apiserver_ip: &str, apiserver_port: u
         "metadata": {"name": "kubernetes", "labels": {"kubernetes.io/service-name": "kubernetes", "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"}},
         "addressType": "IPv4", "endpoints": endpoints, "ports": ports,
     });
-    ensure(registry, def("discovery.k8s.io", "endpointslices"), "default", slice, |cur| {
+    let slice_obj = ensure(registry, def("discovery.k8s.io", "endpointslices"), "default", slice, |cur| {
         (cur.get("endpoints") != Some(&endpoints) || cur.get("ports") != Some(&ports)).then(|| {
             let mut next = cur.clone();
             next["endpoints"] = endpoints.clone();
             next["ports"] = ports.clone();
             next
         })
-    })
-    .await?;
+    });
+    // Concurrent, so the three writes share one commit.
+    tokio::try_join!(service, endpoints_obj, slice_obj)?;
     Ok(())
 }

@@ -36,6 +36,12 @@ impl NamespaceController {
         if meta::is_deleting(&ns) {
             return self.terminate(name).await;
         }
+        // The ServiceAccount and the ConfigMap are independent: write them together.
+        tokio::try_join!(self.ensure_service_account(name), self.ensure_root_ca(name))?;
+        Ok(())
+    }
+
+    async fn ensure_service_account(&self, name: &str) -> Result<(), ApiError> {
         let sa = def("", "serviceaccounts");
         if let Err(e) = self.registry.get(sa, name, "default") {
             if e.code == 404 {
@@ -46,6 +52,10 @@ impl NamespaceController {
                 }
             }
         }
+        Ok(())
+    }
+
+    async fn ensure_root_ca(&self, name: &str) -> Result<(), ApiError> {
         let cm = def("", "configmaps");
         let want = json!({"ca.crt": self.ca_pem});
         match self.registry.get(cm, name, "kube-root-ca.crt") {

@@ -130,12 +130,14 @@ impl Cluster {
         ips.dedup();
         let dns: Vec<String> = ["localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"].iter().map(|s| s.to_string()).collect();
         let pki = pki::ensure(&paths, &ips, &dns).map_err(|e| format!("certificates in {}: {e}", cfg.data_dir.display()))?;
+        tracing::debug!(elapsed_ms = started.elapsed().as_secs_f64() * 1000.0, "certificates ready");
         let tls = server::tls_config(&pki)?;
 
         let store: Arc<dyn Backend> = Arc::new(
             SqliteBackend::open(SqliteOptions { path: (!cfg.in_memory).then(|| paths.state_db()), fsync: cfg.fsync, ..Default::default() })
                 .map_err(|e| format!("store {}: {e}", paths.state_db().display()))?,
         );
+        tracing::debug!(elapsed_ms = started.elapsed().as_secs_f64() * 1000.0, "store open");
         registry_cfg.service_cidr = cfg.service_cidr.clone();
         let registry = Arc::new(Registry::new(store.clone(), registry_cfg)?);
 
@@ -160,20 +162,25 @@ impl Cluster {
         let mut tasks = JoinSet::new();
         tasks.spawn(server::serve(api.clone(), listener, tls, shutdown_rx.clone()));
 
-        let advertise_ip = advertise.to_string();
-        let (boot, policy) = tokio::join!(nanokube_controllers::bootstrap::run(&registry, &advertise_ip, addr.port()), nanokube_controllers::rbac_policy::ensure(&registry));
-        boot.map_err(|e| format!("bootstrap: {e}"))?;
+        // Two commit rounds: what needs nothing, then what needs the namespaces.
+        let (namespaces, policy) = tokio::join!(nanokube_controllers::bootstrap::ensure_namespaces(&registry), nanokube_controllers::rbac_policy::ensure(&registry));
+        namespaces.map_err(|e| format!("bootstrap: {e}"))?;
         policy.map_err(|e| format!("default RBAC policy: {e}"))?;
         tasks.spawn(nanokube_controllers::rbac_policy::run(registry.clone(), shutdown_rx.clone()));
         let ns_controller = Arc::new(NamespaceController::new(registry.clone(), pki.ca_pem.clone()));
-        let mut first = JoinSet::new();
+        let mut second = JoinSet::new();
+        {
+            let (r, ip, port) = (registry.clone(), advertise.to_string(), addr.port());
+            second.spawn(async move { nanokube_controllers::bootstrap::ensure_kubernetes_service(&r, &ip, port).await });
+        }
         for ns in nanokube_controllers::bootstrap::SYSTEM_NAMESPACES {
             let c = ns_controller.clone();
-            first.spawn(async move { c.reconcile(ns).await });
+            second.spawn(async move { c.reconcile(ns).await });
         }
-        while let Some(r) = first.join_next().await {
-            r.map_err(|e| e.to_string())?.map_err(|e| format!("namespace controller: {e}"))?;
+        while let Some(r) = second.join_next().await {
+            r.map_err(|e| e.to_string())?.map_err(|e| format!("bootstrap: {e}"))?;
         }
+        tracing::debug!(elapsed_ms = started.elapsed().as_secs_f64() * 1000.0, "bootstrap objects, RBAC policy and namespace defaults ensured");
         tasks.spawn(ns_controller.run(shutdown_rx.clone()));
         let token_controller = Arc::new(TokenController::new(registry.clone(), issuer.clone(), pki.ca_pem.clone(), cfg.legacy_service_account_token_secrets));
         tasks.spawn(token_controller.run(shutdown_rx.clone()));
