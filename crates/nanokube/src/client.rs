@@ -13,7 +13,8 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::Value;
 
-type Connector = hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>;
+/// The HTTPS connector used by clients of the API.
+pub type Connector = hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>;
 
 /// A connection pool to one API server with one identity.
 #[derive(Clone)]
@@ -35,29 +36,52 @@ fn field_bytes(map: &Value, data_key: &str, file_key: &str, base: &Path) -> Resu
     Ok(None)
 }
 
-impl ApiClient {
-    /// A client for the current context of a kubeconfig file.
-    pub fn from_kubeconfig(path: &Path, http2: bool) -> Result<Self, String> {
+/// Where a cluster is and how to authenticate to it: from a kubeconfig context, or from
+/// the in-cluster service-account files.
+#[derive(Clone)]
+pub struct ClusterAccess {
+    /// `https://host:port`.
+    pub server: String,
+    /// TLS with the cluster CA and, if any, the client certificate.
+    pub tls: rustls::ClientConfig,
+    /// A bearer token.
+    pub token: Option<String>,
+    /// A file the token is read from on every request (in-cluster; the kubelet rotates it).
+    pub token_file: Option<std::path::PathBuf>,
+}
+
+/// The default directory of a pod's service-account files.
+pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+fn tls_builder(ca: Option<Vec<u8>>) -> Result<rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert>, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    if let Some(ca) = ca {
+        for c in CertificateDer::pem_slice_iter(&ca) {
+            roots.add(c.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(rustls::ClientConfig::builder_with_provider(provider).with_safe_default_protocol_versions().map_err(|e| e.to_string())?.with_root_certificates(roots))
+}
+
+impl ClusterAccess {
+    /// The access a kubeconfig gives: its `context` or the current one.
+    pub fn from_kubeconfig(path: &Path, context: Option<&str>) -> Result<Self, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let cfg: Value = serde_norway::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
-        let ctx_name = cfg.get("current-context").and_then(Value::as_str).ok_or("kubeconfig has no current-context")?;
+        let ctx_name = match context {
+            Some(c) => c.to_string(),
+            None => cfg.get("current-context").and_then(Value::as_str).ok_or("kubeconfig has no current-context")?.to_string(),
+        };
         let find = |section: &str, name: &str| cfg.get(section).and_then(Value::as_array).and_then(|l| l.iter().find(|e| e.get("name").and_then(Value::as_str) == Some(name)).cloned());
-        let ctx = find("contexts", ctx_name).ok_or("current context not found")?;
+        let ctx = find("contexts", &ctx_name).ok_or_else(|| format!("context {ctx_name:?} not found"))?;
         let cluster_name = ctx.pointer("/context/cluster").and_then(Value::as_str).unwrap_or("");
         let user_name = ctx.pointer("/context/user").and_then(Value::as_str).unwrap_or("");
         let cluster = find("clusters", cluster_name).and_then(|c| c.get("cluster").cloned()).ok_or("cluster not found")?;
         let user = find("users", user_name).and_then(|u| u.get("user").cloned()).unwrap_or(Value::Null);
         let server = cluster.get("server").and_then(Value::as_str).ok_or("cluster has no server")?.trim_end_matches('/').to_string();
-
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut roots = rustls::RootCertStore::empty();
-        if let Some(ca) = field_bytes(&cluster, "certificate-authority-data", "certificate-authority", base)? {
-            for c in CertificateDer::pem_slice_iter(&ca) {
-                roots.add(c.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
-            }
-        }
-        let builder = rustls::ClientConfig::builder_with_provider(provider).with_safe_default_protocol_versions().map_err(|e| e.to_string())?.with_root_certificates(roots);
+        let builder = tls_builder(field_bytes(&cluster, "certificate-authority-data", "certificate-authority", base)?)?;
         let cert = field_bytes(&user, "client-certificate-data", "client-certificate", base)?;
         let key = field_bytes(&user, "client-key-data", "client-key", base)?;
         let tls = match (cert, key) {
@@ -69,13 +93,55 @@ impl ApiClient {
             _ => builder.with_no_client_auth(),
         };
         let token = user.get("token").and_then(Value::as_str).map(String::from);
-        let b = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_only();
-        let connector = if http2 { b.enable_http2().build() } else { b.enable_http1().build() };
+        let token_file = user.get("tokenFile").and_then(Value::as_str).map(|f| base.join(f));
+        Ok(ClusterAccess { server, tls, token, token_file })
+    }
+
+    /// In-cluster access, as client-go's `InClusterConfig`: `KUBERNETES_SERVICE_HOST` and
+    /// `KUBERNETES_SERVICE_PORT`, and `token` and `ca.crt` in the service-account directory.
+    pub fn in_cluster(dir: &Path) -> Result<Self, String> {
+        let host = std::env::var("KUBERNETES_SERVICE_HOST").map_err(|_| "KUBERNETES_SERVICE_HOST is not set: not running in a pod")?;
+        let port = std::env::var("KUBERNETES_SERVICE_PORT").map_err(|_| "KUBERNETES_SERVICE_PORT is not set: not running in a pod")?;
+        if host.is_empty() || port.is_empty() {
+            return Err("KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT must not be empty".into());
+        }
+        let host = if host.contains(':') { format!("[{host}]") } else { host };
+        let ca = std::fs::read(dir.join("ca.crt")).map_err(|e| format!("{}/ca.crt: {e}", dir.display()))?;
+        let token_file = dir.join("token");
+        std::fs::metadata(&token_file).map_err(|e| format!("{}: {e}", token_file.display()))?;
+        Ok(ClusterAccess { server: format!("https://{host}:{port}"), tls: tls_builder(Some(ca))?.with_no_client_auth(), token: None, token_file: Some(token_file) })
+    }
+
+    /// The bearer token to send now, if any.
+    pub fn bearer(&self) -> Option<String> {
+        if let Some(f) = &self.token_file {
+            if let Ok(t) = std::fs::read_to_string(f) {
+                return Some(t.trim().to_string());
+            }
+        }
+        self.token.clone()
+    }
+
+    /// An HTTPS connector for this cluster.
+    pub fn connector(&self, http2: bool) -> Connector {
+        let b = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(self.tls.clone()).https_only();
+        if http2 {
+            b.enable_http2().build()
+        } else {
+            b.enable_http1().build()
+        }
+    }
+}
+
+impl ApiClient {
+    /// A client for the current context of a kubeconfig file.
+    pub fn from_kubeconfig(path: &Path, http2: bool) -> Result<Self, String> {
+        let access = ClusterAccess::from_kubeconfig(path, None)?;
         let mut hb = HyperClient::builder(TokioExecutor::new());
         if http2 {
             hb.http2_only(true);
         }
-        Ok(ApiClient { inner: hb.build(connector), server, token })
+        Ok(ApiClient { inner: hb.build(access.connector(http2)), server: access.server.clone(), token: access.bearer() })
     }
 
     /// Send a request; returns the status code and the whole body.

@@ -8,6 +8,8 @@
 
 pub mod bench;
 pub mod client;
+pub mod config;
+pub mod proxy;
 pub mod users;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

@@ -26,6 +26,93 @@ enum Command {
     /// Manage users: `nanokube user add NAME` issues a client certificate and kubeconfig.
     #[command(subcommand)]
     User(UserCommand),
+    /// Run a proxy to the API server, like `kubectl proxy` (plain HTTP on localhost).
+    Proxy(ProxyArgs),
+    /// Inspect kubeconfig files, like `kubectl config`.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(clap::Args)]
+struct ProxyArgs {
+    /// The port to serve on (0 picks a free one, printed).
+    #[arg(short, long, default_value_t = 8001)]
+    port: u16,
+    /// The IP address to serve on.
+    #[arg(long, default_value = "127.0.0.1")]
+    address: String,
+    /// Serve on this unix socket instead.
+    #[arg(short = 'u', long)]
+    unix_socket: Option<PathBuf>,
+    /// Prefix to serve the proxied API under.
+    #[arg(long, default_value = "/")]
+    api_prefix: String,
+    /// Regexes (comma-separated) of hosts to accept.
+    #[arg(long, default_value = nanokube::proxy::DEFAULT_ACCEPT_HOSTS)]
+    accept_hosts: String,
+    /// Regexes of paths to accept.
+    #[arg(long, default_value = nanokube::proxy::DEFAULT_ACCEPT_PATHS)]
+    accept_paths: String,
+    /// Regexes of paths to reject (default: exec and attach).
+    #[arg(long, default_value = nanokube::proxy::DEFAULT_REJECT_PATHS)]
+    reject_paths: String,
+    /// Regexes of HTTP methods to reject.
+    #[arg(long, default_value = nanokube::proxy::DEFAULT_REJECT_METHODS)]
+    reject_methods: String,
+    /// Accept every request (dangerous when the port is reachable by others).
+    #[arg(long)]
+    disable_filter: bool,
+    /// Also serve static files from this directory.
+    #[arg(short = 'w', long)]
+    www: Option<PathBuf>,
+    /// Prefix for the static files.
+    #[arg(short = 'P', long, default_value = "/static/")]
+    www_prefix: String,
+    /// Kubeconfig to take credentials from [default: $KUBECONFIG or ~/.kube/config];
+    /// without one, inside a pod, the pod's service account is used.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context to use.
+    #[arg(long)]
+    context: Option<String>,
+    /// Directory of the in-cluster service-account files (token, ca.crt).
+    #[arg(long, default_value = nanokube::client::SERVICE_ACCOUNT_DIR)]
+    service_account_dir: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Show the merged kubeconfig.
+    View {
+        /// Only the current context and what it uses.
+        #[arg(long)]
+        minify: bool,
+        /// Show certificates, keys and tokens.
+        #[arg(long)]
+        raw: bool,
+        /// yaml or json.
+        #[arg(short, long, default_value = "yaml")]
+        output: String,
+        /// Use this file instead of $KUBECONFIG.
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+    },
+    /// Print the current context.
+    CurrentContext {
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+    },
+    /// List contexts.
+    GetContexts {
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+    },
+    /// Make a context current.
+    UseContext {
+        name: String,
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -148,6 +235,26 @@ fn main() {
     let code = rt.block_on(async move {
         match cli.command {
             Command::Server(args) => run_server(args, started).await,
+            Command::Proxy(a) => run_proxy(a).await,
+            Command::Config(c) => {
+                use nanokube::config;
+                let r = match c {
+                    ConfigCommand::View { minify, raw, output, kubeconfig } => config::view(&config::files(kubeconfig.as_deref()), minify, raw, &output),
+                    ConfigCommand::CurrentContext { kubeconfig } => config::current_context(&config::files(kubeconfig.as_deref())).map(|c| c + "\n"),
+                    ConfigCommand::GetContexts { kubeconfig } => config::get_contexts(&config::files(kubeconfig.as_deref())),
+                    ConfigCommand::UseContext { name, kubeconfig } => config::use_context(&config::files(kubeconfig.as_deref()), &name).map(|c| c + "\n"),
+                };
+                match r {
+                    Ok(out) => {
+                        print!("{out}");
+                        0
+                    }
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        1
+                    }
+                }
+            }
             Command::User(UserCommand::Add { name, groups, data_dir, output }) => {
                 let data_dir = data_dir.unwrap_or_else(|| home().join(".nanokube"));
                 match nanokube::users::add(&data_dir, &name, &groups, output.as_deref()) {
@@ -187,6 +294,56 @@ fn main() {
         }
     });
     std::process::exit(code);
+}
+
+async fn run_proxy(a: ProxyArgs) -> i32 {
+    use nanokube::client::ClusterAccess;
+    // A kubeconfig if one is given or present; otherwise the pod's service account.
+    let files = nanokube::config::files(a.kubeconfig.as_deref());
+    let have_kubeconfig = a.kubeconfig.is_some() || std::env::var("KUBECONFIG").is_ok_and(|v| !v.is_empty()) || files.iter().any(|f| f.exists());
+    let access = if have_kubeconfig {
+        let Some(f) = files.iter().find(|f| f.exists()) else {
+            eprintln!("error: no kubeconfig found in {files:?}");
+            return 1;
+        };
+        ClusterAccess::from_kubeconfig(f, a.context.as_deref())
+    } else {
+        ClusterAccess::in_cluster(&a.service_account_dir)
+    };
+    let access = match access {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
+    let opts = nanokube::proxy::ProxyOptions {
+        address: a.address,
+        port: a.port,
+        unix_socket: a.unix_socket,
+        api_prefix: a.api_prefix,
+        accept_hosts: a.accept_hosts,
+        accept_paths: a.accept_paths,
+        reject_paths: a.reject_paths,
+        reject_methods: a.reject_methods,
+        disable_filter: a.disable_filter,
+        www: a.www,
+        www_prefix: a.www_prefix,
+    };
+    let r = nanokube::proxy::run(opts, access, |addr| {
+        // kubectl's exact words, so scripts that wait for them keep working.
+        println!("Starting to serve on {addr}");
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+    })
+    .await;
+    match r {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    }
 }
 
 async fn run_server(args: ServerArgs, started: Instant) -> i32 {
