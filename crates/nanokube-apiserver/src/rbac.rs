@@ -155,17 +155,23 @@ const KINDS: [(&str, &str); 4] = [("rbac.authorization.k8s.io", "clusterroles"),
 impl Rbac {
     /// An authorizer loaded from the store and kept current by watching it until the
     /// store's history ends.
-    pub fn start(store: Arc<dyn Backend>) -> Arc<Rbac> {
+    pub fn start(store: Arc<dyn Backend>, shutdown: tokio::sync::watch::Receiver<bool>) -> Arc<Rbac> {
         let rbac = Arc::new(Rbac { index: RwLock::new(Index::default()) });
         for (g, plural) in KINDS {
             let prefix = resources::find(g, "v1", plural).expect("rbac resource").key_prefix();
             let mut from = rbac.resync(&*store, plural, &prefix);
             let weak = Arc::downgrade(&rbac);
             let store = store.clone();
+            let mut shutdown = shutdown.clone();
             tokio::spawn(async move {
                 loop {
                     if let Ok(mut w) = store.watch(&prefix, from) {
-                        while let Some(Ok(ev)) = w.next().await {
+                        loop {
+                            let ev = tokio::select! {
+                                _ = shutdown.changed() => return,
+                                ev = w.next() => ev,
+                            };
+                            let Some(Ok(ev)) = ev else { break };
                             let Some(r) = weak.upgrade() else { return };
                             let obj = if ev.kind == nanokube_store::EventKind::Deleted { None } else { decode(&ev.kv).ok() };
                             r.apply(plural, &ev.kv.key, obj.as_deref().map(|o| o.value()));

@@ -10,6 +10,8 @@ pub mod bench;
 pub mod client;
 pub mod config;
 pub mod proxy;
+#[cfg(feature = "test-cluster")]
+pub mod testing;
 pub mod users;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -150,7 +152,8 @@ impl Cluster {
         }
         tokens.push(Arc::new(ServiceAccountAuthenticator { issuer: issuer.clone(), registry: registry.clone() }));
         let authn = Authenticator { tokens, anonymous: cfg.anonymous_auth };
-        let rbac = Rbac::start(store.clone());
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let rbac = Rbac::start(store.clone(), shutdown_rx.clone());
         let authz = Chain(vec![Box::new(SuperuserAuthorizer), Box::new(rbac.clone())]);
         let server_address = format!("{}:{}", host_for_url(advertise), addr.port());
         let mut api = ApiServer::new(registry.clone(), authn, Box::new(authz), rbac, server_address);
@@ -160,7 +163,6 @@ impl Cluster {
         }
         let api = Arc::new(api);
 
-        let (shutdown, shutdown_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
         tasks.spawn(server::serve(api.clone(), listener, tls, shutdown_rx.clone()));
 

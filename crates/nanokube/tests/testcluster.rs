@@ -1,0 +1,142 @@
+//! `TestCluster`: in-process clusters for kube-rs tests; many at once; clean shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::watcher;
+use nanokube::testing::TestCluster;
+
+fn threads() -> usize {
+    std::fs::read_to_string("/proc/self/status").unwrap().lines().find(|l| l.starts_with("Threads:")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+async fn eventually<F: std::future::Future<Output = bool>>(timeout: Duration, mut f: impl FnMut() -> F) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while tokio::time::Instant::now() < deadline {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_clusters_in_parallel_and_nothing_left_behind() {
+    let before = threads();
+    let mut starts = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        starts.spawn(async move {
+            let c = TestCluster::start().await.unwrap();
+            let cms: Api<ConfigMap> = Api::default_namespaced(c.client());
+            let mut cm = ConfigMap::default();
+            cm.metadata.name = Some(format!("cm-{i}"));
+            cms.create(&PostParams::default(), &cm).await.unwrap();
+            let names: Vec<String> = cms.list(&ListParams::default()).await.unwrap().items.into_iter().filter_map(|c| c.metadata.name).collect();
+            assert!(names.contains(&format!("cm-{i}")), "each cluster has its own store");
+            assert!(!names.iter().any(|n| n.starts_with("cm-") && *n != format!("cm-{i}")));
+            c
+        });
+    }
+    let mut clusters = Vec::new();
+    while let Some(c) = starts.join_next().await {
+        clusters.push(c.unwrap());
+    }
+    assert_eq!(clusters.len(), 20);
+    let dirs: Vec<std::path::PathBuf> = clusters.iter().map(|c| c.kubeconfig_path().parent().unwrap().parent().unwrap().to_path_buf()).collect();
+    let ports: Vec<u16> = clusters.iter().map(|c| c.server_url().rsplit(':').next().unwrap().parse().unwrap()).collect();
+    let mut unique = ports.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), 20);
+    assert!(dirs.iter().all(|d| d.exists()));
+    for c in clusters {
+        c.shutdown().await;
+    }
+    for d in &dirs {
+        assert!(!d.exists(), "{} left behind", d.display());
+    }
+    for p in &ports {
+        assert!(std::net::TcpStream::connect(("127.0.0.1", *p)).is_err(), "port {p} still open");
+    }
+    assert!(eventually(Duration::from_secs(10), || async { threads() <= before }).await, "threads: {} before, {} after", before, threads());
+}
+
+#[derive(Clone)]
+struct Ctx {
+    client: kube::Client,
+}
+
+#[derive(Debug)]
+struct ReconcileError(kube::Error);
+impl std::fmt::Display for ReconcileError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+impl std::error::Error for ReconcileError {}
+
+/// Marks every ConfigMap labelled `demo=yes` as reconciled, copying its data size.
+async fn reconcile(cm: Arc<ConfigMap>, ctx: Arc<Ctx>) -> Result<Action, ReconcileError> {
+    let ns = cm.metadata.namespace.clone().unwrap_or_default();
+    let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
+    let size = cm.data.as_ref().map_or(0, |d| d.len());
+    let patch = serde_json::json!({"metadata": {"annotations": {"demo/reconciled": "true", "demo/keys": size.to_string()}}});
+    api.patch(cm.metadata.name.as_deref().unwrap(), &PatchParams::default(), &Patch::Merge(&patch)).await.map_err(ReconcileError)?;
+    Ok(Action::await_change())
+}
+
+fn error_policy(_: Arc<ConfigMap>, _: &ReconcileError, _: Arc<Ctx>) -> Action {
+    Action::requeue(Duration::from_millis(200))
+}
+
+#[tokio::test]
+async fn kube_rs_controller_reconciles_against_a_test_cluster() {
+    let cluster = TestCluster::start().await.unwrap();
+    let client = cluster.client();
+    let cms: Api<ConfigMap> = Api::default_namespaced(client.clone());
+    let ctx = Arc::new(Ctx { client: client.clone() });
+    let controller = tokio::spawn(
+        Controller::new(cms.clone(), watcher::Config::default().labels("demo=yes"))
+            .run(reconcile, error_policy, ctx)
+            .for_each(|_| async {}),
+    );
+    let mut cm = ConfigMap::default();
+    cm.metadata.name = Some("watched".into());
+    cm.metadata.labels = Some([("demo".to_string(), "yes".to_string())].into());
+    cm.data = Some([("a".to_string(), "1".to_string()), ("b".to_string(), "2".to_string())].into());
+    cms.create(&PostParams::default(), &cm).await.unwrap();
+    let mut ignored = ConfigMap::default();
+    ignored.metadata.name = Some("ignored".into());
+    cms.create(&PostParams::default(), &ignored).await.unwrap();
+
+    let done = eventually(Duration::from_secs(10), || async {
+        cms.get("watched").await.ok().and_then(|c| c.metadata.annotations).is_some_and(|a| a.get("demo/keys").map(String::as_str) == Some("2"))
+    })
+    .await;
+    assert!(done, "the controller reconciled the labelled ConfigMap");
+    // A change is seen through the watch and reconciled again.
+    cms.patch("watched", &PatchParams::default(), &Patch::Merge(serde_json::json!({"data": {"c": "3"}}))).await.unwrap();
+    assert!(eventually(Duration::from_secs(10), || async { cms.get("watched").await.unwrap().metadata.annotations.unwrap()["demo/keys"] == "3" }).await);
+    assert!(cms.get("ignored").await.unwrap().metadata.annotations.is_none(), "the selector kept it out");
+    controller.abort();
+    cluster.shutdown().await;
+}
+
+#[tokio::test]
+async fn kube_rs_discovery_legacy_and_aggregated() {
+    let cluster = TestCluster::start().await.unwrap();
+    let d = kube::Discovery::new(cluster.client()).run().await.unwrap();
+    let apps = d.get("apps").expect("apps group");
+    assert!(apps.recommended_resources().iter().any(|(r, _)| r.plural == "deployments"));
+    let d = kube::Discovery::new(cluster.client()).run_aggregated().await.unwrap();
+    assert!(d.get("rbac.authorization.k8s.io").is_some());
+    let (ar, caps) = kube::discovery::pinned_kind(&cluster.client(), &kube::api::GroupVersionKind::gvk("", "v1", "Pod")).await.unwrap();
+    assert_eq!(ar.plural, "pods");
+    assert!(caps.subresources.iter().any(|(s, _)| s.plural == "status"));
+    cluster.shutdown().await;
+}
