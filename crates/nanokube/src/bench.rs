@@ -131,6 +131,7 @@ pub async fn run(opts: BenchOptions) -> Result<(), String> {
         for sc in &opts.scenarios {
             match sc.as_str() {
                 "fsync" => fsync(&tmp, &mut report)?,
+                "testcluster" => testcluster(&opts, &tmp, &mut report).await?,
                 "startup" => startup(&opts, &tmp, &mut report).await?,
                 "create" | "list" => {
                     let kc = match (&opts.kubeconfig, &target) {
@@ -150,7 +151,7 @@ pub async fn run(opts: BenchOptions) -> Result<(), String> {
                         list(&opts, &kc, &mut report).await?;
                     }
                 }
-                other => return Err(format!("unknown scenario {other:?} (startup, create, list, fsync)")),
+                other => return Err(format!("unknown scenario {other:?} (startup, testcluster, create, list, fsync)")),
             }
         }
         Ok::<(), String>(())
@@ -238,6 +239,28 @@ async fn startup(opts: &BenchOptions, tmp: &Path, report: &mut Report) -> Result
         let mid = rss[rss.len() / 2] as f64 / 1024.0;
         report.add("startup: idle RSS 1 s after ready (MiB)", format!("{mid:.1}"), json!(mid));
     }
+    Ok(())
+}
+
+/// In-process start to ready, as `TestCluster` does it (in-memory store, no fsync).
+async fn testcluster(opts: &BenchOptions, tmp: &Path, report: &mut Report) -> Result<(), String> {
+    let mut lat = Vec::new();
+    for run in 0..opts.runs.max(5) {
+        let mut cfg = crate::ClusterConfig::new(tmp.join(format!("tc-{run}")));
+        cfg.secure_port = 0;
+        cfg.in_memory = true;
+        cfg.fsync = false;
+        let t = Instant::now();
+        let c = crate::Cluster::start(cfg).await?;
+        lat.push(t.elapsed());
+        c.shutdown().await;
+    }
+    lat.sort();
+    report.add(
+        &format!("testcluster: in-process start → ready (ms, {} runs)", lat.len()),
+        format!("p50 {}  min {}  max {}", ms(percentile(&lat, 0.5)), ms(lat[0]), ms(*lat.last().unwrap())),
+        json!({"p50_ms": ms(percentile(&lat, 0.5)), "min_ms": ms(lat[0]), "max_ms": ms(*lat.last().unwrap())}),
+    );
     Ok(())
 }
 

@@ -136,7 +136,8 @@ enum UserCommand {
 
 #[derive(clap::Args)]
 struct BenchArgs {
-    /// Scenarios: startup (spawn → /readyz 200, cold/warm, idle RSS), create (durable
+    /// Scenarios: startup (spawn → /readyz 200, cold/warm, idle RSS), testcluster
+    /// (in-process start to ready with the in-memory store, as TestCluster), create (durable
     /// creates/s and latency per client count), list (LIST of --objects ConfigMaps as JSON
     /// and Table, with and without resourceVersion=0), fsync (fdatasync latency of the
     /// disk under the temp dir). Default: fsync startup create list.
