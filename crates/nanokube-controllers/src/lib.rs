@@ -10,10 +10,12 @@
 //! - [`namespaces`]: a `default` ServiceAccount and a `kube-root-ca.crt` ConfigMap in every
 //!   namespace (recreated if deleted), and namespace termination (delete the contents,
 //!   then clear the `kubernetes` finalizer).
+//! - [`gc`]: the garbage collector (ownerReferences; background, foreground, orphan).
 //! - [`tokens`]: legacy service-account token Secrets.
 //! - [`rbac_policy`]: the default ClusterRoles and ClusterRoleBindings, recreated if deleted.
 
 pub mod bootstrap;
+pub mod gc;
 pub mod namespaces;
 pub mod rbac_policy;
 pub mod tokens;

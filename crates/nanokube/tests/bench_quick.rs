@@ -1,0 +1,37 @@
+//! `nanokube bench` in quick mode: every scenario runs end to end and reports what it
+//! did (counts only; timing figures are never asserted, these machines are shared).
+
+use std::process::Command;
+
+use serde_json::Value;
+
+#[test]
+fn every_scenario_runs_in_quick_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_nanokube"))
+        .args(["bench", "fsync", "startup", "testcluster", "create", "list", "--runs", "1", "--count", "30", "--clients", "1,4", "--objects", "25", "--json"])
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let figures: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let keys: Vec<&String> = figures.as_object().unwrap().keys().collect();
+    for want in ["fsync: fdatasync p50 / mean (ms)", "startup: idle RSS 1 s after ready (MiB)", "create: 30 ConfigMaps, 1 client(s)", "create: 30 ConfigMaps, 4 client(s)", "list: 26 ConfigMaps, JSON", "list: 26 ConfigMaps, Table", "bench client CPU (s) / wall (s)"] {
+        assert!(figures.get(want).is_some(), "{want:?} missing; have {keys:?}");
+    }
+    assert!(keys.iter().any(|k| k.starts_with("testcluster:")));
+    assert_eq!(figures["list: 26 ConfigMaps, JSON"]["items"], 26, "25 created plus kube-root-ca.crt");
+    assert_eq!(figures["create: 30 ConfigMaps, 4 client(s)"]["clients"], 4);
+    assert!(figures["create: 30 ConfigMaps, 1 client(s)"]["per_second"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn help_documents_every_scenario() {
+    let out = Command::new(env!("CARGO_BIN_EXE_nanokube")).args(["bench", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for s in ["startup", "testcluster", "create", "list", "fsync"] {
+        assert!(help.contains(s), "{s} not documented:\n{help}");
+    }
+}
