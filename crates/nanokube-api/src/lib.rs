@@ -17,6 +17,7 @@
 
 pub mod defaults;
 pub mod error;
+pub mod json;
 pub mod meta;
 pub mod protobuf;
 pub mod resources;

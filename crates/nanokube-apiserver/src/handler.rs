@@ -422,6 +422,12 @@ impl Ctx<'_> {
     /// as upstream defaults. Unknown fields are found from the kind's generated schema.
     /// Returns the warnings to send.
     fn field_validation(&self, def: &ResourceDef, obj: &mut Value) -> Result<Vec<String>, ApiError> {
+        self.field_validation_with(def, obj, &[])
+    }
+
+    /// As [`field_validation`](Self::field_validation), also reporting keys duplicated in
+    /// the JSON `body` the object was decoded from.
+    fn field_validation_with(&self, def: &ResourceDef, obj: &mut Value, body: &[u8]) -> Result<Vec<String>, ApiError> {
         let mode = match self.query.get("fieldValidation") {
             None | Some("") | Some("Warn") => "Warn",
             Some("Strict") => "Strict",
@@ -429,13 +435,17 @@ impl Ctx<'_> {
             Some(other) => return Err(ApiError::bad_request(format!("fieldValidation: Invalid value: {other:?}: fieldValidation must be one of \"Ignore\", \"Warn\", or \"Strict\""))),
         };
         let unknown = nanokube_api::protobuf::unknown_fields(&def.api_version(), def.kind, obj).unwrap_or_default();
-        if unknown.is_empty() {
+        let json_body = self.content_type().split(';').next().unwrap_or("").trim() == "application/json";
+        let duplicates = if json_body && !body.is_empty() { nanokube_api::json::duplicate_fields(body) } else { Vec::new() };
+        if unknown.is_empty() && duplicates.is_empty() {
             return Ok(Vec::new());
         }
+        let mut problems: Vec<String> = unknown.iter().map(|u| format!("unknown field \"{u}\"")).collect();
+        problems.extend(duplicates.iter().map(|d| format!("duplicate field \"{d}\"")));
         match mode {
             "Strict" => Err(ApiError::bad_request(format!(
                 "{kind} in version \"{version}\" cannot be handled as a {kind}: strict decoding error: {}",
-                unknown.iter().map(|u| format!("unknown field \"{u}\"")).collect::<Vec<_>>().join(", "),
+                problems.join(", "),
                 kind = def.kind,
                 version = def.version,
             ))),
@@ -445,7 +455,7 @@ impl Ctx<'_> {
                 for u in &unknown {
                     remove_path(obj, u);
                 }
-                Ok(if mode == "Warn" { unknown.iter().map(|u| format!("unknown field \"{u}\"")).collect() } else { Vec::new() })
+                Ok(if mode == "Warn" { problems } else { Vec::new() })
             }
         }
     }
@@ -540,7 +550,7 @@ impl Ctx<'_> {
             "watch" => self.watch(def).await,
             "create" => {
                 let mut obj = self.decode_body(&body)?;
-                let warnings = self.field_validation(def, &mut obj)?;
+                let warnings = self.field_validation_with(def, &mut obj, &body)?;
                 self.admit_rbac(def, &obj)?;
                 let opts = WriteOptions { dry_run: self.dry_run()?, subresource: None };
                 let created = self.server.registry.create(def, ns, obj, &opts).await?;
@@ -548,7 +558,7 @@ impl Ctx<'_> {
             }
             "update" => {
                 let mut obj = self.decode_body(&body)?;
-                let warnings = self.field_validation(def, &mut obj)?;
+                let warnings = self.field_validation_with(def, &mut obj, &body)?;
                 self.admit_rbac(def, &obj)?;
                 let opts = WriteOptions { dry_run: self.dry_run()?, subresource: None };
                 let updated = self.server.registry.update(def, ns, &info.name, obj, &opts).await?;

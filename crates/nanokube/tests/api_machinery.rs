@@ -27,6 +27,15 @@ fn field_validation_strict_warn_ignore() {
     assert!(c.get("imagee").is_none(), "unknown fields are dropped, as typed decoding does: {c}");
     assert_eq!(c["image"], "nginx");
 
+    // Duplicate fields in a JSON body are refused under Strict and reported under Warn.
+    let dup = br#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"dup","name":"dup"},"data":{"a":"1"}}"#;
+    let (code, body) = s.curl("POST", "/api/v1/namespaces/default/configmaps?fieldValidation=Strict", Some("application/json"), Some(dup));
+    assert_eq!(code, 400);
+    let st: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(st["message"], r#"ConfigMap in version "v1" cannot be handled as a ConfigMap: strict decoding error: duplicate field "metadata.name""#);
+    let (code, _) = s.curl("POST", "/api/v1/namespaces/default/configmaps?fieldValidation=Warn", Some("application/json"), Some(dup));
+    assert_eq!(code, 201);
+
     let out = s.k_stdin(&["apply", "--validate=false", "-f", "-"], &TYPO.replace("typo", "typo2"));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(s.get_json("/api/v1/namespaces/default/pods/typo2").1["spec"]["containers"][0].get("imagee").is_none());
