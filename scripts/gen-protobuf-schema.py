@@ -10,7 +10,7 @@ in ~/.cargo/registry/cache; this script unpacks them):
   - k8s-openapi: serde code generated from upstream's OpenAPI (exact JSON field names).
 
 Output lines: message<TAB>tag<TAB>json_name<TAB>cardinality<TAB>type
-  cardinality: one | rep | map (map<string, type>)
+  cardinality: one | rep | map (map<string, type>) | inline (embedded struct, flattened in JSON)
   type: string | bytes | int32 | int64 | bool | double | msg:<message path>
 """
 import glob, os, re, sys, tarfile, tempfile
@@ -31,12 +31,18 @@ oa_root = sorted(glob.glob(os.path.join(oa, "src", "v1_*")), key=lambda p: int(p
 def snake(name):
     return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", name).lower()
 
+def norm(field):
+    # k8s-pb and k8s-openapi split acronyms differently (non_resource_ur_ls vs
+    # non_resource_urls); compare without underscores or case.
+    return field.replace("_", "").lower()
+
+
 def json_names(mod_path, struct):
     names = {}
     f = os.path.join(oa_root, *mod_path, snake(struct) + ".rs")
     if os.path.exists(f):
         for j, k in re.findall(r'"([^"]+)" => Field::Key_(\w+)', open(f).read()):
-            names[k] = j
+            names[norm(k)] = j
     return names
 
 def camel(field):
@@ -71,6 +77,7 @@ def fields(body):
         if m:
             yield attr, m.group(1), m.group(2)
 rows = []
+guessed = []
 for f in sorted(glob.glob(os.path.join(pb, "src", "**", "mod.rs"), recursive=True)):
     rel = os.path.relpath(os.path.dirname(f), os.path.join(pb, "src")).split(os.sep)
     if rel[0] not in ("api", "apimachinery", "apiextensions_apiserver"):
@@ -82,7 +89,10 @@ for f in sorted(glob.glob(os.path.join(pb, "src", "**", "mod.rs"), recursive=Tru
         names = json_names(rel, struct)
         for attr, field, ty in fields(body):
             tag = re.search(r'tag = "(\d+)"', attr).group(1)
-            jname = names.get(field) or camel(field)
+            jname = names.get(norm(field))
+            if jname is None:
+                jname = camel(field)
+                guessed.append(f"{msg}.{field} -> {jname}")
             kind = re.match(r"\w+", attr.strip()).group(0)
             if kind.startswith("btree_map"):
                 val = re.search(r'btree_map = "string, (\w+)"', attr).group(1)
@@ -91,7 +101,15 @@ for f in sorted(glob.glob(os.path.join(pb, "src", "**", "mod.rs"), recursive=Tru
                     val = "msg:" + resolve(rel, inner.rstrip().rstrip(",").strip())
                 rows.append((msg, tag, jname, "map", val))
             elif kind == "message":
-                rows.append((msg, tag, jname, "rep" if "repeated" in attr else "one", "msg:" + resolve(rel, strip_wrappers(ty))))
+                target = resolve(rel, strip_wrappers(ty))
+                card = "rep" if "repeated" in attr else "one"
+                # A Go embedded struct (`json:",inline"`) is a nested message on the wire
+                # but flattened in JSON: k8s-openapi has no field of that name, and the
+                # parent's JSON fields include the embedded struct's.
+                if names and norm(field) not in names and card == "one":
+                    card = "inline"
+                    guessed.pop()
+                rows.append((msg, tag, jname, card, "msg:" + target))
             else:
                 rows.append((msg, tag, jname, "rep" if "repeated" in attr else "one", kind))
 
@@ -101,3 +119,7 @@ with open(out, "w") as w:
     for r in rows:
         w.write("\t".join(r) + "\n")
 print(f"{len(rows)} fields from {len(set(r[0] for r in rows))} messages -> {os.path.normpath(out)}")
+# Names not found in k8s-openapi were guessed (camelCase); list them so they get checked.
+print(f"{len(guessed)} JSON names guessed (no k8s-openapi counterpart):")
+for g in guessed:
+    print("  " + g)

@@ -28,6 +28,8 @@ enum Card {
     One,
     Rep,
     Map,
+    /// A Go embedded struct: a nested message on the wire, flattened in JSON.
+    Inline,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -60,6 +62,7 @@ fn schema() -> &'static Schema {
             let card = match card {
                 "rep" => Card::Rep,
                 "map" => Card::Map,
+                "inline" => Card::Inline,
                 _ => Card::One,
             };
             let ty = match ty {
@@ -286,6 +289,11 @@ fn decode_message(msg: &str, mut buf: &[u8]) -> Result<Value, String> {
             continue;
         };
         match f.card {
+            Card::Inline => {
+                if let Value::Object(inner) = scalar(f.ty, wt, &mut buf)? {
+                    out.extend(inner);
+                }
+            }
             Card::One => {
                 let v = scalar(f.ty, wt, &mut buf)?;
                 let omit = match &v {
@@ -410,6 +418,8 @@ mod tests {
         let s = schema();
         assert_eq!(s["api.core.v1.ServiceSpec"][&3].json, "clusterIP");
         assert_eq!(s["api.core.v1.PodStatus"][&6].json, "podIP");
+        // Acronyms split differently by the two generators must still match.
+        assert_eq!(s["api.rbac.v1.PolicyRule"][&5].json, "nonResourceURLs");
         assert_eq!(message_for("rbac.authorization.k8s.io/v1", "Role"), "api.rbac.v1.Role");
         assert!(s.contains_key(message_for("authorization.k8s.io/v1", "SelfSubjectAccessReview").as_str()));
     }
@@ -458,9 +468,23 @@ fn opaque(msg: &str) -> bool {
     ) || msg.starts_with("apiextensions_apiserver.pkg.apis.apiextensions.v1.JSONSchemaProps")
 }
 
+/// The field named `key` in `msg`, looking through embedded (inline) structs.
+fn find_field(msg: &str, key: &str) -> Option<Field> {
+    let fields = schema().get(msg)?;
+    if let Some(f) = fields.values().find(|f| f.json == key && f.card != Card::Inline) {
+        return Some(*f);
+    }
+    fields.values().filter(|f| f.card == Card::Inline).find_map(|f| match f.ty {
+        Ty::Msg(inner) => find_field(inner, key),
+        _ => None,
+    })
+}
+
 fn check_field(msg: &str, key: &str, value: &Value, path: &str, out: &mut Vec<String>) {
-    let Some(fields) = schema().get(msg) else { return };
-    let Some(f) = fields.values().find(|f| f.json == key) else {
+    if schema().get(msg).is_none() {
+        return;
+    }
+    let Some(f) = find_field(msg, key) else {
         out.push(path.to_string());
         return;
     };
@@ -483,6 +507,7 @@ fn check_field(msg: &str, key: &str, value: &Value, path: &str, out: &mut Vec<St
                 }
             }
         }
+        (Card::Inline, _) => {}
         (Card::Map, Value::Object(entries)) => {
             for (name, item) in entries {
                 if let Value::Object(m) = item {
@@ -500,6 +525,23 @@ fn check_field(msg: &str, key: &str, value: &Value, path: &str, out: &mut Vec<St
 mod unknown_field_tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn embedded_structs_are_flattened() {
+        let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+            "spec": {"containers": [{"name": "c", "image": "i", "env": [{"name": "A", "valueFrom": {"configMapKeyRef": {"name": "cm", "key": "k"}}}]}]}});
+        assert_eq!(unknown_fields("v1", "Pod", &pod).unwrap(), Vec::<String>::new());
+        // On the wire, ConfigMapKeySelector{localObjectReference{name}, key} decodes flat.
+        let mut lor = Vec::new();
+        prost::encoding::encode_key(1, WireType::LengthDelimited, &mut lor);
+        prost::encoding::encode_varint(4, &mut lor);
+        lor.extend_from_slice(b"\x0a\x02cm");
+        let mut sel = lor.clone();
+        prost::encoding::encode_key(2, WireType::LengthDelimited, &mut sel);
+        prost::encoding::encode_varint(1, &mut sel);
+        sel.push(b'k');
+        assert_eq!(decode_message("api.core.v1.ConfigMapKeySelector", &sel).unwrap(), json!({"name": "cm", "key": "k"}));
+    }
 
     #[test]
     fn finds_typos_at_any_depth() {

@@ -75,10 +75,17 @@ pub async fn handle(server: Arc<ApiServer>, conn: Arc<ConnInfo>, req: Request<In
     let request_uri = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_default();
     let user_agent = req.headers().get(http::header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
     let mut audit = AuditInfo::default();
+    let mutating = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    let inflight = server.metrics.inflight(mutating);
+    let started = std::time::Instant::now();
     let mut resp = match handle_inner(&server, &conn, req, &mut audit).await {
         Ok(r) => r,
         Err(e) => h::error(&e),
     };
+    drop(inflight);
+    if let Some(info) = &audit.info {
+        server.metrics.record(info, resp.status().as_u16(), started.elapsed().as_secs_f64());
+    }
     if let Ok(v) = HeaderValue::from_str(&audit_id) {
         resp.headers_mut().insert("audit-id", v);
     }
@@ -292,6 +299,7 @@ fn non_resource(server: &ApiServer, method: &Method, path: &str, query: &Query, 
         }
         p if p.starts_with("/healthz/") || p.starts_with("/livez/") || p.starts_with("/readyz/") => Ok(h::text(StatusCode::OK, "ok")),
         "/version" => Ok(h::json(StatusCode::OK, &crate::discovery::version())),
+        "/metrics" => Ok(h::bytes_response(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", Bytes::from(server.metrics.render(server.registry.store().as_ref())))),
         "/.well-known/openid-configuration" => match &server.tokens {
             Some(t) => Ok(h::json(StatusCode::OK, &t.openid_configuration(&server.server_url))),
             None => Err(ApiError::path_not_found()),
@@ -866,12 +874,14 @@ impl Ctx<'_> {
             Err(e) => return Err(e),
         };
         let include = self.include()?;
+        let watch_guard = self.server.metrics.watcher(def.group, def.version, def.kind);
         let (tx, body) = h::channel(64);
         let content_type = match out {
             Output::Table(_) => out.content_type(false),
             _ => "application/json".to_string(),
         };
         tokio::spawn(async move {
+            let _watch_guard = watch_guard;
             let mut first_table = true;
             let mut encode_event = |ty: &str, obj: &Obj| -> Bytes {
                 let object = match out {

@@ -22,6 +22,7 @@ pub mod discovery;
 pub mod handler;
 pub mod http;
 pub mod kubeconfig;
+pub mod metrics;
 pub mod openapi;
 pub mod patch;
 pub mod pki;

@@ -41,6 +41,8 @@ pub struct ApiServer {
     pub server_url: String,
     /// The audit log, if enabled.
     pub audit: Option<crate::audit::AuditLog>,
+    /// Request and store metrics.
+    pub metrics: Arc<crate::metrics::Metrics>,
     ready: AtomicBool,
 }
 
@@ -48,7 +50,7 @@ impl ApiServer {
     /// A new server, not yet ready.
     pub fn new(registry: Arc<Registry>, authn: Authenticator, authz: Box<dyn Authorizer>, rbac: Arc<crate::rbac::Rbac>, server_address: String) -> Self {
         let server_url = format!("https://{server_address}");
-        ApiServer { registry, authn, authz, openapi: OpenApi::build(), server_address, rbac, tokens: None, server_url, audit: None, ready: AtomicBool::new(false) }
+        ApiServer { registry, authn, authz, openapi: OpenApi::build(), server_address, rbac, tokens: None, server_url, audit: None, metrics: Arc::default(), ready: AtomicBool::new(false) }
     }
 
     /// Whether `/readyz` answers ok.

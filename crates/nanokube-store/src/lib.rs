@@ -158,6 +158,21 @@ pub enum StoreError {
     Io(String),
 }
 
+/// Counters a backend keeps about its writes, for `/metrics`.
+#[derive(Debug, Clone, Default)]
+pub struct StoreStats {
+    /// Transactions committed.
+    pub commits: u64,
+    /// Writes acknowledged (several per commit under load).
+    pub writes: u64,
+    /// Upper bounds (seconds) of the commit-latency histogram buckets.
+    pub commit_buckets: Vec<f64>,
+    /// Cumulative counts per bucket.
+    pub commit_counts: Vec<u64>,
+    /// Sum of commit latencies (seconds).
+    pub commit_seconds_sum: f64,
+}
+
 /// The storage backend trait: all the API server needs from a database.
 pub trait Backend: Send + Sync + 'static {
     /// The current value of a key.
@@ -191,4 +206,9 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Counts of keys per prefix segment, for metrics (`/registry/<x>/...` → count).
     fn count(&self, prefix: &str) -> usize;
+
+    /// Write statistics (empty unless the backend keeps them).
+    fn stats(&self) -> StoreStats {
+        StoreStats::default()
+    }
 }

@@ -52,7 +52,11 @@ struct State {
 struct Shared {
     state: RwLock<State>,
     history: Arc<History>,
+    stats: std::sync::Mutex<crate::StoreStats>,
 }
+
+/// Commit-latency buckets (seconds): fsync-sized.
+const COMMIT_BUCKETS: &[f64] = &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
 
 enum Op {
     Create { key: String, value: Bytes },
@@ -107,7 +111,8 @@ impl SqliteBackend {
         let floor = events.first().map(|e| e.revision() - 1).unwrap_or(revision).max(compacted);
         let history = Arc::new(History::new(opts.history, floor));
         history.preload(events, floor);
-        let shared = Arc::new(Shared { state: RwLock::new(State { map, revision }), history });
+        let stats = crate::StoreStats { commit_buckets: COMMIT_BUCKETS.to_vec(), commit_counts: vec![0; COMMIT_BUCKETS.len()], ..Default::default() };
+        let shared = Arc::new(Shared { state: RwLock::new(State { map, revision }), history, stats: std::sync::Mutex::new(stats) });
 
         let (tx, rx) = mpsc::channel::<Request>();
         let writer_shared = shared.clone();
@@ -256,7 +261,21 @@ fn commit_batch(conn: &mut Connection, shared: &Shared, batch: Vec<Request>) {
     }
 
     let compacts: Vec<Revision> = planned.iter().filter_map(|p| p.compact).collect();
-    if let Err(e) = write_rows(conn, &rows, &compacts, next) {
+    let started = std::time::Instant::now();
+    let written = write_rows(conn, &rows, &compacts, next);
+    if !rows.is_empty() {
+        let secs = started.elapsed().as_secs_f64();
+        let mut st = shared.stats.lock().expect("stats");
+        st.commits += 1;
+        st.writes += rows.len() as u64;
+        st.commit_seconds_sum += secs;
+        for (i, b) in COMMIT_BUCKETS.iter().enumerate() {
+            if secs <= *b {
+                st.commit_counts[i] += 1;
+            }
+        }
+    }
+    if let Err(e) = written {
         tracing::error!(error = %e, "store commit failed; answering the batch with errors");
         for p in planned {
             let _ = p.reply.send(Err(StoreError::Io(e.to_string())));
@@ -371,6 +390,10 @@ impl Backend for SqliteBackend {
     fn compact(&self, revision: Revision) -> BoxFuture<'_, Result<(), StoreError>> {
         let f = self.submit(Op::Compact { revision });
         Box::pin(async move { f.await.map(|_| ()) })
+    }
+
+    fn stats(&self) -> crate::StoreStats {
+        self.shared.stats.lock().expect("stats").clone()
     }
 
     fn count(&self, prefix: &str) -> usize {
