@@ -40,6 +40,10 @@ pub struct BenchOptions {
     pub json: Option<PathBuf>,
     /// Use HTTP/2 (one connection per client either way).
     pub http2: bool,
+    /// Watcher counts for `watch`.
+    pub watchers: Vec<usize>,
+    /// Events written per watcher count.
+    pub events: usize,
 }
 
 fn free_port() -> u16 {
@@ -133,7 +137,7 @@ pub async fn run(opts: BenchOptions) -> Result<(), String> {
                 "fsync" => fsync(&tmp, &mut report)?,
                 "testcluster" => testcluster(&opts, &tmp, &mut report).await?,
                 "startup" => startup(&opts, &tmp, &mut report).await?,
-                "create" | "list" => {
+                "create" | "list" | "watch" | "get" | "update" | "delete" => {
                     let kc = match (&opts.kubeconfig, &target) {
                         (Some(k), _) => k.clone(),
                         (None, Some(t)) => t.kubeconfig.clone(),
@@ -145,13 +149,14 @@ pub async fn run(opts: BenchOptions) -> Result<(), String> {
                             k
                         }
                     };
-                    if sc == "create" {
-                        create(&opts, &kc, &mut report).await?;
-                    } else {
-                        list(&opts, &kc, &mut report).await?;
+                    match sc.as_str() {
+                        "create" => create(&opts, &kc, &mut report).await?,
+                        "list" => list(&opts, &kc, &mut report).await?,
+                        "watch" => watch(&opts, &kc, &mut report).await?,
+                        _ => get_update_delete(sc, &opts, &kc, &mut report).await?,
                     }
                 }
-                other => return Err(format!("unknown scenario {other:?} (startup, testcluster, create, list, fsync)")),
+                other => return Err(format!("unknown scenario {other:?} (fsync, startup, testcluster, create, get, update, delete, list, watch)")),
             }
         }
         Ok::<(), String>(())
@@ -368,6 +373,151 @@ async fn list(opts: &BenchOptions, kubeconfig: &Path, report: &mut Report) -> Re
             format!("p50 {}  min {} ms  ({} items, {} KB)", ms(percentile(&lat, 0.5)), ms(lat[0]), items, bytes / 1024),
             json!({"p50_ms": ms(percentile(&lat, 0.5)), "min_ms": ms(lat[0]), "items": items, "bytes": bytes}),
         );
+    }
+    Ok(())
+}
+
+/// W watchers on one collection while one writer creates `events` objects: the delay from
+/// each write's acknowledgement to each watcher's receipt, and that every watcher got
+/// every event once, in order.
+async fn watch(opts: &BenchOptions, kubeconfig: &Path, report: &mut Report) -> Result<(), String> {
+    use http_body_util::BodyExt;
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    let writer = ApiClient::from_kubeconfig(kubeconfig, false)?;
+    for &w in &opts.watchers {
+        let ns = format!("bench-watch-{w}-{}", std::process::id());
+        ensure_namespace(&writer, &ns).await?;
+        let (_, body) = writer.request("GET", &format!("/api/v1/namespaces/{ns}/configmaps"), None, Some("application/json"), Bytes::new()).await?;
+        let rv = serde_json::from_slice::<Value>(&body).ok().and_then(|v| v["metadata"]["resourceVersion"].as_str().map(String::from)).unwrap_or_default();
+        let acks: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+        // HTTP/2, at most 50 watch streams per connection.
+        let clients: Vec<ApiClient> = (0..w.div_ceil(50)).map(|_| ApiClient::from_kubeconfig(kubeconfig, true)).collect::<Result<_, _>>()?;
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..w {
+            let body = clients[i / 50].stream(&format!("/api/v1/namespaces/{ns}/configmaps?watch=true&resourceVersion={rv}&timeoutSeconds=120")).await?;
+            let (events, acks) = (opts.events, acks.clone());
+            tasks.spawn(async move {
+                let mut body = body;
+                let mut buf = Vec::new();
+                let mut got: Vec<(String, i64, Instant)> = Vec::new();
+                while got.len() < events {
+                    let Some(frame) = body.frame().await else { break };
+                    let Ok(data) = frame.map_err(|e| e.to_string())?.into_data() else { continue };
+                    let now = Instant::now();
+                    buf.extend_from_slice(&data);
+                    while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+                        let line: Vec<u8> = buf.drain(..=pos).collect();
+                        let ev: Value = serde_json::from_slice(&line).map_err(|e| e.to_string())?;
+                        let name = ev["object"]["metadata"]["name"].as_str().unwrap_or("").to_string();
+                        let rv: i64 = ev["object"]["metadata"]["resourceVersion"].as_str().unwrap_or("0").parse().unwrap_or(0);
+                        got.push((name, rv, now));
+                    }
+                }
+                let acks = acks.lock().expect("acks");
+                let ordered = got.windows(2).all(|p| p[0].1 < p[1].1);
+                let delays: Vec<Duration> = got.iter().filter_map(|(n, _, t)| acks.get(n).map(|a| t.saturating_duration_since(*a))).collect();
+                Ok::<_, String>((got.len(), ordered, delays))
+            });
+        }
+        // Churn: one writer, sequential acknowledged creates.
+        for i in 0..opts.events {
+            let name = format!("ev-{i}");
+            let (code, b) = writer.request("POST", &format!("/api/v1/namespaces/{ns}/configmaps"), Some("application/json"), None, configmap(&name)).await?;
+            if code != 201 {
+                return Err(format!("watch churn: {code} {}", String::from_utf8_lossy(&b)));
+            }
+            acks.lock().expect("acks").insert(name, Instant::now());
+        }
+        let mut delays = Vec::new();
+        let (mut missed, mut disordered) = (0, 0);
+        while let Some(r) = tasks.join_next().await {
+            let (n, ordered, d) = r.map_err(|e| e.to_string())??;
+            missed += opts.events.saturating_sub(n);
+            disordered += usize::from(!ordered);
+            delays.extend(d);
+        }
+        delays.sort();
+        report.add(
+            &format!("watch: {w} watcher(s), {} events", opts.events),
+            format!("ack→receipt p50 {}  p99 {}  max {} ms; missed {missed}, out of order {disordered}", ms(percentile(&delays, 0.5)), ms(percentile(&delays, 0.99)), ms(delays.last().copied().unwrap_or_default())),
+            json!({"watchers": w, "events": opts.events, "p50_ms": ms(percentile(&delays, 0.5)), "p99_ms": ms(percentile(&delays, 0.99)), "max_ms": ms(delays.last().copied().unwrap_or_default()), "missed": missed, "out_of_order": disordered}),
+        );
+    }
+    Ok(())
+}
+
+/// `get`, `update` (own objects, and all clients on one object: conflicts) and `delete`.
+async fn get_update_delete(scenario: &str, opts: &BenchOptions, kubeconfig: &Path, report: &mut Report) -> Result<(), String> {
+    let client = ApiClient::from_kubeconfig(kubeconfig, opts.http2)?;
+    for &c in &opts.clients {
+        let ns = format!("bench-{scenario}-{c}-{}", std::process::id());
+        ensure_namespace(&client, &ns).await?;
+        create_many(kubeconfig, &ns, "obj", opts.count, c.max(1), opts.http2).await?;
+        let runs: Vec<(&str, bool)> = if scenario == "update" { vec![("own objects", false), ("one shared object", true)] } else { vec![("", false)] };
+        for (label, shared) in runs {
+            let next = Arc::new(AtomicUsize::new(0));
+            let conflicts = Arc::new(AtomicUsize::new(0));
+            let start = Instant::now();
+            let mut tasks = tokio::task::JoinSet::new();
+            for _ in 0..c {
+                let (client, next, conflicts, ns, count, sc) = (ApiClient::from_kubeconfig(kubeconfig, opts.http2)?, next.clone(), conflicts.clone(), ns.clone(), opts.count, scenario.to_string());
+                tasks.spawn(async move {
+                    let mut lat = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= count {
+                            return Ok::<_, String>(lat);
+                        }
+                        let path = format!("/api/v1/namespaces/{ns}/configmaps/obj-{}", if shared { 0 } else { i });
+                        let t = Instant::now();
+                        match sc.as_str() {
+                            "get" => {
+                                let (code, _) = client.request("GET", &path, None, Some("application/json"), Bytes::new()).await?;
+                                if code != 200 {
+                                    return Err(format!("get: {code}"));
+                                }
+                            }
+                            "delete" => {
+                                let (code, _) = client.request("DELETE", &path, None, None, Bytes::new()).await?;
+                                if code != 200 {
+                                    return Err(format!("delete: {code}"));
+                                }
+                            }
+                            _ => loop {
+                                // Read-modify-write with the object's resourceVersion: a 409 means retry.
+                                let (_, body) = client.request("GET", &path, None, Some("application/json"), Bytes::new()).await?;
+                                let mut obj: Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+                                obj["data"]["n"] = json!(i.to_string());
+                                let (code, _) = client.request("PUT", &path, Some("application/json"), None, Bytes::from(serde_json::to_vec(&obj).expect("serialize"))).await?;
+                                match code {
+                                    200 => break,
+                                    409 => {
+                                        conflicts.fetch_add(1, Ordering::Relaxed);
+                                    }
+                                    other => return Err(format!("update: {other}")),
+                                }
+                            },
+                        }
+                        lat.push(t.elapsed());
+                    }
+                });
+            }
+            let mut lat = Vec::new();
+            while let Some(r) = tasks.join_next().await {
+                lat.extend(r.map_err(|e| e.to_string())??);
+            }
+            let wall = start.elapsed();
+            lat.sort();
+            let rate = opts.count as f64 / wall.as_secs_f64();
+            let key = if label.is_empty() { format!("{scenario}: {} ConfigMaps, {c} client(s)", opts.count) } else { format!("{scenario}: {} ConfigMaps, {c} client(s), {label}", opts.count) };
+            let conflicts = conflicts.load(Ordering::Relaxed);
+            report.add(
+                &key,
+                format!("{rate:.0}/s  p50 {}  p99 {}  max {} ms{}", ms(percentile(&lat, 0.5)), ms(percentile(&lat, 0.99)), ms(*lat.last().unwrap()), if scenario == "update" { format!("  ({conflicts} conflicts retried)") } else { String::new() }),
+                json!({"clients": c, "per_second": rate, "p50_ms": ms(percentile(&lat, 0.5)), "p99_ms": ms(percentile(&lat, 0.99)), "max_ms": ms(*lat.last().unwrap()), "conflicts": conflicts}),
+            );
+        }
     }
     Ok(())
 }

@@ -144,6 +144,20 @@ impl ApiClient {
         Ok(ApiClient { inner: hb.build(access.connector(http2)), server: access.server.clone(), token: access.bearer() })
     }
 
+    /// Open a streaming GET (a watch); returns the body to read frames from.
+    pub async fn stream(&self, path: &str) -> Result<hyper::body::Incoming, String> {
+        let mut req = http::Request::builder().method("GET").uri(format!("{}{}", self.server, path));
+        if let Some(t) = &self.token {
+            req = req.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let req = req.body(Full::new(Bytes::new())).map_err(|e| e.to_string())?;
+        let resp = self.inner.request(req).await.map_err(|e| format!("GET {path}: {e}"))?;
+        if resp.status() != 200 {
+            return Err(format!("GET {path}: {}", resp.status()));
+        }
+        Ok(resp.into_body())
+    }
+
     /// Send a request; returns the status code and the whole body.
     pub async fn request(&self, method: &str, path: &str, content_type: Option<&str>, accept: Option<&str>, body: Bytes) -> Result<(u16, Bytes), String> {
         let mut req = http::Request::builder().method(method).uri(format!("{}{}", self.server, path));

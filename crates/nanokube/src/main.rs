@@ -138,9 +138,12 @@ enum UserCommand {
 struct BenchArgs {
     /// Scenarios: startup (spawn → /readyz 200, cold/warm, idle RSS), testcluster
     /// (in-process start to ready with the in-memory store, as TestCluster), create (durable
-    /// creates/s and latency per client count), list (LIST of --objects ConfigMaps as JSON
-    /// and Table, with and without resourceVersion=0), fsync (fdatasync latency of the
-    /// disk under the temp dir). Default: fsync startup create list.
+    /// creates/s and latency per client count), get, update (own objects, and one shared
+    /// object with conflicts retried), delete, list (LIST of --objects ConfigMaps as JSON
+    /// and Table, with and without resourceVersion=0), watch (--watchers watchers while a
+    /// writer creates --events objects: ack→receipt delay, missed and reordered events),
+    /// fsync (fdatasync latency of the disk under the temp dir).
+    /// Default: fsync startup create list.
     scenarios: Vec<String>,
     /// Cluster to measure (create, list); default: a fresh `nanokube server` this bench starts.
     #[arg(long)]
@@ -160,6 +163,12 @@ struct BenchArgs {
     /// Use HTTP/2 connections.
     #[arg(long)]
     http2: bool,
+    /// Watcher counts for the watch scenario, comma-separated.
+    #[arg(long, default_value = "1,100,1000", value_delimiter = ',')]
+    watchers: Vec<usize>,
+    /// Events written per watcher count in the watch scenario.
+    #[arg(long, default_value_t = 200)]
+    events: usize,
     /// Also write the figures as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -283,6 +292,8 @@ fn main() {
                     objects: args.objects,
                     json: args.json,
                     http2: args.http2,
+                    watchers: args.watchers,
+                    events: args.events.max(1),
                 };
                 match nanokube::bench::run(opts).await {
                     Ok(()) => 0,

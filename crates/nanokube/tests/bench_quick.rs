@@ -10,7 +10,7 @@ fn every_scenario_runs_in_quick_mode() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("bench.json");
     let out = Command::new(env!("CARGO_BIN_EXE_nanokube"))
-        .args(["bench", "fsync", "startup", "testcluster", "create", "list", "--runs", "1", "--count", "30", "--clients", "1,4", "--objects", "25", "--json"])
+        .args(["bench", "fsync", "startup", "testcluster", "create", "get", "update", "delete", "list", "watch", "--runs", "1", "--count", "30", "--clients", "1,4", "--objects", "25", "--watchers", "1,60", "--events", "20", "--json"])
         .arg(&json)
         .output()
         .unwrap();
@@ -25,13 +25,23 @@ fn every_scenario_runs_in_quick_mode() {
     assert_eq!(figures["list: 26 ConfigMaps, JSON"]["items"], 26, "25 created plus kube-root-ca.crt");
     assert_eq!(figures["create: 30 ConfigMaps, 4 client(s)"]["clients"], 4);
     assert!(figures["create: 30 ConfigMaps, 1 client(s)"]["per_second"].as_f64().unwrap() > 0.0);
+    // Every watcher saw every event, in order.
+    for w in [1, 60] {
+        let f = &figures[format!("watch: {w} watcher(s), 20 events")];
+        assert_eq!(f["missed"], 0, "{f}");
+        assert_eq!(f["out_of_order"], 0, "{f}");
+    }
+    for k in ["get: 30 ConfigMaps, 4 client(s)", "update: 30 ConfigMaps, 4 client(s), own objects", "update: 30 ConfigMaps, 4 client(s), one shared object", "delete: 30 ConfigMaps, 4 client(s)"] {
+        assert!(figures.get(k).is_some(), "{k} missing");
+    }
+    assert_eq!(figures["update: 30 ConfigMaps, 1 client(s), one shared object"]["conflicts"], 0, "one client never conflicts with itself");
 }
 
 #[test]
 fn help_documents_every_scenario() {
     let out = Command::new(env!("CARGO_BIN_EXE_nanokube")).args(["bench", "--help"]).output().unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
-    for s in ["startup", "testcluster", "create", "list", "fsync"] {
+    for s in ["startup", "testcluster", "create", "get", "update", "delete", "list", "watch", "fsync"] {
         assert!(help.contains(s), "{s} not documented:\n{help}");
     }
 }
