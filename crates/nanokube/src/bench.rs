@@ -44,6 +44,8 @@ pub struct BenchOptions {
     pub watchers: Vec<usize>,
     /// Events written per watcher count.
     pub events: usize,
+    /// Pods stored by `pods`.
+    pub pods: usize,
 }
 
 fn free_port() -> u16 {
@@ -137,7 +139,7 @@ pub async fn run(opts: BenchOptions) -> Result<(), String> {
                 "fsync" => fsync(&tmp, &mut report)?,
                 "testcluster" => testcluster(&opts, &tmp, &mut report).await?,
                 "startup" => startup(&opts, &tmp, &mut report).await?,
-                "create" | "list" | "watch" | "get" | "update" | "delete" => {
+                "create" | "list" | "watch" | "get" | "update" | "delete" | "pods" => {
                     let kc = match (&opts.kubeconfig, &target) {
                         (Some(k), _) => k.clone(),
                         (None, Some(t)) => t.kubeconfig.clone(),
@@ -153,6 +155,7 @@ pub async fn run(opts: BenchOptions) -> Result<(), String> {
                         "create" => create(&opts, &kc, &mut report).await?,
                         "list" => list(&opts, &kc, &mut report).await?,
                         "watch" => watch(&opts, &kc, &mut report).await?,
+                        "pods" => pods(&opts, &kc, target.as_ref().map(|t| t.child.id()), &mut report).await?,
                         _ => get_update_delete(sc, &opts, &kc, &mut report).await?,
                     }
                 }
@@ -519,5 +522,78 @@ async fn get_update_delete(scenario: &str, opts: &BenchOptions, kubeconfig: &Pat
             );
         }
     }
+    Ok(())
+}
+
+fn pod(name: &str) -> Bytes {
+    Bytes::from(format!(
+        r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"{name}","labels":{{"app":"bench","tier":"web"}}}},"spec":{{"containers":[{{"name":"app","image":"registry.example/app:1.0","ports":[{{"containerPort":8080}}],"resources":{{"requests":{{"cpu":"100m","memory":"64Mi"}}}}}}]}}}}"#
+    ))
+}
+
+/// N pods stored (no runtime): the server's memory, LIST of all of them, and a watch
+/// from resourceVersion=0 delivering them as the initial ADDED events.
+async fn pods(opts: &BenchOptions, kubeconfig: &Path, server_pid: Option<u32>, report: &mut Report) -> Result<(), String> {
+    use http_body_util::BodyExt;
+    let client = ApiClient::from_kubeconfig(kubeconfig, false)?;
+    let ns = format!("bench-pods-{}", std::process::id());
+    ensure_namespace(&client, &ns).await?;
+    let rss_before = server_pid.and_then(rss_kib);
+    let next = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    let step = (opts.pods / 10).max(1);
+    for _ in 0..64 {
+        let (client, next, ns, n) = (ApiClient::from_kubeconfig(kubeconfig, false)?, next.clone(), ns.clone(), opts.pods);
+        tasks.spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    return Ok::<_, String>(());
+                }
+                if i > 0 && i % step == 0 {
+                    println!("  ... {i} of {n} pods stored");
+                }
+                let (code, b) = client.request("POST", &format!("/api/v1/namespaces/{ns}/pods"), Some("application/json"), None, pod(&format!("pod-{i}"))).await?;
+                if code != 201 {
+                    return Err(format!("create pod: {code} {}", String::from_utf8_lossy(&b)));
+                }
+            }
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.map_err(|e| e.to_string())??;
+    }
+    let stored_in = start.elapsed();
+    report.add(&format!("pods: {} stored (64 clients)", opts.pods), format!("{:.1} s ({:.0}/s)", stored_in.as_secs_f64(), opts.pods as f64 / stored_in.as_secs_f64()), json!({"pods": opts.pods, "seconds": stored_in.as_secs_f64()}));
+    if let (Some(pid), Some(before)) = (server_pid, rss_before) {
+        if let Some(after) = rss_kib(pid) {
+            report.add(&format!("pods: server RSS with {} pods (MiB)", opts.pods), format!("{:.0} (before: {:.0})", after as f64 / 1024.0, before as f64 / 1024.0), json!({"mib": after as f64 / 1024.0, "before_mib": before as f64 / 1024.0}));
+        }
+    }
+    let mut lat = Vec::new();
+    let mut bytes = 0;
+    for _ in 0..3 {
+        let t = Instant::now();
+        let (code, body) = client.request("GET", &format!("/api/v1/namespaces/{ns}/pods"), None, Some("application/json"), Bytes::new()).await?;
+        if code != 200 {
+            return Err(format!("list pods: {code}"));
+        }
+        lat.push(t.elapsed());
+        bytes = body.len();
+    }
+    lat.sort();
+    report.add(&format!("pods: LIST {} pods, JSON", opts.pods), format!("p50 {} ms ({} MB)", ms(percentile(&lat, 0.5)), bytes / (1024 * 1024)), json!({"p50_ms": ms(percentile(&lat, 0.5)), "bytes": bytes}));
+    // A watch from resourceVersion=0 replays every pod as ADDED.
+    let t = Instant::now();
+    let mut body = client.stream(&format!("/api/v1/namespaces/{ns}/pods?watch=true&resourceVersion=0&timeoutSeconds=300")).await?;
+    let mut seen = 0usize;
+    while seen < opts.pods {
+        let Some(frame) = body.frame().await else { break };
+        if let Ok(data) = frame.map_err(|e| e.to_string())?.into_data() {
+            seen += data.iter().filter(|b| **b == b'\n').count();
+        }
+    }
+    report.add(&format!("pods: watch from resourceVersion=0, {} initial events", opts.pods), format!("{} ms ({seen} events)", ms(t.elapsed())), json!({"ms": ms(t.elapsed()), "events": seen}));
     Ok(())
 }

@@ -142,6 +142,7 @@ struct BenchArgs {
     /// object with conflicts retried), delete, list (LIST of --objects ConfigMaps as JSON
     /// and Table, with and without resourceVersion=0), watch (--watchers watchers while a
     /// writer creates --events objects: ack→receipt delay, missed and reordered events),
+    /// pods (--pods pods stored with no runtime: server memory, LIST, watch from 0),
     /// fsync (fdatasync latency of the disk under the temp dir).
     /// Default: fsync startup create list.
     scenarios: Vec<String>,
@@ -169,6 +170,9 @@ struct BenchArgs {
     /// Events written per watcher count in the watch scenario.
     #[arg(long, default_value_t = 200)]
     events: usize,
+    /// Pods stored by the pods scenario.
+    #[arg(long, default_value_t = 100_000)]
+    pods: usize,
     /// Also write the figures as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -294,6 +298,7 @@ fn main() {
                     http2: args.http2,
                     watchers: args.watchers,
                     events: args.events.max(1),
+                    pods: args.pods.max(1),
                 };
                 match nanokube::bench::run(opts).await {
                     Ok(()) => 0,

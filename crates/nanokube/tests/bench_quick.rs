@@ -10,7 +10,7 @@ fn every_scenario_runs_in_quick_mode() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("bench.json");
     let out = Command::new(env!("CARGO_BIN_EXE_nanokube"))
-        .args(["bench", "fsync", "startup", "testcluster", "create", "get", "update", "delete", "list", "watch", "--runs", "1", "--count", "30", "--clients", "1,4", "--objects", "25", "--watchers", "1,60", "--events", "20", "--json"])
+        .args(["bench", "fsync", "startup", "testcluster", "create", "get", "update", "delete", "list", "watch", "pods", "--pods", "150", "--runs", "1", "--count", "30", "--clients", "1,4", "--objects", "25", "--watchers", "1,60", "--events", "20", "--json"])
         .arg(&json)
         .output()
         .unwrap();
@@ -35,13 +35,14 @@ fn every_scenario_runs_in_quick_mode() {
         assert!(figures.get(k).is_some(), "{k} missing");
     }
     assert_eq!(figures["update: 30 ConfigMaps, 1 client(s), one shared object"]["conflicts"], 0, "one client never conflicts with itself");
+    assert_eq!(figures["pods: watch from resourceVersion=0, 150 initial events"]["events"], 150);
 }
 
 #[test]
 fn help_documents_every_scenario() {
     let out = Command::new(env!("CARGO_BIN_EXE_nanokube")).args(["bench", "--help"]).output().unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
-    for s in ["startup", "testcluster", "create", "get", "update", "delete", "list", "watch", "fsync"] {
+    for s in ["startup", "testcluster", "create", "get", "update", "delete", "list", "watch", "pods", "fsync"] {
         assert!(help.contains(s), "{s} not documented:\n{help}");
     }
 }
