@@ -5,7 +5,7 @@
 //! ```text
 //! server (TLS, HTTP/1.1 + h2)        → handler (route, encode)
 //!   → authn (x509 ∪ bearer ∪ anonymous) → request (RequestInfo)
-//!   → authz (system:masters, then the interim/RBAC authorizer)
+//!   → impersonation → authz (system:masters, then RBAC) → audit, metrics
 //!   → discovery | openapi | health | version | reviews | resources
 //!        resources: decode (JSON, YAML, protobuf) → registry (prepare, defaults,
 //!        admission, validation, allocation) → store (nanokube-store)
