@@ -81,7 +81,8 @@ impl ResourceDef {
     /// The storage key prefix of this resource: `/registry/<group>/<plural>/`.
     /// Core resources have no group segment, as upstream lays out etcd.
     pub fn key_prefix(&self) -> String {
-        if self.group.is_empty() {
+        // events.k8s.io/v1 Events share storage with core/v1 Events, as upstream's do.
+        if self.group.is_empty() || (self.group == "events.k8s.io" && self.plural == "events") {
             format!("/registry/{}/", self.plural)
         } else {
             format!("/registry/{}/{}/", self.group, self.plural)
@@ -258,10 +259,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn keys_do_not_collide_between_core_and_events_group() {
+    fn both_event_apis_share_storage() {
         let core = find("", "v1", "events").unwrap();
         let ev = find("events.k8s.io", "v1", "events").unwrap();
-        assert_ne!(core.key("default", "x"), ev.key("default", "x"));
+        assert_eq!(core.key("default", "x"), ev.key("default", "x"));
         assert_eq!(core.key("default", "x"), "/registry/events/default/x");
     }
 

@@ -166,6 +166,35 @@ pub fn decode(kv: &KeyValue) -> Result<Obj, ApiError> {
     })
 }
 
+/// Whether a resource is stored in another version's shape (events.k8s.io/v1 Events are
+/// stored as core/v1 Events).
+fn converts(def: &ResourceDef) -> bool {
+    def.group == "events.k8s.io" && def.plural == "events"
+}
+
+/// A stored object as `def` shows it.
+pub fn view(def: &ResourceDef, obj: Obj) -> Obj {
+    if converts(def) {
+        Arc::new(Stored::new(nanokube_api::convert::core_event_to_events_v1(&obj)))
+    } else {
+        obj
+    }
+}
+
+/// Decode a stored value as `def` shows it.
+fn decode_as(def: &ResourceDef, kv: &KeyValue) -> Result<Obj, ApiError> {
+    decode(kv).map(|o| view(def, o))
+}
+
+/// The bytes to store for an object of `def`.
+fn encode_as(def: &ResourceDef, obj: &Value) -> Bytes {
+    if converts(def) {
+        encode(&nanokube_api::convert::events_v1_to_core(obj))
+    } else {
+        encode(obj)
+    }
+}
+
 fn encode(obj: &Value) -> Bytes {
     // The revision is the resourceVersion: never store it inside the value.
     let mut v = obj.clone();
@@ -251,7 +280,7 @@ impl Registry {
     /// Get one object.
     pub fn get(&self, def: &ResourceDef, namespace: &str, name: &str) -> Result<Obj, ApiError> {
         match self.store.get(&def.key(namespace, name)) {
-            Some(kv) => decode(&kv),
+            Some(kv) => decode_as(def, &kv),
             None => Err(ApiError::not_found(def.plural, def.group, name)),
         }
     }
@@ -276,7 +305,7 @@ impl Registry {
             let revision = self.store.current_revision();
             let mut items = Vec::new();
             if let Some(kv) = self.store.get(&def.key(namespace.unwrap_or(""), name)) {
-                let obj = decode(&kv)?;
+                let obj = decode_as(def, &kv)?;
                 if matches(def, &obj, &opts.labels, &opts.fields) {
                     items.push(obj);
                 }
@@ -293,7 +322,7 @@ impl Registry {
             let mut last_key = None;
             let mut stopped_early = false;
             for (i, kv) in page.items.iter().enumerate() {
-                let obj = decode(kv)?;
+                let obj = decode_as(def, kv)?;
                 last_key = Some(kv.key.clone());
                 if !filtering || matches(def, &obj, &opts.labels, &opts.fields) {
                     items.push(obj);
@@ -434,8 +463,8 @@ impl Registry {
             return Ok(Arc::new(Stored::new(obj)));
         }
         let key = def.key(namespace, &name);
-        match self.store.create(key, encode(&obj)).await {
-            Ok(kv) => decode(&kv),
+        match self.store.create(key, encode_as(def, &obj)).await {
+            Ok(kv) => decode_as(def, &kv),
             Err(e) => {
                 if def.plural == "services" {
                     self.release_service(&obj, None);
@@ -565,7 +594,7 @@ impl Registry {
         let key = def.key(namespace, name);
         for _attempt in 0..16 {
             let kv = self.store.get(&key).ok_or_else(|| ApiError::not_found(def.plural, def.group, name))?;
-            let current = decode(&kv)?;
+            let current = decode_as(def, &kv)?;
             let mut new = change(&current)?;
             Self::check_type(def, &new)?;
             let rv = meta::resource_version(&new).to_string();
@@ -598,7 +627,7 @@ impl Registry {
             let result = if finish_delete {
                 self.store.delete(key.clone(), Some(kv.mod_revision)).await
             } else {
-                self.store.update(key.clone(), encode(&new), Some(kv.mod_revision)).await
+                self.store.update(key.clone(), encode_as(def, &new), Some(kv.mod_revision)).await
             };
             match result {
                 Ok(kv) => {
@@ -609,7 +638,7 @@ impl Registry {
                             self.release_service(&current, Some(&new));
                         }
                     }
-                    return decode(&kv);
+                    return decode_as(def, &kv);
                 }
                 Err(StoreError::Conflict { .. }) if !pinned => {
                     if def.plural == "services" && def.group.is_empty() {
@@ -775,7 +804,7 @@ impl Registry {
         let key = def.key(namespace, name);
         for _attempt in 0..16 {
             let kv = self.store.get(&key).ok_or_else(|| ApiError::not_found(def.plural, def.group, name))?;
-            let current = decode(&kv)?;
+            let current = decode_as(def, &kv)?;
             if let Some(uid) = &opts.precondition_uid {
                 if meta::uid(&current) != uid {
                     return Err(ApiError::conflict_msg(def.plural, def.group, name, &format!("Precondition failed: UID in precondition: {}, UID in object meta: {}", uid, meta::uid(&current))));
@@ -826,8 +855,8 @@ impl Registry {
                 if opts.dry_run {
                     return Ok(Deleted::Pending(Arc::new(Stored::new(next))));
                 }
-                match self.store.update(key.clone(), encode(&next), Some(kv.mod_revision)).await {
-                    Ok(kv) => return Ok(Deleted::Pending(decode(&kv)?)),
+                match self.store.update(key.clone(), encode_as(def, &next), Some(kv.mod_revision)).await {
+                    Ok(kv) => return Ok(Deleted::Pending(decode_as(def, &kv)?)),
                     Err(StoreError::Conflict { .. }) => continue,
                     Err(e) => return Err(store_err(e, def, name)),
                 }
@@ -840,7 +869,7 @@ impl Registry {
                     if def.group.is_empty() && def.plural == "services" {
                         self.release_service(&current, None);
                     }
-                    return Ok(Deleted::Gone(decode(&kv)?));
+                    return Ok(Deleted::Gone(decode_as(def, &kv)?));
                 }
                 Err(StoreError::Conflict { .. }) => continue,
                 Err(e) => return Err(store_err(e, def, name)),
@@ -939,7 +968,7 @@ impl ObjectWatch {
                     continue;
                 }
             }
-            let obj = match decode(&ev.kv) {
+            let obj = match decode_as(self.def, &ev.kv) {
                 Ok(o) => o,
                 Err(e) => return Some(Err(e)),
             };
@@ -949,7 +978,7 @@ impl ObjectWatch {
                 EventKind::Deleted => now.then_some("DELETED"),
                 EventKind::Updated => {
                     let before = match &ev.prev {
-                        Some(p) => decode(p).map(|p| matches(self.def, &p, &self.labels, &self.fields)).unwrap_or(true),
+                        Some(p) => decode_as(self.def, p).map(|p| matches(self.def, &p, &self.labels, &self.fields)).unwrap_or(true),
                         None => true,
                     };
                     match (before, now) {

@@ -135,3 +135,37 @@ fn controllers_keep_defaults_and_the_kubernetes_service_endpoints() {
     assert_eq!(svc["spec"]["ports"][0]["targetPort"], s.port);
     assert_eq!(svc["metadata"]["labels"]["component"], "apiserver");
 }
+
+#[test]
+fn both_event_apis_share_one_storage() {
+    let s = Server::start();
+    let ev = br#"{"apiVersion":"events.k8s.io/v1","kind":"Event","metadata":{"name":"pulled"},"eventTime":"2026-11-29T10:00:00.000000Z",
+        "regarding":{"kind":"Pod","name":"web","namespace":"default"},"note":"Pulled image","reason":"Pulled","type":"Normal",
+        "reportingController":"kubelet","reportingInstance":"node-1","action":"Pull"}"#;
+    let (code, body) = s.curl("POST", "/apis/events.k8s.io/v1/namespaces/default/events", Some("application/json"), Some(ev));
+    assert_eq!(code, 201, "{body}");
+    let created: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(created["apiVersion"], "events.k8s.io/v1");
+    assert_eq!(created["note"], "Pulled image");
+
+    // Read through core/v1: the same object, in core's field names.
+    let core = s.get_json("/api/v1/namespaces/default/events/pulled").1;
+    assert_eq!(core["apiVersion"], "v1");
+    assert_eq!(core["message"], "Pulled image");
+    assert_eq!(core["involvedObject"]["name"], "web");
+    assert_eq!(core["reportingComponent"], "kubelet");
+    assert_eq!(core["metadata"]["resourceVersion"], created["metadata"]["resourceVersion"]);
+    // Field selectors in each API's own names.
+    let by_core = s.get_json("/api/v1/namespaces/default/events?fieldSelector=involvedObject.name%3Dweb").1;
+    assert_eq!(by_core["items"].as_array().unwrap().len(), 1);
+    let by_v1 = s.get_json("/apis/events.k8s.io/v1/namespaces/default/events?fieldSelector=regarding.name%3Dweb").1;
+    assert_eq!(by_v1["items"][0]["regarding"]["kind"], "Pod");
+    // A write through core/v1 shows through events.k8s.io/v1, and kubectl lists it.
+    let (code, _) = s.curl("PATCH", "/api/v1/namespaces/default/events/pulled", Some("application/merge-patch+json"), Some(br#"{"message":"Pulled image again","count":2}"#));
+    assert_eq!(code, 200);
+    let v1 = s.get_json("/apis/events.k8s.io/v1/namespaces/default/events/pulled").1;
+    assert_eq!(v1["note"], "Pulled image again");
+    assert_eq!(v1["deprecatedCount"], 2);
+    let (_, rows) = table(&s.k(&["get", "events"]));
+    assert!(rows.iter().any(|r| r.iter().any(|c| c == "pod/web")), "{rows:?}");
+}
