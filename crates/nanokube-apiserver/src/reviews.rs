@@ -87,8 +87,26 @@ pub fn review(server: &Arc<ApiServer>, user: &UserInfo, def: &ResourceDef, names
                 groups: spec.get("groups").and_then(Value::as_array).map(|a| a.iter().filter_map(|g| g.as_str().map(String::from)).collect()).unwrap_or_default(),
                 extra: Default::default(),
             };
-            let ns_override = (def.plural == "localsubjectaccessreviews").then_some(namespace);
-            let req = attributes_to_request(&spec, ns_override)?;
+            if def.plural == "localsubjectaccessreviews" {
+                // As upstream: the review lives in the URL's namespace and may only ask
+                // about that namespace.
+                let body_ns = obj.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("");
+                if !body_ns.is_empty() && body_ns != namespace {
+                    return Err(ApiError::bad_request("the namespace of the provided object does not match the namespace sent on the request"));
+                }
+                obj["metadata"]["namespace"] = json!(namespace);
+                if let Some(ra) = spec.get("resourceAttributes").filter(|v| v.is_object()) {
+                    let asked = ra.get("namespace").and_then(Value::as_str).unwrap_or("");
+                    if asked != namespace {
+                        return Err(ApiError::invalid(def.kind, def.group, "", vec![nanokube_api::error::Cause {
+                            reason: "FieldValueInvalid".into(),
+                            message: format!("Invalid value: {asked:?}: must match metadata.namespace"),
+                            field: "spec.resourceAttributes.namespace".into(),
+                        }]));
+                    }
+                }
+            }
+            let req = attributes_to_request(&spec, None)?;
             obj["status"] = access_status(server, &who, &req);
         }
         "selfsubjectrulesreviews" => {

@@ -292,3 +292,42 @@ fn audit_log_has_one_line_per_request_and_no_credentials() {
     let anon = events.iter().rev().find(|e| e["requestURI"] == "/api").unwrap();
     assert_eq!(anon["user"]["username"], "system:anonymous");
 }
+
+#[test]
+fn new_user_is_denied_until_bound_and_reviews_answer_for_others() {
+    let s = Server::start();
+    let jane = user_add(&s, "jane", &["devs"]);
+    let home = s.dir.path().join("home-new");
+    std::fs::create_dir_all(&home).unwrap();
+    let kj = |args: &[&str]| Command::new(kubectl_path("kubectl")).args(args).env("KUBECONFIG", &jane).env("HOME", &home).output().unwrap();
+    let who = String::from_utf8_lossy(&kj(&["auth", "whoami"]).stdout).to_string();
+    assert!(who.contains("Username    jane") && who.contains("[devs system:authenticated]"), "{who}");
+    let denied = kj(&["get", "pods"]);
+    assert!(!denied.status.success());
+    assert!(String::from_utf8_lossy(&denied.stderr).contains(r#"pods is forbidden: User "jane" cannot list resource "pods" in API group "" in the namespace "default""#));
+    s.k(&["create", "rolebinding", "jane-view", "--clusterrole=view", "--user=jane"]);
+    assert!(eventually(Duration::from_secs(5), || kj(&["get", "pods"]).status.success()));
+
+    // SubjectAccessReview (cluster-wide) and LocalSubjectAccessReview (one namespace),
+    // asked by the admin about jane.
+    let sar = |path: &str, body: &str| -> Value {
+        let (code, b) = s.curl("POST", path, Some("application/json"), Some(body.as_bytes()));
+        assert_eq!(code, 201, "{b}");
+        serde_json::from_str::<Value>(&b).unwrap()["status"].clone()
+    };
+    let ask = |verb: &str, ns: &str| format!(r#"{{"apiVersion":"authorization.k8s.io/v1","kind":"SubjectAccessReview","spec":{{"user":"jane","groups":["devs"],"resourceAttributes":{{"verb":"{verb}","resource":"pods","namespace":"{ns}"}}}}}}"#);
+    assert_eq!(sar("/apis/authorization.k8s.io/v1/subjectaccessreviews", &ask("list", "default"))["allowed"], true);
+    assert_eq!(sar("/apis/authorization.k8s.io/v1/subjectaccessreviews", &ask("delete", "default"))["allowed"], false);
+    assert_eq!(sar("/apis/authorization.k8s.io/v1/subjectaccessreviews", &ask("list", "kube-system"))["allowed"], false);
+    let local = |ns: &str| format!(r#"{{"apiVersion":"authorization.k8s.io/v1","kind":"LocalSubjectAccessReview","metadata":{{"namespace":"{ns}"}},"spec":{{"user":"jane","resourceAttributes":{{"verb":"get","resource":"pods","namespace":"{ns}"}}}}}}"#);
+    assert_eq!(sar("/apis/authorization.k8s.io/v1/namespaces/default/localsubjectaccessreviews", &local("default"))["allowed"], true);
+    assert_eq!(sar("/apis/authorization.k8s.io/v1/namespaces/kube-system/localsubjectaccessreviews", &local("kube-system"))["allowed"], false);
+    // A local review may only ask about its own namespace.
+    let mismatched = local("kube-system").replacen(r#""namespace":"kube-system""#, r#""namespace":"default""#, 1);
+    let (code, body) = s.curl("POST", "/apis/authorization.k8s.io/v1/namespaces/default/localsubjectaccessreviews", Some("application/json"), Some(mismatched.as_bytes()));
+    assert_eq!(code, 422, "{body}");
+    assert!(body.contains("spec.resourceAttributes.namespace"), "{body}");
+    // Only those allowed to create SubjectAccessReviews may ask about others.
+    let jane_ask = Command::new("curl").args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", "-H", "Content-Type: application/json", "--data-binary", &ask("list", "default"), "--cacert"]).arg(s.data.join("ca.crt")).args(["--cert"]).arg(cert_files(&jane).0).arg("--key").arg(cert_files(&jane).1).arg(format!("{}/apis/authorization.k8s.io/v1/subjectaccessreviews", s.url)).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&jane_ask.stdout), "403");
+}
