@@ -22,6 +22,13 @@ pub struct ApiError {
     pub reason: &'static str,
     /// Status `message`, as kubectl prints it after `Error from server (<reason>): `.
     pub message: String,
+    /// `details` (boxed: errors travel in `Result`s everywhere and stay small).
+    pub details: Box<Details>,
+}
+
+/// `metav1.StatusDetails`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Details {
     /// `details.name`.
     pub name: Option<String>,
     /// `details.group`.
@@ -46,16 +53,7 @@ pub fn qualified(resource: &str, group: &str) -> String {
 impl ApiError {
     /// A bare error with a code, reason and message.
     pub fn new(code: u16, reason: &'static str, message: impl Into<String>) -> Self {
-        ApiError {
-            code,
-            reason,
-            message: message.into(),
-            name: None,
-            group: None,
-            kind: None,
-            causes: Vec::new(),
-            retry_after: None,
-        }
+        ApiError { code, reason, message: message.into(), details: Box::default() }
     }
 
     /// 400 BadRequest.
@@ -76,10 +74,10 @@ impl ApiError {
     /// 404 NotFound for a named object: `pods "x" not found`.
     pub fn not_found(resource: &str, group: &str, name: &str) -> Self {
         let mut e = Self::new(404, "NotFound", format!("{} \"{}\" not found", qualified(resource, group), name));
-        e.name = Some(name.to_string());
-        e.kind = Some(resource.to_string());
+        e.details.name = Some(name.to_string());
+        e.details.kind = Some(resource.to_string());
         if !group.is_empty() {
-            e.group = Some(group.to_string());
+            e.details.group = Some(group.to_string());
         }
         e
     }
@@ -92,53 +90,41 @@ impl ApiError {
     /// 409 AlreadyExists: `pods "x" already exists`.
     pub fn already_exists(resource: &str, group: &str, name: &str) -> Self {
         let mut e = Self::new(409, "AlreadyExists", format!("{} \"{}\" already exists", qualified(resource, group), name));
-        e.name = Some(name.to_string());
-        e.kind = Some(resource.to_string());
+        e.details.name = Some(name.to_string());
+        e.details.kind = Some(resource.to_string());
         if !group.is_empty() {
-            e.group = Some(group.to_string());
+            e.details.group = Some(group.to_string());
         }
         e
     }
 
     /// 409 Conflict with upstream's optimistic-lock message.
     pub fn conflict(resource: &str, group: &str, name: &str) -> Self {
-        Self::conflict_msg(
-            resource,
-            group,
-            name,
-            "the object has been modified; please apply your changes to the latest version and try again",
-        )
+        Self::conflict_msg(resource, group, name, "the object has been modified; please apply your changes to the latest version and try again")
     }
 
     /// 409 Conflict with a custom reason text after "Operation cannot be fulfilled on ...".
     pub fn conflict_msg(resource: &str, group: &str, name: &str, why: &str) -> Self {
-        let mut e = Self::new(
-            409,
-            "Conflict",
-            format!("Operation cannot be fulfilled on {} \"{}\": {}", qualified(resource, group), name, why),
-        );
-        e.name = Some(name.to_string());
-        e.kind = Some(resource.to_string());
+        let mut e = Self::new(409, "Conflict", format!("Operation cannot be fulfilled on {} \"{}\": {}", qualified(resource, group), name, why));
+        e.details.name = Some(name.to_string());
+        e.details.kind = Some(resource.to_string());
         if !group.is_empty() {
-            e.group = Some(group.to_string());
+            e.details.group = Some(group.to_string());
         }
         e
     }
 
     /// 422 Invalid: `Pod "x" is invalid: <cause>, <cause>`.
     pub fn invalid(kind: &str, group: &str, name: &str, causes: Vec<Cause>) -> Self {
-        let list = causes
-            .iter()
-            .map(|c| if c.field.is_empty() { c.message.clone() } else { format!("{}: {}", c.field, c.message) })
-            .collect::<Vec<_>>();
+        let list = causes.iter().map(|c| if c.field.is_empty() { c.message.clone() } else { format!("{}: {}", c.field, c.message) }).collect::<Vec<_>>();
         let joined = if list.len() == 1 { list[0].clone() } else { format!("[{}]", list.join(", ")) };
         let mut e = Self::new(422, "Invalid", format!("{} \"{}\" is invalid: {}", kind, name, joined));
-        e.name = Some(name.to_string());
-        e.kind = Some(kind.to_string());
+        e.details.name = Some(name.to_string());
+        e.details.kind = Some(kind.to_string());
         if !group.is_empty() {
-            e.group = Some(group.to_string());
+            e.details.group = Some(group.to_string());
         }
-        e.causes = causes;
+        e.details.causes = causes;
         e
     }
 
@@ -167,6 +153,14 @@ impl ApiError {
         Self::new(415, "UnsupportedMediaType", format!("the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/vnd.kubernetes.protobuf; got {content_type}"))
     }
 
+    /// 504 Timeout for a resourceVersion newer than the store's, with `Retry-After`.
+    pub fn too_large_resource_version(requested: i64, current: i64) -> Self {
+        let mut e = Self::new(504, "Timeout", format!("Too large resource version: {requested}, current: {current}"));
+        e.details.causes.push(Cause { reason: "ResourceVersionTooLarge".into(), message: "Too large resource version".into(), field: String::new() });
+        e.details.retry_after = Some(1);
+        e
+    }
+
     /// 500 InternalError.
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(500, "InternalError", format!("Internal error occurred: {}", message.into()))
@@ -187,27 +181,22 @@ impl ApiError {
         status.insert("message".into(), json!(self.message));
         status.insert("reason".into(), json!(self.reason));
         let mut details = Map::new();
-        if let Some(n) = &self.name {
+        if let Some(n) = &self.details.name {
             details.insert("name".into(), json!(n));
         }
-        if let Some(g) = &self.group {
+        if let Some(g) = &self.details.group {
             details.insert("group".into(), json!(g));
         }
-        if let Some(k) = &self.kind {
+        if let Some(k) = &self.details.kind {
             details.insert("kind".into(), json!(k));
         }
-        if !self.causes.is_empty() {
+        if !self.details.causes.is_empty() {
             details.insert(
                 "causes".into(),
-                Value::Array(
-                    self.causes
-                        .iter()
-                        .map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field}))
-                        .collect(),
-                ),
+                Value::Array(self.details.causes.iter().map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field})).collect()),
             );
         }
-        if let Some(r) = self.retry_after {
+        if let Some(r) = self.details.retry_after {
             details.insert("retryAfterSeconds".into(), json!(r));
         }
         if !details.is_empty() {

@@ -36,10 +36,7 @@ pub fn is_deleting(obj: &Value) -> bool {
 
 /// `metadata.finalizers` (empty if absent).
 pub fn finalizers(obj: &Value) -> Vec<String> {
-    obj.pointer("/metadata/finalizers")
-        .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
-        .unwrap_or_default()
+    obj.pointer("/metadata/finalizers").and_then(Value::as_array).map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect()).unwrap_or_default()
 }
 
 /// A mutable `metadata` map, created if missing or not an object.

@@ -245,7 +245,12 @@ fn decode_message(msg: &str, mut buf: &[u8]) -> Result<Value, String> {
             }
             return Ok(format_time(secs, nanos, msg.ends_with("MicroTime")));
         }
-        "apimachinery.pkg.api.resource.Quantity" | "apimachinery.pkg.runtime.RawExtension" | "apimachinery.pkg.apis.meta.v1.FieldsV1" | "apiextensions_apiserver.pkg.apis.apiextensions.v1.JSON" | "apimachinery.pkg.apis.meta.v1.Duration" | "apimachinery.pkg.util.intstr.IntOrString" => {
+        "apimachinery.pkg.api.resource.Quantity"
+        | "apimachinery.pkg.runtime.RawExtension"
+        | "apimachinery.pkg.apis.meta.v1.FieldsV1"
+        | "apiextensions_apiserver.pkg.apis.apiextensions.v1.JSON"
+        | "apimachinery.pkg.apis.meta.v1.Duration"
+        | "apimachinery.pkg.util.intstr.IntOrString" => {
             let mut fields: HashMap<u32, Value> = HashMap::new();
             let mut raw: Vec<u8> = Vec::new();
             while buf.has_remaining() {

@@ -186,7 +186,16 @@ pub static BUILTIN: &[ResourceDef] = &[
     res("", "ReplicationController", "replicationcontrollers", "replicationcontroller", true, &["rc"], ALL, &[status("ReplicationController", ""), scale()]),
     res("", "ResourceQuota", "resourcequotas", "resourcequota", true, &["quota"], NONE, &[status("ResourceQuota", "")]),
     res("", "Secret", "secrets", "secret", true, NONE, NONE, &[]),
-    res("", "ServiceAccount", "serviceaccounts", "serviceaccount", true, &["sa"], NONE, &[SubresourceDef { name: "token", group: "authentication.k8s.io", version: "v1", kind: "TokenRequest", verbs: &["create"] }]),
+    res(
+        "",
+        "ServiceAccount",
+        "serviceaccounts",
+        "serviceaccount",
+        true,
+        &["sa"],
+        NONE,
+        &[SubresourceDef { name: "token", group: "authentication.k8s.io", version: "v1", kind: "TokenRequest", verbs: &["create"] }],
+    ),
     res("", "Service", "services", "service", true, &["svc"], ALL, &[status("Service", "")]),
     // apps/v1
     res("apps", "ControllerRevision", "controllerrevisions", "controllerrevision", true, NONE, NONE, &[]),
@@ -214,7 +223,16 @@ pub static BUILTIN: &[ResourceDef] = &[
     with_generation(res("networking.k8s.io", "Ingress", "ingresses", "ingress", true, &["ing"], NONE, &[status("Ingress", "networking.k8s.io")])),
     with_generation(res("networking.k8s.io", "NetworkPolicy", "networkpolicies", "networkpolicy", true, &["netpol"], NONE, &[])),
     // policy/v1
-    with_generation(res("policy", "PodDisruptionBudget", "poddisruptionbudgets", "poddisruptionbudget", true, &["pdb"], NONE, &[status("PodDisruptionBudget", "policy")])),
+    with_generation(res(
+        "policy",
+        "PodDisruptionBudget",
+        "poddisruptionbudgets",
+        "poddisruptionbudget",
+        true,
+        &["pdb"],
+        NONE,
+        &[status("PodDisruptionBudget", "policy")],
+    )),
     // rbac.authorization.k8s.io/v1
     res("rbac.authorization.k8s.io", "ClusterRoleBinding", "clusterrolebindings", "clusterrolebinding", false, NONE, NONE, &[]),
     res("rbac.authorization.k8s.io", "ClusterRole", "clusterroles", "clusterrole", false, NONE, NONE, &[]),

@@ -43,7 +43,7 @@ fn valid_label_key(k: &str) -> bool {
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
         && name.starts_with(|c: char| c.is_ascii_alphanumeric())
         && name.ends_with(|c: char| c.is_ascii_alphanumeric());
-    let prefix_ok = prefix.is_none_or(|p| crate::validation::is_dns1123_subdomain(p));
+    let prefix_ok = prefix.is_none_or(crate::validation::is_dns1123_subdomain);
     name_ok && prefix_ok
 }
 
@@ -84,7 +84,9 @@ fn parse_set(key: &str, rest: &str) -> Result<Vec<String>, ApiError> {
     let vals: Vec<String> = inner.split(',').map(|v| v.trim().to_string()).collect();
     for v in &vals {
         if !valid_label_value(v) {
-            return Err(parse_err(format!("values[0][{key}]: Invalid value: {v:?}: a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.'")));
+            return Err(parse_err(format!(
+                "values[0][{key}]: Invalid value: {v:?}: a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.'"
+            )));
         }
     }
     Ok(vals)
@@ -157,11 +159,8 @@ impl LabelSelector {
         if let Some(exprs) = sel.get("matchExpressions").and_then(Value::as_array) {
             for e in exprs {
                 let key = e.get("key").and_then(Value::as_str).unwrap_or("").to_string();
-                let values: Vec<String> = e
-                    .get("values")
-                    .and_then(Value::as_array)
-                    .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
-                    .unwrap_or_default();
+                let values: Vec<String> =
+                    e.get("values").and_then(Value::as_array).map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect()).unwrap_or_default();
                 let req = match e.get("operator").and_then(Value::as_str).unwrap_or("") {
                     "In" => Requirement::In(key, values),
                     "NotIn" => Requirement::NotIn(key, values),

@@ -29,34 +29,123 @@ const AGE: Column = Column { name: "Age", ty: "string", format: "", priority: 0 
 /// The columns of a resource (by group and plural).
 pub fn columns(group: &str, plural: &str) -> Vec<Column> {
     match (group, plural) {
-        ("", "pods") => vec![NAME, col("Ready", 0), col("Status", 0), col("Restarts", 0), AGE, col("IP", 1), col("Node", 1), col("Nominated Node", 1), col("Readiness Gates", 1)],
+        ("", "pods") => vec![
+            NAME,
+            col("Ready", 0),
+            col("Status", 0),
+            col("Restarts", 0),
+            AGE,
+            col("IP", 1),
+            col("Node", 1),
+            col("Nominated Node", 1),
+            col("Readiness Gates", 1),
+        ],
         ("", "services") => vec![NAME, col("Type", 0), col("Cluster-IP", 0), col("External-IP", 0), col("Port(s)", 0), AGE, col("Selector", 1)],
-        ("apps", "deployments") => vec![NAME, col("Ready", 0), col("Up-to-date", 0), col("Available", 0), AGE, col("Containers", 1), col("Images", 1), col("Selector", 1)],
-        ("apps", "replicasets") | ("", "replicationcontrollers") => vec![NAME, col("Desired", 0), col("Current", 0), col("Ready", 0), AGE, col("Containers", 1), col("Images", 1), col("Selector", 1)],
+        ("apps", "deployments") => {
+            vec![NAME, col("Ready", 0), col("Up-to-date", 0), col("Available", 0), AGE, col("Containers", 1), col("Images", 1), col("Selector", 1)]
+        }
+        ("apps", "replicasets") | ("", "replicationcontrollers") => {
+            vec![NAME, col("Desired", 0), col("Current", 0), col("Ready", 0), AGE, col("Containers", 1), col("Images", 1), col("Selector", 1)]
+        }
         ("apps", "statefulsets") => vec![NAME, col("Ready", 0), AGE, col("Containers", 1), col("Images", 1)],
-        ("apps", "daemonsets") => vec![NAME, col("Desired", 0), col("Current", 0), col("Ready", 0), col("Up-to-date", 0), col("Available", 0), col("Node Selector", 0), AGE, col("Containers", 1), col("Images", 1), col("Selector", 1)],
+        ("apps", "daemonsets") => vec![
+            NAME,
+            col("Desired", 0),
+            col("Current", 0),
+            col("Ready", 0),
+            col("Up-to-date", 0),
+            col("Available", 0),
+            col("Node Selector", 0),
+            AGE,
+            col("Containers", 1),
+            col("Images", 1),
+            col("Selector", 1),
+        ],
         ("", "namespaces") => vec![NAME, col("Status", 0), AGE],
         ("", "secrets") => vec![NAME, col("Type", 0), col("Data", 0), AGE],
         ("", "serviceaccounts") => vec![NAME, col("Secrets", 0), AGE],
         ("", "configmaps") => vec![NAME, col("Data", 0), AGE],
         ("", "endpoints") => vec![NAME, col("Endpoints", 0), AGE],
-        ("", "nodes") => vec![NAME, col("Status", 0), col("Roles", 0), AGE, col("Version", 0), col("Internal-IP", 1), col("External-IP", 1), col("OS-Image", 1), col("Kernel-Version", 1), col("Container-Runtime", 1)],
-        ("", "events") => vec![col("Last Seen", 0), col("Type", 0), col("Reason", 0), col("Object", 0), col("Message", 0), col("Subobject", 1), col("Source", 1), col("First Seen", 1), col("Count", 1), Column { name: "Name", ty: "string", format: "name", priority: 1 }],
-        ("", "persistentvolumeclaims") => vec![NAME, col("Status", 0), col("Volume", 0), col("Capacity", 0), col("Access Modes", 0), col("StorageClass", 0), col("VolumeAttributesClass", 0), AGE, col("VolumeMode", 1)],
-        ("", "persistentvolumes") => vec![NAME, col("Capacity", 0), col("Access Modes", 0), col("Reclaim Policy", 0), col("Status", 0), col("Claim", 0), col("StorageClass", 0), col("VolumeAttributesClass", 0), col("Reason", 0), AGE, col("VolumeMode", 1)],
+        ("", "nodes") => vec![
+            NAME,
+            col("Status", 0),
+            col("Roles", 0),
+            AGE,
+            col("Version", 0),
+            col("Internal-IP", 1),
+            col("External-IP", 1),
+            col("OS-Image", 1),
+            col("Kernel-Version", 1),
+            col("Container-Runtime", 1),
+        ],
+        ("", "events") => vec![
+            col("Last Seen", 0),
+            col("Type", 0),
+            col("Reason", 0),
+            col("Object", 0),
+            col("Message", 0),
+            col("Subobject", 1),
+            col("Source", 1),
+            col("First Seen", 1),
+            col("Count", 1),
+            Column { name: "Name", ty: "string", format: "name", priority: 1 },
+        ],
+        ("", "persistentvolumeclaims") => vec![
+            NAME,
+            col("Status", 0),
+            col("Volume", 0),
+            col("Capacity", 0),
+            col("Access Modes", 0),
+            col("StorageClass", 0),
+            col("VolumeAttributesClass", 0),
+            AGE,
+            col("VolumeMode", 1),
+        ],
+        ("", "persistentvolumes") => vec![
+            NAME,
+            col("Capacity", 0),
+            col("Access Modes", 0),
+            col("Reclaim Policy", 0),
+            col("Status", 0),
+            col("Claim", 0),
+            col("StorageClass", 0),
+            col("VolumeAttributesClass", 0),
+            col("Reason", 0),
+            AGE,
+            col("VolumeMode", 1),
+        ],
         ("", "resourcequotas") => vec![NAME, AGE, col("Request", 0), col("Limit", 0)],
         ("", "limitranges") => vec![NAME, col("Created At", 0)],
-        ("batch", "jobs") => vec![NAME, col("Status", 0), col("Completions", 0), col("Duration", 0), AGE, col("Containers", 1), col("Images", 1), col("Selector", 1)],
-        ("batch", "cronjobs") => vec![NAME, col("Schedule", 0), col("Timezone", 0), col("Suspend", 0), col("Active", 0), col("Last Schedule", 0), AGE, col("Containers", 1), col("Images", 1), col("Selector", 1)],
-        ("rbac.authorization.k8s.io", "rolebindings") | ("rbac.authorization.k8s.io", "clusterrolebindings") => vec![NAME, col("Role", 0), AGE, col("Users", 1), col("Groups", 1), col("ServiceAccounts", 1)],
+        ("batch", "jobs") => {
+            vec![NAME, col("Status", 0), col("Completions", 0), col("Duration", 0), AGE, col("Containers", 1), col("Images", 1), col("Selector", 1)]
+        }
+        ("batch", "cronjobs") => vec![
+            NAME,
+            col("Schedule", 0),
+            col("Timezone", 0),
+            col("Suspend", 0),
+            col("Active", 0),
+            col("Last Schedule", 0),
+            AGE,
+            col("Containers", 1),
+            col("Images", 1),
+            col("Selector", 1),
+        ],
+        ("rbac.authorization.k8s.io", "rolebindings") | ("rbac.authorization.k8s.io", "clusterrolebindings") => {
+            vec![NAME, col("Role", 0), AGE, col("Users", 1), col("Groups", 1), col("ServiceAccounts", 1)]
+        }
         ("rbac.authorization.k8s.io", "roles") | ("rbac.authorization.k8s.io", "clusterroles") => vec![NAME, col("Created At", 0)],
         ("networking.k8s.io", "ingresses") => vec![NAME, col("Class", 0), col("Hosts", 0), col("Address", 0), col("Ports", 0), AGE],
         ("networking.k8s.io", "networkpolicies") => vec![NAME, col("Pod-Selector", 0), AGE],
         ("discovery.k8s.io", "endpointslices") => vec![NAME, col("AddressType", 0), col("Ports", 0), col("Endpoints", 0), AGE],
         ("coordination.k8s.io", "leases") => vec![NAME, col("Holder", 0), AGE],
         ("policy", "poddisruptionbudgets") => vec![NAME, col("Min Available", 0), col("Max Unavailable", 0), col("Allowed Disruptions", 0), AGE],
-        ("scheduling.k8s.io", "priorityclasses") => vec![NAME, Column { name: "Value", ty: "integer", format: "", priority: 0 }, col("Global-Default", 0), AGE, col("PreemptionPolicy", 0)],
-        ("storage.k8s.io", "storageclasses") => vec![NAME, col("Provisioner", 0), col("ReclaimPolicy", 0), col("VolumeBindingMode", 0), col("AllowVolumeExpansion", 0), AGE],
+        ("scheduling.k8s.io", "priorityclasses") => {
+            vec![NAME, Column { name: "Value", ty: "integer", format: "", priority: 0 }, col("Global-Default", 0), AGE, col("PreemptionPolicy", 0)]
+        }
+        ("storage.k8s.io", "storageclasses") => {
+            vec![NAME, col("Provisioner", 0), col("ReclaimPolicy", 0), col("VolumeBindingMode", 0), col("AllowVolumeExpansion", 0), AGE]
+        }
         _ => vec![NAME, AGE],
     }
 }
@@ -66,9 +155,7 @@ pub fn column_definitions(group: &str, plural: &str) -> Value {
     Value::Array(
         columns(group, plural)
             .iter()
-            .map(|c| {
-                json!({"name": c.name, "type": c.ty, "format": c.format, "description": describe(c.name), "priority": c.priority})
-            })
+            .map(|c| json!({"name": c.name, "type": c.ty, "format": c.format, "description": describe(c.name), "priority": c.priority}))
             .collect(),
     )
 }
@@ -272,19 +359,55 @@ pub fn cells(group: &str, plural: &str, obj: &Value, now: OffsetDateTime) -> Vec
                 let ok = gates.iter().filter(|g| conds.iter().any(|c| s(c, "/type") == s(g, "/conditionType") && s(c, "/status") == "True")).count();
                 format!("{}/{}", ok, gates.len())
             };
-            vec![name, json!(ready), json!(status), json!(restarts), age_v, none_if_empty(s(obj, "/status/podIP").into()), none_if_empty(s(obj, "/spec/nodeName").into()), none_if_empty(s(obj, "/status/nominatedNodeName").into()), json!(gates_cell)]
+            vec![
+                name,
+                json!(ready),
+                json!(status),
+                json!(restarts),
+                age_v,
+                none_if_empty(s(obj, "/status/podIP").into()),
+                none_if_empty(s(obj, "/spec/nodeName").into()),
+                none_if_empty(s(obj, "/status/nominatedNodeName").into()),
+                json!(gates_cell),
+            ]
         }
         ("", "services") => {
             let cip = s(obj, "/spec/clusterIP");
-            vec![name, json!(s(obj, "/spec/type")), json!(if cip.is_empty() { "<none>" } else { cip }), json!(service_external_ip(obj)), json!(service_ports(obj)), age_v, none_if_empty(selector_string(obj.pointer("/spec/selector")))]
+            vec![
+                name,
+                json!(s(obj, "/spec/type")),
+                json!(if cip.is_empty() { "<none>" } else { cip }),
+                json!(service_external_ip(obj)),
+                json!(service_ports(obj)),
+                age_v,
+                none_if_empty(selector_string(obj.pointer("/spec/selector"))),
+            ]
         }
         ("apps", "deployments") => {
             let (c, im) = containers_images(obj, "/spec/template/spec/containers");
-            vec![name, json!(format!("{}/{}", i(obj, "/status/readyReplicas"), i(obj, "/spec/replicas"))), json!(i(obj, "/status/updatedReplicas")), json!(i(obj, "/status/availableReplicas")), age_v, json!(c), json!(im), none_if_empty(selector_string(obj.pointer("/spec/selector")))]
+            vec![
+                name,
+                json!(format!("{}/{}", i(obj, "/status/readyReplicas"), i(obj, "/spec/replicas"))),
+                json!(i(obj, "/status/updatedReplicas")),
+                json!(i(obj, "/status/availableReplicas")),
+                age_v,
+                json!(c),
+                json!(im),
+                none_if_empty(selector_string(obj.pointer("/spec/selector"))),
+            ]
         }
         ("apps", "replicasets") | ("", "replicationcontrollers") => {
             let (c, im) = containers_images(obj, "/spec/template/spec/containers");
-            vec![name, json!(i(obj, "/spec/replicas")), json!(i(obj, "/status/replicas")), json!(i(obj, "/status/readyReplicas")), age_v, json!(c), json!(im), none_if_empty(selector_string(obj.pointer("/spec/selector")))]
+            vec![
+                name,
+                json!(i(obj, "/spec/replicas")),
+                json!(i(obj, "/status/replicas")),
+                json!(i(obj, "/status/readyReplicas")),
+                age_v,
+                json!(c),
+                json!(im),
+                none_if_empty(selector_string(obj.pointer("/spec/selector"))),
+            ]
         }
         ("apps", "statefulsets") => {
             let (c, im) = containers_images(obj, "/spec/template/spec/containers");
@@ -292,7 +415,19 @@ pub fn cells(group: &str, plural: &str, obj: &Value, now: OffsetDateTime) -> Vec
         }
         ("apps", "daemonsets") => {
             let (c, im) = containers_images(obj, "/spec/template/spec/containers");
-            vec![name, json!(i(obj, "/status/desiredNumberScheduled")), json!(i(obj, "/status/currentNumberScheduled")), json!(i(obj, "/status/numberReady")), json!(i(obj, "/status/updatedNumberScheduled")), json!(i(obj, "/status/numberAvailable")), none_if_empty(selector_string(obj.pointer("/spec/template/spec/nodeSelector"))), age_v, json!(c), json!(im), none_if_empty(selector_string(obj.pointer("/spec/selector")))]
+            vec![
+                name,
+                json!(i(obj, "/status/desiredNumberScheduled")),
+                json!(i(obj, "/status/currentNumberScheduled")),
+                json!(i(obj, "/status/numberReady")),
+                json!(i(obj, "/status/updatedNumberScheduled")),
+                json!(i(obj, "/status/numberAvailable")),
+                none_if_empty(selector_string(obj.pointer("/spec/template/spec/nodeSelector"))),
+                age_v,
+                json!(c),
+                json!(im),
+                none_if_empty(selector_string(obj.pointer("/spec/selector"))),
+            ]
         }
         ("", "namespaces") => vec![name, json!(s(obj, "/status/phase")), age_v],
         ("", "secrets") => vec![name, json!(s(obj, "/type")), json!(count_map(obj, "/data")), age_v],
@@ -352,7 +487,11 @@ pub fn cells(group: &str, plural: &str, obj: &Value, now: OffsetDateTime) -> Vec
             json!(s(obj, "/spec/volumeMode")),
         ],
         ("", "persistentvolumes") => {
-            let claim = if s(obj, "/spec/claimRef/name").is_empty() { String::new() } else { format!("{}/{}", s(obj, "/spec/claimRef/namespace"), s(obj, "/spec/claimRef/name")) };
+            let claim = if s(obj, "/spec/claimRef/name").is_empty() {
+                String::new()
+            } else {
+                format!("{}/{}", s(obj, "/spec/claimRef/namespace"), s(obj, "/spec/claimRef/name"))
+            };
             vec![
                 name,
                 json!(s(obj, "/spec/capacity/storage")),
@@ -402,21 +541,45 @@ pub fn cells(group: &str, plural: &str, obj: &Value, now: OffsetDateTime) -> Vec
                 Some(n) => format!("{}/{}", i(obj, "/status/succeeded"), n),
                 None => format!("{}/1 of {}", i(obj, "/status/succeeded"), i(obj, "/spec/parallelism").max(1)),
             };
-            let duration = match (obj.pointer("/status/startTime").and_then(Value::as_str).and_then(parse_time), obj.pointer("/status/completionTime").and_then(Value::as_str).and_then(parse_time)) {
+            let duration = match (
+                obj.pointer("/status/startTime").and_then(Value::as_str).and_then(parse_time),
+                obj.pointer("/status/completionTime").and_then(Value::as_str).and_then(parse_time),
+            ) {
                 (Some(st), Some(ct)) => human_duration((ct - st).whole_seconds()),
                 (Some(st), None) => human_duration((now - st).whole_seconds()),
                 _ => String::new(),
             };
-            vec![name, json!(status), json!(completions), json!(duration), age_v, json!(c), json!(im), none_if_empty(selector_string(obj.pointer("/spec/selector")))]
+            vec![
+                name,
+                json!(status),
+                json!(completions),
+                json!(duration),
+                age_v,
+                json!(c),
+                json!(im),
+                none_if_empty(selector_string(obj.pointer("/spec/selector"))),
+            ]
         }
         ("batch", "cronjobs") => {
             let (c, im) = containers_images(obj, "/spec/jobTemplate/spec/template/spec/containers");
-            let last = obj.pointer("/status/lastScheduleTime").and_then(Value::as_str).and_then(parse_time).map(|t| human_duration((now - t).whole_seconds())).unwrap_or_else(|| "<none>".into());
+            let last = obj
+                .pointer("/status/lastScheduleTime")
+                .and_then(Value::as_str)
+                .and_then(parse_time)
+                .map(|t| human_duration((now - t).whole_seconds()))
+                .unwrap_or_else(|| "<none>".into());
             vec![
                 name,
                 json!(s(obj, "/spec/schedule")),
                 none_if_empty(s(obj, "/spec/timeZone").into()),
-                json!(obj.pointer("/spec/suspend").and_then(Value::as_bool).unwrap_or(false).to_string().to_lowercase().replace("false", "False").replace("true", "True")),
+                json!(obj
+                    .pointer("/spec/suspend")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false)
+                    .to_string()
+                    .to_lowercase()
+                    .replace("false", "False")
+                    .replace("true", "True")),
                 json!(arr(obj, "/status/active").len()),
                 json!(last),
                 age_v,
@@ -435,15 +598,32 @@ pub fn cells(group: &str, plural: &str, obj: &Value, now: OffsetDateTime) -> Vec
         ],
         ("networking.k8s.io", "ingresses") => {
             let hosts: Vec<&str> = arr(obj, "/spec/rules").iter().map(|r| s(r, "/host")).filter(|h| !h.is_empty()).collect();
-            let addr: Vec<String> = arr(obj, "/status/loadBalancer/ingress").iter().map(|x| if s(x, "/ip").is_empty() { s(x, "/hostname").to_string() } else { s(x, "/ip").to_string() }).collect();
+            let addr: Vec<String> = arr(obj, "/status/loadBalancer/ingress")
+                .iter()
+                .map(|x| if s(x, "/ip").is_empty() { s(x, "/hostname").to_string() } else { s(x, "/ip").to_string() })
+                .collect();
             let ports = if arr(obj, "/spec/tls").is_empty() { "80" } else { "80, 443" };
-            vec![name, none_if_empty(s(obj, "/spec/ingressClassName").into()), json!(if hosts.is_empty() { "*".to_string() } else { hosts.join(",") }), json!(addr.join(",")), json!(ports), age_v]
+            vec![
+                name,
+                none_if_empty(s(obj, "/spec/ingressClassName").into()),
+                json!(if hosts.is_empty() { "*".to_string() } else { hosts.join(",") }),
+                json!(addr.join(",")),
+                json!(ports),
+                age_v,
+            ]
         }
         ("networking.k8s.io", "networkpolicies") => vec![name, none_if_empty(selector_string(obj.pointer("/spec/podSelector"))), age_v],
         ("discovery.k8s.io", "endpointslices") => {
             let ports: Vec<String> = arr(obj, "/ports").iter().map(|p| i(p, "/port").to_string()).collect();
-            let eps: Vec<String> = arr(obj, "/endpoints").iter().flat_map(|e| arr(e, "/addresses").iter().filter_map(Value::as_str).map(String::from)).collect();
-            vec![name, json!(s(obj, "/addressType")), json!(if ports.is_empty() { "<unset>".into() } else { ports.join(",") }), json!(if eps.is_empty() { "<unset>".into() } else { eps.join(",") }), age_v]
+            let eps: Vec<String> =
+                arr(obj, "/endpoints").iter().flat_map(|e| arr(e, "/addresses").iter().filter_map(Value::as_str).map(String::from)).collect();
+            vec![
+                name,
+                json!(s(obj, "/addressType")),
+                json!(if ports.is_empty() { "<unset>".into() } else { ports.join(",") }),
+                json!(if eps.is_empty() { "<unset>".into() } else { eps.join(",") }),
+                age_v,
+            ]
         }
         ("coordination.k8s.io", "leases") => vec![name, none_if_empty(s(obj, "/spec/holderIdentity").into()), age_v],
         ("policy", "poddisruptionbudgets") => {

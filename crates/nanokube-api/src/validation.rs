@@ -12,11 +12,7 @@ const DNS1035_LABEL_MSG: &str = "a DNS-1035 label must consist of lower case alp
 
 /// `[a-z0-9]([-a-z0-9]*[a-z0-9])?`, at most 63 characters.
 pub fn is_dns1123_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
+    !s.is_empty() && s.len() <= 63 && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') && !s.starts_with('-') && !s.ends_with('-')
 }
 
 /// Dot-separated DNS-1123 labels, at most 253 characters.
@@ -58,7 +54,9 @@ pub fn check_name(rule: NameRule, name: &str) -> Option<String> {
     match rule {
         NameRule::Dns1123Label if !is_dns1123_label(name) => bad(if name.len() > 63 { "must be no more than 63 characters" } else { DNS1123_LABEL_MSG }),
         NameRule::Dns1035Label if !is_dns1035_label(name) => bad(if name.len() > 63 { "must be no more than 63 characters" } else { DNS1035_LABEL_MSG }),
-        NameRule::Dns1123Subdomain if !is_dns1123_subdomain(name) => bad(if name.len() > 253 { "must be no more than 253 characters" } else { DNS1123_SUBDOMAIN_MSG }),
+        NameRule::Dns1123Subdomain if !is_dns1123_subdomain(name) => {
+            bad(if name.len() > 253 { "must be no more than 253 characters" } else { DNS1123_SUBDOMAIN_MSG })
+        }
         NameRule::PathSegment if name == "." || name == ".." => bad("may not be '.' or '..'"),
         NameRule::PathSegment if name.contains('/') || name.contains('%') => bad("may not contain '/' or '%'"),
         _ => None,
@@ -111,7 +109,11 @@ fn valid_config_key(k: &str) -> bool {
 pub fn validate_meta(def: &ResourceDef, obj: &Value, causes: &mut Vec<Cause>) {
     let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
     if name.is_empty() {
-        causes.push(Cause { reason: "FieldValueRequired".into(), message: "Required value: name or generateName is required".into(), field: "metadata.name".into() });
+        causes.push(Cause {
+            reason: "FieldValueRequired".into(),
+            message: "Required value: name or generateName is required".into(),
+            field: "metadata.name".into(),
+        });
     } else if let Some(msg) = check_name(name_rule(def), name) {
         causes.push(Cause { reason: "FieldValueInvalid".into(), message: msg, field: "metadata.name".into() });
     }
@@ -120,7 +122,11 @@ pub fn validate_meta(def: &ResourceDef, obj: &Value, causes: &mut Vec<Cause>) {
             Some(map) => {
                 for (k, v) in map {
                     if !valid_qualified_name(k) {
-                        causes.push(invalid("metadata.labels", &Value::String(k.clone()), "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"));
+                        causes.push(invalid(
+                            "metadata.labels",
+                            &Value::String(k.clone()),
+                            "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character",
+                        ));
                     }
                     match v.as_str() {
                         Some(s) if valid_label_value(s) => {}
@@ -135,11 +141,19 @@ pub fn validate_meta(def: &ResourceDef, obj: &Value, causes: &mut Vec<Cause>) {
     if let Some(ann) = obj.pointer("/metadata/annotations").and_then(Value::as_object) {
         let total: usize = ann.iter().map(|(k, v)| k.len() + v.as_str().map_or(0, str::len)).sum();
         if total > 256 * 1024 {
-            causes.push(Cause { reason: "FieldValueTooLong".into(), message: "Too long: must have at most 262144 bytes".into(), field: "metadata.annotations".into() });
+            causes.push(Cause {
+                reason: "FieldValueTooLong".into(),
+                message: "Too long: must have at most 262144 bytes".into(),
+                field: "metadata.annotations".into(),
+            });
         }
         for k in ann.keys() {
             if !valid_qualified_name(k) {
-                causes.push(invalid("metadata.annotations", &Value::String(k.clone()), "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"));
+                causes.push(invalid(
+                    "metadata.annotations",
+                    &Value::String(k.clone()),
+                    "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character",
+                ));
             }
         }
     }
@@ -158,7 +172,9 @@ fn validate_pod_spec(spec: Option<&Value>, path: &str, causes: &mut Vec<Cause>) 
                 match c.get("name").and_then(Value::as_str) {
                     None | Some("") => causes.push(required(&format!("{cpath}.name"))),
                     Some(n) if !is_dns1123_label(n) => causes.push(invalid(&format!("{cpath}.name"), &Value::String(n.into()), DNS1123_LABEL_MSG)),
-                    Some(n) if seen.contains(&n) => causes.push(Cause { reason: "FieldValueDuplicate".into(), message: format!("Duplicate value: {n:?}"), field: format!("{cpath}.name") }),
+                    Some(n) if seen.contains(&n) => {
+                        causes.push(Cause { reason: "FieldValueDuplicate".into(), message: format!("Duplicate value: {n:?}"), field: format!("{cpath}.name") })
+                    }
                     Some(n) => seen.push(n),
                 }
                 if c.get("image").and_then(Value::as_str).is_none_or(str::is_empty) {
@@ -168,7 +184,9 @@ fn validate_pod_spec(spec: Option<&Value>, path: &str, causes: &mut Vec<Cause>) 
                     for (j, p) in ports.iter().enumerate() {
                         match p.get("containerPort").and_then(Value::as_i64) {
                             Some(n) if (1..=65535).contains(&n) => {}
-                            Some(n) => causes.push(invalid(&format!("{cpath}.ports[{j}].containerPort"), &Value::from(n), "must be between 1 and 65535, inclusive")),
+                            Some(n) => {
+                                causes.push(invalid(&format!("{cpath}.ports[{j}].containerPort"), &Value::from(n), "must be between 1 and 65535, inclusive"))
+                            }
                             None => causes.push(required(&format!("{cpath}.ports[{j}].containerPort"))),
                         }
                     }
@@ -238,7 +256,11 @@ pub fn validate_object(def: &ResourceDef, obj: &Value) -> Vec<Cause> {
             if let Some(m) = obj.get("data").and_then(Value::as_object) {
                 for (k, v) in m {
                     if !valid_config_key(k) {
-                        causes.push(invalid(&format!("data[{k}]"), &Value::String(k.clone()), "a valid config key must consist of alphanumeric characters, '-', '_' or '.'"));
+                        causes.push(invalid(
+                            &format!("data[{k}]"),
+                            &Value::String(k.clone()),
+                            "a valid config key must consist of alphanumeric characters, '-', '_' or '.'",
+                        ));
                     }
                     if let Some(s) = v.as_str() {
                         use base64::Engine;
@@ -271,18 +293,16 @@ pub fn validate_object(def: &ResourceDef, obj: &Value) -> Vec<Cause> {
             }
             validate_pod_spec(obj.pointer("/spec/jobTemplate/spec/template/spec"), "spec.jobTemplate.spec.template.spec", &mut causes);
         }
-        ("rbac.authorization.k8s.io", "rolebindings") | ("rbac.authorization.k8s.io", "clusterrolebindings") => {
-            match obj.get("roleRef") {
-                Some(r) if r.get("name").and_then(Value::as_str).is_some_and(|n| !n.is_empty()) => {
-                    let kind = r.get("kind").and_then(Value::as_str).unwrap_or("");
-                    let allowed: &[&str] = if def.plural == "rolebindings" { &["Role", "ClusterRole"] } else { &["ClusterRole"] };
-                    if !allowed.contains(&kind) {
-                        causes.push(not_supported("roleRef.kind", kind, allowed));
-                    }
+        ("rbac.authorization.k8s.io", "rolebindings") | ("rbac.authorization.k8s.io", "clusterrolebindings") => match obj.get("roleRef") {
+            Some(r) if r.get("name").and_then(Value::as_str).is_some_and(|n| !n.is_empty()) => {
+                let kind = r.get("kind").and_then(Value::as_str).unwrap_or("");
+                let allowed: &[&str] = if def.plural == "rolebindings" { &["Role", "ClusterRole"] } else { &["ClusterRole"] };
+                if !allowed.contains(&kind) {
+                    causes.push(not_supported("roleRef.kind", kind, allowed));
                 }
-                _ => causes.push(required("roleRef.name")),
             }
-        }
+            _ => causes.push(required("roleRef.name")),
+        },
         _ => {}
     }
     causes
@@ -323,7 +343,11 @@ fn validate_service(obj: &Value, causes: &mut Vec<Cause>) {
             }
             if let Some(np) = p.get("nodePort").and_then(Value::as_i64) {
                 if np != 0 && !(30000..=32767).contains(&np) {
-                    causes.push(invalid(&format!("{path}.nodePort"), &Value::from(np), "provided port is not in the valid range. The range of valid ports is 30000-32767"));
+                    causes.push(invalid(
+                        &format!("{path}.nodePort"),
+                        &Value::from(np),
+                        "provided port is not in the valid range. The range of valid ports is 30000-32767",
+                    ));
                 }
             }
         }

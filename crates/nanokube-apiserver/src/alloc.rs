@@ -66,7 +66,11 @@ impl ServiceAllocator {
                     ApiError::new(422, "Invalid", format!("Service is invalid: spec.clusterIPs: Invalid value: [\"{r}\"]: failed to allocate IP {r}: the provided IP ({r}) is not in the valid range. The range of valid IPs is {}/{}", Ipv4Addr::from(self.base), 32 - self.size.trailing_zeros()))
                 })?;
                 if !self.used_ips.insert(o) {
-                    return Err(ApiError::new(422, "Invalid", format!("Service is invalid: spec.clusterIPs: Invalid value: [\"{r}\"]: failed to allocate IP {r}: provided IP is already allocated")));
+                    return Err(ApiError::new(
+                        422,
+                        "Invalid",
+                        format!("Service is invalid: spec.clusterIPs: Invalid value: [\"{r}\"]: failed to allocate IP {r}: provided IP is already allocated"),
+                    ));
                 }
                 Ok(Ipv4Addr::from(self.base + o))
             }

@@ -98,7 +98,10 @@ mod tests {
     fn messages_match_upstream() {
         let u = UserInfo::authenticated("system:serviceaccount:ns:sa", "", vec![]);
         let r = parse("GET", "/api/v1/namespaces/ns/pods", false);
-        assert_eq!(forbidden_message(&u, &r, ""), "pods is forbidden: User \"system:serviceaccount:ns:sa\" cannot list resource \"pods\" in API group \"\" in the namespace \"ns\"");
+        assert_eq!(
+            forbidden_message(&u, &r, ""),
+            "pods is forbidden: User \"system:serviceaccount:ns:sa\" cannot list resource \"pods\" in API group \"\" in the namespace \"ns\""
+        );
         let r = parse("GET", "/api", false);
         assert_eq!(forbidden_message(&UserInfo::anonymous(), &r, ""), "forbidden: User \"system:anonymous\" cannot get path \"/api\"");
         let r = parse("GET", "/apis/apps/v1/namespaces/x/deployments/d", false);

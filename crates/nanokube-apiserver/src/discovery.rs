@@ -159,7 +159,8 @@ mod tests {
         let core = api_resource_list("", "v1").unwrap();
         let names: Vec<&str> = core["resources"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
         assert!(names.contains(&"pods") && names.contains(&"pods/status") && names.contains(&"namespaces"));
-        let scale = api_resource_list("apps", "v1").unwrap()["resources"].as_array().unwrap().iter().find(|r| r["name"] == "deployments/scale").cloned().unwrap();
+        let scale =
+            api_resource_list("apps", "v1").unwrap()["resources"].as_array().unwrap().iter().find(|r| r["name"] == "deployments/scale").cloned().unwrap();
         assert_eq!(scale["group"], "autoscaling");
         assert!(api_resource_list("nope", "v1").is_none());
     }

@@ -144,7 +144,16 @@ fn impersonate(server: &ApiServer, requester: &UserInfo, headers: &HeaderMap) ->
         return Ok(None);
     };
     let check = |group: &str, resource: &str, subresource: &str, namespace: &str, name: &str| -> Result<(), ApiError> {
-        let req = RequestInfo { is_resource: true, verb: "impersonate".into(), group: group.into(), resource: resource.into(), subresource: subresource.into(), namespace: namespace.into(), name: name.into(), ..Default::default() };
+        let req = RequestInfo {
+            is_resource: true,
+            verb: "impersonate".into(),
+            group: group.into(),
+            resource: resource.into(),
+            subresource: subresource.into(),
+            namespace: namespace.into(),
+            name: name.into(),
+            ..Default::default()
+        };
         match server.authz.authorize(requester, &req) {
             Decision::Allow => Ok(()),
             Decision::Deny(reason) => Err(ApiError::forbidden(forbidden_message(requester, &req, &reason))),
@@ -223,9 +232,9 @@ async fn handle_inner(server: &Arc<ApiServer>, conn: &ConnInfo, req: Request<Inc
         let reason = if let Decision::Deny(r) = decision { r } else { String::new() };
         let mut e = ApiError::forbidden(forbidden_message(&user, &info, &reason));
         if info.is_resource {
-            e.name = (!info.name.is_empty()).then(|| info.name.clone());
-            e.kind = Some(info.resource.clone());
-            e.group = (!info.group.is_empty()).then(|| info.group.clone());
+            e.details.name = (!info.name.is_empty()).then(|| info.name.clone());
+            e.details.kind = Some(info.resource.clone());
+            e.details.group = (!info.group.is_empty()).then(|| info.group.clone());
         }
         return Err(e);
     }
@@ -282,7 +291,12 @@ fn non_resource(server: &ApiServer, method: &Method, path: &str, query: &Query, 
             if !ready {
                 let mut body = String::new();
                 for c in checks {
-                    body.push_str(&format!("[{}]{} {}\n", if *c == "poststarthook/bootstrap-controller" { "-" } else { "+" }, c, if *c == "poststarthook/bootstrap-controller" { "failed: reason withheld" } else { "ok" }));
+                    body.push_str(&format!(
+                        "[{}]{} {}\n",
+                        if *c == "poststarthook/bootstrap-controller" { "-" } else { "+" },
+                        c,
+                        if *c == "poststarthook/bootstrap-controller" { "failed: reason withheld" } else { "ok" }
+                    ));
                 }
                 body.push_str(&format!("{} check failed\n", &path[1..]));
                 return Ok(h::text(StatusCode::INTERNAL_SERVER_ERROR, body));
@@ -299,7 +313,11 @@ fn non_resource(server: &ApiServer, method: &Method, path: &str, query: &Query, 
         }
         p if p.starts_with("/healthz/") || p.starts_with("/livez/") || p.starts_with("/readyz/") => Ok(h::text(StatusCode::OK, "ok")),
         "/version" => Ok(h::json(StatusCode::OK, &crate::discovery::version())),
-        "/metrics" => Ok(h::bytes_response(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", Bytes::from(server.metrics.render(server.registry.store().as_ref())))),
+        "/metrics" => Ok(h::bytes_response(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            Bytes::from(server.metrics.render(server.registry.store().as_ref())),
+        )),
         "/.well-known/openid-configuration" => match &server.tokens {
             Some(t) => Ok(h::json(StatusCode::OK, &t.openid_configuration(&server.server_url))),
             None => Err(ApiError::path_not_found()),
@@ -319,7 +337,11 @@ fn non_resource(server: &ApiServer, method: &Method, path: &str, query: &Query, 
                     return Ok(r);
                 }
             }
-            let mut r = if core { h::json(StatusCode::OK, &crate::discovery::api_versions(&server.server_address)) } else { h::json(StatusCode::OK, &crate::discovery::api_group_list()) };
+            let mut r = if core {
+                h::json(StatusCode::OK, &crate::discovery::api_versions(&server.server_address))
+            } else {
+                h::json(StatusCode::OK, &crate::discovery::api_group_list())
+            };
             r.headers_mut().insert(http::header::VARY, HeaderValue::from_static("Accept"));
             Ok(r)
         }
@@ -364,7 +386,16 @@ fn non_resource(server: &ApiServer, method: &Method, path: &str, query: &Query, 
             }
         }
         "" => {
-            let mut paths = vec!["/api".to_string(), "/api/v1".into(), "/apis".into(), "/healthz".into(), "/livez".into(), "/readyz".into(), "/version".into(), "/openapi/v3".into()];
+            let mut paths = vec![
+                "/api".to_string(),
+                "/api/v1".into(),
+                "/apis".into(),
+                "/healthz".into(),
+                "/livez".into(),
+                "/readyz".into(),
+                "/version".into(),
+                "/openapi/v3".into(),
+            ];
             for g in resources::groups() {
                 paths.push(format!("/apis/{g}"));
                 paths.push(format!("/apis/{g}/v1"));
@@ -440,7 +471,11 @@ impl Ctx<'_> {
             None | Some("") | Some("Warn") => "Warn",
             Some("Strict") => "Strict",
             Some("Ignore") => "Ignore",
-            Some(other) => return Err(ApiError::bad_request(format!("fieldValidation: Invalid value: {other:?}: fieldValidation must be one of \"Ignore\", \"Warn\", or \"Strict\""))),
+            Some(other) => {
+                return Err(ApiError::bad_request(format!(
+                    "fieldValidation: Invalid value: {other:?}: fieldValidation must be one of \"Ignore\", \"Warn\", or \"Strict\""
+                )))
+            }
         };
         let unknown = nanokube_api::protobuf::unknown_fields(&def.api_version(), def.kind, obj).unwrap_or_default();
         let json_body = self.content_type().split(';').next().unwrap_or("").trim() == "application/json";
@@ -473,7 +508,9 @@ impl Ctx<'_> {
             None | Some("") | Some("Metadata") => Ok(Include::Metadata),
             Some("Object") => Ok(Include::Object),
             Some("None") => Ok(Include::None),
-            Some(other) => Err(ApiError::bad_request(format!("includeObject: Unsupported value: {other:?}: supported values: \"Metadata\", \"None\", \"Object\""))),
+            Some(other) => {
+                Err(ApiError::bad_request(format!("includeObject: Unsupported value: {other:?}: supported values: \"Metadata\", \"None\", \"Object\"")))
+            }
         }
     }
 
@@ -482,9 +519,14 @@ impl Ctx<'_> {
         let ct = self.content_type();
         let mime = ct.split(';').next().unwrap_or("").trim();
         match mime {
-            "application/json" | "" | "*/*" => serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("Object 'Kind' is missing in '{}': {e}", String::from_utf8_lossy(&body[..body.len().min(200)])))),
-            "application/yaml" | "application/x-yaml" | "text/yaml" => serde_norway::from_slice(body).map_err(|e| ApiError::bad_request(format!("error converting YAML to JSON: {e}"))),
-            "application/vnd.kubernetes.protobuf" => nanokube_api::protobuf::decode_request(body).map_err(|e| ApiError::bad_request(format!("failed to decode protobuf body: {e}"))),
+            "application/json" | "" | "*/*" => serde_json::from_slice(body)
+                .map_err(|e| ApiError::bad_request(format!("Object 'Kind' is missing in '{}': {e}", String::from_utf8_lossy(&body[..body.len().min(200)])))),
+            "application/yaml" | "application/x-yaml" | "text/yaml" => {
+                serde_norway::from_slice(body).map_err(|e| ApiError::bad_request(format!("error converting YAML to JSON: {e}")))
+            }
+            "application/vnd.kubernetes.protobuf" => {
+                nanokube_api::protobuf::decode_request(body).map_err(|e| ApiError::bad_request(format!("failed to decode protobuf body: {e}")))
+            }
             other => Err(ApiError::unsupported_media_type(other)),
         }
     }
@@ -529,7 +571,9 @@ impl Ctx<'_> {
     async fn resource(&self, body: Bytes) -> Result<Response<Body>, ApiError> {
         let info = self.info;
         let def = resources::find(&info.group, &info.version, &info.resource).ok_or_else(ApiError::path_not_found)?;
-        let namespaced_url = !info.namespace.is_empty() && !(def.plural == "namespaces" && def.group.is_empty());
+        // `namespaces/{name}` names the namespace object itself, not a namespaced resource.
+        let is_namespace_object = def.group.is_empty() && def.plural == "namespaces";
+        let namespaced_url = !info.namespace.is_empty() && !is_namespace_object;
         if namespaced_url && !def.namespaced {
             return Err(ApiError::path_not_found());
         }
@@ -605,7 +649,10 @@ impl Ctx<'_> {
                     }
                 }
                 let rv = self.server.registry.store().current_revision();
-                Ok(h::json(StatusCode::OK, &json!({"kind": def.list_kind(), "apiVersion": def.api_version(), "metadata": {"resourceVersion": rv.to_string()}, "items": deleted})))
+                Ok(h::json(
+                    StatusCode::OK,
+                    &json!({"kind": def.list_kind(), "apiVersion": def.api_version(), "metadata": {"resourceVersion": rv.to_string()}, "items": deleted}),
+                ))
             }
             _ => Err(ApiError::method_not_allowed(format!("the server does not allow this method on the requested resource ({})", def.plural))),
         }
@@ -621,7 +668,16 @@ impl Ctx<'_> {
         let ns = if def.namespaced { self.info.namespace.clone() } else { String::new() };
         let name = meta::name(obj).to_string();
         let allowed = |verb: &str, resource: &str, target: &str| {
-            let req = RequestInfo { is_resource: true, verb: verb.into(), group: def.group.into(), version: "v1".into(), resource: resource.into(), namespace: ns.clone(), name: target.into(), ..Default::default() };
+            let req = RequestInfo {
+                is_resource: true,
+                verb: verb.into(),
+                group: def.group.into(),
+                version: "v1".into(),
+                resource: resource.into(),
+                namespace: ns.clone(),
+                name: target.into(),
+                ..Default::default()
+            };
             self.server.authz.authorize(self.user, &req) == Decision::Allow
         };
         let wanted = match def.plural {
@@ -670,9 +726,9 @@ impl Ctx<'_> {
                 groups,
                 shown.join("\n")
             ));
-            e.name = Some(name);
-            e.group = Some(def.group.into());
-            e.kind = Some(def.plural.into());
+            e.details.name = Some(name);
+            e.details.group = Some(def.group.into());
+            e.details.kind = Some(def.plural.into());
             return Err(e);
         }
         Ok(())
@@ -680,14 +736,21 @@ impl Ctx<'_> {
 
     /// `POST serviceaccounts/{name}/token`: a bound token for the service account.
     fn token_request(&self, ns: &str, sa_name: &str, mut req: Value) -> Result<Value, ApiError> {
-        let issuer = self.server.tokens.as_ref().ok_or_else(|| ApiError::path_not_found())?;
+        let issuer = self.server.tokens.as_ref().ok_or_else(ApiError::path_not_found)?;
         let kind = req.get("kind").and_then(Value::as_str).unwrap_or("TokenRequest");
         if kind != "TokenRequest" {
             return Err(ApiError::bad_request(format!("the body of the request was not a TokenRequest: kind {kind:?}")));
         }
         let sa_def = resources::find("", "v1", "serviceaccounts").expect("serviceaccounts");
         let sa = self.server.registry.get(sa_def, ns, sa_name)?;
-        let invalid = |field: &str, msg: String| ApiError::invalid("TokenRequest", "authentication.k8s.io", sa_name, vec![nanokube_api::error::Cause { reason: "FieldValueInvalid".into(), message: msg, field: field.into() }]);
+        let invalid = |field: &str, msg: String| {
+            ApiError::invalid(
+                "TokenRequest",
+                "authentication.k8s.io",
+                sa_name,
+                vec![nanokube_api::error::Cause { reason: "FieldValueInvalid".into(), message: msg, field: field.into() }],
+            )
+        };
         let expiration = req.pointer("/spec/expirationSeconds").and_then(Value::as_i64).unwrap_or(3600);
         if expiration < 600 {
             return Err(invalid("spec.expirationSeconds", format!("Invalid value: {expiration}: may not specify a duration less than 10 minutes")));
@@ -695,7 +758,11 @@ impl Ctx<'_> {
         if expiration > 1 << 32 {
             return Err(invalid("spec.expirationSeconds", format!("Invalid value: {expiration}: may not specify a duration larger than 2^32 seconds")));
         }
-        let audiences: Vec<String> = req.pointer("/spec/audiences").and_then(Value::as_array).map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect()).unwrap_or_default();
+        let audiences: Vec<String> = req
+            .pointer("/spec/audiences")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect())
+            .unwrap_or_default();
         let bound = match req.pointer("/spec/boundObjectRef").filter(|b| b.is_object()) {
             None => None,
             Some(b) => {
@@ -731,7 +798,8 @@ impl Ctx<'_> {
     }
 
     fn orphan_dependents_false(&self, body: &[u8]) -> bool {
-        self.query.get("orphanDependents") == Some("false") || serde_json::from_slice::<Value>(body).ok().and_then(|v| v.get("orphanDependents").cloned()) == Some(json!(false))
+        self.query.get("orphanDependents") == Some("false")
+            || serde_json::from_slice::<Value>(body).ok().and_then(|v| v.get("orphanDependents").cloned()) == Some(json!(false))
     }
 
     fn delete_options(&self, body: &[u8]) -> Result<DeleteOptions, ApiError> {
@@ -789,10 +857,7 @@ impl Ctx<'_> {
         match self.query.get("resourceVersionMatch").unwrap_or("NotOlderThan") {
             "NotOlderThan" | "" => {
                 if n > current {
-                    let mut e = ApiError::new(504, "Timeout", format!("Too large resource version: {n}, current: {current}"));
-                    e.causes.push(nanokube_api::error::Cause { reason: "ResourceVersionTooLarge".into(), message: "Too large resource version".into(), field: String::new() });
-                    e.retry_after = Some(1);
-                    return Err(e);
+                    return Err(ApiError::too_large_resource_version(n, current));
                 }
                 Ok(())
             }
@@ -852,11 +917,16 @@ impl Ctx<'_> {
             None => Duration::from_secs(1800 + fastrand::u64(..1800)),
         };
         if send_initial && self.query.get("resourceVersionMatch") != Some("NotOlderThan") {
-            return Err(ApiError::invalid("ListOptions", "meta.k8s.io", "", vec![nanokube_api::error::Cause {
-                reason: "FieldValueForbidden".into(),
-                message: "Forbidden: sendInitialEvents requires setting resourceVersionMatch to NotOlderThan".into(),
-                field: "resourceVersionMatch".into(),
-            }]));
+            return Err(ApiError::invalid(
+                "ListOptions",
+                "meta.k8s.io",
+                "",
+                vec![nanokube_api::error::Cause {
+                    reason: "FieldValueForbidden".into(),
+                    message: "Forbidden: sendInitialEvents requires setting resourceVersionMatch to NotOlderThan".into(),
+                    field: "resourceVersionMatch".into(),
+                }],
+            ));
         }
         let registry = self.server.registry.clone();
         // Initial state: synthetic ADDED events when the client has no revision.
@@ -920,7 +990,8 @@ impl Ctx<'_> {
                 if initial_end {
                     m["annotations"] = json!({"k8s.io/initial-events-end": "true"});
                 }
-                let mut line = serde_json::to_vec(&json!({"type": "BOOKMARK", "object": {"kind": def.kind, "apiVersion": def.api_version(), "metadata": m}})).expect("serialize");
+                let mut line = serde_json::to_vec(&json!({"type": "BOOKMARK", "object": {"kind": def.kind, "apiVersion": def.api_version(), "metadata": m}}))
+                    .expect("serialize");
                 line.push(b'\n');
                 Bytes::from(line)
             };
@@ -980,11 +1051,16 @@ impl Ctx<'_> {
         if ty == PatchType::Apply {
             let fm = self.query.get("fieldManager").unwrap_or("");
             if fm.is_empty() {
-                return Err(ApiError::invalid("PatchOptions", "meta.k8s.io", "", vec![nanokube_api::error::Cause {
-                    reason: "FieldValueRequired".into(),
-                    message: "Required value: is required for apply patch".into(),
-                    field: "fieldManager".into(),
-                }]));
+                return Err(ApiError::invalid(
+                    "PatchOptions",
+                    "meta.k8s.io",
+                    "",
+                    vec![nanokube_api::error::Cause {
+                        reason: "FieldValueRequired".into(),
+                        message: "Required value: is required for apply patch".into(),
+                        field: "fieldManager".into(),
+                    }],
+                ));
             }
         }
         let opts = WriteOptions { dry_run: self.dry_run()?, subresource: subresource.map(String::from) };
@@ -1062,7 +1138,23 @@ impl Ctx<'_> {
                 let to_scale = |obj: &Value| -> Value {
                     let selector = obj
                         .pointer("/spec/selector")
-                        .map(|s| if def.group.is_empty() { nanokube_api::selector::LabelSelector { requirements: s.as_object().map(|m| m.iter().map(|(k, v)| nanokube_api::selector::Requirement::In(k.clone(), vec![v.as_str().unwrap_or("").into()])).collect()).unwrap_or_default() }.to_string_form() } else { LabelSelector::from_object(s).map(|l| l.to_string_form()).unwrap_or_default() })
+                        .map(|s| {
+                            if def.group.is_empty() {
+                                nanokube_api::selector::LabelSelector {
+                                    requirements: s
+                                        .as_object()
+                                        .map(|m| {
+                                            m.iter()
+                                                .map(|(k, v)| nanokube_api::selector::Requirement::In(k.clone(), vec![v.as_str().unwrap_or("").into()]))
+                                                .collect()
+                                        })
+                                        .unwrap_or_default(),
+                                }
+                                .to_string_form()
+                            } else {
+                                LabelSelector::from_object(s).map(|l| l.to_string_form()).unwrap_or_default()
+                            }
+                        })
                         .unwrap_or_default();
                     json!({
                         "kind": "Scale", "apiVersion": "autoscaling/v1",
@@ -1103,7 +1195,16 @@ impl Ctx<'_> {
                                 };
                                 let replicas = scale.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(0);
                                 if replicas < 0 {
-                                    return Err(ApiError::invalid("Scale", "autoscaling", meta::name(cur), vec![nanokube_api::error::Cause { reason: "FieldValueInvalid".into(), message: format!("Invalid value: {replicas}: must be greater than or equal to 0"), field: "spec.replicas".into() }]));
+                                    return Err(ApiError::invalid(
+                                        "Scale",
+                                        "autoscaling",
+                                        meta::name(cur),
+                                        vec![nanokube_api::error::Cause {
+                                            reason: "FieldValueInvalid".into(),
+                                            message: format!("Invalid value: {replicas}: must be greater than or equal to 0"),
+                                            field: "spec.replicas".into(),
+                                        }],
+                                    ));
                                 }
                                 let mut next = cur.clone();
                                 next["spec"]["replicas"] = json!(replicas);

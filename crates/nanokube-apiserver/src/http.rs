@@ -67,7 +67,7 @@ pub fn text(code: StatusCode, body: impl Into<String>) -> Response<Body> {
 /// An error as a `metav1.Status` response.
 pub fn error(e: &ApiError) -> Response<Body> {
     let mut r = json(StatusCode::from_u16(e.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &e.to_status());
-    if let Some(s) = e.retry_after {
+    if let Some(s) = e.details.retry_after {
         r.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from(s));
     }
     r
@@ -93,7 +93,9 @@ impl Output {
             Output::Json => "application/json".into(),
             Output::Yaml => "application/yaml".into(),
             Output::Table(v) => format!("application/json;as=Table;v={v};g=meta.k8s.io"),
-            Output::PartialMetadata(v) => format!("application/json;as={};v={v};g=meta.k8s.io", if list { "PartialObjectMetadataList" } else { "PartialObjectMetadata" }),
+            Output::PartialMetadata(v) => {
+                format!("application/json;as={};v={v};g=meta.k8s.io", if list { "PartialObjectMetadataList" } else { "PartialObjectMetadata" })
+            }
         }
     }
 }

@@ -120,7 +120,12 @@ impl Metrics {
     /// The text exposition.
     pub fn render(&self, store: &dyn Backend) -> String {
         let mut out = String::new();
-        let labels = |k: &RequestKey| format!("component=\"apiserver\",group=\"{}\",resource=\"{}\",scope=\"{}\",subresource=\"{}\",verb=\"{}\",version=\"{}\"", k.1, k.3, k.5, k.4, k.0, k.2);
+        let labels = |k: &RequestKey| {
+            format!(
+                "component=\"apiserver\",group=\"{}\",resource=\"{}\",scope=\"{}\",subresource=\"{}\",verb=\"{}\",version=\"{}\"",
+                k.1, k.3, k.5, k.4, k.0, k.2
+            )
+        };
         out.push_str("# HELP apiserver_request_total Counter of apiserver requests broken out for each verb, dry run value, group, version, resource, scope, component, and HTTP response code.\n# TYPE apiserver_request_total counter\n");
         for ((k, code), n) in self.requests.lock().expect("metrics").iter() {
             let _ = writeln!(out, "apiserver_request_total{{code=\"{code}\",{}}} {n}", labels(k));
@@ -138,11 +143,15 @@ impl Metrics {
         out.push_str("# HELP apiserver_current_inflight_requests Maximal number of currently used inflight request limit of this apiserver per request kind in last second.\n# TYPE apiserver_current_inflight_requests gauge\n");
         let _ = writeln!(out, "apiserver_current_inflight_requests{{request_kind=\"mutating\"}} {}", self.inflight_mutating.load(Ordering::Relaxed));
         let _ = writeln!(out, "apiserver_current_inflight_requests{{request_kind=\"readOnly\"}} {}", self.inflight_read.load(Ordering::Relaxed));
-        out.push_str("# HELP apiserver_registered_watchers Number of currently registered watchers for a given resources\n# TYPE apiserver_registered_watchers gauge\n");
+        out.push_str(
+            "# HELP apiserver_registered_watchers Number of currently registered watchers for a given resources\n# TYPE apiserver_registered_watchers gauge\n",
+        );
         for ((g, v, kind), n) in self.watchers.lock().expect("metrics").iter() {
             let _ = writeln!(out, "apiserver_registered_watchers{{group=\"{g}\",kind=\"{kind}\",version=\"{v}\"}} {n}");
         }
-        out.push_str("# HELP apiserver_storage_objects Number of stored objects at the time of last check split by kind.\n# TYPE apiserver_storage_objects gauge\n");
+        out.push_str(
+            "# HELP apiserver_storage_objects Number of stored objects at the time of last check split by kind.\n# TYPE apiserver_storage_objects gauge\n",
+        );
         for d in resources::BUILTIN.iter().filter(|d| d.is_stored()) {
             let name = if d.group.is_empty() { d.plural.to_string() } else { format!("{}.{}", d.plural, d.group) };
             let _ = writeln!(out, "apiserver_storage_objects{{resource=\"{name}\"}} {}", store.count(&d.key_prefix()));
@@ -152,14 +161,20 @@ impl Metrics {
         let _ = writeln!(out, "nanokube_store_commits_total {}", st.commits);
         out.push_str("# HELP nanokube_store_writes_total Writes acknowledged; more than commits when group commit batches them.\n# TYPE nanokube_store_writes_total counter\n");
         let _ = writeln!(out, "nanokube_store_writes_total {}", st.writes);
-        out.push_str("# HELP nanokube_store_commit_duration_seconds Time to write and fsync one commit.\n# TYPE nanokube_store_commit_duration_seconds histogram\n");
+        out.push_str(
+            "# HELP nanokube_store_commit_duration_seconds Time to write and fsync one commit.\n# TYPE nanokube_store_commit_duration_seconds histogram\n",
+        );
         for (b, c) in st.commit_buckets.iter().zip(&st.commit_counts) {
             let _ = writeln!(out, "nanokube_store_commit_duration_seconds_bucket{{le=\"{b}\"}} {c}");
         }
         let _ = writeln!(out, "nanokube_store_commit_duration_seconds_bucket{{le=\"+Inf\"}} {}", st.commits);
         let _ = writeln!(out, "nanokube_store_commit_duration_seconds_sum {}", st.commit_seconds_sum);
         let _ = writeln!(out, "nanokube_store_commit_duration_seconds_count {}", st.commits);
-        let _ = writeln!(out, "# HELP nanokube_store_revision The store's current revision.\n# TYPE nanokube_store_revision gauge\nnanokube_store_revision {}", store.current_revision());
+        let _ = writeln!(
+            out,
+            "# HELP nanokube_store_revision The store's current revision.\n# TYPE nanokube_store_revision gauge\nnanokube_store_revision {}",
+            store.current_revision()
+        );
         out
     }
 }

@@ -43,7 +43,8 @@ pub fn apply(ty: PatchType, current: &Value, body: &[u8]) -> Result<Value, ApiEr
         PatchType::Json => {
             let patch: json_patch::Patch = serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
             let mut doc = current.clone();
-            json_patch::patch(&mut doc, &patch).map_err(|e| ApiError::new(422, "Invalid", format!("the server rejected our request due to an error in our request: {e}")))?;
+            json_patch::patch(&mut doc, &patch)
+                .map_err(|e| ApiError::new(422, "Invalid", format!("the server rejected our request due to an error in our request: {e}")))?;
             Ok(doc)
         }
         PatchType::Strategic => {
@@ -230,7 +231,8 @@ mod tests {
 
     #[test]
     fn directives() {
-        let orig = json!({"spec": {"containers": [{"name": "a", "image": "x"}, {"name": "b", "image": "y"}], "args": ["1"]}, "metadata": {"finalizers": ["f1"]}});
+        let orig =
+            json!({"spec": {"containers": [{"name": "a", "image": "x"}, {"name": "b", "image": "y"}], "args": ["1"]}, "metadata": {"finalizers": ["f1"]}});
         let out = smp(
             orig,
             json!({"spec": {"containers": [{"name": "a", "$patch": "delete"}], "$setElementOrder/containers": [{"name": "b"}]},

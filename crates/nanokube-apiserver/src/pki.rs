@@ -6,9 +6,7 @@
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
-};
+use rcgen::{BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType};
 use time::{Duration, OffsetDateTime};
 
 /// Paths of every file in the data directory.
@@ -167,11 +165,8 @@ pub fn ensure(paths: &Paths, sans_ips: &[IpAddr], sans_dns: &[String]) -> std::i
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, "nanokube-apiserver");
         params.distinguished_name = dn;
-        params.subject_alt_names = sans_ips
-            .iter()
-            .map(|ip| SanType::IpAddress(*ip))
-            .chain(sans_dns.iter().filter_map(|d| d.clone().try_into().ok().map(SanType::DnsName)))
-            .collect();
+        params.subject_alt_names =
+            sans_ips.iter().map(|ip| SanType::IpAddress(*ip)).chain(sans_dns.iter().filter_map(|d| d.clone().try_into().ok().map(SanType::DnsName))).collect();
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.use_authority_key_identifier_extension = true;

@@ -77,7 +77,10 @@ impl Rule {
     /// Whether this rule allows a request.
     pub fn allows(&self, req: &RequestInfo) -> bool {
         if req.is_resource {
-            self.verb_matches(&req.verb) && self.group_matches(&req.group) && self.resource_matches(&req.resource, &req.subresource) && self.name_matches(&req.name)
+            self.verb_matches(&req.verb)
+                && self.group_matches(&req.group)
+                && self.resource_matches(&req.resource, &req.subresource)
+                && self.name_matches(&req.name)
         } else {
             self.verb_matches(&req.verb) && self.url_matches(&req.path)
         }
@@ -150,7 +153,12 @@ pub struct Rbac {
     index: RwLock<Index>,
 }
 
-const KINDS: [(&str, &str); 4] = [("rbac.authorization.k8s.io", "clusterroles"), ("rbac.authorization.k8s.io", "roles"), ("rbac.authorization.k8s.io", "clusterrolebindings"), ("rbac.authorization.k8s.io", "rolebindings")];
+const KINDS: [(&str, &str); 4] = [
+    ("rbac.authorization.k8s.io", "clusterroles"),
+    ("rbac.authorization.k8s.io", "roles"),
+    ("rbac.authorization.k8s.io", "clusterrolebindings"),
+    ("rbac.authorization.k8s.io", "rolebindings"),
+];
 
 impl Rbac {
     /// An authorizer loaded from the store and kept current by watching it until the
@@ -292,7 +300,13 @@ fn atomize(r: &Rule) -> Vec<Rule> {
         for g in &r.api_groups {
             for res in &r.resources {
                 for n in &names {
-                    out.push(Rule { verbs: vec![v.clone()], api_groups: vec![g.clone()], resources: vec![res.clone()], resource_names: n.map(|x| vec![x.clone()]).unwrap_or_default(), non_resource_urls: vec![] });
+                    out.push(Rule {
+                        verbs: vec![v.clone()],
+                        api_groups: vec![g.clone()],
+                        resources: vec![res.clone()],
+                        resource_names: n.map(|x| vec![x.clone()]).unwrap_or_default(),
+                        non_resource_urls: vec![],
+                    });
                 }
             }
         }
@@ -304,12 +318,11 @@ fn covers_atom(owner: &Rule, atom: &Rule) -> bool {
     let has = |list: &[String], v: &str| list.iter().any(|x| x == "*" || x == v);
     if !atom.non_resource_urls.is_empty() {
         let u = &atom.non_resource_urls[0];
-        return has(&owner.verbs, &atom.verbs[0]) && owner.non_resource_urls.iter().any(|o| o == "*" || o == u || (o.ends_with('*') && u.starts_with(&o[..o.len() - 1])));
+        return has(&owner.verbs, &atom.verbs[0])
+            && owner.non_resource_urls.iter().any(|o| o == "*" || o == u || (o.ends_with('*') && u.starts_with(&o[..o.len() - 1])));
     }
     let res = &atom.resources[0];
-    let resource_ok = owner.resources.iter().any(|o| {
-        o == "*" || o == res || (res.contains('/') && o.starts_with("*/") && res.ends_with(&o[1..]))
-    });
+    let resource_ok = owner.resources.iter().any(|o| o == "*" || o == res || (res.contains('/') && o.starts_with("*/") && res.ends_with(&o[1..])));
     has(&owner.verbs, &atom.verbs[0])
         && has(&owner.api_groups, &atom.api_groups[0])
         && resource_ok

@@ -145,12 +145,7 @@ fn store_err(e: StoreError, def: &ResourceDef, name: &str) -> ApiError {
         StoreError::NotFound => ApiError::not_found(def.plural, def.group, name),
         StoreError::Conflict { .. } => ApiError::conflict(def.plural, def.group, name),
         StoreError::Compacted { requested, oldest } => ApiError::expired(format!("too old resource version: {requested} ({oldest})")),
-        StoreError::FutureRevision { requested, current } => {
-            let mut e = ApiError::new(504, "Timeout", format!("Too large resource version: {requested}, current: {current}"));
-            e.causes.push(Cause { reason: "ResourceVersionTooLarge".into(), message: "Too large resource version".into(), field: String::new() });
-            e.retry_after = Some(1);
-            e
-        }
+        StoreError::FutureRevision { requested, current } => ApiError::too_large_resource_version(requested, current),
         StoreError::Unsupported(what) => ApiError::new(405, "MethodNotAllowed", format!("unsupported by the storage backend: {what}")),
         StoreError::Io(msg) => ApiError::internal(msg),
     }
@@ -364,7 +359,11 @@ impl Registry {
                         namespace
                     ));
                     e.message = e.message.replace(" \"\" is forbidden", " is forbidden");
-                    e.causes.push(Cause { reason: "NamespaceTerminating".into(), message: format!("namespace {namespace} is being terminated"), field: "metadata.namespace".into() });
+                    e.details.causes.push(Cause {
+                        reason: "NamespaceTerminating".into(),
+                        message: format!("namespace {namespace} is being terminated"),
+                        field: "metadata.namespace".into(),
+                    });
                     Err(e)
                 } else {
                     Ok(())
@@ -388,7 +387,10 @@ impl Registry {
             )));
         }
         if !api_version.is_empty() && api_version != def.api_version() {
-            return Err(ApiError::bad_request(format!("the API version in the data ({api_version}) does not match the expected API version ({})", def.api_version())));
+            return Err(ApiError::bad_request(format!(
+                "the API version in the data ({api_version}) does not match the expected API version ({})",
+                def.api_version()
+            )));
         }
         Ok(())
     }
@@ -399,10 +401,8 @@ impl Registry {
         obj["kind"] = json!(def.kind);
         obj["apiVersion"] = json!(def.api_version());
         let body_ns = meta::namespace(&obj).to_string();
-        if def.namespaced {
-            if !body_ns.is_empty() && body_ns != namespace {
-                return Err(ApiError::bad_request("the namespace of the provided object does not match the namespace sent on the request"));
-            }
+        if def.namespaced && !body_ns.is_empty() && body_ns != namespace {
+            return Err(ApiError::bad_request("the namespace of the provided object does not match the namespace sent on the request"));
         }
         {
             let m = meta::metadata_mut(&mut obj);
@@ -478,7 +478,13 @@ impl Registry {
     fn admit_create(&self, def: &ResourceDef, obj: &mut Value) {
         if def.group.is_empty() && def.plural == "pods" {
             // ServiceAccount admission: every pod runs as a service account.
-            let sa = obj.pointer("/spec/serviceAccountName").and_then(Value::as_str).filter(|s| !s.is_empty()).map(String::from).or_else(|| obj.pointer("/spec/serviceAccount").and_then(Value::as_str).filter(|s| !s.is_empty()).map(String::from)).unwrap_or_else(|| "default".into());
+            let sa = obj
+                .pointer("/spec/serviceAccountName")
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .or_else(|| obj.pointer("/spec/serviceAccount").and_then(Value::as_str).filter(|s| !s.is_empty()).map(String::from))
+                .unwrap_or_else(|| "default".into());
             if let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) {
                 spec.insert("serviceAccountName".into(), json!(sa));
                 spec.insert("serviceAccount".into(), json!(sa));
@@ -509,7 +515,16 @@ impl Registry {
             let requested = spec.get("clusterIP").and_then(Value::as_str).filter(|s| !s.is_empty()).map(String::from);
             let ip = match (old_ip, requested) {
                 (Some(o), Some(r)) if o != r => {
-                    return Err(ApiError::invalid("Service", "", "", vec![Cause { reason: "FieldValueInvalid".into(), message: format!("Invalid value: {r:?}: field is immutable"), field: "spec.clusterIPs[0]".into() }]));
+                    return Err(ApiError::invalid(
+                        "Service",
+                        "",
+                        "",
+                        vec![Cause {
+                            reason: "FieldValueInvalid".into(),
+                            message: format!("Invalid value: {r:?}: field is immutable"),
+                            field: "spec.clusterIPs[0]".into(),
+                        }],
+                    ));
                 }
                 (Some(o), _) => o,
                 (None, Some(r)) if r == "None" => r,
@@ -521,13 +536,8 @@ impl Registry {
             };
             spec.insert("clusterIP".into(), json!(ip));
             spec.insert("clusterIPs".into(), json!([ip]));
-            if ip != "None" {
-                spec.entry("ipFamilies").or_insert(json!(["IPv4"]));
-                spec.entry("ipFamilyPolicy").or_insert(json!("SingleStack"));
-            } else {
-                spec.entry("ipFamilies").or_insert(json!(["IPv4"]));
-                spec.entry("ipFamilyPolicy").or_insert(json!("SingleStack"));
-            }
+            spec.entry("ipFamilies").or_insert(json!(["IPv4"]));
+            spec.entry("ipFamilyPolicy").or_insert(json!("SingleStack"));
             let wants_node_ports = ty == "NodePort" || ty == "LoadBalancer";
             let old_ports: Vec<(i64, u16)> = old
                 .and_then(|o| o.pointer("/spec/ports"))
@@ -722,7 +732,11 @@ impl Registry {
                     def.kind,
                     def.group,
                     meta::name(old),
-                    vec![Cause { reason: "FieldValueForbidden".into(), message: "Forbidden: no new finalizers can be added if the object is being deleted".into(), field: "metadata.finalizers".into() }],
+                    vec![Cause {
+                        reason: "FieldValueForbidden".into(),
+                        message: "Forbidden: no new finalizers can be added if the object is being deleted".into(),
+                        field: "metadata.finalizers".into(),
+                    }],
                 ));
             }
         }
@@ -782,16 +796,22 @@ impl Registry {
             }
         };
         match (def.group, def.plural) {
-            ("apps", "deployments") | ("apps", "replicasets") | ("apps", "daemonsets") | ("apps", "statefulsets") => immutable("spec.selector", "/spec/selector", causes),
-            ("rbac.authorization.k8s.io", "rolebindings") | ("rbac.authorization.k8s.io", "clusterrolebindings") => {
-                if old.get("roleRef") != new.get("roleRef") {
-                    causes.push(Cause { reason: "FieldValueInvalid".into(), message: "Invalid value: cannot change roleRef".into(), field: "roleRef".into() });
-                }
+            ("apps", "deployments") | ("apps", "replicasets") | ("apps", "daemonsets") | ("apps", "statefulsets") => {
+                immutable("spec.selector", "/spec/selector", causes)
+            }
+            ("rbac.authorization.k8s.io", "rolebindings") | ("rbac.authorization.k8s.io", "clusterrolebindings")
+                if old.get("roleRef") != new.get("roleRef") =>
+            {
+                causes.push(Cause { reason: "FieldValueInvalid".into(), message: "Invalid value: cannot change roleRef".into(), field: "roleRef".into() });
             }
             ("", "configmaps") | ("", "secrets") if old.get("immutable") == Some(&json!(true)) => {
                 for f in ["data", "binaryData", "stringData"] {
                     if old.get(f) != new.get(f) {
-                        causes.push(Cause { reason: "FieldValueForbidden".into(), message: "Forbidden: field is immutable when `immutable` is set".into(), field: f.into() });
+                        causes.push(Cause {
+                            reason: "FieldValueForbidden".into(),
+                            message: "Forbidden: field is immutable when `immutable` is set".into(),
+                            field: f.into(),
+                        });
                     }
                 }
             }
@@ -807,7 +827,12 @@ impl Registry {
             let current = decode_as(def, &kv)?;
             if let Some(uid) = &opts.precondition_uid {
                 if meta::uid(&current) != uid {
-                    return Err(ApiError::conflict_msg(def.plural, def.group, name, &format!("Precondition failed: UID in precondition: {}, UID in object meta: {}", uid, meta::uid(&current))));
+                    return Err(ApiError::conflict_msg(
+                        def.plural,
+                        def.group,
+                        name,
+                        &format!("Precondition failed: UID in precondition: {}, UID in object meta: {}", uid, meta::uid(&current)),
+                    ));
                 }
             }
             if let Some(rv) = &opts.precondition_rv {
@@ -816,7 +841,11 @@ impl Registry {
                         def.plural,
                         def.group,
                         name,
-                        &format!("Precondition failed: ResourceVersion in precondition: {}, ResourceVersion in object meta: {}", rv, meta::resource_version(&current)),
+                        &format!(
+                            "Precondition failed: ResourceVersion in precondition: {}, ResourceVersion in object meta: {}",
+                            rv,
+                            meta::resource_version(&current)
+                        ),
                     ));
                 }
             }
@@ -830,7 +859,11 @@ impl Registry {
                         "DeleteOptions",
                         "",
                         "",
-                        vec![Cause { reason: "FieldValueNotSupported".into(), message: format!("Unsupported value: {other:?}: supported values: \"Foreground\", \"Background\", \"Orphan\""), field: "propagationPolicy".into() }],
+                        vec![Cause {
+                            reason: "FieldValueNotSupported".into(),
+                            message: format!("Unsupported value: {other:?}: supported values: \"Foreground\", \"Background\", \"Orphan\""),
+                            field: "propagationPolicy".into(),
+                        }],
                     ))
                 }
             }
@@ -879,7 +912,14 @@ impl Registry {
     }
 
     /// Watch objects of a resource (one namespace or all) after `after`.
-    pub fn watch(&self, def: &'static ResourceDef, namespace: Option<&str>, after: Revision, labels: LabelSelector, fields: FieldSelector) -> Result<ObjectWatch, ApiError> {
+    pub fn watch(
+        &self,
+        def: &'static ResourceDef,
+        namespace: Option<&str>,
+        after: Revision,
+        labels: LabelSelector,
+        fields: FieldSelector,
+    ) -> Result<ObjectWatch, ApiError> {
         fields.check_supported(def.group, def.plural, def.namespaced)?;
         let prefix = match (fields.pinned_name(), namespace) {
             (Some(name), Some(ns)) if def.namespaced => def.key(ns, name),
@@ -931,7 +971,8 @@ fn namespace_finalizers_empty(def: &ResourceDef, obj: &Value) -> bool {
 }
 
 fn service_ips(obj: &Value) -> Vec<String> {
-    let mut ips: Vec<String> = obj.pointer("/spec/clusterIPs").and_then(Value::as_array).map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect()).unwrap_or_default();
+    let mut ips: Vec<String> =
+        obj.pointer("/spec/clusterIPs").and_then(Value::as_array).map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect()).unwrap_or_default();
     if let Some(ip) = obj.pointer("/spec/clusterIP").and_then(Value::as_str) {
         if !ips.iter().any(|i| i == ip) {
             ips.push(ip.to_string());
@@ -942,7 +983,10 @@ fn service_ips(obj: &Value) -> Vec<String> {
 }
 
 fn node_ports(obj: &Value) -> Vec<u16> {
-    obj.pointer("/spec/ports").and_then(Value::as_array).map(|a| a.iter().filter_map(|p| p.get("nodePort").and_then(Value::as_u64).map(|n| n as u16)).collect()).unwrap_or_default()
+    obj.pointer("/spec/ports")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(|p| p.get("nodePort").and_then(Value::as_u64).map(|n| n as u16)).collect())
+        .unwrap_or_default()
 }
 
 /// A watch of objects with selectors applied the way upstream does: an object that

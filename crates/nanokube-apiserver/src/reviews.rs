@@ -47,11 +47,16 @@ fn attributes_to_request(spec: &Value, namespace_override: Option<&str>) -> Resu
             ..Default::default()
         })
     } else {
-        Err(ApiError::invalid("SelfSubjectAccessReview", "authorization.k8s.io", "", vec![nanokube_api::error::Cause {
-            reason: "FieldValueRequired".into(),
-            message: "Required value: exactly one of nonResourceAttributes or resourceAttributes must be specified".into(),
-            field: "spec.resourceAttributes".into(),
-        }]))
+        Err(ApiError::invalid(
+            "SelfSubjectAccessReview",
+            "authorization.k8s.io",
+            "",
+            vec![nanokube_api::error::Cause {
+                reason: "FieldValueRequired".into(),
+                message: "Required value: exactly one of nonResourceAttributes or resourceAttributes must be specified".into(),
+                field: "spec.resourceAttributes".into(),
+            }],
+        ))
     }
 }
 
@@ -84,7 +89,11 @@ pub fn review(server: &Arc<ApiServer>, user: &UserInfo, def: &ResourceDef, names
             let who = UserInfo {
                 name: spec.get("user").and_then(Value::as_str).unwrap_or("").to_string(),
                 uid: spec.get("uid").and_then(Value::as_str).unwrap_or("").to_string(),
-                groups: spec.get("groups").and_then(Value::as_array).map(|a| a.iter().filter_map(|g| g.as_str().map(String::from)).collect()).unwrap_or_default(),
+                groups: spec
+                    .get("groups")
+                    .and_then(Value::as_array)
+                    .map(|a| a.iter().filter_map(|g| g.as_str().map(String::from)).collect())
+                    .unwrap_or_default(),
                 extra: Default::default(),
             };
             if def.plural == "localsubjectaccessreviews" {
@@ -98,11 +107,16 @@ pub fn review(server: &Arc<ApiServer>, user: &UserInfo, def: &ResourceDef, names
                 if let Some(ra) = spec.get("resourceAttributes").filter(|v| v.is_object()) {
                     let asked = ra.get("namespace").and_then(Value::as_str).unwrap_or("");
                     if asked != namespace {
-                        return Err(ApiError::invalid(def.kind, def.group, "", vec![nanokube_api::error::Cause {
-                            reason: "FieldValueInvalid".into(),
-                            message: format!("Invalid value: {asked:?}: must match metadata.namespace"),
-                            field: "spec.resourceAttributes.namespace".into(),
-                        }]));
+                        return Err(ApiError::invalid(
+                            def.kind,
+                            def.group,
+                            "",
+                            vec![nanokube_api::error::Cause {
+                                reason: "FieldValueInvalid".into(),
+                                message: format!("Invalid value: {asked:?}: must match metadata.namespace"),
+                                field: "spec.resourceAttributes.namespace".into(),
+                            }],
+                        ));
                     }
                 }
             }

@@ -85,7 +85,15 @@ impl TokenIssuer {
     }
 
     /// A bound token (TokenRequest). Returns the token and its expiry (unix seconds).
-    pub fn bound_token(&self, namespace: &str, sa_name: &str, sa_uid: &str, audiences: &[String], expiration_seconds: i64, bound: Option<&BoundObject>) -> (String, i64) {
+    pub fn bound_token(
+        &self,
+        namespace: &str,
+        sa_name: &str,
+        sa_uid: &str,
+        audiences: &[String],
+        expiration_seconds: i64,
+        bound: Option<&BoundObject>,
+    ) -> (String, i64) {
         let iat = now();
         let exp = iat + expiration_seconds;
         let jti = uuid::Uuid::new_v4().to_string();
@@ -218,7 +226,11 @@ impl ServiceAccountAuthenticator {
 
 /// The identity of a service account.
 pub fn sa_user(ns: &str, name: &str, uid: &str, extra: BTreeMap<String, Vec<String>>) -> UserInfo {
-    let mut u = UserInfo::authenticated(format!("system:serviceaccount:{ns}:{name}"), uid, vec!["system:serviceaccounts".into(), format!("system:serviceaccounts:{ns}")]);
+    let mut u = UserInfo::authenticated(
+        format!("system:serviceaccount:{ns}:{name}"),
+        uid,
+        vec!["system:serviceaccounts".into(), format!("system:serviceaccounts:{ns}")],
+    );
     u.extra = extra;
     u
 }

@@ -50,7 +50,19 @@ impl ApiServer {
     /// A new server, not yet ready.
     pub fn new(registry: Arc<Registry>, authn: Authenticator, authz: Box<dyn Authorizer>, rbac: Arc<crate::rbac::Rbac>, server_address: String) -> Self {
         let server_url = format!("https://{server_address}");
-        ApiServer { registry, authn, authz, openapi: OpenApi::build(), server_address, rbac, tokens: None, server_url, audit: None, metrics: Arc::default(), ready: AtomicBool::new(false) }
+        ApiServer {
+            registry,
+            authn,
+            authz,
+            openapi: OpenApi::build(),
+            server_address,
+            rbac,
+            tokens: None,
+            server_url,
+            audit: None,
+            metrics: Arc::default(),
+            ready: AtomicBool::new(false),
+        }
     }
 
     /// Whether `/readyz` answers ok.
@@ -84,7 +96,8 @@ pub fn tls_config(pki: &Pki) -> Result<Arc<rustls::ServerConfig>, String> {
         .allow_unauthenticated()
         .build()
         .map_err(|e| format!("client verifier: {e}"))?;
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pki.server_pem.as_bytes()).collect::<Result<_, _>>().map_err(|e| format!("apiserver.crt: {e}"))?;
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(pki.server_pem.as_bytes()).collect::<Result<_, _>>().map_err(|e| format!("apiserver.crt: {e}"))?;
     let key = PrivateKeyDer::from_pem_slice(pki.server_key_pem.as_bytes()).map_err(|e| format!("apiserver.key: {e}"))?;
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

@@ -94,18 +94,19 @@ impl NamespaceController {
             }
         }
         // Anything left (objects with finalizers) is waited for; look again soon.
-        let left: usize = resources::BUILTIN
-            .iter()
-            .filter(|d| d.namespaced && d.is_stored())
-            .map(|d| self.registry.store().count(&d.namespace_prefix(Some(name))))
-            .sum();
+        let left: usize =
+            resources::BUILTIN.iter().filter(|d| d.namespaced && d.is_stored()).map(|d| self.registry.store().count(&d.namespace_prefix(Some(name)))).sum();
         if left > 0 {
             return Err(ApiError::new(409, "Conflict", format!("namespace {name} still has {left} objects")));
         }
         self.registry
             .update_with(def("", "namespaces"), "", name, &WriteOptions { subresource: Some("finalize".into()), ..Default::default() }, |cur| {
                 let mut next = cur.clone();
-                let fins: Vec<Value> = cur.pointer("/spec/finalizers").and_then(Value::as_array).map(|a| a.iter().filter(|f| f.as_str() != Some("kubernetes")).cloned().collect()).unwrap_or_default();
+                let fins: Vec<Value> = cur
+                    .pointer("/spec/finalizers")
+                    .and_then(Value::as_array)
+                    .map(|a| a.iter().filter(|f| f.as_str() != Some("kubernetes")).cloned().collect())
+                    .unwrap_or_default();
                 next["spec"]["finalizers"] = json!(fins);
                 Ok(next)
             })

@@ -32,12 +32,47 @@ fn view_rules() -> Vec<Value> {
         rule(
             &[""],
             &[
-                "bindings", "configmaps", "endpoints", "events", "limitranges", "namespaces", "namespaces/status", "persistentvolumeclaims", "persistentvolumeclaims/status", "pods", "pods/log", "pods/status",
-                "replicationcontrollers", "replicationcontrollers/scale", "replicationcontrollers/status", "resourcequotas", "resourcequotas/status", "serviceaccounts", "services", "services/status",
+                "bindings",
+                "configmaps",
+                "endpoints",
+                "events",
+                "limitranges",
+                "namespaces",
+                "namespaces/status",
+                "persistentvolumeclaims",
+                "persistentvolumeclaims/status",
+                "pods",
+                "pods/log",
+                "pods/status",
+                "replicationcontrollers",
+                "replicationcontrollers/scale",
+                "replicationcontrollers/status",
+                "resourcequotas",
+                "resourcequotas/status",
+                "serviceaccounts",
+                "services",
+                "services/status",
             ],
             READ,
         ),
-        rule(&["apps"], &["controllerrevisions", "daemonsets", "daemonsets/status", "deployments", "deployments/scale", "deployments/status", "replicasets", "replicasets/scale", "replicasets/status", "statefulsets", "statefulsets/scale", "statefulsets/status"], READ),
+        rule(
+            &["apps"],
+            &[
+                "controllerrevisions",
+                "daemonsets",
+                "daemonsets/status",
+                "deployments",
+                "deployments/scale",
+                "deployments/status",
+                "replicasets",
+                "replicasets/scale",
+                "replicasets/status",
+                "statefulsets",
+                "statefulsets/scale",
+                "statefulsets/status",
+            ],
+            READ,
+        ),
         rule(&["autoscaling"], &["horizontalpodautoscalers", "horizontalpodautoscalers/status"], READ),
         rule(&["batch"], &["cronjobs", "cronjobs/status", "jobs", "jobs/status"], READ),
         rule(&["discovery.k8s.io"], &["endpointslices"], READ),
@@ -54,9 +89,37 @@ fn edit_rules() -> Vec<Value> {
         rule(&[""], &["serviceaccounts"], &["impersonate"]),
         rule(&[""], &["pods", "pods/attach", "pods/exec", "pods/portforward", "pods/proxy"], WRITE),
         rule(&[""], &["pods/eviction"], &["create"]),
-        rule(&[""], &["configmaps", "endpoints", "events", "persistentvolumeclaims", "replicationcontrollers", "replicationcontrollers/scale", "secrets", "serviceaccounts", "services", "services/proxy"], WRITE),
+        rule(
+            &[""],
+            &[
+                "configmaps",
+                "endpoints",
+                "events",
+                "persistentvolumeclaims",
+                "replicationcontrollers",
+                "replicationcontrollers/scale",
+                "secrets",
+                "serviceaccounts",
+                "services",
+                "services/proxy",
+            ],
+            WRITE,
+        ),
         rule(&[""], &["serviceaccounts/token"], &["create"]),
-        rule(&["apps"], &["daemonsets", "deployments", "deployments/rollback", "deployments/scale", "replicasets", "replicasets/scale", "statefulsets", "statefulsets/scale"], WRITE),
+        rule(
+            &["apps"],
+            &[
+                "daemonsets",
+                "deployments",
+                "deployments/rollback",
+                "deployments/scale",
+                "replicasets",
+                "replicasets/scale",
+                "statefulsets",
+                "statefulsets/scale",
+            ],
+            WRITE,
+        ),
         rule(&["autoscaling"], &["horizontalpodautoscalers"], WRITE),
         rule(&["batch"], &["cronjobs", "jobs"], WRITE),
         rule(&["discovery.k8s.io"], &["endpointslices"], WRITE),
@@ -69,7 +132,10 @@ fn edit_rules() -> Vec<Value> {
 
 fn admin_rules() -> Vec<Value> {
     let mut r = edit_rules();
-    r.extend([rule(&["rbac.authorization.k8s.io"], &["rolebindings", "roles"], ALL_RW), rule(&["authorization.k8s.io"], &["localsubjectaccessreviews"], &["create"])]);
+    r.extend([
+        rule(&["rbac.authorization.k8s.io"], &["rolebindings", "roles"], ALL_RW),
+        rule(&["authorization.k8s.io"], &["localsubjectaccessreviews"], &["create"]),
+    ]);
     r
 }
 
@@ -103,7 +169,10 @@ pub fn policy() -> (Vec<Value>, Vec<Value>) {
         ),
         cluster_role(
             "system:basic-user",
-            vec![rule(&["authentication.k8s.io"], &["selfsubjectreviews"], &["create"]), rule(&["authorization.k8s.io"], &["selfsubjectaccessreviews", "selfsubjectrulesreviews"], &["create"])],
+            vec![
+                rule(&["authentication.k8s.io"], &["selfsubjectreviews"], &["create"]),
+                rule(&["authorization.k8s.io"], &["selfsubjectaccessreviews", "selfsubjectrulesreviews"], &["create"]),
+            ],
         ),
         cluster_role("system:public-info-viewer", vec![urls(&["/healthz", "/livez", "/readyz", "/version", "/version/"], &["get"])]),
         cluster_role(

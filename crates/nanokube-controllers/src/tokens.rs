@@ -88,7 +88,7 @@ impl TokenController {
         let existing: Vec<String> = self
             .token_secrets_of(ns, name)?
             .iter()
-            .filter(|s| matches!(annotation(s, UID_ANNOTATION), "" ) || annotation(s, UID_ANNOTATION) == uid)
+            .filter(|s| matches!(annotation(s, UID_ANNOTATION), "") || annotation(s, UID_ANNOTATION) == uid)
             .map(|s| meta::name(s).to_string())
             .collect();
         let secret_name = match existing.first() {
@@ -138,14 +138,26 @@ impl TokenController {
             Ok(sa) => sa,
             Err(e) if e.code == 404 => {
                 // A token for a ServiceAccount that does not exist is deleted, as upstream does.
-                return self.registry.delete(def("secrets"), ns, name, &DeleteOptions::default()).await.map(|_| ()).or_else(|e| if e.code == 404 { Ok(()) } else { Err(e) });
+                return self.registry.delete(def("secrets"), ns, name, &DeleteOptions::default()).await.map(|_| ()).or_else(|e| {
+                    if e.code == 404 {
+                        Ok(())
+                    } else {
+                        Err(e)
+                    }
+                });
             }
             Err(e) => return Err(e),
         };
         let uid = meta::uid(&sa).to_string();
         let named_uid = annotation(&secret, UID_ANNOTATION);
         if !named_uid.is_empty() && named_uid != uid {
-            return self.registry.delete(def("secrets"), ns, name, &DeleteOptions::default()).await.map(|_| ()).or_else(|e| if e.code == 404 { Ok(()) } else { Err(e) });
+            return self.registry.delete(def("secrets"), ns, name, &DeleteOptions::default()).await.map(|_| ()).or_else(|e| {
+                if e.code == 404 {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            });
         }
         let has_token = secret.pointer("/data/token").and_then(Value::as_str).is_some_and(|t| !t.is_empty());
         if has_token && named_uid == uid {
@@ -195,8 +207,8 @@ impl TokenController {
             tokio::spawn(async move {
                 let mut from = start;
                 loop {
-                    match store.watch(&prefix, from) {
-                        Ok(mut w) => loop {
+                    if let Ok(mut w) = store.watch(&prefix, from) {
+                        loop {
                             tokio::select! {
                                 _ = sd.changed() => return,
                                 ev = w.next() => match ev {
@@ -211,8 +223,7 @@ impl TokenController {
                                     _ => break,
                                 }
                             }
-                        },
-                        Err(_) => {}
+                        }
                     }
                     from = store.current_revision();
                     if tx.send(Work::All).is_err() {

@@ -25,7 +25,7 @@ use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 
-pub use watch::{WatchStream, History};
+pub use watch::{History, WatchStream};
 
 /// A revision: the global, strictly increasing change counter.
 pub type Revision = i64;

@@ -16,7 +16,6 @@ use std::ops::Bound;
 use std::path::PathBuf;
 use std::sync::{mpsc, Arc, RwLock};
 
-
 use bytes::Bytes;
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::oneshot;
@@ -88,12 +87,8 @@ impl SqliteBackend {
             Some(p) => Connection::open(p).map_err(io)?,
             None => Connection::open_in_memory().map_err(io)?,
         };
-        conn.execute_batch(if opts.fsync {
-            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;"
-        } else {
-            "PRAGMA journal_mode=WAL; PRAGMA synchronous=OFF;"
-        })
-        .map_err(io)?;
+        conn.execute_batch(if opts.fsync { "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;" } else { "PRAGMA journal_mode=WAL; PRAGMA synchronous=OFF;" })
+            .map_err(io)?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS log (
                 revision INTEGER PRIMARY KEY,
@@ -117,10 +112,7 @@ impl SqliteBackend {
         let (tx, rx) = mpsc::channel::<Request>();
         let writer_shared = shared.clone();
         let max_batch = opts.max_batch.max(1);
-        std::thread::Builder::new()
-            .name("nanokube-store-writer".into())
-            .spawn(move || writer_loop(conn, writer_shared, rx, max_batch))
-            .map_err(io)?;
+        std::thread::Builder::new().name("nanokube-store-writer".into()).spawn(move || writer_loop(conn, writer_shared, rx, max_batch)).map_err(io)?;
         Ok(SqliteBackend { shared, tx })
     }
 
@@ -133,6 +125,13 @@ impl SqliteBackend {
         })
     }
 }
+
+/// A row of the log as written: revision, key, create revision, previous revision,
+/// deleted, value.
+type LogRow = (Revision, String, Revision, Option<Revision>, bool, Bytes);
+
+/// A row of the log as read back (deleted as SQLite's integer).
+type ReadRow = (i64, String, i64, Option<i64>, i64, Vec<u8>);
 
 type Loaded = (BTreeMap<String, Arc<KeyValue>>, Revision, Revision, Vec<Arc<Event>>);
 
@@ -159,10 +158,8 @@ fn load(conn: &Connection, history: usize) -> Result<Loaded, StoreError> {
     }
 
     // Rebuild the watch history from the newest rows of the log.
-    let mut stmt = conn
-        .prepare("SELECT revision, key, create_revision, prev_revision, deleted, value FROM log ORDER BY revision DESC LIMIT ?1")
-        .map_err(io)?;
-    let mut rows: Vec<(i64, String, i64, Option<i64>, i64, Vec<u8>)> = stmt
+    let mut stmt = conn.prepare("SELECT revision, key, create_revision, prev_revision, deleted, value FROM log ORDER BY revision DESC LIMIT ?1").map_err(io)?;
+    let mut rows: Vec<ReadRow> = stmt
         .query_map([history as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)))
         .map_err(io)?
         .collect::<Result<_, _>>()
@@ -220,7 +217,7 @@ fn commit_batch(conn: &mut Connection, shared: &Shared, batch: Vec<Request>) {
     };
 
     let mut planned = Vec::with_capacity(batch.len());
-    let mut rows: Vec<(Revision, String, Revision, Option<Revision>, bool, Bytes)> = Vec::new();
+    let mut rows: Vec<LogRow> = Vec::new();
     for req in batch {
         let (result, event, compact) = match req.op {
             Op::Create { key, value } => match current(&overlay, &key) {
@@ -311,7 +308,7 @@ fn commit_batch(conn: &mut Connection, shared: &Shared, batch: Vec<Request>) {
     }
 }
 
-fn write_rows(conn: &mut Connection, rows: &[(Revision, String, Revision, Option<Revision>, bool, Bytes)], compacts: &[Revision], revision: Revision) -> rusqlite::Result<()> {
+fn write_rows(conn: &mut Connection, rows: &[LogRow], compacts: &[Revision], revision: Revision) -> rusqlite::Result<()> {
     if rows.is_empty() && compacts.is_empty() {
         return Ok(());
     }
@@ -323,10 +320,7 @@ fn write_rows(conn: &mut Connection, rows: &[(Revision, String, Revision, Option
         }
     }
     for &c in compacts {
-        txn.execute(
-            "DELETE FROM log WHERE revision <= ?1 AND (deleted = 1 OR revision NOT IN (SELECT MAX(revision) FROM log GROUP BY key))",
-            [c],
-        )?;
+        txn.execute("DELETE FROM log WHERE revision <= ?1 AND (deleted = 1 OR revision NOT IN (SELECT MAX(revision) FROM log GROUP BY key))", [c])?;
         txn.execute("INSERT INTO meta (name, value) VALUES ('compact_revision', ?1) ON CONFLICT(name) DO UPDATE SET value = MAX(value, excluded.value)", [c])?;
         txn.execute("INSERT INTO meta (name, value) VALUES ('revision', ?1) ON CONFLICT(name) DO UPDATE SET value = MAX(value, excluded.value)", [revision])?;
     }
@@ -401,4 +395,3 @@ impl Backend for SqliteBackend {
         st.map.range::<str, _>((Bound::Included(prefix), Bound::Unbounded)).take_while(|(k, _)| k.starts_with(prefix)).count()
     }
 }
-

@@ -15,6 +15,9 @@ struct Ring {
     capacity: usize,
 }
 
+/// A backlog of events and the live receiver that continues it.
+type Subscription = (VecDeque<Arc<Event>>, broadcast::Receiver<Arc<Event>>);
+
 /// Recent events and live subscribers.
 pub struct History {
     ring: Mutex<Ring>,
@@ -71,7 +74,7 @@ impl History {
     }
 
     /// Subscribe: the backlog of events after `after` under `prefix`, plus a live receiver.
-    fn subscribe(&self, prefix: &str, after: Revision) -> Result<(VecDeque<Arc<Event>>, broadcast::Receiver<Arc<Event>>), StoreError> {
+    fn subscribe(&self, prefix: &str, after: Revision) -> Result<Subscription, StoreError> {
         let ring = self.ring.lock().expect("history lock");
         if after < ring.floor {
             return Err(StoreError::Compacted { requested: after, oldest: ring.floor });

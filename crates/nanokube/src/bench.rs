@@ -175,7 +175,11 @@ pub async fn run(opts: BenchOptions) -> Result<(), String> {
     let _ = std::fs::remove_dir_all(&tmp);
     result?;
     let cpu = cpu_time().saturating_sub(cpu0);
-    report.add("bench client CPU (s) / wall (s)", format!("{:.2} / {:.2}", cpu.as_secs_f64(), wall0.elapsed().as_secs_f64()), json!({"cpu_s": cpu.as_secs_f64(), "wall_s": wall0.elapsed().as_secs_f64()}));
+    report.add(
+        "bench client CPU (s) / wall (s)",
+        format!("{:.2} / {:.2}", cpu.as_secs_f64(), wall0.elapsed().as_secs_f64()),
+        json!({"cpu_s": cpu.as_secs_f64(), "wall_s": wall0.elapsed().as_secs_f64()}),
+    );
     if let Some(path) = &opts.json {
         std::fs::write(path, serde_json::to_vec_pretty(&Value::Object(report.json)).expect("serialize")).map_err(|e| format!("{}: {e}", path.display()))?;
         println!("figures written to {}", path.display());
@@ -285,7 +289,10 @@ async fn ensure_namespace(client: &ApiClient, ns: &str) -> Result<(), String> {
 
 fn configmap(name: &str) -> Bytes {
     // About 1 KB, as in the issue's scenario.
-    Bytes::from(format!(r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"{name}","labels":{{"bench":"true"}}}},"data":{{"payload":"{}"}}}}"#, "x".repeat(900)))
+    Bytes::from(format!(
+        r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"{name}","labels":{{"bench":"true"}}}},"data":{{"payload":"{}"}}}}"#,
+        "x".repeat(900)
+    ))
 }
 
 /// Create `count` ConfigMaps in `ns` with `clients` concurrent clients; latencies sorted.
@@ -345,11 +352,9 @@ async fn list(opts: &BenchOptions, kubeconfig: &Path, report: &mut Report) -> Re
     ensure_namespace(&client, &ns).await?;
     create_many(kubeconfig, &ns, "item", opts.objects, 8, opts.http2).await?;
     let table = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json";
-    for (label, query, accept) in [
-        ("JSON", "", "application/json"),
-        ("JSON, resourceVersion=0", "?resourceVersion=0", "application/json"),
-        ("Table", "?limit=500", table),
-    ] {
+    for (label, query, accept) in
+        [("JSON", "", "application/json"), ("JSON, resourceVersion=0", "?resourceVersion=0", "application/json"), ("Table", "?limit=500", table)]
+    {
         let path = format!("/api/v1/namespaces/{ns}/configmaps{query}");
         let mut lat = Vec::new();
         let mut bytes = 0;
@@ -464,7 +469,8 @@ async fn get_update_delete(scenario: &str, opts: &BenchOptions, kubeconfig: &Pat
             let start = Instant::now();
             let mut tasks = tokio::task::JoinSet::new();
             for _ in 0..c {
-                let (client, next, conflicts, ns, count, sc) = (ApiClient::from_kubeconfig(kubeconfig, opts.http2)?, next.clone(), conflicts.clone(), ns.clone(), opts.count, scenario.to_string());
+                let (client, next, conflicts, ns, count, sc) =
+                    (ApiClient::from_kubeconfig(kubeconfig, opts.http2)?, next.clone(), conflicts.clone(), ns.clone(), opts.count, scenario.to_string());
                 tasks.spawn(async move {
                     let mut lat = Vec::new();
                     loop {
@@ -492,7 +498,9 @@ async fn get_update_delete(scenario: &str, opts: &BenchOptions, kubeconfig: &Pat
                                 let (_, body) = client.request("GET", &path, None, Some("application/json"), Bytes::new()).await?;
                                 let mut obj: Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
                                 obj["data"]["n"] = json!(i.to_string());
-                                let (code, _) = client.request("PUT", &path, Some("application/json"), None, Bytes::from(serde_json::to_vec(&obj).expect("serialize"))).await?;
+                                let (code, _) = client
+                                    .request("PUT", &path, Some("application/json"), None, Bytes::from(serde_json::to_vec(&obj).expect("serialize")))
+                                    .await?;
                                 match code {
                                     200 => break,
                                     409 => {
@@ -513,7 +521,11 @@ async fn get_update_delete(scenario: &str, opts: &BenchOptions, kubeconfig: &Pat
             let wall = start.elapsed();
             lat.sort();
             let rate = opts.count as f64 / wall.as_secs_f64();
-            let key = if label.is_empty() { format!("{scenario}: {} ConfigMaps, {c} client(s)", opts.count) } else { format!("{scenario}: {} ConfigMaps, {c} client(s), {label}", opts.count) };
+            let key = if label.is_empty() {
+                format!("{scenario}: {} ConfigMaps, {c} client(s)", opts.count)
+            } else {
+                format!("{scenario}: {} ConfigMaps, {c} client(s), {label}", opts.count)
+            };
             let conflicts = conflicts.load(Ordering::Relaxed);
             report.add(
                 &key,
@@ -554,7 +566,8 @@ async fn pods(opts: &BenchOptions, kubeconfig: &Path, server_pid: Option<u32>, r
                 if i > 0 && i % step == 0 {
                     println!("  ... {i} of {n} pods stored");
                 }
-                let (code, b) = client.request("POST", &format!("/api/v1/namespaces/{ns}/pods"), Some("application/json"), None, pod(&format!("pod-{i}"))).await?;
+                let (code, b) =
+                    client.request("POST", &format!("/api/v1/namespaces/{ns}/pods"), Some("application/json"), None, pod(&format!("pod-{i}"))).await?;
                 if code != 201 {
                     return Err(format!("create pod: {code} {}", String::from_utf8_lossy(&b)));
                 }
@@ -565,10 +578,18 @@ async fn pods(opts: &BenchOptions, kubeconfig: &Path, server_pid: Option<u32>, r
         r.map_err(|e| e.to_string())??;
     }
     let stored_in = start.elapsed();
-    report.add(&format!("pods: {} stored (64 clients)", opts.pods), format!("{:.1} s ({:.0}/s)", stored_in.as_secs_f64(), opts.pods as f64 / stored_in.as_secs_f64()), json!({"pods": opts.pods, "seconds": stored_in.as_secs_f64()}));
+    report.add(
+        &format!("pods: {} stored (64 clients)", opts.pods),
+        format!("{:.1} s ({:.0}/s)", stored_in.as_secs_f64(), opts.pods as f64 / stored_in.as_secs_f64()),
+        json!({"pods": opts.pods, "seconds": stored_in.as_secs_f64()}),
+    );
     if let (Some(pid), Some(before)) = (server_pid, rss_before) {
         if let Some(after) = rss_kib(pid) {
-            report.add(&format!("pods: server RSS with {} pods (MiB)", opts.pods), format!("{:.0} (before: {:.0})", after as f64 / 1024.0, before as f64 / 1024.0), json!({"mib": after as f64 / 1024.0, "before_mib": before as f64 / 1024.0}));
+            report.add(
+                &format!("pods: server RSS with {} pods (MiB)", opts.pods),
+                format!("{:.0} (before: {:.0})", after as f64 / 1024.0, before as f64 / 1024.0),
+                json!({"mib": after as f64 / 1024.0, "before_mib": before as f64 / 1024.0}),
+            );
         }
     }
     let mut lat = Vec::new();
@@ -583,7 +604,11 @@ async fn pods(opts: &BenchOptions, kubeconfig: &Path, server_pid: Option<u32>, r
         bytes = body.len();
     }
     lat.sort();
-    report.add(&format!("pods: LIST {} pods, JSON", opts.pods), format!("p50 {} ms ({} MB)", ms(percentile(&lat, 0.5)), bytes / (1024 * 1024)), json!({"p50_ms": ms(percentile(&lat, 0.5)), "bytes": bytes}));
+    report.add(
+        &format!("pods: LIST {} pods, JSON", opts.pods),
+        format!("p50 {} ms ({} MB)", ms(percentile(&lat, 0.5)), bytes / (1024 * 1024)),
+        json!({"p50_ms": ms(percentile(&lat, 0.5)), "bytes": bytes}),
+    );
     // A watch from resourceVersion=0 replays every pod as ADDED.
     let t = Instant::now();
     let mut body = client.stream(&format!("/api/v1/namespaces/{ns}/pods?watch=true&resourceVersion=0&timeoutSeconds=300")).await?;
@@ -594,6 +619,10 @@ async fn pods(opts: &BenchOptions, kubeconfig: &Path, server_pid: Option<u32>, r
             seen += data.iter().filter(|b| **b == b'\n').count();
         }
     }
-    report.add(&format!("pods: watch from resourceVersion=0, {} initial events", opts.pods), format!("{} ms ({seen} events)", ms(t.elapsed())), json!({"ms": ms(t.elapsed()), "events": seen}));
+    report.add(
+        &format!("pods: watch from resourceVersion=0, {} initial events", opts.pods),
+        format!("{} ms ({seen} events)", ms(t.elapsed())),
+        json!({"ms": ms(t.elapsed()), "events": seen}),
+    );
     Ok(())
 }

@@ -74,7 +74,9 @@ impl ClusterAccess {
             Some(c) => c.to_string(),
             None => cfg.get("current-context").and_then(Value::as_str).ok_or("kubeconfig has no current-context")?.to_string(),
         };
-        let find = |section: &str, name: &str| cfg.get(section).and_then(Value::as_array).and_then(|l| l.iter().find(|e| e.get("name").and_then(Value::as_str) == Some(name)).cloned());
+        let find = |section: &str, name: &str| {
+            cfg.get(section).and_then(Value::as_array).and_then(|l| l.iter().find(|e| e.get("name").and_then(Value::as_str) == Some(name)).cloned())
+        };
         let ctx = find("contexts", &ctx_name).ok_or_else(|| format!("context {ctx_name:?} not found"))?;
         let cluster_name = ctx.pointer("/context/cluster").and_then(Value::as_str).unwrap_or("");
         let user_name = ctx.pointer("/context/user").and_then(Value::as_str).unwrap_or("");
@@ -109,7 +111,12 @@ impl ClusterAccess {
         let ca = std::fs::read(dir.join("ca.crt")).map_err(|e| format!("{}/ca.crt: {e}", dir.display()))?;
         let token_file = dir.join("token");
         std::fs::metadata(&token_file).map_err(|e| format!("{}: {e}", token_file.display()))?;
-        Ok(ClusterAccess { server: format!("https://{host}:{port}"), tls: tls_builder(Some(ca))?.with_no_client_auth(), token: None, token_file: Some(token_file) })
+        Ok(ClusterAccess {
+            server: format!("https://{host}:{port}"),
+            tls: tls_builder(Some(ca))?.with_no_client_auth(),
+            token: None,
+            token_file: Some(token_file),
+        })
     }
 
     /// The bearer token to send now, if any.

@@ -91,7 +91,11 @@ pub fn view(files: &[PathBuf], minify: bool, raw: bool, output: &str) -> Result<
             return Err("current-context must exist in order to minify".into());
         }
         let pick = |section: &str, name: &str| -> Value {
-            cfg.get(section).and_then(Value::as_array).and_then(|l| l.iter().find(|e| e.get("name").and_then(Value::as_str) == Some(name)).cloned()).map(|e| json!([e])).unwrap_or(Value::Null)
+            cfg.get(section)
+                .and_then(Value::as_array)
+                .and_then(|l| l.iter().find(|e| e.get("name").and_then(Value::as_str) == Some(name)).cloned())
+                .map(|e| json!([e]))
+                .unwrap_or(Value::Null)
         };
         let ctx = pick("contexts", &current);
         let cluster = ctx.pointer("/0/context/cluster").and_then(Value::as_str).unwrap_or("").to_string();
@@ -178,8 +182,33 @@ fn key_order(level: &str) -> &'static [&'static str] {
     match level {
         "config" => &["kind", "apiVersion", "preferences", "clusters", "users", "contexts", "current-context", "extensions"],
         "named" => &["name", "cluster", "user", "context", "extension"],
-        "cluster" => &["server", "tls-server-name", "insecure-skip-tls-verify", "certificate-authority", "certificate-authority-data", "proxy-url", "disable-compression", "extensions"],
-        "user" => &["client-certificate", "client-certificate-data", "client-key", "client-key-data", "token", "tokenFile", "as", "as-uid", "as-groups", "as-user-extra", "username", "password", "auth-provider", "exec", "extensions"],
+        "cluster" => &[
+            "server",
+            "tls-server-name",
+            "insecure-skip-tls-verify",
+            "certificate-authority",
+            "certificate-authority-data",
+            "proxy-url",
+            "disable-compression",
+            "extensions",
+        ],
+        "user" => &[
+            "client-certificate",
+            "client-certificate-data",
+            "client-key",
+            "client-key-data",
+            "token",
+            "tokenFile",
+            "as",
+            "as-uid",
+            "as-groups",
+            "as-user-extra",
+            "username",
+            "password",
+            "auth-provider",
+            "exec",
+            "extensions",
+        ],
         "context" => &["cluster", "user", "namespace", "extensions"],
         _ => &[],
     }

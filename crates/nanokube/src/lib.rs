@@ -19,17 +19,17 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
+use nanokube_apiserver::audit::AuditLog;
 use nanokube_apiserver::authn::{Authenticator, StaticTokens, TokenAuthenticator};
 use nanokube_apiserver::authz::{Chain, SuperuserAuthorizer};
-use nanokube_apiserver::audit::AuditLog;
-use nanokube_apiserver::rbac::Rbac;
-use nanokube_apiserver::satoken::{ServiceAccountAuthenticator, TokenIssuer};
-use nanokube_controllers::tokens::TokenController;
-use nanokube_apiserver::pki::{self, Paths};
-use nanokube_apiserver::registry::{Registry, RegistryConfig};
-use nanokube_apiserver::server::{self, ApiServer};
 use nanokube_apiserver::kubeconfig;
+use nanokube_apiserver::pki::{self, Paths};
+use nanokube_apiserver::rbac::Rbac;
+use nanokube_apiserver::registry::{Registry, RegistryConfig};
+use nanokube_apiserver::satoken::{ServiceAccountAuthenticator, TokenIssuer};
+use nanokube_apiserver::server::{self, ApiServer};
 use nanokube_controllers::namespaces::NamespaceController;
+use nanokube_controllers::tokens::TokenController;
 use nanokube_store::sqlite::{SqliteBackend, SqliteOptions};
 use nanokube_store::Backend;
 use tokio::net::TcpListener;
@@ -120,7 +120,9 @@ impl Cluster {
     /// Start a cluster and wait until it is ready (`/readyz` answers ok).
     pub async fn start(cfg: ClusterConfig) -> Result<Cluster, String> {
         let started = Instant::now();
-        let listener = TcpListener::bind(SocketAddr::new(cfg.bind_address, cfg.secure_port)).await.map_err(|e| format!("listen on {}:{}: {e}", cfg.bind_address, cfg.secure_port))?;
+        let listener = TcpListener::bind(SocketAddr::new(cfg.bind_address, cfg.secure_port))
+            .await
+            .map_err(|e| format!("listen on {}:{}: {e}", cfg.bind_address, cfg.secure_port))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         let advertise = cfg.advertise_address.unwrap_or(if cfg.bind_address.is_unspecified() { IpAddr::V4(Ipv4Addr::LOCALHOST) } else { cfg.bind_address });
 
@@ -132,7 +134,10 @@ impl Cluster {
             ips.push(cfg.bind_address);
         }
         ips.dedup();
-        let dns: Vec<String> = ["localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"].iter().map(|s| s.to_string()).collect();
+        let dns: Vec<String> = ["localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         let pki = pki::ensure(&paths, &ips, &dns).map_err(|e| format!("certificates in {}: {e}", cfg.data_dir.display()))?;
         tracing::debug!(elapsed_ms = started.elapsed().as_secs_f64() * 1000.0, "certificates ready");
         let tls = server::tls_config(&pki)?;
@@ -167,7 +172,8 @@ impl Cluster {
         tasks.spawn(server::serve(api.clone(), listener, tls, shutdown_rx.clone()));
 
         // Two commit rounds: what needs nothing, then what needs the namespaces.
-        let (namespaces, policy) = tokio::join!(nanokube_controllers::bootstrap::ensure_namespaces(&registry), nanokube_controllers::rbac_policy::ensure(&registry));
+        let (namespaces, policy) =
+            tokio::join!(nanokube_controllers::bootstrap::ensure_namespaces(&registry), nanokube_controllers::rbac_policy::ensure(&registry));
         namespaces.map_err(|e| format!("bootstrap: {e}"))?;
         policy.map_err(|e| format!("default RBAC policy: {e}"))?;
         tasks.spawn(nanokube_controllers::rbac_policy::run(registry.clone(), shutdown_rx.clone()));

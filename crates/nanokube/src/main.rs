@@ -364,7 +364,8 @@ async fn run_proxy(a: ProxyArgs) -> i32 {
 }
 
 async fn run_server(args: ServerArgs, started: Instant) -> i32 {
-    let Some((lo, hi)) = args.service_node_port_range.split_once('-').and_then(|(a, b)| Some((a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?))) else {
+    let Some((lo, hi)) = args.service_node_port_range.split_once('-').and_then(|(a, b)| Some((a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?)))
+    else {
         eprintln!("error: --service-node-port-range must look like 30000-32767");
         return 2;
     };

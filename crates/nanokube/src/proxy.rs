@@ -76,7 +76,12 @@ pub struct Filter {
 impl Filter {
     /// Build from comma-separated regex lists.
     pub fn new(accept_hosts: &str, accept_paths: &str, reject_paths: &str, reject_methods: &str) -> Result<Self, String> {
-        Ok(Filter { accept_hosts: regexes(accept_hosts)?, accept_paths: regexes(accept_paths)?, reject_paths: regexes(reject_paths)?, reject_methods: regexes(reject_methods)? })
+        Ok(Filter {
+            accept_hosts: regexes(accept_hosts)?,
+            accept_paths: regexes(accept_paths)?,
+            reject_paths: regexes(reject_paths)?,
+            reject_methods: regexes(reject_methods)?,
+        })
     }
 
     /// Whether a request passes.
@@ -238,7 +243,8 @@ pub async fn run(opts: ProxyOptions, access: ClusterAccess, ready: impl FnOnce(&
             });
         }
     }
-    let listener = tokio::net::TcpListener::bind((opts.address.as_str(), opts.port)).await.map_err(|e| format!("listen on {}:{}: {e}", opts.address, opts.port))?;
+    let listener =
+        tokio::net::TcpListener::bind((opts.address.as_str(), opts.port)).await.map_err(|e| format!("listen on {}:{}: {e}", opts.address, opts.port))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     ready(&local.to_string());
     loop {

@@ -100,7 +100,10 @@ fn conflicts_and_duplicates() {
     assert_eq!(code, 409);
     let st = status(&body);
     assert_eq!(st["reason"], "Conflict");
-    assert_eq!(st["message"], "Operation cannot be fulfilled on configmaps \"c\": the object has been modified; please apply your changes to the latest version and try again");
+    assert_eq!(
+        st["message"],
+        "Operation cannot be fulfilled on configmaps \"c\": the object has been modified; please apply your changes to the latest version and try again"
+    );
     assert_eq!(s.get_json("/api/v1/namespaces/default/configmaps/c").1["data"]["a"], "2");
 
     // DeleteOptions preconditions.
@@ -110,7 +113,12 @@ fn conflicts_and_duplicates() {
     assert_eq!(code, 200);
     // dryRun stores nothing and consumes no resourceVersion.
     let (_, l1) = s.get_json("/api/v1/namespaces/default/configmaps");
-    let (code, _) = s.curl("POST", "/api/v1/namespaces/default/configmaps?dryRun=All", Some("application/json"), Some(br#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"dry"}}"#));
+    let (code, _) = s.curl(
+        "POST",
+        "/api/v1/namespaces/default/configmaps?dryRun=All",
+        Some("application/json"),
+        Some(br#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"dry"}}"#),
+    );
     assert_eq!(code, 201);
     let (_, l2) = s.get_json("/api/v1/namespaces/default/configmaps");
     assert_eq!(l1["metadata"]["resourceVersion"], l2["metadata"]["resourceVersion"]);
@@ -153,6 +161,11 @@ fn authentication_and_interim_authorization() {
     drop(s);
 
     let s = Server::start_with(&["--anonymous-auth=false"]);
-    let out = std::process::Command::new("curl").args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"]).arg(s.data.join("ca.crt")).arg(format!("{}/version", s.url)).output().unwrap();
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+        .arg(s.data.join("ca.crt"))
+        .arg(format!("{}/version", s.url))
+        .output()
+        .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "401");
 }

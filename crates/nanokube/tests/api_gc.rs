@@ -40,7 +40,8 @@ fn background_cascade_removes_replicasets_and_pods() {
     chain(&s, "bg", false);
     assert_eq!(s.k(&["delete", "deployment", "bg"]).trim(), "deployment.apps \"bg\" deleted");
     assert!(eventually(Duration::from_secs(10), || !exists(&s, "/apis/apps/v1/namespaces/default/replicasets/bg-rs")));
-    assert!(eventually(Duration::from_secs(10), || !exists(&s, "/api/v1/namespaces/default/pods/bg-pod-0") && !exists(&s, "/api/v1/namespaces/default/pods/bg-pod-1")));
+    assert!(eventually(Duration::from_secs(10), || !exists(&s, "/api/v1/namespaces/default/pods/bg-pod-0")
+        && !exists(&s, "/api/v1/namespaces/default/pods/bg-pod-1")));
 }
 
 #[test]

@@ -44,7 +44,12 @@ fn field_validation_strict_warn_ignore() {
 #[test]
 fn yaml_bodies_partial_metadata_and_aggregated_discovery() {
     let s = Server::start();
-    let (code, body) = s.curl("POST", "/api/v1/namespaces/default/configmaps", Some("application/yaml"), Some(b"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: from-yaml\ndata:\n  k: v\n"));
+    let (code, body) = s.curl(
+        "POST",
+        "/api/v1/namespaces/default/configmaps",
+        Some("application/yaml"),
+        Some(b"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: from-yaml\ndata:\n  k: v\n"),
+    );
     assert_eq!(code, 201, "{body}");
     assert_eq!(s.get_json("/api/v1/namespaces/default/configmaps/from-yaml").1["data"]["k"], "v");
 
@@ -67,7 +72,11 @@ fn yaml_bodies_partial_metadata_and_aggregated_discovery() {
     let (ct, list) = meta("application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1", "/api/v1/namespaces/default/configmaps");
     assert_eq!(ct, "application/json;as=PartialObjectMetadataList;v=v1;g=meta.k8s.io");
     assert_eq!(list["kind"], "PartialObjectMetadataList");
-    assert!(list["items"].as_array().unwrap().iter().all(|i| i["kind"] == "PartialObjectMetadata" && i.get("data").is_none() && !i["metadata"]["resourceVersion"].as_str().unwrap().is_empty()));
+    assert!(list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|i| i["kind"] == "PartialObjectMetadata" && i.get("data").is_none() && !i["metadata"]["resourceVersion"].as_str().unwrap().is_empty()));
 
     let (ct, d) = meta("application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json", "/apis");
     assert_eq!(ct, "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList");
@@ -99,7 +108,12 @@ fn namespace_deletion_removes_contents_then_the_namespace() {
     // Creation is refused while it terminates; kubectl delete waits until it is gone.
     let out = s.kubectl(&["delete", "namespace", "doomed", "--wait=false"]);
     assert!(out.status.success());
-    let (code, body) = s.curl("POST", "/api/v1/namespaces/doomed/configmaps", Some("application/json"), Some(br#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"late"}}"#));
+    let (code, body) = s.curl(
+        "POST",
+        "/api/v1/namespaces/doomed/configmaps",
+        Some("application/json"),
+        Some(br#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"late"}}"#),
+    );
     assert!(code == 403 || code == 404, "{code} {body}");
     if code == 403 {
         assert!(body.contains("because it is being terminated"), "{body}");
@@ -119,8 +133,14 @@ fn controllers_keep_defaults_and_the_kubernetes_service_endpoints() {
     assert!(eventually(Duration::from_secs(10), || s.curl("GET", "/api/v1/namespaces/team/serviceaccounts/default", None, None).0 == 200));
     s.k(&["delete", "sa", "default", "-n", "team"]);
     s.k(&["delete", "cm", "kube-root-ca.crt", "-n", "team"]);
-    assert!(eventually(Duration::from_secs(10), || s.curl("GET", "/api/v1/namespaces/team/serviceaccounts/default", None, None).0 == 200), "default SA recreated");
-    assert!(eventually(Duration::from_secs(10), || s.curl("GET", "/api/v1/namespaces/team/configmaps/kube-root-ca.crt", None, None).0 == 200), "kube-root-ca.crt recreated");
+    assert!(
+        eventually(Duration::from_secs(10), || s.curl("GET", "/api/v1/namespaces/team/serviceaccounts/default", None, None).0 == 200),
+        "default SA recreated"
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || s.curl("GET", "/api/v1/namespaces/team/configmaps/kube-root-ca.crt", None, None).0 == 200),
+        "kube-root-ca.crt recreated"
+    );
     let ca = s.get_json("/api/v1/namespaces/team/configmaps/kube-root-ca.crt").1["data"]["ca.crt"].as_str().unwrap().to_string();
     assert_eq!(ca, std::fs::read_to_string(s.data.join("ca.crt")).unwrap());
 
@@ -161,7 +181,12 @@ fn both_event_apis_share_one_storage() {
     let by_v1 = s.get_json("/apis/events.k8s.io/v1/namespaces/default/events?fieldSelector=regarding.name%3Dweb").1;
     assert_eq!(by_v1["items"][0]["regarding"]["kind"], "Pod");
     // A write through core/v1 shows through events.k8s.io/v1, and kubectl lists it.
-    let (code, _) = s.curl("PATCH", "/api/v1/namespaces/default/events/pulled", Some("application/merge-patch+json"), Some(br#"{"message":"Pulled image again","count":2}"#));
+    let (code, _) = s.curl(
+        "PATCH",
+        "/api/v1/namespaces/default/events/pulled",
+        Some("application/merge-patch+json"),
+        Some(br#"{"message":"Pulled image again","count":2}"#),
+    );
     assert_eq!(code, 200);
     let v1 = s.get_json("/apis/events.k8s.io/v1/namespaces/default/events/pulled").1;
     assert_eq!(v1["note"], "Pulled image again");

@@ -35,17 +35,29 @@ fn metrics_reflect_traffic_and_are_rbac_protected() {
         .spawn()
         .unwrap();
     let mut text = String::new();
-    assert!(eventually(Duration::from_secs(10), || {
-        let (code, body) = s.curl("GET", "/metrics", None, None);
-        text = body;
-        code == 200 && metric(&text, r#"apiserver_registered_watchers{group="",kind="ConfigMap",version="v1"}"#) == Some(1.0)
-    }), "{text}");
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let (code, body) = s.curl("GET", "/metrics", None, None);
+            text = body;
+            code == 200 && metric(&text, r#"apiserver_registered_watchers{group="",kind="ConfigMap",version="v1"}"#) == Some(1.0)
+        }),
+        "{text}"
+    );
     let _ = watch.kill();
     let _ = watch.wait();
 
-    let created = metric(&text, r#"apiserver_request_total{code="201",component="apiserver",group="",resource="configmaps",scope="namespace",subresource="",verb="POST",version="v1"}"#);
+    let created = metric(
+        &text,
+        r#"apiserver_request_total{code="201",component="apiserver",group="",resource="configmaps",scope="namespace",subresource="",verb="POST",version="v1"}"#,
+    );
     assert_eq!(created, Some(3.0), "{text}");
-    assert_eq!(metric(&text, r#"apiserver_request_total{code="404",component="apiserver",group="",resource="configmaps",scope="resource",subresource="",verb="GET",version="v1"}"#), Some(1.0));
+    assert_eq!(
+        metric(
+            &text,
+            r#"apiserver_request_total{code="404",component="apiserver",group="",resource="configmaps",scope="resource",subresource="",verb="GET",version="v1"}"#
+        ),
+        Some(1.0)
+    );
     assert!(metric(&text, r#"apiserver_request_total{code="200",component="apiserver",group="",resource="configmaps",scope="namespace",subresource="",verb="LIST",version="v1"}"#).unwrap_or(0.0) >= 1.0);
     assert!(text.contains("apiserver_request_duration_seconds_bucket{component=\"apiserver\",group=\"\",resource=\"configmaps\""));
     // 3 created + kube-root-ca.crt in each of the 4 system namespaces.
@@ -58,7 +70,13 @@ fn metrics_reflect_traffic_and_are_rbac_protected() {
     // RBAC: a user needs the /metrics non-resource URL.
     let token = s.k(&["create", "token", "default"]).trim().to_string();
     let scrape = |tok: &str| {
-        let out = Command::new("curl").args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"]).arg(s.data.join("ca.crt")).args(["-H", &format!("Authorization: Bearer {tok}")]).arg(format!("{}/metrics", s.url)).output().unwrap();
+        let out = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+            .arg(s.data.join("ca.crt"))
+            .args(["-H", &format!("Authorization: Bearer {tok}")])
+            .arg(format!("{}/metrics", s.url))
+            .output()
+            .unwrap();
         String::from_utf8_lossy(&out.stdout).to_string()
     };
     assert_eq!(scrape(&token), "403");

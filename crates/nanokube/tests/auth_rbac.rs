@@ -169,7 +169,16 @@ fn rbac_matrix_through_requests_and_can_i() {
         ("ci", "GET", "/apis/rbac.authorization.k8s.io/v1/namespaces/team/rolebindings".into(), None, false, vec![]),
         ("ci", "POST", "/api/v1/namespaces/other/configmaps".into(), Some(cm), false, vec![]),
         ("default", "GET", "/apis".into(), None, true, vec![]),
-        ("default", "POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews".into(), Some(r#"{"apiVersion":"authorization.k8s.io/v1","kind":"SelfSubjectAccessReview","spec":{"resourceAttributes":{"verb":"list","resource":"pods","namespace":"team"}}}"#), true, vec![]),
+        (
+            "default",
+            "POST",
+            "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews".into(),
+            Some(
+                r#"{"apiVersion":"authorization.k8s.io/v1","kind":"SelfSubjectAccessReview","spec":{"resourceAttributes":{"verb":"list","resource":"pods","namespace":"team"}}}"#,
+            ),
+            true,
+            vec![],
+        ),
         ("default", "GET", "/api/v1/namespaces/team/pods".into(), None, false, vec![]),
         ("default", "GET", "/api/v1/namespaces/team/configmaps".into(), None, false, vec![]),
         ("anonymous", "GET", "/api".into(), None, false, vec![]),
@@ -204,7 +213,8 @@ fn rbac_matrix_through_requests_and_can_i() {
     let who = String::from_utf8_lossy(&out.stdout);
     assert!(who.contains("Username    jane") && who.contains("[devs system:authenticated]"), "{who}");
     // can-i --list shows the rules that apply in the namespace.
-    let out = Command::new(kubectl_path("kubectl")).args(["auth", "can-i", "--list", "-n", "team"]).env("KUBECONFIG", &jane).env("HOME", &home).output().unwrap();
+    let out =
+        Command::new(kubectl_path("kubectl")).args(["auth", "can-i", "--list", "-n", "team"]).env("KUBECONFIG", &jane).env("HOME", &home).output().unwrap();
     let list = String::from_utf8_lossy(&out.stdout);
     assert!(list.lines().any(|l| l.starts_with("pods ") && l.contains("[get list watch]")), "{list}");
     assert!(list.lines().any(|l| l.starts_with("configmaps ") && l.contains("[public-cm]")), "{list}");
@@ -215,7 +225,15 @@ fn impersonation_and_escalation_prevention() {
     let s = Server::start();
     s.k(&["create", "namespace", "team"]);
     s.k(&["create", "role", "pod-reader", "--verb=get,list", "--resource=pods", "-n", "team"]);
-    s.k(&["create", "role", "rbac-editor", "--verb=create,get,list", "--resource=roles.rbac.authorization.k8s.io,rolebindings.rbac.authorization.k8s.io", "-n", "team"]);
+    s.k(&[
+        "create",
+        "role",
+        "rbac-editor",
+        "--verb=create,get,list",
+        "--resource=roles.rbac.authorization.k8s.io,rolebindings.rbac.authorization.k8s.io",
+        "-n",
+        "team",
+    ]);
     s.k(&["create", "rolebinding", "jane-pods", "--role=pod-reader", "--user=jane", "-n", "team"]);
     s.k(&["create", "rolebinding", "jane-rbac", "--role=rbac-editor", "--user=jane", "-n", "team"]);
     let jane = user_add(&s, "jane", &[]);
@@ -247,13 +265,19 @@ fn impersonation_and_escalation_prevention() {
     let bad = kj(&["create", "rolebinding", "make-me-admin", "--clusterrole=admin", "--user=jane", "-n", "team"]);
     assert!(!bad.status.success());
     let err = String::from_utf8_lossy(&bad.stderr);
-    assert!(err.contains(r#"rolebindings.rbac.authorization.k8s.io "make-me-admin" is forbidden: user "jane""#) && err.contains("attempting to grant RBAC permissions not currently held"), "{err}");
+    assert!(
+        err.contains(r#"rolebindings.rbac.authorization.k8s.io "make-me-admin" is forbidden: user "jane""#)
+            && err.contains("attempting to grant RBAC permissions not currently held"),
+        "{err}"
+    );
     let ok = kj(&["create", "rolebinding", "share", "--role=pod-reader", "--user=max", "-n", "team"]);
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
     // With the `bind` verb on that ClusterRole, the binding is allowed.
     s.k(&["create", "role", "bind-admin", "--verb=bind", "--resource=clusterroles.rbac.authorization.k8s.io", "--resource-name=admin", "-n", "team"]);
     s.k(&["create", "rolebinding", "jane-bind", "--role=bind-admin", "--user=jane", "-n", "team"]);
-    assert!(eventually(Duration::from_secs(5), || kj(&["create", "rolebinding", "make-me-admin", "--clusterrole=admin", "--user=jane", "-n", "team"]).status.success()));
+    assert!(eventually(Duration::from_secs(5), || kj(&["create", "rolebinding", "make-me-admin", "--clusterrole=admin", "--user=jane", "-n", "team"])
+        .status
+        .success()));
 }
 
 #[test]
@@ -304,7 +328,8 @@ fn new_user_is_denied_until_bound_and_reviews_answer_for_others() {
     assert!(who.contains("Username    jane") && who.contains("[devs system:authenticated]"), "{who}");
     let denied = kj(&["get", "pods"]);
     assert!(!denied.status.success());
-    assert!(String::from_utf8_lossy(&denied.stderr).contains(r#"pods is forbidden: User "jane" cannot list resource "pods" in API group "" in the namespace "default""#));
+    assert!(String::from_utf8_lossy(&denied.stderr)
+        .contains(r#"pods is forbidden: User "jane" cannot list resource "pods" in API group "" in the namespace "default""#));
     s.k(&["create", "rolebinding", "jane-view", "--clusterrole=view", "--user=jane"]);
     assert!(eventually(Duration::from_secs(5), || kj(&["get", "pods"]).status.success()));
 
@@ -315,19 +340,50 @@ fn new_user_is_denied_until_bound_and_reviews_answer_for_others() {
         assert_eq!(code, 201, "{b}");
         serde_json::from_str::<Value>(&b).unwrap()["status"].clone()
     };
-    let ask = |verb: &str, ns: &str| format!(r#"{{"apiVersion":"authorization.k8s.io/v1","kind":"SubjectAccessReview","spec":{{"user":"jane","groups":["devs"],"resourceAttributes":{{"verb":"{verb}","resource":"pods","namespace":"{ns}"}}}}}}"#);
+    let ask = |verb: &str, ns: &str| {
+        format!(
+            r#"{{"apiVersion":"authorization.k8s.io/v1","kind":"SubjectAccessReview","spec":{{"user":"jane","groups":["devs"],"resourceAttributes":{{"verb":"{verb}","resource":"pods","namespace":"{ns}"}}}}}}"#
+        )
+    };
     assert_eq!(sar("/apis/authorization.k8s.io/v1/subjectaccessreviews", &ask("list", "default"))["allowed"], true);
     assert_eq!(sar("/apis/authorization.k8s.io/v1/subjectaccessreviews", &ask("delete", "default"))["allowed"], false);
     assert_eq!(sar("/apis/authorization.k8s.io/v1/subjectaccessreviews", &ask("list", "kube-system"))["allowed"], false);
-    let local = |ns: &str| format!(r#"{{"apiVersion":"authorization.k8s.io/v1","kind":"LocalSubjectAccessReview","metadata":{{"namespace":"{ns}"}},"spec":{{"user":"jane","resourceAttributes":{{"verb":"get","resource":"pods","namespace":"{ns}"}}}}}}"#);
+    let local = |ns: &str| {
+        format!(
+            r#"{{"apiVersion":"authorization.k8s.io/v1","kind":"LocalSubjectAccessReview","metadata":{{"namespace":"{ns}"}},"spec":{{"user":"jane","resourceAttributes":{{"verb":"get","resource":"pods","namespace":"{ns}"}}}}}}"#
+        )
+    };
     assert_eq!(sar("/apis/authorization.k8s.io/v1/namespaces/default/localsubjectaccessreviews", &local("default"))["allowed"], true);
     assert_eq!(sar("/apis/authorization.k8s.io/v1/namespaces/kube-system/localsubjectaccessreviews", &local("kube-system"))["allowed"], false);
     // A local review may only ask about its own namespace.
     let mismatched = local("kube-system").replacen(r#""namespace":"kube-system""#, r#""namespace":"default""#, 1);
-    let (code, body) = s.curl("POST", "/apis/authorization.k8s.io/v1/namespaces/default/localsubjectaccessreviews", Some("application/json"), Some(mismatched.as_bytes()));
+    let (code, body) =
+        s.curl("POST", "/apis/authorization.k8s.io/v1/namespaces/default/localsubjectaccessreviews", Some("application/json"), Some(mismatched.as_bytes()));
     assert_eq!(code, 422, "{body}");
     assert!(body.contains("spec.resourceAttributes.namespace"), "{body}");
     // Only those allowed to create SubjectAccessReviews may ask about others.
-    let jane_ask = Command::new("curl").args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", "-H", "Content-Type: application/json", "--data-binary", &ask("list", "default"), "--cacert"]).arg(s.data.join("ca.crt")).args(["--cert"]).arg(cert_files(&jane).0).arg("--key").arg(cert_files(&jane).1).arg(format!("{}/apis/authorization.k8s.io/v1/subjectaccessreviews", s.url)).output().unwrap();
+    let jane_ask = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            &ask("list", "default"),
+            "--cacert",
+        ])
+        .arg(s.data.join("ca.crt"))
+        .args(["--cert"])
+        .arg(cert_files(&jane).0)
+        .arg("--key")
+        .arg(cert_files(&jane).1)
+        .arg(format!("{}/apis/authorization.k8s.io/v1/subjectaccessreviews", s.url))
+        .output()
+        .unwrap();
     assert_eq!(String::from_utf8_lossy(&jane_ask.stdout), "403");
 }

@@ -11,7 +11,9 @@ use serde_json::Value;
 
 fn bearer(s: &Server, token: &str, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
     let mut c = Command::new("curl");
-    c.args(["-sS", "-o", "-", "-w", "\n%{http_code}", "-X", method, "--cacert"]).arg(s.data.join("ca.crt")).args(["-H", &format!("Authorization: Bearer {token}")]);
+    c.args(["-sS", "-o", "-", "-w", "\n%{http_code}", "-X", method, "--cacert"])
+        .arg(s.data.join("ca.crt"))
+        .args(["-H", &format!("Authorization: Bearer {token}")]);
     if let Some(b) = body {
         c.args(["-H", "Content-Type: application/json", "--data-binary", b]);
     }
@@ -59,7 +61,13 @@ fn legacy_token_secrets_follow_their_service_account() {
     let name = {
         let mut n = String::new();
         assert!(eventually(Duration::from_secs(10), || {
-            n = s.k(&["get", "secrets", "-o", "name"]).lines().find(|l| l.starts_with("secret/robot-token-")).unwrap_or("").trim_start_matches("secret/").to_string();
+            n = s
+                .k(&["get", "secrets", "-o", "name"])
+                .lines()
+                .find(|l| l.starts_with("secret/robot-token-"))
+                .unwrap_or("")
+                .trim_start_matches("secret/")
+                .to_string();
             !n.is_empty()
         }));
         n
@@ -71,7 +79,13 @@ fn legacy_token_secrets_follow_their_service_account() {
     }
     use base64::Engine;
     let token = String::from_utf8(base64::engine::general_purpose::STANDARD.decode(secret["data"]["token"].as_str().unwrap()).unwrap()).unwrap();
-    let (code, body) = bearer(&s, &token, "POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews", Some(r#"{"apiVersion":"authentication.k8s.io/v1","kind":"SelfSubjectReview"}"#));
+    let (code, body) = bearer(
+        &s,
+        &token,
+        "POST",
+        "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+        Some(r#"{"apiVersion":"authentication.k8s.io/v1","kind":"SelfSubjectReview"}"#),
+    );
     assert_eq!(code, 201, "{body}");
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["status"]["userInfo"]["username"], "system:serviceaccount:default:robot");
@@ -122,9 +136,18 @@ fn token_request_and_refused_tokens() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("may not specify a duration less than 10 minutes"));
 
     // Bound to a pod: valid while the pod exists.
-    s.k_stdin(&["create", "-f", "-"], "apiVersion: v1\nkind: Pod\nmetadata:\n  name: holder\nspec:\n  serviceAccountName: app\n  containers:\n  - name: c\n    image: busybox\n");
+    s.k_stdin(
+        &["create", "-f", "-"],
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: holder\nspec:\n  serviceAccountName: app\n  containers:\n  - name: c\n    image: busybox\n",
+    );
     let bound = s.k(&["create", "token", "app", "--bound-object-kind", "Pod", "--bound-object-name", "holder"]).trim().to_string();
-    let (code, body) = bearer(&s, &bound, "POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews", Some(r#"{"apiVersion":"authentication.k8s.io/v1","kind":"SelfSubjectReview"}"#));
+    let (code, body) = bearer(
+        &s,
+        &bound,
+        "POST",
+        "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+        Some(r#"{"apiVersion":"authentication.k8s.io/v1","kind":"SelfSubjectReview"}"#),
+    );
     assert_eq!(code, 201);
     assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["status"]["userInfo"]["extra"]["authentication.kubernetes.io/pod-name"][0], "holder");
     s.k(&["delete", "pod", "holder"]);

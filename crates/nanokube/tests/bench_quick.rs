@@ -10,7 +10,34 @@ fn every_scenario_runs_in_quick_mode() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("bench.json");
     let out = Command::new(env!("CARGO_BIN_EXE_nanokube"))
-        .args(["bench", "fsync", "startup", "testcluster", "create", "get", "update", "delete", "list", "watch", "pods", "--pods", "150", "--runs", "1", "--count", "30", "--clients", "1,4", "--objects", "25", "--watchers", "1,60", "--events", "20", "--json"])
+        .args([
+            "bench",
+            "fsync",
+            "startup",
+            "testcluster",
+            "create",
+            "get",
+            "update",
+            "delete",
+            "list",
+            "watch",
+            "pods",
+            "--pods",
+            "150",
+            "--runs",
+            "1",
+            "--count",
+            "30",
+            "--clients",
+            "1,4",
+            "--objects",
+            "25",
+            "--watchers",
+            "1,60",
+            "--events",
+            "20",
+            "--json",
+        ])
         .arg(&json)
         .output()
         .unwrap();
@@ -18,7 +45,15 @@ fn every_scenario_runs_in_quick_mode() {
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     let figures: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     let keys: Vec<&String> = figures.as_object().unwrap().keys().collect();
-    for want in ["fsync: fdatasync p50 / mean (ms)", "startup: idle RSS 1 s after ready (MiB)", "create: 30 ConfigMaps, 1 client(s)", "create: 30 ConfigMaps, 4 client(s)", "list: 26 ConfigMaps, JSON", "list: 26 ConfigMaps, Table", "bench client CPU (s) / wall (s)"] {
+    for want in [
+        "fsync: fdatasync p50 / mean (ms)",
+        "startup: idle RSS 1 s after ready (MiB)",
+        "create: 30 ConfigMaps, 1 client(s)",
+        "create: 30 ConfigMaps, 4 client(s)",
+        "list: 26 ConfigMaps, JSON",
+        "list: 26 ConfigMaps, Table",
+        "bench client CPU (s) / wall (s)",
+    ] {
         assert!(figures.get(want).is_some(), "{want:?} missing; have {keys:?}");
     }
     assert!(keys.iter().any(|k| k.starts_with("testcluster:")));
@@ -31,7 +66,12 @@ fn every_scenario_runs_in_quick_mode() {
         assert_eq!(f["missed"], 0, "{f}");
         assert_eq!(f["out_of_order"], 0, "{f}");
     }
-    for k in ["get: 30 ConfigMaps, 4 client(s)", "update: 30 ConfigMaps, 4 client(s), own objects", "update: 30 ConfigMaps, 4 client(s), one shared object", "delete: 30 ConfigMaps, 4 client(s)"] {
+    for k in [
+        "get: 30 ConfigMaps, 4 client(s)",
+        "update: 30 ConfigMaps, 4 client(s), own objects",
+        "update: 30 ConfigMaps, 4 client(s), one shared object",
+        "delete: 30 ConfigMaps, 4 client(s)",
+    ] {
         assert!(figures.get(k).is_some(), "{k} missing");
     }
     assert_eq!(figures["update: 30 ConfigMaps, 1 client(s), one shared object"]["conflicts"], 0, "one client never conflicts with itself");

@@ -115,7 +115,8 @@ fn create_get_describe_label_annotate_delete() {
     assert_eq!(s.k(&["get", "pods", "--field-selector", "status.phase=Pending", "-o", "name"]).trim(), "pod/web");
 
     let desc = s.k(&["describe", "pod", "web"]);
-    for want in ["Name:", "web", "Namespace:", "default", "Labels:", "app=web", "tier=front", "Annotations:", "note: hello", "Status:", "Pending", "nginx:1.27"] {
+    for want in ["Name:", "web", "Namespace:", "default", "Labels:", "app=web", "tier=front", "Annotations:", "note: hello", "Status:", "Pending", "nginx:1.27"]
+    {
         assert!(desc.contains(want), "describe lacks {want:?}:\n{desc}");
     }
 
@@ -159,9 +160,15 @@ fn scale_subresource_and_status_split() {
     assert_eq!(scale["status"]["selector"], "app=web");
     // A status write does not move generation; a spec write through the main resource
     // cannot change status.
-    let (code, _) = s.curl("PATCH", "/apis/apps/v1/namespaces/default/deployments/web/status", Some("application/merge-patch+json"), Some(br#"{"status":{"replicas":3,"readyReplicas":2}}"#));
+    let (code, _) = s.curl(
+        "PATCH",
+        "/apis/apps/v1/namespaces/default/deployments/web/status",
+        Some("application/merge-patch+json"),
+        Some(br#"{"status":{"replicas":3,"readyReplicas":2}}"#),
+    );
     assert_eq!(code, 200);
-    let (code, _) = s.curl("PATCH", "/apis/apps/v1/namespaces/default/deployments/web", Some("application/merge-patch+json"), Some(br#"{"status":{"readyReplicas":99}}"#));
+    let (code, _) =
+        s.curl("PATCH", "/apis/apps/v1/namespaces/default/deployments/web", Some("application/merge-patch+json"), Some(br#"{"status":{"readyReplicas":99}}"#));
     assert_eq!(code, 200);
     assert_eq!(s.k(&["get", "deploy", "web", "-o", "jsonpath={.status.readyReplicas} {.metadata.generation}"]), "2 2");
     let (_, rows) = table(&s.k(&["get", "deploy", "web"]));
@@ -182,7 +189,8 @@ fn services_get_cluster_ips_and_node_ports() {
     let (_, rows) = table(&s.k(&["get", "svc", "np"]));
     assert_eq!(rows[0][4], format!("80:{port}/TCP"));
     // Requesting a taken node port is refused; after delete it is free again.
-    let dup = format!(r#"{{"apiVersion":"v1","kind":"Service","metadata":{{"name":"dup"}},"spec":{{"type":"NodePort","ports":[{{"port":80,"nodePort":{port}}}]}}}}"#);
+    let dup =
+        format!(r#"{{"apiVersion":"v1","kind":"Service","metadata":{{"name":"dup"}},"spec":{{"type":"NodePort","ports":[{{"port":80,"nodePort":{port}}}]}}}}"#);
     let (code, body) = s.curl("POST", "/api/v1/namespaces/default/services", Some("application/json"), Some(dup.as_bytes()));
     assert_eq!(code, 422, "{body}");
     assert!(body.contains("provided port is already allocated"));

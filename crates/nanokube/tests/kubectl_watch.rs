@@ -13,7 +13,14 @@ use common::{kubectl_path, Server};
 fn spawn_watch(s: &Server, args: &[&str]) -> (std::process::Child, mpsc::Receiver<String>) {
     let home = s.dir.path().join("home-watch");
     std::fs::create_dir_all(&home).unwrap();
-    let mut child = Command::new(kubectl_path("kubectl")).args(args).env("KUBECONFIG", s.kubeconfig()).env("HOME", &home).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap();
+    let mut child = Command::new(kubectl_path("kubectl"))
+        .args(args)
+        .env("KUBECONFIG", s.kubeconfig())
+        .env("HOME", &home)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
     let out = child.stdout.take().unwrap();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -86,7 +93,12 @@ fn watch_from_resource_version_replays_and_expired_is_410() {
     let names: Vec<(&str, &str)> = events.iter().map(|e| (e["type"].as_str().unwrap(), e["object"]["metadata"]["name"].as_str().unwrap())).collect();
     assert_eq!(names, [("ADDED", "a1"), ("ADDED", "a2")]);
     // sendInitialEvents: the state, then a bookmark marking its end (kind and apiVersion set).
-    let (_, body) = s.curl("GET", "/api/v1/namespaces/default/configmaps?watch=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true&timeoutSeconds=1", None, None);
+    let (_, body) = s.curl(
+        "GET",
+        "/api/v1/namespaces/default/configmaps?watch=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true&timeoutSeconds=1",
+        None,
+        None,
+    );
     let events: Vec<serde_json::Value> = body.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let last = events.last().unwrap();
     assert_eq!(last["type"], "BOOKMARK");

@@ -92,7 +92,13 @@ fn in_cluster_proxy_uses_the_service_account_and_rbac_decides() {
     let _ = proxy.wait();
 
     // Without the in-cluster environment, the proxy says why it cannot start.
-    let out = Command::new(env!("CARGO_BIN_EXE_nanokube")).args(["proxy", "--port", "0"]).env_remove("KUBECONFIG").env_remove("KUBERNETES_SERVICE_HOST").env("HOME", &home).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_nanokube"))
+        .args(["proxy", "--port", "0"])
+        .env_remove("KUBECONFIG")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env("HOME", &home)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("KUBERNETES_SERVICE_HOST"));
 }
@@ -104,11 +110,16 @@ fn proxy_flags_prefix_filters_www_and_unix_socket() {
     std::fs::create_dir_all(&www).unwrap();
     std::fs::write(www.join("hello.txt"), "hi from www").unwrap();
     let kc = s.kubeconfig().display().to_string();
-    let (mut p, port) = start_proxy(&["--port", "0", "--kubeconfig", &kc, "--api-prefix", "/k8s/", "--www", www.to_str().unwrap(), "--reject-methods", "^DELETE$"], &[]);
+    let (mut p, port) =
+        start_proxy(&["--port", "0", "--kubeconfig", &kc, "--api-prefix", "/k8s/", "--www", www.to_str().unwrap(), "--reject-methods", "^DELETE$"], &[]);
     assert_eq!(get(port, "/k8s/api/").0, 200);
     assert_eq!(get(port, "/api/").0, 404, "outside the prefix");
     assert_eq!(get(port, "/static/hello.txt"), (200, "hi from www".to_string()));
-    let del = Command::new("curl").args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "DELETE"]).arg(format!("http://localhost:{port}/k8s/api/v1/namespaces/default/configmaps/x")).output().unwrap();
+    let del = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "DELETE"])
+        .arg(format!("http://localhost:{port}/k8s/api/v1/namespaces/default/configmaps/x"))
+        .output()
+        .unwrap();
     assert_eq!(String::from_utf8_lossy(&del.stdout), "403");
     let _ = p.kill();
     let _ = p.wait();

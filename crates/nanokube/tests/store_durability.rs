@@ -14,7 +14,22 @@ use common::Server;
 fn create(data: &std::path::Path, url: &str, name: &str) -> bool {
     let body = format!(r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"{name}"}},"data":{{"k":"{name}"}}}}"#);
     let out = Command::new("curl")
-        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5", "-X", "POST", "-H", "Content-Type: application/json", "--data-binary", &body, "--cacert"])
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "5",
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            &body,
+            "--cacert",
+        ])
         .arg(data.join("ca.crt"))
         .arg("--cert")
         .arg(data.join("client.crt"))
@@ -61,7 +76,8 @@ fn acknowledged_writes_survive_sigkill() {
     s.restart();
     let (code, list) = s.get_json("/api/v1/namespaces/default/configmaps");
     assert_eq!(code, 200);
-    let stored: std::collections::HashSet<String> = list["items"].as_array().unwrap().iter().map(|i| i["metadata"]["name"].as_str().unwrap().to_string()).collect();
+    let stored: std::collections::HashSet<String> =
+        list["items"].as_array().unwrap().iter().map(|i| i["metadata"]["name"].as_str().unwrap().to_string()).collect();
     let missing: Vec<&String> = acked.iter().filter(|n| !stored.contains(*n)).collect();
     assert!(missing.is_empty(), "{} of {} acknowledged writes lost after SIGKILL: {:?}", missing.len(), acked.len(), &missing[..missing.len().min(10)]);
     // Every stored object is intact.
@@ -98,9 +114,13 @@ fn restart_keeps_objects_versions_certificates_and_kubeconfig() {
     // Writes continue the revision sequence, and a new node port never collides.
     s.k(&["create", "configmap", "d", "-n", "keep"]);
     let d = s.get_json("/api/v1/namespaces/keep/configmaps/d").1;
-    assert!(d["metadata"]["resourceVersion"].as_str().unwrap().parse::<i64>().unwrap() > before_cm["metadata"]["resourceVersion"].as_str().unwrap().parse::<i64>().unwrap());
+    assert!(
+        d["metadata"]["resourceVersion"].as_str().unwrap().parse::<i64>().unwrap()
+            > before_cm["metadata"]["resourceVersion"].as_str().unwrap().parse::<i64>().unwrap()
+    );
     let port = before_svc["spec"]["ports"][0]["nodePort"].as_u64().unwrap();
-    let dup = format!(r#"{{"apiVersion":"v1","kind":"Service","metadata":{{"name":"dup"}},"spec":{{"type":"NodePort","ports":[{{"port":80,"nodePort":{port}}}]}}}}"#);
+    let dup =
+        format!(r#"{{"apiVersion":"v1","kind":"Service","metadata":{{"name":"dup"}},"spec":{{"type":"NodePort","ports":[{{"port":80,"nodePort":{port}}}]}}}}"#);
     assert_eq!(s.curl("POST", "/api/v1/namespaces/keep/services", Some("application/json"), Some(dup.as_bytes())).0, 422);
     // kubectl still works with the same kubeconfig.
     assert!(s.k(&["get", "cm", "-n", "keep"]).contains("c "));

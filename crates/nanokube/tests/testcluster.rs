@@ -11,7 +11,16 @@ use kube::runtime::watcher;
 use nanokube::testing::TestCluster;
 
 fn threads() -> usize {
-    std::fs::read_to_string("/proc/self/status").unwrap().lines().find(|l| l.starts_with("Threads:")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap()
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("Threads:"))
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 async fn eventually<F: std::future::Future<Output = bool>>(timeout: Duration, mut f: impl FnMut() -> F) -> bool {
@@ -100,11 +109,8 @@ async fn kube_rs_controller_reconciles_against_a_test_cluster() {
     let client = cluster.client();
     let cms: Api<ConfigMap> = Api::default_namespaced(client.clone());
     let ctx = Arc::new(Ctx { client: client.clone() });
-    let controller = tokio::spawn(
-        Controller::new(cms.clone(), watcher::Config::default().labels("demo=yes"))
-            .run(reconcile, error_policy, ctx)
-            .for_each(|_| async {}),
-    );
+    let controller =
+        tokio::spawn(Controller::new(cms.clone(), watcher::Config::default().labels("demo=yes")).run(reconcile, error_policy, ctx).for_each(|_| async {}));
     let mut cm = ConfigMap::default();
     cm.metadata.name = Some("watched".into());
     cm.metadata.labels = Some([("demo".to_string(), "yes".to_string())].into());
