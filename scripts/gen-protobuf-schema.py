@@ -9,6 +9,10 @@ in ~/.cargo/registry/cache; this script unpacks them):
   - k8s-pb: prost structs generated from upstream's generated.proto (tags, wire types);
   - k8s-openapi: serde code generated from upstream's OpenAPI (exact JSON field names).
 
+Also writes openapi_docs.tsv beside it: the Go doc comment of every message and field
+(descriptions for OpenAPI and `kubectl explain`) and their +markers (patchMergeKey,
+patchStrategy, listType, listMapKey), which become x-kubernetes-* extensions.
+
 Output lines: message<TAB>tag<TAB>json_name<TAB>cardinality<TAB>type
   cardinality: one | rep | map (map<string, type>) | inline (embedded struct, flattened in JSON)
   type: string | bytes | int32 | int64 | bool | double | msg:<message path>
@@ -69,26 +73,62 @@ def strip_wrappers(t):
     return t
 
 def fields(body):
-    """(attribute, field name, type) of each prost field in a struct body."""
-    for chunk in body.split("#[prost(")[1:]:
-        attr, rest = chunk.split(")]", 1)
-        decl = " ".join(l.strip() for l in rest.splitlines() if l.strip() and not l.strip().startswith(("///", "#[")))
-        m = re.match(r"pub (?:r#)?(\w+):\s*(.*),\s*$", decl)
-        if m:
-            yield attr, m.group(1), m.group(2)
+    """(attribute, field name, type, doc lines) of each prost field in a struct body."""
+    doc, attr, decl = [], None, []
+    for line in body.splitlines():
+        t = line.strip()
+        if attr is None:
+            if t.startswith("///"):
+                doc.append(t[3:].strip())
+            elif t.startswith("#[prost("):
+                attr = t[len("#[prost("):t.rindex(")]")]
+            continue
+        decl.append(t)
+        joined = " ".join(decl)
+        if joined.count("<") == joined.count(">") and joined.endswith(","):
+            m = re.match(r"pub (?:r#)?(\w+):\s*(.*),\s*$", joined)
+            if m:
+                yield attr, m.group(1), m.group(2), doc
+            doc, attr, decl = [], None, []
+
+
+def describe(doc):
+    """A description and x-kubernetes markers from Go doc comment lines."""
+    text, markers = [], {}
+    for l in doc:
+        if l.startswith("+"):
+            k, _, v = l[1:].partition("=")
+            markers[k] = v
+        else:
+            text.append(re.sub(r"<(https?://[^>]+)>", r"\1", l))
+    # As upstream's OpenAPI generator: lines of a paragraph are joined with spaces,
+    # paragraphs (blank comment lines) with a newline.
+    paragraphs, cur = [], []
+    for l in text:
+        if l.strip():
+            cur.append(l.strip())
+        elif cur:
+            paragraphs.append(" ".join(cur))
+            cur = []
+    if cur:
+        paragraphs.append(" ".join(cur))
+    return "\\n\\n".join(paragraphs).replace("\t", " ").strip(), markers
 rows = []
 guessed = []
+docs = []
 for f in sorted(glob.glob(os.path.join(pb, "src", "**", "mod.rs"), recursive=True)):
     rel = os.path.relpath(os.path.dirname(f), os.path.join(pb, "src")).split(os.sep)
     if rel[0] not in ("api", "apimachinery", "apiextensions_apiserver"):
         continue
     text = open(f).read()
-    for m in re.finditer(r"pub struct (\w+) \{\n(.*?)\n\}", text, re.S):
-        struct, body = m.group(1), m.group(2) + "\n"
+    for m in re.finditer(r"((?:[ \t]*///[^\n]*\n)*)(?:#\[[^\n]*\]\n)*pub struct (\w+) \{\n(.*?)\n\}", text, re.S):
+        sdoc, struct, body = m.group(1), m.group(2), m.group(3) + "\n"
         msg = ".".join(rel + [struct])
+        docs.append((msg, "", describe([l.strip()[3:].strip() for l in sdoc.splitlines() if l.strip().startswith("///")])[0], {}))
         names = json_names(rel, struct)
-        for attr, field, ty in fields(body):
+        for attr, field, ty, doc in fields(body):
             tag = re.search(r'tag = "(\d+)"', attr).group(1)
+            desc, markers = describe(doc)
             jname = names.get(norm(field))
             if jname is None:
                 jname = camel(field)
@@ -100,6 +140,7 @@ for f in sorted(glob.glob(os.path.join(pb, "src", "**", "mod.rs"), recursive=Tru
                     inner = re.fullmatch(r".*BTreeMap<[^,]+,\s*(.*)>", " ".join(ty.split())).group(1)
                     val = "msg:" + resolve(rel, inner.rstrip().rstrip(",").strip())
                 rows.append((msg, tag, jname, "map", val))
+                docs.append((msg, jname, desc, markers))
             elif kind == "message":
                 target = resolve(rel, strip_wrappers(ty))
                 card = "rep" if "repeated" in attr else "one"
@@ -110,8 +151,10 @@ for f in sorted(glob.glob(os.path.join(pb, "src", "**", "mod.rs"), recursive=Tru
                     card = "inline"
                     guessed.pop()
                 rows.append((msg, tag, jname, card, "msg:" + target))
+                docs.append((msg, jname, desc, markers))
             else:
                 rows.append((msg, tag, jname, "rep" if "repeated" in attr else "one", kind))
+                docs.append((msg, jname, desc, markers))
 
 out = os.path.join(os.path.dirname(__file__), "..", "crates", "nanokube-api", "src", "protobuf_schema.tsv")
 with open(out, "w") as w:
@@ -119,6 +162,15 @@ with open(out, "w") as w:
     for r in rows:
         w.write("\t".join(r) + "\n")
 print(f"{len(rows)} fields from {len(set(r[0] for r in rows))} messages -> {os.path.normpath(out)}")
+docs_out = os.path.join(os.path.dirname(out), "openapi_docs.tsv")
+with open(docs_out, "w") as w:
+    w.write(f"# generated by scripts/gen-protobuf-schema.py from {pb_name}; do not edit\n")
+    w.write("# message<TAB>json field (empty: the message itself)<TAB>description (\\n for newlines)<TAB>markers (k=v;k=v)\n")
+    for msg, field, desc, markers in docs:
+        if not desc and not markers:
+            continue
+        w.write("\t".join([msg, field, desc, ";".join(f"{k}={v}" for k, v in markers.items())]) + "\n")
+print(f"{len(docs)} descriptions -> {os.path.normpath(docs_out)}")
 # Names not found in k8s-openapi were guessed (camelCase); list them so they get checked.
 print(f"{len(guessed)} JSON names guessed (no k8s-openapi counterpart):")
 for g in guessed:

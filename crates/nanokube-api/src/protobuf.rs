@@ -86,7 +86,7 @@ fn schema() -> &'static Schema {
 }
 
 /// The message path of a kind, e.g. `apps/v1` + `Deployment` → `api.apps.v1.Deployment`.
-fn message_for(api_version: &str, kind: &str) -> String {
+pub fn message_for(api_version: &str, kind: &str) -> String {
     let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
     match group {
         "" => format!("api.core.{version}.{kind}"),
@@ -562,4 +562,109 @@ mod unknown_field_tests {
         assert_eq!(unknown_fields("apps/v1", "Deployment", &ok).unwrap(), Vec::<String>::new());
         assert!(unknown_fields("example.com/v1", "Widget", &ok).is_none());
     }
+}
+
+/// What a field holds, for schema generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldType {
+    /// A string.
+    String,
+    /// Bytes (base64 in JSON).
+    Bytes,
+    /// A 32-bit integer.
+    Int32,
+    /// A 64-bit integer.
+    Int64,
+    /// A boolean.
+    Bool,
+    /// A double.
+    Double,
+    /// Another message.
+    Message(&'static str),
+}
+
+/// How many values a field holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cardinality {
+    /// One value.
+    One,
+    /// A list.
+    List,
+    /// A map with string keys.
+    Map,
+    /// An embedded struct whose fields appear in the parent.
+    Inline,
+}
+
+/// One field of a message, in tag order.
+#[derive(Debug, Clone, Copy)]
+pub struct FieldInfo {
+    /// The JSON name.
+    pub json: &'static str,
+    /// One, list, map or inline.
+    pub cardinality: Cardinality,
+    /// The value type.
+    pub ty: FieldType,
+}
+
+/// The table's own `'static` name for a message, if it has one.
+pub fn intern(msg: &str) -> Option<&'static str> {
+    schema().get_key_value(msg).map(|(k, _)| *k)
+}
+
+/// The fields of a message (e.g. `api.core.v1.Pod`), in tag order.
+pub fn message_fields(msg: &str) -> Option<Vec<FieldInfo>> {
+    let fields = schema().get(msg)?;
+    let mut tags: Vec<&u32> = fields.keys().collect();
+    tags.sort();
+    Some(
+        tags.into_iter()
+            .map(|t| {
+                let f = fields[t];
+                FieldInfo {
+                    json: f.json,
+                    cardinality: match f.card {
+                        Card::One => Cardinality::One,
+                        Card::Rep => Cardinality::List,
+                        Card::Map => Cardinality::Map,
+                        Card::Inline => Cardinality::Inline,
+                    },
+                    ty: match f.ty {
+                        Ty::String => FieldType::String,
+                        Ty::Bytes => FieldType::Bytes,
+                        Ty::Int32 => FieldType::Int32,
+                        Ty::Int64 => FieldType::Int64,
+                        Ty::Bool => FieldType::Bool,
+                        Ty::Double => FieldType::Double,
+                        Ty::Msg(m) => FieldType::Message(m),
+                    },
+                }
+            })
+            .collect(),
+    )
+}
+
+const DOCS_TSV: &str = include_str!("openapi_docs.tsv");
+
+/// `message\tfield` → (description, markers).
+type Docs = HashMap<String, (&'static str, &'static str)>;
+
+fn docs() -> &'static Docs {
+    static DOCS: OnceLock<Docs> = OnceLock::new();
+    DOCS.get_or_init(|| {
+        let mut d = HashMap::new();
+        for line in DOCS_TSV.lines().filter(|l| !l.starts_with('#')) {
+            let mut c = line.split('\t');
+            if let (Some(m), Some(f), Some(desc), Some(markers)) = (c.next(), c.next(), c.next(), c.next()) {
+                d.insert(format!("{m}\t{f}"), (desc, markers));
+            }
+        }
+        d
+    })
+}
+
+/// The documentation of a message (`field` empty) or of one of its fields, and its
+/// `+markers` (`patchMergeKey=name;patchStrategy=merge;...`), from the Go doc comments.
+pub fn docs_of(msg: &str, field: &str) -> Option<(String, &'static str)> {
+    docs().get(&format!("{msg}\t{field}")).map(|(d, k)| (d.replace("\\n", "\n"), *k))
 }

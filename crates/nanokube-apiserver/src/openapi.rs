@@ -1,14 +1,17 @@
 //! OpenAPI v3: the root index and one document per group-version, with a PATCH
 //! operation per kind that declares the `fieldValidation` parameter. That is what
 //! kubectl's `apply`/`create -f`/`replace`/`edit` look for before they trust the server
-//! to validate fields (K8S-API-NOTES §2). Schemas are skeletal for now: each kind's
-//! `apiVersion`, `kind`, `metadata`, `spec`, `status`, typed loosely with
-//! `x-kubernetes-preserve-unknown-fields`, so client-side apply falls back to its
-//! compiled-in strategic-merge types rather than our incomplete schemas. Complete
-//! schemas are the API-machinery issue's.
+//! to validate fields (K8S-API-NOTES §2), and complete schemas for every kind and every
+//! type it uses, with upstream's names (`io.k8s.api.core.v1.Pod`), descriptions (the
+//! Go doc comments) and extensions (`x-kubernetes-group-version-kind`,
+//! `x-kubernetes-patch-merge-key`/`-strategy`, `x-kubernetes-list-type`/`-map-keys`,
+//! `x-kubernetes-int-or-string`), generated from the protobuf schema table, so
+//! `kubectl explain` works. The strategic-merge-patch content type is not advertised:
+//! client-side apply then uses kubectl's compiled-in types for built-in kinds, exactly.
 //!
 //! Document URLs carry a content hash, so kubectl's HTTP cache never serves a stale one.
 
+use nanokube_api::protobuf::{docs_of, message_fields, Cardinality, FieldType};
 use nanokube_api::resources::{self, ResourceDef};
 use serde_json::{json, Map, Value};
 
@@ -22,54 +25,120 @@ pub fn fnv64(data: &[u8]) -> u64 {
     h
 }
 
+/// The component name of a message: `api.core.v1.Pod` → `io.k8s.api.core.v1.Pod`.
+fn component(msg: &str) -> String {
+    format!("io.k8s.{msg}")
+}
+
 fn schema_name(r: &ResourceDef) -> String {
-    let pkg = match r.group {
-        "" => "core".to_string(),
-        g => g.split('.').next().unwrap_or(g).to_string(),
-    };
-    format!("io.k8s.api.{pkg}.{}.{}", r.version, r.kind)
+    component(&nanokube_api::protobuf::message_for(&r.api_version(), r.kind))
 }
 
 fn gvk(r: &ResourceDef) -> Value {
     json!({"group": r.group, "version": r.version, "kind": r.kind})
 }
 
-fn kind_schema(r: &ResourceDef) -> Value {
-    json!({
-        "description": format!("{} is a {} object served by nanokube.", r.kind, r.api_version()),
-        "type": "object",
-        "properties": {
-            "apiVersion": {"description": "APIVersion defines the versioned schema of this representation of an object.", "type": "string"},
-            "kind": {"description": "Kind is a string value representing the REST resource this object represents.", "type": "string"},
-            "metadata": {"description": "Standard object's metadata.", "allOf": [{"$ref": "#/components/schemas/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"}]},
-            "spec": {"description": format!("Specification of the desired behavior of the {}.", r.kind), "type": "object", "x-kubernetes-preserve-unknown-fields": true},
-            "status": {"description": format!("Most recently observed status of the {}.", r.kind), "type": "object", "x-kubernetes-preserve-unknown-fields": true},
-        },
-        "x-kubernetes-group-version-kind": [gvk(r)],
+/// Messages whose JSON form is not an object of their fields.
+fn special_schema(msg: &str) -> Option<Value> {
+    Some(match msg {
+        "apimachinery.pkg.apis.meta.v1.Time" => json!({"type": "string", "format": "date-time"}),
+        "apimachinery.pkg.apis.meta.v1.MicroTime" => json!({"type": "string", "format": "date-time"}),
+        "apimachinery.pkg.api.resource.Quantity" => json!({"type": "string"}),
+        "apimachinery.pkg.util.intstr.IntOrString" => json!({"x-kubernetes-int-or-string": true, "anyOf": [{"type": "integer"}, {"type": "string"}]}),
+        "apimachinery.pkg.runtime.RawExtension" | "apimachinery.pkg.apis.meta.v1.FieldsV1" | "apiextensions_apiserver.pkg.apis.apiextensions.v1.JSON" => {
+            json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true})
+        }
+        "apimachinery.pkg.apis.meta.v1.Duration" => json!({"type": "string"}),
+        _ => return None,
     })
 }
 
-fn object_meta_schema() -> Value {
-    json!({
-        "description": "ObjectMeta is metadata that all persisted resources must have, which includes all objects users must create.",
-        "type": "object",
-        "properties": {
-            "name": {"type": "string", "description": "Name must be unique within a namespace."},
-            "generateName": {"type": "string", "description": "GenerateName is an optional prefix, used by the server, to generate a unique name ONLY IF the Name field has not been provided."},
-            "namespace": {"type": "string", "description": "Namespace defines the space within which each name must be unique."},
-            "labels": {"type": "object", "additionalProperties": {"type": "string", "default": ""}, "description": "Map of string keys and values that can be used to organize and categorize (scope and select) objects."},
-            "annotations": {"type": "object", "additionalProperties": {"type": "string", "default": ""}, "description": "Annotations is an unstructured key value map stored with a resource that may be set by external tools to store and retrieve arbitrary metadata."},
-            "uid": {"type": "string", "description": "UID is the unique in time and space value for this object."},
-            "resourceVersion": {"type": "string", "description": "An opaque value that represents the internal version of this object."},
-            "generation": {"type": "integer", "format": "int64", "description": "A sequence number representing a specific generation of the desired state."},
-            "creationTimestamp": {"type": "string", "format": "date-time", "description": "CreationTimestamp is a timestamp representing the server time when this object was created."},
-            "deletionTimestamp": {"type": "string", "format": "date-time", "description": "DeletionTimestamp is RFC 3339 date and time at which this resource will be deleted."},
-            "deletionGracePeriodSeconds": {"type": "integer", "format": "int64"},
-            "finalizers": {"type": "array", "items": {"type": "string", "default": ""}, "x-kubernetes-list-type": "set", "x-kubernetes-patch-strategy": "merge"},
-            "ownerReferences": {"type": "array", "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}, "x-kubernetes-list-map-keys": ["uid"], "x-kubernetes-list-type": "map", "x-kubernetes-patch-merge-key": "uid", "x-kubernetes-patch-strategy": "merge"},
-            "managedFields": {"type": "array", "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}},
-        },
-    })
+fn scalar_schema(ty: FieldType, refs: &mut Vec<&'static str>) -> Value {
+    match ty {
+        FieldType::String => json!({"type": "string", "default": ""}),
+        FieldType::Bytes => json!({"type": "string", "format": "byte"}),
+        FieldType::Int32 => json!({"type": "integer", "format": "int32"}),
+        FieldType::Int64 => json!({"type": "integer", "format": "int64"}),
+        FieldType::Bool => json!({"type": "boolean"}),
+        FieldType::Double => json!({"type": "number", "format": "double"}),
+        FieldType::Message(m) => {
+            refs.push(m);
+            json!({"$ref": format!("#/components/schemas/{}", component(m))})
+        }
+    }
+}
+
+/// Add a message's properties (and those of its embedded structs) to `props`.
+fn add_properties(msg: &'static str, props: &mut Map<String, Value>, refs: &mut Vec<&'static str>) {
+    for f in message_fields(msg).unwrap_or_default() {
+        if f.cardinality == Cardinality::Inline {
+            if let FieldType::Message(inner) = f.ty {
+                add_properties(inner, props, refs);
+            }
+            continue;
+        }
+        let (desc, markers) = docs_of(msg, f.json).unwrap_or_default();
+        let item = scalar_schema(f.ty, refs);
+        let mut p = match f.cardinality {
+            Cardinality::List => json!({"type": "array", "items": item}),
+            Cardinality::Map => json!({"type": "object", "additionalProperties": item}),
+            _ if item.get("$ref").is_some() => json!({"allOf": [item]}),
+            _ => item,
+        };
+        if !desc.is_empty() {
+            p["description"] = json!(desc);
+        }
+        for marker in markers.split(';').filter(|m| !m.is_empty()) {
+            let (k, v) = marker.split_once('=').unwrap_or((marker, ""));
+            match k {
+                "patchMergeKey" => p["x-kubernetes-patch-merge-key"] = json!(v),
+                "patchStrategy" => p["x-kubernetes-patch-strategy"] = json!(v),
+                "listType" => p["x-kubernetes-list-type"] = json!(v),
+                "listMapKey" => {
+                    let keys = p.get("x-kubernetes-list-map-keys").and_then(Value::as_array).cloned().unwrap_or_default();
+                    let mut keys = keys;
+                    keys.push(json!(v));
+                    p["x-kubernetes-list-map-keys"] = json!(keys);
+                }
+                "mapType" => p["x-kubernetes-map-type"] = json!(v),
+                _ => {}
+            }
+        }
+        props.insert(f.json.to_string(), p);
+    }
+}
+
+/// The schemas of `roots` and of every message they use, keyed by component name.
+fn schemas(roots: &[(&'static str, Option<&ResourceDef>)]) -> Map<String, Value> {
+    let mut out = Map::new();
+    let mut queue: Vec<(&'static str, Option<&ResourceDef>)> = roots.to_vec();
+    while let Some((msg, def)) = queue.pop() {
+        let name = component(msg);
+        if out.contains_key(&name) {
+            continue;
+        }
+        let mut schema = special_schema(msg).unwrap_or_else(|| {
+            let mut refs = Vec::new();
+            let mut props = Map::new();
+            if def.is_some() {
+                props.insert("apiVersion".into(), json!({"type": "string", "description": "APIVersion defines the versioned schema of this representation of an object. Servers should convert recognized schemas to the latest internal value, and may reject unrecognized values. More info: https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#resources"}));
+                props.insert("kind".into(), json!({"type": "string", "description": "Kind is a string value representing the REST resource this object represents. Servers may infer this from the endpoint the client submits requests to. Cannot be updated. In CamelCase. More info: https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#types-kinds"}));
+            }
+            add_properties(msg, &mut props, &mut refs);
+            queue.extend(refs.into_iter().map(|r| (r, None)));
+            json!({"type": "object", "properties": props})
+        });
+        if let Some((desc, _)) = docs_of(msg, "") {
+            if !desc.is_empty() {
+                schema["description"] = json!(desc);
+            }
+        }
+        if let Some(d) = def {
+            schema["x-kubernetes-group-version-kind"] = json!([gvk(d)]);
+        }
+        out.insert(name, schema);
+    }
+    out
 }
 
 fn operation_path(r: &ResourceDef) -> String {
@@ -92,8 +161,14 @@ pub fn group_version_document(group: &str, version: &str) -> Option<Value> {
         return None;
     }
     let mut paths = Map::new();
-    let mut schemas = Map::new();
-    schemas.insert("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta".into(), object_meta_schema());
+    let roots: Vec<(&'static str, Option<&ResourceDef>)> = defs
+        .iter()
+        .filter_map(|r| {
+            let msg = nanokube_api::protobuf::message_for(&r.api_version(), r.kind);
+            Some((nanokube_api::protobuf::intern(&msg)?, Some(*r)))
+        })
+        .collect();
+    let schemas = schemas(&roots);
     for r in &defs {
         let name = schema_name(r);
         let reference = json!({"$ref": format!("#/components/schemas/{name}")});
@@ -116,7 +191,6 @@ pub fn group_version_document(group: &str, version: &str) -> Option<Value> {
                 "parameters": [{"name": "name", "in": "path", "required": true, "schema": {"type": "string", "uniqueItems": true}}],
             }),
         );
-        schemas.insert(name, kind_schema(r));
     }
     let title = if group.is_empty() { "Kubernetes".to_string() } else { format!("Kubernetes {group}") };
     Some(json!({
@@ -136,8 +210,14 @@ pub fn group_versions() -> Vec<(String, &'static str, &'static str)> {
     out
 }
 
-/// The documents, serialized once, with their hashes.
+/// The documents, built on first use (startup never pays for them), serialized once,
+/// with their hashes.
+#[derive(Default)]
 pub struct OpenApi {
+    built: std::sync::OnceLock<Built>,
+}
+
+struct Built {
     /// (`api/v1` key, hash, serialized document).
     docs: Vec<(String, String, bytes::Bytes)>,
     root: bytes::Bytes,
@@ -146,44 +226,49 @@ pub struct OpenApi {
 }
 
 impl OpenApi {
-    /// Build every document.
+    /// Documents to be built when first asked for.
     pub fn build() -> Self {
-        let mut docs = Vec::new();
-        let mut root_paths = Map::new();
-        for (key, g, v) in group_versions() {
-            let Some(doc) = group_version_document(g, v) else { continue };
-            let bytes = serde_json::to_vec(&doc).expect("serialize");
-            let hash = format!("{:016X}{:016X}", fnv64(&bytes), fnv64(key.as_bytes()));
-            root_paths.insert(key.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{key}?hash={hash}")}));
-            docs.push((key, hash, bytes::Bytes::from(bytes)));
-        }
-        let root = bytes::Bytes::from(serde_json::to_vec(&json!({"paths": root_paths})).expect("serialize"));
-        OpenApi {
-            docs,
-            root,
-            v2_protobuf: bytes::Bytes::from(v2::protobuf()),
-            v2_json: bytes::Bytes::from(serde_json::to_vec(&v2::json()).expect("serialize")),
-        }
+        OpenApi::default()
     }
 
-    /// OpenAPI v2 as protobuf.
-    pub fn v2_protobuf(&self) -> bytes::Bytes {
-        self.v2_protobuf.clone()
-    }
-
-    /// OpenAPI v2 as JSON.
-    pub fn v2_json(&self) -> bytes::Bytes {
-        self.v2_json.clone()
+    fn built(&self) -> &Built {
+        self.built.get_or_init(|| {
+            let mut docs = Vec::new();
+            let mut root_paths = Map::new();
+            for (key, g, v) in group_versions() {
+                let Some(doc) = group_version_document(g, v) else { continue };
+                let bytes = serde_json::to_vec(&doc).expect("serialize");
+                let hash = format!("{:016X}{:016X}", fnv64(&bytes), fnv64(key.as_bytes()));
+                root_paths.insert(key.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{key}?hash={hash}")}));
+                docs.push((key, hash, bytes::Bytes::from(bytes)));
+            }
+            Built {
+                docs,
+                root: bytes::Bytes::from(serde_json::to_vec(&json!({"paths": root_paths})).expect("serialize")),
+                v2_protobuf: bytes::Bytes::from(v2::protobuf()),
+                v2_json: bytes::Bytes::from(serde_json::to_vec(&v2::json()).expect("serialize")),
+            }
+        })
     }
 
     /// The root index.
     pub fn root(&self) -> bytes::Bytes {
-        self.root.clone()
+        self.built().root.clone()
     }
 
     /// A document by key (`api/v1`), with its hash.
     pub fn document(&self, key: &str) -> Option<(&str, bytes::Bytes)> {
-        self.docs.iter().find(|(k, _, _)| k == key).map(|(_, h, b)| (h.as_str(), b.clone()))
+        self.built().docs.iter().find(|(k, _, _)| k == key).map(|(_, h, b)| (h.as_str(), b.clone()))
+    }
+
+    /// OpenAPI v2 as protobuf.
+    pub fn v2_protobuf(&self) -> bytes::Bytes {
+        self.built().v2_protobuf.clone()
+    }
+
+    /// OpenAPI v2 as JSON.
+    pub fn v2_json(&self) -> bytes::Bytes {
+        self.built().v2_json.clone()
     }
 }
 
@@ -198,6 +283,19 @@ mod tests {
         assert_eq!(p["x-kubernetes-group-version-kind"]["kind"], "ConfigMap");
         assert!(p["parameters"].as_array().unwrap().iter().any(|x| x["name"] == "fieldValidation"));
         assert!(doc["paths"]["/api/v1/namespaces/{name}"].is_object());
+        // Complete schemas: every reference resolves inside the document.
+        let schemas = doc["components"]["schemas"].as_object().unwrap();
+        let text = doc.to_string();
+        for r in text.split("#/components/schemas/").skip(1) {
+            let name = &r[..r.find('"').unwrap()];
+            assert!(schemas.contains_key(name), "dangling $ref {name}");
+        }
+        let containers = &schemas["io.k8s.api.core.v1.PodSpec"]["properties"]["containers"];
+        assert_eq!(containers["x-kubernetes-patch-merge-key"], "name");
+        assert_eq!(containers["x-kubernetes-list-type"], "map");
+        assert!(containers["description"].as_str().unwrap().starts_with("List of containers"));
+        assert_eq!(schemas["io.k8s.api.core.v1.Pod"]["x-kubernetes-group-version-kind"][0]["kind"], "Pod");
+        assert!(schemas["io.k8s.api.core.v1.ConfigMapKeySelector"]["properties"].get("name").is_some(), "embedded structs are flattened");
         let o = OpenApi::build();
         assert!(o.document("apis/apps/v1").is_some());
         let root: Value = serde_json::from_slice(&o.root()).unwrap();

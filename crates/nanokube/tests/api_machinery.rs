@@ -194,3 +194,53 @@ fn both_event_apis_share_one_storage() {
     let (_, rows) = table(&s.k(&["get", "events"]));
     assert!(rows.iter().any(|r| r.iter().any(|c| c == "pod/web")), "{rows:?}");
 }
+
+#[test]
+fn explain_prints_docs_from_the_served_openapi() {
+    let s = Server::start();
+    for bin in ["kubectl", "kubectl.1.27"] {
+        let out = s.kubectl_bin(bin, &["explain", "pod.spec.containers"]);
+        assert!(out.status.success(), "{bin}: {}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("FIELD: containers <[]Container>") || text.contains("FIELD:    containers <[]Object>") || text.contains("containers <[]"),
+            "{bin}: {text}"
+        );
+        assert!(text.contains("List of containers belonging to the pod."), "{bin}: {text}");
+        assert!(text.contains("imagePullPolicy"), "{bin}: {text}");
+    }
+    let text = s.k(&["explain", "deployment.spec.strategy", "--recursive"]);
+    assert!(text.contains("rollingUpdate\t<RollingUpdateDeployment>") && text.contains("maxSurge\t<IntOrString>"), "{text}");
+}
+
+#[test]
+fn apply_of_a_changed_manifest_keeps_list_items_added_by_others() {
+    let s = Server::start();
+    let manifest = |image: &str| {
+        format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  selector:\n    matchLabels: {{app: web}}\n  template:\n    metadata:\n      labels: {{app: web}}\n    spec:\n      containers:\n      - name: app\n        image: {image}\n        env:\n        - {{name: MODE, value: prod}}\n"
+        )
+    };
+    let out = s.k_stdin(&["apply", "-f", "-"], &manifest("nginx:1.26"));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Another client adds an env var and a second container.
+    s.k(&["set", "env", "deployment/web", "-c", "app", "EXTRA=1"]);
+    let (code, body) = s.curl(
+        "PATCH",
+        "/apis/apps/v1/namespaces/default/deployments/web",
+        Some("application/strategic-merge-patch+json"),
+        Some(br#"{"spec":{"template":{"spec":{"containers":[{"name":"sidecar","image":"busybox"}]}}}}"#),
+    );
+    assert_eq!(code, 200, "{body}");
+    // Applying the changed manifest updates the image and keeps what others added.
+    let out = s.k_stdin(&["apply", "-f", "-"], &manifest("nginx:1.27"));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "deployment.apps/web configured", "{}", String::from_utf8_lossy(&out.stderr));
+    let d: Value = serde_json::from_str(&s.k(&["get", "deploy", "web", "-o", "json"])).unwrap();
+    let cs = d["spec"]["template"]["spec"]["containers"].as_array().unwrap();
+    let app = cs.iter().find(|c| c["name"] == "app").unwrap();
+    assert_eq!(app["image"], "nginx:1.27");
+    let env: Vec<&str> = app["env"].as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap()).collect();
+    assert_eq!(env, ["MODE", "EXTRA"]);
+    assert!(cs.iter().any(|c| c["name"] == "sidecar"), "the other client's container stays");
+    assert_eq!(d["metadata"]["generation"], 4);
+}
