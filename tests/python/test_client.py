@@ -100,3 +100,35 @@ def test_paging_with_limit_and_continue(api):
         assert r.metadata.remaining_item_count is not None
     assert pages == 3
     assert sorted(got) == sorted([f"page-{i}" for i in range(7)] + ["kube-root-ca.crt"])
+
+
+def test_server_side_apply(api):
+    core = client.CoreV1Api(api)
+    body = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "py-ssa"}, "data": {"owner": "python"}}
+    created = core.patch_namespaced_config_map("py-ssa", "default", body, field_manager="py", _content_type="application/apply-patch+yaml")
+    assert created.data == {"owner": "python"}
+    managers = [(m.manager, m.operation) for m in created.metadata.managed_fields]
+    assert managers == [("py", "Apply")]
+    # Another manager taking the same field conflicts (409) unless forced.
+    other = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "py-ssa"}, "data": {"owner": "someone else"}}
+    with pytest.raises(ApiException) as e:
+        core.patch_namespaced_config_map("py-ssa", "default", other, field_manager="other", _content_type="application/apply-patch+yaml")
+    assert e.value.status == 409
+    assert json.loads(e.value.body)["details"]["causes"][0]["reason"] == "FieldManagerConflict"
+    forced = core.patch_namespaced_config_map("py-ssa", "default", other, field_manager="other", force=True, _content_type="application/apply-patch+yaml")
+    assert forced.data == {"owner": "someone else"}
+
+
+def test_json_patch_and_dry_run(api):
+    core = client.CoreV1Api(api)
+    core.create_namespaced_config_map("default", {"metadata": {"name": "jp"}, "data": {"a": "1"}})
+    patched = core.patch_namespaced_config_map("jp", "default", [{"op": "add", "path": "/data/b", "value": "2"}, {"op": "replace", "path": "/data/a", "value": "x"}])
+    assert patched.data == {"a": "x", "b": "2"}
+    with pytest.raises(ApiException) as e:
+        core.patch_namespaced_config_map("jp", "default", [{"op": "test", "path": "/data/a", "value": "nope"}])
+    assert e.value.status == 422
+    dry = core.create_namespaced_config_map("default", {"metadata": {"name": "dry"}}, dry_run="All")
+    assert dry.metadata.name == "dry"
+    with pytest.raises(ApiException) as e:
+        core.read_namespaced_config_map("dry", "default")
+    assert e.value.status == 404

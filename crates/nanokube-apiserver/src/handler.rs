@@ -604,6 +604,7 @@ impl Ctx<'_> {
                 let mut obj = self.decode_body(&body)?;
                 let warnings = self.field_validation_with(def, &mut obj, &body)?;
                 self.admit_rbac(def, &obj)?;
+                crate::fieldmanager::record_update(Self::message(def), None, &mut obj, &self.manager()?, &def.api_version(), "", def.has_status());
                 let opts = WriteOptions { dry_run: self.dry_run()?, subresource: None };
                 let created = self.server.registry.create(def, ns, obj, &opts).await?;
                 Ok(with_warnings(self.respond_object(def, StatusCode::CREATED, &created)?, &warnings))
@@ -612,13 +613,26 @@ impl Ctx<'_> {
                 let mut obj = self.decode_body(&body)?;
                 let warnings = self.field_validation_with(def, &mut obj, &body)?;
                 self.admit_rbac(def, &obj)?;
+                crate::registry::Registry::check_type(def, &obj)?;
                 let opts = WriteOptions { dry_run: self.dry_run()?, subresource: None };
-                let updated = self.server.registry.update(def, ns, &info.name, obj, &opts).await?;
+                let manager = self.manager()?;
+                let updated = self
+                    .server
+                    .registry
+                    .update_with(def, ns, &info.name, &opts, |cur| {
+                        let mut next = obj.clone();
+                        crate::fieldmanager::record_update(Self::message(def), Some(cur), &mut next, &manager, &def.api_version(), "", def.has_status());
+                        Ok(next)
+                    })
+                    .await?;
                 Ok(with_warnings(self.respond_object(def, StatusCode::OK, &updated)?, &warnings))
             }
             "patch" => {
+                let existed = self.server.registry.get(def, ns, &info.name).is_ok();
                 let (updated, warnings) = self.patch(def, &body, None).await?;
-                Ok(with_warnings(self.respond_object(def, StatusCode::OK, &updated)?, &warnings))
+                // Server-side apply answers 201 when it created the object.
+                let code = if existed { StatusCode::OK } else { StatusCode::CREATED };
+                Ok(with_warnings(self.respond_object(def, code, &updated)?, &warnings))
             }
             "delete" => {
                 let opts = self.delete_options(&body)?;
@@ -656,6 +670,32 @@ impl Ctx<'_> {
             }
             _ => Err(ApiError::method_not_allowed(format!("the server does not allow this method on the requested resource ({})", def.plural))),
         }
+    }
+
+    /// The field manager of this request (`fieldManager`, else the User-Agent's first word).
+    fn manager(&self) -> Result<String, ApiError> {
+        let fm = self.query.get("fieldManager");
+        if let Some(m) = fm {
+            if m.len() > 128 || m.chars().any(|c| c.is_control()) {
+                return Err(ApiError::invalid(
+                    "PatchOptions",
+                    "meta.k8s.io",
+                    "",
+                    vec![nanokube_api::error::Cause {
+                        reason: "FieldValueInvalid".into(),
+                        message: format!("Invalid value: {m:?}: must be at most 128 printable characters"),
+                        field: "fieldManager".into(),
+                    }],
+                ));
+            }
+        }
+        let ua = self.headers.get(http::header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("unknown");
+        Ok(crate::fieldmanager::manager_name(fm, ua))
+    }
+
+    /// The generated schema's message for a resource's kind.
+    fn message(def: &ResourceDef) -> Option<&'static str> {
+        nanokube_api::protobuf::intern(&nanokube_api::protobuf::message_for(&def.api_version(), def.kind))
     }
 
     /// RBAC escalation prevention: creating or updating a role needs the `escalate` verb
@@ -1049,21 +1089,10 @@ impl Ctx<'_> {
         let ct = self.content_type().to_string();
         let ty = PatchType::from_content_type(&ct).ok_or_else(|| ApiError::unsupported_media_type(&ct))?;
         if ty == PatchType::Apply {
-            let fm = self.query.get("fieldManager").unwrap_or("");
-            if fm.is_empty() {
-                return Err(ApiError::invalid(
-                    "PatchOptions",
-                    "meta.k8s.io",
-                    "",
-                    vec![nanokube_api::error::Cause {
-                        reason: "FieldValueRequired".into(),
-                        message: "Required value: is required for apply patch".into(),
-                        field: "fieldManager".into(),
-                    }],
-                ));
-            }
+            return self.apply(def, body, subresource).await;
         }
         let opts = WriteOptions { dry_run: self.dry_run()?, subresource: subresource.map(String::from) };
+        let manager = self.manager()?;
         // A resourceVersion inside the patch is a precondition; PATCH never needs one.
         let body = body.to_vec();
         let mut warnings = Vec::new();
@@ -1076,7 +1105,86 @@ impl Ctx<'_> {
                 let mut patched = patch::apply(ty, &cur, &body)?;
                 warnings = self.field_validation(def, &mut patched)?;
                 self.admit_rbac(def, &patched)?;
+                crate::fieldmanager::record_update(
+                    Self::message(def),
+                    Some(current),
+                    &mut patched,
+                    &manager,
+                    &def.api_version(),
+                    subresource.unwrap_or(""),
+                    def.has_status(),
+                );
                 Ok(patched)
+            })
+            .await?;
+        Ok((updated, warnings))
+    }
+
+    /// Server-side apply (`application/apply-patch+yaml`): creates the object if it is
+    /// missing (201), else merges the applied configuration with conflict detection.
+    async fn apply(&self, def: &ResourceDef, body: &[u8], subresource: Option<&str>) -> Result<(Obj, Vec<String>), ApiError> {
+        let fm = self.query.get("fieldManager").unwrap_or("");
+        if fm.is_empty() {
+            return Err(ApiError::invalid(
+                "PatchOptions",
+                "meta.k8s.io",
+                "",
+                vec![nanokube_api::error::Cause {
+                    reason: "FieldValueRequired".into(),
+                    message: "Required value: is required for apply patch".into(),
+                    field: "fieldManager".into(),
+                }],
+            ));
+        }
+        let manager = self.manager()?;
+        let force = match self.query.get("force") {
+            None | Some("") | Some("false") => false,
+            Some("true") => true,
+            Some(other) => return Err(ApiError::bad_request(format!("force: invalid value {other:?}"))),
+        };
+        let mut applied: Value = serde_norway::from_slice(body).map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?;
+        for (field, ok) in [
+            ("apiVersion", applied.get("apiVersion").and_then(Value::as_str).is_some_and(|v| !v.is_empty())),
+            ("kind", applied.get("kind").and_then(Value::as_str).is_some_and(|v| !v.is_empty())),
+        ] {
+            if !ok {
+                return Err(ApiError::bad_request(format!("invalid object type: {field} must be set in an applied configuration")));
+            }
+        }
+        crate::registry::Registry::check_type(def, &applied)?;
+        match meta::name(&applied) {
+            "" => {
+                meta::metadata_mut(&mut applied).insert("name".into(), json!(self.info.name));
+            }
+            n if n != self.info.name => {
+                return Err(ApiError::bad_request(format!("the name of the object ({n}) does not match the name on the URL ({})", self.info.name)))
+            }
+            _ => {}
+        }
+        let warnings = self.field_validation(def, &mut applied)?;
+        self.admit_rbac(def, &applied)?;
+        let msg = Self::message(def);
+        let sub = subresource.unwrap_or("");
+        let opts = WriteOptions { dry_run: self.dry_run()?, subresource: subresource.map(String::from) };
+        let pinned = !meta::resource_version(&applied).is_empty();
+        let ns = self.info.namespace.as_str();
+        if self.server.registry.get(def, ns, &self.info.name).is_err() && subresource.is_none() {
+            let obj = crate::fieldmanager::apply(msg, None, &applied, &manager, force, &def.api_version(), sub, def.has_status())?;
+            match self.server.registry.create(def, ns, obj, &opts).await {
+                Ok(created) => return Ok((created, warnings)),
+                Err(e) if e.code == 409 => {} // created meanwhile: apply onto it
+                Err(e) => return Err(e),
+            }
+        }
+        let updated = self
+            .server
+            .registry
+            .update_with(def, ns, &self.info.name, &opts, |current| {
+                let mut next = crate::fieldmanager::apply(msg, Some(current), &applied, &manager, force, &def.api_version(), sub, def.has_status())?;
+                if !pinned {
+                    meta::metadata_mut(&mut next).remove("resourceVersion");
+                }
+                Ok(next)
             })
             .await?;
         Ok((updated, warnings))

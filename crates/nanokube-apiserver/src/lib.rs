@@ -19,6 +19,7 @@ pub mod audit;
 pub mod authn;
 pub mod authz;
 pub mod discovery;
+pub mod fieldmanager;
 pub mod handler;
 pub mod http;
 pub mod kubeconfig;

@@ -59,7 +59,8 @@ pub fn apply(ty: PatchType, current: &Value, body: &[u8]) -> Result<Value, ApiEr
             }
             Ok(doc)
         }
-        PatchType::Apply => Err(ApiError::new(415, "UnsupportedMediaType", "server-side apply (application/apply-patch+yaml) is not implemented yet")),
+        // Server-side apply needs field ownership: the handler gives it to fieldmanager.
+        PatchType::Apply => Err(ApiError::internal("apply patches are merged by the field manager")),
     }
 }
 

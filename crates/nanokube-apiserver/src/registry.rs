@@ -678,7 +678,8 @@ impl Registry {
         new["apiVersion"] = json!(def.api_version());
         let status_write = opts.subresource.as_deref() == Some("status");
         if status_write {
-            // The status subresource changes status only.
+            // The status subresource changes status only (and the field manager's record
+            // of who did it).
             let mut merged = old.clone();
             match new.get("status") {
                 Some(s) => merged["status"] = s.clone(),
@@ -687,6 +688,9 @@ impl Registry {
                         m.remove("status");
                     }
                 }
+            }
+            if let Some(mf) = new.pointer("/metadata/managedFields") {
+                meta::metadata_mut(&mut merged).insert("managedFields".into(), mf.clone());
             }
             new = merged;
         } else if def.has_status() {

@@ -1,0 +1,665 @@
+//! Field management: `metadata.managedFields` and server-side apply, as upstream's
+//! structured-merge-diff does it for built-in types.
+//!
+//! A field set is a tree in FieldsV1 form: `f:<field>` for struct and map fields,
+//! `k:{"name":"c"}` for items of associative lists, `v:<value>` for items of set lists,
+//! `.` marking a node that is itself owned. List semantics come from the types' own
+//! markers (`+listType`, `+listMapKey`, `+patchStrategy`, `+patchMergeKey`) in the
+//! generated schema; other lists are atomic.
+//!
+//! - Update operations (create, update, patch) give their manager the fields whose
+//!   values they set or changed, taking them from other managers.
+//! - Apply (`application/apply-patch+yaml`) makes the manager own exactly the fields of
+//!   its applied configuration: fields another manager owns with a different value are
+//!   conflicts (409 `FieldManagerConflict`) unless `force=true`, which takes them over;
+//!   fields it applied before and no longer applies are removed unless someone else
+//!   owns them.
+
+use std::collections::BTreeMap;
+
+use nanokube_api::error::Cause;
+use nanokube_api::protobuf::{docs_of, message_fields, Cardinality, FieldInfo, FieldType};
+use nanokube_api::{meta, ApiError};
+use serde_json::{json, Map, Value};
+
+/// A set of fields, as a tree.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FieldSet {
+    member: bool,
+    children: BTreeMap<String, FieldSet>,
+}
+
+/// What kind of list a field is.
+#[derive(Debug, Clone, PartialEq)]
+enum ListKind {
+    Atomic,
+    Set,
+    Map(Vec<String>),
+}
+
+/// The schema position of a value: a message, or nothing known (treated as atomic).
+#[derive(Debug, Clone, Copy)]
+enum Schema {
+    Message(&'static str),
+    Leaf,
+}
+
+const IGNORED_META: &[&str] = &[
+    "name",
+    "namespace",
+    "uid",
+    "resourceVersion",
+    "generation",
+    "creationTimestamp",
+    "managedFields",
+    "selfLink",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+    "generateName",
+];
+
+fn opaque(msg: &str) -> bool {
+    matches!(
+        msg,
+        "apimachinery.pkg.apis.meta.v1.Time"
+            | "apimachinery.pkg.apis.meta.v1.MicroTime"
+            | "apimachinery.pkg.api.resource.Quantity"
+            | "apimachinery.pkg.util.intstr.IntOrString"
+            | "apimachinery.pkg.runtime.RawExtension"
+            | "apimachinery.pkg.apis.meta.v1.FieldsV1"
+            | "apimachinery.pkg.apis.meta.v1.Duration"
+            | "apiextensions_apiserver.pkg.apis.apiextensions.v1.JSON"
+    )
+}
+
+/// A field of a message (looking through embedded structs) and its markers.
+fn field(msg: &'static str, key: &str) -> Option<(FieldInfo, &'static str, &'static str)> {
+    for f in message_fields(msg)? {
+        if f.cardinality == Cardinality::Inline {
+            if let FieldType::Message(inner) = f.ty {
+                if let Some(found) = field(inner, key) {
+                    return Some(found);
+                }
+            }
+        } else if f.json == key {
+            let markers = docs_of(msg, key).map(|(_, m)| m).unwrap_or("");
+            return Some((f, msg, markers));
+        }
+    }
+    None
+}
+
+fn list_kind(f: &FieldInfo, markers: &str) -> ListKind {
+    let get = |k: &str| markers.split(';').filter_map(|m| m.split_once('=')).filter(|(mk, _)| *mk == k).map(|(_, v)| v.to_string()).collect::<Vec<_>>();
+    let list_type = get("listType");
+    let keys = get("listMapKey");
+    let merge_key = get("patchMergeKey");
+    let strategy = get("patchStrategy");
+    match list_type.first().map(String::as_str) {
+        Some("map") if !keys.is_empty() => ListKind::Map(keys),
+        Some("set") => ListKind::Set,
+        Some("atomic") => ListKind::Atomic,
+        _ if strategy.iter().any(|s| s.contains("merge")) && !merge_key.is_empty() && matches!(f.ty, FieldType::Message(_)) => ListKind::Map(merge_key),
+        _ if strategy.iter().any(|s| s.contains("merge")) && !matches!(f.ty, FieldType::Message(_)) => ListKind::Set,
+        _ => ListKind::Atomic,
+    }
+}
+
+fn item_schema(ty: FieldType) -> Schema {
+    match ty {
+        FieldType::Message(m) if !opaque(m) => Schema::Message(m),
+        _ => Schema::Leaf,
+    }
+}
+
+fn item_key(item: &Value, keys: &[String]) -> Option<String> {
+    let mut m = Map::new();
+    for k in keys {
+        m.insert(k.clone(), item.get(k)?.clone());
+    }
+    Some(format!("k:{}", Value::Object(m)))
+}
+
+fn leaf() -> FieldSet {
+    FieldSet { member: true, children: BTreeMap::new() }
+}
+
+/// The fields present in `v` at schema position `schema`, where `old` (the value before,
+/// at the same position) is given only to keep the fields whose values changed.
+fn walk(old: Option<&Value>, new: &Value, schema: Schema, only_changed: bool) -> Option<FieldSet> {
+    let Schema::Message(msg) = schema else {
+        return (!only_changed || old != Some(new)).then(leaf);
+    };
+    let Value::Object(obj) = new else {
+        return (!only_changed || old != Some(new)).then(leaf);
+    };
+    if obj.is_empty() {
+        return (!only_changed || old != Some(new)).then(leaf);
+    }
+    let mut set = FieldSet::default();
+    for (k, v) in obj {
+        let Some((f, _, markers)) = field(msg, k) else {
+            // Unknown to the schema: track it as a leaf.
+            if !only_changed || old.and_then(|o| o.get(k)) != Some(v) {
+                set.children.insert(format!("f:{k}"), leaf());
+            }
+            continue;
+        };
+        let old_v = old.and_then(|o| o.get(k));
+        let child = match (f.cardinality, v) {
+            (Cardinality::Map, Value::Object(entries)) => {
+                let mut m = FieldSet::default();
+                for (ek, ev) in entries {
+                    let old_e = old_v.and_then(|o| o.get(ek));
+                    if let Some(c) = walk(old_e, ev, item_schema(f.ty), only_changed) {
+                        m.children.insert(format!("f:{ek}"), c);
+                    }
+                }
+                (!m.children.is_empty()).then_some(m)
+            }
+            (Cardinality::List, Value::Array(items)) => match list_kind(&f, markers) {
+                ListKind::Map(keys) => {
+                    let mut l = FieldSet::default();
+                    for item in items {
+                        let Some(key) = item_key(item, &keys) else { continue };
+                        let old_item = old_v.and_then(Value::as_array).and_then(|a| a.iter().find(|o| item_key(o, &keys).as_deref() == Some(&key)));
+                        if let Some(mut c) = walk(old_item, item, item_schema(f.ty), only_changed) {
+                            c.member = true;
+                            l.children.insert(key, c);
+                        } else if old_item.is_none() {
+                            l.children.insert(key, leaf());
+                        }
+                    }
+                    (!l.children.is_empty()).then_some(l)
+                }
+                ListKind::Set => {
+                    let mut l = FieldSet::default();
+                    let old_items = old_v.and_then(Value::as_array);
+                    for item in items {
+                        if !only_changed || !old_items.is_some_and(|o| o.contains(item)) {
+                            l.children.insert(format!("v:{item}"), leaf());
+                        }
+                    }
+                    (!l.children.is_empty()).then_some(l)
+                }
+                ListKind::Atomic => (!only_changed || old_v != Some(v)).then(leaf),
+            },
+            (Cardinality::One, _) => walk(old_v, v, item_schema(f.ty), only_changed),
+            _ => (!only_changed || old_v != Some(v)).then(leaf),
+        };
+        if let Some(c) = child {
+            set.children.insert(format!("f:{k}"), c);
+        }
+    }
+    (!set.children.is_empty()).then_some(set)
+}
+
+/// The managed fields of a whole object (metadata bookkeeping and type fields excluded).
+fn object_fields(old: Option<&Value>, new: &Value, msg: Option<&'static str>, only_changed: bool, skip_status: bool) -> FieldSet {
+    let mut trimmed = new.clone();
+    let mut old_trimmed = old.cloned();
+    for v in std::iter::once(&mut trimmed).chain(old_trimmed.iter_mut()) {
+        if let Some(m) = v.as_object_mut() {
+            m.remove("apiVersion");
+            m.remove("kind");
+            if skip_status {
+                m.remove("status");
+            }
+            if let Some(md) = m.get_mut("metadata").and_then(Value::as_object_mut) {
+                for k in IGNORED_META {
+                    md.remove(*k);
+                }
+            }
+            // Bookkeeping alone is nobody's field.
+            if m.get("metadata").and_then(Value::as_object).is_some_and(Map::is_empty) {
+                m.remove("metadata");
+            }
+        }
+    }
+    let schema = msg.map(Schema::Message).unwrap_or(Schema::Leaf);
+    walk(old_trimmed.as_ref(), &trimmed, schema, only_changed).unwrap_or_default()
+}
+
+impl FieldSet {
+    /// As FieldsV1 JSON.
+    pub fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        if self.member && !self.children.is_empty() {
+            m.insert(".".into(), json!({}));
+        }
+        for (k, c) in &self.children {
+            m.insert(k.clone(), c.to_json());
+        }
+        Value::Object(m)
+    }
+
+    /// From FieldsV1 JSON.
+    pub fn from_json(v: &Value) -> FieldSet {
+        let Some(m) = v.as_object() else { return FieldSet::default() };
+        if m.is_empty() {
+            return leaf();
+        }
+        let mut s = FieldSet { member: m.contains_key("."), children: BTreeMap::new() };
+        for (k, c) in m {
+            if k != "." {
+                s.children.insert(k.clone(), FieldSet::from_json(c));
+            }
+        }
+        s
+    }
+
+    fn is_empty(&self) -> bool {
+        !self.member && self.children.is_empty()
+    }
+
+    /// Leaf paths (each a list of encoded elements).
+    fn paths(&self) -> Vec<Vec<String>> {
+        let mut out = Vec::new();
+        fn rec(s: &FieldSet, prefix: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+            if s.member && !prefix.is_empty() {
+                out.push(prefix.clone());
+            }
+            for (k, c) in &s.children {
+                prefix.push(k.clone());
+                rec(c, prefix, out);
+                prefix.pop();
+            }
+        }
+        rec(self, &mut Vec::new(), &mut out);
+        out
+    }
+
+    fn contains(&self, path: &[String]) -> bool {
+        match path.split_first() {
+            None => self.member,
+            Some((h, rest)) => self.children.get(h).is_some_and(|c| c.contains(rest)),
+        }
+    }
+
+    fn insert(&mut self, path: &[String]) {
+        match path.split_first() {
+            None => self.member = true,
+            Some((h, rest)) => self.children.entry(h.clone()).or_default().insert(rest),
+        }
+    }
+
+    fn remove(&mut self, path: &[String]) {
+        if let Some((h, rest)) = path.split_first() {
+            if rest.is_empty() {
+                if let Some(c) = self.children.get_mut(h) {
+                    c.member = false;
+                    if c.children.is_empty() {
+                        self.children.remove(h);
+                    }
+                }
+            } else if let Some(c) = self.children.get_mut(h) {
+                c.remove(rest);
+                if c.is_empty() {
+                    self.children.remove(h);
+                }
+            }
+        }
+    }
+
+    fn union(&mut self, other: &FieldSet) {
+        for p in other.paths() {
+            self.insert(&p);
+        }
+    }
+
+    fn minus(&mut self, other: &FieldSet) {
+        for p in other.paths() {
+            self.remove(&p);
+        }
+    }
+}
+
+/// The value at an encoded path, if present.
+fn value_at<'a>(v: &'a Value, path: &[String]) -> Option<&'a Value> {
+    let Some((h, rest)) = path.split_first() else { return Some(v) };
+    let next = if let Some(f) = h.strip_prefix("f:") {
+        v.get(f)?
+    } else if let Some(k) = h.strip_prefix("k:") {
+        let key: Map<String, Value> = serde_json::from_str(k).ok()?;
+        v.as_array()?.iter().find(|item| key.iter().all(|(kk, kv)| item.get(kk) == Some(kv)))?
+    } else if let Some(x) = h.strip_prefix("v:") {
+        let want: Value = serde_json::from_str(x).ok()?;
+        v.as_array()?.iter().find(|item| **item == want)?
+    } else {
+        return None;
+    };
+    value_at(next, rest)
+}
+
+/// Remove the value at an encoded path.
+fn remove_at(v: &mut Value, path: &[String]) {
+    let Some((h, rest)) = path.split_first() else { return };
+    if rest.is_empty() {
+        if let Some(f) = h.strip_prefix("f:") {
+            if let Some(m) = v.as_object_mut() {
+                m.remove(f);
+            }
+        } else if let Some(k) = h.strip_prefix("k:") {
+            if let (Ok(key), Some(a)) = (serde_json::from_str::<Map<String, Value>>(k), v.as_array_mut()) {
+                a.retain(|item| !key.iter().all(|(kk, kv)| item.get(kk) == Some(kv)));
+            }
+        } else if let Some(x) = h.strip_prefix("v:") {
+            if let (Ok(want), Some(a)) = (serde_json::from_str::<Value>(x), v.as_array_mut()) {
+                a.retain(|item| *item != want);
+            }
+        }
+        return;
+    }
+    let next = if let Some(f) = h.strip_prefix("f:") {
+        v.get_mut(f)
+    } else if let Some(k) = h.strip_prefix("k:") {
+        let Ok(key) = serde_json::from_str::<Map<String, Value>>(k) else { return };
+        v.as_array_mut().and_then(|a| a.iter_mut().find(|item| key.iter().all(|(kk, kv)| item.get(kk) == Some(kv))))
+    } else {
+        None
+    };
+    if let Some(n) = next {
+        remove_at(n, rest);
+    }
+}
+
+/// Merge an applied configuration into a live value, following the schema: structs and
+/// maps merge by field, associative lists by key, sets by value; the rest is replaced.
+fn merge(live: &mut Value, applied: &Value, schema: Schema) {
+    let (Schema::Message(msg), Value::Object(a), true) = (schema, applied, live.is_object()) else {
+        *live = applied.clone();
+        return;
+    };
+    let l = live.as_object_mut().expect("object");
+    for (k, av) in a {
+        let Some((f, _, markers)) = field(msg, k) else {
+            l.insert(k.clone(), av.clone());
+            continue;
+        };
+        match (f.cardinality, l.get_mut(k)) {
+            (Cardinality::Map, Some(lv @ Value::Object(_))) => {
+                if let (Some(lm), Some(am)) = (lv.as_object_mut(), av.as_object()) {
+                    for (ek, ev) in am {
+                        match lm.get_mut(ek) {
+                            Some(existing) => merge(existing, ev, item_schema(f.ty)),
+                            None => {
+                                lm.insert(ek.clone(), ev.clone());
+                            }
+                        }
+                    }
+                }
+            }
+            (Cardinality::List, Some(Value::Array(litems))) => match (list_kind(&f, markers), av.as_array()) {
+                (ListKind::Map(keys), Some(aitems)) => {
+                    for ai in aitems {
+                        let key = item_key(ai, &keys);
+                        match litems.iter_mut().find(|li| key.is_some() && item_key(li, &keys) == key) {
+                            Some(li) => merge(li, ai, item_schema(f.ty)),
+                            None => litems.push(ai.clone()),
+                        }
+                    }
+                }
+                (ListKind::Set, Some(aitems)) => {
+                    for ai in aitems {
+                        if !litems.contains(ai) {
+                            litems.push(ai.clone());
+                        }
+                    }
+                }
+                _ => {
+                    l.insert(k.clone(), av.clone());
+                }
+            },
+            (Cardinality::One, Some(lv)) => merge(lv, av, item_schema(f.ty)),
+            _ => {
+                l.insert(k.clone(), av.clone());
+            }
+        }
+    }
+}
+
+/// The name a write is recorded under: `fieldManager`, else the User-Agent up to its
+/// first `/`, as upstream.
+pub fn manager_name(field_manager: Option<&str>, user_agent: &str) -> String {
+    match field_manager.filter(|m| !m.is_empty()) {
+        Some(m) => m.to_string(),
+        None => user_agent.split('/').next().unwrap_or("unknown").to_string(),
+    }
+}
+
+/// Entries of `metadata.managedFields`: manager, operation, subresource, apiVersion,
+/// fields, and the time of the entry's last change (`None`: now).
+type Managers = Vec<(String, String, String, String, FieldSet, Option<Value>)>;
+
+fn read_managers(obj: &Value) -> Managers {
+    obj.pointer("/metadata/managedFields")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .map(|e| {
+                    let s = |k: &str| e.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+                    (
+                        s("manager"),
+                        s("operation"),
+                        s("subresource"),
+                        s("apiVersion"),
+                        FieldSet::from_json(e.get("fieldsV1").unwrap_or(&Value::Null)),
+                        e.get("time").cloned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn write_managers(obj: &mut Value, managers: &Managers) {
+    let now = meta::now_rfc3339();
+    let entries: Vec<Value> = managers
+        .iter()
+        .filter(|m| !m.4.is_empty())
+        .map(|(manager, op, sub, api_version, set, time)| {
+            let time = time.clone().unwrap_or_else(|| json!(now));
+            let mut e =
+                json!({"manager": manager, "operation": op, "apiVersion": api_version, "time": time, "fieldsType": "FieldsV1", "fieldsV1": set.to_json()});
+            if !sub.is_empty() {
+                e["subresource"] = json!(sub);
+            }
+            e
+        })
+        .collect();
+    let m = meta::metadata_mut(obj);
+    if entries.is_empty() {
+        m.remove("managedFields");
+    } else {
+        m.insert("managedFields".into(), Value::Array(entries));
+    }
+}
+
+/// Record an Update-operation write: `manager` now owns the fields it set or changed.
+pub fn record_update(msg: Option<&'static str>, old: Option<&Value>, new: &mut Value, manager: &str, api_version: &str, subresource: &str, has_status: bool) {
+    let skip_status = has_status && subresource != "status";
+    let changed = object_fields(old, new, msg, old.is_some(), skip_status);
+    if let (Some(old), true) = (old, changed.is_empty()) {
+        // Nothing changed: ownership and times stay as they were (and a no-op write
+        // stays a no-op).
+        match old.pointer("/metadata/managedFields") {
+            Some(mf) => {
+                meta::metadata_mut(new).insert("managedFields".into(), mf.clone());
+            }
+            None => {
+                meta::metadata_mut(new).remove("managedFields");
+            }
+        }
+        return;
+    }
+    let present = object_fields(None, new, msg, false, false);
+    let mut managers = old.map(read_managers).unwrap_or_default();
+    for m in managers.iter_mut() {
+        m.4.minus(&changed);
+        // Fields that no longer exist belong to no one.
+        let gone: Vec<Vec<String>> = m.4.paths().into_iter().filter(|p| !present.contains(p)).collect();
+        for p in gone {
+            m.4.remove(&p);
+        }
+    }
+    match managers.iter_mut().find(|m| m.0 == manager && m.1 == "Update" && m.2 == subresource) {
+        Some(m) => {
+            m.4.union(&changed);
+            m.3 = api_version.to_string();
+            m.5 = None;
+        }
+        None => managers.push((manager.to_string(), "Update".into(), subresource.to_string(), api_version.to_string(), changed, None)),
+    }
+    write_managers(new, &managers);
+}
+
+fn path_string(path: &[String]) -> String {
+    let mut s = String::new();
+    for e in path {
+        if let Some(f) = e.strip_prefix("f:") {
+            s.push('.');
+            s.push_str(f);
+        } else if let Some(k) = e.strip_prefix("k:") {
+            s.push('[');
+            s.push_str(&k.trim_start_matches('{').trim_end_matches('}').replace("\":\"", "=\"").replace('"', ""));
+            s.push(']');
+        } else if let Some(v) = e.strip_prefix("v:") {
+            s.push_str(&format!("[{v}]"));
+        }
+    }
+    s
+}
+
+/// Server-side apply of `applied` by `manager` onto `live` (None: create). Returns the
+/// object to store, with its managedFields.
+#[allow(clippy::too_many_arguments)]
+pub fn apply(
+    msg: Option<&'static str>,
+    live: Option<&Value>,
+    applied: &Value,
+    manager: &str,
+    force: bool,
+    api_version: &str,
+    subresource: &str,
+    has_status: bool,
+) -> Result<Value, ApiError> {
+    let skip_status = has_status && subresource != "status";
+    let wanted = object_fields(None, applied, msg, false, skip_status);
+    let mut managers = live.map(read_managers).unwrap_or_default();
+    let current = live.cloned().unwrap_or_else(|| json!({}));
+
+    // Conflicts: another manager owns a field we apply, with a different value.
+    let mut conflicts: Vec<(String, String, Vec<String>)> = Vec::new();
+    for m in managers.iter() {
+        if m.0 == manager && m.1 == "Apply" && m.2 == subresource {
+            continue;
+        }
+        for p in m.4.paths() {
+            if wanted.contains(&p) && value_at(&current, &p) != value_at(applied, &p) {
+                conflicts.push((m.0.clone(), m.3.clone(), p));
+            }
+        }
+    }
+    if !conflicts.is_empty() && !force {
+        let n = conflicts.len();
+        let lines: Vec<String> = conflicts.iter().map(|(mgr, av, p)| format!("conflict with \"{mgr}\" using {av}: {}", path_string(p))).collect();
+        let message =
+            if n == 1 { format!("Apply failed with 1 conflict: {}", lines[0]) } else { format!("Apply failed with {n} conflicts: {}", lines.join("\n")) };
+        let mut e = ApiError::new(409, "Conflict", message);
+        e.details.causes = conflicts
+            .iter()
+            .map(|(mgr, av, p)| Cause { reason: "FieldManagerConflict".into(), message: format!("conflict with \"{mgr}\" using {av}"), field: path_string(p) })
+            .collect();
+        return Err(e);
+    }
+    for (mgr, _, p) in &conflicts {
+        if let Some(m) = managers.iter_mut().find(|m| &m.0 == mgr) {
+            m.4.remove(p);
+        }
+    }
+    // Fields this manager applied before and no longer applies go, unless others own them.
+    let mut next = current.clone();
+    if let Some(prev) = managers.iter().find(|m| m.0 == manager && m.1 == "Apply" && m.2 == subresource).map(|m| m.4.clone()) {
+        for p in prev.paths() {
+            let owned_elsewhere = managers.iter().any(|m| !(m.0 == manager && m.1 == "Apply" && m.2 == subresource) && m.4.contains(&p));
+            if !wanted.contains(&p) && !owned_elsewhere {
+                remove_at(&mut next, &p);
+            }
+        }
+    }
+    let schema = msg.map(Schema::Message).unwrap_or(Schema::Leaf);
+    let mut body = applied.clone();
+    if skip_status {
+        if let Some(m) = body.as_object_mut() {
+            m.remove("status");
+        }
+    }
+    merge(&mut next, &body, schema);
+    match managers.iter_mut().find(|m| m.0 == manager && m.1 == "Apply" && m.2 == subresource) {
+        Some(m) => {
+            if m.4 != wanted || m.3 != api_version {
+                m.5 = None;
+            }
+            m.4 = wanted;
+            m.3 = api_version.to_string();
+        }
+        None => managers.push((manager.to_string(), "Apply".into(), subresource.to_string(), api_version.to_string(), wanted, None)),
+    }
+    write_managers(&mut next, &managers);
+    Ok(next)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEPLOY: &str = "api.apps.v1.Deployment";
+
+    #[test]
+    fn fields_v1_of_a_deployment() {
+        let d = json!({"metadata": {"name": "d", "labels": {"app": "x"}}, "spec": {"replicas": 2, "template": {"spec": {"containers": [{"name": "c", "image": "i"}]}}}});
+        let s = object_fields(None, &d, Some(DEPLOY), false, false).to_json();
+        assert_eq!(s["f:metadata"]["f:labels"]["f:app"], json!({}));
+        assert_eq!(s["f:spec"]["f:replicas"], json!({}));
+        assert_eq!(s["f:spec"]["f:template"]["f:spec"]["f:containers"]["k:{\"name\":\"c\"}"], json!({".": {}, "f:image": {}, "f:name": {}}));
+        assert!(s["f:metadata"].get("f:name").is_none());
+        assert_eq!(FieldSet::from_json(&s).to_json(), s);
+    }
+
+    #[test]
+    fn apply_conflicts_force_and_removal() {
+        let first = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"}, "spec": {"replicas": 2, "paused": false}});
+        let live = apply(Some(DEPLOY), None, &first, "a", false, "apps/v1", "", true).unwrap();
+        // Another manager changing a field "a" owns conflicts; forcing takes it over.
+        let other = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"}, "spec": {"replicas": 5}});
+        let e = apply(Some(DEPLOY), Some(&live), &other, "b", false, "apps/v1", "", true).unwrap_err();
+        assert_eq!(e.code, 409);
+        assert_eq!(e.message, "Apply failed with 1 conflict: conflict with \"a\" using apps/v1: .spec.replicas");
+        assert_eq!(e.details.causes[0].reason, "FieldManagerConflict");
+        let forced = apply(Some(DEPLOY), Some(&live), &other, "b", true, "apps/v1", "", true).unwrap();
+        assert_eq!(forced["spec"]["replicas"], 5);
+        // The same value is shared, not a conflict.
+        let same = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"}, "spec": {"paused": false}});
+        assert!(apply(Some(DEPLOY), Some(&forced), &same, "c", false, "apps/v1", "", true).is_ok());
+        // "a" stops applying paused: it is removed (nobody else owns it).
+        let less = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"}, "spec": {}});
+        let out = apply(Some(DEPLOY), Some(&forced), &less, "a", false, "apps/v1", "", true).unwrap();
+        assert!(out["spec"].get("paused").is_none(), "{out}");
+        assert_eq!(out["spec"]["replicas"], 5);
+    }
+
+    #[test]
+    fn updates_take_ownership_of_what_they_change() {
+        let old = json!({"metadata": {"name": "c"}, "data": {"a": "1", "b": "2"}});
+        let mut first = old.clone();
+        record_update(Some("api.core.v1.ConfigMap"), None, &mut first, "creator", "v1", "", false);
+        let mut next = first.clone();
+        next["data"]["a"] = json!("changed");
+        record_update(Some("api.core.v1.ConfigMap"), Some(&first), &mut next, "editor", "v1", "", false);
+        let mf = next["metadata"]["managedFields"].as_array().unwrap();
+        assert_eq!(mf[0]["manager"], "creator");
+        assert_eq!(mf[0]["fieldsV1"], json!({"f:data": {"f:b": {}}}));
+        assert_eq!(mf[1]["manager"], "editor");
+        assert_eq!(mf[1]["fieldsV1"], json!({"f:data": {"f:a": {}}}));
+    }
+}
