@@ -23,34 +23,7 @@ use serde_json::{Map, Value};
 const SCHEMA_TSV: &str = include_str!("protobuf_schema.tsv");
 const MAGIC: &[u8] = b"k8s\0";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Card {
-    One,
-    Rep,
-    Map,
-    /// A Go embedded struct: a nested message on the wire, flattened in JSON.
-    Inline,
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Ty {
-    String,
-    Bytes,
-    Int32,
-    Int64,
-    Bool,
-    Double,
-    Msg(&'static str),
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Field {
-    json: &'static str,
-    card: Card,
-    ty: Ty,
-}
-
-type Schema = HashMap<&'static str, HashMap<u32, Field>>;
+type Schema = HashMap<&'static str, HashMap<u32, FieldInfo>>;
 
 fn schema() -> &'static Schema {
     static SCHEMA: OnceLock<Schema> = OnceLock::new();
@@ -60,25 +33,25 @@ fn schema() -> &'static Schema {
             let mut cols = line.split('\t');
             let (Some(msg), Some(tag), Some(json), Some(card), Some(ty)) = (cols.next(), cols.next(), cols.next(), cols.next(), cols.next()) else { continue };
             let card = match card {
-                "rep" => Card::Rep,
-                "map" => Card::Map,
-                "inline" => Card::Inline,
-                _ => Card::One,
+                "rep" => Cardinality::List,
+                "map" => Cardinality::Map,
+                "inline" => Cardinality::Inline,
+                _ => Cardinality::One,
             };
             let ty = match ty {
-                "string" => Ty::String,
-                "bytes" => Ty::Bytes,
-                "int32" => Ty::Int32,
-                "int64" => Ty::Int64,
-                "bool" => Ty::Bool,
-                "double" => Ty::Double,
+                "string" => FieldType::String,
+                "bytes" => FieldType::Bytes,
+                "int32" => FieldType::Int32,
+                "int64" => FieldType::Int64,
+                "bool" => FieldType::Bool,
+                "double" => FieldType::Double,
                 t => match t.strip_prefix("msg:") {
-                    Some(m) => Ty::Msg(m),
+                    Some(m) => FieldType::Message(m),
                     None => continue,
                 },
             };
             if let Ok(tag) = tag.parse::<u32>() {
-                s.entry(msg).or_default().insert(tag, Field { json, card, ty });
+                s.entry(msg).or_default().insert(tag, FieldInfo { json, cardinality: card, ty });
             }
         }
         s
@@ -208,21 +181,23 @@ fn format_duration(nanos: i64) -> String {
     out
 }
 
-fn scalar(ty: Ty, wt: WireType, buf: &mut &[u8]) -> Result<Value, String> {
+fn scalar(ty: FieldType, wt: WireType, buf: &mut &[u8]) -> Result<Value, String> {
     Ok(match (ty, wt) {
-        (Ty::String, WireType::LengthDelimited) => Value::String(String::from_utf8(take_len(buf)?.to_vec()).map_err(|_| "invalid UTF-8 in a string field")?),
-        (Ty::Bytes, WireType::LengthDelimited) => Value::String(base64::engine::general_purpose::STANDARD.encode(take_len(buf)?)),
-        (Ty::Int32, WireType::Varint) => Value::from(decode_varint(buf).map_err(|e| e.to_string())? as i64 as i32),
-        (Ty::Int64, WireType::Varint) => Value::from(decode_varint(buf).map_err(|e| e.to_string())? as i64),
-        (Ty::Bool, WireType::Varint) => Value::Bool(decode_varint(buf).map_err(|e| e.to_string())? != 0),
-        (Ty::Double, WireType::SixtyFourBit) => {
+        (FieldType::String, WireType::LengthDelimited) => {
+            Value::String(String::from_utf8(take_len(buf)?.to_vec()).map_err(|_| "invalid UTF-8 in a string field")?)
+        }
+        (FieldType::Bytes, WireType::LengthDelimited) => Value::String(base64::engine::general_purpose::STANDARD.encode(take_len(buf)?)),
+        (FieldType::Int32, WireType::Varint) => Value::from(decode_varint(buf).map_err(|e| e.to_string())? as i64 as i32),
+        (FieldType::Int64, WireType::Varint) => Value::from(decode_varint(buf).map_err(|e| e.to_string())? as i64),
+        (FieldType::Bool, WireType::Varint) => Value::Bool(decode_varint(buf).map_err(|e| e.to_string())? != 0),
+        (FieldType::Double, WireType::SixtyFourBit) => {
             if buf.len() < 8 {
                 return Err("truncated protobuf message".into());
             }
             let v = f64::from_bits(buf.get_u64_le());
             serde_json::Number::from_f64(v).map(Value::Number).unwrap_or(Value::Null)
         }
-        (Ty::Msg(m), WireType::LengthDelimited) => decode_message(m, take_len(buf)?)?,
+        (FieldType::Message(m), WireType::LengthDelimited) => decode_message(m, take_len(buf)?)?,
         (ty, wt) => return Err(format!("wire type {wt:?} does not fit a {ty:?} field")),
     })
 }
@@ -293,16 +268,16 @@ fn decode_message(msg: &str, mut buf: &[u8]) -> Result<Value, String> {
             skip(&mut buf, wt)?;
             continue;
         };
-        match f.card {
-            Card::Inline => {
+        match f.cardinality {
+            Cardinality::Inline => {
                 if let Value::Object(inner) = scalar(f.ty, wt, &mut buf)? {
                     out.extend(inner);
                 }
             }
-            Card::One => {
+            Cardinality::One => {
                 let v = scalar(f.ty, wt, &mut buf)?;
                 let omit = match &v {
-                    Value::String(s) => s.is_empty() && !matches!(f.ty, Ty::Bytes),
+                    Value::String(s) => s.is_empty() && !matches!(f.ty, FieldType::Bytes),
                     Value::Null => true,
                     _ => false,
                 };
@@ -310,13 +285,13 @@ fn decode_message(msg: &str, mut buf: &[u8]) -> Result<Value, String> {
                     out.insert(f.json.to_string(), v);
                 }
             }
-            Card::Rep => {
+            Cardinality::List => {
                 let list = out.entry(f.json).or_insert_with(|| Value::Array(Vec::new()));
                 let Value::Array(list) = list else { unreachable!("inserted an array") };
-                let packable = matches!(f.ty, Ty::Int32 | Ty::Int64 | Ty::Bool | Ty::Double);
+                let packable = matches!(f.ty, FieldType::Int32 | FieldType::Int64 | FieldType::Bool | FieldType::Double);
                 if packable && wt == WireType::LengthDelimited {
                     let mut packed = take_len(&mut buf)?;
-                    let inner_wt = if matches!(f.ty, Ty::Double) { WireType::SixtyFourBit } else { WireType::Varint };
+                    let inner_wt = if matches!(f.ty, FieldType::Double) { WireType::SixtyFourBit } else { WireType::Varint };
                     while packed.has_remaining() {
                         list.push(scalar(f.ty, inner_wt, &mut packed)?);
                     }
@@ -324,7 +299,7 @@ fn decode_message(msg: &str, mut buf: &[u8]) -> Result<Value, String> {
                     list.push(scalar(f.ty, wt, &mut buf)?);
                 }
             }
-            Card::Map => {
+            Cardinality::Map => {
                 if wt != WireType::LengthDelimited {
                     return Err(format!("map field {} has wire type {wt:?}", f.json));
                 }
@@ -333,14 +308,14 @@ fn decode_message(msg: &str, mut buf: &[u8]) -> Result<Value, String> {
                 while entry.has_remaining() {
                     let (t, w) = decode_key(&mut entry).map_err(|e| e.to_string())?;
                     match t {
-                        1 => key = scalar(Ty::String, w, &mut entry)?.as_str().unwrap_or("").to_string(),
+                        1 => key = scalar(FieldType::String, w, &mut entry)?.as_str().unwrap_or("").to_string(),
                         2 => value = Some(scalar(f.ty, w, &mut entry)?),
                         _ => skip(&mut entry, w)?,
                     }
                 }
                 let value = value.unwrap_or(match f.ty {
-                    Ty::String | Ty::Bytes => Value::String(String::new()),
-                    Ty::Msg(_) => Value::Object(Map::new()),
+                    FieldType::String | FieldType::Bytes => Value::String(String::new()),
+                    FieldType::Message(_) => Value::Object(Map::new()),
                     _ => Value::Null,
                 });
                 let map = out.entry(f.json).or_insert_with(|| Value::Object(Map::new()));
@@ -458,8 +433,10 @@ pub fn unknown_fields(api_version: &str, kind: &str, obj: &Value) -> Option<Vec<
     Some(out)
 }
 
-/// Messages whose JSON form is free-form or scalar: anything goes inside them.
-fn opaque(msg: &str) -> bool {
+/// Messages whose JSON form is not an object of their fields: scalars in JSON (`Time`,
+/// `Quantity`, `IntOrString`, `Duration`) or free-form JSON (`RawExtension`, `FieldsV1`,
+/// `JSON`, JSON schemas). Validation, field management and OpenAPI treat them as leaves.
+pub fn is_opaque(msg: &str) -> bool {
     matches!(
         msg,
         "apimachinery.pkg.apis.meta.v1.Time"
@@ -474,13 +451,13 @@ fn opaque(msg: &str) -> bool {
 }
 
 /// The field named `key` in `msg`, looking through embedded (inline) structs.
-fn find_field(msg: &str, key: &str) -> Option<Field> {
+fn find_field(msg: &str, key: &str) -> Option<FieldInfo> {
     let fields = schema().get(msg)?;
-    if let Some(f) = fields.values().find(|f| f.json == key && f.card != Card::Inline) {
+    if let Some(f) = fields.values().find(|f| f.json == key && f.cardinality != Cardinality::Inline) {
         return Some(*f);
     }
-    fields.values().filter(|f| f.card == Card::Inline).find_map(|f| match f.ty {
-        Ty::Msg(inner) => find_field(inner, key),
+    fields.values().filter(|f| f.cardinality == Cardinality::Inline).find_map(|f| match f.ty {
+        FieldType::Message(inner) => find_field(inner, key),
         _ => None,
     })
 }
@@ -493,17 +470,17 @@ fn check_field(msg: &str, key: &str, value: &Value, path: &str, out: &mut Vec<St
         out.push(path.to_string());
         return;
     };
-    let Ty::Msg(inner) = f.ty else { return };
-    if opaque(inner) {
+    let FieldType::Message(inner) = f.ty else { return };
+    if is_opaque(inner) {
         return;
     }
-    match (f.card, value) {
-        (Card::One, Value::Object(m)) => {
+    match (f.cardinality, value) {
+        (Cardinality::One, Value::Object(m)) => {
             for (k, v) in m {
                 check_field(inner, k, v, &format!("{path}.{k}"), out);
             }
         }
-        (Card::Rep, Value::Array(items)) => {
+        (Cardinality::List, Value::Array(items)) => {
             for (i, item) in items.iter().enumerate() {
                 if let Value::Object(m) = item {
                     for (k, v) in m {
@@ -512,8 +489,8 @@ fn check_field(msg: &str, key: &str, value: &Value, path: &str, out: &mut Vec<St
                 }
             }
         }
-        (Card::Inline, _) => {}
-        (Card::Map, Value::Object(entries)) => {
+        (Cardinality::Inline, _) => {}
+        (Cardinality::Map, Value::Object(entries)) => {
             for (name, item) in entries {
                 if let Value::Object(m) = item {
                     for (k, v) in m {
@@ -564,7 +541,7 @@ mod unknown_field_tests {
     }
 }
 
-/// What a field holds, for schema generation.
+/// What a field holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FieldType {
     /// A string.
@@ -617,31 +594,7 @@ pub fn message_fields(msg: &str) -> Option<Vec<FieldInfo>> {
     let fields = schema().get(msg)?;
     let mut tags: Vec<&u32> = fields.keys().collect();
     tags.sort();
-    Some(
-        tags.into_iter()
-            .map(|t| {
-                let f = fields[t];
-                FieldInfo {
-                    json: f.json,
-                    cardinality: match f.card {
-                        Card::One => Cardinality::One,
-                        Card::Rep => Cardinality::List,
-                        Card::Map => Cardinality::Map,
-                        Card::Inline => Cardinality::Inline,
-                    },
-                    ty: match f.ty {
-                        Ty::String => FieldType::String,
-                        Ty::Bytes => FieldType::Bytes,
-                        Ty::Int32 => FieldType::Int32,
-                        Ty::Int64 => FieldType::Int64,
-                        Ty::Bool => FieldType::Bool,
-                        Ty::Double => FieldType::Double,
-                        Ty::Msg(m) => FieldType::Message(m),
-                    },
-                }
-            })
-            .collect(),
-    )
+    Some(tags.into_iter().map(|t| fields[t]).collect())
 }
 
 const DOCS_TSV: &str = include_str!("openapi_docs.tsv");

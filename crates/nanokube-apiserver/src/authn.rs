@@ -42,6 +42,18 @@ impl UserInfo {
         UserInfo { name: name.into(), uid: uid.into(), groups, extra: BTreeMap::new() }
     }
 
+    /// The `UserInfo` JSON that reviews and audit events carry.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut v = serde_json::json!({"username": self.name, "groups": self.groups});
+        if !self.uid.is_empty() {
+            v["uid"] = serde_json::json!(self.uid);
+        }
+        if !self.extra.is_empty() {
+            v["extra"] = serde_json::json!(self.extra);
+        }
+        v
+    }
+
     /// Whether the user is in a group.
     pub fn in_group(&self, g: &str) -> bool {
         self.groups.iter().any(|x| x == g)

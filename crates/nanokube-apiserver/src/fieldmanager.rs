@@ -18,7 +18,7 @@
 use std::collections::BTreeMap;
 
 use nanokube_api::error::Cause;
-use nanokube_api::protobuf::{docs_of, message_fields, Cardinality, FieldInfo, FieldType};
+use nanokube_api::protobuf::{docs_of, is_opaque, message_fields, Cardinality, FieldInfo, FieldType};
 use nanokube_api::{meta, ApiError};
 use serde_json::{json, Map, Value};
 
@@ -58,20 +58,6 @@ const IGNORED_META: &[&str] = &[
     "generateName",
 ];
 
-fn opaque(msg: &str) -> bool {
-    matches!(
-        msg,
-        "apimachinery.pkg.apis.meta.v1.Time"
-            | "apimachinery.pkg.apis.meta.v1.MicroTime"
-            | "apimachinery.pkg.api.resource.Quantity"
-            | "apimachinery.pkg.util.intstr.IntOrString"
-            | "apimachinery.pkg.runtime.RawExtension"
-            | "apimachinery.pkg.apis.meta.v1.FieldsV1"
-            | "apimachinery.pkg.apis.meta.v1.Duration"
-            | "apiextensions_apiserver.pkg.apis.apiextensions.v1.JSON"
-    )
-}
-
 /// A field of a message (looking through embedded structs) and its markers.
 fn field(msg: &'static str, key: &str) -> Option<(FieldInfo, &'static str, &'static str)> {
     for f in message_fields(msg)? {
@@ -107,7 +93,7 @@ fn list_kind(f: &FieldInfo, markers: &str) -> ListKind {
 
 fn item_schema(ty: FieldType) -> Schema {
     match ty {
-        FieldType::Message(m) if !opaque(m) => Schema::Message(m),
+        FieldType::Message(m) if !is_opaque(m) => Schema::Message(m),
         _ => Schema::Leaf,
     }
 }

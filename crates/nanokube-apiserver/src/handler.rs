@@ -57,17 +57,6 @@ pub struct AuditInfo {
     decision: Option<&'static str>,
 }
 
-fn user_json(u: &UserInfo) -> Value {
-    let mut v = json!({"username": u.name, "groups": u.groups});
-    if !u.uid.is_empty() {
-        v["uid"] = json!(u.uid);
-    }
-    if !u.extra.is_empty() {
-        v["extra"] = json!(u.extra);
-    }
-    v
-}
-
 /// Serve one request.
 pub async fn handle(server: Arc<ApiServer>, conn: Arc<ConnInfo>, req: Request<Incoming>) -> Response<Body> {
     let audit_id = uuid::Uuid::new_v4().to_string();
@@ -97,14 +86,14 @@ pub async fn handle(server: Arc<ApiServer>, conn: Arc<ConnInfo>, req: Request<In
             "kind": "Event", "apiVersion": "audit.k8s.io/v1", "level": "Metadata", "auditID": audit_id,
             "stage": if streaming { "ResponseStarted" } else { "ResponseComplete" },
             "requestURI": request_uri, "verb": info.verb,
-            "user": audit.user.as_ref().map(user_json).unwrap_or(json!({})),
+            "user": audit.user.as_ref().map(UserInfo::to_json).unwrap_or(json!({})),
             "sourceIPs": [conn.peer.ip().to_string()], "userAgent": user_agent,
             "responseStatus": {"metadata": {}, "code": resp.status().as_u16()},
             "requestReceivedTimestamp": meta::format_micro_time(received),
             "stageTimestamp": meta::format_micro_time(OffsetDateTime::now_utc()),
         });
         if let Some(u) = &audit.impersonated {
-            ev["impersonatedUser"] = user_json(u);
+            ev["impersonatedUser"] = u.to_json();
         }
         if info.is_resource {
             let mut r = json!({"resource": info.resource, "apiVersion": info.version});

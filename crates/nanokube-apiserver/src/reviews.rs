@@ -14,17 +14,6 @@ use crate::authz::Decision;
 use crate::request::RequestInfo;
 use crate::server::ApiServer;
 
-fn user_json(u: &UserInfo) -> Value {
-    let mut v = json!({"username": u.name, "groups": u.groups});
-    if !u.uid.is_empty() {
-        v["uid"] = json!(u.uid);
-    }
-    if !u.extra.is_empty() {
-        v["extra"] = json!(u.extra);
-    }
-    v
-}
-
 fn attributes_to_request(spec: &Value, namespace_override: Option<&str>) -> Result<RequestInfo, ApiError> {
     if let Some(ra) = spec.get("resourceAttributes").filter(|v| v.is_object()) {
         let s = |k: &str| ra.get(k).and_then(Value::as_str).unwrap_or("").to_string();
@@ -79,7 +68,7 @@ pub fn review(server: &Arc<ApiServer>, user: &UserInfo, def: &ResourceDef, names
     let spec = obj.get("spec").cloned().unwrap_or(json!({}));
     match def.plural {
         "selfsubjectreviews" => {
-            obj["status"] = json!({"userInfo": user_json(user)});
+            obj["status"] = json!({"userInfo": user.to_json()});
         }
         "selfsubjectaccessreviews" => {
             let req = attributes_to_request(&spec, None)?;
@@ -154,7 +143,7 @@ pub fn review(server: &Arc<ApiServer>, user: &UserInfo, def: &ResourceDef, names
                 }
             }
             obj["status"] = match found {
-                Some(Ok(u)) => json!({"authenticated": true, "user": user_json(&u), "audiences": spec.get("audiences").cloned().unwrap_or(json!([]))}),
+                Some(Ok(u)) => json!({"authenticated": true, "user": u.to_json(), "audiences": spec.get("audiences").cloned().unwrap_or(json!([]))}),
                 _ => json!({"authenticated": false, "user": {}, "error": "invalid bearer token"}),
             };
         }

@@ -31,7 +31,13 @@ fn diff_edit_patch_replace_wait_dry_run() {
     std::fs::set_permissions(&editor, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let home = s.dir.path().join("home-edit");
     std::fs::create_dir_all(&home).unwrap();
-    let out = Command::new(kubectl_path("kubectl")).args(["edit", "configmap", "m"]).env("KUBECONFIG", s.kubeconfig()).env("HOME", &home).env("EDITOR", &editor).output().unwrap();
+    let out = Command::new(kubectl_path("kubectl"))
+        .args(["edit", "configmap", "m"])
+        .env("KUBECONFIG", s.kubeconfig())
+        .env("HOME", &home)
+        .env("EDITOR", &editor)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "configmap/m edited");
     assert_eq!(s.get_json("/api/v1/namespaces/default/configmaps/m").1["data"]["a"], "edited");
@@ -49,7 +55,11 @@ fn diff_edit_patch_replace_wait_dry_run() {
     let before = s.get_json("/apis/apps/v1/namespaces/default/deployments/d").1["metadata"]["resourceVersion"].clone();
     let bad = s.kubectl(&["patch", "deployment", "d", "--type=json", "-p", r#"[{"op":"replace","path":"/spec/replicas","value":-3}]"#]);
     assert!(!bad.status.success());
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("spec.replicas: Invalid value: -3: must be greater than or equal to 0"), "{}", String::from_utf8_lossy(&bad.stderr));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("spec.replicas: Invalid value: -3: must be greater than or equal to 0"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
     assert_eq!(s.get_json("/apis/apps/v1/namespaces/default/deployments/d").1["metadata"]["resourceVersion"], before);
 
     // replace (and a stale resourceVersion conflicts).
@@ -74,7 +84,12 @@ fn diff_edit_patch_replace_wait_dry_run() {
     let waiter = {
         let home = s.dir.path().join("home-wait");
         std::fs::create_dir_all(&home).unwrap();
-        Command::new(kubectl_path("kubectl")).args(["wait", "--for=delete", "configmap/m", "--timeout=20s"]).env("KUBECONFIG", s.kubeconfig()).env("HOME", &home).spawn().unwrap()
+        Command::new(kubectl_path("kubectl"))
+            .args(["wait", "--for=delete", "configmap/m", "--timeout=20s"])
+            .env("KUBECONFIG", s.kubeconfig())
+            .env("HOME", &home)
+            .spawn()
+            .unwrap()
     };
     std::thread::sleep(std::time::Duration::from_millis(500));
     s.k(&["delete", "configmap", "m", "--wait=false"]);
