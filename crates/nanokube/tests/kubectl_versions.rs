@@ -34,6 +34,28 @@ fn kubectl_1_27_to_1_33() {
         assert_eq!(run(&["get", "secret", "s", "-n", &ns, "-o", "jsonpath={.data.a}"]), "Yg==", "{bin}");
         let (h, _) = table(&run(&["get", "deploy,svc", "-A"]));
         assert_eq!(h[0], "NAMESPACE", "{bin}");
+        // The rest of issue #2's list, for every version.
+        assert!(run(&["version"]).contains("v1.33.0+nanokube"), "{bin}");
+        assert!(run(&["cluster-info"]).contains("is running at"), "{bin}");
+        assert!(run(&["api-resources"]).lines().any(|l| l.starts_with("deployments ")), "{bin}");
+        assert!(run(&["get", "all", "-A"]).contains("service/kubernetes"), "{bin}");
+        assert_eq!(run(&["create", "deployment", "d", "--image=nginx", "-n", &ns]).trim(), "deployment.apps/d created", "{bin}");
+        assert_eq!(run(&["label", "deploy", "d", "tier=web", "-n", &ns]).trim(), "deployment.apps/d labeled", "{bin}");
+        // kubectl 1.27 itself prints "annotate" here; later versions "annotated".
+        assert!(run(&["annotate", "deploy", "d", "note=x", "-n", &ns]).trim().starts_with("deployment.apps/d annotate"), "{bin}");
+        assert!(run(&["describe", "deploy", "d", "-n", &ns]).contains("tier=web"), "{bin}");
+        assert_eq!(run(&["get", "deploy", "d", "-n", &ns, "-o", "name"]).trim(), "deployment.apps/d", "{bin}");
+        assert_eq!(run(&["get", "deploy", "d", "-n", &ns, "-o", "jsonpath={.spec.replicas}"]), "1", "{bin}");
+        assert!(run(&["get", "deploy", "d", "-n", &ns, "-o", "yaml"]).contains("kind: Deployment"), "{bin}");
+        assert!(run(&["get", "deploy", "d", "-n", &ns, "-o", "json"]).contains("\"kind\": \"Deployment\""), "{bin}");
+        assert_eq!(run(&["run", "p", "--image=nginx", "-n", &ns]).trim(), "pod/p created", "{bin}");
+        let (h, rows) = table(&run(&["get", "pods", "-n", &ns, "-o", "wide"]));
+        assert_eq!(h[..5], ["NAME", "READY", "STATUS", "RESTARTS", "AGE"], "{bin}");
+        assert!(h.contains(&"NODE".to_string()), "{bin}");
+        assert_eq!(rows[0][..3], ["p", "0/1", "Pending"], "{bin}");
+        // A finite watch (the server closes it) prints the table and exits 0.
+        assert!(run(&["get", "cm", "-n", &ns, "--watch", "--request-timeout=2s"]).contains("kube-root-ca.crt"), "{bin}");
+        assert!(run(&["config", "view", "--minify"]).contains("current-context: nanokube"), "{bin}");
         assert_eq!(run(&["delete", "cm", "c", "-n", &ns]).trim(), "configmap \"c\" deleted", "{bin}");
     }
 }
