@@ -22,43 +22,57 @@ use serde_json::{json, Map, Value};
 
 use crate::alloc::ServiceAllocator;
 
-/// An object as stored at one revision: decoded once, and serialized (with its
-/// `resourceVersion`) at most once, however many lists, gets and watchers send it.
+/// An object as served at one revision. Its JSON encoding (with `resourceVersion`) is
+/// what the store's cache keeps, once per revision: lists, gets and watches send those
+/// bytes without decoding them. The decoded `Value` is made on first use (selectors,
+/// Tables, writes) and lives only as long as this handle, so memory holds bytes, not
+/// trees (a decoded pod is ~13 KB against ~1 KB of JSON).
 #[derive(Debug)]
 pub struct Stored {
-    value: Value,
+    value: std::sync::OnceLock<Value>,
     json: std::sync::OnceLock<Bytes>,
 }
 
 impl Stored {
     /// Wrap a value (e.g. a dry-run result that was never stored).
     pub fn new(value: Value) -> Self {
-        Stored { value, json: std::sync::OnceLock::new() }
+        Stored { value: std::sync::OnceLock::from(value), json: std::sync::OnceLock::new() }
+    }
+
+    /// Wrap a JSON encoding; it is decoded when first looked into.
+    pub fn from_json(json: Bytes) -> Self {
+        Stored { value: std::sync::OnceLock::new(), json: std::sync::OnceLock::from(json) }
     }
 
     /// The JSON encoding, computed once.
     pub fn json(&self) -> Bytes {
-        self.json.get_or_init(|| Bytes::from(serde_json::to_vec(&self.value).expect("JSON values serialize"))).clone()
+        self.json.get_or_init(|| Bytes::from(serde_json::to_vec(self.value()).expect("JSON values serialize"))).clone()
     }
 
-    /// The value.
+    /// The value, decoded once.
     pub fn value(&self) -> &Value {
-        &self.value
+        self.value.get_or_init(|| {
+            // The encoding was produced by serde_json from a Value: it parses.
+            serde_json::from_slice(self.json.get().expect("a Stored has a value or its JSON")).expect("cached JSON parses")
+        })
     }
 }
 
 impl std::ops::Deref for Stored {
     type Target = Value;
     fn deref(&self) -> &Value {
-        &self.value
+        self.value()
     }
 }
 
 impl PartialEq<Value> for Stored {
     fn eq(&self, other: &Value) -> bool {
-        &self.value == other
+        self.value() == other
     }
 }
+
+/// The per-revision cache entry: the served JSON encoding only.
+struct Encoded(Bytes);
 
 /// A decoded object, shared between the store's cache and responses.
 pub type Obj = Arc<Stored>;
@@ -154,11 +168,12 @@ fn store_err(e: StoreError, def: &ResourceDef, name: &str) -> ApiError {
 /// Decode a stored value once per revision, with `resourceVersion` set from the revision.
 pub fn decode(kv: &KeyValue) -> Result<Obj, ApiError> {
     let rev = kv.mod_revision;
-    kv.decoded(|bytes| -> Result<Stored, ApiError> {
+    let encoded = kv.decoded(|bytes| -> Result<Encoded, ApiError> {
         let mut v: Value = serde_json::from_slice(bytes).map_err(|e| ApiError::internal(format!("stored object is not JSON: {e}")))?;
         meta::metadata_mut(&mut v).insert("resourceVersion".into(), Value::String(rev.to_string()));
-        Ok(Stored::new(v))
-    })
+        Ok(Encoded(Bytes::from(serde_json::to_vec(&v).expect("JSON values serialize"))))
+    })?;
+    Ok(Arc::new(Stored::from_json(encoded.0.clone())))
 }
 
 /// Whether a resource is stored in another version's shape (events.k8s.io/v1 Events are
@@ -234,6 +249,11 @@ fn spec_part(v: &Value) -> Map<String, Value> {
         .unwrap_or_default()
 }
 
+/// Whether a served object passes selectors, decoding it only if there are any.
+fn selects(def: &ResourceDef, obj: &Stored, labels: &LabelSelector, fields: &FieldSelector) -> bool {
+    labels.is_empty() && fields.is_empty() || matches(def, obj.value(), labels, fields)
+}
+
 /// Whether an object matches label and field selectors.
 pub fn matches(def: &ResourceDef, obj: &Value, labels: &LabelSelector, fields: &FieldSelector) -> bool {
     labels.matches(meta::labels(obj)) && (fields.is_empty() || fields.matches(def.group, def.plural, def.namespaced, obj))
@@ -301,7 +321,7 @@ impl Registry {
             let mut items = Vec::new();
             if let Some(kv) = self.store.get(&def.key(namespace.unwrap_or(""), name)) {
                 let obj = decode_as(def, &kv)?;
-                if matches(def, &obj, &opts.labels, &opts.fields) {
+                if selects(def, &obj, &opts.labels, &opts.fields) {
                     items.push(obj);
                 }
             }
@@ -319,7 +339,7 @@ impl Registry {
             for (i, kv) in page.items.iter().enumerate() {
                 let obj = decode_as(def, kv)?;
                 last_key = Some(kv.key.clone());
-                if !filtering || matches(def, &obj, &opts.labels, &opts.fields) {
+                if selects(def, &obj, &opts.labels, &opts.fields) {
                     items.push(obj);
                 }
                 if opts.limit > 0 && items.len() == opts.limit {
@@ -1020,13 +1040,13 @@ impl ObjectWatch {
                 Ok(o) => o,
                 Err(e) => return Some(Err(e)),
             };
-            let now = matches(self.def, &obj, &self.labels, &self.fields);
+            let now = selects(self.def, &obj, &self.labels, &self.fields);
             let out = match ev.kind {
                 EventKind::Created => now.then_some("ADDED"),
                 EventKind::Deleted => now.then_some("DELETED"),
                 EventKind::Updated => {
                     let before = match &ev.prev {
-                        Some(p) => decode_as(self.def, p).map(|p| matches(self.def, &p, &self.labels, &self.fields)).unwrap_or(true),
+                        Some(p) => decode_as(self.def, p).map(|p| selects(self.def, &p, &self.labels, &self.fields)).unwrap_or(true),
                         None => true,
                     };
                     match (before, now) {
