@@ -63,6 +63,19 @@ pub async fn handle(server: Arc<ApiServer>, conn: Arc<ConnInfo>, req: Request<In
     let received = OffsetDateTime::now_utc();
     let request_uri = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_default();
     let user_agent = req.headers().get(http::header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    // As upstream: X-Forwarded-For hops first, then the peer, without repeats.
+    let mut source_ips: Vec<String> = req
+        .headers()
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|ip| ip.trim().to_string())
+        .filter(|ip| ip.parse::<std::net::IpAddr>().is_ok())
+        .collect();
+    source_ips.push(conn.peer.ip().to_string());
+    let mut seen = std::collections::HashSet::new();
+    source_ips.retain(|ip| seen.insert(ip.clone()));
     let mut audit = AuditInfo::default();
     let mutating = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
     let inflight = server.metrics.inflight(mutating);
@@ -87,7 +100,7 @@ pub async fn handle(server: Arc<ApiServer>, conn: Arc<ConnInfo>, req: Request<In
             "stage": if streaming { "ResponseStarted" } else { "ResponseComplete" },
             "requestURI": request_uri, "verb": info.verb,
             "user": audit.user.as_ref().map(UserInfo::to_json).unwrap_or(json!({})),
-            "sourceIPs": [conn.peer.ip().to_string()], "userAgent": user_agent,
+            "sourceIPs": source_ips, "userAgent": user_agent,
             "responseStatus": {"metadata": {}, "code": resp.status().as_u16()},
             "requestReceivedTimestamp": meta::format_micro_time(received),
             "stageTimestamp": meta::format_micro_time(OffsetDateTime::now_utc()),

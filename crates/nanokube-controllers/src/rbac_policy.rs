@@ -2,7 +2,8 @@
 //! `cluster-admin`, `admin`, `edit`, `view` (shipped flattened rather than aggregated),
 //! `system:discovery`, `system:basic-user`, `system:public-info-viewer`,
 //! `system:service-account-issuer-discovery`, and their ClusterRoleBindings. Created at
-//! start; a deleted one is recreated by [`run`].
+//! start; [`run`] recreates deleted ones and adds back rules and subjects removed from
+//! them (unless annotated `rbac.authorization.kubernetes.io/autoupdate: "false"`).
 //!
 //! The built-in controllers run in-process through the registry, not as API clients, so
 //! they need no `system:controller:*` roles.
@@ -194,32 +195,56 @@ fn def(plural: &str) -> &'static ResourceDef {
     resources::find("rbac.authorization.k8s.io", "v1", plural).expect("rbac resource")
 }
 
-/// Create whatever part of the default policy is missing.
+/// Create whatever part of the default policy is missing, and add back rules and
+/// subjects removed from default objects, unless they are annotated
+/// `rbac.authorization.kubernetes.io/autoupdate: "false"` (upstream's reconciliation).
 pub async fn ensure(registry: &Arc<Registry>) -> Result<(), ApiError> {
     let (roles, bindings) = policy();
     let mut tasks = tokio::task::JoinSet::new();
-    for (plural, objs) in [("clusterroles", roles), ("clusterrolebindings", bindings)] {
+    for (plural, field, objs) in [("clusterroles", "rules", roles), ("clusterrolebindings", "subjects", bindings)] {
         for obj in objs {
             let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
-            if registry.get(def(plural), "", &name).is_ok() {
-                continue;
-            }
-            // Creates are independent: let the store commit them together.
             let r = registry.clone();
-            tasks.spawn(async move { r.create(def(plural), "", obj, &WriteOptions::default()).await.map(|_| ()) });
+            match registry.get(def(plural), "", &name) {
+                Ok(cur) => {
+                    let opted_out = cur.pointer("/metadata/annotations/rbac.authorization.kubernetes.io~1autoupdate").and_then(Value::as_str) == Some("false");
+                    let have = cur.get(field).and_then(Value::as_array).cloned().unwrap_or_default();
+                    let missing: Vec<Value> = obj[field].as_array().cloned().unwrap_or_default().into_iter().filter(|w| !have.contains(w)).collect();
+                    if opted_out || missing.is_empty() {
+                        continue;
+                    }
+                    tasks.spawn(async move {
+                        r.update_with(def(plural), "", &name, &WriteOptions::default(), |cur| {
+                            let mut next = cur.clone();
+                            let mut items = cur.get(field).and_then(Value::as_array).cloned().unwrap_or_default();
+                            items.extend(missing.iter().filter(|m| !items.contains(m)).cloned().collect::<Vec<_>>());
+                            next[field] = Value::Array(items);
+                            nanokube_api::meta::metadata_mut(&mut next).remove("resourceVersion");
+                            Ok(next)
+                        })
+                        .await
+                        .map(|_| ())
+                    });
+                }
+                // Creates are independent: let the store commit them together.
+                Err(_) => {
+                    tasks.spawn(async move { r.create(def(plural), "", obj, &WriteOptions::default()).await.map(|_| ()) });
+                }
+            }
         }
     }
     while let Some(r) = tasks.join_next().await {
         match r.map_err(|e| ApiError::internal(e.to_string()))? {
             Ok(()) => {}
-            Err(e) if e.code == 409 => {}
+            Err(e) if e.code == 409 || e.code == 404 => {}
             Err(e) => return Err(e),
         }
     }
     Ok(())
 }
 
-/// Recreate default policy objects that get deleted, until `shutdown`.
+/// Recreate default policy objects that get deleted, and reconcile edited ones, until
+/// `shutdown`.
 pub async fn run(registry: Arc<Registry>, mut shutdown: watch::Receiver<bool>) {
     let store = registry.store().clone();
     let mut from = store.current_revision();
@@ -237,7 +262,9 @@ pub async fn run(registry: Arc<Registry>, mut shutdown: watch::Receiver<bool>) {
                 _ = shutdown.changed() => return,
                 ev = w.next() => match ev {
                     Some(Ok(ev)) => {
-                        if ev.kind == nanokube_store::EventKind::Deleted && prefixes.iter().any(|p| ev.kv.key.starts_with(p.as_str())) {
+                        // ensure() writes only when something is missing, so its own
+                        // writes end the loop.
+                        if prefixes.iter().any(|p| ev.kv.key.starts_with(p.as_str())) {
                             if let Err(e) = ensure(&registry).await {
                                 tracing::warn!(error = %e, "recreating default RBAC policy failed");
                             }

@@ -387,3 +387,85 @@ fn new_user_is_denied_until_bound_and_reviews_answer_for_others() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&jane_ask.stdout), "403");
 }
+
+#[test]
+fn impersonating_uid_and_extra_needs_their_own_grants() {
+    let s = Server::start();
+    let ssr = r#"{"apiVersion":"authentication.k8s.io/v1","kind":"SelfSubjectReview"}"#;
+    // POST a SelfSubjectReview with impersonation headers, as `kubeconfig`'s user.
+    let review = |kubeconfig: Option<&Path>, headers: &[&str]| -> (u16, Value) {
+        let mut c = Command::new("curl");
+        c.args(["-s", "-o", "-", "-w", "\n%{http_code}", "-X", "POST", "-H", "Content-Type: application/json", "--data-binary", ssr, "--cacert"])
+            .arg(s.data.join("ca.crt"));
+        let (crt, key) = match kubeconfig {
+            Some(k) => cert_files(k),
+            None => (s.data.join("client.crt"), s.data.join("client.key")),
+        };
+        c.arg("--cert").arg(crt).arg("--key").arg(key);
+        for h in headers {
+            c.args(["-H", h]);
+        }
+        let out = c.arg(format!("{}/apis/authentication.k8s.io/v1/selfsubjectreviews", s.url)).output().unwrap();
+        let t = String::from_utf8_lossy(&out.stdout).to_string();
+        let (b, code) = t.rsplit_once('\n').unwrap();
+        (code.parse().unwrap(), serde_json::from_str(b).unwrap_or(Value::Null))
+    };
+    let all = ["Impersonate-User: jane", "Impersonate-Uid: 1234", "Impersonate-Extra-Team: blue"];
+    // Admins may impersonate everything, including a uid and extra attributes.
+    let (code, v) = review(None, &all);
+    assert_eq!(code, 201, "{v}");
+    assert_eq!(v["status"]["userInfo"]["username"], "jane");
+    assert_eq!(v["status"]["userInfo"]["uid"], "1234");
+    assert_eq!(v["status"]["userInfo"]["extra"]["team"][0], "blue");
+    // kubectl's --as-uid sends the same header.
+    let out = s.kubectl(&["auth", "whoami", "--as=jane", "--as-uid=1234", "-o", "json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(serde_json::from_slice::<Value>(&out.stdout).unwrap()["status"]["userInfo"]["uid"], "1234");
+    // A user allowed to impersonate users only may not add a uid or extras.
+    s.k(&["create", "clusterrole", "impersonate-users", "--verb=impersonate", "--resource=users"]);
+    s.k(&["create", "clusterrolebinding", "bob-impersonates", "--clusterrole=impersonate-users", "--user=bob"]);
+    let bob = user_add(&s, "bob", &[]);
+    assert!(eventually(Duration::from_secs(5), || review(Some(&bob), &["Impersonate-User: jane"]).0 == 201));
+    let (code, v) = review(Some(&bob), &["Impersonate-User: jane", "Impersonate-Uid: 1234"]);
+    assert_eq!(code, 403);
+    assert_eq!(
+        v["message"],
+        r#"uids.authentication.k8s.io "1234" is forbidden: User "bob" cannot impersonate resource "uids" in API group "authentication.k8s.io" at the cluster scope"#
+    );
+    let (code, v) = review(Some(&bob), &["Impersonate-User: jane", "Impersonate-Extra-Team: blue"]);
+    assert_eq!(code, 403);
+    assert!(v["message"].as_str().unwrap().contains(r#"cannot impersonate resource "userextras/team""#), "{v}");
+}
+
+#[test]
+fn default_policy_is_reconciled_unless_opted_out() {
+    let s = Server::start();
+    let rules = |name: &str| s.get_json(&format!("/apis/rbac.authorization.k8s.io/v1/clusterroles/{name}")).1["rules"].as_array().map(Vec::len).unwrap_or(0);
+    let full = rules("view");
+    assert!(full > 1);
+    // Remove every rule but one: the missing rules come back.
+    let (code, _) = s.curl(
+        "PATCH",
+        "/apis/rbac.authorization.k8s.io/v1/clusterroles/view",
+        Some("application/json-patch+json"),
+        Some(br#"[{"op":"replace","path":"/rules","value":[]}]"#),
+    );
+    assert_eq!(code, 200);
+    assert!(eventually(Duration::from_secs(5), || rules("view") == full));
+    // Deleted: recreated.
+    s.k(&["delete", "clusterrolebinding", "system:discovery"]);
+    assert!(
+        eventually(Duration::from_secs(5), || s.curl("GET", "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/system:discovery", None, None).0 == 200)
+    );
+    // Opted out with autoupdate=false: left as edited.
+    s.k(&["annotate", "clusterrole", "edit", "rbac.authorization.kubernetes.io/autoupdate=false", "--overwrite"]);
+    let (code, _) = s.curl(
+        "PATCH",
+        "/apis/rbac.authorization.k8s.io/v1/clusterroles/edit",
+        Some("application/json-patch+json"),
+        Some(br#"[{"op":"replace","path":"/rules","value":[]}]"#),
+    );
+    assert_eq!(code, 200);
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(rules("edit"), 0);
+}

@@ -153,6 +153,13 @@ fn token_request_and_refused_tokens() {
     s.k(&["delete", "pod", "holder"]);
     assert_eq!(bearer(&s, &bound, "GET", "/api", None).0, 401, "bound to a deleted pod");
 
+    // Bound to a Secret: valid while that Secret exists.
+    s.k(&["create", "secret", "generic", "anchor", "--from-literal=x=y"]);
+    let to_secret = s.k(&["create", "token", "app", "--bound-object-kind", "Secret", "--bound-object-name", "anchor"]).trim().to_string();
+    assert_eq!(bearer(&s, &to_secret, "GET", "/api", None).0, 200);
+    s.k(&["delete", "secret", "anchor"]);
+    assert_eq!(bearer(&s, &to_secret, "GET", "/api", None).0, 401, "bound to a deleted secret");
+
     // Expired: a TokenReview of an expired token (made with the server's key) is refused.
     // Tokens of a deleted and recreated ServiceAccount (new uid) are refused too.
     s.k(&["delete", "sa", "app"]);

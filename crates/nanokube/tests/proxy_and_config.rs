@@ -175,3 +175,26 @@ fn config_commands_match_kubectl() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no context exists with the name: \"nope\""));
 }
+
+#[test]
+fn proxy_adds_x_forwarded_for_which_the_audit_log_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.log");
+    let s = Server::start_with(&["--audit-log-path", log.to_str().unwrap()]);
+    let kc = s.kubeconfig().display().to_string();
+    let (mut p, port) = start_proxy(&["--port", "0", "--kubeconfig", &kc], &[]);
+    let out = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", "X-Forwarded-For: 127.0.0.9"])
+        .arg(format!("http://localhost:{port}/api/v1/namespaces/default/configmaps?marker=xff"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
+    let _ = p.kill();
+    let _ = p.wait();
+    assert!(eventually(Duration::from_secs(5), || std::fs::read_to_string(&log).unwrap_or_default().contains("marker=xff")));
+    let line = std::fs::read_to_string(&log).unwrap().lines().find(|l| l.contains("marker=xff")).unwrap().to_string();
+    let ev: Value = serde_json::from_str(&line).unwrap();
+    // The client's own hop, then the proxy's client (curl, on loopback).
+    assert_eq!(ev["sourceIPs"], serde_json::json!(["127.0.0.9", "127.0.0.1"]), "{ev}");
+    assert_eq!(ev["userAgent"].as_str().unwrap().split('/').next(), Some("curl"), "the client's own User-Agent is kept");
+}
