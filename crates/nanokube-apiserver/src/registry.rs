@@ -49,7 +49,7 @@ impl Stored {
         self.json.get_or_init(|| Bytes::from(serde_json::to_vec(self.value()).expect("JSON values serialize"))).clone()
     }
 
-    /// The value, decoded once.
+    /// The value, decoded on first use (once per handle).
     pub fn value(&self) -> &Value {
         self.value.get_or_init(|| {
             // The encoding was produced by serde_json from a Value: it parses.

@@ -43,8 +43,8 @@ pub struct KeyValue {
     pub create_revision: Revision,
     /// The revision of this value.
     pub mod_revision: Revision,
-    /// A slot where the layer above caches its decoded form of `value`, so a value is
-    /// decoded once per revision, not once per read.
+    /// A slot where the layer above caches what it derives from `value` (the API server:
+    /// the served JSON encoding), computed once per revision, not once per read.
     decoded: OnceLock<Arc<dyn Any + Send + Sync>>,
 }
 
