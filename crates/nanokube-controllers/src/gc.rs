@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use nanokube_api::resources::{self, ResourceDef};
 use nanokube_api::{meta, ApiError};
-use nanokube_apiserver::registry::{decode, DeleteOptions, ListOptions, Obj, Registry, WriteOptions};
+use nanokube_apiserver::registry::{decode, DeleteOptions, Obj, Registry, WriteOptions};
 use nanokube_store::EventKind;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
@@ -27,6 +27,11 @@ const FOREGROUND: &str = "foregroundDeletion";
 
 fn def_for_key(key: &str) -> Option<&'static ResourceDef> {
     resources::BUILTIN.iter().filter(|d| d.is_stored() && key.starts_with(&d.key_prefix())).max_by_key(|d| d.key_prefix().len())
+}
+
+/// Whether `haystack` contains `needle` (a cheap test before decoding).
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 fn owner_refs(obj: &Value) -> Vec<Value> {
@@ -74,15 +79,21 @@ impl GarbageCollector {
         }
     }
 
-    /// Objects whose ownerReferences name `uid`, in `namespace` (or anywhere).
+    /// Objects whose ownerReferences name `uid`, in `namespace` (or anywhere). Only
+    /// objects whose stored bytes mention the uid are decoded.
     fn dependents(&self, uid: &str, namespace: Option<&str>) -> Result<Vec<(&'static ResourceDef, Obj)>, ApiError> {
         let mut out = Vec::new();
+        let store = self.registry.store();
         for def in resources::BUILTIN.iter().filter(|d| d.is_stored()) {
-            let ns = if def.namespaced { namespace } else { None };
             if namespace.is_some() && !def.namespaced {
                 continue;
             }
-            for obj in self.registry.list(def, ns, &ListOptions::default())?.items {
+            let ns = if def.namespaced { namespace } else { None };
+            for kv in store.list(&def.namespace_prefix(ns), None, 0).items {
+                if !contains(&kv.value, uid.as_bytes()) {
+                    continue;
+                }
+                let obj = decode(&kv)?;
                 if owner_refs(&obj).iter().any(|r| ref_uid(r) == uid) {
                     out.push((def, obj));
                 }
@@ -137,6 +148,10 @@ impl GarbageCollector {
     async fn object(&self, key: &str) -> Result<(), ApiError> {
         let Some(def) = def_for_key(key) else { return Ok(()) };
         let Some(kv) = self.registry.store().get(key) else { return Ok(()) };
+        // Most objects have no owners and are not being deleted: nothing to decode.
+        if !contains(&kv.value, b"\"ownerReferences\"") && !contains(&kv.value, b"\"deletionTimestamp\"") {
+            return Ok(());
+        }
         let obj = decode(&kv)?;
         let ns = meta::namespace(&obj).to_string();
         let uid = meta::uid(&obj).to_string();
@@ -192,10 +207,8 @@ impl GarbageCollector {
 
     async fn all(&self) -> Result<(), ApiError> {
         for def in resources::BUILTIN.iter().filter(|d| d.is_stored()) {
-            for obj in self.registry.list(def, None, &ListOptions::default())?.items {
-                if !owner_refs(&obj).is_empty() || meta::is_deleting(&obj) {
-                    self.object(&def.key(meta::namespace(&obj), meta::name(&obj))).await?;
-                }
+            for kv in self.registry.store().list(&def.key_prefix(), None, 0).items {
+                self.object(&kv.key).await?;
             }
         }
         Ok(())

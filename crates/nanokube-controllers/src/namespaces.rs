@@ -141,6 +141,15 @@ impl NamespaceController {
                             ev = w.next() => match ev {
                                 Some(Ok(ev)) => {
                                     let rest = &ev.kv.key[d.key_prefix().len()..];
+                                    // Only the objects this controller keeps matter.
+                                    let relevant = match d.plural {
+                                        "serviceaccounts" => rest.ends_with("/default"),
+                                        "configmaps" => rest.ends_with("/kube-root-ca.crt"),
+                                        _ => true,
+                                    };
+                                    if !relevant {
+                                        continue;
+                                    }
                                     let ns = rest.split('/').next().unwrap_or("").to_string();
                                     if tx.send(ns).is_err() {
                                         return;

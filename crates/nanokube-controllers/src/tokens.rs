@@ -213,6 +213,10 @@ impl TokenController {
                                 _ = sd.changed() => return,
                                 ev = w.next() => match ev {
                                     Some(Ok(ev)) => {
+                                        // Secrets matter only if they are token Secrets.
+                                        if !is_sa && !ev.kv.value.windows(TOKEN_TYPE.len()).any(|w| w == TOKEN_TYPE.as_bytes()) {
+                                            continue;
+                                        }
                                         let rest = &ev.kv.key[prefix.len()..];
                                         let (ns, name) = rest.split_once('/').unwrap_or(("", rest));
                                         let work = if is_sa { Work::ServiceAccount(ns.into(), name.into()) } else { Work::Secret(ns.into(), name.into()) };
