@@ -25,13 +25,20 @@ use tokio::sync::{mpsc, watch};
 const ORPHAN: &str = "orphan";
 const FOREGROUND: &str = "foregroundDeletion";
 
+/// The resource a storage key belongs to (the longest matching prefix).
 fn def_for_key(key: &str) -> Option<&'static ResourceDef> {
-    resources::BUILTIN.iter().filter(|d| d.is_stored() && key.starts_with(&d.key_prefix())).max_by_key(|d| d.key_prefix().len())
+    static PREFIXES: std::sync::OnceLock<Vec<(String, &'static ResourceDef)>> = std::sync::OnceLock::new();
+    let prefixes = PREFIXES.get_or_init(|| {
+        let mut v: Vec<(String, &'static ResourceDef)> = resources::BUILTIN.iter().filter(|d| d.is_stored()).map(|d| (d.key_prefix(), d)).collect();
+        v.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
+        v
+    });
+    prefixes.iter().find(|(p, _)| key.starts_with(p.as_str())).map(|(_, d)| *d)
 }
 
 /// Whether `haystack` contains `needle` (a cheap test before decoding).
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+    !needle.is_empty() && memchr::memmem::find(haystack, needle).is_some()
 }
 
 fn owner_refs(obj: &Value) -> Vec<Value> {

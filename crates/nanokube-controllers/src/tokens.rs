@@ -214,7 +214,7 @@ impl TokenController {
                                 ev = w.next() => match ev {
                                     Some(Ok(ev)) => {
                                         // Secrets matter only if they are token Secrets.
-                                        if !is_sa && !ev.kv.value.windows(TOKEN_TYPE.len()).any(|w| w == TOKEN_TYPE.as_bytes()) {
+                                        if !is_sa && memchr::memmem::find(&ev.kv.value, TOKEN_TYPE.as_bytes()).is_none() {
                                             continue;
                                         }
                                         let rest = &ev.kv.key[prefix.len()..];
