@@ -39,6 +39,9 @@ pub struct Details {
     pub causes: Vec<Cause>,
     /// `details.retryAfterSeconds`, also sent as a `Retry-After` header.
     pub retry_after: Option<u32>,
+    /// The Status's `metadata.continue`: set on the 410 for an expired continue token,
+    /// a token that goes on from the same key at the newest revision (inconsistently).
+    pub continue_token: Option<String>,
 }
 
 /// `"pods"` or `"deployments.apps"`: how upstream names a resource in messages.
@@ -176,7 +179,10 @@ impl ApiError {
         let mut status = Map::new();
         status.insert("kind".into(), json!("Status"));
         status.insert("apiVersion".into(), json!("v1"));
-        status.insert("metadata".into(), json!({}));
+        match &self.details.continue_token {
+            Some(c) => status.insert("metadata".into(), json!({ "continue": c })),
+            None => status.insert("metadata".into(), json!({})),
+        };
         status.insert("status".into(), json!("Failure"));
         status.insert("message".into(), json!(self.message));
         status.insert("reason".into(), json!(self.reason));

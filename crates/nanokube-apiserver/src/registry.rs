@@ -231,6 +231,22 @@ fn encode_continue(rv: Revision, last_key: &str) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(&t).expect("serialize"))
 }
 
+/// The 410 for a continue token whose snapshot is gone: like upstream, it carries a token
+/// that goes on from the same key at the newest revision, and says so.
+fn continue_expired(token: &Option<String>) -> ApiError {
+    let next = token.as_deref().and_then(|t| decode_continue(t).ok()).map(|t| encode_continue(-1, &t.start));
+    let mut e = ApiError::expired(match next {
+        Some(_) => {
+            "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, \
+             or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an \
+             inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list."
+        }
+        None => "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",
+    });
+    e.details.continue_token = next;
+    e
+}
+
 fn decode_continue(token: &str) -> Result<ContinueToken, ApiError> {
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(token.trim_end_matches('='))
@@ -310,7 +326,8 @@ impl Registry {
                 if !t.start.starts_with(&prefix) {
                     return Err(ApiError::bad_request("continue key is not valid: the token does not belong to this list"));
                 }
-                (Some(t.start), Some(t.rv))
+                // rv -1: the token a 410 hands out, to go on at the newest revision.
+                (Some(t.start), Some(t.rv).filter(|rv| *rv > 0))
             }
             _ => (None, None),
         };
@@ -331,7 +348,15 @@ impl Registry {
         let mut cursor = after;
         let revision;
         loop {
-            let page = self.store.list(&prefix, cursor.as_deref(), if opts.limit > 0 { opts.limit.max(64) } else { 0 });
+            let page_limit = if opts.limit > 0 { opts.limit.max(64) } else { 0 };
+            let page = match token_rv {
+                // Later pages read the first page's snapshot, as etcd does.
+                Some(rv) => self.store.list_at(&prefix, cursor.as_deref(), page_limit, rv).map_err(|e| match e {
+                    StoreError::Compacted { .. } => continue_expired(&opts.continue_token),
+                    e => store_err(e, def, ""),
+                })?,
+                None => self.store.list(&prefix, cursor.as_deref(), page_limit),
+            };
             let page_rev = page.revision;
             let n = page.items.len();
             let mut last_key = None;
@@ -1066,5 +1091,21 @@ impl ObjectWatch {
     /// The revision of the last event seen (for bookmarks).
     pub fn last_revision(&self) -> Revision {
         self.stream.last_revision()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_expired_continue_token_answers_410_with_a_token_at_the_newest_revision() {
+        let old = encode_continue(7, "/registry/configmaps/default/b");
+        let status = continue_expired(&Some(old)).to_status();
+        assert_eq!(status["code"], 410);
+        assert_eq!(status["reason"], "Expired");
+        assert!(status["message"].as_str().unwrap().starts_with("The provided continue parameter is too old"));
+        let next = decode_continue(status["metadata"]["continue"].as_str().unwrap()).unwrap();
+        assert_eq!((next.rv, next.start.as_str()), (-1, "/registry/configmaps/default/b"));
     }
 }

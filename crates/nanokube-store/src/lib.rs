@@ -182,6 +182,14 @@ pub trait Backend: Send + Sync + 'static {
     /// `limit` (0 = no limit), all read at one revision.
     fn list(&self, prefix: &str, after: Option<&str>, limit: usize) -> ListResult;
 
+    /// Like [`Backend::list`], but the keys as they were at `revision` (an earlier page's
+    /// revision, so that paged lists are one consistent snapshot). `Compacted` when the
+    /// changes since `revision` are no longer all retained.
+    fn list_at(&self, prefix: &str, after: Option<&str>, limit: usize, revision: Revision) -> Result<ListResult, StoreError> {
+        let _ = (prefix, after, limit, revision);
+        Err(StoreError::Unsupported("list at an earlier revision"))
+    }
+
     /// Create a key; fails with `AlreadyExists`.
     fn create(&self, key: String, value: Bytes) -> BoxFuture<'_, Result<Arc<KeyValue>, StoreError>>;
 

@@ -350,6 +350,60 @@ impl Backend for SqliteBackend {
         ListResult { items, revision: st.revision, remaining }
     }
 
+    fn list_at(&self, prefix: &str, after: Option<&str>, limit: usize, revision: Revision) -> Result<ListResult, StoreError> {
+        // Publishing to the history happens under the state write lock, so under the read
+        // lock the ring holds exactly the events up to `st.revision`.
+        let st = self.shared.state.read().expect("state lock");
+        if revision > st.revision {
+            return Err(StoreError::FutureRevision { requested: revision, current: st.revision });
+        }
+        // The value each changed key had at `revision`: undo the changes since, keeping
+        // the oldest change per key (its `prev` is the value at `revision`).
+        let mut then: BTreeMap<String, Option<Arc<KeyValue>>> = BTreeMap::new();
+        for ev in self.shared.history.since(prefix, revision)? {
+            if then.contains_key(&ev.kv.key) {
+                continue;
+            }
+            let before = match ev.kind {
+                EventKind::Created => None,
+                EventKind::Updated | EventKind::Deleted => match &ev.prev {
+                    Some(p) => Some(p.clone()),
+                    // Loaded at startup without its predecessor: not reconstructible.
+                    None => return Err(StoreError::Compacted { requested: revision, oldest: ev.revision() }),
+                },
+            };
+            then.insert(ev.kv.key.clone(), before);
+        }
+        let start = match after {
+            Some(a) if a >= prefix => Bound::Excluded(a.to_string()),
+            _ => Bound::Included(prefix.to_string()),
+        };
+        let mut now = st.map.range::<String, _>((start.clone(), Bound::Unbounded)).take_while(|(k, _)| k.starts_with(prefix)).peekable();
+        let mut changed = then.range::<String, _>((start, Bound::Unbounded)).peekable();
+        let mut items = Vec::new();
+        let mut remaining = 0;
+        loop {
+            let value = match (now.peek(), changed.peek()) {
+                (None, None) => break,
+                (Some((nk, _)), Some((ck, _))) if nk == ck => {
+                    now.next();
+                    changed.next().and_then(|(_, v)| v.clone())
+                }
+                (Some((nk, _)), Some((ck, _))) if nk < ck => now.next().map(|(_, v)| v.clone()),
+                (Some(_), None) => now.next().map(|(_, v)| v.clone()),
+                _ => changed.next().and_then(|(_, v)| v.clone()),
+            };
+            if let Some(kv) = value {
+                if limit > 0 && items.len() == limit {
+                    remaining += 1;
+                } else {
+                    items.push(kv);
+                }
+            }
+        }
+        Ok(ListResult { items, revision, remaining })
+    }
+
     fn create(&self, key: String, value: Bytes) -> BoxFuture<'_, Result<Arc<KeyValue>, StoreError>> {
         let f = self.submit(Op::Create { key, value });
         Box::pin(async move { f.await.map(|kv| kv.expect("create returns a value")) })

@@ -73,6 +73,17 @@ impl History {
         }
     }
 
+    /// Every retained event after `after` under `prefix`, oldest first; `Compacted` if
+    /// some of them are no longer retained.
+    pub fn since(&self, prefix: &str, after: Revision) -> Result<Vec<Arc<Event>>, StoreError> {
+        let ring = self.ring.lock().expect("history lock");
+        if after < ring.floor {
+            return Err(StoreError::Compacted { requested: after, oldest: ring.floor });
+        }
+        let start = ring.events.partition_point(|e| e.revision() <= after);
+        Ok(ring.events.range(start..).filter(|e| e.kv.key.starts_with(prefix)).cloned().collect())
+    }
+
     /// Subscribe: the backlog of events after `after` under `prefix`, plus a live receiver.
     fn subscribe(&self, prefix: &str, after: Revision) -> Result<Subscription, StoreError> {
         let ring = self.ring.lock().expect("history lock");

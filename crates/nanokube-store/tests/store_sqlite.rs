@@ -107,3 +107,36 @@ async fn compaction_expires_old_watches() {
     assert_eq!(s.current_revision(), 6);
     assert_eq!(s.list("/k/", None, 0).items.len(), 6);
 }
+
+#[tokio::test]
+async fn list_at_an_earlier_revision_undoes_later_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), 100);
+    for k in ["a", "b", "c", "d"] {
+        s.create(format!("/s/{k}"), Bytes::from(k.to_string())).await.unwrap();
+    }
+    let snapshot = s.current_revision();
+    s.update("/s/a".into(), Bytes::from_static(b"a2"), None).await.unwrap();
+    s.delete("/s/b".into(), None).await.unwrap();
+    s.create("/s/bb".into(), Bytes::from_static(b"new")).await.unwrap();
+    s.delete("/s/c".into(), None).await.unwrap();
+    s.create("/s/c".into(), Bytes::from_static(b"c2")).await.unwrap();
+    s.create("/t/other".into(), Bytes::new()).await.unwrap();
+
+    let then = s.list_at("/s/", None, 0, snapshot).unwrap();
+    let seen: Vec<_> = then.items.iter().map(|kv| (kv.key.as_str(), kv.value.as_ref(), kv.mod_revision)).collect();
+    assert_eq!(seen, vec![("/s/a", &b"a"[..], 1), ("/s/b", b"b", 2), ("/s/c", b"c", 3), ("/s/d", b"d", 4)]);
+    assert_eq!(then.revision, snapshot);
+    // Paging through the snapshot: after a key, with a limit and the count that remains.
+    let page = s.list_at("/s/", Some("/s/a"), 2, snapshot).unwrap();
+    assert_eq!(page.items.iter().map(|kv| kv.key.as_str()).collect::<Vec<_>>(), vec!["/s/b", "/s/c"]);
+    assert_eq!(page.remaining, 1);
+    // At the newest revision it equals a plain list.
+    let now = s.list_at("/s/", None, 0, s.current_revision()).unwrap();
+    assert_eq!(now.items.iter().map(|kv| kv.key.clone()).collect::<Vec<_>>(), s.list("/s/", None, 0).items.iter().map(|kv| kv.key.clone()).collect::<Vec<_>>());
+    assert!(matches!(s.list_at("/s/", None, 0, s.current_revision() + 1), Err(StoreError::FutureRevision { .. })));
+
+    // Once the changes since the snapshot are compacted away, it is gone.
+    s.compact(s.current_revision()).await.unwrap();
+    assert!(matches!(s.list_at("/s/", None, 0, snapshot), Err(StoreError::Compacted { .. })));
+}
