@@ -886,7 +886,12 @@ impl Ctx<'_> {
         if self.query.get("resourceVersionMatch").is_some_and(|m| !m.is_empty()) && self.query.get("resourceVersion").is_none_or(str::is_empty) {
             return Err(ApiError::bad_request("resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden unless resourceVersion is provided"));
         }
-        Ok(ListOptions { labels, fields, limit, continue_token: self.query.get("continue").map(String::from) })
+        // resourceVersionMatch=Exact reads the list as it was at that revision.
+        let exact_revision = match (self.query.get("resourceVersionMatch"), self.query.get("resourceVersion")) {
+            (Some("Exact"), Some(rv)) => rv.parse::<i64>().ok().filter(|n| *n > 0),
+            _ => None,
+        };
+        Ok(ListOptions { labels, fields, limit, continue_token: self.query.get("continue").map(String::from), exact_revision })
     }
 
     fn check_list_rv(&self) -> Result<(), ApiError> {
@@ -903,10 +908,9 @@ impl Ctx<'_> {
                 }
                 Ok(())
             }
-            // Only the current state is held in memory: an exact read of an older
-            // revision is reported as compacted, as upstream does past its history.
-            "Exact" if n == current => Ok(()),
-            "Exact" => Err(ApiError::expired(format!("too old resource version: {n} ({current})"))),
+            // An older revision is read by undoing the retained changes since (410 past them).
+            "Exact" if n > current => Err(ApiError::too_large_resource_version(n, current)),
+            "Exact" => Ok(()),
             other => Err(ApiError::bad_request(format!("resourceVersionMatch: Unsupported value: {other:?}: supported values: \"Exact\", \"NotOlderThan\""))),
         }
     }

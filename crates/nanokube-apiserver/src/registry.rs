@@ -97,6 +97,8 @@ pub struct ListOptions {
     pub limit: usize,
     /// Continue token from a previous page.
     pub continue_token: Option<String>,
+    /// `resourceVersionMatch=Exact`: list the objects as they were at this revision.
+    pub exact_revision: Option<Revision>,
 }
 
 /// A list result.
@@ -333,7 +335,8 @@ impl Registry {
         };
         let filtering = !opts.labels.is_empty() || !opts.fields.is_empty();
         // A pinned metadata.name reads one key instead of scanning.
-        if let (Some(name), true) = (opts.fields.pinned_name(), namespace.is_some() || !def.namespaced) {
+        let current_state = token_rv.is_none() && opts.exact_revision.is_none();
+        if let (Some(name), true) = (opts.fields.pinned_name(), current_state && (namespace.is_some() || !def.namespaced)) {
             let revision = self.store.current_revision();
             let mut items = Vec::new();
             if let Some(kv) = self.store.get(&def.key(namespace.unwrap_or(""), name)) {
@@ -349,13 +352,17 @@ impl Registry {
         let revision;
         loop {
             let page_limit = if opts.limit > 0 { opts.limit.max(64) } else { 0 };
-            let page = match token_rv {
+            let page = match (token_rv, opts.exact_revision) {
                 // Later pages read the first page's snapshot, as etcd does.
-                Some(rv) => self.store.list_at(&prefix, cursor.as_deref(), page_limit, rv).map_err(|e| match e {
+                (Some(rv), _) => self.store.list_at(&prefix, cursor.as_deref(), page_limit, rv).map_err(|e| match e {
                     StoreError::Compacted { .. } => continue_expired(&opts.continue_token),
                     e => store_err(e, def, ""),
                 })?,
-                None => self.store.list(&prefix, cursor.as_deref(), page_limit),
+                (None, Some(rv)) => self.store.list_at(&prefix, cursor.as_deref(), page_limit, rv).map_err(|e| match e {
+                    StoreError::Compacted { oldest, .. } => ApiError::expired(format!("too old resource version: {rv} ({oldest})")),
+                    e => store_err(e, def, ""),
+                })?,
+                (None, None) => self.store.list(&prefix, cursor.as_deref(), page_limit),
             };
             let page_rev = page.revision;
             let n = page.items.len();

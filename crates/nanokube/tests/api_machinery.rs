@@ -279,6 +279,15 @@ fn paged_lists_are_one_snapshot() {
     assert_eq!(names(&third), ["cm-4", "kube-root-ca.crt"]);
     assert!(third["metadata"].get("continue").is_none(), "{third}");
 
+    // resourceVersionMatch=Exact reads the same snapshot in one go.
+    let (code, exact) = s.get_json(&format!("/api/v1/namespaces/default/configmaps?resourceVersion={rv}&resourceVersionMatch=Exact"));
+    assert_eq!(code, 200, "{exact}");
+    assert_eq!(names(&exact), ["cm-0", "cm-1", "cm-2", "cm-3", "cm-4", "kube-root-ca.crt"]);
+    assert_eq!(exact["metadata"]["resourceVersion"].as_str().unwrap(), rv);
+    assert_eq!(exact["items"][2]["data"]["v"], "old");
+    let (code, _) = s.get_json("/api/v1/namespaces/default/configmaps?resourceVersion=999999&resourceVersionMatch=Exact");
+    assert_eq!(code, 504);
+
     // A fresh list sees the changes.
     let (_, now) = s.get_json("/api/v1/namespaces/default/configmaps");
     assert_eq!(names(&now), ["cm-0", "cm-1", "cm-2", "cm-3a", "cm-4", "kube-root-ca.crt"]);
