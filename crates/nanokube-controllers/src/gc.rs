@@ -22,6 +22,8 @@ use nanokube_store::EventKind;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
 
+use crate::follow::{follow, Change};
+
 const ORPHAN: &str = "orphan";
 const FOREGROUND: &str = "foregroundDeletion";
 
@@ -226,44 +228,32 @@ impl GarbageCollector {
         let (tx, mut rx) = mpsc::unbounded_channel::<Work>();
         let store = self.registry.store().clone();
         {
-            let (tx, store, mut sd) = (tx.clone(), store.clone(), shutdown.clone());
+            let (tx, store, sd) = (tx.clone(), store.clone(), shutdown.clone());
             let start = store.current_revision();
             tokio::spawn(async move {
-                let mut from = start;
-                loop {
-                    if let Ok(mut w) = store.watch("/registry/", from) {
-                        loop {
-                            let ev = tokio::select! {
-                                _ = sd.changed() => return,
-                                ev = w.next() => ev,
-                            };
-                            let Some(Ok(ev)) = ev else { break };
-                            let work = if ev.kind == EventKind::Deleted {
-                                let Ok(obj) = decode(&ev.kv) else { continue };
-                                // Owners waiting in the foreground for this dependent look again.
-                                for r in owner_refs(&obj) {
-                                    let ns = meta::namespace(&obj);
-                                    let api_version = r.get("apiVersion").and_then(Value::as_str).unwrap_or("");
-                                    let group = api_version.rsplit_once('/').map(|(g, _)| g).unwrap_or("");
-                                    if let Some(d) = resources::find_kind(group, r.get("kind").and_then(Value::as_str).unwrap_or("")) {
-                                        let owner_ns = if d.namespaced { ns } else { "" };
-                                        let _ = tx.send(Work::Object(d.key(owner_ns, r.get("name").and_then(Value::as_str).unwrap_or(""))));
-                                    }
-                                }
-                                Work::Gone(meta::uid(&obj).to_string(), meta::namespace(&obj).to_string())
-                            } else {
-                                Work::Object(ev.kv.key.clone())
-                            };
-                            if tx.send(work).is_err() {
-                                return;
+                follow(store, "/registry/", start, sd, |change| {
+                    let Change::Event(ev) = change else {
+                        return tx.send(Work::All).is_ok();
+                    };
+                    let work = if ev.kind == EventKind::Deleted {
+                        let Ok(obj) = decode(&ev.kv) else { return true };
+                        // Owners waiting in the foreground for this dependent look again.
+                        for r in owner_refs(&obj) {
+                            let ns = meta::namespace(&obj);
+                            let api_version = r.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+                            let group = api_version.rsplit_once('/').map(|(g, _)| g).unwrap_or("");
+                            if let Some(d) = resources::find_kind(group, r.get("kind").and_then(Value::as_str).unwrap_or("")) {
+                                let owner_ns = if d.namespaced { ns } else { "" };
+                                let _ = tx.send(Work::Object(d.key(owner_ns, r.get("name").and_then(Value::as_str).unwrap_or(""))));
                             }
                         }
-                    }
-                    from = store.current_revision();
-                    if tx.send(Work::All).is_err() {
-                        return;
-                    }
-                }
+                        Work::Gone(meta::uid(&obj).to_string(), meta::namespace(&obj).to_string())
+                    } else {
+                        Work::Object(ev.kv.key.clone())
+                    };
+                    tx.send(work).is_ok()
+                })
+                .await
             });
         }
         let _ = tx.send(Work::All);

@@ -15,6 +15,7 @@
 //! - [`rbac_policy`]: the default ClusterRoles and ClusterRoleBindings, recreated if deleted.
 
 pub mod bootstrap;
+mod follow;
 pub mod gc;
 pub mod namespaces;
 pub mod rbac_policy;

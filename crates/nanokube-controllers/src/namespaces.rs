@@ -10,6 +10,8 @@ use nanokube_apiserver::registry::{DeleteOptions, ListOptions, Registry, WriteOp
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
 
+use crate::follow::{follow, Change};
+
 fn def(group: &str, plural: &str) -> &'static ResourceDef {
     resources::find(group, "v1", plural).expect("built-in resource")
 }
@@ -122,50 +124,24 @@ impl NamespaceController {
         let start = store.current_revision();
         // Watch namespaces, ServiceAccounts and ConfigMaps: any change may need a reconcile.
         for d in [def("", "namespaces"), def("", "serviceaccounts"), def("", "configmaps")] {
-            let tx = tx.clone();
-            let store = store.clone();
-            let mut sd = shutdown.clone();
+            let (tx, store, sd) = (tx.clone(), store.clone(), shutdown.clone());
             tokio::spawn(async move {
-                let mut from = start;
-                loop {
-                    let mut w = match store.watch(&d.key_prefix(), from) {
-                        Ok(w) => w,
-                        Err(_) => {
-                            from = store.current_revision();
-                            continue;
-                        }
+                let prefix = d.key_prefix();
+                follow(store, &prefix, start, sd, |change| {
+                    let Change::Event(ev) = change else {
+                        // Fell behind: resync everything.
+                        return tx.send(String::new()).is_ok();
                     };
-                    loop {
-                        tokio::select! {
-                            _ = sd.changed() => return,
-                            ev = w.next() => match ev {
-                                Some(Ok(ev)) => {
-                                    let rest = &ev.kv.key[d.key_prefix().len()..];
-                                    // Only the objects this controller keeps matter.
-                                    let relevant = match d.plural {
-                                        "serviceaccounts" => rest.ends_with("/default"),
-                                        "configmaps" => rest.ends_with("/kube-root-ca.crt"),
-                                        _ => true,
-                                    };
-                                    if !relevant {
-                                        continue;
-                                    }
-                                    let ns = rest.split('/').next().unwrap_or("").to_string();
-                                    if tx.send(ns).is_err() {
-                                        return;
-                                    }
-                                }
-                                Some(Err(_)) => {
-                                    // Fell behind: resync everything.
-                                    from = store.current_revision();
-                                    let _ = tx.send(String::new());
-                                    break;
-                                }
-                                None => return,
-                            }
-                        }
-                    }
-                }
+                    let rest = &ev.kv.key[prefix.len()..];
+                    // Only the objects this controller keeps matter.
+                    let relevant = match d.plural {
+                        "serviceaccounts" => rest.ends_with("/default"),
+                        "configmaps" => rest.ends_with("/kube-root-ca.crt"),
+                        _ => true,
+                    };
+                    !relevant || tx.send(rest.split('/').next().unwrap_or("").to_string()).is_ok()
+                })
+                .await
             });
         }
         let _ = tx.send(String::new());

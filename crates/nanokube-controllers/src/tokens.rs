@@ -16,6 +16,8 @@ use nanokube_apiserver::satoken::TokenIssuer;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
 
+use crate::follow::{follow, Change};
+
 /// The Secret type of service-account tokens.
 pub const TOKEN_TYPE: &str = "kubernetes.io/service-account-token";
 const NAME_ANNOTATION: &str = "kubernetes.io/service-account.name";
@@ -203,37 +205,22 @@ impl TokenController {
         let start = store.current_revision();
         for (plural, is_sa) in [("serviceaccounts", true), ("secrets", false)] {
             let prefix = def(plural).key_prefix();
-            let (tx, store, mut sd) = (tx.clone(), store.clone(), shutdown.clone());
+            let (tx, store, sd) = (tx.clone(), store.clone(), shutdown.clone());
             tokio::spawn(async move {
-                let mut from = start;
-                loop {
-                    if let Ok(mut w) = store.watch(&prefix, from) {
-                        loop {
-                            tokio::select! {
-                                _ = sd.changed() => return,
-                                ev = w.next() => match ev {
-                                    Some(Ok(ev)) => {
-                                        // Secrets matter only if they are token Secrets.
-                                        if !is_sa && memchr::memmem::find(&ev.kv.value, TOKEN_TYPE.as_bytes()).is_none() {
-                                            continue;
-                                        }
-                                        let rest = &ev.kv.key[prefix.len()..];
-                                        let (ns, name) = rest.split_once('/').unwrap_or(("", rest));
-                                        let work = if is_sa { Work::ServiceAccount(ns.into(), name.into()) } else { Work::Secret(ns.into(), name.into()) };
-                                        if tx.send(work).is_err() {
-                                            return;
-                                        }
-                                    }
-                                    _ => break,
-                                }
-                            }
-                        }
+                follow(store, &prefix, start, sd, |change| {
+                    let Change::Event(ev) = change else {
+                        return tx.send(Work::All).is_ok();
+                    };
+                    // Secrets matter only if they are token Secrets.
+                    if !is_sa && memchr::memmem::find(&ev.kv.value, TOKEN_TYPE.as_bytes()).is_none() {
+                        return true;
                     }
-                    from = store.current_revision();
-                    if tx.send(Work::All).is_err() {
-                        return;
-                    }
-                }
+                    let rest = &ev.kv.key[prefix.len()..];
+                    let (ns, name) = rest.split_once('/').unwrap_or(("", rest));
+                    let work = if is_sa { Work::ServiceAccount(ns.into(), name.into()) } else { Work::Secret(ns.into(), name.into()) };
+                    tx.send(work).is_ok()
+                })
+                .await
             });
         }
         let _ = tx.send(Work::All);
