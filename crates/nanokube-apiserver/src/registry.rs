@@ -352,17 +352,13 @@ impl Registry {
         let revision;
         loop {
             let page_limit = if opts.limit > 0 { opts.limit.max(64) } else { 0 };
-            let page = match (token_rv, opts.exact_revision) {
-                // Later pages read the first page's snapshot, as etcd does.
-                (Some(rv), _) => self.store.list_at(&prefix, cursor.as_deref(), page_limit, rv).map_err(|e| match e {
-                    StoreError::Compacted { .. } => continue_expired(&opts.continue_token),
+            // Later pages read the first page's snapshot, as etcd does; so does Exact.
+            let page = match token_rv.or(opts.exact_revision) {
+                Some(rv) => self.store.list_at(&prefix, cursor.as_deref(), page_limit, rv).map_err(|e| match e {
+                    StoreError::Compacted { .. } if token_rv.is_some() => continue_expired(&opts.continue_token),
                     e => store_err(e, def, ""),
                 })?,
-                (None, Some(rv)) => self.store.list_at(&prefix, cursor.as_deref(), page_limit, rv).map_err(|e| match e {
-                    StoreError::Compacted { oldest, .. } => ApiError::expired(format!("too old resource version: {rv} ({oldest})")),
-                    e => store_err(e, def, ""),
-                })?,
-                (None, None) => self.store.list(&prefix, cursor.as_deref(), page_limit),
+                None => self.store.list(&prefix, cursor.as_deref(), page_limit),
             };
             let page_rev = page.revision;
             let n = page.items.len();
