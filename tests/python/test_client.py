@@ -132,3 +132,82 @@ def test_json_patch_and_dry_run(api):
     with pytest.raises(ApiException) as e:
         core.read_namespaced_config_map("dry", "default")
     assert e.value.status == 404
+
+
+CRD = {
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
+    "metadata": {"name": "widgets.example.io"},
+    "spec": {
+        "group": "example.io",
+        "scope": "Namespaced",
+        "names": {"plural": "widgets", "kind": "Widget", "shortNames": ["wd"]},
+        "versions": [{
+            "name": "v1", "served": True, "storage": True,
+            "subresources": {"status": {}},
+            "schema": {"openAPIV3Schema": {"type": "object", "properties": {
+                "spec": {"type": "object", "required": ["size"], "properties": {
+                    "size": {"type": "integer", "minimum": 1},
+                    "color": {"type": "string", "enum": ["red", "blue"], "default": "red"}}},
+                "status": {"type": "object", "properties": {"ready": {"type": "boolean"}}}}}},
+        }],
+    },
+}
+
+
+def test_crd_and_custom_objects(api):
+    ext = client.ApiextensionsV1Api(api)
+    crd = ext.create_custom_resource_definition(CRD)
+    assert crd.metadata.name == "widgets.example.io"
+    deadline = time.time() + 5
+    while time.time() < deadline:
+        conds = ext.read_custom_resource_definition("widgets.example.io").status.conditions or []
+        if any(c.type == "Established" and c.status == "True" for c in conds):
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("the CRD never became Established")
+
+    co = client.CustomObjectsApi(api)
+    seen = []
+    ready = threading.Event()
+
+    def run():
+        w = watch.Watch()
+        for ev in w.stream(co.list_namespaced_custom_object, "example.io", "v1", "default", "widgets", timeout_seconds=20, allow_watch_bookmarks=False):
+            seen.append((ev["type"], ev["object"]["metadata"]["name"], ev["object"].get("spec", {}).get("size")))
+            if ev["type"] == "DELETED":
+                w.stop()
+
+    t = threading.Thread(target=run)
+    t.start()
+    time.sleep(0.3)  # a watch from "" sends the current state first; the collection is empty
+    body = {"apiVersion": "example.io/v1", "kind": "Widget", "metadata": {"name": "w1"}, "spec": {"size": 2}}
+    created = co.create_namespaced_custom_object("example.io", "v1", "default", "widgets", body)
+    assert created["spec"] == {"size": 2, "color": "red"}, "the schema's default is applied"
+    got = co.get_namespaced_custom_object("example.io", "v1", "default", "widgets", "w1")
+    assert got["metadata"]["uid"] == created["metadata"]["uid"]
+    patched = co.patch_namespaced_custom_object("example.io", "v1", "default", "widgets", "w1", {"spec": {"size": 3}})
+    assert patched["spec"]["size"] == 3 and patched["metadata"]["generation"] == 2
+    status = co.patch_namespaced_custom_object_status("example.io", "v1", "default", "widgets", "w1", {"status": {"ready": True}})
+    assert status["status"] == {"ready": True} and status["metadata"]["generation"] == 2
+    listed = co.list_namespaced_custom_object("example.io", "v1", "default", "widgets")
+    assert [i["metadata"]["name"] for i in listed["items"]] == ["w1"]
+
+    # A custom object that breaks its schema: 422 with the field, nothing stored.
+    with pytest.raises(ApiException) as e:
+        co.create_namespaced_custom_object("example.io", "v1", "default", "widgets",
+                                           {"apiVersion": "example.io/v1", "kind": "Widget", "metadata": {"name": "bad"}, "spec": {"size": 0, "color": "green"}})
+    assert e.value.status == 422
+    st = json.loads(e.value.body)
+    assert st["reason"] == "Invalid"
+    assert sorted(c["field"] for c in st["details"]["causes"]) == ["spec.color", "spec.size"]
+    with pytest.raises(ApiException) as e:
+        co.get_namespaced_custom_object("example.io", "v1", "default", "widgets", "bad")
+    assert e.value.status == 404
+
+    co.delete_namespaced_custom_object("example.io", "v1", "default", "widgets", "w1")
+    t.join(20)
+    assert not t.is_alive()
+    assert [s[0] for s in seen] == ["ADDED", "MODIFIED", "MODIFIED", "DELETED"], seen
+    assert seen[0][2] == 2 and seen[1][2] == 3

@@ -62,6 +62,10 @@ fn default_template(spec: &mut Map<String, Value>) {
 
 /// Apply the defaults of a kind to an object about to be created or updated.
 pub fn apply_defaults(def: &ResourceDef, obj: &mut Value) {
+    if def.group == "apiextensions.k8s.io" && def.plural == "customresourcedefinitions" {
+        crate::crd::default_crd(obj);
+        return;
+    }
     let Some(root) = obj.as_object_mut() else { return };
     match (def.group, def.plural) {
         ("", "pods") => {

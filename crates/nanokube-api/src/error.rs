@@ -121,7 +121,7 @@ impl ApiError {
     pub fn invalid(kind: &str, group: &str, name: &str, causes: Vec<Cause>) -> Self {
         let list = causes.iter().map(|c| if c.field.is_empty() { c.message.clone() } else { format!("{}: {}", c.field, c.message) }).collect::<Vec<_>>();
         let joined = if list.len() == 1 { list[0].clone() } else { format!("[{}]", list.join(", ")) };
-        let mut e = Self::new(422, "Invalid", format!("{} \"{}\" is invalid: {}", kind, name, joined));
+        let mut e = Self::new(422, "Invalid", format!("{} \"{}\" is invalid: {}", qualified(kind, group), name, joined));
         e.details.name = Some(name.to_string());
         e.details.kind = Some(kind.to_string());
         if !group.is_empty() {

@@ -16,6 +16,7 @@
 //! Invariant: this crate never does IO and never blocks.
 
 pub mod convert;
+pub mod crd;
 pub mod defaults;
 pub mod error;
 pub mod json;

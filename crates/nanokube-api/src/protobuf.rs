@@ -223,7 +223,7 @@ fn decode_message(msg: &str, mut buf: &[u8]) -> Result<Value, String> {
         "apimachinery.pkg.api.resource.Quantity"
         | "apimachinery.pkg.runtime.RawExtension"
         | "apimachinery.pkg.apis.meta.v1.FieldsV1"
-        | "apiextensions_apiserver.pkg.apis.apiextensions.v1.JSON"
+        | "apiextensions_apiserver.pkg.apis.apiextensions.v1.Json"
         | "apimachinery.pkg.apis.meta.v1.Duration"
         | "apimachinery.pkg.util.intstr.IntOrString" => {
             let mut fields: HashMap<u32, Value> = HashMap::new();
@@ -446,8 +446,8 @@ pub fn is_opaque(msg: &str) -> bool {
             | "apimachinery.pkg.runtime.RawExtension"
             | "apimachinery.pkg.apis.meta.v1.FieldsV1"
             | "apimachinery.pkg.apis.meta.v1.Duration"
-            | "apiextensions_apiserver.pkg.apis.apiextensions.v1.JSON"
-    ) || msg.starts_with("apiextensions_apiserver.pkg.apis.apiextensions.v1.JSONSchemaProps")
+            | "apiextensions_apiserver.pkg.apis.apiextensions.v1.Json"
+    ) || msg.starts_with("apiextensions_apiserver.pkg.apis.apiextensions.v1.JsonSchemaProps")
 }
 
 /// The field named `key` in `msg`, looking through embedded (inline) structs.

@@ -1,5 +1,12 @@
-//! The table of built-in resources. Discovery, OpenAPI, routing, storage keys and the
-//! registry strategies are all driven from here, so a resource exists in exactly one place.
+//! The table of served resources: the built-in ones (static), and per cluster a
+//! [`ResourceTable`] that adds those CustomResourceDefinitions define. Discovery, OpenAPI,
+//! routing, storage keys and the registry strategies are all driven from here, so a
+//! resource exists in exactly one place.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+
+use crate::crd::{version_priority, CustomResource};
 
 /// The verbs of an ordinary read-write resource, as discovery lists them.
 pub const STANDARD_VERBS: &[&str] = &["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
@@ -7,7 +14,7 @@ pub const STANDARD_VERBS: &[&str] = &["create", "delete", "deletecollection", "g
 pub const CREATE_ONLY: &[&str] = &["create"];
 
 /// A subresource served under `.../{name}/{subresource}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SubresourceDef {
     /// e.g. `status`, `scale`.
     pub name: &'static str,
@@ -21,8 +28,9 @@ pub struct SubresourceDef {
     pub verbs: &'static [&'static str],
 }
 
-/// One built-in resource (a group/version/plural).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// One served resource (a group/version/plural): built in, or defined by a
+/// CustomResourceDefinition (then interned, see [`intern`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ResourceDef {
     /// API group, `""` for core.
     pub group: &'static str,
@@ -46,6 +54,10 @@ pub struct ResourceDef {
     pub subresources: &'static [SubresourceDef],
     /// Whether `metadata.generation` moves on spec changes (types with a status subresource and a spec).
     pub tracks_generation: bool,
+    /// The version objects are stored as (all versions of a resource share one key prefix).
+    pub storage_version: &'static str,
+    /// Defined by a CustomResourceDefinition.
+    pub custom: bool,
 }
 
 impl ResourceDef {
@@ -143,6 +155,8 @@ const fn res(
         verbs: STANDARD_VERBS,
         subresources,
         tracks_generation: false,
+        storage_version: "v1",
+        custom: false,
     }
 }
 
@@ -164,6 +178,8 @@ const fn create_only(group: &'static str, kind: &'static str, plural: &'static s
         verbs: CREATE_ONLY,
         subresources: &[],
         tracks_generation: false,
+        storage_version: "v1",
+        custom: false,
     }
 }
 
@@ -239,6 +255,17 @@ pub static BUILTIN: &[ResourceDef] = &[
     res("rbac.authorization.k8s.io", "RoleBinding", "rolebindings", "rolebinding", true, NONE, NONE, &[]),
     res("rbac.authorization.k8s.io", "Role", "roles", "role", true, NONE, NONE, &[]),
     // scheduling.k8s.io/v1
+    // apiextensions.k8s.io/v1
+    with_generation(res(
+        "apiextensions.k8s.io",
+        "CustomResourceDefinition",
+        "customresourcedefinitions",
+        "customresourcedefinition",
+        false,
+        &["crd", "crds"],
+        &["api-extensions"],
+        &[status("CustomResourceDefinition", "apiextensions.k8s.io")],
+    )),
     res("scheduling.k8s.io", "PriorityClass", "priorityclasses", "priorityclass", false, &["pc"], NONE, &[]),
     // storage.k8s.io/v1
     res("storage.k8s.io", "StorageClass", "storageclasses", "storageclass", false, &["sc"], NONE, &[]),
@@ -270,6 +297,169 @@ pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static Resourc
 /// Look up a resource by group and kind.
 pub fn find_kind(group: &str, kind: &str) -> Option<&'static ResourceDef> {
     BUILTIN.iter().find(|r| r.group == group && r.kind == kind)
+}
+
+/// What a custom resource's table entry is made of (owned, hashable).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CustomDefSpec {
+    /// API group.
+    pub group: String,
+    /// Served version.
+    pub version: String,
+    /// Storage version.
+    pub storage_version: String,
+    /// Kind.
+    pub kind: String,
+    /// Plural.
+    pub plural: String,
+    /// Singular.
+    pub singular: String,
+    /// Namespaced or cluster-scoped.
+    pub namespaced: bool,
+    /// Short names.
+    pub short_names: Vec<String>,
+    /// Categories.
+    pub categories: Vec<String>,
+    /// Status subresource enabled.
+    pub status: bool,
+    /// Scale subresource enabled.
+    pub scale: bool,
+}
+
+fn leak_str(s: &str) -> &'static str {
+    Box::leak(s.to_string().into_boxed_str())
+}
+
+/// The `&'static` table entry of a custom resource. Entries are interned process-wide:
+/// the same definition (in any cluster of the process, created any number of times)
+/// is allocated once, so memory is bounded by the distinct definitions ever served.
+pub fn intern_custom(spec: &CustomDefSpec) -> &'static ResourceDef {
+    static INTERNED: OnceLock<Mutex<HashMap<CustomDefSpec, &'static ResourceDef>>> = OnceLock::new();
+    let mut map = INTERNED.get_or_init(Default::default).lock().expect("interner");
+    if let Some(d) = map.get(spec) {
+        return d;
+    }
+    let group = leak_str(&spec.group);
+    let version = leak_str(&spec.version);
+    let kind = leak_str(&spec.kind);
+    let mut subresources = Vec::new();
+    if spec.status {
+        subresources.push(SubresourceDef { name: "status", group, version, kind, verbs: &["get", "patch", "update"] });
+    }
+    if spec.scale {
+        subresources.push(scale());
+    }
+    let strs = |v: &[String]| -> &'static [&'static str] { Box::leak(v.iter().map(|s| leak_str(s)).collect::<Vec<_>>().into_boxed_slice()) };
+    let def: &'static ResourceDef = Box::leak(Box::new(ResourceDef {
+        group,
+        version,
+        kind,
+        plural: leak_str(&spec.plural),
+        singular: leak_str(&spec.singular),
+        namespaced: spec.namespaced,
+        short_names: strs(&spec.short_names),
+        categories: strs(&spec.categories),
+        verbs: STANDARD_VERBS,
+        subresources: Box::leak(subresources.into_boxed_slice()),
+        tracks_generation: true,
+        storage_version: leak_str(&spec.storage_version),
+        custom: true,
+    }));
+    map.insert(spec.clone(), def);
+    def
+}
+
+/// The custom part of a cluster's table, replaced whole when a CRD changes.
+#[derive(Default)]
+struct Custom {
+    defs: Vec<&'static ResourceDef>,
+    resources: Vec<Arc<CustomResource>>,
+}
+
+/// One cluster's resources: the built-in ones and those its CRDs define. Several
+/// clusters in one process (tests) each have their own.
+#[derive(Default)]
+pub struct ResourceTable {
+    custom: RwLock<Arc<Custom>>,
+}
+
+impl ResourceTable {
+    /// A table of the built-in resources only.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn custom(&self) -> Arc<Custom> {
+        self.custom.read().expect("resource table").clone()
+    }
+
+    /// Replace the custom resources (the CRD controller's view of every established CRD).
+    pub fn set_custom(&self, resources: Vec<CustomResource>) {
+        let resources: Vec<Arc<CustomResource>> = resources.into_iter().map(Arc::new).collect();
+        let defs = resources.iter().flat_map(|r| r.defs()).collect();
+        *self.custom.write().expect("resource table") = Arc::new(Custom { defs, resources });
+    }
+
+    /// Every served resource, built-in first.
+    pub fn all(&self) -> Vec<&'static ResourceDef> {
+        BUILTIN.iter().chain(self.custom().defs.iter().copied()).collect()
+    }
+
+    /// One entry per storage key prefix (the storage version for custom resources):
+    /// what walks over every stored object (namespace deletion, garbage collection) visits.
+    pub fn stored(&self) -> Vec<&'static ResourceDef> {
+        let mut seen = std::collections::HashSet::new();
+        let custom = self.custom();
+        BUILTIN
+            .iter()
+            .filter(|d| d.is_stored())
+            .chain(custom.defs.iter().copied().filter(|d| d.version == d.storage_version))
+            .filter(|d| seen.insert(d.key_prefix()))
+            .collect()
+    }
+
+    /// Look up a resource by group, version and plural.
+    pub fn find(&self, group: &str, version: &str, plural: &str) -> Option<&'static ResourceDef> {
+        find(group, version, plural).or_else(|| self.custom().defs.iter().copied().find(|r| r.group == group && r.version == version && r.plural == plural))
+    }
+
+    /// Look up a resource by group and kind (a custom resource's storage version).
+    pub fn find_kind(&self, group: &str, kind: &str) -> Option<&'static ResourceDef> {
+        find_kind(group, kind).or_else(|| {
+            let custom = self.custom();
+            let mut matching = custom.defs.iter().copied().filter(|r| r.group == group && r.kind == kind);
+            let first = matching.next()?;
+            Some(std::iter::once(first).chain(matching).find(|d| d.version == d.storage_version).unwrap_or(first))
+        })
+    }
+
+    /// The definition behind a custom resource.
+    pub fn custom_resource(&self, group: &str, plural: &str) -> Option<Arc<CustomResource>> {
+        self.custom().resources.iter().find(|r| r.group == group && r.plural == plural).cloned()
+    }
+
+    /// The API groups in discovery order: built-in ones, then custom ones alphabetically.
+    pub fn groups(&self) -> Vec<&'static str> {
+        let mut out = groups();
+        let mut custom: Vec<&'static str> = self.custom().defs.iter().map(|d| d.group).filter(|g| !out.contains(g)).collect();
+        custom.sort();
+        custom.dedup();
+        out.extend(custom);
+        out
+    }
+
+    /// The served versions of a group, preferred first.
+    pub fn versions(&self, group: &str) -> Vec<&'static str> {
+        let mut out: Vec<&'static str> = self.all().into_iter().filter(|d| d.group == group).map(|d| d.version).collect();
+        out.sort_by(|a, b| version_priority(a, b));
+        out.dedup();
+        out
+    }
+
+    /// The resources of one group/version.
+    pub fn in_group_version(&self, group: &str, version: &str) -> Vec<&'static ResourceDef> {
+        self.all().into_iter().filter(|r| r.group == group && r.version == version).collect()
+    }
 }
 
 #[cfg(test)]

@@ -143,6 +143,8 @@ pub fn columns(group: &str, plural: &str) -> Vec<Column> {
         ("scheduling.k8s.io", "priorityclasses") => {
             vec![NAME, Column { name: "Value", ty: "integer", format: "", priority: 0 }, col("Global-Default", 0), AGE, col("PreemptionPolicy", 0)]
         }
+        // The CRD registry's own printer: creation time as a timestamp, not an age.
+        ("apiextensions.k8s.io", "customresourcedefinitions") => vec![NAME, col("Created At", 0)],
         ("storage.k8s.io", "storageclasses") => {
             vec![NAME, col("Provisioner", 0), col("ReclaimPolicy", 0), col("VolumeBindingMode", 0), col("AllowVolumeExpansion", 0), AGE]
         }
@@ -158,6 +160,41 @@ pub fn column_definitions(group: &str, plural: &str) -> Value {
             .map(|c| json!({"name": c.name, "type": c.ty, "format": c.format, "description": describe(c.name), "priority": c.priority}))
             .collect(),
     )
+}
+
+/// The `columnDefinitions` of a custom resource: Name, then its printer columns.
+pub fn custom_column_definitions(cols: &[crate::crd::PrinterColumn]) -> Value {
+    let mut out = vec![json!({"name": "Name", "type": "string", "format": "name", "description": describe("Name"), "priority": 0})];
+    for c in cols {
+        let description = if c.description.is_empty() && c.json_path == ".metadata.creationTimestamp" { describe("Age") } else { c.description.clone() };
+        out.push(json!({"name": c.name, "type": c.type_, "format": c.format, "description": description, "priority": c.priority}));
+    }
+    Value::Array(out)
+}
+
+/// The cells of a custom object: its name, then each printer column's value read by
+/// JSONPath (`null` when absent; `date` columns as an age, as upstream prints them).
+pub fn custom_cells(cols: &[crate::crd::PrinterColumn], obj: &Value, now: OffsetDateTime) -> Vec<Value> {
+    let mut out = vec![json!(s(obj, "/metadata/name"))];
+    for c in cols {
+        let found = crate::crd::json_path(obj, &c.json_path);
+        let cell = match found.first() {
+            None => Value::Null,
+            Some(v) => match c.type_.as_str() {
+                "date" => match v.as_str().and_then(parse_time) {
+                    Some(t) => json!(human_duration((now - t).whole_seconds())),
+                    None => Value::Null,
+                },
+                "integer" | "number" | "boolean" => v.clone(),
+                _ => {
+                    let text: Vec<String> = found.iter().map(|x| x.as_str().map(String::from).unwrap_or_else(|| x.to_string())).collect();
+                    json!(text.join(","))
+                }
+            },
+        };
+        out.push(cell);
+    }
+    out
 }
 
 fn describe(col: &str) -> String {
@@ -637,6 +674,7 @@ pub fn cells(group: &str, plural: &str, obj: &Value, now: OffsetDateTime) -> Vec
             age_v,
             json!(if s(obj, "/preemptionPolicy").is_empty() { "PreemptLowerPriority" } else { s(obj, "/preemptionPolicy") }),
         ],
+        ("apiextensions.k8s.io", "customresourcedefinitions") => vec![name, json!(s(obj, "/metadata/creationTimestamp"))],
         ("storage.k8s.io", "storageclasses") => {
             let mut n = s(obj, "/metadata/name").to_string();
             if s(obj, "/metadata/annotations/storageclass.kubernetes.io~1is-default-class") == "true" {

@@ -239,6 +239,7 @@ pub fn validate_object(def: &ResourceDef, obj: &Value) -> Vec<Cause> {
     let mut causes = Vec::new();
     validate_meta(def, obj, &mut causes);
     match (def.group, def.plural) {
+        ("apiextensions.k8s.io", "customresourcedefinitions") => causes.extend(crate::crd::validate_crd(obj)),
         ("", "pods") => validate_pod_spec(obj.get("spec"), "spec", &mut causes),
         ("", "services") => validate_service(obj, &mut causes),
         ("", "configmaps") => {

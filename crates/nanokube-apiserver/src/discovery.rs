@@ -1,7 +1,8 @@
 //! Discovery documents, legacy (`APIVersions`, `APIGroupList`, `APIResourceList`) and
-//! aggregated (`APIGroupDiscoveryList`, v2 and v2beta1), built from the resource table.
+//! aggregated (`APIGroupDiscoveryList`, v2 and v2beta1), built from the cluster's resource
+//! table, so custom resources appear as soon as the CRD controller adds them.
 
-use nanokube_api::resources::{self, ResourceDef};
+use nanokube_api::resources::{ResourceDef, ResourceTable};
 use serde_json::{json, Value};
 
 /// The Kubernetes version nanokube answers as (`/version`, nodes' kubelet version).
@@ -35,20 +36,21 @@ pub fn api_versions(server_address: &str) -> Value {
     json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": server_address}]})
 }
 
-fn group_entry(group: &str) -> Value {
-    let gv = json!({"groupVersion": format!("{group}/v1"), "version": "v1"});
-    json!({"name": group, "versions": [gv.clone()], "preferredVersion": gv})
+fn group_entry(table: &ResourceTable, group: &str) -> Value {
+    let versions: Vec<Value> = table.versions(group).into_iter().map(|v| json!({"groupVersion": format!("{group}/{v}"), "version": v})).collect();
+    let preferred = versions.first().cloned().unwrap_or(Value::Null);
+    json!({"name": group, "versions": versions, "preferredVersion": preferred})
 }
 
 /// `/apis` (legacy).
-pub fn api_group_list() -> Value {
-    json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": resources::groups().into_iter().map(group_entry).collect::<Vec<_>>()})
+pub fn api_group_list(table: &ResourceTable) -> Value {
+    json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": table.groups().into_iter().map(|g| group_entry(table, g)).collect::<Vec<_>>()})
 }
 
 /// `/apis/{group}` (legacy), if the group exists.
-pub fn api_group(group: &str) -> Option<Value> {
-    resources::groups().contains(&group).then(|| {
-        let mut g = group_entry(group);
+pub fn api_group(table: &ResourceTable, group: &str) -> Option<Value> {
+    table.groups().contains(&group).then(|| {
+        let mut g = group_entry(table, group);
         g["kind"] = json!("APIGroup");
         g["apiVersion"] = json!("v1");
         g
@@ -62,8 +64,8 @@ fn storage_version_hash(r: &ResourceDef) -> String {
 }
 
 /// `/api/v1` or `/apis/{group}/{version}` (legacy), if served.
-pub fn api_resource_list(group: &str, version: &str) -> Option<Value> {
-    let defs: Vec<&ResourceDef> = resources::in_group_version(group, version).collect();
+pub fn api_resource_list(table: &ResourceTable, group: &str, version: &str) -> Option<Value> {
+    let defs: Vec<&ResourceDef> = table.in_group_version(group, version);
     if defs.is_empty() {
         return None;
     }
@@ -122,14 +124,21 @@ fn aggregated_resource(r: &ResourceDef) -> Value {
 
 /// Aggregated discovery for `/api` (core) or `/apis` (named groups), as `version`
 /// (`v2` or `v2beta1`).
-pub fn aggregated(core: bool, version: &str) -> Value {
-    let groups: Vec<&str> = if core { vec![""] } else { resources::groups() };
+pub fn aggregated(table: &ResourceTable, core: bool, version: &str) -> Value {
+    let groups: Vec<&str> = if core { vec![""] } else { table.groups() };
     let items: Vec<Value> = groups
         .into_iter()
         .map(|g| {
-            let res: Vec<Value> = resources::in_group_version(g, "v1").map(aggregated_resource).collect();
+            let versions: Vec<Value> = table
+                .versions(g)
+                .into_iter()
+                .map(|v| {
+                    let res: Vec<Value> = table.in_group_version(g, v).into_iter().map(aggregated_resource).collect();
+                    json!({"version": v, "resources": res, "freshness": "Current"})
+                })
+                .collect();
             let metadata = if g.is_empty() { json!({"creationTimestamp": null}) } else { json!({"name": g, "creationTimestamp": null}) };
-            json!({"metadata": metadata, "versions": [{"version": "v1", "resources": res, "freshness": "Current"}]})
+            json!({"metadata": metadata, "versions": versions})
         })
         .collect();
     json!({"kind": "APIGroupDiscoveryList", "apiVersion": format!("apidiscovery.k8s.io/{version}"), "metadata": {}, "items": items})
@@ -142,7 +151,7 @@ mod tests {
     #[test]
     fn every_aggregated_entry_has_a_response_kind() {
         for core in [true, false] {
-            let d = aggregated(core, "v2");
+            let d = aggregated(&ResourceTable::new(), core, "v2");
             for item in d["items"].as_array().unwrap() {
                 for r in item["versions"][0]["resources"].as_array().unwrap() {
                     assert!(!r["responseKind"]["kind"].as_str().unwrap().is_empty());
@@ -156,12 +165,13 @@ mod tests {
 
     #[test]
     fn legacy_lists() {
-        let core = api_resource_list("", "v1").unwrap();
+        let t = ResourceTable::new();
+        let core = api_resource_list(&t, "", "v1").unwrap();
         let names: Vec<&str> = core["resources"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
         assert!(names.contains(&"pods") && names.contains(&"pods/status") && names.contains(&"namespaces"));
         let scale =
-            api_resource_list("apps", "v1").unwrap()["resources"].as_array().unwrap().iter().find(|r| r["name"] == "deployments/scale").cloned().unwrap();
+            api_resource_list(&t, "apps", "v1").unwrap()["resources"].as_array().unwrap().iter().find(|r| r["name"] == "deployments/scale").cloned().unwrap();
         assert_eq!(scale["group"], "autoscaling");
-        assert!(api_resource_list("nope", "v1").is_none());
+        assert!(api_resource_list(&t, "nope", "v1").is_none());
     }
 }

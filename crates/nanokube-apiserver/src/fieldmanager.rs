@@ -37,11 +37,70 @@ enum ListKind {
     Map(Vec<String>),
 }
 
-/// The schema position of a value: a message, or nothing known (treated as atomic).
+/// The schema position of a value: a built-in message, a node of a CRD's structural
+/// schema, or nothing known (treated as atomic).
 #[derive(Debug, Clone, Copy)]
-enum Schema {
+pub enum Schema<'a> {
+    /// A message of the generated built-in schema.
     Message(&'static str),
+    /// A node of a custom resource's `openAPIV3Schema`.
+    Json(&'a Value),
+    /// An atomic value.
     Leaf,
+}
+
+/// What the schema says of one field: how many values it holds, how lists merge, and the
+/// schema of its values (items, for maps and lists).
+struct Child<'a> {
+    card: Cardinality,
+    list: ListKind,
+    item: Schema<'a>,
+}
+
+/// A field of an object at `schema` (`None`: unknown to the schema, tracked as a leaf).
+fn child<'a>(schema: Schema<'a>, key: &str) -> Option<Child<'a>> {
+    match schema {
+        Schema::Leaf => None,
+        Schema::Message(msg) => {
+            let (f, _, markers) = field(msg, key)?;
+            Some(Child { card: f.cardinality, list: list_kind(&f, markers), item: item_schema(f.ty) })
+        }
+        Schema::Json(s) => {
+            let prop = s.get("properties").and_then(|p| p.get(key)).or_else(|| s.get("additionalProperties").filter(|a| a.is_object()))?;
+            Some(json_child(prop))
+        }
+    }
+}
+
+/// A CRD schema node as a field: objects with properties are structs, objects with
+/// `additionalProperties` are maps (unless `x-kubernetes-map-type: atomic`), arrays follow
+/// `x-kubernetes-list-type` (atomic by default, as upstream).
+fn json_child(prop: &Value) -> Child<'_> {
+    let atomic_map = prop.get("x-kubernetes-map-type").and_then(Value::as_str) == Some("atomic");
+    match prop.get("type").and_then(Value::as_str) {
+        Some("array") => {
+            let keys: Vec<String> = prop
+                .get("x-kubernetes-list-map-keys")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(Value::as_str).map(String::from).collect())
+                .unwrap_or_default();
+            let list = match prop.get("x-kubernetes-list-type").and_then(Value::as_str) {
+                Some("map") if !keys.is_empty() => ListKind::Map(keys),
+                Some("set") => ListKind::Set,
+                _ => ListKind::Atomic,
+            };
+            let item = prop.get("items").filter(|i| i.is_object()).map(Schema::Json).unwrap_or(Schema::Leaf);
+            Child { card: Cardinality::List, list, item }
+        }
+        Some("object") if atomic_map => Child { card: Cardinality::One, list: ListKind::Atomic, item: Schema::Leaf },
+        Some("object") if prop.get("properties").is_none() && prop.get("additionalProperties").is_some_and(Value::is_object) => {
+            Child { card: Cardinality::Map, list: ListKind::Atomic, item: Schema::Json(&prop["additionalProperties"]) }
+        }
+        Some("object") | None if prop.get("properties").is_some() || prop.get("x-kubernetes-preserve-unknown-fields") == Some(&json!(true)) => {
+            Child { card: Cardinality::One, list: ListKind::Atomic, item: Schema::Json(prop) }
+        }
+        _ => Child { card: Cardinality::One, list: ListKind::Atomic, item: Schema::Leaf },
+    }
 }
 
 const IGNORED_META: &[&str] = &[
@@ -91,7 +150,7 @@ fn list_kind(f: &FieldInfo, markers: &str) -> ListKind {
     }
 }
 
-fn item_schema(ty: FieldType) -> Schema {
+fn item_schema(ty: FieldType) -> Schema<'static> {
     match ty {
         FieldType::Message(m) if !is_opaque(m) => Schema::Message(m),
         _ => Schema::Leaf,
@@ -112,10 +171,10 @@ fn leaf() -> FieldSet {
 
 /// The fields present in `v` at schema position `schema`, where `old` (the value before,
 /// at the same position) is given only to keep the fields whose values changed.
-fn walk(old: Option<&Value>, new: &Value, schema: Schema, only_changed: bool) -> Option<FieldSet> {
-    let Schema::Message(msg) = schema else {
+fn walk(old: Option<&Value>, new: &Value, schema: Schema<'_>, only_changed: bool) -> Option<FieldSet> {
+    if matches!(schema, Schema::Leaf) {
         return (!only_changed || old != Some(new)).then(leaf);
-    };
+    }
     let Value::Object(obj) = new else {
         return (!only_changed || old != Some(new)).then(leaf);
     };
@@ -124,7 +183,7 @@ fn walk(old: Option<&Value>, new: &Value, schema: Schema, only_changed: bool) ->
     }
     let mut set = FieldSet::default();
     for (k, v) in obj {
-        let Some((f, _, markers)) = field(msg, k) else {
+        let Some(f) = child(schema, k) else {
             // Unknown to the schema: track it as a leaf.
             if !only_changed || old.and_then(|o| o.get(k)) != Some(v) {
                 set.children.insert(format!("f:{k}"), leaf());
@@ -132,24 +191,24 @@ fn walk(old: Option<&Value>, new: &Value, schema: Schema, only_changed: bool) ->
             continue;
         };
         let old_v = old.and_then(|o| o.get(k));
-        let child = match (f.cardinality, v) {
+        let found = match (f.card, v) {
             (Cardinality::Map, Value::Object(entries)) => {
                 let mut m = FieldSet::default();
                 for (ek, ev) in entries {
                     let old_e = old_v.and_then(|o| o.get(ek));
-                    if let Some(c) = walk(old_e, ev, item_schema(f.ty), only_changed) {
+                    if let Some(c) = walk(old_e, ev, f.item, only_changed) {
                         m.children.insert(format!("f:{ek}"), c);
                     }
                 }
                 (!m.children.is_empty()).then_some(m)
             }
-            (Cardinality::List, Value::Array(items)) => match list_kind(&f, markers) {
+            (Cardinality::List, Value::Array(items)) => match &f.list {
                 ListKind::Map(keys) => {
                     let mut l = FieldSet::default();
                     for item in items {
-                        let Some(key) = item_key(item, &keys) else { continue };
-                        let old_item = old_v.and_then(Value::as_array).and_then(|a| a.iter().find(|o| item_key(o, &keys).as_deref() == Some(&key)));
-                        if let Some(mut c) = walk(old_item, item, item_schema(f.ty), only_changed) {
+                        let Some(key) = item_key(item, keys) else { continue };
+                        let old_item = old_v.and_then(Value::as_array).and_then(|a| a.iter().find(|o| item_key(o, keys).as_deref() == Some(&key)));
+                        if let Some(mut c) = walk(old_item, item, f.item, only_changed) {
                             c.member = true;
                             l.children.insert(key, c);
                         } else if old_item.is_none() {
@@ -170,10 +229,10 @@ fn walk(old: Option<&Value>, new: &Value, schema: Schema, only_changed: bool) ->
                 }
                 ListKind::Atomic => (!only_changed || old_v != Some(v)).then(leaf),
             },
-            (Cardinality::One, _) => walk(old_v, v, item_schema(f.ty), only_changed),
+            (Cardinality::One, _) => walk(old_v, v, f.item, only_changed),
             _ => (!only_changed || old_v != Some(v)).then(leaf),
         };
-        if let Some(c) = child {
+        if let Some(c) = found {
             set.children.insert(format!("f:{k}"), c);
         }
     }
@@ -181,7 +240,7 @@ fn walk(old: Option<&Value>, new: &Value, schema: Schema, only_changed: bool) ->
 }
 
 /// The managed fields of a whole object (metadata bookkeeping and type fields excluded).
-fn object_fields(old: Option<&Value>, new: &Value, msg: Option<&'static str>, only_changed: bool, skip_status: bool) -> FieldSet {
+fn object_fields(old: Option<&Value>, new: &Value, schema: Schema<'_>, only_changed: bool, skip_status: bool) -> FieldSet {
     let mut trimmed = new.clone();
     let mut old_trimmed = old.cloned();
     for v in std::iter::once(&mut trimmed).chain(old_trimmed.iter_mut()) {
@@ -202,7 +261,6 @@ fn object_fields(old: Option<&Value>, new: &Value, msg: Option<&'static str>, on
             }
         }
     }
-    let schema = msg.map(Schema::Message).unwrap_or(Schema::Leaf);
     walk(old_trimmed.as_ref(), &trimmed, schema, only_changed).unwrap_or_default()
 }
 
@@ -351,23 +409,23 @@ fn remove_at(v: &mut Value, path: &[String]) {
 
 /// Merge an applied configuration into a live value, following the schema: structs and
 /// maps merge by field, associative lists by key, sets by value; the rest is replaced.
-fn merge(live: &mut Value, applied: &Value, schema: Schema) {
-    let (Schema::Message(msg), Value::Object(a), true) = (schema, applied, live.is_object()) else {
+fn merge(live: &mut Value, applied: &Value, schema: Schema<'_>) {
+    let (false, Value::Object(a), true) = (matches!(schema, Schema::Leaf), applied, live.is_object()) else {
         *live = applied.clone();
         return;
     };
     let l = live.as_object_mut().expect("object");
     for (k, av) in a {
-        let Some((f, _, markers)) = field(msg, k) else {
+        let Some(f) = child(schema, k) else {
             l.insert(k.clone(), av.clone());
             continue;
         };
-        match (f.cardinality, l.get_mut(k)) {
+        match (f.card, l.get_mut(k)) {
             (Cardinality::Map, Some(lv @ Value::Object(_))) => {
                 if let (Some(lm), Some(am)) = (lv.as_object_mut(), av.as_object()) {
                     for (ek, ev) in am {
                         match lm.get_mut(ek) {
-                            Some(existing) => merge(existing, ev, item_schema(f.ty)),
+                            Some(existing) => merge(existing, ev, f.item),
                             None => {
                                 lm.insert(ek.clone(), ev.clone());
                             }
@@ -375,12 +433,12 @@ fn merge(live: &mut Value, applied: &Value, schema: Schema) {
                     }
                 }
             }
-            (Cardinality::List, Some(Value::Array(litems))) => match (list_kind(&f, markers), av.as_array()) {
+            (Cardinality::List, Some(Value::Array(litems))) => match (&f.list, av.as_array()) {
                 (ListKind::Map(keys), Some(aitems)) => {
                     for ai in aitems {
-                        let key = item_key(ai, &keys);
-                        match litems.iter_mut().find(|li| key.is_some() && item_key(li, &keys) == key) {
-                            Some(li) => merge(li, ai, item_schema(f.ty)),
+                        let key = item_key(ai, keys);
+                        match litems.iter_mut().find(|li| key.is_some() && item_key(li, keys) == key) {
+                            Some(li) => merge(li, ai, f.item),
                             None => litems.push(ai.clone()),
                         }
                     }
@@ -396,7 +454,7 @@ fn merge(live: &mut Value, applied: &Value, schema: Schema) {
                     l.insert(k.clone(), av.clone());
                 }
             },
-            (Cardinality::One, Some(lv)) => merge(lv, av, item_schema(f.ty)),
+            (Cardinality::One, Some(lv)) => merge(lv, av, f.item),
             _ => {
                 l.insert(k.clone(), av.clone());
             }
@@ -462,9 +520,9 @@ fn write_managers(obj: &mut Value, managers: &Managers) {
 }
 
 /// Record an Update-operation write: `manager` now owns the fields it set or changed.
-pub fn record_update(msg: Option<&'static str>, old: Option<&Value>, new: &mut Value, manager: &str, api_version: &str, subresource: &str, has_status: bool) {
+pub fn record_update(schema: Schema<'_>, old: Option<&Value>, new: &mut Value, manager: &str, api_version: &str, subresource: &str, has_status: bool) {
     let skip_status = has_status && subresource != "status";
-    let changed = object_fields(old, new, msg, old.is_some(), skip_status);
+    let changed = object_fields(old, new, schema, old.is_some(), skip_status);
     if let (Some(old), true) = (old, changed.is_empty()) {
         // Nothing changed: ownership and times stay as they were (and a no-op write
         // stays a no-op).
@@ -478,7 +536,7 @@ pub fn record_update(msg: Option<&'static str>, old: Option<&Value>, new: &mut V
         }
         return;
     }
-    let present = object_fields(None, new, msg, false, false);
+    let present = object_fields(None, new, schema, false, false);
     let mut managers = old.map(read_managers).unwrap_or_default();
     for m in managers.iter_mut() {
         m.4.minus(&changed);
@@ -520,7 +578,7 @@ fn path_string(path: &[String]) -> String {
 /// object to store, with its managedFields.
 #[allow(clippy::too_many_arguments)]
 pub fn apply(
-    msg: Option<&'static str>,
+    schema: Schema<'_>,
     live: Option<&Value>,
     applied: &Value,
     manager: &str,
@@ -530,7 +588,7 @@ pub fn apply(
     has_status: bool,
 ) -> Result<Value, ApiError> {
     let skip_status = has_status && subresource != "status";
-    let wanted = object_fields(None, applied, msg, false, skip_status);
+    let wanted = object_fields(None, applied, schema, false, skip_status);
     let mut managers = live.map(read_managers).unwrap_or_default();
     let current = live.cloned().unwrap_or_else(|| json!({}));
 
@@ -573,7 +631,6 @@ pub fn apply(
             }
         }
     }
-    let schema = msg.map(Schema::Message).unwrap_or(Schema::Leaf);
     let mut body = applied.clone();
     if skip_status {
         if let Some(m) = body.as_object_mut() {
@@ -604,7 +661,7 @@ mod tests {
     #[test]
     fn fields_v1_of_a_deployment() {
         let d = json!({"metadata": {"name": "d", "labels": {"app": "x"}}, "spec": {"replicas": 2, "template": {"spec": {"containers": [{"name": "c", "image": "i"}]}}}});
-        let s = object_fields(None, &d, Some(DEPLOY), false, false).to_json();
+        let s = object_fields(None, &d, Schema::Message(DEPLOY), false, false).to_json();
         assert_eq!(s["f:metadata"]["f:labels"]["f:app"], json!({}));
         assert_eq!(s["f:spec"]["f:replicas"], json!({}));
         assert_eq!(s["f:spec"]["f:template"]["f:spec"]["f:containers"]["k:{\"name\":\"c\"}"], json!({".": {}, "f:image": {}, "f:name": {}}));
@@ -615,33 +672,56 @@ mod tests {
     #[test]
     fn apply_conflicts_force_and_removal() {
         let first = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"}, "spec": {"replicas": 2, "paused": false}});
-        let live = apply(Some(DEPLOY), None, &first, "a", false, "apps/v1", "", true).unwrap();
+        let live = apply(Schema::Message(DEPLOY), None, &first, "a", false, "apps/v1", "", true).unwrap();
         // Another manager changing a field "a" owns conflicts; forcing takes it over.
         let other = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"}, "spec": {"replicas": 5}});
-        let e = apply(Some(DEPLOY), Some(&live), &other, "b", false, "apps/v1", "", true).unwrap_err();
+        let e = apply(Schema::Message(DEPLOY), Some(&live), &other, "b", false, "apps/v1", "", true).unwrap_err();
         assert_eq!(e.code, 409);
         assert_eq!(e.message, "Apply failed with 1 conflict: conflict with \"a\" using apps/v1: .spec.replicas");
         assert_eq!(e.details.causes[0].reason, "FieldManagerConflict");
-        let forced = apply(Some(DEPLOY), Some(&live), &other, "b", true, "apps/v1", "", true).unwrap();
+        let forced = apply(Schema::Message(DEPLOY), Some(&live), &other, "b", true, "apps/v1", "", true).unwrap();
         assert_eq!(forced["spec"]["replicas"], 5);
         // The same value is shared, not a conflict.
         let same = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"}, "spec": {"paused": false}});
-        assert!(apply(Some(DEPLOY), Some(&forced), &same, "c", false, "apps/v1", "", true).is_ok());
+        assert!(apply(Schema::Message(DEPLOY), Some(&forced), &same, "c", false, "apps/v1", "", true).is_ok());
         // "a" stops applying paused: it is removed (nobody else owns it).
         let less = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"}, "spec": {}});
-        let out = apply(Some(DEPLOY), Some(&forced), &less, "a", false, "apps/v1", "", true).unwrap();
+        let out = apply(Schema::Message(DEPLOY), Some(&forced), &less, "a", false, "apps/v1", "", true).unwrap();
         assert!(out["spec"].get("paused").is_none(), "{out}");
         assert_eq!(out["spec"]["replicas"], 5);
+    }
+
+    #[test]
+    fn custom_resources_follow_their_structural_schema() {
+        let schema = json!({"type": "object", "properties": {"spec": {"type": "object", "properties": {
+            "image": {"type": "string"},
+            "ports": {"type": "array", "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"], "items": {"type": "object", "properties": {"name": {"type": "string"}, "port": {"type": "integer"}}}},
+            "args": {"type": "array", "items": {"type": "string"}},
+            "labels": {"type": "object", "additionalProperties": {"type": "string"}}}}}});
+        let s = Schema::Json(&schema);
+        let a = json!({"apiVersion": "x.io/v1", "kind": "T", "metadata": {"name": "t"}, "spec": {"image": "i", "ports": [{"name": "http", "port": 80}], "args": ["a"], "labels": {"x": "1"}}});
+        let live = apply(s, None, &a, "a", false, "x.io/v1", "", false).unwrap();
+        let fields = &live["metadata"]["managedFields"][0]["fieldsV1"]["f:spec"];
+        assert_eq!(fields["f:ports"]["k:{\"name\":\"http\"}"], json!({".": {}, "f:name": {}, "f:port": {}}));
+        assert_eq!(fields["f:args"], json!({}), "lists are atomic unless the schema says otherwise");
+        assert_eq!(fields["f:labels"]["f:x"], json!({}));
+        // Another manager adds a port (keyed list: merged) and conflicts on the image.
+        let b = json!({"apiVersion": "x.io/v1", "kind": "T", "metadata": {"name": "t"}, "spec": {"image": "j", "ports": [{"name": "https", "port": 443}]}});
+        let e = apply(s, Some(&live), &b, "b", false, "x.io/v1", "", false).unwrap_err();
+        assert_eq!(e.message, "Apply failed with 1 conflict: conflict with \"a\" using x.io/v1: .spec.image");
+        let merged = apply(s, Some(&live), &b, "b", true, "x.io/v1", "", false).unwrap();
+        assert_eq!(merged["spec"]["ports"].as_array().unwrap().len(), 2);
+        assert_eq!(merged["spec"]["image"], "j");
     }
 
     #[test]
     fn updates_take_ownership_of_what_they_change() {
         let old = json!({"metadata": {"name": "c"}, "data": {"a": "1", "b": "2"}});
         let mut first = old.clone();
-        record_update(Some("api.core.v1.ConfigMap"), None, &mut first, "creator", "v1", "", false);
+        record_update(Schema::Message("api.core.v1.ConfigMap"), None, &mut first, "creator", "v1", "", false);
         let mut next = first.clone();
         next["data"]["a"] = json!("changed");
-        record_update(Some("api.core.v1.ConfigMap"), Some(&first), &mut next, "editor", "v1", "", false);
+        record_update(Schema::Message("api.core.v1.ConfigMap"), Some(&first), &mut next, "editor", "v1", "", false);
         let mf = next["metadata"]["managedFields"].as_array().unwrap();
         assert_eq!(mf[0]["manager"], "creator");
         assert_eq!(mf[0]["fieldsV1"], json!({"f:data": {"f:b": {}}}));

@@ -318,7 +318,7 @@ fn non_resource(server: &ApiServer, method: &Method, path: &str, query: &Query, 
         "/metrics" => Ok(h::bytes_response(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
-            Bytes::from(server.metrics.render(server.registry.store().as_ref())),
+            Bytes::from(server.metrics.render(server.registry.store().as_ref(), server.registry.resources())),
         )),
         "/.well-known/openid-configuration" => match &server.tokens {
             Some(t) => Ok(h::json(StatusCode::OK, &t.openid_configuration(&server.server_url))),
@@ -332,7 +332,7 @@ fn non_resource(server: &ApiServer, method: &Method, path: &str, query: &Query, 
             let core = path == "/api";
             for m in h::media_ranges(accept.unwrap_or("")) {
                 if m.mime == "application/json" && m.as_ == "APIGroupDiscoveryList" && m.g == "apidiscovery.k8s.io" && (m.v == "v2" || m.v == "v2beta1") {
-                    let doc = crate::discovery::aggregated(core, m.v);
+                    let doc = crate::discovery::aggregated(server.registry.resources(), core, m.v);
                     let ct = format!("application/json;g=apidiscovery.k8s.io;v={};as=APIGroupDiscoveryList", m.v);
                     let mut r = h::bytes_response(StatusCode::OK, &ct, Bytes::from(serde_json::to_vec(&doc).expect("serialize")));
                     r.headers_mut().insert(http::header::VARY, HeaderValue::from_static("Accept"));
@@ -342,17 +342,19 @@ fn non_resource(server: &ApiServer, method: &Method, path: &str, query: &Query, 
             let mut r = if core {
                 h::json(StatusCode::OK, &crate::discovery::api_versions(&server.server_address))
             } else {
-                h::json(StatusCode::OK, &crate::discovery::api_group_list())
+                h::json(StatusCode::OK, &crate::discovery::api_group_list(server.registry.resources()))
             };
             r.headers_mut().insert(http::header::VARY, HeaderValue::from_static("Accept"));
             Ok(r)
         }
-        "/api/v1" => crate::discovery::api_resource_list("", "v1").map(|v| h::json(StatusCode::OK, &v)).ok_or_else(ApiError::path_not_found),
+        "/api/v1" => {
+            crate::discovery::api_resource_list(server.registry.resources(), "", "v1").map(|v| h::json(StatusCode::OK, &v)).ok_or_else(ApiError::path_not_found)
+        }
         p if p.starts_with("/apis/") => {
             let segs: Vec<&str> = p["/apis/".len()..].split('/').collect();
             let doc = match segs.as_slice() {
-                [g] => crate::discovery::api_group(g),
-                [g, v] => crate::discovery::api_resource_list(g, v),
+                [g] => crate::discovery::api_group(server.registry.resources(), g),
+                [g, v] => crate::discovery::api_resource_list(server.registry.resources(), g, v),
                 _ => None,
             };
             doc.map(|v| h::json(StatusCode::OK, &v)).ok_or_else(ApiError::path_not_found)
@@ -362,15 +364,15 @@ fn non_resource(server: &ApiServer, method: &Method, path: &str, query: &Query, 
             if wants_proto {
                 // Upstream serves it with http.ServeContent, which sniffs binary as octet-stream;
                 // client-go cannot parse the "@" in the protobuf media type name.
-                Ok(h::bytes_response(StatusCode::OK, "application/octet-stream", server.openapi.v2_protobuf()))
+                Ok(h::bytes_response(StatusCode::OK, "application/octet-stream", server.openapi.v2_protobuf(server.registry.resources())))
             } else {
-                Ok(h::bytes_response(StatusCode::OK, "application/json", server.openapi.v2_json()))
+                Ok(h::bytes_response(StatusCode::OK, "application/json", server.openapi.v2_json(server.registry.resources())))
             }
         }
-        "/openapi/v3" => Ok(h::bytes_response(StatusCode::OK, "application/json", server.openapi.root())),
+        "/openapi/v3" => Ok(h::bytes_response(StatusCode::OK, "application/json", server.openapi.root(server.registry.resources()))),
         p if p.starts_with("/openapi/v3/") => {
             let key = &p["/openapi/v3/".len()..];
-            let (hash, doc) = server.openapi.document(key).ok_or_else(ApiError::path_not_found)?;
+            let (hash, doc) = server.openapi.document(server.registry.resources(), key).ok_or_else(ApiError::path_not_found)?;
             match query.get("hash") {
                 Some(h) if h != hash => {
                     let mut r = h::text(StatusCode::MOVED_PERMANENTLY, "");
@@ -398,9 +400,12 @@ fn non_resource(server: &ApiServer, method: &Method, path: &str, query: &Query, 
                 "/version".into(),
                 "/openapi/v3".into(),
             ];
-            for g in resources::groups() {
+            let table = server.registry.resources();
+            for g in table.groups() {
                 paths.push(format!("/apis/{g}"));
-                paths.push(format!("/apis/{g}/v1"));
+                for v in table.versions(g) {
+                    paths.push(format!("/apis/{g}/{v}"));
+                }
             }
             paths.sort();
             Ok(h::json(StatusCode::OK, &json!({"paths": paths})))
@@ -479,7 +484,10 @@ impl Ctx<'_> {
                 )))
             }
         };
-        let unknown = nanokube_api::protobuf::unknown_fields(&def.api_version(), def.kind, obj).unwrap_or_default();
+        let unknown = match self.custom_version(def) {
+            Some(v) => nanokube_api::crd::unknown_fields(&v.schema, obj),
+            None => nanokube_api::protobuf::unknown_fields(&def.api_version(), def.kind, obj).unwrap_or_default(),
+        };
         let json_body = self.content_type().split(';').next().unwrap_or("").trim() == "application/json";
         let duplicates = if json_body && !body.is_empty() { nanokube_api::json::duplicate_fields(body) } else { Vec::new() };
         if unknown.is_empty() && duplicates.is_empty() {
@@ -503,6 +511,14 @@ impl Ctx<'_> {
                 Ok(if mode == "Warn" { problems } else { Vec::new() })
             }
         }
+    }
+
+    /// The CRD version behind a custom resource.
+    fn custom_version(&self, def: &ResourceDef) -> Option<nanokube_api::crd::CrdVersion> {
+        if !def.custom {
+            return None;
+        }
+        self.server.registry.resources().custom_resource(def.group, def.plural)?.version(def.version).cloned()
     }
 
     fn include(&self) -> Result<Include, ApiError> {
@@ -533,8 +549,20 @@ impl Ctx<'_> {
         }
     }
 
-    fn table_row(&self, def: &ResourceDef, obj: &Value, include: Include, now: OffsetDateTime, meta_v: &str) -> Value {
-        let mut row = json!({"cells": table::cells(def.group, def.plural, obj, now)});
+    fn table_row(
+        &self,
+        def: &ResourceDef,
+        custom: Option<&nanokube_api::crd::CrdVersion>,
+        obj: &Value,
+        include: Include,
+        now: OffsetDateTime,
+        meta_v: &str,
+    ) -> Value {
+        let cells = match custom {
+            Some(v) => table::custom_cells(&v.columns, obj, now),
+            None => table::cells(def.group, def.plural, obj, now),
+        };
+        let mut row = json!({"cells": cells});
         match include {
             Include::Metadata => row["object"] = partial_metadata(obj, meta_v),
             Include::Object => row["object"] = obj.clone(),
@@ -546,10 +574,14 @@ impl Ctx<'_> {
     fn table(&self, def: &ResourceDef, objs: &[Obj], meta: Value, meta_v: &str, with_columns: bool) -> Result<Value, ApiError> {
         let include = self.include()?;
         let now = OffsetDateTime::now_utc();
-        let rows: Vec<Value> = objs.iter().map(|o| self.table_row(def, o, include, now, meta_v)).collect();
+        let custom = self.custom_version(def);
+        let rows: Vec<Value> = objs.iter().map(|o| self.table_row(def, custom.as_ref(), o, include, now, meta_v)).collect();
         let mut t = json!({"kind": "Table", "apiVersion": format!("meta.k8s.io/{meta_v}"), "metadata": meta, "rows": rows});
         if with_columns {
-            t["columnDefinitions"] = table::column_definitions(def.group, def.plural);
+            t["columnDefinitions"] = match &custom {
+                Some(v) => table::custom_column_definitions(&v.columns),
+                None => table::column_definitions(def.group, def.plural),
+            };
         } else {
             t["columnDefinitions"] = Value::Null;
         }
@@ -572,7 +604,22 @@ impl Ctx<'_> {
 
     async fn resource(&self, body: Bytes) -> Result<Response<Body>, ApiError> {
         let info = self.info;
-        let def = resources::find(&info.group, &info.version, &info.resource).ok_or_else(ApiError::path_not_found)?;
+        let resources = self.server.registry.resources();
+        // Deprecated custom resource versions warn on every request, as upstream does.
+        let deprecation = resources
+            .find(&info.group, &info.version, &info.resource)
+            .filter(|d| d.custom)
+            .and_then(|d| resources.custom_resource(d.group, d.plural)?.version(d.version)?.deprecation_warning.clone());
+        let response = self.resource_inner(body).await?;
+        Ok(match deprecation {
+            Some(w) => with_warnings(response, &[w]),
+            None => response,
+        })
+    }
+
+    async fn resource_inner(&self, body: Bytes) -> Result<Response<Body>, ApiError> {
+        let info = self.info;
+        let def = self.server.registry.resources().find(&info.group, &info.version, &info.resource).ok_or_else(ApiError::path_not_found)?;
         // `namespaces/{name}` names the namespace object itself, not a namespaced resource.
         let is_namespace_object = def.group.is_empty() && def.plural == "namespaces";
         let namespaced_url = !info.namespace.is_empty() && !is_namespace_object;
@@ -604,26 +651,46 @@ impl Ctx<'_> {
             "watch" => self.watch(def).await,
             "create" => {
                 let mut obj = self.decode_body(&body)?;
-                let warnings = self.field_validation_with(def, &mut obj, &body)?;
+                let mut warnings = self.field_validation_with(def, &mut obj, &body)?;
+                warnings.extend(crd_warnings(def, &obj));
                 self.admit_rbac(def, &obj)?;
-                crate::fieldmanager::record_update(Self::message(def), None, &mut obj, &self.manager()?, &def.api_version(), "", def.has_status());
+                let custom = self.custom_version(def);
+                crate::fieldmanager::record_update(
+                    Self::type_schema(def, custom.as_ref()),
+                    None,
+                    &mut obj,
+                    &self.manager()?,
+                    &def.api_version(),
+                    "",
+                    def.has_status(),
+                );
                 let opts = WriteOptions { dry_run: self.dry_run()?, subresource: None };
                 let created = self.server.registry.create(def, ns, obj, &opts).await?;
                 Ok(with_warnings(self.respond_object(def, StatusCode::CREATED, &created)?, &warnings))
             }
             "update" => {
                 let mut obj = self.decode_body(&body)?;
-                let warnings = self.field_validation_with(def, &mut obj, &body)?;
+                let mut warnings = self.field_validation_with(def, &mut obj, &body)?;
+                warnings.extend(crd_warnings(def, &obj));
                 self.admit_rbac(def, &obj)?;
                 crate::registry::Registry::check_type(def, &obj)?;
                 let opts = WriteOptions { dry_run: self.dry_run()?, subresource: None };
                 let manager = self.manager()?;
+                let custom = self.custom_version(def);
                 let updated = self
                     .server
                     .registry
                     .update_with(def, ns, &info.name, &opts, |cur| {
                         let mut next = obj.clone();
-                        crate::fieldmanager::record_update(Self::message(def), Some(cur), &mut next, &manager, &def.api_version(), "", def.has_status());
+                        crate::fieldmanager::record_update(
+                            Self::type_schema(def, custom.as_ref()),
+                            Some(cur),
+                            &mut next,
+                            &manager,
+                            &def.api_version(),
+                            "",
+                            def.has_status(),
+                        );
                         Ok(next)
                     })
                     .await?;
@@ -695,9 +762,16 @@ impl Ctx<'_> {
         Ok(crate::fieldmanager::manager_name(fm, ua))
     }
 
-    /// The generated schema's message for a resource's kind.
-    fn message(def: &ResourceDef) -> Option<&'static str> {
-        nanokube_api::protobuf::intern(&nanokube_api::protobuf::message_for(&def.api_version(), def.kind))
+    /// The schema field management follows: the generated message of a built-in kind, or
+    /// the CRD version's structural schema.
+    fn type_schema<'a>(def: &ResourceDef, custom: Option<&'a nanokube_api::crd::CrdVersion>) -> crate::fieldmanager::Schema<'a> {
+        use crate::fieldmanager::Schema;
+        match custom {
+            Some(v) => Schema::Json(&v.schema),
+            None => {
+                nanokube_api::protobuf::intern(&nanokube_api::protobuf::message_for(&def.api_version(), def.kind)).map(Schema::Message).unwrap_or(Schema::Leaf)
+            }
+        }
     }
 
     /// RBAC escalation prevention: creating or updating a role needs the `escalate` verb
@@ -1094,11 +1168,20 @@ impl Ctx<'_> {
     async fn patch(&self, def: &ResourceDef, body: &[u8], subresource: Option<&str>) -> Result<(Obj, Vec<String>), ApiError> {
         let ct = self.content_type().to_string();
         let ty = PatchType::from_content_type(&ct).ok_or_else(|| ApiError::unsupported_media_type(&ct))?;
+        if def.custom && ty == PatchType::Strategic {
+            // Custom resources have no Go types to carry patch strategies.
+            return Err(ApiError::new(
+                415,
+                "UnsupportedMediaType",
+                "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml",
+            ));
+        }
         if ty == PatchType::Apply {
             return self.apply(def, body, subresource).await;
         }
         let opts = WriteOptions { dry_run: self.dry_run()?, subresource: subresource.map(String::from) };
         let manager = self.manager()?;
+        let custom = self.custom_version(def);
         // A resourceVersion inside the patch is a precondition; PATCH never needs one.
         let body = body.to_vec();
         let mut warnings = Vec::new();
@@ -1112,7 +1195,7 @@ impl Ctx<'_> {
                 warnings = self.field_validation(def, &mut patched)?;
                 self.admit_rbac(def, &patched)?;
                 crate::fieldmanager::record_update(
-                    Self::message(def),
+                    Self::type_schema(def, custom.as_ref()),
                     Some(current),
                     &mut patched,
                     &manager,
@@ -1169,7 +1252,8 @@ impl Ctx<'_> {
         }
         let warnings = self.field_validation(def, &mut applied)?;
         self.admit_rbac(def, &applied)?;
-        let msg = Self::message(def);
+        let custom = self.custom_version(def);
+        let msg = Self::type_schema(def, custom.as_ref());
         let sub = subresource.unwrap_or("");
         let opts = WriteOptions { dry_run: self.dry_run()?, subresource: subresource.map(String::from) };
         let pinned = !meta::resource_version(&applied).is_empty();
@@ -1249,33 +1333,43 @@ impl Ctx<'_> {
                 _ => Err(ApiError::method_not_allowed("status supports get, update and patch")),
             },
             "scale" => {
+                // Custom resources declare where replicas and the selector live.
+                let custom_scale = self.custom_version(def).and_then(|v| v.scale);
+                let (spec_ptr, status_ptr) = match &custom_scale {
+                    Some(sc) => (nanokube_api::crd::path_to_pointer(&sc.spec_replicas), nanokube_api::crd::path_to_pointer(&sc.status_replicas)),
+                    None => ("/spec/replicas".to_string(), "/status/replicas".to_string()),
+                };
+                let custom_selector = custom_scale.as_ref().map(|sc| sc.label_selector.as_deref().map(nanokube_api::crd::path_to_pointer));
                 let to_scale = |obj: &Value| -> Value {
-                    let selector = obj
-                        .pointer("/spec/selector")
-                        .map(|s| {
-                            if def.group.is_empty() {
-                                nanokube_api::selector::LabelSelector {
-                                    requirements: s
-                                        .as_object()
-                                        .map(|m| {
-                                            m.iter()
-                                                .map(|(k, v)| nanokube_api::selector::Requirement::In(k.clone(), vec![v.as_str().unwrap_or("").into()]))
-                                                .collect()
-                                        })
-                                        .unwrap_or_default(),
+                    let selector = match &custom_selector {
+                        Some(ptr) => ptr.as_deref().and_then(|p| obj.pointer(p)).and_then(Value::as_str).unwrap_or("").to_string(),
+                        None => obj
+                            .pointer("/spec/selector")
+                            .map(|s| {
+                                if def.group.is_empty() {
+                                    nanokube_api::selector::LabelSelector {
+                                        requirements: s
+                                            .as_object()
+                                            .map(|m| {
+                                                m.iter()
+                                                    .map(|(k, v)| nanokube_api::selector::Requirement::In(k.clone(), vec![v.as_str().unwrap_or("").into()]))
+                                                    .collect()
+                                            })
+                                            .unwrap_or_default(),
+                                    }
+                                    .to_string_form()
+                                } else {
+                                    LabelSelector::from_object(s).map(|l| l.to_string_form()).unwrap_or_default()
                                 }
-                                .to_string_form()
-                            } else {
-                                LabelSelector::from_object(s).map(|l| l.to_string_form()).unwrap_or_default()
-                            }
-                        })
-                        .unwrap_or_default();
+                            })
+                            .unwrap_or_default(),
+                    };
                     json!({
                         "kind": "Scale", "apiVersion": "autoscaling/v1",
                         "metadata": {"name": meta::name(obj), "namespace": meta::namespace(obj), "uid": meta::uid(obj), "resourceVersion": meta::resource_version(obj),
                                      "creationTimestamp": obj.pointer("/metadata/creationTimestamp").cloned().unwrap_or(Value::Null)},
-                        "spec": {"replicas": obj.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(0)},
-                        "status": {"replicas": obj.pointer("/status/replicas").and_then(Value::as_i64).unwrap_or(0), "selector": selector},
+                        "spec": {"replicas": obj.pointer(&spec_ptr).and_then(Value::as_i64).unwrap_or(0)},
+                        "status": {"replicas": obj.pointer(&status_ptr).and_then(Value::as_i64).unwrap_or(0), "selector": selector},
                     })
                 };
                 let scale_resp = |obj: &Value| -> Response<Body> { h::json(StatusCode::OK, &to_scale(obj)) };
@@ -1321,7 +1415,7 @@ impl Ctx<'_> {
                                     ));
                                 }
                                 let mut next = cur.clone();
-                                next["spec"]["replicas"] = json!(replicas);
+                                set_pointer(&mut next, &spec_ptr, json!(replicas));
                                 meta::metadata_mut(&mut next).remove("resourceVersion");
                                 Ok(next)
                             })
@@ -1333,6 +1427,32 @@ impl Ctx<'_> {
             }
             _ => Err(ApiError::path_not_found()),
         }
+    }
+}
+
+/// Warnings for a CRD whose `x-kubernetes-validations` rules nanokube will not evaluate.
+fn crd_warnings(def: &ResourceDef, obj: &Value) -> Vec<String> {
+    if def.group == "apiextensions.k8s.io" && def.plural == "customresourcedefinitions" {
+        nanokube_api::crd::unevaluated_rules(obj)
+    } else {
+        Vec::new()
+    }
+}
+
+/// Set the value at a JSON pointer, creating objects on the way.
+fn set_pointer(obj: &mut Value, ptr: &str, value: Value) {
+    let mut cur = obj;
+    let segs: Vec<&str> = ptr.split('/').skip(1).collect();
+    for (i, seg) in segs.iter().enumerate() {
+        if !cur.is_object() {
+            *cur = json!({});
+        }
+        let m = cur.as_object_mut().expect("object");
+        if i + 1 == segs.len() {
+            m.insert(seg.to_string(), value);
+            return;
+        }
+        cur = m.entry(seg.to_string()).or_insert_with(|| json!({}));
     }
 }
 

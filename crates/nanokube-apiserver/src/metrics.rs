@@ -9,7 +9,6 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Mutex;
 
-use nanokube_api::resources;
 use nanokube_store::Backend;
 
 /// Request-duration buckets (seconds), upstream's plus finer ones at the low end, where
@@ -118,7 +117,7 @@ impl Metrics {
     }
 
     /// The text exposition.
-    pub fn render(&self, store: &dyn Backend) -> String {
+    pub fn render(&self, store: &dyn Backend, table: &nanokube_api::resources::ResourceTable) -> String {
         let mut out = String::new();
         let labels = |k: &RequestKey| {
             format!(
@@ -152,7 +151,7 @@ impl Metrics {
         out.push_str(
             "# HELP apiserver_storage_objects Number of stored objects at the time of last check split by kind.\n# TYPE apiserver_storage_objects gauge\n",
         );
-        for d in resources::BUILTIN.iter().filter(|d| d.is_stored()) {
+        for d in table.stored() {
             let name = if d.group.is_empty() { d.plural.to_string() } else { format!("{}.{}", d.plural, d.group) };
             let _ = writeln!(out, "apiserver_storage_objects{{resource=\"{name}\"}} {}", store.count(&d.key_prefix()));
         }

@@ -12,7 +12,7 @@
 //! Document URLs carry a content hash, so kubectl's HTTP cache never serves a stale one.
 
 use nanokube_api::protobuf::{docs_of, message_fields, Cardinality, FieldType};
-use nanokube_api::resources::{self, ResourceDef};
+use nanokube_api::resources::{self, ResourceDef, ResourceTable};
 use serde_json::{json, Map, Value};
 
 /// 64-bit FNV-1a, for content hashes in URLs.
@@ -45,7 +45,7 @@ fn special_schema(msg: &str) -> Option<Value> {
         "apimachinery.pkg.apis.meta.v1.MicroTime" => json!({"type": "string", "format": "date-time"}),
         "apimachinery.pkg.api.resource.Quantity" => json!({"type": "string"}),
         "apimachinery.pkg.util.intstr.IntOrString" => json!({"x-kubernetes-int-or-string": true, "anyOf": [{"type": "integer"}, {"type": "string"}]}),
-        "apimachinery.pkg.runtime.RawExtension" | "apimachinery.pkg.apis.meta.v1.FieldsV1" | "apiextensions_apiserver.pkg.apis.apiextensions.v1.JSON" => {
+        "apimachinery.pkg.runtime.RawExtension" | "apimachinery.pkg.apis.meta.v1.FieldsV1" | "apiextensions_apiserver.pkg.apis.apiextensions.v1.Json" => {
             json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true})
         }
         "apimachinery.pkg.apis.meta.v1.Duration" => json!({"type": "string"}),
@@ -154,23 +154,12 @@ fn field_validation_param() -> Value {
     json!({"name": "fieldValidation", "in": "query", "description": "fieldValidation instructs the server on how to handle objects in the request (POST/PUT/PATCH) containing unknown or duplicate fields. Valid values are: Ignore, Warn, Strict.", "schema": {"type": "string", "uniqueItems": true}})
 }
 
-/// The document of one group-version, or `None` if not served.
-pub fn group_version_document(group: &str, version: &str) -> Option<Value> {
-    let defs: Vec<&ResourceDef> = resources::in_group_version(group, version).filter(|r| r.is_stored()).collect();
-    if defs.is_empty() && resources::in_group_version(group, version).next().is_none() {
-        return None;
-    }
+/// The get/put/patch/delete operations of each resource, referring to its schema by
+/// component name.
+fn operations(defs: &[&ResourceDef], name_of: impl Fn(&ResourceDef) -> String) -> Map<String, Value> {
     let mut paths = Map::new();
-    let roots: Vec<(&'static str, Option<&ResourceDef>)> = defs
-        .iter()
-        .filter_map(|r| {
-            let msg = nanokube_api::protobuf::message_for(&r.api_version(), r.kind);
-            Some((nanokube_api::protobuf::intern(&msg)?, Some(*r)))
-        })
-        .collect();
-    let schemas = schemas(&roots);
-    for r in &defs {
-        let name = schema_name(r);
+    for r in defs {
+        let name = name_of(r);
         let reference = json!({"$ref": format!("#/components/schemas/{name}")});
         let ok = json!({"description": "OK", "content": {"application/json": {"schema": reference}}});
         paths.insert(
@@ -192,6 +181,71 @@ pub fn group_version_document(group: &str, version: &str) -> Option<Value> {
             }),
         );
     }
+    paths
+}
+
+/// A custom resource's component name, as upstream builds it: the reversed group, the
+/// version and the kind (`com.example.stable.v1.CronTab`).
+fn custom_schema_name(r: &ResourceDef) -> String {
+    let reversed: Vec<&str> = r.group.split('.').rev().collect();
+    format!("{}.{}.{}", reversed.join("."), r.version, r.kind)
+}
+
+/// The document of a group-version served by CRDs: each version's `openAPIV3Schema` with
+/// `apiVersion`, `kind` and `metadata` (ObjectMeta) added, as upstream publishes them.
+pub fn custom_group_version_document(table: &ResourceTable, group: &str, version: &str) -> Option<Value> {
+    let defs: Vec<&ResourceDef> = table.in_group_version(group, version).into_iter().filter(|d| d.custom).collect();
+    if defs.is_empty() {
+        return None;
+    }
+    let mut all = schemas(&[("apimachinery.pkg.apis.meta.v1.ObjectMeta", None), ("apimachinery.pkg.apis.meta.v1.ListMeta", None)]);
+    for r in &defs {
+        let Some(v) = table.custom_resource(r.group, r.plural).and_then(|cr| cr.version(r.version).cloned()) else { continue };
+        let mut schema = v.schema.clone();
+        if !schema.is_object() {
+            schema = json!({"type": "object"});
+        }
+        let props = schema.as_object_mut().expect("object").entry("properties").or_insert_with(|| json!({}));
+        if let Some(p) = props.as_object_mut() {
+            p.insert("apiVersion".into(), json!({"type": "string", "description": "APIVersion defines the versioned schema of this representation of an object. Servers should convert recognized schemas to the latest internal value, and may reject unrecognized values. More info: https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#resources"}));
+            p.insert("kind".into(), json!({"type": "string", "description": "Kind is a string value representing the REST resource this object represents. Servers may infer this from the endpoint the client submits requests to. Cannot be updated. In CamelCase. More info: https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#types-kinds"}));
+            p.insert("metadata".into(), json!({"allOf": [{"$ref": "#/components/schemas/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"}], "description": "Standard object's metadata. More info: https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#metadata"}));
+        }
+        schema["x-kubernetes-group-version-kind"] = json!([gvk(r)]);
+        let name = custom_schema_name(r);
+        all.insert(
+            format!("{name}List"),
+            json!({"type": "object", "required": ["items"], "description": format!("{}List is a list of {}", r.kind, r.kind),
+                "properties": {"apiVersion": {"type": "string"}, "kind": {"type": "string"},
+                    "items": {"type": "array", "items": {"$ref": format!("#/components/schemas/{name}")}},
+                    "metadata": {"allOf": [{"$ref": "#/components/schemas/io.k8s.apimachinery.pkg.apis.meta.v1.ListMeta"}]}},
+                "x-kubernetes-group-version-kind": [{"group": r.group, "version": r.version, "kind": format!("{}List", r.kind)}]}),
+        );
+        all.insert(name, schema);
+    }
+    Some(json!({
+        "openapi": "3.0.0",
+        "info": {"title": "Kubernetes CRD Swagger", "version": "v0.1.0"},
+        "paths": operations(&defs, custom_schema_name),
+        "components": {"schemas": all},
+    }))
+}
+
+/// The document of one group-version, or `None` if not served.
+pub fn group_version_document(group: &str, version: &str) -> Option<Value> {
+    let defs: Vec<&ResourceDef> = resources::in_group_version(group, version).filter(|r| r.is_stored()).collect();
+    if defs.is_empty() && resources::in_group_version(group, version).next().is_none() {
+        return None;
+    }
+    let roots: Vec<(&'static str, Option<&ResourceDef>)> = defs
+        .iter()
+        .filter_map(|r| {
+            let msg = nanokube_api::protobuf::message_for(&r.api_version(), r.kind);
+            Some((nanokube_api::protobuf::intern(&msg)?, Some(*r)))
+        })
+        .collect();
+    let schemas = schemas(&roots);
+    let paths = operations(&defs, schema_name);
     let title = if group.is_empty() { "Kubernetes".to_string() } else { format!("Kubernetes {group}") };
     Some(json!({
         "openapi": "3.0.0",
@@ -245,31 +299,69 @@ impl OpenApi {
             Built {
                 docs,
                 root: bytes::Bytes::from(serde_json::to_vec(&json!({"paths": root_paths})).expect("serialize")),
-                v2_protobuf: bytes::Bytes::from(v2::protobuf()),
-                v2_json: bytes::Bytes::from(serde_json::to_vec(&v2::json()).expect("serialize")),
+                v2_protobuf: bytes::Bytes::from(v2::protobuf(&v2::builtin())),
+                v2_json: bytes::Bytes::from(serde_json::to_vec(&v2::json(&v2::builtin())).expect("serialize")),
             }
         })
     }
 
-    /// The root index.
-    pub fn root(&self) -> bytes::Bytes {
-        self.built().root.clone()
+    /// The custom group-versions' documents with their keys and hashes.
+    fn custom_docs(table: &ResourceTable) -> Vec<(String, String, bytes::Bytes)> {
+        let mut out = Vec::new();
+        for g in table.groups() {
+            for v in table.versions(g) {
+                let Some(doc) = custom_group_version_document(table, g, v) else { continue };
+                let key = format!("apis/{g}/{v}");
+                let bytes = serde_json::to_vec(&doc).expect("serialize");
+                let hash = format!("{:016X}{:016X}", fnv64(&bytes), fnv64(key.as_bytes()));
+                out.push((key, hash, bytes::Bytes::from(bytes)));
+            }
+        }
+        out
+    }
+
+    /// The root index, custom group-versions included.
+    pub fn root(&self, table: &ResourceTable) -> bytes::Bytes {
+        let custom = Self::custom_docs(table);
+        if custom.is_empty() {
+            return self.built().root.clone();
+        }
+        let mut root: Value = serde_json::from_slice(&self.built().root).expect("root is JSON");
+        for (key, hash, _) in custom {
+            root["paths"][&key] = json!({"serverRelativeURL": format!("/openapi/v3/{key}?hash={hash}")});
+        }
+        bytes::Bytes::from(serde_json::to_vec(&root).expect("serialize"))
     }
 
     /// A document by key (`api/v1`), with its hash.
-    pub fn document(&self, key: &str) -> Option<(&str, bytes::Bytes)> {
-        self.built().docs.iter().find(|(k, _, _)| k == key).map(|(_, h, b)| (h.as_str(), b.clone()))
+    pub fn document(&self, table: &ResourceTable, key: &str) -> Option<(String, bytes::Bytes)> {
+        if let Some((_, h, b)) = self.built().docs.iter().find(|(k, _, _)| k == key) {
+            return Some((h.clone(), b.clone()));
+        }
+        Self::custom_docs(table).into_iter().find(|(k, _, _)| k == key).map(|(_, h, b)| (h, b))
     }
 
     /// OpenAPI v2 as protobuf.
-    pub fn v2_protobuf(&self) -> bytes::Bytes {
-        self.built().v2_protobuf.clone()
+    pub fn v2_protobuf(&self, table: &ResourceTable) -> bytes::Bytes {
+        match custom_stored(table) {
+            Some(defs) => bytes::Bytes::from(v2::protobuf(&defs)),
+            None => self.built().v2_protobuf.clone(),
+        }
     }
 
     /// OpenAPI v2 as JSON.
-    pub fn v2_json(&self) -> bytes::Bytes {
-        self.built().v2_json.clone()
+    pub fn v2_json(&self, table: &ResourceTable) -> bytes::Bytes {
+        match custom_stored(table) {
+            Some(defs) => bytes::Bytes::from(serde_json::to_vec(&v2::json(&defs)).expect("serialize")),
+            None => self.built().v2_json.clone(),
+        }
     }
+}
+
+/// Every stored resource when the table has custom ones (else the cached documents serve).
+fn custom_stored(table: &ResourceTable) -> Option<Vec<&'static ResourceDef>> {
+    let all = table.all();
+    all.iter().any(|d| d.custom).then(|| all.into_iter().filter(|d| d.is_stored()).collect())
 }
 
 #[cfg(test)]
@@ -297,8 +389,9 @@ mod tests {
         assert_eq!(schemas["io.k8s.api.core.v1.Pod"]["x-kubernetes-group-version-kind"][0]["kind"], "Pod");
         assert!(schemas["io.k8s.api.core.v1.ConfigMapKeySelector"]["properties"].get("name").is_some(), "embedded structs are flattened");
         let o = OpenApi::build();
-        assert!(o.document("apis/apps/v1").is_some());
-        let root: Value = serde_json::from_slice(&o.root()).unwrap();
+        let t = ResourceTable::new();
+        assert!(o.document(&t, "apis/apps/v1").is_some());
+        let root: Value = serde_json::from_slice(&o.root(&t)).unwrap();
         assert!(root["paths"]["apis/apps/v1"]["serverRelativeURL"].as_str().unwrap().contains("?hash="));
     }
 }
@@ -329,12 +422,13 @@ pub mod v2 {
         format!("group: \"{}\"\nkind: {}\nversion: {}\n", r.group, r.kind, r.version)
     }
 
-    fn served() -> impl Iterator<Item = &'static ResourceDef> {
-        resources::BUILTIN.iter().filter(|r| r.is_stored())
+    /// The built-in stored resources.
+    pub fn builtin() -> Vec<&'static ResourceDef> {
+        resources::BUILTIN.iter().filter(|r| r.is_stored()).collect()
     }
 
-    /// The document as `openapi.v2.Document` protobuf.
-    pub fn protobuf() -> Vec<u8> {
+    /// The document as `openapi.v2.Document` protobuf, for `served` resources.
+    pub fn protobuf(served: &[&ResourceDef]) -> Vec<u8> {
         let mut doc = Vec::new();
         bytes_field(1, b"2.0", &mut doc);
         message(
@@ -348,7 +442,7 @@ pub mod v2 {
         message(
             8,
             |paths| {
-                for r in served() {
+                for r in served {
                     // Paths.path (2): NamedPathItem { name, value: PathItem { patch (8): Operation } }
                     message(
                         2,
@@ -418,9 +512,9 @@ pub mod v2 {
     }
 
     /// The same document as JSON (Swagger 2.0).
-    pub fn json() -> Value {
+    pub fn json(served: &[&ResourceDef]) -> Value {
         let mut paths = Map::new();
-        for r in served() {
+        for r in served {
             let params: Vec<Value> = ["fieldValidation", "fieldManager", "dryRun", "force"]
                 .iter()
                 .map(|p| json!({"name": p, "in": "query", "type": if *p == "force" { "boolean" } else { "string" }, "uniqueItems": true}))

@@ -13,8 +13,9 @@ use std::sync::{Arc, Mutex};
 
 use base64::Engine;
 use bytes::Bytes;
+use nanokube_api::crd;
 use nanokube_api::error::Cause;
-use nanokube_api::resources::{self, ResourceDef};
+use nanokube_api::resources::{self, ResourceDef, ResourceTable};
 use nanokube_api::selector::{FieldSelector, LabelSelector};
 use nanokube_api::{defaults, meta, validation, ApiError};
 use nanokube_store::{Backend, EventKind, KeyValue, Revision, StoreError, WatchStream};
@@ -153,6 +154,7 @@ pub struct RegistryConfig {
 pub struct Registry {
     store: Arc<dyn Backend>,
     services: Mutex<ServiceAllocator>,
+    resources: Arc<ResourceTable>,
 }
 
 fn store_err(e: StoreError, def: &ResourceDef, name: &str) -> ApiError {
@@ -184,10 +186,15 @@ fn converts(def: &ResourceDef) -> bool {
     def.group == "events.k8s.io" && def.plural == "events"
 }
 
-/// A stored object as `def` shows it.
+/// A stored object as `def` shows it. Custom resources convert between versions with
+/// the `None` strategy: only `apiVersion` changes.
 pub fn view(def: &ResourceDef, obj: Obj) -> Obj {
     if converts(def) {
         Arc::new(Stored::new(nanokube_api::convert::core_event_to_events_v1(&obj)))
+    } else if def.custom && !obj.json().starts_with(format!("{{\"apiVersion\":\"{}\"", def.api_version()).as_bytes()) {
+        let mut v = obj.value().clone();
+        v["apiVersion"] = json!(def.api_version());
+        Arc::new(Stored::new(v))
     } else {
         obj
     }
@@ -202,6 +209,10 @@ fn decode_as(def: &ResourceDef, kv: &KeyValue) -> Result<Obj, ApiError> {
 fn encode_as(def: &ResourceDef, obj: &Value) -> Bytes {
     if converts(def) {
         encode(&nanokube_api::convert::events_v1_to_core(obj))
+    } else if def.custom && def.version != def.storage_version {
+        let mut v = obj.clone();
+        v["apiVersion"] = json!(format!("{}/{}", def.group, def.storage_version));
+        encode(&v)
     } else {
         encode(obj)
     }
@@ -292,7 +303,33 @@ impl Registry {
                 }
             }
         }
-        Ok(Registry { store, services: Mutex::new(alloc) })
+        Ok(Registry { store, services: Mutex::new(alloc), resources: Arc::new(ResourceTable::new()) })
+    }
+
+    /// The resources this cluster serves (built-in, and those its CRDs define).
+    pub fn resources(&self) -> &Arc<ResourceTable> {
+        &self.resources
+    }
+
+    /// Custom resources: prune the fields the version's schema does not declare, apply
+    /// its defaults, and validate against it (upstream's order). Other kinds: nothing.
+    fn custom_strategy(&self, def: &ResourceDef, obj: &mut Value, causes: &mut Vec<Cause>) {
+        if !def.custom {
+            return;
+        }
+        let Some(cr) = self.resources.custom_resource(def.group, def.plural) else { return };
+        let Some(v) = cr.version(def.version) else { return };
+        crd::prune(&v.schema, obj);
+        crd::apply_defaults(&v.schema, obj);
+        causes.extend(crd::validate(&v.schema, obj));
+    }
+
+    /// Creating custom objects stops while their CRD is being deleted.
+    fn check_custom_create(&self, def: &ResourceDef) -> Result<(), ApiError> {
+        if def.custom && self.resources.custom_resource(def.group, def.plural).is_some_and(|cr| cr.terminating) {
+            return Err(ApiError::method_not_allowed("create not allowed while custom resource definition is terminating"));
+        }
+        Ok(())
     }
 
     /// The store underneath.
@@ -492,9 +529,12 @@ impl Registry {
         } else {
             self.check_namespace(def, namespace)?;
         }
+        self.check_custom_create(def)?;
         defaults::apply_defaults(def, &mut obj);
         self.admit_create(def, &mut obj);
-        let causes = validation::validate_object(def, &obj);
+        let mut causes = Vec::new();
+        self.custom_strategy(def, &mut obj, &mut causes);
+        causes.extend(validation::validate_object(def, &obj));
         if !causes.is_empty() {
             return Err(ApiError::invalid(def.kind, def.group, &name, causes));
         }
@@ -822,17 +862,21 @@ impl Registry {
                 ));
             }
         }
-        // Generation moves on spec changes only.
+        let mut causes = Vec::new();
+        self.custom_strategy(def, &mut new, &mut causes);
+        // Generation moves on spec changes only (for custom resources without a status
+        // subresource, on any change outside metadata).
         if def.tracks_generation {
             let g = old.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(1);
-            let g = if spec_part(old) != spec_part(&new) { g + 1 } else { g };
+            let changed = if def.custom && !def.has_status() { old.get("status") != new.get("status") } else { false };
+            let g = if changed || spec_part(old) != spec_part(&new) { g + 1 } else { g };
             meta::metadata_mut(&mut new).insert("generation".into(), json!(g));
         } else if let Some(g) = old.pointer("/metadata/generation") {
             meta::metadata_mut(&mut new).insert("generation".into(), g.clone());
         } else {
             meta::metadata_mut(&mut new).remove("generation");
         }
-        let mut causes = validation::validate_object(def, &new);
+        causes.extend(validation::validate_object(def, &new));
         self.validate_immutable(def, old, &new, &mut causes);
         if !causes.is_empty() {
             return Err(ApiError::invalid(def.kind, def.group, meta::name(old), causes));
@@ -855,6 +899,11 @@ impl Registry {
                 if old.get("roleRef") != new.get("roleRef") =>
             {
                 causes.push(Cause { reason: "FieldValueInvalid".into(), message: "Invalid value: cannot change roleRef".into(), field: "roleRef".into() });
+            }
+            ("apiextensions.k8s.io", "customresourcedefinitions") => {
+                for (field, ptr) in [("spec.scope", "/spec/scope"), ("spec.group", "/spec/group"), ("spec.names.plural", "/spec/names/plural")] {
+                    immutable(field, ptr, causes);
+                }
             }
             ("", "configmaps") | ("", "secrets") if old.get("immutable") == Some(&json!(true)) => {
                 for f in ["data", "binaryData", "stringData"] {
@@ -902,6 +951,11 @@ impl Registry {
                 }
             }
             let mut finalizers = meta::finalizers(&current);
+            // A CRD's objects go first: the CRD controller removes this finalizer once
+            // they are gone, as upstream's finalizer controller does.
+            if def.group == "apiextensions.k8s.io" && def.plural == "customresourcedefinitions" && !finalizers.iter().any(|f| f == crd::CLEANUP_FINALIZER) {
+                finalizers.push(crd::CLEANUP_FINALIZER.into());
+            }
             match opts.propagation.as_deref() {
                 Some("Foreground") if !finalizers.iter().any(|f| f == "foregroundDeletion") => finalizers.push("foregroundDeletion".into()),
                 Some("Orphan") if !finalizers.iter().any(|f| f == "orphan") => finalizers.push("orphan".into()),

@@ -15,7 +15,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use nanokube_api::resources::{self, ResourceDef};
+use nanokube_api::resources::{ResourceDef, ResourceTable};
 use nanokube_api::{meta, ApiError};
 use nanokube_apiserver::registry::{decode, DeleteOptions, Obj, Registry, WriteOptions};
 use nanokube_store::EventKind;
@@ -27,15 +27,10 @@ use crate::follow::{follow, Change};
 const ORPHAN: &str = "orphan";
 const FOREGROUND: &str = "foregroundDeletion";
 
-/// The resource a storage key belongs to (the longest matching prefix).
-fn def_for_key(key: &str) -> Option<&'static ResourceDef> {
-    static PREFIXES: std::sync::OnceLock<Vec<(String, &'static ResourceDef)>> = std::sync::OnceLock::new();
-    let prefixes = PREFIXES.get_or_init(|| {
-        let mut v: Vec<(String, &'static ResourceDef)> = resources::BUILTIN.iter().filter(|d| d.is_stored()).map(|d| (d.key_prefix(), d)).collect();
-        v.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
-        v
-    });
-    prefixes.iter().find(|(p, _)| key.starts_with(p.as_str())).map(|(_, d)| *d)
+/// The resource a storage key belongs to (the longest matching prefix), custom
+/// resources included.
+fn def_for_key(table: &ResourceTable, key: &str) -> Option<&'static ResourceDef> {
+    table.stored().into_iter().filter(|d| key.starts_with(&d.key_prefix())).max_by_key(|d| d.key_prefix().len())
 }
 
 /// Whether `haystack` contains `needle` (a cheap test before decoding).
@@ -80,7 +75,7 @@ impl GarbageCollector {
         let group = api_version.rsplit_once('/').map(|(g, _)| g).unwrap_or("");
         let kind = r.get("kind").and_then(Value::as_str).unwrap_or("");
         let name = r.get("name").and_then(Value::as_str).unwrap_or("");
-        let Some(def) = resources::find_kind(group, kind) else { return true };
+        let Some(def) = self.registry.resources().find_kind(group, kind) else { return true };
         let ns = if def.namespaced { dependent_ns } else { "" };
         match self.registry.get(def, ns, name) {
             Ok(o) => meta::uid(&o) == ref_uid(r),
@@ -93,7 +88,7 @@ impl GarbageCollector {
     fn dependents(&self, uid: &str, namespace: Option<&str>) -> Result<Vec<(&'static ResourceDef, Obj)>, ApiError> {
         let mut out = Vec::new();
         let store = self.registry.store();
-        for def in resources::BUILTIN.iter().filter(|d| d.is_stored()) {
+        for def in self.registry.resources().stored() {
             if namespace.is_some() && !def.namespaced {
                 continue;
             }
@@ -155,12 +150,12 @@ impl GarbageCollector {
 
     /// Process one object: GC finalizers if it is being deleted, then its own owners.
     async fn object(&self, key: &str) -> Result<(), ApiError> {
-        let Some(def) = def_for_key(key) else { return Ok(()) };
         let Some(kv) = self.registry.store().get(key) else { return Ok(()) };
         // Most objects have no owners and are not being deleted: nothing to decode.
         if !contains(&kv.value, b"\"ownerReferences\"") && !contains(&kv.value, b"\"deletionTimestamp\"") {
             return Ok(());
         }
+        let Some(def) = def_for_key(self.registry.resources(), key) else { return Ok(()) };
         let obj = decode(&kv)?;
         let ns = meta::namespace(&obj).to_string();
         let uid = meta::uid(&obj).to_string();
@@ -215,7 +210,7 @@ impl GarbageCollector {
     }
 
     async fn all(&self) -> Result<(), ApiError> {
-        for def in resources::BUILTIN.iter().filter(|d| d.is_stored()) {
+        for def in self.registry.resources().stored() {
             for kv in self.registry.store().list(&def.key_prefix(), None, 0).items {
                 self.object(&kv.key).await?;
             }
@@ -230,6 +225,7 @@ impl GarbageCollector {
         {
             let (tx, store, sd) = (tx.clone(), store.clone(), shutdown.clone());
             let start = store.current_revision();
+            let table = self.registry.resources().clone();
             tokio::spawn(async move {
                 follow(store, "/registry/", start, sd, |change| {
                     let Change::Event(ev) = change else {
@@ -242,7 +238,7 @@ impl GarbageCollector {
                             let ns = meta::namespace(&obj);
                             let api_version = r.get("apiVersion").and_then(Value::as_str).unwrap_or("");
                             let group = api_version.rsplit_once('/').map(|(g, _)| g).unwrap_or("");
-                            if let Some(d) = resources::find_kind(group, r.get("kind").and_then(Value::as_str).unwrap_or("")) {
+                            if let Some(d) = table.find_kind(group, r.get("kind").and_then(Value::as_str).unwrap_or("")) {
                                 let owner_ns = if d.namespaced { ns } else { "" };
                                 let _ = tx.send(Work::Object(d.key(owner_ns, r.get("name").and_then(Value::as_str).unwrap_or(""))));
                             }

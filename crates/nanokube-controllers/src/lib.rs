@@ -10,11 +10,14 @@
 //! - [`namespaces`]: a `default` ServiceAccount and a `kube-root-ca.crt` ConfigMap in every
 //!   namespace (recreated if deleted), and namespace termination (delete the contents,
 //!   then clear the `kubernetes` finalizer).
+//! - [`crds`]: CustomResourceDefinitions become served resources (status, conditions,
+//!   name conflicts), and their objects are deleted with them.
 //! - [`gc`]: the garbage collector (ownerReferences; background, foreground, orphan).
 //! - [`tokens`]: legacy service-account token Secrets.
 //! - [`rbac_policy`]: the default ClusterRoles and ClusterRoleBindings, recreated if deleted.
 
 pub mod bootstrap;
+pub mod crds;
 mod follow;
 pub mod gc;
 pub mod namespaces;

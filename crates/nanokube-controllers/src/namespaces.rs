@@ -82,7 +82,8 @@ impl NamespaceController {
 
     /// Delete everything in a terminating namespace, then release its finalizer.
     async fn terminate(&self, name: &str) -> Result<(), ApiError> {
-        for d in resources::BUILTIN.iter().filter(|d| d.namespaced && d.is_stored()) {
+        let stored: Vec<&'static ResourceDef> = self.registry.resources().stored().into_iter().filter(|d| d.namespaced).collect();
+        for &d in &stored {
             let items = self.registry.list(d, Some(name), &ListOptions::default())?.items;
             for obj in items {
                 if meta::is_deleting(&obj) {
@@ -96,8 +97,7 @@ impl NamespaceController {
             }
         }
         // Anything left (objects with finalizers) is waited for; look again soon.
-        let left: usize =
-            resources::BUILTIN.iter().filter(|d| d.namespaced && d.is_stored()).map(|d| self.registry.store().count(&d.namespace_prefix(Some(name)))).sum();
+        let left: usize = stored.iter().map(|d| self.registry.store().count(&d.namespace_prefix(Some(name)))).sum();
         if left > 0 {
             return Err(ApiError::new(409, "Conflict", format!("namespace {name} still has {left} objects")));
         }

@@ -149,6 +149,8 @@ impl Cluster {
         tracing::debug!(elapsed_ms = started.elapsed().as_secs_f64() * 1000.0, "store open");
         registry_cfg.service_cidr = cfg.service_cidr.clone();
         let registry = Arc::new(Registry::new(store.clone(), registry_cfg)?);
+        // Custom resources are served from the first request after a restart.
+        nanokube_controllers::crds::load(&registry).map_err(|e| format!("loading CustomResourceDefinitions: {e}"))?;
 
         let issuer = Arc::new(TokenIssuer::new(&pki.sa_key_pem, &pki.sa_pub_pem, &cfg.service_account_issuer)?);
         let mut tokens: Vec<Arc<dyn TokenAuthenticator>> = Vec::new();
@@ -192,6 +194,7 @@ impl Cluster {
         }
         tracing::debug!(elapsed_ms = started.elapsed().as_secs_f64() * 1000.0, "bootstrap objects, RBAC policy and namespace defaults ensured");
         tasks.spawn(ns_controller.run(shutdown_rx.clone()));
+        tasks.spawn(Arc::new(nanokube_controllers::crds::CrdController::new(registry.clone())).run(shutdown_rx.clone()));
         tasks.spawn(Arc::new(nanokube_controllers::gc::GarbageCollector::new(registry.clone())).run(shutdown_rx.clone()));
         let token_controller = Arc::new(TokenController::new(registry.clone(), issuer.clone(), pki.ca_pem.clone(), cfg.legacy_service_account_token_secrets));
         tasks.spawn(token_controller.run(shutdown_rx.clone()));

@@ -26,18 +26,7 @@ fn diff_edit_patch_replace_wait_dry_run() {
     assert_eq!(s.get_json("/api/v1/namespaces/default/configmaps/m").1["data"]["a"], "1", "diff changes nothing");
 
     // edit with an EDITOR script.
-    let editor = s.dir.path().join("editor.sh");
-    std::fs::write(&editor, "#!/bin/sh\nsed -i 's/a: \"1\"/a: \"edited\"/' \"$1\"\n").unwrap();
-    std::fs::set_permissions(&editor, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let home = s.dir.path().join("home-edit");
-    std::fs::create_dir_all(&home).unwrap();
-    let out = Command::new(kubectl_path("kubectl"))
-        .args(["edit", "configmap", "m"])
-        .env("KUBECONFIG", s.kubeconfig())
-        .env("HOME", &home)
-        .env("EDITOR", &editor)
-        .output()
-        .unwrap();
+    let out = s.kubectl_edit(&["configmap", "m"], r#"s/a: "1"/a: "edited"/"#);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "configmap/m edited");
     assert_eq!(s.get_json("/api/v1/namespaces/default/configmaps/m").1["data"]["a"], "edited");

@@ -1,6 +1,7 @@
 //! Every kubectl from 1.27 to 1.33 (installed beside `kubectl` as `kubectl.1.NN`) works
 //! with no extra flags: discovery, Tables, protobuf creates, create -f / apply with
-//! OpenAPI validation, delete with wait.
+//! OpenAPI validation, delete with wait; a CRD and its custom objects (apply, printer
+//! columns, strict field validation, explain).
 
 mod common;
 
@@ -57,5 +58,27 @@ fn kubectl_1_27_to_1_33() {
         assert!(run(&["get", "cm", "-n", &ns, "--watch", "--request-timeout=2s"]).contains("kube-root-ca.crt"), "{bin}");
         assert!(run(&["config", "view", "--minify"]).contains("current-context: nanokube"), "{bin}");
         assert_eq!(run(&["delete", "cm", "c", "-n", &ns]).trim(), "configmap \"c\" deleted", "{bin}");
+
+        // A CRD per version (its own group), and a custom object through it.
+        let group = format!("v{minor}.example.com");
+        std::fs::write(
+            &manifest,
+            format!(
+                "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata:\n  name: gadgets.{group}\nspec:\n  group: {group}\n  scope: Namespaced\n  names:\n    plural: gadgets\n    kind: Gadget\n  versions:\n  - name: v1\n    served: true\n    storage: true\n    additionalPrinterColumns:\n    - {{name: Size, type: integer, jsonPath: .spec.size}}\n    schema:\n      openAPIV3Schema:\n        type: object\n        properties:\n          spec:\n            type: object\n            description: What the gadget is like.\n            properties:\n              size: {{type: integer, description: How big it is.}}\n"
+            ),
+        )
+        .unwrap();
+        assert_eq!(run(&["apply", "-f", m]).trim(), format!("customresourcedefinition.apiextensions.k8s.io/gadgets.{group} created"), "{bin}");
+        run(&["wait", "--for", "condition=established", &format!("crd/gadgets.{group}"), "--timeout=5s"]);
+        std::fs::write(&manifest, format!("apiVersion: {group}/v1\nkind: Gadget\nmetadata:\n  name: g\n  namespace: {ns}\nspec:\n  size: 3\n")).unwrap();
+        assert_eq!(run(&["apply", "-f", m]).trim(), format!("gadget.{group}/g created"), "{bin}");
+        assert_eq!(run(&["apply", "-f", m]).trim(), format!("gadget.{group}/g unchanged"), "{bin}");
+        let (h, rows) = table(&run(&["get", &format!("gadgets.{group}"), "-n", &ns]));
+        assert_eq!((h, rows[0][..2].to_vec()), (vec!["NAME".to_string(), "SIZE".to_string()], vec!["g".to_string(), "3".to_string()]), "{bin}");
+        std::fs::write(&manifest, format!("apiVersion: {group}/v1\nkind: Gadget\nmetadata:\n  name: g2\n  namespace: {ns}\nspec:\n  size: 3\n  colour: red\n")).unwrap();
+        let out = s.kubectl_bin(&bin, &["apply", "-f", m]);
+        assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field \"spec.colour\""), "{bin}: {}", String::from_utf8_lossy(&out.stderr));
+        std::fs::remove_file(&manifest).unwrap();
+        assert!(run(&["explain", &format!("gadgets.{group}.spec")]).contains("How big it is."), "{bin}");
     }
 }

@@ -133,6 +133,24 @@ impl Server {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// Run `kubectl edit <what>` with an EDITOR script that applies the `sed` expression
+    /// to the file kubectl hands it.
+    pub fn kubectl_edit(&self, what: &[&str], sed: &str) -> Output {
+        let editor = self.dir.path().join("editor.sh");
+        std::fs::write(&editor, format!("#!/bin/sh\nsed -i '{sed}' \"$1\"\n")).unwrap();
+        std::fs::set_permissions(&editor, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let home = self.dir.path().join("home-edit");
+        std::fs::create_dir_all(&home).unwrap();
+        Command::new(kubectl_path("kubectl"))
+            .arg("edit")
+            .args(what)
+            .env("KUBECONFIG", self.kubeconfig())
+            .env("HOME", &home)
+            .env("EDITOR", &editor)
+            .output()
+            .unwrap()
+    }
+
     /// Run `kubectl` with a manifest on stdin (`-f -`).
     pub fn k_stdin(&self, args: &[&str], stdin: &str) -> Output {
         use std::io::Write;

@@ -1,0 +1,962 @@
+//! CustomResourceDefinitions (`apiextensions.k8s.io/v1`): checking and defaulting a CRD,
+//! reading it into the resources it serves, and what its structural schema does to
+//! custom objects, in upstream's order: prune unknown fields, apply defaults, validate.
+//! Pure: no IO.
+//!
+//! Not evaluated: `x-kubernetes-validations` (CEL rules) and `format` checks. CRDs that
+//! use them are accepted (most published CRDs do) and the rules are reported unevaluated
+//! by [`unevaluated_rules`]; conversion webhooks are refused, since nothing can serve them.
+
+use std::cmp::Ordering;
+
+use serde_json::{json, Map, Value};
+
+use crate::error::Cause;
+use crate::resources::{self, ResourceDef};
+
+/// The finalizer a CRD carries while its objects are being deleted.
+pub const CLEANUP_FINALIZER: &str = "customresourcecleanup.apiextensions.k8s.io";
+
+/// One `additionalPrinterColumns` entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PrinterColumn {
+    /// Column title.
+    pub name: String,
+    /// `integer`, `number`, `string`, `boolean` or `date`.
+    pub type_: String,
+    /// OpenAPI format hint (e.g. `int32`, `byte`).
+    pub format: String,
+    /// Description shown by `kubectl explain`-like readers.
+    pub description: String,
+    /// 0 for `kubectl get`, higher for `-o wide`.
+    pub priority: i64,
+    /// The simple JSONPath the value is read from, e.g. `.spec.replicas`.
+    pub json_path: String,
+}
+
+/// The paths the `scale` subresource reads and writes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScalePaths {
+    /// `.spec.replicas`-style path of the desired replicas.
+    pub spec_replicas: String,
+    /// Path of the observed replicas.
+    pub status_replicas: String,
+    /// Path of the label selector string, if declared.
+    pub label_selector: Option<String>,
+}
+
+/// One version of a custom resource.
+#[derive(Debug, Clone)]
+pub struct CrdVersion {
+    /// e.g. `v1beta1`.
+    pub name: String,
+    /// Whether the version is served.
+    pub served: bool,
+    /// Whether objects are stored in this version.
+    pub storage: bool,
+    /// The deprecation warning, if the version is deprecated.
+    pub deprecation_warning: Option<String>,
+    /// The `openAPIV3Schema`.
+    pub schema: Value,
+    /// Table columns (defaulting to Age when none are declared).
+    pub columns: Vec<PrinterColumn>,
+    /// Whether the status subresource is enabled.
+    pub status: bool,
+    /// The scale subresource, if enabled.
+    pub scale: Option<ScalePaths>,
+}
+
+/// A custom resource as its CRD defines it.
+#[derive(Debug, Clone)]
+pub struct CustomResource {
+    /// The CRD's name, `<plural>.<group>`.
+    pub crd_name: String,
+    /// API group.
+    pub group: String,
+    /// Plural name.
+    pub plural: String,
+    /// Singular name.
+    pub singular: String,
+    /// Kind.
+    pub kind: String,
+    /// List kind.
+    pub list_kind: String,
+    /// Namespaced or cluster-scoped.
+    pub namespaced: bool,
+    /// Short names.
+    pub short_names: Vec<String>,
+    /// Categories.
+    pub categories: Vec<String>,
+    /// Versions in the CRD's order.
+    pub versions: Vec<CrdVersion>,
+    /// The CRD is being deleted: objects may be read and deleted, not created.
+    pub terminating: bool,
+}
+
+fn s<'a>(v: &'a Value, ptr: &str) -> &'a str {
+    v.pointer(ptr).and_then(Value::as_str).unwrap_or("")
+}
+
+fn strings(v: Option<&Value>) -> Vec<String> {
+    v.and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_str).map(String::from).collect()).unwrap_or_default()
+}
+
+impl CustomResource {
+    /// Read a stored (already validated) CRD.
+    pub fn from_crd(crd: &Value) -> Option<Self> {
+        let spec = crd.get("spec")?;
+        let names = spec.get("names")?;
+        let versions = spec
+            .get("versions")?
+            .as_array()?
+            .iter()
+            .map(|v| {
+                let scale = v.pointer("/subresources/scale").map(|sc| ScalePaths {
+                    spec_replicas: s(sc, "/specReplicasPath").to_string(),
+                    status_replicas: s(sc, "/statusReplicasPath").to_string(),
+                    label_selector: sc.get("labelSelectorPath").and_then(Value::as_str).map(String::from),
+                });
+                let mut columns: Vec<PrinterColumn> = v
+                    .get("additionalPrinterColumns")
+                    .and_then(Value::as_array)
+                    .map(|cols| {
+                        cols.iter()
+                            .map(|c| PrinterColumn {
+                                name: s(c, "/name").into(),
+                                type_: s(c, "/type").into(),
+                                format: s(c, "/format").into(),
+                                description: s(c, "/description").into(),
+                                priority: c.get("priority").and_then(Value::as_i64).unwrap_or(0),
+                                json_path: s(c, "/jsonPath").into(),
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                if columns.is_empty() {
+                    columns.push(PrinterColumn {
+                        name: "Age".into(),
+                        type_: "date".into(),
+                        format: String::new(),
+                        description: String::new(),
+                        priority: 0,
+                        json_path: ".metadata.creationTimestamp".into(),
+                    });
+                }
+                let deprecated = v.get("deprecated").and_then(Value::as_bool).unwrap_or(false);
+                CrdVersion {
+                    name: s(v, "/name").into(),
+                    served: v.get("served").and_then(Value::as_bool).unwrap_or(false),
+                    storage: v.get("storage").and_then(Value::as_bool).unwrap_or(false),
+                    deprecation_warning: deprecated.then(|| {
+                        v.get("deprecationWarning")
+                            .and_then(Value::as_str)
+                            .map(String::from)
+                            .unwrap_or_else(|| format!("{}/{} {} is deprecated", s(spec, "/group"), s(v, "/name"), s(names, "/kind")))
+                    }),
+                    schema: v
+                        .pointer("/schema/openAPIV3Schema")
+                        .cloned()
+                        .unwrap_or_else(|| json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true})),
+                    columns,
+                    status: v.pointer("/subresources/status").is_some(),
+                    scale,
+                }
+            })
+            .collect();
+        Some(CustomResource {
+            crd_name: s(crd, "/metadata/name").into(),
+            group: s(spec, "/group").into(),
+            plural: s(names, "/plural").into(),
+            singular: s(names, "/singular").into(),
+            kind: s(names, "/kind").into(),
+            list_kind: s(names, "/listKind").into(),
+            namespaced: s(spec, "/scope") == "Namespaced",
+            short_names: strings(names.get("shortNames")),
+            categories: strings(names.get("categories")),
+            versions,
+            terminating: crd.pointer("/metadata/deletionTimestamp").is_some(),
+        })
+    }
+
+    /// A version by name.
+    pub fn version(&self, name: &str) -> Option<&CrdVersion> {
+        self.versions.iter().find(|v| v.name == name)
+    }
+
+    /// The storage version's name.
+    pub fn storage_version(&self) -> &str {
+        self.versions.iter().find(|v| v.storage).map(|v| v.name.as_str()).unwrap_or("")
+    }
+
+    /// The served versions, highest priority first.
+    pub fn served_versions(&self) -> Vec<&CrdVersion> {
+        let mut out: Vec<&CrdVersion> = self.versions.iter().filter(|v| v.served).collect();
+        out.sort_by(|a, b| version_priority(&a.name, &b.name));
+        out
+    }
+
+    /// The resource table entries of the served versions.
+    pub fn defs(&self) -> Vec<&'static ResourceDef> {
+        self.served_versions()
+            .into_iter()
+            .map(|v| {
+                resources::intern_custom(&resources::CustomDefSpec {
+                    group: self.group.clone(),
+                    version: v.name.clone(),
+                    storage_version: self.storage_version().to_string(),
+                    kind: self.kind.clone(),
+                    plural: self.plural.clone(),
+                    singular: self.singular.clone(),
+                    namespaced: self.namespaced,
+                    short_names: self.short_names.clone(),
+                    categories: self.categories.clone(),
+                    status: v.status,
+                    scale: v.scale.is_some(),
+                })
+            })
+            .collect()
+    }
+}
+
+/// Kubernetes' version order: GA before beta before alpha, higher numbers first, then
+/// other names alphabetically (`v2 > v1 > v1beta2 > v1beta1 > v1alpha1 > foo`).
+pub fn version_priority(a: &str, b: &str) -> Ordering {
+    fn parse(v: &str) -> Option<(u64, u8, u64)> {
+        let rest = v.strip_prefix('v')?;
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        let major: u64 = digits.parse().ok()?;
+        let tail = &rest[digits.len()..];
+        if tail.is_empty() {
+            return Some((major, 2, 0));
+        }
+        let (level, n) = if let Some(n) = tail.strip_prefix("beta") {
+            (1, n)
+        } else if let Some(n) = tail.strip_prefix("alpha") {
+            (0, n)
+        } else {
+            return None;
+        };
+        Some((major, level, n.parse().ok()?))
+    }
+    match (parse(a), parse(b)) {
+        (Some((ma, la, na)), Some((mb, lb, nb))) => lb.cmp(&la).then(mb.cmp(&ma)).then(nb.cmp(&na)),
+        (Some(_), None) => Ordering::Less,
+        (None, Some(_)) => Ordering::Greater,
+        (None, None) => a.cmp(b),
+    }
+}
+
+fn cause(reason: &str, field: impl Into<String>, message: impl Into<String>) -> Cause {
+    Cause { reason: reason.into(), message: message.into(), field: field.into() }
+}
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 63 && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') && !s.starts_with('-') && !s.ends_with('-')
+}
+
+/// Fill in what upstream defaults on a CRD: singular and list kind names, the `None`
+/// conversion strategy.
+pub fn default_crd(crd: &mut Value) {
+    let Some(spec) = crd.get_mut("spec").and_then(Value::as_object_mut) else { return };
+    if let Some(names) = spec.get_mut("names").and_then(Value::as_object_mut) {
+        let kind = names.get("kind").and_then(Value::as_str).unwrap_or("").to_string();
+        if names.get("singular").and_then(Value::as_str).is_none_or(str::is_empty) && !kind.is_empty() {
+            names.insert("singular".into(), json!(kind.to_lowercase()));
+        }
+        if names.get("listKind").and_then(Value::as_str).is_none_or(str::is_empty) && !kind.is_empty() {
+            names.insert("listKind".into(), json!(format!("{kind}List")));
+        }
+    }
+    if !spec.contains_key("conversion") {
+        spec.insert("conversion".into(), json!({"strategy": "None"}));
+    }
+}
+
+/// Check a CRD as upstream's validation does; the causes carry upstream's field paths.
+pub fn validate_crd(crd: &Value) -> Vec<Cause> {
+    let mut out = Vec::new();
+    let group = s(crd, "/spec/group");
+    let plural = s(crd, "/spec/names/plural");
+    let kind = s(crd, "/spec/names/kind");
+    let name = s(crd, "/metadata/name");
+    if name != format!("{plural}.{group}") {
+        out.push(cause("FieldValueInvalid", "metadata.name", format!("Invalid value: {name:?}: must be spec.names.plural+\".\"+spec.group")));
+    }
+    if group.is_empty() {
+        out.push(cause("FieldValueRequired", "spec.group", "Required value"));
+    } else if !group.contains('.') {
+        out.push(cause("FieldValueInvalid", "spec.group", format!("Invalid value: {group:?}: should be a domain with at least one dot")));
+    }
+    match s(crd, "/spec/scope") {
+        "Namespaced" | "Cluster" => {}
+        "" => out.push(cause("FieldValueRequired", "spec.scope", "Required value")),
+        other => {
+            out.push(cause("FieldValueNotSupported", "spec.scope", format!("Unsupported value: {other:?}: supported values: \"Cluster\", \"Namespaced\"")))
+        }
+    }
+    for (field, value) in [("plural", plural), ("singular", s(crd, "/spec/names/singular"))] {
+        if value.is_empty() && field == "plural" {
+            out.push(cause("FieldValueRequired", "spec.names.plural", "Required value"));
+        } else if !value.is_empty() && !is_dns_label(value) {
+            out.push(cause(
+                "FieldValueInvalid",
+                format!("spec.names.{field}"),
+                format!("Invalid value: {value:?}: a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character"),
+            ));
+        }
+    }
+    for (i, sn) in strings(crd.pointer("/spec/names/shortNames")).iter().enumerate() {
+        if !is_dns_label(sn) {
+            out.push(cause("FieldValueInvalid", format!("spec.names.shortNames[{i}]"), format!("Invalid value: {sn:?}: a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character")));
+        }
+    }
+    if kind.is_empty() {
+        out.push(cause("FieldValueRequired", "spec.names.kind", "Required value"));
+    }
+    match s(crd, "/spec/conversion/strategy") {
+        "" | "None" => {}
+        other => out.push(cause(
+            "FieldValueNotSupported",
+            "spec.conversion.strategy",
+            format!("Unsupported value: {other:?}: supported values: \"None\" (nanokube cannot call conversion webhooks)"),
+        )),
+    }
+    let versions = crd.pointer("/spec/versions").and_then(Value::as_array).cloned().unwrap_or_default();
+    if versions.is_empty() {
+        out.push(cause("FieldValueRequired", "spec.versions", "Required value: must have exactly one version marked as storage version"));
+    } else if versions.iter().filter(|v| v.get("storage").and_then(Value::as_bool) == Some(true)).count() != 1 {
+        out.push(cause("FieldValueInvalid", "spec.versions", "Invalid value: must have exactly one version marked as storage version"));
+    }
+    let mut seen = Vec::new();
+    for (i, v) in versions.iter().enumerate() {
+        let base = format!("spec.versions[{i}]");
+        let vname = s(v, "/name");
+        if vname.is_empty() {
+            out.push(cause("FieldValueRequired", format!("{base}.name"), "Required value"));
+        } else if !is_dns_label(vname) || vname.starts_with(|c: char| c.is_ascii_digit()) {
+            out.push(cause("FieldValueInvalid", format!("{base}.name"), format!("Invalid value: {vname:?}: a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character")));
+        } else if seen.contains(&vname) {
+            out.push(cause("FieldValueDuplicate", format!("{base}.name"), format!("Duplicate value: {vname:?}")));
+        }
+        seen.push(vname);
+        match v.pointer("/schema/openAPIV3Schema") {
+            None => out.push(cause("FieldValueRequired", format!("{base}.schema.openAPIV3Schema"), "Required value: schemas are required")),
+            Some(schema) => {
+                let path = format!("{base}.schema.openAPIV3Schema");
+                if schema.get("type").and_then(Value::as_str) != Some("object") {
+                    out.push(cause("FieldValueInvalid", format!("{path}.type"), "Invalid value: must be object at the root"));
+                }
+                structural(schema, &path, true, &mut out);
+            }
+        }
+        if let Some(sc) = v.pointer("/subresources/scale") {
+            let spec_path = s(sc, "/specReplicasPath");
+            if !spec_path.starts_with(".spec.") {
+                out.push(cause(
+                    "FieldValueInvalid",
+                    format!("{base}.subresources.scale.specReplicasPath"),
+                    format!("Invalid value: {spec_path:?}: should be a json path under .spec"),
+                ));
+            }
+            let status_path = s(sc, "/statusReplicasPath");
+            if !status_path.starts_with(".status.") {
+                out.push(cause(
+                    "FieldValueInvalid",
+                    format!("{base}.subresources.scale.statusReplicasPath"),
+                    format!("Invalid value: {status_path:?}: should be a json path under .status"),
+                ));
+            }
+        }
+        for (j, c) in v.get("additionalPrinterColumns").and_then(Value::as_array).into_iter().flatten().enumerate() {
+            let cbase = format!("{base}.additionalPrinterColumns[{j}]");
+            if s(c, "/name").is_empty() {
+                out.push(cause("FieldValueRequired", format!("{cbase}.name"), "Required value"));
+            }
+            match s(c, "/type") {
+                "integer" | "number" | "string" | "boolean" | "date" => {}
+                "" => out.push(cause("FieldValueRequired", format!("{cbase}.type"), "Required value")),
+                other => out.push(cause(
+                    "FieldValueNotSupported",
+                    format!("{cbase}.type"),
+                    format!("Unsupported value: {other:?}: supported values: \"boolean\", \"date\", \"integer\", \"number\", \"string\""),
+                )),
+            }
+            if s(c, "/jsonPath").is_empty() {
+                out.push(cause("FieldValueRequired", format!("{cbase}.jsonPath"), "Required value"));
+            }
+        }
+    }
+    out
+}
+
+/// The structural-schema rules upstream enforces on every node.
+fn structural(schema: &Value, path: &str, root: bool, out: &mut Vec<Cause>) {
+    let preserve = schema.get("x-kubernetes-preserve-unknown-fields") == Some(&json!(true));
+    let int_or_string = schema.get("x-kubernetes-int-or-string") == Some(&json!(true));
+    let ty = schema.get("type").and_then(Value::as_str).unwrap_or("");
+    if ty.is_empty() && !preserve && !int_or_string && !root {
+        out.push(cause("FieldValueRequired", format!("{path}.type"), "Required value: must not be empty for specified object fields"));
+    }
+    if int_or_string && !ty.is_empty() {
+        out.push(cause("FieldValueForbidden", format!("{path}.type"), "Forbidden: must be empty if x-kubernetes-int-or-string is true"));
+    }
+    if schema.get("properties").is_some() && schema.get("additionalProperties").is_some_and(|a| a != &json!(false)) {
+        out.push(cause("FieldValueForbidden", format!("{path}.additionalProperties"), "Forbidden: additionalProperties and properties are mutual exclusive"));
+    }
+    if let Some(props) = schema.get("properties").and_then(Value::as_object) {
+        for (k, p) in props {
+            structural(p, &format!("{path}.properties[{k}]"), false, out);
+        }
+    }
+    if let Some(a) = schema.get("additionalProperties").filter(|a| a.is_object()) {
+        structural(a, &format!("{path}.additionalProperties"), false, out);
+    }
+    if let Some(items) = schema.get("items") {
+        if items.is_object() {
+            structural(items, &format!("{path}.items"), false, out);
+        }
+    } else if ty == "array" {
+        out.push(cause("FieldValueRequired", format!("{path}.items"), "Required value: must be specified"));
+    }
+}
+
+/// The `x-kubernetes-validations` rules of a CRD, which nanokube does not evaluate
+/// (one line per version that has any), for a Warning header.
+pub fn unevaluated_rules(crd: &Value) -> Vec<String> {
+    fn count(v: &Value) -> usize {
+        match v {
+            Value::Object(m) => m.iter().map(|(k, x)| if k == "x-kubernetes-validations" { x.as_array().map_or(0, Vec::len) } else { count(x) }).sum(),
+            Value::Array(a) => a.iter().map(count).sum(),
+            _ => 0,
+        }
+    }
+    crd.pointer("/spec/versions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|v| {
+            let n = count(v.pointer("/schema/openAPIV3Schema").unwrap_or(&Value::Null));
+            (n > 0).then(|| format!("{}: {n} x-kubernetes-validations rule(s) are accepted but not evaluated by nanokube", s(v, "/name")))
+        })
+        .collect()
+}
+
+fn flag(schema: &Value, name: &str) -> bool {
+    schema.get(name) == Some(&json!(true))
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+/// Walk the fields the schema does not declare: remove them (`remove`) and/or record their
+/// paths. The root's and embedded resources' `apiVersion`, `kind` and `metadata` are kept.
+fn unknown(schema: &Value, v: &mut Value, root: bool, path: &str, remove: bool, found: &mut Vec<String>) {
+    match v {
+        Value::Object(m) => {
+            let props = schema.get("properties").and_then(Value::as_object);
+            let additional = schema.get("additionalProperties");
+            let keep_unknown = flag(schema, "x-kubernetes-preserve-unknown-fields") || additional == Some(&json!(true));
+            let resource = root || flag(schema, "x-kubernetes-embedded-resource");
+            let mut drop = Vec::new();
+            for (k, x) in m.iter_mut() {
+                if resource && matches!(k.as_str(), "apiVersion" | "kind" | "metadata") {
+                    continue;
+                }
+                if let Some(p) = props.and_then(|p| p.get(k)) {
+                    unknown(p, x, false, &join(path, k), remove, found);
+                } else if let Some(a) = additional.filter(|a| a.is_object()) {
+                    unknown(a, x, false, &join(path, k), remove, found);
+                } else if !keep_unknown {
+                    drop.push(k.clone());
+                }
+            }
+            for k in drop {
+                found.push(join(path, &k));
+                if remove {
+                    m.remove(&k);
+                }
+            }
+        }
+        Value::Array(a) => {
+            if let Some(items) = schema.get("items").filter(|i| i.is_object()) {
+                for (i, x) in a.iter_mut().enumerate() {
+                    unknown(items, x, false, &format!("{path}[{i}]"), remove, found);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Remove the fields the schema does not declare (upstream's pruning).
+pub fn prune(schema: &Value, obj: &mut Value) {
+    unknown(schema, obj, true, "", true, &mut Vec::new());
+}
+
+/// The paths of the fields pruning would remove (`spec.foo`), for field validation.
+pub fn unknown_fields(schema: &Value, obj: &Value) -> Vec<String> {
+    let mut found = Vec::new();
+    unknown(schema, &mut obj.clone(), true, "", false, &mut found);
+    found.sort();
+    found
+}
+
+/// Apply the schema's defaults to missing (and null, unless nullable) fields.
+pub fn apply_defaults(schema: &Value, v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            if let Some(props) = schema.get("properties").and_then(Value::as_object) {
+                for (k, p) in props {
+                    if let Some(d) = p.get("default") {
+                        let missing = match m.get(k) {
+                            None => true,
+                            Some(Value::Null) => !flag(p, "nullable"),
+                            Some(_) => false,
+                        };
+                        if missing {
+                            m.insert(k.clone(), d.clone());
+                        }
+                    }
+                    if let Some(x) = m.get_mut(k) {
+                        apply_defaults(p, x);
+                    }
+                }
+            } else if let Some(a) = schema.get("additionalProperties").filter(|a| a.is_object()) {
+                for x in m.values_mut() {
+                    apply_defaults(a, x);
+                }
+            }
+        }
+        Value::Array(a) => {
+            if let Some(items) = schema.get("items").filter(|i| i.is_object()) {
+                for x in a {
+                    apply_defaults(items, x);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// A value as upstream's messages print it: strings quoted, the rest as JSON.
+fn shown(v: &Value) -> String {
+    match v {
+        Value::String(s) => format!("{s:?}"),
+        other => other.to_string(),
+    }
+}
+
+fn number(v: &Value, key: &str) -> Option<f64> {
+    v.get(key).and_then(Value::as_f64)
+}
+
+fn fmt_num(n: f64) -> String {
+    if n.fract() == 0.0 && n.abs() < 1e15 {
+        format!("{}", n as i64)
+    } else {
+        n.to_string()
+    }
+}
+
+/// Validate an object against its version's schema. Field paths are upstream's
+/// (`spec.replicas`, `spec.items[0]`); messages follow upstream's wording.
+pub fn validate(schema: &Value, obj: &Value) -> Vec<Cause> {
+    let mut out = Vec::new();
+    validate_value(schema, obj, "", true, &mut out);
+    out
+}
+
+fn validate_value(schema: &Value, v: &Value, path: &str, root: bool, out: &mut Vec<Cause>) {
+    let shown_path = if path.is_empty() { "<root>" } else { path };
+    let ty = schema.get("type").and_then(Value::as_str).unwrap_or("");
+    if v.is_null() {
+        if !ty.is_empty() && !flag(schema, "nullable") {
+            out.push(cause("FieldValueTypeInvalid", path, format!("Invalid value: \"null\": {shown_path} in body must be of type {ty}: \"null\"")));
+        }
+        return;
+    }
+    let got = type_name(v);
+    if flag(schema, "x-kubernetes-int-or-string") {
+        if got != "integer" && got != "string" {
+            out.push(cause("FieldValueTypeInvalid", path, format!("Invalid value: \"{got}\": {shown_path} in body must be of type integer,string: \"{got}\"")));
+            return;
+        }
+    } else {
+        let ok = match ty {
+            "" => true,
+            "number" => got == "number" || got == "integer",
+            t => t == got,
+        };
+        if !ok {
+            out.push(cause("FieldValueTypeInvalid", path, format!("Invalid value: \"{got}\": {shown_path} in body must be of type {ty}: \"{got}\"")));
+            return;
+        }
+    }
+    if let Some(allowed) = schema.get("enum").and_then(Value::as_array) {
+        if !allowed.contains(v) {
+            let list: Vec<String> = allowed.iter().map(shown).collect();
+            out.push(cause("FieldValueNotSupported", path, format!("Unsupported value: {}: supported values: {}", shown(v), list.join(", "))));
+        }
+    }
+    match v {
+        Value::String(text) => {
+            let len = text.chars().count() as f64;
+            if let Some(max) = number(schema, "maxLength").filter(|m| len > *m) {
+                out.push(cause("FieldValueTooLong", path, format!("Too long: may not be more than {} bytes", fmt_num(max))));
+            }
+            if let Some(min) = number(schema, "minLength").filter(|m| len < *m) {
+                out.push(cause(
+                    "FieldValueInvalid",
+                    path,
+                    format!("Invalid value: {}: {shown_path} in body should be at least {} chars long", shown(v), fmt_num(min)),
+                ));
+            }
+            if let Some(pattern) = schema.get("pattern").and_then(Value::as_str) {
+                match regex_lite::Regex::new(pattern) {
+                    Ok(re) if !re.is_match(text) => {
+                        out.push(cause("FieldValueInvalid", path, format!("Invalid value: {}: {shown_path} in body should match '{pattern}'", shown(v))))
+                    }
+                    Ok(_) => {}
+                    Err(e) => out.push(cause("FieldValueInvalid", path, format!("Invalid value: {pattern:?}: the schema's pattern does not compile: {e}"))),
+                }
+            }
+        }
+        Value::Number(n) => {
+            let x = n.as_f64().unwrap_or(0.0);
+            if let Some(min) = number(schema, "minimum") {
+                let exclusive = flag(schema, "exclusiveMinimum");
+                if x < min || (exclusive && x == min) {
+                    let how = if exclusive { "greater than" } else { "greater than or equal to" };
+                    out.push(cause("FieldValueInvalid", path, format!("Invalid value: {}: {shown_path} in body should be {how} {}", shown(v), fmt_num(min))));
+                }
+            }
+            if let Some(max) = number(schema, "maximum") {
+                let exclusive = flag(schema, "exclusiveMaximum");
+                if x > max || (exclusive && x == max) {
+                    let how = if exclusive { "less than" } else { "less than or equal to" };
+                    out.push(cause("FieldValueInvalid", path, format!("Invalid value: {}: {shown_path} in body should be {how} {}", shown(v), fmt_num(max))));
+                }
+            }
+            if let Some(m) = number(schema, "multipleOf").filter(|m| *m != 0.0) {
+                if (x / m).fract().abs() > 1e-9 {
+                    out.push(cause(
+                        "FieldValueInvalid",
+                        path,
+                        format!("Invalid value: {}: {shown_path} in body should be a multiple of {}", shown(v), fmt_num(m)),
+                    ));
+                }
+            }
+        }
+        Value::Array(items) => {
+            let len = items.len() as f64;
+            if let Some(max) = number(schema, "maxItems").filter(|m| len > *m) {
+                out.push(cause("FieldValueTooMany", path, format!("Too many: {}: must have at most {} items", items.len(), fmt_num(max))));
+            }
+            if let Some(min) = number(schema, "minItems").filter(|m| len < *m) {
+                out.push(cause(
+                    "FieldValueInvalid",
+                    path,
+                    format!("Invalid value: {}: {shown_path} in body should have at least {} items", items.len(), fmt_num(min)),
+                ));
+            }
+            let list_type = schema.get("x-kubernetes-list-type").and_then(Value::as_str).unwrap_or("");
+            let map_keys = strings(schema.get("x-kubernetes-list-map-keys"));
+            for (i, item) in items.iter().enumerate() {
+                let earlier = &items[..i];
+                let duplicate = match list_type {
+                    "set" => earlier.contains(item),
+                    "map" => {
+                        let key = |x: &Value| map_keys.iter().map(|k| x.get(k).cloned().unwrap_or(Value::Null)).collect::<Vec<_>>();
+                        earlier.iter().any(|e| key(e) == key(item))
+                    }
+                    _ => flag(schema, "uniqueItems") && earlier.contains(item),
+                };
+                if duplicate {
+                    out.push(cause("FieldValueDuplicate", format!("{path}[{i}]"), format!("Duplicate value: {}", shown(item))));
+                }
+                if let Some(s) = schema.get("items").filter(|s| s.is_object()) {
+                    validate_value(s, item, &format!("{path}[{i}]"), false, out);
+                }
+            }
+        }
+        Value::Object(m) => {
+            for req in strings(schema.get("required")) {
+                if !m.contains_key(&req) {
+                    out.push(cause("FieldValueRequired", join(path, &req), "Required value"));
+                }
+            }
+            let n = m.len() as f64;
+            if let Some(max) = number(schema, "maxProperties").filter(|x| n > *x) {
+                out.push(cause("FieldValueTooMany", path, format!("Too many: {}: must have at most {} items", m.len(), fmt_num(max))));
+            }
+            if let Some(min) = number(schema, "minProperties").filter(|x| n < *x) {
+                out.push(cause(
+                    "FieldValueInvalid",
+                    path,
+                    format!("Invalid value: {}: {shown_path} in body should have at least {} properties", m.len(), fmt_num(min)),
+                ));
+            }
+            if flag(schema, "x-kubernetes-embedded-resource") {
+                for k in ["apiVersion", "kind"] {
+                    if m.get(k).and_then(Value::as_str).is_none_or(str::is_empty) {
+                        out.push(cause("FieldValueRequired", join(path, k), "Required value: must not be empty"));
+                    }
+                }
+            }
+            let props = schema.get("properties").and_then(Value::as_object);
+            let additional = schema.get("additionalProperties").filter(|a| a.is_object());
+            for (k, x) in m {
+                if root && matches!(k.as_str(), "apiVersion" | "kind" | "metadata") {
+                    continue;
+                }
+                if let Some(p) = props.and_then(|p| p.get(k)) {
+                    validate_value(p, x, &join(path, k), false, out);
+                } else if let Some(a) = additional {
+                    validate_value(a, x, &join(path, k), false, out);
+                }
+            }
+        }
+        Value::Bool(_) | Value::Null => {}
+    }
+    // Value-validation combinators (structural schemas allow them without types).
+    if let Some(all) = schema.get("allOf").and_then(Value::as_array) {
+        for s in all {
+            validate_value(s, v, path, root, out);
+        }
+    }
+    let passes = |s: &Value| {
+        let mut e = Vec::new();
+        validate_value(s, v, path, root, &mut e);
+        e.is_empty()
+    };
+    if let Some(any) = schema.get("anyOf").and_then(Value::as_array) {
+        if !any.iter().any(passes) {
+            out.push(cause("FieldValueInvalid", path, format!("Invalid value: {}: {shown_path} in body must validate at least one schema (anyOf)", shown(v))));
+        }
+    }
+    if let Some(one) = schema.get("oneOf").and_then(Value::as_array) {
+        if one.iter().filter(|s| passes(s)).count() != 1 {
+            out.push(cause(
+                "FieldValueInvalid",
+                path,
+                format!("Invalid value: {}: {shown_path} in body must validate one and only one schema (oneOf)", shown(v)),
+            ));
+        }
+    }
+    if let Some(not) = schema.get("not") {
+        if passes(not) {
+            out.push(cause("FieldValueInvalid", path, format!("Invalid value: {}: {shown_path} in body must not validate the schema (not)", shown(v))));
+        }
+    }
+}
+
+/// Evaluate the simple JSONPath CRDs use in printer columns and scale paths:
+/// `.a.b`, `.a[0]`, `.a[*].b`, `.a['dotted.key']`, optionally wrapped in `{}`.
+/// Returns every match (empty when the path leads nowhere).
+pub fn json_path(obj: &Value, path: &str) -> Vec<Value> {
+    let p = path.trim();
+    let p = p.strip_prefix('{').and_then(|x| x.strip_suffix('}')).unwrap_or(p);
+    let p = p.strip_prefix('$').unwrap_or(p);
+    let mut current: Vec<&Value> = vec![obj];
+    let mut rest = p;
+    while !rest.is_empty() {
+        if let Some(r) = rest.strip_prefix('.') {
+            let end = r.find(['.', '[']).unwrap_or(r.len());
+            let key = &r[..end];
+            rest = &r[end..];
+            if key.is_empty() {
+                continue;
+            }
+            current = current.into_iter().filter_map(|v| v.get(key)).collect();
+        } else if let Some(r) = rest.strip_prefix('[') {
+            let Some(end) = r.find(']') else { return Vec::new() };
+            let sel = &r[..end];
+            rest = &r[end + 1..];
+            if sel == "*" {
+                current = current
+                    .into_iter()
+                    .flat_map(|v| match v {
+                        Value::Array(a) => a.iter().collect::<Vec<_>>(),
+                        Value::Object(m) => m.values().collect(),
+                        _ => Vec::new(),
+                    })
+                    .collect();
+            } else if let Ok(i) = sel.parse::<i64>() {
+                current = current
+                    .into_iter()
+                    .filter_map(|v| {
+                        let a = v.as_array()?;
+                        let idx = if i < 0 { a.len() as i64 + i } else { i };
+                        a.get(usize::try_from(idx).ok()?)
+                    })
+                    .collect();
+            } else {
+                let key = sel.trim_matches(|c| c == '\'' || c == '"');
+                current = current.into_iter().filter_map(|v| v.get(key)).collect();
+            }
+        } else {
+            return Vec::new();
+        }
+    }
+    current.into_iter().cloned().collect()
+}
+
+/// A `.spec.replicas`-style path as a JSON pointer (`/spec/replicas`).
+pub fn path_to_pointer(path: &str) -> String {
+    path.split('.').filter(|s| !s.is_empty()).fold(String::new(), |acc, seg| format!("{acc}/{seg}"))
+}
+
+/// The CRD status the controller keeps: accepted names, conditions and stored versions.
+/// `conflict` is the reason the names are not accepted, if another CRD holds them.
+pub fn status_for(crd: &Value, conflict: Option<&str>, now: &str) -> Value {
+    let names = crd.pointer("/spec/names").cloned().unwrap_or(json!({}));
+    let old = crd.get("status").cloned().unwrap_or(json!({}));
+    let old_cond =
+        |ty: &str| old.get("conditions").and_then(Value::as_array).and_then(|c| c.iter().find(|c| c.get("type").and_then(Value::as_str) == Some(ty))).cloned();
+    let cond = |ty: &str, status: &str, reason: &str, message: &str| {
+        let since = old_cond(ty)
+            .filter(|c| c.get("status").and_then(Value::as_str) == Some(status))
+            .and_then(|c| c.get("lastTransitionTime").cloned())
+            .unwrap_or_else(|| json!(now));
+        json!({"type": ty, "status": status, "reason": reason, "message": message, "lastTransitionTime": since})
+    };
+    let mut conditions = Vec::new();
+    let accepted = match conflict {
+        None => {
+            conditions.push(cond("NamesAccepted", "True", "NoConflicts", "no conflicts found"));
+            conditions.push(cond("Established", "True", "InitialNamesAccepted", "the initial names have been accepted"));
+            names.clone()
+        }
+        Some(why) => {
+            conditions.push(cond("NamesAccepted", "False", "NameConflict", why));
+            conditions.push(cond("Established", "False", "NotAccepted", "not all names are accepted"));
+            old.get("acceptedNames").cloned().unwrap_or(json!({"plural": "", "kind": ""}))
+        }
+    };
+    if crd.pointer("/metadata/deletionTimestamp").is_some() {
+        conditions.push(cond("Terminating", "True", "InstanceDeletionInProgress", "CustomResource deletion is in progress"));
+    }
+    let mut stored: Vec<Value> = old.get("storedVersions").and_then(Value::as_array).cloned().unwrap_or_default();
+    if conflict.is_none() {
+        let storage = crd
+            .pointer("/spec/versions")
+            .and_then(Value::as_array)
+            .and_then(|vs| vs.iter().find(|v| v.get("storage").and_then(Value::as_bool) == Some(true)))
+            .and_then(|v| v.get("name").cloned());
+        if let Some(sv) = storage {
+            if !stored.contains(&sv) {
+                stored.push(sv);
+            }
+        }
+    }
+    let mut accepted_map = Map::new();
+    for k in ["plural", "singular", "shortNames", "kind", "listKind", "categories"] {
+        if let Some(v) = accepted.get(k) {
+            accepted_map.insert(k.into(), v.clone());
+        }
+    }
+    json!({"acceptedNames": accepted_map, "conditions": conditions, "storedVersions": stored})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schema() -> Value {
+        json!({"type": "object", "properties": {
+            "spec": {"type": "object", "required": ["cronSpec"], "properties": {
+                "cronSpec": {"type": "string", "pattern": "^(\\d+|\\*)(/\\d+)?(\\s+(\\d+|\\*)(/\\d+)?){4}$"},
+                "replicas": {"type": "integer", "minimum": 1, "maximum": 10, "default": 1},
+                "mode": {"type": "string", "enum": ["a", "b"]},
+                "port": {"x-kubernetes-int-or-string": true},
+                "free": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
+                "tags": {"type": "array", "items": {"type": "string"}, "x-kubernetes-list-type": "set", "maxItems": 2},
+                "template": {"type": "object", "x-kubernetes-embedded-resource": true, "x-kubernetes-preserve-unknown-fields": true}}},
+            "status": {"type": "object", "properties": {"replicas": {"type": "integer"}}}}})
+    }
+
+    #[test]
+    fn prune_default_validate() {
+        let mut obj = json!({"apiVersion": "x.io/v1", "kind": "T", "metadata": {"name": "a"}, "extra": 1,
+            "spec": {"cronSpec": "* * * * */5", "unknown": true, "free": {"anything": {"deep": 1}}, "port": "http"}});
+        assert_eq!(unknown_fields(&schema(), &obj), vec!["extra".to_string(), "spec.unknown".to_string()]);
+        prune(&schema(), &mut obj);
+        assert!(obj.get("extra").is_none() && obj.pointer("/spec/unknown").is_none());
+        assert_eq!(obj.pointer("/spec/free/anything/deep"), Some(&json!(1)));
+        apply_defaults(&schema(), &mut obj);
+        assert_eq!(obj.pointer("/spec/replicas"), Some(&json!(1)));
+        assert!(validate(&schema(), &obj).is_empty());
+
+        let bad = json!({"spec": {"cronSpec": "nope", "replicas": "3", "mode": "c", "port": 1.5, "tags": ["x", "x", "y"], "template": {"kind": "Pod"}}});
+        let causes = validate(&schema(), &bad);
+        let fields: Vec<(&str, &str)> = causes.iter().map(|c| (c.field.as_str(), c.reason.as_str())).collect();
+        assert!(fields.contains(&("spec.cronSpec", "FieldValueInvalid")), "{causes:?}");
+        assert!(fields.contains(&("spec.replicas", "FieldValueTypeInvalid")));
+        assert!(fields.contains(&("spec.mode", "FieldValueNotSupported")));
+        assert!(fields.contains(&("spec.port", "FieldValueTypeInvalid")));
+        assert!(fields.contains(&("spec.tags", "FieldValueTooMany")));
+        assert!(fields.contains(&("spec.tags[1]", "FieldValueDuplicate")));
+        assert!(fields.contains(&("spec.template.apiVersion", "FieldValueRequired")));
+        let replicas = causes.iter().find(|c| c.field == "spec.replicas").unwrap();
+        assert_eq!(replicas.message, "Invalid value: \"string\": spec.replicas in body must be of type integer: \"string\"");
+        let missing = validate(&schema(), &json!({"spec": {"replicas": 0}}));
+        assert!(missing.iter().any(|c| c.field == "spec.cronSpec" && c.message == "Required value"));
+        assert!(missing.iter().any(|c| c.message.ends_with("spec.replicas in body should be greater than or equal to 1")));
+    }
+
+    #[test]
+    fn versions_sort_like_kubernetes() {
+        let mut v = vec!["v1alpha1", "foo", "v1", "v2beta1", "v1beta2", "v2", "v1beta1"];
+        v.sort_by(|a, b| version_priority(a, b));
+        assert_eq!(v, vec!["v2", "v1", "v2beta1", "v1beta2", "v1beta1", "v1alpha1", "foo"]);
+    }
+
+    #[test]
+    fn json_paths() {
+        let o = json!({"spec": {"a": [{"b": 1}, {"b": 2}], "d.e": "x"}});
+        assert_eq!(json_path(&o, ".spec.a[1].b"), vec![json!(2)]);
+        assert_eq!(json_path(&o, ".spec.a[*].b"), vec![json!(1), json!(2)]);
+        assert_eq!(json_path(&o, "{.spec['d.e']}"), vec![json!("x")]);
+        assert!(json_path(&o, ".spec.missing").is_empty());
+        assert_eq!(path_to_pointer(".spec.replicas"), "/spec/replicas");
+    }
+
+    #[test]
+    fn crd_checks() {
+        let mut crd = json!({"metadata": {"name": "crontabs.stable.example.com"}, "spec": {"group": "stable.example.com", "scope": "Namespaced",
+            "names": {"plural": "crontabs", "kind": "CronTab"}, "versions": [{"name": "v1", "served": true, "storage": true, "schema": {"openAPIV3Schema": schema()}}]}});
+        default_crd(&mut crd);
+        assert_eq!(crd.pointer("/spec/names/singular"), Some(&json!("crontab")));
+        assert!(validate_crd(&crd).is_empty(), "{:?}", validate_crd(&crd));
+        let mut bad = crd.clone();
+        bad["metadata"]["name"] = json!("wrong");
+        bad["spec"]["versions"][0]["storage"] = json!(false);
+        bad["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["untyped"] = json!({});
+        let fields: Vec<String> = validate_crd(&bad).into_iter().map(|c| c.field).collect();
+        assert!(fields.contains(&"metadata.name".to_string()));
+        assert!(fields.contains(&"spec.versions".to_string()));
+        assert!(fields.contains(&"spec.versions[0].schema.openAPIV3Schema.properties[spec].properties[untyped].type".to_string()));
+        let cr = CustomResource::from_crd(&crd).unwrap();
+        assert_eq!(cr.version("v1").unwrap().columns[0].name, "Age");
+        let st = status_for(&crd, None, "2026-01-01T00:00:00Z");
+        assert_eq!(st["conditions"][1]["type"], "Established");
+        assert_eq!(st["storedVersions"], json!(["v1"]));
+    }
+}
