@@ -118,11 +118,11 @@ const IGNORED_META: &[&str] = &[
 ];
 
 /// A field of a message (looking through embedded structs) and its markers.
-fn field(msg: &'static str, key: &str) -> Option<(FieldInfo, &'static str, &'static str)> {
+fn field_uncached(msg: &'static str, key: &str) -> Option<(FieldInfo, &'static str, &'static str)> {
     for f in message_fields(msg)? {
         if f.cardinality == Cardinality::Inline {
             if let FieldType::Message(inner) = f.ty {
-                if let Some(found) = field(inner, key) {
+                if let Some(found) = field_uncached(inner, key) {
                     return Some(found);
                 }
             }
@@ -132,6 +132,37 @@ fn field(msg: &'static str, key: &str) -> Option<(FieldInfo, &'static str, &'sta
         }
     }
     None
+}
+
+/// The fields of one message by JSON name, embedded structs flattened.
+type FieldIndex = std::collections::HashMap<&'static str, (FieldInfo, &'static str, &'static str)>;
+
+/// [`field_uncached`] from a per-message index built on first use: field management runs
+/// on every write, and the schema table itself is laid out for decoding, not lookup.
+fn field(msg: &'static str, key: &str) -> Option<(FieldInfo, &'static str, &'static str)> {
+    static INDEX: std::sync::OnceLock<std::sync::RwLock<std::collections::HashMap<&'static str, std::sync::Arc<FieldIndex>>>> = std::sync::OnceLock::new();
+    let index = INDEX.get_or_init(Default::default);
+    let cached = index.read().expect("field index").get(msg).cloned();
+    let fields = match cached {
+        Some(f) => f,
+        None => {
+            fn collect(msg: &'static str, into: &mut Vec<&'static str>) {
+                for f in message_fields(msg).unwrap_or_default() {
+                    match (f.cardinality, f.ty) {
+                        (Cardinality::Inline, FieldType::Message(inner)) => collect(inner, into),
+                        _ => into.push(f.json),
+                    }
+                }
+            }
+            let mut names = Vec::new();
+            collect(msg, &mut names);
+            let built: FieldIndex = names.into_iter().filter_map(|n| field_uncached(msg, n).map(|found| (n, found))).collect();
+            let built = std::sync::Arc::new(built);
+            index.write().expect("field index").insert(msg, built.clone());
+            built
+        }
+    };
+    fields.get(key).copied()
 }
 
 fn list_kind(f: &FieldInfo, markers: &str) -> ListKind {

@@ -131,11 +131,16 @@ impl ClusterAccess {
 
     /// An HTTPS connector for this cluster.
     pub fn connector(&self, http2: bool) -> Connector {
+        // TCP_NODELAY, as client-go sets it: without it an HTTP/2 request's DATA frame waits
+        // behind Nagle for the server's delayed ACK of its HEADERS frame (~40 ms a write).
+        let mut tcp = hyper_util::client::legacy::connect::HttpConnector::new();
+        tcp.set_nodelay(true);
+        tcp.enforce_http(false);
         let b = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(self.tls.clone()).https_only();
         if http2 {
-            b.enable_http2().build()
+            b.enable_http2().wrap_connector(tcp)
         } else {
-            b.enable_http1().build()
+            b.enable_http1().wrap_connector(tcp)
         }
     }
 }

@@ -75,7 +75,8 @@ fn kubectl_1_27_to_1_33() {
         assert_eq!(run(&["apply", "-f", m]).trim(), format!("gadget.{group}/g unchanged"), "{bin}");
         let (h, rows) = table(&run(&["get", &format!("gadgets.{group}"), "-n", &ns]));
         assert_eq!((h, rows[0][..2].to_vec()), (vec!["NAME".to_string(), "SIZE".to_string()], vec!["g".to_string(), "3".to_string()]), "{bin}");
-        std::fs::write(&manifest, format!("apiVersion: {group}/v1\nkind: Gadget\nmetadata:\n  name: g2\n  namespace: {ns}\nspec:\n  size: 3\n  colour: red\n")).unwrap();
+        std::fs::write(&manifest, format!("apiVersion: {group}/v1\nkind: Gadget\nmetadata:\n  name: g2\n  namespace: {ns}\nspec:\n  size: 3\n  colour: red\n"))
+            .unwrap();
         let out = s.kubectl_bin(&bin, &["apply", "-f", m]);
         assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field \"spec.colour\""), "{bin}: {}", String::from_utf8_lossy(&out.stderr));
         std::fs::remove_file(&manifest).unwrap();
