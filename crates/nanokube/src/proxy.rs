@@ -92,18 +92,18 @@ impl Filter {
     }
 }
 
-/// The host part of a Host header as Go's `net.SplitHostPort` returns it (empty when
-/// there is no port, brackets removed from IPv6).
+/// The host part of a Host header as kubectl's filter takes it: Go's `net.SplitHostPort`
+/// host (brackets removed from IPv6), or the whole header when it has no port.
 fn split_host(h: &str) -> String {
     if let Some(rest) = h.strip_prefix('[') {
-        return match rest.split_once("]:") {
-            Some((host, _)) => host.to_string(),
-            None => String::new(),
-        };
+        if let Some((host, _)) = rest.split_once("]:") {
+            return host.to_string();
+        }
+        return h.to_string();
     }
     match h.rsplit_once(':') {
         Some((host, _)) if !host.contains(':') => host.to_string(),
-        _ => String::new(),
+        _ => h.to_string(),
     }
 }
 
@@ -270,7 +270,10 @@ mod tests {
         assert!(f.accept("GET", "/api/", "localhost:8080"));
         assert!(f.accept("GET", "/api/v1/pods", "127.0.0.1:8001"));
         assert!(!f.accept("GET", "/api/v1/pods", "example.com:8001"));
-        assert!(!f.accept("GET", "/api/v1/pods", "localhost"), "Go's SplitHostPort fails without a port");
+        // Without a port, kubectl's extractHost falls back to the whole header.
+        assert!(f.accept("GET", "/api/v1/pods", "localhost"));
+        assert!(f.accept("GET", "/api/v1/pods", "[::1]"));
+        assert!(!f.accept("GET", "/api/v1/pods", "example.com"));
         assert!(!f.accept("POST", "/api/v1/namespaces/default/pods/web/exec", "localhost:8001"));
         assert!(!f.accept("GET", "/api/v1/namespaces/default/pods/web/attach", "localhost:8001"));
         assert!(f.accept("GET", "/api/v1/namespaces/default/pods/web/portforward", "localhost:8001"));

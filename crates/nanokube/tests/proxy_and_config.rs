@@ -198,3 +198,95 @@ fn proxy_adds_x_forwarded_for_which_the_audit_log_records() {
     assert_eq!(ev["sourceIPs"], serde_json::json!(["127.0.0.9", "127.0.0.1"]), "{ev}");
     assert_eq!(ev["userAgent"].as_str().unwrap().split('/').next(), Some("curl"), "the client's own User-Agent is kept");
 }
+
+/// nanokube serves no upgrade yet (exec, attach and port-forward need the node agent), so
+/// this upstream is a TLS server of the test's own, with a certificate from nanokube's
+/// PKI code, that switches protocols and echoes; `nanokube proxy` in front of it is the
+/// real binary, with its default filters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_passes_upgrades_through_and_filters_exec() {
+    use http_body_util::Full;
+    use hyper::body::Incoming;
+    use hyper_util::rt::TokioIo;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let dir = tempfile::tempdir().unwrap();
+    let paths = nanokube_apiserver::pki::Paths::new(dir.path().join("pki"));
+    let pki = nanokube_apiserver::pki::ensure(&paths, &["127.0.0.1".parse().unwrap()], &[]).unwrap();
+    let tls = tokio_rustls::TlsAcceptor::from(nanokube_apiserver::server::tls_config(&pki).unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = format!("https://127.0.0.1:{}", listener.local_addr().unwrap().port());
+    let seen: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>> = Default::default();
+    let seen_by_server = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else { return };
+            let (tls, seen) = (tls.clone(), seen_by_server.clone());
+            tokio::spawn(async move {
+                let Ok(stream) = tls.accept(tcp).await else { return };
+                let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+                    let seen = seen.clone();
+                    async move {
+                        let xff = req.headers().get("x-forwarded-for").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+                        seen.lock().unwrap().push((req.uri().path().to_string(), xff));
+                        let mut resp = hyper::Response::new(Full::new(bytes::Bytes::new()));
+                        if req.headers().contains_key(http::header::UPGRADE) {
+                            let on = hyper::upgrade::on(&mut req);
+                            tokio::spawn(async move {
+                                if let Ok(up) = on.await {
+                                    let mut io = TokioIo::new(up);
+                                    let mut buf = [0u8; 64];
+                                    while let Ok(n) = io.read(&mut buf).await {
+                                        if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                                            break;
+                                        }
+                                    }
+                                }
+                            });
+                            *resp.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
+                            resp.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("Upgrade"));
+                            resp.headers_mut().insert(http::header::UPGRADE, http::HeaderValue::from_static("SPDY/3.1"));
+                        }
+                        Ok::<_, std::convert::Infallible>(resp)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).with_upgrades().await;
+            });
+        }
+    });
+    let kubeconfig = dir.path().join("kubeconfig");
+    let cfg = nanokube_apiserver::kubeconfig::single("upstream", &upstream, &pki.ca_pem, &pki.client_pem, &pki.client_key_pem);
+    nanokube_apiserver::kubeconfig::write(&kubeconfig, &cfg).unwrap();
+    let (mut proxy, port) = tokio::task::spawn_blocking(move || start_proxy(&["--port=0", "--kubeconfig", kubeconfig.to_str().unwrap()], &[])).await.unwrap();
+
+    // port-forward is allowed by kubectl's default filters: the upgrade reaches the
+    // upstream and bytes flow both ways through the proxy.
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    tcp.write_all(b"POST /api/v1/namespaces/default/pods/web/portforward HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\nContent-Length: 0\r\n\r\n").await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(tcp.read(&mut byte).await.unwrap(), 1, "proxy closed: {}", String::from_utf8_lossy(&head));
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_string();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(head.to_ascii_lowercase().contains("upgrade: spdy/3.1"), "{head}");
+    for msg in [&b"hello"[..], b"through the proxy"] {
+        tcp.write_all(msg).await.unwrap();
+        let mut back = vec![0u8; msg.len()];
+        tcp.read_exact(&mut back).await.unwrap();
+        assert_eq!(back, msg);
+    }
+    drop(tcp);
+    // exec is refused by the proxy itself (403), never reaching the upstream.
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    tcp.write_all(b"POST /api/v1/namespaces/default/pods/web/exec?command=sh HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\nContent-Length: 0\r\n\r\n").await.unwrap();
+    let mut reply = vec![0u8; 12];
+    tcp.read_exact(&mut reply).await.unwrap();
+    assert_eq!(&reply, b"HTTP/1.1 403");
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen, vec![("/api/v1/namespaces/default/pods/web/portforward".to_string(), "127.0.0.1".to_string())]);
+    let _ = proxy.kill();
+    let _ = proxy.wait();
+}
