@@ -427,7 +427,7 @@ pub fn unknown_fields(api_version: &str, kind: &str, obj: &Value) -> Option<Vec<
             if k == "apiVersion" || k == "kind" {
                 continue;
             }
-            check_field(&msg, k, v, k, &mut out);
+            check_field(&msg, k, v, "", &mut out);
         }
     }
     Some(out)
@@ -462,12 +462,15 @@ fn find_field(msg: &str, key: &str) -> Option<FieldInfo> {
     })
 }
 
-fn check_field(msg: &str, key: &str, value: &Value, path: &str, out: &mut Vec<String>) {
+/// Check one field of `msg`; `parent` is the path above it (paths are only built for
+/// what is reported or descended into: this runs on every write).
+fn check_field(msg: &str, key: &str, value: &Value, parent: &str, out: &mut Vec<String>) {
+    let path = || if parent.is_empty() { key.to_string() } else { format!("{parent}.{key}") };
     if schema().get(msg).is_none() {
         return;
     }
     let Some(f) = find_field(msg, key) else {
-        out.push(path.to_string());
+        out.push(path());
         return;
     };
     let FieldType::Message(inner) = f.ty else { return };
@@ -476,25 +479,30 @@ fn check_field(msg: &str, key: &str, value: &Value, path: &str, out: &mut Vec<St
     }
     match (f.cardinality, value) {
         (Cardinality::One, Value::Object(m)) => {
+            let here = path();
             for (k, v) in m {
-                check_field(inner, k, v, &format!("{path}.{k}"), out);
+                check_field(inner, k, v, &here, out);
             }
         }
         (Cardinality::List, Value::Array(items)) => {
+            let here = path();
             for (i, item) in items.iter().enumerate() {
                 if let Value::Object(m) = item {
+                    let at = format!("{here}[{i}]");
                     for (k, v) in m {
-                        check_field(inner, k, v, &format!("{path}[{i}].{k}"), out);
+                        check_field(inner, k, v, &at, out);
                     }
                 }
             }
         }
         (Cardinality::Inline, _) => {}
         (Cardinality::Map, Value::Object(entries)) => {
+            let here = path();
             for (name, item) in entries {
                 if let Value::Object(m) = item {
+                    let at = format!("{here}[{name}]");
                     for (k, v) in m {
-                        check_field(inner, k, v, &format!("{path}[{name}].{k}"), out);
+                        check_field(inner, k, v, &at, out);
                     }
                 }
             }
@@ -614,6 +622,26 @@ fn docs() -> &'static Docs {
         }
         d
     })
+}
+
+/// The `+markers` of a field (`patchMergeKey=name;patchStrategy=merge`, empty if none),
+/// from a table of the fields that have any. Field management reads this on every write,
+/// so it does not wait for the whole documentation table to be built.
+pub fn markers_of(msg: &str, field: &str) -> &'static str {
+    static MARKERS: OnceLock<HashMap<(&'static str, &'static str), &'static str>> = OnceLock::new();
+    let markers = MARKERS.get_or_init(|| {
+        let mut out = HashMap::new();
+        for line in DOCS_TSV.lines().filter(|l| !l.starts_with('#') && !l.ends_with('\t')) {
+            let mut c = line.splitn(4, '\t');
+            if let (Some(m), Some(f), Some(_), Some(mk)) = (c.next(), c.next(), c.next(), c.next()) {
+                if !mk.is_empty() {
+                    out.insert((m, f), mk);
+                }
+            }
+        }
+        out
+    });
+    markers.get(&(msg, field)).copied().unwrap_or("")
 }
 
 /// The documentation of a message (`field` empty) or of one of its fields, and its

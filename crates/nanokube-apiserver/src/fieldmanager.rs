@@ -18,7 +18,7 @@
 use std::collections::BTreeMap;
 
 use nanokube_api::error::Cause;
-use nanokube_api::protobuf::{docs_of, is_opaque, message_fields, Cardinality, FieldInfo, FieldType};
+use nanokube_api::protobuf::{is_opaque, markers_of, message_fields, Cardinality, FieldInfo, FieldType};
 use nanokube_api::{meta, ApiError};
 use serde_json::{json, Map, Value};
 
@@ -127,7 +127,7 @@ fn field_uncached(msg: &'static str, key: &str) -> Option<(FieldInfo, &'static s
                 }
             }
         } else if f.json == key {
-            let markers = docs_of(msg, key).map(|(_, m)| m).unwrap_or("");
+            let markers = markers_of(msg, key);
             return Some((f, msg, markers));
         }
     }
@@ -567,7 +567,8 @@ pub fn record_update(schema: Schema<'_>, old: Option<&Value>, new: &mut Value, m
         }
         return;
     }
-    let present = object_fields(None, new, schema, false, false);
+    // On create without a status split, what is present is exactly what changed.
+    let present = if old.is_none() && !skip_status { changed.clone() } else { object_fields(None, new, schema, false, false) };
     let mut managers = old.map(read_managers).unwrap_or_default();
     for m in managers.iter_mut() {
         m.4.minus(&changed);
