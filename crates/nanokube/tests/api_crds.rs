@@ -215,6 +215,20 @@ fn crd_and_custom_objects_through_kubectl() {
     assert!(explained.contains("KIND:       CronTab") && explained.contains("The desired schedule."), "{explained}");
     assert!(explained.contains("cronSpec\t<string> -required-") && explained.contains("When to run, in cron syntax."), "{explained}");
 
+    // apply of a changed manifest (client-side: a merge patch for custom resources), and
+    // replace with a stale resourceVersion (409) and a fresh one.
+    let changed = CT.replace("my-cron-image", "changed-image");
+    assert_eq!(String::from_utf8_lossy(&s.k_stdin(&["apply", "-f", "-"], &changed).stdout).trim(), "crontab.stable.example.com/my-cron configured");
+    let obj = s.get_json("/apis/stable.example.com/v1/namespaces/default/crontabs/my-cron").1;
+    assert_eq!((obj["spec"]["image"].as_str(), obj["status"]["replicas"].as_i64()), (Some("changed-image"), Some(4)), "status kept");
+    let mut stale = obj.clone();
+    stale["metadata"]["resourceVersion"] = json!("1");
+    let out = s.k_stdin(&["replace", "-f", "-"], &stale.to_string());
+    assert!(stderr(&out).contains("the object has been modified"), "{}", stderr(&out));
+    let mut fresh = obj.clone();
+    fresh["spec"]["image"] = json!("merged");
+    assert_eq!(String::from_utf8_lossy(&s.k_stdin(&["replace", "-f", "-"], &fresh.to_string()).stdout).trim(), "crontab.stable.example.com/my-cron replaced");
+
     // create --dry-run=server: the would-be object, nothing stored.
     let dry = CT.replace("my-cron", "dry");
     assert_eq!(
@@ -340,6 +354,29 @@ fn garbage_collection_and_namespace_deletion_reach_custom_objects() {
         eventually(Duration::from_secs(5), || s.get_json("/apis/stable.example.com/v1/namespaces/team/crontabs/child").0 == 404),
         "custom dependent collected"
     );
+
+    // kubectl delete --cascade=foreground / orphan on a custom owner, and wait --for=delete.
+    let owned_cm = |name: &str, owner: &Value| {
+        json!({"metadata": {"name": name, "ownerReferences": [{"apiVersion": "stable.example.com/v1", "kind": "CronTab", "name": owner["metadata"]["name"],
+            "uid": owner["metadata"]["uid"], "blockOwnerDeletion": true}]}})
+    };
+    for (owner, cascade) in [("fg", "foreground"), ("or", "orphan")] {
+        let cron = json!({"apiVersion": "stable.example.com/v1", "kind": "CronTab", "metadata": {"name": owner}, "spec": {"cronSpec": "* * * * *"}});
+        let (_, body) = s.curl("POST", "/apis/stable.example.com/v1/namespaces/team/crontabs", Some("application/json"), Some(cron.to_string().as_bytes()));
+        let o: Value = serde_json::from_str(&body).unwrap();
+        let dep = owned_cm(&format!("{owner}-dep"), &o);
+        assert_eq!(s.curl("POST", "/api/v1/namespaces/team/configmaps", Some("application/json"), Some(dep.to_string().as_bytes())).0, 201);
+        let out = s.kubectl(&["delete", "crontab", owner, "-n", "team", &format!("--cascade={cascade}"), "--timeout=20s"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        s.k(&["wait", "--for=delete", &format!("crontab/{owner}"), "-n", "team", "--timeout=10s"]);
+        let (code, cm) = s.get_json(&format!("/api/v1/namespaces/team/configmaps/{owner}-dep"));
+        if cascade == "foreground" {
+            assert_eq!(code, 404, "foreground deleted the dependent first");
+        } else {
+            assert_eq!(code, 200, "orphan kept the dependent");
+            assert!(cm["metadata"].get("ownerReferences").is_none(), "and cleared its ownerReferences: {cm}");
+        }
+    }
 
     let left = json!({"apiVersion": "stable.example.com/v1", "kind": "CronTab", "metadata": {"name": "left"}, "spec": {"cronSpec": "* * * * *"}});
     assert_eq!(s.curl("POST", "/apis/stable.example.com/v1/namespaces/team/crontabs", Some("application/json"), Some(left.to_string().as_bytes())).0, 201);
