@@ -3,9 +3,13 @@
 //! custom objects, in upstream's order: prune unknown fields, apply defaults, validate.
 //! Pure: no IO.
 //!
-//! Not evaluated: `x-kubernetes-validations` (CEL rules) and `format` checks. CRDs that
-//! use them are accepted (most published CRDs do) and the rules are reported unevaluated
-//! by [`unevaluated_rules`]; conversion webhooks are refused, since nothing can serve them.
+//! `x-kubernetes-validations` rules are CEL, evaluated with the `cel` crate (its standard
+//! library and its strings, lists and math extensions, the cel-go extensions Kubernetes
+//! enables), with `self` and, on updates, `oldSelf` for correlatable nodes. Kubernetes'
+//! own CEL libraries (quantity, url, ip/cidr, semver, regex `find`, `isSorted`, `sum`)
+//! are not there: a rule that calls one is skipped, and [`rule_warnings`] says so on the
+//! CRD write. `format` is not checked. Conversion webhooks are refused, since nothing
+//! here could serve them.
 
 use std::cmp::Ordering;
 
@@ -403,6 +407,15 @@ fn structural(schema: &Value, path: &str, root: bool, out: &mut Vec<Cause>) {
     if schema.get("properties").is_some() && schema.get("additionalProperties").is_some_and(|a| a != &json!(false)) {
         out.push(cause("FieldValueForbidden", format!("{path}.additionalProperties"), "Forbidden: additionalProperties and properties are mutual exclusive"));
     }
+    for (i, rule) in schema.get("x-kubernetes-validations").and_then(Value::as_array).into_iter().flatten().enumerate() {
+        let text = rule.get("rule").and_then(Value::as_str).unwrap_or("");
+        let field = format!("{path}.x-kubernetes-validations[{i}].rule");
+        if text.is_empty() {
+            out.push(cause("FieldValueRequired", field, "Required value"));
+        } else if let Err(e) = program(text) {
+            out.push(cause("FieldValueInvalid", field, format!("Invalid value: {text:?}: compilation failed: {e}")));
+        }
+    }
     if let Some(props) = schema.get("properties").and_then(Value::as_object) {
         for (k, p) in props {
             structural(p, &format!("{path}.properties[{k}]"), false, out);
@@ -420,25 +433,157 @@ fn structural(schema: &Value, path: &str, root: bool, out: &mut Vec<Cause>) {
     }
 }
 
-/// The `x-kubernetes-validations` rules of a CRD, which nanokube does not evaluate
-/// (one line per version that has any), for a Warning header.
-pub fn unevaluated_rules(crd: &Value) -> Vec<String> {
-    fn count(v: &Value) -> usize {
+/// Functions of Kubernetes' own CEL libraries that the `cel` crate does not have.
+const KUBERNETES_ONLY_CEL: &[&str] = &[
+    "quantity",
+    "isQuantity",
+    "url",
+    "isURL",
+    "ip",
+    "isIP",
+    "cidr",
+    "isCIDR",
+    "semver",
+    "isSemver",
+    "isSorted",
+    "sum",
+    "find",
+    "findAll",
+    "getScheme",
+    "getHost",
+    "getHostname",
+    "getPort",
+    "getEscapedPath",
+    "getQuery",
+    "compareTo",
+    "isGreaterThan",
+    "isLessThan",
+    "asInteger",
+    "asApproximateFloat",
+    "authorizer",
+];
+
+/// Warnings for a CRD whose rules call functions nanokube cannot evaluate (those rules
+/// are skipped), one per rule.
+pub fn rule_warnings(crd: &Value) -> Vec<String> {
+    fn walk(v: &Value, out: &mut Vec<String>) {
         match v {
-            Value::Object(m) => m.iter().map(|(k, x)| if k == "x-kubernetes-validations" { x.as_array().map_or(0, Vec::len) } else { count(x) }).sum(),
-            Value::Array(a) => a.iter().map(count).sum(),
-            _ => 0,
+            Value::Object(m) => {
+                for (k, x) in m {
+                    if k == "x-kubernetes-validations" {
+                        for rule in x.as_array().into_iter().flatten().filter_map(|r| r.get("rule").and_then(Value::as_str)) {
+                            if let Ok(p) = program(rule) {
+                                let refs = p.references();
+                                let missing: Vec<&str> = KUBERNETES_ONLY_CEL.iter().copied().filter(|f| refs.has_function(f)).collect();
+                                if !missing.is_empty() {
+                                    out.push(format!(
+                                        "x-kubernetes-validations rule {rule:?} calls {} (Kubernetes CEL libraries nanokube does not have): it is not enforced",
+                                        missing.join(", ")
+                                    ));
+                                }
+                            }
+                        }
+                    } else {
+                        walk(x, out);
+                    }
+                }
+            }
+            Value::Array(a) => a.iter().for_each(|x| walk(x, out)),
+            _ => {}
         }
     }
-    crd.pointer("/spec/versions")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|v| {
-            let n = count(v.pointer("/schema/openAPIV3Schema").unwrap_or(&Value::Null));
-            (n > 0).then(|| format!("{}: {n} x-kubernetes-validations rule(s) are accepted but not evaluated by nanokube", s(v, "/name")))
-        })
-        .collect()
+    let mut out = Vec::new();
+    walk(crd.get("spec").unwrap_or(&Value::Null), &mut out);
+    out
+}
+
+/// The CEL environment rules run in.
+fn cel_env() -> std::sync::Arc<cel::Env> {
+    static ENV: std::sync::OnceLock<std::sync::Arc<cel::Env>> = std::sync::OnceLock::new();
+    ENV.get_or_init(|| {
+        let mut env = cel::Env::stdlib();
+        for ext in [cel::extensions::strings, cel::extensions::lists, cel::extensions::math] {
+            let _ = env.add_extension(ext);
+        }
+        std::sync::Arc::new(env)
+    })
+    .clone()
+}
+
+/// A compiled rule, cached by its text (rules run on every write of their objects).
+fn program(rule: &str) -> Result<std::sync::Arc<cel::Program>, String> {
+    type Cache = std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<cel::Program>>>;
+    static CACHE: std::sync::OnceLock<Cache> = std::sync::OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(p) = cache.lock().expect("rule cache").get(rule) {
+        return Ok(p.clone());
+    }
+    let p = std::sync::Arc::new(cel_env().compile(rule).map_err(|e| e.to_string())?);
+    cache.lock().expect("rule cache").insert(rule.to_string(), p.clone());
+    Ok(p)
+}
+
+/// A JSON value as CEL sees it (integers as `int`, objects as maps).
+fn cel_value(v: &Value) -> cel::Value {
+    match v {
+        Value::Null => cel::Value::Null,
+        Value::Bool(b) => cel::Value::Bool(*b),
+        Value::Number(n) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => cel::Value::Int(i),
+            (None, Some(u)) => cel::Value::UInt(u),
+            _ => cel::Value::Float(n.as_f64().unwrap_or(0.0)),
+        },
+        Value::String(s) => cel::Value::String(std::sync::Arc::new(s.clone())),
+        Value::Array(a) => cel::Value::List(std::sync::Arc::new(a.iter().map(cel_value).collect())),
+        Value::Object(m) => m.iter().map(|(k, x)| (k.clone(), cel_value(x))).collect::<std::collections::HashMap<String, cel::Value>>().into(),
+    }
+}
+
+/// Evaluate one `x-kubernetes-validations` entry against `v` (and `old`, for transition
+/// rules); push a cause when it fails.
+fn check_rule(rule: &Value, schema: &Value, v: &Value, old: Option<&Value>, path: &str, out: &mut Vec<Cause>) {
+    let Some(text) = rule.get("rule").and_then(Value::as_str) else { return };
+    let Ok(p) = program(text) else { return }; // compile errors are refused with the CRD
+    let refs = p.references();
+    if KUBERNETES_ONLY_CEL.iter().any(|f| refs.has_function(f)) {
+        return; // said on the CRD write
+    }
+    let transition = refs.has_variable("oldSelf");
+    if transition && old.is_none() {
+        return; // transition rules run on updates of correlatable values only
+    }
+    let mut ctx = cel::Context::with_env(cel_env());
+    ctx.add_variable_from_value("self", cel_value(v));
+    if let Some(o) = old {
+        ctx.add_variable_from_value("oldSelf", cel_value(o));
+    }
+    let ty = schema.get("type").and_then(Value::as_str).filter(|t| !t.is_empty()).unwrap_or(type_name(v));
+    let field = match rule.get("fieldPath").and_then(Value::as_str) {
+        Some(fp) if !fp.is_empty() => format!("{path}{}", if path.is_empty() { fp.trim_start_matches('.') } else { fp }),
+        _ => path.to_string(),
+    };
+    let detail = match p.execute(&ctx) {
+        Ok(cel::Value::Bool(true)) => return,
+        Ok(cel::Value::Bool(false)) => {
+            let from_expression = rule.get("messageExpression").and_then(Value::as_str).and_then(|e| match program(e).ok()?.execute(&ctx).ok()? {
+                cel::Value::String(s) if !s.is_empty() => Some(s.to_string()),
+                _ => None,
+            });
+            from_expression
+                .or_else(|| rule.get("message").and_then(Value::as_str).filter(|m| !m.is_empty()).map(String::from))
+                .unwrap_or_else(|| format!("failed rule: {text}"))
+        }
+        Ok(other) => format!("rule did not evaluate to a bool: {other:?} evaluating rule: {text}"),
+        Err(cel::ExecutionError::UndeclaredReference(name)) if refs.has_function(name.as_str()) => return, // a function the cel crate lacks
+        Err(e) => format!("{e} evaluating rule: {text}"),
+    };
+    let (reason, message) = match rule.get("reason").and_then(Value::as_str).unwrap_or("FieldValueInvalid") {
+        "FieldValueForbidden" => ("FieldValueForbidden", format!("Forbidden: {detail}")),
+        "FieldValueRequired" => ("FieldValueRequired", format!("Required value: {detail}")),
+        "FieldValueDuplicate" => ("FieldValueDuplicate", format!("Duplicate value: \"{ty}\": {detail}")),
+        _ => ("FieldValueInvalid", format!("Invalid value: \"{ty}\": {detail}")),
+    };
+    out.push(cause(reason, field, message));
 }
 
 fn flag(schema: &Value, name: &str) -> bool {
@@ -578,12 +723,23 @@ fn fmt_num(n: f64) -> String {
 /// Validate an object against its version's schema. Field paths are upstream's
 /// (`spec.replicas`, `spec.items[0]`); messages follow upstream's wording.
 pub fn validate(schema: &Value, obj: &Value) -> Vec<Cause> {
+    validate_update(schema, obj, None)
+}
+
+/// As [`validate`], for an update from `old`: transition rules (`oldSelf`) run where the
+/// old value correlates (object fields, items of `map` lists by key).
+pub fn validate_update(schema: &Value, obj: &Value, old: Option<&Value>) -> Vec<Cause> {
     let mut out = Vec::new();
-    validate_value(schema, obj, "", true, &mut out);
+    validate_value(schema, obj, old, "", true, &mut out);
     out
 }
 
-fn validate_value(schema: &Value, v: &Value, path: &str, root: bool, out: &mut Vec<Cause>) {
+fn validate_value(schema: &Value, v: &Value, old: Option<&Value>, path: &str, root: bool, out: &mut Vec<Cause>) {
+    // Ratcheting (on by default since 1.30, GA in 1.33): a value an update leaves as it
+    // was is not validated again, so tightening a schema does not lock objects.
+    if !root && old == Some(v) {
+        return;
+    }
     let shown_path = if path.is_empty() { "<root>" } else { path };
     let ty = schema.get("type").and_then(Value::as_str).unwrap_or("");
     if v.is_null() {
@@ -692,7 +848,15 @@ fn validate_value(schema: &Value, v: &Value, path: &str, root: bool, out: &mut V
                     out.push(cause("FieldValueDuplicate", format!("{path}[{i}]"), format!("Duplicate value: {}", shown(item))));
                 }
                 if let Some(s) = schema.get("items").filter(|s| s.is_object()) {
-                    validate_value(s, item, &format!("{path}[{i}]"), false, out);
+                    // Only items of map lists correlate with an old item (by key).
+                    let old_item = match list_type {
+                        "map" => old.and_then(Value::as_array).and_then(|olds| {
+                            let key = |x: &Value| map_keys.iter().map(|k| x.get(k).cloned().unwrap_or(Value::Null)).collect::<Vec<_>>();
+                            olds.iter().find(|o| key(o) == key(item))
+                        }),
+                        _ => None,
+                    };
+                    validate_value(s, item, old_item, &format!("{path}[{i}]"), false, out);
                 }
             }
         }
@@ -726,10 +890,11 @@ fn validate_value(schema: &Value, v: &Value, path: &str, root: bool, out: &mut V
                 if root && matches!(k.as_str(), "apiVersion" | "kind" | "metadata") {
                     continue;
                 }
+                let old_x = old.and_then(|o| o.get(k));
                 if let Some(p) = props.and_then(|p| p.get(k)) {
-                    validate_value(p, x, &join(path, k), false, out);
+                    validate_value(p, x, old_x, &join(path, k), false, out);
                 } else if let Some(a) = additional {
-                    validate_value(a, x, &join(path, k), false, out);
+                    validate_value(a, x, old_x, &join(path, k), false, out);
                 }
             }
         }
@@ -738,12 +903,12 @@ fn validate_value(schema: &Value, v: &Value, path: &str, root: bool, out: &mut V
     // Value-validation combinators (structural schemas allow them without types).
     if let Some(all) = schema.get("allOf").and_then(Value::as_array) {
         for s in all {
-            validate_value(s, v, path, root, out);
+            validate_value(s, v, old, path, root, out);
         }
     }
     let passes = |s: &Value| {
         let mut e = Vec::new();
-        validate_value(s, v, path, root, &mut e);
+        validate_value(s, v, old, path, root, &mut e);
         e.is_empty()
     };
     if let Some(any) = schema.get("anyOf").and_then(Value::as_array) {
@@ -764,6 +929,11 @@ fn validate_value(schema: &Value, v: &Value, path: &str, root: bool, out: &mut V
         if passes(not) {
             out.push(cause("FieldValueInvalid", path, format!("Invalid value: {}: {shown_path} in body must not validate the schema (not)", shown(v))));
         }
+    }
+    // CEL rules (a value of the wrong type returned above: `self` would not be what the
+    // rule expects).
+    for rule in schema.get("x-kubernetes-validations").and_then(Value::as_array).into_iter().flatten() {
+        check_rule(rule, schema, v, old, path, out);
     }
 }
 
@@ -919,6 +1089,41 @@ mod tests {
         let missing = validate(&schema(), &json!({"spec": {"replicas": 0}}));
         assert!(missing.iter().any(|c| c.field == "spec.cronSpec" && c.message == "Required value"));
         assert!(missing.iter().any(|c| c.message.ends_with("spec.replicas in body should be greater than or equal to 1")));
+    }
+
+    #[test]
+    fn cel_rules() {
+        let schema = json!({"type": "object", "properties": {"spec": {"type": "object",
+            "x-kubernetes-validations": [
+                {"rule": "self.minReplicas <= self.maxReplicas", "message": "minReplicas must not exceed maxReplicas"},
+                {"rule": "self.name.startsWith('app-')", "fieldPath": ".name"},
+                {"rule": "self.maxReplicas >= oldSelf.maxReplicas", "message": "maxReplicas may not shrink", "reason": "FieldValueForbidden"},
+                {"rule": "quantity(self.memory).isGreaterThan(quantity('1Gi'))"}],
+            "properties": {"minReplicas": {"type": "integer"}, "maxReplicas": {"type": "integer"}, "name": {"type": "string"}, "memory": {"type": "string"},
+                "tags": {"type": "array", "items": {"type": "string"}, "x-kubernetes-validations": [{"rule": "self.all(t, t.lowerAscii() == t)"}]}}}}});
+        let ok = json!({"spec": {"minReplicas": 1, "maxReplicas": 3, "name": "app-x", "memory": "1Mi", "tags": ["a"]}});
+        assert!(validate(&schema, &ok).is_empty(), "{:?}", validate(&schema, &ok));
+        let bad = json!({"spec": {"minReplicas": 5, "maxReplicas": 3, "name": "x", "tags": ["A"]}});
+        let causes = validate(&schema, &bad);
+        let got: Vec<(&str, &str)> = causes.iter().map(|c| (c.field.as_str(), c.message.as_str())).collect();
+        assert!(got.contains(&("spec", "Invalid value: \"object\": minReplicas must not exceed maxReplicas")), "{got:?}");
+        assert!(got.contains(&("spec.name", "Invalid value: \"object\": failed rule: self.name.startsWith('app-')")), "{got:?}");
+        assert!(got.contains(&("spec.tags", "Invalid value: \"array\": failed rule: self.all(t, t.lowerAscii() == t)")), "{got:?}");
+        assert_eq!(causes.len(), 3, "the transition rule needs an old object; the quantity rule is skipped: {got:?}");
+        let shrunk = json!({"spec": {"minReplicas": 1, "maxReplicas": 2, "name": "app-x", "memory": "1Mi"}});
+        let causes = validate_update(&schema, &shrunk, Some(&ok));
+        assert_eq!(causes.len(), 1, "{causes:?}");
+        // Ratcheting: an unchanged invalid value passes an update.
+        let still_bad = json!({"spec": {"minReplicas": 5, "maxReplicas": 3, "name": "x", "tags": ["A"]}, "other": 1});
+        assert!(validate_update(&schema, &still_bad, Some(&bad)).is_empty());
+        assert_eq!((causes[0].reason.as_str(), causes[0].message.as_str()), ("FieldValueForbidden", "Forbidden: maxReplicas may not shrink"));
+        // Compile errors are the CRD's, with the rule's path.
+        let mut out = Vec::new();
+        structural(&json!({"type": "object", "x-kubernetes-validations": [{"rule": "self.a >"}]}), "root", true, &mut out);
+        assert_eq!(out[0].field, "root.x-kubernetes-validations[0].rule");
+        assert!(out[0].message.contains("compilation failed"), "{:?}", out[0]);
+        let crd = json!({"spec": {"versions": [{"schema": {"openAPIV3Schema": schema}}]}});
+        assert_eq!(rule_warnings(&crd).len(), 1);
     }
 
     #[test]

@@ -1430,10 +1430,11 @@ impl Ctx<'_> {
     }
 }
 
-/// Warnings for a CRD whose `x-kubernetes-validations` rules nanokube will not evaluate.
+/// Warnings for a CRD whose `x-kubernetes-validations` rules call CEL functions nanokube
+/// does not have (those rules are not enforced).
 fn crd_warnings(def: &ResourceDef, obj: &Value) -> Vec<String> {
     if def.group == "apiextensions.k8s.io" && def.plural == "customresourcedefinitions" {
-        nanokube_api::crd::unevaluated_rules(obj)
+        nanokube_api::crd::rule_warnings(obj)
     } else {
         Vec::new()
     }

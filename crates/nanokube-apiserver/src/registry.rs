@@ -333,8 +333,9 @@ impl Registry {
     }
 
     /// Custom resources: prune the fields the version's schema does not declare, apply
-    /// its defaults, and validate against it (upstream's order). Other kinds: nothing.
-    fn custom_strategy(&self, def: &ResourceDef, obj: &mut Value, causes: &mut Vec<Cause>) {
+    /// its defaults, and validate against it, CEL rules included (`old` for transition
+    /// rules on updates), in upstream's order. Other kinds: nothing.
+    fn custom_strategy(&self, def: &ResourceDef, obj: &mut Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
         if !def.custom {
             return;
         }
@@ -342,7 +343,7 @@ impl Registry {
         let Some(v) = cr.version(def.version) else { return };
         crd::prune(&v.schema, obj);
         crd::apply_defaults(&v.schema, obj);
-        causes.extend(crd::validate(&v.schema, obj));
+        causes.extend(crd::validate_update(&v.schema, obj, old));
     }
 
     /// Creating custom objects stops while their CRD is being deleted.
@@ -560,7 +561,7 @@ impl Registry {
         defaults::apply_defaults(def, &mut obj);
         self.admit_create(def, &mut obj);
         let mut causes = Vec::new();
-        self.custom_strategy(def, &mut obj, &mut causes);
+        self.custom_strategy(def, &mut obj, None, &mut causes);
         causes.extend(validation::validate_object(def, &obj));
         if !causes.is_empty() {
             return Err(ApiError::invalid(def.kind, def.group, &name, causes));
@@ -890,7 +891,7 @@ impl Registry {
             }
         }
         let mut causes = Vec::new();
-        self.custom_strategy(def, &mut new, &mut causes);
+        self.custom_strategy(def, &mut new, Some(old), &mut causes);
         // Generation moves on spec changes only (for custom resources without a status
         // subresource, on any change outside metadata).
         if def.tracks_generation {
