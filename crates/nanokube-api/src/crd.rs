@@ -68,6 +68,9 @@ pub struct CrdVersion {
     pub status: bool,
     /// The scale subresource, if enabled.
     pub scale: Option<ScalePaths>,
+    /// `selectableFields`, as dotted paths (`spec.color`): field selectors beyond
+    /// `metadata.name` and `metadata.namespace`.
+    pub selectable: Vec<String>,
 }
 
 /// A custom resource as its CRD defines it.
@@ -164,6 +167,11 @@ impl CustomResource {
                     columns,
                     status: v.pointer("/subresources/status").is_some(),
                     scale,
+                    selectable: v
+                        .get("selectableFields")
+                        .and_then(Value::as_array)
+                        .map(|a| a.iter().filter_map(|f| f.get("jsonPath").and_then(Value::as_str)).map(|p| p.trim_start_matches('.').to_string()).collect())
+                        .unwrap_or_default(),
                 }
             })
             .collect();
@@ -369,6 +377,24 @@ pub fn validate_crd(crd: &Value) -> Vec<Cause> {
                     format!("{base}.subresources.scale.statusReplicasPath"),
                     format!("Invalid value: {status_path:?}: should be a json path under .status"),
                 ));
+            }
+        }
+        let selectable = v.get("selectableFields").and_then(Value::as_array).cloned().unwrap_or_default();
+        if selectable.len() > 8 {
+            out.push(cause("FieldValueTooMany", format!("{base}.selectableFields"), format!("Too many: {}: must have at most 8 items", selectable.len())));
+        }
+        for (j, f) in selectable.iter().enumerate() {
+            let path = s(f, "/jsonPath");
+            let at = format!("{base}.selectableFields[{j}].jsonPath");
+            let target = v
+                .pointer("/schema/openAPIV3Schema")
+                .and_then(|root| path.trim_start_matches('.').split('.').try_fold(root, |node, seg| node.get("properties")?.get(seg)));
+            if path.is_empty() {
+                out.push(cause("FieldValueRequired", at, "Required value"));
+            } else if !path.starts_with('.') || target.is_none() {
+                out.push(cause("FieldValueInvalid", at, format!("Invalid value: {path:?}: is an invalid path: does not refer to a field of the schema")));
+            } else if !matches!(target.and_then(|t| t.get("type")).and_then(Value::as_str), Some("string" | "integer" | "boolean")) {
+                out.push(cause("FieldValueInvalid", at, format!("Invalid value: {path:?}: must point to a field of type string, boolean or integer")));
             }
         }
         for (j, c) in v.get("additionalPrinterColumns").and_then(Value::as_array).into_iter().flatten().enumerate() {
@@ -1158,6 +1184,12 @@ mod tests {
         assert!(fields.contains(&"metadata.name".to_string()));
         assert!(fields.contains(&"spec.versions".to_string()));
         assert!(fields.contains(&"spec.versions[0].schema.openAPIV3Schema.properties[spec].properties[untyped].type".to_string()));
+        let mut sel = crd.clone();
+        sel["spec"]["versions"][0]["selectableFields"] = json!([{"jsonPath": ".spec.replicas"}, {"jsonPath": ".spec.nope"}, {"jsonPath": ".spec"}]);
+        let fields: Vec<String> = validate_crd(&sel).into_iter().map(|c| c.field).collect();
+        assert_eq!(fields, vec!["spec.versions[0].selectableFields[1].jsonPath", "spec.versions[0].selectableFields[2].jsonPath"]);
+        sel["spec"]["versions"][0]["selectableFields"] = json!([{"jsonPath": ".spec.replicas"}]);
+        assert_eq!(CustomResource::from_crd(&sel).unwrap().version("v1").unwrap().selectable, vec!["spec.replicas"]);
         let cr = CustomResource::from_crd(&crd).unwrap();
         assert_eq!(cr.version("v1").unwrap().columns[0].name, "Age");
         let st = status_for(&crd, None, "2026-01-01T00:00:00Z");

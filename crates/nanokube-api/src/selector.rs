@@ -260,6 +260,9 @@ pub struct FieldTerm {
 pub struct FieldSelector {
     /// Terms, in order.
     pub terms: Vec<FieldTerm>,
+    /// Further selectable fields of this resource (a CRD's `selectableFields`, as dotted
+    /// paths), beyond the built-in table.
+    pub extra: Vec<String>,
 }
 
 fn split_unescaped(s: &str, sep: char) -> Vec<String> {
@@ -302,7 +305,7 @@ impl FieldSelector {
     pub fn parse(s: &str) -> Result<Self, ApiError> {
         let mut terms = Vec::new();
         if s.trim().is_empty() {
-            return Ok(FieldSelector { terms });
+            return Ok(FieldSelector { terms, extra: Vec::new() });
         }
         for part in split_unescaped(s, ',') {
             if part.is_empty() {
@@ -319,7 +322,7 @@ impl FieldSelector {
             };
             terms.push(FieldTerm { field: unescape(&field)?, value: unescape(&value)?, negated });
         }
-        Ok(FieldSelector { terms })
+        Ok(FieldSelector { terms, extra: Vec::new() })
     }
 
     /// Whether the selector selects everything.
@@ -330,7 +333,7 @@ impl FieldSelector {
     /// Check every field is supported for the resource; upstream answers 400 otherwise.
     pub fn check_supported(&self, group: &str, plural: &str, namespaced: bool) -> Result<(), ApiError> {
         for t in &self.terms {
-            if field_value_path(group, plural, namespaced, &t.field).is_none() {
+            if field_value_path(group, plural, namespaced, &t.field).is_none() && !self.extra.contains(&t.field) {
                 return Err(ApiError::bad_request(format!("field label not supported: {}", t.field)));
             }
         }
@@ -342,6 +345,7 @@ impl FieldSelector {
         self.terms.iter().all(|t| {
             let v = match field_value_path(group, plural, namespaced, &t.field) {
                 Some(path) => field_value(obj, path),
+                None if self.extra.contains(&t.field) => field_value(obj, &t.field),
                 None => return false,
             };
             (v == t.value) != t.negated

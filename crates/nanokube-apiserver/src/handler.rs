@@ -1025,7 +1025,7 @@ impl Ctx<'_> {
     async fn watch(&self, def: &'static ResourceDef) -> Result<Response<Body>, ApiError> {
         let out = h::negotiate(self.accept())?;
         let labels = LabelSelector::parse(self.query.get("labelSelector").unwrap_or(""))?;
-        let fields = FieldSelector::parse(self.query.get("fieldSelector").unwrap_or(""))?;
+        let fields = self.server.registry.selectable(def, &FieldSelector::parse(self.query.get("fieldSelector").unwrap_or(""))?);
         fields.check_supported(def.group, def.plural, def.namespaced)?;
         let ns = (!self.info.namespace.is_empty()).then(|| self.info.namespace.clone());
         let rv = self.query.get("resourceVersion").unwrap_or("").to_string();

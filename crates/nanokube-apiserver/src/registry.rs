@@ -346,6 +346,17 @@ impl Registry {
         causes.extend(crd::validate_update(&v.schema, obj, old));
     }
 
+    /// A field selector that also accepts the resource's CRD `selectableFields`.
+    pub fn selectable(&self, def: &ResourceDef, fields: &FieldSelector) -> FieldSelector {
+        let mut out = fields.clone();
+        if def.custom && !fields.is_empty() {
+            if let Some(v) = self.resources.custom_resource(def.group, def.plural).and_then(|cr| cr.version(def.version).cloned()) {
+                out.extra = v.selectable;
+            }
+        }
+        out
+    }
+
     /// Creating custom objects stops while their CRD is being deleted.
     fn check_custom_create(&self, def: &ResourceDef) -> Result<(), ApiError> {
         if def.custom && self.resources.custom_resource(def.group, def.plural).is_some_and(|cr| cr.terminating) {
@@ -379,7 +390,8 @@ impl Registry {
 
     /// List objects (one namespace, or all with `None`).
     pub fn list(&self, def: &ResourceDef, namespace: Option<&str>, opts: &ListOptions) -> Result<ListOutput, ApiError> {
-        opts.fields.check_supported(def.group, def.plural, def.namespaced)?;
+        let fields = self.selectable(def, &opts.fields);
+        fields.check_supported(def.group, def.plural, def.namespaced)?;
         let prefix = def.namespace_prefix(namespace);
         let (after, token_rv) = match &opts.continue_token {
             Some(t) if !t.is_empty() => {
@@ -392,15 +404,15 @@ impl Registry {
             }
             _ => (None, None),
         };
-        let filtering = !opts.labels.is_empty() || !opts.fields.is_empty();
+        let filtering = !opts.labels.is_empty() || !fields.is_empty();
         // A pinned metadata.name reads one key instead of scanning.
         let current_state = token_rv.is_none() && opts.exact_revision.is_none();
-        if let (Some(name), true) = (opts.fields.pinned_name(), current_state && (namespace.is_some() || !def.namespaced)) {
+        if let (Some(name), true) = (fields.pinned_name(), current_state && (namespace.is_some() || !def.namespaced)) {
             let revision = self.store.current_revision();
             let mut items = Vec::new();
             if let Some(kv) = self.store.get(&def.key(namespace.unwrap_or(""), name)) {
                 let obj = decode_as(def, &kv)?;
-                if selects(def, &obj, &opts.labels, &opts.fields) {
+                if selects(def, &obj, &opts.labels, &fields) {
                     items.push(obj);
                 }
             }
@@ -426,7 +438,7 @@ impl Registry {
             for (i, kv) in page.items.iter().enumerate() {
                 let obj = decode_as(def, kv)?;
                 last_key = Some(kv.key.clone());
-                if selects(def, &obj, &opts.labels, &opts.fields) {
+                if selects(def, &obj, &opts.labels, &fields) {
                     items.push(obj);
                 }
                 if opts.limit > 0 && items.len() == opts.limit {
@@ -1054,6 +1066,7 @@ impl Registry {
         labels: LabelSelector,
         fields: FieldSelector,
     ) -> Result<ObjectWatch, ApiError> {
+        let fields = self.selectable(def, &fields);
         fields.check_supported(def.group, def.plural, def.namespaced)?;
         let prefix = match (fields.pinned_name(), namespace) {
             (Some(name), Some(ns)) if def.namespaced => def.key(ns, name),

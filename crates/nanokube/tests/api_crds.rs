@@ -30,6 +30,8 @@ spec:
   - name: v1
     served: true
     storage: true
+    selectableFields:
+    - jsonPath: .spec.image
     subresources:
       status: {}
       scale:
@@ -244,6 +246,18 @@ fn crd_and_custom_objects_through_kubectl() {
     let out = s.kubectl_edit(&["ct", "my-cron"], "s/image: merged/image: edited/");
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(s.get_json("/apis/stable.example.com/v1/namespaces/default/crontabs/my-cron").1["spec"]["image"], "edited");
+
+    // selectableFields: field selectors on a custom field, in lists and watches.
+    let selected = s.k(&["get", "ct", "--field-selector", "spec.image=edited", "-o", "name"]);
+    assert_eq!(selected.trim(), "crontab.stable.example.com/my-cron");
+    assert_eq!(
+        s.k(&["get", "ct", "--field-selector", "spec.image!=edited", "-o", "name"]).trim(),
+        "crontab.stable.example.com/other\ncrontab.stable.example.com/ssa"
+    );
+    let (code, st) = s.get_json("/apis/stable.example.com/v1/namespaces/default/crontabs?fieldSelector=spec.cronSpec%3Dx");
+    assert_eq!((code, st["message"].as_str()), (400, Some("field label not supported: spec.cronSpec")));
+    let watched = s.k(&["get", "ct", "--field-selector", "spec.image=edited", "--watch", "--request-timeout=2s", "-o", "name"]);
+    assert_eq!(watched.trim(), "crontab.stable.example.com/my-cron");
 
     // The deprecated v1beta1 serves the same objects, converted, with a warning.
     let out = s.kubectl(&["get", "crontabs.v1beta1.stable.example.com", "my-cron", "-o", "jsonpath={.apiVersion} {.spec.image}"]);
