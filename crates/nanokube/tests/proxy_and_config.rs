@@ -35,14 +35,37 @@ fn seed_proxy_recipe_verbatim() {
     assert!(stdout.contains("kubectl proxy exec: 403") && stdout.contains("nanokube proxy exec: 403"), "{stdout}");
 }
 
-/// Start `nanokube proxy` with the given environment; returns the child and its port.
-fn start_proxy(args: &[&str], envs: &[(&str, String)]) -> (std::process::Child, u16) {
+/// A proxy process that is ended (by its PID) when the test ends, failing or not.
+struct Proxy(std::process::Child);
+
+impl std::ops::Deref for Proxy {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Proxy {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Start `nanokube proxy` with the given environment; returns the process and its port.
+fn start_proxy(args: &[&str], envs: &[(&str, String)]) -> (Proxy, u16) {
     let mut c = Command::new(env!("CARGO_BIN_EXE_nanokube"));
     c.arg("proxy").args(args).env_remove("KUBECONFIG").stdout(Stdio::piped()).stderr(Stdio::inherit());
     for (k, v) in envs {
         c.env(k, v);
     }
-    let mut child = c.spawn().unwrap();
+    let mut child = Proxy(c.spawn().unwrap());
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
     let port = line.trim().rsplit(':').next().unwrap().parse().unwrap_or_else(|_| panic!("proxy said {line:?}"));
