@@ -299,6 +299,15 @@ pub fn validate_crd(crd: &Value) -> Vec<Cause> {
     } else if !group.contains('.') {
         out.push(cause("FieldValueInvalid", "spec.group", format!("Invalid value: {group:?}: should be a domain with at least one dot")));
     }
+    // Kubernetes' own groups take an approval annotation, as upstream requires.
+    let protected = ["k8s.io", "kubernetes.io"].iter().any(|d| group == *d || group.ends_with(&format!(".{d}")));
+    if protected && crd.pointer("/metadata/annotations/api-approved.kubernetes.io").and_then(Value::as_str).is_none_or(str::is_empty) {
+        out.push(cause(
+            "FieldValueRequired",
+            "metadata.annotations[api-approved.kubernetes.io]",
+            "Required value: protected groups must have approval annotation \"api-approved.kubernetes.io\", see https://github.com/kubernetes/enhancements/pull/1111",
+        ));
+    }
     match s(crd, "/spec/scope") {
         "Namespaced" | "Cluster" => {}
         "" => out.push(cause("FieldValueRequired", "spec.scope", "Required value")),
@@ -1176,6 +1185,12 @@ mod tests {
         default_crd(&mut crd);
         assert_eq!(crd.pointer("/spec/names/singular"), Some(&json!("crontab")));
         assert!(validate_crd(&crd).is_empty(), "{:?}", validate_crd(&crd));
+        let mut protected = crd.clone();
+        protected["spec"]["group"] = json!("stable.k8s.io");
+        protected["metadata"]["name"] = json!("crontabs.stable.k8s.io");
+        assert_eq!(validate_crd(&protected)[0].field, "metadata.annotations[api-approved.kubernetes.io]");
+        protected["metadata"]["annotations"] = json!({"api-approved.kubernetes.io": "https://github.com/kubernetes/kubernetes/pull/1"});
+        assert!(validate_crd(&protected).is_empty());
         let mut bad = crd.clone();
         bad["metadata"]["name"] = json!("wrong");
         bad["spec"]["versions"][0]["storage"] = json!(false);
