@@ -5,10 +5,10 @@
 //!
 //! `x-kubernetes-validations` rules are CEL, evaluated with the `cel` crate (its standard
 //! library and its strings, lists and math extensions, the cel-go extensions Kubernetes
-//! enables), with `self` and, on updates, `oldSelf` for correlatable nodes. Kubernetes'
-//! own CEL libraries (quantity, url, ip/cidr, semver, regex `find`, `isSorted`, `sum`)
-//! are not there: a rule that calls one is skipped, and [`rule_warnings`] says so on the
-//! CRD write. `format` is not checked. Conversion webhooks are refused, since nothing
+//! enables) plus Kubernetes' list (`isSorted`, `sum`, `min`, `max`) and regex (`find`,
+//! `findAll`) libraries written here, with `self` and, on updates, `oldSelf` for
+//! correlatable nodes. Kubernetes' quantity, url, ip/cidr and semver libraries are not
+//! there: a rule that calls one is skipped, and [`rule_warnings`] says so on the CRD write. `format` is not checked. Conversion webhooks are refused, since nothing
 //! here could serve them.
 
 use std::cmp::Ordering;
@@ -480,10 +480,6 @@ const KUBERNETES_ONLY_CEL: &[&str] = &[
     "isCIDR",
     "semver",
     "isSemver",
-    "isSorted",
-    "sum",
-    "find",
-    "findAll",
     "getScheme",
     "getHost",
     "getHostname",
@@ -558,6 +554,56 @@ fn program(rule: &str) -> Result<std::sync::Arc<cel::Program>, String> {
     Ok(p)
 }
 
+/// Kubernetes' list library (`isSorted`, `sum`, `min`, `max`) and regex library (`find`,
+/// `findAll`), which cel-go has as Kubernetes extensions and the `cel` crate does not.
+fn add_kubernetes_functions(ctx: &mut cel::Context<'_, '_>) {
+    use cel::extractors::This;
+    use cel::{ExecutionError, Value as V};
+    type List = std::sync::Arc<Vec<V>>;
+    fn pick(list: &[V], want: Ordering, name: &str) -> Result<V, ExecutionError> {
+        let mut best: Option<&V> = None;
+        for v in list {
+            match best {
+                None => best = Some(v),
+                Some(b) => match v.partial_cmp(b) {
+                    Some(o) if o == want => best = Some(v),
+                    Some(_) => {}
+                    None => return Err(ExecutionError::function_error(name, "list elements are not comparable")),
+                },
+            }
+        }
+        best.cloned().ok_or_else(|| ExecutionError::function_error(name, "empty list"))
+    }
+    let _ = ctx.add_function("isSorted", |This(list): This<List>| list.windows(2).all(|w| w[0].partial_cmp(&w[1]).is_some_and(|o| o != Ordering::Greater)));
+    let _ = ctx.add_function("sum", |This(list): This<List>| -> Result<V, ExecutionError> {
+        match list.first() {
+            None | Some(V::Int(_)) => list.iter().try_fold(V::Int(0), |acc, v| match (acc, v) {
+                (V::Int(a), V::Int(b)) => a.checked_add(*b).map(V::Int).ok_or_else(|| ExecutionError::function_error("sum", "integer overflow")),
+                _ => Err(ExecutionError::function_error("sum", "mixed element types")),
+            }),
+            Some(V::UInt(_)) => list.iter().try_fold(V::UInt(0), |acc, v| match (acc, v) {
+                (V::UInt(a), V::UInt(b)) => a.checked_add(*b).map(V::UInt).ok_or_else(|| ExecutionError::function_error("sum", "integer overflow")),
+                _ => Err(ExecutionError::function_error("sum", "mixed element types")),
+            }),
+            Some(V::Float(_)) => list.iter().try_fold(V::Float(0.0), |acc, v| match (acc, v) {
+                (V::Float(a), V::Float(b)) => Ok(V::Float(a + b)),
+                _ => Err(ExecutionError::function_error("sum", "mixed element types")),
+            }),
+            Some(_) => Err(ExecutionError::function_error("sum", "elements must be numbers")),
+        }
+    });
+    let _ = ctx.add_function("min", |This(list): This<List>| pick(&list, Ordering::Less, "min"));
+    let _ = ctx.add_function("max", |This(list): This<List>| pick(&list, Ordering::Greater, "max"));
+    let _ = ctx.add_function("find", |This(s): This<std::sync::Arc<String>>, re: std::sync::Arc<String>| -> Result<V, ExecutionError> {
+        let re = regex_lite::Regex::new(&re).map_err(|e| ExecutionError::function_error("find", e.to_string()))?;
+        Ok(V::String(std::sync::Arc::new(re.find(&s).map(|m| m.as_str().to_string()).unwrap_or_default())))
+    });
+    let _ = ctx.add_function("findAll", |This(s): This<std::sync::Arc<String>>, re: std::sync::Arc<String>| -> Result<V, ExecutionError> {
+        let re = regex_lite::Regex::new(&re).map_err(|e| ExecutionError::function_error("findAll", e.to_string()))?;
+        Ok(V::List(std::sync::Arc::new(re.find_iter(&s).map(|m| V::String(std::sync::Arc::new(m.as_str().to_string()))).collect())))
+    });
+}
+
 /// A JSON value as CEL sees it (integers as `int`, objects as maps).
 fn cel_value(v: &Value) -> cel::Value {
     match v {
@@ -588,6 +634,7 @@ fn check_rule(rule: &Value, schema: &Value, v: &Value, old: Option<&Value>, path
         return; // transition rules run on updates of correlatable values only
     }
     let mut ctx = cel::Context::with_env(cel_env());
+    add_kubernetes_functions(&mut ctx);
     ctx.add_variable_from_value("self", cel_value(v));
     if let Some(o) = old {
         ctx.add_variable_from_value("oldSelf", cel_value(o));
@@ -1159,6 +1206,32 @@ mod tests {
         assert!(out[0].message.contains("compilation failed"), "{:?}", out[0]);
         let crd = json!({"spec": {"versions": [{"schema": {"openAPIV3Schema": schema}}]}});
         assert_eq!(rule_warnings(&crd).len(), 1);
+
+        // Kubernetes' list and regex libraries.
+        let lists = json!({"type": "object", "properties": {
+            "ports": {"type": "array", "items": {"type": "integer"}, "x-kubernetes-validations": [
+                {"rule": "self.isSorted()", "message": "ports must be sorted"},
+                {"rule": "self.sum() <= 1000", "messageExpression": "'ports add up to ' + string(self.sum())"},
+                {"rule": "self.min() > 0 && self.max() < 70000"}]},
+            "image": {"type": "string", "x-kubernetes-validations": [
+                {"rule": "self.find('[0-9]+') != ''", "message": "needs a digit"},
+                {"rule": "self.findAll('[a-z]').size() >= 2"}]}}});
+        assert!(
+            validate(&lists, &json!({"ports": [1, 2, 3], "image": "ab1"})).is_empty(),
+            "{:?}",
+            validate(&lists, &json!({"ports": [1, 2, 3], "image": "ab1"}))
+        );
+        let msgs: Vec<String> = validate(&lists, &json!({"ports": [600, 500, 0], "image": "a"})).into_iter().map(|c| c.message).collect();
+        assert_eq!(
+            msgs,
+            vec![
+                "Invalid value: \"string\": needs a digit".to_string(),
+                "Invalid value: \"string\": failed rule: self.findAll('[a-z]').size() >= 2".to_string(),
+                "Invalid value: \"array\": ports must be sorted".to_string(),
+                "Invalid value: \"array\": ports add up to 1100".to_string(),
+                "Invalid value: \"array\": failed rule: self.min() > 0 && self.max() < 70000".to_string(),
+            ]
+        );
     }
 
     #[test]
