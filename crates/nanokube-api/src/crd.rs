@@ -5,10 +5,11 @@
 //!
 //! `x-kubernetes-validations` rules are CEL, evaluated with the `cel` crate (its standard
 //! library and its strings, lists and math extensions, the cel-go extensions Kubernetes
-//! enables) plus Kubernetes' list (`isSorted`, `sum`, `min`, `max`) and regex (`find`,
-//! `findAll`) libraries written here, with `self` and, on updates, `oldSelf` for
-//! correlatable nodes. Kubernetes' quantity, url, ip/cidr and semver libraries are not
-//! there: a rule that calls one is skipped, and [`rule_warnings`] says so on the CRD write. `format` is not checked. Conversion webhooks are refused, since nothing
+//! enables) plus Kubernetes' list (`isSorted`, `sum`, `min`, `max`), regex (`find`,
+//! `findAll`) and quantity libraries written here (quantities as `double`s, exact up to
+//! 2^53), with `self` and, on updates, `oldSelf` for correlatable nodes. Kubernetes' url,
+//! ip/cidr and semver libraries are not there: a rule that calls one is skipped, and
+//! [`rule_warnings`] says so on the CRD write. `format` is not checked. Conversion webhooks are refused, since nothing
 //! here could serve them.
 
 use std::cmp::Ordering;
@@ -470,8 +471,6 @@ fn structural(schema: &Value, path: &str, root: bool, out: &mut Vec<Cause>) {
 
 /// Functions of Kubernetes' own CEL libraries that the `cel` crate does not have.
 const KUBERNETES_ONLY_CEL: &[&str] = &[
-    "quantity",
-    "isQuantity",
     "url",
     "isURL",
     "ip",
@@ -486,11 +485,6 @@ const KUBERNETES_ONLY_CEL: &[&str] = &[
     "getPort",
     "getEscapedPath",
     "getQuery",
-    "compareTo",
-    "isGreaterThan",
-    "isLessThan",
-    "asInteger",
-    "asApproximateFloat",
     "authorizer",
 ];
 
@@ -604,6 +598,73 @@ fn add_kubernetes_functions(ctx: &mut cel::Context<'_, '_>) {
     });
 }
 
+/// A Kubernetes quantity (`500m`, `1Gi`, `1.5`, `2e3`) as a number, or `None` if the
+/// text is not one (the grammar of `resource.ParseQuantity`).
+pub fn parse_quantity(text: &str) -> Option<f64> {
+    let digits_end = text.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-')).unwrap_or(text.len());
+    let (number, suffix) = text.split_at(digits_end);
+    let unsigned = number.strip_prefix(['+', '-']).unwrap_or(number);
+    if unsigned.is_empty() || unsigned == "." || unsigned.matches('.').count() > 1 || unsigned.contains(['+', '-']) {
+        return None;
+    }
+    let value: f64 = number.parse().ok()?;
+    let scale = match suffix {
+        "" => 1.0,
+        "Ki" => 1024f64,
+        "Mi" => 1024f64.powi(2),
+        "Gi" => 1024f64.powi(3),
+        "Ti" => 1024f64.powi(4),
+        "Pi" => 1024f64.powi(5),
+        "Ei" => 1024f64.powi(6),
+        "n" => 1e-9,
+        "u" => 1e-6,
+        "m" => 1e-3,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "E" => 1e18,
+        exp if exp.starts_with(['e', 'E']) => 10f64.powi(exp[1..].parse::<i32>().ok()?),
+        _ => return None,
+    };
+    Some(value * scale)
+}
+
+/// Kubernetes' quantity library. A quantity is carried as a CEL `double` (exact up to
+/// 2^53, which covers resource sizes in practice; upstream keeps an exact decimal).
+fn add_quantity_functions(ctx: &mut cel::Context<'_, '_>) {
+    use cel::extractors::This;
+    use cel::{ExecutionError, Value as V};
+    type Str = std::sync::Arc<String>;
+    fn number(v: &V) -> Result<f64, ExecutionError> {
+        match v {
+            V::Float(f) => Ok(*f),
+            V::Int(i) => Ok(*i as f64),
+            V::UInt(u) => Ok(*u as f64),
+            other => Err(ExecutionError::function_error("quantity", format!("not a quantity: {other:?}"))),
+        }
+    }
+    let _ = ctx.add_function("quantity", |s: Str| {
+        parse_quantity(&s).map(V::Float).ok_or_else(|| ExecutionError::function_error("quantity", format!("invalid quantity {s:?}")))
+    });
+    let _ = ctx.add_function("isQuantity", |s: Str| parse_quantity(&s).is_some());
+    let _ = ctx.add_function("isGreaterThan", |This(a): This<f64>, b: V| number(&b).map(|b| a > b));
+    let _ = ctx.add_function("isLessThan", |This(a): This<f64>, b: V| number(&b).map(|b| a < b));
+    let _ = ctx.add_function("compareTo", |This(a): This<f64>, b: V| number(&b).map(|b| a.partial_cmp(&b).map_or(0i64, |o| o as i64)));
+    let _ = ctx.add_function("add", |This(a): This<f64>, b: V| number(&b).map(|b| V::Float(a + b)));
+    let _ = ctx.add_function("sub", |This(a): This<f64>, b: V| number(&b).map(|b| V::Float(a - b)));
+    let _ = ctx.add_function("isInteger", |This(a): This<f64>| a.fract() == 0.0 && a.abs() <= i64::MAX as f64);
+    let _ = ctx.add_function("asApproximateFloat", |This(a): This<f64>| a);
+    let _ = ctx.add_function("asInteger", |This(a): This<f64>| {
+        if a.fract() == 0.0 && a.abs() <= i64::MAX as f64 {
+            Ok(a as i64)
+        } else {
+            Err(ExecutionError::function_error("asInteger", "cannot convert value to integer"))
+        }
+    });
+}
+
 /// A JSON value as CEL sees it (integers as `int`, objects as maps).
 fn cel_value(v: &Value) -> cel::Value {
     match v {
@@ -635,6 +696,7 @@ fn check_rule(rule: &Value, schema: &Value, v: &Value, old: Option<&Value>, path
     }
     let mut ctx = cel::Context::with_env(cel_env());
     add_kubernetes_functions(&mut ctx);
+    add_quantity_functions(&mut ctx);
     ctx.add_variable_from_value("self", cel_value(v));
     if let Some(o) = old {
         ctx.add_variable_from_value("oldSelf", cel_value(o));
@@ -1180,10 +1242,10 @@ mod tests {
                 {"rule": "self.minReplicas <= self.maxReplicas", "message": "minReplicas must not exceed maxReplicas"},
                 {"rule": "self.name.startsWith('app-')", "fieldPath": ".name"},
                 {"rule": "self.maxReplicas >= oldSelf.maxReplicas", "message": "maxReplicas may not shrink", "reason": "FieldValueForbidden"},
-                {"rule": "quantity(self.memory).isGreaterThan(quantity('1Gi'))"}],
+                {"rule": "!has(self.memory) || quantity(self.memory).isGreaterThan(quantity('1Gi'))"}],
             "properties": {"minReplicas": {"type": "integer"}, "maxReplicas": {"type": "integer"}, "name": {"type": "string"}, "memory": {"type": "string"},
                 "tags": {"type": "array", "items": {"type": "string"}, "x-kubernetes-validations": [{"rule": "self.all(t, t.lowerAscii() == t)"}]}}}}});
-        let ok = json!({"spec": {"minReplicas": 1, "maxReplicas": 3, "name": "app-x", "memory": "1Mi", "tags": ["a"]}});
+        let ok = json!({"spec": {"minReplicas": 1, "maxReplicas": 3, "name": "app-x", "memory": "2Gi", "tags": ["a"]}});
         assert!(validate(&schema, &ok).is_empty(), "{:?}", validate(&schema, &ok));
         let bad = json!({"spec": {"minReplicas": 5, "maxReplicas": 3, "name": "x", "tags": ["A"]}});
         let causes = validate(&schema, &bad);
@@ -1191,8 +1253,8 @@ mod tests {
         assert!(got.contains(&("spec", "Invalid value: \"object\": minReplicas must not exceed maxReplicas")), "{got:?}");
         assert!(got.contains(&("spec.name", "Invalid value: \"object\": failed rule: self.name.startsWith('app-')")), "{got:?}");
         assert!(got.contains(&("spec.tags", "Invalid value: \"array\": failed rule: self.all(t, t.lowerAscii() == t)")), "{got:?}");
-        assert_eq!(causes.len(), 3, "the transition rule needs an old object; the quantity rule is skipped: {got:?}");
-        let shrunk = json!({"spec": {"minReplicas": 1, "maxReplicas": 2, "name": "app-x", "memory": "1Mi"}});
+        assert_eq!(causes.len(), 3, "the transition rule needs an old object; no memory, no quantity rule: {got:?}");
+        let shrunk = json!({"spec": {"minReplicas": 1, "maxReplicas": 2, "name": "app-x", "memory": "2Gi"}});
         let causes = validate_update(&schema, &shrunk, Some(&ok));
         assert_eq!(causes.len(), 1, "{causes:?}");
         // Ratcheting: an unchanged invalid value passes an update.
@@ -1205,7 +1267,25 @@ mod tests {
         assert_eq!(out[0].field, "root.x-kubernetes-validations[0].rule");
         assert!(out[0].message.contains("compilation failed"), "{:?}", out[0]);
         let crd = json!({"spec": {"versions": [{"schema": {"openAPIV3Schema": schema}}]}});
-        assert_eq!(rule_warnings(&crd).len(), 1);
+        assert!(rule_warnings(&crd).is_empty());
+        let with_url =
+            json!({"spec": {"versions": [{"schema": {"openAPIV3Schema": {"type": "string", "x-kubernetes-validations": [{"rule": "isURL(self)"}]}}}]}});
+        assert_eq!(rule_warnings(&with_url).len(), 1);
+
+        // Quantities.
+        for (q, want) in [("500m", 0.5), ("1Gi", 1073741824.0), ("1.5", 1.5), ("2e3", 2000.0), ("-1k", -1000.0), ("1E", 1e18)] {
+            assert_eq!(parse_quantity(q), Some(want), "{q}");
+        }
+        for bad in ["", "Gi", "1.2.3", "1Gb", "--1", "1e"] {
+            assert_eq!(parse_quantity(bad), None, "{bad}");
+        }
+        let res = json!({"type": "object", "properties": {"memory": {"type": "string", "x-kubernetes-validations": [
+            {"rule": "isQuantity(self) && quantity(self).isLessThan(quantity('2Gi'))", "message": "at most 2Gi"},
+            {"rule": "quantity(self).compareTo(quantity('1Mi')) >= 0"}]}}});
+        assert!(validate(&res, &json!({"memory": "1536Mi"})).is_empty());
+        assert_eq!(validate(&res, &json!({"memory": "3Gi"}))[0].message, "Invalid value: \"string\": at most 2Gi");
+        assert_eq!(validate(&res, &json!({"memory": "512Ki"})).len(), 1);
+        assert_eq!(validate(&res, &json!({"memory": "lots"})).len(), 2, "not a quantity: the first rule is false, the second errors");
 
         // Kubernetes' list and regex libraries.
         let lists = json!({"type": "object", "properties": {
