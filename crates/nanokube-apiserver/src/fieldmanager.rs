@@ -351,6 +351,15 @@ impl FieldSet {
         }
     }
 
+    /// Whether the node at `path` has fields of its own in this set (an associative-list
+    /// item or a struct someone owns as a whole besides its fields).
+    fn has_children(&self, path: &[String]) -> bool {
+        match path.split_first() {
+            None => !self.children.is_empty(),
+            Some((h, rest)) => self.children.get(h).is_some_and(|c| c.has_children(rest)),
+        }
+    }
+
     fn insert(&mut self, path: &[String]) {
         match path.split_first() {
             None => self.member = true,
@@ -554,7 +563,20 @@ fn write_managers(obj: &mut Value, managers: &Managers) {
 pub fn record_update(schema: Schema<'_>, old: Option<&Value>, new: &mut Value, manager: &str, api_version: &str, subresource: &str, has_status: bool) {
     let skip_status = has_status && subresource != "status";
     let changed = object_fields(old, new, schema, old.is_some(), skip_status);
+    // managedFields the client wrote itself (as kubectl's client-side → server-side apply
+    // migration does) are the base, as upstream takes them; an empty list means "leave
+    // them", and `[{}]` means "clear them".
+    let live_mf = old.and_then(|o| o.pointer("/metadata/managedFields"));
+    let supplied = new.pointer("/metadata/managedFields").filter(|mf| mf.as_array().is_some_and(|a| !a.is_empty()) && Some(*mf) != live_mf).cloned();
+    let cleared = supplied.as_ref().is_some_and(|mf| mf == &json!([{}]));
     if let (Some(old), true) = (old, changed.is_empty()) {
+        if supplied.is_some() && !cleared {
+            return; // the client's managedFields stand as written
+        }
+        if cleared {
+            meta::metadata_mut(new).remove("managedFields");
+            return;
+        }
         // Nothing changed: ownership and times stay as they were (and a no-op write
         // stays a no-op).
         match old.pointer("/metadata/managedFields") {
@@ -569,7 +591,11 @@ pub fn record_update(schema: Schema<'_>, old: Option<&Value>, new: &mut Value, m
     }
     // On create without a status split, what is present is exactly what changed.
     let present = if old.is_none() && !skip_status { changed.clone() } else { object_fields(None, new, schema, false, false) };
-    let mut managers = old.map(read_managers).unwrap_or_default();
+    let mut managers = match (&supplied, cleared) {
+        (_, true) => Managers::default(),
+        (Some(_), false) => read_managers(new),
+        (None, _) => old.map(read_managers).unwrap_or_default(),
+    };
     for m in managers.iter_mut() {
         m.4.minus(&changed);
         // Fields that no longer exist belong to no one.
@@ -624,14 +650,25 @@ pub fn apply(
     let mut managers = live.map(read_managers).unwrap_or_default();
     let current = live.cloned().unwrap_or_else(|| json!({}));
 
-    // Conflicts: another manager owns a field we apply, with a different value.
+    let mut body = applied.clone();
+    if skip_status {
+        if let Some(m) = body.as_object_mut() {
+            m.remove("status");
+        }
+    }
+    // Conflicts: another manager owns a field we apply and this apply would change it,
+    // judged as structured-merge-diff does, on the merged result (so `strategy: {}` over a
+    // defaulted strategy, or a list item the server defaulted, change nothing), leaf by
+    // leaf (a list item is compared through its own fields).
+    let mut merged = current.clone();
+    merge(&mut merged, &body, schema);
     let mut conflicts: Vec<(String, String, Vec<String>)> = Vec::new();
     for m in managers.iter() {
         if m.0 == manager && m.1 == "Apply" && m.2 == subresource {
             continue;
         }
         for p in m.4.paths() {
-            if wanted.contains(&p) && value_at(&current, &p) != value_at(applied, &p) {
+            if wanted.contains(&p) && !wanted.has_children(&p) && value_at(&current, &p) != value_at(&merged, &p) {
                 conflicts.push((m.0.clone(), m.3.clone(), p));
             }
         }
@@ -661,12 +698,6 @@ pub fn apply(
             if !wanted.contains(&p) && !owned_elsewhere {
                 remove_at(&mut next, &p);
             }
-        }
-    }
-    let mut body = applied.clone();
-    if skip_status {
-        if let Some(m) = body.as_object_mut() {
-            m.remove("status");
         }
     }
     merge(&mut next, &body, schema);
@@ -744,6 +775,35 @@ mod tests {
         let merged = apply(s, Some(&live), &b, "b", true, "x.io/v1", "", false).unwrap();
         assert_eq!(merged["spec"]["ports"].as_array().unwrap().len(), 2);
         assert_eq!(merged["spec"]["image"], "j");
+    }
+
+    #[test]
+    fn an_item_with_server_defaults_is_no_conflict() {
+        let d = |extra: bool| {
+            let mut c = json!({"name": "c", "image": "i"});
+            if extra {
+                c["imagePullPolicy"] = json!("IfNotPresent");
+            }
+            json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"}, "spec": {"template": {"spec": {"containers": [c]}}}})
+        };
+        // Written by an update (client-side apply), defaulted by the server.
+        let mut live = d(true);
+        record_update(Schema::Message(DEPLOY), None, &mut live, "kubectl-client-side-apply", "apps/v1", "", true);
+        // The same manifest, server-side applied by someone else: shared, not a conflict.
+        let applied = apply(Schema::Message(DEPLOY), Some(&live), &d(false), "x", false, "apps/v1", "", true).unwrap();
+        assert_eq!(applied["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"], "IfNotPresent");
+        // An empty struct over a defaulted one changes nothing either.
+        let mut with_strategy = d(false);
+        with_strategy["spec"]["strategy"] = json!({});
+        let mut live2 = d(true);
+        live2["spec"]["strategy"] = json!({});
+        record_update(Schema::Message(DEPLOY), None, &mut live2, "kubectl-client-side-apply", "apps/v1", "", true);
+        live2["spec"]["strategy"] = json!({"type": "RollingUpdate"});
+        assert!(apply(Schema::Message(DEPLOY), Some(&live2), &with_strategy, "x", false, "apps/v1", "", true).is_ok());
+        // A real difference in a leaf still is.
+        let mut other = d(false);
+        other["spec"]["template"]["spec"]["containers"][0]["image"] = json!("j");
+        assert_eq!(apply(Schema::Message(DEPLOY), Some(&live), &other, "y", false, "apps/v1", "", true).unwrap_err().code, 409);
     }
 
     #[test]

@@ -1182,16 +1182,19 @@ impl Ctx<'_> {
         let opts = WriteOptions { dry_run: self.dry_run()?, subresource: subresource.map(String::from) };
         let manager = self.manager()?;
         let custom = self.custom_version(def);
-        // A resourceVersion inside the patch is a precondition; PATCH never needs one.
+        // The patch applies to the object as stored, resourceVersion included (a JSON patch
+        // may `test` or `replace` it, as kubectl's managed-fields migration does). A
+        // resourceVersion the patch changes is a precondition; one it leaves alone is not.
         let body = body.to_vec();
         let mut warnings = Vec::new();
         let updated = self
             .server
             .registry
             .update_with(def, &self.info.namespace, &self.info.name, &opts, |current| {
-                let mut cur = current.clone();
-                meta::metadata_mut(&mut cur).remove("resourceVersion");
-                let mut patched = patch::apply(ty, &cur, &body)?;
+                let mut patched = patch::apply(ty, current, &body)?;
+                if meta::resource_version(&patched) == meta::resource_version(current) {
+                    meta::metadata_mut(&mut patched).remove("resourceVersion");
+                }
                 warnings = self.field_validation(def, &mut patched)?;
                 self.admit_rbac(def, &patched)?;
                 crate::fieldmanager::record_update(

@@ -106,3 +106,33 @@ fn apply_creates_merges_lists_by_key_and_records_updates() {
     assert_eq!(ctrl["subresource"], "status");
     assert_eq!(ctrl["fieldsV1"], serde_json::json!({"f:status": {"f:observedGeneration": {}}}));
 }
+
+/// kubectl's own path from client-side to server-side apply: the first `apply
+/// --server-side` after `apply` migrates the client-side manager's fields to `kubectl`
+/// with a JSON patch of `managedFields` guarded by `resourceVersion`; afterwards a changed
+/// manifest applies without conflicts, and server-added defaults (a defaulted `strategy`,
+/// defaulted container fields) are nobody's conflict.
+#[test]
+fn client_side_to_server_side_apply_migration() {
+    let s = Server::start();
+    let dep = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: dep\n  labels: {app: dep}\nspec:\n  replicas: 1\n  selector:\n    matchLabels: {app: dep}\n  strategy: {}\n  template:\n    metadata:\n      labels: {app: dep}\n    spec:\n      containers:\n      - name: nginx\n        image: nginx\n";
+    assert!(s.k_stdin(&["apply", "-f", "-"], dep).status.success());
+    let out = s.k_stdin(&["apply", "--server-side", "-f", "-"], dep);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("migration"), "the migration patch was accepted: {}", String::from_utf8_lossy(&out.stderr));
+    let path = "/apis/apps/v1/namespaces/default/deployments/dep";
+    let names: Vec<(String, String)> = managers(&s, path).into_iter().map(|(m, o, _)| (m, o)).collect();
+    assert_eq!(names, vec![("kubectl".to_string(), "Apply".to_string()), ("kubectl-last-applied".to_string(), "Apply".to_string())]);
+    let out = s.k_stdin(&["apply", "--server-side", "-f", "-"], &dep.replace("image: nginx", "image: httpd"));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(s.get_json(path).1["spec"]["template"]["spec"]["containers"][0]["image"], "httpd");
+
+    // A JSON patch that replaces resourceVersion is a precondition: a stale one conflicts.
+    let (code, body) =
+        s.curl("PATCH", path, Some("application/json-patch+json"), Some(br#"[{"op":"replace","path":"/metadata/resourceVersion","value":"1"}]"#));
+    assert_eq!(code, 409, "{body}");
+    let rv = s.get_json(path).1["metadata"]["resourceVersion"].as_str().unwrap().to_string();
+    let guarded = format!(r#"[{{"op":"test","path":"/metadata/resourceVersion","value":"{rv}"}},{{"op":"add","path":"/metadata/labels/x","value":"y"}}]"#);
+    let (code, body) = s.curl("PATCH", path, Some("application/json-patch+json"), Some(guarded.as_bytes()));
+    assert_eq!(code, 200, "{body}");
+}
