@@ -95,8 +95,8 @@ pub struct CustomResource {
     pub short_names: Vec<String>,
     /// Categories.
     pub categories: Vec<String>,
-    /// Versions in the CRD's order.
-    pub versions: Vec<CrdVersion>,
+    /// Versions in the CRD's order (shared: requests hold one while they use its schema).
+    pub versions: Vec<std::sync::Arc<CrdVersion>>,
     /// The CRD is being deleted: objects may be read and deleted, not created.
     pub terminating: bool,
 }
@@ -151,7 +151,7 @@ impl CustomResource {
                     });
                 }
                 let deprecated = v.get("deprecated").and_then(Value::as_bool).unwrap_or(false);
-                CrdVersion {
+                std::sync::Arc::new(CrdVersion {
                     name: s(v, "/name").into(),
                     served: v.get("served").and_then(Value::as_bool).unwrap_or(false),
                     storage: v.get("storage").and_then(Value::as_bool).unwrap_or(false),
@@ -173,7 +173,7 @@ impl CustomResource {
                         .and_then(Value::as_array)
                         .map(|a| a.iter().filter_map(|f| f.get("jsonPath").and_then(Value::as_str)).map(|p| p.trim_start_matches('.').to_string()).collect())
                         .unwrap_or_default(),
-                }
+                })
             })
             .collect();
         Some(CustomResource {
@@ -192,7 +192,7 @@ impl CustomResource {
     }
 
     /// A version by name.
-    pub fn version(&self, name: &str) -> Option<&CrdVersion> {
+    pub fn version(&self, name: &str) -> Option<&std::sync::Arc<CrdVersion>> {
         self.versions.iter().find(|v| v.name == name)
     }
 
@@ -203,7 +203,7 @@ impl CustomResource {
 
     /// The served versions, highest priority first.
     pub fn served_versions(&self) -> Vec<&CrdVersion> {
-        let mut out: Vec<&CrdVersion> = self.versions.iter().filter(|v| v.served).collect();
+        let mut out: Vec<&CrdVersion> = self.versions.iter().map(|v| &**v).filter(|v| v.served).collect();
         out.sort_by(|a, b| version_priority(&a.name, &b.name));
         out
     }
@@ -665,6 +665,17 @@ fn add_quantity_functions(ctx: &mut cel::Context<'_, '_>) {
     });
 }
 
+thread_local! {
+    /// The context every rule runs in a child scope of: the environment and the
+    /// Kubernetes functions, registered once per thread rather than per evaluation.
+    static CEL_ROOT: cel::Context<'static, 'static> = {
+        let mut ctx = cel::Context::with_env(cel_env());
+        add_kubernetes_functions(&mut ctx);
+        add_quantity_functions(&mut ctx);
+        ctx
+    };
+}
+
 /// A JSON value as CEL sees it (integers as `int`, objects as maps).
 fn cel_value(v: &Value) -> cel::Value {
     match v {
@@ -694,33 +705,36 @@ fn check_rule(rule: &Value, schema: &Value, v: &Value, old: Option<&Value>, path
     if transition && old.is_none() {
         return; // transition rules run on updates of correlatable values only
     }
-    let mut ctx = cel::Context::with_env(cel_env());
-    add_kubernetes_functions(&mut ctx);
-    add_quantity_functions(&mut ctx);
-    ctx.add_variable_from_value("self", cel_value(v));
-    if let Some(o) = old {
-        ctx.add_variable_from_value("oldSelf", cel_value(o));
-    }
     let ty = schema.get("type").and_then(Value::as_str).filter(|t| !t.is_empty()).unwrap_or(type_name(v));
     let field = match rule.get("fieldPath").and_then(Value::as_str) {
         Some(fp) if !fp.is_empty() => format!("{path}{}", if path.is_empty() { fp.trim_start_matches('.') } else { fp }),
         _ => path.to_string(),
     };
-    let detail = match p.execute(&ctx) {
-        Ok(cel::Value::Bool(true)) => return,
-        Ok(cel::Value::Bool(false)) => {
-            let from_expression = rule.get("messageExpression").and_then(Value::as_str).and_then(|e| match program(e).ok()?.execute(&ctx).ok()? {
-                cel::Value::String(s) if !s.is_empty() => Some(s.to_string()),
-                _ => None,
-            });
-            from_expression
-                .or_else(|| rule.get("message").and_then(Value::as_str).filter(|m| !m.is_empty()).map(String::from))
-                .unwrap_or_else(|| format!("failed rule: {text}"))
+    let detail = CEL_ROOT.with(|root| {
+        let mut ctx = root.new_inner_scope();
+        ctx.add_variable_from_value("self", cel_value(v));
+        if let Some(o) = old {
+            ctx.add_variable_from_value("oldSelf", cel_value(o));
         }
-        Ok(other) => format!("rule did not evaluate to a bool: {other:?} evaluating rule: {text}"),
-        Err(cel::ExecutionError::UndeclaredReference(name)) if refs.has_function(name.as_str()) => return, // a function the cel crate lacks
-        Err(e) => format!("{e} evaluating rule: {text}"),
-    };
+        match p.execute(&ctx) {
+            Ok(cel::Value::Bool(true)) => None,
+            Ok(cel::Value::Bool(false)) => {
+                let from_expression = rule.get("messageExpression").and_then(Value::as_str).and_then(|e| match program(e).ok()?.execute(&ctx).ok()? {
+                    cel::Value::String(s) if !s.is_empty() => Some(s.to_string()),
+                    _ => None,
+                });
+                Some(
+                    from_expression
+                        .or_else(|| rule.get("message").and_then(Value::as_str).filter(|m| !m.is_empty()).map(String::from))
+                        .unwrap_or_else(|| format!("failed rule: {text}")),
+                )
+            }
+            Ok(other) => Some(format!("rule did not evaluate to a bool: {other:?} evaluating rule: {text}")),
+            Err(cel::ExecutionError::UndeclaredReference(name)) if refs.has_function(name.as_str()) => None, // a function the cel crate lacks
+            Err(e) => Some(format!("{e} evaluating rule: {text}")),
+        }
+    });
+    let Some(detail) = detail else { return };
     let (reason, message) = match rule.get("reason").and_then(Value::as_str).unwrap_or("FieldValueInvalid") {
         "FieldValueForbidden" => ("FieldValueForbidden", format!("Forbidden: {detail}")),
         "FieldValueRequired" => ("FieldValueRequired", format!("Required value: {detail}")),

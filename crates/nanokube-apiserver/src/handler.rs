@@ -514,7 +514,7 @@ impl Ctx<'_> {
     }
 
     /// The CRD version behind a custom resource.
-    fn custom_version(&self, def: &ResourceDef) -> Option<nanokube_api::crd::CrdVersion> {
+    fn custom_version(&self, def: &ResourceDef) -> Option<std::sync::Arc<nanokube_api::crd::CrdVersion>> {
         if !def.custom {
             return None;
         }
@@ -575,7 +575,7 @@ impl Ctx<'_> {
         let include = self.include()?;
         let now = OffsetDateTime::now_utc();
         let custom = self.custom_version(def);
-        let rows: Vec<Value> = objs.iter().map(|o| self.table_row(def, custom.as_ref(), o, include, now, meta_v)).collect();
+        let rows: Vec<Value> = objs.iter().map(|o| self.table_row(def, custom.as_deref(), o, include, now, meta_v)).collect();
         let mut t = json!({"kind": "Table", "apiVersion": format!("meta.k8s.io/{meta_v}"), "metadata": meta, "rows": rows});
         if with_columns {
             t["columnDefinitions"] = match &custom {
@@ -604,22 +604,18 @@ impl Ctx<'_> {
 
     async fn resource(&self, body: Bytes) -> Result<Response<Body>, ApiError> {
         let info = self.info;
-        let resources = self.server.registry.resources();
+        let def = self.server.registry.resources().find(&info.group, &info.version, &info.resource).ok_or_else(ApiError::path_not_found)?;
         // Deprecated custom resource versions warn on every request, as upstream does.
-        let deprecation = resources
-            .find(&info.group, &info.version, &info.resource)
-            .filter(|d| d.custom)
-            .and_then(|d| resources.custom_resource(d.group, d.plural)?.version(d.version)?.deprecation_warning.clone());
-        let response = self.resource_inner(body).await?;
+        let deprecation = self.custom_version(def).and_then(|v| v.deprecation_warning.clone());
+        let response = self.resource_of(def, body).await?;
         Ok(match deprecation {
             Some(w) => with_warnings(response, &[w]),
             None => response,
         })
     }
 
-    async fn resource_inner(&self, body: Bytes) -> Result<Response<Body>, ApiError> {
+    async fn resource_of(&self, def: &'static ResourceDef, body: Bytes) -> Result<Response<Body>, ApiError> {
         let info = self.info;
-        let def = self.server.registry.resources().find(&info.group, &info.version, &info.resource).ok_or_else(ApiError::path_not_found)?;
         // `namespaces/{name}` names the namespace object itself, not a namespaced resource.
         let is_namespace_object = def.group.is_empty() && def.plural == "namespaces";
         let namespaced_url = !info.namespace.is_empty() && !is_namespace_object;
@@ -656,7 +652,7 @@ impl Ctx<'_> {
                 self.admit_rbac(def, &obj)?;
                 let custom = self.custom_version(def);
                 crate::fieldmanager::record_update(
-                    Self::type_schema(def, custom.as_ref()),
+                    Self::type_schema(def, custom.as_deref()),
                     None,
                     &mut obj,
                     &self.manager()?,
@@ -683,7 +679,7 @@ impl Ctx<'_> {
                     .update_with(def, ns, &info.name, &opts, |cur| {
                         let mut next = obj.clone();
                         crate::fieldmanager::record_update(
-                            Self::type_schema(def, custom.as_ref()),
+                            Self::type_schema(def, custom.as_deref()),
                             Some(cur),
                             &mut next,
                             &manager,
@@ -1198,7 +1194,7 @@ impl Ctx<'_> {
                 warnings = self.field_validation(def, &mut patched)?;
                 self.admit_rbac(def, &patched)?;
                 crate::fieldmanager::record_update(
-                    Self::type_schema(def, custom.as_ref()),
+                    Self::type_schema(def, custom.as_deref()),
                     Some(current),
                     &mut patched,
                     &manager,
@@ -1256,7 +1252,7 @@ impl Ctx<'_> {
         let warnings = self.field_validation(def, &mut applied)?;
         self.admit_rbac(def, &applied)?;
         let custom = self.custom_version(def);
-        let msg = Self::type_schema(def, custom.as_ref());
+        let msg = Self::type_schema(def, custom.as_deref());
         let sub = subresource.unwrap_or("");
         let opts = WriteOptions { dry_run: self.dry_run()?, subresource: subresource.map(String::from) };
         let pinned = !meta::resource_version(&applied).is_empty();
@@ -1337,7 +1333,7 @@ impl Ctx<'_> {
             },
             "scale" => {
                 // Custom resources declare where replicas and the selector live.
-                let custom_scale = self.custom_version(def).and_then(|v| v.scale);
+                let custom_scale = self.custom_version(def).and_then(|v| v.scale.clone());
                 let (spec_ptr, status_ptr) = match &custom_scale {
                     Some(sc) => (nanokube_api::crd::path_to_pointer(&sc.spec_replicas), nanokube_api::crd::path_to_pointer(&sc.status_replicas)),
                     None => ("/spec/replicas".to_string(), "/status/replicas".to_string()),

@@ -350,8 +350,8 @@ impl Registry {
     pub fn selectable(&self, def: &ResourceDef, fields: &FieldSelector) -> FieldSelector {
         let mut out = fields.clone();
         if def.custom && !fields.is_empty() {
-            if let Some(v) = self.resources.custom_resource(def.group, def.plural).and_then(|cr| cr.version(def.version).cloned()) {
-                out.extra = v.selectable;
+            if let Some(cr) = self.resources.custom_resource(def.group, def.plural) {
+                out.extra = cr.version(def.version).map(|v| v.selectable.clone()).unwrap_or_default();
             }
         }
         out
