@@ -1151,6 +1151,31 @@ pub fn path_to_pointer(path: &str) -> String {
     path.split('.').filter(|s| !s.is_empty()).fold(String::new(), |acc, seg| format!("{acc}/{seg}"))
 }
 
+/// What the API server itself writes into a CRD's status on create and on spec updates,
+/// before any controller runs (upstream's strategy does the same): `acceptedNames` present
+/// (empty until the names are accepted) and the storage version recorded in
+/// `storedVersions`, so a client reading the CRD back always finds a status.
+pub fn record_storage_version(crd: &mut Value) {
+    let storage = crd
+        .pointer("/spec/versions")
+        .and_then(Value::as_array)
+        .and_then(|vs| vs.iter().find(|v| v.get("storage").and_then(Value::as_bool) == Some(true)))
+        .and_then(|v| v.get("name").cloned());
+    let Some(obj) = crd.as_object_mut() else { return };
+    let status = obj.entry("status").or_insert_with(|| json!({}));
+    if !status.is_object() {
+        *status = json!({});
+    }
+    let st = status.as_object_mut().expect("status is an object");
+    st.entry("acceptedNames").or_insert_with(|| json!({"plural": "", "kind": ""}));
+    let stored = st.entry("storedVersions").or_insert_with(|| json!([]));
+    if let (Some(list), Some(sv)) = (stored.as_array_mut(), storage) {
+        if !list.contains(&sv) {
+            list.push(sv);
+        }
+    }
+}
+
 /// The CRD status the controller keeps: accepted names, conditions and stored versions.
 /// `conflict` is the reason the names are not accepted, if another CRD holds them.
 pub fn status_for(crd: &Value, conflict: Option<&str>, now: &str) -> Value {

@@ -574,6 +574,9 @@ impl Registry {
         self.admit_create(def, &mut obj);
         let mut causes = Vec::new();
         self.custom_strategy(def, &mut obj, None, &mut causes);
+        if def.group == "apiextensions.k8s.io" && def.plural == "customresourcedefinitions" {
+            crd::record_storage_version(&mut obj);
+        }
         causes.extend(validation::validate_object(def, &obj));
         if !causes.is_empty() {
             return Err(ApiError::invalid(def.kind, def.group, &name, causes));
@@ -904,6 +907,9 @@ impl Registry {
         }
         let mut causes = Vec::new();
         self.custom_strategy(def, &mut new, Some(old), &mut causes);
+        if def.group == "apiextensions.k8s.io" && def.plural == "customresourcedefinitions" && !status_write {
+            crd::record_storage_version(&mut new);
+        }
         // Generation moves on spec changes only (for custom resources without a status
         // subresource, on any change outside metadata).
         if def.tracks_generation {

@@ -303,6 +303,12 @@ fn cluster_scope_invalid_crds_conflicts_and_restart() {
     // A cluster-scoped CRD.
     let (code, body) = s.curl("POST", crds, Some("application/json"), Some(CLUSTER_CRD.as_bytes()));
     assert_eq!(code, 201, "{body}");
+    // The create's answer already carries a status (as upstream's strategy writes it),
+    // before the controller accepts the names: clients that read status right away
+    // (the Python client's model requires acceptedNames) find one.
+    let created: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(created["status"]["acceptedNames"], json!({"plural": "", "kind": ""}), "{body}");
+    assert_eq!(created["status"]["storedVersions"], json!(["v1alpha1"]), "{body}");
     s.k(&["wait", "--for", "condition=established", "crd/backends.infra.example.org", "--timeout=5s"]);
     let be = json!({"apiVersion": "infra.example.org/v1alpha1", "kind": "Backend", "metadata": {"name": "db"},
         "spec": {"port": "postgres", "tags": ["a", "b"], "template": {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x"}, "spec": {"any": 1}}}});
