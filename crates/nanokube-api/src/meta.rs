@@ -6,37 +6,43 @@ use time::OffsetDateTime;
 
 /// `metadata.name`, or `""`.
 pub fn name(obj: &Value) -> &str {
-    obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("")
+    field(obj, "name").and_then(Value::as_str).unwrap_or("")
+}
+
+/// `metadata.<key>`. (Cheaper than `Value::pointer`, which allocates per segment, and
+/// these are read several times per request.)
+pub fn field<'a>(obj: &'a Value, key: &str) -> Option<&'a Value> {
+    obj.get("metadata")?.get(key)
 }
 
 /// `metadata.namespace`, or `""`.
 pub fn namespace(obj: &Value) -> &str {
-    obj.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("")
+    field(obj, "namespace").and_then(Value::as_str).unwrap_or("")
 }
 
 /// `metadata.uid`, or `""`.
 pub fn uid(obj: &Value) -> &str {
-    obj.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or("")
+    field(obj, "uid").and_then(Value::as_str).unwrap_or("")
 }
 
 /// `metadata.resourceVersion`, or `""`.
 pub fn resource_version(obj: &Value) -> &str {
-    obj.pointer("/metadata/resourceVersion").and_then(Value::as_str).unwrap_or("")
+    field(obj, "resourceVersion").and_then(Value::as_str).unwrap_or("")
 }
 
 /// `metadata.labels` as a map (empty if absent).
 pub fn labels(obj: &Value) -> Option<&Map<String, Value>> {
-    obj.pointer("/metadata/labels").and_then(Value::as_object)
+    field(obj, "labels").and_then(Value::as_object)
 }
 
 /// `metadata.deletionTimestamp` is set.
 pub fn is_deleting(obj: &Value) -> bool {
-    obj.pointer("/metadata/deletionTimestamp").is_some_and(|v| !v.is_null())
+    field(obj, "deletionTimestamp").is_some_and(|v| !v.is_null())
 }
 
 /// `metadata.finalizers` (empty if absent).
 pub fn finalizers(obj: &Value) -> Vec<String> {
-    obj.pointer("/metadata/finalizers").and_then(Value::as_array).map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect()).unwrap_or_default()
+    field(obj, "finalizers").and_then(Value::as_array).map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect()).unwrap_or_default()
 }
 
 /// A mutable `metadata` map, created if missing or not an object.
@@ -139,7 +145,7 @@ pub fn human_duration(seconds: i64) -> String {
 
 /// Age of an object from its `creationTimestamp`, rendered like kubectl's AGE column.
 pub fn age(obj: &Value, now: OffsetDateTime) -> String {
-    match obj.pointer("/metadata/creationTimestamp").and_then(Value::as_str).and_then(parse_time) {
+    match field(obj, "creationTimestamp").and_then(Value::as_str).and_then(parse_time) {
         Some(t) => human_duration((now - t).whole_seconds()),
         None => "<unknown>".into(),
     }

@@ -516,7 +516,7 @@ pub fn manager_name(field_manager: Option<&str>, user_agent: &str) -> String {
 type Managers = Vec<(String, String, String, String, FieldSet, Option<Value>)>;
 
 fn read_managers(obj: &Value) -> Managers {
-    obj.pointer("/metadata/managedFields")
+    meta::field(obj, "managedFields")
         .and_then(Value::as_array)
         .map(|a| {
             a.iter()
@@ -566,8 +566,8 @@ pub fn record_update(schema: Schema<'_>, old: Option<&Value>, new: &mut Value, m
     // managedFields the client wrote itself (as kubectl's client-side → server-side apply
     // migration does) are the base, as upstream takes them; an empty list means "leave
     // them", and `[{}]` means "clear them".
-    let live_mf = old.and_then(|o| o.pointer("/metadata/managedFields"));
-    let supplied = new.pointer("/metadata/managedFields").filter(|mf| mf.as_array().is_some_and(|a| !a.is_empty()) && Some(*mf) != live_mf).cloned();
+    let live_mf = old.and_then(|o| meta::field(o, "managedFields"));
+    let supplied = meta::field(new, "managedFields").filter(|mf| mf.as_array().is_some_and(|a| !a.is_empty()) && Some(*mf) != live_mf).cloned();
     let cleared = supplied.as_ref().is_some_and(|mf| mf == &json!([{}]));
     if let (Some(old), true) = (old, changed.is_empty()) {
         if supplied.is_some() && !cleared {
@@ -579,7 +579,7 @@ pub fn record_update(schema: Schema<'_>, old: Option<&Value>, new: &mut Value, m
         }
         // Nothing changed: ownership and times stay as they were (and a no-op write
         // stays a no-op).
-        match old.pointer("/metadata/managedFields") {
+        match meta::field(old, "managedFields") {
             Some(mf) => {
                 meta::metadata_mut(new).insert("managedFields".into(), mf.clone());
             }

@@ -200,19 +200,23 @@ pub fn view(def: &ResourceDef, obj: Obj) -> Obj {
     }
 }
 
-/// The served form of an object just written at `kv`, made from the value in hand rather
-/// than by parsing the stored bytes back; it fills the per-revision cache, so watchers
-/// and later readers share it. Equal to what [`decode`] makes of the bytes.
-fn served(def: &ResourceDef, kv: &KeyValue, mut obj: Value) -> Result<Obj, ApiError> {
+/// The served form of an object just written at `kv`: the stored bytes with the
+/// revision spliced in where [`encode`] left room for it, so a write serializes its
+/// object once. It fills the per-revision cache, so watchers and later readers share it.
+/// Equal to what [`decode`] makes of the bytes.
+fn served(def: &ResourceDef, kv: &KeyValue, written: Encoding) -> Result<Obj, ApiError> {
     if converts(def) || def.custom {
         return decode_as(def, kv);
     }
-    let rev = kv.mod_revision;
-    let encoded = kv.decoded(move |_| -> Result<Encoded, ApiError> {
-        let m = meta::metadata_mut(&mut obj);
-        m.insert("resourceVersion".into(), Value::String(rev.to_string()));
-        m.remove("selfLink");
-        Ok(Encoded(Bytes::from(serde_json::to_vec(&obj).expect("JSON values serialize"))))
+    let encoded = kv.decoded(move |stored| -> Result<Encoded, ApiError> {
+        match written.rv_slot {
+            Some(slot) if stored == &written.bytes[..] => Ok(Encoded(slot.splice(stored, kv.mod_revision))),
+            _ => {
+                let mut v: Value = serde_json::from_slice(stored).map_err(|e| ApiError::internal(format!("stored object is not JSON: {e}")))?;
+                meta::metadata_mut(&mut v).insert("resourceVersion".into(), Value::String(kv.mod_revision.to_string()));
+                Ok(Encoded(Bytes::from(serde_json::to_vec(&v).expect("JSON values serialize"))))
+            }
+        }
     })?;
     Ok(Arc::new(Stored::from_json(encoded.0.clone())))
 }
@@ -223,7 +227,7 @@ fn decode_as(def: &ResourceDef, kv: &KeyValue) -> Result<Obj, ApiError> {
 }
 
 /// The bytes to store for an object of `def`.
-fn encode_as(def: &ResourceDef, obj: &Value) -> Bytes {
+fn encode_as(def: &ResourceDef, obj: &Value) -> Encoding {
     if converts(def) {
         encode(&nanokube_api::convert::events_v1_to_core(obj))
     } else if def.custom && def.version != def.storage_version {
@@ -235,18 +239,87 @@ fn encode_as(def: &ResourceDef, obj: &Value) -> Bytes {
     }
 }
 
-fn encode(obj: &Value) -> Bytes {
-    // The revision is the resourceVersion: never store it inside the value.
-    let meta = obj.get("metadata").and_then(Value::as_object);
-    if meta.is_none_or(|m| !m.contains_key("resourceVersion") && !m.contains_key("selfLink")) {
-        return Bytes::from(serde_json::to_vec(obj).expect("JSON values serialize"));
+/// An object's stored bytes, and where its served form's `resourceVersion` goes.
+struct Encoding {
+    bytes: Bytes,
+    rv_slot: Option<RvSlot>,
+}
+
+/// Where `"resourceVersion":"N"` is spliced into stored bytes: at byte `at`, inside
+/// `metadata`, after an entry (`after_entry`: a comma before it) or before one
+/// (`before_entry`: a comma after it). Its place is the one a sorted map gives it, so the
+/// splice is byte for byte what serializing the object with the revision would give.
+#[derive(Clone, Copy)]
+struct RvSlot {
+    at: usize,
+    after_entry: bool,
+    before_entry: bool,
+}
+
+impl RvSlot {
+    fn splice(self, stored: &[u8], rev: Revision) -> Bytes {
+        let field = format!("\"resourceVersion\":\"{rev}\"");
+        let mut out = Vec::with_capacity(stored.len() + field.len() + 1);
+        out.extend_from_slice(&stored[..self.at]);
+        if self.after_entry {
+            out.push(b',');
+        }
+        out.extend_from_slice(field.as_bytes());
+        if !self.after_entry && self.before_entry {
+            out.push(b',');
+        }
+        out.extend_from_slice(&stored[self.at..]);
+        Bytes::from(out)
     }
-    let mut v = obj.clone();
-    if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
-        m.remove("resourceVersion");
-        m.remove("selfLink");
+}
+
+/// Serialize an object for the store: compact JSON as `serde_json` writes it, without
+/// `resourceVersion` (the revision is the resourceVersion: never stored inside the
+/// value) or `selfLink`, noting where the served form's `resourceVersion` goes.
+fn encode(obj: &Value) -> Encoding {
+    let Some(map) = obj.as_object() else {
+        return Encoding { bytes: Bytes::from(serde_json::to_vec(obj).expect("JSON values serialize")), rv_slot: None };
+    };
+    let mut out = Vec::with_capacity(1024);
+    let mut rv_slot = None;
+    out.push(b'{');
+    for (i, (k, v)) in map.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        serde_json::to_writer(&mut out, k).expect("JSON strings serialize");
+        out.push(b':');
+        match v {
+            Value::Object(metadata) if k == "metadata" => rv_slot = Some(encode_metadata(&mut out, metadata)),
+            v => serde_json::to_writer(&mut out, v).expect("JSON values serialize"),
+        }
     }
-    Bytes::from(serde_json::to_vec(&v).expect("JSON values serialize"))
+    out.push(b'}');
+    Encoding { bytes: Bytes::from(out), rv_slot }
+}
+
+fn encode_metadata(out: &mut Vec<u8>, metadata: &Map<String, Value>) -> RvSlot {
+    out.push(b'{');
+    let mut slot = None;
+    let mut wrote = false;
+    for (k, v) in metadata {
+        if k == "resourceVersion" || k == "selfLink" {
+            continue;
+        }
+        if slot.is_none() && k.as_str() > "resourceVersion" {
+            slot = Some(RvSlot { at: out.len(), after_entry: wrote, before_entry: true });
+        }
+        if wrote {
+            out.push(b',');
+        }
+        serde_json::to_writer(&mut *out, k).expect("JSON strings serialize");
+        out.push(b':');
+        serde_json::to_writer(&mut *out, v).expect("JSON values serialize");
+        wrote = true;
+    }
+    let slot = slot.unwrap_or(RvSlot { at: out.len(), after_entry: wrote, before_entry: false });
+    out.push(b'}');
+    slot
 }
 
 fn parse_rv(rv: &str) -> Result<Revision, ApiError> {
@@ -594,8 +667,9 @@ impl Registry {
             return Ok(Arc::new(Stored::new(obj)));
         }
         let key = def.key(namespace, &name);
-        match self.store.create(key, encode_as(def, &obj)).await {
-            Ok(kv) => served(def, &kv, obj),
+        let encoding = encode_as(def, &obj);
+        match self.store.create(key, encoding.bytes.clone()).await {
+            Ok(kv) => served(def, &kv, encoding),
             Err(e) => {
                 if def.plural == "services" {
                     self.release_service(&obj, None);
@@ -765,10 +839,10 @@ impl Registry {
             if opts.dry_run {
                 return Ok(Arc::new(Stored::new(new)));
             }
-            let result = if finish_delete {
-                self.store.delete(key.clone(), Some(kv.mod_revision)).await
-            } else {
-                self.store.update(key.clone(), encode_as(def, &new), Some(kv.mod_revision)).await
+            let encoding = (!finish_delete).then(|| encode_as(def, &new));
+            let result = match &encoding {
+                None => self.store.delete(key.clone(), Some(kv.mod_revision)).await,
+                Some(e) => self.store.update(key.clone(), e.bytes.clone(), Some(kv.mod_revision)).await,
             };
             match result {
                 Ok(kv) => {
@@ -779,7 +853,10 @@ impl Registry {
                             self.release_service(&current, Some(&new));
                         }
                     }
-                    return if finish_delete { decode_as(def, &kv) } else { served(def, &kv, new) };
+                    return match encoding {
+                        Some(e) => served(def, &kv, e),
+                        None => decode_as(def, &kv),
+                    };
                 }
                 Err(StoreError::Conflict { .. }) if !pinned => {
                     if def.plural == "services" && def.group.is_empty() {
@@ -820,7 +897,7 @@ impl Registry {
                     }
                 }
             }
-            if let Some(mf) = new.pointer("/metadata/managedFields") {
+            if let Some(mf) = meta::field(&new, "managedFields") {
                 meta::metadata_mut(&mut merged).insert("managedFields".into(), mf.clone());
             }
             new = merged;
@@ -913,11 +990,11 @@ impl Registry {
         // Generation moves on spec changes only (for custom resources without a status
         // subresource, on any change outside metadata).
         if def.tracks_generation {
-            let g = old.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(1);
+            let g = meta::field(old, "generation").and_then(Value::as_i64).unwrap_or(1);
             let changed = if def.custom && !def.has_status() { old.get("status") != new.get("status") } else { false };
             let g = if changed || spec_part(old) != spec_part(&new) { g + 1 } else { g };
             meta::metadata_mut(&mut new).insert("generation".into(), json!(g));
-        } else if let Some(g) = old.pointer("/metadata/generation") {
+        } else if let Some(g) = meta::field(old, "generation") {
             meta::metadata_mut(&mut new).insert("generation".into(), g.clone());
         } else {
             meta::metadata_mut(&mut new).remove("generation");
@@ -1040,7 +1117,7 @@ impl Registry {
                 if opts.dry_run {
                     return Ok(Deleted::Pending(Arc::new(Stored::new(next))));
                 }
-                match self.store.update(key.clone(), encode_as(def, &next), Some(kv.mod_revision)).await {
+                match self.store.update(key.clone(), encode_as(def, &next).bytes, Some(kv.mod_revision)).await {
                     Ok(kv) => return Ok(Deleted::Pending(decode_as(def, &kv)?)),
                     Err(StoreError::Conflict { .. }) => continue,
                     Err(e) => return Err(store_err(e, def, name)),
@@ -1201,6 +1278,30 @@ impl ObjectWatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn splicing_the_revision_into_stored_bytes_equals_serializing_with_it() {
+        let objects = [
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a", "namespace": "default", "uid": "u", "resourceVersion": "", "selfLink": "x"}, "data": {"k\"\u{1}é": "v\n"}}),
+            json!({"kind": "X", "metadata": {}}),
+            json!({"kind": "X", "metadata": {"annotations": {"a": "b"}}}),
+            json!({"kind": "X", "metadata": {"uid": "u", "zz": 1}}),
+            json!({"metadata": {"name": "n", "resourceVersion": "5"}, "spec": [1, 2.5, null, true]}),
+        ];
+        for obj in objects {
+            let encoding = encode(&obj);
+            let mut stored = obj.clone();
+            let m = stored["metadata"].as_object_mut().unwrap();
+            m.remove("resourceVersion");
+            m.remove("selfLink");
+            assert_eq!(&encoding.bytes[..], serde_json::to_vec(&stored).unwrap(), "{obj}");
+            let mut served = stored.clone();
+            served["metadata"]["resourceVersion"] = json!("42");
+            let spliced = encoding.rv_slot.unwrap().splice(&encoding.bytes, 42);
+            assert_eq!(std::str::from_utf8(&spliced).unwrap(), serde_json::to_string(&served).unwrap(), "{obj}");
+        }
+        assert!(encode(&json!({"kind": "X"})).rv_slot.is_none());
+    }
 
     #[test]
     fn an_expired_continue_token_answers_410_with_a_token_at_the_newest_revision() {
