@@ -1,5 +1,8 @@
-//! Watch fan-out: a ring of recent events and a broadcast channel, kept consistent under
-//! one lock so a new watcher gets every event after its start revision exactly once.
+//! Watch fan-out: a ring of recent events and one broadcast channel per watched prefix,
+//! kept consistent under one lock so a new watcher gets every event after its start
+//! revision exactly once. An event wakes only the watchers whose prefix it falls under:
+//! with a dozen controllers each watching their own kinds, a ConfigMap write wakes the
+//! two that care instead of all of them.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -13,7 +16,14 @@ struct Ring {
     /// Revision before the oldest event in the ring: watches may start at or after it.
     floor: Revision,
     capacity: usize,
+    /// Live channels, one per prefix being watched.
+    channels: Vec<(String, broadcast::Sender<Arc<Event>>)>,
 }
+
+/// Events a live channel holds for a slow receiver before it lags. A receiver that lags
+/// refills from the ring (which is longer), so this bounds memory per watched prefix,
+/// not what a watcher can catch up on.
+const CHANNEL_CAPACITY: usize = 4096;
 
 /// A backlog of events and the live receiver that continues it.
 type Subscription = (VecDeque<Arc<Event>>, broadcast::Receiver<Arc<Event>>);
@@ -21,14 +31,12 @@ type Subscription = (VecDeque<Arc<Event>>, broadcast::Receiver<Arc<Event>>);
 /// Recent events and live subscribers.
 pub struct History {
     ring: Mutex<Ring>,
-    tx: broadcast::Sender<Arc<Event>>,
 }
 
 impl History {
     /// A history keeping `capacity` events, starting at revision `floor`.
     pub fn new(capacity: usize, floor: Revision) -> Self {
-        let (tx, _) = broadcast::channel(16 * 1024);
-        History { ring: Mutex::new(Ring { events: VecDeque::new(), floor, capacity: capacity.max(1) }), tx }
+        History { ring: Mutex::new(Ring { events: VecDeque::new(), floor, capacity: capacity.max(1), channels: Vec::new() }) }
     }
 
     /// Record an event and deliver it to live watchers. Must be called in revision order.
@@ -40,8 +48,13 @@ impl History {
             }
         }
         ring.events.push_back(ev.clone());
-        // No receivers is fine.
-        let _ = self.tx.send(ev);
+        // Channels whose watchers have all gone are dropped here.
+        ring.channels.retain(|(prefix, tx)| {
+            if !ev.kv.key.starts_with(prefix.as_str()) {
+                return true;
+            }
+            tx.send(ev.clone()).is_ok()
+        });
     }
 
     /// Seed the ring with already-committed events (at startup).
@@ -86,11 +99,18 @@ impl History {
 
     /// Subscribe: the backlog of events after `after` under `prefix`, plus a live receiver.
     fn subscribe(&self, prefix: &str, after: Revision) -> Result<Subscription, StoreError> {
-        let ring = self.ring.lock().expect("history lock");
+        let mut ring = self.ring.lock().expect("history lock");
         if after < ring.floor {
             return Err(StoreError::Compacted { requested: after, oldest: ring.floor });
         }
-        let rx = self.tx.subscribe();
+        let rx = match ring.channels.iter().find(|(p, _)| p == prefix) {
+            Some((_, tx)) => tx.subscribe(),
+            None => {
+                let (tx, rx) = broadcast::channel(CHANNEL_CAPACITY);
+                ring.channels.push((prefix.to_string(), tx));
+                rx
+            }
+        };
         let start = ring.events.partition_point(|e| e.revision() <= after);
         let backlog = ring.events.range(start..).filter(|e| e.kv.key.starts_with(prefix)).cloned().collect();
         Ok((backlog, rx))
@@ -126,7 +146,7 @@ impl WatchStream {
             }
             match self.rx.recv().await {
                 Ok(ev) => {
-                    if ev.revision() <= self.last || !ev.kv.key.starts_with(&self.prefix) {
+                    if ev.revision() <= self.last {
                         continue;
                     }
                     self.last = ev.revision();
