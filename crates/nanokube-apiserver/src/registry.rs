@@ -191,13 +191,27 @@ fn converts(def: &ResourceDef) -> bool {
 pub fn view(def: &ResourceDef, obj: Obj) -> Obj {
     if converts(def) {
         Arc::new(Stored::new(nanokube_api::convert::core_event_to_events_v1(&obj)))
-    } else if def.custom && !obj.json().starts_with(format!("{{\"apiVersion\":\"{}\"", def.api_version()).as_bytes()) {
+    } else if def.custom && !json_api_version_is(&obj.json(), def) {
         let mut v = obj.value().clone();
         v["apiVersion"] = json!(def.api_version());
         Arc::new(Stored::new(v))
     } else {
         obj
     }
+}
+
+/// Whether serialized JSON starts with `{"apiVersion":"<def's group/version>"`, checked
+/// in place (this runs once per custom object on every read).
+fn json_api_version_is(json: &[u8], def: &ResourceDef) -> bool {
+    let Some(rest) = json.strip_prefix(b"{\"apiVersion\":\"".as_slice()) else { return false };
+    let rest = match def.group {
+        "" => rest,
+        group => match rest.strip_prefix(group.as_bytes()).and_then(|r| r.strip_prefix(b"/".as_slice())) {
+            Some(r) => r,
+            None => return false,
+        },
+    };
+    rest.strip_prefix(def.version.as_bytes()).is_some_and(|r| r.first() == Some(&b'"'))
 }
 
 /// The served form of an object just written at `kv`: the stored bytes with the
@@ -1278,6 +1292,18 @@ impl ObjectWatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn api_version_prefix_is_checked_in_place() {
+        let cm = resources::find("", "v1", "configmaps").unwrap();
+        let deploy = resources::find("apps", "v1", "deployments").unwrap();
+        assert!(json_api_version_is(br#"{"apiVersion":"v1","kind":"ConfigMap"}"#, cm));
+        assert!(!json_api_version_is(br#"{"apiVersion":"v1beta1","kind":"ConfigMap"}"#, cm));
+        assert!(json_api_version_is(br#"{"apiVersion":"apps/v1","kind":"Deployment"}"#, deploy));
+        assert!(!json_api_version_is(br#"{"apiVersion":"apps/v1beta2"}"#, deploy));
+        assert!(!json_api_version_is(br#"{"apiVersion":"v1"}"#, deploy));
+        assert!(!json_api_version_is(br#"{"kind":"Deployment","apiVersion":"apps/v1"}"#, deploy));
+    }
 
     #[test]
     fn splicing_the_revision_into_stored_bytes_equals_serializing_with_it() {
