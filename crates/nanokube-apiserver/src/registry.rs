@@ -175,7 +175,7 @@ pub fn decode(kv: &KeyValue) -> Result<Obj, ApiError> {
     let encoded = kv.decoded(|bytes| -> Result<Encoded, ApiError> {
         let mut v: Value = serde_json::from_slice(bytes).map_err(|e| ApiError::internal(format!("stored object is not JSON: {e}")))?;
         meta::metadata_mut(&mut v).insert("resourceVersion".into(), Value::String(rev.to_string()));
-        Ok(Encoded(Bytes::from(serde_json::to_vec(&v).expect("JSON values serialize"))))
+        Ok(Encoded(Bytes::from(serde_json::to_vec(&v).expect("JSON values serialize").into_boxed_slice())))
     })?;
     Ok(Arc::new(Stored::from_json(encoded.0.clone())))
 }
@@ -228,7 +228,7 @@ fn served(def: &ResourceDef, kv: &KeyValue, written: Encoding) -> Result<Obj, Ap
             _ => {
                 let mut v: Value = serde_json::from_slice(stored).map_err(|e| ApiError::internal(format!("stored object is not JSON: {e}")))?;
                 meta::metadata_mut(&mut v).insert("resourceVersion".into(), Value::String(kv.mod_revision.to_string()));
-                Ok(Encoded(Bytes::from(serde_json::to_vec(&v).expect("JSON values serialize"))))
+                Ok(Encoded(Bytes::from(serde_json::to_vec(&v).expect("JSON values serialize").into_boxed_slice())))
             }
         }
     })?;
@@ -309,7 +309,8 @@ fn encode(obj: &Value) -> Encoding {
         }
     }
     out.push(b'}');
-    Encoding { bytes: Bytes::from(out), rv_slot }
+    // Stored bytes live as long as their revision is retained: keep no spare capacity.
+    Encoding { bytes: Bytes::from(out.into_boxed_slice()), rv_slot }
 }
 
 fn encode_metadata(out: &mut Vec<u8>, metadata: &Map<String, Value>) -> RvSlot {
