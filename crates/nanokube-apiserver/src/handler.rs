@@ -416,7 +416,7 @@ fn non_resource(server: &ApiServer, method: &Method, path: &str, query: &Query, 
 
 /// Which object a Table row embeds.
 #[derive(Clone, Copy, PartialEq)]
-enum Include {
+pub(crate) enum Include {
     None,
     Metadata,
     Object,
@@ -431,7 +431,7 @@ struct Ctx<'a> {
     method: &'a Method,
 }
 
-fn partial_metadata(obj: &Value, v: &str) -> Value {
+pub(crate) fn partial_metadata(obj: &Value, v: &str) -> Value {
     json!({"kind": "PartialObjectMetadata", "apiVersion": format!("meta.k8s.io/{v}"), "metadata": obj.get("metadata").cloned().unwrap_or(json!({}))})
 }
 
@@ -1055,108 +1055,21 @@ impl Ctx<'_> {
             (Vec::new(), rv.parse::<i64>().map_err(|_| ApiError::bad_request(format!("resourceVersion: Invalid value: {rv:?}")))?)
         };
         let watch = match registry.watch(def, ns.as_deref(), start_rv, labels, fields) {
-            Ok(w) => Some(w),
-            Err(e) if e.code == 410 => None,
+            Ok(w) => Ok(w),
+            Err(e) if e.code == 410 => {
+                Err(crate::watch::error_event(&ApiError::expired(format!("too old resource version: {} ({})", start_rv, registry.store().oldest_watchable()))))
+            }
             Err(e) => return Err(e),
         };
         let include = self.include()?;
         let watch_guard = self.server.metrics.watcher(def.group, def.version, def.kind);
-        let (tx, body) = h::channel(64);
         let content_type = match out {
             Output::Table(_) => out.content_type(false),
             _ => "application/json".to_string(),
         };
-        tokio::spawn(async move {
-            let _watch_guard = watch_guard;
-            let mut first_table = true;
-            let mut encode_event = |ty: &str, obj: &Obj| -> Bytes {
-                let object = match out {
-                    Output::Table(mv) => {
-                        let now = OffsetDateTime::now_utc();
-                        let mut row = json!({"cells": table::cells(def.group, def.plural, obj, now)});
-                        match include {
-                            Include::Metadata => row["object"] = partial_metadata(obj, mv),
-                            Include::Object => row["object"] = obj.value().clone(),
-                            Include::None => {}
-                        }
-                        let mut t = json!({"kind": "Table", "apiVersion": format!("meta.k8s.io/{mv}"), "metadata": {"resourceVersion": meta::resource_version(obj)}, "rows": [row]});
-                        t["columnDefinitions"] = if first_table { table::column_definitions(def.group, def.plural) } else { Value::Null };
-                        first_table = false;
-                        t
-                    }
-                    Output::PartialMetadata(mv) => partial_metadata(obj, mv),
-                    _ => {
-                        // Plain JSON: the object's cached encoding, shared by every watcher.
-                        let body = obj.json();
-                        let mut line = Vec::with_capacity(body.len() + 32);
-                        line.extend_from_slice(b"{\"type\":\"");
-                        line.extend_from_slice(ty.as_bytes());
-                        line.extend_from_slice(b"\",\"object\":");
-                        line.extend_from_slice(&body);
-                        line.extend_from_slice(b"}\n");
-                        return Bytes::from(line);
-                    }
-                };
-                let mut line = serde_json::to_vec(&json!({"type": ty, "object": object})).expect("serialize");
-                line.push(b'\n');
-                Bytes::from(line)
-            };
-            let bookmark = |rv: i64, initial_end: bool| -> Bytes {
-                let mut m = json!({"resourceVersion": rv.to_string()});
-                if initial_end {
-                    m["annotations"] = json!({"k8s.io/initial-events-end": "true"});
-                }
-                let mut line = serde_json::to_vec(&json!({"type": "BOOKMARK", "object": {"kind": def.kind, "apiVersion": def.api_version(), "metadata": m}}))
-                    .expect("serialize");
-                line.push(b'\n');
-                Bytes::from(line)
-            };
-            for obj in &initial {
-                if tx.send(encode_event("ADDED", obj)).await.is_err() {
-                    return;
-                }
-            }
-            if send_initial && tx.send(bookmark(start_rv, true)).await.is_err() {
-                return;
-            }
-            let Some(mut watch) = watch else {
-                let e = ApiError::expired(format!("too old resource version: {} ({})", start_rv, registry.store().oldest_watchable()));
-                let mut line = serde_json::to_vec(&json!({"type": "ERROR", "object": e.to_status()})).expect("serialize");
-                line.push(b'\n');
-                let _ = tx.send(Bytes::from(line)).await;
-                return;
-            };
-            let deadline = tokio::time::sleep(timeout);
-            tokio::pin!(deadline);
-            let mut tick = tokio::time::interval(Duration::from_secs(60));
-            tick.tick().await;
-            loop {
-                tokio::select! {
-                    _ = &mut deadline => return,
-                    _ = tx.closed() => return,
-                    _ = tick.tick(), if bookmarks => {
-                        if tx.send(bookmark(watch.last_revision(), false)).await.is_err() {
-                            return;
-                        }
-                    }
-                    ev = watch.next() => match ev {
-                        Some(Ok((ty, obj))) => {
-                            if tx.send(encode_event(ty, &obj)).await.is_err() {
-                                return;
-                            }
-                        }
-                        Some(Err(e)) => {
-                            let mut line = serde_json::to_vec(&json!({"type": "ERROR", "object": e.to_status()})).expect("serialize");
-                            line.push(b'\n');
-                            let _ = tx.send(Bytes::from(line)).await;
-                            return;
-                        }
-                        None => return,
-                    }
-                }
-            }
-        });
-        let mut r = Response::new(body);
+        let encoder = crate::watch::EventEncoder { def, out, include, first_table: true };
+        let body = crate::watch::WatchBody::new(encoder, initial, send_initial.then_some(start_rv), watch, start_rv, timeout, bookmarks, watch_guard);
+        let mut r = Response::new(body.boxed());
         r.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_str(&content_type).expect("header"));
         Ok(r)
     }

@@ -1,17 +1,13 @@
-//! HTTP plumbing: response bodies (whole and streamed), JSON/YAML/Status responses,
+//! HTTP plumbing: response bodies, JSON/YAML/Status responses,
 //! and content negotiation of `Accept` (JSON, YAML, Table, PartialObjectMetadata).
 
 use std::convert::Infallible;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode};
-use http_body::Frame;
 use http_body_util::{BodyExt, Full};
 use nanokube_api::ApiError;
 use serde_json::Value;
-use tokio::sync::mpsc;
 
 /// The response body type: a whole body or a stream.
 pub type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
@@ -19,31 +15,6 @@ pub type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 /// A whole body.
 pub fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into()).boxed()
-}
-
-/// A body fed by a channel; each message is flushed as its own chunk. The stream ends
-/// when the sender is dropped; a dropped body (client gone) makes sends fail.
-pub struct ChannelBody {
-    rx: mpsc::Receiver<Bytes>,
-}
-
-impl http_body::Body for ChannelBody {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        match self.rx.poll_recv(cx) {
-            Poll::Ready(Some(b)) => Poll::Ready(Some(Ok(Frame::data(b)))),
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-}
-
-/// A streamed body and the sender that feeds it.
-pub fn channel(capacity: usize) -> (mpsc::Sender<Bytes>, Body) {
-    let (tx, rx) = mpsc::channel(capacity);
-    (tx, ChannelBody { rx }.boxed())
 }
 
 /// A JSON response.

@@ -33,3 +33,4 @@ pub mod request;
 pub mod reviews;
 pub mod satoken;
 pub mod server;
+mod watch;

@@ -61,6 +61,9 @@ pub struct ClusterConfig {
     pub in_memory: bool,
     /// fsync every commit (default true).
     pub fsync: bool,
+    /// Changes kept for watches (and paged lists) to resume from; older revisions answer
+    /// 410 Expired, as after an etcd compaction.
+    pub watch_history: usize,
     /// Write one audit event per request to this file.
     pub audit_log_path: Option<PathBuf>,
     /// Create a legacy token Secret for every ServiceAccount (the seed's `default-token-xxxxx`).
@@ -84,6 +87,7 @@ impl ClusterConfig {
             merge_kubeconfig: None,
             in_memory: false,
             fsync: true,
+            watch_history: 100_000,
             audit_log_path: None,
             legacy_service_account_token_secrets: true,
             service_account_issuer: "https://kubernetes.default.svc.cluster.local".into(),
@@ -143,8 +147,13 @@ impl Cluster {
         let tls = server::tls_config(&pki)?;
 
         let store: Arc<dyn Backend> = Arc::new(
-            SqliteBackend::open(SqliteOptions { path: (!cfg.in_memory).then(|| paths.state_db()), fsync: cfg.fsync, ..Default::default() })
-                .map_err(|e| format!("store {}: {e}", paths.state_db().display()))?,
+            SqliteBackend::open(SqliteOptions {
+                path: (!cfg.in_memory).then(|| paths.state_db()),
+                fsync: cfg.fsync,
+                history: cfg.watch_history,
+                ..Default::default()
+            })
+            .map_err(|e| format!("store {}: {e}", paths.state_db().display()))?,
         );
         tracing::debug!(elapsed_ms = started.elapsed().as_secs_f64() * 1000.0, "store open");
         registry_cfg.service_cidr = cfg.service_cidr.clone();

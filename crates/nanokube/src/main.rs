@@ -213,6 +213,10 @@ struct ServerArgs {
     /// Do not fsync commits: faster, but acknowledged writes can be lost if the machine crashes.
     #[arg(long)]
     unsafe_no_fsync: bool,
+    /// Changes kept for watches and paged lists to resume from; a watch from an older
+    /// resourceVersion gets 410 Expired, as after an etcd compaction.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    watch_history: u64,
     /// Append one audit.k8s.io/v1 Event (Metadata level) per request to this file.
     #[arg(long)]
     audit_log_path: Option<PathBuf>,
@@ -383,6 +387,7 @@ async fn run_server(args: ServerArgs, started: Instant) -> i32 {
         merge_kubeconfig: merge.clone(),
         in_memory: args.in_memory,
         fsync: !args.unsafe_no_fsync,
+        watch_history: args.watch_history as usize,
         audit_log_path: args.audit_log_path,
         legacy_service_account_token_secrets: args.legacy_service_account_token_secrets,
         service_account_issuer: args.service_account_issuer,

@@ -1,5 +1,6 @@
 //! `kubectl get -w` sees ADDED, MODIFIED and DELETED events made by another client, and
-//! a watch of a label selector sees objects enter and leave it.
+//! a watch of a label selector sees objects enter and leave it; watches and continue
+//! tokens older than the history answer 410 Expired.
 
 mod common;
 
@@ -9,6 +10,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use common::{kubectl_path, Server};
+use serde_json::Value;
 
 fn spawn_watch(s: &Server, args: &[&str]) -> (std::process::Child, mpsc::Receiver<String>) {
     let home = s.dir.path().join("home-watch");
@@ -80,7 +82,7 @@ fn label_selector_watch_sees_objects_enter_and_leave() {
 }
 
 #[test]
-fn watch_from_resource_version_replays_and_expired_is_410() {
+fn watch_from_resource_version_replays_and_a_future_one_is_504() {
     let s = Server::start();
     let (_, list) = s.get_json("/api/v1/namespaces/default/configmaps");
     let rv = list["metadata"]["resourceVersion"].as_str().unwrap().to_string();
@@ -110,4 +112,46 @@ fn watch_from_resource_version_replays_and_expired_is_410() {
     let (code, body) = s.curl("GET", "/api/v1/namespaces/default/configmaps?watch=true&resourceVersion=999999", None, None);
     assert_eq!(code, 504, "{body}");
     assert!(body.contains("Too large resource version"));
+}
+
+#[test]
+fn a_watch_or_a_continue_older_than_the_history_is_410_expired() {
+    let s = Server::start_with(&["--watch-history", "20"]);
+    let cms = "/api/v1/namespaces/default/configmaps";
+    let create = |name: &str| {
+        let body = format!(r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"{name}"}}}}"#);
+        let (code, out) = s.curl("POST", cms, Some("application/json"), Some(body.as_bytes()));
+        assert_eq!(code, 201, "{out}");
+    };
+    create("first");
+    let (_, page) = s.get_json(&format!("{cms}?limit=1"));
+    let rv = page["metadata"]["resourceVersion"].as_str().unwrap().to_string();
+    let token = page["metadata"]["continue"].as_str().unwrap().to_string();
+    for i in 0..30 {
+        create(&format!("churn-{i}"));
+    }
+
+    // A watch from a revision the history no longer holds: 200, then one ERROR event
+    // carrying 410 Expired, and the stream ends (as kube-apiserver's watch cache does).
+    let (code, body) = s.curl("GET", &format!("{cms}?watch=true&resourceVersion={rv}"), None, None);
+    assert_eq!(code, 200, "{body}");
+    let events: Vec<Value> = body.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(events.len(), 1, "{body}");
+    assert_eq!(events[0]["type"], "ERROR");
+    assert_eq!(events[0]["object"]["code"], 410);
+    assert_eq!(events[0]["object"]["reason"], "Expired");
+    assert!(events[0]["object"]["message"].as_str().unwrap().starts_with(&format!("too old resource version: {rv} (")), "{body}");
+
+    // The first page's continue token pins that revision too: 410, with a token that
+    // goes on at the newest revision.
+    let (code, body) = s.curl("GET", &format!("{cms}?limit=1&continue={token}"), None, None);
+    assert_eq!(code, 410, "{body}");
+    let st: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(st["reason"], "Expired");
+    assert!(!st["metadata"]["continue"].as_str().unwrap().is_empty(), "{body}");
+
+    // A watch from the current revision works as ever.
+    let now = s.get_json(cms).1["metadata"]["resourceVersion"].as_str().unwrap().to_string();
+    let (code, body) = s.curl("GET", &format!("{cms}?watch=true&resourceVersion={now}&timeoutSeconds=1"), None, None);
+    assert_eq!((code, body.as_str()), (200, ""));
 }
