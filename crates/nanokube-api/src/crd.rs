@@ -1151,16 +1151,20 @@ pub fn path_to_pointer(path: &str) -> String {
     path.split('.').filter(|s| !s.is_empty()).fold(String::new(), |acc, seg| format!("{acc}/{seg}"))
 }
 
+/// The name of a CRD's storage version (as a JSON string), if one is marked.
+fn storage_version(crd: &Value) -> Option<Value> {
+    crd.pointer("/spec/versions")
+        .and_then(Value::as_array)
+        .and_then(|vs| vs.iter().find(|v| v.get("storage").and_then(Value::as_bool) == Some(true)))
+        .and_then(|v| v.get("name").cloned())
+}
+
 /// What the API server itself writes into a CRD's status on create and on spec updates,
 /// before any controller runs (upstream's strategy does the same): `acceptedNames` present
 /// (empty until the names are accepted) and the storage version recorded in
 /// `storedVersions`, so a client reading the CRD back always finds a status.
 pub fn record_storage_version(crd: &mut Value) {
-    let storage = crd
-        .pointer("/spec/versions")
-        .and_then(Value::as_array)
-        .and_then(|vs| vs.iter().find(|v| v.get("storage").and_then(Value::as_bool) == Some(true)))
-        .and_then(|v| v.get("name").cloned());
+    let storage = storage_version(crd);
     let Some(obj) = crd.as_object_mut() else { return };
     let status = obj.entry("status").or_insert_with(|| json!({}));
     if !status.is_object() {
@@ -1208,12 +1212,7 @@ pub fn status_for(crd: &Value, conflict: Option<&str>, now: &str) -> Value {
     }
     let mut stored: Vec<Value> = old.get("storedVersions").and_then(Value::as_array).cloned().unwrap_or_default();
     if conflict.is_none() {
-        let storage = crd
-            .pointer("/spec/versions")
-            .and_then(Value::as_array)
-            .and_then(|vs| vs.iter().find(|v| v.get("storage").and_then(Value::as_bool) == Some(true)))
-            .and_then(|v| v.get("name").cloned());
-        if let Some(sv) = storage {
+        if let Some(sv) = storage_version(crd) {
             if !stored.contains(&sv) {
                 stored.push(sv);
             }

@@ -64,6 +64,8 @@ fn default_template(spec: &mut Map<String, Value>) {
 pub fn apply_defaults(def: &ResourceDef, obj: &mut Value) {
     if def.group == "apiextensions.k8s.io" && def.plural == "customresourcedefinitions" {
         crate::crd::default_crd(obj);
+        // And the status the server writes before any controller does.
+        crate::crd::record_storage_version(obj);
         return;
     }
     let Some(root) = obj.as_object_mut() else { return };

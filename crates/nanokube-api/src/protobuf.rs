@@ -607,21 +607,21 @@ pub fn message_fields(msg: &str) -> Option<Vec<FieldInfo>> {
 
 const DOCS_TSV: &str = include_str!("openapi_docs.tsv");
 
+/// The rows of the documentation table: message, field (empty for the message itself),
+/// description, markers.
+fn docs_rows() -> impl Iterator<Item = (&'static str, &'static str, &'static str, &'static str)> {
+    DOCS_TSV.lines().filter(|l| !l.starts_with('#')).filter_map(|line| {
+        let mut c = line.splitn(4, '\t');
+        Some((c.next()?, c.next()?, c.next()?, c.next()?))
+    })
+}
+
 /// `message\tfield` → (description, markers).
 type Docs = HashMap<String, (&'static str, &'static str)>;
 
 fn docs() -> &'static Docs {
     static DOCS: OnceLock<Docs> = OnceLock::new();
-    DOCS.get_or_init(|| {
-        let mut d = HashMap::new();
-        for line in DOCS_TSV.lines().filter(|l| !l.starts_with('#')) {
-            let mut c = line.split('\t');
-            if let (Some(m), Some(f), Some(desc), Some(markers)) = (c.next(), c.next(), c.next(), c.next()) {
-                d.insert(format!("{m}\t{f}"), (desc, markers));
-            }
-        }
-        d
-    })
+    DOCS.get_or_init(|| docs_rows().map(|(m, f, desc, markers)| (format!("{m}\t{f}"), (desc, markers))).collect())
 }
 
 /// The `+markers` of a field (`patchMergeKey=name;patchStrategy=merge`, empty if none),
@@ -629,18 +629,7 @@ fn docs() -> &'static Docs {
 /// so it does not wait for the whole documentation table to be built.
 pub fn markers_of(msg: &str, field: &str) -> &'static str {
     static MARKERS: OnceLock<HashMap<(&'static str, &'static str), &'static str>> = OnceLock::new();
-    let markers = MARKERS.get_or_init(|| {
-        let mut out = HashMap::new();
-        for line in DOCS_TSV.lines().filter(|l| !l.starts_with('#') && !l.ends_with('\t')) {
-            let mut c = line.splitn(4, '\t');
-            if let (Some(m), Some(f), Some(_), Some(mk)) = (c.next(), c.next(), c.next(), c.next()) {
-                if !mk.is_empty() {
-                    out.insert((m, f), mk);
-                }
-            }
-        }
-        out
-    });
+    let markers = MARKERS.get_or_init(|| docs_rows().filter(|(_, _, _, markers)| !markers.is_empty()).map(|(m, f, _, markers)| ((m, f), markers)).collect());
     markers.get(&(msg, field)).copied().unwrap_or("")
 }
 

@@ -1068,7 +1068,7 @@ impl Ctx<'_> {
             _ => "application/json".to_string(),
         };
         let encoder = crate::watch::EventEncoder { def, out, include, first_table: true };
-        let body = crate::watch::WatchBody::new(encoder, initial, send_initial.then_some(start_rv), watch, start_rv, timeout, bookmarks, watch_guard);
+        let body = crate::watch::WatchBody::new(encoder, initial, send_initial, watch, start_rv, timeout, bookmarks, watch_guard);
         let mut r = Response::new(body.boxed());
         r.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_str(&content_type).expect("header"));
         Ok(r)

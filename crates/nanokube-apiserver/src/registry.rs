@@ -172,12 +172,16 @@ fn store_err(e: StoreError, def: &ResourceDef, name: &str) -> ApiError {
 /// Decode a stored value once per revision, with `resourceVersion` set from the revision.
 pub fn decode(kv: &KeyValue) -> Result<Obj, ApiError> {
     let rev = kv.mod_revision;
-    let encoded = kv.decoded(|bytes| -> Result<Encoded, ApiError> {
-        let mut v: Value = serde_json::from_slice(bytes).map_err(|e| ApiError::internal(format!("stored object is not JSON: {e}")))?;
-        meta::metadata_mut(&mut v).insert("resourceVersion".into(), Value::String(rev.to_string()));
-        Ok(Encoded(Bytes::from(serde_json::to_vec(&v).expect("JSON values serialize").into_boxed_slice())))
-    })?;
+    let encoded = kv.decoded(|bytes| served_json(bytes, rev))?;
     Ok(Arc::new(Stored::from_json(encoded.0.clone())))
+}
+
+/// The served encoding of stored bytes: the object with its revision as resourceVersion
+/// (kept without spare capacity: it lives as long as its revision is retained).
+fn served_json(stored: &[u8], rev: Revision) -> Result<Encoded, ApiError> {
+    let mut v: Value = serde_json::from_slice(stored).map_err(|e| ApiError::internal(format!("stored object is not JSON: {e}")))?;
+    meta::metadata_mut(&mut v).insert("resourceVersion".into(), Value::String(rev.to_string()));
+    Ok(Encoded(Bytes::from(serde_json::to_vec(&v).expect("JSON values serialize").into_boxed_slice())))
 }
 
 /// Whether a resource is stored in another version's shape (events.k8s.io/v1 Events are
@@ -225,11 +229,7 @@ fn served(def: &ResourceDef, kv: &KeyValue, written: Encoding) -> Result<Obj, Ap
     let encoded = kv.decoded(move |stored| -> Result<Encoded, ApiError> {
         match written.rv_slot {
             Some(slot) if stored == &written.bytes[..] => Ok(Encoded(slot.splice(stored, kv.mod_revision))),
-            _ => {
-                let mut v: Value = serde_json::from_slice(stored).map_err(|e| ApiError::internal(format!("stored object is not JSON: {e}")))?;
-                meta::metadata_mut(&mut v).insert("resourceVersion".into(), Value::String(kv.mod_revision.to_string()));
-                Ok(Encoded(Bytes::from(serde_json::to_vec(&v).expect("JSON values serialize").into_boxed_slice())))
-            }
+            _ => served_json(stored, kv.mod_revision),
         }
     })?;
     Ok(Arc::new(Stored::from_json(encoded.0.clone())))
@@ -662,9 +662,6 @@ impl Registry {
         self.admit_create(def, &mut obj);
         let mut causes = Vec::new();
         self.custom_strategy(def, &mut obj, None, &mut causes);
-        if def.group == "apiextensions.k8s.io" && def.plural == "customresourcedefinitions" {
-            crd::record_storage_version(&mut obj);
-        }
         causes.extend(validation::validate_object(def, &obj));
         if !causes.is_empty() {
             return Err(ApiError::invalid(def.kind, def.group, &name, causes));
@@ -999,9 +996,6 @@ impl Registry {
         }
         let mut causes = Vec::new();
         self.custom_strategy(def, &mut new, Some(old), &mut causes);
-        if def.group == "apiextensions.k8s.io" && def.plural == "customresourcedefinitions" && !status_write {
-            crd::record_storage_version(&mut new);
-        }
         // Generation moves on spec changes only (for custom resources without a status
         // subresource, on any change outside metadata).
         if def.tracks_generation {

@@ -116,13 +116,13 @@ const BOOKMARK_EVERY: Duration = Duration::from_secs(60);
 
 impl WatchBody {
     /// A body sending `initial` as ADDED events, then (with `initial_end`) the
-    /// initial-events-end bookmark, then `watch`'s events until `timeout`. Without a
-    /// watch (its start revision is gone) it ends with `expired`.
+    /// initial-events-end bookmark at `start`, then `watch`'s events until `timeout`.
+    /// Without a watch (its start revision is gone) it ends with the ERROR event given.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         encoder: EventEncoder,
         initial: Vec<Obj>,
-        initial_end: Option<Revision>,
+        initial_end: bool,
         watch: Result<ObjectWatch, Bytes>,
         start: Revision,
         timeout: Duration,
@@ -136,7 +136,7 @@ impl WatchBody {
         WatchBody {
             encoder,
             initial: initial.into_iter(),
-            initial_end,
+            initial_end: initial_end.then_some(start),
             expired,
             watch,
             waiting: None,

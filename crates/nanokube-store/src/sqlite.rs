@@ -332,17 +332,19 @@ fn write_rows(conn: &mut Connection, rows: &[LogRow], compacts: &[Revision], rev
     if rows.is_empty() && compacts.is_empty() {
         return Ok(());
     }
-    if let ([(rev, key, create, prev, deleted, value)], []) = (rows, compacts) {
+    let insert = |stmt: &mut rusqlite::CachedStatement<'_>, (rev, key, create, prev, deleted, value): &LogRow| {
+        stmt.execute(params![rev, key, create, prev, *deleted as i64, value.as_ref()]).map(drop)
+    };
+    if let ([row], []) = (rows, compacts) {
         // One write (a sequential client's): the statement's own implicit transaction
         // commits it, with the same fsync, without parsing and running BEGIN and COMMIT.
-        conn.prepare_cached(INSERT_ROW)?.execute(params![rev, key, create, prev, *deleted as i64, value.as_ref()])?;
-        return Ok(());
+        return insert(&mut conn.prepare_cached(INSERT_ROW)?, row);
     }
     let txn = conn.transaction()?;
     {
         let mut stmt = txn.prepare_cached(INSERT_ROW)?;
-        for (rev, key, create, prev, deleted, value) in rows {
-            stmt.execute(params![rev, key, create, prev, *deleted as i64, value.as_ref()])?;
+        for row in rows {
+            insert(&mut stmt, row)?;
         }
     }
     for &c in compacts {

@@ -385,9 +385,6 @@ async fn list(opts: &BenchOptions, kubeconfig: &Path, report: &mut Report) -> Re
     Ok(())
 }
 
-/// W watchers on one collection while one writer creates `events` objects: the delay from
-/// each write's acknowledgement to each watcher's receipt, and that every watcher got
-/// every event once, in order.
 /// One watch event, reduced to what the watch scenario measures.
 #[derive(serde::Deserialize)]
 struct WatchLine {
@@ -407,6 +404,9 @@ struct WatchMeta {
     resource_version: String,
 }
 
+/// W watchers on one collection while one writer creates `events` objects: the delay from
+/// each write's acknowledgement to each watcher's receipt, and that every watcher got
+/// every event once, in order.
 async fn watch(opts: &BenchOptions, kubeconfig: &Path, report: &mut Report) -> Result<(), String> {
     use http_body_util::BodyExt;
     use std::collections::HashMap;
