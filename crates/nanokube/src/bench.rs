@@ -387,21 +387,23 @@ async fn list(opts: &BenchOptions, kubeconfig: &Path, report: &mut Report) -> Re
 
 /// One watch event, reduced to what the watch scenario measures.
 #[derive(serde::Deserialize)]
-struct WatchLine {
-    object: WatchObject,
+struct WatchLine<'a> {
+    #[serde(borrow)]
+    object: WatchObject<'a>,
 }
 
 #[derive(serde::Deserialize)]
-struct WatchObject {
-    metadata: WatchMeta,
+struct WatchObject<'a> {
+    #[serde(borrow)]
+    metadata: WatchMeta<'a>,
 }
 
 #[derive(serde::Deserialize)]
-struct WatchMeta {
+struct WatchMeta<'a> {
     #[serde(default)]
-    name: String,
+    name: &'a str,
     #[serde(default, rename = "resourceVersion")]
-    resource_version: String,
+    resource_version: &'a str,
 }
 
 /// W watchers on one collection while one writer creates `events` objects: the delay from
@@ -426,21 +428,29 @@ async fn watch(opts: &BenchOptions, kubeconfig: &Path, report: &mut Report) -> R
             let (events, acks) = (opts.events, acks.clone());
             tasks.spawn(async move {
                 let mut body = body;
-                let mut buf = Vec::new();
+                // The part of a line that the last frame ended in.
+                let mut partial = Vec::new();
                 let mut got: Vec<(String, i64, Instant)> = Vec::new();
                 while got.len() < events {
                     let Some(frame) = body.frame().await else { break };
                     let Ok(data) = frame.map_err(|e| e.to_string())?.into_data() else { continue };
                     let now = Instant::now();
-                    buf.extend_from_slice(&data);
-                    while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
-                        let line: Vec<u8> = buf.drain(..=pos).collect();
+                    let mut start = 0;
+                    for end in memchr::memchr_iter(b'\n', &data) {
+                        let line = if partial.is_empty() {
+                            &data[start..end]
+                        } else {
+                            partial.extend_from_slice(&data[start..end]);
+                            &partial[..]
+                        };
                         // Only the two fields the figures need: skipping the rest without
                         // building a tree keeps the client's CPU off the critical path.
-                        let ev: WatchLine = serde_json::from_slice(&line).map_err(|e| e.to_string())?;
-                        let rv: i64 = ev.object.metadata.resource_version.parse().unwrap_or(0);
-                        got.push((ev.object.metadata.name, rv, now));
+                        let ev: WatchLine = serde_json::from_slice(line).map_err(|e| e.to_string())?;
+                        got.push((ev.object.metadata.name.to_string(), ev.object.metadata.resource_version.parse().unwrap_or(0), now));
+                        partial.clear();
+                        start = end + 1;
                     }
+                    partial.extend_from_slice(&data[start..]);
                 }
                 let acks = acks.lock().expect("acks");
                 let ordered = got.windows(2).all(|p| p[0].1 < p[1].1);
