@@ -244,7 +244,7 @@ async fn handle_inner(server: &Arc<ApiServer>, conn: &ConnInfo, req: Request<Inc
         return non_resource(server, &parts.method, &path, &query, parts.headers.get(http::header::ACCEPT).and_then(|v| v.to_str().ok()));
     }
     let body = read_body(body, &parts.headers).await?;
-    let ctx = Ctx { server, user: &user, info: &info, query: &query, headers: &parts.headers, method: &parts.method };
+    let ctx = Ctx { server, conn, user: &user, info: &info, query: &query, headers: &parts.headers, method: &parts.method };
     ctx.resource(body).await
 }
 
@@ -424,6 +424,7 @@ pub(crate) enum Include {
 
 struct Ctx<'a> {
     server: &'a Arc<ApiServer>,
+    conn: &'a ConnInfo,
     user: &'a UserInfo,
     info: &'a RequestInfo,
     query: &'a Query,
@@ -1062,7 +1063,7 @@ impl Ctx<'_> {
             Err(e) => return Err(e),
         };
         let include = self.include()?;
-        let watch_guard = self.server.metrics.watcher(def.group, def.version, def.kind);
+        let watch_guard = (self.server.metrics.watcher(def.group, def.version, def.kind), self.conn.watches.open());
         let content_type = match out {
             Output::Table(_) => out.content_type(false),
             _ => "application/json".to_string(),

@@ -18,6 +18,7 @@ pub mod alloc;
 pub mod audit;
 pub mod authn;
 pub mod authz;
+pub mod coalesce;
 pub mod discovery;
 pub mod fieldmanager;
 pub mod handler;

@@ -1,6 +1,8 @@
 //! Serving: TLS (rustls with the ring provider; client certificates requested and
 //! verified against the cluster CA but optional; ALPN h2 and http/1.1) and one hyper
-//! connection per client, with upgrades kept for later exec/attach/port-forward.
+//! connection per client, with upgrades kept for later exec/attach/port-forward. An
+//! HTTP/2 connection writes through [`crate::coalesce::Coalesce`], so while it has
+//! watches open, the frames its streams produce together leave together.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,6 +19,7 @@ use tokio::sync::watch;
 
 use crate::authn::{user_from_cert, Authenticator, UserInfo};
 use crate::authz::Authorizer;
+use crate::coalesce::{Coalesce, OpenWatches};
 use crate::openapi::OpenApi;
 use crate::pki::Pki;
 use crate::registry::Registry;
@@ -83,6 +86,8 @@ pub struct ConnInfo {
     pub cert_user: Option<UserInfo>,
     /// The peer address.
     pub peer: SocketAddr,
+    /// The watches open on this connection.
+    pub watches: OpenWatches,
 }
 
 /// The TLS configuration for serving.
@@ -136,14 +141,16 @@ pub async fn serve(api: Arc<ApiServer>, listener: TcpListener, tls: Arc<rustls::
                 }
             };
             let cert_user = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| user_from_cert(c.as_ref()));
-            let info = Arc::new(ConnInfo { cert_user, peer });
+            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+            let watches = OpenWatches::default();
+            let info = Arc::new(ConnInfo { cert_user, peer, watches: watches.clone() });
             let svc = service_fn(move |req| {
                 let api = api.clone();
                 let info = info.clone();
                 async move { Ok::<_, std::convert::Infallible>(crate::handler::handle(api, info, req).await) }
             });
             let builder = auto::Builder::new(TokioExecutor::new());
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(Coalesce::new(tls, h2.then_some(watches))), svc);
             tokio::pin!(conn);
             tokio::select! {
                 r = conn.as_mut() => {

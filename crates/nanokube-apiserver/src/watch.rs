@@ -21,6 +21,7 @@ use nanokube_store::Revision;
 use serde_json::{json, Value};
 use time::OffsetDateTime;
 
+use crate::coalesce::OpenWatch;
 use crate::handler::{partial_metadata, Include};
 use crate::http::Output;
 use crate::metrics::WatchGuard;
@@ -108,7 +109,8 @@ pub(crate) struct WatchBody {
     deadline: Pin<Box<tokio::time::Sleep>>,
     bookmarks: Option<tokio::time::Interval>,
     done: bool,
-    _guard: WatchGuard,
+    /// Counted as open (metrics, and the connection's coalescing) while the body lives.
+    _guard: (WatchGuard, OpenWatch),
 }
 
 /// How often a watch that asked for bookmarks gets one.
@@ -127,7 +129,7 @@ impl WatchBody {
         start: Revision,
         timeout: Duration,
         bookmarks: bool,
-        guard: WatchGuard,
+        guard: (WatchGuard, OpenWatch),
     ) -> Self {
         let (watch, expired) = match watch {
             Ok(w) => (Some(w), None),
