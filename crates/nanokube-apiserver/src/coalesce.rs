@@ -32,6 +32,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// Above this many buffered bytes a write first drains the buffer (backpressure).
 const HIGH_WATER: usize = 256 * 1024;
 
+/// A drained buffer keeps its allocation up to this size.
+const KEEP_CAPACITY: usize = 64 * 1024;
+
 /// An IO whose writes, while its connection has watches open, are buffered, and whose
 /// flushes write them only after the runtime's other runnable tasks had their turn.
 pub struct Coalesce<T> {
@@ -111,8 +114,13 @@ impl<T: AsyncWrite + Unpin> Coalesce<T> {
             }
             self.written += n;
         }
-        self.buf.clear();
         self.written = 0;
+        if self.buf.capacity() > KEEP_CAPACITY {
+            // A burst's buffer is not kept for the connection's life.
+            self.buf = Vec::new();
+        } else {
+            self.buf.clear();
+        }
         Poll::Ready(Ok(()))
     }
 }
