@@ -187,6 +187,9 @@ pub async fn run(opts: BenchOptions) -> Result<(), String> {
     Ok(())
 }
 
+/// The fsync scenario's figure, which the create scenario reads when both ran.
+const FSYNC_KEY: &str = "fsync: fdatasync p50 / mean (ms)";
+
 fn fsync(dir: &Path, report: &mut Report) -> Result<(), String> {
     let path = dir.join("fsync-probe");
     let mut f = std::fs::OpenOptions::new().create(true).write(true).truncate(true).open(&path).map_err(|e| e.to_string())?;
@@ -202,7 +205,7 @@ fn fsync(dir: &Path, report: &mut Report) -> Result<(), String> {
     lat.sort();
     let p50 = percentile(&lat, 0.5);
     let mean = lat.iter().sum::<Duration>() / lat.len() as u32;
-    report.add("fsync: fdatasync p50 / mean (ms)", format!("{} / {}", ms(p50), ms(mean)), json!({"p50_ms": ms(p50), "mean_ms": ms(mean)}));
+    report.add(FSYNC_KEY, format!("{} / {}", ms(p50), ms(mean)), json!({"p50_ms": ms(p50), "mean_ms": ms(mean)}));
     report.add("fsync: 1 sequential writer limit (writes/s)", format!("{:.0}", 1.0 / mean.as_secs_f64()), json!(1.0 / mean.as_secs_f64()));
     Ok(())
 }
@@ -342,7 +345,40 @@ async fn create(opts: &BenchOptions, kubeconfig: &Path, report: &mut Report) -> 
             format!("{rate:.0}/s  p50 {}  p90 {}  p99 {}  max {} ms", ms(percentile(&lat, 0.5)), ms(percentile(&lat, 0.9)), ms(percentile(&lat, 0.99)), ms(*lat.last().unwrap())),
             json!({"clients": c, "per_second": rate, "p50_ms": ms(percentile(&lat, 0.5)), "p90_ms": ms(percentile(&lat, 0.9)), "p99_ms": ms(percentile(&lat, 0.99)), "max_ms": ms(*lat.last().unwrap())}),
         );
+        let fsync_mean = report.json.get(FSYNC_KEY).and_then(|f| f["mean_ms"].as_f64());
+        if let (1, Some(fsync_ms)) = (c, fsync_mean) {
+            one_client_against_the_ceiling(&client, &ns, rate, fsync_ms, report).await?;
+        }
     }
+    Ok(())
+}
+
+/// With one client and a measured fsync: the creates' share of the disk's ceiling, and
+/// the share that a write doing nothing but one HTTPS round trip (a GET's, measured
+/// here) and one fsync would reach — what limits one sequential client on a fast disk.
+async fn one_client_against_the_ceiling(client: &ApiClient, ns: &str, rate: f64, fsync_ms: f64, report: &mut Report) -> Result<(), String> {
+    let mut rtt = Vec::new();
+    for _ in 0..500 {
+        let t = Instant::now();
+        let (code, _) = client.request("GET", &format!("/api/v1/namespaces/{ns}"), None, Some("application/json"), Bytes::new()).await?;
+        if code != 200 {
+            return Err(format!("get namespace: {code}"));
+        }
+        rtt.push(t.elapsed());
+    }
+    rtt.sort();
+    let ceiling = 1000.0 / fsync_ms;
+    let floor_ms = ms(percentile(&rtt, 0.5)) + fsync_ms;
+    report.add(
+        "create, 1 client: share of the fsync ceiling",
+        format!("{:.0}%", rate / ceiling * 100.0),
+        json!({"percent": rate / ceiling * 100.0, "ceiling_per_second": ceiling}),
+    );
+    report.add(
+        "create, 1 client: floor (GET p50 + fsync)",
+        format!("{floor_ms:.3} ms = {:.0}/s = {:.0}% of the ceiling", 1000.0 / floor_ms, 100.0 * fsync_ms / floor_ms),
+        json!({"get_p50_ms": ms(percentile(&rtt, 0.5)), "floor_ms": floor_ms, "percent": 100.0 * fsync_ms / floor_ms}),
+    );
     Ok(())
 }
 

@@ -138,7 +138,8 @@ enum UserCommand {
 struct BenchArgs {
     /// Scenarios: startup (spawn → /readyz 200, cold/warm, idle RSS), testcluster
     /// (in-process start to ready with the in-memory store, as TestCluster), create (durable
-    /// creates/s and latency per client count), get, update (own objects, and one shared
+    /// creates/s and latency per client count; after fsync, one client's share of the
+    /// disk's ceiling and the floor of a GET round trip plus an fsync), get, update (own objects, and one shared
     /// object with conflicts retried), delete, list (LIST of --objects ConfigMaps as JSON
     /// and Table, with and without resourceVersion=0), watch (--watchers watchers while a
     /// writer creates --events objects: ack→receipt delay, missed and reordered events),

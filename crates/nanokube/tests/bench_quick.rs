@@ -60,6 +60,11 @@ fn every_scenario_runs_in_quick_mode() {
     assert_eq!(figures["list: 26 ConfigMaps, JSON"]["items"], 26, "25 created plus kube-root-ca.crt");
     assert_eq!(figures["create: 30 ConfigMaps, 4 client(s)"]["clients"], 4);
     assert!(figures["create: 30 ConfigMaps, 1 client(s)"]["per_second"].as_f64().unwrap() > 0.0);
+    // With fsync measured first, one client is set against the disk's ceiling.
+    let share = &figures["create, 1 client: share of the fsync ceiling"];
+    assert!(share["percent"].as_f64().unwrap() > 0.0 && share["ceiling_per_second"].as_f64().unwrap() > 0.0, "{share}");
+    let floor = &figures["create, 1 client: floor (GET p50 + fsync)"];
+    assert!(floor["floor_ms"].as_f64().unwrap() > floor["get_p50_ms"].as_f64().unwrap(), "{floor}");
     // Every watcher saw every event, in order.
     for w in [1, 60] {
         let f = &figures[format!("watch: {w} watcher(s), 20 events")];
