@@ -353,20 +353,32 @@ async fn create(opts: &BenchOptions, kubeconfig: &Path, report: &mut Report) -> 
     Ok(())
 }
 
+/// `warmup` untimed GETs of `path`, then `n` timed ones: their latencies, sorted, and
+/// the last body.
+async fn timed_gets(client: &ApiClient, path: &str, accept: &str, warmup: usize, n: usize) -> Result<(Vec<Duration>, Bytes), String> {
+    let mut lat = Vec::with_capacity(n);
+    let mut last = Bytes::new();
+    for i in 0..warmup + n {
+        let t = Instant::now();
+        let (code, body) = client.request("GET", path, None, Some(accept), Bytes::new()).await?;
+        let d = t.elapsed();
+        if code != 200 {
+            return Err(format!("GET {path}: {code}"));
+        }
+        if i >= warmup {
+            lat.push(d);
+        }
+        last = body;
+    }
+    lat.sort();
+    Ok((lat, last))
+}
+
 /// With one client and a measured fsync: the creates' share of the disk's ceiling, and
 /// the share that a write doing nothing but one HTTPS round trip (a GET's, measured
 /// here) and one fsync would reach — what limits one sequential client on a fast disk.
 async fn one_client_against_the_ceiling(client: &ApiClient, ns: &str, rate: f64, fsync_ms: f64, report: &mut Report) -> Result<(), String> {
-    let mut rtt = Vec::new();
-    for _ in 0..500 {
-        let t = Instant::now();
-        let (code, _) = client.request("GET", &format!("/api/v1/namespaces/{ns}"), None, Some("application/json"), Bytes::new()).await?;
-        if code != 200 {
-            return Err(format!("get namespace: {code}"));
-        }
-        rtt.push(t.elapsed());
-    }
-    rtt.sort();
+    let (rtt, _) = timed_gets(client, &format!("/api/v1/namespaces/{ns}"), "application/json", 0, 500).await?;
     let ceiling = 1000.0 / fsync_ms;
     let floor_ms = ms(percentile(&rtt, 0.5)) + fsync_ms;
     report.add(
@@ -391,27 +403,10 @@ async fn list(opts: &BenchOptions, kubeconfig: &Path, report: &mut Report) -> Re
     for (label, query, accept) in
         [("JSON", "", "application/json"), ("JSON, resourceVersion=0", "?resourceVersion=0", "application/json"), ("Table", "?limit=500", table)]
     {
-        let path = format!("/api/v1/namespaces/{ns}/configmaps{query}");
-        let mut lat = Vec::new();
-        let mut bytes = 0;
-        let mut items = 0;
-        for i in 0..22 {
-            let t = Instant::now();
-            let (code, body) = client.request("GET", &path, None, Some(accept), Bytes::new()).await?;
-            let d = t.elapsed();
-            if code != 200 {
-                return Err(format!("list: {code}"));
-            }
-            if i >= 2 {
-                lat.push(d);
-            }
-            bytes = body.len();
-            if i == 0 {
-                let v: Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
-                items = v.get("items").or_else(|| v.get("rows")).and_then(Value::as_array).map_or(0, Vec::len);
-            }
-        }
-        lat.sort();
+        let (lat, body) = timed_gets(&client, &format!("/api/v1/namespaces/{ns}/configmaps{query}"), accept, 2, 20).await?;
+        let bytes = body.len();
+        let v: Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+        let items = v.get("items").or_else(|| v.get("rows")).and_then(Value::as_array).map_or(0, Vec::len);
         report.add(
             &format!("list: {} ConfigMaps, {label}", opts.objects + 1),
             format!("p50 {}  min {} ms  ({} items, {} KB)", ms(percentile(&lat, 0.5)), ms(lat[0]), items, bytes / 1024),
@@ -658,18 +653,8 @@ async fn pods(opts: &BenchOptions, kubeconfig: &Path, server_pid: Option<u32>, r
             );
         }
     }
-    let mut lat = Vec::new();
-    let mut bytes = 0;
-    for _ in 0..3 {
-        let t = Instant::now();
-        let (code, body) = client.request("GET", &format!("/api/v1/namespaces/{ns}/pods"), None, Some("application/json"), Bytes::new()).await?;
-        if code != 200 {
-            return Err(format!("list pods: {code}"));
-        }
-        lat.push(t.elapsed());
-        bytes = body.len();
-    }
-    lat.sort();
+    let (lat, body) = timed_gets(&client, &format!("/api/v1/namespaces/{ns}/pods"), "application/json", 0, 3).await?;
+    let bytes = body.len();
     report.add(
         &format!("pods: LIST {} pods, JSON", opts.pods),
         format!("p50 {} ms ({} MB)", ms(percentile(&lat, 0.5)), bytes / (1024 * 1024)),
