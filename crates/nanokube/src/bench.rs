@@ -1,7 +1,7 @@
 //! `nanokube bench`: measures a cluster the way users feel it. Scenarios: `startup`
 //! (spawn → `/readyz` 200, cold and warm, RSS after 1 s), `create` (durable creates/s
 //! and latency at several client counts), `list` (LIST of N ConfigMaps as JSON and
-//! Table, with and without `resourceVersion=0`), `fsync` (the data disk's fdatasync
+//! Table, with and without `resourceVersion=0`, at each size given), `fsync` (the data disk's fdatasync
 //! latency, the physical limit of one sequential durable writer). Figures print as a
 //! table and optionally as JSON. The client is async Rust over pooled HTTPS
 //! connections; its own CPU time is printed so a reader can tell it was not the
@@ -34,8 +34,8 @@ pub struct BenchOptions {
     pub count: usize,
     /// Client counts for `create`.
     pub clients: Vec<usize>,
-    /// Objects listed by `list`.
-    pub objects: usize,
+    /// Collection sizes listed by `list`, each in turn.
+    pub objects: Vec<usize>,
     /// Write figures as JSON here.
     pub json: Option<PathBuf>,
     /// Use HTTP/2 (one connection per client either way).
@@ -398,20 +398,37 @@ async fn list(opts: &BenchOptions, kubeconfig: &Path, report: &mut Report) -> Re
     let client = ApiClient::from_kubeconfig(kubeconfig, opts.http2)?;
     let ns = format!("bench-list-{}", std::process::id());
     ensure_namespace(&client, &ns).await?;
-    create_many(kubeconfig, &ns, "item", opts.objects, 8, opts.http2).await?;
     let table = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json";
-    for (label, query, accept) in
-        [("JSON", "", "application/json"), ("JSON, resourceVersion=0", "?resourceVersion=0", "application/json"), ("Table", "?limit=500", table)]
-    {
-        let (lat, body) = timed_gets(&client, &format!("/api/v1/namespaces/{ns}/configmaps{query}"), accept, 2, 20).await?;
-        let bytes = body.len();
-        let v: Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
-        let items = v.get("items").or_else(|| v.get("rows")).and_then(Value::as_array).map_or(0, Vec::len);
-        report.add(
-            &format!("list: {} ConfigMaps, {label}", opts.objects + 1),
-            format!("p50 {}  min {} ms  ({} items, {} KB)", ms(percentile(&lat, 0.5)), ms(lat[0]), items, bytes / 1024),
-            json!({"p50_ms": ms(percentile(&lat, 0.5)), "min_ms": ms(lat[0]), "items": items, "bytes": bytes}),
-        );
+    let mut sizes = opts.objects.clone();
+    sizes.sort_unstable();
+    sizes.dedup();
+    let mut stored = 0;
+    for (step, &size) in sizes.iter().enumerate() {
+        if size > stored {
+            if size >= 10_000 {
+                println!("  ... storing {} more ConfigMaps for a list of {size}", size - stored);
+            }
+            create_many(kubeconfig, &ns, &format!("item{step}"), size - stored, 8, opts.http2).await?;
+            stored = size;
+        }
+        // Fewer timed runs for the large sizes: a LIST of 100,000 moves ~130 MB.
+        let runs = (40_000 / size.max(1)).clamp(3, 20);
+        for (label, query, accept) in [
+            ("JSON", "", "application/json"),
+            ("JSON, resourceVersion=0", "?resourceVersion=0", "application/json"),
+            ("Table, first page (limit=500)", "?limit=500", table),
+            ("Table, all rows", "", table),
+        ] {
+            let (lat, body) = timed_gets(&client, &format!("/api/v1/namespaces/{ns}/configmaps{query}"), accept, 2, runs).await?;
+            let bytes = body.len();
+            let v: Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+            let items = v.get("items").or_else(|| v.get("rows")).and_then(Value::as_array).map_or(0, Vec::len);
+            report.add(
+                &format!("list: {} ConfigMaps, {label}", size + 1),
+                format!("p50 {}  min {} ms  ({} items, {} KB)", ms(percentile(&lat, 0.5)), ms(lat[0]), items, bytes / 1024),
+                json!({"p50_ms": ms(percentile(&lat, 0.5)), "min_ms": ms(lat[0]), "items": items, "bytes": bytes, "runs": runs}),
+            );
+        }
     }
     Ok(())
 }

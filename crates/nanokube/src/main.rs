@@ -140,8 +140,9 @@ struct BenchArgs {
     /// (in-process start to ready with the in-memory store, as TestCluster), create (durable
     /// creates/s and latency per client count; after fsync, one client's share of the
     /// disk's ceiling and the floor of a GET round trip plus an fsync), get, update (own objects, and one shared
-    /// object with conflicts retried), delete, list (LIST of --objects ConfigMaps as JSON
-    /// and Table, with and without resourceVersion=0), watch (--watchers watchers while a
+    /// object with conflicts retried), delete, list (LIST of --objects ConfigMaps, each size
+    /// in turn, as JSON with and without resourceVersion=0 and as Table, kubectl's first
+    /// page of 500 and all rows), watch (--watchers watchers while a
     /// writer creates --events objects: ack→receipt delay, missed and reordered events),
     /// pods (--pods pods stored with no runtime: server memory, LIST, watch from 0),
     /// fsync (fdatasync latency of the disk under the temp dir).
@@ -159,9 +160,10 @@ struct BenchArgs {
     /// Concurrent clients for create, comma-separated.
     #[arg(long, default_value = "1,8,64", value_delimiter = ',')]
     clients: Vec<usize>,
-    /// ConfigMaps listed by the list scenario.
-    #[arg(long, default_value_t = 2000)]
-    objects: usize,
+    /// ConfigMaps listed by the list scenario, comma-separated: each size is listed in
+    /// turn, the collection growing to it (e.g. 2000,10000,100000).
+    #[arg(long, default_value = "2000", value_delimiter = ',')]
+    objects: Vec<usize>,
     /// Use HTTP/2 connections.
     #[arg(long)]
     http2: bool,

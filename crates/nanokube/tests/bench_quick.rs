@@ -31,7 +31,7 @@ fn every_scenario_runs_in_quick_mode() {
             "--clients",
             "1,4",
             "--objects",
-            "25",
+            "25,40",
             "--watchers",
             "1,60",
             "--events",
@@ -51,13 +51,20 @@ fn every_scenario_runs_in_quick_mode() {
         "create: 30 ConfigMaps, 1 client(s)",
         "create: 30 ConfigMaps, 4 client(s)",
         "list: 26 ConfigMaps, JSON",
-        "list: 26 ConfigMaps, Table",
+        "list: 26 ConfigMaps, JSON, resourceVersion=0",
+        "list: 26 ConfigMaps, Table, first page (limit=500)",
+        "list: 26 ConfigMaps, Table, all rows",
+        "list: 41 ConfigMaps, JSON",
         "bench client CPU (s) / wall (s)",
     ] {
         assert!(figures.get(want).is_some(), "{want:?} missing; have {keys:?}");
     }
     assert!(keys.iter().any(|k| k.starts_with("testcluster:")));
     assert_eq!(figures["list: 26 ConfigMaps, JSON"]["items"], 26, "25 created plus kube-root-ca.crt");
+    // The collection grows to the next size, and each answer holds it all.
+    assert_eq!(figures["list: 41 ConfigMaps, JSON"]["items"], 41);
+    assert_eq!(figures["list: 41 ConfigMaps, JSON, resourceVersion=0"]["items"], 41);
+    assert_eq!(figures["list: 41 ConfigMaps, Table, all rows"]["items"], 41);
     assert_eq!(figures["create: 30 ConfigMaps, 4 client(s)"]["clients"], 4);
     assert!(figures["create: 30 ConfigMaps, 1 client(s)"]["per_second"].as_f64().unwrap() > 0.0);
     // With fsync measured first, one client is set against the disk's ceiling.
