@@ -50,6 +50,16 @@ impl Stored {
         self.json.get_or_init(|| Bytes::from(serde_json::to_vec(self.value()).expect("JSON values serialize"))).clone()
     }
 
+    /// `f` of the value: the one this handle decoded already, or one decoded for the
+    /// call and let go after it (for passes over many objects that should not keep
+    /// every decoded tree alive until the pass ends).
+    pub fn with_value<R>(&self, f: impl FnOnce(&Value) -> R) -> R {
+        match self.value.get() {
+            Some(v) => f(v),
+            None => f(&serde_json::from_slice(self.json.get().expect("a Stored has a value or its JSON")).expect("cached JSON parses")),
+        }
+    }
+
     /// The value, decoded on first use (once per handle).
     pub fn value(&self) -> &Value {
         self.value.get_or_init(|| {
