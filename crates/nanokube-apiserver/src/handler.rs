@@ -443,13 +443,13 @@ struct TableOut<'a> {
     rows: EachObject<'a>,
 }
 
-/// A `PartialObjectMetadataList` as written.
+/// A list (`PartialObjectMetadataList`, or any kind's list as YAML) as written.
 #[derive(serde::Serialize)]
 #[serde(rename_all = "camelCase")]
-struct MetadataListOut<'a> {
+struct ListOut<'a> {
     api_version: String,
     items: EachObject<'a>,
-    kind: &'static str,
+    kind: String,
     metadata: Value,
 }
 
@@ -1023,18 +1023,27 @@ impl Ctx<'_> {
         let ns = (!self.info.namespace.is_empty()).then_some(self.info.namespace.as_str());
         let l = self.server.registry.list(def, ns, &opts)?;
         let meta = list_metadata(l.revision, l.continue_token.as_deref(), l.remaining);
-        let v = match out {
-            Output::Table(mv) => return Ok(h::bytes_response(StatusCode::OK, &out.content_type(true), self.table(def, &l.items, meta, mv)?)),
+        match out {
+            Output::Table(mv) => Ok(h::bytes_response(StatusCode::OK, &out.content_type(true), self.table(def, &l.items, meta, mv)?)),
             Output::PartialMetadata(mv) => {
-                let list = MetadataListOut {
+                let list = ListOut {
                     api_version: format!("meta.k8s.io/{mv}"),
                     items: EachObject { objs: &l.items, each: &|obj| partial_metadata(obj, mv) },
-                    kind: "PartialObjectMetadataList",
+                    kind: "PartialObjectMetadataList".into(),
                     metadata: meta,
                 };
-                return Ok(h::bytes_response(StatusCode::OK, &out.content_type(true), Bytes::from(serde_json::to_vec(&list).expect("lists serialize"))));
+                Ok(h::bytes_response(StatusCode::OK, &out.content_type(true), Bytes::from(serde_json::to_vec(&list).expect("lists serialize"))))
             }
-            _ => {
+            Output::Yaml => {
+                let list = ListOut {
+                    api_version: def.api_version(),
+                    items: EachObject { objs: &l.items, each: &Value::clone },
+                    kind: def.list_kind(),
+                    metadata: meta,
+                };
+                Ok(h::bytes_response(StatusCode::OK, "application/yaml", Bytes::from(serde_norway::to_string(&list).unwrap_or_default())))
+            }
+            Output::Json => {
                 // Items are serialized as stored, so build the list text directly.
                 // Sized exactly: growing by doubling would copy a 130 MB list of 100,000
                 // objects on the way and hold up to twice its size.
@@ -1049,13 +1058,9 @@ impl Ctx<'_> {
                     buf.extend_from_slice(&o.json());
                 }
                 buf.extend_from_slice(b"]}");
-                if out == Output::Json {
-                    return Ok(h::bytes_response(StatusCode::OK, "application/json", Bytes::from(buf)));
-                }
-                serde_json::from_slice(&buf).expect("valid JSON")
+                Ok(h::bytes_response(StatusCode::OK, "application/json", Bytes::from(buf)))
             }
-        };
-        Ok(h::encode(out, StatusCode::OK, &v, true))
+        }
     }
 
     async fn watch(&self, def: &'static ResourceDef) -> Result<Response<Body>, ApiError> {
