@@ -1,5 +1,5 @@
 //! `nanokube bench`: measures a cluster the way users feel it. Scenarios: `startup`
-//! (spawn → `/readyz` 200, cold and warm, RSS after 1 s), `create` (durable creates/s
+//! (spawn any server command → `/readyz` 200, cold and warm, RSS after 1 s), `create` (durable creates/s
 //! and latency at several client counts), `list` (LIST of N ConfigMaps as JSON and
 //! Table, with and without `resourceVersion=0`, at each size given), `fsync` (the data disk's fdatasync
 //! latency, the physical limit of one sequential durable writer). Figures print as a
@@ -28,6 +28,10 @@ pub struct BenchOptions {
     pub kubeconfig: Option<PathBuf>,
     /// The nanokube binary for `startup` and for the fresh server.
     pub binary: PathBuf,
+    /// The server `startup` starts (`{data}`, `{port}` substituted); `None`: `binary server`.
+    pub server_command: Option<String>,
+    /// Where that server writes its kubeconfig (`{data}`, `{port}` substituted).
+    pub server_kubeconfig: String,
     /// Startup runs.
     pub runs: usize,
     /// Objects created per client count.
@@ -210,31 +214,104 @@ fn fsync(dir: &Path, report: &mut Report) -> Result<(), String> {
     Ok(())
 }
 
+/// Polls `/readyz` with the credentials of the kubeconfig the server writes until it
+/// answers 200. The client is made again whenever the file changes (a warm start
+/// rewrites it with the new port), not on every poll: the polls share the two cores with
+/// the server that is starting.
+async fn wait_ready(child: &mut Child, kubeconfig: &Path) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut last = String::from("no kubeconfig yet");
+    let mut client: Option<(std::time::SystemTime, u64, ApiClient)> = None;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("the server exited ({status}) before /readyz answered 200; last: {last}"));
+        }
+        if Instant::now() > deadline {
+            return Err(format!("/readyz did not answer 200 within 120 s; last: {last}"));
+        }
+        if let Some((modified, len)) = std::fs::metadata(kubeconfig).ok().and_then(|m| Some((m.modified().ok()?, m.len()))) {
+            if !matches!(&client, Some((m, l, _)) if *m == modified && *l == len) {
+                client = match ApiClient::from_kubeconfig(kubeconfig, false) {
+                    Ok(c) => Some((modified, len, c)),
+                    Err(e) => {
+                        last = e;
+                        None
+                    }
+                };
+            }
+        }
+        if let Some((_, _, c)) = &client {
+            match c.request("GET", "/readyz", None, None, Bytes::new()).await {
+                Ok((200, _)) => return Ok(()),
+                Ok((code, _)) => last = format!("/readyz answered {code}"),
+                Err(e) => last = e,
+            }
+        }
+        tokio::time::sleep(Duration::from_micros(250)).await;
+    }
+}
+
+/// SIGTERM, then SIGKILL if the process is still there after 10 s.
+fn stop(child: &mut Child) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 async fn startup(opts: &BenchOptions, tmp: &Path, report: &mut Report) -> Result<(), String> {
+    let command = match &opts.server_command {
+        Some(c) => c.clone(),
+        None => {
+            let binary = opts.binary.display().to_string();
+            let quoted = shlex::try_quote(&binary).map_err(|e| format!("{binary}: {e}"))?;
+            format!("{quoted} server --secure-port {{port}} --merge-kubeconfig=false --data-dir {{data}}")
+        }
+    };
     let mut cold = Vec::new();
     let mut warm = Vec::new();
     let mut rss = Vec::new();
     for run in 0..opts.runs {
         let data = tmp.join(format!("startup-{run}"));
+        std::fs::create_dir_all(&data).map_err(|e| format!("{}: {e}", data.display()))?;
         for (phase, out) in [("cold", &mut cold), ("warm", &mut warm)] {
-            let port = free_port();
+            let port = free_port().to_string();
+            let fill = |template: &str| template.replace("{data}", &data.display().to_string()).replace("{port}", &port);
+            let argv = shlex::split(&fill(&command)).filter(|a| !a.is_empty()).ok_or_else(|| format!("--server-command: cannot split {command:?}"))?;
+            let kubeconfig = PathBuf::from(fill(&opts.server_kubeconfig));
             let t = Instant::now();
-            let mut s = spawn_server(&opts.binary, &data, port)?;
-            let client = ApiClient::from_kubeconfig(&s.kubeconfig, false)?;
-            let (code, _) = client.request("GET", "/readyz", None, None, Bytes::new()).await?;
-            let ready = t.elapsed();
-            if code != 200 {
-                return Err(format!("/readyz answered {code}"));
-            }
+            let mut child = Command::new(&argv[0])
+                .args(&argv[1..])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| format!("spawn {}: {e}", argv[0]))?;
+            let ready = wait_ready(&mut child, &kubeconfig).await;
+            let ready = match ready {
+                Ok(()) => t.elapsed(),
+                Err(e) => {
+                    stop(&mut child);
+                    return Err(format!("startup ({phase}): {e}"));
+                }
+            };
             out.push(ready);
             if phase == "cold" {
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                if let Some(r) = rss_kib(s.child.id()) {
+                if let Some(r) = rss_kib(child.id()) {
                     rss.push(r);
                 }
             }
-            let _ = Command::new("kill").args(["-TERM", &s.child.id().to_string()]).status();
-            let _ = s.child.wait();
+            stop(&mut child);
         }
     }
     cold.sort();

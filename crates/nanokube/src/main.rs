@@ -136,7 +136,7 @@ enum UserCommand {
 
 #[derive(clap::Args)]
 struct BenchArgs {
-    /// Scenarios: startup (spawn → /readyz 200, cold/warm, idle RSS), testcluster
+    /// Scenarios: startup (spawn --server-command → /readyz 200, cold/warm, idle RSS), testcluster
     /// (in-process start to ready with the in-memory store, as TestCluster), create (durable
     /// creates/s and latency per client count; after fsync, one client's share of the
     /// disk's ceiling and the floor of a GET round trip plus an fsync), get, update (own objects, and one shared
@@ -154,6 +154,16 @@ struct BenchArgs {
     /// Startup runs.
     #[arg(long, default_value_t = 10)]
     runs: usize,
+    /// The server the startup scenario starts, as a command line (split as a shell
+    /// would, run without one) where `{data}` is its data directory (empty for the cold
+    /// start, the same again for the warm one) and `{port}` a free port. Default: this
+    /// binary's `server --secure-port {port} --merge-kubeconfig=false --data-dir {data}`.
+    #[arg(long)]
+    server_command: Option<String>,
+    /// Where that server writes a kubeconfig, `{data}` and `{port}` as above: the startup
+    /// scenario polls `/readyz` with its credentials until it answers 200.
+    #[arg(long, default_value = "{data}/kubeconfig")]
+    server_kubeconfig: String,
     /// ConfigMaps created per client count.
     #[arg(long, default_value_t = 2000)]
     count: usize,
@@ -297,6 +307,8 @@ fn main() {
                     scenarios,
                     kubeconfig: args.kubeconfig,
                     binary: std::env::current_exe().expect("current exe"),
+                    server_command: args.server_command,
+                    server_kubeconfig: args.server_kubeconfig,
                     runs: args.runs.max(1),
                     count: args.count.max(1),
                     clients: args.clients,

@@ -98,3 +98,23 @@ fn help_documents_every_scenario() {
         assert!(help.contains(s), "{s} not documented:\n{help}");
     }
 }
+
+#[test]
+fn startup_times_a_given_server_command_and_reports_one_that_never_gets_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let bin = env!("CARGO_BIN_EXE_nanokube");
+    // Any command line: {data} and {port} are filled in, the kubeconfig it writes is read.
+    let command = format!("{bin} server --in-memory --secure-port {{port}} --merge-kubeconfig=false --data-dir {{data}}");
+    let out = Command::new(bin).args(["bench", "startup", "--runs", "2", "--server-command", &command, "--json"]).arg(&json).output().unwrap();
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let figures: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert!(figures["startup: spawn → /readyz 200, cold (ms, 2 runs)"]["p50_ms"].as_f64().unwrap() > 0.0, "{figures}");
+    assert!(figures["startup: idle RSS 1 s after ready (MiB)"].as_f64().unwrap() > 0.0, "{figures}");
+
+    // A server that exits before it is ready is an error that says so.
+    let out = Command::new(bin).args(["bench", "startup", "--runs", "1", "--server-command", "sh -c 'exit 3' {data}"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("exited") && err.contains("before /readyz answered 200"), "{err}");
+}
