@@ -60,6 +60,19 @@ fn call(s: &Server, who: &Who, method: &str, path: &str, body: Option<&str>) -> 
     String::from_utf8_lossy(&out.stdout).parse().unwrap()
 }
 
+/// A GET as `who`; returns the `Audit-Id` the server gave the request.
+fn call_with_audit_id(s: &Server, who: &Who, path: &str) -> String {
+    let mut c = Command::new("curl");
+    c.args(["-s", "-o", "/dev/null", "-w", "%header{audit-id}", "--cacert"]).arg(s.data.join("ca.crt"));
+    if let Who::Token(t) = who {
+        c.args(["-H", &format!("Authorization: Bearer {t}")]);
+    }
+    let out = c.arg(format!("{}{}", s.url, path)).output().unwrap();
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(!id.is_empty(), "no Audit-Id for {path}");
+    id
+}
+
 fn can_i(s: &Server, kubeconfig: &Path, args: &[&str]) -> bool {
     let home = s.dir.path().join("home-cani");
     std::fs::create_dir_all(&home).unwrap();
@@ -286,19 +299,30 @@ fn audit_log_has_one_line_per_request_and_no_credentials() {
     let log = dir.path().join("audit.log");
     let s = Server::start_with(&["--audit-log-path", log.to_str().unwrap()]);
     let token = s.k(&["create", "token", "default"]).trim().to_string();
-    let before = std::fs::read_to_string(&log).unwrap_or_default().lines().count();
-    let mut sent = 0;
+    // Each request's own audit ID (the `Audit-Id` response header) finds its line: the log
+    // is written by a thread of its own, so counting lines races with earlier requests.
+    let mut ids = Vec::new();
     for path in ["/api", "/api/v1/namespaces/default/pods", "/version"] {
-        call(&s, &Who::Token(token.clone()), "GET", path, None);
-        sent += 1;
+        ids.push((path, call_with_audit_id(&s, &Who::Token(token.clone()), path)));
     }
-    call(&s, &Who::Anonymous, "GET", "/api", None);
-    sent += 1;
-    assert!(eventually(Duration::from_secs(5), || std::fs::read_to_string(&log).unwrap_or_default().lines().count() >= before + sent));
+    ids.push(("/api", call_with_audit_id(&s, &Who::Anonymous, "/api")));
+    let read = || -> Vec<Value> { std::fs::read_to_string(&log).unwrap_or_default().lines().map(|l| serde_json::from_str(l).unwrap()).collect() };
+    let count = |events: &[Value], id: &str| events.iter().filter(|e| e["auditID"] == id).count();
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let events = read();
+            ids.iter().all(|(_, id)| count(&events, id) > 0)
+        }),
+        "every request is logged"
+    );
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(!text.contains(&token), "the audit log must not contain tokens");
-    let events: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert_eq!(events.len(), before + sent, "exactly one line per request");
+    let events = read();
+    for (path, id) in &ids {
+        assert_eq!(count(&events, id), 1, "exactly one line for {path} ({id})");
+        let e = events.iter().find(|e| e["auditID"] == id.as_str()).unwrap();
+        assert_eq!(e["requestURI"], *path);
+    }
     for e in &events {
         assert_eq!(e["kind"], "Event");
         assert_eq!(e["apiVersion"], "audit.k8s.io/v1");
@@ -307,13 +331,14 @@ fn audit_log_has_one_line_per_request_and_no_credentials() {
             assert!(e.get(f).is_some(), "{f} missing in {e}");
         }
     }
-    let pods = events.iter().find(|e| e["requestURI"] == "/api/v1/namespaces/default/pods").unwrap();
+    let by_id = |i: usize| events.iter().find(|e| e["auditID"] == ids[i].1.as_str()).unwrap();
+    let pods = by_id(1);
     assert_eq!(pods["user"]["username"], "system:serviceaccount:default:default");
     assert_eq!(pods["responseStatus"]["code"], 403);
     assert_eq!(pods["objectRef"]["resource"], "pods");
     assert_eq!(pods["objectRef"]["namespace"], "default");
     assert_eq!(pods["annotations"]["authorization.k8s.io/decision"], "forbid");
-    let anon = events.iter().rev().find(|e| e["requestURI"] == "/api").unwrap();
+    let anon = by_id(3);
     assert_eq!(anon["user"]["username"], "system:anonymous");
 }
 
