@@ -487,6 +487,9 @@ async fn list(opts: &BenchOptions, kubeconfig: &Path, report: &mut Report) -> Re
             }
             create_many(kubeconfig, &ns, &format!("item{step}"), size - stored, 8, opts.http2).await?;
             stored = size;
+            // The server's controllers are still reading the create events: let them
+            // finish, so the lists below measure lists, not lists beside that backlog.
+            tokio::time::sleep(Duration::from_millis(500 + size as u64 / 50)).await;
         }
         // Fewer timed runs for the large sizes: a LIST of 100,000 moves ~130 MB.
         let runs = (40_000 / size.max(1)).clamp(3, 20);
