@@ -392,6 +392,10 @@ async fn create_many(kubeconfig: &Path, ns: &str, prefix: &str, count: usize, cl
                 if i >= count {
                     return Ok::<_, String>(lat);
                 }
+                // Long runs show progress, as the pods scenario does.
+                if count >= 20_000 && i > 0 && i % (count / 10) == 0 {
+                    println!("  ... {i} of {count} ConfigMaps created");
+                }
                 let t = Instant::now();
                 let (code, body) = client.request("POST", &path, Some("application/json"), None, configmap(&format!("{prefix}-{i}"))).await?;
                 if code != 201 {
