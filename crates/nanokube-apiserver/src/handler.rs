@@ -453,9 +453,10 @@ struct ListOut<'a> {
     metadata: Value,
 }
 
-/// A JSON array of what `each` makes of every object, made one object at a time as it is
-/// serialized: each object is decoded for its element and let go, so a list of 100,000
-/// never holds 100,000 decoded trees (a Table of 100,000 ConfigMaps did: ~2 GB).
+/// The sequence of what `each` makes of every object (a JSON array, a YAML list), made one
+/// object at a time as it is serialized: each object is decoded for its element and let
+/// go, so a list of 100,000 never holds 100,000 decoded trees (a Table of 100,000
+/// ConfigMaps did: ~2 GB).
 struct EachObject<'a> {
     objs: &'a [Obj],
     each: &'a dyn Fn(&Value) -> Value,
