@@ -393,7 +393,7 @@ async fn create_many(kubeconfig: &Path, ns: &str, prefix: &str, count: usize, cl
                     return Ok::<_, String>(lat);
                 }
                 // Long runs show progress, as the pods scenario does.
-                if count >= 20_000 && i > 0 && i % (count / 10) == 0 {
+                if count >= 20_000 && i > 0 && i.is_multiple_of(count / 10) {
                     println!("  ... {i} of {count} ConfigMaps created");
                 }
                 let t = Instant::now();
