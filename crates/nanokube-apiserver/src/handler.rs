@@ -473,6 +473,29 @@ impl serde::Serialize for EachObject<'_> {
     }
 }
 
+/// One Table row: the cells (the CRD version's printer columns for `custom`), and the
+/// object as `include` asks.
+pub(crate) fn table_row(
+    def: &ResourceDef,
+    custom: Option<&nanokube_api::crd::CrdVersion>,
+    obj: &Value,
+    include: Include,
+    now: OffsetDateTime,
+    meta_v: &str,
+) -> Value {
+    let cells = match custom {
+        Some(v) => table::custom_cells(&v.columns, obj, now),
+        None => table::cells(def.group, def.plural, obj, now),
+    };
+    let mut row = json!({"cells": cells});
+    match include {
+        Include::Metadata => row["object"] = partial_metadata(obj, meta_v),
+        Include::Object => row["object"] = obj.clone(),
+        Include::None => {}
+    }
+    row
+}
+
 pub(crate) fn partial_metadata(obj: &Value, v: &str) -> Value {
     json!({"kind": "PartialObjectMetadata", "apiVersion": format!("meta.k8s.io/{v}"), "metadata": obj.get("metadata").cloned().unwrap_or(json!({}))})
 }
@@ -595,19 +618,7 @@ impl Ctx<'_> {
     fn table(&self, def: &ResourceDef, objs: &[Obj], meta: Value, meta_v: &str) -> Result<Bytes, ApiError> {
         let custom = self.custom_version(def);
         let (include, now) = (self.include()?, OffsetDateTime::now_utc());
-        let row = |obj: &Value| {
-            let cells = match &custom {
-                Some(v) => table::custom_cells(&v.columns, obj, now),
-                None => table::cells(def.group, def.plural, obj, now),
-            };
-            let mut row = json!({"cells": cells});
-            match include {
-                Include::Metadata => row["object"] = partial_metadata(obj, meta_v),
-                Include::Object => row["object"] = obj.clone(),
-                Include::None => {}
-            }
-            row
-        };
+        let row = |obj: &Value| table_row(def, custom.as_deref(), obj, include, now, meta_v);
         let table = TableOut {
             api_version: format!("meta.k8s.io/{meta_v}"),
             column_definitions: match &custom {

@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 use time::OffsetDateTime;
 
 use crate::coalesce::OpenWatch;
-use crate::handler::{partial_metadata, Include};
+use crate::handler::{partial_metadata, table_row, Include};
 use crate::http::Output;
 use crate::metrics::WatchGuard;
 use crate::registry::{Obj, ObjectWatch};
@@ -41,13 +41,7 @@ impl EventEncoder {
     pub fn event(&mut self, ty: &str, obj: &Obj) -> Bytes {
         let object = match self.out {
             Output::Table(mv) => {
-                let now = OffsetDateTime::now_utc();
-                let mut row = json!({"cells": table::cells(self.def.group, self.def.plural, obj, now)});
-                match self.include {
-                    Include::Metadata => row["object"] = partial_metadata(obj, mv),
-                    Include::Object => row["object"] = obj.value().clone(),
-                    Include::None => {}
-                }
+                let row = table_row(self.def, None, obj, self.include, OffsetDateTime::now_utc(), mv);
                 let mut t = json!({"kind": "Table", "apiVersion": format!("meta.k8s.io/{mv}"), "metadata": {"resourceVersion": meta::resource_version(obj)}, "rows": [row]});
                 t["columnDefinitions"] = if self.first_table { table::column_definitions(self.def.group, self.def.plural) } else { Value::Null };
                 self.first_table = false;
