@@ -639,9 +639,9 @@ impl Ctx<'_> {
                 let meta = json!({"resourceVersion": meta::resource_version(obj)});
                 Ok(h::bytes_response(code, &out.content_type(false), self.table(def, std::slice::from_ref(obj), meta, v)?))
             }
-            Output::PartialMetadata(v) => Ok(h::encode(out, code, &partial_metadata(obj, v), false)),
+            Output::PartialMetadata(v) => Ok(h::encode(out, code, &partial_metadata(obj, v))),
             Output::Json => Ok(h::bytes_response(code, "application/json", obj.json())),
-            _ => Ok(h::encode(out, code, obj, false)),
+            _ => Ok(h::encode(out, code, obj)),
         }
     }
 

@@ -141,11 +141,11 @@ pub fn negotiate(accept: Option<&str>) -> Result<Output, ApiError> {
     Err(ApiError::not_acceptable("only the following media types are accepted: application/json, application/yaml, application/json;as=Table;v=v1;g=meta.k8s.io, application/json;as=PartialObjectMetadata;v=v1;g=meta.k8s.io"))
 }
 
-/// Encode a value as JSON or YAML for a response.
-pub fn encode(output: Output, code: StatusCode, v: &Value, list: bool) -> Response<Body> {
+/// Encode a single object (not a list) as JSON or YAML for a response.
+pub fn encode(output: Output, code: StatusCode, v: &Value) -> Response<Body> {
     match output {
         Output::Yaml => bytes_response(code, "application/yaml", Bytes::from(serde_norway::to_string(v).unwrap_or_default())),
-        o => bytes_response(code, &o.content_type(list), Bytes::from(serde_json::to_vec(v).expect("serialize"))),
+        o => bytes_response(code, &o.content_type(false), Bytes::from(serde_json::to_vec(v).expect("serialize"))),
     }
 }
 
