@@ -397,9 +397,9 @@ fn spec_part(v: &Value) -> Map<String, Value> {
         .unwrap_or_default()
 }
 
-/// Whether a served object passes selectors, decoding it only if there are any.
-/// Whether an object passes selectors. The tree decoded to judge it is not kept: a
-/// selector matching most of 100,000 objects would otherwise keep them all decoded.
+/// Whether a served object passes selectors, decoding it only if there are any. The tree
+/// decoded to judge it is not kept: a selector matching most of 100,000 objects would
+/// otherwise keep them all decoded.
 fn selects(def: &ResourceDef, obj: &Stored, labels: &LabelSelector, fields: &FieldSelector) -> bool {
     labels.is_empty() && fields.is_empty() || obj.with_value(|v| matches(def, v, labels, fields))
 }
