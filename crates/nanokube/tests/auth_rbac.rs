@@ -40,9 +40,10 @@ fn cert_files(kubeconfig: &Path) -> (PathBuf, PathBuf) {
     (crt, key)
 }
 
-fn call(s: &Server, who: &Who, method: &str, path: &str, body: Option<&str>) -> u16 {
+/// curl as `who`; returns what `-w write_out` prints.
+fn curl_as(s: &Server, who: &Who, method: &str, path: &str, body: Option<&str>, write_out: &str) -> String {
     let mut c = Command::new("curl");
-    c.args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", method, "--cacert"]).arg(s.data.join("ca.crt"));
+    c.args(["-s", "-o", "/dev/null", "-w", write_out, "-X", method, "--cacert"]).arg(s.data.join("ca.crt"));
     match who {
         Who::Kubeconfig(k) => {
             let (crt, key) = cert_files(k);
@@ -57,18 +58,16 @@ fn call(s: &Server, who: &Who, method: &str, path: &str, body: Option<&str>) -> 
         c.args(["-H", "Content-Type: application/json", "--data-binary", b]);
     }
     let out = c.arg(format!("{}{}", s.url, path)).output().unwrap();
-    String::from_utf8_lossy(&out.stdout).parse().unwrap()
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn call(s: &Server, who: &Who, method: &str, path: &str, body: Option<&str>) -> u16 {
+    curl_as(s, who, method, path, body, "%{http_code}").parse().unwrap()
 }
 
 /// A GET as `who`; returns the `Audit-Id` the server gave the request.
 fn call_with_audit_id(s: &Server, who: &Who, path: &str) -> String {
-    let mut c = Command::new("curl");
-    c.args(["-s", "-o", "/dev/null", "-w", "%header{audit-id}", "--cacert"]).arg(s.data.join("ca.crt"));
-    if let Who::Token(t) = who {
-        c.args(["-H", &format!("Authorization: Bearer {t}")]);
-    }
-    let out = c.arg(format!("{}{}", s.url, path)).output().unwrap();
-    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let id = curl_as(s, who, "GET", path, None, "%header{audit-id}");
     assert!(!id.is_empty(), "no Audit-Id for {path}");
     id
 }
