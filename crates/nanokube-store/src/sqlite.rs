@@ -23,6 +23,9 @@ use tokio::sync::oneshot;
 use crate::watch::History;
 use crate::{Backend, BoxFuture, Event, EventKind, KeyValue, ListResult, Revision, StoreError, WatchStream};
 
+/// How many recent events watches can resume from, unless told otherwise.
+pub const DEFAULT_HISTORY: usize = 100_000;
+
 /// How to open the store.
 #[derive(Debug, Clone)]
 pub struct SqliteOptions {
@@ -39,7 +42,7 @@ pub struct SqliteOptions {
 
 impl Default for SqliteOptions {
     fn default() -> Self {
-        SqliteOptions { path: None, history: 100_000, fsync: true, max_batch: 2048 }
+        SqliteOptions { path: None, history: DEFAULT_HISTORY, fsync: true, max_batch: 2048 }
     }
 }
 

@@ -87,7 +87,7 @@ impl ClusterConfig {
             merge_kubeconfig: None,
             in_memory: false,
             fsync: true,
-            watch_history: 100_000,
+            watch_history: nanokube_store::sqlite::DEFAULT_HISTORY,
             audit_log_path: None,
             legacy_service_account_token_secrets: true,
             service_account_issuer: "https://kubernetes.default.svc.cluster.local".into(),

@@ -228,7 +228,7 @@ struct ServerArgs {
     unsafe_no_fsync: bool,
     /// Changes kept for watches and paged lists to resume from; a watch from an older
     /// resourceVersion gets 410 Expired, as after an etcd compaction.
-    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = nanokube_store::sqlite::DEFAULT_HISTORY as u64, value_parser = clap::value_parser!(u64).range(1..))]
     watch_history: u64,
     /// Append one audit.k8s.io/v1 Event (Metadata level) per request to this file.
     #[arg(long)]
