@@ -6,6 +6,7 @@ use std::borrow::Cow;
 use std::collections::HashSet;
 
 use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::Value;
 
 /// Paths of duplicated keys in a JSON document (`metadata.name`, `spec.containers[0].image`).
 ///
@@ -156,5 +157,81 @@ mod tests {
         let body = format!("{{\"m\":{{{},\"k3\":0,\"k39\":1}}}}", many.join(","));
         assert_eq!(duplicate_fields(body.as_bytes()), ["m.k3", "m.k39"]);
         assert!(duplicate_fields(format!("{{{}}}", many.join(",")).as_bytes()).is_empty());
+    }
+}
+
+/// The deepest nesting of arrays and objects an object may have when it is written.
+///
+/// Every reader must accept what a write stored: `serde_json` (this server's own reads,
+/// and kube-rs clients) refuses documents nested 128 levels or more, and a list or a
+/// watch event wraps an object in two or three more levels. Upstream's Go decoder allows
+/// 10,000; no real object comes near either.
+pub const MAX_DEPTH: usize = 100;
+
+/// The nesting depth of a value (a scalar is 0, `{}` and `[]` are 1), counted without
+/// recursion and giving up past `limit` (returns `limit + 1` then), so a hostile value
+/// costs at most a walk of its first `limit` levels per branch.
+pub fn depth_upto(value: &Value, limit: usize) -> usize {
+    let mut deepest = 0;
+    let mut stack: Vec<(&Value, usize)> = vec![(value, 0)];
+    while let Some((v, d)) = stack.pop() {
+        let children: Box<dyn Iterator<Item = &Value>> = match v {
+            Value::Array(a) => Box::new(a.iter()),
+            Value::Object(m) => Box::new(m.values()),
+            _ => continue,
+        };
+        let here = d + 1;
+        deepest = deepest.max(here);
+        if deepest > limit {
+            return limit + 1;
+        }
+        stack.extend(children.filter(|c| c.is_array() || c.is_object()).map(|c| (c, here)));
+    }
+    deepest
+}
+
+/// The length of a value's compact JSON encoding (escapes inside strings not counted),
+/// counted without serializing it and giving up once it passes `limit` (returns a number
+/// above `limit` then).
+pub fn encoded_len_upto(value: &Value, limit: usize) -> usize {
+    let mut total = 0usize;
+    let mut stack: Vec<&Value> = vec![value];
+    while let Some(v) = stack.pop() {
+        total += match v {
+            Value::Null => 4,
+            Value::Bool(b) => 4 + usize::from(!*b),
+            Value::Number(n) => n.to_string().len(),
+            Value::String(s) => s.len() + 2,
+            Value::Array(a) => {
+                stack.extend(a.iter());
+                2 + a.len().saturating_sub(1)
+            }
+            Value::Object(m) => {
+                stack.extend(m.values());
+                2 + m.len().saturating_sub(1) + m.keys().map(|k| k.len() + 3).sum::<usize>()
+            }
+        };
+        if total > limit {
+            return total;
+        }
+    }
+    total
+}
+
+#[cfg(test)]
+mod depth_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn depth_and_length() {
+        assert_eq!(depth_upto(&json!(1), 10), 0);
+        assert_eq!(depth_upto(&json!({}), 10), 1);
+        assert_eq!(depth_upto(&json!({"a": [1, {"b": []}], "c": {}}), 10), 4);
+        assert_eq!(depth_upto(&json!([[[[[]]]]]), 3), 4);
+        for v in [json!(null), json!({"a": [1, true, false, "x\u{e9}"], "b": {"c": -1.5}}), json!([])] {
+            assert_eq!(encoded_len_upto(&v, usize::MAX), serde_json::to_vec(&v).unwrap().len(), "{v}");
+        }
+        assert!(encoded_len_upto(&json!(["aaaa", "bbbb", "cccc"]), 5) > 5);
     }
 }

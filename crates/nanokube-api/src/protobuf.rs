@@ -638,3 +638,152 @@ pub fn markers_of(msg: &str, field: &str) -> &'static str {
 pub fn docs_of(msg: &str, field: &str) -> Option<(String, &'static str)> {
     docs().get(&format!("{msg}\t{field}")).map(|(d, k)| (d.replace("\\n", "\n"), *k))
 }
+
+/// The first value of `obj` whose JSON type does not fit the kind's schema, as upstream's
+/// decoder reports it: `json: cannot unmarshal string into Go struct field
+/// DeploymentSpec.spec.replicas of type int32`. Integers must be integers within their
+/// range (`1.5`, `1e23` and `2147483648` are not int32s), strings strings, and so on;
+/// `null` fits anything, as in Go. `None` if everything fits or the kind has no schema.
+pub fn type_error(api_version: &str, kind: &str, obj: &Value) -> Option<String> {
+    let msg = message_for(api_version, kind);
+    let msg = intern(&msg)?;
+    type_error_in(msg, obj, "")
+}
+
+/// [`type_error`] for a value of message `msg` (e.g. `apimachinery.pkg.apis.meta.v1.ObjectMeta`)
+/// found at `path` (e.g. `metadata`; empty for a whole object).
+pub fn type_error_in(msg: &'static str, obj: &Value, path: &str) -> Option<String> {
+    let Value::Object(m) = obj else { return None };
+    let top = path.is_empty();
+    // An explicit stack: the value is bounded in depth already, but a walk that
+    // cannot overflow costs nothing more.
+    let mut stack: Vec<Pending<'_>> = vec![(msg, m, path.to_string())];
+    while let Some((msg, fields, path)) = stack.pop() {
+        for (key, value) in fields {
+            if top && path.is_empty() && (key == "apiVersion" || key == "kind") {
+                continue;
+            }
+            let Some(f) = find_field(msg, key) else { continue };
+            let here = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
+            let error = match (f.cardinality, value) {
+                (_, Value::Null) => None,
+                (Cardinality::List, Value::Array(items)) => items.iter().find_map(|v| check_value(f, v, msg, &here, &mut stack)),
+                (Cardinality::List, v) => Some(unmarshal_error(v, msg, &here, &format!("[]{}", go_type(f.ty)))),
+                (Cardinality::Map, Value::Object(entries)) => entries.values().find_map(|v| check_value(f, v, msg, &here, &mut stack)),
+                (Cardinality::Map, v) => Some(unmarshal_error(v, msg, &here, &format!("map[string]{}", go_type(f.ty)))),
+                (_, v) => check_value(f, v, msg, &here, &mut stack),
+            };
+            if error.is_some() {
+                return error;
+            }
+        }
+    }
+    None
+}
+
+/// A message's fields still to check, and the path they are at.
+type Pending<'a> = (&'static str, &'a Map<String, Value>, String);
+
+/// Check one value of field `f` of `msg` at `path`; a message value is queued on `stack`.
+fn check_value<'a>(f: FieldInfo, v: &'a Value, msg: &str, path: &str, stack: &mut Vec<Pending<'a>>) -> Option<String> {
+    match fits(f.ty, v) {
+        Fit::Yes => None,
+        Fit::Descend(inner, m) => {
+            stack.push((inner, m, path.to_string()));
+            None
+        }
+        Fit::No => Some(unmarshal_error(v, msg, path, &go_type(f.ty))),
+    }
+}
+
+enum Fit<'a> {
+    Yes,
+    No,
+    Descend(&'static str, &'a Map<String, Value>),
+}
+
+fn fits(ty: FieldType, v: &Value) -> Fit<'_> {
+    let yes = |b: bool| if b { Fit::Yes } else { Fit::No };
+    match (ty, v) {
+        (_, Value::Null) => Fit::Yes,
+        (FieldType::String | FieldType::Bytes, v) => yes(v.is_string()),
+        (FieldType::Bool, v) => yes(v.is_boolean()),
+        (FieldType::Int32, Value::Number(n)) => yes(n.as_i64().is_some_and(|i| i32::try_from(i).is_ok())),
+        (FieldType::Int64, Value::Number(n)) => yes(n.as_i64().is_some()),
+        (FieldType::Double, v) => yes(v.is_number()),
+        (FieldType::Int32 | FieldType::Int64, _) => Fit::No,
+        (FieldType::Message(m), v) => match m {
+            "apimachinery.pkg.apis.meta.v1.Time" | "apimachinery.pkg.apis.meta.v1.MicroTime" | "apimachinery.pkg.apis.meta.v1.Duration" => yes(v.is_string()),
+            "apimachinery.pkg.api.resource.Quantity" => yes(v.is_string() || v.is_number()),
+            "apimachinery.pkg.util.intstr.IntOrString" => yes(v.is_string() || v.as_i64().is_some_and(|i| i32::try_from(i).is_ok())),
+            m if is_opaque(m) => Fit::Yes,
+            m => match v {
+                Value::Object(fields) => Fit::Descend(m, fields),
+                _ => Fit::No,
+            },
+        },
+    }
+}
+
+/// The Go type a field's values have, as the decoder names it (`int32`, `v1.Container`).
+fn go_type(ty: FieldType) -> String {
+    match ty {
+        FieldType::String => "string".into(),
+        FieldType::Bytes => "[]uint8".into(),
+        FieldType::Int32 => "int32".into(),
+        FieldType::Int64 => "int64".into(),
+        FieldType::Bool => "bool".into(),
+        FieldType::Double => "float64".into(),
+        FieldType::Message("apimachinery.pkg.api.resource.Quantity") => "resource.Quantity".into(),
+        FieldType::Message("apimachinery.pkg.util.intstr.IntOrString") => "intstr.IntOrString".into(),
+        FieldType::Message(m) => {
+            let mut parts = m.rsplit('.');
+            let name = parts.next().unwrap_or(m);
+            format!("{}.{name}", parts.next().unwrap_or(""))
+        }
+    }
+}
+
+fn unmarshal_error(v: &Value, msg: &str, path: &str, ty: &str) -> String {
+    let what = match v {
+        Value::String(_) => "string".to_string(),
+        Value::Bool(_) => "bool".to_string(),
+        // Go names the literal only when a number fails to fit an integer field.
+        Value::Number(n) if ty.starts_with("int") => format!("number {n}"),
+        Value::Number(_) => "number".to_string(),
+        Value::Array(_) => "array".to_string(),
+        Value::Object(_) => "object".to_string(),
+        Value::Null => "null".to_string(),
+    };
+    let strukt = msg.rsplit('.').next().unwrap_or(msg);
+    format!("json: cannot unmarshal {what} into Go struct field {strukt}.{path} of type {ty}")
+}
+
+#[cfg(test)]
+mod type_tests {
+    use super::*;
+    use serde_json::json;
+
+    fn deploy(replicas: Value) -> Value {
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d", "labels": {"a": "b"}},
+               "spec": {"replicas": replicas, "selector": {"matchLabels": {"a": "b"}},
+                        "template": {"spec": {"containers": [{"name": "c", "image": "i", "ports": [{"containerPort": 80}],
+                                                              "resources": {"limits": {"cpu": 1, "memory": "1Gi"}}}]}}}})
+    }
+
+    #[test]
+    fn scalars_must_fit_their_fields() {
+        assert_eq!(type_error("apps/v1", "Deployment", &deploy(json!(3))), None);
+        assert_eq!(type_error("apps/v1", "Deployment", &deploy(json!(null))), None);
+        for (bad, what) in [(json!("3"), "string"), (json!(1.5), "number 1.5"), (json!(1e23), "number 1e+23"), (json!(2147483648u64), "number 2147483648")] {
+            let e = type_error("apps/v1", "Deployment", &deploy(bad)).unwrap();
+            assert_eq!(e, format!("json: cannot unmarshal {what} into Go struct field DeploymentSpec.spec.replicas of type int32"));
+        }
+        let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x", "annotations": {"a": 5}}});
+        assert_eq!(type_error("v1", "ConfigMap", &cm).unwrap(), "json: cannot unmarshal number into Go struct field ObjectMeta.metadata.annotations of type string");
+        let pod = json!({"apiVersion": "v1", "kind": "Pod", "spec": {"containers": [{"name": "c", "ports": [{"containerPort": "80"}]}]}});
+        assert!(type_error("v1", "Pod", &pod).unwrap().contains("ContainerPort.spec.containers.ports.containerPort of type int32"));
+        let pod = json!({"apiVersion": "v1", "kind": "Pod", "spec": {"containers": {"name": "c"}}});
+        assert!(type_error("v1", "Pod", &pod).unwrap().contains("cannot unmarshal object into Go struct field PodSpec.spec.containers of type []v1.Container"));
+    }
+}

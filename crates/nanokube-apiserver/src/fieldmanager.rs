@@ -139,7 +139,7 @@ type FieldIndex = std::collections::HashMap<&'static str, (FieldInfo, &'static s
 
 /// [`field_uncached`] from a per-message index built on first use: field management runs
 /// on every write, and the schema table itself is laid out for decoding, not lookup.
-fn field(msg: &'static str, key: &str) -> Option<(FieldInfo, &'static str, &'static str)> {
+pub(crate) fn field(msg: &'static str, key: &str) -> Option<(FieldInfo, &'static str, &'static str)> {
     static INDEX: std::sync::OnceLock<std::sync::RwLock<std::collections::HashMap<&'static str, std::sync::Arc<FieldIndex>>>> = std::sync::OnceLock::new();
     let index = INDEX.get_or_init(Default::default);
     let cached = index.read().expect("field index").get(msg).cloned();

@@ -659,10 +659,15 @@ impl Ctx<'_> {
 
     async fn resource_of(&self, def: &'static ResourceDef, body: Bytes) -> Result<Response<Body>, ApiError> {
         let info = self.info;
-        // `namespaces/{name}` names the namespace object itself, not a namespaced resource.
+        // A cluster-scoped kind exists only at its cluster path: under `namespaces/{ns}/`
+        // it is not found, as upstream's routes (authorization has already seen the
+        // namespace, so answering anything else would let a namespace's RBAC reach it).
+        // `namespaces/{name}` alone names the namespace object itself.
+        if info.namespace_scoped && !def.namespaced {
+            return Err(ApiError::path_not_found());
+        }
         let is_namespace_object = def.group.is_empty() && def.plural == "namespaces";
-        let namespaced_url = !info.namespace.is_empty() && !is_namespace_object;
-        if namespaced_url && !def.namespaced {
+        if !info.namespace_scoped && !info.namespace.is_empty() && !is_namespace_object {
             return Err(ApiError::path_not_found());
         }
         if def.namespaced && info.namespace.is_empty() && !matches!(info.verb.as_str(), "list" | "watch") {
@@ -807,9 +812,7 @@ impl Ctx<'_> {
         use crate::fieldmanager::Schema;
         match custom {
             Some(v) => Schema::Json(&v.schema),
-            None => {
-                nanokube_api::protobuf::intern(&nanokube_api::protobuf::message_for(&def.api_version(), def.kind)).map(Schema::Message).unwrap_or(Schema::Leaf)
-            }
+            None => builtin_message(def).map(Schema::Message).unwrap_or(Schema::Leaf),
         }
     }
 
@@ -1157,7 +1160,7 @@ impl Ctx<'_> {
             .server
             .registry
             .update_with(def, &self.info.namespace, &self.info.name, &opts, |current| {
-                let mut patched = patch::apply(ty, current, &body)?;
+                let mut patched = patch::apply(ty, current, &body, builtin_message(def))?;
                 if meta::resource_version(&patched) == meta::resource_version(current) {
                     meta::metadata_mut(&mut patched).remove("resourceVersion");
                 }
@@ -1367,7 +1370,7 @@ impl Ctx<'_> {
                                     }
                                     None => {
                                         let ty = PatchType::from_content_type(&ct).ok_or_else(|| ApiError::unsupported_media_type(&ct))?;
-                                        patch::apply(ty, &to_scale(cur), &body)?
+                                        patch::apply(ty, &to_scale(cur), &body, nanokube_api::protobuf::intern("api.autoscaling.v1.Scale"))?
                                     }
                                 };
                                 let replicas = scale.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(0);
@@ -1401,6 +1404,14 @@ impl Ctx<'_> {
 
 /// Warnings for a CRD whose `x-kubernetes-validations` rules call CEL functions nanokube
 /// does not have (those rules are not enforced).
+/// The generated schema's message of a built-in kind (`None` for custom resources).
+fn builtin_message(def: &ResourceDef) -> Option<&'static str> {
+    if def.custom {
+        return None;
+    }
+    nanokube_api::protobuf::intern(&nanokube_api::protobuf::message_for(&def.api_version(), def.kind))
+}
+
 fn crd_warnings(def: &ResourceDef, obj: &Value) -> Vec<String> {
     if def.group == "apiextensions.k8s.io" && def.plural == "customresourcedefinitions" {
         nanokube_api::crd::rule_warnings(obj)

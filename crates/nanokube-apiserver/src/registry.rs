@@ -56,15 +56,24 @@ impl Stored {
     pub fn with_value<R>(&self, f: impl FnOnce(&Value) -> R) -> R {
         match self.value.get() {
             Some(v) => f(v),
-            None => f(&serde_json::from_slice(self.json.get().expect("a Stored has a value or its JSON")).expect("cached JSON parses")),
+            None => f(&self.parse()),
         }
     }
 
     /// The value, decoded on first use (once per handle).
     pub fn value(&self) -> &Value {
-        self.value.get_or_init(|| {
-            // The encoding was produced by serde_json from a Value: it parses.
-            serde_json::from_slice(self.json.get().expect("a Stored has a value or its JSON")).expect("cached JSON parses")
+        self.value.get_or_init(|| self.parse())
+    }
+
+    /// The JSON decoded. It was made by serde_json from a value that decoded (stored bytes
+    /// are checked when they are read, writes are bounded in depth), so it parses; if it
+    /// ever did not, the handle reads as `null` and says so in the log, rather than
+    /// taking the server down.
+    fn parse(&self) -> Value {
+        let Some(json) = self.json.get() else { return Value::Null };
+        serde_json::from_slice(json).unwrap_or_else(|e| {
+            tracing::error!("a cached object does not decode ({e}); serving it as null");
+            Value::Null
         })
     }
 }
@@ -194,6 +203,36 @@ fn served_json(stored: &[u8], rev: Revision) -> Result<Encoded, ApiError> {
     Ok(Encoded(Bytes::from(serde_json::to_vec(&v).expect("JSON values serialize").into_boxed_slice())))
 }
 
+/// What every reader must be able to decode of a written object: nesting no deeper than
+/// [`nanokube_api::json::MAX_DEPTH`] (422), and for built-in kinds (and every object's
+/// `metadata`) each value of the JSON type its Go field has (400, in the words of
+/// upstream's decoder), so typed clients and `kubectl describe` can read what was stored.
+fn check_decodable(def: &ResourceDef, obj: &Value) -> Result<(), ApiError> {
+    use nanokube_api::json::{depth_upto, MAX_DEPTH};
+    if depth_upto(obj, MAX_DEPTH) > MAX_DEPTH {
+        return Err(ApiError::invalid(
+            def.kind,
+            def.group,
+            meta::name(obj),
+            vec![Cause {
+                reason: "FieldValueInvalid".into(),
+                message: format!("Invalid value: \"<nested>\": the object is nested deeper than {MAX_DEPTH} levels"),
+                field: "<root>".into(),
+            }],
+        ));
+    }
+    let error = if def.custom {
+        let metadata = nanokube_api::protobuf::intern("apimachinery.pkg.apis.meta.v1.ObjectMeta");
+        metadata.zip(obj.get("metadata")).and_then(|(msg, m)| nanokube_api::protobuf::type_error_in(msg, m, "metadata"))
+    } else {
+        nanokube_api::protobuf::type_error(&def.api_version(), def.kind, obj)
+    };
+    match error {
+        Some(e) => Err(ApiError::bad_request(format!("{} in version \"{}\" cannot be handled as a {}: {e}", def.kind, def.version, def.kind))),
+        None => Ok(()),
+    }
+}
+
 /// Whether a resource is stored in another version's shape (events.k8s.io/v1 Events are
 /// stored as core/v1 Events).
 fn converts(def: &ResourceDef) -> bool {
@@ -243,6 +282,11 @@ fn served(def: &ResourceDef, kv: &KeyValue, written: Encoding) -> Result<Obj, Ap
         }
     })?;
     Ok(Arc::new(Stored::from_json(encoded.0.clone())))
+}
+
+/// [`decode_as`], logging the key of a row that does not decode.
+fn decode_logged(def: &ResourceDef, kv: &KeyValue) -> Result<Obj, ApiError> {
+    decode_as(def, kv).inspect_err(|e| tracing::error!(key = %kv.key, revision = kv.mod_revision, "stored object does not decode: {}", e.message))
 }
 
 /// Decode a stored value as `def` shows it.
@@ -536,8 +580,10 @@ impl Registry {
             let mut last_key = None;
             let mut stopped_early = false;
             for (i, kv) in page.items.iter().enumerate() {
-                let obj = decode_as(def, kv)?;
                 last_key = Some(kv.key.clone());
+                // One undecodable row costs only itself: it is left out (and logged);
+                // GET of it answers 500 and DELETE removes it.
+                let Ok(obj) = decode_logged(def, kv) else { continue };
                 if selects(def, &obj, &opts.labels, &fields) {
                     items.push(obj);
                 }
@@ -670,6 +716,7 @@ impl Registry {
             self.check_namespace(def, namespace)?;
         }
         self.check_custom_create(def)?;
+        check_decodable(def, &obj)?;
         defaults::apply_defaults(def, &mut obj);
         self.admit_create(def, &mut obj);
         let mut causes = Vec::new();
@@ -1006,6 +1053,7 @@ impl Registry {
                 ));
             }
         }
+        check_decodable(def, &new)?;
         let mut causes = Vec::new();
         self.custom_strategy(def, &mut new, Some(old), &mut causes);
         // Generation moves on spec changes only (for custom resources without a status
@@ -1069,7 +1117,10 @@ impl Registry {
         let key = def.key(namespace, name);
         for _attempt in 0..16 {
             let kv = self.store.get(&key).ok_or_else(|| ApiError::not_found(def.plural, def.group, name))?;
-            let current = decode_as(def, &kv)?;
+            let current = match decode_logged(def, &kv) {
+                Ok(c) => c,
+                Err(_) => return self.delete_undecodable(def, namespace, name, &kv, opts).await,
+            };
             if let Some(uid) = &opts.precondition_uid {
                 if meta::uid(&current) != uid {
                     return Err(ApiError::conflict_msg(
@@ -1159,6 +1210,21 @@ impl Registry {
             }
         }
         Err(ApiError::conflict(def.plural, def.group, name))
+    }
+
+    /// Delete an object whose stored bytes do not decode: nothing about it can be judged
+    /// (finalizers, preconditions), so it goes at once, else it would block its namespace
+    /// for ever. What the caller gets back is its kind and name.
+    async fn delete_undecodable(&self, def: &ResourceDef, namespace: &str, name: &str, kv: &KeyValue, opts: &DeleteOptions) -> Result<Deleted, ApiError> {
+        let mut stub = json!({"kind": def.kind, "apiVersion": def.api_version(), "metadata": {"name": name}});
+        if def.namespaced {
+            stub["metadata"]["namespace"] = json!(namespace);
+        }
+        if !opts.dry_run {
+            self.store.delete(kv.key.clone(), Some(kv.mod_revision)).await.map_err(|e| store_err(e, def, name))?;
+            tracing::warn!(key = %kv.key, "deleted an object whose stored bytes do not decode");
+        }
+        Ok(Deleted::Gone(Arc::new(Stored::new(stub))))
     }
 
     /// Watch objects of a resource (one namespace or all) after `after`.
@@ -1263,10 +1329,7 @@ impl ObjectWatch {
                     continue;
                 }
             }
-            let obj = match decode_as(self.def, &ev.kv) {
-                Ok(o) => o,
-                Err(e) => return Some(Err(e)),
-            };
+            let Ok(obj) = decode_logged(self.def, &ev.kv) else { continue };
             let now = selects(self.def, &obj, &self.labels, &self.fields);
             let out = match ev.kind {
                 EventKind::Created => now.then_some("ADDED"),

@@ -20,6 +20,11 @@ pub struct RequestInfo {
     pub version: String,
     /// Namespace, if any.
     pub namespace: String,
+    /// Whether the path scoped the resource with a `namespaces/{ns}/` prefix (as opposed
+    /// to naming a namespace object itself, `namespaces/{ns}[/status|/finalize]`). A
+    /// cluster-scoped resource under such a prefix does not exist (404), even though
+    /// authorization sees the namespace, as upstream's routing.
+    pub namespace_scoped: bool,
     /// Resource plural.
     pub resource: String,
     /// Subresource (e.g. `status`).
@@ -67,6 +72,7 @@ pub fn parse(method: &str, path: &str, watch_param: bool) -> RequestInfo {
         info.namespace = rest[1].to_string();
         if rest.len() > 2 && rest[2] != "status" && rest[2] != "finalize" {
             rest.drain(..2);
+            info.namespace_scoped = true;
         }
     }
     info.resource = rest[0].to_string();
@@ -116,6 +122,11 @@ mod tests {
         assert_eq!((i.resource.as_str(), i.name.as_str(), i.subresource.as_str()), ("namespaces", "x", "finalize"));
         let i = parse("GET", "/api/v1/namespaces", false);
         assert_eq!((i.resource.as_str(), i.verb.as_str()), ("namespaces", "list"));
+        assert!(!i.namespace_scoped);
+        // A namespace "inside" a namespace is a scoped path to a cluster-scoped kind.
+        let i = parse("GET", "/api/v1/namespaces/team/namespaces/kube-system", false);
+        assert_eq!((i.resource.as_str(), i.name.as_str(), i.namespace.as_str()), ("namespaces", "kube-system", "team"));
+        assert!(i.namespace_scoped);
     }
 
     #[test]
