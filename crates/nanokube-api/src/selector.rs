@@ -367,7 +367,9 @@ fn split_op(s: &str, op: &str) -> Option<(String, String)> {
             i += 2;
             continue;
         }
-        if s[i..].starts_with(op) {
+        // Compared as bytes: `i` steps through bytes, and may sit inside a multi-byte
+        // character (`é=x`); `op` is ASCII, so where it matches is a character boundary.
+        if b[i..].starts_with(op.as_bytes()) {
             if op == "=" && i > 0 && (b[i - 1] == b'!' || b[i - 1] == b'=') {
                 i += 1;
                 continue;
@@ -497,6 +499,9 @@ mod tests {
 
     #[test]
     fn unsupported_field_is_rejected() {
+        assert!(FieldSelector::parse("\u{e9}=x").is_ok());
+        // An escape before a multi-byte character: an error or not, never a panic.
+        let _ = FieldSelector::parse("a\\\u{e9}=x,\u{e9}\u{e9}!=y");
         let f = FieldSelector::parse("spec.foo=bar").unwrap();
         let e = f.check_supported("", "pods", true).unwrap_err();
         assert_eq!(e.message, "field label not supported: spec.foo");

@@ -64,6 +64,21 @@ impl UserInfo {
 pub trait TokenAuthenticator: Send + Sync {
     /// `None`: not a token of this kind; `Some(Ok)`: the user; `Some(Err)`: invalid.
     fn authenticate(&self, token: &str) -> Option<Result<UserInfo, ()>>;
+
+    /// Authenticate for a TokenReview's `audiences` (empty: the API server's own,
+    /// `api_audiences`), returning the user and the audiences the token is good for: the
+    /// intersection of the requested ones with the token's. This default is for tokens
+    /// that carry no audience (static tokens), which are good for the API's audiences
+    /// only, as upstream's audience-agnostic wrapper treats them.
+    fn authenticate_for(&self, token: &str, audiences: &[String], api_audiences: &[String]) -> Option<Result<(UserInfo, Vec<String>), ()>> {
+        let user = self.authenticate(token)?;
+        let wanted = if audiences.is_empty() { api_audiences } else { audiences };
+        let common: Vec<String> = wanted.iter().filter(|a| api_audiences.contains(a)).cloned().collect();
+        Some(match user {
+            Ok(u) if !common.is_empty() => Ok((u, common)),
+            _ => Err(()),
+        })
+    }
 }
 
 /// Tokens from a `--token-auth-file`: CSV lines `token,user,uid,"group1,group2"`.

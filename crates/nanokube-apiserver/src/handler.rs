@@ -43,8 +43,11 @@ impl Query {
     pub fn get(&self, k: &str) -> Option<&str> {
         self.map.get(k).map(String::as_str)
     }
+    /// A boolean parameter as upstream converts it (`runtime.Convert_Slice_string_To_bool`):
+    /// absent is false, `0` and `false` (any case) are false, anything else is true
+    /// (`watch=True`, as the Python client sends, and `watch=` alike).
     fn flag(&self, k: &str) -> bool {
-        matches!(self.get(k), Some("true") | Some("1"))
+        self.get(k).is_some_and(|v| !(v == "0" || v.eq_ignore_ascii_case("false")))
     }
 }
 
@@ -86,7 +89,8 @@ pub async fn handle(server: Arc<ApiServer>, conn: Arc<ConnInfo>, req: Request<In
     };
     drop(inflight);
     if let Some(info) = &audit.info {
-        server.metrics.record(info, resp.status().as_u16(), started.elapsed().as_secs_f64());
+        let known = info.is_resource && server.registry.resources().find(&info.group, &info.version, &info.resource).is_some();
+        server.metrics.record(info, known, resp.status().as_u16(), started.elapsed().as_secs_f64());
     }
     if let Ok(v) = HeaderValue::from_str(&audit_id) {
         resp.headers_mut().insert("audit-id", v);
@@ -199,7 +203,11 @@ fn percent_decode(s: &str) -> String {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' && i + 2 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+            // Hex digits are ASCII: decode from bytes, so a multi-byte character after
+            // a `%` is kept as it is instead of being sliced through.
+            let hex = |c: u8| (c as char).to_digit(16);
+            if let (Some(hi), Some(lo)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                let v = (hi * 16 + lo) as u8;
                 out.push(v);
                 i += 3;
                 continue;
@@ -215,7 +223,11 @@ async fn handle_inner(server: &Arc<ApiServer>, conn: &ConnInfo, req: Request<Inc
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_string();
     let query = Query::parse(parts.uri.query());
-    let authorization = parts.headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    // A credential that is not text is a bad credential (401), not an absent one.
+    let authorization = match parts.headers.get(http::header::AUTHORIZATION) {
+        None => None,
+        Some(v) => Some(v.to_str().map_err(|_| ApiError::unauthorized())?),
+    };
     let watch = query.flag("watch");
     let info = request::parse(parts.method.as_str(), &path, watch);
     audit.info = Some(info.clone());
@@ -285,34 +297,33 @@ fn non_resource(server: &ApiServer, method: &Method, path: &str, query: &Query, 
     let path = path.trim_end_matches('/');
     match path {
         "/healthz" | "/livez" | "/readyz" => {
-            let ready = path != "/readyz" || server.is_ready();
             let checks: &[&str] = match path {
                 "/readyz" => &["ping", "log", "etcd", "informer-sync", "poststarthook/bootstrap-controller", "shutdown"],
                 _ => &["ping", "log", "etcd"],
             };
-            if !ready {
+            // The checks that fail: the store (`etcd`, as upstream names its storage
+            // check) when it can no longer write, and the bootstrap hook until ready.
+            let store_ok = server.registry.store().healthy().is_ok();
+            let failing = |c: &str| match c {
+                "etcd" => !store_ok,
+                "poststarthook/bootstrap-controller" => path == "/readyz" && !server.is_ready(),
+                _ => false,
+            };
+            let ok = !checks.iter().any(|c| failing(c));
+            if !ok || query.get("verbose").is_some() {
                 let mut body = String::new();
                 for c in checks {
-                    body.push_str(&format!(
-                        "[{}]{} {}\n",
-                        if *c == "poststarthook/bootstrap-controller" { "-" } else { "+" },
-                        c,
-                        if *c == "poststarthook/bootstrap-controller" { "failed: reason withheld" } else { "ok" }
-                    ));
+                    body.push_str(&if failing(c) { format!("[-]{c} failed: reason withheld\n") } else { format!("[+]{c} ok\n") });
                 }
-                body.push_str(&format!("{} check failed\n", &path[1..]));
-                return Ok(h::text(StatusCode::INTERNAL_SERVER_ERROR, body));
-            }
-            if query.get("verbose").is_some() {
-                let mut body = String::new();
-                for c in checks {
-                    body.push_str(&format!("[+]{c} ok\n"));
-                }
-                body.push_str(&format!("{} check passed\n", &path[1..]));
-                return Ok(h::text(StatusCode::OK, body));
+                body.push_str(&format!("{} check {}\n", &path[1..], if ok { "passed" } else { "failed" }));
+                return Ok(h::text(if ok { StatusCode::OK } else { StatusCode::INTERNAL_SERVER_ERROR }, body));
             }
             Ok(h::text(StatusCode::OK, "ok"))
         }
+        p if p == "/livez/etcd" || p == "/readyz/etcd" || p == "/healthz/etcd" => match server.registry.store().healthy() {
+            Ok(()) => Ok(h::text(StatusCode::OK, "ok")),
+            Err(_) => Ok(h::text(StatusCode::INTERNAL_SERVER_ERROR, "[-]etcd failed: reason withheld\n".to_string())),
+        },
         p if p.starts_with("/healthz/") || p.starts_with("/livez/") || p.starts_with("/readyz/") => Ok(h::text(StatusCode::OK, "ok")),
         "/version" => Ok(h::json(StatusCode::OK, &crate::discovery::version())),
         "/metrics" => Ok(h::bytes_response(
@@ -909,7 +920,15 @@ impl Ctx<'_> {
                 vec![nanokube_api::error::Cause { reason: "FieldValueInvalid".into(), message: msg, field: field.into() }],
             )
         };
-        let expiration = req.pointer("/spec/expirationSeconds").and_then(Value::as_i64).unwrap_or(3600);
+        let expiration = match req.pointer("/spec/expirationSeconds") {
+            None | Some(Value::Null) => 3600,
+            Some(v) => v.as_i64().ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "TokenRequest in version \"v1\" cannot be handled as a TokenRequest: json: cannot unmarshal {} into Go struct field TokenRequestSpec.spec.expirationSeconds of type int64",
+                    if v.is_string() { "string".to_string() } else { format!("{} {v}", if v.is_number() { "number" } else { "value" }) }
+                ))
+            })?,
+        };
         if expiration < 600 {
             return Err(invalid("spec.expirationSeconds", format!("Invalid value: {expiration}: may not specify a duration less than 10 minutes")));
         }
@@ -997,8 +1016,12 @@ impl Ctx<'_> {
         let fields = FieldSelector::parse(self.query.get("fieldSelector").unwrap_or(""))?;
         let limit = match self.query.get("limit") {
             None | Some("") => 0,
-            Some(l) => l.parse::<i64>().map_err(|_| ApiError::bad_request(format!("limit: Invalid value: {l:?}")))?.max(0) as usize,
+            Some(l) => match l.parse::<i64>() {
+                Ok(n) if n >= 0 => n as usize,
+                _ => return Err(ApiError::bad_request(format!("limit: Invalid value: {l:?}: must be a non-negative integer"))),
+            },
         };
+        check_resource_version_param(self.query.get("resourceVersion"))?;
         if self.query.get("resourceVersionMatch").is_some_and(|m| !m.is_empty()) && self.query.get("resourceVersion").is_none_or(str::is_empty) {
             return Err(ApiError::bad_request("resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden unless resourceVersion is provided"));
         }
@@ -1084,6 +1107,7 @@ impl Ctx<'_> {
         let fields = self.server.registry.selectable(def, &FieldSelector::parse(self.query.get("fieldSelector").unwrap_or(""))?);
         fields.check_supported(def.group, def.plural, def.namespaced)?;
         let ns = (!self.info.namespace.is_empty()).then(|| self.info.namespace.clone());
+        check_resource_version_param(self.query.get("resourceVersion"))?;
         let rv = self.query.get("resourceVersion").unwrap_or("").to_string();
         let send_initial = self.query.flag("sendInitialEvents");
         let bookmarks = self.query.flag("allowWatchBookmarks");
@@ -1198,11 +1222,7 @@ impl Ctx<'_> {
             ));
         }
         let manager = self.manager()?;
-        let force = match self.query.get("force") {
-            None | Some("") | Some("false") => false,
-            Some("true") => true,
-            Some(other) => return Err(ApiError::bad_request(format!("force: invalid value {other:?}"))),
-        };
+        let force = self.query.flag("force");
         let mut applied: Value = serde_norway::from_slice(body).map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?;
         for (field, ok) in [
             ("apiVersion", applied.get("apiVersion").and_then(Value::as_str).is_some_and(|v| !v.is_empty())),
@@ -1404,6 +1424,16 @@ impl Ctx<'_> {
 
 /// Warnings for a CRD whose `x-kubernetes-validations` rules call CEL functions nanokube
 /// does not have (those rules are not enforced).
+/// A `resourceVersion` parameter must be empty or a non-negative integer (list and watch
+/// read it as a revision; `-5` would otherwise mean "from the start").
+fn check_resource_version_param(rv: Option<&str>) -> Result<(), ApiError> {
+    match rv {
+        None | Some("") => Ok(()),
+        Some(rv) if rv.parse::<u64>().is_ok() => Ok(()),
+        Some(rv) => Err(ApiError::bad_request(format!("resourceVersion: Invalid value: {rv:?}: must be a non-negative integer"))),
+    }
+}
+
 /// The generated schema's message of a built-in kind (`None` for custom resources).
 fn builtin_message(def: &ResourceDef) -> Option<&'static str> {
     if def.custom {

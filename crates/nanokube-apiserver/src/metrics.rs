@@ -71,10 +71,20 @@ fn verb_label(verb: &str) -> String {
         "patch" => "PATCH",
         "delete" => "DELETE",
         "deletecollection" => "DELETE",
-        other => return other.to_uppercase(),
+        "connect" => "CONNECT",
+        "post" => "POST",
+        "put" => "PUT",
+        "head" => "HEAD",
+        "options" => "OPTIONS",
+        // Any other method a client makes up is one label, not one per spelling.
+        _ => "other",
     }
     .to_string()
 }
+
+/// Subresources that exist; anything else a path names is counted as `other`.
+const SUBRESOURCES: &[&str] =
+    &["", "status", "scale", "finalize", "token", "log", "exec", "attach", "portforward", "proxy", "binding", "eviction", "ephemeralcontainers", "approval", "resize"];
 
 impl Metrics {
     /// Count a request as in flight until the guard drops.
@@ -91,8 +101,11 @@ impl Metrics {
         WatchGuard { metrics: self.clone(), key }
     }
 
-    /// Record a finished request.
-    pub fn record(&self, info: &crate::request::RequestInfo, code: u16, seconds: f64) {
+    /// Record a finished request. `known` says whether the request named a resource the
+    /// server serves: the labels of every other request are collapsed (resource, group
+    /// and version empty, subresource `other`), so clients cannot grow the metrics
+    /// without bound by making up paths, as upstream's labels are bounded too.
+    pub fn record(&self, info: &crate::request::RequestInfo, known: bool, code: u16, seconds: f64) {
         let scope = if !info.is_resource {
             ""
         } else if !info.name.is_empty() {
@@ -102,8 +115,13 @@ impl Metrics {
         } else {
             "cluster"
         };
-        let (resource, verb) = if info.is_resource { (info.resource.clone(), verb_label(&info.verb)) } else { (String::new(), info.verb.to_uppercase()) };
-        let key: RequestKey = (verb, info.group.clone(), info.version.clone(), resource, info.subresource.clone(), scope);
+        let verb = verb_label(&info.verb);
+        let subresource = if SUBRESOURCES.contains(&info.subresource.as_str()) { info.subresource.clone() } else { "other".into() };
+        let key: RequestKey = match (info.is_resource, known) {
+            (true, true) => (verb, info.group.clone(), info.version.clone(), info.resource.clone(), subresource, scope),
+            (true, false) => (verb, String::new(), String::new(), String::new(), "other".into(), scope),
+            (false, _) => (verb, String::new(), String::new(), String::new(), String::new(), scope),
+        };
         *self.requests.lock().expect("metrics").entry((key.clone(), code)).or_insert(0) += 1;
         let mut d = self.durations.lock().expect("metrics");
         let h = d.entry(key).or_insert_with(|| Histogram { counts: vec![0; BUCKETS.len()], ..Default::default() });

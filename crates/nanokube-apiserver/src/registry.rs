@@ -532,6 +532,13 @@ impl Registry {
         }
     }
 
+    /// The names of every stored object of a resource in a namespace, read from the
+    /// store's keys without decoding anything (so undecodable objects are named too).
+    pub fn names(&self, def: &ResourceDef, namespace: &str) -> Vec<String> {
+        let prefix = def.namespace_prefix(Some(namespace));
+        self.store.list(&prefix, None, 0).items.iter().filter_map(|kv| kv.key.strip_prefix(&prefix).map(String::from)).collect()
+    }
+
     /// List objects (one namespace, or all with `None`).
     pub fn list(&self, def: &ResourceDef, namespace: Option<&str>, opts: &ListOptions) -> Result<ListOutput, ApiError> {
         let fields = self.selectable(def, &opts.fields);

@@ -135,15 +135,13 @@ pub fn review(server: &Arc<ApiServer>, user: &UserInfo, def: &ResourceDef, names
         }
         "tokenreviews" => {
             let token = spec.get("token").and_then(Value::as_str).unwrap_or("");
-            let mut found = None;
-            for a in &server.authn.tokens {
-                if let Some(r) = a.authenticate(token) {
-                    found = Some(r);
-                    break;
-                }
-            }
+            let audiences: Vec<String> = spec.get("audiences").and_then(Value::as_array).map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect()).unwrap_or_default();
+            let api_audiences = server.tokens.as_ref().map(|t| t.api_audiences.clone()).unwrap_or_default();
+            // As upstream: authenticated only for the requested audiences (the API's when
+            // none are asked for), and `status.audiences` is what token and request share.
+            let found = server.authn.tokens.iter().find_map(|a| a.authenticate_for(token, &audiences, &api_audiences));
             obj["status"] = match found {
-                Some(Ok(u)) => json!({"authenticated": true, "user": u.to_json(), "audiences": spec.get("audiences").cloned().unwrap_or(json!([]))}),
+                Some(Ok((u, common))) => json!({"authenticated": true, "user": u.to_json(), "audiences": common}),
                 _ => json!({"authenticated": false, "user": {}, "error": "invalid bearer token"}),
             };
         }

@@ -146,7 +146,9 @@ impl ServiceAccountAuthenticator {
         self.registry.get(def, ns, name).ok().map(|o| meta::uid(&o).to_string())
     }
 
-    fn verify(&self, token: &str) -> Option<Result<UserInfo, ()>> {
+    /// Verify a token for `wanted` audiences; the user and the audiences (of those) the
+    /// token carries. Legacy tokens carry none: they are good for the API's audiences.
+    fn verify(&self, token: &str, wanted: &[String]) -> Option<Result<(UserInfo, Vec<String>), ()>> {
         let header = jsonwebtoken::decode_header(token).ok()?;
         if header.alg != Algorithm::ES256 || header.kid.as_deref() != Some(self.issuer.kid.as_str()) {
             return None;
@@ -160,18 +162,48 @@ impl ServiceAccountAuthenticator {
             Ok(d) => d.claims,
             Err(_) => return Some(Err(())),
         };
+        // Time claims must be JSON integers, as upstream's NumericDate: one given as a
+        // string or a fraction is not a time this token can be trusted to carry.
         let t = now();
-        if claims.get("exp").and_then(Value::as_i64).is_some_and(|exp| exp <= t) || claims.get("nbf").and_then(Value::as_i64).is_some_and(|nbf| nbf > t + 60) {
+        let time_claim = |k: &str| -> Result<Option<i64>, ()> {
+            match claims.get(k) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::Number(n)) => n.as_i64().map(Some).ok_or(()),
+                Some(_) => Err(()),
+            }
+        };
+        let (Ok(exp), Ok(nbf)) = (time_claim("exp"), time_claim("nbf")) else { return Some(Err(())) };
+        if exp.is_some_and(|exp| exp <= t) || nbf.is_some_and(|nbf| nbf > t + 60) {
             return Some(Err(()));
         }
+        let api = &self.issuer.api_audiences;
         Some(match claim(&claims, "iss") {
-            LEGACY_ISSUER => self.legacy(&claims),
-            iss if iss == self.issuer.issuer => self.bound(&claims),
+            LEGACY_ISSUER => {
+                let common: Vec<String> = wanted.iter().filter(|a| api.contains(a)).cloned().collect();
+                if common.is_empty() {
+                    Err(())
+                } else {
+                    self.legacy(&claims, token).map(|u| (u, common))
+                }
+            }
+            iss if iss == self.issuer.issuer => {
+                let aud: Vec<String> = match claims.get("aud") {
+                    Some(Value::String(s)) => vec![s.clone()],
+                    Some(Value::Array(a)) => a.iter().filter_map(|x| x.as_str().map(String::from)).collect(),
+                    _ => vec![],
+                };
+                let common: Vec<String> = wanted.iter().filter(|a| aud.contains(a)).cloned().collect();
+                if common.is_empty() {
+                    Err(())
+                } else {
+                    self.bound(&claims).map(|u| (u, common))
+                }
+            }
             _ => Err(()),
         })
     }
 
-    fn legacy(&self, c: &Value) -> Result<UserInfo, ()> {
+    fn legacy(&self, c: &Value, token: &str) -> Result<UserInfo, ()> {
         let ns = claim(c, "kubernetes.io/serviceaccount/namespace");
         let sa = claim(c, "kubernetes.io/serviceaccount/service-account.name");
         let uid = claim(c, "kubernetes.io/serviceaccount/service-account.uid");
@@ -184,18 +216,19 @@ impl ServiceAccountAuthenticator {
         if s.pointer("/metadata/annotations/kubernetes.io~1service-account.uid").and_then(Value::as_str) != Some(uid) {
             return Err(());
         }
+        // The Secret must still be the token Secret that holds this very token: an Opaque
+        // Secret made later under the same name and annotation does not revive it.
+        if s.get("type").and_then(Value::as_str) != Some("kubernetes.io/service-account-token") {
+            return Err(());
+        }
+        let held = s.pointer("/data/token").and_then(Value::as_str).and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok());
+        if held.as_deref() != Some(token.as_bytes()) {
+            return Err(());
+        }
         Ok(sa_user(ns, sa, uid, BTreeMap::new()))
     }
 
     fn bound(&self, c: &Value) -> Result<UserInfo, ()> {
-        let aud: Vec<String> = match c.get("aud") {
-            Some(Value::String(s)) => vec![s.clone()],
-            Some(Value::Array(a)) => a.iter().filter_map(|x| x.as_str().map(String::from)).collect(),
-            _ => vec![],
-        };
-        if !aud.iter().any(|a| self.issuer.api_audiences.contains(a)) {
-            return Err(());
-        }
         let k = c.get("kubernetes.io").ok_or(())?;
         let ns = k.get("namespace").and_then(Value::as_str).unwrap_or("");
         let sa = k.pointer("/serviceaccount/name").and_then(Value::as_str).unwrap_or("");
@@ -237,7 +270,11 @@ pub fn sa_user(ns: &str, name: &str, uid: &str, extra: BTreeMap<String, Vec<Stri
 
 impl TokenAuthenticator for ServiceAccountAuthenticator {
     fn authenticate(&self, token: &str) -> Option<Result<UserInfo, ()>> {
-        self.verify(token)
+        Some(self.verify(token, &self.issuer.api_audiences)?.map(|(u, _)| u))
+    }
+
+    fn authenticate_for(&self, token: &str, audiences: &[String], api_audiences: &[String]) -> Option<Result<(UserInfo, Vec<String>), ()>> {
+        self.verify(token, if audiences.is_empty() { api_audiences } else { audiences })
     }
 }
 

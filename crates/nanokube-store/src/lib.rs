@@ -219,4 +219,10 @@ pub trait Backend: Send + Sync + 'static {
     fn stats(&self) -> StoreStats {
         StoreStats::default()
     }
+
+    /// Whether the backend can still serve writes (`/livez` and `/readyz` report it as
+    /// their `etcd` check).
+    fn healthy(&self) -> Result<(), String> {
+        Ok(())
+    }
 }

@@ -52,6 +52,11 @@ struct State {
 }
 
 struct Shared {
+    /// False once the writer thread has ended (it only ends by panicking, or when the
+    /// backend is dropped): health checks read it, so a store that can no longer write
+    /// fails `/livez` and `/readyz` instead of answering 500 to every write while
+    /// looking healthy.
+    writer_alive: std::sync::atomic::AtomicBool,
     state: RwLock<State>,
     history: Arc<History>,
     stats: std::sync::Mutex<crate::StoreStats>,
@@ -90,6 +95,11 @@ impl SqliteBackend {
             Some(p) => Connection::open(p).map_err(io)?,
             None => Connection::open_in_memory().map_err(io)?,
         };
+        // A damaged file is refused here, before anything is served from it.
+        let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0)).map_err(io)?;
+        if check != "ok" {
+            return Err(StoreError::Io(format!("the database file is damaged (SQLite quick_check: {check}); restore it from a backup")));
+        }
         conn.execute_batch(if opts.fsync { "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;" } else { "PRAGMA journal_mode=WAL; PRAGMA synchronous=OFF;" })
             .map_err(io)?;
         conn.execute_batch(
@@ -110,7 +120,7 @@ impl SqliteBackend {
         let history = Arc::new(History::new(opts.history, floor));
         history.preload(events, floor);
         let stats = crate::StoreStats { commit_buckets: COMMIT_BUCKETS.to_vec(), commit_counts: vec![0; COMMIT_BUCKETS.len()], ..Default::default() };
-        let shared = Arc::new(Shared { state: RwLock::new(State { map, revision }), history, stats: std::sync::Mutex::new(stats) });
+        let shared = Arc::new(Shared { writer_alive: std::sync::atomic::AtomicBool::new(true), state: RwLock::new(State { map, revision }), history, stats: std::sync::Mutex::new(stats) });
 
         let (tx, rx) = mpsc::channel::<Request>();
         let writer_shared = shared.clone();
@@ -223,6 +233,18 @@ struct Planned {
 const SPIN_MICROS: u64 = 300;
 
 fn writer_loop(mut conn: Connection, shared: Arc<Shared>, rx: mpsc::Receiver<Request>, max_batch: usize) {
+    /// Marks the writer dead however the loop ends, a panic included.
+    struct Alive(Arc<Shared>);
+    impl Drop for Alive {
+        fn drop(&mut self) {
+            self.0.writer_alive.store(false, std::sync::atomic::Ordering::SeqCst);
+            if std::thread::panicking() {
+                // Not through `tracing`: a failing log writer may be why we are here.
+                let _ = std::io::Write::write_all(&mut std::io::stderr(), b"nanokube: the store writer thread panicked; writes are refused and /livez fails\n");
+            }
+        }
+    }
+    let _alive = Alive(shared.clone());
     loop {
         // A sequential client's next write arrives a round trip after the last answer:
         // wait for it awake for a moment instead of parking at once, since waking a
@@ -249,14 +271,14 @@ fn writer_loop(mut conn: Connection, shared: Arc<Shared>, rx: mpsc::Receiver<Req
 }
 
 fn commit_batch(conn: &mut Connection, shared: &Shared, batch: Vec<Request>) {
-    let base = shared.state.read().expect("state lock").revision;
+    let base = shared.state.read().unwrap_or_else(std::sync::PoisonError::into_inner).revision;
     let mut next = base;
     // Keys touched in this batch: their value as of the batch so far (None = deleted).
     let mut overlay: HashMap<String, Option<Arc<KeyValue>>> = HashMap::new();
     let current = |overlay: &HashMap<String, Option<Arc<KeyValue>>>, key: &str| -> Option<Arc<KeyValue>> {
         match overlay.get(key) {
             Some(v) => v.clone(),
-            None => shared.state.read().expect("state lock").map.get(key).cloned(),
+            None => shared.state.read().unwrap_or_else(std::sync::PoisonError::into_inner).map.get(key).cloned(),
         }
     };
 
@@ -306,7 +328,7 @@ fn commit_batch(conn: &mut Connection, shared: &Shared, batch: Vec<Request>) {
     let written = write_rows(conn, &rows, &compacts, next);
     if !rows.is_empty() {
         let secs = started.elapsed().as_secs_f64();
-        let mut st = shared.stats.lock().expect("stats");
+        let mut st = shared.stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         st.commits += 1;
         st.writes += rows.len() as u64;
         st.commit_seconds_sum += secs;
@@ -326,7 +348,7 @@ fn commit_batch(conn: &mut Connection, shared: &Shared, batch: Vec<Request>) {
 
     // Durable: publish state and events, then answer.
     {
-        let mut st = shared.state.write().expect("state lock");
+        let mut st = shared.state.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         for (key, v) in overlay {
             match v {
                 Some(kv) => {
@@ -382,12 +404,20 @@ fn write_rows(conn: &mut Connection, rows: &[LogRow], compacts: &[Revision], rev
 }
 
 impl Backend for SqliteBackend {
+    fn healthy(&self) -> Result<(), String> {
+        if self.shared.writer_alive.load(std::sync::atomic::Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err("the store writer thread has stopped".into())
+        }
+    }
+
     fn get(&self, key: &str) -> Option<Arc<KeyValue>> {
-        self.shared.state.read().expect("state lock").map.get(key).cloned()
+        self.shared.state.read().unwrap_or_else(std::sync::PoisonError::into_inner).map.get(key).cloned()
     }
 
     fn list(&self, prefix: &str, after: Option<&str>, limit: usize) -> ListResult {
-        let st = self.shared.state.read().expect("state lock");
+        let st = self.shared.state.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut iter = under(&st.map, prefix, after);
         let mut items = Vec::new();
         for (_, v) in iter.by_ref() {
@@ -403,7 +433,7 @@ impl Backend for SqliteBackend {
     fn list_at(&self, prefix: &str, after: Option<&str>, limit: usize, revision: Revision) -> Result<ListResult, StoreError> {
         // Publishing to the history happens under the state write lock, so under the read
         // lock the ring holds exactly the events up to `st.revision`.
-        let st = self.shared.state.read().expect("state lock");
+        let st = self.shared.state.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         if revision > st.revision {
             return Err(StoreError::FutureRevision { requested: revision, current: st.revision });
         }
@@ -474,7 +504,7 @@ impl Backend for SqliteBackend {
     }
 
     fn current_revision(&self) -> Revision {
-        self.shared.state.read().expect("state lock").revision
+        self.shared.state.read().unwrap_or_else(std::sync::PoisonError::into_inner).revision
     }
 
     fn oldest_watchable(&self) -> Revision {
@@ -487,11 +517,11 @@ impl Backend for SqliteBackend {
     }
 
     fn stats(&self) -> crate::StoreStats {
-        self.shared.stats.lock().expect("stats").clone()
+        self.shared.stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     fn count(&self, prefix: &str) -> usize {
-        let st = self.shared.state.read().expect("state lock");
+        let st = self.shared.state.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         under(&st.map, prefix, None).count()
     }
 }

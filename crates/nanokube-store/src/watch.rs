@@ -41,7 +41,7 @@ impl History {
 
     /// Record an event and deliver it to live watchers. Must be called in revision order.
     pub fn publish(&self, ev: Arc<Event>) {
-        let mut ring = self.ring.lock().expect("history lock");
+        let mut ring = self.ring.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if ring.events.len() == ring.capacity {
             if let Some(old) = ring.events.pop_front() {
                 ring.floor = old.revision();
@@ -59,7 +59,7 @@ impl History {
 
     /// Seed the ring with already-committed events (at startup).
     pub fn preload(&self, events: Vec<Arc<Event>>, floor: Revision) {
-        let mut ring = self.ring.lock().expect("history lock");
+        let mut ring = self.ring.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         ring.floor = floor;
         let cap = ring.capacity;
         let skip = events.len().saturating_sub(cap);
@@ -71,12 +71,12 @@ impl History {
 
     /// The oldest revision a watch may start after.
     pub fn floor(&self) -> Revision {
-        self.ring.lock().expect("history lock").floor
+        self.ring.lock().unwrap_or_else(std::sync::PoisonError::into_inner).floor
     }
 
     /// Forget events at or before `revision`.
     pub fn compact(&self, revision: Revision) {
-        let mut ring = self.ring.lock().expect("history lock");
+        let mut ring = self.ring.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         while ring.events.front().is_some_and(|e| e.revision() <= revision) {
             let e = ring.events.pop_front().expect("front");
             ring.floor = e.revision();
@@ -89,7 +89,7 @@ impl History {
     /// Every retained event after `after` under `prefix`, oldest first; `Compacted` if
     /// some of them are no longer retained.
     pub fn since(&self, prefix: &str, after: Revision) -> Result<Vec<Arc<Event>>, StoreError> {
-        let ring = self.ring.lock().expect("history lock");
+        let ring = self.ring.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if after < ring.floor {
             return Err(StoreError::Compacted { requested: after, oldest: ring.floor });
         }
@@ -99,7 +99,7 @@ impl History {
 
     /// Subscribe: the backlog of events after `after` under `prefix`, plus a live receiver.
     fn subscribe(&self, prefix: &str, after: Revision) -> Result<Subscription, StoreError> {
-        let mut ring = self.ring.lock().expect("history lock");
+        let mut ring = self.ring.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if after < ring.floor {
             return Err(StoreError::Compacted { requested: after, oldest: ring.floor });
         }

@@ -111,6 +111,60 @@ pub struct Cluster {
     pub api: Arc<ApiServer>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
+    /// The data directory's lock, held while the cluster lives.
+    _lock: std::fs::File,
+}
+
+/// Take the data directory's exclusive lock (`<dir>/lock`, holding the owner's PID): two
+/// servers on one directory would write one database from two processes and overwrite
+/// each other's kubeconfig. The lock is the kernel's (flock), so it goes with the process,
+/// a crash included.
+fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, String> {
+    use std::io::{Read, Seek, Write};
+    if dir.exists() && !dir.is_dir() {
+        return Err(format!("data directory {} exists and is not a directory", dir.display()));
+    }
+    std::fs::create_dir_all(dir).map_err(|e| format!("create data directory {}: {e}", dir.display()))?;
+    let path = dir.join("lock");
+    let mut file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(|e| format!("open {}: {e}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut owner = String::new();
+            let _ = file.read_to_string(&mut owner);
+            let owner = owner.trim();
+            return Err(format!(
+                "data directory {} is in use by another nanokube server{}; stop it first or use another --data-dir",
+                dir.display(),
+                if owner.is_empty() { String::new() } else { format!(" (pid {owner})") }
+            ));
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(format!("lock {}: {e}", path.display())),
+    }
+    let _ = file.set_len(0);
+    let _ = file.rewind();
+    let _ = writeln!(file, "{}", std::process::id());
+    Ok(file)
+}
+
+/// Refuse to start an empty cluster beside the certificates of one that existed: a
+/// missing or empty `state.db` next to a CA means the state was lost, and starting afresh
+/// would hide that (and answer for a cluster that has forgotten everything).
+fn check_store_present(paths: &Paths) -> Result<(), String> {
+    let db = paths.state_db();
+    let existed = paths.ca_crt().exists();
+    let size = std::fs::metadata(&db).map(|m| m.len()).ok();
+    match (existed, size) {
+        (true, None) => Err(format!(
+            "{} is missing, but the data directory holds a cluster's certificates: its state was lost. Restore the file, or start afresh in a new --data-dir",
+            db.display()
+        )),
+        (true, Some(0)) => Err(format!(
+            "{} is empty (0 bytes), but the data directory holds a cluster's certificates: its state was lost or truncated. Restore the file, or start afresh in a new --data-dir",
+            db.display()
+        )),
+        _ => Ok(()),
+    }
 }
 
 fn host_for_url(ip: IpAddr) -> String {
@@ -142,6 +196,10 @@ impl Cluster {
             .iter()
             .map(|s| s.to_string())
             .collect();
+        let lock = lock_data_dir(&cfg.data_dir)?;
+        if !cfg.in_memory {
+            check_store_present(&paths)?;
+        }
         let pki = pki::ensure(&paths, &ips, &dns).map_err(|e| format!("certificates in {}: {e}", cfg.data_dir.display()))?;
         tracing::debug!(elapsed_ms = started.elapsed().as_secs_f64() * 1000.0, "certificates ready");
         let tls = server::tls_config(&pki)?;
@@ -236,7 +294,7 @@ impl Cluster {
         }
         api.set_ready();
         tracing::info!(elapsed_ms = started.elapsed().as_secs_f64() * 1000.0, %server_url, "ready");
-        Ok(Cluster { addr, server_url, kubeconfig: paths.kubeconfig(), data_dir: cfg.data_dir, created: pki.created, api, shutdown, tasks })
+        Ok(Cluster { addr, server_url, kubeconfig: paths.kubeconfig(), data_dir: cfg.data_dir, created: pki.created, api, shutdown, tasks, _lock: lock })
     }
 
     /// Stop serving and wait for the server's tasks to end.
