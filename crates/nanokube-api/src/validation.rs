@@ -234,6 +234,21 @@ fn validate_template_selector(obj: &Value, causes: &mut Vec<Cause>, restart_alwa
     }
 }
 
+/// Most bytes a ConfigMap's or a Secret's data may hold (upstream's `MaxConfigMapSize`,
+/// `MaxSecretSize`: 1 MiB), keys included.
+pub const MAX_DATA_SIZE: usize = 1024 * 1024;
+
+/// Bytes of keys and values under `field` (base64 values counted as the bytes they hold).
+fn data_size(obj: &Value, field: &str, base64: bool) -> usize {
+    obj.get(field).and_then(Value::as_object).map_or(0, |m| {
+        m.iter().map(|(k, v)| k.len() + v.as_str().map_or(0, |s| if base64 { s.len() / 4 * 3 } else { s.len() })).sum()
+    })
+}
+
+fn too_long(field: &str) -> Cause {
+    Cause { reason: "FieldValueTooLong".into(), message: format!("Too long: must have at most {MAX_DATA_SIZE} bytes"), field: field.into() }
+}
+
 /// Validate the kind-specific required fields of an object.
 pub fn validate_object(def: &ResourceDef, obj: &Value) -> Vec<Cause> {
     let mut causes = Vec::new();
@@ -252,6 +267,9 @@ pub fn validate_object(def: &ResourceDef, obj: &Value) -> Vec<Cause> {
                     }
                 }
             }
+            if data_size(obj, "data", false) + data_size(obj, "binaryData", true) > MAX_DATA_SIZE {
+                causes.push(too_long(""));
+            }
         }
         ("", "secrets") => {
             if let Some(m) = obj.get("data").and_then(Value::as_object) {
@@ -265,11 +283,17 @@ pub fn validate_object(def: &ResourceDef, obj: &Value) -> Vec<Cause> {
                     }
                     if let Some(s) = v.as_str() {
                         use base64::Engine;
-                        if base64::engine::general_purpose::STANDARD.decode(s).is_err() {
+                        // Go's decoder skips line breaks; so does this check.
+                        let clean: String = s.chars().filter(|c| *c != '\n' && *c != '\r').collect();
+                        if base64::engine::general_purpose::STANDARD.decode(clean).is_err() {
                             causes.push(invalid(&format!("data[{k}]"), v, "illegal base64 data"));
                         }
                     }
                 }
+            }
+            let size = data_size(obj, "data", true) + data_size(obj, "stringData", false);
+            if size > MAX_DATA_SIZE {
+                causes.push(too_long("data"));
             }
         }
         ("apps", "deployments") | ("apps", "replicasets") | ("apps", "daemonsets") | ("apps", "statefulsets") => {

@@ -185,6 +185,13 @@ fn nothing_stored_is_deeper_or_of_another_type_than_readers_accept() {
     );
     assert_eq!(code, 400, "{body}");
     assert!(body.starts_with("{") && body.contains(r#"Deployment in version \"v1\" cannot be handled as a Deployment"#), "{body}");
+    // Upstream's object size limit: a ConfigMap's data at most 1 MiB (the body may be 3).
+    let (code, body) = post_json(&s, cms, &json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "big"}, "data": {"a": "x".repeat(1_100_000)}}));
+    assert_eq!(code, 422, "{}", &body[..body.len().min(300)]);
+    assert!(body.contains("Too long: must have at most 1048576 bytes"), "{}", &body[..body.len().min(300)]);
+    // Base64 with line breaks in a Secret is accepted, as Go's decoder skips them.
+    let (code, body) = post_json(&s, "/api/v1/namespaces/default/secrets", &json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "wrapped"}, "data": {"k": "aGVsbG8g\nd29ybGQ=\r\n"}}));
+    assert_eq!(code, 201, "{body}");
     // Typed readers still read everything: kubectl describe and the list.
     let described = s.k(&["describe", "deployment", "web"]);
     assert!(described.contains("Replicas:"), "{described}");
