@@ -5,37 +5,14 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use common::{eventually, Server};
 use serde_json::{json, Value};
 
-/// `curl` with a bearer token (or none). Returns (HTTP code, body).
+/// `curl` with a bearer token, or with no credentials for `None`.
 fn curl_token(s: &Server, token: Option<&str>, method: &str, path: &str, content_type: Option<&str>, body: Option<&[u8]>) -> (u16, String) {
-    let mut cmd = Command::new("curl");
-    cmd.args(["-sS", "--http1.1", "-o", "-", "-w", "\n%{http_code}", "-X", method, "--cacert"]).arg(s.data.join("ca.crt"));
-    if let Some(t) = token {
-        cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
-    }
-    if let Some(ct) = content_type {
-        cmd.args(["-H", &format!("Content-Type: {ct}")]);
-    }
-    if body.is_some() {
-        cmd.args(["--data-binary", "@-"]);
-    }
-    cmd.arg(format!("{}{}", s.url, path)).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    {
-        use std::io::Write;
-        let mut stdin = child.stdin.take().unwrap();
-        if let Some(b) = body {
-            stdin.write_all(b).unwrap();
-        }
-    }
-    let out = child.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (code.trim().parse().unwrap_or(0), body.to_string())
+    s.curl_as(Some(token.unwrap_or("")), method, path, content_type, body)
 }
 
 fn status_reason(body: &str) -> String {
@@ -312,17 +289,7 @@ fn small_things_are_clear_errors_not_panics() {
     );
     assert_eq!(code, 400, "{body}");
     // Boolean parameters as upstream reads them: `watch=True` watches.
-    let out = Command::new("curl")
-        .args(["-sS", "--max-time", "3", "--cacert"])
-        .arg(s.data.join("ca.crt"))
-        .arg("--cert")
-        .arg(s.data.join("client.crt"))
-        .arg("--key")
-        .arg(s.data.join("client.key"))
-        .arg(format!("{}/api/v1/namespaces?watch=True&timeoutSeconds=1", s.url))
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let (_, text) = s.curl("GET", "/api/v1/namespaces?watch=True&timeoutSeconds=1", None, None);
     let first: Value = serde_json::from_str(text.lines().next().unwrap_or("")).unwrap_or(Value::Null);
     assert_eq!(first["type"], "ADDED", "{text}");
     // `/metrics` does not grow with made-up paths.

@@ -171,14 +171,24 @@ impl Server {
 
     /// `curl` as the admin (client certificate, cluster CA). Returns (HTTP code, body).
     pub fn curl(&self, method: &str, path: &str, content_type: Option<&str>, body: Option<&[u8]>) -> (u16, String) {
+        self.curl_as(None, method, path, content_type, body)
+    }
+
+    /// `curl` over HTTP/1.1 with a bearer token, or with no credentials at all for
+    /// `Some("")`; `None` is the admin's client certificate. Returns (HTTP code, body).
+    pub fn curl_as(&self, token: Option<&str>, method: &str, path: &str, content_type: Option<&str>, body: Option<&[u8]>) -> (u16, String) {
         let d = &self.data;
         let mut cmd = Command::new("curl");
-        cmd.args(["-sS", "-o", "-", "-w", "\n%{http_code}", "-X", method, "--cacert"])
-            .arg(d.join("ca.crt"))
-            .arg("--cert")
-            .arg(d.join("client.crt"))
-            .arg("--key")
-            .arg(d.join("client.key"));
+        cmd.args(["-sS", "-o", "-", "-w", "\n%{http_code}", "-X", method, "--cacert"]).arg(d.join("ca.crt"));
+        match token {
+            None => {
+                cmd.arg("--cert").arg(d.join("client.crt")).arg("--key").arg(d.join("client.key"));
+            }
+            Some("") => {}
+            Some(t) => {
+                cmd.args(["--http1.1", "-H", &format!("Authorization: Bearer {t}")]);
+            }
+        }
         if let Some(ct) = content_type {
             cmd.args(["-H", &format!("Content-Type: {ct}")]);
         }
