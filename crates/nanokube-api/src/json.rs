@@ -235,3 +235,36 @@ mod depth_tests {
         assert!(encoded_len_upto(&json!(["aaaa", "bbbb", "cccc"]), 5) > 5);
     }
 }
+
+/// Whether a YAML (or JSON) text opens flow collections (`[`, `{`) nested deeper than
+/// `limit`, found in one linear pass before any parser sees the text: YAML parsers read
+/// a whole document into events before anything can refuse its depth, and a body of
+/// nothing but `[` costs seconds. Quotes are not tracked (YAML's rules for them depend on
+/// context), so brackets inside strings count too; only more than `limit` of them left
+/// open at once is refused.
+pub fn flow_depth_exceeds(text: &[u8], limit: usize) -> bool {
+    let mut depth = 0usize;
+    for &b in text {
+        match b {
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > limit {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod flow_tests {
+    #[test]
+    fn flow_depth() {
+        assert!(!super::flow_depth_exceeds(b"a: [1, {b: [2]}]\nc: '[x]'", 3));
+        assert!(super::flow_depth_exceeds(&[b'['; 101], 100));
+        assert!(!super::flow_depth_exceeds("[]".repeat(10_000).as_bytes(), 1));
+    }
+}

@@ -615,9 +615,7 @@ impl Ctx<'_> {
         match mime {
             "application/json" | "" | "*/*" => serde_json::from_slice(body)
                 .map_err(|e| ApiError::bad_request(format!("Object 'Kind' is missing in '{}': {e}", String::from_utf8_lossy(&body[..body.len().min(200)])))),
-            "application/yaml" | "application/x-yaml" | "text/yaml" => {
-                serde_norway::from_slice(body).map_err(|e| ApiError::bad_request(format!("error converting YAML to JSON: {e}")))
-            }
+            "application/yaml" | "application/x-yaml" | "text/yaml" => decode_yaml(body).map_err(|e| ApiError::bad_request(format!("error converting YAML to JSON: {e}"))),
             "application/vnd.kubernetes.protobuf" => {
                 nanokube_api::protobuf::decode_request(body).map_err(|e| ApiError::bad_request(format!("failed to decode protobuf body: {e}")))
             }
@@ -1223,7 +1221,7 @@ impl Ctx<'_> {
         }
         let manager = self.manager()?;
         let force = self.query.flag("force");
-        let mut applied: Value = serde_norway::from_slice(body).map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?;
+        let mut applied: Value = decode_yaml(body).map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?;
         for (field, ok) in [
             ("apiVersion", applied.get("apiVersion").and_then(Value::as_str).is_some_and(|v| !v.is_empty())),
             ("kind", applied.get("kind").and_then(Value::as_str).is_some_and(|v| !v.is_empty())),
@@ -1424,6 +1422,26 @@ impl Ctx<'_> {
 
 /// Warnings for a CRD whose `x-kubernetes-validations` rules call CEL functions nanokube
 /// does not have (those rules are not enforced).
+/// Bodies from this size on are parsed off the async workers, so a slow one cannot hold
+/// up the requests queued behind it on the same worker thread.
+const BLOCKING_PARSE_BYTES: usize = 64 * 1024;
+
+/// Decode a YAML body: refused unparsed if it nests flow collections deeper than
+/// [`nanokube_api::json::MAX_DEPTH`], parsed off the async workers when large.
+fn decode_yaml(body: &[u8]) -> Result<Value, String> {
+    use nanokube_api::json::{flow_depth_exceeds, MAX_DEPTH};
+    if flow_depth_exceeds(body, MAX_DEPTH) {
+        return Err(format!("the document nests deeper than {MAX_DEPTH} levels"));
+    }
+    let parse = || serde_norway::from_slice::<Value>(body).map_err(|e| e.to_string());
+    let multi_thread = tokio::runtime::Handle::try_current().is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if body.len() >= BLOCKING_PARSE_BYTES && multi_thread {
+        tokio::task::block_in_place(parse)
+    } else {
+        parse()
+    }
+}
+
 /// A `resourceVersion` parameter must be empty or a non-negative integer (list and watch
 /// read it as a revision; `-5` would otherwise mean "from the start").
 fn check_resource_version_param(rv: Option<&str>) -> Result<(), ApiError> {

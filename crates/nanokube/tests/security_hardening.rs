@@ -292,6 +292,11 @@ fn small_things_are_clear_errors_not_panics() {
     let (_, text) = s.curl("GET", "/api/v1/namespaces?watch=True&timeoutSeconds=1", None, None);
     let first: Value = serde_json::from_str(text.lines().next().unwrap_or("")).unwrap_or(Value::Null);
     assert_eq!(first["type"], "ADDED", "{text}");
+    // A YAML body of nested flow collections is refused before any parser reads it
+    // (a YAML parser reads the whole document into events first: seconds per MiB).
+    let (code, body) = s.curl("POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews", Some("application/yaml"), Some("[".repeat(2_000_000).as_bytes()));
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("nests deeper than 100 levels"), "{body}");
     // `/metrics` does not grow with made-up paths.
     let before = s.curl("GET", "/metrics", None, None).1.len();
     for i in 0..60 {
