@@ -81,11 +81,17 @@ pub async fn handle(server: Arc<ApiServer>, conn: Arc<ConnInfo>, req: Request<In
     source_ips.retain(|ip| seen.insert(ip.clone()));
     let mut audit = AuditInfo::default();
     let mutating = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
-    let inflight = server.metrics.inflight(mutating);
+    let limit = if mutating { MAX_MUTATING_REQUESTS_INFLIGHT } else { MAX_REQUESTS_INFLIGHT };
+    let inflight = server.metrics.inflight(mutating, limit);
     let started = std::time::Instant::now();
-    let mut resp = match handle_inner(&server, &conn, req, &mut audit).await {
-        Ok(r) => r,
-        Err(e) => h::error(&e),
+    let mut resp = match &inflight {
+        // Health checks are answered even at the limit, so a busy server is not taken
+        // for a dead one.
+        None if !is_health_check(req.uri().path()) => too_many_requests(),
+        _ => match handle_inner(&server, &conn, req, &mut audit).await {
+            Ok(r) => r,
+            Err(e) => h::error(&e),
+        },
     };
     drop(inflight);
     if let Some(info) = &audit.info {
@@ -127,6 +133,24 @@ pub async fn handle(server: Arc<ApiServer>, conn: Arc<ConnInfo>, req: Request<In
         log.record(&ev);
     }
     resp
+}
+
+/// Most read-only requests served at once (upstream's `--max-requests-inflight`); watches
+/// count only while their response starts.
+pub const MAX_REQUESTS_INFLIGHT: i64 = 400;
+
+/// Most mutating requests served at once (upstream's `--max-mutating-requests-inflight`).
+pub const MAX_MUTATING_REQUESTS_INFLIGHT: i64 = 200;
+
+fn is_health_check(path: &str) -> bool {
+    ["/healthz", "/livez", "/readyz"].iter().any(|p| path == *p || path.strip_prefix(p).is_some_and(|rest| rest.starts_with('/')))
+}
+
+/// The answer past the in-flight limit, as upstream's: 429 with `Retry-After: 1`.
+fn too_many_requests() -> Response<Body> {
+    let mut r = h::error(&ApiError::new(429, "TooManyRequests", "Too many requests, please try again later."));
+    r.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+    r
 }
 
 /// Apply `Impersonate-*` headers: each impersonated attribute needs the `impersonate`

@@ -87,11 +87,15 @@ const SUBRESOURCES: &[&str] =
     &["", "status", "scale", "finalize", "token", "log", "exec", "attach", "portforward", "proxy", "binding", "eviction", "ephemeralcontainers", "approval", "resize"];
 
 impl Metrics {
-    /// Count a request as in flight until the guard drops.
-    pub fn inflight(&self, mutating: bool) -> Inflight<'_> {
+    /// Count a request as in flight until the guard drops; `None` (and nothing counted)
+    /// when `limit` requests of its kind are in flight already.
+    pub fn inflight(&self, mutating: bool, limit: i64) -> Option<Inflight<'_>> {
         let gauge = if mutating { &self.inflight_mutating } else { &self.inflight_read };
-        gauge.fetch_add(1, Ordering::Relaxed);
-        Inflight { gauge }
+        if gauge.fetch_add(1, Ordering::AcqRel) >= limit {
+            gauge.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Inflight { gauge })
     }
 
     /// Register a watcher of a kind until the guard drops.

@@ -358,3 +358,20 @@ fn one_data_directory_one_server_and_a_lost_store_is_not_replaced() {
     s.restart();
     assert_eq!(s.get_json("/api/v1/namespaces/default/configmaps/keep").0, 200);
 }
+
+#[test]
+fn a_connection_that_never_says_hello_is_closed() {
+    use std::io::Read;
+    let s = Server::start();
+    let started = std::time::Instant::now();
+    let mut idle = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+    idle.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+    // Others are served meanwhile.
+    assert!(ready(&s));
+    let mut buf = [0u8; 16];
+    let n = idle.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "the server sent bytes to a client that never started TLS");
+    let waited = started.elapsed();
+    assert!(waited >= std::time::Duration::from_secs(9) && waited < std::time::Duration::from_secs(25), "closed after {waited:?}");
+    assert!(ready(&s));
+}
