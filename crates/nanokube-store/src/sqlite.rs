@@ -26,6 +26,10 @@ use crate::{Backend, BoxFuture, Event, EventKind, KeyValue, ListResult, Revision
 /// How many recent events watches can resume from, unless told otherwise.
 pub const DEFAULT_HISTORY: usize = 100_000;
 
+/// How many bytes of values the watch history may hold, unless told otherwise: a few
+/// large objects rewritten often would otherwise pin 100,000 copies of themselves.
+pub const DEFAULT_HISTORY_BYTES: usize = 256 * 1024 * 1024;
+
 /// How to open the store.
 #[derive(Debug, Clone)]
 pub struct SqliteOptions {
@@ -33,6 +37,8 @@ pub struct SqliteOptions {
     pub path: Option<PathBuf>,
     /// How many recent events watches can resume from.
     pub history: usize,
+    /// How many bytes of values those events may hold at most (the oldest go first).
+    pub history_bytes: usize,
     /// fsync every commit (the default). Off only on explicit request: acknowledged
     /// writes may then be lost on a crash of the machine (not of the process).
     pub fsync: bool,
@@ -42,7 +48,7 @@ pub struct SqliteOptions {
 
 impl Default for SqliteOptions {
     fn default() -> Self {
-        SqliteOptions { path: None, history: DEFAULT_HISTORY, fsync: true, max_batch: 2048 }
+        SqliteOptions { path: None, history: DEFAULT_HISTORY, history_bytes: DEFAULT_HISTORY_BYTES, fsync: true, max_batch: 2048 }
     }
 }
 
@@ -117,7 +123,7 @@ impl SqliteBackend {
 
         let (map, revision, compacted, events) = load(&conn, opts.history)?;
         let floor = events.first().map(|e| e.revision() - 1).unwrap_or(revision).max(compacted);
-        let history = Arc::new(History::new(opts.history, floor));
+        let history = Arc::new(History::with_byte_limit(opts.history, opts.history_bytes, floor));
         history.preload(events, floor);
         let stats = crate::StoreStats { commit_buckets: COMMIT_BUCKETS.to_vec(), commit_counts: vec![0; COMMIT_BUCKETS.len()], ..Default::default() };
         let shared = Arc::new(Shared { writer_alive: std::sync::atomic::AtomicBool::new(true), state: RwLock::new(State { map, revision }), history, stats: std::sync::Mutex::new(stats) });

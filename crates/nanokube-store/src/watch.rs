@@ -16,8 +16,40 @@ struct Ring {
     /// Revision before the oldest event in the ring: watches may start at or after it.
     floor: Revision,
     capacity: usize,
+    /// Bytes the events hold (see [`event_bytes`]), and the most they may.
+    bytes: usize,
+    max_bytes: usize,
     /// Live channels, one per prefix being watched.
     channels: Vec<(String, broadcast::Sender<Arc<Event>>)>,
+    /// How many channels there were after the last sweep of abandoned ones.
+    swept_at: usize,
+}
+
+/// What an event keeps alive, roughly: its value, the served encoding the layer above
+/// caches beside it (about as large), and its key.
+fn event_bytes(ev: &Event) -> usize {
+    2 * ev.kv.value.len() + ev.kv.key.len()
+}
+
+impl Ring {
+    /// Drop the oldest events while over the count or the byte limit (keeping the newest).
+    fn trim(&mut self) {
+        while self.events.len() > self.capacity || (self.bytes > self.max_bytes && self.events.len() > 1) {
+            let Some(old) = self.events.pop_front() else { break };
+            self.bytes = self.bytes.saturating_sub(event_bytes(&old));
+            self.floor = old.revision();
+        }
+    }
+
+    /// Drop channels nobody receives from any more. Publishing drops them too, but only
+    /// under prefixes something is written to: watches of empty namespaces would pile up.
+    /// Amortized: a sweep runs when the number of channels has doubled since the last.
+    fn sweep_channels(&mut self) {
+        if self.channels.len() >= 2 * self.swept_at.max(32) {
+            self.channels.retain(|(_, tx)| tx.receiver_count() > 0);
+            self.swept_at = self.channels.len();
+        }
+    }
 }
 
 /// Events a live channel holds for a slow receiver before it lags. A receiver that lags
@@ -36,18 +68,22 @@ pub struct History {
 impl History {
     /// A history keeping `capacity` events, starting at revision `floor`.
     pub fn new(capacity: usize, floor: Revision) -> Self {
-        History { ring: Mutex::new(Ring { events: VecDeque::new(), floor, capacity: capacity.max(1), channels: Vec::new() }) }
+        Self::with_byte_limit(capacity, usize::MAX, floor)
+    }
+
+    /// A history keeping at most `capacity` events holding at most `max_bytes`.
+    pub fn with_byte_limit(capacity: usize, max_bytes: usize, floor: Revision) -> Self {
+        History {
+            ring: Mutex::new(Ring { events: VecDeque::new(), floor, capacity: capacity.max(1), bytes: 0, max_bytes, channels: Vec::new(), swept_at: 0 }),
+        }
     }
 
     /// Record an event and deliver it to live watchers. Must be called in revision order.
     pub fn publish(&self, ev: Arc<Event>) {
         let mut ring = self.ring.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if ring.events.len() == ring.capacity {
-            if let Some(old) = ring.events.pop_front() {
-                ring.floor = old.revision();
-            }
-        }
+        ring.bytes += event_bytes(&ev);
         ring.events.push_back(ev.clone());
+        ring.trim();
         // Channels whose watchers have all gone are dropped here.
         ring.channels.retain(|(prefix, tx)| {
             if !ev.kv.key.starts_with(prefix.as_str()) {
@@ -61,12 +97,9 @@ impl History {
     pub fn preload(&self, events: Vec<Arc<Event>>, floor: Revision) {
         let mut ring = self.ring.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         ring.floor = floor;
-        let cap = ring.capacity;
-        let skip = events.len().saturating_sub(cap);
-        if skip > 0 {
-            ring.floor = events[skip - 1].revision();
-        }
-        ring.events.extend(events.into_iter().skip(skip));
+        ring.bytes += events.iter().map(|e| event_bytes(e)).sum::<usize>();
+        ring.events.extend(events);
+        ring.trim();
     }
 
     /// The oldest revision a watch may start after.
@@ -78,7 +111,8 @@ impl History {
     pub fn compact(&self, revision: Revision) {
         let mut ring = self.ring.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         while ring.events.front().is_some_and(|e| e.revision() <= revision) {
-            let e = ring.events.pop_front().expect("front");
+            let Some(e) = ring.events.pop_front() else { break };
+            ring.bytes = ring.bytes.saturating_sub(event_bytes(&e));
             ring.floor = e.revision();
         }
         if ring.floor < revision && ring.events.is_empty() {
@@ -103,6 +137,7 @@ impl History {
         if after < ring.floor {
             return Err(StoreError::Compacted { requested: after, oldest: ring.floor });
         }
+        ring.sweep_channels();
         let rx = match ring.channels.iter().find(|(p, _)| p == prefix) {
             Some((_, tx)) => tx.subscribe(),
             None => {
@@ -170,5 +205,41 @@ impl WatchStream {
     /// The revision of the last event delivered (or the start revision).
     pub fn last_revision(&self) -> Revision {
         self.last
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{EventKind, KeyValue};
+
+    fn event(key: &str, rev: Revision, size: usize) -> Arc<Event> {
+        let kv = Arc::new(KeyValue::new(key.to_string(), bytes::Bytes::from(vec![b'x'; size]), rev, rev));
+        Arc::new(Event { kind: EventKind::Updated, kv, prev: None })
+    }
+
+    #[test]
+    fn history_is_bounded_in_bytes() {
+        let h = History::with_byte_limit(100_000, 10 * 1024 * 1024, 0);
+        for rev in 1..=200 {
+            h.publish(event("/registry/configmaps/default/big", rev, 500 * 1024));
+        }
+        // 200 updates of 500 KB: only the newest ~10 MiB (10 events) are kept.
+        let kept = h.since("/", h.floor()).unwrap();
+        assert_eq!(kept.len(), 10);
+        assert_eq!(kept.last().unwrap().revision(), 200);
+        assert!(matches!(h.since("/", 100), Err(StoreError::Compacted { .. })));
+    }
+
+    #[test]
+    fn abandoned_channels_are_freed_without_writes() {
+        let h = Arc::new(History::new(1000, 0));
+        for i in 0..2000 {
+            drop(h.watch(&format!("/registry/configmaps/empty-{i}/"), 0).unwrap());
+        }
+        let live = h.watch("/registry/configmaps/kept/", 0).unwrap();
+        let channels = h.ring.lock().unwrap().channels.len();
+        assert!(channels < 200, "{channels} channels kept for 2,000 finished watches");
+        drop(live);
     }
 }

@@ -64,6 +64,8 @@ pub struct ClusterConfig {
     /// Changes kept for watches (and paged lists) to resume from; older revisions answer
     /// 410 Expired, as after an etcd compaction.
     pub watch_history: usize,
+    /// Most bytes of values the watch history may hold.
+    pub watch_history_bytes: usize,
     /// Write one audit event per request to this file.
     pub audit_log_path: Option<PathBuf>,
     /// Create a legacy token Secret for every ServiceAccount (the seed's `default-token-xxxxx`).
@@ -88,6 +90,7 @@ impl ClusterConfig {
             in_memory: false,
             fsync: true,
             watch_history: nanokube_store::sqlite::DEFAULT_HISTORY,
+            watch_history_bytes: nanokube_store::sqlite::DEFAULT_HISTORY_BYTES,
             audit_log_path: None,
             legacy_service_account_token_secrets: true,
             service_account_issuer: "https://kubernetes.default.svc.cluster.local".into(),
@@ -209,6 +212,7 @@ impl Cluster {
                 path: (!cfg.in_memory).then(|| paths.state_db()),
                 fsync: cfg.fsync,
                 history: cfg.watch_history,
+                history_bytes: cfg.watch_history_bytes,
                 ..Default::default()
             })
             .map_err(|e| format!("store {}: {e}", paths.state_db().display()))?,

@@ -230,6 +230,9 @@ struct ServerArgs {
     /// resourceVersion gets 410 Expired, as after an etcd compaction.
     #[arg(long, default_value_t = nanokube_store::sqlite::DEFAULT_HISTORY as u64, value_parser = clap::value_parser!(u64).range(1..))]
     watch_history: u64,
+    /// Most bytes of object values those changes may hold (the oldest go first).
+    #[arg(long, default_value_t = nanokube_store::sqlite::DEFAULT_HISTORY_BYTES as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    watch_history_bytes: u64,
     /// Append one audit.k8s.io/v1 Event (Metadata level) per request to this file.
     #[arg(long)]
     audit_log_path: Option<PathBuf>,
@@ -412,6 +415,7 @@ async fn run_server(args: ServerArgs, started: Instant) -> i32 {
         in_memory: args.in_memory,
         fsync: !args.unsafe_no_fsync,
         watch_history: args.watch_history as usize,
+        watch_history_bytes: args.watch_history_bytes as usize,
         audit_log_path: args.audit_log_path,
         legacy_service_account_token_secrets: args.legacy_service_account_token_secrets,
         service_account_issuer: args.service_account_issuer,
