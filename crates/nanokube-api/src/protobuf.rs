@@ -202,7 +202,26 @@ fn scalar(ty: FieldType, wt: WireType, buf: &mut &[u8]) -> Result<Value, String>
     })
 }
 
-fn decode_message(msg: &str, mut buf: &[u8]) -> Result<Value, String> {
+thread_local! {
+    /// How deep the message being decoded on this thread is nested.
+    static DEPTH: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Decode one message, refusing nesting past [`crate::json::MAX_DEPTH`]: some types
+/// nest themselves (a CRD's `JSONSchemaProps`), and a body of a few megabytes could
+/// otherwise nest a million levels and overflow the stack.
+fn decode_message(msg: &str, buf: &[u8]) -> Result<Value, String> {
+    let depth = DEPTH.with(|d| d.get());
+    if depth >= crate::json::MAX_DEPTH {
+        return Err(format!("messages nest deeper than {} levels", crate::json::MAX_DEPTH));
+    }
+    DEPTH.with(|d| d.set(depth + 1));
+    let out = decode_message_at(msg, buf);
+    DEPTH.with(|d| d.set(depth));
+    out
+}
+
+fn decode_message_at(msg: &str, mut buf: &[u8]) -> Result<Value, String> {
     // Types with their own JSON form.
     match msg {
         "apimachinery.pkg.apis.meta.v1.Time" | "apimachinery.pkg.apis.meta.v1.MicroTime" | "apimachinery.pkg.apis.meta.v1.Timestamp" => {

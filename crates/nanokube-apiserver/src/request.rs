@@ -75,7 +75,12 @@ pub fn parse(method: &str, path: &str, watch_param: bool) -> RequestInfo {
             info.namespace_scoped = true;
         }
     }
-    info.resource = rest[0].to_string();
+    // `/api/v1/watch` alone (or `.../namespaces/x/` emptied above) names no resource.
+    let Some(resource) = rest.first() else {
+        info.is_resource = false;
+        return info;
+    };
+    info.resource = resource.to_string();
     if let Some(n) = rest.get(1) {
         info.name = n.to_string();
     }
@@ -135,6 +140,9 @@ mod tests {
         assert!(!i.is_resource);
         assert_eq!(i.verb, "get");
         let i = parse("GET", "/apis/apps/v1", false);
+        assert!(!i.is_resource);
+        // Found by fuzzing: the watch prefix alone panicked.
+        let i = parse("GET", "/api/v1/watch", false);
         assert!(!i.is_resource);
     }
 }

@@ -275,6 +275,9 @@ fn small_things_are_clear_errors_not_panics() {
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "401");
+    // The watch prefix alone (found by the fuzzer: it panicked the request).
+    let (code, body) = s.curl("GET", "/api/v1/watch", None, None);
+    assert_eq!(code, 404, "{body}");
     // Query parameters out of range.
     for q in ["limit=-1", "resourceVersion=-5", "limit=abc"] {
         let (code, body) = s.curl("GET", &format!("{cms}?{q}"), None, None);
