@@ -637,8 +637,14 @@ impl Ctx<'_> {
         let ct = self.content_type();
         let mime = ct.split(';').next().unwrap_or("").trim();
         match mime {
-            "application/json" | "" | "*/*" => serde_json::from_slice(body)
-                .map_err(|e| ApiError::bad_request(format!("Object 'Kind' is missing in '{}': {e}", String::from_utf8_lossy(&body[..body.len().min(200)])))),
+            "application/json" | "" | "*/*" => serde_json::from_slice(body).map_err(|e| {
+                // serde_json stops at 128 levels, past the 100 every write is held to.
+                if e.to_string().starts_with("recursion limit exceeded") {
+                    ApiError::bad_request(format!("the request body nests deeper than {} levels", nanokube_api::json::MAX_DEPTH))
+                } else {
+                    ApiError::bad_request(format!("Object 'Kind' is missing in '{}': {e}", String::from_utf8_lossy(&body[..body.len().min(200)])))
+                }
+            }),
             "application/yaml" | "application/x-yaml" | "text/yaml" => decode_yaml(body).map_err(|e| ApiError::bad_request(format!("error converting YAML to JSON: {e}"))),
             "application/vnd.kubernetes.protobuf" => {
                 nanokube_api::protobuf::decode_request(body).map_err(|e| ApiError::bad_request(format!("failed to decode protobuf body: {e}")))
@@ -1044,6 +1050,11 @@ impl Ctx<'_> {
             },
         };
         check_resource_version_param(self.query.get("resourceVersion"))?;
+        // Upstream converts every ListOptions parameter, used or not, and refuses what
+        // does not convert; a list ignores its timeout but still checks it.
+        if let Some(t) = self.query.get("timeoutSeconds").filter(|t| !t.is_empty() && t.parse::<i64>().is_err()) {
+            return Err(ApiError::bad_request(format!("timeoutSeconds: Invalid value: {t:?}: must be an integer")));
+        }
         if self.query.get("resourceVersionMatch").is_some_and(|m| !m.is_empty()) && self.query.get("resourceVersion").is_none_or(str::is_empty) {
             return Err(ApiError::bad_request("resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden unless resourceVersion is provided"));
         }

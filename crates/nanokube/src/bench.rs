@@ -19,6 +19,8 @@ use serde_json::{json, Value};
 
 use crate::client::ApiClient;
 
+mod abuse;
+
 /// Options of a bench run.
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
@@ -50,6 +52,10 @@ pub struct BenchOptions {
     pub events: usize,
     /// Pods stored by `pods`.
     pub pods: usize,
+    /// How long `abuse` attacks (the normal clients first run alone a third of it).
+    pub seconds: u64,
+    /// The attacks `abuse` runs (empty: all of them).
+    pub attacks: Vec<String>,
 }
 
 fn free_port() -> u16 {
@@ -143,7 +149,7 @@ pub async fn run(opts: BenchOptions) -> Result<(), String> {
                 "fsync" => fsync(&tmp, &mut report)?,
                 "testcluster" => testcluster(&opts, &tmp, &mut report).await?,
                 "startup" => startup(&opts, &tmp, &mut report).await?,
-                "create" | "list" | "watch" | "get" | "update" | "delete" | "pods" => {
+                "create" | "list" | "watch" | "get" | "update" | "delete" | "pods" | "abuse" => {
                     let kc = match (&opts.kubeconfig, &target) {
                         (Some(k), _) => k.clone(),
                         (None, Some(t)) => t.kubeconfig.clone(),
@@ -160,10 +166,11 @@ pub async fn run(opts: BenchOptions) -> Result<(), String> {
                         "list" => list(&opts, &kc, &mut report).await?,
                         "watch" => watch(&opts, &kc, &mut report).await?,
                         "pods" => pods(&opts, &kc, target.as_ref().map(|t| t.child.id()), &mut report).await?,
+                        "abuse" => abuse::abuse(&kc, opts.seconds, &opts.attacks, target.as_ref().map(|t| t.child.id()), &mut report).await?,
                         _ => get_update_delete(sc, &opts, &kc, &mut report).await?,
                     }
                 }
-                other => return Err(format!("unknown scenario {other:?} (fsync, startup, testcluster, create, get, update, delete, list, watch)")),
+                other => return Err(format!("unknown scenario {other:?} (fsync, startup, testcluster, create, get, update, delete, list, watch, pods, abuse)")),
             }
         }
         Ok::<(), String>(())

@@ -67,6 +67,16 @@ fn tls_builder(ca: Option<Vec<u8>>) -> Result<rustls::ConfigBuilder<rustls::Clie
 impl ClusterAccess {
     /// The access a kubeconfig gives: its `context` or the current one.
     pub fn from_kubeconfig(path: &Path, context: Option<&str>) -> Result<Self, String> {
+        Self::load(path, context, true)
+    }
+
+    /// The cluster of a kubeconfig's current context reached with no credentials (an
+    /// anonymous client that still verifies the server with the cluster's CA).
+    pub fn anonymous_from_kubeconfig(path: &Path) -> Result<Self, String> {
+        Self::load(path, None, false)
+    }
+
+    fn load(path: &Path, context: Option<&str>, credentials: bool) -> Result<Self, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let cfg: Value = serde_norway::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
@@ -81,7 +91,7 @@ impl ClusterAccess {
         let cluster_name = ctx.pointer("/context/cluster").and_then(Value::as_str).unwrap_or("");
         let user_name = ctx.pointer("/context/user").and_then(Value::as_str).unwrap_or("");
         let cluster = find("clusters", cluster_name).and_then(|c| c.get("cluster").cloned()).ok_or("cluster not found")?;
-        let user = find("users", user_name).and_then(|u| u.get("user").cloned()).unwrap_or(Value::Null);
+        let user = if credentials { find("users", user_name).and_then(|u| u.get("user").cloned()).unwrap_or(Value::Null) } else { Value::Null };
         let server = cluster.get("server").and_then(Value::as_str).ok_or("cluster has no server")?.trim_end_matches('/').to_string();
         let builder = tls_builder(field_bytes(&cluster, "certificate-authority-data", "certificate-authority", base)?)?;
         let cert = field_bytes(&user, "client-certificate-data", "client-certificate", base)?;
@@ -148,12 +158,16 @@ impl ClusterAccess {
 impl ApiClient {
     /// A client for the current context of a kubeconfig file.
     pub fn from_kubeconfig(path: &Path, http2: bool) -> Result<Self, String> {
-        let access = ClusterAccess::from_kubeconfig(path, None)?;
+        Ok(Self::from_access(&ClusterAccess::from_kubeconfig(path, None)?, http2))
+    }
+
+    /// A client with the given access.
+    pub fn from_access(access: &ClusterAccess, http2: bool) -> Self {
         let mut hb = HyperClient::builder(TokioExecutor::new());
         if http2 {
             hb.http2_only(true);
         }
-        Ok(ApiClient { inner: hb.build(access.connector(http2)), server: access.server.clone(), token: access.bearer() })
+        ApiClient { inner: hb.build(access.connector(http2)), server: access.server.clone(), token: access.bearer() }
     }
 
     /// Open a streaming GET (a watch); returns the body to read frames from.
@@ -172,6 +186,20 @@ impl ApiClient {
 
     /// Send a request; returns the status code and the whole body.
     pub async fn request(&self, method: &str, path: &str, content_type: Option<&str>, accept: Option<&str>, body: Bytes) -> Result<(u16, Bytes), String> {
+        self.request_with(method, path, content_type, accept, &[], body).await
+    }
+
+    /// Send a request with extra headers (raw bytes: a caller may send what no client
+    /// should); returns the status code and the whole body.
+    pub async fn request_with(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: Option<&str>,
+        accept: Option<&str>,
+        headers: &[(&str, &[u8])],
+        body: Bytes,
+    ) -> Result<(u16, Bytes), String> {
         let mut req = http::Request::builder().method(method).uri(format!("{}{}", self.server, path));
         if let Some(ct) = content_type {
             req = req.header(http::header::CONTENT_TYPE, ct);
@@ -181,6 +209,9 @@ impl ApiClient {
         }
         if let Some(t) = &self.token {
             req = req.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        for (name, value) in headers {
+            req = req.header(*name, http::HeaderValue::from_bytes(value).map_err(|e| e.to_string())?);
         }
         let req = req.body(Full::new(body)).map_err(|e| e.to_string())?;
         let resp = self.inner.request(req).await.map_err(|e| format!("{method} {path}: {e}"))?;

@@ -145,7 +145,9 @@ struct BenchArgs {
     /// page of 500 and all rows), watch (--watchers watchers while a
     /// writer creates --events objects: ack→receipt delay, missed and reordered events),
     /// pods (--pods pods stored with no runtime: server memory, LIST, watch from 0),
-    /// fsync (fdatasync latency of the disk under the temp dir).
+    /// fsync (fdatasync latency of the disk under the temp dir), abuse (the attacks of
+    /// docs/security.md for --seconds beside normal clients: their error rate and
+    /// latency, /readyz, the server's peak RSS; fails on any unexpected answer).
     /// Default: fsync startup create list.
     scenarios: Vec<String>,
     /// Cluster to measure (create, list); default: a fresh `nanokube server` this bench starts.
@@ -186,6 +188,14 @@ struct BenchArgs {
     /// Pods stored by the pods scenario.
     #[arg(long, default_value_t = 100_000)]
     pods: usize,
+    /// How long the abuse scenario attacks, in seconds (the normal clients first run
+    /// alone for a third of it).
+    #[arg(long, default_value_t = 60)]
+    seconds: u64,
+    /// The attacks the abuse scenario runs, comma-separated (default: all; an unknown
+    /// name lists them).
+    #[arg(long, value_delimiter = ',')]
+    attacks: Vec<String>,
     /// Also write the figures as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -330,6 +340,8 @@ fn main() {
                     watchers: args.watchers,
                     events: args.events.max(1),
                     pods: args.pods.max(1),
+                    seconds: args.seconds.max(1),
+                    attacks: args.attacks,
                 };
                 match nanokube::bench::run(opts).await {
                     Ok(()) => 0,

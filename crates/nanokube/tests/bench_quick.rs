@@ -94,7 +94,7 @@ fn every_scenario_runs_in_quick_mode() {
 fn help_documents_every_scenario() {
     let out = Command::new(env!("CARGO_BIN_EXE_nanokube")).args(["bench", "--help"]).output().unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
-    for s in ["startup", "testcluster", "create", "get", "update", "delete", "list", "watch", "pods", "fsync"] {
+    for s in ["startup", "testcluster", "create", "get", "update", "delete", "list", "watch", "pods", "fsync", "abuse"] {
         assert!(help.contains(s), "{s} not documented:\n{help}");
     }
 }
@@ -117,4 +117,38 @@ fn startup_times_a_given_server_command_and_reports_one_that_never_gets_ready() 
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("exited") && err.contains("before /readyz answered 200"), "{err}");
+}
+
+/// The soak of docs/security.md, briefly: every attack gets only the answers the server
+/// must give (the bench fails on any other), normal clients see no error, and the
+/// figures are all there.
+#[test]
+fn abuse_soak_gets_only_the_expected_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_nanokube")).args(["bench", "abuse", "--seconds", "4", "--json"]).arg(&json).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let figures: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    for phase in ["abuse: normal clients alone", "abuse: normal clients under attack"] {
+        let f = &figures[phase];
+        assert_eq!(f["errors"], 0, "{phase}: {f}");
+        assert!(f["calls"].as_u64().unwrap() > 0, "{phase}: {f}");
+    }
+    // Each attack ran and was answered as it must be.
+    for (attack, outcome) in [
+        ("namespace-escape", "404"),
+        ("patch-copy-bomb", "422"),
+        ("patch-copy-bomb", "413"),
+        ("yaml-brackets", "400"),
+        ("metrics-labels", "403"),
+        ("junk-parameters", "401"),
+        ("smp-long-lists", "200"),
+    ] {
+        let f = &figures[format!("abuse: attack {attack}")];
+        assert_eq!(f["unexpected"], 0, "{attack}: {f}");
+        assert!(f["outcomes"][outcome].as_u64().unwrap_or(0) > 0, "{attack}: no {outcome}: {f}");
+    }
+    assert_eq!(figures["abuse: /readyz every 100 ms under attack"]["failures"], 0);
+    assert!(figures["abuse: server RSS before / peak / after (MiB)"]["peak_mib"].as_f64().unwrap() > 0.0);
 }

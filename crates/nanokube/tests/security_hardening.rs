@@ -279,7 +279,7 @@ fn small_things_are_clear_errors_not_panics() {
     let (code, body) = s.curl("GET", "/api/v1/watch", None, None);
     assert_eq!(code, 404, "{body}");
     // Query parameters out of range.
-    for q in ["limit=-1", "resourceVersion=-5", "limit=abc"] {
+    for q in ["limit=-1", "resourceVersion=-5", "limit=abc", "timeoutSeconds=abc"] {
         let (code, body) = s.curl("GET", &format!("{cms}?{q}"), None, None);
         assert_eq!(code, 400, "{q}: {body}");
     }
