@@ -225,4 +225,10 @@ pub trait Backend: Send + Sync + 'static {
     fn healthy(&self) -> Result<(), String> {
         Ok(())
     }
+
+    /// Commit what is pending and close the database cleanly (a server stopping); writes
+    /// after it fail.
+    fn close(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async { Ok(()) })
+    }
 }

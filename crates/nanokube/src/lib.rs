@@ -114,6 +114,8 @@ pub struct Cluster {
     pub api: Arc<ApiServer>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
+    /// The store, closed cleanly on shutdown.
+    store: Arc<dyn Backend>,
     /// The data directory's lock, held while the cluster lives.
     _lock: std::fs::File,
 }
@@ -298,12 +300,15 @@ impl Cluster {
         }
         api.set_ready();
         tracing::info!(elapsed_ms = started.elapsed().as_secs_f64() * 1000.0, %server_url, "ready");
-        Ok(Cluster { addr, server_url, kubeconfig: paths.kubeconfig(), data_dir: cfg.data_dir, created: pki.created, api, shutdown, tasks, _lock: lock })
+        Ok(Cluster { addr, server_url, kubeconfig: paths.kubeconfig(), data_dir: cfg.data_dir, created: pki.created, api, shutdown, tasks, store, _lock: lock })
     }
 
     /// Stop serving and wait for the server's tasks to end.
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
         while self.tasks.join_next().await.is_some() {}
+        if let Err(e) = self.store.close().await {
+            tracing::warn!(error = %e, "closing the store");
+        }
     }
 }

@@ -145,3 +145,40 @@ fn database_file_is_a_readable_sqlite_log() {
     assert!(rows[0].0 < rows[1].0);
     assert_eq!((rows[0].1, rows[1].1), (0, 1));
 }
+
+/// After a crash the latest writes may live only in `state.db-wal`: a database whose log
+/// went missing is refused (it would serve an older state as the present one), until the
+/// operator deletes the in-use marker to accept what the database file holds.
+#[test]
+fn a_crashed_store_without_its_write_ahead_log_is_refused() {
+    let mut s = Server::start();
+    s.k(&["create", "configmap", "after-checkpoint", "--from-literal=a=b"]);
+    s.kill9();
+    assert!(s.data.join("state.db-in-use").exists(), "the marker stays after a crash");
+    std::fs::remove_file(s.data.join("state.db-wal")).unwrap();
+    let _ = std::fs::remove_file(s.data.join("state.db-shm"));
+    let out = Command::new(env!("CARGO_BIN_EXE_nanokube"))
+        .args(["server", "--secure-port", "0", "--merge-kubeconfig=false", "--data-dir"])
+        .arg(&s.data)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "started without its log");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("state.db-wal is missing") && err.contains("was not closed cleanly") && err.contains("state.db-in-use"), "{err}");
+    // Accepting the loss is the operator's call: without the marker it starts.
+    std::fs::remove_file(s.data.join("state.db-in-use")).unwrap();
+    s.restart();
+    assert_eq!(s.get_json("/api/v1/namespaces").0, 200);
+    // A crash with the log in place restarts as always.
+    s.kill9();
+    s.restart();
+    assert_eq!(s.get_json("/api/v1/namespaces").0, 200);
+    // A clean stop checkpoints the log into the file and takes the marker away, so
+    // another SQLite tool may open the file (and delete the log) in between.
+    s.stop();
+    assert!(!s.data.join("state.db-in-use").exists(), "a clean stop leaves no marker");
+    rusqlite::Connection::open(s.data.join("state.db")).unwrap().close().unwrap();
+    assert!(!s.data.join("state.db-wal").exists());
+    s.restart();
+    assert_eq!(s.get_json("/api/v1/namespaces").0, 200);
+}
