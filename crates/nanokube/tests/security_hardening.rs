@@ -317,13 +317,7 @@ fn one_data_directory_one_server_and_a_lost_store_is_not_replaced() {
     let mut s = Server::start();
     s.k(&["create", "configmap", "keep", "--from-literal=a=b"]);
     // A second server on the same directory exits at once, naming the first.
-    let out = Command::new(env!("CARGO_BIN_EXE_nanokube"))
-        .args(["server", "--secure-port", "0", "--merge-kubeconfig=false", "--data-dir"])
-        .arg(&s.data)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = common::server_refuses(&s.data, "second server");
     assert!(err.contains("in use by another nanokube server") && err.contains(&format!("pid {}", s.child.id())), "{err}");
     assert_eq!(s.get_json("/api/v1/namespaces/default/configmaps/keep").0, 200);
     // After a crash the lock goes with the process.
@@ -343,13 +337,7 @@ fn one_data_directory_one_server_and_a_lost_store_is_not_replaced() {
         } else {
             std::fs::remove_file(&db).unwrap();
         }
-        let out = Command::new(env!("CARGO_BIN_EXE_nanokube"))
-            .args(["server", "--secure-port", "0", "--merge-kubeconfig=false", "--data-dir"])
-            .arg(&s.data)
-            .output()
-            .unwrap();
-        assert!(!out.status.success(), "{damage}: started anyway");
-        let err = String::from_utf8_lossy(&out.stderr);
+        let err = common::server_refuses(&s.data, damage);
         assert!(err.contains("state was lost"), "{damage}: {err}");
     }
     // Restored, it starts with its objects.

@@ -157,13 +157,7 @@ fn a_crashed_store_without_its_write_ahead_log_is_refused() {
     assert!(s.data.join("state.db-in-use").exists(), "the marker stays after a crash");
     std::fs::remove_file(s.data.join("state.db-wal")).unwrap();
     let _ = std::fs::remove_file(s.data.join("state.db-shm"));
-    let out = Command::new(env!("CARGO_BIN_EXE_nanokube"))
-        .args(["server", "--secure-port", "0", "--merge-kubeconfig=false", "--data-dir"])
-        .arg(&s.data)
-        .output()
-        .unwrap();
-    assert!(!out.status.success(), "started without its log");
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = common::server_refuses(&s.data, "without its log");
     assert!(err.contains("state.db-wal is missing") && err.contains("was not closed cleanly") && err.contains("state.db-in-use"), "{err}");
     // Accepting the loss is the operator's call: without the marker it starts.
     std::fs::remove_file(s.data.join("state.db-in-use")).unwrap();

@@ -54,6 +54,17 @@ fn spawn(data: &Path, port: u16, extra: &[String]) -> (Child, String, u16) {
     (child, url, port)
 }
 
+/// Start a second `nanokube server` on `data` that must refuse to start: its stderr.
+pub fn server_refuses(data: &Path, why: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_nanokube"))
+        .args(["server", "--secure-port", "0", "--merge-kubeconfig=false", "--data-dir"])
+        .arg(data)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{why}: started anyway");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 impl Server {
     /// Start on a free port with a fresh data directory.
     pub fn start() -> Server {
