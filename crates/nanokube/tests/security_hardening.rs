@@ -366,3 +366,53 @@ fn a_connection_that_never_says_hello_is_closed() {
     assert!(waited >= std::time::Duration::from_secs(9) && waited < std::time::Duration::from_secs(25), "closed after {waited:?}");
     assert!(ready(&s));
 }
+
+/// A tmpfs mounted for one test, unmounted when dropped.
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    fn mount(size: &str) -> Tmpfs {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "nanokube-test"]).arg(dir.path()).status().unwrap();
+        assert!(ok.success(), "mount a tmpfs (the tests run as root)");
+        Tmpfs(dir)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.0.path()).status();
+    }
+}
+
+/// The disk under the store and the log fills up: writes fail with a 500 while it is
+/// full (the log cannot even say so: stderr is /dev/full), and once space is freed the
+/// same server writes again and stays ready. Before, the failed log write panicked the
+/// store writer, and every later write answered "store writer stopped".
+#[test]
+fn a_full_disk_under_the_store_and_the_log_does_not_stop_the_writer() {
+    let disk = Tmpfs::mount("24m");
+    let data = disk.0.path().join("data");
+    let s = Server::start_logging_to(&data, std::path::Path::new("/dev/full"), &[]);
+    let cm = |name: &str, size: usize| json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": {"a": "x".repeat(size)}});
+    assert_eq!(post_json(&s, "/api/v1/namespaces/default/configmaps", &cm("before", 10)).0, 201);
+    // Fill what is left of the disk.
+    let filler = disk.0.path().join("filler");
+    let _ = Command::new("dd").args(["if=/dev/zero", "bs=1M", "status=none"]).arg(format!("of={}", filler.display())).status().unwrap();
+    let mut failed = 0;
+    for i in 0..40 {
+        let (code, body) = post_json(&s, "/api/v1/namespaces/default/configmaps", &cm(&format!("full-{i}"), 200_000));
+        match code {
+            201 => {}
+            500 => failed += 1,
+            other => panic!("{other}: {body}"),
+        }
+    }
+    assert!(failed > 0, "no write failed on a full disk");
+    std::fs::remove_file(&filler).unwrap();
+    assert!(eventually(std::time::Duration::from_secs(10), || post_json(&s, "/api/v1/namespaces/default/configmaps", &cm("after", 10)).0 == 201));
+    assert!(ready(&s));
+    assert_eq!(s.curl("GET", "/livez", None, None).0, 200);
+    assert_eq!(s.get_json("/api/v1/namespaces/default/configmaps/before").0, 200);
+    drop(s);
+}

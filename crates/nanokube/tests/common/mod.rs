@@ -29,12 +29,16 @@ pub fn kubectl_path(name: &str) -> PathBuf {
 }
 
 fn spawn(data: &Path, port: u16, extra: &[String]) -> (Child, String, u16) {
+    spawn_logging(data, port, extra, Stdio::inherit())
+}
+
+fn spawn_logging(data: &Path, port: u16, extra: &[String], stderr: Stdio) -> (Child, String, u16) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_nanokube"))
         .args(["server", "--secure-port", &port.to_string(), "--merge-kubeconfig=false", "--data-dir"])
         .arg(data)
         .args(extra)
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(stderr)
         .spawn()
         .expect("spawn nanokube");
     let stdout = child.stdout.take().unwrap();
@@ -78,6 +82,16 @@ impl Server {
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let (child, url, port) = spawn(&data, 0, &extra);
         Server { child, url, port, dir, data, extra_args: extra }
+    }
+
+    /// Start with the data directory at `data` (which need not be inside the server's
+    /// temporary directory) and stderr written to `log` (e.g. `/dev/full`).
+    pub fn start_logging_to(data: &Path, log: &Path, extra: &[&str]) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let stderr = std::fs::OpenOptions::new().append(true).open(log).unwrap();
+        let (child, url, port) = spawn_logging(data, 0, &extra, Stdio::from(stderr));
+        Server { child, url, port, dir, data: data.to_path_buf(), extra_args: extra }
     }
 
     /// Kill with SIGKILL (a crash) and wait for the process to end.
