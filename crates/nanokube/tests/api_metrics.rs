@@ -23,13 +23,9 @@ fn metrics_reflect_traffic_and_are_rbac_protected() {
     let _ = s.curl("GET", "/api/v1/namespaces/default/configmaps/missing", None, None);
 
     // A watch that stays open while we scrape.
-    let mut watch = Command::new("curl")
-        .args(["-sN", "--cacert"])
-        .arg(s.data.join("ca.crt"))
-        .arg("--cert")
-        .arg(s.data.join("client.crt"))
-        .arg("--key")
-        .arg(s.data.join("client.key"))
+    let mut watch = s
+        .admin_curl()
+        .arg("-sN")
         .arg(format!("{}/api/v1/namespaces/default/configmaps?watch=true&timeoutSeconds=20", s.url))
         .stdout(Stdio::null())
         .spawn()

@@ -448,13 +448,9 @@ fn at_the_in_flight_limit_writes_get_429_and_reads_go_on() {
         "never refused: {refused}"
     );
     assert_eq!(status_reason(&refused), "TooManyRequests");
-    let headers = Command::new("curl")
-        .args(["-sS", "-o", "/dev/null", "-D", "-", "-X", "POST", "-H", "Content-Type: application/json", "--data-binary", "{}", "--cacert"])
-        .arg(s.data.join("ca.crt"))
-        .arg("--cert")
-        .arg(s.data.join("client.crt"))
-        .arg("--key")
-        .arg(s.data.join("client.key"))
+    let headers = s
+        .admin_curl()
+        .args(["-sS", "-o", "/dev/null", "-D", "-", "-X", "POST", "-H", "Content-Type: application/json", "--data-binary", "{}"])
         .arg(format!("{}/api/v1/namespaces/default/configmaps", s.url))
         .output()
         .unwrap();

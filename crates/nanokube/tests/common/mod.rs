@@ -194,6 +194,14 @@ impl Server {
         child.wait_with_output().unwrap()
     }
 
+    /// A `curl` command with the admin's client certificate and the cluster CA, for
+    /// callers that need its other flags (headers, streaming).
+    pub fn admin_curl(&self) -> Command {
+        let mut cmd = Command::new("curl");
+        cmd.arg("--cacert").arg(self.data.join("ca.crt")).arg("--cert").arg(self.data.join("client.crt")).arg("--key").arg(self.data.join("client.key"));
+        cmd
+    }
+
     /// `curl` as the admin (client certificate, cluster CA). Returns (HTTP code, body).
     pub fn curl(&self, method: &str, path: &str, content_type: Option<&str>, body: Option<&[u8]>) -> (u16, String) {
         self.curl_as(None, method, path, content_type, body)
