@@ -211,3 +211,18 @@ def test_crd_and_custom_objects(api):
     assert not t.is_alive()
     assert [s[0] for s in seen] == ["ADDED", "MODIFIED", "MODIFIED", "DELETED"], seen
     assert seen[0][2] == 2 and seen[1][2] == 3
+
+
+def test_default_policy_by_escaped_names(api):
+    """The client escapes ':' in names (system%3Anode); the server decodes the path as
+    Go does, and the default policy is upstream's (aggregated view included)."""
+    rbac = client.RbacAuthorizationV1Api(api)
+    node = rbac.read_cluster_role("system:node")
+    assert node.metadata.name == "system:node"
+    assert any("nodes" in (r.resources or []) for r in node.rules)
+    binding = rbac.read_namespaced_role_binding("system:controller:bootstrap-signer", "kube-public")
+    assert binding.role_ref.name == "system:controller:bootstrap-signer"
+    view = rbac.read_cluster_role("view")
+    assert view.aggregation_rule.cluster_role_selectors[0].match_labels == {"rbac.authorization.k8s.io/aggregate-to-view": "true"}
+    assert any("configmaps" in (r.resources or []) for r in view.rules)
+    assert len(rbac.list_cluster_role().items) == 67

@@ -245,7 +245,9 @@ fn percent_decode(s: &str) -> String {
 
 async fn handle_inner(server: &Arc<ApiServer>, conn: &ConnInfo, req: Request<Incoming>, audit: &mut AuditInfo) -> Result<Response<Body>, ApiError> {
     let (parts, body) = req.into_parts();
-    let path = parts.uri.path().to_string();
+    // Go serves the decoded path (`r.URL.Path`): clients that escape names (the Python
+    // client sends `system%3Anode`) reach the same object as those that do not.
+    let path = if parts.uri.path().contains('%') { percent_decode(parts.uri.path()) } else { parts.uri.path().to_string() };
     let query = Query::parse(parts.uri.query());
     // A credential that is not text is a bad credential (401), not an absent one.
     let authorization = match parts.headers.get(http::header::AUTHORIZATION) {

@@ -14,12 +14,16 @@
 //!   name conflicts), and their objects are deleted with them.
 //! - [`gc`]: the garbage collector (ownerReferences; background, foreground, orphan).
 //! - [`tokens`]: legacy service-account token Secrets.
-//! - [`rbac_policy`]: the default ClusterRoles and ClusterRoleBindings, recreated if deleted.
+//! - [`rbac_policy`]: kube-apiserver 1.33's default RBAC policy (ClusterRoles,
+//!   ClusterRoleBindings, Roles, RoleBindings), recreated if deleted.
+//! - [`rbac_aggregation`]: ClusterRoles with an `aggregationRule` get the rules of the
+//!   roles it selects.
 
 pub mod bootstrap;
 pub mod crds;
 mod follow;
 pub mod gc;
 pub mod namespaces;
+pub mod rbac_aggregation;
 pub mod rbac_policy;
 pub mod tokens;

@@ -1,235 +1,123 @@
-//! The default RBAC policy, as kube-apiserver bootstraps it: ClusterRoles
-//! `cluster-admin`, `admin`, `edit`, `view` (shipped flattened rather than aggregated),
-//! `system:discovery`, `system:basic-user`, `system:public-info-viewer`,
-//! `system:service-account-issuer-discovery`, and their ClusterRoleBindings. Created at
-//! start; [`run`] recreates deleted ones and adds back rules and subjects removed from
-//! them (unless annotated `rbac.authorization.kubernetes.io/autoupdate: "false"`).
+//! The default RBAC policy, as kube-apiserver 1.33 bootstraps it: 67 ClusterRoles, 48
+//! ClusterRoleBindings, and 7 Roles and 7 RoleBindings in `kube-system` and
+//! `kube-public` (`system:auth-delegator`, `system:node`, `system:kube-scheduler`, every
+//! `system:controller:*`, ...). The objects are data, read from a real kube-apiserver 1.33
+//! (`data/rbac-bootstrap-1.33.json`); `admin`, `edit` and `view` carry only their
+//! `aggregationRule`, and [`crate::rbac_aggregation`] fills their rules from the
+//! `system:aggregate-to-*` roles (and any role a user labels to join them).
 //!
-//! The built-in controllers run in-process through the registry, not as API clients, so
-//! they need no `system:controller:*` roles.
+//! Created at start; [`run`] recreates deleted ones and adds back rules, aggregation
+//! selectors and subjects removed from them, unless they are annotated
+//! `rbac.authorization.kubernetes.io/autoupdate: "false"` (upstream's reconciliation).
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use nanokube_api::resources::{self, ResourceDef};
 use nanokube_api::ApiError;
 use nanokube_apiserver::registry::{Registry, WriteOptions};
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::sync::watch;
 
-const READ: &[&str] = &["get", "list", "watch"];
-const WRITE: &[&str] = &["create", "delete", "deletecollection", "patch", "update"];
-const ALL_RW: &[&str] = &["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
+/// The bootstrap policy of kube-apiserver 1.33, a `List` of RBAC objects.
+const BOOTSTRAP_1_33: &str = include_str!("../data/rbac-bootstrap-1.33.json");
 
-fn rule(groups: &[&str], resources: &[&str], verbs: &[&str]) -> Value {
-    json!({"apiGroups": groups, "resources": resources, "verbs": verbs})
+/// The default policy objects: cluster-scoped first (ClusterRoles, ClusterRoleBindings),
+/// then those in namespaces (Roles, RoleBindings), which need their namespaces to exist.
+pub struct Policy {
+    /// ClusterRoles and ClusterRoleBindings.
+    pub cluster: Vec<Value>,
+    /// Roles and RoleBindings (in `kube-system` and `kube-public`).
+    pub namespaced: Vec<Value>,
 }
 
-fn urls(urls: &[&str], verbs: &[&str]) -> Value {
-    json!({"nonResourceURLs": urls, "verbs": verbs})
-}
-
-fn view_rules() -> Vec<Value> {
-    vec![
-        rule(
-            &[""],
-            &[
-                "bindings",
-                "configmaps",
-                "endpoints",
-                "events",
-                "limitranges",
-                "namespaces",
-                "namespaces/status",
-                "persistentvolumeclaims",
-                "persistentvolumeclaims/status",
-                "pods",
-                "pods/log",
-                "pods/status",
-                "replicationcontrollers",
-                "replicationcontrollers/scale",
-                "replicationcontrollers/status",
-                "resourcequotas",
-                "resourcequotas/status",
-                "serviceaccounts",
-                "services",
-                "services/status",
-            ],
-            READ,
-        ),
-        rule(
-            &["apps"],
-            &[
-                "controllerrevisions",
-                "daemonsets",
-                "daemonsets/status",
-                "deployments",
-                "deployments/scale",
-                "deployments/status",
-                "replicasets",
-                "replicasets/scale",
-                "replicasets/status",
-                "statefulsets",
-                "statefulsets/scale",
-                "statefulsets/status",
-            ],
-            READ,
-        ),
-        rule(&["autoscaling"], &["horizontalpodautoscalers", "horizontalpodautoscalers/status"], READ),
-        rule(&["batch"], &["cronjobs", "cronjobs/status", "jobs", "jobs/status"], READ),
-        rule(&["discovery.k8s.io"], &["endpointslices"], READ),
-        rule(&["events.k8s.io"], &["events"], READ),
-        rule(&["networking.k8s.io"], &["ingresses", "ingresses/status", "networkpolicies"], READ),
-        rule(&["policy"], &["poddisruptionbudgets", "poddisruptionbudgets/status"], READ),
-    ]
-}
-
-fn edit_rules() -> Vec<Value> {
-    let mut r = view_rules();
-    r.extend([
-        rule(&[""], &["pods/attach", "pods/exec", "pods/portforward", "pods/proxy", "secrets", "services/proxy"], READ),
-        rule(&[""], &["serviceaccounts"], &["impersonate"]),
-        rule(&[""], &["pods", "pods/attach", "pods/exec", "pods/portforward", "pods/proxy"], WRITE),
-        rule(&[""], &["pods/eviction"], &["create"]),
-        rule(
-            &[""],
-            &[
-                "configmaps",
-                "endpoints",
-                "events",
-                "persistentvolumeclaims",
-                "replicationcontrollers",
-                "replicationcontrollers/scale",
-                "secrets",
-                "serviceaccounts",
-                "services",
-                "services/proxy",
-            ],
-            WRITE,
-        ),
-        rule(&[""], &["serviceaccounts/token"], &["create"]),
-        rule(
-            &["apps"],
-            &[
-                "daemonsets",
-                "deployments",
-                "deployments/rollback",
-                "deployments/scale",
-                "replicasets",
-                "replicasets/scale",
-                "statefulsets",
-                "statefulsets/scale",
-            ],
-            WRITE,
-        ),
-        rule(&["autoscaling"], &["horizontalpodautoscalers"], WRITE),
-        rule(&["batch"], &["cronjobs", "jobs"], WRITE),
-        rule(&["discovery.k8s.io"], &["endpointslices"], WRITE),
-        rule(&["networking.k8s.io"], &["ingresses", "networkpolicies"], WRITE),
-        rule(&["policy"], &["poddisruptionbudgets"], WRITE),
-        rule(&["coordination.k8s.io"], &["leases"], ALL_RW),
-    ]);
-    r
-}
-
-fn admin_rules() -> Vec<Value> {
-    let mut r = edit_rules();
-    r.extend([
-        rule(&["rbac.authorization.k8s.io"], &["rolebindings", "roles"], ALL_RW),
-        rule(&["authorization.k8s.io"], &["localsubjectaccessreviews"], &["create"]),
-    ]);
-    r
-}
-
-fn cluster_role(name: &str, rules: Vec<Value>) -> Value {
-    json!({
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-        "metadata": {"name": name, "labels": {"kubernetes.io/bootstrapping": "rbac-defaults"}, "annotations": {"rbac.authorization.kubernetes.io/autoupdate": "true"}},
-        "rules": rules,
+/// The default policy (parsed once).
+pub fn policy() -> &'static Policy {
+    static POLICY: OnceLock<Policy> = OnceLock::new();
+    POLICY.get_or_init(|| {
+        // Compiled-in data, checked by this module's tests.
+        let list: Value = serde_json::from_str(BOOTSTRAP_1_33).unwrap_or(Value::Null);
+        let items = list.get("items").and_then(Value::as_array).cloned().unwrap_or_default();
+        let (namespaced, cluster) = items.into_iter().partition(|o| o.pointer("/metadata/namespace").is_some());
+        Policy { cluster, namespaced }
     })
 }
 
-fn binding(name: &str, role: &str, groups: &[&str]) -> Value {
-    json!({
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-        "metadata": {"name": name, "labels": {"kubernetes.io/bootstrapping": "rbac-defaults"}, "annotations": {"rbac.authorization.kubernetes.io/autoupdate": "true"}},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
-        "subjects": groups.iter().map(|g| json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": g})).collect::<Vec<_>>(),
-    })
+/// The resource of a policy object, and the field reconciliation adds back to.
+fn kind_of(obj: &Value) -> Option<(&'static ResourceDef, &'static str)> {
+    let (plural, field) = match obj.get("kind").and_then(Value::as_str)? {
+        "ClusterRole" if obj.get("aggregationRule").is_some_and(|a| !a.is_null()) => ("clusterroles", "aggregationRule"),
+        "ClusterRole" => ("clusterroles", "rules"),
+        "ClusterRoleBinding" => ("clusterrolebindings", "subjects"),
+        "Role" => ("roles", "rules"),
+        "RoleBinding" => ("rolebindings", "subjects"),
+        _ => return None,
+    };
+    Some((def(plural), field))
 }
 
-/// The default ClusterRoles and ClusterRoleBindings.
-pub fn policy() -> (Vec<Value>, Vec<Value>) {
-    let roles = vec![
-        cluster_role("cluster-admin", vec![rule(&["*"], &["*"], &["*"]), urls(&["*"], &["*"])]),
-        cluster_role("admin", admin_rules()),
-        cluster_role("edit", edit_rules()),
-        cluster_role("view", view_rules()),
-        cluster_role(
-            "system:discovery",
-            vec![urls(&["/api", "/api/*", "/apis", "/apis/*", "/healthz", "/livez", "/openapi", "/openapi/*", "/readyz", "/version", "/version/"], &["get"])],
-        ),
-        cluster_role(
-            "system:basic-user",
-            vec![
-                rule(&["authentication.k8s.io"], &["selfsubjectreviews"], &["create"]),
-                rule(&["authorization.k8s.io"], &["selfsubjectaccessreviews", "selfsubjectrulesreviews"], &["create"]),
-            ],
-        ),
-        cluster_role("system:public-info-viewer", vec![urls(&["/healthz", "/livez", "/readyz", "/version", "/version/"], &["get"])]),
-        cluster_role(
-            "system:service-account-issuer-discovery",
-            vec![urls(&["/.well-known/openid-configuration", "/.well-known/openid-configuration/", "/openid/v1/jwks", "/openid/v1/jwks/"], &["get"])],
-        ),
-    ];
-    let bindings = vec![
-        binding("cluster-admin", "cluster-admin", &["system:masters"]),
-        binding("system:discovery", "system:discovery", &["system:authenticated"]),
-        binding("system:basic-user", "system:basic-user", &["system:authenticated"]),
-        binding("system:public-info-viewer", "system:public-info-viewer", &["system:authenticated", "system:unauthenticated"]),
-        binding("system:service-account-issuer-discovery", "system:service-account-issuer-discovery", &["system:serviceaccounts"]),
-    ];
-    (roles, bindings)
+/// The entries of `field` a default object must have: rules, subjects, or the
+/// aggregation's `clusterRoleSelectors` (the aggregated rules belong to the aggregation).
+fn wanted(obj: &Value, field: &str) -> Vec<Value> {
+    let list = if field == "aggregationRule" { obj.pointer("/aggregationRule/clusterRoleSelectors") } else { obj.get(field) };
+    list.and_then(Value::as_array).cloned().unwrap_or_default()
+}
+
+fn with_entries(obj: &mut Value, field: &str, items: Vec<Value>) {
+    if field == "aggregationRule" {
+        obj["aggregationRule"]["clusterRoleSelectors"] = Value::Array(items);
+    } else {
+        obj[field] = Value::Array(items);
+    }
 }
 
 fn def(plural: &str) -> &'static ResourceDef {
     resources::find("rbac.authorization.k8s.io", "v1", plural).expect("rbac resource")
 }
 
-/// Create whatever part of the default policy is missing, and add back rules and
-/// subjects removed from default objects, unless they are annotated
-/// `rbac.authorization.kubernetes.io/autoupdate: "false"` (upstream's reconciliation).
+/// Create whatever cluster-scoped part of the default policy is missing, and add back
+/// what was removed from default objects (see the module docs).
 pub async fn ensure(registry: &Arc<Registry>) -> Result<(), ApiError> {
-    let (roles, bindings) = policy();
+    ensure_objects(registry, &policy().cluster).await
+}
+
+/// [`ensure`] for the Roles and RoleBindings, once their namespaces exist.
+pub async fn ensure_namespaced(registry: &Arc<Registry>) -> Result<(), ApiError> {
+    ensure_objects(registry, &policy().namespaced).await
+}
+
+async fn ensure_objects(registry: &Arc<Registry>, objects: &[Value]) -> Result<(), ApiError> {
     let mut tasks = tokio::task::JoinSet::new();
-    for (plural, field, objs) in [("clusterroles", "rules", roles), ("clusterrolebindings", "subjects", bindings)] {
-        for obj in objs {
-            let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
-            let r = registry.clone();
-            match registry.get(def(plural), "", &name) {
-                Ok(cur) => {
-                    let opted_out = cur.pointer("/metadata/annotations/rbac.authorization.kubernetes.io~1autoupdate").and_then(Value::as_str) == Some("false");
-                    let have = cur.get(field).and_then(Value::as_array).cloned().unwrap_or_default();
-                    let missing: Vec<Value> = obj[field].as_array().cloned().unwrap_or_default().into_iter().filter(|w| !have.contains(w)).collect();
-                    if opted_out || missing.is_empty() {
-                        continue;
-                    }
-                    tasks.spawn(async move {
-                        r.update_with(def(plural), "", &name, &WriteOptions::default(), |cur| {
-                            let mut next = cur.clone();
-                            let mut items = cur.get(field).and_then(Value::as_array).cloned().unwrap_or_default();
-                            items.extend(missing.iter().filter(|m| !items.contains(m)).cloned().collect::<Vec<_>>());
-                            next[field] = Value::Array(items);
-                            nanokube_api::meta::metadata_mut(&mut next).remove("resourceVersion");
-                            Ok(next)
-                        })
-                        .await
-                        .map(|_| ())
-                    });
+    for obj in objects {
+        let Some((def, field)) = kind_of(obj) else { continue };
+        let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("").to_string();
+        let ns = obj.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("").to_string();
+        let r = registry.clone();
+        match registry.get(def, &ns, &name) {
+            Ok(cur) => {
+                let cur = cur.value();
+                let opted_out = cur.pointer("/metadata/annotations/rbac.authorization.kubernetes.io~1autoupdate").and_then(Value::as_str) == Some("false");
+                let have = wanted(cur, field);
+                let missing: Vec<Value> = wanted(obj, field).into_iter().filter(|w| !have.contains(w)).collect();
+                if opted_out || missing.is_empty() {
+                    continue;
                 }
-                // Creates are independent: let the store commit them together.
-                Err(_) => {
-                    tasks.spawn(async move { r.create(def(plural), "", obj, &WriteOptions::default()).await.map(|_| ()) });
-                }
+                tasks.spawn(async move {
+                    r.update_with(def, &ns, &name, &WriteOptions::default(), |cur| {
+                        let mut next = cur.clone();
+                        let mut items = wanted(cur, field);
+                        items.extend(missing.iter().filter(|m| !items.contains(m)).cloned().collect::<Vec<_>>());
+                        with_entries(&mut next, field, items);
+                        nanokube_api::meta::metadata_mut(&mut next).remove("resourceVersion");
+                        Ok(next)
+                    })
+                    .await
+                    .map(|_| ())
+                });
+            }
+            // Creates are independent: let the store commit them together.
+            Err(_) => {
+                let obj = obj.clone();
+                tasks.spawn(async move { r.create(def, &ns, obj, &WriteOptions::default()).await.map(|_| ()) });
             }
         }
     }
@@ -243,14 +131,39 @@ pub async fn ensure(registry: &Arc<Registry>) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Recreate default policy objects that get deleted, and reconcile edited ones, until
-/// `shutdown`.
+/// The store keys of the default policy's objects.
+fn default_keys() -> &'static std::collections::HashSet<String> {
+    static KEYS: OnceLock<std::collections::HashSet<String>> = OnceLock::new();
+    KEYS.get_or_init(|| {
+        let p = policy();
+        p.cluster
+            .iter()
+            .chain(&p.namespaced)
+            .filter_map(|o| {
+                let (def, _) = kind_of(o)?;
+                let ns = o.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("");
+                Some(def.key(ns, o.pointer("/metadata/name").and_then(Value::as_str)?))
+            })
+            .collect()
+    })
+}
+
+async fn reconcile(registry: &Arc<Registry>) {
+    for (what, r) in [("default RBAC policy", ensure(registry).await), ("default RBAC Roles", ensure_namespaced(registry).await)] {
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "reconciling the {what} failed");
+        }
+    }
+}
+
+/// Recreate default policy objects that get deleted, reconcile edited ones, and keep
+/// aggregated ClusterRoles up to date ([`crate::rbac_aggregation`]), until `shutdown`.
 pub async fn run(registry: Arc<Registry>, mut shutdown: watch::Receiver<bool>) {
     let store = registry.store().clone();
     let mut from = store.current_revision();
-    let prefixes = [def("clusterroles").key_prefix(), def("clusterrolebindings").key_prefix()];
+    let cluster_roles = def("clusterroles").key_prefix();
     loop {
-        let mut w = match store.watch("/registry/rbac.authorization.k8s.io/cluster", from) {
+        let mut w = match store.watch("/registry/rbac.authorization.k8s.io/", from) {
             Ok(w) => w,
             Err(_) => {
                 from = store.current_revision();
@@ -262,11 +175,14 @@ pub async fn run(registry: Arc<Registry>, mut shutdown: watch::Receiver<bool>) {
                 _ = shutdown.changed() => return,
                 ev = w.next() => match ev {
                     Some(Ok(ev)) => {
-                        // ensure() writes only when something is missing, so its own
-                        // writes end the loop.
-                        if prefixes.iter().any(|p| ev.kv.key.starts_with(p.as_str())) {
-                            if let Err(e) = ensure(&registry).await {
-                                tracing::warn!(error = %e, "recreating default RBAC policy failed");
+                        // Both write only when something is missing or stale, so their
+                        // own writes end the loop.
+                        if default_keys().contains(&ev.kv.key) {
+                            reconcile(&registry).await;
+                        }
+                        if ev.kv.key.starts_with(cluster_roles.as_str()) {
+                            if let Err(e) = crate::rbac_aggregation::aggregate_all(&registry).await {
+                                tracing::warn!(error = %e, "aggregating ClusterRoles failed");
                             }
                         }
                     }
@@ -275,8 +191,26 @@ pub async fn run(registry: Arc<Registry>, mut shutdown: watch::Receiver<bool>) {
             }
         }
         from = store.current_revision();
-        if let Err(e) = ensure(&registry).await {
-            tracing::warn!(error = %e, "default RBAC policy reconcile failed");
+        reconcile(&registry).await;
+        if let Err(e) = crate::rbac_aggregation::aggregate_all(&registry).await {
+            tracing::warn!(error = %e, "aggregating ClusterRoles failed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bootstrap_data_is_upstreams_whole_policy() {
+        let p = policy();
+        let count = |objs: &[Value], kind: &str| objs.iter().filter(|o| o["kind"] == kind).count();
+        assert_eq!(count(&p.cluster, "ClusterRole"), 67);
+        assert_eq!(count(&p.cluster, "ClusterRoleBinding"), 48);
+        assert_eq!(count(&p.namespaced, "Role"), 7);
+        assert_eq!(count(&p.namespaced, "RoleBinding"), 7);
+        assert!(p.cluster.iter().chain(&p.namespaced).all(|o| kind_of(o).is_some()));
+        assert_eq!(default_keys().len(), 129);
     }
 }

@@ -262,6 +262,15 @@ impl Cluster {
             let c = ns_controller.clone();
             second.spawn(async move { c.reconcile(ns).await });
         }
+        {
+            // Roles live in kube-system and kube-public; admin, edit and view are
+            // aggregated before the server reports ready.
+            let r = registry.clone();
+            second.spawn(async move {
+                nanokube_controllers::rbac_policy::ensure_namespaced(&r).await?;
+                nanokube_controllers::rbac_aggregation::aggregate_all(&r).await
+            });
+        }
         while let Some(r) = second.join_next().await {
             r.map_err(|e| e.to_string())?.map_err(|e| format!("bootstrap: {e}"))?;
         }
