@@ -23,6 +23,9 @@ use serde_json::{json, Map, Value};
 
 use crate::alloc::ServiceAllocator;
 
+/// Namespaces that cannot be deleted (upstream's NamespaceLifecycle admission).
+pub const IMMORTAL_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public"];
+
 /// An object as served at one revision. Its JSON encoding (with `resourceVersion`) is
 /// what the store's cache keeps, once per revision: lists, gets and watches send those
 /// bytes without decoding them. The decoded `Value` is made on first use (selectors,
@@ -1121,6 +1124,13 @@ impl Registry {
 
     /// Delete an object.
     pub async fn delete(&self, def: &ResourceDef, namespace: &str, name: &str, opts: &DeleteOptions) -> Result<Deleted, ApiError> {
+        // NamespaceLifecycle admission: the namespaces the system itself lives in.
+        if def.group.is_empty() && def.plural == "namespaces" && IMMORTAL_NAMESPACES.contains(&name) {
+            let mut e = ApiError::forbidden(format!("namespaces \"{name}\" is forbidden: this namespace may not be deleted"));
+            e.details.name = Some(name.to_string());
+            e.details.kind = Some("namespaces".into());
+            return Err(e);
+        }
         let key = def.key(namespace, name);
         for _attempt in 0..16 {
             let kv = self.store.get(&key).ok_or_else(|| ApiError::not_found(def.plural, def.group, name))?;

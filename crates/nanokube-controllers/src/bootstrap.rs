@@ -1,6 +1,15 @@
-//! Objects every cluster has from the start.
+//! Objects every cluster has from the start, and [`run`], which brings them back when
+//! they are deleted (as kube-apiserver's system-namespaces and `kubernetes` Service
+//! controllers do): `kube-node-lease`, and the `kubernetes` Service, Endpoints and
+//! EndpointSlice. (`default`, `kube-system` and `kube-public` cannot be deleted: the
+//! registry refuses, as upstream's NamespaceLifecycle admission does.)
 
 use std::sync::Arc;
+
+use nanokube_store::EventKind;
+use tokio::sync::{watch, Notify};
+
+use crate::follow::{follow, Change};
 
 use nanokube_api::resources::{self, ResourceDef};
 use nanokube_api::ApiError;
@@ -92,4 +101,49 @@ pub async fn ensure_kubernetes_service(registry: &Arc<Registry>, apiserver_ip: &
     // Concurrent, so the three writes share one commit.
     tokio::try_join!(service, endpoints_obj, slice_obj)?;
     Ok(())
+}
+
+/// Recreate the system namespaces and the `kubernetes` Service, Endpoints and
+/// EndpointSlice (pointing at `apiserver_ip:apiserver_port`) whenever one is deleted,
+/// until `shutdown`.
+pub async fn run(registry: Arc<Registry>, apiserver_ip: String, apiserver_port: u16, shutdown: watch::Receiver<bool>) {
+    let deleted = Arc::new(Notify::new());
+    let store = registry.store().clone();
+    let from = store.current_revision();
+    let namespaces = def("", "namespaces");
+    let ns_keys: Vec<String> = SYSTEM_NAMESPACES.iter().map(|ns| namespaces.key("", ns)).collect();
+    let service_keys: Vec<String> =
+        [def("", "services"), def("", "endpoints"), def("discovery.k8s.io", "endpointslices")].iter().map(|d| d.key("default", "kubernetes")).collect();
+    let mut followers = tokio::task::JoinSet::new();
+    for (prefix, keys) in std::iter::once((namespaces.key_prefix(), ns_keys)).chain(service_keys.into_iter().map(|k| (k.clone(), vec![k]))) {
+        let (store, deleted, shutdown) = (store.clone(), deleted.clone(), shutdown.clone());
+        followers.spawn(async move {
+            follow(store, &prefix, from, shutdown, |change| {
+                let gone = match change {
+                    Change::Event(ev) => ev.kind == EventKind::Deleted && keys.contains(&ev.kv.key),
+                    Change::Resync => true,
+                };
+                if gone {
+                    deleted.notify_one();
+                }
+                true
+            })
+            .await
+        });
+    }
+    let mut shutdown = shutdown;
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            _ = deleted.notified() => {
+                let (namespaces, service) = tokio::join!(ensure_namespaces(&registry), ensure_kubernetes_service(&registry, &apiserver_ip, apiserver_port));
+                for (what, r) in [("system namespaces", namespaces), ("the kubernetes Service", service)] {
+                    if let Err(e) = r {
+                        tracing::warn!(error = %e, "recreating {what} failed");
+                    }
+                }
+            }
+        }
+    }
+    followers.shutdown().await;
 }

@@ -276,6 +276,7 @@ impl Cluster {
         }
         tracing::debug!(elapsed_ms = started.elapsed().as_secs_f64() * 1000.0, "bootstrap objects, RBAC policy and namespace defaults ensured");
         tasks.spawn(ns_controller.run(shutdown_rx.clone()));
+        tasks.spawn(nanokube_controllers::bootstrap::run(registry.clone(), advertise.to_string(), addr.port(), shutdown_rx.clone()));
         tasks.spawn(Arc::new(nanokube_controllers::crds::CrdController::new(registry.clone())).run(shutdown_rx.clone()));
         tasks.spawn(Arc::new(nanokube_controllers::gc::GarbageCollector::new(registry.clone())).run(shutdown_rx.clone()));
         let token_controller = Arc::new(TokenController::new(registry.clone(), issuer.clone(), pki.ca_pem.clone(), cfg.legacy_service_account_token_secrets));
