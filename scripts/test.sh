@@ -33,4 +33,6 @@ else
 fi
 
 echo "== python tests"
-NANOKUBE_BIN="$PWD/target/debug/nanokube" .venv/bin/pytest -q tests/python
+# The binary cargo just built (honouring CARGO_TARGET_DIR), unless NANOKUBE_BIN names one.
+target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
+NANOKUBE_BIN="${NANOKUBE_BIN:-$target_dir/debug/nanokube}" .venv/bin/pytest -q tests/python
