@@ -75,9 +75,11 @@ struct ProxyArgs {
     /// The kubeconfig context to use.
     #[arg(long)]
     context: Option<String>,
-    /// Directory of the in-cluster service-account files (token, ca.crt).
-    #[arg(long, default_value = nanokube::client::SERVICE_ACCOUNT_DIR)]
-    service_account_dir: PathBuf,
+    /// Use the in-cluster service-account files (token, ca.crt) in this directory, even
+    /// when a kubeconfig exists [default without a kubeconfig:
+    /// /var/run/secrets/kubernetes.io/serviceaccount].
+    #[arg(long)]
+    service_account_dir: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -358,17 +360,20 @@ fn main() {
 
 async fn run_proxy(a: ProxyArgs) -> i32 {
     use nanokube::client::ClusterAccess;
-    // A kubeconfig if one is given or present; otherwise the pod's service account.
+    // The service-account directory if one is named; else a kubeconfig if one is given
+    // or present; otherwise the pod's service account.
     let files = nanokube::config::files(a.kubeconfig.as_deref());
     let have_kubeconfig = a.kubeconfig.is_some() || std::env::var("KUBECONFIG").is_ok_and(|v| !v.is_empty()) || files.iter().any(|f| f.exists());
-    let access = if have_kubeconfig {
+    let access = if let Some(dir) = &a.service_account_dir {
+        ClusterAccess::in_cluster(dir)
+    } else if have_kubeconfig {
         let Some(f) = files.iter().find(|f| f.exists()) else {
             eprintln!("error: no kubeconfig found in {files:?}");
             return 1;
         };
         ClusterAccess::from_kubeconfig(f, a.context.as_deref())
     } else {
-        ClusterAccess::in_cluster(&a.service_account_dir)
+        ClusterAccess::in_cluster(std::path::Path::new(nanokube::client::SERVICE_ACCOUNT_DIR))
     };
     let access = match access {
         Ok(x) => x,

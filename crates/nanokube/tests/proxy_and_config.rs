@@ -114,6 +114,25 @@ fn in_cluster_proxy_uses_the_service_account_and_rbac_decides() {
     let _ = proxy.kill();
     let _ = proxy.wait();
 
+    // A named service-account directory wins over the admin's kubeconfig in the
+    // environment and in HOME (it used to be ignored, and the admin was used).
+    let admin_home = s.dir.path().join("home-admin");
+    std::fs::create_dir_all(admin_home.join(".kube")).unwrap();
+    std::fs::copy(s.kubeconfig(), admin_home.join(".kube/config")).unwrap();
+    let (mut proxy, port) = start_proxy(
+        &["--port", "0", "--service-account-dir", sa_dir.to_str().unwrap()],
+        &[
+            ("KUBERNETES_SERVICE_HOST", "127.0.0.1".into()),
+            ("KUBERNETES_SERVICE_PORT", s.port.to_string()),
+            ("HOME", admin_home.display().to_string()),
+            ("KUBECONFIG", s.kubeconfig().display().to_string()),
+        ],
+    );
+    let (code, body) = get(port, "/api/v1/namespaces/default/secrets");
+    assert_eq!(code, 403, "the service account, not the admin: {body}");
+    let _ = proxy.kill();
+    let _ = proxy.wait();
+
     // Without the in-cluster environment, the proxy says why it cannot start.
     let out = Command::new(env!("CARGO_BIN_EXE_nanokube"))
         .args(["proxy", "--port", "0"])
