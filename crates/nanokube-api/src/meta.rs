@@ -98,7 +98,12 @@ pub fn random_suffix(n: usize) -> String {
 /// `generateName` plus five random characters, truncated like upstream (max 63 chars of prefix kept to 58).
 pub fn generate_name(prefix: &str) -> String {
     const MAX_PREFIX: usize = 63 - 5;
-    let p = if prefix.len() > MAX_PREFIX { &prefix[..MAX_PREFIX] } else { prefix };
+    // Cut at a character boundary: the prefix is the client's.
+    let mut end = prefix.len().min(MAX_PREFIX);
+    while !prefix.is_char_boundary(end) {
+        end -= 1;
+    }
+    let p = &prefix[..end];
     format!("{}{}", p, random_suffix(5))
 }
 

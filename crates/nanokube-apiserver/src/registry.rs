@@ -23,6 +23,45 @@ use serde_json::{json, Map, Value};
 
 use crate::alloc::ServiceAllocator;
 
+/// Where the ServiceAccount admission mounts a pod's token, CA and namespace.
+const SERVICE_ACCOUNT_MOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+/// The `kube-api-access-xxxxx` projected volume and its mount in every container (and
+/// init container) that does not mount something there already.
+fn mount_service_account_token(spec: &mut serde_json::Map<String, Value>) {
+    let mounted_already = |c: &Value| c.get("volumeMounts").and_then(Value::as_array).is_some_and(|m| m.iter().any(|m| m.get("mountPath").and_then(Value::as_str) == Some(SERVICE_ACCOUNT_MOUNT)));
+    let volumes = spec.get("volumes").and_then(Value::as_array);
+    if volumes.is_some_and(|vs| vs.iter().any(|v| v.get("name").and_then(Value::as_str).is_some_and(|n| n.starts_with("kube-api-access-")))) {
+        return;
+    }
+    let name = meta::generate_name("kube-api-access-");
+    let volume = json!({"name": name, "projected": {"defaultMode": 420, "sources": [
+        {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+        {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+        {"downwardAPI": {"items": [{"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}, "path": "namespace"}]}}
+    ]}});
+    let mut mounted = false;
+    for list in ["initContainers", "containers"] {
+        for c in spec.get_mut(list).and_then(Value::as_array_mut).into_iter().flatten() {
+            if mounted_already(c) {
+                continue;
+            }
+            let Some(c) = c.as_object_mut() else { continue };
+            let mounts = c.entry("volumeMounts").or_insert_with(|| json!([]));
+            if let Some(m) = mounts.as_array_mut() {
+                m.push(json!({"name": name, "readOnly": true, "mountPath": SERVICE_ACCOUNT_MOUNT}));
+                mounted = true;
+            }
+        }
+    }
+    if mounted {
+        let vs = spec.entry("volumes").or_insert_with(|| json!([]));
+        if let Some(vs) = vs.as_array_mut() {
+            vs.push(volume);
+        }
+    }
+}
+
 /// Namespaces that cannot be deleted (upstream's NamespaceLifecycle admission).
 pub const IMMORTAL_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public"];
 
@@ -715,9 +754,12 @@ impl Registry {
         }
         let name = meta::name(&obj).to_string();
         if def.has_status() && def.plural != "namespaces" && def.plural != "nodes" && def.plural != "persistentvolumes" {
-            // Status is the controllers' to write; a create starts it empty.
+            // Status is the controllers' to write; a create starts it at its zero value.
             if let Some(m) = obj.as_object_mut() {
                 m.remove("status");
+                if let Some(initial) = defaults::initial_status(def) {
+                    m.insert("status".into(), initial);
+                }
             }
         }
         if !def.namespaced || namespace.is_empty() {
@@ -728,7 +770,8 @@ impl Registry {
         self.check_custom_create(def)?;
         check_decodable(def, &obj)?;
         defaults::apply_defaults(def, &mut obj);
-        self.admit_create(def, &mut obj);
+        defaults::prepare_create(def, &mut obj);
+        self.admit_create(def, namespace, &mut obj)?;
         let mut causes = Vec::new();
         self.custom_strategy(def, &mut obj, None, &mut causes);
         causes.extend(validation::validate_object(def, &obj));
@@ -760,27 +803,110 @@ impl Registry {
         }
     }
 
-    /// Admission on create: what upstream's default admission plugins do to new objects.
-    fn admit_create(&self, def: &ResourceDef, obj: &mut Value) {
-        if def.group.is_empty() && def.plural == "pods" {
-            // ServiceAccount admission: every pod runs as a service account.
-            let sa = obj
-                .pointer("/spec/serviceAccountName")
-                .and_then(Value::as_str)
-                .filter(|s| !s.is_empty())
-                .map(String::from)
-                .or_else(|| obj.pointer("/spec/serviceAccount").and_then(Value::as_str).filter(|s| !s.is_empty()).map(String::from))
-                .unwrap_or_else(|| "default".into());
-            if let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) {
-                spec.insert("serviceAccountName".into(), json!(sa));
-                spec.insert("serviceAccount".into(), json!(sa));
+    /// Admission on create: what upstream's default admission plugins do to new objects
+    /// (ServiceAccount, DefaultTolerationSeconds, Priority, DefaultStorageClass).
+    fn admit_create(&self, def: &ResourceDef, namespace: &str, obj: &mut Value) -> Result<(), ApiError> {
+        match (def.group, def.plural) {
+            ("", "pods") => self.admit_pod(namespace, obj),
+            ("", "persistentvolumeclaims") => {
+                self.default_storage_class(obj);
+                Ok(())
             }
-            let qos = qos_class(obj_spec_containers(obj));
-            let status = obj.as_object_mut().expect("object").entry("status").or_insert_with(|| json!({}));
-            if let Some(st) = status.as_object_mut() {
-                st.insert("phase".into(), json!("Pending"));
-                st.insert("qosClass".into(), json!(qos));
+            _ => Ok(()),
+        }
+    }
+
+    fn admit_pod(&self, namespace: &str, obj: &mut Value) -> Result<(), ApiError> {
+        // ServiceAccount admission: every pod runs as a service account, and gets its
+        // token, the cluster CA and its namespace mounted unless automount is off.
+        let sa = obj
+            .pointer("/spec/serviceAccountName")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .or_else(|| obj.pointer("/spec/serviceAccount").and_then(Value::as_str).filter(|s| !s.is_empty()).map(String::from))
+            .unwrap_or_else(|| "default".into());
+        let sa_automount = resources::find("", "v1", "serviceaccounts")
+            .and_then(|d| self.get(d, namespace, &sa).ok())
+            .and_then(|o| o.value().get("automountServiceAccountToken").and_then(Value::as_bool));
+        let priority = self.pod_priority(obj)?;
+        let qos = qos_class(obj_spec_containers(obj));
+        let Some(root) = obj.as_object_mut() else { return Ok(()) };
+        let spec = root.entry("spec").or_insert_with(|| json!({}));
+        let Some(spec) = spec.as_object_mut() else { return Ok(()) };
+        spec.insert("serviceAccountName".into(), json!(sa));
+        spec.insert("serviceAccount".into(), json!(sa));
+        let automount = spec.get("automountServiceAccountToken").and_then(Value::as_bool).or(sa_automount).unwrap_or(true);
+        if automount {
+            mount_service_account_token(spec);
+        }
+        // DefaultTolerationSeconds: five minutes on a node that is not ready or unreachable.
+        let tolerations = spec.entry("tolerations").or_insert_with(|| json!([]));
+        if let Some(list) = tolerations.as_array_mut() {
+            for key in ["node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"] {
+                let covered = list.iter().any(|t| {
+                    let effect = t.get("effect").and_then(Value::as_str).unwrap_or("");
+                    let op = t.get("operator").and_then(Value::as_str).unwrap_or("Equal");
+                    let k = t.get("key").and_then(Value::as_str).unwrap_or("");
+                    (effect.is_empty() || effect == "NoExecute") && (k == key || (k.is_empty() && op == "Exists"))
+                });
+                if !covered {
+                    list.push(json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}));
+                }
             }
+        }
+        // Priority admission.
+        let (value, policy) = priority;
+        spec.insert("priority".into(), json!(value));
+        spec.entry("preemptionPolicy").or_insert(json!(policy));
+        let status = root.entry("status").or_insert_with(|| json!({}));
+        if let Some(st) = status.as_object_mut() {
+            st.insert("phase".into(), json!("Pending"));
+            st.insert("qosClass".into(), json!(qos));
+        }
+        Ok(())
+    }
+
+    /// The priority and preemption policy of a pod, from its `priorityClassName` (or the
+    /// global default class, or 0), as upstream's Priority admission finds them.
+    fn pod_priority(&self, obj: &Value) -> Result<(i64, String), ApiError> {
+        let classes = resources::find("scheduling.k8s.io", "v1", "priorityclasses");
+        let of = |pc: &Value| {
+            (pc.get("value").and_then(Value::as_i64).unwrap_or(0), pc.get("preemptionPolicy").and_then(Value::as_str).unwrap_or("PreemptLowerPriority").to_string())
+        };
+        match obj.pointer("/spec/priorityClassName").and_then(Value::as_str).filter(|s| !s.is_empty()) {
+            Some(name) => match classes.and_then(|d| self.get(d, "", name).ok()) {
+                Some(pc) => Ok(of(pc.value())),
+                None => Err(ApiError::forbidden(format!("pods \"{}\" is forbidden: no PriorityClass with name {name} was found", meta::name(obj)))),
+            },
+            None => {
+                let default = classes.and_then(|d| self.list(d, None, &ListOptions::default()).ok()).and_then(|l| {
+                    l.items.iter().map(|o| o.value().clone()).filter(|pc| pc.get("globalDefault").and_then(Value::as_bool) == Some(true)).min_by_key(|pc| pc.get("value").and_then(Value::as_i64).unwrap_or(0))
+                });
+                Ok(default.map(|pc| of(&pc)).unwrap_or((0, "PreemptLowerPriority".into())))
+            }
+        }
+    }
+
+    /// DefaultStorageClass admission: a claim that names no class gets the default one.
+    fn default_storage_class(&self, obj: &mut Value) {
+        if obj.pointer("/spec/storageClassName").is_some_and(|v| !v.is_null()) {
+            return;
+        }
+        let Some(d) = resources::find("storage.k8s.io", "v1", "storageclasses") else { return };
+        let Ok(list) = self.list(d, None, &ListOptions::default()) else { return };
+        let is_default = |sc: &Value| {
+            ["storageclass.kubernetes.io/is-default-class", "storageclass.beta.kubernetes.io/is-default-class"]
+                .iter()
+                .any(|a| sc.pointer(&format!("/metadata/annotations/{}", a.replace('/', "~1"))).and_then(Value::as_str) == Some("true"))
+        };
+        // The newest default class, as upstream picks among several.
+        let chosen = list.items.iter().map(|o| o.value().clone()).filter(is_default).max_by(|a, b| {
+            let ts = |v: &Value| v.pointer("/metadata/creationTimestamp").and_then(Value::as_str).unwrap_or("").to_string();
+            ts(a).cmp(&ts(b)).then_with(|| meta::name(b).cmp(meta::name(a)))
+        });
+        if let (Some(sc), Some(spec)) = (chosen, obj.get_mut("spec").and_then(Value::as_object_mut)) {
+            spec.insert("storageClassName".into(), json!(meta::name(&sc)));
         }
     }
 

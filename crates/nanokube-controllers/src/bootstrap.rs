@@ -56,6 +56,26 @@ pub async fn ensure_namespaces(registry: &Arc<Registry>) -> Result<(), ApiError>
     Ok(())
 }
 
+/// Create the two PriorityClasses kube-apiserver creates at start
+/// (`system-cluster-critical`, `system-node-critical`), which pods may name.
+pub async fn ensure_priority_classes(registry: &Arc<Registry>) -> Result<(), ApiError> {
+    let d = resources::find("scheduling.k8s.io", "v1", "priorityclasses").ok_or_else(|| ApiError::internal("priorityclasses are not served"))?;
+    let classes = [
+        ("system-cluster-critical", 2_000_000_000, "Used for system critical pods that must run in the cluster, but can be moved to another node if necessary."),
+        ("system-node-critical", 2_000_001_000, "Used for system critical pods that must not be moved from their current node."),
+    ];
+    let mut tasks = tokio::task::JoinSet::new();
+    for (name, value, description) in classes {
+        let r = registry.clone();
+        let pc = json!({"metadata": {"name": name}, "value": value, "description": description, "preemptionPolicy": "PreemptLowerPriority"});
+        tasks.spawn(async move { ensure(&r, d, "", pc, |_| None).await });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.map_err(|e| ApiError::internal(e.to_string()))??;
+    }
+    Ok(())
+}
+
 /// Create (or repoint) the `kubernetes` Service, Endpoints and EndpointSlice at the API
 /// server (`ip:port`), concurrently. The `default` namespace must exist.
 pub async fn ensure_kubernetes_service(registry: &Arc<Registry>, apiserver_ip: &str, apiserver_port: u16) -> Result<(), ApiError> {
@@ -137,10 +157,18 @@ pub async fn run(registry: Arc<Registry>, apiserver_ip: String, apiserver_port: 
             _ = shutdown.changed() => break,
             _ = deleted.notified() => {
                 let (namespaces, service) = tokio::join!(ensure_namespaces(&registry), ensure_kubernetes_service(&registry, &apiserver_ip, apiserver_port));
+                let mut failed = false;
                 for (what, r) in [("system namespaces", namespaces), ("the kubernetes Service", service)] {
                     if let Err(e) = r {
-                        tracing::warn!(error = %e, "recreating {what} failed");
+                        // E.g. the deleted Service's IP is released just after its
+                        // deletion is visible: try again shortly.
+                        tracing::debug!(error = %e, "recreating {what} failed; retrying");
+                        failed = true;
                     }
+                }
+                if failed {
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    deleted.notify_one();
                 }
             }
         }

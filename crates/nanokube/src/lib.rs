@@ -247,9 +247,13 @@ impl Cluster {
         tasks.spawn(server::serve(api.clone(), listener, tls, shutdown_rx.clone()));
 
         // Two commit rounds: what needs nothing, then what needs the namespaces.
-        let (namespaces, policy) =
-            tokio::join!(nanokube_controllers::bootstrap::ensure_namespaces(&registry), nanokube_controllers::rbac_policy::ensure(&registry));
+        let (namespaces, policy, priority_classes) = tokio::join!(
+            nanokube_controllers::bootstrap::ensure_namespaces(&registry),
+            nanokube_controllers::rbac_policy::ensure(&registry),
+            nanokube_controllers::bootstrap::ensure_priority_classes(&registry)
+        );
         namespaces.map_err(|e| format!("bootstrap: {e}"))?;
+        priority_classes.map_err(|e| format!("bootstrap: {e}"))?;
         policy.map_err(|e| format!("default RBAC policy: {e}"))?;
         tasks.spawn(nanokube_controllers::rbac_policy::run(registry.clone(), shutdown_rx.clone()));
         let ns_controller = Arc::new(NamespaceController::new(registry.clone(), pki.ca_pem.clone()));

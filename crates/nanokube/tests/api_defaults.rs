@@ -1,0 +1,144 @@
+//! Defaults and admission on create are kube-apiserver 1.33's: each object of
+//! `tests/upstream-1.33/defaults-on-create.json` (one minimal object of 24 kinds, as sent,
+//! and what a real kube-apiserver 1.33 answered) is created with kubectl and the answer
+//! compared field by field, values the server allocates (uids, ClusterIPs, NodePorts,
+//! the random suffix of `kube-api-access-*`) aside.
+
+mod common;
+
+use common::Server;
+use serde_json::Value;
+
+/// Values that differ between any two servers, replaced by what they are.
+fn normalize(v: &mut Value, uid: &str) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m.iter_mut() {
+                match (k.as_str(), x.as_str()) {
+                    ("clusterIP" | "nodePort", _) => *x = Value::String(format!("<{k}>")),
+                    (_, Some(s)) if s.starts_with("kube-api-access-") => *x = Value::String("kube-api-access-<random>".into()),
+                    (_, Some(s)) if !uid.is_empty() && s == uid => *x = Value::String("<uid>".into()),
+                    _ => normalize(x, uid),
+                }
+            }
+            if let Some(ips) = m.get_mut("clusterIPs").and_then(Value::as_array_mut) {
+                ips.iter_mut().for_each(|ip| *ip = Value::String("<clusterIP>".into()));
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(|x| normalize(x, uid)),
+        _ => {}
+    }
+}
+
+fn comparable(mut obj: Value) -> Value {
+    let uid = obj["metadata"]["uid"].as_str().unwrap_or("").to_string();
+    let m = obj.as_object_mut().unwrap();
+    m.remove("_sent");
+    let meta = m.get_mut("metadata").and_then(Value::as_object_mut).unwrap();
+    for f in ["uid", "resourceVersion", "creationTimestamp", "generation", "managedFields"] {
+        meta.remove(f);
+    }
+    // The Job's controller-uid labels carry the upstream object's uid.
+    let upstream_uid = obj.pointer("/metadata/labels/controller-uid").and_then(Value::as_str).map(String::from).unwrap_or(uid);
+    normalize(&mut obj, &upstream_uid);
+    obj
+}
+
+/// Paths where two JSON values differ.
+fn differences(a: &Value, b: &Value, path: &str, out: &mut Vec<String>) {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            for k in x.keys().chain(y.keys().filter(|k| !x.contains_key(*k))) {
+                match (x.get(k), y.get(k)) {
+                    (Some(p), Some(q)) => differences(p, q, &format!("{path}/{k}"), out),
+                    (Some(p), None) => out.push(format!("{path}/{k}: only here: {p}")),
+                    (None, Some(q)) => out.push(format!("{path}/{k}: only upstream: {q}")),
+                    (None, None) => {}
+                }
+            }
+        }
+        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => {
+            for (i, (p, q)) in x.iter().zip(y).enumerate() {
+                differences(p, q, &format!("{path}/{i}"), out);
+            }
+        }
+        _ if a != b => out.push(format!("{path}: {a} here, {b} upstream")),
+        _ => {}
+    }
+}
+
+#[test]
+fn creates_answer_what_kube_apiserver_1_33_answers() {
+    let s = Server::start();
+    let expected: serde_json::Map<String, Value> =
+        serde_json::from_str(&std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/upstream-1.33/defaults-on-create.json")).unwrap()).unwrap();
+    s.k(&["create", "namespace", "defaults"]);
+    assert!(common::eventually(std::time::Duration::from_secs(10), || s.kubectl(&["get", "serviceaccount", "default", "-n", "defaults"]).status.success()));
+    let mut failures = Vec::new();
+    let mut not_served = Vec::new();
+    for (key, want) in &expected {
+        let sent = want["_sent"].to_string();
+        let out = s.k_stdin(&["create", "-n", "defaults", "-o", "json", "-f", "-"], &sent);
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr).to_string();
+            if err.contains("no matches for kind") {
+                not_served.push(key.clone());
+            } else {
+                failures.push(format!("{key}: create failed: {err}"));
+            }
+            continue;
+        }
+        let got = comparable(serde_json::from_slice(&out.stdout).unwrap());
+        let want = comparable(want.clone());
+        let mut diffs = Vec::new();
+        differences(&got, &want, "", &mut diffs);
+        if !diffs.is_empty() {
+            failures.push(format!("{key}:\n    {}", diffs.join("\n    ")));
+        }
+    }
+    assert!(failures.is_empty(), "{} of {} kinds differ:\n{}", failures.len(), expected.len(), failures.join("\n"));
+    // autoscaling/v2 is not served yet (issue #12, item 3): the one kind left out.
+    assert_eq!(not_served, ["HorizontalPodAutoscaler/hpa"]);
+}
+
+/// The admission plugins behind those answers, in the cases the file does not show.
+#[test]
+fn pod_and_claim_admission_as_upstream() {
+    let s = Server::start();
+    let pod = |name: &str, extra: &str| format!(r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"{name}"}},"spec":{{{extra}"containers":[{{"name":"c","image":"busybox"}}]}}}}"#);
+    let create = |body: String| {
+        let out = s.k_stdin(&["create", "-o", "json", "-f", "-"], &body);
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).to_string(), String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    // Priority: the built-in classes exist; an unknown class is refused.
+    let (ok, out, err) = create(pod("critical", r#""priorityClassName":"system-node-critical","#));
+    assert!(ok, "{err}");
+    let p: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(p["spec"]["priority"], 2_000_001_000);
+    let (ok, _, err) = create(pod("unknown", r#""priorityClassName":"nope","#));
+    assert!(!ok);
+    assert!(err.contains("Forbidden") && err.contains("no PriorityClass with name nope was found"), "{err}");
+    // A global default class applies to pods that name none.
+    s.k(&["create", "priorityclass", "everyone", "--value=7", "--global-default"]);
+    let (ok, out, err) = create(pod("defaulted", ""));
+    assert!(ok, "{err}");
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["spec"]["priority"], 7);
+    // ServiceAccount: no token volume when automount is off, nor a second one.
+    let (ok, out, err) = create(pod("no-token", r#""automountServiceAccountToken":false,"#));
+    assert!(ok, "{err}");
+    let p: Value = serde_json::from_str(&out).unwrap();
+    assert!(p["spec"].get("volumes").is_none(), "{p}");
+    // Tolerations already given are not doubled.
+    let (ok, out, err) = create(pod("tolerant", r#""tolerations":[{"operator":"Exists"}],"#));
+    assert!(ok, "{err}");
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["spec"]["tolerations"].as_array().unwrap().len(), 1);
+    // DefaultStorageClass: a claim without a class gets the default one.
+    let sc = r#"{"apiVersion":"storage.k8s.io/v1","kind":"StorageClass","metadata":{"name":"fast","annotations":{"storageclass.kubernetes.io/is-default-class":"true"}},"provisioner":"example.com/x"}"#;
+    assert!(s.k_stdin(&["create", "-f", "-"], sc).status.success());
+    let claim = r#"{"apiVersion":"v1","kind":"PersistentVolumeClaim","metadata":{"name":"data"},"spec":{"accessModes":["ReadWriteOnce"],"resources":{"requests":{"storage":"1Gi"}}}}"#;
+    let (ok, out, err) = create(claim.to_string());
+    assert!(ok, "{err}");
+    let c: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(c["spec"]["storageClassName"], "fast");
+    assert_eq!(c["metadata"]["finalizers"], serde_json::json!(["kubernetes.io/pvc-protection"]));
+}
