@@ -219,6 +219,8 @@ pub fn initial_status(def: &ResourceDef) -> Option<Value> {
         ("apps", "daemonsets") => json!({"currentNumberScheduled": 0, "desiredNumberScheduled": 0, "numberMisscheduled": 0, "numberReady": 0}),
         ("policy", "poddisruptionbudgets") => json!({"currentHealthy": 0, "desiredHealthy": 0, "disruptionsAllowed": 0, "expectedPods": 0}),
         ("networking.k8s.io", "ingresses") => json!({"loadBalancer": {}}),
+        ("autoscaling", "horizontalpodautoscalers") if def.version == "v1" => json!({"currentReplicas": 0, "desiredReplicas": 0}),
+        ("autoscaling", "horizontalpodautoscalers") => json!({"currentMetrics": null, "desiredReplicas": 0}),
         _ => return None,
     })
 }
@@ -295,6 +297,16 @@ pub fn apply_defaults(def: &ResourceDef, obj: &mut Value) {
             if spec.get("policyTypes").and_then(Value::as_array).is_none_or(Vec::is_empty) {
                 let egress = spec.get("egress").and_then(Value::as_array).is_some_and(|e| !e.is_empty());
                 spec.insert("policyTypes".into(), if egress { json!(["Ingress", "Egress"]) } else { json!(["Ingress"]) });
+            }
+        }
+        ("autoscaling", "horizontalpodautoscalers") => {
+            let v2 = def.version == "v2";
+            let spec = obj_entry(root, "spec");
+            set_default(spec, "minReplicas", json!(1));
+            // v2's SetDefaults: no metrics means 80% of the CPU requested (v1 leaves the
+            // same default to the controller).
+            if v2 && spec.get("metrics").and_then(Value::as_array).is_none_or(Vec::is_empty) {
+                spec.insert("metrics".into(), json!([{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80}}}]));
             }
         }
         ("storage.k8s.io", "storageclasses") => {

@@ -128,6 +128,27 @@ const fn status(kind: &'static str, group: &'static str) -> SubresourceDef {
     SubresourceDef { name: "status", group, version: "v1", kind, verbs: &["get", "patch", "update"] }
 }
 
+const fn status_in(kind: &'static str, group: &'static str, version: &'static str) -> SubresourceDef {
+    SubresourceDef { name: "status", group, version, kind, verbs: &["get", "patch", "update"] }
+}
+
+const fn approval(kind: &'static str, group: &'static str) -> SubresourceDef {
+    SubresourceDef { name: "approval", group, version: "v1", kind, verbs: &["get", "patch", "update"] }
+}
+
+/// A v1 resource stored in another version's form (see `convert`).
+const fn stored_as(mut r: ResourceDef, storage: &'static str) -> ResourceDef {
+    r.storage_version = storage;
+    r
+}
+
+/// A resource of another version than v1 (`autoscaling/v2`).
+const fn in_version(mut r: ResourceDef, version: &'static str) -> ResourceDef {
+    r.version = version;
+    r.storage_version = version;
+    r
+}
+
 const fn scale() -> SubresourceDef {
     SubresourceDef { name: "scale", group: "autoscaling", version: "v1", kind: "Scale", verbs: &["get", "patch", "update"] }
 }
@@ -199,6 +220,7 @@ pub static BUILTIN: &[ResourceDef] = &[
     res("", "PersistentVolumeClaim", "persistentvolumeclaims", "persistentvolumeclaim", true, &["pvc"], NONE, &[status("PersistentVolumeClaim", "")]),
     res("", "PersistentVolume", "persistentvolumes", "persistentvolume", false, &["pv"], NONE, &[status("PersistentVolume", "")]),
     res("", "Pod", "pods", "pod", true, &["po"], ALL, &[status("Pod", "")]),
+    res("", "PodTemplate", "podtemplates", "podtemplate", true, NONE, NONE, &[]),
     res("", "ReplicationController", "replicationcontrollers", "replicationcontroller", true, &["rc"], ALL, &[status("ReplicationController", ""), scale()]),
     res("", "ResourceQuota", "resourcequotas", "resourcequota", true, &["quota"], NONE, &[status("ResourceQuota", "")]),
     res("", "Secret", "secrets", "secret", true, NONE, NONE, &[]),
@@ -213,6 +235,39 @@ pub static BUILTIN: &[ResourceDef] = &[
         &[SubresourceDef { name: "token", group: "authentication.k8s.io", version: "v1", kind: "TokenRequest", verbs: &["create"] }],
     ),
     res("", "Service", "services", "service", true, &["svc"], ALL, &[status("Service", "")]),
+    // admissionregistration.k8s.io/v1 (stored; webhooks are not called and policies
+    // not evaluated yet)
+    with_generation(res("admissionregistration.k8s.io", "MutatingWebhookConfiguration", "mutatingwebhookconfigurations", "mutatingwebhookconfiguration", false, NONE, &["api-extensions"], &[])),
+    with_generation(res(
+        "admissionregistration.k8s.io",
+        "ValidatingAdmissionPolicy",
+        "validatingadmissionpolicies",
+        "validatingadmissionpolicy",
+        false,
+        NONE,
+        &["api-extensions"],
+        &[status("ValidatingAdmissionPolicy", "admissionregistration.k8s.io")],
+    )),
+    with_generation(res(
+        "admissionregistration.k8s.io",
+        "ValidatingAdmissionPolicyBinding",
+        "validatingadmissionpolicybindings",
+        "validatingadmissionpolicybinding",
+        false,
+        NONE,
+        &["api-extensions"],
+        &[],
+    )),
+    with_generation(res(
+        "admissionregistration.k8s.io",
+        "ValidatingWebhookConfiguration",
+        "validatingwebhookconfigurations",
+        "validatingwebhookconfiguration",
+        false,
+        NONE,
+        &["api-extensions"],
+        &[],
+    )),
     // apps/v1
     res("apps", "ControllerRevision", "controllerrevisions", "controllerrevision", true, NONE, NONE, &[]),
     with_generation(res("apps", "DaemonSet", "daemonsets", "daemonset", true, &["ds"], ALL, &[status("DaemonSet", "apps")])),
@@ -226,18 +281,49 @@ pub static BUILTIN: &[ResourceDef] = &[
     create_only("authorization.k8s.io", "SelfSubjectAccessReview", "selfsubjectaccessreviews", "selfsubjectaccessreview", false),
     create_only("authorization.k8s.io", "SelfSubjectRulesReview", "selfsubjectrulesreviews", "selfsubjectrulesreview", false),
     create_only("authorization.k8s.io", "SubjectAccessReview", "subjectaccessreviews", "subjectaccessreview", false),
+    // autoscaling/v2 (stored), and v1 converted to and from it
+    in_version(res("autoscaling", "HorizontalPodAutoscaler", "horizontalpodautoscalers", "horizontalpodautoscaler", true, &["hpa"], ALL, &[status_in("HorizontalPodAutoscaler", "autoscaling", "v2")]), "v2"),
+    stored_as(res("autoscaling", "HorizontalPodAutoscaler", "horizontalpodautoscalers", "horizontalpodautoscaler", true, &["hpa"], ALL, &[status("HorizontalPodAutoscaler", "autoscaling")]), "v2"),
     // batch/v1
     with_generation(res("batch", "CronJob", "cronjobs", "cronjob", true, &["cj"], ALL, &[status("CronJob", "batch")])),
     with_generation(res("batch", "Job", "jobs", "job", true, NONE, ALL, &[status("Job", "batch")])),
+    // certificates.k8s.io/v1 (stored and approved; signing comes with the controllers)
+    res(
+        "certificates.k8s.io",
+        "CertificateSigningRequest",
+        "certificatesigningrequests",
+        "certificatesigningrequest",
+        false,
+        &["csr"],
+        NONE,
+        &[approval("CertificateSigningRequest", "certificates.k8s.io"), status("CertificateSigningRequest", "certificates.k8s.io")],
+    ),
     // coordination.k8s.io/v1
     res("coordination.k8s.io", "Lease", "leases", "lease", true, NONE, NONE, &[]),
     // discovery.k8s.io/v1
     res("discovery.k8s.io", "EndpointSlice", "endpointslices", "endpointslice", true, NONE, NONE, &[]),
     // events.k8s.io/v1
     res("events.k8s.io", "Event", "events", "event", true, &["ev"], NONE, &[]),
+    // flowcontrol.apiserver.k8s.io/v1
+    with_generation(res("flowcontrol.apiserver.k8s.io", "FlowSchema", "flowschemas", "flowschema", false, NONE, NONE, &[status("FlowSchema", "flowcontrol.apiserver.k8s.io")])),
+    with_generation(res(
+        "flowcontrol.apiserver.k8s.io",
+        "PriorityLevelConfiguration",
+        "prioritylevelconfigurations",
+        "prioritylevelconfiguration",
+        false,
+        NONE,
+        NONE,
+        &[status("PriorityLevelConfiguration", "flowcontrol.apiserver.k8s.io")],
+    )),
     // networking.k8s.io/v1
+    res("networking.k8s.io", "IngressClass", "ingressclasses", "ingressclass", false, NONE, NONE, &[]),
+    res("networking.k8s.io", "IPAddress", "ipaddresses", "ipaddress", false, &["ip"], NONE, &[]),
+    res("networking.k8s.io", "ServiceCIDR", "servicecidrs", "servicecidr", false, NONE, NONE, &[status("ServiceCIDR", "networking.k8s.io")]),
     with_generation(res("networking.k8s.io", "Ingress", "ingresses", "ingress", true, &["ing"], NONE, &[status("Ingress", "networking.k8s.io")])),
     with_generation(res("networking.k8s.io", "NetworkPolicy", "networkpolicies", "networkpolicy", true, &["netpol"], NONE, &[])),
+    // node.k8s.io/v1
+    res("node.k8s.io", "RuntimeClass", "runtimeclasses", "runtimeclass", false, NONE, NONE, &[]),
     // policy/v1
     with_generation(res(
         "policy",
@@ -268,7 +354,11 @@ pub static BUILTIN: &[ResourceDef] = &[
     )),
     res("scheduling.k8s.io", "PriorityClass", "priorityclasses", "priorityclass", false, &["pc"], NONE, &[]),
     // storage.k8s.io/v1
+    res("storage.k8s.io", "CSIDriver", "csidrivers", "csidriver", false, NONE, NONE, &[]),
+    res("storage.k8s.io", "CSINode", "csinodes", "csinode", false, NONE, NONE, &[]),
+    res("storage.k8s.io", "CSIStorageCapacity", "csistoragecapacities", "csistoragecapacity", true, NONE, NONE, &[]),
     res("storage.k8s.io", "StorageClass", "storageclasses", "storageclass", false, &["sc"], NONE, &[]),
+    res("storage.k8s.io", "VolumeAttachment", "volumeattachments", "volumeattachment", false, NONE, NONE, &[status("VolumeAttachment", "storage.k8s.io")]),
 ];
 
 /// The API groups in discovery order (preferred version first), core excluded.

@@ -1342,22 +1342,24 @@ impl Ctx<'_> {
                 let out = self.token_request(ns, &info.name, req)?;
                 Ok(h::json(StatusCode::CREATED, &out))
             }
-            "status" => match self.method.as_str() {
+            // `approval` (CertificateSigningRequests) is a status write limited to the
+            // conditions.
+            sub @ ("status" | "approval") => match self.method.as_str() {
                 "GET" => {
                     let obj = self.server.registry.get(def, ns, &info.name)?;
                     self.respond_object(def, StatusCode::OK, &obj)
                 }
                 "PUT" => {
                     let obj = self.decode_body(&body)?;
-                    let opts = WriteOptions { dry_run: self.dry_run()?, subresource: Some("status".into()) };
+                    let opts = WriteOptions { dry_run: self.dry_run()?, subresource: Some(sub.into()) };
                     let updated = self.server.registry.update(def, ns, &info.name, obj, &opts).await?;
                     self.respond_object(def, StatusCode::OK, &updated)
                 }
                 "PATCH" => {
-                    let (updated, warnings) = self.patch(def, &body, Some("status")).await?;
+                    let (updated, warnings) = self.patch(def, &body, Some(sub)).await?;
                     Ok(with_warnings(self.respond_object(def, StatusCode::OK, &updated)?, &warnings))
                 }
-                _ => Err(ApiError::method_not_allowed("status supports get, update and patch")),
+                _ => Err(ApiError::method_not_allowed(format!("{sub} supports get, update and patch"))),
             },
             "scale" => {
                 // Custom resources declare where replicas and the selector live.

@@ -278,14 +278,14 @@ fn check_decodable(def: &ResourceDef, obj: &Value) -> Result<(), ApiError> {
 /// Whether a resource is stored in another version's shape (events.k8s.io/v1 Events are
 /// stored as core/v1 Events).
 fn converts(def: &ResourceDef) -> bool {
-    def.group == "events.k8s.io" && def.plural == "events"
+    nanokube_api::convert::converts(def)
 }
 
 /// A stored object as `def` shows it. Custom resources convert between versions with
 /// the `None` strategy: only `apiVersion` changes.
 pub fn view(def: &ResourceDef, obj: Obj) -> Obj {
-    if converts(def) {
-        Arc::new(Stored::new(nanokube_api::convert::core_event_to_events_v1(&obj)))
+    if let Some(v) = obj.with_value(|stored| nanokube_api::convert::from_storage(def, stored)) {
+        Arc::new(Stored::new(v))
     } else if def.custom && !json_api_version_is(&obj.json(), def) {
         let mut v = obj.value().clone();
         v["apiVersion"] = json!(def.api_version());
@@ -338,8 +338,8 @@ fn decode_as(def: &ResourceDef, kv: &KeyValue) -> Result<Obj, ApiError> {
 
 /// The bytes to store for an object of `def`.
 fn encode_as(def: &ResourceDef, obj: &Value) -> Encoding {
-    if converts(def) {
-        encode(&nanokube_api::convert::events_v1_to_core(obj))
+    if let Some(stored) = nanokube_api::convert::to_storage(def, obj) {
+        encode(&stored)
     } else if def.custom && def.version != def.storage_version {
         let mut v = obj.clone();
         v["apiVersion"] = json!(format!("{}/{}", def.group, def.storage_version));
@@ -1092,7 +1092,27 @@ impl Registry {
         new["kind"] = json!(def.kind);
         new["apiVersion"] = json!(def.api_version());
         let status_write = opts.subresource.as_deref() == Some("status");
-        if status_write {
+        if opts.subresource.as_deref() == Some("approval") {
+            // A CertificateSigningRequest's approval changes its conditions only.
+            let mut merged = old.clone();
+            match new.pointer("/status/conditions") {
+                Some(c) => {
+                    if !merged.get("status").is_some_and(Value::is_object) {
+                        merged["status"] = json!({});
+                    }
+                    merged["status"]["conditions"] = c.clone();
+                }
+                None => {
+                    if let Some(st) = merged.get_mut("status").and_then(Value::as_object_mut) {
+                        st.remove("conditions");
+                    }
+                }
+            }
+            if let Some(mf) = meta::field(&new, "managedFields") {
+                meta::metadata_mut(&mut merged).insert("managedFields".into(), mf.clone());
+            }
+            new = merged;
+        } else if status_write {
             // The status subresource changes status only (and the field manager's record
             // of who did it).
             let mut merged = old.clone();

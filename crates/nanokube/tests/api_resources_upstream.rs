@@ -1,0 +1,96 @@
+//! The built-in APIs are kube-apiserver 1.33's: `kubectl api-resources` and `kubectl
+//! api-versions` (every kubectl 1.27–1.33) list what a real 1.33 lists
+//! (`tests/upstream-1.33/`), but for the two resources not served yet; HPAs answer in
+//! both versions from one stored object; a CSR is approved through its `approval`
+//! subresource by `kubectl certificate approve`.
+
+mod common;
+
+use common::Server;
+use serde_json::{json, Value};
+
+fn upstream(file: &str) -> String {
+    std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/upstream-1.33").join(file)).unwrap()
+}
+
+fn squeeze(text: &str) -> Vec<String> {
+    text.lines().map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ")).filter(|l| !l.is_empty()).collect()
+}
+
+/// Served by kube-apiserver 1.33 and not (yet) by nanokube: the aggregation layer's
+/// APIServices and the deprecated ComponentStatus.
+const NOT_YET: &[&str] = &["componentstatuses", "apiservices"];
+
+#[test]
+fn every_kubectl_lists_upstreams_resources_and_versions() {
+    let s = Server::start();
+    let want_resources: Vec<String> = squeeze(&upstream("api-resources-wide.txt")).into_iter().filter(|l| !NOT_YET.iter().any(|r| l.starts_with(&format!("{r} ")))).collect();
+    let want_versions: Vec<String> = squeeze(&upstream("api-versions.txt")).into_iter().filter(|v| v != "apiregistration.k8s.io/v1").collect();
+    for bin in ["kubectl", "kubectl.1.27", "kubectl.1.28", "kubectl.1.29", "kubectl.1.30", "kubectl.1.31", "kubectl.1.32", "kubectl.1.33"] {
+        let run = |args: &[&str]| {
+            let out = s.kubectl_bin(bin, args);
+            assert!(out.status.success(), "{bin} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8(out.stdout).unwrap()
+        };
+        assert_eq!(squeeze(&run(&["api-resources"])), want_resources, "{bin}");
+        assert_eq!(squeeze(&run(&["api-versions"])), want_versions, "{bin}");
+    }
+}
+
+#[test]
+fn horizontal_pod_autoscalers_in_both_versions_share_one_object() {
+    let s = Server::start();
+    let v1 = json!({"apiVersion": "autoscaling/v1", "kind": "HorizontalPodAutoscaler", "metadata": {"name": "web"},
+        "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"}, "maxReplicas": 5, "targetCPUUtilizationPercentage": 60}});
+    let (code, body) = s.curl("POST", "/apis/autoscaling/v1/namespaces/default/horizontalpodautoscalers", Some("application/json"), Some(v1.to_string().as_bytes()));
+    assert_eq!(code, 201, "{body}");
+    let created: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(created["apiVersion"], "autoscaling/v1");
+    assert_eq!(created["spec"]["minReplicas"], 1);
+    let (_, v2) = s.get_json("/apis/autoscaling/v2/namespaces/default/horizontalpodautoscalers/web");
+    assert_eq!(v2["apiVersion"], "autoscaling/v2");
+    assert_eq!(v2["spec"]["metrics"], json!([{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 60}}}]));
+    assert_eq!(v2["metadata"]["resourceVersion"], created["metadata"]["resourceVersion"]);
+    // A v2-only metric survives a v1 round trip (kept in an annotation, as upstream).
+    let (code, body) = s.curl(
+        "PATCH",
+        "/apis/autoscaling/v2/namespaces/default/horizontalpodautoscalers/web",
+        Some("application/merge-patch+json"),
+        Some(br#"{"spec":{"metrics":[{"type":"Resource","resource":{"name":"cpu","target":{"type":"Utilization","averageUtilization":60}}},{"type":"Resource","resource":{"name":"memory","target":{"type":"AverageValue","averageValue":"1Gi"}}}]}}"#),
+    );
+    assert_eq!(code, 200, "{body}");
+    let (_, as_v1) = s.get_json("/apis/autoscaling/v1/namespaces/default/horizontalpodautoscalers/web");
+    assert_eq!(as_v1["spec"]["targetCPUUtilizationPercentage"], 60);
+    let (code, body) = s.curl("PUT", "/apis/autoscaling/v1/namespaces/default/horizontalpodautoscalers/web", Some("application/json"), Some(as_v1.to_string().as_bytes()));
+    assert_eq!(code, 200, "{body}");
+    let (_, v2) = s.get_json("/apis/autoscaling/v2/namespaces/default/horizontalpodautoscalers/web");
+    assert_eq!(v2["spec"]["metrics"].as_array().unwrap().len(), 2, "{v2}");
+    assert!(v2["metadata"].get("annotations").is_none(), "{v2}");
+    // kubectl reads them (the preferred version is v2).
+    assert!(s.k(&["get", "hpa"]).contains("web"));
+}
+
+#[test]
+fn a_csr_is_approved_through_its_approval_subresource() {
+    let s = Server::start();
+    // Any PEM CSR will do for approval: the server does not sign yet.
+    let request = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "-----BEGIN CERTIFICATE REQUEST-----\nMIIBAA==\n-----END CERTIFICATE REQUEST-----\n");
+    let csr = json!({"apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest", "metadata": {"name": "jane"},
+        "spec": {"request": request, "signerName": "kubernetes.io/kube-apiserver-client", "usages": ["client auth"]}});
+    let (code, body) = s.curl("POST", "/apis/certificates.k8s.io/v1/certificatesigningrequests", Some("application/json"), Some(csr.to_string().as_bytes()));
+    assert_eq!(code, 201, "{body}");
+    let out = s.kubectl(&["certificate", "approve", "jane"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (_, now) = s.get_json("/apis/certificates.k8s.io/v1/certificatesigningrequests/jane");
+    assert_eq!(now["status"]["conditions"][0]["type"], "Approved", "{now}");
+    assert_eq!(now["spec"]["signerName"], "kubernetes.io/kube-apiserver-client");
+    // The approval subresource changes conditions only.
+    let mut changed = now.clone();
+    changed["spec"]["signerName"] = json!("example.com/other");
+    changed["status"]["certificate"] = json!("Zm9v");
+    let (code, body) = s.curl("PUT", "/apis/certificates.k8s.io/v1/certificatesigningrequests/jane/approval", Some("application/json"), Some(changed.to_string().as_bytes()));
+    assert_eq!(code, 200, "{body}");
+    let (_, after) = s.get_json("/apis/certificates.k8s.io/v1/certificatesigningrequests/jane");
+    assert_eq!(after["spec"]["signerName"], "kubernetes.io/kube-apiserver-client");
+    assert!(after["status"].get("certificate").is_none());
+}
