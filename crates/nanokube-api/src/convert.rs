@@ -81,8 +81,9 @@ pub fn hpa_v2_to_v1(v2: &Value) -> Value {
     let metrics = v2.pointer("/spec/metrics").and_then(Value::as_array).cloned().unwrap_or_default();
     let (cpu, others): (Vec<Value>, Vec<Value>) = metrics.into_iter().partition(is_cpu_utilization);
     let current = v2.pointer("/status/currentMetrics").and_then(Value::as_array).cloned().unwrap_or_default();
-    let (cur_cpu, cur_others): (Vec<Value>, Vec<Value>) =
-        current.into_iter().partition(|m| m.get("type").and_then(Value::as_str) == Some("Resource") && m.pointer("/resource/name").and_then(Value::as_str) == Some("cpu"));
+    let (cur_cpu, cur_others): (Vec<Value>, Vec<Value>) = current
+        .into_iter()
+        .partition(|m| m.get("type").and_then(Value::as_str) == Some("Resource") && m.pointer("/resource/name").and_then(Value::as_str) == Some("cpu"));
     if let Some(a) = annotations_mut(&mut out) {
         to_annotation(a, HPA_METRICS, Some(Value::Array(others)));
         to_annotation(a, HPA_CURRENT_METRICS, Some(Value::Array(cur_others)));

@@ -239,7 +239,9 @@ pub fn prepare_create(def: &ResourceDef, obj: &mut Value) {
             if spec.get("manualSelector") != Some(&json!(true)) {
                 let template = obj_entry(spec, "template");
                 let labels = obj_entry(obj_entry(template, "metadata"), "labels");
-                for (k, v) in [("batch.kubernetes.io/controller-uid", &uid), ("batch.kubernetes.io/job-name", &name), ("controller-uid", &uid), ("job-name", &name)] {
+                for (k, v) in
+                    [("batch.kubernetes.io/controller-uid", &uid), ("batch.kubernetes.io/job-name", &name), ("controller-uid", &uid), ("job-name", &name)]
+                {
                     labels.insert(k.into(), json!(v));
                 }
                 spec.insert("selector".into(), json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}}));
@@ -306,7 +308,10 @@ pub fn apply_defaults(def: &ResourceDef, obj: &mut Value) {
             // v2's SetDefaults: no metrics means 80% of the CPU requested (v1 leaves the
             // same default to the controller).
             if v2 && spec.get("metrics").and_then(Value::as_array).is_none_or(Vec::is_empty) {
-                spec.insert("metrics".into(), json!([{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80}}}]));
+                spec.insert(
+                    "metrics".into(),
+                    json!([{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80}}}]),
+                );
             }
         }
         ("storage.k8s.io", "storageclasses") => {
@@ -369,7 +374,8 @@ pub fn apply_defaults(def: &ResourceDef, obj: &mut Value) {
         ("scheduling.k8s.io", "priorityclasses") => set_default(root, "preemptionPolicy", json!("PreemptLowerPriority")),
         ("", "replicationcontrollers") => {
             // SetDefaults_ReplicationController: selector and labels from the template's.
-            let template_labels = root.get("spec").and_then(|s| s.pointer("/template/metadata/labels")).filter(|l| l.as_object().is_some_and(|m| !m.is_empty())).cloned();
+            let template_labels =
+                root.get("spec").and_then(|s| s.pointer("/template/metadata/labels")).filter(|l| l.as_object().is_some_and(|m| !m.is_empty())).cloned();
             if let Some(labels) = template_labels {
                 let spec = obj_entry(root, "spec");
                 if spec.get("selector").and_then(Value::as_object).is_none_or(Map::is_empty) {
@@ -516,7 +522,8 @@ mod tests {
     #[test]
     fn limit_range_requests_fall_back_to_limits_then_min() {
         let def = find("", "v1", "limitranges").unwrap();
-        let mut lr = json!({"spec": {"limits": [{"type": "Container", "max": {"memory": "1Gi"}, "min": {"cpu": "10m"}}, {"type": "Pod", "max": {"cpu": "2"}}]}});
+        let mut lr =
+            json!({"spec": {"limits": [{"type": "Container", "max": {"memory": "1Gi"}, "min": {"cpu": "10m"}}, {"type": "Pod", "max": {"cpu": "2"}}]}});
         apply_defaults(def, &mut lr);
         assert_eq!(lr["spec"]["limits"][0]["default"], json!({"memory": "1Gi"}));
         assert_eq!(lr["spec"]["limits"][0]["defaultRequest"], json!({"memory": "1Gi", "cpu": "10m"}));

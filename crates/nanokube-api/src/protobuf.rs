@@ -799,7 +799,10 @@ mod type_tests {
             assert_eq!(e, format!("json: cannot unmarshal {what} into Go struct field DeploymentSpec.spec.replicas of type int32"));
         }
         let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x", "annotations": {"a": 5}}});
-        assert_eq!(type_error("v1", "ConfigMap", &cm).unwrap(), "json: cannot unmarshal number into Go struct field ObjectMeta.metadata.annotations of type string");
+        assert_eq!(
+            type_error("v1", "ConfigMap", &cm).unwrap(),
+            "json: cannot unmarshal number into Go struct field ObjectMeta.metadata.annotations of type string"
+        );
         let pod = json!({"apiVersion": "v1", "kind": "Pod", "spec": {"containers": [{"name": "c", "ports": [{"containerPort": "80"}]}]}});
         assert!(type_error("v1", "Pod", &pod).unwrap().contains("ContainerPort.spec.containers.ports.containerPort of type int32"));
         let pod = json!({"apiVersion": "v1", "kind": "Pod", "spec": {"containers": {"name": "c"}}});

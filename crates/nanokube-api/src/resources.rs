@@ -136,16 +136,16 @@ const fn approval(kind: &'static str, group: &'static str) -> SubresourceDef {
     SubresourceDef { name: "approval", group, version: "v1", kind, verbs: &["get", "patch", "update"] }
 }
 
-/// A v1 resource stored in another version's form (see `convert`).
-const fn stored_as(mut r: ResourceDef, storage: &'static str) -> ResourceDef {
-    r.storage_version = storage;
-    r
-}
+const HPA_STATUS_V1: &[SubresourceDef] = &[status_in("HorizontalPodAutoscaler", "autoscaling", "v1")];
+const HPA_STATUS_V2: &[SubresourceDef] = &[status_in("HorizontalPodAutoscaler", "autoscaling", "v2")];
 
-/// A resource of another version than v1 (`autoscaling/v2`).
-const fn in_version(mut r: ResourceDef, version: &'static str) -> ResourceDef {
+/// HorizontalPodAutoscalers of `version`, all stored as v2 (v1 is converted, see
+/// `convert`).
+const fn hpa(version: &'static str) -> ResourceDef {
+    let status = if version.len() == 2 && version.as_bytes()[1] == b'2' { HPA_STATUS_V2 } else { HPA_STATUS_V1 };
+    let mut r = res("autoscaling", "HorizontalPodAutoscaler", "horizontalpodautoscalers", "horizontalpodautoscaler", true, &["hpa"], ALL, status);
     r.version = version;
-    r.storage_version = version;
+    r.storage_version = "v2";
     r
 }
 
@@ -237,7 +237,16 @@ pub static BUILTIN: &[ResourceDef] = &[
     res("", "Service", "services", "service", true, &["svc"], ALL, &[status("Service", "")]),
     // admissionregistration.k8s.io/v1 (stored; webhooks are not called and policies
     // not evaluated yet)
-    with_generation(res("admissionregistration.k8s.io", "MutatingWebhookConfiguration", "mutatingwebhookconfigurations", "mutatingwebhookconfiguration", false, NONE, &["api-extensions"], &[])),
+    with_generation(res(
+        "admissionregistration.k8s.io",
+        "MutatingWebhookConfiguration",
+        "mutatingwebhookconfigurations",
+        "mutatingwebhookconfiguration",
+        false,
+        NONE,
+        &["api-extensions"],
+        &[],
+    )),
     with_generation(res(
         "admissionregistration.k8s.io",
         "ValidatingAdmissionPolicy",
@@ -282,8 +291,8 @@ pub static BUILTIN: &[ResourceDef] = &[
     create_only("authorization.k8s.io", "SelfSubjectRulesReview", "selfsubjectrulesreviews", "selfsubjectrulesreview", false),
     create_only("authorization.k8s.io", "SubjectAccessReview", "subjectaccessreviews", "subjectaccessreview", false),
     // autoscaling/v2 (stored), and v1 converted to and from it
-    in_version(res("autoscaling", "HorizontalPodAutoscaler", "horizontalpodautoscalers", "horizontalpodautoscaler", true, &["hpa"], ALL, &[status_in("HorizontalPodAutoscaler", "autoscaling", "v2")]), "v2"),
-    stored_as(res("autoscaling", "HorizontalPodAutoscaler", "horizontalpodautoscalers", "horizontalpodautoscaler", true, &["hpa"], ALL, &[status("HorizontalPodAutoscaler", "autoscaling")]), "v2"),
+    hpa("v2"),
+    hpa("v1"),
     // batch/v1
     with_generation(res("batch", "CronJob", "cronjobs", "cronjob", true, &["cj"], ALL, &[status("CronJob", "batch")])),
     with_generation(res("batch", "Job", "jobs", "job", true, NONE, ALL, &[status("Job", "batch")])),
@@ -305,7 +314,16 @@ pub static BUILTIN: &[ResourceDef] = &[
     // events.k8s.io/v1
     res("events.k8s.io", "Event", "events", "event", true, &["ev"], NONE, &[]),
     // flowcontrol.apiserver.k8s.io/v1
-    with_generation(res("flowcontrol.apiserver.k8s.io", "FlowSchema", "flowschemas", "flowschema", false, NONE, NONE, &[status("FlowSchema", "flowcontrol.apiserver.k8s.io")])),
+    with_generation(res(
+        "flowcontrol.apiserver.k8s.io",
+        "FlowSchema",
+        "flowschemas",
+        "flowschema",
+        false,
+        NONE,
+        NONE,
+        &[status("FlowSchema", "flowcontrol.apiserver.k8s.io")],
+    )),
     with_generation(res(
         "flowcontrol.apiserver.k8s.io",
         "PriorityLevelConfiguration",

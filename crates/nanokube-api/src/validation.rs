@@ -240,9 +240,9 @@ pub const MAX_DATA_SIZE: usize = 1024 * 1024;
 
 /// Bytes of keys and values under `field` (base64 values counted as the bytes they hold).
 fn data_size(obj: &Value, field: &str, base64: bool) -> usize {
-    obj.get(field).and_then(Value::as_object).map_or(0, |m| {
-        m.iter().map(|(k, v)| k.len() + v.as_str().map_or(0, |s| if base64 { s.len() / 4 * 3 } else { s.len() })).sum()
-    })
+    obj.get(field)
+        .and_then(Value::as_object)
+        .map_or(0, |m| m.iter().map(|(k, v)| k.len() + v.as_str().map_or(0, |s| if base64 { s.len() / 4 * 3 } else { s.len() })).sum())
 }
 
 fn too_long(field: &str) -> Cause {

@@ -647,7 +647,9 @@ impl Ctx<'_> {
                     ApiError::bad_request(format!("Object 'Kind' is missing in '{}': {e}", String::from_utf8_lossy(&body[..body.len().min(200)])))
                 }
             }),
-            "application/yaml" | "application/x-yaml" | "text/yaml" => decode_yaml(body).map_err(|e| ApiError::bad_request(format!("error converting YAML to JSON: {e}"))),
+            "application/yaml" | "application/x-yaml" | "text/yaml" => {
+                decode_yaml(body).map_err(|e| ApiError::bad_request(format!("error converting YAML to JSON: {e}")))
+            }
             "application/vnd.kubernetes.protobuf" => {
                 nanokube_api::protobuf::decode_request(body).map_err(|e| ApiError::bad_request(format!("failed to decode protobuf body: {e}")))
             }

@@ -83,8 +83,23 @@ fn verb_label(verb: &str) -> String {
 }
 
 /// Subresources that exist; anything else a path names is counted as `other`.
-const SUBRESOURCES: &[&str] =
-    &["", "status", "scale", "finalize", "token", "log", "exec", "attach", "portforward", "proxy", "binding", "eviction", "ephemeralcontainers", "approval", "resize"];
+const SUBRESOURCES: &[&str] = &[
+    "",
+    "status",
+    "scale",
+    "finalize",
+    "token",
+    "log",
+    "exec",
+    "attach",
+    "portforward",
+    "proxy",
+    "binding",
+    "eviction",
+    "ephemeralcontainers",
+    "approval",
+    "resize",
+];
 
 impl Metrics {
     /// Count a request as in flight until the guard drops; `None` (and nothing counted)

@@ -259,7 +259,11 @@ pub fn group_version_document(group: &str, version: &str) -> Option<Value> {
 pub fn group_versions() -> Vec<(String, &'static str, &'static str)> {
     let mut out = vec![("api/v1".to_string(), "", "v1")];
     for g in resources::groups() {
-        out.push((format!("apis/{g}/v1"), g, "v1"));
+        let mut versions: Vec<&'static str> = resources::BUILTIN.iter().filter(|r| r.group == g).map(|r| r.version).collect();
+        versions.dedup();
+        for v in versions {
+            out.push((format!("apis/{g}/{v}"), g, v));
+        }
     }
     out
 }
@@ -277,6 +281,10 @@ struct Built {
     root: bytes::Bytes,
     v2_protobuf: bytes::Bytes,
     v2_json: bytes::Bytes,
+    /// The built-in kinds' v2 definitions, as JSON and as the encoded `definitions`
+    /// field, for documents that add custom resources' paths.
+    v2_definitions: Map<String, Value>,
+    v2_definitions_pb: Vec<u8>,
 }
 
 impl OpenApi {
@@ -296,11 +304,15 @@ impl OpenApi {
                 root_paths.insert(key.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{key}?hash={hash}")}));
                 docs.push((key, hash, bytes::Bytes::from(bytes)));
             }
+            let v2_definitions = v2::definitions();
+            let v2_definitions_pb = v2::definitions_protobuf(&v2_definitions);
             Built {
                 docs,
                 root: bytes::Bytes::from(serde_json::to_vec(&json!({"paths": root_paths})).expect("serialize")),
-                v2_protobuf: bytes::Bytes::from(v2::protobuf(&v2::builtin())),
-                v2_json: bytes::Bytes::from(serde_json::to_vec(&v2::json(&v2::builtin())).expect("serialize")),
+                v2_protobuf: bytes::Bytes::from(v2::protobuf(&v2::builtin(), &v2_definitions_pb)),
+                v2_json: bytes::Bytes::from(serde_json::to_vec(&v2::json(&v2::builtin(), &v2_definitions)).expect("serialize")),
+                v2_definitions,
+                v2_definitions_pb,
             }
         })
     }
@@ -344,7 +356,7 @@ impl OpenApi {
     /// OpenAPI v2 as protobuf.
     pub fn v2_protobuf(&self, table: &ResourceTable) -> bytes::Bytes {
         match custom_stored(table) {
-            Some(defs) => bytes::Bytes::from(v2::protobuf(&defs)),
+            Some(defs) => bytes::Bytes::from(v2::protobuf(&defs, &self.built().v2_definitions_pb)),
             None => self.built().v2_protobuf.clone(),
         }
     }
@@ -352,7 +364,7 @@ impl OpenApi {
     /// OpenAPI v2 as JSON.
     pub fn v2_json(&self, table: &ResourceTable) -> bytes::Bytes {
         match custom_stored(table) {
-            Some(defs) => bytes::Bytes::from(serde_json::to_vec(&v2::json(&defs)).expect("serialize")),
+            Some(defs) => bytes::Bytes::from(serde_json::to_vec(&v2::json(&defs, &self.built().v2_definitions)).expect("serialize")),
             None => self.built().v2_json.clone(),
         }
     }
@@ -399,8 +411,10 @@ mod tests {
 /// OpenAPI v2, which kubectl 1.27 and 1.28 read (as the gnostic `openapi.v2.Document`
 /// protobuf) to learn that the server validates fields: they look for each kind's PATCH
 /// operation, its `x-kubernetes-group-version-kind` extension and a `fieldValidation`
-/// query parameter. The document carries exactly that, for every kind; no definitions,
-/// so client-side apply uses kubectl's compiled-in types for strategic merge patches.
+/// query parameter; and the `definitions` of every built-in kind and the types it uses,
+/// the v3 schemas in v2's dialect, which `kubectl explain --output=plaintext-openapiv2`
+/// and other v2 consumers read. Custom resources have their paths here and their schemas
+/// in v3.
 pub mod v2 {
     use nanokube_api::resources::{self, ResourceDef};
     use prost::encoding::{encode_key, encode_varint, WireType};
@@ -427,8 +441,135 @@ pub mod v2 {
         resources::BUILTIN.iter().filter(|r| r.is_stored()).collect()
     }
 
-    /// The document as `openapi.v2.Document` protobuf, for `served` resources.
-    pub fn protobuf(served: &[&ResourceDef]) -> Vec<u8> {
+    /// The v2 definitions of every built-in kind and of the types they use.
+    pub fn definitions() -> Map<String, Value> {
+        let roots: Vec<(&'static str, Option<&ResourceDef>)> = builtin()
+            .into_iter()
+            .filter_map(|r| Some((nanokube_api::protobuf::intern(&nanokube_api::protobuf::message_for(&r.api_version(), r.kind))?, Some(r))))
+            .collect();
+        super::schemas(&roots).into_iter().map(|(k, v)| (k, to_v2(&v))).collect()
+    }
+
+    /// A v3 schema in v2's dialect: references under `#/definitions/`, a reference with
+    /// a description directly rather than wrapped in `allOf`, int-or-string as a string
+    /// format, no `default`s.
+    fn to_v2(v3: &Value) -> Value {
+        let Some(m) = v3.as_object() else { return v3.clone() };
+        if m.get("x-kubernetes-int-or-string") == Some(&Value::Bool(true)) {
+            let mut out = json!({"type": "string", "format": "int-or-string"});
+            if let Some(d) = m.get("description") {
+                out["description"] = d.clone();
+            }
+            return out;
+        }
+        let mut out = Map::new();
+        for (k, v) in m {
+            match k.as_str() {
+                "default" | "anyOf" => {}
+                "$ref" => {
+                    let name = v.as_str().unwrap_or("").trim_start_matches("#/components/schemas/");
+                    out.insert("$ref".into(), json!(format!("#/definitions/{name}")));
+                }
+                "allOf" if v.as_array().is_some_and(|a| a.len() == 1) => {
+                    if let Some(Value::Object(inner)) = v.get(0).map(to_v2) {
+                        out.extend(inner);
+                    }
+                }
+                "properties" => {
+                    let props: Map<String, Value> = v.as_object().into_iter().flatten().map(|(n, p)| (n.clone(), to_v2(p))).collect();
+                    out.insert(k.clone(), Value::Object(props));
+                }
+                "items" | "additionalProperties" if v.is_object() => {
+                    out.insert(k.clone(), to_v2(v));
+                }
+                _ => {
+                    out.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        Value::Object(out)
+    }
+
+    /// One `openapi.v2.Schema` message.
+    fn schema_protobuf(schema: &Value, out: &mut Vec<u8>) {
+        let Some(m) = schema.as_object() else { return };
+        let text = |tag: u32, key: &str, out: &mut Vec<u8>| {
+            if let Some(v) = m.get(key).and_then(Value::as_str) {
+                bytes_field(tag, v.as_bytes(), out);
+            }
+        };
+        text(1, "$ref", out);
+        text(2, "format", out);
+        text(3, "title", out);
+        text(4, "description", out);
+        for r in m.get("required").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str) {
+            bytes_field(19, r.as_bytes(), out);
+        }
+        match m.get("additionalProperties") {
+            Some(Value::Bool(b)) => message(
+                21,
+                |ap| {
+                    encode_key(2, WireType::Varint, ap);
+                    encode_varint(*b as u64, ap);
+                },
+                out,
+            ),
+            Some(s @ Value::Object(_)) => message(21, |ap| message(1, |inner| schema_protobuf(s, inner), ap), out),
+            _ => {}
+        }
+        if let Some(t) = m.get("type").and_then(Value::as_str) {
+            message(22, |ti| bytes_field(1, t.as_bytes(), ti), out);
+        }
+        if let Some(items) = m.get("items").filter(|i| i.is_object()) {
+            message(23, |ii| message(1, |inner| schema_protobuf(items, inner), ii), out);
+        }
+        if let Some(props) = m.get("properties").and_then(Value::as_object) {
+            named_schemas(25, props, out);
+        }
+        for (k, v) in m.iter().filter(|(k, _)| k.starts_with("x-")) {
+            // NamedAny { name, value: Any { yaml } }: JSON is YAML.
+            message(
+                31,
+                |na| {
+                    bytes_field(1, k.as_bytes(), na);
+                    message(2, |any| bytes_field(2, v.to_string().as_bytes(), any), na);
+                },
+                out,
+            );
+        }
+    }
+
+    /// A message at `tag` holding `schemas` as repeated `NamedSchema { name, value }`
+    /// (Properties, Definitions).
+    fn named_schemas(tag: u32, schemas: &Map<String, Value>, out: &mut Vec<u8>) {
+        message(
+            tag,
+            |list| {
+                for (name, s) in schemas {
+                    message(
+                        1,
+                        |named| {
+                            bytes_field(1, name.as_bytes(), named);
+                            message(2, |inner| schema_protobuf(s, inner), named);
+                        },
+                        list,
+                    );
+                }
+            },
+            out,
+        );
+    }
+
+    /// The `definitions` field (9) of a Document, encoded.
+    pub fn definitions_protobuf(defs: &Map<String, Value>) -> Vec<u8> {
+        let mut out = Vec::new();
+        named_schemas(9, defs, &mut out);
+        out
+    }
+
+    /// The document as `openapi.v2.Document` protobuf, for `served` resources, with the
+    /// encoded definitions appended.
+    pub fn protobuf(served: &[&ResourceDef], definitions: &[u8]) -> Vec<u8> {
         let mut doc = Vec::new();
         bytes_field(1, b"2.0", &mut doc);
         message(
@@ -508,11 +649,12 @@ pub mod v2 {
             },
             &mut doc,
         );
+        doc.extend_from_slice(definitions);
         doc
     }
 
     /// The same document as JSON (Swagger 2.0).
-    pub fn json(served: &[&ResourceDef]) -> Value {
+    pub fn json(served: &[&ResourceDef], definitions: &Map<String, Value>) -> Value {
         let mut paths = Map::new();
         for r in served {
             let params: Vec<Value> = ["fieldValidation", "fieldManager", "dryRun", "force"]
@@ -525,6 +667,6 @@ pub mod v2 {
                     "x-kubernetes-group-version-kind": {"group": r.group, "kind": r.kind, "version": r.version}}}),
             );
         }
-        json!({"swagger": "2.0", "info": {"title": "Kubernetes", "version": crate::discovery::GIT_VERSION}, "paths": paths})
+        json!({"swagger": "2.0", "info": {"title": "Kubernetes", "version": crate::discovery::GIT_VERSION}, "paths": paths, "definitions": definitions})
     }
 }

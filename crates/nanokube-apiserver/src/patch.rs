@@ -98,10 +98,7 @@ pub fn apply(ty: PatchType, current: &Value, body: &[u8], msg: Option<&'static s
 /// from a path of `m` tokens is at most `bound - m` deep.
 fn apply_json_patch(current: &Value, ops: &[PatchOperation]) -> Result<Value, ApiError> {
     if ops.len() > MAX_JSON_PATCH_OPERATIONS {
-        return Err(ApiError::too_large(format!(
-            "The allowed maximum operations in a JSON patch is {MAX_JSON_PATCH_OPERATIONS}, got {}",
-            ops.len()
-        )));
+        return Err(ApiError::too_large(format!("The allowed maximum operations in a JSON patch is {MAX_JSON_PATCH_OPERATIONS}, got {}", ops.len())));
     }
     let mut doc = current.clone();
     let mut bound = depth_upto(&doc, MAX_DEPTH);
@@ -380,8 +377,7 @@ mod tests {
 
     #[test]
     fn directives() {
-        let orig =
-            json!({"spec": {"containers": [{"name": "a", "image": "x"}, {"name": "b", "image": "y"}], "nodeSelector": {"k": "v"}}, "metadata": {"finalizers": ["f1"]}});
+        let orig = json!({"spec": {"containers": [{"name": "a", "image": "x"}, {"name": "b", "image": "y"}], "nodeSelector": {"k": "v"}}, "metadata": {"finalizers": ["f1"]}});
         let out = smp(
             orig,
             json!({"spec": {"containers": [{"name": "a", "$patch": "delete"}], "$setElementOrder/containers": [{"name": "b"}]},
@@ -394,7 +390,10 @@ mod tests {
         assert_eq!(out["a"], json!({"z": 3}));
         let out = smp(json!({"s": {"type": "A", "a": 1}}), json!({"s": {"$retainKeys": ["type"], "type": "B"}}));
         assert_eq!(out["s"], json!({"type": "B"}));
-        let out = smp(json!({"spec": {"containers": [{"name": "a"}, {"name": "b"}, {"name": "c"}]}}), json!({"$setElementOrder/spec": [], "spec": {"$setElementOrder/containers": [{"name": "c"}, {"name": "a"}, {"name": "b"}]}}));
+        let out = smp(
+            json!({"spec": {"containers": [{"name": "a"}, {"name": "b"}, {"name": "c"}]}}),
+            json!({"$setElementOrder/spec": [], "spec": {"$setElementOrder/containers": [{"name": "c"}, {"name": "a"}, {"name": "b"}]}}),
+        );
         assert_eq!(out["spec"]["containers"], json!([{"name": "c"}, {"name": "a"}, {"name": "b"}]));
     }
 

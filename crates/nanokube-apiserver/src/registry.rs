@@ -29,7 +29,11 @@ const SERVICE_ACCOUNT_MOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccou
 /// The `kube-api-access-xxxxx` projected volume and its mount in every container (and
 /// init container) that does not mount something there already.
 fn mount_service_account_token(spec: &mut serde_json::Map<String, Value>) {
-    let mounted_already = |c: &Value| c.get("volumeMounts").and_then(Value::as_array).is_some_and(|m| m.iter().any(|m| m.get("mountPath").and_then(Value::as_str) == Some(SERVICE_ACCOUNT_MOUNT)));
+    let mounted_already = |c: &Value| {
+        c.get("volumeMounts")
+            .and_then(Value::as_array)
+            .is_some_and(|m| m.iter().any(|m| m.get("mountPath").and_then(Value::as_str) == Some(SERVICE_ACCOUNT_MOUNT)))
+    };
     let volumes = spec.get("volumes").and_then(Value::as_array);
     if volumes.is_some_and(|vs| vs.iter().any(|v| v.get("name").and_then(Value::as_str).is_some_and(|n| n.starts_with("kube-api-access-")))) {
         return;
@@ -872,7 +876,10 @@ impl Registry {
     fn pod_priority(&self, obj: &Value) -> Result<(i64, String), ApiError> {
         let classes = resources::find("scheduling.k8s.io", "v1", "priorityclasses");
         let of = |pc: &Value| {
-            (pc.get("value").and_then(Value::as_i64).unwrap_or(0), pc.get("preemptionPolicy").and_then(Value::as_str).unwrap_or("PreemptLowerPriority").to_string())
+            (
+                pc.get("value").and_then(Value::as_i64).unwrap_or(0),
+                pc.get("preemptionPolicy").and_then(Value::as_str).unwrap_or("PreemptLowerPriority").to_string(),
+            )
         };
         match obj.pointer("/spec/priorityClassName").and_then(Value::as_str).filter(|s| !s.is_empty()) {
             Some(name) => match classes.and_then(|d| self.get(d, "", name).ok()) {
@@ -881,7 +888,11 @@ impl Registry {
             },
             None => {
                 let default = classes.and_then(|d| self.list(d, None, &ListOptions::default()).ok()).and_then(|l| {
-                    l.items.iter().map(|o| o.value().clone()).filter(|pc| pc.get("globalDefault").and_then(Value::as_bool) == Some(true)).min_by_key(|pc| pc.get("value").and_then(Value::as_i64).unwrap_or(0))
+                    l.items
+                        .iter()
+                        .map(|o| o.value().clone())
+                        .filter(|pc| pc.get("globalDefault").and_then(Value::as_bool) == Some(true))
+                        .min_by_key(|pc| pc.get("value").and_then(Value::as_i64).unwrap_or(0))
                 });
                 Ok(default.map(|pc| of(&pc)).unwrap_or((0, "PreemptLowerPriority".into())))
             }

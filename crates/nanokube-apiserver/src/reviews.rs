@@ -135,7 +135,8 @@ pub fn review(server: &Arc<ApiServer>, user: &UserInfo, def: &ResourceDef, names
         }
         "tokenreviews" => {
             let token = spec.get("token").and_then(Value::as_str).unwrap_or("");
-            let audiences: Vec<String> = spec.get("audiences").and_then(Value::as_array).map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect()).unwrap_or_default();
+            let audiences: Vec<String> =
+                spec.get("audiences").and_then(Value::as_array).map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect()).unwrap_or_default();
             let api_audiences = server.tokens.as_ref().map(|t| t.api_audiences.clone()).unwrap_or_default();
             // As upstream: authenticated only for the requested audiences (the API's when
             // none are asked for), and `status.audiences` is what token and request share.

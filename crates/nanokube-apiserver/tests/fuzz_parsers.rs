@@ -186,7 +186,9 @@ fn patches() {
     let msg = nanokube_api::protobuf::intern("api.core.v1.Pod");
     let json_patch = br#"[{"op":"add","path":"/metadata/labels/z","value":"1"},{"op":"copy","from":"/spec","path":"/metadata/annotations/s"},{"op":"move","from":"/metadata/finalizers","path":"/m"}]"#;
     let smp = br#"{"metadata":{"finalizers":["g"],"$deleteFromPrimitiveList/finalizers":["f"]},"spec":{"containers":[{"name":"c","$patch":"delete"}],"$setElementOrder/containers":[{"name":"c"}]}}"#;
-    for (ty, seed) in [(PatchType::Json, json_patch.as_slice()), (PatchType::Merge, br#"{"metadata":{"labels":null}}"#.as_slice()), (PatchType::Strategic, smp.as_slice())] {
+    for (ty, seed) in
+        [(PatchType::Json, json_patch.as_slice()), (PatchType::Merge, br#"{"metadata":{"labels":null}}"#.as_slice()), (PatchType::Strategic, smp.as_slice())]
+    {
         fuzz("patch", &[seed], |b| {
             if let Ok(out) = patch::apply(ty, &current, b, msg) {
                 assert!(depth_upto(&out, 200) <= 200, "a patch built a tree deeper than any parser allows");

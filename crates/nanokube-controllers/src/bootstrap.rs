@@ -61,7 +61,11 @@ pub async fn ensure_namespaces(registry: &Arc<Registry>) -> Result<(), ApiError>
 pub async fn ensure_priority_classes(registry: &Arc<Registry>) -> Result<(), ApiError> {
     let d = resources::find("scheduling.k8s.io", "v1", "priorityclasses").ok_or_else(|| ApiError::internal("priorityclasses are not served"))?;
     let classes = [
-        ("system-cluster-critical", 2_000_000_000, "Used for system critical pods that must run in the cluster, but can be moved to another node if necessary."),
+        (
+            "system-cluster-critical",
+            2_000_000_000,
+            "Used for system critical pods that must run in the cluster, but can be moved to another node if necessary.",
+        ),
         ("system-node-critical", 2_000_001_000, "Used for system critical pods that must not be moved from their current node."),
     ];
     let mut tasks = tokio::task::JoinSet::new();

@@ -72,10 +72,22 @@ struct Shared {
 const COMMIT_BUCKETS: &[f64] = &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
 
 enum Op {
-    Create { key: String, value: Bytes },
-    Update { key: String, value: Bytes, expected: Option<Revision> },
-    Delete { key: String, expected: Option<Revision> },
-    Compact { revision: Revision },
+    Create {
+        key: String,
+        value: Bytes,
+    },
+    Update {
+        key: String,
+        value: Bytes,
+        expected: Option<Revision>,
+    },
+    Delete {
+        key: String,
+        expected: Option<Revision>,
+    },
+    Compact {
+        revision: Revision,
+    },
     /// Stop after what came before: the database is closed cleanly.
     Close,
 }
@@ -132,7 +144,12 @@ impl SqliteBackend {
         let history = Arc::new(History::with_byte_limit(opts.history, opts.history_bytes, floor));
         history.preload(events, floor);
         let stats = crate::StoreStats { commit_buckets: COMMIT_BUCKETS.to_vec(), commit_counts: vec![0; COMMIT_BUCKETS.len()], ..Default::default() };
-        let shared = Arc::new(Shared { writer_alive: std::sync::atomic::AtomicBool::new(true), state: RwLock::new(State { map, revision }), history, stats: std::sync::Mutex::new(stats) });
+        let shared = Arc::new(Shared {
+            writer_alive: std::sync::atomic::AtomicBool::new(true),
+            state: RwLock::new(State { map, revision }),
+            history,
+            stats: std::sync::Mutex::new(stats),
+        });
 
         let (tx, rx) = mpsc::channel::<Request>();
         let writer_shared = shared.clone();

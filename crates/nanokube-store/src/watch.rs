@@ -73,9 +73,7 @@ impl History {
 
     /// A history keeping at most `capacity` events holding at most `max_bytes`.
     pub fn with_byte_limit(capacity: usize, max_bytes: usize, floor: Revision) -> Self {
-        History {
-            ring: Mutex::new(Ring { events: VecDeque::new(), floor, capacity: capacity.max(1), bytes: 0, max_bytes, channels: Vec::new(), swept_at: 0 }),
-        }
+        History { ring: Mutex::new(Ring { events: VecDeque::new(), floor, capacity: capacity.max(1), bytes: 0, max_bytes, channels: Vec::new(), swept_at: 0 }) }
     }
 
     /// Record an event and deliver it to live watchers. Must be called in revision order.

@@ -170,7 +170,9 @@ pub async fn run(opts: BenchOptions) -> Result<(), String> {
                         _ => get_update_delete(sc, &opts, &kc, &mut report).await?,
                     }
                 }
-                other => return Err(format!("unknown scenario {other:?} (fsync, startup, testcluster, create, get, update, delete, list, watch, pods, abuse)")),
+                other => {
+                    return Err(format!("unknown scenario {other:?} (fsync, startup, testcluster, create, get, update, delete, list, watch, pods, abuse)"))
+                }
             }
         }
         Ok::<(), String>(())

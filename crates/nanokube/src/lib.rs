@@ -131,7 +131,8 @@ fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, String> {
     }
     std::fs::create_dir_all(dir).map_err(|e| format!("create data directory {}: {e}", dir.display()))?;
     let path = dir.join("lock");
-    let mut file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(|e| format!("open {}: {e}", path.display()))?;
+    let mut file =
+        std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(|e| format!("open {}: {e}", path.display()))?;
     match file.try_lock() {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => {

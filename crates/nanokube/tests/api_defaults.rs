@@ -70,8 +70,10 @@ fn differences(a: &Value, b: &Value, path: &str, out: &mut Vec<String>) {
 #[test]
 fn creates_answer_what_kube_apiserver_1_33_answers() {
     let s = Server::start();
-    let expected: serde_json::Map<String, Value> =
-        serde_json::from_str(&std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/upstream-1.33/defaults-on-create.json")).unwrap()).unwrap();
+    let expected: serde_json::Map<String, Value> = serde_json::from_str(
+        &std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/upstream-1.33/defaults-on-create.json")).unwrap(),
+    )
+    .unwrap();
     s.k(&["create", "namespace", "defaults"]);
     assert!(common::eventually(std::time::Duration::from_secs(10), || s.kubectl(&["get", "serviceaccount", "default", "-n", "defaults"]).status.success()));
     let mut failures = Vec::new();
@@ -104,7 +106,9 @@ fn creates_answer_what_kube_apiserver_1_33_answers() {
 #[test]
 fn pod_and_claim_admission_as_upstream() {
     let s = Server::start();
-    let pod = |name: &str, extra: &str| format!(r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"{name}"}},"spec":{{{extra}"containers":[{{"name":"c","image":"busybox"}}]}}}}"#);
+    let pod = |name: &str, extra: &str| {
+        format!(r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"{name}"}},"spec":{{{extra}"containers":[{{"name":"c","image":"busybox"}}]}}}}"#)
+    };
     let create = |body: String| {
         let out = s.k_stdin(&["create", "-o", "json", "-f", "-"], &body);
         (out.status.success(), String::from_utf8_lossy(&out.stdout).to_string(), String::from_utf8_lossy(&out.stderr).to_string())

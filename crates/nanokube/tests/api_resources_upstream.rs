@@ -24,7 +24,8 @@ const NOT_YET: &[&str] = &["componentstatuses", "apiservices"];
 #[test]
 fn every_kubectl_lists_upstreams_resources_and_versions() {
     let s = Server::start();
-    let want_resources: Vec<String> = squeeze(&upstream("api-resources-wide.txt")).into_iter().filter(|l| !NOT_YET.iter().any(|r| l.starts_with(&format!("{r} ")))).collect();
+    let want_resources: Vec<String> =
+        squeeze(&upstream("api-resources-wide.txt")).into_iter().filter(|l| !NOT_YET.iter().any(|r| l.starts_with(&format!("{r} ")))).collect();
     let want_versions: Vec<String> = squeeze(&upstream("api-versions.txt")).into_iter().filter(|v| v != "apiregistration.k8s.io/v1").collect();
     for bin in ["kubectl", "kubectl.1.27", "kubectl.1.28", "kubectl.1.29", "kubectl.1.30", "kubectl.1.31", "kubectl.1.32", "kubectl.1.33"] {
         let run = |args: &[&str]| {
@@ -42,7 +43,8 @@ fn horizontal_pod_autoscalers_in_both_versions_share_one_object() {
     let s = Server::start();
     let v1 = json!({"apiVersion": "autoscaling/v1", "kind": "HorizontalPodAutoscaler", "metadata": {"name": "web"},
         "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"}, "maxReplicas": 5, "targetCPUUtilizationPercentage": 60}});
-    let (code, body) = s.curl("POST", "/apis/autoscaling/v1/namespaces/default/horizontalpodautoscalers", Some("application/json"), Some(v1.to_string().as_bytes()));
+    let (code, body) =
+        s.curl("POST", "/apis/autoscaling/v1/namespaces/default/horizontalpodautoscalers", Some("application/json"), Some(v1.to_string().as_bytes()));
     assert_eq!(code, 201, "{body}");
     let created: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(created["apiVersion"], "autoscaling/v1");
@@ -61,7 +63,8 @@ fn horizontal_pod_autoscalers_in_both_versions_share_one_object() {
     assert_eq!(code, 200, "{body}");
     let (_, as_v1) = s.get_json("/apis/autoscaling/v1/namespaces/default/horizontalpodautoscalers/web");
     assert_eq!(as_v1["spec"]["targetCPUUtilizationPercentage"], 60);
-    let (code, body) = s.curl("PUT", "/apis/autoscaling/v1/namespaces/default/horizontalpodautoscalers/web", Some("application/json"), Some(as_v1.to_string().as_bytes()));
+    let (code, body) =
+        s.curl("PUT", "/apis/autoscaling/v1/namespaces/default/horizontalpodautoscalers/web", Some("application/json"), Some(as_v1.to_string().as_bytes()));
     assert_eq!(code, 200, "{body}");
     let (_, v2) = s.get_json("/apis/autoscaling/v2/namespaces/default/horizontalpodautoscalers/web");
     assert_eq!(v2["spec"]["metrics"].as_array().unwrap().len(), 2, "{v2}");
@@ -74,7 +77,10 @@ fn horizontal_pod_autoscalers_in_both_versions_share_one_object() {
 fn a_csr_is_approved_through_its_approval_subresource() {
     let s = Server::start();
     // Any PEM CSR will do for approval: the server does not sign yet.
-    let request = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "-----BEGIN CERTIFICATE REQUEST-----\nMIIBAA==\n-----END CERTIFICATE REQUEST-----\n");
+    let request = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        "-----BEGIN CERTIFICATE REQUEST-----\nMIIBAA==\n-----END CERTIFICATE REQUEST-----\n",
+    );
     let csr = json!({"apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest", "metadata": {"name": "jane"},
         "spec": {"request": request, "signerName": "kubernetes.io/kube-apiserver-client", "usages": ["client auth"]}});
     let (code, body) = s.curl("POST", "/apis/certificates.k8s.io/v1/certificatesigningrequests", Some("application/json"), Some(csr.to_string().as_bytes()));
@@ -88,9 +94,38 @@ fn a_csr_is_approved_through_its_approval_subresource() {
     let mut changed = now.clone();
     changed["spec"]["signerName"] = json!("example.com/other");
     changed["status"]["certificate"] = json!("Zm9v");
-    let (code, body) = s.curl("PUT", "/apis/certificates.k8s.io/v1/certificatesigningrequests/jane/approval", Some("application/json"), Some(changed.to_string().as_bytes()));
+    let (code, body) =
+        s.curl("PUT", "/apis/certificates.k8s.io/v1/certificatesigningrequests/jane/approval", Some("application/json"), Some(changed.to_string().as_bytes()));
     assert_eq!(code, 200, "{body}");
     let (_, after) = s.get_json("/apis/certificates.k8s.io/v1/certificatesigningrequests/jane");
     assert_eq!(after["spec"]["signerName"], "kubernetes.io/kube-apiserver-client");
     assert!(after["status"].get("certificate").is_none());
+}
+
+/// `/openapi/v2` carries the definitions of every built-in kind (JSON and protobuf), so
+/// `kubectl explain --output=plaintext-openapiv2` works; v3 has a document for every
+/// group-version, autoscaling/v2 included.
+#[test]
+fn openapi_v2_has_definitions_and_v3_every_group_version() {
+    let s = Server::start();
+    let (code, v2) = s.get_json("/openapi/v2");
+    assert_eq!(code, 200);
+    let defs = v2["definitions"].as_object().unwrap();
+    let pod = &defs["io.k8s.api.core.v1.Pod"];
+    assert_eq!(pod["x-kubernetes-group-version-kind"], json!([{"group": "", "kind": "Pod", "version": "v1"}]));
+    assert_eq!(pod["properties"]["metadata"]["$ref"], "#/definitions/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta");
+    assert_eq!(defs["io.k8s.api.core.v1.ContainerPort"]["properties"]["containerPort"]["format"], "int32");
+    assert_eq!(defs["io.k8s.api.core.v1.PodSpec"]["properties"]["containers"]["x-kubernetes-patch-merge-key"], "name");
+    assert!(defs.contains_key("io.k8s.api.autoscaling.v2.HorizontalPodAutoscaler"));
+    assert!(!v2.to_string().contains("#/components/"), "v3 references left in v2");
+    for bin in ["kubectl", "kubectl.1.27", "kubectl.1.33"] {
+        let out = s.kubectl_bin(bin, &["explain", "--output=plaintext-openapiv2", "pods.spec.containers.ports"]);
+        assert!(out.status.success(), "{bin}: {}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("RESOURCE: ports <[]Object>") && text.contains("containerPort"), "{bin}: {text}");
+    }
+    let (_, root) = s.get_json("/openapi/v3");
+    assert!(root["paths"]["apis/autoscaling/v2"]["serverRelativeURL"].is_string(), "{root}");
+    let out = s.kubectl(&["explain", "hpa.spec.metrics"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }

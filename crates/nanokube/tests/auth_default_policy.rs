@@ -146,5 +146,7 @@ fn deleted_defaults_come_back_and_removed_rules_are_added_back() {
     let path = "/apis/rbac.authorization.k8s.io/v1/clusterroles/view";
     let (code, body) = s.curl("PATCH", path, Some("application/merge-patch+json"), Some(br#"{"aggregationRule":{"clusterRoleSelectors":[]}}"#));
     assert_eq!(code, 200, "{body}");
-    assert!(eventually(std::time::Duration::from_secs(10), || s.get_json(path).1["aggregationRule"]["clusterRoleSelectors"].as_array().is_some_and(|a| !a.is_empty())));
+    assert!(eventually(std::time::Duration::from_secs(10), || s.get_json(path).1["aggregationRule"]["clusterRoleSelectors"]
+        .as_array()
+        .is_some_and(|a| !a.is_empty())));
 }

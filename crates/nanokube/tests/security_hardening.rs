@@ -75,8 +75,14 @@ fn namespace_rbac_does_not_reach_cluster_scoped_kinds() {
         assert_eq!(code, 404, "admin {method} {path}: {body}");
         assert_eq!(status_reason(&body), "NotFound");
     }
-    let (code, body) =
-        curl_token(&s, tina, "POST", "/api/v1/namespaces/team/namespaces", Some("application/json"), Some(br#"{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"evil"}}"#));
+    let (code, body) = curl_token(
+        &s,
+        tina,
+        "POST",
+        "/api/v1/namespaces/team/namespaces",
+        Some("application/json"),
+        Some(br#"{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"evil"}}"#),
+    );
     assert!(code == 403 || code == 404, "{body}");
     // The admin sees the same routing.
     assert_eq!(s.curl("GET", "/api/v1/namespaces/default/namespaces", None, None).0, 404);
@@ -94,7 +100,8 @@ fn json_patches_cannot_blow_up_the_server() {
     s.k(&["create", "configmap", "victim", "--from-literal=a=b"]);
     let path = "/api/v1/namespaces/default/configmaps/victim";
     // Repeated copies double a subtree: a 2 KB body would reach gigabytes.
-    let mut doubling = vec![json!({"op": "add", "path": "/metadata/annotations/x", "value": "x".repeat(1000)}), json!({"op": "add", "path": "/data/d", "value": ""})];
+    let mut doubling =
+        vec![json!({"op": "add", "path": "/metadata/annotations/x", "value": "x".repeat(1000)}), json!({"op": "add", "path": "/data/d", "value": ""})];
     doubling.push(json!({"op": "add", "path": "/metadata/labels", "value": {"l": []}}));
     for _ in 0..40 {
         doubling.push(json!({"op": "copy", "from": "/metadata/labels/l", "path": "/metadata/labels/l/-"}));
@@ -103,7 +110,8 @@ fn json_patches_cannot_blow_up_the_server() {
     assert_eq!(code, 422, "{body}");
     assert_eq!(status_reason(&body), "Invalid");
     // A chain of moves nests one level per operation (30,000 levels overflowed the stack).
-    let mut nest = vec![json!({"op": "add", "path": "/metadata/annotations", "value": {}}), json!({"op": "add", "path": "/metadata/annotations/n", "value": {}})];
+    let mut nest =
+        vec![json!({"op": "add", "path": "/metadata/annotations", "value": {}}), json!({"op": "add", "path": "/metadata/annotations/n", "value": {}})];
     while nest.len() < 9_000 {
         nest.push(json!({"op": "move", "from": "/metadata/annotations/n", "path": "/metadata/annotations/m"}));
         nest.push(json!({"op": "add", "path": "/metadata/annotations/n", "value": {}}));
@@ -150,7 +158,12 @@ fn nothing_stored_is_deeper_or_of_another_type_than_readers_accept() {
     // Scalars of built-in kinds are type-checked against the schema.
     s.k(&["create", "deployment", "web", "--image=nginx"]);
     for bad in ["\"3\"", "1.5", "1e23", "2147483648", "true"] {
-        let (code, body) = s.curl("PATCH", "/apis/apps/v1/namespaces/default/deployments/web", Some("application/merge-patch+json"), Some(format!(r#"{{"spec":{{"replicas":{bad}}}}}"#).as_bytes()));
+        let (code, body) = s.curl(
+            "PATCH",
+            "/apis/apps/v1/namespaces/default/deployments/web",
+            Some("application/merge-patch+json"),
+            Some(format!(r#"{{"spec":{{"replicas":{bad}}}}}"#).as_bytes()),
+        );
         assert_eq!(code, 400, "replicas {bad}: {body}");
         assert!(body.contains("Go struct field DeploymentSpec.spec.replicas of type int32"), "{body}");
     }
@@ -167,7 +180,11 @@ fn nothing_stored_is_deeper_or_of_another_type_than_readers_accept() {
     assert_eq!(code, 422, "{}", &body[..body.len().min(300)]);
     assert!(body.contains("Too long: must have at most 1048576 bytes"), "{}", &body[..body.len().min(300)]);
     // Base64 with line breaks in a Secret is accepted, as Go's decoder skips them.
-    let (code, body) = post_json(&s, "/api/v1/namespaces/default/secrets", &json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "wrapped"}, "data": {"k": "aGVsbG8g\nd29ybGQ=\r\n"}}));
+    let (code, body) = post_json(
+        &s,
+        "/api/v1/namespaces/default/secrets",
+        &json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "wrapped"}, "data": {"k": "aGVsbG8g\nd29ybGQ=\r\n"}}),
+    );
     assert_eq!(code, 201, "{body}");
     // Typed readers still read everything: kubectl describe and the list.
     let described = s.k(&["describe", "deployment", "web"]);
@@ -215,7 +232,11 @@ fn token_reviews_honour_audiences_and_dead_legacy_tokens_stay_dead() {
         if let Some(a) = audiences {
             spec["audiences"] = a;
         }
-        let (code, body) = post_json(&s, "/apis/authentication.k8s.io/v1/tokenreviews", &json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": spec}));
+        let (code, body) = post_json(
+            &s,
+            "/apis/authentication.k8s.io/v1/tokenreviews",
+            &json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": spec}),
+        );
         assert_eq!(code, 201, "{body}");
         serde_json::from_str::<Value>(&body).unwrap()["status"].clone()
     };

@@ -189,15 +189,27 @@ async fn attack(name: &'static str, ctx: Arc<Ctx>) -> Tally {
             // Item 4: nested flow collections in YAML, from any authenticated user.
             "yaml-brackets" => {
                 let body = Bytes::from("[".repeat(1_000_000));
-                t.answer("1 MB of '['", ctx.admin.request("POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews", Some("application/yaml"), None, body).await, &[400, 422]);
+                t.answer(
+                    "1 MB of '['",
+                    ctx.admin.request("POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews", Some("application/yaml"), None, body).await,
+                    &[400, 422],
+                );
             }
             // Item 4: strategic merge patches of long lists stay linear.
             "smp-long-lists" => {
                 let list: Vec<String> = (0..20_000).map(|n| format!("example.com/f{n}")).collect();
                 let add = json!({"metadata": {"finalizers": list}});
-                t.answer("20,000 finalizers", ctx.admin.request("PATCH", &cm, Some("application/strategic-merge-patch+json"), None, Bytes::from(add.to_string())).await, &[200]);
+                t.answer(
+                    "20,000 finalizers",
+                    ctx.admin.request("PATCH", &cm, Some("application/strategic-merge-patch+json"), None, Bytes::from(add.to_string())).await,
+                    &[200],
+                );
                 let remove = json!({"metadata": {"$deleteFromPrimitiveList/finalizers": list}});
-                t.answer("remove 20,000 finalizers", ctx.admin.request("PATCH", &cm, Some("application/strategic-merge-patch+json"), None, Bytes::from(remove.to_string())).await, &[200]);
+                t.answer(
+                    "remove 20,000 finalizers",
+                    ctx.admin.request("PATCH", &cm, Some("application/strategic-merge-patch+json"), None, Bytes::from(remove.to_string())).await,
+                    &[200],
+                );
             }
             // Item 6: user-chosen names in request paths.
             "metrics-labels" => {
@@ -241,7 +253,8 @@ async fn attack(name: &'static str, ctx: Arc<Ctx>) -> Tally {
                     watches.spawn(async move { admin.request("GET", &path, None, None, Bytes::new()).await });
                 }
                 let big = format!("/api/v1/namespaces/{ns}/configmaps/abuse-big");
-                let body = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "abuse-big"}, "data": {"a": format!("{i}{}", "y".repeat(500_000))}});
+                let body =
+                    json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "abuse-big"}, "data": {"a": format!("{i}{}", "y".repeat(500_000))}});
                 t.answer("500 KB update", ctx.admin.request("PUT", &big, Some("application/json"), None, Bytes::from(body.to_string())).await, &[200, 201]);
                 while let Some(r) = watches.join_next().await {
                     t.answer("short watch of an empty namespace", r.unwrap_or_else(|e| Err(e.to_string())), &[200]);
@@ -257,13 +270,18 @@ async fn attack(name: &'static str, ctx: Arc<Ctx>) -> Tally {
                 }
                 let headers: [(&str, &[u8]); 1] = [("authorization", b"Bearer \xff\xfe")];
                 t.answer("non-UTF-8 Authorization", ctx.anonymous.request_with("GET", &list, None, None, &headers, Bytes::new()).await, &[401]);
-                let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(br#"{"iss":"https://kubernetes.default.svc.cluster.local","sub":"system:serviceaccount:default:default","exp":"9999999999"}"#);
+                let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .encode(br#"{"iss":"https://kubernetes.default.svc.cluster.local","sub":"system:serviceaccount:default:default","exp":"9999999999"}"#);
                 let forged = format!("Bearer eyJhbGciOiJSUzI1NiJ9.{claims}.c2ln");
                 let headers: [(&str, &[u8]); 1] = [("authorization", forged.as_bytes())];
                 t.answer("forged JWT, string exp", ctx.anonymous.request_with("GET", &list, None, None, &headers, Bytes::new()).await, &[401]);
                 let tr = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"expirationSeconds": "abc"}});
                 let path = format!("/api/v1/namespaces/{ns}/serviceaccounts/default/token");
-                t.answer("TokenRequest expirationSeconds \"abc\"", ctx.admin.request("POST", &path, Some("application/json"), None, Bytes::from(tr.to_string())).await, &[400]);
+                t.answer(
+                    "TokenRequest expirationSeconds \"abc\"",
+                    ctx.admin.request("POST", &path, Some("application/json"), None, Bytes::from(tr.to_string())).await,
+                    &[400],
+                );
             }
             other => {
                 t.note(format!("unknown attack {other}"), false, other);
@@ -298,7 +316,10 @@ async fn closed_or_open<R: tokio::io::AsyncRead + Unpin>(r: &mut R, opened: Inst
             Err(_) => {
                 let lived = opened.elapsed();
                 let ok = lived <= limit + CLOSE_SLACK;
-                return (if ok { "still open at the end, younger than the limit".into() } else { format!("open for {} s, past the limit", lived.as_secs()) }, ok);
+                return (
+                    if ok { "still open at the end, younger than the limit".into() } else { format!("open for {} s, past the limit", lived.as_secs()) },
+                    ok,
+                );
             }
         }
     }
@@ -330,7 +351,10 @@ async fn slow_headers(ctx: &Ctx) -> (String, bool) {
     loop {
         if Instant::now() >= ctx.deadline {
             let ok = sent_headers.elapsed() <= HEADER_READ_TIMEOUT + CLOSE_SLACK;
-            return (if ok { "still open at the end, younger than the limit".into() } else { format!("open for {} s, past the limit", opened.elapsed().as_secs()) }, ok);
+            return (
+                if ok { "still open at the end, younger than the limit".into() } else { format!("open for {} s, past the limit", opened.elapsed().as_secs()) },
+                ok,
+            );
         }
         if tls.write_all(b"a").await.is_err() || tls.flush().await.is_err() {
             break;
@@ -343,7 +367,14 @@ async fn slow_headers(ctx: &Ctx) -> (String, bool) {
     }
     let lived = sent_headers.elapsed();
     let ok = lived <= HEADER_READ_TIMEOUT + CLOSE_SLACK;
-    (if ok { format!("closed by the server within {} s", (HEADER_READ_TIMEOUT + CLOSE_SLACK).as_secs()) } else { format!("closed after {} s, past the limit", lived.as_secs()) }, ok)
+    (
+        if ok {
+            format!("closed by the server within {} s", (HEADER_READ_TIMEOUT + CLOSE_SLACK).as_secs())
+        } else {
+            format!("closed after {} s, past the limit", lived.as_secs())
+        },
+        ok,
+    )
 }
 
 /// One normal client: create, get, list a page, delete, until the deadline. Returns
@@ -357,7 +388,9 @@ async fn normal_client(client: ApiClient, ns: String, id: usize, deadline: Insta
         i += 1;
         let name = format!("normal-{id}-{i}");
         let item = format!("{list}/{name}");
-        let body = Bytes::from(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "labels": {"normal": "true"}}, "data": {"k": "v"}}).to_string());
+        let body = Bytes::from(
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "labels": {"normal": "true"}}, "data": {"k": "v"}}).to_string(),
+        );
         let calls: [(&str, &str, Option<&str>, Bytes, u16); 4] = [
             ("POST", &list, Some("application/json"), body, 201),
             ("GET", &item, None, Bytes::new(), 200),
@@ -437,7 +470,8 @@ pub(super) async fn abuse(kubeconfig: &Path, seconds: u64, only: &[String], serv
     let ns = format!("bench-abuse-{}", std::process::id());
     ensure_namespace(&admin, &ns).await?;
     let target = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "abuse-target"}, "data": {"k": "v"}});
-    let (code, body) = admin.request("POST", &format!("/api/v1/namespaces/{ns}/configmaps"), Some("application/json"), None, Bytes::from(target.to_string())).await?;
+    let (code, body) =
+        admin.request("POST", &format!("/api/v1/namespaces/{ns}/configmaps"), Some("application/json"), None, Bytes::from(target.to_string())).await?;
     if code != 201 {
         return Err(format!("create abuse-target: {code} {}", String::from_utf8_lossy(&body)));
     }
@@ -504,7 +538,11 @@ pub(super) async fn abuse(kubeconfig: &Path, seconds: u64, only: &[String], serv
         if !t.examples.is_empty() {
             shown.push_str(&format!("  e.g. {}", t.examples.join(" | ")));
         }
-        report.add(&format!("abuse: attack {name}"), shown, json!({"sent": t.sent(), "unexpected": t.unexpected, "outcomes": t.outcomes, "examples": t.examples}));
+        report.add(
+            &format!("abuse: attack {name}"),
+            shown,
+            json!({"sent": t.sent(), "unexpected": t.unexpected, "outcomes": t.outcomes, "examples": t.examples}),
+        );
         failed += t.unexpected;
     }
     if let Some(pid) = server_pid {
@@ -521,7 +559,11 @@ pub(super) async fn abuse(kubeconfig: &Path, seconds: u64, only: &[String], serv
         );
     }
     let metrics_after = metrics_len(admin.clone()).await;
-    report.add("abuse: /metrics bytes before / after", format!("{metrics_before} / {metrics_after}"), json!({"before": metrics_before, "after": metrics_after}));
+    report.add(
+        "abuse: /metrics bytes before / after",
+        format!("{metrics_before} / {metrics_after}"),
+        json!({"before": metrics_before, "after": metrics_after}),
+    );
     // The server must still serve after the attack, and let the namespace go.
     let (code, _) = admin.request("DELETE", &format!("/api/v1/namespaces/{ns}"), None, None, Bytes::new()).await?;
     if code != 200 && code != 202 {
