@@ -174,7 +174,75 @@ impl ApiError {
         Self::new(503, "ServiceUnavailable", message)
     }
 
-    /// The `metav1.Status` body for this error.
+    /// The `Status` as kube-apiserver writes it: fields in Go's order (`kind`,
+    /// `apiVersion`, `metadata`, `status`, `message`, `reason`, `details` {`name`, `group`,
+    /// `kind`, `causes`, `retryAfterSeconds`}, `code`), then a newline is the caller's.
+    pub fn to_status_json(&self) -> Vec<u8> {
+        #[derive(serde::Serialize)]
+        struct Cause<'a> {
+            #[serde(skip_serializing_if = "str::is_empty")]
+            reason: &'a str,
+            #[serde(skip_serializing_if = "str::is_empty")]
+            message: &'a str,
+            #[serde(skip_serializing_if = "str::is_empty")]
+            field: &'a str,
+        }
+        #[derive(serde::Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Details<'a> {
+            #[serde(skip_serializing_if = "Option::is_none")]
+            name: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            group: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            kind: Option<&'a str>,
+            #[serde(skip_serializing_if = "Vec::is_empty")]
+            causes: Vec<Cause<'a>>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            retry_after_seconds: Option<u32>,
+        }
+        #[derive(serde::Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Status<'a> {
+            kind: &'a str,
+            api_version: &'a str,
+            metadata: Value,
+            status: &'a str,
+            #[serde(skip_serializing_if = "str::is_empty")]
+            message: &'a str,
+            #[serde(skip_serializing_if = "str::is_empty")]
+            reason: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            details: Option<Details<'a>>,
+            code: u16,
+        }
+        let d = &self.details;
+        let details = Details {
+            name: d.name.as_deref(),
+            group: d.group.as_deref(),
+            kind: d.kind.as_deref(),
+            causes: d.causes.iter().map(|c| Cause { reason: &c.reason, message: &c.message, field: &c.field }).collect(),
+            retry_after_seconds: d.retry_after,
+        };
+        let has_details = details.name.is_some() || details.group.is_some() || details.kind.is_some() || !details.causes.is_empty() || details.retry_after_seconds.is_some();
+        let status = Status {
+            kind: "Status",
+            api_version: "v1",
+            metadata: match &d.continue_token {
+                Some(c) => json!({ "continue": c }),
+                None => json!({}),
+            },
+            status: "Failure",
+            message: &self.message,
+            reason: self.reason,
+            details: has_details.then_some(details),
+            code: self.code,
+        };
+        serde_json::to_vec(&status).unwrap_or_default()
+    }
+
+    /// The `metav1.Status` body for this error, as a value (watch `ERROR` events, and
+    /// bodies embedded in other objects).
     pub fn to_status(&self) -> Value {
         let mut status = Map::new();
         status.insert("kind".into(), json!("Status"));

@@ -84,16 +84,24 @@ pub async fn handle(server: Arc<ApiServer>, conn: Arc<ConnInfo>, req: Request<In
     let limit = if mutating { MAX_MUTATING_REQUESTS_INFLIGHT } else { MAX_REQUESTS_INFLIGHT };
     let inflight = server.metrics.inflight(mutating, limit);
     let started = std::time::Instant::now();
+    let (parts, body) = req.into_parts();
+    let mut request_body = Some(body);
     let mut resp = match &inflight {
         // Health checks are answered even at the limit, so a busy server is not taken
         // for a dead one.
-        None if !is_health_check(req.uri().path()) => too_many_requests(),
-        _ => match handle_inner(&server, &conn, req, &mut audit).await {
+        None if !is_health_check(parts.uri.path()) => too_many_requests(),
+        _ => match handle_inner(&server, &conn, parts, &mut request_body, &mut audit).await {
             Ok(r) => r,
             Err(e) => h::error(&e),
         },
     };
     drop(inflight);
+    // A body answered before it was read lives until the answer is sent: dropped
+    // earlier, HTTP/2 resets the stream with CANCEL before the answer ends, and clients
+    // see an error instead of the answer (RFC 9113 §8.1 wants NO_ERROR after it).
+    if let Some(unread) = request_body.take() {
+        resp = resp.map(|b| h::holding(b, unread));
+    }
     if let Some(info) = &audit.info {
         let known = info.is_resource && server.registry.resources().find(&info.group, &info.version, &info.resource).is_some();
         server.metrics.record(info, known, resp.status().as_u16(), started.elapsed().as_secs_f64());
@@ -243,8 +251,13 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-async fn handle_inner(server: &Arc<ApiServer>, conn: &ConnInfo, req: Request<Incoming>, audit: &mut AuditInfo) -> Result<Response<Body>, ApiError> {
-    let (parts, body) = req.into_parts();
+async fn handle_inner(
+    server: &Arc<ApiServer>,
+    conn: &ConnInfo,
+    parts: http::request::Parts,
+    body: &mut Option<Incoming>,
+    audit: &mut AuditInfo,
+) -> Result<Response<Body>, ApiError> {
     // Go serves the decoded path (`r.URL.Path`): clients that escape names (the Python
     // client sends `system%3Anode`) reach the same object as those that do not.
     let path = if parts.uri.path().contains('%') { percent_decode(parts.uri.path()) } else { parts.uri.path().to_string() };
@@ -281,7 +294,7 @@ async fn handle_inner(server: &Arc<ApiServer>, conn: &ConnInfo, req: Request<Inc
     if !info.is_resource {
         return non_resource(server, &parts.method, &path, &query, parts.headers.get(http::header::ACCEPT).and_then(|v| v.to_str().ok()));
     }
-    let body = read_body(body, &parts.headers).await?;
+    let body = read_body(body.take().ok_or_else(|| ApiError::internal("request body read twice"))?, &parts.headers).await?;
     let ctx = Ctx { server, conn, user: &user, info: &info, query: &query, headers: &parts.headers, method: &parts.method };
     ctx.resource(body).await
 }
@@ -680,10 +693,10 @@ impl Ctx<'_> {
         match out {
             Output::Table(v) => {
                 let meta = json!({"resourceVersion": meta::resource_version(obj)});
-                Ok(h::bytes_response(code, &out.content_type(false), self.table(def, std::slice::from_ref(obj), meta, v)?))
+                Ok(h::json_bytes(code, &out.content_type(false), self.table(def, std::slice::from_ref(obj), meta, v)?))
             }
             Output::PartialMetadata(v) => Ok(h::encode(out, code, &partial_metadata(obj, v))),
-            Output::Json => Ok(h::bytes_response(code, "application/json", obj.json())),
+            Output::Json => Ok(h::json_bytes(code, "application/json", obj.json())),
             _ => Ok(h::encode(out, code, obj)),
         }
     }
@@ -1099,7 +1112,7 @@ impl Ctx<'_> {
         let l = self.server.registry.list(def, ns, &opts)?;
         let meta = list_metadata(l.revision, l.continue_token.as_deref(), l.remaining);
         match out {
-            Output::Table(mv) => Ok(h::bytes_response(StatusCode::OK, &out.content_type(true), self.table(def, &l.items, meta, mv)?)),
+            Output::Table(mv) => Ok(h::json_bytes(StatusCode::OK, &out.content_type(true), self.table(def, &l.items, meta, mv)?)),
             Output::PartialMetadata(mv) => {
                 let list = ListOut {
                     api_version: format!("meta.k8s.io/{mv}"),
@@ -1107,7 +1120,7 @@ impl Ctx<'_> {
                     kind: "PartialObjectMetadataList".into(),
                     metadata: meta,
                 };
-                Ok(h::bytes_response(StatusCode::OK, &out.content_type(true), Bytes::from(serde_json::to_vec(&list).expect("lists serialize"))))
+                Ok(h::json_bytes(StatusCode::OK, &out.content_type(true), Bytes::from(serde_json::to_vec(&list).expect("lists serialize"))))
             }
             Output::Yaml => {
                 let list = ListOut {
@@ -1122,7 +1135,7 @@ impl Ctx<'_> {
                 // Items are serialized as stored, so build the list text directly.
                 // Sized exactly: growing by doubling would copy a 130 MB list of 100,000
                 // objects on the way and hold up to twice its size.
-                let mut buf = Vec::with_capacity(512 + l.items.iter().map(|o| o.json().len() + 1).sum::<usize>());
+                let mut buf = Vec::with_capacity(513 + l.items.iter().map(|o| o.json().len() + 1).sum::<usize>());
                 buf.extend_from_slice(format!("{{\"kind\":\"{}\",\"apiVersion\":\"{}\",\"metadata\":", def.list_kind(), def.api_version()).as_bytes());
                 serde_json::to_writer(&mut buf, &meta).expect("serialize");
                 buf.extend_from_slice(b",\"items\":[");
@@ -1132,7 +1145,7 @@ impl Ctx<'_> {
                     }
                     buf.extend_from_slice(&o.json());
                 }
-                buf.extend_from_slice(b"]}");
+                buf.extend_from_slice(b"]}\n");
                 Ok(h::bytes_response(StatusCode::OK, "application/json", Bytes::from(buf)))
             }
         }

@@ -17,9 +17,85 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into()).boxed()
 }
 
-/// A JSON response.
+/// A JSON response (ending with a newline, as Go's encoder writes every object).
 pub fn json(code: StatusCode, v: &Value) -> Response<Body> {
-    bytes_response(code, "application/json", Bytes::from(serde_json::to_vec(v).expect("serialize")))
+    let mut b = serde_json::to_vec(v).expect("serialize");
+    b.push(b'\n');
+    bytes_response(code, "application/json", Bytes::from(b))
+}
+
+/// A body of encoded JSON followed by the newline kube-apiserver's encoder ends every
+/// object with, sent as two frames so the (shared, cached) bytes are not copied; its
+/// exact size still makes a `Content-Length`.
+struct ThenNewline {
+    data: Option<Bytes>,
+    newline: bool,
+}
+
+impl http_body::Body for ThenNewline {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        if let Some(d) = self.data.take() {
+            return std::task::Poll::Ready(Some(Ok(http_body::Frame::data(d))));
+        }
+        if self.newline {
+            self.newline = false;
+            return std::task::Poll::Ready(Some(Ok(http_body::Frame::data(Bytes::from_static(b"\n")))));
+        }
+        std::task::Poll::Ready(None)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.data.is_none() && !self.newline
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.data.as_ref().map_or(0, |d| d.len() as u64) + self.newline as u64)
+    }
+}
+
+/// A response body that holds `held` (an unread request body) until it is dropped.
+pub fn holding(inner: Body, held: hyper::body::Incoming) -> Body {
+    Holding { inner, _held: held }.boxed()
+}
+
+struct Holding {
+    inner: Body,
+    _held: hyper::body::Incoming,
+}
+
+impl http_body::Body for Holding {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A response of encoded JSON (an object, a list, a Table) with the trailing newline, in
+/// two frames: only for answers given after the request body was read (see [`error`]).
+pub fn json_bytes(code: StatusCode, content_type: &str, b: Bytes) -> Response<Body> {
+    let mut r = Response::new(ThenNewline { data: Some(b), newline: true }.boxed());
+    *r.status_mut() = code;
+    r.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_str(content_type).unwrap_or(HeaderValue::from_static("application/json")));
+    r
 }
 
 /// A response with a content type.
@@ -37,7 +113,12 @@ pub fn text(code: StatusCode, body: impl Into<String>) -> Response<Body> {
 
 /// An error as a `metav1.Status` response.
 pub fn error(e: &ApiError) -> Response<Body> {
-    let mut r = json(StatusCode::from_u16(e.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &e.to_status());
+    // One frame: an error may be answered before the request body is read, and over
+    // HTTP/2 the stream is then reset as soon as the response ends; a second frame could
+    // follow the reset (curl: "Stream error in the HTTP/2 framing layer").
+    let mut body = e.to_status_json();
+    body.push(b'\n');
+    let mut r = bytes_response(StatusCode::from_u16(e.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), "application/json", Bytes::from(body));
     if let Some(s) = e.details.retry_after {
         r.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from(s));
     }

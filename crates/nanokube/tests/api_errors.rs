@@ -169,3 +169,21 @@ fn authentication_and_interim_authorization() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "401");
 }
+
+/// Bodies as kube-apiserver writes them: Status fields in Go's order, and every object,
+/// list and Status followed by a newline (Go's JSON encoder), byte for byte.
+#[test]
+fn status_in_go_order_and_bodies_end_with_a_newline() {
+    let s = common::Server::start();
+    let (code, body) = s.curl("GET", "/api/v1/namespaces/default/configmaps/nope", None, None);
+    assert_eq!(code, 404);
+    assert_eq!(
+        body,
+        "{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"metadata\":{},\"status\":\"Failure\",\"message\":\"configmaps \\\"nope\\\" not found\",\"reason\":\"NotFound\",\"details\":{\"name\":\"nope\",\"kind\":\"configmaps\"},\"code\":404}\n"
+    );
+    for path in ["/api/v1/namespaces/default/configmaps/kube-root-ca.crt", "/api/v1/namespaces/default/configmaps", "/api/v1", "/apis"] {
+        let (code, body) = s.curl("GET", path, None, None);
+        assert_eq!(code, 200, "{path}");
+        assert!(body.ends_with("}\n"), "{path}: {:?}", &body[body.len().saturating_sub(20)..]);
+    }
+}

@@ -475,8 +475,9 @@ fn at_the_in_flight_limit_writes_get_429_and_reads_go_on() {
         .arg(format!("{}/api/v1/namespaces/default/configmaps", s.url))
         .output()
         .unwrap();
+    let curl_err = String::from_utf8_lossy(&headers.stderr).to_string();
     let headers = String::from_utf8_lossy(&headers.stdout).to_lowercase();
-    assert!(headers.contains(" 429") && headers.contains("retry-after: 1"), "{headers}");
+    assert!(headers.contains(" 429") && headers.contains("retry-after: 1"), "{headers} {curl_err}");
     assert_eq!(s.curl("GET", "/api/v1/namespaces/default/configmaps", None, None).0, 200, "reads have their own limit");
     assert!(ready(&s), "health checks are exempt");
     drop(held);
