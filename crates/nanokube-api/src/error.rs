@@ -224,7 +224,8 @@ impl ApiError {
             causes: d.causes.iter().map(|c| Cause { reason: &c.reason, message: &c.message, field: &c.field }).collect(),
             retry_after_seconds: d.retry_after,
         };
-        let has_details = details.name.is_some() || details.group.is_some() || details.kind.is_some() || !details.causes.is_empty() || details.retry_after_seconds.is_some();
+        let has_details =
+            details.name.is_some() || details.group.is_some() || details.kind.is_some() || !details.causes.is_empty() || details.retry_after_seconds.is_some();
         let status = Status {
             kind: "Status",
             api_version: "v1",

@@ -12,6 +12,9 @@ use crate::crd::{version_priority, CustomResource};
 pub const STANDARD_VERBS: &[&str] = &["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
 /// The verbs of a create-only review resource.
 pub const CREATE_ONLY: &[&str] = &["create"];
+/// Verbs of a resource read from the server's own state, never stored
+/// (`componentstatuses`).
+pub const GET_LIST: &[&str] = &["get", "list"];
 
 /// A subresource served under `.../{name}/{subresource}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -120,7 +123,7 @@ impl ResourceDef {
 
     /// Whether objects of this resource are stored (review resources are not).
     pub fn is_stored(&self) -> bool {
-        self.verbs != CREATE_ONLY
+        self.verbs != CREATE_ONLY && self.verbs != GET_LIST
     }
 }
 
@@ -211,6 +214,11 @@ const NONE: &[&str] = &[];
 pub static BUILTIN: &[ResourceDef] = &[
     // core/v1
     res("", "Binding", "bindings", "binding", true, NONE, NONE, &[]),
+    {
+        let mut cs = res("", "ComponentStatus", "componentstatuses", "componentstatus", false, &["cs"], NONE, &[]);
+        cs.verbs = GET_LIST;
+        cs
+    },
     res("", "ConfigMap", "configmaps", "configmap", true, &["cm"], NONE, &[]),
     res("", "Endpoints", "endpoints", "endpoints", true, &["ep"], NONE, &[]),
     res("", "Event", "events", "event", true, &["ev"], NONE, &[]),

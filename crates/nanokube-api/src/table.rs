@@ -65,6 +65,7 @@ pub fn columns(group: &str, plural: &str) -> Vec<Column> {
         ("", "secrets") => vec![NAME, col("Type", 0), col("Data", 0), AGE],
         ("", "serviceaccounts") => vec![NAME, col("Secrets", 0), AGE],
         ("", "configmaps") => vec![NAME, col("Data", 0), AGE],
+        ("", "componentstatuses") => vec![NAME, col("Status", 0), col("Message", 0), col("Error", 0)],
         ("", "endpoints") => vec![NAME, col("Endpoints", 0), AGE],
         ("", "nodes") => vec![
             NAME,
@@ -470,6 +471,10 @@ pub fn cells(group: &str, plural: &str, obj: &Value, now: OffsetDateTime) -> Vec
         ("", "secrets") => vec![name, json!(s(obj, "/type")), json!(count_map(obj, "/data")), age_v],
         ("", "serviceaccounts") => vec![name, json!(arr(obj, "/secrets").len()), age_v],
         ("", "configmaps") => vec![name, json!(count_map(obj, "/data") + count_map(obj, "/binaryData")), age_v],
+        ("", "componentstatuses") => {
+            let healthy = obj.pointer("/conditions/0/status").and_then(Value::as_str) == Some("True");
+            vec![name, json!(if healthy { "Healthy" } else { "Unhealthy" }), json!(s(obj, "/conditions/0/message")), json!(s(obj, "/conditions/0/error"))]
+        }
         ("", "endpoints") => {
             let mut eps = Vec::new();
             for subset in arr(obj, "/subsets") {

@@ -713,6 +713,30 @@ impl Ctx<'_> {
         })
     }
 
+    /// `componentstatuses`: get and list of what [`crate::component_status`] reports.
+    fn component_statuses(&self, def: &'static ResourceDef) -> Result<Response<Body>, ApiError> {
+        let all = crate::component_status::all(self.server);
+        let out = h::negotiate(self.accept())?;
+        match self.info.verb.as_str() {
+            "get" => {
+                let obj =
+                    all.into_iter().find(|c| meta::name(c) == self.info.name).ok_or_else(|| ApiError::not_found(def.plural, def.group, &self.info.name))?;
+                self.respond_object(def, StatusCode::OK, &Arc::new(crate::registry::Stored::new(obj)))
+            }
+            "list" => {
+                let objs: Vec<crate::registry::Obj> = all.into_iter().map(|o| Arc::new(crate::registry::Stored::new(o))).collect();
+                match out {
+                    Output::Table(mv) => Ok(h::json_bytes(StatusCode::OK, &out.content_type(true), self.table(def, &objs, json!({}), mv)?)),
+                    _ => {
+                        let items: Vec<Value> = objs.iter().map(|o| o.value().clone()).collect();
+                        Ok(h::encode(out, StatusCode::OK, &json!({"kind": "ComponentStatusList", "apiVersion": "v1", "metadata": {}, "items": items})))
+                    }
+                }
+            }
+            _ => Err(ApiError::method_not_allowed(format!("the server does not allow this method on the requested resource ({})", def.plural))),
+        }
+    }
+
     async fn resource_of(&self, def: &'static ResourceDef, body: Bytes) -> Result<Response<Body>, ApiError> {
         let info = self.info;
         // A cluster-scoped kind exists only at its cluster path: under `namespaces/{ns}/`
@@ -728,6 +752,9 @@ impl Ctx<'_> {
         }
         if def.namespaced && info.namespace.is_empty() && !matches!(info.verb.as_str(), "list" | "watch") {
             return Err(ApiError::path_not_found());
+        }
+        if def.verbs == nanokube_api::resources::GET_LIST {
+            return Ok(with_warnings(self.component_statuses(def)?, &[crate::component_status::DEPRECATION.to_string()]));
         }
         if !def.is_stored() {
             if info.verb != "create" || !info.name.is_empty() {

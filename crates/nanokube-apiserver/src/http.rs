@@ -36,10 +36,7 @@ impl http_body::Body for ThenNewline {
     type Data = Bytes;
     type Error = Infallible;
 
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+    fn poll_frame(mut self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
         if let Some(d) = self.data.take() {
             return std::task::Poll::Ready(Some(Ok(http_body::Frame::data(d))));
         }
@@ -73,10 +70,7 @@ impl http_body::Body for Holding {
     type Data = Bytes;
     type Error = Infallible;
 
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+    fn poll_frame(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
         std::pin::Pin::new(&mut self.inner).poll_frame(cx)
     }
 

@@ -19,6 +19,7 @@ pub mod audit;
 pub mod authn;
 pub mod authz;
 pub mod coalesce;
+pub mod component_status;
 pub mod discovery;
 pub mod fieldmanager;
 pub mod handler;

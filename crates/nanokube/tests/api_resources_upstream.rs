@@ -1,6 +1,6 @@
 //! The built-in APIs are kube-apiserver 1.33's: `kubectl api-resources` and `kubectl
 //! api-versions` (every kubectl 1.27–1.33) list what a real 1.33 lists
-//! (`tests/upstream-1.33/`), but for the two resources not served yet; HPAs answer in
+//! (`tests/upstream-1.33/`), but for the aggregation layer; HPAs answer in
 //! both versions from one stored object; a CSR is approved through its `approval`
 //! subresource by `kubectl certificate approve`.
 
@@ -18,8 +18,8 @@ fn squeeze(text: &str) -> Vec<String> {
 }
 
 /// Served by kube-apiserver 1.33 and not (yet) by nanokube: the aggregation layer's
-/// APIServices and the deprecated ComponentStatus.
-const NOT_YET: &[&str] = &["componentstatuses", "apiservices"];
+/// APIServices.
+const NOT_YET: &[&str] = &["apiservices"];
 
 #[test]
 fn every_kubectl_lists_upstreams_resources_and_versions() {
@@ -128,4 +128,26 @@ fn openapi_v2_has_definitions_and_v3_every_group_version() {
     assert!(root["paths"]["apis/autoscaling/v2"]["serverRelativeURL"].is_string(), "{root}");
     let out = s.kubectl(&["explain", "hpa.spec.metrics"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// `kubectl get componentstatuses` answers with this server's own health, deprecated as
+/// upstream says; it is read-only.
+#[test]
+fn component_statuses_report_this_servers_parts() {
+    let s = Server::start();
+    let out = s.kubectl(&["get", "componentstatuses"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Warning: v1 ComponentStatus is deprecated in v1.19+"));
+    let (head, rows) = common::table(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(head, ["NAME", "STATUS", "MESSAGE", "ERROR"]);
+    let names: Vec<&str> = rows.iter().map(|r| r[0].as_str()).collect();
+    assert_eq!(names, ["scheduler", "controller-manager", "etcd-0"]);
+    let (code, etcd) = s.get_json("/api/v1/componentstatuses/etcd-0");
+    assert_eq!(code, 200);
+    assert_eq!(etcd["conditions"][0], json!({"type": "Healthy", "status": "True", "message": "ok"}));
+    let (code, scheduler) = s.get_json("/api/v1/componentstatuses/scheduler");
+    assert_eq!(code, 200);
+    assert_eq!(scheduler["conditions"][0]["status"], "False", "no scheduler runs yet: {scheduler}");
+    assert_eq!(s.get_json("/api/v1/componentstatuses/nope").0, 404);
+    assert_eq!(s.curl("DELETE", "/api/v1/componentstatuses/etcd-0", None, None).0, 405);
 }
