@@ -77,6 +77,12 @@ impl ClusterAccess {
     }
 
     fn load(path: &Path, context: Option<&str>, credentials: bool) -> Result<Self, String> {
+        // Every problem names the file it is in.
+        Self::load_unnamed(path, context, credentials)
+            .map_err(|e| if e.starts_with(&path.display().to_string()) { e } else { format!("{}: {e}", path.display()) })
+    }
+
+    fn load_unnamed(path: &Path, context: Option<&str>, credentials: bool) -> Result<Self, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let cfg: Value = serde_norway::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
@@ -141,9 +147,15 @@ impl ClusterAccess {
 
     /// An HTTPS connector for this cluster.
     pub fn connector(&self, http2: bool) -> Connector {
+        self.connector_with_keepalive(http2, None)
+    }
+
+    /// An HTTPS connector whose connections send TCP keep-alives every `keepalive`.
+    pub fn connector_with_keepalive(&self, http2: bool, keepalive: Option<std::time::Duration>) -> Connector {
         // TCP_NODELAY, as client-go sets it: without it an HTTP/2 request's DATA frame waits
         // behind Nagle for the server's delayed ACK of its HEADERS frame (~40 ms a write).
         let mut tcp = hyper_util::client::legacy::connect::HttpConnector::new();
+        tcp.set_keepalive(keepalive);
         tcp.set_nodelay(true);
         tcp.enforce_http(false);
         let b = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(self.tls.clone()).https_only();

@@ -129,7 +129,8 @@ fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, String> {
     if dir.exists() && !dir.is_dir() {
         return Err(format!("data directory {} exists and is not a directory", dir.display()));
     }
-    std::fs::create_dir_all(dir).map_err(|e| format!("create data directory {}: {e}", dir.display()))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| format!("cannot create the data directory {}: {e}; choose a writable directory with --data-dir", dir.display()))?;
     let path = dir.join("lock");
     let mut file =
         std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(|e| format!("open {}: {e}", path.display()))?;
@@ -311,7 +312,9 @@ impl Cluster {
         let kc = kubeconfig::single("nanokube", &server_url, &pki.ca_pem, &pki.client_pem, &pki.client_key_pem);
         kubeconfig::write(&paths.kubeconfig(), &kc).map_err(|e| format!("kubeconfig: {e}"))?;
         if let Some(target) = &cfg.merge_kubeconfig {
-            kubeconfig::merge_into(target, &kc).map_err(|e| format!("merging into {}: {e}", target.display()))?;
+            kubeconfig::merge_into(target, &kc).map_err(|e| {
+                format!("merging the nanokube context into {}: {e} (fix that file, or start with --merge-kubeconfig=false to leave it alone)", target.display())
+            })?;
         }
         api.set_ready();
         tracing::info!(elapsed_ms = started.elapsed().as_secs_f64() * 1000.0, %server_url, "ready");

@@ -75,6 +75,12 @@ struct ProxyArgs {
     /// The kubeconfig context to use.
     #[arg(long)]
     context: Option<String>,
+    /// TCP keep-alive period of connections to the API server (e.g. 30s; 0 turns it off).
+    #[arg(long, default_value = "0")]
+    keepalive: String,
+    /// Put the path of the kubeconfig's server URL in front of every request's path.
+    #[arg(long)]
+    append_server_path: bool,
     /// Use the in-cluster service-account files (token, ca.crt) in this directory, even
     /// when a kubeconfig exists [default without a kubeconfig:
     /// /var/run/secrets/kubernetes.io/serviceaccount].
@@ -256,14 +262,52 @@ struct ServerArgs {
     service_account_issuer: String,
 }
 
-fn home() -> PathBuf {
-    std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/"))
+/// A Go-style duration (`30s`, `1m30s`, `500ms`, `0`).
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    if s == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    let mut total = 0f64;
+    let mut rest = s;
+    if rest.is_empty() {
+        return Err("empty duration".into());
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        let (num, tail) = rest.split_at(digits);
+        let n: f64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
+        let unit = tail.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(tail.len());
+        let (u, next) = tail.split_at(unit);
+        total += n * match u {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(format!("invalid duration {s:?}: unknown unit {u:?}")),
+        };
+        rest = next;
+    }
+    Ok(std::time::Duration::from_secs_f64(total))
 }
 
-fn user_kubeconfig() -> PathBuf {
+/// The home directory; where it is unset, defaults under it cannot be used.
+fn home() -> Result<PathBuf, String> {
+    match std::env::var_os("HOME") {
+        Some(h) if !h.is_empty() => Ok(PathBuf::from(h)),
+        _ => {
+            Err("HOME is not set, so there is no default data directory or kubeconfig: pass --data-dir (and --merge-kubeconfig=false, or set KUBECONFIG)"
+                .into())
+        }
+    }
+}
+
+fn user_kubeconfig() -> Result<PathBuf, String> {
     match std::env::var("KUBECONFIG") {
-        Ok(v) if !v.is_empty() => PathBuf::from(v.split(':').find(|s| !s.is_empty()).unwrap_or(&v)),
-        _ => home().join(".kube").join("config"),
+        Ok(v) if !v.is_empty() => Ok(PathBuf::from(v.split(':').find(|s| !s.is_empty()).unwrap_or(&v))),
+        _ => Ok(home()?.join(".kube").join("config")),
     }
 }
 
@@ -306,7 +350,13 @@ fn main() {
                 }
             }
             Command::User(UserCommand::Add { name, groups, data_dir, output }) => {
-                let data_dir = data_dir.unwrap_or_else(|| home().join(".nanokube"));
+                let data_dir = match data_dir.map(Ok).unwrap_or_else(|| home().map(|h| h.join(".nanokube"))) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        std::process::exit(2);
+                    }
+                };
                 match nanokube::users::add(&data_dir, &name, &groups, output.as_deref()) {
                     Ok(path) => {
                         println!("{}", path.display());
@@ -355,6 +405,13 @@ fn main() {
 
 async fn run_proxy(a: ProxyArgs) -> i32 {
     use nanokube::client::ClusterAccess;
+    let keepalive = match parse_duration(&a.keepalive) {
+        Ok(d) => (!d.is_zero()).then_some(d),
+        Err(e) => {
+            eprintln!("error: --keepalive: {e}");
+            return 2;
+        }
+    };
     // The service-account directory if one is named; else a kubeconfig if one is given
     // or present; otherwise the pod's service account.
     let files = nanokube::config::files(a.kubeconfig.as_deref());
@@ -368,7 +425,12 @@ async fn run_proxy(a: ProxyArgs) -> i32 {
         };
         ClusterAccess::from_kubeconfig(f, a.context.as_deref())
     } else {
-        ClusterAccess::in_cluster(std::path::Path::new(nanokube::client::SERVICE_ACCOUNT_DIR))
+        ClusterAccess::in_cluster(std::path::Path::new(nanokube::client::SERVICE_ACCOUNT_DIR)).map_err(|e| {
+            format!(
+                "no kubeconfig found (--kubeconfig, $KUBECONFIG, {}) and not in a pod ({e}); start a cluster with `nanokube server`, or pass --kubeconfig",
+                files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", ")
+            )
+        })
     };
     let access = match access {
         Ok(x) => x,
@@ -389,6 +451,8 @@ async fn run_proxy(a: ProxyArgs) -> i32 {
         disable_filter: a.disable_filter,
         www: a.www,
         www_prefix: a.www_prefix,
+        keepalive,
+        append_server_path: a.append_server_path,
     };
     let r = nanokube::proxy::run(opts, access, |addr| {
         // kubectl's exact words, so scripts that wait for them keep working.
@@ -412,8 +476,20 @@ async fn run_server(args: ServerArgs, started: Instant) -> i32 {
         eprintln!("error: --service-node-port-range must look like 30000-32767");
         return 2;
     };
-    let data_dir = args.data_dir.unwrap_or_else(|| home().join(".nanokube"));
-    let merge = args.merge_kubeconfig.then(user_kubeconfig);
+    let data_dir = match args.data_dir.map(Ok).unwrap_or_else(|| home().map(|h| h.join(".nanokube"))) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    let merge = match args.merge_kubeconfig.then(user_kubeconfig).transpose() {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
     let cfg = ClusterConfig {
         bind_address: args.bind_address,
         secure_port: args.secure_port,
@@ -455,10 +531,12 @@ async fn run_server(args: ServerArgs, started: Instant) -> i32 {
     println!("  kubectl --kubeconfig {} get namespaces", cluster.kubeconfig.display());
     println!("  curl --cacert {dir}/ca.crt --cert {dir}/client.crt --key {dir}/client.key {}/api", cluster.server_url, dir = cluster.data_dir.display());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    let signal = tokio::select! {
+        _ = tokio::signal::ctrl_c() => "interrupt",
+        _ = term.recv() => "SIGTERM",
+    };
+    eprintln!("nanokube: {signal}: stopping (open watches end, the store is closed cleanly)");
     cluster.shutdown().await;
+    eprintln!("nanokube: stopped");
     0
 }

@@ -59,6 +59,11 @@ pub struct ProxyOptions {
     pub www: Option<PathBuf>,
     /// Under this prefix.
     pub www_prefix: String,
+    /// TCP keep-alive period of the connections to the API server (`None`: off).
+    pub keepalive: Option<std::time::Duration>,
+    /// Put the path of the kubeconfig's server URL in front of every request's path
+    /// (kubectl's `--append-server-path`); without it only its scheme and host are used.
+    pub append_server_path: bool,
 }
 
 fn regexes(list: &str) -> Result<Vec<Regex>, String> {
@@ -119,6 +124,8 @@ fn text(code: StatusCode, s: &str) -> Response<Body> {
 
 struct Proxy {
     access: ClusterAccess,
+    /// Where requests go: the server URL, or only its scheme and host.
+    target: String,
     client: HyperClient<Connector, Incoming>,
     filter: Option<Filter>,
     api_prefix: String,
@@ -146,7 +153,7 @@ impl Proxy {
         };
         let rest = if rest.starts_with('/') { rest.to_string() } else { format!("/{rest}") };
         let query = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
-        let uri = match format!("{}{}{}", self.access.server, rest, query).parse::<http::Uri>() {
+        let uri = match format!("{}{}{}", self.target, rest, query).parse::<http::Uri>() {
             Ok(u) => u,
             Err(e) => return text(StatusCode::BAD_REQUEST, &format!("bad path: {e}\n")),
         };
@@ -176,7 +183,16 @@ impl Proxy {
         }
         let mut resp = match self.client.request(Request::from_parts(parts, body)).await {
             Ok(r) => r,
-            Err(e) => return text(StatusCode::BAD_GATEWAY, &format!("error trying to reach the API server: {e}\n")),
+            Err(e) => {
+                // hyper's error says "client error (Connect)"; the cause is in its sources.
+                let mut cause = e.to_string();
+                let mut source = std::error::Error::source(&e);
+                while let Some(s) = source {
+                    cause.push_str(&format!(": {s}"));
+                    source = s.source();
+                }
+                return text(StatusCode::BAD_GATEWAY, &format!("error trying to reach the API server at {}: {cause}\n", self.access.server));
+            }
         };
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(client_side) = client_upgrade {
@@ -223,10 +239,16 @@ async fn serve_file(dir: &std::path::Path, rel: &str) -> Response<Body> {
 /// Run the proxy until the process is stopped. `ready` receives the listening address.
 pub async fn run(opts: ProxyOptions, access: ClusterAccess, ready: impl FnOnce(&str)) -> Result<(), String> {
     let filter = if opts.disable_filter { None } else { Some(Filter::new(&opts.accept_hosts, &opts.accept_paths, &opts.reject_paths, &opts.reject_methods)?) };
-    let client = HyperClient::builder(TokioExecutor::new()).build(access.connector(false));
+    let client = HyperClient::builder(TokioExecutor::new()).build(access.connector_with_keepalive(false, opts.keepalive));
     let api_prefix = if opts.api_prefix.starts_with('/') { opts.api_prefix.clone() } else { format!("/{}", opts.api_prefix) };
     let www = opts.www.clone().map(|d| (d, opts.www_prefix.clone()));
-    let proxy = Arc::new(Proxy { access, client, filter, api_prefix, www });
+    let target = if opts.append_server_path {
+        access.server.trim_end_matches('/').to_string()
+    } else {
+        let uri: http::Uri = access.server.parse().map_err(|e| format!("server {:?}: {e}", access.server))?;
+        format!("{}://{}", uri.scheme_str().unwrap_or("https"), uri.authority().map(|a| a.as_str()).unwrap_or(""))
+    };
+    let proxy = Arc::new(Proxy { access, target, client, filter, api_prefix, www });
     if let Some(sock) = &opts.unix_socket {
         let _ = std::fs::remove_file(sock);
         let listener = tokio::net::UnixListener::bind(sock).map_err(|e| format!("listen on {}: {e}", sock.display()))?;
