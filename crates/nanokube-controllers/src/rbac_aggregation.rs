@@ -49,46 +49,63 @@ fn aggregated_rules(role: &Value, selectors: &[LabelSelector], all: &[Value]) ->
     rules
 }
 
-/// Brings the rules of every aggregated ClusterRole up to date. Aggregated roles may
-/// aggregate each other (`admin` takes `edit`, which takes `view`), so passes repeat
-/// until nothing changes (bounded: a cycle of selectors settles after as many passes as
-/// there are roles at most; more than 16 is a loop between roles, left as it stands).
-pub async fn aggregate_all(registry: &Arc<Registry>) -> Result<(), ApiError> {
-    let def = cluster_roles()?;
+/// Fills the `rules` of every aggregated role among `all` (ClusterRoles; sorted by name
+/// here) from the others, until nothing changes.
+pub fn aggregate(all: &mut [Value]) {
+    all.sort_by(|a, b| name(a).cmp(name(b)));
     for _ in 0..16 {
-        let mut all: Vec<Value> = registry.list(def, None, &ListOptions::default())?.items.iter().map(|o| o.value().clone()).collect();
-        all.sort_by(|a, b| name(a).cmp(name(b)));
         let mut changed = false;
         for i in 0..all.len() {
             let Some(sel) = selectors(&all[i]) else { continue };
-            let rules = aggregated_rules(&all[i], &sel, &all);
-            let current = all[i].get("rules").and_then(Value::as_array).cloned().unwrap_or_default();
-            if rules == current {
-                continue;
-            }
-            let role = name(&all[i]).to_string();
-            let new_rules = rules.clone();
-            let result = registry
-                .update_with(def, "", &role, &WriteOptions::default(), move |cur| {
-                    let mut next = cur.clone();
-                    next["rules"] = Value::Array(new_rules.clone());
-                    nanokube_api::meta::metadata_mut(&mut next).remove("resourceVersion");
-                    Ok(next)
-                })
-                .await;
-            match result {
-                Ok(_) => {
-                    // Later roles in this pass see the new rules.
-                    all[i]["rules"] = Value::Array(rules);
-                    changed = true;
-                }
-                // Deleted meanwhile: its own event brings another pass.
-                Err(e) if e.code == 404 => {}
-                Err(e) => return Err(e),
+            let rules = Value::Array(aggregated_rules(&all[i], &sel, all));
+            if all[i].get("rules") != Some(&rules) {
+                all[i]["rules"] = rules;
+                changed = true;
             }
         }
         if !changed {
-            return Ok(());
+            return;
+        }
+    }
+}
+
+/// Brings the rules of every aggregated ClusterRole up to date. Aggregated roles may
+/// aggregate each other (`admin` takes `edit`, which takes `view`), so the rules are
+/// worked out in memory until nothing changes (bounded: more than 16 passes is a loop of
+/// selectors between roles, left as it stands), then the roles that changed are written
+/// together, in one commit.
+pub async fn aggregate_all(registry: &Arc<Registry>) -> Result<(), ApiError> {
+    let def = cluster_roles()?;
+    let mut all: Vec<Value> = registry.list(def, None, &ListOptions::default())?.items.iter().map(|o| o.value().clone()).collect();
+    let stored: Vec<Option<Value>> = {
+        all.sort_by(|a, b| name(a).cmp(name(b)));
+        all.iter().map(|r| r.get("rules").cloned()).collect()
+    };
+    aggregate(&mut all);
+    let mut writes = tokio::task::JoinSet::new();
+    for (role, before) in all.into_iter().zip(stored) {
+        let Some(rules) = role.get("rules").cloned() else { continue };
+        if before.as_ref() == Some(&rules) || (before.is_none() && rules.as_array().is_some_and(Vec::is_empty)) {
+            continue;
+        }
+        let (registry, role) = (registry.clone(), name(&role).to_string());
+        writes.spawn(async move {
+            registry
+                .update_with(def, "", &role, &WriteOptions::default(), move |cur| {
+                    let mut next = cur.clone();
+                    next["rules"] = rules.clone();
+                    nanokube_api::meta::metadata_mut(&mut next).remove("resourceVersion");
+                    Ok(next)
+                })
+                .await
+        });
+    }
+    while let Some(r) = writes.join_next().await {
+        match r.map_err(|e| ApiError::internal(e.to_string()))? {
+            Ok(_) => {}
+            // Deleted meanwhile: its own event brings another pass.
+            Err(e) if e.code == 404 => {}
+            Err(e) => return Err(e),
         }
     }
     Ok(())

@@ -37,7 +37,13 @@ pub fn policy() -> &'static Policy {
         // Compiled-in data, checked by this module's tests.
         let list: Value = serde_json::from_str(BOOTSTRAP_1_33).unwrap_or(Value::Null);
         let items = list.get("items").and_then(Value::as_array).cloned().unwrap_or_default();
-        let (namespaced, cluster) = items.into_iter().partition(|o| o.pointer("/metadata/namespace").is_some());
+        let (namespaced, mut cluster): (Vec<Value>, Vec<Value>) = items.into_iter().partition(|o| o.pointer("/metadata/namespace").is_some());
+        // A new cluster's aggregated roles are created with their rules already
+        // aggregated from the other default roles (no user role exists yet), so a first
+        // start writes them once instead of creating and then updating them.
+        let (mut roles, bindings): (Vec<Value>, Vec<Value>) = cluster.drain(..).partition(|o| o["kind"] == "ClusterRole");
+        crate::rbac_aggregation::aggregate(&mut roles);
+        cluster = roles.into_iter().chain(bindings).collect();
         Policy { cluster, namespaced }
     })
 }

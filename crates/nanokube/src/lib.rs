@@ -257,6 +257,7 @@ impl Cluster {
         namespaces.map_err(|e| format!("bootstrap: {e}"))?;
         priority_classes.map_err(|e| format!("bootstrap: {e}"))?;
         policy.map_err(|e| format!("default RBAC policy: {e}"))?;
+        tracing::debug!(elapsed_ms = started.elapsed().as_secs_f64() * 1000.0, "system namespaces, priority classes and cluster RBAC policy ensured");
         tasks.spawn(nanokube_controllers::rbac_policy::run(registry.clone(), shutdown_rx.clone()));
         let ns_controller = Arc::new(NamespaceController::new(registry.clone(), pki.ca_pem.clone()));
         let mut second = JoinSet::new();
@@ -269,13 +270,12 @@ impl Cluster {
             second.spawn(async move { c.reconcile(ns).await });
         }
         {
-            // Roles live in kube-system and kube-public; admin, edit and view are
-            // aggregated before the server reports ready.
+            // Roles live in kube-system and kube-public; admin, edit and view (and any
+            // role with an aggregationRule) are aggregated before the server reports ready.
             let r = registry.clone();
-            second.spawn(async move {
-                nanokube_controllers::rbac_policy::ensure_namespaced(&r).await?;
-                nanokube_controllers::rbac_aggregation::aggregate_all(&r).await
-            });
+            second.spawn(async move { nanokube_controllers::rbac_policy::ensure_namespaced(&r).await });
+            let r = registry.clone();
+            second.spawn(async move { nanokube_controllers::rbac_aggregation::aggregate_all(&r).await });
         }
         while let Some(r) = second.join_next().await {
             r.map_err(|e| e.to_string())?.map_err(|e| format!("bootstrap: {e}"))?;
