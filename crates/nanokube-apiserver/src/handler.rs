@@ -96,10 +96,12 @@ pub async fn handle(server: Arc<ApiServer>, conn: Arc<ConnInfo>, req: Request<In
         },
     };
     drop(inflight);
-    // A body answered before it was read lives until the answer is sent: dropped
-    // earlier, HTTP/2 resets the stream with CANCEL before the answer ends, and clients
-    // see an error instead of the answer (RFC 9113 §8.1 wants NO_ERROR after it).
-    if let Some(unread) = request_body.take() {
+    // A body answered before it was read (401, 403, 429...) is read first, briefly and
+    // up to a bound, then kept until the answer is sent: an HTTP/2 stream whose request
+    // body is dropped unread is reset with CANCEL, and clients such as curl then report
+    // a framing error instead of the answer.
+    if let Some(mut unread) = request_body.take() {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), drain_unread(&mut unread)).await;
         resp = resp.map(|b| h::holding(b, unread));
     }
     if let Some(info) = &audit.info {
@@ -297,6 +299,18 @@ async fn handle_inner(
     let body = read_body(body.take().ok_or_else(|| ApiError::internal("request body read twice"))?, &parts.headers).await?;
     let ctx = Ctx { server, conn, user: &user, info: &info, query: &query, headers: &parts.headers, method: &parts.method };
     ctx.resource(body).await
+}
+
+/// Reads (and drops) what is left of a request body answered without it, up to 1 MiB.
+async fn drain_unread(body: &mut Incoming) {
+    let mut left = 1usize << 20;
+    while let Some(Ok(frame)) = body.frame().await {
+        let n = frame.data_ref().map_or(0, |d| d.len());
+        if n >= left {
+            return;
+        }
+        left -= n;
+    }
 }
 
 /// Most bytes of an oversized body read (and dropped) before answering 413, so HTTP/2
