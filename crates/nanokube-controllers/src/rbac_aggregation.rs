@@ -10,7 +10,7 @@ use std::sync::Arc;
 use nanokube_api::resources::{self, ResourceDef};
 use nanokube_api::selector::LabelSelector;
 use nanokube_api::ApiError;
-use nanokube_apiserver::registry::{ListOptions, Registry, WriteOptions};
+use nanokube_apiserver::registry::{Registry, WriteOptions};
 use serde_json::Value;
 
 fn cluster_roles() -> Result<&'static ResourceDef, ApiError> {
@@ -76,7 +76,9 @@ pub fn aggregate(all: &mut [Value]) {
 /// together, in one commit.
 pub async fn aggregate_all(registry: &Arc<Registry>) -> Result<(), ApiError> {
     let def = cluster_roles()?;
-    let mut all: Vec<Value> = registry.list(def, None, &ListOptions::default())?.items.iter().map(|o| o.value().clone()).collect();
+    // The stored bytes parsed once each (no resourceVersion is needed here); a row that
+    // does not parse is not aggregated from.
+    let mut all: Vec<Value> = registry.store().list(&def.key_prefix(), None, 0).items.iter().filter_map(|kv| serde_json::from_slice(&kv.value).ok()).collect();
     let stored: Vec<Option<Value>> = {
         all.sort_by(|a, b| name(a).cmp(name(b)));
         all.iter().map(|r| r.get("rules").cloned()).collect()

@@ -98,9 +98,11 @@ async fn ensure_objects(registry: &Arc<Registry>, objects: &[Value]) -> Result<(
         let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("").to_string();
         let ns = obj.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("").to_string();
         let r = registry.clone();
-        match registry.get(def, &ns, &name) {
-            Ok(cur) => {
-                let cur = cur.value();
+        // The stored bytes parsed once (no resourceVersion is needed to compare): this
+        // runs for every default object on every start.
+        match registry.store().get(&def.key(&ns, &name)).map(|kv| serde_json::from_slice::<Value>(&kv.value)) {
+            Some(Ok(cur)) => {
+                let cur = &cur;
                 let opted_out = cur.pointer("/metadata/annotations/rbac.authorization.kubernetes.io~1autoupdate").and_then(Value::as_str) == Some("false");
                 let have = wanted(cur, field);
                 let missing: Vec<Value> = wanted(obj, field).into_iter().filter(|w| !have.contains(w)).collect();
@@ -120,8 +122,9 @@ async fn ensure_objects(registry: &Arc<Registry>, objects: &[Value]) -> Result<(
                     .map(|_| ())
                 });
             }
-            // Creates are independent: let the store commit them together.
-            Err(_) => {
+            // Creates are independent: let the store commit them together. (A stored
+            // row that does not parse is left to the create's conflict.)
+            _ => {
                 let obj = obj.clone();
                 tasks.spawn(async move { r.create(def, &ns, obj, &WriteOptions::default()).await.map(|_| ()) });
             }
