@@ -288,8 +288,12 @@ fn converts(def: &ResourceDef) -> bool {
 /// A stored object as `def` shows it. Custom resources convert between versions with
 /// the `None` strategy: only `apiVersion` changes.
 pub fn view(def: &ResourceDef, obj: Obj) -> Obj {
-    if let Some(v) = obj.with_value(|stored| nanokube_api::convert::from_storage(def, stored)) {
-        Arc::new(Stored::new(v))
+    // Checked before anything is decoded: most objects are served as their stored bytes.
+    if converts(def) {
+        match obj.with_value(|stored| nanokube_api::convert::from_storage(def, stored)) {
+            Some(v) => Arc::new(Stored::new(v)),
+            None => obj,
+        }
     } else if def.custom && !json_api_version_is(&obj.json(), def) {
         let mut v = obj.value().clone();
         v["apiVersion"] = json!(def.api_version());
