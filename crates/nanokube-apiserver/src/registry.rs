@@ -23,6 +23,34 @@ use serde_json::{json, Map, Value};
 
 use crate::alloc::ServiceAllocator;
 
+/// Makes `into` hold at `path` (object keys) what `from` holds there: the same value, or
+/// nothing when `from` has none. Objects on the way are made where a value goes.
+fn carry(from: &Value, into: &mut Value, path: &[&str]) {
+    let Some((last, parents)) = path.split_last() else { return };
+    let value = path.iter().try_fold(from, |v, k| v.get(*k)).cloned();
+    let mut cur = into;
+    for k in parents {
+        let Some(m) = cur.as_object_mut() else { return };
+        if value.is_none() && !m.get(*k).is_some_and(Value::is_object) {
+            return;
+        }
+        let next = m.entry(k.to_string()).or_insert_with(|| json!({}));
+        if !next.is_object() {
+            *next = json!({});
+        }
+        cur = next;
+    }
+    let Some(m) = cur.as_object_mut() else { return };
+    match value {
+        Some(v) => {
+            m.insert(last.to_string(), v);
+        }
+        None => {
+            m.remove(*last);
+        }
+    }
+}
+
 /// Where the ServiceAccount admission mounts a pod's token, CA and namespace.
 const SERVICE_ACCOUNT_MOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 
@@ -891,14 +919,16 @@ impl Registry {
                 None => Err(ApiError::forbidden(format!("pods \"{}\" is forbidden: no PriorityClass with name {name} was found", meta::name(obj)))),
             },
             None => {
-                let default = classes.and_then(|d| self.list(d, None, &ListOptions::default()).ok()).and_then(|l| {
+                let listed = classes.and_then(|d| self.list(d, None, &ListOptions::default()).ok());
+                let default = listed.as_ref().and_then(|l| {
                     l.items
                         .iter()
-                        .map(|o| o.value().clone())
+                        .map(|o| o.value())
                         .filter(|pc| pc.get("globalDefault").and_then(Value::as_bool) == Some(true))
                         .min_by_key(|pc| pc.get("value").and_then(Value::as_i64).unwrap_or(0))
+                        .map(of)
                 });
-                Ok(default.map(|pc| of(&pc)).unwrap_or((0, "PreemptLowerPriority".into())))
+                Ok(default.unwrap_or((0, "PreemptLowerPriority".into())))
             }
         }
     }
@@ -916,12 +946,17 @@ impl Registry {
                 .any(|a| sc.pointer(&format!("/metadata/annotations/{}", a.replace('/', "~1"))).and_then(Value::as_str) == Some("true"))
         };
         // The newest default class, as upstream picks among several.
-        let chosen = list.items.iter().map(|o| o.value().clone()).filter(is_default).max_by(|a, b| {
-            let ts = |v: &Value| v.pointer("/metadata/creationTimestamp").and_then(Value::as_str).unwrap_or("").to_string();
-            ts(a).cmp(&ts(b)).then_with(|| meta::name(b).cmp(meta::name(a)))
-        });
+        fn created(v: &Value) -> &str {
+            v.pointer("/metadata/creationTimestamp").and_then(Value::as_str).unwrap_or("")
+        }
+        let chosen = list
+            .items
+            .iter()
+            .map(|o| o.value())
+            .filter(|sc| is_default(sc))
+            .max_by(|a, b| created(a).cmp(created(b)).then_with(|| meta::name(b).cmp(meta::name(a))));
         if let (Some(sc), Some(spec)) = (chosen, obj.get_mut("spec").and_then(Value::as_object_mut)) {
-            spec.insert("storageClassName".into(), json!(meta::name(&sc)));
+            spec.insert("storageClassName".into(), json!(meta::name(sc)));
         }
     }
 
@@ -1107,51 +1142,23 @@ impl Registry {
         new["kind"] = json!(def.kind);
         new["apiVersion"] = json!(def.api_version());
         let status_write = opts.subresource.as_deref() == Some("status");
-        if opts.subresource.as_deref() == Some("approval") {
-            // A CertificateSigningRequest's approval changes its conditions only.
+        // A status write changes the status only, an approval (CertificateSigningRequests)
+        // only the conditions, each with the field manager's record of who did it; any
+        // other write keeps the status as it was.
+        let written: Option<&[&str]> = match opts.subresource.as_deref() {
+            Some("status") => Some(&["status"]),
+            Some("approval") => Some(&["status", "conditions"]),
+            _ => None,
+        };
+        if let Some(path) = written {
             let mut merged = old.clone();
-            match new.pointer("/status/conditions") {
-                Some(c) => {
-                    if !merged.get("status").is_some_and(Value::is_object) {
-                        merged["status"] = json!({});
-                    }
-                    merged["status"]["conditions"] = c.clone();
-                }
-                None => {
-                    if let Some(st) = merged.get_mut("status").and_then(Value::as_object_mut) {
-                        st.remove("conditions");
-                    }
-                }
-            }
-            if let Some(mf) = meta::field(&new, "managedFields") {
-                meta::metadata_mut(&mut merged).insert("managedFields".into(), mf.clone());
-            }
-            new = merged;
-        } else if status_write {
-            // The status subresource changes status only (and the field manager's record
-            // of who did it).
-            let mut merged = old.clone();
-            match new.get("status") {
-                Some(s) => merged["status"] = s.clone(),
-                None => {
-                    if let Some(m) = merged.as_object_mut() {
-                        m.remove("status");
-                    }
-                }
-            }
+            carry(&new, &mut merged, path);
             if let Some(mf) = meta::field(&new, "managedFields") {
                 meta::metadata_mut(&mut merged).insert("managedFields".into(), mf.clone());
             }
             new = merged;
         } else if def.has_status() {
-            match old.get("status") {
-                Some(s) => new["status"] = s.clone(),
-                None => {
-                    if let Some(m) = new.as_object_mut() {
-                        m.remove("status");
-                    }
-                }
-            }
+            carry(old, &mut new, &["status"]);
         }
         // Metadata the client may not change.
         let old_meta = old.get("metadata").cloned().unwrap_or(json!({}));
