@@ -1,6 +1,6 @@
 //! API errors, rendered as `metav1.Status` bodies exactly as kube-apiserver writes them.
 
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 /// One entry of `details.causes`.
 #[derive(Debug, Clone, PartialEq)]
@@ -176,57 +176,30 @@ impl ApiError {
 
     /// The `Status` as kube-apiserver writes it: fields in Go's order (`kind`,
     /// `apiVersion`, `metadata`, `status`, `message`, `reason`, `details` {`name`, `group`,
-    /// `kind`, `causes`, `retryAfterSeconds`}, `code`), then a newline is the caller's.
+    /// `kind`, `causes`, `retryAfterSeconds`}, `code`), empty ones left out; the trailing
+    /// newline is the caller's.
     pub fn to_status_json(&self) -> Vec<u8> {
-        #[derive(serde::Serialize)]
-        struct Cause<'a> {
-            #[serde(skip_serializing_if = "str::is_empty")]
-            reason: &'a str,
-            #[serde(skip_serializing_if = "str::is_empty")]
-            message: &'a str,
-            #[serde(skip_serializing_if = "str::is_empty")]
-            field: &'a str,
-        }
-        #[derive(serde::Serialize)]
-        #[serde(rename_all = "camelCase")]
-        struct Details<'a> {
-            #[serde(skip_serializing_if = "Option::is_none")]
-            name: Option<&'a str>,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            group: Option<&'a str>,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            kind: Option<&'a str>,
-            #[serde(skip_serializing_if = "Vec::is_empty")]
-            causes: Vec<Cause<'a>>,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            retry_after_seconds: Option<u32>,
-        }
-        #[derive(serde::Serialize)]
-        #[serde(rename_all = "camelCase")]
-        struct Status<'a> {
-            kind: &'a str,
-            api_version: &'a str,
-            metadata: Value,
-            status: &'a str,
-            #[serde(skip_serializing_if = "str::is_empty")]
-            message: &'a str,
-            #[serde(skip_serializing_if = "str::is_empty")]
-            reason: &'a str,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            details: Option<Details<'a>>,
-            code: u16,
-        }
+        serde_json::to_vec(&self.status_out()).unwrap_or_default()
+    }
+
+    /// The same `metav1.Status` as a value (watch `ERROR` events, and bodies embedded in
+    /// other objects).
+    pub fn to_status(&self) -> Value {
+        serde_json::to_value(self.status_out()).unwrap_or(Value::Null)
+    }
+
+    fn status_out(&self) -> StatusOut<'_> {
         let d = &self.details;
-        let details = Details {
+        let details = DetailsOut {
             name: d.name.as_deref(),
             group: d.group.as_deref(),
             kind: d.kind.as_deref(),
-            causes: d.causes.iter().map(|c| Cause { reason: &c.reason, message: &c.message, field: &c.field }).collect(),
+            causes: d.causes.iter().map(|c| CauseOut { reason: &c.reason, message: &c.message, field: &c.field }).collect(),
             retry_after_seconds: d.retry_after,
         };
         let has_details =
             details.name.is_some() || details.group.is_some() || details.kind.is_some() || !details.causes.is_empty() || details.retry_after_seconds.is_some();
-        let status = Status {
+        StatusOut {
             kind: "Status",
             api_version: "v1",
             metadata: match &d.continue_token {
@@ -238,48 +211,52 @@ impl ApiError {
             reason: self.reason,
             details: has_details.then_some(details),
             code: self.code,
-        };
-        serde_json::to_vec(&status).unwrap_or_default()
+        }
     }
+}
 
-    /// The `metav1.Status` body for this error, as a value (watch `ERROR` events, and
-    /// bodies embedded in other objects).
-    pub fn to_status(&self) -> Value {
-        let mut status = Map::new();
-        status.insert("kind".into(), json!("Status"));
-        status.insert("apiVersion".into(), json!("v1"));
-        match &self.details.continue_token {
-            Some(c) => status.insert("metadata".into(), json!({ "continue": c })),
-            None => status.insert("metadata".into(), json!({})),
-        };
-        status.insert("status".into(), json!("Failure"));
-        status.insert("message".into(), json!(self.message));
-        status.insert("reason".into(), json!(self.reason));
-        let mut details = Map::new();
-        if let Some(n) = &self.details.name {
-            details.insert("name".into(), json!(n));
-        }
-        if let Some(g) = &self.details.group {
-            details.insert("group".into(), json!(g));
-        }
-        if let Some(k) = &self.details.kind {
-            details.insert("kind".into(), json!(k));
-        }
-        if !self.details.causes.is_empty() {
-            details.insert(
-                "causes".into(),
-                Value::Array(self.details.causes.iter().map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field})).collect()),
-            );
-        }
-        if let Some(r) = self.details.retry_after {
-            details.insert("retryAfterSeconds".into(), json!(r));
-        }
-        if !details.is_empty() {
-            status.insert("details".into(), Value::Object(details));
-        }
-        status.insert("code".into(), json!(self.code));
-        Value::Object(status)
-    }
+/// `metav1.Status` in Go's field order.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct StatusOut<'a> {
+    kind: &'a str,
+    api_version: &'a str,
+    metadata: Value,
+    status: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    message: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    reason: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    details: Option<DetailsOut<'a>>,
+    code: u16,
+}
+
+/// `metav1.StatusDetails` in Go's field order.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct DetailsOut<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    group: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kind: Option<&'a str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    causes: Vec<CauseOut<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_after_seconds: Option<u32>,
+}
+
+/// `metav1.StatusCause`.
+#[derive(serde::Serialize)]
+struct CauseOut<'a> {
+    #[serde(skip_serializing_if = "str::is_empty")]
+    reason: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    message: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    field: &'a str,
 }
 
 impl std::fmt::Display for ApiError {
