@@ -7,27 +7,41 @@ use serde_json::{json, Map, Value};
 
 use crate::resources::ResourceDef;
 
+/// The other version a resource's objects are stored as.
+enum StoredAs {
+    /// events.k8s.io/v1 Events: core/v1 Events.
+    CoreEvent,
+    /// autoscaling/v1 HorizontalPodAutoscalers: autoscaling/v2 ones.
+    HpaV2,
+}
+
+fn stored_as(def: &ResourceDef) -> Option<StoredAs> {
+    match (def.group, def.version, def.plural) {
+        ("events.k8s.io", _, "events") => Some(StoredAs::CoreEvent),
+        ("autoscaling", "v1", "horizontalpodautoscalers") => Some(StoredAs::HpaV2),
+        _ => None,
+    }
+}
+
 /// Whether objects of `def` are stored in another version's form.
 pub fn converts(def: &ResourceDef) -> bool {
-    (def.group == "events.k8s.io" && def.plural == "events") || (def.group == "autoscaling" && def.version == "v1")
+    stored_as(def).is_some()
 }
 
 /// A stored object as `def` shows it (`None`: shown as stored).
 pub fn from_storage(def: &ResourceDef, stored: &Value) -> Option<Value> {
-    match (def.group, def.version) {
-        ("events.k8s.io", _) => Some(core_event_to_events_v1(stored)),
-        ("autoscaling", "v1") => Some(hpa_v2_to_v1(stored)),
-        _ => None,
-    }
+    Some(match stored_as(def)? {
+        StoredAs::CoreEvent => core_event_to_events_v1(stored),
+        StoredAs::HpaV2 => hpa_v2_to_v1(stored),
+    })
 }
 
 /// An object of `def` as it is stored (`None`: stored as it is).
 pub fn to_storage(def: &ResourceDef, obj: &Value) -> Option<Value> {
-    match (def.group, def.version) {
-        ("events.k8s.io", _) => Some(events_v1_to_core(obj)),
-        ("autoscaling", "v1") => Some(hpa_v1_to_v2(obj)),
-        _ => None,
-    }
+    Some(match stored_as(def)? {
+        StoredAs::CoreEvent => events_v1_to_core(obj),
+        StoredAs::HpaV2 => hpa_v1_to_v2(obj),
+    })
 }
 
 /// Annotations where a v1 HorizontalPodAutoscaler keeps what only v2 can say.
