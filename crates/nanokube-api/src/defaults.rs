@@ -42,12 +42,18 @@ fn default_container(c: &mut Value) {
             }
         }
     }
-    if let Some(env) = c.get_mut("env").and_then(Value::as_array_mut) {
-        for e in env.iter_mut() {
-            if let Some(fr) = e.pointer_mut("/valueFrom/fieldRef").and_then(Value::as_object_mut) {
-                set_default(fr, "apiVersion", json!("v1"));
-            }
+    for e in c.get_mut("env").and_then(Value::as_array_mut).into_iter().flatten() {
+        if let Some(from) = e.get_mut("valueFrom") {
+            default_field_ref(from);
         }
+    }
+}
+
+/// SetDefaults_ObjectFieldSelector: the `fieldRef` held by `holder` (an env var's
+/// `valueFrom`, a downward API item) reads `v1` unless it says otherwise.
+fn default_field_ref(holder: &mut Value) {
+    if let Some(fr) = holder.get_mut("fieldRef").and_then(Value::as_object_mut) {
+        set_default(fr, "apiVersion", json!("v1"));
     }
 }
 
@@ -92,7 +98,7 @@ fn default_probe(p: &mut Map<String, Value>) {
     default_handler(p);
 }
 
-/// The volume source fields of a `Volume` (everything but its name).
+/// SetDefaults_Volume and the defaults of the volume sources it reaches.
 fn default_volume(v: &mut Value) {
     let Some(v) = v.as_object_mut() else { return };
     // SetDefaults_Volume: a volume that names no source is an emptyDir.
@@ -107,13 +113,7 @@ fn default_volume(v: &mut Value) {
     if let Some(hp) = v.get_mut("hostPath").and_then(Value::as_object_mut) {
         set_default(hp, "type", json!(""));
     }
-    let field_refs = |items: &mut Value| {
-        for item in items.as_array_mut().into_iter().flatten() {
-            if let Some(fr) = item.get_mut("fieldRef").and_then(Value::as_object_mut) {
-                set_default(fr, "apiVersion", json!("v1"));
-            }
-        }
-    };
+    let field_refs = |items: &mut Value| items.as_array_mut().into_iter().flatten().for_each(default_field_ref);
     if let Some(items) = v.get_mut("downwardAPI").and_then(|d| d.get_mut("items")) {
         field_refs(items);
     }

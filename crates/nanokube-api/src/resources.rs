@@ -139,6 +139,12 @@ const fn approval(kind: &'static str, group: &'static str) -> SubresourceDef {
     SubresourceDef { name: "approval", group, version: "v1", kind, verbs: &["get", "patch", "update"] }
 }
 
+/// A cluster-scoped admissionregistration.k8s.io configuration (category
+/// `api-extensions`, generation tracked, as upstream's).
+const fn admission_config(kind: &'static str, plural: &'static str, singular: &'static str, subresources: &'static [SubresourceDef]) -> ResourceDef {
+    with_generation(res("admissionregistration.k8s.io", kind, plural, singular, false, NONE, &["api-extensions"], subresources))
+}
+
 const HPA_STATUS_V1: &[SubresourceDef] = &[status_in("HorizontalPodAutoscaler", "autoscaling", "v1")];
 const HPA_STATUS_V2: &[SubresourceDef] = &[status_in("HorizontalPodAutoscaler", "autoscaling", "v2")];
 
@@ -245,46 +251,15 @@ pub static BUILTIN: &[ResourceDef] = &[
     res("", "Service", "services", "service", true, &["svc"], ALL, &[status("Service", "")]),
     // admissionregistration.k8s.io/v1 (stored; webhooks are not called and policies
     // not evaluated yet)
-    with_generation(res(
-        "admissionregistration.k8s.io",
-        "MutatingWebhookConfiguration",
-        "mutatingwebhookconfigurations",
-        "mutatingwebhookconfiguration",
-        false,
-        NONE,
-        &["api-extensions"],
-        &[],
-    )),
-    with_generation(res(
-        "admissionregistration.k8s.io",
+    admission_config("MutatingWebhookConfiguration", "mutatingwebhookconfigurations", "mutatingwebhookconfiguration", &[]),
+    admission_config(
         "ValidatingAdmissionPolicy",
         "validatingadmissionpolicies",
         "validatingadmissionpolicy",
-        false,
-        NONE,
-        &["api-extensions"],
         &[status("ValidatingAdmissionPolicy", "admissionregistration.k8s.io")],
-    )),
-    with_generation(res(
-        "admissionregistration.k8s.io",
-        "ValidatingAdmissionPolicyBinding",
-        "validatingadmissionpolicybindings",
-        "validatingadmissionpolicybinding",
-        false,
-        NONE,
-        &["api-extensions"],
-        &[],
-    )),
-    with_generation(res(
-        "admissionregistration.k8s.io",
-        "ValidatingWebhookConfiguration",
-        "validatingwebhookconfigurations",
-        "validatingwebhookconfiguration",
-        false,
-        NONE,
-        &["api-extensions"],
-        &[],
-    )),
+    ),
+    admission_config("ValidatingAdmissionPolicyBinding", "validatingadmissionpolicybindings", "validatingadmissionpolicybinding", &[]),
+    admission_config("ValidatingWebhookConfiguration", "validatingwebhookconfigurations", "validatingwebhookconfiguration", &[]),
     // apps/v1
     res("apps", "ControllerRevision", "controllerrevisions", "controllerrevision", true, NONE, NONE, &[]),
     with_generation(res("apps", "DaemonSet", "daemonsets", "daemonset", true, &["ds"], ALL, &[status("DaemonSet", "apps")])),

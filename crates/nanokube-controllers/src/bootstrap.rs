@@ -43,12 +43,13 @@ async fn ensure(registry: &Registry, d: &ResourceDef, ns: &str, obj: Value, reco
     }
 }
 
-/// Create the system namespaces (concurrently, so they share one commit).
-pub async fn ensure_namespaces(registry: &Arc<Registry>) -> Result<(), ApiError> {
+/// Create each of `objs` (cluster-scoped, of `d`) unless it exists, concurrently, so the
+/// creates share one commit.
+async fn ensure_all(registry: &Arc<Registry>, d: &'static ResourceDef, objs: Vec<Value>) -> Result<(), ApiError> {
     let mut tasks = tokio::task::JoinSet::new();
-    for ns in SYSTEM_NAMESPACES {
+    for obj in objs {
         let r = registry.clone();
-        tasks.spawn(async move { ensure(&r, def("", "namespaces"), "", json!({"metadata": {"name": ns}}), |_| None).await });
+        tasks.spawn(async move { ensure(&r, d, "", obj, |_| None).await });
     }
     while let Some(r) = tasks.join_next().await {
         r.map_err(|e| ApiError::internal(e.to_string()))??;
@@ -56,10 +57,14 @@ pub async fn ensure_namespaces(registry: &Arc<Registry>) -> Result<(), ApiError>
     Ok(())
 }
 
+/// Create the system namespaces.
+pub async fn ensure_namespaces(registry: &Arc<Registry>) -> Result<(), ApiError> {
+    ensure_all(registry, def("", "namespaces"), SYSTEM_NAMESPACES.iter().map(|ns| json!({"metadata": {"name": ns}})).collect()).await
+}
+
 /// Create the two PriorityClasses kube-apiserver creates at start
 /// (`system-cluster-critical`, `system-node-critical`), which pods may name.
 pub async fn ensure_priority_classes(registry: &Arc<Registry>) -> Result<(), ApiError> {
-    let d = resources::find("scheduling.k8s.io", "v1", "priorityclasses").ok_or_else(|| ApiError::internal("priorityclasses are not served"))?;
     let classes = [
         (
             "system-cluster-critical",
@@ -68,16 +73,11 @@ pub async fn ensure_priority_classes(registry: &Arc<Registry>) -> Result<(), Api
         ),
         ("system-node-critical", 2_000_001_000, "Used for system critical pods that must not be moved from their current node."),
     ];
-    let mut tasks = tokio::task::JoinSet::new();
-    for (name, value, description) in classes {
-        let r = registry.clone();
-        let pc = json!({"metadata": {"name": name}, "value": value, "description": description, "preemptionPolicy": "PreemptLowerPriority"});
-        tasks.spawn(async move { ensure(&r, d, "", pc, |_| None).await });
-    }
-    while let Some(r) = tasks.join_next().await {
-        r.map_err(|e| ApiError::internal(e.to_string()))??;
-    }
-    Ok(())
+    let objs = classes
+        .iter()
+        .map(|(name, value, description)| json!({"metadata": {"name": name}, "value": value, "description": description, "preemptionPolicy": "PreemptLowerPriority"}))
+        .collect();
+    ensure_all(registry, def("scheduling.k8s.io", "priorityclasses"), objs).await
 }
 
 /// Create (or repoint) the `kubernetes` Service, Endpoints and EndpointSlice at the API

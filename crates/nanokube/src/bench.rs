@@ -92,9 +92,14 @@ fn spawn_server(binary: &Path, data: &Path, port: u16) -> Result<Spawned, String
     Ok(Spawned { child, kubeconfig: data.join("kubeconfig") })
 }
 
-fn rss_kib(pid: u32) -> Option<u64> {
+/// A `kB` field (`VmRSS:`, `VmHWM:`) of a process's `/proc/<pid>/status`.
+fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()
+    s.lines().find(|l| l.starts_with(field))?.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    proc_status_kib(pid, "VmRSS:")
 }
 
 /// This process's user+system CPU time (clock ticks of 10 ms, as Linux uses by default).

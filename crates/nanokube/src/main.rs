@@ -304,6 +304,14 @@ fn home() -> Result<PathBuf, String> {
     }
 }
 
+/// `--data-dir`, or `~/.nanokube`.
+fn data_dir_or_default(given: Option<PathBuf>) -> Result<PathBuf, String> {
+    match given {
+        Some(d) => Ok(d),
+        None => Ok(home()?.join(".nanokube")),
+    }
+}
+
 fn user_kubeconfig() -> Result<PathBuf, String> {
     match std::env::var("KUBECONFIG") {
         Ok(v) if !v.is_empty() => Ok(PathBuf::from(v.split(':').find(|s| !s.is_empty()).unwrap_or(&v))),
@@ -350,7 +358,7 @@ fn main() {
                 }
             }
             Command::User(UserCommand::Add { name, groups, data_dir, output }) => {
-                let data_dir = match data_dir.map(Ok).unwrap_or_else(|| home().map(|h| h.join(".nanokube"))) {
+                let data_dir = match data_dir_or_default(data_dir) {
                     Ok(d) => d,
                     Err(e) => {
                         eprintln!("error: {e}");
@@ -476,7 +484,7 @@ async fn run_server(args: ServerArgs, started: Instant) -> i32 {
         eprintln!("error: --service-node-port-range must look like 30000-32767");
         return 2;
     };
-    let data_dir = match args.data_dir.map(Ok).unwrap_or_else(|| home().map(|h| h.join(".nanokube"))) {
+    let data_dir = match data_dir_or_default(args.data_dir) {
         Ok(d) => d,
         Err(e) => {
             eprintln!("error: {e}");

@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::{ensure_namespace, ms, percentile, rss_kib, Report};
+use super::{ensure_namespace, ms, percentile, proc_status_kib, rss_kib, Report};
 use crate::client::{ApiClient, ClusterAccess};
 
 /// Normal clients running beside the attack.
@@ -308,27 +308,29 @@ async fn closed_or_open<R: tokio::io::AsyncRead + Unpin>(r: &mut R, opened: Inst
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match tokio::time::timeout(left, r.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => {
-                let lived = opened.elapsed();
-                return (format!("closed by the server within {} s", limit.as_secs() + CLOSE_SLACK.as_secs()), lived <= limit + CLOSE_SLACK);
-            }
+            Ok(Ok(0)) | Ok(Err(_)) => return verdict(opened.elapsed(), limit, true),
             Ok(Ok(_)) => continue,
-            Err(_) => {
-                let lived = opened.elapsed();
-                let ok = lived <= limit + CLOSE_SLACK;
-                return (
-                    if ok { "still open at the end, younger than the limit".into() } else { format!("open for {} s, past the limit", lived.as_secs()) },
-                    ok,
-                );
-            }
+            Err(_) => return verdict(opened.elapsed(), limit, false),
         }
     }
+}
+
+/// Whether a connection that `lived` this long, and was `closed` by the server (or is
+/// still open at the end of the run), kept within `limit` plus slack.
+fn verdict(lived: Duration, limit: Duration, closed: bool) -> (String, bool) {
+    let ok = lived <= limit + CLOSE_SLACK;
+    let outcome = match (closed, ok) {
+        (true, true) => format!("closed by the server within {} s", (limit + CLOSE_SLACK).as_secs()),
+        (true, false) => format!("closed after {} s, past the limit", lived.as_secs()),
+        (false, true) => "still open at the end, younger than the limit".into(),
+        (false, false) => format!("open for {} s, past the limit", lived.as_secs()),
+    };
+    (outcome, ok)
 }
 
 /// A TLS connection (no client certificate) that sends a request's headers one byte
 /// every 5 s: the server must close it at its header read timeout.
 async fn slow_headers(ctx: &Ctx) -> (String, bool) {
-    let opened = Instant::now();
     let stream = match TcpStream::connect(&ctx.addr).await {
         Ok(s) => s,
         Err(e) => return (format!("connect failed: {e}"), false),
@@ -350,11 +352,7 @@ async fn slow_headers(ctx: &Ctx) -> (String, bool) {
     let mut buf = [0u8; 1024];
     loop {
         if Instant::now() >= ctx.deadline {
-            let ok = sent_headers.elapsed() <= HEADER_READ_TIMEOUT + CLOSE_SLACK;
-            return (
-                if ok { "still open at the end, younger than the limit".into() } else { format!("open for {} s, past the limit", opened.elapsed().as_secs()) },
-                ok,
-            );
+            return verdict(sent_headers.elapsed(), HEADER_READ_TIMEOUT, false);
         }
         if tls.write_all(b"a").await.is_err() || tls.flush().await.is_err() {
             break;
@@ -365,16 +363,7 @@ async fn slow_headers(ctx: &Ctx) -> (String, bool) {
             Ok(Ok(_)) | Err(_) => continue,
         }
     }
-    let lived = sent_headers.elapsed();
-    let ok = lived <= HEADER_READ_TIMEOUT + CLOSE_SLACK;
-    (
-        if ok {
-            format!("closed by the server within {} s", (HEADER_READ_TIMEOUT + CLOSE_SLACK).as_secs())
-        } else {
-            format!("closed after {} s, past the limit", lived.as_secs())
-        },
-        ok,
-    )
+    verdict(sent_headers.elapsed(), HEADER_READ_TIMEOUT, true)
 }
 
 /// One normal client: create, get, list a page, delete, until the deadline. Returns
@@ -451,12 +440,6 @@ async fn probe_readyz(client: ApiClient, deadline: Instant) -> (Vec<Duration>, T
     (lat, t)
 }
 
-/// `VmHWM` (peak resident set) of a process, in KiB.
-fn peak_rss_kib(pid: u32) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()
-}
-
 /// Runs the soak for `seconds` (a third of it first with the normal clients alone).
 pub(super) async fn abuse(kubeconfig: &Path, seconds: u64, only: &[String], server_pid: Option<u32>, report: &mut Report) -> Result<(), String> {
     if let Some(unknown) = only.iter().find(|a| !ATTACKS.contains(&a.as_str())) {
@@ -497,16 +480,6 @@ pub(super) async fn abuse(kubeconfig: &Path, seconds: u64, only: &[String], serv
         attackers.spawn(async move { (name, attack(name, ctx).await) });
     }
     let probe = tokio::spawn(probe_readyz(admin.clone(), deadline));
-    let peak_sampler = server_pid.map(|pid| {
-        tokio::spawn(async move {
-            let mut peak = 0;
-            while Instant::now() < deadline {
-                peak = peak.max(rss_kib(pid).unwrap_or(0));
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            peak
-        })
-    });
     let (lat, tally) = normal_clients(kubeconfig, &ns, deadline).await?;
     report_normal(report, "abuse: normal clients under attack", &lat, &tally, start.elapsed().as_secs_f64());
     failed += tally.unexpected;
@@ -546,11 +519,8 @@ pub(super) async fn abuse(kubeconfig: &Path, seconds: u64, only: &[String], serv
         failed += t.unexpected;
     }
     if let Some(pid) = server_pid {
-        let sampled = match peak_sampler {
-            Some(h) => h.await.unwrap_or(0),
-            None => 0,
-        };
-        let hwm = peak_rss_kib(pid).unwrap_or(sampled).max(sampled);
+        // The kernel's own high-water mark of the server's resident set.
+        let hwm = proc_status_kib(pid, "VmHWM:").unwrap_or(0);
         let mib = |k: u64| k as f64 / 1024.0;
         report.add(
             "abuse: server RSS before / peak / after (MiB)",
