@@ -10,6 +10,7 @@
 //! - [`selector`]: label and field selectors with upstream's syntax and errors.
 //! - [`table`]: server-side `Table` rendering with upstream's default columns.
 //! - [`validation`] and [`defaults`]: per-kind checks and defaults clients read back.
+//! - [`go_order`]: built-in objects' JSON in the order of their Go structs' fields.
 //! - [`meta`]: small helpers over `metadata`, timestamps and generated names.
 //! - [`protobuf`]: decoding of kubectl's protobuf request bodies into JSON.
 //!
@@ -19,6 +20,7 @@ pub mod convert;
 pub mod crd;
 pub mod defaults;
 pub mod error;
+pub mod go_order;
 pub mod json;
 pub mod meta;
 pub mod protobuf;

@@ -29,33 +29,65 @@ fn schema() -> &'static Schema {
     static SCHEMA: OnceLock<Schema> = OnceLock::new();
     SCHEMA.get_or_init(|| {
         let mut s: Schema = HashMap::new();
-        for line in SCHEMA_TSV.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
-            let mut cols = line.split('\t');
-            let (Some(msg), Some(tag), Some(json), Some(card), Some(ty)) = (cols.next(), cols.next(), cols.next(), cols.next(), cols.next()) else { continue };
-            let card = match card {
-                "rep" => Cardinality::List,
-                "map" => Cardinality::Map,
-                "inline" => Cardinality::Inline,
-                _ => Cardinality::One,
-            };
-            let ty = match ty {
-                "string" => FieldType::String,
-                "bytes" => FieldType::Bytes,
-                "int32" => FieldType::Int32,
-                "int64" => FieldType::Int64,
-                "bool" => FieldType::Bool,
-                "double" => FieldType::Double,
-                t => match t.strip_prefix("msg:") {
-                    Some(m) => FieldType::Message(m),
-                    None => continue,
-                },
-            };
-            if let Ok(tag) = tag.parse::<u32>() {
-                s.entry(msg).or_default().insert(tag, FieldInfo { json, cardinality: card, ty });
-            }
+        for (msg, tag, field) in schema_rows() {
+            s.entry(msg).or_default().insert(tag, field);
         }
         s
     })
+}
+
+/// The rows of the schema table in its order (each message's fields in the order of
+/// their Go struct, as go-to-protobuf writes them): message, tag, field.
+fn schema_rows() -> impl Iterator<Item = (&'static str, u32, FieldInfo)> {
+    SCHEMA_TSV.lines().filter(|l| !l.starts_with('#') && !l.is_empty()).filter_map(|line| {
+        let mut cols = line.split('\t');
+        let (Some(msg), Some(tag), Some(json), Some(card), Some(ty)) = (cols.next(), cols.next(), cols.next(), cols.next(), cols.next()) else { return None };
+        let cardinality = match card {
+            "rep" => Cardinality::List,
+            "map" => Cardinality::Map,
+            "inline" => Cardinality::Inline,
+            _ => Cardinality::One,
+        };
+        let ty = match ty {
+            "string" => FieldType::String,
+            "bytes" => FieldType::Bytes,
+            "int32" => FieldType::Int32,
+            "int64" => FieldType::Int64,
+            "bool" => FieldType::Bool,
+            "double" => FieldType::Double,
+            t => FieldType::Message(t.strip_prefix("msg:")?),
+        };
+        Some((msg, tag.parse::<u32>().ok()?, FieldInfo { json, cardinality, ty }))
+    })
+}
+
+/// The fields of a message in the order of its Go struct, embedded (inline) structs'
+/// fields in their place: the order kube-apiserver writes a built-in object's JSON in.
+pub fn fields_in_go_order(msg: &str) -> Option<&'static [FieldInfo]> {
+    static ORDER: OnceLock<HashMap<&'static str, Vec<FieldInfo>>> = OnceLock::new();
+    let order = ORDER.get_or_init(|| {
+        let mut declared: HashMap<&'static str, Vec<FieldInfo>> = HashMap::new();
+        for (msg, _, field) in schema_rows() {
+            declared.entry(msg).or_default().push(field);
+        }
+        fn flatten(declared: &HashMap<&'static str, Vec<FieldInfo>>, msg: &str, depth: usize, out: &mut Vec<FieldInfo>) {
+            for f in declared.get(msg).map(Vec::as_slice).unwrap_or_default() {
+                match (f.cardinality, f.ty) {
+                    (Cardinality::Inline, FieldType::Message(inner)) if depth < 8 => flatten(declared, inner, depth + 1, out),
+                    _ => out.push(*f),
+                }
+            }
+        }
+        declared
+            .keys()
+            .map(|msg| {
+                let mut out = Vec::new();
+                flatten(&declared, msg, 0, &mut out);
+                (*msg, out)
+            })
+            .collect()
+    });
+    order.get(msg).map(Vec::as_slice)
 }
 
 /// The message path of a kind, e.g. `apps/v1` + `Deployment` → `api.apps.v1.Deployment`.

@@ -153,24 +153,46 @@ pub fn columns(group: &str, plural: &str) -> Vec<Column> {
     }
 }
 
+/// One entry of a Table's `columnDefinitions`, its fields in the order of upstream's
+/// `TableColumnDefinition` (clients compare bodies).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ColumnDefinition {
+    /// Header, e.g. `Name`.
+    pub name: String,
+    /// `string`, `integer`, `date`, ...
+    #[serde(rename = "type")]
+    pub ty: String,
+    /// `name` for the name column, else empty.
+    pub format: String,
+    /// What the column shows.
+    pub description: String,
+    /// 0 always shown; 1 only with `-o wide`.
+    pub priority: i64,
+}
+
 /// The `columnDefinitions` array for a resource.
-pub fn column_definitions(group: &str, plural: &str) -> Value {
-    Value::Array(
-        columns(group, plural)
-            .iter()
-            .map(|c| json!({"name": c.name, "type": c.ty, "format": c.format, "description": describe(c.name), "priority": c.priority}))
-            .collect(),
-    )
+pub fn column_definitions(group: &str, plural: &str) -> Vec<ColumnDefinition> {
+    columns(group, plural)
+        .iter()
+        .map(|c| ColumnDefinition {
+            name: c.name.into(),
+            ty: c.ty.into(),
+            format: c.format.into(),
+            description: describe(c.name),
+            priority: c.priority.into(),
+        })
+        .collect()
 }
 
 /// The `columnDefinitions` of a custom resource: Name, then its printer columns.
-pub fn custom_column_definitions(cols: &[crate::crd::PrinterColumn]) -> Value {
-    let mut out = vec![json!({"name": "Name", "type": "string", "format": "name", "description": describe("Name"), "priority": 0})];
+pub fn custom_column_definitions(cols: &[crate::crd::PrinterColumn]) -> Vec<ColumnDefinition> {
+    let mut out =
+        vec![ColumnDefinition { name: "Name".into(), ty: "string".into(), format: "name".into(), description: describe("Name"), priority: 0 }];
     for c in cols {
         let description = if c.description.is_empty() && c.json_path == ".metadata.creationTimestamp" { describe("Age") } else { c.description.clone() };
-        out.push(json!({"name": c.name, "type": c.type_, "format": c.format, "description": description, "priority": c.priority}));
+        out.push(ColumnDefinition { name: c.name.clone(), ty: c.type_.clone(), format: c.format.clone(), description, priority: c.priority });
     }
-    Value::Array(out)
+    out
 }
 
 /// The cells of a custom object: its name, then each printer column's value read by

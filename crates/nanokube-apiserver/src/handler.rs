@@ -13,7 +13,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use nanokube_api::resources::{self, ResourceDef};
 use nanokube_api::selector::{FieldSelector, LabelSelector};
-use nanokube_api::{meta, table, ApiError};
+use nanokube_api::{meta, ApiError};
 use serde_json::{json, Value};
 use time::OffsetDateTime;
 
@@ -25,6 +25,7 @@ use crate::registry::{DeleteOptions, Deleted, ListOptions, Obj, WriteOptions};
 use crate::request::{self, RequestInfo};
 use crate::reviews;
 use crate::server::{ApiServer, ConnInfo};
+use crate::tables::{Include, TableSpec};
 
 /// Largest request body accepted, as upstream (3 MiB).
 pub const MAX_BODY: usize = 3 * 1024 * 1024;
@@ -478,14 +479,6 @@ fn non_resource(server: &ApiServer, method: &Method, path: &str, query: &Query, 
     }
 }
 
-/// Which object a Table row embeds.
-#[derive(Clone, Copy, PartialEq)]
-pub(crate) enum Include {
-    None,
-    Metadata,
-    Object,
-}
-
 struct Ctx<'a> {
     server: &'a Arc<ApiServer>,
     conn: &'a ConnInfo,
@@ -494,17 +487,6 @@ struct Ctx<'a> {
     query: &'a Query,
     headers: &'a HeaderMap,
     method: &'a Method,
-}
-
-/// A `meta.k8s.io` Table as written (fields in the order a sorted map gives them).
-#[derive(serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-struct TableOut<'a> {
-    api_version: String,
-    column_definitions: Value,
-    kind: &'static str,
-    metadata: Value,
-    rows: EachObject<'a>,
 }
 
 /// A list (`PartialObjectMetadataList`, or any kind's list as YAML) as written.
@@ -535,33 +517,6 @@ impl serde::Serialize for EachObject<'_> {
         }
         seq.end()
     }
-}
-
-/// One Table row: the cells (the CRD version's printer columns for `custom`), and the
-/// object as `include` asks.
-pub(crate) fn table_row(
-    def: &ResourceDef,
-    custom: Option<&nanokube_api::crd::CrdVersion>,
-    obj: &Value,
-    include: Include,
-    now: OffsetDateTime,
-    meta_v: &str,
-) -> Value {
-    let cells = match custom {
-        Some(v) => table::custom_cells(&v.columns, obj, now),
-        None => table::cells(def.group, def.plural, obj, now),
-    };
-    let mut row = json!({"cells": cells});
-    match include {
-        Include::Metadata => row["object"] = partial_metadata(obj, meta_v),
-        Include::Object => row["object"] = obj.clone(),
-        Include::None => {}
-    }
-    row
-}
-
-pub(crate) fn partial_metadata(obj: &Value, v: &str) -> Value {
-    json!({"kind": "PartialObjectMetadata", "apiVersion": format!("meta.k8s.io/{v}"), "metadata": obj.get("metadata").cloned().unwrap_or(json!({}))})
 }
 
 fn list_metadata(rv: i64, cont: Option<&str>, remaining: Option<usize>) -> Value {
@@ -684,22 +639,11 @@ impl Ctx<'_> {
         }
     }
 
-    /// A Table of `objs`, made row by row as it is serialized (see [`EachObject`]).
+    /// A Table of `objs` (see [`crate::tables`]).
     fn table(&self, def: &ResourceDef, objs: &[Obj], meta: Value, meta_v: &str) -> Result<Bytes, ApiError> {
         let custom = self.custom_version(def);
-        let (include, now) = (self.include()?, OffsetDateTime::now_utc());
-        let row = |obj: &Value| table_row(def, custom.as_deref(), obj, include, now, meta_v);
-        let table = TableOut {
-            api_version: format!("meta.k8s.io/{meta_v}"),
-            column_definitions: match &custom {
-                Some(v) => table::custom_column_definitions(&v.columns),
-                None => table::column_definitions(def.group, def.plural),
-            },
-            kind: "Table",
-            metadata: meta,
-            rows: EachObject { objs, each: &row },
-        };
-        Ok(Bytes::from(serde_json::to_vec(&table).expect("tables serialize")))
+        let spec = TableSpec { def, custom: custom.as_deref(), include: self.include()?, meta_version: meta_v, now: OffsetDateTime::now_utc() };
+        Ok(Bytes::from(crate::tables::write_table(&spec, objs, &meta, true)))
     }
 
     fn respond_object(&self, def: &ResourceDef, code: StatusCode, obj: &Obj) -> Result<Response<Body>, ApiError> {
@@ -709,7 +653,7 @@ impl Ctx<'_> {
                 let meta = json!({"resourceVersion": meta::resource_version(obj)});
                 Ok(h::json_bytes(code, &out.content_type(false), self.table(def, std::slice::from_ref(obj), meta, v)?))
             }
-            Output::PartialMetadata(v) => Ok(h::encode(out, code, &partial_metadata(obj, v))),
+            Output::PartialMetadata(v) => Ok(h::json_bytes(code, &out.content_type(false), Bytes::from(crate::tables::partial_metadata_json(obj, v)))),
             Output::Json => Ok(h::json_bytes(code, "application/json", obj.json())),
             _ => Ok(h::encode(out, code, obj)),
         }
@@ -1154,15 +1098,11 @@ impl Ctx<'_> {
         let meta = list_metadata(l.revision, l.continue_token.as_deref(), l.remaining);
         match out {
             Output::Table(mv) => Ok(h::json_bytes(StatusCode::OK, &out.content_type(true), self.table(def, &l.items, meta, mv)?)),
-            Output::PartialMetadata(mv) => {
-                let list = ListOut {
-                    api_version: format!("meta.k8s.io/{mv}"),
-                    items: EachObject { objs: &l.items, each: &|obj| partial_metadata(obj, mv) },
-                    kind: "PartialObjectMetadataList".into(),
-                    metadata: meta,
-                };
-                Ok(h::json_bytes(StatusCode::OK, &out.content_type(true), Bytes::from(serde_json::to_vec(&list).expect("lists serialize"))))
-            }
+            Output::PartialMetadata(mv) => Ok(h::json_bytes(
+                StatusCode::OK,
+                &out.content_type(true),
+                Bytes::from(crate::tables::write_partial_list(&l.items, &meta, mv)),
+            )),
             Output::Yaml => {
                 let list = ListOut {
                     api_version: def.api_version(),
@@ -1242,7 +1182,7 @@ impl Ctx<'_> {
             Output::Table(_) => out.content_type(false),
             _ => "application/json".to_string(),
         };
-        let encoder = crate::watch::EventEncoder { def, out, include, first_table: true };
+        let encoder = crate::watch::EventEncoder { def, out, include, custom: self.custom_version(def), first_table: true };
         let body = crate::watch::WatchBody::new(encoder, initial, send_initial, watch, start_rv, timeout, bookmarks, watch_guard);
         let mut r = Response::new(body.boxed());
         r.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_str(&content_type).expect("header"));

@@ -220,7 +220,7 @@ pub fn negotiate(accept: Option<&str>) -> Result<Output, ApiError> {
 pub fn encode(output: Output, code: StatusCode, v: &Value) -> Response<Body> {
     match output {
         Output::Yaml => bytes_response(code, "application/yaml", Bytes::from(serde_norway::to_string(v).unwrap_or_default())),
-        o => bytes_response(code, &o.content_type(false), Bytes::from(serde_json::to_vec(v).expect("serialize"))),
+        o => bytes_response(code, &o.content_type(false), Bytes::from(nanokube_api::go_order::to_vec(v))),
     }
 }
 

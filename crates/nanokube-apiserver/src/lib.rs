@@ -35,4 +35,5 @@ pub mod request;
 pub mod reviews;
 pub mod satoken;
 pub mod server;
+mod tables;
 mod watch;

@@ -17,7 +17,7 @@ use nanokube_api::crd;
 use nanokube_api::error::Cause;
 use nanokube_api::resources::{self, ResourceDef, ResourceTable};
 use nanokube_api::selector::{FieldSelector, LabelSelector};
-use nanokube_api::{defaults, meta, validation, ApiError};
+use nanokube_api::{defaults, go_order, meta, validation, ApiError};
 use nanokube_store::{Backend, EventKind, KeyValue, Revision, StoreError, WatchStream};
 use serde_json::{json, Map, Value};
 
@@ -121,7 +121,7 @@ impl Stored {
 
     /// The JSON encoding, computed once.
     pub fn json(&self) -> Bytes {
-        self.json.get_or_init(|| Bytes::from(serde_json::to_vec(self.value()).expect("JSON values serialize"))).clone()
+        self.json.get_or_init(|| Bytes::from(go_order::to_vec(self.value()))).clone()
     }
 
     /// `f` of the value: the one this handle decoded already, or one decoded for the
@@ -274,7 +274,7 @@ pub fn decode(kv: &KeyValue) -> Result<Obj, ApiError> {
 fn served_json(stored: &[u8], rev: Revision) -> Result<Encoded, ApiError> {
     let mut v: Value = serde_json::from_slice(stored).map_err(|e| ApiError::internal(format!("stored object is not JSON: {e}")))?;
     meta::metadata_mut(&mut v).insert("resourceVersion".into(), Value::String(rev.to_string()));
-    Ok(Encoded(Bytes::from(serde_json::to_vec(&v).expect("JSON values serialize").into_boxed_slice())))
+    Ok(Encoded(Bytes::from(go_order::to_vec(&v).into_boxed_slice())))
 }
 
 /// What every reader must be able to decode of a written object: nesting no deeper than
@@ -393,8 +393,9 @@ struct Encoding {
 
 /// Where `"resourceVersion":"N"` is spliced into stored bytes: at byte `at`, inside
 /// `metadata`, after an entry (`after_entry`: a comma before it) or before one
-/// (`before_entry`: a comma after it). Its place is the one a sorted map gives it, so the
-/// splice is byte for byte what serializing the object with the revision would give.
+/// (`before_entry`: a comma after it). Its place is the one the object's field order
+/// gives it (Go order, or sorted), so the splice is byte for byte what serializing the
+/// object with the revision would give.
 #[derive(Clone, Copy)]
 struct RvSlot {
     at: usize,
@@ -419,49 +420,76 @@ impl RvSlot {
     }
 }
 
-/// Serialize an object for the store: compact JSON as `serde_json` writes it, without
+/// Serialize an object for the store: compact JSON, a built-in kind's fields in the
+/// order of its Go struct as upstream writes them (a custom resource's sorted, as
+/// upstream writes unstructured objects; see [`nanokube_api::go_order`]), without
 /// `resourceVersion` (the revision is the resourceVersion: never stored inside the
 /// value) or `selfLink`, noting where the served form's `resourceVersion` goes.
 fn encode(obj: &Value) -> Encoding {
     let Some(map) = obj.as_object() else {
-        return Encoding { bytes: Bytes::from(serde_json::to_vec(obj).expect("JSON values serialize")), rv_slot: None };
+        return Encoding { bytes: Bytes::from(go_order::to_vec(obj)), rv_slot: None };
     };
     let mut out = Vec::with_capacity(1024);
     let mut rv_slot = None;
-    out.push(b'{');
-    for (i, (k, v)) in map.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        serde_json::to_writer(&mut out, k).expect("JSON strings serialize");
-        out.push(b':');
-        match v {
-            Value::Object(metadata) if k == "metadata" => rv_slot = Some(encode_metadata(&mut out, metadata)),
-            v => serde_json::to_writer(&mut out, v).expect("JSON values serialize"),
+    let mut metadata = |out: &mut Vec<u8>, msg: Option<&'static str>, v: &Value| match v {
+        Value::Object(m) => rv_slot = Some(encode_metadata(out, msg, m)),
+        v => go_order::write_plain(out, v),
+    };
+    match go_order::message_of(obj) {
+        Some(msg) => go_order::write_object(&mut out, msg, map, &mut metadata),
+        None => {
+            out.push(b'{');
+            for (i, (k, v)) in map.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                let _ = serde_json::to_writer(&mut out, k); // a string into a Vec: cannot fail
+                out.push(b':');
+                match k.as_str() {
+                    "metadata" => metadata(&mut out, None, v),
+                    _ => go_order::write_plain(&mut out, v),
+                }
+            }
+            out.push(b'}');
         }
     }
-    out.push(b'}');
     // Stored bytes live as long as their revision is retained: keep no spare capacity.
     Encoding { bytes: Bytes::from(out.into_boxed_slice()), rv_slot }
 }
 
-fn encode_metadata(out: &mut Vec<u8>, metadata: &Map<String, Value>) -> RvSlot {
+/// `metadata` (of message `msg`, or sorted when `None`) without `resourceVersion` and
+/// `selfLink`, and where `resourceVersion` goes in that order.
+fn encode_metadata(out: &mut Vec<u8>, msg: Option<&'static str>, metadata: &Map<String, Value>) -> RvSlot {
+    let entries = match msg {
+        Some(m) => go_order::ordered(m, metadata),
+        None => metadata.iter().map(|(k, v)| (k.as_str(), None, v)).collect(),
+    };
+    let fields = msg.and_then(nanokube_api::protobuf::fields_in_go_order).unwrap_or_default();
+    let rank = |key: &str| fields.iter().position(|f| f.json == key);
+    let rv_rank = rank("resourceVersion");
+    let after_rv = |key: &str| match (msg, rv_rank) {
+        (Some(_), Some(rv)) => rank(key).is_none_or(|r| r > rv),
+        _ => key > "resourceVersion",
+    };
     out.push(b'{');
     let mut slot = None;
     let mut wrote = false;
-    for (k, v) in metadata {
+    for (k, field, v) in entries {
         if k == "resourceVersion" || k == "selfLink" {
             continue;
         }
-        if slot.is_none() && k.as_str() > "resourceVersion" {
+        if slot.is_none() && after_rv(k) {
             slot = Some(RvSlot { at: out.len(), after_entry: wrote, before_entry: true });
         }
         if wrote {
             out.push(b',');
         }
-        serde_json::to_writer(&mut *out, k).expect("JSON strings serialize");
+        let _ = serde_json::to_writer(&mut *out, k); // a string into a Vec: cannot fail
         out.push(b':');
-        serde_json::to_writer(&mut *out, v).expect("JSON values serialize");
+        match field {
+            Some(f) => go_order::write_field(out, f, v),
+            None => go_order::write_plain(out, v),
+        }
         wrote = true;
     }
     let slot = slot.unwrap_or(RvSlot { at: out.len(), after_entry: wrote, before_entry: false });
@@ -662,10 +690,11 @@ impl Registry {
             };
             let page_rev = page.revision;
             let n = page.items.len();
-            let mut last_key = None;
+            // Index of the last row looked at (its key is cloned once, not per row).
+            let mut last = None;
             let mut stopped_early = false;
             for (i, kv) in page.items.iter().enumerate() {
-                last_key = Some(kv.key.clone());
+                last = Some(i);
                 // One undecodable row costs only itself: it is left out (and logged);
                 // GET of it answers 500 and DELETE removes it.
                 let Ok(obj) = decode_logged(def, kv) else { continue };
@@ -677,11 +706,12 @@ impl Registry {
                     break;
                 }
             }
+            let last_key = last.map(|i| page.items[i].key.clone());
             if opts.limit == 0 || items.len() == opts.limit || page.remaining == 0 {
                 revision = token_rv.unwrap_or(page_rev);
                 let continue_token = if stopped_early { last_key.as_deref().map(|k| encode_continue(revision, k)) } else { None };
                 let remaining = if continue_token.is_some() && !filtering {
-                    let seen_in_page = page.items.iter().position(|kv| Some(&kv.key) == last_key.as_ref()).map_or(0, |p| p + 1);
+                    let seen_in_page = last.map_or(0, |p| p + 1);
                     Some(n - seen_in_page + page.remaining)
                 } else {
                     None
@@ -1568,6 +1598,11 @@ mod tests {
             json!({"kind": "X", "metadata": {"annotations": {"a": "b"}}}),
             json!({"kind": "X", "metadata": {"uid": "u", "zz": 1}}),
             json!({"metadata": {"name": "n", "resourceVersion": "5"}, "spec": [1, 2.5, null, true]}),
+            // Built-in kinds in Go order: resourceVersion after uid, before generation.
+            json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d", "generation": 2, "labels": {"a": "b"}, "uid": "u"}, "spec": {"replicas": 1}}),
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"managedFields": [{"manager": "m", "operation": "Update"}]}}),
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "n"}, "status": {}}),
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"zz": 1, "name": "p"}}),
         ];
         for obj in objects {
             let encoding = encode(&obj);
@@ -1575,13 +1610,16 @@ mod tests {
             let m = stored["metadata"].as_object_mut().unwrap();
             m.remove("resourceVersion");
             m.remove("selfLink");
-            assert_eq!(&encoding.bytes[..], serde_json::to_vec(&stored).unwrap(), "{obj}");
+            assert_eq!(&encoding.bytes[..], go_order::to_vec(&stored), "{obj}");
             let mut served = stored.clone();
             served["metadata"]["resourceVersion"] = json!("42");
             let spliced = encoding.rv_slot.unwrap().splice(&encoding.bytes, 42);
-            assert_eq!(std::str::from_utf8(&spliced).unwrap(), serde_json::to_string(&served).unwrap(), "{obj}");
+            assert_eq!(std::str::from_utf8(&spliced).unwrap(), std::str::from_utf8(&go_order::to_vec(&served)).unwrap(), "{obj}");
         }
         assert!(encode(&json!({"kind": "X"})).rv_slot.is_none());
+        let d = encode(&json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d", "generation": 2}}));
+        let served = d.rv_slot.unwrap().splice(&d.bytes, 7);
+        assert_eq!(&served[..], br#"{"kind":"Deployment","apiVersion":"apps/v1","metadata":{"name":"d","resourceVersion":"7","generation":2}}"#);
     }
 
     #[test]

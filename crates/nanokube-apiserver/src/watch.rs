@@ -16,13 +16,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body::Frame;
 use nanokube_api::resources::ResourceDef;
-use nanokube_api::{meta, table, ApiError};
+use nanokube_api::{meta, ApiError};
 use nanokube_store::Revision;
 use serde_json::{json, Value};
 use time::OffsetDateTime;
 
 use crate::coalesce::OpenWatch;
-use crate::handler::{partial_metadata, table_row, Include};
+use crate::tables::{partial_metadata_json, write_table, Include, TableSpec};
 use crate::http::Output;
 use crate::metrics::WatchGuard;
 use crate::registry::{Obj, ObjectWatch};
@@ -32,6 +32,8 @@ pub(crate) struct EventEncoder {
     pub def: &'static ResourceDef,
     pub out: Output,
     pub include: Include,
+    /// The CRD version whose printer columns a custom resource's Table rows show.
+    pub custom: Option<std::sync::Arc<nanokube_api::crd::CrdVersion>>,
     /// Table watches send column definitions with the first row only.
     pub first_table: bool,
 }
@@ -39,28 +41,18 @@ pub(crate) struct EventEncoder {
 impl EventEncoder {
     /// One event line.
     pub fn event(&mut self, ty: &str, obj: &Obj) -> Bytes {
-        let object = match self.out {
+        match self.out {
             Output::Table(mv) => {
-                let row = table_row(self.def, None, obj, self.include, OffsetDateTime::now_utc(), mv);
-                let mut t = json!({"kind": "Table", "apiVersion": format!("meta.k8s.io/{mv}"), "metadata": {"resourceVersion": meta::resource_version(obj)}, "rows": [row]});
-                t["columnDefinitions"] = if self.first_table { table::column_definitions(self.def.group, self.def.plural) } else { Value::Null };
+                let spec = TableSpec { def: self.def, custom: self.custom.as_deref(), include: self.include, meta_version: mv, now: OffsetDateTime::now_utc() };
+                let meta = json!({"resourceVersion": meta::resource_version(obj)});
+                let table = write_table(&spec, std::slice::from_ref(obj), &meta, self.first_table);
                 self.first_table = false;
-                t
+                event_line(ty, &table)
             }
-            Output::PartialMetadata(mv) => partial_metadata(obj, mv),
-            _ => {
-                // Plain JSON: the object's cached encoding, shared by every watcher.
-                let body = obj.json();
-                let mut line = Vec::with_capacity(body.len() + 32);
-                line.extend_from_slice(b"{\"type\":\"");
-                line.extend_from_slice(ty.as_bytes());
-                line.extend_from_slice(b"\",\"object\":");
-                line.extend_from_slice(&body);
-                line.extend_from_slice(b"}\n");
-                return Bytes::from(line);
-            }
-        };
-        line(&json!({"type": ty, "object": object}))
+            Output::PartialMetadata(mv) => event_line(ty, &partial_metadata_json(obj, mv)),
+            // Plain JSON: the object's cached encoding, shared by every watcher.
+            _ => event_line(ty, &obj.json()),
+        }
     }
 
     /// A BOOKMARK at `rv`; `initial_end` marks the end of `sendInitialEvents`.
@@ -71,6 +63,17 @@ impl EventEncoder {
         }
         line(&json!({"type": "BOOKMARK", "object": {"kind": self.def.kind, "apiVersion": self.def.api_version(), "metadata": m}}))
     }
+}
+
+/// `{"type":ty,"object":object}` and a newline, `object` being JSON already.
+fn event_line(ty: &str, object: &[u8]) -> Bytes {
+    let mut line = Vec::with_capacity(object.len() + 32);
+    line.extend_from_slice(b"{\"type\":\"");
+    line.extend_from_slice(ty.as_bytes());
+    line.extend_from_slice(b"\",\"object\":");
+    line.extend_from_slice(object);
+    line.extend_from_slice(b"}\n");
+    Bytes::from(line)
 }
 
 /// An ERROR event carrying `e`'s Status.
