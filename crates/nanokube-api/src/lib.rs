@@ -20,6 +20,7 @@ pub mod convert;
 pub mod crd;
 pub mod defaults;
 pub mod error;
+pub mod expressions;
 pub mod go_order;
 pub mod json;
 pub mod meta;

@@ -298,7 +298,8 @@ async fn handle_inner(
         return non_resource(server, &parts.method, &path, &query, parts.headers.get(http::header::ACCEPT).and_then(|v| v.to_str().ok()));
     }
     let body = read_body(body.take().ok_or_else(|| ApiError::internal("request body read twice"))?, &parts.headers).await?;
-    let ctx = Ctx { server, conn, user: &user, info: &info, query: &query, headers: &parts.headers, method: &parts.method };
+    let requester = Arc::new(crate::admission::Requester::new(user.clone()));
+    let ctx = Ctx { server, conn, user: &user, info: &info, query: &query, headers: &parts.headers, method: &parts.method, requester };
     ctx.resource(body).await
 }
 
@@ -487,6 +488,8 @@ struct Ctx<'a> {
     query: &'a Query,
     headers: &'a HeaderMap,
     method: &'a Method,
+    /// The user for admission, collecting the warnings webhooks and policies give.
+    requester: Arc<crate::admission::Requester>,
 }
 
 /// A list (`PartialObjectMetadataList`, or any kind's list as YAML) as written.
@@ -664,11 +667,15 @@ impl Ctx<'_> {
         let def = self.server.registry.resources().find(&info.group, &info.version, &info.resource).ok_or_else(ApiError::path_not_found)?;
         // Deprecated custom resource versions warn on every request, as upstream does.
         let deprecation = self.custom_version(def).and_then(|v| v.deprecation_warning.clone());
-        let response = self.resource_of(def, body).await?;
-        Ok(match deprecation {
-            Some(w) => with_warnings(response, &[w]),
-            None => response,
-        })
+        let response = self.resource_of(def, body).await;
+        // Admission's warnings go with its answer, a denial included.
+        let mut warnings: Vec<String> = deprecation.into_iter().collect();
+        warnings.extend(self.requester.take_warnings());
+        match response {
+            Ok(r) => Ok(with_warnings(r, &warnings)),
+            Err(e) if warnings.is_empty() => Err(e),
+            Err(e) => Ok(with_warnings(h::error(&e), &warnings)),
+        }
     }
 
     /// `componentstatuses`: get and list of what [`crate::component_status`] reports.
@@ -749,7 +756,7 @@ impl Ctx<'_> {
                     "",
                     def.has_status(),
                 );
-                let opts = WriteOptions { dry_run: self.dry_run()?, subresource: None };
+                let opts = WriteOptions { dry_run: self.dry_run()?, subresource: None, requester: Some(self.requester.clone()) };
                 let created = self.server.registry.create(def, ns, obj, &opts).await?;
                 Ok(with_warnings(self.respond_object(def, StatusCode::CREATED, &created)?, &warnings))
             }
@@ -759,7 +766,7 @@ impl Ctx<'_> {
                 warnings.extend(crd_warnings(def, &obj));
                 self.admit_rbac(def, &obj)?;
                 crate::registry::Registry::check_type(def, &obj)?;
-                let opts = WriteOptions { dry_run: self.dry_run()?, subresource: None };
+                let opts = WriteOptions { dry_run: self.dry_run()?, subresource: None, requester: Some(self.requester.clone()) };
                 let manager = self.manager()?;
                 let custom = self.custom_version(def);
                 let updated = self
@@ -1010,7 +1017,7 @@ impl Ctx<'_> {
     }
 
     fn delete_options(&self, body: &[u8]) -> Result<DeleteOptions, ApiError> {
-        let mut opts = DeleteOptions { dry_run: self.dry_run()?, ..Default::default() };
+        let mut opts = DeleteOptions { dry_run: self.dry_run()?, requester: Some(self.requester.clone()), ..Default::default() };
         if !body.is_empty() {
             let v: Value = self.decode_body(body)?;
             if let Some(k) = v.get("kind").and_then(Value::as_str) {
@@ -1203,7 +1210,7 @@ impl Ctx<'_> {
         if ty == PatchType::Apply {
             return self.apply(def, body, subresource).await;
         }
-        let opts = WriteOptions { dry_run: self.dry_run()?, subresource: subresource.map(String::from) };
+        let opts = WriteOptions { dry_run: self.dry_run()?, subresource: subresource.map(String::from), requester: Some(self.requester.clone()) };
         let manager = self.manager()?;
         let custom = self.custom_version(def);
         // The patch applies to the object as stored, resourceVersion included (a JSON patch
@@ -1278,7 +1285,7 @@ impl Ctx<'_> {
         let custom = self.custom_version(def);
         let msg = Self::type_schema(def, custom.as_deref());
         let sub = subresource.unwrap_or("");
-        let opts = WriteOptions { dry_run: self.dry_run()?, subresource: subresource.map(String::from) };
+        let opts = WriteOptions { dry_run: self.dry_run()?, subresource: subresource.map(String::from), requester: Some(self.requester.clone()) };
         let pinned = !meta::resource_version(&applied).is_empty();
         let ns = self.info.namespace.as_str();
         if self.server.registry.get(def, ns, &self.info.name).is_err() && subresource.is_none() {
@@ -1314,7 +1321,7 @@ impl Ctx<'_> {
             }
             let obj = self.decode_body(&body)?;
             let finalizers = obj.pointer("/spec/finalizers").cloned().unwrap_or(json!([]));
-            let opts = WriteOptions { dry_run: self.dry_run()?, subresource: Some("finalize".into()) };
+            let opts = WriteOptions { dry_run: self.dry_run()?, subresource: Some("finalize".into()), requester: Some(self.requester.clone()) };
             let updated = self
                 .server
                 .registry
@@ -1347,7 +1354,7 @@ impl Ctx<'_> {
                 }
                 "PUT" => {
                     let obj = self.decode_body(&body)?;
-                    let opts = WriteOptions { dry_run: self.dry_run()?, subresource: Some(sub.into()) };
+                    let opts = WriteOptions { dry_run: self.dry_run()?, subresource: Some(sub.into()), requester: Some(self.requester.clone()) };
                     let updated = self.server.registry.update(def, ns, &info.name, obj, &opts).await?;
                     self.respond_object(def, StatusCode::OK, &updated)
                 }
@@ -1407,7 +1414,9 @@ impl Ctx<'_> {
                         let is_put = self.method == Method::PUT;
                         let ct = self.content_type().to_string();
                         let body_v = if is_put { Some(self.decode_body(&body)?) } else { None };
-                        let opts = WriteOptions { dry_run: self.dry_run()?, subresource: None };
+                        // `scale` names the subresource for admission rules; the write itself
+                        // is one of the object (its status kept, as any update's).
+                        let opts = WriteOptions { dry_run: self.dry_run()?, subresource: Some("scale".into()), requester: Some(self.requester.clone()) };
                         let updated = self
                             .server
                             .registry

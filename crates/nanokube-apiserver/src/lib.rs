@@ -14,6 +14,7 @@
 //! Layers only look down: the registry never sees HTTP; authentication never sees
 //! resources. [`registry::Registry`] is also the in-process API the controllers use.
 
+pub mod admission;
 pub mod alloc;
 pub mod audit;
 pub mod authn;

@@ -21,6 +21,7 @@ use nanokube_api::{defaults, go_order, meta, validation, ApiError};
 use nanokube_store::{Backend, EventKind, KeyValue, Revision, StoreError, WatchStream};
 use serde_json::{json, Map, Value};
 
+use crate::admission::{self, Attributes, Operation, Requester};
 use crate::alloc::ServiceAllocator;
 
 /// Makes `into` hold at `path` (object keys) what `from` holds there: the same value, or
@@ -178,6 +179,9 @@ pub struct WriteOptions {
     pub dry_run: bool,
     /// Subresource written (`status`), if any.
     pub subresource: Option<String>,
+    /// Who asks (for admission webhooks and policies, and their warnings); `None` for
+    /// the server's own controllers.
+    pub requester: Option<Arc<Requester>>,
 }
 
 /// Options of a list.
@@ -221,6 +225,8 @@ pub struct DeleteOptions {
     pub grace_period: Option<i64>,
     /// `dryRun=All`.
     pub dry_run: bool,
+    /// Who asks (see [`WriteOptions::requester`]).
+    pub requester: Option<Arc<Requester>>,
 }
 
 /// The result of a delete.
@@ -838,12 +844,31 @@ impl Registry {
         defaults::apply_defaults(def, &mut obj);
         defaults::prepare_create(def, &mut obj);
         self.admit_create(def, namespace, &mut obj)?;
+        let attrs = |name| Attributes {
+            def,
+            operation: Operation::Create,
+            namespace,
+            name,
+            subresource: "",
+            dry_run: opts.dry_run,
+            requester: opts.requester.as_deref(),
+        };
+        if admission::mutate(self, &attrs(&name), &mut obj, None).await? {
+            // What a webhook returns is decoded again, as upstream decodes the patched
+            // object into its type: checked and defaulted.
+            obj["kind"] = json!(def.kind);
+            obj["apiVersion"] = json!(def.api_version());
+            check_decodable(def, &obj)?;
+            defaults::apply_defaults(def, &mut obj);
+        }
+        let name = meta::name(&obj).to_string();
         let mut causes = Vec::new();
         self.custom_strategy(def, &mut obj, None, &mut causes);
         causes.extend(validation::validate_object(def, &obj));
         if !causes.is_empty() {
             return Err(ApiError::invalid(def.kind, def.group, &name, causes));
         }
+        admission::validate(self, &attrs(&name), Some(&obj), None).await?;
         if def.plural == "services" {
             if self.store.get(&def.key(namespace, &name)).is_some() {
                 return Err(ApiError::already_exists(def.plural, def.group, &name));
@@ -1115,6 +1140,19 @@ impl Registry {
                 return Err(ApiError::bad_request("the namespace of the provided object does not match the namespace sent on the request"));
             }
             let mut new = self.prepare_update(def, &current, new, opts)?;
+            let attrs = Attributes {
+                def,
+                operation: Operation::Update,
+                namespace,
+                name,
+                subresource: opts.subresource.as_deref().unwrap_or(""),
+                dry_run: opts.dry_run,
+                requester: opts.requester.as_deref(),
+            };
+            if admission::mutate(self, &attrs, &mut new, Some(current.value())).await? {
+                new = self.prepare_update(def, &current, new, opts)?;
+            }
+            admission::validate(self, &attrs, Some(&new), Some(current.value())).await?;
             if *current == new {
                 return Ok(current);
             }
@@ -1383,6 +1421,18 @@ impl Registry {
                     ))
                 }
             }
+            let attrs = Attributes {
+                def,
+                operation: Operation::Delete,
+                namespace,
+                name,
+                subresource: "",
+                dry_run: opts.dry_run,
+                requester: opts.requester.as_deref(),
+            };
+            let mut none = Value::Null;
+            admission::mutate(self, &attrs, &mut none, Some(current.value())).await?;
+            admission::validate(self, &attrs, None, Some(current.value())).await?;
             let is_namespace = def.group.is_empty() && def.plural == "namespaces";
             let graceful = !finalizers.is_empty() || (is_namespace && !namespace_finalizers_empty(def, &current));
             if graceful {
