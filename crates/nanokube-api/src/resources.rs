@@ -353,6 +353,8 @@ pub static BUILTIN: &[ResourceDef] = &[
         &["api-extensions"],
         &[status("CustomResourceDefinition", "apiextensions.k8s.io")],
     )),
+    // apiregistration.k8s.io/v1
+    res("apiregistration.k8s.io", "APIService", "apiservices", "apiservice", false, NONE, &["api-extensions"], &[status("APIService", "apiregistration.k8s.io")]),
     res("scheduling.k8s.io", "PriorityClass", "priorityclasses", "priorityclass", false, &["pc"], NONE, &[]),
     // storage.k8s.io/v1
     res("storage.k8s.io", "CSIDriver", "csidrivers", "csidriver", false, NONE, NONE, &[]),
@@ -362,7 +364,8 @@ pub static BUILTIN: &[ResourceDef] = &[
     res("storage.k8s.io", "VolumeAttachment", "volumeattachments", "volumeattachment", false, NONE, NONE, &[status("VolumeAttachment", "storage.k8s.io")]),
 ];
 
-/// The API groups in discovery order (preferred version first), core excluded.
+/// The API groups in discovery order, core excluded: by group priority, highest first
+/// (then by name), as upstream's aggregator orders them.
 pub fn groups() -> Vec<&'static str> {
     let mut out: Vec<&'static str> = Vec::new();
     for r in BUILTIN {
@@ -370,9 +373,43 @@ pub fn groups() -> Vec<&'static str> {
             out.push(r.group);
         }
     }
-    // Upstream lists apps first among named groups; the rest follow alphabetically.
-    out.sort_by_key(|g| (*g != "apps", *g));
+    out.sort_by_key(|g| (std::cmp::Reverse(priority(g, "v1").0), *g));
     out
+}
+
+/// The `groupPriorityMinimum` and `versionPriority` of a group-version's APIService, as
+/// kube-apiserver 1.33 registers them (`DefaultGenericAPIServicePriorities` and the
+/// controlplane's additions); custom resources' group-versions get 1000 and 100, as
+/// upstream's CRD registration does.
+pub fn priority(group: &str, version: &str) -> (i64, i64) {
+    let group_priority = match group {
+        "" => return (18000, 1),
+        "apiregistration.k8s.io" => 18000,
+        "apps" => 17800,
+        "events.k8s.io" => 17750,
+        "authentication.k8s.io" => 17700,
+        "authorization.k8s.io" => 17600,
+        "autoscaling" => 17500,
+        "batch" => 17400,
+        "certificates.k8s.io" => 17300,
+        "networking.k8s.io" => 17200,
+        "policy" => 17100,
+        "rbac.authorization.k8s.io" => 17000,
+        "storage.k8s.io" => 16800,
+        "apiextensions.k8s.io" | "admissionregistration.k8s.io" => 16700,
+        "scheduling.k8s.io" => 16600,
+        "coordination.k8s.io" => 16500,
+        "node.k8s.io" => 16300,
+        "discovery.k8s.io" => 16200,
+        "flowcontrol.apiserver.k8s.io" => 16100,
+        _ => return (1000, 100),
+    };
+    let version_priority = match (group, version) {
+        ("autoscaling", "v2") => 30,
+        ("flowcontrol.apiserver.k8s.io", "v1") => 21,
+        _ => 15,
+    };
+    (group_priority, version_priority)
 }
 
 /// The resources of one group/version.
@@ -566,8 +603,12 @@ mod tests {
     }
 
     #[test]
-    fn apps_is_the_first_named_group() {
-        assert_eq!(groups()[0], "apps");
+    fn named_groups_come_in_upstreams_priority_order() {
+        let g = groups();
+        assert_eq!(&g[..3], ["apiregistration.k8s.io", "apps", "events.k8s.io"]);
+        assert_eq!(g.last(), Some(&"flowcontrol.apiserver.k8s.io"));
+        let admission = g.iter().position(|x| *x == "admissionregistration.k8s.io");
+        assert!(admission < g.iter().position(|x| *x == "apiextensions.k8s.io"), "equal priorities by name");
     }
 
     #[test]

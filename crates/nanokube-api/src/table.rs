@@ -63,6 +63,7 @@ pub fn columns(group: &str, plural: &str) -> Vec<Column> {
         ],
         ("", "namespaces") => vec![NAME, col("Status", 0), AGE],
         ("", "secrets") => vec![NAME, col("Type", 0), col("Data", 0), AGE],
+        ("apiregistration.k8s.io", "apiservices") => vec![NAME, col("Service", 0), col("Available", 0), AGE],
         ("", "serviceaccounts") => vec![NAME, col("Secrets", 0), AGE],
         ("", "configmaps") => vec![NAME, col("Data", 0), AGE],
         ("", "componentstatuses") => vec![NAME, col("Status", 0), col("Message", 0), col("Error", 0)],
@@ -491,6 +492,19 @@ pub fn cells(group: &str, plural: &str, obj: &Value, now: OffsetDateTime) -> Vec
         }
         ("", "namespaces") => vec![name, json!(s(obj, "/status/phase")), age_v],
         ("", "secrets") => vec![name, json!(s(obj, "/type")), json!(count_map(obj, "/data")), age_v],
+        ("apiregistration.k8s.io", "apiservices") => {
+            // Upstream's printer: "Local" or namespace/name; the Available condition, with
+            // its reason when not True.
+            let service = match obj.pointer("/spec/service") {
+                Some(svc) if svc.is_object() => format!("{}/{}", s(svc, "/namespace"), s(svc, "/name")),
+                _ => "Local".into(),
+            };
+            let available = arr(obj, "/status/conditions").iter().find(|c| s(c, "/type") == "Available").map_or("Unknown".to_string(), |c| match s(c, "/status") {
+                "True" => "True".into(),
+                other => format!("{other} ({})", s(c, "/reason")),
+            });
+            vec![name, json!(service), json!(available), age_v]
+        }
         ("", "serviceaccounts") => vec![name, json!(arr(obj, "/secrets").len()), age_v],
         ("", "configmaps") => vec![name, json!(count_map(obj, "/data") + count_map(obj, "/binaryData")), age_v],
         ("", "componentstatuses") => {

@@ -30,7 +30,7 @@ pub fn name_rule(def: &ResourceDef) -> NameRule {
     match (def.group, def.plural) {
         ("", "namespaces") => NameRule::Dns1123Label,
         ("", "services") => NameRule::Dns1035Label,
-        ("rbac.authorization.k8s.io", _) => NameRule::PathSegment,
+        ("rbac.authorization.k8s.io", _) | ("apiregistration.k8s.io", "apiservices") => NameRule::PathSegment,
         _ => NameRule::Dns1123Subdomain,
     }
 }
@@ -255,6 +255,25 @@ pub fn validate_object(def: &ResourceDef, obj: &Value) -> Vec<Cause> {
     validate_meta(def, obj, &mut causes);
     match (def.group, def.plural) {
         ("apiextensions.k8s.io", "customresourcedefinitions") => causes.extend(crate::crd::validate_crd(obj)),
+        ("apiregistration.k8s.io", "apiservices") => {
+            // Upstream's ValidateAPIService: the name is version.group, priorities positive.
+            let group = obj.pointer("/spec/group").and_then(Value::as_str).unwrap_or("");
+            let version = obj.pointer("/spec/version").and_then(Value::as_str).unwrap_or("");
+            let required = format!("{version}.{group}");
+            let name = obj.pointer("/metadata/name").cloned().unwrap_or(Value::Null);
+            if name.as_str() != Some(required.as_str()) {
+                causes.push(invalid("metadata.name", &name, &format!("must be `spec.version+\".\"+spec.group`: {required:?}")));
+            }
+            if version.is_empty() {
+                causes.push(Cause { reason: "FieldValueRequired".into(), message: "Required value".into(), field: "spec.version".into() });
+            }
+            for (field, max) in [("groupPriorityMinimum", 20000), ("versionPriority", 1000)] {
+                let v = obj.pointer(&format!("/spec/{field}")).and_then(Value::as_i64).unwrap_or(0);
+                if v <= 0 || v > max {
+                    causes.push(invalid(&format!("spec.{field}"), &Value::from(v), &format!("must be positive and less than {max}")));
+                }
+            }
+        }
         ("", "pods") => validate_pod_spec(obj.get("spec"), "spec", &mut causes),
         ("", "services") => validate_service(obj, &mut causes),
         ("", "configmaps") => {

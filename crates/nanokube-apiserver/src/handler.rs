@@ -294,6 +294,12 @@ async fn handle_inner(
         }
         return Err(e);
     }
+    // A group-version another server serves (an APIService with a Service): proxied,
+    // discovery included, after this server's authentication and authorization.
+    if let Some(apiservice) = server.aggregator.backend_for(&server.registry, &path) {
+        let body = read_body(body.take().ok_or_else(|| ApiError::internal("request body read twice"))?, &parts.headers).await?;
+        return server.aggregator.proxy(&server.registry, &apiservice, &user, &parts, body).await;
+    }
     if !info.is_resource {
         return non_resource(server, &parts.method, &path, &query, parts.headers.get(http::header::ACCEPT).and_then(|v| v.to_str().ok()));
     }
@@ -398,7 +404,12 @@ fn non_resource(server: &ApiServer, method: &Method, path: &str, query: &Query, 
             let core = path == "/api";
             for m in h::media_ranges(accept.unwrap_or("")) {
                 if m.mime == "application/json" && m.as_ == "APIGroupDiscoveryList" && m.g == "apidiscovery.k8s.io" && (m.v == "v2" || m.v == "v2beta1") {
-                    let doc = crate::discovery::aggregated(server.registry.resources(), core, m.v);
+                    let mut doc = crate::discovery::aggregated(server.registry.resources(), core, m.v);
+                    if !core {
+                        if let Some(items) = doc["items"].as_array_mut() {
+                            items.extend(server.aggregator.aggregated_groups(&server.registry));
+                        }
+                    }
                     let ct = format!("application/json;g=apidiscovery.k8s.io;v={};as=APIGroupDiscoveryList", m.v);
                     let mut r = h::bytes_response(StatusCode::OK, &ct, Bytes::from(serde_json::to_vec(&doc).expect("serialize")));
                     r.headers_mut().insert(http::header::VARY, HeaderValue::from_static("Accept"));
@@ -408,7 +419,11 @@ fn non_resource(server: &ApiServer, method: &Method, path: &str, query: &Query, 
             let mut r = if core {
                 h::json(StatusCode::OK, &crate::discovery::api_versions(&server.server_address))
             } else {
-                h::json(StatusCode::OK, &crate::discovery::api_group_list(server.registry.resources()))
+                let mut list = crate::discovery::api_group_list(server.registry.resources());
+                if let Some(groups) = list["groups"].as_array_mut() {
+                    groups.extend(server.aggregator.groups(&server.registry));
+                }
+                h::json(StatusCode::OK, &list)
             };
             r.headers_mut().insert(http::header::VARY, HeaderValue::from_static("Accept"));
             Ok(r)
@@ -419,7 +434,13 @@ fn non_resource(server: &ApiServer, method: &Method, path: &str, query: &Query, 
         p if p.starts_with("/apis/") => {
             let segs: Vec<&str> = p["/apis/".len()..].split('/').collect();
             let doc = match segs.as_slice() {
-                [g] => crate::discovery::api_group(server.registry.resources(), g),
+                [g] => crate::discovery::api_group(server.registry.resources(), g).or_else(|| {
+                    server.aggregator.groups(&server.registry).into_iter().find(|e| e["name"] == *g).map(|mut e| {
+                        e["kind"] = json!("APIGroup");
+                        e["apiVersion"] = json!("v1");
+                        e
+                    })
+                }),
                 [g, v] => crate::discovery::api_resource_list(server.registry.resources(), g, v),
                 _ => None,
             };

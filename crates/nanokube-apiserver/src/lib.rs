@@ -15,7 +15,9 @@
 //! resources. [`registry::Registry`] is also the in-process API the controllers use.
 
 pub mod admission;
+pub mod aggregator;
 pub mod alloc;
+pub mod backend;
 pub mod audit;
 pub mod authn;
 pub mod authz;

@@ -1,7 +1,8 @@
 //! The cluster's certificates, written the way minikube lays them out (seed S3, S8):
 //! a self-signed CA, the API server's serving certificate, the admin client certificate
-//! (O=system:masters) and the service-account signing key pair. Created on first start,
-//! reused afterwards.
+//! (O=system:masters), the service-account signing key pair, and the front proxy's own CA
+//! and `front-proxy-client` certificate (what aggregated API servers trust, as kubeadm
+//! lays them out). Created on first start, reused afterwards.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -53,6 +54,23 @@ impl Paths {
     pub fn sa_pub(&self) -> PathBuf {
         self.dir.join("sa.pub")
     }
+    /// `front-proxy-ca.crt`: the CA aggregated API servers trust for the requests this
+    /// server proxies to them (`requestheader-client-ca-file`).
+    pub fn front_proxy_ca_crt(&self) -> PathBuf {
+        self.dir.join("front-proxy-ca.crt")
+    }
+    /// `front-proxy-ca.key`.
+    pub fn front_proxy_ca_key(&self) -> PathBuf {
+        self.dir.join("front-proxy-ca.key")
+    }
+    /// `front-proxy-client.crt`: this server's client certificate towards them.
+    pub fn front_proxy_client_crt(&self) -> PathBuf {
+        self.dir.join("front-proxy-client.crt")
+    }
+    /// `front-proxy-client.key`.
+    pub fn front_proxy_client_key(&self) -> PathBuf {
+        self.dir.join("front-proxy-client.key")
+    }
     /// `state.db`.
     pub fn state_db(&self) -> PathBuf {
         self.dir.join("state.db")
@@ -82,6 +100,12 @@ pub struct Pki {
     pub sa_key_pem: String,
     /// Service-account public key PEM.
     pub sa_pub_pem: String,
+    /// The front proxy's CA certificate PEM (what aggregated API servers trust).
+    pub front_proxy_ca_pem: String,
+    /// The front-proxy client certificate PEM (CN `front-proxy-client`).
+    pub front_proxy_client_pem: String,
+    /// Its key PEM.
+    pub front_proxy_client_key_pem: String,
     /// Whether anything was created on this start.
     pub created: Vec<PathBuf>,
 }
@@ -127,6 +151,21 @@ pub fn issue_client_cert(ca_pem: &str, ca_key_pem: &str, user: &str, groups: &[S
     Ok((cert.pem(), key.serialize_pem()))
 }
 
+/// A new self-signed CA (10 years), its key written private.
+fn new_ca(crt: &Path, key_path: &Path, common_name: &str) -> std::io::Result<()> {
+    let key = KeyPair::generate().map_err(err("ca key"))?;
+    let mut params = CertificateParams::new(Vec::<String>::new()).map_err(err("ca params"))?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, common_name);
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    validity(&mut params, 10);
+    let cert = params.self_signed(&key).map_err(err("ca sign"))?;
+    write_private(key_path, &key.serialize_pem())?;
+    std::fs::write(crt, cert.pem())
+}
+
 /// Ensure every certificate exists in the data directory and load them.
 /// `sans_ips` and `sans_dns` are the serving certificate's extra SANs.
 pub fn ensure(paths: &Paths, sans_ips: &[IpAddr], sans_dns: &[String]) -> std::io::Result<Pki> {
@@ -134,17 +173,7 @@ pub fn ensure(paths: &Paths, sans_ips: &[IpAddr], sans_dns: &[String]) -> std::i
     let mut created = Vec::new();
 
     if !paths.ca_crt().exists() || !paths.ca_key().exists() {
-        let key = KeyPair::generate().map_err(err("ca key"))?;
-        let mut params = CertificateParams::new(Vec::<String>::new()).map_err(err("ca params"))?;
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, "nanokubeCA");
-        params.distinguished_name = dn;
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-        validity(&mut params, 10);
-        let cert = params.self_signed(&key).map_err(err("ca sign"))?;
-        write_private(&paths.ca_key(), &key.serialize_pem())?;
-        std::fs::write(paths.ca_crt(), cert.pem())?;
+        new_ca(&paths.ca_crt(), &paths.ca_key(), "nanokubeCA")?;
         created.push(paths.ca_crt());
         // A new CA invalidates every certificate signed by an older one.
         for p in [paths.server_crt(), paths.client_crt()] {
@@ -185,6 +214,22 @@ pub fn ensure(paths: &Paths, sans_ips: &[IpAddr], sans_dns: &[String]) -> std::i
         created.push(paths.client_crt());
     }
 
+    // The front proxy (the aggregation layer) has a CA of its own, as kubeadm lays it out:
+    // aggregated API servers trust it for the user headers only.
+    if !paths.front_proxy_ca_crt().exists() || !paths.front_proxy_ca_key().exists() {
+        new_ca(&paths.front_proxy_ca_crt(), &paths.front_proxy_ca_key(), "front-proxy-ca")?;
+        let _ = std::fs::remove_file(paths.front_proxy_client_crt());
+        created.push(paths.front_proxy_ca_crt());
+    }
+    let front_proxy_ca_pem = std::fs::read_to_string(paths.front_proxy_ca_crt())?;
+    if !paths.front_proxy_client_crt().exists() || !paths.front_proxy_client_key().exists() {
+        let ca_key = std::fs::read_to_string(paths.front_proxy_ca_key())?;
+        let (cert, key) = issue_client_cert(&front_proxy_ca_pem, &ca_key, "front-proxy-client", &[])?;
+        write_private(&paths.front_proxy_client_key(), &key)?;
+        std::fs::write(paths.front_proxy_client_crt(), cert)?;
+        created.push(paths.front_proxy_client_crt());
+    }
+
     if !paths.sa_key().exists() || !paths.sa_pub().exists() {
         let key = KeyPair::generate().map_err(err("sa key"))?;
         write_private(&paths.sa_key(), &key.serialize_pem())?;
@@ -201,6 +246,9 @@ pub fn ensure(paths: &Paths, sans_ips: &[IpAddr], sans_dns: &[String]) -> std::i
         client_key_pem: std::fs::read_to_string(paths.client_key())?,
         sa_key_pem: std::fs::read_to_string(paths.sa_key())?,
         sa_pub_pem: std::fs::read_to_string(paths.sa_pub())?,
+        front_proxy_ca_pem,
+        front_proxy_client_pem: std::fs::read_to_string(paths.front_proxy_client_crt())?,
+        front_proxy_client_key_pem: std::fs::read_to_string(paths.front_proxy_client_key())?,
         created,
     })
 }

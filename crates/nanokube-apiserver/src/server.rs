@@ -47,6 +47,8 @@ pub struct ApiServer {
     pub audit: Option<crate::audit::AuditLog>,
     /// Request and store metrics.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The aggregation layer (APIServices backed by other servers).
+    pub aggregator: Arc<crate::aggregator::Aggregator>,
     ready: AtomicBool,
 }
 
@@ -65,6 +67,7 @@ impl ApiServer {
             server_url,
             audit: None,
             metrics: Arc::default(),
+            aggregator: Arc::new(crate::aggregator::Aggregator::new(None)),
             ready: AtomicBool::new(false),
         }
     }

@@ -5,6 +5,8 @@
 //! than as a user. Each is a loop over store watches that reconciles what it is told
 //! about, plus a full pass at start.
 //!
+//! - [`apiservices`]: a local APIService for every served group-version (CRDs'
+//!   included), and the ConfigMap aggregated API servers read their trust from.
 //! - [`bootstrap`]: what every cluster has at start: the four namespaces and the
 //!   `kubernetes` Service with its Endpoints and EndpointSlice.
 //! - [`namespaces`]: a `default` ServiceAccount and a `kube-root-ca.crt` ConfigMap in every
@@ -19,6 +21,7 @@
 //! - [`rbac_aggregation`]: ClusterRoles with an `aggregationRule` get the rules of the
 //!   roles it selects.
 
+pub mod apiservices;
 pub mod bootstrap;
 pub mod crds;
 mod follow;

@@ -240,6 +240,10 @@ impl Cluster {
         let server_address = format!("{}:{}", host_for_url(advertise), addr.port());
         let mut api = ApiServer::new(registry.clone(), authn, Box::new(authz), rbac, server_address);
         api.tokens = Some(issuer.clone());
+        api.aggregator = Arc::new(nanokube_apiserver::aggregator::Aggregator::new(Some(nanokube_apiserver::backend::ClientIdentity {
+            cert_pem: pki.front_proxy_client_pem.clone(),
+            key_pem: pki.front_proxy_client_key_pem.clone(),
+        })));
         if let Some(p) = &cfg.audit_log_path {
             api.audit = Some(AuditLog::open(p).map_err(|e| format!("audit log {}: {e}", p.display()))?);
         }
@@ -277,6 +281,15 @@ impl Cluster {
             let r = registry.clone();
             second.spawn(async move { nanokube_controllers::rbac_aggregation::aggregate_all(&r).await });
         }
+        {
+            // The aggregation layer: a local APIService per served group-version before
+            // ready (upstream's autoregister-completion check), and what aggregated API
+            // servers trust.
+            let r = registry.clone();
+            second.spawn(async move { nanokube_controllers::apiservices::sync(&r).await });
+            let (r, ca, front_proxy_ca) = (registry.clone(), pki.ca_pem.clone(), pki.front_proxy_ca_pem.clone());
+            second.spawn(async move { nanokube_controllers::apiservices::ensure_extension_authentication(&r, &ca, &front_proxy_ca).await });
+        }
         while let Some(r) = second.join_next().await {
             r.map_err(|e| e.to_string())?.map_err(|e| format!("bootstrap: {e}"))?;
         }
@@ -285,6 +298,8 @@ impl Cluster {
         tasks.spawn(nanokube_controllers::bootstrap::run(registry.clone(), advertise.to_string(), addr.port(), shutdown_rx.clone()));
         tasks.spawn(Arc::new(nanokube_controllers::crds::CrdController::new(registry.clone())).run(shutdown_rx.clone()));
         tasks.spawn(Arc::new(nanokube_controllers::gc::GarbageCollector::new(registry.clone())).run(shutdown_rx.clone()));
+        tasks.spawn(nanokube_controllers::apiservices::run(registry.clone(), shutdown_rx.clone()));
+        tasks.spawn(api.aggregator.clone().run(registry.clone(), shutdown_rx.clone()));
         let token_controller = Arc::new(TokenController::new(registry.clone(), issuer.clone(), pki.ca_pem.clone(), cfg.legacy_service_account_token_secrets));
         tasks.spawn(token_controller.run(shutdown_rx.clone()));
         {

@@ -6,9 +6,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::Child;
 
 use base64::Engine as _;
 use common::Server;
@@ -32,33 +31,14 @@ impl Drop for Webhook {
 
 impl Webhook {
     fn start() -> Webhook {
-        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
         let dir = tempfile::tempdir().unwrap();
-        let ca_key = KeyPair::generate().unwrap();
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params.distinguished_name.push(DnType::CommonName, "webhook-test-ca");
-        let ca = ca_params.self_signed(&ca_key).unwrap();
-        let issuer = Issuer::from_ca_cert_pem(&ca.pem(), ca_key).unwrap();
-        let key = KeyPair::generate().unwrap();
-        let params = CertificateParams::new(vec!["hook.webhooks.svc".to_string(), "127.0.0.1".to_string()]).unwrap();
-        let cert = params.signed_by(&key, &issuer).unwrap();
-        std::fs::write(dir.path().join("tls.crt"), cert.pem()).unwrap();
-        std::fs::write(dir.path().join("tls.key"), key.serialize_pem()).unwrap();
+        let (ca, cert, key) = common::serving_cert(&["hook.webhooks.svc", "127.0.0.1"]);
+        std::fs::write(dir.path().join("tls.crt"), cert).unwrap();
+        std::fs::write(dir.path().join("tls.key"), key).unwrap();
         let record = dir.path().join("record.jsonl");
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/admission_webhook.py");
-        let mut child = Command::new("python3")
-            .arg(script)
-            .arg(dir.path().join("tls.crt"))
-            .arg(dir.path().join("tls.key"))
-            .arg(&record)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3 runs the test webhook");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let port = line.trim().parse().expect("the webhook prints its port");
-        let ca_b64 = base64::engine::general_purpose::STANDARD.encode(ca.pem());
+        let (crt, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+        let (child, port) = common::spawn_python_server("admission_webhook.py", &[crt.as_os_str(), key.as_os_str(), record.as_os_str()]);
+        let ca_b64 = base64::engine::general_purpose::STANDARD.encode(ca);
         Webhook { child, port, ca_b64, record, _dir: dir }
     }
 

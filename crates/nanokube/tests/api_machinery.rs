@@ -81,7 +81,7 @@ fn yaml_bodies_partial_metadata_and_aggregated_discovery() {
     let (ct, d) = meta("application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json", "/apis");
     assert_eq!(ct, "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList");
     assert_eq!(d["kind"], "APIGroupDiscoveryList");
-    assert_eq!(d["items"][0]["metadata"]["name"], "apps");
+    assert_eq!(d["items"][0]["metadata"]["name"], "apiregistration.k8s.io", "groups by priority, as upstream");
     let (ct, d) = meta("application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList", "/api");
     assert!(ct.contains("v=v2beta1"));
     assert!(d["items"][0]["versions"][0]["resources"].as_array().unwrap().iter().any(|r| r["resource"] == "pods" && r["scope"] == "Namespaced"));

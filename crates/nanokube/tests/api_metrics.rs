@@ -56,8 +56,9 @@ fn metrics_reflect_traffic_and_are_rbac_protected() {
     );
     assert!(metric(&text, r#"apiserver_request_total{code="200",component="apiserver",group="",resource="configmaps",scope="namespace",subresource="",verb="LIST",version="v1"}"#).unwrap_or(0.0) >= 1.0);
     assert!(text.contains("apiserver_request_duration_seconds_bucket{component=\"apiserver\",group=\"\",resource=\"configmaps\""));
-    // 3 created + kube-root-ca.crt in each of the 4 system namespaces.
-    assert_eq!(metric(&text, r#"apiserver_storage_objects{resource="configmaps"}"#), Some(7.0));
+    // 3 created + kube-root-ca.crt in each of the 4 system namespaces +
+    // kube-system/extension-apiserver-authentication.
+    assert_eq!(metric(&text, r#"apiserver_storage_objects{resource="configmaps"}"#), Some(8.0));
     let commits = metric(&text, "nanokube_store_commits_total").unwrap();
     let writes = metric(&text, "nanokube_store_writes_total").unwrap();
     assert!(commits > 0.0 && writes >= commits, "commits {commits}, writes {writes}");

@@ -4,20 +4,15 @@
 //! `failurePolicy`, `timeoutSeconds`, `sideEffects` on dry runs, `matchConditions` and
 //! `reinvocationPolicy`.
 //!
-//! A Service reference is resolved to one of its ready endpoints (what upstream does with
-//! `--enable-aggregator-routing`), with the TLS server name `<name>.<namespace>.svc`, since
-//! Service IPs carry no traffic until the node's proxy exists.
+//! A Service reference is resolved to one of its ready endpoints ([`crate::backend`]),
+//! with the TLS server name `<name>.<namespace>.svc`.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
-use nanokube_api::resources;
 use nanokube_api::ApiError;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::{json, Value};
 
 use super::matching::{any_rule_matches, cel_vars, conditions_match, selectors_match};
@@ -257,78 +252,19 @@ fn target(registry: &Registry, hook: &Hook<'_>) -> Result<Target, CallError> {
     let port = svc.get("port").and_then(Value::as_i64).unwrap_or(443);
     let path = svc.get("path").and_then(Value::as_str).unwrap_or("/");
     let url = format!("https://{name}.{ns}.svc:{port}{path}");
-    let addr = resolve_service(registry, ns, name, port).map_err(|e| CallError(format!("failed to call webhook: Post \"{url}?{timeout}\": {e}")))?;
+    let addr = crate::backend::resolve_service(registry, ns, name, port).map_err(|e| CallError(format!("failed to call webhook: Post \"{url}?{timeout}\": {e}")))?;
     Ok(Target { connect: addr, server_name: format!("{name}.{ns}.svc"), path_and_query: format!("{path}?{timeout}"), url })
-}
-
-/// A ready endpoint of the Service's port: from its EndpointSlices, else its Endpoints.
-fn resolve_service(registry: &Registry, ns: &str, name: &str, port: i64) -> Result<String, String> {
-    let svc_def = resources::find("", "v1", "services").ok_or("no services")?;
-    let svc = registry.get(svc_def, ns, name).map_err(|_| format!("service \"{name}\" not found"))?;
-    let svc = svc.value();
-    let ports = svc.pointer("/spec/ports").and_then(Value::as_array).cloned().unwrap_or_default();
-    let sp = ports.iter().find(|p| p.get("port").and_then(Value::as_i64) == Some(port)).ok_or_else(|| format!("service \"{name}\" has no port {port}"))?;
-    let port_name = sp.get("name").and_then(Value::as_str).unwrap_or("");
-    let target_number = match sp.get("targetPort") {
-        Some(Value::Number(n)) => n.as_i64(),
-        Some(Value::String(_)) => None,
-        _ => Some(port),
-    };
-    // EndpointSlices name their ports as the Service's do.
-    if let Some(def) = resources::find("discovery.k8s.io", "v1", "endpointslices") {
-        let labels = nanokube_api::selector::LabelSelector::parse(&format!("kubernetes.io/service-name={name}")).map_err(|e| e.message)?;
-        let opts = crate::registry::ListOptions { labels, ..Default::default() };
-        if let Ok(list) = registry.list(def, Some(ns), &opts) {
-            for slice in &list.items {
-                let slice = slice.value();
-                let p = slice.get("ports").and_then(Value::as_array).and_then(|ps| ps.iter().find(|p| p.get("name").and_then(Value::as_str).unwrap_or("") == port_name));
-                let Some(p) = p.and_then(|p| p.get("port")).and_then(Value::as_i64).or(target_number) else { continue };
-                for ep in slice.get("endpoints").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default() {
-                    if ep.pointer("/conditions/ready") == Some(&Value::Bool(false)) {
-                        continue;
-                    }
-                    if let Some(ip) = ep.pointer("/addresses/0").and_then(Value::as_str) {
-                        return Ok(join_host_port(ip, p));
-                    }
-                }
-            }
-        }
-    }
-    let ep_def = resources::find("", "v1", "endpoints").ok_or("no endpoints")?;
-    if let Ok(eps) = registry.get(ep_def, ns, name) {
-        for subset in eps.value().get("subsets").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default() {
-            let p = subset.get("ports").and_then(Value::as_array).and_then(|ps| ps.iter().find(|p| p.get("name").and_then(Value::as_str).unwrap_or("") == port_name));
-            let Some(p) = p.and_then(|p| p.get("port")).and_then(Value::as_i64).or(target_number) else { continue };
-            if let Some(ip) = subset.pointer("/addresses/0/ip").and_then(Value::as_str) {
-                return Ok(join_host_port(ip, p));
-            }
-        }
-    }
-    Err(format!("service \"{ns}/{name}\" has no ready endpoints"))
-}
-
-fn join_host_port(ip: &str, port: i64) -> String {
-    if ip.contains(':') {
-        format!("[{ip}]:{port}")
-    } else {
-        format!("{ip}:{port}")
-    }
 }
 
 /// POST the review and read the answer, all within the webhook's timeout.
 async fn post(registry: &Registry, hook: &Hook<'_>, review: &Value) -> Result<Value, CallError> {
     let target = target(registry, hook)?;
     let post_err = |e: String| CallError(format!("failed to call webhook: Post \"{}?timeout={}s\": {e}", target.url, hook.timeout().as_secs()));
-    let tls = tls_config(hook).map_err(post_err)?;
+    let bundle = hook.spec.pointer("/clientConfig/caBundle").and_then(Value::as_str).unwrap_or("");
+    let tls = crate::backend::tls_config(bundle, false, None).map_err(post_err)?;
     let body = Bytes::from(nanokube_api::go_order::to_vec(review));
     let exchange = async {
-        let tcp = tokio::net::TcpStream::connect(&target.connect).await.map_err(|e| format!("dial tcp {}: {e}", target.connect))?;
-        let name = ServerName::try_from(target.server_name.clone()).map_err(|e| e.to_string())?;
-        let stream = tokio_rustls::TlsConnector::from(tls).connect(name, tcp).await.map_err(|e| format!("tls: {e}"))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
+        let mut sender = crate::backend::connect(&target.connect, &target.server_name, tls).await?;
         let req = http::Request::post(&target.path_and_query)
             .header(http::header::HOST, &target.server_name)
             .header(http::header::CONTENT_TYPE, "application/json")
@@ -350,23 +286,3 @@ async fn post(registry: &Registry, hook: &Hook<'_>, review: &Value) -> Result<Va
     }
 }
 
-/// TLS trusting the webhook's `caBundle` only.
-fn tls_config(hook: &Hook<'_>) -> Result<Arc<rustls::ClientConfig>, String> {
-    let bundle = hook.spec.pointer("/clientConfig/caBundle").and_then(Value::as_str).unwrap_or("");
-    let pem = base64::engine::general_purpose::STANDARD.decode(bundle).map_err(|e| format!("invalid caBundle: {e}"))?;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(&pem) {
-        let cert = cert.map_err(|e| format!("invalid caBundle: {e}"))?;
-        roots.add(cert).map_err(|e| format!("invalid caBundle: {e}"))?;
-    }
-    if roots.is_empty() {
-        return Err("x509: certificate signed by unknown authority (no caBundle)".into());
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let cfg = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(cfg))
-}

@@ -298,3 +298,33 @@ pub fn table(out: &str) -> (Vec<String>, Vec<Vec<String>>) {
     let rows = lines.map(cut).collect();
     (headers, rows)
 }
+
+/// A CA and a serving certificate it signed for `sans` (DNS names or IPs): (CA PEM,
+/// certificate PEM, key PEM), for the test servers the cluster calls (webhooks,
+/// aggregated API servers).
+#[allow(dead_code)]
+pub fn serving_cert(sans: &[&str]) -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(DnType::CommonName, "test-server-ca");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::from_ca_cert_pem(&ca.pem(), ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let params = CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    (ca.pem(), cert.pem(), key.serialize_pem())
+}
+
+/// A test server from `tests/support/<script>` run by python3 with `args`, and the port
+/// it printed once listening. The caller kills it.
+#[allow(dead_code)]
+pub fn spawn_python_server(script: &str, args: &[&std::ffi::OsStr]) -> (std::process::Child, u16) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support").join(script);
+    let mut child = Command::new("python3").arg(path).args(args).stdout(Stdio::piped()).spawn().expect("python3 runs the test server");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let port = line.trim().parse().unwrap_or_else(|_| panic!("{script} prints its port, got {line:?}"));
+    (child, port)
+}
