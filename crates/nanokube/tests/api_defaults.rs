@@ -70,15 +70,17 @@ fn differences(a: &Value, b: &Value, path: &str, out: &mut Vec<String>) {
 #[test]
 fn creates_answer_what_kube_apiserver_1_33_answers() {
     let s = Server::start();
-    let expected: serde_json::Map<String, Value> = serde_json::from_str(
-        &std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/upstream-1.33/defaults-on-create.json")).unwrap(),
-    )
-    .unwrap();
+    let text = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/upstream-1.33/defaults-on-create.json")).unwrap();
+    let expected: serde_json::Map<String, Value> = serde_json::from_str(&text).unwrap();
+    // Created in the file's order, as they were upstream (the LimitRange comes after the
+    // Pod, so the Pod was not limited).
+    let mut in_order: Vec<(&String, &Value)> = expected.iter().collect();
+    in_order.sort_by_key(|(k, _)| text.find(&format!("\"{k}\":")));
     s.k(&["create", "namespace", "defaults"]);
     assert!(common::eventually(std::time::Duration::from_secs(10), || s.kubectl(&["get", "serviceaccount", "default", "-n", "defaults"]).status.success()));
     let mut failures = Vec::new();
     let mut not_served = Vec::new();
-    for (key, want) in &expected {
+    for (key, want) in in_order {
         let sent = want["_sent"].to_string();
         let out = s.k_stdin(&["create", "-n", "defaults", "-o", "json", "-f", "-"], &sent);
         if !out.status.success() {
@@ -144,4 +146,28 @@ fn pod_and_claim_admission_as_upstream() {
     let c: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(c["spec"]["storageClassName"], "fast");
     assert_eq!(c["metadata"]["finalizers"], serde_json::json!(["kubernetes.io/pvc-protection"]));
+}
+
+#[test]
+fn limit_ranges_default_and_bound_container_resources() {
+    let s = Server::start();
+    s.k(&["create", "namespace", "lr"]);
+    let lr = r#"{"apiVersion":"v1","kind":"LimitRange","metadata":{"name":"limits","namespace":"lr"},
+      "spec":{"limits":[{"type":"Container","default":{"cpu":"500m","memory":"128Mi"},"defaultRequest":{"cpu":"100m"},"max":{"cpu":"1"}}]}}"#;
+    let out = s.k_stdin(&["create", "-f", "-"], lr);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Defaulted as upstream's SetDefaults_LimitRangeItem: the memory request from the limit.
+    let stored = s.get_json("/api/v1/namespaces/lr/limitranges/limits").1;
+    assert_eq!(stored["spec"]["limits"][0]["defaultRequest"], serde_json::json!({"cpu": "100m", "memory": "128Mi"}));
+
+    s.k(&["run", "web", "-n", "lr", "--image=nginx"]);
+    let pod = s.get_json("/api/v1/namespaces/lr/pods/web").1;
+    assert_eq!(pod["spec"]["containers"][0]["resources"], serde_json::json!({"limits": {"cpu": "500m", "memory": "128Mi"}, "requests": {"cpu": "100m", "memory": "128Mi"}}));
+    assert_eq!(pod["metadata"]["annotations"]["kubernetes.io/limit-ranger"], "LimitRanger plugin set: cpu, memory request for container web; cpu, memory limit for container web");
+    assert_eq!(pod["status"]["qosClass"], "Burstable", "QoS from the defaulted resources");
+
+    // What a container sets is kept; above the max is refused.
+    let out = s.kubectl(&["run", "big", "-n", "lr", "--image=nginx", "--overrides", r#"{"spec":{"containers":[{"name":"big","image":"nginx","resources":{"limits":{"cpu":"2"}}}]}}"#]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains(r#"pods "big" is forbidden: maximum cpu usage per Container is 1, but limit is 2"#), "{}", String::from_utf8_lossy(&out.stderr));
 }
