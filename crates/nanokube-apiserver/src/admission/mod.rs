@@ -1,4 +1,4 @@
-//! Dynamic admission: the admission webhooks (`MutatingWebhookConfiguration`,
+//! PodSecurity (`pod_security`) and dynamic admission: the admission webhooks (`MutatingWebhookConfiguration`,
 //! `ValidatingWebhookConfiguration`) and `ValidatingAdmissionPolicy` with its bindings,
 //! applied to every write the registry makes, as kube-apiserver's
 //! `MutatingAdmissionWebhook`, `ValidatingAdmissionPolicy` and
@@ -14,6 +14,7 @@
 //! nothing is called when there are none).
 
 mod matching;
+mod pod_security;
 mod policy;
 mod webhook;
 
@@ -169,9 +170,15 @@ pub async fn mutate(registry: &Registry, attrs: &Attributes<'_>, obj: &mut Value
     webhook::run_mutating(registry, attrs, &configs, obj, old).await
 }
 
-/// The validating admission policies, then the validating webhooks. `obj` is `None`
-/// for a delete.
+/// PodSecurity, then the validating admission policies, then the validating webhooks.
+/// `obj` is `None` for a delete.
 pub async fn validate(registry: &Registry, attrs: &Attributes<'_>, obj: Option<&Value>, old: Option<&Value>) -> Result<(), ApiError> {
+    if attrs.def.group.is_empty() && attrs.def.plural == "namespaces" {
+        if let Some(ns) = obj {
+            pod_security::check_namespace_labels(ns)?;
+        }
+    }
+    pod_security::check(registry, attrs, obj)?;
     if !attrs.applies() {
         return Ok(());
     }
