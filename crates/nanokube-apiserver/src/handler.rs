@@ -762,6 +762,10 @@ impl Ctx<'_> {
             }
             "list" => self.list(def).await,
             "watch" => self.watch(def).await,
+            "create" if def.group.is_empty() && def.plural == "bindings" => {
+                let binding = self.decode_body(&body)?;
+                self.bind(ns, meta::name(&binding), &binding).await
+            }
             "create" => {
                 let mut obj = self.decode_body(&body)?;
                 let mut warnings = self.field_validation_with(def, &mut obj, &body)?;
@@ -1331,6 +1335,14 @@ impl Ctx<'_> {
         Ok((updated, warnings))
     }
 
+    /// A Binding: the pod gets its node (answered with a Success Status, as upstream).
+    async fn bind(&self, ns: &str, pod: &str, binding: &Value) -> Result<Response<Body>, ApiError> {
+        let node = binding.pointer("/target/name").and_then(Value::as_str).unwrap_or("");
+        let opts = WriteOptions { dry_run: self.dry_run()?, subresource: None, requester: Some(self.requester.clone()) };
+        self.server.registry.bind(ns, pod, node, &opts).await?;
+        Ok(h::json(StatusCode::CREATED, &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201})))
+    }
+
     async fn subresource(&self, def: &'static ResourceDef, body: Bytes) -> Result<Response<Body>, ApiError> {
         let info = self.info;
         let sub = info.subresource.as_str();
@@ -1358,6 +1370,13 @@ impl Ctx<'_> {
             return Err(ApiError::path_not_found());
         };
         match sdef.name {
+            "binding" => {
+                if self.method != Method::POST {
+                    return Err(ApiError::method_not_allowed("pods/binding supports create only"));
+                }
+                let binding = self.decode_body(&body)?;
+                self.bind(ns, &info.name, &binding).await
+            }
             "token" => {
                 if self.method != Method::POST {
                     return Err(ApiError::method_not_allowed("serviceaccounts/token supports create only"));

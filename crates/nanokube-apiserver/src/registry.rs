@@ -26,6 +26,21 @@ use crate::alloc::ServiceAllocator;
 
 /// Makes `into` hold at `path` (object keys) what `from` holds there: the same value, or
 /// nothing when `from` has none. Objects on the way are made where a value goes.
+/// Put `condition` into `obj.status.conditions`, replacing the one of its type.
+pub fn set_condition(obj: &mut Value, condition: Value) {
+    let ty = condition.get("type").cloned().unwrap_or(Value::Null);
+    if !obj.get("status").is_some_and(Value::is_object) {
+        obj["status"] = json!({});
+    }
+    let list = obj["status"].as_object_mut().map(|s| s.entry("conditions").or_insert_with(|| json!([])));
+    if let Some(Value::Array(list)) = list {
+        match list.iter_mut().find(|c| c.get("type") == Some(&ty)) {
+            Some(c) => *c = condition,
+            None => list.push(condition),
+        }
+    }
+}
+
 fn carry(from: &Value, into: &mut Value, path: &[&str]) {
     let Some((last, parents)) = path.split_last() else { return };
     let value = path.iter().try_fold(from, |v, k| v.get(*k)).cloned();
@@ -1284,6 +1299,31 @@ impl Registry {
         Err(ApiError::conflict(def.plural, def.group, name))
     }
 
+    /// Bind a pod to a node (`pods/{name}/binding`, `bindings`), as upstream's binding
+    /// storage does: the pod must not be assigned or terminating (409 otherwise); it gets
+    /// `spec.nodeName` and a true `PodScheduled` condition.
+    pub async fn bind(&self, namespace: &str, name: &str, node: &str, opts: &WriteOptions) -> Result<Obj, ApiError> {
+        let def = resources::find("", "v1", "pods").ok_or_else(|| ApiError::internal("no pods resource"))?;
+        if node.is_empty() {
+            return Err(ApiError::invalid("Binding", "", name, vec![Cause { reason: "FieldValueRequired".into(), message: "Required value".into(), field: "target.name".into() }]));
+        }
+        let opts = WriteOptions { subresource: Some("binding".into()), ..opts.clone() };
+        self.update_with(def, namespace, name, &opts, |cur| {
+            if meta::is_deleting(cur) {
+                return Err(ApiError::conflict_msg("pods", "", name, &format!("pod {name} is being deleted, cannot be assigned to a host")));
+            }
+            let assigned = cur.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or("");
+            if !assigned.is_empty() {
+                return Err(ApiError::conflict_msg("pods", "", name, &format!("pod {name} is already assigned to node \"{assigned}\"")));
+            }
+            let mut next = cur.clone();
+            next["spec"]["nodeName"] = json!(node);
+            set_condition(&mut next, json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": meta::now_rfc3339()}));
+            Ok(next)
+        })
+        .await
+    }
+
     /// Replace an object (PUT).
     pub async fn update(&self, def: &ResourceDef, namespace: &str, name: &str, obj: Value, opts: &WriteOptions) -> Result<Obj, ApiError> {
         Self::check_type(def, &obj)?;
@@ -1297,14 +1337,18 @@ impl Registry {
         // A status write changes the status only, an approval (CertificateSigningRequests)
         // only the conditions, each with the field manager's record of who did it; any
         // other write keeps the status as it was.
-        let written: Option<&[&str]> = match opts.subresource.as_deref() {
-            Some("status") => Some(&["status"]),
-            Some("approval") => Some(&["status", "conditions"]),
+        // A binding (pods) writes the node and the PodScheduled condition.
+        let written: Option<&[&[&str]]> = match opts.subresource.as_deref() {
+            Some("status") => Some(&[&["status"]]),
+            Some("approval") => Some(&[&["status", "conditions"]]),
+            Some("binding") => Some(&[&["status", "conditions"], &["spec", "nodeName"]]),
             _ => None,
         };
-        if let Some(path) = written {
+        if let Some(paths) = written {
             let mut merged = old.clone();
-            carry(&new, &mut merged, path);
+            for path in paths {
+                carry(&new, &mut merged, path);
+            }
             if let Some(mf) = meta::field(&new, "managedFields") {
                 meta::metadata_mut(&mut merged).insert("managedFields".into(), mf.clone());
             }

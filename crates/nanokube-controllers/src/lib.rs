@@ -14,6 +14,8 @@
 //!   then clear the `kubernetes` finalizer).
 //! - [`crds`]: CustomResourceDefinitions become served resources (status, conditions,
 //!   name conflicts), and their objects are deleted with them.
+//! - [`scheduler`]: kube-scheduler's default profile where it matters on a few nodes.
+//! - [`node_lifecycle`]: not-ready and unreachable nodes tainted, stale ones `Unknown`.
 //! - [`gc`]: the garbage collector (ownerReferences; background, foreground, orphan).
 //! - [`tokens`]: legacy service-account token Secrets.
 //! - [`rbac_policy`]: kube-apiserver 1.33's default RBAC policy (ClusterRoles,
@@ -27,6 +29,8 @@ pub mod crds;
 mod follow;
 pub mod gc;
 pub mod namespaces;
+pub mod node_lifecycle;
 pub mod rbac_aggregation;
 pub mod rbac_policy;
+pub mod scheduler;
 pub mod tokens;

@@ -36,6 +36,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+/// The pod CIDR of the node (pod IPs live in 127/8, as every address here does).
+pub const POD_CIDR: &str = "127.244.0.0/16";
+
 /// How to start a cluster.
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
@@ -72,6 +75,14 @@ pub struct ClusterConfig {
     pub legacy_service_account_token_secrets: bool,
     /// `iss` of bound service-account tokens.
     pub service_account_issuer: String,
+    /// Also be a node (register a Node and keep its Lease), as `nanokube server` is by
+    /// default; `false` runs a control plane only.
+    pub node: bool,
+    /// The Node's name (default: the host name, lowercased, as kubelet's).
+    pub node_name: Option<String>,
+    /// Run the scheduler (default true; `false` leaves pods unassigned, as a bare
+    /// kube-apiserver does).
+    pub scheduler: bool,
 }
 
 impl ClusterConfig {
@@ -94,6 +105,9 @@ impl ClusterConfig {
             audit_log_path: None,
             legacy_service_account_token_secrets: true,
             service_account_issuer: "https://kubernetes.default.svc.cluster.local".into(),
+            node: true,
+            node_name: None,
+            scheduler: true,
         }
     }
 }
@@ -290,6 +304,22 @@ impl Cluster {
             let (r, ca, front_proxy_ca) = (registry.clone(), pki.ca_pem.clone(), pki.front_proxy_ca_pem.clone());
             second.spawn(async move { nanokube_controllers::apiservices::ensure_extension_authentication(&r, &ca, &front_proxy_ca).await });
         }
+        let node_agent = cfg.node.then(|| {
+            Arc::new(nanokube_node::NodeAgent::new(
+                registry.clone(),
+                nanokube_node::NodeConfig {
+                    name: cfg.node_name.clone().unwrap_or_else(nanokube_node::machine::hostname),
+                    internal_ip: advertise.to_string(),
+                    pod_cidr: POD_CIDR.into(),
+                    data_dir: cfg.data_dir.clone(),
+                    version: nanokube_apiserver::discovery::GIT_VERSION.into(),
+                },
+            ))
+        });
+        if let Some(agent) = &node_agent {
+            let agent = agent.clone();
+            second.spawn(async move { agent.register().await.map_err(|e| nanokube_api::ApiError::internal(format!("registering the node: {e}"))) });
+        }
         while let Some(r) = second.join_next().await {
             r.map_err(|e| e.to_string())?.map_err(|e| format!("bootstrap: {e}"))?;
         }
@@ -299,6 +329,13 @@ impl Cluster {
         tasks.spawn(Arc::new(nanokube_controllers::crds::CrdController::new(registry.clone())).run(shutdown_rx.clone()));
         tasks.spawn(Arc::new(nanokube_controllers::gc::GarbageCollector::new(registry.clone())).run(shutdown_rx.clone()));
         tasks.spawn(nanokube_controllers::apiservices::run(registry.clone(), shutdown_rx.clone()));
+        tasks.spawn(nanokube_controllers::node_lifecycle::run(registry.clone(), shutdown_rx.clone()));
+        if cfg.scheduler {
+            tasks.spawn(Arc::new(nanokube_controllers::scheduler::Scheduler::new(registry.clone())).run(shutdown_rx.clone()));
+        }
+        if let Some(agent) = node_agent {
+            tasks.spawn(agent.run(shutdown_rx.clone()));
+        }
         tasks.spawn(api.aggregator.clone().run(registry.clone(), shutdown_rx.clone()));
         let token_controller = Arc::new(TokenController::new(registry.clone(), issuer.clone(), pki.ca_pem.clone(), cfg.legacy_service_account_token_secrets));
         tasks.spawn(token_controller.run(shutdown_rx.clone()));

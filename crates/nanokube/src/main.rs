@@ -260,6 +260,17 @@ struct ServerArgs {
     /// The `iss` claim of bound service-account tokens.
     #[arg(long, default_value = "https://kubernetes.default.svc.cluster.local")]
     service_account_issuer: String,
+    /// Also be a node: register a Node (and its Lease) that pods are scheduled to;
+    /// `--node=false` runs a control plane only.
+    #[arg(long, default_value_t = true, action = ArgAction::Set)]
+    node: bool,
+    /// The Node's name (default: the host name, lowercased).
+    #[arg(long)]
+    node_name: Option<String>,
+    /// Run the scheduler; `--scheduler=false` leaves pods unassigned, as a bare
+    /// kube-apiserver does.
+    #[arg(long, default_value_t = true, action = ArgAction::Set)]
+    scheduler: bool,
 }
 
 /// A Go-style duration (`30s`, `1m30s`, `500ms`, `0`).
@@ -515,6 +526,9 @@ async fn run_server(args: ServerArgs, started: Instant) -> i32 {
         audit_log_path: args.audit_log_path,
         legacy_service_account_token_secrets: args.legacy_service_account_token_secrets,
         service_account_issuer: args.service_account_issuer,
+        node: args.node,
+        node_name: args.node_name,
+        scheduler: args.scheduler,
     };
     let cluster = match Cluster::start(cfg).await {
         Ok(c) => c,

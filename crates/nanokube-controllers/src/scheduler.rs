@@ -1,0 +1,554 @@
+//! The scheduler: kube-scheduler's default profile where it matters on a few nodes.
+//!
+//! Pods with no `spec.nodeName` whose `schedulerName` is `default-scheduler` (or unset)
+//! are placed on a node that passes the filters, in upstream's order and words:
+//! NodeUnschedulable (`node(s) were unschedulable`), TaintToleration (`node(s) had
+//! untolerated taint {key: value}`), NodeAffinity with the node selector and required
+//! node affinity (`node(s) didn't match Pod's node affinity/selector`), NodePorts
+//! (`node(s) didn't have free ports for the requested pod ports`) and NodeResourcesFit
+//! (`Insufficient cpu`, `Insufficient memory`, `Too many pods`). Among the nodes that
+//! pass, the least requested one wins (LeastAllocated), so pods spread. The pod is bound
+//! through the registry's binding (`spec.nodeName`, `PodScheduled=True`) with a
+//! `Scheduled` event; a pod no node takes gets `PodScheduled=False` (`Unschedulable`)
+//! and a `FailedScheduling` event with upstream's message (`0/1 nodes are available: 1
+//! Insufficient cpu. preemption: ...`), and is tried again when a node or another pod
+//! changes, or every 30 seconds. Events are `events.k8s.io/v1` from `default-scheduler`.
+//!
+//! Objects are read typed (k8s-openapi). Not here: preemption (the message says what it
+//! would find), inter-pod affinity, topology spread, volume filters, scheduling gates'
+//! `SchedulingGated` condition, and scores beyond LeastAllocated.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Node, NodeSelectorRequirement, Pod, Taint, Toleration};
+use nanokube_api::expressions::parse_quantity;
+use nanokube_api::{meta, resources};
+use nanokube_apiserver::registry::{self, ListOptions, Registry, WriteOptions};
+use nanokube_store::EventKind;
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, watch};
+
+use crate::follow::{follow, Change};
+
+/// The scheduler's name in pods' `schedulerName` and its events.
+pub const NAME: &str = "default-scheduler";
+/// How often unschedulable pods are tried again with nothing changed.
+const RETRY: Duration = Duration::from_secs(30);
+
+fn def(group: &str, plural: &str) -> &'static resources::ResourceDef {
+    resources::find(group, "v1", plural).expect("built-in resource")
+}
+
+/// What a pod asks of a node.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Demand {
+    /// Requests by resource name: cpu in cores, everything else in its unit.
+    requests: BTreeMap<String, f64>,
+    /// (protocol, hostPort) pairs.
+    host_ports: Vec<(String, i32)>,
+}
+
+impl Demand {
+    /// kube-scheduler's pod request: containers summed, each init container's the floor
+    /// (sidecars, restartPolicy Always, add to the sum), plus the overhead.
+    fn of(pod: &Pod) -> Demand {
+        let mut d = Demand::default();
+        let Some(spec) = &pod.spec else { return d };
+        let req = |c: &k8s_openapi::api::core::v1::Container| -> BTreeMap<String, f64> {
+            c.resources
+                .as_ref()
+                .and_then(|r| r.requests.as_ref())
+                .map(|m| m.iter().filter_map(|(k, q)| parse_quantity(&q.0).map(|v| (k.clone(), v))).collect())
+                .unwrap_or_default()
+        };
+        let mut sum: BTreeMap<String, f64> = BTreeMap::new();
+        for c in &spec.containers {
+            for (k, v) in req(c) {
+                *sum.entry(k).or_default() += v;
+            }
+        }
+        let mut sidecars: BTreeMap<String, f64> = BTreeMap::new();
+        let mut floor: BTreeMap<String, f64> = BTreeMap::new();
+        for c in spec.init_containers.iter().flatten() {
+            let r = req(c);
+            if c.restart_policy.as_deref() == Some("Always") {
+                for (k, v) in r {
+                    *sidecars.entry(k).or_default() += v;
+                }
+            } else {
+                for (k, v) in r {
+                    let with_sidecars = v + sidecars.get(&k).copied().unwrap_or(0.0);
+                    let e = floor.entry(k).or_default();
+                    *e = e.max(with_sidecars);
+                }
+            }
+        }
+        for (k, v) in sidecars {
+            *sum.entry(k).or_default() += v;
+        }
+        for (k, v) in floor {
+            let e = sum.entry(k).or_default();
+            *e = e.max(v);
+        }
+        for (k, q) in spec.overhead.iter().flatten() {
+            if let Some(v) = parse_quantity(&q.0) {
+                *sum.entry(k.clone()).or_default() += v;
+            }
+        }
+        d.requests = sum;
+        for c in spec.containers.iter().chain(spec.init_containers.iter().flatten()) {
+            for p in c.ports.iter().flatten() {
+                if let Some(hp) = p.host_port.filter(|h| *h > 0) {
+                    d.host_ports.push((p.protocol.clone().unwrap_or_else(|| "TCP".into()), hp));
+                }
+            }
+        }
+        d
+    }
+}
+
+/// Why a node does not take a pod (upstream's words), and whether preemption could help.
+#[derive(Debug, Clone, PartialEq)]
+struct Misfit {
+    reasons: Vec<String>,
+    preemption_may_help: bool,
+}
+
+fn tolerates(tolerations: &[Toleration], taint: &Taint) -> bool {
+    tolerations.iter().any(|t| {
+        let effect_ok = t.effect.as_deref().is_none_or(|e| e.is_empty() || e == taint.effect);
+        let key_ok = match t.key.as_deref() {
+            None | Some("") => t.operator.as_deref() == Some("Exists"),
+            Some(k) => k == taint.key,
+        };
+        let value_ok = match t.operator.as_deref() {
+            Some("Exists") => true,
+            _ => t.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or(""),
+        };
+        effect_ok && key_ok && value_ok
+    })
+}
+
+fn requirement_matches(r: &NodeSelectorRequirement, value: Option<&str>) -> bool {
+    let values = r.values.as_deref().unwrap_or_default();
+    match r.operator.as_str() {
+        "In" => value.is_some_and(|v| values.iter().any(|x| x == v)),
+        "NotIn" => value.is_none_or(|v| !values.iter().any(|x| x == v)),
+        "Exists" => value.is_some(),
+        "DoesNotExist" => value.is_none(),
+        "Gt" | "Lt" => {
+            let (Some(v), Some(bound)) = (value.and_then(|v| v.parse::<i64>().ok()), values.first().and_then(|b| b.parse::<i64>().ok())) else { return false };
+            if r.operator == "Gt" {
+                v > bound
+            } else {
+                v < bound
+            }
+        }
+        _ => false,
+    }
+}
+
+/// The node selector and required node affinity.
+fn affinity_matches(pod: &Pod, node: &Node) -> bool {
+    let labels = node.metadata.labels.clone().unwrap_or_default();
+    let Some(spec) = &pod.spec else { return true };
+    if let Some(sel) = &spec.node_selector {
+        if !sel.iter().all(|(k, v)| labels.get(k) == Some(v)) {
+            return false;
+        }
+    }
+    let required = spec.affinity.as_ref().and_then(|a| a.node_affinity.as_ref()).and_then(|n| n.required_during_scheduling_ignored_during_execution.as_ref());
+    let Some(required) = required else { return true };
+    let node_name = node.metadata.name.clone().unwrap_or_default();
+    required.node_selector_terms.iter().any(|term| {
+        let exprs_ok = term.match_expressions.iter().flatten().all(|r| requirement_matches(r, labels.get(&r.key).map(String::as_str)));
+        let fields_ok = term.match_fields.iter().flatten().all(|r| r.key == "metadata.name" && requirement_matches(r, Some(&node_name)));
+        let empty = term.match_expressions.as_ref().is_none_or(Vec::is_empty) && term.match_fields.as_ref().is_none_or(Vec::is_empty);
+        !empty && exprs_ok && fields_ok
+    })
+}
+
+/// What is already placed on a node: requests summed, host ports, pod count.
+#[derive(Debug, Default, Clone)]
+struct Usage {
+    requests: BTreeMap<String, f64>,
+    host_ports: Vec<(String, i32)>,
+    pods: usize,
+}
+
+fn allocatable(node: &Node) -> BTreeMap<String, f64> {
+    node.status.as_ref().and_then(|s| s.allocatable.as_ref()).map(|m| m.iter().filter_map(|(k, q)| parse_quantity(&q.0).map(|v| (k.clone(), v))).collect()).unwrap_or_default()
+}
+
+/// The filters, in the default profile's order; `Ok` when the node takes the pod.
+fn filter(pod: &Pod, demand: &Demand, node: &Node, usage: &Usage) -> Result<(), Misfit> {
+    let unresolvable = |reason: String| Misfit { reasons: vec![reason], preemption_may_help: false };
+    let tolerations = pod.spec.as_ref().and_then(|s| s.tolerations.clone()).unwrap_or_default();
+    let spec = node.spec.clone().unwrap_or_default();
+    if spec.unschedulable == Some(true) {
+        let taint = Taint { key: "node.kubernetes.io/unschedulable".into(), effect: "NoSchedule".into(), ..Default::default() };
+        if !tolerates(&tolerations, &taint) {
+            return Err(unresolvable("node(s) were unschedulable".into()));
+        }
+    }
+    for taint in spec.taints.iter().flatten() {
+        if (taint.effect == "NoSchedule" || taint.effect == "NoExecute") && !tolerates(&tolerations, taint) {
+            return Err(unresolvable(format!("node(s) had untolerated taint {{{}: {}}}", taint.key, taint.value.as_deref().unwrap_or(""))));
+        }
+    }
+    if !affinity_matches(pod, node) {
+        return Err(unresolvable("node(s) didn't match Pod's node affinity/selector".into()));
+    }
+    if demand.host_ports.iter().any(|p| usage.host_ports.contains(p)) {
+        return Err(Misfit { reasons: vec!["node(s) didn't have free ports for the requested pod ports".into()], preemption_may_help: true });
+    }
+    let alloc = allocatable(node);
+    let mut reasons = Vec::new();
+    if usage.pods + 1 > alloc.get("pods").copied().unwrap_or(0.0) as usize {
+        reasons.push("Too many pods".to_string());
+    }
+    for (k, want) in &demand.requests {
+        if *want <= 0.0 {
+            continue;
+        }
+        let free = alloc.get(k).copied().unwrap_or(0.0) - usage.requests.get(k).copied().unwrap_or(0.0);
+        if *want > free + 1e-9 {
+            reasons.push(format!("Insufficient {k}"));
+        }
+    }
+    if reasons.is_empty() {
+        Ok(())
+    } else {
+        Err(Misfit { reasons, preemption_may_help: true })
+    }
+}
+
+/// LeastAllocated over cpu and memory (0–100): the emptier node scores higher.
+fn score(node: &Node, demand: &Demand, usage: &Usage) -> f64 {
+    let alloc = allocatable(node);
+    let mut total = 0.0;
+    for k in ["cpu", "memory"] {
+        let cap = alloc.get(k).copied().unwrap_or(0.0);
+        if cap <= 0.0 {
+            continue;
+        }
+        let used = usage.requests.get(k).copied().unwrap_or(0.0) + demand.requests.get(k).copied().unwrap_or(0.0);
+        total += ((cap - used) / cap).max(0.0) * 100.0;
+    }
+    total / 2.0
+}
+
+/// Upstream's FailedScheduling message for `n` nodes and what each said.
+fn failure_message(n: usize, misfits: &[Misfit]) -> String {
+    if n == 0 {
+        return "no nodes available to schedule pods".into();
+    }
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    let mut preemption: BTreeMap<&str, usize> = BTreeMap::new();
+    for m in misfits {
+        for r in &m.reasons {
+            *counts.entry(r.clone()).or_default() += 1;
+        }
+        *preemption.entry(if m.preemption_may_help { "No preemption victims found for incoming pod" } else { "Preemption is not helpful for scheduling" }).or_default() += 1;
+    }
+    let join = |m: Vec<String>| m.join(", ");
+    format!(
+        "0/{n} nodes are available: {}. preemption: 0/{n} nodes are available: {}.",
+        join(counts.into_iter().map(|(r, c)| format!("{c} {r}")).collect()),
+        join(preemption.into_iter().map(|(r, c)| format!("{c} {r}")).collect())
+    )
+}
+
+/// The scheduler's state: pods waiting, what each node holds, and what was last said.
+#[derive(Default)]
+struct State {
+    /// Pending pods by key, with the cluster generation they were last tried at.
+    pending: BTreeMap<String, (Pod, u64)>,
+    /// Bound, non-terminal pods: key → (node, demand).
+    bound: HashMap<String, (String, Demand)>,
+    /// Bumped by every change that could let a waiting pod fit.
+    generation: u64,
+    /// The last FailedScheduling message per pod, so an unchanged verdict is not repeated.
+    said: HashMap<String, String>,
+}
+
+/// The scheduler.
+pub struct Scheduler {
+    registry: Arc<Registry>,
+}
+
+fn key(pod: &Pod) -> String {
+    format!("{}/{}", pod.metadata.namespace.as_deref().unwrap_or(""), pod.metadata.name.as_deref().unwrap_or(""))
+}
+
+fn ours(pod: &Pod) -> bool {
+    let spec = pod.spec.as_ref();
+    let name = spec.and_then(|s| s.scheduler_name.as_deref()).unwrap_or(NAME);
+    let gated = spec.and_then(|s| s.scheduling_gates.as_ref()).is_some_and(|g| !g.is_empty());
+    name == NAME && !gated
+}
+
+fn terminal(pod: &Pod) -> bool {
+    matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"))
+}
+
+impl Scheduler {
+    /// A scheduler writing through `registry`.
+    pub fn new(registry: Arc<Registry>) -> Self {
+        Scheduler { registry }
+    }
+
+    /// Schedule until shutdown: read every pod once, then follow pods and nodes.
+    pub async fn run(self: Arc<Self>, shutdown: watch::Receiver<bool>) {
+        let (tx, mut rx) = mpsc::unbounded_channel::<(EventKind, Value, bool)>();
+        let start = self.registry.store().current_revision();
+        let mut state = State::default();
+        if let Ok(list) = self.registry.list(def("", "pods"), None, &ListOptions::default()) {
+            for o in &list.items {
+                self.observe(&mut state, EventKind::Created, o.value());
+            }
+        }
+        for (plural, is_node) in [("pods", false), ("nodes", true)] {
+            let (tx, sd, store) = (tx.clone(), shutdown.clone(), self.registry.store().clone());
+            let prefix = def("", plural).key_prefix();
+            tokio::spawn(async move {
+                follow(store, &prefix, start, sd, |c: Change<'_>| match c {
+                    Change::Event(ev) => match registry::decode(&ev.kv) {
+                        Ok(o) => tx.send((ev.kind, o.value().clone(), is_node)).is_ok(),
+                        Err(_) => true,
+                    },
+                    Change::Resync => tx.send((EventKind::Updated, Value::Null, true)).is_ok(),
+                })
+                .await
+            });
+        }
+        let mut shutdown = shutdown;
+        let mut retry = tokio::time::interval(RETRY);
+        loop {
+            self.schedule_pending(&mut state).await;
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = retry.tick() => state.generation += 1,
+                Some((kind, obj, is_node)) = rx.recv() => {
+                    let mut next = Some((kind, obj, is_node));
+                    // Take what else is waiting, so a burst of creates is one pass.
+                    while let Some((kind, obj, is_node)) = next.take() {
+                        if is_node {
+                            state.generation += 1;
+                        } else {
+                            self.observe(&mut state, kind, &obj);
+                        }
+                        next = rx.try_recv().ok();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Take one pod event into the state.
+    fn observe(&self, state: &mut State, kind: EventKind, obj: &Value) {
+        let Ok(pod) = serde_json::from_value::<Pod>(obj.clone()) else { return };
+        let k = key(&pod);
+        let node = pod.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default();
+        let gone = kind == EventKind::Deleted || terminal(&pod);
+        if gone || !node.is_empty() {
+            state.pending.remove(&k);
+            state.said.remove(&k);
+        }
+        let was_bound = state.bound.remove(&k).is_some();
+        if gone {
+            if was_bound {
+                state.generation += 1; // room freed on a node
+            }
+            return;
+        }
+        if !node.is_empty() {
+            state.bound.insert(k, (node, Demand::of(&pod)));
+        } else if ours(&pod) && pod.metadata.deletion_timestamp.is_none() {
+            let tried = state.pending.get(&k).map(|(_, g)| *g);
+            // A changed pod (its tolerations, say) is tried again.
+            let unchanged = state.pending.get(&k).is_some_and(|(p, _)| p.spec == pod.spec);
+            state.pending.insert(k, (pod, if unchanged { tried.unwrap_or(u64::MAX) } else { u64::MAX }));
+        }
+    }
+
+    /// Try every pending pod not tried since the cluster last changed.
+    async fn schedule_pending(&self, state: &mut State) {
+        let due: Vec<String> = state.pending.iter().filter(|(_, (_, g))| *g != state.generation).map(|(k, _)| k.clone()).collect();
+        if due.is_empty() {
+            return;
+        }
+        let nodes: Vec<Node> = match self.registry.list(def("", "nodes"), None, &ListOptions::default()) {
+            Ok(l) => l.items.iter().filter_map(|o| serde_json::from_value(o.value().clone()).ok()).collect(),
+            Err(_) => return,
+        };
+        let mut usage: HashMap<String, Usage> = HashMap::new();
+        for (node, demand) in state.bound.values() {
+            let u = usage.entry(node.clone()).or_default();
+            for (k, v) in &demand.requests {
+                *u.requests.entry(k.clone()).or_default() += v;
+            }
+            u.host_ports.extend(demand.host_ports.iter().cloned());
+            u.pods += 1;
+        }
+        for k in due {
+            let Some((pod, _)) = state.pending.get(&k).cloned() else { continue };
+            let demand = Demand::of(&pod);
+            let mut misfits = Vec::new();
+            let mut best: Option<(f64, &Node)> = None;
+            for node in &nodes {
+                let name = node.metadata.name.clone().unwrap_or_default();
+                let u = usage.get(&name).cloned().unwrap_or_default();
+                match filter(&pod, &demand, node, &u) {
+                    Ok(()) => {
+                        let s = score(node, &demand, &u);
+                        if best.is_none_or(|(b, _)| s > b) {
+                            best = Some((s, node));
+                        }
+                    }
+                    Err(m) => misfits.push(m),
+                }
+            }
+            let generation = state.generation;
+            match best {
+                Some((_, node)) => {
+                    let node_name = node.metadata.name.clone().unwrap_or_default();
+                    if self.bind(&pod, &node_name).await {
+                        let u = usage.entry(node_name.clone()).or_default();
+                        for (r, v) in &demand.requests {
+                            *u.requests.entry(r.clone()).or_default() += v;
+                        }
+                        u.host_ports.extend(demand.host_ports.iter().cloned());
+                        u.pods += 1;
+                        state.pending.remove(&k);
+                        state.said.remove(&k);
+                        state.bound.insert(k, (node_name, demand));
+                    } else if let Some(p) = state.pending.get_mut(&k) {
+                        p.1 = generation;
+                    }
+                }
+                None => {
+                    let message = failure_message(nodes.len(), &misfits);
+                    if state.said.get(&k) != Some(&message) {
+                        self.unschedulable(&pod, &message).await;
+                        state.said.insert(k.clone(), message);
+                    }
+                    if let Some(p) = state.pending.get_mut(&k) {
+                        p.1 = generation;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn bind(&self, pod: &Pod, node: &str) -> bool {
+        let (ns, name) = (pod.metadata.namespace.as_deref().unwrap_or(""), pod.metadata.name.as_deref().unwrap_or(""));
+        match self.registry.bind(ns, name, node, &WriteOptions::default()).await {
+            Ok(_) => {
+                self.event(pod, "Normal", "Scheduled", "Binding", &format!("Successfully assigned {ns}/{name} to {node}")).await;
+                true
+            }
+            Err(e) => {
+                tracing::debug!(pod = %key(pod), "binding failed: {}", e.message);
+                false
+            }
+        }
+    }
+
+    async fn unschedulable(&self, pod: &Pod, message: &str) {
+        let (ns, name) = (pod.metadata.namespace.as_deref().unwrap_or(""), pod.metadata.name.as_deref().unwrap_or(""));
+        let opts = WriteOptions { subresource: Some("status".into()), ..Default::default() };
+        let result = self
+            .registry
+            .update_with(def("", "pods"), ns, name, &opts, |cur| {
+                let mut next = cur.clone();
+                let same = cur.pointer("/status/conditions").and_then(Value::as_array).and_then(|cs| cs.iter().find(|c| c["type"] == "PodScheduled")).cloned();
+                let since = match same {
+                    Some(c) if c["status"] == "False" => c["lastTransitionTime"].clone(),
+                    _ => json!(meta::now_rfc3339()),
+                };
+                registry::set_condition(
+                    &mut next,
+                    json!({"type": "PodScheduled", "status": "False", "lastProbeTime": null, "lastTransitionTime": since, "reason": "Unschedulable", "message": message}),
+                );
+                Ok(next)
+            })
+            .await;
+        if let Err(e) = result {
+            tracing::debug!(pod = %key(pod), "writing PodScheduled: {}", e.message);
+        }
+        self.event(pod, "Warning", "FailedScheduling", "Scheduling", message).await;
+    }
+
+    /// An `events.k8s.io/v1` Event about `pod`, as kube-scheduler records them.
+    async fn event(&self, pod: &Pod, ty: &str, reason: &str, action: &str, note: &str) {
+        let (ns, name) = (pod.metadata.namespace.as_deref().unwrap_or(""), pod.metadata.name.as_deref().unwrap_or(""));
+        let now = time::OffsetDateTime::now_utc();
+        let event_time = format!("{}.{:06}Z", meta::now_rfc3339().trim_end_matches('Z'), now.microsecond());
+        let ev = json!({
+            "apiVersion": "events.k8s.io/v1",
+            "kind": "Event",
+            "metadata": {"name": format!("{name}.{:016x}", fastrand::u64(..)), "namespace": ns},
+            "eventTime": event_time,
+            "reportingController": NAME,
+            "reportingInstance": format!("{NAME}-{}", hostname()),
+            "action": action,
+            "reason": reason,
+            "regarding": {"kind": "Pod", "namespace": ns, "name": name, "uid": pod.metadata.uid.clone().unwrap_or_default(), "apiVersion": "v1", "resourceVersion": pod.metadata.resource_version.clone().unwrap_or_default()},
+            "note": note,
+            "type": ty,
+        });
+        let events = resources::find("events.k8s.io", "v1", "events").expect("built-in resource");
+        if let Err(e) = self.registry.create(events, ns, ev, &WriteOptions::default()).await {
+            tracing::debug!(pod = %key(pod), "recording event {reason}: {}", e.message);
+        }
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_lowercase()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(json: Value) -> Node {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn messages_are_upstreams() {
+        assert_eq!(failure_message(0, &[]), "no nodes available to schedule pods");
+        let cpu = Misfit { reasons: vec!["Insufficient cpu".into()], preemption_may_help: true };
+        assert_eq!(
+            failure_message(1, &[cpu]),
+            "0/1 nodes are available: 1 Insufficient cpu. preemption: 0/1 nodes are available: 1 No preemption victims found for incoming pod."
+        );
+        let taint = Misfit { reasons: vec!["node(s) had untolerated taint {node.kubernetes.io/not-ready: }".into()], preemption_may_help: false };
+        assert_eq!(
+            failure_message(1, &[taint]),
+            "0/1 nodes are available: 1 node(s) had untolerated taint {node.kubernetes.io/not-ready: }. preemption: 0/1 nodes are available: 1 Preemption is not helpful for scheduling."
+        );
+    }
+
+    #[test]
+    fn filters_in_order() {
+        let n = node(json!({"metadata": {"name": "n", "labels": {"disk": "ssd"}}, "spec": {"taints": [{"key": "k", "value": "v", "effect": "NoSchedule"}]},
+            "status": {"allocatable": {"cpu": "2", "memory": "1Gi", "pods": "110"}}}));
+        let pod = |spec: Value| -> Pod { serde_json::from_value(json!({"metadata": {"name": "p"}, "spec": spec})).unwrap() };
+        let plain = pod(json!({"containers": [{"name": "c"}]}));
+        let d = Demand::of(&plain);
+        assert_eq!(filter(&plain, &d, &n, &Usage::default()).unwrap_err().reasons, ["node(s) had untolerated taint {k: v}"]);
+        let tolerant = pod(json!({"containers": [{"name": "c", "resources": {"requests": {"cpu": "3"}}}], "tolerations": [{"key": "k", "operator": "Exists"}]}));
+        let d = Demand::of(&tolerant);
+        assert_eq!(d.requests["cpu"], 3.0);
+        assert_eq!(filter(&tolerant, &d, &n, &Usage::default()).unwrap_err().reasons, ["Insufficient cpu"]);
+        let picky = pod(json!({"containers": [{"name": "c"}], "tolerations": [{"operator": "Exists"}], "nodeSelector": {"disk": "hdd"}}));
+        assert_eq!(filter(&picky, &Demand::of(&picky), &n, &Usage::default()).unwrap_err().reasons, ["node(s) didn't match Pod's node affinity/selector"]);
+        let fits = pod(json!({"containers": [{"name": "c", "resources": {"requests": {"cpu": "500m"}}}], "tolerations": [{"operator": "Exists"}]}));
+        assert!(filter(&fits, &Demand::of(&fits), &n, &Usage::default()).is_ok());
+    }
+}

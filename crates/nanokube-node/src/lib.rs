@@ -1,0 +1,93 @@
+//! nanokube's node agent: what kubelet does for the node itself.
+//!
+//! - [`machine`]: what the machine is (CPUs, memory, disk, kernel, OS, machine and boot
+//!   IDs), read from `/proc`, `/etc` and `statvfs`.
+//! - [`node`]: the Node object built from it, as kubelet registers it (labels,
+//!   addresses, capacity and allocatable, conditions with kubelet's reasons, `nodeInfo`,
+//!   `daemonEndpoints`, the pod CIDR), and its status kept current.
+//! - [`lease`]: the node's Lease in `kube-node-lease`, renewed every 10 seconds.
+//!
+//! [`NodeAgent::run`] registers the node and keeps both. The agent reads and writes typed
+//! objects (k8s-openapi) through the same registry as every other writer.
+//!
+//! Not here yet: running pods. Until a container runtime is built in, the node reports
+//! `Ready=False` with a message saying so, and the node lifecycle controller taints it
+//! `node.kubernetes.io/not-ready`, so the scheduler tells pods why they wait, as upstream
+//! does for a node whose runtime is down.
+
+pub mod lease;
+pub mod machine;
+pub mod node;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use nanokube_apiserver::registry::Registry;
+use tokio::sync::watch;
+
+/// How the node presents itself.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// The Node's name (kubelet: the host name, lowercased).
+    pub name: String,
+    /// The node's address (`InternalIP`), where its pods' traffic arrives.
+    pub internal_ip: String,
+    /// The pod CIDR (`spec.podCIDR`).
+    pub pod_cidr: String,
+    /// Where the agent keeps its files (measured for ephemeral-storage).
+    pub data_dir: std::path::PathBuf,
+    /// The kubelet version reported (the server's).
+    pub version: String,
+}
+
+/// How often the Lease is renewed (kubelet: `nodeLeaseDurationSeconds` 40 / 4).
+pub const LEASE_RENEW: Duration = Duration::from_secs(10);
+/// How often the node status is written when nothing changed (kubelet's
+/// `nodeStatusReportFrequency`).
+pub const STATUS_REPORT: Duration = Duration::from_secs(300);
+/// How often the conditions are re-evaluated (kubelet's `nodeStatusUpdateFrequency`).
+pub const STATUS_CHECK: Duration = Duration::from_secs(10);
+
+/// The node agent.
+pub struct NodeAgent {
+    registry: Arc<Registry>,
+    config: NodeConfig,
+}
+
+impl NodeAgent {
+    /// An agent for `config`, writing through `registry`.
+    pub fn new(registry: Arc<Registry>, config: NodeConfig) -> Self {
+        NodeAgent { registry, config }
+    }
+
+    /// Register the node (or update the registered one) and create its Lease.
+    pub async fn register(&self) -> Result<(), String> {
+        node::register(&self.registry, &self.config).await?;
+        lease::renew(&self.registry, &self.config.name).await
+    }
+
+    /// Keep the Lease renewed and the status current until shutdown.
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut lease_tick = tokio::time::interval(LEASE_RENEW);
+        let mut status_tick = tokio::time::interval(STATUS_CHECK);
+        let mut last_report = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = lease_tick.tick() => {
+                    if let Err(e) = lease::renew(&self.registry, &self.config.name).await {
+                        tracing::warn!(node = %self.config.name, "renewing the node lease: {e}");
+                    }
+                }
+                _ = status_tick.tick() => {
+                    let report = last_report.elapsed() >= STATUS_REPORT;
+                    match node::update_status(&self.registry, &self.config, report).await {
+                        Ok(true) => last_report = tokio::time::Instant::now(),
+                        Ok(false) => {}
+                        Err(e) => tracing::warn!(node = %self.config.name, "updating the node status: {e}"),
+                    }
+                }
+            }
+        }
+    }
+}
