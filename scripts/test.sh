@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of nanokube: unit and integration tests (cargo, with the real
-# kubectl 1.27-1.33, curl and SQLite), then the Python `kubernetes` client tests.
+# kubectl 1.27-1.33, curl, SQLite, Python test servers, busybox-static, Debian's
+# docker-registry and skopeo), then the Python `kubernetes` client tests.
 # Installs what the tests need from the package registries first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,6 +9,11 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v curl >/dev/null || need_apt+=(curl)
 command -v python3 >/dev/null || need_apt+=(python3 python3-venv)
+# Image tests: a rootfs binary for test images, a real registry, and skopeo to convert
+# and push archives (Debian's packages).
+[ -x /bin/busybox ] || need_apt+=(busybox-static)
+command -v docker-registry >/dev/null || need_apt+=(docker-registry)
+command -v skopeo >/dev/null || need_apt+=(skopeo)
 if ((${#need_apt[@]})); then
   apt-get update -qq && apt-get install -y -qq "${need_apt[@]}"
 fi

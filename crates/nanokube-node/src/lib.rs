@@ -38,6 +38,8 @@ pub struct NodeConfig {
     pub data_dir: std::path::PathBuf,
     /// The kubelet version reported (the server's).
     pub version: String,
+    /// The node's image store (listed in `status.images`).
+    pub images: Option<nanokube_runtime::ImageStore>,
 }
 
 /// How often the Lease is renewed (kubelet: `nodeLeaseDurationSeconds` 40 / 4).

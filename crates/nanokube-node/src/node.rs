@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeSpec, NodeStatus, NodeSystemInfo, Taint};
+use k8s_openapi::api::core::v1::{ContainerImage, DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeSpec, NodeStatus, NodeSystemInfo, Taint};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use nanokube_api::{meta, resources};
@@ -99,6 +99,9 @@ pub fn build(config: &NodeConfig, m: &Machine) -> Node {
                     })
                     .collect(),
             ),
+            images: config.images.as_ref().map(|store| {
+                store.node_images().into_iter().map(|(names, size)| ContainerImage { names: Some(names), size_bytes: Some(size as i64) }).collect()
+            }),
             daemon_endpoints: Some(NodeDaemonEndpoints { kubelet_endpoint: Some(DaemonEndpoint { port: KUBELET_PORT }) }),
             node_info: Some(NodeSystemInfo {
                 architecture: m.architecture.into(),
@@ -185,7 +188,7 @@ pub async fn update_status(registry: &Registry, config: &NodeConfig, report: boo
     let key = |v: &Value| -> Vec<(Value, Value, Value)> {
         v.pointer("/status/conditions").and_then(Value::as_array).map(|cs| cs.iter().map(|c| (c["type"].clone(), c["status"].clone(), c["reason"].clone())).collect()).unwrap_or_default()
     };
-    let changed = key(cur) != key(&want) || cur.pointer("/status/capacity") != want.pointer("/status/capacity");
+    let changed = key(cur) != key(&want) || cur.pointer("/status/capacity") != want.pointer("/status/capacity") || cur.pointer("/status/images") != want.pointer("/status/images");
     if !changed && !report {
         return Ok(false);
     }

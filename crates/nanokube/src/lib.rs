@@ -9,6 +9,7 @@
 pub mod bench;
 pub mod client;
 pub mod config;
+pub mod images;
 pub mod proxy;
 #[cfg(feature = "test-cluster")]
 pub mod testing;
@@ -304,6 +305,19 @@ impl Cluster {
             let (r, ca, front_proxy_ca) = (registry.clone(), pki.ca_pem.clone(), pki.front_proxy_ca_pem.clone());
             second.spawn(async move { nanokube_controllers::apiservices::ensure_extension_authentication(&r, &ca, &front_proxy_ca).await });
         }
+        // The node's images; archives in <data-dir>/images/ are imported first (k3s's
+        // air-gap directory).
+        let images = if cfg.node && !cfg.in_memory { nanokube_runtime::ImageStore::open(&cfg.data_dir).ok() } else { None };
+        if let Some(store) = images.clone() {
+            let dir = cfg.data_dir.join("images");
+            let imported = tokio::task::spawn_blocking(move || store.import_dir(&dir)).await.unwrap_or_default();
+            for (file, result) in imported {
+                match result {
+                    Ok(names) => tracing::info!(file = %file.display(), "imported images {names:?}"),
+                    Err(e) => tracing::warn!(file = %file.display(), "importing images: {e}"),
+                }
+            }
+        }
         let node_agent = cfg.node.then(|| {
             Arc::new(nanokube_node::NodeAgent::new(
                 registry.clone(),
@@ -313,6 +327,7 @@ impl Cluster {
                     pod_cidr: POD_CIDR.into(),
                     data_dir: cfg.data_dir.clone(),
                     version: nanokube_apiserver::discovery::GIT_VERSION.into(),
+                    images: images.clone(),
                 },
             ))
         });

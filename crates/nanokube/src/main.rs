@@ -31,6 +31,50 @@ enum Command {
     /// Inspect kubeconfig files, like `kubectl config`.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// The node's images: load archives, list, remove, pull.
+    #[command(subcommand)]
+    Image(ImageCommand),
+}
+
+#[derive(Subcommand)]
+enum ImageCommand {
+    /// Import a `docker save` or OCI image-layout archive (works while the server runs).
+    Load {
+        /// The archive (tar, optionally gzipped).
+        file: PathBuf,
+        /// The cluster's data directory [default: ~/.nanokube].
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// List the images.
+    #[command(alias = "list")]
+    Ls {
+        /// The cluster's data directory [default: ~/.nanokube].
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Remove an image (by name, name@digest or ID).
+    Rm {
+        /// The image.
+        image: String,
+        /// The cluster's data directory [default: ~/.nanokube].
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Pull an image from its registry (plain HTTP for loopback and --insecure-registry).
+    Pull {
+        /// The image reference (`busybox`, `127.0.0.1:5000/app:v1`, `name@sha256:...`).
+        image: String,
+        /// The cluster's data directory [default: ~/.nanokube].
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// A registry (`host:port`) to speak plain HTTP to; repeat for several.
+        #[arg(long = "insecure-registry")]
+        insecure: Vec<String>,
+        /// `USER:PASSWORD` for the registry.
+        #[arg(long)]
+        creds: Option<String>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -349,6 +393,34 @@ fn main() {
         match cli.command {
             Command::Server(args) => run_server(args, started).await,
             Command::Proxy(a) => run_proxy(a).await,
+            Command::Image(c) => {
+                let data = |d: Option<PathBuf>| data_dir_or_default(d);
+                let r = match c {
+                    ImageCommand::Load { file, data_dir } => data(data_dir).and_then(|d| nanokube::images::load(&d, &file)),
+                    ImageCommand::Ls { data_dir } => data(data_dir).and_then(|d| nanokube::images::list(&d)),
+                    ImageCommand::Rm { image, data_dir } => data(data_dir).and_then(|d| nanokube::images::remove(&d, &image)),
+                    ImageCommand::Pull { image, data_dir, insecure, creds } => match data(data_dir) {
+                        Ok(d) => {
+                            let creds = creds.map(|c| {
+                                let (u, p) = c.split_once(':').unwrap_or((c.as_str(), ""));
+                                nanokube_runtime::pull::Credentials { username: u.to_string(), password: p.to_string() }
+                            });
+                            nanokube::images::pull(&d, &image, creds, &insecure).await
+                        }
+                        Err(e) => Err(e),
+                    },
+                };
+                match r {
+                    Ok(out) => {
+                        print!("{out}");
+                        0
+                    }
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        1
+                    }
+                }
+            }
             Command::Config(c) => {
                 use nanokube::config;
                 let r = match c {

@@ -7,7 +7,6 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::Child;
 
 use base64::Engine as _;
 use common::Server;
@@ -15,19 +14,13 @@ use serde_json::Value;
 
 /// The webhook server process with its CA; killed on drop.
 struct Webhook {
-    child: Child,
+    _child: common::KillOnDrop,
     port: u16,
     ca_b64: String,
     record: PathBuf,
     _dir: tempfile::TempDir,
 }
 
-impl Drop for Webhook {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 impl Webhook {
     fn start() -> Webhook {
@@ -39,7 +32,7 @@ impl Webhook {
         let (crt, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
         let (child, port) = common::spawn_python_server("admission_webhook.py", &[crt.as_os_str(), key.as_os_str(), record.as_os_str()]);
         let ca_b64 = base64::engine::general_purpose::STANDARD.encode(ca);
-        Webhook { child, port, ca_b64, record, _dir: dir }
+        Webhook { _child: common::KillOnDrop(child), port, ca_b64, record, _dir: dir }
     }
 
     fn url(&self, path: &str) -> String {

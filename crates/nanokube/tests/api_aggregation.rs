@@ -8,7 +8,6 @@
 
 mod common;
 
-use std::process::Child;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -16,18 +15,12 @@ use common::{eventually, table, Server};
 use serde_json::Value;
 
 struct Backend {
-    child: Child,
+    _child: common::KillOnDrop,
     port: u16,
     ca_b64: String,
     _dir: tempfile::TempDir,
 }
 
-impl Drop for Backend {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn start_backend(s: &Server) -> Backend {
     let dir = tempfile::tempdir().unwrap();
@@ -46,7 +39,7 @@ fn start_backend(s: &Server) -> Backend {
         "aggregated_apiserver.py",
         &[args[0].as_os_str(), args[1].as_os_str(), args[2].as_os_str(), "widgets.example.com".as_ref(), "v1beta1".as_ref()],
     );
-    Backend { child, port, ca_b64: base64::engine::general_purpose::STANDARD.encode(ca), _dir: dir }
+    Backend { _child: common::KillOnDrop(child), port, ca_b64: base64::engine::general_purpose::STANDARD.encode(ca), _dir: dir }
 }
 
 fn available(s: &Server, name: &str) -> (String, String, String) {

@@ -328,3 +328,15 @@ pub fn spawn_python_server(script: &str, args: &[&std::ffi::OsStr]) -> (std::pro
     let port = line.trim().parse().unwrap_or_else(|_| panic!("{script} prints its port, got {line:?}"));
     (child, port)
 }
+
+/// A test server process (webhook, aggregated API server, registry), killed and reaped
+/// when dropped.
+#[allow(dead_code)]
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

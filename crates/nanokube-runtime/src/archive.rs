@@ -1,0 +1,128 @@
+//! Importing image archives: `docker save` archives (`manifest.json` with `RepoTags`) and
+//! OCI image-layout archives (`index.json`, names from `io.containerd.image.name` or
+//! `org.opencontainers.image.ref.name`), keeping the names they carry, as `ctr images
+//! import` and k3s's air-gap loader do.
+
+use std::path::Path;
+
+use serde_json::{json, Value};
+
+use crate::store::{Image, ImageStore};
+use crate::Reference;
+
+/// The platform picked from multi-platform indexes.
+fn this_platform() -> (&'static str, &'static str) {
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    ("linux", arch)
+}
+
+/// Import the archive at `path`; the names of the images it held.
+pub fn load(store: &ImageStore, path: &Path) -> Result<Vec<String>, String> {
+    let dir = store.tmp("archive");
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let result = (|| {
+        let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut head = [0u8; 2];
+        let gz = {
+            use std::os::unix::fs::FileExt;
+            file.read_at(&mut head, 0).map_err(|e| e.to_string())? == 2 && head == [0x1f, 0x8b]
+        };
+        let reader: Box<dyn std::io::Read> = if gz { Box::new(flate2::read::GzDecoder::new(file)) } else { Box::new(file) };
+        tar::Archive::new(reader).unpack(&dir).map_err(|e| format!("{}: not an image archive: {e}", path.display()))?;
+        if dir.join("manifest.json").exists() && !dir.join("index.json").exists() {
+            load_docker(store, &dir)
+        } else if dir.join("index.json").exists() {
+            load_oci(store, &dir)
+        } else {
+            Err(format!("{}: neither a docker-save archive (manifest.json) nor an OCI image layout (index.json)", path.display()))
+        }
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    result.map(|images| images.into_iter().flat_map(|i| i.names).collect())
+}
+
+fn read_json(path: &Path) -> Result<Value, String> {
+    serde_json::from_slice(&std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn normalize(names: impl IntoIterator<Item = String>) -> Result<Vec<String>, String> {
+    names.into_iter().map(|n| Reference::parse(&n).map(|r| r.to_string())).collect()
+}
+
+fn load_docker(store: &ImageStore, dir: &Path) -> Result<Vec<Image>, String> {
+    let manifest = read_json(&dir.join("manifest.json"))?;
+    let mut out = Vec::new();
+    for entry in manifest.as_array().ok_or("manifest.json is not a list")? {
+        let config_path = entry.get("Config").and_then(Value::as_str).ok_or("manifest.json entry without Config")?;
+        let config_bytes = std::fs::read(dir.join(config_path)).map_err(|e| format!("{config_path}: {e}"))?;
+        let config_digest = store.put_blob(&config_bytes, None)?;
+        let mut layers = Vec::new();
+        for l in entry.get("Layers").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default() {
+            let p = l.as_str().ok_or("layer path is not a string")?;
+            let (digest, size) = store.put_blob_file(&dir.join(p), None)?;
+            let gz = store.read_blob_head(&digest)? == [0x1f, 0x8b];
+            let media_type = if gz { "application/vnd.oci.image.layer.v1.tar+gzip" } else { "application/vnd.oci.image.layer.v1.tar" };
+            layers.push(json!({"mediaType": media_type, "digest": digest, "size": size}));
+        }
+        let names = normalize(entry.get("RepoTags").and_then(Value::as_array).map(|a| a.iter().filter_map(|t| t.as_str().map(String::from)).collect::<Vec<_>>()).unwrap_or_default())?;
+        if names.is_empty() {
+            return Err("the archive's image carries no name (RepoTags): tag it before saving".into());
+        }
+        let manifest = json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config_bytes.len()},
+            "layers": layers,
+        });
+        let bytes = serde_json::to_vec(&manifest).map_err(|e| e.to_string())?;
+        let manifest_digest = store.put_blob(&bytes, None)?;
+        out.push(store.commit(names, &manifest_digest, &manifest)?);
+    }
+    Ok(out)
+}
+
+fn load_oci(store: &ImageStore, dir: &Path) -> Result<Vec<Image>, String> {
+    // Every blob in the layout, verified as it moves in.
+    if let Ok(entries) = std::fs::read_dir(dir.join("blobs/sha256")) {
+        for e in entries.filter_map(Result::ok) {
+            let digest = format!("sha256:{}", e.file_name().to_string_lossy());
+            store.put_blob_file(&e.path(), Some(&digest))?;
+        }
+    }
+    let index = read_json(&dir.join("index.json"))?;
+    let mut out = Vec::new();
+    for desc in index.get("manifests").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default() {
+        let annotations = desc.get("annotations").cloned().unwrap_or(Value::Null);
+        let name = annotations
+            .get("io.containerd.image.name")
+            .or_else(|| annotations.get("org.opencontainers.image.ref.name"))
+            .and_then(Value::as_str)
+            .map(String::from)
+            .ok_or("an image in index.json carries no name (io.containerd.image.name or org.opencontainers.image.ref.name)")?;
+        let names = normalize([name])?;
+        let (digest, manifest) = pick_manifest(store, desc)?;
+        out.push(store.commit(names, &digest, &manifest)?);
+    }
+    Ok(out)
+}
+
+/// The image manifest a descriptor leads to: itself, or this platform's in an index.
+pub(crate) fn pick_manifest(store: &ImageStore, desc: &Value) -> Result<(String, Value), String> {
+    let digest = desc.get("digest").and_then(Value::as_str).ok_or("descriptor without digest")?.to_string();
+    let doc: Value = serde_json::from_slice(&store.read_blob(&digest)?).map_err(|e| e.to_string())?;
+    let media = doc.get("mediaType").and_then(Value::as_str).or_else(|| desc.get("mediaType").and_then(Value::as_str)).unwrap_or("");
+    if !(media.contains("index") || media.contains("manifest.list")) {
+        return Ok((digest, doc));
+    }
+    let (os, arch) = this_platform();
+    let manifests = doc.get("manifests").and_then(Value::as_array).cloned().unwrap_or_default();
+    let chosen = manifests
+        .iter()
+        .find(|m| m.pointer("/platform/os").and_then(Value::as_str) == Some(os) && m.pointer("/platform/architecture").and_then(Value::as_str) == Some(arch))
+        .ok_or_else(|| format!("no image for {os}/{arch} in {digest}"))?;
+    pick_manifest(store, chosen)
+}

@@ -1,0 +1,182 @@
+//! The node's image store: a test image built here from Debian's busybox-static, loaded
+//! with `nanokube image load` as a `docker save` archive and (converted by skopeo) as an
+//! OCI image layout, pushed to a real registry (Debian's docker-registry on a loopback
+//! port) and pulled back by tag and by digest; layers unpacked once with whiteouts as
+//! overlayfs reads them; listed, removed, imported from the air-gap directory at start,
+//! and reported in the Node's status.
+
+mod common;
+
+use std::net::TcpStream;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::{eventually, Server};
+
+fn nanokube(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_nanokube")).args(args).output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+/// A layer tar of `files` (path, contents or `None` for a directory, mode).
+fn layer(files: &[(&str, Option<&[u8]>, u32)], symlinks: &[(&str, &str)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (path, data, mode) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(*mode);
+        h.set_mtime(1_700_000_000);
+        h.set_uid(0);
+        h.set_gid(0);
+        match data {
+            Some(d) => {
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_size(d.len() as u64);
+                b.append_data(&mut h, path, *d).unwrap();
+            }
+            None => {
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_size(0);
+                b.append_data(&mut h, path, &[][..]).unwrap();
+            }
+        }
+    }
+    for (path, target) in symlinks {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        h.set_mode(0o777);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1_700_000_000);
+        b.append_link(&mut h, path, target).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+/// A `docker save` archive of a busybox image named `tag`, two layers (the second
+/// deletes `/etc/old` and makes `/opt` opaque); its layer diff IDs.
+fn build_image(dir: &Path, tag: &str) -> (PathBuf, Vec<String>) {
+    let busybox = std::fs::read("/bin/busybox").expect("Debian's busybox-static (the test command installs it)");
+    let l1 = layer(
+        &[("bin/", None, 0o755), ("bin/busybox", Some(&busybox), 0o755), ("etc/", None, 0o755), ("etc/old", Some(b"old\n"), 0o644), ("opt/", None, 0o755), ("opt/a", Some(b"a"), 0o644)],
+        &[("bin/sh", "busybox"), ("bin/echo", "busybox")],
+    );
+    let l2 = layer(&[("etc/.wh.old", Some(b""), 0o644), ("opt/.wh..wh..opq", Some(b""), 0o644), ("opt/b", Some(b"b"), 0o644)], &[]);
+    let diff_ids = vec![nanokube_runtime::store::sha256(&l1), nanokube_runtime::store::sha256(&l2)];
+    let config = serde_json::json!({"architecture": "amd64", "os": "linux", "config": {"Cmd": ["sh"], "Env": ["PATH=/bin"]}, "rootfs": {"type": "layers", "diff_ids": diff_ids}});
+    let manifest = serde_json::json!([{"Config": "config.json", "RepoTags": [tag], "Layers": ["l1/layer.tar", "l2/layer.tar"]}]);
+    let mut b = tar::Builder::new(Vec::new());
+    for (path, data) in [("manifest.json", serde_json::to_vec(&manifest).unwrap()), ("config.json", serde_json::to_vec(&config).unwrap()), ("l1/layer.tar", l1), ("l2/layer.tar", l2)] {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        b.append_data(&mut h, path, &data[..]).unwrap();
+    }
+    let path = dir.join(format!("{}.tar", tag.replace([':', '/'], "_")));
+    std::fs::write(&path, b.into_inner().unwrap()).unwrap();
+    (path, diff_ids)
+}
+
+struct Registry {
+    _child: common::KillOnDrop,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+
+fn start_registry() -> Registry {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let cfg = dir.path().join("config.yml");
+    std::fs::write(&cfg, format!("version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n", dir.path().join("data").display())).unwrap();
+    let child = Command::new("docker-registry").arg("serve").arg(&cfg).stderr(std::process::Stdio::null()).spawn().expect("Debian's docker-registry (the test command installs it)");
+    assert!(eventually(Duration::from_secs(10), || TcpStream::connect(("127.0.0.1", port)).is_ok()));
+    Registry { _child: common::KillOnDrop(child), port, _dir: dir }
+}
+
+fn skopeo(args: &[&str]) {
+    let out = Command::new("skopeo").args(["--insecure-policy"]).args(args).output().expect("skopeo (the test command installs it)");
+    assert!(out.status.success(), "skopeo {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn images_load_pull_unpack_list_and_remove() {
+    let mut s = Server::start();
+    let data = s.data.to_str().unwrap().to_string();
+    let work = tempfile::tempdir().unwrap();
+    let (archive, diff_ids) = build_image(work.path(), "testbox:1.0");
+
+    // docker save format, while the server runs.
+    let (ok, out, err) = nanokube(&["image", "load", archive.to_str().unwrap(), "--data-dir", &data]);
+    assert!(ok, "{err}");
+    assert_eq!(out, "Loaded image: docker.io/library/testbox:1.0\n");
+    let layer = |d: &str| s.data.join("content/layers/sha256").join(d.trim_start_matches("sha256:"));
+    assert!(layer(&diff_ids[0]).join("bin/busybox").is_file());
+    assert_eq!(std::fs::read_link(layer(&diff_ids[0]).join("bin/sh")).unwrap(), Path::new("busybox"));
+    let whiteout = std::fs::symlink_metadata(layer(&diff_ids[1]).join("etc/old")).unwrap();
+    assert!(whiteout.file_type().is_char_device() && whiteout.rdev() == 0, "a whiteout is a 0/0 character device");
+    let opaque = Command::new("getfattr").args(["--only-values", "-n", "trusted.overlay.opaque"]).arg(layer(&diff_ids[1]).join("opt")).output();
+    if let Ok(o) = opaque {
+        if o.status.success() {
+            assert_eq!(String::from_utf8_lossy(&o.stdout), "y");
+        }
+    }
+
+    // OCI image layout, converted by skopeo, named by its annotation.
+    let oci = work.path().join("oci.tar");
+    skopeo(&["copy", &format!("docker-archive:{}", archive.display()), &format!("oci-archive:{}:docker.io/tools/ocibox:2", oci.display())]);
+    let (ok, out, err) = nanokube(&["image", "load", oci.to_str().unwrap(), "--data-dir", &data]);
+    assert!(ok, "{err}");
+    assert_eq!(out, "Loaded image: docker.io/tools/ocibox:2\n");
+
+    // Through a real registry on a loopback port (plain HTTP, as loopback allows).
+    let registry = start_registry();
+    let remote = format!("127.0.0.1:{}/tools/testbox:3", registry.port);
+    skopeo(&["copy", "--dest-tls-verify=false", &format!("docker-archive:{}", archive.display()), &format!("docker://{remote}")]);
+    let (ok, out, err) = nanokube(&["image", "pull", &remote, "--data-dir", &data]);
+    assert!(ok, "{err}");
+    assert!(out.starts_with("Image is up to date for sha256:"), "{out}");
+    let ls = nanokube(&["image", "ls", "--data-dir", &data]).1;
+    for want in ["docker.io/library/testbox", "docker.io/tools/ocibox", &format!("127.0.0.1:{}/tools/testbox", registry.port)] {
+        assert!(ls.lines().any(|l| l.starts_with(want)), "{want} in\n{ls}");
+    }
+    assert!(ls.starts_with("IMAGE"), "{ls}");
+    let store = nanokube_runtime::ImageStore::open(&s.data).unwrap();
+    let pulled = store.resolve(&remote).unwrap();
+    let by_digest = format!("127.0.0.1:{}/tools/testbox@{}", registry.port, pulled.manifest_digest);
+    let (ok, _, err) = nanokube(&["image", "pull", &by_digest, "--data-dir", &data]);
+    assert!(ok, "{err}");
+
+    // A missing image: the registry's error, naming the reference.
+    let missing = format!("127.0.0.1:{}/tools/missing:1", registry.port);
+    let (ok, _, err) = nanokube(&["image", "pull", &missing, "--data-dir", &data]);
+    assert!(!ok);
+    assert!(err.contains(&format!("failed to pull and unpack image \"{missing}\"")) && err.to_lowercase().contains("manifest unknown"), "{err}");
+
+    // The Node lists its images.
+    assert!(eventually(Duration::from_secs(20), || {
+        let node = s.get_json("/api/v1/nodes").1["items"][0].clone();
+        node["status"]["images"].as_array().is_some_and(|imgs| imgs.iter().any(|i| i["names"].as_array().unwrap().iter().any(|n| n == "docker.io/library/testbox:1.0")))
+    }));
+
+    // Removal keeps the layers other images still use.
+    let (ok, out, _) = nanokube(&["image", "rm", "testbox:1.0", "--data-dir", &data]);
+    assert!(ok);
+    assert!(out.contains("Deleted: docker.io/library/testbox:1.0"), "{out}");
+    assert!(layer(&diff_ids[0]).exists(), "still used by the other images");
+    for name in ["docker.io/tools/ocibox:2", &remote, &by_digest] {
+        let _ = nanokube(&["image", "rm", name, "--data-dir", &data]);
+    }
+    assert!(!layer(&diff_ids[0]).exists(), "no image uses it any more");
+    let (ok, _, err) = nanokube(&["image", "rm", "testbox:1.0", "--data-dir", &data]);
+    assert!(!ok && err.contains("not found"), "{err}");
+
+    // The air-gap directory is imported at start.
+    std::fs::create_dir_all(s.data.join("images")).unwrap();
+    std::fs::copy(&archive, s.data.join("images/testbox.tar")).unwrap();
+    s.stop();
+    s.restart();
+    assert!(nanokube(&["image", "ls", "--data-dir", &data]).1.contains("docker.io/library/testbox"));
+}
