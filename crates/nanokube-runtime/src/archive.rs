@@ -46,11 +46,29 @@ pub fn load(store: &ImageStore, path: &Path) -> Result<Vec<String>, String> {
 }
 
 fn read_json(path: &Path) -> Result<Value, String> {
-    serde_json::from_slice(&std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?).map_err(|e| format!("{}: {e}", path.display()))
+    serde_json::from_slice(&std::fs::read(regular(path)?).map_err(|e| format!("{}: {e}", path.display()))?).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 fn normalize(names: impl IntoIterator<Item = String>) -> Result<Vec<String>, String> {
     names.into_iter().map(|n| Reference::parse(&n).map(|r| r.to_string())).collect()
+}
+
+/// A regular file named inside the archive: refused if the name would leave it or the
+/// entry is a link (an archive could point `config.json` at any file of the host).
+fn within(dir: &Path, name: &str) -> Result<std::path::PathBuf, String> {
+    let p = Path::new(name);
+    if p.is_absolute() || p.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+        return Err(format!("the archive names a path outside itself: {name:?}"));
+    }
+    regular(&dir.join(p))
+}
+
+fn regular(path: &Path) -> Result<std::path::PathBuf, String> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_file() => Ok(path.to_path_buf()),
+        Ok(_) => Err(format!("{}: not a regular file in the archive", path.display())),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
 }
 
 fn load_docker(store: &ImageStore, dir: &Path) -> Result<Vec<Image>, String> {
@@ -58,12 +76,12 @@ fn load_docker(store: &ImageStore, dir: &Path) -> Result<Vec<Image>, String> {
     let mut out = Vec::new();
     for entry in manifest.as_array().ok_or("manifest.json is not a list")? {
         let config_path = entry.get("Config").and_then(Value::as_str).ok_or("manifest.json entry without Config")?;
-        let config_bytes = std::fs::read(dir.join(config_path)).map_err(|e| format!("{config_path}: {e}"))?;
+        let config_bytes = std::fs::read(within(dir, config_path)?).map_err(|e| format!("{config_path}: {e}"))?;
         let config_digest = store.put_blob(&config_bytes, None)?;
         let mut layers = Vec::new();
         for l in entry.get("Layers").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default() {
             let p = l.as_str().ok_or("layer path is not a string")?;
-            let (digest, size) = store.put_blob_file(&dir.join(p), None)?;
+            let (digest, size) = store.put_blob_file(&within(dir, p)?, None)?;
             let gz = store.read_blob_head(&digest)? == [0x1f, 0x8b];
             let media_type = if gz { "application/vnd.oci.image.layer.v1.tar+gzip" } else { "application/vnd.oci.image.layer.v1.tar" };
             layers.push(json!({"mediaType": media_type, "digest": digest, "size": size}));
@@ -88,7 +106,7 @@ fn load_docker(store: &ImageStore, dir: &Path) -> Result<Vec<Image>, String> {
 fn load_oci(store: &ImageStore, dir: &Path) -> Result<Vec<Image>, String> {
     // Every blob in the layout, verified as it moves in.
     if let Ok(entries) = std::fs::read_dir(dir.join("blobs/sha256")) {
-        for e in entries.filter_map(Result::ok) {
+        for e in entries.filter_map(Result::ok).filter(|e| e.file_type().is_ok_and(|t| t.is_file())) {
             let digest = format!("sha256:{}", e.file_name().to_string_lossy());
             store.put_blob_file(&e.path(), Some(&digest))?;
         }
@@ -125,4 +143,48 @@ pub(crate) fn pick_manifest(store: &ImageStore, desc: &Value) -> Result<(String,
         .find(|m| m.pointer("/platform/os").and_then(Value::as_str) == Some(os) && m.pointer("/platform/architecture").and_then(Value::as_str) == Some(arch))
         .ok_or_else(|| format!("no image for {os}/{arch} in {digest}"))?;
     pick_manifest(store, chosen)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tar of (name, contents) files and (name, target) symlinks.
+    fn tar_of(files: &[(&str, &[u8])], links: &[(&str, &str)]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        let header = |ty| {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(ty);
+            h.set_mode(0o644);
+            h.set_uid(0);
+            h.set_gid(0);
+            h
+        };
+        for (name, data) in files {
+            let mut h = header(tar::EntryType::Regular);
+            h.set_size(data.len() as u64);
+            b.append_data(&mut h, name, *data).unwrap();
+        }
+        for (name, target) in links {
+            let mut h = header(tar::EntryType::Symlink);
+            h.set_size(0);
+            b.append_link(&mut h, name, target).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn an_archive_cannot_make_the_loader_read_host_files() {
+        let dir = std::env::temp_dir().join(format!("nanokube-archive-test-{}", std::process::id()));
+        let store = ImageStore::open(&dir).unwrap();
+        let archive = dir.join("a.tar");
+        let manifest = br#"[{"Config":"config.json","RepoTags":["x:1"],"Layers":[]}]"#;
+        std::fs::write(&archive, tar_of(&[("manifest.json", manifest)], &[("config.json", "/etc/hostname")])).unwrap();
+        let err = load(&store, &archive).unwrap_err();
+        assert!(err.contains("not a regular file"), "{err}");
+        let escaping = br#"[{"Config":"../../etc/hostname","RepoTags":["x:1"],"Layers":[]}]"#;
+        std::fs::write(&archive, tar_of(&[("manifest.json", escaping)], &[])).unwrap();
+        assert!(load(&store, &archive).unwrap_err().contains("outside"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
