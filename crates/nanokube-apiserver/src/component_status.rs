@@ -1,8 +1,8 @@
 //! `componentstatuses` (core/v1, deprecated upstream since 1.19 but still served): the
 //! health of the parts of the control plane, read when asked, never stored. Each answer
 //! is this server's own: `etcd-0` is the store (its writer thread alive), and
-//! `controller-manager` the in-process controllers; there is no scheduler yet, so
-//! `scheduler` reports that instead of pretending.
+//! `controller-manager` the in-process controllers, `scheduler` the in-process scheduler
+//! (unhealthy, saying so, when the server runs without one).
 
 use serde_json::{json, Value};
 
@@ -22,7 +22,10 @@ fn component(name: &str, healthy: Result<(), String>) -> Value {
 /// Every component, in upstream's order.
 pub fn all(server: &ApiServer) -> Vec<Value> {
     vec![
-        component("scheduler", Err("nanokube runs no scheduler yet: pods are stored, not scheduled".into())),
+        component(
+            "scheduler",
+            if server.scheduler { Ok(()) } else { Err("nanokube runs no scheduler (--scheduler=false): pods are stored, not scheduled".into()) },
+        ),
         component("controller-manager", Ok(())),
         component("etcd-0", server.registry.store().healthy()),
     ]

@@ -49,6 +49,8 @@ pub struct ApiServer {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// The aggregation layer (APIServices backed by other servers).
     pub aggregator: Arc<crate::aggregator::Aggregator>,
+    /// Whether the in-process scheduler runs (for `componentstatuses`).
+    pub scheduler: bool,
     ready: AtomicBool,
 }
 
@@ -68,6 +70,7 @@ impl ApiServer {
             audit: None,
             metrics: Arc::default(),
             aggregator: Arc::new(crate::aggregator::Aggregator::new(None)),
+            scheduler: false,
             ready: AtomicBool::new(false),
         }
     }

@@ -255,6 +255,7 @@ impl Cluster {
         let server_address = format!("{}:{}", host_for_url(advertise), addr.port());
         let mut api = ApiServer::new(registry.clone(), authn, Box::new(authz), rbac, server_address);
         api.tokens = Some(issuer.clone());
+        api.scheduler = cfg.scheduler;
         api.aggregator = Arc::new(nanokube_apiserver::aggregator::Aggregator::new(Some(nanokube_apiserver::backend::ClientIdentity {
             cert_pem: pki.front_proxy_client_pem.clone(),
             key_pem: pki.front_proxy_client_key_pem.clone(),

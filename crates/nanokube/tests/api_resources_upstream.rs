@@ -143,7 +143,11 @@ fn component_statuses_report_this_servers_parts() {
     assert_eq!(etcd["conditions"][0], json!({"type": "Healthy", "status": "True", "message": "ok"}));
     let (code, scheduler) = s.get_json("/api/v1/componentstatuses/scheduler");
     assert_eq!(code, 200);
-    assert_eq!(scheduler["conditions"][0]["status"], "False", "no scheduler runs yet: {scheduler}");
+    assert_eq!(scheduler["conditions"][0]["status"], "True", "the in-process scheduler: {scheduler}");
+    let bare = Server::start_with(&["--scheduler=false"]);
+    let scheduler = bare.get_json("/api/v1/componentstatuses/scheduler").1;
+    assert_eq!(scheduler["conditions"][0]["status"], "False", "{scheduler}");
+    assert!(scheduler["conditions"][0]["error"].as_str().unwrap().contains("--scheduler=false"));
     assert_eq!(s.get_json("/api/v1/componentstatuses/nope").0, 404);
     assert_eq!(s.curl("DELETE", "/api/v1/componentstatuses/etcd-0", None, None).0, 405);
 }
