@@ -12,6 +12,68 @@ pub const KUBE_MINOR: &str = "33";
 /// `gitVersion`, with a build suffix as k3s does (`v1.33.1+k3s1`).
 pub const GIT_VERSION: &str = "v1.33.0+nanokube";
 
+/// A discovery document as JSON with each object's fields in the order of upstream's Go
+/// structs (`APIVersions`, `APIGroupList`, `APIGroup`, `GroupVersionForDiscovery`,
+/// `APIResourceList`, `APIResource`, and the aggregated `APIGroupDiscoveryList`,
+/// `APIVersionDiscovery`, `APIResourceDiscovery`, `APISubresourceDiscovery`), which the
+/// documents' shapes tell apart; fields a struct does not list come last, sorted.
+pub fn to_bytes(doc: &Value) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4096);
+    write_ordered(&mut out, doc);
+    out
+}
+
+fn field_order(m: &serde_json::Map<String, Value>) -> &'static [&'static str] {
+    if m.contains_key("namespaced") {
+        &["name", "singularName", "namespaced", "group", "version", "kind", "verbs", "shortNames", "categories", "storageVersionHash"]
+    } else if m.contains_key("resource") && m.contains_key("responseKind") {
+        &["resource", "responseKind", "scope", "singularResource", "verbs", "shortNames", "categories", "subresources"]
+    } else if m.contains_key("subresource") {
+        &["subresource", "responseKind", "acceptedTypes", "verbs"]
+    } else if m.contains_key("freshness") {
+        &["version", "resources", "freshness"]
+    } else if m.contains_key("clientCIDR") {
+        &["clientCIDR", "serverAddress"]
+    } else if m.contains_key("group") && m.contains_key("version") && m.contains_key("kind") {
+        &["group", "version", "kind"]
+    } else if m.contains_key("groupVersion") && !m.contains_key("resources") {
+        &["groupVersion", "version"]
+    } else {
+        &["kind", "apiVersion", "metadata", "name", "groupVersion", "versions", "preferredVersion", "serverAddressByClientCIDRs", "groups", "resources", "items", "creationTimestamp"]
+    }
+}
+
+fn write_ordered(out: &mut Vec<u8>, v: &Value) {
+    match v {
+        Value::Object(m) => {
+            let order = field_order(m);
+            let mut keys: Vec<&String> = m.keys().collect();
+            keys.sort_by_key(|k| (order.iter().position(|o| o == k).unwrap_or(usize::MAX), k.as_str()));
+            out.push(b'{');
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                nanokube_api::go_order::write_plain(out, k);
+                out.push(b':');
+                write_ordered(out, &m[k]);
+            }
+            out.push(b'}');
+        }
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_ordered(out, item);
+            }
+            out.push(b']');
+        }
+        other => nanokube_api::go_order::write_plain(out, other),
+    }
+}
+
 /// `/version`.
 pub fn version() -> Value {
     json!({
@@ -161,6 +223,15 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn documents_are_written_in_go_field_order() {
+        let t = ResourceTable::new();
+        let text = String::from_utf8(to_bytes(&api_resource_list(&t, "apps", "v1").unwrap())).unwrap();
+        assert!(text.starts_with(r#"{"kind":"APIResourceList","apiVersion":"v1","groupVersion":"apps/v1","resources":[{"name":"controllerrevisions","singularName":"controllerrevision","namespaced":true,"kind":"ControllerRevision","verbs":["#), "{text}");
+        let text = String::from_utf8(to_bytes(&aggregated(&t, true, "v2"))).unwrap();
+        assert!(text.starts_with(r#"{"kind":"APIGroupDiscoveryList","apiVersion":"apidiscovery.k8s.io/v2","metadata":{},"items":[{"metadata":{"creationTimestamp":null},"versions":[{"version":"v1","resources":[{"resource":"bindings","responseKind":{"group":"","version":"v1","kind":"Binding"},"scope":"Namespaced""#), "{text}");
     }
 
     #[test]

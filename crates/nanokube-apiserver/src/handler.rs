@@ -351,6 +351,11 @@ async fn read_body(mut body: Incoming, headers: &HeaderMap) -> Result<Bytes, Api
     Ok(buf.freeze())
 }
 
+/// A discovery document, its fields in upstream's order.
+fn discovery_json(doc: &Value) -> Response<Body> {
+    h::json_bytes(StatusCode::OK, "application/json", Bytes::from(crate::discovery::to_bytes(doc)))
+}
+
 fn non_resource(server: &ApiServer, method: &Method, path: &str, query: &Query, accept: Option<&str>) -> Result<Response<Body>, ApiError> {
     if method != Method::GET && method != Method::HEAD {
         return Err(ApiError::method_not_allowed(format!("the server does not allow this method on the requested resource: {method} {path}")));
@@ -411,25 +416,25 @@ fn non_resource(server: &ApiServer, method: &Method, path: &str, query: &Query, 
                         }
                     }
                     let ct = format!("application/json;g=apidiscovery.k8s.io;v={};as=APIGroupDiscoveryList", m.v);
-                    let mut r = h::bytes_response(StatusCode::OK, &ct, Bytes::from(serde_json::to_vec(&doc).expect("serialize")));
+                    let mut r = h::json_bytes(StatusCode::OK, &ct, Bytes::from(crate::discovery::to_bytes(&doc)));
                     r.headers_mut().insert(http::header::VARY, HeaderValue::from_static("Accept"));
                     return Ok(r);
                 }
             }
             let mut r = if core {
-                h::json(StatusCode::OK, &crate::discovery::api_versions(&server.server_address))
+                discovery_json(&crate::discovery::api_versions(&server.server_address))
             } else {
                 let mut list = crate::discovery::api_group_list(server.registry.resources());
                 if let Some(groups) = list["groups"].as_array_mut() {
                     groups.extend(server.aggregator.groups(&server.registry));
                 }
-                h::json(StatusCode::OK, &list)
+                discovery_json(&list)
             };
             r.headers_mut().insert(http::header::VARY, HeaderValue::from_static("Accept"));
             Ok(r)
         }
         "/api/v1" => {
-            crate::discovery::api_resource_list(server.registry.resources(), "", "v1").map(|v| h::json(StatusCode::OK, &v)).ok_or_else(ApiError::path_not_found)
+            crate::discovery::api_resource_list(server.registry.resources(), "", "v1").map(|v| discovery_json(&v)).ok_or_else(ApiError::path_not_found)
         }
         p if p.starts_with("/apis/") => {
             let segs: Vec<&str> = p["/apis/".len()..].split('/').collect();
@@ -444,7 +449,7 @@ fn non_resource(server: &ApiServer, method: &Method, path: &str, query: &Query, 
                 [g, v] => crate::discovery::api_resource_list(server.registry.resources(), g, v),
                 _ => None,
             };
-            doc.map(|v| h::json(StatusCode::OK, &v)).ok_or_else(ApiError::path_not_found)
+            doc.map(|v| discovery_json(&v)).ok_or_else(ApiError::path_not_found)
         }
         "/openapi/v2" | "/swagger-2.0.0.pb-v1" => {
             let wants_proto = path == "/swagger-2.0.0.pb-v1" || accept.is_some_and(|a| a.contains("protobuf"));
