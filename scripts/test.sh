@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of nanokube: unit and integration tests (cargo, with the real
 # kubectl 1.27-1.33, curl, SQLite, Python test servers, busybox-static, Debian's
-# docker-registry and skopeo), then the Python `kubernetes` client tests.
+# docker-registry, skopeo and runc), then the Python `kubernetes` client tests.
 # Installs what the tests need from the package registries first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +14,8 @@ command -v python3 >/dev/null || need_apt+=(python3 python3-venv)
 [ -x /bin/busybox ] || need_apt+=(busybox-static)
 command -v docker-registry >/dev/null || need_apt+=(docker-registry)
 command -v skopeo >/dev/null || need_apt+=(skopeo)
+# Container tests: runc, the OCI runtime the node runs containers with.
+command -v runc >/dev/null || [ -x /usr/sbin/runc ] || need_apt+=(runc)
 if ((${#need_apt[@]})); then
   apt-get update -qq && apt-get install -y -qq "${need_apt[@]}"
 fi

@@ -1,4 +1,5 @@
-//! nanokube's container runtime side. So far the image store:
+//! nanokube's container runtime side: the image store, and the pieces a container is
+//! made of.
 //!
 //! - [`reference`]: image references normalized as containerd does.
 //! - [`store`]: the content-addressed store in the data directory (`content/`): blobs,
@@ -6,15 +7,24 @@
 //! - [`archive`]: `docker save` and OCI image-layout archives imported with their names
 //!   (`nanokube image load`, and k3s's air-gap directory `<data-dir>/images/` at start).
 //! - [`pull`]: pulling from registries with `oci-client`.
+//! - [`command`]: what a container runs: Kubernetes' `$(VAR)` expansion, `command`/`args`
+//!   combined with the image's entrypoint and cmd, the environment.
+//! - [`rootfs`]: a container's root filesystem, an overlay over the image's layers.
+//! - [`bundle`]: its OCI runtime bundle (`config.json` from oci-spec's defaults).
+//! - [`runc`]: running it with runc (Debian's), state under the data directory.
 //!
 //! Invariants: every blob is verified against its digest before it is stored; every
 //! write lands by rename; the store is shared by the server and `nanokube image` commands
-//! through a lock file. Not here yet: containers (the OCI runtime), which come with the
-//! node agent's pod workers.
+//! through a lock file. Not here yet: the pod workers that put these together for pods
+//! (sandboxes, long-running containers, logs, status), so the node does not run pods.
 
 pub mod archive;
+pub mod bundle;
+pub mod command;
 pub mod pull;
 pub mod reference;
+pub mod rootfs;
+pub mod runc;
 pub mod store;
 mod unpack;
 

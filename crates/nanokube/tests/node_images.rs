@@ -9,74 +9,15 @@ mod common;
 
 use std::net::TcpStream;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{eventually, Server};
+use common::{build_image, eventually, Server};
 
 fn nanokube(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_nanokube")).args(args).output().unwrap();
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
-}
-
-/// A layer tar of `files` (path, contents or `None` for a directory, mode).
-fn layer(files: &[(&str, Option<&[u8]>, u32)], symlinks: &[(&str, &str)]) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    for (path, data, mode) in files {
-        let mut h = tar::Header::new_gnu();
-        h.set_mode(*mode);
-        h.set_mtime(1_700_000_000);
-        h.set_uid(0);
-        h.set_gid(0);
-        match data {
-            Some(d) => {
-                h.set_entry_type(tar::EntryType::Regular);
-                h.set_size(d.len() as u64);
-                b.append_data(&mut h, path, *d).unwrap();
-            }
-            None => {
-                h.set_entry_type(tar::EntryType::Directory);
-                h.set_size(0);
-                b.append_data(&mut h, path, &[][..]).unwrap();
-            }
-        }
-    }
-    for (path, target) in symlinks {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::Symlink);
-        h.set_size(0);
-        h.set_mode(0o777);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(1_700_000_000);
-        b.append_link(&mut h, path, target).unwrap();
-    }
-    b.into_inner().unwrap()
-}
-
-/// A `docker save` archive of a busybox image named `tag`, two layers (the second
-/// deletes `/etc/old` and makes `/opt` opaque); its layer diff IDs.
-fn build_image(dir: &Path, tag: &str) -> (PathBuf, Vec<String>) {
-    let busybox = std::fs::read("/bin/busybox").expect("Debian's busybox-static (the test command installs it)");
-    let l1 = layer(
-        &[("bin/", None, 0o755), ("bin/busybox", Some(&busybox), 0o755), ("etc/", None, 0o755), ("etc/old", Some(b"old\n"), 0o644), ("opt/", None, 0o755), ("opt/a", Some(b"a"), 0o644)],
-        &[("bin/sh", "busybox"), ("bin/echo", "busybox")],
-    );
-    let l2 = layer(&[("etc/.wh.old", Some(b""), 0o644), ("opt/.wh..wh..opq", Some(b""), 0o644), ("opt/b", Some(b"b"), 0o644)], &[]);
-    let diff_ids = vec![nanokube_runtime::store::sha256(&l1), nanokube_runtime::store::sha256(&l2)];
-    let config = serde_json::json!({"architecture": "amd64", "os": "linux", "config": {"Cmd": ["sh"], "Env": ["PATH=/bin"]}, "rootfs": {"type": "layers", "diff_ids": diff_ids}});
-    let manifest = serde_json::json!([{"Config": "config.json", "RepoTags": [tag], "Layers": ["l1/layer.tar", "l2/layer.tar"]}]);
-    let mut b = tar::Builder::new(Vec::new());
-    for (path, data) in [("manifest.json", serde_json::to_vec(&manifest).unwrap()), ("config.json", serde_json::to_vec(&config).unwrap()), ("l1/layer.tar", l1), ("l2/layer.tar", l2)] {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        b.append_data(&mut h, path, &data[..]).unwrap();
-    }
-    let path = dir.join(format!("{}.tar", tag.replace([':', '/'], "_")));
-    std::fs::write(&path, b.into_inner().unwrap()).unwrap();
-    (path, diff_ids)
 }
 
 struct Registry {
