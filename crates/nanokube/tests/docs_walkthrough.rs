@@ -1,0 +1,113 @@
+//! `docs/walkthrough.md`, as a new user runs it: a `nanokube server` with its defaults
+//! (data in `~/.nanokube`, a context merged into `~/.kube/config`, in a fresh HOME), then
+//! every shell block of the document after "Start a cluster", in order, in one bash
+//! session. The only changes: the binary's path, free ports instead of 6443/8080/8081/8001
+//! (tests run side by side), and a wait for each background proxy to listen before the
+//! next command uses it.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{eventually, kubectl_path, KillOnDrop};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The shell blocks of the walkthrough after the first (the server start).
+fn shell_blocks(doc: &str) -> Vec<String> {
+    let mut blocks = Vec::new();
+    let mut current: Option<String> = None;
+    for line in doc.lines() {
+        match (&mut current, line.trim_start()) {
+            (None, l) if l.starts_with("```sh") => current = Some(String::new()),
+            (Some(_), l) if l.starts_with("```") => blocks.push(current.take().unwrap_or_default()),
+            (Some(b), _) => {
+                b.push_str(line);
+                b.push('\n');
+            }
+            (None, _) => {}
+        }
+    }
+    blocks.into_iter().skip(1).collect()
+}
+
+#[test]
+fn the_walkthrough_runs_as_written() {
+    let home = tempfile::tempdir().unwrap();
+    let server_port = free_port();
+    let bin = env!("CARGO_BIN_EXE_nanokube");
+    let kubectl_dir = kubectl_path("kubectl").parent().unwrap().to_path_buf();
+    let path = format!("{}:{}", kubectl_dir.display(), std::env::var("PATH").unwrap_or_default());
+    let mut child = Command::new(bin)
+        .args(["server", "--secure-port", &server_port.to_string()])
+        .env("HOME", home.path())
+        .env_remove("KUBECONFIG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let _server = KillOnDrop(child);
+    let mut ready = false;
+    for line in BufReader::new(stdout).lines() {
+        if line.unwrap().starts_with("nanokube is ready at") {
+            ready = true;
+            break;
+        }
+    }
+    assert!(ready, "the server did not start");
+
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/walkthrough.md")).unwrap();
+    let (p8080, p8081, p8001) = (free_port(), free_port(), free_port());
+    let mut script = String::from("cd \"$HOME\"\n");
+    for block in shell_blocks(&doc) {
+        for line in block.lines() {
+            let line = line
+                .replace("./target/release/nanokube", bin)
+                .replace("8080", &p8080.to_string())
+                .replace("8081", &p8081.to_string())
+                .replace("8001", &p8001.to_string())
+                .replace("KUBERNETES_SERVICE_PORT=6443", &format!("KUBERNETES_SERVICE_PORT={server_port}"));
+            script.push_str(&line);
+            script.push('\n');
+            if line.trim_end().ends_with('&') && !line.trim_end().ends_with("&&") {
+                let port = [p8080, p8081, p8001].into_iter().find(|p| line.contains(&format!("--port={p}"))).expect("a background proxy with a port");
+                script.push_str(&format!("for i in $(seq 100); do curl -s -o /dev/null http://localhost:{port}/ && break; sleep 0.1; done\n"));
+            }
+        }
+    }
+    script.push_str("kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; true\n");
+    let out = Command::new("bash").arg("-c").arg(&script).env("HOME", home.path()).env_remove("KUBECONFIG").env("PATH", &path).output().unwrap();
+    let text = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+
+    // §2: kubectl against the merged context.
+    assert!(text.contains(&format!("server: https://127.0.0.1:{server_port}")), "{text}");
+    assert!(text.contains("deployment.apps/web created"), "{text}");
+    // §3a: both proxies answer APIVersions; exec is filtered.
+    assert!(text.matches(r#""kind": "APIVersions""#).count() + text.matches(r#""kind":"APIVersions""#).count() >= 4, "{text}");
+    assert!(text.contains("403 Forbidden") || text.contains("HTTP/1.1 403"), "{text}");
+    // §3b: the legacy token is the default ServiceAccount's, which may not list pods; a
+    // short-lived token reviews itself.
+    assert!(text.contains(r#"User \"system:serviceaccount:default:default\" cannot list resource \"pods\""#), "{text}");
+    assert!(text.contains(r#""kind": "SelfSubjectReview""#) || text.contains(r#""kind":"SelfSubjectReview""#), "{text}");
+    // §3c: no --insecure: an unknown CA is refused; a client certificate works; jane is
+    // forbidden, then allowed through a RoleBinding.
+    assert!(text.contains("curl: (60)"), "curl refuses the unknown CA: {text}");
+    assert!(text.contains("jane") && text.contains("devs"), "{text}");
+    assert!(text.contains(r#"User "jane" cannot list resource "pods""#), "{text}");
+    assert!(text.contains("rolebinding.rbac.authorization.k8s.io/jane-view created"), "{text}");
+    // §5: the sidecar proxy with a service account's files: RBAC has granted it nothing.
+    assert!(text.contains(r#"User \"system:serviceaccount:default:sidecar\" cannot list resource \"pods\""#), "{text}");
+    assert!(text.contains("pod/demo created"), "{text}");
+
+    // And the pod says why it waits (the scheduler may answer after the script read the events).
+    let kubeconfig = home.path().join(".kube/config");
+    assert!(eventually(Duration::from_secs(10), || {
+        let out = Command::new(kubectl_path("kubectl")).args(["--kubeconfig"]).arg(&kubeconfig).args(["get", "events", "--field-selector", "involvedObject.name=demo"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).contains("FailedScheduling")
+    }));
+}
