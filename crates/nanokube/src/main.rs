@@ -609,6 +609,16 @@ async fn run_server(args: ServerArgs, started: Instant) -> i32 {
             return 1;
         }
     };
+    // The handlers exist before "ready" is printed: a Ctrl-C right after it must stop the
+    // server cleanly, not kill it by the signal's default action.
+    use tokio::signal::unix::{signal, SignalKind};
+    let (mut int, mut term) = match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+        (Ok(i), Ok(t)) => (i, t),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("error: installing signal handlers: {e}");
+            return 1;
+        }
+    };
     let ms = started.elapsed().as_secs_f64() * 1000.0;
     println!("nanokube is ready at {} ({ms:.1} ms after start)", cluster.server_url);
     for f in &cluster.created {
@@ -624,9 +634,8 @@ async fn run_server(args: ServerArgs, started: Instant) -> i32 {
     println!("Try:");
     println!("  kubectl --kubeconfig {} get namespaces", cluster.kubeconfig.display());
     println!("  curl --cacert {dir}/ca.crt --cert {dir}/client.crt --key {dir}/client.key {}/api", cluster.server_url, dir = cluster.data_dir.display());
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
     let signal = tokio::select! {
-        _ = tokio::signal::ctrl_c() => "interrupt",
+        _ = int.recv() => "interrupt",
         _ = term.recv() => "SIGTERM",
     };
     eprintln!("nanokube: {signal}: stopping (open watches end, the store is closed cleanly)");
