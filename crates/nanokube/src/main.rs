@@ -17,6 +17,15 @@ struct Cli {
     command: Command,
 }
 
+/// `println!` that ignores a closed stdout: the server keeps running when whoever read
+/// its first lines has gone (`nanokube server | head -1`), where `println!` would panic.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Start the API server and controllers on the embedded store.
@@ -620,26 +629,32 @@ async fn run_server(args: ServerArgs, started: Instant) -> i32 {
         }
     };
     let ms = started.elapsed().as_secs_f64() * 1000.0;
-    println!("nanokube is ready at {} ({ms:.1} ms after start)", cluster.server_url);
+    say!("nanokube is ready at {} ({ms:.1} ms after start)", cluster.server_url);
     for f in &cluster.created {
-        println!("  created    {}", f.display());
+        say!("  created    {}", f.display());
     }
-    println!("  data dir   {}", cluster.data_dir.display());
-    println!("  kubeconfig {}", cluster.kubeconfig.display());
+    say!("  data dir   {}", cluster.data_dir.display());
+    say!("  kubeconfig {}", cluster.kubeconfig.display());
     match &merge {
-        Some(m) => println!("  merged context \"nanokube\" into {} and made it current", m.display()),
-        None => println!("  (not merged into any other kubeconfig)"),
+        Some(m) => say!("  merged context \"nanokube\" into {} and made it current", m.display()),
+        None => say!("  (not merged into any other kubeconfig)"),
     }
-    println!();
-    println!("Try:");
-    println!("  kubectl --kubeconfig {} get namespaces", cluster.kubeconfig.display());
-    println!("  curl --cacert {dir}/ca.crt --cert {dir}/client.crt --key {dir}/client.key {}/api", cluster.server_url, dir = cluster.data_dir.display());
+    say!();
+    say!("Try:");
+    say!("  kubectl --kubeconfig {} get namespaces", cluster.kubeconfig.display());
+    say!("  curl --cacert {dir}/ca.crt --cert {dir}/client.crt --key {dir}/client.key {}/api", cluster.server_url, dir = cluster.data_dir.display());
     let signal = tokio::select! {
         _ = int.recv() => "interrupt",
         _ = term.recv() => "SIGTERM",
     };
-    eprintln!("nanokube: {signal}: stopping (open watches end, the store is closed cleanly)");
+    {
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), "nanokube: {signal}: stopping (open watches end, the store is closed cleanly)");
+    }
     cluster.shutdown().await;
-    eprintln!("nanokube: stopped");
+    {
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), "nanokube: stopped");
+    }
     0
 }

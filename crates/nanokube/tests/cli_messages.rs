@@ -112,3 +112,27 @@ fn ctrl_c_says_it_stops() {
     assert!(err.contains("interrupt: stopping") && err.contains("nanokube: stopped"), "{err}");
     assert!(!dir.path().join("data/state.db-in-use").exists(), "stopped cleanly");
 }
+
+#[test]
+fn the_server_outlives_a_closed_stdout() {
+    // `nanokube server | head -1`: whoever reads the ready line may be gone before the
+    // server writes the next one. Here its stdout is a pipe nobody reads from at all.
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let mut child = nanokube(&["server", "--secure-port", &port.to_string(), "--merge-kubeconfig=false", "--data-dir", dir.path().join("data").to_str().unwrap()])
+        .stdout(writer)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let ready = common::eventually(std::time::Duration::from_secs(15), || {
+        Command::new("curl").args(["-sk", "-o", "/dev/null", "-w", "%{http_code}", &format!("https://127.0.0.1:{port}/readyz")]).output().is_ok_and(|o| o.stdout == b"200")
+    });
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let alive = child.try_wait().unwrap().is_none();
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let status = child.wait().unwrap();
+    assert!(ready && alive, "the server died when its stdout was closed ({status})");
+    assert!(status.success(), "{status}");
+}

@@ -52,14 +52,16 @@ fn the_walkthrough_runs_as_written() {
         .unwrap();
     let stdout = child.stdout.take().unwrap();
     let _server = KillOnDrop(child);
-    let mut ready = false;
-    for line in BufReader::new(stdout).lines() {
-        if line.unwrap().starts_with("nanokube is ready at") {
-            ready = true;
-            break;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // Read every line, so the server never writes into a closed pipe.
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.starts_with("nanokube is ready at") {
+                let _ = tx.send(());
+            }
         }
-    }
-    assert!(ready, "the server did not start");
+    });
+    rx.recv_timeout(Duration::from_secs(30)).expect("the server did not start");
 
     let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/walkthrough.md")).unwrap();
     let (p8080, p8081, p8001) = (free_port(), free_port(), free_port());
