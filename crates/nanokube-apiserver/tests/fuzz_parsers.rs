@@ -1,4 +1,5 @@
-//! Fuzzing of every parser that sees client bytes, as a bounded property test: each
+//! Fuzzing of every parser that sees client bytes (and the node's: image references,
+//! `$(VAR)` expansion, image archives), as a bounded property test: each
 //! target gets seeds of real input, mutated at random (bytes flipped, inserted, cut,
 //! repeated; brackets nested; multi-byte characters spliced in), and must answer with a
 //! value or an error, never a panic or a stack overflow. Runs for `FUZZ_SECONDS` per
@@ -253,4 +254,48 @@ fn service_account_tokens() {
             assert_eq!(auth.authenticate(&issuer.sign(&c)).and_then(Result::ok), None, "a token for a missing ServiceAccount authenticated");
         }
     });
+}
+
+#[test]
+fn image_references_and_variable_expansion() {
+    fuzz("image reference", &[b"docker.io/library/busybox:1.36", b"127.0.0.1:5000/a/b@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"], |b| {
+        if let Ok(r) = nanokube_runtime::Reference::parse(&String::from_utf8_lossy(b)) {
+            // What it normalizes to parses to itself.
+            assert_eq!(nanokube_runtime::Reference::parse(&r.to_string()).as_ref(), Ok(&r));
+        }
+    });
+    fuzz("expansion", &[b"$(A) $$(B) $(C", "é$(A)ü$$".as_bytes()], |b| {
+        let text = String::from_utf8_lossy(b);
+        let env = vec![("A".to_string(), "1".to_string())];
+        let _ = nanokube_runtime::command::argv(&[text.to_string()], &[text.to_string()], &[], &[], &env);
+    });
+}
+
+#[test]
+fn image_archives() {
+    // A docker-save archive of one empty layer, mutated as bytes: load answers, never panics.
+    fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, data) in files {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_uid(0);
+            h.set_gid(0);
+            b.append_data(&mut h, name, *data).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+    let layer = tar_of(&[("a", b"x")]);
+    let diff = nanokube_runtime::store::sha256(&layer);
+    let config = format!(r#"{{"rootfs":{{"type":"layers","diff_ids":["{diff}"]}}}}"#);
+    let seed = tar_of(&[("manifest.json", br#"[{"Config":"c.json","RepoTags":["x:1"],"Layers":["l.tar"]}]"#), ("c.json", config.as_bytes()), ("l.tar", &layer)]);
+    let dir = std::env::temp_dir().join(format!("nanokube-fuzz-archives-{}", std::process::id()));
+    let store = nanokube_runtime::ImageStore::open(&dir).unwrap();
+    let file = dir.join("archive.tar");
+    fuzz("image archive", &[&seed], |b| {
+        std::fs::write(&file, b).unwrap();
+        let _ = nanokube_runtime::archive::load(&store, &file);
+    });
+    let _ = std::fs::remove_dir_all(&dir);
 }
