@@ -226,3 +226,32 @@ def test_default_policy_by_escaped_names(api):
     assert view.aggregation_rule.cluster_role_selectors[0].match_labels == {"rbac.authorization.k8s.io/aggregate-to-view": "true"}
     assert any("configmaps" in (r.resources or []) for r in view.rules)
     assert len(rbac.list_cluster_role().items) == 67
+
+
+def test_node_and_a_pod_that_waits_say_why(api):
+    """The node as the Python client reads it, and a pod watched until the scheduler says
+    why it waits (the node has no container runtime yet, so it is tainted not-ready)."""
+    core = client.CoreV1Api(api)
+    nodes = core.list_node().items
+    assert len(nodes) == 1
+    node = nodes[0]
+    assert node.status.node_info.kubelet_version.startswith("v1.33")
+    assert node.status.capacity["pods"] == "110"
+    ready = [c for c in node.status.conditions if c.type == "Ready"][0]
+    assert ready.status == "False" and ready.reason == "KubeletNotReady"
+
+    pod = client.V1Pod(metadata=client.V1ObjectMeta(name="waits"), spec=client.V1PodSpec(containers=[client.V1Container(name="c", image="busybox")]))
+    core.create_namespaced_pod("default", pod)
+    message = None
+    w = watch.Watch()
+    for ev in w.stream(core.list_namespaced_pod, "default", field_selector="metadata.name=waits", timeout_seconds=15):
+        conditions = ev["object"].status.conditions or []
+        scheduled = [c for c in conditions if c.type == "PodScheduled"]
+        if scheduled and scheduled[0].status == "False":
+            message = scheduled[0].message
+            w.stop()
+    assert message is not None, "the watch saw the PodScheduled condition"
+    assert message.startswith("0/1 nodes are available: 1 node(s) had untolerated taint {node.kubernetes.io/not-ready: }."), message
+    events = core.list_namespaced_event("default", field_selector="involvedObject.name=waits").items
+    assert any(e.reason == "FailedScheduling" for e in events)
+    core.delete_namespaced_pod("waits", "default")
