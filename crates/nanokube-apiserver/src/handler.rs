@@ -568,6 +568,12 @@ impl Ctx<'_> {
         self.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("application/json")
     }
 
+    /// The options of a write this request makes: its dry run, the subresource written,
+    /// and its requester for admission.
+    fn write_options(&self, subresource: Option<&str>) -> Result<WriteOptions, ApiError> {
+        Ok(WriteOptions { dry_run: self.dry_run()?, subresource: subresource.map(String::from), requester: Some(self.requester.clone()) })
+    }
+
     fn dry_run(&self) -> Result<bool, ApiError> {
         match self.query.get("dryRun") {
             None | Some("") => Ok(false),
@@ -786,7 +792,7 @@ impl Ctx<'_> {
                     "",
                     def.has_status(),
                 );
-                let opts = WriteOptions { dry_run: self.dry_run()?, subresource: None, requester: Some(self.requester.clone()) };
+                let opts = self.write_options(None)?;
                 let created = self.server.registry.create(def, ns, obj, &opts).await?;
                 Ok(with_warnings(self.respond_object(def, StatusCode::CREATED, &created)?, &warnings))
             }
@@ -796,7 +802,7 @@ impl Ctx<'_> {
                 warnings.extend(crd_warnings(def, &obj));
                 self.admit_rbac(def, &obj)?;
                 crate::registry::Registry::check_type(def, &obj)?;
-                let opts = WriteOptions { dry_run: self.dry_run()?, subresource: None, requester: Some(self.requester.clone()) };
+                let opts = self.write_options(None)?;
                 let manager = self.manager()?;
                 let custom = self.custom_version(def);
                 let updated = self
@@ -1240,7 +1246,7 @@ impl Ctx<'_> {
         if ty == PatchType::Apply {
             return self.apply(def, body, subresource).await;
         }
-        let opts = WriteOptions { dry_run: self.dry_run()?, subresource: subresource.map(String::from), requester: Some(self.requester.clone()) };
+        let opts = self.write_options(subresource)?;
         let manager = self.manager()?;
         let custom = self.custom_version(def);
         // The patch applies to the object as stored, resourceVersion included (a JSON patch
@@ -1315,7 +1321,7 @@ impl Ctx<'_> {
         let custom = self.custom_version(def);
         let msg = Self::type_schema(def, custom.as_deref());
         let sub = subresource.unwrap_or("");
-        let opts = WriteOptions { dry_run: self.dry_run()?, subresource: subresource.map(String::from), requester: Some(self.requester.clone()) };
+        let opts = self.write_options(subresource)?;
         let pinned = !meta::resource_version(&applied).is_empty();
         let ns = self.info.namespace.as_str();
         if self.server.registry.get(def, ns, &self.info.name).is_err() && subresource.is_none() {
@@ -1343,7 +1349,7 @@ impl Ctx<'_> {
     /// A Binding: the pod gets its node (answered with a Success Status, as upstream).
     async fn bind(&self, ns: &str, pod: &str, binding: &Value) -> Result<Response<Body>, ApiError> {
         let node = binding.pointer("/target/name").and_then(Value::as_str).unwrap_or("");
-        let opts = WriteOptions { dry_run: self.dry_run()?, subresource: None, requester: Some(self.requester.clone()) };
+        let opts = self.write_options(None)?;
         self.server.registry.bind(ns, pod, node, &opts).await?;
         Ok(h::json(StatusCode::CREATED, &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201})))
     }
@@ -1359,7 +1365,7 @@ impl Ctx<'_> {
             }
             let obj = self.decode_body(&body)?;
             let finalizers = obj.pointer("/spec/finalizers").cloned().unwrap_or(json!([]));
-            let opts = WriteOptions { dry_run: self.dry_run()?, subresource: Some("finalize".into()), requester: Some(self.requester.clone()) };
+            let opts = self.write_options(Some("finalize"))?;
             let updated = self
                 .server
                 .registry
@@ -1399,7 +1405,7 @@ impl Ctx<'_> {
                 }
                 "PUT" => {
                     let obj = self.decode_body(&body)?;
-                    let opts = WriteOptions { dry_run: self.dry_run()?, subresource: Some(sub.into()), requester: Some(self.requester.clone()) };
+                    let opts = self.write_options(Some(sub))?;
                     let updated = self.server.registry.update(def, ns, &info.name, obj, &opts).await?;
                     self.respond_object(def, StatusCode::OK, &updated)
                 }
@@ -1461,7 +1467,7 @@ impl Ctx<'_> {
                         let body_v = if is_put { Some(self.decode_body(&body)?) } else { None };
                         // `scale` names the subresource for admission rules; the write itself
                         // is one of the object (its status kept, as any update's).
-                        let opts = WriteOptions { dry_run: self.dry_run()?, subresource: Some("scale".into()), requester: Some(self.requester.clone()) };
+                        let opts = self.write_options(Some("scale"))?;
                         let updated = self
                             .server
                             .registry

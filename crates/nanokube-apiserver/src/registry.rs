@@ -24,8 +24,6 @@ use serde_json::{json, Map, Value};
 use crate::admission::{self, Attributes, Operation, Requester};
 use crate::alloc::ServiceAllocator;
 
-/// Makes `into` hold at `path` (object keys) what `from` holds there: the same value, or
-/// nothing when `from` has none. Objects on the way are made where a value goes.
 /// Put `condition` into `obj.status.conditions`, replacing the one of its type.
 pub fn set_condition(obj: &mut Value, condition: Value) {
     let ty = condition.get("type").cloned().unwrap_or(Value::Null);
@@ -41,6 +39,8 @@ pub fn set_condition(obj: &mut Value, condition: Value) {
     }
 }
 
+/// Makes `into` hold at `path` (object keys) what `from` holds there: the same value, or
+/// nothing when `from` has none. Objects on the way are made where a value goes.
 fn carry(from: &Value, into: &mut Value, path: &[&str]) {
     let Some((last, parents)) = path.split_last() else { return };
     let value = path.iter().try_fold(from, |v, k| v.get(*k)).cloned();
@@ -1335,9 +1335,8 @@ impl Registry {
         new["apiVersion"] = json!(def.api_version());
         let status_write = opts.subresource.as_deref() == Some("status");
         // A status write changes the status only, an approval (CertificateSigningRequests)
-        // only the conditions, each with the field manager's record of who did it; any
-        // other write keeps the status as it was.
-        // A binding (pods) writes the node and the PodScheduled condition.
+        // only the conditions, a binding (pods) the node and the conditions, each with the
+        // field manager's record of who did it; any other write keeps the status as it was.
         let written: Option<&[&[&str]]> = match opts.subresource.as_deref() {
             Some("status") => Some(&[&["status"]]),
             Some("approval") => Some(&[&["status", "conditions"]]),

@@ -82,14 +82,7 @@ pub async fn sync(registry: &Arc<Registry>) -> Result<(), ApiError> {
             writes.spawn(async move { r.delete(apiservices(), "", &name, &Default::default()).await.map(|_| ()) });
         }
     }
-    while let Some(r) = writes.join_next().await {
-        match r.map_err(|e| ApiError::internal(e.to_string()))? {
-            Ok(()) => {}
-            Err(e) if e.code == 409 || e.code == 404 => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
+    crate::join_writes(&mut writes, &[409, 404]).await
 }
 
 /// Keep the local APIServices in step with the served group-versions: at start, when a

@@ -51,10 +51,7 @@ async fn ensure_all(registry: &Arc<Registry>, d: &'static ResourceDef, objs: Vec
         let r = registry.clone();
         tasks.spawn(async move { ensure(&r, d, "", obj, |_| None).await });
     }
-    while let Some(r) = tasks.join_next().await {
-        r.map_err(|e| ApiError::internal(e.to_string()))??;
-    }
-    Ok(())
+    crate::join_writes(&mut tasks, &[]).await
 }
 
 /// Create the system namespaces.

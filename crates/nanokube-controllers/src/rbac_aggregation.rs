@@ -102,15 +102,8 @@ pub async fn aggregate_all(registry: &Arc<Registry>) -> Result<(), ApiError> {
                 .await
         });
     }
-    while let Some(r) = writes.join_next().await {
-        match r.map_err(|e| ApiError::internal(e.to_string()))? {
-            Ok(_) => {}
-            // Deleted meanwhile: its own event brings another pass.
-            Err(e) if e.code == 404 => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
+    // Deleted meanwhile: its own event brings another pass.
+    crate::join_writes(&mut writes, &[404]).await
 }
 
 #[cfg(test)]

@@ -130,14 +130,7 @@ async fn ensure_objects(registry: &Arc<Registry>, objects: &[Value]) -> Result<(
             }
         }
     }
-    while let Some(r) = tasks.join_next().await {
-        match r.map_err(|e| ApiError::internal(e.to_string()))? {
-            Ok(()) => {}
-            Err(e) if e.code == 409 || e.code == 404 => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
+    crate::join_writes(&mut tasks, &[409, 404]).await
 }
 
 /// The store keys of the default policy's objects.

@@ -277,6 +277,8 @@ struct State {
 /// The scheduler.
 pub struct Scheduler {
     registry: Arc<Registry>,
+    /// `reportingInstance` of its events (`default-scheduler-<host>`).
+    instance: String,
 }
 
 fn key(pod: &Pod) -> String {
@@ -295,9 +297,9 @@ fn terminal(pod: &Pod) -> bool {
 }
 
 impl Scheduler {
-    /// A scheduler writing through `registry`.
-    pub fn new(registry: Arc<Registry>) -> Self {
-        Scheduler { registry }
+    /// A scheduler writing through `registry`, on the host named `host`.
+    pub fn new(registry: Arc<Registry>, host: &str) -> Self {
+        Scheduler { registry, instance: format!("{NAME}-{host}") }
     }
 
     /// Schedule until shutdown: read every pod once, then follow pods and nodes.
@@ -485,15 +487,14 @@ impl Scheduler {
     /// An `events.k8s.io/v1` Event about `pod`, as kube-scheduler records them.
     async fn event(&self, pod: &Pod, ty: &str, reason: &str, action: &str, note: &str) {
         let (ns, name) = (pod.metadata.namespace.as_deref().unwrap_or(""), pod.metadata.name.as_deref().unwrap_or(""));
-        let now = time::OffsetDateTime::now_utc();
-        let event_time = format!("{}.{:06}Z", meta::now_rfc3339().trim_end_matches('Z'), now.microsecond());
+        let event_time = meta::format_micro_time(time::OffsetDateTime::now_utc());
         let ev = json!({
             "apiVersion": "events.k8s.io/v1",
             "kind": "Event",
             "metadata": {"name": format!("{name}.{:016x}", fastrand::u64(..)), "namespace": ns},
             "eventTime": event_time,
             "reportingController": NAME,
-            "reportingInstance": format!("{NAME}-{}", hostname()),
+            "reportingInstance": self.instance,
             "action": action,
             "reason": reason,
             "regarding": {"kind": "Pod", "namespace": ns, "name": name, "uid": pod.metadata.uid.clone().unwrap_or_default(), "apiVersion": "v1", "resourceVersion": pod.metadata.resource_version.clone().unwrap_or_default()},
@@ -505,10 +506,6 @@ impl Scheduler {
             tracing::debug!(pod = %key(pod), "recording event {reason}: {}", e.message);
         }
     }
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_lowercase()).unwrap_or_default()
 }
 
 #[cfg(test)]

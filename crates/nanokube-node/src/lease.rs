@@ -18,9 +18,7 @@ fn leases() -> &'static resources::ResourceDef {
 
 /// Now as a MicroTime (`2026-12-02T16:40:00.123456Z`).
 fn micro_now() -> Option<MicroTime> {
-    let now = time::OffsetDateTime::now_utc();
-    let text = format!("{}.{:06}Z", meta::now_rfc3339().trim_end_matches('Z'), now.microsecond());
-    serde_json::from_value(Value::String(text)).ok()
+    serde_json::from_value(Value::String(meta::format_micro_time(time::OffsetDateTime::now_utc()))).ok()
 }
 
 /// Create the node's Lease, or renew it.

@@ -26,12 +26,7 @@ pub fn load(store: &ImageStore, path: &Path) -> Result<Vec<String>, String> {
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let result = (|| {
         let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let mut head = [0u8; 2];
-        let gz = {
-            use std::os::unix::fs::FileExt;
-            file.read_at(&mut head, 0).map_err(|e| e.to_string())? == 2 && head == [0x1f, 0x8b]
-        };
-        let reader: Box<dyn std::io::Read> = if gz { Box::new(flate2::read::GzDecoder::new(file)) } else { Box::new(file) };
+        let reader = crate::store::decompressed(file)?;
         tar::Archive::new(reader).unpack(&dir).map_err(|e| format!("{}: not an image archive: {e}", path.display()))?;
         if dir.join("manifest.json").exists() && !dir.join("index.json").exists() {
             load_docker(store, &dir)
@@ -82,7 +77,7 @@ fn load_docker(store: &ImageStore, dir: &Path) -> Result<Vec<Image>, String> {
         for l in entry.get("Layers").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default() {
             let p = l.as_str().ok_or("layer path is not a string")?;
             let (digest, size) = store.put_blob_file(&within(dir, p)?, None)?;
-            let gz = store.read_blob_head(&digest)? == [0x1f, 0x8b];
+            let gz = store.blob_is_gzip(&digest)?;
             let media_type = if gz { "application/vnd.oci.image.layer.v1.tar+gzip" } else { "application/vnd.oci.image.layer.v1.tar" };
             layers.push(json!({"mediaType": media_type, "digest": digest, "size": size}));
         }

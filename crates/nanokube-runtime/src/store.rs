@@ -112,7 +112,7 @@ impl ImageStore {
 
     /// A fresh temporary path in the store (same filesystem, for renames).
     pub(crate) fn tmp(&self, what: &str) -> PathBuf {
-        self.root.join("tmp").join(format!("{what}-{}-{}", std::process::id(), fastrand_u32()))
+        self.root.join("tmp").join(format!("{what}-{}-{}", std::process::id(), fastrand::u32(..)))
     }
 
     /// Where a blob lives.
@@ -168,13 +168,10 @@ impl ImageStore {
         Ok((actual, size))
     }
 
-    /// A stored blob's first two bytes (gzip's magic, or not).
-    pub(crate) fn read_blob_head(&self, digest: &str) -> Result<[u8; 2], String> {
-        use std::os::unix::fs::FileExt;
+    /// Whether a stored blob is gzip-compressed.
+    pub(crate) fn blob_is_gzip(&self, digest: &str) -> Result<bool, String> {
         let f = File::open(self.blob_path(digest)?).map_err(|e| e.to_string())?;
-        let mut head = [0u8; 2];
-        f.read_at(&mut head, 0).map_err(|e| e.to_string())?;
-        Ok(head)
+        is_gzip(&f)
     }
 
     /// A stored blob's bytes.
@@ -276,12 +273,7 @@ impl ImageStore {
             }
         }
         let blob = File::open(self.blob_path(layer_digest)?).map_err(|e| e.to_string())?;
-        let mut head = [0u8; 2];
-        let gz = {
-            use std::os::unix::fs::FileExt;
-            blob.read_at(&mut head, 0).map_err(|e| e.to_string())? == 2 && head == [0x1f, 0x8b]
-        };
-        let reader: Box<dyn Read> = if gz { Box::new(flate2::read::GzDecoder::new(blob)) } else { Box::new(blob) };
+        let reader = decompressed(blob)?;
         let mut hashing = HashingReader { inner: reader, ctx: ring::digest::Context::new(&ring::digest::SHA256) };
         let dir = self.tmp("layer");
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
@@ -363,8 +355,14 @@ impl ImageStore {
     }
 }
 
-fn fastrand_u32() -> u32 {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static N: AtomicU32 = AtomicU32::new(0);
-    N.fetch_add(1, Ordering::Relaxed) ^ std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos())
+/// Whether a file starts with gzip's magic bytes.
+fn is_gzip(f: &File) -> Result<bool, String> {
+    use std::os::unix::fs::FileExt;
+    let mut head = [0u8; 2];
+    Ok(f.read_at(&mut head, 0).map_err(|e| e.to_string())? == 2 && head == [0x1f, 0x8b])
+}
+
+/// A file's bytes, gunzipped when it is gzip (layers and archives come either way).
+pub(crate) fn decompressed(f: File) -> Result<Box<dyn Read>, String> {
+    Ok(if is_gzip(&f)? { Box::new(flate2::read::GzDecoder::new(f)) } else { Box::new(f) })
 }

@@ -233,15 +233,15 @@ fn target(registry: &Registry, hook: &Hook<'_>) -> Result<Target, CallError> {
     let cc = hook.spec.get("clientConfig").cloned().unwrap_or(Value::Null);
     let timeout = format!("timeout={}s", hook.timeout().as_secs());
     if let Some(url) = cc.get("url").and_then(Value::as_str) {
-        let rest = url.strip_prefix("https://").ok_or_else(|| CallError(format!("webhook URL {url:?} is not https")))?;
-        let (authority, path) = rest.split_once('/').map_or((rest, "/".to_string()), |(a, p)| (a, format!("/{p}")));
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => (h.trim_matches(['[', ']']).to_string(), p.to_string()),
-            _ => (authority.trim_matches(['[', ']']).to_string(), "443".to_string()),
-        };
+        let uri: http::Uri = url.parse().map_err(|e| CallError(format!("webhook URL {url:?}: {e}")))?;
+        if uri.scheme_str() != Some("https") {
+            return Err(CallError(format!("webhook URL {url:?} is not https")));
+        }
+        let host = uri.host().ok_or_else(|| CallError(format!("webhook URL {url:?} has no host")))?.trim_matches(['[', ']']).to_string();
+        let path = uri.path_and_query().map_or("/", |p| p.as_str());
         let sep = if path.contains('?') { '&' } else { '?' };
         return Ok(Target {
-            connect: format!("{}:{port}", if host.contains(':') { format!("[{host}]") } else { host.clone() }),
+            connect: crate::backend::join_host_port(&host, uri.port_u16().unwrap_or(443).into()),
             server_name: host,
             url: url.to_string(),
             path_and_query: format!("{path}{sep}{timeout}"),
