@@ -49,7 +49,27 @@ def json_names(mod_path, struct):
             names[norm(k)] = j
     return names
 
+# Go JSON names with acronyms that a plain camelCase guess gets wrong, for messages
+# k8s-openapi has no struct of their own to read them from.
+GO_NAMES = {
+    "downward_api": "downwardAPI",
+    "scale_io": "scaleIO",
+    "insecure_skip_tls_verify_backend": "insecureSkipTLSVerifyBackend",
+    "node_id": "nodeID",
+    "desired_api_version": "desiredAPIVersion",
+    "host_pid": "hostPID",
+    "host_ipc": "hostIPC",
+    "host_ip": "hostIP",
+    "carp_ip": "carpIP",
+}
+
+# Messages whose fields k8s-openapi inlines into another struct.
+INLINED_INTO = {"VolumeSource": "Volume", "PersistentVolumeSource": "PersistentVolumeSpec"}
+
+
 def camel(field):
+    if field in GO_NAMES:
+        return GO_NAMES[field]
     parts = field.split("_")
     return parts[0] + "".join(p[:1].upper() + p[1:] for p in parts[1:])
 
@@ -125,7 +145,7 @@ for f in sorted(glob.glob(os.path.join(pb, "src", "**", "mod.rs"), recursive=Tru
         sdoc, struct, body = m.group(1), m.group(2), m.group(3) + "\n"
         msg = ".".join(rel + [struct])
         docs.append((msg, "", describe([l.strip()[3:].strip() for l in sdoc.splitlines() if l.strip().startswith("///")])[0], {}))
-        names = json_names(rel, struct)
+        names = json_names(rel, struct) or json_names(rel, INLINED_INTO.get(struct, struct))
         for attr, field, ty, doc in fields(body):
             tag = re.search(r'tag = "(\d+)"', attr).group(1)
             desc, markers = describe(doc)

@@ -22,7 +22,9 @@ class Server:
         self.dir = tempfile.TemporaryDirectory()
         self.data = os.path.join(self.dir.name, "data")
         self.proc = subprocess.Popen(
-            [nanokube_binary(), "server", "--secure-port", "0", "--merge-kubeconfig=false", "--data-dir", self.data],
+            # Public registries are never reached from tests: their pulls go to a closed port.
+            [nanokube_binary(), "server", "--secure-port", "0", "--merge-kubeconfig=false", "--data-dir", self.data]
+            + [f"--registry-mirror={r}=127.0.0.1:1" for r in ("docker.io", "registry.k8s.io", "quay.io", "ghcr.io", "gcr.io")],
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -44,6 +46,37 @@ class Server:
             self.proc.wait()
         self.proc.stdout.close()
         self.dir.cleanup()
+
+
+def build_image(path, tag):
+    """A `docker save` archive of a one-layer image named `tag` holding Debian's
+    busybox-static (the test command installs it)."""
+    import hashlib
+    import io
+    import json
+    import tarfile
+
+    def add(t, name, data=None, mode=0o644, kind=tarfile.REGTYPE, link=""):
+        ti = tarfile.TarInfo(name)
+        ti.mode, ti.type, ti.linkname, ti.mtime = mode, kind, link, 1700000000
+        if data is not None:
+            ti.size = len(data)
+        t.addfile(ti, io.BytesIO(data) if data is not None else None)
+
+    layer = io.BytesIO()
+    with tarfile.open(fileobj=layer, mode="w", format=tarfile.GNU_FORMAT) as t:
+        add(t, "bin/", mode=0o755, kind=tarfile.DIRTYPE)
+        with open("/bin/busybox", "rb") as f:
+            add(t, "bin/busybox", f.read(), 0o755)
+        add(t, "bin/sh", mode=0o777, kind=tarfile.SYMTYPE, link="busybox")
+    layer = layer.getvalue()
+    diff_id = "sha256:" + hashlib.sha256(layer).hexdigest()
+    config = {"architecture": "amd64", "os": "linux", "config": {"Cmd": ["sh"], "Env": ["PATH=/bin"]}, "rootfs": {"type": "layers", "diff_ids": [diff_id]}}
+    manifest = [{"Config": "config.json", "RepoTags": [tag], "Layers": ["l1/layer.tar"]}]
+    with tarfile.open(path, "w") as t:
+        add(t, "manifest.json", json.dumps(manifest).encode())
+        add(t, "config.json", json.dumps(config).encode())
+        add(t, "l1/layer.tar", layer)
 
 
 @pytest.fixture

@@ -228,9 +228,14 @@ def test_default_policy_by_escaped_names(api):
     assert len(rbac.list_cluster_role().items) == 67
 
 
-def test_node_and_a_pod_that_waits_say_why(api):
-    """The node as the Python client reads it, and a pod watched until the scheduler says
-    why it waits (the node has no container runtime yet, so it is tainted not-ready)."""
+def test_a_pod_runs_and_its_logs_are_read(api, server):
+    """The node as the Python client reads it; a pod (of an image loaded with `nanokube
+    image load`) created, watched to Running, its logs read, deleted."""
+    import os
+    import subprocess
+
+    from conftest import build_image, nanokube_binary
+
     core = client.CoreV1Api(api)
     nodes = core.list_node().items
     assert len(nodes) == 1
@@ -238,20 +243,41 @@ def test_node_and_a_pod_that_waits_say_why(api):
     assert node.status.node_info.kubelet_version.startswith("v1.33")
     assert node.status.capacity["pods"] == "110"
     ready = [c for c in node.status.conditions if c.type == "Ready"][0]
-    assert ready.status == "False" and ready.reason == "KubeletNotReady"
+    assert ready.status == "True" and ready.reason == "KubeletReady", ready
 
-    pod = client.V1Pod(metadata=client.V1ObjectMeta(name="waits"), spec=client.V1PodSpec(containers=[client.V1Container(name="c", image="busybox")]))
+    archive = os.path.join(server.dir.name, "pybox.tar")
+    build_image(archive, "pybox:1.0")
+    out = subprocess.run([nanokube_binary(), "image", "load", archive, "--data-dir", server.data], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "Loaded image: docker.io/library/pybox:1.0\n"
+
+    container = client.V1Container(name="c", image="pybox:1.0", command=["sh", "-c", "echo hello from python; while true; do sleep 0.2; done"])
+    pod = client.V1Pod(metadata=client.V1ObjectMeta(name="py"), spec=client.V1PodSpec(containers=[container], termination_grace_period_seconds=1))
     core.create_namespaced_pod("default", pod)
-    message = None
+    phase = None
     w = watch.Watch()
-    for ev in w.stream(core.list_namespaced_pod, "default", field_selector="metadata.name=waits", timeout_seconds=15):
-        conditions = ev["object"].status.conditions or []
-        scheduled = [c for c in conditions if c.type == "PodScheduled"]
-        if scheduled and scheduled[0].status == "False":
-            message = scheduled[0].message
+    for ev in w.stream(core.list_namespaced_pod, "default", field_selector="metadata.name=py", timeout_seconds=30):
+        phase = ev["object"].status.phase
+        if phase == "Running":
             w.stop()
-    assert message is not None, "the watch saw the PodScheduled condition"
-    assert message.startswith("0/1 nodes are available: 1 node(s) had untolerated taint {node.kubernetes.io/not-ready: }."), message
-    events = core.list_namespaced_event("default", field_selector="involvedObject.name=waits").items
-    assert any(e.reason == "FailedScheduling" for e in events)
-    core.delete_namespaced_pod("waits", "default")
+    assert phase == "Running"
+    got = core.read_namespaced_pod("py", "default")
+    assert got.status.pod_ip.startswith("127.244.")
+    assert got.status.container_statuses[0].state.running.started_at is not None
+    deadline = time.time() + 10
+    logs = ""
+    while time.time() < deadline and "hello" not in logs:
+        logs = core.read_namespaced_pod_log("py", "default")
+        time.sleep(0.1)
+    assert logs == "hello from python\n"
+
+    core.delete_namespaced_pod("py", "default")
+    deadline = time.time() + 15
+    gone = False
+    while time.time() < deadline and not gone:
+        try:
+            core.read_namespaced_pod("py", "default")
+            time.sleep(0.1)
+        except ApiException as e:
+            gone = e.status == 404
+    assert gone, "the node stopped the pod and confirmed its deletion"

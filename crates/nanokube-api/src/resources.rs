@@ -241,7 +241,11 @@ pub static BUILTIN: &[ResourceDef] = &[
         true,
         &["po"],
         ALL,
-        &[SubresourceDef { name: "binding", group: "", version: "v1", kind: "Binding", verbs: &["create"] }, status("Pod", "")],
+        &[
+            SubresourceDef { name: "binding", group: "", version: "v1", kind: "Binding", verbs: &["create"] },
+            SubresourceDef { name: "log", group: "", version: "v1", kind: "Pod", verbs: &["get"] },
+            status("Pod", ""),
+        ],
     ),
     res("", "PodTemplate", "podtemplates", "podtemplate", true, NONE, NONE, &[]),
     res("", "ReplicationController", "replicationcontrollers", "replicationcontroller", true, &["rc"], ALL, &[status("ReplicationController", ""), scale()]),

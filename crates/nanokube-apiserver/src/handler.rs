@@ -1388,6 +1388,17 @@ impl Ctx<'_> {
                 let binding = self.decode_body(&body)?;
                 self.bind(ns, &info.name, &binding).await
             }
+            "log" => {
+                if self.method != Method::GET {
+                    return Err(ApiError::method_not_allowed("pods/log supports get only"));
+                }
+                let pod = self.server.registry.get(def, ns, &info.name)?;
+                let query = self.query;
+                let rx = self.server.nodes.open(pod.value(), &|k: &str| query.get(k).map(String::from))?;
+                let mut resp = Response::new(h::channel(rx));
+                resp.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+                Ok(resp)
+            }
             "token" => {
                 if self.method != Method::POST {
                     return Err(ApiError::method_not_allowed("serviceaccounts/token supports create only"));

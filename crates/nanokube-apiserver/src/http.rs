@@ -17,6 +17,19 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into()).boxed()
 }
 
+/// A body streamed from a channel, ending when the sender goes.
+pub fn channel(rx: tokio::sync::mpsc::Receiver<Bytes>) -> Body {
+    struct Channel(tokio::sync::mpsc::Receiver<Bytes>);
+    impl http_body::Body for Channel {
+        type Data = Bytes;
+        type Error = Infallible;
+        fn poll_frame(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+            self.0.poll_recv(cx).map(|b| b.map(|b| Ok(http_body::Frame::data(b))))
+        }
+    }
+    Channel(rx).boxed()
+}
+
 /// A JSON response (ending with a newline, as Go's encoder writes every object).
 pub fn json(code: StatusCode, v: &Value) -> Response<Body> {
     let mut b = serde_json::to_vec(v).expect("serialize");

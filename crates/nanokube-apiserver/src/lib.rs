@@ -31,6 +31,7 @@ pub mod kubeconfig;
 pub mod metrics;
 pub mod openapi;
 pub mod patch;
+pub mod pod_logs;
 pub mod pki;
 pub mod rbac;
 pub mod registry;

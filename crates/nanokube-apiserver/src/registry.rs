@@ -1561,6 +1561,31 @@ impl Registry {
             admission::mutate(self, &attrs, &mut none, Some(current.value())).await?;
             admission::validate(self, &attrs, None, Some(current.value())).await?;
             let is_namespace = def.group.is_empty() && def.plural == "namespaces";
+            // A pod on a node is deleted gracefully: it stays, marked, until its node has
+            // stopped it and confirms with a delete of grace 0 (upstream's
+            // CheckGracefulDelete and BeforeDelete).
+            if let Some(period) = pod_grace_period(def, &current, opts.grace_period) {
+                let m = current.value().get("metadata");
+                let existing = m.and_then(|m| m.get("deletionGracePeriodSeconds")).and_then(Value::as_i64);
+                if existing.is_some_and(|e| e <= period) {
+                    return Ok(Deleted::Pending(current));
+                }
+                let mut next = (*current).clone();
+                {
+                    let due = time::OffsetDateTime::now_utc() + time::Duration::seconds(period);
+                    let m = meta::metadata_mut(&mut next);
+                    m.insert("deletionTimestamp".into(), json!(meta::format_time(due)));
+                    m.insert("deletionGracePeriodSeconds".into(), json!(period));
+                    if !finalizers.is_empty() {
+                        m.insert("finalizers".into(), json!(finalizers));
+                    }
+                }
+                match self.mark_deleting(def, &key, kv.mod_revision, next, opts.dry_run, name).await {
+                    Ok(Some(done)) => return Ok(done),
+                    Ok(None) => continue,
+                    Err(e) => return Err(e),
+                }
+            }
             let graceful = !finalizers.is_empty() || (is_namespace && !namespace_finalizers_empty(def, &current));
             if graceful {
                 if meta::is_deleting(&current) && finalizers == meta::finalizers(&current) {
@@ -1578,13 +1603,10 @@ impl Registry {
                 if is_namespace {
                     next["status"]["phase"] = json!("Terminating");
                 }
-                if opts.dry_run {
-                    return Ok(Deleted::Pending(Arc::new(Stored::new(next))));
-                }
-                match self.store.update(key.clone(), encode_as(def, &next).bytes, Some(kv.mod_revision)).await {
-                    Ok(kv) => return Ok(Deleted::Pending(decode_as(def, &kv)?)),
-                    Err(StoreError::Conflict { .. }) => continue,
-                    Err(e) => return Err(store_err(e, def, name)),
+                match self.mark_deleting(def, &key, kv.mod_revision, next, opts.dry_run, name).await {
+                    Ok(Some(done)) => return Ok(done),
+                    Ok(None) => continue,
+                    Err(e) => return Err(e),
                 }
             }
             if opts.dry_run {
@@ -1602,6 +1624,19 @@ impl Registry {
             }
         }
         Err(ApiError::conflict(def.plural, def.group, name))
+    }
+
+    /// Write an object marked for deletion (it stays, pending its finalizers or its
+    /// node); `None` when another write came first and the delete must look again.
+    async fn mark_deleting(&self, def: &ResourceDef, key: &str, revision: Revision, next: Value, dry_run: bool, name: &str) -> Result<Option<Deleted>, ApiError> {
+        if dry_run {
+            return Ok(Some(Deleted::Pending(Arc::new(Stored::new(next)))));
+        }
+        match self.store.update(key.to_string(), encode_as(def, &next).bytes, Some(revision)).await {
+            Ok(kv) => Ok(Some(Deleted::Pending(decode_as(def, &kv)?))),
+            Err(StoreError::Conflict { .. }) => Ok(None),
+            Err(e) => Err(store_err(e, def, name)),
+        }
     }
 
     /// Delete an object whose stored bytes do not decode: nothing about it can be judged
@@ -1639,6 +1674,25 @@ impl Registry {
         let stream = self.store.watch(&prefix, after).map_err(|e| store_err(e, def, ""))?;
         Ok(ObjectWatch { def, stream, labels, fields, exact_key: if exact { Some(prefix) } else { None } })
     }
+}
+
+/// The grace period a pod's deletion waits, `None` when it goes at once: the one asked
+/// for, else the pod's `terminationGracePeriodSeconds`; none for a pod on no node or one
+/// that has finished; a negative one is 1 (upstream's podStrategy.CheckGracefulDelete).
+fn pod_grace_period(def: &ResourceDef, pod: &Value, asked: Option<i64>) -> Option<i64> {
+    if !(def.group.is_empty() && def.plural == "pods") {
+        return None;
+    }
+    let mut period = asked.or_else(|| pod.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64)).unwrap_or(0);
+    let node = pod.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or("");
+    let phase = pod.pointer("/status/phase").and_then(Value::as_str).unwrap_or("");
+    if node.is_empty() || phase == "Succeeded" || phase == "Failed" {
+        period = 0;
+    }
+    if period < 0 {
+        period = 1;
+    }
+    (period > 0).then_some(period)
 }
 
 fn obj_spec_containers(obj: &Value) -> &[Value] {

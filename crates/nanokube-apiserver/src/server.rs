@@ -51,6 +51,8 @@ pub struct ApiServer {
     pub aggregator: Arc<crate::aggregator::Aggregator>,
     /// Whether the in-process scheduler runs (for `componentstatuses`).
     pub scheduler: bool,
+    /// The nodes whose kubelet side (logs) this server reaches.
+    pub nodes: crate::pod_logs::Nodes,
     ready: AtomicBool,
 }
 
@@ -71,6 +73,7 @@ impl ApiServer {
             metrics: Arc::default(),
             aggregator: Arc::new(crate::aggregator::Aggregator::new(None)),
             scheduler: false,
+            nodes: Default::default(),
             ready: AtomicBool::new(false),
         }
     }

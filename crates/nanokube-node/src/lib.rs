@@ -6,18 +6,21 @@
 //!   addresses, capacity and allocatable, conditions with kubelet's reasons, `nodeInfo`,
 //!   `daemonEndpoints`, the pod CIDR), and its status kept current.
 //! - [`lease`]: the node's Lease in `kube-node-lease`, renewed every 10 seconds.
+//! - [`pods`]: the pods bound to the node, run as containers (runc, one shim process per
+//!   container), with kubelet's lifecycle, status, events, volumes and logs.
 //!
 //! [`NodeAgent::run`] registers the node and keeps both. The agent reads and writes typed
 //! objects (k8s-openapi) through the same registry as every other writer.
 //!
-//! Not here yet: running pods. Until a container runtime is built in, the node reports
-//! `Ready=False` with a message saying so, and the node lifecycle controller taints it
-//! `node.kubernetes.io/not-ready`, so the scheduler tells pods why they wait, as upstream
-//! does for a node whose runtime is down.
+//! Where containers cannot run (no root, no runc, no overlayfs, an in-memory server) the
+//! node reports `Ready=False` with exactly what is missing, and the node lifecycle
+//! controller taints it `node.kubernetes.io/not-ready`, so the scheduler tells pods why
+//! they wait, as upstream does for a node whose runtime is down.
 
 pub mod lease;
 pub mod machine;
 pub mod node;
+pub mod pods;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,6 +43,8 @@ pub struct NodeConfig {
     pub version: String,
     /// The node's image store (listed in `status.images`).
     pub images: Option<nanokube_runtime::ImageStore>,
+    /// What keeps the node from running pods (`Ready=False` with this message), if anything.
+    pub not_ready: Option<String>,
 }
 
 /// How often the Lease is renewed (kubelet: `nodeLeaseDurationSeconds` 40 / 4).
@@ -54,12 +59,14 @@ pub const STATUS_CHECK: Duration = Duration::from_secs(10);
 pub struct NodeAgent {
     registry: Arc<Registry>,
     config: NodeConfig,
+    pods: Option<Arc<pods::PodRuntime>>,
 }
 
 impl NodeAgent {
-    /// An agent for `config`, writing through `registry`.
-    pub fn new(registry: Arc<Registry>, config: NodeConfig) -> Self {
-        NodeAgent { registry, config }
+    /// An agent for `config`, writing through `registry`; it runs pods on `pods` when
+    /// given.
+    pub fn new(registry: Arc<Registry>, config: NodeConfig, pods: Option<Arc<pods::PodRuntime>>) -> Self {
+        NodeAgent { registry, config, pods }
     }
 
     /// Register the node (or update the registered one) and create its Lease.
@@ -70,12 +77,25 @@ impl NodeAgent {
 
     /// Keep the Lease renewed and the status current until shutdown.
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let pod_manager = self.pods.clone().map(|rt| {
+            if let Ok(node) = self.registry.get(nanokube_api::resources::find("", "v1", "nodes").expect("built-in resource"), "", &self.config.name) {
+                if let (Ok(mut a), Some(alloc)) = (rt.allocatable.lock(), node.value().pointer("/status/allocatable")) {
+                    *a = alloc.clone();
+                }
+            }
+            tokio::spawn(pods::PodManager::new(rt).run(shutdown.clone()))
+        });
         let mut lease_tick = tokio::time::interval(LEASE_RENEW);
         let mut status_tick = tokio::time::interval(STATUS_CHECK);
         let mut last_report = tokio::time::Instant::now();
         loop {
             tokio::select! {
-                _ = shutdown.changed() => return,
+                _ = shutdown.changed() => {
+                    if let Some(m) = pod_manager {
+                        let _ = m.await;
+                    }
+                    return;
+                }
                 _ = lease_tick.tick() => {
                     if let Err(e) = lease::renew(&self.registry, &self.config.name).await {
                         tracing::warn!(node = %self.config.name, "renewing the node lease: {e}");

@@ -27,16 +27,18 @@ fn time(rfc3339: &str) -> Option<Time> {
     serde_json::from_value(Value::String(rfc3339.to_string())).ok()
 }
 
-/// Why the node is not Ready: there is no container runtime yet.
-pub const NOT_READY_MESSAGE: &str = "container runtime is down: nanokube has no container runtime yet, so pods bound to this node are not run";
-
-/// The conditions kubelet reports, in its order, as (type, status, reason, message).
-pub fn conditions() -> Vec<(&'static str, &'static str, &'static str, &'static str)> {
+/// The conditions kubelet reports, in its order, as (type, status, reason, message):
+/// Ready unless `not_ready` says what keeps the node from running pods.
+pub fn conditions(not_ready: Option<&str>) -> Vec<(&'static str, &'static str, &'static str, String)> {
+    let ready = match not_ready {
+        None => ("Ready", "True", "KubeletReady", "kubelet is posting ready status".to_string()),
+        Some(why) => ("Ready", "False", "KubeletNotReady", why.to_string()),
+    };
     vec![
-        ("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
-        ("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
-        ("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
-        ("Ready", "False", "KubeletNotReady", NOT_READY_MESSAGE),
+        ("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available".into()),
+        ("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure".into()),
+        ("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available".into()),
+        ready,
     ]
 }
 
@@ -87,13 +89,13 @@ pub fn build(config: &NodeConfig, m: &Machine) -> Node {
             allocatable: Some(allocatable),
             capacity: Some(capacity),
             conditions: Some(
-                conditions()
+                conditions(config.not_ready.as_deref())
                     .into_iter()
                     .map(|(ty, status, reason, message)| NodeCondition {
                         type_: ty.into(),
                         status: status.into(),
                         reason: Some(reason.into()),
-                        message: Some(message.into()),
+                        message: Some(message),
                         last_heartbeat_time: time(&now),
                         last_transition_time: time(&now),
                     })

@@ -4,7 +4,31 @@
 
 use std::path::Path;
 
-use oci_spec::runtime::{Process, Root, Spec, User};
+use std::path::PathBuf;
+
+use oci_spec::runtime::{LinuxCpu, LinuxNamespaceType, LinuxResources, Mount, Process, Root, Spec, User};
+
+/// A directory or file of the host bind-mounted into the container.
+#[derive(Debug, Clone)]
+pub struct BindMount {
+    /// On the host.
+    pub source: PathBuf,
+    /// In the container.
+    pub destination: String,
+    /// Read-only.
+    pub readonly: bool,
+}
+
+/// cgroup limits.
+#[derive(Debug, Clone, Default)]
+pub struct Limits {
+    /// Memory limit in bytes.
+    pub memory: Option<i64>,
+    /// CPU shares (from the CPU request: 1024 per core, at least 2).
+    pub cpu_shares: Option<u64>,
+    /// CPU quota per 100 ms period, in microseconds (from the CPU limit).
+    pub cpu_quota: Option<i64>,
+}
 
 /// What one container runs.
 #[derive(Debug, Clone, Default)]
@@ -27,6 +51,16 @@ pub struct ContainerConfig {
     pub allow_privilege_escalation: bool,
     /// The cgroup path (`/nanokube/<id>`).
     pub cgroups_path: String,
+    /// Extra mounts (volumes, `/etc/hosts`, …), in order.
+    pub mounts: Vec<BindMount>,
+    /// The pod's network namespace to join (a new one when `None`).
+    pub network_namespace: Option<PathBuf>,
+    /// The pod's IPC namespace to join (a new one when `None`).
+    pub ipc_namespace: Option<PathBuf>,
+    /// Supplementary groups.
+    pub additional_gids: Vec<u32>,
+    /// cgroup limits.
+    pub limits: Limits,
 }
 
 /// Write `<bundle>/config.json` for a container whose root filesystem is `rootfs`.
@@ -40,6 +74,9 @@ pub fn write(bundle: &Path, rootfs: &Path, c: &ContainerConfig) -> Result<(), St
     let mut user = User::default();
     user.set_uid(c.uid);
     user.set_gid(c.gid);
+    if !c.additional_gids.is_empty() {
+        user.set_additional_gids(Some(c.additional_gids.clone()));
+    }
     process.set_user(user);
     spec.set_process(Some(process));
     let mut root = Root::default();
@@ -47,8 +84,48 @@ pub fn write(bundle: &Path, rootfs: &Path, c: &ContainerConfig) -> Result<(), St
     root.set_readonly(Some(c.readonly_rootfs));
     spec.set_root(Some(root));
     spec.set_hostname(Some(c.hostname.clone()));
+    let mut mounts = spec.mounts().clone().unwrap_or_default();
+    for m in &c.mounts {
+        let mut mount = Mount::default();
+        mount.set_destination(m.destination.clone().into());
+        mount.set_typ(Some("bind".into()));
+        mount.set_source(Some(m.source.clone()));
+        let mut options = vec!["rbind".to_string(), "rprivate".to_string()];
+        options.push(if m.readonly { "ro" } else { "rw" }.to_string());
+        mount.set_options(Some(options));
+        mounts.push(mount);
+    }
+    spec.set_mounts(Some(mounts));
     if let Some(linux) = spec.linux_mut() {
         linux.set_cgroups_path(Some(c.cgroups_path.clone().into()));
+        if let Some(namespaces) = linux.namespaces_mut() {
+            for ns in namespaces.iter_mut() {
+                let joined = match ns.typ() {
+                    LinuxNamespaceType::Network => c.network_namespace.clone(),
+                    LinuxNamespaceType::Ipc => c.ipc_namespace.clone(),
+                    _ => None,
+                };
+                if joined.is_some() {
+                    ns.set_path(joined);
+                }
+            }
+        }
+        let mut resources = linux.resources().clone().unwrap_or_else(LinuxResources::default);
+        if let Some(limit) = c.limits.memory {
+            let mut memory = oci_spec::runtime::LinuxMemory::default();
+            memory.set_limit(Some(limit));
+            resources.set_memory(Some(memory));
+        }
+        if c.limits.cpu_shares.is_some() || c.limits.cpu_quota.is_some() {
+            let mut cpu = LinuxCpu::default();
+            cpu.set_shares(c.limits.cpu_shares);
+            if let Some(q) = c.limits.cpu_quota {
+                cpu.set_quota(Some(q));
+                cpu.set_period(Some(100_000));
+            }
+            resources.set_cpu(Some(cpu));
+        }
+        linux.set_resources(Some(resources));
     }
     std::fs::create_dir_all(bundle).map_err(|e| e.to_string())?;
     spec.save(bundle.join("config.json")).map_err(|e| format!("writing the container's config.json: {e}"))

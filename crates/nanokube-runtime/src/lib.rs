@@ -12,19 +12,25 @@
 //! - [`rootfs`]: a container's root filesystem, an overlay over the image's layers.
 //! - [`bundle`]: its OCI runtime bundle (`config.json` from oci-spec's defaults).
 //! - [`runc`]: running it with runc (Debian's), state under the data directory.
+//! - [`shim`]: the process per container (`nanokube shim`) that starts it, keeps its
+//!   output in a CRI log ([`cri_log`]) and records how it ended.
+//! - [`netns`]: a pod's network and IPC namespaces, kept by bind mounts.
 //!
 //! Invariants: every blob is verified against its digest before it is stored; every
 //! write lands by rename; the store is shared by the server and `nanokube image` commands
-//! through a lock file. Not here yet: the pod workers that put these together for pods
-//! (sandboxes, long-running containers, logs, status), so the node does not run pods.
+//! through a lock file; nothing here forks the server's threads (runc and the shim are
+//! separate processes). The pods themselves are the node agent's (`nanokube-node`).
 
 pub mod archive;
 pub mod bundle;
 pub mod command;
+pub mod cri_log;
+pub mod netns;
 pub mod pull;
 pub mod reference;
 pub mod rootfs;
 pub mod runc;
+pub mod shim;
 pub mod store;
 mod unpack;
 

@@ -33,12 +33,22 @@ pub fn plain_http(registry: &str, insecure: &[String]) -> bool {
 
 /// Pull `reference` into the store; the image as recorded.
 pub async fn pull(store: &ImageStore, reference: &str, credentials: Option<&Credentials>, insecure: &[String]) -> Result<Image, String> {
+    pull_via(store, reference, credentials, insecure, None).await
+}
+
+/// Pull `reference` from `endpoint` (`host[:port]`, a mirror) instead of its registry's
+/// own address when given; the image is recorded under its own name.
+pub async fn pull_via(store: &ImageStore, reference: &str, credentials: Option<&Credentials>, insecure: &[String], endpoint: Option<&str>) -> Result<Image, String> {
     // reqwest is built without a default provider: ring, as everywhere in nanokube.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let r = Reference::parse(reference)?;
-    let protocol = if plain_http(&r.registry, insecure) { oci_client::client::ClientProtocol::Http } else { oci_client::client::ClientProtocol::Https };
+    let registry = match endpoint {
+        Some(e) => e.to_string(),
+        None if r.registry == "docker.io" => "registry-1.docker.io".to_string(),
+        None => r.registry.clone(),
+    };
+    let protocol = if plain_http(&registry, insecure) { oci_client::client::ClientProtocol::Http } else { oci_client::client::ClientProtocol::Https };
     let client = oci_client::Client::new(oci_client::client::ClientConfig { protocol, ..Default::default() });
-    let registry = if r.registry == "docker.io" { "registry-1.docker.io".to_string() } else { r.registry.clone() };
     let oci_ref = match (&r.tag, &r.digest) {
         (_, Some(d)) => oci_client::Reference::with_digest(registry, r.repository.clone(), d.clone()),
         (Some(t), None) => oci_client::Reference::with_tag(registry, r.repository.clone(), t.clone()),

@@ -56,4 +56,72 @@ impl Runc {
             Err(format!("runc delete {id}: {}", err.trim()))
         }
     }
+
+    /// Send `signal` (a name runc knows: `TERM`, `KILL`, …) to the container's init.
+    pub fn kill(&self, id: &str, signal: &str) -> Result<(), String> {
+        let out = self.command().args(["kill", id, signal]).output().map_err(|e| format!("runc: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!("runc kill {id} {signal}: {}", String::from_utf8_lossy(&out.stderr).trim()))
+        }
+    }
+
+    /// Run `argv` inside the running container (exec probes and hooks), bounded by
+    /// `timeout`: its exit code and combined output (at most 10 KiB kept, as kubelet keeps).
+    pub fn exec(&self, id: &str, argv: &[String], timeout: std::time::Duration) -> Result<(i32, Vec<u8>), String> {
+        use std::io::Read;
+        let mut child = self
+            .command()
+            .args(["exec", id])
+            .args(argv)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("runc: {e}"))?;
+        let mut stdout = child.stdout.take();
+        let mut stderr = child.stderr.take();
+        // Both outputs are drained to their end (a process must never block on a full
+        // pipe), keeping the first 10 KiB.
+        fn drain(r: Option<&mut dyn Read>, keep: &mut Vec<u8>) {
+            let Some(r) = r else { return };
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = r.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                let room = (10 * 1024usize).saturating_sub(keep.len());
+                keep.extend_from_slice(&buf[..n.min(room)]);
+            }
+        }
+        let err_reader = std::thread::spawn(move || {
+            let mut kept = Vec::new();
+            drain(stderr.as_mut().map(|s| s as &mut dyn Read), &mut kept);
+            kept
+        });
+        let reader = std::thread::spawn(move || {
+            let mut kept = Vec::new();
+            drain(stdout.as_mut().map(|s| s as &mut dyn Read), &mut kept);
+            kept.extend(err_reader.join().unwrap_or_default());
+            kept.truncate(10 * 1024);
+            kept
+        });
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => {
+                    let output = reader.join().unwrap_or_default();
+                    return Ok((status.code().unwrap_or(128), output));
+                }
+                Ok(None) if std::time::Instant::now() < deadline => std::thread::sleep(std::time::Duration::from_millis(5)),
+                Ok(None) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(format!("command timed out after {}s", timeout.as_secs_f64()));
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    }
 }

@@ -20,6 +20,7 @@ use serde_json::{json, Value};
 use crate::client::ApiClient;
 
 mod abuse;
+mod pods_run;
 
 /// Options of a bench run.
 #[derive(Debug, Clone)]
@@ -69,10 +70,16 @@ struct Spawned {
 }
 
 fn spawn_server(binary: &Path, data: &Path, port: u16) -> Result<Spawned, String> {
+    // No scheduler: the scenarios measure the API server, as kube-apiserver + etcd were
+    // measured beside it (the pods scenario stores pods no node runs).
+    spawn_server_with(binary, data, port, &["--scheduler=false"])
+}
+
+fn spawn_server_with(binary: &Path, data: &Path, port: u16, extra: &[&str]) -> Result<Spawned, String> {
     let mut child = Command::new(binary)
-        // No scheduler: the scenarios measure the API server, as kube-apiserver + etcd were
-        // measured beside it (the pods scenario stores pods no node runs).
-        .args(["server", "--secure-port", &port.to_string(), "--merge-kubeconfig=false", "--scheduler=false", "--data-dir"])
+        .args(["server", "--secure-port", &port.to_string(), "--merge-kubeconfig=false"])
+        .args(extra)
+        .arg("--data-dir")
         .arg(data)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -156,6 +163,18 @@ pub async fn run(opts: BenchOptions) -> Result<(), String> {
                 "fsync" => fsync(&tmp, &mut report)?,
                 "testcluster" => testcluster(&opts, &tmp, &mut report).await?,
                 "startup" => startup(&opts, &tmp, &mut report).await?,
+                "pods-run" => {
+                    // Its own server, scheduler and node on, stopped cleanly after (its
+                    // pods' containers stop with it).
+                    let data = tmp.join("pods-run");
+                    let mut s = spawn_server_with(&opts.binary, &data, free_port(), &[])?;
+                    println!("  (pods-run: a fresh nanokube server with its node, pid {})", s.child.id());
+                    let r = pods_run::pods_run(&opts.binary, &data, &s.kubeconfig, s.child.id(), &mut report).await;
+                    // SAFETY: kill(2) of the child this bench started.
+                    unsafe { libc::kill(s.child.id() as i32, libc::SIGTERM) };
+                    let _ = s.child.wait();
+                    r?;
+                }
                 "create" | "list" | "watch" | "get" | "update" | "delete" | "pods" | "abuse" => {
                     let kc = match (&opts.kubeconfig, &target) {
                         (Some(k), _) => k.clone(),
@@ -178,7 +197,7 @@ pub async fn run(opts: BenchOptions) -> Result<(), String> {
                     }
                 }
                 other => {
-                    return Err(format!("unknown scenario {other:?} (fsync, startup, testcluster, create, get, update, delete, list, watch, pods, abuse)"))
+                    return Err(format!("unknown scenario {other:?} (fsync, startup, testcluster, create, get, update, delete, list, watch, pods, pods-run, abuse)"))
                 }
             }
         }

@@ -84,6 +84,11 @@ pub struct ClusterConfig {
     /// Run the scheduler (default true; `false` leaves pods unassigned, as a bare
     /// kube-apiserver does).
     pub scheduler: bool,
+    /// Registry mirrors for the node's pulls (`registry=host[:port]`, `*` for all), as
+    /// k3s's `registries.yaml` mirrors.
+    pub registry_mirrors: Vec<(String, String)>,
+    /// Registries the node speaks plain HTTP to (besides loopback ones).
+    pub insecure_registries: Vec<String>,
 }
 
 impl ClusterConfig {
@@ -109,6 +114,8 @@ impl ClusterConfig {
             node: true,
             node_name: None,
             scheduler: true,
+            registry_mirrors: Vec::new(),
+            insecure_registries: Vec::new(),
         }
     }
 }
@@ -320,16 +327,49 @@ impl Cluster {
             }
         }
         let node_agent = cfg.node.then(|| {
+            let name = cfg.node_name.clone().unwrap_or_else(nanokube_node::machine::hostname);
+            // Pods run when this machine can run containers; otherwise the node says why not.
+            let runtime = match nanokube_node::pods::check_runtime(&cfg.data_dir, images.as_ref()) {
+                Ok(runc) => match (std::env::current_exe(), images.clone()) {
+                    (Ok(binary), Some(store)) => Ok(Arc::new(nanokube_node::pods::PodRuntime::new(
+                        registry.clone(),
+                        &name,
+                        &advertise.to_string(),
+                        store,
+                        runc,
+                        binary,
+                        &cfg.data_dir,
+                        Some(issuer.clone()),
+                        nanokube_node::pods::Mirrors(cfg.registry_mirrors.clone()),
+                        cfg.insecure_registries.clone(),
+                    ))),
+                    (Err(e), _) => Err(format!("container runtime is down: the nanokube binary cannot be found to run container shims: {e}")),
+                    (_, None) => Err("container runtime is down: no image store".to_string()),
+                },
+                Err(why) => Err(why),
+            };
+            let (runtime, not_ready) = match runtime {
+                Ok(rt) => (Some(rt), None),
+                Err(why) => {
+                    tracing::info!("the node will not run pods: {why}");
+                    (None, Some(why))
+                }
+            };
+            if let Some(rt) = &runtime {
+                api.nodes.attach(Arc::new(nanokube_node::pods::logs::Logs(rt.clone())));
+            }
             Arc::new(nanokube_node::NodeAgent::new(
                 registry.clone(),
                 nanokube_node::NodeConfig {
-                    name: cfg.node_name.clone().unwrap_or_else(nanokube_node::machine::hostname),
+                    name,
                     internal_ip: advertise.to_string(),
                     pod_cidr: POD_CIDR.into(),
                     data_dir: cfg.data_dir.clone(),
                     version: nanokube_apiserver::discovery::GIT_VERSION.into(),
                     images: images.clone(),
+                    not_ready,
                 },
+                runtime,
             ))
         });
         if let Some(agent) = &node_agent {

@@ -43,6 +43,9 @@ enum Command {
     /// The node's images: load archives, list, remove, pull.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// The container shim the node runs per container.
+    #[command(hide = true)]
+    Shim(ShimCli),
 }
 
 #[derive(Subcommand)]
@@ -206,6 +209,8 @@ struct BenchArgs {
     /// page of 500 and all rows), watch (--watchers watchers while a
     /// writer creates --events objects: ack→receipt delay, missed and reordered events),
     /// pods (--pods pods stored with no runtime: server memory, LIST, watch from 0),
+    /// pods-run (1, 10 and 100 pods really run on a fresh server's node, as root: create →
+    /// Ready p50/p99, then the server's CPU and RSS and the shims' memory with 100 idle),
     /// fsync (fdatasync latency of the disk under the temp dir), abuse (the attacks of
     /// docs/security.md for --seconds beside normal clients: their error rate and
     /// latency, /readyz, the server's peak RSS; fails on any unexpected answer).
@@ -324,6 +329,29 @@ struct ServerArgs {
     /// kube-apiserver does.
     #[arg(long, default_value_t = true, action = ArgAction::Set)]
     scheduler: bool,
+    /// Pull images of REGISTRY from HOST[:PORT] instead (`docker.io=127.0.0.1:5000`; `*`
+    /// mirrors every registry), as k3s's registries.yaml mirrors; repeat for several.
+    #[arg(long = "registry-mirror", value_name = "REGISTRY=HOST[:PORT]")]
+    registry_mirrors: Vec<String>,
+    /// A registry (`host:port`) the node pulls from over plain HTTP; repeat for several
+    /// (loopback registries always are).
+    #[arg(long = "insecure-registry")]
+    insecure_registries: Vec<String>,
+}
+
+/// `nanokube shim`: the per-container process the node agent starts (not for people).
+#[derive(clap::Args)]
+struct ShimCli {
+    #[arg(long)]
+    runc: PathBuf,
+    #[arg(long)]
+    root: PathBuf,
+    #[arg(long)]
+    bundle: PathBuf,
+    #[arg(long)]
+    id: String,
+    #[arg(long)]
+    log: PathBuf,
 }
 
 /// A Go-style duration (`30s`, `1m30s`, `500ms`, `0`).
@@ -386,6 +414,16 @@ fn user_kubeconfig() -> Result<PathBuf, String> {
 fn main() {
     let started = Instant::now();
     let cli = Cli::parse();
+    // The shim runs before any thread exists (it forks runc and reaps the container).
+    if let Command::Shim(a) = &cli.command {
+        std::process::exit(nanokube_runtime::shim::main(nanokube_runtime::shim::ShimArgs {
+            runc: a.runc.clone(),
+            root: a.root.clone(),
+            bundle: a.bundle.clone(),
+            id: a.id.clone(),
+            log: a.log.clone(),
+        }));
+    }
     let level = match cli.verbose {
         0 => tracing::Level::WARN,
         1 => tracing::Level::INFO,
@@ -402,6 +440,7 @@ fn main() {
         match cli.command {
             Command::Server(args) => run_server(args, started).await,
             Command::Proxy(a) => run_proxy(a).await,
+            Command::Shim(_) => 2,
             Command::Image(c) => {
                 let data = |d: Option<PathBuf>| data_dir_or_default(d);
                 let r = match c {
@@ -610,7 +649,19 @@ async fn run_server(args: ServerArgs, started: Instant) -> i32 {
         node: args.node,
         node_name: args.node_name,
         scheduler: args.scheduler,
+        registry_mirrors: Vec::new(),
+        insecure_registries: args.insecure_registries,
     };
+    let mut cfg = cfg;
+    for m in &args.registry_mirrors {
+        match m.split_once('=') {
+            Some((r, e)) if !r.is_empty() && !e.is_empty() => cfg.registry_mirrors.push((r.to_string(), e.to_string())),
+            _ => {
+                eprintln!("error: --registry-mirror must look like docker.io=127.0.0.1:5000 (or *=HOST:PORT), not {m:?}");
+                return 2;
+            }
+        }
+    }
     let cluster = match Cluster::start(cfg).await {
         Ok(c) => c,
         Err(e) => {

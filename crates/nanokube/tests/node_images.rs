@@ -7,39 +7,16 @@
 
 mod common;
 
-use std::net::TcpStream;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{build_image, eventually, Server};
+use common::{build_image, eventually, skopeo, start_registry, Server};
 
 fn nanokube(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_nanokube")).args(args).output().unwrap();
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
-}
-
-struct Registry {
-    _child: common::KillOnDrop,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-
-fn start_registry() -> Registry {
-    let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let cfg = dir.path().join("config.yml");
-    std::fs::write(&cfg, format!("version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n", dir.path().join("data").display())).unwrap();
-    let child = Command::new("docker-registry").arg("serve").arg(&cfg).stderr(std::process::Stdio::null()).spawn().expect("Debian's docker-registry (the test command installs it)");
-    assert!(eventually(Duration::from_secs(10), || TcpStream::connect(("127.0.0.1", port)).is_ok()));
-    Registry { _child: common::KillOnDrop(child), port, _dir: dir }
-}
-
-fn skopeo(args: &[&str]) {
-    let out = Command::new("skopeo").args(["--insecure-policy"]).args(args).output().expect("skopeo (the test command installs it)");
-    assert!(out.status.success(), "skopeo {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]

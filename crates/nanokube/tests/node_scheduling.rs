@@ -1,8 +1,9 @@
 //! The node and the scheduler: `nanokube server` registers a Node as kubelet does (labels,
-//! addresses, capacity from the machine, conditions, nodeInfo, its Lease renewed), and
-//! says it cannot run pods yet (`Ready=False`, tainted not-ready by the node lifecycle
-//! controller); the scheduler binds pods that fit and tells the others why, in
-//! kube-scheduler's words, through the PodScheduled condition and events.
+//! addresses, capacity from the machine, conditions, nodeInfo, its Lease renewed), Ready
+//! where it can run containers and otherwise `Ready=False` saying exactly what is missing
+//! (tainted not-ready by the node lifecycle controller); the scheduler binds pods that fit
+//! and tells the others why, in kube-scheduler's words, through the PodScheduled condition
+//! and events.
 
 mod common;
 
@@ -42,17 +43,16 @@ fn the_node_registers_as_kubelet_does_and_keeps_its_lease() {
     let types: Vec<&str> = node["status"]["conditions"].as_array().unwrap().iter().map(|c| c["type"].as_str().unwrap()).collect();
     assert_eq!(types, ["MemoryPressure", "DiskPressure", "PIDPressure", "Ready"]);
     let ready = &node["status"]["conditions"][3];
-    assert_eq!((ready["status"].as_str(), ready["reason"].as_str()), (Some("False"), Some("KubeletNotReady")));
-    assert!(ready["message"].as_str().unwrap().contains("no container runtime yet"), "{ready}");
+    assert_eq!((ready["status"].as_str(), ready["reason"].as_str(), ready["message"].as_str()), (Some("True"), Some("KubeletReady"), Some("kubelet is posting ready status")));
 
     // kubectl's view.
     let out = s.k(&["get", "nodes"]);
-    assert!(out.contains("test-node") && out.contains("NotReady") && out.contains("control-plane"), "{out}");
+    assert!(out.contains("test-node") && out.contains(" Ready ") && out.contains("control-plane"), "{out}");
 
-    // The not-ready taints, from the node lifecycle controller.
+    // The not-ready taint it registered with is lifted by the node lifecycle controller.
     assert!(eventually(Duration::from_secs(15), || {
         let taints = s.get_json("/api/v1/nodes/test-node").1["spec"]["taints"].clone();
-        taints.as_array().is_some_and(|t| t.len() == 2 && t.iter().all(|t| t["key"] == "node.kubernetes.io/not-ready"))
+        taints.as_array().is_none_or(|t| t.is_empty())
     }));
 
     // The Lease, renewed every 10 seconds.
@@ -65,9 +65,53 @@ fn the_node_registers_as_kubelet_does_and_keeps_its_lease() {
     assert!(eventually(Duration::from_secs(25), || s.get_json("/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/test-node").1["spec"]["renewTime"] != first));
 }
 
+/// Where containers cannot run the node says exactly why: a server keeping no files
+/// (`--in-memory`: no image store), and one run by an unprivileged user.
+#[test]
+fn a_node_that_cannot_run_containers_says_what_is_missing() {
+    let ready = |s: &Server| -> Value {
+        let node = s.get_json("/api/v1/nodes").1["items"][0].clone();
+        node["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap().clone()
+    };
+    let s = Server::start_with(&["--in-memory"]);
+    let r = ready(&s);
+    assert_eq!((r["status"].as_str(), r["reason"].as_str()), (Some("False"), Some("KubeletNotReady")));
+    assert!(r["message"].as_str().unwrap().starts_with("container runtime is down: the server keeps no files (--in-memory)"), "{r}");
+    let out = s.k(&["get", "nodes"]);
+    assert!(out.contains("NotReady"), "{out}");
+
+    // As nobody (uid 65534), with a data directory it owns.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    for p in [dir.path(), data.as_path()] {
+        std::os::unix::fs::chown(p, Some(65534), Some(65534)).unwrap();
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let child = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_nanokube"))
+        .args(["server", "--secure-port", &port.to_string(), "--merge-kubeconfig=false", "--data-dir"])
+        .arg(&data)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("setpriv (util-linux)");
+    let _guard = common::KillOnDrop(child);
+    let kubeconfig = data.join("kubeconfig");
+    let mut message = String::new();
+    assert!(eventually(Duration::from_secs(20), || {
+        let out = std::process::Command::new(common::kubectl_path("kubectl")).arg("--kubeconfig").arg(&kubeconfig).args(["get", "nodes", "-o", "jsonpath={.items[0].status.conditions[3].message}"]).output().unwrap();
+        message = String::from_utf8_lossy(&out.stdout).to_string();
+        !message.is_empty()
+    }));
+    assert!(message.starts_with("container runtime is down: nanokube runs as an unprivileged user, and containers need root"), "{message}");
+}
+
 #[test]
 fn the_scheduler_binds_what_fits_and_says_why_the_rest_waits() {
-    let s = Server::start_with(&["--node-name", "n1"]);
+    // A node that runs no containers (in memory), so it stays tainted not-ready.
+    let s = Server::start_with(&["--node-name", "n1", "--in-memory"]);
     assert!(eventually(Duration::from_secs(15), || s.get_json("/api/v1/nodes/n1").1["spec"]["taints"].as_array().is_some_and(|t| t.len() == 2)));
 
     // The node is not ready: a plain pod waits, and says why.

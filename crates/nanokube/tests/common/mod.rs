@@ -32,10 +32,22 @@ fn spawn(data: &Path, port: u16, extra: &[String]) -> (Child, String, u16) {
     spawn_logging(data, port, extra, Stdio::inherit())
 }
 
+/// Public registries the tests' servers must never reach: their pulls go to a closed
+/// loopback port instead (ErrImagePull at once), unless a test names its own mirror.
+pub const NO_PUBLIC_PULLS: &[&str] = &[
+    "--registry-mirror=docker.io=127.0.0.1:1",
+    "--registry-mirror=registry.k8s.io=127.0.0.1:1",
+    "--registry-mirror=quay.io=127.0.0.1:1",
+    "--registry-mirror=ghcr.io=127.0.0.1:1",
+    "--registry-mirror=gcr.io=127.0.0.1:1",
+];
+
 fn spawn_logging(data: &Path, port: u16, extra: &[String], stderr: Stdio) -> (Child, String, u16) {
+    let own_mirrors = extra.iter().any(|a| a.starts_with("--registry-mirror"));
     let mut child = Command::new(env!("CARGO_BIN_EXE_nanokube"))
         .args(["server", "--secure-port", &port.to_string(), "--merge-kubeconfig=false", "--data-dir"])
         .arg(data)
+        .args(if own_mirrors { &[][..] } else { NO_PUBLIC_PULLS })
         .args(extra)
         .stdout(Stdio::piped())
         .stderr(stderr)
@@ -104,7 +116,8 @@ impl Server {
     pub fn stop(&mut self) {
         let pid = self.child.id().to_string();
         let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let deadline = Instant::now() + Duration::from_secs(10);
+        // Pods get up to 10 s to stop.
+        let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
                 return;
@@ -252,7 +265,14 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        self.kill9();
+        // A server whose node runs pods stops them (a clean stop leaves no process, mount
+        // or cgroup); one without is simply killed.
+        let has_pods = std::fs::read_dir(self.data.join("pods")).is_ok_and(|mut d| d.next().is_some());
+        if has_pods && matches!(self.child.try_wait(), Ok(None)) {
+            self.stop();
+        } else {
+            self.kill9();
+        }
     }
 }
 
@@ -402,3 +422,31 @@ pub fn build_image(dir: &std::path::Path, tag: &str) -> (std::path::PathBuf, Vec
     (path, diff_ids)
 }
 
+
+/// A real registry (Debian's docker-registry) on a free loopback port, for as long as
+/// this lives.
+pub struct Registry {
+    _child: KillOnDrop,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+#[allow(dead_code)]
+/// Start a registry with its storage in a temporary directory.
+pub fn start_registry() -> Registry {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let cfg = dir.path().join("config.yml");
+    std::fs::write(&cfg, format!("version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n", dir.path().join("data").display())).unwrap();
+    let child = Command::new("docker-registry").arg("serve").arg(&cfg).stderr(Stdio::null()).spawn().expect("Debian's docker-registry (the test command installs it)");
+    assert!(eventually(Duration::from_secs(10), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()));
+    Registry { _child: KillOnDrop(child), port, _dir: dir }
+}
+
+#[allow(dead_code)]
+/// Run skopeo (Debian's), asserting success.
+pub fn skopeo(args: &[&str]) {
+    let out = Command::new("skopeo").args(["--insecure-policy"]).args(args).output().expect("skopeo (the test command installs it)");
+    assert!(out.status.success(), "skopeo {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}

@@ -1,0 +1,303 @@
+//! Pods on this node: what kubelet's pod workers, status manager and volume manager do,
+//! on runc.
+//!
+//! - [`PodManager`] watches the pods bound to the node and gives each its worker; it
+//!   adopts what a previous run left (containers keep running across a `kill -9` of the
+//!   server) and, on a clean stop, stops every pod within a bounded time.
+//! - [`worker`]: one task per pod: the sandbox (IP, network and IPC namespaces, `/etc`
+//!   files), volumes, image pulls, init containers, sidecars and containers with
+//!   kubelet's restart back-off, probes, graceful termination and the final delete.
+//! - [`status`]: the pod status as kubelet writes it.
+//! - [`files`], [`env`]: what a container sees. [`events`]: kubelet's events.
+//! - [`probe`]: liveness, readiness and startup probes. [`logs`]: `pods/log`.
+//! - [`ports`]: the pod's IP answering from the host on its ports.
+//!
+//! On disk (`<data-dir>`): `pods/<uid>/` (the pod's record, namespaces, `/etc` files,
+//! volumes, and `containers/<name>/<attempt>/`, each a runc bundle with the shim's
+//! `exit.json`), `logs/pods/<ns>_<name>_<uid>/<container>/<attempt>.log`, `runc/` (runc's
+//! state). Containers' cgroups are `/nanokube/pod<uid>/<container id>`.
+
+pub mod env;
+pub mod events;
+pub mod files;
+pub mod logs;
+pub mod ports;
+pub mod probe;
+pub mod status;
+pub mod worker;
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use nanokube_api::resources;
+use nanokube_api::selector::{FieldSelector, LabelSelector};
+use nanokube_apiserver::registry::{ListOptions, Registry};
+use nanokube_apiserver::satoken::TokenIssuer;
+use nanokube_runtime::runc::Runc;
+use nanokube_runtime::ImageStore;
+use tokio::sync::watch;
+
+/// Where registries are reached instead of their own address (k3s's `registries.yaml`
+/// mirrors): `registry` → `host[:port]`; `*` stands for every registry.
+#[derive(Debug, Clone, Default)]
+pub struct Mirrors(pub Vec<(String, String)>);
+
+impl Mirrors {
+    /// The endpoint for `registry`.
+    pub fn endpoint<'a>(&'a self, registry: &'a str) -> &'a str {
+        self.0.iter().find(|(r, _)| r == registry).or_else(|| self.0.iter().find(|(r, _)| r == "*")).map(|(_, e)| e.as_str()).unwrap_or(registry)
+    }
+}
+
+/// What every pod worker shares.
+pub struct PodRuntime {
+    /// The registry pods, secrets and events are read and written through.
+    pub registry: Arc<Registry>,
+    /// The node's name.
+    pub node: String,
+    /// The node's IP (`status.hostIP`).
+    pub host_ip: String,
+    /// The image store.
+    pub images: ImageStore,
+    /// runc.
+    pub runc: Runc,
+    /// The nanokube binary (re-executed as the shim).
+    pub binary: PathBuf,
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// Signs the pods' service-account tokens.
+    pub issuer: Option<Arc<TokenIssuer>>,
+    /// Registry mirrors.
+    pub mirrors: Mirrors,
+    /// Registries spoken to over plain HTTP.
+    pub insecure_registries: Vec<String>,
+    /// The cluster DNS address (`/etc/resolv.conf`).
+    pub dns_ip: String,
+    /// Kubelet's events.
+    pub recorder: events::Recorder,
+    /// Pod IPs in use.
+    ips: Mutex<BTreeSet<Ipv4Addr>>,
+    /// Image pulls under way, so two pods pulling one image wait for one pull.
+    pulls: tokio::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// The node's allocatable resources (resourceFieldRef of unset limits).
+    pub allocatable: Mutex<serde_json::Value>,
+}
+
+impl PodRuntime {
+    /// A runtime for the node.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(registry: Arc<Registry>, node: &str, host_ip: &str, images: ImageStore, runc: Runc, binary: PathBuf, data_dir: &Path, issuer: Option<Arc<TokenIssuer>>, mirrors: Mirrors, insecure_registries: Vec<String>) -> Self {
+        let dns_ip = registry.dns_service_ip();
+        PodRuntime {
+            registry,
+            node: node.to_string(),
+            host_ip: host_ip.to_string(),
+            images,
+            runc,
+            binary,
+            data_dir: data_dir.to_path_buf(),
+            issuer,
+            mirrors,
+            insecure_registries,
+            dns_ip,
+            recorder: events::Recorder::new(node),
+            ips: Mutex::new(BTreeSet::new()),
+            pulls: tokio::sync::Mutex::new(HashMap::new()),
+            allocatable: Mutex::new(serde_json::Value::Null),
+        }
+    }
+
+    /// `<data-dir>/pods`.
+    pub fn pods_dir(&self) -> PathBuf {
+        self.data_dir.join("pods")
+    }
+
+    /// `<data-dir>/logs/pods`.
+    pub fn logs_dir(&self) -> PathBuf {
+        self.data_dir.join("logs").join("pods")
+    }
+
+    /// Take a pod IP from 127.244.0.0/16 (`.0.0`, `.0.1` and `.255.255` are not given
+    /// out), searching from a random point as CNI IPAM plugins may: two nodes on one
+    /// machine (tests, several servers) rarely pick the same address for their pods'
+    /// host-side listeners.
+    pub fn allocate_ip(&self) -> Option<Ipv4Addr> {
+        let mut used = self.ips.lock().ok()?;
+        let start = fastrand::u32(2..65534);
+        (0..65532u32).map(|i| 2 + (start - 2 + i) % 65532).map(|n| Ipv4Addr::new(127, 244, (n >> 8) as u8, (n & 0xff) as u8)).find(|ip| !used.contains(ip)).inspect(|ip| {
+            used.insert(*ip);
+        })
+    }
+
+    /// Mark an IP as in use (adoption).
+    pub fn claim_ip(&self, ip: Ipv4Addr) {
+        if let Ok(mut used) = self.ips.lock() {
+            used.insert(ip);
+        }
+    }
+
+    /// Give an IP back.
+    pub fn release_ip(&self, ip: Ipv4Addr) {
+        if let Ok(mut used) = self.ips.lock() {
+            used.remove(&ip);
+        }
+    }
+
+    /// The lock that serializes pulls of one image reference.
+    pub async fn pull_lock(&self, reference: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.pulls.lock().await.entry(reference.to_string()).or_default().clone()
+    }
+}
+
+/// Whether this machine can run containers: the runc to use, or exactly what is missing
+/// (the node then reports `Ready=False` with it).
+pub fn check_runtime(data_dir: &Path, images: Option<&ImageStore>) -> Result<Runc, String> {
+    if images.is_none() {
+        return Err("container runtime is down: the server keeps no files (--in-memory), so there is no image store and no pod can run".into());
+    }
+    // SAFETY: geteuid(2) has no arguments and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err("container runtime is down: nanokube runs as an unprivileged user, and containers need root (namespaces, overlay mounts, cgroups); run the server as root to run pods".into());
+    }
+    if !std::fs::read_to_string("/proc/filesystems").unwrap_or_default().lines().any(|l| l.trim_end().ends_with("overlay")) {
+        return Err("container runtime is down: the kernel has no overlay filesystem (modprobe overlay), so images cannot be mounted".into());
+    }
+    if !Path::new("/sys/fs/cgroup").is_dir() {
+        return Err("container runtime is down: no cgroup filesystem at /sys/fs/cgroup".into());
+    }
+    Runc::find(&data_dir.join("runc")).ok_or_else(|| "container runtime is down: runc was not found on PATH or in /usr/sbin (Debian: apt-get install runc)".to_string())
+}
+
+/// How long a clean stop of the server gives all pods to stop.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Watches the node's pods and runs a worker per pod.
+pub struct PodManager {
+    runtime: Arc<PodRuntime>,
+}
+
+struct WorkerHandle {
+    updates: watch::Sender<Option<Pod>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl PodManager {
+    /// A manager over `runtime`.
+    pub fn new(runtime: Arc<PodRuntime>) -> Self {
+        PodManager { runtime }
+    }
+
+    /// The shared runtime (for `pods/log`).
+    pub fn runtime(&self) -> &Arc<PodRuntime> {
+        &self.runtime
+    }
+
+    /// Run until `shutdown`: adopt, then follow the node's pods. On shutdown every pod is
+    /// stopped (not deleted) within [`SHUTDOWN_GRACE`].
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let rt = self.runtime.clone();
+        let Some(pods_def) = resources::find("", "v1", "pods") else { return };
+        let _ = std::fs::create_dir_all(rt.pods_dir());
+        let mut workers: HashMap<String, WorkerHandle> = HashMap::new();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        // What a previous run left: pods on disk get their worker first (with no API
+        // object yet: the list below supplies it, or the pod is gone and is cleaned up).
+        let on_disk: Vec<String> = std::fs::read_dir(rt.pods_dir()).map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect()).unwrap_or_default();
+        let fields = match FieldSelector::parse(&format!("spec.nodeName={}", rt.node)) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!("pod manager: {}", e.message);
+                return;
+            }
+        };
+        let mut first = true;
+        loop {
+            let list = match rt.registry.list(pods_def, None, &ListOptions { fields: fields.clone(), ..Default::default() }) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!("listing the node's pods: {}", e.message);
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            let mut present = std::collections::HashSet::new();
+            for obj in &list.items {
+                if let Ok(pod) = serde_json::from_value::<Pod>(obj.value().clone()) {
+                    let uid = pod.metadata.uid.clone().unwrap_or_default();
+                    present.insert(uid.clone());
+                    self.deliver(&mut workers, &uid, Some(pod), &stop_rx);
+                }
+            }
+            if first {
+                for uid in &on_disk {
+                    if !present.contains(uid) {
+                        self.deliver(&mut workers, uid, None, &stop_rx);
+                    }
+                }
+                first = false;
+            } else {
+                let gone: Vec<String> = workers.keys().filter(|u| !present.contains(*u)).cloned().collect();
+                for uid in gone {
+                    self.deliver(&mut workers, &uid, None, &stop_rx);
+                }
+            }
+            let mut w = match rt.registry.watch(pods_def, None, list.revision, LabelSelector::default(), fields.clone()) {
+                Ok(w) => w,
+                Err(_) => continue,
+            };
+            loop {
+                tokio::select! {
+                    _ = shutdown.changed() => {
+                        let _ = stop_tx.send(true);
+                        // The update senders stay alive until the workers are done.
+                        let (senders, tasks): (Vec<_>, Vec<_>) = workers.into_values().map(|w| (w.updates, w.task)).unzip();
+                        let _ = tokio::time::timeout(SHUTDOWN_GRACE + Duration::from_secs(5), futures_join(tasks.into_iter())).await;
+                        drop(senders);
+                        worker::remove_cgroup_root();
+                        return;
+                    }
+                    ev = w.next() => match ev {
+                        Some(Ok((ty, obj))) => {
+                            let Ok(pod) = serde_json::from_value::<Pod>(obj.value().clone()) else { continue };
+                            let uid = pod.metadata.uid.clone().unwrap_or_default();
+                            self.deliver(&mut workers, &uid, if ty == "DELETED" { None } else { Some(pod) }, &stop_rx);
+                        }
+                        Some(Err(_)) | None => break,
+                    },
+                }
+                workers.retain(|_, w| !w.task.is_finished());
+            }
+        }
+    }
+
+    fn deliver(&self, workers: &mut HashMap<String, WorkerHandle>, uid: &str, pod: Option<Pod>, stop: &watch::Receiver<bool>) {
+        if uid.is_empty() {
+            return;
+        }
+        if let Some(w) = workers.get(uid) {
+            if !w.task.is_finished() {
+                let _ = w.updates.send(pod);
+                return;
+            }
+            // A finished worker whose pod still shows up: a new worker only if the pod
+            // wants running again (it never does for the same uid once deleted).
+            if pod.is_none() {
+                return;
+            }
+        }
+        let (tx, rx) = watch::channel(pod);
+        let worker = worker::Worker::new(self.runtime.clone(), uid);
+        let task = tokio::spawn(worker.run(rx, stop.clone()));
+        workers.insert(uid.to_string(), WorkerHandle { updates: tx, task });
+    }
+}
+
+async fn futures_join(tasks: impl Iterator<Item = tokio::task::JoinHandle<()>>) {
+    for t in tasks {
+        let _ = t.await;
+    }
+}
