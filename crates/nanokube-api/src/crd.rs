@@ -522,7 +522,6 @@ pub fn rule_warnings(crd: &Value) -> Vec<String> {
     out
 }
 
-
 /// Evaluate one `x-kubernetes-validations` entry against `v` (and `old`, for transition
 /// rules); push a cause when it fails.
 fn check_rule(rule: &Value, schema: &Value, v: &Value, old: Option<&Value>, path: &str, out: &mut Vec<Cause>) {
@@ -550,10 +549,11 @@ fn check_rule(rule: &Value, schema: &Value, v: &Value, old: Option<&Value>, path
         match p.execute(&ctx) {
             Ok(cel::Value::Bool(true)) => None,
             Ok(cel::Value::Bool(false)) => {
-                let from_expression = rule.get("messageExpression").and_then(Value::as_str).and_then(|e| match crate::expressions::program(e).ok()?.execute(&ctx).ok()? {
-                    cel::Value::String(s) if !s.is_empty() => Some(s.to_string()),
-                    _ => None,
-                });
+                let from_expression =
+                    rule.get("messageExpression").and_then(Value::as_str).and_then(|e| match crate::expressions::program(e).ok()?.execute(&ctx).ok()? {
+                        cel::Value::String(s) if !s.is_empty() => Some(s.to_string()),
+                        _ => None,
+                    });
                 Some(
                     from_expression
                         .or_else(|| rule.get("message").and_then(Value::as_str).filter(|m| !m.is_empty()).map(String::from))

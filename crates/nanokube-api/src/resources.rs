@@ -367,7 +367,16 @@ pub static BUILTIN: &[ResourceDef] = &[
         &[status("CustomResourceDefinition", "apiextensions.k8s.io")],
     )),
     // apiregistration.k8s.io/v1
-    res("apiregistration.k8s.io", "APIService", "apiservices", "apiservice", false, NONE, &["api-extensions"], &[status("APIService", "apiregistration.k8s.io")]),
+    res(
+        "apiregistration.k8s.io",
+        "APIService",
+        "apiservices",
+        "apiservice",
+        false,
+        NONE,
+        &["api-extensions"],
+        &[status("APIService", "apiregistration.k8s.io")],
+    ),
     res("scheduling.k8s.io", "PriorityClass", "priorityclasses", "priorityclass", false, &["pc"], NONE, &[]),
     // storage.k8s.io/v1
     res("storage.k8s.io", "CSIDriver", "csidrivers", "csidriver", false, NONE, NONE, &[]),

@@ -175,20 +175,13 @@ pub struct ColumnDefinition {
 pub fn column_definitions(group: &str, plural: &str) -> Vec<ColumnDefinition> {
     columns(group, plural)
         .iter()
-        .map(|c| ColumnDefinition {
-            name: c.name.into(),
-            ty: c.ty.into(),
-            format: c.format.into(),
-            description: describe(c.name),
-            priority: c.priority.into(),
-        })
+        .map(|c| ColumnDefinition { name: c.name.into(), ty: c.ty.into(), format: c.format.into(), description: describe(c.name), priority: c.priority.into() })
         .collect()
 }
 
 /// The `columnDefinitions` of a custom resource: Name, then its printer columns.
 pub fn custom_column_definitions(cols: &[crate::crd::PrinterColumn]) -> Vec<ColumnDefinition> {
-    let mut out =
-        vec![ColumnDefinition { name: "Name".into(), ty: "string".into(), format: "name".into(), description: describe("Name"), priority: 0 }];
+    let mut out = vec![ColumnDefinition { name: "Name".into(), ty: "string".into(), format: "name".into(), description: describe("Name"), priority: 0 }];
     for c in cols {
         let description = if c.description.is_empty() && c.json_path == ".metadata.creationTimestamp" { describe("Age") } else { c.description.clone() };
         out.push(ColumnDefinition { name: c.name.clone(), ty: c.type_.clone(), format: c.format.clone(), description, priority: c.priority });
@@ -499,10 +492,11 @@ pub fn cells(group: &str, plural: &str, obj: &Value, now: OffsetDateTime) -> Vec
                 Some(svc) if svc.is_object() => format!("{}/{}", s(svc, "/namespace"), s(svc, "/name")),
                 _ => "Local".into(),
             };
-            let available = arr(obj, "/status/conditions").iter().find(|c| s(c, "/type") == "Available").map_or("Unknown".to_string(), |c| match s(c, "/status") {
-                "True" => "True".into(),
-                other => format!("{other} ({})", s(c, "/reason")),
-            });
+            let available =
+                arr(obj, "/status/conditions").iter().find(|c| s(c, "/type") == "Available").map_or("Unknown".to_string(), |c| match s(c, "/status") {
+                    "True" => "True".into(),
+                    other => format!("{other} ({})", s(c, "/reason")),
+                });
             vec![name, json!(service), json!(available), age_v]
         }
         ("", "serviceaccounts") => vec![name, json!(arr(obj, "/secrets").len()), age_v],

@@ -63,10 +63,9 @@ fn backed(apiservice: &Value) -> bool {
 }
 
 fn available(apiservice: &Value) -> bool {
-    apiservice
-        .pointer("/status/conditions")
-        .and_then(Value::as_array)
-        .is_some_and(|cs| cs.iter().any(|c| c.get("type").and_then(Value::as_str) == Some("Available") && c.get("status").and_then(Value::as_str) == Some("True")))
+    apiservice.pointer("/status/conditions").and_then(Value::as_array).is_some_and(|cs| {
+        cs.iter().any(|c| c.get("type").and_then(Value::as_str) == Some("Available") && c.get("status").and_then(Value::as_str) == Some("True"))
+    })
 }
 
 impl Aggregator {
@@ -91,7 +90,14 @@ impl Aggregator {
     }
 
     /// Proxy one request to the APIService's backend and stream its answer back.
-    pub async fn proxy(&self, registry: &Registry, apiservice: &Value, user: &UserInfo, parts: &http::request::Parts, body: Bytes) -> Result<Response<Body>, ApiError> {
+    pub async fn proxy(
+        &self,
+        registry: &Registry,
+        apiservice: &Value,
+        user: &UserInfo,
+        parts: &http::request::Parts,
+        body: Bytes,
+    ) -> Result<Response<Body>, ApiError> {
         let unavailable = |why: String| {
             tracing::debug!(apiservice = meta::name(apiservice), "proxy: {why}");
             ApiError::new(503, "ServiceUnavailable", "service unavailable")
@@ -101,7 +107,9 @@ impl Aggregator {
         }
         let (addr, server_name) = endpoint(registry, apiservice).map_err(|(_, why)| unavailable(why))?;
         let tls = self.tls(apiservice).map_err(unavailable)?;
-        let mut sender = backend::connect(&addr, &server_name, tls).await.map_err(|e| ApiError::new(503, "ServiceUnavailable", format!("error trying to reach service: {e}")))?;
+        let mut sender = backend::connect(&addr, &server_name, tls)
+            .await
+            .map_err(|e| ApiError::new(503, "ServiceUnavailable", format!("error trying to reach service: {e}")))?;
         let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let mut req = http::Request::builder().method(parts.method.clone()).uri(path_and_query);
         for (name, value) in &parts.headers {
@@ -277,16 +285,23 @@ fn endpoint(registry: &Registry, apiservice: &Value) -> Result<(String, String),
     if registry.get(services, ns, name).is_err() {
         return Err(("ServiceNotFound", format!("service/{name} in \"{ns}\" is not present")));
     }
-    let addr = backend::resolve_service(registry, ns, name, port).map_err(|_| ("MissingEndpoints", format!("endpoints for service/{name} in \"{ns}\" have no addresses with port {port}")))?;
+    let addr = backend::resolve_service(registry, ns, name, port)
+        .map_err(|_| ("MissingEndpoints", format!("endpoints for service/{name} in \"{ns}\" have no addresses with port {port}")))?;
     Ok((addr, format!("{name}.{ns}.svc")))
 }
 
 /// Write the `Available` condition when it differs (its transition time moves only when
 /// its status does).
 async fn set_available(registry: &Registry, apiservice: &Value, status: &str, reason: &str, message: &str) {
-    let current = apiservice.pointer("/status/conditions").and_then(Value::as_array).and_then(|cs| cs.iter().find(|c| c.get("type").and_then(Value::as_str) == Some("Available")));
+    let current = apiservice
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .and_then(|cs| cs.iter().find(|c| c.get("type").and_then(Value::as_str) == Some("Available")));
     if let Some(c) = current {
-        if c.get("status").and_then(Value::as_str) == Some(status) && c.get("reason").and_then(Value::as_str) == Some(reason) && c.get("message").and_then(Value::as_str) == Some(message) {
+        if c.get("status").and_then(Value::as_str) == Some(status)
+            && c.get("reason").and_then(Value::as_str) == Some(reason)
+            && c.get("message").and_then(Value::as_str) == Some(message)
+        {
             return;
         }
     }

@@ -44,7 +44,10 @@ pub fn resolve_service(registry: &Registry, ns: &str, name: &str, port: i64) -> 
         if let Ok(list) = registry.list(def, Some(ns), &opts) {
             for slice in &list.items {
                 let slice = slice.value();
-                let p = slice.get("ports").and_then(Value::as_array).and_then(|ps| ps.iter().find(|p| p.get("name").and_then(Value::as_str).unwrap_or("") == port_name));
+                let p = slice
+                    .get("ports")
+                    .and_then(Value::as_array)
+                    .and_then(|ps| ps.iter().find(|p| p.get("name").and_then(Value::as_str).unwrap_or("") == port_name));
                 let Some(p) = p.and_then(|p| p.get("port")).and_then(Value::as_i64).or(target_number) else { continue };
                 for ep in slice.get("endpoints").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default() {
                     if ep.pointer("/conditions/ready") == Some(&Value::Bool(false)) {
@@ -60,7 +63,10 @@ pub fn resolve_service(registry: &Registry, ns: &str, name: &str, port: i64) -> 
     let ep_def = resources::find("", "v1", "endpoints").ok_or("no endpoints")?;
     if let Ok(eps) = registry.get(ep_def, ns, name) {
         for subset in eps.value().get("subsets").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default() {
-            let p = subset.get("ports").and_then(Value::as_array).and_then(|ps| ps.iter().find(|p| p.get("name").and_then(Value::as_str).unwrap_or("") == port_name));
+            let p = subset
+                .get("ports")
+                .and_then(Value::as_array)
+                .and_then(|ps| ps.iter().find(|p| p.get("name").and_then(Value::as_str).unwrap_or("") == port_name));
             let Some(p) = p.and_then(|p| p.get("port")).and_then(Value::as_i64).or(target_number) else { continue };
             if let Some(ip) = subset.pointer("/addresses/0/ip").and_then(Value::as_str) {
                 return Ok(join_host_port(ip, p));
@@ -91,7 +97,8 @@ pub fn tls_config(ca_bundle: &str, insecure: bool, identity: Option<&ClientIdent
     let cfg = match identity {
         None => builder.with_no_client_auth(),
         Some(id) => {
-            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(id.cert_pem.as_bytes()).collect::<Result<_, _>>().map_err(|e| e.to_string())?;
+            let certs: Vec<CertificateDer<'static>> =
+                CertificateDer::pem_slice_iter(id.cert_pem.as_bytes()).collect::<Result<_, _>>().map_err(|e| e.to_string())?;
             let key = PrivateKeyDer::from_pem_slice(id.key_pem.as_bytes()).map_err(|e| e.to_string())?;
             builder.with_client_auth_cert(certs, key).map_err(|e| e.to_string())?
         }
@@ -159,4 +166,3 @@ pub async fn connect(addr: &str, server_name: &str, tls: Arc<rustls::ClientConfi
     });
     Ok(sender)
 }
-

@@ -39,7 +39,20 @@ fn field_order(m: &serde_json::Map<String, Value>) -> &'static [&'static str] {
     } else if m.contains_key("groupVersion") && !m.contains_key("resources") {
         &["groupVersion", "version"]
     } else {
-        &["kind", "apiVersion", "metadata", "name", "groupVersion", "versions", "preferredVersion", "serverAddressByClientCIDRs", "groups", "resources", "items", "creationTimestamp"]
+        &[
+            "kind",
+            "apiVersion",
+            "metadata",
+            "name",
+            "groupVersion",
+            "versions",
+            "preferredVersion",
+            "serverAddressByClientCIDRs",
+            "groups",
+            "resources",
+            "items",
+            "creationTimestamp",
+        ]
     }
 }
 

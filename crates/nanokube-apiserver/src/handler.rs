@@ -1141,11 +1141,9 @@ impl Ctx<'_> {
         let meta = list_metadata(l.revision, l.continue_token.as_deref(), l.remaining);
         match out {
             Output::Table(mv) => Ok(h::json_bytes(StatusCode::OK, &out.content_type(true), self.table(def, &l.items, meta, mv)?)),
-            Output::PartialMetadata(mv) => Ok(h::json_bytes(
-                StatusCode::OK,
-                &out.content_type(true),
-                Bytes::from(crate::tables::write_partial_list(&l.items, &meta, mv)),
-            )),
+            Output::PartialMetadata(mv) => {
+                Ok(h::json_bytes(StatusCode::OK, &out.content_type(true), Bytes::from(crate::tables::write_partial_list(&l.items, &meta, mv))))
+            }
             Output::Yaml => {
                 let list = ListOut {
                     api_version: def.api_version(),

@@ -23,7 +23,10 @@ pub fn channel(rx: tokio::sync::mpsc::Receiver<Bytes>) -> Body {
     impl http_body::Body for Channel {
         type Data = Bytes;
         type Error = Infallible;
-        fn poll_frame(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
             self.0.poll_recv(cx).map(|b| b.map(|b| Ok(http_body::Frame::data(b))))
         }
     }

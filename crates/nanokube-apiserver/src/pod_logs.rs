@@ -64,7 +64,9 @@ impl Nodes {
         }
         match self.local.get() {
             Some(n) if n.node_name() == node => n.open(pod, &opts),
-            _ => Err(ApiError::internal(format!("no route to node {node:?}: this nanokube serves the logs of its own node only (nodes that join come with the kubelet API)"))),
+            _ => Err(ApiError::internal(format!(
+                "no route to node {node:?}: this nanokube serves the logs of its own node only (nodes that join come with the kubelet API)"
+            ))),
         }
     }
 }
@@ -76,7 +78,12 @@ fn int(params: &dyn Fn(&str) -> Option<String>, key: &str, min: i64) -> Result<O
             let n: i64 = v.parse().map_err(|_| ApiError::bad_request(format!("{key}: invalid value {v:?}: must be an integer")))?;
             if n < min {
                 let what = if min == 0 { "must be greater than or equal to 0" } else { "must be greater than 0" };
-                return Err(ApiError::invalid("PodLogOptions", "", "", vec![nanokube_api::error::Cause { reason: "FieldValueInvalid".into(), message: format!("Invalid value: {n}: {what}"), field: key.into() }]));
+                return Err(ApiError::invalid(
+                    "PodLogOptions",
+                    "",
+                    "",
+                    vec![nanokube_api::error::Cause { reason: "FieldValueInvalid".into(), message: format!("Invalid value: {n}: {what}"), field: key.into() }],
+                ));
             }
             Ok(Some(n))
         }
@@ -92,14 +99,21 @@ fn parse(params: &dyn Fn(&str) -> Option<String>) -> Result<LogOptions, ApiError
     let since_seconds = int(params, "sinceSeconds", 1)?;
     let since_time = match params("sinceTime") {
         None => None,
-        Some(v) => Some(time::OffsetDateTime::parse(&v, &time::format_description::well_known::Rfc3339).map_err(|_| ApiError::bad_request(format!("sinceTime: invalid value {v:?}")))?),
+        Some(v) => Some(
+            time::OffsetDateTime::parse(&v, &time::format_description::well_known::Rfc3339)
+                .map_err(|_| ApiError::bad_request(format!("sinceTime: invalid value {v:?}")))?,
+        ),
     };
     if since_seconds.is_some() && since_time.is_some() {
         return Err(ApiError::invalid(
             "PodLogOptions",
             "",
             "",
-            vec![nanokube_api::error::Cause { reason: "FieldValueForbidden".into(), message: "Forbidden: at most one of `sinceTime` or `sinceSeconds` may be specified".into(), field: "".into() }],
+            vec![nanokube_api::error::Cause {
+                reason: "FieldValueForbidden".into(),
+                message: "Forbidden: at most one of `sinceTime` or `sinceSeconds` may be specified".into(),
+                field: "".into(),
+            }],
         ));
     }
     Ok(LogOptions {
@@ -122,7 +136,11 @@ fn names(list: Option<&Value>) -> Vec<&str> {
 fn container(pod: &Value, asked: &str) -> Result<String, ApiError> {
     let name = pod.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
     let spec = pod.get("spec");
-    let (containers, init, ephemeral) = (names(spec.and_then(|s| s.get("containers"))), names(spec.and_then(|s| s.get("initContainers"))), names(spec.and_then(|s| s.get("ephemeralContainers"))));
+    let (containers, init, ephemeral) = (
+        names(spec.and_then(|s| s.get("containers"))),
+        names(spec.and_then(|s| s.get("initContainers"))),
+        names(spec.and_then(|s| s.get("ephemeralContainers"))),
+    );
     if asked.is_empty() {
         if containers.len() == 1 {
             return Ok(containers[0].to_string());
@@ -150,7 +168,10 @@ mod tests {
     #[test]
     fn containers_and_options_as_upstream_checks_them() {
         let pod = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "a"}, {"name": "b"}], "initContainers": [{"name": "i"}]}});
-        assert_eq!(container(&pod, "").unwrap_err().message, "a container name must be specified for pod p, choose one of: [a b] or one of the init containers: [i]");
+        assert_eq!(
+            container(&pod, "").unwrap_err().message,
+            "a container name must be specified for pod p, choose one of: [a b] or one of the init containers: [i]"
+        );
         assert_eq!(container(&pod, "i").unwrap(), "i");
         assert_eq!(container(&pod, "z").unwrap_err().message, "container z is not valid for pod p");
         let one = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "a"}]}});

@@ -948,7 +948,11 @@ impl Registry {
                         let Some(defaults) = item.get(source).and_then(Value::as_object) else { continue };
                         let mut set: Vec<String> = Vec::new();
                         let resources = c.as_object_mut().map(|m| m.entry("resources").or_insert_with(|| json!({})));
-                        let Some(target) = resources.and_then(Value::as_object_mut).map(|r| r.entry(field).or_insert_with(|| json!({}))).and_then(Value::as_object_mut) else { continue };
+                        let Some(target) =
+                            resources.and_then(Value::as_object_mut).map(|r| r.entry(field).or_insert_with(|| json!({}))).and_then(Value::as_object_mut)
+                        else {
+                            continue;
+                        };
                         for (k, v) in defaults {
                             if !target.contains_key(k) {
                                 target.insert(k.clone(), v.clone());
@@ -976,7 +980,11 @@ impl Registry {
                     let req = c.pointer(&format!("/resources/requests/{k}"));
                     match (q(req), q(Some(min))) {
                         (None, _) => errors.push(format!("minimum {k} usage per Container is {}.  No request is specified", min.as_str().unwrap_or(""))),
-                        (Some(r), Some(m)) if r < m => errors.push(format!("minimum {k} usage per Container is {}, but request is {}", min.as_str().unwrap_or(""), req.and_then(Value::as_str).unwrap_or(""))),
+                        (Some(r), Some(m)) if r < m => errors.push(format!(
+                            "minimum {k} usage per Container is {}, but request is {}",
+                            min.as_str().unwrap_or(""),
+                            req.and_then(Value::as_str).unwrap_or("")
+                        )),
                         _ => {}
                     }
                 }
@@ -984,7 +992,11 @@ impl Registry {
                     let lim = c.pointer(&format!("/resources/limits/{k}"));
                     match (q(lim), q(Some(max))) {
                         (None, _) => errors.push(format!("maximum {k} usage per Container is {}.  No limit is specified", max.as_str().unwrap_or(""))),
-                        (Some(l), Some(m)) if l > m => errors.push(format!("maximum {k} usage per Container is {}, but limit is {}", max.as_str().unwrap_or(""), lim.and_then(Value::as_str).unwrap_or(""))),
+                        (Some(l), Some(m)) if l > m => errors.push(format!(
+                            "maximum {k} usage per Container is {}, but limit is {}",
+                            max.as_str().unwrap_or(""),
+                            lim.and_then(Value::as_str).unwrap_or("")
+                        )),
                         _ => {}
                     }
                 }
@@ -993,7 +1005,11 @@ impl Registry {
         if !errors.is_empty() {
             let joined = if errors.len() == 1 { errors.remove(0) } else { format!("[{}]", errors.join(", ")) };
             let name = meta::name(obj);
-            return Err(ApiError::forbidden(if name.is_empty() { format!("pods is forbidden: {joined}") } else { format!("pods \"{name}\" is forbidden: {joined}") }));
+            return Err(ApiError::forbidden(if name.is_empty() {
+                format!("pods is forbidden: {joined}")
+            } else {
+                format!("pods \"{name}\" is forbidden: {joined}")
+            }));
         }
         if !notes.is_empty() {
             let m = meta::metadata_mut(obj);
@@ -1305,7 +1321,12 @@ impl Registry {
     pub async fn bind(&self, namespace: &str, name: &str, node: &str, opts: &WriteOptions) -> Result<Obj, ApiError> {
         let def = resources::find("", "v1", "pods").ok_or_else(|| ApiError::internal("no pods resource"))?;
         if node.is_empty() {
-            return Err(ApiError::invalid("Binding", "", name, vec![Cause { reason: "FieldValueRequired".into(), message: "Required value".into(), field: "target.name".into() }]));
+            return Err(ApiError::invalid(
+                "Binding",
+                "",
+                name,
+                vec![Cause { reason: "FieldValueRequired".into(), message: "Required value".into(), field: "target.name".into() }],
+            ));
         }
         let opts = WriteOptions { subresource: Some("binding".into()), ..opts.clone() };
         self.update_with(def, namespace, name, &opts, |cur| {
@@ -1548,15 +1569,8 @@ impl Registry {
                     ))
                 }
             }
-            let attrs = Attributes {
-                def,
-                operation: Operation::Delete,
-                namespace,
-                name,
-                subresource: "",
-                dry_run: opts.dry_run,
-                requester: opts.requester.as_deref(),
-            };
+            let attrs =
+                Attributes { def, operation: Operation::Delete, namespace, name, subresource: "", dry_run: opts.dry_run, requester: opts.requester.as_deref() };
             let mut none = Value::Null;
             admission::mutate(self, &attrs, &mut none, Some(current.value())).await?;
             admission::validate(self, &attrs, None, Some(current.value())).await?;
@@ -1628,7 +1642,15 @@ impl Registry {
 
     /// Write an object marked for deletion (it stays, pending its finalizers or its
     /// node); `None` when another write came first and the delete must look again.
-    async fn mark_deleting(&self, def: &ResourceDef, key: &str, revision: Revision, next: Value, dry_run: bool, name: &str) -> Result<Option<Deleted>, ApiError> {
+    async fn mark_deleting(
+        &self,
+        def: &ResourceDef,
+        key: &str,
+        revision: Revision,
+        next: Value,
+        dry_run: bool,
+        name: &str,
+    ) -> Result<Option<Deleted>, ApiError> {
         if dry_run {
             return Ok(Some(Deleted::Pending(Arc::new(Stored::new(next)))));
         }

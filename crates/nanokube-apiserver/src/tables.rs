@@ -14,8 +14,8 @@
 //! `PartialObjectMetadata`), as kube-apiserver writes them.
 
 use nanokube_api::crd::CrdVersion;
-use nanokube_api::resources::ResourceDef;
 use nanokube_api::go_order::write_plain as write_json;
+use nanokube_api::resources::ResourceDef;
 use nanokube_api::table;
 use serde::de::IgnoredAny;
 use serde_json::value::RawValue;

@@ -22,10 +22,10 @@ use serde_json::{json, Value};
 use time::OffsetDateTime;
 
 use crate::coalesce::OpenWatch;
-use crate::tables::{partial_metadata_json, write_table, Include, TableSpec};
 use crate::http::Output;
 use crate::metrics::WatchGuard;
 use crate::registry::{Obj, ObjectWatch};
+use crate::tables::{partial_metadata_json, write_table, Include, TableSpec};
 
 /// Frames events for one watch in the representation the client asked for.
 pub(crate) struct EventEncoder {

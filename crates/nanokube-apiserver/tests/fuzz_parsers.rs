@@ -258,12 +258,16 @@ fn service_account_tokens() {
 
 #[test]
 fn image_references_and_variable_expansion() {
-    fuzz("image reference", &[b"docker.io/library/busybox:1.36", b"127.0.0.1:5000/a/b@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"], |b| {
-        if let Ok(r) = nanokube_runtime::Reference::parse(&String::from_utf8_lossy(b)) {
-            // What it normalizes to parses to itself.
-            assert_eq!(nanokube_runtime::Reference::parse(&r.to_string()).as_ref(), Ok(&r));
-        }
-    });
+    fuzz(
+        "image reference",
+        &[b"docker.io/library/busybox:1.36", b"127.0.0.1:5000/a/b@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"],
+        |b| {
+            if let Ok(r) = nanokube_runtime::Reference::parse(&String::from_utf8_lossy(b)) {
+                // What it normalizes to parses to itself.
+                assert_eq!(nanokube_runtime::Reference::parse(&r.to_string()).as_ref(), Ok(&r));
+            }
+        },
+    );
     fuzz("expansion", &[b"$(A) $$(B) $(C", "é$(A)ü$$".as_bytes()], |b| {
         let text = String::from_utf8_lossy(b);
         let env = vec![("A".to_string(), "1".to_string())];
@@ -289,7 +293,8 @@ fn image_archives() {
     let layer = tar_of(&[("a", b"x")]);
     let diff = nanokube_runtime::store::sha256(&layer);
     let config = format!(r#"{{"rootfs":{{"type":"layers","diff_ids":["{diff}"]}}}}"#);
-    let seed = tar_of(&[("manifest.json", br#"[{"Config":"c.json","RepoTags":["x:1"],"Layers":["l.tar"]}]"#), ("c.json", config.as_bytes()), ("l.tar", &layer)]);
+    let seed =
+        tar_of(&[("manifest.json", br#"[{"Config":"c.json","RepoTags":["x:1"],"Layers":["l.tar"]}]"#), ("c.json", config.as_bytes()), ("l.tar", &layer)]);
     let dir = std::env::temp_dir().join(format!("nanokube-fuzz-archives-{}", std::process::id()));
     let store = nanokube_runtime::ImageStore::open(&dir).unwrap();
     let file = dir.join("archive.tar");

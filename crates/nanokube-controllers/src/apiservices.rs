@@ -41,7 +41,8 @@ fn local(group: &str, version: &str, automanaged: &str) -> Value {
 /// the automanaged ones whose group-version is no longer served.
 pub async fn sync(registry: &Arc<Registry>) -> Result<(), ApiError> {
     let table = registry.resources();
-    let builtin: Vec<(&str, &str)> = std::iter::once(("", "v1")).chain(resources::groups().into_iter().flat_map(|g| table.versions(g).into_iter().map(move |v| (g, v)))).collect();
+    let builtin: Vec<(&str, &str)> =
+        std::iter::once(("", "v1")).chain(resources::groups().into_iter().flat_map(|g| table.versions(g).into_iter().map(move |v| (g, v)))).collect();
     let mut wanted: Vec<Value> = builtin.iter().map(|(g, v)| local(g, v, "onstart")).collect();
     for group in table.groups() {
         if resources::groups().contains(&group) {
@@ -90,7 +91,10 @@ pub async fn sync(registry: &Arc<Registry>) -> Result<(), ApiError> {
 pub async fn run(registry: Arc<Registry>, mut shutdown: watch::Receiver<bool>) {
     let (tx, mut rx) = mpsc::unbounded_channel::<()>();
     let start = registry.store().current_revision();
-    for prefix in [resources::find("apiextensions.k8s.io", "v1", "customresourcedefinitions").map(ResourceDef::key_prefix), Some(apiservices().key_prefix())].into_iter().flatten() {
+    for prefix in [resources::find("apiextensions.k8s.io", "v1", "customresourcedefinitions").map(ResourceDef::key_prefix), Some(apiservices().key_prefix())]
+        .into_iter()
+        .flatten()
+    {
         let (tx, sd, store) = (tx.clone(), shutdown.clone(), registry.store().clone());
         tokio::spawn(async move { follow(store, &prefix, start, sd, |_c: Change<'_>| tx.send(()).is_ok()).await });
     }

@@ -38,7 +38,10 @@ pub mod tokens;
 /// Wait for concurrent writes (spawned so they share the store's commits); the first
 /// error is returned unless its code is one of `expected` (a write raced by another
 /// writer: an object created meanwhile, or gone).
-pub(crate) async fn join_writes<T: 'static>(writes: &mut tokio::task::JoinSet<Result<T, nanokube_api::ApiError>>, expected: &[u16]) -> Result<(), nanokube_api::ApiError> {
+pub(crate) async fn join_writes<T: 'static>(
+    writes: &mut tokio::task::JoinSet<Result<T, nanokube_api::ApiError>>,
+    expected: &[u16],
+) -> Result<(), nanokube_api::ApiError> {
     while let Some(r) = writes.join_next().await {
         match r.map_err(|e| nanokube_api::ApiError::internal(e.to_string()))? {
             Ok(_) => {}

@@ -61,7 +61,10 @@ pub async fn sync(registry: &Registry) -> Result<(), String> {
         let stale = match renewed {
             Some(t) => (time::OffsetDateTime::now_utc() - t).whole_seconds() > GRACE_PERIOD.as_secs() as i64,
             // No lease yet: judged by the node's age instead.
-            None => meta::field(&node, "creationTimestamp").and_then(Value::as_str).and_then(meta::parse_time).is_some_and(|c| (time::OffsetDateTime::now_utc() - c).whole_seconds() > GRACE_PERIOD.as_secs() as i64),
+            None => meta::field(&node, "creationTimestamp")
+                .and_then(Value::as_str)
+                .and_then(meta::parse_time)
+                .is_some_and(|c| (time::OffsetDateTime::now_utc() - c).whole_seconds() > GRACE_PERIOD.as_secs() as i64),
         };
         if stale && ready_status(&node) != "Unknown" {
             mark_unknown(registry, &name).await?;

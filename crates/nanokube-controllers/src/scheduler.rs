@@ -179,7 +179,11 @@ struct Usage {
 }
 
 fn allocatable(node: &Node) -> BTreeMap<String, f64> {
-    node.status.as_ref().and_then(|s| s.allocatable.as_ref()).map(|m| m.iter().filter_map(|(k, q)| parse_quantity(&q.0).map(|v| (k.clone(), v))).collect()).unwrap_or_default()
+    node.status
+        .as_ref()
+        .and_then(|s| s.allocatable.as_ref())
+        .map(|m| m.iter().filter_map(|(k, q)| parse_quantity(&q.0).map(|v| (k.clone(), v))).collect())
+        .unwrap_or_default()
 }
 
 /// The filters, in the default profile's order; `Ok` when the node takes the pod.
@@ -251,7 +255,9 @@ fn failure_message(n: usize, misfits: &[Misfit]) -> String {
         for r in &m.reasons {
             *counts.entry(r.clone()).or_default() += 1;
         }
-        *preemption.entry(if m.preemption_may_help { "No preemption victims found for incoming pod" } else { "Preemption is not helpful for scheduling" }).or_default() += 1;
+        *preemption
+            .entry(if m.preemption_may_help { "No preemption victims found for incoming pod" } else { "Preemption is not helpful for scheduling" })
+            .or_default() += 1;
     }
     let join = |m: Vec<String>| m.join(", ");
     format!(
@@ -539,7 +545,8 @@ mod tests {
         let plain = pod(json!({"containers": [{"name": "c"}]}));
         let d = Demand::of(&plain);
         assert_eq!(filter(&plain, &d, &n, &Usage::default()).unwrap_err().reasons, ["node(s) had untolerated taint {k: v}"]);
-        let tolerant = pod(json!({"containers": [{"name": "c", "resources": {"requests": {"cpu": "3"}}}], "tolerations": [{"key": "k", "operator": "Exists"}]}));
+        let tolerant =
+            pod(json!({"containers": [{"name": "c", "resources": {"requests": {"cpu": "3"}}}], "tolerations": [{"key": "k", "operator": "Exists"}]}));
         let d = Demand::of(&tolerant);
         assert_eq!(d.requests["cpu"], 3.0);
         assert_eq!(filter(&tolerant, &d, &n, &Usage::default()).unwrap_err().reasons, ["Insufficient cpu"]);

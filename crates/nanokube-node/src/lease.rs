@@ -38,10 +38,16 @@ pub async fn renew(registry: &Registry, node: &str) -> Result<(), String> {
             .map(|_| ())
             .map_err(|e| e.message),
         Err(e) if e.code == 404 => {
-            let owner = node_uid.map(|uid| vec![OwnerReference { api_version: "v1".into(), kind: "Node".into(), name: node.into(), uid, ..Default::default() }]);
+            let owner =
+                node_uid.map(|uid| vec![OwnerReference { api_version: "v1".into(), kind: "Node".into(), name: node.into(), uid, ..Default::default() }]);
             let lease = Lease {
                 metadata: ObjectMeta { name: Some(node.into()), namespace: Some(NAMESPACE.into()), owner_references: owner, ..Default::default() },
-                spec: Some(LeaseSpec { holder_identity: Some(node.into()), lease_duration_seconds: Some(DURATION_SECONDS), renew_time: micro_now(), ..Default::default() }),
+                spec: Some(LeaseSpec {
+                    holder_identity: Some(node.into()),
+                    lease_duration_seconds: Some(DURATION_SECONDS),
+                    renew_time: micro_now(),
+                    ..Default::default()
+                }),
             };
             let mut v = serde_json::to_value(&lease).map_err(|e| e.to_string())?;
             v["apiVersion"] = Value::String("coordination.k8s.io/v1".into());

@@ -2,7 +2,9 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{ContainerImage, DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeSpec, NodeStatus, NodeSystemInfo, Taint};
+use k8s_openapi::api::core::v1::{
+    ContainerImage, DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeSpec, NodeStatus, NodeSystemInfo, Taint,
+};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use nanokube_api::{meta, resources};
@@ -188,9 +190,14 @@ pub async fn update_status(registry: &Registry, config: &NodeConfig, report: boo
     let cur = registry.get(nodes(), "", &config.name).map_err(|e| e.message)?;
     let cur = cur.value();
     let key = |v: &Value| -> Vec<(Value, Value, Value)> {
-        v.pointer("/status/conditions").and_then(Value::as_array).map(|cs| cs.iter().map(|c| (c["type"].clone(), c["status"].clone(), c["reason"].clone())).collect()).unwrap_or_default()
+        v.pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .map(|cs| cs.iter().map(|c| (c["type"].clone(), c["status"].clone(), c["reason"].clone())).collect())
+            .unwrap_or_default()
     };
-    let changed = key(cur) != key(&want) || cur.pointer("/status/capacity") != want.pointer("/status/capacity") || cur.pointer("/status/images") != want.pointer("/status/images");
+    let changed = key(cur) != key(&want)
+        || cur.pointer("/status/capacity") != want.pointer("/status/capacity")
+        || cur.pointer("/status/images") != want.pointer("/status/images");
     if !changed && !report {
         return Ok(false);
     }

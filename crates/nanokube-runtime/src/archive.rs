@@ -81,7 +81,13 @@ fn load_docker(store: &ImageStore, dir: &Path) -> Result<Vec<Image>, String> {
             let media_type = if gz { "application/vnd.oci.image.layer.v1.tar+gzip" } else { "application/vnd.oci.image.layer.v1.tar" };
             layers.push(json!({"mediaType": media_type, "digest": digest, "size": size}));
         }
-        let names = normalize(entry.get("RepoTags").and_then(Value::as_array).map(|a| a.iter().filter_map(|t| t.as_str().map(String::from)).collect::<Vec<_>>()).unwrap_or_default())?;
+        let names = normalize(
+            entry
+                .get("RepoTags")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(|t| t.as_str().map(String::from)).collect::<Vec<_>>())
+                .unwrap_or_default(),
+        )?;
         if names.is_empty() {
             return Err("the archive's image carries no name (RepoTags): tag it before saving".into());
         }

@@ -38,7 +38,13 @@ pub async fn pull(store: &ImageStore, reference: &str, credentials: Option<&Cred
 
 /// Pull `reference` from `endpoint` (`host[:port]`, a mirror) instead of its registry's
 /// own address when given; the image is recorded under its own name.
-pub async fn pull_via(store: &ImageStore, reference: &str, credentials: Option<&Credentials>, insecure: &[String], endpoint: Option<&str>) -> Result<Image, String> {
+pub async fn pull_via(
+    store: &ImageStore,
+    reference: &str,
+    credentials: Option<&Credentials>,
+    insecure: &[String],
+    endpoint: Option<&str>,
+) -> Result<Image, String> {
     // reqwest is built without a default provider: ring, as everywhere in nanokube.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let r = Reference::parse(reference)?;
@@ -67,7 +73,11 @@ pub async fn pull_via(store: &ImageStore, reference: &str, credentials: Option<&
         let (os, arch) = ("linux", if std::env::consts::ARCH == "aarch64" { "arm64" } else { "amd64" });
         let chosen = doc["manifests"]
             .as_array()
-            .and_then(|ms| ms.iter().find(|m| m.pointer("/platform/os").and_then(Value::as_str) == Some(os) && m.pointer("/platform/architecture").and_then(Value::as_str) == Some(arch)))
+            .and_then(|ms| {
+                ms.iter().find(|m| {
+                    m.pointer("/platform/os").and_then(Value::as_str) == Some(os) && m.pointer("/platform/architecture").and_then(Value::as_str) == Some(arch)
+                })
+            })
             .and_then(|m| m.get("digest").and_then(Value::as_str))
             .map(String::from)
             .ok_or_else(|| fail(&format!("no match for platform {os}/{arch} in manifest {digest}")))?;

@@ -34,7 +34,12 @@ pub fn mount(store: &ImageStore, image: &Image, dir: &Path) -> Result<PathBuf, S
         lower.push(empty.display().to_string());
     }
     let options = format!("lowerdir={},upperdir={},workdir={}", lower.join(":"), upper.display(), work.display());
-    let (src, target, fstype, data) = (CString::new("overlay").map_err(|e| e.to_string())?, cstring(&rootfs)?, CString::new("overlay").map_err(|e| e.to_string())?, CString::new(options).map_err(|e| e.to_string())?);
+    let (src, target, fstype, data) = (
+        CString::new("overlay").map_err(|e| e.to_string())?,
+        cstring(&rootfs)?,
+        CString::new("overlay").map_err(|e| e.to_string())?,
+        CString::new(options).map_err(|e| e.to_string())?,
+    );
     // mount(2) of an overlay with NUL-terminated strings that outlive the call.
     let rc = unsafe { libc::mount(src.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, data.as_ptr().cast()) };
     if rc != 0 {

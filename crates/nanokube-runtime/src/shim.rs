@@ -81,7 +81,11 @@ fn write_exit(bundle: &Path, record: &ExitRecord) {
 /// runc's last error from its JSON log (`{"level":"error","msg":…}`).
 fn runc_error(log: &Path) -> Option<String> {
     let text = std::fs::read_to_string(log).ok()?;
-    text.lines().rev().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).find(|v| v["level"] == "error").and_then(|v| v["msg"].as_str().map(String::from))
+    text.lines()
+        .rev()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["level"] == "error")
+        .and_then(|v| v["msg"].as_str().map(String::from))
 }
 
 fn report(started: &Started) {
@@ -113,7 +117,10 @@ pub fn main(args: ShimArgs) -> i32 {
     }
     let fail = |message: String| -> i32 {
         report(&Started { pid: None, started_at: None, error: Some(message.clone()) });
-        write_exit(&args.bundle, &ExitRecord { exit_code: 128, signal: None, started_at: None, finished_at: now(), reason: Some("StartError".into()), message: Some(message) });
+        write_exit(
+            &args.bundle,
+            &ExitRecord { exit_code: 128, signal: None, started_at: None, finished_at: now(), reason: Some("StartError".into()), message: Some(message) },
+        );
         1
     };
     let cgroup = std::fs::read(args.bundle.join("config.json"))
@@ -223,7 +230,17 @@ pub fn spawn(binary: &Path, args: &ShimArgs) -> Result<(u32, Started), String> {
     use std::os::unix::process::CommandExt;
     let shim_log = std::fs::File::create(args.bundle.join("shim.log")).map_err(|e| format!("shim log: {e}"))?;
     let mut cmd = Command::new(binary);
-    cmd.arg("shim").arg("--runc").arg(&args.runc).arg("--root").arg(&args.root).arg("--bundle").arg(&args.bundle).arg("--id").arg(&args.id).arg("--log").arg(&args.log);
+    cmd.arg("shim")
+        .arg("--runc")
+        .arg(&args.runc)
+        .arg("--root")
+        .arg(&args.root)
+        .arg("--bundle")
+        .arg(&args.bundle)
+        .arg("--id")
+        .arg(&args.id)
+        .arg("--log")
+        .arg(&args.log);
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(shim_log);
     // SAFETY: setsid(2) is async-signal-safe, as the child side of fork requires.
     unsafe {

@@ -206,7 +206,9 @@ impl ImageStore {
         }
         let r = crate::Reference::parse(reference).ok()?;
         match &r.digest {
-            Some(d) => images.into_iter().find(|i| &i.manifest_digest == d && i.names.iter().any(|n| n.starts_with(&format!("{}:", r.name())) || n.starts_with(&format!("{}@", r.name())))),
+            Some(d) => images.into_iter().find(|i| {
+                &i.manifest_digest == d && i.names.iter().any(|n| n.starts_with(&format!("{}:", r.name())) || n.starts_with(&format!("{}@", r.name())))
+            }),
             None => images.into_iter().find(|i| i.names.contains(&r.to_string())),
         }
     }
@@ -306,7 +308,11 @@ impl ImageStore {
     pub(crate) fn commit(&self, names: Vec<String>, manifest_digest: &str, manifest: &Value) -> Result<Image, String> {
         let config_digest = manifest.pointer("/config/digest").and_then(Value::as_str).ok_or("manifest has no config")?.to_string();
         let config: Value = serde_json::from_slice(&self.read_blob(&config_digest)?).map_err(|e| format!("image config: {e}"))?;
-        let diff_ids: Vec<String> = config.pointer("/rootfs/diff_ids").and_then(Value::as_array).map(|a| a.iter().filter_map(|d| d.as_str().map(String::from)).collect()).unwrap_or_default();
+        let diff_ids: Vec<String> = config
+            .pointer("/rootfs/diff_ids")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(|d| d.as_str().map(String::from)).collect())
+            .unwrap_or_default();
         let descriptors = manifest.get("layers").and_then(Value::as_array).cloned().unwrap_or_default();
         if diff_ids.len() != descriptors.len() {
             return Err(format!("image config lists {} layers, the manifest {}", diff_ids.len(), descriptors.len()));

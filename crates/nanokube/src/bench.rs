@@ -197,7 +197,9 @@ pub async fn run(opts: BenchOptions) -> Result<(), String> {
                     }
                 }
                 other => {
-                    return Err(format!("unknown scenario {other:?} (fsync, startup, testcluster, create, get, update, delete, list, watch, pods, pods-run, abuse)"))
+                    return Err(format!(
+                        "unknown scenario {other:?} (fsync, startup, testcluster, create, get, update, delete, list, watch, pods, pods-run, abuse)"
+                    ))
                 }
             }
         }

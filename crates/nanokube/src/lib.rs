@@ -387,7 +387,9 @@ impl Cluster {
         tasks.spawn(nanokube_controllers::apiservices::run(registry.clone(), shutdown_rx.clone()));
         tasks.spawn(nanokube_controllers::node_lifecycle::run(registry.clone(), shutdown_rx.clone()));
         if cfg.scheduler {
-            tasks.spawn(Arc::new(nanokube_controllers::scheduler::Scheduler::new(registry.clone(), &nanokube_node::machine::hostname())).run(shutdown_rx.clone()));
+            tasks.spawn(
+                Arc::new(nanokube_controllers::scheduler::Scheduler::new(registry.clone(), &nanokube_node::machine::hostname())).run(shutdown_rx.clone()),
+            );
         }
         if let Some(agent) = node_agent {
             tasks.spawn(agent.run(shutdown_rx.clone()));

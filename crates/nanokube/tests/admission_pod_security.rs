@@ -32,14 +32,22 @@ fn enforce_warn_and_workload_templates() {
     // A Deployment is not refused for its template, only warned about.
     let out = s.kubectl(&["create", "deployment", "d", "-n", "strict", "--image=nginx"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stderr).contains(r#"Warning: would violate PodSecurity "restricted:latest": allowPrivilegeEscalation != false"#), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(r#"Warning: would violate PodSecurity "restricted:latest": allowPrivilegeEscalation != false"#),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // warn with a version: a warning, and the pod is created.
     s.k(&["create", "namespace", "loose"]);
     s.k(&["label", "namespace", "loose", "pod-security.kubernetes.io/warn=baseline", "pod-security.kubernetes.io/warn-version=v1.33"]);
     let out = s.kubectl(&["run", "hostnet", "-n", "loose", "--image=nginx", "--overrides", r#"{"spec":{"hostNetwork":true}}"#]);
     assert!(out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains(r#"Warning: would violate PodSecurity "baseline:v1.33": host namespaces (hostNetwork=true)"#), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(r#"Warning: would violate PodSecurity "baseline:v1.33": host namespaces (hostNetwork=true)"#),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // A level that does not exist is refused.
     let out = s.kubectl(&["label", "namespace", "loose", "pod-security.kubernetes.io/enforce=strictest"]);

@@ -115,7 +115,11 @@ spec:
     // No parameter object yet: the binding denies, as its parameterNotFoundAction says.
     let out = s.kubectl(&["create", "deploy", "d", "--image=nginx", "--replicas=1", "-n", "p"]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("no params found for policy binding with `Deny` parameterNotFoundAction"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no params found for policy binding with `Deny` parameterNotFoundAction"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     s.k(&["create", "configmap", "limits", "-n", "p", "--from-literal=maxReplicas=3"]);
     s.k(&["create", "deploy", "d", "--image=nginx", "--replicas=3", "-n", "p"]);
@@ -134,8 +138,9 @@ spec:
     let out = s.kubectl(&["create", "deploy", "w", "--image=nginx", "--replicas=5", "-n", "p"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(
-        String::from_utf8_lossy(&out.stderr)
-            .contains("Warning: Validation failed for ValidatingAdmissionPolicy 'max-replicas' with binding 'max-replicas-binding': replicas must be at most 3, not 5"),
+        String::from_utf8_lossy(&out.stderr).contains(
+            "Warning: Validation failed for ValidatingAdmissionPolicy 'max-replicas' with binding 'max-replicas-binding': replicas must be at most 3, not 5"
+        ),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );

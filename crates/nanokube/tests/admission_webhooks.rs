@@ -21,7 +21,6 @@ struct Webhook {
     _dir: tempfile::TempDir,
 }
 
-
 impl Webhook {
     fn start() -> Webhook {
         let dir = tempfile::tempdir().unwrap();
@@ -71,7 +70,16 @@ fn apply(s: &Server, manifest: &str) {
 fn mutating_and_validating_webhooks_by_url_and_service() {
     let s = Server::start();
     let hook = Webhook::start();
-    apply(&s, &config("MutatingWebhookConfiguration", "mutate.example.com", serde_json::json!({"url": hook.url("/mutate"), "caBundle": hook.ca_b64}), &["configmaps"], serde_json::json!({})));
+    apply(
+        &s,
+        &config(
+            "MutatingWebhookConfiguration",
+            "mutate.example.com",
+            serde_json::json!({"url": hook.url("/mutate"), "caBundle": hook.ca_b64}),
+            &["configmaps"],
+            serde_json::json!({}),
+        ),
+    );
 
     // A Service without a selector and its Endpoints: how a webhook in a pod is reached.
     s.k(&["create", "namespace", "webhooks"]);
@@ -130,7 +138,16 @@ fn mutating_and_validating_webhooks_by_url_and_service() {
 fn the_admission_review_says_who_did_what() {
     let s = Server::start();
     let hook = Webhook::start();
-    apply(&s, &config("ValidatingWebhookConfiguration", "record.example.com", serde_json::json!({"url": hook.url("/record"), "caBundle": hook.ca_b64}), &["configmaps"], serde_json::json!({})));
+    apply(
+        &s,
+        &config(
+            "ValidatingWebhookConfiguration",
+            "record.example.com",
+            serde_json::json!({"url": hook.url("/record"), "caBundle": hook.ca_b64}),
+            &["configmaps"],
+            serde_json::json!({}),
+        ),
+    );
     s.k(&["create", "configmap", "seen", "--from-literal=k=v"]);
     s.k(&["delete", "configmap", "seen"]);
     let reviews = hook.recorded();
@@ -168,13 +185,24 @@ fn failure_policies_timeouts_and_dry_runs() {
     assert_eq!(code, 500, "{body}");
     let st: Value = serde_json::from_str(&body).unwrap();
     let msg = st["message"].as_str().unwrap();
-    assert!(msg.starts_with(&format!("Internal error occurred: failed calling webhook \"dead.example.com\": failed to call webhook: Post \"{dead_url}?timeout=10s\": dial tcp")), "{msg}");
+    assert!(
+        msg.starts_with(&format!(
+            "Internal error occurred: failed calling webhook \"dead.example.com\": failed to call webhook: Post \"{dead_url}?timeout=10s\": dial tcp"
+        )),
+        "{msg}"
+    );
     apply(&s, &config("ValidatingWebhookConfiguration", "dead.example.com", cc, &["configmaps"], serde_json::json!({"failurePolicy": "Ignore"})));
     assert_eq!(s.curl("POST", "/api/v1/namespaces/default/configmaps", Some("application/json"), Some(br#"{"metadata":{"name":"a"}}"#)).0, 201);
     s.k(&["delete", "validatingwebhookconfiguration", "dead.example.com"]);
 
     // A webhook slower than its timeout.
-    let slow = config("ValidatingWebhookConfiguration", "slow.example.com", serde_json::json!({"url": hook.url("/slow"), "caBundle": hook.ca_b64}), &["configmaps"], serde_json::json!({"timeoutSeconds": 1}));
+    let slow = config(
+        "ValidatingWebhookConfiguration",
+        "slow.example.com",
+        serde_json::json!({"url": hook.url("/slow"), "caBundle": hook.ca_b64}),
+        &["configmaps"],
+        serde_json::json!({"timeoutSeconds": 1}),
+    );
     apply(&s, &slow);
     let (code, body) = s.curl("POST", "/api/v1/namespaces/default/configmaps", Some("application/json"), Some(br#"{"metadata":{"name":"b"}}"#));
     assert_eq!(code, 500);
@@ -182,7 +210,16 @@ fn failure_policies_timeouts_and_dry_runs() {
     s.k(&["delete", "validatingwebhookconfiguration", "slow.example.com"]);
 
     // An answer for another request is not an answer.
-    apply(&s, &config("ValidatingWebhookConfiguration", "baduid.example.com", serde_json::json!({"url": hook.url("/baduid"), "caBundle": hook.ca_b64}), &["configmaps"], serde_json::json!({})));
+    apply(
+        &s,
+        &config(
+            "ValidatingWebhookConfiguration",
+            "baduid.example.com",
+            serde_json::json!({"url": hook.url("/baduid"), "caBundle": hook.ca_b64}),
+            &["configmaps"],
+            serde_json::json!({}),
+        ),
+    );
     let (code, body) = s.curl("POST", "/api/v1/namespaces/default/configmaps", Some("application/json"), Some(br#"{"metadata":{"name":"c"}}"#));
     assert_eq!(code, 500);
     assert!(body.contains("expected response.uid="), "{body}");
@@ -190,18 +227,49 @@ fn failure_policies_timeouts_and_dry_runs() {
 
     // A CA that did not sign the webhook's certificate.
     let other_ca = base64::engine::general_purpose::STANDARD.encode(std::fs::read_to_string(s.data.join("ca.crt")).unwrap());
-    apply(&s, &config("ValidatingWebhookConfiguration", "untrusted.example.com", serde_json::json!({"url": hook.url("/record"), "caBundle": other_ca}), &["configmaps"], serde_json::json!({})));
+    apply(
+        &s,
+        &config(
+            "ValidatingWebhookConfiguration",
+            "untrusted.example.com",
+            serde_json::json!({"url": hook.url("/record"), "caBundle": other_ca}),
+            &["configmaps"],
+            serde_json::json!({}),
+        ),
+    );
     let (code, body) = s.curl("POST", "/api/v1/namespaces/default/configmaps", Some("application/json"), Some(br#"{"metadata":{"name":"d"}}"#));
     assert_eq!(code, 500);
     assert!(body.contains("tls:"), "{body}");
     s.k(&["delete", "validatingwebhookconfiguration", "untrusted.example.com"]);
 
     // Dry runs reach only webhooks without side effects.
-    apply(&s, &config("ValidatingWebhookConfiguration", "effects.example.com", serde_json::json!({"url": hook.url("/record"), "caBundle": hook.ca_b64}), &["configmaps"], serde_json::json!({"sideEffects": "Some"})));
+    apply(
+        &s,
+        &config(
+            "ValidatingWebhookConfiguration",
+            "effects.example.com",
+            serde_json::json!({"url": hook.url("/record"), "caBundle": hook.ca_b64}),
+            &["configmaps"],
+            serde_json::json!({"sideEffects": "Some"}),
+        ),
+    );
     let out = s.kubectl(&["create", "configmap", "dry", "--dry-run=server"]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains(r#"admission webhook "effects.example.com" does not support dry run"#), "{}", String::from_utf8_lossy(&out.stderr));
-    apply(&s, &config("ValidatingWebhookConfiguration", "effects.example.com", serde_json::json!({"url": hook.url("/record"), "caBundle": hook.ca_b64}), &["configmaps"], serde_json::json!({"sideEffects": "NoneOnDryRun"})));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(r#"admission webhook "effects.example.com" does not support dry run"#),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    apply(
+        &s,
+        &config(
+            "ValidatingWebhookConfiguration",
+            "effects.example.com",
+            serde_json::json!({"url": hook.url("/record"), "caBundle": hook.ca_b64}),
+            &["configmaps"],
+            serde_json::json!({"sideEffects": "NoneOnDryRun"}),
+        ),
+    );
     s.k(&["create", "configmap", "dry", "--dry-run=server"]);
     assert_eq!(hook.recorded().last().unwrap()["request"]["dryRun"], true);
 }
@@ -235,7 +303,8 @@ fn selectors_and_match_conditions_choose_what_a_webhook_sees() {
     assert!(labelled("ignored", "m-two").is_null(), "namespace not selected");
     s.k(&["create", "configmap", "other", "-n", "watched"]);
     assert!(labelled("watched", "other").is_null(), "match condition false");
-    let (code, _) = s.curl("POST", "/api/v1/namespaces/watched/configmaps", Some("application/json"), Some(br#"{"metadata":{"name":"m-three","labels":{"skip":"1"}}}"#));
+    let (code, _) =
+        s.curl("POST", "/api/v1/namespaces/watched/configmaps", Some("application/json"), Some(br#"{"metadata":{"name":"m-three","labels":{"skip":"1"}}}"#));
     assert_eq!(code, 201);
     assert!(labelled("watched", "m-three").is_null(), "object not selected");
 }

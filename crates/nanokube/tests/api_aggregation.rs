@@ -21,7 +21,6 @@ struct Backend {
     _dir: tempfile::TempDir,
 }
 
-
 fn start_backend(s: &Server) -> Backend {
     let dir = tempfile::tempdir().unwrap();
     let (ca, cert, key) = common::serving_cert(&["widgets.agg.svc"]);
@@ -103,7 +102,11 @@ fn a_service_backed_apiservice_is_checked_discovered_and_proxied() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     // The availability check reaches the backend, front-proxy certificate and all.
-    assert!(eventually(Duration::from_secs(20), || available(&s, "v1beta1.widgets.example.com").0 == "True"), "{:?}", available(&s, "v1beta1.widgets.example.com"));
+    assert!(
+        eventually(Duration::from_secs(20), || available(&s, "v1beta1.widgets.example.com").0 == "True"),
+        "{:?}",
+        available(&s, "v1beta1.widgets.example.com")
+    );
     assert_eq!(available(&s, "v1beta1.widgets.example.com"), ("True".into(), "Passed".into(), "all checks passed".into()));
     let (_, rows) = table(&s.k(&["get", "apiservice", "v1beta1.widgets.example.com"]));
     assert_eq!(rows[0][1..3], ["agg/widgets".to_string(), "True".to_string()]);
@@ -123,7 +126,11 @@ fn a_service_backed_apiservice_is_checked_discovered_and_proxied() {
     assert_eq!(spec["sawAuthorization"], false, "the caller's credentials stay here");
     let out = s.kubectl(&["get", "widgets", "-n", "default", "--as=nobody"]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains(r#"User "nobody" cannot list resource "widgets" in API group "widgets.example.com""#), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(r#"User "nobody" cannot list resource "widgets" in API group "widgets.example.com""#),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // The backend goes away: the check says so and requests get 503.
     drop(backend);

@@ -162,12 +162,30 @@ fn limit_ranges_default_and_bound_container_resources() {
 
     s.k(&["run", "web", "-n", "lr", "--image=nginx"]);
     let pod = s.get_json("/api/v1/namespaces/lr/pods/web").1;
-    assert_eq!(pod["spec"]["containers"][0]["resources"], serde_json::json!({"limits": {"cpu": "500m", "memory": "128Mi"}, "requests": {"cpu": "100m", "memory": "128Mi"}}));
-    assert_eq!(pod["metadata"]["annotations"]["kubernetes.io/limit-ranger"], "LimitRanger plugin set: cpu, memory request for container web; cpu, memory limit for container web");
+    assert_eq!(
+        pod["spec"]["containers"][0]["resources"],
+        serde_json::json!({"limits": {"cpu": "500m", "memory": "128Mi"}, "requests": {"cpu": "100m", "memory": "128Mi"}})
+    );
+    assert_eq!(
+        pod["metadata"]["annotations"]["kubernetes.io/limit-ranger"],
+        "LimitRanger plugin set: cpu, memory request for container web; cpu, memory limit for container web"
+    );
     assert_eq!(pod["status"]["qosClass"], "Burstable", "QoS from the defaulted resources");
 
     // What a container sets is kept; above the max is refused.
-    let out = s.kubectl(&["run", "big", "-n", "lr", "--image=nginx", "--overrides", r#"{"spec":{"containers":[{"name":"big","image":"nginx","resources":{"limits":{"cpu":"2"}}}]}}"#]);
+    let out = s.kubectl(&[
+        "run",
+        "big",
+        "-n",
+        "lr",
+        "--image=nginx",
+        "--overrides",
+        r#"{"spec":{"containers":[{"name":"big","image":"nginx","resources":{"limits":{"cpu":"2"}}}]}}"#,
+    ]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains(r#"pods "big" is forbidden: maximum cpu usage per Container is 1, but limit is 2"#), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(r#"pods "big" is forbidden: maximum cpu usage per Container is 1, but limit is 2"#),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

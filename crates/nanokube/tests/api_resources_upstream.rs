@@ -20,8 +20,7 @@ fn squeeze(text: &str) -> Vec<String> {
 #[test]
 fn every_kubectl_lists_upstreams_resources_and_versions() {
     let s = Server::start();
-    let want_resources: Vec<String> =
-        squeeze(&upstream("api-resources-wide.txt"));
+    let want_resources: Vec<String> = squeeze(&upstream("api-resources-wide.txt"));
     let want_versions: Vec<String> = squeeze(&upstream("api-versions.txt"));
     for bin in ["kubectl", "kubectl.1.27", "kubectl.1.28", "kubectl.1.29", "kubectl.1.30", "kubectl.1.31", "kubectl.1.32", "kubectl.1.33"] {
         let run = |args: &[&str]| {

@@ -73,7 +73,8 @@ fn built_in_objects_are_written_in_go_field_order_custom_ones_sorted() {
     let (_, list) = s.curl("GET", "/api/v1/namespaces/default/pods", None, None);
     assert_eq!(key_order(&list), ["kind", "apiVersion", "metadata", "items"]);
     assert!(list.contains(r#""items":[{"kind":"Pod","apiVersion":"v1","metadata":{"name":"web","namespace":"default","uid":""#), "{list}");
-    let out = s.admin_curl().args(["-sS", "--max-time", "2"]).arg(format!("{}/api/v1/namespaces/default/pods?watch=true&timeoutSeconds=1", s.url)).output().unwrap();
+    let out =
+        s.admin_curl().args(["-sS", "--max-time", "2"]).arg(format!("{}/api/v1/namespaces/default/pods?watch=true&timeoutSeconds=1", s.url)).output().unwrap();
     let line = String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or_default().to_string();
     assert!(line.starts_with(r#"{"type":"ADDED","object":{"kind":"Pod","apiVersion":"v1","metadata":{"name":"web","#), "{line}");
 
@@ -166,7 +167,10 @@ fn table_watches_send_columns_once_and_use_a_crds_printer_columns() {
     s.k_stdin(&["create", "-f", "-"], crd);
     assert!(common::eventually(std::time::Duration::from_secs(10), || s.curl("GET", "/apis/example.com/v1/namespaces/default/gadgets", None, None).0 == 200));
     for (name, size) in [("g1", 3), ("g2", 5)] {
-        let out = s.k_stdin(&["create", "-f", "-"], &format!(r#"{{"apiVersion":"example.com/v1","kind":"Gadget","metadata":{{"name":"{name}"}},"spec":{{"size":{size}}}}}"#));
+        let out = s.k_stdin(
+            &["create", "-f", "-"],
+            &format!(r#"{{"apiVersion":"example.com/v1","kind":"Gadget","metadata":{{"name":"{name}"}},"spec":{{"size":{size}}}}}"#),
+        );
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
 

@@ -121,13 +121,17 @@ fn the_server_outlives_a_closed_stdout() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let (reader, writer) = std::io::pipe().unwrap();
     drop(reader);
-    let mut child = nanokube(&["server", "--secure-port", &port.to_string(), "--merge-kubeconfig=false", "--data-dir", dir.path().join("data").to_str().unwrap()])
-        .stdout(writer)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child =
+        nanokube(&["server", "--secure-port", &port.to_string(), "--merge-kubeconfig=false", "--data-dir", dir.path().join("data").to_str().unwrap()])
+            .stdout(writer)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
     let ready = common::eventually(std::time::Duration::from_secs(15), || {
-        Command::new("curl").args(["-sk", "-o", "/dev/null", "-w", "%{http_code}", &format!("https://127.0.0.1:{port}/readyz")]).output().is_ok_and(|o| o.stdout == b"200")
+        Command::new("curl")
+            .args(["-sk", "-o", "/dev/null", "-w", "%{http_code}", &format!("https://127.0.0.1:{port}/readyz")])
+            .output()
+            .is_ok_and(|o| o.stdout == b"200")
     });
     std::thread::sleep(std::time::Duration::from_millis(300));
     let alive = child.try_wait().unwrap().is_none();

@@ -43,7 +43,12 @@ fn the_walkthrough_runs_as_written() {
     // port holding an image built from Debian's busybox-static, mirrored for docker.io.
     let registry = common::start_registry();
     let (archive, _) = common::build_image(home.path(), "busybox:latest");
-    common::skopeo(&["copy", "--dest-tls-verify=false", &format!("docker-archive:{}", archive.display()), &format!("docker://127.0.0.1:{}/library/busybox:latest", registry.port)]);
+    common::skopeo(&[
+        "copy",
+        "--dest-tls-verify=false",
+        &format!("docker-archive:{}", archive.display()),
+        &format!("docker://127.0.0.1:{}/library/busybox:latest", registry.port),
+    ]);
     let mirror = format!("--registry-mirror=docker.io=127.0.0.1:{}", registry.port);
     let bin = env!("CARGO_BIN_EXE_nanokube");
     let kubectl_dir = kubectl_path("kubectl").parent().unwrap().to_path_buf();
@@ -115,7 +120,12 @@ fn the_walkthrough_runs_as_written() {
     assert!(text.contains("pod/demo condition met"), "{text}");
     assert!(text.contains("default\nca.crt\nnamespace\ntoken\n"), "{text}");
     let kubeconfig = home.path().join(".kube/config");
-    let out = Command::new(kubectl_path("kubectl")).args(["--kubeconfig"]).arg(&kubeconfig).args(["get", "events", "--field-selector", "involvedObject.name=demo"]).output().unwrap();
+    let out = Command::new(kubectl_path("kubectl"))
+        .args(["--kubeconfig"])
+        .arg(&kubeconfig)
+        .args(["get", "events", "--field-selector", "involvedObject.name=demo"])
+        .output()
+        .unwrap();
     let events = String::from_utf8_lossy(&out.stdout);
     assert!(events.contains("Successfully pulled image \"busybox\""), "{events}");
     // Nothing of the pod is left once it is deleted.

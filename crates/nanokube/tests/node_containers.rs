@@ -36,7 +36,14 @@ fn a_container_runs_from_the_store_with_kubernetes_command_semantics() {
         let env = command::environment(&image_env, &env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>());
         let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
         let argv = command::argv(&s(command_), &s(args), &[], &cmd, &env);
-        let cfg = bundle::ContainerConfig { argv, env, hostname: "pod-a".into(), allow_privilege_escalation: true, cgroups_path: format!("/nanokube-test-{}/{id}", std::process::id()), ..Default::default() };
+        let cfg = bundle::ContainerConfig {
+            argv,
+            env,
+            hostname: "pod-a".into(),
+            allow_privilege_escalation: true,
+            cgroups_path: format!("/nanokube-test-{}/{id}", std::process::id()),
+            ..Default::default()
+        };
         bundle::write(&dir, &root, &cfg).unwrap();
         let exited = runc.run(&dir, id);
         runc.delete(id).unwrap();

@@ -76,7 +76,9 @@ fn images_load_pull_unpack_list_and_remove() {
     // The Node lists its images.
     assert!(eventually(Duration::from_secs(20), || {
         let node = s.get_json("/api/v1/nodes").1["items"][0].clone();
-        node["status"]["images"].as_array().is_some_and(|imgs| imgs.iter().any(|i| i["names"].as_array().unwrap().iter().any(|n| n == "docker.io/library/testbox:1.0")))
+        node["status"]["images"]
+            .as_array()
+            .is_some_and(|imgs| imgs.iter().any(|i| i["names"].as_array().unwrap().iter().any(|n| n == "docker.io/library/testbox:1.0")))
     }));
 
     // Removal keeps the layers other images still use.

@@ -45,7 +45,12 @@ fn phase(p: &Value) -> &str {
 
 fn events(s: &Server, name: &str) -> Vec<(String, String)> {
     let (_, list) = s.get_json(&format!("/api/v1/namespaces/default/events?fieldSelector=involvedObject.name%3D{name}"));
-    list["items"].as_array().unwrap().iter().map(|e| (e["reason"].as_str().unwrap_or("").to_string(), e["message"].as_str().unwrap_or("").to_string())).collect()
+    list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["reason"].as_str().unwrap_or("").to_string(), e["message"].as_str().unwrap_or("").to_string()))
+        .collect()
 }
 
 fn apply(s: &Server, yaml: &str) {
@@ -77,7 +82,13 @@ fn leftovers(s: &Server) -> Vec<String> {
 }
 
 fn pod_cgroups(uid: &str) -> Vec<String> {
-    std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten().map(|c| c.path().join(format!("nanokube/pod{uid}"))).filter(|p| p.exists()).map(|p| p.display().to_string()).collect()
+    std::fs::read_dir("/sys/fs/cgroup")
+        .unwrap()
+        .flatten()
+        .map(|c| c.path().join(format!("nanokube/pod{uid}")))
+        .filter(|p| p.exists())
+        .map(|p| p.display().to_string())
+        .collect()
 }
 
 #[test]
@@ -120,7 +131,12 @@ fn a_pod_runs_to_completion_with_kubelets_status_events_files_and_logs() {
     assert_eq!(String::from_utf8_lossy(&old.stdout), "to-stderr\n");
 
     let reasons: Vec<String> = events(&s, "once").into_iter().map(|(r, m)| format!("{r}: {m}")).collect();
-    for want in ["Scheduled: Successfully assigned default/once to", "Pulled: Container image \"testbox:1.0\" already present on machine", "Created: Created container: once", "Started: Started container once"] {
+    for want in [
+        "Scheduled: Successfully assigned default/once to",
+        "Pulled: Container image \"testbox:1.0\" already present on machine",
+        "Created: Created container: once",
+        "Started: Started container once",
+    ] {
         assert!(reasons.iter().any(|r| r.starts_with(want)), "{want} not in {reasons:?}");
     }
 
@@ -204,15 +220,25 @@ spec:
     let first = Instant::now();
     wait_for(&s, "crash", "a first restart", |p| p.pointer("/status/containerStatuses/0/restartCount").and_then(Value::as_u64) >= Some(1));
     let one = Instant::now();
-    let p = wait_for(&s, "crash", "CrashLoopBackOff", |p| p.pointer("/status/containerStatuses/0/state/waiting/reason").and_then(Value::as_str) == Some("CrashLoopBackOff"));
+    let p = wait_for(&s, "crash", "CrashLoopBackOff", |p| {
+        p.pointer("/status/containerStatuses/0/state/waiting/reason").and_then(Value::as_str) == Some("CrashLoopBackOff")
+    });
     let c = &p["status"]["containerStatuses"][0];
     let uid = p["metadata"]["uid"].as_str().unwrap();
-    assert!(c["state"]["waiting"]["message"].as_str().unwrap().starts_with(&format!("back-off 10s restarting failed container=c pod=crash_default({uid})")), "{c}");
+    assert!(
+        c["state"]["waiting"]["message"].as_str().unwrap().starts_with(&format!("back-off 10s restarting failed container=c pod=crash_default({uid})")),
+        "{c}"
+    );
     assert_eq!(c["lastState"]["terminated"]["exitCode"], 3);
     assert_eq!(c["lastState"]["terminated"]["reason"], "Error");
     assert_eq!(p["status"]["phase"], "Running", "restartPolicy Always keeps the phase Running");
     let p = wait_for(&s, "crash", "a second restart", |p| p.pointer("/status/containerStatuses/0/restartCount").and_then(Value::as_u64) >= Some(2));
-    assert!(one.elapsed() >= Duration::from_secs(9), "the second restart waited the back-off ({:?} after the first; {:?} since creation)", one.elapsed(), first.elapsed());
+    assert!(
+        one.elapsed() >= Duration::from_secs(9),
+        "the second restart waited the back-off ({:?} after the first; {:?} since creation)",
+        one.elapsed(),
+        first.elapsed()
+    );
     assert!(p["status"]["containerStatuses"][0]["lastState"]["terminated"]["finishedAt"].is_string());
     assert_eq!(s.k(&["logs", "crash", "--previous"]), "crashing\n");
     assert!(events(&s, "crash").iter().any(|(r, m)| r == "BackOff" && m == &format!("Back-off restarting failed container c in pod crash_default({uid})")));
@@ -340,7 +366,10 @@ spec:
     s.k(&["create", "secret", "generic", "sec", "--from-literal=pw=changed", "--dry-run=client", "-o", "yaml"]);
     let out = s.k_stdin(&["apply", "-f", "-"], &s.k(&["create", "secret", "generic", "sec", "--from-literal=pw=changed", "--dry-run=client", "-o", "yaml"]));
     assert!(out.status.success());
-    assert!(eventually(Duration::from_secs(20), || s.k(&["logs", "full", "-c", "main", "--tail=1"]) == "secret changed\n"), "the mounted Secret was not updated");
+    assert!(
+        eventually(Duration::from_secs(20), || s.k(&["logs", "full", "-c", "main", "--tail=1"]) == "secret changed\n"),
+        "the mounted Secret was not updated"
+    );
 
     // Deleted: its token is refused from then on.
     s.k(&["delete", "pod", "full", "--grace-period=1"]);
@@ -449,7 +478,9 @@ spec:
   containers: [{name: c, image: "other:2.0", imagePullPolicy: Never}]
 "#,
     );
-    let p = wait_for(&s, "missing", "ImagePullBackOff", |p| p.pointer("/status/containerStatuses/0/state/waiting/reason").and_then(Value::as_str) == Some("ImagePullBackOff"));
+    let p = wait_for(&s, "missing", "ImagePullBackOff", |p| {
+        p.pointer("/status/containerStatuses/0/state/waiting/reason").and_then(Value::as_str) == Some("ImagePullBackOff")
+    });
     assert_eq!(p["status"]["containerStatuses"][0]["state"]["waiting"]["message"], "Back-off pulling image \"127.0.0.1:1/nothing/here:1.0\"");
     let ev = events(&s, "missing");
     assert!(ev.iter().any(|(r, m)| r == "Failed" && m.starts_with("Failed to pull image \"127.0.0.1:1/nothing/here:1.0\": ")), "{ev:?}");
@@ -458,13 +489,21 @@ spec:
     let p = wait_for(&s, "huge", "FailedScheduling", |p| p.pointer("/status/conditions/0/reason").and_then(Value::as_str) == Some("Unschedulable"));
     assert!(p["status"]["conditions"][0]["message"].as_str().unwrap().starts_with("0/1 nodes are available: 1 Insufficient cpu."), "{p}");
 
-    let p = wait_for(&s, "unconfigured", "CreateContainerConfigError", |p| p.pointer("/status/containerStatuses/0/state/waiting/reason").and_then(Value::as_str) == Some("CreateContainerConfigError"));
+    let p = wait_for(&s, "unconfigured", "CreateContainerConfigError", |p| {
+        p.pointer("/status/containerStatuses/0/state/waiting/reason").and_then(Value::as_str) == Some("CreateContainerConfigError")
+    });
     assert_eq!(p["status"]["containerStatuses"][0]["state"]["waiting"]["message"], "configmap \"absent\" not found");
 
-    let p = wait_for(&s, "never", "ErrImageNeverPull", |p| p.pointer("/status/containerStatuses/0/state/waiting/reason").and_then(Value::as_str) == Some("ErrImageNeverPull"));
+    let p = wait_for(&s, "never", "ErrImageNeverPull", |p| {
+        p.pointer("/status/containerStatuses/0/state/waiting/reason").and_then(Value::as_str) == Some("ErrImageNeverPull")
+    });
     assert_eq!(p["status"]["containerStatuses"][0]["state"]["waiting"]["message"], "Container image \"other:2.0\" is not present with pull policy of Never");
     let out = s.kubectl(&["logs", "missing"]);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("container \"c\" in pod \"missing\" is waiting to start: ImagePullBackOff"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("container \"c\" in pod \"missing\" is waiting to start: ImagePullBackOff"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     s.k(&["delete", "pod", "--all"]);
     assert!(eventually(Duration::from_secs(10), || leftovers(&s).is_empty()), "{:?}", leftovers(&s));
 }
@@ -472,7 +511,17 @@ spec:
 #[test]
 fn a_crashed_server_adopts_its_containers_and_a_clean_stop_runs_them_again() {
     let mut s = server_with_image();
-    s.k(&["run", "keeper", "--image=testbox:1.0", "--overrides", r#"{"spec": {"terminationGracePeriodSeconds": 2}}"#, "--", "sh", "-c", "echo started; while true; do sleep 0.2; done"]);
+    s.k(&[
+        "run",
+        "keeper",
+        "--image=testbox:1.0",
+        "--overrides",
+        r#"{"spec": {"terminationGracePeriodSeconds": 2}}"#,
+        "--",
+        "sh",
+        "-c",
+        "echo started; while true; do sleep 0.2; done",
+    ]);
     let before = wait_for(&s, "keeper", "Running", |p| phase(p) == "Running");
     let id = before["status"]["containerStatuses"][0]["containerID"].clone();
     let uid = before["metadata"]["uid"].as_str().unwrap().to_string();
@@ -495,7 +544,9 @@ fn a_crashed_server_adopts_its_containers_and_a_clean_stop_runs_them_again() {
     assert_eq!(leftovers(&s).iter().filter(|l| l.starts_with("process") || l.starts_with("mount")).count(), 0, "{:?}", leftovers(&s));
     assert!(pod_cgroups(&uid).is_empty(), "{:?}", pod_cgroups(&uid));
     s.restart();
-    let again = wait_for(&s, "keeper", "running again", |p| p.pointer("/status/containerStatuses/0/restartCount").and_then(Value::as_u64) == Some(1) && phase(p) == "Running");
+    let again = wait_for(&s, "keeper", "running again", |p| {
+        p.pointer("/status/containerStatuses/0/restartCount").and_then(Value::as_u64) == Some(1) && phase(p) == "Running"
+    });
     assert_ne!(again["status"]["containerStatuses"][0]["containerID"], id);
 
     s.k(&["delete", "pod", "keeper", "--grace-period=1"]);

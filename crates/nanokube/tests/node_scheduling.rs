@@ -43,7 +43,10 @@ fn the_node_registers_as_kubelet_does_and_keeps_its_lease() {
     let types: Vec<&str> = node["status"]["conditions"].as_array().unwrap().iter().map(|c| c["type"].as_str().unwrap()).collect();
     assert_eq!(types, ["MemoryPressure", "DiskPressure", "PIDPressure", "Ready"]);
     let ready = &node["status"]["conditions"][3];
-    assert_eq!((ready["status"].as_str(), ready["reason"].as_str(), ready["message"].as_str()), (Some("True"), Some("KubeletReady"), Some("kubelet is posting ready status")));
+    assert_eq!(
+        (ready["status"].as_str(), ready["reason"].as_str(), ready["message"].as_str()),
+        (Some("True"), Some("KubeletReady"), Some("kubelet is posting ready status"))
+    );
 
     // kubectl's view.
     let out = s.k(&["get", "nodes"]);
@@ -62,7 +65,9 @@ fn the_node_registers_as_kubelet_does_and_keeps_its_lease() {
     assert_eq!(lease["metadata"]["ownerReferences"][0]["kind"], "Node");
     let first = lease["spec"]["renewTime"].as_str().unwrap().to_string();
     assert!(first.contains('.') && first.ends_with('Z'), "a MicroTime: {first}");
-    assert!(eventually(Duration::from_secs(25), || s.get_json("/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/test-node").1["spec"]["renewTime"] != first));
+    assert!(eventually(Duration::from_secs(25), || s.get_json("/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/test-node").1["spec"]
+        ["renewTime"]
+        != first));
 }
 
 /// Where containers cannot run the node says exactly why: a server keeping no files
@@ -101,7 +106,12 @@ fn a_node_that_cannot_run_containers_says_what_is_missing() {
     let kubeconfig = data.join("kubeconfig");
     let mut message = String::new();
     assert!(eventually(Duration::from_secs(20), || {
-        let out = std::process::Command::new(common::kubectl_path("kubectl")).arg("--kubeconfig").arg(&kubeconfig).args(["get", "nodes", "-o", "jsonpath={.items[0].status.conditions[3].message}"]).output().unwrap();
+        let out = std::process::Command::new(common::kubectl_path("kubectl"))
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(["get", "nodes", "-o", "jsonpath={.items[0].status.conditions[3].message}"])
+            .output()
+            .unwrap();
         message = String::from_utf8_lossy(&out.stdout).to_string();
         !message.is_empty()
     }));
@@ -128,27 +138,43 @@ fn the_scheduler_binds_what_fits_and_says_why_the_rest_waits() {
 
     // Tolerating it, a pod is bound, with the Scheduled event.
     let tolerate = json!([{"key": "node.kubernetes.io/not-ready", "operator": "Exists"}]);
-    create_pod(&s, json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "tolerant"}, "spec": {"tolerations": tolerate, "containers": [{"name": "c", "image": "nginx", "resources": {"requests": {"cpu": "100m"}}}]}}));
+    create_pod(
+        &s,
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "tolerant"}, "spec": {"tolerations": tolerate, "containers": [{"name": "c", "image": "nginx", "resources": {"requests": {"cpu": "100m"}}}]}}),
+    );
     assert!(eventually(Duration::from_secs(10), || pod_condition(&s, "tolerant")["status"] == "True"));
     assert_eq!(s.get_json("/api/v1/namespaces/default/pods/tolerant").1["spec"]["nodeName"], "n1");
     let events = s.k(&["get", "events", "--field-selector", "involvedObject.name=tolerant"]);
     assert!(events.contains("Scheduled") && events.contains("Successfully assigned default/tolerant to n1"), "{events}");
 
     // Too big, or selecting another node: upstream's reasons.
-    create_pod(&s, json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "huge"}, "spec": {"tolerations": tolerate, "containers": [{"name": "c", "image": "nginx", "resources": {"requests": {"cpu": "1000", "memory": "1Ti"}}}]}}));
-    create_pod(&s, json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "picky"}, "spec": {"tolerations": tolerate, "nodeSelector": {"disk": "ssd"}, "containers": [{"name": "c", "image": "nginx"}]}}));
-    assert!(eventually(Duration::from_secs(10), || pod_condition(&s, "huge")["reason"] == "Unschedulable" && pod_condition(&s, "picky")["reason"] == "Unschedulable"));
+    create_pod(
+        &s,
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "huge"}, "spec": {"tolerations": tolerate, "containers": [{"name": "c", "image": "nginx", "resources": {"requests": {"cpu": "1000", "memory": "1Ti"}}}]}}),
+    );
+    create_pod(
+        &s,
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "picky"}, "spec": {"tolerations": tolerate, "nodeSelector": {"disk": "ssd"}, "containers": [{"name": "c", "image": "nginx"}]}}),
+    );
+    assert!(eventually(Duration::from_secs(10), || pod_condition(&s, "huge")["reason"] == "Unschedulable"
+        && pod_condition(&s, "picky")["reason"] == "Unschedulable"));
     assert_eq!(
         pod_condition(&s, "huge")["message"],
         "0/1 nodes are available: 1 Insufficient cpu, 1 Insufficient memory. preemption: 0/1 nodes are available: 1 No preemption victims found for incoming pod."
     );
-    assert!(pod_condition(&s, "picky")["message"].as_str().unwrap().starts_with("0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector."));
+    assert!(pod_condition(&s, "picky")["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector."));
     // The node gains the label: the waiting pod is tried again and bound.
     s.k(&["label", "node", "n1", "disk=ssd"]);
     assert!(eventually(Duration::from_secs(10), || pod_condition(&s, "picky")["status"] == "True"));
 
     // Another scheduler's pod is left alone; a Binding assigns it, once.
-    create_pod(&s, json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "mine"}, "spec": {"schedulerName": "my-scheduler", "containers": [{"name": "c", "image": "nginx"}]}}));
+    create_pod(
+        &s,
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "mine"}, "spec": {"schedulerName": "my-scheduler", "containers": [{"name": "c", "image": "nginx"}]}}),
+    );
     std::thread::sleep(Duration::from_millis(500));
     assert!(pod_condition(&s, "mine").is_null());
     let binding = br#"{"apiVersion":"v1","kind":"Binding","metadata":{"name":"mine"},"target":{"apiVersion":"v1","kind":"Node","name":"n1"}}"#;

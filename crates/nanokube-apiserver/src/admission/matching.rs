@@ -71,11 +71,8 @@ pub(super) fn selectors_match(registry: &Registry, spec: &Value, attrs: &Attribu
     let ns_selector = selector(spec.get("namespaceSelector"))?;
     let is_namespace = attrs.def.group.is_empty() && attrs.def.plural == "namespaces";
     if !ns_selector.is_empty() && (is_namespace || !attrs.namespace.is_empty()) {
-        let ns_labels = if is_namespace {
-            labels(obj.or(old)).cloned()
-        } else {
-            namespace_object(registry, attrs.namespace).and_then(|n| labels(Some(&n)).cloned())
-        };
+        let ns_labels =
+            if is_namespace { labels(obj.or(old)).cloned() } else { namespace_object(registry, attrs.namespace).and_then(|n| labels(Some(&n)).cloned()) };
         if !ns_selector.matches(ns_labels.as_ref()) {
             return Ok(false);
         }

@@ -49,7 +49,9 @@ impl Level {
 fn template_of<'a>(attrs: &Attributes<'_>, obj: &'a Value) -> Option<&'a Value> {
     match (attrs.def.group, attrs.def.plural) {
         ("", "pods") => Some(obj),
-        ("", "replicationcontrollers") | ("apps", "deployments" | "replicasets" | "statefulsets" | "daemonsets") | ("batch", "jobs") => obj.pointer("/spec/template"),
+        ("", "replicationcontrollers") | ("apps", "deployments" | "replicasets" | "statefulsets" | "daemonsets") | ("batch", "jobs") => {
+            obj.pointer("/spec/template")
+        }
         ("batch", "cronjobs") => obj.pointer("/spec/jobTemplate/spec/template"),
         ("", "podtemplates") => obj.get("template"),
         _ => None,
@@ -79,7 +81,8 @@ pub(super) fn check(registry: &Registry, attrs: &Attributes<'_>, obj: Option<&Va
             let text = format!("PodSecurity \"{}:{}\": {}", enforce.name(), version("enforce"), violations.join(", "));
             if is_pod {
                 let name = attrs.name;
-                let msg = if name.is_empty() { format!("pods is forbidden: violates {text}") } else { format!("pods \"{name}\" is forbidden: violates {text}") };
+                let msg =
+                    if name.is_empty() { format!("pods is forbidden: violates {text}") } else { format!("pods \"{name}\" is forbidden: violates {text}") };
                 let mut e = ApiError::forbidden(msg);
                 e.details.name = Some(name.to_string());
                 e.details.kind = Some("pods".into());
@@ -124,7 +127,10 @@ pub(super) fn check_namespace_labels(obj: &Value) -> Result<(), ApiError> {
 
 /// The containers of a pod (spec) with the words upstream uses for them.
 fn containers(spec: &Value) -> Vec<&Value> {
-    ["initContainers", "containers", "ephemeralContainers"].iter().flat_map(|k| spec.get(*k).and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default()).collect()
+    ["initContainers", "containers", "ephemeralContainers"]
+        .iter()
+        .flat_map(|k| spec.get(*k).and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default())
+        .collect()
 }
 
 fn name(c: &Value) -> &str {
@@ -179,7 +185,8 @@ fn violations(pod: &Value, level: Level) -> Vec<String> {
     let mut add = |id: &'static str, reason: &str, detail: String| out.push((id, reason.to_string(), detail));
 
     // Baseline.
-    let hosts: Vec<String> = ["hostNetwork", "hostPID", "hostIPC"].iter().filter(|k| spec.get(**k) == Some(&Value::Bool(true))).map(|k| format!("{k}=true")).collect();
+    let hosts: Vec<String> =
+        ["hostNetwork", "hostPID", "hostIPC"].iter().filter(|k| spec.get(**k) == Some(&Value::Bool(true))).map(|k| format!("{k}=true")).collect();
     if !hosts.is_empty() {
         add("hostNamespaces", "host namespaces", hosts.join(", "));
     }
@@ -189,7 +196,8 @@ fn violations(pod: &Value, level: Level) -> Vec<String> {
     }
     let mut bad_caps = Vec::new();
     for c in &cs {
-        let adds: Vec<&str> = c.pointer("/securityContext/capabilities/add").and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+        let adds: Vec<&str> =
+            c.pointer("/securityContext/capabilities/add").and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
         let extra: Vec<String> = adds.iter().filter(|a| !BASELINE_CAPABILITIES.contains(a)).map(|a| format!("{a:?}")).collect();
         if !extra.is_empty() {
             bad_caps.push(format!("{} must not include {} in securityContext.capabilities.add", which(&[name(c)]), extra.join(", ")));
@@ -206,7 +214,11 @@ fn violations(pod: &Value, level: Level) -> Vec<String> {
     let mut port_users = Vec::new();
     let mut ports = Vec::new();
     for c in &cs {
-        let hp: Vec<i64> = c.get("ports").and_then(Value::as_array).map(|ps| ps.iter().filter_map(|p| p.get("hostPort").and_then(Value::as_i64)).filter(|p| *p != 0).collect()).unwrap_or_default();
+        let hp: Vec<i64> = c
+            .get("ports")
+            .and_then(Value::as_array)
+            .map(|ps| ps.iter().filter_map(|p| p.get("hostPort").and_then(Value::as_i64)).filter(|p| *p != 0).collect())
+            .unwrap_or_default();
         if !hp.is_empty() {
             port_users.push(name(c));
             ports.extend(hp);
@@ -214,7 +226,11 @@ fn violations(pod: &Value, level: Level) -> Vec<String> {
     }
     if !port_users.is_empty() {
         let list: Vec<String> = ports.iter().map(i64::to_string).collect();
-        add("hostPorts", "hostPort", format!("{} {} {} {}", which(&port_users), plural(port_users.len(), "uses", "use"), plural(ports.len(), "hostPort", "hostPorts"), list.join(", ")));
+        add(
+            "hostPorts",
+            "hostPort",
+            format!("{} {} {} {}", which(&port_users), plural(port_users.len(), "uses", "use"), plural(ports.len(), "hostPort", "hostPorts"), list.join(", ")),
+        );
     }
     let proc_mount: Vec<&str> = cs.iter().filter(|c| sc(c, "procMount").is_some_and(|p| p.as_str().is_some_and(|p| p != "Default"))).map(|c| name(c)).collect();
     if !proc_mount.is_empty() {
@@ -226,7 +242,8 @@ fn violations(pod: &Value, level: Level) -> Vec<String> {
     if pod_seccomp.as_deref() == Some("Unconfined") {
         unconfined.push("pod must not set securityContext.seccompProfile.type to \"Unconfined\"".to_string());
     }
-    let unconfined_cs: Vec<&str> = cs.iter().filter(|c| c.get("securityContext").and_then(seccomp_type).as_deref() == Some("Unconfined")).map(|c| name(c)).collect();
+    let unconfined_cs: Vec<&str> =
+        cs.iter().filter(|c| c.get("securityContext").and_then(seccomp_type).as_deref() == Some("Unconfined")).map(|c| name(c)).collect();
     if !unconfined_cs.is_empty() {
         unconfined.push(format!("{} must not set securityContext.seccompProfile.type to \"Unconfined\"", which(&unconfined_cs)));
     }
@@ -272,7 +289,11 @@ fn violations(pod: &Value, level: Level) -> Vec<String> {
         }
         let escalating: Vec<&str> = cs.iter().filter(|c| sc(c, "allowPrivilegeEscalation") != Some(Value::Bool(false))).map(|c| name(c)).collect();
         if !escalating.is_empty() {
-            add("allowPrivilegeEscalation", "allowPrivilegeEscalation != false", format!("{} must set securityContext.allowPrivilegeEscalation=false", which(&escalating)));
+            add(
+                "allowPrivilegeEscalation",
+                "allowPrivilegeEscalation != false",
+                format!("{} must set securityContext.allowPrivilegeEscalation=false", which(&escalating)),
+            );
         }
         let mut caps = Vec::new();
         let no_drop: Vec<&str> = cs
@@ -342,7 +363,11 @@ fn violations(pod: &Value, level: Level) -> Vec<String> {
             .collect();
         if !unset.is_empty() {
             let who = which(&unset);
-            let text = if pod_seccomp.is_none() { format!("pod or {who} must set securityContext.seccompProfile.type to \"RuntimeDefault\" or \"Localhost\"") } else { format!("{who} must set securityContext.seccompProfile.type to \"RuntimeDefault\" or \"Localhost\"") };
+            let text = if pod_seccomp.is_none() {
+                format!("pod or {who} must set securityContext.seccompProfile.type to \"RuntimeDefault\" or \"Localhost\"")
+            } else {
+                format!("{who} must set securityContext.seccompProfile.type to \"RuntimeDefault\" or \"Localhost\"")
+            };
             add("seccompProfile_restricted", "seccompProfile", text);
         }
     }

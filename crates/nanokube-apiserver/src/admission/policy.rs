@@ -9,8 +9,8 @@
 //! `authorizer` is not available: an expression using it fails by `failurePolicy`.
 
 use nanokube_api::error::{qualified, Cause};
-use nanokube_api::expressions::{self, cel_value};
 use nanokube_api::expressions::cel;
+use nanokube_api::expressions::{self, cel_value};
 use nanokube_api::resources;
 use nanokube_api::selector::LabelSelector;
 use nanokube_api::ApiError;
@@ -36,7 +36,13 @@ pub(super) fn run(registry: &Registry, attrs: &Attributes<'_>, bindings: &[Value
         if !constraints_match(registry, spec.get("matchResources"), attrs, obj, old, false) {
             continue;
         }
-        let decision = Decision { attrs, policy: policy_name, binding: binding_name, actions: &spec, fail_open: pspec.get("failurePolicy").and_then(Value::as_str) == Some("Ignore") };
+        let decision = Decision {
+            attrs,
+            policy: policy_name,
+            binding: binding_name,
+            actions: &spec,
+            fail_open: pspec.get("failurePolicy").and_then(Value::as_str) == Some("Ignore"),
+        };
         let params = match params(registry, attrs, &pspec, &spec) {
             Ok(p) => p,
             Err(message) => {
@@ -53,7 +59,14 @@ pub(super) fn run(registry: &Registry, attrs: &Attributes<'_>, bindings: &[Value
 
 /// A policy's `matchConstraints` or a binding's `matchResources`. A binding without
 /// `matchResources` (or with no rules in it) takes everything its policy matched.
-fn constraints_match(registry: &Registry, constraints: Option<&Value>, attrs: &Attributes<'_>, obj: Option<&Value>, old: Option<&Value>, required: bool) -> bool {
+fn constraints_match(
+    registry: &Registry,
+    constraints: Option<&Value>,
+    attrs: &Attributes<'_>,
+    obj: Option<&Value>,
+    old: Option<&Value>,
+    required: bool,
+) -> bool {
     let Some(c) = constraints.filter(|c| c.is_object()) else { return !required };
     let has_rules = c.get("resourceRules").and_then(Value::as_array).is_some_and(|r| !r.is_empty());
     if (required || has_rules) && !any_rule_matches(c.get("resourceRules"), attrs) {
@@ -90,7 +103,13 @@ fn params(registry: &Registry, attrs: &Attributes<'_>, pspec: &Value, bspec: &Va
                 _ => LabelSelector::default(),
             };
             let ns = (!namespace.is_empty()).then_some(namespace.as_str());
-            registry.list(def, ns, &ListOptions { labels, ..Default::default() }).map_err(|e| e.message)?.items.iter().map(|o| Some(o.value().clone())).collect()
+            registry
+                .list(def, ns, &ListOptions { labels, ..Default::default() })
+                .map_err(|e| e.message)?
+                .items
+                .iter()
+                .map(|o| Some(o.value().clone()))
+                .collect()
         }
     };
     if !found.is_empty() {
@@ -114,7 +133,8 @@ struct Decision<'a> {
 impl Decision<'_> {
     /// A validation failed with `message`: deny, warn or (audit) nothing, as the binding says.
     fn failed(&self, message: &str, reason: &str) -> Result<(), ApiError> {
-        let actions: Vec<&str> = self.actions.get("validationActions").and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+        let actions: Vec<&str> =
+            self.actions.get("validationActions").and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
         if actions.contains(&"Warn") {
             self.attrs.warn(format!("Validation failed for ValidatingAdmissionPolicy '{}' with binding '{}': {message}", self.policy, self.binding));
         }

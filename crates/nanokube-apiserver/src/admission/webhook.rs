@@ -73,7 +73,13 @@ fn hooks(configs: &[Value]) -> Vec<Hook<'_>> {
 
 /// The mutating webhooks in order; those with `reinvocationPolicy: IfNeeded` are called
 /// once more if a later webhook changed the object after them.
-pub(super) async fn run_mutating(registry: &Registry, attrs: &Attributes<'_>, configs: &[Value], obj: &mut Value, old: Option<&Value>) -> Result<bool, ApiError> {
+pub(super) async fn run_mutating(
+    registry: &Registry,
+    attrs: &Attributes<'_>,
+    configs: &[Value],
+    obj: &mut Value,
+    old: Option<&Value>,
+) -> Result<bool, ApiError> {
     let hooks = hooks(configs);
     let mut called = vec![false; hooks.len()];
     // The index of the last webhook whose patch changed the object.
@@ -107,7 +113,13 @@ pub(super) async fn run_mutating(registry: &Registry, attrs: &Attributes<'_>, co
 }
 
 /// The validating webhooks (each one's denial is the write's error).
-pub(super) async fn run_validating(registry: &Registry, attrs: &Attributes<'_>, configs: &[Value], obj: Option<&Value>, old: Option<&Value>) -> Result<(), ApiError> {
+pub(super) async fn run_validating(
+    registry: &Registry,
+    attrs: &Attributes<'_>,
+    configs: &[Value],
+    obj: Option<&Value>,
+    old: Option<&Value>,
+) -> Result<(), ApiError> {
     for hook in hooks(configs) {
         if hook.matches(registry, attrs, obj, old)? {
             call(registry, attrs, &hook, obj, old).await?;
@@ -133,7 +145,8 @@ async fn call(registry: &Registry, attrs: &Attributes<'_>, hook: &Hook<'_>, obj:
         e.details.name = Some(attrs.name.to_string());
         return Err(e);
     }
-    let versions: Vec<&str> = hook.spec.get("admissionReviewVersions").and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+    let versions: Vec<&str> =
+        hook.spec.get("admissionReviewVersions").and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
     let version = if versions.contains(&"v1") || versions.is_empty() { "v1" } else { "v1beta1" };
     let uid = uuid::Uuid::new_v4().to_string();
     let mut request = attrs.request(&uid);
@@ -252,7 +265,8 @@ fn target(registry: &Registry, hook: &Hook<'_>) -> Result<Target, CallError> {
     let port = svc.get("port").and_then(Value::as_i64).unwrap_or(443);
     let path = svc.get("path").and_then(Value::as_str).unwrap_or("/");
     let url = format!("https://{name}.{ns}.svc:{port}{path}");
-    let addr = crate::backend::resolve_service(registry, ns, name, port).map_err(|e| CallError(format!("failed to call webhook: Post \"{url}?{timeout}\": {e}")))?;
+    let addr =
+        crate::backend::resolve_service(registry, ns, name, port).map_err(|e| CallError(format!("failed to call webhook: Post \"{url}?{timeout}\": {e}")))?;
     Ok(Target { connect: addr, server_name: format!("{name}.{ns}.svc"), path_and_query: format!("{path}?{timeout}"), url })
 }
 
@@ -275,7 +289,10 @@ async fn post(registry: &Registry, hook: &Hook<'_>, review: &Value) -> Result<Va
         let status = resp.status();
         let bytes = Limited::new(resp.into_body(), MAX_RESPONSE).collect().await.map_err(|e| e.to_string())?.to_bytes();
         if !status.is_success() {
-            return Err(format!("an error on the server (\"{}\") has prevented the request from succeeding", String::from_utf8_lossy(&bytes[..bytes.len().min(200)])));
+            return Err(format!(
+                "an error on the server (\"{}\") has prevented the request from succeeding",
+                String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
+            ));
         }
         serde_json::from_slice::<Value>(&bytes).map_err(|e| format!("received invalid webhook response: {e}"))
     };
@@ -285,4 +302,3 @@ async fn post(registry: &Registry, hook: &Hook<'_>, review: &Value) -> Result<Va
         Err(_) => Err(post_err("context deadline exceeded".into())),
     }
 }
-

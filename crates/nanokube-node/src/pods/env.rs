@@ -97,14 +97,18 @@ pub fn container_vars(registry: &Registry, pod: &Value, container: &Value, alloc
             field_ref(pod, f).ok_or_else(|| ConfigError(format!("unsupported fieldPath: {f}")))?
         } else if let Some(r) = from.get("resourceFieldRef") {
             resource_field_ref(pod, cname, r, allocatable).ok_or_else(|| ConfigError("invalid resourceFieldRef".into()))?
-        } else if let Some((plural, r, kind)) = from.get("configMapKeyRef").map(|r| ("configmaps", r, "configmap")).or_else(|| from.get("secretKeyRef").map(|r| ("secrets", r, "secret"))) {
+        } else if let Some((plural, r, kind)) =
+            from.get("configMapKeyRef").map(|r| ("configmaps", r, "configmap")).or_else(|| from.get("secretKeyRef").map(|r| ("secrets", r, "secret")))
+        {
             let (src, key) = (r.get("name").and_then(Value::as_str).unwrap_or(""), r.get("key").and_then(Value::as_str).unwrap_or(""));
             let optional = r.get("optional").and_then(Value::as_bool).unwrap_or(false);
             match read_source(registry, plural, ns, src) {
                 Some(data) => match data.get(key) {
                     Some(v) => String::from_utf8_lossy(v).into_owned(),
                     None if optional => continue,
-                    None => return Err(ConfigError(format!("couldn't find key {key} in {} {ns}/{src}", if kind == "secret" { "Secret" } else { "ConfigMap" }))),
+                    None => {
+                        return Err(ConfigError(format!("couldn't find key {key} in {} {ns}/{src}", if kind == "secret" { "Secret" } else { "ConfigMap" })))
+                    }
                 },
                 None if optional => continue,
                 None => return Err(ConfigError(format!("{kind} \"{src}\" not found"))),

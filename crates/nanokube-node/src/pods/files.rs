@@ -136,7 +136,11 @@ fn keyed_payload(registry: &Registry, plural: &str, namespace: &str, src: &Value
                 let key = item.get("key").and_then(Value::as_str).unwrap_or("");
                 let path = item.get("path").and_then(Value::as_str).unwrap_or(key);
                 match data.get(key) {
-                    Some(d) if relative_ok(path) => out.push(Payload { path: path.into(), data: d.clone(), mode: item.get("mode").and_then(Value::as_u64).map(|m| m as u32).unwrap_or(mode) }),
+                    Some(d) if relative_ok(path) => out.push(Payload {
+                        path: path.into(),
+                        data: d.clone(),
+                        mode: item.get("mode").and_then(Value::as_u64).map(|m| m as u32).unwrap_or(mode),
+                    }),
                     Some(_) => return Err(MountError(format!("invalid path {path:?}"))),
                     None if optional => {}
                     None => return Err(MountError(format!("configuration key \"{key}\" not found in {kind} \"{name}\""))),
@@ -152,7 +156,8 @@ fn keyed_payload(registry: &Registry, plural: &str, namespace: &str, src: &Value
 pub fn field_ref(pod: &Value, path: &str) -> Option<String> {
     let s = |p: &str| pod.pointer(p).and_then(Value::as_str).map(String::from);
     let map_lines = |p: &str| -> String {
-        let mut lines: Vec<String> = pod.pointer(p).and_then(Value::as_object).into_iter().flatten().map(|(k, v)| format!("{k}=\"{}\"", v.as_str().unwrap_or(""))).collect();
+        let mut lines: Vec<String> =
+            pod.pointer(p).and_then(Value::as_object).into_iter().flatten().map(|(k, v)| format!("{k}=\"{}\"", v.as_str().unwrap_or(""))).collect();
         lines.sort();
         lines.join("\n")
     };
@@ -162,7 +167,9 @@ pub fn field_ref(pod: &Value, path: &str) -> Option<String> {
     if let Some(key) = path.strip_prefix("metadata.annotations['").and_then(|r| r.strip_suffix("']")) {
         return Some(pod.pointer("/metadata/annotations").and_then(|l| l.get(key)).and_then(Value::as_str).unwrap_or("").to_string());
     }
-    let ips = |p: &str| -> Option<String> { pod.pointer(p).and_then(Value::as_array).map(|a| a.iter().filter_map(|i| i.get("ip").and_then(Value::as_str)).collect::<Vec<_>>().join(",")) };
+    let ips = |p: &str| -> Option<String> {
+        pod.pointer(p).and_then(Value::as_array).map(|a| a.iter().filter_map(|i| i.get("ip").and_then(Value::as_str)).collect::<Vec<_>>().join(","))
+    };
     match path {
         "metadata.name" => s("/metadata/name"),
         "metadata.namespace" => s("/metadata/namespace"),
@@ -185,7 +192,12 @@ pub fn resource_field_ref(pod: &Value, default_container: &str, r: &Value, alloc
     let container = r.get("containerName").and_then(Value::as_str).filter(|c| !c.is_empty()).unwrap_or(default_container);
     let resource = r.get("resource").and_then(Value::as_str)?;
     let (kind, name) = resource.split_once('.')?;
-    let c = pod.pointer("/spec/containers").and_then(Value::as_array)?.iter().chain(pod.pointer("/spec/initContainers").and_then(Value::as_array).into_iter().flatten()).find(|c| c["name"] == container)?;
+    let c = pod
+        .pointer("/spec/containers")
+        .and_then(Value::as_array)?
+        .iter()
+        .chain(pod.pointer("/spec/initContainers").and_then(Value::as_array).into_iter().flatten())
+        .find(|c| c["name"] == container)?;
     let quantity = c.pointer(&format!("/resources/{kind}/{name}")).and_then(Value::as_str).map(String::from).or_else(|| {
         // kubelet: an unset limit is the node's allocatable; an unset request is 0
         // (or the limit, which defaulting already copied).
@@ -212,7 +224,13 @@ pub struct TokenSource<'a> {
 
 /// The files of a volume's source for `pod` (one of `configMap`, `secret`,
 /// `downwardAPI`, `projected`); `None` when the volume is not made of API data.
-pub fn api_volume(pod: &Value, volume: &Value, registry: &Registry, tokens: Option<&TokenSource<'_>>, allocatable: &Value) -> Option<Result<Vec<Payload>, MountError>> {
+pub fn api_volume(
+    pod: &Value,
+    volume: &Value,
+    registry: &Registry,
+    tokens: Option<&TokenSource<'_>>,
+    allocatable: &Value,
+) -> Option<Result<Vec<Payload>, MountError>> {
     let ns = pod.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("");
     if let Some(src) = volume.get("configMap") {
         return Some(keyed_payload(registry, "configmaps", ns, src, 0o644));
@@ -276,7 +294,8 @@ fn downward_items(pod: &Value, items: Option<&Value>, mode: u32, allocatable: &V
 fn service_account_token(pod: &Value, src: &Value, ts: &TokenSource<'_>, mode: u32) -> Result<Vec<Payload>, MountError> {
     let ns = pod.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("");
     let sa = pod.pointer("/spec/serviceAccountName").and_then(Value::as_str).unwrap_or("default");
-    let sa_obj = ts.registry.get(def("serviceaccounts"), ns, sa).map_err(|_| MountError(format!("failed to fetch token: serviceaccounts \"{sa}\" not found")))?;
+    let sa_obj =
+        ts.registry.get(def("serviceaccounts"), ns, sa).map_err(|_| MountError(format!("failed to fetch token: serviceaccounts \"{sa}\" not found")))?;
     let sa_uid = sa_obj.value().pointer("/metadata/uid").and_then(Value::as_str).unwrap_or("").to_string();
     let audience: Vec<String> = src.get("audience").and_then(Value::as_str).filter(|a| !a.is_empty()).map(|a| vec![a.to_string()]).unwrap_or_default();
     let expiration = src.get("expirationSeconds").and_then(Value::as_i64).unwrap_or(3607).max(600);
@@ -349,7 +368,8 @@ pub fn resolv_conf(pod: &Value, dns_ip: &str) -> String {
         }
     }
     if let Some(cfg) = pod.pointer("/spec/dnsConfig") {
-        let strs = |k: &str| -> Vec<String> { cfg.get(k).and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).map(String::from).collect() };
+        let strs =
+            |k: &str| -> Vec<String> { cfg.get(k).and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).map(String::from).collect() };
         servers.extend(strs("nameservers"));
         searches.extend(strs("searches"));
         for o in cfg.get("options").and_then(Value::as_array).into_iter().flatten() {
@@ -405,7 +425,8 @@ mod tests {
 
     #[test]
     fn hosts_and_resolv_conf_as_kubelet_writes_them() {
-        let pod = json!({"metadata": {"name": "p", "namespace": "ns"}, "spec": {"subdomain": "s", "hostAliases": [{"ip": "127.1.2.3", "hostnames": ["a", "b"]}]}});
+        let pod =
+            json!({"metadata": {"name": "p", "namespace": "ns"}, "spec": {"subdomain": "s", "hostAliases": [{"ip": "127.1.2.3", "hostnames": ["a", "b"]}]}});
         let hosts = hosts_file(&pod, "127.244.0.5");
         assert!(hosts.starts_with("# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n"));
         assert!(hosts.contains("127.244.0.5\tp.s.ns.svc.cluster.local\tp\n"));

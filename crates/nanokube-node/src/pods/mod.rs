@@ -90,7 +90,18 @@ pub struct PodRuntime {
 impl PodRuntime {
     /// A runtime for the node.
     #[allow(clippy::too_many_arguments)]
-    pub fn new(registry: Arc<Registry>, node: &str, host_ip: &str, images: ImageStore, runc: Runc, binary: PathBuf, data_dir: &Path, issuer: Option<Arc<TokenIssuer>>, mirrors: Mirrors, insecure_registries: Vec<String>) -> Self {
+    pub fn new(
+        registry: Arc<Registry>,
+        node: &str,
+        host_ip: &str,
+        images: ImageStore,
+        runc: Runc,
+        binary: PathBuf,
+        data_dir: &Path,
+        issuer: Option<Arc<TokenIssuer>>,
+        mirrors: Mirrors,
+        insecure_registries: Vec<String>,
+    ) -> Self {
         let dns_ip = registry.dns_service_ip();
         PodRuntime {
             registry,
@@ -128,9 +139,13 @@ impl PodRuntime {
     pub fn allocate_ip(&self) -> Option<Ipv4Addr> {
         let mut used = self.ips.lock().ok()?;
         let start = fastrand::u32(2..65534);
-        (0..65532u32).map(|i| 2 + (start - 2 + i) % 65532).map(|n| Ipv4Addr::new(127, 244, (n >> 8) as u8, (n & 0xff) as u8)).find(|ip| !used.contains(ip)).inspect(|ip| {
-            used.insert(*ip);
-        })
+        (0..65532u32)
+            .map(|i| 2 + (start - 2 + i) % 65532)
+            .map(|n| Ipv4Addr::new(127, 244, (n >> 8) as u8, (n & 0xff) as u8))
+            .find(|ip| !used.contains(ip))
+            .inspect(|ip| {
+                used.insert(*ip);
+            })
     }
 
     /// Mark an IP as in use (adoption).
@@ -169,7 +184,8 @@ pub fn check_runtime(data_dir: &Path, images: Option<&ImageStore>) -> Result<Run
     if !Path::new("/sys/fs/cgroup").is_dir() {
         return Err("container runtime is down: no cgroup filesystem at /sys/fs/cgroup".into());
     }
-    Runc::find(&data_dir.join("runc")).ok_or_else(|| "container runtime is down: runc was not found on PATH or in /usr/sbin (Debian: apt-get install runc)".to_string())
+    Runc::find(&data_dir.join("runc"))
+        .ok_or_else(|| "container runtime is down: runc was not found on PATH or in /usr/sbin (Debian: apt-get install runc)".to_string())
 }
 
 /// How long a clean stop of the server gives all pods to stop.
@@ -206,7 +222,8 @@ impl PodManager {
         let (stop_tx, stop_rx) = watch::channel(false);
         // What a previous run left: pods on disk get their worker first (with no API
         // object yet: the list below supplies it, or the pod is gone and is cleaned up).
-        let on_disk: Vec<String> = std::fs::read_dir(rt.pods_dir()).map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect()).unwrap_or_default();
+        let on_disk: Vec<String> =
+            std::fs::read_dir(rt.pods_dir()).map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect()).unwrap_or_default();
         let fields = match FieldSelector::parse(&format!("spec.nodeName={}", rt.node)) {
             Ok(f) => f,
             Err(e) => {

@@ -26,7 +26,10 @@ pub fn reachable(listening: &[(Ipv4Addr, u16)], ip: Ipv4Addr) -> BTreeSet<u16> {
 pub async fn forward(pod_dir: PathBuf, ip: Ipv4Addr, declared: BTreeSet<u16>, mut stop: watch::Receiver<bool>) {
     let ns = pod_dir.join("ns-net");
     let ns2 = ns.clone();
-    let diag = tokio::task::spawn_blocking(move || nanokube_runtime::netns::diag_socket(&ns2)).await.ok().and_then(|r| r.map_err(|e| tracing::debug!("sock_diag: {e}")).ok());
+    let diag = tokio::task::spawn_blocking(move || nanokube_runtime::netns::diag_socket(&ns2))
+        .await
+        .ok()
+        .and_then(|r| r.map_err(|e| tracing::debug!("sock_diag: {e}")).ok());
     let mut listeners: BTreeMap<u16, tokio::task::JoinHandle<()>> = BTreeMap::new();
     loop {
         let mut want = declared.clone();

@@ -132,7 +132,9 @@ async fn probe_loop(t: &Target, p: &Probe, which: Which, named: &(dyn Fn(&str) -
             Err(why) => {
                 failed += 1;
                 ok = 0;
-                t.rt.recorder.record(&t.rt.registry, &t.pod, Some(&t.field_path), "Warning", "Unhealthy", &format!("{} probe failed: {why}", which.title())).await;
+                t.rt.recorder
+                    .record(&t.rt.registry, &t.pod, Some(&t.field_path), "Warning", "Unhealthy", &format!("{} probe failed: {why}", which.title()))
+                    .await;
                 if failed >= need_fail {
                     match which {
                         Which::Startup | Which::Liveness => {
@@ -185,7 +187,9 @@ async fn exec(rt: &PodRuntime, id: &str, e: &ExecAction, timeout: Duration) -> R
 fn port_of(port: &IntOrString, named: &(dyn Fn(&str) -> Option<i32> + Sync)) -> Result<u16, String> {
     match port {
         IntOrString::Int(n) => u16::try_from(*n).map_err(|_| format!("invalid port {n}")),
-        IntOrString::String(s) => s.parse::<u16>().ok().or_else(|| named(s).and_then(|n| u16::try_from(n).ok())).ok_or_else(|| format!("couldn't find port: {s}")),
+        IntOrString::String(s) => {
+            s.parse::<u16>().ok().or_else(|| named(s).and_then(|n| u16::try_from(n).ok())).ok_or_else(|| format!("couldn't find port: {s}"))
+        }
     }
 }
 

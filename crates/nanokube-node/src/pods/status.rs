@@ -225,10 +225,15 @@ pub fn build(i: &Inputs<'_>) -> Value {
             condition(ty, false, Some("ContainersNotReady"), Some(format!("containers with unready status: {}", list(&unready))))
         }
     };
-    let conditions = vec![condition("PodReadyToStartContainers", i.sandbox_ready && !done, None, None), initialized, ready_pair("Ready"), ready_pair("ContainersReady")];
+    let conditions =
+        vec![condition("PodReadyToStartContainers", i.sandbox_ready && !done, None, None), initialized, ready_pair("Ready"), ready_pair("ContainersReady")];
     let init_pending = !init_incomplete.is_empty();
     let statuses = |kind_init: bool| -> Vec<Value> {
-        i.containers.iter().filter(|c| (c.kind != Kind::Regular) == kind_init).map(|c| container_status(c, pod, init_pending && c.kind == Kind::Regular, &i.blocked)).collect()
+        i.containers
+            .iter()
+            .filter(|c| (c.kind != Kind::Regular) == kind_init)
+            .map(|c| container_status(c, pod, init_pending && c.kind == Kind::Regular, &i.blocked))
+            .collect()
     };
     let mut status = json!({
         "phase": phase,

@@ -235,7 +235,8 @@ impl Worker {
         self.sandbox_ready = netns::is_namespace(&self.dir.join("ns-net"));
         for entry in std::fs::read_dir(self.dir.join("containers")).into_iter().flatten().flatten() {
             let name = entry.file_name().to_string_lossy().to_string();
-            let mut attempts: Vec<u32> = std::fs::read_dir(entry.path()).into_iter().flatten().flatten().filter_map(|e| e.file_name().to_string_lossy().parse().ok()).collect();
+            let mut attempts: Vec<u32> =
+                std::fs::read_dir(entry.path()).into_iter().flatten().flatten().filter_map(|e| e.file_name().to_string_lossy().parse().ok()).collect();
             attempts.sort();
             let (mut running, mut last, mut previous) = (None, None, None);
             for a in &attempts {
@@ -482,7 +483,10 @@ impl Worker {
                     self.blocked = None;
                 }
                 Err((volume, e)) => {
-                    self.rt.recorder.record(&self.rt.registry, &v, None, "Warning", "FailedMount", &format!("MountVolume.SetUp failed for volume \"{volume}\" : {}", e.0)).await;
+                    self.rt
+                        .recorder
+                        .record(&self.rt.registry, &v, None, "Warning", "FailedMount", &format!("MountVolume.SetUp failed for volume \"{volume}\" : {}", e.0))
+                        .await;
                     if self.containers.iter().all(|c| c.instances == 0) {
                         self.blocked = Some(("ContainerCreating".into(), String::new()));
                         return soon;
@@ -563,7 +567,17 @@ impl Worker {
                 let (pname, ns) = (pod.metadata.name.clone().unwrap_or_default(), pod.metadata.namespace.clone().unwrap_or_default());
                 let message = format!("back-off {} restarting failed container={name} pod={pname}_{ns}({})", fmt_secs(b.delay), self.uid);
                 if self.containers[i].waiting.as_ref().map(|w| w.0.as_str()) != Some("CrashLoopBackOff") {
-                    self.rt.recorder.record(&self.rt.registry, v, Some(&self.field_path(&name)), "Warning", "BackOff", &format!("Back-off restarting failed container {name} in pod {pname}_{ns}({})", self.uid)).await;
+                    self.rt
+                        .recorder
+                        .record(
+                            &self.rt.registry,
+                            v,
+                            Some(&self.field_path(&name)),
+                            "Warning",
+                            "BackOff",
+                            &format!("Back-off restarting failed container {name} in pod {pname}_{ns}({})", self.uid),
+                        )
+                        .await;
                 }
                 self.containers[i].waiting = Some(("CrashLoopBackOff".into(), message));
                 return Some(until);
@@ -646,7 +660,14 @@ impl Worker {
             Ok((_, s)) => {
                 let message = s.error.unwrap_or_default();
                 rec("Warning", "Failed", format!("Error: failed to create containerd task: failed to create shim task: {message}")).await;
-                let exit = shim::read_exit(&bundle).unwrap_or(ExitRecord { exit_code: 128, signal: None, started_at: None, finished_at: meta::now_rfc3339(), reason: Some("StartError".into()), message: Some(message) });
+                let exit = shim::read_exit(&bundle).unwrap_or(ExitRecord {
+                    exit_code: 128,
+                    signal: None,
+                    started_at: None,
+                    finished_at: meta::now_rfc3339(),
+                    reason: Some("StartError".into()),
+                    message: Some(message),
+                });
                 let _ = self.rt.runc.delete(&id);
                 let _ = rootfs::unmount(&bundle.join("rootfs"));
                 let c = &mut self.containers[i];
@@ -698,7 +719,17 @@ impl Worker {
 
     fn start_probes(&self, pod: &Pod, spec: &Container, attempt: u32) -> Vec<tokio::task::JoinHandle<()>> {
         let Some(r) = self.containers.iter().find(|c| c.name == spec.name).and_then(|c| c.running.as_ref()) else { return Vec::new() };
-        let ctx = probe::Target { rt: self.rt.clone(), pod: pod_value(pod), dir: self.dir.clone(), ip: self.ip, id: r.id.clone(), name: spec.name.clone(), attempt, field_path: self.field_path(&spec.name), tx: self.tx.clone() };
+        let ctx = probe::Target {
+            rt: self.rt.clone(),
+            pod: pod_value(pod),
+            dir: self.dir.clone(),
+            ip: self.ip,
+            id: r.id.clone(),
+            name: spec.name.clone(),
+            attempt,
+            field_path: self.field_path(&spec.name),
+            tx: self.tx.clone(),
+        };
         probe::start(ctx, spec)
     }
 
@@ -761,7 +792,12 @@ impl Worker {
                 rec(
                     "Normal",
                     "Pulled",
-                    format!("Successfully pulled image \"{image}\" in {} ({} including waiting). Image size: {} bytes.", fmt_dur(took.saturating_sub(waited)), fmt_dur(took), img.size),
+                    format!(
+                        "Successfully pulled image \"{image}\" in {} ({} including waiting). Image size: {} bytes.",
+                        fmt_dur(took.saturating_sub(waited)),
+                        fmt_dur(took),
+                        img.size
+                    ),
                 )
                 .await;
                 Ok(img)
@@ -795,7 +831,8 @@ impl Worker {
         std::fs::write(etc.join("hosts"), files::hosts_file(v, &ip.to_string())).map_err(|e| e.to_string())?;
         std::fs::write(etc.join("hostname"), format!("{}\n", hostname(pod))).map_err(|e| e.to_string())?;
         std::fs::write(etc.join("resolv.conf"), files::resolv_conf(v, &self.rt.dns_ip)).map_err(|e| e.to_string())?;
-        let record = json!({"namespace": pod.metadata.namespace, "name": pod.metadata.name, "uid": self.uid, "ip": ip.to_string(), "startTime": self.start_time});
+        let record =
+            json!({"namespace": pod.metadata.namespace, "name": pod.metadata.name, "uid": self.uid, "ip": ip.to_string(), "startTime": self.start_time});
         std::fs::write(self.dir.join("pod.json"), record.to_string()).map_err(|e| e.to_string())?;
         Ok(())
     }
@@ -813,7 +850,12 @@ impl Worker {
                     // Writable by every user, as kubelet makes it.
                     let _ = std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777));
                     if ed.get("medium").and_then(Value::as_str) == Some("Memory") {
-                        let size = ed.get("sizeLimit").and_then(Value::as_str).and_then(nanokube_api::expressions::parse_quantity).map(|b| format!(",size={}", b as u64)).unwrap_or_default();
+                        let size = ed
+                            .get("sizeLimit")
+                            .and_then(Value::as_str)
+                            .and_then(nanokube_api::expressions::parse_quantity)
+                            .map(|b| format!(",size={}", b as u64))
+                            .unwrap_or_default();
                         mount_tmpfs(&dir, &format!("mode=1777{size}")).map_err(|e| (name.clone(), MountError(e)))?;
                     }
                 }
@@ -827,7 +869,9 @@ impl Worker {
                     "FileOrCreate" if !exists => {
                         std::fs::File::create(&dir).map_err(|e| (name.clone(), MountError(e.to_string())))?;
                     }
-                    "Directory" if !dir.is_dir() => return Err((name, MountError(format!("hostPath type check failed: {} is not a directory", dir.display())))),
+                    "Directory" if !dir.is_dir() => {
+                        return Err((name, MountError(format!("hostPath type check failed: {} is not a directory", dir.display()))))
+                    }
                     "File" if !dir.is_file() => return Err((name, MountError(format!("hostPath type check failed: {} is not a file", dir.display())))),
                     _ => {}
                 }
@@ -846,15 +890,23 @@ impl Worker {
 
     fn container_config(&self, pod: &Pod, v: &Value, spec: &Container, image: &Image, bundle: &Path, id: &str) -> Result<ContainerConfig, String> {
         let cfg: Value = self.rt.images.read_blob(&image.id).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or(Value::Null);
-        let strs = |p: &str| -> Vec<String> { cfg.pointer(p).and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).map(String::from).collect() };
+        let strs =
+            |p: &str| -> Vec<String> { cfg.pointer(p).and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).map(String::from).collect() };
         let allocatable = self.rt.allocatable.lock().map(|a| a.clone()).unwrap_or(Value::Null);
         let spec_v = serde_json::to_value(spec).map_err(|e| e.to_string())?;
         let ns = pod.metadata.namespace.clone().unwrap_or_default();
         let enable_links = pod.spec.as_ref().and_then(|s| s.enable_service_links).unwrap_or(true);
-        let mut vars: Vec<(String, String)> = env::service_links(&self.rt.registry, &ns, enable_links).into_iter().map(|(k, v)| (k, v.replace('$', "$$"))).collect();
+        let mut vars: Vec<(String, String)> =
+            env::service_links(&self.rt.registry, &ns, enable_links).into_iter().map(|(k, v)| (k, v.replace('$', "$$"))).collect();
         vars.extend(env::container_vars(&self.rt.registry, v, &spec_v, &allocatable).map_err(|e| e.0)?);
         let environment = command::environment(&strs("/config/Env"), &vars);
-        let argv = command::argv(spec.command.as_deref().unwrap_or(&[]), spec.args.as_deref().unwrap_or(&[]), &strs("/config/Entrypoint"), &strs("/config/Cmd"), &environment);
+        let argv = command::argv(
+            spec.command.as_deref().unwrap_or(&[]),
+            spec.args.as_deref().unwrap_or(&[]),
+            &strs("/config/Entrypoint"),
+            &strs("/config/Cmd"),
+            &environment,
+        );
         if argv.is_empty() {
             return Err("no command specified".into());
         }
@@ -868,7 +920,13 @@ impl Worker {
             if image_uid.is_none() && !image_user.is_empty() {
                 return Err(format!("container has runAsNonRoot and image has non-numeric user ({image_user}), cannot verify user is non-root (pod: \"{}_{}({})\", container: {})", pod.metadata.name.clone().unwrap_or_default(), ns, self.uid, spec.name));
             }
-            return Err(format!("container has runAsNonRoot and image will run as root (pod: \"{}_{}({})\", container: {})", pod.metadata.name.clone().unwrap_or_default(), ns, self.uid, spec.name));
+            return Err(format!(
+                "container has runAsNonRoot and image will run as root (pod: \"{}_{}({})\", container: {})",
+                pod.metadata.name.clone().unwrap_or_default(),
+                ns,
+                self.uid,
+                spec.name
+            ));
         }
         let mut additional_gids: Vec<u32> = psc.supplemental_groups.clone().unwrap_or_default().into_iter().map(|g| g as u32).collect();
         if let Some(fs) = psc.fs_group {
@@ -883,7 +941,10 @@ impl Worker {
         ];
         let volumes: Vec<Value> = v.pointer("/spec/volumes").and_then(Value::as_array).cloned().unwrap_or_default();
         for m in spec.volume_mounts.iter().flatten() {
-            let vol = volumes.iter().find(|x| x.get("name").and_then(Value::as_str) == Some(m.name.as_str())).ok_or_else(|| format!("cannot find volume \"{}\" to mount into container \"{}\"", m.name, spec.name))?;
+            let vol = volumes
+                .iter()
+                .find(|x| x.get("name").and_then(Value::as_str) == Some(m.name.as_str()))
+                .ok_or_else(|| format!("cannot find volume \"{}\" to mount into container \"{}\"", m.name, spec.name))?;
             let mut source = files::volume_dir(&self.dir, vol);
             if let Some(sub) = m.sub_path.as_deref().filter(|s| !s.is_empty()) {
                 if Path::new(sub).components().any(|c| !matches!(c, std::path::Component::Normal(_))) {
@@ -898,7 +959,9 @@ impl Worker {
             mounts.push(BindMount { source, destination: m.mount_path.clone(), readonly: m.read_only.unwrap_or(false) || api_data });
         }
         let limits = spec.resources.as_ref();
-        let q = |map: Option<&std::collections::BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>, k: &str| map.and_then(|m| m.get(k)).and_then(|q| nanokube_api::expressions::parse_quantity(&q.0));
+        let q = |map: Option<&std::collections::BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>, k: &str| {
+            map.and_then(|m| m.get(k)).and_then(|q| nanokube_api::expressions::parse_quantity(&q.0))
+        };
         let memory = q(limits.and_then(|r| r.limits.as_ref()), "memory").map(|b| b as i64);
         let cpu_limit = q(limits.and_then(|r| r.limits.as_ref()), "cpu");
         let cpu_request = q(limits.and_then(|r| r.requests.as_ref()), "cpu").or(cpu_limit);
@@ -906,7 +969,12 @@ impl Worker {
         Ok(ContainerConfig {
             argv,
             env: environment,
-            cwd: spec.working_dir.clone().filter(|w| !w.is_empty()).or_else(|| cfg.pointer("/config/WorkingDir").and_then(Value::as_str).map(String::from)).unwrap_or_default(),
+            cwd: spec
+                .working_dir
+                .clone()
+                .filter(|w| !w.is_empty())
+                .or_else(|| cfg.pointer("/config/WorkingDir").and_then(Value::as_str).map(String::from))
+                .unwrap_or_default(),
             uid,
             gid,
             hostname: hostname(pod),
@@ -915,7 +983,11 @@ impl Worker {
             cgroups_path: format!("/nanokube/pod{}/{id}", self.uid),
             mounts,
             network_namespace: Some(if host_network { PathBuf::from("/proc/1/ns/net") } else { self.dir.join("ns-net") }),
-            ipc_namespace: Some(if pod.spec.as_ref().and_then(|s| s.host_ipc).unwrap_or(false) { PathBuf::from("/proc/1/ns/ipc") } else { self.dir.join("ns-ipc") }),
+            ipc_namespace: Some(if pod.spec.as_ref().and_then(|s| s.host_ipc).unwrap_or(false) {
+                PathBuf::from("/proc/1/ns/ipc")
+            } else {
+                self.dir.join("ns-ipc")
+            }),
             additional_gids,
             limits: Limits {
                 memory,
@@ -1175,7 +1247,9 @@ fn pull_credentials(rt: &PodRuntime, pod: &Pod, registry: &str) -> Option<nanoku
     let b64 = base64::engine::general_purpose::STANDARD;
     for s in pod.spec.as_ref()?.image_pull_secrets.iter().flatten() {
         let Some(data) = files::read_source(&rt.registry, "secrets", &ns, &s.name) else { continue };
-        let Some(doc) = data.get(".dockerconfigjson").or_else(|| data.get(".dockercfg")).and_then(|b| serde_json::from_slice::<Value>(b).ok()) else { continue };
+        let Some(doc) = data.get(".dockerconfigjson").or_else(|| data.get(".dockercfg")).and_then(|b| serde_json::from_slice::<Value>(b).ok()) else {
+            continue;
+        };
         let auths = doc.get("auths").unwrap_or(&doc);
         for (key, entry) in auths.as_object().into_iter().flatten() {
             let host = key.trim_start_matches("https://").trim_start_matches("http://").split('/').next().unwrap_or("");

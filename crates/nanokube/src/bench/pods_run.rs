@@ -41,7 +41,8 @@ fn test_image(busybox: &Path, tag: &str) -> Result<Vec<u8>, String> {
     layer.append_link(&mut link, "bin/sh", "busybox").map_err(|e| e.to_string())?;
     let layer = layer.into_inner().map_err(|e| e.to_string())?;
     let diff_id = nanokube_runtime::store::sha256(&layer);
-    let config = json!({"architecture": "amd64", "os": "linux", "config": {"Cmd": ["sh"], "Env": ["PATH=/bin"]}, "rootfs": {"type": "layers", "diff_ids": [diff_id]}});
+    let config =
+        json!({"architecture": "amd64", "os": "linux", "config": {"Cmd": ["sh"], "Env": ["PATH=/bin"]}, "rootfs": {"type": "layers", "diff_ids": [diff_id]}});
     let manifest = json!([{"Config": "config.json", "RepoTags": [tag], "Layers": ["l1/layer.tar"]}]);
     let mut archive = tar::Builder::new(Vec::new());
     for (name, data) in [("manifest.json", manifest.to_string().into_bytes()), ("config.json", config.to_string().into_bytes()), ("l1/layer.tar", layer)] {
@@ -64,13 +65,21 @@ fn is_ready(p: &Value) -> bool {
 }
 
 /// Watch the namespace's pods until `names` are all Ready; when each became Ready.
-async fn ready_times(client: &ApiClient, ns: &str, names: &[String], from_rv: &str, timeout: Duration) -> Result<std::collections::HashMap<String, Instant>, String> {
+async fn ready_times(
+    client: &ApiClient,
+    ns: &str,
+    names: &[String],
+    from_rv: &str,
+    timeout: Duration,
+) -> Result<std::collections::HashMap<String, Instant>, String> {
     let mut body = client.stream(&format!("/api/v1/namespaces/{ns}/pods?watch=true&resourceVersion={from_rv}&timeoutSeconds=600")).await?;
     let mut seen = std::collections::HashMap::new();
     let mut buf: Vec<u8> = Vec::new();
     let deadline = Instant::now() + timeout;
     while seen.len() < names.len() {
-        let frame = tokio::time::timeout_at(deadline.into(), body.frame()).await.map_err(|_| format!("only {} of {} pods Ready after {timeout:?}", seen.len(), names.len()))?;
+        let frame = tokio::time::timeout_at(deadline.into(), body.frame())
+            .await
+            .map_err(|_| format!("only {} of {} pods Ready after {timeout:?}", seen.len(), names.len()))?;
         let Some(frame) = frame else { break };
         let Ok(data) = frame.map_err(|e| e.to_string())?.into_data() else { continue };
         buf.extend_from_slice(&data);
@@ -106,7 +115,9 @@ fn shims_memory(data: &Path) -> (usize, u64, u64, u64) {
             continue;
         }
         let Ok(rollup) = std::fs::read_to_string(p.path().join("smaps_rollup")) else { continue };
-        let field = |name: &str| rollup.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        let field = |name: &str| {
+            rollup.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        };
         n += 1;
         rss += field("Rss:");
         pss += field("Pss:");
@@ -133,7 +144,11 @@ async fn delete_all(client: &ApiClient, ns: &str, n: usize, report: &mut Report)
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    report.add(&format!("pods-run: {n} pod(s) deleted until gone (grace 1 s, node confirms)"), format!("{} ms", ms(t.elapsed())), json!({"pods": n, "ms": ms(t.elapsed())}));
+    report.add(
+        &format!("pods-run: {n} pod(s) deleted until gone (grace 1 s, node confirms)"),
+        format!("{} ms", ms(t.elapsed())),
+        json!({"pods": n, "ms": ms(t.elapsed())}),
+    );
     Ok(())
 }
 
@@ -149,7 +164,12 @@ pub async fn pods_run(binary: &Path, data: &Path, kubeconfig: &Path, server_pid:
     // The node must be able to run pods.
     let (_, nodes) = client.request("GET", "/api/v1/nodes", None, None, bytes::Bytes::new()).await?;
     let nodes: Value = serde_json::from_slice(&nodes).map_err(|e| e.to_string())?;
-    let ready = nodes.pointer("/items/0/status/conditions").and_then(Value::as_array).and_then(|cs| cs.iter().find(|c| c["type"] == "Ready")).cloned().unwrap_or(Value::Null);
+    let ready = nodes
+        .pointer("/items/0/status/conditions")
+        .and_then(Value::as_array)
+        .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
+        .cloned()
+        .unwrap_or(Value::Null);
     if ready["status"] != "True" {
         return Err(format!("the node does not run pods here: {}", ready["message"].as_str().unwrap_or("no node")));
     }
@@ -157,7 +177,10 @@ pub async fn pods_run(binary: &Path, data: &Path, kubeconfig: &Path, server_pid:
     let mut serial = 0;
     for n in [1usize, 10, 100] {
         let (_, list) = client.request("GET", &format!("/api/v1/namespaces/{ns}/pods?limit=1"), None, None, bytes::Bytes::new()).await?;
-        let rv = serde_json::from_slice::<Value>(&list).ok().and_then(|v| v.pointer("/metadata/resourceVersion").and_then(Value::as_str).map(String::from)).unwrap_or_default();
+        let rv = serde_json::from_slice::<Value>(&list)
+            .ok()
+            .and_then(|v| v.pointer("/metadata/resourceVersion").and_then(Value::as_str).map(String::from))
+            .unwrap_or_default();
         let names: Vec<String> = (0..n).map(|i| format!("run-{}", serial + i)).collect();
         serial += n;
         let watcher = {
@@ -188,7 +211,13 @@ pub async fn pods_run(binary: &Path, data: &Path, kubeconfig: &Path, server_pid:
                 // Say which pods did not become Ready, and what their status says.
                 let (_, list) = client.request("GET", &format!("/api/v1/namespaces/{ns}/pods"), None, None, bytes::Bytes::new()).await?;
                 let list: Value = serde_json::from_slice(&list).unwrap_or(Value::Null);
-                let stuck: Vec<String> = list["items"].as_array().into_iter().flatten().filter(|p| !is_ready(p)).map(|p| format!("{}: {}", p["metadata"]["name"], p["status"])).collect();
+                let stuck: Vec<String> = list["items"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|p| !is_ready(p))
+                    .map(|p| format!("{}: {}", p["metadata"]["name"], p["status"]))
+                    .collect();
                 return Err(format!("{e}; not Ready: {stuck:?}"));
             }
         };
@@ -215,7 +244,12 @@ pub async fn pods_run(binary: &Path, data: &Path, kubeconfig: &Path, server_pid:
             let (shims, rss_kib, pss_kib, private_kib) = shims_memory(data);
             report.add(
                 "pods-run: 100 pods idle, server CPU (% of one core) / RSS (MiB)",
-                format!("{cpu_pct:.2}% ({:.3}% per pod) / {:.1} MiB (was {:.1} before the idle 12 s)", cpu_pct / 100.0, rss as f64 / 1024.0, rss0 as f64 / 1024.0),
+                format!(
+                    "{cpu_pct:.2}% ({:.3}% per pod) / {:.1} MiB (was {:.1} before the idle 12 s)",
+                    cpu_pct / 100.0,
+                    rss as f64 / 1024.0,
+                    rss0 as f64 / 1024.0
+                ),
                 json!({"cpu_pct": cpu_pct, "rss_mib": rss as f64 / 1024.0}),
             );
             let per = |kib: u64| kib as f64 / 1024.0 / shims.max(1) as f64;

@@ -403,7 +403,14 @@ pub fn layer(files: &[(&str, Option<&[u8]>, u32)], symlinks: &[(&str, &str)]) ->
 pub fn build_image(dir: &std::path::Path, tag: &str) -> (std::path::PathBuf, Vec<String>) {
     let busybox = std::fs::read("/bin/busybox").expect("Debian's busybox-static (the test command installs it)");
     let l1 = layer(
-        &[("bin/", None, 0o755), ("bin/busybox", Some(&busybox), 0o755), ("etc/", None, 0o755), ("etc/old", Some(b"old\n"), 0o644), ("opt/", None, 0o755), ("opt/a", Some(b"a"), 0o644)],
+        &[
+            ("bin/", None, 0o755),
+            ("bin/busybox", Some(&busybox), 0o755),
+            ("etc/", None, 0o755),
+            ("etc/old", Some(b"old\n"), 0o644),
+            ("opt/", None, 0o755),
+            ("opt/a", Some(b"a"), 0o644),
+        ],
         &[("bin/sh", "busybox"), ("bin/echo", "busybox")],
     );
     let l2 = layer(&[("etc/.wh.old", Some(b""), 0o644), ("opt/.wh..wh..opq", Some(b""), 0o644), ("opt/b", Some(b"b"), 0o644)], &[]);
@@ -411,7 +418,12 @@ pub fn build_image(dir: &std::path::Path, tag: &str) -> (std::path::PathBuf, Vec
     let config = serde_json::json!({"architecture": "amd64", "os": "linux", "config": {"Cmd": ["sh"], "Env": ["PATH=/bin"]}, "rootfs": {"type": "layers", "diff_ids": diff_ids}});
     let manifest = serde_json::json!([{"Config": "config.json", "RepoTags": [tag], "Layers": ["l1/layer.tar", "l2/layer.tar"]}]);
     let mut b = tar::Builder::new(Vec::new());
-    for (path, data) in [("manifest.json", serde_json::to_vec(&manifest).unwrap()), ("config.json", serde_json::to_vec(&config).unwrap()), ("l1/layer.tar", l1), ("l2/layer.tar", l2)] {
+    for (path, data) in [
+        ("manifest.json", serde_json::to_vec(&manifest).unwrap()),
+        ("config.json", serde_json::to_vec(&config).unwrap()),
+        ("l1/layer.tar", l1),
+        ("l2/layer.tar", l2),
+    ] {
         let mut h = tar::Header::new_gnu();
         h.set_size(data.len() as u64);
         h.set_mode(0o644);
@@ -421,7 +433,6 @@ pub fn build_image(dir: &std::path::Path, tag: &str) -> (std::path::PathBuf, Vec
     std::fs::write(&path, b.into_inner().unwrap()).unwrap();
     (path, diff_ids)
 }
-
 
 /// A real registry (Debian's docker-registry) on a free loopback port, for as long as
 /// this lives.
@@ -438,8 +449,16 @@ pub fn start_registry() -> Registry {
     let dir = tempfile::tempdir().unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let cfg = dir.path().join("config.yml");
-    std::fs::write(&cfg, format!("version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n", dir.path().join("data").display())).unwrap();
-    let child = Command::new("docker-registry").arg("serve").arg(&cfg).stderr(Stdio::null()).spawn().expect("Debian's docker-registry (the test command installs it)");
+    std::fs::write(
+        &cfg,
+        format!(
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let child =
+        Command::new("docker-registry").arg("serve").arg(&cfg).stderr(Stdio::null()).spawn().expect("Debian's docker-registry (the test command installs it)");
     assert!(eventually(Duration::from_secs(10), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()));
     Registry { _child: KillOnDrop(child), port, _dir: dir }
 }
