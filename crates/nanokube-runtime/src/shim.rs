@@ -2,8 +2,8 @@
 //! and conmon are), a re-exec of the nanokube binary (`nanokube shim …`) so that nothing
 //! forks the server's threads.
 //!
-//! It makes itself the reaper of the container (`PR_SET_CHILD_SUBREAPER`), creates and
-//! starts it with runc, tells the agent the container's PID on its stdout, then copies the
+//! It makes itself the reaper of the container (`PR_SET_CHILD_SUBREAPER`), starts it
+//! with `runc run --detach`, tells the agent the container's PID on its stdout, then copies the
 //! container's stdout and stderr into the CRI log file, waits for the container's end and
 //! leaves what happened in `exit.json` beside the bundle. It lives in its own session, so
 //! it outlives the server (a `kill -9` of nanokube leaves containers running, and the next
@@ -147,36 +147,28 @@ pub fn main(args: ShimArgs) -> i32 {
         c.arg("--root").arg(&args.root).arg("--log").arg(&runc_log).args(["--log-format", "json"]).args(extra);
         c
     };
-    // `runc create` hands its stdio to the container (runc's pass-through mode).
-    let created = runc(&["create".as_ref(), "--bundle".as_ref(), args.bundle.as_os_str(), "--pid-file".as_ref(), pid_file.as_os_str(), args.id.as_ref()])
+    // `runc run --detach` creates and starts the container in one runc process and hands
+    // it runc's stdio (pass-through mode); the container's init is reparented to this
+    // subreaper when runc exits.
+    let ran = runc(&["run".as_ref(), "--detach".as_ref(), "--bundle".as_ref(), args.bundle.as_os_str(), "--pid-file".as_ref(), pid_file.as_os_str(), args.id.as_ref()])
         .stdin(Stdio::null())
         .stdout(out_w)
         .stderr(err_w)
         .status();
-    match created {
-        Ok(s) if s.success() => {}
-        Ok(_) => return fail(runc_error(&runc_log).unwrap_or_else(|| "runc create failed".into())),
-        Err(e) => return fail(format!("running runc: {e}")),
-    }
+    let started_at = now();
     let readers = [(out_r, Stream::Stdout), (err_r, Stream::Stderr)].map(|(r, s)| {
         let w = writer.clone();
         std::thread::spawn(move || cri_log::copy_lines(r, s, &w))
     });
+    match ran {
+        Ok(s) if s.success() => {}
+        Ok(_) => return fail(runc_error(&runc_log).unwrap_or_else(|| "runc run failed".into())),
+        Err(e) => return fail(format!("running runc: {e}")),
+    }
     let pid: i32 = match std::fs::read_to_string(&pid_file).ok().and_then(|p| p.trim().parse().ok()) {
         Some(p) => p,
         None => return fail("runc wrote no pid file".into()),
     };
-    let started_at = now();
-    match runc(&["start".as_ref(), args.id.as_ref()]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).status() {
-        Ok(s) if s.success() => {}
-        _ => {
-            let message = runc_error(&runc_log).unwrap_or_else(|| "runc start failed".into());
-            // SAFETY: kill(2) of the container we created.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-            let _ = reap(pid);
-            return fail(message);
-        }
-    }
     report(&Started { pid: Some(pid), started_at: Some(started_at.clone()), error: None });
     // Nobody reads stdout any more (the agent may be gone): point it at /dev/null.
     if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
