@@ -150,11 +150,19 @@ pub fn main(args: ShimArgs) -> i32 {
     // `runc run --detach` creates and starts the container in one runc process and hands
     // it runc's stdio (pass-through mode); the container's init is reparented to this
     // subreaper when runc exits.
-    let ran = runc(&["run".as_ref(), "--detach".as_ref(), "--bundle".as_ref(), args.bundle.as_os_str(), "--pid-file".as_ref(), pid_file.as_os_str(), args.id.as_ref()])
-        .stdin(Stdio::null())
-        .stdout(out_w)
-        .stderr(err_w)
-        .status();
+    let ran = runc(&[
+        "run".as_ref(),
+        "--detach".as_ref(),
+        "--bundle".as_ref(),
+        args.bundle.as_os_str(),
+        "--pid-file".as_ref(),
+        pid_file.as_os_str(),
+        args.id.as_ref(),
+    ])
+    .stdin(Stdio::null())
+    .stdout(out_w)
+    .stderr(err_w)
+    .status();
     let started_at = now();
     let readers = [(out_r, Stream::Stdout), (err_r, Stream::Stderr)].map(|(r, s)| {
         let w = writer.clone();

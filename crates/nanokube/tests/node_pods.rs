@@ -362,14 +362,39 @@ spec:
     assert_eq!(r["status"]["user"]["username"], "system:serviceaccount:default:default");
     assert_eq!(r["status"]["user"]["extra"]["authentication.kubernetes.io/pod-name"][0], "full");
 
-    // A Secret update reaches the mounted file in place.
-    s.k(&["create", "secret", "generic", "sec", "--from-literal=pw=changed", "--dry-run=client", "-o", "yaml"]);
+    // A Secret update reaches the mounted file in place, seen through `kubectl logs -f`.
+    let mut follow = Command::new(common::kubectl_path("kubectl"))
+        .args(["logs", "-f", "full", "-c", "main", "--tail=1"])
+        .env("KUBECONFIG", s.kubeconfig())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let followed = follow.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(followed).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
     let out = s.k_stdin(&["apply", "-f", "-"], &s.k(&["create", "secret", "generic", "sec", "--from-literal=pw=changed", "--dry-run=client", "-o", "yaml"]));
     assert!(out.status.success());
-    assert!(
-        eventually(Duration::from_secs(20), || s.k(&["logs", "full", "-c", "main", "--tail=1"]) == "secret changed\n"),
-        "the mounted Secret was not updated"
-    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = Vec::new();
+    let mut changed = false;
+    while !changed && Instant::now() < deadline {
+        match rx.recv_timeout(Duration::from_millis(500)) {
+            Ok(l) if l == "secret changed" => changed = true,
+            Ok(l) => seen.push(l),
+            Err(_) => {}
+        }
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert!(changed, "the mounted Secret was not updated (followed: {:?})", &seen[seen.len().saturating_sub(3)..]);
+    assert!(!seen.is_empty() && seen.iter().all(|l| l == "secret secret"), "{seen:?}");
 
     // Deleted: its token is refused from then on.
     s.k(&["delete", "pod", "full", "--grace-period=1"]);
@@ -473,6 +498,12 @@ spec:
 ---
 apiVersion: v1
 kind: Pod
+metadata: {name: nocommand}
+spec:
+  containers: [{name: c, image: testbox:1.0, command: [/no/such/binary]}]
+---
+apiVersion: v1
+kind: Pod
 metadata: {name: never}
 spec:
   containers: [{name: c, image: "other:2.0", imagePullPolicy: Never}]
@@ -498,6 +529,13 @@ spec:
         p.pointer("/status/containerStatuses/0/state/waiting/reason").and_then(Value::as_str) == Some("ErrImageNeverPull")
     });
     assert_eq!(p["status"]["containerStatuses"][0]["state"]["waiting"]["message"], "Container image \"other:2.0\" is not present with pull policy of Never");
+    // A command that does not exist: the runtime's start error, then restarts.
+    let p = wait_for(&s, "nocommand", "StartError", |p| {
+        p.pointer("/status/containerStatuses/0/lastState/terminated/reason").and_then(Value::as_str) == Some("StartError")
+    });
+    let last = &p["status"]["containerStatuses"][0]["lastState"]["terminated"];
+    assert_eq!(last["exitCode"], 128, "{last}");
+    assert!(last["message"].as_str().unwrap().contains("/no/such/binary"), "{last}");
     let out = s.kubectl(&["logs", "missing"]);
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("container \"c\" in pod \"missing\" is waiting to start: ImagePullBackOff"),
