@@ -592,3 +592,47 @@ fn a_crashed_server_adopts_its_containers_and_a_clean_stop_runs_them_again() {
     assert!(pod_cgroups(&uid).is_empty());
     assert!(!Path::new(&s.data.join("pods").join(&uid)).exists());
 }
+
+#[test]
+fn image_pull_secrets_open_a_registry_that_requires_them() {
+    let s = server_with_image();
+    let registry = common::start_registry_with(Some(("puller", "s3cret")));
+    let (archive, _) = build_image(s.dir.path(), "private:1");
+    let image = format!("127.0.0.1:{}/team/private:1", registry.port);
+    common::skopeo(&[
+        "copy",
+        "--dest-tls-verify=false",
+        "--dest-creds",
+        "puller:s3cret",
+        &format!("docker-archive:{}", archive.display()),
+        &format!("docker://{image}"),
+    ]);
+
+    // Without credentials the registry's refusal is the pull's error.
+    s.k(&["run", "anonymous", &format!("--image={image}"), "--restart=Never", "--", "sh", "-c", "echo pulled"]);
+    wait_for(&s, "anonymous", "ErrImagePull", |p| {
+        matches!(p.pointer("/status/containerStatuses/0/state/waiting/reason").and_then(Value::as_str), Some("ErrImagePull") | Some("ImagePullBackOff"))
+    });
+    let ev = events(&s, "anonymous");
+    assert!(ev.iter().any(|(r, m)| r == "Failed" && m.starts_with(&format!("Failed to pull image \"{image}\": "))), "{ev:?}");
+
+    // With a kubernetes.io/dockerconfigjson Secret the pod's pull is authenticated.
+    s.k(&[
+        "create",
+        "secret",
+        "docker-registry",
+        "regcred",
+        &format!("--docker-server=127.0.0.1:{}", registry.port),
+        "--docker-username=puller",
+        "--docker-password=s3cret",
+    ]);
+    let overrides = r#"{"spec": {"imagePullSecrets": [{"name": "regcred"}]}}"#;
+    s.k(&["run", "authorized", &format!("--image={image}"), "--restart=Never", "--overrides", overrides, "--", "sh", "-c", "echo pulled"]);
+    let p = wait_for(&s, "authorized", "Succeeded", |p| phase(p) == "Succeeded");
+    assert!(p["status"]["containerStatuses"][0]["imageID"].as_str().unwrap().starts_with(&format!("127.0.0.1:{}/team/private@sha256:", registry.port)));
+    assert_eq!(s.k(&["logs", "authorized"]), "pulled\n");
+    let ev = events(&s, "authorized");
+    assert!(ev.iter().any(|(r, m)| r == "Pulled" && m.starts_with(&format!("Successfully pulled image \"{image}\" in "))), "{ev:?}");
+    s.k(&["delete", "pod", "--all"]);
+    assert!(eventually(Duration::from_secs(10), || leftovers(&s).is_empty()), "{:?}", leftovers(&s));
+}

@@ -446,17 +446,28 @@ pub struct Registry {
 #[allow(dead_code)]
 /// Start a registry with its storage in a temporary directory.
 pub fn start_registry() -> Registry {
+    start_registry_with(None)
+}
+
+#[allow(dead_code)]
+/// Start a registry that requires `user:password` (htpasswd, bcrypt made by Python's
+/// `crypt`) when given.
+pub fn start_registry_with(credentials: Option<(&str, &str)>) -> Registry {
     let dir = tempfile::tempdir().unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let cfg = dir.path().join("config.yml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
-            dir.path().join("data").display()
-        ),
-    )
-    .unwrap();
+    let data = dir.path().join("data");
+    let mut text =
+        format!("version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n", data.display());
+    if let Some((user, password)) = credentials {
+        let script = "import crypt,sys; print(crypt.crypt(sys.argv[1], crypt.mksalt(crypt.METHOD_BLOWFISH)))";
+        let out = Command::new("python3").args(["-W", "ignore", "-c", script, password]).output().unwrap();
+        let hash = String::from_utf8(out.stdout).unwrap();
+        let htpasswd = dir.path().join("htpasswd");
+        std::fs::write(&htpasswd, format!("{user}:{}\n", hash.trim())).unwrap();
+        text += &format!("auth:\n  htpasswd:\n    realm: test\n    path: {}\n", htpasswd.display());
+    }
+    std::fs::write(&cfg, text).unwrap();
     let child =
         Command::new("docker-registry").arg("serve").arg(&cfg).stderr(Stdio::null()).spawn().expect("Debian's docker-registry (the test command installs it)");
     assert!(eventually(Duration::from_secs(10), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()));
