@@ -304,3 +304,34 @@ fn image_archives() {
     });
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn container_log_lines_and_log_options() {
+    fuzz("cri log line", &[b"2026-12-02T19:00:00.123456789Z stdout F hello", b"2026-12-02T19:00:00Z stderr P part"], |b| {
+        if let Some(r) = nanokube_runtime::cri_log::parse(b) {
+            assert!(r.text.len() <= b.len());
+        }
+    });
+    // pods/log parameters, checked before any node is asked (none is attached here).
+    let nodes = nanokube_apiserver::pod_logs::Nodes::default();
+    let pod = serde_json::json!({"metadata": {"name": "p"}, "spec": {"nodeName": "n", "containers": [{"name": "c"}]}});
+    fuzz("pod log options", &[b"follow=true&tailLines=10&timestamps=1", b"sinceTime=2024-01-01T00:00:00Z&limitBytes=5&container=c"], |b| {
+        let params: Vec<(String, String)> = form_urlencoded::parse(b).into_owned().collect();
+        let get = |k: &str| params.iter().rev().find(|(a, _)| a == k).map(|(_, v)| v.clone());
+        let _ = nodes.open(&pod, &get);
+    });
+}
+
+#[test]
+fn pod_files_from_any_pod() {
+    // /etc/hosts, /etc/resolv.conf and downward API values from whatever a pod holds.
+    let seed = br#"{"metadata":{"name":"p","namespace":"n","labels":{"a":"b"}},"spec":{"hostname":"h","subdomain":"s","hostAliases":[{"ip":"127.0.0.9","hostnames":["x"]}],"dnsPolicy":"None","dnsConfig":{"nameservers":["127.0.0.53"],"options":[{"name":"ndots","value":"2"}]}}}"#;
+    fuzz("pod files", &[seed], |b| {
+        let Ok(pod) = serde_json::from_slice::<serde_json::Value>(b) else { return };
+        let _ = nanokube_node::pods::files::hosts_file(&pod, "127.244.0.2");
+        let _ = nanokube_node::pods::files::resolv_conf(&pod, "127.96.0.10");
+        for path in ["metadata.labels", "metadata.labels['a']", "metadata.annotations", "status.podIPs"] {
+            let _ = nanokube_node::pods::files::field_ref(&pod, path);
+        }
+    });
+}
