@@ -126,9 +126,14 @@ fn a_pod_runs_to_completion_with_kubelets_status_events_files_and_logs() {
     let stamped = s.k(&["logs", "once", "--timestamps", "--tail=1"]);
     assert!(stamped.ends_with("Z to-stderr\n") && stamped.len() > 30, "{stamped}");
     assert_eq!(s.k(&["logs", "once", "--limit-bytes=3"]), "def");
-    // kubectl 1.27 reads them too.
+    // kubectl 1.27 runs a pod and reads its logs too.
     let old = s.kubectl_bin("kubectl.1.27", &["logs", "once", "--tail=1"]);
     assert_eq!(String::from_utf8_lossy(&old.stdout), "to-stderr\n");
+    let old = s.kubectl_bin("kubectl.1.27", &["run", "old", "--image=testbox:1.0", "--restart=Never", "--", "sh", "-c", "echo from 1.27"]);
+    assert!(old.status.success(), "{}", String::from_utf8_lossy(&old.stderr));
+    wait_for(&s, "old", "Succeeded", |p| phase(p) == "Succeeded");
+    assert_eq!(String::from_utf8_lossy(&s.kubectl_bin("kubectl.1.27", &["logs", "old"]).stdout), "from 1.27\n");
+    s.k(&["delete", "pod", "old"]);
 
     let reasons: Vec<String> = events(&s, "once").into_iter().map(|(r, m)| format!("{r}: {m}")).collect();
     for want in [
@@ -498,6 +503,14 @@ spec:
 ---
 apiVersion: v1
 kind: Pod
+metadata: {name: hog}
+spec:
+  restartPolicy: Never
+  containers:
+  - {name: c, image: testbox:1.0, command: [sh, -c, 'x=a; while true; do x=$x$x; done'], resources: {limits: {memory: 20Mi}}}
+---
+apiVersion: v1
+kind: Pod
 metadata: {name: nocommand}
 spec:
   containers: [{name: c, image: testbox:1.0, command: [/no/such/binary]}]
@@ -529,6 +542,12 @@ spec:
         p.pointer("/status/containerStatuses/0/state/waiting/reason").and_then(Value::as_str) == Some("ErrImageNeverPull")
     });
     assert_eq!(p["status"]["containerStatuses"][0]["state"]["waiting"]["message"], "Container image \"other:2.0\" is not present with pull policy of Never");
+    // Over its memory limit: killed by the kernel, reported OOMKilled.
+    let p = wait_for(&s, "hog", "OOMKilled", |p| phase(p) == "Failed");
+    let t = &p["status"]["containerStatuses"][0]["state"]["terminated"];
+    assert_eq!((t["reason"].as_str(), t["exitCode"].as_i64()), (Some("OOMKilled"), Some(137)), "{t}");
+    assert_eq!(p["status"]["qosClass"], "Burstable");
+
     // A command that does not exist: the runtime's start error, then restarts.
     let p = wait_for(&s, "nocommand", "StartError", |p| {
         p.pointer("/status/containerStatuses/0/lastState/terminated/reason").and_then(Value::as_str) == Some("StartError")

@@ -41,9 +41,7 @@ pub fn restarts(kind: Kind, policy: &str, exit_code: i32) -> bool {
 fn terminated(f: &super::worker::Finished) -> Value {
     let mut t = Map::new();
     t.insert("exitCode".into(), json!(f.exit.exit_code));
-    if let Some(s) = f.exit.signal {
-        t.insert("signal".into(), json!(s));
-    }
+    // kubelet leaves `signal` unset (the CRI reports 128 + signal as the exit code).
     let reason = f.exit.reason.clone().unwrap_or_else(|| if f.exit.exit_code == 0 { "Completed".into() } else { "Error".into() });
     t.insert("reason".into(), json!(reason));
     if let Some(m) = &f.exit.message {
