@@ -220,6 +220,14 @@ spec:
         assert!(ok, "{url}: {got:?}");
     }
 
+    // From inside a pod, another pod's IP answers (the node's NAT rule and listener in
+    // every pod); a port nothing listens on is refused.
+    let ip1 = w1["status"]["podIP"].as_str().unwrap();
+    let script = format!("busybox wget -qO- http://{ip1}:8080/index.html; busybox wget -qO- -T 2 http://{ip1}:9999/ 2>/dev/null || echo refused");
+    s.k(&["run", "client", "--image=testbox:1.0", "--restart=Never", "--", "sh", "-c", &script]);
+    wait_for(&s, "client", "Succeeded", |p| phase(p) == "Succeeded");
+    assert_eq!(s.k(&["logs", "client"]), "one\nrefused\n");
+
     // A crashing container: restarted at once, then after kubelet's 10 s back-off, in
     // CrashLoopBackOff between.
     let first = Instant::now();

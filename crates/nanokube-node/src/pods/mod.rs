@@ -10,7 +10,8 @@
 //! - [`status`]: the pod status as kubelet writes it.
 //! - [`files`], [`env`]: what a container sees. [`events`]: kubelet's events.
 //! - [`probe`]: liveness, readiness and startup probes. [`logs`]: `pods/log`.
-//! - [`ports`]: the pod's IP answering from the host on its ports.
+//! - [`ports`]: the pod's IP answering from the host on its ports; [`mesh`]: other pods'
+//!   IPs answering from inside a pod.
 //!
 //! On disk (`<data-dir>`): `pods/<uid>/` (the pod's record, namespaces, `/etc` files,
 //! volumes, and `containers/<name>/<attempt>/`, each a runc bundle with the shim's
@@ -21,6 +22,7 @@ pub mod env;
 pub mod events;
 pub mod files;
 pub mod logs;
+pub mod mesh;
 pub mod ports;
 pub mod probe;
 pub mod status;
@@ -85,6 +87,8 @@ pub struct PodRuntime {
     pulls: tokio::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// The node's allocatable resources (resourceFieldRef of unset limits).
     pub allocatable: Mutex<serde_json::Value>,
+    /// The pods' network namespaces by IP, for traffic between pods.
+    pub mesh: Arc<mesh::Pods>,
 }
 
 impl PodRuntime {
@@ -119,6 +123,7 @@ impl PodRuntime {
             ips: Mutex::new(BTreeSet::new()),
             pulls: tokio::sync::Mutex::new(HashMap::new()),
             allocatable: Mutex::new(serde_json::Value::Null),
+            mesh: Arc::default(),
         }
     }
 

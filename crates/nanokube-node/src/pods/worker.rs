@@ -154,6 +154,7 @@ pub struct Worker {
     volumes_synced: Option<Instant>,
     tokens: files::TokenCache,
     ports_stop: Option<watch::Sender<bool>>,
+    mesh_listener: Option<std::net::TcpListener>,
     blocked: Option<(String, String)>,
     tx: mpsc::Sender<Msg>,
     rx: Option<mpsc::Receiver<Msg>>,
@@ -215,6 +216,7 @@ impl Worker {
             volumes_synced: None,
             tokens: Default::default(),
             ports_stop: None,
+            mesh_listener: None,
             blocked: None,
             tx,
             rx: Some(rx),
@@ -471,6 +473,15 @@ impl Worker {
                     .filter_map(|p| u16::try_from(p.container_port).ok())
                     .collect();
                 let (tx, rx) = watch::channel(false);
+                if self.mesh_listener.is_none() {
+                    // An adopted pod: its namespace kept the rules.
+                    let ns = self.dir.join("ns-net");
+                    self.mesh_listener = super::mesh::listen(&ns).map_err(|e| tracing::debug!(pod = %self.uid, "{e}")).ok();
+                    self.rt.mesh.insert(ip, ns);
+                }
+                if let Some(l) = self.mesh_listener.take() {
+                    tokio::spawn(super::mesh::serve(l, self.rt.mesh.clone(), rx.clone()));
+                }
                 tokio::spawn(super::ports::forward(self.dir.clone(), ip, declared, rx));
                 self.ports_stop = Some(tx);
             }
@@ -821,7 +832,13 @@ impl Worker {
         }
         let ip = self.ip.ok_or("no pod IP left in 127.244.0.0/16")?;
         if !host_network {
-            netns::create(netns::Kind::Net, &self.dir.join("ns-net"))?;
+            let ns = self.dir.join("ns-net");
+            netns::create(netns::Kind::Net, &ns)?;
+            match super::mesh::prepare(&ns, ip) {
+                Ok(l) => self.mesh_listener = Some(l),
+                Err(e) => tracing::warn!(pod = %self.uid, "{e}"),
+            }
+            self.rt.mesh.insert(ip, ns);
         }
         if !pod.spec.as_ref().and_then(|s| s.host_ipc).unwrap_or(false) {
             netns::create(netns::Kind::Ipc, &self.dir.join("ns-ipc"))?;
@@ -1049,6 +1066,10 @@ impl Worker {
     /// machine's reboot).
     fn release_sandbox(&mut self) {
         self.ports_stop = None;
+        self.mesh_listener = None;
+        if let Some(ip) = self.ip {
+            self.rt.mesh.remove(ip);
+        }
         let _ = netns::remove(&self.dir.join("ns-net"));
         let _ = netns::remove(&self.dir.join("ns-ipc"));
         for vol in std::fs::read_dir(self.dir.join("volumes")).into_iter().flatten().flatten() {
