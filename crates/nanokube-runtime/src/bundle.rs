@@ -19,6 +19,19 @@ pub struct BindMount {
     pub readonly: bool,
 }
 
+/// Which namespace of a kind a container is in.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Namespace {
+    /// A new one of its own.
+    #[default]
+    New,
+    /// The one kept at this path (the pod's).
+    Join(PathBuf),
+    /// The host's (`hostNetwork`, `hostIPC`): no namespace of that kind in the spec, as
+    /// containerd does it.
+    Host,
+}
+
 /// cgroup limits.
 #[derive(Debug, Clone, Default)]
 pub struct Limits {
@@ -53,10 +66,10 @@ pub struct ContainerConfig {
     pub cgroups_path: String,
     /// Extra mounts (volumes, `/etc/hosts`, …), in order.
     pub mounts: Vec<BindMount>,
-    /// The pod's network namespace to join (a new one when `None`).
-    pub network_namespace: Option<PathBuf>,
-    /// The pod's IPC namespace to join (a new one when `None`).
-    pub ipc_namespace: Option<PathBuf>,
+    /// The network namespace: the pod's to join, a new one, or the host's.
+    pub network_namespace: Namespace,
+    /// The IPC namespace: the pod's to join, a new one, or the host's.
+    pub ipc_namespace: Namespace,
     /// Supplementary groups.
     pub additional_gids: Vec<u32>,
     /// cgroup limits.
@@ -99,14 +112,15 @@ pub fn write(bundle: &Path, rootfs: &Path, c: &ContainerConfig) -> Result<(), St
     if let Some(linux) = spec.linux_mut() {
         linux.set_cgroups_path(Some(c.cgroups_path.clone().into()));
         if let Some(namespaces) = linux.namespaces_mut() {
+            let choice = |t: LinuxNamespaceType| match t {
+                LinuxNamespaceType::Network => &c.network_namespace,
+                LinuxNamespaceType::Ipc => &c.ipc_namespace,
+                _ => &Namespace::New,
+            };
+            namespaces.retain(|ns| choice(ns.typ()) != &Namespace::Host);
             for ns in namespaces.iter_mut() {
-                let joined = match ns.typ() {
-                    LinuxNamespaceType::Network => c.network_namespace.clone(),
-                    LinuxNamespaceType::Ipc => c.ipc_namespace.clone(),
-                    _ => None,
-                };
-                if joined.is_some() {
-                    ns.set_path(joined);
+                if let Namespace::Join(path) = choice(ns.typ()) {
+                    ns.set_path(Some(path.clone()));
                 }
             }
         }

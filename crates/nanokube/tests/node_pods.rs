@@ -145,6 +145,26 @@ fn a_pod_runs_to_completion_with_kubelets_status_events_files_and_logs() {
         assert!(reasons.iter().any(|r| r.starts_with(want)), "{want} not in {reasons:?}");
     }
 
+    // hostNetwork: the host's network, where the API server's own port answers.
+    let script = format!("echo | busybox nc -w 2 127.0.0.1 {} >/dev/null && echo reached", s.port);
+    let hn = s.kubectl(&[
+        "run",
+        "hostnet",
+        "--image=testbox:1.0",
+        "--restart=Never",
+        "--overrides",
+        r#"{"spec": {"hostNetwork": true}}"#,
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    assert!(hn.status.success(), "{}", String::from_utf8_lossy(&hn.stderr));
+    let p2 = wait_for(&s, "hostnet", "Succeeded", |p| phase(p) == "Succeeded");
+    assert_eq!(p2["status"]["podIP"], "127.0.0.1", "a host-network pod has the node's IP");
+    assert_eq!(s.k(&["logs", "hostnet"]), "reached\n");
+    s.k(&["delete", "pod", "hostnet"]);
+
     // Deleted: it goes at once (a finished pod has nothing to stop), and so does all it had.
     let uid = p["metadata"]["uid"].as_str().unwrap().to_string();
     s.k(&["delete", "pod", "once"]);

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::{Container, Pod};
 use nanokube_api::{meta, resources};
 use nanokube_apiserver::registry::{DeleteOptions, WriteOptions};
-use nanokube_runtime::bundle::{self, BindMount, ContainerConfig, Limits};
+use nanokube_runtime::bundle::{self, BindMount, ContainerConfig, Limits, Namespace};
 use nanokube_runtime::shim::{self, ExitRecord, ShimArgs};
 use nanokube_runtime::{command, netns, rootfs, Image};
 use serde_json::{json, Value};
@@ -999,12 +999,8 @@ impl Worker {
             allow_privilege_escalation: csc.allow_privilege_escalation.unwrap_or(true),
             cgroups_path: format!("/nanokube/pod{}/{id}", self.uid),
             mounts,
-            network_namespace: Some(if host_network { PathBuf::from("/proc/1/ns/net") } else { self.dir.join("ns-net") }),
-            ipc_namespace: Some(if pod.spec.as_ref().and_then(|s| s.host_ipc).unwrap_or(false) {
-                PathBuf::from("/proc/1/ns/ipc")
-            } else {
-                self.dir.join("ns-ipc")
-            }),
+            network_namespace: if host_network { Namespace::Host } else { Namespace::Join(self.dir.join("ns-net")) },
+            ipc_namespace: if pod.spec.as_ref().and_then(|s| s.host_ipc).unwrap_or(false) { Namespace::Host } else { Namespace::Join(self.dir.join("ns-ipc")) },
             additional_gids,
             limits: Limits {
                 memory,
