@@ -251,8 +251,10 @@ impl Worker {
                     let started_at = std::fs::read_to_string(bundle.join("started")).unwrap_or_default();
                     running = Some(Running { attempt: *a, id, bundle, shim_pid: pid, started_at, probes: Vec::new() });
                 } else {
-                    // The shim is gone without a word (the machine rebooted): kubelet's
-                    // ContainerStatusUnknown.
+                    // The shim is gone without a word (the machine rebooted, or it was
+                    // killed): kubelet's ContainerStatusUnknown; a container still running
+                    // without its shim is removed, never left unwatched.
+                    let _ = self.rt.runc.delete(&id);
                     previous = last.take();
                     let exit = ExitRecord {
                         exit_code: 137,
