@@ -98,7 +98,7 @@ fn a_pod_runs_to_completion_with_kubelets_status_events_files_and_logs() {
     let ready = node["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap().clone();
     assert_eq!((ready["status"].as_str(), ready["reason"].as_str()), (Some("True"), Some("KubeletReady")), "{ready}");
 
-    let script = "cat /var/run/secrets/kubernetes.io/serviceaccount/namespace; echo; ls /var/run/secrets/kubernetes.io/serviceaccount; cat /etc/resolv.conf; hostname; echo to-stderr >&2";
+    let script = "cat /var/run/secrets/kubernetes.io/serviceaccount/namespace; echo; ls /var/run/secrets/kubernetes.io/serviceaccount; cat /etc/resolv.conf; hostname; sleep 0.3; echo to-stderr >&2";
     s.k(&["run", "once", "--image=testbox:1.0", "--restart=Never", "--", "sh", "-c", script]);
     let p = wait_for(&s, "once", "Succeeded", |p| phase(p) == "Succeeded");
     let st = &p["status"];
@@ -117,7 +117,8 @@ fn a_pod_runs_to_completion_with_kubelets_status_events_files_and_logs() {
     assert_eq!((ready["status"].as_str(), ready["reason"].as_str()), (Some("False"), Some("PodCompleted")));
 
     // The logs: the service-account files kubelet mounts, the cluster DNS settings, the
-    // pod's hostname; stdout and stderr in the order written.
+    // pod's hostname; stdout, then (0.3 s later: the two streams are read
+    // by two threads, so only time orders them) stderr.
     let logs = s.k(&["logs", "once"]);
     assert_eq!(
         logs,
