@@ -6,7 +6,9 @@ use std::path::Path;
 
 use std::path::PathBuf;
 
-use oci_spec::runtime::{LinuxCpu, LinuxNamespaceType, LinuxResources, Mount, Process, Root, Spec, User};
+use oci_spec::runtime::{
+    Capabilities, LinuxCapabilities, LinuxCpu, LinuxDeviceCgroup, LinuxNamespaceType, LinuxResources, LinuxSeccomp, Mount, Process, Root, Spec, User,
+};
 
 /// A directory or file of the host bind-mounted into the container.
 #[derive(Debug, Clone)]
@@ -74,6 +76,17 @@ pub struct ContainerConfig {
     pub additional_gids: Vec<u32>,
     /// cgroup limits.
     pub limits: Limits,
+    /// Its capabilities ([`crate::security::capabilities`]): bounding, permitted and
+    /// effective; none inheritable or ambient.
+    pub capabilities: Capabilities,
+    /// Privileged: no masked or read-only paths, `/sys` and cgroups writable, every host
+    /// device and device access.
+    pub privileged: bool,
+    /// The seccomp filter (`None`: unconfined).
+    pub seccomp: Option<LinuxSeccomp>,
+    /// Join this PID namespace (the pod's, `shareProcessNamespace`; another container's,
+    /// for a debug container) instead of a new one.
+    pub pid_namespace: Namespace,
 }
 
 /// Write `<bundle>/config.json` for a container whose root filesystem is `rootfs`.
@@ -91,6 +104,13 @@ pub fn write(bundle: &Path, rootfs: &Path, c: &ContainerConfig) -> Result<(), St
         user.set_additional_gids(Some(c.additional_gids.clone()));
     }
     process.set_user(user);
+    let mut caps = LinuxCapabilities::default();
+    caps.set_bounding(Some(c.capabilities.clone()));
+    caps.set_permitted(Some(c.capabilities.clone()));
+    caps.set_effective(Some(c.capabilities.clone()));
+    caps.set_inheritable(None);
+    caps.set_ambient(None);
+    process.set_capabilities(Some(caps));
     spec.set_process(Some(process));
     let mut root = Root::default();
     root.set_path(rootfs.to_path_buf());
@@ -98,6 +118,13 @@ pub fn write(bundle: &Path, rootfs: &Path, c: &ContainerConfig) -> Result<(), St
     spec.set_root(Some(root));
     spec.set_hostname(Some(c.hostname.clone()));
     let mut mounts = spec.mounts().clone().unwrap_or_default();
+    if c.privileged {
+        // containerd's WithWriteableSysfs and WithWriteableCgroupfs.
+        for m in mounts.iter_mut().filter(|m| matches!(m.typ().as_deref(), Some("sysfs") | Some("cgroup"))) {
+            let options = m.options().clone().unwrap_or_default().into_iter().map(|o| if o == "ro" { "rw".to_string() } else { o }).collect();
+            m.set_options(Some(options));
+        }
+    }
     for m in &c.mounts {
         let mut mount = Mount::default();
         mount.set_destination(m.destination.clone().into());
@@ -115,6 +142,7 @@ pub fn write(bundle: &Path, rootfs: &Path, c: &ContainerConfig) -> Result<(), St
             let choice = |t: LinuxNamespaceType| match t {
                 LinuxNamespaceType::Network => &c.network_namespace,
                 LinuxNamespaceType::Ipc => &c.ipc_namespace,
+                LinuxNamespaceType::Pid => &c.pid_namespace,
                 _ => &Namespace::New,
             };
             namespaces.retain(|ns| choice(ns.typ()) != &Namespace::Host);
@@ -139,7 +167,17 @@ pub fn write(bundle: &Path, rootfs: &Path, c: &ContainerConfig) -> Result<(), St
             }
             resources.set_cpu(Some(cpu));
         }
+        if c.privileged {
+            linux.set_masked_paths(None);
+            linux.set_readonly_paths(None);
+            linux.set_devices(Some(crate::security::host_devices(Path::new("/dev"))));
+            let mut all = LinuxDeviceCgroup::default();
+            all.set_allow(true);
+            all.set_access(Some("rwm".into()));
+            resources.set_devices(Some(vec![all]));
+        }
         linux.set_resources(Some(resources));
+        linux.set_seccomp(c.seccomp.clone());
     }
     std::fs::create_dir_all(bundle).map_err(|e| e.to_string())?;
     spec.save(bundle.join("config.json")).map_err(|e| format!("writing the container's config.json: {e}"))

@@ -11,6 +11,8 @@
 //!   combined with the image's entrypoint and cmd, the environment.
 //! - [`rootfs`]: a container's root filesystem, an overlay over the image's layers.
 //! - [`bundle`]: its OCI runtime bundle (`config.json` from oci-spec's defaults).
+//! - [`security`]: capabilities, the default seccomp filter and host devices, from a
+//!   container's security context as containerd derives them.
 //! - [`runc`]: running it with runc (Debian's), state under the data directory.
 //! - [`shim`]: the process per container (`nanokube shim`) that starts it, keeps its
 //!   output in a CRI log ([`cri_log`]) and records how it ended.
@@ -30,6 +32,7 @@ pub mod pull;
 pub mod reference;
 pub mod rootfs;
 pub mod runc;
+pub mod security;
 pub mod shim;
 pub mod store;
 mod unpack;

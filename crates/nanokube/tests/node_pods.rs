@@ -684,3 +684,65 @@ fn image_pull_secrets_open_a_registry_that_requires_them() {
     s.k(&["delete", "pod", "--all"]);
     assert!(eventually(Duration::from_secs(10), || leftovers(&s).is_empty()), "{:?}", leftovers(&s));
 }
+
+/// What a container may do, from its security context, as containerd gives it: the
+/// default capability set (Docker's well-known `CapEff`), added and dropped ones, a
+/// privileged container with every capability and the host's devices, the
+/// `RuntimeDefault` seccomp filter refusing `mount`, and volumes given to the `fsGroup`.
+#[test]
+fn security_context_capabilities_seccomp_privileged_and_fs_group() {
+    let s = server_with_image();
+    let report = "grep -E '^(CapEff|Seccomp):' /proc/self/status | tr -s '\\t ' ' '; mount -t tmpfs t /dev/shm 2>&1 && echo mount-ok || echo mount-refused";
+    let yaml = format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: secure}}
+spec:
+  restartPolicy: Never
+  securityContext: {{fsGroup: 2000}}
+  volumes: [{{name: scratch, emptyDir: {{}}}}]
+  containers:
+  - name: plain
+    image: testbox:1.0
+    command: [sh, -c, "{report}"]
+  - name: tight
+    image: testbox:1.0
+    command: [sh, -c, "{report}"]
+    securityContext:
+      capabilities: {{drop: [ALL], add: [NET_ADMIN, SYS_ADMIN]}}
+      seccompProfile: {{type: RuntimeDefault}}
+  - name: seccomp
+    image: testbox:1.0
+    command: [sh, -c, "{report}"]
+    securityContext: {{seccompProfile: {{type: RuntimeDefault}}}}
+  - name: privileged
+    image: testbox:1.0
+    command: [sh, -c, "{report}; test -c /dev/kmsg && echo has-kmsg"]
+    securityContext: {{privileged: true}}
+  - name: owner
+    image: testbox:1.0
+    command: [sh, -c, "touch /scratch/new; stat -c '%g %a' /scratch /scratch/new; stat -L -c '%g %a' /var/run/secrets/kubernetes.io/serviceaccount/token; id -G"]
+    securityContext: {{runAsUser: 1000}}
+    volumeMounts: [{{name: scratch, mountPath: /scratch}}]
+"#
+    );
+    apply(&s, &yaml);
+    wait_for(&s, "secure", "Succeeded", |p| phase(p) == "Succeeded");
+    let logs = |c: &str| s.k(&["logs", "secure", "-c", c]);
+    // containerd's 14 default capabilities; no filter unless asked (kubelet's default).
+    assert_eq!(logs("plain"), "CapEff: 00000000a80425fb\nSeccomp: 0\nmount: permission denied (are you root?)\nmount-refused\n");
+    // drop ALL then add: only NET_ADMIN (bit 12) and SYS_ADMIN (bit 21); with SYS_ADMIN
+    // the default filter lets mount through.
+    assert_eq!(logs("tight"), "CapEff: 0000000000201000\nSeccomp: 2\nmount-ok\n");
+    assert_eq!(logs("seccomp"), "CapEff: 00000000a80425fb\nSeccomp: 2\nmount: permission denied (are you root?)\nmount-refused\n");
+    // Privileged: every capability the server holds itself (this test runs as the same
+    // user, so its own bounding set).
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let bounding = status.lines().find_map(|l| l.strip_prefix("CapBnd:")).unwrap().trim();
+    assert_eq!(logs("privileged"), format!("CapEff: {bounding}\nSeccomp: 0\nmount-ok\nhas-kmsg\n"));
+    // fsGroup: the emptyDir is the group's with setgid (2777), a file made in it inherits
+    // the group, the token is the group's (group-readable); the group is the process's.
+    assert_eq!(logs("owner"), "2000 2777\n2000 644\n2000 644\n0 2000\n");
+    s.k(&["delete", "pod", "secure", "--wait=true"]);
+}

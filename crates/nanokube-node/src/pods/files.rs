@@ -37,7 +37,7 @@ fn relative_ok(p: &str) -> bool {
 
 /// Write `payload` into `dir` atomically (see the module docs). Unchanged payloads are
 /// left alone; whether anything was written.
-pub fn write_atomic(dir: &Path, payload: &[Payload]) -> std::io::Result<bool> {
+pub fn write_atomic(dir: &Path, payload: &[Payload], fs_group: Option<u32>) -> std::io::Result<bool> {
     std::fs::create_dir_all(dir)?;
     let data_link = dir.join("..data");
     let current = std::fs::read_link(&data_link).ok().map(|t| dir.join(t));
@@ -56,6 +56,11 @@ pub fn write_atomic(dir: &Path, payload: &[Payload]) -> std::io::Result<bool> {
         }
         std::fs::write(&f, &p.data)?;
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(p.mode))?;
+    }
+    if let Some(gid) = fs_group {
+        // Before the swap, so the files are never seen without their group.
+        set_volume_ownership(&fresh, gid, true)?;
+        set_volume_ownership(dir, gid, true)?;
     }
     let tmp_link = dir.join("..data_tmp");
     let _ = std::fs::remove_file(&tmp_link);
@@ -403,6 +408,32 @@ pub fn volume_dir(pod_dir: &Path, volume: &Value) -> PathBuf {
     pod_dir.join("volumes").join(name)
 }
 
+/// Give a volume to the pod's `fsGroup`, as kubelet's `SetVolumeOwnership` does: every
+/// file and directory gets the group, group read (and write, unless `readonly`) access,
+/// and directories the set-group-ID bit so new files inherit the group. Symbolic links
+/// are left alone.
+pub fn set_volume_ownership(dir: &Path, gid: u32, readonly: bool) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(dir)?;
+    if meta.file_type().is_symlink() {
+        return Ok(());
+    }
+    std::os::unix::fs::lchown(dir, None, Some(gid))?;
+    let mask = if readonly { 0o440 } else { 0o660 };
+    let mut mode = meta.mode() & 0o7777 | mask;
+    if meta.is_dir() {
+        // Group search on directories, and setgid.
+        mode |= 0o110 | libc::S_ISGID;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))?;
+        for e in std::fs::read_dir(dir)? {
+            set_volume_ownership(&e?.path(), gid, readonly)?;
+        }
+    } else {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -412,11 +443,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let v = dir.path().join("v");
         let p = |path: &str, data: &str| Payload { path: path.into(), data: data.as_bytes().to_vec(), mode: 0o644 };
-        assert!(write_atomic(&v, &[p("a", "1"), p("d/b", "2")]).unwrap());
+        assert!(write_atomic(&v, &[p("a", "1"), p("d/b", "2")], None).unwrap());
         assert_eq!(std::fs::read_to_string(v.join("a")).unwrap(), "1");
         assert_eq!(std::fs::read_to_string(v.join("d/b")).unwrap(), "2");
-        assert!(!write_atomic(&v, &[p("a", "1"), p("d/b", "2")]).unwrap(), "unchanged payloads are not rewritten");
-        assert!(write_atomic(&v, &[p("a", "3")]).unwrap());
+        assert!(!write_atomic(&v, &[p("a", "1"), p("d/b", "2")], None).unwrap(), "unchanged payloads are not rewritten");
+        assert!(write_atomic(&v, &[p("a", "3")], None).unwrap());
         assert_eq!(std::fs::read_to_string(v.join("a")).unwrap(), "3");
         assert!(std::fs::symlink_metadata(v.join("d")).is_err(), "names gone from the payload are removed");
         let dirs = std::fs::read_dir(&v).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with("..1")).count();

@@ -13,7 +13,7 @@ use nanokube_api::{meta, resources};
 use nanokube_apiserver::registry::{DeleteOptions, WriteOptions};
 use nanokube_runtime::bundle::{self, BindMount, ContainerConfig, Limits, Namespace};
 use nanokube_runtime::shim::{self, ExitRecord, ShimArgs};
-use nanokube_runtime::{command, netns, rootfs, Image};
+use nanokube_runtime::{command, netns, rootfs, security, Image};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
 
@@ -860,6 +860,7 @@ impl Worker {
     fn sync_volumes(&mut self, v: &Value) -> Result<(), (String, MountError)> {
         let allocatable = self.rt.allocatable.lock().map(|a| a.clone()).unwrap_or(Value::Null);
         let tokens = self.rt.issuer.as_ref().map(|issuer| files::TokenSource { issuer, registry: &self.rt.registry, cache: &self.tokens });
+        let fs_group = v.pointer("/spec/securityContext/fsGroup").and_then(Value::as_u64).and_then(|g| u32::try_from(g).ok());
         for vol in v.pointer("/spec/volumes").and_then(Value::as_array).into_iter().flatten() {
             let name = vol.get("name").and_then(Value::as_str).unwrap_or("").to_string();
             let dir = files::volume_dir(&self.dir, vol);
@@ -876,6 +877,9 @@ impl Worker {
                             .map(|b| format!(",size={}", b as u64))
                             .unwrap_or_default();
                         mount_tmpfs(&dir, &format!("mode=1777{size}")).map_err(|e| (name.clone(), MountError(e)))?;
+                    }
+                    if let Some(gid) = fs_group {
+                        files::set_volume_ownership(&dir, gid, false).map_err(|e| (name.clone(), MountError(e.to_string())))?;
                     }
                 }
                 continue;
@@ -898,7 +902,7 @@ impl Worker {
             }
             match files::api_volume(v, vol, &self.rt.registry, tokens.as_ref(), &allocatable) {
                 Some(Ok(payload)) => {
-                    files::write_atomic(&dir, &payload).map_err(|e| (name.clone(), MountError(e.to_string())))?;
+                    files::write_atomic(&dir, &payload, fs_group).map_err(|e| (name.clone(), MountError(e.to_string())))?;
                 }
                 Some(Err(e)) => return Err((name, e)),
                 None => {}
@@ -951,6 +955,25 @@ impl Worker {
         if let Some(fs) = psc.fs_group {
             additional_gids.push(fs as u32);
         }
+        let privileged = csc.privileged.unwrap_or(false);
+        let caps = csc.capabilities.clone().unwrap_or_default();
+        let capabilities = security::capabilities(privileged, caps.add.as_deref().unwrap_or(&[]), caps.drop.as_deref().unwrap_or(&[]));
+        let seccomp = match csc.seccomp_profile.as_ref().or(psc.seccomp_profile.as_ref()) {
+            // containerd applies no profile to privileged containers.
+            _ if privileged => None,
+            Some(p) if p.type_ == "RuntimeDefault" => Some(security::runtime_default_seccomp(&capabilities)),
+            Some(p) if p.type_ == "Localhost" => {
+                let rel = p.localhost_profile.clone().unwrap_or_default();
+                if Path::new(&rel).components().any(|c| !matches!(c, std::path::Component::Normal(_))) {
+                    return Err(format!("invalid localhostProfile {rel:?}"));
+                }
+                // kubelet's seccomp root, under the data directory.
+                let path = self.rt.data_dir.join("seccomp").join(&rel);
+                let text = std::fs::read(&path).map_err(|e| format!("failed to load seccomp profile {}: {e}", path.display()))?;
+                Some(serde_json::from_slice(&text).map_err(|e| format!("failed to load seccomp profile {}: {e}", path.display()))?)
+            }
+            _ => None,
+        };
         let host_network = pod.spec.as_ref().and_then(|s| s.host_network).unwrap_or(false);
         let etc = self.dir.join("etc");
         let mut mounts = vec![
@@ -1004,6 +1027,10 @@ impl Worker {
             network_namespace: if host_network { Namespace::Host } else { Namespace::Join(self.dir.join("ns-net")) },
             ipc_namespace: if pod.spec.as_ref().and_then(|s| s.host_ipc).unwrap_or(false) { Namespace::Host } else { Namespace::Join(self.dir.join("ns-ipc")) },
             additional_gids,
+            capabilities,
+            privileged,
+            seccomp,
+            pid_namespace: Namespace::New,
             limits: Limits {
                 memory,
                 cpu_shares: cpu_request.map(|c| ((c * 1024.0) as u64).max(2)),
