@@ -335,3 +335,12 @@ fn pod_files_from_any_pod() {
         }
     });
 }
+
+#[test]
+fn grpc_health_answers() {
+    // What a probed container answers to a gRPC health check.
+    fuzz("grpc health response", &[b"\x08\x01", b"\x08\x02\x12\x03abc", b"\x0d\x01\x00\x00\x00\x08\x01"], |b| {
+        let status = nanokube_node::pods::probe::health_status(b);
+        assert!(status == 0 || b.len() >= 2);
+    });
+}

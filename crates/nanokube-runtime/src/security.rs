@@ -5,9 +5,7 @@
 use std::path::Path;
 use std::str::FromStr;
 
-use oci_spec::runtime::{
-    Arch, Capabilities, Capability, LinuxDevice, LinuxDeviceType, LinuxSeccomp, LinuxSeccompAction, LinuxSyscall,
-};
+use oci_spec::runtime::{Arch, Capabilities, Capability, LinuxDevice, LinuxDeviceType, LinuxSeccomp, LinuxSeccompAction, LinuxSyscall};
 
 /// containerd's default set for every container (`oci.defaultUnixCaps`), so a container
 /// sees the same `CapEff` (`00000000a80425fb`) as under containerd or Docker.
@@ -82,11 +80,7 @@ fn parse(name: &str) -> Option<Capability> {
 /// (a sandbox or container running nanokube may itself lack some).
 pub fn current_capabilities() -> Capabilities {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let bounding = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapBnd:"))
-        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-        .unwrap_or(u64::MAX);
+    let bounding = status.lines().find_map(|l| l.strip_prefix("CapBnd:")).and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok()).unwrap_or(u64::MAX);
     ALL_CAPABILITIES.iter().enumerate().filter(|(bit, _)| bounding & (1u64 << bit) != 0).filter_map(|(_, c)| parse(c)).collect()
 }
 
@@ -156,10 +150,7 @@ const GATED_SYSCALLS: &[(Option<&str>, &[&str])] = &[
     (Some("SYSLOG"), &["syslog"]),
     (Some("SYS_TTY_CONFIG"), &["vhangup"]),
     (Some("DAC_READ_SEARCH"), &["open_by_handle_at"]),
-    (
-        None,
-        &["add_key", "keyctl", "request_key", "nfsservctl", "swapon", "swapoff", "sysfs", "_sysctl", "uselib", "userfaultfd", "ustat", "vm86", "vm86old"],
-    ),
+    (None, &["add_key", "keyctl", "request_key", "nfsservctl", "swapon", "swapoff", "sysfs", "_sysctl", "uselib", "userfaultfd", "ustat", "vm86", "vm86old"]),
 ];
 
 /// The `RuntimeDefault` seccomp filter for a container holding `caps`: everything is
