@@ -910,12 +910,18 @@ impl Registry {
     }
 
     /// Admission on create: what upstream's default admission plugins do to new objects
-    /// (ServiceAccount, DefaultTolerationSeconds, Priority, DefaultStorageClass).
+    /// (ServiceAccount, DefaultTolerationSeconds, Priority, DefaultStorageClass,
+    /// StorageObjectInUseProtection).
     fn admit_create(&self, def: &ResourceDef, namespace: &str, obj: &mut Value) -> Result<(), ApiError> {
         match (def.group, def.plural) {
             ("", "pods") => self.admit_pod(namespace, obj),
             ("", "persistentvolumeclaims") => {
                 self.default_storage_class(obj);
+                add_finalizer(obj, "kubernetes.io/pvc-protection");
+                Ok(())
+            }
+            ("", "persistentvolumes") => {
+                add_finalizer(obj, "kubernetes.io/pv-protection");
                 Ok(())
             }
             _ => Ok(()),
@@ -1824,6 +1830,18 @@ impl ObjectWatch {
     /// The revision of the last event seen (for bookmarks).
     pub fn last_revision(&self) -> Revision {
         self.stream.last_revision()
+    }
+}
+
+/// StorageObjectInUseProtection: a claim or volume in use is not removed until its
+/// controller lets it go.
+fn add_finalizer(obj: &mut Value, finalizer: &str) {
+    let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) else { return };
+    let list = meta.entry("finalizers").or_insert_with(|| json!([]));
+    if let Some(list) = list.as_array_mut() {
+        if !list.iter().any(|f| f == finalizer) {
+            list.push(json!(finalizer));
+        }
     }
 }
 

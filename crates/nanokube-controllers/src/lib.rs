@@ -16,6 +16,8 @@
 //!   name conflicts), and their objects are deleted with them.
 //! - [`scheduler`]: kube-scheduler's default profile where it matters on a few nodes.
 //! - [`node_lifecycle`]: not-ready and unreachable nodes tainted, stale ones `Unknown`.
+//! - [`persistent_volumes`]: claims bound to volumes, provisioning handed to the class's
+//!   provisioner, phases, and the protection finalizers let go.
 //! - [`gc`]: the garbage collector (ownerReferences; background, foreground, orphan).
 //! - [`tokens`]: legacy service-account token Secrets.
 //! - [`rbac_policy`]: kube-apiserver 1.33's default RBAC policy (ClusterRoles,
@@ -30,6 +32,7 @@ mod follow;
 pub mod gc;
 pub mod namespaces;
 pub mod node_lifecycle;
+pub mod persistent_volumes;
 pub mod rbac_aggregation;
 pub mod rbac_policy;
 pub mod scheduler;

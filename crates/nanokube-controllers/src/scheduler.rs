@@ -14,15 +14,22 @@
 //! Insufficient cpu. preemption: ...`), and is tried again when a node or another pod
 //! changes, or every 30 seconds. Events are `events.k8s.io/v1` from `default-scheduler`.
 //!
+//! Pods with claims go through VolumeBinding: a missing or deleting claim, or an unbound
+//! one of an `Immediate` class, keeps the pod pending (upstream's words); bound volumes
+//! must be reachable from the node (`volume node affinity conflict`); unbound
+//! `WaitForFirstConsumer` claims are annotated with the chosen node
+//! (`volume.kubernetes.io/selected-node`) and the pod is bound once they are.
+//!
 //! Objects are read typed (k8s-openapi). Not here: preemption (the message says what it
-//! would find), inter-pod affinity, topology spread, volume filters, scheduling gates'
+//! would find), inter-pod affinity, topology spread, volume limits, scheduling gates'
 //! `SchedulingGated` condition, and scores beyond LeastAllocated.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Node, NodeSelectorRequirement, Pod, Taint, Toleration};
+use k8s_openapi::api::core::v1::{Node, NodeSelectorRequirement, PersistentVolume, PersistentVolumeClaim, Pod, Taint, Toleration};
+use k8s_openapi::api::storage::v1::StorageClass;
 use nanokube_api::expressions::parse_quantity;
 use nanokube_api::{meta, resources};
 use nanokube_apiserver::registry::{self, ListOptions, Registry, WriteOptions};
@@ -267,6 +274,104 @@ fn failure_message(n: usize, misfits: &[Misfit]) -> String {
     )
 }
 
+/// Claims, volumes and classes, for pods that use claims (VolumeBinding).
+#[derive(Default)]
+struct Volumes {
+    claims: HashMap<(String, String), PersistentVolumeClaim>,
+    volumes: HashMap<String, PersistentVolume>,
+    classes: HashMap<String, StorageClass>,
+}
+
+impl Volumes {
+    fn load(registry: &Registry) -> Volumes {
+        fn list<T: for<'de> k8s_openapi::serde::Deserialize<'de>>(registry: &Registry, group: &str, plural: &str) -> Vec<T> {
+            match registry.list(def(group, plural), None, &ListOptions::default()) {
+                Ok(l) => l.items.iter().filter_map(|o| serde_json::from_value(o.value().clone()).ok()).collect(),
+                Err(_) => Vec::new(),
+            }
+        }
+        Volumes {
+            claims: list::<PersistentVolumeClaim>(registry, "", "persistentvolumeclaims")
+                .into_iter()
+                .map(|c| ((c.metadata.namespace.clone().unwrap_or_default(), c.metadata.name.clone().unwrap_or_default()), c))
+                .collect(),
+            volumes: list::<PersistentVolume>(registry, "", "persistentvolumes")
+                .into_iter()
+                .map(|v| (v.metadata.name.clone().unwrap_or_default(), v))
+                .collect(),
+            classes: list::<StorageClass>(registry, "storage.k8s.io", "storageclasses")
+                .into_iter()
+                .map(|c| (c.metadata.name.clone().unwrap_or_default(), c))
+                .collect(),
+        }
+    }
+}
+
+fn claim_names(pod: &Pod) -> Vec<String> {
+    pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()).filter_map(|v| v.persistent_volume_claim.as_ref().map(|c| c.claim_name.clone())).collect()
+}
+
+/// VolumeBinding's PreFilter: the pod's claims exist, are not being deleted, and none is
+/// an unbound claim of an `Immediate` class (those bind before scheduling). The claims
+/// that wait for this pod's node (`WaitForFirstConsumer`, unbound) are returned.
+fn claims_prefilter(pod: &Pod, vols: &Volumes) -> Result<Vec<PersistentVolumeClaim>, String> {
+    let ns = pod.metadata.namespace.clone().unwrap_or_default();
+    let mut waiting = Vec::new();
+    let mut immediate = false;
+    for name in claim_names(pod) {
+        let Some(c) = vols.claims.get(&(ns.clone(), name.clone())) else { return Err(format!("persistentvolumeclaim \"{name}\" not found")) };
+        if c.metadata.deletion_timestamp.is_some() {
+            return Err(format!("persistentvolumeclaim \"{name}\" is being deleted"));
+        }
+        let spec = c.spec.clone().unwrap_or_default();
+        if spec.volume_name.as_deref().is_some_and(|v| !v.is_empty()) {
+            continue;
+        }
+        let class = spec.storage_class_name.as_deref().and_then(|n| vols.classes.get(n));
+        if class.and_then(|c| c.volume_binding_mode.as_deref()) == Some("WaitForFirstConsumer") {
+            waiting.push(c.clone());
+        } else {
+            immediate = true;
+        }
+    }
+    if immediate {
+        return Err("pod has unbound immediate PersistentVolumeClaims".into());
+    }
+    Ok(waiting)
+}
+
+/// VolumeBinding's Filter on one node: bound volumes reachable from it; waiting claims
+/// either provisioned for it or with an available volume it reaches.
+fn volumes_filter(pod: &Pod, waiting: &[PersistentVolumeClaim], vols: &Volumes, node: &Node) -> Result<(), Misfit> {
+    let labels = node.metadata.labels.clone().unwrap_or_default();
+    let ns = pod.metadata.namespace.clone().unwrap_or_default();
+    let unresolvable = |r: &str| Misfit { reasons: vec![r.to_string()], preemption_may_help: false };
+    for name in claim_names(pod) {
+        let Some(c) = vols.claims.get(&(ns.clone(), name)) else { continue };
+        let Some(volume) = c.spec.as_ref().and_then(|s| s.volume_name.as_deref()).filter(|v| !v.is_empty()) else { continue };
+        if let Some(pv) = vols.volumes.get(volume) {
+            if !crate::persistent_volumes::node_affinity_allows(pv, &labels) {
+                return Err(unresolvable("node(s) had volume node affinity conflict"));
+            }
+        }
+    }
+    for c in waiting {
+        let class_name = c.spec.as_ref().and_then(|s| s.storage_class_name.clone()).unwrap_or_default();
+        let provisioned = vols.classes.get(&class_name).is_some_and(|sc| sc.provisioner != "kubernetes.io/no-provisioner");
+        if provisioned {
+            continue;
+        }
+        let available = vols.volumes.values().any(|pv| {
+            pv.spec.as_ref().is_some_and(|s| s.claim_ref.is_none() && s.storage_class_name.as_deref() == Some(class_name.as_str()))
+                && crate::persistent_volumes::node_affinity_allows(pv, &labels)
+        });
+        if !available {
+            return Err(unresolvable("node(s) didn't find available persistent volumes to bind"));
+        }
+    }
+    Ok(())
+}
+
 /// The scheduler's state: pods waiting, what each node holds, and what was last said.
 #[derive(Default)]
 struct State {
@@ -318,7 +423,8 @@ impl Scheduler {
                 self.observe(&mut state, EventKind::Created, o.value());
             }
         }
-        for (plural, is_node) in [("pods", false), ("nodes", true)] {
+        // Claims and volumes changing (a claim bound, a volume made) can let a pod fit.
+        for (plural, is_node) in [("pods", false), ("nodes", true), ("persistentvolumeclaims", true), ("persistentvolumes", true)] {
             let (tx, sd, store) = (tx.clone(), shutdown.clone(), self.registry.store().clone());
             let prefix = def("", plural).key_prefix();
             tokio::spawn(async move {
@@ -401,15 +507,34 @@ impl Scheduler {
             u.host_ports.extend(demand.host_ports.iter().cloned());
             u.pods += 1;
         }
+        let any_claims = due.iter().any(|k| state.pending.get(k).is_some_and(|(p, _)| !claim_names(p).is_empty()));
+        let vols = if any_claims { Volumes::load(&self.registry) } else { Volumes::default() };
         for k in due {
             let Some((pod, _)) = state.pending.get(&k).cloned() else { continue };
             let demand = Demand::of(&pod);
+            let generation = state.generation;
+            let waiting = match claims_prefilter(&pod, &vols) {
+                Ok(w) => w,
+                Err(why) => {
+                    let n = nodes.len();
+                    let message =
+                        format!("0/{n} nodes are available: {why}. preemption: 0/{n} nodes are available: {n} Preemption is not helpful for scheduling.");
+                    if state.said.get(&k) != Some(&message) {
+                        self.unschedulable(&pod, &message).await;
+                        state.said.insert(k.clone(), message);
+                    }
+                    if let Some(p) = state.pending.get_mut(&k) {
+                        p.1 = generation;
+                    }
+                    continue;
+                }
+            };
             let mut misfits = Vec::new();
             let mut best: Option<(f64, &Node)> = None;
             for node in &nodes {
                 let name = node.metadata.name.clone().unwrap_or_default();
                 let u = usage.get(&name).cloned().unwrap_or_default();
-                match filter(&pod, &demand, node, &u) {
+                match filter(&pod, &demand, node, &u).and_then(|()| volumes_filter(&pod, &waiting, &vols, node)) {
                     Ok(()) => {
                         let s = score(node, &demand, &u);
                         if best.is_none_or(|(b, _)| s > b) {
@@ -419,8 +544,18 @@ impl Scheduler {
                     Err(m) => misfits.push(m),
                 }
             }
-            let generation = state.generation;
             match best {
+                Some((_, node)) if !waiting.is_empty() => {
+                    // VolumeBinding's PreBind: the claims learn the node; the pod is bound
+                    // once they are (their change brings it back here).
+                    let node_name = node.metadata.name.clone().unwrap_or_default();
+                    for c in &waiting {
+                        self.select_node(c, &node_name).await;
+                    }
+                    if let Some(p) = state.pending.get_mut(&k) {
+                        p.1 = generation;
+                    }
+                }
                 Some((_, node)) => {
                     let node_name = node.metadata.name.clone().unwrap_or_default();
                     if self.bind(&pod, &node_name).await {
@@ -448,6 +583,30 @@ impl Scheduler {
                     }
                 }
             }
+        }
+    }
+
+    /// Tell a waiting claim the node its pod goes to (`volume.kubernetes.io/selected-node`).
+    async fn select_node(&self, claim: &PersistentVolumeClaim, node: &str) {
+        let key = crate::persistent_volumes::SELECTED_NODE;
+        if claim.metadata.annotations.as_ref().and_then(|a| a.get(key)).map(String::as_str) == Some(node) {
+            return;
+        }
+        let (ns, name) = (claim.metadata.namespace.clone().unwrap_or_default(), claim.metadata.name.clone().unwrap_or_default());
+        let r = self
+            .registry
+            .update_with(def("", "persistentvolumeclaims"), &ns, &name, &WriteOptions::default(), |cur| {
+                let mut next = cur.clone();
+                let m = next.get_mut("metadata").and_then(Value::as_object_mut).ok_or_else(|| nanokube_api::ApiError::internal("no metadata"))?;
+                let a = m.entry("annotations").or_insert_with(|| json!({}));
+                if let Some(a) = a.as_object_mut() {
+                    a.insert(key.into(), json!(node));
+                }
+                Ok(next)
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::debug!(claim = %name, "selecting node: {}", e.message);
         }
     }
 

@@ -8,6 +8,8 @@
 //! - [`lease`]: the node's Lease in `kube-node-lease`, renewed every 10 seconds.
 //! - [`pods`]: the pods bound to the node, run as containers (runc, one shim process per
 //!   container), with kubelet's lifecycle, status, events, volumes and logs.
+//! - [`storage`]: k3s's default `local-path` StorageClass and its provisioner, volumes as
+//!   directories in the data directory (on a node that runs pods).
 //!
 //! [`NodeAgent::run`] registers the node and keeps both. The agent reads and writes typed
 //! objects (k8s-openapi) through the same registry as every other writer.
@@ -21,6 +23,7 @@ pub mod lease;
 pub mod machine;
 pub mod node;
 pub mod pods;
+pub mod storage;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -83,6 +86,8 @@ impl NodeAgent {
                     *a = alloc.clone();
                 }
             }
+            let provisioner = storage::LocalPath::new(self.registry.clone(), &self.config.name, &self.config.data_dir);
+            tokio::spawn(provisioner.run(shutdown.clone()));
             tokio::spawn(pods::PodManager::new(rt).run(shutdown.clone()))
         });
         let mut lease_tick = tokio::time::interval(LEASE_RENEW);

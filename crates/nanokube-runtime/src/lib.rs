@@ -16,6 +16,7 @@
 //! - [`runc`]: running it with runc (Debian's), state under the data directory.
 //! - [`shim`]: the process per container (`nanokube shim`) that starts it, keeps its
 //!   output in a CRI log ([`cri_log`]) and records how it ended.
+//! - [`pause`]: the PID 1 of a pod that shares one process namespace (`nanokube pause`).
 //! - [`netns`]: a pod's network and IPC namespaces, kept by bind mounts.
 //!
 //! Invariants: every blob is verified against its digest before it is stored; every
@@ -28,6 +29,7 @@ pub mod bundle;
 pub mod command;
 pub mod cri_log;
 pub mod netns;
+pub mod pause;
 pub mod pull;
 pub mod reference;
 pub mod rootfs;

@@ -386,6 +386,7 @@ impl Cluster {
         tasks.spawn(Arc::new(nanokube_controllers::gc::GarbageCollector::new(registry.clone())).run(shutdown_rx.clone()));
         tasks.spawn(nanokube_controllers::apiservices::run(registry.clone(), shutdown_rx.clone()));
         tasks.spawn(nanokube_controllers::node_lifecycle::run(registry.clone(), shutdown_rx.clone()));
+        tasks.spawn(nanokube_controllers::persistent_volumes::run(registry.clone(), shutdown_rx.clone()));
         if cfg.scheduler {
             tasks.spawn(
                 Arc::new(nanokube_controllers::scheduler::Scheduler::new(registry.clone(), &nanokube_node::machine::hostname())).run(shutdown_rx.clone()),

@@ -46,6 +46,12 @@ enum Command {
     /// The container shim the node runs per container.
     #[command(hide = true)]
     Shim(ShimCli),
+    /// PID 1 of a pod sharing one process namespace.
+    #[command(hide = true)]
+    Pause {
+        #[arg(long)]
+        pid_file: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -424,6 +430,10 @@ fn main() {
             log: a.log.clone(),
         }));
     }
+    // Likewise the pause process (it forks PID 1 of a new PID namespace).
+    if let Command::Pause { pid_file } = &cli.command {
+        std::process::exit(nanokube_runtime::pause::main(pid_file));
+    }
     let level = match cli.verbose {
         0 => tracing::Level::WARN,
         1 => tracing::Level::INFO,
@@ -440,7 +450,7 @@ fn main() {
         match cli.command {
             Command::Server(args) => run_server(args, started).await,
             Command::Proxy(a) => run_proxy(a).await,
-            Command::Shim(_) => 2,
+            Command::Shim(_) | Command::Pause { .. } => 2,
             Command::Image(c) => {
                 let data = |d: Option<PathBuf>| data_dir_or_default(d);
                 let r = match c {

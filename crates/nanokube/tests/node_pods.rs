@@ -65,7 +65,7 @@ fn leftovers(s: &Server) -> Vec<String> {
     for p in std::fs::read_dir("/proc").unwrap().flatten() {
         if let Ok(cmd) = std::fs::read(p.path().join("cmdline")) {
             let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-            if cmd.contains(" shim ") && cmd.contains(&data) {
+            if (cmd.contains(" shim ") || cmd.contains(" pause ")) && cmd.contains(&data) {
                 left.push(format!("process {cmd}"));
             }
         }
@@ -745,4 +745,54 @@ spec:
     // the group, the token is the group's (group-readable); the group is the process's.
     assert_eq!(logs("owner"), "2000 2777\n2000 644\n2000 644\n0 2000\n");
     s.k(&["delete", "pod", "secure", "--wait=true"]);
+}
+
+/// `shareProcessNamespace`: the pod's containers see each other's processes, under the
+/// pod's own PID 1 (`pause`); a pod without it gives each container its own. Nothing is
+/// left running once the pod is deleted.
+#[test]
+fn a_shared_process_namespace_shows_the_other_containers() {
+    let s = server_with_image();
+    apply(
+        &s,
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: shared}
+spec:
+  shareProcessNamespace: true
+  restartPolicy: Never
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: app
+    image: testbox:1.0
+    command: [sh, -c, "sleep 600"]
+  - name: peek
+    image: testbox:1.0
+    command: [sh, -c, "until ps | grep -q '[s]leep 600'; do sleep 0.1; done; cat /proc/1/comm; echo seen"]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: private}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: c
+    image: testbox:1.0
+    command: [sh, -c, "cat /proc/1/comm; ps | grep -c '[s]leep 600'"]
+"#,
+    );
+    wait_for(&s, "private", "Failed or Succeeded", |p| matches!(phase(p), "Succeeded" | "Failed"));
+    // Its own PID 1 (the shell), and the other pod's sleep nowhere in sight.
+    assert_eq!(s.k(&["logs", "private"]), "sh\n0\n");
+    wait_for(&s, "shared", "peek done", |p| {
+        p.pointer("/status/containerStatuses")
+            .and_then(Value::as_array)
+            .is_some_and(|cs| cs.iter().any(|c| c["name"] == "peek" && c["state"]["terminated"].is_object()))
+    });
+    assert_eq!(s.k(&["logs", "shared", "-c", "peek"]), "pause\nseen\n");
+    let uid = pod(&s, "shared")["metadata"]["uid"].as_str().unwrap().to_string();
+    s.k(&["delete", "pod", "shared", "private", "--wait=true"]);
+    assert!(eventually(Duration::from_secs(10), || leftovers(&s).is_empty()), "{:?}", leftovers(&s));
+    assert!(pod_cgroups(&uid).is_empty());
 }

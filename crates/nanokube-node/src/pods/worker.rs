@@ -153,6 +153,8 @@ pub struct Worker {
     image_backoff: HashMap<String, Backoff>,
     volumes_synced: Option<Instant>,
     tokens: files::TokenCache,
+    /// Where each persistentVolumeClaim volume lives on the host, by volume name.
+    claims: HashMap<String, PathBuf>,
     ports_stop: Option<watch::Sender<bool>>,
     mesh_listener: Option<std::net::TcpListener>,
     blocked: Option<(String, String)>,
@@ -169,6 +171,30 @@ fn pod_value(pod: &Pod) -> Value {
     v["apiVersion"] = json!("v1");
     v["kind"] = json!("Pod");
     v
+}
+
+/// The host directory behind a claim: its bound volume's `hostPath` or `local` path
+/// (made when the volume says `DirectoryOrCreate`), or why there is none yet, in
+/// kubelet's words.
+fn claim_path(registry: &nanokube_apiserver::registry::Registry, ns: &str, claim: &str) -> Result<PathBuf, String> {
+    let pvcs = resources::find("", "v1", "persistentvolumeclaims").ok_or("no persistentvolumeclaims")?;
+    let pvc = registry.get(pvcs, ns, claim).map_err(|e| e.message)?;
+    let pvc = pvc.value();
+    if pvc.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null()) {
+        return Err(format!("error processing PVC {ns}/{claim}: can't start pod because PVC {ns}/{claim} is being deleted"));
+    }
+    let volume = pvc.pointer("/spec/volumeName").and_then(Value::as_str).filter(|v| !v.is_empty());
+    let Some(volume) = volume else { return Err(format!("error processing PVC {ns}/{claim}: PVC is not bound")) };
+    let pvs = resources::find("", "v1", "persistentvolumes").ok_or("no persistentvolumes")?;
+    let pv = registry.get(pvs, "", volume).map_err(|e| e.message)?;
+    let pv = pv.value();
+    let path = pv.pointer("/spec/hostPath/path").or_else(|| pv.pointer("/spec/local/path")).and_then(Value::as_str);
+    let Some(path) = path else { return Err(format!("persistentvolume {volume:?} is neither hostPath nor local: this node mounts only those")) };
+    let path = PathBuf::from(path);
+    if pv.pointer("/spec/hostPath/type").and_then(Value::as_str) == Some("DirectoryOrCreate") && !path.exists() {
+        std::fs::create_dir_all(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(path)
 }
 
 fn fresh_id() -> String {
@@ -215,6 +241,7 @@ impl Worker {
             image_backoff: HashMap::new(),
             volumes_synced: None,
             tokens: Default::default(),
+            claims: HashMap::new(),
             ports_stop: None,
             mesh_listener: None,
             blocked: None,
@@ -884,6 +911,12 @@ impl Worker {
                 }
                 continue;
             }
+            if let Some(claim) = vol.pointer("/persistentVolumeClaim/claimName").and_then(Value::as_str) {
+                let ns = v.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("");
+                let path = claim_path(&self.rt.registry, ns, claim).map_err(|e| (name.clone(), MountError(e)))?;
+                self.claims.insert(name.clone(), path);
+                continue;
+            }
             if let Some(hp) = vol.get("hostPath") {
                 let ty = hp.get("type").and_then(Value::as_str).unwrap_or("");
                 let exists = dir.exists();
@@ -987,7 +1020,7 @@ impl Worker {
                 .iter()
                 .find(|x| x.get("name").and_then(Value::as_str) == Some(m.name.as_str()))
                 .ok_or_else(|| format!("cannot find volume \"{}\" to mount into container \"{}\"", m.name, spec.name))?;
-            let mut source = files::volume_dir(&self.dir, vol);
+            let mut source = self.claims.get(&m.name).cloned().unwrap_or_else(|| files::volume_dir(&self.dir, vol));
             if let Some(sub) = m.sub_path.as_deref().filter(|s| !s.is_empty()) {
                 if Path::new(sub).components().any(|c| !matches!(c, std::path::Component::Normal(_))) {
                     return Err(format!("subPath {sub:?} must be a relative path without '..'"));
@@ -998,7 +1031,8 @@ impl Worker {
                 }
             }
             let api_data = vol.get("configMap").is_some() || vol.get("secret").is_some() || vol.get("downwardAPI").is_some() || vol.get("projected").is_some();
-            mounts.push(BindMount { source, destination: m.mount_path.clone(), readonly: m.read_only.unwrap_or(false) || api_data });
+            let claim_readonly = vol.pointer("/persistentVolumeClaim/readOnly").and_then(Value::as_bool).unwrap_or(false);
+            mounts.push(BindMount { source, destination: m.mount_path.clone(), readonly: m.read_only.unwrap_or(false) || api_data || claim_readonly });
         }
         let limits = spec.resources.as_ref();
         let q = |map: Option<&std::collections::BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>, k: &str| {
@@ -1030,7 +1064,12 @@ impl Worker {
             capabilities,
             privileged,
             seccomp,
-            pid_namespace: Namespace::New,
+            pid_namespace: if pod.spec.as_ref().and_then(|s| s.share_process_namespace).unwrap_or(false) {
+                let pid = nanokube_runtime::pause::ensure(&self.rt.binary, &self.dir)?;
+                Namespace::Join(PathBuf::from(format!("/proc/{pid}/ns/pid")))
+            } else {
+                Namespace::New
+            },
             limits: Limits {
                 memory,
                 cpu_shares: cpu_request.map(|c| ((c * 1024.0) as u64).max(2)),
@@ -1097,6 +1136,7 @@ impl Worker {
         }
         let _ = netns::remove(&self.dir.join("ns-net"));
         let _ = netns::remove(&self.dir.join("ns-ipc"));
+        nanokube_runtime::pause::stop(&self.dir);
         for vol in std::fs::read_dir(self.dir.join("volumes")).into_iter().flatten().flatten() {
             let _ = rootfs::unmount(&vol.path());
         }
