@@ -40,4 +40,11 @@ pub mod store;
 mod unpack;
 
 pub use reference::Reference;
+
+/// A program on PATH, or in the sbin and bin directories (where Debian puts runc and
+/// iptables, often not on a user's PATH).
+pub fn find_program(name: &str) -> Option<std::path::PathBuf> {
+    let on_path = std::env::var_os("PATH").map(|p| std::env::split_paths(&p).map(|d| d.join(name)).collect::<Vec<_>>()).unwrap_or_default();
+    on_path.into_iter().chain(["/usr/sbin", "/usr/bin", "/sbin"].iter().map(|d| std::path::Path::new(d).join(name))).find(|p| p.is_file())
+}
 pub use store::{Image, ImageStore};

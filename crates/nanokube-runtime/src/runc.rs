@@ -28,9 +28,7 @@ pub struct Exited {
 impl Runc {
     /// runc from PATH (or `/usr/sbin/runc`), its state under `state`. `None` when there is no runc.
     pub fn find(state: &Path) -> Option<Runc> {
-        let candidates = std::env::var_os("PATH").map(|p| std::env::split_paths(&p).map(|d| d.join("runc")).collect::<Vec<_>>()).unwrap_or_default();
-        let binary = candidates.into_iter().chain([PathBuf::from("/usr/sbin/runc"), PathBuf::from("/usr/bin/runc")]).find(|p| p.is_file())?;
-        Some(Runc { binary, state: state.to_path_buf() })
+        Some(Runc { binary: crate::find_program("runc")?, state: state.to_path_buf() })
     }
 
     fn command(&self) -> Command {

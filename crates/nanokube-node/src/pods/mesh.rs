@@ -40,18 +40,10 @@ impl Pods {
     }
 }
 
-fn iptables_restore() -> Option<PathBuf> {
-    std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).map(|d| d.join("iptables-restore")).collect::<Vec<_>>())
-        .unwrap_or_default()
-        .into_iter()
-        .chain([PathBuf::from("/usr/sbin/iptables-restore"), PathBuf::from("/sbin/iptables-restore")])
-        .find(|p| p.is_file())
-}
-
 /// Install the pod's NAT rules and open the agent's listener in its namespace.
 pub fn prepare(ns: &Path, own_ip: Ipv4Addr) -> Result<std::net::TcpListener, String> {
-    let restore = iptables_restore().ok_or("iptables-restore was not found (Debian: apt-get install iptables), so pods cannot reach each other")?;
+    let restore = nanokube_runtime::find_program("iptables-restore")
+        .ok_or("iptables-restore was not found (Debian: apt-get install iptables), so pods cannot reach each other")?;
     let rules = format!("*nat\n-A OUTPUT -d {own_ip}/32 -j RETURN\n-A OUTPUT -d 127.244.0.0/16 -p tcp -j REDIRECT --to-ports {PORT}\nCOMMIT\n");
     nanokube_runtime::netns::within(ns, move || -> Result<std::net::TcpListener, String> {
         use std::io::Write;

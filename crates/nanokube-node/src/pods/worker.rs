@@ -197,6 +197,19 @@ fn claim_path(registry: &nanokube_apiserver::registry::Registry, ns: &str, claim
     Ok(path)
 }
 
+/// Events about one container (`spec.containers{name}`) of a pod.
+struct ContainerEvents<'a> {
+    rt: Arc<PodRuntime>,
+    pod: &'a Value,
+    field: &'a str,
+}
+
+impl ContainerEvents<'_> {
+    async fn say(&self, ty: &str, reason: &str, message: String) {
+        self.rt.recorder.record(&self.rt.registry, self.pod, Some(self.field), ty, reason, &message).await;
+    }
+}
+
 fn fresh_id() -> String {
     (0..4).map(|_| format!("{:016x}", fastrand::u64(..))).collect()
 }
@@ -634,11 +647,7 @@ impl Worker {
     async fn start(&mut self, i: usize, pod: &Pod, v: &Value, spec: &Container) -> Result<(), Instant> {
         let name = spec.name.clone();
         let field = self.field_path(&name);
-        let runtime = self.rt.clone();
-        let rec = |ty: &'static str, reason: &'static str, msg: String| {
-            let (rt, v, field) = (runtime.clone(), v.clone(), field.clone());
-            async move { rt.recorder.record(&rt.registry, &v, Some(&field), ty, reason, &msg).await }
-        };
+        let rec = ContainerEvents { rt: self.rt.clone(), pod: v, field: &field };
         let in_pull_backoff = self.containers[i].waiting.as_ref().is_some_and(|w| w.0 == "ImagePullBackOff");
         let image = match self.ensure_image(pod, v, spec, &field, in_pull_backoff).await {
             Ok(img) => img,
@@ -660,7 +669,7 @@ impl Worker {
         let config = match self.container_config(pod, v, spec, &image, &bundle, &id) {
             Ok(c) => c,
             Err(e) => {
-                rec("Warning", "Failed", format!("Error: {e}")).await;
+                rec.say("Warning", "Failed", format!("Error: {e}")).await;
                 self.containers[i].waiting = Some(("CreateContainerConfigError".into(), e));
                 return Err(Instant::now() + Duration::from_secs(2));
             }
@@ -683,11 +692,11 @@ impl Worker {
         })();
         if let Err(e) = prepared {
             let _ = rootfs::unmount(&bundle.join("rootfs"));
-            rec("Warning", "Failed", format!("Error: {e}")).await;
+            rec.say("Warning", "Failed", format!("Error: {e}")).await;
             self.containers[i].waiting = Some(("CreateContainerError".into(), e));
             return Err(Instant::now() + Duration::from_secs(2));
         }
-        rec("Normal", "Created", format!("Created container: {name}")).await;
+        rec.say("Normal", "Created", format!("Created container: {name}")).await;
         let (pname, ns) = (pod.metadata.name.clone().unwrap_or_default(), pod.metadata.namespace.clone().unwrap_or_default());
         let log = self.rt.logs_dir().join(format!("{ns}_{pname}_{}", self.uid)).join(&name).join(format!("{attempt}.log"));
         let args = ShimArgs { runc: self.rt.runc.binary.clone(), root: self.rt.runc.state.clone(), bundle: bundle.clone(), id: id.clone(), log };
@@ -699,7 +708,7 @@ impl Worker {
             Ok((pid, s)) if s.error.is_none() => (pid as i32, s),
             Ok((_, s)) => {
                 let message = s.error.unwrap_or_default();
-                rec("Warning", "Failed", format!("Error: failed to create containerd task: failed to create shim task: {message}")).await;
+                rec.say("Warning", "Failed", format!("Error: failed to create containerd task: failed to create shim task: {message}")).await;
                 let exit = shim::read_exit(&bundle).unwrap_or(ExitRecord {
                     exit_code: 128,
                     signal: None,
@@ -717,7 +726,7 @@ impl Worker {
             }
             Err(e) => {
                 let _ = rootfs::unmount(&bundle.join("rootfs"));
-                rec("Warning", "Failed", format!("Error: {e}")).await;
+                rec.say("Warning", "Failed", format!("Error: {e}")).await;
                 self.containers[i].waiting = Some(("RunContainerError".into(), e));
                 return Err(Instant::now() + Duration::from_secs(2));
             }
@@ -725,7 +734,7 @@ impl Worker {
         let (pid, s) = started;
         let started_at = s.started_at.unwrap_or_else(meta::now_rfc3339);
         let _ = std::fs::write(bundle.join("started"), &started_at);
-        rec("Normal", "Started", format!("Started container {name}")).await;
+        rec.say("Normal", "Started", format!("Started container {name}")).await;
         let has_startup = spec.startup_probe.is_some();
         let has_readiness = spec.readiness_probe.is_some();
         let c = &mut self.containers[i];
@@ -736,7 +745,7 @@ impl Worker {
         // postStart runs before the container counts as started; a failure kills it.
         if let Some(hook) = spec.lifecycle.as_ref().and_then(|l| l.post_start.as_ref()) {
             if let Err(e) = probe::run_handler(&self.rt, &self.dir, self.ip, &id, hook, Duration::from_secs(30)).await {
-                rec("Warning", "FailedPostStartHook", format!("PostStartHook failed: {e}")).await;
+                rec.say("Warning", "FailedPostStartHook", format!("PostStartHook failed: {e}")).await;
                 let (runc, id2) = (self.rt.runc.clone(), id.clone());
                 tokio::spawn(async move { stop_instance(&runc, &id2, pid, Duration::from_secs(0)).await });
                 return Ok(());
@@ -777,16 +786,12 @@ impl Worker {
     /// message and when to try again.
     async fn ensure_image(&mut self, pod: &Pod, v: &Value, spec: &Container, field: &str, in_backoff: bool) -> Result<Image, (String, String, Instant)> {
         let image = spec.image.clone().unwrap_or_default();
-        let runtime = self.rt.clone();
-        let rec = |ty: &'static str, reason: &'static str, msg: String| {
-            let (rt, v, field) = (runtime.clone(), v.clone(), field.to_string());
-            async move { rt.recorder.record(&rt.registry, &v, Some(&field), ty, reason, &msg).await }
-        };
+        let rec = ContainerEvents { rt: self.rt.clone(), pod: v, field };
         let reference = match nanokube_runtime::Reference::parse(&image) {
             Ok(r) => r.to_string(),
             Err(_) => {
                 let msg = format!("Failed to apply default image tag \"{image}\": couldn't parse image name \"{image}\": invalid reference format");
-                rec("Warning", "InspectFailed", msg.clone()).await;
+                rec.say("Warning", "InspectFailed", msg.clone()).await;
                 return Err(("InvalidImageName".into(), msg, Instant::now() + Duration::from_secs(10)));
             }
         };
@@ -794,12 +799,12 @@ impl Worker {
         let present = self.rt.images.resolve(&reference);
         match (policy.as_str(), present) {
             ("Never", Some(img)) | ("IfNotPresent", Some(img)) => {
-                rec("Normal", "Pulled", format!("Container image \"{image}\" already present on machine")).await;
+                rec.say("Normal", "Pulled", format!("Container image \"{image}\" already present on machine")).await;
                 return Ok(img);
             }
             ("Never", None) => {
                 let msg = format!("Container image \"{image}\" is not present with pull policy of Never");
-                rec("Warning", "ErrImageNeverPull", msg.clone()).await;
+                rec.say("Warning", "ErrImageNeverPull", msg.clone()).await;
                 return Err(("ErrImageNeverPull".into(), msg, Instant::now() + Duration::from_secs(10)));
             }
             _ => {}
@@ -809,13 +814,13 @@ impl Worker {
             if now < b.updated + b.delay {
                 let msg = format!("Back-off pulling image \"{image}\"");
                 if !in_backoff {
-                    rec("Normal", "BackOff", msg.clone()).await;
-                    rec("Warning", "Failed", "Error: ImagePullBackOff".into()).await;
+                    rec.say("Normal", "BackOff", msg.clone()).await;
+                    rec.say("Warning", "Failed", "Error: ImagePullBackOff".into()).await;
                 }
                 return Err(("ImagePullBackOff".into(), msg, b.updated + b.delay));
             }
         }
-        rec("Normal", "Pulling", format!("Pulling image \"{image}\"")).await;
+        rec.say("Normal", "Pulling", format!("Pulling image \"{image}\"")).await;
         let started = Instant::now();
         let lock = self.rt.pull_lock(&reference).await;
         let _guard = lock.lock().await;
@@ -829,7 +834,7 @@ impl Worker {
             Ok(img) => {
                 self.image_backoff.remove(&image);
                 let took = started.elapsed();
-                rec(
+                rec.say(
                     "Normal",
                     "Pulled",
                     format!(
@@ -845,8 +850,8 @@ impl Worker {
             Err(e) => {
                 let b = Backoff::next(self.image_backoff.get(&image).copied(), Instant::now());
                 self.image_backoff.insert(image.clone(), b);
-                rec("Warning", "Failed", format!("Failed to pull image \"{image}\": {e}")).await;
-                rec("Warning", "Failed", "Error: ErrImagePull".into()).await;
+                rec.say("Warning", "Failed", format!("Failed to pull image \"{image}\": {e}")).await;
+                rec.say("Warning", "Failed", "Error: ErrImagePull".into()).await;
                 Err(("ErrImagePull".into(), e, b.updated + b.delay))
             }
         }
