@@ -40,7 +40,8 @@ class Server:
     def stop(self):
         self.proc.send_signal(signal.SIGTERM)
         try:
-            self.proc.wait(timeout=10)
+            # Pods get up to 10 s to stop when the server does; their mounts go after.
+            self.proc.wait(timeout=25)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
@@ -77,6 +78,26 @@ def build_image(path, tag):
         add(t, "manifest.json", json.dumps(manifest).encode())
         add(t, "config.json", json.dumps(config).encode())
         add(t, "l1/layer.tar", layer)
+
+
+def wait(what, f, timeout=30):
+    """Poll `f` until it holds, failing with `what` after `timeout` seconds."""
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if f():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"waited for {what}")
+
+
+def load_image(server, tag):
+    """Build the busybox test image `tag` and load it into `server`'s node."""
+    archive = os.path.join(server.dir.name, tag.replace(":", "_") + ".tar")
+    build_image(archive, tag)
+    out = subprocess.run([nanokube_binary(), "image", "load", archive, "--data-dir", server.data], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
 
 
 @pytest.fixture

@@ -5,13 +5,12 @@ servers this test runs on 127.0.0.1."""
 import http.server
 import os
 import ssl
-import subprocess
 import threading
-import time
 from concurrent import futures
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from conftest import load_image, wait
 from kubernetes import client
 
 
@@ -43,22 +42,8 @@ def events(core, name):
     return [(e.reason, e.message) for e in core.list_namespaced_event("default", field_selector=f"involvedObject.name={name}").items]
 
 
-def wait(what, f, timeout=30):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if f():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"waited for {what}")
-
-
 def test_grpc_and_https_probes(api, server):
-    from conftest import build_image, nanokube_binary
-
-    archive = os.path.join(server.dir.name, "probebox.tar")
-    build_image(archive, "probebox:1.0")
-    out = subprocess.run([nanokube_binary(), "image", "load", archive, "--data-dir", server.data], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
+    load_image(server, "probebox:1.0")
 
     grpc_server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
     checks = health.HealthServicer()

@@ -243,6 +243,7 @@ pub static BUILTIN: &[ResourceDef] = &[
         ALL,
         &[
             SubresourceDef { name: "binding", group: "", version: "v1", kind: "Binding", verbs: &["create"] },
+            SubresourceDef { name: "exec", group: "", version: "v1", kind: "PodExecOptions", verbs: &["create", "get"] },
             SubresourceDef { name: "log", group: "", version: "v1", kind: "Pod", verbs: &["get"] },
             status("Pod", ""),
         ],

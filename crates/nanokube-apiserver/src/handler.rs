@@ -33,12 +33,17 @@ pub const MAX_BODY: usize = 3 * 1024 * 1024;
 /// Parsed query parameters (last value wins; `all` keeps repeats).
 pub struct Query {
     map: HashMap<String, String>,
+    raw: String,
 }
 
 impl Query {
     fn parse(q: Option<&str>) -> Self {
         let map = form_urlencoded::parse(q.unwrap_or("").as_bytes()).into_owned().collect();
-        Query { map }
+        Query { map, raw: q.unwrap_or("").to_string() }
+    }
+    /// Every value of a repeated parameter, in order (`command=sh&command=-c`).
+    pub fn all(&self, k: &str) -> Vec<String> {
+        form_urlencoded::parse(self.raw.as_bytes()).filter(|(key, _)| key == k).map(|(_, v)| v.into_owned()).collect()
     }
     /// A parameter.
     pub fn get(&self, k: &str) -> Option<&str> {
@@ -257,7 +262,7 @@ fn percent_decode(s: &str) -> String {
 async fn handle_inner(
     server: &Arc<ApiServer>,
     conn: &ConnInfo,
-    parts: http::request::Parts,
+    mut parts: http::request::Parts,
     body: &mut Option<Incoming>,
     audit: &mut AuditInfo,
 ) -> Result<Response<Body>, ApiError> {
@@ -305,7 +310,8 @@ async fn handle_inner(
     }
     let body = read_body(body.take().ok_or_else(|| ApiError::internal("request body read twice"))?, &parts.headers).await?;
     let requester = Arc::new(crate::admission::Requester::new(user.clone()));
-    let ctx = Ctx { server, conn, user: &user, info: &info, query: &query, headers: &parts.headers, method: &parts.method, requester };
+    let upgrade = std::sync::Mutex::new(parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
+    let ctx = Ctx { server, conn, user: &user, info: &info, query: &query, headers: &parts.headers, method: &parts.method, requester, upgrade };
     ctx.resource(body).await
 }
 
@@ -516,6 +522,8 @@ struct Ctx<'a> {
     method: &'a Method,
     /// The user for admission, collecting the warnings webhooks and policies give.
     requester: Arc<crate::admission::Requester>,
+    /// The connection's upgrade (exec), taken once.
+    upgrade: std::sync::Mutex<Option<hyper::upgrade::OnUpgrade>>,
 }
 
 /// A list (`PartialObjectMetadataList`, or any kind's list as YAML) as written.
@@ -1352,6 +1360,61 @@ impl Ctx<'_> {
         Ok(h::json(StatusCode::CREATED, &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201})))
     }
 
+    /// `pods/exec`: everything checked and the process started before the upgrade (see
+    /// [`crate::pod_exec`]).
+    async fn exec(&self, def: &'static ResourceDef) -> Result<Response<Body>, ApiError> {
+        let info = self.info;
+        let wants_websocket = self.headers.get(http::header::UPGRADE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+        // A WebSocket upgrade is a GET: upstream also requires `create` on pods/exec.
+        if self.method == Method::GET {
+            let mut create = info.clone();
+            create.verb = "create".into();
+            if let Decision::Deny(_) | Decision::NoOpinion = self.server.authz.authorize(self.user, &create) {
+                let mut e = ApiError::forbidden(forbidden_message(self.user, &create, ""));
+                e.details.name = Some(info.name.clone());
+                e.details.kind = Some("pods".into());
+                return Err(e);
+            }
+        }
+        if !wants_websocket {
+            let spdy = self.headers.get(http::header::UPGRADE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.to_ascii_lowercase().starts_with("spdy"));
+            return Err(ApiError::bad_request(if spdy {
+                "SPDY/3.1 is not spoken here yet: exec works over WebSocket (kubectl 1.30 and newer, client libraries with v4/v5.channel.k8s.io)"
+            } else {
+                "Upgrade request required"
+            }));
+        }
+        let offered = self.headers.get("sec-websocket-protocol").and_then(|v| v.to_str().ok()).unwrap_or("");
+        let protocol = crate::pod_exec::Protocol::negotiate(offered).ok_or_else(|| {
+            ApiError::bad_request(format!("requested protocol(s) {offered:?} are not supported: use one of {:?}", crate::pod_exec::PROTOCOLS))
+        })?;
+        let key = self.headers.get("sec-websocket-key").ok_or_else(|| ApiError::bad_request("missing Sec-WebSocket-Key"))?;
+        let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+        let pod = self.server.registry.get(def, &info.namespace, &info.name)?;
+        let query = self.query;
+        let req = crate::pod_exec::request(pod.value(), query.get("container"), query.all("command"), &|k| query.flag(k))?;
+        let upgrade = self
+            .upgrade
+            .lock()
+            .ok()
+            .and_then(|mut u| u.take())
+            .ok_or_else(|| ApiError::bad_request("this connection cannot be upgraded (HTTP/1.1 is needed)"))?;
+        let session = crate::pod_exec::exec(&self.server.exec_nodes, pod.value(), req.clone()).await?;
+        tokio::spawn(async move {
+            if let Ok(upgraded) = upgrade.await {
+                crate::pod_exec::serve(hyper_util::rt::TokioIo::new(upgraded), protocol, req, session).await;
+            }
+        });
+        let mut resp = Response::new(h::full(Bytes::new()));
+        *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let hdrs = resp.headers_mut();
+        hdrs.insert(http::header::UPGRADE, HeaderValue::from_static("websocket"));
+        hdrs.insert(http::header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        hdrs.insert("sec-websocket-accept", HeaderValue::from_str(&accept).map_err(|e| ApiError::internal(e.to_string()))?);
+        hdrs.insert("sec-websocket-protocol", HeaderValue::from_static(protocol.name()));
+        Ok(resp)
+    }
+
     async fn subresource(&self, def: &'static ResourceDef, body: Bytes) -> Result<Response<Body>, ApiError> {
         let info = self.info;
         let sub = info.subresource.as_str();
@@ -1392,11 +1455,12 @@ impl Ctx<'_> {
                 }
                 let pod = self.server.registry.get(def, ns, &info.name)?;
                 let query = self.query;
-                let rx = self.server.nodes.open(pod.value(), &|k: &str| query.get(k).map(String::from))?;
+                let rx = crate::pod_logs::open(&self.server.nodes, pod.value(), &|k: &str| query.get(k).map(String::from))?;
                 let mut resp = Response::new(h::channel(rx));
                 resp.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
                 Ok(resp)
             }
+            "exec" => self.exec(def).await,
             "token" => {
                 if self.method != Method::POST {
                     return Err(ApiError::method_not_allowed("serviceaccounts/token supports create only"));

@@ -4,8 +4,6 @@
 //! implements; a pod on any other node is answered with the error a kube-apiserver gives
 //! when it cannot reach that node's kubelet.
 
-use std::sync::Arc;
-
 use bytes::Bytes;
 use nanokube_api::ApiError;
 use serde_json::Value;
@@ -33,42 +31,20 @@ pub struct LogOptions {
 }
 
 /// A node that serves container logs.
-pub trait NodeLogs: Send + Sync {
-    /// The node's name.
-    fn node_name(&self) -> &str;
+pub trait NodeLogs: crate::node_link::NamedNode {
     /// Stream the log of `opts.container` of `pod` (as stored); an error is the client's
     /// answer (kubelet's: a container still waiting, no previous instance).
     fn open(&self, pod: &Value, opts: &LogOptions) -> Result<mpsc::Receiver<Bytes>, ApiError>;
 }
 
-/// The nodes this API server reaches.
-#[derive(Default)]
-pub struct Nodes {
-    local: std::sync::OnceLock<Arc<dyn NodeLogs>>,
-}
+/// The nodes this API server reaches for logs.
+pub type Nodes = crate::node_link::LocalNode<dyn NodeLogs>;
 
-impl Nodes {
-    /// Attach the node agent of this process.
-    pub fn attach(&self, node: Arc<dyn NodeLogs>) {
-        let _ = self.local.set(node);
-    }
-
-    /// The log stream for `pod` with the request's parameters.
-    pub fn open(&self, pod: &Value, params: &dyn Fn(&str) -> Option<String>) -> Result<mpsc::Receiver<Bytes>, ApiError> {
-        let name = pod.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
-        let mut opts = parse(params)?;
-        opts.container = container(pod, params("container").as_deref().unwrap_or(""))?;
-        let node = pod.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or("");
-        if node.is_empty() {
-            return Err(ApiError::bad_request(format!("pod {name} does not have a host assigned")));
-        }
-        match self.local.get() {
-            Some(n) if n.node_name() == node => n.open(pod, &opts),
-            _ => Err(ApiError::internal(format!(
-                "no route to node {node:?}: this nanokube serves the logs of its own node only (nodes that join come with the kubelet API)"
-            ))),
-        }
-    }
+/// Open the log of the container `params` name in `pod` on its node.
+pub fn open(nodes: &Nodes, pod: &Value, params: &dyn Fn(&str) -> Option<String>) -> Result<mpsc::Receiver<Bytes>, ApiError> {
+    let mut opts = parse(params)?;
+    opts.container = container(pod, params("container").as_deref().unwrap_or(""))?;
+    nodes.reach(pod)?.open(pod, &opts)
 }
 
 fn int(params: &dyn Fn(&str) -> Option<String>, key: &str, min: i64) -> Result<Option<i64>, ApiError> {

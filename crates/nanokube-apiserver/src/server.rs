@@ -53,6 +53,8 @@ pub struct ApiServer {
     pub scheduler: bool,
     /// The nodes whose kubelet side (logs) this server reaches.
     pub nodes: crate::pod_logs::Nodes,
+    /// The nodes this server runs `pods/exec` processes on.
+    pub exec_nodes: crate::pod_exec::ExecNodes,
     ready: AtomicBool,
 }
 
@@ -74,6 +76,7 @@ impl ApiServer {
             aggregator: Arc::new(crate::aggregator::Aggregator::new(None)),
             scheduler: false,
             nodes: Default::default(),
+            exec_nodes: Default::default(),
             ready: AtomicBool::new(false),
         }
     }

@@ -318,7 +318,7 @@ fn container_log_lines_and_log_options() {
     fuzz("pod log options", &[b"follow=true&tailLines=10&timestamps=1", b"sinceTime=2024-01-01T00:00:00Z&limitBytes=5&container=c"], |b| {
         let params: Vec<(String, String)> = form_urlencoded::parse(b).into_owned().collect();
         let get = |k: &str| params.iter().rev().find(|(a, _)| a == k).map(|(_, v)| v.clone());
-        let _ = nodes.open(&pod, &get);
+        let _ = nanokube_apiserver::pod_logs::open(&nodes, &pod, &get);
     });
 }
 

@@ -17,6 +17,8 @@
 //! - [`shim`]: the process per container (`nanokube shim`) that starts it, keeps its
 //!   output in a CRI log ([`cri_log`]) and records how it ended.
 //! - [`pause`]: the PID 1 of a pod that shares one process namespace (`nanokube pause`).
+//! - [`exec`]: a process run in a running container (`runc exec`), with pipes or a
+//!   terminal, for `kubectl exec`.
 //! - [`netns`]: a pod's network and IPC namespaces, kept by bind mounts.
 //!
 //! Invariants: every blob is verified against its digest before it is stored; every
@@ -28,6 +30,7 @@ pub mod archive;
 pub mod bundle;
 pub mod command;
 pub mod cri_log;
+pub mod exec;
 pub mod netns;
 pub mod pause;
 pub mod pull;

@@ -357,6 +357,7 @@ impl Cluster {
             };
             if let Some(rt) = &runtime {
                 api.nodes.attach(Arc::new(nanokube_node::pods::logs::Logs(rt.clone())));
+                api.exec_nodes.attach(Arc::new(nanokube_node::pods::exec::Exec(rt.clone())));
             }
             Arc::new(nanokube_node::NodeAgent::new(
                 registry.clone(),

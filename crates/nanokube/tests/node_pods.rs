@@ -11,19 +11,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{build_image, eventually, Server};
+use common::{build_image, eventually, server_with_image, Server};
 use serde_json::Value;
-
-/// A server with the test image `testbox:1.0` loaded.
-fn server_with_image() -> Server {
-    let s = Server::start();
-    let work = s.dir.path().join("image");
-    std::fs::create_dir_all(&work).unwrap();
-    let (archive, _) = build_image(&work, "testbox:1.0");
-    let out = Command::new(env!("CARGO_BIN_EXE_nanokube")).args(["image", "load"]).arg(&archive).arg("--data-dir").arg(&s.data).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    s
-}
 
 fn pod(s: &Server, name: &str) -> Value {
     s.get_json(&format!("/api/v1/namespaces/default/pods/{name}")).1

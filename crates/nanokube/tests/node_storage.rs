@@ -7,21 +7,10 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
-use common::{build_image, eventually, Server};
+use common::{eventually, server_with_image, Server};
 use serde_json::Value;
-
-fn server_with_image() -> Server {
-    let s = Server::start();
-    let work = s.dir.path().join("image");
-    std::fs::create_dir_all(&work).unwrap();
-    let (archive, _) = build_image(&work, "testbox:1.0");
-    let out = Command::new(env!("CARGO_BIN_EXE_nanokube")).args(["image", "load"]).arg(&archive).arg("--data-dir").arg(&s.data).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    s
-}
 
 fn apply(s: &Server, yaml: &str) {
     let out = s.k_stdin(&["apply", "-f", "-"], yaml);

@@ -28,11 +28,13 @@ fn container_status<'a>(pod: &'a Value, name: &str) -> Option<&'a Value> {
         .find(|s| s.get("name").and_then(Value::as_str) == Some(name))
 }
 
-impl NodeLogs for Logs {
+impl nanokube_apiserver::node_link::NamedNode for Logs {
     fn node_name(&self) -> &str {
         &self.0.node
     }
+}
 
+impl NodeLogs for Logs {
     fn open(&self, pod: &Value, opts: &LogOptions) -> Result<mpsc::Receiver<Bytes>, ApiError> {
         let s = |p: &str| pod.pointer(p).and_then(Value::as_str).unwrap_or("").to_string();
         let (ns, name, uid) = (s("/metadata/namespace"), s("/metadata/name"), s("/metadata/uid"));

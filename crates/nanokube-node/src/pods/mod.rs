@@ -20,6 +20,7 @@
 
 pub mod env;
 pub mod events;
+pub mod exec;
 pub mod files;
 pub mod logs;
 pub mod mesh;

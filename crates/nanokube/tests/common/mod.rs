@@ -434,6 +434,17 @@ pub fn build_image(dir: &std::path::Path, tag: &str) -> (std::path::PathBuf, Vec
     (path, diff_ids)
 }
 
+/// A server with the test image `testbox:1.0` (from [`build_image`]) loaded.
+pub fn server_with_image() -> Server {
+    let s = Server::start();
+    let work = s.dir.path().join("image");
+    std::fs::create_dir_all(&work).unwrap();
+    let (archive, _) = build_image(&work, "testbox:1.0");
+    let out = Command::new(env!("CARGO_BIN_EXE_nanokube")).args(["image", "load"]).arg(&archive).arg("--data-dir").arg(&s.data).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    s
+}
+
 /// A real registry (Debian's docker-registry) on a free loopback port, for as long as
 /// this lives.
 pub struct Registry {
