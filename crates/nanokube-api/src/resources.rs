@@ -244,6 +244,7 @@ pub static BUILTIN: &[ResourceDef] = &[
         &[
             SubresourceDef { name: "binding", group: "", version: "v1", kind: "Binding", verbs: &["create"] },
             SubresourceDef { name: "exec", group: "", version: "v1", kind: "PodExecOptions", verbs: &["create", "get"] },
+            SubresourceDef { name: "portforward", group: "", version: "v1", kind: "PodPortForwardOptions", verbs: &["create", "get"] },
             SubresourceDef { name: "log", group: "", version: "v1", kind: "Pod", verbs: &["get"] },
             status("Pod", ""),
         ],

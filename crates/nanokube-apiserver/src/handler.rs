@@ -1364,8 +1364,62 @@ impl Ctx<'_> {
     /// [`crate::pod_exec`]).
     async fn exec(&self, def: &'static ResourceDef) -> Result<Response<Body>, ApiError> {
         let info = self.info;
-        let wants_websocket = self.headers.get(http::header::UPGRADE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-        // A WebSocket upgrade is a GET: upstream also requires `create` on pods/exec.
+        let (wants_websocket, _) = self.streaming_upgrade()?;
+        // The wire's protocol, then the request, then the process: all before the upgrade.
+        enum Wire {
+            WebSocket(crate::pod_exec::websocket::Protocol),
+            Spdy(&'static str),
+        }
+        let wire = if wants_websocket {
+            let offered = self.headers.get("sec-websocket-protocol").and_then(|v| v.to_str().ok()).unwrap_or("");
+            let protocol = crate::pod_exec::websocket::Protocol::negotiate(offered).ok_or_else(|| {
+                ApiError::bad_request(format!("requested protocol(s) {offered:?} are not supported: use one of {:?}", crate::pod_exec::websocket::PROTOCOLS))
+            })?;
+            Wire::WebSocket(protocol)
+        } else {
+            let offered: Vec<&str> = self.headers.get_all("x-stream-protocol-version").iter().filter_map(|v| v.to_str().ok()).collect();
+            match crate::pod_exec::spdy::negotiate(offered.iter().copied()) {
+                Some(p) => Wire::Spdy(p),
+                None => {
+                    let client = &offered;
+                    return Err(ApiError::forbidden(format!(
+                        "unable to upgrade: unable to negotiate protocol: client supports {client:?}, server accepts {:?}",
+                        crate::pod_exec::spdy::PROTOCOLS
+                    )));
+                }
+            }
+        };
+        let pod = self.server.registry.get(def, &info.namespace, &info.name)?;
+        let query = self.query;
+        let req = crate::pod_exec::request(pod.value(), query.get("container"), query.all("command"), &|k| query.flag(k))?;
+        let upgrade = self.take_upgrade()?;
+        let session = crate::pod_exec::exec(&self.server.exec_nodes, pod.value(), req.clone()).await?;
+        match wire {
+            Wire::WebSocket(protocol) => {
+                let resp = self.websocket_accept(protocol.name())?;
+                tokio::spawn(async move {
+                    if let Ok(upgraded) = upgrade.await {
+                        crate::pod_exec::websocket::serve(hyper_util::rt::TokioIo::new(upgraded), protocol, req, session).await;
+                    }
+                });
+                Ok(resp)
+            }
+            Wire::Spdy(protocol) => {
+                tokio::spawn(async move {
+                    if let Ok(upgraded) = upgrade.await {
+                        crate::pod_exec::spdy::serve(hyper_util::rt::TokioIo::new(upgraded), protocol, req, session).await;
+                    }
+                });
+                Ok(Self::spdy_accept(protocol))
+            }
+        }
+    }
+
+    /// For the streaming subresources (exec, attach, portforward): a WebSocket upgrade is
+    /// a GET, so upstream also requires `create` (AuthorizePodWebsocketUpgradeCreatePermission);
+    /// then the upgrade asked for: (WebSocket, SPDY/3.1), one of them.
+    fn streaming_upgrade(&self) -> Result<(bool, bool), ApiError> {
+        let info = self.info;
         if self.method == Method::GET {
             let mut create = info.clone();
             create.verb = "create".into();
@@ -1376,42 +1430,95 @@ impl Ctx<'_> {
                 return Err(e);
             }
         }
-        if !wants_websocket {
-            let spdy = self.headers.get(http::header::UPGRADE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.to_ascii_lowercase().starts_with("spdy"));
-            return Err(ApiError::bad_request(if spdy {
-                "SPDY/3.1 is not spoken here yet: exec works over WebSocket (kubectl 1.30 and newer, client libraries with v4/v5.channel.k8s.io)"
-            } else {
-                "Upgrade request required"
-            }));
+        let upgrade_to = self.headers.get(http::header::UPGRADE).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let websocket = upgrade_to.eq_ignore_ascii_case("websocket");
+        let spdy = upgrade_to.to_ascii_lowercase().starts_with("spdy/3.1");
+        if !websocket && !spdy {
+            return Err(ApiError::bad_request("Upgrade request required"));
         }
-        let offered = self.headers.get("sec-websocket-protocol").and_then(|v| v.to_str().ok()).unwrap_or("");
-        let protocol = crate::pod_exec::Protocol::negotiate(offered).ok_or_else(|| {
-            ApiError::bad_request(format!("requested protocol(s) {offered:?} are not supported: use one of {:?}", crate::pod_exec::PROTOCOLS))
-        })?;
+        Ok((websocket, spdy))
+    }
+
+    /// The connection's upgrade, taken once.
+    fn take_upgrade(&self) -> Result<hyper::upgrade::OnUpgrade, ApiError> {
+        self.upgrade.lock().ok().and_then(|mut u| u.take()).ok_or_else(|| ApiError::bad_request("this connection cannot be upgraded (HTTP/1.1 is needed)"))
+    }
+
+    /// The `101` answer to a WebSocket upgrade with `protocol`.
+    fn websocket_accept(&self, protocol: &'static str) -> Result<Response<Body>, ApiError> {
         let key = self.headers.get("sec-websocket-key").ok_or_else(|| ApiError::bad_request("missing Sec-WebSocket-Key"))?;
         let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
-        let pod = self.server.registry.get(def, &info.namespace, &info.name)?;
-        let query = self.query;
-        let req = crate::pod_exec::request(pod.value(), query.get("container"), query.all("command"), &|k| query.flag(k))?;
-        let upgrade = self
-            .upgrade
-            .lock()
-            .ok()
-            .and_then(|mut u| u.take())
-            .ok_or_else(|| ApiError::bad_request("this connection cannot be upgraded (HTTP/1.1 is needed)"))?;
-        let session = crate::pod_exec::exec(&self.server.exec_nodes, pod.value(), req.clone()).await?;
-        tokio::spawn(async move {
-            if let Ok(upgraded) = upgrade.await {
-                crate::pod_exec::serve(hyper_util::rt::TokioIo::new(upgraded), protocol, req, session).await;
-            }
-        });
         let mut resp = Response::new(h::full(Bytes::new()));
         *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
         let hdrs = resp.headers_mut();
-        hdrs.insert(http::header::UPGRADE, HeaderValue::from_static("websocket"));
         hdrs.insert(http::header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        hdrs.insert(http::header::UPGRADE, HeaderValue::from_static("websocket"));
         hdrs.insert("sec-websocket-accept", HeaderValue::from_str(&accept).map_err(|e| ApiError::internal(e.to_string()))?);
-        hdrs.insert("sec-websocket-protocol", HeaderValue::from_static(protocol.name()));
+        hdrs.insert("sec-websocket-protocol", HeaderValue::from_static(protocol));
+        Ok(resp)
+    }
+
+    /// The `101` answer to a SPDY/3.1 upgrade with `protocol`.
+    fn spdy_accept(protocol: &'static str) -> Response<Body> {
+        let mut resp = Response::new(h::full(Bytes::new()));
+        *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let hdrs = resp.headers_mut();
+        hdrs.insert(http::header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        hdrs.insert(http::header::UPGRADE, HeaderValue::from_static("SPDY/3.1"));
+        hdrs.insert("x-stream-protocol-version", HeaderValue::from_static(protocol));
+        resp
+    }
+
+    /// `pods/portforward`: SPDY, SPDY tunnelled in a WebSocket, or WebSocket channels
+    /// (see [`crate::pod_portforward`]); the pod and its node are checked before the upgrade.
+    async fn portforward(&self, def: &'static ResourceDef) -> Result<Response<Body>, ApiError> {
+        use crate::pod_portforward as pf;
+        let info = self.info;
+        let (websocket, _) = self.streaming_upgrade()?;
+        let ports = pf::ports(&self.query.all("ports"))?;
+        let pod = self.server.registry.get(def, &info.namespace, &info.name)?;
+        let target = pf::Target::new(&self.server.portforward_nodes, pod.value().clone())?;
+        if !websocket {
+            let offered: Vec<&str> = self.headers.get_all("x-stream-protocol-version").iter().filter_map(|v| v.to_str().ok()).collect();
+            if !offered.iter().flat_map(|v| v.split(',')).any(|p| p.trim() == pf::SPDY_PROTOCOL) {
+                return Err(ApiError::forbidden(format!(
+                    "unable to upgrade: unable to negotiate protocol: client supports {offered:?}, server accepts [\"{}\"]",
+                    pf::SPDY_PROTOCOL
+                )));
+            }
+            let upgrade = self.take_upgrade()?;
+            tokio::spawn(async move {
+                if let Ok(upgraded) = upgrade.await {
+                    pf::serve_spdy(hyper_util::rt::TokioIo::new(upgraded), target).await;
+                }
+            });
+            return Ok(Self::spdy_accept(pf::SPDY_PROTOCOL));
+        }
+        let offered = self.headers.get("sec-websocket-protocol").and_then(|v| v.to_str().ok()).unwrap_or("");
+        let offered: Vec<&str> = offered.split(',').map(str::trim).collect();
+        if offered.contains(&pf::TUNNEL_PROTOCOL) {
+            let resp = self.websocket_accept(pf::TUNNEL_PROTOCOL)?;
+            let upgrade = self.take_upgrade()?;
+            tokio::spawn(async move {
+                if let Ok(upgraded) = upgrade.await {
+                    pf::serve_tunnel(hyper_util::rt::TokioIo::new(upgraded), target).await;
+                }
+            });
+            return Ok(resp);
+        }
+        let Some(protocol) = pf::CHANNEL_PROTOCOLS.iter().copied().find(|p| offered.contains(p)) else {
+            return Err(ApiError::bad_request(format!("requested protocol(s) {offered:?} are not supported: use one of {:?}", pf::CHANNEL_PROTOCOLS)));
+        };
+        if ports.is_empty() {
+            return Err(ApiError::bad_request("query parameter \"port\" is required"));
+        }
+        let resp = self.websocket_accept(protocol)?;
+        let upgrade = self.take_upgrade()?;
+        tokio::spawn(async move {
+            if let Ok(upgraded) = upgrade.await {
+                pf::serve_channels(hyper_util::rt::TokioIo::new(upgraded), protocol.contains("base64"), ports, target).await;
+            }
+        });
         Ok(resp)
     }
 
@@ -1461,6 +1568,7 @@ impl Ctx<'_> {
                 Ok(resp)
             }
             "exec" => self.exec(def).await,
+            "portforward" => self.portforward(def).await,
             "token" => {
                 if self.method != Method::POST {
                     return Err(ApiError::method_not_allowed("serviceaccounts/token supports create only"));

@@ -55,6 +55,8 @@ pub struct ApiServer {
     pub nodes: crate::pod_logs::Nodes,
     /// The nodes this server runs `pods/exec` processes on.
     pub exec_nodes: crate::pod_exec::ExecNodes,
+    /// The nodes pods' ports are forwarded on.
+    pub portforward_nodes: crate::pod_portforward::PortForwardNodes,
     ready: AtomicBool,
 }
 
@@ -77,6 +79,7 @@ impl ApiServer {
             scheduler: false,
             nodes: Default::default(),
             exec_nodes: Default::default(),
+            portforward_nodes: Default::default(),
             ready: AtomicBool::new(false),
         }
     }

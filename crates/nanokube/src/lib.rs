@@ -358,6 +358,7 @@ impl Cluster {
             if let Some(rt) = &runtime {
                 api.nodes.attach(Arc::new(nanokube_node::pods::logs::Logs(rt.clone())));
                 api.exec_nodes.attach(Arc::new(nanokube_node::pods::exec::Exec(rt.clone())));
+                api.portforward_nodes.attach(Arc::new(nanokube_node::pods::portforward::PortForward(rt.clone())));
             }
             Arc::new(nanokube_node::NodeAgent::new(
                 registry.clone(),

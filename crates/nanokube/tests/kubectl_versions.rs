@@ -84,3 +84,190 @@ fn kubectl_1_27_to_1_33() {
         assert!(run(&["explain", &format!("gadgets.{group}.spec")]).contains("How big it is."), "{bin}");
     }
 }
+
+/// The checksum `md5sum` gives for `path`.
+fn md5_of(path: &std::path::Path) -> String {
+    let out = std::process::Command::new("md5sum").arg(path).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or("").to_string()
+}
+
+/// `kubectl port-forward` running on free local ports: the child and, for each remote
+/// port, the local one it printed.
+fn port_forward(bin: &str, s: &Server, remote: &[u16]) -> (common::KillOnDrop, Vec<u16>) {
+    use std::io::BufRead;
+    let mut args = vec!["port-forward".to_string(), "pod/web".to_string()];
+    args.extend(remote.iter().map(|p| format!(":{p}")));
+    let mut child = std::process::Command::new(common::kubectl_path(bin))
+        .args(&args)
+        .env("KUBECONFIG", s.kubeconfig())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut local = vec![0u16; remote.len()];
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    while local.contains(&0) {
+        let line = lines.next().expect("kubectl port-forward ended").unwrap();
+        // "Forwarding from 127.0.0.1:39215 -> 8080"
+        if let Some(rest) = line.strip_prefix("Forwarding from 127.0.0.1:") {
+            let (l, r) = rest.split_once(" -> ").unwrap();
+            let i = remote.iter().position(|p| p.to_string() == r.trim()).unwrap();
+            local[i] = l.parse().unwrap();
+        }
+    }
+    // Keep reading so kubectl never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    (common::KillOnDrop(child), local)
+}
+
+#[test]
+fn into_running_pods_with_every_kubectl() {
+    // exec (exit code, stdin, a terminal), port-forward (two ports, 20 connections at
+    // once, 10 MiB down and 3 MiB up checksummed), cp both ways and logs -f, with every
+    // kubectl: 1.27–1.29 over SPDY/3.1, 1.30 and newer over WebSocket (port-forward
+    // tunnels SPDY inside it from 1.31).
+    let s = common::server_with_image();
+    let script = "busybox --install -s /bin; mkdir /www; dd if=/dev/urandom of=/www/big bs=1M count=10 2>/dev/null; md5sum /www/big > /www/big.md5; \
+                  for i in $(seq 20); do echo page$i > /www/p$i; done; httpd -p 8080 -h /www; nc -ll -p 9000 -e md5sum & \
+                  while true; do echo tick; sleep 0.2; done";
+    s.k(&["run", "web", "--image=testbox:1.0", "--", "sh", "-c", script]);
+    let ok = s.kubectl(&["wait", "--for=condition=Ready", "pod/web", "--timeout=30s"]);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(common::eventually(std::time::Duration::from_secs(20), || s.kubectl(&["exec", "web", "--", "cat", "/www/big.md5"]).status.success()));
+    let big_md5 = s.k(&["exec", "web", "--", "cat", "/www/big.md5"]).split_whitespace().next().unwrap().to_string();
+    let work = s.dir.path().join("files");
+    std::fs::create_dir_all(&work).unwrap();
+    let upload = work.join("upload");
+    let mut data = vec![0u8; 10 << 20];
+    for (i, b) in data.iter_mut().enumerate() {
+        *b = (i.wrapping_mul(2654435761) >> 13) as u8;
+    }
+    std::fs::write(&upload, &data).unwrap();
+    let upload_md5 = md5_of(&upload);
+
+    for minor in 27..=33 {
+        let bin = format!("kubectl.1.{minor}");
+        let kubectl = |args: &[&str]| s.kubectl_bin(&bin, args);
+
+        // exec: stdout and stderr apart, the exit code.
+        let out = kubectl(&["exec", "web", "--", "sh", "-c", "echo out; echo err >&2; exit 3"]);
+        assert_eq!(out.status.code(), Some(3), "{bin}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n", "{bin}");
+        assert!(String::from_utf8_lossy(&out.stderr).starts_with("err\n"), "{bin}: {}", String::from_utf8_lossy(&out.stderr));
+        // stdin: 10 MiB in, its checksum out.
+        let out = std::process::Command::new(common::kubectl_path(&bin))
+            .args(["exec", "-i", "web", "--", "md5sum"])
+            .env("KUBECONFIG", s.kubeconfig())
+            .stdin(std::fs::File::open(&upload).unwrap())
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).split_whitespace().next(),
+            Some(upload_md5.as_str()),
+            "{bin}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // A terminal of the caller's size. The size comes on the resize channel once the
+        // process runs (with containerd too), so it is read after a moment.
+        let line = format!("stty cols 91 rows 33; {} exec -it web -- sh -c 'sleep 0.5; stty size'", common::kubectl_path(&bin).display());
+        let out = std::process::Command::new("script")
+            .args(["-qec", &line, "/dev/null"])
+            .env("KUBECONFIG", s.kubeconfig())
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert!(String::from_utf8_lossy(&out.stdout).contains("33 91"), "{bin}: {}", String::from_utf8_lossy(&out.stdout));
+
+        // port-forward: two ports, 20 connections at once, big transfers both ways.
+        let (forward, local) = port_forward(&bin, &s, &[8080, 9000]);
+        let pages: Vec<_> = (1..=20)
+            .map(|i| {
+                let url = format!("http://127.0.0.1:{}/p{i}", local[0]);
+                std::thread::spawn(move || std::process::Command::new("curl").args(["-sS", "-m", "20", &url]).output().unwrap())
+            })
+            .collect();
+        for (i, p) in pages.into_iter().enumerate() {
+            let out = p.join().unwrap();
+            assert_eq!(String::from_utf8_lossy(&out.stdout), format!("page{}\n", i + 1), "{bin}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let down = work.join(format!("down-{minor}"));
+        let out =
+            std::process::Command::new("curl").args(["-sS", "-m", "30", "-o"]).arg(&down).arg(format!("http://127.0.0.1:{}/big", local[0])).output().unwrap();
+        assert!(out.status.success(), "{bin}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(md5_of(&down), big_md5, "{bin}: the download");
+        {
+            use std::io::{Read, Write};
+            let mut c = std::net::TcpStream::connect(("127.0.0.1", local[1])).unwrap();
+            c.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+            c.write_all(&data[..3 << 20]).unwrap();
+            c.shutdown(std::net::Shutdown::Write).unwrap();
+            let mut answer = String::new();
+            c.read_to_string(&mut answer).unwrap();
+            let expected = {
+                let f = work.join("three");
+                std::fs::write(&f, &data[..3 << 20]).unwrap();
+                md5_of(&f)
+            };
+            assert_eq!(answer.split_whitespace().next(), Some(expected.as_str()), "{bin}: the upload");
+        }
+        drop(forward);
+
+        // cp both ways (tar over exec).
+        let into = format!("web:/www/in-{minor}");
+        let out = kubectl(&["cp", upload.to_str().unwrap(), &into]);
+        assert!(out.status.success(), "{bin}: {}", String::from_utf8_lossy(&out.stderr));
+        let there = String::from_utf8(kubectl(&["exec", "web", "--", "md5sum", &format!("/www/in-{minor}")]).stdout).unwrap();
+        assert_eq!(there.split_whitespace().next(), Some(upload_md5.as_str()), "{bin}: cp into the pod");
+        let back = work.join(format!("back-{minor}"));
+        let out = kubectl(&["cp", "web:/www/big", back.to_str().unwrap()]);
+        assert!(out.status.success(), "{bin}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(md5_of(&back), big_md5, "{bin}: cp out of the pod");
+
+        // logs -f follows while the container writes.
+        let mut follow = std::process::Command::new(common::kubectl_path(&bin))
+            .args(["logs", "-f", "--tail=1", "web"])
+            .env("KUBECONFIG", s.kubeconfig())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        {
+            use std::io::BufRead;
+            let lines = std::io::BufReader::new(follow.stdout.take().unwrap()).lines();
+            assert_eq!(lines.take(4).filter(|l| l.as_deref().ok() == Some("tick")).count(), 4, "{bin}: logs -f");
+        }
+        let _ = follow.kill();
+        let _ = follow.wait();
+    }
+
+    // A port nothing listens on: kubelet's words on the error stream, which kubectl shows.
+    let mut child = std::process::Command::new(common::kubectl_path("kubectl"))
+        .args(["port-forward", "pod/web", ":9999"])
+        .env("KUBECONFIG", s.kubeconfig())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let local: u16 = {
+        use std::io::BufRead;
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let line = lines.next().unwrap().unwrap();
+        // Keep reading: a closed pipe would end kubectl at its next line.
+        std::thread::spawn(move || lines.for_each(drop));
+        line.strip_prefix("Forwarding from 127.0.0.1:").unwrap().split(' ').next().unwrap().parse().unwrap()
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let forward = common::KillOnDrop(child);
+    let out = std::process::Command::new("curl").args(["-sS", "-m", "10"]).arg(format!("http://127.0.0.1:{local}/")).output().unwrap();
+    assert!(!out.status.success());
+    let said = rx.recv_timeout(std::time::Duration::from_secs(10)).expect("kubectl said nothing");
+    assert!(said.contains("error forwarding port 9999 to pod") && said.contains("connect: connection refused"), "{said}");
+    drop(forward);
+}

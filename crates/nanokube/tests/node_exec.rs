@@ -1,9 +1,9 @@
 //! `kubectl exec` into real containers over WebSocket (`v5.channel.k8s.io`, what kubectl
 //! 1.30 and newer speak): stdout and stderr apart, stdin (a 4 MiB checksum), the exit
 //! code, a terminal with its size, a command that does not exist; authorization decided
-//! before any upgrade; a stopped container refused with an answer, never an open
-//! connection. kubectl 1.27–1.29 speak SPDY/3.1 only, which is not served yet: they get
-//! a clear error.
+//! before any upgrade, over WebSocket and SPDY alike; a stopped container refused with an
+//! answer, never an open connection. (Every kubectl from 1.27, SPDY included, is driven
+//! through exec, port-forward and cp in `kubectl_versions.rs`.)
 
 mod common;
 
@@ -62,8 +62,10 @@ fn exec_streams_stdin_exit_codes_and_a_terminal() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), expected);
 
-    // A terminal of the size kubectl's own has, under a pseudo-terminal (`script`).
-    let script = format!("stty cols 91 rows 33; KUBECONFIG={} kubectl exec -it box -- sh -c 'tty; stty size; exit 5'", s.kubeconfig().display());
+    // A terminal of the size kubectl's own has, under a pseudo-terminal (`script`). The size
+    // comes on the resize channel once the process runs (so with containerd too): read it
+    // after a moment.
+    let script = format!("stty cols 91 rows 33; KUBECONFIG={} kubectl exec -it box -- sh -c 'tty; sleep 0.5; stty size; exit 5'", s.kubeconfig().display());
     let out = Command::new("script").args(["-qec", &script, "/dev/null"]).stdin(Stdio::null()).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout).replace('\r', "");
     assert!(text.contains("/dev/pts/0\n33 91\n"), "{text}");
@@ -80,9 +82,6 @@ fn exec_streams_stdin_exit_codes_and_a_terminal() {
         let out = s.kubectl_bin(&format!("kubectl.{v}"), &["exec", "box", "--", "echo", v]);
         assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{v}\n"), "kubectl {v}: {}", String::from_utf8_lossy(&out.stderr));
     }
-    // Older ones speak SPDY/3.1 only: a clear refusal.
-    let out = s.kubectl_bin("kubectl.1.29", &["exec", "box", "--", "echo", "old"]);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("SPDY/3.1 is not spoken here yet"), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]
@@ -114,23 +113,42 @@ fn exec_is_authorized_before_the_upgrade_and_refused_cleanly() {
     );
     assert!(!String::from_utf8_lossy(&out.stdout).contains("in"));
 
-    // Straight with curl: the 403 is the answer to the upgrade itself.
-    let upgrade = |token: Option<&str>, path: &str| -> String {
+    // Straight with curl: the 403 is the answer to the upgrade itself. `headers` ask for
+    // the upgrade; the caller is the reader (with its token) or the admin.
+    let upgrade_with = |token: Option<&str>, method: &str, path: &str, headers: &[String]| -> String {
         let mut c = s.admin_curl();
         if let Some(t) = token {
             c = Command::new("curl");
             c.args(["-sk", "-H", &format!("Authorization: Bearer {t}")]);
         }
-        let out = c
-            .args(["-s", "-i", "--http1.1", "-m", "10", "-H", "Connection: Upgrade", "-H", "Upgrade: websocket", "-H", "Sec-WebSocket-Version: 13"])
-            .args(["-H", "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==", "-H", "Sec-WebSocket-Protocol: v5.channel.k8s.io"])
-            .arg(format!("{}{path}", s.url))
-            .output()
-            .unwrap();
+        c.args(["-s", "-i", "--http1.1", "-m", "10", "-X", method, "-H", "Connection: Upgrade"]);
+        for h in headers {
+            c.args(["-H", h]);
+        }
+        let out = c.arg(format!("{}{path}", s.url)).output().unwrap();
         String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let upgrade = |token: Option<&str>, path: &str| -> String {
+        let headers =
+            ["Upgrade: websocket", "Sec-WebSocket-Version: 13", "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Protocol: v5.channel.k8s.io"];
+        upgrade_with(token, "GET", path, &headers.map(String::from))
     };
     let answer = upgrade(Some(token.trim()), "/api/v1/namespaces/default/pods/box/exec?command=id&stdout=true");
     assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    // The same over SPDY/3.1 (a POST, as kubectl 1.27-1.29 send it), and for portforward.
+    let spdy = |token: Option<&str>, path: &str, protocol: &str| -> String {
+        upgrade_with(token, "POST", path, &["Upgrade: SPDY/3.1".to_string(), format!("X-Stream-Protocol-Version: {protocol}")])
+    };
+    let answer = spdy(Some(token.trim()), "/api/v1/namespaces/default/pods/box/exec?command=id&stdout=true", "v4.channel.k8s.io");
+    assert!(answer.starts_with("HTTP/1.1 403") && answer.contains(r#"cannot create resource \"pods/exec\""#), "{answer}");
+    let answer = spdy(Some(token.trim()), "/api/v1/namespaces/default/pods/box/portforward", "portforward.k8s.io");
+    assert!(answer.starts_with("HTTP/1.1 403") && answer.contains(r#"cannot create resource \"pods/portforward\""#), "{answer}");
+    // A protocol neither side shares: refused, not upgraded.
+    let answer = spdy(None, "/api/v1/namespaces/default/pods/box/exec?command=id&stdout=true", "v9.channel.k8s.io");
+    assert!(answer.starts_with("HTTP/1.1 403") && answer.contains("unable to negotiate protocol"), "{answer}");
+    // The admin is upgraded, with the protocol chosen.
+    let answer = spdy(None, "/api/v1/namespaces/default/pods/box/exec?command=true&stdout=true", "v4.channel.k8s.io");
+    assert!(answer.starts_with("HTTP/1.1 101") && answer.to_ascii_lowercase().contains("x-stream-protocol-version: v4.channel.k8s.io"), "{answer}");
 
     // A container that has stopped: an answer (not an upgrade), and the connection ends.
     s.k(&["run", "done", "--image=testbox:1.0", "--restart=Never", "--", "sh", "-c", "exit 0"]);

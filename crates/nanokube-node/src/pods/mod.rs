@@ -24,6 +24,7 @@ pub mod exec;
 pub mod files;
 pub mod logs;
 pub mod mesh;
+pub mod portforward;
 pub mod ports;
 pub mod probe;
 pub mod status;

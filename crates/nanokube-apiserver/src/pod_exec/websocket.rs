@@ -1,76 +1,19 @@
-//! `pods/exec` over WebSocket, as kube-apiserver and kubelet speak it together.
+//! Exec over WebSocket: the channel protocols of `k8s.io/apimachinery/pkg/util/remotecommand`.
 //!
-//! Everything that can fail is decided before the connection is upgraded: authorization
-//! (`create` on `pods/exec` as well as the request's `get`, upstream's
-//! AuthorizePodWebsocketUpgradeCreatePermission), the pod, its node and container, the
-//! command, the subprotocol, and the process itself, started on the node. Only then is
-//! `101 Switching Protocols` answered, so a failure on the node can never leave an
-//! authorized, upgraded connection open (the CVE-2018-1002105 class).
-//!
-//! The channel protocols (`k8s.io/apimachinery/pkg/util/remotecommand`): every binary
-//! message starts with its channel (0 stdin, 1 stdout, 2 stderr, 3 error, 4 resize; in
-//! `v5.channel.k8s.io`, 255 closes the channel named by the next byte). The
+//! Every binary message starts with its channel (0 stdin, 1 stdout, 2 stderr, 3 error, 4
+//! resize; in `v5.channel.k8s.io`, 255 closes the channel named by the next byte). The
 //! `base64.channel.k8s.io` forms send text messages: the channel as an ASCII digit, then
 //! base64. An empty message on the lowest output channel says the stream is ready; the
 //! end is a `Status` on the error channel (`v4`, `v5`: `Success`, or `NonZeroExitCode`
 //! with the code as the `ExitCode` cause) or an error text (`channel.k8s.io`).
 
-use std::future::Future;
-use std::pin::Pin;
-
 use base64::Engine;
 use futures_util::{SinkExt, StreamExt};
-use nanokube_api::ApiError;
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::protocol::{Message, Role, WebSocketConfig};
 
-/// What to run, and which streams the client wants.
-#[derive(Debug, Clone, Default)]
-pub struct ExecRequest {
-    /// The container.
-    pub container: String,
-    /// The command and its arguments.
-    pub command: Vec<String>,
-    /// Whether the client sends stdin.
-    pub stdin: bool,
-    /// Whether it wants stdout.
-    pub stdout: bool,
-    /// Whether it wants stderr (never with a TTY).
-    pub stderr: bool,
-    /// Whether the process gets a terminal.
-    pub tty: bool,
-}
-
-/// How the process ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ExecEnd {
-    /// It exited with this code.
-    Exited(i32),
-    /// It could not be run (the runtime's words).
-    Failed(String),
-}
-
-/// A started process's streams.
-pub struct ExecSession {
-    /// Its stdin (when asked for).
-    pub stdin: Option<Box<dyn AsyncWrite + Send + Unpin>>,
-    /// Its stdout (the terminal with a TTY).
-    pub stdout: Option<Box<dyn AsyncRead + Send + Unpin>>,
-    /// Its stderr.
-    pub stderr: Option<Box<dyn AsyncRead + Send + Unpin>>,
-    /// Resizes the terminal (width, height).
-    pub resize: Option<Box<dyn Fn(u16, u16) + Send + Sync>>,
-    /// Resolves when the process has ended.
-    pub done: Pin<Box<dyn Future<Output = ExecEnd> + Send>>,
-}
-
-/// A node that runs processes in its containers.
-pub trait NodeExec: crate::node_link::NamedNode {
-    /// Start `req` in `pod` (as stored). An error is the client's answer, given before
-    /// any upgrade.
-    fn exec<'a>(&'a self, pod: &'a Value, req: ExecRequest) -> Pin<Box<dyn Future<Output = Result<ExecSession, ApiError>> + Send + 'a>>;
-}
+use super::{end_status, end_text, ExecRequest, ExecSession};
 
 /// The channel protocols served, best first.
 pub const PROTOCOLS: [&str; 5] = ["v5.channel.k8s.io", "v4.channel.k8s.io", "v4.base64.channel.k8s.io", "channel.k8s.io", "base64.channel.k8s.io"];
@@ -122,26 +65,6 @@ fn frame(p: Protocol, channel: u8, data: &[u8]) -> Message {
         b.push(channel);
         b.extend_from_slice(data);
         Message::Binary(b.into())
-    }
-}
-
-/// The error channel's last word, as kubelet writes it.
-pub fn end_status(command: &[String], end: &ExecEnd) -> Value {
-    match end {
-        ExecEnd::Exited(0) => json!({"metadata": {}, "status": "Success"}),
-        ExecEnd::Exited(code) => json!({
-            "metadata": {}, "status": "Failure",
-            "message": format!("command terminated with non-zero exit code: error executing command [{}], exit code {code}", command.join(" ")),
-            "reason": "NonZeroExitCode",
-            "details": {"causes": [{"reason": "ExitCode", "message": code.to_string()}]},
-        }),
-        ExecEnd::Failed(why) => json!({
-            "metadata": {}, "status": "Failure",
-            "message": format!("Internal error occurred: error executing command in container: {why}"),
-            "reason": "InternalError",
-            "details": {"causes": [{"message": format!("error executing command in container: {why}")}]},
-            "code": 500,
-        }),
     }
 }
 
@@ -251,13 +174,7 @@ where
     if protocol.status {
         let status = end_status(&req.command, &end);
         let _ = out_tx.send(frame(protocol, ERROR, status.to_string().as_bytes())).await;
-    } else if end != ExecEnd::Exited(0) {
-        let text = match &end {
-            ExecEnd::Exited(code) => {
-                format!("command terminated with non-zero exit code: error executing command [{}], exit code {code}", req.command.join(" "))
-            }
-            ExecEnd::Failed(why) => format!("error executing command in container: {why}"),
-        };
+    } else if let Some(text) = end_text(&req.command, &end) {
         let _ = out_tx.send(frame(protocol, ERROR, text.as_bytes())).await;
     }
     drop(out_tx);
@@ -270,52 +187,4 @@ where
         let _ = sink.send(Message::Close(Some(normal))).await;
         let _ = sink.close().await;
     }
-}
-
-/// The exec request from the query (`command` repeated, `container`, the stream flags),
-/// checked as upstream checks it, and the container resolved for `pod`.
-pub fn request(pod: &Value, container: Option<&str>, command: Vec<String>, flag: &dyn Fn(&str) -> bool) -> Result<ExecRequest, ApiError> {
-    let name = pod.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
-    let names = |p: &str| -> Vec<String> {
-        pod.pointer(p).and_then(Value::as_array).into_iter().flatten().filter_map(|c| c.get("name").and_then(Value::as_str).map(String::from)).collect()
-    };
-    let (regular, init, ephemeral) = (names("/spec/containers"), names("/spec/initContainers"), names("/spec/ephemeralContainers"));
-    let container = match container.filter(|c| !c.is_empty()) {
-        Some(c) => {
-            if !regular.iter().chain(&init).chain(&ephemeral).any(|n| n == c) {
-                return Err(ApiError::bad_request(format!("container {c} is not valid for pod {name}")));
-            }
-            c.to_string()
-        }
-        None => match regular.len() {
-            1 => regular[0].clone(),
-            0 => return Err(ApiError::bad_request(format!("a container name must be specified for pod {name}"))),
-            _ => {
-                let mut m = format!("a container name must be specified for pod {name}, choose one of: [{}]", regular.join(" "));
-                if !init.is_empty() {
-                    m += &format!(" or one of the init containers: [{}]", init.join(" "));
-                }
-                return Err(ApiError::bad_request(m));
-            }
-        },
-    };
-    if pod.pointer("/spec/nodeName").and_then(Value::as_str).is_none_or(str::is_empty) {
-        return Err(ApiError::bad_request(format!("pod {name} does not have a host assigned")));
-    }
-    if command.is_empty() {
-        return Err(ApiError::bad_request("you must specify at least 1 command"));
-    }
-    let (stdin, stdout, stderr, tty) = (flag("stdin"), flag("stdout"), flag("stderr"), flag("tty"));
-    if !stdin && !stdout && !stderr {
-        return Err(ApiError::bad_request("you must specify at least 1 of stdin, stdout, stderr"));
-    }
-    Ok(ExecRequest { container, command, stdin, stdout, stderr: stderr && !tty, tty })
-}
-
-/// The nodes this API server runs processes on.
-pub type ExecNodes = crate::node_link::LocalNode<dyn NodeExec>;
-
-/// Start `req` in `pod` on its node.
-pub async fn exec(nodes: &ExecNodes, pod: &Value, req: ExecRequest) -> Result<ExecSession, ApiError> {
-    nodes.reach(pod)?.exec(pod, req).await
 }
