@@ -386,7 +386,19 @@ pub static BUILTIN: &[ResourceDef] = &[
     res("storage.k8s.io", "CSIStorageCapacity", "csistoragecapacities", "csistoragecapacity", true, NONE, NONE, &[]),
     res("storage.k8s.io", "StorageClass", "storageclasses", "storageclass", false, &["sc"], NONE, &[]),
     res("storage.k8s.io", "VolumeAttachment", "volumeattachments", "volumeattachment", false, NONE, NONE, &[status("VolumeAttachment", "storage.k8s.io")]),
+    // metrics.k8s.io/v1beta1: metrics-server's API (as k3s bundles it), computed from the
+    // node agents' figures, never stored.
+    metrics("NodeMetrics", "nodes", "nodemetrics", false),
+    metrics("PodMetrics", "pods", "podmetrics", true),
 ];
+
+const fn metrics(kind: &'static str, plural: &'static str, singular: &'static str, namespaced: bool) -> ResourceDef {
+    let mut r = res("metrics.k8s.io", kind, plural, singular, namespaced, NONE, NONE, &[]);
+    r.version = "v1beta1";
+    r.storage_version = "v1beta1";
+    r.verbs = GET_LIST;
+    r
+}
 
 /// The API groups in discovery order, core excluded: by group priority, highest first
 /// (then by name), as upstream's aggregator orders them.
@@ -426,6 +438,8 @@ pub fn priority(group: &str, version: &str) -> (i64, i64) {
         "node.k8s.io" => 16300,
         "discovery.k8s.io" => 16200,
         "flowcontrol.apiserver.k8s.io" => 16100,
+        // metrics-server's APIService.
+        "metrics.k8s.io" => return (100, 100),
         _ => return (1000, 100),
     };
     let version_priority = match (group, version) {
@@ -630,7 +644,7 @@ mod tests {
     fn named_groups_come_in_upstreams_priority_order() {
         let g = groups();
         assert_eq!(&g[..3], ["apiregistration.k8s.io", "apps", "events.k8s.io"]);
-        assert_eq!(g.last(), Some(&"flowcontrol.apiserver.k8s.io"));
+        assert_eq!(g[g.len() - 2..], ["flowcontrol.apiserver.k8s.io", "metrics.k8s.io"]);
         let admission = g.iter().position(|x| *x == "admissionregistration.k8s.io");
         assert!(admission < g.iter().position(|x| *x == "apiextensions.k8s.io"), "equal priorities by name");
     }

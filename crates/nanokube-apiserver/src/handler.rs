@@ -718,6 +718,30 @@ impl Ctx<'_> {
         }
     }
 
+    /// `metrics.k8s.io`: get and list of what the nodes report ([`crate::resource_metrics`]).
+    fn resource_metrics(&self, def: &'static ResourceDef) -> Result<Response<Body>, ApiError> {
+        use crate::resource_metrics as rm;
+        let info = self.info;
+        let out = h::negotiate(self.accept())?;
+        let value = match info.verb.as_str() {
+            "get" => rm::get(&self.server.registry, &self.server.metrics_nodes, def, &info.namespace, &info.name)?,
+            "list" => {
+                let labels = nanokube_api::selector::LabelSelector::parse(self.query.get("labelSelector").unwrap_or(""))?;
+                let ns = if def.namespaced && !info.namespace.is_empty() { Some(info.namespace.as_str()) } else { None };
+                rm::list(&self.server.registry, &self.server.metrics_nodes, def, ns, labels)?
+            }
+            _ => return Err(ApiError::method_not_allowed(format!("the server does not allow this method on the requested resource ({})", def.plural))),
+        };
+        match out {
+            Output::Table(mv) => {
+                let items: Vec<Value> = value.get("items").and_then(Value::as_array).cloned().unwrap_or_else(|| vec![value.clone()]);
+                let objs: Vec<crate::registry::Obj> = items.into_iter().map(|o| Arc::new(crate::registry::Stored::new(o))).collect();
+                Ok(h::json_bytes(StatusCode::OK, &out.content_type(true), self.table(def, &objs, json!({}), mv)?))
+            }
+            _ => Ok(h::encode(out, StatusCode::OK, &value)),
+        }
+    }
+
     /// `componentstatuses`: get and list of what [`crate::component_status`] reports.
     fn component_statuses(&self, def: &'static ResourceDef) -> Result<Response<Body>, ApiError> {
         let all = crate::component_status::all(self.server);
@@ -757,6 +781,9 @@ impl Ctx<'_> {
         }
         if def.namespaced && info.namespace.is_empty() && !matches!(info.verb.as_str(), "list" | "watch") {
             return Err(ApiError::path_not_found());
+        }
+        if def.group == crate::resource_metrics::GROUP {
+            return self.resource_metrics(def);
         }
         if def.verbs == nanokube_api::resources::GET_LIST {
             return Ok(with_warnings(self.component_statuses(def)?, &[crate::component_status::DEPRECATION.to_string()]));

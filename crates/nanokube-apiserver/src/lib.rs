@@ -39,6 +39,7 @@ pub mod pod_portforward;
 pub mod rbac;
 pub mod registry;
 pub mod request;
+pub mod resource_metrics;
 pub mod reviews;
 pub mod satoken;
 pub mod server;

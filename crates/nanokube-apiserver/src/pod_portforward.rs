@@ -146,8 +146,9 @@ async fn forward_pair(target: Target, error: Stream, data: Stream) {
 }
 
 /// Copy between a connection to the pod and a client: what `from_client` yields is
-/// written to the pod (its end half-closes the pod's side, as containerd's `CloseWrite`);
-/// what the pod sends goes to `to_client` (false: the client is gone) until the pod's end.
+/// written to the pod (its end half-closes the pod's side); what the pod sends goes to
+/// `to_client` (false: the client is gone) until the pod's end, then the client's side
+/// has a second to end too, as containerd's port forwarding gives it.
 async fn relay<F, Fut>(tcp: TcpStream, mut from_client: tokio::sync::mpsc::Receiver<Bytes>, mut to_client: F)
 where
     F: FnMut(Bytes) -> Fut,
@@ -173,7 +174,11 @@ where
             }
         }
     }
-    inbound.abort();
+    // As containerd: the other direction gets a second to finish before the forward ends.
+    let abort = inbound.abort_handle();
+    if tokio::time::timeout(std::time::Duration::from_secs(1), inbound).await.is_err() {
+        abort.abort();
+    }
 }
 
 /// Serve SPDY tunnelled in a WebSocket (kubectl 1.31 and newer).

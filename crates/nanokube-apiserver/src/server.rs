@@ -57,6 +57,8 @@ pub struct ApiServer {
     pub exec_nodes: crate::pod_exec::ExecNodes,
     /// The nodes pods' ports are forwarded on.
     pub portforward_nodes: crate::pod_portforward::PortForwardNodes,
+    /// The nodes whose resource figures `metrics.k8s.io` serves.
+    pub metrics_nodes: crate::resource_metrics::MetricsNodes,
     ready: AtomicBool,
 }
 
@@ -80,6 +82,7 @@ impl ApiServer {
             nodes: Default::default(),
             exec_nodes: Default::default(),
             portforward_nodes: Default::default(),
+            metrics_nodes: Default::default(),
             ready: AtomicBool::new(false),
         }
     }

@@ -344,3 +344,41 @@ fn grpc_health_answers() {
         assert!(status == 0 || b.len() >= 2);
     });
 }
+
+#[test]
+fn spdy_frames() {
+    // What kubectl 1.27-1.30 send on an upgraded exec or port-forward connection: SYN_STREAMs
+    // with zlib header blocks (one stream of zlib across the connection), data, pings.
+    use nanokube_apiserver::spdy::{Decoder, Encoder, Frame};
+    let mut enc = Encoder::default();
+    let mut wire = bytes::BytesMut::new();
+    for f in [
+        Frame::SynStream { id: 1, fin: false, headers: vec![("streamtype".into(), "error".into())] },
+        Frame::SynStream {
+            id: 3,
+            fin: false,
+            headers: vec![("streamtype".into(), "data".into()), ("port".into(), "8080".into()), ("requestid".into(), "0".into())],
+        },
+        Frame::Data { id: 3, fin: false, data: bytes::Bytes::from_static(b"GET / HTTP/1.1\r\n\r\n") },
+        Frame::Data { id: 3, fin: true, data: bytes::Bytes::new() },
+        Frame::Ping(1),
+        Frame::GoAway { last_id: 3, status: 0 },
+    ] {
+        enc.encode(&f, &mut wire);
+    }
+    let whole = wire.to_vec();
+    fuzz("spdy frames", &[&whole, &whole[..whole.len() / 2], &[0x80, 3, 0, 4, 0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0, 0]], |b| {
+        let mut dec = Decoder::default();
+        let mut buf = bytes::BytesMut::from(b);
+        // Every frame out, until one is incomplete or broken; never a panic, never a loop.
+        for _ in 0..b.len() + 1 {
+            match dec.decode(&mut buf) {
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break,
+            }
+        }
+    });
+    fuzz("port-forward ports", &[b"8080", b"8080,9090", b"0", b"65536"], |b| {
+        let _ = nanokube_apiserver::pod_portforward::ports(&[String::from_utf8_lossy(b).into_owned()]);
+    });
+}

@@ -359,6 +359,9 @@ impl Cluster {
                 api.nodes.attach(Arc::new(nanokube_node::pods::logs::Logs(rt.clone())));
                 api.exec_nodes.attach(Arc::new(nanokube_node::pods::exec::Exec(rt.clone())));
                 api.portforward_nodes.attach(Arc::new(nanokube_node::pods::portforward::PortForward(rt.clone())));
+                let stats = nanokube_node::pods::stats::Stats::new(rt.clone());
+                api.metrics_nodes.attach(stats.clone());
+                tokio::spawn(stats.run());
             }
             Arc::new(nanokube_node::NodeAgent::new(
                 registry.clone(),

@@ -28,8 +28,13 @@ fn every_kubectl_lists_upstreams_resources_and_versions() {
             assert!(out.status.success(), "{bin} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
             String::from_utf8(out.stdout).unwrap()
         };
-        assert_eq!(squeeze(&run(&["api-resources"])), want_resources, "{bin}");
-        assert_eq!(squeeze(&run(&["api-versions"])), want_versions, "{bin}");
+        // Upstream's, plus metrics-server's group (served as k3s bundles it).
+        let (metrics, resources): (Vec<String>, Vec<String>) = squeeze(&run(&["api-resources"])).into_iter().partition(|l| l.contains("metrics.k8s.io"));
+        assert_eq!(resources, want_resources, "{bin}");
+        assert_eq!(metrics, ["nodes metrics.k8s.io/v1beta1 false NodeMetrics", "pods metrics.k8s.io/v1beta1 true PodMetrics"], "{bin}");
+        let (metrics, versions): (Vec<String>, Vec<String>) = squeeze(&run(&["api-versions"])).into_iter().partition(|l| l.contains("metrics.k8s.io"));
+        assert_eq!(versions, want_versions, "{bin}");
+        assert_eq!(metrics, ["metrics.k8s.io/v1beta1"], "{bin}");
     }
 }
 

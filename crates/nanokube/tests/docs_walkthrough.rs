@@ -128,8 +128,20 @@ fn the_walkthrough_runs_as_written() {
         .unwrap();
     let events = String::from_utf8_lossy(&out.stdout);
     assert!(events.contains("Successfully pulled image \"busybox\""), "{events}");
-    // Nothing of the pod is left once it is deleted.
-    let out = Command::new(kubectl_path("kubectl")).args(["--kubeconfig"]).arg(&kubeconfig).args(["delete", "pod", "demo"]).output().unwrap();
+    // §6 (S15): exec into a running pod: output, stdin, the exit code, cp.
+    assert!(text.contains("pod/shell condition met"), "{text}");
+    assert!(text.contains("hello from shell\n"), "{text}");
+    assert!(text.contains("typed in\n"), "{text}");
+    assert!(text.contains("command terminated with exit code 3") && text.contains("exit code 3\n"), "{text}");
+    let hostname = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+    assert!(text.contains(&hostname), "{text}");
+    // Nothing of the pods is left once they are deleted.
+    let out = Command::new(kubectl_path("kubectl"))
+        .args(["--kubeconfig"])
+        .arg(&kubeconfig)
+        .args(["delete", "pod", "demo", "shell", "--grace-period=1"])
+        .output()
+        .unwrap();
     assert!(out.status.success());
     assert!(eventually(Duration::from_secs(10), || std::fs::read_dir(home.path().join(".nanokube/pods")).map(|d| d.count() == 0).unwrap_or(true)));
 }

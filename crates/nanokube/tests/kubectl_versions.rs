@@ -124,7 +124,7 @@ fn port_forward(bin: &str, s: &Server, remote: &[u16]) -> (common::KillOnDrop, V
 #[test]
 fn into_running_pods_with_every_kubectl() {
     // exec (exit code, stdin, a terminal), port-forward (two ports, 20 connections at
-    // once, 10 MiB down and 3 MiB up checksummed), cp both ways and logs -f, with every
+    // once, 10 MiB down and 3 MiB up checksummed), cp both ways, logs -f and top, with every
     // kubectl: 1.27–1.29 over SPDY/3.1, 1.30 and newer over WebSocket (port-forward
     // tunnels SPDY inside it from 1.31).
     let s = common::server_with_image();
@@ -146,9 +146,24 @@ fn into_running_pods_with_every_kubectl() {
     std::fs::write(&upload, &data).unwrap();
     let upload_md5 = md5_of(&upload);
 
+    // Resource figures (metrics.k8s.io) come once the node has sampled the pod twice.
+    assert!(common::eventually(std::time::Duration::from_secs(30), || s.kubectl(&["top", "pod", "web"]).status.success()));
+
     for minor in 27..=33 {
         let bin = format!("kubectl.1.{minor}");
         let kubectl = |args: &[&str]| s.kubectl_bin(&bin, args);
+
+        // top: the pod's and the node's figures.
+        let out = kubectl(&["top", "pod", "web", "--containers"]);
+        let (h, rows) = common::table(&String::from_utf8_lossy(&out.stdout));
+        assert_eq!(h, ["POD", "NAME", "CPU(cores)", "MEMORY(bytes)"], "{bin}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(rows[0][0] == "web" && rows[0][1] == "web" && rows[0][2].ends_with('m') && rows[0][3].ends_with("Mi"), "{bin}: {rows:?}");
+        let out = kubectl(&["top", "node"]);
+        let (h, rows) = common::table(&String::from_utf8_lossy(&out.stdout));
+        // kubectl itself titles the percentages "CPU%" before 1.31, "CPU(%)" after.
+        assert_eq!(h[..2], ["NAME", "CPU(cores)"], "{bin}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(h[2].starts_with("CPU") && h[4].starts_with("MEMORY"), "{bin}: {h:?}");
+        assert_eq!(rows.len(), 1, "{bin}");
 
         // exec: stdout and stderr apart, the exit code.
         let out = kubectl(&["exec", "web", "--", "sh", "-c", "echo out; echo err >&2; exit 3"]);

@@ -27,6 +27,7 @@ pub mod mesh;
 pub mod portforward;
 pub mod ports;
 pub mod probe;
+pub mod stats;
 pub mod status;
 pub mod worker;
 

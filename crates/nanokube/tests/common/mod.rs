@@ -402,6 +402,9 @@ pub fn layer(files: &[(&str, Option<&[u8]>, u32)], symlinks: &[(&str, &str)]) ->
 /// deletes `/etc/old` and makes `/opt` opaque); its layer diff IDs.
 pub fn build_image(dir: &std::path::Path, tag: &str) -> (std::path::PathBuf, Vec<String>) {
     let busybox = std::fs::read("/bin/busybox").expect("Debian's busybox-static (the test command installs it)");
+    // Every applet linked in /bin, as the busybox image has them.
+    let list = Command::new("/bin/busybox").arg("--list").output().expect("busybox --list");
+    let applets: Vec<String> = String::from_utf8_lossy(&list.stdout).lines().filter(|a| !a.is_empty() && *a != "busybox").map(|a| format!("bin/{a}")).collect();
     let l1 = layer(
         &[
             ("bin/", None, 0o755),
@@ -410,8 +413,9 @@ pub fn build_image(dir: &std::path::Path, tag: &str) -> (std::path::PathBuf, Vec
             ("etc/old", Some(b"old\n"), 0o644),
             ("opt/", None, 0o755),
             ("opt/a", Some(b"a"), 0o644),
+            ("tmp/", None, 0o1777),
         ],
-        &[("bin/sh", "busybox"), ("bin/echo", "busybox")],
+        &applets.iter().map(|a| (a.as_str(), "busybox")).collect::<Vec<_>>(),
     );
     let l2 = layer(&[("etc/.wh.old", Some(b""), 0o644), ("opt/.wh..wh..opq", Some(b""), 0o644), ("opt/b", Some(b"b"), 0o644)], &[]);
     let diff_ids = vec![nanokube_runtime::store::sha256(&l1), nanokube_runtime::store::sha256(&l2)];
