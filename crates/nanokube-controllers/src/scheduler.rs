@@ -53,6 +53,10 @@ fn def(group: &str, plural: &str) -> &'static resources::ResourceDef {
 struct Demand {
     /// Requests by resource name: cpu in cores, everything else in its unit.
     requests: BTreeMap<String, f64>,
+    /// What scoring counts (upstream's non-zero requests): each container's cpu and
+    /// memory, or 0.1 core and 200 MiB where it asks for none, so pods without requests
+    /// still spread.
+    nonzero: (f64, f64),
     /// (protocol, hostPort) pairs.
     host_ports: Vec<(String, i32)>,
 }
@@ -72,7 +76,11 @@ impl Demand {
         };
         let mut sum: BTreeMap<String, f64> = BTreeMap::new();
         for c in &spec.containers {
-            for (k, v) in req(c) {
+            let r = req(c);
+            let positive = |k: &str| r.get(k).copied().filter(|v| *v > 0.0);
+            d.nonzero.0 += positive("cpu").unwrap_or(DEFAULT_CPU_REQUEST);
+            d.nonzero.1 += positive("memory").unwrap_or(DEFAULT_MEMORY_REQUEST);
+            for (k, v) in r {
                 *sum.entry(k).or_default() += v;
             }
         }
@@ -181,6 +189,8 @@ fn affinity_matches(pod: &Pod, node: &Node) -> bool {
 #[derive(Debug, Default, Clone)]
 struct Usage {
     requests: BTreeMap<String, f64>,
+    /// The placed pods' non-zero cpu and memory (see [`Demand::nonzero`]).
+    nonzero: (f64, f64),
     host_ports: Vec<(String, i32)>,
     pods: usize,
 }
@@ -236,16 +246,21 @@ fn filter(pod: &Pod, demand: &Demand, node: &Node, usage: &Usage) -> Result<(), 
     }
 }
 
-/// LeastAllocated over cpu and memory (0–100): the emptier node scores higher.
+/// Scoring's cpu for a container that requests none (upstream's `DefaultMilliCPURequest`).
+const DEFAULT_CPU_REQUEST: f64 = 0.1;
+/// Scoring's memory for a container that requests none (`DefaultMemoryRequest`, 200 MB).
+const DEFAULT_MEMORY_REQUEST: f64 = 200.0 * 1024.0 * 1024.0;
+
+/// LeastAllocated over cpu and memory (0–100) of the non-zero requests: the emptier node
+/// scores higher.
 fn score(node: &Node, demand: &Demand, usage: &Usage) -> f64 {
     let alloc = allocatable(node);
     let mut total = 0.0;
-    for k in ["cpu", "memory"] {
+    for (k, used) in [("cpu", usage.nonzero.0 + demand.nonzero.0), ("memory", usage.nonzero.1 + demand.nonzero.1)] {
         let cap = alloc.get(k).copied().unwrap_or(0.0);
         if cap <= 0.0 {
             continue;
         }
-        let used = usage.requests.get(k).copied().unwrap_or(0.0) + demand.requests.get(k).copied().unwrap_or(0.0);
         total += ((cap - used) / cap).max(0.0) * 100.0;
     }
     total / 2.0
@@ -504,6 +519,8 @@ impl Scheduler {
             for (k, v) in &demand.requests {
                 *u.requests.entry(k.clone()).or_default() += v;
             }
+            u.nonzero.0 += demand.nonzero.0;
+            u.nonzero.1 += demand.nonzero.1;
             u.host_ports.extend(demand.host_ports.iter().cloned());
             u.pods += 1;
         }
@@ -531,14 +548,27 @@ impl Scheduler {
             };
             let mut misfits = Vec::new();
             let mut best: Option<(f64, &Node)> = None;
+            // Nodes sharing the best score so far: one of them is taken at random, as
+            // upstream's selectHost samples them.
+            let mut ties = 0u32;
             for node in &nodes {
                 let name = node.metadata.name.clone().unwrap_or_default();
                 let u = usage.get(&name).cloned().unwrap_or_default();
                 match filter(&pod, &demand, node, &u).and_then(|()| volumes_filter(&pod, &waiting, &vols, node)) {
                     Ok(()) => {
                         let s = score(node, &demand, &u);
-                        if best.is_none_or(|(b, _)| s > b) {
-                            best = Some((s, node));
+                        match best {
+                            Some((b, _)) if s < b => {}
+                            Some((b, _)) if s == b => {
+                                ties += 1;
+                                if fastrand::u32(..ties) == 0 {
+                                    best = Some((s, node));
+                                }
+                            }
+                            _ => {
+                                ties = 1;
+                                best = Some((s, node));
+                            }
                         }
                     }
                     Err(m) => misfits.push(m),
@@ -563,6 +593,8 @@ impl Scheduler {
                         for (r, v) in &demand.requests {
                             *u.requests.entry(r.clone()).or_default() += v;
                         }
+                        u.nonzero.0 += demand.nonzero.0;
+                        u.nonzero.1 += demand.nonzero.1;
                         u.host_ports.extend(demand.host_ports.iter().cloned());
                         u.pods += 1;
                         state.pending.remove(&k);

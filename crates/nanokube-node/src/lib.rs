@@ -23,6 +23,7 @@ pub mod lease;
 pub mod machine;
 pub mod node;
 pub mod pods;
+pub mod simulated;
 pub mod storage;
 
 use std::sync::Arc;

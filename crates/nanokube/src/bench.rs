@@ -51,8 +51,10 @@ pub struct BenchOptions {
     pub watchers: Vec<usize>,
     /// Events written per watcher count.
     pub events: usize,
-    /// Pods stored by `pods`.
+    /// Pods stored by `pods`, run by `pods-simulated`.
     pub pods: usize,
+    /// Simulated nodes of `pods-simulated`.
+    pub simulated_nodes: usize,
     /// How long `abuse` attacks (the normal clients first run alone a third of it).
     pub seconds: u64,
     /// The attacks `abuse` runs (empty: all of them).
@@ -163,6 +165,22 @@ pub async fn run(opts: BenchOptions) -> Result<(), String> {
                 "fsync" => fsync(&tmp, &mut report)?,
                 "testcluster" => testcluster(&opts, &tmp, &mut report).await?,
                 "startup" => startup(&opts, &tmp, &mut report).await?,
+                "pods-simulated" if opts.kubeconfig.is_some() => {
+                    // A cluster of the caller's, with simulated nodes of its own.
+                    let kc = opts.kubeconfig.clone().unwrap_or_default();
+                    pods_simulated(&opts, &kc, 0, &mut report).await?;
+                }
+                "pods-simulated" => {
+                    // Its own server: no real node, the scheduler and N simulated nodes.
+                    let data = tmp.join("pods-simulated");
+                    let nodes = opts.simulated_nodes.to_string();
+                    let mut s = spawn_server_with(&opts.binary, &data, free_port(), &["--node=false", "--simulated-nodes", &nodes])?;
+                    println!("  (pods-simulated: a fresh nanokube server with {nodes} simulated nodes, pid {})", s.child.id());
+                    let r = pods_simulated(&opts, &s.kubeconfig, s.child.id(), &mut report).await;
+                    let _ = s.child.kill();
+                    let _ = s.child.wait();
+                    r?;
+                }
                 "pods-run" => {
                     // Its own server, scheduler and node on, stopped cleanly after (its
                     // pods' containers stop with it).
@@ -198,8 +216,8 @@ pub async fn run(opts: BenchOptions) -> Result<(), String> {
                 }
                 other => {
                     return Err(format!(
-                        "unknown scenario {other:?} (fsync, startup, testcluster, create, get, update, delete, list, watch, pods, pods-run, abuse)"
-                    ))
+                    "unknown scenario {other:?} (fsync, startup, testcluster, create, get, update, delete, list, watch, pods, pods-simulated, pods-run, abuse)"
+                ))
                 }
             }
         }
@@ -742,20 +760,100 @@ fn pod(name: &str) -> Bytes {
     ))
 }
 
-/// N pods stored (no runtime): the server's memory, LIST of all of them, and a watch
-/// from resourceVersion=0 delivering them as the initial ADDED events.
-async fn pods(opts: &BenchOptions, kubeconfig: &Path, server_pid: Option<u32>, report: &mut Report) -> Result<(), String> {
+/// N pods through the scheduler onto simulated nodes until every one is Running: how
+/// long, the server's RSS at the end, and kubectl's first page of `get pods -A` (a Table
+/// of 500) timed every second meanwhile.
+async fn pods_simulated(opts: &BenchOptions, kubeconfig: &Path, server_pid: u32, report: &mut Report) -> Result<(), String> {
     use http_body_util::BodyExt;
     let client = ApiClient::from_kubeconfig(kubeconfig, false)?;
-    let ns = format!("bench-pods-{}", std::process::id());
+    let ns = format!("bench-sim-{}", std::process::id());
     ensure_namespace(&client, &ns).await?;
-    let rss_before = server_pid.and_then(rss_kib);
-    let next = Arc::new(AtomicUsize::new(0));
+    let n = opts.pods;
+    // Count pods reaching Running from a watch opened before the first create.
+    let (code, body) = client.request("GET", &format!("/api/v1/namespaces/{ns}/pods?limit=1"), None, Some("application/json"), Bytes::new()).await?;
+    if code != 200 {
+        return Err(format!("list pods: {code}"));
+    }
+    let rv = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| v.pointer("/metadata/resourceVersion").and_then(Value::as_str).map(String::from))
+        .unwrap_or_default();
+    let mut watch = client.stream(&format!("/api/v1/namespaces/{ns}/pods?watch=true&resourceVersion={rv}&timeoutSeconds=3600")).await?;
     let start = Instant::now();
+    let running = tokio::spawn(async move {
+        let mut seen = std::collections::HashSet::new();
+        let mut pending = Vec::new();
+        while seen.len() < n {
+            let Some(frame) = watch.frame().await else { return Err("the watch ended".to_string()) };
+            let Ok(data) = frame.map_err(|e| e.to_string())?.into_data() else { continue };
+            pending.extend_from_slice(&data);
+            while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                if memchr::memmem::find(&line, br#""phase":"Running""#).is_some() {
+                    if let Some(at) = memchr::memmem::find(&line, br#""name":"pod-"#) {
+                        let rest = &line[at + 12..];
+                        let num: usize = rest.iter().take_while(|b| b.is_ascii_digit()).fold(0, |a, d| a * 10 + usize::from(d - b'0'));
+                        seen.insert(num);
+                    }
+                }
+            }
+        }
+        Ok(start.elapsed())
+    });
+    // kubectl's first page while it happens, once a second until told to stop.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let pager = {
+        let client = ApiClient::from_kubeconfig(kubeconfig, false)?;
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut lat = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let t = Instant::now();
+                let accept = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json";
+                match client.request("GET", "/api/v1/pods?limit=500", None, Some(accept), Bytes::new()).await {
+                    Ok((200, _)) => lat.push(t.elapsed()),
+                    _ => return lat,
+                }
+            }
+            lat
+        })
+    };
+    create_pods(kubeconfig, &ns, n, "created", simulated_pod).await?;
+    let created_in = start.elapsed();
+    report.add(
+        &format!("pods-simulated: {n} created (64 clients)"),
+        format!("{:.1} s ({:.0}/s)", created_in.as_secs_f64(), n as f64 / created_in.as_secs_f64()),
+        json!({"pods": n, "seconds": created_in.as_secs_f64()}),
+    );
+    let all_running = running.await.map_err(|e| e.to_string())??;
+    report.add(
+        &format!("pods-simulated: {n} Running on {} nodes", opts.simulated_nodes),
+        format!("{:.1} s after the first create", all_running.as_secs_f64()),
+        json!({"pods": n, "nodes": opts.simulated_nodes, "seconds": all_running.as_secs_f64()}),
+    );
+    stop.store(true, Ordering::Relaxed);
+    let mut lat = pager.await.unwrap_or_default();
+    lat.sort();
+    report.add(
+        "pods-simulated: get pods -A first page (Table of 500)",
+        format!("p50 {} ms, max {} ms ({} samples)", ms(percentile(&lat, 0.5)), ms(*lat.last().unwrap_or(&Duration::ZERO)), lat.len()),
+        json!({"p50_ms": ms(percentile(&lat, 0.5)), "max_ms": ms(*lat.last().unwrap_or(&Duration::ZERO)), "samples": lat.len()}),
+    );
+    if let Some(rss) = rss_kib(server_pid) {
+        report.add(&format!("pods-simulated: server RSS with {n} pods (MiB)"), format!("{:.0}", rss as f64 / 1024.0), json!(rss as f64 / 1024.0));
+    }
+    Ok(())
+}
+
+/// Create pods `0..n` in `ns` from `body` with 64 concurrent clients, saying how far
+/// it got every tenth.
+async fn create_pods(kubeconfig: &Path, ns: &str, n: usize, done: &'static str, body: fn(usize) -> Bytes) -> Result<(), String> {
+    let next = Arc::new(AtomicUsize::new(0));
     let mut tasks = tokio::task::JoinSet::new();
-    let step = (opts.pods / 10).max(1);
+    let step = (n / 10).max(1);
     for _ in 0..64 {
-        let (client, next, ns, n) = (ApiClient::from_kubeconfig(kubeconfig, false)?, next.clone(), ns.clone(), opts.pods);
+        let (client, next, ns) = (ApiClient::from_kubeconfig(kubeconfig, false)?, next.clone(), ns.to_string());
         tasks.spawn(async move {
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
@@ -763,10 +861,9 @@ async fn pods(opts: &BenchOptions, kubeconfig: &Path, server_pid: Option<u32>, r
                     return Ok::<_, String>(());
                 }
                 if i > 0 && i % step == 0 {
-                    println!("  ... {i} of {n} pods stored");
+                    println!("  ... {i} of {n} pods {done}");
                 }
-                let (code, b) =
-                    client.request("POST", &format!("/api/v1/namespaces/{ns}/pods"), Some("application/json"), None, pod(&format!("pod-{i}"))).await?;
+                let (code, b) = client.request("POST", &format!("/api/v1/namespaces/{ns}/pods"), Some("application/json"), None, body(i)).await?;
                 if code != 201 {
                     return Err(format!("create pod: {code} {}", String::from_utf8_lossy(&b)));
                 }
@@ -776,6 +873,26 @@ async fn pods(opts: &BenchOptions, kubeconfig: &Path, server_pid: Option<u32>, r
     while let Some(r) = tasks.join_next().await {
         r.map_err(|e| e.to_string())??;
     }
+    Ok(())
+}
+
+/// A pod for simulated nodes: tolerates their taint and selects them.
+fn simulated_pod(i: usize) -> Bytes {
+    Bytes::from(format!(
+        r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"pod-{i}","labels":{{"app":"bench"}}}},"spec":{{"nodeSelector":{{"nanokube.io/simulated":"true"}},"tolerations":[{{"key":"nanokube.io/simulated","operator":"Exists","effect":"NoSchedule"}}],"containers":[{{"name":"app","image":"registry.example/app:1.0","resources":{{"requests":{{"cpu":"100m","memory":"64Mi"}}}}}}]}}}}"#
+    ))
+}
+
+/// N pods stored (no runtime): the server's memory, LIST of all of them, and a watch
+/// from resourceVersion=0 delivering them as the initial ADDED events.
+async fn pods(opts: &BenchOptions, kubeconfig: &Path, server_pid: Option<u32>, report: &mut Report) -> Result<(), String> {
+    use http_body_util::BodyExt;
+    let client = ApiClient::from_kubeconfig(kubeconfig, false)?;
+    let ns = format!("bench-pods-{}", std::process::id());
+    ensure_namespace(&client, &ns).await?;
+    let rss_before = server_pid.and_then(rss_kib);
+    let start = Instant::now();
+    create_pods(kubeconfig, &ns, opts.pods, "stored", |i| pod(&format!("pod-{i}"))).await?;
     let stored_in = start.elapsed();
     report.add(
         &format!("pods: {} stored (64 clients)", opts.pods),

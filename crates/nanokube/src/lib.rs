@@ -89,6 +89,11 @@ pub struct ClusterConfig {
     pub registry_mirrors: Vec<(String, String)>,
     /// Registries the node speaks plain HTTP to (besides loopback ones).
     pub insecure_registries: Vec<String>,
+    /// Simulated nodes (`sim-0` …) to register: their pods run without processes (see
+    /// `nanokube_node::simulated`).
+    pub simulated_nodes: usize,
+    /// How long a pod on a simulated node takes from binding to Running.
+    pub simulated_start_delay: std::time::Duration,
 }
 
 impl ClusterConfig {
@@ -116,6 +121,8 @@ impl ClusterConfig {
             scheduler: true,
             registry_mirrors: Vec::new(),
             insecure_registries: Vec::new(),
+            simulated_nodes: 0,
+            simulated_start_delay: std::time::Duration::ZERO,
         }
     }
 }
@@ -399,6 +406,20 @@ impl Cluster {
         }
         if let Some(agent) = node_agent {
             tasks.spawn(agent.run(shutdown_rx.clone()));
+        }
+        {
+            // Simulated nodes follow pods on every Node labelled simulated, made here or by hand.
+            let sim = nanokube_node::simulated::Simulator::new(
+                registry.clone(),
+                nanokube_node::simulated::SimulatedConfig {
+                    nodes: cfg.simulated_nodes,
+                    start_delay: cfg.simulated_start_delay,
+                    max_pods: 1100,
+                    version: nanokube_apiserver::discovery::GIT_VERSION.into(),
+                },
+            );
+            sim.register().await.map_err(|e| format!("registering the simulated nodes: {e}"))?;
+            tasks.spawn(sim.run(shutdown_rx.clone()));
         }
         tasks.spawn(api.aggregator.clone().run(registry.clone(), shutdown_rx.clone()));
         let token_controller = Arc::new(TokenController::new(registry.clone(), issuer.clone(), pki.ca_pem.clone(), cfg.legacy_service_account_token_secrets));

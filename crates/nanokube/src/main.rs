@@ -214,7 +214,7 @@ struct BenchArgs {
     /// in turn, as JSON with and without resourceVersion=0 and as Table, kubectl's first
     /// page of 500 and all rows), watch (--watchers watchers while a
     /// writer creates --events objects: ack→receipt delay, missed and reordered events),
-    /// pods (--pods pods stored with no runtime: server memory, LIST, watch from 0),
+    /// pods (--pods pods stored with no runtime: server memory, LIST, watch from 0), pods-simulated (--pods pods scheduled onto --simulated-nodes simulated nodes until all are Running: the time, the server's RSS, kubectl's first page of `get pods -A` meanwhile),
     /// pods-run (1, 10 and 100 pods really run on a fresh server's node, as root: create →
     /// Ready p50/p99, then the server's CPU and RSS and the shims' memory with 100 idle),
     /// fsync (fdatasync latency of the disk under the temp dir), abuse (the attacks of
@@ -257,9 +257,12 @@ struct BenchArgs {
     /// Events written per watcher count in the watch scenario.
     #[arg(long, default_value_t = 200)]
     events: usize,
-    /// Pods stored by the pods scenario.
+    /// Pods stored by the pods scenario (and run by pods-simulated).
     #[arg(long, default_value_t = 100_000)]
     pods: usize,
+    /// Simulated nodes the pods-simulated scenario's server registers.
+    #[arg(long, default_value_t = 100)]
+    simulated_nodes: usize,
     /// How long the abuse scenario attacks, in seconds (the normal clients first run
     /// alone for a third of it).
     #[arg(long, default_value_t = 60)]
@@ -335,6 +338,14 @@ struct ServerArgs {
     /// kube-apiserver does.
     #[arg(long, default_value_t = true, action = ArgAction::Set)]
     scheduler: bool,
+    /// Also register N simulated nodes (`sim-0` ...), kwok-style: labelled and tainted
+    /// `nanokube.io/simulated=true:NoSchedule`; pods that tolerate the taint and land
+    /// there become Running with IPs, statuses and events, with no process behind them.
+    #[arg(long, default_value_t = 0)]
+    simulated_nodes: usize,
+    /// How long a pod on a simulated node takes from binding to Running (e.g. 500ms, 2s).
+    #[arg(long, default_value = "0s")]
+    simulated_start_delay: String,
     /// Pull images of REGISTRY from HOST[:PORT] instead (`docker.io=127.0.0.1:5000`; `*`
     /// mirrors every registry), as k3s's registries.yaml mirrors; repeat for several.
     #[arg(long = "registry-mirror", value_name = "REGISTRY=HOST[:PORT]")]
@@ -536,6 +547,7 @@ fn main() {
                     watchers: args.watchers,
                     events: args.events.max(1),
                     pods: args.pods.max(1),
+                    simulated_nodes: args.simulated_nodes.max(1),
                     seconds: args.seconds.max(1),
                     attacks: args.attacks,
                 };
@@ -659,6 +671,14 @@ async fn run_server(args: ServerArgs, started: Instant) -> i32 {
         node: args.node,
         node_name: args.node_name,
         scheduler: args.scheduler,
+        simulated_nodes: args.simulated_nodes,
+        simulated_start_delay: match parse_duration(&args.simulated_start_delay) {
+            Ok(d) => d,
+            Err(e) => {
+                eprintln!("error: --simulated-start-delay: {e}");
+                std::process::exit(2);
+            }
+        },
         registry_mirrors: Vec::new(),
         insecure_registries: args.insecure_registries,
     };

@@ -35,6 +35,19 @@ fn shell_blocks(doc: &str) -> Vec<String> {
     blocks.into_iter().skip(1).collect()
 }
 
+/// Deletes every pod of the cluster the kubeconfig names, when dropped.
+struct DeletePodsOnDrop(std::path::PathBuf);
+
+impl Drop for DeletePodsOnDrop {
+    fn drop(&mut self) {
+        let _ = Command::new(kubectl_path("kubectl"))
+            .args(["--kubeconfig"])
+            .arg(&self.0)
+            .args(["delete", "pods", "--all", "-A", "--grace-period=1", "--timeout=30s"])
+            .output();
+    }
+}
+
 #[test]
 fn the_walkthrough_runs_as_written() {
     let home = tempfile::tempdir().unwrap();
@@ -73,6 +86,9 @@ fn the_walkthrough_runs_as_written() {
         }
     });
     rx.recv_timeout(Duration::from_secs(30)).expect("the server did not start");
+    // Whatever happens below, the walkthrough's pods go before the server does (dropped
+    // first): containers outlive a killed server by design.
+    let _pods = DeletePodsOnDrop(home.path().join(".kube/config"));
 
     let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/walkthrough.md")).unwrap();
     let (p8080, p8081, p8001) = (free_port(), free_port(), free_port());
