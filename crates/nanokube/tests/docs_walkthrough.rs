@@ -110,7 +110,16 @@ fn the_walkthrough_runs_as_written() {
         }
     }
     script.push_str("kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; true\n");
-    let out = Command::new("bash").arg("-c").arg(&script).env("HOME", home.path()).env_remove("KUBECONFIG").env("PATH", &path).output().unwrap();
+    // `mktemp -d` in the document makes its directories under the test's own HOME.
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(&script)
+        .env("HOME", home.path())
+        .env("TMPDIR", home.path())
+        .env_remove("KUBECONFIG")
+        .env("PATH", &path)
+        .output()
+        .unwrap();
     let text = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
 
     // §2: kubectl against the merged context.

@@ -33,9 +33,8 @@ fn server_with_users() -> Server {
     let dir = tempfile::tempdir().unwrap();
     let tokens = dir.path().join("tokens.csv");
     std::fs::write(&tokens, "team-admin-token,tina,1001,\n").unwrap();
-    let s = Server::start_with(&["--token-auth-file", tokens.to_str().unwrap()]);
-    std::mem::forget(dir); // the server reads the file at start; the temp dir is tiny
-    s
+    // The server reads the file at start only: the directory can go once it is up.
+    Server::start_with(&["--token-auth-file", tokens.to_str().unwrap()])
 }
 
 #[test]
