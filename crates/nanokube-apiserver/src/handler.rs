@@ -1391,7 +1391,7 @@ impl Ctx<'_> {
     /// [`crate::pod_exec`]).
     async fn exec(&self, def: &'static ResourceDef) -> Result<Response<Body>, ApiError> {
         let info = self.info;
-        let (wants_websocket, _) = self.streaming_upgrade()?;
+        let wants_websocket = self.streaming_upgrade()?;
         // The wire's protocol, then the request, then the process: all before the upgrade.
         enum Wire {
             WebSocket(crate::pod_exec::websocket::Protocol),
@@ -1404,17 +1404,7 @@ impl Ctx<'_> {
             })?;
             Wire::WebSocket(protocol)
         } else {
-            let offered: Vec<&str> = self.headers.get_all("x-stream-protocol-version").iter().filter_map(|v| v.to_str().ok()).collect();
-            match crate::pod_exec::spdy::negotiate(offered.iter().copied()) {
-                Some(p) => Wire::Spdy(p),
-                None => {
-                    let client = &offered;
-                    return Err(ApiError::forbidden(format!(
-                        "unable to upgrade: unable to negotiate protocol: client supports {client:?}, server accepts {:?}",
-                        crate::pod_exec::spdy::PROTOCOLS
-                    )));
-                }
-            }
+            Wire::Spdy(self.spdy_protocol(&crate::pod_exec::spdy::PROTOCOLS)?)
         };
         let pod = self.server.registry.get(def, &info.namespace, &info.name)?;
         let query = self.query;
@@ -1444,8 +1434,8 @@ impl Ctx<'_> {
 
     /// For the streaming subresources (exec, attach, portforward): a WebSocket upgrade is
     /// a GET, so upstream also requires `create` (AuthorizePodWebsocketUpgradeCreatePermission);
-    /// then the upgrade asked for: (WebSocket, SPDY/3.1), one of them.
-    fn streaming_upgrade(&self) -> Result<(bool, bool), ApiError> {
+    /// then the upgrade asked for: true for WebSocket, false for SPDY/3.1.
+    fn streaming_upgrade(&self) -> Result<bool, ApiError> {
         let info = self.info;
         if self.method == Method::GET {
             let mut create = info.clone();
@@ -1463,7 +1453,16 @@ impl Ctx<'_> {
         if !websocket && !spdy {
             return Err(ApiError::bad_request("Upgrade request required"));
         }
-        Ok((websocket, spdy))
+        Ok(websocket)
+    }
+
+    /// The first of `served` (upstream's server order) that the client's
+    /// `X-Stream-Protocol-Version` values offer, or httpstream's 403.
+    fn spdy_protocol(&self, served: &[&'static str]) -> Result<&'static str, ApiError> {
+        let offered: Vec<&str> = self.headers.get_all("x-stream-protocol-version").iter().filter_map(|v| v.to_str().ok()).collect();
+        served.iter().copied().find(|p| offered.iter().flat_map(|v| v.split(',')).any(|o| o.trim() == *p)).ok_or_else(|| {
+            ApiError::forbidden(format!("unable to upgrade: unable to negotiate protocol: client supports {offered:?}, server accepts {served:?}"))
+        })
     }
 
     /// The connection's upgrade, taken once.
@@ -1501,25 +1500,19 @@ impl Ctx<'_> {
     async fn portforward(&self, def: &'static ResourceDef) -> Result<Response<Body>, ApiError> {
         use crate::pod_portforward as pf;
         let info = self.info;
-        let (websocket, _) = self.streaming_upgrade()?;
+        let websocket = self.streaming_upgrade()?;
         let ports = pf::ports(&self.query.all("ports"))?;
         let pod = self.server.registry.get(def, &info.namespace, &info.name)?;
         let target = pf::Target::new(&self.server.portforward_nodes, pod.value().clone())?;
         if !websocket {
-            let offered: Vec<&str> = self.headers.get_all("x-stream-protocol-version").iter().filter_map(|v| v.to_str().ok()).collect();
-            if !offered.iter().flat_map(|v| v.split(',')).any(|p| p.trim() == pf::SPDY_PROTOCOL) {
-                return Err(ApiError::forbidden(format!(
-                    "unable to upgrade: unable to negotiate protocol: client supports {offered:?}, server accepts [\"{}\"]",
-                    pf::SPDY_PROTOCOL
-                )));
-            }
+            let protocol = self.spdy_protocol(&[pf::SPDY_PROTOCOL])?;
             let upgrade = self.take_upgrade()?;
             tokio::spawn(async move {
                 if let Ok(upgraded) = upgrade.await {
                     pf::serve_spdy(hyper_util::rt::TokioIo::new(upgraded), target).await;
                 }
             });
-            return Ok(Self::spdy_accept(pf::SPDY_PROTOCOL));
+            return Ok(Self::spdy_accept(protocol));
         }
         let offered = self.headers.get("sec-websocket-protocol").and_then(|v| v.to_str().ok()).unwrap_or("");
         let offered: Vec<&str> = offered.split(',').map(str::trim).collect();

@@ -36,6 +36,7 @@ pub mod pki;
 pub mod pod_exec;
 pub mod pod_logs;
 pub mod pod_portforward;
+pub mod pump;
 pub mod rbac;
 pub mod registry;
 pub mod request;

@@ -36,6 +36,12 @@ impl<T: NamedNode + ?Sized> LocalNode<T> {
             let name = pod.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
             return Err(ApiError::bad_request(format!("pod {name} does not have a host assigned")));
         }
+        self.reach_node(node)
+    }
+
+    /// The agent running the Node named `node`, or the error for one this server cannot
+    /// reach.
+    pub fn reach_node(&self, node: &str) -> Result<&Arc<T>, ApiError> {
         match self.0.get() {
             Some(n) if n.node_name() == node => Ok(n),
             _ => Err(ApiError::internal(format!(

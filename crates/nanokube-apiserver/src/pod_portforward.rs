@@ -154,7 +154,7 @@ where
     F: FnMut(Bytes) -> Fut,
     Fut: Future<Output = bool>,
 {
-    let (mut from_pod, mut to_pod) = tcp.into_split();
+    let (from_pod, mut to_pod) = tcp.into_split();
     let inbound = tokio::spawn(async move {
         while let Some(chunk) = from_client.recv().await {
             if to_pod.write_all(&chunk).await.is_err() {
@@ -163,17 +163,7 @@ where
         }
         let _ = to_pod.shutdown().await;
     });
-    let mut buf = vec![0u8; 32 * 1024];
-    loop {
-        match from_pod.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                if !to_client(Bytes::copy_from_slice(&buf[..n])).await {
-                    break;
-                }
-            }
-        }
-    }
+    crate::pump::pump(from_pod, &mut to_client).await;
     // As containerd: the other direction gets a second to finish before the forward ends.
     let abort = inbound.abort_handle();
     if tokio::time::timeout(std::time::Duration::from_secs(1), inbound).await.is_err() {
@@ -225,20 +215,11 @@ pub async fn serve_channels<S>(io: S, base64: bool, ports: Vec<u16>, target: Tar
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    use base64::Engine;
+    use crate::pod_exec::websocket::{channel_data, frame};
     let config = WebSocketConfig::default().max_message_size(Some(MAX_MESSAGE)).max_frame_size(Some(MAX_MESSAGE));
     let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
     let (mut sink, mut source) = ws.split();
-    let frame = move |channel: u8, data: &[u8]| -> Message {
-        if base64 {
-            Message::Text(format!("{}{}", (b'0' + channel) as char, base64::engine::general_purpose::STANDARD.encode(data)).into())
-        } else {
-            let mut b = Vec::with_capacity(1 + data.len());
-            b.push(channel);
-            b.extend_from_slice(data);
-            Message::Binary(b.into())
-        }
-    };
+    let frame = move |channel: u8, data: &[u8]| frame(base64, channel, data);
     let (out_tx, mut out_rx) = tokio::sync::mpsc::channel::<Message>(16);
     let writer = tokio::spawn(async move {
         while let Some(m) = out_rx.recv().await {
@@ -280,17 +261,12 @@ where
         tokio::select! {
             _ = &mut all_done => break,
             msg = source.next() => {
-                let data: Vec<u8> = match msg {
-                    Some(Ok(Message::Binary(b))) => b.to_vec(),
-                    Some(Ok(Message::Text(t))) if base64 => {
-                        let t = t.as_str();
-                        let Some(ch) = t.bytes().next().filter(|c| c.is_ascii_digit()) else { continue };
-                        let Ok(mut d) = base64::engine::general_purpose::STANDARD.decode(&t[1..]) else { continue };
-                        d.insert(0, ch - b'0');
-                        d
-                    }
+                let data = match msg {
                     Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
-                    Some(Ok(_)) => continue,
+                    Some(Ok(m)) => match channel_data(m, base64) {
+                        Some(d) => d,
+                        None => continue,
+                    },
                 };
                 let Some((&channel, payload)) = data.split_first() else { continue };
                 let i = usize::from(channel / 2);

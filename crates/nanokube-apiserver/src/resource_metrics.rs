@@ -47,13 +47,7 @@ fn quantities(u: &Usage) -> Value {
 }
 
 fn rfc3339(t: SystemTime) -> String {
-    let t = time::OffsetDateTime::from(t);
-    t.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
-        .split('.')
-        .next()
-        .map(|s| format!("{}Z", s.trim_end_matches('Z')))
-        .unwrap_or_default()
+    nanokube_api::meta::format_time(time::OffsetDateTime::from(t))
 }
 
 fn window(d: Duration) -> String {
@@ -80,8 +74,7 @@ fn object_meta(obj: &Value, namespaced: bool) -> Value {
 
 /// The NodeMetrics of `node`, if its agent has figures.
 fn node_metrics(nodes: &MetricsNodes, node: &Value) -> Option<Value> {
-    let fake_pod = json!({"spec": {"nodeName": node["metadata"]["name"]}});
-    let agent = nodes.reach(&fake_pod).ok()?;
+    let agent = nodes.reach_node(node.pointer("/metadata/name").and_then(Value::as_str)?).ok()?;
     let u = agent.node_usage()?;
     Some(json!({
         "kind": "NodeMetrics", "apiVersion": "metrics.k8s.io/v1beta1",

@@ -297,7 +297,8 @@ impl Decoder {
     fn headers(&mut self, mut input: &[u8]) -> Result<Headers, ProtocolError> {
         let mut out = Vec::with_capacity(256);
         let mut chunk = [0u8; 4096];
-        while !input.is_empty() {
+        // Until the block is taken and zlib holds nothing more of it.
+        loop {
             let (before_in, before_out) = (self.inflate.total_in(), self.inflate.total_out());
             let result = self.inflate.decompress(input, &mut chunk, FlushDecompress::Sync);
             let used = (self.inflate.total_in() - before_in) as usize;
@@ -308,27 +309,15 @@ impl Decoder {
                 return err(format!("a header block of more than {MAX_HEADER_BLOCK} bytes"));
             }
             match result {
-                Ok(_) if used == 0 && made == 0 => break,
-                Ok(_) => {}
                 Err(e) => match e.needs_dictionary() {
                     Some(_) => {
                         self.inflate.set_dictionary(&DICTIONARY).map_err(|e| ProtocolError(format!("header dictionary: {e}")))?;
                     }
+                    None if input.is_empty() => break,
                     None => return err(format!("header block: {e}")),
                 },
-            }
-        }
-        // What zlib still holds for this block.
-        loop {
-            let before_out = self.inflate.total_out();
-            let result = self.inflate.decompress(&[], &mut chunk, FlushDecompress::Sync);
-            let made = (self.inflate.total_out() - before_out) as usize;
-            out.extend_from_slice(&chunk[..made]);
-            if out.len() > MAX_HEADER_BLOCK {
-                return err(format!("a header block of more than {MAX_HEADER_BLOCK} bytes"));
-            }
-            if made == 0 || result.is_err() {
-                break;
+                Ok(_) if used == 0 && made == 0 => break,
+                Ok(_) => {}
             }
         }
         parse_pairs(&out)
@@ -525,30 +514,31 @@ impl Connection {
         let writer = tokio::spawn(async move {
             let mut enc = Encoder::default();
             let mut buf = BytesMut::with_capacity(WRITE_CHUNK + 64);
-            while let Some(item) = out_rx.recv().await {
-                match item {
-                    Out::Frame(f) => enc.encode(&f, &mut buf),
-                    Out::End(last_id) => {
-                        enc.encode(&Frame::GoAway { last_id, status: GOAWAY_OK }, &mut buf);
-                        let _ = write.write_all(&buf).await;
-                        let _ = write.shutdown().await;
-                        return;
-                    }
+            // Encode one item; true when it ends the connection.
+            let mut take = |item: Out, buf: &mut BytesMut| match item {
+                Out::Frame(f) => {
+                    enc.encode(&f, buf);
+                    false
                 }
+                Out::End(last_id) => {
+                    enc.encode(&Frame::GoAway { last_id, status: GOAWAY_OK }, buf);
+                    true
+                }
+            };
+            while let Some(item) = out_rx.recv().await {
+                let mut end = take(item, &mut buf);
                 // Gather what is already queued into one write.
-                while buf.len() < WRITE_CHUNK {
+                while !end && buf.len() < WRITE_CHUNK {
                     match out_rx.try_recv() {
-                        Ok(Out::Frame(f)) => enc.encode(&f, &mut buf),
-                        Ok(Out::End(last_id)) => {
-                            enc.encode(&Frame::GoAway { last_id, status: GOAWAY_OK }, &mut buf);
-                            let _ = write.write_all(&buf).await;
-                            let _ = write.shutdown().await;
-                            return;
-                        }
+                        Ok(item) => end = take(item, &mut buf),
                         Err(_) => break,
                     }
                 }
                 if write.write_all(&buf).await.is_err() || write.flush().await.is_err() {
+                    return;
+                }
+                if end {
+                    let _ = write.shutdown().await;
                     return;
                 }
                 buf.clear();

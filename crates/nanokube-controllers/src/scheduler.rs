@@ -195,6 +195,19 @@ struct Usage {
     pods: usize,
 }
 
+impl Usage {
+    /// A pod with `demand` placed on the node.
+    fn add(&mut self, demand: &Demand) {
+        for (k, v) in &demand.requests {
+            *self.requests.entry(k.clone()).or_default() += v;
+        }
+        self.nonzero.0 += demand.nonzero.0;
+        self.nonzero.1 += demand.nonzero.1;
+        self.host_ports.extend(demand.host_ports.iter().cloned());
+        self.pods += 1;
+    }
+}
+
 fn allocatable(node: &Node) -> BTreeMap<String, f64> {
     node.status
         .as_ref()
@@ -515,14 +528,7 @@ impl Scheduler {
         };
         let mut usage: HashMap<String, Usage> = HashMap::new();
         for (node, demand) in state.bound.values() {
-            let u = usage.entry(node.clone()).or_default();
-            for (k, v) in &demand.requests {
-                *u.requests.entry(k.clone()).or_default() += v;
-            }
-            u.nonzero.0 += demand.nonzero.0;
-            u.nonzero.1 += demand.nonzero.1;
-            u.host_ports.extend(demand.host_ports.iter().cloned());
-            u.pods += 1;
+            usage.entry(node.clone()).or_default().add(demand);
         }
         let any_claims = due.iter().any(|k| state.pending.get(k).is_some_and(|(p, _)| !claim_names(p).is_empty()));
         let vols = if any_claims { Volumes::load(&self.registry) } else { Volumes::default() };
@@ -589,14 +595,7 @@ impl Scheduler {
                 Some((_, node)) => {
                     let node_name = node.metadata.name.clone().unwrap_or_default();
                     if self.bind(&pod, &node_name).await {
-                        let u = usage.entry(node_name.clone()).or_default();
-                        for (r, v) in &demand.requests {
-                            *u.requests.entry(r.clone()).or_default() += v;
-                        }
-                        u.nonzero.0 += demand.nonzero.0;
-                        u.nonzero.1 += demand.nonzero.1;
-                        u.host_ports.extend(demand.host_ports.iter().cloned());
-                        u.pods += 1;
+                        usage.entry(node_name.clone()).or_default().add(&demand);
                         state.pending.remove(&k);
                         state.said.remove(&k);
                         state.bound.insert(k, (node_name, demand));

@@ -132,11 +132,17 @@ pub struct Simulator {
     cfg: SimulatedConfig,
 }
 
-/// What a simulated node keeps of its pods: the IP each got.
-#[derive(Default)]
+/// What a simulated node keeps of its pods: the IP each got, and its event recorder.
 struct NodePods {
     next: u32,
     ips: HashMap<String, Ipv4Addr>,
+    events: Arc<crate::pods::events::Recorder>,
+}
+
+impl NodePods {
+    fn new(node: &str) -> Self {
+        NodePods { next: 0, ips: HashMap::new(), events: Arc::new(crate::pods::events::Recorder::new(node)) }
+    }
 }
 
 impl Simulator {
@@ -228,6 +234,7 @@ impl Simulator {
                                 started.remove(meta::uid(v));
                                 if let Some(n) = nodes.get_mut(v.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or("")) {
                                     n.ips.remove(meta::uid(v));
+                                    n.events.forget(meta::uid(v));
                                 }
                                 continue;
                             }
@@ -250,7 +257,7 @@ impl Simulator {
         if let Ok(list) = self.registry.list(nodes_def(), None, &ListOptions::default()) {
             for n in list.items.iter().filter(|n| is_simulated(n.value())) {
                 let name = meta::name(n.value()).to_string();
-                nodes.entry(name.clone()).or_default();
+                nodes.entry(name.clone()).or_insert_with(|| NodePods::new(&name));
                 out.insert(name);
             }
         }
@@ -277,27 +284,26 @@ impl Simulator {
             return;
         }
         started.insert(uid.clone());
-        let np = nodes.entry(node.to_string()).or_default();
+        let np = nodes.entry(node.to_string()).or_insert_with(|| NodePods::new(node));
         let index = node_index(node);
         let ip = *np.ips.entry(uid.clone()).or_insert_with(|| {
             np.next = np.next % 1021 + 1;
             Ipv4Addr::from(u32::from(pod_cidr(index).0) + np.next)
         });
         let host_ip = node_ip(index).to_string();
-        let (registry, delay, pod) = (self.registry.clone(), self.cfg.start_delay, pod.clone());
-        let node = node.to_string();
+        let (registry, delay, pod, events) = (self.registry.clone(), self.cfg.start_delay, pod.clone(), np.events.clone());
         tokio::spawn(async move {
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }
-            start(&registry, &pod, &node, &host_ip, ip).await;
+            start(&registry, &events, &pod, &host_ip, ip).await;
         });
     }
 }
 
 /// Write the pod's status as kubelet would once its containers run (or ended, with the
 /// failure annotation), and kubelet's `Started` event.
-async fn start(registry: &Registry, pod: &Value, node: &str, host_ip: &str, ip: Ipv4Addr) {
+async fn start(registry: &Registry, events: &crate::pods::events::Recorder, pod: &Value, host_ip: &str, ip: Ipv4Addr) {
     let (ns, name, uid) = (meta::namespace(pod).to_string(), meta::name(pod).to_string(), meta::uid(pod).to_string());
     let now = meta::now_rfc3339();
     let exit: Option<i32> = pod.pointer("/metadata/annotations").and_then(|a| a.get(EXIT_CODE_ANNOTATION)).and_then(Value::as_str).and_then(|s| s.parse().ok());
@@ -359,15 +365,6 @@ async fn start(registry: &Registry, pod: &Value, node: &str, host_ip: &str, ip: 
     }
     for c in &containers {
         let cname = c.get("name").and_then(Value::as_str).unwrap_or("");
-        let event = json!({
-            "apiVersion": "v1", "kind": "Event",
-            "metadata": {"name": format!("{name}.{:x}", fastrand::u64(..)), "namespace": ns},
-            "involvedObject": {"apiVersion": "v1", "kind": "Pod", "name": name, "namespace": ns, "uid": uid, "fieldPath": format!("spec.containers{{{cname}}}")},
-            "reason": "Started", "message": format!("Started container {cname}"), "type": "Normal",
-            "source": {"component": "kubelet", "host": node}, "reportingComponent": "kubelet", "reportingInstance": node,
-            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
-        });
-        let events = resources::find("", "v1", "events").expect("built-in resource");
-        let _ = registry.create(events, &ns, event, &WriteOptions::default()).await;
+        events.record(registry, pod, Some(&format!("spec.containers{{{cname}}}")), "Normal", "Started", &format!("Started container {cname}")).await;
     }
 }

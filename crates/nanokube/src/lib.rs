@@ -368,7 +368,7 @@ impl Cluster {
                 api.portforward_nodes.attach(Arc::new(nanokube_node::pods::portforward::PortForward(rt.clone())));
                 let stats = nanokube_node::pods::stats::Stats::new(rt.clone());
                 api.metrics_nodes.attach(stats.clone());
-                tokio::spawn(stats.run());
+                tokio::spawn(stats.run(shutdown_rx.clone()));
             }
             Arc::new(nanokube_node::NodeAgent::new(
                 registry.clone(),

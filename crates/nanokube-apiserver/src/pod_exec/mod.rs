@@ -97,6 +97,12 @@ pub fn end_text(command: &[String], end: &ExecEnd) -> Option<String> {
     }
 }
 
+/// A terminal size as the resize channel or stream carries it (`{"Width":80,"Height":24}`).
+pub fn terminal_size(v: &Value) -> (u16, u16) {
+    let dim = |k: &str| v.get(k).and_then(Value::as_u64).and_then(|n| u16::try_from(n).ok()).unwrap_or(0);
+    (dim("Width"), dim("Height"))
+}
+
 /// The exec request from the query (`command` repeated, `container`, the stream flags),
 /// checked as upstream checks it, and the container resolved for `pod`.
 pub fn request(pod: &Value, container: Option<&str>, command: Vec<String>, flag: &dyn Fn(&str) -> bool) -> Result<ExecRequest, ApiError> {
@@ -124,9 +130,6 @@ pub fn request(pod: &Value, container: Option<&str>, command: Vec<String>, flag:
             }
         },
     };
-    if pod.pointer("/spec/nodeName").and_then(Value::as_str).is_none_or(str::is_empty) {
-        return Err(ApiError::bad_request(format!("pod {name} does not have a host assigned")));
-    }
     if command.is_empty() {
         return Err(ApiError::bad_request("you must specify at least 1 command"));
     }
@@ -140,7 +143,7 @@ pub fn request(pod: &Value, container: Option<&str>, command: Vec<String>, flag:
 /// The nodes this API server runs processes on.
 pub type ExecNodes = crate::node_link::LocalNode<dyn NodeExec>;
 
-/// Start `req` in `pod` on its node.
+/// Start `req` in `pod` on its node (a pod with none is refused there, as for logs).
 pub async fn exec(nodes: &ExecNodes, pod: &Value, req: ExecRequest) -> Result<ExecSession, ApiError> {
     nodes.reach(pod)?.exec(pod, req).await
 }

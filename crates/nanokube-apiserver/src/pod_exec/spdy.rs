@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::{end_status, end_text, ExecRequest, ExecSession};
 use crate::spdy::{Connection, Stream};
@@ -18,12 +18,6 @@ pub const PROTOCOLS: [&str; 4] = ["v4.channel.k8s.io", "v3.channel.k8s.io", "v2.
 
 /// How long the client has to open its streams (kubelet's default).
 const STREAM_CREATION_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// The protocol chosen from the client's `X-Stream-Protocol-Version` values: the first
-/// of ours that it offers.
-pub fn negotiate<'a>(offered: impl Iterator<Item = &'a str> + Clone) -> Option<&'static str> {
-    PROTOCOLS.iter().copied().find(|p| offered.clone().flat_map(|v| v.split(',')).any(|o| o.trim() == *p))
-}
 
 /// Serve a started process on an upgraded connection speaking SPDY with `protocol`.
 pub async fn serve<S>(io: S, protocol: &'static str, req: ExecRequest, mut session: ExecSession)
@@ -63,19 +57,15 @@ where
     }
     let copy_out = |reader: Option<Box<dyn AsyncRead + Send + Unpin>>, stream: Option<Stream>| {
         tokio::spawn(async move {
-            let (Some(mut r), Some(s)) = (reader, stream) else { return };
-            let mut buf = vec![0u8; 32 * 1024];
-            loop {
-                match r.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        if s.writer.write(&buf[..n]).await.is_err() {
-                            return;
-                        }
-                    }
-                }
+            let (Some(r), Some(s)) = (reader, stream) else { return };
+            let ended = crate::pump::pump(r, |chunk| {
+                let w = s.writer.clone();
+                async move { w.write(&chunk).await.is_ok() }
+            })
+            .await;
+            if ended {
+                s.writer.close().await;
             }
-            s.writer.close().await;
         })
     };
     let stdout_task = copy_out(session.stdout.take(), stdout);
@@ -105,8 +95,8 @@ where
                 let mut used = 0;
                 while let Some(Ok(v)) = sizes.next() {
                     used = sizes.byte_offset();
-                    let dim = |k: &str| v.get(k).and_then(Value::as_u64).and_then(|n| u16::try_from(n).ok()).unwrap_or(0);
-                    f(dim("Width"), dim("Height"));
+                    let (width, height) = super::terminal_size(&v);
+                    f(width, height);
                 }
                 pending.drain(..used);
                 if pending.len() > 4096 {

@@ -10,7 +10,7 @@
 use base64::Engine;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::protocol::{Message, Role, WebSocketConfig};
 
 use super::{end_status, end_text, ExecRequest, ExecSession};
@@ -54,8 +54,10 @@ const CLOSE: u8 = 255;
 /// Largest message taken from a client (stdin chunks, resizes).
 const MAX_MESSAGE: usize = 1 << 20;
 
-fn frame(p: Protocol, channel: u8, data: &[u8]) -> Message {
-    if p.base64 {
+/// A message on `channel`: binary with the channel byte first, or (`base64`) text with
+/// the channel as a digit, then base64.
+pub fn frame(base64: bool, channel: u8, data: &[u8]) -> Message {
+    if base64 {
         let mut s = String::with_capacity(1 + data.len() * 4 / 3 + 4);
         s.push((b'0' + channel) as char);
         s.push_str(&base64::engine::general_purpose::STANDARD.encode(data));
@@ -65,6 +67,23 @@ fn frame(p: Protocol, channel: u8, data: &[u8]) -> Message {
         b.push(channel);
         b.extend_from_slice(data);
         Message::Binary(b.into())
+    }
+}
+
+/// What a client's message carries, channel byte first (a base64 text message decoded),
+/// or `None` for a message that carries no channel data (pings, or text in the binary
+/// protocols).
+pub fn channel_data(m: Message, base64: bool) -> Option<Vec<u8>> {
+    match m {
+        Message::Binary(b) => Some(b.to_vec()),
+        Message::Text(t) if base64 => {
+            let t = t.as_str();
+            let ch = t.bytes().next().filter(|c| c.is_ascii_digit())?;
+            let mut d = base64::engine::general_purpose::STANDARD.decode(&t[1..]).ok()?;
+            d.insert(0, ch - b'0');
+            Some(d)
+        }
+        _ => None,
     }
 }
 
@@ -86,22 +105,16 @@ where
     } else {
         ERROR
     };
-    let _ = out_tx.send(frame(protocol, first, &[])).await;
+    let _ = out_tx.send(frame(protocol.base64, first, &[])).await;
     let pump = |reader: Option<Box<dyn AsyncRead + Send + Unpin>>, channel: u8| {
         let tx = out_tx.clone();
         tokio::spawn(async move {
-            let Some(mut r) = reader else { return };
-            let mut buf = vec![0u8; 32 * 1024];
-            loop {
-                match r.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => {
-                        if tx.send(frame(protocol, channel, &buf[..n])).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            }
+            let Some(r) = reader else { return };
+            crate::pump::pump(r, |chunk| {
+                let tx = tx.clone();
+                async move { tx.send(frame(protocol.base64, channel, &chunk)).await.is_ok() }
+            })
+            .await;
         })
     };
     let stdout_task = pump(session.stdout.take(), STDOUT);
@@ -121,19 +134,9 @@ where
         tokio::select! {
             end = &mut done => break Some(end),
             msg = source.next() => match msg {
+                Some(Ok(Message::Close(_))) => break None,
                 Some(Ok(m)) => {
-                    let data: Vec<u8> = match m {
-                        Message::Binary(b) => b.to_vec(),
-                        Message::Text(t) if protocol.base64 => {
-                            let t = t.as_str();
-                            let Some(ch) = t.bytes().next().filter(|c| c.is_ascii_digit()) else { continue };
-                            let Ok(mut d) = base64::engine::general_purpose::STANDARD.decode(&t[1..]) else { continue };
-                            d.insert(0, ch - b'0');
-                            d
-                        }
-                        Message::Close(_) => break None,
-                        _ => continue,
-                    };
+                    let Some(data) = channel_data(m, protocol.base64) else { continue };
                     let Some((&channel, payload)) = data.split_first() else { continue };
                     match channel {
                         STDIN => {
@@ -145,8 +148,8 @@ where
                         }
                         RESIZE => {
                             if let (Some(f), Ok(v)) = (&resize, serde_json::from_slice::<Value>(payload)) {
-                                let dim = |k: &str| v.get(k).and_then(Value::as_u64).and_then(|n| u16::try_from(n).ok()).unwrap_or(0);
-                                f(dim("Width"), dim("Height"));
+                                let (width, height) = super::terminal_size(&v);
+                                f(width, height);
                             }
                         }
                         CLOSE if protocol.v5 && payload.first() == Some(&STDIN) => {
@@ -173,9 +176,9 @@ where
     let _ = stderr_task.await;
     if protocol.status {
         let status = end_status(&req.command, &end);
-        let _ = out_tx.send(frame(protocol, ERROR, status.to_string().as_bytes())).await;
+        let _ = out_tx.send(frame(protocol.base64, ERROR, status.to_string().as_bytes())).await;
     } else if let Some(text) = end_text(&req.command, &end) {
-        let _ = out_tx.send(frame(protocol, ERROR, text.as_bytes())).await;
+        let _ = out_tx.send(frame(protocol.base64, ERROR, text.as_bytes())).await;
     }
     drop(out_tx);
     if let Ok(Some(mut sink)) = writer.await {

@@ -90,12 +90,16 @@ impl Stats {
         Arc::new(Stats { runtime, samples: Mutex::new(HashMap::new()) })
     }
 
-    /// Sample every [`INTERVAL`], for as long as the process runs.
-    pub async fn run(self: Arc<Self>) {
+    /// Sample every [`INTERVAL`] until `shutdown`.
+    pub async fn run(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(INTERVAL);
         loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tick.tick() => {}
+            }
             let this = self.clone();
             let _ = tokio::task::spawn_blocking(move || this.sample()).await;
-            tokio::time::sleep(INTERVAL).await;
         }
     }
 
