@@ -242,6 +242,7 @@ pub static BUILTIN: &[ResourceDef] = &[
         &["po"],
         ALL,
         &[
+            SubresourceDef { name: "attach", group: "", version: "v1", kind: "PodAttachOptions", verbs: &["create", "get"] },
             SubresourceDef { name: "binding", group: "", version: "v1", kind: "Binding", verbs: &["create"] },
             SubresourceDef { name: "exec", group: "", version: "v1", kind: "PodExecOptions", verbs: &["create", "get"] },
             SubresourceDef { name: "portforward", group: "", version: "v1", kind: "PodPortForwardOptions", verbs: &["create", "get"] },

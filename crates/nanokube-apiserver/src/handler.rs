@@ -1389,7 +1389,9 @@ impl Ctx<'_> {
 
     /// `pods/exec`: everything checked and the process started before the upgrade (see
     /// [`crate::pod_exec`]).
-    async fn exec(&self, def: &'static ResourceDef) -> Result<Response<Body>, ApiError> {
+    /// `pods/exec` (`attach` false) and `pods/attach`: a session on the node, then the
+    /// upgrade to WebSocket or SPDY (see [`crate::pod_exec`]).
+    async fn exec(&self, def: &'static ResourceDef, attach: bool) -> Result<Response<Body>, ApiError> {
         let info = self.info;
         let wants_websocket = self.streaming_upgrade()?;
         // The wire's protocol, then the request, then the process: all before the upgrade.
@@ -1408,9 +1410,17 @@ impl Ctx<'_> {
         };
         let pod = self.server.registry.get(def, &info.namespace, &info.name)?;
         let query = self.query;
-        let req = crate::pod_exec::request(pod.value(), query.get("container"), query.all("command"), &|k| query.flag(k))?;
+        let req = if attach {
+            crate::pod_exec::attach_request(pod.value(), query.get("container"), &|k| query.flag(k))?
+        } else {
+            crate::pod_exec::request(pod.value(), query.get("container"), query.all("command"), &|k| query.flag(k))?
+        };
         let upgrade = self.take_upgrade()?;
-        let session = crate::pod_exec::exec(&self.server.exec_nodes, pod.value(), req.clone()).await?;
+        let session = if attach {
+            crate::pod_exec::attach(&self.server.exec_nodes, pod.value(), req.clone()).await?
+        } else {
+            crate::pod_exec::exec(&self.server.exec_nodes, pod.value(), req.clone()).await?
+        };
         match wire {
             Wire::WebSocket(protocol) => {
                 let resp = self.websocket_accept(protocol.name())?;
@@ -1587,7 +1597,8 @@ impl Ctx<'_> {
                 resp.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
                 Ok(resp)
             }
-            "exec" => self.exec(def).await,
+            "exec" => self.exec(def, false).await,
+            "attach" => self.exec(def, true).await,
             "portforward" => self.portforward(def).await,
             "token" => {
                 if self.method != Method::POST {

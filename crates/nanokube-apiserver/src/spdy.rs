@@ -553,6 +553,14 @@ impl Connection {
         self.incoming.recv().await
     }
 
+    /// Resolves once the client has gone (its side of the connection ended); streams it
+    /// opens meanwhile are refused.
+    pub async fn ended(&mut self) {
+        while let Some(s) = self.incoming.recv().await {
+            s.writer.reset().await;
+        }
+    }
+
     /// End the connection: what was written is sent, then a `GOAWAY`, then the write side
     /// is shut.
     pub async fn close(self) {

@@ -87,6 +87,8 @@ pub struct ContainerConfig {
     /// Join this PID namespace (the pod's, `shareProcessNamespace`; another container's,
     /// for a debug container) instead of a new one.
     pub pid_namespace: Namespace,
+    /// The process runs on a terminal (`tty: true`; runc then needs a console socket).
+    pub terminal: bool,
 }
 
 /// Write `<bundle>/config.json` for a container whose root filesystem is `rootfs`.
@@ -97,6 +99,7 @@ pub fn write(bundle: &Path, rootfs: &Path, c: &ContainerConfig) -> Result<(), St
     process.set_env(Some(c.env.iter().map(|(k, v)| format!("{k}={v}")).collect()));
     process.set_cwd(if c.cwd.is_empty() { "/".into() } else { c.cwd.clone().into() });
     process.set_no_new_privileges(Some(!c.allow_privilege_escalation));
+    process.set_terminal(Some(c.terminal));
     let mut user = User::default();
     user.set_uid(c.uid);
     user.set_gid(c.gid);

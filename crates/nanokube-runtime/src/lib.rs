@@ -27,6 +27,7 @@
 //! separate processes). The pods themselves are the node agent's (`nanokube-node`).
 
 pub mod archive;
+pub mod attach;
 pub mod bundle;
 pub mod command;
 pub mod cri_log;

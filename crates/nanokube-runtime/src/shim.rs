@@ -5,7 +5,9 @@
 //! It makes itself the reaper of the container (`PR_SET_CHILD_SUBREAPER`), starts it
 //! with `runc run --detach`, tells the agent the container's PID on its stdout, then copies the
 //! container's stdout and stderr into the CRI log file, waits for the container's end and
-//! leaves what happened in `exit.json` beside the bundle. It lives in its own session, so
+//! leaves what happened in `exit.json` beside the bundle. It also keeps the container's
+//! stdin (a pipe, or the terminal runc hands over) and lets clients attach to its streams
+//! ([`crate::attach`]). It lives in its own session, so
 //! it outlives the server (a `kill -9` of nanokube leaves containers running, and the next
 //! start adopts them by reading these files).
 
@@ -15,7 +17,11 @@ use std::process::{Command, Stdio};
 
 use serde::{Deserialize, Serialize};
 
+use crate::attach;
 use crate::cri_log::{self, LogWriter, Stream};
+
+/// The console socket runc dials (relative: runc resolves it in the bundle).
+const CONSOLE_SOCKET: &str = "console.sock";
 
 /// What the shim is told.
 #[derive(Debug, Clone)]
@@ -30,6 +36,12 @@ pub struct ShimArgs {
     pub id: String,
     /// The CRI log file.
     pub log: PathBuf,
+    /// The container keeps stdin open for attaching clients (`stdin: true`).
+    pub stdin: bool,
+    /// Its stdin closes once the first attached client's stdin ends (`stdinOnce`).
+    pub stdin_once: bool,
+    /// It runs on a terminal (`tty: true`; `config.json` says `terminal: true`).
+    pub tty: bool,
 }
 
 /// What the shim says once the container started (or failed to).
@@ -140,6 +152,25 @@ pub fn main(args: ShimArgs) -> i32 {
         Ok(p) => p,
         Err(e) => return fail(format!("pipe: {e}")),
     };
+    // A pipe for stdin when the container keeps it (non-terminal), its write end ours.
+    let (stdin_r, stdin_w) = if args.stdin && !args.tty {
+        match std::io::pipe() {
+            Ok((r, w)) => (Some(r), Some(w)),
+            Err(e) => return fail(format!("pipe: {e}")),
+        }
+    } else {
+        (None, None)
+    };
+    // runc hands a terminal's master end over a socket; it dials it from the bundle.
+    let console = if args.tty {
+        match attach::listen(&args.bundle, CONSOLE_SOCKET) {
+            Ok(l) => Some(l),
+            Err(e) => return fail(format!("console socket: {e}")),
+        }
+    } else {
+        None
+    };
+    let attach_listener = attach::listen(&args.bundle, attach::SOCKET);
     let runc_log = args.bundle.join("runc.log");
     let pid_file = args.bundle.join("pid");
     let runc = |extra: &[&std::ffi::OsStr]| {
@@ -148,31 +179,63 @@ pub fn main(args: ShimArgs) -> i32 {
         c
     };
     // `runc run --detach` creates and starts the container in one runc process and hands
-    // it runc's stdio (pass-through mode); the container's init is reparented to this
-    // subreaper when runc exits.
-    let ran = runc(&[
-        "run".as_ref(),
-        "--detach".as_ref(),
-        "--bundle".as_ref(),
-        args.bundle.as_os_str(),
-        "--pid-file".as_ref(),
-        pid_file.as_os_str(),
-        args.id.as_ref(),
-    ])
-    .stdin(Stdio::null())
-    .stdout(out_w)
-    .stderr(err_w)
-    .status();
+    // it runc's stdio (pass-through mode), or a new terminal; the container's init is
+    // reparented to this subreaper when runc exits.
+    let mut run_args: Vec<&std::ffi::OsStr> = vec!["run".as_ref(), "--detach".as_ref()];
+    if args.tty {
+        run_args.extend::<[&std::ffi::OsStr; 2]>(["--console-socket".as_ref(), CONSOLE_SOCKET.as_ref()]);
+    }
+    run_args.extend::<[&std::ffi::OsStr; 5]>(["--bundle".as_ref(), args.bundle.as_os_str(), "--pid-file".as_ref(), pid_file.as_os_str(), args.id.as_ref()]);
+    let mut command = runc(&run_args);
+    command.stdin(stdin_r.map(Stdio::from).unwrap_or_else(Stdio::null));
+    if args.tty {
+        command.stdout(Stdio::null()).stderr(Stdio::null());
+        drop((out_w, err_w));
+    } else {
+        command.stdout(out_w).stderr(err_w);
+    }
+    let ran = command.status();
     let started_at = now();
-    let readers = [(out_r, Stream::Stdout), (err_r, Stream::Stderr)].map(|(r, s)| {
-        let w = writer.clone();
-        std::thread::spawn(move || cri_log::copy_lines(r, s, &w))
-    });
     match ran {
         Ok(s) if s.success() => {}
         Ok(_) => return fail(runc_error(&runc_log).unwrap_or_else(|| "runc run failed".into())),
         Err(e) => return fail(format!("running runc: {e}")),
     }
+    // The terminal was sent before `runc run --detach` returned.
+    let terminal = match &console {
+        Some(listener) => {
+            let _ = listener.set_nonblocking(true);
+            match attach::receive_terminal(listener) {
+                Ok(fd) => Some(std::fs::File::from(fd)),
+                Err(e) => return fail(format!("the container's terminal: {e}")),
+            }
+        }
+        None => None,
+    };
+    drop(console);
+    let _ = std::fs::remove_file(args.bundle.join(CONSOLE_SOCKET));
+    let clone = |f: &Option<std::fs::File>| f.as_ref().and_then(|f| f.try_clone().ok());
+    let input = match (&terminal, stdin_w) {
+        (Some(_), _) if args.stdin => clone(&terminal).map(attach::Input::Terminal),
+        (None, Some(w)) => Some(attach::Input::Pipe(std::fs::File::from(std::os::fd::OwnedFd::from(w)))),
+        _ => None,
+    };
+    let hub = attach::Hub::new(input, clone(&terminal), args.stdin_once);
+    match attach_listener {
+        Ok(l) => hub.serve(l),
+        Err(e) => eprintln!("attach socket: {e}"),
+    }
+    let outputs: Vec<(Box<dyn std::io::Read + Send>, Stream, attach::Kind)> = match terminal {
+        Some(t) => vec![(Box::new(t), Stream::Stdout, attach::Kind::Stdout)],
+        None => vec![(Box::new(out_r), Stream::Stdout, attach::Kind::Stdout), (Box::new(err_r), Stream::Stderr, attach::Kind::Stderr)],
+    };
+    let readers: Vec<_> = outputs
+        .into_iter()
+        .map(|(r, s, kind)| {
+            let (w, hub) = (writer.clone(), hub.clone());
+            std::thread::spawn(move || cri_log::copy_lines(attach::Tee::new(r, kind, hub), s, &w))
+        })
+        .collect();
     let pid: i32 = match std::fs::read_to_string(&pid_file).ok().and_then(|p| p.trim().parse().ok()) {
         Some(p) => p,
         None => return fail("runc wrote no pid file".into()),
@@ -202,6 +265,9 @@ pub fn main(args: ShimArgs) -> i32 {
     };
     let reason = (signal == Some(libc::SIGKILL) && !cgroup.is_empty() && oom_kills(&cgroup) > 0).then(|| "OOMKilled".to_string());
     write_exit(&args.bundle, &ExitRecord { exit_code, signal, started_at: Some(started_at), finished_at: now(), reason, message: None });
+    // Attached clients see the end once the exit is recorded.
+    hub.close_all();
+    let _ = std::fs::remove_file(args.bundle.join(attach::SOCKET));
     0
 }
 
@@ -241,6 +307,11 @@ pub fn spawn(binary: &Path, args: &ShimArgs) -> Result<(u32, Started), String> {
         .arg(&args.id)
         .arg("--log")
         .arg(&args.log);
+    for (on, flag) in [(args.stdin, "--stdin"), (args.stdin_once, "--stdin-once"), (args.tty, "--tty")] {
+        if on {
+            cmd.arg(flag);
+        }
+    }
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(shim_log);
     // SAFETY: setsid(2) is async-signal-safe, as the child side of fork requires.
     unsafe {

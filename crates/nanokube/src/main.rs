@@ -369,6 +369,12 @@ struct ShimCli {
     id: String,
     #[arg(long)]
     log: PathBuf,
+    #[arg(long)]
+    stdin: bool,
+    #[arg(long)]
+    stdin_once: bool,
+    #[arg(long)]
+    tty: bool,
 }
 
 /// A Go-style duration (`30s`, `1m30s`, `500ms`, `0`).
@@ -439,6 +445,9 @@ fn main() {
             bundle: a.bundle.clone(),
             id: a.id.clone(),
             log: a.log.clone(),
+            stdin: a.stdin,
+            stdin_once: a.stdin_once,
+            tty: a.tty,
         }));
     }
     // Likewise the pause process (it forks PID 1 of a new PID namespace).

@@ -1,4 +1,4 @@
-//! `pods/exec`, as kube-apiserver and kubelet serve it together.
+//! `pods/exec` and `pods/attach`, as kube-apiserver and kubelet serve them together.
 //!
 //! Everything that can fail is decided before the connection is upgraded: authorization
 //! (`create` on `pods/exec` as well as the request's `get`, upstream's
@@ -61,11 +61,16 @@ pub struct ExecSession {
     pub done: Pin<Box<dyn Future<Output = ExecEnd> + Send>>,
 }
 
-/// A node that runs processes in its containers.
+/// A node that runs processes in its containers and lets clients attach to them.
 pub trait NodeExec: crate::node_link::NamedNode {
     /// Start `req` in `pod` (as stored). An error is the client's answer, given before
     /// any upgrade.
     fn exec<'a>(&'a self, pod: &'a Value, req: ExecRequest) -> Pin<Box<dyn Future<Output = Result<ExecSession, ApiError>> + Send + 'a>>;
+
+    /// Attach to the running container `req.container` of `pod` (its own streams; the
+    /// request's command is empty). The session ends, successfully, when the container
+    /// does or the node drops the client.
+    fn attach<'a>(&'a self, pod: &'a Value, req: ExecRequest) -> Pin<Box<dyn Future<Output = Result<ExecSession, ApiError>> + Send + 'a>>;
 }
 
 /// The error channel's last word, as kubelet writes it.
@@ -103,41 +108,61 @@ pub fn terminal_size(v: &Value) -> (u16, u16) {
     (dim("Width"), dim("Height"))
 }
 
-/// The exec request from the query (`command` repeated, `container`, the stream flags),
-/// checked as upstream checks it, and the container resolved for `pod`.
-pub fn request(pod: &Value, container: Option<&str>, command: Vec<String>, flag: &dyn Fn(&str) -> bool) -> Result<ExecRequest, ApiError> {
+/// The container a streaming request names, resolved in `pod` as upstream's
+/// `streamLocation` does: the one regular container when none is named.
+pub fn container(pod: &Value, container: Option<&str>) -> Result<String, ApiError> {
     let name = pod.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
     let names = |p: &str| -> Vec<String> {
         pod.pointer(p).and_then(Value::as_array).into_iter().flatten().filter_map(|c| c.get("name").and_then(Value::as_str).map(String::from)).collect()
     };
     let (regular, init, ephemeral) = (names("/spec/containers"), names("/spec/initContainers"), names("/spec/ephemeralContainers"));
-    let container = match container.filter(|c| !c.is_empty()) {
+    match container.filter(|c| !c.is_empty()) {
         Some(c) => {
             if !regular.iter().chain(&init).chain(&ephemeral).any(|n| n == c) {
                 return Err(ApiError::bad_request(format!("container {c} is not valid for pod {name}")));
             }
-            c.to_string()
+            Ok(c.to_string())
         }
         None => match regular.len() {
-            1 => regular[0].clone(),
-            0 => return Err(ApiError::bad_request(format!("a container name must be specified for pod {name}"))),
+            1 => Ok(regular[0].clone()),
+            0 => Err(ApiError::bad_request(format!("a container name must be specified for pod {name}"))),
             _ => {
                 let mut m = format!("a container name must be specified for pod {name}, choose one of: [{}]", regular.join(" "));
                 if !init.is_empty() {
                     m += &format!(" or one of the init containers: [{}]", init.join(" "));
                 }
-                return Err(ApiError::bad_request(m));
+                if !ephemeral.is_empty() {
+                    m += &format!(" or one of the ephemeral containers: [{}]", ephemeral.join(" "));
+                }
+                Err(ApiError::bad_request(m))
             }
         },
-    };
+    }
+}
+
+/// The exec request from the query (`command` repeated, `container`, the stream flags),
+/// checked as upstream checks it, and the container resolved for `pod`.
+pub fn request(pod: &Value, container: Option<&str>, command: Vec<String>, flag: &dyn Fn(&str) -> bool) -> Result<ExecRequest, ApiError> {
+    let container = self::container(pod, container)?;
     if command.is_empty() {
         return Err(ApiError::bad_request("you must specify at least 1 command"));
     }
+    streams(ExecRequest { container, command, ..Default::default() }, flag)
+}
+
+/// The attach request from the query (`container`, the stream flags).
+pub fn attach_request(pod: &Value, container: Option<&str>, flag: &dyn Fn(&str) -> bool) -> Result<ExecRequest, ApiError> {
+    let container = self::container(pod, container)?;
+    streams(ExecRequest { container, ..Default::default() }, flag)
+}
+
+fn streams(mut req: ExecRequest, flag: &dyn Fn(&str) -> bool) -> Result<ExecRequest, ApiError> {
     let (stdin, stdout, stderr, tty) = (flag("stdin"), flag("stdout"), flag("stderr"), flag("tty"));
     if !stdin && !stdout && !stderr {
         return Err(ApiError::bad_request("you must specify at least 1 of stdin, stdout, stderr"));
     }
-    Ok(ExecRequest { container, command, stdin, stdout, stderr: stderr && !tty, tty })
+    (req.stdin, req.stdout, req.stderr, req.tty) = (stdin, stdout, stderr && !tty, tty);
+    Ok(req)
 }
 
 /// The nodes this API server runs processes on.
@@ -146,4 +171,9 @@ pub type ExecNodes = crate::node_link::LocalNode<dyn NodeExec>;
 /// Start `req` in `pod` on its node (a pod with none is refused there, as for logs).
 pub async fn exec(nodes: &ExecNodes, pod: &Value, req: ExecRequest) -> Result<ExecSession, ApiError> {
     nodes.reach(pod)?.exec(pod, req).await
+}
+
+/// Attach to a container of `pod` on its node.
+pub async fn attach(nodes: &ExecNodes, pod: &Value, req: ExecRequest) -> Result<ExecSession, ApiError> {
+    nodes.reach(pod)?.attach(pod, req).await
 }

@@ -105,7 +105,18 @@ where
             }
         }
     });
-    let end = session.done.await;
+    // The session ends with the process, or with the client (which drops the process's
+    // streams: an attached client detaches).
+    let mut done = session.done;
+    let end = tokio::select! {
+        end = &mut done => end,
+        _ = conn.ended() => {
+            for t in [stdout_task, stderr_task, stdin_task, resize_task] {
+                t.abort();
+            }
+            return;
+        }
+    };
     let _ = stdout_task.await;
     let _ = stderr_task.await;
     stdin_task.abort();

@@ -1,5 +1,6 @@
-//! `pods/exec` on this node: a process started in the running instance of a container
-//! (`runc exec`, see [`nanokube_runtime::exec`]), its streams handed to the API server.
+//! `pods/exec` and `pods/attach` on this node: a process started in the running instance
+//! of a container (`runc exec`, see [`nanokube_runtime::exec`]), or the container's own
+//! streams through its shim ([`nanokube_runtime::attach`]), handed to the API server.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -18,6 +19,12 @@ pub struct Exec(pub Arc<PodRuntime>);
 /// The runc ID of the running instance of `container`, from the pod's status (its
 /// `restartCount` is the instance) and the node's records of it.
 fn running_instance(rt: &PodRuntime, pod: &Value, container: &str) -> Option<String> {
+    let dir = running_bundle(rt, pod, container)?;
+    Some(std::fs::read_to_string(dir.join("id")).ok()?.trim().to_string())
+}
+
+/// The bundle directory of the running instance of `container`.
+fn running_bundle(rt: &PodRuntime, pod: &Value, container: &str) -> Option<std::path::PathBuf> {
     let uid = pod.pointer("/metadata/uid").and_then(Value::as_str)?;
     let status = ["/status/containerStatuses", "/status/initContainerStatuses", "/status/ephemeralContainerStatuses"]
         .iter()
@@ -30,7 +37,22 @@ fn running_instance(rt: &PodRuntime, pod: &Value, container: &str) -> Option<Str
     if dir.join("exit.json").exists() {
         return None;
     }
-    Some(std::fs::read_to_string(dir.join("id")).ok()?.trim().to_string())
+    Some(dir)
+}
+
+/// The spec of container `name` of `pod`, whichever list it is in.
+fn container_spec<'a>(pod: &'a Value, name: &str) -> Option<&'a Value> {
+    ["/spec/containers", "/spec/initContainers", "/spec/ephemeralContainers"]
+        .iter()
+        .filter_map(|p| pod.pointer(p).and_then(Value::as_array))
+        .flatten()
+        .find(|c| c.get("name").and_then(Value::as_str) == Some(name))
+}
+
+/// kubelet's answer for a container that is not running (kubectl prefixes "unable to
+/// upgrade connection: ").
+fn not_running(container: &str) -> ApiError {
+    ApiError::new(500, "InternalError", format!("container not found ({container:?})"))
 }
 
 impl nanokube_apiserver::node_link::NamedNode for Exec {
@@ -42,10 +64,7 @@ impl nanokube_apiserver::node_link::NamedNode for Exec {
 impl NodeExec for Exec {
     fn exec<'a>(&'a self, pod: &'a Value, req: ExecRequest) -> Pin<Box<dyn Future<Output = Result<ExecSession, ApiError>> + Send + 'a>> {
         Box::pin(async move {
-            // kubelet's answer for a container that is not running (kubectl prefixes
-            // "unable to upgrade connection: ").
-            let id = running_instance(&self.0, pod, &req.container)
-                .ok_or_else(|| ApiError::new(500, "InternalError", format!("container not found ({:?})", req.container)))?;
+            let id = running_instance(&self.0, pod, &req.container).ok_or_else(|| not_running(&req.container))?;
             let work = self.0.data_dir.join("exec");
             let streams = nanokube_runtime::exec::Streams { stdin: req.stdin, stdout: req.stdout, stderr: req.stderr, tty: req.tty };
             let mut e = nanokube_runtime::exec::spawn(&self.0.runc, &id, &req.command, streams, &work).await.map_err(ApiError::internal)?;
@@ -58,6 +77,34 @@ impl NodeExec for Exec {
                         ExecEnd::Failed(format!("failed to exec in container: failed to start exec \"{id}\": OCI runtime exec failed: {why}: unknown"))
                     }
                 }
+            });
+            Ok(ExecSession { stdin, stdout, stderr, resize, done })
+        })
+    }
+
+    fn attach<'a>(&'a self, pod: &'a Value, req: ExecRequest) -> Pin<Box<dyn Future<Output = Result<ExecSession, ApiError>> + Send + 'a>> {
+        Box::pin(async move {
+            let bundle = running_bundle(&self.0, pod, &req.container).ok_or_else(|| not_running(&req.container))?;
+            // The container's own settings decide, as containerd's attach: its terminal
+            // (output on one stream), and whether it has stdin at all.
+            let spec = container_spec(pod, &req.container);
+            let flag = |k: &str| spec.and_then(|c| c.get(k)).and_then(Value::as_bool).unwrap_or(false);
+            let tty = flag("tty");
+            let mut a = nanokube_runtime::attach::connect(&bundle, req.stdin && flag("stdin"), req.stdout, req.stderr && !tty)
+                .await
+                .map_err(|e| ApiError::internal(format!("error attaching to container: {e}")))?;
+            let resizer = a.resize.clone();
+            let resize = tty.then(|| {
+                Box::new(move |w: u16, h: u16| {
+                    let _ = resizer.send((w, h));
+                }) as Box<dyn Fn(u16, u16) + Send + Sync>
+            });
+            let box_write = |w: tokio::io::DuplexStream| Box::new(w) as Box<dyn tokio::io::AsyncWrite + Send + Unpin>;
+            let box_read = |r: tokio::io::DuplexStream| Box::new(r) as Box<dyn tokio::io::AsyncRead + Send + Unpin>;
+            let (stdin, stdout, stderr) = (a.stdin.take().map(box_write), a.stdout.take().map(box_read), a.stderr.take().map(box_read));
+            let done = Box::pin(async move {
+                let _ = a.done.await;
+                ExecEnd::Exited(0)
             });
             Ok(ExecSession { stdin, stdout, stderr, resize, done })
         })

@@ -699,7 +699,16 @@ impl Worker {
         rec.say("Normal", "Created", format!("Created container: {name}")).await;
         let (pname, ns) = (pod.metadata.name.clone().unwrap_or_default(), pod.metadata.namespace.clone().unwrap_or_default());
         let log = self.rt.logs_dir().join(format!("{ns}_{pname}_{}", self.uid)).join(&name).join(format!("{attempt}.log"));
-        let args = ShimArgs { runc: self.rt.runc.binary.clone(), root: self.rt.runc.state.clone(), bundle: bundle.clone(), id: id.clone(), log };
+        let args = ShimArgs {
+            runc: self.rt.runc.binary.clone(),
+            root: self.rt.runc.state.clone(),
+            bundle: bundle.clone(),
+            id: id.clone(),
+            log,
+            stdin: spec.stdin.unwrap_or(false),
+            stdin_once: spec.stdin_once.unwrap_or(false),
+            tty: spec.tty.unwrap_or(false),
+        };
         let binary = self.rt.binary.clone();
         let spawned = tokio::task::spawn_blocking(move || shim::spawn(&binary, &args)).await.map_err(|e| e.to_string()).and_then(|r| r);
         self.containers[i].instances = attempt + 1;
@@ -1075,6 +1084,7 @@ impl Worker {
             } else {
                 Namespace::New
             },
+            terminal: spec.tty.unwrap_or(false),
             limits: Limits {
                 memory,
                 cpu_shares: cpu_request.map(|c| ((c * 1024.0) as u64).max(2)),

@@ -191,10 +191,15 @@ impl Server {
 
     /// Run `kubectl` with a manifest on stdin (`-f -`).
     pub fn k_stdin(&self, args: &[&str], stdin: &str) -> Output {
+        self.kubectl_input("kubectl", args, stdin.as_bytes())
+    }
+
+    /// Run a kubectl binary with `input` on its stdin, written while it runs.
+    pub fn kubectl_input(&self, bin: &str, args: &[&str], input: &[u8]) -> Output {
         use std::io::Write;
-        let home = self.dir.path().join("home-kubectl");
+        let home = self.dir.path().join(format!("home-{bin}"));
         std::fs::create_dir_all(&home).unwrap();
-        let mut child = Command::new(kubectl_path("kubectl"))
+        let mut child = Command::new(kubectl_path(bin))
             .args(args)
             .env("KUBECONFIG", self.kubeconfig())
             .env("HOME", &home)
@@ -203,8 +208,71 @@ impl Server {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
-        child.wait_with_output().unwrap()
+        let mut stdin = child.stdin.take().unwrap();
+        let input = input.to_vec();
+        let writer = std::thread::spawn(move || {
+            let _ = stdin.write_all(&input);
+        });
+        let out = child.wait_with_output().unwrap();
+        let _ = writer.join();
+        out
+    }
+
+    /// Run a kubectl binary on a pseudo-terminal of 91 columns and 33 rows (`script`),
+    /// typing `input` into it once `ready` shows in its output (or after 20 s); the
+    /// terminal's output, and kubectl's exit code.
+    pub fn kubectl_on_terminal(&self, bin: &str, args: &str, ready: &str, input: &str) -> (String, Option<i32>) {
+        use std::io::{Read, Write};
+        let home = self.dir.path().join(format!("home-{bin}"));
+        std::fs::create_dir_all(&home).unwrap();
+        let line = format!("stty cols 91 rows 33; exec {} {args}", kubectl_path(bin).display());
+        let mut child = Command::new("script")
+            .args(["-qefc", &line, "/dev/null"])
+            .env("KUBECONFIG", self.kubeconfig())
+            .env("HOME", &home)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+        let reader = std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stdout.read(&mut buf) {
+                if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut seen = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !String::from_utf8_lossy(&seen).contains(ready) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(chunk) => seen.extend(chunk),
+                Err(_) => break,
+            }
+        }
+        let mut stdin = child.stdin.take().unwrap();
+        let _ = stdin.write_all(input.as_bytes());
+        // script ends when kubectl does (its stdin stays open until then); a kubectl still
+        // there after a minute is ended, and the test sees no exit code.
+        let until = std::time::Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break st;
+            }
+            if std::time::Instant::now() > until {
+                let _ = child.kill();
+                break child.wait().unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        drop(stdin);
+        let _ = reader.join();
+        seen.extend(rx.try_iter().flatten());
+        (String::from_utf8_lossy(&seen).into_owned(), status.code())
     }
 
     /// A `curl` command with the admin's client certificate and the cluster CA, for
