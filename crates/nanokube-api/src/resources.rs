@@ -230,7 +230,19 @@ pub static BUILTIN: &[ResourceDef] = &[
     res("", "Event", "events", "event", true, &["ev"], NONE, &[]),
     res("", "LimitRange", "limitranges", "limitrange", true, &["limits"], NONE, &[]),
     res("", "Namespace", "namespaces", "namespace", false, &["ns"], NONE, &[status("Namespace", "")]),
-    res("", "Node", "nodes", "node", false, &["no"], NONE, &[status("Node", "")]),
+    res(
+        "",
+        "Node",
+        "nodes",
+        "node",
+        false,
+        &["no"],
+        NONE,
+        &[
+            SubresourceDef { name: "proxy", group: "", version: "v1", kind: "NodeProxyOptions", verbs: &["create", "delete", "get", "patch", "update"] },
+            status("Node", ""),
+        ],
+    ),
     res("", "PersistentVolumeClaim", "persistentvolumeclaims", "persistentvolumeclaim", true, &["pvc"], NONE, &[status("PersistentVolumeClaim", "")]),
     res("", "PersistentVolume", "persistentvolumes", "persistentvolume", false, &["pv"], NONE, &[status("PersistentVolume", "")]),
     res(
@@ -244,6 +256,7 @@ pub static BUILTIN: &[ResourceDef] = &[
         &[
             SubresourceDef { name: "attach", group: "", version: "v1", kind: "PodAttachOptions", verbs: &["create", "get"] },
             SubresourceDef { name: "binding", group: "", version: "v1", kind: "Binding", verbs: &["create"] },
+            SubresourceDef { name: "ephemeralcontainers", group: "", version: "v1", kind: "Pod", verbs: &["get", "patch", "update"] },
             SubresourceDef { name: "exec", group: "", version: "v1", kind: "PodExecOptions", verbs: &["create", "get"] },
             SubresourceDef { name: "portforward", group: "", version: "v1", kind: "PodPortForwardOptions", verbs: &["create", "get"] },
             SubresourceDef { name: "log", group: "", version: "v1", kind: "Pod", verbs: &["get"] },

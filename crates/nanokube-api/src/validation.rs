@@ -1,7 +1,7 @@
 //! Validation of names and of the required fields of the core kinds, producing
 //! upstream's `422 Invalid` causes.
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::error::Cause;
 use crate::resources::ResourceDef;
@@ -195,6 +195,7 @@ fn validate_pod_spec(spec: Option<&Value>, path: &str, causes: &mut Vec<Cause>) 
         }
         _ => causes.push(required(&format!("{path}.containers"))),
     }
+    validate_ephemeral_containers(spec, path, causes);
     if let Some(rp) = spec.get("restartPolicy").and_then(Value::as_str) {
         if !["Always", "OnFailure", "Never"].contains(&rp) {
             causes.push(not_supported(&format!("{path}.restartPolicy"), rp, &["Always", "OnFailure", "Never"]));
@@ -204,6 +205,84 @@ fn validate_pod_spec(spec: Option<&Value>, path: &str, causes: &mut Vec<Cause>) 
         if !["ClusterFirstWithHostNet", "ClusterFirst", "Default", "None"].contains(&dp) {
             causes.push(not_supported(&format!("{path}.dnsPolicy"), dp, &["ClusterFirst", "ClusterFirstWithHostNet", "Default", "None"]));
         }
+    }
+}
+
+/// Fields an ephemeral container may not have (upstream's `validateEphemeralContainers`).
+const EPHEMERAL_FORBIDDEN: &[&str] = &["ports", "livenessProbe", "readinessProbe", "startupProbe", "lifecycle", "resources", "resizePolicy", "restartPolicy"];
+
+/// An ephemeral container's rules: a unique DNS-label name among all the pod's
+/// containers, an image, none of the fields only long-lived containers have, and a
+/// target that is one of the pod's containers.
+fn validate_ephemeral_containers(spec: &Value, path: &str, causes: &mut Vec<Cause>) {
+    let Some(list) = spec.get("ephemeralContainers").and_then(Value::as_array) else { return };
+    let names =
+        |k: &str| -> Vec<&str> { spec.get(k).and_then(Value::as_array).into_iter().flatten().filter_map(|c| c.get("name").and_then(Value::as_str)).collect() };
+    let (regular, init) = (names("containers"), names("initContainers"));
+    let mut seen: Vec<&str> = regular.iter().chain(&init).copied().collect();
+    for (i, c) in list.iter().enumerate() {
+        let cpath = format!("{path}.ephemeralContainers[{i}]");
+        match c.get("name").and_then(Value::as_str) {
+            None | Some("") => causes.push(required(&format!("{cpath}.name"))),
+            Some(n) if !is_dns1123_label(n) => causes.push(invalid(&format!("{cpath}.name"), &Value::String(n.into()), DNS1123_LABEL_MSG)),
+            Some(n) if seen.contains(&n) => {
+                causes.push(Cause { reason: "FieldValueDuplicate".into(), message: format!("Duplicate value: {n:?}"), field: format!("{cpath}.name") })
+            }
+            Some(n) => seen.push(n),
+        }
+        if c.get("image").and_then(Value::as_str).is_none_or(str::is_empty) {
+            causes.push(required(&format!("{cpath}.image")));
+        }
+        for k in EPHEMERAL_FORBIDDEN {
+            if c.get(*k).is_some_and(|v| !v.is_null() && v != &json!({}) && v != &json!([])) {
+                causes.push(Cause {
+                    reason: "FieldValueForbidden".into(),
+                    message: "Forbidden: cannot be set for an Ephemeral Container".into(),
+                    field: format!("{cpath}.{k}"),
+                });
+            }
+        }
+        if let Some(t) = c.get("targetContainerName").and_then(Value::as_str).filter(|t| !t.is_empty()) {
+            if !regular.contains(&t) && !init.contains(&t) {
+                causes.push(Cause { reason: "FieldValueNotFound".into(), message: format!("Not found: {t:?}"), field: format!("{cpath}.targetContainerName") });
+            }
+        }
+    }
+}
+
+/// Upstream's `ValidatePodEphemeralContainersUpdate`: ephemeral containers are only
+/// added, never removed or changed.
+pub fn validate_ephemeral_update(old: &Value, new: &Value) -> Vec<Cause> {
+    let list = |v: &Value| v.pointer("/spec/ephemeralContainers").and_then(Value::as_array).cloned().unwrap_or_default();
+    let (old_list, new_list) = (list(old), list(new));
+    let mut causes = Vec::new();
+    for o in &old_list {
+        let name = o.get("name").and_then(Value::as_str).unwrap_or("");
+        match new_list.iter().find(|n| n.get("name").and_then(Value::as_str) == Some(name)) {
+            None => causes.push(Cause {
+                reason: "FieldValueForbidden".into(),
+                message: format!("Forbidden: existing ephemeral containers {name:?} may not be removed\n"),
+                field: "spec.ephemeralContainers".into(),
+            }),
+            Some(n) if n != o => causes.push(Cause {
+                reason: "FieldValueForbidden".into(),
+                message: format!("Forbidden: existing ephemeral containers {name:?} may not be changed\n"),
+                field: format!("spec.ephemeralContainers.{name}"),
+            }),
+            Some(_) => {}
+        }
+    }
+    causes
+}
+
+/// Upstream's `ValidatePodCreate`: ephemeral containers come only through the
+/// `ephemeralcontainers` subresource.
+pub fn validate_pod_create(pod: &Value) -> Vec<Cause> {
+    match pod.pointer("/spec/ephemeralContainers").and_then(Value::as_array) {
+        Some(l) if !l.is_empty() => {
+            vec![Cause { reason: "FieldValueForbidden".into(), message: "Forbidden: cannot be set on create".into(), field: "spec.ephemeralContainers".into() }]
+        }
+        _ => Vec::new(),
     }
 }
 

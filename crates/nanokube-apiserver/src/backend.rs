@@ -161,8 +161,9 @@ pub async fn connect(addr: &str, server_name: &str, tls: Arc<rustls::ClientConfi
     let name = ServerName::try_from(server_name.to_string()).map_err(|e| e.to_string())?;
     let stream = tokio_rustls::TlsConnector::from(tls).connect(name, tcp).await.map_err(|e| format!("tls: {e}"))?;
     let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
+    // Upgrades (exec through `nodes/proxy`) take the connection over when answered `101`.
     tokio::spawn(async move {
-        let _ = conn.await;
+        let _ = conn.with_upgrades().await;
     });
     Ok(sender)
 }

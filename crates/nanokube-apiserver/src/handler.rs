@@ -37,13 +37,17 @@ pub struct Query {
 }
 
 impl Query {
-    fn parse(q: Option<&str>) -> Self {
+    pub fn parse(q: Option<&str>) -> Self {
         let map = form_urlencoded::parse(q.unwrap_or("").as_bytes()).into_owned().collect();
         Query { map, raw: q.unwrap_or("").to_string() }
     }
     /// Every value of a repeated parameter, in order (`command=sh&command=-c`).
     pub fn all(&self, k: &str) -> Vec<String> {
         form_urlencoded::parse(self.raw.as_bytes()).filter(|(key, _)| key == k).map(|(_, v)| v.into_owned()).collect()
+    }
+    /// The query as sent.
+    pub fn raw(&self) -> &str {
+        &self.raw
     }
     /// A parameter.
     pub fn get(&self, k: &str) -> Option<&str> {
@@ -52,7 +56,7 @@ impl Query {
     /// A boolean parameter as upstream converts it (`runtime.Convert_Slice_string_To_bool`):
     /// absent is false, `0` and `false` (any case) are false, anything else is true
     /// (`watch=True`, as the Python client sends, and `watch=` alike).
-    fn flag(&self, k: &str) -> bool {
+    pub fn flag(&self, k: &str) -> bool {
         self.get(k).is_some_and(|v| !(v == "0" || v.eq_ignore_ascii_case("false")))
     }
 }
@@ -1390,24 +1394,11 @@ impl Ctx<'_> {
     /// `pods/exec`: everything checked and the process started before the upgrade (see
     /// [`crate::pod_exec`]).
     /// `pods/exec` (`attach` false) and `pods/attach`: a session on the node, then the
-    /// upgrade to WebSocket or SPDY (see [`crate::pod_exec`]).
+    /// upgrade to WebSocket or SPDY (see [`crate::pod_exec`]). The wire's protocol, the
+    /// request and the session are all settled before the upgrade.
     async fn exec(&self, def: &'static ResourceDef, attach: bool) -> Result<Response<Body>, ApiError> {
         let info = self.info;
-        let wants_websocket = self.streaming_upgrade()?;
-        // The wire's protocol, then the request, then the process: all before the upgrade.
-        enum Wire {
-            WebSocket(crate::pod_exec::websocket::Protocol),
-            Spdy(&'static str),
-        }
-        let wire = if wants_websocket {
-            let offered = self.headers.get("sec-websocket-protocol").and_then(|v| v.to_str().ok()).unwrap_or("");
-            let protocol = crate::pod_exec::websocket::Protocol::negotiate(offered).ok_or_else(|| {
-                ApiError::bad_request(format!("requested protocol(s) {offered:?} are not supported: use one of {:?}", crate::pod_exec::websocket::PROTOCOLS))
-            })?;
-            Wire::WebSocket(protocol)
-        } else {
-            Wire::Spdy(self.spdy_protocol(&crate::pod_exec::spdy::PROTOCOLS)?)
-        };
+        let wire = crate::upgrade::exec_wire(self.headers, self.streaming_upgrade()?)?;
         let pod = self.server.registry.get(def, &info.namespace, &info.name)?;
         let query = self.query;
         let req = if attach {
@@ -1421,31 +1412,13 @@ impl Ctx<'_> {
         } else {
             crate::pod_exec::exec(&self.server.exec_nodes, pod.value(), req.clone()).await?
         };
-        match wire {
-            Wire::WebSocket(protocol) => {
-                let resp = self.websocket_accept(protocol.name())?;
-                tokio::spawn(async move {
-                    if let Ok(upgraded) = upgrade.await {
-                        crate::pod_exec::websocket::serve(hyper_util::rt::TokioIo::new(upgraded), protocol, req, session).await;
-                    }
-                });
-                Ok(resp)
-            }
-            Wire::Spdy(protocol) => {
-                tokio::spawn(async move {
-                    if let Ok(upgraded) = upgrade.await {
-                        crate::pod_exec::spdy::serve(hyper_util::rt::TokioIo::new(upgraded), protocol, req, session).await;
-                    }
-                });
-                Ok(Self::spdy_accept(protocol))
-            }
-        }
+        crate::upgrade::serve_exec(self.headers, wire, upgrade, req, session)
     }
 
     /// For the streaming subresources (exec, attach, portforward): a WebSocket upgrade is
     /// a GET, so upstream also requires `create` (AuthorizePodWebsocketUpgradeCreatePermission);
-    /// then the upgrade asked for: true for WebSocket, false for SPDY/3.1.
-    fn streaming_upgrade(&self) -> Result<bool, ApiError> {
+    /// then the upgrade asked for.
+    fn streaming_upgrade(&self) -> Result<crate::upgrade::Wire, ApiError> {
         let info = self.info;
         if self.method == Method::GET {
             let mut create = info.clone();
@@ -1457,22 +1430,7 @@ impl Ctx<'_> {
                 return Err(e);
             }
         }
-        let upgrade_to = self.headers.get(http::header::UPGRADE).and_then(|v| v.to_str().ok()).unwrap_or("");
-        let websocket = upgrade_to.eq_ignore_ascii_case("websocket");
-        let spdy = upgrade_to.to_ascii_lowercase().starts_with("spdy/3.1");
-        if !websocket && !spdy {
-            return Err(ApiError::bad_request("Upgrade request required"));
-        }
-        Ok(websocket)
-    }
-
-    /// The first of `served` (upstream's server order) that the client's
-    /// `X-Stream-Protocol-Version` values offer, or httpstream's 403.
-    fn spdy_protocol(&self, served: &[&'static str]) -> Result<&'static str, ApiError> {
-        let offered: Vec<&str> = self.headers.get_all("x-stream-protocol-version").iter().filter_map(|v| v.to_str().ok()).collect();
-        served.iter().copied().find(|p| offered.iter().flat_map(|v| v.split(',')).any(|o| o.trim() == *p)).ok_or_else(|| {
-            ApiError::forbidden(format!("unable to upgrade: unable to negotiate protocol: client supports {offered:?}, server accepts {served:?}"))
-        })
+        crate::upgrade::requested(self.headers)
     }
 
     /// The connection's upgrade, taken once.
@@ -1480,76 +1438,16 @@ impl Ctx<'_> {
         self.upgrade.lock().ok().and_then(|mut u| u.take()).ok_or_else(|| ApiError::bad_request("this connection cannot be upgraded (HTTP/1.1 is needed)"))
     }
 
-    /// The `101` answer to a WebSocket upgrade with `protocol`.
-    fn websocket_accept(&self, protocol: &'static str) -> Result<Response<Body>, ApiError> {
-        let key = self.headers.get("sec-websocket-key").ok_or_else(|| ApiError::bad_request("missing Sec-WebSocket-Key"))?;
-        let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
-        let mut resp = Response::new(h::full(Bytes::new()));
-        *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-        let hdrs = resp.headers_mut();
-        hdrs.insert(http::header::CONNECTION, HeaderValue::from_static("Upgrade"));
-        hdrs.insert(http::header::UPGRADE, HeaderValue::from_static("websocket"));
-        hdrs.insert("sec-websocket-accept", HeaderValue::from_str(&accept).map_err(|e| ApiError::internal(e.to_string()))?);
-        hdrs.insert("sec-websocket-protocol", HeaderValue::from_static(protocol));
-        Ok(resp)
-    }
-
-    /// The `101` answer to a SPDY/3.1 upgrade with `protocol`.
-    fn spdy_accept(protocol: &'static str) -> Response<Body> {
-        let mut resp = Response::new(h::full(Bytes::new()));
-        *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-        let hdrs = resp.headers_mut();
-        hdrs.insert(http::header::CONNECTION, HeaderValue::from_static("Upgrade"));
-        hdrs.insert(http::header::UPGRADE, HeaderValue::from_static("SPDY/3.1"));
-        hdrs.insert("x-stream-protocol-version", HeaderValue::from_static(protocol));
-        resp
-    }
-
     /// `pods/portforward`: SPDY, SPDY tunnelled in a WebSocket, or WebSocket channels
     /// (see [`crate::pod_portforward`]); the pod and its node are checked before the upgrade.
     async fn portforward(&self, def: &'static ResourceDef) -> Result<Response<Body>, ApiError> {
         use crate::pod_portforward as pf;
         let info = self.info;
-        let websocket = self.streaming_upgrade()?;
+        let wire = self.streaming_upgrade()?;
         let ports = pf::ports(&self.query.all("ports"))?;
         let pod = self.server.registry.get(def, &info.namespace, &info.name)?;
         let target = pf::Target::new(&self.server.portforward_nodes, pod.value().clone())?;
-        if !websocket {
-            let protocol = self.spdy_protocol(&[pf::SPDY_PROTOCOL])?;
-            let upgrade = self.take_upgrade()?;
-            tokio::spawn(async move {
-                if let Ok(upgraded) = upgrade.await {
-                    pf::serve_spdy(hyper_util::rt::TokioIo::new(upgraded), target).await;
-                }
-            });
-            return Ok(Self::spdy_accept(protocol));
-        }
-        let offered = self.headers.get("sec-websocket-protocol").and_then(|v| v.to_str().ok()).unwrap_or("");
-        let offered: Vec<&str> = offered.split(',').map(str::trim).collect();
-        if offered.contains(&pf::TUNNEL_PROTOCOL) {
-            let resp = self.websocket_accept(pf::TUNNEL_PROTOCOL)?;
-            let upgrade = self.take_upgrade()?;
-            tokio::spawn(async move {
-                if let Ok(upgraded) = upgrade.await {
-                    pf::serve_tunnel(hyper_util::rt::TokioIo::new(upgraded), target).await;
-                }
-            });
-            return Ok(resp);
-        }
-        let Some(protocol) = pf::CHANNEL_PROTOCOLS.iter().copied().find(|p| offered.contains(p)) else {
-            return Err(ApiError::bad_request(format!("requested protocol(s) {offered:?} are not supported: use one of {:?}", pf::CHANNEL_PROTOCOLS)));
-        };
-        if ports.is_empty() {
-            return Err(ApiError::bad_request("query parameter \"port\" is required"));
-        }
-        let resp = self.websocket_accept(protocol)?;
-        let upgrade = self.take_upgrade()?;
-        tokio::spawn(async move {
-            if let Ok(upgraded) = upgrade.await {
-                pf::serve_channels(hyper_util::rt::TokioIo::new(upgraded), protocol.contains("base64"), ports, target).await;
-            }
-        });
-        Ok(resp)
+        crate::upgrade::serve_portforward(self.headers, wire, self.take_upgrade()?, ports, target)
     }
 
     async fn subresource(&self, def: &'static ResourceDef, body: Bytes) -> Result<Response<Body>, ApiError> {
@@ -1597,6 +1495,24 @@ impl Ctx<'_> {
                 resp.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
                 Ok(resp)
             }
+            "proxy" => {
+                // `nodes/<name>[:<port>]/proxy/<path>`: the path and query as sent.
+                let (name, port) = match info.name.split_once(':') {
+                    Some((n, p)) => (n, Some(p.parse::<u16>().map_err(|_| ApiError::bad_request(format!("invalid port in {:?}", info.name)))?)),
+                    None => (info.name.as_str(), None),
+                };
+                let node = self.server.registry.get(def, "", name)?;
+                let marker = format!("/{}/{}/proxy", info.resource, info.name);
+                let rest = info.path.split_once(&marker).map(|(_, r)| r).unwrap_or("");
+                let mut target = if rest.is_empty() { "/".to_string() } else { rest.to_string() };
+                if !self.query.raw().is_empty() {
+                    target = format!("{target}?{}", self.query.raw());
+                }
+                let tls = self.server.kubelet_client.clone().ok_or_else(|| ApiError::new(503, "ServiceUnavailable", "this server has no kubelet client"))?;
+                let upgrade = self.upgrade.lock().ok().and_then(|mut u| u.take());
+                let fwd = crate::node_proxy::Forward { method: self.method, path_and_query: &target, headers: self.headers, body, upgrade };
+                crate::node_proxy::proxy(tls, node.value(), port, fwd).await
+            }
             "exec" => self.exec(def, false).await,
             "attach" => self.exec(def, true).await,
             "portforward" => self.portforward(def).await,
@@ -1610,7 +1526,7 @@ impl Ctx<'_> {
             }
             // `approval` (CertificateSigningRequests) is a status write limited to the
             // conditions.
-            sub @ ("status" | "approval") => match self.method.as_str() {
+            sub @ ("status" | "approval" | "ephemeralcontainers") => match self.method.as_str() {
                 "GET" => {
                     let obj = self.server.registry.get(def, ns, &info.name)?;
                     self.respond_object(def, StatusCode::OK, &obj)

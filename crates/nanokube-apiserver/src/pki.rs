@@ -151,6 +151,26 @@ pub fn issue_client_cert(ca_pem: &str, ca_key_pem: &str, user: &str, groups: &[S
     Ok((cert.pem(), key.serialize_pem()))
 }
 
+/// A serving certificate for `common_name` with the given SANs, signed by the CA (the API
+/// server's, the kubelet API's). Returns (cert PEM, key PEM).
+pub fn issue_serving_cert(ca_pem: &str, ca_key_pem: &str, common_name: &str, sans_ips: &[IpAddr], sans_dns: &[String]) -> std::io::Result<(String, String)> {
+    let ca_key = KeyPair::from_pem(ca_key_pem).map_err(err("ca.key"))?;
+    let issuer = Issuer::from_ca_cert_pem(ca_pem, ca_key).map_err(err("ca.crt"))?;
+    let key = KeyPair::generate().map_err(err("server key"))?;
+    let mut params = CertificateParams::new(Vec::<String>::new()).map_err(err("server params"))?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, common_name);
+    params.distinguished_name = dn;
+    params.subject_alt_names =
+        sans_ips.iter().map(|ip| SanType::IpAddress(*ip)).chain(sans_dns.iter().filter_map(|d| d.clone().try_into().ok().map(SanType::DnsName))).collect();
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params.use_authority_key_identifier_extension = true;
+    validity(&mut params, 1);
+    let cert = params.signed_by(&key, &issuer).map_err(err("server sign"))?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
 /// A new self-signed CA (10 years), its key written private.
 fn new_ca(crt: &Path, key_path: &Path, common_name: &str) -> std::io::Result<()> {
     let key = KeyPair::generate().map_err(err("ca key"))?;
@@ -187,22 +207,9 @@ pub fn ensure(paths: &Paths, sans_ips: &[IpAddr], sans_dns: &[String]) -> std::i
     let sans_file = paths.dir.join("apiserver.sans");
     let have_sans = std::fs::read_to_string(&sans_file).unwrap_or_default();
     if !paths.server_crt().exists() || !paths.server_key().exists() || have_sans.trim() != want_sans.join(",") {
-        let ca_key = KeyPair::from_pem(&ca_key_pem).map_err(err("ca.key"))?;
-        let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key).map_err(err("ca.crt"))?;
-        let key = KeyPair::generate().map_err(err("server key"))?;
-        let mut params = CertificateParams::new(Vec::<String>::new()).map_err(err("server params"))?;
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, "nanokube-apiserver");
-        params.distinguished_name = dn;
-        params.subject_alt_names =
-            sans_ips.iter().map(|ip| SanType::IpAddress(*ip)).chain(sans_dns.iter().filter_map(|d| d.clone().try_into().ok().map(SanType::DnsName))).collect();
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        params.use_authority_key_identifier_extension = true;
-        validity(&mut params, 1);
-        let cert = params.signed_by(&key, &issuer).map_err(err("server sign"))?;
-        write_private(&paths.server_key(), &key.serialize_pem())?;
-        std::fs::write(paths.server_crt(), cert.pem())?;
+        let (cert, key) = issue_serving_cert(&ca_pem, &ca_key_pem, "nanokube-apiserver", sans_ips, sans_dns)?;
+        write_private(&paths.server_key(), &key)?;
+        std::fs::write(paths.server_crt(), cert)?;
         std::fs::write(&sans_file, want_sans.join(","))?;
         created.push(paths.server_crt());
     }

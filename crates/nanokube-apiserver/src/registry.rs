@@ -880,6 +880,9 @@ impl Registry {
         let mut causes = Vec::new();
         self.custom_strategy(def, &mut obj, None, &mut causes);
         causes.extend(validation::validate_object(def, &obj));
+        if def.group.is_empty() && def.plural == "pods" {
+            causes.extend(validation::validate_pod_create(&obj));
+        }
         if !causes.is_empty() {
             return Err(ApiError::invalid(def.kind, def.group, &name, causes));
         }
@@ -1368,6 +1371,7 @@ impl Registry {
             Some("status") => Some(&[&["status"]]),
             Some("approval") => Some(&[&["status", "conditions"]]),
             Some("binding") => Some(&[&["status", "conditions"], &["spec", "nodeName"]]),
+            Some("ephemeralcontainers") => Some(&[&["spec", "ephemeralContainers"]]),
             _ => None,
         };
         if let Some(paths) = written {
@@ -1442,6 +1446,21 @@ impl Registry {
             for k in ["activeDeadlineSeconds", "tolerations", "nodeName"] {
                 if let Some(v) = ns.get(k) {
                     os[k] = v.clone();
+                }
+            }
+            // Ephemeral containers change through their subresource only, by additions.
+            if opts.subresource.as_deref() == Some("ephemeralcontainers") {
+                match ns.get("ephemeralContainers") {
+                    Some(v) => os["ephemeralContainers"] = v.clone(),
+                    None => {
+                        if let Some(o) = os.as_object_mut() {
+                            o.remove("ephemeralContainers");
+                        }
+                    }
+                }
+                let causes = validation::validate_ephemeral_update(old, &new);
+                if !causes.is_empty() {
+                    return Err(ApiError::invalid("Pod", "", meta::name(old), causes));
                 }
             }
             if os != ns && !status_write {

@@ -59,6 +59,9 @@ pub struct ApiServer {
     pub portforward_nodes: crate::pod_portforward::PortForwardNodes,
     /// The nodes whose resource figures `metrics.k8s.io` serves.
     pub metrics_nodes: crate::resource_metrics::MetricsNodes,
+    /// How `nodes/proxy` reaches kubelets (TLS trusting the cluster CA, with this
+    /// server's kubelet client certificate); none: the subresource answers 503.
+    pub kubelet_client: Option<Arc<rustls::ClientConfig>>,
     ready: AtomicBool,
 }
 
@@ -83,6 +86,7 @@ impl ApiServer {
             exec_nodes: Default::default(),
             portforward_nodes: Default::default(),
             metrics_nodes: Default::default(),
+            kubelet_client: None,
             ready: AtomicBool::new(false),
         }
     }
@@ -111,9 +115,15 @@ pub struct ConnInfo {
 
 /// The TLS configuration for serving.
 pub fn tls_config(pki: &Pki) -> Result<Arc<rustls::ServerConfig>, String> {
+    serving_tls(&pki.ca_pem, &pki.server_pem, &pki.server_key_pem)
+}
+
+/// TLS serving `cert_pem` with `key_pem`, asking for (not requiring) a client
+/// certificate signed by `ca_pem`.
+pub fn serving_tls(ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<Arc<rustls::ServerConfig>, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(pki.ca_pem.as_bytes()) {
+    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         roots.add(c.map_err(|e| format!("ca.crt: {e}"))?).map_err(|e| format!("ca.crt: {e}"))?;
     }
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
@@ -121,8 +131,8 @@ pub fn tls_config(pki: &Pki) -> Result<Arc<rustls::ServerConfig>, String> {
         .build()
         .map_err(|e| format!("client verifier: {e}"))?;
     let chain: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_slice_iter(pki.server_pem.as_bytes()).collect::<Result<_, _>>().map_err(|e| format!("apiserver.crt: {e}"))?;
-    let key = PrivateKeyDer::from_pem_slice(pki.server_key_pem.as_bytes()).map_err(|e| format!("apiserver.key: {e}"))?;
+        CertificateDer::pem_slice_iter(cert_pem.as_bytes()).collect::<Result<_, _>>().map_err(|e| format!("serving certificate: {e}"))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| format!("serving key: {e}"))?;
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
@@ -145,7 +155,18 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(32);
 pub const MAX_CONNECTIONS: usize = 10_000;
 
 /// Accept connections until `shutdown` turns true.
-pub async fn serve(api: Arc<ApiServer>, listener: TcpListener, tls: Arc<rustls::ServerConfig>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(api: Arc<ApiServer>, listener: TcpListener, tls: Arc<rustls::ServerConfig>, shutdown: watch::Receiver<bool>) {
+    serve_with(listener, tls, shutdown, move |info, req| crate::handler::handle(api.clone(), info, req)).await
+}
+
+/// Accept TLS connections until `shutdown` turns true, each request answered by
+/// `handler` (with what is known of its connection): the same bounds for every server
+/// of the product (connections, handshake and header timeouts).
+pub async fn serve_with<H, F>(listener: TcpListener, tls: Arc<rustls::ServerConfig>, mut shutdown: watch::Receiver<bool>, handler: H)
+where
+    H: Fn(Arc<ConnInfo>, hyper::Request<hyper::body::Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: std::future::Future<Output = hyper::Response<crate::http::Body>> + Send + 'static,
+{
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let mut last_accept_error: Option<std::time::Instant> = None;
@@ -175,7 +196,7 @@ pub async fn serve(api: Arc<ApiServer>, listener: TcpListener, tls: Arc<rustls::
         };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
-        let api = api.clone();
+        let handler = handler.clone();
         let mut conn_shutdown = shutdown.clone();
         tokio::spawn(async move {
             let _slot = slot;
@@ -195,9 +216,8 @@ pub async fn serve(api: Arc<ApiServer>, listener: TcpListener, tls: Arc<rustls::
             let watches = OpenWatches::default();
             let info = Arc::new(ConnInfo { cert_user, peer, watches: watches.clone() });
             let svc = service_fn(move |req| {
-                let api = api.clone();
-                let info = info.clone();
-                async move { Ok::<_, std::convert::Infallible>(crate::handler::handle(api, info, req).await) }
+                let answer = handler(info.clone(), req);
+                async move { Ok::<_, std::convert::Infallible>(answer.await) }
             });
             let mut builder = auto::Builder::new(TokioExecutor::new());
             builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);

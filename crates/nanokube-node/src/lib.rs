@@ -19,6 +19,7 @@
 //! controller taints it `node.kubernetes.io/not-ready`, so the scheduler tells pods why
 //! they wait, as upstream does for a node whose runtime is down.
 
+pub mod kubelet_api;
 pub mod lease;
 pub mod machine;
 pub mod node;
@@ -49,6 +50,8 @@ pub struct NodeConfig {
     pub images: Option<nanokube_runtime::ImageStore>,
     /// What keeps the node from running pods (`Ready=False` with this message), if anything.
     pub not_ready: Option<String>,
+    /// The kubelet API's port (`daemonEndpoints`; 0 when it is not served).
+    pub kubelet_port: i32,
 }
 
 /// How often the Lease is renewed (kubelet: `nodeLeaseDurationSeconds` 40 / 4).

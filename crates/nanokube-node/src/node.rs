@@ -14,8 +14,6 @@ use serde_json::Value;
 use crate::machine::Machine;
 use crate::NodeConfig;
 
-/// The kubelet's port, published in `daemonEndpoints`.
-pub const KUBELET_PORT: i32 = 10250;
 /// Pods per node (kubelet's `maxPods` default).
 pub const MAX_PODS: u64 = 110;
 /// Memory kept back by kubelet's default hard eviction threshold (`memory.available<100Mi`).
@@ -106,7 +104,7 @@ pub fn build(config: &NodeConfig, m: &Machine) -> Node {
             images: config.images.as_ref().map(|store| {
                 store.node_images().into_iter().map(|(names, size)| ContainerImage { names: Some(names), size_bytes: Some(size as i64) }).collect()
             }),
-            daemon_endpoints: Some(NodeDaemonEndpoints { kubelet_endpoint: Some(DaemonEndpoint { port: KUBELET_PORT }) }),
+            daemon_endpoints: Some(NodeDaemonEndpoints { kubelet_endpoint: Some(DaemonEndpoint { port: config.kubelet_port }) }),
             node_info: Some(NodeSystemInfo {
                 architecture: m.architecture.into(),
                 boot_id: m.boot_id.clone(),

@@ -119,7 +119,13 @@ pub fn write(bundle: &Path, rootfs: &Path, c: &ContainerConfig) -> Result<(), St
     root.set_path(rootfs.to_path_buf());
     root.set_readonly(Some(c.readonly_rootfs));
     spec.set_root(Some(root));
-    spec.set_hostname(Some(c.hostname.clone()));
+    // A pod on the host's network has the host's name too (containerd shares the UTS
+    // namespace then).
+    if c.network_namespace != Namespace::Host {
+        spec.set_hostname(Some(c.hostname.clone()));
+    } else {
+        spec.set_hostname(None);
+    }
     let mut mounts = spec.mounts().clone().unwrap_or_default();
     if c.privileged {
         // containerd's WithWriteableSysfs and WithWriteableCgroupfs.
@@ -142,7 +148,9 @@ pub fn write(bundle: &Path, rootfs: &Path, c: &ContainerConfig) -> Result<(), St
     if let Some(linux) = spec.linux_mut() {
         linux.set_cgroups_path(Some(c.cgroups_path.clone().into()));
         if let Some(namespaces) = linux.namespaces_mut() {
+            let uts = if c.network_namespace == Namespace::Host { Namespace::Host } else { Namespace::New };
             let choice = |t: LinuxNamespaceType| match t {
+                LinuxNamespaceType::Uts => &uts,
                 LinuxNamespaceType::Network => &c.network_namespace,
                 LinuxNamespaceType::Ipc => &c.ipc_namespace,
                 LinuxNamespaceType::Pid => &c.pid_namespace,

@@ -94,6 +94,9 @@ pub struct ClusterConfig {
     pub simulated_nodes: usize,
     /// How long a pod on a simulated node takes from binding to Running.
     pub simulated_start_delay: std::time::Duration,
+    /// The kubelet API's port on the advertised address (0: any free port); the Node
+    /// publishes the one bound in `daemonEndpoints`.
+    pub kubelet_port: u16,
 }
 
 impl ClusterConfig {
@@ -123,6 +126,7 @@ impl ClusterConfig {
             insecure_registries: Vec::new(),
             simulated_nodes: 0,
             simulated_start_delay: std::time::Duration::ZERO,
+            kubelet_port: 10250,
         }
     }
 }
@@ -277,6 +281,17 @@ impl Cluster {
         if let Some(p) = &cfg.audit_log_path {
             api.audit = Some(AuditLog::open(p).map_err(|e| format!("audit log {}: {e}", p.display()))?);
         }
+        // How this server calls kubelets (`nodes/proxy`): a client certificate of the
+        // cluster CA, as kubeadm's `apiserver-kubelet-client`, trusting that CA only.
+        {
+            use base64::Engine as _;
+            let (cert_pem, key_pem) =
+                nanokube_apiserver::pki::issue_client_cert(&pki.ca_pem, &pki.ca_key_pem, "kube-apiserver-kubelet-client", &["system:masters".to_string()])
+                    .map_err(|e| format!("kubelet client certificate: {e}"))?;
+            let bundle = base64::engine::general_purpose::STANDARD.encode(&pki.ca_pem);
+            let identity = nanokube_apiserver::backend::ClientIdentity { cert_pem, key_pem };
+            api.kubelet_client = Some(nanokube_apiserver::backend::tls_config(&bundle, false, Some(&identity))?);
+        }
         let api = Arc::new(api);
 
         let mut tasks = JoinSet::new();
@@ -362,13 +377,40 @@ impl Cluster {
                     (None, Some(why))
                 }
             };
+            let mut kubelet_port = 0;
             if let Some(rt) = &runtime {
                 api.nodes.attach(Arc::new(nanokube_node::pods::logs::Logs(rt.clone())));
                 api.exec_nodes.attach(Arc::new(nanokube_node::pods::exec::Exec(rt.clone())));
                 api.portforward_nodes.attach(Arc::new(nanokube_node::pods::portforward::PortForward(rt.clone())));
                 let stats = nanokube_node::pods::stats::Stats::new(rt.clone());
                 api.metrics_nodes.attach(stats.clone());
-                tokio::spawn(stats.run(shutdown_rx.clone()));
+                tokio::spawn(stats.clone().run(shutdown_rx.clone()));
+                // The kubelet API, on the node's address with a certificate of the cluster CA.
+                let serving = std::net::TcpListener::bind((advertise, cfg.kubelet_port))
+                    .and_then(|l| l.set_nonblocking(true).map(|_| l))
+                    .and_then(tokio::net::TcpListener::from_std)
+                    .map_err(|e| {
+                        format!("the kubelet API on {}: {e}", nanokube_apiserver::backend::join_host_port(&advertise.to_string(), i64::from(cfg.kubelet_port)))
+                    })
+                    .and_then(|l| {
+                        let (cert, key) = nanokube_apiserver::pki::issue_serving_cert(
+                            &pki.ca_pem,
+                            &pki.ca_key_pem,
+                            &name,
+                            &[advertise, IpAddr::V4(Ipv4Addr::LOCALHOST)],
+                            std::slice::from_ref(&name),
+                        )
+                        .map_err(|e| e.to_string())?;
+                        Ok((l, server::serving_tls(&pki.ca_pem, &cert, &key)?))
+                    });
+                match serving {
+                    Ok((listener, tls)) => {
+                        kubelet_port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+                        let kubelet = nanokube_node::kubelet_api::KubeletApi::new(api.clone(), name.clone(), stats);
+                        tasks.spawn(kubelet.serve(listener, tls, shutdown_rx.clone()));
+                    }
+                    Err(e) => tracing::warn!("not serving the kubelet API: {e}"),
+                }
             }
             Arc::new(nanokube_node::NodeAgent::new(
                 registry.clone(),
@@ -380,6 +422,7 @@ impl Cluster {
                     version: nanokube_apiserver::discovery::GIT_VERSION.into(),
                     images: images.clone(),
                     not_ready,
+                    kubelet_port: i32::from(kubelet_port),
                 },
                 runtime,
             ))

@@ -346,6 +346,10 @@ struct ServerArgs {
     /// How long a pod on a simulated node takes from binding to Running (e.g. 500ms, 2s).
     #[arg(long, default_value = "0s")]
     simulated_start_delay: String,
+    /// The kubelet API's port on the advertised address (0: any free port, published in
+    /// the Node's daemonEndpoints).
+    #[arg(long, default_value_t = 10250)]
+    kubelet_port: u16,
     /// Pull images of REGISTRY from HOST[:PORT] instead (`docker.io=127.0.0.1:5000`; `*`
     /// mirrors every registry), as k3s's registries.yaml mirrors; repeat for several.
     #[arg(long = "registry-mirror", value_name = "REGISTRY=HOST[:PORT]")]
@@ -690,6 +694,7 @@ async fn run_server(args: ServerArgs, started: Instant) -> i32 {
         },
         registry_mirrors: Vec::new(),
         insecure_registries: args.insecure_registries,
+        kubelet_port: args.kubelet_port,
     };
     let mut cfg = cfg;
     for m in &args.registry_mirrors {

@@ -123,7 +123,7 @@ fn port_forward(bin: &str, s: &Server, remote: &[u16]) -> (common::KillOnDrop, V
 
 #[test]
 fn into_running_pods_with_every_kubectl() {
-    // exec (exit code, stdin, a terminal), attach and run -i/-it --rm, port-forward (two
+    // exec (exit code, stdin, a terminal), attach and run -i/-it --rm, debug -it, port-forward (two
     // ports, 20 connections at once, 10 MiB down and 3 MiB up checksummed), cp both ways,
     // logs -f and top, with every
     // kubectl: 1.27–1.29 over SPDY/3.1, 1.30 and newer over WebSocket (port-forward
@@ -174,7 +174,9 @@ fn into_running_pods_with_every_kubectl() {
         // logs (and drops) the empty "ready" message the server sends first, as
         // kube-apiserver does: that log line is not the container's.
         let stderr = String::from_utf8_lossy(&out.stderr);
-        let stderr: String = stderr.lines().filter(|l| !l.contains("Unknown stream id")).map(|l| format!("{l}\n")).collect();
+        // Once the pod has debug containers kubectl also says which container it chose.
+        let stderr: String =
+            stderr.lines().filter(|l| !l.contains("Unknown stream id") && !l.starts_with("Defaulted container")).map(|l| format!("{l}\n")).collect();
         assert!(stderr.starts_with("err\n"), "{bin}: {stderr}");
         // stdin: 10 MiB in, its checksum out.
         let out = std::process::Command::new(common::kubectl_path(&bin))
@@ -231,6 +233,15 @@ fn into_running_pods_with_every_kubectl() {
             "sleep 0.5; stty size; exit 5\n",
         );
         assert!(screen.contains("33 91") && code == Some(5), "{bin}: {code:?} {screen}");
+
+        // debug: an ephemeral container in the target's process namespace, on a terminal.
+        let (screen, _) = s.kubectl_on_terminal(
+            &bin,
+            &format!("debug -it web --image=testbox:1.0 --target=web -c dbg-{minor} -- sh"),
+            "try pressing enter",
+            "ps -o args | grep -c '^httpd'; exit\n",
+        );
+        assert!(screen.lines().any(|l| l.trim() == "1"), "{bin}: the target's httpd seen: {screen}");
 
         // port-forward: two ports, 20 connections at once, big transfers both ways.
         let (forward, local) = port_forward(&bin, &s, &[8080, 9000]);

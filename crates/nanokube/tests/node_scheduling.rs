@@ -36,7 +36,8 @@ fn the_node_registers_as_kubelet_does_and_keeps_its_lease() {
     assert_eq!(node["status"]["capacity"]["pods"], "110");
     assert!(node["status"]["allocatable"]["memory"].as_str().unwrap().ends_with("Ki"));
     assert_eq!(node["spec"]["podCIDR"], "127.244.0.0/16");
-    assert_eq!(node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"], 10250);
+    // The kubelet API's port as bound (the tests' servers ask for any free one).
+    assert!(node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"].as_i64().unwrap() > 0);
     let version = s.get_json("/version").1["gitVersion"].clone();
     assert_eq!(node["status"]["nodeInfo"]["kubeletVersion"], version);
     assert_eq!(node["status"]["nodeInfo"]["bootID"].as_str().unwrap(), std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap().trim());

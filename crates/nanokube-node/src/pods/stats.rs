@@ -31,6 +31,19 @@ struct Sample {
     cpu_ns: u64,
 }
 
+/// A cgroup's latest figures.
+#[derive(Debug, Clone, Copy)]
+pub struct Figures {
+    /// Cumulative CPU time, in nanoseconds.
+    pub cpu_ns: u64,
+    /// The CPU rate over the last two samples (nanocores), once there are two.
+    pub nanocores: Option<u64>,
+    /// The working set now, in bytes.
+    pub working_set: u64,
+    /// When the CPU was last sampled.
+    pub at: SystemTime,
+}
+
 /// The node's sampler and the figures it keeps.
 pub struct Stats {
     runtime: Arc<PodRuntime>,
@@ -130,6 +143,26 @@ impl Stats {
         }
         let nanocores = (last.cpu_ns.saturating_sub(prev.cpu_ns) as u128 * 1_000_000_000 / window.as_nanos()) as u64;
         Some(Usage { cpu_nanocores: nanocores, memory_bytes: working_set(rel).unwrap_or(0), timestamp: last.wall, window })
+    }
+
+    fn figures(&self, rel: &str) -> Option<Figures> {
+        let (_, last) = *self.samples.lock().ok()?.get(rel)?;
+        Some(Figures { cpu_ns: last.cpu_ns, nanocores: self.usage(rel).map(|u| u.cpu_nanocores), working_set: working_set(rel).unwrap_or(0), at: last.wall })
+    }
+
+    /// The node's figures, once sampled.
+    pub fn node_figures(&self) -> Option<Figures> {
+        self.figures("")
+    }
+
+    /// The figures of each running container of the pod with `uid` that was sampled.
+    pub fn container_figures(&self, uid: &str) -> Vec<(String, Figures)> {
+        self.running_containers(uid).into_iter().filter_map(|(name, id)| Some((name, self.figures(&format!("nanokube/pod{uid}/{id}"))?))).collect()
+    }
+
+    /// How many containers of the pod with `uid` run now.
+    pub fn running_count(&self, uid: &str) -> usize {
+        self.running_containers(uid).len()
     }
 
     /// The running instance's runc ID of each container of the pod with `uid`.

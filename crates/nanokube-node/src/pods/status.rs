@@ -35,6 +35,7 @@ pub fn restarts(kind: Kind, policy: &str, exit_code: i32) -> bool {
         Kind::Sidecar => true,
         Kind::Init => policy != "Never" && exit_code != 0,
         Kind::Regular => policy == "Always" || (policy == "OnFailure" && exit_code != 0),
+        Kind::Ephemeral => false,
     }
 }
 
@@ -70,7 +71,7 @@ pub fn finished(pod: &Value, containers: &[ContainerState]) -> bool {
 pub fn phase(pod: &Value, containers: &[ContainerState]) -> &'static str {
     let policy = restart_policy(pod);
     let mut pending_init = false;
-    for c in containers.iter().filter(|c| c.kind != Kind::Regular) {
+    for c in containers.iter().filter(|c| matches!(c.kind, Kind::Init | Kind::Sidecar)) {
         match c.kind {
             Kind::Sidecar => {
                 if !(c.init_done || (c.running.is_some() && c.started)) {
@@ -162,6 +163,7 @@ fn container_status(c: &ContainerState, pod: &Value, init_pending: bool, blocked
     };
     let ready = match c.kind {
         Kind::Init => c.init_done,
+        Kind::Ephemeral => false,
         _ => c.running.is_some() && c.ready,
     };
     let mut s = json!({
@@ -203,11 +205,13 @@ pub fn build(i: &Inputs<'_>) -> Value {
         .filter(|c| match c.kind {
             Kind::Init => !c.init_done,
             Kind::Sidecar => !(c.init_done || (c.running.is_some() && c.started)),
-            Kind::Regular => false,
+            Kind::Regular | Kind::Ephemeral => false,
         })
         .map(|c| c.name.as_str())
         .collect();
-    let unready: Vec<&str> = i.containers.iter().filter(|c| c.kind != Kind::Init && !(c.running.is_some() && c.ready)).map(|c| c.name.as_str()).collect();
+    // Ephemeral containers never count for readiness.
+    let unready: Vec<&str> =
+        i.containers.iter().filter(|c| matches!(c.kind, Kind::Regular | Kind::Sidecar) && !(c.running.is_some() && c.ready)).map(|c| c.name.as_str()).collect();
     let list = |v: &[&str]| format!("[{}]", v.join(" "));
     let initialized = if init_incomplete.is_empty() {
         condition("Initialized", true, done.then_some("PodCompleted"), None)
@@ -226,19 +230,15 @@ pub fn build(i: &Inputs<'_>) -> Value {
     let conditions =
         vec![condition("PodReadyToStartContainers", i.sandbox_ready && !done, None, None), initialized, ready_pair("Ready"), ready_pair("ContainersReady")];
     let init_pending = !init_incomplete.is_empty();
-    let statuses = |kind_init: bool| -> Vec<Value> {
-        i.containers
-            .iter()
-            .filter(|c| (c.kind != Kind::Regular) == kind_init)
-            .map(|c| container_status(c, pod, init_pending && c.kind == Kind::Regular, &i.blocked))
-            .collect()
+    let statuses = |kinds: &[Kind]| -> Vec<Value> {
+        i.containers.iter().filter(|c| kinds.contains(&c.kind)).map(|c| container_status(c, pod, init_pending && c.kind == Kind::Regular, &i.blocked)).collect()
     };
     let mut status = json!({
         "phase": phase,
         "conditions": conditions,
         "hostIP": i.host_ip,
         "hostIPs": [{"ip": i.host_ip}],
-        "containerStatuses": statuses(false),
+        "containerStatuses": statuses(&[Kind::Regular]),
     });
     if let Some(ip) = &i.pod_ip {
         status["podIP"] = json!(ip);
@@ -247,9 +247,13 @@ pub fn build(i: &Inputs<'_>) -> Value {
     if let Some(t) = &i.start_time {
         status["startTime"] = json!(t);
     }
-    let init = statuses(true);
+    let init = statuses(&[Kind::Init, Kind::Sidecar]);
     if !init.is_empty() {
         status["initContainerStatuses"] = json!(init);
+    }
+    let ephemeral = statuses(&[Kind::Ephemeral]);
+    if !ephemeral.is_empty() {
+        status["ephemeralContainerStatuses"] = json!(ephemeral);
     }
     status
 }
@@ -262,7 +266,7 @@ pub fn merge(current: &Value, status: &Value, now: &str) -> Value {
     let mut next = current.clone();
     let old = current.get("status").cloned().unwrap_or_else(|| json!({}));
     let mut merged = old.as_object().cloned().unwrap_or_default();
-    for k in ["phase", "hostIP", "hostIPs", "podIP", "podIPs", "startTime", "containerStatuses", "initContainerStatuses"] {
+    for k in ["phase", "hostIP", "hostIPs", "podIP", "podIPs", "startTime", "containerStatuses", "initContainerStatuses", "ephemeralContainerStatuses"] {
         match status.get(k) {
             Some(v) => {
                 merged.insert(k.into(), v.clone());

@@ -40,6 +40,8 @@ pub enum Kind {
     Sidecar,
     /// A container.
     Regular,
+    /// An ephemeral container (`kubectl debug`): started once, never restarted.
+    Ephemeral,
 }
 
 /// A running instance of a container.
@@ -329,7 +331,7 @@ impl Worker {
             let init_done = match kind {
                 Kind::Init => last.as_ref().is_some_and(|l| l.exit.exit_code == 0),
                 Kind::Sidecar => instances > 0,
-                Kind::Regular => false,
+                Kind::Regular | Kind::Ephemeral => false,
             };
             let has_readiness = c.readiness_probe.is_some();
             let has_startup = c.startup_probe.is_some();
@@ -375,6 +377,37 @@ impl Worker {
         }
     }
 
+    /// Ephemeral containers added to the spec since the last pass (`kubectl debug`).
+    fn add_ephemeral_containers(&mut self, pod: &Pod) {
+        for c in pod.spec.iter().flat_map(|s| s.ephemeral_containers.iter().flatten()) {
+            if self.containers.iter().any(|s| s.name == c.name) {
+                continue;
+            }
+            let (instances, running, last, previous) = self.adopted.remove(&c.name).unwrap_or((0, None, None, None));
+            if let Some(r) = &running {
+                self.watch_exit(&c.name, r.attempt, r.shim_pid);
+            }
+            let image_id = c.image.as_deref().and_then(|i| self.rt.images.resolve(&normalized(i))).map(|img| image_id(&img)).unwrap_or_default();
+            let is_running = running.is_some();
+            self.containers.push(ContainerState {
+                name: c.name.clone(),
+                kind: Kind::Ephemeral,
+                image: c.image.clone().unwrap_or_default(),
+                image_id,
+                instances,
+                running,
+                last,
+                previous,
+                waiting: None,
+                ready: false,
+                started: is_running,
+                init_done: false,
+                stopped_for_good: false,
+                backoff: None,
+            });
+        }
+    }
+
     /// Run until the pod is gone (stopped, cleaned up, deleted) or the node stops.
     pub async fn run(mut self, mut updates: watch::Receiver<Option<Pod>>, mut stop: watch::Receiver<bool>) {
         let Some(mut rx) = self.rx.take() else { return };
@@ -396,6 +429,7 @@ impl Worker {
                 return;
             }
             self.init_containers(&pod);
+            self.add_ephemeral_containers(&pod);
             let wake = self.sync(&pod).await;
             self.write_status(&pod, false).await;
             tokio::select! {
@@ -484,6 +518,7 @@ impl Worker {
     fn field_path(&self, name: &str) -> String {
         match self.containers.iter().find(|c| c.name == name).map(|c| c.kind) {
             Some(Kind::Init) | Some(Kind::Sidecar) => format!("spec.initContainers{{{name}}}"),
+            Some(Kind::Ephemeral) => format!("spec.ephemeralContainers{{{name}}}"),
             _ => format!("spec.containers{{{name}}}"),
         }
     }
@@ -602,6 +637,16 @@ impl Worker {
                 if !status::restarts(Kind::Regular, &policy, last.exit.exit_code) {
                     continue;
                 }
+            }
+            if let Some(w) = self.start_or_back_off(i, pod, &v).await {
+                wake = wake.min(w);
+            }
+        }
+        // Ephemeral containers start once, whatever their end.
+        for i in 0..self.containers.len() {
+            let c = &self.containers[i];
+            if c.kind != Kind::Ephemeral || c.running.is_some() || c.instances > 0 {
+                continue;
             }
             if let Some(w) = self.start_or_back_off(i, pod, &v).await {
                 wake = wake.min(w);
@@ -1078,9 +1123,17 @@ impl Worker {
             capabilities,
             privileged,
             seccomp,
-            pid_namespace: if pod.spec.as_ref().and_then(|s| s.share_process_namespace).unwrap_or(false) {
+            pid_namespace: if let Some(target) = debug_target(pod, &spec.name) {
+                // A debug container sees its target's processes (its PID namespace).
+                let r = self.containers.iter().find(|c| c.name == target).and_then(|c| c.running.as_ref());
+                let pid = r.and_then(|r| std::fs::read_to_string(r.bundle.join("pid")).ok()).and_then(|p| p.trim().parse::<i32>().ok());
+                let pid = pid.ok_or_else(|| format!("the target container {target:?} is not running"))?;
+                Namespace::Join(PathBuf::from(format!("/proc/{pid}/ns/pid")))
+            } else if pod.spec.as_ref().and_then(|s| s.share_process_namespace).unwrap_or(false) {
                 let pid = nanokube_runtime::pause::ensure(&self.rt.binary, &self.dir)?;
                 Namespace::Join(PathBuf::from(format!("/proc/{pid}/ns/pid")))
+            } else if pod.spec.as_ref().and_then(|s| s.host_pid).unwrap_or(false) {
+                Namespace::Host
             } else {
                 Namespace::New
             },
@@ -1256,7 +1309,18 @@ pub(crate) async fn stop_instance(runc: &nanokube_runtime::runc::Runc, id: &str,
 
 fn find_container(pod: &Pod, name: &str) -> Option<Container> {
     let spec = pod.spec.as_ref()?;
-    spec.containers.iter().chain(spec.init_containers.iter().flatten()).find(|c| c.name == name).cloned()
+    if let Some(c) = spec.containers.iter().chain(spec.init_containers.iter().flatten()).find(|c| c.name == name) {
+        return Some(c.clone());
+    }
+    // An ephemeral container has a container's fields (and a target besides).
+    let e = spec.ephemeral_containers.iter().flatten().find(|c| c.name == name)?;
+    serde_json::to_value(e).ok().and_then(|v| serde_json::from_value(v).ok())
+}
+
+/// The container whose process namespace ephemeral container `name` joins, if any.
+fn debug_target(pod: &Pod, name: &str) -> Option<String> {
+    let e = pod.spec.as_ref()?.ephemeral_containers.iter().flatten().find(|c| c.name == name)?;
+    e.target_container_name.clone().filter(|t| !t.is_empty())
 }
 
 fn normalized(image: &str) -> String {

@@ -48,6 +48,8 @@ fn spawn_logging(data: &Path, port: u16, extra: &[String], stderr: Stdio) -> (Ch
         .args(["server", "--secure-port", &port.to_string(), "--merge-kubeconfig=false", "--data-dir"])
         .arg(data)
         .args(if own_mirrors { &[][..] } else { NO_PUBLIC_PULLS })
+        // Servers run side by side: each node's kubelet API on a port of its own.
+        .args(if extra.iter().any(|a| a.starts_with("--kubelet-port")) { None } else { Some("--kubelet-port=0") })
         .args(extra)
         .stdout(Stdio::piped())
         .stderr(stderr)
