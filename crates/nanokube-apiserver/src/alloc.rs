@@ -30,6 +30,11 @@ impl ServiceAllocator {
         Ok(ServiceAllocator { base, size, used_ips: BTreeSet::new(), ports, used_ports: BTreeSet::new() })
     }
 
+    /// The range as `address/prefix`.
+    pub fn cidr(&self) -> String {
+        format!("{}/{}", Ipv4Addr::from(self.base), 32 - self.size.trailing_zeros())
+    }
+
     /// The first usable address (`.1`), given to the `kubernetes` Service.
     pub fn first_ip(&self) -> Ipv4Addr {
         Ipv4Addr::from(self.base + 1)

@@ -646,7 +646,12 @@ impl Registry {
         self.services.lock().expect("alloc").first_ip().to_string()
     }
 
-    /// The cluster DNS Service IP.
+    /// The Service address range (`--service-cluster-ip-range`).
+    pub fn service_cidr(&self) -> String {
+        self.services.lock().expect("alloc").cidr()
+    }
+
+    /// The cluster DNS address (the service range's tenth).
     pub fn dns_service_ip(&self) -> String {
         self.services.lock().expect("alloc").dns_ip().to_string()
     }

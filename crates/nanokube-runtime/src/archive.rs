@@ -40,6 +40,66 @@ pub fn load(store: &ImageStore, path: &Path) -> Result<Vec<String>, String> {
     result.map(|images| images.into_iter().flat_map(|i| i.names).collect())
 }
 
+/// An image made here of host files (`nanokube image build-self`): one uncompressed layer
+/// holding each `(host file, path in the image)` (symbolic links followed), with
+/// `entrypoint`, committed to the store under `name`.
+pub fn build(store: &ImageStore, name: &str, files: &[(std::path::PathBuf, String)], entrypoint: &[String]) -> Result<Image, String> {
+    let name = Reference::parse(name).map_err(|e| format!("{name}: {e}"))?.to_string();
+    let tmp = store.tmp("build");
+    std::fs::create_dir_all(&tmp).map_err(|e| e.to_string())?;
+    let result = (|| {
+        let layer_path = tmp.join("layer.tar");
+        {
+            let file = std::fs::File::create(&layer_path).map_err(|e| e.to_string())?;
+            let mut tar = tar::Builder::new(std::io::BufWriter::new(file));
+            tar.follow_symlinks(true);
+            let mut dirs = std::collections::BTreeSet::new();
+            for (_, inside) in files {
+                let mut p = Path::new(inside.trim_start_matches('/')).parent();
+                while let Some(d) = p.filter(|d| !d.as_os_str().is_empty()) {
+                    dirs.insert(d.to_path_buf());
+                    p = d.parent();
+                }
+            }
+            dirs.insert("tmp".into());
+            for d in &dirs {
+                let mut h = tar::Header::new_gnu();
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_mode(if d == Path::new("tmp") { 0o1777 } else { 0o755 });
+                h.set_size(0);
+                h.set_mtime(0);
+                h.set_uid(0);
+                h.set_gid(0);
+                tar.append_data(&mut h, d, std::io::empty()).map_err(|e| e.to_string())?;
+            }
+            for (host, inside) in files {
+                tar.append_path_with_name(host, inside.trim_start_matches('/')).map_err(|e| format!("{}: {e}", host.display()))?;
+            }
+            tar.into_inner().map_err(|e| e.to_string())?.into_inner().map_err(|e| e.to_string())?;
+        }
+        let (layer_digest, layer_size) = store.put_blob_file(&layer_path, None)?;
+        let config = json!({
+            "architecture": match std::env::consts::ARCH { "x86_64" => "amd64", "aarch64" => "arm64", other => other },
+            "os": "linux",
+            "config": {"Entrypoint": entrypoint, "Env": ["PATH=/usr/local/bin:/usr/bin:/bin"]},
+            "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
+        });
+        let config_bytes = serde_json::to_vec(&config).map_err(|e| e.to_string())?;
+        let config_digest = store.put_blob(&config_bytes, None)?;
+        let manifest = json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config_bytes.len()},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer_digest, "size": layer_size}],
+        });
+        let bytes = serde_json::to_vec(&manifest).map_err(|e| e.to_string())?;
+        let manifest_digest = store.put_blob(&bytes, None)?;
+        store.commit(vec![name.clone()], &manifest_digest, &manifest)
+    })();
+    let _ = std::fs::remove_dir_all(&tmp);
+    result
+}
+
 fn read_json(path: &Path) -> Result<Value, String> {
     serde_json::from_slice(&std::fs::read(regular(path)?).map_err(|e| format!("{}: {e}", path.display()))?).map_err(|e| format!("{}: {e}", path.display()))
 }

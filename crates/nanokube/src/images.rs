@@ -1,5 +1,6 @@
 //! `nanokube image`: the node's image store from the command line (`load`, `ls`, `rm`,
-//! `pull`), usable while the server runs (the store is shared through its lock file).
+//! `pull`, `build-self`), usable while the server runs (the store is shared through its
+//! lock file).
 
 use std::path::Path;
 
@@ -16,6 +17,48 @@ pub fn load(data_dir: &Path, file: &Path) -> Result<String, String> {
     let store = open(data_dir)?;
     let names = nanokube_runtime::archive::load(&store, file)?;
     Ok(names.iter().map(|n| format!("Loaded image: {n}\n")).collect())
+}
+
+/// The tag `build-self` gives by default: the binary's version (not `latest`, which
+/// kubelet would always try to pull).
+pub fn self_tag() -> String {
+    format!("nanokube:v{}", env!("CARGO_PKG_VERSION"))
+}
+
+/// The shared libraries a binary loads, from `ldd` (the dynamic loader's own answer).
+fn shared_libraries(binary: &Path) -> Result<Vec<std::path::PathBuf>, String> {
+    let out = std::process::Command::new("ldd").arg(binary).output().map_err(|e| format!("ldd: {e}"))?;
+    if !out.status.success() {
+        // A static binary needs nothing besides itself.
+        return Ok(Vec::new());
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    // `libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)` or `/lib64/ld-linux-x86-64.so.2 (0x...)`.
+    Ok(text
+        .lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            let path = l.split_once("=> ").map_or(l, |(_, p)| p);
+            let path = path.split(" (").next()?.trim();
+            path.starts_with('/').then(|| std::path::PathBuf::from(path))
+        })
+        .collect())
+}
+
+/// `nanokube image build-self [--tag T]`: an image of this very binary and the shared
+/// libraries it loads, entrypoint `nanokube`, so it runs as a container (the proxy
+/// sidecar: `nanokube proxy --port=8001`).
+pub fn build_self(data_dir: &Path, tag: Option<&str>) -> Result<String, String> {
+    let store = open(data_dir)?;
+    let binary = std::env::current_exe().map_err(|e| format!("this binary: {e}"))?;
+    let mut files = vec![(binary.clone(), "/usr/local/bin/nanokube".to_string())];
+    for lib in shared_libraries(&binary)? {
+        let inside = lib.to_string_lossy().into_owned();
+        files.push((lib, inside));
+    }
+    let tag = tag.map(String::from).unwrap_or_else(self_tag);
+    let image = nanokube_runtime::archive::build(&store, &tag, &files, &["/usr/local/bin/nanokube".to_string()])?;
+    Ok(image.names.iter().map(|n| format!("Loaded image: {n}\n")).collect())
 }
 
 /// Human size as crictl prints it (`1.23MB`).

@@ -79,6 +79,16 @@ enum ImageCommand {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Make an image of this binary (and the libraries it loads), to run nanokube as a
+    /// container: `nanokube proxy` as a pod's sidecar.
+    BuildSelf {
+        /// Its name [default: nanokube:v<version>].
+        #[arg(long)]
+        tag: Option<String>,
+        /// The cluster's data directory [default: ~/.nanokube].
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
     /// Pull an image from its registry (plain HTTP for loopback and --insecure-registry).
     Pull {
         /// The image reference (`busybox`, `127.0.0.1:5000/app:v1`, `name@sha256:...`).
@@ -481,6 +491,7 @@ fn main() {
                     ImageCommand::Load { file, data_dir } => data(data_dir).and_then(|d| nanokube::images::load(&d, &file)),
                     ImageCommand::Ls { data_dir } => data(data_dir).and_then(|d| nanokube::images::list(&d)),
                     ImageCommand::Rm { image, data_dir } => data(data_dir).and_then(|d| nanokube::images::remove(&d, &image)),
+                    ImageCommand::BuildSelf { tag, data_dir } => data(data_dir).and_then(|d| nanokube::images::build_self(&d, tag.as_deref())),
                     ImageCommand::Pull { image, data_dir, insecure, creds } => match data(data_dir) {
                         Ok(d) => {
                             let creds = creds.map(|c| {
@@ -628,13 +639,25 @@ async fn run_proxy(a: ProxyArgs) -> i32 {
         keepalive,
         append_server_path: a.append_server_path,
     };
-    let r = nanokube::proxy::run(opts, access, |addr| {
+    let serve = nanokube::proxy::run(opts, access, |addr| {
         // kubectl's exact words, so scripts that wait for them keep working.
         println!("Starting to serve on {addr}");
         use std::io::Write;
         let _ = std::io::stdout().flush();
-    })
-    .await;
+    });
+    // SIGTERM ends the proxy as it ends kubectl's, also as a container's PID 1 (where a
+    // signal without a handler is ignored): a sidecar stops at once when its pod does.
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: installing signal handlers: {e}");
+            return 1;
+        }
+    };
+    let r = tokio::select! {
+        r = serve => r,
+        _ = term.recv() => return 143,
+    };
     match r {
         Ok(()) => 0,
         Err(e) => {

@@ -160,11 +160,15 @@ fn the_walkthrough_runs_as_written() {
     assert!(text.contains("command terminated with exit code 3") && text.contains("exit code 3\n"), "{text}");
     let hostname = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
     assert!(text.contains(&hostname), "{text}");
+    // §5 (S12): the sidecar in a pod lists pods with the service account's view.
+    assert!(text.contains("{\"kind\":\"PodList\""), "{text}");
+    // §6: a debug container saw the target's process; run -i --rm echoed and cleaned up.
+    assert!(text.contains("sleep 3600") && text.contains("pod \"once\" deleted"), "{text}");
     // Nothing of the pods is left once they are deleted.
     let out = Command::new(kubectl_path("kubectl"))
         .args(["--kubeconfig"])
         .arg(&kubeconfig)
-        .args(["delete", "pod", "demo", "shell", "--grace-period=1"])
+        .args(["delete", "pod", "demo", "shell", "with-proxy", "--grace-period=1"])
         .output()
         .unwrap();
     assert!(out.status.success());

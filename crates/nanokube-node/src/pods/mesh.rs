@@ -1,10 +1,13 @@
-//! Traffic from inside a pod to other pods. Every pod's network namespace has only `lo`,
-//! where all of 127.0.0.0/8 is local, so a connection to another pod's IP would stay in
-//! the pod. A NAT rule in the pod's namespace sends connections for 127.244.0.0/16 (but
-//! its own IP) to the agent's listener inside that namespace ([`PORT`]), which reads the
-//! original destination (`SO_ORIGINAL_DST`) and connects to it inside the target pod's
-//! namespace. Services' addresses (127.96.0.0/16) and DNS plug into the same listener
-//! when the Service data plane exists.
+//! Traffic from inside a pod to other pods and to Services. Every pod's network namespace
+//! has only `lo`, where all of 127.0.0.0/8 is local, so a connection to another pod's IP
+//! would stay in the pod. NAT rules in the pod's namespace send TCP connections for
+//! 127.244.0.0/16 (but its own IP) and for the Service range to the agent's listener
+//! inside that namespace ([`PORT`]), which reads the original destination
+//! (`SO_ORIGINAL_DST`): a pod's IP is connected to inside that pod's namespace; a
+//! Service's ClusterIP and port go to one of its ready endpoints (from its
+//! EndpointSlices, else its Endpoints), a pod's inside its namespace and any other (the
+//! `kubernetes` Service's: the API server) from the host. A Service with no ready
+//! endpoint refuses (a reset), as kube-proxy's reject rule. TCP only; DNS is not served.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -13,6 +16,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use nanokube_api::resources;
+use nanokube_apiserver::registry::Registry;
+use serde_json::Value;
 use tokio::sync::watch;
 
 /// The agent's port inside every pod (Istio's outbound capture port).
@@ -40,11 +46,14 @@ impl Pods {
     }
 }
 
-/// Install the pod's NAT rules and open the agent's listener in its namespace.
-pub fn prepare(ns: &Path, own_ip: Ipv4Addr) -> Result<std::net::TcpListener, String> {
+/// Install the pod's NAT rules (pods, and Services in `service_cidr`) and open the
+/// agent's listener in its namespace.
+pub fn prepare(ns: &Path, own_ip: Ipv4Addr, service_cidr: &str) -> Result<std::net::TcpListener, String> {
     let restore = nanokube_runtime::find_program("iptables-restore")
         .ok_or("iptables-restore was not found (Debian: apt-get install iptables), so pods cannot reach each other")?;
-    let rules = format!("*nat\n-A OUTPUT -d {own_ip}/32 -j RETURN\n-A OUTPUT -d 127.244.0.0/16 -p tcp -j REDIRECT --to-ports {PORT}\nCOMMIT\n");
+    let rules = format!(
+        "*nat\n-A OUTPUT -d {own_ip}/32 -j RETURN\n-A OUTPUT -d 127.244.0.0/16 -p tcp -j REDIRECT --to-ports {PORT}\n-A OUTPUT -d {service_cidr} -p tcp -j REDIRECT --to-ports {PORT}\nCOMMIT\n"
+    );
     nanokube_runtime::netns::within(ns, move || -> Result<std::net::TcpListener, String> {
         use std::io::Write;
         // The child inherits this thread's network namespace.
@@ -93,8 +102,38 @@ fn original_destination(s: &tokio::net::TcpStream) -> std::io::Result<SocketAddr
     }
 }
 
+/// The ready endpoint behind Service address `ip:port`, if a Service has it.
+fn service_endpoint(registry: &Registry, target: SocketAddrV4) -> Option<SocketAddr> {
+    let def = resources::find("", "v1", "services")?;
+    let list = registry.list(def, None, &Default::default()).ok()?;
+    let ip = target.ip().to_string();
+    let svc = list.items.iter().map(|o| o.value()).find(|s| {
+        let ips = s.pointer("/spec/clusterIPs").and_then(Value::as_array);
+        s.pointer("/spec/clusterIP").and_then(Value::as_str) == Some(ip.as_str()) || ips.is_some_and(|a| a.iter().any(|x| x.as_str() == Some(ip.as_str())))
+    })?;
+    let (ns, name) = (svc.pointer("/metadata/namespace").and_then(Value::as_str)?, svc.pointer("/metadata/name").and_then(Value::as_str)?);
+    let endpoint = nanokube_apiserver::backend::resolve_service(registry, ns, name, i64::from(target.port())).ok()?;
+    endpoint.parse().ok()
+}
+
+/// Connect to `target` for a pod: inside the target pod's namespace, or to a Service's
+/// endpoint.
+async fn dial(pods: &Pods, registry: &Registry, target: SocketAddrV4) -> Option<tokio::net::TcpStream> {
+    let inside = |ns: PathBuf, to: SocketAddr| async move {
+        nanokube_runtime::netns::connect(&ns, to, Duration::from_secs(5)).await.map_err(|e| tracing::debug!(%to, "from a pod: {e}")).ok()
+    };
+    if let Some(ns) = pods.get(*target.ip()) {
+        return inside(ns, SocketAddr::V4(target)).await;
+    }
+    let endpoint = service_endpoint(registry, target)?;
+    match endpoint {
+        SocketAddr::V4(e) if pods.get(*e.ip()).is_some() => inside(pods.get(*e.ip())?, endpoint).await,
+        _ => tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(endpoint)).await.ok()?.ok(),
+    }
+}
+
 /// Serve the pod's outbound connections until `stop` changes or its sender goes.
-pub async fn serve(listener: std::net::TcpListener, pods: Arc<Pods>, mut stop: watch::Receiver<bool>) {
+pub async fn serve(listener: std::net::TcpListener, pods: Arc<Pods>, registry: Arc<Registry>, mut stop: watch::Receiver<bool>) {
     let Ok(listener) = tokio::net::TcpListener::from_std(listener) else { return };
     loop {
         let accepted = tokio::select! {
@@ -102,21 +141,16 @@ pub async fn serve(listener: std::net::TcpListener, pods: Arc<Pods>, mut stop: w
             a = listener.accept() => a,
         };
         let Ok((mut inbound, _)) = accepted else { continue };
-        let pods = pods.clone();
+        let (pods, registry) = (pods.clone(), registry.clone());
         tokio::spawn(async move {
             let Ok(target) = original_destination(&inbound) else { return };
             let SocketAddr::V4(v4) = target else { return };
-            let connected = match pods.get(*v4.ip()) {
-                Some(ns) => {
-                    nanokube_runtime::netns::connect(&ns, target, Duration::from_secs(5)).await.map_err(|e| tracing::debug!(%target, "pod to pod: {e}")).ok()
-                }
-                None => None,
-            };
+            let connected = dial(&pods, &registry, v4).await;
             match connected {
                 Some(mut outbound) => {
                     let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
                 }
-                // No pod there, or nothing listening: reset, as a refused connection.
+                // No pod or endpoint there, or nothing listening: reset, as refused.
                 None => {
                     let _ = inbound.set_zero_linger();
                 }

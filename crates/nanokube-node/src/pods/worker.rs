@@ -557,7 +557,7 @@ impl Worker {
                     self.rt.mesh.insert(ip, ns);
                 }
                 if let Some(l) = self.mesh_listener.take() {
-                    tokio::spawn(super::mesh::serve(l, self.rt.mesh.clone(), rx.clone()));
+                    tokio::spawn(super::mesh::serve(l, self.rt.mesh.clone(), self.rt.registry.clone(), rx.clone()));
                 }
                 tokio::spawn(super::ports::forward(self.dir.clone(), ip, declared, rx));
                 self.ports_stop = Some(tx);
@@ -922,7 +922,7 @@ impl Worker {
         if !host_network {
             let ns = self.dir.join("ns-net");
             netns::create(netns::Kind::Net, &ns)?;
-            match super::mesh::prepare(&ns, ip) {
+            match super::mesh::prepare(&ns, ip, &self.rt.registry.service_cidr()) {
                 Ok(l) => self.mesh_listener = Some(l),
                 Err(e) => tracing::warn!(pod = %self.uid, "{e}"),
             }
