@@ -264,7 +264,16 @@ pub static BUILTIN: &[ResourceDef] = &[
         ],
     ),
     res("", "PodTemplate", "podtemplates", "podtemplate", true, NONE, NONE, &[]),
-    res("", "ReplicationController", "replicationcontrollers", "replicationcontroller", true, &["rc"], ALL, &[status("ReplicationController", ""), scale()]),
+    with_generation(res(
+        "",
+        "ReplicationController",
+        "replicationcontrollers",
+        "replicationcontroller",
+        true,
+        &["rc"],
+        ALL,
+        &[status("ReplicationController", ""), scale()],
+    )),
     res("", "ResourceQuota", "resourcequotas", "resourcequota", true, &["quota"], NONE, &[status("ResourceQuota", "")]),
     res("", "Secret", "secrets", "secret", true, NONE, NONE, &[]),
     res(

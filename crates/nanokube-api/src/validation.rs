@@ -159,6 +159,21 @@ pub fn validate_meta(def: &ResourceDef, obj: &Value, causes: &mut Vec<Cause>) {
     }
 }
 
+/// A container's name (a DNS label, unique among `seen`) and image (required).
+fn validate_name_and_image<'a>(c: &'a Value, cpath: &str, seen: &mut Vec<&'a str>, causes: &mut Vec<Cause>) {
+    match c.get("name").and_then(Value::as_str) {
+        None | Some("") => causes.push(required(&format!("{cpath}.name"))),
+        Some(n) if !is_dns1123_label(n) => causes.push(invalid(&format!("{cpath}.name"), &Value::String(n.into()), DNS1123_LABEL_MSG)),
+        Some(n) if seen.contains(&n) => {
+            causes.push(Cause { reason: "FieldValueDuplicate".into(), message: format!("Duplicate value: {n:?}"), field: format!("{cpath}.name") })
+        }
+        Some(n) => seen.push(n),
+    }
+    if c.get("image").and_then(Value::as_str).is_none_or(str::is_empty) {
+        causes.push(required(&format!("{cpath}.image")));
+    }
+}
+
 fn validate_pod_spec(spec: Option<&Value>, path: &str, causes: &mut Vec<Cause>) {
     let Some(spec) = spec else {
         causes.push(required(&format!("{path}.containers")));
@@ -169,17 +184,7 @@ fn validate_pod_spec(spec: Option<&Value>, path: &str, causes: &mut Vec<Cause>) 
             let mut seen = Vec::new();
             for (i, c) in cs.iter().enumerate() {
                 let cpath = format!("{path}.containers[{i}]");
-                match c.get("name").and_then(Value::as_str) {
-                    None | Some("") => causes.push(required(&format!("{cpath}.name"))),
-                    Some(n) if !is_dns1123_label(n) => causes.push(invalid(&format!("{cpath}.name"), &Value::String(n.into()), DNS1123_LABEL_MSG)),
-                    Some(n) if seen.contains(&n) => {
-                        causes.push(Cause { reason: "FieldValueDuplicate".into(), message: format!("Duplicate value: {n:?}"), field: format!("{cpath}.name") })
-                    }
-                    Some(n) => seen.push(n),
-                }
-                if c.get("image").and_then(Value::as_str).is_none_or(str::is_empty) {
-                    causes.push(required(&format!("{cpath}.image")));
-                }
+                validate_name_and_image(c, &cpath, &mut seen, causes);
                 if let Some(ports) = c.get("ports").and_then(Value::as_array) {
                     for (j, p) in ports.iter().enumerate() {
                         match p.get("containerPort").and_then(Value::as_i64) {
@@ -222,17 +227,7 @@ fn validate_ephemeral_containers(spec: &Value, path: &str, causes: &mut Vec<Caus
     let mut seen: Vec<&str> = regular.iter().chain(&init).copied().collect();
     for (i, c) in list.iter().enumerate() {
         let cpath = format!("{path}.ephemeralContainers[{i}]");
-        match c.get("name").and_then(Value::as_str) {
-            None | Some("") => causes.push(required(&format!("{cpath}.name"))),
-            Some(n) if !is_dns1123_label(n) => causes.push(invalid(&format!("{cpath}.name"), &Value::String(n.into()), DNS1123_LABEL_MSG)),
-            Some(n) if seen.contains(&n) => {
-                causes.push(Cause { reason: "FieldValueDuplicate".into(), message: format!("Duplicate value: {n:?}"), field: format!("{cpath}.name") })
-            }
-            Some(n) => seen.push(n),
-        }
-        if c.get("image").and_then(Value::as_str).is_none_or(str::is_empty) {
-            causes.push(required(&format!("{cpath}.image")));
-        }
+        validate_name_and_image(c, &cpath, &mut seen, causes);
         for k in EPHEMERAL_FORBIDDEN {
             if c.get(*k).is_some_and(|v| !v.is_null() && v != &json!({}) && v != &json!([])) {
                 causes.push(Cause {

@@ -20,6 +20,9 @@
 //!   provisioner, phases, and the protection finalizers let go.
 //! - [`gc`]: the garbage collector (ownerReferences; background, foreground, orphan).
 //! - [`tokens`]: legacy service-account token Secrets.
+//! - [`workqueue`]: the machinery the workload controllers share (client-go's rate-limited
+//!   work queue, and expectations of a controller's own writes).
+//! - [`replicasets`]: ReplicaSets and ReplicationControllers keep their pods.
 //! - [`rbac_policy`]: kube-apiserver 1.33's default RBAC policy (ClusterRoles,
 //!   ClusterRoleBindings, Roles, RoleBindings), recreated if deleted.
 //! - [`rbac_aggregation`]: ClusterRoles with an `aggregationRule` get the rules of the
@@ -28,6 +31,7 @@
 pub mod apiservices;
 pub mod bootstrap;
 pub mod crds;
+mod events;
 mod follow;
 pub mod gc;
 pub mod namespaces;
@@ -35,8 +39,10 @@ pub mod node_lifecycle;
 pub mod persistent_volumes;
 pub mod rbac_aggregation;
 pub mod rbac_policy;
+pub mod replicasets;
 pub mod scheduler;
 pub mod tokens;
+pub mod workqueue;
 
 /// Wait for concurrent writes (spawned so they share the store's commits); the first
 /// error is returned unless its code is one of `expected` (a write raced by another

@@ -398,25 +398,7 @@ async fn remove_finalizer(registry: &Registry, plural: &str, ns: &str, name: &st
 
 /// A core/v1 Event from the controller, once per object, reason and message.
 async fn event(registry: &Registry, said: &mut HashSet<(String, String)>, obj: Value, ty: &str, reason: &str, message: &str) {
-    let uid = meta::uid(&obj).to_string();
-    if !said.insert((uid.clone(), format!("{reason}/{message}"))) {
-        return;
-    }
-    // Cluster-scoped objects' events live in `default`, as client-go records them.
-    let ns = obj.pointer("/metadata/namespace").and_then(Value::as_str).filter(|n| !n.is_empty()).unwrap_or("default").to_string();
-    let name = meta::name(&obj).to_string();
-    let now = meta::now_rfc3339();
-    let ev = json!({
-        "apiVersion": "v1", "kind": "Event",
-        "metadata": {"name": format!("{name}.{:016x}", fastrand::u64(..)), "namespace": ns},
-        "involvedObject": {"kind": obj["kind"], "namespace": obj.pointer("/metadata/namespace"), "name": name, "uid": uid, "apiVersion": "v1",
-            "resourceVersion": obj.pointer("/metadata/resourceVersion")},
-        "reason": reason, "message": message,
-        "source": {"component": COMPONENT},
-        "firstTimestamp": now, "lastTimestamp": now, "count": 1, "type": ty,
-        "eventTime": null, "reportingComponent": COMPONENT, "reportingInstance": "",
-    });
-    if let Err(e) = registry.create(def("", "events"), &ns, ev, &WriteOptions::default()).await {
-        tracing::debug!(%name, "recording event {reason}: {}", e.message);
+    if said.insert((meta::uid(&obj).to_string(), format!("{reason}/{message}"))) {
+        crate::events::record(registry, COMPONENT, &obj, ty, reason, message).await;
     }
 }

@@ -442,6 +442,9 @@ impl Cluster {
         tasks.spawn(nanokube_controllers::apiservices::run(registry.clone(), shutdown_rx.clone()));
         tasks.spawn(nanokube_controllers::node_lifecycle::run(registry.clone(), shutdown_rx.clone()));
         tasks.spawn(nanokube_controllers::persistent_volumes::run(registry.clone(), shutdown_rx.clone()));
+        for kind in [nanokube_controllers::replicasets::REPLICA_SETS, nanokube_controllers::replicasets::REPLICATION_CONTROLLERS] {
+            tasks.spawn(nanokube_controllers::replicasets::ReplicaController::new(registry.clone(), kind).run(shutdown_rx.clone()));
+        }
         if cfg.scheduler {
             tasks.spawn(
                 Arc::new(nanokube_controllers::scheduler::Scheduler::new(registry.clone(), &nanokube_node::machine::hostname())).run(shutdown_rx.clone()),

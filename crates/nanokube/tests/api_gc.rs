@@ -10,7 +10,9 @@ fn uid(s: &Server, path: &str) -> String {
     s.get_json(path).1["metadata"]["uid"].as_str().unwrap().to_string()
 }
 
-/// A Deployment `name`, a ReplicaSet it owns and two Pods the ReplicaSet owns.
+/// A Deployment `name`, a ReplicaSet it owns and two Pods the ReplicaSet owns (not as
+/// their controller: the ReplicaSet controller would release pods outside its selector;
+/// the garbage collector follows every owner reference alike).
 fn chain(s: &Server, name: &str, block: bool) {
     s.k(&["create", "deployment", name, "--image=nginx"]);
     let d_uid = uid(s, &format!("/apis/apps/v1/namespaces/default/deployments/{name}"));
@@ -23,7 +25,7 @@ fn chain(s: &Server, name: &str, block: bool) {
     let rs_uid = uid(s, &format!("/apis/apps/v1/namespaces/default/replicasets/{name}-rs"));
     for i in 0..2 {
         let pod = format!(
-            r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"{name}-pod-{i}","ownerReferences":[{{"apiVersion":"apps/v1","kind":"ReplicaSet","name":"{name}-rs","uid":"{rs_uid}","controller":true,"blockOwnerDeletion":{block}}}]}},"spec":{{"containers":[{{"name":"c","image":"nginx"}}]}}}}"#
+            r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"{name}-pod-{i}","ownerReferences":[{{"apiVersion":"apps/v1","kind":"ReplicaSet","name":"{name}-rs","uid":"{rs_uid}","controller":false,"blockOwnerDeletion":{block}}}]}},"spec":{{"containers":[{{"name":"c","image":"nginx"}}]}}}}"#
         );
         let (code, body) = s.curl("POST", "/api/v1/namespaces/default/pods", Some("application/json"), Some(pod.as_bytes()));
         assert_eq!(code, 201, "{body}");

@@ -26,11 +26,7 @@ fn running_instance(rt: &PodRuntime, pod: &Value, container: &str) -> Option<Str
 /// The bundle directory of the running instance of `container`.
 fn running_bundle(rt: &PodRuntime, pod: &Value, container: &str) -> Option<std::path::PathBuf> {
     let uid = pod.pointer("/metadata/uid").and_then(Value::as_str)?;
-    let status = ["/status/containerStatuses", "/status/initContainerStatuses", "/status/ephemeralContainerStatuses"]
-        .iter()
-        .filter_map(|p| pod.pointer(p).and_then(Value::as_array))
-        .flatten()
-        .find(|s| s.get("name").and_then(Value::as_str) == Some(container))?;
+    let status = super::named(pod, &super::STATUS_LISTS, container)?;
     status.pointer("/state/running")?;
     let attempt = status.get("restartCount").and_then(Value::as_u64).unwrap_or(0);
     let dir = rt.pods_dir().join(uid).join("containers").join(container).join(attempt.to_string());
@@ -38,15 +34,6 @@ fn running_bundle(rt: &PodRuntime, pod: &Value, container: &str) -> Option<std::
         return None;
     }
     Some(dir)
-}
-
-/// The spec of container `name` of `pod`, whichever list it is in.
-fn container_spec<'a>(pod: &'a Value, name: &str) -> Option<&'a Value> {
-    ["/spec/containers", "/spec/initContainers", "/spec/ephemeralContainers"]
-        .iter()
-        .filter_map(|p| pod.pointer(p).and_then(Value::as_array))
-        .flatten()
-        .find(|c| c.get("name").and_then(Value::as_str) == Some(name))
 }
 
 /// kubelet's answer for a container that is not running (kubectl prefixes "unable to
@@ -87,7 +74,7 @@ impl NodeExec for Exec {
             let bundle = running_bundle(&self.0, pod, &req.container).ok_or_else(|| not_running(&req.container))?;
             // The container's own settings decide, as containerd's attach: its terminal
             // (output on one stream), and whether it has stdin at all.
-            let spec = container_spec(pod, &req.container);
+            let spec = super::named(pod, &super::CONTAINER_LISTS, &req.container);
             let flag = |k: &str| spec.and_then(|c| c.get(k)).and_then(Value::as_bool).unwrap_or(false);
             let tty = flag("tty");
             let mut a = nanokube_runtime::attach::connect(&bundle, req.stdin && flag("stdin"), req.stdout, req.stderr && !tty)

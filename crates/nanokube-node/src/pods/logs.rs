@@ -20,14 +20,6 @@ use super::PodRuntime;
 /// The node's log server.
 pub struct Logs(pub Arc<PodRuntime>);
 
-fn container_status<'a>(pod: &'a Value, name: &str) -> Option<&'a Value> {
-    ["/status/containerStatuses", "/status/initContainerStatuses", "/status/ephemeralContainerStatuses"]
-        .iter()
-        .filter_map(|p| pod.pointer(p).and_then(Value::as_array))
-        .flatten()
-        .find(|s| s.get("name").and_then(Value::as_str) == Some(name))
-}
-
 impl nanokube_apiserver::node_link::NamedNode for Logs {
     fn node_name(&self) -> &str {
         &self.0.node
@@ -39,7 +31,7 @@ impl NodeLogs for Logs {
         let s = |p: &str| pod.pointer(p).and_then(Value::as_str).unwrap_or("").to_string();
         let (ns, name, uid) = (s("/metadata/namespace"), s("/metadata/name"), s("/metadata/uid"));
         let c = &opts.container;
-        let status = container_status(pod, c);
+        let status = super::named(pod, &super::STATUS_LISTS, c);
         let restarts = status.and_then(|st| st.get("restartCount")).and_then(Value::as_u64).unwrap_or(0) as u32;
         let ever_ran = status.is_some_and(|st| st.get("containerID").is_some());
         if !ever_ran {

@@ -46,6 +46,20 @@ use nanokube_runtime::runc::Runc;
 use nanokube_runtime::ImageStore;
 use tokio::sync::watch;
 
+/// A pod's container lists.
+pub(crate) const CONTAINER_LISTS: [&str; 3] = ["/spec/containers", "/spec/initContainers", "/spec/ephemeralContainers"];
+/// A pod's container status lists.
+pub(crate) const STATUS_LISTS: [&str; 3] = ["/status/containerStatuses", "/status/initContainerStatuses", "/status/ephemeralContainerStatuses"];
+
+/// The entry named `name` in any of `pod`'s lists at `lists`.
+pub(crate) fn named<'a>(pod: &'a serde_json::Value, lists: &[&str], name: &str) -> Option<&'a serde_json::Value> {
+    lists
+        .iter()
+        .filter_map(|p| pod.pointer(p).and_then(serde_json::Value::as_array))
+        .flatten()
+        .find(|c| c.get("name").and_then(serde_json::Value::as_str) == Some(name))
+}
+
 /// Where registries are reached instead of their own address (k3s's `registries.yaml`
 /// mirrors): `registry` → `host[:port]`; `*` stands for every registry.
 #[derive(Debug, Clone, Default)]

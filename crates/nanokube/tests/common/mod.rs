@@ -144,8 +144,7 @@ impl Server {
 
     /// Run a kubectl binary (e.g. `kubectl.1.27`) with the admin kubeconfig.
     pub fn kubectl_bin(&self, bin: &str, args: &[&str]) -> Output {
-        let home = self.dir.path().join(format!("home-{bin}"));
-        std::fs::create_dir_all(&home).unwrap();
+        let home = self.kubectl_home(bin);
         Command::new(kubectl_path(bin))
             .args(args)
             .env("KUBECONFIG", self.kubeconfig())
@@ -154,6 +153,13 @@ impl Server {
             .stdin(Stdio::null())
             .output()
             .expect("run kubectl")
+    }
+
+    /// The HOME a kubectl binary runs with (its cache of discovery, apart per version).
+    fn kubectl_home(&self, bin: &str) -> PathBuf {
+        let home = self.dir.path().join(format!("home-{bin}"));
+        std::fs::create_dir_all(&home).unwrap();
+        home
     }
 
     /// Run `kubectl` and return its output.
@@ -196,20 +202,21 @@ impl Server {
         self.kubectl_input("kubectl", args, stdin.as_bytes())
     }
 
-    /// Run a kubectl binary with `input` on its stdin, written while it runs.
-    pub fn kubectl_input(&self, bin: &str, args: &[&str], input: &[u8]) -> Output {
-        use std::io::Write;
-        let home = self.dir.path().join(format!("home-{bin}"));
-        std::fs::create_dir_all(&home).unwrap();
-        let mut child = Command::new(kubectl_path(bin))
-            .args(args)
-            .env("KUBECONFIG", self.kubeconfig())
-            .env("HOME", &home)
+    /// Start `cmd` (kubectl `bin`, or what runs it) as the admin, every stream piped.
+    fn piped(&self, cmd: &mut Command, bin: &str) -> Child {
+        cmd.env("KUBECONFIG", self.kubeconfig())
+            .env("HOME", self.kubectl_home(bin))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap();
+            .unwrap()
+    }
+
+    /// Run a kubectl binary with `input` on its stdin, written while it runs.
+    pub fn kubectl_input(&self, bin: &str, args: &[&str], input: &[u8]) -> Output {
+        use std::io::Write;
+        let mut child = self.piped(Command::new(kubectl_path(bin)).args(args), bin);
         let mut stdin = child.stdin.take().unwrap();
         let input = input.to_vec();
         let writer = std::thread::spawn(move || {
@@ -225,18 +232,8 @@ impl Server {
     /// terminal's output, and kubectl's exit code.
     pub fn kubectl_on_terminal(&self, bin: &str, args: &str, ready: &str, input: &str) -> (String, Option<i32>) {
         use std::io::{Read, Write};
-        let home = self.dir.path().join(format!("home-{bin}"));
-        std::fs::create_dir_all(&home).unwrap();
         let line = format!("stty cols 91 rows 33; exec {} {args}", kubectl_path(bin).display());
-        let mut child = Command::new("script")
-            .args(["-qefc", &line, "/dev/null"])
-            .env("KUBECONFIG", self.kubeconfig())
-            .env("HOME", &home)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = self.piped(Command::new("script").args(["-qefc", &line, "/dev/null"]), bin);
         let mut stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
         let reader = std::thread::spawn(move || {

@@ -1,0 +1,191 @@
+//! The machinery kube-controller-manager's controllers share (client-go's workqueue and
+//! the controllers' "expectations"): keys to reconcile, each at most once in the queue
+//! and never reconciled twice at once; failures retried with per-key exponential
+//! back-off; and what a controller expects to see of its own creates and deletes, so it
+//! never acts twice on a state its writes have not reached yet.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+
+/// client-go's `DefaultControllerRateLimiter` per-item part: 5 ms doubling to 1000 s.
+const BACKOFF_BASE: Duration = Duration::from_millis(5);
+const BACKOFF_MAX: Duration = Duration::from_secs(1000);
+
+#[derive(Default)]
+struct Inner {
+    queue: VecDeque<String>,
+    queued: HashSet<String>,
+    processing: HashSet<String>,
+    /// Added while being processed: queued again when done.
+    dirty: HashSet<String>,
+    failures: HashMap<String, u32>,
+}
+
+/// A rate-limited work queue of keys (`namespace/name`).
+#[derive(Default)]
+pub struct WorkQueue {
+    inner: Mutex<Inner>,
+    ready: Notify,
+}
+
+impl WorkQueue {
+    /// A new, empty queue.
+    pub fn new() -> Arc<WorkQueue> {
+        Arc::new(WorkQueue::default())
+    }
+
+    /// Queue `key` (once, however often it is added before it is taken).
+    pub fn add(&self, key: &str) {
+        let Ok(mut q) = self.inner.lock() else { return };
+        if q.processing.contains(key) {
+            q.dirty.insert(key.to_string());
+            return;
+        }
+        if q.queued.insert(key.to_string()) {
+            q.queue.push_back(key.to_string());
+            drop(q);
+            self.ready.notify_one();
+        }
+    }
+
+    /// Queue `key` after `delay`.
+    pub fn add_after(self: &Arc<Self>, key: &str, delay: Duration) {
+        let (me, key) = (self.clone(), key.to_string());
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            me.add(&key);
+        });
+    }
+
+    /// Queue `key` again after its back-off, which doubles with each failure.
+    pub fn add_rate_limited(self: &Arc<Self>, key: &str) {
+        let failures = {
+            let Ok(mut q) = self.inner.lock() else { return };
+            let n = q.failures.entry(key.to_string()).or_insert(0);
+            *n += 1;
+            *n
+        };
+        let delay = BACKOFF_BASE.saturating_mul(1u32 << failures.saturating_sub(1).min(30)).min(BACKOFF_MAX);
+        self.add_after(key, delay);
+    }
+
+    /// Forget `key`'s failures (it reconciled).
+    pub fn forget(&self, key: &str) {
+        if let Ok(mut q) = self.inner.lock() {
+            q.failures.remove(key);
+        }
+    }
+
+    /// The next key to reconcile; it is the caller's until [`WorkQueue::done`].
+    pub async fn get(&self) -> String {
+        loop {
+            let notified = self.ready.notified();
+            if let Ok(mut q) = self.inner.lock() {
+                if let Some(key) = q.queue.pop_front() {
+                    q.queued.remove(&key);
+                    q.processing.insert(key.clone());
+                    return key;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// The caller is done with `key`; if it was added meanwhile it is queued again.
+    pub fn done(&self, key: &str) {
+        let again = {
+            let Ok(mut q) = self.inner.lock() else { return };
+            q.processing.remove(key);
+            q.dirty.remove(key)
+        };
+        if again {
+            self.add(key);
+        }
+    }
+}
+
+/// How long an expectation is trusted before the controller acts anyway (upstream's
+/// `ExpectationsTimeout`).
+const EXPECTATIONS_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// What each controller key still expects to observe of its own writes.
+#[derive(Default)]
+pub struct Expectations(Mutex<HashMap<String, (i64, i64, Instant)>>);
+
+impl Expectations {
+    /// `key` will see `adds` creations and `dels` deletions of its own.
+    pub fn expect(&self, key: &str, adds: i64, dels: i64) {
+        if let Ok(mut m) = self.0.lock() {
+            m.insert(key.to_string(), (adds, dels, Instant::now()));
+        }
+    }
+
+    /// One creation was seen (or will never be: it failed).
+    pub fn creation_observed(&self, key: &str) {
+        if let Ok(mut m) = self.0.lock() {
+            if let Some(e) = m.get_mut(key) {
+                e.0 -= 1;
+            }
+        }
+    }
+
+    /// One deletion was seen (or will never be).
+    pub fn deletion_observed(&self, key: &str) {
+        if let Ok(mut m) = self.0.lock() {
+            if let Some(e) = m.get_mut(key) {
+                e.1 -= 1;
+            }
+        }
+    }
+
+    /// Whether `key` may act: everything it expected was seen, or it waited too long.
+    pub fn satisfied(&self, key: &str) -> bool {
+        let Ok(m) = self.0.lock() else { return true };
+        match m.get(key) {
+            None => true,
+            Some((adds, dels, since)) => (*adds <= 0 && *dels <= 0) || since.elapsed() > EXPECTATIONS_TIMEOUT,
+        }
+    }
+
+    /// Forget `key` (its object is gone).
+    pub fn forget(&self, key: &str) {
+        if let Ok(mut m) = self.0.lock() {
+            m.remove(key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn keys_are_queued_once_and_never_processed_twice_at_once() {
+        let q = WorkQueue::new();
+        q.add("a");
+        q.add("a");
+        q.add("b");
+        let k = q.get().await;
+        assert_eq!(k, "a");
+        // Added while processed: back once done, not before.
+        q.add("a");
+        assert_eq!(q.get().await, "b");
+        q.done("a");
+        assert_eq!(q.get().await, "a");
+    }
+
+    #[test]
+    fn expectations_wait_for_the_controllers_own_writes() {
+        let e = Expectations::default();
+        assert!(e.satisfied("ns/rs"));
+        e.expect("ns/rs", 2, 0);
+        assert!(!e.satisfied("ns/rs"));
+        e.creation_observed("ns/rs");
+        assert!(!e.satisfied("ns/rs"));
+        e.creation_observed("ns/rs");
+        assert!(e.satisfied("ns/rs"));
+    }
+}
