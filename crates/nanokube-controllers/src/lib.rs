@@ -23,6 +23,8 @@
 //! - [`workqueue`]: the machinery the workload controllers share (client-go's rate-limited
 //!   work queue, and expectations of a controller's own writes).
 //! - [`replicasets`]: ReplicaSets and ReplicationControllers keep their pods.
+//! - [`deployments`]: Deployments roll ReplicaSets (RollingUpdate, Recreate, pause,
+//!   history), with upstream's annotations, status and conditions.
 //! - [`rbac_policy`]: kube-apiserver 1.33's default RBAC policy (ClusterRoles,
 //!   ClusterRoleBindings, Roles, RoleBindings), recreated if deleted.
 //! - [`rbac_aggregation`]: ClusterRoles with an `aggregationRule` get the rules of the
@@ -31,6 +33,7 @@
 pub mod apiservices;
 pub mod bootstrap;
 pub mod crds;
+pub mod deployments;
 mod events;
 mod follow;
 pub mod gc;

@@ -164,7 +164,10 @@ fn the_walkthrough_runs_as_written() {
     assert!(text.contains("{\"kind\":\"PodList\""), "{text}");
     // §6: a debug container saw the target's process; run -i --rm echoed and cleaned up.
     assert!(text.contains("sleep 3600") && text.contains("pod \"once\" deleted"), "{text}");
-    // Nothing of the pods is left once they are deleted.
+    // Nothing of the pods is left once they are deleted (§2's Deployment with them).
+    let out =
+        Command::new(kubectl_path("kubectl")).args(["--kubeconfig"]).arg(&kubeconfig).args(["delete", "deployment", "web", "--wait=true"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let out = Command::new(kubectl_path("kubectl"))
         .args(["--kubeconfig"])
         .arg(&kubeconfig)

@@ -41,7 +41,13 @@ fn diff_edit_patch_replace_wait_dry_run() {
 
     // A patch that breaks validation is refused and stores nothing.
     s.k(&["create", "deployment", "d", "--image=nginx"]);
-    let before = s.get_json("/apis/apps/v1/namespaces/default/deployments/d").1["metadata"]["resourceVersion"].clone();
+    // (The Deployment controller writes its status meanwhile: the spec and generation
+    // tell whether the patch stored anything.)
+    let spec_of = || {
+        let d = s.get_json("/apis/apps/v1/namespaces/default/deployments/d").1;
+        (d["spec"].clone(), d["metadata"]["generation"].clone())
+    };
+    let before = spec_of();
     let bad = s.kubectl(&["patch", "deployment", "d", "--type=json", "-p", r#"[{"op":"replace","path":"/spec/replicas","value":-3}]"#]);
     assert!(!bad.status.success());
     assert!(
@@ -49,7 +55,7 @@ fn diff_edit_patch_replace_wait_dry_run() {
         "{}",
         String::from_utf8_lossy(&bad.stderr)
     );
-    assert_eq!(s.get_json("/apis/apps/v1/namespaces/default/deployments/d").1["metadata"]["resourceVersion"], before);
+    assert_eq!(spec_of(), before);
 
     // replace (and a stale resourceVersion conflicts).
     let live: Value = serde_json::from_str(&s.k(&["get", "configmap", "m", "-o", "json"])).unwrap();

@@ -54,7 +54,8 @@ fn kubectl_1_27_to_1_33() {
         let (h, rows) = table(&run(&["get", "pods", "-n", &ns, "-o", "wide"]));
         assert_eq!(h[..5], ["NAME", "READY", "STATUS", "RESTARTS", "AGE"], "{bin}");
         assert!(h.contains(&"NODE".to_string()), "{bin}");
-        assert_eq!(rows[0][..3], ["p", "0/1", "Pending"], "{bin}");
+        let p = rows.iter().find(|r| r[0] == "p").expect("pod p listed");
+        assert_eq!(p[..3], ["p", "0/1", "Pending"], "{bin}");
         // A finite watch (the server closes it) prints the table and exits 0.
         assert!(run(&["get", "cm", "-n", &ns, "--watch", "--request-timeout=2s"]).contains("kube-root-ca.crt"), "{bin}");
         assert!(run(&["config", "view", "--minify"]).contains("current-context: nanokube"), "{bin}");

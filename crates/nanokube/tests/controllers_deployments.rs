@@ -1,0 +1,142 @@
+//! Deployments with the real kubectl and pods that really run: rolled out and
+//! `Available`, updated (`set env`, `set image`) within maxSurge/maxUnavailable at every
+//! observed step, rolled back with `rollout undo`, restarted, paused and resumed, scaled,
+//! with upstream's revision annotations, history, conditions and events.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{eventually, server_with_image, Server};
+
+const SCRIPT: &str = "trap 'exit 0' TERM; while true; do sleep 1; done";
+
+fn replica_sets(s: &Server) -> Vec<serde_json::Value> {
+    let list: serde_json::Value = serde_json::from_str(&s.k(&["get", "rs", "-l", "app=web", "-o", "json"])).unwrap();
+    list["items"].as_array().unwrap().clone()
+}
+
+fn rollout(s: &Server) {
+    let out = s.kubectl(&["rollout", "status", "deployment/web", "--timeout=90s"]);
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("deployment \"web\" successfully rolled out"));
+}
+
+/// Follow a rollout to its end, checking each snapshot of the ReplicaSets: never more
+/// than `max_total` pods wanted at once.
+fn rollout_within(s: &Server, max_total: i64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let total: i64 = replica_sets(s).iter().map(|r| r["spec"]["replicas"].as_i64().unwrap_or(0)).sum();
+        assert!(total <= max_total, "{total} pods wanted at once, more than {max_total}");
+        let d: serde_json::Value = serde_json::from_str(&s.k(&["get", "deployment", "web", "-o", "json"])).unwrap();
+        let st = &d["status"];
+        let want = d["spec"]["replicas"].as_i64().unwrap();
+        if st["observedGeneration"] == d["metadata"]["generation"]
+            && st["updatedReplicas"].as_i64() == Some(want)
+            && st["availableReplicas"].as_i64() == Some(want)
+            && st["replicas"].as_i64() == Some(want)
+        {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "the rollout did not finish: {st}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_deployment_rolls_out_updates_rolls_back_and_pauses() {
+    let s = server_with_image();
+    s.k(&["create", "deployment", "web", "--image=testbox:1.0", "--replicas=3", "--", "sh", "-c", SCRIPT]);
+    rollout(&s);
+    let ok = s.kubectl(&["wait", "--for=condition=Available", "deployment/web", "--timeout=30s"]);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let rss = replica_sets(&s);
+    assert_eq!(rss.len(), 1);
+    let first = rss[0]["metadata"]["name"].as_str().unwrap().to_string();
+    let hash = rss[0]["metadata"]["labels"]["pod-template-hash"].as_str().unwrap().to_string();
+    assert_eq!(first, format!("web-{hash}"));
+    assert_eq!(rss[0]["metadata"]["annotations"]["deployment.kubernetes.io/revision"], "1");
+    assert_eq!(rss[0]["spec"]["selector"]["matchLabels"]["pod-template-hash"], hash.as_str());
+    assert_eq!(s.k(&["get", "pods", "-l", &format!("pod-template-hash={hash}"), "-o", "name"]).lines().count(), 3);
+    let conditions = s.k(&["get", "deployment", "web", "-o", "jsonpath={range .status.conditions[*]}{.type}={.status}:{.reason};{end}"]);
+    assert_eq!(conditions, "Available=True:MinimumReplicasAvailable;Progressing=True:NewReplicaSetAvailable;");
+    assert_eq!(s.k(&["get", "deployment", "web", "-o", "jsonpath={.metadata.annotations.deployment\\.kubernetes\\.io/revision}"]), "1");
+
+    // An update: a second ReplicaSet, 25% surge (1 pod) and 25% unavailable (0) at most.
+    s.k(&["set", "env", "deployment/web", "COLOR=blue"]);
+    rollout_within(&s, 4);
+    rollout(&s);
+    let rss = replica_sets(&s);
+    assert_eq!(rss.len(), 2);
+    let old = rss.iter().find(|r| r["metadata"]["name"] == first.as_str()).unwrap();
+    assert_eq!(old["spec"]["replicas"], 0, "the old ReplicaSet scaled to zero");
+    let history = s.k(&["rollout", "history", "deployment/web"]);
+    assert!(history.contains("1 ") && history.contains("2 "), "{history}");
+    let events = s.k(&["get", "events", "--field-selector", "involvedObject.name=web,reason=ScalingReplicaSet", "-o", "jsonpath={.items[*].message}"]);
+    assert!(events.contains(&format!("Scaled up replica set {first} from 0 to 3")), "{events}");
+    assert!(events.contains(&format!("Scaled down replica set {first} from 3 to")), "{events}");
+
+    // Back to revision 1: its ReplicaSet again, as revision 3.
+    s.k(&["rollout", "undo", "deployment/web"]);
+    rollout_within(&s, 4);
+    rollout(&s);
+    let rss = replica_sets(&s);
+    let back = rss.iter().find(|r| r["metadata"]["name"] == first.as_str()).unwrap();
+    assert_eq!(back["spec"]["replicas"], 3);
+    assert_eq!(back["metadata"]["annotations"]["deployment.kubernetes.io/revision"], "3");
+    assert!(s.k(&["get", "deployment", "web", "-o", "jsonpath={.spec.template.spec.containers[0].env}"]).is_empty());
+
+    // Scaled, then restarted (a new template annotation: a new ReplicaSet).
+    s.k(&["scale", "deployment/web", "--replicas=2"]);
+    rollout(&s);
+    assert_eq!(s.k(&["get", "deployment", "web", "-o", "jsonpath={.status.readyReplicas}"]), "2");
+    s.k(&["rollout", "restart", "deployment/web"]);
+    rollout(&s);
+    assert_eq!(replica_sets(&s).len(), 3);
+
+    // Paused: a change makes no ReplicaSet until resumed.
+    s.k(&["rollout", "pause", "deployment/web"]);
+    s.k(&["set", "env", "deployment/web", "COLOR=green"]);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(replica_sets(&s).len(), 3);
+    assert!(eventually(Duration::from_secs(10), || s.k(&[
+        "get",
+        "deployment",
+        "web",
+        "-o",
+        "jsonpath={.status.conditions[?(@.type==\"Progressing\")].reason}"
+    ]) == "DeploymentPaused"));
+    s.k(&["rollout", "resume", "deployment/web"]);
+    rollout(&s);
+    assert_eq!(replica_sets(&s).len(), 4);
+
+    // Deleting the Deployment takes its ReplicaSets and pods.
+    s.k(&["delete", "deployment", "web"]);
+    assert!(eventually(Duration::from_secs(30), || replica_sets(&s).is_empty()));
+}
+
+#[test]
+fn a_recreate_deployment_stops_the_old_pods_first() {
+    let s = server_with_image();
+    let manifest = format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  replicas: 2\n  strategy: {{type: Recreate}}\n  selector:\n    matchLabels: {{app: web}}\n  template:\n    metadata:\n      labels: {{app: web}}\n    spec:\n      containers:\n      - name: main\n        image: testbox:1.0\n        command: [\"sh\", \"-c\", {SCRIPT:?}]\n"
+    );
+    let out = s.k_stdin(&["apply", "-f", "-"], &manifest);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    rollout(&s);
+    s.k(&["set", "env", "deployment/web", "COLOR=blue"]);
+    // At no moment do old and new ReplicaSets both want pods.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let wanting = replica_sets(&s).iter().filter(|r| r["spec"]["replicas"].as_i64().unwrap_or(0) > 0).count();
+        assert!(wanting <= 1, "old and new at once");
+        let st = s.k(&["get", "deployment", "web", "-o", "jsonpath={.status.updatedReplicas}/{.status.availableReplicas}/{.status.replicas}"]);
+        if st == "2/2/2" && replica_sets(&s).len() == 2 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{st}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    rollout(&s);
+}
