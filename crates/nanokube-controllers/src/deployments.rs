@@ -34,7 +34,7 @@ use nanokube_apiserver::registry::{self, DeleteOptions, ListOptions, Registry, W
 use serde_json::{json, Map, Value};
 use tokio::sync::watch;
 
-use crate::follow::{follow, Change};
+use crate::follow::Change;
 use crate::workqueue::WorkQueue;
 
 const COMPONENT: &str = "deployment-controller";
@@ -165,31 +165,20 @@ impl DeploymentController {
     pub async fn run(self: Arc<Self>, shutdown: watch::Receiver<bool>) {
         let start = self.registry.store().current_revision();
         self.enqueue_all();
-        for prefix in [deployments().key_prefix(), replica_sets().key_prefix()] {
-            let (me, sd, store) = (self.clone(), shutdown.clone(), self.registry.store().clone());
-            tokio::spawn(async move {
-                follow(store, &prefix, start, sd, |change| {
-                    me.observe(change);
-                    true
-                })
-                .await
-            });
-        }
-        let mut shutdown = shutdown;
-        loop {
-            let key = tokio::select! {
-                _ = shutdown.changed() => return,
-                k = self.queue.get() => k,
-            };
-            match self.sync(&key).await {
-                Ok(()) => self.queue.forget(&key),
-                Err(e) => {
-                    tracing::debug!(%key, "deployment sync failed: {}", e.message);
-                    self.queue.add_rate_limited(&key);
-                }
-            }
-            self.queue.done(&key);
-        }
+        let me = self.clone();
+        crate::workqueue::watch_all(
+            self.registry.store(),
+            &[deployments().key_prefix(), replica_sets().key_prefix()],
+            start,
+            &shutdown,
+            Arc::new(move |change| me.observe(change)),
+        );
+        let me = self.clone();
+        crate::workqueue::work(&self.queue, COMPONENT, shutdown, move |key| {
+            let me = me.clone();
+            async move { me.sync(&key).await }
+        })
+        .await
     }
 
     fn enqueue_all(&self) {

@@ -23,6 +23,7 @@
 //! - [`workqueue`]: the machinery the workload controllers share (client-go's rate-limited
 //!   work queue, and expectations of a controller's own writes).
 //! - [`replicasets`]: ReplicaSets and ReplicationControllers keep their pods.
+//! - [`endpoints`]: Endpoints and EndpointSlices of Services with selectors.
 //! - [`deployments`]: Deployments roll ReplicaSets (RollingUpdate, Recreate, pause,
 //!   history), with upstream's annotations, status and conditions.
 //! - [`rbac_policy`]: kube-apiserver 1.33's default RBAC policy (ClusterRoles,
@@ -34,6 +35,7 @@ pub mod apiservices;
 pub mod bootstrap;
 pub mod crds;
 pub mod deployments;
+pub mod endpoints;
 mod events;
 mod follow;
 pub mod gc;

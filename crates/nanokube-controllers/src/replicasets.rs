@@ -29,7 +29,7 @@ use nanokube_store::EventKind;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
-use crate::follow::{follow, Change};
+use crate::follow::Change;
 use crate::workqueue::{Expectations, WorkQueue};
 
 /// Most pods made or removed in one pass (upstream's `BurstReplicas`).
@@ -150,31 +150,20 @@ impl ReplicaController {
     pub async fn run(self: Arc<Self>, shutdown: watch::Receiver<bool>) {
         let start = self.registry.store().current_revision();
         self.enqueue_all(None);
-        for prefix in [self.owners().key_prefix(), pods().key_prefix()] {
-            let (me, sd, store) = (self.clone(), shutdown.clone(), self.registry.store().clone());
-            tokio::spawn(async move {
-                follow(store, &prefix, start, sd, |change| {
-                    me.observe(change);
-                    true
-                })
-                .await
-            });
-        }
-        let mut shutdown = shutdown;
-        loop {
-            let key = tokio::select! {
-                _ = shutdown.changed() => return,
-                k = self.queue.get() => k,
-            };
-            match self.sync(&key).await {
-                Ok(()) => self.queue.forget(&key),
-                Err(e) => {
-                    tracing::debug!(controller = self.kind.component, %key, "sync failed: {}", e.message);
-                    self.queue.add_rate_limited(&key);
-                }
-            }
-            self.queue.done(&key);
-        }
+        let me = self.clone();
+        crate::workqueue::watch_all(
+            self.registry.store(),
+            &[self.owners().key_prefix(), pods().key_prefix()],
+            start,
+            &shutdown,
+            Arc::new(move |change| me.observe(change)),
+        );
+        let me = self.clone();
+        crate::workqueue::work(&self.queue, self.kind.component, shutdown, move |key| {
+            let me = me.clone();
+            async move { me.sync(&key).await }
+        })
+        .await
     }
 
     fn enqueue_all(&self, namespace: Option<&str>) {

@@ -107,6 +107,50 @@ impl WorkQueue {
     }
 }
 
+/// Follow `prefixes` of `store` from `start`, handing every change to `observe`, until
+/// `shutdown` (the informers of a controller).
+pub(crate) fn watch_all(
+    store: &Arc<dyn nanokube_store::Backend>,
+    prefixes: &[String],
+    start: nanokube_store::Revision,
+    shutdown: &tokio::sync::watch::Receiver<bool>,
+    observe: Arc<dyn Fn(crate::follow::Change<'_>) + Send + Sync>,
+) {
+    for prefix in prefixes {
+        let (observe, sd, store, prefix) = (observe.clone(), shutdown.clone(), store.clone(), prefix.clone());
+        tokio::spawn(async move {
+            crate::follow::follow(store, &prefix, start, sd, |change| {
+                observe(change);
+                true
+            })
+            .await
+        });
+    }
+}
+
+/// Take keys from `queue` and reconcile each with `sync` until `shutdown`: a failure is
+/// retried after the key's back-off, a success forgets its failures.
+pub(crate) async fn work<F, Fut>(queue: &Arc<WorkQueue>, controller: &str, mut shutdown: tokio::sync::watch::Receiver<bool>, sync: F)
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = Result<(), nanokube_api::ApiError>>,
+{
+    loop {
+        let key = tokio::select! {
+            _ = shutdown.changed() => return,
+            k = queue.get() => k,
+        };
+        match sync(key.clone()).await {
+            Ok(()) => queue.forget(&key),
+            Err(e) => {
+                tracing::debug!(%controller, %key, "sync failed: {}", e.message);
+                queue.add_rate_limited(&key);
+            }
+        }
+        queue.done(&key);
+    }
+}
+
 /// How long an expectation is trusted before the controller acts anyway (upstream's
 /// `ExpectationsTimeout`).
 const EXPECTATIONS_TIMEOUT: Duration = Duration::from_secs(300);

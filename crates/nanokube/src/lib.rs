@@ -446,6 +446,7 @@ impl Cluster {
             tasks.spawn(nanokube_controllers::replicasets::ReplicaController::new(registry.clone(), kind).run(shutdown_rx.clone()));
         }
         tasks.spawn(nanokube_controllers::deployments::DeploymentController::new(registry.clone()).run(shutdown_rx.clone()));
+        tasks.spawn(nanokube_controllers::endpoints::EndpointsController::new(registry.clone()).run(shutdown_rx.clone()));
         if cfg.scheduler {
             tasks.spawn(
                 Arc::new(nanokube_controllers::scheduler::Scheduler::new(registry.clone(), &nanokube_node::machine::hostname())).run(shutdown_rx.clone()),

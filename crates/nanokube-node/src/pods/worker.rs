@@ -422,7 +422,18 @@ impl Worker {
             if pod.metadata.deletion_timestamp.is_some() {
                 let grace = pod.metadata.deletion_grace_period_seconds.unwrap_or(30).max(0) as u64;
                 self.init_containers(&pod);
-                self.terminate(Some(&pod), Duration::from_secs(grace)).await;
+                // The node stopping cuts a long grace period short, as at shutdown: no
+                // container may outlive a clean stop.
+                let stopping = tokio::select! {
+                    _ = self.terminate(Some(&pod), Duration::from_secs(grace)) => false,
+                    _ = stop.changed() => true,
+                };
+                if stopping {
+                    self.terminate(Some(&pod), Duration::ZERO).await;
+                    self.release_sandbox();
+                    remove_cgroups(&format!("nanokube/pod{}", self.uid));
+                    return;
+                }
                 self.write_status(&pod, true).await;
                 self.cleanup();
                 self.confirm_delete(&pod).await;

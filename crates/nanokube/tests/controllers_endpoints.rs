@@ -1,0 +1,79 @@
+//! Endpoints and EndpointSlices follow the pods a Service selects and their readiness, and
+//! a pod reaches the Service's ClusterIP through them: `kubectl expose` of a Deployment,
+//! named target ports, an unready pod, scaling to zero.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{eventually, server_with_image, Server};
+
+fn endpoints(s: &Server) -> String {
+    s.k(&["get", "endpoints", "web", "-o", "jsonpath={range .subsets[*]}{.addresses[*].ip}|{.notReadyAddresses[*].ip}|{.ports[*].port};{end}"])
+}
+
+fn slice(s: &Server) -> serde_json::Value {
+    let list: serde_json::Value = serde_json::from_str(&s.k(&["get", "endpointslices", "-l", "kubernetes.io/service-name=web", "-o", "json"])).unwrap();
+    list["items"][0].clone()
+}
+
+#[test]
+fn endpoints_follow_pods_and_carry_service_traffic() {
+    let s = server_with_image();
+    // Two pods serving on a named port; a readiness probe on a file lets the test decide.
+    let manifest = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  replicas: 2\n  selector:\n    matchLabels: {app: web}\n  template:\n    metadata:\n      labels: {app: web}\n    spec:\n      terminationGracePeriodSeconds: 1\n      containers:\n      - name: main\n        image: testbox:1.0\n        command: [\"sh\", \"-c\", \"mkdir /www; hostname > /www/index.html; touch /tmp/ready; exec httpd -f -p 8080 -h /www\"]\n        ports: [{name: http, containerPort: 8080}]\n        readinessProbe:\n          exec: {command: [\"cat\", \"/tmp/ready\"]}\n          periodSeconds: 1\n";
+    let out = s.k_stdin(&["apply", "-f", "-"], manifest);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    s.k(&["expose", "deployment", "web", "--port=80", "--target-port=http"]);
+    let ok = s.kubectl(&["rollout", "status", "deployment/web", "--timeout=60s"]);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let ips = s.k(&["get", "pods", "-l", "app=web", "-o", "jsonpath={.items[*].status.podIP}"]);
+    let mut ips: Vec<&str> = ips.split_whitespace().collect();
+    ips.sort();
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            let e = endpoints(&s);
+            let parts: Vec<&str> = e.trim_end_matches(';').split('|').collect();
+            let mut ready: Vec<&str> = parts[0].split_whitespace().collect();
+            ready.sort();
+            parts.len() == 3 && ready == ips && parts[1].is_empty() && parts[2] == "8080"
+        }),
+        "{}",
+        endpoints(&s)
+    );
+    let sl = slice(&s);
+    assert_eq!(sl["addressType"], "IPv4");
+    assert_eq!(sl["metadata"]["labels"]["endpointslice.kubernetes.io/managed-by"], "endpointslice-controller.k8s.io");
+    assert_eq!(sl["ports"][0]["port"], 8080);
+    assert_eq!(sl["endpoints"].as_array().unwrap().len(), 2);
+    assert!(sl["endpoints"].as_array().unwrap().iter().all(|e| e["conditions"]["ready"] == true && e["targetRef"]["kind"] == "Pod"));
+
+    // From a pod, the ClusterIP answers through the endpoints.
+    let ip = s.k(&["get", "service", "web", "-o", "jsonpath={.spec.clusterIP}"]);
+    s.k(&["run", "client", "--image=testbox:1.0", "--restart=Never", "--", "wget", "-qO-", &format!("http://{ip}/")]);
+    assert!(
+        eventually(Duration::from_secs(30), || s.k(&["get", "pod", "client", "-o", "jsonpath={.status.phase}"]) == "Succeeded"),
+        "{}",
+        s.k(&["logs", "client"])
+    );
+    assert!(s.k(&["logs", "client"]).starts_with("web-"), "{}", s.k(&["logs", "client"]));
+
+    // An unready pod moves to notReadyAddresses and `ready: false`.
+    let pods = s.k(&["get", "pods", "-l", "app=web", "-o", "jsonpath={.items[0].metadata.name} {.items[0].status.podIP}"]);
+    let (pod, pod_ip) = pods.split_once(' ').unwrap();
+    s.k(&["exec", pod, "--", "rm", "/tmp/ready"]);
+    assert!(eventually(Duration::from_secs(20), || endpoints(&s).split('|').nth(1).is_some_and(|not_ready| not_ready.contains(pod_ip))), "{}", endpoints(&s));
+    assert!(eventually(Duration::from_secs(10), || {
+        slice(&s)["endpoints"].as_array().unwrap().iter().any(|e| e["addresses"][0] == pod_ip && e["conditions"]["ready"] == false)
+    }));
+
+    // Scaled to zero: nothing left to list.
+    s.k(&["scale", "deployment/web", "--replicas=0"]);
+    assert!(
+        eventually(Duration::from_secs(30), || endpoints(&s).is_empty() && slice(&s)["endpoints"].as_array().is_none_or(|a| a.is_empty())),
+        "{}",
+        endpoints(&s)
+    );
+    s.k(&["delete", "service", "web"]);
+    assert!(eventually(Duration::from_secs(10), || !s.kubectl(&["get", "endpoints", "web"]).status.success()));
+}
