@@ -53,3 +53,27 @@ async fn kube_rs_exec_and_port_forward() {
     drop(stream);
     pf.join().await.unwrap();
 }
+
+/// A Deployment made with kube-rs and awaited with kube-runtime's
+/// `is_deployment_completed`, as an operator's tests wait for one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_rs_awaits_a_deployment() {
+    use k8s_openapi::api::apps::v1::Deployment;
+    let s = common::server_with_image();
+    let kubeconfig = Kubeconfig::read_from(s.kubeconfig()).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await.unwrap();
+    let deployments: Api<Deployment> = Api::default_namespaced(kube::Client::try_from(config).unwrap());
+    let d: Deployment = serde_json::from_value(serde_json::json!({
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
+                 "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"terminationGracePeriodSeconds": 1,
+                     "containers": [{"name": "main", "image": "testbox:1.0", "command": ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]}]}}},
+    }))
+    .unwrap();
+    deployments.create(&Default::default(), &d).await.unwrap();
+    let done = kube::runtime::wait::await_condition(deployments.clone(), "web", kube::runtime::wait::conditions::is_deployment_completed());
+    let d = tokio::time::timeout(std::time::Duration::from_secs(60), done).await.expect("completed within a minute").unwrap().unwrap();
+    let status = d.status.unwrap();
+    assert_eq!((status.updated_replicas, status.available_replicas), (Some(2), Some(2)));
+    deployments.delete("web", &Default::default()).await.unwrap();
+}
