@@ -35,6 +35,7 @@ use serde_json::{json, Map, Value};
 use tokio::sync::watch;
 
 use crate::follow::Change;
+use crate::objects::controller_ref;
 use crate::workqueue::WorkQueue;
 
 const COMPONENT: &str = "deployment-controller";
@@ -201,13 +202,7 @@ impl DeploymentController {
             self.queue.add(&format!("{ns}/{}", meta::name(v)));
             return;
         }
-        let owner = v
-            .pointer("/metadata/ownerReferences")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .find(|r| r.get("controller").and_then(Value::as_bool) == Some(true));
-        match owner {
+        match controller_ref(v) {
             Some(r) if r.get("kind").and_then(Value::as_str) == Some("Deployment") => {
                 self.queue.add(&format!("{ns}/{}", r.get("name").and_then(Value::as_str).unwrap_or("")))
             }
@@ -238,30 +233,12 @@ impl DeploymentController {
         let mut out = Vec::new();
         for rs in &list.items {
             let rs = rs.value();
-            let controller = rs
-                .pointer("/metadata/ownerReferences")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .find(|r| r.get("controller").and_then(Value::as_bool) == Some(true));
-            match controller {
+            match controller_ref(rs) {
                 Some(r) if r.get("uid").and_then(Value::as_str) == Some(uid) => out.push(rs.clone()),
                 Some(_) => {}
                 None if sel.matches(rs.pointer("/metadata/labels").and_then(Value::as_object)) && !meta::is_deleting(d) && !sel.requirements.is_empty() => {
-                    let reference = Self::owner_ref(d);
-                    let adopted = self
-                        .registry
-                        .update_with(replica_sets(), meta::namespace(rs), meta::name(rs), &WriteOptions::default(), |cur| {
-                            let mut next = cur.clone();
-                            let refs = meta::metadata_mut(&mut next).entry("ownerReferences").or_insert_with(|| json!([]));
-                            if let Some(a) = refs.as_array_mut() {
-                                a.push(reference.clone());
-                            }
-                            Ok(next)
-                        })
-                        .await;
-                    if let Ok(a) = adopted {
-                        out.push(a.value().clone());
+                    if let Some(a) = crate::objects::adopt(&self.registry, replica_sets(), rs, &Self::owner_ref(d)).await {
+                        out.push(a);
                     }
                 }
                 None => {}
@@ -576,23 +553,7 @@ impl DeploymentController {
                 })
                 .await?;
         }
-        if d.get("status") == Some(&status) {
-            return Ok(());
-        }
-        let opts = WriteOptions { subresource: Some("status".into()), ..Default::default() };
-        match self
-            .registry
-            .update_with(deployments(), meta::namespace(d), meta::name(d), &opts, |cur| {
-                let mut next = cur.clone();
-                next["status"] = status.clone();
-                Ok(next)
-            })
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) if e.code == 404 => Ok(()),
-            Err(e) => Err(e),
-        }
+        crate::objects::write_status(&self.registry, deployments(), d, status).await
     }
 }
 

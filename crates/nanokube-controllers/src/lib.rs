@@ -41,6 +41,7 @@ mod follow;
 pub mod gc;
 pub mod namespaces;
 pub mod node_lifecycle;
+mod objects;
 pub mod persistent_volumes;
 pub mod rbac_aggregation;
 pub mod rbac_policy;

@@ -30,6 +30,7 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 
 use crate::follow::Change;
+use crate::objects::controller_ref;
 use crate::workqueue::{Expectations, WorkQueue};
 
 /// Most pods made or removed in one pass (upstream's `BurstReplicas`).
@@ -74,11 +75,6 @@ fn selector(kind: Kind, owner: &Value) -> Result<LabelSelector, ApiError> {
 
 fn key_of(v: &Value) -> String {
     format!("{}/{}", meta::namespace(v), meta::name(v))
-}
-
-/// The owner reference marked `controller: true`, if any.
-fn controller_ref(pod: &Value) -> Option<&Value> {
-    pod.pointer("/metadata/ownerReferences").and_then(Value::as_array)?.iter().find(|r| r.get("controller").and_then(Value::as_bool) == Some(true))
 }
 
 fn is_active(pod: &Value) -> bool {
@@ -267,7 +263,7 @@ impl ReplicaController {
                 }
                 Some(_) => {}
                 None if sel.matches(labels) && !meta::is_deleting(&owner) && !sel.requirements.is_empty() => {
-                    if let Some(p) = self.adopt(pod, &owner).await {
+                    if let Some(p) = crate::objects::adopt(&self.registry, pods(), pod, &self.owner_ref(&owner)).await {
                         owned.push(p);
                     }
                 }
@@ -291,26 +287,6 @@ impl ReplicaController {
             Some(e) => Err(e),
             None => Ok(()),
         }
-    }
-
-    async fn adopt(&self, pod: &Value, owner: &Value) -> Option<Value> {
-        let reference = self.owner_ref(owner);
-        let updated = self
-            .registry
-            .update_with(pods(), meta::namespace(pod), meta::name(pod), &WriteOptions::default(), |cur| {
-                if controller_ref(cur).is_some() || meta::uid(cur) != meta::uid(pod) {
-                    return Err(ApiError::conflict("pods", "", meta::name(cur)));
-                }
-                let mut next = cur.clone();
-                let refs = meta::metadata_mut(&mut next).entry("ownerReferences").or_insert_with(|| json!([]));
-                if let Some(a) = refs.as_array_mut() {
-                    a.push(reference.clone());
-                }
-                Ok(next)
-            })
-            .await
-            .ok()?;
-        Some(updated.value().clone())
     }
 
     async fn release(&self, pod: &Value, uid: &str) {
@@ -479,23 +455,7 @@ impl ReplicaController {
                 }
             }
         }
-        if owner.get("status") == Some(&status) {
-            return Ok(());
-        }
-        let opts = WriteOptions { subresource: Some("status".into()), ..Default::default() };
-        let result = self
-            .registry
-            .update_with(self.owners(), meta::namespace(owner), meta::name(owner), &opts, |cur| {
-                let mut next = cur.clone();
-                next["status"] = status.clone();
-                Ok(next)
-            })
-            .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(e) if e.code == 404 => Ok(()),
-            Err(e) => Err(e),
-        }
+        crate::objects::write_status(&self.registry, self.owners(), owner, status).await
     }
 }
 

@@ -328,9 +328,10 @@ impl KubeletApi {
     /// node's name).
     fn kubelet_metrics(&self) -> String {
         let pods = self.pods();
-        let uids: Vec<String> = pods.iter().filter_map(|p| p.pointer("/metadata/uid").and_then(Value::as_str).map(String::from)).collect();
-        let running_containers: usize = uids.iter().map(|u| self.stats.running_count(u)).sum();
-        let running_pods = uids.iter().filter(|u| self.stats.running_count(u) > 0).count();
+        // Each pod's running containers, read from disk once.
+        let running: Vec<usize> = pods.iter().filter_map(|p| p.pointer("/metadata/uid").and_then(Value::as_str)).map(|u| self.stats.running_count(u)).collect();
+        let running_containers: usize = running.iter().sum();
+        let running_pods = running.iter().filter(|n| **n > 0).count();
         format!(
             "# HELP kubelet_node_name [ALPHA] The node's name. The count is always 1.\n# TYPE kubelet_node_name gauge\nkubelet_node_name{{node=\"{}\"}} 1\n\
              # HELP kubelet_running_pods [ALPHA] Number of pods that have a running pod sandbox\n# TYPE kubelet_running_pods gauge\nkubelet_running_pods {running_pods}\n\
