@@ -410,6 +410,25 @@ pub fn validate_object(def: &ResourceDef, obj: &Value) -> Vec<Cause> {
                 causes.push(required("spec.schedule"));
             }
             validate_pod_spec(obj.pointer("/spec/jobTemplate/spec/template/spec"), "spec.jobTemplate.spec.template.spec", &mut causes);
+            if let Some(schedule) = obj.pointer("/spec/schedule").and_then(Value::as_str).filter(|s| !s.is_empty()) {
+                let zone = obj.pointer("/spec/timeZone").and_then(Value::as_str);
+                match crate::schedule::Schedule::parse(schedule, zone) {
+                    Ok(_) => {}
+                    Err(crate::schedule::ScheduleError::Schedule(m)) => causes.push(invalid("spec.schedule", &Value::from(schedule), &m)),
+                    Err(crate::schedule::ScheduleError::TimeZone(m)) => causes.push(invalid("spec.timeZone", &Value::from(zone.unwrap_or("")), &m)),
+                }
+            }
+            if let Some(p) = obj.pointer("/spec/concurrencyPolicy").and_then(Value::as_str) {
+                const POLICIES: &[&str] = &["Allow", "Forbid", "Replace"];
+                if !POLICIES.contains(&p) {
+                    causes.push(not_supported("spec.concurrencyPolicy", p, POLICIES));
+                }
+            }
+            if let Some(rp) = obj.pointer("/spec/jobTemplate/spec/template/spec/restartPolicy").and_then(Value::as_str) {
+                if rp == "Always" {
+                    causes.push(not_supported("spec.jobTemplate.spec.template.spec.restartPolicy", rp, &["OnFailure", "Never"]));
+                }
+            }
         }
         ("rbac.authorization.k8s.io", "rolebindings") | ("rbac.authorization.k8s.io", "clusterrolebindings") => match obj.get("roleRef") {
             Some(r) if r.get("name").and_then(Value::as_str).is_some_and(|n| !n.is_empty()) => {

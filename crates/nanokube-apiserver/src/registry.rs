@@ -1511,6 +1511,47 @@ impl Registry {
             ("apps", "deployments") | ("apps", "replicasets") | ("apps", "daemonsets") | ("apps", "statefulsets") => {
                 immutable("spec.selector", "/spec/selector", causes)
             }
+            ("batch", "jobs") => {
+                for (field, ptr) in [
+                    ("spec.selector", "/spec/selector"),
+                    ("spec.completionMode", "/spec/completionMode"),
+                    ("spec.podFailurePolicy", "/spec/podFailurePolicy"),
+                    ("spec.successPolicy", "/spec/successPolicy"),
+                    ("spec.backoffLimitPerIndex", "/spec/backoffLimitPerIndex"),
+                    ("spec.managedBy", "/spec/managedBy"),
+                ] {
+                    immutable(field, ptr, causes);
+                }
+                // An Indexed Job may change completions together with parallelism (elastic
+                // Indexed Jobs); others never.
+                let indexed = new.pointer("/spec/completionMode").and_then(Value::as_str) == Some("Indexed");
+                if !(indexed && new.pointer("/spec/completions") == new.pointer("/spec/parallelism")) {
+                    immutable("spec.completions", "/spec/completions", causes);
+                }
+                // The template is fixed, but for where the pods go while a Job that never
+                // started is suspended (upstream's mutable scheduling directives).
+                let never_started = old.pointer("/spec/suspend") == Some(&json!(true)) && old.pointer("/status/startTime").is_none_or(Value::is_null);
+                let scheduling_free = |v: &Value| {
+                    let mut t = v.pointer("/spec/template").cloned().unwrap_or(Value::Null);
+                    if let Some(spec) = t.get_mut("spec").and_then(Value::as_object_mut) {
+                        for k in ["nodeSelector", "affinity", "tolerations", "schedulingGates"] {
+                            spec.remove(k);
+                        }
+                    }
+                    if let Some(m) = t.get_mut("metadata").and_then(Value::as_object_mut) {
+                        m.remove("labels");
+                        m.remove("annotations");
+                    }
+                    t
+                };
+                if never_started {
+                    if scheduling_free(old) != scheduling_free(new) {
+                        immutable("spec.template", "/spec/template", causes);
+                    }
+                } else {
+                    immutable("spec.template", "/spec/template", causes);
+                }
+            }
             ("rbac.authorization.k8s.io", "rolebindings") | ("rbac.authorization.k8s.io", "clusterrolebindings")
                 if old.get("roleRef") != new.get("roleRef") =>
             {

@@ -164,30 +164,16 @@ impl DeploymentController {
 
     /// Run until `shutdown`: every Deployment once, then what changes.
     pub async fn run(self: Arc<Self>, shutdown: watch::Receiver<bool>) {
-        let start = self.registry.store().current_revision();
-        self.enqueue_all();
-        let me = self.clone();
-        crate::workqueue::watch_all(
-            self.registry.store(),
-            &[deployments().key_prefix(), replica_sets().key_prefix()],
-            start,
-            &shutdown,
-            Arc::new(move |change| me.observe(change)),
-        );
-        let me = self.clone();
-        crate::workqueue::work(&self.queue, COMPONENT, shutdown, move |key| {
-            let me = me.clone();
-            async move { me.sync(&key).await }
+        let (store, queue) = (self.registry.store().clone(), self.queue.clone());
+        let prefixes = &[deployments().key_prefix(), replica_sets().key_prefix()];
+        crate::workqueue::run(self.clone(), &store, &queue, COMPONENT, prefixes, shutdown, Self::enqueue_all, Self::observe, |me, key| async move {
+            me.sync(&key).await
         })
         .await
     }
 
     fn enqueue_all(&self) {
-        if let Ok(list) = self.registry.list(deployments(), None, &ListOptions::default()) {
-            for d in &list.items {
-                self.queue.add(&format!("{}/{}", meta::namespace(d.value()), meta::name(d.value())));
-            }
-        }
+        crate::workqueue::enqueue_each(&self.registry, &self.queue, deployments(), None);
     }
 
     fn observe(&self, change: Change<'_>) {

@@ -99,21 +99,19 @@ impl EndpointsController {
 
     /// Run until `shutdown`: every Service once, then what changes.
     pub async fn run(self: Arc<Self>, shutdown: watch::Receiver<bool>) {
-        let start = self.registry.store().current_revision();
-        self.enqueue_namespace(None);
-        let me = self.clone();
-        crate::workqueue::watch_all(
-            self.registry.store(),
-            &[def("", "services").key_prefix(), def("", "pods").key_prefix()],
-            start,
-            &shutdown,
-            Arc::new(move |change| me.observe(change)),
-        );
-        let me = self.clone();
-        crate::workqueue::work(&self.queue, "endpoints-controller", shutdown, move |key| {
-            let me = me.clone();
-            async move { me.sync(&key).await }
-        })
+        let (store, queue) = (self.registry.store().clone(), self.queue.clone());
+        let prefixes = &[def("", "services").key_prefix(), def("", "pods").key_prefix()];
+        crate::workqueue::run(
+            self.clone(),
+            &store,
+            &queue,
+            "endpoints-controller",
+            prefixes,
+            shutdown,
+            |c| c.enqueue_namespace(None),
+            Self::observe,
+            |me, key| async move { me.sync(&key).await },
+        )
         .await
     }
 

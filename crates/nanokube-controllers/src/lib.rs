@@ -26,6 +26,12 @@
 //! - [`endpoints`]: Endpoints and EndpointSlices of Services with selectors.
 //! - [`deployments`]: Deployments roll ReplicaSets (RollingUpdate, Recreate, pause,
 //!   history), with upstream's annotations, status and conditions.
+//! - [`jobs`]: Jobs run pods to completion (finalizer tracking, back-off, Indexed,
+//!   failure and success policies, deadlines, suspend), and finished Jobs expire after
+//!   `ttlSecondsAfterFinished`.
+//! - [`cronjobs`]: CronJobs make Jobs at their scheduled times (time zones, missed
+//!   times and deadlines, concurrency policies, history limits).
+//! - [`clock`]: the time controllers read, replaceable in tests.
 //! - [`rbac_policy`]: kube-apiserver 1.33's default RBAC policy (ClusterRoles,
 //!   ClusterRoleBindings, Roles, RoleBindings), recreated if deleted.
 //! - [`rbac_aggregation`]: ClusterRoles with an `aggregationRule` get the rules of the
@@ -33,12 +39,15 @@
 
 pub mod apiservices;
 pub mod bootstrap;
+pub mod clock;
 pub mod crds;
+pub mod cronjobs;
 pub mod deployments;
 pub mod endpoints;
 mod events;
 mod follow;
 pub mod gc;
+pub mod jobs;
 pub mod namespaces;
 pub mod node_lifecycle;
 mod objects;

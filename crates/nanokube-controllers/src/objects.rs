@@ -50,3 +50,22 @@ pub(crate) async fn write_status(registry: &Registry, def: &ResourceDef, obj: &V
         _ => Ok(()),
     }
 }
+
+/// Take `uid`'s owner reference off `obj` (kind `def`): it no longer matches its
+/// controller's selector (upstream's `ReleasePod`).
+pub(crate) async fn release(registry: &Registry, def: &ResourceDef, obj: &Value, uid: &str) {
+    let _ = registry
+        .update_with(def, meta::namespace(obj), meta::name(obj), &WriteOptions::default(), |cur| {
+            let mut next = cur.clone();
+            let m = meta::metadata_mut(&mut next);
+            if let Some(a) = m.get_mut("ownerReferences").and_then(Value::as_array_mut) {
+                a.retain(|r| r.get("uid").and_then(Value::as_str) != Some(uid));
+            }
+            // An empty list is no list, as upstream's patch leaves it.
+            if m.get("ownerReferences").and_then(Value::as_array).is_some_and(Vec::is_empty) {
+                m.remove("ownerReferences");
+            }
+            Ok(next)
+        })
+        .await;
+}

@@ -82,7 +82,7 @@ fn is_active(pod: &Value) -> bool {
     phase != "Succeeded" && phase != "Failed" && !meta::is_deleting(pod)
 }
 
-fn ready_since(pod: &Value) -> Option<time::OffsetDateTime> {
+pub(crate) fn ready_since(pod: &Value) -> Option<time::OffsetDateTime> {
     let c = pod.pointer("/status/conditions").and_then(Value::as_array)?.iter().find(|c| c.get("type").and_then(Value::as_str) == Some("Ready"))?;
     if c.get("status").and_then(Value::as_str) != Some("True") {
         return None;
@@ -96,7 +96,7 @@ fn available(pod: &Value, min_ready: i64, now: time::OffsetDateTime) -> bool {
 }
 
 /// Upstream's `ActivePodsWithRanks` order: the pods to delete first come first.
-fn deletion_order(a: &Value, b: &Value, rank: &dyn Fn(&Value) -> usize) -> Ordering {
+pub(crate) fn deletion_order(a: &Value, b: &Value, rank: &dyn Fn(&Value) -> usize) -> Ordering {
     let node = |p: &Value| p.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or("").to_string();
     let phase = |p: &Value| match p.pointer("/status/phase").and_then(Value::as_str) {
         Some("Pending") | None => 0,
@@ -144,30 +144,24 @@ impl ReplicaController {
 
     /// Run until `shutdown`: every owner once, then what changes.
     pub async fn run(self: Arc<Self>, shutdown: watch::Receiver<bool>) {
-        let start = self.registry.store().current_revision();
-        self.enqueue_all(None);
-        let me = self.clone();
-        crate::workqueue::watch_all(
-            self.registry.store(),
-            &[self.owners().key_prefix(), pods().key_prefix()],
-            start,
-            &shutdown,
-            Arc::new(move |change| me.observe(change)),
-        );
-        let me = self.clone();
-        crate::workqueue::work(&self.queue, self.kind.component, shutdown, move |key| {
-            let me = me.clone();
-            async move { me.sync(&key).await }
-        })
+        let (store, queue) = (self.registry.store().clone(), self.queue.clone());
+        let prefixes = &[self.owners().key_prefix(), pods().key_prefix()];
+        crate::workqueue::run(
+            self.clone(),
+            &store,
+            &queue,
+            self.kind.component,
+            prefixes,
+            shutdown,
+            |c| c.enqueue_all(None),
+            Self::observe,
+            |me, key| async move { me.sync(&key).await },
+        )
         .await
     }
 
     fn enqueue_all(&self, namespace: Option<&str>) {
-        if let Ok(list) = self.registry.list(self.owners(), namespace, &ListOptions::default()) {
-            for o in &list.items {
-                self.queue.add(&key_of(o.value()));
-            }
-        }
+        crate::workqueue::enqueue_each(&self.registry, &self.queue, self.owners(), namespace);
     }
 
     /// The owners a pod without a controller matches.
@@ -258,7 +252,7 @@ impl ReplicaController {
                     if sel.matches(labels) || meta::is_deleting(&owner) {
                         owned.push(pod.clone());
                     } else {
-                        self.release(pod, &uid).await;
+                        crate::objects::release(&self.registry, pods(), pod, &uid).await;
                     }
                 }
                 Some(_) => {}
@@ -287,24 +281,6 @@ impl ReplicaController {
             Some(e) => Err(e),
             None => Ok(()),
         }
-    }
-
-    async fn release(&self, pod: &Value, uid: &str) {
-        let _ = self
-            .registry
-            .update_with(pods(), meta::namespace(pod), meta::name(pod), &WriteOptions::default(), |cur| {
-                let mut next = cur.clone();
-                let m = meta::metadata_mut(&mut next);
-                if let Some(a) = m.get_mut("ownerReferences").and_then(Value::as_array_mut) {
-                    a.retain(|r| r.get("uid").and_then(Value::as_str) != Some(uid));
-                }
-                // An empty list is no list, as upstream's patch leaves it.
-                if m.get("ownerReferences").and_then(Value::as_array).is_some_and(Vec::is_empty) {
-                    m.remove("ownerReferences");
-                }
-                Ok(next)
-            })
-            .await;
     }
 
     /// Make or remove pods toward `spec.replicas`.

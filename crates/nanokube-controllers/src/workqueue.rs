@@ -151,6 +151,47 @@ where
     }
 }
 
+/// Queue the key (`namespace/name`) of every object of `def` (in `namespace`, or all).
+pub(crate) fn enqueue_each(
+    registry: &nanokube_apiserver::registry::Registry,
+    queue: &WorkQueue,
+    def: &nanokube_api::resources::ResourceDef,
+    namespace: Option<&str>,
+) {
+    if let Ok(list) = registry.list(def, namespace, &nanokube_apiserver::registry::ListOptions::default()) {
+        for o in &list.items {
+            queue.add(&format!("{}/{}", nanokube_api::meta::namespace(o.value()), nanokube_api::meta::name(o.value())));
+        }
+    }
+}
+
+/// Run a workload controller until `shutdown`: note the store's revision, queue every
+/// object it owns (`enqueue_all`), follow `prefixes` from that revision handing changes
+/// to `observe`, and reconcile queued keys with `sync` (client-go's informers feeding a
+/// worker).
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn run<C, F, Fut>(
+    controller: Arc<C>,
+    store: &Arc<dyn nanokube_store::Backend>,
+    queue: &Arc<WorkQueue>,
+    component: &str,
+    prefixes: &[String],
+    shutdown: tokio::sync::watch::Receiver<bool>,
+    enqueue_all: fn(&C),
+    observe: fn(&C, crate::follow::Change<'_>),
+    sync: F,
+) where
+    C: Send + Sync + 'static,
+    F: Fn(Arc<C>, String) -> Fut,
+    Fut: std::future::Future<Output = Result<(), nanokube_api::ApiError>>,
+{
+    let start = store.current_revision();
+    enqueue_all(&controller);
+    let me = controller.clone();
+    watch_all(store, prefixes, start, &shutdown, Arc::new(move |change| observe(&me, change)));
+    work(queue, component, shutdown, move |key| sync(controller.clone(), key)).await
+}
+
 /// How long an expectation is trusted before the controller acts anyway (upstream's
 /// `ExpectationsTimeout`).
 const EXPECTATIONS_TIMEOUT: Duration = Duration::from_secs(300);

@@ -97,6 +97,9 @@ pub struct ClusterConfig {
     /// The kubelet API's port on the advertised address (0: any free port); the Node
     /// publishes the one bound in `daemonEndpoints`.
     pub kubelet_port: u16,
+    /// The time the Job and CronJob controllers read (the wall clock but in tests, which
+    /// move a `ManualClock` instead of waiting for schedules).
+    pub controller_clock: Arc<dyn nanokube_controllers::clock::Clock>,
 }
 
 impl ClusterConfig {
@@ -127,6 +130,7 @@ impl ClusterConfig {
             simulated_nodes: 0,
             simulated_start_delay: std::time::Duration::ZERO,
             kubelet_port: 10250,
+            controller_clock: Arc::new(nanokube_controllers::clock::SystemClock),
         }
     }
 }
@@ -447,6 +451,8 @@ impl Cluster {
         }
         tasks.spawn(nanokube_controllers::deployments::DeploymentController::new(registry.clone()).run(shutdown_rx.clone()));
         tasks.spawn(nanokube_controllers::endpoints::EndpointsController::new(registry.clone()).run(shutdown_rx.clone()));
+        tasks.spawn(nanokube_controllers::jobs::JobController::with_clock(registry.clone(), cfg.controller_clock.clone()).run(shutdown_rx.clone()));
+        tasks.spawn(nanokube_controllers::cronjobs::CronJobController::with_clock(registry.clone(), cfg.controller_clock.clone()).run(shutdown_rx.clone()));
         if cfg.scheduler {
             tasks.spawn(
                 Arc::new(nanokube_controllers::scheduler::Scheduler::new(registry.clone(), &nanokube_node::machine::hostname())).run(shutdown_rx.clone()),

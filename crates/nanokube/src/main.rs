@@ -397,29 +397,7 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     if s == "0" {
         return Ok(std::time::Duration::ZERO);
     }
-    let mut total = 0f64;
-    let mut rest = s;
-    if rest.is_empty() {
-        return Err("empty duration".into());
-    }
-    while !rest.is_empty() {
-        let digits = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
-        let (num, tail) = rest.split_at(digits);
-        let n: f64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
-        let unit = tail.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(tail.len());
-        let (u, next) = tail.split_at(unit);
-        total += n * match u {
-            "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            _ => return Err(format!("invalid duration {s:?}: unknown unit {u:?}")),
-        };
-        rest = next;
-    }
-    Ok(std::time::Duration::from_secs_f64(total))
+    nanokube_api::schedule::parse_go_duration(s)
 }
 
 /// The home directory; where it is unset, defaults under it cannot be used.
@@ -718,6 +696,7 @@ async fn run_server(args: ServerArgs, started: Instant) -> i32 {
         registry_mirrors: Vec::new(),
         insecure_registries: args.insecure_registries,
         kubelet_port: args.kubelet_port,
+        controller_clock: std::sync::Arc::new(nanokube_controllers::clock::SystemClock),
     };
     let mut cfg = cfg;
     for m in &args.registry_mirrors {

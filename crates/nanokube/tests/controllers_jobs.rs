@@ -1,0 +1,296 @@
+//! Jobs with the real kubectl: pods that really run to completion (counted through the
+//! tracking finalizer), Indexed Jobs, `backoffLimit` and its replacement back-off, a pod
+//! failure policy, a deadline, suspend and resume, expiry after finishing, immutable
+//! fields; and, where no node runs pods, a Job driven by pod statuses written by the
+//! test as upstream's controller tests do.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{eventually, server_with_image, Server};
+use serde_json::Value;
+
+fn job(s: &Server, name: &str) -> Value {
+    serde_json::from_str(&s.k(&["get", "job", name, "-o", "json"])).unwrap()
+}
+
+fn job_pods(s: &Server, name: &str) -> Vec<Value> {
+    let list: Value = serde_json::from_str(&s.k(&["get", "pods", "-l", &format!("batch.kubernetes.io/job-name={name}"), "-o", "json"])).unwrap();
+    list["items"].as_array().unwrap().clone()
+}
+
+fn conditions(j: &Value) -> String {
+    j["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| format!("{}={}:{}", c["type"].as_str().unwrap(), c["status"].as_str().unwrap(), c["reason"].as_str().unwrap_or("")))
+        .collect::<Vec<_>>()
+        .join(";")
+}
+
+fn wait_for(s: &Server, what: &str, condition: &str) {
+    let out = s.kubectl(&["wait", &format!("--for=condition={condition}"), what, "--timeout=90s"]);
+    assert!(out.status.success(), "{what} never {condition}: {}{}", String::from_utf8_lossy(&out.stderr), s.k(&["get", what, "-o", "yaml"]));
+}
+
+fn apply(s: &Server, yaml: &str) {
+    let out = s.k_stdin(&["apply", "-f", "-"], yaml);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn events(s: &Server, name: &str) -> String {
+    s.k(&[
+        "get",
+        "events",
+        "--field-selector",
+        &format!("involvedObject.name={name},involvedObject.kind=Job"),
+        "-o",
+        "jsonpath={range .items[*]}{.reason}: {.message}\n{end}",
+    ])
+}
+
+#[test]
+fn jobs_run_pods_to_completion_indexed_or_not() {
+    let s = server_with_image();
+    apply(
+        &s,
+        r#"
+apiVersion: batch/v1
+kind: Job
+metadata: {name: count}
+spec:
+  completions: 3
+  parallelism: 2
+  template:
+    spec:
+      restartPolicy: Never
+      containers: [{name: main, image: "testbox:1.0", command: [sh, -c, "echo counted"]}]
+---
+apiVersion: batch/v1
+kind: Job
+metadata: {name: indexed}
+spec:
+  completions: 3
+  parallelism: 3
+  completionMode: Indexed
+  template:
+    spec:
+      restartPolicy: Never
+      containers: [{name: main, image: "testbox:1.0", command: [sh, -c, "echo index=$JOB_COMPLETION_INDEX host=$(hostname)"]}]
+"#,
+    );
+    s.k(&["create", "job", "once", "--image=testbox:1.0", "--", "sh", "-c", "echo once"]);
+    for name in ["count", "indexed", "once"] {
+        wait_for(&s, &format!("job/{name}"), "complete");
+    }
+
+    let j = job(&s, "count");
+    assert_eq!(j["status"]["succeeded"], 3, "{}", j["status"]);
+    assert_eq!(conditions(&j), "SuccessCriteriaMet=True:CompletionsReached;Complete=True:CompletionsReached");
+    assert!(j["status"]["completionTime"].is_string() && j["status"]["startTime"].is_string());
+    assert_eq!(j["status"]["uncountedTerminatedPods"], serde_json::json!({}));
+    assert_eq!(j["status"]["ready"], 0);
+    assert!(j["status"].get("active").is_none(), "no active count once done: {}", j["status"]);
+    let pods = job_pods(&s, "count");
+    assert_eq!(pods.len(), 3);
+    for p in &pods {
+        assert_eq!(p["status"]["phase"], "Succeeded");
+        assert!(p["metadata"].get("finalizers").is_none(), "the tracking finalizer is gone once counted: {}", p["metadata"]);
+        assert!(p["metadata"]["name"].as_str().unwrap().starts_with("count-"));
+        let owner = &p["metadata"]["ownerReferences"][0];
+        assert_eq!((owner["kind"].as_str(), owner["controller"].as_bool()), (Some("Job"), Some(true)));
+    }
+    assert!(s.k(&["logs", "job/count"]).contains("counted"));
+    let ev = events(&s, "count");
+    assert_eq!(ev.matches("SuccessfulCreate: Created pod: count-").count(), 3, "{ev}");
+    assert!(ev.contains("Completed: Job completed"), "{ev}");
+
+    let j = job(&s, "indexed");
+    assert_eq!(j["status"]["completedIndexes"], "0-2");
+    assert_eq!(j["status"]["succeeded"], 3);
+    let mut seen: Vec<String> = job_pods(&s, "indexed")
+        .iter()
+        .map(|p| {
+            let ix = p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"].as_str().unwrap().to_string();
+            assert_eq!(p["metadata"]["labels"]["batch.kubernetes.io/job-completion-index"], ix.as_str());
+            assert!(p["metadata"]["name"].as_str().unwrap().starts_with(&format!("indexed-{ix}-")));
+            assert_eq!(p["spec"]["hostname"], format!("indexed-{ix}"));
+            let log = s.k(&["logs", p["metadata"]["name"].as_str().unwrap()]);
+            assert_eq!(log.trim(), format!("index={ix} host=indexed-{ix}"));
+            ix
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(seen, ["0", "1", "2"]);
+
+    // `kubectl create job` made a single completion; the table shows it.
+    let table = s.k(&["get", "job", "once"]);
+    assert!(table.contains("Complete") && table.contains("1/1"), "{table}");
+
+    // The template of a Job is fixed, and so is its selector.
+    let out = s.kubectl(&["patch", "job", "count", "--type=merge", "-p", r#"{"spec":{"template":{"spec":{"activeDeadlineSeconds":5}}}}"#]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("spec.template") && err.contains("field is immutable"), "{err}");
+    let out = s.kubectl(&["patch", "job", "count", "--type=merge", "-p", r#"{"spec":{"selector":{"matchLabels":{"a":"b"}}}}"#]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("spec.selector"), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // Deleting a Job takes its pods with it (none kept by a finalizer).
+    s.k(&["delete", "job", "count"]);
+    assert!(eventually(Duration::from_secs(30), || job_pods(&s, "count").is_empty()), "the Job's pods stayed");
+}
+
+#[test]
+fn failing_jobs_stop_at_their_backoff_limit_failure_policy_or_deadline() {
+    let s = server_with_image();
+    apply(
+        &s,
+        r#"
+apiVersion: batch/v1
+kind: Job
+metadata: {name: retry}
+spec:
+  backoffLimit: 1
+  template:
+    spec:
+      restartPolicy: Never
+      containers: [{name: main, image: "testbox:1.0", command: [sh, -c, "exit 3"]}]
+---
+apiVersion: batch/v1
+kind: Job
+metadata: {name: policy}
+spec:
+  backoffLimit: 6
+  podFailurePolicy:
+    rules:
+    - action: FailJob
+      onExitCodes: {containerName: main, operator: In, values: [42]}
+  template:
+    spec:
+      restartPolicy: Never
+      containers: [{name: main, image: "testbox:1.0", command: [sh, -c, "exit 42"]}]
+---
+apiVersion: batch/v1
+kind: Job
+metadata: {name: slow}
+spec:
+  activeDeadlineSeconds: 2
+  template:
+    spec:
+      restartPolicy: Never
+      containers: [{name: main, image: "testbox:1.0", command: [sh, -c, "trap 'exit 0' TERM; while true; do sleep 1; done"]}]
+"#,
+    );
+    // The pod failure policy fails the Job at the first pod, without retries.
+    wait_for(&s, "job/policy", "failed");
+    let j = job(&s, "policy");
+    assert_eq!(conditions(&j), "FailureTarget=True:PodFailurePolicy;Failed=True:PodFailurePolicy");
+    let message = j["status"]["conditions"][1]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("Container main for pod default/policy-") && message.ends_with("failed with exit code 42 matching FailJob rule at index 0"),
+        "{message}"
+    );
+    assert_eq!(j["status"]["failed"], 1);
+    assert_eq!(job_pods(&s, "policy").len(), 1);
+
+    // The deadline ends a pod that would run for ever.
+    wait_for(&s, "job/slow", "failed");
+    let j = job(&s, "slow");
+    assert_eq!(conditions(&j), "FailureTarget=True:DeadlineExceeded;Failed=True:DeadlineExceeded");
+    assert!(events(&s, "slow").contains("DeadlineExceeded: Job was active longer than specified deadline"));
+    assert!(eventually(Duration::from_secs(30), || job_pods(&s, "slow")
+        .iter()
+        .all(|p| p["metadata"].get("deletionTimestamp").is_none() && p["status"]["phase"] != "Running")));
+
+    // Two failures exceed a backoffLimit of 1; the replacement waited its back-off.
+    wait_for(&s, "job/retry", "failed");
+    let j = job(&s, "retry");
+    assert_eq!(conditions(&j), "FailureTarget=True:BackoffLimitExceeded;Failed=True:BackoffLimitExceeded");
+    assert_eq!(j["status"]["failed"], 2);
+    let mut pods = job_pods(&s, "retry");
+    pods.sort_by_key(|p| p["metadata"]["creationTimestamp"].as_str().unwrap().to_string());
+    assert_eq!(pods.len(), 2);
+    let time = |v: &Value| time::OffsetDateTime::parse(v.as_str().unwrap(), &time::format_description::well_known::Rfc3339).unwrap();
+    let first_end = time(&pods[0]["status"]["containerStatuses"][0]["state"]["terminated"]["finishedAt"]);
+    let second_start = time(&pods[1]["metadata"]["creationTimestamp"]);
+    assert!(second_start - first_end >= time::Duration::seconds(9), "replaced after {} only", second_start - first_end);
+    assert!(events(&s, "retry").contains("BackoffLimitExceeded: Job has reached the specified backoff limit"));
+}
+
+#[test]
+fn suspended_jobs_wait_and_finished_jobs_expire() {
+    let s = server_with_image();
+    apply(
+        &s,
+        r#"
+apiVersion: batch/v1
+kind: Job
+metadata: {name: later}
+spec:
+  suspend: true
+  ttlSecondsAfterFinished: 1
+  template:
+    spec:
+      restartPolicy: Never
+      containers: [{name: main, image: "testbox:1.0", command: [sh, -c, "echo ran"]}]
+"#,
+    );
+    wait_for(&s, "job/later", "suspended");
+    let j = job(&s, "later");
+    assert!(j["status"].get("startTime").is_none(), "a suspended Job has not started: {}", j["status"]);
+    assert!(job_pods(&s, "later").is_empty());
+    s.k(&["patch", "job", "later", "--type=merge", "-p", r#"{"spec":{"suspend":false}}"#]);
+    assert!(eventually(Duration::from_secs(60), || {
+        let j = job(&s, "later");
+        j["status"]["conditions"].as_array().is_some_and(|c| c.iter().any(|c| c["type"] == "Complete"))
+    }));
+    let ev = events(&s, "later");
+    assert!(ev.contains("Suspended: Job suspended") && ev.contains("Resumed: Job resumed"), "{ev}");
+    // One second after it finished, the Job and its pods are gone.
+    assert!(eventually(Duration::from_secs(30), || !s.kubectl(&["get", "job", "later"]).status.success()), "the Job did not expire");
+    assert!(eventually(Duration::from_secs(30), || job_pods(&s, "later").is_empty()));
+}
+
+/// Without a node, the test plays the kubelet: it writes pod phases through the status
+/// subresource and the Job follows.
+#[test]
+fn a_job_follows_pod_statuses_written_by_hand() {
+    let s = Server::start_with(&["--node=false"]);
+    apply(
+        &s,
+        r#"
+apiVersion: batch/v1
+kind: Job
+metadata: {name: hand}
+spec:
+  completions: 2
+  parallelism: 1
+  template:
+    spec:
+      restartPolicy: Never
+      containers: [{name: main, image: "nothing:1"}]
+"#,
+    );
+    let finish = |phase: &str| {
+        let mut name = String::new();
+        assert!(eventually(Duration::from_secs(20), || {
+            let pods: Vec<Value> = job_pods(&s, "hand").into_iter().filter(|p| p["status"]["phase"] == "Pending").collect();
+            name = pods.first().map(|p| p["metadata"]["name"].as_str().unwrap().to_string()).unwrap_or_default();
+            pods.len() == 1
+        }));
+        let body = serde_json::json!({"status": {"phase": phase}}).to_string();
+        let (code, out) =
+            s.curl("PATCH", &format!("/api/v1/namespaces/default/pods/{name}/status"), Some("application/merge-patch+json"), Some(body.as_bytes()));
+        assert_eq!(code, 200, "{out}");
+    };
+    assert!(eventually(Duration::from_secs(20), || job(&s, "hand")["status"]["active"] == 1));
+    finish("Failed");
+    assert!(eventually(Duration::from_secs(20), || job(&s, "hand")["status"]["failed"] == 1));
+    // The replacement comes after the 10 s back-off.
+    finish("Succeeded");
+    finish("Succeeded");
+    wait_for(&s, "job/hand", "complete");
+    let j = job(&s, "hand");
+    assert_eq!((j["status"]["succeeded"].as_i64(), j["status"]["failed"].as_i64()), (Some(2), Some(1)));
+}
