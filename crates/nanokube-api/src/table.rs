@@ -141,6 +141,9 @@ pub fn columns(group: &str, plural: &str) -> Vec<Column> {
         ("networking.k8s.io", "networkpolicies") => vec![NAME, col("Pod-Selector", 0), AGE],
         ("discovery.k8s.io", "endpointslices") => vec![NAME, col("AddressType", 0), col("Ports", 0), col("Endpoints", 0), AGE],
         ("coordination.k8s.io", "leases") => vec![NAME, col("Holder", 0), AGE],
+        ("certificates.k8s.io", "certificatesigningrequests") => {
+            vec![NAME, AGE, col("SignerName", 0), col("Requestor", 0), col("RequestedDuration", 0), col("Condition", 0)]
+        }
         ("policy", "poddisruptionbudgets") => vec![NAME, col("Min Available", 0), col("Max Unavailable", 0), col("Allowed Disruptions", 0), AGE],
         ("scheduling.k8s.io", "priorityclasses") => {
             vec![NAME, Column { name: "Value", ty: "integer", format: "", priority: 0 }, col("Global-Default", 0), AGE, col("PreemptionPolicy", 0)]
@@ -698,6 +701,25 @@ pub fn cells(group: &str, plural: &str, obj: &Value, now: OffsetDateTime) -> Vec
             ]
         }
         ("coordination.k8s.io", "leases") => vec![name, none_if_empty(s(obj, "/spec/holderIdentity").into()), age_v],
+        ("certificates.k8s.io", "certificatesigningrequests") => {
+            // Upstream's extractCSRStatus: the conditions in order, then Issued.
+            let mut status: Vec<&str> = arr(obj, "/status/conditions")
+                .iter()
+                .filter_map(|c| match s(c, "/type") {
+                    t @ ("Approved" | "Denied" | "Failed") => Some(t),
+                    _ => None,
+                })
+                .collect();
+            if status.is_empty() {
+                status.push("Pending");
+            }
+            let mut condition = status.join(",");
+            if !s(obj, "/status/certificate").is_empty() {
+                condition.push_str(",Issued");
+            }
+            let duration = obj.pointer("/spec/expirationSeconds").and_then(Value::as_i64).map(human_duration).unwrap_or_else(|| "<none>".into());
+            vec![name, age_v, none_if_empty(s(obj, "/spec/signerName").into()), json!(s(obj, "/spec/username")), json!(duration), json!(condition)]
+        }
         ("policy", "poddisruptionbudgets") => {
             let show = |p: &str| obj.pointer(p).map(|v| v.as_str().map(String::from).unwrap_or_else(|| v.to_string())).unwrap_or_else(|| "N/A".into());
             vec![name, json!(show("/spec/minAvailable")), json!(show("/spec/maxUnavailable")), json!(i(obj, "/status/disruptionsAllowed")), age_v]

@@ -313,7 +313,11 @@ async fn handle_inner(
         return non_resource(server, &parts.method, &path, &query, parts.headers.get(http::header::ACCEPT).and_then(|v| v.to_str().ok()));
     }
     let body = read_body(body.take().ok_or_else(|| ApiError::internal("request body read twice"))?, &parts.headers).await?;
-    let requester = Arc::new(crate::admission::Requester::new(user.clone()));
+    let permission: crate::admission::Permission = {
+        let (server, user) = (server.clone(), user.clone());
+        Arc::new(move |req: &RequestInfo| server.authz.authorize(&user, req) == Decision::Allow)
+    };
+    let requester = Arc::new(crate::admission::Requester::new(user.clone()).with_permission(permission));
     let upgrade = std::sync::Mutex::new(parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
     let ctx = Ctx { server, conn, user: &user, info: &info, query: &query, headers: &parts.headers, method: &parts.method, requester, upgrade };
     ctx.resource(body).await

@@ -844,6 +844,32 @@ impl Registry {
                 m.remove("generation");
             }
         }
+        if def.group == "certificates.k8s.io" && def.plural == "certificatesigningrequests" {
+            // Who asked is recorded by the server, never taken from the body (upstream's
+            // strategy); the server's own requests are the loopback user's.
+            let spec = obj.as_object_mut().map(|m| m.entry("spec").or_insert_with(|| json!({})));
+            if let Some(spec) = spec.and_then(Value::as_object_mut) {
+                for k in ["username", "uid", "groups", "extra"] {
+                    spec.remove(k);
+                }
+                match opts.requester.as_deref() {
+                    Some(r) => {
+                        spec.insert("username".into(), json!(r.user.name));
+                        if !r.user.uid.is_empty() {
+                            spec.insert("uid".into(), json!(r.user.uid));
+                        }
+                        spec.insert("groups".into(), json!(r.user.groups));
+                        if !r.user.extra.is_empty() {
+                            spec.insert("extra".into(), json!(r.user.extra));
+                        }
+                    }
+                    None => {
+                        spec.insert("username".into(), json!("system:apiserver"));
+                        spec.insert("groups".into(), json!(["system:authenticated", "system:masters"]));
+                    }
+                }
+            }
+        }
         let name = meta::name(&obj).to_string();
         if def.has_status() && def.plural != "namespaces" && def.plural != "nodes" && def.plural != "persistentvolumes" {
             // Status is the controllers' to write; a create starts it at its zero value.

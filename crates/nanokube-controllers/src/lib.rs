@@ -31,6 +31,10 @@
 //!   `ttlSecondsAfterFinished`.
 //! - [`cronjobs`]: CronJobs make Jobs at their scheduled times (time zones, missed
 //!   times and deadlines, concurrency policies, history limits).
+//! - [`leader`]: leader election on a Lease, so that of servers sharing a store one runs
+//!   the controllers and one the scheduler.
+//! - [`certificates`]: approved CertificateSigningRequests for the kube-apiserver client,
+//!   kubelet client and kubelet serving signers are signed with the cluster CA.
 //! - [`clock`]: the time controllers read, replaceable in tests.
 //! - [`rbac_policy`]: kube-apiserver 1.33's default RBAC policy (ClusterRoles,
 //!   ClusterRoleBindings, Roles, RoleBindings), recreated if deleted.
@@ -39,6 +43,7 @@
 
 pub mod apiservices;
 pub mod bootstrap;
+pub mod certificates;
 pub mod clock;
 pub mod crds;
 pub mod cronjobs;
@@ -48,6 +53,7 @@ mod events;
 mod follow;
 pub mod gc;
 pub mod jobs;
+pub mod leader;
 pub mod namespaces;
 pub mod node_lifecycle;
 mod objects;

@@ -29,6 +29,7 @@ use nanokube_apiserver::rbac::Rbac;
 use nanokube_apiserver::registry::{Registry, RegistryConfig};
 use nanokube_apiserver::satoken::{ServiceAccountAuthenticator, TokenIssuer};
 use nanokube_apiserver::server::{self, ApiServer};
+use nanokube_controllers::leader::Elector;
 use nanokube_controllers::namespaces::NamespaceController;
 use nanokube_controllers::tokens::TokenController;
 use nanokube_store::sqlite::{SqliteBackend, SqliteOptions};
@@ -439,24 +440,30 @@ impl Cluster {
             r.map_err(|e| e.to_string())?.map_err(|e| format!("bootstrap: {e}"))?;
         }
         tracing::debug!(elapsed_ms = started.elapsed().as_secs_f64() * 1000.0, "bootstrap objects, RBAC policy and namespace defaults ensured");
-        tasks.spawn(ns_controller.run(shutdown_rx.clone()));
         tasks.spawn(nanokube_controllers::bootstrap::run(registry.clone(), advertise.to_string(), addr.port(), shutdown_rx.clone()));
         tasks.spawn(Arc::new(nanokube_controllers::crds::CrdController::new(registry.clone())).run(shutdown_rx.clone()));
-        tasks.spawn(Arc::new(nanokube_controllers::gc::GarbageCollector::new(registry.clone())).run(shutdown_rx.clone()));
         tasks.spawn(nanokube_controllers::apiservices::run(registry.clone(), shutdown_rx.clone()));
-        tasks.spawn(nanokube_controllers::node_lifecycle::run(registry.clone(), shutdown_rx.clone()));
-        tasks.spawn(nanokube_controllers::persistent_volumes::run(registry.clone(), shutdown_rx.clone()));
-        for kind in [nanokube_controllers::replicasets::REPLICA_SETS, nanokube_controllers::replicasets::REPLICATION_CONTROLLERS] {
-            tasks.spawn(nanokube_controllers::replicasets::ReplicaController::new(registry.clone(), kind).run(shutdown_rx.clone()));
+        // kube-controller-manager's controllers run while this server holds the Lease
+        // `kube-system/kube-controller-manager`, the scheduler while it holds
+        // `kube-system/kube-scheduler`: of servers sharing a store, one of each acts.
+        let identity = leader_identity(&cfg.data_dir);
+        {
+            let token_controller =
+                Arc::new(TokenController::new(registry.clone(), issuer.clone(), pki.ca_pem.clone(), cfg.legacy_service_account_token_secrets));
+            let manager = ControllerManager {
+                registry: registry.clone(),
+                namespaces: ns_controller.clone(),
+                tokens: token_controller,
+                clock: cfg.controller_clock.clone(),
+                ca: (pki.ca_pem.clone(), pki.ca_key_pem.clone()),
+            };
+            let elector = Elector::new(registry.clone(), "kube-system", "kube-controller-manager", &identity);
+            tasks.spawn(elector.run(shutdown_rx.clone(), move |stop| manager.clone().run(stop)));
         }
-        tasks.spawn(nanokube_controllers::deployments::DeploymentController::new(registry.clone()).run(shutdown_rx.clone()));
-        tasks.spawn(nanokube_controllers::endpoints::EndpointsController::new(registry.clone()).run(shutdown_rx.clone()));
-        tasks.spawn(nanokube_controllers::jobs::JobController::with_clock(registry.clone(), cfg.controller_clock.clone()).run(shutdown_rx.clone()));
-        tasks.spawn(nanokube_controllers::cronjobs::CronJobController::with_clock(registry.clone(), cfg.controller_clock.clone()).run(shutdown_rx.clone()));
         if cfg.scheduler {
-            tasks.spawn(
-                Arc::new(nanokube_controllers::scheduler::Scheduler::new(registry.clone(), &nanokube_node::machine::hostname())).run(shutdown_rx.clone()),
-            );
+            let scheduler = Arc::new(nanokube_controllers::scheduler::Scheduler::new(registry.clone(), &nanokube_node::machine::hostname()));
+            let elector = Elector::new(registry.clone(), "kube-system", "kube-scheduler", &identity);
+            tasks.spawn(elector.run(shutdown_rx.clone(), move |stop| scheduler.clone().run(stop)));
         }
         if let Some(agent) = node_agent {
             tasks.spawn(agent.run(shutdown_rx.clone()));
@@ -476,8 +483,6 @@ impl Cluster {
             tasks.spawn(sim.run(shutdown_rx.clone()));
         }
         tasks.spawn(api.aggregator.clone().run(registry.clone(), shutdown_rx.clone()));
-        let token_controller = Arc::new(TokenController::new(registry.clone(), issuer.clone(), pki.ca_pem.clone(), cfg.legacy_service_account_token_secrets));
-        tasks.spawn(token_controller.run(shutdown_rx.clone()));
         {
             // Compact the log to what watches can still resume from, every five minutes.
             let store = store.clone();
@@ -520,4 +525,50 @@ impl Cluster {
             tracing::warn!(error = %e, "closing the store");
         }
     }
+}
+
+/// kube-controller-manager's controllers, started together when this server becomes the
+/// leader and stopped together when it stops being one.
+#[derive(Clone)]
+struct ControllerManager {
+    registry: Arc<nanokube_apiserver::registry::Registry>,
+    namespaces: Arc<NamespaceController>,
+    tokens: Arc<TokenController>,
+    clock: Arc<dyn nanokube_controllers::clock::Clock>,
+    /// The cluster CA (certificate and key PEM) that signs approved requests.
+    ca: (String, String),
+}
+
+impl ControllerManager {
+    /// Run every controller until `stop`.
+    async fn run(self, stop: tokio::sync::watch::Receiver<bool>) {
+        use nanokube_controllers::*;
+        let r = &self.registry;
+        let mut set = JoinSet::new();
+        set.spawn(self.namespaces.clone().run(stop.clone()));
+        set.spawn(self.tokens.clone().run(stop.clone()));
+        set.spawn(Arc::new(gc::GarbageCollector::new(r.clone())).run(stop.clone()));
+        set.spawn(node_lifecycle::run(r.clone(), stop.clone()));
+        set.spawn(persistent_volumes::run(r.clone(), stop.clone()));
+        for kind in [replicasets::REPLICA_SETS, replicasets::REPLICATION_CONTROLLERS] {
+            set.spawn(replicasets::ReplicaController::new(r.clone(), kind).run(stop.clone()));
+        }
+        set.spawn(deployments::DeploymentController::new(r.clone()).run(stop.clone()));
+        set.spawn(endpoints::EndpointsController::new(r.clone()).run(stop.clone()));
+        set.spawn(jobs::JobController::with_clock(r.clone(), self.clock.clone()).run(stop.clone()));
+        set.spawn(cronjobs::CronJobController::with_clock(r.clone(), self.clock.clone()).run(stop.clone()));
+        set.spawn(certificates::CsrSigner::new(r.clone(), &self.ca.0, &self.ca.1).run(stop));
+        while set.join_next().await.is_some() {}
+    }
+}
+
+/// This server's identity in leader election: its host name and a tag of its data
+/// directory, so that the same server restarted (even after a crash) is the same
+/// candidate and takes its own Lease back at once, while another server waits for it
+/// to expire.
+fn leader_identity(data_dir: &std::path::Path) -> String {
+    let path = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+    // FNV-1a: stable across runs and builds, unlike std's hasher.
+    let tag = path.as_os_str().as_encoded_bytes().iter().fold(0xcbf29ce484222325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100000001b3));
+    format!("{}_{tag:016x}", nanokube_node::machine::hostname())
 }

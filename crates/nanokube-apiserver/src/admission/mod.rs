@@ -13,6 +13,7 @@
 //! Configurations are read from the store on each write (an in-memory prefix scan:
 //! nothing is called when there are none).
 
+mod certificates;
 mod matching;
 mod pod_security;
 mod policy;
@@ -57,18 +58,40 @@ impl Operation {
     }
 }
 
+/// Asks the server's authorizer whether the requester may do something besides the
+/// request itself (for plugins that check a second permission, as CertificateApproval).
+pub type Permission = std::sync::Arc<dyn Fn(&crate::request::RequestInfo) -> bool + Send + Sync>;
+
 /// Who asked for a write, and the warnings admission has for them.
-#[derive(Debug)]
 pub struct Requester {
     /// The user (after impersonation).
     pub user: UserInfo,
     warnings: Mutex<Vec<String>>,
+    permission: Option<Permission>,
+}
+
+impl std::fmt::Debug for Requester {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Requester").field("user", &self.user).finish_non_exhaustive()
+    }
 }
 
 impl Requester {
     /// A requester with no warnings yet.
     pub fn new(user: UserInfo) -> Self {
-        Requester { user, warnings: Mutex::new(Vec::new()) }
+        Requester { user, warnings: Mutex::new(Vec::new()), permission: None }
+    }
+
+    /// A requester whose other permissions `permission` answers.
+    pub fn with_permission(mut self, permission: Permission) -> Self {
+        self.permission = Some(permission);
+        self
+    }
+
+    /// Whether the requester may do `req` (a requester without an authorizer, the
+    /// server's own, may).
+    pub fn may(&self, req: &crate::request::RequestInfo) -> bool {
+        self.permission.as_ref().is_none_or(|p| p(req))
     }
 
     fn warn(&self, w: String) {
@@ -179,6 +202,7 @@ pub async fn validate(registry: &Registry, attrs: &Attributes<'_>, obj: Option<&
         }
     }
     pod_security::check(registry, attrs, obj)?;
+    certificates::check(attrs, obj, old)?;
     if !attrs.applies() {
         return Ok(());
     }
