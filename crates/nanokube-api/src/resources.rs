@@ -257,6 +257,7 @@ pub static BUILTIN: &[ResourceDef] = &[
             SubresourceDef { name: "attach", group: "", version: "v1", kind: "PodAttachOptions", verbs: &["create", "get"] },
             SubresourceDef { name: "binding", group: "", version: "v1", kind: "Binding", verbs: &["create"] },
             SubresourceDef { name: "ephemeralcontainers", group: "", version: "v1", kind: "Pod", verbs: &["get", "patch", "update"] },
+            SubresourceDef { name: "eviction", group: "policy", version: "v1", kind: "Eviction", verbs: &["create"] },
             SubresourceDef { name: "exec", group: "", version: "v1", kind: "PodExecOptions", verbs: &["create", "get"] },
             SubresourceDef { name: "portforward", group: "", version: "v1", kind: "PodPortForwardOptions", verbs: &["create", "get"] },
             SubresourceDef { name: "log", group: "", version: "v1", kind: "Pod", verbs: &["get"] },

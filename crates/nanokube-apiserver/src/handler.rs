@@ -1517,6 +1517,15 @@ impl Ctx<'_> {
                 let fwd = crate::node_proxy::Forward { method: self.method, path_and_query: &target, headers: self.headers, body, upgrade };
                 crate::node_proxy::proxy(tls, node.value(), port, fwd).await
             }
+            "eviction" => {
+                if self.method != Method::POST {
+                    return Err(ApiError::method_not_allowed("pods/eviction supports create only"));
+                }
+                let eviction = self.decode_body(&body)?;
+                let opts = self.write_options(Some("eviction"))?;
+                let status = crate::eviction::evict(&self.server.registry, ns, &info.name, &eviction, &opts).await?;
+                Ok(h::json(StatusCode::CREATED, &status))
+            }
             "exec" => self.exec(def, false).await,
             "attach" => self.exec(def, true).await,
             "portforward" => self.portforward(def).await,

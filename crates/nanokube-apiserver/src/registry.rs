@@ -1268,7 +1268,8 @@ impl Registry {
     }
 
     /// Update an object by applying `change` to its current state, retrying on conflicts
-    /// unless `precondition_rv` pins the version (upstream's GuaranteedUpdate).
+    /// (upstream's GuaranteedUpdate); an object returned with a resourceVersion other than
+    /// the current one's is a conflict (the client's optimistic lock).
     pub async fn update_with<F>(&self, def: &ResourceDef, namespace: &str, name: &str, opts: &WriteOptions, mut change: F) -> Result<Obj, ApiError>
     where
         F: FnMut(&Value) -> Result<Value, ApiError>,
@@ -1338,7 +1339,11 @@ impl Registry {
                         None => decode_as(def, &kv),
                     };
                 }
-                Err(StoreError::Conflict { .. }) if !pinned => {
+                // Written meanwhile: run `change` again on the newer state. A caller that
+                // pinned the version it read (a client's resourceVersion) gets its
+                // conflict from the check above on the next attempt; one that built on
+                // the current state (a controller) succeeds on the fresh one.
+                Err(StoreError::Conflict { .. }) => {
                     if def.plural == "services" && def.group.is_empty() {
                         self.release_service(&new, Some(&current));
                     }

@@ -35,7 +35,7 @@ use serde_json::{json, Map, Value};
 use tokio::sync::watch;
 
 use crate::follow::Change;
-use crate::objects::controller_ref;
+use crate::objects::{controller_ref, def, int};
 use crate::workqueue::WorkQueue;
 
 const COMPONENT: &str = "deployment-controller";
@@ -44,20 +44,12 @@ const DESIRED: &str = "deployment.kubernetes.io/desired-replicas";
 const MAX_REPLICAS: &str = "deployment.kubernetes.io/max-replicas";
 const HASH_LABEL: &str = "pod-template-hash";
 
-fn def(group: &str, plural: &str) -> &'static resources::ResourceDef {
-    resources::find(group, "v1", plural).expect("built-in resource")
-}
-
 fn deployments() -> &'static resources::ResourceDef {
     def("apps", "deployments")
 }
 
 fn replica_sets() -> &'static resources::ResourceDef {
     def("apps", "replicasets")
-}
-
-fn int(v: &Value, ptr: &str, default: i64) -> i64 {
-    v.pointer(ptr).and_then(Value::as_i64).unwrap_or(default)
 }
 
 /// Upstream's `rand.SafeEncodeString` of the decimal FNV-32a of `bytes`.
@@ -90,6 +82,11 @@ fn semantic(v: &Value) -> Option<Value> {
         }
         other => Some(other.clone()),
     }
+}
+
+/// A pod template with Go's zero values left out, for comparing templates.
+pub(crate) fn semantic_template(template: &Value) -> Value {
+    semantic(template).unwrap_or(Value::Null)
 }
 
 /// A template without the hash label and zero values, for comparing templates

@@ -20,12 +20,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use nanokube_api::selector::LabelSelector;
-use nanokube_api::{meta, resources, ApiError};
+use nanokube_api::{meta, ApiError};
 use nanokube_apiserver::registry::{self, DeleteOptions, ListOptions, Registry, WriteOptions};
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
 use crate::follow::Change;
+use crate::objects::def;
 use crate::workqueue::WorkQueue;
 
 /// Endpoints per slice (upstream's `--max-endpoints-per-slice` default).
@@ -33,10 +34,6 @@ const MAX_PER_SLICE: usize = 100;
 const MANAGED_BY: &str = "endpointslice.kubernetes.io/managed-by";
 const CONTROLLER_NAME: &str = "endpointslice-controller.k8s.io";
 const SERVICE_NAME: &str = "kubernetes.io/service-name";
-
-fn def(group: &str, plural: &str) -> &'static resources::ResourceDef {
-    resources::find(group, "v1", plural).expect("built-in resource")
-}
 
 /// One endpoint: a pod and whether it is ready, serving and terminating.
 struct Endpoint {

@@ -41,7 +41,7 @@ use tokio::sync::watch;
 
 use crate::clock::Clock;
 use crate::follow::Change;
-use crate::objects::controller_ref;
+use crate::objects::{controller_ref, def, pods};
 use crate::workqueue::WorkQueue;
 
 /// The finalizer that keeps a Job's pod until the Job has counted it.
@@ -55,16 +55,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(360);
 /// Most pods made or removed in one pass (upstream's `MaxPodCreateDeletePerSync`).
 const BURST: usize = 500;
 
-fn def(group: &str, plural: &str) -> &'static resources::ResourceDef {
-    resources::find(group, "v1", plural).expect("built-in resource")
-}
-
 fn jobs() -> &'static resources::ResourceDef {
     def("batch", "jobs")
-}
-
-fn pods() -> &'static resources::ResourceDef {
-    def("", "pods")
 }
 
 fn key_of(v: &Value) -> String {
@@ -343,7 +335,7 @@ impl JobController {
     }
 
     fn owner_ref(job: &Value) -> Value {
-        json!({"apiVersion": "batch/v1", "kind": "Job", "name": meta::name(job), "uid": meta::uid(job), "controller": true, "blockOwnerDeletion": true})
+        crate::objects::controller_reference("batch/v1", "Job", job)
     }
 
     async fn remove_finalizers(&self, targets: &[Value]) -> Vec<bool> {
@@ -422,28 +414,7 @@ impl JobController {
             return self.expire_after_finished(key, &job).await;
         }
         let sel = LabelSelector::from_object(job.pointer("/spec/selector").unwrap_or(&Value::Null))?;
-        let uid = meta::uid(&job).to_string();
-        let listed = self.registry.list(pods(), Some(ns), &ListOptions::default())?;
-        let mut owned = Vec::new();
-        for p in &listed.items {
-            let pod = p.value();
-            match controller_ref(pod) {
-                Some(r) if r.get("uid").and_then(Value::as_str) == Some(uid.as_str()) => {
-                    if sel.matches(meta::labels(pod)) || meta::is_deleting(&job) {
-                        owned.push(pod.clone());
-                    } else {
-                        crate::objects::release(&self.registry, pods(), pod, &uid).await;
-                    }
-                }
-                Some(_) => {}
-                None if !meta::is_deleting(&job) && !sel.requirements.is_empty() && sel.matches(meta::labels(pod)) && !is_terminal(pod) => {
-                    if let Some(p) = crate::objects::adopt(&self.registry, pods(), pod, &Self::owner_ref(&job)).await {
-                        owned.push(p);
-                    }
-                }
-                None => {}
-            }
-        }
+        let owned = crate::objects::claim_pods(&self.registry, &job, &Self::owner_ref(&job), &sel, |_| true).await?;
         self.sync_job(key, job, owned).await
     }
 

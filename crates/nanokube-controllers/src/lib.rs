@@ -35,6 +35,11 @@
 //!   the controllers and one the scheduler.
 //! - [`certificates`]: approved CertificateSigningRequests for the kube-apiserver client,
 //!   kubelet client and kubelet serving signers are signed with the cluster CA.
+//! - [`disruption`]: PodDisruptionBudgets' status (healthy, expected, disruptions
+//!   allowed), which the eviction subresource spends.
+//! - [`statefulsets`]: StatefulSets keep ordered pods with stable names and claims
+//!   (OrderedReady/Parallel, RollingUpdate with partition, OnDelete, revisions).
+//! - [`daemonsets`]: DaemonSets keep one pod on every node that should run one.
 //! - [`clock`]: the time controllers read, replaceable in tests.
 //! - [`rbac_policy`]: kube-apiserver 1.33's default RBAC policy (ClusterRoles,
 //!   ClusterRoleBindings, Roles, RoleBindings), recreated if deleted.
@@ -47,11 +52,14 @@ pub mod certificates;
 pub mod clock;
 pub mod crds;
 pub mod cronjobs;
+pub mod daemonsets;
 pub mod deployments;
+pub mod disruption;
 pub mod endpoints;
 mod events;
 mod follow;
 pub mod gc;
+mod history;
 pub mod jobs;
 pub mod leader;
 pub mod namespaces;
@@ -62,6 +70,7 @@ pub mod rbac_aggregation;
 pub mod rbac_policy;
 pub mod replicasets;
 pub mod scheduler;
+pub mod statefulsets;
 pub mod tokens;
 pub mod workqueue;
 

@@ -1,10 +1,71 @@
 //! What the workload controllers do alike to the objects they own: find an object's
 //! controller, adopt an orphan, write a status.
 
-use nanokube_api::resources::ResourceDef;
+use nanokube_api::resources::{self, ResourceDef};
+use nanokube_api::selector::LabelSelector;
 use nanokube_api::{meta, ApiError};
-use nanokube_apiserver::registry::{Registry, WriteOptions};
+use nanokube_apiserver::registry::{ListOptions, Registry, WriteOptions};
 use serde_json::{json, Value};
+
+/// A built-in resource of `group`'s v1.
+pub(crate) fn def(group: &str, plural: &str) -> &'static ResourceDef {
+    resources::find(group, "v1", plural).expect("built-in resource")
+}
+
+/// Core v1 pods.
+pub(crate) fn pods() -> &'static ResourceDef {
+    def("", "pods")
+}
+
+/// The integer at `ptr`, or `default`.
+pub(crate) fn int(v: &Value, ptr: &str, default: i64) -> i64 {
+    v.pointer(ptr).and_then(Value::as_i64).unwrap_or(default)
+}
+
+/// An owner reference naming `owner` (of `kind` in `api_version`) as the controller.
+pub(crate) fn controller_reference(api_version: &str, kind: &str, owner: &Value) -> Value {
+    json!({"apiVersion": api_version, "kind": kind, "name": meta::name(owner), "uid": meta::uid(owner), "controller": true, "blockOwnerDeletion": true})
+}
+
+/// The pods `owner` controls, after upstream's `ClaimPods`: of the pods in its namespace
+/// that are `candidate`s, its own that still match `selector` (all of them while it is
+/// being deleted), orphans that match adopted with `reference`, and its own that no
+/// longer match released.
+pub(crate) async fn claim_pods(
+    registry: &Registry,
+    owner: &Value,
+    reference: &Value,
+    selector: &LabelSelector,
+    candidate: impl Fn(&Value) -> bool,
+) -> Result<Vec<Value>, ApiError> {
+    let uid = meta::uid(owner);
+    let deleting = meta::is_deleting(owner);
+    let mut owned = Vec::new();
+    for p in &registry.list(pods(), Some(meta::namespace(owner)), &ListOptions::default())?.items {
+        let pod = p.value();
+        if !candidate(pod) {
+            continue;
+        }
+        let matches = selector.matches(meta::labels(pod));
+        match controller_ref(pod) {
+            Some(r) if r.get("uid").and_then(Value::as_str) == Some(uid) => {
+                if matches || deleting {
+                    owned.push(pod.clone());
+                } else {
+                    release(registry, pods(), pod, uid).await;
+                }
+            }
+            // An empty selector adopts nothing (upstream refuses to select everything).
+            None if matches && !deleting && !selector.requirements.is_empty() => {
+                if let Some(p) = adopt(registry, pods(), pod, reference).await {
+                    owned.push(p);
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(owned)
+}
 
 /// The owner reference marked `controller: true`, if any.
 pub(crate) fn controller_ref(obj: &Value) -> Option<&Value> {

@@ -30,7 +30,7 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 
 use crate::follow::Change;
-use crate::objects::controller_ref;
+use crate::objects::{controller_ref, def, pods};
 use crate::workqueue::{Expectations, WorkQueue};
 
 /// Most pods made or removed in one pass (upstream's `BurstReplicas`).
@@ -51,14 +51,6 @@ pub const REPLICA_SETS: Kind = Kind { group: "apps", plural: "replicasets", kind
 /// `v1` ReplicationControllers.
 pub const REPLICATION_CONTROLLERS: Kind =
     Kind { group: "", plural: "replicationcontrollers", kind: "ReplicationController", api_version: "v1", component: "replication-controller" };
-
-fn def(group: &str, plural: &str) -> &'static resources::ResourceDef {
-    resources::find(group, "v1", plural).expect("built-in resource")
-}
-
-fn pods() -> &'static resources::ResourceDef {
-    def("", "pods")
-}
 
 /// The owner's selector: a LabelSelector (ReplicaSet) or a map of labels
 /// (ReplicationController, defaulted to the template's labels).
@@ -223,7 +215,7 @@ impl ReplicaController {
     }
 
     fn owner_ref(&self, owner: &Value) -> Value {
-        json!({"apiVersion": self.kind.api_version, "kind": self.kind.kind, "name": meta::name(owner), "uid": meta::uid(owner), "controller": true, "blockOwnerDeletion": true})
+        crate::objects::controller_reference(self.kind.api_version, self.kind.kind, owner)
     }
 
     /// Reconcile one owner.
@@ -238,32 +230,7 @@ impl ReplicaController {
             Err(e) => return Err(e),
         };
         let sel = selector(self.kind, &owner)?;
-        let uid = meta::uid(&owner).to_string();
-        let all = self.registry.list(pods(), Some(ns), &ListOptions::default())?;
-        let mut owned = Vec::new();
-        for p in &all.items {
-            let pod = p.value();
-            if !is_active(pod) {
-                continue;
-            }
-            let labels = pod.pointer("/metadata/labels").and_then(Value::as_object);
-            match controller_ref(pod) {
-                Some(r) if r.get("uid").and_then(Value::as_str) == Some(uid.as_str()) => {
-                    if sel.matches(labels) || meta::is_deleting(&owner) {
-                        owned.push(pod.clone());
-                    } else {
-                        crate::objects::release(&self.registry, pods(), pod, &uid).await;
-                    }
-                }
-                Some(_) => {}
-                None if sel.matches(labels) && !meta::is_deleting(&owner) && !sel.requirements.is_empty() => {
-                    if let Some(p) = crate::objects::adopt(&self.registry, pods(), pod, &self.owner_ref(&owner)).await {
-                        owned.push(p);
-                    }
-                }
-                None => {}
-            }
-        }
+        let owned = crate::objects::claim_pods(&self.registry, &owner, &self.owner_ref(&owner), &sel, is_active).await?;
         let mut failure = None;
         if self.expectations.satisfied(key) && !meta::is_deleting(&owner) {
             if let Err(e) = self.manage(key, &owner, &owned).await {

@@ -185,6 +185,15 @@ fn affinity_matches(pod: &Pod, node: &Node) -> bool {
     })
 }
 
+/// Whether `node` takes `pod` as far as taints (`NoSchedule`, `NoExecute`) and node
+/// selector and required affinity go: what a DaemonSet asks of a node (upstream's
+/// `NodeShouldRunDaemonPod` runs these filters).
+pub(crate) fn node_accepts(pod: &Pod, node: &Node) -> bool {
+    let tolerations = pod.spec.as_ref().and_then(|s| s.tolerations.clone()).unwrap_or_default();
+    let taints = node.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default();
+    taints.iter().all(|t| !(t.effect == "NoSchedule" || t.effect == "NoExecute") || tolerates(&tolerations, t)) && affinity_matches(pod, node)
+}
+
 /// What is already placed on a node: requests summed, host ports, pod count.
 #[derive(Debug, Default, Clone)]
 struct Usage {

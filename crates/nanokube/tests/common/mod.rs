@@ -507,7 +507,12 @@ pub fn build_image(dir: &std::path::Path, tag: &str) -> (std::path::PathBuf, Vec
 
 /// A server with the test image `testbox:1.0` (from [`build_image`]) loaded.
 pub fn server_with_image() -> Server {
-    let s = Server::start();
+    server_with_image_and(&[])
+}
+
+/// As [`server_with_image`], with extra `nanokube server` flags.
+pub fn server_with_image_and(extra: &[&str]) -> Server {
+    let s = Server::start_with(extra);
     let work = s.dir.path().join("image");
     std::fs::create_dir_all(&work).unwrap();
     let (archive, _) = build_image(&work, "testbox:1.0");

@@ -1,0 +1,252 @@
+//! StatefulSets and DaemonSets with the real kubectl and running pods: ordinals made in
+//! order (each after its predecessor is Ready) with stable hostnames and their own
+//! claims, removed from the top, partition-updated then rolled out, history and undo;
+//! Parallel; a DaemonSet on every node that should run it (a real node and simulated
+//! ones), following node selectors and taints, and rolled out.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use common::{eventually, server_with_image, server_with_image_and, Server};
+use serde_json::Value;
+
+const SCRIPT: &str = "trap 'exit 0' TERM; while true; do sleep 1; done";
+
+fn apply(s: &Server, yaml: &str) {
+    let out = s.k_stdin(&["apply", "-f", "-"], yaml);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn pods(s: &Server, selector: &str) -> Vec<Value> {
+    let list: Value = serde_json::from_str(&s.k(&["get", "pods", "-l", selector, "-o", "json"])).unwrap();
+    list["items"].as_array().unwrap().clone()
+}
+
+fn names(s: &Server, selector: &str) -> BTreeSet<String> {
+    pods(s, selector).iter().filter(|p| p["metadata"].get("deletionTimestamp").is_none()).map(|p| p["metadata"]["name"].as_str().unwrap().to_string()).collect()
+}
+
+fn rollout(s: &Server, what: &str) {
+    let out = s.kubectl(&["rollout", "status", what, "--timeout=120s"]);
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}
+
+fn time(v: &Value) -> time::OffsetDateTime {
+    time::OffsetDateTime::parse(v.as_str().unwrap(), &time::format_description::well_known::Rfc3339).unwrap()
+}
+
+#[test]
+fn a_statefulset_makes_ordered_pods_with_claims_and_updates_by_partition() {
+    let s = server_with_image();
+    apply(
+        &s,
+        &format!(
+            r#"
+apiVersion: v1
+kind: Service
+metadata: {{name: web}}
+spec: {{clusterIP: None, selector: {{app: web}}, ports: [{{port: 80}}]}}
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {{name: web}}
+spec:
+  serviceName: web
+  replicas: 3
+  selector: {{matchLabels: {{app: web}}}}
+  template:
+    metadata: {{labels: {{app: web}}}}
+    spec:
+      containers:
+      - name: main
+        image: testbox:1.0
+        command: [sh, -c, "{SCRIPT}"]
+        volumeMounts: [{{name: data, mountPath: /data}}]
+  volumeClaimTemplates:
+  - metadata: {{name: data}}
+    spec: {{accessModes: [ReadWriteOnce], resources: {{requests: {{storage: 1Mi}}}}}}
+"#
+        ),
+    );
+    rollout(&s, "statefulset/web");
+    let mut ps = pods(&s, "app=web");
+    ps.sort_by_key(|p| p["metadata"]["name"].as_str().unwrap().to_string());
+    assert_eq!(ps.iter().map(|p| p["metadata"]["name"].as_str().unwrap()).collect::<Vec<_>>(), ["web-0", "web-1", "web-2"]);
+    // OrderedReady: each made only after the one before it was Ready.
+    for pair in ps.windows(2) {
+        let ready = pair[0]["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap();
+        assert!(
+            time(&pair[1]["metadata"]["creationTimestamp"]) >= time(&ready["lastTransitionTime"]),
+            "{} made before {} was Ready",
+            pair[1]["metadata"]["name"],
+            pair[0]["metadata"]["name"]
+        );
+    }
+    for (i, p) in ps.iter().enumerate() {
+        assert_eq!(p["metadata"]["labels"]["statefulset.kubernetes.io/pod-name"], format!("web-{i}"));
+        assert_eq!(p["metadata"]["labels"]["apps.kubernetes.io/pod-index"], i.to_string());
+        assert_eq!(p["spec"]["subdomain"], "web");
+        assert_eq!(p["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"], format!("data-web-{i}"));
+    }
+    assert_eq!(s.k(&["exec", "web-1", "--", "hostname"]).trim(), "web-1");
+    // Each pod writes to its own claim, which outlives the pod.
+    s.k(&["exec", "web-1", "--", "sh", "-c", "echo mine > /data/who"]);
+    let claims = s.k(&["get", "pvc", "-o", "jsonpath={range .items[*]}{.metadata.name}={.status.phase};{end}"]);
+    assert_eq!(claims, "data-web-0=Bound;data-web-1=Bound;data-web-2=Bound;");
+    s.k(&["delete", "pod", "web-1"]);
+    assert!(
+        eventually(Duration::from_secs(60), || s.kubectl(&["exec", "web-1", "--", "cat", "/data/who"]).stdout == b"mine\n"),
+        "web-1 came back without its data"
+    );
+
+    // Scaled down: the highest ordinal goes first, one at a time.
+    s.k(&["scale", "statefulset/web", "--replicas=1"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen = Vec::new();
+    loop {
+        let now = names(&s, "app=web");
+        if seen.last() != Some(&now) {
+            seen.push(now.clone());
+        }
+        if now.len() == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{seen:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(seen.iter().all(|set| !set.contains("web-2") || set.contains("web-1")), "web-1 went before web-2: {seen:?}");
+    assert_eq!(names(&s, "app=web"), BTreeSet::from(["web-0".to_string()]));
+    assert!(s.kubectl(&["get", "pvc", "data-web-2"]).status.success(), "claims stay by default");
+
+    // A partitioned update: only ordinals at or above the partition take it.
+    s.k(&["scale", "statefulset/web", "--replicas=3"]);
+    rollout(&s, "statefulset/web");
+    s.k(&["patch", "statefulset", "web", "-p", r#"{"spec":{"updateStrategy":{"type":"RollingUpdate","rollingUpdate":{"partition":2}}}}"#]);
+    s.k(&["set", "env", "statefulset/web", "COLOR=blue"]);
+    let st = |f: &str| s.k(&["get", "statefulset", "web", "-o", &format!("jsonpath={{.status.{f}}}")]);
+    assert!(
+        eventually(Duration::from_secs(60), || st("updatedReplicas") == "1" && st("readyReplicas") == "3"),
+        "{}",
+        s.k(&["get", "sts", "web", "-o", "yaml"])
+    );
+    let update = st("updateRevision");
+    let current = st("currentRevision");
+    assert_ne!(update, current);
+    let revision = |p: &str| s.k(&["get", "pod", p, "-o", "jsonpath={.metadata.labels.controller-revision-hash}"]);
+    assert_eq!((revision("web-0"), revision("web-1"), revision("web-2")), (current.clone(), current.clone(), update.clone()));
+    s.k(&["patch", "statefulset", "web", "-p", r#"{"spec":{"updateStrategy":{"rollingUpdate":{"partition":0}}}}"#]);
+    rollout(&s, "statefulset/web");
+    assert!(eventually(Duration::from_secs(10), || st("currentRevision") == update));
+    assert_eq!(revision("web-0"), update);
+    let revs = s.k(&["get", "controllerrevisions", "-o", "jsonpath={range .items[*]}{.metadata.name}={.revision};{end}"]);
+    assert!(revs.contains(&format!("{current}=1;")) && revs.contains(&format!("{update}=2;")), "{revs}");
+    let history = s.k(&["rollout", "history", "statefulset/web"]);
+    assert!(history.contains('1') && history.contains('2'), "{history}");
+    // Undo: the first template again, as revision 3.
+    s.k(&["rollout", "undo", "statefulset/web"]);
+    rollout(&s, "statefulset/web");
+    assert!(eventually(Duration::from_secs(60), || st("currentRevision") == current));
+    assert_eq!(s.k(&["get", "controllerrevision", &current, "-o", "jsonpath={.revision}"]), "3");
+    assert!(!s.k(&["get", "pod", "web-0", "-o", "jsonpath={.spec.containers[0].env}"]).contains("COLOR"));
+    let events = s.k(&["get", "events", "--field-selector", "involvedObject.name=web,involvedObject.kind=StatefulSet", "-o", "jsonpath={.items[*].message}"]);
+    assert!(events.contains("create Pod web-0 in StatefulSet web successful"), "{events}");
+    assert!(events.contains("create Claim data-web-0 Pod web-0 in StatefulSet web success"), "{events}");
+    assert!(events.contains("delete Pod web-2 in StatefulSet web successful"), "{events}");
+}
+
+#[test]
+fn parallel_statefulsets_and_daemonsets_on_every_node() {
+    let s = server_with_image_and(&["--simulated-nodes", "2", "--simulated-start-delay", "100ms"]);
+    // Parallel: every pod at once, none waiting for another (these can run nowhere, so
+    // OrderedReady would have stopped at the first).
+    apply(
+        &s,
+        &format!(
+            r#"
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {{name: par}}
+spec:
+  podManagementPolicy: Parallel
+  replicas: 3
+  selector: {{matchLabels: {{app: par}}}}
+  template:
+    metadata: {{labels: {{app: par}}}}
+    spec:
+      nodeSelector: {{nowhere: "true"}}
+      containers: [{{name: main, image: testbox:1.0, command: [sh, -c, "{SCRIPT}"]}}]
+"#
+        ),
+    );
+    assert!(eventually(Duration::from_secs(20), || names(&s, "app=par").len() == 3));
+    assert!(pods(&s, "app=par").iter().all(|p| p["status"]["phase"] == "Pending"));
+    s.k(&["delete", "statefulset", "par"]);
+
+    let real = nanokube_node_name(&s);
+    apply(
+        &s,
+        &format!(
+            r#"
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {{name: agent}}
+spec:
+  selector: {{matchLabels: {{app: agent}}}}
+  template:
+    metadata: {{labels: {{app: agent}}}}
+    spec:
+      tolerations: [{{key: nanokube.io/simulated, operator: Exists}}]
+      containers: [{{name: main, image: testbox:1.0, command: [sh, -c, "{SCRIPT}"]}}]
+"#
+        ),
+    );
+    rollout(&s, "daemonset/agent");
+    let on_nodes = |s: &Server| -> BTreeSet<String> {
+        pods(s, "app=agent")
+            .iter()
+            .filter(|p| p["metadata"].get("deletionTimestamp").is_none())
+            .map(|p| p["spec"]["nodeName"].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    let nodes: BTreeSet<String> = s.k(&["get", "nodes", "-o", "jsonpath={.items[*].metadata.name}"]).split_whitespace().map(String::from).collect();
+    assert_eq!(nodes.len(), 3);
+    assert_eq!(on_nodes(&s), nodes, "one pod per node");
+    let ds = |f: &str| s.k(&["get", "ds", "agent", "-o", &format!("jsonpath={{.status.{f}}}")]);
+    assert_eq!((ds("desiredNumberScheduled"), ds("currentNumberScheduled"), ds("numberReady")), ("3".into(), "3".into(), "3".into()));
+    let p = &pods(&s, "app=agent")[0];
+    let tolerations = p["spec"]["tolerations"].to_string();
+    assert!(tolerations.contains("node.kubernetes.io/unschedulable") && tolerations.contains("node.kubernetes.io/not-ready"), "{tolerations}");
+    assert_eq!(
+        p["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0]["matchFields"][0]["key"],
+        "metadata.name"
+    );
+    // The real node runs its pod.
+    let mine = pods(&s, "app=agent").into_iter().find(|p| p["spec"]["nodeName"] == real.as_str()).unwrap();
+    assert!(s.k(&["exec", mine["metadata"]["name"].as_str().unwrap(), "--", "echo", "hi"]).contains("hi"));
+
+    // A taint the pods do not tolerate takes the node out; removing it brings it back.
+    let sim = nodes.iter().find(|n| **n != real).unwrap().clone();
+    s.k(&["taint", "node", &sim, "dedicated=db:NoSchedule"]);
+    assert!(eventually(Duration::from_secs(30), || !on_nodes(&s).contains(&sim)), "the tainted node kept its daemon pod");
+    assert!(eventually(Duration::from_secs(10), || ds("desiredNumberScheduled") == "2"));
+    s.k(&["taint", "node", &sim, "dedicated=db:NoSchedule-"]);
+    assert!(eventually(Duration::from_secs(30), || on_nodes(&s) == nodes));
+
+    // A rolling update replaces every pod, one node at a time.
+    s.k(&["set", "env", "daemonset/agent", "COLOR=blue"]);
+    rollout(&s, "daemonset/agent");
+    assert!(eventually(Duration::from_secs(30), || ds("updatedNumberScheduled") == "3"));
+    for p in pods(&s, "app=agent").iter().filter(|p| p["metadata"].get("deletionTimestamp").is_none()) {
+        assert!(p["spec"]["containers"][0]["env"].to_string().contains("COLOR"), "{p}");
+    }
+    // A node selector narrows it to the real node.
+    s.k(&["patch", "daemonset", "agent", "-p", &format!(r#"{{"spec":{{"template":{{"spec":{{"nodeSelector":{{"kubernetes.io/hostname":"{real}"}}}}}}}}}}"#)]);
+    assert!(eventually(Duration::from_secs(60), || on_nodes(&s) == BTreeSet::from([real.clone()])), "{:?}", on_nodes(&s));
+    assert!(eventually(Duration::from_secs(10), || ds("desiredNumberScheduled") == "1"));
+}
+
+fn nanokube_node_name(s: &Server) -> String {
+    s.k(&["get", "nodes", "-l", "!nanokube.io/simulated", "-o", "jsonpath={.items[0].metadata.name}"])
+}
