@@ -13,6 +13,7 @@
 //! - [`go_order`]: built-in objects' JSON in the order of their Go structs' fields.
 //! - [`meta`]: small helpers over `metadata`, timestamps and generated names.
 //! - [`protobuf`]: decoding of kubectl's protobuf request bodies into JSON.
+//! - [`quota`]: what ResourceQuotas count and LimitRanges impose.
 //! - [`schedule`]: CronJob schedules and time zones (the zone data is built in).
 //!
 //! Invariant: this crate never does IO and never blocks.
@@ -26,6 +27,7 @@ pub mod go_order;
 pub mod json;
 pub mod meta;
 pub mod protobuf;
+pub mod quota;
 pub mod resources;
 pub mod schedule;
 pub mod selector;

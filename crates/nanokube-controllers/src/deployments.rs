@@ -500,6 +500,20 @@ impl DeploymentController {
                 set("Progressing", "True", reason, message, true);
             }
         }
+        // A ReplicaSet that cannot make pods (a quota, a webhook) tells through the
+        // Deployment too (upstream copies its ReplicaFailure condition).
+        let failure = owned.iter().find_map(|rs| {
+            rs.pointer("/status/conditions")
+                .and_then(Value::as_array)?
+                .iter()
+                .find(|c| c.get("type").and_then(Value::as_str) == Some("ReplicaFailure"))
+                .cloned()
+        });
+        conditions.retain(|c| c.get("type").and_then(Value::as_str) != Some("ReplicaFailure"));
+        if let Some(f) = failure {
+            let since = f.get("lastTransitionTime").cloned().unwrap_or(json!(now));
+            conditions.push(json!({"type": "ReplicaFailure", "status": f["status"], "lastUpdateTime": since, "lastTransitionTime": since, "reason": f["reason"], "message": f["message"]}));
+        }
         let mut status = Map::new();
         status.insert("observedGeneration".into(), d.pointer("/metadata/generation").cloned().unwrap_or(json!(1)));
         // Upstream omits zero counts.

@@ -40,6 +40,7 @@
 //! - [`statefulsets`]: StatefulSets keep ordered pods with stable names and claims
 //!   (OrderedReady/Parallel, RollingUpdate with partition, OnDelete, revisions).
 //! - [`daemonsets`]: DaemonSets keep one pod on every node that should run one.
+//! - [`quota`]: ResourceQuotas' `status.used`, recounted from what is stored.
 //! - [`clock`]: the time controllers read, replaceable in tests.
 //! - [`rbac_policy`]: kube-apiserver 1.33's default RBAC policy (ClusterRoles,
 //!   ClusterRoleBindings, Roles, RoleBindings), recreated if deleted.
@@ -66,6 +67,7 @@ pub mod namespaces;
 pub mod node_lifecycle;
 mod objects;
 pub mod persistent_volumes;
+pub mod quota;
 pub mod rbac_aggregation;
 pub mod rbac_policy;
 pub mod replicasets;

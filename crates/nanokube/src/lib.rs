@@ -558,6 +558,7 @@ impl ControllerManager {
         set.spawn(jobs::JobController::with_clock(r.clone(), self.clock.clone()).run(stop.clone()));
         set.spawn(cronjobs::CronJobController::with_clock(r.clone(), self.clock.clone()).run(stop.clone()));
         set.spawn(disruption::DisruptionController::new(r.clone()).run(stop.clone()));
+        set.spawn(quota::QuotaController::new(r.clone()).run(stop.clone()));
         set.spawn(statefulsets::StatefulSetController::new(r.clone()).run(stop.clone()));
         set.spawn(daemonsets::DaemonSetController::new(r.clone()).run(stop.clone()));
         set.spawn(certificates::CsrSigner::new(r.clone(), &self.ca.0, &self.ca.1).run(stop));

@@ -17,6 +17,7 @@ mod certificates;
 mod matching;
 mod pod_security;
 mod policy;
+mod quota;
 mod webhook;
 
 use std::sync::Mutex;
@@ -183,14 +184,16 @@ impl Attributes<'_> {
 /// The mutating webhooks, in order (configurations by name, then each one's webhooks);
 /// `obj` is changed by their patches. Returns whether anything changed.
 pub async fn mutate(registry: &Registry, attrs: &Attributes<'_>, obj: &mut Value, old: Option<&Value>) -> Result<bool, ApiError> {
+    // LimitRanger comes before the webhooks, as in upstream's plugin order.
+    let limited = quota::limit_ranges(registry, attrs, obj)?;
     if !attrs.applies() {
-        return Ok(false);
+        return Ok(limited);
     }
     let configs = configurations(registry, "mutatingwebhookconfigurations");
     if configs.is_empty() {
-        return Ok(false);
+        return Ok(limited);
     }
-    webhook::run_mutating(registry, attrs, &configs, obj, old).await
+    Ok(webhook::run_mutating(registry, attrs, &configs, obj, old).await? || limited)
 }
 
 /// PodSecurity, then the validating admission policies, then the validating webhooks.
@@ -213,6 +216,10 @@ pub async fn validate(registry: &Registry, attrs: &Attributes<'_>, obj: Option<&
     let configs = configurations(registry, "validatingwebhookconfigurations");
     if !configs.is_empty() {
         webhook::run_validating(registry, attrs, &configs, obj, old).await?;
+    }
+    // ResourceQuota last: it charges the quota for what is about to be stored.
+    if let Some(obj) = obj {
+        quota::charge(registry, attrs, obj).await?;
     }
     Ok(())
 }

@@ -1,0 +1,137 @@
+//! kube-apiserver's `LimitRanger` and `ResourceQuota` admission plugins.
+//!
+//! - LimitRanger (pods, on create): the namespace's LimitRanges fill in default
+//!   requests and limits (noted in the `kubernetes.io/limit-ranger` annotation), then
+//!   their min, max and limit/request ratios are checked; a refusal is a 403.
+//! - ResourceQuota (every create in a namespace with quotas): the object's usage is added
+//!   to each matching quota's `status.used` by compare-and-swap before the object is
+//!   stored, so concurrent creates cannot together overshoot; over `hard` is a 403
+//!   `exceeded quota`, a pod without a request or limit a quota covers is a 403
+//!   `must specify`. The quota controller recounts `used` from what is stored, which
+//!   also returns what a failed create charged.
+
+use nanokube_api::quota::{self, LimitOutcome, Usage};
+use nanokube_api::{meta, resources, ApiError};
+use serde_json::{json, Value};
+
+use super::{Attributes, Operation};
+use crate::registry::{ListOptions, Registry, WriteOptions};
+
+fn forbidden(attrs: &Attributes<'_>, why: String) -> ApiError {
+    let mut e = ApiError::forbidden(format!("{} {:?} is forbidden: {why}", nanokube_api::error::qualified(attrs.def.plural, attrs.def.group), attrs.name));
+    e.details.name = Some(attrs.name.to_string());
+    e.details.group = Some(attrs.def.group.to_string()).filter(|g| !g.is_empty());
+    e.details.kind = Some(attrs.def.plural.to_string());
+    e
+}
+
+fn list(registry: &Registry, plural: &str, namespace: &str) -> Vec<Value> {
+    let Some(def) = resources::find("", "v1", plural) else { return Vec::new() };
+    registry.list(def, Some(namespace), &ListOptions::default()).map(|l| l.items.iter().map(|o| o.value().clone()).collect()).unwrap_or_default()
+}
+
+/// LimitRanger's defaults and checks for a pod being created.
+pub fn limit_ranges(registry: &Registry, attrs: &Attributes<'_>, obj: &mut Value) -> Result<bool, ApiError> {
+    if attrs.operation != Operation::Create || !attrs.def.group.is_empty() || attrs.def.plural != "pods" || !attrs.subresource.is_empty() {
+        return Ok(false);
+    }
+    let ranges = list(registry, "limitranges", attrs.namespace);
+    if ranges.is_empty() {
+        return Ok(false);
+    }
+    match quota::apply_limit_ranges(obj, &ranges) {
+        LimitOutcome::Admitted(None) => Ok(false),
+        LimitOutcome::Admitted(Some(note)) => {
+            let annotations = meta::metadata_mut(obj).entry("annotations").or_insert_with(|| json!({}));
+            annotations["kubernetes.io/limit-ranger"] = json!(note);
+            Ok(true)
+        }
+        LimitOutcome::Refused(errors) => {
+            let why = if errors.len() == 1 { errors[0].clone() } else { format!("[{}]", errors.join(", ")) };
+            Err(forbidden(attrs, why))
+        }
+    }
+}
+
+/// ResourceQuota: check and charge the quotas of the namespace for a create. Boxed: the
+/// quota's own status write passes through admission again (a recursion in types).
+pub fn charge<'a>(
+    registry: &'a Registry,
+    attrs: &'a Attributes<'a>,
+    obj: &'a Value,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), ApiError>> + Send + 'a>> {
+    Box::pin(charge_now(registry, attrs, obj))
+}
+
+async fn charge_now(registry: &Registry, attrs: &Attributes<'_>, obj: &Value) -> Result<(), ApiError> {
+    if attrs.operation != Operation::Create || !attrs.subresource.is_empty() || attrs.namespace.is_empty() {
+        return Ok(());
+    }
+    let quotas = list(registry, "resourcequotas", attrs.namespace);
+    if quotas.is_empty() {
+        return Ok(());
+    }
+    let usage = quota::usage_of(attrs.def.group, attrs.def.plural, obj);
+    if usage.is_empty() {
+        return Ok(());
+    }
+    let Some(def) = resources::find("", "v1", "resourcequotas") else { return Ok(()) };
+    for q in &quotas {
+        let scopes: Vec<String> =
+            q.pointer("/spec/scopes").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).map(String::from).collect();
+        if !quota::quota_counts(&scopes, attrs.def.group, attrs.def.plural, obj) {
+            continue;
+        }
+        let hard = quota::from_json(q.pointer("/status/hard").or_else(|| q.pointer("/spec/hard")));
+        // A pod must state every compute resource a quota limits.
+        if attrs.def.plural == "pods" && attrs.def.group.is_empty() {
+            let mut missing: Vec<&str> = hard
+                .keys()
+                .filter(|k| k.starts_with("requests.") || k.starts_with("limits.") || matches!(k.as_str(), "cpu" | "memory"))
+                .filter(|k| !usage.contains_key(*k))
+                .map(String::as_str)
+                .collect();
+            missing.sort();
+            if !missing.is_empty() {
+                return Err(forbidden(attrs, format!("failed quota: {}: must specify {}", meta::name(q), missing.join(","))));
+            }
+        }
+        let requested: Usage = usage.iter().filter(|(k, _)| hard.contains_key(*k)).map(|(k, v)| (k.clone(), *v)).collect();
+        if requested.is_empty() || attrs.dry_run {
+            continue;
+        }
+        let name = meta::name(q).to_string();
+        let opts = WriteOptions { subresource: Some("status".into()), ..Default::default() };
+        registry
+            .update_with(def, attrs.namespace, &name, &opts, |cur| {
+                let hard = quota::from_json(cur.pointer("/status/hard").or_else(|| cur.pointer("/spec/hard")));
+                let mut used = quota::from_json(cur.pointer("/status/used"));
+                let exceeded: Vec<String> = requested
+                    .iter()
+                    .filter(|(k, v)| used.get(*k).copied().unwrap_or(0.0) + **v > hard.get(*k).copied().unwrap_or(f64::MAX))
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                if !exceeded.is_empty() {
+                    let mask = |u: &Usage| -> Usage { exceeded.iter().map(|k| (k.clone(), u.get(k).copied().unwrap_or(0.0))).collect() };
+                    return Err(forbidden(
+                        attrs,
+                        format!(
+                            "exceeded quota: {name}, requested: {}, used: {}, limited: {}",
+                            quota::pretty(&mask(&requested)),
+                            quota::pretty(&mask(&used)),
+                            quota::pretty(&mask(&hard))
+                        ),
+                    ));
+                }
+                for (k, v) in &requested {
+                    *used.entry(k.clone()).or_default() += v;
+                }
+                let mut next = cur.clone();
+                next["status"]["hard"] = quota::to_json(&hard);
+                next["status"]["used"] = quota::to_json(&used);
+                Ok(next)
+            })
+            .await?;
+    }
+    Ok(())
+}
