@@ -41,6 +41,10 @@
 //!   (OrderedReady/Parallel, RollingUpdate with partition, OnDelete, revisions).
 //! - [`daemonsets`]: DaemonSets keep one pod on every node that should run one.
 //! - [`quota`]: ResourceQuotas' `status.used`, recounted from what is stored.
+//! - [`taint_eviction`]: pods leave nodes with `NoExecute` taints they do not tolerate
+//!   (at once, or after their `tolerationSeconds`).
+//! - [`pod_gc`]: pods of nodes that are gone, never-scheduled pods being deleted, and
+//!   terminated pods beyond the threshold are removed.
 //! - [`clock`]: the time controllers read, replaceable in tests.
 //! - [`rbac_policy`]: kube-apiserver 1.33's default RBAC policy (ClusterRoles,
 //!   ClusterRoleBindings, Roles, RoleBindings), recreated if deleted.
@@ -67,12 +71,14 @@ pub mod namespaces;
 pub mod node_lifecycle;
 mod objects;
 pub mod persistent_volumes;
+pub mod pod_gc;
 pub mod quota;
 pub mod rbac_aggregation;
 pub mod rbac_policy;
 pub mod replicasets;
 pub mod scheduler;
 pub mod statefulsets;
+pub mod taint_eviction;
 pub mod tokens;
 pub mod workqueue;
 

@@ -3,8 +3,8 @@
 //! Lease has not been renewed for 40 seconds (`--node-monitor-grace-period`) gets its
 //! conditions set to `Unknown` ("Kubelet stopped posting node status.") and is tainted
 //! `node.kubernetes.io/unreachable`; a Ready node loses both. Taints come as `NoSchedule`
-//! and `NoExecute` pairs, as upstream's. Not here: evicting pods from NoExecute-tainted
-//! nodes after their tolerations run out.
+//! and `NoExecute` pairs, as upstream's; [`crate::taint_eviction`] evicts the pods of
+//! NoExecute-tainted nodes once their tolerations run out.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -549,6 +549,8 @@ impl ControllerManager {
         set.spawn(self.tokens.clone().run(stop.clone()));
         set.spawn(Arc::new(gc::GarbageCollector::new(r.clone())).run(stop.clone()));
         set.spawn(node_lifecycle::run(r.clone(), stop.clone()));
+        set.spawn(taint_eviction::run(r.clone(), stop.clone()));
+        set.spawn(pod_gc::run(r.clone(), stop.clone()));
         set.spawn(persistent_volumes::run(r.clone(), stop.clone()));
         for kind in [replicasets::REPLICA_SETS, replicasets::REPLICATION_CONTROLLERS] {
             set.spawn(replicasets::ReplicaController::new(r.clone(), kind).run(stop.clone()));
