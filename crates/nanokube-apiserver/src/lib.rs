@@ -24,6 +24,7 @@ pub mod backend;
 pub mod coalesce;
 pub mod component_status;
 pub mod discovery;
+pub mod events;
 pub mod eviction;
 pub mod fieldmanager;
 pub mod handler;

@@ -1,30 +1,23 @@
 //! Events as client-go's recorder writes them for a controller (core/v1, `source` and
-//! `reportingComponent` the controller's name).
+//! `reportingComponent` the controller's name), repeats aggregated into one Event's
+//! `count` (see [`nanokube_apiserver::events::Recorder`]).
 
-use nanokube_api::{meta, resources};
-use nanokube_apiserver::registry::{Registry, WriteOptions};
-use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex};
+
+use nanokube_apiserver::events::Recorder;
+use nanokube_apiserver::registry::Registry;
+use serde_json::Value;
+
+/// One recorder per component, for the life of the process.
+static RECORDERS: LazyLock<Mutex<HashMap<String, Arc<Recorder>>>> = LazyLock::new(|| Mutex::new(HashMap::new()));
 
 /// Record `reason`/`message` about `obj` (as stored, with its `kind` and `apiVersion`)
 /// from `component`.
 pub(crate) async fn record(registry: &Registry, component: &str, obj: &Value, ty: &str, reason: &str, message: &str) {
-    let Some(events) = resources::find("", "v1", "events") else { return };
-    // Cluster-scoped objects' events live in `default`, as client-go records them.
-    let ns = obj.pointer("/metadata/namespace").and_then(Value::as_str).filter(|n| !n.is_empty()).unwrap_or("default").to_string();
-    let name = meta::name(obj).to_string();
-    let now = meta::now_rfc3339();
-    let ev = json!({
-        "apiVersion": "v1", "kind": "Event",
-        "metadata": {"name": format!("{name}.{:016x}", fastrand::u64(..)), "namespace": ns},
-        "involvedObject": {"kind": obj["kind"], "namespace": obj.pointer("/metadata/namespace"), "name": name, "uid": meta::uid(obj),
-            "apiVersion": obj.get("apiVersion").cloned().unwrap_or_else(|| json!("v1")),
-            "resourceVersion": obj.pointer("/metadata/resourceVersion")},
-        "reason": reason, "message": message,
-        "source": {"component": component},
-        "firstTimestamp": now, "lastTimestamp": now, "count": 1, "type": ty,
-        "eventTime": null, "reportingComponent": component, "reportingInstance": "",
-    });
-    if let Err(e) = registry.create(events, &ns, ev, &WriteOptions::default()).await {
-        tracing::debug!(%name, "recording event {reason}: {}", e.message);
-    }
+    let recorder = match RECORDERS.lock() {
+        Ok(mut m) => m.entry(component.to_string()).or_insert_with(|| Arc::new(Recorder::new(component, None))).clone(),
+        Err(_) => return,
+    };
+    recorder.record(registry, obj, None, ty, reason, message).await;
 }

@@ -45,6 +45,7 @@
 //!   (at once, or after their `tolerationSeconds`).
 //! - [`pod_gc`]: pods of nodes that are gone, never-scheduled pods being deleted, and
 //!   terminated pods beyond the threshold are removed.
+//! - [`event_ttl`]: Events expire an hour after their last write.
 //! - [`clock`]: the time controllers read, replaceable in tests.
 //! - [`rbac_policy`]: kube-apiserver 1.33's default RBAC policy (ClusterRoles,
 //!   ClusterRoleBindings, Roles, RoleBindings), recreated if deleted.
@@ -61,6 +62,7 @@ pub mod daemonsets;
 pub mod deployments;
 pub mod disruption;
 pub mod endpoints;
+pub mod event_ttl;
 mod events;
 mod follow;
 pub mod gc;

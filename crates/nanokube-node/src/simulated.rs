@@ -141,7 +141,7 @@ struct NodePods {
 
 impl NodePods {
     fn new(node: &str) -> Self {
-        NodePods { next: 0, ips: HashMap::new(), events: Arc::new(crate::pods::events::Recorder::new(node)) }
+        NodePods { next: 0, ips: HashMap::new(), events: Arc::new(crate::pods::events::kubelet(node)) }
     }
 }
 

@@ -443,6 +443,7 @@ impl Cluster {
         tasks.spawn(nanokube_controllers::bootstrap::run(registry.clone(), advertise.to_string(), addr.port(), shutdown_rx.clone()));
         tasks.spawn(Arc::new(nanokube_controllers::crds::CrdController::new(registry.clone())).run(shutdown_rx.clone()));
         tasks.spawn(nanokube_controllers::apiservices::run(registry.clone(), shutdown_rx.clone()));
+        tasks.spawn(nanokube_controllers::event_ttl::run(registry.clone(), shutdown_rx.clone()));
         // kube-controller-manager's controllers run while this server holds the Lease
         // `kube-system/kube-controller-manager`, the scheduler while it holds
         // `kube-system/kube-scheduler`: of servers sharing a store, one of each acts.

@@ -75,6 +75,12 @@ impl TestCluster {
         &self.cluster.as_ref().expect("running").server_url
     }
 
+    /// The server's in-process API: what its own controllers write through (defaults,
+    /// validation and admission included).
+    pub fn registry(&self) -> std::sync::Arc<nanokube_apiserver::registry::Registry> {
+        self.cluster.as_ref().expect("running").api.registry.clone()
+    }
+
     /// Stop the cluster and wait for its tasks to end.
     pub async fn shutdown(mut self) {
         if let Some(c) = self.cluster.take() {

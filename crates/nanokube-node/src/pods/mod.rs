@@ -136,7 +136,7 @@ impl PodRuntime {
             mirrors,
             insecure_registries,
             dns_ip,
-            recorder: events::Recorder::new(node),
+            recorder: events::kubelet(node),
             ips: Mutex::new(BTreeSet::new()),
             pulls: tokio::sync::Mutex::new(HashMap::new()),
             allocatable: Mutex::new(serde_json::Value::Null),

@@ -1,0 +1,101 @@
+//! client-go's event recorder for in-process clients (the node agent, the controllers):
+//! core/v1 Events with `source` and `reportingComponent`; a repeat of the same reason
+//! and message about the same object (and field) raises `count` and `lastTimestamp` of
+//! the one Event instead of writing another (client-go's `EventCorrelator`), so
+//! `kubectl describe` shows `(x5 over 2m)` as on a real cluster.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use nanokube_api::{meta, resources};
+use serde_json::{json, Value};
+
+use crate::registry::{Registry, WriteOptions};
+
+/// (object uid, field path, type, reason, message) → (the Event's namespace and name, its count).
+type Seen = HashMap<(String, String, String, String, String), (String, String, i64)>;
+
+/// The most distinct events remembered before the oldest are forgotten (a repeat after
+/// that starts a new Event, as client-go's LRU cache of 4096 does).
+const REMEMBERED: usize = 4096;
+
+/// Records events from one component (on one host, for kubelets).
+pub struct Recorder {
+    component: String,
+    host: Option<String>,
+    seen: Mutex<Seen>,
+}
+
+impl Recorder {
+    /// A recorder for `component` (`kubelet` with its `host`, `deployment-controller`, …).
+    pub fn new(component: &str, host: Option<&str>) -> Self {
+        Recorder { component: component.into(), host: host.map(String::from), seen: Mutex::new(HashMap::new()) }
+    }
+
+    /// Record `reason`/`message` of type `ty` about `obj` (as stored, with its `kind` and
+    /// `apiVersion`), and its part at `field_path` if any.
+    pub async fn record(&self, registry: &Registry, obj: &Value, field_path: Option<&str>, ty: &str, reason: &str, message: &str) {
+        let Some(events) = resources::find("", "v1", "events") else { return };
+        // Cluster-scoped objects' events live in `default`, as client-go records them.
+        let ns = obj.pointer("/metadata/namespace").and_then(Value::as_str).filter(|n| !n.is_empty()).unwrap_or("default").to_string();
+        let name = meta::name(obj).to_string();
+        let uid = meta::uid(obj).to_string();
+        let key = (uid.clone(), field_path.unwrap_or("").to_string(), ty.to_string(), reason.to_string(), message.to_string());
+        let now = meta::now_rfc3339();
+        let previous = self.seen.lock().ok().and_then(|s| s.get(&key).cloned());
+        if let Some((event_ns, event_name, count)) = previous {
+            let r = registry
+                .update_with(events, &event_ns, &event_name, &WriteOptions::default(), |cur| {
+                    let mut next = cur.clone();
+                    next["count"] = json!(count + 1);
+                    next["lastTimestamp"] = json!(now);
+                    Ok(next)
+                })
+                .await;
+            if r.is_ok() {
+                if let Ok(mut s) = self.seen.lock() {
+                    s.insert(key, (event_ns, event_name, count + 1));
+                }
+                return;
+            }
+        }
+        let mut involved = json!({"kind": obj["kind"], "namespace": obj.pointer("/metadata/namespace"), "name": name, "uid": uid,
+            "apiVersion": obj.get("apiVersion").cloned().unwrap_or_else(|| json!("v1")),
+            "resourceVersion": obj.pointer("/metadata/resourceVersion").cloned().unwrap_or(json!(""))});
+        if let Some(f) = field_path {
+            involved["fieldPath"] = json!(f);
+        }
+        let mut source = json!({"component": self.component});
+        if let Some(h) = &self.host {
+            source["host"] = json!(h);
+        }
+        let event_name = format!("{name}.{:016x}", fastrand::u64(..));
+        let ev = json!({
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"name": event_name, "namespace": ns},
+            "involvedObject": involved,
+            "reason": reason, "message": message,
+            "source": source,
+            "firstTimestamp": now, "lastTimestamp": now, "count": 1, "type": ty,
+            "eventTime": null, "reportingComponent": self.component, "reportingInstance": self.host.clone().unwrap_or_default(),
+        });
+        match registry.create(events, &ns, ev, &WriteOptions::default()).await {
+            Ok(_) => {
+                if let Ok(mut s) = self.seen.lock() {
+                    if s.len() >= REMEMBERED {
+                        s.clear();
+                    }
+                    s.insert(key, (ns, event_name, 1));
+                }
+            }
+            Err(e) => tracing::debug!(object = %name, "recording event {reason}: {}", e.message),
+        }
+    }
+
+    /// Forget the events of an object that is gone.
+    pub fn forget(&self, uid: &str) {
+        if let Ok(mut s) = self.seen.lock() {
+            s.retain(|k, _| k.0 != uid);
+        }
+    }
+}
