@@ -141,6 +141,17 @@ pub fn columns(group: &str, plural: &str) -> Vec<Column> {
         ("networking.k8s.io", "networkpolicies") => vec![NAME, col("Pod-Selector", 0), AGE],
         ("discovery.k8s.io", "endpointslices") => vec![NAME, col("AddressType", 0), col("Ports", 0), col("Endpoints", 0), AGE],
         ("coordination.k8s.io", "leases") => vec![NAME, col("Holder", 0), AGE],
+        ("autoscaling", "horizontalpodautoscalers") => {
+            vec![
+                NAME,
+                col("Reference", 0),
+                col("Targets", 0),
+                col("MinPods", 0),
+                col("MaxPods", 0),
+                Column { name: "Replicas", ty: "integer", format: "", priority: 0 },
+                AGE,
+            ]
+        }
         ("certificates.k8s.io", "certificatesigningrequests") => {
             vec![NAME, AGE, col("SignerName", 0), col("Requestor", 0), col("RequestedDuration", 0), col("Condition", 0)]
         }
@@ -701,6 +712,42 @@ pub fn cells(group: &str, plural: &str, obj: &Value, now: OffsetDateTime) -> Vec
             ]
         }
         ("coordination.k8s.io", "leases") => vec![name, none_if_empty(s(obj, "/spec/holderIdentity").into()), age_v],
+        ("autoscaling", "horizontalpodautoscalers") => {
+            // Upstream's formatHPAMetrics: `cpu: 200%/50%` per metric, at most two shown.
+            let specs = arr(obj, "/spec/metrics");
+            let statuses = arr(obj, "/status/currentMetrics");
+            let mut shown: Vec<String> = Vec::new();
+            for (i, m) in specs.iter().enumerate() {
+                if s(m, "/type") != "Resource" {
+                    shown.push(format!("<{}>", s(m, "/type")));
+                    continue;
+                }
+                let current = statuses.get(i).map(|c| c.pointer("/resource/current").cloned().unwrap_or(Value::Null)).unwrap_or(Value::Null);
+                let resource = s(m, "/resource/name");
+                if let Some(t) = m.pointer("/resource/target/averageUtilization").and_then(Value::as_i64) {
+                    let now = current.get("averageUtilization").and_then(Value::as_i64).map(|u| format!("{u}%")).unwrap_or_else(|| "<unknown>".into());
+                    shown.push(format!("{resource}: {now}/{t}%"));
+                } else {
+                    let now = current.get("averageValue").and_then(Value::as_str).unwrap_or("<unknown>").to_string();
+                    shown.push(format!("{resource}: {now}/{}", s(m, "/resource/target/averageValue")));
+                }
+            }
+            let targets = match shown.len() {
+                0 => "<none>".to_string(),
+                1 | 2 => shown.join(", "),
+                n => format!("{} + {} more...", shown[..2].join(", "), n - 2),
+            };
+            let min = obj.pointer("/spec/minReplicas").and_then(Value::as_i64).map(|m| json!(m.to_string())).unwrap_or(json!("<unset>"));
+            vec![
+                name,
+                json!(format!("{}/{}", s(obj, "/spec/scaleTargetRef/kind"), s(obj, "/spec/scaleTargetRef/name"))),
+                json!(targets),
+                min,
+                json!(i(obj, "/spec/maxReplicas")),
+                json!(i(obj, "/status/currentReplicas")),
+                age_v,
+            ]
+        }
         ("certificates.k8s.io", "certificatesigningrequests") => {
             // Upstream's extractCSRStatus: the conditions in order, then Issued.
             let mut status: Vec<&str> = arr(obj, "/status/conditions")

@@ -46,6 +46,7 @@
 //! - [`pod_gc`]: pods of nodes that are gone, never-scheduled pods being deleted, and
 //!   terminated pods beyond the threshold are removed.
 //! - [`event_ttl`]: Events expire an hour after their last write.
+//! - [`hpa`]: HorizontalPodAutoscalers scale their targets on cpu and memory figures.
 //! - [`clock`]: the time controllers read, replaceable in tests.
 //! - [`rbac_policy`]: kube-apiserver 1.33's default RBAC policy (ClusterRoles,
 //!   ClusterRoleBindings, Roles, RoleBindings), recreated if deleted.
@@ -67,6 +68,7 @@ mod events;
 mod follow;
 pub mod gc;
 mod history;
+pub mod hpa;
 pub mod jobs;
 pub mod leader;
 pub mod namespaces;

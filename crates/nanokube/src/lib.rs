@@ -457,6 +457,7 @@ impl Cluster {
                 tokens: token_controller,
                 clock: cfg.controller_clock.clone(),
                 ca: (pki.ca_pem.clone(), pki.ca_key_pem.clone()),
+                api: api.clone(),
             };
             let elector = Elector::new(registry.clone(), "kube-system", "kube-controller-manager", &identity);
             tasks.spawn(elector.run(shutdown_rx.clone(), move |stop| manager.clone().run(stop)));
@@ -538,6 +539,8 @@ struct ControllerManager {
     clock: Arc<dyn nanokube_controllers::clock::Clock>,
     /// The cluster CA (certificate and key PEM) that signs approved requests.
     ca: (String, String),
+    /// The API server (the HPA reads its metrics API).
+    api: Arc<ApiServer>,
 }
 
 impl ControllerManager {
@@ -564,6 +567,7 @@ impl ControllerManager {
         set.spawn(quota::QuotaController::new(r.clone()).run(stop.clone()));
         set.spawn(statefulsets::StatefulSetController::new(r.clone()).run(stop.clone()));
         set.spawn(daemonsets::DaemonSetController::new(r.clone()).run(stop.clone()));
+        set.spawn(hpa::HpaController::new(self.api.clone()).run(stop.clone()));
         set.spawn(certificates::CsrSigner::new(r.clone(), &self.ca.0, &self.ca.1).run(stop));
         while set.join_next().await.is_some() {}
     }

@@ -212,3 +212,69 @@ async fn kube_rs_controller_reconciles_a_custom_resource() {
     controller.abort();
     cluster.shutdown().await;
 }
+
+/// A kube-rs `Controller` over Jobs that owns their pods: a pod's change (marked
+/// Succeeded here, as a kubelet would) reaches the Job's reconciler through the pod's
+/// owner reference, and the Job controller completes the Job meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_rs_controller_follows_a_jobs_pods() {
+    use k8s_openapi::api::batch::v1::Job;
+    use k8s_openapi::api::core::v1::Pod;
+
+    struct Ctx {
+        client: kube::Client,
+    }
+    async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, kube::Error> {
+        let name = job.metadata.name.clone().unwrap_or_default();
+        let pods: Api<Pod> = Api::default_namespaced(ctx.client.clone());
+        let listed = pods.list(&ListParams::default().labels(&format!("batch.kubernetes.io/job-name={name}"))).await?;
+        let done = listed.items.iter().filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Succeeded")).count();
+        let jobs: Api<Job> = Api::default_namespaced(ctx.client.clone());
+        let patch = serde_json::json!({"metadata": {"annotations": {"demo/pods": listed.items.len().to_string(), "demo/succeeded": done.to_string()}}});
+        jobs.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        Ok(Action::await_change())
+    }
+    fn error_policy(_: Arc<Job>, _: &kube::Error, _: Arc<Ctx>) -> Action {
+        Action::requeue(Duration::from_millis(200))
+    }
+
+    let cluster = TestCluster::start_with(|cfg| cfg.node = false).await.unwrap();
+    let client = cluster.client();
+    let jobs: Api<Job> = Api::default_namespaced(client.clone());
+    let pods: Api<Pod> = Api::default_namespaced(client.clone());
+    let ctx = Arc::new(Ctx { client: client.clone() });
+    let controller = tokio::spawn(
+        Controller::new(jobs.clone(), watcher::Config::default())
+            .owns(pods.clone(), watcher::Config::default())
+            .run(reconcile, error_policy, ctx)
+            .for_each(|_| async {}),
+    );
+    let job: Job = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "work"},
+        "spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "main", "image": "nothing:1"}]}}},
+    }))
+    .unwrap();
+    jobs.create(&PostParams::default(), &job).await.unwrap();
+    let annotation = |key: &'static str, want: &'static str| {
+        let jobs = jobs.clone();
+        move || {
+            let jobs = jobs.clone();
+            async move { jobs.get("work").await.ok().and_then(|j| j.metadata.annotations).is_some_and(|a| a.get(key).map(String::as_str) == Some(want)) }
+        }
+    };
+    assert!(eventually(Duration::from_secs(10), annotation("demo/pods", "1")).await, "the Job's pod reached the reconciler");
+    let pod = pods.list(&ListParams::default().labels("batch.kubernetes.io/job-name=work")).await.unwrap().items[0].metadata.name.clone().unwrap();
+    pods.patch_status(&pod, &PatchParams::default(), &Patch::Merge(serde_json::json!({"status": {"phase": "Succeeded"}}))).await.unwrap();
+    assert!(eventually(Duration::from_secs(10), annotation("demo/succeeded", "1")).await, "the pod's change reached the reconciler");
+    let complete = || async {
+        jobs.get("work")
+            .await
+            .ok()
+            .and_then(|j| j.status)
+            .and_then(|s| s.conditions)
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Complete" && c.status == "True"))
+    };
+    assert!(eventually(Duration::from_secs(10), complete).await, "the Job completed");
+    controller.abort();
+    cluster.shutdown().await;
+}
