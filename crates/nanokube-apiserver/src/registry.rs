@@ -962,103 +962,34 @@ impl Registry {
         }
     }
 
-    /// LimitRanger admission on a new pod: each LimitRange of type `Container` in the
-    /// namespace gives containers its `defaultRequest` and `default` for what they leave
-    /// unset (noted in the `kubernetes.io/limit-ranger` annotation), then its `min` and
-    /// `max` are checked (403, worded as upstream). Pod-type and PVC limits are not applied.
+    /// LimitRanger admission on a new pod (see [`nanokube_api::quota::apply_limit_ranges`]):
+    /// the namespace's LimitRanges fill in default requests and limits (noted in the
+    /// `kubernetes.io/limit-ranger` annotation), then their `Container` and `Pod` min,
+    /// max and ratios are checked (403, worded as upstream).
     fn limit_ranger(&self, namespace: &str, obj: &mut Value) -> Result<(), ApiError> {
         let Some(def) = resources::find("", "v1", "limitranges") else { return Ok(()) };
         let Ok(ranges) = self.list(def, Some(namespace), &ListOptions::default()) else { return Ok(()) };
-        let items: Vec<Value> = ranges
-            .items
-            .iter()
-            .flat_map(|r| r.value().pointer("/spec/limits").and_then(Value::as_array).cloned().unwrap_or_default())
-            .filter(|l| l.get("type").and_then(Value::as_str) == Some("Container"))
-            .collect();
-        if items.is_empty() {
+        if ranges.items.is_empty() {
             return Ok(());
         }
-        let mut notes = Vec::new();
-        for (list, prefix) in [("initContainers", "init container"), ("containers", "container")] {
-            let Some(containers) = obj.pointer_mut(&format!("/spec/{list}")).and_then(Value::as_array_mut) else { continue };
-            for c in containers.iter_mut() {
-                let name = c.get("name").and_then(Value::as_str).unwrap_or("").to_string();
-                for item in &items {
-                    for (field, source, what) in [("requests", "defaultRequest", "request"), ("limits", "default", "limit")] {
-                        let Some(defaults) = item.get(source).and_then(Value::as_object) else { continue };
-                        let mut set: Vec<String> = Vec::new();
-                        let resources = c.as_object_mut().map(|m| m.entry("resources").or_insert_with(|| json!({})));
-                        let Some(target) =
-                            resources.and_then(Value::as_object_mut).map(|r| r.entry(field).or_insert_with(|| json!({}))).and_then(Value::as_object_mut)
-                        else {
-                            continue;
-                        };
-                        for (k, v) in defaults {
-                            if !target.contains_key(k) {
-                                target.insert(k.clone(), v.clone());
-                                set.push(k.clone());
-                            }
-                        }
-                        if target.is_empty() {
-                            if let Some(r) = c.get_mut("resources").and_then(Value::as_object_mut) {
-                                r.remove(field);
-                            }
-                        }
-                        if !set.is_empty() {
-                            set.sort();
-                            notes.push(format!("{} {what} for {prefix} {name}", set.join(", ")));
-                        }
-                    }
-                }
+        let ranges: Vec<Value> = ranges.items.iter().map(|r| r.value().clone()).collect();
+        match nanokube_api::quota::apply_limit_ranges(obj, &ranges) {
+            nanokube_api::quota::LimitOutcome::Admitted(None) => Ok(()),
+            nanokube_api::quota::LimitOutcome::Admitted(Some(note)) => {
+                let annotations = meta::metadata_mut(obj).entry("annotations").or_insert_with(|| json!({}));
+                annotations["kubernetes.io/limit-ranger"] = json!(note);
+                Ok(())
+            }
+            nanokube_api::quota::LimitOutcome::Refused(errors) => {
+                let joined = if errors.len() == 1 { errors[0].clone() } else { format!("[{}]", errors.join(", ")) };
+                let name = meta::name(obj);
+                Err(ApiError::forbidden(if name.is_empty() {
+                    format!("pods is forbidden: {joined}")
+                } else {
+                    format!("pods \"{name}\" is forbidden: {joined}")
+                }))
             }
         }
-        let mut errors = Vec::new();
-        let q = |v: Option<&Value>| v.and_then(Value::as_str).and_then(nanokube_api::expressions::parse_quantity);
-        for c in obj.pointer("/spec/containers").and_then(Value::as_array).into_iter().flatten() {
-            for item in &items {
-                for (k, min) in item.get("min").and_then(Value::as_object).into_iter().flatten() {
-                    let req = c.pointer(&format!("/resources/requests/{k}"));
-                    match (q(req), q(Some(min))) {
-                        (None, _) => errors.push(format!("minimum {k} usage per Container is {}.  No request is specified", min.as_str().unwrap_or(""))),
-                        (Some(r), Some(m)) if r < m => errors.push(format!(
-                            "minimum {k} usage per Container is {}, but request is {}",
-                            min.as_str().unwrap_or(""),
-                            req.and_then(Value::as_str).unwrap_or("")
-                        )),
-                        _ => {}
-                    }
-                }
-                for (k, max) in item.get("max").and_then(Value::as_object).into_iter().flatten() {
-                    let lim = c.pointer(&format!("/resources/limits/{k}"));
-                    match (q(lim), q(Some(max))) {
-                        (None, _) => errors.push(format!("maximum {k} usage per Container is {}.  No limit is specified", max.as_str().unwrap_or(""))),
-                        (Some(l), Some(m)) if l > m => errors.push(format!(
-                            "maximum {k} usage per Container is {}, but limit is {}",
-                            max.as_str().unwrap_or(""),
-                            lim.and_then(Value::as_str).unwrap_or("")
-                        )),
-                        _ => {}
-                    }
-                }
-            }
-        }
-        if !errors.is_empty() {
-            let joined = if errors.len() == 1 { errors.remove(0) } else { format!("[{}]", errors.join(", ")) };
-            let name = meta::name(obj);
-            return Err(ApiError::forbidden(if name.is_empty() {
-                format!("pods is forbidden: {joined}")
-            } else {
-                format!("pods \"{name}\" is forbidden: {joined}")
-            }));
-        }
-        if !notes.is_empty() {
-            let m = meta::metadata_mut(obj);
-            let annotations = m.entry("annotations").or_insert_with(|| json!({}));
-            if let Some(a) = annotations.as_object_mut() {
-                a.insert("kubernetes.io/limit-ranger".into(), json!(format!("LimitRanger plugin set: {}", notes.join("; "))));
-            }
-        }
-        Ok(())
     }
 
     fn admit_pod(&self, namespace: &str, obj: &mut Value) -> Result<(), ApiError> {

@@ -2,7 +2,9 @@
 //! (spawn any server command → `/readyz` 200, cold and warm, RSS after 1 s), `create` (durable creates/s
 //! and latency at several client counts), `list` (LIST of N ConfigMaps as JSON and
 //! Table, with and without `resourceVersion=0`, at each size given), `fsync` (the data disk's fdatasync
-//! latency, the physical limit of one sequential durable writer). Figures print as a
+//! latency, the physical limit of one sequential durable writer), `deployments` (1,000
+//! Deployments of 3 on simulated nodes until Available, then CPU and RSS at rest) and
+//! others (see `nanokube bench --help`). Figures print as a
 //! table and optionally as JSON. The client is async Rust over pooled HTTPS
 //! connections; its own CPU time is printed so a reader can tell it was not the
 //! bottleneck.
@@ -20,6 +22,7 @@ use serde_json::{json, Value};
 use crate::client::ApiClient;
 
 mod abuse;
+mod deployments;
 mod pods_run;
 
 /// Options of a bench run.
@@ -55,6 +58,8 @@ pub struct BenchOptions {
     pub pods: usize,
     /// Simulated nodes of `pods-simulated`.
     pub simulated_nodes: usize,
+    /// Deployments made by `deployments`.
+    pub deployments: usize,
     /// How long `abuse` attacks (the normal clients first run alone a third of it).
     pub seconds: u64,
     /// The attacks `abuse` runs (empty: all of them).
@@ -181,6 +186,18 @@ pub async fn run(opts: BenchOptions) -> Result<(), String> {
                     let _ = s.child.wait();
                     r?;
                 }
+                "deployments" => {
+                    // Its own server: no real node, the scheduler, and simulated nodes
+                    // enough for every pod.
+                    let data = tmp.join("deployments");
+                    let nodes = (opts.deployments * 3 / 1000 + 1).max(opts.simulated_nodes.min(10)).to_string();
+                    let mut s = spawn_server_with(&opts.binary, &data, free_port(), &["--node=false", "--simulated-nodes", &nodes])?;
+                    println!("  (deployments: a fresh nanokube server with {nodes} simulated nodes, pid {})", s.child.id());
+                    let r = deployments::deployments(opts.deployments, &s.kubeconfig, s.child.id(), &mut report).await;
+                    let _ = s.child.kill();
+                    let _ = s.child.wait();
+                    r?;
+                }
                 "pods-run" => {
                     // Its own server, scheduler and node on, stopped cleanly after (its
                     // pods' containers stop with it).
@@ -216,7 +233,7 @@ pub async fn run(opts: BenchOptions) -> Result<(), String> {
                 }
                 other => {
                     return Err(format!(
-                    "unknown scenario {other:?} (fsync, startup, testcluster, create, get, update, delete, list, watch, pods, pods-simulated, pods-run, abuse)"
+                    "unknown scenario {other:?} (fsync, startup, testcluster, create, get, update, delete, list, watch, pods, pods-simulated, pods-run, deployments, abuse)"
                 ))
                 }
             }

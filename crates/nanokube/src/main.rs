@@ -227,6 +227,8 @@ struct BenchArgs {
     /// pods (--pods pods stored with no runtime: server memory, LIST, watch from 0), pods-simulated (--pods pods scheduled onto --simulated-nodes simulated nodes until all are Running: the time, the server's RSS, kubectl's first page of `get pods -A` meanwhile),
     /// pods-run (1, 10 and 100 pods really run on a fresh server's node, as root: create →
     /// Ready p50/p99, then the server's CPU and RSS and the shims' memory with 100 idle),
+    /// deployments (--deployments Deployments of 3 replicas on simulated nodes: the time
+    /// until all are Available, then the server's CPU at rest and RSS),
     /// fsync (fdatasync latency of the disk under the temp dir), abuse (the attacks of
     /// docs/security.md for --seconds beside normal clients: their error rate and
     /// latency, /readyz, the server's peak RSS; fails on any unexpected answer).
@@ -273,6 +275,9 @@ struct BenchArgs {
     /// Simulated nodes the pods-simulated scenario's server registers.
     #[arg(long, default_value_t = 100)]
     simulated_nodes: usize,
+    /// Deployments (of 3 replicas each) the deployments scenario makes.
+    #[arg(long, default_value_t = 1000)]
+    deployments: usize,
     /// How long the abuse scenario attacks, in seconds (the normal clients first run
     /// alone for a third of it).
     #[arg(long, default_value_t = 60)]
@@ -550,6 +555,7 @@ fn main() {
                     events: args.events.max(1),
                     pods: args.pods.max(1),
                     simulated_nodes: args.simulated_nodes.max(1),
+                    deployments: args.deployments.max(1),
                     seconds: args.seconds.max(1),
                     attacks: args.attacks,
                 };

@@ -90,11 +90,25 @@ fn every_scenario_runs_in_quick_mode() {
     assert_eq!(figures["pods: watch from resourceVersion=0, 150 initial events"]["events"], 150);
 }
 
+/// The deployments scenario end to end on a few Deployments: every one Available, then
+/// the figures at rest (the 1,000 of the target is for `nanokube bench deployments`).
+#[test]
+fn deployments_become_available_on_simulated_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_nanokube")).args(["bench", "deployments", "--deployments", "20", "--json"]).arg(&json).output().unwrap();
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let figures: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let available = &figures["deployments: 20 × 3 all Available (target 30 s)"];
+    assert_eq!((available["deployments"].as_u64(), available["replicas"].as_u64()), (Some(20), Some(3)), "{figures}");
+    assert!(figures["deployments: server CPU at rest over 10 s (target < 1 %)"].is_number(), "{figures}");
+}
+
 #[test]
 fn help_documents_every_scenario() {
     let out = Command::new(env!("CARGO_BIN_EXE_nanokube")).args(["bench", "--help"]).output().unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
-    for s in ["startup", "testcluster", "create", "get", "update", "delete", "list", "watch", "pods", "fsync", "abuse"] {
+    for s in ["startup", "testcluster", "create", "get", "update", "delete", "list", "watch", "pods", "deployments", "fsync", "abuse"] {
         assert!(help.contains(s), "{s} not documented:\n{help}");
     }
 }

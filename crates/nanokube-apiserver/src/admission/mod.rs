@@ -184,16 +184,14 @@ impl Attributes<'_> {
 /// The mutating webhooks, in order (configurations by name, then each one's webhooks);
 /// `obj` is changed by their patches. Returns whether anything changed.
 pub async fn mutate(registry: &Registry, attrs: &Attributes<'_>, obj: &mut Value, old: Option<&Value>) -> Result<bool, ApiError> {
-    // LimitRanger comes before the webhooks, as in upstream's plugin order.
-    let limited = quota::limit_ranges(registry, attrs, obj)?;
     if !attrs.applies() {
-        return Ok(limited);
+        return Ok(false);
     }
     let configs = configurations(registry, "mutatingwebhookconfigurations");
     if configs.is_empty() {
-        return Ok(limited);
+        return Ok(false);
     }
-    Ok(webhook::run_mutating(registry, attrs, &configs, obj, old).await? || limited)
+    webhook::run_mutating(registry, attrs, &configs, obj, old).await
 }
 
 /// PodSecurity, then the validating admission policies, then the validating webhooks.

@@ -1,18 +1,16 @@
-//! kube-apiserver's `LimitRanger` and `ResourceQuota` admission plugins.
+//! kube-apiserver's `ResourceQuota` admission plugin (LimitRanger runs with the
+//! built-in mutating plugins, in the registry's pod admission):
 //!
-//! - LimitRanger (pods, on create): the namespace's LimitRanges fill in default
-//!   requests and limits (noted in the `kubernetes.io/limit-ranger` annotation), then
-//!   their min, max and limit/request ratios are checked; a refusal is a 403.
-//! - ResourceQuota (every create in a namespace with quotas): the object's usage is added
+//! - every create in a namespace with quotas: the object's usage is added
 //!   to each matching quota's `status.used` by compare-and-swap before the object is
 //!   stored, so concurrent creates cannot together overshoot; over `hard` is a 403
 //!   `exceeded quota`, a pod without a request or limit a quota covers is a 403
 //!   `must specify`. The quota controller recounts `used` from what is stored, which
 //!   also returns what a failed create charged.
 
-use nanokube_api::quota::{self, LimitOutcome, Usage};
+use nanokube_api::quota::{self, Usage};
 use nanokube_api::{meta, resources, ApiError};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::{Attributes, Operation};
 use crate::registry::{ListOptions, Registry, WriteOptions};
@@ -28,29 +26,6 @@ fn forbidden(attrs: &Attributes<'_>, why: String) -> ApiError {
 fn list(registry: &Registry, plural: &str, namespace: &str) -> Vec<Value> {
     let Some(def) = resources::find("", "v1", plural) else { return Vec::new() };
     registry.list(def, Some(namespace), &ListOptions::default()).map(|l| l.items.iter().map(|o| o.value().clone()).collect()).unwrap_or_default()
-}
-
-/// LimitRanger's defaults and checks for a pod being created.
-pub fn limit_ranges(registry: &Registry, attrs: &Attributes<'_>, obj: &mut Value) -> Result<bool, ApiError> {
-    if attrs.operation != Operation::Create || !attrs.def.group.is_empty() || attrs.def.plural != "pods" || !attrs.subresource.is_empty() {
-        return Ok(false);
-    }
-    let ranges = list(registry, "limitranges", attrs.namespace);
-    if ranges.is_empty() {
-        return Ok(false);
-    }
-    match quota::apply_limit_ranges(obj, &ranges) {
-        LimitOutcome::Admitted(None) => Ok(false),
-        LimitOutcome::Admitted(Some(note)) => {
-            let annotations = meta::metadata_mut(obj).entry("annotations").or_insert_with(|| json!({}));
-            annotations["kubernetes.io/limit-ranger"] = json!(note);
-            Ok(true)
-        }
-        LimitOutcome::Refused(errors) => {
-            let why = if errors.len() == 1 { errors[0].clone() } else { format!("[{}]", errors.join(", ")) };
-            Err(forbidden(attrs, why))
-        }
-    }
 }
 
 /// ResourceQuota: check and charge the quotas of the namespace for a create. Boxed: the
