@@ -215,6 +215,9 @@ impl DeploymentController {
         let list = self.registry.list(replica_sets(), Some(meta::namespace(d)), &ListOptions::default())?;
         let mut out = Vec::new();
         for rs in &list.items {
+            if !crate::objects::may_concern(rs, uid) {
+                continue;
+            }
             let rs = rs.value();
             match controller_ref(rs) {
                 Some(r) if r.get("uid").and_then(Value::as_str) == Some(uid) => out.push(rs.clone()),

@@ -40,10 +40,12 @@ pub async fn run(registry: Arc<Registry>, mut shutdown: watch::Receiver<bool>) {
 pub async fn sweep(registry: &Registry, now: time::OffsetDateTime) {
     let Ok(list) = registry.list(def("", "events"), None, &ListOptions::default()) else { return };
     let ttl = time::Duration::seconds(TTL.as_secs() as i64);
-    for ev in &list.items {
-        let ev = ev.value();
-        if last_written(ev).is_some_and(|t| now - t > ttl) {
-            let _ = registry.delete(def("", "events"), meta::namespace(ev), meta::name(ev), &DeleteOptions::default()).await;
+    for obj in &list.items {
+        // Decoded for the check and let go (not kept for the whole pass).
+        let expired =
+            obj.with_value(|ev| last_written(ev).is_some_and(|t| now - t > ttl).then(|| (meta::namespace(ev).to_string(), meta::name(ev).to_string())));
+        if let Some((ns, name)) = expired {
+            let _ = registry.delete(def("", "events"), &ns, &name, &DeleteOptions::default()).await;
         }
     }
 }

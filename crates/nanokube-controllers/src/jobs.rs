@@ -315,7 +315,7 @@ impl JobController {
         }
         match Self::owner_key(v) {
             Some(key) => self.queue.add(&key),
-            None if ev.kind != nanokube_store::EventKind::Deleted => {
+            None if ev.kind != nanokube_store::EventKind::Deleted && controller_ref(v).is_none() => {
                 // An orphan: the Jobs whose selectors match may adopt it.
                 let Ok(list) = self.registry.list(jobs(), Some(meta::namespace(v)), &ListOptions::default()) else { return };
                 for j in &list.items {

@@ -4,7 +4,7 @@
 use nanokube_api::resources::{self, ResourceDef};
 use nanokube_api::selector::LabelSelector;
 use nanokube_api::{meta, ApiError};
-use nanokube_apiserver::registry::{ListOptions, Registry, WriteOptions};
+use nanokube_apiserver::registry::{ListOptions, Obj, Registry, WriteOptions};
 use serde_json::{json, Value};
 
 /// A built-in resource of `group`'s v1.
@@ -27,6 +27,16 @@ pub(crate) fn controller_reference(api_version: &str, kind: &str, owner: &Value)
     json!({"apiVersion": api_version, "kind": kind, "name": meta::name(owner), "uid": meta::uid(owner), "controller": true, "blockOwnerDeletion": true})
 }
 
+/// Whether a listed object may concern `owner` (uid `uid`), judged from its JSON without
+/// decoding it: it names the owner, or it has no controller at all (an orphan to adopt).
+/// Objects another controller owns are skipped unread: a sync lists every object of its
+/// namespace, and decoding them all on every sync would make N owners cost N².
+pub(crate) fn may_concern(obj: &Obj, uid: &str) -> bool {
+    let json = obj.json();
+    let named = !uid.is_empty() && memchr::memmem::find(&json, format!("\"uid\":\"{uid}\"").as_bytes()).is_some();
+    named || memchr::memmem::find(&json, br#""controller":true"#).is_none()
+}
+
 /// The pods `owner` controls, after upstream's `ClaimPods`: of the pods in its namespace
 /// that are `candidate`s, its own that still match `selector` (all of them while it is
 /// being deleted), orphans that match adopted with `reference`, and its own that no
@@ -42,6 +52,9 @@ pub(crate) async fn claim_pods(
     let deleting = meta::is_deleting(owner);
     let mut owned = Vec::new();
     for p in &registry.list(pods(), Some(meta::namespace(owner)), &ListOptions::default())?.items {
+        if !may_concern(p, uid) {
+            continue;
+        }
         let pod = p.value();
         if !candidate(pod) {
             continue;
