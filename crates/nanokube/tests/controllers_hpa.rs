@@ -66,3 +66,25 @@ spec:
     );
     assert_eq!(s.k(&["get", "deployment", "idle", "-o", "jsonpath={.spec.replicas}"]), "1");
 }
+
+/// Where no node reports figures (a control plane only), an HPA says it has no metrics,
+/// with upstream's reason, and leaves the replicas alone.
+#[test]
+fn without_figures_an_hpa_reports_it_cannot_get_metrics() {
+    let s = common::Server::start_with(&["--node=false"]);
+    let deployment = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  replicas: 2\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec:\n      containers: [{name: main, image: nothing:1, resources: {requests: {cpu: 100m}}}]\n";
+    assert!(s.k_stdin(&["apply", "-f", "-"], deployment).status.success());
+    s.k(&["autoscale", "deployment", "web", "--cpu-percent=50", "--min=1", "--max=3"]);
+    assert!(
+        eventually(Duration::from_secs(40), || {
+            conditions(&s, "web").contains(
+            "ScalingActive=False:FailedGetResourceMetric:the HPA was unable to compute the replica count: failed to get cpu utilization: unable to get metrics for resource cpu: no metrics returned from resource metrics API"
+        )
+        }),
+        "{}",
+        conditions(&s, "web")
+    );
+    assert_eq!(s.k(&["get", "deployment", "web", "-o", "jsonpath={.spec.replicas}"]), "2");
+    let table = s.k(&["get", "hpa", "web"]);
+    assert!(table.contains("cpu: <unknown>/50%"), "{table}");
+}
