@@ -15,12 +15,12 @@ use std::sync::Arc;
 
 use base64::Engine;
 use nanokube_api::{meta, resources, ApiError};
-use nanokube_apiserver::registry::{self, Registry, WriteOptions};
+use nanokube_apiserver::registry::{Registry, WriteOptions};
 use rcgen::{ExtendedKeyUsagePurpose, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber};
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
-use crate::follow::Change;
+use crate::workqueue::Observed;
 use crate::workqueue::WorkQueue;
 
 const COMPONENT: &str = "certificatesigningrequest-signing-controller";
@@ -141,15 +141,8 @@ impl CsrSigner {
         crate::workqueue::enqueue_each(&self.registry, &self.queue, csrs(), None);
     }
 
-    fn observe(&self, change: Change<'_>) {
-        match change {
-            Change::Resync => self.enqueue_all(),
-            Change::Event(ev) => {
-                if let Ok(obj) = registry::decode(&ev.kv) {
-                    self.queue.add(&format!("/{}", meta::name(obj.value())));
-                }
-            }
-        }
+    fn observe(&self, change: &Observed) {
+        self.queue.add(&format!("/{}", meta::name(change.value())));
     }
 
     async fn sync(&self, key: &str) -> Result<(), ApiError> {

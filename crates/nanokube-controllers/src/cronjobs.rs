@@ -24,14 +24,14 @@ use std::time::Duration;
 
 use nanokube_api::schedule::{Schedule, ScheduleError};
 use nanokube_api::{meta, resources, ApiError};
-use nanokube_apiserver::registry::{self, DeleteOptions, ListOptions, Registry, WriteOptions};
+use nanokube_apiserver::registry::{DeleteOptions, ListOptions, Registry, WriteOptions};
 use serde_json::{json, Value};
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
 use crate::clock::Clock;
-use crate::follow::Change;
-use crate::objects::controller_ref;
+use crate::objects::{controller_key, controller_ref, key_of};
+use crate::workqueue::Observed;
 use crate::workqueue::WorkQueue;
 
 const COMPONENT: &str = "cronjob-controller";
@@ -40,10 +40,6 @@ pub const SCHEDULED_TIMESTAMP: &str = "batch.kubernetes.io/cronjob-scheduled-tim
 
 fn def(plural: &str) -> &'static resources::ResourceDef {
     resources::find("batch", "v1", plural).expect("built-in resource")
-}
-
-fn key_of(v: &Value) -> String {
-    format!("{}/{}", meta::namespace(v), meta::name(v))
 }
 
 fn time_at(v: Option<&Value>) -> Option<OffsetDateTime> {
@@ -126,17 +122,10 @@ impl CronJobController {
         crate::workqueue::enqueue_each(&self.registry, &self.queue, def("cronjobs"), None);
     }
 
-    fn observe(&self, change: Change<'_>) {
-        let ev = match change {
-            Change::Resync => return self.enqueue_all(),
-            Change::Event(ev) => ev,
-        };
-        let Ok(obj) = registry::decode(&ev.kv) else { return };
-        let v = obj.value();
-        if v.get("kind").and_then(Value::as_str) == Some("CronJob") {
-            self.queue.add(&key_of(v));
-        } else if let Some(r) = controller_ref(v).filter(|r| r.get("kind").and_then(Value::as_str) == Some("CronJob")) {
-            self.queue.add(&format!("{}/{}", meta::namespace(v), r.get("name").and_then(Value::as_str).unwrap_or("")));
+    fn observe(&self, change: &Observed) {
+        let key = if change.is("CronJob") { Some(key_of(change.value())) } else { controller_key(change.value(), "CronJob") };
+        if let Some(key) = key {
+            self.queue.add(&key);
         }
     }
 

@@ -23,12 +23,12 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use nanokube_api::selector::LabelSelector;
 use nanokube_api::{meta, resources, ApiError};
-use nanokube_apiserver::registry::{self, DeleteOptions, ListOptions, Registry, WriteOptions};
+use nanokube_apiserver::registry::{DeleteOptions, ListOptions, Registry, WriteOptions};
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
-use crate::follow::Change;
-use crate::objects::{controller_ref, def, int, pods};
+use crate::objects::{controller_key, controller_ref, def, int, key_of, pods};
+use crate::workqueue::Observed;
 use crate::workqueue::WorkQueue;
 
 const COMPONENT: &str = "daemonset-controller";
@@ -117,22 +117,15 @@ impl DaemonSetController {
         crate::workqueue::enqueue_each(&self.registry, &self.queue, daemon_sets(), None);
     }
 
-    fn observe(&self, change: Change<'_>) {
-        let ev = match change {
-            Change::Resync => return self.enqueue_all(),
-            Change::Event(ev) => ev,
-        };
-        let Ok(obj) = registry::decode(&ev.kv) else { return };
-        let v = obj.value();
-        match v.get("kind").and_then(Value::as_str) {
-            Some("DaemonSet") => self.queue.add(&format!("{}/{}", meta::namespace(v), meta::name(v))),
+    fn observe(&self, change: &Observed) {
+        let v = change.value();
+        if change.is("DaemonSet") {
+            self.queue.add(&key_of(v));
+        } else if change.is("Node") {
             // A node came, went or changed: every daemon set looks again.
-            Some("Node") => self.enqueue_all(),
-            _ => {
-                if let Some(r) = controller_ref(v).filter(|r| r.get("kind").and_then(Value::as_str) == Some("DaemonSet")) {
-                    self.queue.add(&format!("{}/{}", meta::namespace(v), r.get("name").and_then(Value::as_str).unwrap_or("")));
-                }
-            }
+            self.enqueue_all();
+        } else if let Some(key) = controller_key(v, "DaemonSet") {
+            self.queue.add(&key);
         }
     }
 

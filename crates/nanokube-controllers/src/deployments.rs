@@ -30,12 +30,12 @@ use std::time::Duration;
 
 use nanokube_api::selector::LabelSelector;
 use nanokube_api::{meta, resources, ApiError};
-use nanokube_apiserver::registry::{self, DeleteOptions, ListOptions, Registry, WriteOptions};
+use nanokube_apiserver::registry::{DeleteOptions, ListOptions, Registry, WriteOptions};
 use serde_json::{json, Map, Value};
 use tokio::sync::watch;
 
-use crate::follow::Change;
-use crate::objects::{controller_ref, def, int};
+use crate::objects::{controller_key, controller_ref, def, int, key_of};
+use crate::workqueue::Observed;
 use crate::workqueue::WorkQueue;
 
 const COMPONENT: &str = "deployment-controller";
@@ -173,34 +173,20 @@ impl DeploymentController {
         crate::workqueue::enqueue_each(&self.registry, &self.queue, deployments(), None);
     }
 
-    fn observe(&self, change: Change<'_>) {
-        let ev = match change {
-            Change::Resync => return self.enqueue_all(),
-            Change::Event(ev) => ev,
-        };
-        let Ok(obj) = registry::decode(&ev.kv) else { return };
-        let v = obj.value();
-        let ns = meta::namespace(v);
-        if v.get("kind").and_then(Value::as_str) == Some("Deployment") {
-            self.queue.add(&format!("{ns}/{}", meta::name(v)));
+    fn observe(&self, change: &Observed) {
+        let v = change.value();
+        if change.is("Deployment") {
+            self.queue.add(&key_of(v));
             return;
         }
         match controller_ref(v) {
-            Some(r) if r.get("kind").and_then(Value::as_str) == Some("Deployment") => {
-                self.queue.add(&format!("{ns}/{}", r.get("name").and_then(Value::as_str).unwrap_or("")))
-            }
-            Some(_) => {}
-            // An orphan ReplicaSet: the Deployments that select it may adopt it.
-            None => {
-                if let Ok(list) = self.registry.list(deployments(), Some(ns), &ListOptions::default()) {
-                    for d in &list.items {
-                        let sel = d.value().pointer("/spec/selector").and_then(|s| LabelSelector::from_object(s).ok());
-                        if sel.is_some_and(|s| s.matches(v.pointer("/metadata/labels").and_then(Value::as_object))) {
-                            self.queue.add(&format!("{ns}/{}", meta::name(d.value())));
-                        }
-                    }
+            Some(_) => {
+                if let Some(key) = controller_key(v, "Deployment") {
+                    self.queue.add(&key);
                 }
             }
+            // An orphan ReplicaSet: the Deployments that select it may adopt it.
+            None => crate::workqueue::enqueue_adopters(&self.registry, &self.queue, deployments(), v),
         }
     }
 

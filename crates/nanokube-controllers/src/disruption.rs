@@ -17,12 +17,12 @@ use std::time::Duration;
 
 use nanokube_api::selector::LabelSelector;
 use nanokube_api::{meta, resources, ApiError};
-use nanokube_apiserver::registry::{self, ListOptions, Registry, WriteOptions};
+use nanokube_apiserver::registry::{ListOptions, Registry, WriteOptions};
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
-use crate::follow::Change;
-use crate::objects::{controller_ref, def};
+use crate::objects::{controller_ref, def, key_of};
+use crate::workqueue::Observed;
 use crate::workqueue::WorkQueue;
 
 const COMPONENT: &str = "controllermanager";
@@ -80,25 +80,18 @@ impl DisruptionController {
         crate::workqueue::enqueue_each(&self.registry, &self.queue, budgets(), namespace);
     }
 
-    fn observe(&self, change: Change<'_>) {
-        let ev = match change {
-            Change::Resync => return self.enqueue_namespace(None),
-            Change::Event(ev) => ev,
-        };
-        let Ok(obj) = registry::decode(&ev.kv) else { return };
-        let v = obj.value();
-        let ns = meta::namespace(v);
-        if v.get("kind").and_then(Value::as_str) == Some("PodDisruptionBudget") {
-            self.queue.add(&format!("{ns}/{}", meta::name(v)));
-        } else {
-            // A pod: the budgets of its namespace that select it (now or before).
-            let prev = ev.prev.as_ref().and_then(|p| registry::decode(p).ok());
-            let Ok(list) = self.registry.list(budgets(), Some(ns), &ListOptions::default()) else { return };
-            for b in &list.items {
-                let Ok(sel) = LabelSelector::from_object(b.value().pointer("/spec/selector").unwrap_or(&Value::Null)) else { continue };
-                if sel.matches(meta::labels(v)) || prev.as_ref().is_some_and(|p| sel.matches(meta::labels(p.value()))) {
-                    self.queue.add(&format!("{ns}/{}", meta::name(b.value())));
-                }
+    fn observe(&self, change: &Observed) {
+        let v = change.value();
+        if change.is("PodDisruptionBudget") {
+            self.queue.add(&key_of(v));
+            return;
+        }
+        // A pod: the budgets of its namespace that select it (now or before).
+        let Ok(list) = self.registry.list(budgets(), Some(meta::namespace(v)), &ListOptions::default()) else { return };
+        for b in &list.items {
+            let Ok(sel) = LabelSelector::from_object(b.value().pointer("/spec/selector").unwrap_or(&Value::Null)) else { continue };
+            if sel.matches(meta::labels(v)) || change.prev.as_ref().is_some_and(|p| sel.matches(meta::labels(p.value()))) {
+                self.queue.add(&key_of(b.value()));
             }
         }
     }

@@ -21,12 +21,12 @@ use std::sync::Arc;
 
 use nanokube_api::selector::LabelSelector;
 use nanokube_api::{meta, ApiError};
-use nanokube_apiserver::registry::{self, DeleteOptions, ListOptions, Registry, WriteOptions};
+use nanokube_apiserver::registry::{DeleteOptions, ListOptions, Registry, WriteOptions};
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
-use crate::follow::Change;
-use crate::objects::def;
+use crate::objects::{def, key_of};
+use crate::workqueue::Observed;
 use crate::workqueue::WorkQueue;
 
 /// Endpoints per slice (upstream's `--max-endpoints-per-slice` default).
@@ -122,25 +122,19 @@ impl EndpointsController {
         }
     }
 
-    fn observe(&self, change: Change<'_>) {
-        let ev = match change {
-            Change::Resync => return self.enqueue_namespace(None),
-            Change::Event(ev) => ev,
-        };
-        let Ok(obj) = registry::decode(&ev.kv) else { return };
-        let v = obj.value();
-        if v.get("kind").and_then(Value::as_str) == Some("Service") {
-            self.queue.add(&format!("{}/{}", meta::namespace(v), meta::name(v)));
+    fn observe(&self, change: &Observed) {
+        let v = change.value();
+        if change.is("Service") {
+            self.queue.add(&key_of(v));
         } else {
             // A pod: the Services of its namespace that select it (now or before).
-            let prev = ev.prev.as_ref().and_then(|p| registry::decode(p).ok());
             let Ok(list) = self.registry.list(def("", "services"), Some(meta::namespace(v)), &ListOptions::default()) else { return };
             for s in &list.items {
                 let sel = s.value().pointer("/spec/selector").and_then(Value::as_object).filter(|m| !m.is_empty());
                 let Some(sel) = sel else { continue };
                 let selects = |p: &Value| sel.iter().all(|(k, val)| p.pointer("/metadata/labels").and_then(|l| l.get(k)) == Some(val));
-                if selects(v) || prev.as_ref().is_some_and(|p| selects(p.value())) {
-                    self.queue.add(&format!("{}/{}", meta::namespace(s.value()), meta::name(s.value())));
+                if selects(v) || change.prev.as_ref().is_some_and(|p| selects(p.value())) {
+                    self.queue.add(&key_of(s.value()));
                 }
             }
         }

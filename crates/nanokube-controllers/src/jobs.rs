@@ -34,14 +34,14 @@ use std::time::Duration;
 
 use nanokube_api::selector::LabelSelector;
 use nanokube_api::{meta, resources, ApiError};
-use nanokube_apiserver::registry::{self, DeleteOptions, ListOptions, Registry, WriteOptions};
+use nanokube_apiserver::registry::{DeleteOptions, ListOptions, Registry, WriteOptions};
 use serde_json::{json, Map, Value};
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
 use crate::clock::Clock;
-use crate::follow::Change;
-use crate::objects::{controller_ref, def, pods};
+use crate::objects::{controller_key, controller_ref, def, key_of, pods};
+use crate::workqueue::Observed;
 use crate::workqueue::WorkQueue;
 
 /// The finalizer that keeps a Job's pod until the Job has counted it.
@@ -57,10 +57,6 @@ const BURST: usize = 500;
 
 fn jobs() -> &'static resources::ResourceDef {
     def("batch", "jobs")
-}
-
-fn key_of(v: &Value) -> String {
-    format!("{}/{}", meta::namespace(v), meta::name(v))
 }
 
 fn phase(pod: &Value) -> &str {
@@ -296,38 +292,27 @@ impl JobController {
         crate::workqueue::enqueue_each(&self.registry, &self.queue, jobs(), None);
     }
 
+    /// The key of the batch/v1 Job controlling `pod`, if one does.
     fn owner_key(pod: &Value) -> Option<String> {
-        let r = controller_ref(pod)?;
-        (r.get("kind").and_then(Value::as_str) == Some("Job") && r.get("apiVersion").and_then(Value::as_str).is_some_and(|v| v.starts_with("batch/")))
-            .then(|| format!("{}/{}", meta::namespace(pod), r.get("name").and_then(Value::as_str).unwrap_or("")))
+        let batch = controller_ref(pod).and_then(|r| r.get("apiVersion")).and_then(Value::as_str).is_some_and(|v| v.starts_with("batch/"));
+        controller_key(pod, "Job").filter(|_| batch)
     }
 
-    fn observe(&self, change: Change<'_>) {
-        let ev = match change {
-            Change::Resync => return self.enqueue_all(),
-            Change::Event(ev) => ev,
-        };
-        let Ok(obj) = registry::decode(&ev.kv) else { return };
-        let v = obj.value();
-        if v.get("kind").and_then(Value::as_str) == Some("Job") {
+    fn observe(&self, change: &Observed) {
+        let v = change.value();
+        if change.is("Job") {
             self.queue.add(&key_of(v));
             return;
         }
         match Self::owner_key(v) {
             Some(key) => self.queue.add(&key),
-            None if ev.kind != nanokube_store::EventKind::Deleted && controller_ref(v).is_none() => {
-                // An orphan: the Jobs whose selectors match may adopt it.
-                let Ok(list) = self.registry.list(jobs(), Some(meta::namespace(v)), &ListOptions::default()) else { return };
-                for j in &list.items {
-                    let sel = j.value().pointer("/spec/selector").and_then(|s| LabelSelector::from_object(s).ok());
-                    if sel.is_some_and(|s| !s.requirements.is_empty() && s.matches(meta::labels(v))) {
-                        self.queue.add(&key_of(j.value()));
-                    }
-                }
+            // An orphan: the Jobs whose selectors match may adopt it.
+            None if change.kind != nanokube_store::EventKind::Deleted && controller_ref(v).is_none() => {
+                crate::workqueue::enqueue_adopters(&self.registry, &self.queue, jobs(), v)
             }
             None => {}
         }
-        if let Some(old) = ev.prev.as_ref().and_then(|p| registry::decode(p).ok()).and_then(|p| Self::owner_key(p.value())) {
+        if let Some(old) = change.prev.as_ref().and_then(|p| Self::owner_key(p.value())) {
             if Self::owner_key(v).as_deref() != Some(old.as_str()) {
                 self.queue.add(&old);
             }

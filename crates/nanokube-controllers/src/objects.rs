@@ -80,6 +80,17 @@ pub(crate) async fn claim_pods(
     Ok(owned)
 }
 
+/// The work-queue key of an object: `namespace/name`.
+pub(crate) fn key_of(obj: &Value) -> String {
+    format!("{}/{}", meta::namespace(obj), meta::name(obj))
+}
+
+/// The work-queue key of `obj`'s controller, if that is a `kind`.
+pub(crate) fn controller_key(obj: &Value, kind: &str) -> Option<String> {
+    let r = controller_ref(obj).filter(|r| r.get("kind").and_then(Value::as_str) == Some(kind))?;
+    Some(format!("{}/{}", meta::namespace(obj), r.get("name").and_then(Value::as_str).unwrap_or("")))
+}
+
 /// The owner reference marked `controller: true`, if any.
 pub(crate) fn controller_ref(obj: &Value) -> Option<&Value> {
     obj.pointer("/metadata/ownerReferences").and_then(Value::as_array)?.iter().find(|r| r.get("controller").and_then(Value::as_bool) == Some(true))

@@ -10,12 +10,12 @@ use std::time::Duration;
 
 use nanokube_api::quota::{self, Usage};
 use nanokube_api::{meta, resources, ApiError};
-use nanokube_apiserver::registry::{self, ListOptions, Registry};
+use nanokube_apiserver::registry::{ListOptions, Registry};
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
-use crate::follow::Change;
 use crate::objects::def;
+use crate::workqueue::Observed;
 use crate::workqueue::WorkQueue;
 
 const COMPONENT: &str = "resourcequota-controller";
@@ -77,15 +77,10 @@ impl QuotaController {
         }
     }
 
-    fn observe(&self, change: Change<'_>) {
-        let ev = match change {
-            Change::Resync => return self.enqueue_all(),
-            Change::Event(ev) => ev,
-        };
-        let Ok(obj) = registry::decode(&ev.kv) else { return };
-        let ns = meta::namespace(obj.value());
+    fn observe(&self, change: &Observed) {
+        let ns = meta::namespace(change.value());
         // Only namespaces that have quotas are counted.
-        if obj.value().get("kind").and_then(Value::as_str) == Some("ResourceQuota")
+        if change.is("ResourceQuota")
             || self.registry.list(quotas(), Some(ns), &ListOptions { limit: 1, ..Default::default() }).is_ok_and(|l| !l.items.is_empty())
         {
             self.queue.add(ns);

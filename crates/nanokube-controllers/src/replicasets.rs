@@ -24,14 +24,13 @@ use std::time::Duration;
 
 use nanokube_api::selector::LabelSelector;
 use nanokube_api::{meta, resources, ApiError};
-use nanokube_apiserver::registry::{self, DeleteOptions, ListOptions, Registry, WriteOptions};
+use nanokube_apiserver::registry::{DeleteOptions, ListOptions, Registry, WriteOptions};
 use nanokube_store::EventKind;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
-use crate::follow::Change;
-use crate::objects::{controller_ref, def, pods};
-use crate::workqueue::{Expectations, WorkQueue};
+use crate::objects::{def, key_of, pods};
+use crate::workqueue::{Expectations, Observed, WorkQueue};
 
 /// Most pods made or removed in one pass (upstream's `BurstReplicas`).
 const BURST: usize = 500;
@@ -63,10 +62,6 @@ fn selector(kind: Kind, owner: &Value) -> Result<LabelSelector, ApiError> {
     } else {
         LabelSelector::from_object(&sel)
     }
-}
-
-fn key_of(v: &Value) -> String {
-    format!("{}/{}", meta::namespace(v), meta::name(v))
 }
 
 fn is_active(pod: &Value) -> bool {
@@ -168,24 +163,17 @@ impl ReplicaController {
 
     /// The owner key of a pod controlled by one of ours.
     fn owner_key(&self, pod: &Value) -> Option<String> {
-        let r = controller_ref(pod)?;
-        (r.get("kind").and_then(Value::as_str) == Some(self.kind.kind))
-            .then(|| format!("{}/{}", meta::namespace(pod), r.get("name").and_then(Value::as_str).unwrap_or("")))
+        crate::objects::controller_key(pod, self.kind.kind)
     }
 
-    fn observe(&self, change: Change<'_>) {
-        let ev = match change {
-            Change::Resync => return self.enqueue_all(None),
-            Change::Event(ev) => ev,
-        };
-        let Ok(obj) = registry::decode(&ev.kv) else { return };
-        let v = obj.value();
-        if v.get("kind").and_then(Value::as_str) == Some(self.kind.kind) {
+    fn observe(&self, change: &Observed) {
+        let v = change.value();
+        if change.is(self.kind.kind) {
             self.queue.add(&key_of(v));
             return;
         }
-        let prev = ev.prev.as_ref().and_then(|p| registry::decode(p).ok());
-        match (self.owner_key(v), ev.kind) {
+        let prev = change.prev.as_ref();
+        match (self.owner_key(v), change.kind) {
             (Some(key), EventKind::Created) => {
                 self.expectations.creation_observed(&key);
                 self.queue.add(&key);
@@ -198,7 +186,7 @@ impl ReplicaController {
                 self.queue.add(&key);
             }
             (Some(key), EventKind::Updated) => {
-                if meta::is_deleting(v) && !prev.as_ref().is_some_and(|p| meta::is_deleting(p.value())) {
+                if meta::is_deleting(v) && !prev.is_some_and(|p| meta::is_deleting(p.value())) {
                     self.expectations.deletion_observed(&key);
                 }
                 self.queue.add(&key);
@@ -207,7 +195,7 @@ impl ReplicaController {
             (None, _) => self.enqueue_matching(v),
         }
         // A pod whose owner changed: the old owner looks again too.
-        if let Some(old_key) = prev.as_ref().and_then(|p| self.owner_key(p.value())) {
+        if let Some(old_key) = prev.and_then(|p| self.owner_key(p.value())) {
             if self.owner_key(v).as_deref() != Some(old_key.as_str()) {
                 self.queue.add(&old_key);
             }

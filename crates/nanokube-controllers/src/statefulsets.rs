@@ -27,12 +27,12 @@ use std::sync::Arc;
 
 use nanokube_api::selector::LabelSelector;
 use nanokube_api::{meta, resources, ApiError};
-use nanokube_apiserver::registry::{self, DeleteOptions, ListOptions, Registry, WriteOptions};
+use nanokube_apiserver::registry::{DeleteOptions, ListOptions, Registry, WriteOptions};
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
-use crate::follow::Change;
-use crate::objects::{controller_ref, def, int, pods};
+use crate::objects::{controller_key, controller_ref, def, int, key_of, pods};
+use crate::workqueue::Observed;
 use crate::workqueue::WorkQueue;
 
 const COMPONENT: &str = "statefulset-controller";
@@ -88,32 +88,19 @@ impl StatefulSetController {
         crate::workqueue::enqueue_each(&self.registry, &self.queue, sets(), None);
     }
 
-    fn observe(&self, change: Change<'_>) {
-        let ev = match change {
-            Change::Resync => return self.enqueue_all(),
-            Change::Event(ev) => ev,
-        };
-        let Ok(obj) = registry::decode(&ev.kv) else { return };
-        let v = obj.value();
-        let ns = meta::namespace(v);
-        if v.get("kind").and_then(Value::as_str) == Some("StatefulSet") {
-            self.queue.add(&format!("{ns}/{}", meta::name(v)));
+    fn observe(&self, change: &Observed) {
+        let v = change.value();
+        if change.is("StatefulSet") {
+            self.queue.add(&key_of(v));
             return;
         }
         match controller_ref(v) {
-            Some(r) if r.get("kind").and_then(Value::as_str) == Some("StatefulSet") => {
-                self.queue.add(&format!("{ns}/{}", r.get("name").and_then(Value::as_str).unwrap_or("")));
-            }
-            Some(_) => {}
-            None => {
-                let Ok(list) = self.registry.list(sets(), Some(ns), &ListOptions::default()) else { return };
-                for s in &list.items {
-                    let sel = LabelSelector::from_object(s.value().pointer("/spec/selector").unwrap_or(&Value::Null));
-                    if sel.is_ok_and(|sel| !sel.requirements.is_empty() && sel.matches(meta::labels(v))) {
-                        self.queue.add(&format!("{ns}/{}", meta::name(s.value())));
-                    }
+            Some(_) => {
+                if let Some(key) = controller_key(v, "StatefulSet") {
+                    self.queue.add(&key);
                 }
             }
+            None => crate::workqueue::enqueue_adopters(&self.registry, &self.queue, sets(), v),
         }
     }
 

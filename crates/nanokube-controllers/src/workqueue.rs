@@ -165,10 +165,52 @@ pub(crate) fn enqueue_each(
     }
 }
 
+/// One change a controller is told of: the object as it is now (as it last was, for a
+/// delete), as it was before, and what happened.
+pub(crate) struct Observed {
+    /// The object after the change.
+    pub obj: nanokube_apiserver::registry::Obj,
+    /// The object before it, if there was one.
+    pub prev: Option<nanokube_apiserver::registry::Obj>,
+    /// Created, updated or deleted.
+    pub kind: nanokube_store::EventKind,
+}
+
+impl Observed {
+    /// The object's value.
+    pub fn value(&self) -> &serde_json::Value {
+        self.obj.value()
+    }
+
+    /// Whether the object is of `kind`.
+    pub fn is(&self, kind: &str) -> bool {
+        self.value().get("kind").and_then(serde_json::Value::as_str) == Some(kind)
+    }
+}
+
+/// Queue the owners of `def` in `obj`'s namespace whose (non-empty) selector matches
+/// `obj`'s labels: those that may adopt it, an orphan.
+pub(crate) fn enqueue_adopters(
+    registry: &nanokube_apiserver::registry::Registry,
+    queue: &WorkQueue,
+    def: &nanokube_api::resources::ResourceDef,
+    obj: &serde_json::Value,
+) {
+    use nanokube_api::meta;
+    let ns = meta::namespace(obj);
+    let Ok(list) = registry.list(def, Some(ns), &nanokube_apiserver::registry::ListOptions::default()) else { return };
+    for owner in &list.items {
+        let sel = owner.value().pointer("/spec/selector").and_then(|s| nanokube_api::selector::LabelSelector::from_object(s).ok());
+        if sel.is_some_and(|s| !s.requirements.is_empty() && s.matches(meta::labels(obj))) {
+            queue.add(&crate::objects::key_of(owner.value()));
+        }
+    }
+}
+
 /// Run a workload controller until `shutdown`: note the store's revision, queue every
-/// object it owns (`enqueue_all`), follow `prefixes` from that revision handing changes
-/// to `observe`, and reconcile queued keys with `sync` (client-go's informers feeding a
-/// worker).
+/// object it owns (`enqueue_all`, also after a watch had to start over), follow
+/// `prefixes` from that revision handing each decoded change to `observe`, and
+/// reconcile queued keys with `sync` (client-go's informers feeding a worker).
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn run<C, F, Fut>(
     controller: Arc<C>,
@@ -178,7 +220,7 @@ pub(crate) async fn run<C, F, Fut>(
     prefixes: &[String],
     shutdown: tokio::sync::watch::Receiver<bool>,
     enqueue_all: fn(&C),
-    observe: fn(&C, crate::follow::Change<'_>),
+    observe: fn(&C, &Observed),
     sync: F,
 ) where
     C: Send + Sync + 'static,
@@ -188,7 +230,16 @@ pub(crate) async fn run<C, F, Fut>(
     let start = store.current_revision();
     enqueue_all(&controller);
     let me = controller.clone();
-    watch_all(store, prefixes, start, &shutdown, Arc::new(move |change| observe(&me, change)));
+    let on_change = move |change: crate::follow::Change<'_>| match change {
+        crate::follow::Change::Resync => enqueue_all(&me),
+        crate::follow::Change::Event(ev) => {
+            let decode = nanokube_apiserver::registry::decode;
+            if let Ok(obj) = decode(&ev.kv) {
+                observe(&me, &Observed { obj, prev: ev.prev.as_ref().and_then(|p| decode(p).ok()), kind: ev.kind });
+            }
+        }
+    };
+    watch_all(store, prefixes, start, &shutdown, Arc::new(on_change));
     work(queue, component, shutdown, move |key| sync(controller.clone(), key)).await
 }
 
