@@ -3,7 +3,8 @@
 //! namespace (pods that have not finished, with the quota's scopes; services, node ports
 //! and load balancers; claims and their storage, per class too; config maps, secrets;
 //! `count/<resource>[.<group>]` of any resource). Admission charges `used` as objects
-//! are created; this recount also gives back what deletes and failed creates took.
+//! are created; this recount gives back what deletes and finished pods took (at once)
+//! and what creates that failed after admission took (at the 5-minute resync).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +12,7 @@ use std::time::Duration;
 use nanokube_api::quota::{self, Usage};
 use nanokube_api::{meta, resources, ApiError};
 use nanokube_apiserver::registry::{ListOptions, Registry};
+use nanokube_store::EventKind;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
@@ -77,11 +79,31 @@ impl QuotaController {
         }
     }
 
+    /// Recount on what gives usage back or changes it (upstream's replenishment): a new
+    /// quota or new limits, a delete, an update that changes an object's usage (a pod
+    /// that finished). Not on creates, which admission charges, nor on the charge itself
+    /// (a quota's `used`): a recount then could read the store before the admitted
+    /// object is in it and undo its charge.
     fn observe(&self, change: &Observed) {
-        let ns = meta::namespace(change.value());
+        let v = change.value();
+        let ns = meta::namespace(v);
+        let quota_changed = change.is("ResourceQuota")
+            && (change.kind == EventKind::Created
+                || change.prev.as_ref().is_none_or(|p| p.value().pointer("/spec/hard") != v.pointer("/spec/hard"))
+                || v.pointer("/status/hard") != v.pointer("/spec/hard"));
+        let relevant = quota_changed
+            || !change.is("ResourceQuota")
+                && match change.kind {
+                    EventKind::Created => false,
+                    EventKind::Deleted => true,
+                    EventKind::Updated => {
+                        let plural = resources::find_kind("", v.get("kind").and_then(Value::as_str).unwrap_or("")).map(|d| d.plural).unwrap_or("");
+                        change.prev.as_ref().is_none_or(|p| quota::usage_of("", plural, p.value()) != quota::usage_of("", plural, v))
+                    }
+                };
         // Only namespaces that have quotas are counted.
-        if change.is("ResourceQuota")
-            || self.registry.list(quotas(), Some(ns), &ListOptions { limit: 1, ..Default::default() }).is_ok_and(|l| !l.items.is_empty())
+        if relevant
+            && (quota_changed || self.registry.list(quotas(), Some(ns), &ListOptions { limit: 1, ..Default::default() }).is_ok_and(|l| !l.items.is_empty()))
         {
             self.queue.add(ns);
         }

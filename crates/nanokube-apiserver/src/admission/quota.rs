@@ -5,8 +5,8 @@
 //!   to each matching quota's `status.used` by compare-and-swap before the object is
 //!   stored, so concurrent creates cannot together overshoot; over `hard` is a 403
 //!   `exceeded quota`, a pod without a request or limit a quota covers is a 403
-//!   `must specify`. The quota controller recounts `used` from what is stored, which
-//!   also returns what a failed create charged.
+//!   `must specify`. The quota controller recounts `used` from what is stored on
+//!   deletes and at its 5-minute resync, which returns what a failed create charged.
 
 use nanokube_api::quota::{self, Usage};
 use nanokube_api::{meta, resources, ApiError};
