@@ -237,8 +237,10 @@ impl DaemonSetController {
     async fn manage(&self, ds: &Value, template: &Value, hash: &str, nodes: &[Value], by_node: &BTreeMap<String, Vec<Value>>) -> Result<(), ApiError> {
         let mut to_create: Vec<String> = Vec::new();
         let mut to_delete: Vec<Value> = Vec::new();
-        let surge =
-            ds.pointer("/spec/updateStrategy/rollingUpdate/maxSurge").map(|v| crate::disruption::scaled(v, nodes.len() as i64).unwrap_or(0)).unwrap_or(0);
+        let surge = ds
+            .pointer("/spec/updateStrategy/rollingUpdate/maxSurge")
+            .map(|v| crate::objects::int_or_percent(v, nodes.len() as i64, true).unwrap_or(0))
+            .unwrap_or(0);
         for node in nodes {
             let node_name = meta::name(node).to_string();
             let here = by_node.get(&node_name).cloned().unwrap_or_default();
@@ -292,7 +294,7 @@ impl DaemonSetController {
         let desired = nodes.iter().filter(|n| should_run(template, n)).count() as i64;
         let max_unavailable = ds
             .pointer("/spec/updateStrategy/rollingUpdate/maxUnavailable")
-            .map(|v| crate::disruption::scaled(v, desired).unwrap_or(1))
+            .map(|v| crate::objects::int_or_percent(v, desired, true).unwrap_or(1))
             .unwrap_or(if surge > 0 { 0 } else { 1 });
         let old = |p: &Value| p.pointer(&format!("/metadata/labels/{REVISION_LABEL}")).and_then(Value::as_str) != Some(hash);
         let mut unavailable = by_node.values().filter(|ps| !ps.iter().any(|p| is_available(p, min_ready, now))).count() as i64;

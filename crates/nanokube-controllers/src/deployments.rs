@@ -102,18 +102,9 @@ fn without_hash(template: &Value) -> Value {
 /// `maxSurge` or `maxUnavailable` as a count of `replicas` (percentages rounded up or
 /// down).
 fn resolve(v: Option<&Value>, replicas: i64, default_percent: i64, round_up: bool) -> i64 {
-    let percent = |p: i64| {
-        let x = p * replicas;
-        if round_up {
-            (x + 99) / 100
-        } else {
-            x / 100
-        }
-    };
     match v {
-        Some(Value::Number(n)) => n.as_i64().unwrap_or(0),
-        Some(Value::String(s)) => s.strip_suffix('%').and_then(|p| p.parse().ok()).map(percent).unwrap_or(0),
-        _ => percent(default_percent),
+        Some(v @ (Value::Number(_) | Value::String(_))) => crate::objects::int_or_percent(v, replicas, round_up).unwrap_or(0),
+        _ => crate::objects::percent_of(default_percent, replicas, round_up),
     }
 }
 

@@ -21,7 +21,7 @@ use nanokube_apiserver::registry::{ListOptions, Registry, WriteOptions};
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
-use crate::objects::{controller_ref, def, key_of};
+use crate::objects::{controller_ref, def, int_or_percent, key_of};
 use crate::workqueue::Observed;
 use crate::workqueue::WorkQueue;
 
@@ -35,15 +35,6 @@ fn budgets() -> &'static resources::ResourceDef {
 
 fn is_ready(pod: &Value) -> bool {
     crate::replicasets::ready_since(pod).is_some()
-}
-
-/// An `IntOrString` against `total`: an integer, or a percentage rounded up.
-pub fn scaled(v: &Value, total: i64) -> Option<i64> {
-    if let Some(n) = v.as_i64() {
-        return Some(n);
-    }
-    let pct: i64 = v.as_str()?.strip_suffix('%')?.parse().ok()?;
-    Some((pct * total + 99) / 100)
 }
 
 /// The controller.
@@ -167,8 +158,8 @@ impl DisruptionController {
                 }
                 let expected: i64 = scales.values().sum();
                 let desired = match (min_available, max_unavailable) {
-                    (Some(m), _) => scaled(m, expected).unwrap_or(0),
-                    (None, Some(u)) => (expected - scaled(u, expected).unwrap_or(0)).max(0),
+                    (Some(m), _) => int_or_percent(m, expected, true).unwrap_or(0),
+                    (None, Some(u)) => (expected - int_or_percent(u, expected, true).unwrap_or(0)).max(0),
                     (None, None) => 0,
                 };
                 (expected, desired)
@@ -222,18 +213,5 @@ impl DisruptionController {
             self.queue.add_after(key, Duration::from_secs(secs.max(1) as u64));
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn percentages_round_up() {
-        assert_eq!(scaled(&json!(2), 10), Some(2));
-        assert_eq!(scaled(&json!("50%"), 3), Some(2));
-        assert_eq!(scaled(&json!("10%"), 10), Some(1));
-        assert_eq!(scaled(&json!("x"), 10), None);
     }
 }

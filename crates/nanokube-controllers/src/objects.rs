@@ -22,6 +22,25 @@ pub(crate) fn int(v: &Value, ptr: &str, default: i64) -> i64 {
     v.pointer(ptr).and_then(Value::as_i64).unwrap_or(default)
 }
 
+/// An `IntOrString` against `total` (upstream's `GetScaledValueFromIntOrPercent`): an
+/// integer as it is, a percentage of `total` rounded up or down; `None` if it is neither.
+pub(crate) fn int_or_percent(v: &Value, total: i64, round_up: bool) -> Option<i64> {
+    if let Some(n) = v.as_i64() {
+        return Some(n);
+    }
+    let pct: i64 = v.as_str()?.strip_suffix('%')?.parse().ok()?;
+    Some(percent_of(pct, total, round_up))
+}
+
+/// `pct` % of `total`, rounded up or down.
+pub(crate) fn percent_of(pct: i64, total: i64, round_up: bool) -> i64 {
+    if round_up {
+        (pct * total + 99) / 100
+    } else {
+        pct * total / 100
+    }
+}
+
 /// An owner reference naming `owner` (of `kind` in `api_version`) as the controller.
 pub(crate) fn controller_reference(api_version: &str, kind: &str, owner: &Value) -> Value {
     json!({"apiVersion": api_version, "kind": kind, "name": meta::name(owner), "uid": meta::uid(owner), "controller": true, "blockOwnerDeletion": true})
@@ -153,4 +172,18 @@ pub(crate) async fn release(registry: &Registry, def: &ResourceDef, obj: &Value,
             Ok(next)
         })
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn int_or_percent_scales_as_upstream() {
+        assert_eq!(int_or_percent(&json!(2), 10, true), Some(2));
+        assert_eq!(int_or_percent(&json!("50%"), 3, true), Some(2));
+        assert_eq!(int_or_percent(&json!("50%"), 3, false), Some(1));
+        assert_eq!(int_or_percent(&json!("10%"), 10, true), Some(1));
+        assert_eq!(int_or_percent(&json!("x"), 10, true), None);
+    }
 }

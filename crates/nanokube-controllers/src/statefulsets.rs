@@ -341,8 +341,10 @@ impl StatefulSetController {
         }
         // Rolling update: highest ordinal first, down to the partition, while no more
         // than maxUnavailable pods are unavailable.
-        let max_unavailable =
-            set.pointer("/spec/updateStrategy/rollingUpdate/maxUnavailable").map(|v| crate::disruption::scaled(v, replicas).unwrap_or(1).max(1)).unwrap_or(1);
+        let max_unavailable = set
+            .pointer("/spec/updateStrategy/rollingUpdate/maxUnavailable")
+            .map(|v| crate::objects::int_or_percent(v, replicas, true).unwrap_or(1).max(1))
+            .unwrap_or(1);
         let unavailable = by_ordinal.values().filter(|p| meta::is_deleting(p) || !is_running_and_ready(p)).count() as i64;
         if unavailable >= max_unavailable {
             return Ok(());

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::{Taint, Toleration};
 use nanokube_api::{meta, ApiError};
 use nanokube_apiserver::registry::{DeleteOptions, ListOptions, Registry, WriteOptions};
 use serde_json::{json, Value};
@@ -20,27 +21,19 @@ use crate::objects::{def, pods};
 /// How often nodes' taints are looked at.
 const PERIOD: Duration = Duration::from_secs(1);
 
-/// Whether `toleration` tolerates `taint` (core/v1 `ToleratesTaint`).
-fn tolerates(toleration: &Value, taint: &Value) -> bool {
-    let s = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_string();
-    let effect_ok = s(toleration, "effect").is_empty() || s(toleration, "effect") == s(taint, "effect");
-    let key_ok = if s(toleration, "key").is_empty() { s(toleration, "operator") == "Exists" } else { s(toleration, "key") == s(taint, "key") };
-    let value_ok = s(toleration, "operator") == "Exists" || s(toleration, "value") == s(taint, "value");
-    effect_ok && key_ok && value_ok
-}
-
 /// When the pod must go because of `taints` (NoExecute ones of its node, each with when
 /// it was added): `Some(0)` now, `Some(n)` in `n` seconds, `None` never.
 pub fn eviction_delay(pod: &Value, taints: &[(Value, time::OffsetDateTime)]) -> Option<i64> {
-    let tolerations: Vec<Value> = pod.pointer("/spec/tolerations").and_then(Value::as_array).cloned().unwrap_or_default();
+    let tolerations: Vec<Toleration> = pod.pointer("/spec/tolerations").and_then(|t| serde_json::from_value(t.clone()).ok()).unwrap_or_default();
     let mut delay: Option<i64> = None;
     for (taint, added) in taints.iter().filter(|(t, _)| t.get("effect").and_then(Value::as_str) == Some("NoExecute")) {
-        let matching: Vec<&Value> = tolerations.iter().filter(|t| tolerates(t, taint)).collect();
+        let Ok(typed) = serde_json::from_value::<Taint>(taint.clone()) else { continue };
+        let matching: Vec<&Toleration> = tolerations.iter().filter(|t| crate::scheduler::tolerates(std::slice::from_ref(*t), &typed)).collect();
         if matching.is_empty() {
             return Some(0);
         }
         // The shortest bound among the tolerations that match; unbounded if any is.
-        let bound = matching.iter().map(|t| t.get("tolerationSeconds").and_then(Value::as_i64)).try_fold(i64::MAX, |acc, s| s.map(|s| acc.min(s.max(0))));
+        let bound = matching.iter().map(|t| t.toleration_seconds).try_fold(i64::MAX, |acc, s| s.map(|s| acc.min(s.max(0))));
         if let Some(b) = bound {
             let waited = (time::OffsetDateTime::now_utc() - *added).whole_seconds();
             let left = (b - waited).max(0);
