@@ -191,8 +191,9 @@ impl DeploymentController {
         let uid = meta::uid(d);
         let list = self.registry.list(replica_sets(), Some(meta::namespace(d)), &ListOptions::default())?;
         let mut out = Vec::new();
+        let concern = crate::objects::Concern::of(uid);
         for rs in &list.items {
-            if !crate::objects::may_concern(rs, uid) {
+            if !concern.may(rs) {
                 continue;
             }
             let rs = rs.value();

@@ -46,14 +46,26 @@ pub(crate) fn controller_reference(api_version: &str, kind: &str, owner: &Value)
     json!({"apiVersion": api_version, "kind": kind, "name": meta::name(owner), "uid": meta::uid(owner), "controller": true, "blockOwnerDeletion": true})
 }
 
-/// Whether a listed object may concern `owner` (uid `uid`), judged from its JSON without
-/// decoding it: it names the owner, or it has no controller at all (an orphan to adopt).
+/// Tells, from a listed object's JSON without decoding it, whether it may concern one
+/// owner: it names the owner's uid, or it has no controller at all (an orphan to adopt).
 /// Objects another controller owns are skipped unread: a sync lists every object of its
 /// namespace, and decoding them all on every sync would make N owners cost N².
-pub(crate) fn may_concern(obj: &Obj, uid: &str) -> bool {
-    let json = obj.json();
-    let named = !uid.is_empty() && memchr::memmem::find(&json, format!("\"uid\":\"{uid}\"").as_bytes()).is_some();
-    named || memchr::memmem::find(&json, br#""controller":true"#).is_none()
+pub(crate) struct Concern {
+    named: Option<memchr::memmem::Finder<'static>>,
+}
+
+impl Concern {
+    /// For the owner with `uid` (the search is built once per sync, not per object).
+    pub(crate) fn of(uid: &str) -> Concern {
+        let named = (!uid.is_empty()).then(|| memchr::memmem::Finder::new(format!("\"uid\":\"{uid}\"").as_bytes()).into_owned());
+        Concern { named }
+    }
+
+    /// Whether `obj` may concern the owner.
+    pub(crate) fn may(&self, obj: &Obj) -> bool {
+        let json = obj.json();
+        self.named.as_ref().is_some_and(|f| f.find(&json).is_some()) || memchr::memmem::find(&json, br#""controller":true"#).is_none()
+    }
 }
 
 /// The pods `owner` controls, after upstream's `ClaimPods`: of the pods in its namespace
@@ -70,8 +82,9 @@ pub(crate) async fn claim_pods(
     let uid = meta::uid(owner);
     let deleting = meta::is_deleting(owner);
     let mut owned = Vec::new();
+    let concern = Concern::of(uid);
     for p in &registry.list(pods(), Some(meta::namespace(owner)), &ListOptions::default())?.items {
-        if !may_concern(p, uid) {
+        if !concern.may(p) {
             continue;
         }
         let pod = p.value();
