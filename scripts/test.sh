@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of nanokube: unit and integration tests (cargo, with the real
 # kubectl 1.27-1.33, curl, SQLite, Python test servers, busybox-static, Debian's
-# docker-registry, skopeo, runc and iptables), then the Python `kubernetes` client tests.
+# docker-registry, skopeo, runc, iptables, socat and dnsmasq), then the Python `kubernetes` client tests.
 # Installs what the tests need from the package registries first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +18,10 @@ command -v skopeo >/dev/null || need_apt+=(skopeo)
 command -v runc >/dev/null || [ -x /usr/sbin/runc ] || need_apt+=(runc)
 # Pods reaching each other: the NAT rule the node puts in every pod's namespace.
 command -v iptables-restore >/dev/null || [ -x /usr/sbin/iptables-restore ] || need_apt+=(iptables)
+# Service and DNS tests: socat (a UDP echo server in a pod's image) and dnsmasq (the
+# upstream resolver the cluster DNS forwards to, on loopback).
+command -v socat >/dev/null || need_apt+=(socat)
+command -v dnsmasq >/dev/null || [ -x /usr/sbin/dnsmasq ] || need_apt+=(dnsmasq-base)
 if ((${#need_apt[@]})); then
   apt-get update -qq && apt-get install -y -qq "${need_apt[@]}"
 fi

@@ -18,7 +18,7 @@ use nanokube_apiserver::registry::{ListOptions, Registry, WriteOptions};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
 
-use crate::follow::{follow, Change};
+use nanokube_store::follow::{follow, Change};
 
 const AUTOMANAGED: &str = "kube-aggregator.kubernetes.io/automanaged";
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use nanokube_store::EventKind;
 use tokio::sync::{watch, Notify};
 
-use crate::follow::{follow, Change};
+use nanokube_store::follow::{follow, Change};
 
 use nanokube_api::resources::{self, ResourceDef};
 use nanokube_api::ApiError;

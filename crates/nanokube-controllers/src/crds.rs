@@ -19,7 +19,7 @@ use nanokube_apiserver::registry::{DeleteOptions, ListOptions, Obj, Registry, Wr
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
 
-use crate::follow::{follow, Change};
+use nanokube_store::follow::{follow, Change};
 
 fn crd_def() -> &'static ResourceDef {
     resources::find("apiextensions.k8s.io", "v1", "customresourcedefinitions").expect("built-in resource")

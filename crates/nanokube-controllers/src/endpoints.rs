@@ -78,6 +78,14 @@ fn pod_ready(pod: &Value) -> bool {
         .any(|c| c.get("type").and_then(Value::as_str) == Some("Ready") && c.get("status").and_then(Value::as_str) == Some("True"))
 }
 
+/// The pod's DNS hostname under `service`: its `hostname` when its `subdomain` is the
+/// Service (upstream's ShouldSetHostname), as StatefulSet pods under their governing
+/// Service.
+fn hostname<'a>(service: &Value, pod: &'a Value) -> Option<&'a str> {
+    let name = pod.pointer("/spec/hostname").and_then(Value::as_str).filter(|h| !h.is_empty())?;
+    (pod.pointer("/spec/subdomain").and_then(Value::as_str) == Some(meta::name(service)) && meta::namespace(pod) == meta::namespace(service)).then_some(name)
+}
+
 fn target_ref(pod: &Value) -> Value {
     json!({"kind": "Pod", "namespace": meta::namespace(pod), "name": meta::name(pod), "uid": meta::uid(pod)})
 }
@@ -177,6 +185,9 @@ impl EndpointsController {
     async fn write_endpoints(&self, service: &Value, groups: &BTreeMap<Vec<(String, i64, String)>, Vec<Endpoint>>) -> Result<(), ApiError> {
         let address = |e: &Endpoint| {
             let mut a = json!({"ip": e.ip, "targetRef": target_ref(&e.pod)});
+            if let Some(h) = hostname(service, &e.pod) {
+                a["hostname"] = json!(h);
+            }
             if let Some(n) = e.pod.pointer("/spec/nodeName").and_then(Value::as_str).filter(|n| !n.is_empty()) {
                 a["nodeName"] = json!(n);
             }
@@ -250,6 +261,9 @@ impl EndpointsController {
                 .iter()
                 .map(|e| {
                     let mut x = json!({"addresses": [e.ip], "conditions": {"ready": e.ready, "serving": e.serving, "terminating": e.terminating}, "targetRef": target_ref(&e.pod)});
+                    if let Some(h) = hostname(service, &e.pod) {
+                        x["hostname"] = json!(h);
+                    }
                     if let Some(n) = e.pod.pointer("/spec/nodeName").and_then(Value::as_str).filter(|n| !n.is_empty()) {
                         x["nodeName"] = json!(n);
                     }

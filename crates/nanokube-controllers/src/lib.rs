@@ -65,7 +65,6 @@ pub mod disruption;
 pub mod endpoints;
 pub mod event_ttl;
 mod events;
-mod follow;
 pub mod gc;
 mod history;
 pub mod hpa;

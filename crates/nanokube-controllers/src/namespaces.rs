@@ -10,7 +10,7 @@ use nanokube_apiserver::registry::{DeleteOptions, ListOptions, Registry, WriteOp
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
 
-use crate::follow::{follow, Change};
+use nanokube_store::follow::{follow, Change};
 
 fn def(group: &str, plural: &str) -> &'static ResourceDef {
     resources::find(group, "v1", plural).expect("built-in resource")

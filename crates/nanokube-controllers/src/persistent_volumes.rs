@@ -33,7 +33,7 @@ use nanokube_apiserver::registry::{ListOptions, Registry, WriteOptions};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
 
-use crate::follow::{follow, Change};
+use nanokube_store::follow::{follow, Change};
 
 /// The annotation the scheduler sets on a `WaitForFirstConsumer` claim.
 pub const SELECTED_NODE: &str = "volume.kubernetes.io/selected-node";

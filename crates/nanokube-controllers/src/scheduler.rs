@@ -37,7 +37,7 @@ use nanokube_store::EventKind;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
 
-use crate::follow::{follow, Change};
+use nanokube_store::follow::{follow, Change};
 
 /// The scheduler's name in pods' `schedulerName` and its events.
 pub const NAME: &str = "default-scheduler";

@@ -16,7 +16,7 @@ use nanokube_apiserver::satoken::TokenIssuer;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
 
-use crate::follow::{follow, Change};
+use nanokube_store::follow::{follow, Change};
 
 /// The Secret type of service-account tokens.
 pub const TOKEN_TYPE: &str = "kubernetes.io/service-account-token";

@@ -114,12 +114,12 @@ pub(crate) fn watch_all(
     prefixes: &[String],
     start: nanokube_store::Revision,
     shutdown: &tokio::sync::watch::Receiver<bool>,
-    observe: Arc<dyn Fn(crate::follow::Change<'_>) + Send + Sync>,
+    observe: Arc<dyn Fn(nanokube_store::follow::Change<'_>) + Send + Sync>,
 ) {
     for prefix in prefixes {
         let (observe, sd, store, prefix) = (observe.clone(), shutdown.clone(), store.clone(), prefix.clone());
         tokio::spawn(async move {
-            crate::follow::follow(store, &prefix, start, sd, |change| {
+            nanokube_store::follow::follow(store, &prefix, start, sd, |change| {
                 observe(change);
                 true
             })
@@ -230,9 +230,9 @@ pub(crate) async fn run<C, F, Fut>(
     let start = store.current_revision();
     enqueue_all(&controller);
     let me = controller.clone();
-    let on_change = move |change: crate::follow::Change<'_>| match change {
-        crate::follow::Change::Resync => enqueue_all(&me),
-        crate::follow::Change::Event(ev) => {
+    let on_change = move |change: nanokube_store::follow::Change<'_>| match change {
+        nanokube_store::follow::Change::Resync => enqueue_all(&me),
+        nanokube_store::follow::Change::Event(ev) => {
             let decode = nanokube_apiserver::registry::decode;
             if let Ok(obj) = decode(&ev.kv) {
                 observe(&me, &Observed { obj, prev: ev.prev.as_ref().and_then(|p| decode(p).ok()), kind: ev.kind });

@@ -135,6 +135,56 @@ pub fn within<T: Send + 'static>(path: &Path, f: impl FnOnce() -> T + Send + 'st
     .map_err(|_| "the namespace thread panicked".to_string())?
 }
 
+/// Give this thread's network namespace's `lo` the address `ip`/32 (a pod's IP), so
+/// the pod has an IPv4 address besides 127.0.0.1: glibc's `getaddrinfo` with
+/// `AI_ADDRCONFIG` (as `getent ahostsv4` and many programs ask) ignores 127.0.0.1 and
+/// finds no IPv4 at all otherwise. An address already there is fine.
+pub fn add_loopback_address(ip: std::net::Ipv4Addr) -> Result<(), String> {
+    // SAFETY: socket(2); the descriptor is owned by `sock` below.
+    let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE) };
+    if fd < 0 {
+        return Err(format!("netlink socket: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: fd is fresh and ours.
+    let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    const RTM_NEWADDR: u16 = 20;
+    const IFA_ADDRESS: u16 = 1;
+    const IFA_LOCAL: u16 = 2;
+    const LO_INDEX: u32 = 1;
+    let flags = (libc::NLM_F_REQUEST | libc::NLM_F_ACK | libc::NLM_F_CREATE | libc::NLM_F_EXCL) as u16;
+    let mut msg = Vec::with_capacity(40);
+    msg.extend_from_slice(&40u32.to_ne_bytes());
+    msg.extend_from_slice(&RTM_NEWADDR.to_ne_bytes());
+    msg.extend_from_slice(&flags.to_ne_bytes());
+    msg.extend_from_slice(&1u32.to_ne_bytes());
+    msg.extend_from_slice(&0u32.to_ne_bytes());
+    // ifaddrmsg: AF_INET, /32, no flags, host scope, lo.
+    msg.extend_from_slice(&[libc::AF_INET as u8, 32, 0, libc::RT_SCOPE_HOST]);
+    msg.extend_from_slice(&LO_INDEX.to_ne_bytes());
+    for kind in [IFA_LOCAL, IFA_ADDRESS] {
+        msg.extend_from_slice(&8u16.to_ne_bytes());
+        msg.extend_from_slice(&kind.to_ne_bytes());
+        msg.extend_from_slice(&ip.octets());
+    }
+    // SAFETY: send(2) of a buffer we own, with its length.
+    let sent = unsafe { libc::send(sock.as_raw_fd(), msg.as_ptr().cast(), msg.len(), 0) };
+    if sent < 0 {
+        return Err(format!("netlink send: {}", std::io::Error::last_os_error()));
+    }
+    let mut buf = [0u8; 256];
+    // SAFETY: recv(2) into a buffer we own, with its length.
+    let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if n < 20 {
+        return Err(format!("netlink answer: {}", std::io::Error::last_os_error()));
+    }
+    // An NLMSG_ERROR whose error is 0 (done) or -EEXIST (there already).
+    let error = i32::from_ne_bytes([buf[16], buf[17], buf[18], buf[19]]);
+    if error != 0 && error != -libc::EEXIST {
+        return Err(format!("adding {ip} to lo: {}", std::io::Error::from_raw_os_error(-error)));
+    }
+    Ok(())
+}
+
 /// A TCP connection to `addr` made inside the network namespace at `path`.
 pub async fn connect(path: &Path, addr: std::net::SocketAddr, timeout: std::time::Duration) -> std::io::Result<tokio::net::TcpStream> {
     let path = path.to_path_buf();

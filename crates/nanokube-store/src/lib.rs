@@ -15,6 +15,7 @@
 //! readers never see uncommitted state; no lock is held across an fsync that readers or
 //! watchers need; this crate knows nothing of HTTP or Kubernetes objects (values are bytes).
 
+pub mod follow;
 pub mod sqlite;
 pub mod watch;
 

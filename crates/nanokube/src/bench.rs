@@ -414,6 +414,8 @@ async fn testcluster(opts: &BenchOptions, tmp: &Path, report: &mut Report) -> Re
         cfg.secure_port = 0;
         cfg.in_memory = true;
         cfg.fsync = false;
+        cfg.service_proxy = false;
+        cfg.dns_upstreams = Some(Vec::new());
         let t = Instant::now();
         let c = crate::Cluster::start(cfg).await?;
         lat.push(t.elapsed());

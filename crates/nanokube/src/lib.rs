@@ -60,6 +60,17 @@ pub struct ClusterConfig {
     pub service_cidr: String,
     /// NodePort range.
     pub node_port_range: (u16, u16),
+    /// The cluster DNS domain (kubelet's `--cluster-domain`).
+    pub cluster_domain: String,
+    /// Where the cluster DNS asks about names outside the cluster domain (`None`: the
+    /// host's `/etc/resolv.conf`; empty: nowhere, such names fail).
+    pub dns_upstreams: Option<Vec<SocketAddr>>,
+    /// Load-balancer IPs for `LoadBalancer` Services.
+    pub load_balancer_cidr: String,
+    /// Open the host's Service listeners (ClusterIPs, node ports, load-balancer IPs, the
+    /// cluster DNS address), as kube-proxy and CoreDNS serve the host; pods' traffic to
+    /// Services and DNS is carried either way.
+    pub service_proxy: bool,
     /// Kubeconfig file to merge a `nanokube` context into, or `None`.
     pub merge_kubeconfig: Option<PathBuf>,
     /// Keep state in memory only (no `state.db`).
@@ -115,6 +126,10 @@ impl ClusterConfig {
             anonymous_auth: true,
             service_cidr: "127.96.0.0/16".into(),
             node_port_range: (30000, 32767),
+            cluster_domain: "cluster.local".into(),
+            dns_upstreams: None,
+            load_balancer_cidr: "127.240.0.0/16".into(),
+            service_proxy: true,
             merge_kubeconfig: None,
             in_memory: false,
             fsync: true,
@@ -353,12 +368,41 @@ impl Cluster {
                 }
             }
         }
+        let node_name = cfg.node_name.clone().unwrap_or_else(nanokube_node::machine::hostname);
+        // The node's network: Service proxy, load balancer and cluster DNS.
+        let network = if cfg.node {
+            let dns_ip: Ipv4Addr = registry.dns_service_ip().parse().map_err(|_| "the service range has no DNS address".to_string())?;
+            let mut node_ips = vec![Ipv4Addr::LOCALHOST];
+            if let IpAddr::V4(a) = advertise {
+                if a.is_loopback() && !node_ips.contains(&a) {
+                    node_ips.push(a);
+                }
+            }
+            let network = nanokube_net::Network::new(nanokube_net::NetworkConfig {
+                node: node_name.clone(),
+                node_ips,
+                service_cidr: cfg.service_cidr.clone(),
+                dns_addr: std::net::SocketAddrV4::new(dns_ip, 53),
+                cluster_domain: cfg.cluster_domain.clone(),
+                dns_upstreams: cfg.dns_upstreams.clone().unwrap_or_else(nanokube_net::dns::Dns::host_resolvers),
+                load_balancer_cidr: cfg.load_balancer_cidr.clone(),
+                host_listeners: cfg.service_proxy,
+            })?;
+            {
+                let (r, addr) = (registry.clone(), network.dns.addr);
+                second.spawn(async move { nanokube_net::ensure_dns_service(&r, addr).await });
+            }
+            tasks.spawn(network.clone().run(registry.clone(), shutdown_rx.clone()));
+            Some(network)
+        } else {
+            None
+        };
         let node_agent = cfg.node.then(|| {
-            let name = cfg.node_name.clone().unwrap_or_else(nanokube_node::machine::hostname);
+            let name = node_name.clone();
             // Pods run when this machine can run containers; otherwise the node says why not.
             let runtime = match nanokube_node::pods::check_runtime(&cfg.data_dir, images.as_ref()) {
-                Ok(runc) => match (std::env::current_exe(), images.clone()) {
-                    (Ok(binary), Some(store)) => Ok(Arc::new(nanokube_node::pods::PodRuntime::new(
+                Ok(runc) => match (std::env::current_exe(), images.clone(), network.clone()) {
+                    (Ok(binary), Some(store), Some(network)) => Ok(Arc::new(nanokube_node::pods::PodRuntime::new(
                         registry.clone(),
                         &name,
                         &advertise.to_string(),
@@ -369,9 +413,11 @@ impl Cluster {
                         Some(issuer.clone()),
                         nanokube_node::pods::Mirrors(cfg.registry_mirrors.clone()),
                         cfg.insecure_registries.clone(),
+                        network,
                     ))),
-                    (Err(e), _) => Err(format!("container runtime is down: the nanokube binary cannot be found to run container shims: {e}")),
-                    (_, None) => Err("container runtime is down: no image store".to_string()),
+                    (Err(e), _, _) => Err(format!("container runtime is down: the nanokube binary cannot be found to run container shims: {e}")),
+                    (_, None, _) => Err("container runtime is down: no image store".to_string()),
+                    (_, _, None) => Err("network is down".to_string()),
                 },
                 Err(why) => Err(why),
             };

@@ -317,6 +317,20 @@ struct ServerArgs {
     /// NodePort range, `lo-hi`.
     #[arg(long, default_value = "30000-32767")]
     service_node_port_range: String,
+    /// The cluster DNS domain.
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
+    /// Where the cluster DNS asks about names outside the cluster domain (IP[:PORT]);
+    /// repeat for several [default: the nameservers of /etc/resolv.conf]; `none`: nowhere.
+    #[arg(long = "cluster-dns-upstream", value_name = "IP[:PORT]")]
+    cluster_dns_upstreams: Vec<String>,
+    /// Load-balancer IPs for LoadBalancer Services (inside 127.0.0.0/8).
+    #[arg(long, default_value = "127.240.0.0/16")]
+    load_balancer_cidr: String,
+    /// Listen on the host for Services (ClusterIPs, node ports, load-balancer IPs) and
+    /// cluster DNS; `--service-proxy=false` leaves that to pods' traffic only.
+    #[arg(long, default_value_t = true, action = ArgAction::Set)]
+    service_proxy: bool,
     /// Merge a `nanokube` context into $KUBECONFIG (first file) or ~/.kube/config and make it current.
     #[arg(long, default_value_t = true, action = ArgAction::Set)]
     merge_kubeconfig: bool,
@@ -394,6 +408,20 @@ struct ShimCli {
     stdin_once: bool,
     #[arg(long)]
     tty: bool,
+}
+
+/// `--cluster-dns-upstream` values: none given → the host's resolvers (`None`); `none`
+/// → no upstream; else each `IP[:PORT]` (port 53 by default).
+fn parse_upstreams(given: &[String]) -> Result<Option<Vec<std::net::SocketAddr>>, String> {
+    if given.is_empty() {
+        return Ok(None);
+    }
+    let mut out = Vec::new();
+    for g in given.iter().filter(|g| *g != "none") {
+        let addr = g.parse::<std::net::SocketAddr>().or_else(|_| g.parse::<IpAddr>().map(|ip| std::net::SocketAddr::new(ip, 53)));
+        out.push(addr.map_err(|_| format!("{g:?} is not IP[:PORT]"))?);
+    }
+    Ok(Some(out))
 }
 
 /// A Go-style duration (`30s`, `1m30s`, `500ms`, `0`).
@@ -680,6 +708,16 @@ async fn run_server(args: ServerArgs, started: Instant) -> i32 {
         anonymous_auth: args.anonymous_auth,
         service_cidr: args.service_cluster_ip_range,
         node_port_range: (lo, hi),
+        cluster_domain: args.cluster_domain,
+        dns_upstreams: match parse_upstreams(&args.cluster_dns_upstreams) {
+            Ok(u) => u,
+            Err(e) => {
+                eprintln!("error: --cluster-dns-upstream: {e}");
+                return 2;
+            }
+        },
+        load_balancer_cidr: args.load_balancer_cidr,
+        service_proxy: args.service_proxy,
         merge_kubeconfig: merge.clone(),
         in_memory: args.in_memory,
         fsync: !args.unsafe_no_fsync,

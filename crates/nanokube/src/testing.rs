@@ -46,6 +46,10 @@ impl TestCluster {
         cfg.secure_port = 0;
         cfg.in_memory = true;
         cfg.fsync = false;
+        // Test clusters run side by side: none opens the host's Service addresses, and
+        // none asks a resolver off the machine (pods' Service traffic and DNS still work).
+        cfg.service_proxy = false;
+        cfg.dns_upstreams = Some(Vec::new());
         adjust(&mut cfg);
         let cluster = Cluster::start(cfg).await?;
         let kubeconfig = cluster.kubeconfig.clone();

@@ -10,7 +10,7 @@
 //! - [`status`]: the pod status as kubelet writes it.
 //! - [`files`], [`env`]: what a container sees. [`events`]: kubelet's events.
 //! - [`probe`]: liveness, readiness and startup probes. [`logs`]: `pods/log`.
-//! - [`ports`]: the pod's IP answering from the host on its ports; [`mesh`]: other pods'
+//! - [`ports`]: the pod's IP answering from the host on its ports; `nanokube_net::mesh`: other pods'
 //!   IPs answering from inside a pod.
 //!
 //! On disk (`<data-dir>`): `pods/<uid>/` (the pod's record, namespaces, `/etc` files,
@@ -23,7 +23,6 @@ pub mod events;
 pub mod exec;
 pub mod files;
 pub mod logs;
-pub mod mesh;
 pub mod portforward;
 pub mod ports;
 pub mod probe;
@@ -104,8 +103,9 @@ pub struct PodRuntime {
     pulls: tokio::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// The node's allocatable resources (resourceFieldRef of unset limits).
     pub allocatable: Mutex<serde_json::Value>,
-    /// The pods' network namespaces by IP, for traffic between pods.
-    pub mesh: Arc<mesh::Pods>,
+    /// The node's network: the pods' namespaces by IP, the Services their traffic
+    /// reaches, the cluster DNS.
+    pub network: Arc<nanokube_net::Network>,
 }
 
 impl PodRuntime {
@@ -122,8 +122,9 @@ impl PodRuntime {
         issuer: Option<Arc<TokenIssuer>>,
         mirrors: Mirrors,
         insecure_registries: Vec<String>,
+        network: Arc<nanokube_net::Network>,
     ) -> Self {
-        let dns_ip = registry.dns_service_ip();
+        let dns_ip = network.config.dns_addr.ip().to_string();
         PodRuntime {
             registry,
             node: node.to_string(),
@@ -140,7 +141,7 @@ impl PodRuntime {
             ips: Mutex::new(BTreeSet::new()),
             pulls: tokio::sync::Mutex::new(HashMap::new()),
             allocatable: Mutex::new(serde_json::Value::Null),
-            mesh: Arc::default(),
+            network,
         }
     }
 

@@ -158,7 +158,7 @@ pub struct Worker {
     /// Where each persistentVolumeClaim volume lives on the host, by volume name.
     claims: HashMap<String, PathBuf>,
     ports_stop: Option<watch::Sender<bool>>,
-    mesh_listener: Option<std::net::TcpListener>,
+    mesh_listener: Option<nanokube_net::mesh::Capture>,
     blocked: Option<(String, String)>,
     tx: mpsc::Sender<Msg>,
     rx: Option<mpsc::Receiver<Msg>>,
@@ -564,11 +564,11 @@ impl Worker {
                 if self.mesh_listener.is_none() {
                     // An adopted pod: its namespace kept the rules.
                     let ns = self.dir.join("ns-net");
-                    self.mesh_listener = super::mesh::listen(&ns).map_err(|e| tracing::debug!(pod = %self.uid, "{e}")).ok();
-                    self.rt.mesh.insert(ip, ns);
+                    self.mesh_listener = nanokube_net::mesh::listen(&ns).map_err(|e| tracing::debug!(pod = %self.uid, "{e}")).ok();
+                    self.rt.network.forwarder.pods.insert(ip, ns);
                 }
                 if let Some(l) = self.mesh_listener.take() {
-                    tokio::spawn(super::mesh::serve(l, self.rt.mesh.clone(), self.rt.registry.clone(), rx.clone()));
+                    tokio::spawn(nanokube_net::mesh::serve(l, ip, self.rt.network.forwarder.clone(), rx.clone()));
                 }
                 tokio::spawn(super::ports::forward(self.dir.clone(), ip, declared, rx));
                 self.ports_stop = Some(tx);
@@ -933,11 +933,11 @@ impl Worker {
         if !host_network {
             let ns = self.dir.join("ns-net");
             netns::create(netns::Kind::Net, &ns)?;
-            match super::mesh::prepare(&ns, ip, &self.rt.registry.service_cidr()) {
+            match nanokube_net::mesh::prepare(&ns, ip, &self.rt.network.captured_ranges()) {
                 Ok(l) => self.mesh_listener = Some(l),
                 Err(e) => tracing::warn!(pod = %self.uid, "{e}"),
             }
-            self.rt.mesh.insert(ip, ns);
+            self.rt.network.forwarder.pods.insert(ip, ns);
         }
         if !pod.spec.as_ref().and_then(|s| s.host_ipc).unwrap_or(false) {
             netns::create(netns::Kind::Ipc, &self.dir.join("ns-ipc"))?;
@@ -1211,7 +1211,7 @@ impl Worker {
         self.ports_stop = None;
         self.mesh_listener = None;
         if let Some(ip) = self.ip {
-            self.rt.mesh.remove(ip);
+            self.rt.network.forwarder.pods.remove(ip);
         }
         let _ = netns::remove(&self.dir.join("ns-net"));
         let _ = netns::remove(&self.dir.join("ns-ipc"));

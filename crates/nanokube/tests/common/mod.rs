@@ -50,6 +50,11 @@ fn spawn_logging(data: &Path, port: u16, extra: &[String], stderr: Stdio) -> (Ch
         .args(if own_mirrors { &[][..] } else { NO_PUBLIC_PULLS })
         // Servers run side by side: each node's kubelet API on a port of its own.
         .args(if extra.iter().any(|a| a.starts_with("--kubelet-port")) { None } else { Some("--kubelet-port=0") })
+        // Servers run side by side: the host's Service addresses and DNS address are
+        // opened only by the tests that ask (with a Service range of their own), and no
+        // test asks a resolver off this machine.
+        .args(if extra.iter().any(|a| a.starts_with("--service-proxy")) { None } else { Some("--service-proxy=false") })
+        .args(if extra.iter().any(|a| a.starts_with("--cluster-dns-upstream")) { None } else { Some("--cluster-dns-upstream=none") })
         .args(extra)
         .stdout(Stdio::piped())
         .stderr(stderr)
@@ -468,6 +473,33 @@ pub fn layer(files: &[(&str, Option<&[u8]>, u32)], symlinks: &[(&str, &str)]) ->
 /// A `docker save` archive of a busybox image named `tag`, two layers (the second
 /// deletes `/etc/old` and makes `/opt` opaque); its layer diff IDs.
 pub fn build_image(dir: &std::path::Path, tag: &str) -> (std::path::PathBuf, Vec<String>) {
+    build_image_with(dir, tag, &[])
+}
+
+#[allow(dead_code)]
+/// The files of host programs for an image: each program at its path, and every shared
+/// library `ldd` names (and the ELF interpreter) at theirs, symlinks read through.
+pub fn host_program_files(programs: &[&str]) -> Vec<(String, Vec<u8>)> {
+    let mut paths: Vec<String> = programs.iter().map(|p| p.to_string()).collect();
+    for p in programs {
+        let out = Command::new("ldd").arg(p).output().expect("ldd");
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let path = match line.split_once("=>") {
+                Some((_, rest)) => rest.split_whitespace().next().unwrap_or(""),
+                None => line.split_whitespace().next().unwrap_or(""),
+            };
+            if path.starts_with('/') && !paths.iter().any(|x| x == path) {
+                paths.push(path.to_string());
+            }
+        }
+    }
+    paths.into_iter().map(|p| (p.trim_start_matches('/').to_string(), std::fs::read(&p).unwrap_or_else(|e| panic!("{p}: {e}")))).collect()
+}
+
+#[allow(dead_code)]
+/// As [`build_image`], with a third layer holding `extra` files (path, contents) with
+/// mode 0755, and `/usr/bin` on the image's PATH.
+pub fn build_image_with(dir: &std::path::Path, tag: &str, extra: &[(String, Vec<u8>)]) -> (std::path::PathBuf, Vec<String>) {
     let busybox = std::fs::read("/bin/busybox").expect("Debian's busybox-static (the test command installs it)");
     // Every applet linked in /bin, as the busybox image has them.
     let list = Command::new("/bin/busybox").arg("--list").output().expect("busybox --list");
@@ -485,16 +517,35 @@ pub fn build_image(dir: &std::path::Path, tag: &str) -> (std::path::PathBuf, Vec
         &applets.iter().map(|a| (a.as_str(), "busybox")).collect::<Vec<_>>(),
     );
     let l2 = layer(&[("etc/.wh.old", Some(b""), 0o644), ("opt/.wh..wh..opq", Some(b""), 0o644), ("opt/b", Some(b"b"), 0o644)], &[]);
-    let diff_ids = vec![nanokube_runtime::store::sha256(&l1), nanokube_runtime::store::sha256(&l2)];
-    let config = serde_json::json!({"architecture": "amd64", "os": "linux", "config": {"Cmd": ["sh"], "Env": ["PATH=/bin"]}, "rootfs": {"type": "layers", "diff_ids": diff_ids}});
-    let manifest = serde_json::json!([{"Config": "config.json", "RepoTags": [tag], "Layers": ["l1/layer.tar", "l2/layer.tar"]}]);
+    let mut layers = vec![l1, l2];
+    let mut path_env = "PATH=/bin";
+    if !extra.is_empty() {
+        // Each file's directories first, then the files.
+        let mut dirs: Vec<String> = Vec::new();
+        for (path, _) in extra {
+            let mut acc = String::new();
+            for part in path.split('/').collect::<Vec<_>>().split_last().map(|(_, d)| d.to_vec()).unwrap_or_default() {
+                acc.push_str(part);
+                acc.push('/');
+                if !dirs.contains(&acc) && acc != "bin/" {
+                    dirs.push(acc.clone());
+                }
+            }
+        }
+        let mut files: Vec<(&str, Option<&[u8]>, u32)> = dirs.iter().map(|d| (d.as_str(), None, 0o755)).collect();
+        files.extend(extra.iter().map(|(p, d)| (p.as_str(), Some(d.as_slice()), 0o755)));
+        layers.push(layer(&files, &[]));
+        path_env = "PATH=/usr/bin:/bin";
+    }
+    let diff_ids: Vec<String> = layers.iter().map(|l| nanokube_runtime::store::sha256(l)).collect();
+    let config = serde_json::json!({"architecture": "amd64", "os": "linux", "config": {"Cmd": ["sh"], "Env": [path_env]}, "rootfs": {"type": "layers", "diff_ids": diff_ids}});
+    let names: Vec<String> = (1..=layers.len()).map(|i| format!("l{i}/layer.tar")).collect();
+    let manifest = serde_json::json!([{"Config": "config.json", "RepoTags": [tag], "Layers": names}]);
     let mut b = tar::Builder::new(Vec::new());
-    for (path, data) in [
-        ("manifest.json", serde_json::to_vec(&manifest).unwrap()),
-        ("config.json", serde_json::to_vec(&config).unwrap()),
-        ("l1/layer.tar", l1),
-        ("l2/layer.tar", l2),
-    ] {
+    let mut entries =
+        vec![("manifest.json".to_string(), serde_json::to_vec(&manifest).unwrap()), ("config.json".to_string(), serde_json::to_vec(&config).unwrap())];
+    entries.extend(names.into_iter().zip(layers));
+    for (path, data) in entries {
         let mut h = tar::Header::new_gnu();
         h.set_size(data.len() as u64);
         h.set_mode(0o644);
@@ -503,6 +554,13 @@ pub fn build_image(dir: &std::path::Path, tag: &str) -> (std::path::PathBuf, Vec
     let path = dir.join(format!("{}.tar", tag.replace([':', '/'], "_")));
     std::fs::write(&path, b.into_inner().unwrap()).unwrap();
     (path, diff_ids)
+}
+
+#[allow(dead_code)]
+/// Load the image archive at `archive` into `server`'s node.
+pub fn load_image(server: &Server, archive: &Path) {
+    let out = Command::new(env!("CARGO_BIN_EXE_nanokube")).args(["image", "load"]).arg(archive).arg("--data-dir").arg(&server.data).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// A server with the test image `testbox:1.0` (from [`build_image`]) loaded.

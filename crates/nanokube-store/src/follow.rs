@@ -1,12 +1,13 @@
-//! A store watch that lasts: what every controller here runs on.
+//! A store watch that lasts: what every controller, the service proxy and the DNS
+//! server run on.
 
 use std::sync::Arc;
 
-use nanokube_store::{Backend, Event, Revision};
+use crate::{Backend, Event, Revision};
 use tokio::sync::watch;
 
 /// What a lasting watch hands its controller.
-pub(crate) enum Change<'a> {
+pub enum Change<'a> {
     /// One change under the prefix.
     Event(&'a Event),
     /// Events were missed (the watch fell behind the retained history) and the watch goes
@@ -16,7 +17,7 @@ pub(crate) enum Change<'a> {
 
 /// Watch `prefix` after `from`, handing each change to `on_change`, until `shutdown`
 /// turns true, the store closes, or `on_change` returns false.
-pub(crate) async fn follow(
+pub async fn follow(
     store: Arc<dyn Backend>,
     prefix: &str,
     mut from: Revision,

@@ -1,0 +1,68 @@
+//! Reaching an address the way the pod network routes it: a pod IP of this node inside
+//! that pod's network namespace (where only its `lo` carries it), anything else (the API
+//! server's endpoint, a host service) from the host.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// How long a connection to an endpoint may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The network namespaces of the node's pods, by pod IP.
+#[derive(Default)]
+pub struct PodNamespaces(Mutex<HashMap<Ipv4Addr, PathBuf>>);
+
+impl PodNamespaces {
+    /// A pod's namespace is reachable at `ip`.
+    pub fn insert(&self, ip: Ipv4Addr, ns: PathBuf) {
+        if let Ok(mut m) = self.0.lock() {
+            m.insert(ip, ns);
+        }
+    }
+
+    /// It is not any more.
+    pub fn remove(&self, ip: Ipv4Addr) {
+        if let Ok(mut m) = self.0.lock() {
+            m.remove(&ip);
+        }
+    }
+
+    /// The namespace of the pod at `ip`, if it runs here.
+    pub fn get(&self, ip: Ipv4Addr) -> Option<PathBuf> {
+        self.0.lock().ok()?.get(&ip).cloned()
+    }
+
+    /// A TCP connection to `to`.
+    pub async fn connect(&self, to: SocketAddrV4) -> std::io::Result<tokio::net::TcpStream> {
+        match self.get(*to.ip()) {
+            Some(ns) => nanokube_runtime::netns::connect(&ns, SocketAddr::V4(to), CONNECT_TIMEOUT).await,
+            None => match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(to)).await {
+                Ok(r) => r,
+                Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, format!("connecting to {to}"))),
+            },
+        }
+    }
+
+    /// A UDP socket to talk to `to` from (made inside the pod's namespace when `to` is a
+    /// pod here: a socket stays in the namespace it was made in). It is not connected: a
+    /// server bound to all addresses answers from whichever address the route picks
+    /// (127.0.0.1 on `lo`), not necessarily the one asked, and that answer must count.
+    pub async fn udp(&self, to: SocketAddrV4) -> std::io::Result<tokio::net::UdpSocket> {
+        let make = move || -> std::io::Result<std::net::UdpSocket> {
+            let s = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+            s.set_nonblocking(true)?;
+            Ok(s)
+        };
+        let socket = match self.get(*to.ip()) {
+            Some(ns) => tokio::task::spawn_blocking(move || nanokube_runtime::netns::within(&ns, make))
+                .await
+                .map_err(std::io::Error::other)?
+                .map_err(std::io::Error::other)??,
+            None => make()?,
+        };
+        tokio::net::UdpSocket::from_std(socket)
+    }
+}

@@ -1,0 +1,223 @@
+//! Traffic from inside a pod to other pods and to Services. Every pod's network namespace
+//! has only `lo`, where all of 127.0.0.0/8 is local, so a connection to another pod's IP
+//! would stay in the pod. NAT rules in the pod's namespace send TCP and UDP for
+//! 127.244.0.0/16 (but its own IP) and for the Service and load-balancer ranges to the
+//! agent's capture port inside that namespace ([`PORT`], TCP and UDP), which finds where
+//! the traffic was meant to go: for TCP the socket's original destination
+//! (`SO_ORIGINAL_DST`), for UDP the namespace's conntrack entry of the flow. A pod's IP is
+//! reached inside that pod's namespace; a Service address goes through the
+//! [`Forwarder`] (an endpoint, or the cluster DNS answering in process); anything else
+//! is refused (a reset).
+
+use std::collections::HashMap;
+use std::io::{Read, Seek};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use crate::proxy::{Forwarder, UdpTarget};
+use crate::table::Protocol;
+
+/// The agent's port inside every pod (Istio's outbound capture port), TCP and UDP.
+pub const PORT: u16 = 15001;
+
+/// What catches a pod's outbound traffic: the TCP listener and UDP socket on [`PORT`]
+/// inside its namespace, and the namespace's conntrack table (for UDP destinations).
+pub struct Capture {
+    tcp: std::net::TcpListener,
+    udp: std::net::UdpSocket,
+    conntrack: Option<std::fs::File>,
+}
+
+/// Install the pod's NAT rules (other pods, and the address ranges in `captured`: the
+/// Service and load-balancer ranges) and open the capture in its namespace.
+pub fn prepare(ns: &Path, own_ip: Ipv4Addr, captured: &[String]) -> Result<Capture, String> {
+    let restore = nanokube_runtime::find_program("iptables-restore")
+        .ok_or("iptables-restore was not found (Debian: apt-get install iptables), so pods cannot reach each other")?;
+    let mut rules = format!("*nat\n-A OUTPUT -d {own_ip}/32 -j RETURN\n");
+    for range in std::iter::once("127.244.0.0/16").chain(captured.iter().map(String::as_str)) {
+        for proto in ["tcp", "udp"] {
+            rules.push_str(&format!("-A OUTPUT -d {range} -p {proto} -j REDIRECT --to-ports {PORT}\n"));
+        }
+    }
+    rules.push_str("COMMIT\n");
+    nanokube_runtime::netns::within(ns, move || -> Result<Capture, String> {
+        use std::io::Write;
+        nanokube_runtime::netns::add_loopback_address(own_ip)?;
+        // The child inherits this thread's network namespace.
+        let mut child = std::process::Command::new(&restore)
+            .arg("--noflush")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("{}: {e}", restore.display()))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(rules.as_bytes()).map_err(|e| e.to_string())?;
+        }
+        let out = child.wait_with_output().map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(format!("iptables-restore in the pod's namespace: {}", String::from_utf8_lossy(&out.stderr).trim()));
+        }
+        bind()
+    })?
+}
+
+fn bind() -> Result<Capture, String> {
+    let tcp = std::net::TcpListener::bind(("127.0.0.1", PORT)).map_err(|e| format!("the agent's listener in the pod: {e}"))?;
+    tcp.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let udp = std::net::UdpSocket::bind(("127.0.0.1", PORT)).map_err(|e| format!("the agent's UDP socket in the pod: {e}"))?;
+    udp.set_nonblocking(true).map_err(|e| e.to_string())?;
+    // Opened here, it reads this namespace's table from any thread.
+    let conntrack = std::fs::File::open("/proc/thread-self/net/nf_conntrack").ok();
+    Ok(Capture { tcp, udp, conntrack })
+}
+
+/// Open the capture again in a pod whose rules are in place (a pod adopted after the
+/// server restarted: the namespace kept its rules, the old sockets went with the old
+/// process).
+pub fn listen(ns: &Path) -> Result<Capture, String> {
+    nanokube_runtime::netns::within(ns, bind)?
+}
+
+/// The destination a redirected connection was meant for.
+fn original_destination(s: &tokio::net::TcpStream) -> std::io::Result<SocketAddrV4> {
+    // SAFETY: getsockopt(2) of SO_ORIGINAL_DST into a sockaddr_in we own, with its size.
+    unsafe {
+        let mut addr: libc::sockaddr_in = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        const SO_ORIGINAL_DST: libc::c_int = 80;
+        if libc::getsockopt(s.as_raw_fd(), libc::SOL_IP, SO_ORIGINAL_DST, (&mut addr as *mut libc::sockaddr_in).cast(), &mut len) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(SocketAddrV4::new(Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr)), u16::from_be(addr.sin_port)))
+    }
+}
+
+/// The original destination of the UDP flow from `client`, from the namespace's
+/// conntrack table (`/proc/net/nf_conntrack` lines: the original tuple, then the reply's).
+pub fn conntrack_destination(table: &str, client: SocketAddrV4) -> Option<SocketAddrV4> {
+    let (src, sport) = (format!("src={}", client.ip()), format!("sport={}", client.port()));
+    for line in table.lines() {
+        let mut fields = line.split_whitespace();
+        if !fields.by_ref().take(3).any(|f| f == "udp") {
+            continue;
+        }
+        let rest: Vec<&str> = fields.collect();
+        // The first src/dst/sport/dport are the original direction's.
+        let first = |k: &str| rest.iter().find(|f| f.starts_with(k)).map(|f| &f[k.len()..]);
+        if first("src=").map(|v| format!("src={v}")) != Some(src.clone()) || first("sport=").map(|v| format!("sport={v}")) != Some(sport.clone()) {
+            continue;
+        }
+        let ip: Ipv4Addr = first("dst=")?.parse().ok()?;
+        let port: u16 = first("dport=")?.parse().ok()?;
+        return Some(SocketAddrV4::new(ip, port));
+    }
+    None
+}
+
+/// Serve the pod's outbound traffic until `stop` changes or its sender goes.
+pub async fn serve(capture: Capture, own_ip: Ipv4Addr, forwarder: Arc<Forwarder>, stop: watch::Receiver<bool>) {
+    let Capture { tcp, udp, conntrack } = capture;
+    let (Ok(tcp), Ok(udp)) = (tokio::net::TcpListener::from_std(tcp), tokio::net::UdpSocket::from_std(udp)) else { return };
+    let udp_task = tokio::spawn(serve_udp(Arc::new(udp), conntrack, forwarder.clone()));
+    let mut stop = stop;
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.changed() => break,
+            a = tcp.accept() => a,
+        };
+        let Ok((mut inbound, _)) = accepted else { continue };
+        let fw = forwarder.clone();
+        let Ok(target) = original_destination(&inbound) else { continue };
+        if fw.pods.get(*target.ip()).is_some() {
+            tokio::spawn(async move {
+                match fw.pods.connect(target).await {
+                    Ok(mut outbound) => {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                    Err(e) => {
+                        tracing::debug!(%target, "from a pod: {e}");
+                        let _ = inbound.set_zero_linger();
+                    }
+                }
+            });
+            continue;
+        }
+        match fw.table.frontend(Protocol::Tcp, target) {
+            Some(port) => {
+                let external = !port.cluster_ips.contains(target.ip());
+                fw.tcp(inbound, port, std::net::IpAddr::V4(own_ip), external);
+            }
+            // No pod or Service there: reset, as refused.
+            None => {
+                let _ = inbound.set_zero_linger();
+            }
+        }
+    }
+    udp_task.abort();
+}
+
+/// How long a UDP client's destination is remembered without lookups.
+const FLOW_MEMORY: Duration = Duration::from_secs(30);
+
+async fn serve_udp(socket: Arc<tokio::net::UdpSocket>, conntrack: Option<std::fs::File>, fw: Arc<Forwarder>) {
+    let Some(conntrack) = conntrack else {
+        tracing::debug!("no conntrack table in the pod's namespace: its UDP to Services is not carried");
+        return;
+    };
+    let conntrack = Arc::new(Mutex::new(conntrack));
+    let mut known: HashMap<SocketAddrV4, (SocketAddrV4, Instant)> = HashMap::new();
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        let Ok((n, from)) = socket.recv_from(&mut buf).await else { return };
+        let SocketAddr::V4(client) = from else { continue };
+        let target = match known.get(&client).filter(|(_, t)| t.elapsed() < FLOW_MEMORY) {
+            Some((t, _)) => Some(*t),
+            None => {
+                let ct = conntrack.clone();
+                let table = tokio::task::spawn_blocking(move || {
+                    let mut f = ct.lock().ok()?;
+                    f.rewind().ok()?;
+                    let mut s = String::new();
+                    f.read_to_string(&mut s).ok()?;
+                    Some(s)
+                })
+                .await
+                .ok()
+                .flatten();
+                table.and_then(|t| conntrack_destination(&t, client))
+            }
+        };
+        let Some(target) = target else { continue };
+        known.retain(|_, (_, t)| t.elapsed() < FLOW_MEMORY);
+        known.insert(client, (target, Instant::now()));
+        let via = if fw.pods.get(*target.ip()).is_some() {
+            UdpTarget::Pod(target)
+        } else {
+            match fw.table.frontend(Protocol::Udp, target) {
+                Some(port) => UdpTarget::Service(port.clone(), !port.cluster_ips.contains(target.ip())),
+                None => continue,
+            }
+        };
+        fw.udp(&socket, from, &buf[..n], target, via).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conntrack_lines() {
+        let table = "ipv4     2 tcp      6 431999 ESTABLISHED src=127.0.0.1 dst=127.96.0.1 sport=5000 dport=443 src=127.0.0.1 dst=127.0.0.1 sport=15001 dport=5000 [ASSURED] mark=0 zone=0 use=2\n\
+                     ipv4     2 udp      17 29 src=127.0.0.1 dst=127.96.0.10 sport=40001 dport=53 [UNREPLIED] src=127.0.0.1 dst=127.0.0.1 sport=15001 dport=40001 mark=0 zone=0 use=2\n";
+        let client = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 40001);
+        assert_eq!(conntrack_destination(table, client), Some("127.96.0.10:53".parse().unwrap()));
+        assert_eq!(conntrack_destination(table, SocketAddrV4::new(Ipv4Addr::LOCALHOST, 5000)), None, "TCP lines are not UDP flows");
+    }
+}

@@ -1,0 +1,138 @@
+//! Cluster DNS and the seed's in-pod recipe: from inside a pod (real runc containers with
+//! real curl and glibc's getent), `https://kubernetes.default.svc/api` answers with the
+//! service-account token; Services, headless Services, StatefulSet pods, ExternalName,
+//! SRV and reverse names resolve; a name outside the cluster goes to the upstream resolver
+//! (Debian's dnsmasq on loopback); the host asks the DNS address directly.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{build_image_with, eventually, host_program_files, load_image, server_with_image_and, Server};
+
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// dnsmasq answering `*.example.test` with 127.1.2.3 (and nothing else), on a free
+/// loopback port.
+fn upstream() -> (KillOnDrop, u16) {
+    let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let dnsmasq = ["/usr/sbin/dnsmasq", "/usr/bin/dnsmasq"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("dnsmasq (the test command installs dnsmasq-base)");
+    let child = Command::new(dnsmasq)
+        .args(["--keep-in-foreground", "--no-resolv", "--no-hosts", "--bind-interfaces", "--listen-address=127.0.0.1", "--pid-file=", "--user=root"])
+        .arg(format!("--port={port}"))
+        .arg("--address=/example.test/127.1.2.3")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("dnsmasq");
+    (KillOnDrop(child), port)
+}
+
+fn exec(s: &Server, pod: &str, command: &str) -> (bool, String) {
+    let out = s.kubectl(&["exec", pod, "--", "sh", "-c", command]);
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+#[test]
+fn pods_resolve_cluster_names_and_reach_the_api_by_name() {
+    let (_dnsmasq, port) = upstream();
+    let n = std::process::id() % 200 + 20;
+    let services = format!("127.98.{n}.0/24");
+    let dns_ip = format!("127.98.{n}.10");
+    let s = server_with_image_and(&[
+        "--service-proxy=true",
+        &format!("--service-cluster-ip-range={services}"),
+        &format!("--cluster-dns-upstream=127.0.0.1:{port}"),
+    ]);
+    let work = s.dir.path().join("tools");
+    std::fs::create_dir_all(&work).unwrap();
+    let mut files = host_program_files(&["/usr/bin/curl", "/usr/bin/getent"]);
+    files.push(("etc/nsswitch.conf".into(), b"hosts: files dns\n".to_vec()));
+    let (archive, _) = build_image_with(&work, "tools:1.0", &files);
+    load_image(&s, &archive);
+
+    let manifests = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\n  labels: {app: web}\nspec:\n  containers:\n  - name: web\n    image: testbox:1.0\n    command: [sh, -c, 'mkdir /www; echo hello > /www/index.html; exec httpd -f -p 8080 -h /www']\n    ports: [{name: http, containerPort: 8080}]\n---\n\
+        apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  selector: {app: web}\n  ports: [{name: http, port: 80, targetPort: http}]\n---\n\
+        apiVersion: v1\nkind: Service\nmetadata:\n  name: db\nspec:\n  clusterIP: None\n  selector: {app: db}\n  ports: [{name: pg, port: 5432}]\n---\n\
+        apiVersion: apps/v1\nkind: StatefulSet\nmetadata:\n  name: db\nspec:\n  serviceName: db\n  replicas: 2\n  podManagementPolicy: Parallel\n  selector: {matchLabels: {app: db}}\n  template:\n    metadata: {labels: {app: db}}\n    spec:\n      containers:\n      - {name: db, image: testbox:1.0, command: [sleep, '3600']}\n---\n\
+        apiVersion: v1\nkind: Service\nmetadata:\n  name: ext\nspec:\n  type: ExternalName\n  externalName: somewhere.example.test\n---\n\
+        apiVersion: v1\nkind: Pod\nmetadata:\n  name: client\nspec:\n  containers:\n  - {name: c, image: tools:1.0, command: [sleep, '3600']}\n";
+    let out = s.k_stdin(&["apply", "-f", "-"], manifests);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for pod in ["web", "client", "db-0", "db-1"] {
+        assert!(
+            eventually(Duration::from_secs(60), || s.kubectl(&["wait", "--for=condition=Ready", &format!("pod/{pod}"), "--timeout=5s"]).status.success()),
+            "{pod}: {}",
+            s.k(&["get", "pods", "-o", "wide"])
+        );
+    }
+    let hostnames = || {
+        let mut h: Vec<String> = s
+            .k(&["get", "endpointslices", "-l", "kubernetes.io/service-name=db", "-o", "jsonpath={.items[*].endpoints[*].hostname}"])
+            .split_whitespace()
+            .map(String::from)
+            .collect();
+        h.sort();
+        h
+    };
+    assert!(eventually(Duration::from_secs(20), || hostnames() == ["db-0", "db-1"]), "{}", s.k(&["get", "endpointslices", "-o", "yaml"]));
+
+    // The seed's recipe, verbatim, inside the pod.
+    let (ok, api) = exec(
+        &s,
+        "client",
+        r#"curl --cacert /var/run/secrets/kubernetes.io/serviceaccount/ca.crt -H "Authorization: Bearer $(cat /var/run/secrets/kubernetes.io/serviceaccount/token)" https://kubernetes.default.svc/api"#,
+    );
+    assert!(ok && api.contains(r#""kind":"APIVersions""#), "{api}");
+
+    let web_ip = s.k(&["get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"]);
+    let (ok, out) = exec(&s, "client", "getent hosts web");
+    assert!(ok && out.starts_with(&web_ip) && out.contains("web.default.svc.cluster.local"), "{out}");
+    let (ok, out) = exec(&s, "client", "curl -sS http://web/");
+    assert!(ok && out == "hello\n", "{out}");
+    // The headless Service: both pods; a StatefulSet pod by name.
+    let db0 = s.k(&["get", "pod", "db-0", "-o", "jsonpath={.status.podIP}"]);
+    let db1 = s.k(&["get", "pod", "db-1", "-o", "jsonpath={.status.podIP}"]);
+    let (ok, out) = exec(&s, "client", "getent ahostsv4 db | awk '{print $1}' | sort -u");
+    let mut want = [db0.clone(), db1.clone()];
+    want.sort();
+    assert!(ok && out.split_whitespace().collect::<Vec<_>>() == want.iter().map(String::as_str).collect::<Vec<_>>(), "{out}");
+    let (ok, out) = exec(&s, "client", "getent hosts db-0.db");
+    assert!(ok && out.starts_with(&db0) && out.contains("db-0.db.default.svc.cluster.local"), "{out}");
+    // busybox's nslookup: SRV, and the reverse name of a ClusterIP.
+    let (ok, out) = exec(&s, "web", "nslookup -type=SRV _http._tcp.web.default.svc.cluster.local");
+    assert!(ok && out.contains("web.default.svc.cluster.local") && out.contains("80"), "{out}");
+    let (ok, out) = exec(&s, "web", &format!("nslookup {web_ip}"));
+    assert!(ok && out.contains("web.default.svc.cluster.local"), "{out}");
+    // A name that does not exist, and ExternalName through the upstream resolver.
+    let (ok, out) = exec(&s, "client", "getent hosts nothing.default.svc.cluster.local");
+    assert!(!ok, "{out}");
+    let (ok, out) = exec(&s, "client", "getent hosts ext");
+    assert!(ok && out.starts_with("127.1.2.3"), "{out}");
+    let (ok, out) = exec(&s, "client", "getent hosts somewhere.example.test");
+    assert!(ok && out.starts_with("127.1.2.3"), "{out}");
+    let (ok, out) = exec(&s, "client", &format!("getent hosts {}.default.pod.cluster.local", db1.replace('.', "-")));
+    assert!(ok && out.starts_with(&db1), "{out}");
+
+    // The kube-dns Service and its endpoints, as CoreDNS's.
+    assert_eq!(s.k(&["-n", "kube-system", "get", "svc", "kube-dns", "-o", "jsonpath={.spec.clusterIP}"]), dns_ip);
+    assert_eq!(s.k(&["-n", "kube-system", "get", "endpoints", "kube-dns", "-o", "jsonpath={.subsets[0].addresses[0].ip}"]), dns_ip);
+
+    // From the host: the DNS address itself.
+    let out = Command::new("/bin/busybox").args(["nslookup", "web.default.svc.cluster.local", &dns_ip]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains(&web_ip), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("/bin/busybox").args(["nslookup", "nothing.default.svc.cluster.local", &dns_ip]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("NXDOMAIN") || String::from_utf8_lossy(&out.stderr).contains("NXDOMAIN"), "{out:?}");
+}
