@@ -261,6 +261,7 @@ pub static BUILTIN: &[ResourceDef] = &[
             SubresourceDef { name: "exec", group: "", version: "v1", kind: "PodExecOptions", verbs: &["create", "get"] },
             SubresourceDef { name: "portforward", group: "", version: "v1", kind: "PodPortForwardOptions", verbs: &["create", "get"] },
             SubresourceDef { name: "log", group: "", version: "v1", kind: "Pod", verbs: &["get"] },
+            SubresourceDef { name: "proxy", group: "", version: "v1", kind: "PodProxyOptions", verbs: &["create", "delete", "get", "patch", "update"] },
             status("Pod", ""),
         ],
     ),
@@ -287,7 +288,19 @@ pub static BUILTIN: &[ResourceDef] = &[
         NONE,
         &[SubresourceDef { name: "token", group: "authentication.k8s.io", version: "v1", kind: "TokenRequest", verbs: &["create"] }],
     ),
-    res("", "Service", "services", "service", true, &["svc"], ALL, &[status("Service", "")]),
+    res(
+        "",
+        "Service",
+        "services",
+        "service",
+        true,
+        &["svc"],
+        ALL,
+        &[
+            SubresourceDef { name: "proxy", group: "", version: "v1", kind: "ServiceProxyOptions", verbs: &["create", "delete", "get", "patch", "update"] },
+            status("Service", ""),
+        ],
+    ),
     // admissionregistration.k8s.io/v1 (stored; webhooks are not called and policies
     // not evaluated yet)
     admission_config("MutatingWebhookConfiguration", "mutatingwebhookconfigurations", "mutatingwebhookconfiguration", &[]),

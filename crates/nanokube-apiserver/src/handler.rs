@@ -807,6 +807,16 @@ impl Ctx<'_> {
         }
         let ns = info.namespace.as_str();
         if !info.subresource.is_empty() {
+            if info.subresource == "proxy" && self.headers.contains_key(http::header::UPGRADE) {
+                // An upgrade the backend did not take (or that never reached it) ends the
+                // client's connection: it must not stay open, authenticated, for another
+                // request (the CVE-2018-1002105 class).
+                let mut resp = self.subresource(def, body).await.unwrap_or_else(|e| h::error(&e));
+                if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+                    resp.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                return Ok(resp);
+            }
             return self.subresource(def, body).await;
         }
         match info.verb.as_str() {
@@ -1498,6 +1508,31 @@ impl Ctx<'_> {
                 let mut resp = Response::new(h::channel(rx));
                 resp.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
                 Ok(resp)
+            }
+            "proxy" if info.resource != "nodes" => {
+                // `pods|services/[scheme:]<name>[:<port>]/proxy/<path>`.
+                let location = if info.resource == "pods" {
+                    crate::service_proxy::pod_location(&self.server.registry, ns, &info.name)?
+                } else {
+                    crate::service_proxy::service_location(&self.server.registry, ns, &info.name)?
+                };
+                let marker = format!("/{}/{}/proxy", info.resource, info.name);
+                let rest = info.path.split_once(&marker).map(|(_, r)| r).unwrap_or("");
+                if rest.is_empty() && self.method == Method::GET {
+                    // As upstream's proxy handler: `.../proxy` goes to `.../proxy/`.
+                    let mut resp = Response::new(crate::http::full(Bytes::new()));
+                    *resp.status_mut() = StatusCode::MOVED_PERMANENTLY;
+                    let to = HeaderValue::from_str(&format!("{}/", info.path)).map_err(|e| ApiError::bad_request(e.to_string()))?;
+                    resp.headers_mut().insert(http::header::LOCATION, to);
+                    return Ok(resp);
+                }
+                let mut target = if rest.is_empty() { "/".to_string() } else { rest.to_string() };
+                if !self.query.raw().is_empty() {
+                    target = format!("{target}?{}", self.query.raw());
+                }
+                let upgrade = self.upgrade.lock().ok().and_then(|mut u| u.take());
+                let fwd = crate::node_proxy::Forward { method: self.method, path_and_query: &target, headers: self.headers, body, upgrade };
+                crate::service_proxy::proxy(&self.server.portforward_nodes, location, fwd).await
             }
             "proxy" => {
                 // `nodes/<name>[:<port>]/proxy/<path>`: the path and query as sent.

@@ -47,6 +47,7 @@ pub mod resource_metrics;
 pub mod reviews;
 pub mod satoken;
 pub mod server;
+pub mod service_proxy;
 pub mod spdy;
 mod tables;
 pub mod upgrade;

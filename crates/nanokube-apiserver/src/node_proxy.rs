@@ -22,7 +22,7 @@ use crate::http::Body;
 /// upgrade's own are put back).
 const DROPPED: &[&str] = &["authorization", "host", "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "te", "trailer"];
 
-fn unavailable(why: impl std::fmt::Display) -> ApiError {
+pub(crate) fn unavailable(why: impl std::fmt::Display) -> ApiError {
     ApiError::new(503, "ServiceUnavailable", format!("error trying to reach service: {why}"))
 }
 
@@ -61,9 +61,25 @@ pub struct Forward<'a> {
 /// Pass the request on to the kubelet of `node` (at `port` when the request named one)
 /// and its answer back.
 pub async fn proxy(tls: Arc<rustls::ClientConfig>, node: &Value, port: Option<u16>, fwd: Forward<'_>) -> Result<Response<Body>, ApiError> {
-    let Forward { method, path_and_query, headers, body, upgrade } = fwd;
     let (addr, host) = kubelet_address(node, port)?;
-    let mut sender = crate::backend::connect(&addr, &host, tls).await.map_err(unavailable)?;
+    let sender = crate::backend::connect(&addr, &host, tls).await.map_err(unavailable)?;
+    send(sender, &addr, fwd).await
+}
+
+/// Pass the request on over `stream` (to `addr`, named in `Host`) and its answer back.
+pub async fn send_over<S>(stream: S, addr: &str, fwd: Forward<'_>) -> Result<Response<Body>, ApiError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.map_err(unavailable)?;
+    tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+    });
+    send(sender, addr, fwd).await
+}
+
+async fn send(mut sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>, addr: &str, fwd: Forward<'_>) -> Result<Response<Body>, ApiError> {
+    let Forward { method, path_and_query, headers, body, upgrade } = fwd;
     let wants_upgrade = headers.contains_key(http::header::UPGRADE) && upgrade.is_some();
     let mut req = http::Request::builder().method(method.clone()).uri(path_and_query);
     for (name, value) in headers {
@@ -73,7 +89,7 @@ pub async fn proxy(tls: Arc<rustls::ClientConfig>, node: &Value, port: Option<u1
         }
         req = req.header(name, value);
     }
-    req = req.header(http::header::HOST, &addr);
+    req = req.header(http::header::HOST, addr);
     if wants_upgrade {
         if let Some(to) = headers.get(http::header::UPGRADE) {
             req = req.header(http::header::CONNECTION, "Upgrade").header(http::header::UPGRADE, to);
@@ -83,7 +99,7 @@ pub async fn proxy(tls: Arc<rustls::ClientConfig>, node: &Value, port: Option<u1
     let mut resp = sender.send_request(req).await.map_err(unavailable)?;
     if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
         let Some(client) = upgrade.filter(|_| wants_upgrade) else {
-            return Err(unavailable("the kubelet switched protocols unasked"));
+            return Err(unavailable("the backend switched protocols unasked"));
         };
         let backend = hyper::upgrade::on(&mut resp);
         let mut answer = Response::new(crate::http::full(Bytes::new()));

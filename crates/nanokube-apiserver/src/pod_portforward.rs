@@ -38,6 +38,10 @@ pub trait NodePortForward: crate::node_link::NamedNode {
     /// A connection to `localhost:port` in `pod`'s network namespace, or why not (the
     /// runtime's words, which kubelet wraps).
     fn dial<'a>(&'a self, pod: &'a Value, port: u16) -> Pin<Box<dyn Future<Output = Result<TcpStream, String>> + Send + 'a>>;
+
+    /// A connection to `addr` as the node's network routes it (a pod's IP inside that
+    /// pod's network namespace), for `pods/proxy` and `services/proxy`.
+    fn connect_to(&self, addr: std::net::SocketAddrV4) -> Pin<Box<dyn Future<Output = Result<TcpStream, String>> + Send + '_>>;
 }
 
 /// The nodes this API server forwards ports on.

@@ -51,6 +51,10 @@ impl NodePortForward for PortForward {
             })
         })
     }
+
+    fn connect_to(&self, addr: std::net::SocketAddrV4) -> Pin<Box<dyn Future<Output = Result<TcpStream, String>> + Send + '_>> {
+        Box::pin(async move { self.0.network.forwarder.pods.connect(addr).await.map_err(|e| format!("dial tcp {addr}: connect: {}", lower(&e))) })
+    }
 }
 
 /// An I/O error as Go words it ("connection refused", no " (os error 111)").
