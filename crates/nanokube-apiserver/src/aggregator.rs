@@ -386,7 +386,7 @@ fn aggregated_resources(group: &str, version: &str, doc: &Value) -> Vec<Value> {
 
 /// A backend's response body as this server's body type: a read error ends the stream
 /// (the connection to the client is then closed short, as a proxy does).
-pub(crate) struct EndOnError(pub(crate) hyper::body::Incoming);
+pub struct EndOnError(pub hyper::body::Incoming);
 
 impl http_body::Body for EndOnError {
     type Data = Bytes;

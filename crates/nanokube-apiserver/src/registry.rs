@@ -945,7 +945,7 @@ impl Registry {
 
     /// Admission on create: what upstream's default admission plugins do to new objects
     /// (ServiceAccount, DefaultTolerationSeconds, Priority, DefaultStorageClass,
-    /// StorageObjectInUseProtection).
+    /// DefaultIngressClass, StorageObjectInUseProtection).
     fn admit_create(&self, def: &ResourceDef, namespace: &str, obj: &mut Value) -> Result<(), ApiError> {
         match (def.group, def.plural) {
             ("", "pods") => self.admit_pod(namespace, obj),
@@ -956,6 +956,10 @@ impl Registry {
             }
             ("", "persistentvolumes") => {
                 add_finalizer(obj, "kubernetes.io/pv-protection");
+                Ok(())
+            }
+            ("networking.k8s.io", "ingresses") => {
+                self.default_ingress_class(obj);
                 Ok(())
             }
             _ => Ok(()),
@@ -1076,17 +1080,31 @@ impl Registry {
 
     /// DefaultStorageClass admission: a claim that names no class gets the default one.
     fn default_storage_class(&self, obj: &mut Value) {
-        if obj.pointer("/spec/storageClassName").is_some_and(|v| !v.is_null()) {
+        let annotations = ["storageclass.kubernetes.io/is-default-class", "storageclass.beta.kubernetes.io/is-default-class"];
+        self.default_class(obj, ("storage.k8s.io", "storageclasses"), &annotations, "storageClassName");
+    }
+
+    /// DefaultIngressClass admission: an Ingress that names no class (neither
+    /// `spec.ingressClassName` nor the old `kubernetes.io/ingress.class` annotation) gets
+    /// the default IngressClass.
+    fn default_ingress_class(&self, obj: &mut Value) {
+        if obj.pointer("/metadata/annotations/kubernetes.io~1ingress.class").is_some() {
             return;
         }
-        let Some(d) = resources::find("storage.k8s.io", "v1", "storageclasses") else { return };
+        self.default_class(obj, ("networking.k8s.io", "ingressclasses"), &["ingressclass.kubernetes.io/is-default-class"], "ingressClassName");
+    }
+
+    /// Set `spec.<field>` of `obj`, when unset, to the newest class of `classes` that one
+    /// of `annotations` marks default (as upstream picks among several).
+    fn default_class(&self, obj: &mut Value, classes: (&str, &str), annotations: &[&str], field: &str) {
+        if obj.pointer(&format!("/spec/{field}")).is_some_and(|v| !v.is_null()) {
+            return;
+        }
+        let Some(d) = resources::find(classes.0, "v1", classes.1) else { return };
         let Ok(list) = self.list(d, None, &ListOptions::default()) else { return };
-        let is_default = |sc: &Value| {
-            ["storageclass.kubernetes.io/is-default-class", "storageclass.beta.kubernetes.io/is-default-class"]
-                .iter()
-                .any(|a| sc.pointer(&format!("/metadata/annotations/{}", a.replace('/', "~1"))).and_then(Value::as_str) == Some("true"))
+        let is_default = |c: &Value| {
+            annotations.iter().any(|a| c.pointer(&format!("/metadata/annotations/{}", a.replace('/', "~1"))).and_then(Value::as_str) == Some("true"))
         };
-        // The newest default class, as upstream picks among several.
         fn created(v: &Value) -> &str {
             v.pointer("/metadata/creationTimestamp").and_then(Value::as_str).unwrap_or("")
         }
@@ -1094,10 +1112,10 @@ impl Registry {
             .items
             .iter()
             .map(|o| o.value())
-            .filter(|sc| is_default(sc))
+            .filter(|c| is_default(c))
             .max_by(|a, b| created(a).cmp(created(b)).then_with(|| meta::name(b).cmp(meta::name(a))));
-        if let (Some(sc), Some(spec)) = (chosen, obj.get_mut("spec").and_then(Value::as_object_mut)) {
-            spec.insert("storageClassName".into(), json!(meta::name(sc)));
+        if let (Some(c), Some(spec)) = (chosen, obj.get_mut("spec").and_then(Value::as_object_mut)) {
+            spec.insert(field.into(), json!(meta::name(c)));
         }
     }
 

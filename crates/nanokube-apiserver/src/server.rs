@@ -162,12 +162,29 @@ pub async fn serve(api: Arc<ApiServer>, listener: TcpListener, tls: Arc<rustls::
 /// Accept TLS connections until `shutdown` turns true, each request answered by
 /// `handler` (with what is known of its connection): the same bounds for every server
 /// of the product (connections, handshake and header timeouts).
-pub async fn serve_with<H, F>(listener: TcpListener, tls: Arc<rustls::ServerConfig>, mut shutdown: watch::Receiver<bool>, handler: H)
+pub async fn serve_with<H, F>(listener: TcpListener, tls: Arc<rustls::ServerConfig>, shutdown: watch::Receiver<bool>, handler: H)
 where
     H: Fn(Arc<ConnInfo>, hyper::Request<hyper::body::Incoming>) -> F + Clone + Send + Sync + 'static,
     F: std::future::Future<Output = hyper::Response<crate::http::Body>> + Send + 'static,
 {
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    accept_loop(listener, Some(tls), shutdown, handler).await
+}
+
+/// As [`serve_with`], over plain HTTP/1.1 (an ingress's port 80): the same bounds.
+pub async fn serve_plain_with<H, F>(listener: TcpListener, shutdown: watch::Receiver<bool>, handler: H)
+where
+    H: Fn(Arc<ConnInfo>, hyper::Request<hyper::body::Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: std::future::Future<Output = hyper::Response<crate::http::Body>> + Send + 'static,
+{
+    accept_loop(listener, None, shutdown, handler).await
+}
+
+async fn accept_loop<H, F>(listener: TcpListener, tls: Option<Arc<rustls::ServerConfig>>, mut shutdown: watch::Receiver<bool>, handler: H)
+where
+    H: Fn(Arc<ConnInfo>, hyper::Request<hyper::body::Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: std::future::Future<Output = hyper::Response<crate::http::Body>> + Send + 'static,
+{
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let mut last_accept_error: Option<std::time::Instant> = None;
     loop {
@@ -200,6 +217,21 @@ where
         let mut conn_shutdown = shutdown.clone();
         tokio::spawn(async move {
             let _slot = slot;
+            let watches = OpenWatches::default();
+            let svc = |info: Arc<ConnInfo>| {
+                service_fn(move |req| {
+                    let answer = handler(info.clone(), req);
+                    async move { Ok::<_, std::convert::Infallible>(answer.await) }
+                })
+            };
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+            builder.http2().timer(TokioTimer::new());
+            let Some(acceptor) = acceptor else {
+                let info = Arc::new(ConnInfo { cert_user: None, peer, watches: watches.clone() });
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(Coalesce::new(tcp, None)), svc(info));
+                return drive(conn, &mut conn_shutdown, peer).await;
+            };
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(t)) => t,
                 Ok(Err(e)) => {
@@ -213,25 +245,26 @@ where
             };
             let cert_user = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| user_from_cert(c.as_ref()));
             let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-            let watches = OpenWatches::default();
             let info = Arc::new(ConnInfo { cert_user, peer, watches: watches.clone() });
-            let svc = service_fn(move |req| {
-                let answer = handler(info.clone(), req);
-                async move { Ok::<_, std::convert::Infallible>(answer.await) }
-            });
-            let mut builder = auto::Builder::new(TokioExecutor::new());
-            builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
-            builder.http2().timer(TokioTimer::new());
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(Coalesce::new(tls, h2.then_some(watches))), svc);
-            tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => {
-                    if let Err(e) = r {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
-                    }
-                }
-                _ = conn_shutdown.changed() => {}
-            }
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(Coalesce::new(tls, h2.then_some(watches))), svc(info));
+            drive(conn, &mut conn_shutdown, peer).await
         });
+    }
+}
+
+/// Serve one connection until it ends or the server shuts down.
+async fn drive<C, E>(conn: C, shutdown: &mut watch::Receiver<bool>, peer: SocketAddr)
+where
+    C: std::future::Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        }
+        _ = shutdown.changed() => {}
     }
 }

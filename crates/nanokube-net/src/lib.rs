@@ -12,11 +12,13 @@
 //!   the host.
 //! - [`dns`]: the cluster DNS server (hickory-server), `kube-dns` in `kube-system`.
 //! - [`loadbalancer`]: load-balancer IPs for `LoadBalancer` Services.
+//! - [`ingress`]: the built-in ingress controller (IngressClass `nanokube`).
 //!
 //! [`Network`] puts them together for one node.
 
 pub mod dial;
 pub mod dns;
+pub mod ingress;
 pub mod loadbalancer;
 pub mod mesh;
 pub mod proxy;
@@ -47,9 +49,11 @@ pub struct NetworkConfig {
     pub dns_upstreams: Vec<SocketAddr>,
     /// The load-balancer IP range.
     pub load_balancer_cidr: String,
-    /// Whether the host's listeners (ClusterIPs, node ports, load-balancer IPs and the DNS
-    /// address) are opened; pods' traffic is carried either way.
+    /// Whether the host's listeners (ClusterIPs, node ports, load-balancer IPs, the DNS
+    /// address and the ingress controller) are opened; pods' traffic is carried either way.
     pub host_listeners: bool,
+    /// Where the ingress controller serves HTTP and HTTPS (`None`: no ingress controller).
+    pub ingress: Option<ingress::IngressConfig>,
 }
 
 /// The node's network parts.
@@ -95,6 +99,9 @@ impl Network {
                     tracing::warn!("{e} (pods still get answers; the host does not)");
                 }
             });
+            if let Some(config) = self.config.ingress.clone() {
+                tasks.spawn(ingress::IngressController::new(registry.clone(), self.forwarder.clone(), config).run(shutdown.clone()));
+            }
         }
         while tasks.join_next().await.is_some() {}
     }

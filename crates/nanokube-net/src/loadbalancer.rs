@@ -106,20 +106,25 @@ pub async fn run(registry: Arc<Registry>, range: Range, shutdown: watch::Receive
             } else {
                 continue;
             };
-            let opts = WriteOptions { subresource: Some("status".into()), ..Default::default() };
-            let written = registry
-                .update_with(def, meta::namespace(v), meta::name(v), &opts, |cur| {
-                    let mut next = cur.clone();
-                    next["status"]["loadBalancer"] = status.clone();
-                    Ok(next)
-                })
-                .await;
-            if let Err(e) = written {
-                tracing::debug!(service = %meta::name(v), "writing the load-balancer status: {}", e.message);
-            }
+            write_status(&registry, def, v, status).await;
         }
     }
     follower.abort();
+}
+
+/// Write `status.loadBalancer` of `obj` (a Service or an Ingress, of `def`).
+pub(crate) async fn write_status(registry: &Registry, def: &resources::ResourceDef, obj: &Value, status: Value) {
+    let opts = WriteOptions { subresource: Some("status".into()), ..Default::default() };
+    let written = registry
+        .update_with(def, meta::namespace(obj), meta::name(obj), &opts, |cur| {
+            let mut next = cur.clone();
+            next["status"]["loadBalancer"] = status.clone();
+            Ok(next)
+        })
+        .await;
+    if let Err(e) = written {
+        tracing::debug!(object = %meta::name(obj), "writing status.loadBalancer: {}", e.message);
+    }
 }
 
 #[cfg(test)]

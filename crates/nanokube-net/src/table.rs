@@ -195,6 +195,13 @@ impl ServiceTable {
         self.state.read().ok()?.node_ports.get(&(protocol, port)).cloned()
     }
 
+    /// The port of Service `namespace/name` with number `number` or name `name`.
+    pub fn service_port(&self, namespace: &str, name: &str, number: Option<u16>, port_name: Option<&str>) -> Option<Arc<ServicePort>> {
+        let s = self.state.read().ok()?;
+        let ports = s.ports.get(&(namespace.to_string(), name.to_string()))?;
+        ports.iter().find(|p| p.protocol == Protocol::Tcp && (number == Some(p.port) || port_name.is_some_and(|n| n == p.name))).cloned()
+    }
+
     /// Every Service port.
     pub fn ports(&self) -> Vec<Arc<ServicePort>> {
         self.state.read().map(|s| s.ports.values().flatten().cloned().collect()).unwrap_or_default()

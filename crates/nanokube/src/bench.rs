@@ -3,8 +3,9 @@
 //! and latency at several client counts), `list` (LIST of N ConfigMaps as JSON and
 //! Table, with and without `resourceVersion=0`, at each size given), `fsync` (the data disk's fdatasync
 //! latency, the physical limit of one sequential durable writer), `deployments` (1,000
-//! Deployments of 3 on simulated nodes until Available, then CPU and RSS at rest) and
-//! others (see `nanokube bench --help`). Figures print as a
+//! Deployments of 3 on simulated nodes until Available, then CPU and RSS at rest),
+//! `service` (the Service proxy against direct connections, DNS answers/s, endpoint
+//! propagation with 1,000 Services) and others (see `nanokube bench --help`). Figures print as a
 //! table and optionally as JSON. The client is async Rust over pooled HTTPS
 //! connections; its own CPU time is printed so a reader can tell it was not the
 //! bottleneck.
@@ -24,6 +25,7 @@ use crate::client::ApiClient;
 mod abuse;
 mod deployments;
 mod pods_run;
+mod service;
 
 /// Options of a bench run.
 #[derive(Debug, Clone)]
@@ -210,6 +212,26 @@ pub async fn run(opts: BenchOptions) -> Result<(), String> {
                     let _ = s.child.wait();
                     r?;
                 }
+                "service" => {
+                    // Its own server with its node, the host's Service listeners on a
+                    // range of their own; stopped cleanly after.
+                    let data = tmp.join("service");
+                    let ranges = [
+                        "--service-proxy=true".to_string(),
+                        format!("--service-cluster-ip-range={}", service::SERVICE_RANGE),
+                        format!("--load-balancer-cidr={}", service::LB_RANGE),
+                        "--cluster-dns-upstream=none".to_string(),
+                        "--kubelet-port=0".to_string(),
+                    ];
+                    let args: Vec<&str> = ranges.iter().map(String::as_str).collect();
+                    let mut s = spawn_server_with(&opts.binary, &data, free_port(), &args)?;
+                    println!("  (service: a fresh nanokube server with its node, pid {})", s.child.id());
+                    let r = service::service(&opts.binary, &data, &s.kubeconfig, &mut report).await;
+                    // SAFETY: kill(2) of the child this bench started.
+                    unsafe { libc::kill(s.child.id() as i32, libc::SIGTERM) };
+                    let _ = s.child.wait();
+                    r?;
+                }
                 "create" | "list" | "watch" | "get" | "update" | "delete" | "pods" | "abuse" => {
                     let kc = match (&opts.kubeconfig, &target) {
                         (Some(k), _) => k.clone(),
@@ -233,7 +255,7 @@ pub async fn run(opts: BenchOptions) -> Result<(), String> {
                 }
                 other => {
                     return Err(format!(
-                    "unknown scenario {other:?} (fsync, startup, testcluster, create, get, update, delete, list, watch, pods, pods-simulated, pods-run, deployments, abuse)"
+                    "unknown scenario {other:?} (fsync, startup, testcluster, create, get, update, delete, list, watch, pods, pods-simulated, pods-run, deployments, service, abuse)"
                 ))
                 }
             }

@@ -71,6 +71,9 @@ pub struct ClusterConfig {
     /// cluster DNS address), as kube-proxy and CoreDNS serve the host; pods' traffic to
     /// Services and DNS is carried either way.
     pub service_proxy: bool,
+    /// The ingress controller's HTTP and HTTPS ports on 127.0.0.1 (0: none), opened with
+    /// the host's Service listeners.
+    pub ingress_ports: (u16, u16),
     /// Kubeconfig file to merge a `nanokube` context into, or `None`.
     pub merge_kubeconfig: Option<PathBuf>,
     /// Keep state in memory only (no `state.db`).
@@ -130,6 +133,7 @@ impl ClusterConfig {
             dns_upstreams: None,
             load_balancer_cidr: "127.240.0.0/16".into(),
             service_proxy: true,
+            ingress_ports: (80, 443),
             merge_kubeconfig: None,
             in_memory: false,
             fsync: true,
@@ -387,6 +391,10 @@ impl Cluster {
                 dns_upstreams: cfg.dns_upstreams.clone().unwrap_or_else(nanokube_net::dns::Dns::host_resolvers),
                 load_balancer_cidr: cfg.load_balancer_cidr.clone(),
                 host_listeners: cfg.service_proxy,
+                ingress: (cfg.ingress_ports != (0, 0)).then(|| nanokube_net::ingress::IngressConfig {
+                    http: SocketAddr::from((Ipv4Addr::LOCALHOST, cfg.ingress_ports.0)),
+                    https: SocketAddr::from((Ipv4Addr::LOCALHOST, cfg.ingress_ports.1)),
+                }),
             })?;
             {
                 let (r, addr) = (registry.clone(), network.dns.addr);

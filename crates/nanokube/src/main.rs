@@ -229,6 +229,9 @@ struct BenchArgs {
     /// Ready p50/p99, then the server's CPU and RSS and the shims' memory with 100 idle),
     /// deployments (--deployments Deployments of 3 replicas on simulated nodes: the time
     /// until all are Available, then the server's CPU at rest and RSS),
+    /// service (requests through a ClusterIP against direct, keep-alive and new connections,
+    /// 1 and 64 clients; a pod by ClusterIP and by pod IP; DNS answers/s; endpoint
+    /// propagation with 1,000 Services; as root),
     /// fsync (fdatasync latency of the disk under the temp dir), abuse (the attacks of
     /// docs/security.md for --seconds beside normal clients: their error rate and
     /// latency, /readyz, the server's peak RSS; fails on any unexpected answer).
@@ -331,6 +334,13 @@ struct ServerArgs {
     /// cluster DNS; `--service-proxy=false` leaves that to pods' traffic only.
     #[arg(long, default_value_t = true, action = ArgAction::Set)]
     service_proxy: bool,
+    /// The built-in ingress controller's HTTP port on 127.0.0.1 (with --service-proxy; 0 with
+    /// --ingress-https-port=0: no ingress controller).
+    #[arg(long, default_value_t = 80)]
+    ingress_http_port: u16,
+    /// Its HTTPS port on 127.0.0.1.
+    #[arg(long, default_value_t = 443)]
+    ingress_https_port: u16,
     /// Merge a `nanokube` context into $KUBECONFIG (first file) or ~/.kube/config and make it current.
     #[arg(long, default_value_t = true, action = ArgAction::Set)]
     merge_kubeconfig: bool,
@@ -718,6 +728,7 @@ async fn run_server(args: ServerArgs, started: Instant) -> i32 {
         },
         load_balancer_cidr: args.load_balancer_cidr,
         service_proxy: args.service_proxy,
+        ingress_ports: (args.ingress_http_port, args.ingress_https_port),
         merge_kubeconfig: merge.clone(),
         in_memory: args.in_memory,
         fsync: !args.unsafe_no_fsync,

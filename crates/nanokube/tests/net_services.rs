@@ -1,6 +1,7 @@
 //! Service traffic from the host: a Deployment's pods behind a ClusterIP, a node port on
 //! 127.0.0.1 and a load-balancer IP (real runc containers, real curl), spread over the
-//! pods, session affinity, UDP echo through a Service, connections closed when their
+//! pods, session affinity, UDP echo through a Service (from the host and from a pod) and
+//! between pods, connections closed when their
 //! endpoint leaves, a Service without endpoints refusing, and SCTP reported.
 
 mod common;
@@ -165,6 +166,16 @@ fn udp_through_a_service_and_connections_closed_when_their_endpoint_leaves() {
             let n = sock.recv(&mut buf).unwrap_or_else(|e| panic!("no echo from {target}: {e}"));
             assert_eq!(&buf[..n], msg.as_bytes(), "{target}");
         }
+    }
+
+    // From inside another pod: UDP to the Service's ClusterIP and to the pod's IP.
+    s.k(&["run", "client", "--image=tools:1.0", "--command", "--", "sleep", "3600"]);
+    let ok = s.kubectl(&["wait", "--for=condition=Ready", "pod/client", "--timeout=60s"]);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let echo_ip = s.k(&["get", "pod", "echo", "-o", "jsonpath={.status.podIP}"]);
+    for (target, word) in [(format!("{ip}:53"), "by-service"), (format!("{echo_ip}:9000"), "by-pod-ip")] {
+        let out = s.kubectl(&["exec", "client", "--", "sh", "-c", &format!("echo {word} | socat -t 3 - UDP4:{target}")]);
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), word, "{target}: {}", String::from_utf8_lossy(&out.stderr));
     }
 
     // A TCP connection open through the Service is closed when its pod leaves the

@@ -15,7 +15,7 @@ use super::{ms, percentile, Report};
 use crate::client::ApiClient;
 
 /// A `docker save` archive of `tag`: one layer with busybox as `/bin/busybox` and `/bin/sh`.
-fn test_image(busybox: &Path, tag: &str) -> Result<Vec<u8>, String> {
+pub(super) fn test_image(busybox: &Path, tag: &str) -> Result<Vec<u8>, String> {
     let bin = std::fs::read(busybox).map_err(|e| format!("{}: {e} (install Debian's busybox-static)", busybox.display()))?;
     let header = || {
         let mut h = tar::Header::new_gnu();
