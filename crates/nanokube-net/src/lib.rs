@@ -13,6 +13,7 @@
 //! - [`dns`]: the cluster DNS server (hickory-server), `kube-dns` in `kube-system`.
 //! - [`loadbalancer`]: load-balancer IPs for `LoadBalancer` Services.
 //! - [`ingress`]: the built-in ingress controller (IngressClass `nanokube`).
+//! - [`policy`]: NetworkPolicies, held to traffic between pods.
 //!
 //! [`Network`] puts them together for one node.
 
@@ -21,6 +22,7 @@ pub mod dns;
 pub mod ingress;
 pub mod loadbalancer;
 pub mod mesh;
+pub mod policy;
 pub mod proxy;
 pub mod table;
 
@@ -74,7 +76,7 @@ impl Network {
     pub fn new(config: NetworkConfig) -> Result<Arc<Network>, String> {
         let table = table::ServiceTable::new(&config.node);
         let dns = dns::Dns::new(config.dns_addr, &config.cluster_domain, table.clone(), config.dns_upstreams.clone())?;
-        let forwarder = proxy::Forwarder::new(table.clone(), Arc::default(), Some(dns.clone()));
+        let forwarder = proxy::Forwarder::new(table.clone(), Arc::default(), Some(dns.clone()), policy::Policies::new());
         let lb_range = loadbalancer::Range::parse(&config.load_balancer_cidr).map_err(|e| format!("--load-balancer-cidr: {e}"))?;
         Ok(Arc::new(Network { config, table, forwarder, dns, lb_range }))
     }
@@ -89,6 +91,7 @@ impl Network {
     pub async fn run(self: Arc<Self>, registry: Arc<Registry>, shutdown: watch::Receiver<bool>) {
         let mut tasks = tokio::task::JoinSet::new();
         tasks.spawn(self.table.clone().run(registry.clone(), shutdown.clone()));
+        tasks.spawn(self.forwarder.policies.clone().run(registry.clone(), shutdown.clone()));
         tasks.spawn(loadbalancer::run(registry.clone(), self.lb_range, shutdown.clone()));
         if self.config.host_listeners {
             let proxy = proxy::Proxy::new(self.forwarder.clone(), registry.clone(), self.config.node_ips.clone());

@@ -36,6 +36,17 @@ impl Range {
         Ok(Range { first, last })
     }
 
+    /// Parse `a.b.c.d/n` keeping every address (a NetworkPolicy's `ipBlock`).
+    pub fn parse_all(cidr: &str) -> Result<Range, String> {
+        let r = Range::parse(cidr)?;
+        let bits: u32 = cidr.split_once('/').and_then(|(_, b)| b.parse().ok()).unwrap_or(32);
+        let size = if bits == 0 { u64::from(u32::MAX) + 1 } else { 1u64 << (32 - bits) };
+        if size <= 2 {
+            return Ok(r);
+        }
+        Ok(Range { first: r.first - 1, last: r.last + 1 })
+    }
+
     /// Whether `ip` is in the range.
     pub fn contains(&self, ip: Ipv4Addr) -> bool {
         (self.first..=self.last).contains(&u32::from(ip))

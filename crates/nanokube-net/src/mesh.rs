@@ -7,7 +7,8 @@
 //! (`SO_ORIGINAL_DST`), for UDP the namespace's conntrack entry of the flow. A pod's IP is
 //! reached inside that pod's namespace; a Service address goes through the
 //! [`Forwarder`] (an endpoint, or the cluster DNS answering in process); anything else
-//! is refused (a reset).
+//! is refused (a reset). NetworkPolicies are checked here and in the forwarder
+//! ([`crate::policy`]).
 
 use std::collections::HashMap;
 use std::io::{Read, Seek};
@@ -124,7 +125,7 @@ pub fn conntrack_destination(table: &str, client: SocketAddrV4) -> Option<Socket
 pub async fn serve(capture: Capture, own_ip: Ipv4Addr, forwarder: Arc<Forwarder>, stop: watch::Receiver<bool>) {
     let Capture { tcp, udp, conntrack } = capture;
     let (Ok(tcp), Ok(udp)) = (tokio::net::TcpListener::from_std(tcp), tokio::net::UdpSocket::from_std(udp)) else { return };
-    let udp_task = tokio::spawn(serve_udp(Arc::new(udp), conntrack, forwarder.clone()));
+    let udp_task = tokio::spawn(serve_udp(Arc::new(udp), conntrack, own_ip, forwarder.clone()));
     let mut stop = stop;
     loop {
         let accepted = tokio::select! {
@@ -135,6 +136,10 @@ pub async fn serve(capture: Capture, own_ip: Ipv4Addr, forwarder: Arc<Forwarder>
         let fw = forwarder.clone();
         let Ok(target) = original_destination(&inbound) else { continue };
         if fw.pods.get(*target.ip()).is_some() {
+            if !fw.policies.allows(own_ip, *target.ip(), target.port(), Protocol::Tcp) {
+                let _ = inbound.set_zero_linger();
+                continue;
+            }
             tokio::spawn(async move {
                 match fw.pods.connect(target).await {
                     Ok(mut outbound) => {
@@ -165,7 +170,7 @@ pub async fn serve(capture: Capture, own_ip: Ipv4Addr, forwarder: Arc<Forwarder>
 /// How long a UDP client's destination is remembered without lookups.
 const FLOW_MEMORY: Duration = Duration::from_secs(30);
 
-async fn serve_udp(socket: Arc<tokio::net::UdpSocket>, conntrack: Option<std::fs::File>, fw: Arc<Forwarder>) {
+async fn serve_udp(socket: Arc<tokio::net::UdpSocket>, conntrack: Option<std::fs::File>, own_ip: Ipv4Addr, fw: Arc<Forwarder>) {
     let Some(conntrack) = conntrack else {
         tracing::debug!("no conntrack table in the pod's namespace: its UDP to Services is not carried");
         return;
@@ -204,7 +209,7 @@ async fn serve_udp(socket: Arc<tokio::net::UdpSocket>, conntrack: Option<std::fs
                 None => continue,
             }
         };
-        fw.udp(&socket, from, &buf[..n], target, via).await;
+        fw.udp(&socket, from, &buf[..n], target, via, Some(own_ip)).await;
     }
 }
 

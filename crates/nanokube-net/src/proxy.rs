@@ -45,6 +45,8 @@ pub struct Forwarder {
     pub pods: Arc<PodNamespaces>,
     /// The cluster DNS server, answering in process for its own address.
     pub dns: Option<Arc<Dns>>,
+    /// The NetworkPolicies traffic from pods is held to.
+    pub policies: Arc<crate::policy::Policies>,
     tracked: Mutex<HashMap<u64, (Key, SocketAddrV4, AbortHandle)>>,
     next_id: AtomicU64,
     flows: Mutex<HashMap<(SocketAddr, SocketAddrV4), Flow>>,
@@ -66,8 +68,8 @@ struct Flow {
 
 impl Forwarder {
     /// A forwarder over `table`.
-    pub fn new(table: Arc<ServiceTable>, pods: Arc<PodNamespaces>, dns: Option<Arc<Dns>>) -> Arc<Forwarder> {
-        Arc::new(Forwarder { table, pods, dns, tracked: Mutex::default(), next_id: AtomicU64::new(0), flows: Mutex::default() })
+    pub fn new(table: Arc<ServiceTable>, pods: Arc<PodNamespaces>, dns: Option<Arc<Dns>>, policies: Arc<crate::policy::Policies>) -> Arc<Forwarder> {
+        Arc::new(Forwarder { table, pods, dns, policies, tracked: Mutex::default(), next_id: AtomicU64::new(0), flows: Mutex::default() })
     }
 
     fn is_dns(&self, endpoint: SocketAddrV4) -> bool {
@@ -82,6 +84,12 @@ impl Forwarder {
             let _ = inbound.set_zero_linger();
             return;
         };
+        if let IpAddr::V4(from) = client {
+            if !self.policies.allows(from, *endpoint.ip(), endpoint.port(), Protocol::Tcp) {
+                let _ = inbound.set_zero_linger();
+                return;
+            }
+        }
         if self.is_dns(endpoint) {
             if let Some(dns) = self.dns.clone() {
                 tokio::spawn(async move { dns.serve_tcp(inbound).await });
@@ -115,7 +123,8 @@ impl Forwarder {
 
     /// Relay datagram `data` from `client` to `frontend` by way of `via`, replies going
     /// back through `reply` (the socket it came in on) to `client`.
-    pub async fn udp(self: &Arc<Self>, reply: &Arc<UdpSocket>, client: SocketAddr, data: &[u8], frontend: SocketAddrV4, via: UdpTarget) {
+    /// `pod`: the sending pod's IP (traffic captured in a pod), for its NetworkPolicies.
+    pub async fn udp(self: &Arc<Self>, reply: &Arc<UdpSocket>, client: SocketAddr, data: &[u8], frontend: SocketAddrV4, via: UdpTarget, pod: Option<Ipv4Addr>) {
         let key = (client, frontend);
         let existing = self.flows.lock().ok().and_then(|f| f.get(&key).map(|f| (f.upstream.clone(), f.endpoint, f.last.clone())));
         if let Some((upstream, endpoint, last)) = existing {
@@ -132,6 +141,9 @@ impl Forwarder {
                 (endpoint, Some(port.key.clone()))
             }
         };
+        if pod.is_some_and(|from| !self.policies.allows(from, *endpoint.ip(), endpoint.port(), Protocol::Udp)) {
+            return;
+        }
         if self.is_dns(endpoint) {
             if let Some(answer) = self.dns.as_ref().and_then(|d| d.answer_bytes(data, client)) {
                 if let Some(answer) = answer.await {
@@ -332,7 +344,7 @@ impl Proxy {
                     loop {
                         let Ok((n, from)) = socket.recv_from(&mut buf).await else { return };
                         if let Some(port) = lookup(&fw) {
-                            fw.udp(&socket, from, &buf[..n], addr, UdpTarget::Service(port, external)).await;
+                            fw.udp(&socket, from, &buf[..n], addr, UdpTarget::Service(port, external), None).await;
                         }
                     }
                 })
