@@ -17,6 +17,7 @@
 //!
 //! [`Network`] puts them together for one node.
 
+mod cache;
 pub mod dial;
 pub mod dns;
 pub mod ingress;

@@ -19,11 +19,8 @@ use std::net::Ipv4Addr;
 use std::sync::{Arc, RwLock};
 
 use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
-use nanokube_api::resources;
 use nanokube_api::selector::LabelSelector;
-use nanokube_apiserver::registry::{decode, ListOptions, Registry};
-use nanokube_store::follow::{follow, Change};
-use nanokube_store::EventKind;
+use nanokube_apiserver::registry::Registry;
 use serde_json::Value;
 use tokio::sync::watch;
 
@@ -136,47 +133,7 @@ impl Policies {
 
     /// Fill from `registry` and keep current until `shutdown`.
     pub async fn run(self: Arc<Self>, registry: Arc<Registry>, shutdown: watch::Receiver<bool>) {
-        let store = registry.store().clone();
-        let start = store.current_revision();
-        self.reload(&registry);
-        let mut tasks = Vec::new();
-        for (group, plural) in [("networking.k8s.io", "networkpolicies"), ("", "pods"), ("", "namespaces")] {
-            let Some(def) = resources::find(group, "v1", plural) else { continue };
-            let (me, store, registry, sd) = (self.clone(), store.clone(), registry.clone(), shutdown.clone());
-            tasks.push(tokio::spawn(async move {
-                follow(store, &def.key_prefix(), start, sd, |change| {
-                    match change {
-                        Change::Resync => me.reload(&registry),
-                        Change::Event(ev) => {
-                            if let Ok(obj) = decode(&ev.kv) {
-                                let prev = ev.prev.as_ref().and_then(|p| decode(p).ok());
-                                me.apply(obj.value(), prev.as_ref().map(|p| p.value()), ev.kind == EventKind::Deleted);
-                            }
-                        }
-                    }
-                    true
-                })
-                .await
-            }));
-        }
-        for t in tasks {
-            let _ = t.await;
-        }
-    }
-
-    fn reload(&self, registry: &Registry) {
-        let mut fresh = State::default();
-        for (group, plural) in [("networking.k8s.io", "networkpolicies"), ("", "pods"), ("", "namespaces")] {
-            let Some(def) = resources::find(group, "v1", plural) else { continue };
-            if let Ok(list) = registry.list(def, None, &ListOptions::default()) {
-                for o in &list.items {
-                    insert(&mut fresh, o.value());
-                }
-            }
-        }
-        if let Ok(mut s) = self.state.write() {
-            *s = fresh;
-        }
+        crate::cache::keep(self, registry, shutdown).await
     }
 
     /// Take in one changed object (`prev`: as it was, so a pod whose IP changed leaves
@@ -191,6 +148,24 @@ impl Policies {
         } else {
             insert(&mut s, obj);
         }
+    }
+}
+
+impl crate::cache::Cache for Policies {
+    const KINDS: &'static [(&'static str, &'static str)] = &[("networking.k8s.io", "networkpolicies"), ("", "pods"), ("", "namespaces")];
+
+    fn replace(&self, objects: Vec<Value>) {
+        let mut fresh = State::default();
+        for o in &objects {
+            insert(&mut fresh, o);
+        }
+        if let Ok(mut s) = self.state.write() {
+            *s = fresh;
+        }
+    }
+
+    fn change(&self, obj: &Value, prev: Option<&Value>, deleted: bool) {
+        self.apply(obj, prev, deleted);
     }
 }
 

@@ -16,10 +16,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Endpoints, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use nanokube_api::resources;
-use nanokube_apiserver::registry::{decode, ListOptions, Registry};
-use nanokube_store::follow::{follow, Change};
-use nanokube_store::EventKind;
+use nanokube_apiserver::registry::Registry;
 use tokio::sync::watch;
 
 /// A transport protocol of a Service port.
@@ -154,6 +151,30 @@ pub struct ServiceRecord {
     pub endpoints: Vec<Endpoint>,
 }
 
+impl crate::cache::Cache for ServiceTable {
+    const KINDS: &'static [(&'static str, &'static str)] = &[("", "services"), ("discovery.k8s.io", "endpointslices"), ("", "endpoints")];
+
+    fn replace(&self, objects: Vec<serde_json::Value>) {
+        let mut fresh = State::default();
+        for o in &objects {
+            insert(&mut fresh, o);
+        }
+        if let Ok(mut s) = self.state.write() {
+            fresh.balancers = std::mem::take(&mut s.balancers);
+            let keys: Vec<Key> = fresh.services.keys().cloned().collect();
+            *s = fresh;
+            for k in keys {
+                rebuild(&mut s, &k);
+            }
+        }
+        self.changed.send_modify(|n| *n += 1);
+    }
+
+    fn change(&self, obj: &serde_json::Value, _prev: Option<&serde_json::Value>, deleted: bool) {
+        self.apply(obj, deleted);
+    }
+}
+
 #[derive(Default)]
 struct State {
     services: HashMap<Key, Service>,
@@ -251,53 +272,7 @@ impl ServiceTable {
 
     /// Fill the table from `registry` and keep it current until `shutdown`.
     pub async fn run(self: Arc<Self>, registry: Arc<Registry>, shutdown: watch::Receiver<bool>) {
-        let store = registry.store().clone();
-        let defs = [resources::find("", "v1", "services"), resources::find("discovery.k8s.io", "v1", "endpointslices"), resources::find("", "v1", "endpoints")];
-        let start = store.current_revision();
-        self.reload(&registry);
-        let mut tasks = Vec::new();
-        for def in defs.into_iter().flatten() {
-            let (me, store, registry, sd) = (self.clone(), store.clone(), registry.clone(), shutdown.clone());
-            tasks.push(tokio::spawn(async move {
-                follow(store, &def.key_prefix(), start, sd, |change| {
-                    match change {
-                        Change::Resync => me.reload(&registry),
-                        Change::Event(ev) => {
-                            if let Ok(obj) = decode(&ev.kv) {
-                                me.apply(obj.value(), ev.kind == EventKind::Deleted);
-                            }
-                        }
-                    }
-                    true
-                })
-                .await
-            }));
-        }
-        for t in tasks {
-            let _ = t.await;
-        }
-    }
-
-    /// Read everything again.
-    fn reload(&self, registry: &Registry) {
-        let mut fresh = State::default();
-        for (group, plural) in [("", "services"), ("discovery.k8s.io", "endpointslices"), ("", "endpoints")] {
-            let Some(def) = resources::find(group, "v1", plural) else { continue };
-            if let Ok(list) = registry.list(def, None, &ListOptions::default()) {
-                for o in &list.items {
-                    insert(&mut fresh, o.value());
-                }
-            }
-        }
-        if let Ok(mut s) = self.state.write() {
-            fresh.balancers = std::mem::take(&mut s.balancers);
-            let keys: Vec<Key> = fresh.services.keys().cloned().collect();
-            *s = fresh;
-            for k in keys {
-                rebuild(&mut s, &k);
-            }
-        }
-        self.changed.send_modify(|n| *n += 1);
+        crate::cache::keep(self, registry, shutdown).await
     }
 
     /// Take in one changed object (a Service, EndpointSlice or Endpoints).
