@@ -34,7 +34,9 @@ pub struct TestCluster {
 
 impl TestCluster {
     /// Start a cluster with an in-memory store (nothing is fsynced: tests want speed, not
-    /// durability) and return once it is ready.
+    /// durability) and return once it is ready. The host's Service listeners are off and
+    /// the cluster DNS forwards nowhere (many test clusters share the machine); pods'
+    /// Service traffic and DNS work as ever.
     pub async fn start() -> Result<TestCluster, String> {
         Self::start_with(|_| {}).await
     }
