@@ -1160,6 +1160,8 @@ impl Registry {
             spec.entry("ipFamilies").or_insert(json!(["IPv4"]));
             spec.entry("ipFamilyPolicy").or_insert(json!("SingleStack"));
             let wants_node_ports = ty == "NodePort" || ty == "LoadBalancer";
+            // `allocateLoadBalancerNodePorts: false`: node ports only where asked for.
+            let allocate_new = ty != "LoadBalancer" || spec.get("allocateLoadBalancerNodePorts").and_then(Value::as_bool) != Some(false);
             let old_ports: Vec<(i64, u16)> = old
                 .and_then(|o| o.pointer("/spec/ports"))
                 .and_then(Value::as_array)
@@ -1175,6 +1177,10 @@ impl Registry {
                     let port = p.get("port").and_then(Value::as_i64).unwrap_or(0);
                     let requested = p.get("nodePort").and_then(Value::as_u64).filter(|n| *n > 0).map(|n| n as u16);
                     let kept = old_ports.iter().find(|(op, np)| *op == port && requested.is_none_or(|r| r == *np)).map(|(_, np)| *np);
+                    if kept.is_none() && requested.is_none() && !allocate_new {
+                        p.remove("nodePort");
+                        continue;
+                    }
                     let np = match kept {
                         Some(np) => np,
                         None => {

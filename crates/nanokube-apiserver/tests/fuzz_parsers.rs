@@ -328,8 +328,8 @@ fn pod_files_from_any_pod() {
     let seed = br#"{"metadata":{"name":"p","namespace":"n","labels":{"a":"b"}},"spec":{"hostname":"h","subdomain":"s","hostAliases":[{"ip":"127.0.0.9","hostnames":["x"]}],"dnsPolicy":"None","dnsConfig":{"nameservers":["127.0.0.53"],"options":[{"name":"ndots","value":"2"}]}}}"#;
     fuzz("pod files", &[seed], |b| {
         let Ok(pod) = serde_json::from_slice::<serde_json::Value>(b) else { return };
-        let _ = nanokube_node::pods::files::hosts_file(&pod, "127.244.0.2");
-        let _ = nanokube_node::pods::files::resolv_conf(&pod, "127.96.0.10");
+        let _ = nanokube_node::pods::files::hosts_file(&pod, "127.244.0.2", "cluster.local");
+        let _ = nanokube_node::pods::files::resolv_conf(&pod, "127.96.0.10", "cluster.local");
         for path in ["metadata.labels", "metadata.labels['a']", "metadata.annotations", "status.podIPs"] {
             let _ = nanokube_node::pods::files::field_ref(&pod, path);
         }

@@ -131,6 +131,15 @@ fn host_reaches_a_deployment_by_cluster_ip_node_port_and_load_balancer() {
         s.k(&["get", "events"])
     );
 
+    // allocateLoadBalancerNodePorts: false: an address, no node port.
+    s.k_stdin(&["apply", "-f", "-"], "apiVersion: v1\nkind: Service\nmetadata:\n  name: lb-only\nspec:\n  type: LoadBalancer\n  allocateLoadBalancerNodePorts: false\n  selector: {app: web}\n  ports:\n  - {port: 8081, targetPort: 8080}\n");
+    assert!(eventually(Duration::from_secs(10), || s
+        .k(&["get", "svc", "lb-only", "-o", "jsonpath={.status.loadBalancer.ingress[0].ip}"])
+        .starts_with(&lb_prefix)));
+    assert_eq!(s.k(&["get", "svc", "lb-only", "-o", "jsonpath={.spec.ports[0].nodePort}"]), "");
+    let lb_only = s.k(&["get", "svc", "lb-only", "-o", "jsonpath={.status.loadBalancer.ingress[0].ip}"]);
+    assert!(eventually(Duration::from_secs(5), || curl(&format!("http://{lb_only}:8081/")).0));
+
     // The load-balancer IP goes back when the Service is no longer a LoadBalancer.
     s.k(&["patch", "svc", "web", "-p", r#"{"spec":{"type":"ClusterIP"}}"#]);
     assert!(eventually(Duration::from_secs(10), || s.k(&["get", "svc", "web", "-o", "jsonpath={.status.loadBalancer}"]) == "{}"));

@@ -326,15 +326,16 @@ fn service_account_token(pod: &Value, src: &Value, ts: &TokenSource<'_>, mode: u
     Ok(vec![Payload { path: path.into(), data: token, mode }])
 }
 
-/// What `/etc/hosts` holds for a pod (kubelet's managed hosts file).
-pub fn hosts_file(pod: &Value, ip: &str) -> String {
+/// What `/etc/hosts` holds for a pod (kubelet's managed hosts file), in cluster domain
+/// `domain`.
+pub fn hosts_file(pod: &Value, ip: &str, domain: &str) -> String {
     let spec = pod.get("spec").cloned().unwrap_or(json!({}));
     let name = pod.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
     let ns = pod.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("");
     let hostname = spec.get("hostname").and_then(Value::as_str).filter(|h| !h.is_empty()).unwrap_or(name);
     let mut out = String::from("# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n");
     match spec.get("subdomain").and_then(Value::as_str).filter(|s| !s.is_empty()) {
-        Some(sub) => out += &format!("{ip}\t{hostname}.{sub}.{ns}.svc.cluster.local\t{hostname}\n"),
+        Some(sub) => out += &format!("{ip}\t{hostname}.{sub}.{ns}.svc.{domain}\t{hostname}\n"),
         None => out += &format!("{ip}\t{hostname}\n"),
     }
     let aliases = spec.get("hostAliases").and_then(Value::as_array).cloned().unwrap_or_default();
@@ -348,8 +349,9 @@ pub fn hosts_file(pod: &Value, ip: &str) -> String {
     out
 }
 
-/// What `/etc/resolv.conf` holds for a pod, per `dnsPolicy` and `dnsConfig`.
-pub fn resolv_conf(pod: &Value, dns_ip: &str) -> String {
+/// What `/etc/resolv.conf` holds for a pod, per `dnsPolicy` and `dnsConfig`, in cluster
+/// domain `domain`.
+pub fn resolv_conf(pod: &Value, dns_ip: &str, domain: &str) -> String {
     let ns = pod.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("");
     let host_network = pod.pointer("/spec/hostNetwork").and_then(Value::as_bool).unwrap_or(false);
     let policy = pod.pointer("/spec/dnsPolicy").and_then(Value::as_str).unwrap_or("ClusterFirst");
@@ -357,7 +359,7 @@ pub fn resolv_conf(pod: &Value, dns_ip: &str) -> String {
     let cluster = policy == "ClusterFirstWithHostNet" || (policy == "ClusterFirst" && !host_network);
     if cluster {
         servers.push(dns_ip.to_string());
-        searches = vec![format!("{ns}.svc.cluster.local"), "svc.cluster.local".into(), "cluster.local".into()];
+        searches = vec![format!("{ns}.svc.{domain}"), format!("svc.{domain}"), domain.to_string()];
         options.push("ndots:5".into());
     } else if policy != "None" {
         // Default (and ClusterFirst on the host network): the host's resolver.
@@ -458,13 +460,17 @@ mod tests {
     fn hosts_and_resolv_conf_as_kubelet_writes_them() {
         let pod =
             json!({"metadata": {"name": "p", "namespace": "ns"}, "spec": {"subdomain": "s", "hostAliases": [{"ip": "127.1.2.3", "hostnames": ["a", "b"]}]}});
-        let hosts = hosts_file(&pod, "127.244.0.5");
+        let hosts = hosts_file(&pod, "127.244.0.5", "cluster.local");
         assert!(hosts.starts_with("# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n"));
         assert!(hosts.contains("127.244.0.5\tp.s.ns.svc.cluster.local\tp\n"));
         assert!(hosts.ends_with("\n# Entries added by HostAliases.\n127.1.2.3\ta\tb\n"));
-        assert_eq!(resolv_conf(&pod, "127.96.0.10"), "search ns.svc.cluster.local svc.cluster.local cluster.local\nnameserver 127.96.0.10\noptions ndots:5\n");
+        assert!(resolv_conf(&pod, "127.96.0.10", "corp.test").starts_with("search ns.svc.corp.test svc.corp.test corp.test\n"));
+        assert_eq!(
+            resolv_conf(&pod, "127.96.0.10", "cluster.local"),
+            "search ns.svc.cluster.local svc.cluster.local cluster.local\nnameserver 127.96.0.10\noptions ndots:5\n"
+        );
         let none = json!({"metadata": {"namespace": "ns"}, "spec": {"dnsPolicy": "None", "dnsConfig": {"nameservers": ["127.0.0.53"], "options": [{"name": "ndots", "value": "2"}]}}});
-        assert_eq!(resolv_conf(&none, "x"), "nameserver 127.0.0.53\noptions ndots:2\n");
+        assert_eq!(resolv_conf(&none, "x", "cluster.local"), "nameserver 127.0.0.53\noptions ndots:2\n");
         let labels = json!({"metadata": {"labels": {"b": "2", "a": "1"}}});
         assert_eq!(field_ref(&labels, "metadata.labels").unwrap(), "a=\"1\"\nb=\"2\"");
         assert_eq!(field_ref(&labels, "metadata.labels['b']").unwrap(), "2");

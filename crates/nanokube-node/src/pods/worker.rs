@@ -944,9 +944,9 @@ impl Worker {
         }
         let etc = self.dir.join("etc");
         std::fs::create_dir_all(&etc).map_err(|e| e.to_string())?;
-        std::fs::write(etc.join("hosts"), files::hosts_file(v, &ip.to_string())).map_err(|e| e.to_string())?;
+        std::fs::write(etc.join("hosts"), files::hosts_file(v, &ip.to_string(), &self.rt.network.config.cluster_domain)).map_err(|e| e.to_string())?;
         std::fs::write(etc.join("hostname"), format!("{}\n", hostname(pod))).map_err(|e| e.to_string())?;
-        std::fs::write(etc.join("resolv.conf"), files::resolv_conf(v, &self.rt.dns_ip)).map_err(|e| e.to_string())?;
+        std::fs::write(etc.join("resolv.conf"), files::resolv_conf(v, &self.rt.dns_ip, &self.rt.network.config.cluster_domain)).map_err(|e| e.to_string())?;
         let record =
             json!({"namespace": pod.metadata.namespace, "name": pod.metadata.name, "uid": self.uid, "ip": ip.to_string(), "startTime": self.start_time});
         std::fs::write(self.dir.join("pod.json"), record.to_string()).map_err(|e| e.to_string())?;
