@@ -167,8 +167,9 @@ pub async fn serve(capture: Capture, own_ip: Ipv4Addr, forwarder: Arc<Forwarder>
     udp_task.abort();
 }
 
-/// How long a UDP client's destination is remembered without lookups.
-const FLOW_MEMORY: Duration = Duration::from_secs(30);
+/// How long a UDP client's destination is remembered without lookups (short: a port
+/// the pod reuses for another destination must be looked up again).
+const FLOW_MEMORY: Duration = Duration::from_secs(5);
 
 async fn serve_udp(socket: Arc<tokio::net::UdpSocket>, conntrack: Option<std::fs::File>, own_ip: Ipv4Addr, fw: Arc<Forwarder>) {
     let Some(conntrack) = conntrack else {

@@ -214,6 +214,17 @@ pub fn main(args: ShimArgs) -> i32 {
     };
     drop(console);
     let _ = std::fs::remove_file(args.bundle.join(CONSOLE_SOCKET));
+    // Hold the terminal's other end until the container has exited and its last output
+    // has reached the master: when the last slave descriptor closes, output still in the
+    // kernel's flip buffer can be lost to the master's EIO.
+    let held_slave = terminal.as_ref().and_then(|t| {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        // SAFETY: ioctl(2) TIOCGPTPEER on the master we hold; it returns a new descriptor
+        // (or -1), owned by the value below.
+        let fd = unsafe { libc::ioctl(t.as_raw_fd(), libc::TIOCGPTPEER, libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) };
+        // SAFETY: fd is fresh and ours.
+        (fd >= 0).then(|| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+    });
     let clone = |f: &Option<std::fs::File>| f.as_ref().and_then(|f| f.try_clone().ok());
     let input = match (&terminal, stdin_w) {
         (Some(_), _) if args.stdin => clone(&terminal).map(attach::Input::Terminal),
@@ -248,6 +259,11 @@ pub fn main(args: ShimArgs) -> i32 {
         unsafe { libc::dup2(null.as_raw_fd(), 1) };
     }
     let status = reap(pid);
+    if held_slave.is_some() {
+        // Let the kernel move what the container wrote last to the master, then let go.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        drop(held_slave);
+    }
     // The output ends when the last process holding the pipes is gone; a process that
     // escaped the container's PID namespace could hold them for ever, so wait a little.
     let (tx, rx) = std::sync::mpsc::channel();
