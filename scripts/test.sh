@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of nanokube: unit and integration tests (cargo, with the real
 # kubectl 1.27-1.33, curl, SQLite, Python test servers, busybox-static, Debian's
-# docker-registry, skopeo, runc, iptables, socat and dnsmasq), then the Python `kubernetes` client tests.
+# docker-registry, skopeo, runc, iptables, socat and dnsmasq), then the Python tests: the
+# `kubernetes` client's, and the dashboard's in headless chromium (selenium).
 # Installs what the tests need from the package registries first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +23,9 @@ command -v iptables-restore >/dev/null || [ -x /usr/sbin/iptables-restore ] || n
 # upstream resolver the cluster DNS forwards to, on loopback).
 command -v socat >/dev/null || need_apt+=(socat)
 command -v dnsmasq >/dev/null || [ -x /usr/sbin/dnsmasq ] || need_apt+=(dnsmasq-base)
+# Dashboard tests: a real headless browser and its WebDriver (selenium comes from PyPI).
+command -v chromium >/dev/null || need_apt+=(chromium)
+command -v chromedriver >/dev/null || need_apt+=(chromium-driver)
 if ((${#need_apt[@]})); then
   apt-get update -qq && apt-get install -y -qq "${need_apt[@]}"
 fi

@@ -18,14 +18,15 @@ def nanokube_binary():
 
 
 class Server:
-    def __init__(self):
+    def __init__(self, extra=()):
         self.dir = tempfile.TemporaryDirectory()
         self.data = os.path.join(self.dir.name, "data")
         self.proc = subprocess.Popen(
             # Public registries are never reached from tests: their pulls go to a closed port.
             # Its kubelet API on a free port, so servers never contend for 10250.
             [nanokube_binary(), "server", "--secure-port", "0", "--kubelet-port", "0", "--merge-kubeconfig=false", "--data-dir", self.data]
-            + [f"--registry-mirror={r}=127.0.0.1:1" for r in ("docker.io", "registry.k8s.io", "quay.io", "ghcr.io", "gcr.io")],
+            + [f"--registry-mirror={r}=127.0.0.1:1" for r in ("docker.io", "registry.k8s.io", "quay.io", "ghcr.io", "gcr.io")]
+            + list(extra),
             stdout=subprocess.PIPE,
             text=True,
         )

@@ -68,6 +68,7 @@ pub struct AuditInfo {
     impersonated: Option<UserInfo>,
     info: Option<RequestInfo>,
     decision: Option<&'static str>,
+    denial: Option<String>,
 }
 
 /// Serve one request.
@@ -87,6 +88,7 @@ pub async fn handle(server: Arc<ApiServer>, conn: Arc<ConnInfo>, req: Request<In
         .filter(|ip| ip.parse::<std::net::IpAddr>().is_ok())
         .collect();
     source_ips.push(conn.peer.ip().to_string());
+    let (sent_authorization, forwarded) = (req.headers().contains_key(http::header::AUTHORIZATION), req.headers().contains_key("x-forwarded-for"));
     let mut seen = std::collections::HashSet::new();
     source_ips.retain(|ip| seen.insert(ip.clone()));
     let mut audit = AuditInfo::default();
@@ -122,6 +124,24 @@ pub async fn handle(server: Arc<ApiServer>, conn: Arc<ConnInfo>, req: Request<In
         resp.headers_mut().insert("audit-id", v);
     }
     resp.headers_mut().insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-cache, private"));
+    if let Some(info) = &audit.info {
+        crate::access_map::record(
+            &server,
+            crate::access_map::Served {
+                user: audit.user.as_ref(),
+                impersonated: audit.impersonated.as_ref(),
+                info,
+                allowed: audit.decision.map(|d| d == "allow"),
+                reason: audit.denial.as_deref(),
+                certificate: conn.cert_user.is_some(),
+                sent_authorization,
+                forwarded,
+                uri: &request_uri,
+                source: source_ips.first().map(String::as_str).unwrap_or(""),
+                code: resp.status().as_u16(),
+            },
+        );
+    }
     if let Some(log) = &server.audit {
         let info = audit.info.unwrap_or_default();
         let streaming = info.verb == "watch";
@@ -272,6 +292,18 @@ async fn handle_inner(
 ) -> Result<Response<Body>, ApiError> {
     // Go serves the decoded path (`r.URL.Path`): clients that escape names (the Python
     // client sends `system%3Anode`) reach the same object as those that do not.
+    let session_conn;
+    let conn = if crate::dashboard::is_dashboard_path(parts.uri.path()) {
+        match crate::dashboard::route(server, &mut parts, body).await? {
+            crate::dashboard::Routed::Answer(r) => return Ok(r),
+            crate::dashboard::Routed::Api => {
+                session_conn = ConnInfo { cert_user: None, ..conn.clone() };
+                &session_conn
+            }
+        }
+    } else {
+        conn
+    };
     let path = if parts.uri.path().contains('%') { percent_decode(parts.uri.path()) } else { parts.uri.path().to_string() };
     let query = Query::parse(parts.uri.query());
     // A credential that is not text is a bad credential (401), not an absent one.
@@ -296,6 +328,7 @@ async fn handle_inner(
     if decision != Decision::Allow {
         let reason = if let Decision::Deny(r) = decision { r } else { String::new() };
         let mut e = ApiError::forbidden(forbidden_message(&user, &info, &reason));
+        audit.denial = Some(e.message.clone());
         if info.is_resource {
             e.details.name = (!info.name.is_empty()).then(|| info.name.clone());
             e.details.kind = Some(info.resource.clone());
@@ -406,6 +439,10 @@ fn non_resource(server: &ApiServer, method: &Method, path: &str, query: &Query, 
         },
         p if p.starts_with("/healthz/") || p.starts_with("/livez/") || p.starts_with("/readyz/") => Ok(h::text(StatusCode::OK, "ok")),
         "/version" => Ok(h::json(StatusCode::OK, &crate::discovery::version())),
+        "/access-map" => {
+            let (content_type, body) = crate::access_map::serve(server, query.get("format") == Some("svg"));
+            Ok(h::bytes_response(StatusCode::OK, content_type, Bytes::from(body)))
+        }
         "/metrics" => Ok(h::bytes_response(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",

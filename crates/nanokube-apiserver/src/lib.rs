@@ -14,6 +14,7 @@
 //! Layers only look down: the registry never sees HTTP; authentication never sees
 //! resources. [`registry::Registry`] is also the in-process API the controllers use.
 
+pub mod access_map;
 pub mod admission;
 pub mod aggregator;
 pub mod alloc;
@@ -23,6 +24,7 @@ pub mod authz;
 pub mod backend;
 pub mod coalesce;
 pub mod component_status;
+pub mod dashboard;
 pub mod discovery;
 pub mod events;
 pub mod eviction;

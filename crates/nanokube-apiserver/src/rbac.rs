@@ -273,6 +273,30 @@ impl Rbac {
         out
     }
 
+    /// The bindings whose roles allow `req` for `user`, as upstream's RBAC names them in
+    /// its reasons (`ClusterRoleBinding "x" of ClusterRole "y"`, `RoleBinding "ns/x" of
+    /// Role "y"`): what the access map shows for an allowed edge.
+    pub fn explain(&self, user: &UserInfo, req: &RequestInfo) -> Vec<String> {
+        let idx = self.index.read().expect("rbac index");
+        let allows = |b: &Binding| idx.role_rules(b).is_some_and(|rules| rules.iter().any(|r| r.allows(req)));
+        let mut out: Vec<String> = idx
+            .cluster_bindings
+            .iter()
+            .filter(|(_, b)| b.role_kind == "ClusterRole" && b.applies_to(user) && allows(b))
+            .map(|(name, b)| format!("ClusterRoleBinding {name:?} of ClusterRole {:?}", b.role_name))
+            .collect();
+        if req.is_resource && !req.namespace.is_empty() {
+            out.extend(
+                idx.bindings
+                    .iter()
+                    .filter(|((ns, _), b)| *ns == req.namespace && b.applies_to(user) && allows(b))
+                    .map(|((ns, name), b)| format!("RoleBinding \"{ns}/{name}\" of {} {:?}", b.role_kind, b.role_name)),
+            );
+        }
+        out.sort();
+        out
+    }
+
     /// Whether rules granted to `user` in `namespace` cover every rule in `wanted`
     /// (upstream's escalation check).
     pub fn covers(&self, user: &UserInfo, namespace: &str, wanted: &[Rule]) -> Result<(), Vec<Rule>> {

@@ -62,6 +62,10 @@ pub struct ApiServer {
     /// How `nodes/proxy` reaches kubelets (TLS trusting the cluster CA, with this
     /// server's kubelet client certificate); none: the subresource answers 503.
     pub kubelet_client: Option<Arc<rustls::ClientConfig>>,
+    /// The dashboard's login sessions.
+    pub dashboard_sessions: nanokube_dashboard::session::Sessions,
+    /// The access map's counts, fed by every request answered.
+    pub access_map: nanokube_dashboard::map::AccessMap,
     ready: AtomicBool,
 }
 
@@ -87,6 +91,8 @@ impl ApiServer {
             portforward_nodes: Default::default(),
             metrics_nodes: Default::default(),
             kubelet_client: None,
+            dashboard_sessions: Default::default(),
+            access_map: Default::default(),
             ready: AtomicBool::new(false),
         }
     }

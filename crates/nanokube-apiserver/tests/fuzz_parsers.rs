@@ -382,3 +382,24 @@ fn spdy_frames() {
         let _ = nanokube_apiserver::pod_portforward::ports(&[String::from_utf8_lossy(b).into_owned()]);
     });
 }
+
+#[test]
+fn dashboard_cookies_origins_and_csrf() {
+    use nanokube_dashboard::session;
+    let sessions = session::Sessions::default();
+    let (id, _) = sessions.create("token").expect("random");
+    let seed = format!("a=b; {}={id}; c=d", session::COOKIE);
+    fuzz("dashboard headers", &[seed.as_bytes(), b"https://127.0.0.1:6443", b"nanokube-session=;;=="], |input| {
+        let mut headers = http::HeaderMap::new();
+        if let Ok(v) = http::HeaderValue::from_bytes(input) {
+            headers.insert(http::header::COOKIE, v.clone());
+            headers.insert(http::header::ORIGIN, v.clone());
+            headers.insert(session::CSRF_HEADER, v);
+        }
+        let found = session::cookie(&headers);
+        if let Some(s) = found.as_deref().and_then(|c| sessions.get(c)) {
+            let _ = session::csrf_ok(&s, &headers);
+        }
+        let _ = session::same_origin(&headers, std::str::from_utf8(input).ok(), true);
+    });
+}

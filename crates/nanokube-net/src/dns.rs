@@ -399,6 +399,46 @@ fn reverse_ipv4(name: &Name) -> Option<Ipv4Addr> {
     Some(Ipv4Addr::new(*a, *b, *c, *d))
 }
 
+/// One question to a DNS server over UDP (TCP when the answer is truncated), for people
+/// on the host (`nanokube dns lookup`): `name` is taken as fully qualified, as `dig`
+/// does. Returns the response code's name and the answer records in zone-file form.
+pub fn lookup(server: SocketAddr, name: &str, qtype: &str, timeout: Duration) -> Result<(String, Vec<String>), String> {
+    let qtype = RecordType::from_str(&qtype.to_ascii_uppercase()).map_err(|_| format!("unknown record type {qtype:?}"))?;
+    let fqdn = if name.ends_with('.') { name.to_string() } else { format!("{name}.") };
+    let target = Name::from_ascii(&fqdn).map_err(|e| format!("{name:?}: {e}"))?;
+    let mut q = Message::new(fastrand_id(), MessageType::Query, OpCode::Query);
+    q.metadata.recursion_desired = true;
+    q.add_query(hickory_server::proto::op::Query::query(target, qtype));
+    let raw = q.to_vec().map_err(|e| e.to_string())?;
+    let sock = std::net::UdpSocket::bind(if server.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }).map_err(|e| e.to_string())?;
+    sock.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    sock.send_to(&raw, server).map_err(|e| format!("{server}: {e}"))?;
+    let mut buf = vec![0u8; 65535];
+    let reply = loop {
+        let (n, from) = sock.recv_from(&mut buf).map_err(|e| format!("no answer from {server}: {e}"))?;
+        let Ok(m) = Message::from_vec(&buf[..n]) else { continue };
+        if from == server && m.metadata.id == q.metadata.id {
+            break m;
+        }
+    };
+    let reply = if reply.metadata.truncation {
+        use std::io::{Read, Write};
+        let mut tcp = std::net::TcpStream::connect_timeout(&server, timeout).map_err(|e| format!("{server}: {e}"))?;
+        tcp.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+        let mut framed = (raw.len() as u16).to_be_bytes().to_vec();
+        framed.extend_from_slice(&raw);
+        tcp.write_all(&framed).map_err(|e| e.to_string())?;
+        let mut len = [0u8; 2];
+        tcp.read_exact(&mut len).map_err(|e| e.to_string())?;
+        let mut body = vec![0u8; u16::from_be_bytes(len) as usize];
+        tcp.read_exact(&mut body).map_err(|e| e.to_string())?;
+        Message::from_vec(&body).map_err(|e| e.to_string())?
+    } else {
+        reply
+    };
+    Ok((format!("{:?}", reply.metadata.response_code).to_uppercase(), reply.answers.iter().map(|r| r.to_string()).collect()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,6 +9,7 @@
 pub mod bench;
 pub mod client;
 pub mod config;
+pub mod dns;
 pub mod images;
 pub mod proxy;
 #[cfg(feature = "test-cluster")]

@@ -26,6 +26,59 @@ macro_rules! say {
     }};
 }
 
+/// Which cluster and identity a client command uses.
+#[derive(clap::Args)]
+struct ClientArgs {
+    /// Kubeconfig [default: $KUBECONFIG or ~/.kube/config].
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context to use.
+    #[arg(long)]
+    context: Option<String>,
+}
+
+#[derive(clap::Args)]
+struct MapArgs {
+    /// Write the map as a standalone SVG to this file (otherwise print it as JSON).
+    #[arg(long)]
+    svg: Option<PathBuf>,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Subcommand)]
+enum DnsCommand {
+    /// Ask the cluster DNS one question, as `dig @127.96.0.10 NAME TYPE` would.
+    Lookup {
+        /// The name, taken as fully qualified (`kubernetes.default.svc.cluster.local`).
+        name: String,
+        /// The record type.
+        #[arg(long = "type", short = 't', default_value = "A")]
+        record_type: String,
+        /// The DNS server.
+        #[arg(long, default_value = "127.96.0.10:53")]
+        server: std::net::SocketAddr,
+    },
+    /// Print the Services' names as hosts-file lines; `--write` puts them in a marked
+    /// block of the hosts file (replacing an earlier one), `--remove` takes it out.
+    Hosts {
+        /// Write the block into the file.
+        #[arg(long, conflicts_with = "remove")]
+        write: bool,
+        /// Remove the block from the file.
+        #[arg(long)]
+        remove: bool,
+        /// The hosts file.
+        #[arg(long, default_value = "/etc/hosts")]
+        file: PathBuf,
+        /// The cluster's DNS domain.
+        #[arg(long, default_value = "cluster.local")]
+        cluster_domain: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Start the API server and controllers on the embedded store.
@@ -37,6 +90,13 @@ enum Command {
     User(UserCommand),
     /// Run a proxy to the API server, like `kubectl proxy` (plain HTTP on localhost).
     Proxy(ProxyArgs),
+    /// Print the dashboard's address and how to log in.
+    Dashboard(ClientArgs),
+    /// Draw the access map (who reaches the API, how, and what they may do).
+    Map(MapArgs),
+    /// The cluster DNS from the host: ask it, or put the Services' names in a hosts file.
+    #[command(subcommand)]
+    Dns(DnsCommand),
     /// Inspect kubeconfig files, like `kubectl config`.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -505,6 +565,22 @@ fn main() {
         match cli.command {
             Command::Server(args) => run_server(args, started).await,
             Command::Proxy(a) => run_proxy(a).await,
+            Command::Dashboard(a) => match client_access(&a) {
+                Ok(access) => {
+                    say!("The dashboard: {}/dashboard/", access.server);
+                    say!("Log in with a bearer token, for example:  kubectl create token default");
+                    say!("(give that service account rights first, e.g. kubectl create clusterrolebinding dash --clusterrole=view --serviceaccount=default:default)");
+                    say!("Or open it with your own identity and no login through a proxy:");
+                    say!("  nanokube proxy   (or kubectl proxy), then http://127.0.0.1:8001/dashboard/");
+                    0
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    1
+                }
+            },
+            Command::Map(a) => run_map(a).await,
+            Command::Dns(c) => run_dns(c).await,
             Command::Shim(_) | Command::Pause { .. } => 2,
             Command::Image(c) => {
                 let data = |d: Option<PathBuf>| data_dir_or_default(d);
@@ -608,6 +684,124 @@ fn main() {
         }
     });
     std::process::exit(code);
+}
+
+fn client_access(a: &ClientArgs) -> Result<nanokube::client::ClusterAccess, String> {
+    let files = nanokube::config::files(a.kubeconfig.as_deref());
+    let f = files
+        .iter()
+        .find(|f| f.exists())
+        .ok_or_else(|| format!("no kubeconfig found in {files:?}: start a cluster with `nanokube server`, or pass --kubeconfig"))?;
+    nanokube::client::ClusterAccess::from_kubeconfig(f, a.context.as_deref())
+}
+
+async fn run_dns(c: DnsCommand) -> i32 {
+    match c {
+        DnsCommand::Lookup { name, record_type, server } => match nanokube_net::dns::lookup(server, &name, &record_type, std::time::Duration::from_secs(3)) {
+            Ok((code, answers)) => {
+                say!(";; {code}, {} answer(s) from {server}", answers.len());
+                for a in &answers {
+                    say!("{a}");
+                }
+                i32::from(code != "NOERROR")
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                1
+            }
+        },
+        DnsCommand::Hosts { write, remove, file, cluster_domain, client } => {
+            if remove {
+                return match nanokube::dns::remove_block(&file) {
+                    Ok(true) => {
+                        eprintln!("removed nanokube's block from {}", file.display());
+                        0
+                    }
+                    Ok(false) => {
+                        eprintln!("{} has no nanokube block", file.display());
+                        0
+                    }
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        1
+                    }
+                };
+            }
+            let access = match client_access(&client) {
+                Ok(x) => x,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return 1;
+                }
+            };
+            let api = nanokube::client::ApiClient::from_access(&access, false);
+            let list = match api.request("GET", "/api/v1/services", None, None, bytes::Bytes::new()).await {
+                Ok((200, body)) => serde_json::from_slice::<serde_json::Value>(&body).unwrap_or_default(),
+                Ok((code, _)) => {
+                    eprintln!("error: listing Services: {code}");
+                    return 1;
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return 1;
+                }
+            };
+            let block = nanokube::dns::hosts_block(&nanokube::dns::services_of(&list), &cluster_domain);
+            if !write {
+                say!("{}", block.trim_end());
+                return 0;
+            }
+            match nanokube::dns::write_block(&file, &block) {
+                Ok(()) => {
+                    eprintln!("wrote {} Service name(s) into {} (undo: nanokube dns hosts --remove)", block.lines().count().saturating_sub(2), file.display());
+                    0
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    1
+                }
+            }
+        }
+    }
+}
+
+async fn run_map(a: MapArgs) -> i32 {
+    let access = match client_access(&a.client) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
+    let client = nanokube::client::ApiClient::from_access(&access, false);
+    let path = if a.svg.is_some() { "/access-map?format=svg" } else { "/access-map" };
+    match client.request("GET", path, None, None, bytes::Bytes::new()).await {
+        Ok((200, body)) => match &a.svg {
+            Some(file) => match std::fs::write(file, &body) {
+                Ok(()) => {
+                    eprintln!("wrote {} ({} bytes)", file.display(), body.len());
+                    0
+                }
+                Err(e) => {
+                    eprintln!("error: {}: {e}", file.display());
+                    1
+                }
+            },
+            None => {
+                say!("{}", String::from_utf8_lossy(&body));
+                0
+            }
+        },
+        Ok((code, body)) => {
+            let msg = serde_json::from_slice::<serde_json::Value>(&body).ok().and_then(|v| v.get("message").and_then(|m| m.as_str()).map(String::from));
+            eprintln!("error: the server answered {code}: {}", msg.unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned()));
+            1
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    }
 }
 
 async fn run_proxy(a: ProxyArgs) -> i32 {

@@ -164,6 +164,11 @@ fn the_walkthrough_runs_as_written() {
     assert!(text.contains("{\"kind\":\"PodList\""), "{text}");
     // §6: a debug container saw the target's process; run -i --rm echoed and cleaned up.
     assert!(text.contains("sleep 3600") && text.contains("pod \"once\" deleted"), "{text}");
+    // §7: the dashboard's address, the page through kubectl proxy, and the access map
+    // naming the default service account that §3b's curl used.
+    assert!(text.contains(&format!("The dashboard: https://127.0.0.1:{server_port}/dashboard/")), "{text}");
+    assert!(text.contains("<title>nanokube dashboard</title>"), "{text}");
+    assert!(text.contains("\nsystem:serviceaccount:default:default\n"), "{text}");
     // Nothing of the pods is left once they are deleted (§2's Deployment with them).
     let out =
         Command::new(kubectl_path("kubectl")).args(["--kubeconfig"]).arg(&kubeconfig).args(["delete", "deployment", "web", "--wait=true"]).output().unwrap();

@@ -136,4 +136,38 @@ fn pods_resolve_cluster_names_and_reach_the_api_by_name() {
     assert!(out.status.success() && text.contains(&web_ip), "{text}{}", String::from_utf8_lossy(&out.stderr));
     let out = Command::new("/bin/busybox").args(["nslookup", "nothing.default.svc.cluster.local", &dns_ip]).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("NXDOMAIN") || String::from_utf8_lossy(&out.stderr).contains("NXDOMAIN"), "{out:?}");
+    // `nanokube dns lookup`, as dig would ask: A, SRV, NXDOMAIN.
+    let lookup =
+        |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_nanokube")).args(["dns", "lookup", "--server", &format!("{dns_ip}:53")]).args(args).output().unwrap();
+    let out = lookup(&["web.default.svc.cluster.local"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains(";; NOERROR, 1 answer(s)") && text.contains(&format!("web.default.svc.cluster.local. 5 IN A {web_ip}")),
+        "{text}"
+    );
+    let out = lookup(&["_http._tcp.web.default.svc.cluster.local", "--type", "SRV"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("IN SRV 0 100 80 web.default.svc.cluster.local."), "{out:?}");
+    let out = lookup(&["nothing.default.svc.cluster.local"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stdout).contains("NXDOMAIN"), "{out:?}");
+    // `nanokube dns hosts`: a marked block in a hosts file, and out again.
+    let hosts = s.dir.path().join("hosts");
+    std::fs::write(&hosts, "127.0.0.1\tlocalhost\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_nanokube"))
+        .args(["dns", "hosts", "--write", "--file"])
+        .arg(&hosts)
+        .arg("--kubeconfig")
+        .arg(s.kubeconfig())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = std::fs::read_to_string(&hosts).unwrap();
+    assert!(
+        text.starts_with("127.0.0.1\tlocalhost\n")
+            && text.contains(&format!("{web_ip}\tweb.default.svc.cluster.local web.default.svc\n"))
+            && !text.contains("db.default"),
+        "{text}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_nanokube")).args(["dns", "hosts", "--remove", "--file"]).arg(&hosts).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(std::fs::read_to_string(&hosts).unwrap(), "127.0.0.1\tlocalhost\n");
 }

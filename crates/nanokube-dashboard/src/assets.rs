@@ -1,0 +1,33 @@
+//! The page: plain HTML, CSS and JavaScript written for nanokube (no build step), built
+//! into the binary so the dashboard loads nothing from outside.
+
+/// One file of the page.
+pub struct Asset {
+    /// Its `Content-Type`.
+    pub content_type: &'static str,
+    /// Its bytes.
+    pub bytes: &'static [u8],
+}
+
+/// The file served at `/dashboard/<path>` (`""` is the page itself).
+pub fn get(path: &str) -> Option<Asset> {
+    let (content_type, bytes): (&'static str, &'static [u8]) = match path {
+        "" | "index.html" => ("text/html; charset=utf-8", include_bytes!("../assets/index.html")),
+        "app.js" => ("text/javascript; charset=utf-8", include_bytes!("../assets/app.js")),
+        "app.css" => ("text/css; charset=utf-8", include_bytes!("../assets/app.css")),
+        _ => return None,
+    };
+    Some(Asset { content_type, bytes })
+}
+
+/// The security headers every dashboard answer carries: nothing from elsewhere may load,
+/// the page may not be framed, and no URL leaks through `Referer`.
+pub const SECURITY_HEADERS: [(&str, &str); 4] = [
+    (
+        "content-security-policy",
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+    ),
+    ("x-content-type-options", "nosniff"),
+    ("x-frame-options", "DENY"),
+    ("referrer-policy", "no-referrer"),
+];
