@@ -334,6 +334,13 @@ def test_access_map_shows_identities_methods_and_denials(cluster, browser, tmp_p
 
 def test_session_rules_csrf_logout_and_revocation(cluster):
     token = cluster.token("dash-sess", "cluster-admin")
+    # The page loads nothing from elsewhere and may not be framed.
+    code, headers, body = cluster.http("GET", "/dashboard/")
+    assert code == 200 and b"<title>nanokube dashboard</title>" in body
+    assert "script-src 'self';" in headers["Content-Security-Policy"] and "frame-ancestors 'none'" in headers["Content-Security-Policy"]
+    assert headers["X-Frame-Options"] == "DENY" and headers["X-Content-Type-Options"] == "nosniff"
+    assert cluster.http("GET", "/dashboard/../api/v1/secrets")[0] in (401, 403, 404)
+    assert cluster.http("GET", "/dashboard/nothing-here.js")[0] == 404
     # Login takes JSON only, and a bad token gets 401.
     code, _, _ = cluster.http("POST", "/dashboard/login", body=b"token=" + token.encode(), headers={"Content-Type": "application/x-www-form-urlencoded"})
     assert code == 415
@@ -406,11 +413,15 @@ def test_pod_logs_and_exec_terminal(cluster, browser):
     until(d, lambda: d.find_elements(By.ID, "exec-connect"), what="the exec tab")
     d.find_element(By.ID, "exec-connect").click()
     until(d, lambda: "connected" in d.find_element(By.ID, "exec-status").text, what="the exec WebSocket")
+    # xterm.js: keys go to its hidden textarea, output is drawn in its rows.
     term = d.find_element(By.ID, "terminal")
-    term.send_keys("echo $((6*7))-answer\n")
-    until(d, lambda: "42-answer" in term.text, what="the command's output")
+    keys = term.find_element(By.CSS_SELECTOR, "textarea.xterm-helper-textarea")
+    keys.send_keys("stty size; echo $((6*7))-answer\n")
+    until(d, lambda: "42-answer" in term.find_element(By.CSS_SELECTOR, ".xterm-rows").text, what="the command's output")
+    # The terminal's size reached the process (resize on channel 4).
+    assert "32 120" in term.find_element(By.CSS_SELECTOR, ".xterm-rows").text, term.find_element(By.CSS_SELECTOR, ".xterm-rows").text
     shot(d, "13-exec")
-    term.send_keys("exit\n")
+    keys.send_keys("exit\n")
     until(d, lambda: "exited" in d.find_element(By.ID, "exec-status").text or "closed" in d.find_element(By.ID, "exec-status").text, what="the shell's end")
     cluster.kubectl("delete", "pod", "shell", "--grace-period=1")
 

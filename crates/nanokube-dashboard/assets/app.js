@@ -710,70 +710,46 @@ function logsTab(body, ns, name, pod) {
   load();
 }
 
-// A small terminal over the exec WebSocket (v5.channel.k8s.io: a channel byte, then
-// data; 0 stdin, 1 stdout, 2 stderr, 3 status, 4 resize). It keeps lines and carriage
-// returns and drops other escape sequences: enough for a shell, not for full-screen
-// programs.
+// The terminal: xterm.js over the exec WebSocket (v5.channel.k8s.io: a channel byte,
+// then data; 0 stdin, 1 stdout, 2 stderr, 3 status, 4 resize).
+const TERM_COLS = 120, TERM_ROWS = 32;
 function execTab(body, ns, name, pod) {
   const containers = pod.spec.containers.map((c) => c.name);
   const sel = el('select', { id: 'exec-container' }, containers.map((c) => el('option', { value: c }, c)));
   const cmd = el('input', { value: 'sh', id: 'exec-command' });
-  const term = el('div', { class: 'terminal', tabindex: '0', id: 'terminal' });
+  const holder = el('div', { class: 'terminal', id: 'terminal' });
   const status = el('span', { class: 'count', id: 'exec-status' });
   const connect = el('button', { id: 'exec-connect' }, 'Connect');
-  body.append(el('div', { class: 'toolbar' }, 'container ', sel, 'command ', cmd, connect, status), term);
+  body.append(el('div', { class: 'toolbar' }, 'container ', sel, 'command ', cmd, connect, status), holder);
+  const term = new window.Terminal({ cols: TERM_COLS, rows: TERM_ROWS, cursorBlink: true, fontSize: 13, scrollback: 5000 });
+  term.open(holder);
   let ws = null;
   const enc = new TextEncoder();
-  let screen = '';
-  const write = (s) => {
-    s = s.replace(/\x1b\[[0-9;?]*[A-Za-z]/g, '').replace(/\x1b\][^\x07]*\x07/g, '');
-    for (const ch of s) {
-      if (ch === '\r') continue;
-      if (ch === '\b') { screen = screen.slice(0, -1); continue; }
-      if (ch === '\x07') continue;
-      screen += ch;
-    }
-    if (screen.length > 200000) screen = screen.slice(-100000);
-    term.textContent = screen;
-    term.scrollTop = term.scrollHeight;
-  };
-  const send = (s) => { if (ws && ws.readyState === 1) { const b = enc.encode(s); const f = new Uint8Array(b.length + 1); f[0] = 0; f.set(b, 1); ws.send(f); } };
+  const frame = (channel, bytes) => { const f = new Uint8Array(bytes.length + 1); f[0] = channel; f.set(bytes, 1); return f; };
+  term.onData((d) => { if (ws && ws.readyState === 1) ws.send(frame(0, enc.encode(d))); });
   connect.addEventListener('click', () => {
     if (ws) ws.close();
-    screen = ''; write('');
+    term.reset();
     const q = new URLSearchParams({ container: sel.value, stdin: 'true', stdout: 'true', stderr: 'true', tty: 'true' });
     for (const part of cmd.value.trim().split(/\s+/)) q.append('command', part);
     const proto = location.protocol === 'https:' ? 'wss' : 'ws';
     ws = new WebSocket(`${proto}://${location.host}${S.base}/api/v1/namespaces/${encodeURIComponent(ns)}/pods/${encodeURIComponent(name)}/exec?${q}`, ['v5.channel.k8s.io', 'v4.channel.k8s.io']);
     ws.binaryType = 'arraybuffer';
-    const dec = new TextDecoder();
-    ws.onopen = () => { status.textContent = `connected (${ws.protocol})`; term.focus(); };
+    ws.onopen = () => {
+      status.textContent = `connected (${ws.protocol})`;
+      ws.send(frame(4, enc.encode(JSON.stringify({ Width: TERM_COLS, Height: TERM_ROWS }))));
+      term.focus();
+    };
     ws.onmessage = (m) => {
       const b = new Uint8Array(m.data);
       if (!b.length) return;
-      if (b[0] === 1 || b[0] === 2) write(dec.decode(b.subarray(1), { stream: true }));
-      if (b[0] === 3) { const t = dec.decode(b.subarray(1)); try { const st = JSON.parse(t); status.textContent = st.status === 'Success' ? 'exited' : `exited: ${st.message || t}`; } catch (_) { status.textContent = t; } }
+      if (b[0] === 1 || b[0] === 2) term.write(b.subarray(1));
+      if (b[0] === 3) { const t = new TextDecoder().decode(b.subarray(1)); try { const st = JSON.parse(t); status.textContent = st.status === 'Success' ? 'exited' : `exited: ${st.message || t}`; } catch (_) { status.textContent = t; } }
     };
     ws.onclose = (e) => { if (!/exited/.test(status.textContent)) status.textContent = `closed${e.code !== 1000 ? ` (${e.code})` : ''}`; };
     ws.onerror = () => { status.textContent = 'connection failed'; };
   });
-  term.addEventListener('keydown', (e) => {
-    if (!ws) return;
-    let s = null;
-    if (e.key === 'Enter') s = '\r';
-    else if (e.key === 'Backspace') s = '\x7f';
-    else if (e.key === 'Tab') s = '\t';
-    else if (e.key === 'Escape') s = '\x1b';
-    else if (e.key === 'ArrowUp') s = '\x1b[A';
-    else if (e.key === 'ArrowDown') s = '\x1b[B';
-    else if (e.key === 'ArrowRight') s = '\x1b[C';
-    else if (e.key === 'ArrowLeft') s = '\x1b[D';
-    else if (e.ctrlKey && e.key.length === 1) s = String.fromCharCode(e.key.toUpperCase().charCodeAt(0) - 64);
-    else if (e.key.length === 1) s = e.key;
-    if (s !== null) { e.preventDefault(); send(s); }
-  });
-  term.addEventListener('paste', (e) => { e.preventDefault(); send(e.clipboardData.getData('text')); });
-  S.cleanup.push(() => ws && ws.close());
+  S.cleanup.push(() => { if (ws) ws.close(); term.dispose(); });
 }
 
 // ---------- create ----------
