@@ -351,6 +351,7 @@ async function listView(main, group, resource) {
   let pending = false;
   const render = () => {
     pending = false;
+    lastRender = performance.now();
     const text = filter.value.toLowerCase();
     const showNs = r.namespaced && !S.ns;
     const cols = columns.map((c, i) => [c, i]).filter(([c]) => c.priority === 0 || c.priority === undefined);
@@ -372,8 +373,13 @@ async function listView(main, group, resource) {
       body));
     count.textContent = `${matched} of ${rows.size}${matched > shown ? ` (first ${shown} shown)` : ''}`;
   };
-  // At most five renders a second, however fast events come.
-  const schedule = () => { if (!pending) { pending = true; setTimeout(render, 200); } };
+  // A change shows at once; under a stream of changes, at most five renders a second.
+  let lastRender = 0;
+  const schedule = () => {
+    if (pending) return;
+    pending = true;
+    setTimeout(render, Math.max(0, lastRender + 200 - performance.now()));
+  };
   const take = (row) => {
     const m = (row.object && row.object.metadata) || {};
     const key = m.uid || `${m.namespace}/${m.name}`;

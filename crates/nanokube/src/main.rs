@@ -989,6 +989,7 @@ async fn run_server(args: ServerArgs, started: Instant) -> i32 {
     say!("Try:");
     say!("  kubectl --kubeconfig {} get namespaces", cluster.kubeconfig.display());
     say!("  curl --cacert {dir}/ca.crt --cert {dir}/client.crt --key {dir}/client.key {}/api", cluster.server_url, dir = cluster.data_dir.display());
+    say!("  the dashboard: {}/dashboard/ (log in with a token: kubectl create token <service-account>)", cluster.server_url);
     let signal = tokio::select! {
         _ = int.recv() => "interrupt",
         _ = term.recv() => "SIGTERM",
