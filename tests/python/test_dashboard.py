@@ -289,17 +289,65 @@ def test_yaml_edit_lands_and_conflict_shows_409(cluster, browser):
     assert cluster.kubectl("get", "cm", "edited", "-o", "jsonpath={.data.color}").stdout == "red"
 
 
+def test_create_restart_delete_and_who_can(cluster, browser):
+    d = browser
+    login(d, cluster, cluster.token("dash-admin", "cluster-admin"))
+    # Create from YAML.
+    go(d, "#/create")
+    until(d, lambda: d.find_elements(By.ID, "create-text"), what="the create form")
+    d.execute_script("arguments[0].value = arguments[1]", d.find_element(By.ID, "create-text"),
+                     "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: made-here\n  namespace: default\nspec:\n  replicas: 0\n"
+                     "  selector: {matchLabels: {app: made-here}}\n  template:\n    metadata: {labels: {app: made-here}}\n"
+                     "    spec: {containers: [{name: c, image: example.invalid/x:1}]}\n")
+    d.find_element(By.ID, "create-submit").click()
+    until(d, lambda: "Created" in d.find_element(By.ID, "create-result").text, what="created")
+    assert cluster.kubectl("get", "deploy", "made-here", "-o", "jsonpath={.metadata.name}").stdout == "made-here"
+    # A bad one gets the server's error and creates nothing.
+    d.execute_script("arguments[0].value = arguments[1]", d.find_element(By.ID, "create-text"), "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: Not_Valid\n")
+    d.find_element(By.ID, "create-submit").click()
+    until(d, lambda: d.find_elements(By.CSS_SELECTOR, "#create-result .error"), what="the refusal")
+    assert "422" in d.find_element(By.CSS_SELECTOR, "#create-result .error").text
+    # Restart the rollout: the template gets kubectl's restartedAt annotation.
+    go(d, "#/obj/apps/deployments/default/made-here/summary")
+    until(d, lambda: d.find_elements(By.ID, "action-restart") and not d.find_element(By.ID, "action-restart").get_attribute("disabled"), what="restart allowed")
+    d.find_element(By.ID, "action-restart").click()
+    wait("restartedAt", lambda: cluster.kubectl("get", "deploy", "made-here", "-o", "jsonpath={.spec.template.metadata.annotations}").stdout.count("restartedAt") == 1)
+    # Delete with foreground propagation.
+    d.find_element(By.ID, "action-delete").click()
+    d.find_element(By.CSS_SELECTOR, "#delete-propagation option[value='Foreground']").click()
+    d.find_element(By.ID, "delete-confirm").click()
+    until(d, lambda: "Deleted (Foreground)" in d.find_element(By.CSS_SELECTOR, ".action-result").text, what="deleted")
+    wait("the deployment gone", lambda: cluster.kubectl("get", "deploy", "made-here", check=False).returncode != 0)
+    # Who can do what: the identity's own rules, and the bindings that grant a verb.
+    go(d, "#/can")
+    until(d, lambda: d.find_elements(By.CSS_SELECTOR, "#my-rules tr"), what="the rules review")
+    assert "*" in d.find_element(By.ID, "my-rules").text
+    verb, resource = d.find_element(By.ID, "who-verb"), d.find_element(By.ID, "who-resource")
+    verb.clear()
+    verb.send_keys("delete")
+    resource.clear()
+    resource.send_keys("secrets")
+    d.find_element(By.XPATH, "//button[text()='Show']").click()
+    until(d, lambda: "dash-admin" in d.find_element(By.ID, "who-result").text, what="the bindings")
+    assert "ClusterRole/cluster-admin" in d.find_element(By.ID, "who-result").text
+    shot(d, "14-who-can")
+
+
 def test_access_map_shows_identities_methods_and_denials(cluster, browser, tmp_path):
     d = browser
     # A kubectl user (client certificate), a curl-like client with an SA token, and a
     # denied request.
     cluster.kubectl("get", "pods")
     reader = cluster.token("map-reader")
-    code, _, _ = cluster.http("GET", "/api/v1/namespaces/default/secrets", headers={"Authorization": f"Bearer {reader}"})
-    assert code == 403
+
+    def curl(path):
+        out = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", cluster.ca, "-H", f"Authorization: Bearer {reader}", cluster.url + path],
+                             capture_output=True, text=True, timeout=30)
+        return out.stdout
+
+    assert curl("/api/v1/namespaces/default/secrets") == "403"
     cluster.kubectl("create", "rolebinding", "map-reader-view", "--clusterrole=view", "--serviceaccount=default:map-reader")
-    code, _, _ = cluster.http("GET", "/api/v1/namespaces/default/pods", headers={"Authorization": f"Bearer {reader}"})
-    assert code == 200
+    assert curl("/api/v1/namespaces/default/pods") == "200"
 
     login(d, cluster, cluster.token("dash-admin", "cluster-admin"))
     go(d, "#/map")

@@ -36,6 +36,7 @@ pub mod metrics;
 pub mod node_link;
 pub mod node_proxy;
 pub mod openapi;
+pub mod origins;
 pub mod patch;
 pub mod pki;
 pub mod pod_exec;

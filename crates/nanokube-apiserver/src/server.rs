@@ -251,7 +251,8 @@ where
             };
             let cert_user = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| user_from_cert(c.as_ref()));
             let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-            let info = Arc::new(ConnInfo { cert_user, peer, watches: watches.clone() });
+            // A pod reaching the API through the Service proxy is seen at its own address.
+            let info = Arc::new(ConnInfo { cert_user, peer: crate::origins::resolve(peer), watches: watches.clone() });
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(Coalesce::new(tls, h2.then_some(watches))), svc(info));
             drive(conn, &mut conn_shutdown, peer).await
         });

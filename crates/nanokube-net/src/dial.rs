@@ -3,7 +3,7 @@
 //! server's endpoint, a host service) from the host.
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -43,6 +43,28 @@ impl PodNamespaces {
                 Ok(r) => r,
                 Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, format!("connecting to {to}"))),
             },
+        }
+    }
+
+    /// [`Self::connect`] on behalf of `client`: where `to` is on the host (not a pod),
+    /// the socket is bound first and registered with the API server's
+    /// [`nanokube_apiserver::origins`] before it connects, so a server in this process
+    /// (the API server behind the `kubernetes` Service) sees `client` as its peer, as it
+    /// would behind kube-proxy's DNAT. The registration lasts as long as it is kept.
+    pub async fn connect_from(
+        &self,
+        to: SocketAddrV4,
+        client: IpAddr,
+    ) -> std::io::Result<(tokio::net::TcpStream, Option<nanokube_apiserver::origins::Registration>)> {
+        if self.get(*to.ip()).is_some() || client.is_unspecified() || client == IpAddr::V4(Ipv4Addr::LOCALHOST) {
+            return Ok((self.connect(to).await?, None));
+        }
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0))?;
+        let registration = nanokube_apiserver::origins::register(socket.local_addr()?, client);
+        match tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(SocketAddr::V4(to))).await {
+            Ok(r) => Ok((r?, Some(registration))),
+            Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, format!("connecting to {to}"))),
         }
     }
 

@@ -99,8 +99,8 @@ impl Forwarder {
         let me = self.clone();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let task = tokio::spawn(async move {
-            match me.pods.connect(endpoint).await {
-                Ok(mut outbound) => {
+            match me.pods.connect_from(endpoint, client).await {
+                Ok((mut outbound, _origin)) => {
                     let _ = outbound.set_nodelay(true);
                     let _ = inbound.set_nodelay(true);
                     let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;

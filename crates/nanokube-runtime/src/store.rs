@@ -322,9 +322,6 @@ impl ImageStore {
         for (d, diff_id) in descriptors.iter().zip(&diff_ids) {
             let digest = d.get("digest").and_then(Value::as_str).ok_or("layer without digest")?.to_string();
             let media_type = d.get("mediaType").and_then(Value::as_str).unwrap_or("").to_string();
-            if media_type.contains("zstd") {
-                return Err(format!("layer {digest}: zstd-compressed layers are not supported"));
-            }
             self.unpack(&digest, Some(diff_id))?;
             let layer_size = d.get("size").and_then(Value::as_u64).unwrap_or(0);
             size += layer_size;
@@ -363,12 +360,147 @@ impl ImageStore {
 
 /// Whether a file starts with gzip's magic bytes.
 fn is_gzip(f: &File) -> Result<bool, String> {
-    use std::os::unix::fs::FileExt;
-    let mut head = [0u8; 2];
-    Ok(f.read_at(&mut head, 0).map_err(|e| e.to_string())? == 2 && head == [0x1f, 0x8b])
+    Ok(head(f)?[..2] == [0x1f, 0x8b])
 }
 
-/// A file's bytes, gunzipped when it is gzip (layers and archives come either way).
+/// A zstd frame's magic number, as it appears in a file.
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+
+/// A file's first four bytes (zeros where it is shorter).
+fn head(f: &File) -> Result<[u8; 4], String> {
+    use std::os::unix::fs::FileExt;
+    let mut head = [0u8; 4];
+    f.read_at(&mut head, 0).map_err(|e| e.to_string())?;
+    Ok(head)
+}
+
+/// A file's bytes, decompressed when it is gzip or zstd (layers come any of the three
+/// ways: `tar`, `tar+gzip`, `tar+zstd`; archives plain or gzip).
 pub(crate) fn decompressed(f: File) -> Result<Box<dyn Read>, String> {
-    Ok(if is_gzip(&f)? { Box::new(flate2::read::GzDecoder::new(f)) } else { Box::new(f) })
+    let magic = head(&f)?;
+    Ok(if magic[..2] == [0x1f, 0x8b] {
+        Box::new(flate2::read::GzDecoder::new(f))
+    } else if magic == ZSTD_MAGIC {
+        Box::new(ZstdFrames { current: None, source: Some(Peeked::new(std::io::BufReader::new(f))) })
+    } else {
+        Box::new(f)
+    })
+}
+
+/// A reader that can look at the next four bytes before handing them on.
+struct Peeked<R> {
+    head: [u8; 4],
+    len: usize,
+    pos: usize,
+    inner: R,
+}
+
+impl<R: Read> Peeked<R> {
+    fn new(inner: R) -> Self {
+        Peeked { head: [0; 4], len: 0, pos: 0, inner }
+    }
+
+    /// The next (up to) four bytes, left to be read again.
+    fn peek4(&mut self) -> std::io::Result<&[u8]> {
+        // Keep what is still unread, then fill up to four.
+        self.head.copy_within(self.pos..self.len, 0);
+        self.len -= self.pos;
+        self.pos = 0;
+        while self.len < 4 {
+            let n = self.inner.read(&mut self.head[self.len..])?;
+            if n == 0 {
+                break;
+            }
+            self.len += n;
+        }
+        Ok(&self.head[..self.len])
+    }
+}
+
+impl<R: Read> Read for Peeked<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.pos < self.len {
+            let n = (self.len - self.pos).min(buf.len());
+            buf[..n].copy_from_slice(&self.head[self.pos..self.pos + n]);
+            self.pos += n;
+            return Ok(n);
+        }
+        self.inner.read(buf)
+    }
+}
+
+type ZstdSource = Peeked<std::io::BufReader<File>>;
+
+/// Every frame of a zstd stream in turn (a stream may hold several; skippable frames,
+/// such as zstd:chunked's table of contents, are passed over).
+struct ZstdFrames {
+    current: Option<ruzstd::decoding::StreamingDecoder<ZstdSource, ruzstd::decoding::FrameDecoder>>,
+    source: Option<ZstdSource>,
+}
+
+impl Read for ZstdFrames {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let invalid = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+        loop {
+            if let Some(d) = self.current.as_mut() {
+                let n = d.read(buf)?;
+                if n > 0 || buf.is_empty() {
+                    return Ok(n);
+                }
+                if let Some(d) = self.current.take() {
+                    self.source = Some(d.into_inner());
+                }
+            }
+            let Some(mut src) = self.source.take() else { return Ok(0) };
+            let magic = src.peek4()?.to_vec();
+            if magic.is_empty() {
+                return Ok(0);
+            }
+            if magic.len() == 4 && magic[1..] == [0x2a, 0x4d, 0x18] && magic[0] & 0xf0 == 0x50 {
+                // A skippable frame: its magic, a 4-byte little-endian length, then that
+                // many bytes.
+                let mut header = [0u8; 8];
+                src.read_exact(&mut header)?;
+                let length = u64::from(u32::from_le_bytes([header[4], header[5], header[6], header[7]]));
+                let skipped = std::io::copy(&mut (&mut src).take(length), &mut std::io::sink())?;
+                if skipped != length {
+                    return Err(invalid("zstd: truncated skippable frame".into()));
+                }
+                self.source = Some(src);
+                continue;
+            }
+            self.current = Some(ruzstd::decoding::StreamingDecoder::new(src).map_err(|e| invalid(format!("zstd: {e}")))?);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zstd_streams_of_several_frames_and_skippable_ones() {
+        use ruzstd::encoding::{compress_to_vec, CompressionLevel};
+        let first: Vec<u8> = (0..100_000u32).flat_map(|i| i.to_le_bytes()).collect();
+        let second = b"and a second frame".to_vec();
+        let mut stream = compress_to_vec(&first[..], CompressionLevel::Fastest);
+        // A skippable frame (zstd:chunked keeps its table of contents in one).
+        stream.extend_from_slice(&[0x5e, 0x2a, 0x4d, 0x18, 3, 0, 0, 0, 1, 2, 3]);
+        stream.extend(compress_to_vec(&second[..], CompressionLevel::Fastest));
+        let path = std::env::temp_dir().join(format!("nanokube-zstd-{}", std::process::id()));
+        std::fs::write(&path, &stream).unwrap();
+        let mut out = Vec::new();
+        decompressed(File::open(&path).unwrap()).unwrap().read_to_end(&mut out).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let mut want = first;
+        want.extend(second);
+        assert_eq!(out.len(), want.len());
+        assert!(out == want);
+        // A truncated stream is an error, not a panic or a short success.
+        let path = std::env::temp_dir().join(format!("nanokube-zstd-cut-{}", std::process::id()));
+        std::fs::write(&path, &stream[..stream.len() / 3]).unwrap();
+        let r = decompressed(File::open(&path).unwrap()).unwrap().read_to_end(&mut Vec::new());
+        std::fs::remove_file(&path).unwrap();
+        assert!(r.is_err());
+    }
 }

@@ -229,7 +229,7 @@ kind: Job
 metadata: {name: later}
 spec:
   suspend: true
-  ttlSecondsAfterFinished: 1
+  ttlSecondsAfterFinished: 4
   template:
     spec:
       restartPolicy: Never
@@ -247,7 +247,9 @@ spec:
     }));
     let ev = events(&s, "later");
     assert!(ev.contains("Suspended: Job suspended") && ev.contains("Resumed: Job resumed"), "{ev}");
-    // One second after it finished, the Job and its pods are gone.
+    // Four seconds after it finished (time enough for the poll above to see Complete
+    // even on a loaded machine; with one second it once missed it), the Job and its
+    // pods are gone.
     assert!(eventually(Duration::from_secs(30), || !s.kubectl(&["get", "job", "later"]).status.success()), "the Job did not expire");
     assert!(eventually(Duration::from_secs(30), || job_pods(&s, "later").is_empty()));
 }

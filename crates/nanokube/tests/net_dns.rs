@@ -95,6 +95,12 @@ fn pods_resolve_cluster_names_and_reach_the_api_by_name() {
         r#"curl --cacert /var/run/secrets/kubernetes.io/serviceaccount/ca.crt -H "Authorization: Bearer $(cat /var/run/secrets/kubernetes.io/serviceaccount/token)" https://kubernetes.default.svc/api"#,
     );
     assert!(ok && api.contains(r#""kind":"APIVersions""#), "{api}");
+    // The access map draws that path: the pod, through the `kubernetes` Service, as its
+    // service account.
+    let map: serde_json::Value = serde_json::from_str(&s.k(&["get", "--raw", "/access-map"])).unwrap();
+    let identity = map["identities"].as_array().unwrap().iter().find(|i| i["name"] == "system:serviceaccount:default:default").cloned().unwrap_or_default();
+    assert!(identity["methods"].to_string().contains("service-account token"), "{map}");
+    assert!(identity["from"].to_string().contains("pod default/client via Service kubernetes"), "{map}");
 
     let web_ip = s.k(&["get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"]);
     let (ok, out) = exec(&s, "client", "getent hosts web");

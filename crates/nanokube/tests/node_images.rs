@@ -67,6 +67,21 @@ fn images_load_pull_unpack_list_and_remove() {
     let (ok, _, err) = nanokube(&["image", "pull", &by_digest, "--data-dir", &data]);
     assert!(ok, "{err}");
 
+    // A zstd-compressed image (skopeo compresses the layer with zstd into an OCI layout,
+    // then pushes it to a registry of its own, so no gzip blob of the same layer is
+    // reused): pulled and unpacked to the same layer, the diff ID being the tar's.
+    let zstd_registry = start_registry();
+    let zstd_layout = work.path().join("zstd-layout");
+    skopeo(&["copy", "--dest-compress-format=zstd", &format!("docker-archive:{}", archive.display()), &format!("oci:{}:zstd", zstd_layout.display())]);
+    let zstd_remote = format!("127.0.0.1:{}/tools/testbox:zstd", zstd_registry.port);
+    skopeo(&["copy", "--dest-tls-verify=false", &format!("oci:{}:zstd", zstd_layout.display()), &format!("docker://{zstd_remote}")]);
+    let (ok, _, err) = nanokube(&["image", "pull", &zstd_remote, "--data-dir", &data]);
+    assert!(ok, "{err}");
+    let zstd_image = store.resolve(&zstd_remote).unwrap();
+    assert!(zstd_image.layers.iter().all(|l| l.media_type.ends_with("tar+zstd")), "{:?}", zstd_image.layers);
+    assert_eq!(zstd_image.layers.iter().map(|l| l.diff_id.clone()).collect::<Vec<_>>(), diff_ids);
+    let _ = nanokube(&["image", "rm", &zstd_remote, "--data-dir", &data]);
+
     // A missing image: the registry's error, naming the reference.
     let missing = format!("127.0.0.1:{}/tools/missing:1", registry.port);
     let (ok, _, err) = nanokube(&["image", "pull", &missing, "--data-dir", &data]);
