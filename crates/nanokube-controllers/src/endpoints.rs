@@ -31,9 +31,9 @@ use crate::workqueue::WorkQueue;
 
 /// Endpoints per slice (upstream's `--max-endpoints-per-slice` default).
 const MAX_PER_SLICE: usize = 100;
-const MANAGED_BY: &str = "endpointslice.kubernetes.io/managed-by";
+pub(crate) const MANAGED_BY: &str = "endpointslice.kubernetes.io/managed-by";
 const CONTROLLER_NAME: &str = "endpointslice-controller.k8s.io";
-const SERVICE_NAME: &str = "kubernetes.io/service-name";
+pub(crate) const SERVICE_NAME: &str = "kubernetes.io/service-name";
 
 /// One endpoint: a pod and whether it is ready, serving and terminating.
 struct Endpoint {
@@ -252,7 +252,6 @@ impl EndpointsController {
 
     async fn write_slices(&self, service: &Value, groups: &BTreeMap<Vec<(String, i64, String)>, Vec<Endpoint>>) -> Result<(), ApiError> {
         let (ns, name) = (meta::namespace(service), meta::name(service));
-        let slices_def = def("discovery.k8s.io", "endpointslices");
         // What the slices should hold: per port group, chunks of at most 100.
         let mut wanted: Vec<(Value, Vec<Value>)> = Vec::new();
         for (ports, eps) in groups {
@@ -285,40 +284,64 @@ impl EndpointsController {
                 .collect();
             wanted.push((json!(ports), Vec::new()));
         }
-        let labels = LabelSelector::parse(&format!("{SERVICE_NAME}={name},{MANAGED_BY}={CONTROLLER_NAME}"))?;
-        let existing: Vec<Value> =
-            self.registry.list(slices_def, Some(ns), &ListOptions { labels, ..Default::default() })?.items.iter().map(|o| o.value().clone()).collect();
         let owner = json!({"apiVersion": "v1", "kind": "Service", "name": name, "uid": meta::uid(service), "controller": true, "blockOwnerDeletion": true});
         let mut slice_labels = service.pointer("/metadata/labels").cloned().unwrap_or(json!({}));
         slice_labels[SERVICE_NAME] = json!(name);
         slice_labels[MANAGED_BY] = json!(CONTROLLER_NAME);
-        for (i, (ports, endpoints)) in wanted.iter().enumerate() {
-            match existing.get(i) {
-                Some(cur) if cur.get("ports") == Some(ports) && cur.get("endpoints").cloned().unwrap_or(json!([])) == json!(endpoints) => {}
-                Some(cur) => {
-                    self.registry
-                        .update_with(slices_def, ns, meta::name(cur), &WriteOptions::default(), |c| {
-                            let mut next = c.clone();
-                            next["ports"] = ports.clone();
-                            next["endpoints"] = json!(endpoints);
-                            meta::metadata_mut(&mut next).insert("labels".into(), slice_labels.clone());
-                            Ok(next)
-                        })
-                        .await?;
-                }
-                None => {
-                    let obj = json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-                        "metadata": {"generateName": format!("{name}-"), "namespace": ns, "labels": slice_labels, "ownerReferences": [owner]},
-                        "addressType": "IPv4", "ports": ports, "endpoints": endpoints});
-                    self.registry.create(slices_def, ns, obj, &WriteOptions::default()).await?;
-                }
+        reconcile_slices(&self.registry, ns, name, CONTROLLER_NAME, &slice_labels, &owner, &wanted).await
+    }
+}
+
+/// Makes the EndpointSlices of Service `name` that `managed_by` manages hold `wanted`
+/// (ports and endpoints per slice, in order): existing slices updated in place, missing
+/// ones created with `labels` and `owner`, extra ones deleted. Shared by the endpoints
+/// and mirroring controllers.
+pub(crate) async fn reconcile_slices(
+    registry: &Registry,
+    ns: &str,
+    name: &str,
+    managed_by: &str,
+    labels: &Value,
+    owner: &Value,
+    wanted: &[(Value, Vec<Value>)],
+) -> Result<(), ApiError> {
+    let slices_def = def("discovery.k8s.io", "endpointslices");
+    let selector = LabelSelector::parse(&format!("{SERVICE_NAME}={name},{MANAGED_BY}={managed_by}"))?;
+    let existing: Vec<Value> =
+        registry.list(slices_def, Some(ns), &ListOptions { labels: selector, ..Default::default() })?.items.iter().map(|o| o.value().clone()).collect();
+    for (i, (ports, endpoints)) in wanted.iter().enumerate() {
+        match existing.get(i) {
+            Some(cur)
+                if cur.get("ports") == Some(ports)
+                    && cur.get("endpoints").cloned().unwrap_or(json!([])) == json!(endpoints)
+                    && cur.pointer("/metadata/labels") == Some(labels) => {}
+            Some(cur) => {
+                registry
+                    .update_with(slices_def, ns, meta::name(cur), &WriteOptions::default(), |c| {
+                        let mut next = c.clone();
+                        next["ports"] = ports.clone();
+                        next["endpoints"] = json!(endpoints);
+                        meta::metadata_mut(&mut next).insert("labels".into(), labels.clone());
+                        Ok(next)
+                    })
+                    .await?;
+            }
+            None => {
+                let obj = json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                    "metadata": {"generateName": format!("{name}-"), "namespace": ns, "labels": labels, "ownerReferences": [owner]},
+                    "addressType": "IPv4", "ports": ports, "endpoints": endpoints});
+                registry.create(slices_def, ns, obj, &WriteOptions::default()).await?;
             }
         }
-        for extra in existing.iter().skip(wanted.len()) {
-            let _ = self.registry.delete(slices_def, ns, meta::name(extra), &DeleteOptions::default()).await;
-        }
-        Ok(())
     }
+    for extra in existing.iter().skip(wanted.len()) {
+        match registry.delete(slices_def, ns, meta::name(extra), &DeleteOptions::default()).await {
+            Ok(_) => {}
+            Err(e) if e.code == 404 => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -24,6 +24,8 @@
 //!   work queue, and expectations of a controller's own writes).
 //! - [`replicasets`]: ReplicaSets and ReplicationControllers keep their pods.
 //! - [`endpoints`]: Endpoints and EndpointSlices of Services with selectors.
+//! - [`endpointslice_mirroring`]: the Endpoints users write for Services without a
+//!   selector, mirrored into EndpointSlices.
 //! - [`deployments`]: Deployments roll ReplicaSets (RollingUpdate, Recreate, pause,
 //!   history), with upstream's annotations, status and conditions.
 //! - [`jobs`]: Jobs run pods to completion (finalizer tracking, back-off, Indexed,
@@ -63,6 +65,7 @@ pub mod daemonsets;
 pub mod deployments;
 pub mod disruption;
 pub mod endpoints;
+pub mod endpointslice_mirroring;
 pub mod event_ttl;
 mod events;
 pub mod gc;

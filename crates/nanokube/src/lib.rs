@@ -616,6 +616,7 @@ impl ControllerManager {
         }
         set.spawn(deployments::DeploymentController::new(r.clone()).run(stop.clone()));
         set.spawn(endpoints::EndpointsController::new(r.clone()).run(stop.clone()));
+        set.spawn(endpointslice_mirroring::MirroringController::new(r.clone()).run(stop.clone()));
         set.spawn(jobs::JobController::with_clock(r.clone(), self.clock.clone()).run(stop.clone()));
         set.spawn(cronjobs::CronJobController::with_clock(r.clone(), self.clock.clone()).run(stop.clone()));
         set.spawn(disruption::DisruptionController::new(r.clone()).run(stop.clone()));

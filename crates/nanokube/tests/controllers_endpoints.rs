@@ -77,3 +77,53 @@ fn endpoints_follow_pods_and_carry_service_traffic() {
     s.k(&["delete", "service", "web"]);
     assert!(eventually(Duration::from_secs(10), || !s.kubectl(&["get", "endpoints", "web"]).status.success()));
 }
+
+/// The Endpoints a user writes for a Service without a selector are mirrored into
+/// EndpointSlices (kube-controller-manager's mirroring controller), and the mirror
+/// follows them: updated, skipped with `skip-mirror`, gone with them.
+#[test]
+fn endpoints_of_selectorless_services_are_mirrored_into_slices() {
+    let s = Server::start_with(&["--node=false"]);
+    let out = s.k_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: Service\nmetadata: {name: outside}\nspec:\n  ports: [{name: db, port: 5432}]\n---\n\
+         apiVersion: v1\nkind: Endpoints\nmetadata: {name: outside, labels: {team: data}}\nsubsets:\n\
+         - addresses: [{ip: 127.0.0.21, hostname: one}]\n  notReadyAddresses: [{ip: 127.0.0.22}]\n  ports: [{name: db, port: 5432}]\n",
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mirrored = || -> serde_json::Value {
+        let list: serde_json::Value = serde_json::from_str(&s.k(&[
+            "get",
+            "endpointslices",
+            "-l",
+            "kubernetes.io/service-name=outside,endpointslice.kubernetes.io/managed-by=endpointslicemirroring-controller.k8s.io",
+            "-o",
+            "json",
+        ]))
+        .unwrap();
+        list["items"].clone()
+    };
+    assert!(eventually(Duration::from_secs(10), || mirrored().as_array().is_some_and(|a| a.len() == 1)), "{}", mirrored());
+    let slice = mirrored()[0].clone();
+    assert_eq!(slice["metadata"]["labels"]["team"], "data");
+    assert_eq!(slice["metadata"]["ownerReferences"][0]["kind"], "Endpoints");
+    assert_eq!(slice["ports"], serde_json::json!([{"name": "db", "port": 5432, "protocol": "TCP"}]));
+    assert_eq!(slice["endpoints"][0]["addresses"][0], "127.0.0.21");
+    assert_eq!(slice["endpoints"][0]["conditions"]["ready"], true);
+    assert_eq!(slice["endpoints"][0]["hostname"], "one");
+    assert_eq!(slice["endpoints"][1]["conditions"]["ready"], false);
+    // An update reaches the mirror.
+    s.k(&["patch", "endpoints", "outside", "--type=json", "-p", r#"[{"op":"replace","path":"/subsets/0/addresses/0/ip","value":"127.0.0.23"}]"#]);
+    assert!(eventually(Duration::from_secs(10), || mirrored()[0]["endpoints"][0]["addresses"][0] == "127.0.0.23"), "{}", mirrored());
+    // skip-mirror takes the mirror away; removing it brings it back.
+    s.k(&["label", "endpoints", "outside", "endpointslice.kubernetes.io/skip-mirror=true"]);
+    assert!(eventually(Duration::from_secs(10), || mirrored().as_array().is_some_and(|a| a.is_empty())), "{}", mirrored());
+    s.k(&["label", "endpoints", "outside", "endpointslice.kubernetes.io/skip-mirror-"]);
+    assert!(eventually(Duration::from_secs(10), || mirrored().as_array().is_some_and(|a| a.len() == 1)), "{}", mirrored());
+    // Deleting the Endpoints deletes the mirror; the bootstrap's `kubernetes` Endpoints
+    // (labelled skip-mirror) never had one.
+    s.k(&["delete", "endpoints", "outside"]);
+    assert!(eventually(Duration::from_secs(10), || mirrored().as_array().is_some_and(|a| a.is_empty())), "{}", mirrored());
+    let kube = s.k(&["get", "endpointslices", "-l", "endpointslice.kubernetes.io/managed-by=endpointslicemirroring-controller.k8s.io", "-A", "-o", "name"]);
+    assert_eq!(kube, "", "nothing else mirrored");
+}
