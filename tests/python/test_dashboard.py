@@ -11,6 +11,7 @@ import re
 import shutil
 import ssl
 import subprocess
+import tempfile
 import threading
 import time
 import urllib.error
@@ -70,11 +71,16 @@ class Cluster:
 
 @pytest.fixture(scope="module")
 def cluster():
-    s = Server()
+    # With an audit log, to check that no token, session id or CSRF token lands in it.
+    audit = tempfile.mkdtemp()
+    s = Server(["--audit-log-path", os.path.join(audit, "audit.log")])
+    c = Cluster(s)
+    c.audit_log = os.path.join(audit, "audit.log")
     try:
-        yield Cluster(s)
+        yield c
     finally:
         s.stop()
+        shutil.rmtree(audit, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -430,6 +436,16 @@ def test_session_rules_csrf_logout_and_revocation(cluster):
     cluster.kubectl("delete", "serviceaccount", "dash-doomed")
     wait("the session refused", lambda: cluster.http("GET", path, headers=cookie)[0] == 401, timeout=10)
     assert cluster.http("GET", "/dashboard/session", headers=cookie)[0] == 401
+    # The audit log has the session's requests, under the service account's name, and
+    # none of the secrets that carried them.
+    def audit_text():
+        with open(cluster.audit_log) as f:
+            return f.read()
+    wait("the session's requests audited", lambda: "system:serviceaccount:default:dash-doomed" in audit_text(), timeout=10)
+    audit = audit_text()
+    assert "system:serviceaccount:default:dash-sess" in audit and "/dashboard/k8s/api/v1/namespaces/default/configmaps" in audit
+    for secret in [token, doomed, session, csrf]:
+        assert secret not in audit
 
 
 def test_browser_logout_and_revoked_session(cluster, browser):
