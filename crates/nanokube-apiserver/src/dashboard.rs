@@ -15,7 +15,6 @@
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Response, StatusCode};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use nanokube_api::error::ApiError;
 use nanokube_dashboard::session;
@@ -101,7 +100,9 @@ async fn login(server: &ApiServer, parts: &http::request::Parts, body: Option<In
     if !json_body {
         return Err(ApiError::new(415, "UnsupportedMediaType", "login takes application/json"));
     }
-    let body = read_limited(body.ok_or_else(|| ApiError::internal("request body read twice"))?, session::MAX_TOKEN_LEN + 1024).await?;
+    let body =
+        crate::handler::read_body_within(body.ok_or_else(|| ApiError::internal("request body read twice"))?, &parts.headers, session::MAX_TOKEN_LEN + 1024)
+            .await?;
     let v: Value = serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("login body: {e}")))?;
     let token = v.get("token").and_then(Value::as_str).map(str::trim).unwrap_or("");
     if token.is_empty() || token.contains(|c: char| c.is_ascii_control() || c == ' ') {
@@ -181,18 +182,4 @@ fn api(server: &ApiServer, parts: &mut http::request::Parts, api_path: &str) -> 
     let auth = HeaderValue::from_str(&bearer(&s.token)).map_err(|_| ApiError::unauthorized())?;
     parts.headers.insert(http::header::AUTHORIZATION, auth);
     Ok(())
-}
-
-async fn read_limited(mut body: Incoming, limit: usize) -> Result<Bytes, ApiError> {
-    let mut buf = bytes::BytesMut::new();
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| ApiError::bad_request(format!("error reading request body: {e}")))?;
-        if let Ok(data) = frame.into_data() {
-            if buf.len() + data.len() > limit {
-                return Err(ApiError::too_large(format!("Request entity too large: limit is {limit}")));
-            }
-            buf.extend_from_slice(&data);
-        }
-    }
-    Ok(buf.freeze())
 }

@@ -372,8 +372,14 @@ async fn drain_unread(body: &mut Incoming) {
 /// clients get the answer rather than a reset stream.
 const MAX_DRAIN: usize = 64 * 1024 * 1024;
 
-async fn read_body(mut body: Incoming, headers: &HeaderMap) -> Result<Bytes, ApiError> {
-    let too_large = || ApiError::too_large(format!("Request entity too large: limit is {MAX_BODY}"));
+async fn read_body(body: Incoming, headers: &HeaderMap) -> Result<Bytes, ApiError> {
+    read_body_within(body, headers, MAX_BODY).await
+}
+
+/// A request body of at most `limit` bytes (413 beyond, after draining up to
+/// [`MAX_DRAIN`] so HTTP/2 clients get the answer).
+pub(crate) async fn read_body_within(mut body: Incoming, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
+    let too_large = || ApiError::too_large(format!("Request entity too large: limit is {limit}"));
     let declared = headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|len| len > MAX_DRAIN) {
         return Err(too_large());
@@ -387,12 +393,12 @@ async fn read_body(mut body: Incoming, headers: &HeaderMap) -> Result<Bytes, Api
             if total > MAX_DRAIN {
                 return Err(too_large());
             }
-            if total <= MAX_BODY {
+            if total <= limit {
                 buf.extend_from_slice(&data);
             }
         }
     }
-    if total > MAX_BODY {
+    if total > limit {
         return Err(too_large());
     }
     Ok(buf.freeze())

@@ -39,10 +39,7 @@ impl PodNamespaces {
     pub async fn connect(&self, to: SocketAddrV4) -> std::io::Result<tokio::net::TcpStream> {
         match self.get(*to.ip()) {
             Some(ns) => nanokube_runtime::netns::connect(&ns, SocketAddr::V4(to), CONNECT_TIMEOUT).await,
-            None => match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(to)).await {
-                Ok(r) => r,
-                Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, format!("connecting to {to}"))),
-            },
+            None => within_connect_timeout(to, tokio::net::TcpStream::connect(to)).await,
         }
     }
 
@@ -62,10 +59,7 @@ impl PodNamespaces {
         let socket = tokio::net::TcpSocket::new_v4()?;
         socket.bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0))?;
         let registration = nanokube_apiserver::origins::register(socket.local_addr()?, client);
-        match tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(SocketAddr::V4(to))).await {
-            Ok(r) => Ok((r?, Some(registration))),
-            Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, format!("connecting to {to}"))),
-        }
+        Ok((within_connect_timeout(to, socket.connect(SocketAddr::V4(to))).await?, Some(registration)))
     }
 
     /// A UDP socket to talk to `to` from (made inside the pod's namespace when `to` is a
@@ -86,5 +80,16 @@ impl PodNamespaces {
             None => make()?,
         };
         tokio::net::UdpSocket::from_std(socket)
+    }
+}
+
+/// A host-side connect to `to`, given up after [`CONNECT_TIMEOUT`].
+async fn within_connect_timeout(
+    to: SocketAddrV4,
+    connect: impl std::future::Future<Output = std::io::Result<tokio::net::TcpStream>>,
+) -> std::io::Result<tokio::net::TcpStream> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+        Ok(r) => r,
+        Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, format!("connecting to {to}"))),
     }
 }
