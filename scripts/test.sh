@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of nanokube: unit and integration tests (cargo, with the real
 # kubectl 1.27-1.33, curl, SQLite, Python test servers, busybox-static, Debian's
-# docker-registry, skopeo, runc, iptables, socat and dnsmasq), then the Python tests: the
+# docker-registry, skopeo, runc, iptables, socat, dnsmasq and etcd), then the Python tests: the
 # `kubernetes` client's, and the dashboard's in headless chromium (selenium).
 # Installs what the tests need from the package registries first.
 set -euo pipefail
@@ -24,6 +24,10 @@ command -v iptables-restore >/dev/null || [ -x /usr/sbin/iptables-restore ] || n
 command -v socat >/dev/null || need_apt+=(socat)
 command -v dnsmasq >/dev/null || [ -x /usr/sbin/dnsmasq ] || need_apt+=(dnsmasq-base)
 # Dashboard tests: a real headless browser and its WebDriver (selenium comes from PyPI).
+# The etcd backend's tests run real etcd members on loopback ports (Debian's etcd-server
+# ships the binary; its service is not started where there is no systemd, and the tests
+# never use it).
+command -v etcd >/dev/null || need_apt+=(etcd-server)
 command -v chromium >/dev/null || need_apt+=(chromium)
 command -v chromedriver >/dev/null || need_apt+=(chromium-driver)
 if ((${#need_apt[@]})); then
@@ -54,3 +58,12 @@ echo "== python tests"
 # The binary cargo just built (honouring CARGO_TARGET_DIR), unless NANOKUBE_BIN names one.
 target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
 NANOKUBE_BIN="${NANOKUBE_BIN:-$target_dir/debug/nanokube}" .venv/bin/pytest -q tests/python
+
+echo "== the kubectl and python client suites again, on an etcd-backed server"
+# Every server these suites start stores its cluster in a fresh etcd member.
+if cargo nextest --version >/dev/null 2>&1; then
+  NANOKUBE_TEST_ETCD=1 cargo nextest run -p nanokube --no-fail-fast --test kubectl_basics --test kubectl_machinery --test kubectl_watch --test api_machinery
+else
+  NANOKUBE_TEST_ETCD=1 cargo test -p nanokube --no-fail-fast --test kubectl_basics --test kubectl_machinery --test kubectl_watch --test api_machinery
+fi
+NANOKUBE_TEST_ETCD=1 NANOKUBE_BIN="${NANOKUBE_BIN:-$target_dir/debug/nanokube}" .venv/bin/pytest -q tests/python --ignore=tests/python/test_dashboard.py

@@ -17,10 +17,57 @@ def nanokube_binary():
     return path
 
 
+def free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Etcd:
+    """A one-member etcd on loopback ports (Debian's etcd-server), for the suites'
+    second run with NANOKUBE_TEST_ETCD=1."""
+
+    def __init__(self, root):
+        import socket
+        import time
+
+        client, peer = free_port(), free_port()
+        self.url = f"http://127.0.0.1:{client}"
+        peer_url = f"http://127.0.0.1:{peer}"
+        self.proc = subprocess.Popen(
+            ["etcd", "--name", "m0", "--data-dir", os.path.join(root, "etcd"), "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
+             "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url, "--initial-cluster", f"m0={peer_url}",
+             "--logger", "zap", "--log-level", "error"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", client), timeout=1) as c:
+                    c.sendall(b"GET /health HTTP/1.0\r\n\r\n")
+                    if b'"health":"true"' in c.recv(4096):
+                        return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError("etcd did not become healthy")
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait()
+
+
 class Server:
     def __init__(self, extra=()):
         self.dir = tempfile.TemporaryDirectory()
         self.data = os.path.join(self.dir.name, "data")
+        self.etcd = None
+        if os.environ.get("NANOKUBE_TEST_ETCD"):
+            self.etcd = Etcd(self.dir.name)
+            extra = list(extra) + [f"--etcd-servers={self.etcd.url}"]
         self.proc = subprocess.Popen(
             # Public registries are never reached from tests: their pulls go to a closed port.
             # Its kubelet API on a free port, so servers never contend for 10250.
@@ -36,6 +83,8 @@ class Server:
                 self.url = m.group(1)
                 break
         else:
+            if self.etcd:
+                self.etcd.stop()
             raise RuntimeError("nanokube did not become ready")
         self.kubeconfig = os.path.join(self.data, "kubeconfig")
 
@@ -48,6 +97,8 @@ class Server:
             self.proc.kill()
             self.proc.wait()
         self.proc.stdout.close()
+        if self.etcd:
+            self.etcd.stop()
         self.dir.cleanup()
 
 

@@ -27,6 +27,7 @@ pub mod go_order;
 pub mod json;
 pub mod meta;
 pub mod protobuf;
+pub mod protobuf_encode;
 pub mod quota;
 pub mod resources;
 pub mod schedule;

@@ -177,6 +177,11 @@ fn skip(buf: &mut &[u8], wt: WireType) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether a field holds a `Time` or `MicroTime`.
+pub(crate) fn is_time(ty: FieldType) -> bool {
+    matches!(ty, FieldType::Message("apimachinery.pkg.apis.meta.v1.Time" | "apimachinery.pkg.apis.meta.v1.MicroTime"))
+}
+
 fn format_time(seconds: i64, nanos: i64, micro: bool) -> Value {
     match time::OffsetDateTime::from_unix_timestamp(seconds) {
         Ok(t) if micro => {
@@ -239,6 +244,20 @@ fn scalar(ty: FieldType, wt: WireType, buf: &mut &[u8]) -> Result<Value, String>
 thread_local! {
     /// How deep the message being decoded on this thread is nested.
     static DEPTH: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    /// Whether empty strings that are present are kept (values read back from storage,
+    /// where they were written because the object had them).
+    static KEEP_EMPTY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Decode a stored value (`k8s\0` envelope) as [`decode_request`] does, except that
+/// empty strings present in the message are kept: nanokube writes one only where the
+/// object had it, and Go writes `""` for fields without `omitempty`
+/// (`nodeInfo.kubeProxyVersion`), which clients expect to find.
+pub fn decode_stored(body: &[u8]) -> Result<Value, String> {
+    KEEP_EMPTY.with(|k| k.set(true));
+    let out = decode_request(body);
+    KEEP_EMPTY.with(|k| k.set(false));
+    out
 }
 
 /// Decode one message, refusing nesting past [`crate::json::MAX_DEPTH`]: some types
@@ -313,7 +332,13 @@ fn decode_message_at(msg: &str, mut buf: &[u8]) -> Result<Value, String> {
         }
         _ => {}
     }
-    let fields = schema().get(msg).ok_or_else(|| format!("no protobuf schema for message {msg}"))?;
+    let Some(fields) = schema().get(msg) else {
+        // Empty structs (`CustomResourceSubresourceStatus`) have no rows in the table.
+        if buf.is_empty() {
+            return Ok(Value::Object(Map::new()));
+        }
+        return Err(format!("no protobuf schema for message {msg}"));
+    };
     let mut out = Map::new();
     while buf.has_remaining() {
         let (tag, wt) = decode_key(&mut buf).map_err(|e| e.to_string())?;
@@ -330,8 +355,11 @@ fn decode_message_at(msg: &str, mut buf: &[u8]) -> Result<Value, String> {
             Cardinality::One => {
                 let v = scalar(f.ty, wt, &mut buf)?;
                 let omit = match &v {
-                    Value::String(s) => s.is_empty() && !matches!(f.ty, FieldType::Bytes),
-                    Value::Null => true,
+                    Value::String(s) => s.is_empty() && !matches!(f.ty, FieldType::Bytes) && !KEEP_EMPTY.with(|k| k.get()),
+                    // A zero time that is present is a Go `Time` that is not a pointer
+                    // (`creationTimestamp` of a template, `lastProbeTime`): Go writes
+                    // it as null. Absent ones are the unset pointers.
+                    Value::Null => !is_time(f.ty),
                     _ => false,
                 };
                 if !omit {
@@ -420,7 +448,8 @@ mod tests {
         field_bytes(1, &meta, &mut cm);
         field_bytes(2, &entry, &mut cm);
         let v = decode_request(&envelope("v1", "ConfigMap", &cm)).unwrap();
-        assert_eq!(v, serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c2"}, "data": {"a": "b"}}));
+        // A zero creationTimestamp that is present reads as null, as Go writes it.
+        assert_eq!(v, serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c2", "creationTimestamp": null}, "data": {"a": "b"}}));
     }
 
     #[test]
@@ -648,6 +677,46 @@ pub struct FieldInfo {
 /// The table's own `'static` name for a message, if it has one.
 pub fn intern(msg: &str) -> Option<&'static str> {
     schema().get_key_value(msg).map(|(k, _)| *k)
+}
+
+/// Where a JSON field of a message is encoded: the inline fields leading to the message
+/// that declares it (tag and message of each), its own tag, and the field.
+pub type FieldPlace = (Vec<(u32, &'static str)>, u32, FieldInfo);
+
+/// The [`FieldPlace`] of JSON field `name` in message `msg`, inline messages' fields
+/// included (built once for every message).
+pub fn field_place(msg: &str, name: &str) -> Option<&'static FieldPlace> {
+    type Index = HashMap<&'static str, HashMap<&'static str, FieldPlace>>;
+    static INDEX: OnceLock<Index> = OnceLock::new();
+    let index = INDEX.get_or_init(|| {
+        fn collect(msg: &'static str, path: &mut Vec<(u32, &'static str)>, out: &mut HashMap<&'static str, FieldPlace>) {
+            let Some(fields) = schema().get(msg) else { return };
+            let mut tags: Vec<&u32> = fields.keys().collect();
+            tags.sort();
+            for t in tags {
+                let f = fields[t];
+                match (f.cardinality, f.ty) {
+                    (Cardinality::Inline, FieldType::Message(inner)) if path.len() < 8 => {
+                        path.push((*t, inner));
+                        collect(inner, path, out);
+                        path.pop();
+                    }
+                    _ => {
+                        out.entry(f.json).or_insert((path.clone(), *t, f));
+                    }
+                }
+            }
+        }
+        schema()
+            .keys()
+            .map(|msg| {
+                let mut out = HashMap::new();
+                collect(msg, &mut Vec::new(), &mut out);
+                (*msg, out)
+            })
+            .collect()
+    });
+    index.get(msg)?.get(name)
 }
 
 /// The fields of a message (e.g. `api.core.v1.Pod`), in tag order.

@@ -93,10 +93,31 @@ impl ResourceDef {
         self.verbs.contains(&verb)
     }
 
-    /// The storage key prefix of this resource: `/registry/<group>/<plural>/`.
-    /// Core resources have no group segment, as upstream lays out etcd.
+    /// The storage key prefix of this resource, as kube-apiserver lays out etcd (so that
+    /// either can serve a store the other wrote): `/registry/<plural>/` for built-in
+    /// resources of every group, with upstream's special cases (`services/specs`,
+    /// `services/endpoints`, `minions`, `controllers`, `ingress`); `/registry/<group>/
+    /// <plural>/` for custom resources and for the resources of the extension and
+    /// aggregation servers (CustomResourceDefinitions, APIServices), which upstream
+    /// stores under their group. events.k8s.io Events share core Events' prefix.
     pub fn key_prefix(&self) -> String {
-        // events.k8s.io/v1 Events share storage with core/v1 Events, as upstream's do.
+        if self.custom || matches!(self.group, "apiextensions.k8s.io" | "apiregistration.k8s.io") {
+            return format!("/registry/{}/{}/", self.group, self.plural);
+        }
+        let special = match (self.group, self.plural) {
+            ("", "services") => Some("services/specs"),
+            ("", "endpoints") => Some("services/endpoints"),
+            ("", "nodes") => Some("minions"),
+            ("", "replicationcontrollers") => Some("controllers"),
+            ("networking.k8s.io" | "extensions", "ingresses") => Some("ingress"),
+            _ => None,
+        };
+        format!("/registry/{}/", special.unwrap_or(self.plural))
+    }
+
+    /// The key prefix nanokube used before it followed upstream's layout (core
+    /// resources by plural, all others by group and plural), for moving old data.
+    pub fn legacy_key_prefix(&self) -> String {
         if self.group.is_empty() || (self.group == "events.k8s.io" && self.plural == "events") {
             format!("/registry/{}/", self.plural)
         } else {
@@ -684,6 +705,33 @@ mod tests {
         assert_eq!(g[g.len() - 2..], ["flowcontrol.apiserver.k8s.io", "metrics.k8s.io"]);
         let admission = g.iter().position(|x| *x == "admissionregistration.k8s.io");
         assert!(admission < g.iter().position(|x| *x == "apiextensions.k8s.io"), "equal priorities by name");
+    }
+
+    #[test]
+    fn keys_are_where_kube_apiserver_puts_them() {
+        let key = |g: &str, v: &str, p: &str, ns: &str| find(g, v, p).unwrap().key(ns, "x");
+        assert_eq!(key("apps", "v1", "deployments", "default"), "/registry/deployments/default/x");
+        assert_eq!(key("", "v1", "services", "default"), "/registry/services/specs/default/x");
+        assert_eq!(key("", "v1", "endpoints", "default"), "/registry/services/endpoints/default/x");
+        assert_eq!(key("", "v1", "nodes", ""), "/registry/minions/x");
+        assert_eq!(key("", "v1", "replicationcontrollers", "default"), "/registry/controllers/default/x");
+        assert_eq!(key("networking.k8s.io", "v1", "ingresses", "default"), "/registry/ingress/default/x");
+        assert_eq!(key("rbac.authorization.k8s.io", "v1", "clusterroles", ""), "/registry/clusterroles/x");
+        assert_eq!(key("apiextensions.k8s.io", "v1", "customresourcedefinitions", ""), "/registry/apiextensions.k8s.io/customresourcedefinitions/x");
+        assert_eq!(key("apiregistration.k8s.io", "v1", "apiservices", ""), "/registry/apiregistration.k8s.io/apiservices/x");
+        // One prefix per group-resource, none inside another's (events are shared on purpose).
+        let mut seen: std::collections::HashMap<String, (&str, &str)> = std::collections::HashMap::new();
+        for d in BUILTIN.iter().filter(|d| d.is_stored()) {
+            let p = d.key_prefix();
+            if let Some((g, r)) = seen.insert(p.clone(), (d.group, d.plural)) {
+                assert!(r == d.plural && (g == d.group || r == "events"), "{p} shared by {g}/{r} and {}/{}", d.group, d.plural);
+            }
+        }
+        for a in seen.keys() {
+            for b in seen.keys() {
+                assert!(a == b || !b.starts_with(a.as_str()), "{a} contains {b}");
+            }
+        }
     }
 
     #[test]

@@ -817,6 +817,21 @@ impl Ctx<'_> {
         }
     }
 
+    /// Bring the store's reads up to date before a read that must be current (no
+    /// `resourceVersion`, or one newer than this server has seen) and before a write,
+    /// which builds on what it reads: with several servers on one etcd, this server's
+    /// watch cache may trail a write another server acknowledged.
+    async fn sync_store(&self) -> Result<(), ApiError> {
+        let wants_current = match self.query.get("resourceVersion") {
+            None | Some("") => true,
+            Some(rv) => rv.parse::<i64>().is_ok_and(|n| n > self.server.registry.store().current_revision()),
+        };
+        if wants_current || !matches!(self.info.verb.as_str(), "get" | "list") {
+            self.server.registry.store().sync().await.map_err(|e| ApiError::internal(e.to_string()))?;
+        }
+        Ok(())
+    }
+
     async fn resource_of(&self, def: &'static ResourceDef, body: Bytes) -> Result<Response<Body>, ApiError> {
         let info = self.info;
         // A cluster-scoped kind exists only at its cluster path: under `namespaces/{ns}/`
@@ -849,6 +864,9 @@ impl Ctx<'_> {
             return self.respond_object(def, StatusCode::CREATED, &Arc::new(crate::registry::Stored::new(out)));
         }
         let ns = info.namespace.as_str();
+        if info.verb != "watch" {
+            self.sync_store().await?;
+        }
         if !info.subresource.is_empty() {
             if info.subresource == "proxy" && self.headers.contains_key(http::header::UPGRADE) {
                 // An upgrade the backend did not take (or that never reached it) ends the

@@ -9,6 +9,7 @@
 //! admission (service-account defaulting, Service IP and NodePort allocation) →
 //! validation → store.
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use base64::Engine;
@@ -922,7 +923,7 @@ impl Registry {
             if self.store.get(&def.key(namespace, &name)).is_some() {
                 return Err(ApiError::already_exists(def.plural, def.group, &name));
             }
-            self.allocate_service(&mut obj, None, opts.dry_run)?;
+            self.allocate_and_reserve(&mut obj, None, opts.dry_run).await?;
         }
         if opts.dry_run {
             if self.store.get(&def.key(namespace, &name)).is_some() {
@@ -936,7 +937,7 @@ impl Registry {
             Ok(kv) => served(def, &kv, encoding),
             Err(e) => {
                 if def.plural == "services" {
-                    self.release_service(&obj, None);
+                    self.release_service(&obj, None).await;
                 }
                 Err(store_err(e, def, &name))
             }
@@ -1120,7 +1121,7 @@ impl Registry {
     }
 
     /// Allocate ClusterIPs and NodePorts; `old` carries what an update keeps.
-    fn allocate_service(&self, obj: &mut Value, old: Option<&Value>, dry_run: bool) -> Result<(), ApiError> {
+    fn allocate_service(&self, obj: &mut Value, old: Option<&Value>, dry_run: bool) -> Result<(Vec<String>, Vec<u16>), ApiError> {
         let ty = obj.pointer("/spec/type").and_then(Value::as_str).unwrap_or("ClusterIP").to_string();
         let mut alloc = self.services.lock().expect("alloc");
         let mut taken_ips: Vec<String> = Vec::new();
@@ -1202,22 +1203,191 @@ impl Registry {
                 alloc.release_port(*p);
             }
         }
-        result
+        result.map(|()| (taken_ips, taken_ports))
     }
 
-    /// Release what a Service held that `kept` (its replacement) no longer holds.
-    fn release_service(&self, obj: &Value, kept: Option<&Value>) {
+    /// Allocate as [`Registry::allocate_service`] does, then reserve what was newly taken
+    /// in the store ([`crate::reservations`]), so that servers sharing the store never
+    /// hand out one address or port twice. A guess another server took first stays
+    /// marked here and the allocation runs again: a requested address or port then
+    /// fails as already allocated, an automatic one moves on to a free one.
+    async fn allocate_and_reserve(&self, obj: &mut Value, old: Option<&Value>, dry_run: bool) -> Result<(), ApiError> {
+        let original = obj.clone();
+        let (namespace, name) = (meta::namespace(&original).to_string(), meta::name(&original).to_string());
+        for _attempt in 0..64 {
+            let mut candidate = original.clone();
+            let (ips, ports) = self.allocate_service(&mut candidate, old, dry_run)?;
+            if dry_run {
+                *obj = candidate;
+                return Ok(());
+            }
+            match self.reserve(&namespace, &name, &ips, &ports).await {
+                Ok(()) => {
+                    *obj = candidate;
+                    return Ok(());
+                }
+                Err(outcome) => {
+                    // Release the other guesses here; the one taken elsewhere stays marked.
+                    let mut alloc = self.services.lock().expect("alloc");
+                    for ip in ips.iter().filter(|ip| outcome.taken.as_deref() != Some(ip.as_str())) {
+                        alloc.release_ip(ip);
+                    }
+                    for p in ports.iter().filter(|p| outcome.taken.as_deref() != Some(p.to_string().as_str())) {
+                        alloc.release_port(*p);
+                    }
+                    if let Some(e) = outcome.error {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        Err(ApiError::internal("could not reserve a ClusterIP or NodePort: every guess was taken by another server"))
+    }
+
+    /// Create the reservations of `ips` and `ports` for Service `namespace/name`; on
+    /// failure, those made are removed again.
+    async fn reserve(&self, namespace: &str, name: &str, ips: &[String], ports: &[u16]) -> Result<(), ReserveFailed> {
+        use crate::reservations as r;
+        let wanted = ips
+            .iter()
+            .map(|ip| (r::ip_key(ip), r::ip_object(ip, namespace, name), ip.clone()))
+            .chain(ports.iter().map(|p| (r::port_key(*p), r::port_value(namespace, name), p.to_string())));
+        let mut made = Vec::new();
+        let mut failed = None;
+        for (key, value, item) in wanted {
+            match self.store.create(key.clone(), Bytes::from(value.to_string())).await {
+                Ok(_) => made.push(key),
+                Err(StoreError::AlreadyExists) => {
+                    let ours = self.store.get(&key).and_then(|kv| r::owner_of(&kv.value)).is_some_and(|(ns, n)| ns == namespace && n == name);
+                    if !ours {
+                        failed = Some(ReserveFailed { taken: Some(item), error: None });
+                        break;
+                    }
+                }
+                Err(e) => {
+                    failed = Some(ReserveFailed { taken: None, error: Some(ApiError::internal(format!("reserving {item} for the Service: {e}"))) });
+                    break;
+                }
+            }
+        }
+        match failed {
+            None => Ok(()),
+            Some(f) => {
+                for key in made {
+                    let _ = self.store.delete(key, None).await;
+                }
+                Err(f)
+            }
+        }
+    }
+
+    /// Forget here, and remove from the store, the reservations of what `obj` held that
+    /// `kept` does not (only those still naming this Service).
+    async fn release_service(&self, obj: &Value, kept: Option<&Value>) {
+        let (released_ips, released_ports) = self.release_service_locally(obj, kept);
+        let (namespace, name) = (meta::namespace(obj), meta::name(obj));
+        let keys = released_ips.iter().map(|ip| crate::reservations::ip_key(ip)).chain(released_ports.iter().map(|p| crate::reservations::port_key(*p)));
+        for key in keys {
+            if let Some(kv) = self.store.get(&key) {
+                if crate::reservations::owner_of(&kv.value).is_some_and(|(ns, n)| ns == namespace && n == name) {
+                    let _ = self.store.delete(key, Some(kv.mod_revision)).await;
+                }
+            }
+        }
+    }
+
+    /// Release here what a Service held that `kept` (its replacement) no longer holds;
+    /// returns what was released.
+    fn release_service_locally(&self, obj: &Value, kept: Option<&Value>) -> (Vec<String>, Vec<u16>) {
         let mut alloc = self.services.lock().expect("alloc");
         let kept_ips = kept.map(service_ips).unwrap_or_default();
         let kept_ports = kept.map(node_ports).unwrap_or_default();
-        for ip in service_ips(obj) {
-            if !kept_ips.contains(&ip) {
-                alloc.release_ip(&ip);
+        let ips: Vec<String> = service_ips(obj).into_iter().filter(|ip| !kept_ips.contains(ip)).collect();
+        let ports: Vec<u16> = node_ports(obj).into_iter().filter(|p| !kept_ports.contains(p)).collect();
+        for ip in &ips {
+            alloc.release_ip(ip);
+        }
+        for p in &ports {
+            alloc.release_port(*p);
+        }
+        (ips, ports)
+    }
+
+    /// Keep this server's allocator in step with Services other servers write, and
+    /// repair reservations as upstream's repair controllers do: at start and every
+    /// three minutes, create those stored Services lack, remove those orphaned twice.
+    pub async fn run_service_allocations(self: Arc<Self>, shutdown: tokio::sync::watch::Receiver<bool>) {
+        let svc = resources::find("", "v1", "services").expect("services");
+        let prefix = svc.key_prefix();
+        let me = self.clone();
+        let follower = tokio::spawn({
+            let shutdown = shutdown.clone();
+            let store = self.store.clone();
+            let from = store.current_revision();
+            async move {
+                nanokube_store::follow::follow(store, &prefix, from, shutdown, |change| {
+                    if let nanokube_store::follow::Change::Event(ev) = change {
+                        let new = (ev.kind != nanokube_store::EventKind::Deleted).then(|| decode(&ev.kv).ok()).flatten();
+                        let old = ev.prev.as_ref().and_then(|p| decode(p).ok());
+                        if let Some(old) = &old {
+                            me.release_service_locally(old.value(), new.as_deref().map(|n| n.value()));
+                        }
+                        if let Some(new) = &new {
+                            let mut alloc = me.services.lock().expect("alloc");
+                            service_ips(new.value()).iter().for_each(|ip| alloc.mark_ip(ip));
+                            node_ports(new.value()).into_iter().for_each(|p| alloc.mark_port(p));
+                        }
+                    }
+                    true
+                })
+                .await
+            }
+        });
+        let mut orphans = crate::reservations::Orphans::default();
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(180));
+        let mut shutdown = shutdown;
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                _ = every.tick() => self.repair_allocations(&mut orphans).await,
             }
         }
-        for p in node_ports(obj) {
-            if !kept_ports.contains(&p) {
-                alloc.release_port(p);
+        follower.abort();
+    }
+
+    /// One repair pass (see [`Registry::run_service_allocations`]).
+    pub async fn repair_allocations(&self, orphans: &mut crate::reservations::Orphans) {
+        use crate::reservations as r;
+        let svc = resources::find("", "v1", "services").expect("services");
+        let mut held = r::Held::default();
+        for kv in self.store.list(&svc.key_prefix(), None, 0).items {
+            let Ok(obj) = decode(&kv) else { continue };
+            let owner = (meta::namespace(&obj).to_string(), meta::name(&obj).to_string());
+            for ip in service_ips(&obj) {
+                held.ips.insert(ip, owner.clone());
+            }
+            for p in node_ports(&obj) {
+                held.ports.insert(p, owner.clone());
+            }
+        }
+        for (ip, (ns, name)) in &held.ips {
+            let _ = self.store.create(r::ip_key(ip), Bytes::from(r::ip_object(ip, ns, name).to_string())).await;
+        }
+        for (port, (ns, name)) in &held.ports {
+            let _ = self.store.create(r::port_key(*port), Bytes::from(r::port_value(ns, name).to_string())).await;
+        }
+        let mut orphaned = HashSet::new();
+        for kv in self.store.list(r::IP_PREFIX, None, 0).items.iter().chain(self.store.list(r::PORT_PREFIX, None, 0).items.iter()) {
+            let owner = r::owner_of(&kv.value);
+            let item = kv.key.rsplit('/').next().unwrap_or("");
+            let holder = if kv.key.starts_with(r::IP_PREFIX) { held.ips.get(item) } else { item.parse().ok().and_then(|p: u16| held.ports.get(&p)) };
+            if owner.as_ref() != holder {
+                orphaned.insert(kv.key.clone());
+            }
+        }
+        for key in orphans.confirm(orphaned) {
+            if let Some(kv) = self.store.get(&key) {
+                let _ = self.store.delete(key, Some(kv.mod_revision)).await;
             }
         }
     }
@@ -1270,7 +1440,7 @@ impl Registry {
             // Removing the last finalizer of an object being deleted completes the delete.
             let finish_delete = meta::is_deleting(&new) && meta::finalizers(&new).is_empty() && namespace_finalizers_empty(def, &new);
             if def.plural == "services" && def.group.is_empty() {
-                self.allocate_service(&mut new, Some(&current), opts.dry_run)?;
+                self.allocate_and_reserve(&mut new, Some(&current), opts.dry_run).await?;
             }
             if opts.dry_run {
                 return Ok(Arc::new(Stored::new(new)));
@@ -1284,9 +1454,9 @@ impl Registry {
                 Ok(kv) => {
                     if def.plural == "services" && def.group.is_empty() {
                         if finish_delete {
-                            self.release_service(&current, None);
+                            self.release_service(&current, None).await;
                         } else {
-                            self.release_service(&current, Some(&new));
+                            self.release_service(&current, Some(&new)).await;
                         }
                     }
                     return match encoding {
@@ -1300,13 +1470,13 @@ impl Registry {
                 // the current state (a controller) succeeds on the fresh one.
                 Err(StoreError::Conflict { .. }) => {
                     if def.plural == "services" && def.group.is_empty() {
-                        self.release_service(&new, Some(&current));
+                        self.release_service(&new, Some(&current)).await;
                     }
                     continue;
                 }
                 Err(e) => {
                     if def.plural == "services" && def.group.is_empty() {
-                        self.release_service(&new, Some(&current));
+                        self.release_service(&new, Some(&current)).await;
                     }
                     return Err(store_err(e, def, name));
                 }
@@ -1686,7 +1856,7 @@ impl Registry {
             match self.store.delete(key.clone(), Some(kv.mod_revision)).await {
                 Ok(kv) => {
                     if def.group.is_empty() && def.plural == "services" {
-                        self.release_service(&current, None);
+                        self.release_service(&current, None).await;
                     }
                     return Ok(Deleted::Gone(decode_as(def, &kv)?));
                 }
@@ -1829,6 +1999,13 @@ fn node_ports(obj: &Value) -> Vec<u16> {
         .and_then(Value::as_array)
         .map(|a| a.iter().filter_map(|p| p.get("nodePort").and_then(Value::as_u64).map(|n| n as u16)).collect())
         .unwrap_or_default()
+}
+
+/// Why a reservation failed: another Service holds `taken` (an address or port), or the
+/// store failed.
+struct ReserveFailed {
+    taken: Option<String>,
+    error: Option<ApiError>,
 }
 
 /// A watch of objects with selectors applied the way upstream does: an object that

@@ -164,8 +164,11 @@ pub async fn run(registry: Arc<Registry>, mut shutdown: watch::Receiver<bool>) {
     let store = registry.store().clone();
     let mut from = store.current_revision();
     let cluster_roles = def("clusterroles").key_prefix();
+    let rbac_prefixes: Vec<String> = ["clusterroles", "clusterrolebindings", "roles", "rolebindings"].iter().map(|p| def(p).key_prefix()).collect();
     loop {
-        let mut w = match store.watch("/registry/rbac.authorization.k8s.io/", from) {
+        // RBAC's four kinds have no common prefix but `/registry/` (upstream's layout);
+        // the keys are filtered below.
+        let mut w = match store.watch("/registry/", from) {
             Ok(w) => w,
             Err(_) => {
                 from = store.current_revision();
@@ -176,6 +179,7 @@ pub async fn run(registry: Arc<Registry>, mut shutdown: watch::Receiver<bool>) {
             tokio::select! {
                 _ = shutdown.changed() => return,
                 ev = w.next() => match ev {
+                    Some(Ok(ev)) if !rbac_prefixes.iter().any(|p| ev.kv.key.starts_with(p.as_str())) => {}
                     Some(Ok(ev)) => {
                         // Both write only when something is missing or stale, so their
                         // own writes end the loop.

@@ -8,6 +8,9 @@
 //!   (WAL, `synchronous=FULL`), written by one thread that commits every waiting write in
 //!   one transaction and one fsync (group commit), and an in-memory index of the current
 //!   state that reads are served from.
+//! - [`etcd::EtcdBackend`] keeps the same in-memory index, fed by one etcd watch, and
+//!   writes through etcd transactions (compare-and-swap on `mod_revision`); several API
+//!   servers can share one etcd.
 //! - [`watch::History`] is the watch fan-out: a ring of recent events plus a broadcast
 //!   channel; a watch from a revision older than the ring answers [`StoreError::Compacted`].
 //!
@@ -15,7 +18,10 @@
 //! readers never see uncommitted state; no lock is held across an fsync that readers or
 //! watchers need; this crate knows nothing of HTTP or Kubernetes objects (values are bytes).
 
+pub mod etcd;
 pub mod follow;
+pub mod local_etcd;
+mod mirror;
 pub mod sqlite;
 pub mod watch;
 
@@ -174,6 +180,18 @@ pub struct StoreStats {
     pub commit_seconds_sum: f64,
 }
 
+/// How a backend that shares its database with other programs lays values out there:
+/// the layer above knows the objects, the store only calls it. `encode` gives the bytes
+/// to store for a value under `key`; `decode` turns stored bytes back into the value
+/// (the etcd backend uses it to write and read kube-apiserver's encoding).
+pub trait ValueCodec: Send + Sync + 'static {
+    /// The bytes to store for `value` under `key`.
+    fn encode(&self, key: &str, value: &[u8]) -> Bytes;
+    /// The value that `stored` under `key` holds (stored bytes it cannot read are
+    /// returned as they are, for the layer above to report).
+    fn decode(&self, key: &str, stored: &[u8]) -> Bytes;
+}
+
 /// The storage backend trait: all the API server needs from a database.
 pub trait Backend: Send + Sync + 'static {
     /// The current value of a key.
@@ -206,6 +224,16 @@ pub trait Backend: Send + Sync + 'static {
 
     /// The newest revision.
     fn current_revision(&self) -> Revision;
+
+    /// Bring this server's reads up to the newest revision the database has committed
+    /// (from any server), for reads that must be current (`resourceVersion=""`) and for
+    /// writes that build on what they read. A backend whose reads are always current (the
+    /// embedded one) has nothing to do; the etcd backend asks etcd for its revision (a
+    /// quorum read) and waits until its watch has delivered that far, as upstream's
+    /// consistent reads from the watch cache do.
+    fn sync(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
 
     /// The oldest revision a watch may start after.
     fn oldest_watchable(&self) -> Revision;

@@ -23,6 +23,9 @@ struct Ring {
     channels: Vec<(String, broadcast::Sender<Arc<Event>>)>,
     /// How many channels there were after the last sweep of abandoned ones.
     swept_at: usize,
+    /// Bumped by [`History::reset`]: a watch whose channel closes under a newer
+    /// generation was cut off by a gap, not by the store closing.
+    generation: u64,
 }
 
 /// What an event keeps alive, roughly: its value, the served encoding the layer above
@@ -58,7 +61,7 @@ impl Ring {
 const CHANNEL_CAPACITY: usize = 4096;
 
 /// A backlog of events and the live receiver that continues it.
-type Subscription = (VecDeque<Arc<Event>>, broadcast::Receiver<Arc<Event>>);
+type Subscription = (VecDeque<Arc<Event>>, broadcast::Receiver<Arc<Event>>, u64);
 
 /// Recent events and live subscribers.
 pub struct History {
@@ -73,7 +76,18 @@ impl History {
 
     /// A history keeping at most `capacity` events holding at most `max_bytes`.
     pub fn with_byte_limit(capacity: usize, max_bytes: usize, floor: Revision) -> Self {
-        History { ring: Mutex::new(Ring { events: VecDeque::new(), floor, capacity: capacity.max(1), bytes: 0, max_bytes, channels: Vec::new(), swept_at: 0 }) }
+        History {
+            ring: Mutex::new(Ring {
+                events: VecDeque::new(),
+                floor,
+                capacity: capacity.max(1),
+                bytes: 0,
+                max_bytes,
+                channels: Vec::new(),
+                swept_at: 0,
+                generation: 0,
+            }),
+        }
     }
 
     /// Record an event and deliver it to live watchers. Must be called in revision order.
@@ -98,6 +112,19 @@ impl History {
         ring.bytes += events.iter().map(|e| event_bytes(e)).sum::<usize>();
         ring.events.extend(events);
         ring.trim();
+    }
+
+    /// Start over at `floor` after a gap in the events (a backend that had to relist):
+    /// retained events are dropped and every live watch ends with `Compacted`, so its
+    /// client lists again, as upstream's watch cache does when it relists.
+    pub fn reset(&self, floor: Revision) {
+        let mut ring = self.ring.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        ring.events.clear();
+        ring.bytes = 0;
+        ring.floor = floor;
+        ring.generation += 1;
+        // Dropping the senders closes every receiver.
+        ring.channels.clear();
     }
 
     /// The oldest revision a watch may start after.
@@ -132,6 +159,7 @@ impl History {
     /// Subscribe: the backlog of events after `after` under `prefix`, plus a live receiver.
     fn subscribe(&self, prefix: &str, after: Revision) -> Result<Subscription, StoreError> {
         let mut ring = self.ring.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let generation = ring.generation;
         if after < ring.floor {
             return Err(StoreError::Compacted { requested: after, oldest: ring.floor });
         }
@@ -146,13 +174,13 @@ impl History {
         };
         let start = ring.events.partition_point(|e| e.revision() <= after);
         let backlog = ring.events.range(start..).filter(|e| e.kv.key.starts_with(prefix)).cloned().collect();
-        Ok((backlog, rx))
+        Ok((backlog, rx, generation))
     }
 
     /// Start a watch of `prefix` after revision `after`.
     pub fn watch(self: &Arc<Self>, prefix: &str, after: Revision) -> Result<WatchStream, StoreError> {
-        let (backlog, rx) = self.subscribe(prefix, after)?;
-        Ok(WatchStream { history: self.clone(), prefix: prefix.to_string(), last: after, backlog, rx })
+        let (backlog, rx, generation) = self.subscribe(prefix, after)?;
+        Ok(WatchStream { history: self.clone(), prefix: prefix.to_string(), last: after, backlog, rx, generation })
     }
 }
 
@@ -163,6 +191,7 @@ pub struct WatchStream {
     last: Revision,
     backlog: VecDeque<Arc<Event>>,
     rx: broadcast::Receiver<Arc<Event>>,
+    generation: u64,
 }
 
 impl WatchStream {
@@ -188,14 +217,21 @@ impl WatchStream {
                 Err(broadcast::error::RecvError::Lagged(_)) => {
                     // Fell behind the live channel: refill from the ring, which is longer.
                     match self.history.subscribe(&self.prefix, self.last) {
-                        Ok((backlog, rx)) => {
+                        Ok((backlog, rx, generation)) => {
                             self.backlog = backlog;
                             self.rx = rx;
+                            self.generation = generation;
                         }
                         Err(e) => return Some(Err(e)),
                     }
                 }
-                Err(broadcast::error::RecvError::Closed) => return None,
+                Err(broadcast::error::RecvError::Closed) => {
+                    let ring = self.history.ring.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    if ring.generation != self.generation {
+                        return Some(Err(StoreError::Compacted { requested: self.last, oldest: ring.floor }));
+                    }
+                    return None;
+                }
             }
         }
     }

@@ -12,6 +12,7 @@ pub mod config;
 pub mod dns;
 pub mod images;
 pub mod proxy;
+pub mod store;
 #[cfg(feature = "test-cluster")]
 pub mod testing;
 pub mod users;
@@ -79,6 +80,8 @@ pub struct ClusterConfig {
     pub merge_kubeconfig: Option<PathBuf>,
     /// Keep state in memory only (no `state.db`).
     pub in_memory: bool,
+    /// Store the cluster in etcd instead of the embedded SQLite file (`--etcd-servers`).
+    pub etcd: Option<nanokube_store::etcd::EtcdOptions>,
     /// fsync every commit (default true).
     pub fsync: bool,
     /// Changes kept for watches (and paged lists) to resume from; older revisions answer
@@ -137,6 +140,7 @@ impl ClusterConfig {
             ingress_ports: (80, 443),
             merge_kubeconfig: None,
             in_memory: false,
+            etcd: None,
             fsync: true,
             watch_history: nanokube_store::sqlite::DEFAULT_HISTORY,
             watch_history_bytes: nanokube_store::sqlite::DEFAULT_HISTORY_BYTES,
@@ -232,6 +236,39 @@ fn check_store_present(paths: &Paths) -> Result<(), String> {
     }
 }
 
+/// Move objects a nanokube before 0.1's key layout wrote (built-in resources of named
+/// groups under `/registry/<group>/<plural>/`, Services, Endpoints, Nodes and
+/// ReplicationControllers under their plural) to kube-apiserver's keys. Values are kept
+/// as they are; their resourceVersions change, as after any write. Nothing happens when
+/// the store holds no such key (one short list per resource).
+async fn move_legacy_keys(store: &dyn Backend) -> Result<(), String> {
+    for def in nanokube_api::resources::BUILTIN.iter().filter(|d| d.is_stored()) {
+        let (old, new) = (def.legacy_key_prefix(), def.key_prefix());
+        if old == new {
+            continue;
+        }
+        // An old key is `<old>[<namespace>/]<name>`; new keys may share `<old>` as a
+        // prefix (`/registry/services/specs/...`), but have one segment more.
+        let segments = if def.namespaced { 2 } else { 1 };
+        let is_old = |key: &str| key.strip_prefix(old.as_str()).is_some_and(|rest| rest.split('/').count() == segments);
+        let listed = store.list(&old, None, 0);
+        let mut moved = 0;
+        for kv in listed.items.iter().filter(|kv| is_old(&kv.key)) {
+            let rest = &kv.key[old.len()..];
+            match store.create(format!("{new}{rest}"), kv.value.clone()).await {
+                Ok(_) | Err(nanokube_store::StoreError::AlreadyExists) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+            store.delete(kv.key.clone(), Some(kv.mod_revision)).await.map_err(|e| e.to_string())?;
+            moved += 1;
+        }
+        if moved > 0 {
+            tracing::info!(resource = def.plural, group = def.group, moved, from = %old, to = %new, "moved objects to kube-apiserver's key layout");
+        }
+    }
+    Ok(())
+}
+
 fn host_for_url(ip: IpAddr) -> String {
     match ip {
         IpAddr::V4(v4) => v4.to_string(),
@@ -262,24 +299,37 @@ impl Cluster {
             .map(|s| s.to_string())
             .collect();
         let lock = lock_data_dir(&cfg.data_dir)?;
-        if !cfg.in_memory {
+        if !cfg.in_memory && cfg.etcd.is_none() {
             check_store_present(&paths)?;
         }
         let pki = pki::ensure(&paths, &ips, &dns).map_err(|e| format!("certificates in {}: {e}", cfg.data_dir.display()))?;
         tracing::debug!(elapsed_ms = started.elapsed().as_secs_f64() * 1000.0, "certificates ready");
         let tls = server::tls_config(&pki)?;
 
-        let store: Arc<dyn Backend> = Arc::new(
-            SqliteBackend::open(SqliteOptions {
-                path: (!cfg.in_memory).then(|| paths.state_db()),
-                fsync: cfg.fsync,
-                history: cfg.watch_history,
-                history_bytes: cfg.watch_history_bytes,
-                ..Default::default()
-            })
-            .map_err(|e| format!("store {}: {e}", paths.state_db().display()))?,
-        );
+        let store: Arc<dyn Backend> = match &cfg.etcd {
+            Some(etcd) => {
+                let opts = nanokube_store::etcd::EtcdOptions {
+                    history: cfg.watch_history,
+                    history_bytes: cfg.watch_history_bytes,
+                    // Events live an hour, as kube-apiserver's --event-ttl.
+                    leases: vec![("/registry/events/".into(), std::time::Duration::from_secs(3600))],
+                    ..etcd.clone()
+                };
+                Arc::new(nanokube_store::etcd::EtcdBackend::open(opts).await.map_err(|e| format!("store: {e}"))?)
+            }
+            None => Arc::new(
+                SqliteBackend::open(SqliteOptions {
+                    path: (!cfg.in_memory).then(|| paths.state_db()),
+                    fsync: cfg.fsync,
+                    history: cfg.watch_history,
+                    history_bytes: cfg.watch_history_bytes,
+                    ..Default::default()
+                })
+                .map_err(|e| format!("store {}: {e}", paths.state_db().display()))?,
+            ),
+        };
         tracing::debug!(elapsed_ms = started.elapsed().as_secs_f64() * 1000.0, "store open");
+        move_legacy_keys(&*store).await.map_err(|e| format!("moving objects to kube-apiserver's key layout: {e}"))?;
         registry_cfg.service_cidr = cfg.service_cidr.clone();
         let registry = Arc::new(Registry::new(store.clone(), registry_cfg)?);
         // Custom resources are served from the first request after a restart.
@@ -497,6 +547,7 @@ impl Cluster {
         tracing::debug!(elapsed_ms = started.elapsed().as_secs_f64() * 1000.0, "bootstrap objects, RBAC policy and namespace defaults ensured");
         tasks.spawn(nanokube_controllers::bootstrap::run(registry.clone(), advertise.to_string(), addr.port(), shutdown_rx.clone()));
         tasks.spawn(Arc::new(nanokube_controllers::crds::CrdController::new(registry.clone())).run(shutdown_rx.clone()));
+        tasks.spawn(registry.clone().run_service_allocations(shutdown_rx.clone()));
         tasks.spawn(nanokube_controllers::apiservices::run(registry.clone(), shutdown_rx.clone()));
         tasks.spawn(nanokube_controllers::event_ttl::run(registry.clone(), shutdown_rx.clone()));
         // kube-controller-manager's controllers run while this server holds the Lease
@@ -540,7 +591,8 @@ impl Cluster {
             tasks.spawn(sim.run(shutdown_rx.clone()));
         }
         tasks.spawn(api.aggregator.clone().run(registry.clone(), shutdown_rx.clone()));
-        {
+        // The etcd backend runs kube-apiserver's compactor itself.
+        if cfg.etcd.is_none() {
             // Compact the log to what watches can still resume from, every five minutes.
             let store = store.clone();
             let mut sd = shutdown_rx.clone();

@@ -79,6 +79,8 @@ enum DnsCommand {
     },
 }
 
+// Parsed once per run: the size of the server's arguments does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Start the API server and controllers on the embedded store.
@@ -100,6 +102,9 @@ enum Command {
     /// Inspect kubeconfig files, like `kubectl config`.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// The cluster's store: copy it between the embedded SQLite file and etcd.
+    #[command(subcommand)]
+    Store(StoreCommand),
     /// The node's images: load archives, list, remove, pull.
     #[command(subcommand)]
     Image(ImageCommand),
@@ -111,6 +116,36 @@ enum Command {
     Pause {
         #[arg(long)]
         pid_file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Copy every object from one store to another (stop the servers using them first).
+    /// Names, uids, creation timestamps and generations are kept; the target must be
+    /// empty unless --overwrite.
+    Migrate {
+        /// Source: `sqlite:PATH` (a state.db, or a data directory) or `etcd:URL[,URL…]`.
+        #[arg(long)]
+        from: String,
+        /// Target, in the same forms.
+        #[arg(long)]
+        to: String,
+        /// Copy into a target that already holds objects (replacing same-named ones).
+        #[arg(long)]
+        overwrite: bool,
+        /// Where the keys live in etcd (either side).
+        #[arg(long, default_value = "/registry")]
+        etcd_prefix: String,
+        /// CA bundle of etcd's serving certificates.
+        #[arg(long)]
+        etcd_cafile: Option<PathBuf>,
+        /// Client certificate for etcd.
+        #[arg(long, requires = "etcd_keyfile")]
+        etcd_certfile: Option<PathBuf>,
+        /// Client key for etcd.
+        #[arg(long, requires = "etcd_certfile")]
+        etcd_keyfile: Option<PathBuf>,
     },
 }
 
@@ -410,6 +445,31 @@ struct ServerArgs {
     /// Do not fsync commits: faster, but acknowledged writes can be lost if the machine crashes.
     #[arg(long)]
     unsafe_no_fsync: bool,
+    /// Store the cluster in etcd instead of the embedded SQLite file: comma-separated
+    /// client URLs of its members (`http://127.0.0.1:2379`, `https://…`), as
+    /// kube-apiserver's flag. Several servers may share one etcd.
+    #[arg(long, value_delimiter = ',', conflicts_with = "in_memory")]
+    etcd_servers: Vec<String>,
+    /// CA bundle that signs etcd's serving certificates.
+    #[arg(long)]
+    etcd_cafile: Option<PathBuf>,
+    /// Client certificate for etcd (with --etcd-keyfile).
+    #[arg(long, requires = "etcd_keyfile")]
+    etcd_certfile: Option<PathBuf>,
+    /// Client key for etcd.
+    #[arg(long, requires = "etcd_certfile")]
+    etcd_keyfile: Option<PathBuf>,
+    /// Where the cluster's keys live in etcd.
+    #[arg(long, default_value = "/registry")]
+    etcd_prefix: String,
+    /// How often etcd is compacted (to the revision of one interval earlier, by one of
+    /// the servers sharing it); 0 never compacts. Go duration syntax: 5m, 30s, 1h.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    etcd_compaction_interval: std::time::Duration,
+    /// How built-in objects are written to etcd: kube-apiserver's protobuf (so either
+    /// server can take over the other's etcd) or JSON. Both are read either way.
+    #[arg(long, default_value = "application/vnd.kubernetes.protobuf", value_parser = ["application/vnd.kubernetes.protobuf", "application/json"])]
+    storage_media_type: String,
     /// Changes kept for watches and paged lists to resume from; a watch from an older
     /// resourceVersion gets 410 Expired, as after an etcd compaction.
     #[arg(long, default_value_t = nanokube_store::sqlite::DEFAULT_HISTORY as u64, value_parser = clap::value_parser!(u64).range(1..))]
@@ -581,6 +641,31 @@ fn main() {
             },
             Command::Map(a) => run_map(a).await,
             Command::Dns(c) => run_dns(c).await,
+            Command::Store(StoreCommand::Migrate { from, to, overwrite, etcd_prefix, etcd_cafile, etcd_certfile, etcd_keyfile }) => {
+                let tls = nanokube_store::etcd::EtcdOptions {
+                    codec: Some(nanokube_store::etcd::Codec(std::sync::Arc::new(nanokube_apiserver::storage_codec::StorageCodec { protobuf: true }))),
+                    prefix: etcd_prefix,
+                    ca_file: etcd_cafile,
+                    cert_file: etcd_certfile,
+                    key_file: etcd_keyfile,
+                    ..Default::default()
+                };
+                let run = async {
+                    let from = nanokube::store::Location::parse(&from, &tls)?;
+                    let to = nanokube::store::Location::parse(&to, &tls)?;
+                    nanokube::store::migrate(&from, &to, overwrite).await
+                };
+                match run.await {
+                    Ok(summary) => {
+                        print!("{summary}");
+                        0
+                    }
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        1
+                    }
+                }
+            }
             Command::Shim(_) | Command::Pause { .. } => 2,
             Command::Image(c) => {
                 let data = |d: Option<PathBuf>| data_dir_or_default(d);
@@ -925,6 +1010,18 @@ async fn run_server(args: ServerArgs, started: Instant) -> i32 {
         ingress_ports: (args.ingress_http_port, args.ingress_https_port),
         merge_kubeconfig: merge.clone(),
         in_memory: args.in_memory,
+        etcd: (!args.etcd_servers.is_empty()).then(|| nanokube_store::etcd::EtcdOptions {
+            endpoints: args.etcd_servers.clone(),
+            ca_file: args.etcd_cafile.clone(),
+            cert_file: args.etcd_certfile.clone(),
+            key_file: args.etcd_keyfile.clone(),
+            prefix: args.etcd_prefix.clone(),
+            compaction_interval: args.etcd_compaction_interval,
+            codec: Some(nanokube_store::etcd::Codec(std::sync::Arc::new(nanokube_apiserver::storage_codec::StorageCodec {
+                protobuf: args.storage_media_type == "application/vnd.kubernetes.protobuf",
+            }))),
+            ..Default::default()
+        }),
         fsync: !args.unsafe_no_fsync,
         watch_history: args.watch_history as usize,
         watch_history_bytes: args.watch_history_bytes as usize,

@@ -15,6 +15,20 @@ pub struct Server {
     pub dir: tempfile::TempDir,
     pub data: PathBuf,
     extra_args: Vec<String>,
+    /// With `NANOKUBE_TEST_ETCD` set, the etcd this server stores its cluster in (the
+    /// suites that run a second time on etcd); dropped after the server.
+    etcd: Option<nanokube_store::local_etcd::LocalEtcd>,
+}
+
+/// `NANOKUBE_TEST_ETCD=1` (scripts/test.sh sets it for a second run of the kubectl
+/// suites): servers that name no store of their own get a fresh etcd.
+fn etcd_for(extra: &mut Vec<String>) -> Option<nanokube_store::local_etcd::LocalEtcd> {
+    if std::env::var_os("NANOKUBE_TEST_ETCD").is_none() || extra.iter().any(|a| a.starts_with("--etcd-servers") || a == "--in-memory") {
+        return None;
+    }
+    let etcd = nanokube_store::local_etcd::LocalEtcd::start(1).expect("etcd for NANOKUBE_TEST_ETCD");
+    extra.push(format!("--etcd-servers={}", etcd.endpoints().join(",")));
+    Some(etcd)
 }
 
 /// Where the versioned kubectl binaries live (`kubectl.1.27` …).
@@ -98,19 +112,21 @@ impl Server {
     pub fn start_with(extra: &[&str]) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
-        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let mut extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let etcd = etcd_for(&mut extra);
         let (child, url, port) = spawn(&data, 0, &extra);
-        Server { child, url, port, dir, data, extra_args: extra }
+        Server { child, url, port, dir, data, extra_args: extra, etcd }
     }
 
     /// Start with the data directory at `data` (which need not be inside the server's
     /// temporary directory) and stderr written to `log` (e.g. `/dev/full`).
     pub fn start_logging_to(data: &Path, log: &Path, extra: &[&str]) -> Server {
         let dir = tempfile::tempdir().unwrap();
-        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let mut extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let etcd = etcd_for(&mut extra);
         let stderr = std::fs::OpenOptions::new().append(true).open(log).unwrap();
         let (child, url, port) = spawn_logging(data, 0, &extra, Stdio::from(stderr));
-        Server { child, url, port, dir, data: data.to_path_buf(), extra_args: extra }
+        Server { child, url, port, dir, data: data.to_path_buf(), extra_args: extra, etcd }
     }
 
     /// Kill with SIGKILL (a crash) and wait for the process to end.
@@ -345,6 +361,8 @@ impl Drop for Server {
         } else {
             self.kill9();
         }
+        // The server is gone before its etcd.
+        drop(self.etcd.take());
     }
 }
 
