@@ -519,6 +519,9 @@ async fn list_all(
         for kv in kvs {
             let Some(rest) = std::str::from_utf8(kv.key()).ok().and_then(|k| k.strip_prefix(prefix)) else { continue };
             let key = format!("{STORE_ROOT}{rest}");
+            if key == SYNC_KEY {
+                continue;
+            }
             let value = decode_with(codec, &key, kv.value());
             map.insert(key.clone(), Arc::new(KeyValue::new(key, value, kv.create_revision(), kv.mod_revision())));
         }
