@@ -33,8 +33,8 @@
 //!   `compact_rev_key` makes one server of many compact, to the revision seen one
 //!   interval earlier.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -44,7 +44,7 @@ use etcd_client::{
 };
 use tokio::sync::watch;
 
-use crate::mirror::State;
+use crate::mirror::{Index, State};
 use crate::watch::History;
 use crate::{Backend, BoxFuture, Event, EventKind, KeyValue, ListResult, Revision, StoreError, StoreStats, ValueCodec, WatchStream};
 
@@ -145,8 +145,7 @@ struct Shared {
     codec: Option<Arc<dyn ValueCodec>>,
     /// etcd key prefix, without a trailing slash.
     prefix: String,
-    state: RwLock<State>,
-    history: Arc<History>,
+    index: Index,
     /// The revision the index is current at, for waiters.
     applied: watch::Sender<Revision>,
     /// Why the backend cannot serve, if it cannot (etcd unreachable, watch broken).
@@ -154,7 +153,6 @@ struct Shared {
     closed: AtomicBool,
     leases: Mutex<Vec<(String, Duration, Option<LeaseSlot>)>>,
     stats: Mutex<StoreStats>,
-    writes: AtomicU64,
 }
 
 /// The etcd backend. Dropping it (or [`Backend::close`]) stops its watch and compactor.
@@ -233,9 +231,6 @@ impl Pool {
     }
 }
 
-/// Commit-latency buckets (seconds), as the embedded backend's.
-const COMMIT_BUCKETS: &[f64] = &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
-
 impl EtcdBackend {
     /// Connect, list everything under the prefix into the index and start the watch.
     pub async fn open(opts: EtcdOptions) -> Result<Self, StoreError> {
@@ -291,20 +286,18 @@ impl EtcdBackend {
             Err(e) => tracing::warn!(error = %e, "etcd's history could not be read; watches start at the current revision"),
         }
         let (applied, _) = watch::channel(revision);
-        let stats = StoreStats { commit_buckets: COMMIT_BUCKETS.to_vec(), commit_counts: vec![0; COMMIT_BUCKETS.len()], ..Default::default() };
+        let stats = StoreStats::with_commit_buckets();
         let codec = opts.codec.as_ref().map(|c| c.0.clone());
         let shared = Arc::new(Shared {
             pool,
             codec,
             prefix,
-            state: RwLock::new(State { map, revision }),
-            history,
+            index: Index::new(State { map, revision }, history),
             applied,
             trouble: Mutex::new(None),
             closed: AtomicBool::new(false),
             leases: Mutex::new(opts.leases.iter().map(|(p, ttl)| (p.clone(), *ttl, None)).collect()),
             stats: Mutex::new(stats),
-            writes: AtomicU64::new(0),
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
         tokio::spawn(run_watch(shared.clone(), shutdown_rx.clone()));
@@ -368,18 +361,7 @@ impl EtcdBackend {
             Ok(r) => r,
             Err(e) => return Err(self.shared.failed(e)),
         };
-        let seconds = started.elapsed().as_secs_f64();
-        let mut stats = self.shared.stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        stats.commits += 1;
-        stats.writes += 1;
-        stats.commit_seconds_sum += seconds;
-        for (i, b) in COMMIT_BUCKETS.iter().enumerate() {
-            if seconds <= *b {
-                stats.commit_counts[i] += 1;
-            }
-        }
-        drop(stats);
-        self.shared.writes.fetch_add(1, Ordering::Relaxed);
+        self.shared.stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner).record_commit(1, started.elapsed().as_secs_f64());
         self.shared.answered();
         Ok(resp)
     }
@@ -394,10 +376,22 @@ impl EtcdBackend {
         })
     }
 
+    /// Why a write's guard failed: the key's current value (once the index has it, so
+    /// the caller's retry reads it) or its absence.
+    async fn refusal(&self, key: &str, resp: &etcd_client::TxnResponse) -> StoreError {
+        match self.refused_with(key, resp) {
+            Some(current) => match self.shared.wait_applied(current.mod_revision).await {
+                Ok(()) => StoreError::Conflict { current },
+                Err(e) => e,
+            },
+            None => StoreError::NotFound,
+        }
+    }
+
     /// The index's value of `key` if it is the one written at `revision`, else `fresh`
     /// (so a write's answer shares the index's decoded cache).
     fn indexed_or(&self, key: &str, revision: Revision, fresh: impl FnOnce() -> Arc<KeyValue>) -> Arc<KeyValue> {
-        let st = self.shared.state.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let st = self.shared.index.read();
         st.map.get(key).filter(|kv| kv.mod_revision == revision).cloned().unwrap_or_else(fresh)
     }
 }
@@ -435,50 +429,28 @@ impl Shared {
     /// Apply one watch event to the index and the history.
     fn apply(&self, ev: &etcd_client::Event) {
         let Some(kv) = ev.kv() else { return };
-        let Some(key) = std::str::from_utf8(kv.key()).ok().and_then(|k| k.strip_prefix(self.prefix.as_str())).map(|rest| format!("{STORE_ROOT}{rest}")) else {
-            return;
-        };
-        let codec = self.codec.as_ref();
-        let prev = ev.prev_kv().map(|p| Arc::new(KeyValue::new(key.clone(), decode_with(codec, &key, p.value()), p.create_revision(), p.mod_revision())));
-        let mut st = self.state.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(key) = store_key(&self.prefix, kv.key()) else { return };
+        let mut st = self.index.write();
         let revision = kv.mod_revision();
         if revision <= st.revision {
             // Already applied (a watch resumed from an earlier revision).
             return;
         }
+        st.revision = revision;
         if key == SYNC_KEY {
             // A consistent read's mark: everything before it has been delivered.
-            st.revision = revision;
             return;
         }
-        let event = match ev.event_type() {
-            etcd_client::EventType::Put => {
-                let new = Arc::new(KeyValue::new(key.clone(), decode_with(codec, &key, kv.value()), kv.create_revision(), revision));
-                let prev = prev.or_else(|| st.map.get(&key).cloned());
-                st.map.insert(key, new.clone());
-                let kind = if kv.create_revision() == revision { EventKind::Created } else { EventKind::Updated };
-                Event { kind, kv: new, prev }
-            }
-            etcd_client::EventType::Delete => {
-                let last = prev.or_else(|| st.map.get(&key).cloned());
-                st.map.remove(&key);
-                let Some(last) = last else {
-                    st.revision = revision;
-                    return;
-                };
-                let gone = Arc::new(KeyValue::new(key, last.value.clone(), last.create_revision, revision));
-                Event { kind: EventKind::Deleted, kv: gone, prev: Some(last) }
-            }
-        };
-        st.revision = revision;
+        let Some(event) = event_of(ev, &key, self.codec.as_ref(), || st.map.get(&key).cloned()) else { return };
+        place(&mut st.map, &event);
         // Published under the state lock, so lists at a revision see the ring and the
         // index agree (as the embedded backend does).
-        self.history.publish(Arc::new(event));
+        self.index.history.publish(Arc::new(event));
     }
 
     /// Tell waiters how far the index is.
     fn announce(&self) {
-        let revision = self.state.read().unwrap_or_else(std::sync::PoisonError::into_inner).revision;
+        let revision = self.index.read().revision;
         self.applied.send_if_modified(|r| {
             if *r < revision {
                 *r = revision;
@@ -517,8 +489,7 @@ async fn list_all(
         }
         let kvs = resp.kvs();
         for kv in kvs {
-            let Some(rest) = std::str::from_utf8(kv.key()).ok().and_then(|k| k.strip_prefix(prefix)) else { continue };
-            let key = format!("{STORE_ROOT}{rest}");
+            let Some(key) = store_key(prefix, kv.key()) else { continue };
             if key == SYNC_KEY {
                 continue;
             }
@@ -574,7 +545,7 @@ async fn preload(
         });
         let mark = mark.await?.header().map(|h| h.revision()).unwrap_or(listed);
         let mut events: Vec<Arc<Event>> = Vec::new();
-        let mut current: std::collections::HashMap<String, Arc<KeyValue>> = std::collections::HashMap::new();
+        let mut current = std::collections::BTreeMap::new();
         let deadline = tokio::time::Instant::now() + CALL_TIMEOUT;
         loop {
             let msg =
@@ -591,51 +562,80 @@ async fn preload(
             let mut done = false;
             for ev in resp.events() {
                 let Some(kv) = ev.kv() else { continue };
-                let revision = kv.mod_revision();
-                let Some(key) = std::str::from_utf8(kv.key()).ok().and_then(|k| k.strip_prefix(prefix)).map(|rest| format!("{STORE_ROOT}{rest}")) else {
-                    continue;
-                };
+                let Some(key) = store_key(prefix, kv.key()) else { continue };
                 if key == SYNC_KEY {
-                    if revision >= mark {
-                        done = true;
-                    }
+                    done |= kv.mod_revision() >= mark;
                     continue;
                 }
-                let prev =
-                    ev.prev_kv().map(|p| Arc::new(KeyValue::new(key.clone(), decode_with(codec, &key, p.value()), p.create_revision(), p.mod_revision())));
-                let prev = prev.or_else(|| current.get(&key).cloned());
-                let event = match ev.event_type() {
-                    etcd_client::EventType::Put => {
-                        let new = Arc::new(KeyValue::new(key.clone(), decode_with(codec, &key, kv.value()), kv.create_revision(), revision));
-                        current.insert(key.clone(), new.clone());
-                        if revision > listed {
-                            map.insert(key.clone(), new.clone());
-                        }
-                        let kind = if kv.create_revision() == revision { EventKind::Created } else { EventKind::Updated };
-                        Event { kind, kv: new, prev }
+                let Some(event) = event_of(ev, &key, codec, || current.get(&key).cloned()) else {
+                    current.remove(&key);
+                    if kv.mod_revision() > listed {
+                        map.remove(&key);
                     }
-                    etcd_client::EventType::Delete => {
-                        current.remove(&key);
-                        if revision > listed {
-                            map.remove(&key);
-                        }
-                        let Some(last) = prev else { continue };
-                        Event {
-                            kind: EventKind::Deleted,
-                            kv: Arc::new(KeyValue::new(key, last.value.clone(), last.create_revision, revision)),
-                            prev: Some(last),
-                        }
-                    }
+                    continue;
                 };
+                place(&mut current, &event);
+                if event.revision() > listed {
+                    place(map, &event);
+                }
                 events.push(Arc::new(event));
             }
             if done {
-                let _ = member;
                 return Ok(Some((events, start - 1, mark.max(listed))));
             }
         }
     }
     Ok(None)
+}
+
+/// The condition of an update or delete: the key's `mod_revision` is `expected`, or
+/// (with none expected) the key exists.
+fn guard(ek: &str, expected: Option<Revision>) -> Compare {
+    match expected {
+        Some(r) => Compare::mod_revision(ek, CompareOp::Equal, r),
+        None => Compare::create_revision(ek, CompareOp::Greater, 0),
+    }
+}
+
+/// The store key of an etcd key under `prefix` (`<prefix>/x` → `/registry/x`).
+fn store_key(prefix: &str, etcd_key: &[u8]) -> Option<String> {
+    let rest = std::str::from_utf8(etcd_key).ok()?.strip_prefix(prefix)?;
+    Some(format!("{STORE_ROOT}{rest}"))
+}
+
+/// The change an etcd event is, for store key `key`. `known` gives the value the key had
+/// where etcd sent none (it is asked only then). `None`: the delete of a key never seen.
+fn event_of(ev: &etcd_client::Event, key: &str, codec: Option<&Arc<dyn ValueCodec>>, known: impl FnOnce() -> Option<Arc<KeyValue>>) -> Option<Event> {
+    let kv = ev.kv()?;
+    let revision = kv.mod_revision();
+    let prev = match ev.prev_kv() {
+        Some(p) => Some(Arc::new(KeyValue::new(key.to_string(), decode_with(codec, key, p.value()), p.create_revision(), p.mod_revision()))),
+        None => known(),
+    };
+    Some(match ev.event_type() {
+        etcd_client::EventType::Put => {
+            let new = Arc::new(KeyValue::new(key.to_string(), decode_with(codec, key, kv.value()), kv.create_revision(), revision));
+            let kind = if kv.create_revision() == revision { EventKind::Created } else { EventKind::Updated };
+            Event { kind, kv: new, prev }
+        }
+        etcd_client::EventType::Delete => {
+            let last = prev?;
+            Event {
+                kind: EventKind::Deleted,
+                kv: Arc::new(KeyValue::new(key.to_string(), last.value.clone(), last.create_revision, revision)),
+                prev: Some(last),
+            }
+        }
+    })
+}
+
+/// Apply a change to a map of current values.
+fn place(map: &mut std::collections::BTreeMap<String, Arc<KeyValue>>, ev: &Event) {
+    if ev.kind == EventKind::Deleted {
+        map.remove(&ev.kv.key);
+    } else {
+        map.insert(ev.kv.key.clone(), ev.kv.clone());
+    }
 }
 
 /// A stored value as the layer above reads it.
@@ -666,7 +666,7 @@ async fn run_watch(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
         if *shutdown.borrow() {
             return;
         }
-        let from = shared.state.read().unwrap_or_else(std::sync::PoisonError::into_inner).revision + 1;
+        let from = shared.index.read().revision + 1;
         let opts = WatchOptions::new().with_range(prefix_end(&root)).with_prev_key().with_start_revision(from);
         let (member, client) = shared.pool.pick();
         let mut watcher = client.watch_client().max_decoding_message_size(MAX_MESSAGE);
@@ -734,10 +734,10 @@ async fn run_watch(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
             // watch of this server so its client relists too.
             match list_all(&shared.pool, &shared.prefix, shared.codec.as_ref()).await {
                 Ok((map, revision)) => {
-                    let mut st = shared.state.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    let mut st = shared.index.write();
                     st.map = map;
                     st.revision = revision;
-                    shared.history.reset(revision);
+                    shared.index.history.reset(revision);
                     drop(st);
                     shared.announce();
                     tracing::warn!(revision, "etcd compacted past the watch cache: listed again; watches restart");
@@ -820,15 +820,15 @@ impl Drop for EtcdBackend {
 
 impl Backend for EtcdBackend {
     fn get(&self, key: &str) -> Option<Arc<KeyValue>> {
-        self.shared.state.read().unwrap_or_else(std::sync::PoisonError::into_inner).map.get(key).cloned()
+        self.shared.index.get(key)
     }
 
     fn list(&self, prefix: &str, after: Option<&str>, limit: usize) -> ListResult {
-        self.shared.state.read().unwrap_or_else(std::sync::PoisonError::into_inner).list(prefix, after, limit)
+        self.shared.index.list(prefix, after, limit)
     }
 
     fn list_at(&self, prefix: &str, after: Option<&str>, limit: usize, revision: Revision) -> Result<ListResult, StoreError> {
-        self.shared.state.read().unwrap_or_else(std::sync::PoisonError::into_inner).list_at(&self.shared.history, prefix, after, limit, revision)
+        self.shared.index.list_at(prefix, after, limit, revision)
     }
 
     fn create(&self, key: String, value: Bytes) -> BoxFuture<'_, Result<Arc<KeyValue>, StoreError>> {
@@ -861,21 +861,11 @@ impl Backend for EtcdBackend {
             if let Some(id) = lease {
                 put = put.with_lease(id);
             }
-            let guard = match expected {
-                Some(r) => Compare::mod_revision(ek.clone(), CompareOp::Equal, r),
-                None => Compare::create_revision(ek.clone(), CompareOp::Greater, 0),
-            };
+            let guard = guard(&ek, expected);
             let txn = Txn::new().when([guard]).and_then([TxnOp::put(ek.clone(), self.stored(&key, &value), Some(put))]).or_else([TxnOp::get(ek, None)]);
             let resp = self.txn(txn).await?;
             if !resp.succeeded() {
-                return match self.refused_with(&key, &resp) {
-                    Some(current) => {
-                        // The caller retries on what it reads next: let that be this.
-                        self.shared.wait_applied(current.mod_revision).await?;
-                        Err(StoreError::Conflict { current })
-                    }
-                    None => Err(StoreError::NotFound),
-                };
+                return Err(self.refusal(&key, &resp).await);
             }
             let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
             let created = resp
@@ -894,21 +884,12 @@ impl Backend for EtcdBackend {
     fn delete(&self, key: String, expected: Option<Revision>) -> BoxFuture<'_, Result<Arc<KeyValue>, StoreError>> {
         Box::pin(async move {
             let ek = self.etcd_key(&key)?;
-            let guard = match expected {
-                Some(r) => Compare::mod_revision(ek.clone(), CompareOp::Equal, r),
-                None => Compare::create_revision(ek.clone(), CompareOp::Greater, 0),
-            };
+            let guard = guard(&ek, expected);
             let txn =
                 Txn::new().when([guard]).and_then([TxnOp::delete(ek.clone(), Some(DeleteOptions::new().with_prev_key()))]).or_else([TxnOp::get(ek, None)]);
             let resp = self.txn(txn).await?;
             if !resp.succeeded() {
-                return match self.refused_with(&key, &resp) {
-                    Some(current) => {
-                        self.shared.wait_applied(current.mod_revision).await?;
-                        Err(StoreError::Conflict { current })
-                    }
-                    None => Err(StoreError::NotFound),
-                };
+                return Err(self.refusal(&key, &resp).await);
             }
             let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
             let last = resp.op_responses().into_iter().find_map(|r| match r {
@@ -922,15 +903,11 @@ impl Backend for EtcdBackend {
     }
 
     fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, StoreError> {
-        let current = self.current_revision();
-        if after > current {
-            return Err(StoreError::FutureRevision { requested: after, current });
-        }
-        self.shared.history.watch(prefix, after)
+        self.shared.index.watch(prefix, after)
     }
 
     fn current_revision(&self) -> Revision {
-        self.shared.state.read().unwrap_or_else(std::sync::PoisonError::into_inner).revision
+        self.shared.index.revision()
     }
 
     fn sync(&self) -> BoxFuture<'_, Result<(), StoreError>> {
@@ -972,13 +949,13 @@ impl Backend for EtcdBackend {
     }
 
     fn oldest_watchable(&self) -> Revision {
-        self.shared.history.floor()
+        self.shared.index.history.floor()
     }
 
     fn compact(&self, revision: Revision) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
             // Watches cannot resume from before it, from this server's history or etcd's.
-            self.shared.history.compact(revision);
+            self.shared.index.history.compact(revision);
             match self.shared.pool.call("compaction", |mut c| async move { c.compact(revision, None).await }).await {
                 Ok(_) => Ok(()),
                 // Compacting to a revision etcd already compacted past is done already.
@@ -989,7 +966,7 @@ impl Backend for EtcdBackend {
     }
 
     fn count(&self, prefix: &str) -> usize {
-        self.shared.state.read().unwrap_or_else(std::sync::PoisonError::into_inner).count(prefix)
+        self.shared.index.count(prefix)
     }
 
     fn stats(&self) -> StoreStats {

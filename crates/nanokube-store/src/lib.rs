@@ -192,6 +192,28 @@ pub trait ValueCodec: Send + Sync + 'static {
     fn decode(&self, key: &str, stored: &[u8]) -> Bytes;
 }
 
+/// Commit-latency histogram buckets (seconds), fsync-sized, for both backends.
+const COMMIT_BUCKETS: &[f64] = &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
+
+impl StoreStats {
+    /// Empty counters with the commit-latency buckets in place.
+    pub(crate) fn with_commit_buckets() -> Self {
+        StoreStats { commit_buckets: COMMIT_BUCKETS.to_vec(), commit_counts: vec![0; COMMIT_BUCKETS.len()], ..Default::default() }
+    }
+
+    /// Count one commit of `writes` writes that took `seconds`.
+    pub(crate) fn record_commit(&mut self, writes: u64, seconds: f64) {
+        self.commits += 1;
+        self.writes += writes;
+        self.commit_seconds_sum += seconds;
+        for (count, bound) in self.commit_counts.iter_mut().zip(&self.commit_buckets) {
+            if seconds <= *bound {
+                *count += 1;
+            }
+        }
+    }
+}
+
 /// The storage backend trait: all the API server needs from a database.
 pub trait Backend: Send + Sync + 'static {
     /// The current value of a key.

@@ -4,10 +4,71 @@
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::watch::History;
-use crate::{EventKind, KeyValue, ListResult, Revision, StoreError};
+use crate::{EventKind, KeyValue, ListResult, Revision, StoreError, WatchStream};
+
+/// The current state under its lock, and the watch history beside it: what both
+/// backends read from. Writers change the state and publish to the history under the
+/// write lock, so under the read lock the ring holds exactly the events up to the
+/// state's revision.
+pub(crate) struct Index {
+    state: RwLock<State>,
+    /// Recent events and live watchers.
+    pub history: Arc<History>,
+}
+
+impl Index {
+    /// An index at `state`, with `history` beside it.
+    pub fn new(state: State, history: Arc<History>) -> Self {
+        Index { state: RwLock::new(state), history }
+    }
+
+    /// The state, for reading (a poisoned lock is recovered, not spread).
+    pub fn read(&self) -> RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The state, for changing.
+    pub fn write(&self) -> RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The current value of a key.
+    pub fn get(&self, key: &str) -> Option<Arc<KeyValue>> {
+        self.read().map.get(key).cloned()
+    }
+
+    /// See [`crate::Backend::list`].
+    pub fn list(&self, prefix: &str, after: Option<&str>, limit: usize) -> ListResult {
+        self.read().list(prefix, after, limit)
+    }
+
+    /// See [`crate::Backend::list_at`].
+    pub fn list_at(&self, prefix: &str, after: Option<&str>, limit: usize, revision: Revision) -> Result<ListResult, StoreError> {
+        self.read().list_at(&self.history, prefix, after, limit, revision)
+    }
+
+    /// How many keys are under `prefix`.
+    pub fn count(&self, prefix: &str) -> usize {
+        self.read().count(prefix)
+    }
+
+    /// The revision the state is current at.
+    pub fn revision(&self) -> Revision {
+        self.read().revision
+    }
+
+    /// A watch of `prefix` after `after`; `FutureRevision` past the current revision.
+    pub fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, StoreError> {
+        let current = self.revision();
+        if after > current {
+            return Err(StoreError::FutureRevision { requested: after, current });
+        }
+        self.history.watch(prefix, after)
+    }
+}
 
 /// The current state: every live key, and the revision it is current at.
 #[derive(Default)]

@@ -13,13 +13,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::{mpsc, Arc, RwLock};
+use std::sync::{mpsc, Arc};
 
 use bytes::Bytes;
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::oneshot;
 
-use crate::mirror::State;
+use crate::mirror::{Index, State};
 use crate::watch::History;
 use crate::{Backend, BoxFuture, Event, EventKind, KeyValue, ListResult, Revision, StoreError, WatchStream};
 
@@ -58,13 +58,9 @@ struct Shared {
     /// fails `/livez` and `/readyz` instead of answering 500 to every write while
     /// looking healthy.
     writer_alive: std::sync::atomic::AtomicBool,
-    state: RwLock<State>,
-    history: Arc<History>,
+    index: Index,
     stats: std::sync::Mutex<crate::StoreStats>,
 }
-
-/// Commit-latency buckets (seconds): fsync-sized.
-const COMMIT_BUCKETS: &[f64] = &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
 
 enum Op {
     Create {
@@ -138,11 +134,10 @@ impl SqliteBackend {
         let floor = events.first().map(|e| e.revision() - 1).unwrap_or(revision).max(compacted);
         let history = Arc::new(History::with_byte_limit(opts.history, opts.history_bytes, floor));
         history.preload(events, floor);
-        let stats = crate::StoreStats { commit_buckets: COMMIT_BUCKETS.to_vec(), commit_counts: vec![0; COMMIT_BUCKETS.len()], ..Default::default() };
+        let stats = crate::StoreStats::with_commit_buckets();
         let shared = Arc::new(Shared {
             writer_alive: std::sync::atomic::AtomicBool::new(true),
-            state: RwLock::new(State { map, revision }),
-            history,
+            index: Index::new(State { map, revision }, history),
             stats: std::sync::Mutex::new(stats),
         });
 
@@ -344,14 +339,14 @@ impl InUseMarker {
 }
 
 fn commit_batch(conn: &mut Connection, shared: &Shared, batch: Vec<Request>) {
-    let base = shared.state.read().unwrap_or_else(std::sync::PoisonError::into_inner).revision;
+    let base = shared.index.read().revision;
     let mut next = base;
     // Keys touched in this batch: their value as of the batch so far (None = deleted).
     let mut overlay: HashMap<String, Option<Arc<KeyValue>>> = HashMap::new();
     let current = |overlay: &HashMap<String, Option<Arc<KeyValue>>>, key: &str| -> Option<Arc<KeyValue>> {
         match overlay.get(key) {
             Some(v) => v.clone(),
-            None => shared.state.read().unwrap_or_else(std::sync::PoisonError::into_inner).map.get(key).cloned(),
+            None => shared.index.read().map.get(key).cloned(),
         }
     };
 
@@ -403,15 +398,7 @@ fn commit_batch(conn: &mut Connection, shared: &Shared, batch: Vec<Request>) {
     let written = write_rows(conn, &rows, &compacts, next);
     if !rows.is_empty() {
         let secs = started.elapsed().as_secs_f64();
-        let mut st = shared.stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        st.commits += 1;
-        st.writes += rows.len() as u64;
-        st.commit_seconds_sum += secs;
-        for (i, b) in COMMIT_BUCKETS.iter().enumerate() {
-            if secs <= *b {
-                st.commit_counts[i] += 1;
-            }
-        }
+        shared.stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner).record_commit(rows.len() as u64, secs);
     }
     if let Err(e) = written {
         tracing::error!(error = %e, "store commit failed; answering the batch with errors");
@@ -423,7 +410,7 @@ fn commit_batch(conn: &mut Connection, shared: &Shared, batch: Vec<Request>) {
 
     // Durable: publish state and events, then answer.
     {
-        let mut st = shared.state.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut st = shared.index.write();
         for (key, v) in overlay {
             match v {
                 Some(kv) => {
@@ -437,12 +424,12 @@ fn commit_batch(conn: &mut Connection, shared: &Shared, batch: Vec<Request>) {
         st.revision = next;
         for p in &planned {
             if let Some(ev) = &p.event {
-                shared.history.publish(ev.clone());
+                shared.index.history.publish(ev.clone());
             }
         }
     }
     for c in compacts {
-        shared.history.compact(c);
+        shared.index.history.compact(c);
     }
     for p in planned {
         let _ = p.reply.send(p.result);
@@ -488,17 +475,15 @@ impl Backend for SqliteBackend {
     }
 
     fn get(&self, key: &str) -> Option<Arc<KeyValue>> {
-        self.shared.state.read().unwrap_or_else(std::sync::PoisonError::into_inner).map.get(key).cloned()
+        self.shared.index.get(key)
     }
 
     fn list(&self, prefix: &str, after: Option<&str>, limit: usize) -> ListResult {
-        self.shared.state.read().unwrap_or_else(std::sync::PoisonError::into_inner).list(prefix, after, limit)
+        self.shared.index.list(prefix, after, limit)
     }
 
     fn list_at(&self, prefix: &str, after: Option<&str>, limit: usize, revision: Revision) -> Result<ListResult, StoreError> {
-        // Publishing to the history happens under the state write lock, so under the read
-        // lock the ring holds exactly the events up to `st.revision`.
-        self.shared.state.read().unwrap_or_else(std::sync::PoisonError::into_inner).list_at(&self.shared.history, prefix, after, limit, revision)
+        self.shared.index.list_at(prefix, after, limit, revision)
     }
 
     fn close(&self) -> BoxFuture<'_, Result<(), StoreError>> {
@@ -522,19 +507,15 @@ impl Backend for SqliteBackend {
     }
 
     fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, StoreError> {
-        let current = self.current_revision();
-        if after > current {
-            return Err(StoreError::FutureRevision { requested: after, current });
-        }
-        self.shared.history.watch(prefix, after)
+        self.shared.index.watch(prefix, after)
     }
 
     fn current_revision(&self) -> Revision {
-        self.shared.state.read().unwrap_or_else(std::sync::PoisonError::into_inner).revision
+        self.shared.index.revision()
     }
 
     fn oldest_watchable(&self) -> Revision {
-        self.shared.history.floor()
+        self.shared.index.history.floor()
     }
 
     fn compact(&self, revision: Revision) -> BoxFuture<'_, Result<(), StoreError>> {
@@ -547,6 +528,6 @@ impl Backend for SqliteBackend {
     }
 
     fn count(&self, prefix: &str) -> usize {
-        self.shared.state.read().unwrap_or_else(std::sync::PoisonError::into_inner).count(prefix)
+        self.shared.index.count(prefix)
     }
 }

@@ -134,19 +134,41 @@ enum StoreCommand {
         /// Copy into a target that already holds objects (replacing same-named ones).
         #[arg(long)]
         overwrite: bool,
-        /// Where the keys live in etcd (either side).
-        #[arg(long, default_value = "/registry")]
-        etcd_prefix: String,
-        /// CA bundle of etcd's serving certificates.
-        #[arg(long)]
-        etcd_cafile: Option<PathBuf>,
-        /// Client certificate for etcd.
-        #[arg(long, requires = "etcd_keyfile")]
-        etcd_certfile: Option<PathBuf>,
-        /// Client key for etcd.
-        #[arg(long, requires = "etcd_certfile")]
-        etcd_keyfile: Option<PathBuf>,
+        /// How to reach etcd (either side).
+        #[command(flatten)]
+        etcd: EtcdConnection,
     },
+}
+
+/// kube-apiserver's flags for reaching etcd, beside `--etcd-servers`.
+#[derive(clap::Args)]
+struct EtcdConnection {
+    /// CA bundle that signs etcd's serving certificates.
+    #[arg(long)]
+    etcd_cafile: Option<PathBuf>,
+    /// Client certificate for etcd (with --etcd-keyfile).
+    #[arg(long, requires = "etcd_keyfile")]
+    etcd_certfile: Option<PathBuf>,
+    /// Client key for etcd.
+    #[arg(long, requires = "etcd_certfile")]
+    etcd_keyfile: Option<PathBuf>,
+    /// Where the cluster's keys live in etcd.
+    #[arg(long, default_value = "/registry")]
+    etcd_prefix: String,
+}
+
+impl EtcdConnection {
+    /// The etcd options these flags give, built-in kinds written as protobuf or JSON.
+    fn options(&self, protobuf: bool) -> nanokube_store::etcd::EtcdOptions {
+        nanokube_store::etcd::EtcdOptions {
+            ca_file: self.etcd_cafile.clone(),
+            cert_file: self.etcd_certfile.clone(),
+            key_file: self.etcd_keyfile.clone(),
+            prefix: self.etcd_prefix.clone(),
+            codec: Some(nanokube_store::etcd::Codec(std::sync::Arc::new(nanokube_apiserver::storage_codec::StorageCodec { protobuf }))),
+            ..Default::default()
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -450,18 +472,8 @@ struct ServerArgs {
     /// kube-apiserver's flag. Several servers may share one etcd.
     #[arg(long, value_delimiter = ',', conflicts_with = "in_memory")]
     etcd_servers: Vec<String>,
-    /// CA bundle that signs etcd's serving certificates.
-    #[arg(long)]
-    etcd_cafile: Option<PathBuf>,
-    /// Client certificate for etcd (with --etcd-keyfile).
-    #[arg(long, requires = "etcd_keyfile")]
-    etcd_certfile: Option<PathBuf>,
-    /// Client key for etcd.
-    #[arg(long, requires = "etcd_certfile")]
-    etcd_keyfile: Option<PathBuf>,
-    /// Where the cluster's keys live in etcd.
-    #[arg(long, default_value = "/registry")]
-    etcd_prefix: String,
+    #[command(flatten)]
+    etcd: EtcdConnection,
     /// How often etcd is compacted (to the revision of one interval earlier, by one of
     /// the servers sharing it); 0 never compacts. Go duration syntax: 5m, 30s, 1h.
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
@@ -641,15 +653,8 @@ fn main() {
             },
             Command::Map(a) => run_map(a).await,
             Command::Dns(c) => run_dns(c).await,
-            Command::Store(StoreCommand::Migrate { from, to, overwrite, etcd_prefix, etcd_cafile, etcd_certfile, etcd_keyfile }) => {
-                let tls = nanokube_store::etcd::EtcdOptions {
-                    codec: Some(nanokube_store::etcd::Codec(std::sync::Arc::new(nanokube_apiserver::storage_codec::StorageCodec { protobuf: true }))),
-                    prefix: etcd_prefix,
-                    ca_file: etcd_cafile,
-                    cert_file: etcd_certfile,
-                    key_file: etcd_keyfile,
-                    ..Default::default()
-                };
+            Command::Store(StoreCommand::Migrate { from, to, overwrite, etcd }) => {
+                let tls = etcd.options(true);
                 let run = async {
                     let from = nanokube::store::Location::parse(&from, &tls)?;
                     let to = nanokube::store::Location::parse(&to, &tls)?;
@@ -1012,15 +1017,8 @@ async fn run_server(args: ServerArgs, started: Instant) -> i32 {
         in_memory: args.in_memory,
         etcd: (!args.etcd_servers.is_empty()).then(|| nanokube_store::etcd::EtcdOptions {
             endpoints: args.etcd_servers.clone(),
-            ca_file: args.etcd_cafile.clone(),
-            cert_file: args.etcd_certfile.clone(),
-            key_file: args.etcd_keyfile.clone(),
-            prefix: args.etcd_prefix.clone(),
             compaction_interval: args.etcd_compaction_interval,
-            codec: Some(nanokube_store::etcd::Codec(std::sync::Arc::new(nanokube_apiserver::storage_codec::StorageCodec {
-                protobuf: args.storage_media_type == "application/vnd.kubernetes.protobuf",
-            }))),
-            ..Default::default()
+            ..args.etcd.options(args.storage_media_type == "application/vnd.kubernetes.protobuf")
         }),
         fsync: !args.unsafe_no_fsync,
         watch_history: args.watch_history as usize,

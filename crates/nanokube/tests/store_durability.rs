@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -12,33 +11,7 @@ use common::Server;
 
 /// POST a ConfigMap with curl; true only when the server answered 201.
 fn create(data: &std::path::Path, url: &str, name: &str) -> bool {
-    let body = format!(r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"{name}"}},"data":{{"k":"{name}"}}}}"#);
-    let out = Command::new("curl")
-        .args([
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "--max-time",
-            "5",
-            "-X",
-            "POST",
-            "-H",
-            "Content-Type: application/json",
-            "--data-binary",
-            &body,
-            "--cacert",
-        ])
-        .arg(data.join("ca.crt"))
-        .arg("--cert")
-        .arg(data.join("client.crt"))
-        .arg("--key")
-        .arg(data.join("client.key"))
-        .arg(format!("{url}/api/v1/namespaces/default/configmaps"))
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout) == "201"
+    common::post_configmap(data, url, name, 5) == 201
 }
 
 #[test]

@@ -21,19 +21,7 @@ use nanokube_store::local_etcd::LocalEtcd;
 
 /// POST a ConfigMap with curl as the admin of `data`; the HTTP status (0: no answer).
 fn post(data: &Path, url: &str, name: &str) -> u16 {
-    let body = format!(r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"{name}"}}}}"#);
-    let out = Command::new("curl")
-        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "15", "-X", "POST", "-H", "Content-Type: application/json", "--data-binary", &body])
-        .arg("--cacert")
-        .arg(data.join("ca.crt"))
-        .arg("--cert")
-        .arg(data.join("client.crt"))
-        .arg("--key")
-        .arg(data.join("client.key"))
-        .arg(format!("{url}/api/v1/namespaces/default/configmaps"))
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0)
+    common::post_configmap(data, url, name, 15)
 }
 
 fn names(s: &Server) -> BTreeSet<String> {

@@ -643,3 +643,35 @@ pub fn skopeo(args: &[&str]) {
     let out = Command::new("skopeo").args(["--insecure-policy"]).args(args).output().expect("skopeo (the test command installs it)");
     assert!(out.status.success(), "skopeo {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// POST a ConfigMap `name` (data `k: name`) to `url` with curl, as the admin whose
+/// certificates are in `data`, giving up after `max_secs`: the HTTP status (0: no answer).
+pub fn post_configmap(data: &Path, url: &str, name: &str, max_secs: u32) -> u16 {
+    let body = format!(r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"{name}"}},"data":{{"k":"{name}"}}}}"#);
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            &max_secs.to_string(),
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            &body,
+        ])
+        .arg("--cacert")
+        .arg(data.join("ca.crt"))
+        .arg("--cert")
+        .arg(data.join("client.crt"))
+        .arg("--key")
+        .arg(data.join("client.key"))
+        .arg(format!("{url}/api/v1/namespaces/default/configmaps"))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0)
+}
