@@ -12,8 +12,9 @@ pub enum Decision {
     Allow,
     /// Denied with a reason; no later authorizer is asked.
     Deny(String),
-    /// This authorizer has no opinion; ask the next.
-    NoOpinion,
+    /// This authorizer has no opinion (with why, or empty); ask the next. When every
+    /// authorizer abstains the request is refused, its message carrying their reasons.
+    NoOpinion(String),
 }
 
 /// An authorizer.
@@ -36,7 +37,7 @@ impl Authorizer for SuperuserAuthorizer {
         if user.in_group(SYSTEM_MASTERS) {
             Decision::Allow
         } else {
-            Decision::NoOpinion
+            Decision::NoOpinion(String::new())
         }
     }
 }
@@ -56,23 +57,29 @@ impl Authorizer for PublicInfoAuthorizer {
         if public {
             Decision::Allow
         } else {
-            Decision::NoOpinion
+            Decision::NoOpinion(String::new())
         }
     }
 }
 
-/// Asks authorizers in order; the first Allow or Deny wins; no opinion means deny.
+/// Asks authorizers in order; the first Allow or Deny wins; when all abstain, no opinion
+/// (a refusal) with their reasons joined, as upstream's union authorizer.
 pub struct Chain(pub Vec<Box<dyn Authorizer>>);
 
 impl Authorizer for Chain {
     fn authorize(&self, user: &UserInfo, req: &RequestInfo) -> Decision {
+        let mut reasons: Vec<String> = Vec::new();
         for a in &self.0 {
             match a.authorize(user, req) {
-                Decision::NoOpinion => continue,
+                Decision::NoOpinion(r) => {
+                    if !r.is_empty() {
+                        reasons.push(r);
+                    }
+                }
                 d => return d,
             }
         }
-        Decision::Deny(String::new())
+        Decision::NoOpinion(reasons.join("\n"))
     }
 }
 
@@ -114,7 +121,7 @@ mod tests {
         let admin = UserInfo::authenticated("a", "", vec![SYSTEM_MASTERS.into()]);
         let r = parse("GET", "/api/v1/pods", false);
         assert_eq!(c.authorize(&admin, &r), Decision::Allow);
-        assert!(matches!(c.authorize(&UserInfo::anonymous(), &r), Decision::Deny(_)));
+        assert!(matches!(c.authorize(&UserInfo::anonymous(), &r), Decision::NoOpinion(_)));
         assert_eq!(c.authorize(&UserInfo::anonymous(), &parse("GET", "/readyz", false)), Decision::Allow);
     }
 }

@@ -227,7 +227,7 @@ fn impersonate(server: &ApiServer, requester: &UserInfo, headers: &HeaderMap) ->
         match server.authz.authorize(requester, &req) {
             Decision::Allow => Ok(()),
             Decision::Deny(reason) => Err(ApiError::forbidden(forbidden_message(requester, &req, &reason))),
-            Decision::NoOpinion => Err(ApiError::forbidden(forbidden_message(requester, &req, ""))),
+            Decision::NoOpinion(reason) => Err(ApiError::forbidden(forbidden_message(requester, &req, &reason))),
         }
     };
     let mut out_groups = groups.clone();
@@ -312,7 +312,10 @@ async fn handle_inner(
         Some(v) => Some(v.to_str().map_err(|_| ApiError::unauthorized())?),
     };
     let watch = query.flag("watch");
-    let info = request::parse(parts.method.as_str(), &path, watch);
+    let mut info = request::parse(parts.method.as_str(), &path, watch);
+    if matches!(info.verb.as_str(), "list" | "watch" | "deletecollection") {
+        info.field_selector = query.get("fieldSelector").unwrap_or("").to_string();
+    }
     audit.info = Some(info.clone());
     let user = server.authn.authenticate(conn.cert_user.as_ref(), authorization)?;
     audit.user = Some(user.clone());
@@ -326,7 +329,7 @@ async fn handle_inner(
     let decision = server.authz.authorize(&user, &info);
     audit.decision = Some(if decision == Decision::Allow { "allow" } else { "forbid" });
     if decision != Decision::Allow {
-        let reason = if let Decision::Deny(r) = decision { r } else { String::new() };
+        let (Decision::Deny(reason) | Decision::NoOpinion(reason)) = decision else { unreachable!("allowed requests do not get here") };
         let mut e = ApiError::forbidden(forbidden_message(&user, &info, &reason));
         audit.denial = Some(e.message.clone());
         if info.is_resource {
@@ -1127,6 +1130,7 @@ impl Ctx<'_> {
             .and_then(Value::as_array)
             .map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect())
             .unwrap_or_default();
+        let mut bound_pod = None;
         let bound = match req.pointer("/spec/boundObjectRef").filter(|b| b.is_object()) {
             None => None,
             Some(b) => {
@@ -1144,9 +1148,14 @@ impl Ctx<'_> {
                         return Err(ApiError::conflict_msg(plural, "", name, &format!("the UID in the bound object reference ({want}) does not match the UID in record. The object might have been deleted and then recreated")));
                     }
                 }
+                if kind == "Pod" {
+                    bound_pod = Some(obj.value().clone());
+                }
                 Some(crate::satoken::BoundObject { kind: kind.to_string(), name: name.to_string(), uid })
             }
         };
+        // NodeRestriction: a node's tokens are bound to its own pods.
+        crate::admission::node_restriction::check_token_request(self.user, sa_name, bound_pod.as_ref())?;
         let (token, exp) = issuer.bound_token(ns, sa_name, meta::uid(&sa), &audiences, expiration, bound.as_ref());
         let exp_time = time::OffsetDateTime::from_unix_timestamp(exp).map(meta::format_time).unwrap_or_default();
         req["apiVersion"] = json!("authentication.k8s.io/v1");
@@ -1498,7 +1507,7 @@ impl Ctx<'_> {
         if self.method == Method::GET {
             let mut create = info.clone();
             create.verb = "create".into();
-            if let Decision::Deny(_) | Decision::NoOpinion = self.server.authz.authorize(self.user, &create) {
+            if let Decision::Deny(_) | Decision::NoOpinion(_) = self.server.authz.authorize(self.user, &create) {
                 let mut e = ApiError::forbidden(forbidden_message(self.user, &create, ""));
                 e.details.name = Some(info.name.clone());
                 e.details.kind = Some("pods".into());

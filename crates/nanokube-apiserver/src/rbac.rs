@@ -378,7 +378,7 @@ impl Authorizer for Rbac {
                 }
             }
         }
-        Decision::NoOpinion
+        Decision::NoOpinion(String::new())
     }
 }
 

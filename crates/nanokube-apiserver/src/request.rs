@@ -33,6 +33,10 @@ pub struct RequestInfo {
     pub name: String,
     /// Remaining path after a subresource (proxy paths).
     pub rest: Vec<String>,
+    /// The `fieldSelector` of a list, watch or deletecollection (empty otherwise), which
+    /// authorizers may read (upstream's `AuthorizeWithSelectors`: the Node authorizer lets
+    /// a node list only its own pods).
+    pub field_selector: String,
 }
 
 /// Parse a request's method, path and whether it asks to watch.

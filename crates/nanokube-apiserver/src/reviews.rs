@@ -53,7 +53,9 @@ fn access_status(server: &ApiServer, user: &UserInfo, req: &RequestInfo) -> Valu
     match server.authz.authorize(user, req) {
         Decision::Allow => json!({"allowed": true}),
         Decision::Deny(reason) if !reason.is_empty() => json!({"allowed": false, "denied": true, "reason": reason}),
-        _ => json!({"allowed": false}),
+        Decision::Deny(_) => json!({"allowed": false, "denied": true}),
+        Decision::NoOpinion(reason) if !reason.is_empty() => json!({"allowed": false, "reason": reason}),
+        Decision::NoOpinion(_) => json!({"allowed": false}),
     }
 }
 

@@ -403,3 +403,45 @@ fn dashboard_cookies_origins_and_csrf() {
         let _ = session::same_origin(&headers, std::str::from_utf8(input).ok(), true);
     });
 }
+
+#[test]
+fn bootstrap_tokens_and_node_requests() {
+    use nanokube_apiserver::authn::UserInfo;
+    use nanokube_apiserver::authz::Authorizer;
+    use nanokube_apiserver::bootstrap_token::{secret_for, BootstrapTokenAuthenticator};
+    use nanokube_apiserver::node_authz::{NodeAuthorizer, NodeGraph};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _entered = rt.enter();
+    let store = Arc::new(SqliteBackend::open(SqliteOptions::default()).unwrap());
+    let reg = Arc::new(Registry::new(store.clone(), RegistryConfig { service_cidr: "127.96.0.0/16".into(), node_ports: (30000, 32767) }).unwrap());
+    let secret = secret_for("abcdef.0123456789abcdef", 0, "", &["system:bootstrappers:x".into()]).unwrap();
+    let opts = nanokube_apiserver::registry::WriteOptions::default();
+    for ns in ["kube-system", "default"] {
+        rt.block_on(reg.create(resources::find("", "v1", "namespaces").unwrap(), "", json!({"metadata": {"name": ns}}), &opts)).unwrap();
+    }
+    rt.block_on(reg.create(resources::find("", "v1", "secrets").unwrap(), "kube-system", secret, &opts)).unwrap();
+    let pod = json!({"metadata": {"name": "p"}, "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "i",
+        "env": [{"name": "S", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]}]}});
+    rt.block_on(reg.create(resources::find("", "v1", "pods").unwrap(), "default", pod, &opts)).unwrap();
+    let auth = BootstrapTokenAuthenticator { registry: reg.clone() };
+    assert!(matches!(auth.authenticate("abcdef.0123456789abcdef"), Some(Ok(_))));
+    fuzz("bootstrap token", &[b"abcdef.0123456789abcdef", b"abcdef.0123456789abcdeg"], |b| {
+        let t = String::from_utf8_lossy(b);
+        if let Some(Ok(u)) = auth.authenticate(&t) {
+            assert_eq!(t, "abcdef.0123456789abcdef", "{u:?}");
+        }
+    });
+    // What a node asks, with any path and field selector: an answer, never a panic.
+    let (_stop, shutdown) = tokio::sync::watch::channel(false);
+    let node_authz = NodeAuthorizer::new(NodeGraph::start(store, shutdown), Vec::new());
+    let node = UserInfo::authenticated("system:node:n1", "", vec!["system:nodes".into()]);
+    fuzz("node request", &[b"/api/v1/namespaces/default/secrets/s?spec.nodeName=n1", b"/api/v1/pods?metadata.name=p,spec.nodeName!=n1"], |b| {
+        let text = String::from_utf8_lossy(b);
+        let (path, selector) = text.split_once('?').unwrap_or((&text, ""));
+        for verb in ["GET", "PATCH", "POST"] {
+            let mut req = nanokube_apiserver::request::parse(verb, path, false);
+            req.field_selector = selector.to_string();
+            let _ = node_authz.authorize(&node, &req);
+        }
+    });
+}

@@ -15,7 +15,9 @@ use std::sync::Arc;
 
 use base64::Engine;
 use nanokube_api::{meta, resources, ApiError};
+use nanokube_apiserver::authn::UserInfo;
 use nanokube_apiserver::registry::{Registry, WriteOptions};
+use nanokube_apiserver::request::RequestInfo;
 use rcgen::{ExtendedKeyUsagePurpose, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber};
 use serde_json::{json, Value};
 use tokio::sync::watch;
@@ -116,7 +118,6 @@ fn validate(signer: &str, usages: &[String], req: &Requested) -> Result<(Vec<Key
 /// The controller.
 pub struct CsrSigner {
     registry: Arc<Registry>,
-    queue: Arc<WorkQueue>,
     ca_pem: String,
     ca_key_pem: String,
 }
@@ -124,34 +125,20 @@ pub struct CsrSigner {
 impl CsrSigner {
     /// A signer with the cluster CA.
     pub fn new(registry: Arc<Registry>, ca_pem: &str, ca_key_pem: &str) -> Arc<CsrSigner> {
-        Arc::new(CsrSigner { registry, queue: WorkQueue::new(), ca_pem: ca_pem.into(), ca_key_pem: ca_key_pem.into() })
+        Arc::new(CsrSigner { registry, ca_pem: ca_pem.into(), ca_key_pem: ca_key_pem.into() })
     }
 
     /// Run until `shutdown`.
     pub async fn run(self: Arc<Self>, shutdown: watch::Receiver<bool>) {
-        let (store, queue) = (self.registry.store().clone(), self.queue.clone());
-        let prefixes = &[csrs().key_prefix()];
-        crate::workqueue::run(self.clone(), &store, &queue, COMPONENT, prefixes, shutdown, Self::enqueue_all, Self::observe, |me, key| async move {
-            me.sync(&key).await
+        let registry = self.registry.clone();
+        run_csr_queue(&registry, COMPONENT, shutdown, move |name, csr| {
+            let me = self.clone();
+            async move { me.sync(&name, csr).await }
         })
         .await
     }
 
-    fn enqueue_all(&self) {
-        crate::workqueue::enqueue_each(&self.registry, &self.queue, csrs(), None);
-    }
-
-    fn observe(&self, change: &Observed) {
-        self.queue.add(&format!("/{}", meta::name(change.value())));
-    }
-
-    async fn sync(&self, key: &str) -> Result<(), ApiError> {
-        let name = key.trim_start_matches('/');
-        let csr = match self.registry.get(csrs(), "", name) {
-            Ok(o) => o.value().clone(),
-            Err(e) if e.code == 404 => return Ok(()),
-            Err(e) => return Err(e),
-        };
+    async fn sync(&self, name: &str, csr: Value) -> Result<(), ApiError> {
         let signer = csr.pointer("/spec/signerName").and_then(Value::as_str).unwrap_or("");
         let issued = csr.pointer("/status/certificate").and_then(Value::as_str).is_some_and(|c| !c.is_empty());
         if issued || !SIGNERS.contains(&signer) || !condition_true(&csr, "Approved") || condition_true(&csr, "Denied") || condition_true(&csr, "Failed") {
@@ -210,5 +197,178 @@ impl CsrSigner {
         params.serial_number = Some(SerialNumber::from_slice(&fastrand::u128(..).to_be_bytes()[..16]));
         let cert = csr.signed_by(&issuer).map_err(|e| format!("signing: {e}"))?;
         Ok(cert.pem())
+    }
+}
+
+/// The work queue both CSR controllers run on: every request by name, handed to
+/// `handle` as it is now (requests deleted meanwhile are skipped).
+struct CsrQueue {
+    registry: Arc<Registry>,
+    queue: Arc<WorkQueue>,
+}
+
+impl CsrQueue {
+    fn enqueue_all(&self) {
+        crate::workqueue::enqueue_each(&self.registry, &self.queue, csrs(), None);
+    }
+
+    fn observe(&self, change: &Observed) {
+        self.queue.add(&format!("/{}", meta::name(change.value())));
+    }
+}
+
+pub(crate) async fn run_csr_queue<F, Fut>(registry: &Arc<Registry>, component: &str, shutdown: watch::Receiver<bool>, handle: F)
+where
+    F: Fn(String, Value) -> Fut,
+    Fut: std::future::Future<Output = Result<(), ApiError>>,
+{
+    let me = Arc::new(CsrQueue { registry: registry.clone(), queue: WorkQueue::new() });
+    let (store, queue) = (registry.store().clone(), me.queue.clone());
+    let prefixes = &[csrs().key_prefix()];
+    crate::workqueue::run(me, &store, &queue, component, prefixes, shutdown, CsrQueue::enqueue_all, CsrQueue::observe, |me, key| {
+        let name = key.trim_start_matches('/').to_string();
+        let work = match me.registry.get(csrs(), "", &name) {
+            Ok(o) => Ok(Some(handle(name, o.value().clone()))),
+            Err(e) if e.code == 404 => Ok(None),
+            Err(e) => Err(e),
+        };
+        async move {
+            match work {
+                Ok(Some(f)) => f.await,
+                Ok(None) => Ok(()),
+                Err(e) => Err(e),
+            }
+        }
+    })
+    .await
+}
+
+/// Whether the requester named in a CSR may do something (the server's authorizer; a
+/// SubjectAccessReview in kube-controller-manager).
+pub type Authorize = Arc<dyn Fn(&UserInfo, &RequestInfo) -> bool + Send + Sync>;
+
+const APPROVER: &str = "csrapproving";
+
+/// kube-controller-manager's `csrapproving` controller: a kubelet's request for a client
+/// certificate (`kubernetes.io/kube-apiserver-client-kubelet`, `O=system:nodes`,
+/// `CN=system:node:<name>`, no subject alternative names, the kubelet's usages) is approved
+/// when its requester may `create` `certificatesigningrequests/selfnodeclient` (renewing
+/// its own) or `certificatesigningrequests/nodeclient` (joining with a bootstrap token);
+/// other requests are left for people to approve.
+pub struct CsrApprover {
+    registry: Arc<Registry>,
+    authorize: Authorize,
+}
+
+/// The kubelet client request's usages, with and without key encipherment (upstream's
+/// `kubeletClientRequiredUsages` and its no-RSA variant).
+fn kubelet_client_usages(usages: &[String]) -> bool {
+    let mut set: Vec<&str> = usages.iter().map(String::as_str).collect();
+    set.sort_unstable();
+    set.dedup();
+    set == ["client auth", "digital signature", "key encipherment"] || set == ["client auth", "digital signature"]
+}
+
+impl CsrApprover {
+    /// An approver asking `authorize` about each requester.
+    pub fn new(registry: Arc<Registry>, authorize: Authorize) -> Arc<CsrApprover> {
+        Arc::new(CsrApprover { registry, authorize })
+    }
+
+    /// Approve until `shutdown`.
+    pub async fn run(self: Arc<Self>, shutdown: watch::Receiver<bool>) {
+        let registry = self.registry.clone();
+        run_csr_queue(&registry, APPROVER, shutdown, move |name, csr| {
+            let me = self.clone();
+            async move { me.sync(&name, csr).await }
+        })
+        .await
+    }
+
+    /// The subresource whose `create` approves this request, or `None` when it is not a
+    /// kubelet client request.
+    fn recognise(csr: &Value) -> Option<(&'static str, &'static str)> {
+        if csr.pointer("/spec/signerName").and_then(Value::as_str) != Some("kubernetes.io/kube-apiserver-client-kubelet") {
+            return None;
+        }
+        let usages: Vec<String> =
+            csr.pointer("/spec/usages").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).map(String::from).collect();
+        let req = parse_request(csr).ok()?;
+        if !kubelet_client_usages(&usages) || validate("kubernetes.io/kube-apiserver-client-kubelet", &usages, &req).is_err() {
+            return None;
+        }
+        if csr.pointer("/spec/username").and_then(Value::as_str) == Some(req.common_name.as_str()) {
+            Some(("selfnodeclient", "Auto approving self kubelet client certificate after SubjectAccessReview."))
+        } else {
+            Some(("nodeclient", "Auto approving kubelet client certificate after SubjectAccessReview."))
+        }
+    }
+
+    fn requester(csr: &Value) -> UserInfo {
+        let strings =
+            |v: Option<&Value>| -> Vec<String> { v.and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).map(String::from).collect() };
+        let spec = &csr["spec"];
+        let extra = spec.get("extra").and_then(Value::as_object).map(|m| m.iter().map(|(k, v)| (k.clone(), strings(Some(v)))).collect()).unwrap_or_default();
+        UserInfo {
+            name: spec.get("username").and_then(Value::as_str).unwrap_or("").to_string(),
+            uid: spec.get("uid").and_then(Value::as_str).unwrap_or("").to_string(),
+            groups: strings(spec.get("groups")),
+            extra,
+        }
+    }
+
+    async fn sync(&self, name: &str, csr: Value) -> Result<(), ApiError> {
+        let issued = csr.pointer("/status/certificate").and_then(Value::as_str).is_some_and(|c| !c.is_empty());
+        if issued || condition_true(&csr, "Approved") || condition_true(&csr, "Denied") {
+            return Ok(());
+        }
+        // A self-renewal is also a node-client request: try the narrower permission first.
+        let Some(first) = Self::recognise(&csr) else { return Ok(()) };
+        let mut tries = vec![first];
+        if first.0 == "selfnodeclient" {
+            tries.push(("nodeclient", "Auto approving kubelet client certificate after SubjectAccessReview."));
+        }
+        let user = Self::requester(&csr);
+        let Some((_, message)) = tries.into_iter().find(|(sub, _)| {
+            (self.authorize)(
+                &user,
+                &RequestInfo {
+                    is_resource: true,
+                    verb: "create".into(),
+                    group: "certificates.k8s.io".into(),
+                    version: "*".into(),
+                    resource: "certificatesigningrequests".into(),
+                    subresource: (*sub).into(),
+                    ..Default::default()
+                },
+            )
+        }) else {
+            return Ok(());
+        };
+        let opts = WriteOptions { subresource: Some("approval".into()), ..Default::default() };
+        let written = self
+            .registry
+            .update_with(csrs(), "", name, &opts, |cur| {
+                let mut next = cur.clone();
+                if condition_true(cur, "Approved") || condition_true(cur, "Denied") {
+                    return Ok(next);
+                }
+                let now = meta::now_rfc3339();
+                let approved = json!({"type": "Approved", "status": "True", "reason": "AutoApproved", "message": message,
+                                      "lastUpdateTime": now, "lastTransitionTime": now});
+                if !next["status"].is_object() {
+                    next["status"] = json!({});
+                }
+                let list = next["status"].as_object_mut().map(|s| s.entry("conditions").or_insert_with(|| json!([])));
+                if let Some(list) = list.and_then(Value::as_array_mut) {
+                    list.push(approved);
+                }
+                Ok(next)
+            })
+            .await;
+        match written {
+            Err(e) if e.code != 404 => Err(e),
+            _ => Ok(()),
+        }
     }
 }

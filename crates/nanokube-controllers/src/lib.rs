@@ -57,10 +57,12 @@
 
 pub mod apiservices;
 pub mod bootstrap;
+pub mod bootstrap_tokens;
 pub mod certificates;
 pub mod clock;
 pub mod crds;
 pub mod cronjobs;
+pub mod csr_cleaner;
 pub mod daemonsets;
 pub mod deployments;
 pub mod disruption;

@@ -48,6 +48,8 @@ pub struct ClusterAccess {
     pub token: Option<String>,
     /// A file the token is read from on every request (in-cluster; the kubelet rotates it).
     pub token_file: Option<std::path::PathBuf>,
+    /// The cluster CA's certificates (PEM) the server is verified with, if named.
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 /// The default directory of a pod's service-account files.
@@ -99,7 +101,8 @@ impl ClusterAccess {
         let cluster = find("clusters", cluster_name).and_then(|c| c.get("cluster").cloned()).ok_or("cluster not found")?;
         let user = if credentials { find("users", user_name).and_then(|u| u.get("user").cloned()).unwrap_or(Value::Null) } else { Value::Null };
         let server = cluster.get("server").and_then(Value::as_str).ok_or("cluster has no server")?.trim_end_matches('/').to_string();
-        let builder = tls_builder(field_bytes(&cluster, "certificate-authority-data", "certificate-authority", base)?)?;
+        let ca_pem = field_bytes(&cluster, "certificate-authority-data", "certificate-authority", base)?;
+        let builder = tls_builder(ca_pem.clone())?;
         let cert = field_bytes(&user, "client-certificate-data", "client-certificate", base)?;
         let key = field_bytes(&user, "client-key-data", "client-key", base)?;
         let tls = match (cert, key) {
@@ -112,7 +115,7 @@ impl ClusterAccess {
         };
         let token = user.get("token").and_then(Value::as_str).map(String::from);
         let token_file = user.get("tokenFile").and_then(Value::as_str).map(|f| base.join(f));
-        Ok(ClusterAccess { server, tls, token, token_file })
+        Ok(ClusterAccess { server, tls, token, token_file, ca_pem })
     }
 
     /// In-cluster access, as client-go's `InClusterConfig`: `KUBERNETES_SERVICE_HOST` and
@@ -129,9 +132,10 @@ impl ClusterAccess {
         std::fs::metadata(&token_file).map_err(|e| format!("{}: {e}", token_file.display()))?;
         Ok(ClusterAccess {
             server: format!("https://{host}:{port}"),
-            tls: tls_builder(Some(ca))?.with_no_client_auth(),
+            tls: tls_builder(Some(ca.clone()))?.with_no_client_auth(),
             token: None,
             token_file: Some(token_file),
+            ca_pem: Some(ca),
         })
     }
 

@@ -11,10 +11,12 @@ pub mod client;
 pub mod config;
 pub mod dns;
 pub mod images;
+pub mod join;
 pub mod proxy;
 pub mod store;
 #[cfg(feature = "test-cluster")]
 pub mod testing;
+pub mod tokens;
 pub mod users;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -340,11 +342,22 @@ impl Cluster {
         if let Some(f) = &cfg.token_auth_file {
             tokens.push(Arc::new(StaticTokens::load(f)?));
         }
+        tokens.push(Arc::new(nanokube_apiserver::bootstrap_token::BootstrapTokenAuthenticator { registry: registry.clone() }));
         tokens.push(Arc::new(ServiceAccountAuthenticator { issuer: issuer.clone(), registry: registry.clone() }));
         let authn = Authenticator { tokens, anonymous: cfg.anonymous_auth };
         let (shutdown, shutdown_rx) = watch::channel(false);
         let rbac = Rbac::start(store.clone(), shutdown_rx.clone());
-        let authz = Chain(vec![Box::new(SuperuserAuthorizer), Box::new(rbac.clone())]);
+        // kube-apiserver's `--authorization-mode=Node,RBAC`: kubelets by the Node
+        // authorizer (its static rules are the `system:node` ClusterRole's), then RBAC.
+        let node_rules = nanokube_controllers::rbac_policy::policy()
+            .cluster
+            .iter()
+            .find(|o| o["kind"] == "ClusterRole" && o["metadata"]["name"] == "system:node")
+            .map(nanokube_apiserver::rbac::Rule::list_from)
+            .unwrap_or_default();
+        let node_graph = nanokube_apiserver::node_authz::NodeGraph::start(store.clone(), shutdown_rx.clone());
+        let node_authz = nanokube_apiserver::node_authz::NodeAuthorizer::new(node_graph, node_rules);
+        let authz = Chain(vec![Box::new(SuperuserAuthorizer), Box::new(node_authz), Box::new(rbac.clone())]);
         let server_address = format!("{}:{}", host_for_url(advertise), addr.port());
         let mut api = ApiServer::new(registry.clone(), authn, Box::new(authz), rbac, server_address);
         api.tokens = Some(issuer.clone());
@@ -676,7 +689,13 @@ impl ControllerManager {
         set.spawn(statefulsets::StatefulSetController::new(r.clone()).run(stop.clone()));
         set.spawn(daemonsets::DaemonSetController::new(r.clone()).run(stop.clone()));
         set.spawn(hpa::HpaController::new(self.api.clone()).run(stop.clone()));
-        set.spawn(certificates::CsrSigner::new(r.clone(), &self.ca.0, &self.ca.1).run(stop));
+        set.spawn(certificates::CsrSigner::new(r.clone(), &self.ca.0, &self.ca.1).run(stop.clone()));
+        let api = self.api.clone();
+        let authorize: certificates::Authorize = Arc::new(move |user, req| api.authz.authorize(user, req) == nanokube_apiserver::authz::Decision::Allow);
+        set.spawn(certificates::CsrApprover::new(r.clone(), authorize).run(stop.clone()));
+        set.spawn(csr_cleaner::CsrCleaner::new(r.clone(), self.clock.clone()).run(stop.clone()));
+        set.spawn(bootstrap_tokens::run_signer(r.clone(), stop.clone()));
+        set.spawn(bootstrap_tokens::run_cleaner(r.clone(), stop));
         while set.join_next().await.is_some() {}
     }
 }

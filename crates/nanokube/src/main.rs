@@ -90,6 +90,9 @@ enum Command {
     /// Manage users: `nanokube user add NAME` issues a client certificate and kubeconfig.
     #[command(subcommand)]
     User(UserCommand),
+    /// Bootstrap tokens a node joins with, like `kubeadm token`.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Run a proxy to the API server, like `kubectl proxy` (plain HTTP on localhost).
     Proxy(ProxyArgs),
     /// Print the dashboard's address and how to log in.
@@ -328,6 +331,35 @@ enum UserCommand {
         /// Where to write the kubeconfig [default: <data-dir>/users/NAME.kubeconfig].
         #[arg(short = 'o', long)]
         output: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a bootstrap token (Secret `bootstrap-token-<id>` in kube-system) and print it.
+    Create {
+        /// The token, `[a-z0-9]{6}.[a-z0-9]{16}` [default: a random one].
+        token: Option<String>,
+        /// How long the token lasts (`24h`, `90m`; `0`: forever).
+        #[arg(long, default_value = "24h", value_parser = parse_duration)]
+        ttl: std::time::Duration,
+        /// A note kept with the token.
+        #[arg(long, default_value = "")]
+        description: String,
+        /// Extra groups of the token's user (each `system:bootstrappers:…`).
+        #[arg(long, value_delimiter = ',', default_value = nanokube_apiserver::bootstrap_token::DEFAULT_NODE_GROUP)]
+        groups: Vec<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List the bootstrap tokens.
+    List(ClientArgs),
+    /// Delete a bootstrap token (by id or whole token).
+    Delete {
+        /// The token or its id.
+        token: String,
+        #[command(flatten)]
+        client: ClientArgs,
     },
 }
 
@@ -652,6 +684,7 @@ fn main() {
                 }
             },
             Command::Map(a) => run_map(a).await,
+            Command::Token(c) => run_token(c).await,
             Command::Dns(c) => run_dns(c).await,
             Command::Store(StoreCommand::Migrate { from, to, overwrite, etcd }) => {
                 let tls = etcd.options(true);
@@ -783,6 +816,41 @@ fn client_access(a: &ClientArgs) -> Result<nanokube::client::ClusterAccess, Stri
         .find(|f| f.exists())
         .ok_or_else(|| format!("no kubeconfig found in {files:?}: start a cluster with `nanokube server`, or pass --kubeconfig"))?;
     nanokube::client::ClusterAccess::from_kubeconfig(f, a.context.as_deref())
+}
+
+async fn run_token(c: TokenCommand) -> i32 {
+    let client_for = |a: &ClientArgs| client_access(a).map(|access| nanokube::client::ApiClient::from_access(&access, false));
+    let result = match c {
+        TokenCommand::Create { token, ttl, description, groups, client } => match client_access(&client) {
+            Ok(access) => {
+                let api = nanokube::client::ApiClient::from_access(&access, false);
+                // The first token brings what kubeadm's init adds for joining nodes.
+                let ca = String::from_utf8_lossy(access.ca_pem.as_deref().unwrap_or_default()).into_owned();
+                let new = nanokube::tokens::NewToken { token: token.as_deref(), ttl_seconds: ttl.as_secs(), description: &description, groups: &groups };
+                nanokube::tokens::create(&api, &new, &access.server, &ca).await.map(|t| say!("{t}"))
+            }
+            Err(e) => Err(e),
+        },
+        TokenCommand::List(client) => match client_for(&client) {
+            Ok(api) => nanokube::tokens::list(&api).await.map(|lines| {
+                for l in lines {
+                    say!("{l}");
+                }
+            }),
+            Err(e) => Err(e),
+        },
+        TokenCommand::Delete { token, client } => match client_for(&client) {
+            Ok(api) => nanokube::tokens::delete(&api, &token).await.map(|()| say!("bootstrap token {:?} deleted", token.split('.').next().unwrap_or(""))),
+            Err(e) => Err(e),
+        },
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    }
 }
 
 async fn run_dns(c: DnsCommand) -> i32 {

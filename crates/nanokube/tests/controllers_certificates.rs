@@ -116,3 +116,60 @@ fn approved_requests_are_signed_by_the_cluster_ca() {
     assert!(conditions.contains("Failed:SignerValidationFailure:subject organization is not system:nodes"), "{conditions}");
     assert_eq!(s.k(&["get", "csr", "node", "-o", "jsonpath={.status.certificate}"]), "");
 }
+
+/// kubectl against an in-process cluster.
+fn kubectl_tc(tc: &nanokube::testing::TestCluster, args: &[&str], stdin: Option<&str>) -> String {
+    use std::io::Write;
+    let mut child = Command::new(common::kubectl_path("kubectl"))
+        .arg("--kubeconfig")
+        .arg(tc.kubeconfig_path())
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.unwrap_or("").as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// kube-controller-manager's csrcleaner, on a test clock: decided requests go an hour after
+/// the decision, undecided ones after a day.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn old_requests_are_cleaned_up() {
+    use nanokube_controllers::clock::ManualClock;
+    use std::sync::Arc;
+    let clock = Arc::new(ManualClock::new(time::OffsetDateTime::now_utc()));
+    let c = clock.clone();
+    let tc = nanokube::testing::TestCluster::start_with(move |cfg| {
+        cfg.node = false;
+        cfg.controller_clock = c;
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["issued", "denied", "pending"] {
+        let req = request(dir.path(), name, &format!("/CN={name}"));
+        kubectl_tc(&tc, &["create", "-f", "-"], Some(&csr_yaml(name, &req, "kubernetes.io/kube-apiserver-client", "client auth")));
+    }
+    kubectl_tc(&tc, &["certificate", "approve", "issued"], None);
+    kubectl_tc(&tc, &["certificate", "deny", "denied"], None);
+    assert!(eventually(Duration::from_secs(10), || !kubectl_tc(&tc, &["get", "csr", "issued", "-o", "jsonpath={.status.certificate}"], None).is_empty()));
+    let names = || kubectl_tc(&tc, &["get", "csr", "-o", "name"], None).lines().map(String::from).collect::<Vec<_>>();
+    // The clock moves; a touch makes the controller look (its own poll runs hourly on real time).
+    let advance = |by: time::Duration| {
+        clock.set(time::OffsetDateTime::now_utc() + by);
+        for n in names() {
+            kubectl_tc(&tc, &["annotate", "--overwrite", &n, &format!("test/touched={}", by.whole_minutes())], None);
+        }
+    };
+    advance(time::Duration::minutes(50));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(names().len(), 3, "deleted before the hour: {:?}", names());
+    advance(time::Duration::minutes(61));
+    assert!(eventually(Duration::from_secs(10), || names() == ["certificatesigningrequest.certificates.k8s.io/pending"]), "{:?}", names());
+    advance(time::Duration::hours(25));
+    assert!(eventually(Duration::from_secs(10), || names().is_empty()), "{:?}", names());
+}

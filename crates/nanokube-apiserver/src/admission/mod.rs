@@ -15,6 +15,7 @@
 
 mod certificates;
 mod matching;
+pub mod node_restriction;
 mod pod_security;
 mod policy;
 mod quota;
@@ -204,6 +205,7 @@ pub async fn validate(registry: &Registry, attrs: &Attributes<'_>, obj: Option<&
     }
     pod_security::check(registry, attrs, obj)?;
     certificates::check(attrs, obj, old)?;
+    node_restriction::check(attrs, obj, old)?;
     if !attrs.applies() {
         return Ok(());
     }
