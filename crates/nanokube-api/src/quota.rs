@@ -122,24 +122,78 @@ pub fn usage_of(group: &str, plural: &str, obj: &Value) -> Usage {
     u
 }
 
-/// Whether a quota with `scopes` counts `pod` (the scopes of pods: `Terminating`,
-/// `NotTerminating`, `BestEffort`, `NotBestEffort`).
-pub fn scopes_match(scopes: &[String], pod: &Value) -> bool {
-    let terminating = pod.pointer("/spec/activeDeadlineSeconds").is_some_and(|v| !v.is_null());
-    let best_effort = pod_resources(pod, "requests").is_empty() && pod_resources(pod, "limits").is_empty();
-    scopes.iter().all(|s| match s.as_str() {
-        "Terminating" => terminating,
-        "NotTerminating" => !terminating,
-        "BestEffort" => best_effort,
-        "NotBestEffort" => !best_effort,
-        _ => true,
+/// One scope a quota is limited to: a name of `spec.scopes` (operator `Exists`) or one
+/// `spec.scopeSelector.matchExpressions` entry (upstream's
+/// `ScopedResourceSelectorRequirement`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scope {
+    /// `Terminating`, `NotTerminating`, `BestEffort`, `NotBestEffort`, `PriorityClass`
+    /// or `CrossNamespacePodAffinity`.
+    pub name: String,
+    /// `In`, `NotIn`, `Exists` or `DoesNotExist`.
+    pub operator: String,
+    /// The values of `In` and `NotIn`.
+    pub values: Vec<String>,
+}
+
+/// A quota's scopes: `spec.scopes` and `spec.scopeSelector` together (all must match).
+pub fn scopes_of(quota: &Value) -> Vec<Scope> {
+    let strings =
+        |v: Option<&Value>| -> Vec<String> { v.and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).map(String::from).collect() };
+    let mut out: Vec<Scope> =
+        strings(quota.pointer("/spec/scopes")).into_iter().map(|name| Scope { name, operator: "Exists".into(), values: Vec::new() }).collect();
+    for e in quota.pointer("/spec/scopeSelector/matchExpressions").and_then(Value::as_array).into_iter().flatten() {
+        out.push(Scope {
+            name: e.get("scopeName").and_then(Value::as_str).unwrap_or("").to_string(),
+            operator: e.get("operator").and_then(Value::as_str).unwrap_or("").to_string(),
+            values: strings(e.get("values")),
+        });
+    }
+    out
+}
+
+/// Whether a pod uses pod (anti-)affinity across namespaces (a term naming namespaces or
+/// with a namespace selector).
+fn cross_namespace_affinity(pod: &Value) -> bool {
+    ["podAffinity", "podAntiAffinity"].iter().any(|kind| {
+        let Some(a) = pod.pointer(&format!("/spec/affinity/{kind}")) else { return false };
+        let required = a.get("requiredDuringSchedulingIgnoredDuringExecution").and_then(Value::as_array).into_iter().flatten();
+        let preferred =
+            a.get("preferredDuringSchedulingIgnoredDuringExecution").and_then(Value::as_array).into_iter().flatten().filter_map(|w| w.get("podAffinityTerm"));
+        required
+            .chain(preferred)
+            .any(|t| t.get("namespaces").and_then(Value::as_array).is_some_and(|n| !n.is_empty()) || t.get("namespaceSelector").is_some_and(|s| !s.is_null()))
     })
 }
 
+/// Whether `pod` is within one scope (upstream's `podMatchesScopeFunc`): the four QoS and
+/// deadline scopes by what the pod is; `PriorityClass` as a selector on the pod's
+/// `priorityClassName` (`Exists`: it has one); `CrossNamespacePodAffinity` by its terms.
+fn scope_matches(scope: &Scope, pod: &Value) -> bool {
+    match scope.name.as_str() {
+        "Terminating" => pod.pointer("/spec/activeDeadlineSeconds").and_then(Value::as_i64).is_some_and(|d| d >= 0),
+        "NotTerminating" => pod.pointer("/spec/activeDeadlineSeconds").and_then(Value::as_i64).is_none_or(|d| d < 0),
+        "BestEffort" => pod_resources(pod, "requests").is_empty() && pod_resources(pod, "limits").is_empty(),
+        "NotBestEffort" => !(pod_resources(pod, "requests").is_empty() && pod_resources(pod, "limits").is_empty()),
+        "PriorityClass" => {
+            let class = pod.pointer("/spec/priorityClassName").and_then(Value::as_str).unwrap_or("");
+            match scope.operator.as_str() {
+                "Exists" => !class.is_empty(),
+                "In" => scope.values.iter().any(|v| v == class),
+                "NotIn" => !scope.values.iter().any(|v| v == class),
+                // The selector's key is always present (its value may be empty).
+                _ => false,
+            }
+        }
+        "CrossNamespacePodAffinity" => cross_namespace_affinity(pod),
+        _ => true,
+    }
+}
+
 /// Whether a quota with `scopes` counts `obj` of `group`/`plural`: any object when it
-/// has none, else pods its scopes match.
-pub fn quota_counts(scopes: &[String], group: &str, plural: &str, obj: &Value) -> bool {
-    scopes.is_empty() || (group.is_empty() && plural == "pods" && scopes_match(scopes, obj))
+/// has none, else pods within every scope.
+pub fn quota_counts(scopes: &[Scope], group: &str, plural: &str, obj: &Value) -> bool {
+    scopes.is_empty() || (group.is_empty() && plural == "pods" && scopes.iter().all(|s| scope_matches(s, obj)))
 }
 
 /// `key=value` pairs, sorted, comma-separated (upstream's `prettyPrint`).
@@ -304,5 +358,36 @@ mod tests {
         let mut big = json!({"spec": {"containers": [{"name": "main", "resources": {"limits": {"cpu": "2"}, "requests": {"cpu": "2"}}}]}});
         let LimitOutcome::Refused(errors) = apply_limit_ranges(&mut big, &[range]) else { panic!() };
         assert_eq!(errors, ["maximum cpu usage per Container is 1, but limit is 2"]);
+    }
+}
+
+#[cfg(test)]
+mod scope_tests {
+    use super::*;
+    use serde_json::json;
+
+    fn scope(name: &str, operator: &str, values: &[&str]) -> Scope {
+        Scope { name: name.into(), operator: operator.into(), values: values.iter().map(|v| v.to_string()).collect() }
+    }
+
+    #[test]
+    fn scopes_select_pods_as_upstreams() {
+        let classed = json!({"spec": {"priorityClassName": "high", "containers": [{"resources": {"requests": {"cpu": "1"}}}]}});
+        let plain = json!({"spec": {"activeDeadlineSeconds": 0, "containers": [{}]}});
+        let cross = json!({"spec": {"affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+            {"weight": 1, "podAffinityTerm": {"namespaceSelector": {}, "topologyKey": "k"}}]}}, "containers": [{}]}});
+        let counts = |scopes: &[Scope], pod: &Value| quota_counts(scopes, "", "pods", pod);
+        assert!(counts(&[scope("PriorityClass", "In", &["high"])], &classed) && !counts(&[scope("PriorityClass", "In", &["high"])], &plain));
+        assert!(counts(&[scope("PriorityClass", "NotIn", &["high"])], &plain) && !counts(&[scope("PriorityClass", "NotIn", &["high"])], &classed));
+        assert!(counts(&[scope("PriorityClass", "Exists", &[])], &classed) && !counts(&[scope("PriorityClass", "Exists", &[])], &plain));
+        assert!(!counts(&[scope("PriorityClass", "DoesNotExist", &[])], &plain));
+        assert!(counts(&[scope("Terminating", "Exists", &[])], &plain) && counts(&[scope("NotTerminating", "Exists", &[])], &classed));
+        assert!(counts(&[scope("BestEffort", "Exists", &[])], &plain) && counts(&[scope("NotBestEffort", "Exists", &[])], &classed));
+        assert!(counts(&[scope("CrossNamespacePodAffinity", "Exists", &[])], &cross) && !counts(&[scope("CrossNamespacePodAffinity", "Exists", &[])], &plain));
+        // All scopes must hold; scoped quotas count pods only.
+        assert!(!counts(&[scope("PriorityClass", "Exists", &[]), scope("BestEffort", "Exists", &[])], &classed));
+        assert!(!quota_counts(&[scope("BestEffort", "Exists", &[])], "", "services", &json!({})));
+        let q = json!({"spec": {"scopes": ["BestEffort"], "scopeSelector": {"matchExpressions": [{"scopeName": "PriorityClass", "operator": "In", "values": ["a"]}]}}});
+        assert_eq!(scopes_of(&q), vec![scope("BestEffort", "Exists", &[]), scope("PriorityClass", "In", &["a"])]);
     }
 }

@@ -323,6 +323,102 @@ fn too_long(field: &str) -> Cause {
     Cause { reason: "FieldValueTooLong".into(), message: format!("Too long: must have at most {MAX_DATA_SIZE} bytes"), field: field.into() }
 }
 
+/// The scopes a quota may name (upstream's `standardResourceQuotaScopes`).
+const QUOTA_SCOPES: &[&str] = &["Terminating", "NotTerminating", "BestEffort", "NotBestEffort", "PriorityClass", "CrossNamespacePodAffinity"];
+
+/// Whether `scope` may limit quota resource `resource` (upstream's
+/// `IsResourceQuotaScopeValidForResource`, for the standard resource names).
+fn quota_scope_fits(scope: &str, resource: &str) -> bool {
+    let standard = matches!(
+        resource,
+        "cpu"
+            | "memory"
+            | "ephemeral-storage"
+            | "requests.cpu"
+            | "requests.memory"
+            | "requests.storage"
+            | "requests.ephemeral-storage"
+            | "limits.cpu"
+            | "limits.memory"
+            | "limits.ephemeral-storage"
+            | "pods"
+            | "services"
+            | "replicationcontrollers"
+            | "resourcequotas"
+            | "secrets"
+            | "persistentvolumeclaims"
+            | "configmaps"
+            | "services.nodeports"
+            | "services.loadbalancers"
+    ) || resource.starts_with("hugepages-")
+        || resource.starts_with("requests.hugepages-");
+    let compute = matches!(resource, "cpu" | "memory" | "requests.cpu" | "requests.memory" | "limits.cpu" | "limits.memory");
+    !standard
+        || match scope {
+            "BestEffort" => resource == "pods",
+            "Terminating" | "NotTerminating" | "NotBestEffort" | "PriorityClass" | "CrossNamespacePodAffinity" => resource == "pods" || compute,
+            _ => true,
+        }
+}
+
+/// A ResourceQuota's `scopes` and `scopeSelector`, as upstream's
+/// `validateResourceQuotaScopes` and `validateScopedResourceSelectorRequirement`.
+fn validate_quota_scopes(obj: &Value, causes: &mut Vec<Cause>) {
+    let hard: Vec<&str> = obj.pointer("/spec/hard").and_then(Value::as_object).map(|m| m.keys().map(String::as_str).collect()).unwrap_or_default();
+    let scopes: Vec<&str> = obj.pointer("/spec/scopes").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).collect();
+    let go_list = || format!("[]core.ResourceQuotaScope{{{}}}", scopes.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(", "));
+    let bad_scopes =
+        |msg: &str| Cause { reason: "FieldValueInvalid".into(), message: format!("Invalid value: {}: {msg}", go_list()), field: "spec.scopes".into() };
+    for scope in &scopes {
+        if !QUOTA_SCOPES.contains(scope) {
+            causes.push(bad_scopes("unsupported scope"));
+        }
+        for r in &hard {
+            if !quota_scope_fits(scope, r) {
+                causes.push(bad_scopes("unsupported scope applied to resource"));
+            }
+        }
+    }
+    for pair in [["BestEffort", "NotBestEffort"], ["Terminating", "NotTerminating"]] {
+        if pair.iter().all(|p| scopes.contains(p)) {
+            causes.push(bad_scopes("conflicting scopes"));
+        }
+    }
+    let field = "spec.scopeSelector.matchExpressions";
+    for req in obj.pointer("/spec/scopeSelector/matchExpressions").and_then(Value::as_array).into_iter().flatten() {
+        let name = req.get("scopeName").and_then(Value::as_str).unwrap_or("");
+        let operator = req.get("operator").and_then(Value::as_str).unwrap_or("");
+        let values = req.get("values").and_then(Value::as_array).map(Vec::len).unwrap_or(0);
+        if !QUOTA_SCOPES.contains(&name) {
+            causes.push(invalid(&format!("{field}.scopeName"), &Value::from(name), "unsupported scope"));
+        }
+        if hard.iter().any(|r| !quota_scope_fits(name, r)) {
+            causes.push(Cause {
+                reason: "FieldValueInvalid".into(),
+                message: "Invalid value: the scope selector: unsupported scope applied to resource".into(),
+                field: field.into(),
+            });
+        }
+        if name != "PriorityClass" && QUOTA_SCOPES.contains(&name) && operator != "Exists" {
+            causes.push(invalid(&format!("{field}.operator"), &Value::from(operator), "must be 'Exist' when scope is any of ResourceQuotaScopeTerminating, ResourceQuotaScopeNotTerminating, ResourceQuotaScopeBestEffort, ResourceQuotaScopeNotBestEffort or ResourceQuotaScopeCrossNamespacePodAffinity"));
+        }
+        match operator {
+            "In" | "NotIn" if values == 0 => causes.push(Cause {
+                reason: "FieldValueRequired".into(),
+                message: "Required value: must be at least one value when `operator` is 'In' or 'NotIn' for scope selector".into(),
+                field: format!("{field}.values"),
+            }),
+            "Exists" | "DoesNotExist" if values != 0 => causes.push(invalid(
+                &format!("{field}.values"),
+                req.get("values").unwrap_or(&Value::Null),
+                "must be no value when `operator` is 'Exist' or 'DoesNotExist' for scope selector",
+            )),
+            "In" | "NotIn" | "Exists" | "DoesNotExist" => {}
+            other => causes.push(invalid(&format!("{field}.operator"), &Value::from(other), "not a valid selector operator")),
+        }
+    }
+}
+
 /// Validate the kind-specific required fields of an object.
 pub fn validate_object(def: &ResourceDef, obj: &Value) -> Vec<Cause> {
     let mut causes = Vec::new();
@@ -350,6 +446,7 @@ pub fn validate_object(def: &ResourceDef, obj: &Value) -> Vec<Cause> {
         }
         ("", "pods") => validate_pod_spec(obj.get("spec"), "spec", &mut causes),
         ("", "services") => validate_service(obj, &mut causes),
+        ("", "resourcequotas") => validate_quota_scopes(obj, &mut causes),
         ("", "configmaps") => {
             for field in ["data", "binaryData"] {
                 if let Some(m) = obj.get(field).and_then(Value::as_object) {

@@ -22,8 +22,11 @@
 //!   `unavailableReplicas`, `observedGeneration`, `Available` and `Progressing` with
 //!   upstream's reasons and messages; `ScalingReplicaSet` events.
 //!
-//! Not here: proportional scaling of several live ReplicaSets at once (a scale during a
-//! rollout is absorbed by the rollout's steps instead) and `collisionCount`.
+//! - A Deployment resized mid-rollout (an active ReplicaSet last scaled for another
+//!   size) is only scaled, the active ReplicaSets in proportion, as upstream's
+//!   proportional scaling; a paused one likewise.
+//!
+//! Not here: `collisionCount`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -132,6 +135,65 @@ fn available(rs: &Value) -> i64 {
 
 fn revision(rs: &Value) -> i64 {
     rs.pointer(&format!("/metadata/annotations/{}", REVISION.replace('/', "~1"))).and_then(Value::as_str).and_then(|r| r.parse().ok()).unwrap_or(0)
+}
+
+fn annotation_int(rs: &Value, key: &str) -> Option<i64> {
+    rs.pointer(&format!("/metadata/annotations/{}", key.replace('/', "~1"))).and_then(Value::as_str).and_then(|v| v.parse().ok())
+}
+
+fn created_at(rs: &Value) -> (&str, &str) {
+    (rs.pointer("/metadata/creationTimestamp").and_then(Value::as_str).unwrap_or(""), meta::name(rs))
+}
+
+/// Upstream's proportional scaling (`DeploymentController.scale` with several active
+/// ReplicaSets in a rolling Deployment): the sizes the active ReplicaSets get when the
+/// Deployment's size changed mid-rollout. What may be added (or removed) is
+/// `replicas + maxSurge` less what they hold; each gets its share by the size it had
+/// against the `max-replicas` it was last scaled for, the largest first (newer first
+/// among equals when growing, older first when shrinking), the rounding's leftover going
+/// to the first.
+fn proportional_sizes(d: &Value, active: &[&Value]) -> Vec<(String, i64)> {
+    let want = int(d, "/spec/replicas", 1);
+    let (surge, _) = fenceposts(d);
+    let allowed = if want > 0 { want + surge } else { 0 };
+    let to_add = allowed - active.iter().map(|r| spec_replicas(r)).sum::<i64>();
+    let mut order = active.to_vec();
+    order.sort_by(|a, b| {
+        let by_age = if to_add > 0 { created_at(b).cmp(&created_at(a)) } else { created_at(a).cmp(&created_at(b)) };
+        spec_replicas(b).cmp(&spec_replicas(a)).then(by_age)
+    });
+    let mut added = 0;
+    let mut sizes: Vec<(String, i64)> = Vec::new();
+    for rs in order {
+        let current = spec_replicas(rs);
+        let share = if to_add == 0 || current == 0 || to_add == added {
+            0
+        } else {
+            let fraction = if want == 0 {
+                -current
+            } else {
+                let annotated = annotation_int(rs, MAX_REPLICAS).unwrap_or_else(|| int(d, "/status/replicas", 0));
+                if annotated == 0 {
+                    0
+                } else {
+                    // Go's RoundToInt32: halves away from zero, as f64::round.
+                    ((current * (want + surge)) as f64 / annotated as f64).round() as i64 - current
+                }
+            };
+            let left = to_add - added;
+            if to_add > 0 {
+                fraction.min(left)
+            } else {
+                fraction.max(left)
+            }
+        };
+        added += share;
+        sizes.push((meta::name(rs).to_string(), current + share));
+    }
+    if let Some(first) = sizes.first_mut().filter(|_| to_add != 0) {
+        first.1 = (first.1 + to_add - added).max(0);
+    }
+    sizes
 }
 
 fn condition<'a>(d: &'a Value, ty: &str) -> Option<&'a Value> {
@@ -246,6 +308,37 @@ impl DeploymentController {
         Ok(current != replicas)
     }
 
+    /// Upstream's `scale`: one active ReplicaSet (or, with none, the newest) takes the
+    /// whole count; a saturated new one leaves the old ones at 0; otherwise a rolling
+    /// Deployment's active ReplicaSets are scaled in proportion ([`proportional_sizes`]).
+    async fn scale_all(&self, d: &Value, new_rs: Option<&Value>, olds: &[&Value]) -> Result<(), ApiError> {
+        let want = int(d, "/spec/replicas", 1);
+        let active: Vec<&Value> = olds.iter().copied().chain(new_rs).filter(|r| spec_replicas(r) > 0).collect();
+        let single = match active.len() {
+            0 => new_rs.or_else(|| olds.iter().copied().max_by(|a, b| created_at(a).cmp(&created_at(b)))),
+            1 => Some(active[0]),
+            _ => None,
+        };
+        if let Some(rs) = single {
+            self.scale(d, rs, want).await?;
+            return Ok(());
+        }
+        if let Some(rs) = new_rs.filter(|rs| annotation_int(rs, DESIRED) == Some(want) && spec_replicas(rs) == want && available(rs) == want) {
+            for old in active.iter().filter(|r| meta::name(r) != meta::name(rs)) {
+                self.scale(d, old, 0).await?;
+            }
+            return Ok(());
+        }
+        if d.pointer("/spec/strategy/type").and_then(Value::as_str) != Some("Recreate") {
+            for (name, size) in proportional_sizes(d, &active) {
+                if let Some(rs) = active.iter().find(|r| meta::name(r) == name) {
+                    self.scale(d, rs, size).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The new ReplicaSet for the Deployment's template: found (its revision brought
     /// up to date) or, when `create`, made.
     async fn new_replica_set(&self, d: &Value, owned: &[Value], create: bool) -> Result<(Option<Value>, bool), ApiError> {
@@ -322,13 +415,11 @@ impl DeploymentController {
         let (surge, unavailable) = fenceposts(&d);
         let new_name = new_rs.as_ref().map(|r| meta::name(r).to_string());
         let olds: Vec<&Value> = owned.iter().filter(|r| Some(meta::name(r).to_string()) != new_name).collect();
-        if paused {
-            // Scaling only.
-            if let Some(rs) = &new_rs {
-                if olds.iter().all(|o| spec_replicas(o) == 0) {
-                    self.scale(&d, rs, want).await?;
-                }
-            }
+        // A size changed since the active ReplicaSets were last scaled (or a paused
+        // Deployment): scaling only, as upstream's `sync`.
+        let scaling_event = owned.iter().filter(|r| spec_replicas(r) > 0).any(|r| annotation_int(r, DESIRED).is_some_and(|v| v != want));
+        if paused || scaling_event {
+            self.scale_all(&d, new_rs.as_ref(), &olds).await?;
         } else if recreate {
             let mut scaled = false;
             for old in &olds {
@@ -538,6 +629,25 @@ impl DeploymentController {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn proportional_scaling_is_upstreams() {
+        // The documentation's example: 10 replicas, maxSurge 3, maxUnavailable 2, mid-way
+        // (old at 8, new at 5), scaled to 15: 3 more to the old, 2 to the new.
+        let d = |replicas: i64| json!({"spec": {"replicas": replicas, "strategy": {"rollingUpdate": {"maxSurge": 3, "maxUnavailable": 2}}}, "status": {"replicas": 13}});
+        let rs = |name: &str, at: &str, replicas: i64, max: i64| json!({"metadata": {"name": name, "creationTimestamp": at, "annotations": {MAX_REPLICAS: max.to_string()}}, "spec": {"replicas": replicas}});
+        let (old, new) = (rs("old", "2026-01-01T00:00:00Z", 8, 13), rs("new", "2026-01-02T00:00:00Z", 5, 13));
+        assert_eq!(proportional_sizes(&d(15), &[&old, &new]), vec![("old".into(), 11), ("new".into(), 7)]);
+        // Down to 5 from 14/4 scaled for 18: 8 allowed, the older first among equals.
+        let (old, new) = (rs("old", "2026-01-01T00:00:00Z", 14, 18), rs("new", "2026-01-02T00:00:00Z", 4, 18));
+        assert_eq!(proportional_sizes(&d(5), &[&new, &old]), vec![("old".into(), 6), ("new".into(), 2)]);
+        // To zero: all go.
+        assert_eq!(proportional_sizes(&d(0), &[&old, &new]), vec![("old".into(), 0), ("new".into(), 0)]);
+        // Equal sizes growing: the newer gets the leftover.
+        let (a, b) = (rs("a", "2026-01-01T00:00:00Z", 2, 4), rs("b", "2026-01-02T00:00:00Z", 2, 4));
+        assert_eq!(proportional_sizes(&d(2), &[&a, &b]).iter().map(|(_, n)| n).sum::<i64>(), 5);
+        assert_eq!(proportional_sizes(&d(2), &[&a, &b])[0].0, "b");
+    }
 
     #[test]
     fn fenceposts_round_as_upstream() {

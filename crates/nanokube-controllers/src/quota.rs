@@ -128,8 +128,7 @@ impl QuotaController {
         for q in &list.items {
             let q = q.value();
             let hard = quota::from_json(q.pointer("/spec/hard"));
-            let scopes: Vec<String> =
-                q.pointer("/spec/scopes").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).map(String::from).collect();
+            let scopes = quota::scopes_of(q);
             let mut used: Usage = hard.keys().map(|k| (k.clone(), 0.0)).collect();
             for (g, p, items) in &objects {
                 for o in items {

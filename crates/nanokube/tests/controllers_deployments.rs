@@ -140,3 +140,48 @@ fn a_recreate_deployment_stops_the_old_pods_first() {
     }
     rollout(&s);
 }
+
+/// A Deployment resized mid-rollout: the active ReplicaSets grow and shrink in
+/// proportion, as upstream's proportional scaling (no pods run here, so the rollout
+/// stays where the surge left it).
+#[test]
+fn a_deployment_resized_mid_rollout_scales_its_replica_sets_in_proportion() {
+    let s = Server::start_with(&["--node=false"]);
+    let yaml = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  replicas: 10\n  selector: {matchLabels: {app: web}}\n  strategy: {rollingUpdate: {maxSurge: 3, maxUnavailable: 2}}\n  template:\n    metadata: {labels: {app: web}}\n    spec: {containers: [{name: main, image: \"old:1\"}]}\n";
+    let out = s.k_stdin(&["create", "-f", "-"], yaml);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // image=replicas (desired/max) of each ReplicaSet, oldest image first.
+    let sizes = || {
+        let mut v: Vec<String> = replica_sets(&s)
+            .iter()
+            .map(|r| {
+                let a = &r["metadata"]["annotations"];
+                format!(
+                    "{}={} ({}/{})",
+                    r["spec"]["template"]["spec"]["containers"][0]["image"].as_str().unwrap_or(""),
+                    r["spec"]["replicas"],
+                    a["deployment.kubernetes.io/desired-replicas"].as_str().unwrap_or(""),
+                    a["deployment.kubernetes.io/max-replicas"].as_str().unwrap_or("")
+                )
+            })
+            .collect();
+        v.sort_by(|a, b| b.cmp(a));
+        v
+    };
+    assert!(eventually(Duration::from_secs(10), || sizes() == ["old:1=10 (10/13)"]), "{:?}", sizes());
+    s.k(&["set", "image", "deployment/web", "main=new:2"]);
+    // No node runs the pods, so none is ever available: the surge (3) and the unhealthy
+    // old pods the unavailability budget lets go (13 - 8 - 3 = 2) leave old 8, new 5.
+    assert!(eventually(Duration::from_secs(10), || sizes() == ["old:1=8 (10/13)", "new:2=5 (10/13)"]), "{:?}", sizes());
+    // 15 with maxSurge 3 allows 18: 5 more, shared by size (8*18/13 = 11, 5*18/13 = 7).
+    s.k(&["scale", "deployment/web", "--replicas=15"]);
+    assert!(eventually(Duration::from_secs(10), || sizes() == ["old:1=11 (15/18)", "new:2=7 (15/18)"]), "{:?}", sizes());
+    // 5 allows 8: 11*8/18 = 5 and 7*8/18 = 3; then the rollout goes on (2 unhealthy old
+    // pods go, the new set grows to 5) and stops where the budget is spent.
+    s.k(&["scale", "deployment/web", "--replicas=5"]);
+    assert!(eventually(Duration::from_secs(10), || sizes() == ["old:1=3 (5/8)", "new:2=5 (5/8)"]), "{:?}", sizes());
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(sizes(), ["old:1=3 (5/8)", "new:2=5 (5/8)"], "the sizes moved after the scale settled");
+    let events = s.k(&["get", "events", "--field-selector", "involvedObject.name=web", "-o", "jsonpath={range .items[*]}{.message}\n{end}"]);
+    assert!(events.contains("Scaled up replica set") && events.contains("from 8 to 11") && events.contains("from 11 to 5"), "{events}");
+}

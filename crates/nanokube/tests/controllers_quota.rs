@@ -93,3 +93,58 @@ fn quotas_count_and_refuse_and_limit_ranges_default_and_limit() {
     assert!(conditions.contains("ReplicaFailure:FailedCreate:pods \"web-") && conditions.contains("exceeded quota: compute"), "{conditions}");
     assert_eq!(s.k(&["get", "pods", "-n", "q", "-l", "app=web", "-o", "name"]).lines().count(), 2, "only what the quota allows");
 }
+
+/// Quotas limited by scope: `scopeSelector` on the pods' PriorityClass counts and refuses
+/// only those pods (upstream's per-class quotas); invalid scopes are refused as upstream.
+#[test]
+fn scoped_quotas_count_only_the_pods_they_select() {
+    let s = Server::start_with(&["--node=false"]);
+    s.k(&["create", "namespace", "q"]);
+    s.k(&["create", "priorityclass", "high", "--value=1000"]);
+    let quota = "apiVersion: v1\nkind: ResourceQuota\nmetadata: {name: high, namespace: q}\nspec:\n  hard: {pods: \"1\"}\n  scopeSelector:\n    matchExpressions:\n    - {scopeName: PriorityClass, operator: In, values: [high]}\n";
+    let (ok, err) = create(&s, quota);
+    assert!(ok, "{err}");
+    let (ok, err) =
+        create(&s, "apiVersion: v1\nkind: ResourceQuota\nmetadata: {name: plain, namespace: q}\nspec:\n  hard: {pods: \"10\"}\n  scopes: [NotTerminating]\n");
+    assert!(ok, "{err}");
+    assert!(eventually(Duration::from_secs(10), || used(&s, "high") == r#"{"pods":"0"}"#), "{}", used(&s, "high"));
+    let pod = |name: &str, class: &str, deadline: bool| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: q}}\nspec:\n{}{}  containers:\n  - {{name: main, image: nothing:1}}\n",
+            if class.is_empty() { String::new() } else { format!("  priorityClassName: {class}\n") },
+            if deadline { "  activeDeadlineSeconds: 60\n" } else { "" }
+        )
+    };
+    let (ok, err) = create(&s, &pod("first", "high", false));
+    assert!(ok, "{err}");
+    let (ok, err) = create(&s, &pod("second", "high", false));
+    assert!(!ok && err.contains("exceeded quota: high, requested: pods=1, used: pods=1, limited: pods=1"), "{err}");
+    // Pods of no class, or terminating ones, are not this quota's (nor NotTerminating's).
+    let (ok, err) = create(&s, &pod("classless", "", false));
+    assert!(ok, "{err}");
+    let (ok, err) = create(&s, &pod("deadline", "", true));
+    assert!(ok, "{err}");
+    assert!(eventually(Duration::from_secs(10), || used(&s, "high") == r#"{"pods":"1"}"#), "{}", used(&s, "high"));
+    assert!(eventually(Duration::from_secs(10), || used(&s, "plain") == r#"{"pods":"2"}"#), "{}", used(&s, "plain"));
+
+    // Invalid scopes, as upstream words them.
+    for (spec, want) in [
+        (
+            "  hard: {pods: \"1\"}\n  scopes: [BestEffort, NotBestEffort]\n",
+            "spec.scopes: Invalid value: []core.ResourceQuotaScope{\"BestEffort\", \"NotBestEffort\"}: conflicting scopes",
+        ),
+        ("  hard: {requests.cpu: \"1\"}\n  scopes: [BestEffort]\n", "unsupported scope applied to resource"),
+        ("  hard: {pods: \"1\"}\n  scopes: [Sometimes]\n", "unsupported scope"),
+        (
+            "  hard: {pods: \"1\"}\n  scopeSelector:\n    matchExpressions:\n    - {scopeName: Terminating, operator: In, values: [x]}\n",
+            "spec.scopeSelector.matchExpressions.operator: Invalid value: \"In\": must be 'Exist' when scope is any of",
+        ),
+        (
+            "  hard: {pods: \"1\"}\n  scopeSelector:\n    matchExpressions:\n    - {scopeName: PriorityClass, operator: In}\n",
+            "spec.scopeSelector.matchExpressions.values: Required value: must be at least one value when `operator` is 'In' or 'NotIn' for scope selector",
+        ),
+    ] {
+        let (ok, err) = create(&s, &format!("apiVersion: v1\nkind: ResourceQuota\nmetadata: {{name: bad, namespace: q}}\nspec:\n{spec}"));
+        assert!(!ok && err.contains("is invalid") && err.contains(want), "{spec}: {err}");
+    }
+}

@@ -52,8 +52,7 @@ async fn charge_now(registry: &Registry, attrs: &Attributes<'_>, obj: &Value) ->
     }
     let Some(def) = resources::find("", "v1", "resourcequotas") else { return Ok(()) };
     for q in &quotas {
-        let scopes: Vec<String> =
-            q.pointer("/spec/scopes").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).map(String::from).collect();
+        let scopes = quota::scopes_of(q);
         if !quota::quota_counts(&scopes, attrs.def.group, attrs.def.plural, obj) {
             continue;
         }
