@@ -458,10 +458,14 @@ pub fn apply_defaults(def: &ResourceDef, obj: &mut Value) {
             let spec = obj_entry(root, "spec");
             set_default(spec, "parallelism", json!(1));
             set_default(spec, "completions", json!(1));
-            set_default(spec, "backoffLimit", json!(6));
+            // Under backoffLimitPerIndex the per-index limit is what stops a Job.
+            let per_index = spec.get("backoffLimitPerIndex").is_some_and(|v| !v.is_null());
+            set_default(spec, "backoffLimit", json!(if per_index { i64::from(i32::MAX) } else { 6 }));
             set_default(spec, "completionMode", json!("NonIndexed"));
             set_default(spec, "suspend", json!(false));
-            set_default(spec, "podReplacementPolicy", json!("TerminatingOrFailed"));
+            // A pod failure policy needs to see pods fail before replacing them.
+            let has_failure_policy = spec.get("podFailurePolicy").is_some_and(|v| !v.is_null());
+            set_default(spec, "podReplacementPolicy", json!(if has_failure_policy { "Failed" } else { "TerminatingOrFailed" }));
             default_template(spec);
         }
         ("batch", "cronjobs") => {

@@ -496,11 +496,7 @@ pub fn validate_object(def: &ResourceDef, obj: &Value) -> Vec<Cause> {
         }
         ("batch", "jobs") => {
             validate_pod_spec(obj.pointer("/spec/template/spec"), "spec.template.spec", &mut causes);
-            if let Some(rp) = obj.pointer("/spec/template/spec/restartPolicy").and_then(Value::as_str) {
-                if rp == "Always" {
-                    causes.push(not_supported("spec.template.spec.restartPolicy", rp, &["OnFailure", "Never"]));
-                }
-            }
+            validate_job_spec(obj.get("spec").unwrap_or(&Value::Null), "spec", &mut causes);
         }
         ("batch", "cronjobs") => {
             if obj.pointer("/spec/schedule").and_then(Value::as_str).is_none_or(str::is_empty) {
@@ -521,11 +517,7 @@ pub fn validate_object(def: &ResourceDef, obj: &Value) -> Vec<Cause> {
                     causes.push(not_supported("spec.concurrencyPolicy", p, POLICIES));
                 }
             }
-            if let Some(rp) = obj.pointer("/spec/jobTemplate/spec/template/spec/restartPolicy").and_then(Value::as_str) {
-                if rp == "Always" {
-                    causes.push(not_supported("spec.jobTemplate.spec.template.spec.restartPolicy", rp, &["OnFailure", "Never"]));
-                }
-            }
+            validate_job_spec(obj.pointer("/spec/jobTemplate/spec").unwrap_or(&Value::Null), "spec.jobTemplate.spec", &mut causes);
         }
         ("rbac.authorization.k8s.io", "rolebindings") | ("rbac.authorization.k8s.io", "clusterrolebindings") => match obj.get("roleRef") {
             Some(r) if r.get("name").and_then(Value::as_str).is_some_and(|n| !n.is_empty()) => {
@@ -540,6 +532,91 @@ pub fn validate_object(def: &ResourceDef, obj: &Value) -> Vec<Cause> {
         _ => {}
     }
     causes
+}
+
+/// A Job's spec as upstream's `validateJobSpec` words it: counts not negative, what
+/// Indexed mode needs, `backoffLimitPerIndex`/`maxFailedIndexes`, the failure policy's
+/// actions, the replacement policy, and the restart policies a Job may use.
+fn validate_job_spec(spec: &Value, prefix: &str, causes: &mut Vec<Cause>) {
+    let int = |k: &str| spec.get(k).and_then(Value::as_i64);
+    let required_because =
+        |field: &str, why: &str| Cause { reason: "FieldValueRequired".into(), message: format!("Required value: {why}"), field: field.into() };
+    for k in ["parallelism", "completions", "activeDeadlineSeconds", "backoffLimit", "ttlSecondsAfterFinished", "backoffLimitPerIndex", "maxFailedIndexes"] {
+        if let Some(n) = int(k).filter(|n| *n < 0) {
+            causes.push(invalid(&format!("{prefix}.{k}"), &Value::from(n), "must be greater than or equal to 0"));
+        }
+    }
+    let (per_index, max_failed, completions, parallelism) = (int("backoffLimitPerIndex"), int("maxFailedIndexes"), int("completions"), int("parallelism"));
+    if max_failed.is_some() && per_index.is_none() {
+        causes.push(required_because(&format!("{prefix}.backoffLimitPerIndex"), "when maxFailedIndexes is specified"));
+    }
+    match spec.get("completionMode").and_then(Value::as_str) {
+        Some("Indexed") => {
+            if completions.is_none() {
+                causes.push(required_because(&format!("{prefix}.completions"), "when completion mode is Indexed"));
+            }
+            if let Some(p) = parallelism.filter(|p| *p > 100_000) {
+                causes.push(invalid(&format!("{prefix}.parallelism"), &Value::from(p), "must be less than or equal to 100000 when completion mode is Indexed"));
+            }
+            if let (Some(c), Some(m)) = (completions, max_failed) {
+                if m > c {
+                    causes.push(invalid(&format!("{prefix}.maxFailedIndexes"), &Value::from(m), "must be less than or equal to completions"));
+                }
+            }
+            if let Some(m) = max_failed.filter(|m| *m > 100_000) {
+                causes.push(invalid(&format!("{prefix}.maxFailedIndexes"), &Value::from(m), "must be less than or equal to 100000"));
+            }
+            if completions.is_some_and(|c| c > 100_000) && per_index.is_some() {
+                if max_failed.is_none() {
+                    causes.push(required_because(&format!("{prefix}.maxFailedIndexes"), "must be specified when completions is above 100000"));
+                }
+                let high = "when completions are above 100000 and used with backoff limit per index";
+                if let Some(p) = parallelism.filter(|p| *p > 10_000) {
+                    causes.push(invalid(&format!("{prefix}.parallelism"), &Value::from(p), &format!("must be less than or equal to 10000 {high}")));
+                }
+                if let Some(m) = max_failed.filter(|m| *m > 10_000) {
+                    causes.push(invalid(&format!("{prefix}.maxFailedIndexes"), &Value::from(m), &format!("must be less than or equal to 10000 {high}")));
+                }
+            }
+        }
+        None | Some("NonIndexed") => {
+            for (k, v) in [("backoffLimitPerIndex", per_index), ("maxFailedIndexes", max_failed)] {
+                if let Some(v) = v {
+                    causes.push(invalid(&format!("{prefix}.{k}"), &Value::from(v), "requires indexed completion mode"));
+                }
+            }
+        }
+        Some(other) => causes.push(not_supported(&format!("{prefix}.completionMode"), other, &["NonIndexed", "Indexed"])),
+    }
+    let failure_policy = spec.get("podFailurePolicy").filter(|v| !v.is_null());
+    for (i, rule) in failure_policy.and_then(|p| p.get("rules")).and_then(Value::as_array).into_iter().flatten().enumerate() {
+        let field = format!("{prefix}.podFailurePolicy.rules[{i}].action");
+        const ACTIONS: &[&str] = &["Count", "FailIndex", "FailJob", "Ignore"];
+        match rule.get("action").and_then(Value::as_str).unwrap_or("") {
+            "" => causes.push(required_because(&field, "valid values: [\"Count\" \"FailIndex\" \"FailJob\" \"Ignore\"]")),
+            "FailIndex" if per_index.is_none() => causes.push(invalid(&field, &json!("FailIndex"), "requires the backoffLimitPerIndex to be set")),
+            a if !ACTIONS.contains(&a) => causes.push(not_supported(&field, a, ACTIONS)),
+            _ => {}
+        }
+    }
+    if let Some(policy) = spec.get("podReplacementPolicy").and_then(Value::as_str) {
+        if failure_policy.is_some() && policy != "Failed" {
+            causes.push(not_supported(&format!("{prefix}.podReplacementPolicy"), policy, &["Failed"]));
+        } else if !["Failed", "TerminatingOrFailed"].contains(&policy) {
+            causes.push(not_supported(&format!("{prefix}.podReplacementPolicy"), policy, &["Failed", "TerminatingOrFailed"]));
+        }
+    }
+    let restart = spec.pointer("/template/spec/restartPolicy").and_then(Value::as_str).unwrap_or("");
+    let field = &format!("{prefix}.template.spec.restartPolicy");
+    match restart {
+        "" | "Always" => causes.push(required_because(field, "valid values: \"OnFailure\", \"Never\"")),
+        "OnFailure" | "Never" => {
+            if failure_policy.is_some() && restart != "Never" {
+                causes.push(invalid(field, &Value::from(restart), "only \"Never\" is supported when podFailurePolicy is specified"));
+            }
+        }
+        other => causes.push(not_supported(field, other, &["OnFailure", "Never"])),
+    }
 }
 
 fn validate_service(obj: &Value, causes: &mut Vec<Cause>) {

@@ -22,8 +22,12 @@
 //! - `ttlSecondsAfterFinished`: the Job is deleted (foreground) that long after it
 //!   finished.
 //!
-//! Not here: `backoffLimitPerIndex`/`maxFailedIndexes` (the FailIndex action counts as a
-//! plain failure).
+//! - `backoffLimitPerIndex` and `maxFailedIndexes`: each index keeps its failure count
+//!   in its pods' `job-index-failure-count` annotation (a failed pod keeps its finalizer
+//!   until its replacement has taken the count over), backs off on its own, and fails
+//!   alone (`FailIndex`, or its count reaching the limit) into `status.failedIndexes`;
+//!   the Job fails with `MaxFailedIndexesExceeded` or, once every index ended,
+//!   `FailedIndexes`.
 //!
 //! Reads come from the store itself, not a cache, so a sync always sees the controller's
 //! own earlier writes and needs no expectations.
@@ -51,7 +55,12 @@ pub const COMPLETION_INDEX: &str = "batch.kubernetes.io/job-completion-index";
 const COMPONENT: &str = "job-controller";
 /// Upstream's `DefaultJobPodFailureBackOff` and `MaxJobPodFailureBackOff`.
 const BACKOFF_BASE: Duration = Duration::from_secs(10);
-const BACKOFF_MAX: Duration = Duration::from_secs(360);
+const BACKOFF_MAX: Duration = Duration::from_secs(600);
+/// The annotations that carry an index's failures (and ignored failures) to the pod
+/// that replaces the failed one, under `backoffLimitPerIndex`.
+pub const INDEX_FAILURE_COUNT: &str = "batch.kubernetes.io/job-index-failure-count";
+/// See [`INDEX_FAILURE_COUNT`].
+pub const INDEX_IGNORED_FAILURE_COUNT: &str = "batch.kubernetes.io/job-index-ignored-failure-count";
 /// Most pods made or removed in one pass (upstream's `MaxPodCreateDeletePerSync`).
 const BURST: usize = 500;
 
@@ -175,10 +184,11 @@ fn ensure_condition(conditions: &mut Vec<Value>, ty: &str, status: &str, reason:
     false
 }
 
-/// What a pod failure policy says of a failed pod: a message if the Job must fail, and
-/// whether the failure counts toward `backoffLimit` (upstream's `matchPodFailurePolicy`).
-fn match_failure_policy(job: &Value, pod: &Value) -> (Option<String>, bool) {
-    let Some(rules) = job.pointer("/spec/podFailurePolicy/rules").and_then(Value::as_array) else { return (None, true) };
+/// What a pod failure policy says of a failed pod: a message if the Job must fail,
+/// whether the failure counts toward `backoffLimit`, and the action of the rule that
+/// matched (upstream's `matchPodFailurePolicy`).
+fn match_failure_policy(job: &Value, pod: &Value) -> (Option<String>, bool, Option<String>) {
+    let Some(rules) = job.pointer("/spec/podFailurePolicy/rules").and_then(Value::as_array) else { return (None, true, None) };
     let (ns, name) = (meta::namespace(pod), meta::name(pod));
     for (index, rule) in rules.iter().enumerate() {
         let action = rule.get("action").and_then(Value::as_str).unwrap_or("");
@@ -220,13 +230,13 @@ fn match_failure_policy(job: &Value, pod: &Value) -> (Option<String>, bool) {
         }
         if let Some(message) = matched {
             return match action {
-                "FailJob" => (Some(message), true),
-                "Ignore" => (None, false),
-                _ => (None, true),
+                "FailJob" => (Some(message), true, Some(action.into())),
+                "Ignore" => (None, false, Some(action.into())),
+                _ => (None, true, Some(action.into())),
             };
         }
     }
-    (None, true)
+    (None, true, None)
 }
 
 /// When a pod ended: its containers' latest finish, else when its deletion began.
@@ -253,10 +263,53 @@ impl Backoff {
         if self.failures == 0 {
             return Duration::ZERO;
         }
-        let backoff = BACKOFF_BASE.saturating_mul(1u32 << (self.failures - 1).min(20)).min(BACKOFF_MAX);
-        let elapsed = (now - last).max(time::Duration::ZERO).unsigned_abs();
-        backoff.saturating_sub(elapsed)
+        remaining_after(self.failures, last, now)
     }
+}
+
+/// What is left of the back-off after `failures` failures, the latest at `last`
+/// (upstream's `getRemainingTimeForFailuresCount`: 10 s doubling to 10 min).
+fn remaining_after(failures: u32, last: OffsetDateTime, now: OffsetDateTime) -> Duration {
+    if failures == 0 {
+        return Duration::ZERO;
+    }
+    let backoff = BACKOFF_BASE.saturating_mul(1u32 << (failures - 1).min(20)).min(BACKOFF_MAX);
+    let elapsed = (now - last).max(time::Duration::ZERO).unsigned_abs();
+    backoff.saturating_sub(elapsed)
+}
+
+/// An index failure count annotation as upstream reads it: 0 when missing, malformed,
+/// negative or past `i32`.
+fn failure_count(pod: &Value, key: &str) -> i64 {
+    let v = pod.pointer("/metadata/annotations").and_then(|a| a.get(key)).and_then(Value::as_str);
+    v.and_then(|v| v.parse::<i64>().ok()).filter(|n| (0..=i64::from(i32::MAX)).contains(n)).unwrap_or(0)
+}
+
+/// Under `backoffLimitPerIndex`, whether this pod's failure fails its index: a
+/// `FailIndex` rule matched, or a counted failure reached the limit (upstream's
+/// `isIndexFailed`).
+fn is_index_failed(job: &Value, pod: &Value, limit: i64) -> bool {
+    if !is_failed(pod, job) {
+        return false;
+    }
+    let (_, counts, action) = match_failure_policy(job, pod);
+    if action.as_deref() == Some("FailIndex") {
+        return true;
+    }
+    counts && failure_count(pod, INDEX_FAILURE_COUNT) >= limit
+}
+
+/// The annotations for the pod replacing `replaced` in its index: its failures so far,
+/// and those the failure policy ignored (upstream's `getNewIndexFailureCounts`).
+fn new_failure_counts(job: &Value, replaced: Option<&Value>) -> (i64, i64) {
+    let Some(p) = replaced else { return (0, 0) };
+    let (mut counted, mut ignored) = (failure_count(p, INDEX_FAILURE_COUNT), failure_count(p, INDEX_IGNORED_FAILURE_COUNT));
+    if match_failure_policy(job, p).1 {
+        counted += 1;
+    } else {
+        ignored += 1;
+    }
+    (counted, ignored)
 }
 
 /// The controller.
@@ -462,10 +515,29 @@ impl JobController {
             }
         }
         let mut succeeded_indexes = BTreeSet::new();
+        // Under backoffLimitPerIndex: the failed indexes, and per index the failed pod
+        // kept (finalizer and all) until its replacement carries its failure count.
+        let mut failed_indexes: Option<BTreeSet<usize>> = None;
+        let mut delayed: HashMap<usize, Value> = HashMap::new();
         if indexed {
             succeeded_indexes = parse_indexes(st.get("completedIndexes").and_then(Value::as_str).unwrap_or(""), ncompletions);
             succeeded_indexes.extend(new_succeeded.iter().filter_map(|p| completion_index(p)));
             succeeded = succeeded_indexes.len() as i64;
+            if let Some(limit) = spec_i64(&job, "backoffLimitPerIndex") {
+                let mut failed_now = parse_indexes(st.get("failedIndexes").and_then(Value::as_str).unwrap_or(""), ncompletions);
+                let newly = pods.iter().filter(|p| has_finalizer(p) && is_index_failed(&job, p, limit)).filter_map(completion_index);
+                failed_now.extend(newly.filter(|i| *i < ncompletions));
+                if finished.is_none() {
+                    if spec_i64(&job, "maxFailedIndexes").is_some_and(|max| failed_now.len() as i64 > max) {
+                        let message = "Job has exceeded the specified maximal number of failed indexes";
+                        finished = Some(("FailureTarget".into(), "MaxFailedIndexesExceeded".into(), message.into()));
+                    } else if !failed_now.is_empty() && failed_now.len() + succeeded_indexes.len() >= ncompletions {
+                        finished = Some(("FailureTarget".into(), "FailedIndexes".into(), "Job has failed indexes".into()));
+                    }
+                }
+                delayed = delayed_deletions(&job, &pods, &active_pods, &succeeded_indexes, &failed_now, ncompletions);
+                failed_indexes = Some(failed_now);
+            }
             if finished.is_none() {
                 if let Some(message) = match_success_policy(&job, &succeeded_indexes, ncompletions) {
                     finished = Some(("SuccessCriteriaMet".into(), "SuccessPolicy".into(), message));
@@ -487,7 +559,18 @@ impl JobController {
             let mut managed = false;
             if !meta::is_deleting(&job) {
                 managed = true;
-                let ctx = Manage { key, succeeded, active, terminating, backoff, ncompletions, succeeded_indexes: &succeeded_indexes, now };
+                let ctx = Manage {
+                    key,
+                    succeeded,
+                    active,
+                    terminating,
+                    backoff,
+                    ncompletions,
+                    succeeded_indexes: &succeeded_indexes,
+                    failed_indexes: failed_indexes.as_ref(),
+                    delayed: &delayed,
+                    now,
+                };
                 match self.manage(&job, &active_pods, ctx).await {
                     Ok((a, t, r)) => {
                         active = a;
@@ -520,7 +603,8 @@ impl JobController {
         st.insert("terminating".into(), json!(terminating.max(0)));
         st.insert("conditions".into(), json!(conditions));
         job["status"] = Value::Object(st);
-        let tracked = Tracking { key, finished, indexed, ncompletions, succeeded_indexes, terminating, backoff };
+        let delayed_uids = delayed.values().map(|p| meta::uid(p).to_string()).collect();
+        let tracked = Tracking { key, finished, indexed, ncompletions, succeeded_indexes, failed_indexes, delayed_uids, terminating, backoff };
         self.track(&mut job, &pods, tracked).await?;
         match manage_error {
             Some(e) => Err(e),
@@ -609,7 +693,9 @@ impl JobController {
         if diff == 0 {
             return Ok((ctx.active, 0, 0));
         }
-        let remaining = ctx.backoff.remaining(ctx.now);
+        // With backoffLimitPerIndex each index backs off on its own, below.
+        let per_index = ctx.failed_indexes.is_some();
+        let remaining = if per_index { Duration::ZERO } else { ctx.backoff.remaining(ctx.now) };
         if !remaining.is_zero() {
             self.queue.add_after(ctx.key, remaining);
             return Ok((ctx.active, 0, 0));
@@ -618,7 +704,19 @@ impl JobController {
         let mut indexes: Vec<Option<usize>> = vec![None; diff];
         if is_indexed(job) {
             let busy: HashSet<usize> = active_pods.iter().filter_map(completion_index).collect();
-            indexes = (0..ctx.ncompletions).filter(|i| !ctx.succeeded_indexes.contains(i) && !busy.contains(i)).take(diff).map(Some).collect();
+            let failed = |i: &usize| ctx.failed_indexes.is_some_and(|f| f.contains(i));
+            indexes = (0..ctx.ncompletions).filter(|i| !ctx.succeeded_indexes.contains(i) && !busy.contains(i) && !failed(i)).take(diff).map(Some).collect();
+        }
+        if per_index {
+            let wait = |ix: &Option<usize>| ix.and_then(|i| ctx.delayed.get(&i)).map_or(Duration::ZERO, |p| index_back_off(p, ctx.now));
+            let soonest = indexes.iter().map(wait).filter(|w| !w.is_zero()).min();
+            indexes.retain(|ix| wait(ix).is_zero());
+            if indexes.is_empty() {
+                if let Some(w) = soonest {
+                    self.queue.add_after(ctx.key, w);
+                }
+                return Ok((ctx.active, 0, 0));
+            }
         }
         let mut active = ctx.active;
         let mut batch = 1;
@@ -631,7 +729,8 @@ impl JobController {
             let mut tasks = tokio::task::JoinSet::new();
             for ix in chunk {
                 let (me, job) = (self.clone(), job.clone());
-                tasks.spawn(async move { me.create_pod(&job, ix).await });
+                let counts = per_index.then(|| new_failure_counts(&job, ix.and_then(|i| ctx.delayed.get(&i))));
+                tasks.spawn(async move { me.create_pod(&job, ix, counts).await });
             }
             let mut failed = None;
             while let Some(r) = tasks.join_next().await {
@@ -648,7 +747,9 @@ impl JobController {
         }
     }
 
-    async fn create_pod(&self, job: &Value, index: Option<usize>) -> Result<(), ApiError> {
+    /// Make one pod from the template; `failure_counts` (failed, ignored) go on it as
+    /// annotations under `backoffLimitPerIndex`.
+    async fn create_pod(&self, job: &Value, index: Option<usize>, failure_counts: Option<(i64, i64)>) -> Result<(), ApiError> {
         let mut template = job.pointer("/spec/template").cloned().unwrap_or(json!({}));
         let mut metadata = template.get("metadata").and_then(Value::as_object).cloned().unwrap_or_default();
         for k in ["name", "namespace", "uid", "resourceVersion", "creationTimestamp", "generateName"] {
@@ -668,6 +769,14 @@ impl JobController {
                     let m = metadata.entry(k).or_insert_with(|| json!({}));
                     if let Some(m) = m.as_object_mut() {
                         m.insert(COMPLETION_INDEX.into(), json!(ix.to_string()));
+                    }
+                }
+                if let Some((counted, ignored)) = failure_counts {
+                    if let Some(a) = metadata.entry("annotations").or_insert_with(|| json!({})).as_object_mut() {
+                        a.insert(INDEX_FAILURE_COUNT.into(), json!(counted.to_string()));
+                        if ignored > 0 {
+                            a.insert(INDEX_IGNORED_FAILURE_COUNT.into(), json!(ignored.to_string()));
+                        }
                     }
                 }
                 spec["hostname"] = json!(format!("{job_name}-{ix}"));
@@ -711,7 +820,10 @@ impl JobController {
         let mut succeeded_indexes = t.succeeded_indexes.clone();
         for p in pods.iter().filter(|p| has_finalizer(p)) {
             let considered_failed = is_failed(p, job);
-            let removable = meta::is_deleting(job) || t.finished.is_some() || phase(p) == "Succeeded" || considered_failed;
+            // A failed pod whose replacement is still to be made keeps its finalizer
+            // (upstream's canRemoveFinalizer).
+            let removable =
+                meta::is_deleting(job) || t.finished.is_some() || phase(p) == "Succeeded" || (considered_failed && !t.delayed_uids.contains(meta::uid(p)));
             if !removable {
                 continue;
             }
@@ -736,6 +848,9 @@ impl JobController {
         if t.indexed {
             st.insert("completedIndexes".into(), json!(format_indexes(&succeeded_indexes)));
             st.insert("succeeded".into(), json!(succeeded_indexes.len()));
+            if let Some(failed) = &t.failed_indexes {
+                st.insert("failedIndexes".into(), json!(format_indexes(failed)));
+            }
         }
         let mut conditions: Vec<Value> = st.get("conditions").and_then(Value::as_array).cloned().unwrap_or_default();
         let mut terminal = None;
@@ -882,6 +997,42 @@ fn clean_status(st: &mut Map<String, Value>) {
     }
 }
 
+/// Per index, the failed pod whose failure count its replacement must inherit: the one
+/// with the most failures, latest finished, of an index not succeeded, failed or
+/// running (upstream's `getPodsWithDelayedDeletionPerIndex`).
+fn delayed_deletions(
+    job: &Value,
+    pods: &[Value],
+    active_pods: &[Value],
+    succeeded: &BTreeSet<usize>,
+    failed: &BTreeSet<usize>,
+    completions: usize,
+) -> HashMap<usize, Value> {
+    let active: HashSet<usize> = active_pods.iter().filter_map(completion_index).collect();
+    let absolute = |p: &Value| failure_count(p, INDEX_FAILURE_COUNT) + failure_count(p, INDEX_IGNORED_FAILURE_COUNT);
+    let mut out: HashMap<usize, Value> = HashMap::new();
+    for p in pods.iter().filter(|p| has_finalizer(p) && is_failed(p, job)) {
+        let Some(ix) = completion_index(p).filter(|i| *i < completions) else { continue };
+        if succeeded.contains(&ix) || failed.contains(&ix) || active.contains(&ix) {
+            continue;
+        }
+        let newer = |last: &Value| absolute(last) <= absolute(p) && finish_time(p) >= finish_time(last);
+        if out.get(&ix).is_none_or(newer) {
+            out.insert(ix, p.clone());
+        }
+    }
+    out
+}
+
+/// How long the index of this failed pod waits before its replacement (upstream's
+/// `getRemainingTimePerIndex`): the back-off of all its failures, counted or ignored.
+fn index_back_off(failed: &Value, now: OffsetDateTime) -> Duration {
+    let failures = failure_count(failed, INDEX_FAILURE_COUNT) + failure_count(failed, INDEX_IGNORED_FAILURE_COUNT) + 1;
+    let created = failed.pointer("/metadata/creationTimestamp").and_then(Value::as_str).and_then(meta::parse_time);
+    let last = finish_time(failed).or(created).unwrap_or(now);
+    remaining_after(u32::try_from(failures).unwrap_or(u32::MAX), last, now)
+}
+
 /// Under `restartPolicy: OnFailure`, whether the running pods' restarts reached
 /// `backoffLimit` (upstream's `pastBackoffLimitOnFailure`).
 fn past_backoff_limit_on_failure(job: &Value, pods: &[Value], limit: i64) -> bool {
@@ -950,6 +1101,9 @@ struct Manage<'a> {
     backoff: Backoff,
     ncompletions: usize,
     succeeded_indexes: &'a BTreeSet<usize>,
+    /// Set under `backoffLimitPerIndex`.
+    failed_indexes: Option<&'a BTreeSet<usize>>,
+    delayed: &'a HashMap<usize, Value>,
     now: OffsetDateTime,
 }
 
@@ -960,6 +1114,9 @@ struct Tracking<'a> {
     indexed: bool,
     ncompletions: usize,
     succeeded_indexes: BTreeSet<usize>,
+    failed_indexes: Option<BTreeSet<usize>>,
+    /// Failed pods whose finalizer stays until their index is replaced.
+    delayed_uids: HashSet<String>,
     terminating: i64,
     backoff: Backoff,
 }
@@ -979,13 +1136,13 @@ mod tests {
     }
 
     #[test]
-    fn replacement_back_off_doubles_from_ten_seconds_to_six_minutes() {
+    fn replacement_back_off_doubles_from_ten_seconds_to_ten_minutes() {
         let t0 = OffsetDateTime::UNIX_EPOCH;
         let b = |failures| Backoff { failures, last_failure: Some(t0) };
         assert_eq!(b(0).remaining(t0), Duration::ZERO);
         assert_eq!(b(1).remaining(t0), Duration::from_secs(10));
         assert_eq!(b(3).remaining(t0 + time::Duration::seconds(5)), Duration::from_secs(35));
-        assert_eq!(b(12).remaining(t0), Duration::from_secs(360));
+        assert_eq!(b(12).remaining(t0), Duration::from_secs(600));
     }
 
     #[test]
@@ -1001,10 +1158,10 @@ mod tests {
         };
         assert_eq!(
             match_failure_policy(&job, &pod(42, false)),
-            (Some("Container main for pod ns/p failed with exit code 42 matching FailJob rule at index 1".into()), true)
+            (Some("Container main for pod ns/p failed with exit code 42 matching FailJob rule at index 1".into()), true, Some("FailJob".into()))
         );
-        assert_eq!(match_failure_policy(&job, &pod(42, true)), (None, false));
-        assert_eq!(match_failure_policy(&job, &pod(1, false)), (None, true));
+        assert_eq!(match_failure_policy(&job, &pod(42, true)), (None, false, Some("Ignore".into())));
+        assert_eq!(match_failure_policy(&job, &pod(1, false)), (None, true, None));
     }
 
     #[test]

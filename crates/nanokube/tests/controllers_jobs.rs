@@ -1,6 +1,6 @@
 //! Jobs with the real kubectl: pods that really run to completion (counted through the
-//! tracking finalizer), Indexed Jobs, `backoffLimit` and its replacement back-off, a pod
-//! failure policy, a deadline, suspend and resume, expiry after finishing, immutable
+//! tracking finalizer), Indexed Jobs, `backoffLimit` and its replacement back-off,
+//! `backoffLimitPerIndex` and `maxFailedIndexes`, a pod failure policy, a deadline, suspend and resume, expiry after finishing, immutable
 //! fields; and, where no node runs pods, a Job driven by pod statuses written by the
 //! test as upstream's controller tests do.
 
@@ -49,6 +49,12 @@ fn events(s: &Server, name: &str) -> String {
         "-o",
         "jsonpath={range .items[*]}{.reason}: {.message}\n{end}",
     ])
+}
+
+/// How long after `failed` ended its `replacement` was made.
+fn replaced_after(failed: &Value, replacement: &Value) -> time::Duration {
+    let time = |v: &Value| time::OffsetDateTime::parse(v.as_str().unwrap(), &time::format_description::well_known::Rfc3339).unwrap();
+    time(&replacement["metadata"]["creationTimestamp"]) - time(&failed["status"]["containerStatuses"][0]["state"]["terminated"]["finishedAt"])
 }
 
 #[test]
@@ -211,11 +217,119 @@ spec:
     let mut pods = job_pods(&s, "retry");
     pods.sort_by_key(|p| p["metadata"]["creationTimestamp"].as_str().unwrap().to_string());
     assert_eq!(pods.len(), 2);
-    let time = |v: &Value| time::OffsetDateTime::parse(v.as_str().unwrap(), &time::format_description::well_known::Rfc3339).unwrap();
-    let first_end = time(&pods[0]["status"]["containerStatuses"][0]["state"]["terminated"]["finishedAt"]);
-    let second_start = time(&pods[1]["metadata"]["creationTimestamp"]);
-    assert!(second_start - first_end >= time::Duration::seconds(9), "replaced after {} only", second_start - first_end);
+    let waited = replaced_after(&pods[0], &pods[1]);
+    assert!(waited >= time::Duration::seconds(9), "replaced after {waited} only");
     assert!(events(&s, "retry").contains("BackoffLimitExceeded: Job has reached the specified backoff limit"));
+}
+
+/// `backoffLimitPerIndex`: each index retries alone, carries its failure count to its
+/// replacement, and fails alone; the Job fails once every index has ended, or at once
+/// past `maxFailedIndexes`.
+#[test]
+fn indexes_fail_on_their_own_under_a_backoff_limit_per_index() {
+    let s = server_with_image();
+    apply(
+        &s,
+        r#"
+apiVersion: batch/v1
+kind: Job
+metadata: {name: perindex}
+spec:
+  completionMode: Indexed
+  completions: 4
+  parallelism: 4
+  backoffLimitPerIndex: 1
+  maxFailedIndexes: 2
+  podFailurePolicy:
+    rules:
+    - action: FailIndex
+      onExitCodes: {containerName: main, operator: In, values: [42]}
+  template:
+    spec:
+      restartPolicy: Never
+      containers: [{name: main, image: "testbox:1.0", command: [sh, -c, "case $JOB_COMPLETION_INDEX in 1) exit 3;; 3) exit 42;; esac"]}]
+---
+apiVersion: batch/v1
+kind: Job
+metadata: {name: strict}
+spec:
+  completionMode: Indexed
+  completions: 4
+  parallelism: 1
+  backoffLimitPerIndex: 0
+  maxFailedIndexes: 0
+  template:
+    spec:
+      restartPolicy: Never
+      containers: [{name: main, image: "testbox:1.0", command: [sh, -c, "exit 1"]}]
+"#,
+    );
+    // Defaults as upstream's: no global limit to reach first; a failure policy's pods
+    // are replaced only once failed.
+    let j = job(&s, "perindex");
+    assert_eq!((j["spec"]["backoffLimit"].as_i64(), j["spec"]["podReplacementPolicy"].as_str()), (Some(2147483647), Some("Failed")));
+
+    // One failed index is one too many for maxFailedIndexes 0.
+    wait_for(&s, "job/strict", "failed");
+    let j = job(&s, "strict");
+    assert_eq!(conditions(&j), "FailureTarget=True:MaxFailedIndexesExceeded;Failed=True:MaxFailedIndexesExceeded");
+    assert_eq!((j["status"]["failedIndexes"].as_str(), j["status"]["failed"].as_i64()), (Some("0"), Some(1)));
+    assert_eq!(job_pods(&s, "strict").len(), 1);
+
+    // Index 3 fails at once by the FailIndex rule; index 1 fails twice (backoffLimitPerIndex
+    // 1); 0 and 2 succeed. With every index ended, the Job fails for its failed indexes.
+    wait_for(&s, "job/perindex", "failed");
+    let j = job(&s, "perindex");
+    assert_eq!(conditions(&j), "FailureTarget=True:FailedIndexes;Failed=True:FailedIndexes");
+    assert_eq!(j["status"]["conditions"][1]["message"], "Job has failed indexes");
+    let st = &j["status"];
+    assert_eq!(
+        (st["failedIndexes"].as_str(), st["completedIndexes"].as_str(), st["succeeded"].as_i64(), st["failed"].as_i64()),
+        (Some("1,3"), Some("0,2"), Some(2), Some(3)),
+        "{st}"
+    );
+    assert!(events(&s, "perindex").contains("FailedIndexes: Job has failed indexes"));
+    let of_index = |ix: &str| {
+        let mut v: Vec<Value> =
+            job_pods(&s, "perindex").into_iter().filter(|p| p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"] == ix).collect();
+        v.sort_by_key(|p| p["metadata"]["creationTimestamp"].as_str().unwrap_or("").to_string());
+        v
+    };
+    let count = |p: &Value| p["metadata"]["annotations"]["batch.kubernetes.io/job-index-failure-count"].as_str().unwrap_or("").to_string();
+    let retried = of_index("1");
+    assert_eq!(retried.iter().map(count).collect::<Vec<_>>(), ["0", "1"], "index 1 ran twice, the second knowing of the first failure");
+    // The retry of index 1 waited the index's own back-off.
+    let waited = replaced_after(&retried[0], &retried[1]);
+    assert!(waited >= time::Duration::seconds(9), "replaced after {waited} only");
+    assert_eq!(of_index("3").len(), 1, "a FailIndex failure is not retried");
+    assert!(["0", "2"].iter().all(|ix| of_index(ix).len() == 1));
+    // No pod is left holding the tracking finalizer.
+    assert!(job_pods(&s, "perindex").iter().all(|p| p["metadata"].get("finalizers").is_none()));
+
+    // Bad input: the per-index fields need Indexed mode; FailIndex needs the per-index limit.
+    for (spec, want) in [
+        ("  backoffLimitPerIndex: 1\n", "spec.backoffLimitPerIndex: Invalid value: 1: requires indexed completion mode"),
+        (
+            "  completionMode: Indexed\n  completions: 2\n  maxFailedIndexes: 3\n",
+            "spec.backoffLimitPerIndex: Required value: when maxFailedIndexes is specified",
+        ),
+        (
+            "  completionMode: Indexed\n  completions: 2\n  backoffLimitPerIndex: 1\n  maxFailedIndexes: 3\n",
+            "spec.maxFailedIndexes: Invalid value: 3: must be less than or equal to completions",
+        ),
+        (
+            "  podFailurePolicy:\n    rules: [{action: FailIndex, onExitCodes: {operator: In, values: [1]}}]\n",
+            "spec.podFailurePolicy.rules[0].action: Invalid value: \"FailIndex\": requires the backoffLimitPerIndex to be set",
+        ),
+    ] {
+        let yaml = format!(
+            "apiVersion: batch/v1\nkind: Job\nmetadata: {{name: bad}}\nspec:\n{spec}  template:\n    spec:\n      restartPolicy: Never\n      containers: [{{name: main, image: \"testbox:1.0\"}}]\n"
+        );
+        let out = s.k_stdin(&["create", "-f", "-"], &yaml);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains("is invalid") && err.contains(want), "{spec}: {err}");
+    }
+    assert!(!s.kubectl(&["get", "job", "bad"]).status.success());
 }
 
 #[test]
