@@ -26,7 +26,8 @@
 //!   size) is only scaled, the active ReplicaSets in proportion, as upstream's
 //!   proportional scaling; a paused one likewise.
 //!
-//! Not here: `collisionCount`.
+//! - `collisionCount`: a ReplicaSet name already taken by another template bumps it, and
+//!   the next pass hashes the template with it (upstream's `ComputeHash`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -367,7 +368,15 @@ impl DeploymentController {
         if !create {
             return Ok((None, false));
         }
-        let hash = template_hash(wanted.to_string().as_bytes());
+        // The collision count goes into the hash as upstream writes it: 8 bytes, the
+        // first four its little-endian u32.
+        let collisions = d.pointer("/status/collisionCount").and_then(Value::as_i64);
+        let mut hashed = wanted.to_string().into_bytes();
+        if let Some(c) = collisions {
+            hashed.extend_from_slice(&(c as u32).to_le_bytes());
+            hashed.extend_from_slice(&[0; 4]);
+        }
+        let hash = template_hash(&hashed);
         let mut rs_template = template.clone();
         rs_template["metadata"]["labels"][HASH_LABEL] = json!(hash);
         let mut selector = d.pointer("/spec/selector").cloned().unwrap_or(json!({}));
@@ -389,9 +398,29 @@ impl DeploymentController {
         match self.registry.create(replica_sets(), meta::namespace(d), rs, &WriteOptions::default()).await {
             Ok(created) => Ok((Some(created.value().clone()), true)),
             Err(e) if e.code == 409 => {
-                // Made meanwhile (by this controller's previous pass): take it.
+                // Made meanwhile by this controller's previous pass: take it. Anything
+                // else by that name is a hash collision (upstream's getNewReplicaSet).
                 let name = format!("{}-{hash}", meta::name(d));
-                Ok((Some(self.registry.get(replica_sets(), meta::namespace(d), &name)?.value().clone()), false))
+                let existing = self.registry.get(replica_sets(), meta::namespace(d), &name)?.value().clone();
+                let ours = crate::objects::controller_ref(&existing).and_then(|r| r.get("uid")).and_then(Value::as_str) == Some(meta::uid(d));
+                if ours && without_hash(existing.pointer("/spec/template").unwrap_or(&Value::Null)) == wanted {
+                    return Ok((Some(existing), false));
+                }
+                let bumped = collisions.unwrap_or(0) + 1;
+                let opts = WriteOptions { subresource: Some("status".into()), ..Default::default() };
+                self.registry
+                    .update_with(deployments(), meta::namespace(d), meta::name(d), &opts, |cur| {
+                        let mut next = cur.clone();
+                        if let Some(m) = next.as_object_mut() {
+                            if let Some(st) = m.entry("status").or_insert_with(|| json!({})).as_object_mut() {
+                                st.insert("collisionCount".into(), json!(bumped));
+                            }
+                        }
+                        Ok(next)
+                    })
+                    .await?;
+                // Upstream returns the AlreadyExists error, so the key comes back.
+                Err(e)
             }
             Err(e) => Err(e),
         }

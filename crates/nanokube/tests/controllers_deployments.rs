@@ -185,3 +185,51 @@ fn a_deployment_resized_mid_rollout_scales_its_replica_sets_in_proportion() {
     let events = s.k(&["get", "events", "--field-selector", "involvedObject.name=web", "-o", "jsonpath={range .items[*]}{.message}\n{end}"]);
     assert!(events.contains("Scaled up replica set") && events.contains("from 8 to 11") && events.contains("from 11 to 5"), "{events}");
 }
+
+/// A ReplicaSet name already taken by something else is a hash collision: the
+/// Deployment counts it in `status.collisionCount` and names its ReplicaSet anew.
+#[test]
+fn a_taken_replica_set_name_bumps_the_collision_count() {
+    let s = Server::start_with(&["--node=false"]);
+    let deployment = |ns: &str| {
+        format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: web, namespace: {ns}}}\nspec:\n  replicas: 1\n  selector: {{matchLabels: {{app: web}}}}\n  template:\n    metadata: {{labels: {{app: web}}}}\n    spec: {{containers: [{{name: main, image: \"web:1\"}}]}}\n"
+        )
+    };
+    let rs_names = |ns: &str| s.k(&["get", "rs", "-n", ns, "-o", "jsonpath={.items[*].metadata.name}"]);
+    for ns in ["first", "second"] {
+        s.k(&["create", "namespace", ns]);
+    }
+    // The name this template's ReplicaSet gets, learnt in one namespace...
+    let out = s.k_stdin(&["create", "-f", "-"], &deployment("first"));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut taken = String::new();
+    assert!(eventually(Duration::from_secs(10), || {
+        taken = rs_names("first");
+        !taken.is_empty()
+    }));
+    // ...is taken in the other by a ReplicaSet of other pods.
+    let squatter = format!(
+        "apiVersion: apps/v1\nkind: ReplicaSet\nmetadata: {{name: {taken}, namespace: second}}\nspec:\n  replicas: 0\n  selector: {{matchLabels: {{app: other}}}}\n  template:\n    metadata: {{labels: {{app: other}}}}\n    spec: {{containers: [{{name: main, image: \"other:1\"}}]}}\n"
+    );
+    let out = s.k_stdin(&["create", "-f", "-"], &squatter);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = s.k_stdin(&["create", "-f", "-"], &deployment("second"));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let collisions = || s.k(&["get", "deployment", "web", "-n", "second", "-o", "jsonpath={.status.collisionCount}"]);
+    assert!(eventually(Duration::from_secs(10), || collisions() == "1"), "collisionCount {:?}", collisions());
+    let mut names = String::new();
+    assert!(eventually(Duration::from_secs(10), || {
+        names = rs_names("second");
+        names.split(' ').count() == 2
+    }));
+    let own = names.split(' ').find(|n| *n != taken).unwrap_or_default().to_string();
+    assert!(own.starts_with("web-") && own != taken, "{names}");
+    let image = s.k(&["get", "rs", &own, "-n", "second", "-o", "jsonpath={.spec.template.spec.containers[0].image}"]);
+    assert_eq!(image, "web:1");
+    // The squatter is left as it was, and the count stays once the name is free of clashes.
+    let squatter_image = s.k(&["get", "rs", &taken, "-n", "second", "-o", "jsonpath={.spec.template.spec.containers[0].image}{.metadata.ownerReferences}"]);
+    assert_eq!(squatter_image, "other:1");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(collisions(), "1");
+}
