@@ -132,6 +132,43 @@ impl Aggregator {
         Ok(Response::from_parts(head, EndOnError(incoming).boxed()))
     }
 
+    /// GET `path_and_query` from the backend of the aggregated group-version it names,
+    /// as `user` (the way in-process controllers reach aggregated APIs, e.g. the HPA the
+    /// custom and external metrics APIs): the answer's JSON, or why there is none.
+    pub async fn get_json(&self, registry: &Registry, path_and_query: &str, user: &UserInfo) -> Result<Value, String> {
+        let path = path_and_query.split('?').next().unwrap_or("");
+        let Some(apiservice) = self.backend_for(registry, path) else {
+            let gv: Vec<&str> = path.trim_start_matches("/apis/").splitn(3, '/').take(2).collect();
+            return Err(format!("the server could not find the requested resource ({} is not registered)", gv.join("/")));
+        };
+        if !available(&apiservice) {
+            return Err(format!("the server is currently unable to handle the request (APIService {} is not available)", meta::name(&apiservice)));
+        }
+        let (addr, server_name) = endpoint(registry, &apiservice).map_err(|(_, why)| why)?;
+        let tls = self.tls(&apiservice)?;
+        let get = async {
+            let mut sender = backend::connect(&addr, &server_name, tls).await?;
+            let mut req = http::Request::get(path_and_query).header(http::header::HOST, &server_name).header(http::header::ACCEPT, "application/json");
+            for (name, value) in remote_headers(user) {
+                req = req.header(name, value);
+            }
+            let req = req.body(Full::new(Bytes::new())).map_err(|e| e.to_string())?;
+            let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+            let status = resp.status();
+            let bytes = Limited::new(resp.into_body(), 10 << 20).collect().await.map_err(|e| e.to_string())?.to_bytes();
+            let body: Value = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+            if !status.is_success() {
+                let message = body.get("message").and_then(Value::as_str).unwrap_or("").to_string();
+                return Err(format!("{} ({message})", status.as_u16()));
+            }
+            Ok(body)
+        };
+        match tokio::time::timeout(CHECK_TIMEOUT, get).await {
+            Ok(r) => r,
+            Err(_) => Err("context deadline exceeded".into()),
+        }
+    }
+
     fn tls(&self, apiservice: &Value) -> Result<Arc<rustls::ClientConfig>, String> {
         let bundle = apiservice.pointer("/spec/caBundle").and_then(Value::as_str).unwrap_or("");
         let insecure = apiservice.pointer("/spec/insecureSkipTLSVerify").and_then(Value::as_bool).unwrap_or(false);

@@ -1,6 +1,14 @@
 //! kube-controller-manager's horizontal pod autoscaler (autoscaling/v2), every 15 s, on
-//! `Resource` metrics (cpu, memory; `Utilization` of requests or `AverageValue`) read
-//! from the `metrics.k8s.io` figures this server serves from its node agent.
+//! the five metric source types:
+//!
+//! - `Resource` and `ContainerResource` (cpu, memory; `Utilization` of requests or
+//!   `AverageValue`), from the `metrics.k8s.io` figures this server serves from its node
+//!   agent;
+//! - `Pods` and `Object`, from the custom metrics API (`custom.metrics.k8s.io/v1beta2`),
+//!   and `External`, from the external metrics API (`external.metrics.k8s.io/v1beta1`):
+//!   aggregated APIs an adapter serves behind an APIService, asked through the
+//!   aggregation layer as the `horizontal-pod-autoscaler` service account. With no
+//!   adapter registered the HPA says so (`FailedGetPodsMetric`, …), as upstream's.
 //!
 //! - Desired replicas: `ceil(ready pods × usage / target)`, unchanged within upstream's
 //!   10 % tolerance; the largest over the metrics; then `minReplicas`/`maxReplicas`
@@ -11,13 +19,13 @@
 //!   StatefulSets, ReplicationControllers), with a `SuccessfulRescale` event
 //!   (`New size: 3; reason: cpu resource utilization (percentage of request) above
 //!   target`) and `status.lastScaleTime`.
-//! - Conditions `AbleToScale`, `ScalingActive` (`FailedGetResourceMetric` when there are
+//! - Conditions `AbleToScale`, `ScalingActive` (`FailedGet<Type>Metric` when there are
 //!   no figures or a pod has no request, `ScalingDisabled` at zero replicas),
 //!   `ScalingLimited`; `currentMetrics`, `currentReplicas`, `desiredReplicas`.
 //!
-//! Not here: `Pods`, `Object`, `External` and `ContainerResource` metrics (reported as
-//! `ScalingActive=False` with the reason `InvalidMetricSourceType`), and custom scale
-//! policies beyond stabilization windows (the default rate limits apply).
+//! Not here: custom scale policies beyond stabilization windows (the default rate
+//! limits apply); pods not yet ready are left out of a metric's average rather than
+//! counted as upstream's readiness rules for cpu count them.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -42,6 +50,73 @@ const DOWN_WINDOW: Duration = Duration::from_secs(300);
 
 fn hpas() -> &'static resources::ResourceDef {
     resources::find("autoscaling", "v2", "horizontalpodautoscalers").expect("built-in resource")
+}
+
+/// Who the HPA is to the aggregated metrics APIs.
+fn hpa_user() -> nanokube_apiserver::authn::UserInfo {
+    nanokube_apiserver::authn::UserInfo {
+        name: "system:serviceaccount:kube-system:horizontal-pod-autoscaler".into(),
+        uid: String::new(),
+        groups: vec!["system:serviceaccounts".into(), "system:serviceaccounts:kube-system".into(), "system:authenticated".into()],
+        extra: Default::default(),
+    }
+}
+
+fn encode(s: &str) -> String {
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+/// A metric's `LabelSelector` as Go's `%+v` prints it in upstream's reason text
+/// (`nil`, or the generated `String()` form).
+fn go_selector(sel: Option<&Value>) -> String {
+    let Some(sel) = sel.filter(|s| !s.is_null()) else { return "nil".into() };
+    let labels: Vec<String> =
+        sel.get("matchLabels").and_then(Value::as_object).into_iter().flatten().map(|(k, v)| format!("{k}: {},", v.as_str().unwrap_or(""))).collect();
+    let exprs: Vec<String> = sel
+        .get("matchExpressions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            let values: Vec<&str> = e.get("values").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).collect();
+            let text = |k: &str| e.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+            format!("LabelSelectorRequirement{{Key:{},Operator:{},Values:[{}],}}", text("key"), text("operator"), values.join(" "))
+        })
+        .collect();
+    format!("&LabelSelector{{MatchLabels:map[string]string{{{}}},MatchExpressions:[]LabelSelectorRequirement{{{}}},}}", labels.join(""), exprs.join(","))
+}
+
+/// One metric's recommendation: replicas, its `currentMetrics` entry, and the words
+/// naming it in the rescale reason.
+struct Proposal {
+    replicas: i64,
+    current: Value,
+    name: String,
+}
+
+/// Upstream's tolerance rule: no change within 10 % of the target, else the ratio
+/// applied to the pods measured.
+fn replicas_for(ratio: f64, current: i64, pods: usize) -> i64 {
+    if (ratio - 1.0).abs() <= TOLERANCE {
+        current
+    } else {
+        (ratio * pods as f64).ceil() as i64
+    }
+}
+
+/// For a total spread over the pods (`AverageValue` of an Object or External metric):
+/// upstream's `GetObjectPerPodMetricReplicas`.
+fn replicas_per_pod(total: f64, target_average: f64, current: i64, status_replicas: i64) -> i64 {
+    let ratio = total / (target_average * status_replicas.max(1) as f64);
+    if (ratio - 1.0).abs() <= TOLERANCE {
+        current
+    } else {
+        (total / target_average).ceil() as i64
+    }
+}
+
+fn quantity(v: &Value) -> Option<f64> {
+    v.as_str().and_then(nanokube_api::expressions::parse_quantity).or_else(|| v.as_f64())
 }
 
 /// A resource metric's figures over the target's pods.
@@ -90,7 +165,7 @@ impl HpaController {
     }
 
     /// A resource's usage and requests over the pods `selector` picks in `ns`.
-    fn measure(&self, ns: &str, selector: &LabelSelector, resource: &str) -> Result<Measured, String> {
+    fn measure(&self, ns: &str, selector: &LabelSelector, resource: &str, container: Option<&str>) -> Result<Measured, String> {
         let metrics = nanokube_apiserver::resource_metrics::list(self.registry(), &self.api.metrics_nodes, pods(), Some(ns), selector.clone())
             .map_err(|e| format!("unable to get metrics for resource {resource}: {}", e.message))?;
         let items = metrics.get("items").and_then(Value::as_array).cloned().unwrap_or_default();
@@ -105,7 +180,8 @@ impl HpaController {
             if pod.pointer("/status/phase").and_then(Value::as_str) != Some("Running") || meta::is_deleting(pod) {
                 continue;
             }
-            for c in pod.pointer("/spec/containers").and_then(Value::as_array).into_iter().flatten() {
+            let wanted = |c: &Value| container.is_none_or(|n| c.get("name").and_then(Value::as_str) == Some(n));
+            for c in pod.pointer("/spec/containers").and_then(Value::as_array).into_iter().flatten().filter(|c| wanted(c)) {
                 let request = c.pointer(&format!("/resources/requests/{resource}")).and_then(Value::as_str).and_then(nanokube_api::expressions::parse_quantity);
                 match request {
                     Some(r) => m.requests += r,
@@ -117,6 +193,7 @@ impl HpaController {
                 .and_then(Value::as_array)
                 .into_iter()
                 .flatten()
+                .filter(|c| wanted(c))
                 .filter_map(|c| c.pointer(&format!("/usage/{resource}")).and_then(Value::as_str).and_then(nanokube_api::expressions::parse_quantity))
                 .sum();
             m.usage += used;
@@ -126,6 +203,171 @@ impl HpaController {
             return Err(format!("unable to get metrics for resource {resource}: no metrics returned from resource metrics API"));
         }
         Ok(m)
+    }
+
+    /// The target's pods that are running and ready (upstream's `getReadyPodsCount`).
+    /// GET a custom or external metric through the aggregation layer as the HPA's service
+    /// account. `path` ends in `?` or `&`; the metric's own selector, if any, is added as
+    /// the `selector_param` query parameter.
+    async fn fetch_metric(&self, mut path: String, source: &Value, selector_param: &str, api: &str) -> Result<Value, String> {
+        if let Some(sel) = source.pointer("/metric/selector").filter(|v| !v.is_null()) {
+            let sel = LabelSelector::from_object(sel).map_err(|e| e.message)?;
+            path.push_str(&format!("{selector_param}={}", encode(&sel.to_string_form())));
+        }
+        let path = path.trim_end_matches(['?', '&']);
+        self.api.aggregator.get_json(self.registry(), path, &hpa_user()).await.map_err(|e| format!("unable to fetch metrics from {api} metrics API: {e}"))
+    }
+
+    /// Replicas for an Object or External metric's `value` against its target: an
+    /// `averageValue` target divides by the current replicas, a `value` target is a
+    /// ratio over the ready pods. Returns the proposal and the `current` status block.
+    fn against_target(&self, source: &Value, value: f64, current: i64, status_replicas: i64, ns: &str, selector: &LabelSelector) -> (i64, Value) {
+        let target = source.get("target").cloned().unwrap_or(json!({}));
+        match target.get("averageValue").and_then(quantity).filter(|t| *t > 0.0) {
+            Some(avg) => (
+                replicas_per_pod(value, avg, current, status_replicas),
+                json!({"averageValue": nanokube_api::quota::format_quantity("", value / status_replicas.max(1) as f64)}),
+            ),
+            None => {
+                let t = target.get("value").and_then(quantity).filter(|t| *t > 0.0).unwrap_or(1.0);
+                (replicas_for(value / t, current, self.ready_pods(ns, selector)), json!({"value": nanokube_api::quota::format_quantity("", value)}))
+            }
+        }
+    }
+
+    fn ready_pods(&self, ns: &str, selector: &LabelSelector) -> usize {
+        let Ok(list) = self.registry().list(pods(), Some(ns), &ListOptions { labels: selector.clone(), ..Default::default() }) else { return 0 };
+        let ready = |p: &Value| {
+            p.pointer("/status/phase").and_then(Value::as_str) == Some("Running")
+                && p.pointer("/status/conditions").and_then(Value::as_array).is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+        };
+        list.items.iter().filter(|p| ready(p.value())).count()
+    }
+
+    /// One metric's proposal, or the condition reason and message saying why there is none.
+    async fn propose(&self, hpa: &Value, metric: &Value, selector: &LabelSelector, current: i64, status_replicas: i64) -> Result<Proposal, (String, String)> {
+        let ns = meta::namespace(hpa);
+        let ty = metric.get("type").and_then(Value::as_str).unwrap_or("");
+        match ty {
+            "Resource" | "ContainerResource" => {
+                let (key, words, reason) = if ty == "Resource" {
+                    ("resource", "resource", "FailedGetResourceMetric")
+                } else {
+                    ("containerResource", "container resource", "FailedGetContainerResourceMetric")
+                };
+                let source = metric.get(key).cloned().unwrap_or(json!({}));
+                let resource = source.get("name").and_then(Value::as_str).unwrap_or("cpu").to_string();
+                let container = source.get("container").and_then(Value::as_str).map(String::from);
+                let target_spec = source.get("target").cloned().unwrap_or(json!({}));
+                let measured = self.measure(ns, selector, &resource, container.as_deref()).map_err(|why| {
+                    let what = if target_spec.get("averageUtilization").is_some() { "utilization" } else { "usage" };
+                    (reason.to_string(), format!("failed to get {resource} {what}: {why}"))
+                })?;
+                let average = measured.usage / measured.pods as f64;
+                let (ratio, current_value, name) = if let Some(t) = target_spec.get("averageUtilization").and_then(Value::as_f64) {
+                    let utilization = if measured.requests > 0.0 { (measured.usage / measured.requests * 100.0).round() } else { 0.0 };
+                    let value = json!({"averageUtilization": utilization as i64, "averageValue": nanokube_api::quota::format_quantity(&resource, average)});
+                    (utilization / t, value, format!("{resource} {words} utilization (percentage of request)"))
+                } else {
+                    let t = target_spec.get("averageValue").and_then(quantity).unwrap_or(1.0);
+                    (average / t, json!({"averageValue": nanokube_api::quota::format_quantity(&resource, average)}), format!("{resource} {words}"))
+                };
+                let mut entry = json!({"name": resource, "current": current_value});
+                if let Some(c) = container {
+                    entry["container"] = json!(c);
+                }
+                Ok(Proposal { replicas: replicas_for(ratio, current, measured.pods), current: json!({"type": ty, key: entry}), name })
+            }
+            "Pods" => {
+                let source = metric.get("pods").cloned().unwrap_or(json!({}));
+                let name = source.pointer("/metric/name").and_then(Value::as_str).unwrap_or("").to_string();
+                let failed = |why: String| ("FailedGetPodsMetric".to_string(), format!("unable to get metric {name}: {why}"));
+                let path = format!("/apis/custom.metrics.k8s.io/v1beta2/namespaces/{ns}/pods/*/{name}?labelSelector={}&", encode(&selector.to_string_form()));
+                let list = self.fetch_metric(path, &source, "metricLabelSelector", "custom").await.map_err(failed)?;
+                let by_pod: HashMap<String, f64> = list
+                    .get("items")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|i| Some((i.pointer("/describedObject/name")?.as_str()?.to_string(), quantity(i.get("value")?)?)))
+                    .collect();
+                // The target's running pods with a figure.
+                let pods =
+                    self.registry().list(pods(), Some(ns), &ListOptions { labels: selector.clone(), ..Default::default() }).map_err(|e| failed(e.message))?;
+                let values: Vec<f64> = pods
+                    .items
+                    .iter()
+                    .map(|p| p.value())
+                    .filter(|p| p.pointer("/status/phase").and_then(Value::as_str) == Some("Running") && !meta::is_deleting(p))
+                    .filter_map(|p| by_pod.get(meta::name(p)).copied())
+                    .collect();
+                if values.is_empty() {
+                    return Err(failed("no metrics returned from custom metrics API".into()));
+                }
+                let average = values.iter().sum::<f64>() / values.len() as f64;
+                let target = source.pointer("/target/averageValue").and_then(quantity).filter(|t| *t > 0.0).unwrap_or(1.0);
+                let mut metric_id = json!({"name": name});
+                if let Some(sel) = source.pointer("/metric/selector").filter(|v| !v.is_null()) {
+                    metric_id["selector"] = sel.clone();
+                }
+                Ok(Proposal {
+                    replicas: replicas_for(average / target, current, values.len()),
+                    current: json!({"type": "Pods", "pods": {"metric": metric_id, "current": {"averageValue": nanokube_api::quota::format_quantity("", average)}}}),
+                    name: format!("pods metric {name}"),
+                })
+            }
+            "Object" => {
+                let source = metric.get("object").cloned().unwrap_or(json!({}));
+                let name = source.pointer("/metric/name").and_then(Value::as_str).unwrap_or("").to_string();
+                let failed = |why: String| ("FailedGetObjectMetric".to_string(), format!("unable to get metric {name}: {why}"));
+                let described = source.get("describedObject").cloned().unwrap_or(json!({}));
+                let (group, _) = described.get("apiVersion").and_then(Value::as_str).unwrap_or("").rsplit_once('/').unwrap_or(("", ""));
+                let kind = described.get("kind").and_then(Value::as_str).unwrap_or("");
+                let object = described.get("name").and_then(Value::as_str).unwrap_or("");
+                let def = resources::find_kind(group, kind).ok_or_else(|| failed(format!("no resource for kind {kind} in group {group:?}")))?;
+                let resource = if group.is_empty() { def.plural.to_string() } else { format!("{}.{group}", def.plural) };
+                let path = format!("/apis/custom.metrics.k8s.io/v1beta2/namespaces/{ns}/{resource}/{object}/{name}?");
+                let list = self.fetch_metric(path, &source, "metricLabelSelector", "custom").await.map_err(failed)?;
+                // One object: a MetricValue, or a list of one.
+                let item = list.get("items").and_then(Value::as_array).and_then(|i| i.first().cloned()).unwrap_or(list);
+                let value = item.get("value").and_then(quantity).ok_or_else(|| failed("no metrics returned from custom metrics API".into()))?;
+                let (replicas, current_value) = self.against_target(&source, value, current, status_replicas, ns, selector);
+                Ok(Proposal {
+                    replicas,
+                    current: json!({"type": "Object", "object": {"metric": {"name": name}, "describedObject": described, "current": current_value}}),
+                    name: format!("{} metric {name}", kind.to_lowercase()),
+                })
+            }
+            "External" => {
+                let source = metric.get("external").cloned().unwrap_or(json!({}));
+                let name = source.pointer("/metric/name").and_then(Value::as_str).unwrap_or("").to_string();
+                let failed = |why: String| {
+                    (
+                        "FailedGetExternalMetric".to_string(),
+                        format!("unable to get external metric {ns}/{name}/{}: {why}", go_selector(source.pointer("/metric/selector"))),
+                    )
+                };
+                let path = format!("/apis/external.metrics.k8s.io/v1beta1/namespaces/{ns}/{name}?");
+                let list = self.fetch_metric(path, &source, "labelSelector", "external").await.map_err(failed)?;
+                let values: Vec<f64> =
+                    list.get("items").and_then(Value::as_array).into_iter().flatten().filter_map(|i| i.get("value").and_then(quantity)).collect();
+                if values.is_empty() {
+                    return Err(failed("no metrics returned from external metrics API".into()));
+                }
+                let total: f64 = values.iter().sum();
+                let (replicas, current_value) = self.against_target(&source, total, current, status_replicas, ns, selector);
+                let mut metric_id = json!({"name": name});
+                if let Some(sel) = source.pointer("/metric/selector").filter(|v| !v.is_null()) {
+                    metric_id["selector"] = sel.clone();
+                }
+                Ok(Proposal {
+                    replicas,
+                    current: json!({"type": "External", "external": {"metric": metric_id, "current": current_value}}),
+                    name: format!("external metric {name}({})", go_selector(source.pointer("/metric/selector"))),
+                })
+            }
+            other => Err(("InvalidMetricSourceType".into(), format!("unsupported metric source type {other:?}"))),
+        }
     }
 
     async fn sync(&self, hpa: &Value) -> Result<(), ApiError> {
@@ -176,40 +418,28 @@ impl HpaController {
         let mut current_metrics = Vec::new();
         let mut reason_text = String::new();
         let mut failure: Option<(String, String)> = None;
+        let status_replicas = target.pointer("/status/replicas").and_then(Value::as_i64).unwrap_or(current);
         for metric in hpa.pointer("/spec/metrics").and_then(Value::as_array).cloned().unwrap_or_default() {
-            if metric.get("type").and_then(Value::as_str) != Some("Resource") {
-                failure = Some((
-                    "InvalidMetricSourceType".into(),
-                    format!("the HPA was unable to compute the replica count: unsupported metric source type {:?}", metric["type"]),
-                ));
-                continue;
-            }
-            let resource = metric.pointer("/resource/name").and_then(Value::as_str).unwrap_or("cpu").to_string();
-            let target_spec = metric.pointer("/resource/target").cloned().unwrap_or(json!({}));
-            let measured = match self.measure(ns, &selector, &resource) {
-                Ok(m) => m,
-                Err(why) => {
-                    let what = if target_spec.get("averageUtilization").is_some() { "utilization" } else { "usage" };
-                    let message = format!("failed to get {resource} {what}: {why}");
-                    crate::events::record(self.registry(), COMPONENT, hpa, "Warning", "FailedGetResourceMetric", &message).await;
-                    failure = Some(("FailedGetResourceMetric".into(), format!("the HPA was unable to compute the replica count: {message}")));
-                    continue;
+            match self.propose(hpa, &metric, &selector, current, status_replicas).await {
+                Ok(p) => {
+                    current_metrics.push(p.current);
+                    if desired.is_none_or(|d| p.replicas > d) {
+                        reason_text = p.name;
+                    }
+                    desired = Some(desired.map_or(p.replicas, |d| d.max(p.replicas)));
                 }
-            };
-            let average = measured.usage / measured.pods as f64;
-            let (ratio, current_value) = if let Some(t) = target_spec.get("averageUtilization").and_then(Value::as_f64) {
-                let utilization = if measured.requests > 0.0 { (measured.usage / measured.requests * 100.0).round() } else { 0.0 };
-                reason_text = format!("{resource} resource utilization (percentage of request)");
-                (utilization / t, json!({"averageUtilization": utilization as i64, "averageValue": nanokube_api::quota::format_quantity(&resource, average)}))
-            } else {
-                let t = target_spec.get("averageValue").and_then(Value::as_str).and_then(nanokube_api::expressions::parse_quantity).unwrap_or(1.0);
-                reason_text = format!("{resource} resource");
-                (average / t, json!({"averageValue": nanokube_api::quota::format_quantity(&resource, average)}))
-            };
-            current_metrics.push(json!({"type": "Resource", "resource": {"name": resource, "current": current_value}}));
-            let proposal = if (ratio - 1.0).abs() <= TOLERANCE { current } else { (ratio * measured.pods as f64).ceil() as i64 };
-            desired = Some(desired.map_or(proposal, |d| d.max(proposal)));
+                Err((reason, message)) => {
+                    if reason != "InvalidMetricSourceType" {
+                        crate::events::record(self.registry(), COMPONENT, hpa, "Warning", &reason, &message).await;
+                    }
+                    // Upstream reports the first metric that failed.
+                    failure.get_or_insert((reason, format!("the HPA was unable to compute the replica count: {message}")));
+                }
+            }
         }
+        // With a metric missing, the others may scale up but never down (upstream's
+        // computeReplicasForMetrics).
+        let desired = desired.filter(|d| failure.is_none() || *d >= current);
         let Some(mut wanted) = desired else {
             let (reason, message) = failure.unwrap_or(("FailedGetResourceMetric".into(), "the HPA was unable to compute the replica count: no metrics".into()));
             set("ScalingActive", "False", &reason, &message);

@@ -88,3 +88,127 @@ fn without_figures_an_hpa_reports_it_cannot_get_metrics() {
     let table = s.k(&["get", "hpa", "web"]);
     assert!(table.contains("cpu: <unknown>/50%"), "{table}");
 }
+
+/// `Pods`, `Object` and `External` metrics come from an adapter behind APIServices (a
+/// Python process, `tests/support/metrics_adapter.py`, trusting only the front proxy and
+/// answering only the HPA's service account): without one the HPA says the custom
+/// metrics API cannot be reached; with one it scales on the largest proposal.
+#[test]
+fn an_hpa_scales_on_custom_and_external_metrics_from_an_adapter() {
+    let s = server_with_image();
+    s.k(&["create", "deployment", "web", "--image=testbox:1.0", "--", "sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]);
+    assert!(s.kubectl(&["rollout", "status", "deployment/web", "--timeout=90s"]).status.success());
+    let hpa = r#"
+apiVersion: autoscaling/v2
+kind: HorizontalPodAutoscaler
+metadata: {name: web}
+spec:
+  scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: web}
+  minReplicas: 1
+  maxReplicas: 5
+  metrics:
+  - type: Pods
+    pods: {metric: {name: requests_per_second}, target: {type: AverageValue, averageValue: "20"}}
+  - type: Object
+    object:
+      describedObject: {apiVersion: v1, kind: Service, name: web}
+      metric: {name: hits}
+      target: {type: Value, value: "80"}
+  - type: External
+    external:
+      metric: {name: queue_depth, selector: {matchLabels: {queue: jobs}}}
+      target: {type: AverageValue, averageValue: "15"}
+"#;
+    assert!(s.k_stdin(&["apply", "-f", "-"], hpa).status.success());
+    // No adapter yet: the first metric's failure is the condition, and nothing scales.
+    assert!(
+        eventually(Duration::from_secs(40), || {
+            conditions(&s, "web").contains(
+            "ScalingActive=False:FailedGetPodsMetric:the HPA was unable to compute the replica count: unable to get metric requests_per_second: unable to fetch metrics from custom metrics API"
+        )
+        }),
+        "{}",
+        conditions(&s, "web")
+    );
+
+    // The adapter: 30 requests/s on the one pod (20 wanted: 2 pods), 80 hits on the
+    // Service (as wanted: no change), a queue of 45 (15 a pod wanted: 3 pods).
+    let dir = tempfile::tempdir().unwrap();
+    let pod = s.k(&["get", "pods", "-l", "app=web", "-o", "jsonpath={.items[0].metadata.name}"]);
+    let figures = serde_json::json!({
+        "pods": {"requests_per_second": {pod.as_str(): "30"}},
+        "objects": {"services/web/hits": "80"},
+        "external": {"queue_depth": {"selector": "queue=jobs", "values": ["20", "25"]}},
+    });
+    let figures_path = dir.path().join("figures.json");
+    std::fs::write(&figures_path, figures.to_string()).unwrap();
+    let (ca, cert, key) = common::serving_cert(&["adapter.monitoring.svc"]);
+    let cm = s.get_json("/api/v1/namespaces/kube-system/configmaps/extension-apiserver-authentication").1;
+    let front_proxy_ca = cm["data"]["requestheader-client-ca-file"].as_str().unwrap().to_string();
+    for (f, text) in [("tls.crt", &cert), ("tls.key", &key), ("front-proxy-ca.crt", &front_proxy_ca)] {
+        std::fs::write(dir.path().join(f), text).unwrap();
+    }
+    let (child, port) = common::spawn_python_server(
+        "metrics_adapter.py",
+        &[
+            dir.path().join("tls.crt").as_os_str(),
+            dir.path().join("tls.key").as_os_str(),
+            dir.path().join("front-proxy-ca.crt").as_os_str(),
+            figures_path.as_os_str(),
+        ],
+    );
+    let _adapter = common::KillOnDrop(child);
+    use base64::Engine as _;
+    let ca_b64 = base64::engine::general_purpose::STANDARD.encode(ca);
+    let apiservice = |group: &str, version: &str| {
+        format!(
+            r#"{{"apiVersion":"apiregistration.k8s.io/v1","kind":"APIService","metadata":{{"name":"{version}.{group}"}},
+              "spec":{{"group":"{group}","version":"{version}","service":{{"namespace":"monitoring","name":"adapter","port":443}},
+                      "caBundle":"{ca_b64}","groupPriorityMinimum":100,"versionPriority":100}}}}"#
+        )
+    };
+    let manifest = format!(
+        r#"{{"apiVersion":"v1","kind":"List","items":[
+          {{"apiVersion":"v1","kind":"Namespace","metadata":{{"name":"monitoring"}}}},
+          {{"apiVersion":"v1","kind":"Service","metadata":{{"name":"adapter","namespace":"monitoring"}},"spec":{{"ports":[{{"port":443,"targetPort":{port}}}]}}}},
+          {{"apiVersion":"v1","kind":"Endpoints","metadata":{{"name":"adapter","namespace":"monitoring"}},"subsets":[{{"addresses":[{{"ip":"127.0.0.1"}}],"ports":[{{"port":{port}}}]}}]}},
+          {}, {}]}}"#,
+        apiservice("custom.metrics.k8s.io", "v1beta2"),
+        apiservice("external.metrics.k8s.io", "v1beta1")
+    );
+    let out = s.k_stdin(&["apply", "-f", "-"], &manifest);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let replicas = || s.k(&["get", "deployment", "web", "-o", "jsonpath={.spec.replicas}"]);
+    assert!(eventually(Duration::from_secs(90), || replicas() == "3"), "not scaled: {}{}", replicas(), s.k(&["get", "hpa", "web", "-o", "yaml"]));
+    let events = s.k(&["get", "events", "--field-selector", "involvedObject.name=web,reason=SuccessfulRescale", "-o", "jsonpath={.items[*].message}"]);
+    assert!(
+        events.contains(
+            "New size: 3; reason: external metric queue_depth(&LabelSelector{MatchLabels:map[string]string{queue: jobs,},MatchExpressions:[]LabelSelectorRequirement{},}) above target"
+        ),
+        "{events}"
+    );
+    // At three replicas every proposal is at most three: it stays, and the status shows
+    // each metric's figure (the queue now 15 a pod).
+    let current = || {
+        s.k(&[
+            "get",
+            "hpa",
+            "web",
+            "-o",
+            "jsonpath={.status.currentMetrics[0].pods.current.averageValue} {.status.currentMetrics[1].object.current.value} {.status.currentMetrics[2].external.current.averageValue}",
+        ])
+    };
+    assert!(eventually(Duration::from_secs(40), || current() == "30 80 15"), "{} {}", current(), s.k(&["get", "hpa", "web", "-o", "yaml"]));
+    assert_eq!(replicas(), "3");
+    assert!(conditions(&s, "web").contains("ScalingActive=True:ValidMetricFound"), "{}", conditions(&s, "web"));
+    // What the adapter was asked: the target's pod selector, the Service, the metric's selector.
+    let asked = std::fs::read_to_string(dir.path().join("figures.json.log")).unwrap();
+    for want in [
+        "/apis/custom.metrics.k8s.io/v1beta2/namespaces/default/pods/*/requests_per_second?labelSelector=app%3Dweb",
+        "/apis/custom.metrics.k8s.io/v1beta2/namespaces/default/services/web/hits",
+        "/apis/external.metrics.k8s.io/v1beta1/namespaces/default/queue_depth?labelSelector=queue%3Djobs",
+    ] {
+        assert!(asked.contains(want), "{want} not in {asked}");
+    }
+}

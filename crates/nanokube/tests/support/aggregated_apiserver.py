@@ -7,33 +7,18 @@ listening. Like a real aggregated API server it requires a client certificate si
 the front proxy's CA with CN front-proxy-client, and takes the user from X-Remote-User and
 X-Remote-Group. A list of widgets holds one widget telling who asked.
 """
-import json
-import ssl
 import sys
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import front_proxy
 
 CERT, KEY, FRONT_PROXY_CA, GROUP, VERSION = sys.argv[1:6]
 GV = f"{GROUP}/{VERSION}"
 
 
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args):
-        pass
-
-    def reply(self, code, obj):
-        out = json.dumps(obj).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(out)))
-        self.end_headers()
-        self.wfile.write(out)
-
+class Handler(front_proxy.Handler):
     def do_GET(self):
-        peer = dict(x[0] for x in self.connection.getpeercert().get("subject", ()))
-        if peer.get("commonName") != "front-proxy-client":
-            return self.reply(401, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": "not the front proxy", "code": 401})
+        if not self.from_front_proxy():
+            return self.status(401, "Unauthorized", "not the front proxy")
         path = self.path.split("?")[0].rstrip("/")
         parts = path.split("/")
         if path == f"/apis/{GV}":
@@ -46,14 +31,7 @@ class Handler(BaseHTTPRequestHandler):
                                "groups": self.headers.get_all("X-Remote-Group") or [],
                                "sawAuthorization": self.headers.get("Authorization") is not None}}
             return self.reply(200, {"kind": "WidgetList", "apiVersion": GV, "metadata": {"resourceVersion": "1"}, "items": [widget]})
-        self.reply(404, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "message": f"{path} not found", "code": 404})
+        self.status(404, "NotFound", f"{path} not found")
 
 
-server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-ctx.load_cert_chain(CERT, KEY)
-ctx.verify_mode = ssl.CERT_REQUIRED
-ctx.load_verify_locations(FRONT_PROXY_CA)
-server.socket = ctx.wrap_socket(server.socket, server_side=True)
-print(server.server_address[1], flush=True)
-server.serve_forever()
+front_proxy.serve(Handler, CERT, KEY, FRONT_PROXY_CA)
