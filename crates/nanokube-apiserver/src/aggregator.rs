@@ -146,27 +146,13 @@ impl Aggregator {
         }
         let (addr, server_name) = endpoint(registry, &apiservice).map_err(|(_, why)| why)?;
         let tls = self.tls(&apiservice)?;
-        let get = async {
-            let mut sender = backend::connect(&addr, &server_name, tls).await?;
-            let mut req = http::Request::get(path_and_query).header(http::header::HOST, &server_name).header(http::header::ACCEPT, "application/json");
-            for (name, value) in remote_headers(user) {
-                req = req.header(name, value);
-            }
-            let req = req.body(Full::new(Bytes::new())).map_err(|e| e.to_string())?;
-            let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
-            let status = resp.status();
-            let bytes = Limited::new(resp.into_body(), 10 << 20).collect().await.map_err(|e| e.to_string())?.to_bytes();
-            let body: Value = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
-            if !status.is_success() {
-                let message = body.get("message").and_then(Value::as_str).unwrap_or("").to_string();
-                return Err(format!("{} ({message})", status.as_u16()));
-            }
-            Ok(body)
-        };
-        match tokio::time::timeout(CHECK_TIMEOUT, get).await {
-            Ok(r) => r,
-            Err(_) => Err("context deadline exceeded".into()),
+        let (status, bytes) = get_from_backend(&addr, &server_name, tls, path_and_query, remote_headers(user)).await?;
+        let body: Value = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+        if !status.is_success() {
+            let message = body.get("message").and_then(Value::as_str).unwrap_or("").to_string();
+            return Err(format!("{} ({message})", status.as_u16()));
         }
+        Ok(body)
     }
 
     fn tls(&self, apiservice: &Value) -> Result<Arc<rustls::ClientConfig>, String> {
@@ -184,27 +170,13 @@ impl Aggregator {
         let url = format!("https://{addr}/apis/{group}/{version}");
         let failed = |e: String| ("FailedDiscoveryCheck", format!("failing or missing response from {url}: {e}"));
         let tls = self.tls(apiservice).map_err(failed)?;
-        let get = async {
-            let mut sender = backend::connect(&addr, &server_name, tls).await?;
-            let req = http::Request::get(format!("/apis/{group}/{version}"))
-                .header(http::header::HOST, &server_name)
-                .header(http::header::ACCEPT, "application/json")
-                .body(Full::new(Bytes::new()))
-                .map_err(|e| e.to_string())?;
-            // The check is made as the front proxy's own identity, as upstream's is.
-            let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
-            let status = resp.status();
-            let bytes = Limited::new(resp.into_body(), 10 << 20).collect().await.map_err(|e| e.to_string())?.to_bytes();
-            if !status.is_success() {
-                return Err(format!("bad status from {url}: {}", status.as_u16()));
-            }
-            serde_json::from_slice::<Value>(&bytes).map_err(|e| e.to_string())
-        };
-        match tokio::time::timeout(CHECK_TIMEOUT, get).await {
-            Ok(Ok(doc)) => Ok(doc),
-            Ok(Err(e)) => Err(failed(e)),
-            Err(_) => Err(failed("context deadline exceeded".into())),
+        // The check is made as the front proxy's own identity (no X-Remote headers), as
+        // upstream's is.
+        let (status, bytes) = get_from_backend(&addr, &server_name, tls, &format!("/apis/{group}/{version}"), Vec::new()).await.map_err(failed)?;
+        if !status.is_success() {
+            return Err(failed(format!("bad status from {url}: {}", status.as_u16())));
         }
+        serde_json::from_slice::<Value>(&bytes).map_err(|e| failed(e.to_string()))
     }
 
     /// Check every APIService once and write what changed.
@@ -361,6 +333,30 @@ async fn set_available(registry: &Registry, apiservice: &Value, status: &str, re
     if let Err(e) = result {
         tracing::debug!(apiservice = meta::name(apiservice), "writing its Available condition: {}", e.message);
     }
+}
+
+/// One GET to an APIService's backend, bounded by `CHECK_TIMEOUT`: the status and the
+/// body (at most 10 MiB).
+async fn get_from_backend(
+    addr: &str,
+    server_name: &str,
+    tls: Arc<rustls::ClientConfig>,
+    path_and_query: &str,
+    headers: Vec<(HeaderName, HeaderValue)>,
+) -> Result<(http::StatusCode, Bytes), String> {
+    let get = async {
+        let mut sender = backend::connect(addr, server_name, tls).await?;
+        let mut req = http::Request::get(path_and_query).header(http::header::HOST, server_name).header(http::header::ACCEPT, "application/json");
+        for (name, value) in headers {
+            req = req.header(name, value);
+        }
+        let req = req.body(Full::new(Bytes::new())).map_err(|e| e.to_string())?;
+        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+        let status = resp.status();
+        let bytes = Limited::new(resp.into_body(), 10 << 20).collect().await.map_err(|e| e.to_string())?.to_bytes();
+        Ok((status, bytes))
+    };
+    tokio::time::timeout(CHECK_TIMEOUT, get).await.unwrap_or_else(|_| Err("context deadline exceeded".into()))
 }
 
 /// `X-Remote-User`, `X-Remote-Group` (one per group) and `X-Remote-Extra-<key>` (the

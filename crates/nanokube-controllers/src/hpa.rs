@@ -86,6 +86,16 @@ fn go_selector(sel: Option<&Value>) -> String {
     format!("&LabelSelector{{MatchLabels:map[string]string{{{}}},MatchExpressions:[]LabelSelectorRequirement{{{}}},}}", labels.join(""), exprs.join(","))
 }
 
+/// A Pods or External metric's `MetricIdentifier` for `currentMetrics`: its name and,
+/// if the spec has one, its selector.
+fn metric_identifier(name: &str, source: &Value) -> Value {
+    let mut id = json!({"name": name});
+    if let Some(sel) = source.pointer("/metric/selector").filter(|v| !v.is_null()) {
+        id["selector"] = sel.clone();
+    }
+    id
+}
+
 /// One metric's recommendation: replicas, its `currentMetrics` entry, and the words
 /// naming it in the rescale reason.
 struct Proposal {
@@ -205,7 +215,6 @@ impl HpaController {
         Ok(m)
     }
 
-    /// The target's pods that are running and ready (upstream's `getReadyPodsCount`).
     /// GET a custom or external metric through the aggregation layer as the HPA's service
     /// account. `path` ends in `?` or `&`; the metric's own selector, if any, is added as
     /// the `selector_param` query parameter.
@@ -235,6 +244,7 @@ impl HpaController {
         }
     }
 
+    /// The target's pods that are running and ready (upstream's `getReadyPodsCount`).
     fn ready_pods(&self, ns: &str, selector: &LabelSelector) -> usize {
         let Ok(list) = self.registry().list(pods(), Some(ns), &ListOptions { labels: selector.clone(), ..Default::default() }) else { return 0 };
         let ready = |p: &Value| {
@@ -306,10 +316,7 @@ impl HpaController {
                 }
                 let average = values.iter().sum::<f64>() / values.len() as f64;
                 let target = source.pointer("/target/averageValue").and_then(quantity).filter(|t| *t > 0.0).unwrap_or(1.0);
-                let mut metric_id = json!({"name": name});
-                if let Some(sel) = source.pointer("/metric/selector").filter(|v| !v.is_null()) {
-                    metric_id["selector"] = sel.clone();
-                }
+                let metric_id = metric_identifier(&name, &source);
                 Ok(Proposal {
                     replicas: replicas_for(average / target, current, values.len()),
                     current: json!({"type": "Pods", "pods": {"metric": metric_id, "current": {"averageValue": nanokube_api::quota::format_quantity("", average)}}}),
@@ -356,10 +363,7 @@ impl HpaController {
                 }
                 let total: f64 = values.iter().sum();
                 let (replicas, current_value) = self.against_target(&source, total, current, status_replicas, ns, selector);
-                let mut metric_id = json!({"name": name});
-                if let Some(sel) = source.pointer("/metric/selector").filter(|v| !v.is_null()) {
-                    metric_id["selector"] = sel.clone();
-                }
+                let metric_id = metric_identifier(&name, &source);
                 Ok(Proposal {
                     replicas,
                     current: json!({"type": "External", "external": {"metric": metric_id, "current": current_value}}),

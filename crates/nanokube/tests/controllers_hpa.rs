@@ -13,6 +13,11 @@ fn conditions(s: &common::Server, hpa: &str) -> String {
     s.k(&["get", "hpa", hpa, "-o", "jsonpath={range .status.conditions[*]}{.type}={.status}:{.reason}:{.message};{end}"])
 }
 
+/// Wait up to `secs` for the HPA's conditions to contain `text`.
+fn await_condition(s: &common::Server, hpa: &str, text: &str, secs: u64) {
+    assert!(eventually(Duration::from_secs(secs), || conditions(s, hpa).contains(text)), "{}", conditions(s, hpa));
+}
+
 #[test]
 fn an_hpa_scales_busy_pods_out_and_explains_what_it_cannot_measure() {
     let s = server_with_image();
@@ -48,17 +53,13 @@ spec:
     assert!(metric.parse::<i64>().is_ok_and(|u| u > 50), "{metric}");
     let c = conditions(&s, "burn");
     assert!(c.contains("AbleToScale=True") && c.contains("ScalingActive=True:ValidMetricFound:the HPA was able to successfully calculate a replica count from cpu resource utilization (percentage of request)"), "{c}");
-    assert!(eventually(Duration::from_secs(60), || conditions(&s, "burn").contains("ScalingLimited=True:TooManyReplicas")), "{}", conditions(&s, "burn"));
+    await_condition(&s, "burn", "ScalingLimited=True:TooManyReplicas", 60);
     let table = s.k(&["get", "hpa", "burn"]);
     assert!(table.contains("cpu: ") && table.contains("%/50%"), "{table}");
     s.k(&["delete", "deployment", "burn"]);
 
     // No CPU request: nothing to take a percentage of.
-    assert!(
-        eventually(Duration::from_secs(60), || conditions(&s, "idle").contains("ScalingActive=False:FailedGetResourceMetric")),
-        "{}",
-        conditions(&s, "idle")
-    );
+    await_condition(&s, "idle", "ScalingActive=False:FailedGetResourceMetric", 60);
     let c = conditions(&s, "idle");
     assert!(
         c.contains("the HPA was unable to compute the replica count: failed to get cpu utilization: missing request for cpu in container testbox of Pod idle-"),
@@ -75,14 +76,11 @@ fn without_figures_an_hpa_reports_it_cannot_get_metrics() {
     let deployment = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  replicas: 2\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec:\n      containers: [{name: main, image: nothing:1, resources: {requests: {cpu: 100m}}}]\n";
     assert!(s.k_stdin(&["apply", "-f", "-"], deployment).status.success());
     s.k(&["autoscale", "deployment", "web", "--cpu-percent=50", "--min=1", "--max=3"]);
-    assert!(
-        eventually(Duration::from_secs(40), || {
-            conditions(&s, "web").contains(
-            "ScalingActive=False:FailedGetResourceMetric:the HPA was unable to compute the replica count: failed to get cpu utilization: unable to get metrics for resource cpu: no metrics returned from resource metrics API"
-        )
-        }),
-        "{}",
-        conditions(&s, "web")
+    await_condition(
+        &s,
+        "web",
+        "ScalingActive=False:FailedGetResourceMetric:the HPA was unable to compute the replica count: failed to get cpu utilization: unable to get metrics for resource cpu: no metrics returned from resource metrics API",
+        40,
     );
     assert_eq!(s.k(&["get", "deployment", "web", "-o", "jsonpath={.spec.replicas}"]), "2");
     let table = s.k(&["get", "hpa", "web"]);
@@ -121,14 +119,11 @@ spec:
 "#;
     assert!(s.k_stdin(&["apply", "-f", "-"], hpa).status.success());
     // No adapter yet: the first metric's failure is the condition, and nothing scales.
-    assert!(
-        eventually(Duration::from_secs(40), || {
-            conditions(&s, "web").contains(
-            "ScalingActive=False:FailedGetPodsMetric:the HPA was unable to compute the replica count: unable to get metric requests_per_second: unable to fetch metrics from custom metrics API"
-        )
-        }),
-        "{}",
-        conditions(&s, "web")
+    await_condition(
+        &s,
+        "web",
+        "ScalingActive=False:FailedGetPodsMetric:the HPA was unable to compute the replica count: unable to get metric requests_per_second: unable to fetch metrics from custom metrics API",
+        40,
     );
 
     // The adapter: 30 requests/s on the one pod (20 wanted: 2 pods), 80 hits on the
