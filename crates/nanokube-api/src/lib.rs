@@ -23,6 +23,7 @@ pub mod crd;
 pub mod defaults;
 pub mod error;
 pub mod expressions;
+pub mod go_omitempty;
 pub mod go_order;
 pub mod json;
 pub mod meta;

@@ -127,6 +127,11 @@ pub fn decode_request(body: &[u8]) -> Result<Value, String> {
     out.insert("apiVersion".into(), Value::String(api_version));
     out.insert("kind".into(), Value::String(kind));
     out.append(map);
+    if !KEEP_EMPTY.with(|k| k.get()) {
+        // Decoded into Go's struct and written again, as upstream: the zero scalars
+        // protobuf always carries go where the Go field is `omitempty`.
+        crate::go_omitempty::drop_empty_in(&msg, &mut out);
+    }
     Ok(Value::Object(out))
 }
 
@@ -355,7 +360,9 @@ fn decode_message_at(msg: &str, mut buf: &[u8]) -> Result<Value, String> {
             Cardinality::One => {
                 let v = scalar(f.ty, wt, &mut buf)?;
                 let omit = match &v {
-                    Value::String(s) => s.is_empty() && !matches!(f.ty, FieldType::Bytes) && !KEEP_EMPTY.with(|k| k.get()),
+                    // Messages with Go facts keep `""` for `go_omitempty` to judge (a
+                    // pointer's `""` stays); for the others, `""` is taken as unset.
+                    Value::String(s) => s.is_empty() && !matches!(f.ty, FieldType::Bytes) && !KEEP_EMPTY.with(|k| k.get()) && !crate::go_omitempty::knows(msg),
                     // A zero time that is present is a Go `Time` that is not a pointer
                     // (`creationTimestamp` of a template, `lastProbeTime`): Go writes
                     // it as null. Absent ones are the unset pointers.

@@ -211,6 +211,24 @@ fn validate_pod_spec(spec: Option<&Value>, path: &str, causes: &mut Vec<Cause>) 
             causes.push(not_supported(&format!("{path}.dnsPolicy"), dp, &["ClusterFirst", "ClusterFirstWithHostNet", "Default", "None"]));
         }
     }
+    validate_host_users(spec, path, causes);
+}
+
+/// A pod in its own user namespace shares no other namespace with the host (upstream's
+/// `validateHostUsers`, whose paths are under the security context, capitals as there).
+fn validate_host_users(spec: &Value, path: &str, causes: &mut Vec<Cause>) {
+    if spec.get("hostUsers").and_then(Value::as_bool) != Some(false) {
+        return;
+    }
+    for (field, name) in [("hostNetwork", "hostNetwork"), ("hostPID", "HostPID"), ("hostIPC", "HostIPC")] {
+        if spec.get(field).and_then(Value::as_bool) == Some(true) {
+            causes.push(Cause {
+                reason: "FieldValueForbidden".into(),
+                message: "Forbidden: when `pod.Spec.HostUsers` is false".into(),
+                field: format!("{path}.securityContext.{name}"),
+            });
+        }
+    }
 }
 
 /// Fields an ephemeral container may not have (upstream's `validateEphemeralContainers`).

@@ -18,7 +18,7 @@ use nanokube_api::crd;
 use nanokube_api::error::Cause;
 use nanokube_api::resources::{self, ResourceDef, ResourceTable};
 use nanokube_api::selector::{FieldSelector, LabelSelector};
-use nanokube_api::{defaults, go_order, meta, validation, ApiError};
+use nanokube_api::{defaults, go_omitempty, go_order, meta, validation, ApiError};
 use nanokube_store::{Backend, EventKind, KeyValue, Revision, StoreError, WatchStream};
 use serde_json::{json, Map, Value};
 
@@ -908,6 +908,7 @@ impl Registry {
             check_decodable(def, &obj)?;
             defaults::apply_defaults(def, &mut obj);
         }
+        go_omitempty::drop_empty(&mut obj);
         let name = meta::name(&obj).to_string();
         let mut causes = Vec::new();
         self.custom_strategy(def, &mut obj, None, &mut causes);
@@ -1522,6 +1523,11 @@ impl Registry {
     }
 
     fn prepare_update(&self, def: &ResourceDef, old: &Value, mut new: Value, opts: &WriteOptions) -> Result<Value, ApiError> {
+        // What was stored before zero values were dropped (an older data directory)
+        // compares as Go reads it, so no comparison below sees a difference in them.
+        let mut old_go = old.clone();
+        go_omitempty::drop_empty(&mut old_go);
+        let old = &old_go;
         new["kind"] = json!(def.kind);
         new["apiVersion"] = json!(def.api_version());
         let status_write = opts.subresource.as_deref() == Some("status");
@@ -1591,6 +1597,7 @@ impl Registry {
         if !status_write {
             defaults::apply_defaults(def, &mut new);
         }
+        go_omitempty::drop_empty(&mut new);
         if def.group.is_empty() && def.plural == "pods" {
             // A pod's spec is immutable but for images and a few fields; keep it simple and
             // strict as upstream is: only container images, activeDeadlineSeconds and

@@ -191,3 +191,55 @@ fn limit_ranges_default_and_bound_container_resources() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Objects are stored as Go writes its structs: a field that is not a pointer and is
+/// `omitempty` is gone at its zero value, whether the client sent it in JSON or
+/// protobuf carried it (kubectl's typed creates send `stdin: false`, `hostPID: false`
+/// and `generation: 0` in templates); a pointer keeps a zero that was sent.
+#[test]
+fn zero_values_are_kept_only_where_go_keeps_them() {
+    let s = Server::start_with(&["--node=false"]);
+    // Protobuf: `kubectl create deployment` is a typed create.
+    s.k(&["create", "deployment", "web", "--image=nginx", "--replicas=0"]);
+    let d = s.get_json("/apis/apps/v1/namespaces/default/deployments/web").1;
+    assert_eq!(d["spec"]["replicas"], 0, "a pointer's zero stays: {d}");
+    let template = &d["spec"]["template"];
+    assert_eq!(template["metadata"], serde_json::json!({"creationTimestamp": null, "labels": {"app": "web"}}));
+    let spec = template["spec"].as_object().unwrap();
+    for gone in ["hostPID", "hostIPC", "hostNetwork"] {
+        assert!(!spec.contains_key(gone), "{gone} in {template}");
+    }
+    let container = template["spec"]["containers"][0].as_object().unwrap();
+    for gone in ["stdin", "stdinOnce", "tty"] {
+        assert!(!container.contains_key(gone), "{gone} in {template}");
+    }
+    // JSON with explicit zeros: the same.
+    let pod = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p","labels":{}},
+      "spec":{"hostPID":false,"terminationGracePeriodSeconds":0,"containers":[{"name":"c","image":"nginx",
+      "stdin":false,"args":[],"ports":[{"containerPort":80,"hostPort":0}]}]}}"#;
+    let out = s.k_stdin(&["create", "-f", "-"], pod);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let p = s.get_json("/api/v1/namespaces/default/pods/p").1;
+    assert!(p["metadata"].get("labels").is_none(), "{p}");
+    assert!(p["spec"].get("hostPID").is_none(), "{p}");
+    assert_eq!(p["spec"]["terminationGracePeriodSeconds"], 0, "a pointer: {p}");
+    let c = &p["spec"]["containers"][0];
+    assert!(c.get("stdin").is_none() && c.get("args").is_none(), "{c}");
+    assert_eq!(c["ports"], serde_json::json!([{"containerPort": 80, "protocol": "TCP"}]), "containerPort has no omitempty");
+    // A pointer string's "" is meaningful (no storage class) and stays.
+    let pvc = r#"{"apiVersion":"v1","kind":"PersistentVolumeClaim","metadata":{"name":"c"},
+      "spec":{"storageClassName":"","volumeName":"","accessModes":["ReadWriteOnce"],"resources":{"requests":{"storage":"1Gi"}}}}"#;
+    let out = s.k_stdin(&["create", "-f", "-"], pvc);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let c = s.get_json("/api/v1/namespaces/default/persistentvolumeclaims/c").1;
+    assert_eq!(c["spec"]["storageClassName"], "", "{c}");
+    assert!(c["spec"].get("volumeName").is_none(), "{c}");
+    // An update that sends the zeros again changes nothing, and a merge patch setting
+    // one is stored as Go would.
+    let before = s.get_json("/apis/apps/v1/namespaces/default/deployments/web").1;
+    let out = s.kubectl(&["patch", "deployment", "web", "--type=merge", "-p", r#"{"spec":{"template":{"spec":{"hostNetwork":false}}}}"#]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let after = s.get_json("/apis/apps/v1/namespaces/default/deployments/web").1;
+    assert_eq!(after["metadata"]["generation"], before["metadata"]["generation"], "no change to the spec");
+    assert!(after["spec"]["template"]["spec"].get("hostNetwork").is_none(), "{after}");
+}
