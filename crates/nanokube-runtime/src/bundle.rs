@@ -7,7 +7,8 @@ use std::path::Path;
 use std::path::PathBuf;
 
 use oci_spec::runtime::{
-    Capabilities, LinuxCapabilities, LinuxCpu, LinuxDeviceCgroup, LinuxNamespaceType, LinuxResources, LinuxSeccomp, Mount, Process, Root, Spec, User,
+    Capabilities, LinuxCapabilities, LinuxCpu, LinuxDeviceCgroup, LinuxIdMappingBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResources,
+    LinuxSeccomp, Mount, Process, Root, Spec, User,
 };
 
 /// A directory or file of the host bind-mounted into the container.
@@ -89,6 +90,9 @@ pub struct ContainerConfig {
     pub pid_namespace: Namespace,
     /// The process runs on a terminal (`tty: true`; runc then needs a console socket).
     pub terminal: bool,
+    /// The pod's user namespace to join, with its mapping (`hostUsers: false`;
+    /// [`crate::userns::create_pod_namespaces`]); `None`: the host's.
+    pub user_namespace: Option<(crate::userns::IdMapping, PathBuf)>,
 }
 
 /// Write `<bundle>/config.json` for a container whose root filesystem is `rootfs`.
@@ -146,6 +150,14 @@ pub fn write(bundle: &Path, rootfs: &Path, c: &ContainerConfig) -> Result<(), St
     }
     spec.set_mounts(Some(mounts));
     if let Some(linux) = spec.linux_mut() {
+        if let Some((map, path)) = &c.user_namespace {
+            let map = *map;
+            let mapping = LinuxIdMappingBuilder::default().container_id(0u32).host_id(map.host_base).size(map.size).build().map_err(|e| e.to_string())?;
+            linux.set_uid_mappings(Some(vec![mapping]));
+            linux.set_gid_mappings(Some(vec![mapping]));
+            let user = LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::User).path(path.clone()).build().map_err(|e| e.to_string())?;
+            linux.namespaces_mut().get_or_insert_with(Vec::new).push(user);
+        }
         linux.set_cgroups_path(Some(c.cgroups_path.clone().into()));
         if let Some(namespaces) = linux.namespaces_mut() {
             let uts = if c.network_namespace == Namespace::Host { Namespace::Host } else { Namespace::New };

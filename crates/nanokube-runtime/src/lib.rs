@@ -24,7 +24,8 @@
 //! Invariants: every blob is verified against its digest before it is stored; every
 //! write lands by rename; the store is shared by the server and `nanokube image` commands
 //! through a lock file; nothing here forks the server's threads (runc and the shim are
-//! separate processes). The pods themselves are the node agent's (`nanokube-node`).
+//! separate processes; the one fork, `userns`' namespace holder, calls only `unshare(2)`
+//! before its exec). The pods themselves are the node agent's (`nanokube-node`).
 
 pub mod archive;
 pub mod attach;
@@ -42,6 +43,7 @@ pub mod security;
 pub mod shim;
 pub mod store;
 mod unpack;
+pub mod userns;
 
 pub use reference::Reference;
 

@@ -68,6 +68,12 @@ pub fn create(kind: Kind, path: &Path) -> Result<(), String> {
     .map_err(|_| "the namespace thread panicked".to_string())?
 }
 
+/// Bring `lo` up in the network namespace at `path` (one made elsewhere, e.g. inside a
+/// pod's user namespace).
+pub fn loopback_up_in(path: &Path) -> Result<(), String> {
+    within(path, loopback_up)?
+}
+
 /// Whether `path` holds a namespace (a bind mount of an nsfs file).
 pub fn is_namespace(path: &Path) -> bool {
     let Ok(c) = cstring(path) else { return false };

@@ -12,9 +12,25 @@ fn pid_file(pod_dir: &Path) -> PathBuf {
     pod_dir.join("pause.pid")
 }
 
-/// `nanokube pause --pid-file F`: runs before any thread exists. Returns the exit code
-/// of the parent; the child never returns.
-pub fn main(pid_file: &Path) -> i32 {
+/// `nanokube pause --pid-file F [--userns U]`: runs before any thread exists. Returns the
+/// exit code of the parent; the child never returns. With `U` (a pod with `hostUsers:
+/// false`) the namespace is made inside the pod's user namespace, so the pod's
+/// containers, which join that first, may join it too.
+pub fn main(pid_file: &Path, userns: Option<&Path>) -> i32 {
+    if let Some(u) = userns {
+        let file = match std::fs::File::open(u) {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!("{}: {e}", u.display());
+                return 1;
+            }
+        };
+        // SAFETY: setns(2) of this single-threaded process into a namespace file we hold.
+        if unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWUSER) } != 0 {
+            eprintln!("setns(user): {}", std::io::Error::last_os_error());
+            return 1;
+        }
+    }
     // SAFETY: unshare(2) in this still single-threaded process; the next child made is
     // PID 1 of the new namespace.
     if unsafe { libc::unshare(libc::CLONE_NEWPID) } != 0 {
@@ -84,7 +100,12 @@ pub fn ensure(binary: &Path, pod_dir: &Path) -> Result<i32, String> {
     }
     use std::os::unix::process::CommandExt;
     let mut cmd = Command::new(binary);
-    cmd.arg("pause").arg("--pid-file").arg(pid_file(pod_dir)).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+    cmd.arg("pause").arg("--pid-file").arg(pid_file(pod_dir));
+    let userns = pod_dir.join("ns-user");
+    if crate::netns::is_namespace(&userns) {
+        cmd.arg("--userns").arg(userns);
+    }
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
     // SAFETY: setsid(2) is async-signal-safe, as the child side of fork requires.
     unsafe {
         cmd.pre_exec(|| {

@@ -119,6 +119,9 @@ enum Command {
     Pause {
         #[arg(long)]
         pid_file: PathBuf,
+        /// The pod's user namespace, entered first (`hostUsers: false`).
+        #[arg(long)]
+        userns: Option<PathBuf>,
     },
 }
 
@@ -650,8 +653,8 @@ fn main() {
         }));
     }
     // Likewise the pause process (it forks PID 1 of a new PID namespace).
-    if let Command::Pause { pid_file } = &cli.command {
-        std::process::exit(nanokube_runtime::pause::main(pid_file));
+    if let Command::Pause { pid_file, userns } = &cli.command {
+        std::process::exit(nanokube_runtime::pause::main(pid_file, userns.as_deref()));
     }
     let level = match cli.verbose {
         0 => tracing::Level::WARN,

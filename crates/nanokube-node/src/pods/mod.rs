@@ -42,6 +42,7 @@ use nanokube_api::selector::{FieldSelector, LabelSelector};
 use nanokube_apiserver::registry::{ListOptions, Registry};
 use nanokube_apiserver::satoken::TokenIssuer;
 use nanokube_runtime::runc::Runc;
+use nanokube_runtime::userns::{IdMapping, IDS_PER_POD};
 use nanokube_runtime::ImageStore;
 use tokio::sync::watch;
 
@@ -99,6 +100,9 @@ pub struct PodRuntime {
     pub recorder: events::Recorder,
     /// Pod IPs in use.
     ips: Mutex<BTreeSet<Ipv4Addr>>,
+    /// User-namespace ranges in use (their index: host IDs `index * 65536…`), read from
+    /// the pod directories on first use.
+    user_ranges: Mutex<Option<BTreeSet<u32>>>,
     /// Image pulls under way, so two pods pulling one image wait for one pull.
     pulls: tokio::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// The node's allocatable resources (resourceFieldRef of unset limits).
@@ -139,6 +143,7 @@ impl PodRuntime {
             dns_ip,
             recorder: events::kubelet(node),
             ips: Mutex::new(BTreeSet::new()),
+            user_ranges: Mutex::new(None),
             pulls: tokio::sync::Mutex::new(HashMap::new()),
             allocatable: Mutex::new(serde_json::Value::Null),
             network,
@@ -185,10 +190,53 @@ impl PodRuntime {
         }
     }
 
+    /// The user namespace of a pod with `hostUsers: false`: the range recorded in its
+    /// directory (`<pod dir>/userns`, kubelet's file and format), or the lowest free
+    /// one, as kubelet's allocator gives them (65,536 IDs each, from host ID 65,536 up:
+    /// the first range is the host's own users).
+    pub fn user_namespace(&self, pod_dir: &Path) -> Result<IdMapping, String> {
+        let mut guard = self.user_ranges.lock().map_err(|_| "user namespace ranges poisoned".to_string())?;
+        let used = guard.get_or_insert_with(|| {
+            let dirs = std::fs::read_dir(self.pods_dir()).into_iter().flatten().flatten();
+            dirs.filter_map(|d| read_user_namespace(&d.path())).map(|m| m.host_base / IDS_PER_POD).collect()
+        });
+        if let Some(m) = read_user_namespace(pod_dir) {
+            used.insert(m.host_base / IDS_PER_POD);
+            return Ok(m);
+        }
+        let index = (1..u32::MAX / IDS_PER_POD).find(|i| !used.contains(i)).ok_or("no user namespace range left")?;
+        let map = IdMapping { host_base: index * IDS_PER_POD, size: IDS_PER_POD };
+        let entry = serde_json::json!([{"hostId": map.host_base, "containerId": 0, "length": map.size}]);
+        let file = serde_json::json!({"uidMappings": entry, "gidMappings": entry});
+        std::fs::create_dir_all(pod_dir).map_err(|e| e.to_string())?;
+        std::fs::write(pod_dir.join("userns"), file.to_string()).map_err(|e| format!("recording the pod's user namespace: {e}"))?;
+        used.insert(index);
+        Ok(map)
+    }
+
+    /// Give a pod's user-namespace range back (its directory is about to go).
+    pub fn release_user_namespace(&self, pod_dir: &Path) {
+        if let (Some(m), Ok(mut guard)) = (read_user_namespace(pod_dir), self.user_ranges.lock()) {
+            if let Some(used) = guard.as_mut() {
+                used.remove(&(m.host_base / IDS_PER_POD));
+            }
+        }
+    }
+
     /// The lock that serializes pulls of one image reference.
     pub async fn pull_lock(&self, reference: &str) -> Arc<tokio::sync::Mutex<()>> {
         self.pulls.lock().await.entry(reference.to_string()).or_default().clone()
     }
+}
+
+/// The mapping recorded in `<pod dir>/userns`, if any.
+fn read_user_namespace(pod_dir: &Path) -> Option<IdMapping> {
+    let text = std::fs::read(pod_dir.join("userns")).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&text).ok()?;
+    let m = v.pointer("/uidMappings/0")?;
+    let host_base = u32::try_from(m.get("hostId")?.as_u64()?).ok()?;
+    let size = u32::try_from(m.get("length")?.as_u64()?).ok()?;
+    (host_base.is_multiple_of(IDS_PER_POD) && host_base > 0 && size == IDS_PER_POD).then_some(IdMapping { host_base, size })
 }
 
 /// Whether this machine can run containers: the runc to use, or exactly what is missing

@@ -30,6 +30,9 @@ const BACKOFF_MAX: Duration = Duration::from_secs(300);
 /// How often volumes made of API data are compared with the API and updated (kubelet
 /// takes up to its sync period, a minute; reading the registry's cache is cheap here).
 const VOLUME_REFRESH: Duration = Duration::from_secs(5);
+/// Where the root filesystems of containers in user namespaces are mounted: a path the
+/// container's root (not the host's) can reach, which the data directory may not be.
+const USER_NAMESPACE_RUN_DIR: &str = "/run/nanokube/userns";
 
 /// Which list a container is in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -733,7 +736,13 @@ impl Worker {
         let prepared = (|| -> Result<(), String> {
             std::fs::create_dir_all(&bundle).map_err(|e| e.to_string())?;
             std::fs::write(bundle.join("id"), &id).map_err(|e| e.to_string())?;
-            let root = rootfs::mount(&self.rt.images, &image, &bundle)?;
+            let root = match config.user_namespace.as_ref().map(|u| u.0) {
+                Some(map) => {
+                    let run_dir = Path::new(USER_NAMESPACE_RUN_DIR).join(&id);
+                    rootfs::mount_in_user_namespace(&self.rt.images, &image, &bundle, &run_dir, map)?
+                }
+                None => rootfs::mount(&self.rt.images, &image, &bundle)?,
+            };
             for m in &config.mounts {
                 // Mount points for files must exist as files in the image's root.
                 let target = root.join(m.destination.trim_start_matches('/'));
@@ -930,9 +939,22 @@ impl Worker {
             self.ip = if host_network { self.rt.host_ip.parse().ok() } else { self.rt.allocate_ip() };
         }
         let ip = self.ip.ok_or("no pod IP left in 127.244.0.0/16")?;
+        if pod.spec.as_ref().and_then(|s| s.host_users) == Some(false) {
+            // Validation keeps host namespaces out of such pods.
+            let map = self.rt.user_namespace(&self.dir)?;
+            nanokube_runtime::userns::create_pod_namespaces(map, &self.dir.join("ns-user"), &self.dir.join("ns-net"), &self.dir.join("ns-ipc"))?;
+        }
         if !host_network {
             let ns = self.dir.join("ns-net");
             netns::create(netns::Kind::Net, &ns)?;
+            // containerd 2's defaults for a pod's network (enable_unprivileged_ports and
+            // _icmp): any user may bind low ports and ping, so a container whose root is
+            // not the host's (hostUsers: false) can still serve on :80.
+            netns::within(&ns, || {
+                std::fs::write("/proc/sys/net/ipv4/ip_unprivileged_port_start", "0")
+                    .and_then(|()| std::fs::write("/proc/sys/net/ipv4/ping_group_range", "0 2147483647"))
+            })?
+            .map_err(|e| format!("setting the pod network's sysctls: {e}"))?;
             match nanokube_net::mesh::prepare(&ns, ip, &self.rt.network.captured_ranges()) {
                 Ok(l) => self.mesh_listener = Some(l),
                 Err(e) => tracing::warn!(pod = %self.uid, "{e}"),
@@ -957,7 +979,12 @@ impl Worker {
     fn sync_volumes(&mut self, v: &Value) -> Result<(), (String, MountError)> {
         let allocatable = self.rt.allocatable.lock().map(|a| a.clone()).unwrap_or(Value::Null);
         let tokens = self.rt.issuer.as_ref().map(|issuer| files::TokenSource { issuer, registry: &self.rt.registry, cache: &self.tokens });
-        let fs_group = v.pointer("/spec/securityContext/fsGroup").and_then(Value::as_u64).and_then(|g| u32::try_from(g).ok());
+        let mut fs_group = v.pointer("/spec/securityContext/fsGroup").and_then(Value::as_u64).and_then(|g| u32::try_from(g).ok());
+        if v.pointer("/spec/hostUsers").and_then(Value::as_bool) == Some(false) {
+            // The group as the host sees the container's group.
+            let map = self.rt.user_namespace(&self.dir).map_err(|e| (String::new(), MountError(e)))?;
+            fs_group = fs_group.and_then(|g| map.to_host(g));
+        }
         for vol in v.pointer("/spec/volumes").and_then(Value::as_array).into_iter().flatten() {
             let name = vol.get("name").and_then(Value::as_str).unwrap_or("").to_string();
             let dir = files::volume_dir(&self.dir, vol);
@@ -1112,7 +1139,12 @@ impl Worker {
         let cpu_limit = q(limits.and_then(|r| r.limits.as_ref()), "cpu");
         let cpu_request = q(limits.and_then(|r| r.requests.as_ref()), "cpu").or(cpu_limit);
         let _ = bundle;
+        let user_namespace = match pod.spec.as_ref().and_then(|s| s.host_users) {
+            Some(false) => Some((self.rt.user_namespace(&self.dir)?, self.dir.join("ns-user"))),
+            _ => None,
+        };
         Ok(ContainerConfig {
+            user_namespace,
             argv,
             env: environment,
             cwd: spec
@@ -1216,6 +1248,7 @@ impl Worker {
         let _ = netns::remove(&self.dir.join("ns-net"));
         let _ = netns::remove(&self.dir.join("ns-ipc"));
         nanokube_runtime::pause::stop(&self.dir);
+        let _ = netns::remove(&self.dir.join("ns-user"));
         for vol in std::fs::read_dir(self.dir.join("volumes")).into_iter().flatten().flatten() {
             let _ = rootfs::unmount(&vol.path());
         }
@@ -1238,6 +1271,7 @@ impl Worker {
         if let (Some(ns), Some(name)) = (record.get("namespace").and_then(Value::as_str), record.get("name").and_then(Value::as_str)) {
             let _ = std::fs::remove_dir_all(self.rt.logs_dir().join(format!("{ns}_{name}_{}", self.uid)));
         }
+        self.rt.release_user_namespace(&self.dir);
         if let Err(e) = std::fs::remove_dir_all(&self.dir) {
             if e.kind() != std::io::ErrorKind::NotFound {
                 tracing::warn!(pod = %self.uid, "removing the pod's directory: {e}");
