@@ -4,7 +4,8 @@
 //! conditions set to `Unknown` ("Kubelet stopped posting node status.") and is tainted
 //! `node.kubernetes.io/unreachable`; a Ready node loses both. Taints come as `NoSchedule`
 //! and `NoExecute` pairs, as upstream's; [`crate::taint_eviction`] evicts the pods of
-//! NoExecute-tainted nodes once their tolerations run out.
+//! NoExecute-tainted nodes once their tolerations run out. A node whose memory, disk or
+//! PID pressure condition is `True` is tainted `NoSchedule` with its pressure key.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -86,20 +87,61 @@ pub async fn sync(registry: &Registry) -> Result<(), String> {
         if have_keys.iter().map(String::as_str).collect::<Vec<_>>() != want || have.len() != want.len() * 2 {
             set_taints(registry, &name, want).await?;
         }
+        sync_pressure_taints(registry, &node, &name, stale).await?;
     }
     Ok(())
 }
 
+/// Conditions that taint a node `NoSchedule` while `True` (upstream's
+/// `nodeConditionToTaintKeyStatusMap`, TaintNodesByCondition).
+const PRESSURE_TAINTS: [(&str, &str); 3] = [
+    ("MemoryPressure", "node.kubernetes.io/memory-pressure"),
+    ("DiskPressure", "node.kubernetes.io/disk-pressure"),
+    ("PIDPressure", "node.kubernetes.io/pid-pressure"),
+];
+
+/// The NoSchedule taints of the pressure conditions: added while a condition is `True`,
+/// removed when it is not (left as they are while the node's status is stale).
+async fn sync_pressure_taints(registry: &Registry, node: &Value, name: &str, stale: bool) -> Result<(), String> {
+    if stale {
+        return Ok(());
+    }
+    let conditions = node.pointer("/status/conditions").and_then(Value::as_array).cloned().unwrap_or_default();
+    let want: Vec<&str> =
+        PRESSURE_TAINTS.iter().filter(|(c, _)| conditions.iter().any(|x| x["type"] == *c && x["status"] == "True")).map(|(_, k)| *k).collect();
+    let is_pressure = |t: &Value| PRESSURE_TAINTS.iter().any(|(_, k)| t["key"] == *k);
+    let have: Vec<String> = node
+        .pointer("/spec/taints")
+        .and_then(Value::as_array)
+        .map(|ts| ts.iter().filter(|t| is_pressure(t)).filter_map(|t| t["key"].as_str()).map(String::from).collect())
+        .unwrap_or_default();
+    let mut have_sorted = have.clone();
+    have_sorted.sort();
+    let mut want_sorted: Vec<String> = want.iter().map(|k| k.to_string()).collect();
+    want_sorted.sort();
+    if have_sorted == want_sorted {
+        return Ok(());
+    }
+    replace_taints(registry, name, is_pressure, want.iter().map(|k| json!({"key": k, "effect": "NoSchedule"})).collect()).await
+}
+
 async fn set_taints(registry: &Registry, name: &str, keys: &[&str]) -> Result<(), String> {
+    let mut added = Vec::new();
+    for k in keys {
+        added.push(json!({"key": k, "effect": "NoSchedule"}));
+        added.push(json!({"key": k, "effect": "NoExecute", "timeAdded": meta::now_rfc3339()}));
+    }
+    replace_taints(registry, name, |t| t["key"] == NOT_READY || t["key"] == UNREACHABLE, added).await
+}
+
+/// Remove the node's taints `ours` says are this controller's, then add `added`.
+async fn replace_taints(registry: &Registry, name: &str, ours: impl Fn(&Value) -> bool, added: Vec<Value>) -> Result<(), String> {
     registry
         .update_with(def("", "nodes"), "", name, &WriteOptions::default(), |cur| {
             let mut next = cur.clone();
             let mut taints: Vec<Value> = cur.pointer("/spec/taints").and_then(Value::as_array).cloned().unwrap_or_default();
-            taints.retain(|t| t["key"] != NOT_READY && t["key"] != UNREACHABLE);
-            for k in keys {
-                taints.push(json!({"key": k, "effect": "NoSchedule"}));
-                taints.push(json!({"key": k, "effect": "NoExecute", "timeAdded": meta::now_rfc3339()}));
-            }
+            taints.retain(|t| !ours(t));
+            taints.extend(added.iter().cloned());
             if taints.is_empty() {
                 if let Some(spec) = next["spec"].as_object_mut() {
                     spec.remove("taints");

@@ -6,6 +6,8 @@
 //!   addresses, capacity and allocatable, conditions with kubelet's reasons, `nodeInfo`,
 //!   `daemonEndpoints`, the pod CIDR), and its status kept current.
 //! - [`lease`]: the node's Lease in `kube-node-lease`, renewed every 10 seconds.
+//! - [`eviction`]: kubelet's eviction manager: hard thresholds on the node's signals,
+//!   the pressure conditions they raise, and which pods go (acted on by `pods::evict`).
 //! - [`pods`]: the pods bound to the node, run as containers (runc, one shim process per
 //!   container), with kubelet's lifecycle, status, events, volumes and logs.
 //! - [`storage`]: k3s's default `local-path` StorageClass and its provisioner, volumes as
@@ -19,6 +21,7 @@
 //! controller taints it `node.kubernetes.io/not-ready`, so the scheduler tells pods why
 //! they wait, as upstream does for a node whose runtime is down.
 
+pub mod eviction;
 pub mod kubelet_api;
 pub mod lease;
 pub mod machine;
@@ -52,6 +55,8 @@ pub struct NodeConfig {
     pub not_ready: Option<String>,
     /// The kubelet API's port (`daemonEndpoints`; 0 when it is not served).
     pub kubelet_port: i32,
+    /// Eviction thresholds and the pressure conditions they raise.
+    pub eviction: Arc<eviction::Manager>,
 }
 
 /// How often the Lease is renewed (kubelet: `nodeLeaseDurationSeconds` 40 / 4).
@@ -73,6 +78,9 @@ impl NodeAgent {
     /// An agent for `config`, writing through `registry`; it runs pods on `pods` when
     /// given.
     pub fn new(registry: Arc<Registry>, config: NodeConfig, pods: Option<Arc<pods::PodRuntime>>) -> Self {
+        if let Some(rt) = &pods {
+            let _ = rt.eviction.set(config.eviction.clone());
+        }
         NodeAgent { registry, config, pods }
     }
 
@@ -94,6 +102,9 @@ impl NodeAgent {
             tokio::spawn(provisioner.run(shutdown.clone()));
             tokio::spawn(pods::PodManager::new(rt).run(shutdown.clone()))
         });
+        let mut eviction_tick = tokio::time::interval(eviction::MONITORING_PERIOD);
+        let content = self.config.data_dir.join("content");
+        let image_fs = if content.is_dir() { content } else { self.config.data_dir.clone() };
         let mut lease_tick = tokio::time::interval(LEASE_RENEW);
         let mut status_tick = tokio::time::interval(STATUS_CHECK);
         let mut last_report = tokio::time::Instant::now();
@@ -104,6 +115,13 @@ impl NodeAgent {
                         let _ = m.await;
                     }
                     return;
+                }
+                _ = eviction_tick.tick() => {
+                    let (eviction, data_dir, image_fs) = (self.config.eviction.clone(), self.config.data_dir.clone(), image_fs.clone());
+                    let met = tokio::task::spawn_blocking(move || eviction.observe(&data_dir, &image_fs)).await.unwrap_or_default();
+                    if let Some(rt) = &self.pods {
+                        pods::evict::act(rt, &met).await;
+                    }
                 }
                 _ = lease_tick.tick() => {
                     if let Err(e) = lease::renew(&self.registry, &self.config.name).await {

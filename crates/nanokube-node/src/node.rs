@@ -28,16 +28,30 @@ fn time(rfc3339: &str) -> Option<Time> {
 }
 
 /// The conditions kubelet reports, in its order, as (type, status, reason, message):
-/// Ready unless `not_ready` says what keeps the node from running pods.
-pub fn conditions(not_ready: Option<&str>) -> Vec<(&'static str, &'static str, &'static str, String)> {
+/// Ready unless `not_ready` says what keeps the node from running pods; the pressure
+/// conditions `True` when named in `pressure` ([`crate::eviction::Manager::conditions`]).
+pub fn conditions(not_ready: Option<&str>, pressure: &[&str]) -> Vec<(&'static str, &'static str, &'static str, String)> {
     let ready = match not_ready {
         None => ("Ready", "True", "KubeletReady", "kubelet is posting ready status".to_string()),
         Some(why) => ("Ready", "False", "KubeletNotReady", why.to_string()),
     };
+    let under = |c: &str| pressure.contains(&c);
     vec![
-        ("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available".into()),
-        ("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure".into()),
-        ("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available".into()),
+        if under("MemoryPressure") {
+            ("MemoryPressure", "True", "KubeletHasInsufficientMemory", "kubelet has insufficient memory available".into())
+        } else {
+            ("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available".into())
+        },
+        if under("DiskPressure") {
+            ("DiskPressure", "True", "KubeletHasDiskPressure", "kubelet has disk pressure".into())
+        } else {
+            ("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure".into())
+        },
+        if under("PIDPressure") {
+            ("PIDPressure", "True", "KubeletHasInsufficientPID", "kubelet has insufficient PID available".into())
+        } else {
+            ("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available".into())
+        },
         ready,
     ]
 }
@@ -89,7 +103,7 @@ pub fn build(config: &NodeConfig, m: &Machine) -> Node {
             allocatable: Some(allocatable),
             capacity: Some(capacity),
             conditions: Some(
-                conditions(config.not_ready.as_deref())
+                conditions(config.not_ready.as_deref(), &config.eviction.conditions())
                     .into_iter()
                     .map(|(ty, status, reason, message)| NodeCondition {
                         type_: ty.into(),

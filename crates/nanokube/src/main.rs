@@ -556,6 +556,18 @@ struct ServerArgs {
     /// the Node's daemonEndpoints).
     #[arg(long, default_value_t = 10250)]
     kubelet_port: u16,
+    /// kubelet's hard eviction thresholds: `signal<quantity|percent%`, comma-separated
+    /// (memory.available, nodefs.available, nodefs.inodesFree, imagefs.available,
+    /// imagefs.inodesFree, pid.available); while one is met the node reports the
+    /// pressure, refuses new pods and evicts running ones. The default is kind's: kubelet's
+    /// memory threshold, no disk thresholds; kubelet's own is
+    /// `imagefs.available<15%,imagefs.inodesFree<5%,memory.available<100Mi,nodefs.available<10%,nodefs.inodesFree<5%`.
+    #[arg(long, default_value = nanokube_node::eviction::DEFAULT_HARD, value_parser = parse_eviction_thresholds)]
+    eviction_hard: String,
+    /// How long a pressure condition stays after its threshold stops being met (kubelet's
+    /// flag; Go duration syntax).
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    eviction_pressure_transition_period: std::time::Duration,
     /// Pull images of REGISTRY from HOST[:PORT] instead (`docker.io=127.0.0.1:5000`; `*`
     /// mirrors every registry), as k3s's registries.yaml mirrors; repeat for several.
     #[arg(long = "registry-mirror", value_name = "REGISTRY=HOST[:PORT]")]
@@ -599,6 +611,11 @@ fn parse_upstreams(given: &[String]) -> Result<Option<Vec<std::net::SocketAddr>>
         out.push(addr.map_err(|_| format!("{g:?} is not IP[:PORT]"))?);
     }
     Ok(Some(out))
+}
+
+/// `--eviction-hard`, checked as kubelet parses it.
+fn parse_eviction_thresholds(s: &str) -> Result<String, String> {
+    nanokube_node::eviction::parse_thresholds(s).map(|_| s.to_string())
 }
 
 /// A Go-style duration (`30s`, `1m30s`, `500ms`, `0`).
@@ -1111,6 +1128,8 @@ async fn run_server(args: ServerArgs, started: Instant) -> i32 {
         registry_mirrors: Vec::new(),
         insecure_registries: args.insecure_registries,
         kubelet_port: args.kubelet_port,
+        eviction_hard: nanokube_node::eviction::parse_thresholds(&args.eviction_hard).unwrap_or_default(),
+        eviction_pressure_transition_period: args.eviction_pressure_transition_period,
         controller_clock: std::sync::Arc::new(nanokube_controllers::clock::SystemClock),
     };
     let mut cfg = cfg;

@@ -20,6 +20,7 @@
 
 pub mod env;
 pub mod events;
+pub mod evict;
 pub mod exec;
 pub mod files;
 pub mod logs;
@@ -103,6 +104,10 @@ pub struct PodRuntime {
     /// User-namespace ranges in use (their index: host IDs `index * 65536…`), read from
     /// the pod directories on first use.
     user_ranges: Mutex<Option<BTreeSet<u32>>>,
+    /// Each running worker's message queue, by pod uid (for the eviction manager).
+    workers: Mutex<HashMap<String, tokio::sync::mpsc::Sender<worker::Msg>>>,
+    /// The node's eviction thresholds and pressure, once the agent has set them.
+    pub eviction: std::sync::OnceLock<Arc<crate::eviction::Manager>>,
     /// Image pulls under way, so two pods pulling one image wait for one pull.
     pulls: tokio::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// The node's allocatable resources (resourceFieldRef of unset limits).
@@ -144,6 +149,8 @@ impl PodRuntime {
             recorder: events::kubelet(node),
             ips: Mutex::new(BTreeSet::new()),
             user_ranges: Mutex::new(None),
+            workers: Mutex::new(HashMap::new()),
+            eviction: std::sync::OnceLock::new(),
             pulls: tokio::sync::Mutex::new(HashMap::new()),
             allocatable: Mutex::new(serde_json::Value::Null),
             network,
@@ -212,6 +219,34 @@ impl PodRuntime {
         std::fs::write(pod_dir.join("userns"), file.to_string()).map_err(|e| format!("recording the pod's user namespace: {e}"))?;
         used.insert(index);
         Ok(map)
+    }
+
+    /// Note a worker's queue (it is dropped with the worker).
+    pub(crate) fn register_worker(&self, uid: &str, tx: tokio::sync::mpsc::Sender<worker::Msg>) {
+        if let Ok(mut w) = self.workers.lock() {
+            w.insert(uid.to_string(), tx);
+        }
+    }
+
+    /// Forget a worker's queue.
+    pub(crate) fn unregister_worker(&self, uid: &str) {
+        if let Ok(mut w) = self.workers.lock() {
+            w.remove(uid);
+        }
+    }
+
+    /// Send a pod's worker a message; whether it had one.
+    pub(crate) async fn send(&self, uid: &str, msg: worker::Msg) -> bool {
+        let tx = self.workers.lock().ok().and_then(|w| w.get(uid).cloned());
+        match tx {
+            Some(tx) => tx.send(msg).await.is_ok(),
+            None => false,
+        }
+    }
+
+    /// The node's pressure conditions now.
+    pub fn pressure(&self) -> Vec<&'static str> {
+        self.eviction.get().map(|m| m.conditions()).unwrap_or_default()
     }
 
     /// Give a pod's user-namespace range back (its directory is about to go).

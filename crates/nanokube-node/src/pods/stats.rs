@@ -62,7 +62,7 @@ fn cpu_ns(rel: &str) -> Option<u64> {
 }
 
 /// The working set of the cgroup at `rel`, in bytes.
-fn working_set(rel: &str) -> Option<u64> {
+pub(crate) fn working_set(rel: &str) -> Option<u64> {
     let stat_value = |path: PathBuf, key: &str| -> Option<u64> {
         let text = std::fs::read_to_string(path).ok()?;
         text.lines().find_map(|l| l.strip_prefix(key).and_then(|v| v.strip_prefix(' '))).and_then(|v| v.trim().parse().ok())
@@ -167,29 +167,33 @@ impl Stats {
 
     /// The running instance's runc ID of each container of the pod with `uid`.
     fn running_containers(&self, uid: &str) -> Vec<(String, String)> {
-        let dir = self.runtime.pods_dir().join(uid).join("containers");
-        let mut out = Vec::new();
-        for c in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            let name = c.file_name().to_string_lossy().into_owned();
-            // The newest attempt that has not exited.
-            let newest = std::fs::read_dir(c.path())
-                .into_iter()
-                .flatten()
-                .flatten()
-                .filter_map(|a| a.file_name().to_string_lossy().parse::<u64>().ok().map(|n| (n, a.path())))
-                .max_by_key(|(n, _)| *n);
-            if let Some((_, attempt)) = newest {
-                if attempt.join("exit.json").exists() {
-                    continue;
-                }
-                if let Ok(id) = std::fs::read_to_string(attempt.join("id")) {
-                    out.push((name, id.trim().to_string()));
-                }
+        running_attempts(&self.runtime.pods_dir().join(uid)).into_iter().map(|(name, id, _)| (name, id)).collect()
+    }
+}
+
+/// Each running container of the pod whose directory is `pod_dir`: its name, the runc ID
+/// of its newest instance (one that has not exited) and that instance's bundle, by name.
+pub(crate) fn running_attempts(pod_dir: &Path) -> Vec<(String, String, PathBuf)> {
+    let mut out = Vec::new();
+    for c in std::fs::read_dir(pod_dir.join("containers")).into_iter().flatten().flatten() {
+        let name = c.file_name().to_string_lossy().into_owned();
+        let newest = std::fs::read_dir(c.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|a| a.file_name().to_string_lossy().parse::<u64>().ok().map(|n| (n, a.path())))
+            .max_by_key(|(n, _)| *n);
+        if let Some((_, attempt)) = newest {
+            if attempt.join("exit.json").exists() {
+                continue;
+            }
+            if let Ok(id) = std::fs::read_to_string(attempt.join("id")) {
+                out.push((name, id.trim().to_string(), attempt));
             }
         }
-        out.sort();
-        out
     }
+    out.sort();
+    out
 }
 
 impl nanokube_apiserver::node_link::NamedNode for Stats {

@@ -266,7 +266,19 @@ pub fn merge(current: &Value, status: &Value, now: &str) -> Value {
     let mut next = current.clone();
     let old = current.get("status").cloned().unwrap_or_else(|| json!({}));
     let mut merged = old.as_object().cloned().unwrap_or_default();
-    for k in ["phase", "hostIP", "hostIPs", "podIP", "podIPs", "startTime", "containerStatuses", "initContainerStatuses", "ephemeralContainerStatuses"] {
+    for k in [
+        "phase",
+        "reason",
+        "message",
+        "hostIP",
+        "hostIPs",
+        "podIP",
+        "podIPs",
+        "startTime",
+        "containerStatuses",
+        "initContainerStatuses",
+        "ephemeralContainerStatuses",
+    ] {
         match status.get(k) {
             Some(v) => {
                 merged.insert(k.into(), v.clone());

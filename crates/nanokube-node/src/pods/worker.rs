@@ -138,6 +138,16 @@ pub enum Msg {
     Exited { name: String, attempt: u32 },
     /// A probe's verdict changed.
     Probe { name: String, attempt: u32, verdict: probe::Verdict },
+    /// The eviction manager evicts the pod (a threshold met, a storage limit passed).
+    Evict { message: String },
+}
+
+/// Why the node ended a pod: evicted, or refused at admission (kubelet's `Evicted`).
+#[derive(Debug, Clone)]
+struct Ended {
+    message: String,
+    /// Evicted while running: the pod gets the `DisruptionTarget` condition.
+    disruption: bool,
 }
 
 /// What a previous run left of a container: instances started, the running one, the last
@@ -163,6 +173,7 @@ pub struct Worker {
     ports_stop: Option<watch::Sender<bool>>,
     mesh_listener: Option<nanokube_net::mesh::Capture>,
     blocked: Option<(String, String)>,
+    ended: Option<Ended>,
     tx: mpsc::Sender<Msg>,
     rx: Option<mpsc::Receiver<Msg>>,
 }
@@ -241,6 +252,12 @@ pub(crate) async fn wait_pid(pid: i32) {
     }
 }
 
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.rt.unregister_worker(&self.uid);
+    }
+}
+
 impl Worker {
     /// A worker for the pod `uid` (its directory may hold what a previous run left).
     pub fn new(rt: Arc<PodRuntime>, uid: &str) -> Self {
@@ -263,9 +280,11 @@ impl Worker {
             ports_stop: None,
             mesh_listener: None,
             blocked: None,
+            ended: None,
             tx,
             rx: Some(rx),
         };
+        w.rt.register_worker(uid, w.tx.clone());
         w.adopt();
         w
     }
@@ -468,6 +487,7 @@ impl Worker {
 
     async fn handle(&mut self, m: Msg, pod: &Pod) {
         match m {
+            Msg::Evict { message } => self.end(pod, message, true).await,
             Msg::Exited { name, attempt } => {
                 let Some(i) = self.containers.iter().position(|c| c.name == name) else { return };
                 let matches = self.containers[i].running.as_ref().is_some_and(|r| r.attempt == attempt);
@@ -538,10 +558,35 @@ impl Worker {
     }
 
     /// Bring the pod toward its spec; when to look again.
+    /// End the pod as kubelet's eviction manager does: an `Evicted` event, every
+    /// container stopped within the immediate grace period, the pod `Failed` with reason
+    /// `Evicted` for good (its containers never start again).
+    async fn end(&mut self, pod: &Pod, message: String, disruption: bool) {
+        if self.ended.is_some() {
+            return;
+        }
+        let v = pod_value(pod);
+        self.rt.recorder.record(&self.rt.registry, &v, None, "Warning", "Evicted", &message).await;
+        self.ended = Some(Ended { message, disruption });
+        self.terminate(Some(pod), crate::eviction::IMMEDIATE_GRACE).await;
+    }
+
     async fn sync(&mut self, pod: &Pod) -> Instant {
         let soon = Instant::now() + Duration::from_secs(2);
         let later = Instant::now() + Duration::from_secs(60);
         let v = pod_value(pod);
+        if self.ended.is_some() {
+            return later;
+        }
+        // Admission, for a pod this node has not started yet: none under disk or PID
+        // pressure, no BestEffort one under memory pressure.
+        let fresh = self.start_time.is_none() && self.containers.iter().all(|c| c.instances == 0 && c.running.is_none());
+        if fresh {
+            if let Err(message) = crate::eviction::admit(&v, &self.rt.pressure()) {
+                self.end(pod, message, false).await;
+                return later;
+            }
+        }
         if self.start_time.is_none() {
             self.start_time = Some(meta::now_rfc3339());
         }
@@ -1308,6 +1353,16 @@ impl Worker {
             start_time: self.start_time.clone(),
             blocked: self.blocked.clone(),
         });
+        if let Some(e) = &self.ended {
+            status["phase"] = json!("Failed");
+            status["reason"] = json!("Evicted");
+            status["message"] = json!(e.message);
+            if e.disruption {
+                if let Some(cs) = status["conditions"].as_array_mut() {
+                    cs.push(json!({"type": "DisruptionTarget", "status": "True", "reason": "TerminationByKubelet", "message": e.message, "lastProbeTime": null, "lastTransitionTime": null}));
+                }
+            }
+        }
         if terminal {
             // A pod being deleted ends in a terminal phase (kubelet since 1.27).
             let all_ok = self.containers.iter().filter(|c| c.kind == Kind::Regular).all(|c| c.last.as_ref().is_some_and(|l| l.exit.exit_code == 0));
