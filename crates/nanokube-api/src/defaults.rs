@@ -313,6 +313,28 @@ pub fn apply_defaults(def: &ResourceDef, obj: &mut Value) {
                     json!([{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80}}}]),
                 );
             }
+            // SetDefaults_HorizontalPodAutoscalerBehavior: a behavior given is completed
+            // with the default rules (scale-down's stabilization window stays unset: the
+            // controller's flag decides it).
+            if let Some(behavior) = spec.get_mut("behavior").and_then(Value::as_object_mut) {
+                let rules = |b: &mut Map<String, Value>, key: &str, window: Option<i64>, policies: Value| {
+                    let r = b.entry(key).or_insert_with(|| json!({}));
+                    if let Some(r) = r.as_object_mut() {
+                        if let Some(w) = window {
+                            set_default(r, "stabilizationWindowSeconds", json!(w));
+                        }
+                        set_default(r, "selectPolicy", json!("Max"));
+                        set_default(r, "policies", policies);
+                    }
+                };
+                rules(
+                    behavior,
+                    "scaleUp",
+                    Some(0),
+                    json!([{"type": "Pods", "value": 4, "periodSeconds": 15}, {"type": "Percent", "value": 100, "periodSeconds": 15}]),
+                );
+                rules(behavior, "scaleDown", None, json!([{"type": "Percent", "value": 100, "periodSeconds": 15}]));
+            }
         }
         ("storage.k8s.io", "storageclasses") => {
             set_default(root, "reclaimPolicy", json!("Delete"));

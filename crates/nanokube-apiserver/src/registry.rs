@@ -1122,9 +1122,28 @@ impl Registry {
     }
 
     /// Allocate ClusterIPs and NodePorts; `old` carries what an update keeps.
+    /// The ranges of the ServiceCIDRs other than the default one that addresses may come
+    /// from: `Ready` and not being deleted (upstream's allocators use only ready ones).
+    fn other_service_cidrs(&self) -> Vec<String> {
+        let Some(def) = resources::find("networking.k8s.io", "v1", "servicecidrs") else { return Vec::new() };
+        let Ok(list) = self.list(def, None, &ListOptions::default()) else { return Vec::new() };
+        list.items
+            .iter()
+            .map(|o| o.value())
+            .filter(|c| meta::name(c) != "kubernetes" && !meta::is_deleting(c))
+            .filter(|c| {
+                c.pointer("/status/conditions").and_then(Value::as_array).is_some_and(|cs| cs.iter().any(|x| x["type"] == "Ready" && x["status"] == "True"))
+            })
+            .flat_map(|c| c.pointer("/spec/cidrs").and_then(Value::as_array).cloned().unwrap_or_default())
+            .filter_map(|c| c.as_str().map(String::from))
+            .collect()
+    }
+
     fn allocate_service(&self, obj: &mut Value, old: Option<&Value>, dry_run: bool) -> Result<(Vec<String>, Vec<u16>), ApiError> {
         let ty = obj.pointer("/spec/type").and_then(Value::as_str).unwrap_or("ClusterIP").to_string();
+        let others = self.other_service_cidrs();
         let mut alloc = self.services.lock().expect("alloc");
+        alloc.set_extra_ranges(&others);
         let mut taken_ips: Vec<String> = Vec::new();
         let mut taken_ports: Vec<u16> = Vec::new();
         let result = (|| -> Result<(), ApiError> {

@@ -73,7 +73,9 @@ pub fn pod_location(registry: &Registry, namespace: &str, id: &str) -> Result<Lo
     Ok(Location { scheme: if scheme == "https" { "https" } else { "http" }, addr: SocketAddrV4::new(ip, port), node })
 }
 
-/// A ready endpoint of the Service `id`'s port.
+/// A ready endpoint of the Service `id`'s port, with upstream's errors: a Service port
+/// number the Service lacks and a Service without ready endpoints are 503, a Service
+/// without an Endpoints object (ExternalName, no selector) is the Endpoints' 404.
 pub fn service_location(registry: &Registry, namespace: &str, id: &str) -> Result<Location, ApiError> {
     let (scheme, name, port) = split_scheme_name_port(id)?;
     let def = resources::find("", "v1", "services").ok_or_else(|| ApiError::internal("no services"))?;
@@ -85,7 +87,14 @@ pub fn service_location(registry: &Registry, namespace: &str, id: &str) -> Resul
         let found = ports.iter().find(|p| p.get("port").and_then(Value::as_i64) == Some(number));
         port_name = found
             .map(|p| p.get("name").and_then(Value::as_str).unwrap_or("").to_string())
-            .ok_or_else(|| ApiError::new(404, "NotFound", format!("no service port {number} found for service {name:?}")))?;
+            .ok_or_else(|| ApiError::new(503, "ServiceUnavailable", format!("no service port {number} found for service {name:?}")))?;
+    }
+    // As upstream's ResourceLocation: the Service's Endpoints must exist (an
+    // ExternalName or selector-less Service has none: 404) and have subsets.
+    let endpoints_def = resources::find("", "v1", "endpoints").ok_or_else(|| ApiError::internal("no endpoints"))?;
+    let endpoints = registry.get(endpoints_def, namespace, name)?;
+    if endpoints.value().get("subsets").and_then(Value::as_array).is_none_or(Vec::is_empty) {
+        return Err(ApiError::new(503, "ServiceUnavailable", format!("no endpoints available for service {name:?}")));
     }
     let scheme = if scheme == "https" { "https" } else { "http" };
     let mut ready: Vec<Location> = Vec::new();

@@ -1,7 +1,7 @@
 //! Objects every cluster has from the start, and [`run`], which brings them back when
 //! they are deleted (as kube-apiserver's system-namespaces and `kubernetes` Service
-//! controllers do): `kube-node-lease`, and the `kubernetes` Service, Endpoints and
-//! EndpointSlice. (`default`, `kube-system` and `kube-public` cannot be deleted: the
+//! controllers do): `kube-node-lease`, the `kubernetes` Service, Endpoints and
+//! EndpointSlice, and the default ServiceCIDR `kubernetes`. (`default`, `kube-system` and `kube-public` cannot be deleted: the
 //! registry refuses, as upstream's NamespaceLifecycle admission does.)
 
 use std::sync::Arc;
@@ -12,7 +12,7 @@ use tokio::sync::{watch, Notify};
 use nanokube_store::follow::{follow, Change};
 
 use nanokube_api::resources::{self, ResourceDef};
-use nanokube_api::ApiError;
+use nanokube_api::{meta, ApiError};
 use nanokube_apiserver::registry::{Registry, WriteOptions};
 use serde_json::{json, Value};
 
@@ -124,6 +124,35 @@ pub async fn ensure_kubernetes_service(registry: &Arc<Registry>, apiserver_ip: &
     Ok(())
 }
 
+/// The default ServiceCIDR `kubernetes` (kube-apiserver 1.33's default-servicecidr
+/// controller): the Service range of `--service-cluster-ip-range`, created when missing
+/// and marked `Ready` ("Kubernetes default Service CIDR is ready") when it has no Ready
+/// condition; one that differs from the flag is left as it is, as upstream leaves it.
+pub async fn ensure_default_service_cidr(registry: &Arc<Registry>) -> Result<(), ApiError> {
+    let d = def("networking.k8s.io", "servicecidrs");
+    let cidr = json!({"metadata": {"name": "kubernetes"}, "spec": {"cidrs": [registry.service_cidr()]}});
+    ensure(registry, d, "", cidr, |_| None).await?;
+    let cur = registry.get(d, "", "kubernetes")?;
+    let cur = cur.value();
+    let has_ready =
+        cur.pointer("/status/conditions").and_then(Value::as_array).is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] != "Unknown"));
+    if has_ready || meta::is_deleting(cur) || cur.pointer("/spec/cidrs/0").and_then(Value::as_str) != Some(registry.service_cidr().as_str()) {
+        return Ok(());
+    }
+    let opts = WriteOptions { subresource: Some("status".into()), ..Default::default() };
+    registry
+        .update_with(d, "", "kubernetes", &opts, |cur| {
+            let mut next = cur.clone();
+            next["status"] = json!({"conditions": [{
+                "type": "Ready", "status": "True", "reason": "", "message": "Kubernetes default Service CIDR is ready",
+                "lastTransitionTime": meta::now_rfc3339()
+            }]});
+            Ok(next)
+        })
+        .await?;
+    Ok(())
+}
+
 /// Recreate the system namespaces and the `kubernetes` Service, Endpoints and
 /// EndpointSlice (pointing at `apiserver_ip:apiserver_port`) whenever one is deleted,
 /// until `shutdown`.
@@ -135,8 +164,10 @@ pub async fn run(registry: Arc<Registry>, apiserver_ip: String, apiserver_port: 
     let ns_keys: Vec<String> = SYSTEM_NAMESPACES.iter().map(|ns| namespaces.key("", ns)).collect();
     let service_keys: Vec<String> =
         [def("", "services"), def("", "endpoints"), def("discovery.k8s.io", "endpointslices")].iter().map(|d| d.key("default", "kubernetes")).collect();
+    let cidr_key = def("networking.k8s.io", "servicecidrs").key("", "kubernetes");
     let mut followers = tokio::task::JoinSet::new();
-    for (prefix, keys) in std::iter::once((namespaces.key_prefix(), ns_keys)).chain(service_keys.into_iter().map(|k| (k.clone(), vec![k]))) {
+    let singles = service_keys.into_iter().chain(std::iter::once(cidr_key)).map(|k| (k.clone(), vec![k]));
+    for (prefix, keys) in std::iter::once((namespaces.key_prefix(), ns_keys)).chain(singles) {
         let (store, deleted, shutdown) = (store.clone(), deleted.clone(), shutdown.clone());
         followers.spawn(async move {
             follow(store, &prefix, from, shutdown, |change| {
@@ -157,9 +188,10 @@ pub async fn run(registry: Arc<Registry>, apiserver_ip: String, apiserver_port: 
         tokio::select! {
             _ = shutdown.changed() => break,
             _ = deleted.notified() => {
-                let (namespaces, service) = tokio::join!(ensure_namespaces(&registry), ensure_kubernetes_service(&registry, &apiserver_ip, apiserver_port));
+                let (namespaces, service, cidr) =
+                    tokio::join!(ensure_namespaces(&registry), ensure_kubernetes_service(&registry, &apiserver_ip, apiserver_port), ensure_default_service_cidr(&registry));
                 let mut failed = false;
-                for (what, r) in [("system namespaces", namespaces), ("the kubernetes Service", service)] {
+                for (what, r) in [("system namespaces", namespaces), ("the kubernetes Service", service), ("the default ServiceCIDR", cidr)] {
                     if let Err(e) = r {
                         // E.g. the deleted Service's IP is released just after its
                         // deletion is visible: try again shortly.

@@ -11,10 +11,13 @@
 //!   adapter registered the HPA says so (`FailedGetPodsMetric`, …), as upstream's.
 //!
 //! - Desired replicas: `ceil(ready pods × usage / target)`, unchanged within upstream's
-//!   10 % tolerance; the largest over the metrics; then `minReplicas`/`maxReplicas`
-//!   (`ScalingLimited`), the default behavior (scale up by at most max(100 %, 4 pods) per
-//!   15 s; scale down by the highest recommendation of the last 300 s) or the HPA's own
-//!   `behavior` stabilization windows.
+//!   10 % tolerance; the largest over the metrics; then normalized as upstream's: without
+//!   a `behavior`, the highest recommendation of the last 300 s, `minReplicas`,
+//!   `maxReplicas` and at most max(2 × current, 4) (`ScaleUpLimit`); with one (completed
+//!   by the API's defaults), each direction's stabilization window (`ScaleUpStabilized`,
+//!   `ScaleDownStabilized`), then its `Pods`/`Percent` policies over their periods,
+//!   counting the scale changes made within them, chosen by `selectPolicy` (`Max`,
+//!   `Min`, `Disabled`), reported as `ScaleUpLimit`/`ScaleDownLimit` in `ScalingLimited`.
 //! - The target is scaled through its `spec.replicas` (Deployments, ReplicaSets,
 //!   StatefulSets, ReplicationControllers), with a `SuccessfulRescale` event
 //!   (`New size: 3; reason: cpu resource utilization (percentage of request) above
@@ -23,8 +26,7 @@
 //!   no figures or a pod has no request, `ScalingDisabled` at zero replicas),
 //!   `ScalingLimited`; `currentMetrics`, `currentReplicas`, `desiredReplicas`.
 //!
-//! Not here: custom scale policies beyond stabilization windows (the default rate
-//! limits apply); pods not yet ready are left out of a metric's average rather than
+//! Not here: pods not yet ready are left out of a metric's average rather than
 //! counted as upstream's readiness rules for cpu count them.
 
 use std::collections::HashMap;
@@ -144,12 +146,87 @@ pub struct HpaController {
     api: Arc<ApiServer>,
     /// Per HPA: recent recommendations (for stabilization).
     recommendations: Mutex<HashMap<String, Vec<(Instant, i64)>>>,
+    /// Per HPA with a `behavior`: recent scale-ups and scale-downs (when, by how many).
+    scale_events: Mutex<HashMap<String, ScaleEvents>>,
+}
+
+/// An HPA's recent scale changes, for its scaling policies' periods.
+#[derive(Default)]
+struct ScaleEvents {
+    up: Vec<(Instant, i64)>,
+    down: Vec<(Instant, i64)>,
+}
+
+/// Why the AbleToScale condition says what it says: reason, message.
+type Able = (&'static str, &'static str);
+/// The ScalingLimited condition: limited, reason, message.
+type Limited = (bool, &'static str, &'static str);
+
+const WITHIN_RANGE: Limited = (false, "DesiredWithinRange", "the desired count is within the acceptable range");
+
+/// Replicas changed within the last `period` (upstream's getReplicasChangePerPeriod).
+fn change_in_period(events: &[(Instant, i64)], period: Duration) -> i64 {
+    events.iter().filter(|(t, _)| t.elapsed() < period).map(|(_, n)| *n).sum()
+}
+
+fn policies(rules: &Value) -> Vec<(String, i64, Duration)> {
+    rules
+        .get("policies")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|p| Some((p.get("type")?.as_str()?.to_string(), p.get("value")?.as_i64()?, Duration::from_secs(p.get("periodSeconds")?.as_u64()?))))
+        .collect()
+}
+
+/// The most replicas the scale-up rules allow now (upstream's
+/// calculateScaleUpLimitWithScalingRules).
+fn scale_up_limit(current: i64, events: &[(Instant, i64)], rules: &Value) -> i64 {
+    let select = rules.get("selectPolicy").and_then(Value::as_str).unwrap_or("Max");
+    if select == "Disabled" {
+        return current;
+    }
+    let proposals = policies(rules).into_iter().map(|(ty, value, period)| {
+        let start = current - change_in_period(events, period);
+        if ty == "Pods" {
+            start + value
+        } else {
+            (start as f64 * (1.0 + value as f64 / 100.0)).ceil() as i64
+        }
+    });
+    if select == "Min" {
+        proposals.min().unwrap_or(i64::from(i32::MAX))
+    } else {
+        proposals.max().unwrap_or(i64::from(i32::MIN))
+    }
+}
+
+/// The fewest replicas the scale-down rules allow now (upstream's
+/// calculateScaleDownLimitWithBehaviors).
+fn scale_down_limit(current: i64, events: &[(Instant, i64)], rules: &Value) -> i64 {
+    let select = rules.get("selectPolicy").and_then(Value::as_str).unwrap_or("Max");
+    if select == "Disabled" {
+        return current;
+    }
+    let proposals = policies(rules).into_iter().map(|(ty, value, period)| {
+        let start = current + change_in_period(events, period);
+        if ty == "Pods" {
+            start - value
+        } else {
+            (start as f64 * (1.0 - value as f64 / 100.0)) as i64
+        }
+    });
+    if select == "Min" {
+        proposals.max().unwrap_or(i64::from(i32::MIN))
+    } else {
+        proposals.min().unwrap_or(i64::from(i32::MAX))
+    }
 }
 
 impl HpaController {
     /// A controller reading metrics and objects through `api`.
     pub fn new(api: Arc<ApiServer>) -> Arc<HpaController> {
-        Arc::new(HpaController { api, recommendations: Mutex::new(HashMap::new()) })
+        Arc::new(HpaController { api, recommendations: Mutex::new(HashMap::new()), scale_events: Mutex::new(HashMap::new()) })
     }
 
     fn registry(&self) -> &Registry {
@@ -374,6 +451,124 @@ impl HpaController {
         }
     }
 
+    /// Without a `behavior` (upstream's normalizeDesiredReplicas): the highest
+    /// recommendation of the last 5 minutes, then `minReplicas`, `maxReplicas` and the
+    /// default rate (at most max(2 × current, 4)).
+    fn normalize(&self, key: &str, current: i64, desired: i64, min: i64, max: i64) -> (i64, Able, Limited) {
+        let stabilized = match self.recommendations.lock() {
+            Ok(mut recs) => {
+                let list = recs.entry(key.to_string()).or_default();
+                list.retain(|(t, _)| t.elapsed() <= DOWN_WINDOW);
+                list.push((Instant::now(), desired));
+                list.iter().map(|(_, r)| *r).max().unwrap_or(desired)
+            }
+            Err(_) => desired,
+        };
+        let able = if stabilized != desired {
+            ("ScaleDownStabilized", "recent recommendations were higher than current one, applying the highest recent recommendation")
+        } else {
+            ("ReadyForNewScale", "recommended size matches current size")
+        };
+        let up_limit = (current * 2).max(4);
+        let (max_allowed, over) = if max > up_limit {
+            (up_limit, ("ScaleUpLimit", "the desired replica count is increasing faster than the maximum scale rate"))
+        } else {
+            (max, ("TooManyReplicas", "the desired replica count is more than the maximum replica count"))
+        };
+        let (wanted, limited) = if stabilized < min {
+            (min, (true, "TooFewReplicas", "the desired replica count is less than the minimum replica count"))
+        } else if stabilized > max_allowed {
+            (max_allowed, (true, over.0, over.1))
+        } else {
+            (stabilized, WITHIN_RANGE)
+        };
+        (wanted, able, limited)
+    }
+
+    /// With a `behavior` (upstream's normalizeDesiredReplicasWithBehaviors): each
+    /// direction's stabilization window, then its policies' rate over their periods
+    /// (`selectPolicy` Max, Min or Disabled), then `minReplicas`/`maxReplicas`.
+    fn normalize_with_behavior(&self, key: &str, behavior: &Value, current: i64, desired: i64, min: i64, max: i64) -> (i64, Able, Limited) {
+        let up_rules = behavior.get("scaleUp").cloned().unwrap_or(Value::Null);
+        let down_rules = behavior.get("scaleDown").cloned().unwrap_or(Value::Null);
+        let window =
+            |rules: &Value, default: Duration| rules.get("stabilizationWindowSeconds").and_then(Value::as_u64).map(Duration::from_secs).unwrap_or(default);
+        let (up_window, down_window) = (window(&up_rules, Duration::ZERO), window(&down_rules, DOWN_WINDOW));
+        let stabilized = match self.recommendations.lock() {
+            Ok(mut recs) => {
+                let list = recs.entry(key.to_string()).or_default();
+                let (mut up, mut down) = (desired, desired);
+                for (t, r) in list.iter() {
+                    if t.elapsed() < up_window {
+                        up = up.min(*r);
+                    }
+                    if t.elapsed() < down_window {
+                        down = down.max(*r);
+                    }
+                }
+                list.retain(|(t, _)| t.elapsed() < up_window.max(down_window));
+                list.push((Instant::now(), desired));
+                current.max(up).min(down)
+            }
+            Err(_) => desired,
+        };
+        let able = if stabilized == desired {
+            ("ReadyForNewScale", "recommended size matches current size")
+        } else if desired >= current {
+            ("ScaleUpStabilized", "recent recommendations were lower than current one, applying the lowest recent recommendation")
+        } else {
+            ("ScaleDownStabilized", "recent recommendations were higher than current one, applying the highest recent recommendation")
+        };
+        let events = self.scale_events.lock();
+        let empty = ScaleEvents::default();
+        let ev = events.as_ref().ok().and_then(|e| e.get(key)).unwrap_or(&empty);
+        let (wanted, limited) = if stabilized > current {
+            let limit = scale_up_limit(current, &ev.up, &up_rules).max(current);
+            let (allowed, reason) = if max > limit {
+                (limit, ("ScaleUpLimit", "the desired replica count is increasing faster than the maximum scale rate"))
+            } else {
+                (max, ("TooManyReplicas", "the desired replica count is more than the maximum replica count"))
+            };
+            if stabilized > allowed {
+                (allowed, (true, reason.0, reason.1))
+            } else {
+                (stabilized, WITHIN_RANGE)
+            }
+        } else if stabilized < current {
+            let limit = scale_down_limit(current, &ev.down, &down_rules).min(current);
+            let (allowed, reason) = if min < limit {
+                (limit, ("ScaleDownLimit", "the desired replica count is decreasing faster than the maximum scale rate"))
+            } else {
+                (min, ("TooFewReplicas", "the desired replica count is less than the minimum replica count"))
+            };
+            if stabilized < allowed {
+                (allowed, (true, reason.0, reason.1))
+            } else {
+                (stabilized, WITHIN_RANGE)
+            }
+        } else {
+            (stabilized, WITHIN_RANGE)
+        };
+        (wanted, able, limited)
+    }
+
+    /// Note a rescale for the policies' periods (only HPAs with a `behavior` keep them).
+    fn store_scale_event(&self, key: &str, behavior: Option<&Value>, from: i64, to: i64) {
+        let Some(behavior) = behavior else { return };
+        let Ok(mut events) = self.scale_events.lock() else { return };
+        let e = events.entry(key.to_string()).or_default();
+        let longest = |rules: Option<&Value>| rules.map(policies).unwrap_or_default().iter().map(|p| p.2).max().unwrap_or_default();
+        if to > from {
+            let keep = longest(behavior.get("scaleUp"));
+            e.up.retain(|(t, _)| t.elapsed() < keep);
+            e.up.push((Instant::now(), to - from));
+        } else {
+            let keep = longest(behavior.get("scaleDown"));
+            e.down.retain(|(t, _)| t.elapsed() < keep);
+            e.down.push((Instant::now(), from - to));
+        }
+    }
+
     async fn sync(&self, hpa: &Value) -> Result<(), ApiError> {
         let ns = meta::namespace(hpa);
         let key = format!("{ns}/{}", meta::name(hpa));
@@ -444,7 +639,7 @@ impl HpaController {
         // With a metric missing, the others may scale up but never down (upstream's
         // computeReplicasForMetrics).
         let desired = desired.filter(|d| failure.is_none() || *d >= current);
-        let Some(mut wanted) = desired else {
+        let Some(wanted) = desired else {
             let (reason, message) = failure.unwrap_or(("FailedGetResourceMetric".into(), "the HPA was unable to compute the replica count: no metrics".into()));
             set("ScalingActive", "False", &reason, &message);
             status["desiredReplicas"] = json!(current);
@@ -452,32 +647,12 @@ impl HpaController {
             return crate::objects::write_status(self.registry(), hpas(), hpa, status).await;
         };
         set("ScalingActive", "True", "ValidMetricFound", &format!("the HPA was able to successfully calculate a replica count from {reason_text}"));
-        // Stabilization: scale down only to the highest recommendation of the window.
-        let window = hpa.pointer("/spec/behavior/scaleDown/stabilizationWindowSeconds").and_then(Value::as_u64).map(Duration::from_secs).unwrap_or(DOWN_WINDOW);
-        let up_window = hpa.pointer("/spec/behavior/scaleUp/stabilizationWindowSeconds").and_then(Value::as_u64).map(Duration::from_secs).unwrap_or_default();
-        if let Ok(mut recs) = self.recommendations.lock() {
-            let list = recs.entry(key.clone()).or_default();
-            list.push((Instant::now(), wanted));
-            list.retain(|(t, _)| t.elapsed() <= window.max(up_window));
-            let down_floor = list.iter().filter(|(t, _)| t.elapsed() <= window).map(|(_, r)| *r).max().unwrap_or(wanted);
-            let up_ceiling = list.iter().filter(|(t, _)| t.elapsed() <= up_window).map(|(_, r)| *r).min().unwrap_or(wanted);
-            if wanted < current {
-                wanted = down_floor.min(current);
-            } else if wanted > current {
-                wanted = up_ceiling.max(current);
-            }
-        }
-        // Default scale-up rate: at most max(double, +4) per period.
-        wanted = wanted.min((current * 2).max(current + 4));
-        let bounded = wanted.clamp(min, max);
-        if bounded > wanted {
-            set("ScalingLimited", "True", "TooFewReplicas", "the desired replica count is less than the minimum replica count");
-        } else if bounded < wanted {
-            set("ScalingLimited", "True", "TooManyReplicas", "the desired replica count is more than the maximum replica count");
-        } else {
-            set("ScalingLimited", "False", "DesiredWithinRange", "the desired count is within the acceptable range");
-        }
-        let wanted = bounded;
+        let (wanted, able, limited) = match hpa.pointer("/spec/behavior").filter(|b| b.is_object()) {
+            None => self.normalize(&key, current, wanted, min, max),
+            Some(behavior) => self.normalize_with_behavior(&key, behavior, current, wanted, min, max),
+        };
+        set("AbleToScale", "True", able.0, able.1);
+        set("ScalingLimited", if limited.0 { "True" } else { "False" }, limited.1, limited.2);
         if wanted != current {
             self.registry()
                 .update_with(target_def, ns, name, &WriteOptions::default(), |cur| {
@@ -486,12 +661,11 @@ impl HpaController {
                     Ok(next)
                 })
                 .await?;
+            self.store_scale_event(&key, hpa.pointer("/spec/behavior").filter(|b| b.is_object()), current, wanted);
             let why = if wanted > current { format!("{reason_text} above target") } else { "All metrics below target".to_string() };
             crate::events::record(self.registry(), COMPONENT, hpa, "Normal", "SuccessfulRescale", &format!("New size: {wanted}; reason: {why}")).await;
             set("AbleToScale", "True", "SucceededRescale", &format!("the HPA controller was able to update the target scale to {wanted}"));
             status["lastScaleTime"] = json!(now);
-        } else {
-            set("AbleToScale", "True", "ReadyForNewScale", "recommended size matches current size");
         }
         status["desiredReplicas"] = json!(wanted);
         status["currentMetrics"] = json!(current_metrics);

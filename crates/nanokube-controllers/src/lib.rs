@@ -85,6 +85,7 @@ pub mod rbac_aggregation;
 pub mod rbac_policy;
 pub mod replicasets;
 pub mod scheduler;
+pub mod service_cidrs;
 pub mod statefulsets;
 pub mod taint_eviction;
 pub mod tokens;

@@ -30,6 +30,11 @@ impl PodNamespaces {
         }
     }
 
+    /// Every pod namespace here.
+    pub fn all(&self) -> Vec<PathBuf> {
+        self.0.lock().map(|m| m.values().cloned().collect()).unwrap_or_default()
+    }
+
     /// The namespace of the pod at `ip`, if it runs here.
     pub fn get(&self, ip: Ipv4Addr) -> Option<PathBuf> {
         self.0.lock().ok()?.get(&ip).cloned()

@@ -70,6 +70,8 @@ pub struct Network {
     /// The cluster DNS server.
     pub dns: Arc<dns::Dns>,
     lb_range: loadbalancer::Range,
+    /// The ranges of ServiceCIDRs other than the Service range, captured in pods too.
+    other_service_ranges: std::sync::Mutex<Vec<String>>,
 }
 
 impl Network {
@@ -79,12 +81,60 @@ impl Network {
         let dns = dns::Dns::new(config.dns_addr, &config.cluster_domain, table.clone(), config.dns_upstreams.clone())?;
         let forwarder = proxy::Forwarder::new(table.clone(), Arc::default(), Some(dns.clone()), policy::Policies::new());
         let lb_range = loadbalancer::Range::parse(&config.load_balancer_cidr).map_err(|e| format!("--load-balancer-cidr: {e}"))?;
-        Ok(Arc::new(Network { config, table, forwarder, dns, lb_range }))
+        Ok(Arc::new(Network { config, table, forwarder, dns, lb_range, other_service_ranges: std::sync::Mutex::new(Vec::new()) }))
     }
 
     /// The address ranges a pod's traffic to is captured (besides other pods').
     pub fn captured_ranges(&self) -> Vec<String> {
-        vec![self.config.service_cidr.clone(), self.config.load_balancer_cidr.clone()]
+        let mut ranges = vec![self.config.service_cidr.clone(), self.config.load_balancer_cidr.clone()];
+        ranges.extend(self.other_service_ranges.lock().map(|r| r.clone()).unwrap_or_default());
+        ranges
+    }
+
+    /// Follow the ServiceCIDRs (every 2 s: they are few and rarely change): each one's
+    /// ranges besides the Service range are captured in every pod, running or to come,
+    /// while it exists (also while it is being deleted: its addresses may still be in use).
+    async fn follow_service_cidrs(self: Arc<Self>, registry: Arc<Registry>, mut shutdown: watch::Receiver<bool>) {
+        let Some(def) = resources::find("networking.k8s.io", "v1", "servicecidrs") else { return };
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tick.tick() => {}
+            }
+            let Ok(list) = registry.list(def, None, &Default::default()) else { continue };
+            let mut want: Vec<String> = list
+                .items
+                .iter()
+                .flat_map(|o| o.value().pointer("/spec/cidrs").and_then(serde_json::Value::as_array).cloned().unwrap_or_default())
+                .filter_map(|c| c.as_str().map(String::from))
+                .filter(|c| c.contains('.') && *c != self.config.service_cidr)
+                .collect();
+            want.sort();
+            want.dedup();
+            let have = self.other_service_ranges.lock().map(|r| r.clone()).unwrap_or_default();
+            if want == have {
+                continue;
+            }
+            let added: Vec<String> = want.iter().filter(|r| !have.contains(r)).cloned().collect();
+            let removed: Vec<String> = have.iter().filter(|r| !want.contains(r)).cloned().collect();
+            if let Ok(mut r) = self.other_service_ranges.lock() {
+                *r = want;
+            }
+            let pods = self.forwarder.pods.all();
+            let done = tokio::task::spawn_blocking(move || {
+                for ns in pods {
+                    for (ranges, add) in [(&added, true), (&removed, false)] {
+                        if !ranges.is_empty() {
+                            if let Err(e) = mesh::change_capture(&ns, ranges, add) {
+                                tracing::debug!(ns = %ns.display(), "{e}");
+                            }
+                        }
+                    }
+                }
+            });
+            let _ = done.await;
+        }
     }
 
     /// Run the table, the proxy, the DNS server and the load-balancer allocator until
@@ -94,6 +144,7 @@ impl Network {
         tasks.spawn(self.table.clone().run(registry.clone(), shutdown.clone()));
         tasks.spawn(self.forwarder.policies.clone().run(registry.clone(), shutdown.clone()));
         tasks.spawn(loadbalancer::run(registry.clone(), self.lb_range, shutdown.clone()));
+        tasks.spawn(self.clone().follow_service_cidrs(registry.clone(), shutdown.clone()));
         if self.config.host_listeners {
             let proxy = proxy::Proxy::new(self.forwarder.clone(), registry.clone(), self.config.node_ips.clone());
             tasks.spawn(proxy.run(shutdown.clone()));

@@ -47,25 +47,47 @@ pub fn prepare(ns: &Path, own_ip: Ipv4Addr, captured: &[String]) -> Result<Captu
     }
     rules.push_str("COMMIT\n");
     nanokube_runtime::netns::within(ns, move || -> Result<Capture, String> {
-        use std::io::Write;
         nanokube_runtime::netns::add_loopback_address(own_ip)?;
-        // The child inherits this thread's network namespace.
-        let mut child = std::process::Command::new(&restore)
-            .arg("--noflush")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("{}: {e}", restore.display()))?;
-        if let Some(mut stdin) = child.stdin.take() {
-            stdin.write_all(rules.as_bytes()).map_err(|e| e.to_string())?;
-        }
-        let out = child.wait_with_output().map_err(|e| e.to_string())?;
-        if !out.status.success() {
-            return Err(format!("iptables-restore in the pod's namespace: {}", String::from_utf8_lossy(&out.stderr).trim()));
-        }
+        restore_rules(&restore, &rules)?;
         bind()
     })?
+}
+
+/// Run `iptables-restore --noflush` with `rules`; the child inherits the calling
+/// thread's network namespace.
+fn restore_rules(restore: &Path, rules: &str) -> Result<(), String> {
+    use std::io::Write;
+    let mut child = std::process::Command::new(restore)
+        .arg("--noflush")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("{}: {e}", restore.display()))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(rules.as_bytes()).map_err(|e| e.to_string())?;
+    }
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!("iptables-restore in the pod's namespace: {}", String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    Ok(())
+}
+
+/// Capture (`add`) or stop capturing pod traffic to `ranges` in the pod namespace at
+/// `ns`, beside what [`prepare`] set up: another ServiceCIDR's range, made or removed
+/// while the pod runs.
+pub fn change_capture(ns: &Path, ranges: &[String], add: bool) -> Result<(), String> {
+    let restore = nanokube_runtime::find_program("iptables-restore").ok_or("iptables-restore was not found")?;
+    let op = if add { "-A" } else { "-D" };
+    let mut rules = String::from("*nat\n");
+    for range in ranges {
+        for proto in ["tcp", "udp"] {
+            rules.push_str(&format!("{op} OUTPUT -d {range} -p {proto} -j REDIRECT --to-ports {PORT}\n"));
+        }
+    }
+    rules.push_str("COMMIT\n");
+    nanokube_runtime::netns::within(ns, move || restore_rules(&restore, &rules))?
 }
 
 fn bind() -> Result<Capture, String> {

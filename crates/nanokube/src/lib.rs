@@ -118,6 +118,10 @@ pub struct ClusterConfig {
     /// The kubelet API's port on the advertised address (0: any free port); the Node
     /// publishes the one bound in `daemonEndpoints`.
     pub kubelet_port: u16,
+    /// kubelet's hard eviction thresholds (`--eviction-hard`).
+    pub eviction_hard: Vec<nanokube_node::eviction::Threshold>,
+    /// How long a pressure condition outlasts its threshold.
+    pub eviction_pressure_transition_period: std::time::Duration,
     /// The time the Job and CronJob controllers read (the wall clock but in tests, which
     /// move a `ManualClock` instead of waiting for schedules).
     pub controller_clock: Arc<dyn nanokube_controllers::clock::Clock>,
@@ -157,6 +161,8 @@ impl ClusterConfig {
             simulated_nodes: 0,
             simulated_start_delay: std::time::Duration::ZERO,
             kubelet_port: 10250,
+            eviction_hard: nanokube_node::eviction::parse_thresholds(nanokube_node::eviction::DEFAULT_HARD).unwrap_or_default(),
+            eviction_pressure_transition_period: std::time::Duration::from_secs(300),
             controller_clock: Arc::new(nanokube_controllers::clock::SystemClock),
         }
     }
@@ -402,6 +408,10 @@ impl Cluster {
             let (r, ip, port) = (registry.clone(), advertise.to_string(), addr.port());
             second.spawn(async move { nanokube_controllers::bootstrap::ensure_kubernetes_service(&r, &ip, port).await });
         }
+        {
+            let r = registry.clone();
+            second.spawn(async move { nanokube_controllers::bootstrap::ensure_default_service_cidr(&r).await });
+        }
         for ns in nanokube_controllers::bootstrap::SYSTEM_NAMESPACES {
             let c = ns_controller.clone();
             second.spawn(async move { c.reconcile(ns).await });
@@ -471,6 +481,7 @@ impl Cluster {
         };
         let node_agent = cfg.node.then(|| {
             let name = node_name.clone();
+            let eviction = Arc::new(nanokube_node::eviction::Manager::new(cfg.eviction_hard.clone(), cfg.eviction_pressure_transition_period));
             // Pods run when this machine can run containers; otherwise the node says why not.
             let runtime = match nanokube_node::pods::check_runtime(&cfg.data_dir, images.as_ref()) {
                 Ok(runc) => match (std::env::current_exe(), images.clone(), network.clone()) {
@@ -546,6 +557,7 @@ impl Cluster {
                     images: images.clone(),
                     not_ready,
                     kubelet_port: i32::from(kubelet_port),
+                    eviction,
                 },
                 runtime,
             ))
@@ -673,6 +685,7 @@ impl ControllerManager {
         set.spawn(self.tokens.clone().run(stop.clone()));
         set.spawn(Arc::new(gc::GarbageCollector::new(r.clone())).run(stop.clone()));
         set.spawn(node_lifecycle::run(r.clone(), stop.clone()));
+        set.spawn(service_cidrs::run(r.clone(), stop.clone()));
         set.spawn(taint_eviction::run(r.clone(), stop.clone()));
         set.spawn(pod_gc::run(r.clone(), stop.clone()));
         set.spawn(persistent_volumes::run(r.clone(), stop.clone()));

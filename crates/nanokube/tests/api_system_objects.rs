@@ -53,3 +53,30 @@ fn kube_node_lease_and_the_kubernetes_service_come_back() {
     assert_eq!(again["spec"]["clusterIP"], svc["spec"]["clusterIP"], "the same first service IP");
     assert_eq!(again["spec"]["ports"], svc["spec"]["ports"]);
 }
+
+/// The default ServiceCIDR is the Service range, `Ready` and protected by its finalizer
+/// as kube-apiserver 1.33 and kube-controller-manager leave it; deleting it while the
+/// `kubernetes` and DNS Services hold addresses in it leaves it `Terminating`.
+#[test]
+fn the_default_service_cidr_is_the_service_range() {
+    let s = Server::start_with(&["--service-cluster-ip-range=127.97.0.0/20"]);
+    let path = "/apis/networking.k8s.io/v1/servicecidrs/kubernetes";
+    let ready = |c: &serde_json::Value, status: &str, message: &str| {
+        c["status"]["conditions"].as_array().is_some_and(|cs| cs.iter().any(|x| x["type"] == "Ready" && x["status"] == status && x["message"] == message))
+    };
+    let settled = eventually(Duration::from_secs(10), || {
+        let c = s.get_json(path).1;
+        ready(&c, "True", "Kubernetes Service CIDR is ready") && c["metadata"]["finalizers"] == serde_json::json!(["networking.k8s.io/service-cidr-finalizer"])
+    });
+    assert!(settled, "{}", s.get_json(path).1);
+    assert_eq!(s.get_json(path).1["spec"]["cidrs"], serde_json::json!(["127.97.0.0/20"]));
+    assert_eq!(s.k(&["get", "servicecidrs", "-o", "jsonpath={.items[*].metadata.name}"]), "kubernetes");
+    s.k(&["delete", "servicecidr", "kubernetes", "--wait=false"]);
+    let blocked = eventually(Duration::from_secs(10), || {
+        ready(&s.get_json(path).1, "False", "There are still IPAddresses referencing the ServiceCIDR, please remove them or create a new ServiceCIDR")
+    });
+    assert!(blocked, "{}", s.get_json(path).1);
+    let c = s.get_json(path).1;
+    assert!(c["metadata"]["deletionTimestamp"].is_string());
+    assert_eq!(c["status"]["conditions"][0]["reason"], "Terminating");
+}

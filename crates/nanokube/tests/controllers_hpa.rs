@@ -206,4 +206,32 @@ spec:
     ] {
         assert!(asked.contains(want), "{want} not in {asked}");
     }
+
+    // A `behavior`: scale up by one pod per 5 minutes, never down. The API completes it
+    // with upstream's defaults.
+    let behavior = r#"{"spec":{"behavior":{"scaleUp":{"policies":[{"type":"Pods","value":1,"periodSeconds":300}]},
+      "scaleDown":{"stabilizationWindowSeconds":0,"selectPolicy":"Disabled"}}}}"#;
+    assert!(s.kubectl(&["patch", "hpa", "web", "--type=merge", "-p", behavior]).status.success());
+    let stored = s.get_json("/apis/autoscaling/v2/namespaces/default/horizontalpodautoscalers/web").1;
+    assert_eq!(
+        stored["spec"]["behavior"],
+        serde_json::json!({
+            "scaleUp": {"stabilizationWindowSeconds": 0, "selectPolicy": "Max", "policies": [{"type": "Pods", "value": 1, "periodSeconds": 300}]},
+            "scaleDown": {"stabilizationWindowSeconds": 0, "selectPolicy": "Disabled", "policies": [{"type": "Percent", "value": 100, "periodSeconds": 15}]}
+        })
+    );
+    // A queue of 150 wants 10 pods (5 at most): one more, then no more within the period.
+    let mut figures = figures;
+    figures["external"]["queue_depth"]["values"] = serde_json::json!(["150"]);
+    std::fs::write(&figures_path, figures.to_string()).unwrap();
+    assert!(eventually(Duration::from_secs(40), || replicas() == "4"), "{}", s.k(&["get", "hpa", "web", "-o", "yaml"]));
+    await_condition(&s, "web", "ScalingLimited=True:ScaleUpLimit:the desired replica count is increasing faster than the maximum scale rate", 40);
+    assert_eq!(replicas(), "4");
+    // A queue of 15 and 20 hits want one pod (the pods metric two): scale-down is
+    // disabled.
+    figures["external"]["queue_depth"]["values"] = serde_json::json!(["15"]);
+    figures["objects"]["services/web/hits"] = serde_json::json!("20");
+    std::fs::write(&figures_path, figures.to_string()).unwrap();
+    await_condition(&s, "web", "ScalingLimited=True:ScaleDownLimit:the desired replica count is decreasing faster than the maximum scale rate", 40);
+    assert_eq!(replicas(), "4");
 }

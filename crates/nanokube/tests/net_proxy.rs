@@ -70,9 +70,19 @@ fn services_and_pods_through_the_api_server_proxy() {
     assert!(code == 200 && body.contains("gitVersion"), "{code} {body}");
     // Errors in upstream's words.
     let (code, body) = admin_get(&s, "/api/v1/namespaces/default/services/web:81/proxy/", &[]);
-    assert!(code == 404 && body.contains("no service port 81 found for service \\\"web\\\""), "{code} {body}");
+    assert!(code == 503 && body.contains("no service port 81 found for service \\\"web\\\""), "{code} {body}");
+    // An ExternalName Service has no Endpoints: the Endpoints' own 404.
+    s.k_stdin(&["apply", "-f", "-"], "apiVersion: v1\nkind: Service\nmetadata:\n  name: ext\nspec:\n  type: ExternalName\n  externalName: example.invalid\n");
+    let (code, body) = admin_get(&s, "/api/v1/namespaces/default/services/ext/proxy/", &[]);
+    assert!(code == 404 && body.contains("endpoints \\\"ext\\\" not found"), "{code} {body}");
     s.k_stdin(&["apply", "-f", "-"], "apiVersion: v1\nkind: Service\nmetadata:\n  name: none\nspec:\n  selector: {app: none}\n  ports: [{port: 80}]\n");
-    let (code, body) = admin_get(&s, "/api/v1/namespaces/default/services/none/proxy/", &[]);
+    // (Once the endpoints controller has written its Endpoints: until then, 404.)
+    let mut answer = (0, String::new());
+    eventually(Duration::from_secs(10), || {
+        answer = admin_get(&s, "/api/v1/namespaces/default/services/none/proxy/", &[]);
+        answer.0 != 404
+    });
+    let (code, body) = answer;
     assert!(code == 503 && body.contains("no endpoints available for service \\\"none\\\""), "{code} {body}");
 
     // kubectl proxy, then the Service through it.
