@@ -26,8 +26,9 @@
 //!   no figures or a pod has no request, `ScalingDisabled` at zero replicas),
 //!   `ScalingLimited`; `currentMetrics`, `currentReplicas`, `desiredReplicas`.
 //!
-//! Not here: pods not yet ready are left out of a metric's average rather than
-//! counted as upstream's readiness rules for cpu count them.
+//! `Resource` metrics follow upstream's replica calculator ([`crate::replica_calculator`]):
+//! unready and just-started pods (for cpu) and pods without figures count as idle on a
+//! scale-up and, when missing, as at their request on a scale-down.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -41,12 +42,11 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 
 use crate::objects::pods;
+use crate::replica_calculator::{self, PodSample, Target, TOLERANCE};
 
 const COMPONENT: &str = "horizontal-pod-autoscaler";
 /// How often every HPA is evaluated (upstream's `--horizontal-pod-autoscaler-sync-period`).
 const PERIOD: Duration = Duration::from_secs(15);
-/// Upstream's `--horizontal-pod-autoscaler-tolerance`.
-const TOLERANCE: f64 = 0.1;
 /// The default scale-down stabilization window.
 const DOWN_WINDOW: Duration = Duration::from_secs(300);
 
@@ -129,16 +129,6 @@ fn replicas_per_pod(total: f64, target_average: f64, current: i64, status_replic
 
 fn quantity(v: &Value) -> Option<f64> {
     v.as_str().and_then(nanokube_api::expressions::parse_quantity).or_else(|| v.as_f64())
-}
-
-/// A resource metric's figures over the target's pods.
-struct Measured {
-    /// Summed usage (cores or bytes) of the pods with figures.
-    usage: f64,
-    /// Summed requests of those pods.
-    requests: f64,
-    /// Pods with figures.
-    pods: usize,
 }
 
 /// The controller.
@@ -252,44 +242,57 @@ impl HpaController {
     }
 
     /// A resource's usage and requests over the pods `selector` picks in `ns`.
-    fn measure(&self, ns: &str, selector: &LabelSelector, resource: &str, container: Option<&str>) -> Result<Measured, String> {
+    /// The target's pods as the replica calculator sees them, for `resource` over the
+    /// containers measured (`container`, or all), in milli-units; upstream's errors when
+    /// the metrics API has nothing or a container lacks the request.
+    fn samples(&self, ns: &str, selector: &LabelSelector, resource: &str, container: Option<&str>) -> Result<Vec<PodSample>, String> {
         let metrics = nanokube_apiserver::resource_metrics::list(self.registry(), &self.api.metrics_nodes, pods(), Some(ns), selector.clone())
             .map_err(|e| format!("unable to get metrics for resource {resource}: {}", e.message))?;
         let items = metrics.get("items").and_then(Value::as_array).cloned().unwrap_or_default();
         if items.is_empty() {
             return Err(format!("unable to get metrics for resource {resource}: no metrics returned from resource metrics API"));
         }
-        let mut m = Measured { usage: 0.0, requests: 0.0, pods: 0 };
-        for item in &items {
-            let name = meta::name(item);
-            let Ok(pod) = self.registry().get(pods(), ns, name) else { continue };
+        let wanted = |c: &Value| container.is_none_or(|n| c.get("name").and_then(Value::as_str) == Some(n));
+        let milli = |v: Option<&Value>| v.and_then(Value::as_str).and_then(nanokube_api::expressions::parse_quantity).map(|q| (q * 1000.0).round() as i64);
+        let time = |v: Option<&Value>| v.and_then(Value::as_str).and_then(meta::parse_time);
+        let list = self.registry().list(pods(), Some(ns), &ListOptions { labels: selector.clone(), ..Default::default() }).map_err(|e| e.message)?;
+        let mut out = Vec::new();
+        for pod in &list.items {
             let pod = pod.value();
-            if pod.pointer("/status/phase").and_then(Value::as_str) != Some("Running") || meta::is_deleting(pod) {
-                continue;
-            }
-            let wanted = |c: &Value| container.is_none_or(|n| c.get("name").and_then(Value::as_str) == Some(n));
+            let name = meta::name(pod);
+            let mut request = 0;
             for c in pod.pointer("/spec/containers").and_then(Value::as_array).into_iter().flatten().filter(|c| wanted(c)) {
-                let request = c.pointer(&format!("/resources/requests/{resource}")).and_then(Value::as_str).and_then(nanokube_api::expressions::parse_quantity);
-                match request {
-                    Some(r) => m.requests += r,
-                    None => return Err(format!("missing request for {resource} in container {} of Pod {name}", c["name"].as_str().unwrap_or(""))),
-                }
+                request += milli(c.pointer(&format!("/resources/requests/{resource}")))
+                    .ok_or_else(|| format!("missing request for {resource} in container {} of Pod {name}", c["name"].as_str().unwrap_or("")))?;
             }
-            let used: f64 = item
-                .get("containers")
+            let phase = pod.pointer("/status/phase").and_then(Value::as_str).unwrap_or("");
+            let ready = pod
+                .pointer("/status/conditions")
                 .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .filter(|c| wanted(c))
-                .filter_map(|c| c.pointer(&format!("/usage/{resource}")).and_then(Value::as_str).and_then(nanokube_api::expressions::parse_quantity))
-                .sum();
-            m.usage += used;
-            m.pods += 1;
+                .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
+                .map(|c| (c["status"] == "True", time(c.get("lastTransitionTime"))));
+            let metric = items.iter().find(|m| meta::name(m) == name).map(|m| {
+                let used = m
+                    .get("containers")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter(|c| wanted(c))
+                    .filter_map(|c| milli(c.pointer(&format!("/usage/{resource}"))))
+                    .sum();
+                let window = m.get("window").and_then(Value::as_str).and_then(|w| nanokube_api::schedule::parse_go_duration(w).ok()).unwrap_or_default();
+                (used, time(m.get("timestamp")).unwrap_or_else(time::OffsetDateTime::now_utc), window)
+            });
+            out.push(PodSample {
+                ignored: meta::is_deleting(pod) || phase == "Failed",
+                pending: phase == "Pending",
+                ready,
+                start: time(pod.pointer("/status/startTime")),
+                metric,
+                request,
+            });
         }
-        if m.pods == 0 {
-            return Err(format!("unable to get metrics for resource {resource}: no metrics returned from resource metrics API"));
-        }
-        Ok(m)
+        Ok(out)
     }
 
     /// GET a custom or external metric through the aggregation layer as the HPA's service
@@ -346,24 +349,25 @@ impl HpaController {
                 let resource = source.get("name").and_then(Value::as_str).unwrap_or("cpu").to_string();
                 let container = source.get("container").and_then(Value::as_str).map(String::from);
                 let target_spec = source.get("target").cloned().unwrap_or(json!({}));
-                let measured = self.measure(ns, selector, &resource, container.as_deref()).map_err(|why| {
-                    let what = if target_spec.get("averageUtilization").is_some() { "utilization" } else { "usage" };
-                    (reason.to_string(), format!("failed to get {resource} {what}: {why}"))
-                })?;
-                let average = measured.usage / measured.pods as f64;
-                let (ratio, current_value, name) = if let Some(t) = target_spec.get("averageUtilization").and_then(Value::as_f64) {
-                    let utilization = if measured.requests > 0.0 { (measured.usage / measured.requests * 100.0).round() } else { 0.0 };
-                    let value = json!({"averageUtilization": utilization as i64, "averageValue": nanokube_api::quota::format_quantity(&resource, average)});
-                    (utilization / t, value, format!("{resource} {words} utilization (percentage of request)"))
-                } else {
-                    let t = target_spec.get("averageValue").and_then(quantity).unwrap_or(1.0);
-                    (average / t, json!({"averageValue": nanokube_api::quota::format_quantity(&resource, average)}), format!("{resource} {words}"))
+                let utilization_target = target_spec.get("averageUtilization").and_then(Value::as_i64);
+                let what = if utilization_target.is_some() { "utilization" } else { "usage" };
+                let failed = |why: String| (reason.to_string(), format!("failed to get {resource} {what}: {why}"));
+                let samples = self.samples(ns, selector, &resource, container.as_deref()).map_err(failed)?;
+                let target = match utilization_target {
+                    Some(t) => Target::Utilization(t),
+                    None => Target::AverageValue(target_spec.get("averageValue").and_then(quantity).map_or(1000, |q| (q * 1000.0).round() as i64)),
+                };
+                let rec = replica_calculator::recommend(&samples, target, resource == "cpu", current, time::OffsetDateTime::now_utc()).map_err(failed)?;
+                let average = nanokube_api::quota::format_quantity(&resource, rec.average as f64 / 1000.0);
+                let (current_value, name) = match rec.utilization {
+                    Some(u) => (json!({"averageUtilization": u, "averageValue": average}), format!("{resource} {words} utilization (percentage of request)")),
+                    None => (json!({"averageValue": average}), format!("{resource} {words}")),
                 };
                 let mut entry = json!({"name": resource, "current": current_value});
                 if let Some(c) = container {
                     entry["container"] = json!(c);
                 }
-                Ok(Proposal { replicas: replicas_for(ratio, current, measured.pods), current: json!({"type": ty, key: entry}), name })
+                Ok(Proposal { replicas: rec.replicas, current: json!({"type": ty, key: entry}), name })
             }
             "Pods" => {
                 let source = metric.get("pods").cloned().unwrap_or(json!({}));

@@ -83,6 +83,7 @@ pub mod pod_gc;
 pub mod quota;
 pub mod rbac_aggregation;
 pub mod rbac_policy;
+pub mod replica_calculator;
 pub mod replicasets;
 pub mod scheduler;
 pub mod service_cidrs;
