@@ -324,9 +324,47 @@ pub fn apply_limit_ranges(pod: &mut Value, ranges: &[Value]) -> LimitOutcome {
     LimitOutcome::Admitted((!set_notes.is_empty()).then(|| format!("LimitRanger plugin set: {}", set_notes.join("; "))))
 }
 
+/// LimitRanger's `PersistentVolumeClaim` limits (upstream's
+/// PersistentVolumeClaimValidateLimitFunc): each `min` and `max` against the claim's
+/// requests; the reasons a claim is refused, worded as upstream.
+pub fn check_claim_limits(claim: &Value, ranges: &[Value]) -> Vec<String> {
+    let requests: BTreeMap<String, (f64, String)> = claim
+        .pointer("/spec/resources/requests")
+        .and_then(Value::as_object)
+        .map(|m| m.iter().filter_map(|(k, v)| v.as_str().and_then(|s| parse_quantity(s).map(|x| (k.clone(), (x, s.to_string()))))).collect())
+        .unwrap_or_default();
+    let mut errors = Vec::new();
+    let items = ranges.iter().flat_map(|r| r.pointer("/spec/limits").and_then(Value::as_array).cloned().unwrap_or_default());
+    for item in items.filter(|i| i.get("type").and_then(Value::as_str) == Some("PersistentVolumeClaim")) {
+        for (bound, word) in [("min", "minimum"), ("max", "maximum")] {
+            for (k, v) in item.get(bound).and_then(Value::as_object).into_iter().flatten() {
+                let (Some(text), Some(limit)) = (v.as_str(), v.as_str().and_then(parse_quantity)) else { continue };
+                match requests.get(k) {
+                    None => errors.push(format!("{word} {k} usage per PersistentVolumeClaim is {text}.  No request is specified")),
+                    Some((r, given)) if (bound == "min" && *r < limit) || (bound == "max" && *r > limit) => {
+                        errors.push(format!("{word} {k} usage per PersistentVolumeClaim is {text}, but request is {given}"))
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    errors
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn claims_are_held_to_their_limit_ranges() {
+        let ranges = [json!({"spec": {"limits": [{"type": "PersistentVolumeClaim", "min": {"storage": "1Gi"}, "max": {"storage": "2Gi"}}]}})];
+        let claim = |size: &str| json!({"spec": {"resources": {"requests": {"storage": size}}}});
+        assert!(check_claim_limits(&claim("1536Mi"), &ranges).is_empty());
+        assert_eq!(check_claim_limits(&claim("5Gi"), &ranges), ["maximum storage usage per PersistentVolumeClaim is 2Gi, but request is 5Gi"]);
+        assert_eq!(check_claim_limits(&claim("500Mi"), &ranges), ["minimum storage usage per PersistentVolumeClaim is 1Gi, but request is 500Mi"]);
+        assert_eq!(check_claim_limits(&json!({"spec": {}}), &ranges).len(), 2);
+    }
 
     #[test]
     fn quantities_are_written_canonically() {

@@ -952,6 +952,7 @@ impl Registry {
         match (def.group, def.plural) {
             ("", "pods") => self.admit_pod(namespace, obj),
             ("", "persistentvolumeclaims") => {
+                self.claim_limits(namespace, obj)?;
                 self.default_storage_class(obj);
                 add_finalizer(obj, "kubernetes.io/pvc-protection");
                 Ok(())
@@ -996,6 +997,20 @@ impl Registry {
                 }))
             }
         }
+    }
+
+    /// LimitRanger on a claim: the namespace's `PersistentVolumeClaim` limits (403, worded
+    /// as upstream, several joined in brackets).
+    fn claim_limits(&self, namespace: &str, obj: &Value) -> Result<(), ApiError> {
+        let Some(def) = resources::find("", "v1", "limitranges") else { return Ok(()) };
+        let Ok(ranges) = self.list(def, Some(namespace), &ListOptions::default()) else { return Ok(()) };
+        let ranges: Vec<Value> = ranges.items.iter().map(|r| r.value().clone()).collect();
+        let errors = nanokube_api::quota::check_claim_limits(obj, &ranges);
+        if errors.is_empty() {
+            return Ok(());
+        }
+        let joined = if errors.len() == 1 { errors[0].clone() } else { format!("[{}]", errors.join(", ")) };
+        Err(ApiError::forbidden(format!("persistentvolumeclaims \"{}\" is forbidden: {joined}", meta::name(obj))))
     }
 
     fn admit_pod(&self, namespace: &str, obj: &mut Value) -> Result<(), ApiError> {

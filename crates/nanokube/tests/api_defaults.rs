@@ -243,3 +243,33 @@ fn zero_values_are_kept_only_where_go_keeps_them() {
     assert_eq!(after["metadata"]["generation"], before["metadata"]["generation"], "no change to the spec");
     assert!(after["spec"]["template"]["spec"].get("hostNetwork").is_none(), "{after}");
 }
+
+/// LimitRanger holds claims to a LimitRange's `PersistentVolumeClaim` min and max, with
+/// upstream's 403.
+#[test]
+fn limit_ranges_bound_claims() {
+    let s = Server::start_with(&["--node=false"]);
+    s.k(&["create", "namespace", "claims"]);
+    let lr = r#"{"apiVersion":"v1","kind":"LimitRange","metadata":{"name":"storage","namespace":"claims"},
+      "spec":{"limits":[{"type":"PersistentVolumeClaim","min":{"storage":"1Gi"},"max":{"storage":"2Gi"}}]}}"#;
+    assert!(s.k_stdin(&["create", "-f", "-"], lr).status.success());
+    let claim = |name: &str, size: &str| {
+        format!(
+            r#"{{"apiVersion":"v1","kind":"PersistentVolumeClaim","metadata":{{"name":"{name}","namespace":"claims"}},
+              "spec":{{"accessModes":["ReadWriteOnce"],"resources":{{"requests":{{"storage":"{size}"}}}}}}}}"#
+        )
+    };
+    let out = s.k_stdin(&["create", "-f", "-"], &claim("big", "5Gi"));
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("persistentvolumeclaims \"big\" is forbidden: maximum storage usage per PersistentVolumeClaim is 2Gi, but request is 5Gi"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = s.k_stdin(&["create", "-f", "-"], &claim("small", "500Mi"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("minimum storage usage per PersistentVolumeClaim is 1Gi, but request is 500Mi"));
+    let out = s.k_stdin(&["create", "-f", "-"], &claim("fits", "1536Mi"));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(s.get_json("/api/v1/namespaces/claims/persistentvolumeclaims/big").0, 404, "nothing stored");
+}
