@@ -78,6 +78,36 @@ pub fn drop_empty(obj: &mut Value) {
     }
 }
 
+/// Whether [`drop_empty`] would remove anything from `obj` (walks without copying:
+/// most stored objects are already as Go writes them).
+pub fn has_empty(obj: &Value) -> bool {
+    match (crate::go_order::message_of(obj), obj) {
+        (Some(msg), Value::Object(map)) => has_empty_in(msg, map),
+        _ => false,
+    }
+}
+
+fn has_empty_in(msg: &str, map: &Map<String, Value>) -> bool {
+    let table = table();
+    map.iter().any(|(key, value)| {
+        let Some((path, _, field)) = protobuf::field_place(msg, key) else { return false };
+        let owner = path.last().map_or(msg, |(_, m)| m);
+        if table.get(&(owner, key.as_str())).is_some_and(|how| is_empty(*how, value)) {
+            return true;
+        }
+        let FieldType::Message(inner) = field.ty else { return false };
+        if protobuf::is_opaque(inner) {
+            return false;
+        }
+        match (field.cardinality, value) {
+            (Cardinality::One, Value::Object(m)) => has_empty_in(inner, m),
+            (Cardinality::List, Value::Array(items)) => items.iter().any(|i| i.as_object().is_some_and(|m| has_empty_in(inner, m))),
+            (Cardinality::Map, Value::Object(entries)) => entries.values().any(|i| i.as_object().is_some_and(|m| has_empty_in(inner, m))),
+            _ => false,
+        }
+    })
+}
+
 /// [`drop_empty`] for a value of message `msg`.
 pub fn drop_empty_in(msg: &str, map: &mut Map<String, Value>) {
     let table = table();
@@ -133,7 +163,9 @@ mod tests {
                 "volumes": [{"name": "v", "emptyDir": {}}]
             }
         });
+        assert!(has_empty(&pod));
         drop_empty(&mut pod);
+        assert!(!has_empty(&pod), "nothing left to drop");
         assert_eq!(
             pod,
             json!({

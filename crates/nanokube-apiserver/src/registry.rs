@@ -1559,9 +1559,15 @@ impl Registry {
     fn prepare_update(&self, def: &ResourceDef, old: &Value, mut new: Value, opts: &WriteOptions) -> Result<Value, ApiError> {
         // What was stored before zero values were dropped (an older data directory)
         // compares as Go reads it, so no comparison below sees a difference in them.
-        let mut old_go = old.clone();
-        go_omitempty::drop_empty(&mut old_go);
-        let old = &old_go;
+        let normalized;
+        let old = if go_omitempty::has_empty(old) {
+            let mut o = old.clone();
+            go_omitempty::drop_empty(&mut o);
+            normalized = o;
+            &normalized
+        } else {
+            old
+        };
         new["kind"] = json!(def.kind);
         new["apiVersion"] = json!(def.api_version());
         let status_write = opts.subresource.as_deref() == Some("status");
