@@ -39,18 +39,25 @@ pub struct Capture {
 pub fn prepare(ns: &Path, own_ip: Ipv4Addr, captured: &[String]) -> Result<Capture, String> {
     let restore = nanokube_runtime::find_program("iptables-restore")
         .ok_or("iptables-restore was not found (Debian: apt-get install iptables), so pods cannot reach each other")?;
-    let mut rules = format!("*nat\n-A OUTPUT -d {own_ip}/32 -j RETURN\n");
-    for range in std::iter::once("127.244.0.0/16").chain(captured.iter().map(String::as_str)) {
-        for proto in ["tcp", "udp"] {
-            rules.push_str(&format!("-A OUTPUT -d {range} -p {proto} -j REDIRECT --to-ports {PORT}\n"));
-        }
-    }
-    rules.push_str("COMMIT\n");
+    let ranges: Vec<&str> = std::iter::once("127.244.0.0/16").chain(captured.iter().map(String::as_str)).collect();
+    let rules = format!("*nat\n-A OUTPUT -d {own_ip}/32 -j RETURN\n{}COMMIT\n", redirects("-A", &ranges));
     nanokube_runtime::netns::within(ns, move || -> Result<Capture, String> {
         nanokube_runtime::netns::add_loopback_address(own_ip)?;
         restore_rules(&restore, &rules)?;
         bind()
     })?
+}
+
+/// The rules (`op`: `-A` to add, `-D` to delete) sending a pod's TCP and UDP to `ranges`
+/// to the agent's port.
+fn redirects(op: &str, ranges: &[&str]) -> String {
+    let mut rules = String::new();
+    for range in ranges {
+        for proto in ["tcp", "udp"] {
+            rules.push_str(&format!("{op} OUTPUT -d {range} -p {proto} -j REDIRECT --to-ports {PORT}\n"));
+        }
+    }
+    rules
 }
 
 /// Run `iptables-restore --noflush` with `rules`; the child inherits the calling
@@ -79,14 +86,8 @@ fn restore_rules(restore: &Path, rules: &str) -> Result<(), String> {
 /// while the pod runs.
 pub fn change_capture(ns: &Path, ranges: &[String], add: bool) -> Result<(), String> {
     let restore = nanokube_runtime::find_program("iptables-restore").ok_or("iptables-restore was not found")?;
-    let op = if add { "-A" } else { "-D" };
-    let mut rules = String::from("*nat\n");
-    for range in ranges {
-        for proto in ["tcp", "udp"] {
-            rules.push_str(&format!("{op} OUTPUT -d {range} -p {proto} -j REDIRECT --to-ports {PORT}\n"));
-        }
-    }
-    rules.push_str("COMMIT\n");
+    let ranges: Vec<&str> = ranges.iter().map(String::as_str).collect();
+    let rules = format!("*nat\n{}COMMIT\n", redirects(if add { "-A" } else { "-D" }, &ranges));
     nanokube_runtime::netns::within(ns, move || restore_rules(&restore, &rules))?
 }
 

@@ -14,6 +14,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use crate::machine::{meminfo, statvfs};
+
 /// kubelet's default `--eviction-hard` on Linux.
 pub const KUBELET_DEFAULT_HARD: &str = "imagefs.available<15%,imagefs.inodesFree<5%,memory.available<100Mi,nodefs.available<10%,nodefs.inodesFree<5%";
 
@@ -148,19 +150,6 @@ pub struct Observation {
     pub available: u64,
     /// The whole.
     pub capacity: u64,
-}
-
-fn statvfs(path: &Path) -> Option<libc::statvfs> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-    // SAFETY: statvfs(3) on a NUL-terminated path into a zeroed struct we own.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    (unsafe { libc::statvfs(c.as_ptr(), &mut st) } == 0).then_some(st)
-}
-
-fn meminfo(key: &str) -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    text.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| v.split_whitespace().next()).and_then(|k| k.parse::<u64>().ok()).map(|k| k * 1024)
 }
 
 /// Read every signal: the data directory's filesystem for `nodefs`, `images` for

@@ -42,28 +42,30 @@ pub fn hostname() -> String {
     }
 }
 
+/// A `/proc/meminfo` figure (`key` with its colon, e.g. `MemTotal:`), in bytes.
+pub(crate) fn meminfo(key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    text.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| v.split_whitespace().next()).and_then(|kib| kib.parse::<u64>().ok()).map(|kib| kib * 1024)
+}
+
 /// `MemTotal` from `/proc/meminfo`, in bytes.
 fn mem_total() -> u64 {
-    let text = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    text.lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|kib| kib.parse::<u64>().ok())
-        .map_or(0, |kib| kib * 1024)
+    meminfo("MemTotal:").unwrap_or(0)
+}
+
+/// statvfs(3) of the filesystem holding `path`.
+pub(crate) fn statvfs(path: &Path) -> Option<libc::statvfs> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs(3) on a NUL-terminated path into a zeroed struct we own; the
+    // struct is only used when the call succeeds.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    (unsafe { libc::statvfs(c.as_ptr(), &mut st) } == 0).then_some(st)
 }
 
 /// Total bytes of the filesystem holding `path`.
 fn fs_size(path: &Path) -> u64 {
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else { return 0 };
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // statvfs(3) on a NUL-terminated path into a zeroed struct we own: no aliasing, and
-    // the result is only read when the call succeeds.
-    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
-    if rc != 0 {
-        return 0;
-    }
-    st.f_blocks.saturating_mul(st.f_frsize)
+    statvfs(path).map_or(0, |st| st.f_blocks.saturating_mul(st.f_frsize))
 }
 
 fn os_image() -> String {

@@ -143,10 +143,11 @@ pub async fn act(rt: &Arc<PodRuntime>, met: &[(Threshold, Observation)]) {
         .filter(|p| p.pointer("/metadata/deletionTimestamp").is_none())
         .filter_map(|p| Some((p.pointer("/metadata/uid")?.as_str()?.to_string(), p)))
         .collect();
+    // Measured once per period: the storage checks and the disk ranking both read it.
+    let usages: Vec<StorageUsage> = active.iter().map(|(uid, pod)| storage_usage(rt, pod, uid)).collect();
     let mut evicted_any = false;
-    for (uid, pod) in &active {
-        let usage = storage_usage(rt, pod, uid);
-        if let Some(message) = storage_violation(pod, &usage) {
+    for ((uid, pod), usage) in active.iter().zip(&usages) {
+        if let Some(message) = storage_violation(pod, usage) {
             evicted_any |= rt.send(uid, Msg::Evict { message }).await;
         }
     }
@@ -158,11 +159,11 @@ pub async fn act(rt: &Arc<PodRuntime>, met: &[(Threshold, Observation)]) {
     let resource = threshold.signal.resource();
     let mut candidates: Vec<Candidate> = active
         .iter()
-        .filter(|(_, p)| !crate::eviction::is_critical(p))
-        .map(|(uid, pod)| {
+        .zip(&usages)
+        .filter(|((_, p), _)| !crate::eviction::is_critical(p))
+        .map(|((uid, pod), storage)| {
             let dir = rt.pods_dir().join(uid);
             let specs: Vec<Value> = pod.pointer("/spec/containers").and_then(Value::as_array).cloned().unwrap_or_default();
-            let storage = (threshold.signal != Signal::MemoryAvailable).then(|| storage_usage(rt, pod, uid));
             let containers = running_attempts(&dir)
                 .into_iter()
                 .map(|(name, id, _)| {
@@ -170,7 +171,7 @@ pub async fn act(rt: &Arc<PodRuntime>, met: &[(Threshold, Observation)]) {
                     let used = match threshold.signal {
                         Signal::MemoryAvailable => working_set(&format!("nanokube/pod{uid}/{id}")).unwrap_or(0),
                         Signal::PidAvailable => 0,
-                        _ => storage.as_ref().and_then(|s| s.containers.iter().find(|c| c.0 == name)).map_or(0, |c| c.1),
+                        _ => storage.containers.iter().find(|c| c.0 == name).map_or(0, |c| c.1),
                     };
                     let req = match threshold.signal {
                         Signal::MemoryAvailable => request(&spec, "memory"),
