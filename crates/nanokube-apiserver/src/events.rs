@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use nanokube_api::{meta, resources};
 use serde_json::{json, Value};
 
-use crate::registry::{Registry, WriteOptions};
+use crate::cluster::Cluster;
 
 /// (object uid, field path, type, reason, message) → (the Event's namespace and name, its count).
 type Seen = HashMap<(String, String, String, String, String), (String, String, i64)>;
@@ -34,7 +34,7 @@ impl Recorder {
 
     /// Record `reason`/`message` of type `ty` about `obj` (as stored, with its `kind` and
     /// `apiVersion`), and its part at `field_path` if any.
-    pub async fn record(&self, registry: &Registry, obj: &Value, field_path: Option<&str>, ty: &str, reason: &str, message: &str) {
+    pub async fn record(&self, cluster: &dyn Cluster, obj: &Value, field_path: Option<&str>, ty: &str, reason: &str, message: &str) {
         let Some(events) = resources::find("", "v1", "events") else { return };
         // Cluster-scoped objects' events live in `default`, as client-go records them.
         let ns = obj.pointer("/metadata/namespace").and_then(Value::as_str).filter(|n| !n.is_empty()).unwrap_or("default").to_string();
@@ -44,8 +44,8 @@ impl Recorder {
         let now = meta::now_rfc3339();
         let previous = self.seen.lock().ok().and_then(|s| s.get(&key).cloned());
         if let Some((event_ns, event_name, count)) = previous {
-            let r = registry
-                .update_with(events, &event_ns, &event_name, &WriteOptions::default(), |cur| {
+            let r = cluster
+                .update_with(events, &event_ns, &event_name, None, &mut |cur| {
                     let mut next = cur.clone();
                     next["count"] = json!(count + 1);
                     next["lastTimestamp"] = json!(now);
@@ -79,7 +79,7 @@ impl Recorder {
             "firstTimestamp": now, "lastTimestamp": now, "count": 1, "type": ty,
             "eventTime": null, "reportingComponent": self.component, "reportingInstance": self.host.clone().unwrap_or_default(),
         });
-        match registry.create(events, &ns, ev, &WriteOptions::default()).await {
+        match cluster.create(events, &ns, ev).await {
             Ok(_) => {
                 if let Ok(mut s) = self.seen.lock() {
                     if s.len() >= REMEMBERED {

@@ -1148,10 +1148,12 @@ impl Ctx<'_> {
                         return Err(ApiError::conflict_msg(plural, "", name, &format!("the UID in the bound object reference ({want}) does not match the UID in record. The object might have been deleted and then recreated")));
                     }
                 }
+                let mut node = None;
                 if kind == "Pod" {
+                    node = crate::satoken::pod_node(&self.server.registry, obj.value());
                     bound_pod = Some(obj.value().clone());
                 }
-                Some(crate::satoken::BoundObject { kind: kind.to_string(), name: name.to_string(), uid })
+                Some(crate::satoken::BoundObject { kind: kind.to_string(), name: name.to_string(), uid, node })
             }
         };
         // NodeRestriction: a node's tokens are bound to its own pods.

@@ -23,6 +23,7 @@ pub mod authn;
 pub mod authz;
 pub mod backend;
 pub mod bootstrap_token;
+pub mod cluster;
 pub mod coalesce;
 pub mod component_status;
 pub mod dashboard;

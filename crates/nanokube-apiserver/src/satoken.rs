@@ -28,6 +28,9 @@ pub struct BoundObject {
     pub name: String,
     /// UID.
     pub uid: String,
+    /// For a pod: the name and uid of the node it is bound to (ServiceAccountTokenPodNodeInfo,
+    /// on by default since 1.30), embedded as the `kubernetes.io.node` claim.
+    pub node: Option<(String, String)>,
 }
 
 /// Signs and describes service-account tokens.
@@ -102,6 +105,9 @@ impl TokenIssuer {
         let mut k8s = json!({"namespace": namespace, "serviceaccount": {"name": sa_name, "uid": sa_uid}});
         if let Some(b) = bound {
             k8s[b.kind.to_lowercase()] = json!({"name": b.name, "uid": b.uid});
+            if let Some((name, uid)) = &b.node {
+                k8s["node"] = json!({"name": name, "uid": uid});
+            }
         }
         let aud: Vec<String> = if audiences.is_empty() { self.api_audiences.clone() } else { audiences.to_vec() };
         let token = self.sign(&json!({
@@ -252,11 +258,28 @@ impl ServiceAccountAuthenticator {
                 }
             }
         }
+        // The node of a pod-bound token: told, not checked (the pod's check binds it).
+        if let Some(n) = k.get("node") {
+            for (key, field) in [("authentication.kubernetes.io/node-name", "name"), ("authentication.kubernetes.io/node-uid", "uid")] {
+                if let Some(v) = n.get(field).and_then(Value::as_str).filter(|v| !v.is_empty()) {
+                    extra.insert(key.to_string(), vec![v.to_string()]);
+                }
+            }
+        }
         if let Some(jti) = c.get("jti").and_then(Value::as_str) {
             extra.insert("authentication.kubernetes.io/credential-id".to_string(), vec![format!("JTI={jti}")]);
         }
         Ok(sa_user(ns, sa, uid, extra))
     }
+}
+
+/// The node a pod is bound to, as a token bound to the pod names it: (name, uid); `None`
+/// when the pod is not scheduled or its Node is not found (upstream then leaves the
+/// claim out too).
+pub fn pod_node(registry: &crate::registry::Registry, pod: &Value) -> Option<(String, String)> {
+    let name = pod.pointer("/spec/nodeName").and_then(Value::as_str).filter(|n| !n.is_empty())?;
+    let node = registry.get(nanokube_api::resources::find("", "v1", "nodes")?, "", name).ok()?;
+    Some((name.to_string(), node.value().pointer("/metadata/uid").and_then(Value::as_str).unwrap_or("").to_string()))
 }
 
 /// The identity of a service account.

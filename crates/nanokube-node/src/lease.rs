@@ -4,7 +4,7 @@
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference};
 use nanokube_api::{meta, resources};
-use nanokube_apiserver::registry::{Registry, WriteOptions};
+use nanokube_apiserver::cluster::Cluster;
 use serde_json::Value;
 
 /// The namespace node leases live in.
@@ -22,12 +22,12 @@ fn micro_now() -> Option<MicroTime> {
 }
 
 /// Create the node's Lease, or renew it.
-pub async fn renew(registry: &Registry, node: &str) -> Result<(), String> {
+pub async fn renew(cluster: &dyn Cluster, node: &str) -> Result<(), String> {
     let nodes = resources::find("", "v1", "nodes").ok_or("no nodes resource")?;
-    let node_uid = registry.get(nodes, "", node).ok().map(|n| meta::uid(n.value()).to_string());
-    match registry.get(leases(), NAMESPACE, node) {
-        Ok(_) => registry
-            .update_with(leases(), NAMESPACE, node, &WriteOptions::default(), |cur| {
+    let node_uid = cluster.get(nodes, "", node).ok().map(|n| meta::uid(&n).to_string());
+    match cluster.get(leases(), NAMESPACE, node) {
+        Ok(_) => cluster
+            .update_with(leases(), NAMESPACE, node, None, &mut |cur| {
                 let mut next = cur.clone();
                 next["spec"]["holderIdentity"] = Value::String(node.to_string());
                 next["spec"]["leaseDurationSeconds"] = DURATION_SECONDS.into();
@@ -52,7 +52,7 @@ pub async fn renew(registry: &Registry, node: &str) -> Result<(), String> {
             let mut v = serde_json::to_value(&lease).map_err(|e| e.to_string())?;
             v["apiVersion"] = Value::String("coordination.k8s.io/v1".into());
             v["kind"] = Value::String("Lease".into());
-            match registry.create(leases(), NAMESPACE, v, &WriteOptions::default()).await {
+            match cluster.create(leases(), NAMESPACE, v).await {
                 Err(e) if e.code != 409 => Err(e.message),
                 _ => Ok(()),
             }

@@ -22,6 +22,7 @@
 //! they wait, as upstream does for a node whose runtime is down.
 
 pub mod eviction;
+pub mod in_process;
 pub mod kubelet_api;
 pub mod lease;
 pub mod machine;
@@ -33,6 +34,7 @@ pub mod storage;
 use std::sync::Arc;
 use std::time::Duration;
 
+use nanokube_apiserver::cluster::Cluster;
 use nanokube_apiserver::registry::Registry;
 use tokio::sync::watch;
 
@@ -57,6 +59,9 @@ pub struct NodeConfig {
     pub kubelet_port: i32,
     /// Eviction thresholds and the pressure conditions they raise.
     pub eviction: Arc<eviction::Manager>,
+    /// The node of the control plane's own process (labelled
+    /// `node-role.kubernetes.io/control-plane`); false for a joined agent.
+    pub control_plane: bool,
 }
 
 /// How often the Lease is renewed (kubelet: `nodeLeaseDurationSeconds` 40 / 4).
@@ -69,37 +74,45 @@ pub const STATUS_CHECK: Duration = Duration::from_secs(10);
 
 /// The node agent.
 pub struct NodeAgent {
-    registry: Arc<Registry>,
+    cluster: Arc<dyn Cluster>,
+    /// The server's registry when the agent runs in the server's process: the local-path
+    /// provisioner (a controller, as k3s runs it next to the server) goes with it.
+    registry: Option<Arc<Registry>>,
     config: NodeConfig,
     pods: Option<Arc<pods::PodRuntime>>,
 }
 
 impl NodeAgent {
-    /// An agent for `config`, writing through `registry`; it runs pods on `pods` when
+    /// An agent for `config`, reading and writing through `cluster` (the server's
+    /// `registry` when it runs in the server's process); it runs pods on `pods` when
     /// given.
-    pub fn new(registry: Arc<Registry>, config: NodeConfig, pods: Option<Arc<pods::PodRuntime>>) -> Self {
+    pub fn new(cluster: Arc<dyn Cluster>, registry: Option<Arc<Registry>>, config: NodeConfig, pods: Option<Arc<pods::PodRuntime>>) -> Self {
         if let Some(rt) = &pods {
             let _ = rt.eviction.set(config.eviction.clone());
         }
-        NodeAgent { registry, config, pods }
+        NodeAgent { cluster, registry, config, pods }
     }
 
     /// Register the node (or update the registered one) and create its Lease.
     pub async fn register(&self) -> Result<(), String> {
-        node::register(&self.registry, &self.config).await?;
-        lease::renew(&self.registry, &self.config.name).await
+        node::register(&*self.cluster, &self.config).await?;
+        lease::renew(&*self.cluster, &self.config.name).await
     }
 
     /// Keep the Lease renewed and the status current until shutdown.
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let pod_manager = self.pods.clone().map(|rt| {
-            if let Ok(node) = self.registry.get(nanokube_api::resources::find("", "v1", "nodes").expect("built-in resource"), "", &self.config.name) {
-                if let (Ok(mut a), Some(alloc)) = (rt.allocatable.lock(), node.value().pointer("/status/allocatable")) {
-                    *a = alloc.clone();
+            if let Some(nodes) = nanokube_api::resources::find("", "v1", "nodes") {
+                if let Ok(node) = self.cluster.get(nodes, "", &self.config.name) {
+                    if let (Ok(mut a), Some(alloc)) = (rt.allocatable.lock(), node.pointer("/status/allocatable")) {
+                        *a = alloc.clone();
+                    }
                 }
             }
-            let provisioner = storage::LocalPath::new(self.registry.clone(), &self.config.name, &self.config.data_dir);
-            tokio::spawn(provisioner.run(shutdown.clone()));
+            if let Some(registry) = &self.registry {
+                let provisioner = storage::LocalPath::new(registry.clone(), &self.config.name, &self.config.data_dir);
+                tokio::spawn(provisioner.run(shutdown.clone()));
+            }
             tokio::spawn(pods::PodManager::new(rt).run(shutdown.clone()))
         });
         let mut eviction_tick = tokio::time::interval(eviction::MONITORING_PERIOD);
@@ -124,13 +137,13 @@ impl NodeAgent {
                     }
                 }
                 _ = lease_tick.tick() => {
-                    if let Err(e) = lease::renew(&self.registry, &self.config.name).await {
+                    if let Err(e) = lease::renew(&*self.cluster, &self.config.name).await {
                         tracing::warn!(node = %self.config.name, "renewing the node lease: {e}");
                     }
                 }
                 _ = status_tick.tick() => {
                     let report = last_report.elapsed() >= STATUS_REPORT;
-                    match node::update_status(&self.registry, &self.config, report).await {
+                    match node::update_status(&*self.cluster, &self.config, report).await {
                         Ok(true) => last_report = tokio::time::Instant::now(),
                         Ok(false) => {}
                         Err(e) => tracing::warn!(node = %self.config.name, "updating the node status: {e}"),

@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use nanokube_api::{meta, resources};
-use nanokube_apiserver::registry::{Registry, WriteOptions};
+use nanokube_apiserver::cluster::Cluster;
 use serde_json::Value;
 
 use crate::machine::Machine;
@@ -65,9 +65,13 @@ pub fn build(config: &NodeConfig, m: &Machine) -> Node {
         ("kubernetes.io/arch", m.architecture.to_string()),
         ("kubernetes.io/hostname", config.name.clone()),
         ("kubernetes.io/os", "linux".to_string()),
-        ("node-role.kubernetes.io/control-plane", "true".to_string()),
     ] {
         labels.insert(k.to_string(), v);
+    }
+    // Set by the control plane on its own node (kubeadm, k3s); NodeRestriction keeps a
+    // joined node from giving itself the role.
+    if config.control_plane {
+        labels.insert("node-role.kubernetes.io/control-plane".to_string(), "true".to_string());
     }
     let annotations = BTreeMap::from([("volumes.kubernetes.io/controller-managed-attach-detach".to_string(), "true".to_string())]);
     let kib = |bytes: u64| Quantity(format!("{}Ki", bytes / 1024));
@@ -146,18 +150,18 @@ fn to_value(node: &Node) -> Result<Value, String> {
 
 /// Register the node: create it, or bring the registered one's labels, spec and status
 /// up to date (a restart, a new boot, another machine's data dir).
-pub async fn register(registry: &Registry, config: &NodeConfig) -> Result<(), String> {
+pub async fn register(cluster: &dyn Cluster, config: &NodeConfig) -> Result<(), String> {
     let m = Machine::read(&config.data_dir);
     let want = to_value(&build(config, &m))?;
-    match registry.get(nodes(), "", &config.name) {
-        Err(e) if e.code == 404 => match registry.create(nodes(), "", want.clone(), &WriteOptions::default()).await {
+    match cluster.get(nodes(), "", &config.name) {
+        Err(e) if e.code == 404 => match cluster.create(nodes(), "", want.clone()).await {
             Ok(_) => Ok(()),
             Err(e) => Err(e.message),
         },
         Err(e) => Err(e.message),
         Ok(_) => {
-            registry
-                .update_with(nodes(), "", &config.name, &WriteOptions::default(), |cur| {
+            cluster
+                .update_with(nodes(), "", &config.name, None, &mut |cur| {
                     let mut next = cur.clone();
                     for (k, v) in want["metadata"]["labels"].as_object().into_iter().flatten() {
                         next["metadata"]["labels"][k] = v.clone();
@@ -168,15 +172,14 @@ pub async fn register(registry: &Registry, config: &NodeConfig) -> Result<(), St
                 })
                 .await
                 .map_err(|e| e.message)?;
-            write_status(registry, config, &want["status"]).await
+            write_status(cluster, config, &want["status"]).await
         }
     }
 }
 
-async fn write_status(registry: &Registry, config: &NodeConfig, status: &Value) -> Result<(), String> {
-    let opts = WriteOptions { subresource: Some("status".into()), ..Default::default() };
-    registry
-        .update_with(nodes(), "", &config.name, &opts, |cur| {
+async fn write_status(cluster: &dyn Cluster, config: &NodeConfig, status: &Value) -> Result<(), String> {
+    cluster
+        .update_with(nodes(), "", &config.name, Some("status"), &mut |cur| {
             let mut next = cur.clone();
             let mut status = status.clone();
             // A condition keeps its transition time while its status stays the same.
@@ -197,10 +200,10 @@ async fn write_status(registry: &Registry, config: &NodeConfig, status: &Value) 
 
 /// Re-evaluate the status; write it when a condition changed or `report` asks for the
 /// periodic report (heartbeat times move). Whether it was written.
-pub async fn update_status(registry: &Registry, config: &NodeConfig, report: bool) -> Result<bool, String> {
+pub async fn update_status(cluster: &dyn Cluster, config: &NodeConfig, report: bool) -> Result<bool, String> {
     let want = to_value(&build(config, &Machine::read(&config.data_dir)))?;
-    let cur = registry.get(nodes(), "", &config.name).map_err(|e| e.message)?;
-    let cur = cur.value();
+    let cur = cluster.get(nodes(), "", &config.name).map_err(|e| e.message)?;
+    let cur = &cur;
     let key = |v: &Value| -> Vec<(Value, Value, Value)> {
         v.pointer("/status/conditions")
             .and_then(Value::as_array)
@@ -213,6 +216,6 @@ pub async fn update_status(registry: &Registry, config: &NodeConfig, report: boo
     if !changed && !report {
         return Ok(false);
     }
-    write_status(registry, config, &want["status"]).await?;
+    write_status(cluster, config, &want["status"]).await?;
     Ok(true)
 }

@@ -6,6 +6,7 @@
 //! controllers ([`nanokube_controllers`]). The `nanokube` binary's `server` command is a
 //! thin wrapper around it.
 
+pub mod agent;
 pub mod bench;
 pub mod client;
 pub mod config;
@@ -481,19 +482,20 @@ impl Cluster {
         };
         let node_agent = cfg.node.then(|| {
             let name = node_name.clone();
+            let cluster: Arc<dyn nanokube_apiserver::cluster::Cluster> =
+                Arc::new(nanokube_node::in_process::InProcess { registry: registry.clone(), issuer: issuer.clone() });
             let eviction = Arc::new(nanokube_node::eviction::Manager::new(cfg.eviction_hard.clone(), cfg.eviction_pressure_transition_period));
             // Pods run when this machine can run containers; otherwise the node says why not.
             let runtime = match nanokube_node::pods::check_runtime(&cfg.data_dir, images.as_ref()) {
                 Ok(runc) => match (std::env::current_exe(), images.clone(), network.clone()) {
                     (Ok(binary), Some(store), Some(network)) => Ok(Arc::new(nanokube_node::pods::PodRuntime::new(
-                        registry.clone(),
+                        cluster.clone(),
                         &name,
                         &advertise.to_string(),
                         store,
                         runc,
                         binary,
                         &cfg.data_dir,
-                        Some(issuer.clone()),
                         nanokube_node::pods::Mirrors(cfg.registry_mirrors.clone()),
                         cfg.insecure_registries.clone(),
                         network,
@@ -547,7 +549,8 @@ impl Cluster {
                 }
             }
             Arc::new(nanokube_node::NodeAgent::new(
-                registry.clone(),
+                cluster,
+                Some(registry.clone()),
                 nanokube_node::NodeConfig {
                     name,
                     internal_ip: advertise.to_string(),
@@ -558,6 +561,7 @@ impl Cluster {
                     not_ready,
                     kubelet_port: i32::from(kubelet_port),
                     eviction,
+                    control_plane: true,
                 },
                 runtime,
             ))

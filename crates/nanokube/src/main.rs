@@ -1,6 +1,6 @@
 //! The `nanokube` command.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -81,10 +81,52 @@ enum DnsCommand {
 
 // Parsed once per run: the size of the server's arguments does not matter.
 #[allow(clippy::large_enum_variant)]
+/// `nanokube agent`.
+#[derive(clap::Args)]
+struct AgentArgs {
+    /// The API server to join (`https://host:port`).
+    #[arg(long)]
+    server: String,
+    /// The bootstrap token (`nanokube token create` on the server); needed for the first
+    /// start only: the node's credentials are kept in `<data-dir>/kubelet.conf`.
+    #[arg(long)]
+    token: Option<String>,
+    /// The cluster CA's public key hash (`sha256:<hex>`) to trust, as kubeadm's.
+    #[arg(long = "discovery-token-ca-cert-hash")]
+    ca_cert_hashes: Vec<String>,
+    /// Trust the CA that the token's signature vouches for without a hash.
+    #[arg(long = "discovery-token-unsafe-skip-ca-verification")]
+    unsafe_skip_ca_verification: bool,
+    /// The Node's name [default: the host name].
+    #[arg(long)]
+    node_name: Option<String>,
+    /// Where the node keeps its credentials, images, pods and logs [default: ~/.nanokube-agent].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// The node's address (`InternalIP`, the pods' hostIP); a loopback address.
+    #[arg(long, default_value = "127.0.0.1")]
+    node_ip: Ipv4Addr,
+    /// The pods' addresses, a range inside 127.244.0.0/16 no other node uses.
+    #[arg(long, default_value = "127.244.128.0/24")]
+    pod_cidr: String,
+    /// The cluster's Service range (the server's --service-cluster-ip-range).
+    #[arg(long, default_value = "127.96.0.0/16")]
+    service_cidr: String,
+    /// kubelet's hard eviction thresholds (as `nanokube server --eviction-hard`).
+    #[arg(long, default_value = nanokube_node::eviction::DEFAULT_HARD, value_parser = parse_eviction_thresholds)]
+    eviction_hard: String,
+    /// Pull images of REGISTRY from HOST[:PORT] instead; repeat for several.
+    #[arg(long = "registry-mirror", value_name = "REGISTRY=HOST[:PORT]")]
+    registry_mirrors: Vec<String>,
+    /// A registry (`host:port`) pulled from over plain HTTP; repeat for several.
+    #[arg(long = "insecure-registry")]
+    insecure_registries: Vec<String>,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Start the API server and controllers on the embedded store.
-    Server(ServerArgs),
+    Server(Box<ServerArgs>),
     /// Measure a cluster: startup, durable creates, lists, and the disk's fsync latency.
     Bench(BenchArgs),
     /// Manage users: `nanokube user add NAME` issues a client certificate and kubeconfig.
@@ -93,6 +135,8 @@ enum Command {
     /// Bootstrap tokens a node joins with, like `kubeadm token`.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Join a cluster as a node with a bootstrap token and run its pods (`k3s agent`).
+    Agent(AgentArgs),
     /// Run a proxy to the API server, like `kubectl proxy` (plain HTTP on localhost).
     Proxy(ProxyArgs),
     /// Print the dashboard's address and how to log in.
@@ -352,6 +396,10 @@ enum TokenCommand {
         /// Extra groups of the token's user (each `system:bootstrappers:…`).
         #[arg(long, value_delimiter = ',', default_value = nanokube_apiserver::bootstrap_token::DEFAULT_NODE_GROUP)]
         groups: Vec<String>,
+        /// Print the whole `nanokube agent` command that joins with it (the server's address
+        /// and the CA's hash), as `kubeadm token create --print-join-command`.
+        #[arg(long)]
+        print_join_command: bool,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -687,7 +735,8 @@ fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     let code = rt.block_on(async move {
         match cli.command {
-            Command::Server(args) => run_server(args, started).await,
+            Command::Server(args) => run_server(*args, started).await,
+            Command::Agent(a) => run_agent(a).await,
             Command::Proxy(a) => run_proxy(a).await,
             Command::Dashboard(a) => match client_access(&a) {
                 Ok(access) => {
@@ -838,16 +887,95 @@ fn client_access(a: &ClientArgs) -> Result<nanokube::client::ClusterAccess, Stri
     nanokube::client::ClusterAccess::from_kubeconfig(f, a.context.as_deref())
 }
 
+/// `--registry-mirror REGISTRY=HOST[:PORT]` values as pairs.
+fn parse_mirrors(given: &[String]) -> Result<Vec<(String, String)>, String> {
+    given
+        .iter()
+        .map(|m| match m.split_once('=') {
+            Some((r, e)) if !r.is_empty() && !e.is_empty() => Ok((r.to_string(), e.to_string())),
+            _ => Err(format!("--registry-mirror must look like docker.io=127.0.0.1:5000 (or *=HOST:PORT), not {m:?}")),
+        })
+        .collect()
+}
+
+async fn run_agent(a: AgentArgs) -> i32 {
+    let data_dir = match a.data_dir.map(Ok).unwrap_or_else(|| home().map(|h| h.join(".nanokube-agent"))) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    let registry_mirrors = match parse_mirrors(&a.registry_mirrors) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    if let Err(e) = nanokube_node::pods::parse_pod_cidr(&a.pod_cidr) {
+        eprintln!("error: --pod-cidr: {e}");
+        return 2;
+    }
+    let cfg = nanokube::agent::AgentConfig {
+        server: a.server,
+        token: a.token,
+        ca_cert_hashes: a.ca_cert_hashes,
+        unsafe_skip_ca_verification: a.unsafe_skip_ca_verification,
+        node_name: a.node_name.unwrap_or_else(nanokube_node::machine::hostname),
+        data_dir,
+        node_ip: a.node_ip,
+        pod_cidr: a.pod_cidr,
+        service_cidr: a.service_cidr,
+        eviction_hard: nanokube_node::eviction::parse_thresholds(&a.eviction_hard).unwrap_or_default(),
+        registry_mirrors,
+        insecure_registries: a.insecure_registries,
+    };
+    use tokio::signal::unix::{signal, SignalKind};
+    let (mut int, mut term) = match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+        (Ok(i), Ok(t)) => (i, t),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("error: installing signal handlers: {e}");
+            return 1;
+        }
+    };
+    let agent = match nanokube::agent::Agent::start(cfg).await {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
+    say!("node {:?} joined and registered; its credentials are in {}", agent.node_name, agent.kubeconfig.display());
+    if let Some(why) = &agent.not_ready {
+        say!("  it runs no pods: {why}");
+    }
+    tokio::select! {
+        _ = int.recv() => {}
+        _ = term.recv() => {}
+    }
+    say!("stopping the node's pods");
+    agent.stop().await;
+    0
+}
+
 async fn run_token(c: TokenCommand) -> i32 {
     let client_for = |a: &ClientArgs| client_access(a).map(|access| nanokube::client::ApiClient::from_access(&access, false));
     let result = match c {
-        TokenCommand::Create { token, ttl, description, groups, client } => match client_access(&client) {
+        TokenCommand::Create { token, ttl, description, groups, print_join_command, client } => match client_access(&client) {
             Ok(access) => {
                 let api = nanokube::client::ApiClient::from_access(&access, false);
                 // The first token brings what kubeadm's init adds for joining nodes.
                 let ca = String::from_utf8_lossy(access.ca_pem.as_deref().unwrap_or_default()).into_owned();
                 let new = nanokube::tokens::NewToken { token: token.as_deref(), ttl_seconds: ttl.as_secs(), description: &description, groups: &groups };
-                nanokube::tokens::create(&api, &new, &access.server, &ca).await.map(|t| say!("{t}"))
+                nanokube::tokens::create(&api, &new, &access.server, &ca).await.map(|t| {
+                    if print_join_command {
+                        let pins: Vec<String> = nanokube::join::public_key_hashes(&ca).iter().map(|h| format!(" --discovery-token-ca-cert-hash {h}")).collect();
+                        say!("nanokube agent --server {} --token {t}{}", access.server, pins.concat());
+                    } else {
+                        say!("{t}");
+                    }
+                })
             }
             Err(e) => Err(e),
         },
@@ -1133,13 +1261,11 @@ async fn run_server(args: ServerArgs, started: Instant) -> i32 {
         controller_clock: std::sync::Arc::new(nanokube_controllers::clock::SystemClock),
     };
     let mut cfg = cfg;
-    for m in &args.registry_mirrors {
-        match m.split_once('=') {
-            Some((r, e)) if !r.is_empty() && !e.is_empty() => cfg.registry_mirrors.push((r.to_string(), e.to_string())),
-            _ => {
-                eprintln!("error: --registry-mirror must look like docker.io=127.0.0.1:5000 (or *=HOST:PORT), not {m:?}");
-                return 2;
-            }
+    match parse_mirrors(&args.registry_mirrors) {
+        Ok(m) => cfg.registry_mirrors.extend(m),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
         }
     }
     let cluster = match Cluster::start(cfg).await {

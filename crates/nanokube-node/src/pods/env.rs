@@ -4,7 +4,7 @@
 //! fieldRef, resourceFieldRef, configMapKeyRef, secretKeyRef with `optional`).
 
 use nanokube_api::resources;
-use nanokube_apiserver::registry::{ListOptions, Registry};
+use nanokube_apiserver::cluster::Cluster;
 use serde_json::Value;
 
 use super::files::{field_ref, read_source, resource_field_ref};
@@ -15,18 +15,18 @@ pub struct ConfigError(pub String);
 
 /// The Service variables (`docker links` style) for the Services of `namespace`, and the
 /// `kubernetes` Service of `default` always, as kubelet's `getServiceEnvVarMap` makes them.
-pub fn service_links(registry: &Registry, namespace: &str, enable: bool) -> Vec<(String, String)> {
+pub fn service_links(cluster: &dyn Cluster, namespace: &str, enable: bool) -> Vec<(String, String)> {
     let Some(services) = resources::find("", "v1", "services") else { return Vec::new() };
     let mut chosen: Vec<Value> = Vec::new();
     if enable {
-        if let Ok(list) = registry.list(services, Some(namespace), &ListOptions::default()) {
-            chosen.extend(list.items.iter().map(|o| o.value().clone()));
+        if let Ok(list) = cluster.list(services, Some(namespace), "") {
+            chosen.extend(list.items);
         }
     }
     if namespace != "default" || !enable {
-        if let Ok(k) = registry.get(services, "default", "kubernetes") {
+        if let Ok(k) = cluster.get(services, "default", "kubernetes") {
             chosen.retain(|s| s.pointer("/metadata/name").and_then(Value::as_str) != Some("kubernetes"));
-            chosen.push(k.value().clone());
+            chosen.push(k);
         }
     }
     let mut out = Vec::new();
@@ -61,7 +61,7 @@ pub fn service_links(registry: &Registry, namespace: &str, enable: bool) -> Vec<
 
 /// The container's own variables, name and value as written (before `$(VAR)` expansion,
 /// which [`nanokube_runtime::command::environment`] does in order).
-pub fn container_vars(registry: &Registry, pod: &Value, container: &Value, allocatable: &Value) -> Result<Vec<(String, String)>, ConfigError> {
+pub fn container_vars(cluster: &dyn Cluster, pod: &Value, container: &Value, allocatable: &Value) -> Result<Vec<(String, String)>, ConfigError> {
     let ns = pod.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("");
     let cname = container.get("name").and_then(Value::as_str).unwrap_or("");
     let mut out = Vec::new();
@@ -73,7 +73,7 @@ pub fn container_vars(registry: &Registry, pod: &Value, container: &Value, alloc
             _ => continue,
         };
         let name = src.get("name").and_then(Value::as_str).unwrap_or("");
-        match read_source(registry, plural, ns, name) {
+        match read_source(cluster, plural, ns, name) {
             Some(data) => {
                 for (k, v) in data {
                     out.push((format!("{prefix}{k}"), String::from_utf8_lossy(&v).replace('$', "$$")));
@@ -102,7 +102,7 @@ pub fn container_vars(registry: &Registry, pod: &Value, container: &Value, alloc
         {
             let (src, key) = (r.get("name").and_then(Value::as_str).unwrap_or(""), r.get("key").and_then(Value::as_str).unwrap_or(""));
             let optional = r.get("optional").and_then(Value::as_bool).unwrap_or(false);
-            match read_source(registry, plural, ns, src) {
+            match read_source(cluster, plural, ns, src) {
                 Some(data) => match data.get(key) {
                     Some(v) => String::from_utf8_lossy(v).into_owned(),
                     None if optional => continue,

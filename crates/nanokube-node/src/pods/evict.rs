@@ -7,8 +7,6 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use nanokube_api::selector::FieldSelector;
-use nanokube_apiserver::registry::ListOptions;
 use serde_json::Value;
 
 use super::stats::{running_attempts, working_set};
@@ -133,12 +131,10 @@ impl Candidate {
 /// Evict what this period calls for.
 pub async fn act(rt: &Arc<PodRuntime>, met: &[(Threshold, Observation)]) {
     let Some(pods_def) = nanokube_api::resources::find("", "v1", "pods") else { return };
-    let Ok(fields) = FieldSelector::parse(&format!("spec.nodeName={}", rt.node)) else { return };
-    let Ok(list) = rt.registry.list(pods_def, None, &ListOptions { fields, ..Default::default() }) else { return };
+    let Ok(list) = rt.cluster.list(pods_def, None, &format!("spec.nodeName={}", rt.node)) else { return };
     let active: Vec<(String, Value)> = list
         .items
-        .iter()
-        .map(|o| o.value().clone())
+        .into_iter()
         .filter(|p| !matches!(p.pointer("/status/phase").and_then(Value::as_str), Some("Succeeded" | "Failed")))
         .filter(|p| p.pointer("/metadata/deletionTimestamp").is_none())
         .filter_map(|p| Some((p.pointer("/metadata/uid")?.as_str()?.to_string(), p)))

@@ -13,7 +13,7 @@ use std::path::{Component, Path, PathBuf};
 
 use base64::Engine;
 use nanokube_api::resources;
-use nanokube_apiserver::registry::Registry;
+use nanokube_apiserver::cluster::{Cluster, TokenFor};
 use serde_json::{json, Value};
 
 /// A file of a volume: its path inside the volume, bytes and mode.
@@ -106,9 +106,8 @@ fn def(plural: &str) -> &'static resources::ResourceDef {
 
 /// The data of a ConfigMap or Secret (`data`, base64 for Secrets and `binaryData`), or
 /// `None` when it does not exist.
-pub fn read_source(registry: &Registry, plural: &str, namespace: &str, name: &str) -> Option<BTreeMap<String, Vec<u8>>> {
-    let obj = registry.get(def(plural), namespace, name).ok()?;
-    let v = obj.value();
+pub fn read_source(cluster: &dyn Cluster, plural: &str, namespace: &str, name: &str) -> Option<BTreeMap<String, Vec<u8>>> {
+    let v = cluster.get(def(plural), namespace, name).ok()?;
     let mut out = BTreeMap::new();
     let b64 = base64::engine::general_purpose::STANDARD;
     for (k, val) in v.get("data").and_then(Value::as_object).into_iter().flatten() {
@@ -123,11 +122,11 @@ pub fn read_source(registry: &Registry, plural: &str, namespace: &str, name: &st
 }
 
 /// The files of a `configMap`/`secret` source (`items`, `defaultMode`, `optional`).
-fn keyed_payload(registry: &Registry, plural: &str, namespace: &str, src: &Value, default_mode: u32) -> Result<Vec<Payload>, MountError> {
+fn keyed_payload(cluster: &dyn Cluster, plural: &str, namespace: &str, src: &Value, default_mode: u32) -> Result<Vec<Payload>, MountError> {
     let name = src.get(if plural == "secrets" { "secretName" } else { "name" }).and_then(Value::as_str).unwrap_or("");
     let optional = src.get("optional").and_then(Value::as_bool).unwrap_or(false);
     let kind = if plural == "secrets" { "secret" } else { "configmap" };
-    let Some(data) = read_source(registry, plural, namespace, name) else {
+    let Some(data) = read_source(cluster, plural, namespace, name) else {
         if optional {
             return Ok(Vec::new());
         }
@@ -218,10 +217,8 @@ pub type TokenCache = std::sync::Mutex<std::collections::HashMap<(String, String
 
 /// The pod's service-account token, as the kubelet's token manager asks TokenRequest.
 pub struct TokenSource<'a> {
-    /// The issuer.
-    pub issuer: &'a nanokube_apiserver::satoken::TokenIssuer,
-    /// The registry (to find the ServiceAccount's uid).
-    pub registry: &'a Registry,
+    /// Where TokenRequests go.
+    pub cluster: &'a dyn Cluster,
     /// What was issued before: a token is renewed at 80% of its life or after 24 hours,
     /// as kubelet's token manager does.
     pub cache: &'a TokenCache,
@@ -232,16 +229,16 @@ pub struct TokenSource<'a> {
 pub fn api_volume(
     pod: &Value,
     volume: &Value,
-    registry: &Registry,
+    cluster: &dyn Cluster,
     tokens: Option<&TokenSource<'_>>,
     allocatable: &Value,
 ) -> Option<Result<Vec<Payload>, MountError>> {
     let ns = pod.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("");
     if let Some(src) = volume.get("configMap") {
-        return Some(keyed_payload(registry, "configmaps", ns, src, 0o644));
+        return Some(keyed_payload(cluster, "configmaps", ns, src, 0o644));
     }
     if let Some(src) = volume.get("secret") {
-        return Some(keyed_payload(registry, "secrets", ns, src, 0o644));
+        return Some(keyed_payload(cluster, "secrets", ns, src, 0o644));
     }
     if let Some(src) = volume.get("downwardAPI") {
         let mode = src.get("defaultMode").and_then(Value::as_u64).map(|m| m as u32).unwrap_or(0o644);
@@ -252,13 +249,13 @@ pub fn api_volume(
     let mut out = Vec::new();
     for s in src.get("sources").and_then(Value::as_array).into_iter().flatten() {
         let part = if let Some(cm) = s.get("configMap") {
-            keyed_payload(registry, "configmaps", ns, cm, mode)
+            keyed_payload(cluster, "configmaps", ns, cm, mode)
         } else if let Some(sec) = s.get("secret") {
             let mut sec = sec.clone();
             if let Some(n) = sec.get("name").cloned() {
                 sec["secretName"] = n;
             }
-            keyed_payload(registry, "secrets", ns, &sec, mode)
+            keyed_payload(cluster, "secrets", ns, &sec, mode)
         } else if let Some(d) = s.get("downwardAPI") {
             downward_items(pod, d.get("items"), mode, allocatable)
         } else if let Some(t) = s.get("serviceAccountToken") {
@@ -299,16 +296,8 @@ fn downward_items(pod: &Value, items: Option<&Value>, mode: u32, allocatable: &V
 fn service_account_token(pod: &Value, src: &Value, ts: &TokenSource<'_>, mode: u32) -> Result<Vec<Payload>, MountError> {
     let ns = pod.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("");
     let sa = pod.pointer("/spec/serviceAccountName").and_then(Value::as_str).unwrap_or("default");
-    let sa_obj =
-        ts.registry.get(def("serviceaccounts"), ns, sa).map_err(|_| MountError(format!("failed to fetch token: serviceaccounts \"{sa}\" not found")))?;
-    let sa_uid = sa_obj.value().pointer("/metadata/uid").and_then(Value::as_str).unwrap_or("").to_string();
     let audience: Vec<String> = src.get("audience").and_then(Value::as_str).filter(|a| !a.is_empty()).map(|a| vec![a.to_string()]).unwrap_or_default();
     let expiration = src.get("expirationSeconds").and_then(Value::as_i64).unwrap_or(3607).max(600);
-    let bound = nanokube_apiserver::satoken::BoundObject {
-        kind: "Pod".into(),
-        name: pod.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("").into(),
-        uid: pod.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or("").into(),
-    };
     let path = src.get("path").and_then(Value::as_str).unwrap_or("token");
     let key = (path.to_string(), audience.join(","), expiration);
     let renew_after = std::time::Duration::from_secs((expiration as u64 * 8 / 10).min(24 * 3600));
@@ -316,7 +305,15 @@ fn service_account_token(pod: &Value, src: &Value, ts: &TokenSource<'_>, mode: u
     let token = match cached {
         Some(t) => t,
         None => {
-            let (token, _) = ts.issuer.bound_token(ns, sa, &sa_uid, &audience, expiration, Some(&bound));
+            let request = TokenFor {
+                namespace: ns,
+                service_account: sa,
+                audiences: &audience,
+                expiration_seconds: expiration,
+                pod_name: pod.pointer("/metadata/name").and_then(Value::as_str).unwrap_or(""),
+                pod_uid: pod.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or(""),
+            };
+            let token = ts.cluster.service_account_token(&request).map_err(|e| MountError(format!("failed to fetch token: {}", e.message)))?;
             if let Ok(mut c) = ts.cache.lock() {
                 c.insert(key, (token.clone().into_bytes(), std::time::Instant::now()));
             }

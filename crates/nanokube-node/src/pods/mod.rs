@@ -39,9 +39,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use nanokube_api::resources;
-use nanokube_api::selector::{FieldSelector, LabelSelector};
-use nanokube_apiserver::registry::{ListOptions, Registry};
-use nanokube_apiserver::satoken::TokenIssuer;
+use nanokube_apiserver::cluster::Cluster;
 use nanokube_runtime::runc::Runc;
 use nanokube_runtime::userns::{IdMapping, IDS_PER_POD};
 use nanokube_runtime::ImageStore;
@@ -75,8 +73,9 @@ impl Mirrors {
 
 /// What every pod worker shares.
 pub struct PodRuntime {
-    /// The registry pods, secrets and events are read and written through.
-    pub registry: Arc<Registry>,
+    /// The API the pods, their secrets and events are read and written through (the
+    /// server's registry in its process; HTTPS with the node's certificate on an agent).
+    pub cluster: Arc<dyn Cluster>,
     /// The node's name.
     pub node: String,
     /// The node's IP (`status.hostIP`).
@@ -89,8 +88,6 @@ pub struct PodRuntime {
     pub binary: PathBuf,
     /// The data directory.
     pub data_dir: PathBuf,
-    /// Signs the pods' service-account tokens.
-    pub issuer: Option<Arc<TokenIssuer>>,
     /// Registry mirrors.
     pub mirrors: Mirrors,
     /// Registries spoken to over plain HTTP.
@@ -115,34 +112,54 @@ pub struct PodRuntime {
     /// The node's network: the pods' namespaces by IP, the Services their traffic
     /// reaches, the cluster DNS.
     pub network: Arc<nanokube_net::Network>,
+    /// The pods' address range: first address and size.
+    pod_range: (u32, u32),
+}
+
+/// The whole range pods' addresses come from, and every pod's traffic rules capture.
+pub const POD_NETWORK: &str = "127.244.0.0/16";
+
+/// An IPv4 range inside [`POD_NETWORK`], as (first address, size), at least a /30.
+pub fn parse_pod_cidr(cidr: &str) -> Result<(u32, u32), String> {
+    let bad = || format!("pod CIDR {cidr:?}: want an IPv4 range inside {POD_NETWORK} such as 127.244.16.0/24");
+    let (addr, bits) = cidr.split_once('/').ok_or_else(bad)?;
+    let addr: Ipv4Addr = addr.parse().map_err(|_| bad())?;
+    let bits: u32 = bits.parse().map_err(|_| bad())?;
+    if !(16..=30).contains(&bits) {
+        return Err(bad());
+    }
+    let size = 1u32 << (32 - bits);
+    let base = u32::from(addr) & !(size - 1);
+    if base & 0xffff_0000 != u32::from(Ipv4Addr::new(127, 244, 0, 0)) {
+        return Err(bad());
+    }
+    Ok((base, size))
 }
 
 impl PodRuntime {
     /// A runtime for the node.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        registry: Arc<Registry>,
+        cluster: Arc<dyn Cluster>,
         node: &str,
         host_ip: &str,
         images: ImageStore,
         runc: Runc,
         binary: PathBuf,
         data_dir: &Path,
-        issuer: Option<Arc<TokenIssuer>>,
         mirrors: Mirrors,
         insecure_registries: Vec<String>,
         network: Arc<nanokube_net::Network>,
     ) -> Self {
         let dns_ip = network.config.dns_addr.ip().to_string();
         PodRuntime {
-            registry,
+            cluster,
             node: node.to_string(),
             host_ip: host_ip.to_string(),
             images,
             runc,
             binary,
             data_dir: data_dir.to_path_buf(),
-            issuer,
             mirrors,
             insecure_registries,
             dns_ip,
@@ -154,6 +171,7 @@ impl PodRuntime {
             pulls: tokio::sync::Mutex::new(HashMap::new()),
             allocatable: Mutex::new(serde_json::Value::Null),
             network,
+            pod_range: (u32::from(Ipv4Addr::new(127, 244, 0, 0)), 1 << 16),
         }
     }
 
@@ -167,20 +185,33 @@ impl PodRuntime {
         self.data_dir.join("logs").join("pods")
     }
 
-    /// Take a pod IP from 127.244.0.0/16 (`.0.0`, `.0.1` and `.255.255` are not given
-    /// out), searching from a random point as CNI IPAM plugins may: two nodes on one
-    /// machine (tests, several servers) rarely pick the same address for their pods'
-    /// host-side listeners.
+    /// Give this node's pods addresses from `cidr` (`spec.podCIDR`; an IPv4 range inside
+    /// 127.244.0.0/16, the range every pod's traffic rules capture) instead of all of
+    /// 127.244.0.0/16.
+    pub fn with_pod_cidr(mut self, cidr: &str) -> Result<Self, String> {
+        let (base, size) = parse_pod_cidr(cidr)?;
+        self.pod_range = (base, size);
+        Ok(self)
+    }
+
+    /// Whether `ip` is one this node gives to pods.
+    pub fn is_pod_ip(&self, ip: Ipv4Addr) -> bool {
+        let (base, size) = self.pod_range;
+        u32::from(ip).wrapping_sub(base) < size
+    }
+
+    /// Take a pod IP from the node's pod range (the range's first two addresses and its
+    /// last are not given out), searching from a random point as CNI IPAM plugins may:
+    /// two nodes on one machine sharing a range (tests, several servers) rarely pick the
+    /// same address for their pods' host-side listeners.
     pub fn allocate_ip(&self) -> Option<Ipv4Addr> {
         let mut used = self.ips.lock().ok()?;
-        let start = fastrand::u32(2..65534);
-        (0..65532u32)
-            .map(|i| 2 + (start - 2 + i) % 65532)
-            .map(|n| Ipv4Addr::new(127, 244, (n >> 8) as u8, (n & 0xff) as u8))
-            .find(|ip| !used.contains(ip))
-            .inspect(|ip| {
-                used.insert(*ip);
-            })
+        let (base, size) = self.pod_range;
+        let usable = size.checked_sub(3).filter(|n| *n > 0)?;
+        let start = fastrand::u32(0..usable);
+        (0..usable).map(|i| Ipv4Addr::from(base + 2 + (start + i) % usable)).find(|ip| !used.contains(ip)).inspect(|ip| {
+            used.insert(*ip);
+        })
     }
 
     /// Mark an IP as in use (adoption).
@@ -330,16 +361,10 @@ impl PodManager {
         // object yet: the list below supplies it, or the pod is gone and is cleaned up).
         let on_disk: Vec<String> =
             std::fs::read_dir(rt.pods_dir()).map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect()).unwrap_or_default();
-        let fields = match FieldSelector::parse(&format!("spec.nodeName={}", rt.node)) {
-            Ok(f) => f,
-            Err(e) => {
-                tracing::warn!("pod manager: {}", e.message);
-                return;
-            }
-        };
+        let fields = format!("spec.nodeName={}", rt.node);
         let mut first = true;
         loop {
-            let list = match rt.registry.list(pods_def, None, &ListOptions { fields: fields.clone(), ..Default::default() }) {
+            let list = match rt.cluster.list(pods_def, None, &fields) {
                 Ok(l) => l,
                 Err(e) => {
                     tracing::warn!("listing the node's pods: {}", e.message);
@@ -348,8 +373,8 @@ impl PodManager {
                 }
             };
             let mut present = std::collections::HashSet::new();
-            for obj in &list.items {
-                if let Ok(pod) = serde_json::from_value::<Pod>(obj.value().clone()) {
+            for obj in list.items {
+                if let Ok(pod) = serde_json::from_value::<Pod>(obj) {
                     let uid = pod.metadata.uid.clone().unwrap_or_default();
                     present.insert(uid.clone());
                     self.deliver(&mut workers, &uid, Some(pod), &stop_rx);
@@ -368,7 +393,7 @@ impl PodManager {
                     self.deliver(&mut workers, &uid, None, &stop_rx);
                 }
             }
-            let mut w = match rt.registry.watch(pods_def, None, list.revision, LabelSelector::default(), fields.clone()) {
+            let mut w = match rt.cluster.watch(pods_def, None, &fields, &list.resource_version).await {
                 Ok(w) => w,
                 Err(_) => continue,
             };
@@ -385,7 +410,7 @@ impl PodManager {
                     }
                     ev = w.next() => match ev {
                         Some(Ok((ty, obj))) => {
-                            let Ok(pod) = serde_json::from_value::<Pod>(obj.value().clone()) else { continue };
+                            let Ok(pod) = serde_json::from_value::<Pod>(obj) else { continue };
                             let uid = pod.metadata.uid.clone().unwrap_or_default();
                             self.deliver(&mut workers, &uid, if ty == "DELETED" { None } else { Some(pod) }, &stop_rx);
                         }

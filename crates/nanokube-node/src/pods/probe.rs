@@ -134,7 +134,7 @@ async fn probe_loop(t: &Target, p: &Probe, which: Which, named: &(dyn Fn(&str) -
                 failed += 1;
                 ok = 0;
                 t.rt.recorder
-                    .record(&t.rt.registry, &t.pod, Some(&t.field_path), "Warning", "Unhealthy", &format!("{} probe failed: {why}", which.title()))
+                    .record(&*t.rt.cluster, &t.pod, Some(&t.field_path), "Warning", "Unhealthy", &format!("{} probe failed: {why}", which.title()))
                     .await;
                 if failed >= need_fail {
                     match which {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Container, Pod};
 use nanokube_api::{meta, resources};
-use nanokube_apiserver::registry::{DeleteOptions, WriteOptions};
+use nanokube_apiserver::cluster::Cluster;
 use nanokube_runtime::bundle::{self, BindMount, ContainerConfig, Limits, Namespace};
 use nanokube_runtime::shim::{self, ExitRecord, ShimArgs};
 use nanokube_runtime::{command, netns, rootfs, security, Image};
@@ -192,18 +192,16 @@ fn pod_value(pod: &Pod) -> Value {
 /// The host directory behind a claim: its bound volume's `hostPath` or `local` path
 /// (made when the volume says `DirectoryOrCreate`), or why there is none yet, in
 /// kubelet's words.
-fn claim_path(registry: &nanokube_apiserver::registry::Registry, ns: &str, claim: &str) -> Result<PathBuf, String> {
+fn claim_path(cluster: &dyn Cluster, ns: &str, claim: &str) -> Result<PathBuf, String> {
     let pvcs = resources::find("", "v1", "persistentvolumeclaims").ok_or("no persistentvolumeclaims")?;
-    let pvc = registry.get(pvcs, ns, claim).map_err(|e| e.message)?;
-    let pvc = pvc.value();
+    let pvc = cluster.get(pvcs, ns, claim).map_err(|e| e.message)?;
     if pvc.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null()) {
         return Err(format!("error processing PVC {ns}/{claim}: can't start pod because PVC {ns}/{claim} is being deleted"));
     }
     let volume = pvc.pointer("/spec/volumeName").and_then(Value::as_str).filter(|v| !v.is_empty());
     let Some(volume) = volume else { return Err(format!("error processing PVC {ns}/{claim}: PVC is not bound")) };
     let pvs = resources::find("", "v1", "persistentvolumes").ok_or("no persistentvolumes")?;
-    let pv = registry.get(pvs, "", volume).map_err(|e| e.message)?;
-    let pv = pv.value();
+    let pv = cluster.get(pvs, "", volume).map_err(|e| e.message)?;
     let path = pv.pointer("/spec/hostPath/path").or_else(|| pv.pointer("/spec/local/path")).and_then(Value::as_str);
     let Some(path) = path else { return Err(format!("persistentvolume {volume:?} is neither hostPath nor local: this node mounts only those")) };
     let path = PathBuf::from(path);
@@ -222,7 +220,7 @@ struct ContainerEvents<'a> {
 
 impl ContainerEvents<'_> {
     async fn say(&self, ty: &str, reason: &str, message: String) {
-        self.rt.recorder.record(&self.rt.registry, self.pod, Some(self.field), ty, reason, &message).await;
+        self.rt.recorder.record(&*self.rt.cluster, self.pod, Some(self.field), ty, reason, &message).await;
     }
 }
 
@@ -511,7 +509,7 @@ impl Worker {
                     }
                     probe::Verdict::Restart(why) => {
                         let v = pod_value(pod);
-                        self.rt.recorder.record(&self.rt.registry, &v, Some(&self.field_path(&name)), "Normal", "Killing", &why).await;
+                        self.rt.recorder.record(&*self.rt.cluster, &v, Some(&self.field_path(&name)), "Normal", "Killing", &why).await;
                         let grace = pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds).unwrap_or(30).max(0) as u64;
                         if let Some(r) = &self.containers[i].running {
                             let (runc, id, pid) = (self.rt.runc.clone(), r.id.clone(), r.shim_pid);
@@ -566,7 +564,7 @@ impl Worker {
             return;
         }
         let v = pod_value(pod);
-        self.rt.recorder.record(&self.rt.registry, &v, None, "Warning", "Evicted", &message).await;
+        self.rt.recorder.record(&*self.rt.cluster, &v, None, "Warning", "Evicted", &message).await;
         self.ended = Some(Ended { message, disruption });
         self.terminate(Some(pod), crate::eviction::IMMEDIATE_GRACE).await;
     }
@@ -593,7 +591,7 @@ impl Worker {
         if !self.sandbox_ready {
             if let Err(e) = self.make_sandbox(pod, &v) {
                 self.blocked = Some(("ContainerCreating".into(), String::new()));
-                self.rt.recorder.record(&self.rt.registry, &v, None, "Warning", "FailedCreatePodSandBox", &format!("Failed to create pod sandbox: {e}")).await;
+                self.rt.recorder.record(&*self.rt.cluster, &v, None, "Warning", "FailedCreatePodSandBox", &format!("Failed to create pod sandbox: {e}")).await;
                 return soon;
             }
             self.sandbox_ready = true;
@@ -632,7 +630,7 @@ impl Worker {
                 Err((volume, e)) => {
                     self.rt
                         .recorder
-                        .record(&self.rt.registry, &v, None, "Warning", "FailedMount", &format!("MountVolume.SetUp failed for volume \"{volume}\" : {}", e.0))
+                        .record(&*self.rt.cluster, &v, None, "Warning", "FailedMount", &format!("MountVolume.SetUp failed for volume \"{volume}\" : {}", e.0))
                         .await;
                     if self.containers.iter().all(|c| c.instances == 0) {
                         self.blocked = Some(("ContainerCreating".into(), String::new()));
@@ -727,7 +725,7 @@ impl Worker {
                     self.rt
                         .recorder
                         .record(
-                            &self.rt.registry,
+                            &*self.rt.cluster,
                             v,
                             Some(&self.field_path(&name)),
                             "Warning",
@@ -1023,7 +1021,7 @@ impl Worker {
     /// Make or refresh every volume; the first that fails, and why.
     fn sync_volumes(&mut self, v: &Value) -> Result<(), (String, MountError)> {
         let allocatable = self.rt.allocatable.lock().map(|a| a.clone()).unwrap_or(Value::Null);
-        let tokens = self.rt.issuer.as_ref().map(|issuer| files::TokenSource { issuer, registry: &self.rt.registry, cache: &self.tokens });
+        let tokens = Some(files::TokenSource { cluster: &*self.rt.cluster, cache: &self.tokens });
         let mut fs_group = v.pointer("/spec/securityContext/fsGroup").and_then(Value::as_u64).and_then(|g| u32::try_from(g).ok());
         if v.pointer("/spec/hostUsers").and_then(Value::as_bool) == Some(false) {
             // The group as the host sees the container's group.
@@ -1055,7 +1053,7 @@ impl Worker {
             }
             if let Some(claim) = vol.pointer("/persistentVolumeClaim/claimName").and_then(Value::as_str) {
                 let ns = v.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("");
-                let path = claim_path(&self.rt.registry, ns, claim).map_err(|e| (name.clone(), MountError(e)))?;
+                let path = claim_path(&*self.rt.cluster, ns, claim).map_err(|e| (name.clone(), MountError(e)))?;
                 self.claims.insert(name.clone(), path);
                 continue;
             }
@@ -1075,7 +1073,7 @@ impl Worker {
                 }
                 continue;
             }
-            match files::api_volume(v, vol, &self.rt.registry, tokens.as_ref(), &allocatable) {
+            match files::api_volume(v, vol, &*self.rt.cluster, tokens.as_ref(), &allocatable) {
                 Some(Ok(payload)) => {
                     files::write_atomic(&dir, &payload, fs_group).map_err(|e| (name.clone(), MountError(e.to_string())))?;
                 }
@@ -1095,8 +1093,8 @@ impl Worker {
         let ns = pod.metadata.namespace.clone().unwrap_or_default();
         let enable_links = pod.spec.as_ref().and_then(|s| s.enable_service_links).unwrap_or(true);
         let mut vars: Vec<(String, String)> =
-            env::service_links(&self.rt.registry, &ns, enable_links).into_iter().map(|(k, v)| (k, v.replace('$', "$$"))).collect();
-        vars.extend(env::container_vars(&self.rt.registry, v, &spec_v, &allocatable).map_err(|e| e.0)?);
+            env::service_links(&*self.rt.cluster, &ns, enable_links).into_iter().map(|(k, v)| (k, v.replace('$', "$$"))).collect();
+        vars.extend(env::container_vars(&*self.rt.cluster, v, &spec_v, &allocatable).map_err(|e| e.0)?);
         let environment = command::environment(&strs("/config/Env"), &vars);
         let argv = command::argv(
             spec.command.as_deref().unwrap_or(&[]),
@@ -1250,7 +1248,7 @@ impl Worker {
                 p.abort();
             }
             if let Some(v) = &v {
-                self.rt.recorder.record(&self.rt.registry, v, Some(&self.field_path(&name)), "Normal", "Killing", &format!("Stopping container {name}")).await;
+                self.rt.recorder.record(&*self.rt.cluster, v, Some(&self.field_path(&name)), "Normal", "Killing", &format!("Stopping container {name}")).await;
             }
             let hook = pod.and_then(|p| find_container(p, &name)).and_then(|c| c.lifecycle.and_then(|l| l.pre_stop));
             let (rt, dir, ip) = (self.rt.clone(), self.dir.clone(), self.ip);
@@ -1323,7 +1321,7 @@ impl Worker {
             }
         }
         if let Some(ip) = self.ip.take() {
-            if ip.octets()[1] == 244 {
+            if self.rt.is_pod_ip(ip) {
                 self.rt.release_ip(ip);
             }
         }
@@ -1334,8 +1332,7 @@ impl Worker {
     /// The node's last word on a deleted pod: DELETE with grace 0 and its uid.
     async fn confirm_delete(&self, pod: &Pod) {
         let (ns, name) = (pod.metadata.namespace.clone().unwrap_or_default(), pod.metadata.name.clone().unwrap_or_default());
-        let opts = DeleteOptions { grace_period: Some(0), precondition_uid: Some(self.uid.clone()), ..Default::default() };
-        if let Err(e) = self.rt.registry.delete(pods_def(), &ns, &name, &opts).await {
+        if let Err(e) = self.rt.cluster.delete(pods_def(), &ns, &name, Some(0), Some(&self.uid)).await {
             if e.code != 404 && e.code != 409 {
                 tracing::warn!(pod = %name, "deleting the stopped pod: {}", e.message);
             }
@@ -1372,13 +1369,12 @@ impl Worker {
             return;
         }
         let (ns, name) = (pod.metadata.namespace.clone().unwrap_or_default(), pod.metadata.name.clone().unwrap_or_default());
-        let opts = WriteOptions { subresource: Some("status".into()), ..Default::default() };
         let uid = self.uid.clone();
         let now = meta::now_rfc3339();
         let written = self
             .rt
-            .registry
-            .update_with(pods_def(), &ns, &name, &opts, |cur| {
+            .cluster
+            .update_with(pods_def(), &ns, &name, Some("status"), &mut |cur| {
                 if cur.pointer("/metadata/uid").and_then(Value::as_str) != Some(uid.as_str()) {
                     return Err(nanokube_api::ApiError::conflict("pods", "", &name));
                 }
@@ -1511,7 +1507,7 @@ fn pull_credentials(rt: &PodRuntime, pod: &Pod, registry: &str) -> Option<nanoku
     let ns = pod.metadata.namespace.clone().unwrap_or_default();
     let b64 = base64::engine::general_purpose::STANDARD;
     for s in pod.spec.as_ref()?.image_pull_secrets.iter().flatten() {
-        let Some(data) = files::read_source(&rt.registry, "secrets", &ns, &s.name) else { continue };
+        let Some(data) = files::read_source(&*rt.cluster, "secrets", &ns, &s.name) else { continue };
         let Some(doc) = data.get(".dockerconfigjson").or_else(|| data.get(".dockercfg")).and_then(|b| serde_json::from_slice::<Value>(b).ok()) else {
             continue;
         };
