@@ -1492,6 +1492,24 @@ impl Ctx<'_> {
         } else {
             crate::pod_exec::request(pod.value(), query.get("container"), query.all("command"), &|k| query.flag(k))?
         };
+        if let Some(node) = self.remote_kubelet(pod.value(), self.server.exec_nodes.reach(pod.value()).is_ok()) {
+            // kubelet's names for the streams.
+            let query = {
+                let mut q = form_urlencoded::Serializer::new(String::new());
+                for c in &req.command {
+                    q.append_pair("command", c);
+                }
+                for (on, name) in [(req.stdin, "input"), (req.stdout, "output"), (req.stderr, "error"), (req.tty, "tty")] {
+                    if on {
+                        q.append_pair(name, "1");
+                    }
+                }
+                q.finish()
+            };
+            let kind = if attach { "attach" } else { "exec" };
+            let path = format!("/{kind}/{}/{}/{}?{query}", info.namespace, info.name, req.container);
+            return self.to_kubelet(&node, &path, Some(self.take_upgrade()?)).await;
+        }
         let upgrade = self.take_upgrade()?;
         let session = if attach {
             crate::pod_exec::attach(&self.server.exec_nodes, pod.value(), req.clone()).await?
@@ -1499,6 +1517,27 @@ impl Ctx<'_> {
             crate::pod_exec::exec(&self.server.exec_nodes, pod.value(), req.clone()).await?
         };
         crate::upgrade::serve_exec(self.headers, wire, upgrade, req, session)
+    }
+
+    /// The Node of `pod` when its node is not this process's (`local`: the agent here
+    /// serves it) and publishes a kubelet API: logs, exec, attach and port-forward then go
+    /// there, as kube-apiserver reaches every kubelet.
+    fn remote_kubelet(&self, pod: &Value, local: bool) -> Option<Value> {
+        if local || self.server.kubelet_client.is_none() {
+            return None;
+        }
+        let name = pod.pointer("/spec/nodeName").and_then(Value::as_str).filter(|n| !n.is_empty())?;
+        let node = self.server.registry.get(resources::find("", "v1", "nodes")?, "", name).ok()?;
+        let port = node.value().pointer("/status/daemonEndpoints/kubeletEndpoint/Port").and_then(Value::as_i64).unwrap_or(0);
+        (port > 0).then(|| node.value().clone())
+    }
+
+    /// The request passed on to `node`'s kubelet at `path` (with the client's headers, and
+    /// its upgrade when it asks one), the kubelet's answer back.
+    async fn to_kubelet(&self, node: &Value, path: &str, upgrade: Option<hyper::upgrade::OnUpgrade>) -> Result<Response<Body>, ApiError> {
+        let tls = self.server.kubelet_client.clone().ok_or_else(|| ApiError::new(503, "ServiceUnavailable", "this server has no kubelet client"))?;
+        let fwd = crate::node_proxy::Forward { method: self.method, path_and_query: path, headers: self.headers, body: Bytes::new(), upgrade };
+        crate::node_proxy::proxy(tls, node, None, fwd).await
     }
 
     /// For the streaming subresources (exec, attach, portforward): a WebSocket upgrade is
@@ -1532,6 +1571,11 @@ impl Ctx<'_> {
         let wire = self.streaming_upgrade()?;
         let ports = pf::ports(&self.query.all("ports"))?;
         let pod = self.server.registry.get(def, &info.namespace, &info.name)?;
+        if let Some(node) = self.remote_kubelet(pod.value(), self.server.portforward_nodes.reach(pod.value()).is_ok()) {
+            let ports: Vec<String> = ports.iter().map(|p| format!("port={p}")).collect();
+            let path = format!("/portForward/{}/{}?{}", info.namespace, info.name, ports.join("&"));
+            return self.to_kubelet(&node, &path, Some(self.take_upgrade()?)).await;
+        }
         let target = pf::Target::new(&self.server.portforward_nodes, pod.value().clone())?;
         crate::upgrade::serve_portforward(self.headers, wire, self.take_upgrade()?, ports, target)
     }
@@ -1576,7 +1620,14 @@ impl Ctx<'_> {
                 }
                 let pod = self.server.registry.get(def, ns, &info.name)?;
                 let query = self.query;
-                let rx = crate::pod_logs::open(&self.server.nodes, pod.value(), &|k: &str| query.get(k).map(String::from))?;
+                let params = |k: &str| query.get(k).map(String::from);
+                if let Some(node) = self.remote_kubelet(pod.value(), self.server.nodes.reach(pod.value()).is_ok()) {
+                    let container = crate::pod_logs::check(pod.value(), &params)?;
+                    let raw = self.query.raw();
+                    let path = format!("/containerLogs/{ns}/{}/{container}{}{raw}", info.name, if raw.is_empty() { "" } else { "?" });
+                    return self.to_kubelet(&node, &path, None).await;
+                }
+                let rx = crate::pod_logs::open(&self.server.nodes, pod.value(), &params)?;
                 let mut resp = Response::new(h::channel(rx));
                 resp.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
                 Ok(resp)

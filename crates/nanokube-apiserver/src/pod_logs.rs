@@ -47,6 +47,13 @@ pub fn open(nodes: &Nodes, pod: &Value, params: &dyn Fn(&str) -> Option<String>)
     nodes.reach(pod)?.open(pod, &opts)
 }
 
+/// What the API server checks before a node is asked (the options and the container):
+/// the container the log is of.
+pub fn check(pod: &Value, params: &dyn Fn(&str) -> Option<String>) -> Result<String, ApiError> {
+    parse(params)?;
+    container(pod, params("container").as_deref().unwrap_or(""))
+}
+
 fn int(params: &dyn Fn(&str) -> Option<String>, key: &str, min: i64) -> Result<Option<i64>, ApiError> {
     match params(key) {
         None => Ok(None),

@@ -304,6 +304,50 @@ impl CsrApprover {
         }
     }
 
+    /// A kubelet's serving-certificate request (`kubernetes.io/kubelet-serving`) made by
+    /// the node it names, every subject alternative name one of that Node's own
+    /// addresses: approved, as k3s signs its agents' serving certificates and clusters
+    /// run kubelet-csr-approver with upstream's kubelets (kube-controller-manager leaves
+    /// these to people). The API server verifies kubelets against the cluster CA, so a
+    /// joined node needs one to be reached for logs, exec and port-forward.
+    fn serving_for_own_addresses(&self, csr: &Value) -> bool {
+        if csr.pointer("/spec/signerName").and_then(Value::as_str) != Some("kubernetes.io/kubelet-serving") {
+            return false;
+        }
+        let usages: Vec<String> =
+            csr.pointer("/spec/usages").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).map(String::from).collect();
+        let Ok(req) = parse_request(csr) else { return false };
+        if validate("kubernetes.io/kubelet-serving", &usages, &req).is_err() {
+            return false;
+        }
+        let user = Self::requester(csr);
+        let Some(node) = req.common_name.strip_prefix("system:node:") else { return false };
+        if user.name != req.common_name || !user.groups.iter().any(|g| g == "system:nodes") {
+            return false;
+        }
+        let Ok(obj) = self.registry.get(resources::find("", "v1", "nodes").expect("nodes is built in"), "", node) else { return false };
+        let own: Vec<String> = obj
+            .value()
+            .pointer("/status/addresses")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a.get("address").and_then(Value::as_str).map(String::from))
+            .collect();
+        let names: Vec<String> = req
+            .params
+            .params
+            .subject_alt_names
+            .iter()
+            .map(|san| match san {
+                SanType::IpAddress(ip) => ip.to_string(),
+                SanType::DnsName(d) => d.as_str().to_string(),
+                _ => String::new(),
+            })
+            .collect();
+        !names.is_empty() && names.iter().all(|n| own.contains(n))
+    }
+
     fn requester(csr: &Value) -> UserInfo {
         let strings =
             |v: Option<&Value>| -> Vec<String> { v.and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).map(String::from).collect() };
@@ -321,6 +365,9 @@ impl CsrApprover {
         let issued = csr.pointer("/status/certificate").and_then(Value::as_str).is_some_and(|c| !c.is_empty());
         if issued || condition_true(&csr, "Approved") || condition_true(&csr, "Denied") {
             return Ok(());
+        }
+        if self.serving_for_own_addresses(&csr) {
+            return self.approve(name, "Auto approving kubelet serving certificate: its names are the node's own addresses.").await;
         }
         // A self-renewal is also a node-client request: try the narrower permission first.
         let Some(first) = Self::recognise(&csr) else { return Ok(()) };
@@ -345,6 +392,11 @@ impl CsrApprover {
         }) else {
             return Ok(());
         };
+        self.approve(name, message).await
+    }
+
+    /// Add the `Approved` condition (unless the request was decided meanwhile).
+    async fn approve(&self, name: &str, message: &str) -> Result<(), ApiError> {
         let opts = WriteOptions { subresource: Some("approval".into()), ..Default::default() };
         let written = self
             .registry

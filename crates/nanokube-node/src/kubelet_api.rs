@@ -6,9 +6,11 @@
 //! token as a TokenReview would judge it; anonymous callers get 401) and authorized (as
 //! a SubjectAccessReview on `nodes/<subresource>` of this node: `stats` for `/stats/`,
 //! `metrics` for `/metrics`, `log` for `/logs/`, `proxy` for the rest, the verb from the
-//! method), as kubelet's webhook authentication and authorization do. In the server's
-//! process both are the API server's own authenticator and authorizer, the ones its
-//! TokenReview and SubjectAccessReview answer with.
+//! method), as kubelet's webhook authentication and authorization do ([`Gate`]). In the
+//! server's process both are the API server's own authenticator and authorizer, the ones
+//! its TokenReview and SubjectAccessReview answer with; on a joined node (`nanokube
+//! agent`) client certificates are checked against the cluster CA by TLS and the rest is
+//! asked of the API server with TokenReview and SubjectAccessReview.
 //!
 //! Served: `/healthz`, `/pods`, `/containerLogs/{ns}/{pod}/{container}`,
 //! `/exec/{ns}/{pod}/{container}` and `/attach/...` (kubelet's `input`/`output`/`error`/
@@ -22,7 +24,9 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use nanokube_api::{resources, ApiError};
+use nanokube_apiserver::authn::UserInfo;
 use nanokube_apiserver::authz::Decision;
+use nanokube_apiserver::cluster::{BoxFuture, Cluster};
 use nanokube_apiserver::handler::Query;
 use nanokube_apiserver::http::{self as h, Body};
 use nanokube_apiserver::request::RequestInfo;
@@ -34,9 +38,54 @@ use crate::pods::stats::{Figures, Stats};
 /// Where `/logs/` serves from (kubelet's node logs).
 const NODE_LOGS: &str = "/var/log";
 
+/// Who may call the kubelet API: kubelet's webhook authentication and authorization.
+pub trait Gate: Send + Sync {
+    /// The caller: the user of a client certificate the TLS layer verified against the
+    /// cluster CA, else what the bearer token is; `None` for anonymous or unknown callers.
+    fn authenticate<'a>(&'a self, cert_user: Option<&'a UserInfo>, authorization: Option<&'a str>) -> BoxFuture<'a, Option<UserInfo>>;
+    /// Whether `user` may make this request (`nodes/<subresource>` of this node).
+    fn authorize<'a>(&'a self, user: &'a UserInfo, attrs: &'a RequestInfo) -> BoxFuture<'a, bool>;
+}
+
+/// The API server of this process as the gate.
+pub struct ServerGate(pub Arc<ApiServer>);
+
+impl Gate for ServerGate {
+    fn authenticate<'a>(&'a self, cert_user: Option<&'a UserInfo>, authorization: Option<&'a str>) -> BoxFuture<'a, Option<UserInfo>> {
+        Box::pin(async move { self.0.authn.authenticate(cert_user, authorization).ok() })
+    }
+    fn authorize<'a>(&'a self, user: &'a UserInfo, attrs: &'a RequestInfo) -> BoxFuture<'a, bool> {
+        Box::pin(async move { self.0.authz.authorize(user, attrs) == Decision::Allow })
+    }
+}
+
+/// What only this node serves, as the API server's node links hold it.
+#[derive(Default)]
+pub struct Links {
+    /// Container logs.
+    pub logs: nanokube_apiserver::pod_logs::Nodes,
+    /// exec and attach.
+    pub exec: nanokube_apiserver::pod_exec::ExecNodes,
+    /// Port forwarding.
+    pub portforward: nanokube_apiserver::pod_portforward::PortForwardNodes,
+}
+
+impl Links {
+    /// The links of a node running pods on `rt`.
+    pub fn to(rt: &Arc<crate::pods::PodRuntime>) -> Links {
+        let links = Links::default();
+        links.logs.attach(Arc::new(crate::pods::logs::Logs(rt.clone())));
+        links.exec.attach(Arc::new(crate::pods::exec::Exec(rt.clone())));
+        links.portforward.attach(Arc::new(crate::pods::portforward::PortForward(rt.clone())));
+        links
+    }
+}
+
 /// The kubelet API of this node.
 pub struct KubeletApi {
-    api: Arc<ApiServer>,
+    gate: Arc<dyn Gate>,
+    cluster: Arc<dyn Cluster>,
+    links: Links,
     node: String,
     stats: Arc<Stats>,
 }
@@ -83,9 +132,10 @@ fn rfc3339(t: std::time::SystemTime) -> String {
 }
 
 impl KubeletApi {
-    /// The API of node `node`, judged by `api`'s authentication and authorization.
-    pub fn new(api: Arc<ApiServer>, node: String, stats: Arc<Stats>) -> Arc<KubeletApi> {
-        Arc::new(KubeletApi { api, node, stats })
+    /// The API of node `node` running pods on `rt`, reading pods through `cluster`,
+    /// its callers judged by `gate`.
+    pub fn new(gate: Arc<dyn Gate>, cluster: Arc<dyn Cluster>, rt: &Arc<crate::pods::PodRuntime>, stats: Arc<Stats>) -> Arc<KubeletApi> {
+        Arc::new(KubeletApi { gate, cluster, links: Links::to(rt), node: rt.node.clone(), stats })
     }
 
     /// Serve on `listener` until `shutdown`.
@@ -99,8 +149,8 @@ impl KubeletApi {
 
     async fn handle(&self, conn: Arc<ConnInfo>, req: Request<Incoming>) -> Response<Body> {
         let authorization = req.headers().get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-        let user = match self.api.authn.authenticate(conn.cert_user.as_ref(), authorization) {
-            Ok(u) if u.name != "system:anonymous" => u,
+        let user = match self.gate.authenticate(conn.cert_user.as_ref(), authorization).await {
+            Some(u) if u.name != "system:anonymous" => u,
             _ => return text(StatusCode::UNAUTHORIZED, "Unauthorized"),
         };
         let path = req.uri().path().to_string();
@@ -115,7 +165,7 @@ impl KubeletApi {
             name: self.node.clone(),
             ..Default::default()
         };
-        if self.api.authz.authorize(&user, &attrs) != Decision::Allow {
+        if !self.gate.authorize(&user, &attrs).await {
             return text(
                 StatusCode::FORBIDDEN,
                 format!("Forbidden (user={}, verb={}, resource=nodes, subresource={})", user.name, attrs.verb, attrs.subresource),
@@ -138,7 +188,7 @@ impl KubeletApi {
                 let pod = self.pod(ns, pod)?;
                 let container = container.to_string();
                 let params = |k: &str| if k == "container" { Some(container.clone()) } else { query.get(k).map(String::from) };
-                let rx = nanokube_apiserver::pod_logs::open(&self.api.nodes, &pod, &params)?;
+                let rx = nanokube_apiserver::pod_logs::open(&self.links.logs, &pod, &params)?;
                 let mut resp = Response::new(h::channel(rx));
                 resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain"));
                 Ok(resp)
@@ -165,9 +215,9 @@ impl KubeletApi {
                 };
                 let upgrade = hyper::upgrade::on(&mut req);
                 let session = if *kind == "attach" {
-                    nanokube_apiserver::pod_exec::attach(&self.api.exec_nodes, &pod, exec_req.clone()).await?
+                    nanokube_apiserver::pod_exec::attach(&self.links.exec, &pod, exec_req.clone()).await?
                 } else {
-                    nanokube_apiserver::pod_exec::exec(&self.api.exec_nodes, &pod, exec_req.clone()).await?
+                    nanokube_apiserver::pod_exec::exec(&self.links.exec, &pod, exec_req.clone()).await?
                 };
                 nanokube_apiserver::upgrade::serve_exec(req.headers(), wire, upgrade, exec_req, session)
             }
@@ -176,7 +226,7 @@ impl KubeletApi {
                 let ports = nanokube_apiserver::pod_portforward::ports(&query.all("port"))?;
                 let uid = (segments.len() == 4).then(|| segments[3]);
                 let pod = self.pod_with_uid(ns, pod, uid)?;
-                let target = nanokube_apiserver::pod_portforward::Target::new(&self.api.portforward_nodes, pod)?;
+                let target = nanokube_apiserver::pod_portforward::Target::new(&self.links.portforward, pod)?;
                 let upgrade = hyper::upgrade::on(&mut req);
                 nanokube_apiserver::upgrade::serve_portforward(req.headers(), wire, upgrade, ports, target)
             }
@@ -191,15 +241,14 @@ impl KubeletApi {
     /// This node's pods, as stored.
     fn pods(&self) -> Vec<Value> {
         let Some(def) = resources::find("", "v1", "pods") else { return Vec::new() };
-        let list = self.api.registry.list(def, None, &Default::default()).map(|l| l.items).unwrap_or_default();
-        list.iter().map(|p| p.value().clone()).filter(|p| p.pointer("/spec/nodeName").and_then(Value::as_str) == Some(self.node.as_str())).collect()
+        let list = self.cluster.list(def, None, &format!("spec.nodeName={}", self.node)).map(|l| l.items).unwrap_or_default();
+        list.into_iter().filter(|p| p.pointer("/spec/nodeName").and_then(Value::as_str) == Some(self.node.as_str())).collect()
     }
 
     /// Pod `ns/name` when it is on this node (kubelet knows no other).
     fn pod(&self, ns: &str, name: &str) -> Result<Value, ApiError> {
         let def = resources::find("", "v1", "pods").ok_or_else(|| ApiError::internal("no pods"))?;
-        let pod = self.api.registry.get(def, ns, name).map_err(|_| ApiError::not_found("pods", "", name))?;
-        let pod = pod.value().clone();
+        let pod = self.cluster.get(def, ns, name).map_err(|_| ApiError::not_found("pods", "", name))?;
         if pod.pointer("/spec/nodeName").and_then(Value::as_str) != Some(self.node.as_str()) {
             return Err(ApiError::not_found("pods", "", name));
         }

@@ -10,11 +10,15 @@
 //! so the API server's Node authorizer and NodeRestriction hold the agent to its own
 //! Node, its pods and what they use, exactly as they hold kubelet.
 //!
-//! What the agent of the server's own process has and this one has not yet: the kubelet
-//! API (so `kubectl logs/exec/port-forward` to its pods are refused by the API server
-//! with "no node agent"), and the Service table feeding its pods' traffic to Services and
-//! the cluster DNS (pods reach other pods by IP; Service names and ClusterIPs do not
-//! answer yet).
+//! The kubelet API is served on `--node-ip:--kubelet-port` with a serving certificate of
+//! the cluster CA, asked for with a `kubernetes.io/kubelet-serving` request naming the
+//! node's own addresses (which the control plane approves); its callers are judged by
+//! [`RemoteGate`]: TokenReview and SubjectAccessReview, as kubelet's webhook modes. The
+//! API server reaches it for logs, exec, attach and port-forward of the node's pods.
+//!
+//! What the agent of the server's own process has and this one has not yet: the Service
+//! table feeding its pods' traffic to Services and the cluster DNS (pods reach other pods
+//! by IP; Service names and ClusterIPs do not answer yet).
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
@@ -28,6 +32,9 @@ use nanokube_api::resources::ResourceDef;
 use nanokube_api::ApiError;
 use nanokube_apiserver::cluster::{BoxFuture, Change, Cluster, Event, Listed, TokenFor, Watch};
 use serde_json::{json, Value};
+
+use nanokube_apiserver::authn::UserInfo;
+use nanokube_apiserver::request::RequestInfo;
 
 use crate::client::{ApiClient, ClusterAccess};
 
@@ -304,6 +311,90 @@ impl Cluster for RemoteCluster {
     }
 }
 
+/// kubelet's webhook authentication and authorization: client certificates the TLS
+/// layer verified against the cluster CA are taken as they are; bearer tokens go to a
+/// TokenReview; every request is put to a SubjectAccessReview.
+pub struct RemoteGate {
+    api: ApiClient,
+}
+
+impl RemoteGate {
+    async fn post(&self, path: &str, body: &Value) -> Option<Value> {
+        let bytes = Bytes::from(serde_json::to_vec(body).ok()?);
+        let (code, resp) = self.api.request("POST", path, Some("application/json"), Some("application/json"), bytes).await.ok()?;
+        if code != 201 && code != 200 {
+            tracing::warn!(path, code, "the kubelet API's review was refused: {}", String::from_utf8_lossy(&resp));
+            return None;
+        }
+        serde_json::from_slice(&resp).ok()
+    }
+}
+
+fn strings(v: Option<&Value>) -> Vec<String> {
+    v.and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).map(String::from).collect()
+}
+
+impl nanokube_node::kubelet_api::Gate for RemoteGate {
+    fn authenticate<'a>(&'a self, cert_user: Option<&'a UserInfo>, authorization: Option<&'a str>) -> BoxFuture<'a, Option<UserInfo>> {
+        Box::pin(async move {
+            if let Some(u) = cert_user {
+                return Some(u.clone());
+            }
+            let token = authorization?.strip_prefix("Bearer ")?.trim();
+            let review = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": token}});
+            let answer = self.post("/apis/authentication.k8s.io/v1/tokenreviews", &review).await?;
+            if answer.pointer("/status/authenticated") != Some(&Value::Bool(true)) {
+                return None;
+            }
+            let user = answer.pointer("/status/user")?;
+            let extra =
+                user.get("extra").and_then(Value::as_object).map(|m| m.iter().map(|(k, v)| (k.clone(), strings(Some(v)))).collect()).unwrap_or_default();
+            Some(UserInfo {
+                name: user.get("username").and_then(Value::as_str).unwrap_or("").to_string(),
+                uid: user.get("uid").and_then(Value::as_str).unwrap_or("").to_string(),
+                groups: strings(user.get("groups")),
+                extra,
+            })
+        })
+    }
+
+    fn authorize<'a>(&'a self, user: &'a UserInfo, attrs: &'a RequestInfo) -> BoxFuture<'a, bool> {
+        Box::pin(async move {
+            let review = json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview", "spec": {
+                "user": user.name, "uid": user.uid, "groups": user.groups, "extra": user.extra,
+                "resourceAttributes": {"verb": attrs.verb, "version": "v1", "resource": attrs.resource, "subresource": attrs.subresource, "name": attrs.name},
+            }});
+            let answer = self.post("/apis/authorization.k8s.io/v1/subjectaccessreviews", &review).await;
+            answer.is_some_and(|a| a.pointer("/status/allowed") == Some(&Value::Bool(true)))
+        })
+    }
+}
+
+/// A serving certificate of the cluster CA for the kubelet API (`CN=system:node:<name>`,
+/// the node's address and name as subject alternative names), asked for as kubelet's
+/// `serverTLSBootstrap` does: (certificate PEM, key PEM).
+pub async fn serving_certificate(api: &ApiClient, node: &str, ip: Ipv4Addr, timeout: Duration) -> Result<(String, String), String> {
+    let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.distinguished_name.push(rcgen::DnType::OrganizationName, "system:nodes");
+    params.distinguished_name.push(rcgen::DnType::CommonName, format!("system:node:{node}"));
+    params.subject_alt_names = vec![rcgen::SanType::IpAddress(std::net::IpAddr::V4(ip))];
+    if let Ok(name) = node.try_into() {
+        params.subject_alt_names.push(rcgen::SanType::DnsName(name));
+    }
+    let request = params.serialize_request(&key).and_then(|r| r.pem()).map_err(|e| e.to_string())?;
+    let csr = json!({
+        "apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest",
+        "metadata": {"generateName": "csr-"},
+        "spec": {"request": base64::engine::general_purpose::STANDARD.encode(request),
+                 "signerName": "kubernetes.io/kubelet-serving",
+                 "usages": ["digital signature", "server auth"]},
+    });
+    let cert = crate::join::await_certificate(api, &csr, &key, timeout).await?;
+    Ok((cert, key.serialize_pem()))
+}
+
 /// How an agent joins and runs.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -317,6 +408,8 @@ pub struct AgentConfig {
     pub unsafe_skip_ca_verification: bool,
     /// The Node's name.
     pub node_name: String,
+    /// The kubelet API's port on the node's address (0: any free port).
+    pub kubelet_port: u16,
     /// Where the agent keeps its credentials, images, pods and logs.
     pub data_dir: PathBuf,
     /// The node's address (`InternalIP`, the pods' `hostIP`).
@@ -385,7 +478,8 @@ impl Agent {
     pub async fn start(cfg: AgentConfig) -> Result<Agent, String> {
         let kubeconfig = credentials(&cfg).await?;
         let access = ClusterAccess::from_kubeconfig(&kubeconfig, None)?;
-        let remote = Arc::new(RemoteCluster::new(ApiClient::from_access(&access, false)));
+        let api = ApiClient::from_access(&access, false);
+        let remote = Arc::new(RemoteCluster::new(api.clone()));
         let cluster: Arc<dyn Cluster> = remote.clone();
         // The cluster DNS address pods are told: the kube-dns Service's.
         let services = nanokube_api::resources::find("", "v1", "services").ok_or("no services resource")?;
@@ -440,6 +534,35 @@ impl Agent {
             Ok(rt) => (Some(rt), None),
             Err(why) => (None, Some(why)),
         };
+        let (shutdown, rx) = tokio::sync::watch::channel(false);
+        // The kubelet API, with a serving certificate of the cluster CA.
+        let mut kubelet_port = 0;
+        let mut kubelet_api = None;
+        if let Some(rt) = &runtime {
+            let ca = String::from_utf8_lossy(access.ca_pem.as_deref().unwrap_or_default()).into_owned();
+            let listener = std::net::TcpListener::bind((cfg.node_ip, cfg.kubelet_port))
+                .and_then(|l| l.set_nonblocking(true).map(|_| l))
+                .and_then(tokio::net::TcpListener::from_std)
+                .map_err(|e| format!("the kubelet API on {}:{}: {e}", cfg.node_ip, cfg.kubelet_port))?;
+            kubelet_port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+            let stats = nanokube_node::pods::stats::Stats::new(rt.clone());
+            tokio::spawn(stats.clone().run(rx.clone()));
+            let gate = Arc::new(RemoteGate { api: api.clone() });
+            let kubelet = nanokube_node::kubelet_api::KubeletApi::new(gate, cluster.clone(), rt, stats);
+            let (node, ip, rx) = (cfg.node_name.clone(), cfg.node_ip, rx.clone());
+            // The Node must exist (with its addresses) before its serving certificate is
+            // approved: serve once registered.
+            let serving = async move {
+                let (cert, key) = serving_certificate(&api, &node, ip, Duration::from_secs(60)).await?;
+                nanokube_apiserver::server::serving_tls(&ca, &cert, &key)
+            };
+            kubelet_api = Some(async move {
+                match serving.await {
+                    Ok(tls) => kubelet.serve(listener, tls, rx).await,
+                    Err(e) => tracing::warn!("not serving the kubelet API: {e}"),
+                }
+            });
+        }
         let eviction = Arc::new(nanokube_node::eviction::Manager::new(cfg.eviction_hard.clone(), Duration::from_secs(300)));
         let agent = Arc::new(nanokube_node::NodeAgent::new(
             cluster,
@@ -452,14 +575,16 @@ impl Agent {
                 version: nanokube_apiserver::discovery::GIT_VERSION.into(),
                 images,
                 not_ready: not_ready.clone(),
-                kubelet_port: 0,
+                kubelet_port: i32::from(kubelet_port),
                 eviction,
                 control_plane: false,
             },
             runtime,
         ));
         agent.register().await?;
-        let (shutdown, rx) = tokio::sync::watch::channel(false);
+        if let Some(serve) = kubelet_api {
+            tokio::spawn(serve);
+        }
         let task = tokio::spawn(agent.run(rx));
         Ok(Agent { node_name: cfg.node_name, kubeconfig, not_ready, shutdown, task })
     }

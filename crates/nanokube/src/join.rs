@@ -138,7 +138,14 @@ pub async fn request_client_certificate(cluster: &Discovered, token: &str, node:
                  "usages": ["digital signature", "client auth"]},
     });
     let api = client(&cluster.server, tls_trusting(Some(&cluster.ca_pem))?, Some(token));
-    let body = Bytes::from(serde_json::to_vec(&csr).map_err(|e| e.to_string())?);
+    let pem = await_certificate(&api, &csr, &key, timeout).await?;
+    Ok((pem, key.serialize_pem()))
+}
+
+/// Send the CertificateSigningRequest `csr` (for `key`) and wait up to `timeout` for it
+/// to be approved and signed: the certificate (PEM), checked to be for `key`.
+pub async fn await_certificate(api: &ApiClient, csr: &Value, key: &rcgen::KeyPair, timeout: Duration) -> Result<String, String> {
+    let body = Bytes::from(serde_json::to_vec(csr).map_err(|e| e.to_string())?);
     let (code, resp) = api.request("POST", CSRS, Some("application/json"), Some("application/json"), body).await?;
     if code != 201 {
         return Err(format!("creating the certificate request: HTTP {code}: {}", String::from_utf8_lossy(&resp)));
@@ -165,10 +172,10 @@ pub async fn request_client_certificate(cluster: &Discovered, token: &str, node:
             // The certificate must be for the key made here.
             let der = CertificateDer::from_pem_slice(pem.as_bytes()).map_err(|e| format!("the issued certificate: {e}"))?;
             let (_, parsed) = x509_parser::parse_x509_certificate(der.as_ref()).map_err(|e| format!("the issued certificate: {e}"))?;
-            if parsed.public_key().raw != rcgen::PublicKeyData::subject_public_key_info(&key).as_slice() {
+            if parsed.public_key().raw != rcgen::PublicKeyData::subject_public_key_info(key).as_slice() {
                 return Err("the issued certificate is not for the key that asked".into());
             }
-            return Ok((pem, key.serialize_pem()));
+            return Ok(pem);
         }
         if Instant::now() >= deadline {
             return Err(format!("certificate request {name} was not approved and signed within {timeout:?}"));

@@ -542,7 +542,8 @@ impl Cluster {
                 match serving {
                     Ok((listener, tls)) => {
                         kubelet_port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
-                        let kubelet = nanokube_node::kubelet_api::KubeletApi::new(api.clone(), name.clone(), stats);
+                        let gate = Arc::new(nanokube_node::kubelet_api::ServerGate(api.clone()));
+                        let kubelet = nanokube_node::kubelet_api::KubeletApi::new(gate, cluster.clone(), rt, stats);
                         tasks.spawn(kubelet.serve(listener, tls, shutdown_rx.clone()));
                     }
                     Err(e) => tracing::warn!("not serving the kubelet API: {e}"),

@@ -106,6 +106,10 @@ struct AgentArgs {
     /// The node's address (`InternalIP`, the pods' hostIP); a loopback address.
     #[arg(long, default_value = "127.0.0.1")]
     node_ip: Ipv4Addr,
+    /// The kubelet API's port on the node's address (0: any free port, published in the
+    /// Node's daemonEndpoints).
+    #[arg(long, default_value_t = 10250)]
+    kubelet_port: u16,
     /// The pods' addresses, a range inside 127.244.0.0/16 no other node uses.
     #[arg(long, default_value = "127.244.128.0/24")]
     pod_cidr: String,
@@ -923,6 +927,7 @@ async fn run_agent(a: AgentArgs) -> i32 {
         ca_cert_hashes: a.ca_cert_hashes,
         unsafe_skip_ca_verification: a.unsafe_skip_ca_verification,
         node_name: a.node_name.unwrap_or_else(nanokube_node::machine::hostname),
+        kubelet_port: a.kubelet_port,
         data_dir,
         node_ip: a.node_ip,
         pod_cidr: a.pod_cidr,

@@ -37,7 +37,7 @@ impl Agent {
             .args(["--node-name", name])
             .arg("--data-dir")
             .arg(data)
-            .args(["--pod-cidr", pod_cidr])
+            .args(["--pod-cidr", pod_cidr, "--kubelet-port", "0"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -101,7 +101,7 @@ spec:
   - name: main
     image: testbox:1.0
     imagePullPolicy: IfNotPresent
-    command: ["sh", "-c", "cat /var/run/secrets/kubernetes.io/serviceaccount/token > /out/token; cat /config/greeting > /out/greeting; hostname > /out/hostname; touch /out/done; exec sleep 3600"]
+    command: ["sh", "-c", "echo started on $(hostname); cat /var/run/secrets/kubernetes.io/serviceaccount/token > /out/token; cat /config/greeting > /out/greeting; hostname > /out/hostname; httpd -p 8080 -h /config; touch /out/done; exec sleep 3600"]
     volumeMounts:
     - {{name: out, mountPath: /out}}
     - {{name: config, mountPath: /config}}
@@ -113,6 +113,42 @@ spec:
 "#,
         out = out.display()
     )
+}
+
+/// The node's client certificate and key from its `kubelet.conf`, as files in `dir`.
+fn node_credentials(agent: &Agent, dir: &Path) -> (PathBuf, PathBuf) {
+    let text = std::fs::read_to_string(agent.kubeconfig()).unwrap();
+    let field = |name: &str| -> Vec<u8> {
+        let line = text.lines().find_map(|l| l.trim().strip_prefix(&format!("{name}: "))).unwrap_or_else(|| panic!("{name} in kubelet.conf"));
+        base64::engine::general_purpose::STANDARD.decode(line.trim()).unwrap()
+    };
+    let name = agent.data.file_name().unwrap().to_string_lossy().to_string();
+    let (cert, key) = (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
+    std::fs::write(&cert, field("client-certificate-data")).unwrap();
+    std::fs::write(&key, field("client-key-data")).unwrap();
+    (cert, key)
+}
+
+/// `kubectl port-forward pod/<name> :<remote>`: the child and the local port it printed.
+fn port_forward(s: &Server, name: &str, remote: u16) -> (common::KillOnDrop, u16) {
+    use std::io::BufRead;
+    let mut child = Command::new(common::kubectl_path("kubectl"))
+        .args(["port-forward", &format!("pod/{name}"), &format!(":{remote}")])
+        .env("KUBECONFIG", s.kubeconfig())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let local = loop {
+        let line = lines.next().expect("kubectl port-forward ended").unwrap();
+        // "Forwarding from 127.0.0.1:39215 -> 8080"
+        if let Some((l, _)) = line.strip_prefix("Forwarding from 127.0.0.1:").and_then(|r| r.split_once(" -> ")) {
+            break l.parse().unwrap();
+        }
+    };
+    std::thread::spawn(move || lines.for_each(drop));
+    (common::KillOnDrop(child), local)
 }
 
 fn pod(s: &Server, name: &str) -> Value {
@@ -212,7 +248,39 @@ fn agents_join_with_a_token_and_run_their_pods() {
             "jsonpath={range .items[*]}{.reason}/{.source.host} {end}",
         ]));
         assert!(events.contains(&format!("Started/{node}")), "{events}");
+        // The API server reaches the agent's kubelet API for logs and exec.
+        let logs = ok(&s.kubectl(&["logs", &name]));
+        assert_eq!(logs.trim(), format!("started on {name}"));
+        assert_eq!(ok(&s.kubectl(&["exec", &name, "--", "cat", "/config/greeting"])), format!("hello from {node}"));
+        let out = s.k_stdin(&["exec", "-i", &name, "--", "sh", "-c", "read line; echo got $line; exit 3"], "ping\n");
+        assert_eq!((out.status.code(), String::from_utf8_lossy(&out.stdout).trim()), (Some(3), "got ping"));
+        // And for port-forward.
+        let (_forward, local) = port_forward(&s, &name, 8080);
+        let page = Command::new("curl").args(["-sS", "--max-time", "10", &format!("http://127.0.0.1:{local}/greeting")]).output().unwrap();
+        assert_eq!(String::from_utf8_lossy(&page.stdout), format!("hello from {node}"), "{}", String::from_utf8_lossy(&page.stderr));
     }
+
+    // The agents' kubelet APIs judge their callers through the API server: anonymous
+    // callers get 401, another node's certificate 403 in kubelet's words.
+    let (_, node1) = s.get_json("/api/v1/nodes/agent-1");
+    let port = node1.pointer("/status/daemonEndpoints/kubeletEndpoint/Port").and_then(Value::as_i64).unwrap_or(0);
+    assert!(port > 0, "agent-1 publishes no kubelet port");
+    let kubelet = format!("https://127.0.0.1:{port}/pods");
+    let curl = |extra: &[&str]| -> String {
+        let out = Command::new("curl")
+            .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+            .arg(s.data.join("ca.crt"))
+            .args(extra)
+            .arg(&kubelet)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(curl(&[]), "401");
+    let (cert, key) = node_credentials(&agents[1], s.dir.path());
+    assert_eq!(curl(&["--cert", cert.to_str().unwrap(), "--key", key.to_str().unwrap()]), "403");
+    let admin = [s.data.join("client.crt"), s.data.join("client.key")];
+    assert_eq!(curl(&["--cert", admin[0].to_str().unwrap(), "--key", admin[1].to_str().unwrap()]), "200");
 
     // Each node's credentials reach its own pod and what it uses, not the other's.
     let (a1, a2) = (&agents[0], &agents[1]);
@@ -223,6 +291,43 @@ fn agents_join_with_a_token_and_run_their_pods() {
     ok(&s.kubectl(&["create", "secret", "generic", "unused", "--from-literal=k=v"]));
     refused(&as_node(&s, a2, &["get", "secret", "unused"]), "forbidden");
     refused(&as_node(&s, a2, &["label", "node", "agent-1", "x=y"]), "forbidden");
+
+    // A node's serving certificate is approved only for its own name and addresses.
+    let ask = |name: &str, cn: &str, sans: &str| {
+        let dir = s.dir.path();
+        let run = |args: &[&str]| assert!(Command::new("openssl").current_dir(dir).args(args).status().unwrap().success(), "openssl {args:?}");
+        run(&["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", &format!("{name}.key")]);
+        run(&[
+            "req",
+            "-new",
+            "-key",
+            &format!("{name}.key"),
+            "-subj",
+            &format!("/O=system:nodes/CN={cn}"),
+            "-addext",
+            &format!("subjectAltName={sans}"),
+            "-out",
+            &format!("{name}.csr"),
+        ]);
+        let request = base64::engine::general_purpose::STANDARD.encode(std::fs::read(dir.join(format!("{name}.csr"))).unwrap());
+        let yaml = format!("apiVersion: certificates.k8s.io/v1\nkind: CertificateSigningRequest\nmetadata: {{name: {name}}}\nspec:\n  request: {request}\n  signerName: kubernetes.io/kubelet-serving\n  usages: [digital signature, server auth]\n");
+        let cfg = agents[1].kubeconfig();
+        let mut child = Command::new(common::kubectl_path("kubectl"))
+            .args(["--kubeconfig", cfg.to_str().unwrap(), "create", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(child.stdin.as_mut().unwrap(), yaml.as_bytes()).unwrap();
+        assert!(child.wait().unwrap().success());
+    };
+    // The refused ones first: the approver has seen them once it approved the last.
+    ask("foreign-address", "system:node:agent-2", "IP:127.0.0.99,DNS:agent-2");
+    ask("other-node", "system:node:agent-1", "IP:127.0.0.1,DNS:agent-1");
+    ask("own-serving", "system:node:agent-2", "IP:127.0.0.1,DNS:agent-2");
+    let approved = |name: &str| ok(&s.kubectl(&["get", "csr", name, "-o", "jsonpath={.status.conditions[*].type}"])).contains("Approved");
+    assert!(eventually(Duration::from_secs(20), || approved("own-serving")), "agent-2's own serving request was not approved");
+    assert!(!approved("foreign-address") && !approved("other-node"), "a serving request naming what is not the node's was approved");
 
     // Deleting a pod stops it on its node, which then removes it.
     ok(&s.kubectl(&["delete", "pod", "web-0", "--wait=false"]));
