@@ -348,6 +348,29 @@ impl CsrApprover {
         !names.is_empty() && names.iter().all(|n| own.contains(n))
     }
 
+    /// A node's request for the service proxy's client certificate
+    /// (`kubernetes.io/kube-apiserver-client`, `CN=system:kube-proxy` and nothing else,
+    /// client usages only): approved, as k3s gives every agent its kube-proxy certificate
+    /// and kubeadm every node's kube-proxy its service account (the user is bound to
+    /// `system:node-proxier`: list and watch Services, EndpointSlices, Endpoints, Nodes).
+    fn kube_proxy_for_a_node(csr: &Value) -> bool {
+        if csr.pointer("/spec/signerName").and_then(Value::as_str) != Some("kubernetes.io/kube-apiserver-client") {
+            return false;
+        }
+        let usages: Vec<String> =
+            csr.pointer("/spec/usages").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).map(String::from).collect();
+        let Ok(req) = parse_request(csr) else { return false };
+        let user = Self::requester(csr);
+        kubelet_client_usages(&usages)
+            && validate("kubernetes.io/kube-apiserver-client", &usages, &req).is_ok()
+            && req.common_name == "system:kube-proxy"
+            && req.organizations.is_empty()
+            && req.params.params.subject_alt_names.is_empty()
+            && req.params.params.distinguished_name.iter().count() == 1
+            && user.name.starts_with("system:node:")
+            && user.groups.iter().any(|g| g == "system:nodes")
+    }
+
     fn requester(csr: &Value) -> UserInfo {
         let strings =
             |v: Option<&Value>| -> Vec<String> { v.and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).map(String::from).collect() };
@@ -365,6 +388,9 @@ impl CsrApprover {
         let issued = csr.pointer("/status/certificate").and_then(Value::as_str).is_some_and(|c| !c.is_empty());
         if issued || condition_true(&csr, "Approved") || condition_true(&csr, "Denied") {
             return Ok(());
+        }
+        if Self::kube_proxy_for_a_node(&csr) {
+            return self.approve(name, "Auto approving the service proxy's client certificate for a node.").await;
         }
         if self.serving_for_own_addresses(&csr) {
             return self.approve(name, "Auto approving kubelet serving certificate: its names are the node's own addresses.").await;

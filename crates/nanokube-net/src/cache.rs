@@ -1,9 +1,11 @@
 //! What the table and the policies share: an in-memory view of some kinds, filled from
-//! the store and kept current by a lasting watch of each.
+//! the store and kept current by a lasting watch of each ([`keep`]); on a joined node,
+//! filled and kept through the API ([`keep_from`]).
 
 use std::sync::Arc;
 
 use nanokube_api::resources;
+use nanokube_apiserver::cluster::Cluster;
 use nanokube_apiserver::registry::{decode, ListOptions, Registry};
 use nanokube_store::follow::{follow, Change};
 use nanokube_store::EventKind;
@@ -60,4 +62,80 @@ fn reload<C: Cache>(cache: &C, registry: &Registry) {
         }
     }
     cache.replace(objects);
+}
+
+/// Fill `cache` through `cluster` (an API client: a joined node's) and keep it current
+/// until `shutdown`: list every kind, then watch each from its list's resourceVersion;
+/// when any watch ends (its timeout, a 410, the server gone) everything is listed again.
+pub(crate) async fn keep_from<C: Cache>(cache: Arc<C>, cluster: Arc<dyn Cluster>, mut shutdown: watch::Receiver<bool>) {
+    let defs: Vec<&'static resources::ResourceDef> = C::KINDS.iter().filter_map(|(g, p)| resources::find(g, "v1", p)).collect();
+    loop {
+        let listed = {
+            let (cluster, defs) = (cluster.clone(), defs.clone());
+            // The client's reads block: off the runtime's workers.
+            tokio::task::spawn_blocking(move || defs.iter().map(|d| cluster.list(d, None, "").map(|l| (*d, l))).collect::<Result<Vec<_>, _>>()).await
+        };
+        let lists = match listed {
+            Ok(Ok(lists)) => lists,
+            Ok(Err(e)) => {
+                tracing::warn!("listing Services and their endpoints: {}", e.message);
+                if pause(&mut shutdown).await {
+                    return;
+                }
+                continue;
+            }
+            Err(_) => return,
+        };
+        let mut objects = Vec::new();
+        let mut starts = Vec::new();
+        for (def, list) in lists {
+            starts.push((def, list.resource_version));
+            objects.extend(list.items.into_iter().map(|mut o| {
+                // List items carry no kind; the cache tells kinds apart by it.
+                o["kind"] = def.kind.into();
+                o
+            }));
+        }
+        cache.replace(objects);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Option<(String, Value)>>(256);
+        let mut tasks = Vec::new();
+        for (def, rv) in starts {
+            let (cluster, tx) = (cluster.clone(), tx.clone());
+            tasks.push(tokio::spawn(async move {
+                if let Ok(mut w) = cluster.watch(def, None, "", &rv).await {
+                    while let Some(Ok((ty, mut obj))) = w.next().await {
+                        obj["kind"] = def.kind.into();
+                        if tx.send(Some((ty, obj))).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                let _ = tx.send(None).await;
+            }));
+        }
+        drop(tx);
+        let stop = loop {
+            tokio::select! {
+                _ = shutdown.changed() => break true,
+                ev = rx.recv() => match ev {
+                    Some(Some((ty, obj))) => cache.change(&obj, None, ty == "DELETED"),
+                    _ => break false,
+                },
+            }
+        };
+        for t in tasks {
+            t.abort();
+        }
+        if stop || pause(&mut shutdown).await {
+            return;
+        }
+    }
+}
+
+/// A second's pause before listing again; true when shutdown came first.
+async fn pause(shutdown: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = shutdown.changed() => true,
+        _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => false,
+    }
 }

@@ -275,6 +275,12 @@ impl ServiceTable {
         crate::cache::keep(self, registry, shutdown).await
     }
 
+    /// Fill the table through an API client and keep it current until `shutdown` (a
+    /// joined node, with the service proxy's credentials).
+    pub async fn run_from(self: Arc<Self>, cluster: Arc<dyn nanokube_apiserver::cluster::Cluster>, shutdown: watch::Receiver<bool>) {
+        crate::cache::keep_from(self, cluster, shutdown).await
+    }
+
     /// Take in one changed object (a Service, EndpointSlice or Endpoints).
     pub fn apply(&self, obj: &serde_json::Value, deleted: bool) {
         let Ok(mut s) = self.state.write() else { return };

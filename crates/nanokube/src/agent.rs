@@ -16,9 +16,13 @@
 //! [`RemoteGate`]: TokenReview and SubjectAccessReview, as kubelet's webhook modes. The
 //! API server reaches it for logs, exec, attach and port-forward of the node's pods.
 //!
-//! What the agent of the server's own process has and this one has not yet: the Service
-//! table feeding its pods' traffic to Services and the cluster DNS (pods reach other pods
-//! by IP; Service names and ClusterIPs do not answer yet).
+//! The pods' traffic to Services and the cluster DNS is answered from a Service table
+//! kept through the API with the service proxy's own credentials (`CN=system:kube-proxy`,
+//! bound to `system:node-proxier`, asked for with the node's certificate and kept in
+//! `<data-dir>/kube-proxy.conf`), as k3s agents run kube-proxy: a node itself may not
+//! list EndpointSlices. NetworkPolicies are not enforced on joined nodes (their pods and
+//! namespaces would be needed cluster-wide), nor are node ports and load-balancer
+//! addresses opened there.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
@@ -440,15 +444,23 @@ pub async fn credentials(cfg: &AgentConfig) -> Result<PathBuf, String> {
     let token = cfg.token.as_deref().ok_or("this node has not joined yet: give --token (nanokube token create, on the server)")?;
     let discovered = crate::join::discover(&cfg.server, token, &cfg.ca_cert_hashes, cfg.unsafe_skip_ca_verification).await?;
     let (cert, key) = crate::join::request_client_certificate(&discovered, token, &cfg.node_name, Duration::from_secs(60)).await?;
+    write_kubeconfig(&path, &discovered.server, &discovered.ca_pem, &cert, &key)?;
+    Ok(path)
+}
+
+/// A kubeconfig with its certificates inline, readable by root only, written by rename.
+fn write_kubeconfig(path: &Path, server: &str, ca_pem: &str, cert: &str, key: &str) -> Result<(), String> {
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
     let text = format!(
         "apiVersion: v1\nkind: Config\nclusters:\n- name: default-cluster\n  cluster:\n    server: {}\n    certificate-authority-data: {}\nusers:\n- name: default-auth\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\ncontexts:\n- name: default-context\n  context:\n    cluster: default-cluster\n    user: default-auth\ncurrent-context: default-context\n",
-        discovered.server,
-        b64(&discovered.ca_pem),
-        b64(&cert),
-        b64(&key)
+        server,
+        b64(ca_pem),
+        b64(cert),
+        b64(key)
     );
-    std::fs::create_dir_all(&cfg.data_dir).map_err(|e| format!("{}: {e}", cfg.data_dir.display()))?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
     let tmp = path.with_extension("conf.tmp");
     {
         use std::io::Write;
@@ -457,7 +469,32 @@ pub async fn credentials(cfg: &AgentConfig) -> Result<PathBuf, String> {
             std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
         f.write_all(text.as_bytes()).and_then(|_| f.sync_all()).map_err(|e| format!("{}: {e}", tmp.display()))?;
     }
-    std::fs::rename(&tmp, &path).map_err(|e| format!("{}: {e}", path.display()))?;
+    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// The service proxy's credentials (`CN=system:kube-proxy`, bound to
+/// `system:node-proxier`), asked for with the node's own and kept in
+/// `<data-dir>/kube-proxy.conf`: a node may not list EndpointSlices, kube-proxy may.
+pub async fn kube_proxy_credentials(cfg: &AgentConfig, node: &ApiClient, access: &ClusterAccess) -> Result<PathBuf, String> {
+    let path = cfg.data_dir.join("kube-proxy.conf");
+    if path.exists() {
+        return Ok(path);
+    }
+    let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.distinguished_name.push(rcgen::DnType::CommonName, "system:kube-proxy");
+    let request = params.serialize_request(&key).and_then(|r| r.pem()).map_err(|e| e.to_string())?;
+    let csr = json!({
+        "apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest",
+        "metadata": {"generateName": "kube-proxy-"},
+        "spec": {"request": base64::engine::general_purpose::STANDARD.encode(request),
+                 "signerName": "kubernetes.io/kube-apiserver-client",
+                 "usages": ["digital signature", "client auth"]},
+    });
+    let cert = crate::join::await_certificate(node, &csr, &key, Duration::from_secs(60)).await?;
+    let ca = String::from_utf8_lossy(access.ca_pem.as_deref().unwrap_or_default()).into_owned();
+    write_kubeconfig(&path, &access.server, &ca, &cert, &key.serialize_pem())?;
     Ok(path)
 }
 
@@ -506,6 +543,7 @@ impl Agent {
             host_listeners: false,
             ingress: None,
         })?;
+        let table = network.table.clone();
         let images = nanokube_runtime::ImageStore::open(&cfg.data_dir).ok();
         let runtime = match nanokube_node::pods::check_runtime(&cfg.data_dir, images.as_ref()) {
             Ok(runc) => match (std::env::current_exe(), images.clone()) {
@@ -549,7 +587,7 @@ impl Agent {
             tokio::spawn(stats.clone().run(rx.clone()));
             let gate = Arc::new(RemoteGate { api: api.clone() });
             let kubelet = nanokube_node::kubelet_api::KubeletApi::new(gate, cluster.clone(), rt, stats);
-            let (node, ip, rx) = (cfg.node_name.clone(), cfg.node_ip, rx.clone());
+            let (node, ip, rx, api) = (cfg.node_name.clone(), cfg.node_ip, rx.clone(), api.clone());
             // The Node must exist (with its addresses) before its serving certificate is
             // approved: serve once registered.
             let serving = async move {
@@ -584,6 +622,13 @@ impl Agent {
         agent.register().await?;
         if let Some(serve) = kubelet_api {
             tokio::spawn(serve);
+        }
+        // The Service table behind the pods' traffic to Services and the cluster DNS.
+        if not_ready.is_none() {
+            let proxy = kube_proxy_credentials(&cfg, &api, &access).await?;
+            let proxy = ClusterAccess::from_kubeconfig(&proxy, None)?;
+            let proxy: Arc<dyn Cluster> = Arc::new(RemoteCluster::new(ApiClient::from_access(&proxy, false)));
+            tokio::spawn(table.run_from(proxy, rx.clone()));
         }
         let task = tokio::spawn(agent.run(rx));
         Ok(Agent { node_name: cfg.node_name, kubeconfig, not_ready, shutdown, task })

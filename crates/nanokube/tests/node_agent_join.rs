@@ -5,7 +5,10 @@
 //! its agent's store with a configMap volume and a service-account token the agent got
 //! through TokenRequest with its node certificate; the node's credentials (its
 //! `kubelet.conf`, used by the real kubectl) reach its own pod and configMap but not the
-//! other node's; deleting a pod stops it on its node; a stopped agent stops its pods.
+//! other node's; `kubectl logs`, `exec` and `port-forward` reach the pods through the
+//! agents' kubelet APIs; a pod on one agent reaches a Service (by its DNS name) whose
+//! endpoint runs on the other; certificate requests are approved only for a node's own
+//! names; deleting a pod stops it on its node; a stopped agent stops its pods.
 
 mod common;
 
@@ -93,7 +96,7 @@ fn pod_yaml(name: &str, node: &str, out: &Path) -> String {
     format!(
         r#"apiVersion: v1
 kind: Pod
-metadata: {{name: {name}}}
+metadata: {{name: {name}, labels: {{app: {name}}}}}
 spec:
   nodeSelector: {{kubernetes.io/hostname: {node}}}
   terminationGracePeriodSeconds: 2
@@ -293,24 +296,18 @@ fn agents_join_with_a_token_and_run_their_pods() {
     refused(&as_node(&s, a2, &["label", "node", "agent-1", "x=y"]), "forbidden");
 
     // A node's serving certificate is approved only for its own name and addresses.
-    let ask = |name: &str, cn: &str, sans: &str| {
+    let ask = |name: &str, subject: &str, sans: &str, signer: &str, usages: &str| {
         let dir = s.dir.path();
         let run = |args: &[&str]| assert!(Command::new("openssl").current_dir(dir).args(args).status().unwrap().success(), "openssl {args:?}");
         run(&["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", &format!("{name}.key")]);
-        run(&[
-            "req",
-            "-new",
-            "-key",
-            &format!("{name}.key"),
-            "-subj",
-            &format!("/O=system:nodes/CN={cn}"),
-            "-addext",
-            &format!("subjectAltName={sans}"),
-            "-out",
-            &format!("{name}.csr"),
-        ]);
+        let (key, csr, san) = (format!("{name}.key"), format!("{name}.csr"), format!("subjectAltName={sans}"));
+        let mut req = vec!["req", "-new", "-key", &key, "-subj", subject, "-out", &csr];
+        if !sans.is_empty() {
+            req.extend(["-addext", &san]);
+        }
+        run(&req);
         let request = base64::engine::general_purpose::STANDARD.encode(std::fs::read(dir.join(format!("{name}.csr"))).unwrap());
-        let yaml = format!("apiVersion: certificates.k8s.io/v1\nkind: CertificateSigningRequest\nmetadata: {{name: {name}}}\nspec:\n  request: {request}\n  signerName: kubernetes.io/kubelet-serving\n  usages: [digital signature, server auth]\n");
+        let yaml = format!("apiVersion: certificates.k8s.io/v1\nkind: CertificateSigningRequest\nmetadata: {{name: {name}}}\nspec:\n  request: {request}\n  signerName: {signer}\n  usages: [{usages}]\n");
         let cfg = agents[1].kubeconfig();
         let mut child = Command::new(common::kubectl_path("kubectl"))
             .args(["--kubeconfig", cfg.to_str().unwrap(), "create", "-f", "-"])
@@ -322,12 +319,36 @@ fn agents_join_with_a_token_and_run_their_pods() {
         assert!(child.wait().unwrap().success());
     };
     // The refused ones first: the approver has seen them once it approved the last.
-    ask("foreign-address", "system:node:agent-2", "IP:127.0.0.99,DNS:agent-2");
-    ask("other-node", "system:node:agent-1", "IP:127.0.0.1,DNS:agent-1");
-    ask("own-serving", "system:node:agent-2", "IP:127.0.0.1,DNS:agent-2");
+    let serving = |name: &str, node: &str, sans: &str| {
+        ask(name, &format!("/O=system:nodes/CN=system:node:{node}"), sans, "kubernetes.io/kubelet-serving", "digital signature, server auth")
+    };
+    serving("foreign-address", "agent-2", "IP:127.0.0.99,DNS:agent-2");
+    serving("other-node", "agent-1", "IP:127.0.0.1,DNS:agent-1");
+    // Nor is the service proxy's certificate given with more than its name.
+    ask("proxy-as-node", "/O=system:nodes/CN=system:kube-proxy", "", "kubernetes.io/kube-apiserver-client", "digital signature, client auth");
+    serving("own-serving", "agent-2", "IP:127.0.0.1,DNS:agent-2");
     let approved = |name: &str| ok(&s.kubectl(&["get", "csr", name, "-o", "jsonpath={.status.conditions[*].type}"])).contains("Approved");
     assert!(eventually(Duration::from_secs(20), || approved("own-serving")), "agent-2's own serving request was not approved");
-    assert!(!approved("foreign-address") && !approved("other-node"), "a serving request naming what is not the node's was approved");
+    for refused in ["foreign-address", "other-node", "proxy-as-node"] {
+        assert!(!approved(refused), "{refused} was approved");
+    }
+
+    // A pod on one node reaches a Service whose endpoint runs on the other, by its DNS
+    // name: each agent keeps the Service table with the service proxy's credentials.
+    ok(&s.kubectl(&["create", "service", "clusterip", "greeter", "--tcp=80:8080"]));
+    ok(&s.kubectl(&["set", "selector", "service", "greeter", "app=web-1"]));
+    let mut answer = String::new();
+    let reached = eventually(Duration::from_secs(30), || {
+        let out = s.kubectl(&["exec", "web-0", "--", "timeout", "5", "wget", "-qO-", "http://greeter/greeting"]);
+        answer = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        out.status.success() && answer == "hello from agent-2"
+    });
+    assert!(reached, "web-0 on agent-1 did not reach the Service greeter on agent-2: {answer}");
+    let approved_proxy =
+        ok(&s.kubectl(&["get", "csr", "-o", "jsonpath={range .items[*]}{.spec.username}:{.spec.signerName}:{.status.conditions[0].type} {end}"]));
+    for node in ["agent-1", "agent-2"] {
+        assert!(approved_proxy.contains(&format!("system:node:{node}:kubernetes.io/kube-apiserver-client:Approved")), "{approved_proxy}");
+    }
 
     // Deleting a pod stops it on its node, which then removes it.
     ok(&s.kubectl(&["delete", "pod", "web-0", "--wait=false"]));
