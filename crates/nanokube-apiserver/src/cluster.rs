@@ -11,7 +11,6 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 
 use nanokube_api::resources::ResourceDef;
 use nanokube_api::selector::{FieldSelector, LabelSelector};
@@ -107,50 +106,6 @@ pub trait Cluster: Send + Sync {
     fn service_account_token(&self, request: &TokenFor<'_>) -> Result<String, ApiError> {
         let _ = request;
         Err(ApiError::new(405, "MethodNotAllowed", "this client issues no service-account tokens"))
-    }
-}
-
-impl<C: Cluster + ?Sized> Cluster for Arc<C> {
-    fn get(&self, def: &'static ResourceDef, namespace: &str, name: &str) -> Result<Value, ApiError> {
-        (**self).get(def, namespace, name)
-    }
-    fn list(&self, def: &'static ResourceDef, namespace: Option<&str>, fields: &str) -> Result<Listed, ApiError> {
-        (**self).list(def, namespace, fields)
-    }
-    fn watch<'a>(
-        &'a self,
-        def: &'static ResourceDef,
-        namespace: Option<&'a str>,
-        fields: &'a str,
-        rv: &'a str,
-    ) -> BoxFuture<'a, Result<Box<dyn Watch>, ApiError>> {
-        (**self).watch(def, namespace, fields, rv)
-    }
-    fn create<'a>(&'a self, def: &'static ResourceDef, namespace: &'a str, obj: Value) -> BoxFuture<'a, Result<Value, ApiError>> {
-        (**self).create(def, namespace, obj)
-    }
-    fn update_with<'a>(
-        &'a self,
-        def: &'static ResourceDef,
-        namespace: &'a str,
-        name: &'a str,
-        subresource: Option<&'a str>,
-        change: Change<'a>,
-    ) -> BoxFuture<'a, Result<Value, ApiError>> {
-        (**self).update_with(def, namespace, name, subresource, change)
-    }
-    fn delete<'a>(
-        &'a self,
-        def: &'static ResourceDef,
-        namespace: &'a str,
-        name: &'a str,
-        grace: Option<i64>,
-        uid: Option<&'a str>,
-    ) -> BoxFuture<'a, Result<(), ApiError>> {
-        (**self).delete(def, namespace, name, grace, uid)
-    }
-    fn service_account_token(&self, request: &TokenFor<'_>) -> Result<String, ApiError> {
-        (**self).service_account_token(request)
     }
 }
 

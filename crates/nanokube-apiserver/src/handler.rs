@@ -1520,7 +1520,7 @@ impl Ctx<'_> {
     }
 
     /// The Node of `pod` when its node is not this process's (`local`: the agent here
-    /// serves it) and publishes a kubelet API: logs, exec, attach and port-forward then go
+    /// serves it) and publishes a kubelet API with an address: logs, exec, attach and port-forward then go
     /// there, as kube-apiserver reaches every kubelet.
     fn remote_kubelet(&self, pod: &Value, local: bool) -> Option<Value> {
         if local || self.server.kubelet_client.is_none() {
@@ -1528,8 +1528,7 @@ impl Ctx<'_> {
         }
         let name = pod.pointer("/spec/nodeName").and_then(Value::as_str).filter(|n| !n.is_empty())?;
         let node = self.server.registry.get(resources::find("", "v1", "nodes")?, "", name).ok()?;
-        let port = node.value().pointer("/status/daemonEndpoints/kubeletEndpoint/Port").and_then(Value::as_i64).unwrap_or(0);
-        (port > 0).then(|| node.value().clone())
+        crate::node_proxy::kubelet_address(node.value(), None).is_ok().then(|| node.value().clone())
     }
 
     /// The request passed on to `node`'s kubelet at `path` (with the client's headers, and

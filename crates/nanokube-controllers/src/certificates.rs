@@ -144,8 +144,7 @@ impl CsrSigner {
         if issued || !SIGNERS.contains(&signer) || !condition_true(&csr, "Approved") || condition_true(&csr, "Denied") || condition_true(&csr, "Failed") {
             return Ok(());
         }
-        let usages: Vec<String> =
-            csr.pointer("/spec/usages").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).map(String::from).collect();
+        let usages = usages(&csr);
         let signed = parse_request(&csr).and_then(|req| {
             let (key_usages, extended) = validate(signer, &usages, &req)?;
             let seconds = csr.pointer("/spec/expirationSeconds").and_then(Value::as_i64).map_or(DEFAULT_DURATION, |s| s.clamp(MIN_DURATION, DEFAULT_DURATION));
@@ -260,6 +259,11 @@ pub struct CsrApprover {
     authorize: Authorize,
 }
 
+/// The usages a request asks for.
+fn usages(csr: &Value) -> Vec<String> {
+    csr.pointer("/spec/usages").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).map(String::from).collect()
+}
+
 /// The kubelet client request's usages, with and without key encipherment (upstream's
 /// `kubeletClientRequiredUsages` and its no-RSA variant).
 fn kubelet_client_usages(usages: &[String]) -> bool {
@@ -291,8 +295,7 @@ impl CsrApprover {
         if csr.pointer("/spec/signerName").and_then(Value::as_str) != Some("kubernetes.io/kube-apiserver-client-kubelet") {
             return None;
         }
-        let usages: Vec<String> =
-            csr.pointer("/spec/usages").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).map(String::from).collect();
+        let usages = usages(csr);
         let req = parse_request(csr).ok()?;
         if !kubelet_client_usages(&usages) || validate("kubernetes.io/kube-apiserver-client-kubelet", &usages, &req).is_err() {
             return None;
@@ -314,8 +317,7 @@ impl CsrApprover {
         if csr.pointer("/spec/signerName").and_then(Value::as_str) != Some("kubernetes.io/kubelet-serving") {
             return false;
         }
-        let usages: Vec<String> =
-            csr.pointer("/spec/usages").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).map(String::from).collect();
+        let usages = usages(csr);
         let Ok(req) = parse_request(csr) else { return false };
         if validate("kubernetes.io/kubelet-serving", &usages, &req).is_err() {
             return false;
@@ -357,8 +359,7 @@ impl CsrApprover {
         if csr.pointer("/spec/signerName").and_then(Value::as_str) != Some("kubernetes.io/kube-apiserver-client") {
             return false;
         }
-        let usages: Vec<String> =
-            csr.pointer("/spec/usages").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).map(String::from).collect();
+        let usages = usages(csr);
         let Ok(req) = parse_request(csr) else { return false };
         let user = Self::requester(csr);
         kubelet_client_usages(&usages)

@@ -304,7 +304,7 @@ impl Proxy {
                     let obj = serde_json::json!({"kind": "Service", "apiVersion": "v1", "metadata": {"name": p.key.1, "namespace": p.key.0}});
                     recorder
                         .record(
-                            &self.registry,
+                            &*self.registry,
                             &obj,
                             None,
                             "Warning",

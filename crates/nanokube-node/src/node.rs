@@ -202,8 +202,7 @@ async fn write_status(cluster: &dyn Cluster, config: &NodeConfig, status: &Value
 /// periodic report (heartbeat times move). Whether it was written.
 pub async fn update_status(cluster: &dyn Cluster, config: &NodeConfig, report: bool) -> Result<bool, String> {
     let want = to_value(&build(config, &Machine::read(&config.data_dir)))?;
-    let cur = cluster.get(nodes(), "", &config.name).map_err(|e| e.message)?;
-    let cur = &cur;
+    let cur = &cluster.get(nodes(), "", &config.name).map_err(|e| e.message)?;
     let key = |v: &Value| -> Vec<(Value, Value, Value)> {
         v.pointer("/status/conditions")
             .and_then(Value::as_array)

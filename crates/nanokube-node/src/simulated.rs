@@ -173,7 +173,7 @@ impl Simulator {
                     self.registry.create(nodes_def(), "", node, &WriteOptions::default()).await.map_err(|e| e.message)?;
                 }
             }
-            crate::lease::renew(&self.registry, &name).await?;
+            crate::lease::renew(&*self.registry, &name).await?;
         }
         Ok(())
     }
@@ -201,7 +201,7 @@ impl Simulator {
                 }
                 let stopped = v.pointer("/metadata/annotations").and_then(|a| a.get(HEARTBEAT_ANNOTATION)).and_then(Value::as_str) == Some("stopped");
                 if !stopped {
-                    let _ = crate::lease::renew(&self.registry, meta::name(v)).await;
+                    let _ = crate::lease::renew(&*self.registry, meta::name(v)).await;
                 }
             }
         }

@@ -516,8 +516,7 @@ impl Agent {
         let kubeconfig = credentials(&cfg).await?;
         let access = ClusterAccess::from_kubeconfig(&kubeconfig, None)?;
         let api = ApiClient::from_access(&access, false);
-        let remote = Arc::new(RemoteCluster::new(api.clone()));
-        let cluster: Arc<dyn Cluster> = remote.clone();
+        let cluster: Arc<dyn Cluster> = Arc::new(RemoteCluster::new(api.clone()));
         // The cluster DNS address pods are told: the kube-dns Service's.
         let services = nanokube_api::resources::find("", "v1", "services").ok_or("no services resource")?;
         let dns_ip = tokio::task::spawn_blocking({
@@ -545,31 +544,17 @@ impl Agent {
         })?;
         let table = network.table.clone();
         let images = nanokube_runtime::ImageStore::open(&cfg.data_dir).ok();
-        let runtime = match nanokube_node::pods::check_runtime(&cfg.data_dir, images.as_ref()) {
-            Ok(runc) => match (std::env::current_exe(), images.clone()) {
-                (Ok(binary), Some(store)) => {
-                    let rt = nanokube_node::pods::PodRuntime::new(
-                        cluster.clone(),
-                        &cfg.node_name,
-                        &cfg.node_ip.to_string(),
-                        store,
-                        runc,
-                        binary,
-                        &cfg.data_dir,
-                        nanokube_node::pods::Mirrors(cfg.registry_mirrors.clone()),
-                        cfg.insecure_registries.clone(),
-                        network,
-                    )
-                    .with_pod_cidr(&cfg.pod_cidr)?;
-                    Ok(Arc::new(rt))
-                }
-                (Err(e), _) => Err(format!("container runtime is down: the nanokube binary cannot be found to run container shims: {e}")),
-                (_, None) => Err("container runtime is down: no image store".to_string()),
-            },
-            Err(why) => Err(why),
-        };
-        let (runtime, not_ready) = match runtime {
-            Ok(rt) => (Some(rt), None),
+        let (runtime, not_ready) = match nanokube_node::pods::runtime_for_machine(
+            cluster.clone(),
+            &cfg.node_name,
+            &cfg.node_ip.to_string(),
+            images.clone(),
+            &cfg.data_dir,
+            nanokube_node::pods::Mirrors(cfg.registry_mirrors.clone()),
+            cfg.insecure_registries.clone(),
+            Some(network),
+        ) {
+            Ok(rt) => (Some(Arc::new(rt.with_pod_cidr(&cfg.pod_cidr)?)), None),
             Err(why) => (None, Some(why)),
         };
         let (shutdown, rx) = tokio::sync::watch::channel(false);

@@ -486,26 +486,17 @@ impl Cluster {
                 Arc::new(nanokube_node::in_process::InProcess { registry: registry.clone(), issuer: issuer.clone() });
             let eviction = Arc::new(nanokube_node::eviction::Manager::new(cfg.eviction_hard.clone(), cfg.eviction_pressure_transition_period));
             // Pods run when this machine can run containers; otherwise the node says why not.
-            let runtime = match nanokube_node::pods::check_runtime(&cfg.data_dir, images.as_ref()) {
-                Ok(runc) => match (std::env::current_exe(), images.clone(), network.clone()) {
-                    (Ok(binary), Some(store), Some(network)) => Ok(Arc::new(nanokube_node::pods::PodRuntime::new(
-                        cluster.clone(),
-                        &name,
-                        &advertise.to_string(),
-                        store,
-                        runc,
-                        binary,
-                        &cfg.data_dir,
-                        nanokube_node::pods::Mirrors(cfg.registry_mirrors.clone()),
-                        cfg.insecure_registries.clone(),
-                        network,
-                    ))),
-                    (Err(e), _, _) => Err(format!("container runtime is down: the nanokube binary cannot be found to run container shims: {e}")),
-                    (_, None, _) => Err("container runtime is down: no image store".to_string()),
-                    (_, _, None) => Err("network is down".to_string()),
-                },
-                Err(why) => Err(why),
-            };
+            let runtime = nanokube_node::pods::runtime_for_machine(
+                cluster.clone(),
+                &name,
+                &advertise.to_string(),
+                images.clone(),
+                &cfg.data_dir,
+                nanokube_node::pods::Mirrors(cfg.registry_mirrors.clone()),
+                cfg.insecure_registries.clone(),
+                network.clone(),
+            )
+            .map(Arc::new);
             let (runtime, not_ready) = match runtime {
                 Ok(rt) => (Some(rt), None),
                 Err(why) => {

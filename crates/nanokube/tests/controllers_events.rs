@@ -16,9 +16,9 @@ async fn repeats_are_counted_and_events_expire() {
     let cm = registry.create(cms, "default", json!({"metadata": {"name": "watched"}}), &WriteOptions::default()).await.unwrap();
     let recorder = Recorder::new("test-controller", None);
     for _ in 0..3 {
-        recorder.record(&registry, cm.value(), None, "Warning", "Trouble", "the same trouble").await;
+        recorder.record(&*registry, cm.value(), None, "Warning", "Trouble", "the same trouble").await;
     }
-    recorder.record(&registry, cm.value(), None, "Normal", "Fine", "all fine").await;
+    recorder.record(&*registry, cm.value(), None, "Normal", "Fine", "all fine").await;
     let kubectl = |args: &[&str]| {
         let out = std::process::Command::new(common::kubectl_path("kubectl")).arg("--kubeconfig").arg(tc.kubeconfig_path()).args(args).output().unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()

@@ -305,6 +305,28 @@ fn read_user_namespace(pod_dir: &Path) -> Option<IdMapping> {
     (host_base.is_multiple_of(IDS_PER_POD) && host_base > 0 && size == IDS_PER_POD).then_some(IdMapping { host_base, size })
 }
 
+/// The pod runtime of a node on this machine (the server's own or a joined one), or
+/// exactly why it cannot run pods (the node then reports `Ready=False` with it): runc
+/// and the rest of [`check_runtime`], this binary (re-executed as the shim), the image
+/// store, the network, in that order.
+#[allow(clippy::too_many_arguments)]
+pub fn runtime_for_machine(
+    cluster: Arc<dyn Cluster>,
+    node: &str,
+    host_ip: &str,
+    images: Option<ImageStore>,
+    data_dir: &Path,
+    mirrors: Mirrors,
+    insecure_registries: Vec<String>,
+    network: Option<Arc<nanokube_net::Network>>,
+) -> Result<PodRuntime, String> {
+    let runc = check_runtime(data_dir, images.as_ref())?;
+    let binary = std::env::current_exe().map_err(|e| format!("container runtime is down: the nanokube binary cannot be found to run container shims: {e}"))?;
+    let images = images.ok_or("container runtime is down: no image store")?;
+    let network = network.ok_or("network is down")?;
+    Ok(PodRuntime::new(cluster, node, host_ip, images, runc, binary, data_dir, mirrors, insecure_registries, network))
+}
+
 /// Whether this machine can run containers: the runc to use, or exactly what is missing
 /// (the node then reports `Ready=False` with it).
 pub fn check_runtime(data_dir: &Path, images: Option<&ImageStore>) -> Result<Runc, String> {
