@@ -1760,6 +1760,22 @@ impl Registry {
             {
                 causes.push(Cause { reason: "FieldValueInvalid".into(), message: "Invalid value: cannot change roleRef".into(), field: "roleRef".into() });
             }
+            // The node IPAM controller may give a Node its pod CIDR once (upstream's
+            // ValidateNodeUpdate).
+            ("", "nodes") => {
+                let cidrs = |v: &Value| {
+                    let list = v.pointer("/spec/podCIDRs").and_then(Value::as_array).cloned().unwrap_or_default();
+                    (list, v.pointer("/spec/podCIDR").and_then(Value::as_str).unwrap_or("").to_string())
+                };
+                let (before, after) = (cidrs(old), cidrs(new));
+                if (!before.0.is_empty() || !before.1.is_empty()) && before != after {
+                    causes.push(Cause {
+                        reason: "FieldValueForbidden".into(),
+                        message: "Forbidden: node updates may not change podCIDR except from \"\" to valid".into(),
+                        field: "spec.podCIDRs".into(),
+                    });
+                }
+            }
             ("apiextensions.k8s.io", "customresourcedefinitions") => {
                 for (field, ptr) in [("spec.scope", "/spec/scope"), ("spec.group", "/spec/group"), ("spec.names.plural", "/spec/names/plural")] {
                     immutable(field, ptr, causes);

@@ -15,6 +15,8 @@
 //! - [`crds`]: CustomResourceDefinitions become served resources (status, conditions,
 //!   name conflicts), and their objects are deleted with them.
 //! - [`scheduler`]: kube-scheduler's default profile where it matters on a few nodes.
+//! - [`node_ipam`]: every Node gets its own block of the cluster CIDR for its pods
+//!   (`spec.podCIDR`), as kube-controller-manager's range allocator gives them.
 //! - [`node_lifecycle`]: not-ready and unreachable nodes tainted, stale ones `Unknown`.
 //! - [`persistent_volumes`]: claims bound to volumes, provisioning handed to the class's
 //!   provisioner, phases, and the protection finalizers let go.
@@ -76,6 +78,7 @@ pub mod hpa;
 pub mod jobs;
 pub mod leader;
 pub mod namespaces;
+pub mod node_ipam;
 pub mod node_lifecycle;
 mod objects;
 pub mod persistent_volumes;

@@ -45,8 +45,6 @@ pub struct NodeConfig {
     pub name: String,
     /// The node's address (`InternalIP`), where its pods' traffic arrives.
     pub internal_ip: String,
-    /// The pod CIDR (`spec.podCIDR`).
-    pub pod_cidr: String,
     /// Where the agent keeps its files (measured for ephemeral-storage).
     pub data_dir: std::path::PathBuf,
     /// The kubelet version reported (the server's).
@@ -113,7 +111,13 @@ impl NodeAgent {
                 let provisioner = storage::LocalPath::new(registry.clone(), &self.config.name, &self.config.data_dir);
                 tokio::spawn(provisioner.run(shutdown.clone()));
             }
-            tokio::spawn(pods::PodManager::new(rt).run(shutdown.clone()))
+            let (cluster, name, shutdown) = (self.cluster.clone(), self.config.name.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                // Pods get their addresses from the Node's block: none runs before it is given.
+                if await_pod_cidr(&*cluster, &name, &rt, shutdown.clone()).await {
+                    pods::PodManager::new(rt).run(shutdown).await
+                }
+            })
         });
         let mut eviction_tick = tokio::time::interval(eviction::MONITORING_PERIOD);
         let content = self.config.data_dir.join("content");
@@ -151,5 +155,45 @@ impl NodeAgent {
                 }
             }
         }
+    }
+}
+
+/// Wait until the Node has its pod CIDR (`spec.podCIDR`, given by the node IPAM
+/// controller) and hand it to the runtime, as kubelet waits for its network to be ready
+/// before starting pods; false when shut down first.
+async fn await_pod_cidr(cluster: &dyn Cluster, node: &str, rt: &pods::PodRuntime, mut shutdown: watch::Receiver<bool>) -> bool {
+    let Some(nodes) = nanokube_api::resources::find("", "v1", "nodes") else { return false };
+    let started = tokio::time::Instant::now();
+    let mut warned = false;
+    let mut delay = Duration::from_millis(20);
+    loop {
+        if let Ok(n) = cluster.get(nodes, "", node) {
+            let cidr = n.pointer("/spec/podCIDRs/0").or_else(|| n.pointer("/spec/podCIDR")).and_then(serde_json::Value::as_str);
+            if let Some(cidr) = cidr.filter(|c| !c.is_empty()) {
+                match rt.set_pod_cidr(cidr) {
+                    Ok(()) => {
+                        tracing::info!(%node, "pods get their addresses from {cidr}");
+                        return true;
+                    }
+                    Err(e) => {
+                        // Not a range this node can serve (set by hand outside 127.244.0.0/16):
+                        // said once, as kubelet keeps saying its network is not ready.
+                        if !warned {
+                            tracing::error!(%node, "the node's pod CIDR: {e}");
+                            warned = true;
+                        }
+                    }
+                }
+            }
+        }
+        if !warned && started.elapsed() > Duration::from_secs(30) {
+            tracing::warn!(%node, "still waiting for the node's pod CIDR (spec.podCIDR, given by the node IPAM controller)");
+            warned = true;
+        }
+        tokio::select! {
+            _ = shutdown.changed() => return false,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(1));
     }
 }

@@ -92,10 +92,9 @@ pub fn build(config: &NodeConfig, m: &Machine) -> Node {
     Node {
         metadata: ObjectMeta { name: Some(config.name.clone()), labels: Some(labels), annotations: Some(annotations), ..Default::default() },
         // Registered with the not-ready taint, as kubelet does, so nothing is scheduled here
-        // before the node lifecycle controller has looked at it.
+        // before the node lifecycle controller has looked at it. The pod CIDR is the node
+        // IPAM controller's to give.
         spec: Some(NodeSpec {
-            pod_cidr: Some(config.pod_cidr.clone()),
-            pod_cidrs: Some(vec![config.pod_cidr.clone()]),
             taints: Some(vec![Taint { key: "node.kubernetes.io/not-ready".into(), effect: "NoSchedule".into(), ..Default::default() }]),
             ..Default::default()
         }),
@@ -166,8 +165,6 @@ pub async fn register(cluster: &dyn Cluster, config: &NodeConfig) -> Result<(), 
                     for (k, v) in want["metadata"]["labels"].as_object().into_iter().flatten() {
                         next["metadata"]["labels"][k] = v.clone();
                     }
-                    next["spec"]["podCIDR"] = want["spec"]["podCIDR"].clone();
-                    next["spec"]["podCIDRs"] = want["spec"]["podCIDRs"].clone();
                     Ok(next)
                 })
                 .await

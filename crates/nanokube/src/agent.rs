@@ -418,8 +418,6 @@ pub struct AgentConfig {
     pub data_dir: PathBuf,
     /// The node's address (`InternalIP`, the pods' `hostIP`).
     pub node_ip: Ipv4Addr,
-    /// The pods' addresses (`spec.podCIDR`), inside 127.244.0.0/16.
-    pub pod_cidr: String,
     /// The cluster's Service range (captured in pods).
     pub service_cidr: String,
     /// Eviction thresholds.
@@ -554,7 +552,7 @@ impl Agent {
             cfg.insecure_registries.clone(),
             Some(network),
         ) {
-            Ok(rt) => (Some(Arc::new(rt.with_pod_cidr(&cfg.pod_cidr)?)), None),
+            Ok(rt) => (Some(Arc::new(rt)), None),
             Err(why) => (None, Some(why)),
         };
         let (shutdown, rx) = tokio::sync::watch::channel(false);
@@ -593,7 +591,6 @@ impl Agent {
             nanokube_node::NodeConfig {
                 name: cfg.node_name.clone(),
                 internal_ip: cfg.node_ip.to_string(),
-                pod_cidr: cfg.pod_cidr.clone(),
                 data_dir: cfg.data_dir.clone(),
                 version: nanokube_apiserver::discovery::GIT_VERSION.into(),
                 images,

@@ -43,8 +43,13 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-/// The pod CIDR of the node (pod IPs live in 127/8, as every address here does).
-pub const POD_CIDR: &str = "127.244.0.0/16";
+/// The cluster CIDR every pod IP comes from (kube-controller-manager's `--cluster-cidr`;
+/// in 127/8, as every address here is). It is the range every pod's traffic rules
+/// capture ([`nanokube_node::pods::POD_NETWORK`]).
+pub const POD_CIDR: &str = nanokube_node::pods::POD_NETWORK;
+/// The size of each node's block of it (`--node-cidr-mask-size`: 254 addresses, room for
+/// kubelet's 110 pods).
+pub const NODE_CIDR_MASK: u8 = 24;
 
 /// How to start a cluster.
 #[derive(Debug, Clone)]
@@ -546,7 +551,6 @@ impl Cluster {
                 nanokube_node::NodeConfig {
                     name,
                     internal_ip: advertise.to_string(),
-                    pod_cidr: POD_CIDR.into(),
                     data_dir: cfg.data_dir.clone(),
                     version: nanokube_apiserver::discovery::GIT_VERSION.into(),
                     images: images.clone(),
@@ -681,6 +685,10 @@ impl ControllerManager {
         set.spawn(self.tokens.clone().run(stop.clone()));
         set.spawn(Arc::new(gc::GarbageCollector::new(r.clone())).run(stop.clone()));
         set.spawn(node_lifecycle::run(r.clone(), stop.clone()));
+        match node_ipam::NodeIpamController::new(r.clone(), POD_CIDR, NODE_CIDR_MASK) {
+            Ok(ipam) => drop(set.spawn(ipam.run(stop.clone()))),
+            Err(e) => tracing::error!("node IPAM: {e}"),
+        }
         set.spawn(service_cidrs::run(r.clone(), stop.clone()));
         set.spawn(taint_eviction::run(r.clone(), stop.clone()));
         set.spawn(pod_gc::run(r.clone(), stop.clone()));

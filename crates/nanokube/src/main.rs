@@ -110,9 +110,6 @@ struct AgentArgs {
     /// Node's daemonEndpoints).
     #[arg(long, default_value_t = 10250)]
     kubelet_port: u16,
-    /// The pods' addresses, a range inside 127.244.0.0/16 no other node uses.
-    #[arg(long, default_value = "127.244.128.0/24")]
-    pod_cidr: String,
     /// The cluster's Service range (the server's --service-cluster-ip-range).
     #[arg(long, default_value = "127.96.0.0/16")]
     service_cidr: String,
@@ -917,10 +914,6 @@ async fn run_agent(a: AgentArgs) -> i32 {
             return 2;
         }
     };
-    if let Err(e) = nanokube_node::pods::parse_pod_cidr(&a.pod_cidr) {
-        eprintln!("error: --pod-cidr: {e}");
-        return 2;
-    }
     let cfg = nanokube::agent::AgentConfig {
         server: a.server,
         token: a.token,
@@ -930,7 +923,6 @@ async fn run_agent(a: AgentArgs) -> i32 {
         kubelet_port: a.kubelet_port,
         data_dir,
         node_ip: a.node_ip,
-        pod_cidr: a.pod_cidr,
         service_cidr: a.service_cidr,
         eviction_hard: nanokube_node::eviction::parse_thresholds(&a.eviction_hard).unwrap_or_default(),
         registry_mirrors,

@@ -35,12 +35,12 @@ struct Agent {
 
 impl Agent {
     /// `join`: the `nanokube agent --server … --token …` part.
-    fn start(join: &[&str], name: &str, data: &Path, pod_cidr: &str) -> Agent {
+    fn start(join: &[&str], name: &str, data: &Path) -> Agent {
         let child = nanokube(join)
             .args(["--node-name", name])
             .arg("--data-dir")
             .arg(data)
-            .args(["--pod-cidr", pod_cidr, "--kubelet-port", "0"])
+            .args(["--kubelet-port", "0"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -188,21 +188,29 @@ fn agents_join_with_a_token_and_run_their_pods() {
     );
     let trusting = ["agent", "--server", &s.url, "--token", &token, "--discovery-token-unsafe-skip-ca-verification"];
     let mut agents = Vec::new();
-    for (name, cidr, join) in [("agent-1", "127.244.201.0/24", &pinned[..]), ("agent-2", "127.244.202.0/24", &trusting[..])] {
+    for (name, join) in [("agent-1", &pinned[..]), ("agent-2", &trusting[..])] {
         let data = s.dir.path().join(name);
         ok(&nanokube(&["image", "load"]).arg(&archive).arg("--data-dir").arg(&data).output().unwrap());
-        agents.push(Agent::start(join, name, &data, cidr));
+        agents.push(Agent::start(join, name, &data));
     }
+    let mut cidrs: Vec<String> = Vec::new();
     for (a, name) in agents.iter().zip(["agent-1", "agent-2"]) {
         let ready = eventually(Duration::from_secs(60), || {
             let (_, node) = s.get_json(&format!("/api/v1/nodes/{name}"));
             node.pointer("/status/conditions").and_then(Value::as_array).is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+                && node.pointer("/spec/podCIDR").is_some()
         });
         assert!(ready, "{name} did not become Ready: {}", ok(&s.kubectl(&["get", "nodes", "-o", "wide"])));
         let (_, node) = s.get_json(&format!("/api/v1/nodes/{name}"));
         assert_eq!(node.pointer("/metadata/labels/kubernetes.io~1hostname").and_then(Value::as_str), Some(name));
         assert!(node.pointer("/metadata/labels/node-role.kubernetes.io~1control-plane").is_none(), "a joined node is no control plane");
-        assert_eq!(node.pointer("/spec/podCIDR").and_then(Value::as_str), Some(if name == "agent-1" { "127.244.201.0/24" } else { "127.244.202.0/24" }));
+        // Its pod range: a /24 of the cluster's given by the node IPAM controller, no
+        // other node's.
+        let cidr = node.pointer("/spec/podCIDR").and_then(Value::as_str).unwrap_or("").to_string();
+        assert!(cidr.starts_with("127.244.") && cidr.ends_with(".0/24"), "{name}'s podCIDR {cidr:?}");
+        assert_eq!(node.pointer("/spec/podCIDRs/0").and_then(Value::as_str), Some(cidr.as_str()));
+        assert!(!cidrs.contains(&cidr), "{name}'s podCIDR {cidr} is another node's: {cidrs:?}");
+        cidrs.push(cidr);
         // The certificate the join produced is the node's own identity.
         let who = ok(&as_node(&s, a, &["auth", "whoami", "-o", "jsonpath={.status.userInfo.username} {.status.userInfo.groups}"]));
         assert!(who.starts_with(&format!("system:node:{name} ")) && who.contains("system:nodes"), "{who}");
@@ -228,7 +236,8 @@ fn agents_join_with_a_token_and_run_their_pods() {
         assert!(running, "{name} on {node}: {}", serde_json::to_string_pretty(&last["status"]).unwrap());
         assert_eq!(last.pointer("/spec/nodeName").and_then(Value::as_str), Some(*node));
         let ip = last.pointer("/status/podIP").and_then(Value::as_str).unwrap_or("");
-        assert!(ip.starts_with(&format!("127.244.20{}.", i + 1)), "{name}'s IP {ip} is not from {node}'s range");
+        let range = &cidrs[i];
+        assert!(ip.starts_with(range.trim_end_matches("0/24")), "{name}'s IP {ip} is not from {node}'s range {range}");
         assert_eq!(last.pointer("/status/hostIP").and_then(Value::as_str), Some("127.0.0.1"));
         let ready = last.pointer("/status/conditions").and_then(Value::as_array).unwrap().iter().any(|c| c["type"] == "Ready" && c["status"] == "True");
         assert!(ready, "{}", last["status"]);

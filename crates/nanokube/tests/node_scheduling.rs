@@ -35,7 +35,8 @@ fn the_node_registers_as_kubelet_does_and_keeps_its_lease() {
     assert_eq!(node["status"]["capacity"]["cpu"], cpus);
     assert_eq!(node["status"]["capacity"]["pods"], "110");
     assert!(node["status"]["allocatable"]["memory"].as_str().unwrap().ends_with("Ki"));
-    assert_eq!(node["spec"]["podCIDR"], "127.244.0.0/16");
+    // Its pods' block of the cluster's pod network, given by the node IPAM controller.
+    assert!(eventually(Duration::from_secs(10), || s.get_json("/api/v1/nodes/test-node").1["spec"]["podCIDR"] == "127.244.0.0/24"));
     // The kubelet API's port as bound (the tests' servers ask for any free one).
     assert!(node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"].as_i64().unwrap() > 0);
     let version = s.get_json("/version").1["gitVersion"].clone();

@@ -112,8 +112,9 @@ pub struct PodRuntime {
     /// The node's network: the pods' namespaces by IP, the Services their traffic
     /// reaches, the cluster DNS.
     pub network: Arc<nanokube_net::Network>,
-    /// The pods' address range: first address and size.
-    pod_range: (u32, u32),
+    /// The pods' address range (the Node's `spec.podCIDR`): first address and size, once
+    /// the node IPAM controller has given it.
+    pod_range: std::sync::OnceLock<(u32, u32)>,
 }
 
 /// The whole range pods' addresses come from, and every pod's traffic rules capture.
@@ -171,7 +172,7 @@ impl PodRuntime {
             pulls: tokio::sync::Mutex::new(HashMap::new()),
             allocatable: Mutex::new(serde_json::Value::Null),
             network,
-            pod_range: (u32::from(Ipv4Addr::new(127, 244, 0, 0)), 1 << 16),
+            pod_range: std::sync::OnceLock::new(),
         }
     }
 
@@ -185,28 +186,33 @@ impl PodRuntime {
         self.data_dir.join("logs").join("pods")
     }
 
-    /// Give this node's pods addresses from `cidr` (`spec.podCIDR`; an IPv4 range inside
-    /// 127.244.0.0/16, the range every pod's traffic rules capture) instead of all of
-    /// 127.244.0.0/16.
-    pub fn with_pod_cidr(mut self, cidr: &str) -> Result<Self, String> {
-        let (base, size) = parse_pod_cidr(cidr)?;
-        self.pod_range = (base, size);
-        Ok(self)
+    /// Give this node's pods addresses from `cidr` (the Node's `spec.podCIDR`, an IPv4
+    /// range inside 127.244.0.0/16, the range every pod's traffic rules capture). A
+    /// Node's range never changes once given, so neither does this.
+    pub fn set_pod_cidr(&self, cidr: &str) -> Result<(), String> {
+        let range = parse_pod_cidr(cidr)?;
+        match self.pod_range.get_or_init(|| range) {
+            have if *have == range => Ok(()),
+            (base, size) => Err(format!("the pod CIDR is already {}/{}, not {cidr}", Ipv4Addr::from(*base), 32 - size.trailing_zeros())),
+        }
+    }
+
+    /// The pods' address range as `a.b.c.d/n`, once known.
+    pub fn pod_cidr(&self) -> Option<String> {
+        self.pod_range.get().map(|(base, size)| format!("{}/{}", Ipv4Addr::from(*base), 32 - size.trailing_zeros()))
     }
 
     /// Whether `ip` is one this node gives to pods.
     pub fn is_pod_ip(&self, ip: Ipv4Addr) -> bool {
-        let (base, size) = self.pod_range;
-        u32::from(ip).wrapping_sub(base) < size
+        self.pod_range.get().is_some_and(|(base, size)| u32::from(ip).wrapping_sub(*base) < *size)
     }
 
     /// Take a pod IP from the node's pod range (the range's first two addresses and its
-    /// last are not given out), searching from a random point as CNI IPAM plugins may:
-    /// two nodes on one machine sharing a range (tests, several servers) rarely pick the
-    /// same address for their pods' host-side listeners.
+    /// last are not given out), searching from a random point as CNI IPAM plugins may.
+    /// None when the range is full, or not known yet.
     pub fn allocate_ip(&self) -> Option<Ipv4Addr> {
+        let (base, size) = *self.pod_range.get()?;
         let mut used = self.ips.lock().ok()?;
-        let (base, size) = self.pod_range;
         let usable = size.checked_sub(3).filter(|n| *n > 0)?;
         let start = fastrand::u32(0..usable);
         (0..usable).map(|i| Ipv4Addr::from(base + 2 + (start + i) % usable)).find(|ip| !used.contains(ip)).inspect(|ip| {

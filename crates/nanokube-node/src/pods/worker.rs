@@ -981,7 +981,10 @@ impl Worker {
         if self.ip.is_none() {
             self.ip = if host_network { self.rt.host_ip.parse().ok() } else { self.rt.allocate_ip() };
         }
-        let ip = self.ip.ok_or("no pod IP left in 127.244.0.0/16")?;
+        let ip = self.ip.ok_or_else(|| match self.rt.pod_cidr() {
+            Some(cidr) => format!("no pod IP left in the node's range {cidr}"),
+            None => "network is not ready: the node has no pod CIDR yet".to_string(),
+        })?;
         if pod.spec.as_ref().and_then(|s| s.host_users) == Some(false) {
             // Validation keeps host namespaces out of such pods.
             let map = self.rt.user_namespace(&self.dir)?;
