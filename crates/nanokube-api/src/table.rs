@@ -156,6 +156,12 @@ pub fn columns(group: &str, plural: &str) -> Vec<Column> {
             vec![NAME, AGE, col("SignerName", 0), col("Requestor", 0), col("RequestedDuration", 0), col("Condition", 0)]
         }
         ("policy", "poddisruptionbudgets") => vec![NAME, col("Min Available", 0), col("Max Unavailable", 0), col("Allowed Disruptions", 0), AGE],
+        ("flowcontrol.apiserver.k8s.io", "flowschemas") => {
+            vec![NAME, col("PriorityLevel", 0), col("MatchingPrecedence", 0), col("DistinguisherMethod", 0), AGE, col("MissingPL", 0)]
+        }
+        ("flowcontrol.apiserver.k8s.io", "prioritylevelconfigurations") => {
+            vec![NAME, col("Type", 0), col("NominalConcurrencyShares", 0), col("Queues", 0), col("HandSize", 0), col("QueueLengthLimit", 0), AGE]
+        }
         ("scheduling.k8s.io", "priorityclasses") => {
             vec![NAME, Column { name: "Value", ty: "integer", format: "", priority: 0 }, col("Global-Default", 0), AGE, col("PreemptionPolicy", 0)]
         }
@@ -231,6 +237,7 @@ pub fn custom_cells(cols: &[crate::crd::PrinterColumn], obj: &Value, now: Offset
 fn describe(col: &str) -> String {
     match col {
         "Name" => "Name must be unique within a namespace. Is required when creating resources, although some resources may allow a client to request the generation of an appropriate name automatically. Name is primarily intended for creation idempotence and configuration definition. Cannot be updated. More info: https://kubernetes.io/docs/concepts/overview/working-with-objects/names#names".into(),
+        "MissingPL" => "references a broken or non-existent PriorityLevelConfiguration".into(),
         "Age" => "CreationTimestamp is a timestamp representing the server time when this object was created. It is not guaranteed to be set in happens-before order across separate operations. Clients may not set this value. It is represented in RFC3339 form and is in UTC.".into(),
         other => other.to_string(),
     }
@@ -770,6 +777,27 @@ pub fn cells(group: &str, plural: &str, obj: &Value, now: OffsetDateTime) -> Vec
         ("policy", "poddisruptionbudgets") => {
             let show = |p: &str| obj.pointer(p).map(|v| v.as_str().map(String::from).unwrap_or_else(|| v.to_string())).unwrap_or_else(|| "N/A".into());
             vec![name, json!(show("/spec/minAvailable")), json!(show("/spec/maxUnavailable")), json!(i(obj, "/status/disruptionsAllowed")), age_v]
+        }
+        ("flowcontrol.apiserver.k8s.io", "flowschemas") => {
+            let missing = obj.pointer("/status/conditions").and_then(Value::as_array).and_then(|cs| cs.iter().find(|c| c["type"] == "Dangling"));
+            vec![
+                name,
+                json!(s(obj, "/spec/priorityLevelConfiguration/name")),
+                json!(i(obj, "/spec/matchingPrecedence")),
+                none_if_empty(s(obj, "/spec/distinguisherMethod/type").into()),
+                age_v,
+                json!(missing.and_then(|c| c["status"].as_str()).unwrap_or("?")),
+            ]
+        }
+        ("flowcontrol.apiserver.k8s.io", "prioritylevelconfigurations") => {
+            // Numbers for a Limited level (nothing for the queuing of one that rejects),
+            // `<none>` otherwise, as upstream's printer.
+            let limited = obj.pointer("/spec/limited").filter(|l| l.is_object());
+            let queuing = limited.and_then(|l| l.pointer("/limitResponse/queuing")).filter(|q| q.is_object());
+            let num = |v: Option<&Value>, field: &str| v.map(|v| json!(v.get(field).and_then(Value::as_i64).unwrap_or(0))).unwrap_or_else(|| json!("<none>"));
+            let shares =
+                limited.map(|l| l.get("nominalConcurrencyShares").filter(|v| !v.is_null()).cloned().unwrap_or(Value::Null)).unwrap_or_else(|| json!("<none>"));
+            vec![name, json!(s(obj, "/spec/type")), shares, num(queuing, "queues"), num(queuing, "handSize"), num(queuing, "queueLengthLimit"), age_v]
         }
         ("scheduling.k8s.io", "priorityclasses") => vec![
             name,

@@ -67,7 +67,14 @@ pub(crate) fn write_table(spec: &TableSpec<'_>, objs: &[Obj], list_meta: &Value,
         out.extend_from_slice(b"null");
     }
     out.extend_from_slice(b",\"rows\":[");
-    for (i, obj) in objs.iter().enumerate() {
+    let mut rows: Vec<&Obj> = objs.iter().collect();
+    if spec.custom.is_none() && spec.def.group == "flowcontrol.apiserver.k8s.io" && spec.def.plural == "flowschemas" {
+        // Upstream's printer lists FlowSchemas in the order they are matched.
+        rows.sort_by_cached_key(|o| {
+            o.with_value(|v| (v.pointer("/spec/matchingPrecedence").and_then(Value::as_i64).unwrap_or(0), nanokube_api::meta::name(v).to_string()))
+        });
+    }
+    for (i, obj) in rows.into_iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }

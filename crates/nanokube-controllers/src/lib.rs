@@ -52,6 +52,8 @@
 //! - [`event_ttl`]: Events expire an hour after their last write.
 //! - [`hpa`]: HorizontalPodAutoscalers scale their targets on cpu and memory figures.
 //! - [`clock`]: the time controllers read, replaceable in tests.
+//! - [`flowcontrol`]: kube-apiserver's API Priority and Fairness bootstrap configuration
+//!   (FlowSchemas, PriorityLevelConfigurations) and the FlowSchemas' `Dangling` condition.
 //! - [`rbac_policy`]: kube-apiserver 1.33's default RBAC policy (ClusterRoles,
 //!   ClusterRoleBindings, Roles, RoleBindings), recreated if deleted.
 //! - [`rbac_aggregation`]: ClusterRoles with an `aggregationRule` get the rules of the
@@ -72,6 +74,7 @@ pub mod endpoints;
 pub mod endpointslice_mirroring;
 pub mod event_ttl;
 mod events;
+pub mod flowcontrol;
 pub mod gc;
 mod history;
 pub mod hpa;

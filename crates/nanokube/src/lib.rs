@@ -398,16 +398,20 @@ impl Cluster {
         tasks.spawn(server::serve(api.clone(), listener, tls, shutdown_rx.clone()));
 
         // Two commit rounds: what needs nothing, then what needs the namespaces.
-        let (namespaces, policy, priority_classes) = tokio::join!(
+        let (namespaces, policy, priority_classes, flow_control) = tokio::join!(
             nanokube_controllers::bootstrap::ensure_namespaces(&registry),
             nanokube_controllers::rbac_policy::ensure(&registry),
-            nanokube_controllers::bootstrap::ensure_priority_classes(&registry)
+            nanokube_controllers::bootstrap::ensure_priority_classes(&registry),
+            // kube-apiserver's priority-and-fairness-config-producer post-start hook.
+            nanokube_controllers::flowcontrol::ensure(&registry)
         );
         namespaces.map_err(|e| format!("bootstrap: {e}"))?;
         priority_classes.map_err(|e| format!("bootstrap: {e}"))?;
         policy.map_err(|e| format!("default RBAC policy: {e}"))?;
+        flow_control.map_err(|e| format!("API Priority and Fairness configuration: {e}"))?;
         tracing::debug!(elapsed_ms = started.elapsed().as_secs_f64() * 1000.0, "system namespaces, priority classes and cluster RBAC policy ensured");
         tasks.spawn(nanokube_controllers::rbac_policy::run(registry.clone(), shutdown_rx.clone()));
+        tasks.spawn(nanokube_controllers::flowcontrol::run(registry.clone(), shutdown_rx.clone()));
         let ns_controller = Arc::new(NamespaceController::new(registry.clone(), pki.ca_pem.clone()));
         let mut second = JoinSet::new();
         {
