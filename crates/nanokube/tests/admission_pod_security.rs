@@ -54,3 +54,69 @@ fn enforce_warn_and_workload_templates() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("must be one of privileged, baseline, restricted"), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// Raising a namespace's enforce level warns about the pods already there (grouped by
+/// reasons, one pod named per group); pod updates that could change the verdict (an
+/// image, an ephemeral container from `kubectl debug`) are checked, others are not; and
+/// baseline's AppArmor, SELinux and Windows host-process checks, in upstream's words.
+#[test]
+fn existing_pods_updates_and_the_rest_of_baseline() {
+    let s = Server::start_with(&["--node=false"]);
+    s.k(&["create", "namespace", "later"]);
+    for name in ["web-1", "web-2", "web-3"] {
+        s.k(&["run", name, "-n", "later", "--image=nginx"]);
+    }
+    let host = s.kubectl(&["run", "host", "-n", "later", "--image=nginx", "--overrides", r#"{"spec":{"hostPID":true}}"#]);
+    assert!(host.status.success(), "{}", String::from_utf8_lossy(&host.stderr));
+    let out = s.kubectl(&["label", "namespace", "later", "pod-security.kubernetes.io/enforce=restricted"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let warnings = String::from_utf8_lossy(&out.stderr);
+    let expected = [
+        r#"Warning: existing pods in namespace "later" violate the new PodSecurity enforce level "restricted:latest""#,
+        r#"Warning: host: host namespaces, allowPrivilegeEscalation != false, unrestricted capabilities, runAsNonRoot != true, seccompProfile"#,
+        r#"Warning: web-1 (and 2 other pods): allowPrivilegeEscalation != false, unrestricted capabilities, runAsNonRoot != true, seccompProfile"#,
+    ];
+    let lines: Vec<&str> = warnings.lines().collect();
+    assert_eq!(lines, expected, "{warnings}");
+    // Lowering it again warns about nothing.
+    let out = s.kubectl(&["label", "--overwrite", "namespace", "later", "pod-security.kubernetes.io/enforce=baseline"]);
+    assert!(out.status.success() && out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // Under baseline, web-1 may have its labels changed but not an image swapped in for
+    // a privileged debug container.
+    let out = s.kubectl(&["label", "pod", "web-1", "-n", "later", "tier=front"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = s.kubectl(&["debug", "web-1", "-n", "later", "--image=busybox", "--profile=sysadmin", "-c", "dbg"]);
+    assert!(!out.status.success(), "a privileged debug container was added");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            r#"pods "web-1" is forbidden: violates PodSecurity "baseline:latest": privileged (container "dbg" must not set securityContext.privileged=true)"#
+        ),
+        "{err}"
+    );
+    let out = s.kubectl(&["debug", "web-1", "-n", "later", "--image=busybox", "--profile=baseline", "-c", "dbg2"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The pod with hostPID stays (it was there before), but its image cannot change.
+    let out = s.kubectl(&["set", "image", "pod/host", "-n", "later", "host=nginx:2"]);
+    assert!(!out.status.success(), "a violating pod's image changed");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(r#"violates PodSecurity "baseline:latest": host namespaces (hostPID=true)"#), "{err}");
+
+    // The rest of baseline.
+    let pod = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"odd","annotations":{"container.apparmor.security.beta.kubernetes.io/c":"unconfined"}},
+      "spec":{"securityContext":{"seLinuxOptions":{"type":"spc_t"}},
+      "containers":[{"name":"c","image":"nginx","securityContext":{"appArmorProfile":{"type":"Unconfined"},"seLinuxOptions":{"user":"root"},"windowsOptions":{"hostProcess":true}}}]}}"#;
+    let out = s.k_stdin(&["create", "-n", "later", "-f", "-"], pod);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(concat!(
+            r#"pods "odd" is forbidden: violates PodSecurity "baseline:latest": "#,
+            r#"forbidden AppArmor profiles (container "c" and annotation must not set AppArmor profile type to "Unconfined", "container.apparmor.security.beta.kubernetes.io/c="unconfined""), "#,
+            r#"seLinuxOptions (pod and container "c" set forbidden securityContext.seLinuxOptions: type "spc_t"; user may not be set), "#,
+            r#"hostProcess (container "c" must not set securityContext.windowsOptions.hostProcess=true)"#
+        )),
+        "{err}"
+    );
+}

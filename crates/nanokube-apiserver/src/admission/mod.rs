@@ -202,8 +202,9 @@ pub async fn validate(registry: &Registry, attrs: &Attributes<'_>, obj: Option<&
         if let Some(ns) = obj {
             pod_security::check_namespace_labels(ns)?;
         }
+        pod_security::check_namespace_update(registry, attrs, obj, old);
     }
-    pod_security::check(registry, attrs, obj)?;
+    pod_security::check(registry, attrs, obj, old)?;
     certificates::check(attrs, obj, old)?;
     node_restriction::check(attrs, obj, old)?;
     if !attrs.applies() {

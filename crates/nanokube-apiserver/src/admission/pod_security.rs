@@ -4,13 +4,18 @@
 //! an enforcing namespace that violate its level are refused (403, `violates PodSecurity
 //! "<level>:<version>": ...`); `warn` answers with a Warning, and so do workloads whose
 //! pod template would violate either level (`would violate PodSecurity ...`), as upstream.
+//! Pod updates are checked when they could change the verdict (an image, the number of
+//! containers, an ephemeral container added or changed; the `ephemeralcontainers` and
+//! `resize` subresources included), as upstream's `isSignificantPodUpdate`. Raising a
+//! namespace's enforce level warns about the existing pods that violate it
+//! (`existing pods in namespace "x" violate the new PodSecurity enforce level ...`).
 //!
-//! The checks are upstream's, named and ordered by their IDs, with their messages: host
-//! namespaces, privileged, capabilities, hostPath volumes, host ports, /proc mount,
-//! seccomp, sysctls (baseline); restricted volume types, privilege escalation,
-//! runAsNonRoot, runAsUser, seccomp, capabilities (restricted). Not checked: AppArmor,
-//! SELinux options and Windows host processes; `audit` labels write nothing (the audit log
-//! has no annotations).
+//! The checks are upstream's, named and ordered by their IDs, with their messages:
+//! AppArmor profiles, capabilities, host namespaces, hostPath volumes, host ports,
+//! privileged, /proc mount, SELinux options, seccomp, sysctls, Windows host processes
+//! (baseline); restricted volume types, privilege escalation, runAsNonRoot, runAsUser,
+//! seccomp, capabilities (restricted). `audit` labels write nothing (the audit log has no
+//! annotations).
 
 use nanokube_api::ApiError;
 use serde_json::Value;
@@ -58,27 +63,49 @@ fn template_of<'a>(attrs: &Attributes<'_>, obj: &'a Value) -> Option<&'a Value> 
     }
 }
 
+/// Pod subresources whose writes cannot change what is checked (upstream's
+/// `ignoredPodSubresources`); every other one (`ephemeralcontainers`, `resize`) is.
+const IGNORED_POD_SUBRESOURCES: &[&str] = &["exec", "attach", "binding", "eviction", "log", "portforward", "proxy", "status"];
+
+/// Whether a pod update could change the verdict (upstream's `isSignificantPodUpdate`):
+/// a container added or removed, an image changed, an ephemeral container added or its
+/// image changed.
+fn is_significant_pod_update(pod: &Value, old: &Value) -> bool {
+    let list = |p: &Value, k: &str| p.pointer(&format!("/spec/{k}")).and_then(Value::as_array).cloned().unwrap_or_default();
+    for k in ["containers", "initContainers"] {
+        let (new, before) = (list(pod, k), list(old, k));
+        if new.len() != before.len() || new.iter().zip(&before).any(|(a, b)| a.get("image") != b.get("image")) {
+            return true;
+        }
+    }
+    let before = list(old, "ephemeralContainers");
+    list(pod, "ephemeralContainers").iter().any(|c| match before.iter().find(|o| o.get("name") == c.get("name")) {
+        None => true,
+        Some(o) => o.get("image") != c.get("image"),
+    })
+}
+
 /// Check a create or update of a pod or a workload against its namespace's levels.
-pub(super) fn check(registry: &Registry, attrs: &Attributes<'_>, obj: Option<&Value>) -> Result<(), ApiError> {
-    if attrs.namespace.is_empty() || !attrs.subresource.is_empty() || attrs.operation == Operation::Delete {
+pub(super) fn check(registry: &Registry, attrs: &Attributes<'_>, obj: Option<&Value>, old: Option<&Value>) -> Result<(), ApiError> {
+    if attrs.namespace.is_empty() || attrs.operation == Operation::Delete {
+        return Ok(());
+    }
+    let is_pod = attrs.def.group.is_empty() && attrs.def.plural == "pods";
+    // Of subresources only a pod's that can change its spec.
+    let checked_subresource = is_pod && !IGNORED_POD_SUBRESOURCES.contains(&attrs.subresource);
+    if !attrs.subresource.is_empty() && !checked_subresource {
         return Ok(());
     }
     let Some(pod) = obj.and_then(|o| template_of(attrs, o)) else { return Ok(()) };
-    let Some(ns) = super::matching::namespace_object(registry, attrs.namespace) else { return Ok(()) };
-    let label = |mode: &str| ns.pointer(&format!("/metadata/labels/{}", format!("{LEVEL_LABEL}{mode}").replace('/', "~1"))).and_then(Value::as_str);
-    let level = |mode: &str| label(mode).and_then(Level::parse).unwrap_or(Level::Privileged);
-    let version = |mode: &str| label(&format!("{mode}-version")).filter(|v| !v.is_empty()).unwrap_or("latest").to_string();
-    let is_pod = attrs.def.group.is_empty() && attrs.def.plural == "pods";
-    // Pod updates are checked only when they could change what is checked (upstream
-    // ignores updates that change only metadata or images); here: only creates.
-    if is_pod && attrs.operation == Operation::Update {
+    if is_pod && attrs.operation == Operation::Update && old.is_some_and(|old| !is_significant_pod_update(pod, old)) {
         return Ok(());
     }
-    let enforce = level("enforce");
+    let Some(ns) = super::matching::namespace_object(registry, attrs.namespace) else { return Ok(()) };
+    let (enforce, enforce_version) = policy(&ns, "enforce");
     if enforce != Level::Privileged {
-        let violations = violations(pod, enforce);
+        let violations = violations(pod, enforce, &enforce_version);
         if !violations.is_empty() {
-            let text = format!("PodSecurity \"{}:{}\": {}", enforce.name(), version("enforce"), violations.join(", "));
+            let text = format!("PodSecurity \"{}:{}\": {}", enforce.name(), enforce_version, violations.join(", "));
             if is_pod {
                 let name = attrs.name;
                 let msg =
@@ -91,14 +118,107 @@ pub(super) fn check(registry: &Registry, attrs: &Attributes<'_>, obj: Option<&Va
             attrs.warn(format!("would violate {text}"));
         }
     }
-    let warn = level("warn");
-    if warn != Level::Privileged && !(warn == enforce && version("warn") == version("enforce")) {
-        let violations = violations(pod, warn);
+    let (warn, warn_version) = policy(&ns, "warn");
+    if warn != Level::Privileged && !(warn == enforce && warn_version == enforce_version) {
+        let violations = violations(pod, warn, &warn_version);
         if !violations.is_empty() {
-            attrs.warn(format!("would violate PodSecurity \"{}:{}\": {}", warn.name(), version("warn"), violations.join(", ")));
+            attrs.warn(format!("would violate PodSecurity \"{}:{}\": {}", warn.name(), warn_version, violations.join(", ")));
         }
     }
     Ok(())
+}
+
+/// A namespace's level and version for `mode` (`enforce`, `warn`, `audit`).
+fn policy(ns: &Value, mode: &str) -> (Level, String) {
+    let label = |key: &str| ns.pointer("/metadata/labels").and_then(|l| l.get(format!("{LEVEL_LABEL}{key}"))).and_then(Value::as_str);
+    let level = label(mode).and_then(Level::parse).unwrap_or(Level::Privileged);
+    let version = label(&format!("{mode}-version")).filter(|v| !v.is_empty()).unwrap_or("latest").to_string();
+    (level, version)
+}
+
+/// Pods a namespace's existing pods are checked against at most, as upstream's default.
+const NAMESPACE_MAX_PODS_TO_CHECK: usize = 3000;
+
+/// A namespace update that raises its enforce level: warn about the existing pods that
+/// violate the new one, grouped by reasons (upstream's `EvaluatePodsInNamespace`).
+pub(super) fn check_namespace_update(registry: &Registry, attrs: &Attributes<'_>, obj: Option<&Value>, old: Option<&Value>) {
+    let (Some(ns), Some(old), Operation::Update, "") = (obj, old, attrs.operation, attrs.subresource) else { return };
+    let (new_level, new_version) = policy(ns, "enforce");
+    let (old_level, old_version) = policy(old, "enforce");
+    if (new_level, &new_version) == (old_level, &old_version) || new_level == Level::Privileged || (new_version == old_version && new_level <= old_level) {
+        return;
+    }
+    let Some(pods) = nanokube_api::resources::find("", "v1", "pods") else { return };
+    let name = ns.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+    let Ok(list) = registry.list(pods, Some(name), &Default::default()) else {
+        attrs.warn("failed to list pods while checking new PodSecurity enforce level".into());
+        return;
+    };
+    // One pod per controller first, then the other replicas (upstream's prioritizePods).
+    let mut first = Vec::new();
+    let mut replicas = Vec::new();
+    let mut controllers = std::collections::HashSet::new();
+    for p in &list.items {
+        let pod = p.value();
+        let controller = pod
+            .pointer("/metadata/ownerReferences")
+            .and_then(Value::as_array)
+            .and_then(|o| o.iter().find(|r| r["controller"] == true))
+            .map(|r| r["uid"].clone());
+        match controller {
+            Some(uid) if !controllers.insert(uid.to_string()) => replicas.push(pod),
+            _ => first.push(pod),
+        }
+    }
+    first.extend(replicas);
+    let total = first.len();
+    first.truncate(NAMESPACE_MAX_PODS_TO_CHECK);
+    let checked = first.len();
+    // reasons → (first pod name, pods)
+    let mut order: Vec<String> = Vec::new();
+    let mut counts: std::collections::HashMap<String, (String, usize)> = std::collections::HashMap::new();
+    for pod in first {
+        let reasons: Vec<String> = findings(pod, new_level, &new_version).into_iter().map(|(reason, _)| reason).collect();
+        if reasons.is_empty() {
+            continue;
+        }
+        let key = reasons.join(", ");
+        let pod_name = pod.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("").to_string();
+        match counts.get_mut(&key) {
+            Some((first_name, n)) => {
+                if pod_name < *first_name {
+                    *first_name = pod_name;
+                }
+                *n += 1;
+            }
+            None => {
+                order.push(key.clone());
+                counts.insert(key, (pod_name, 1));
+            }
+        }
+    }
+    if checked < total {
+        attrs.warn(format!("new PodSecurity enforce level only checked against the first {checked} of {total} existing pods"));
+    }
+    if order.is_empty() {
+        return;
+    }
+    attrs.warn(format!("existing pods in namespace {name:?} violate the new PodSecurity enforce level \"{}:{}\"", new_level.name(), new_version));
+    let mut lines: Vec<String> = order
+        .into_iter()
+        .map(|reasons| {
+            let (pod, n) = &counts[&reasons];
+            match n {
+                1 => format!("{pod}: {reasons}"),
+                2 => format!("{pod} (and 1 other pod): {reasons}"),
+                n => format!("{pod} (and {} other pods): {reasons}", n - 1),
+            }
+        })
+        .collect();
+    lines.sort();
+    for l in lines {
+        attrs.warn(l);
+    }
 }
 
 /// A namespace's PodSecurity labels must name a level (or a version): refused otherwise.
@@ -174,9 +294,27 @@ const SAFE_SYSCTLS: &[&str] = &[
 /// Volume types restricted allows.
 const RESTRICTED_VOLUMES: &[&str] = &["configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim", "projected", "secret"];
 
-/// Every violation of `level` by the pod (or pod template) `pod`, as `reason (detail)`,
-/// in the order of upstream's check IDs.
-fn violations(pod: &Value, level: Level) -> Vec<String> {
+/// Every violation of `level` (at `version`: `latest` or `v1.N`) by the pod (or pod
+/// template) `pod`, as `reason (detail)`, in the order of upstream's check IDs.
+fn violations(pod: &Value, level: Level, version: &str) -> Vec<String> {
+    findings(pod, level, version).into_iter().map(|(reason, detail)| format!("{reason} ({detail})")).collect()
+}
+
+/// Whether `version` (`latest` or `v1.N`) is at least 1.`minor`.
+fn at_least(version: &str, minor: u32) -> bool {
+    version == "latest" || version.strip_prefix("v1.").and_then(|m| m.parse::<u32>().ok()).is_some_and(|m| m >= minor)
+}
+
+/// `"a", "b"`, as upstream's `joinQuote` (which escapes nothing).
+fn join_quote(items: &[String]) -> String {
+    if items.is_empty() {
+        return String::new();
+    }
+    format!("\"{}\"", items.join("\", \""))
+}
+
+/// The violations of [`violations`] as (reason, detail).
+fn findings(pod: &Value, level: Level, version: &str) -> Vec<(String, String)> {
     let spec = pod.get("spec").cloned().unwrap_or(Value::Null);
     let cs = containers(&spec);
     let pod_sc = spec.get("securityContext").cloned().unwrap_or(Value::Null);
@@ -257,6 +395,115 @@ fn violations(pod: &Value, level: Level) -> Vec<String> {
         .unwrap_or_default();
     if !sysctls.is_empty() {
         add("sysctls", "forbidden sysctls", sysctls.join(", "));
+    }
+
+    // AppArmor: profile types RuntimeDefault or Localhost, and the beta annotations'
+    // runtime/default or localhost/*.
+    let allowed_type = |t: &Value| matches!(t.as_str(), Some("RuntimeDefault" | "Localhost"));
+    let mut setters = Vec::new();
+    let mut bad_values = std::collections::BTreeSet::new();
+    if let Some(t) = pod_sc.pointer("/appArmorProfile/type").filter(|t| !allowed_type(t)) {
+        setters.push("pod".to_string());
+        bad_values.insert(t.as_str().unwrap_or("").to_string());
+    }
+    let bad_cs: Vec<String> = cs
+        .iter()
+        .filter_map(|c| {
+            let t = c.pointer("/securityContext/appArmorProfile/type").filter(|t| !allowed_type(t))?;
+            bad_values.insert(t.as_str().unwrap_or("").to_string());
+            Some(name(c).to_string())
+        })
+        .collect();
+    if !bad_cs.is_empty() {
+        setters.push(format!("{} {}", plural(bad_cs.len(), "container", "containers"), join_quote(&bad_cs)));
+    }
+    let mut bad_values: Vec<String> = bad_values.into_iter().collect();
+    let mut annotations: Vec<String> = pod
+        .pointer("/metadata/annotations")
+        .and_then(Value::as_object)
+        .map(|a| {
+            a.iter()
+                .filter(|(k, _)| k.starts_with("container.apparmor.security.beta.kubernetes.io/"))
+                .filter_map(|(k, v)| {
+                    let v = v.as_str().unwrap_or("");
+                    (!(v.is_empty() || v == "runtime/default" || v.starts_with("localhost/"))).then(|| format!("{k}={v:?}"))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if !annotations.is_empty() {
+        annotations.sort();
+        setters.push(plural(annotations.len(), "annotation", "annotations").to_string());
+        bad_values.extend(annotations);
+    }
+    if !setters.is_empty() {
+        add(
+            "appArmorProfile",
+            plural(bad_values.len(), "forbidden AppArmor profile", "forbidden AppArmor profiles"),
+            format!("{} must not set AppArmor profile type to {}", setters.join(" and "), join_quote(&bad_values)),
+        );
+    }
+    // SELinux: the container types only (container_engine_t from 1.31), no user or role.
+    let mut selinux_types: &[&str] = &["", "container_t", "container_init_t", "container_kvm_t"];
+    if at_least(version, 31) {
+        selinux_types = &["", "container_t", "container_init_t", "container_kvm_t", "container_engine_t"];
+    }
+    let (mut bad_types, mut set_user, mut set_role) = (std::collections::BTreeSet::new(), false, false);
+    let mut bad_selinux = |opts: &Value| -> bool {
+        let field = |k: &str| opts.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+        let mut bad = false;
+        if !selinux_types.contains(&field("type").as_str()) {
+            bad_types.insert(field("type"));
+            bad = true;
+        }
+        if !field("user").is_empty() {
+            set_user = true;
+            bad = true;
+        }
+        if !field("role").is_empty() {
+            set_role = true;
+            bad = true;
+        }
+        bad
+    };
+    let mut setters = Vec::new();
+    if pod_sc.get("seLinuxOptions").filter(|o| o.is_object()).is_some_and(&mut bad_selinux) {
+        setters.push("pod".to_string());
+    }
+    let bad_cs: Vec<String> = cs
+        .iter()
+        .filter(|c| c.pointer("/securityContext/seLinuxOptions").filter(|o| o.is_object()).is_some_and(&mut bad_selinux))
+        .map(|c| name(c).to_string())
+        .collect();
+    if !bad_cs.is_empty() {
+        setters.push(format!("{} {}", plural(bad_cs.len(), "container", "containers"), join_quote(&bad_cs)));
+    }
+    if !setters.is_empty() {
+        let mut data = Vec::new();
+        if !bad_types.is_empty() {
+            let types: Vec<String> = bad_types.into_iter().collect();
+            data.push(format!("{} {}", plural(types.len(), "type", "types"), join_quote(&types)));
+        }
+        if set_user {
+            data.push("user may not be set".to_string());
+        }
+        if set_role {
+            data.push("role may not be set".to_string());
+        }
+        add("seLinuxOptions", "seLinuxOptions", format!("{} set forbidden securityContext.seLinuxOptions: {}", setters.join(" and "), data.join("; ")));
+    }
+    // Windows host processes.
+    let host_process = |sc: Option<&Value>| sc.and_then(|s| s.pointer("/windowsOptions/hostProcess")) == Some(&Value::Bool(true));
+    let mut setters = Vec::new();
+    if host_process(Some(&pod_sc)) {
+        setters.push("pod".to_string());
+    }
+    let bad_cs: Vec<String> = cs.iter().filter(|c| host_process(c.get("securityContext"))).map(|c| name(c).to_string()).collect();
+    if !bad_cs.is_empty() {
+        setters.push(format!("{} {}", plural(bad_cs.len(), "container", "containers"), join_quote(&bad_cs)));
+    }
+    if !setters.is_empty() {
+        add("windowsHostProcess", "hostProcess", format!("{} must not set securityContext.windowsOptions.hostProcess=true", setters.join(" and ")));
     }
 
     if level == Level::Restricted {
@@ -371,8 +618,15 @@ fn violations(pod: &Value, level: Level) -> Vec<String> {
             add("seccompProfile_restricted", "seccompProfile", text);
         }
     }
-    out.sort_by(|a, b| a.0.cmp(b.0));
-    out.into_iter().map(|(_, reason, detail)| format!("{reason} ({detail})")).collect()
+    // Restricted's own checks replace three of baseline's; baseline's checks come first,
+    // each level's in the order of their IDs (upstream's registry).
+    const RESTRICTED_IDS: &[&str] =
+        &["allowPrivilegeEscalation", "capabilities_restricted", "restrictedVolumes", "runAsNonRoot", "runAsUser", "seccompProfile_restricted"];
+    if level == Level::Restricted {
+        out.retain(|(id, _, _)| !matches!(*id, "capabilities_baseline" | "hostPathVolumes" | "seccompProfile_baseline"));
+    }
+    out.sort_by_key(|(id, _, _)| (RESTRICTED_IDS.contains(id), *id));
+    out.into_iter().map(|(_, reason, detail)| (reason, detail)).collect()
 }
 
 #[cfg(test)]
@@ -383,9 +637,9 @@ mod tests {
     #[test]
     fn a_plain_pod_violates_restricted_in_upstreams_words() {
         let pod = json!({"spec": {"containers": [{"name": "c", "image": "nginx"}]}});
-        assert!(violations(&pod, Level::Baseline).is_empty());
+        assert!(violations(&pod, Level::Baseline, "latest").is_empty());
         assert_eq!(
-            violations(&pod, Level::Restricted),
+            violations(&pod, Level::Restricted, "latest"),
             [
                 r#"allowPrivilegeEscalation != false (container "c" must set securityContext.allowPrivilegeEscalation=false)"#,
                 r#"unrestricted capabilities (container "c" must set securityContext.capabilities.drop=["ALL"])"#,
@@ -395,12 +649,69 @@ mod tests {
         );
     }
 
+    /// Upstream's own cases (pod-security-admission's `check_*_test.go`).
+    #[test]
+    fn apparmor_selinux_and_host_process_in_upstreams_words() {
+        let detail = |pod: Value, reason: &str| -> String {
+            let found = findings(&pod, Level::Baseline, "latest");
+            assert_eq!(found.len(), 1, "{found:?}");
+            assert_eq!(found[0].0, reason);
+            found[0].1.clone()
+        };
+        let pod = json!({"spec": {"securityContext": {"appArmorProfile": {"type": "Unconfined"}}, "containers": [{"name": "ok", "securityContext": {"appArmorProfile": {"type": "Localhost", "localhostProfile": "p"}}}]}});
+        assert_eq!(detail(pod, "forbidden AppArmor profile"), r#"pod must not set AppArmor profile type to "Unconfined""#);
+        let pod = json!({"spec": {"initContainers": [{"name": "bar", "securityContext": {"appArmorProfile": {"type": "Unconfined"}}}], "containers": [{"name": "foo"}]}});
+        assert_eq!(detail(pod, "forbidden AppArmor profile"), r#"container "bar" must not set AppArmor profile type to "Unconfined""#);
+        let key = "container.apparmor.security.beta.kubernetes.io/";
+        let pod = json!({"metadata": {"annotations": {
+            key: "bogus", format!("{key}a"): "", format!("{key}b"): "runtime/default", format!("{key}c"): "localhost/",
+            format!("{key}d"): "localhost/foo", format!("{key}e"): "unconfined", format!("{key}f"): "unknown",
+        }}, "spec": {"containers": [{"name": "a"}]}});
+        assert_eq!(
+            detail(pod, "forbidden AppArmor profiles"),
+            format!(r#"annotations must not set AppArmor profile type to "{key}="bogus"", "{key}e="unconfined"", "{key}f="unknown"""#)
+        );
+        let se = |t: &str, u: &str, r: &str| json!({"seLinuxOptions": {"type": t, "user": u, "role": r}});
+        let pod = json!({"spec": {"securityContext": se("foo", "bar", "baz"), "containers": [
+            {"name": "a", "securityContext": se("container_t", "", "")}, {"name": "b", "securityContext": se("container_init_t", "", "")},
+            {"name": "c", "securityContext": se("container_kvm_t", "", "")}, {"name": "d", "securityContext": se("container_engine_t", "", "")},
+            {"name": "e", "securityContext": se("bar", "", "")}, {"name": "f", "securityContext": se("", "bar", "")},
+            {"name": "g", "securityContext": se("", "", "baz")},
+        ]}});
+        assert_eq!(
+            detail(pod.clone(), "seLinuxOptions"),
+            r#"pod and containers "e", "f", "g" set forbidden securityContext.seLinuxOptions: types "bar", "foo"; user may not be set; role may not be set"#
+        );
+        // Before 1.31, container_engine_t was not allowed.
+        let old = findings(&pod, Level::Baseline, "v1.30");
+        assert!(old[0].1.starts_with(r#"pod and containers "d", "e", "f", "g" set"#), "{old:?}");
+        let pod = json!({"spec": {"securityContext": {"windowsOptions": {"hostProcess": true}}, "containers": [
+            {"name": "a", "securityContext": {"windowsOptions": {"hostProcess": true}}}, {"name": "b", "securityContext": {"windowsOptions": {"hostProcess": false}}},
+        ]}});
+        assert_eq!(detail(pod, "hostProcess"), r#"pod and container "a" must not set securityContext.windowsOptions.hostProcess=true"#);
+    }
+
+    #[test]
+    fn only_updates_that_can_change_the_verdict_are_checked() {
+        let pod = json!({"spec": {"containers": [{"name": "a", "image": "x:1"}], "ephemeralContainers": [{"name": "d", "image": "busybox"}]}});
+        let mut labels = pod.clone();
+        labels["metadata"] = json!({"labels": {"a": "b"}});
+        labels["spec"]["activeDeadlineSeconds"] = json!(5);
+        assert!(!is_significant_pod_update(&labels, &pod));
+        let mut image = pod.clone();
+        image["spec"]["containers"][0]["image"] = json!("x:2");
+        assert!(is_significant_pod_update(&image, &pod));
+        let mut debug = pod.clone();
+        debug["spec"]["ephemeralContainers"].as_array_mut().unwrap().push(json!({"name": "debugger", "image": "busybox"}));
+        assert!(is_significant_pod_update(&debug, &pod));
+    }
+
     #[test]
     fn baseline_catches_host_access() {
         let pod = json!({"spec": {"hostNetwork": true, "volumes": [{"name": "root", "hostPath": {"path": "/"}}],
             "containers": [{"name": "c", "securityContext": {"privileged": true}, "ports": [{"containerPort": 80, "hostPort": 8080}]}]}});
         assert_eq!(
-            violations(&pod, Level::Baseline),
+            violations(&pod, Level::Baseline, "latest"),
             [
                 "host namespaces (hostNetwork=true)",
                 r#"hostPath volumes (volume "root")"#,
