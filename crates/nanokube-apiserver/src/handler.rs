@@ -69,6 +69,8 @@ pub struct AuditInfo {
     info: Option<RequestInfo>,
     decision: Option<&'static str>,
     denial: Option<String>,
+    /// Who wrote, for the audit annotations admission added.
+    requester: Option<Arc<crate::admission::Requester>>,
 }
 
 /// Serve one request.
@@ -167,8 +169,15 @@ pub async fn handle(server: Arc<ApiServer>, conn: Arc<ConnInfo>, req: Request<In
             }
             ev["objectRef"] = r;
         }
+        let mut annotations = serde_json::Map::new();
         if let Some(d) = audit.decision {
-            ev["annotations"] = json!({"authorization.k8s.io/decision": d});
+            annotations.insert("authorization.k8s.io/decision".into(), json!(d));
+        }
+        for (k, v) in audit.requester.as_ref().map(|r| r.audit_annotations()).unwrap_or_default() {
+            annotations.insert(k, json!(v));
+        }
+        if !annotations.is_empty() {
+            ev["annotations"] = Value::Object(annotations);
         }
         log.record(&ev);
     }
@@ -354,6 +363,7 @@ async fn handle_inner(
         Arc::new(move |req: &RequestInfo| server.authz.authorize(&user, req) == Decision::Allow)
     };
     let requester = Arc::new(crate::admission::Requester::new(user.clone()).with_permission(permission));
+    audit.requester = Some(requester.clone());
     let upgrade = std::sync::Mutex::new(parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
     let ctx = Ctx { server, conn, user: &user, info: &info, query: &query, headers: &parts.headers, method: &parts.method, requester, upgrade };
     ctx.resource(body).await

@@ -1,10 +1,14 @@
 //! PodSecurity admission, on by default as in kube-apiserver 1.33: namespaces without
 //! labels are `privileged`; `enforce` refuses violating pods with upstream's message,
-//! `warn` and workloads' templates get warnings, bad label values are refused.
+//! `warn` and workloads' templates get warnings, `audit` annotates the audit log, bad
+//! label values are refused.
 
 mod common;
 
-use common::Server;
+use std::time::Duration;
+
+use common::{eventually, Server};
+use serde_json::Value;
 
 const COMPLIANT: &str = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"good"},"spec":{
   "securityContext":{"runAsNonRoot":true,"seccompProfile":{"type":"RuntimeDefault"}},
@@ -119,4 +123,56 @@ fn existing_pods_updates_and_the_rest_of_baseline() {
         )),
         "{err}"
     );
+}
+
+/// The `audit` mode and the audit log: every pod write evaluated carries
+/// `pod-security.kubernetes.io/enforce-policy`, and one that violates the namespace's
+/// audit level `pod-security.kubernetes.io/audit-violations`; a `warn` label set lower
+/// than `enforce` is what workloads are warned with.
+#[test]
+fn audit_annotations_and_an_explicit_warn_level() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.log");
+    let s = Server::start_with(&["--node=false", "--audit-log-path", log.to_str().unwrap()]);
+    s.k(&["create", "namespace", "watched"]);
+    s.k(&["label", "namespace", "watched", "pod-security.kubernetes.io/audit=restricted", "pod-security.kubernetes.io/audit-version=v1.33"]);
+    let out = s.kubectl(&["run", "plain", "-n", "watched", "--image=nginx"]);
+    assert!(out.status.success() && out.stderr.is_empty(), "audit alone neither refuses nor warns: {}", String::from_utf8_lossy(&out.stderr));
+    let out = s.k_stdin(&["create", "-n", "watched", "-f", "-"], COMPLIANT);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let creates = || -> Vec<Value> {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|e| e["verb"] == "create" && e["objectRef"]["resource"] == "pods" && e["objectRef"]["namespace"] == "watched")
+            .collect()
+    };
+    assert!(eventually(Duration::from_secs(5), || creates().len() == 2), "{:?}", creates());
+    let events = creates();
+    let plain = &events[0]["annotations"];
+    assert_eq!(plain["pod-security.kubernetes.io/enforce-policy"], "privileged:latest");
+    assert_eq!(plain["authorization.k8s.io/decision"], "allow");
+    assert_eq!(
+        plain["pod-security.kubernetes.io/audit-violations"],
+        r#"would violate PodSecurity "restricted:v1.33": allowPrivilegeEscalation != false (container "plain" must set securityContext.allowPrivilegeEscalation=false), unrestricted capabilities (container "plain" must set securityContext.capabilities.drop=["ALL"]), runAsNonRoot != true (pod or container "plain" must set securityContext.runAsNonRoot=true), seccompProfile (pod or container "plain" must set securityContext.seccompProfile.type to "RuntimeDefault" or "Localhost")"#
+    );
+    let good = &events[1]["annotations"];
+    assert_eq!(good["pod-security.kubernetes.io/enforce-policy"], "privileged:latest");
+    assert!(good.get("pod-security.kubernetes.io/audit-violations").is_none(), "{good}");
+
+    // enforce=restricted with warn=baseline: a workload that only breaks restricted is
+    // created without a warning (upstream warns workloads at the warn level only).
+    s.k(&["create", "namespace", "split"]);
+    s.k(&["label", "namespace", "split", "pod-security.kubernetes.io/enforce=restricted", "pod-security.kubernetes.io/warn=baseline"]);
+    let out = s.kubectl(&["create", "deployment", "web", "-n", "split", "--image=nginx"]);
+    assert!(out.status.success() && out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = s.kubectl(&["create", "deployment", "host", "-n", "split", "--image=nginx", "--dry-run=client", "-o", "json"]);
+    let mut deployment: Value = serde_json::from_slice(&out.stdout).unwrap();
+    deployment["spec"]["template"]["spec"]["hostNetwork"] = Value::Bool(true);
+    let out = s.k_stdin(&["create", "-n", "split", "-f", "-"], &deployment.to_string());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(r#"Warning: would violate PodSecurity "baseline:latest": host namespaces (hostNetwork=true)"#), "{err}");
+    assert!(!err.contains("restricted"), "{err}");
 }

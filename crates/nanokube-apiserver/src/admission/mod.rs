@@ -69,6 +69,8 @@ pub struct Requester {
     /// The user (after impersonation).
     pub user: UserInfo,
     warnings: Mutex<Vec<String>>,
+    /// Audit annotations admission added (PodSecurity's), for the request's audit event.
+    annotations: Mutex<Vec<(String, String)>>,
     permission: Option<Permission>,
 }
 
@@ -81,7 +83,7 @@ impl std::fmt::Debug for Requester {
 impl Requester {
     /// A requester with no warnings yet.
     pub fn new(user: UserInfo) -> Self {
-        Requester { user, warnings: Mutex::new(Vec::new()), permission: None }
+        Requester { user, warnings: Mutex::new(Vec::new()), annotations: Mutex::new(Vec::new()), permission: None }
     }
 
     /// A requester whose other permissions `permission` answers.
@@ -103,6 +105,17 @@ impl Requester {
     /// The warnings webhooks and policies gave (Warning headers), taken once.
     pub fn take_warnings(&self) -> Vec<String> {
         std::mem::take(&mut *self.warnings.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    fn annotate(&self, key: String, value: String) {
+        let mut a = self.annotations.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        a.retain(|(k, _)| *k != key);
+        a.push((key, value));
+    }
+
+    /// The audit annotations admission added (a later write of a key replaces it).
+    pub fn audit_annotations(&self) -> Vec<(String, String)> {
+        self.annotations.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 }
 
@@ -178,6 +191,13 @@ impl Attributes<'_> {
     fn warn(&self, w: String) {
         if let Some(r) = self.requester {
             r.warn(w);
+        }
+    }
+
+    /// Add an annotation to the request's audit event.
+    fn annotate(&self, key: String, value: String) {
+        if let Some(r) = self.requester {
+            r.annotate(key, value);
         }
     }
 }

@@ -14,8 +14,10 @@
 //! AppArmor profiles, capabilities, host namespaces, hostPath volumes, host ports,
 //! privileged, /proc mount, SELinux options, seccomp, sysctls, Windows host processes
 //! (baseline); restricted volume types, privilege escalation, runAsNonRoot, runAsUser,
-//! seccomp, capabilities (restricted). `audit` labels write nothing (the audit log has no
-//! annotations).
+//! seccomp, capabilities (restricted). Every pod write evaluated adds the audit annotation
+//! `pod-security.kubernetes.io/enforce-policy`, and one violating the `audit` level
+//! `pod-security.kubernetes.io/audit-violations`. `warn`, unless labelled itself, is at
+//! least `enforce` (upstream's `PolicyToEvaluate`); workloads get the warn level only.
 
 use nanokube_api::ApiError;
 use serde_json::Value;
@@ -101,39 +103,76 @@ pub(super) fn check(registry: &Registry, attrs: &Attributes<'_>, obj: Option<&Va
         return Ok(());
     }
     let Some(ns) = super::matching::namespace_object(registry, attrs.namespace) else { return Ok(()) };
-    let (enforce, enforce_version) = policy(&ns, "enforce");
-    if enforce != Level::Privileged {
-        let violations = violations(pod, enforce, &enforce_version);
+    let p = Policy::of(&ns);
+    let audit_key = |k: &str| format!("{LEVEL_LABEL}{k}");
+    if !is_pod && p.warn.0 == Level::Privileged && p.audit.0 == Level::Privileged {
+        return Ok(());
+    }
+    // Enforced on pods only; a workload's template gets the audit and warn levels.
+    let mut denied = None;
+    if is_pod {
+        attrs.annotate(audit_key("enforce-policy"), p.enforce.text());
+        let violations = violations(pod, p.enforce.0, &p.enforce.1);
         if !violations.is_empty() {
-            let text = format!("PodSecurity \"{}:{}\": {}", enforce.name(), enforce_version, violations.join(", "));
-            if is_pod {
-                let name = attrs.name;
-                let msg =
-                    if name.is_empty() { format!("pods is forbidden: violates {text}") } else { format!("pods \"{name}\" is forbidden: violates {text}") };
-                let mut e = ApiError::forbidden(msg);
-                e.details.name = Some(name.to_string());
-                e.details.kind = Some("pods".into());
-                return Err(e);
-            }
-            attrs.warn(format!("would violate {text}"));
+            let text = format!("PodSecurity \"{}\": {}", p.enforce.text(), violations.join(", "));
+            let name = attrs.name;
+            let msg = if name.is_empty() { format!("pods is forbidden: violates {text}") } else { format!("pods \"{name}\" is forbidden: violates {text}") };
+            let mut e = ApiError::forbidden(msg);
+            e.details.name = Some(name.to_string());
+            e.details.kind = Some("pods".into());
+            denied = Some(e);
         }
     }
-    let (warn, warn_version) = policy(&ns, "warn");
-    if warn != Level::Privileged && !(warn == enforce && warn_version == enforce_version) {
-        let violations = violations(pod, warn, &warn_version);
-        if !violations.is_empty() {
-            attrs.warn(format!("would violate PodSecurity \"{}:{}\": {}", warn.name(), warn_version, violations.join(", ")));
-        }
+    let audit = violations(pod, p.audit.0, &p.audit.1);
+    if !audit.is_empty() {
+        attrs.annotate(audit_key("audit-violations"), format!("would violate PodSecurity \"{}\": {}", p.audit.text(), audit.join(", ")));
+    }
+    if let Some(e) = denied {
+        return Err(e);
+    }
+    let warn = violations(pod, p.warn.0, &p.warn.1);
+    if !warn.is_empty() {
+        attrs.warn(format!("would violate PodSecurity \"{}\": {}", p.warn.text(), warn.join(", ")));
     }
     Ok(())
 }
 
-/// A namespace's level and version for `mode` (`enforce`, `warn`, `audit`).
-fn policy(ns: &Value, mode: &str) -> (Level, String) {
-    let label = |key: &str| ns.pointer("/metadata/labels").and_then(|l| l.get(format!("{LEVEL_LABEL}{key}"))).and_then(Value::as_str);
-    let level = label(mode).and_then(Level::parse).unwrap_or(Level::Privileged);
-    let version = label(&format!("{mode}-version")).filter(|v| !v.is_empty()).unwrap_or("latest").to_string();
-    (level, version)
+/// A level and the version it is checked at (`latest` or `v1.N`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct LevelVersion(Level, String);
+
+impl LevelVersion {
+    /// `restricted:latest`.
+    fn text(&self) -> String {
+        format!("{}:{}", self.0.name(), self.1)
+    }
+}
+
+/// What a namespace's labels ask of each mode (upstream's `PolicyToEvaluate`): unset is
+/// `privileged:latest`, and `warn`, unless labelled itself, is at least `enforce`.
+struct Policy {
+    enforce: LevelVersion,
+    audit: LevelVersion,
+    warn: LevelVersion,
+}
+
+impl Policy {
+    fn of(ns: &Value) -> Policy {
+        let label = |key: &str| ns.pointer("/metadata/labels").and_then(|l| l.get(format!("{LEVEL_LABEL}{key}"))).and_then(Value::as_str);
+        let mode = |m: &str| {
+            let level = label(m).and_then(Level::parse).unwrap_or(Level::Privileged);
+            LevelVersion(level, label(&format!("{m}-version")).filter(|v| !v.is_empty()).unwrap_or("latest").to_string())
+        };
+        let (enforce, audit, mut warn) = (mode("enforce"), mode("audit"), mode("warn"));
+        let enforce_set = label("enforce").and_then(Level::parse).is_some();
+        if label("warn").is_none() && enforce_set && enforce.0 > warn.0 {
+            warn.0 = enforce.0;
+            if label("warn-version").is_none() {
+                warn.1 = enforce.1.clone();
+            }
+        }
+        Policy { enforce, audit, warn }
+    }
 }
 
 /// Pods a namespace's existing pods are checked against at most, as upstream's default.
@@ -143,8 +182,8 @@ const NAMESPACE_MAX_PODS_TO_CHECK: usize = 3000;
 /// violate the new one, grouped by reasons (upstream's `EvaluatePodsInNamespace`).
 pub(super) fn check_namespace_update(registry: &Registry, attrs: &Attributes<'_>, obj: Option<&Value>, old: Option<&Value>) {
     let (Some(ns), Some(old), Operation::Update, "") = (obj, old, attrs.operation, attrs.subresource) else { return };
-    let (new_level, new_version) = policy(ns, "enforce");
-    let (old_level, old_version) = policy(old, "enforce");
+    let LevelVersion(new_level, new_version) = Policy::of(ns).enforce;
+    let LevelVersion(old_level, old_version) = Policy::of(old).enforce;
     if (new_level, &new_version) == (old_level, &old_version) || new_level == Level::Privileged || (new_version == old_version && new_level <= old_level) {
         return;
     }
@@ -315,6 +354,9 @@ fn join_quote(items: &[String]) -> String {
 
 /// The violations of [`violations`] as (reason, detail).
 fn findings(pod: &Value, level: Level, version: &str) -> Vec<(String, String)> {
+    if level == Level::Privileged {
+        return Vec::new();
+    }
     let spec = pod.get("spec").cloned().unwrap_or(Value::Null);
     let cs = containers(&spec);
     let pod_sc = spec.get("securityContext").cloned().unwrap_or(Value::Null);
