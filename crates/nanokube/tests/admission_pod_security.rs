@@ -57,6 +57,21 @@ fn enforce_warn_and_workload_templates() {
     let out = s.kubectl(&["label", "namespace", "loose", "pod-security.kubernetes.io/enforce=strictest"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("must be one of privileged, baseline, restricted"), "{}", String::from_utf8_lossy(&out.stderr));
+    // So is a version that is not one, with every bad label named.
+    let out =
+        s.kubectl(&["label", "--overwrite", "namespace", "loose", "pod-security.kubernetes.io/warn=odd", "pod-security.kubernetes.io/audit-version=v1.07"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(concat!(
+            "The Namespace \"loose\" is invalid: \n",
+            "* metadata.labels[pod-security.kubernetes.io/audit-version]: Invalid value: \"v1.07\": must be \"latest\" or \"v1.x\"\n",
+            "* metadata.labels[pod-security.kubernetes.io/warn]: Invalid value: \"odd\": must be one of privileged, baseline, restricted"
+        )),
+        "{err}"
+    );
+    let out = s.kubectl(&["label", "namespace", "loose", "pod-security.kubernetes.io/enforce-version=v1.30"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// Raising a namespace's enforce level warns about the pods already there (grouped by

@@ -220,7 +220,7 @@ pub async fn mutate(registry: &Registry, attrs: &Attributes<'_>, obj: &mut Value
 pub async fn validate(registry: &Registry, attrs: &Attributes<'_>, obj: Option<&Value>, old: Option<&Value>) -> Result<(), ApiError> {
     if attrs.def.group.is_empty() && attrs.def.plural == "namespaces" {
         if let Some(ns) = obj {
-            pod_security::check_namespace_labels(ns)?;
+            pod_security::check_namespace_labels(ns, old)?;
         }
         pod_security::check_namespace_update(registry, attrs, obj, old);
     }

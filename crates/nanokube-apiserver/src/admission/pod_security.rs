@@ -260,28 +260,42 @@ pub(super) fn check_namespace_update(registry: &Registry, attrs: &Attributes<'_>
     }
 }
 
-/// A namespace's PodSecurity labels must name a level (or a version): refused otherwise.
-pub(super) fn check_namespace_labels(obj: &Value) -> Result<(), ApiError> {
-    let Some(labels) = obj.pointer("/metadata/labels").and_then(Value::as_object) else { return Ok(()) };
-    for mode in ["enforce", "warn", "audit"] {
-        let key = format!("{LEVEL_LABEL}{mode}");
-        if let Some(v) = labels.get(&key).and_then(Value::as_str) {
-            if Level::parse(v).is_none() {
-                let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
-                return Err(ApiError::invalid(
-                    "Namespace",
-                    "",
-                    name,
-                    vec![nanokube_api::error::Cause {
-                        reason: "FieldValueInvalid".into(),
-                        message: format!("Invalid value: {v:?}: must be one of privileged, baseline, restricted"),
-                        field: format!("metadata.labels[{key}]"),
-                    }],
-                ));
+/// What is wrong with a namespace's PodSecurity labels, in upstream's order (each
+/// mode's level, then its version).
+fn label_errors(obj: &Value) -> Vec<nanokube_api::error::Cause> {
+    let Some(labels) = obj.pointer("/metadata/labels").and_then(Value::as_object) else { return Vec::new() };
+    let mut causes = Vec::new();
+    for mode in ["enforce", "audit", "warn"] {
+        for (key, version) in [(format!("{LEVEL_LABEL}{mode}"), false), (format!("{LEVEL_LABEL}{mode}-version"), true)] {
+            let Some(v) = labels.get(&key).and_then(Value::as_str) else { continue };
+            let ok = if version { valid_version(v) } else { Level::parse(v).is_some() };
+            if !ok {
+                let must = if version { r#"must be "latest" or "v1.x""# } else { "must be one of privileged, baseline, restricted" };
+                causes.push(nanokube_api::error::Cause {
+                    reason: "FieldValueInvalid".into(),
+                    message: format!("Invalid value: {v:?}: {must}"),
+                    field: format!("metadata.labels[{key}]"),
+                });
             }
         }
     }
-    Ok(())
+    causes
+}
+
+/// `latest` or `v1.N` (no leading zero), as upstream's `ParseVersion`.
+fn valid_version(v: &str) -> bool {
+    v == "latest" || v.strip_prefix("v1.").is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) && (n == "0" || !n.starts_with('0')))
+}
+
+/// A namespace's PodSecurity labels must name a level and a version: refused otherwise
+/// (on an update only when the errors are not the ones it already had).
+pub(super) fn check_namespace_labels(obj: &Value, old: Option<&Value>) -> Result<(), ApiError> {
+    let causes = label_errors(obj);
+    if causes.is_empty() || old.is_some_and(|o| label_errors(o) == causes) {
+        return Ok(());
+    }
+    let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+    Err(ApiError::invalid("Namespace", "", name, causes))
 }
 
 /// The containers of a pod (spec) with the words upstream uses for them.
