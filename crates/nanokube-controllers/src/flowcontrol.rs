@@ -374,21 +374,24 @@ async fn reconcile(registry: &Arc<Registry>) {
 /// write only what differs, so their own writes end the loop.
 pub async fn run(registry: Arc<Registry>, mut shutdown: watch::Receiver<bool>) {
     let store = registry.store().clone();
-    let prefixes = [def("flowschemas").key_prefix(), def("prioritylevelconfigurations").key_prefix()];
+    let (schemas, levels) = (def("flowschemas").key_prefix(), def("prioritylevelconfigurations").key_prefix());
     loop {
         let from = store.current_revision();
         reconcile(&registry).await;
-        // The two kinds have no common prefix but `/registry/` (upstream's layout); the
-        // keys are filtered here.
-        let Ok(mut w) = store.watch("/registry/", from) else { continue };
+        // One watch per kind: the two share no prefix but `/registry/`, and following
+        // that would wake this task on every write in the cluster.
+        let (Ok(mut s), Ok(mut l)) = (store.watch(&schemas, from), store.watch(&levels, from)) else { continue };
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
-                ev = w.next() => match ev {
-                    Some(Ok(ev)) if !prefixes.iter().any(|p| ev.kv.key.starts_with(p.as_str())) => {}
+                ev = s.next() => match ev {
                     Some(Ok(_)) => reconcile(&registry).await,
                     _ => break,
-                }
+                },
+                ev = l.next() => match ev {
+                    Some(Ok(_)) => reconcile(&registry).await,
+                    _ => break,
+                },
             }
         }
     }

@@ -108,11 +108,22 @@ pub(super) fn check(registry: &Registry, attrs: &Attributes<'_>, obj: Option<&Va
     if !is_pod && p.warn.0 == Level::Privileged && p.audit.0 == Level::Privileged {
         return Ok(());
     }
+    // Each distinct level:version is evaluated once (warn often is enforce), as upstream
+    // caches its results.
+    let mut results: Vec<(LevelVersion, Vec<String>)> = Vec::new();
+    let mut evaluate = |lv: &LevelVersion| -> Vec<String> {
+        if let Some((_, found)) = results.iter().find(|(k, _)| k == lv) {
+            return found.clone();
+        }
+        let found = violations(pod, lv.0, &lv.1);
+        results.push((lv.clone(), found.clone()));
+        found
+    };
     // Enforced on pods only; a workload's template gets the audit and warn levels.
     let mut denied = None;
     if is_pod {
         attrs.annotate(audit_key("enforce-policy"), p.enforce.text());
-        let violations = violations(pod, p.enforce.0, &p.enforce.1);
+        let violations = evaluate(&p.enforce);
         if !violations.is_empty() {
             let text = format!("PodSecurity \"{}\": {}", p.enforce.text(), violations.join(", "));
             let name = attrs.name;
@@ -123,14 +134,14 @@ pub(super) fn check(registry: &Registry, attrs: &Attributes<'_>, obj: Option<&Va
             denied = Some(e);
         }
     }
-    let audit = violations(pod, p.audit.0, &p.audit.1);
+    let audit = evaluate(&p.audit);
     if !audit.is_empty() {
         attrs.annotate(audit_key("audit-violations"), format!("would violate PodSecurity \"{}\": {}", p.audit.text(), audit.join(", ")));
     }
     if let Some(e) = denied {
         return Err(e);
     }
-    let warn = violations(pod, p.warn.0, &p.warn.1);
+    let warn = evaluate(&p.warn);
     if !warn.is_empty() {
         attrs.warn(format!("would violate PodSecurity \"{}\": {}", p.warn.text(), warn.join(", ")));
     }

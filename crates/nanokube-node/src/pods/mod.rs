@@ -191,10 +191,10 @@ impl PodRuntime {
     /// Node's range never changes once given, so neither does this.
     pub fn set_pod_cidr(&self, cidr: &str) -> Result<(), String> {
         let range = parse_pod_cidr(cidr)?;
-        match self.pod_range.get_or_init(|| range) {
-            have if *have == range => Ok(()),
-            (base, size) => Err(format!("the pod CIDR is already {}/{}, not {cidr}", Ipv4Addr::from(*base), 32 - size.trailing_zeros())),
+        if *self.pod_range.get_or_init(|| range) == range {
+            return Ok(());
         }
+        Err(format!("the pod CIDR is already {}, not {cidr}", self.pod_cidr().unwrap_or_default()))
     }
 
     /// The pods' address range as `a.b.c.d/n`, once known.
