@@ -71,6 +71,8 @@ pub struct AuditInfo {
     denial: Option<String>,
     /// Who wrote, for the audit annotations admission added.
     requester: Option<Arc<crate::admission::Requester>>,
+    /// What API Priority and Fairness classified the request as.
+    flow: Option<crate::priority_and_fairness::Classification>,
 }
 
 /// Serve one request.
@@ -95,21 +97,20 @@ pub async fn handle(server: Arc<ApiServer>, conn: Arc<ConnInfo>, req: Request<In
     source_ips.retain(|ip| seen.insert(ip.clone()));
     let mut audit = AuditInfo::default();
     let mutating = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
-    let limit = if mutating { MAX_MUTATING_REQUESTS_INFLIGHT } else { MAX_REQUESTS_INFLIGHT };
-    let inflight = server.metrics.inflight(mutating, limit);
+    // Counted for `apiserver_current_inflight_requests`; limits are API Priority and
+    // Fairness's, per priority level (inside `handle_inner`).
+    let inflight = server.metrics.inflight(mutating);
     let started = std::time::Instant::now();
     let (parts, body) = req.into_parts();
     let mut request_body = Some(body);
-    let mut resp = match &inflight {
-        // Health checks are answered even at the limit, so a busy server is not taken
-        // for a dead one.
-        None if !is_health_check(parts.uri.path()) => too_many_requests(),
-        _ => match handle_inner(&server, &conn, parts, &mut request_body, &mut audit).await {
-            Ok(r) => r,
-            Err(e) => h::error(&e),
-        },
+    let mut resp = match handle_inner(&server, &conn, parts, &mut request_body, &mut audit).await {
+        Ok(r) => r,
+        Err(e) => h::error(&e),
     };
     drop(inflight);
+    if let Some(flow) = &audit.flow {
+        flow.set_headers(resp.headers_mut());
+    }
     // A body answered before it was read (401, 403, 429...) is read first, briefly and
     // up to a bound, then kept until the answer is sent: an HTTP/2 stream whose request
     // body is dropped unread is reset with CANCEL, and clients such as curl then report
@@ -182,24 +183,6 @@ pub async fn handle(server: Arc<ApiServer>, conn: Arc<ConnInfo>, req: Request<In
         log.record(&ev);
     }
     resp
-}
-
-/// Most read-only requests served at once (upstream's `--max-requests-inflight`); watches
-/// count only while their response starts.
-pub const MAX_REQUESTS_INFLIGHT: i64 = 400;
-
-/// Most mutating requests served at once (upstream's `--max-mutating-requests-inflight`).
-pub const MAX_MUTATING_REQUESTS_INFLIGHT: i64 = 200;
-
-fn is_health_check(path: &str) -> bool {
-    ["/healthz", "/livez", "/readyz"].iter().any(|p| path == *p || path.strip_prefix(p).is_some_and(|rest| rest.starts_with('/')))
-}
-
-/// The answer past the in-flight limit, as upstream's: 429 with `Retry-After: 1`.
-fn too_many_requests() -> Response<Body> {
-    let mut r = h::error(&ApiError::new(429, "TooManyRequests", "Too many requests, please try again later."));
-    r.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
-    r
 }
 
 /// Apply `Impersonate-*` headers: each impersonated attribute needs the `impersonate`
@@ -334,6 +317,22 @@ async fn handle_inner(
             u
         }
         None => user,
+    };
+    // API Priority and Fairness, between impersonation and authorization as upstream;
+    // the seat is held until this returns (a watch: until its response starts).
+    let _seat = if crate::priority_and_fairness::is_long_running(&info) {
+        None
+    } else {
+        match server.flow_control.admit(&user, &info).await {
+            crate::priority_and_fairness::Admission::Run(flow, seat) => {
+                audit.flow = Some(flow);
+                seat
+            }
+            crate::priority_and_fairness::Admission::Rejected(flow, retry_after) => {
+                audit.flow = Some(flow);
+                return Ok(crate::priority_and_fairness::too_many_requests(retry_after));
+            }
+        }
     };
     let decision = server.authz.authorize(&user, &info);
     audit.decision = Some(if decision == Decision::Allow { "allow" } else { "forbid" });

@@ -102,15 +102,11 @@ const SUBRESOURCES: &[&str] = &[
 ];
 
 impl Metrics {
-    /// Count a request as in flight until the guard drops; `None` (and nothing counted)
-    /// when `limit` requests of its kind are in flight already.
-    pub fn inflight(&self, mutating: bool, limit: i64) -> Option<Inflight<'_>> {
+    /// Count a request as in flight until the guard drops.
+    pub fn inflight(&self, mutating: bool) -> Inflight<'_> {
         let gauge = if mutating { &self.inflight_mutating } else { &self.inflight_read };
-        if gauge.fetch_add(1, Ordering::AcqRel) >= limit {
-            gauge.fetch_sub(1, Ordering::AcqRel);
-            return None;
-        }
-        Some(Inflight { gauge })
+        gauge.fetch_add(1, Ordering::AcqRel);
+        Inflight { gauge }
     }
 
     /// Register a watcher of a kind until the guard drops.

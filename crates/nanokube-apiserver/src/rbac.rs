@@ -167,30 +167,19 @@ impl Rbac {
         let rbac = Arc::new(Rbac { index: RwLock::new(Index::default()) });
         for (g, plural) in KINDS {
             let prefix = resources::find(g, "v1", plural).expect("rbac resource").key_prefix();
-            let mut from = rbac.resync(&*store, plural, &prefix);
-            let weak = Arc::downgrade(&rbac);
-            let store = store.clone();
-            let mut shutdown = shutdown.clone();
-            tokio::spawn(async move {
-                loop {
-                    if let Ok(mut w) = store.watch(&prefix, from) {
-                        loop {
-                            let ev = tokio::select! {
-                                _ = shutdown.changed() => return,
-                                ev = w.next() => ev,
-                            };
-                            let Some(Ok(ev)) = ev else { break };
-                            let Some(r) = weak.upgrade() else { return };
-                            let obj = if ev.kind == nanokube_store::EventKind::Deleted { None } else { decode(&ev.kv).ok() };
-                            r.apply(plural, &ev.kv.key, obj.as_deref().map(|o| o.value()));
-                        }
-                    }
-                    // The watch ended or fell out of the history: reload from a fresh list.
-                    let Some(r) = weak.upgrade() else { return };
-                    from = r.resync(&*store, plural, &prefix);
-                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                }
-            });
+            let from = rbac.resync(&*store, plural, &prefix);
+            crate::store_follow::follow(
+                &rbac,
+                store.clone(),
+                prefix,
+                from,
+                shutdown.clone(),
+                move |r, ev| {
+                    let obj = if ev.kind == nanokube_store::EventKind::Deleted { None } else { decode(&ev.kv).ok() };
+                    r.apply(plural, &ev.kv.key, obj.as_deref().map(|o| o.value()));
+                },
+                move |r, store, prefix| r.resync(store, plural, prefix),
+            );
         }
         rbac
     }

@@ -62,6 +62,8 @@ pub struct ApiServer {
     /// How `nodes/proxy` reaches kubelets (TLS trusting the cluster CA, with this
     /// server's kubelet client certificate); none: the subresource answers 503.
     pub kubelet_client: Option<Arc<rustls::ClientConfig>>,
+    /// API Priority and Fairness: which requests run now, wait, or are refused.
+    pub flow_control: Arc<crate::priority_and_fairness::FlowControl>,
     /// The dashboard's login sessions.
     pub dashboard_sessions: nanokube_dashboard::session::Sessions,
     /// The access map's counts, fed by every request answered.
@@ -91,6 +93,7 @@ impl ApiServer {
             portforward_nodes: Default::default(),
             metrics_nodes: Default::default(),
             kubelet_client: None,
+            flow_control: Arc::new(crate::priority_and_fairness::FlowControl::new(crate::priority_and_fairness::DEFAULT_SERVER_CONCURRENCY)),
             dashboard_sessions: Default::default(),
             access_map: Default::default(),
             ready: AtomicBool::new(false),

@@ -99,6 +99,11 @@ pub struct ClusterConfig {
     pub watch_history_bytes: usize,
     /// Write one audit event per request to this file.
     pub audit_log_path: Option<PathBuf>,
+    /// Read-only requests' part of the server's concurrency, which API Priority and
+    /// Fairness shares among priority levels (upstream's `--max-requests-inflight`).
+    pub max_requests_inflight: u32,
+    /// Mutating requests' part (upstream's `--max-mutating-requests-inflight`).
+    pub max_mutating_requests_inflight: u32,
     /// Create a legacy token Secret for every ServiceAccount (the seed's `default-token-xxxxx`).
     pub legacy_service_account_token_secrets: bool,
     /// `iss` of bound service-account tokens.
@@ -157,6 +162,8 @@ impl ClusterConfig {
             watch_history: nanokube_store::sqlite::DEFAULT_HISTORY,
             watch_history_bytes: nanokube_store::sqlite::DEFAULT_HISTORY_BYTES,
             audit_log_path: None,
+            max_requests_inflight: 400,
+            max_mutating_requests_inflight: 200,
             legacy_service_account_token_secrets: true,
             service_account_issuer: "https://kubernetes.default.svc.cluster.local".into(),
             node: true,
@@ -374,6 +381,11 @@ impl Cluster {
         let mut api = ApiServer::new(registry.clone(), authn, Box::new(authz), rbac, server_address);
         api.tokens = Some(issuer.clone());
         api.scheduler = cfg.scheduler;
+        api.flow_control = nanokube_apiserver::priority_and_fairness::FlowControl::start(
+            cfg.max_requests_inflight.saturating_add(cfg.max_mutating_requests_inflight),
+            store.clone(),
+            shutdown_rx.clone(),
+        );
         api.aggregator = Arc::new(nanokube_apiserver::aggregator::Aggregator::new(Some(nanokube_apiserver::backend::ClientIdentity {
             cert_pem: pki.front_proxy_client_pem.clone(),
             key_pem: pki.front_proxy_client_key_pem.clone(),

@@ -576,6 +576,13 @@ struct ServerArgs {
     /// Append one audit.k8s.io/v1 Event (Metadata level) per request to this file.
     #[arg(long)]
     audit_log_path: Option<PathBuf>,
+    /// Read-only requests' part of the server's concurrency limit, which API Priority and
+    /// Fairness shares among its priority levels.
+    #[arg(long, default_value_t = 400, value_parser = clap::value_parser!(u32).range(1..))]
+    max_requests_inflight: u32,
+    /// Mutating requests' part of that limit.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
+    max_mutating_requests_inflight: u32,
     /// Give every ServiceAccount a legacy `<sa>-token-xxxxx` Secret, as clusters before 1.24 did.
     #[arg(long, default_value_t = true, action = ArgAction::Set)]
     legacy_service_account_token_secrets: bool,
@@ -1237,6 +1244,8 @@ async fn run_server(args: ServerArgs, started: Instant) -> i32 {
         watch_history: args.watch_history as usize,
         watch_history_bytes: args.watch_history_bytes as usize,
         audit_log_path: args.audit_log_path,
+        max_requests_inflight: args.max_requests_inflight,
+        max_mutating_requests_inflight: args.max_mutating_requests_inflight,
         legacy_service_account_token_secrets: args.legacy_service_account_token_secrets,
         service_account_issuer: args.service_account_issuer,
         node: args.node,
