@@ -68,6 +68,8 @@ pub struct AuditInfo {
     impersonated: Option<UserInfo>,
     info: Option<RequestInfo>,
     decision: Option<&'static str>,
+    /// The authorizers' reason (`authorization.k8s.io/reason`), made only for the audit log.
+    reason: Option<String>,
     denial: Option<String>,
     /// Who wrote, for the audit annotations admission added.
     requester: Option<Arc<crate::admission::Requester>>,
@@ -173,6 +175,9 @@ pub async fn handle(server: Arc<ApiServer>, conn: Arc<ConnInfo>, req: Request<In
         let mut annotations = serde_json::Map::new();
         if let Some(d) = audit.decision {
             annotations.insert("authorization.k8s.io/decision".into(), json!(d));
+        }
+        if let Some(r) = &audit.reason {
+            annotations.insert("authorization.k8s.io/reason".into(), json!(r));
         }
         for (k, v) in audit.requester.as_ref().map(|r| r.audit_annotations()).unwrap_or_default() {
             annotations.insert(k, json!(v));
@@ -336,6 +341,14 @@ async fn handle_inner(
     };
     let decision = server.authz.authorize(&user, &info);
     audit.decision = Some(if decision == Decision::Allow { "allow" } else { "forbid" });
+    if server.audit.is_some() {
+        audit.reason = Some(match &decision {
+            // system:masters and the Node authorizer allow without a reason, as upstream's.
+            Decision::Allow if user.in_group(crate::authn::SYSTEM_MASTERS) => String::new(),
+            Decision::Allow => server.rbac.allow_reason(&user, &info).unwrap_or_default(),
+            Decision::Deny(r) | Decision::NoOpinion(r) => r.clone(),
+        });
+    }
     if decision != Decision::Allow {
         let (Decision::Deny(reason) | Decision::NoOpinion(reason)) = decision else { unreachable!("allowed requests do not get here") };
         let mut e = ApiError::forbidden(forbidden_message(&user, &info, &reason));

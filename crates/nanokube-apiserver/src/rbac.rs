@@ -121,7 +121,12 @@ impl Binding {
     }
 
     fn applies_to(&self, user: &UserInfo) -> bool {
-        self.subjects.iter().any(|(kind, name, ns)| match kind.as_str() {
+        self.subject_for(user).is_some()
+    }
+
+    /// The first subject naming `user`: (kind, name, namespace).
+    fn subject_for(&self, user: &UserInfo) -> Option<&(String, String, String)> {
+        self.subjects.iter().find(|(kind, name, ns)| match kind.as_str() {
             "User" => *name == user.name,
             "Group" => user.in_group(name),
             "ServiceAccount" => user.name == format!("system:serviceaccount:{ns}:{name}"),
@@ -284,6 +289,39 @@ impl Rbac {
         }
         out.sort();
         out
+    }
+
+    /// Upstream RBAC's reason for allowing `req`, which the audit event carries as
+    /// `authorization.k8s.io/reason`: `RBAC: allowed by ClusterRoleBinding "b" of
+    /// ClusterRole "r" to Group "g"` (a RoleBinding as `"b/ns"`, a ServiceAccount as
+    /// `"name/ns"`). Upstream names the first binding its informer lists; this names the
+    /// first by name, cluster bindings first. `None` when RBAC does not allow it.
+    pub fn allow_reason(&self, user: &UserInfo, req: &RequestInfo) -> Option<String> {
+        let idx = self.index.read().ok()?;
+        let allows = |b: &Binding| idx.role_rules(b).is_some_and(|rules| rules.iter().any(|r| r.allows(req)));
+        let describe = |(kind, name, ns): &(String, String, String)| {
+            if kind == "ServiceAccount" {
+                format!("{kind} {:?}", format!("{name}/{ns}"))
+            } else {
+                format!("{kind} {name:?}")
+            }
+        };
+        let mut cluster: Vec<(&String, &Binding)> = idx.cluster_bindings.iter().filter(|(_, b)| b.role_kind == "ClusterRole" && allows(b)).collect();
+        cluster.sort_by(|a, b| a.0.cmp(b.0));
+        for (name, b) in cluster {
+            if let Some(subject) = b.subject_for(user) {
+                return Some(format!("RBAC: allowed by ClusterRoleBinding {name:?} of ClusterRole {:?} to {}", b.role_name, describe(subject)));
+            }
+        }
+        if !req.is_resource || req.namespace.is_empty() {
+            return None;
+        }
+        let mut namespaced: Vec<(&(String, String), &Binding)> = idx.bindings.iter().filter(|((ns, _), b)| *ns == req.namespace && allows(b)).collect();
+        namespaced.sort_by(|a, b| a.0.cmp(b.0));
+        namespaced.into_iter().find_map(|((ns, name), b)| {
+            b.subject_for(user)
+                .map(|subject| format!("RBAC: allowed by RoleBinding \"{name}/{ns}\" of {} {:?} to {}", b.role_kind, b.role_name, describe(subject)))
+        })
     }
 
     /// Whether rules granted to `user` in `namespace` cover every rule in `wanted`

@@ -337,8 +337,30 @@ fn audit_log_has_one_line_per_request_and_no_credentials() {
     assert_eq!(pods["objectRef"]["resource"], "pods");
     assert_eq!(pods["objectRef"]["namespace"], "default");
     assert_eq!(pods["annotations"]["authorization.k8s.io/decision"], "forbid");
+    assert_eq!(pods["annotations"]["authorization.k8s.io/reason"], "", "RBAC gives no reason for a refusal");
+    // An allowed request names the binding that allowed it, as upstream's RBAC.
+    let api = by_id(0);
+    assert_eq!(api["annotations"]["authorization.k8s.io/decision"], "allow");
+    assert_eq!(
+        api["annotations"]["authorization.k8s.io/reason"],
+        "RBAC: allowed by ClusterRoleBinding \"system:discovery\" of ClusterRole \"system:discovery\" to Group \"system:authenticated\""
+    );
     let anon = by_id(3);
     assert_eq!(anon["user"]["username"], "system:anonymous");
+    // A RoleBinding to the service account: named as upstream names it (binding/namespace,
+    // account/namespace).
+    s.k(&["create", "rolebinding", "pod-reader", "--clusterrole=view", "--serviceaccount=default:default"]);
+    let mut id = String::new();
+    assert!(eventually(Duration::from_secs(5), || {
+        id = call_with_audit_id(&s, &Who::Token(token.clone()), "/api/v1/namespaces/default/pods");
+        eventually(Duration::from_secs(2), || read().iter().any(|e| e["auditID"] == id.as_str()))
+            && read().iter().any(|e| e["auditID"] == id.as_str() && e["annotations"]["authorization.k8s.io/decision"] == "allow")
+    }));
+    let e = read().into_iter().find(|e| e["auditID"] == id.as_str()).unwrap();
+    assert_eq!(
+        e["annotations"]["authorization.k8s.io/reason"],
+        "RBAC: allowed by RoleBinding \"pod-reader/default\" of ClusterRole \"view\" to ServiceAccount \"default/default\""
+    );
 }
 
 #[test]
