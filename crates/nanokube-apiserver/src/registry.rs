@@ -263,6 +263,8 @@ pub struct RegistryConfig {
     pub service_cidr: String,
     /// NodePort range.
     pub node_ports: (u16, u16),
+    /// The PodSecurity admission plugin's configuration.
+    pub pod_security: crate::admission::pod_security::PodSecurityConfig,
 }
 
 /// The registry.
@@ -270,6 +272,7 @@ pub struct Registry {
     store: Arc<dyn Backend>,
     services: Mutex<ServiceAllocator>,
     resources: Arc<ResourceTable>,
+    pod_security: crate::admission::pod_security::PodSecurityConfig,
 }
 
 fn store_err(e: StoreError, def: &ResourceDef, name: &str) -> ApiError {
@@ -596,7 +599,12 @@ impl Registry {
                 }
             }
         }
-        Ok(Registry { store, services: Mutex::new(alloc), resources: Arc::new(ResourceTable::new()) })
+        Ok(Registry { store, services: Mutex::new(alloc), resources: Arc::new(ResourceTable::new()), pod_security: config.pod_security })
+    }
+
+    /// The PodSecurity admission plugin's configuration.
+    pub fn pod_security(&self) -> &crate::admission::pod_security::PodSecurityConfig {
+        &self.pod_security
     }
 
     /// The resources this cluster serves (built-in, and those its CRDs define).

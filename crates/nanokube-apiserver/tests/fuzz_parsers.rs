@@ -216,7 +216,9 @@ fn server_side_apply() {
 
 fn registry() -> Arc<Registry> {
     let store = Arc::new(SqliteBackend::open(SqliteOptions::default()).unwrap());
-    Arc::new(Registry::new(store, RegistryConfig { service_cidr: "127.96.0.0/16".into(), node_ports: (30000, 32767) }).unwrap())
+    Arc::new(
+        Registry::new(store, RegistryConfig { service_cidr: "127.96.0.0/16".into(), node_ports: (30000, 32767), pod_security: Default::default() }).unwrap(),
+    )
 }
 
 #[test]
@@ -413,7 +415,10 @@ fn bootstrap_tokens_and_node_requests() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let _entered = rt.enter();
     let store = Arc::new(SqliteBackend::open(SqliteOptions::default()).unwrap());
-    let reg = Arc::new(Registry::new(store.clone(), RegistryConfig { service_cidr: "127.96.0.0/16".into(), node_ports: (30000, 32767) }).unwrap());
+    let reg = Arc::new(
+        Registry::new(store.clone(), RegistryConfig { service_cidr: "127.96.0.0/16".into(), node_ports: (30000, 32767), pod_security: Default::default() })
+            .unwrap(),
+    );
     let secret = secret_for("abcdef.0123456789abcdef", 0, "", &["system:bootstrappers:x".into()]).unwrap();
     let opts = nanokube_apiserver::registry::WriteOptions::default();
     for ns in ["kube-system", "default"] {

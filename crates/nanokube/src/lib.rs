@@ -99,6 +99,9 @@ pub struct ClusterConfig {
     pub watch_history_bytes: usize,
     /// Write one audit event per request to this file.
     pub audit_log_path: Option<PathBuf>,
+    /// kube-apiserver's `--admission-control-config-file`: an `AdmissionConfiguration`
+    /// (PodSecurity's defaults and exemptions).
+    pub admission_control_config_file: Option<PathBuf>,
     /// Read-only requests' part of the server's concurrency, which API Priority and
     /// Fairness shares among priority levels (upstream's `--max-requests-inflight`).
     pub max_requests_inflight: u32,
@@ -162,6 +165,7 @@ impl ClusterConfig {
             watch_history: nanokube_store::sqlite::DEFAULT_HISTORY,
             watch_history_bytes: nanokube_store::sqlite::DEFAULT_HISTORY_BYTES,
             audit_log_path: None,
+            admission_control_config_file: None,
             max_requests_inflight: 400,
             max_mutating_requests_inflight: 200,
             legacy_service_account_token_secrets: true,
@@ -308,7 +312,11 @@ impl Cluster {
         let advertise = cfg.advertise_address.unwrap_or(if cfg.bind_address.is_unspecified() { IpAddr::V4(Ipv4Addr::LOCALHOST) } else { cfg.bind_address });
 
         let paths = Paths::new(&cfg.data_dir);
-        let mut registry_cfg = RegistryConfig { service_cidr: cfg.service_cidr.clone(), node_ports: cfg.node_port_range };
+        let admission = match &cfg.admission_control_config_file {
+            Some(f) => nanokube_apiserver::admission::configuration::load(f)?,
+            None => Default::default(),
+        };
+        let mut registry_cfg = RegistryConfig { service_cidr: cfg.service_cidr.clone(), node_ports: cfg.node_port_range, pod_security: admission.pod_security };
         let service_ip = nanokube_apiserver::alloc::ServiceAllocator::new(&registry_cfg.service_cidr, registry_cfg.node_ports)?.first_ip();
         let mut ips = vec![IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V4(service_ip), advertise];
         if !cfg.bind_address.is_unspecified() {

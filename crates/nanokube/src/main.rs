@@ -576,6 +576,11 @@ struct ServerArgs {
     /// Append one audit.k8s.io/v1 Event (Metadata level) per request to this file.
     #[arg(long)]
     audit_log_path: Option<PathBuf>,
+    /// An AdmissionConfiguration file (apiserver.config.k8s.io/v1) with the PodSecurity
+    /// plugin's PodSecurityConfiguration: default levels and exempt namespaces, users and
+    /// RuntimeClasses.
+    #[arg(long)]
+    admission_control_config_file: Option<PathBuf>,
     /// Read-only requests' part of the server's concurrency limit, which API Priority and
     /// Fairness shares among its priority levels.
     #[arg(long, default_value_t = 400, value_parser = clap::value_parser!(u32).range(1..))]
@@ -1244,6 +1249,7 @@ async fn run_server(args: ServerArgs, started: Instant) -> i32 {
         watch_history: args.watch_history as usize,
         watch_history_bytes: args.watch_history_bytes as usize,
         audit_log_path: args.audit_log_path,
+        admission_control_config_file: args.admission_control_config_file,
         max_requests_inflight: args.max_requests_inflight,
         max_mutating_requests_inflight: args.max_mutating_requests_inflight,
         legacy_service_account_token_secrets: args.legacy_service_account_token_secrets,

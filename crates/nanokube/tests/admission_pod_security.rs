@@ -191,3 +191,123 @@ fn audit_annotations_and_an_explicit_warn_level() {
     assert!(err.contains(r#"Warning: would violate PodSecurity "baseline:latest": host namespaces (hostNetwork=true)"#), "{err}");
     assert!(!err.contains("restricted"), "{err}");
 }
+
+/// `--admission-control-config-file` with a PodSecurityConfiguration, as kube-apiserver:
+/// its defaults apply to unlabelled namespaces, and exempt namespaces, users and
+/// RuntimeClasses pass unchecked with the `exempt` audit annotation; labelling an exempt
+/// namespace warns that its policy will be ignored; a bad configuration stops the server
+/// with the field named.
+#[test]
+fn configured_defaults_and_exemptions() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.log");
+    let config = dir.path().join("admission.yaml");
+    std::fs::write(
+        &config,
+        "apiVersion: apiserver.config.k8s.io/v1
+kind: AdmissionConfiguration
+plugins:
+- name: PodSecurity
+  path: pod-security.yaml
+",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("pod-security.yaml"),
+        "apiVersion: pod-security.admission.config.k8s.io/v1
+kind: PodSecurityConfiguration
+defaults:
+  enforce: baseline
+  enforce-version: latest
+  warn: restricted
+exemptions:
+  usernames: [ci-bot]
+  namespaces: [legacy]
+  runtimeClasses: [trusted]
+",
+    )
+    .unwrap();
+    let s = Server::start_with(&["--node=false", "--audit-log-path", log.to_str().unwrap(), "--admission-control-config-file", config.to_str().unwrap()]);
+    let privileged = r#"{"spec":{"containers":[{"name":"c","image":"nginx","securityContext":{"privileged":true}}]}}"#;
+    // An unlabelled namespace enforces the configured baseline and warns at restricted.
+    let out = s.kubectl(&["run", "root", "--image=nginx", "--overrides", privileged]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(
+            r#"pods "root" is forbidden: violates PodSecurity "baseline:latest": privileged (container "c" must not set securityContext.privileged=true)"#
+        ),
+        "{err}"
+    );
+    let out = s.kubectl(&["run", "plain", "--image=nginx"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains(r#"Warning: would violate PodSecurity "restricted:latest""#), "{out:?}");
+    // A label still overrides the default.
+    s.k(&["create", "namespace", "open"]);
+    s.k(&["label", "namespace", "open", "pod-security.kubernetes.io/enforce=privileged"]);
+    assert!(s.kubectl(&["run", "root", "-n", "open", "--image=nginx", "--overrides", privileged]).status.success());
+
+    // Exempt: a namespace, a user, a RuntimeClass.
+    s.k(&["create", "namespace", "legacy"]);
+    let out = s.kubectl(&["run", "root", "-n", "legacy", "--image=nginx", "--overrides", privileged]);
+    assert!(out.status.success() && out.stderr.is_empty(), "{out:?}");
+    let out = s.kubectl(&["run", "root-by-bot", "--as=ci-bot", "--as-group=system:masters", "--image=nginx", "--overrides", privileged]);
+    assert!(out.status.success() && out.stderr.is_empty(), "{out:?}");
+    let out = s.k_stdin(&["create", "-f", "-"], r#"{"apiVersion":"node.k8s.io/v1","kind":"RuntimeClass","metadata":{"name":"trusted"},"handler":"runc"}"#);
+    assert!(out.status.success(), "{out:?}");
+    let trusted = r#"{"spec":{"runtimeClassName":"trusted","containers":[{"name":"c","image":"nginx","securityContext":{"privileged":true}}]}}"#;
+    let out = s.kubectl(&["run", "root-trusted", "--image=nginx", "--overrides", trusted]);
+    assert!(out.status.success() && out.stderr.is_empty(), "{out:?}");
+    // The audit log says why each went unchecked (the log is written by a thread of its
+    // own, so it is read until all three are there).
+    let reasons = || -> Vec<String> {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|e| e["verb"] == "create" && e["objectRef"]["resource"] == "pods")
+            .filter_map(|e| e["annotations"]["pod-security.kubernetes.io/exempt"].as_str().map(str::to_string))
+            .collect()
+    };
+    assert!(eventually(Duration::from_secs(5), || reasons().len() == 3), "{:?}", reasons());
+    assert_eq!(reasons(), ["namespace", "user", "runtimeClass"]);
+    // Labelling an exempt namespace: its policy is ignored, and kubectl is told so.
+    let out = s.kubectl(&["label", "namespace", "legacy", "pod-security.kubernetes.io/enforce=restricted", "pod-security.kubernetes.io/audit=baseline"]);
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(
+            r#"Warning: namespace "legacy" is exempt from Pod Security, and the policy (enforce=restricted:latest, audit=baseline:latest) will be ignored"#
+        ),
+        "{out:?}"
+    );
+    assert!(s.kubectl(&["run", "root-2", "-n", "legacy", "--image=nginx", "--overrides", privileged]).status.success());
+    drop(s);
+
+    // A bad configuration: the server does not start, and says which field.
+    std::fs::write(
+        dir.path().join("pod-security.yaml"),
+        "apiVersion: pod-security.admission.config.k8s.io/v1
+kind: PodSecurityConfiguration
+defaults: {enforce: strict, warn-version: v2}
+exemptions: {namespaces: [a, a]}
+",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_nanokube"))
+        .args(["server", "--secure-port", "0", "--merge-kubeconfig=false", "--node=false", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .arg("--admission-control-config-file")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    for want in [
+        r#"couldn't init admission plugin "PodSecurity""#,
+        r#"defaults.enforce: Invalid value: "strict": must be one of privileged, baseline, restricted"#,
+        r#"defaults.warn-version: Invalid value: "v2": must be "latest" or "v1.x""#,
+        r#"exemptions.namespaces[1]: Duplicate value: "a""#,
+    ] {
+        assert!(err.contains(want), "{want} not in {err}");
+    }
+}

@@ -14,9 +14,10 @@
 //! nothing is called when there are none).
 
 mod certificates;
+pub mod configuration;
 mod matching;
 pub mod node_restriction;
-mod pod_security;
+pub mod pod_security;
 mod policy;
 mod quota;
 mod webhook;
@@ -223,6 +224,7 @@ pub async fn validate(registry: &Registry, attrs: &Attributes<'_>, obj: Option<&
             pod_security::check_namespace_labels(ns, old)?;
         }
         pod_security::check_namespace_update(registry, attrs, obj, old);
+        pod_security::check_exempt_namespace_create(registry, attrs, obj);
     }
     pod_security::check(registry, attrs, obj, old)?;
     certificates::check(attrs, obj, old)?;

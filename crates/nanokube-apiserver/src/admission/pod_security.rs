@@ -18,6 +18,11 @@
 //! `pod-security.kubernetes.io/enforce-policy`, and one violating the `audit` level
 //! `pod-security.kubernetes.io/audit-violations`. `warn`, unless labelled itself, is at
 //! least `enforce` (upstream's `PolicyToEvaluate`); workloads get the warn level only.
+//!
+//! [`PodSecurityConfig`] is the plugin's `PodSecurityConfiguration` (from
+//! `--admission-control-config-file`): the levels of unlabelled modes, and the exempt
+//! namespaces, users and RuntimeClasses, whose writes pass unchecked with the audit
+//! annotation `pod-security.kubernetes.io/exempt: namespace|user|runtimeClass`.
 
 use nanokube_api::ApiError;
 use serde_json::Value;
@@ -49,6 +54,122 @@ impl Level {
             Level::Baseline => "baseline",
             Level::Restricted => "restricted",
         }
+    }
+}
+
+/// The plugin's configuration: upstream's `PodSecurityConfiguration`
+/// (`pod-security.admission.config.k8s.io/v1`).
+#[derive(Debug, Clone)]
+pub struct PodSecurityConfig {
+    defaults: Policy,
+    exempt_usernames: Vec<String>,
+    exempt_namespaces: Vec<String>,
+    exempt_runtime_classes: Vec<String>,
+}
+
+impl Default for PodSecurityConfig {
+    /// Upstream's defaults: every mode `privileged:latest`, nothing exempt.
+    fn default() -> Self {
+        let privileged = LevelVersion(Level::Privileged, "latest".into());
+        PodSecurityConfig {
+            defaults: Policy { enforce: privileged.clone(), audit: privileged.clone(), warn: privileged },
+            exempt_usernames: Vec::new(),
+            exempt_namespaces: Vec::new(),
+            exempt_runtime_classes: Vec::new(),
+        }
+    }
+}
+
+impl PodSecurityConfig {
+    /// Read a `PodSecurityConfiguration` (v1, v1beta1 or v1alpha1), validated as
+    /// upstream's `ValidatePodSecurityConfiguration`: every error named with its field.
+    pub fn from_json(v: &Value) -> Result<PodSecurityConfig, String> {
+        let api_version = v.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+        let known = ["v1", "v1beta1", "v1alpha1"].map(|ver| format!("pod-security.admission.config.k8s.io/{ver}"));
+        if !known.iter().any(|k| k == api_version) || v.get("kind").and_then(Value::as_str) != Some("PodSecurityConfiguration") {
+            return Err(format!(
+                "expected kind PodSecurityConfiguration of apiVersion pod-security.admission.config.k8s.io/v1, got {:?} {api_version:?}",
+                v.get("kind").and_then(Value::as_str).unwrap_or("")
+            ));
+        }
+        let mut errors = Vec::new();
+        let defaults = v.get("defaults").cloned().unwrap_or(Value::Null);
+        let mut mode = |m: &str| {
+            let level = match defaults.get(m).and_then(Value::as_str).unwrap_or("privileged") {
+                "" => Level::Privileged,
+                l => Level::parse(l).unwrap_or_else(|| {
+                    errors.push(format!("defaults.{m}: Invalid value: {l:?}: must be one of privileged, baseline, restricted"));
+                    Level::Privileged
+                }),
+            };
+            let version = match defaults.get(format!("{m}-version")).and_then(Value::as_str).unwrap_or("latest") {
+                "" => "latest".to_string(),
+                ver if valid_version(ver) => ver.to_string(),
+                ver => {
+                    errors.push(format!(r#"defaults.{m}-version: Invalid value: {ver:?}: must be "latest" or "v1.x""#));
+                    "latest".to_string()
+                }
+            };
+            LevelVersion(level, version)
+        };
+        let defaults = Policy { enforce: mode("enforce"), audit: mode("audit"), warn: mode("warn") };
+        let list = |key: &str, errors: &mut Vec<String>| -> Vec<String> {
+            let items: Vec<String> = v["exemptions"]
+                .get(key)
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
+                .unwrap_or_default();
+            for (i, item) in items.iter().enumerate() {
+                if items[..i].contains(item) {
+                    errors.push(format!("exemptions.{key}[{i}]: Duplicate value: {item:?}"));
+                } else if item.is_empty() {
+                    errors.push(format!("exemptions.{key}[{i}]: Invalid value: \"\": must be non-empty"));
+                }
+            }
+            items
+        };
+        let config = PodSecurityConfig {
+            defaults,
+            exempt_usernames: list("usernames", &mut errors),
+            exempt_namespaces: list("namespaces", &mut errors),
+            exempt_runtime_classes: list("runtimeClasses", &mut errors),
+        };
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(errors.join(", "))
+        }
+    }
+
+    fn namespace_exempt(&self, namespace: &str) -> bool {
+        self.exempt_namespaces.iter().any(|n| n == namespace)
+    }
+
+    /// Upstream's warning for labels set on an exempt namespace (`exemptNamespaceWarning`).
+    fn exempt_namespace_warning(&self, ns: &Value) -> Option<String> {
+        let name = ns.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+        if !self.namespace_exempt(name) {
+            return None;
+        }
+        let policy = Policy::of(ns, &self.defaults);
+        if policy.fully_privileged() || policy.equivalent(&self.defaults) {
+            return None;
+        }
+        let has = |key: &str| ns.pointer("/metadata/labels").and_then(|l| l.get(format!("{LEVEL_LABEL}{key}"))).is_some();
+        let parts: Vec<String> = [("enforce", &policy.enforce), ("audit", &policy.audit), ("warn", &policy.warn)]
+            .into_iter()
+            .filter(|(m, lv)| lv.0 != Level::Privileged && (has(m) || has(&format!("{m}-version"))))
+            .map(|(m, lv)| format!("{m}={}", lv.text()))
+            .collect();
+        Some(format!("namespace {name:?} is exempt from Pod Security, and the policy ({}) will be ignored", parts.join(", ")))
+    }
+}
+
+/// Warn when an exempt namespace is created with a policy that will not apply.
+pub(super) fn check_exempt_namespace_create(registry: &Registry, attrs: &Attributes<'_>, obj: Option<&Value>) {
+    let (Some(ns), "", Operation::Create) = (obj, attrs.subresource, attrs.operation) else { return };
+    if let Some(w) = registry.pod_security().exempt_namespace_warning(ns) {
+        attrs.warn(w);
     }
 }
 
@@ -99,13 +220,28 @@ pub(super) fn check(registry: &Registry, attrs: &Attributes<'_>, obj: Option<&Va
         return Ok(());
     }
     let Some(pod) = obj.and_then(|o| template_of(attrs, o)) else { return Ok(()) };
+    let config = registry.pod_security();
+    let exempt_key = format!("{LEVEL_LABEL}exempt");
+    // Exempt namespaces and users first, then RuntimeClasses, as upstream.
+    if config.namespace_exempt(attrs.namespace) {
+        attrs.annotate(exempt_key, "namespace".into());
+        return Ok(());
+    }
+    if attrs.requester.is_some_and(|r| config.exempt_usernames.contains(&r.user.name)) {
+        attrs.annotate(exempt_key, "user".into());
+        return Ok(());
+    }
     if is_pod && attrs.operation == Operation::Update && old.is_some_and(|old| !is_significant_pod_update(pod, old)) {
         return Ok(());
     }
     let Some(ns) = super::matching::namespace_object(registry, attrs.namespace) else { return Ok(()) };
-    let p = Policy::of(&ns);
+    let p = Policy::of(&ns, &config.defaults);
     let audit_key = |k: &str| format!("{LEVEL_LABEL}{k}");
     if !is_pod && p.warn.0 == Level::Privileged && p.audit.0 == Level::Privileged {
+        return Ok(());
+    }
+    if pod["spec"]["runtimeClassName"].as_str().is_some_and(|rc| config.exempt_runtime_classes.iter().any(|x| x == rc)) {
+        attrs.annotate(exempt_key, "runtimeClass".into());
         return Ok(());
     }
     // Each distinct level:version is evaluated once (warn often is enforce), as upstream
@@ -160,7 +296,9 @@ impl LevelVersion {
 }
 
 /// What a namespace's labels ask of each mode (upstream's `PolicyToEvaluate`): unset is
-/// `privileged:latest`, and `warn`, unless labelled itself, is at least `enforce`.
+/// the configured default (`privileged:latest` unless configured), and `warn`, unless
+/// labelled itself, is at least `enforce`.
+#[derive(Debug, Clone)]
 struct Policy {
     enforce: LevelVersion,
     audit: LevelVersion,
@@ -168,13 +306,21 @@ struct Policy {
 }
 
 impl Policy {
-    fn of(ns: &Value) -> Policy {
+    fn of(ns: &Value, defaults: &Policy) -> Policy {
         let label = |key: &str| ns.pointer("/metadata/labels").and_then(|l| l.get(format!("{LEVEL_LABEL}{key}"))).and_then(Value::as_str);
-        let mode = |m: &str| {
-            let level = label(m).and_then(Level::parse).unwrap_or(Level::Privileged);
-            LevelVersion(level, label(&format!("{m}-version")).filter(|v| !v.is_empty()).unwrap_or("latest").to_string())
+        let mode = |m: &str, default: &LevelVersion| {
+            let level = match label(m) {
+                Some(l) => Level::parse(l).unwrap_or(Level::Privileged),
+                None => default.0,
+            };
+            let version = match label(&format!("{m}-version")) {
+                Some(v) if !v.is_empty() => v.to_string(),
+                Some(_) => "latest".to_string(),
+                None => default.1.clone(),
+            };
+            LevelVersion(level, version)
         };
-        let (enforce, audit, mut warn) = (mode("enforce"), mode("audit"), mode("warn"));
+        let (enforce, audit, mut warn) = (mode("enforce", &defaults.enforce), mode("audit", &defaults.audit), mode("warn", &defaults.warn));
         let enforce_set = label("enforce").and_then(Level::parse).is_some();
         if label("warn").is_none() && enforce_set && enforce.0 > warn.0 {
             warn.0 = enforce.0;
@@ -183,6 +329,16 @@ impl Policy {
             }
         }
         Policy { enforce, audit, warn }
+    }
+
+    fn fully_privileged(&self) -> bool {
+        [&self.enforce, &self.audit, &self.warn].iter().all(|lv| lv.0 == Level::Privileged)
+    }
+
+    /// Upstream's `Policy.Equivalent`: the same levels, and versions that matter equal.
+    fn equivalent(&self, other: &Policy) -> bool {
+        let same = |a: &LevelVersion, b: &LevelVersion| a.0 == b.0 && (a.0 == Level::Privileged || a.1 == b.1);
+        same(&self.enforce, &other.enforce) && same(&self.audit, &other.audit) && same(&self.warn, &other.warn)
     }
 }
 
@@ -193,9 +349,18 @@ const NAMESPACE_MAX_PODS_TO_CHECK: usize = 3000;
 /// violate the new one, grouped by reasons (upstream's `EvaluatePodsInNamespace`).
 pub(super) fn check_namespace_update(registry: &Registry, attrs: &Attributes<'_>, obj: Option<&Value>, old: Option<&Value>) {
     let (Some(ns), Some(old), Operation::Update, "") = (obj, old, attrs.operation, attrs.subresource) else { return };
-    let LevelVersion(new_level, new_version) = Policy::of(ns).enforce;
-    let LevelVersion(old_level, old_version) = Policy::of(old).enforce;
+    let config = registry.pod_security();
+    let LevelVersion(new_level, new_version) = Policy::of(ns, &config.defaults).enforce;
+    let LevelVersion(old_level, old_version) = Policy::of(old, &config.defaults).enforce;
     if (new_level, &new_version) == (old_level, &old_version) || new_level == Level::Privileged || (new_version == old_version && new_level <= old_level) {
+        return;
+    }
+    // An exempt namespace's pods are not checked; the new policy will not apply.
+    if let Some(w) = config.exempt_namespace_warning(ns) {
+        attrs.warn(w);
+        return;
+    }
+    if config.namespace_exempt(ns.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("")) {
         return;
     }
     let Some(pods) = nanokube_api::resources::find("", "v1", "pods") else { return };
