@@ -954,7 +954,7 @@ impl Registry {
     }
 
     /// Admission on create: what upstream's default admission plugins do to new objects
-    /// (ServiceAccount, DefaultTolerationSeconds, Priority, DefaultStorageClass,
+    /// (ServiceAccount, DefaultTolerationSeconds, Priority, RuntimeClass, DefaultStorageClass,
     /// DefaultIngressClass, StorageObjectInUseProtection).
     fn admit_create(&self, def: &ResourceDef, namespace: &str, obj: &mut Value) -> Result<(), ApiError> {
         match (def.group, def.plural) {
@@ -1023,6 +1023,7 @@ impl Registry {
 
     fn admit_pod(&self, namespace: &str, obj: &mut Value) -> Result<(), ApiError> {
         self.limit_ranger(namespace, obj)?;
+        self.runtime_class(obj)?;
         // ServiceAccount admission: every pod runs as a service account, and gets its
         // token, the cluster CA and its namespace mounted unless automount is off.
         let sa = obj
@@ -1069,6 +1070,77 @@ impl Registry {
         if let Some(st) = status.as_object_mut() {
             st.insert("phase".into(), json!("Pending"));
             st.insert("qosClass".into(), json!(qos));
+        }
+        Ok(())
+    }
+
+    /// RuntimeClass admission on a new pod: its class must exist; the class's
+    /// `overhead.podFixed` becomes the pod's `spec.overhead` (one the pod set itself must
+    /// equal it, and a pod without a class with overhead may not set one), and its
+    /// `scheduling` node selector and tolerations are merged into the pod's (a
+    /// conflicting selector value is refused), as upstream's plugin.
+    fn runtime_class(&self, obj: &mut Value) -> Result<(), ApiError> {
+        let name = meta::name(obj).to_string();
+        let forbidden = |why: String| {
+            ApiError::forbidden(if name.is_empty() { format!("pods is forbidden: {why}") } else { format!("pods \"{name}\" is forbidden: {why}") })
+        };
+        let class = match obj.pointer("/spec/runtimeClassName").and_then(Value::as_str).filter(|s| !s.is_empty()) {
+            None => None,
+            Some(rc) => match resources::find("node.k8s.io", "v1", "runtimeclasses").and_then(|d| self.get(d, "", rc).ok()) {
+                Some(c) => Some(c.value().clone()),
+                None => return Err(forbidden(format!("pod rejected: RuntimeClass {rc:?} not found"))),
+            },
+        };
+        let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) else { return Ok(()) };
+        let pod_overhead = spec.get("overhead").and_then(Value::as_object).filter(|o| !o.is_empty()).cloned();
+        match (class.as_ref().and_then(|c| c.pointer("/overhead/podFixed")).and_then(Value::as_object), pod_overhead) {
+            (Some(fixed), Some(set)) => {
+                let same = fixed.len() == set.len()
+                    && fixed.iter().all(|(k, v)| {
+                        let q = |v: &Value| v.as_str().and_then(nanokube_api::expressions::parse_quantity);
+                        set.get(k).is_some_and(|w| q(v).is_some() && q(v) == q(w))
+                    });
+                if !same {
+                    return Err(forbidden("pod rejected: Pod's Overhead doesn't match RuntimeClass's defined Overhead".into()));
+                }
+                spec.insert("overhead".into(), Value::Object(fixed.clone()));
+            }
+            (Some(fixed), None) => {
+                spec.insert("overhead".into(), Value::Object(fixed.clone()));
+            }
+            (None, Some(_)) => return Err(forbidden("pod rejected: Pod Overhead set without corresponding RuntimeClass defined Overhead".into())),
+            (None, None) => {}
+        }
+        let Some(scheduling) = class.as_ref().and_then(|c| c.get("scheduling")) else { return Ok(()) };
+        if let Some(selector) = scheduling.get("nodeSelector").and_then(Value::as_object).filter(|s| !s.is_empty()) {
+            let pod_selector = spec.entry("nodeSelector").or_insert_with(|| json!({}));
+            if let Some(pod_selector) = pod_selector.as_object_mut() {
+                for (key, value) in selector {
+                    match pod_selector.get(key) {
+                        Some(pod_value) if pod_value != value => {
+                            let text = |v: &Value| v.as_str().unwrap_or("").to_string();
+                            return Err(forbidden(format!(
+                                "conflict: runtimeClass.scheduling.nodeSelector[{key}] = {}; pod.spec.nodeSelector[{key}] = {}",
+                                text(value),
+                                text(pod_value)
+                            )));
+                        }
+                        _ => {
+                            pod_selector.insert(key.clone(), value.clone());
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(extra) = scheduling.get("tolerations").and_then(Value::as_array) {
+            let list = spec.entry("tolerations").or_insert_with(|| json!([]));
+            if let Some(list) = list.as_array_mut() {
+                for t in extra {
+                    if !list.contains(t) {
+                        list.push(t.clone());
+                    }
+                }
+            }
         }
         Ok(())
     }

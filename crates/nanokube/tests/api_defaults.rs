@@ -150,6 +150,56 @@ fn pod_and_claim_admission_as_upstream() {
     assert_eq!(c["metadata"]["finalizers"], serde_json::json!(["kubernetes.io/pvc-protection"]));
 }
 
+/// RuntimeClass admission, on by default in kube-apiserver: the class must exist, its
+/// overhead becomes the pod's, and its scheduling is merged into the pod's.
+#[test]
+fn runtime_class_admission_as_upstream() {
+    let s = Server::start_with(&["--node=false"]);
+    let class = r#"{"apiVersion":"node.k8s.io/v1","kind":"RuntimeClass","metadata":{"name":"sandboxed"},"handler":"runc",
+        "overhead":{"podFixed":{"cpu":"250m","memory":"64Mi"}},
+        "scheduling":{"nodeSelector":{"sandbox":"yes"},"tolerations":[{"key":"sandbox","operator":"Exists","effect":"NoSchedule"}]}}"#;
+    assert!(s.k_stdin(&["create", "-f", "-"], class).status.success());
+    let pod = |name: &str, extra: &str| {
+        format!(r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"{name}"}},"spec":{{{extra}"containers":[{{"name":"c","image":"busybox"}}]}}}}"#)
+    };
+    let create = |body: String| {
+        let out = s.k_stdin(&["create", "-o", "json", "-f", "-"], &body);
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).to_string(), String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    let (ok, out, err) = create(pod("boxed", r#""runtimeClassName":"sandboxed","nodeSelector":{"disk":"ssd"},"#));
+    assert!(ok, "{err}");
+    let p: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(p["spec"]["overhead"], serde_json::json!({"cpu": "250m", "memory": "64Mi"}));
+    assert_eq!(p["spec"]["nodeSelector"], serde_json::json!({"disk": "ssd", "sandbox": "yes"}));
+    assert!(p["spec"]["tolerations"].as_array().unwrap().iter().any(|t| t["key"] == "sandbox"), "{p}");
+    // The same overhead written differently is the same overhead.
+    let (ok, out, err) = create(pod("same", r#""runtimeClassName":"sandboxed","overhead":{"cpu":"0.25","memory":"64Mi"},"#));
+    assert!(ok, "{err}");
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["spec"]["overhead"]["cpu"], "250m", "the class's, as upstream");
+    for (name, extra, why) in [
+        ("missing", r#""runtimeClassName":"nope","#, r#"pods "missing" is forbidden: pod rejected: RuntimeClass "nope" not found"#),
+        (
+            "other",
+            r#""runtimeClassName":"sandboxed","overhead":{"cpu":"1"},"#,
+            r#"pods "other" is forbidden: pod rejected: Pod's Overhead doesn't match RuntimeClass's defined Overhead"#,
+        ),
+        (
+            "classless",
+            r#""overhead":{"cpu":"1"},"#,
+            r#"pods "classless" is forbidden: pod rejected: Pod Overhead set without corresponding RuntimeClass defined Overhead"#,
+        ),
+        (
+            "clash",
+            r#""runtimeClassName":"sandboxed","nodeSelector":{"sandbox":"no"},"#,
+            r#"pods "clash" is forbidden: conflict: runtimeClass.scheduling.nodeSelector[sandbox] = yes; pod.spec.nodeSelector[sandbox] = no"#,
+        ),
+    ] {
+        let (ok, _, err) = create(pod(name, extra));
+        assert!(!ok && err.contains(why), "{name}: {err}");
+        assert!(!s.kubectl(&["get", "pod", name]).status.success(), "{name} was not created");
+    }
+}
+
 #[test]
 fn limit_ranges_default_and_bound_container_resources() {
     let s = Server::start();
