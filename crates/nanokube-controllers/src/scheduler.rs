@@ -216,6 +216,37 @@ impl Usage {
         self.host_ports.extend(demand.host_ports.iter().cloned());
         self.pods += 1;
     }
+
+    /// A pod with `demand` gone from the node.
+    fn remove(&mut self, demand: &Demand) {
+        for (k, v) in &demand.requests {
+            if let Some(x) = self.requests.get_mut(k) {
+                *x -= v;
+            }
+        }
+        self.nonzero.0 -= demand.nonzero.0;
+        self.nonzero.1 -= demand.nonzero.1;
+        for p in &demand.host_ports {
+            if let Some(i) = self.host_ports.iter().position(|q| q == p) {
+                self.host_ports.swap_remove(i);
+            }
+        }
+        self.pods = self.pods.saturating_sub(1);
+    }
+}
+
+/// A node as the filters and scores read it, made once per change of the nodes rather
+/// than once per pod and node.
+struct NodeInfo {
+    node: Node,
+    name: String,
+    allocatable: BTreeMap<String, f64>,
+}
+
+impl NodeInfo {
+    fn of(node: Node) -> NodeInfo {
+        NodeInfo { name: node.metadata.name.clone().unwrap_or_default(), allocatable: allocatable(&node), node }
+    }
 }
 
 fn allocatable(node: &Node) -> BTreeMap<String, f64> {
@@ -227,18 +258,18 @@ fn allocatable(node: &Node) -> BTreeMap<String, f64> {
 }
 
 /// The filters, in the default profile's order; `Ok` when the node takes the pod.
-fn filter(pod: &Pod, demand: &Demand, node: &Node, usage: &Usage) -> Result<(), Misfit> {
+fn filter(pod: &Pod, demand: &Demand, info: &NodeInfo, usage: &Usage) -> Result<(), Misfit> {
+    let node = &info.node;
     let unresolvable = |reason: String| Misfit { reasons: vec![reason], preemption_may_help: false };
-    let tolerations = pod.spec.as_ref().and_then(|s| s.tolerations.clone()).unwrap_or_default();
-    let spec = node.spec.clone().unwrap_or_default();
-    if spec.unschedulable == Some(true) {
+    let tolerations = pod.spec.as_ref().and_then(|s| s.tolerations.as_deref()).unwrap_or_default();
+    if node.spec.as_ref().and_then(|s| s.unschedulable) == Some(true) {
         let taint = Taint { key: "node.kubernetes.io/unschedulable".into(), effect: "NoSchedule".into(), ..Default::default() };
-        if !tolerates(&tolerations, &taint) {
+        if !tolerates(tolerations, &taint) {
             return Err(unresolvable("node(s) were unschedulable".into()));
         }
     }
-    for taint in spec.taints.iter().flatten() {
-        if (taint.effect == "NoSchedule" || taint.effect == "NoExecute") && !tolerates(&tolerations, taint) {
+    for taint in node.spec.as_ref().and_then(|s| s.taints.as_deref()).unwrap_or_default() {
+        if (taint.effect == "NoSchedule" || taint.effect == "NoExecute") && !tolerates(tolerations, taint) {
             return Err(unresolvable(format!("node(s) had untolerated taint {{{}: {}}}", taint.key, taint.value.as_deref().unwrap_or(""))));
         }
     }
@@ -248,7 +279,7 @@ fn filter(pod: &Pod, demand: &Demand, node: &Node, usage: &Usage) -> Result<(), 
     if demand.host_ports.iter().any(|p| usage.host_ports.contains(p)) {
         return Err(Misfit { reasons: vec!["node(s) didn't have free ports for the requested pod ports".into()], preemption_may_help: true });
     }
-    let alloc = allocatable(node);
+    let alloc = &info.allocatable;
     let mut reasons = Vec::new();
     if usage.pods + 1 > alloc.get("pods").copied().unwrap_or(0.0) as usize {
         reasons.push("Too many pods".to_string());
@@ -276,8 +307,8 @@ const DEFAULT_MEMORY_REQUEST: f64 = 200.0 * 1024.0 * 1024.0;
 
 /// LeastAllocated over cpu and memory (0–100) of the non-zero requests: the emptier node
 /// scores higher.
-fn score(node: &Node, demand: &Demand, usage: &Usage) -> f64 {
-    let alloc = allocatable(node);
+fn score(info: &NodeInfo, demand: &Demand, usage: &Usage) -> f64 {
+    let alloc = &info.allocatable;
     let mut total = 0.0;
     for (k, used) in [("cpu", usage.nonzero.0 + demand.nonzero.0), ("memory", usage.nonzero.1 + demand.nonzero.1)] {
         let cap = alloc.get(k).copied().unwrap_or(0.0);
@@ -415,19 +446,63 @@ fn volumes_filter(pod: &Pod, waiting: &[PersistentVolumeClaim], vols: &Volumes, 
 struct State {
     /// Pending pods by key, with the cluster generation they were last tried at.
     pending: BTreeMap<String, (Pod, u64)>,
-    /// Bound, non-terminal pods: key → (node, demand).
+    /// Bound (or assumed: bound by this scheduler, the write in flight), non-terminal
+    /// pods: key → (node, demand).
     bound: HashMap<String, (String, Demand)>,
+    /// What the bound pods hold of each node, kept as they come and go.
+    usage: HashMap<String, Usage>,
+    /// Pods assumed onto a node whose binding is still being written.
+    binding: std::collections::HashSet<String>,
     /// Bumped by every change that could let a waiting pod fit.
     generation: u64,
     /// The last FailedScheduling message per pod, so an unchanged verdict is not repeated.
     said: HashMap<String, String>,
+    /// The nodes as last read; `None` once nodes, claims or volumes changed.
+    nodes: Option<Arc<Vec<NodeInfo>>>,
 }
+
+impl State {
+    /// A pod now holds part of `node` (replacing what it held before).
+    fn place(&mut self, key: String, node: String, demand: Demand) {
+        self.unplace(&key);
+        self.usage.entry(node.clone()).or_default().add(&demand);
+        self.bound.insert(key, (node, demand));
+    }
+
+    /// A pod no longer holds anything; whether it held something.
+    fn unplace(&mut self, key: &str) -> bool {
+        match self.bound.remove(key) {
+            Some((node, demand)) => {
+                if let Some(u) = self.usage.get_mut(&node) {
+                    u.remove(&demand);
+                }
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// What the scheduler's loop is told.
+enum Seen {
+    /// A pod changed.
+    Pod(EventKind, registry::Obj),
+    /// Nodes, claims or volumes changed (or a watch started over).
+    Cluster,
+    /// Writing a binding failed: the pod is tried again unless it is bound or gone.
+    BindFailed(String),
+}
+
+/// Bindings written at once (kube-scheduler binds in goroutines of their own, so the
+/// next pod is scheduled while the last one's binding is written).
+const PARALLEL_BINDINGS: usize = 64;
 
 /// The scheduler.
 pub struct Scheduler {
     registry: Arc<Registry>,
     /// `reportingInstance` of its events (`default-scheduler-<host>`).
     instance: String,
+    bindings: Arc<tokio::sync::Semaphore>,
 }
 
 fn key(pod: &Pod) -> String {
@@ -448,17 +523,19 @@ fn terminal(pod: &Pod) -> bool {
 impl Scheduler {
     /// A scheduler writing through `registry`, on the host named `host`.
     pub fn new(registry: Arc<Registry>, host: &str) -> Self {
-        Scheduler { registry, instance: format!("{NAME}-{host}") }
+        Scheduler { registry, instance: format!("{NAME}-{host}"), bindings: Arc::new(tokio::sync::Semaphore::new(PARALLEL_BINDINGS)) }
     }
 
     /// Schedule until shutdown: read every pod once, then follow pods and nodes.
     pub async fn run(self: Arc<Self>, shutdown: watch::Receiver<bool>) {
-        let (tx, mut rx) = mpsc::unbounded_channel::<(EventKind, Value, bool)>();
+        // Objects travel as the store's shared handles, not decoded trees: a scheduler
+        // that falls behind a burst of creates holds references, not copies.
+        let (tx, mut rx) = mpsc::unbounded_channel::<Seen>();
         let start = self.registry.store().current_revision();
         let mut state = State::default();
         if let Ok(list) = self.registry.list(def("", "pods"), None, &ListOptions::default()) {
             for o in &list.items {
-                self.observe(&mut state, EventKind::Created, o.value());
+                self.observe(&mut state, EventKind::Created, o);
             }
         }
         // Claims and volumes changing (a claim bound, a volume made) can let a pod fit.
@@ -467,11 +544,12 @@ impl Scheduler {
             let prefix = def("", plural).key_prefix();
             tokio::spawn(async move {
                 follow(store, &prefix, start, sd, |c: Change<'_>| match c {
+                    Change::Event(_) if is_node => tx.send(Seen::Cluster).is_ok(),
                     Change::Event(ev) => match registry::decode(&ev.kv) {
-                        Ok(o) => tx.send((ev.kind, o.value().clone(), is_node)).is_ok(),
+                        Ok(o) => tx.send(Seen::Pod(ev.kind, o)).is_ok(),
                         Err(_) => true,
                     },
-                    Change::Resync => tx.send((EventKind::Updated, Value::Null, true)).is_ok(),
+                    Change::Resync => tx.send(Seen::Cluster).is_ok(),
                 })
                 .await
             });
@@ -479,18 +557,24 @@ impl Scheduler {
         let mut shutdown = shutdown;
         let mut retry = tokio::time::interval(RETRY);
         loop {
-            self.schedule_pending(&mut state).await;
+            self.schedule_pending(&mut state, &tx).await;
             tokio::select! {
                 _ = shutdown.changed() => return,
-                _ = retry.tick() => state.generation += 1,
-                Some((kind, obj, is_node)) = rx.recv() => {
-                    let mut next = Some((kind, obj, is_node));
+                _ = retry.tick() => {
+                    state.generation += 1;
+                    state.nodes = None;
+                }
+                Some(seen) = rx.recv() => {
+                    let mut next = Some(seen);
                     // Take what else is waiting, so a burst of creates is one pass.
-                    while let Some((kind, obj, is_node)) = next.take() {
-                        if is_node {
-                            state.generation += 1;
-                        } else {
-                            self.observe(&mut state, kind, &obj);
+                    while let Some(seen) = next.take() {
+                        match seen {
+                            Seen::Cluster => {
+                                state.generation += 1;
+                                state.nodes = None;
+                            }
+                            Seen::Pod(kind, obj) => self.observe(&mut state, kind, &obj),
+                            Seen::BindFailed(k) => self.bind_failed(&mut state, &k),
                         }
                         next = rx.try_recv().ok();
                     }
@@ -500,25 +584,38 @@ impl Scheduler {
     }
 
     /// Take one pod event into the state.
-    fn observe(&self, state: &mut State, kind: EventKind, obj: &Value) {
-        let Ok(pod) = serde_json::from_value::<Pod>(obj.clone()) else { return };
+    fn observe(&self, state: &mut State, kind: EventKind, obj: &registry::Obj) {
+        let Ok(pod) = serde_json::from_slice::<Pod>(&obj.json()) else { return };
         let k = key(&pod);
         let node = pod.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default();
         let gone = kind == EventKind::Deleted || terminal(&pod);
         if gone || !node.is_empty() {
             state.pending.remove(&k);
             state.said.remove(&k);
+            state.binding.remove(&k);
         }
-        let was_bound = state.bound.remove(&k).is_some();
         if gone {
-            if was_bound {
+            if state.unplace(&k) {
                 state.generation += 1; // room freed on a node
             }
             return;
         }
         if !node.is_empty() {
-            state.bound.insert(k, (node, Demand::of(&pod)));
-        } else if ours(&pod) && pod.metadata.deletion_timestamp.is_none() {
+            let demand = Demand::of(&pod);
+            // Assumed already with the same demand: nothing to change.
+            if state.bound.get(&k).is_none_or(|(n, d)| *n != node || *d != demand) {
+                state.place(k, node, demand);
+            }
+            return;
+        }
+        if state.binding.contains(&k) {
+            // Its binding is being written; the pod as created says nothing new.
+            return;
+        }
+        if state.unplace(&k) {
+            state.generation += 1;
+        }
+        if ours(&pod) && pod.metadata.deletion_timestamp.is_none() {
             let tried = state.pending.get(&k).map(|(_, g)| *g);
             // A changed pod (its tolerations, say) is tried again.
             let unchanged = state.pending.get(&k).is_some_and(|(p, _)| p.spec == pod.spec);
@@ -526,22 +623,39 @@ impl Scheduler {
         }
     }
 
+    /// A binding could not be written: forget the assumption and look at the pod as it
+    /// is now (bound by someone else, gone, or to be tried again).
+    fn bind_failed(&self, state: &mut State, k: &str) {
+        state.binding.remove(k);
+        if state.unplace(k) {
+            state.generation += 1;
+        }
+        let (ns, name) = k.split_once('/').unwrap_or(("", k));
+        if let Ok(obj) = self.registry.get(def("", "pods"), ns, name) {
+            self.observe(state, EventKind::Updated, &obj);
+        }
+    }
+
+    /// The nodes, read again only after they (or claims or volumes) changed.
+    fn nodes(&self, state: &mut State) -> Option<Arc<Vec<NodeInfo>>> {
+        if state.nodes.is_none() {
+            let listed = self.registry.list(def("", "nodes"), None, &ListOptions::default()).ok()?;
+            let nodes = listed.items.iter().filter_map(|o| serde_json::from_slice::<Node>(&o.json()).ok()).map(NodeInfo::of).collect();
+            state.nodes = Some(Arc::new(nodes));
+        }
+        state.nodes.clone()
+    }
+
     /// Try every pending pod not tried since the cluster last changed.
-    async fn schedule_pending(&self, state: &mut State) {
+    async fn schedule_pending(self: &Arc<Self>, state: &mut State, tx: &mpsc::UnboundedSender<Seen>) {
         let due: Vec<String> = state.pending.iter().filter(|(_, (_, g))| *g != state.generation).map(|(k, _)| k.clone()).collect();
         if due.is_empty() {
             return;
         }
-        let nodes: Vec<Node> = match self.registry.list(def("", "nodes"), None, &ListOptions::default()) {
-            Ok(l) => l.items.iter().filter_map(|o| serde_json::from_value(o.value().clone()).ok()).collect(),
-            Err(_) => return,
-        };
-        let mut usage: HashMap<String, Usage> = HashMap::new();
-        for (node, demand) in state.bound.values() {
-            usage.entry(node.clone()).or_default().add(demand);
-        }
+        let Some(nodes) = self.nodes(state) else { return };
         let any_claims = due.iter().any(|k| state.pending.get(k).is_some_and(|(p, _)| !claim_names(p).is_empty()));
         let vols = if any_claims { Volumes::load(&self.registry) } else { Volumes::default() };
+        let empty = Usage::default();
         for k in due {
             let Some((pod, _)) = state.pending.get(&k).cloned() else { continue };
             let demand = Demand::of(&pod);
@@ -563,27 +677,26 @@ impl Scheduler {
                 }
             };
             let mut misfits = Vec::new();
-            let mut best: Option<(f64, &Node)> = None;
+            let mut best: Option<(f64, &NodeInfo)> = None;
             // Nodes sharing the best score so far: one of them is taken at random, as
             // upstream's selectHost samples them.
             let mut ties = 0u32;
-            for node in &nodes {
-                let name = node.metadata.name.clone().unwrap_or_default();
-                let u = usage.get(&name).cloned().unwrap_or_default();
-                match filter(&pod, &demand, node, &u).and_then(|()| volumes_filter(&pod, &waiting, &vols, node)) {
+            for info in nodes.iter() {
+                let u = state.usage.get(&info.name).unwrap_or(&empty);
+                match filter(&pod, &demand, info, u).and_then(|()| volumes_filter(&pod, &waiting, &vols, &info.node)) {
                     Ok(()) => {
-                        let s = score(node, &demand, &u);
+                        let s = score(info, &demand, u);
                         match best {
                             Some((b, _)) if s < b => {}
                             Some((b, _)) if s == b => {
                                 ties += 1;
                                 if fastrand::u32(..ties) == 0 {
-                                    best = Some((s, node));
+                                    best = Some((s, info));
                                 }
                             }
                             _ => {
                                 ties = 1;
-                                best = Some((s, node));
+                                best = Some((s, info));
                             }
                         }
                     }
@@ -591,27 +704,33 @@ impl Scheduler {
                 }
             }
             match best {
-                Some((_, node)) if !waiting.is_empty() => {
+                Some((_, info)) if !waiting.is_empty() => {
                     // VolumeBinding's PreBind: the claims learn the node; the pod is bound
                     // once they are (their change brings it back here).
-                    let node_name = node.metadata.name.clone().unwrap_or_default();
                     for c in &waiting {
-                        self.select_node(c, &node_name).await;
+                        self.select_node(c, &info.name).await;
                     }
                     if let Some(p) = state.pending.get_mut(&k) {
                         p.1 = generation;
                     }
                 }
-                Some((_, node)) => {
-                    let node_name = node.metadata.name.clone().unwrap_or_default();
-                    if self.bind(&pod, &node_name).await {
-                        usage.entry(node_name.clone()).or_default().add(&demand);
-                        state.pending.remove(&k);
-                        state.said.remove(&k);
-                        state.bound.insert(k, (node_name, demand));
-                    } else if let Some(p) = state.pending.get_mut(&k) {
-                        p.1 = generation;
-                    }
+                Some((_, info)) => {
+                    // Assume the pod onto the node, then write the binding beside the
+                    // next pods' scheduling, as kube-scheduler's binding cycle.
+                    let node_name = info.name.clone();
+                    state.pending.remove(&k);
+                    state.said.remove(&k);
+                    state.binding.insert(k.clone());
+                    state.place(k.clone(), node_name.clone(), demand);
+                    let Ok(permit) = self.bindings.clone().acquire_owned().await else { return };
+                    let (me, tx) = (self.clone(), tx.clone());
+                    tokio::spawn(async move {
+                        let bound = me.bind(&pod, &node_name).await;
+                        drop(permit);
+                        if !bound {
+                            let _ = tx.send(Seen::BindFailed(k));
+                        }
+                    });
                 }
                 None => {
                     let message = failure_message(nodes.len(), &misfits);
@@ -739,8 +858,10 @@ mod tests {
 
     #[test]
     fn filters_in_order() {
-        let n = node(json!({"metadata": {"name": "n", "labels": {"disk": "ssd"}}, "spec": {"taints": [{"key": "k", "value": "v", "effect": "NoSchedule"}]},
-            "status": {"allocatable": {"cpu": "2", "memory": "1Gi", "pods": "110"}}}));
+        let n = NodeInfo::of(node(
+            json!({"metadata": {"name": "n", "labels": {"disk": "ssd"}}, "spec": {"taints": [{"key": "k", "value": "v", "effect": "NoSchedule"}]},
+            "status": {"allocatable": {"cpu": "2", "memory": "1Gi", "pods": "110"}}}),
+        ));
         let pod = |spec: Value| -> Pod { serde_json::from_value(json!({"metadata": {"name": "p"}, "spec": spec})).unwrap() };
         let plain = pod(json!({"containers": [{"name": "c"}]}));
         let d = Demand::of(&plain);
