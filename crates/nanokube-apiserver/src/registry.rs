@@ -1548,6 +1548,12 @@ impl Registry {
             if admission::mutate(self, &attrs, &mut new, Some(current.value())).await? {
                 new = self.prepare_update(def, &current, new, opts)?;
             }
+            // LimitRanger validates every update of a claim (a resize above `max` is
+            // refused), as upstream's `SupportsAttributes`, except of one being deleted
+            // (its finalizers must still come off).
+            if def.group.is_empty() && def.plural == "persistentvolumeclaims" && attrs.subresource.is_empty() && !meta::is_deleting(current.value()) {
+                self.claim_limits(namespace, &new)?;
+            }
             admission::validate(self, &attrs, Some(&new), Some(current.value())).await?;
             if *current == new {
                 return Ok(current);

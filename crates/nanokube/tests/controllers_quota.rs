@@ -148,3 +148,45 @@ fn scoped_quotas_count_only_the_pods_they_select() {
         assert!(!ok && err.contains("is invalid") && err.contains(want), "{spec}: {err}");
     }
 }
+
+/// Updates that change what an object uses are charged their increase, as upstream's
+/// quota evaluators (a Service turned NodePort); LimitRanger validates every update of a
+/// claim.
+#[test]
+fn updates_are_charged_and_claims_limited_on_update() {
+    let s = Server::start_with(&["--node=false"]);
+    s.k(&["create", "namespace", "q"]);
+    s.k(&["create", "quota", "compute", "-n", "q", "--hard=services.nodeports=1"]);
+    assert!(eventually(Duration::from_secs(10), || used(&s, "compute").contains(r#""services.nodeports":"0""#)), "{}", used(&s, "compute"));
+    // A ClusterIP Service with two ports is free of node ports; turned NodePort it is not,
+    // and a NodePort Service with one port fits.
+    s.k(&["create", "service", "clusterip", "web", "-n", "q", "--tcp=80:80,443:443"]);
+    let out = s.kubectl(&["patch", "service", "web", "-n", "q", "-p", r#"{"spec":{"type":"NodePort"}}"#]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("exceeded quota: compute, requested: services.nodeports=2, used: services.nodeports=0, limited: services.nodeports=1"),
+        "{err}"
+    );
+    assert_eq!(s.k(&["get", "service", "web", "-n", "q", "-o", "jsonpath={.spec.type}"]), "ClusterIP");
+    s.k(&["create", "service", "clusterip", "one", "-n", "q", "--tcp=80:80"]);
+    let out = s.kubectl(&["patch", "service", "one", "-n", "q", "-p", r#"{"spec":{"type":"NodePort"}}"#]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(eventually(Duration::from_secs(10), || used(&s, "compute").contains(r#""services.nodeports":"1""#)), "{}", used(&s, "compute"));
+
+    // A claim made before its LimitRange is held to it on its next update.
+    let claim = "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: data, namespace: q}\nspec:\n  accessModes: [ReadWriteOnce]\n  storageClassName: none\n  resources: {requests: {storage: 5Gi}}\n";
+    assert!(create(&s, claim).0);
+    let lr = "apiVersion: v1\nkind: LimitRange\nmetadata: {name: claims, namespace: q}\nspec:\n  limits:\n  - type: PersistentVolumeClaim\n    max: {storage: 2Gi}\n";
+    assert!(create(&s, lr).0);
+    let out = s.kubectl(&["label", "pvc", "data", "-n", "q", "tier=gold"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains(r#"persistentvolumeclaims "data" is forbidden: maximum storage usage per PersistentVolumeClaim is 2Gi, but request is 5Gi"#),
+        "{err}"
+    );
+    // Being deleted, it is not held to it: its protection finalizer comes off.
+    s.k(&["delete", "pvc", "data", "-n", "q", "--wait=false"]);
+    assert!(eventually(Duration::from_secs(10), || !s.kubectl(&["get", "pvc", "data", "-n", "q"]).status.success()), "the claim stays");
+}

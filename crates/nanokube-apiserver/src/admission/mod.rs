@@ -242,7 +242,7 @@ pub async fn validate(registry: &Registry, attrs: &Attributes<'_>, obj: Option<&
     }
     // ResourceQuota last: it charges the quota for what is about to be stored.
     if let Some(obj) = obj {
-        quota::charge(registry, attrs, obj).await?;
+        quota::charge(registry, attrs, obj, old).await?;
     }
     Ok(())
 }

@@ -1,7 +1,9 @@
 //! kube-apiserver's `ResourceQuota` admission plugin (LimitRanger runs with the
 //! built-in mutating plugins, in the registry's pod admission):
 //!
-//! - every create in a namespace with quotas: the object's usage is added
+//! - every create in a namespace with quotas, and every update that can change usage
+//!   (a pod's in-place `resize`, a claim's resize, a Service's type or ports; the
+//!   increase only, as upstream's delta), charged the same way: the object's usage is added
 //!   to each matching quota's `status.used` by compare-and-swap before the object is
 //!   stored, so concurrent creates cannot together overshoot; over `hard` is a 403
 //!   `exceeded quota`, a pod without a request or limit a quota covers is a 403
@@ -34,19 +36,41 @@ pub fn charge<'a>(
     registry: &'a Registry,
     attrs: &'a Attributes<'a>,
     obj: &'a Value,
+    old: Option<&'a Value>,
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), ApiError>> + Send + 'a>> {
-    Box::pin(charge_now(registry, attrs, obj))
+    Box::pin(charge_now(registry, attrs, obj, old))
 }
 
-async fn charge_now(registry: &Registry, attrs: &Attributes<'_>, obj: &Value) -> Result<(), ApiError> {
-    if attrs.operation != Operation::Create || !attrs.subresource.is_empty() || attrs.namespace.is_empty() {
+/// Whether the quota evaluators look at this write (upstream's `Handles`): creates, and
+/// the updates that can change what an object uses.
+fn handled(attrs: &Attributes<'_>) -> bool {
+    match (attrs.operation, attrs.def.group, attrs.def.plural, attrs.subresource) {
+        (Operation::Create, _, _, "") => true,
+        (Operation::Update, "", "pods", "resize") => true,
+        (Operation::Update, "", "persistentvolumeclaims" | "services", "") => true,
+        _ => false,
+    }
+}
+
+async fn charge_now(registry: &Registry, attrs: &Attributes<'_>, obj: &Value, old: Option<&Value>) -> Result<(), ApiError> {
+    if !handled(attrs) || attrs.namespace.is_empty() {
         return Ok(());
     }
     let quotas = list(registry, "resourcequotas", attrs.namespace);
     if quotas.is_empty() {
         return Ok(());
     }
-    let usage = quota::usage_of(attrs.def.group, attrs.def.plural, obj);
+    // What the object uses, for the "must specify" check, and what this write adds: all
+    // of it on a create, the increase on an update (`SubtractWithNonNegativeResult`,
+    // zeros removed).
+    let whole = quota::usage_of(attrs.def.group, attrs.def.plural, obj);
+    let usage: Usage = match old.filter(|_| attrs.operation == Operation::Update) {
+        Some(old) => {
+            let before = quota::usage_of(attrs.def.group, attrs.def.plural, old);
+            whole.iter().map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0.0))).filter(|(_, d)| *d > 0.0).collect()
+        }
+        None => whole.clone(),
+    };
     if usage.is_empty() {
         return Ok(());
     }
@@ -62,7 +86,7 @@ async fn charge_now(registry: &Registry, attrs: &Attributes<'_>, obj: &Value) ->
             let mut missing: Vec<&str> = hard
                 .keys()
                 .filter(|k| k.starts_with("requests.") || k.starts_with("limits.") || matches!(k.as_str(), "cpu" | "memory"))
-                .filter(|k| !usage.contains_key(*k))
+                .filter(|k| !whole.contains_key(*k))
                 .map(String::as_str)
                 .collect();
             missing.sort();
