@@ -44,12 +44,10 @@ pub fn charge<'a>(
 /// Whether the quota evaluators look at this write (upstream's `Handles`): creates, and
 /// the updates that can change what an object uses.
 fn handled(attrs: &Attributes<'_>) -> bool {
-    match (attrs.operation, attrs.def.group, attrs.def.plural, attrs.subresource) {
-        (Operation::Create, _, _, "") => true,
-        (Operation::Update, "", "pods", "resize") => true,
-        (Operation::Update, "", "persistentvolumeclaims" | "services", "") => true,
-        _ => false,
-    }
+    matches!(
+        (attrs.operation, attrs.def.group, attrs.def.plural, attrs.subresource),
+        (Operation::Create, _, _, "") | (Operation::Update, "", "pods", "resize") | (Operation::Update, "", "persistentvolumeclaims" | "services", "")
+    )
 }
 
 async fn charge_now(registry: &Registry, attrs: &Attributes<'_>, obj: &Value, old: Option<&Value>) -> Result<(), ApiError> {
