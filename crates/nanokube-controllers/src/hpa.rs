@@ -422,7 +422,7 @@ impl HpaController {
                 let (replicas, current_value) = self.against_target(&source, value, current, status_replicas, ns, selector);
                 Ok(Proposal {
                     replicas,
-                    current: json!({"type": "Object", "object": {"metric": {"name": name}, "describedObject": described, "current": current_value}}),
+                    current: json!({"type": "Object", "object": {"metric": metric_identifier(&name, &source), "describedObject": described, "current": current_value}}),
                     name: format!("{} metric {name}", kind.to_lowercase()),
                 })
             }

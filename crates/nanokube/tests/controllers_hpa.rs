@@ -110,7 +110,7 @@ spec:
   - type: Object
     object:
       describedObject: {apiVersion: v1, kind: Service, name: web}
-      metric: {name: hits}
+      metric: {name: hits, selector: {matchLabels: {verb: get}}}
       target: {type: Value, value: "80"}
   - type: External
     external:
@@ -197,11 +197,16 @@ spec:
     assert!(eventually(Duration::from_secs(40), || current() == "30 80 15"), "{} {}", current(), s.k(&["get", "hpa", "web", "-o", "yaml"]));
     assert_eq!(replicas(), "3");
     assert!(conditions(&s, "web").contains("ScalingActive=True:ValidMetricFound"), "{}", conditions(&s, "web"));
+    // Each metric is named in the status as in the spec, its selector included.
+    assert_eq!(
+        s.k(&["get", "hpa", "web", "-o", "jsonpath={.status.currentMetrics[1].object.metric}"]),
+        r#"{"name":"hits","selector":{"matchLabels":{"verb":"get"}}}"#
+    );
     // What the adapter was asked: the target's pod selector, the Service, the metric's selector.
     let asked = std::fs::read_to_string(dir.path().join("figures.json.log")).unwrap();
     for want in [
         "/apis/custom.metrics.k8s.io/v1beta2/namespaces/default/pods/*/requests_per_second?labelSelector=app%3Dweb",
-        "/apis/custom.metrics.k8s.io/v1beta2/namespaces/default/services/web/hits",
+        "/apis/custom.metrics.k8s.io/v1beta2/namespaces/default/services/web/hits?metricLabelSelector=verb%3Dget",
         "/apis/external.metrics.k8s.io/v1beta1/namespaces/default/queue_depth?labelSelector=queue%3Djobs",
     ] {
         assert!(asked.contains(want), "{want} not in {asked}");
