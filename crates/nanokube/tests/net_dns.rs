@@ -108,12 +108,19 @@ fn pods_resolve_cluster_names_and_reach_the_api_by_name() {
     let (ok, out) = exec(&s, "client", "curl -sS http://web/");
     assert!(ok && out == "hello\n", "{out}");
     // The headless Service: both pods; a StatefulSet pod by name.
-    let db0 = s.k(&["get", "pod", "db-0", "-o", "jsonpath={.status.podIP}"]);
-    let db1 = s.k(&["get", "pod", "db-1", "-o", "jsonpath={.status.podIP}"]);
-    let (ok, out) = exec(&s, "client", "getent ahostsv4 db | awk '{print $1}' | sort -u");
-    let mut want = [db0.clone(), db1.clone()];
-    want.sort();
-    assert!(ok && out.split_whitespace().collect::<Vec<_>>() == want.iter().map(String::as_str).collect::<Vec<_>>(), "{out}");
+    // Read until both pods have their IPs and the Service's records have caught up with
+    // them (db-1 starts after db-0 is Ready).
+    let (mut db0, mut db1, mut out, mut want) = (String::new(), String::new(), String::new(), Vec::new());
+    let agreed = eventually(Duration::from_secs(30), || {
+        db0 = s.k(&["get", "pod", "db-0", "-o", "jsonpath={.status.podIP}"]);
+        db1 = s.k(&["get", "pod", "db-1", "-o", "jsonpath={.status.podIP}"]);
+        want = vec![db0.clone(), db1.clone()];
+        want.sort();
+        let (ok, o) = exec(&s, "client", "getent ahostsv4 db | awk '{print $1}' | sort -u");
+        out = o;
+        ok && out.split_whitespace().collect::<Vec<_>>() == want.iter().map(String::as_str).collect::<Vec<_>>()
+    });
+    assert!(agreed, "{out} against {want:?}");
     let (ok, out) = exec(&s, "client", "getent hosts db-0.db");
     assert!(ok && out.starts_with(&db0) && out.contains("db-0.db.default.svc.cluster.local"), "{out}");
     // busybox's nslookup: SRV, and the reverse name of a ClusterIP.
