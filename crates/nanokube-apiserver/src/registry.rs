@@ -287,6 +287,12 @@ fn store_err(e: StoreError, def: &ResourceDef, name: &str) -> ApiError {
     }
 }
 
+/// A 403 of a pod admission plugin, naming the pod when it has a name yet (upstream's
+/// `admission.NewForbidden`).
+fn pod_forbidden(name: &str, why: &str) -> ApiError {
+    ApiError::forbidden(if name.is_empty() { format!("pods is forbidden: {why}") } else { format!("pods \"{name}\" is forbidden: {why}") })
+}
+
 /// Decode a stored value once per revision, with `resourceVersion` set from the revision.
 pub fn decode(kv: &KeyValue) -> Result<Obj, ApiError> {
     let rev = kv.mod_revision;
@@ -997,12 +1003,7 @@ impl Registry {
             }
             nanokube_api::quota::LimitOutcome::Refused(errors) => {
                 let joined = if errors.len() == 1 { errors[0].clone() } else { format!("[{}]", errors.join(", ")) };
-                let name = meta::name(obj);
-                Err(ApiError::forbidden(if name.is_empty() {
-                    format!("pods is forbidden: {joined}")
-                } else {
-                    format!("pods \"{name}\" is forbidden: {joined}")
-                }))
+                Err(pod_forbidden(meta::name(obj), &joined))
             }
         }
     }
@@ -1081,9 +1082,7 @@ impl Registry {
     /// conflicting selector value is refused), as upstream's plugin.
     fn runtime_class(&self, obj: &mut Value) -> Result<(), ApiError> {
         let name = meta::name(obj).to_string();
-        let forbidden = |why: String| {
-            ApiError::forbidden(if name.is_empty() { format!("pods is forbidden: {why}") } else { format!("pods \"{name}\" is forbidden: {why}") })
-        };
+        let forbidden = |why: String| pod_forbidden(&name, &why);
         let class = match obj.pointer("/spec/runtimeClassName").and_then(Value::as_str).filter(|s| !s.is_empty()) {
             None => None,
             Some(rc) => match resources::find("node.k8s.io", "v1", "runtimeclasses").and_then(|d| self.get(d, "", rc).ok()) {

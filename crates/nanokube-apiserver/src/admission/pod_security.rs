@@ -32,6 +32,10 @@ use crate::registry::Registry;
 
 const LEVEL_LABEL: &str = "pod-security.kubernetes.io/";
 
+/// Upstream's words for a level or version that is not one (labels and configuration).
+const MUST_BE_LEVEL: &str = "must be one of privileged, baseline, restricted";
+const MUST_BE_VERSION: &str = r#"must be "latest" or "v1.x""#;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Level {
     Privileged,
@@ -98,7 +102,7 @@ impl PodSecurityConfig {
             let level = match defaults.get(m).and_then(Value::as_str).unwrap_or("privileged") {
                 "" => Level::Privileged,
                 l => Level::parse(l).unwrap_or_else(|| {
-                    errors.push(format!("defaults.{m}: Invalid value: {l:?}: must be one of privileged, baseline, restricted"));
+                    errors.push(format!("defaults.{m}: Invalid value: {l:?}: {MUST_BE_LEVEL}"));
                     Level::Privileged
                 }),
             };
@@ -106,7 +110,7 @@ impl PodSecurityConfig {
                 "" => "latest".to_string(),
                 ver if valid_version(ver) => ver.to_string(),
                 ver => {
-                    errors.push(format!(r#"defaults.{m}-version: Invalid value: {ver:?}: must be "latest" or "v1.x""#));
+                    errors.push(format!("defaults.{m}-version: Invalid value: {ver:?}: {MUST_BE_VERSION}"));
                     "latest".to_string()
                 }
             };
@@ -446,7 +450,7 @@ fn label_errors(obj: &Value) -> Vec<nanokube_api::error::Cause> {
             let Some(v) = labels.get(&key).and_then(Value::as_str) else { continue };
             let ok = if version { valid_version(v) } else { Level::parse(v).is_some() };
             if !ok {
-                let must = if version { r#"must be "latest" or "v1.x""# } else { "must be one of privileged, baseline, restricted" };
+                let must = if version { MUST_BE_VERSION } else { MUST_BE_LEVEL };
                 causes.push(nanokube_api::error::Cause {
                     reason: "FieldValueInvalid".into(),
                     message: format!("Invalid value: {v:?}: {must}"),

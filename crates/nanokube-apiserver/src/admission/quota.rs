@@ -30,7 +30,7 @@ fn list(registry: &Registry, plural: &str, namespace: &str) -> Vec<Value> {
     registry.list(def, Some(namespace), &ListOptions::default()).map(|l| l.items.iter().map(|o| o.value().clone()).collect()).unwrap_or_default()
 }
 
-/// ResourceQuota: check and charge the quotas of the namespace for a create. Boxed: the
+/// ResourceQuota: check and charge the quotas of the namespace for a write. Boxed: the
 /// quota's own status write passes through admission again (a recursion in types).
 pub fn charge<'a>(
     registry: &'a Registry,
