@@ -91,8 +91,10 @@ async fn cronjobs_follow_their_schedule_on_a_test_clock() {
     let created = cjs.create(&PostParams::default(), &cron_job("tick", "*/5 * * * *", json!({"concurrencyPolicy": "Forbid"}))).await.unwrap();
     let born =
         OffsetDateTime::parse(&created.metadata.creation_timestamp.as_ref().unwrap().0.to_string(), &time::format_description::well_known::Rfc3339).unwrap();
-    // Before the first time: nothing.
-    advance(&clock, born + time::Duration::seconds(1), &cjs, "tick").await;
+    // Before the first time: nothing. (The creation timestamp has whole seconds: a
+    // CronJob made in the last second before a boundary has its first time at born + 1 s.)
+    let before_first = (born + time::Duration::seconds(1)).min(next_five(born) - time::Duration::seconds(1)).max(born);
+    advance(&clock, before_first, &cjs, "tick").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(jobs_of(&jobs, "tick").await.is_empty());
 
