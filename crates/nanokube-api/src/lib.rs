@@ -14,6 +14,7 @@
 //! - [`meta`]: small helpers over `metadata`, timestamps and generated names.
 //! - [`protobuf`]: decoding of kubectl's protobuf request bodies into JSON.
 //! - [`quota`]: what ResourceQuotas count and LimitRanges impose.
+//! - [`pod_resize`]: what `pods/resize` keeps and refuses; the pod QoS class.
 //! - [`schedule`]: CronJob schedules and time zones (the zone data is built in).
 //!
 //! Invariant: this crate never does IO and never blocks.
@@ -27,6 +28,7 @@ pub mod go_omitempty;
 pub mod go_order;
 pub mod json;
 pub mod meta;
+pub mod pod_resize;
 pub mod protobuf;
 pub mod protobuf_encode;
 pub mod quota;

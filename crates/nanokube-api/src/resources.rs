@@ -283,6 +283,7 @@ pub static BUILTIN: &[ResourceDef] = &[
             SubresourceDef { name: "portforward", group: "", version: "v1", kind: "PodPortForwardOptions", verbs: &["create", "get"] },
             SubresourceDef { name: "log", group: "", version: "v1", kind: "Pod", verbs: &["get"] },
             SubresourceDef { name: "proxy", group: "", version: "v1", kind: "PodProxyOptions", verbs: &["create", "delete", "get", "patch", "update"] },
+            SubresourceDef { name: "resize", group: "", version: "v1", kind: "Pod", verbs: &["get", "patch", "update"] },
             status("Pod", ""),
         ],
     ),

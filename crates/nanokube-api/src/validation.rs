@@ -185,6 +185,7 @@ fn validate_pod_spec(spec: Option<&Value>, path: &str, causes: &mut Vec<Cause>) 
             for (i, c) in cs.iter().enumerate() {
                 let cpath = format!("{path}.containers[{i}]");
                 validate_name_and_image(c, &cpath, &mut seen, causes);
+                validate_resize_policy(c, spec, &format!("{cpath}.resizePolicy"), causes);
                 if let Some(ports) = c.get("ports").and_then(Value::as_array) {
                     for (j, p) in ports.iter().enumerate() {
                         match p.get("containerPort").and_then(Value::as_i64) {
@@ -212,6 +213,35 @@ fn validate_pod_spec(spec: Option<&Value>, path: &str, causes: &mut Vec<Cause>) 
         }
     }
     validate_host_users(spec, path, causes);
+}
+
+/// A container's `resizePolicy`, as upstream's `validateResizePolicy`: cpu and memory
+/// once each, `NotRequired` or `RestartContainer`, and only `NotRequired` in a pod that
+/// never restarts.
+fn validate_resize_policy(c: &Value, spec: &Value, path: &str, causes: &mut Vec<Cause>) {
+    let never = spec.get("restartPolicy").and_then(Value::as_str) == Some("Never");
+    let mut seen = Vec::new();
+    for (i, p) in c.get("resizePolicy").and_then(Value::as_array).into_iter().flatten().enumerate() {
+        let resource = p.get("resourceName").and_then(Value::as_str).unwrap_or("");
+        let policy = p.get("restartPolicy").and_then(Value::as_str).unwrap_or("");
+        if seen.contains(&resource) {
+            causes.push(Cause { reason: "FieldValueDuplicate".into(), message: format!("Duplicate value: {resource:?}"), field: format!("{path}[{i}]") });
+        }
+        seen.push(resource);
+        match resource {
+            "cpu" | "memory" => {}
+            "" => causes.push(required(path)),
+            r => causes.push(not_supported(path, r, &["cpu", "memory"])),
+        }
+        match policy {
+            "NotRequired" | "RestartContainer" => {}
+            "" => causes.push(required(path)),
+            r => causes.push(not_supported(path, r, &["NotRequired", "RestartContainer"])),
+        }
+        if never && policy != "NotRequired" {
+            causes.push(invalid(path, &Value::from(policy), "must be 'NotRequired' when `restartPolicy` is 'Never'"));
+        }
+    }
 }
 
 /// A pod in its own user namespace shares no other namespace with the host (upstream's

@@ -1718,7 +1718,7 @@ impl Ctx<'_> {
             }
             // `approval` (CertificateSigningRequests) is a status write limited to the
             // conditions.
-            sub @ ("status" | "approval" | "ephemeralcontainers") => match self.method.as_str() {
+            sub @ ("status" | "approval" | "ephemeralcontainers" | "resize") => match self.method.as_str() {
                 "GET" => {
                     let obj = self.server.registry.get(def, ns, &info.name)?;
                     self.respond_object(def, StatusCode::OK, &obj)

@@ -1038,7 +1038,7 @@ impl Registry {
             .and_then(|d| self.get(d, namespace, &sa).ok())
             .and_then(|o| o.value().get("automountServiceAccountToken").and_then(Value::as_bool));
         let priority = self.pod_priority(obj)?;
-        let qos = qos_class(obj_spec_containers(obj));
+        let qos = nanokube_api::pod_resize::compute_qos_class(obj);
         let Some(root) = obj.as_object_mut() else { return Ok(()) };
         let spec = root.entry("spec").or_insert_with(|| json!({}));
         let Some(spec) = spec.as_object_mut() else { return Ok(()) };
@@ -1666,7 +1666,15 @@ impl Registry {
             Some("ephemeralcontainers") => Some(&[&["spec", "ephemeralContainers"]]),
             _ => None,
         };
-        if let Some(paths) = written {
+        let resize = def.group.is_empty() && def.plural == "pods" && opts.subresource.as_deref() == Some("resize");
+        if resize {
+            // Only the containers' resources and resize policies come from a resize.
+            let mut merged = nanokube_api::pod_resize::merge(old, &new);
+            if let Some(mf) = meta::field(&new, "managedFields") {
+                meta::metadata_mut(&mut merged).insert("managedFields".into(), mf.clone());
+            }
+            new = merged;
+        } else if let Some(paths) = written {
             let mut merged = old.clone();
             for path in paths {
                 carry(&new, &mut merged, path);
@@ -1755,6 +1763,13 @@ impl Registry {
                 if !causes.is_empty() {
                     return Err(ApiError::invalid("Pod", "", meta::name(old), causes));
                 }
+            }
+            if resize {
+                let causes = nanokube_api::pod_resize::validate(old, &new);
+                if !causes.is_empty() {
+                    return Err(ApiError::invalid("Pod", "", meta::name(old), causes));
+                }
+                os = ns.clone();
             }
             if os != ns && !status_write {
                 return Err(ApiError::invalid(
@@ -2090,36 +2105,6 @@ fn pod_grace_period(def: &ResourceDef, pod: &Value, asked: Option<i64>) -> Optio
         period = 1;
     }
     (period > 0).then_some(period)
-}
-
-fn obj_spec_containers(obj: &Value) -> &[Value] {
-    obj.pointer("/spec/containers").and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[])
-}
-
-/// Upstream's QoS class from container resources.
-fn qos_class(containers: &[Value]) -> &'static str {
-    let mut any = false;
-    let mut all_guaranteed = !containers.is_empty();
-    for c in containers {
-        let req = c.pointer("/resources/requests").and_then(Value::as_object);
-        let lim = c.pointer("/resources/limits").and_then(Value::as_object);
-        if req.is_some_and(|r| !r.is_empty()) || lim.is_some_and(|l| !l.is_empty()) {
-            any = true;
-        }
-        let guaranteed = ["cpu", "memory"].iter().all(|r| {
-            let l = lim.and_then(|l| l.get(*r));
-            let q = req.and_then(|q| q.get(*r)).or(l);
-            l.is_some() && q == l
-        });
-        all_guaranteed &= guaranteed;
-    }
-    if !any {
-        "BestEffort"
-    } else if all_guaranteed {
-        "Guaranteed"
-    } else {
-        "Burstable"
-    }
 }
 
 fn namespace_finalizers_empty(def: &ResourceDef, obj: &Value) -> bool {

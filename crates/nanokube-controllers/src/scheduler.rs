@@ -67,12 +67,23 @@ impl Demand {
     fn of(pod: &Pod) -> Demand {
         let mut d = Demand::default();
         let Some(spec) = &pod.spec else { return d };
+        // A container being resized in place holds the most of what it asks, what its
+        // node admitted and what it has (upstream's max of spec, allocated and actual).
+        let statuses: Vec<&k8s_openapi::api::core::v1::ContainerStatus> =
+            pod.status.iter().flat_map(|s| s.container_statuses.iter().flatten().chain(s.init_container_statuses.iter().flatten())).collect();
         let req = |c: &k8s_openapi::api::core::v1::Container| -> BTreeMap<String, f64> {
-            c.resources
-                .as_ref()
-                .and_then(|r| r.requests.as_ref())
-                .map(|m| m.iter().filter_map(|(k, q)| parse_quantity(&q.0).map(|v| (k.clone(), v))).collect())
-                .unwrap_or_default()
+            let parse = |m: Option<&BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>| -> BTreeMap<String, f64> {
+                m.map(|m| m.iter().filter_map(|(k, q)| parse_quantity(&q.0).map(|v| (k.clone(), v))).collect()).unwrap_or_default()
+            };
+            let mut r = parse(c.resources.as_ref().and_then(|r| r.requests.as_ref()));
+            for s in statuses.iter().filter(|s| s.name == c.name) {
+                let held = [parse(s.allocated_resources.as_ref()), parse(s.resources.as_ref().and_then(|r| r.requests.as_ref()))];
+                for (k, v) in held.into_iter().flatten() {
+                    let e = r.entry(k).or_default();
+                    *e = e.max(v);
+                }
+            }
+            r
         };
         let mut sum: BTreeMap<String, f64> = BTreeMap::new();
         for c in &spec.containers {

@@ -55,6 +55,44 @@ impl Runc {
         }
     }
 
+    /// Change a running container's cgroup limits in place (kubelet's
+    /// `UpdateContainerResources`); what `limits` leaves unset stays as it is.
+    pub fn update(&self, id: &str, limits: &crate::bundle::Limits) -> Result<(), String> {
+        use std::io::Write;
+        let mut resources = serde_json::Map::new();
+        if let Some(m) = limits.memory {
+            resources.insert("memory".into(), serde_json::json!({"limit": m}));
+        }
+        let mut cpu = serde_json::Map::new();
+        if let Some(s) = limits.cpu_shares {
+            cpu.insert("shares".into(), s.into());
+        }
+        if let Some(q) = limits.cpu_quota {
+            cpu.insert("quota".into(), q.into());
+            cpu.insert("period".into(), 100_000.into());
+        }
+        if !cpu.is_empty() {
+            resources.insert("cpu".into(), cpu.into());
+        }
+        let mut child = self
+            .command()
+            .args(["update", "--resources", "-", id])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("runc: {e}"))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(serde_json::Value::Object(resources).to_string().as_bytes()).map_err(|e| format!("runc update {id}: {e}"))?;
+        }
+        let out = child.wait_with_output().map_err(|e| format!("runc: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!("runc update {id}: {}", String::from_utf8_lossy(&out.stderr).trim()))
+        }
+    }
+
     /// Send `signal` (a name runc knows: `TERM`, `KILL`, …) to the container's init.
     pub fn kill(&self, id: &str, signal: &str) -> Result<(), String> {
         let out = self.command().args(["kill", id, signal]).output().map_err(|e| format!("runc: {e}"))?;

@@ -11,22 +11,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{build_image, eventually, server_with_image, Server};
+use common::{build_image, eventually, pod, server_with_image, wait_for, Server};
 use serde_json::Value;
-
-fn pod(s: &Server, name: &str) -> Value {
-    s.get_json(&format!("/api/v1/namespaces/default/pods/{name}")).1
-}
-
-fn wait_for(s: &Server, name: &str, what: &str, f: impl Fn(&Value) -> bool) -> Value {
-    let mut last = Value::Null;
-    let ok = eventually(Duration::from_secs(30), || {
-        last = pod(s, name);
-        f(&last)
-    });
-    assert!(ok, "{name}: waited for {what}; last seen: {}", serde_json::to_string_pretty(&last["status"]).unwrap());
-    last
-}
 
 fn phase(p: &Value) -> &str {
     p.pointer("/status/phase").and_then(Value::as_str).unwrap_or("")

@@ -12,18 +12,8 @@ use std::time::Duration;
 use common::{eventually, server_with_image, Server};
 use serde_json::Value;
 
-fn pod(s: &Server, name: &str) -> Value {
-    s.get_json(&format!("/api/v1/namespaces/default/pods/{name}")).1
-}
-
 fn wait_for(s: &Server, name: &str, what: &str, f: impl Fn(&Value) -> bool) -> Value {
-    let mut last = Value::Null;
-    let ok = eventually(Duration::from_secs(60), || {
-        last = pod(s, name);
-        f(&last)
-    });
-    assert!(ok, "{name}: waited for {what}; last seen: {}", serde_json::to_string_pretty(&last["status"]).unwrap());
-    last
+    common::wait_for_within(s, name, what, Duration::from_secs(60), f)
 }
 
 fn apply(s: &Server, yaml: &str) {

@@ -10,6 +10,7 @@
 //! - [`status`]: the pod status as kubelet writes it.
 //! - [`files`], [`env`]: what a container sees. [`events`]: kubelet's events.
 //! - [`probe`]: liveness, readiness and startup probes. [`logs`]: `pods/log`.
+//! - [`resize`]: in-place resize: what the node admitted, applied, and reports.
 //! - [`ports`]: the pod's IP answering from the host on its ports; `nanokube_net::mesh`: other pods'
 //!   IPs answering from inside a pod.
 //!
@@ -27,6 +28,7 @@ pub mod logs;
 pub mod portforward;
 pub mod ports;
 pub mod probe;
+pub mod resize;
 pub mod stats;
 pub mod status;
 pub mod worker;
@@ -109,6 +111,9 @@ pub struct PodRuntime {
     pulls: tokio::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// The node's allocatable resources (resourceFieldRef of unset limits).
     pub allocatable: Mutex<serde_json::Value>,
+    /// Each pod's allocated cpu (cores) and memory (bytes) requests, by uid: what a
+    /// resize must fit beside.
+    allocations: Mutex<HashMap<String, (f64, f64)>>,
     /// The node's network: the pods' namespaces by IP, the Services their traffic
     /// reaches, the cluster DNS.
     pub network: Arc<nanokube_net::Network>,
@@ -171,9 +176,25 @@ impl PodRuntime {
             eviction: std::sync::OnceLock::new(),
             pulls: tokio::sync::Mutex::new(HashMap::new()),
             allocatable: Mutex::new(serde_json::Value::Null),
+            allocations: Mutex::new(HashMap::new()),
             network,
             pod_range: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Record (or, with `None`, forget) what pod `uid` holds of the node.
+    pub(crate) fn set_allocation(&self, uid: &str, requests: Option<(f64, f64)>) {
+        if let Ok(mut a) = self.allocations.lock() {
+            match requests {
+                Some(r) => a.insert(uid.to_string(), r),
+                None => a.remove(uid),
+            };
+        }
+    }
+
+    /// What every pod but `uid` holds of the node: cpu (cores), memory (bytes).
+    pub(crate) fn allocated_except(&self, uid: &str) -> (f64, f64) {
+        self.allocations.lock().map(|a| a.iter().filter(|(k, _)| k.as_str() != uid).fold((0.0, 0.0), |t, (_, r)| (t.0 + r.0, t.1 + r.1))).unwrap_or_default()
     }
 
     /// `<data-dir>/pods`.

@@ -23,6 +23,10 @@ pub struct Inputs<'a> {
     pub start_time: Option<String>,
     /// Why the pod is waiting before any container could be made (sandbox or volumes).
     pub blocked: Option<(String, String)>,
+    /// What the node admitted for each container (`allocatedResources`).
+    pub allocation: &'a super::resize::Allocation,
+    /// kubelet's resize conditions (`PodResizePending`, `PodResizeInProgress`).
+    pub resize_conditions: &'a [Value],
 }
 
 fn restart_policy(pod: &Value) -> &str {
@@ -96,7 +100,8 @@ pub fn phase(pod: &Value, containers: &[ContainerState]) -> &'static str {
     }
     let (mut running, mut waiting, mut stopped, mut succeeded) = (0, 0, 0, 0);
     for c in containers.iter().filter(|c| c.kind == Kind::Regular) {
-        if c.running.is_some() {
+        // One stopped by a resize that restarts it is about to run again.
+        if c.running.is_some() || c.resize_restart {
             running += 1;
         } else if let Some(last) = &c.last {
             stopped += 1;
@@ -130,12 +135,12 @@ pub fn phase(pod: &Value, containers: &[ContainerState]) -> &'static str {
     "Pending"
 }
 
-fn container_status(c: &ContainerState, pod: &Value, init_pending: bool, blocked: &Option<(String, String)>) -> Value {
+fn container_status(c: &ContainerState, pod: &Value, init_pending: bool, blocked: &Option<(String, String)>, allocation: &super::resize::Allocation) -> Value {
     let policy = restart_policy(pod);
     let (state, last_state) = match (&c.running, &c.last) {
         (Some(r), last) => (json!({"running": {"startedAt": trim_nanos(&r.started_at)}}), last.as_ref().map(terminated)),
         (None, Some(last)) => {
-            let will_restart = restarts(c.kind, policy, last.exit.exit_code) && !c.init_done && !c.stopped_for_good;
+            let will_restart = (restarts(c.kind, policy, last.exit.exit_code) || c.resize_restart) && !c.init_done && !c.stopped_for_good;
             if will_restart {
                 let (reason, message) = c.waiting.clone().unwrap_or_else(|| ("ContainerCreating".into(), String::new()));
                 let mut w = json!({"reason": reason});
@@ -179,6 +184,14 @@ fn container_status(c: &ContainerState, pod: &Value, init_pending: bool, blocked
     let id = c.running.as_ref().map(|r| r.id.clone()).or_else(|| c.last.as_ref().map(|l| l.id.clone()));
     if let Some(id) = id {
         s["containerID"] = json!(format!("{}://{id}", super::worker::RUNTIME_NAME));
+    }
+    // In-place resize: the requests the node admitted, and what a running container's
+    // cgroup has.
+    if let Some(requests) = allocation.0.get(&c.name).and_then(|a| a.requests.as_ref()).filter(|r| !r.is_empty()) {
+        s["allocatedResources"] = json!(requests);
+    }
+    if let Some(applied) = c.running.as_ref().and_then(|r| r.applied.as_ref().or_else(|| allocation.0.get(&c.name))) {
+        s["resources"] = super::resize::status_resources(applied);
     }
     s
 }
@@ -227,11 +240,16 @@ pub fn build(i: &Inputs<'_>) -> Value {
             condition(ty, false, Some("ContainersNotReady"), Some(format!("containers with unready status: {}", list(&unready))))
         }
     };
-    let conditions =
+    let mut conditions =
         vec![condition("PodReadyToStartContainers", i.sandbox_ready && !done, None, None), initialized, ready_pair("Ready"), ready_pair("ContainersReady")];
+    conditions.extend(i.resize_conditions.iter().cloned());
     let init_pending = !init_incomplete.is_empty();
     let statuses = |kinds: &[Kind]| -> Vec<Value> {
-        i.containers.iter().filter(|c| kinds.contains(&c.kind)).map(|c| container_status(c, pod, init_pending && c.kind == Kind::Regular, &i.blocked)).collect()
+        i.containers
+            .iter()
+            .filter(|c| kinds.contains(&c.kind))
+            .map(|c| container_status(c, pod, init_pending && c.kind == Kind::Regular, &i.blocked, i.allocation))
+            .collect()
     };
     let mut status = json!({
         "phase": phase,
@@ -296,7 +314,9 @@ pub fn merge(current: &Value, status: &Value, now: &str) -> Value {
         c["lastTransitionTime"] = same.and_then(|o| o.get("lastTransitionTime").cloned()).unwrap_or_else(|| json!(now));
         conditions.push(c);
     }
-    let mine: Vec<Value> = conditions.iter().map(|c| c["type"].clone()).collect();
+    let mut mine: Vec<Value> = conditions.iter().map(|c| c["type"].clone()).collect();
+    // The resize conditions are kubelet's even when they no longer hold.
+    mine.extend(super::resize::CONDITIONS.iter().map(|t| json!(t)));
     conditions.extend(old_conditions.into_iter().filter(|o| !mine.contains(&o["type"])));
     merged.insert("conditions".into(), Value::Array(conditions));
     next["status"] = Value::Object(merged);

@@ -8,17 +8,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Container, Pod};
+use k8s_openapi::api::core::v1::{Container, Pod, ResourceRequirements};
 use nanokube_api::{meta, resources};
 use nanokube_apiserver::cluster::Cluster;
-use nanokube_runtime::bundle::{self, BindMount, ContainerConfig, Limits, Namespace};
+use nanokube_runtime::bundle::{self, BindMount, ContainerConfig, Namespace};
 use nanokube_runtime::shim::{self, ExitRecord, ShimArgs};
 use nanokube_runtime::{command, netns, rootfs, security, Image};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
 
 use super::files::{self, MountError};
-use super::{env, probe, status, PodRuntime, SHUTDOWN_GRACE};
+use super::{env, probe, resize, status, PodRuntime, SHUTDOWN_GRACE};
 
 /// How containers are named in `containerID` (`<runtime>://<id>`).
 pub const RUNTIME_NAME: &str = "nanokube";
@@ -30,6 +30,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(300);
 /// How often volumes made of API data are compared with the API and updated (kubelet
 /// takes up to its sync period, a minute; reading the registry's cache is cheap here).
 const VOLUME_REFRESH: Duration = Duration::from_secs(5);
+/// How soon a deferred resize is looked at again.
+const RESIZE_RETRY: Duration = Duration::from_secs(5);
 /// Where the root filesystems of containers in user namespaces are mounted: a path the
 /// container's root (not the host's) can reach, which the data directory may not be.
 const USER_NAMESPACE_RUN_DIR: &str = "/run/nanokube/userns";
@@ -60,6 +62,11 @@ pub struct Running {
     pub shim_pid: i32,
     /// When it started.
     pub started_at: String,
+    /// The resources its cgroup was given (`None` for one adopted from a previous run,
+    /// given its allocation again at the next sync).
+    pub applied: Option<ResourceRequirements>,
+    /// Being stopped to start again with resized resources.
+    pub restarting_for_resize: bool,
     probes: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -121,6 +128,8 @@ pub struct ContainerState {
     pub init_done: bool,
     /// Stopped because the pod is terminating: never restarted.
     pub stopped_for_good: bool,
+    /// Stopped by a resize that restarts it: started again whatever the restart policy.
+    pub resize_restart: bool,
     backoff: Option<Backoff>,
 }
 
@@ -174,6 +183,10 @@ pub struct Worker {
     mesh_listener: Option<nanokube_net::mesh::Capture>,
     blocked: Option<(String, String)>,
     ended: Option<Ended>,
+    /// The resources the node admitted for each container.
+    allocation: resize::Allocation,
+    /// kubelet's resize conditions, as they stand.
+    resize_conditions: Vec<Value>,
     tx: mpsc::Sender<Msg>,
     rx: Option<mpsc::Receiver<Msg>>,
 }
@@ -253,6 +266,7 @@ pub(crate) async fn wait_pid(pid: i32) {
 impl Drop for Worker {
     fn drop(&mut self) {
         self.rt.unregister_worker(&self.uid);
+        self.rt.set_allocation(&self.uid, None);
     }
 }
 
@@ -279,6 +293,8 @@ impl Worker {
             mesh_listener: None,
             blocked: None,
             ended: None,
+            allocation: resize::Allocation::default(),
+            resize_conditions: Vec::new(),
             tx,
             rx: Some(rx),
         };
@@ -311,7 +327,8 @@ impl Worker {
                     last = Some(Finished { attempt: *a, id, exit, at: Instant::now() });
                 } else if let Some(pid) = shim::recorded_pid(&bundle).filter(|p| shim::alive(*p)) {
                     let started_at = std::fs::read_to_string(bundle.join("started")).unwrap_or_default();
-                    running = Some(Running { attempt: *a, id, bundle, shim_pid: pid, started_at, probes: Vec::new() });
+                    running =
+                        Some(Running { attempt: *a, id, bundle, shim_pid: pid, started_at, applied: None, restarting_for_resize: false, probes: Vec::new() });
                 } else {
                     // The shim is gone without a word (the machine rebooted, or it was
                     // killed): kubelet's ContainerStatusUnknown; a container still running
@@ -370,9 +387,26 @@ impl Worker {
                 started: is_running && !has_startup,
                 init_done,
                 stopped_for_good: false,
+                resize_restart: false,
                 backoff: None,
             });
         }
+        // What the node admitted before (a previous run), else the spec as it is now.
+        self.allocation = resize::Allocation::load(&self.dir);
+        let mut fresh = false;
+        for c in spec.init_containers.iter().flatten().chain(&spec.containers) {
+            if !self.allocation.0.contains_key(&c.name) {
+                self.allocation.0.insert(c.name.clone(), c.resources.clone().unwrap_or_default());
+                fresh = true;
+            }
+        }
+        if fresh {
+            if let Err(e) = self.allocation.save(&self.dir) {
+                tracing::warn!(pod = %self.uid, "keeping the pod's allocation: {e}");
+            }
+        }
+        let allocated = resize::pod_requests(spec, |c| self.allocation.0.get(&c.name));
+        self.rt.set_allocation(&self.uid, Some(allocated));
         // Adopted running containers are watched again, and probed.
         for i in 0..self.containers.len() {
             if let Some(r) = &self.containers[i].running {
@@ -423,6 +457,7 @@ impl Worker {
                 started: is_running,
                 init_done: false,
                 stopped_for_good: false,
+                resize_restart: false,
                 backoff: None,
             });
         }
@@ -541,6 +576,7 @@ impl Worker {
         if c.kind == Kind::Init && exit.exit_code == 0 {
             c.init_done = true;
         }
+        c.resize_restart = r.restarting_for_resize;
         c.previous = c.last.take();
         c.last = Some(Finished { attempt: r.attempt, id: r.id, exit, at: Instant::now() });
         c.ready = false;
@@ -646,6 +682,10 @@ impl Worker {
         if status::finished(&v, &self.containers) {
             return wake;
         }
+        if self.sync_resize(pod, &v).await {
+            // A deferred resize is looked at again soon: other pods may have left.
+            wake = wake.min(Instant::now() + RESIZE_RETRY);
+        }
         let policy = pod.spec.as_ref().and_then(|s| s.restart_policy.clone()).unwrap_or_else(|| "Always".into());
         // Init containers and sidecars, in order: each must finish (or, a sidecar, start)
         // before the next.
@@ -691,7 +731,7 @@ impl Worker {
                 continue;
             }
             if let Some(last) = &c.last {
-                if !status::restarts(Kind::Regular, &policy, last.exit.exit_code) {
+                if !status::restarts(Kind::Regular, &policy, last.exit.exit_code) && !c.resize_restart {
                     continue;
                 }
             }
@@ -710,6 +750,87 @@ impl Worker {
             }
         }
         wake
+    }
+
+    /// In-place resize: admit a change of the spec's resources when it fits the node
+    /// (else say why it is pending), then give running containers what was admitted,
+    /// with `runc update` or, where their resize policy asks, a restart. Whether a
+    /// resize waits for room (`Deferred`).
+    async fn sync_resize(&mut self, pod: &Pod, v: &Value) -> bool {
+        let Some(spec) = &pod.spec else { return false };
+        let mut deferred = false;
+        let mut conditions = Vec::new();
+        let wanted = resize::resizable(spec).any(|c| !resize::same(c.resources.as_ref(), self.allocation.0.get(&c.name)));
+        if wanted {
+            let desired = resize::pod_requests(spec, |c| c.resources.as_ref());
+            let allocatable = self.rt.allocatable.lock().map(|a| a.clone()).unwrap_or(Value::Null);
+            match resize::admit(desired, self.rt.allocated_except(&self.uid), &allocatable) {
+                Ok(()) => {
+                    for c in resize::resizable(spec) {
+                        self.allocation.0.insert(c.name.clone(), c.resources.clone().unwrap_or_default());
+                    }
+                    if let Err(e) = self.allocation.save(&self.dir) {
+                        tracing::warn!(pod = %self.uid, "keeping the pod's allocation: {e}");
+                    }
+                    self.rt.set_allocation(&self.uid, Some(desired));
+                }
+                Err((reason, message)) => {
+                    deferred = reason == "Deferred";
+                    conditions.push(resize::condition("PodResizePending", Some(&reason), Some(&message)));
+                }
+            }
+        }
+        let mut in_progress: Option<String> = None;
+        for i in 0..self.containers.len() {
+            let name = self.containers[i].name.clone();
+            let (Some(allocated), Some(container)) = (self.allocation.0.get(&name).cloned(), find_container(pod, &name)) else { continue };
+            if !matches!(self.containers[i].kind, Kind::Regular | Kind::Sidecar) {
+                continue;
+            }
+            let Some(r) = &self.containers[i].running else { continue };
+            if r.applied.as_ref().is_some_and(|a| resize::same(Some(a), Some(&allocated))) {
+                continue;
+            }
+            let changed = match &r.applied {
+                Some(a) => resize::changed_resources(Some(a), Some(&allocated)),
+                None => Vec::new(),
+            };
+            if changed.iter().any(|res| resize::restarts_for(&container, res)) {
+                // Started again at once (no crash back-off), with the new resources.
+                in_progress.get_or_insert_with(String::new);
+                if !r.restarting_for_resize {
+                    let (runc, id, pid) = (self.rt.runc.clone(), r.id.clone(), r.shim_pid);
+                    let grace = spec.termination_grace_period_seconds.unwrap_or(30).max(0) as u64;
+                    self.rt
+                        .recorder
+                        .record(&*self.rt.cluster, v, Some(&self.field_path(&name)), "Normal", "Killing", &format!("Container {name} resize requires restart"))
+                        .await;
+                    self.containers[i].backoff = None;
+                    if let Some(r) = self.containers[i].running.as_mut() {
+                        r.restarting_for_resize = true;
+                    }
+                    tokio::spawn(async move { stop_instance(&runc, &id, pid, Duration::from_secs(grace)).await });
+                }
+                continue;
+            }
+            let (runc, id, limits) = (self.rt.runc.clone(), r.id.clone(), resize::limits_of(Some(&allocated)));
+            let updated = tokio::task::spawn_blocking(move || runc.update(&id, &limits)).await.map_err(|e| e.to_string()).and_then(|r| r);
+            match updated {
+                Ok(()) => {
+                    if let Some(r) = self.containers[i].running.as_mut() {
+                        r.applied = Some(allocated);
+                    }
+                }
+                Err(e) => in_progress = Some(e),
+            }
+        }
+        match in_progress {
+            Some(e) if !e.is_empty() => conditions.push(resize::condition("PodResizeInProgress", Some("Error"), Some(&e))),
+            Some(_) => conditions.push(resize::condition("PodResizeInProgress", None, None)),
+            None => {}
+        }
+        self.resize_conditions = conditions;
+        deferred
     }
 
     /// Start container `i`, unless its crash back-off holds it; when to try again if not.
@@ -821,6 +942,7 @@ impl Worker {
         let spawned = tokio::task::spawn_blocking(move || shim::spawn(&binary, &args)).await.map_err(|e| e.to_string()).and_then(|r| r);
         self.containers[i].instances = attempt + 1;
         self.containers[i].waiting = None;
+        self.containers[i].resize_restart = false;
         let started = match spawned {
             Ok((pid, s)) if s.error.is_none() => (pid as i32, s),
             Ok((_, s)) => {
@@ -857,7 +979,18 @@ impl Worker {
         let c = &mut self.containers[i];
         c.started = !has_startup;
         c.ready = !has_startup && !has_readiness;
-        c.running = Some(Running { attempt, id: id.clone(), bundle: bundle.clone(), shim_pid: pid, started_at, probes: Vec::new() });
+        let applied = self.allocation.0.get(&name).cloned().or_else(|| spec.resources.clone()).unwrap_or_default();
+        let c = &mut self.containers[i];
+        c.running = Some(Running {
+            attempt,
+            id: id.clone(),
+            bundle: bundle.clone(),
+            shim_pid: pid,
+            started_at,
+            applied: Some(applied),
+            restarting_for_resize: false,
+            probes: Vec::new(),
+        });
         self.watch_exit(&name, attempt, pid);
         // postStart runs before the container counts as started; a failure kills it.
         if let Some(hook) = spec.lifecycle.as_ref().and_then(|l| l.post_start.as_ref()) {
@@ -1177,13 +1310,9 @@ impl Worker {
             let claim_readonly = vol.pointer("/persistentVolumeClaim/readOnly").and_then(Value::as_bool).unwrap_or(false);
             mounts.push(BindMount { source, destination: m.mount_path.clone(), readonly: m.read_only.unwrap_or(false) || api_data || claim_readonly });
         }
-        let limits = spec.resources.as_ref();
-        let q = |map: Option<&std::collections::BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>, k: &str| {
-            map.and_then(|m| m.get(k)).and_then(|q| nanokube_api::expressions::parse_quantity(&q.0))
-        };
-        let memory = q(limits.and_then(|r| r.limits.as_ref()), "memory").map(|b| b as i64);
-        let cpu_limit = q(limits.and_then(|r| r.limits.as_ref()), "cpu");
-        let cpu_request = q(limits.and_then(|r| r.requests.as_ref()), "cpu").or(cpu_limit);
+        // A container starts with what the node admitted for it (the spec until a resize
+        // is admitted).
+        let limits = resize::limits_of(self.allocation.0.get(&spec.name).or(spec.resources.as_ref()));
         let _ = bundle;
         let user_namespace = match pod.spec.as_ref().and_then(|s| s.host_users) {
             Some(false) => Some((self.rt.user_namespace(&self.dir)?, self.dir.join("ns-user"))),
@@ -1227,11 +1356,7 @@ impl Worker {
                 Namespace::New
             },
             terminal: spec.tty.unwrap_or(false),
-            limits: Limits {
-                memory,
-                cpu_shares: cpu_request.map(|c| ((c * 1024.0) as u64).max(2)),
-                cpu_quota: cpu_limit.map(|c| ((c * 100_000.0) as i64).max(1000)),
-            },
+            limits,
         })
     }
 
@@ -1352,6 +1477,8 @@ impl Worker {
             host_ip: self.rt.host_ip.clone(),
             start_time: self.start_time.clone(),
             blocked: self.blocked.clone(),
+            allocation: &self.allocation,
+            resize_conditions: if terminal { &[] } else { &self.resize_conditions },
         });
         if let Some(e) = &self.ended {
             status["phase"] = json!("Failed");

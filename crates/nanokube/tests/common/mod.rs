@@ -675,3 +675,25 @@ pub fn post_configmap(data: &Path, url: &str, name: &str, max_secs: u32) -> u16 
         .unwrap();
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0)
 }
+
+/// The pod `name` in `default`, as the admin reads it.
+pub fn pod(s: &Server, name: &str) -> serde_json::Value {
+    s.get_json(&format!("/api/v1/namespaces/default/pods/{name}")).1
+}
+
+/// Read the pod `name` in `default` until `f` holds (30 s), failing with `what` and the
+/// status last seen.
+pub fn wait_for(s: &Server, name: &str, what: &str, f: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    wait_for_within(s, name, what, Duration::from_secs(30), f)
+}
+
+/// As [`wait_for`], within `timeout`.
+pub fn wait_for_within(s: &Server, name: &str, what: &str, timeout: Duration, f: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let mut last = serde_json::Value::Null;
+    let ok = eventually(timeout, || {
+        last = pod(s, name);
+        f(&last)
+    });
+    assert!(ok, "{name}: waited for {what}; last seen: {}", serde_json::to_string_pretty(&last["status"]).unwrap_or_default());
+    last
+}
