@@ -2,7 +2,9 @@
 //! DNS server one question (as `dig @127.96.0.10` would); `hosts` writes the Services'
 //! names into a hosts file inside a marked block, which `--remove` takes out again, so
 //! the host's resolver finds `web.default.svc.cluster.local` without any other setup.
-//! The block is a snapshot: write it again after Services change.
+//! With `--follow` the block follows the Services (a watch; rewritten when what it lists
+//! changes) until the command is stopped, and is taken out then; without it the block is
+//! a snapshot.
 
 use std::path::Path;
 
@@ -78,6 +80,72 @@ pub fn services_of(list: &Value) -> Vec<(String, String, String)> {
         .unwrap_or_default();
     out.sort();
     out
+}
+
+/// The Services of the cluster `api` reaches, and the list's resourceVersion.
+pub async fn list_services(api: &crate::client::ApiClient) -> Result<(Vec<(String, String, String)>, String), String> {
+    match api.request("GET", "/api/v1/services", None, None, bytes::Bytes::new()).await? {
+        (200, body) => {
+            let list = serde_json::from_slice::<Value>(&body).map_err(|e| format!("listing Services: {e}"))?;
+            let rv = list.pointer("/metadata/resourceVersion").and_then(Value::as_str).unwrap_or("").to_string();
+            Ok((services_of(&list), rv))
+        }
+        (code, _) => Err(format!("listing Services: {code}")),
+    }
+}
+
+/// Say why the follower waits, then wait a second: whether `stop` resolved meanwhile.
+async fn stopped_while_waiting(why: &str, stop: std::pin::Pin<&mut impl std::future::Future<Output = ()>>) -> bool {
+    eprintln!("warning: {why}; trying again");
+    tokio::select! {
+        _ = stop => true,
+        _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => false,
+    }
+}
+
+/// Keep `file`'s block equal to the cluster's Services until `stop` resolves, then take
+/// the block out. A watch on Services says when to look again; the block is rewritten
+/// only when the lines it holds change. A watch that ends or fails is opened again
+/// after a list (a second later on an error).
+pub async fn follow(api: &crate::client::ApiClient, file: &Path, domain: &str, stop: impl std::future::Future<Output = ()>) -> Result<(), String> {
+    use http_body_util::BodyExt;
+    tokio::pin!(stop);
+    let mut written = String::new();
+    let result = loop {
+        let (services, rv) = match list_services(api).await {
+            Ok(x) => x,
+            Err(e) => {
+                if stopped_while_waiting(&e, stop.as_mut()).await {
+                    break Ok(());
+                }
+                continue;
+            }
+        };
+        let block = hosts_block(&services, domain);
+        if block != written {
+            if let Err(e) = write_block(file, &block) {
+                break Err(e);
+            }
+            eprintln!("{}: {} Service name(s)", file.display(), block.lines().count().saturating_sub(2));
+            written = block;
+        }
+        let mut watch = match api.stream(&format!("/api/v1/services?watch=true&resourceVersion={rv}&timeoutSeconds=300")).await {
+            Ok(w) => w,
+            Err(e) => {
+                if stopped_while_waiting(&e, stop.as_mut()).await {
+                    break Ok(());
+                }
+                continue;
+            }
+        };
+        // Any event: list again (after a short pause, so a burst of changes is one write).
+        tokio::select! {
+            _ = &mut stop => break Ok(()),
+            _ = watch.frame() => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+        }
+    };
+    remove_block(file)?;
+    result
 }
 
 #[cfg(test)]

@@ -68,6 +68,10 @@ enum DnsCommand {
         /// Remove the block from the file.
         #[arg(long)]
         remove: bool,
+        /// With `--write`: keep the block up to date as Services change until stopped
+        /// (Ctrl-C or SIGTERM), then take it out.
+        #[arg(long, requires = "write")]
+        follow: bool,
         /// The hosts file.
         #[arg(long, default_value = "/etc/hosts")]
         file: PathBuf,
@@ -1025,7 +1029,7 @@ async fn run_dns(c: DnsCommand) -> i32 {
                 1
             }
         },
-        DnsCommand::Hosts { write, remove, file, cluster_domain, client } => {
+        DnsCommand::Hosts { write, remove, follow, file, cluster_domain, client } => {
             if remove {
                 return match nanokube::dns::remove_block(&file) {
                     Ok(true) => {
@@ -1050,18 +1054,40 @@ async fn run_dns(c: DnsCommand) -> i32 {
                 }
             };
             let api = nanokube::client::ApiClient::from_access(&access, false);
-            let list = match api.request("GET", "/api/v1/services", None, None, bytes::Bytes::new()).await {
-                Ok((200, body)) => serde_json::from_slice::<serde_json::Value>(&body).unwrap_or_default(),
-                Ok((code, _)) => {
-                    eprintln!("error: listing Services: {code}");
-                    return 1;
-                }
+            if follow {
+                use tokio::signal::unix::{signal, SignalKind};
+                let (mut int, mut term) = match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+                    (Ok(i), Ok(t)) => (i, t),
+                    (Err(e), _) | (_, Err(e)) => {
+                        eprintln!("error: installing signal handlers: {e}");
+                        return 1;
+                    }
+                };
+                let stop = async move {
+                    tokio::select! {
+                        _ = int.recv() => {}
+                        _ = term.recv() => {}
+                    }
+                };
+                return match nanokube::dns::follow(&api, &file, &cluster_domain, stop).await {
+                    Ok(()) => {
+                        eprintln!("removed nanokube's block from {}", file.display());
+                        0
+                    }
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        1
+                    }
+                };
+            }
+            let services = match nanokube::dns::list_services(&api).await {
+                Ok((services, _)) => services,
                 Err(e) => {
                     eprintln!("error: {e}");
                     return 1;
                 }
             };
-            let block = nanokube::dns::hosts_block(&nanokube::dns::services_of(&list), &cluster_domain);
+            let block = nanokube::dns::hosts_block(&services, &cluster_domain);
             if !write {
                 say!("{}", block.trim_end());
                 return 0;

@@ -198,4 +198,32 @@ fn pods_resolve_cluster_names_and_reach_the_api_by_name() {
     let out = Command::new(env!("CARGO_BIN_EXE_nanokube")).args(["dns", "hosts", "--remove", "--file"]).arg(&hosts).output().unwrap();
     assert!(out.status.success(), "{out:?}");
     assert_eq!(std::fs::read_to_string(&hosts).unwrap(), "127.0.0.1\tlocalhost\n");
+
+    // `--follow`: the block follows the Services while the command runs, and is gone
+    // once it is stopped.
+    let mut follower = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_nanokube"))
+            .args(["dns", "hosts", "--write", "--follow", "--file"])
+            .arg(&hosts)
+            .arg("--kubeconfig")
+            .arg(s.kubeconfig())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let holds = |line: &str| std::fs::read_to_string(&hosts).unwrap().contains(line);
+    let web_line = format!("{web_ip}\tweb.default.svc.cluster.local web.default.svc\n");
+    assert!(eventually(Duration::from_secs(10), || holds(&web_line)), "{}", std::fs::read_to_string(&hosts).unwrap());
+    s.k(&["create", "service", "clusterip", "late", "--tcp=81:8080"]);
+    let late_ip = s.k(&["get", "svc", "late", "-o", "jsonpath={.spec.clusterIP}"]);
+    let late_line = format!("{late_ip}\tlate.default.svc.cluster.local late.default.svc\n");
+    assert!(eventually(Duration::from_secs(5), || holds(&late_line)), "{}", std::fs::read_to_string(&hosts).unwrap());
+    s.k(&["delete", "service", "late"]);
+    assert!(eventually(Duration::from_secs(5), || !holds(&late_line) && holds(&web_line)), "{}", std::fs::read_to_string(&hosts).unwrap());
+    let pid = follower.0.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let status = follower.0.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert_eq!(std::fs::read_to_string(&hosts).unwrap(), "127.0.0.1\tlocalhost\n");
 }
