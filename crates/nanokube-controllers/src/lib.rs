@@ -23,7 +23,8 @@
 //! - [`gc`]: the garbage collector (ownerReferences; background, foreground, orphan).
 //! - [`tokens`]: legacy service-account token Secrets.
 //! - [`workqueue`]: the machinery the workload controllers share (client-go's rate-limited
-//!   work queue, and expectations of a controller's own writes).
+//!   work queue, and expectations of a controller's own writes), fed by `informers`
+//!   (one follower per store prefix, each change decoded once for every controller).
 //! - [`replicasets`]: ReplicaSets and ReplicationControllers keep their pods.
 //! - [`endpoints`]: Endpoints and EndpointSlices of Services with selectors.
 //! - [`endpointslice_mirroring`]: the Endpoints users write for Services without a
@@ -78,6 +79,7 @@ pub mod flowcontrol;
 pub mod gc;
 mod history;
 pub mod hpa;
+mod informers;
 pub mod jobs;
 pub mod leader;
 pub mod namespaces;

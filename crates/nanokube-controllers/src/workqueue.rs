@@ -107,27 +107,6 @@ impl WorkQueue {
     }
 }
 
-/// Follow `prefixes` of `store` from `start`, handing every change to `observe`, until
-/// `shutdown` (the informers of a controller).
-pub(crate) fn watch_all(
-    store: &Arc<dyn nanokube_store::Backend>,
-    prefixes: &[String],
-    start: nanokube_store::Revision,
-    shutdown: &tokio::sync::watch::Receiver<bool>,
-    observe: Arc<dyn Fn(nanokube_store::follow::Change<'_>) + Send + Sync>,
-) {
-    for prefix in prefixes {
-        let (observe, sd, store, prefix) = (observe.clone(), shutdown.clone(), store.clone(), prefix.clone());
-        tokio::spawn(async move {
-            nanokube_store::follow::follow(store, &prefix, start, sd, |change| {
-                observe(change);
-                true
-            })
-            .await
-        });
-    }
-}
-
 /// Take keys from `queue` and reconcile each with `sync` until `shutdown`: a failure is
 /// retried after the key's back-off, a success forgets its failures.
 pub(crate) async fn work<F, Fut>(queue: &Arc<WorkQueue>, controller: &str, mut shutdown: tokio::sync::watch::Receiver<bool>, sync: F)
@@ -207,10 +186,10 @@ pub(crate) fn enqueue_adopters(
     }
 }
 
-/// Run a workload controller until `shutdown`: note the store's revision, queue every
-/// object it owns (`enqueue_all`, also after a watch had to start over), follow
-/// `prefixes` from that revision handing each decoded change to `observe`, and
-/// reconcile queued keys with `sync` (client-go's informers feeding a worker).
+/// Run a workload controller until `shutdown`: subscribe to the shared informers of
+/// `prefixes` (each change handed to `observe`, decoded once for every controller),
+/// queue every object it owns (`enqueue_all`, also after the informers had to start
+/// over), and reconcile queued keys with `sync` (client-go's informers feeding a worker).
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn run<C, F, Fut>(
     controller: Arc<C>,
@@ -227,19 +206,14 @@ pub(crate) async fn run<C, F, Fut>(
     F: Fn(Arc<C>, String) -> Fut,
     Fut: std::future::Future<Output = Result<(), nanokube_api::ApiError>>,
 {
-    let start = store.current_revision();
-    enqueue_all(&controller);
     let me = controller.clone();
-    let on_change = move |change: nanokube_store::follow::Change<'_>| match change {
-        nanokube_store::follow::Change::Resync => enqueue_all(&me),
-        nanokube_store::follow::Change::Event(ev) => {
-            let decode = nanokube_apiserver::registry::decode;
-            if let Ok(obj) = decode(&ev.kv) {
-                observe(&me, &Observed { obj, prev: ev.prev.as_ref().and_then(|p| decode(p).ok()), kind: ev.kind });
-            }
-        }
+    let on_change = move |change: &crate::informers::Shared<'_>| match change {
+        crate::informers::Shared::Resync => enqueue_all(&me),
+        crate::informers::Shared::Event(observed) => observe(&me, observed),
     };
-    watch_all(store, prefixes, start, &shutdown, Arc::new(on_change));
+    // Subscribed before listing: what the list misses, the informers hand over.
+    crate::informers::subscribe(store, prefixes, &shutdown, Arc::new(on_change));
+    enqueue_all(&controller);
     work(queue, component, shutdown, move |key| sync(controller.clone(), key)).await
 }
 
