@@ -5,6 +5,12 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::{ArgAction, Parser, Subcommand};
+
+mod allocator;
+
+/// mimalloc for the server and commands, the system's for the container helpers.
+#[global_allocator]
+static ALLOCATOR: allocator::Chosen = allocator::Chosen;
 use nanokube::{Cluster, ClusterConfig};
 
 #[derive(Parser)]
