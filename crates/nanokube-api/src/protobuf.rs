@@ -541,14 +541,10 @@ pub fn is_opaque(msg: &str) -> bool {
 
 /// The field named `key` in `msg`, looking through embedded (inline) structs.
 fn find_field(msg: &str, key: &str) -> Option<FieldInfo> {
-    let fields = schema().get(msg)?;
-    if let Some(f) = fields.values().find(|f| f.json == key && f.cardinality != Cardinality::Inline) {
-        return Some(*f);
-    }
-    fields.values().filter(|f| f.cardinality == Cardinality::Inline).find_map(|f| match f.ty {
-        FieldType::Message(inner) => find_field(inner, key),
-        _ => None,
-    })
+    // The index built once for every message (a JSON name is unique within a message and
+    // the messages it inlines), not a scan of the fields: this runs for every field of
+    // every written object.
+    field_place(msg, key).map(|place| place.2)
 }
 
 /// Check one field of `msg`; `parent` is the path above it (paths are only built for
@@ -604,6 +600,38 @@ fn check_field(msg: &str, key: &str, value: &Value, parent: &str, out: &mut Vec<
 mod unknown_field_tests {
     use super::*;
     use serde_json::json;
+
+    /// The index answers what a scan of each message's fields (direct ones first, then
+    /// those of the messages it inlines) answers, for every name of every message.
+    #[test]
+    fn the_field_index_agrees_with_a_scan() {
+        fn scan(msg: &str, key: &str) -> Option<FieldInfo> {
+            let fields = schema().get(msg)?;
+            if let Some(f) = fields.values().find(|f| f.json == key && f.cardinality != Cardinality::Inline) {
+                return Some(*f);
+            }
+            fields.values().filter(|f| f.cardinality == Cardinality::Inline).find_map(|f| match f.ty {
+                FieldType::Message(inner) => scan(inner, key),
+                _ => None,
+            })
+        }
+        let mut checked = 0;
+        for (msg, fields) in schema() {
+            let mut names: Vec<&str> = fields.values().map(|f| f.json).collect();
+            names.push("noSuchField");
+            for f in fields.values() {
+                if let FieldType::Message(inner) = f.ty {
+                    names.extend(schema().get(inner).into_iter().flat_map(|m| m.values().map(|f| f.json)));
+                }
+            }
+            for name in names {
+                let (a, b) = (scan(msg, name), find_field(msg, name));
+                assert_eq!(a.map(|f| (f.json, f.cardinality, f.ty)), b.map(|f| (f.json, f.cardinality, f.ty)), "{msg}.{name}");
+                checked += 1;
+            }
+        }
+        assert!(checked > 1000, "{checked}");
+    }
 
     #[test]
     fn embedded_structs_are_flattened() {
