@@ -8,6 +8,8 @@
 //! removed, and a memory limit may only shrink (or appear) when the container restarts
 //! for memory (`resizePolicy` `RestartContainer`). The node carries the change out.
 
+use std::collections::BTreeMap;
+
 use serde_json::{Map, Value};
 
 use crate::error::Cause;
@@ -21,12 +23,10 @@ const RESIZABLE: [&str; 2] = ["cpu", "memory"];
 /// for both cpu and memory on every container, equal to the requests, is `Guaranteed`;
 /// anything else `Burstable`.
 pub fn compute_qos_class(pod: &Value) -> &'static str {
-    let mut requests: Map<String, Value> = Map::new();
-    let mut limits: Map<String, Value> = Map::new();
+    let mut requests: BTreeMap<&str, f64> = BTreeMap::new();
+    let mut limits: BTreeMap<&str, f64> = BTreeMap::new();
     let mut guaranteed = true;
-    let lists = ["/spec/containers", "/spec/initContainers"];
-    let containers = lists.iter().filter_map(|p| pod.pointer(p).and_then(Value::as_array)).flatten();
-    for c in containers {
+    for c in ["containers", "initContainers"].into_iter().flat_map(|l| containers(pod, l)) {
         for (kind, sum) in [("requests", &mut requests), ("limits", &mut limits)] {
             let mut found = Vec::new();
             for (name, q) in c.pointer(&format!("/resources/{kind}")).and_then(Value::as_object).into_iter().flatten() {
@@ -35,8 +35,7 @@ pub fn compute_qos_class(pod: &Value) -> &'static str {
                     continue;
                 }
                 found.push(name.as_str());
-                let total = sum.get(name).and_then(Value::as_f64).unwrap_or(0.0) + v;
-                sum.insert(name.clone(), Value::from(total));
+                *sum.entry(name.as_str()).or_default() += v;
             }
             if kind == "limits" && !RESIZABLE.iter().all(|r| found.contains(r)) {
                 guaranteed = false;
@@ -46,7 +45,7 @@ pub fn compute_qos_class(pod: &Value) -> &'static str {
     if requests.is_empty() && limits.is_empty() {
         return "BestEffort";
     }
-    if guaranteed && requests.iter().all(|(k, v)| limits.get(k).and_then(Value::as_f64) == v.as_f64()) && requests.len() == limits.len() {
+    if guaranteed && requests.iter().all(|(k, v)| limits.get(k) == Some(v)) && requests.len() == limits.len() {
         "Guaranteed"
     } else {
         "Burstable"
@@ -79,15 +78,15 @@ pub fn merge(old: &Value, new: &Value) -> Value {
     let mut out = old.clone();
     let mut spec = old.get("spec").cloned().unwrap_or(Value::Null);
     for list in ["containers", "initContainers"] {
-        let olds = old.pointer(&format!("/spec/{list}")).and_then(Value::as_array).cloned().unwrap_or_default();
-        let news = new.pointer(&format!("/spec/{list}")).and_then(Value::as_array).cloned().unwrap_or_default();
-        if olds.len() != news.len() || olds.iter().zip(&news).any(|(o, n)| name_of(o) != name_of(n)) {
+        let olds = containers(old, list).to_vec();
+        let news = containers(new, list);
+        if olds.len() != news.len() || olds.iter().zip(news).any(|(o, n)| name_of(o) != name_of(n)) {
             out["spec"] = new.get("spec").cloned().unwrap_or(Value::Null);
             return out;
         }
         let merged: Vec<Value> = olds
             .into_iter()
-            .zip(&news)
+            .zip(news)
             .map(|(mut o, n)| {
                 for field in ["resources", "resizePolicy"] {
                     match (o.as_object_mut(), n.get(field)) {
@@ -209,6 +208,11 @@ fn node_supports_resize(old: &Value) -> bool {
     }
 }
 
+/// The list at `/spec/<list>` of `pod` (empty when absent).
+fn containers<'a>(pod: &'a Value, list: &str) -> &'a [Value] {
+    pod.pointer(&format!("/spec/{list}")).and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[])
+}
+
 /// What upstream's `ValidatePodResize` refuses of a resize from `old` to `new` (`new`
 /// as [`merge`] made it). The pod as a whole is validated as on any update besides.
 pub fn validate(old: &Value, new: &Value) -> Vec<Cause> {
@@ -235,29 +239,29 @@ pub fn validate(old: &Value, new: &Value) -> Vec<Cause> {
     if !node_supports_resize(old) {
         causes.push(forbidden("spec", "Pod running on node without support for resize"));
     }
-    let list = |p: &Value, l: &str| p.pointer(&format!("/spec/{l}")).and_then(Value::as_array).cloned().unwrap_or_default();
-    let (old_init, new_init) = (list(old, "initContainers"), list(new, "initContainers"));
-    let (old_main, new_main) = (list(old, "containers"), list(new, "containers"));
+
+    let (old_init, new_init) = (containers(old, "initContainers"), containers(new, "initContainers"));
+    let (old_main, new_main) = (containers(old, "containers"), containers(new, "containers"));
     if old_init.len() != new_init.len() || old_main.len() != new_main.len() {
         causes.push(forbidden("spec", "only cpu and memory resources are mutable"));
         return causes;
     }
-    for (i, (o, n)) in old_init.iter().zip(&new_init).enumerate() {
+    for (i, (o, n)) in old_init.iter().zip(new_init).enumerate() {
         if is_sidecar(o) {
             validate_container(n, o, &format!("spec.initContainers[{i}].resources"), &mut causes);
         }
     }
-    for (i, (o, n)) in old_main.iter().zip(&new_main).enumerate() {
+    for (i, (o, n)) in old_main.iter().zip(new_main).enumerate() {
         validate_container(n, o, &format!("spec.containers[{i}].resources"), &mut causes);
     }
     let mut other_changes = false;
-    for (o, n) in old_main.iter().zip(&new_main) {
+    for (o, n) in old_main.iter().zip(new_main) {
         if !same_container(&without_cpu_memory_changes(n, o), o) {
             causes.push(forbidden("spec", "only cpu and memory resources are mutable"));
             other_changes = true;
         }
     }
-    for (o, n) in old_init.iter().zip(&new_init) {
+    for (o, n) in old_init.iter().zip(new_init) {
         if is_sidecar(o) {
             if !same_container(&without_cpu_memory_changes(n, o), o) {
                 causes.push(forbidden("spec", "only cpu and memory resources for sidecar containers are mutable"));

@@ -1764,14 +1764,13 @@ impl Registry {
                     return Err(ApiError::invalid("Pod", "", meta::name(old), causes));
                 }
             }
+            // A resize changes the containers' resources, which no other write may.
             if resize {
                 let causes = nanokube_api::pod_resize::validate(old, &new);
                 if !causes.is_empty() {
                     return Err(ApiError::invalid("Pod", "", meta::name(old), causes));
                 }
-                os = ns.clone();
-            }
-            if os != ns && !status_write {
+            } else if os != ns && !status_write {
                 return Err(ApiError::invalid(
                     "Pod",
                     "",

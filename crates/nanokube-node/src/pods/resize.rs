@@ -70,14 +70,9 @@ pub fn limits_of(resources: Option<&ResourceRequirements>) -> Limits {
 
 /// Whether two resource requirements ask for the same quantities.
 pub fn same(a: Option<&ResourceRequirements>, b: Option<&ResourceRequirements>) -> bool {
-    let flat = |r: Option<&ResourceRequirements>| -> Vec<(String, Option<f64>)> {
-        let mut v = Vec::new();
-        for (kind, map) in [("l", r.and_then(|r| r.limits.as_ref())), ("r", r.and_then(|r| r.requests.as_ref()))] {
-            for (k, q) in map.into_iter().flatten() {
-                v.push((format!("{kind}/{k}"), parse_quantity(&q.0)));
-            }
-        }
-        v
+    let flat = |r: Option<&ResourceRequirements>| -> [Vec<(String, Option<f64>)>; 2] {
+        let parsed = |m: Option<&BTreeMap<String, Quantity>>| m.into_iter().flatten().map(|(k, q)| (k.clone(), parse_quantity(&q.0))).collect();
+        [parsed(r.and_then(|r| r.limits.as_ref())), parsed(r.and_then(|r| r.requests.as_ref()))]
     };
     flat(a) == flat(b)
 }

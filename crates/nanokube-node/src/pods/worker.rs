@@ -976,11 +976,10 @@ impl Worker {
         rec.say("Normal", "Started", format!("Started container {name}")).await;
         let has_startup = spec.startup_probe.is_some();
         let has_readiness = spec.readiness_probe.is_some();
+        let applied = self.allocation.0.get(&name).cloned().or_else(|| spec.resources.clone()).unwrap_or_default();
         let c = &mut self.containers[i];
         c.started = !has_startup;
         c.ready = !has_startup && !has_readiness;
-        let applied = self.allocation.0.get(&name).cloned().or_else(|| spec.resources.clone()).unwrap_or_default();
-        let c = &mut self.containers[i];
         c.running = Some(Running {
             attempt,
             id: id.clone(),
