@@ -17,6 +17,39 @@ use crate::protobuf::{self, Cardinality, FieldInfo, FieldType};
 pub fn message_of(obj: &Value) -> Option<&'static str> {
     let api_version = obj.get("apiVersion")?.as_str()?;
     let kind = obj.get("kind")?.as_str()?;
+    if api_version.starts_with('/') {
+        // The core group spelt with its empty name: not worth a table entry.
+        return message_of_uncached(api_version, kind);
+    }
+    messages().get(kind)?.iter().find(|(v, _)| v == api_version).map(|(_, msg)| *msg)
+}
+
+/// What [`message_of_uncached`] gives for every kind and apiVersion it gives one for,
+/// by kind (this runs for every object written or encoded).
+fn messages() -> &'static std::collections::HashMap<&'static str, Vec<(String, &'static str)>> {
+    static MESSAGES: std::sync::OnceLock<std::collections::HashMap<&'static str, Vec<(String, &'static str)>>> = std::sync::OnceLock::new();
+    MESSAGES.get_or_init(|| {
+        let mut map: std::collections::HashMap<&'static str, Vec<(String, &'static str)>> = Default::default();
+        let builtin = crate::resources::BUILTIN;
+        // A message needs a served version of the kind's group: every pair of a served
+        // group/version and a kind of that group is a candidate.
+        for served in builtin {
+            for def in builtin.iter().filter(|d| d.group == served.group) {
+                let api_version = served.api_version();
+                let Some(msg) = message_of_uncached(&api_version, def.kind) else { continue };
+                let entry = map.entry(def.kind).or_default();
+                if !entry.iter().any(|(v, _)| *v == api_version) {
+                    entry.push((api_version, msg));
+                }
+            }
+        }
+        map
+    })
+}
+
+/// The protobuf message of a built-in kind at an apiVersion, when the version is served
+/// for it.
+fn message_of_uncached(api_version: &str, kind: &str) -> Option<&'static str> {
     let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
     let def = crate::resources::find_kind(group, kind)?;
     crate::resources::find(group, version, def.plural)?;
@@ -168,6 +201,25 @@ pub fn write_plain<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn the_message_table_gives_what_the_lookup_gives() {
+        let builtin = crate::resources::BUILTIN;
+        let mut versions: Vec<String> = builtin.iter().map(|d| d.api_version()).collect();
+        versions.extend(["/v1", "v2", "apps/v9", "x/v1", "", "apps/", "example.com/v1"].map(String::from));
+        let mut kinds: Vec<&str> = builtin.iter().map(|d| d.kind).collect();
+        kinds.extend(["Nope", "", "pod"]);
+        let mut found = 0;
+        for v in &versions {
+            for k in &kinds {
+                let expected = message_of_uncached(v, k);
+                found += usize::from(expected.is_some());
+                assert_eq!(message_of(&json!({"apiVersion": v, "kind": k})), expected, "{v} {k}");
+            }
+        }
+        assert!(found > builtin.len() / 2, "{found}");
+        assert_eq!(message_of(&json!({"apiVersion": "/v1", "kind": "Pod"})), Some("api.core.v1.Pod"));
+    }
 
     #[test]
     fn a_pod_is_written_in_go_order() {

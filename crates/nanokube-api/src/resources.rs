@@ -516,12 +516,32 @@ pub fn in_group_version<'a>(group: &'a str, version: &'a str) -> impl Iterator<I
 
 /// Look up a resource by group, version and plural.
 pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static ResourceDef> {
-    BUILTIN.iter().find(|r| r.group == group && r.version == version && r.plural == plural)
+    builtin_index().by_plural.get(plural)?.iter().copied().find(|r| r.group == group && r.version == version)
 }
 
 /// Look up a resource by group and kind.
 pub fn find_kind(group: &str, kind: &str) -> Option<&'static ResourceDef> {
-    BUILTIN.iter().find(|r| r.group == group && r.kind == kind)
+    builtin_index().by_kind.get(kind)?.iter().copied().find(|r| r.group == group)
+}
+
+/// [`BUILTIN`] by plural and by kind, each list in the table's order: every request
+/// and every write looks resources up, and a scan of the table compared strings of
+/// ~100 entries each time (8% of the server's CPU creating 100,000 pods).
+struct BuiltinIndex {
+    by_plural: std::collections::HashMap<&'static str, Vec<&'static ResourceDef>>,
+    by_kind: std::collections::HashMap<&'static str, Vec<&'static ResourceDef>>,
+}
+
+fn builtin_index() -> &'static BuiltinIndex {
+    static INDEX: std::sync::OnceLock<BuiltinIndex> = std::sync::OnceLock::new();
+    INDEX.get_or_init(|| {
+        let mut index = BuiltinIndex { by_plural: Default::default(), by_kind: Default::default() };
+        for r in BUILTIN {
+            index.by_plural.entry(r.plural).or_default().push(r);
+            index.by_kind.entry(r.kind).or_default().push(r);
+        }
+        index
+    })
 }
 
 /// What a custom resource's table entry is made of (owned, hashable).
@@ -690,6 +710,21 @@ impl ResourceTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn indexed_lookups_find_what_a_scan_of_the_table_finds() {
+        let groups: Vec<&str> = BUILTIN.iter().map(|r| r.group).chain(["x.io"]).collect();
+        for r in BUILTIN {
+            for g in &groups {
+                let scan = BUILTIN.iter().find(|d| d.group == *g && d.version == r.version && d.plural == r.plural);
+                assert_eq!(find(g, r.version, r.plural).map(|d| d as *const _), scan.map(|d| d as *const _));
+                let scan = BUILTIN.iter().find(|d| d.group == *g && d.kind == r.kind);
+                assert_eq!(find_kind(g, r.kind).map(|d| d as *const _), scan.map(|d| d as *const _));
+            }
+        }
+        assert!(find("", "v1", "nothings").is_none());
+        assert!(find_kind("", "Nothing").is_none());
+    }
 
     #[test]
     fn both_event_apis_share_storage() {

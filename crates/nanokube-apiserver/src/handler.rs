@@ -1304,7 +1304,7 @@ impl Ctx<'_> {
                 // Items are serialized as stored, so build the list text directly.
                 // Sized exactly: growing by doubling would copy a 130 MB list of 100,000
                 // objects on the way and hold up to twice its size.
-                let mut buf = Vec::with_capacity(513 + l.items.iter().map(|o| o.json().len() + 1).sum::<usize>());
+                let mut buf = Vec::with_capacity(513 + l.items.iter().map(|o| o.json_len() + 1).sum::<usize>());
                 buf.extend_from_slice(format!("{{\"kind\":\"{}\",\"apiVersion\":\"{}\",\"metadata\":", def.list_kind(), def.api_version()).as_bytes());
                 serde_json::to_writer(&mut buf, &meta).expect("serialize");
                 buf.extend_from_slice(b",\"items\":[");
@@ -1312,7 +1312,7 @@ impl Ctx<'_> {
                     if i > 0 {
                         buf.push(b',');
                     }
-                    buf.extend_from_slice(&o.json());
+                    o.write_json(&mut buf);
                 }
                 buf.extend_from_slice(b"]}\n");
                 Ok(h::bytes_response(StatusCode::OK, "application/json", Bytes::from(buf)))

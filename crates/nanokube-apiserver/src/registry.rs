@@ -115,14 +115,52 @@ fn mount_service_account_token(spec: &mut serde_json::Map<String, Value>) {
 pub const IMMORTAL_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public"];
 
 /// An object as served at one revision. Its JSON encoding (with `resourceVersion`) is
-/// what the store's cache keeps, once per revision: lists, gets and watches send those
-/// bytes without decoding them. The decoded `Value` is made on first use (selectors,
-/// Tables, writes) and lives only as long as this handle, so memory holds bytes, not
-/// trees (a decoded pod is ~13 KB against ~1 KB of JSON).
+/// what lists, gets and watches send without decoding it. For a revision of the store it
+/// is the stored bytes with the revision spliced in as they are written out, so memory
+/// holds each revision's bytes once (the served form is never kept beside them). The
+/// decoded `Value` is made on first use (selectors, Tables, writes) and lives only as
+/// long as this handle, so memory holds bytes, not trees (a decoded pod is ~13 KB against
+/// ~1 KB of JSON).
 #[derive(Debug)]
 pub struct Stored {
     value: std::sync::OnceLock<Value>,
-    json: std::sync::OnceLock<Bytes>,
+    json: std::sync::OnceLock<Json>,
+}
+
+/// A served JSON encoding.
+#[derive(Debug)]
+enum Json {
+    /// All of it.
+    Whole(Bytes),
+    /// Stored bytes, served with `"resourceVersion":"<rev>"` spliced in at `slot`.
+    Spliced { stored: Bytes, slot: RvSlot, rev: Revision },
+}
+
+impl Json {
+    fn len(&self) -> usize {
+        match self {
+            Json::Whole(b) => b.len(),
+            Json::Spliced { stored, slot, rev } => stored.len() + slot.added_len(*rev),
+        }
+    }
+
+    fn write_to(&self, out: &mut Vec<u8>) {
+        match self {
+            Json::Whole(b) => out.extend_from_slice(b),
+            Json::Spliced { stored, slot, rev } => slot.write_spliced(out, stored, *rev),
+        }
+    }
+
+    fn to_bytes(&self) -> Bytes {
+        match self {
+            Json::Whole(b) => b.clone(),
+            Json::Spliced { .. } => {
+                let mut out = Vec::with_capacity(self.len());
+                self.write_to(&mut out);
+                Bytes::from(out)
+            }
+        }
+    }
 }
 
 impl Stored {
@@ -133,12 +171,44 @@ impl Stored {
 
     /// Wrap a JSON encoding; it is decoded when first looked into.
     pub fn from_json(json: Bytes) -> Self {
+        Stored { value: std::sync::OnceLock::new(), json: std::sync::OnceLock::from(Json::Whole(json)) }
+    }
+
+    /// A stored revision as served: `kv`'s bytes in the form its cache entry says.
+    fn of_revision(kv: &KeyValue, encoded: &Encoded) -> Self {
+        let json = match encoded {
+            Encoded::At(slot) => Json::Spliced { stored: kv.value.clone(), slot: *slot, rev: kv.mod_revision },
+            Encoded::Whole(b) => Json::Whole(b.clone()),
+        };
         Stored { value: std::sync::OnceLock::new(), json: std::sync::OnceLock::from(json) }
     }
 
-    /// The JSON encoding, computed once.
+    fn encoding(&self) -> &Json {
+        self.json.get_or_init(|| Json::Whole(Bytes::from(go_order::to_vec(self.value()))))
+    }
+
+    /// The JSON encoding (made for the call when the revision is spliced in).
     pub fn json(&self) -> Bytes {
-        self.json.get_or_init(|| Bytes::from(go_order::to_vec(self.value()))).clone()
+        self.encoding().to_bytes()
+    }
+
+    /// Append the JSON encoding to `out` (no copy in between).
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        self.encoding().write_to(out)
+    }
+
+    /// The JSON encoding's first bytes: all of them, or those before the revision is
+    /// spliced in (inside `metadata`, so `kind` and `apiVersion` are among them).
+    pub fn json_head(&self) -> &[u8] {
+        match self.encoding() {
+            Json::Whole(b) => b,
+            Json::Spliced { stored, slot, .. } => stored.get(..slot.at).unwrap_or(stored),
+        }
+    }
+
+    /// The length of the JSON encoding.
+    pub fn json_len(&self) -> usize {
+        self.encoding().len()
     }
 
     /// `f` of the value: the one this handle decoded already, or one decoded for the
@@ -162,7 +232,7 @@ impl Stored {
     /// taking the server down.
     fn parse(&self) -> Value {
         let Some(json) = self.json.get() else { return Value::Null };
-        serde_json::from_slice(json).unwrap_or_else(|e| {
+        serde_json::from_slice(&json.to_bytes()).unwrap_or_else(|e| {
             tracing::error!("a cached object does not decode ({e}); serving it as null");
             Value::Null
         })
@@ -182,8 +252,14 @@ impl PartialEq<Value> for Stored {
     }
 }
 
-/// The per-revision cache entry: the served JSON encoding only.
-struct Encoded(Bytes);
+/// The per-revision cache entry: how the revision's stored bytes are served.
+enum Encoded {
+    /// With the revision spliced in at this place (the stored bytes are what
+    /// [`encode`] writes for the object, as they are for every write of this server).
+    At(RvSlot),
+    /// As these bytes (stored bytes of another writer's layout).
+    Whole(Bytes),
+}
 
 /// A decoded object, shared between the store's cache and responses.
 pub type Obj = Arc<Stored>;
@@ -296,16 +372,22 @@ fn pod_forbidden(name: &str, why: &str) -> ApiError {
 /// Decode a stored value once per revision, with `resourceVersion` set from the revision.
 pub fn decode(kv: &KeyValue) -> Result<Obj, ApiError> {
     let rev = kv.mod_revision;
-    let encoded = kv.decoded(|bytes| served_json(bytes, rev))?;
-    Ok(Arc::new(Stored::from_json(encoded.0.clone())))
+    let encoded = kv.decoded(|bytes| served_form(bytes, rev))?;
+    Ok(Arc::new(Stored::of_revision(kv, &encoded)))
 }
 
-/// The served encoding of stored bytes: the object with its revision as resourceVersion
-/// (kept without spare capacity: it lives as long as its revision is retained).
-fn served_json(stored: &[u8], rev: Revision) -> Result<Encoded, ApiError> {
+/// How stored bytes are served: the object with its revision as resourceVersion. Bytes
+/// laid out as [`encode`] lays them out (every write of this server) are served by
+/// splicing the revision in; others (another writer's) are re-encoded once and kept
+/// without spare capacity, as they live as long as their revision is retained.
+fn served_form(stored: &[u8], rev: Revision) -> Result<Encoded, ApiError> {
     let mut v: Value = serde_json::from_slice(stored).map_err(|e| ApiError::internal(format!("stored object is not JSON: {e}")))?;
+    let ours = encode(&v);
+    if let Some(slot) = ours.rv_slot.filter(|_| ours.bytes[..] == *stored) {
+        return Ok(Encoded::At(slot));
+    }
     meta::metadata_mut(&mut v).insert("resourceVersion".into(), Value::String(rev.to_string()));
-    Ok(Encoded(Bytes::from(go_order::to_vec(&v).into_boxed_slice())))
+    Ok(Encoded::Whole(Bytes::from(go_order::to_vec(&v).into_boxed_slice())))
 }
 
 /// What every reader must be able to decode of a written object: nesting no deeper than
@@ -353,7 +435,7 @@ pub fn view(def: &ResourceDef, obj: Obj) -> Obj {
             Some(v) => Arc::new(Stored::new(v)),
             None => obj,
         }
-    } else if def.custom && !json_api_version_is(&obj.json(), def) {
+    } else if def.custom && !json_api_version_is(obj.json_head(), def) {
         let mut v = obj.value().clone();
         v["apiVersion"] = json!(def.api_version());
         Arc::new(Stored::new(v))
@@ -386,11 +468,11 @@ fn served(def: &ResourceDef, kv: &KeyValue, written: Encoding) -> Result<Obj, Ap
     }
     let encoded = kv.decoded(move |stored| -> Result<Encoded, ApiError> {
         match written.rv_slot {
-            Some(slot) if stored == &written.bytes[..] => Ok(Encoded(slot.splice(stored, kv.mod_revision))),
-            _ => served_json(stored, kv.mod_revision),
+            Some(slot) if stored == &written.bytes[..] => Ok(Encoded::At(slot)),
+            _ => served_form(stored, kv.mod_revision),
         }
     })?;
-    Ok(Arc::new(Stored::from_json(encoded.0.clone())))
+    Ok(Arc::new(Stored::of_revision(kv, &encoded)))
 }
 
 /// [`decode_as`], logging the key of a row that does not decode.
@@ -427,7 +509,7 @@ struct Encoding {
 /// (`before_entry`: a comma after it). Its place is the one the object's field order
 /// gives it (Go order, or sorted), so the splice is byte for byte what serializing the
 /// object with the revision would give.
-#[derive(Clone, Copy)]
+#[derive(Debug, Clone, Copy)]
 struct RvSlot {
     at: usize,
     after_entry: bool,
@@ -435,18 +517,38 @@ struct RvSlot {
 }
 
 impl RvSlot {
-    fn splice(self, stored: &[u8], rev: Revision) -> Bytes {
-        let field = format!("\"resourceVersion\":\"{rev}\"");
-        let mut out = Vec::with_capacity(stored.len() + field.len() + 1);
-        out.extend_from_slice(&stored[..self.at]);
+    /// What the splice adds: the field, and a comma when another entry is beside it.
+    fn added_len(self, rev: Revision) -> usize {
+        let digits = rev.unsigned_abs().checked_ilog10().map_or(1, |d| d as usize + 1) + usize::from(rev < 0);
+        r#""resourceVersion":"""#.len() + digits + usize::from(self.after_entry || self.before_entry)
+    }
+
+    /// Append `stored` with the revision spliced in. A slot is only ever paired with the
+    /// bytes it was found in; should it not fit them, the bytes are written as they are.
+    fn write_spliced(self, out: &mut Vec<u8>, stored: &[u8], rev: Revision) {
+        let Some((before, after)) = stored.split_at_checked(self.at) else {
+            out.extend_from_slice(stored);
+            return;
+        };
+        out.reserve(stored.len() + self.added_len(rev));
+        out.extend_from_slice(before);
         if self.after_entry {
             out.push(b',');
         }
-        out.extend_from_slice(field.as_bytes());
+        out.extend_from_slice(b"\"resourceVersion\":\"");
+        let _ = std::io::Write::write_fmt(out, format_args!("{rev}")); // into a Vec: cannot fail
+        out.push(b'"');
         if !self.after_entry && self.before_entry {
             out.push(b',');
         }
-        out.extend_from_slice(&stored[self.at..]);
+        out.extend_from_slice(after);
+    }
+
+    #[cfg(test)]
+    fn splice(self, stored: &[u8], rev: Revision) -> Bytes {
+        let mut out = Vec::new();
+        self.write_spliced(&mut out, stored, rev);
+        assert_eq!(out.len(), stored.len() + self.added_len(rev));
         Bytes::from(out)
     }
 }
@@ -2251,6 +2353,35 @@ mod tests {
         let d = encode(&json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d", "generation": 2}}));
         let served = d.rv_slot.unwrap().splice(&d.bytes, 7);
         assert_eq!(&served[..], br#"{"kind":"Deployment","apiVersion":"apps/v1","metadata":{"name":"d","resourceVersion":"7","generation":2}}"#);
+    }
+
+    #[test]
+    fn stored_revisions_are_served_with_the_revision_spliced_in_or_whole() {
+        let expected = br#"{"kind":"Deployment","apiVersion":"apps/v1","metadata":{"name":"d","resourceVersion":"1234567","generation":2}}"#;
+        // Written by this server: served by splicing, nothing kept but the place.
+        let ours = encode(&json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d", "generation": 2}}));
+        let kv = KeyValue::new("/registry/deployments/default/d".into(), ours.bytes.clone(), 1, 1_234_567);
+        let obj = decode(&kv).unwrap();
+        assert!(matches!(obj.json.get(), Some(Json::Spliced { .. })));
+        assert_eq!(&obj.json()[..], expected);
+        assert_eq!(obj.json_len(), expected.len());
+        let mut out = b"[".to_vec();
+        obj.write_json(&mut out);
+        assert_eq!(&out[1..], expected);
+        assert_eq!(obj.json_head(), br#"{"kind":"Deployment","apiVersion":"apps/v1","metadata":{"name":"d""#);
+        assert_eq!(obj.value()["metadata"]["resourceVersion"], "1234567");
+        // Another layout (another writer's): served re-encoded, the same bytes.
+        let theirs = Bytes::from_static(br#"{"metadata":{"generation":2,"name":"d"},"apiVersion":"apps/v1","kind":"Deployment"}"#);
+        let kv = KeyValue::new("/registry/deployments/default/d".into(), theirs, 1, 1_234_567);
+        let obj = decode(&kv).unwrap();
+        assert!(matches!(obj.json.get(), Some(Json::Whole(_))));
+        assert_eq!(&obj.json()[..], expected);
+        assert_eq!(obj.json_len(), expected.len());
+        // Negative and one-digit revisions are measured right.
+        let slot = ours.rv_slot.unwrap();
+        for rev in [0, 7, 10, -1, i64::MAX] {
+            assert_eq!(slot.splice(&ours.bytes, rev).len(), ours.bytes.len() + slot.added_len(rev));
+        }
     }
 
     #[test]

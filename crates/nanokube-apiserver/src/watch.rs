@@ -50,8 +50,12 @@ impl EventEncoder {
                 event_line(ty, &table)
             }
             Output::PartialMetadata(mv) => event_line(ty, &partial_metadata_json(obj, mv)),
-            // Plain JSON: the object's cached encoding, shared by every watcher.
-            _ => event_line(ty, &obj.json()),
+            // Plain JSON: the object's encoding, written straight into the line.
+            _ => {
+                let mut line = Vec::with_capacity(obj.json_len() + 32);
+                event_line_into(&mut line, ty, |l| obj.write_json(l));
+                Bytes::from(line)
+            }
         }
     }
 
@@ -68,12 +72,17 @@ impl EventEncoder {
 /// `{"type":ty,"object":object}` and a newline, `object` being JSON already.
 fn event_line(ty: &str, object: &[u8]) -> Bytes {
     let mut line = Vec::with_capacity(object.len() + 32);
+    event_line_into(&mut line, ty, |l| l.extend_from_slice(object));
+    Bytes::from(line)
+}
+
+/// [`event_line`] into `line`, the object written by `object`.
+fn event_line_into(line: &mut Vec<u8>, ty: &str, object: impl FnOnce(&mut Vec<u8>)) {
     line.extend_from_slice(b"{\"type\":\"");
     line.extend_from_slice(ty.as_bytes());
     line.extend_from_slice(b"\",\"object\":");
-    line.extend_from_slice(object);
+    object(line);
     line.extend_from_slice(b"}\n");
-    Bytes::from(line)
 }
 
 /// An ERROR event carrying `e`'s Status.

@@ -2,7 +2,8 @@
 //! server and the other commands (glibc's malloc took about 30% of the server's CPU under
 //! load, see docs/performance.md), the system's for the helpers that live beside every
 //! container (`nanokube shim`, `nanokube pause`), where mimalloc's per-thread segments
-//! would cost more memory than such a process uses at all.
+//! would cost more memory than such a process uses at all. `NANOKUBE_ALLOCATOR=system` asks
+//! for the system allocator anywhere (for heap profilers).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -22,7 +23,7 @@ static CHOICE: AtomicU8 = AtomicU8::new(UNDECIDED);
 fn choice() -> u8 {
     match CHOICE.load(Ordering::Relaxed) {
         UNDECIDED => {
-            let c = if is_container_helper() { SYSTEM } else { MIMALLOC };
+            let c = if is_container_helper() || system_asked() { SYSTEM } else { MIMALLOC };
             if c == MIMALLOC {
                 lean_mimalloc();
             }
@@ -42,10 +43,28 @@ fn lean_mimalloc() {
     const EAGER_COMMIT: libmimalloc_sys::mi_option_t = 3;
     const ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
     const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-    for (option, value) in [(EAGER_COMMIT, 0), (ARENA_EAGER_COMMIT, 0), (PURGE_DELAY, 0)] {
-        // SAFETY: sets one of mimalloc's options; allocates nothing. Called once, while
-        // only the main thread runs.
-        unsafe { libmimalloc_sys::mi_option_set(option, value) };
+    for (option, value, env) in
+        [(EAGER_COMMIT, 0, c"MIMALLOC_EAGER_COMMIT"), (ARENA_EAGER_COMMIT, 0, c"MIMALLOC_ARENA_EAGER_COMMIT"), (PURGE_DELAY, 0, c"MIMALLOC_PURGE_DELAY")]
+    {
+        // SAFETY: reads the environment and sets one of mimalloc's options; allocates
+        // nothing. Called once, while only the main thread runs. mimalloc's own variable,
+        // when set, wins (it reads it itself).
+        unsafe {
+            if libc::getenv(env.as_ptr()).is_null() {
+                libmimalloc_sys::mi_option_set(option, value);
+            }
+        }
+    }
+}
+
+/// Whether `NANOKUBE_ALLOCATOR=system` asks for the system allocator, so heap profilers
+/// that hook `malloc` (heaptrack, valgrind) see every allocation.
+fn system_asked() -> bool {
+    // SAFETY: getenv reads the environment without allocating; the pointer it returns is
+    // read at once, while only the main thread runs (nothing can change the environment).
+    unsafe {
+        let v = libc::getenv(c"NANOKUBE_ALLOCATOR".as_ptr());
+        !v.is_null() && std::ffi::CStr::from_ptr(v).to_bytes() == b"system"
     }
 }
 
