@@ -112,7 +112,7 @@ fn paths(server: &ApiServer) -> Paths {
     let list = |plural: &str, group: &str, version: &str| -> Vec<Value> {
         resources::find(group, version, plural)
             .and_then(|def| reg.list(def, None, &ListOptions::default()).ok())
-            .map(|l| l.items.iter().map(|o| o.value().clone()).collect())
+            .map(|l| l.items.iter().map(|o| o.to_value()).collect())
             .unwrap_or_default()
     };
     let s = |v: &Value, p: &str| v.pointer(p).and_then(Value::as_str).unwrap_or("").to_string();

@@ -184,7 +184,7 @@ impl Aggregator {
         let Ok(list) = registry.list(apiservices(), None, &ListOptions::default()) else { return };
         let mut seen = Vec::new();
         for obj in &list.items {
-            let svc = obj.value().clone();
+            let svc = obj.to_value();
             let name = meta::name(&svc).to_string();
             let (status, reason, message) = if !backed(&svc) {
                 ("True", "Local", "Local APIServices are always available".to_string())

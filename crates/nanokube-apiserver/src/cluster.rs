@@ -113,7 +113,7 @@ struct RegistryWatch(ObjectWatch);
 
 impl Watch for RegistryWatch {
     fn next(&mut self) -> BoxFuture<'_, Option<Result<Event, ApiError>>> {
-        Box::pin(async move { self.0.next().await.map(|r| r.map(|(ty, obj)| (ty.to_string(), obj.value().clone()))) })
+        Box::pin(async move { self.0.next().await.map(|r| r.map(|(ty, obj)| (ty.to_string(), obj.to_value()))) })
     }
 }
 
@@ -129,13 +129,13 @@ fn parse_fields(fields: &str) -> Result<FieldSelector, ApiError> {
 /// (no admission requester: the node agent of the server's own process is trusted).
 impl Cluster for Registry {
     fn get(&self, def: &'static ResourceDef, namespace: &str, name: &str) -> Result<Value, ApiError> {
-        Registry::get(self, def, namespace, name).map(|o| o.value().clone())
+        Registry::get(self, def, namespace, name).map(|o| o.to_value())
     }
 
     fn list(&self, def: &'static ResourceDef, namespace: Option<&str>, fields: &str) -> Result<Listed, ApiError> {
         let opts = ListOptions { fields: parse_fields(fields)?, ..Default::default() };
         let l = Registry::list(self, def, namespace, &opts)?;
-        Ok(Listed { items: l.items.iter().map(|o| o.value().clone()).collect(), resource_version: l.revision.to_string() })
+        Ok(Listed { items: l.items.iter().map(|o| o.to_value()).collect(), resource_version: l.revision.to_string() })
     }
 
     fn watch<'a>(
@@ -153,7 +153,7 @@ impl Cluster for Registry {
     }
 
     fn create<'a>(&'a self, def: &'static ResourceDef, namespace: &'a str, obj: Value) -> BoxFuture<'a, Result<Value, ApiError>> {
-        Box::pin(async move { Registry::create(self, def, namespace, obj, &WriteOptions::default()).await.map(|o| o.value().clone()) })
+        Box::pin(async move { Registry::create(self, def, namespace, obj, &WriteOptions::default()).await.map(|o| o.to_value()) })
     }
 
     fn update_with<'a>(
@@ -166,7 +166,7 @@ impl Cluster for Registry {
     ) -> BoxFuture<'a, Result<Value, ApiError>> {
         Box::pin(async move {
             let opts = WriteOptions { subresource: subresource.map(String::from), ..Default::default() };
-            Registry::update_with(self, def, namespace, name, &opts, change).await.map(|o| o.value().clone())
+            Registry::update_with(self, def, namespace, name, &opts, change).await.map(|o| o.to_value())
         })
     }
 

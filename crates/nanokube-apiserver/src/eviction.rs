@@ -52,7 +52,7 @@ pub async fn evict(registry: &Registry, namespace: &str, name: &str, eviction: &
     if !body_name.is_empty() && body_name != name {
         return Err(ApiError::bad_request(format!("name in URL does not match name in Eviction object: {name} != {body_name}")));
     }
-    let pod = registry.get(pods(), namespace, name)?.value().clone();
+    let pod = registry.get(pods(), namespace, name)?.to_value();
     let delete_options = eviction.get("deleteOptions").cloned().unwrap_or(Value::Null);
     let dry_run = opts.dry_run || delete_options.get("dryRun").and_then(Value::as_array).is_some_and(|d| d.iter().any(|x| x == "All"));
     let del = DeleteOptions {
@@ -73,7 +73,7 @@ pub async fn evict(registry: &Registry, namespace: &str, name: &str, eviction: &
         .list(budgets(), Some(namespace), &ListOptions::default())?
         .items
         .iter()
-        .map(|b| b.value().clone())
+        .map(|b| b.to_value())
         .filter(|b| {
             LabelSelector::from_object(b.pointer("/spec/selector").unwrap_or(&Value::Null)).is_ok_and(|s| !s.requirements.is_empty() && s.matches(labels))
         })

@@ -833,7 +833,7 @@ impl Ctx<'_> {
                 match out {
                     Output::Table(mv) => Ok(h::json_bytes(StatusCode::OK, &out.content_type(true), self.table(def, &objs, json!({}), mv)?)),
                     _ => {
-                        let items: Vec<Value> = objs.iter().map(|o| o.value().clone()).collect();
+                        let items: Vec<Value> = objs.iter().map(|o| o.to_value()).collect();
                         Ok(h::encode(out, StatusCode::OK, &json!({"kind": "ComponentStatusList", "apiVersion": "v1", "metadata": {}, "items": items})))
                     }
                 }
@@ -1173,7 +1173,7 @@ impl Ctx<'_> {
                 let mut node = None;
                 if kind == "Pod" {
                     node = crate::satoken::pod_node(&self.server.registry, obj.value());
-                    bound_pod = Some(obj.value().clone());
+                    bound_pod = Some(obj.to_value());
                 }
                 Some(crate::satoken::BoundObject { kind: kind.to_string(), name: name.to_string(), uid, node })
             }
@@ -1550,7 +1550,7 @@ impl Ctx<'_> {
         }
         let name = pod.pointer("/spec/nodeName").and_then(Value::as_str).filter(|n| !n.is_empty())?;
         let node = self.server.registry.get(resources::find("", "v1", "nodes")?, "", name).ok()?;
-        crate::node_proxy::kubelet_address(node.value(), None).is_ok().then(|| node.value().clone())
+        crate::node_proxy::kubelet_address(node.value(), None).is_ok().then(|| node.to_value())
     }
 
     /// The request passed on to `node`'s kubelet at `path` (with the client's headers, and
@@ -1597,7 +1597,7 @@ impl Ctx<'_> {
             let path = format!("/portForward/{}/{}?{}", info.namespace, info.name, ports.join("&"));
             return self.to_kubelet(&node, &path, Some(self.take_upgrade()?)).await;
         }
-        let target = pf::Target::new(&self.server.portforward_nodes, pod.value().clone())?;
+        let target = pf::Target::new(&self.server.portforward_nodes, pod.to_value())?;
         crate::upgrade::serve_portforward(self.headers, wire, self.take_upgrade()?, ports, target)
     }
 

@@ -68,10 +68,8 @@ fn names_at<'a>(v: &'a Value, paths: &[&str]) -> impl Iterator<Item = &'a str> +
 impl PodUses {
     /// Read what a pod uses, as upstream's `VisitPodSecretNames`/`VisitPodConfigmapNames`
     /// and its graph populator's claims; `None` for a pod bound to no node.
-    fn of(pod: &Value) -> Option<PodUses> {
-        let node = pod.pointer("/spec/nodeName").and_then(Value::as_str).filter(|n| !n.is_empty())?;
-        let spec = &pod["spec"];
-        let pod_name = pod.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+    fn of(pod_name: &str, spec: &Value) -> Option<PodUses> {
+        let node = spec.get("nodeName").and_then(Value::as_str).filter(|n| !n.is_empty())?;
         let mut u = PodUses { node: node.to_string(), ..Default::default() };
         u.service_account = spec.get("serviceAccountName").and_then(Value::as_str).unwrap_or("default").to_string();
         for s in spec.get("imagePullSecrets").and_then(Value::as_array).into_iter().flatten() {
@@ -132,6 +130,27 @@ impl PodUses {
             .chain(self.claims.iter().map(|n| (Vertex::Claim, n.as_str())))
             .chain(std::iter::once((Vertex::ServiceAccount, self.service_account.as_str())))
     }
+}
+
+/// What a stored pod uses, read from its JSON: only its name and spec are decoded (a
+/// pod's status and managed fields are most of it, and change on every status write),
+/// and a pod not bound to a node (no `nodeName` key at all) is not decoded.
+fn pod_uses(stored: &[u8]) -> Option<PodUses> {
+    #[derive(serde::Deserialize)]
+    struct Name {
+        #[serde(default)]
+        name: Option<String>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Parts {
+        metadata: Option<Name>,
+        #[serde(default)]
+        spec: Value,
+    }
+    memchr::memmem::find(stored, b"\"nodeName\"")?;
+    let parts: Parts = serde_json::from_slice(stored).ok()?;
+    let name = parts.metadata.and_then(|m| m.name).unwrap_or_default();
+    PodUses::of(&name, &parts.spec)
 }
 
 /// `(node, kind, namespace, name)`: an edge from an object to a node through its pods.
@@ -207,8 +226,8 @@ impl NodeGraph {
                     let Some(g) = g.upgrade() else { return false };
                     match change {
                         Change::Event(ev) => {
-                            let obj = if ev.kind == EventKind::Deleted { None } else { serde_json::from_slice::<Value>(&ev.kv.value).ok() };
-                            g.apply(plural, &ev.kv.key, obj.as_ref());
+                            let value = if ev.kind == EventKind::Deleted { None } else { Some(&ev.kv.value[..]) };
+                            g.apply(plural, &ev.kv.key, value);
                         }
                         Change::Resync => {
                             g.reload(&*s, plural, &prefix2);
@@ -237,21 +256,26 @@ impl NodeGraph {
             }
         }
         for kv in &listed.items {
-            if let Ok(obj) = serde_json::from_slice::<Value>(&kv.value) {
-                self.apply(plural, &kv.key, Some(&obj));
-            }
+            self.apply(plural, &kv.key, Some(&kv.value));
         }
         listed.revision
     }
 
-    fn apply(&self, plural: &str, key: &str, obj: Option<&Value>) {
+    /// Take in the stored JSON of an object (`None`: it was deleted).
+    fn apply(&self, plural: &str, key: &str, stored: Option<&[u8]>) {
         // Keys end `<namespace>/<name>` (namespaced) or `<name>`.
         let mut parts = key.trim_end_matches('/').rsplit('/');
         let name = parts.next().unwrap_or("");
         let ns = parts.next().unwrap_or("");
+        if plural == "pods" {
+            let uses = stored.and_then(pod_uses);
+            self.graph.write().unwrap_or_else(std::sync::PoisonError::into_inner).set_pod(ns, name, uses);
+            return;
+        }
+        let obj = stored.and_then(|b| serde_json::from_slice::<Value>(b).ok());
+        let obj = obj.as_ref();
         let mut g = self.graph.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         match plural {
-            "pods" => g.set_pod(ns, name, obj.and_then(PodUses::of)),
             "persistentvolumeclaims" => {
                 let k = (ns.to_string(), name.to_string());
                 match obj.and_then(|o| o.pointer("/spec/volumeName")).and_then(Value::as_str).filter(|v| !v.is_empty()) {
@@ -474,7 +498,11 @@ mod tests {
             "volumes": [{"name": "v", "projected": {"sources": [{"secret": {"name": "proj"}}]}}, {"name": "e", "ephemeral": {}},
                         {"name": "c", "persistentVolumeClaim": {"claimName": "data"}}]}});
         let mut g = Graph::default();
-        g.set_pod("ns", "p", PodUses::of(&pod));
+        // Read from the stored bytes, with a status and managed fields beside the spec.
+        let mut stored = pod.clone();
+        stored["status"] = json!({"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]});
+        stored["metadata"]["managedFields"] = json!([{"manager": "kubectl", "fieldsV1": {"f:spec": {}}}]);
+        g.set_pod("ns", "p", pod_uses(&serde_json::to_vec(&stored).unwrap()));
         for (kind, name) in [
             (Vertex::Secret, "pull"),
             (Vertex::Secret, "env-s"),
@@ -495,6 +523,8 @@ mod tests {
         g.set_pod("ns", "p", None);
         assert!(g.edges.is_empty() && !g.related("n1", Vertex::Secret, "ns", "pull"));
         // Unbound pods reach nothing.
-        assert!(PodUses::of(&json!({"spec": {}})).is_none());
+        assert!(PodUses::of("p", &json!({})).is_none());
+        assert!(pod_uses(br#"{"metadata":{"name":"p"},"spec":{"containers":[]},"status":{}}"#).is_none());
+        assert!(pod_uses(br#"{"metadata":{"name":"p"},"spec":{"nodeName":"n1"}}"#).is_some_and(|u| u.node == "n1"));
     }
 }

@@ -529,7 +529,7 @@ impl FlowControl {
                 shutdown.clone(),
                 move |fc, ev| {
                     let obj = if ev.kind == nanokube_store::EventKind::Deleted { None } else { crate::registry::decode(&ev.kv).ok() };
-                    fc.apply(plural, &ev.kv.key, obj.map(|o| o.value().clone()));
+                    fc.apply(plural, &ev.kv.key, obj.map(|o| o.to_value()));
                     fc.rebuild();
                 },
                 move |fc, store, prefix| fc.resync(store, plural, prefix),

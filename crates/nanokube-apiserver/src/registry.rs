@@ -43,8 +43,17 @@ pub fn set_condition(obj: &mut Value, condition: Value) {
 /// Makes `into` hold at `path` (object keys) what `from` holds there: the same value, or
 /// nothing when `from` has none. Objects on the way are made where a value goes.
 fn carry(from: &Value, into: &mut Value, path: &[&str]) {
+    put_at(path.iter().try_fold(from, |v, k| v.get(*k)).cloned(), into, path);
+}
+
+/// [`carry`], moving the value out of `from` (left `null` there) instead of copying it.
+fn carry_out(from: &mut Value, into: &mut Value, path: &[&str]) {
+    put_at(path.iter().try_fold(from, |v, k| v.get_mut(*k)).map(Value::take), into, path);
+}
+
+/// Set `path` of `into` to `value`, or remove it for `None`.
+fn put_at(value: Option<Value>, into: &mut Value, path: &[&str]) {
     let Some((last, parents)) = path.split_last() else { return };
-    let value = path.iter().try_fold(from, |v, k| v.get(*k)).cloned();
     let mut cur = into;
     for k in parents {
         let Some(m) = cur.as_object_mut() else { return };
@@ -206,6 +215,17 @@ impl Stored {
         }
     }
 
+    /// Whether the JSON encoding holds `needle`, looked for in place. The needle must be
+    /// whole tokens of the object (a key with its quotes, say): the revision is spliced in
+    /// as a whole field between tokens, so such a needle is never split by it.
+    pub fn json_contains(&self, needle: &[u8]) -> bool {
+        let bytes = match self.encoding() {
+            Json::Whole(b) => b,
+            Json::Spliced { stored, .. } => stored,
+        };
+        memchr::memmem::find(bytes, needle).is_some()
+    }
+
     /// The length of the JSON encoding.
     pub fn json_len(&self) -> usize {
         self.encoding().len()
@@ -221,6 +241,15 @@ impl Stored {
         }
     }
 
+    /// An owned copy of the value: the decoded one cloned, or else decoded for the caller
+    /// (not kept, and not decoded then cloned).
+    pub fn to_value(&self) -> Value {
+        match self.value.get() {
+            Some(v) => v.clone(),
+            None => self.parse(),
+        }
+    }
+
     /// The value, decoded on first use (once per handle).
     pub fn value(&self) -> &Value {
         self.value.get_or_init(|| self.parse())
@@ -231,8 +260,20 @@ impl Stored {
     /// ever did not, the handle reads as `null` and says so in the log, rather than
     /// taking the server down.
     fn parse(&self) -> Value {
-        let Some(json) = self.json.get() else { return Value::Null };
-        serde_json::from_slice(&json.to_bytes()).unwrap_or_else(|e| {
+        let parsed = match self.json.get() {
+            None => return Value::Null,
+            Some(Json::Whole(b)) => serde_json::from_slice(b),
+            // The stored bytes, then the revision set where the splice would put it (the
+            // object's maps are sorted, so where it goes does not matter), rather than a
+            // spliced copy made to be parsed.
+            Some(Json::Spliced { stored, rev, .. }) => serde_json::from_slice::<Value>(stored).map(|mut v| {
+                if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+                    m.insert("resourceVersion".into(), Value::String(rev.to_string()));
+                }
+                v
+            }),
+        };
+        parsed.unwrap_or_else(|e| {
             tracing::error!("a cached object does not decode ({e}); serving it as null");
             Value::Null
         })
@@ -436,7 +477,7 @@ pub fn view(def: &ResourceDef, obj: Obj) -> Obj {
             None => obj,
         }
     } else if def.custom && !json_api_version_is(obj.json_head(), def) {
-        let mut v = obj.value().clone();
+        let mut v = obj.to_value();
         v["apiVersion"] = json!(def.api_version());
         Arc::new(Stored::new(v))
     } else {
@@ -461,18 +502,25 @@ fn json_api_version_is(json: &[u8], def: &ResourceDef) -> bool {
 /// The served form of an object just written at `kv`: the stored bytes with the
 /// revision spliced in where [`encode`] left room for it, so a write serializes its
 /// object once. It fills the per-revision cache, so watchers and later readers share it.
-/// Equal to what [`decode`] makes of the bytes.
+/// Equal to what [`decode_as`] makes of the bytes.
 fn served(def: &ResourceDef, kv: &KeyValue, written: Encoding) -> Result<Obj, ApiError> {
-    if converts(def) || def.custom {
-        return decode_as(def, kv);
-    }
     let encoded = kv.decoded(move |stored| -> Result<Encoded, ApiError> {
         match written.rv_slot {
             Some(slot) if stored == &written.bytes[..] => Ok(Encoded::At(slot)),
             _ => served_form(stored, kv.mod_revision),
         }
     })?;
-    Ok(Arc::new(Stored::of_revision(kv, &encoded)))
+    // Kinds stored in another form (core Events, custom resources of another version)
+    // are then shown as `def` shows them, as `decode_as` does.
+    Ok(view(def, Arc::new(Stored::of_revision(kv, &encoded))))
+}
+
+/// The per-revision cache entry of bytes this server encoded (the revision's place in
+/// them), handed to the store with the write so that the key-value watchers receive has
+/// it already: without it, a watcher woken before the writer returns would decode and
+/// re-encode the object to find what the writer knew. `None` if it has no place.
+fn written_form(written: &Encoding) -> Option<nanokube_store::Decoded> {
+    written.rv_slot.map(|slot| Arc::new(Encoded::At(slot)) as nanokube_store::Decoded)
 }
 
 /// [`decode_as`], logging the key of a row that does not decode.
@@ -1050,7 +1098,11 @@ impl Registry {
         }
         let key = def.key(namespace, &name);
         let encoding = encode_as(def, &obj);
-        match self.store.create(key, encoding.bytes.clone()).await {
+        let written = match written_form(&encoding) {
+            Some(d) => self.store.create_decoded(key, encoding.bytes.clone(), d).await,
+            None => self.store.create(key, encoding.bytes.clone()).await,
+        };
+        match written {
             Ok(kv) => served(def, &kv, encoding),
             Err(e) => {
                 if def.plural == "services" {
@@ -1095,7 +1147,7 @@ impl Registry {
         if ranges.items.is_empty() {
             return Ok(());
         }
-        let ranges: Vec<Value> = ranges.items.iter().map(|r| r.value().clone()).collect();
+        let ranges: Vec<Value> = ranges.items.iter().map(|r| r.to_value()).collect();
         match nanokube_api::quota::apply_limit_ranges(obj, &ranges) {
             nanokube_api::quota::LimitOutcome::Admitted(None) => Ok(()),
             nanokube_api::quota::LimitOutcome::Admitted(Some(note)) => {
@@ -1115,7 +1167,7 @@ impl Registry {
     fn claim_limits(&self, namespace: &str, obj: &Value) -> Result<(), ApiError> {
         let Some(def) = resources::find("", "v1", "limitranges") else { return Ok(()) };
         let Ok(ranges) = self.list(def, Some(namespace), &ListOptions::default()) else { return Ok(()) };
-        let ranges: Vec<Value> = ranges.items.iter().map(|r| r.value().clone()).collect();
+        let ranges: Vec<Value> = ranges.items.iter().map(|r| r.to_value()).collect();
         let errors = nanokube_api::quota::check_claim_limits(obj, &ranges);
         if errors.is_empty() {
             return Ok(());
@@ -1188,7 +1240,7 @@ impl Registry {
         let class = match obj.pointer("/spec/runtimeClassName").and_then(Value::as_str).filter(|s| !s.is_empty()) {
             None => None,
             Some(rc) => match resources::find("node.k8s.io", "v1", "runtimeclasses").and_then(|d| self.get(d, "", rc).ok()) {
-                Some(c) => Some(c.value().clone()),
+                Some(c) => Some(c.to_value()),
                 None => return Err(forbidden(format!("pod rejected: RuntimeClass {rc:?} not found"))),
             },
         };
@@ -1670,7 +1722,10 @@ impl Registry {
             let encoding = (!finish_delete).then(|| encode_as(def, &new));
             let result = match &encoding {
                 None => self.store.delete(key.clone(), Some(kv.mod_revision)).await,
-                Some(e) => self.store.update(key.clone(), e.bytes.clone(), Some(kv.mod_revision)).await,
+                Some(e) => match written_form(e) {
+                    Some(d) => self.store.update_decoded(key.clone(), e.bytes.clone(), Some(kv.mod_revision), d).await,
+                    None => self.store.update(key.clone(), e.bytes.clone(), Some(kv.mod_revision)).await,
+                },
             };
             match result {
                 Ok(kv) => {
@@ -1779,17 +1834,18 @@ impl Registry {
         } else if let Some(paths) = written {
             let mut merged = old.clone();
             for path in paths {
-                carry(&new, &mut merged, path);
+                carry_out(&mut new, &mut merged, path);
             }
-            if let Some(mf) = meta::field(&new, "managedFields") {
-                meta::metadata_mut(&mut merged).insert("managedFields".into(), mf.clone());
+            if let Some(mf) = new.get_mut("metadata").and_then(|m| m.get_mut("managedFields")) {
+                meta::metadata_mut(&mut merged).insert("managedFields".into(), mf.take());
             }
             new = merged;
         } else if def.has_status() {
             carry(old, &mut new, &["status"]);
         }
         // Metadata the client may not change.
-        let old_meta = old.get("metadata").cloned().unwrap_or(json!({}));
+        let no_meta = json!({});
+        let old_meta = old.get("metadata").unwrap_or(&no_meta);
         {
             let m = meta::metadata_mut(&mut new);
             for k in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "namespace"] {
@@ -1837,30 +1893,9 @@ impl Registry {
             // A pod's spec is immutable but for images and a few fields; keep it simple and
             // strict as upstream is: only container images, activeDeadlineSeconds and
             // tolerations may change.
-            let mut os = old.get("spec").cloned().unwrap_or(Value::Null);
-            let ns = new.get("spec").cloned().unwrap_or(Value::Null);
-            if let (Some(oc), Some(nc)) = (os.get_mut("containers").and_then(Value::as_array_mut), ns.get("containers").and_then(Value::as_array)) {
-                for (o, n) in oc.iter_mut().zip(nc) {
-                    if let Some(img) = n.get("image") {
-                        o["image"] = img.clone();
-                    }
-                }
-            }
-            for k in ["activeDeadlineSeconds", "tolerations", "nodeName"] {
-                if let Some(v) = ns.get(k) {
-                    os[k] = v.clone();
-                }
-            }
+            let ephemeral = opts.subresource.as_deref() == Some("ephemeralcontainers");
             // Ephemeral containers change through their subresource only, by additions.
-            if opts.subresource.as_deref() == Some("ephemeralcontainers") {
-                match ns.get("ephemeralContainers") {
-                    Some(v) => os["ephemeralContainers"] = v.clone(),
-                    None => {
-                        if let Some(o) = os.as_object_mut() {
-                            o.remove("ephemeralContainers");
-                        }
-                    }
-                }
+            if ephemeral {
                 let causes = validation::validate_ephemeral_update(old, &new);
                 if !causes.is_empty() {
                     return Err(ApiError::invalid("Pod", "", meta::name(old), causes));
@@ -1872,7 +1907,7 @@ impl Registry {
                 if !causes.is_empty() {
                     return Err(ApiError::invalid("Pod", "", meta::name(old), causes));
                 }
-            } else if os != ns && !status_write {
+            } else if !status_write && !pod_spec_update_allowed(old.get("spec"), new.get("spec"), ephemeral) {
                 return Err(ApiError::invalid(
                     "Pod",
                     "",
@@ -2307,8 +2342,76 @@ fn add_finalizer(obj: &mut Value, finalizer: &str) {
     }
 }
 
+/// Whether a pod update changes its spec only where an update may: container images,
+/// `activeDeadlineSeconds`, `tolerations` and `nodeName` (each may be set, not removed),
+/// and with `ephemeral` (the subresource) the ephemeral containers. Compared in place:
+/// this runs on every pod write, bindings and status writes included.
+fn pod_spec_update_allowed(old: Option<&Value>, new: Option<&Value>, ephemeral: bool) -> bool {
+    let (Some(Value::Object(o)), Some(Value::Object(n))) = (old, new) else { return old.unwrap_or(&Value::Null) == new.unwrap_or(&Value::Null) };
+    let settable = |k: &str| matches!(k, "activeDeadlineSeconds" | "tolerations" | "nodeName");
+    o.keys().chain(n.keys().filter(|k| !o.contains_key(*k))).all(|k| {
+        let (a, b) = (o.get(k), n.get(k));
+        match k.as_str() {
+            "ephemeralContainers" if ephemeral => true,
+            k if settable(k) => b.is_some() || a.is_none(),
+            "containers" => match (a, b) {
+                (Some(Value::Array(a)), Some(Value::Array(b))) => a.len() == b.len() && a.iter().zip(b).all(|(c, d)| same_but_image(c, d)),
+                _ => a == b,
+            },
+            _ => a == b,
+        }
+    })
+}
+
+/// Two containers alike but for the image (which the new one may set, not remove).
+fn same_but_image(old: &Value, new: &Value) -> bool {
+    let (Value::Object(o), Value::Object(n)) = (old, new) else { return old == new };
+    o.keys().chain(n.keys().filter(|k| !o.contains_key(*k))).all(|k| match k.as_str() {
+        "image" => n.contains_key(k) || !o.contains_key(k),
+        _ => o.get(k) == n.get(k),
+    })
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn pod_spec_updates_change_only_what_upstream_lets_change() {
+        let old = json!({"containers": [{"name": "a", "image": "x:1", "ports": [{"containerPort": 80}]}], "tolerations": [{"key": "k"}],
+                         "restartPolicy": "Always"});
+        let allowed = |new: Value, eph: bool| pod_spec_update_allowed(Some(&old), Some(&new), eph);
+        assert!(allowed(old.clone(), false));
+        assert!(allowed(
+            json!({"containers": [{"name": "a", "image": "x:2", "ports": [{"containerPort": 80}]}], "tolerations": [{"key": "k"}, {"key": "j"}],
+                                "restartPolicy": "Always", "nodeName": "n1", "activeDeadlineSeconds": 5}),
+            false
+        ));
+        // Not the rest of a container, not a container more, not another field.
+        assert!(!allowed(
+            json!({"containers": [{"name": "a", "image": "x:1", "ports": [{"containerPort": 81}]}], "tolerations": [{"key": "k"}], "restartPolicy": "Always"}),
+            false
+        ));
+        assert!(!allowed(
+            json!({"containers": [{"name": "a", "image": "x:1", "ports": [{"containerPort": 80}]}, {"name": "b"}], "tolerations": [{"key": "k"}], "restartPolicy": "Always"}),
+            false
+        ));
+        assert!(!allowed(
+            json!({"containers": [{"name": "a", "image": "x:1", "ports": [{"containerPort": 80}]}], "tolerations": [{"key": "k"}], "restartPolicy": "Never"}),
+            false
+        ));
+        // Settable fields and images are not removed.
+        assert!(!allowed(json!({"containers": [{"name": "a", "image": "x:1", "ports": [{"containerPort": 80}]}], "restartPolicy": "Always"}), false));
+        assert!(!allowed(
+            json!({"containers": [{"name": "a", "ports": [{"containerPort": 80}]}], "tolerations": [{"key": "k"}], "restartPolicy": "Always"}),
+            false
+        ));
+        // Ephemeral containers through their subresource only.
+        let mut with_debug = old.clone();
+        with_debug["ephemeralContainers"] = json!([{"name": "debug", "image": "busybox"}]);
+        assert!(!allowed(with_debug.clone(), false));
+        assert!(allowed(with_debug, true));
+        assert!(pod_spec_update_allowed(None, Some(&Value::Null), false));
+    }
+
     use super::*;
 
     #[test]

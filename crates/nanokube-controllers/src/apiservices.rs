@@ -56,7 +56,7 @@ pub async fn sync(registry: &Arc<Registry>) -> Result<(), ApiError> {
     let mut writes = tokio::task::JoinSet::new();
     for want in &wanted {
         let name = meta::name(want).to_string();
-        let current = existing.items.iter().find(|o| meta::name(o.value()) == name).map(|o| o.value().clone());
+        let current = existing.items.iter().find(|o| meta::name(o.value()) == name).map(|o| o.to_value());
         let want = want.clone();
         match current {
             None => {
@@ -131,7 +131,7 @@ pub async fn ensure_extension_authentication(registry: &Registry, client_ca: &st
     match registry.get(def, "kube-system", name) {
         Ok(cur) if cur.value().get("data") == Some(&data) => Ok(()),
         Ok(cur) => {
-            let mut next = cur.value().clone();
+            let mut next = cur.to_value();
             next["data"] = data;
             registry.update(def, "kube-system", name, next, &WriteOptions::default()).await.map(|_| ())
         }

@@ -49,7 +49,7 @@ fn wanted_signatures(registry: &Registry, kubeconfig: &str) -> std::collections:
 async fn sign(registry: &Registry) -> Result<(), ApiError> {
     let configmaps = def("", "configmaps");
     let cur = match registry.get(configmaps, "kube-public", CLUSTER_INFO) {
-        Ok(c) => c.value().clone(),
+        Ok(c) => c.to_value(),
         Err(e) if e.code == 404 => return Ok(()),
         Err(e) => return Err(e),
     };

@@ -227,7 +227,7 @@ where
     crate::workqueue::run(me, &store, &queue, component, prefixes, shutdown, CsrQueue::enqueue_all, CsrQueue::observe, |me, key| {
         let name = key.trim_start_matches('/').to_string();
         let work = match me.registry.get(csrs(), "", &name) {
-            Ok(o) => Ok(Some(handle(name, o.value().clone()))),
+            Ok(o) => Ok(Some(handle(name, o.to_value()))),
             Err(e) if e.code == 404 => Ok(None),
             Err(e) => Err(e),
         };

@@ -137,7 +137,7 @@ impl CronJobController {
     pub async fn sync(self: &Arc<Self>, key: &str) -> Result<(), ApiError> {
         let (ns, name) = key.split_once('/').unwrap_or(("", key));
         let cj = match self.registry.get(def("cronjobs"), ns, name) {
-            Ok(o) => o.value().clone(),
+            Ok(o) => o.to_value(),
             Err(e) if e.code == 404 => return Ok(()),
             Err(e) => return Err(e),
         };
@@ -146,7 +146,7 @@ impl CronJobController {
         let children: Vec<Value> = listed
             .items
             .iter()
-            .map(|j| j.value().clone())
+            .map(|j| j.to_value())
             .filter(|j| controller_ref(j).and_then(|r| r.get("uid")).and_then(Value::as_str) == Some(uid.as_str()))
             .collect();
         let mut status = cj.get("status").and_then(Value::as_object).cloned().unwrap_or_default();
@@ -296,11 +296,11 @@ impl CronJobController {
         }
         let job = json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": template.get("spec").cloned().unwrap_or(json!({}))});
         let made = match self.registry.create(def("jobs"), meta::namespace(cj), job, &WriteOptions::default()).await {
-            Ok(j) => j.value().clone(),
+            Ok(j) => j.to_value(),
             Err(e) if e.code == 409 => {
                 // Made before (the status write was lost): it is the one for this time.
                 match self.registry.get(def("jobs"), meta::namespace(cj), &job_name) {
-                    Ok(j) if controller_ref(j.value()).and_then(|r| r.get("uid")).and_then(Value::as_str) == Some(meta::uid(cj)) => j.value().clone(),
+                    Ok(j) if controller_ref(j.value()).and_then(|r| r.get("uid")).and_then(Value::as_str) == Some(meta::uid(cj)) => j.to_value(),
                     _ => {
                         requeue(self);
                         return Ok(());

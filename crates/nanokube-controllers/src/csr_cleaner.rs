@@ -96,7 +96,7 @@ impl CsrCleaner {
                 tokio::time::sleep(POLLING_INTERVAL).await;
                 let Ok(list) = self.registry.list(csrs(), None, &ListOptions::default()) else { continue };
                 for obj in &list.items {
-                    let csr = obj.value().clone();
+                    let csr = obj.to_value();
                     let _ = self.handle(meta::name(&csr), &csr).await;
                 }
             }

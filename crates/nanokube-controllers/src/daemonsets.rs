@@ -118,13 +118,14 @@ impl DaemonSetController {
     }
 
     fn observe(&self, change: &Observed) {
-        let v = change.value();
         if change.is("DaemonSet") {
-            self.queue.add(&key_of(v));
+            self.queue.add(&key_of(change.value()));
         } else if change.is("Node") {
             // A node came, went or changed: every daemon set looks again.
             self.enqueue_all();
-        } else if let Some(key) = controller_key(v, "DaemonSet") {
+        } else if !change.may_have_owners() {
+            // A pod no DaemonSet controls.
+        } else if let Some(key) = controller_key(change.value(), "DaemonSet") {
             self.queue.add(&key);
         }
     }
@@ -192,7 +193,7 @@ impl DaemonSetController {
     async fn sync(&self, key: &str) -> Result<(), ApiError> {
         let (ns, name) = key.split_once('/').unwrap_or(("", key));
         let ds = match self.registry.get(daemon_sets(), ns, name) {
-            Ok(o) => o.value().clone(),
+            Ok(o) => o.to_value(),
             Err(e) if e.code == 404 => return Ok(()),
             Err(e) => return Err(e),
         };
@@ -203,7 +204,7 @@ impl DaemonSetController {
         let (all_revisions, update) = crate::history::ensure(&self.registry, &ds, &Self::owner_ref(&ds), labels).await?;
         let hash = update.pointer("/metadata/labels/controller.kubernetes.io~1hash").and_then(Value::as_str).unwrap_or("").to_string();
         let template = daemon_template(&ds);
-        let nodes: Vec<Value> = self.registry.list(def("", "nodes"), None, &ListOptions::default())?.items.iter().map(|n| n.value().clone()).collect();
+        let nodes: Vec<Value> = self.registry.list(def("", "nodes"), None, &ListOptions::default())?.items.iter().map(|n| n.to_value()).collect();
         let mut by_node: BTreeMap<String, Vec<Value>> = BTreeMap::new();
         for p in owned.iter().filter(|p| !meta::is_deleting(p)) {
             by_node.entry(node_of(p)).or_default().push(p.clone());
@@ -216,7 +217,7 @@ impl DaemonSetController {
             .list(pods(), Some(ns), &ListOptions::default())?
             .items
             .iter()
-            .map(|p| p.value().clone())
+            .map(|p| p.to_value())
             .filter(|p| controller_ref(p).and_then(|r| r.get("uid")).and_then(Value::as_str) == Some(uid.as_str()) && !meta::is_deleting(p))
             .collect();
         self.write_status(&ds, &template, &hash, &nodes, &owned).await?;

@@ -396,12 +396,12 @@ impl DeploymentController {
             "spec": {"replicas": 0, "minReadySeconds": int(d, "/spec/minReadySeconds", 0), "selector": selector, "template": rs_template},
         });
         match self.registry.create(replica_sets(), meta::namespace(d), rs, &WriteOptions::default()).await {
-            Ok(created) => Ok((Some(created.value().clone()), true)),
+            Ok(created) => Ok((Some(created.to_value()), true)),
             Err(e) if e.code == 409 => {
                 // Made meanwhile by this controller's previous pass: take it. Anything
                 // else by that name is a hash collision (upstream's getNewReplicaSet).
                 let name = format!("{}-{hash}", meta::name(d));
-                let existing = self.registry.get(replica_sets(), meta::namespace(d), &name)?.value().clone();
+                let existing = self.registry.get(replica_sets(), meta::namespace(d), &name)?.to_value();
                 let ours = crate::objects::controller_ref(&existing).and_then(|r| r.get("uid")).and_then(Value::as_str) == Some(meta::uid(d));
                 if ours && without_hash(existing.pointer("/spec/template").unwrap_or(&Value::Null)) == wanted {
                     return Ok((Some(existing), false));
@@ -429,7 +429,7 @@ impl DeploymentController {
     async fn sync(self: &Arc<Self>, key: &str) -> Result<(), ApiError> {
         let (ns, name) = key.split_once('/').unwrap_or(("", key));
         let d = match self.registry.get(deployments(), ns, name) {
-            Ok(o) => o.value().clone(),
+            Ok(o) => o.to_value(),
             Err(e) if e.code == 404 => return Ok(()),
             Err(e) => return Err(e),
         };

@@ -72,13 +72,17 @@ impl DisruptionController {
     }
 
     fn observe(&self, change: &Observed) {
-        let v = change.value();
         if change.is("PodDisruptionBudget") {
-            self.queue.add(&key_of(v));
+            self.queue.add(&key_of(change.value()));
             return;
         }
-        // A pod: the budgets of its namespace that select it (now or before).
-        let Ok(list) = self.registry.list(budgets(), Some(meta::namespace(v)), &ListOptions::default()) else { return };
+        // A pod: the budgets of its namespace that select it (now or before); it is
+        // decoded only if there are any.
+        let Ok(list) = self.registry.list(budgets(), Some(&change.namespace), &ListOptions::default()) else { return };
+        if list.items.is_empty() {
+            return;
+        }
+        let v = change.value();
         for b in &list.items {
             let Ok(sel) = LabelSelector::from_object(b.value().pointer("/spec/selector").unwrap_or(&Value::Null)) else { continue };
             if sel.matches(meta::labels(v)) || change.prev.as_ref().is_some_and(|p| sel.matches(meta::labels(p.value()))) {
@@ -96,9 +100,9 @@ impl DisruptionController {
         let replicas = |o: &Value| o.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1);
         match r.get("kind").and_then(Value::as_str)? {
             "ReplicaSet" => {
-                let rs = self.registry.get(def("apps", "replicasets"), ns, name).ok()?.value().clone();
+                let rs = self.registry.get(def("apps", "replicasets"), ns, name).ok()?.to_value();
                 if let Some(d) = controller_ref(&rs).filter(|d| d.get("kind").and_then(Value::as_str) == Some("Deployment")) {
-                    let dep = self.registry.get(def("apps", "deployments"), ns, d.get("name").and_then(Value::as_str)?).ok()?.value().clone();
+                    let dep = self.registry.get(def("apps", "deployments"), ns, d.get("name").and_then(Value::as_str)?).ok()?.to_value();
                     return Some((meta::uid(&dep).to_string(), replicas(&dep)));
                 }
                 Some((meta::uid(&rs).to_string(), replicas(&rs)))
@@ -114,7 +118,7 @@ impl DisruptionController {
     async fn sync(&self, key: &str) -> Result<(), ApiError> {
         let (ns, name) = key.split_once('/').unwrap_or(("", key));
         let pdb = match self.registry.get(budgets(), ns, name) {
-            Ok(o) => o.value().clone(),
+            Ok(o) => o.to_value(),
             Err(e) if e.code == 404 => return Ok(()),
             Err(e) => return Err(e),
         };
@@ -123,7 +127,7 @@ impl DisruptionController {
             Vec::new()
         } else {
             let list = self.registry.list(def("", "pods"), Some(ns), &ListOptions::default())?;
-            list.items.iter().map(|p| p.value().clone()).filter(|p| sel.matches(meta::labels(p))).collect()
+            list.items.iter().map(|p| p.to_value()).filter(|p| sel.matches(meta::labels(p))).collect()
         };
         let now = time::OffsetDateTime::now_utc();
         // Evictions not yet seen through: kept until their pod goes, or two minutes.

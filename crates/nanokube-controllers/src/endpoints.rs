@@ -131,12 +131,16 @@ impl EndpointsController {
     }
 
     fn observe(&self, change: &Observed) {
-        let v = change.value();
         if change.is("Service") {
-            self.queue.add(&key_of(v));
+            self.queue.add(&key_of(change.value()));
         } else {
-            // A pod: the Services of its namespace that select it (now or before).
-            let Ok(list) = self.registry.list(def("", "services"), Some(meta::namespace(v)), &ListOptions::default()) else { return };
+            // A pod: the Services of its namespace that select it (now or before); it is
+            // decoded only if there are any.
+            let Ok(list) = self.registry.list(def("", "services"), Some(&change.namespace), &ListOptions::default()) else { return };
+            if list.items.is_empty() {
+                return;
+            }
+            let v = change.value();
             for s in &list.items {
                 let sel = s.value().pointer("/spec/selector").and_then(Value::as_object).filter(|m| !m.is_empty());
                 let Some(sel) = sel else { continue };
@@ -151,7 +155,7 @@ impl EndpointsController {
     async fn sync(&self, key: &str) -> Result<(), ApiError> {
         let (ns, name) = key.split_once('/').unwrap_or(("", key));
         let service = match self.registry.get(def("", "services"), ns, name) {
-            Ok(s) => s.value().clone(),
+            Ok(s) => s.to_value(),
             // Gone: the Endpoints go with it here; the slices go with their owner (GC).
             Err(e) if e.code == 404 => {
                 let _ = self.registry.delete(def("", "endpoints"), ns, name, &DeleteOptions::default()).await;
@@ -308,7 +312,7 @@ pub(crate) async fn reconcile_slices(
     let slices_def = def("discovery.k8s.io", "endpointslices");
     let selector = LabelSelector::parse(&format!("{SERVICE_NAME}={name},{MANAGED_BY}={managed_by}"))?;
     let existing: Vec<Value> =
-        registry.list(slices_def, Some(ns), &ListOptions { labels: selector, ..Default::default() })?.items.iter().map(|o| o.value().clone()).collect();
+        registry.list(slices_def, Some(ns), &ListOptions { labels: selector, ..Default::default() })?.items.iter().map(|o| o.to_value()).collect();
     for (i, (ports, endpoints)) in wanted.iter().enumerate() {
         match existing.get(i) {
             Some(cur)

@@ -67,12 +67,12 @@ impl MirroringController {
     async fn sync(&self, key: &str) -> Result<(), ApiError> {
         let (ns, name) = key.split_once('/').unwrap_or(("", key));
         let endpoints = match self.registry.get(def("", "endpoints"), ns, name) {
-            Ok(e) => Some(e.value().clone()),
+            Ok(e) => Some(e.to_value()),
             Err(e) if e.code == 404 => None,
             Err(e) => return Err(e),
         };
         let service = match self.registry.get(def("", "services"), ns, name) {
-            Ok(s) => Some(s.value().clone()),
+            Ok(s) => Some(s.to_value()),
             Err(e) if e.code == 404 => None,
             Err(e) => return Err(e),
         };

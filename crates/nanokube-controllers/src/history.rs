@@ -40,7 +40,7 @@ pub(crate) async fn ensure(registry: &Registry, owner: &Value, owner_ref: &Value
         .list(revisions(), Some(ns), &ListOptions::default())?
         .items
         .iter()
-        .map(|r| r.value().clone())
+        .map(|r| r.to_value())
         .filter(|r| controller_ref(r).and_then(|c| c.get("uid")).and_then(Value::as_str) == Some(uid))
         .collect();
     owned.sort_by_key(number);
@@ -76,8 +76,8 @@ pub(crate) async fn ensure(registry: &Registry, owner: &Value, owner_ref: &Value
         "data": {"spec": {"template": data_template}}, "revision": latest + 1,
     });
     let made = match registry.create(revisions(), ns, revision, &WriteOptions::default()).await {
-        Ok(r) => r.value().clone(),
-        Err(e) if e.code == 409 => registry.get(revisions(), ns, &name)?.value().clone(),
+        Ok(r) => r.to_value(),
+        Err(e) if e.code == 409 => registry.get(revisions(), ns, &name)?.to_value(),
         Err(e) => return Err(e),
     };
     owned.push(made.clone());

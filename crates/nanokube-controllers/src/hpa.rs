@@ -593,7 +593,7 @@ impl HpaController {
             }
         };
         let target_def = resources::find_kind(group, kind).filter(|d| d.subresource("scale").is_some());
-        let target = target_def.and_then(|d| self.registry().get(d, ns, name).ok().map(|o| (d, o.value().clone())));
+        let target = target_def.and_then(|d| self.registry().get(d, ns, name).ok().map(|o| (d, o.to_value())));
         let Some((target_def, target)) = target else {
             set(
                 "AbleToScale",

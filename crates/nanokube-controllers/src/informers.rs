@@ -117,7 +117,9 @@ fn spawn_follower(store: Arc<dyn Backend>, informers: Arc<Mutex<Informers>>, pre
                 Change::Event(ev) => {
                     let decode = nanokube_apiserver::registry::decode;
                     if let Ok(obj) = decode(&ev.kv) {
-                        let observed = Observed { obj, prev: ev.prev.as_ref().and_then(|p| decode(p).ok()), kind: ev.kind };
+                        // Keys are `<prefix><namespace>/<name>` for namespaced kinds.
+                        let namespace = ev.kv.key.strip_prefix(prefix.as_str()).and_then(|r| r.split_once('/')).map_or("", |(ns, _)| ns).to_string();
+                        let observed = Observed { namespace, obj, prev: ev.prev.as_ref().and_then(|p| decode(p).ok()), kind: ev.kind };
                         subscribers.iter().for_each(|o| o(&Shared::Event(&observed)));
                     }
                 }

@@ -352,11 +352,15 @@ impl JobController {
     }
 
     fn observe(&self, change: &Observed) {
-        let v = change.value();
         if change.is("Job") {
-            self.queue.add(&key_of(v));
+            self.queue.add(&key_of(change.value()));
             return;
         }
+        // An orphan (before and after) with no Job in its namespace to adopt it.
+        if !change.may_have_owners() && !crate::workqueue::any_in(&self.registry, jobs(), &change.namespace) {
+            return;
+        }
+        let v = change.value();
         match Self::owner_key(v) {
             Some(key) => self.queue.add(&key),
             // An orphan: the Jobs whose selectors match may adopt it.
@@ -414,7 +418,7 @@ impl JobController {
         let orphans: Vec<Value> = list
             .items
             .iter()
-            .map(|p| p.value().clone())
+            .map(|p| p.to_value())
             .filter(has_finalizer)
             .filter(|p| {
                 controller_ref(p).is_some_and(|r| {
@@ -432,7 +436,7 @@ impl JobController {
     async fn sync(self: &Arc<Self>, key: &str) -> Result<(), ApiError> {
         let (ns, name) = key.split_once('/').unwrap_or(("", key));
         let job = match self.registry.get(jobs(), ns, name) {
-            Ok(o) => o.value().clone(),
+            Ok(o) => o.to_value(),
             Err(e) if e.code == 404 => {
                 if let Ok(mut b) = self.backoff.lock() {
                     b.remove(key);

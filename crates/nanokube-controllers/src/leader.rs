@@ -52,7 +52,7 @@ impl Elector {
     pub async fn try_acquire_or_renew(&self) -> Result<bool, ApiError> {
         let now = OffsetDateTime::now_utc();
         let current = match self.registry.get(leases(), &self.namespace, &self.name) {
-            Ok(l) => l.value().clone(),
+            Ok(l) => l.to_value(),
             Err(e) if e.code == 404 => {
                 let lease = json!({
                     "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",

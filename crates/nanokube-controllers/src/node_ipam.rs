@@ -204,7 +204,7 @@ impl NodeIpamController {
     /// Occupy a Node's block, or give it one.
     async fn sync(&self, name: &str) -> Result<(), ApiError> {
         let node = match self.registry.get(nodes(), "", name) {
-            Ok(n) => n.value().clone(),
+            Ok(n) => n.to_value(),
             Err(e) if e.code == 404 => return Ok(()),
             Err(e) => return Err(e),
         };

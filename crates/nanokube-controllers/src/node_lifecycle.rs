@@ -55,7 +55,7 @@ fn ready_status(node: &Value) -> String {
 pub async fn sync(registry: &Registry) -> Result<(), String> {
     let nodes = registry.list(def("", "nodes"), None, &ListOptions::default()).map_err(|e| e.message)?;
     for n in &nodes.items {
-        let node = n.value().clone();
+        let node = n.to_value();
         let name = meta::name(&node).to_string();
         let lease = registry.get(def("coordination.k8s.io", "leases"), "kube-node-lease", &name).ok();
         let renewed = lease.as_ref().and_then(|l| l.value().pointer("/spec/renewTime").and_then(Value::as_str).and_then(meta::parse_time));

@@ -145,7 +145,7 @@ pub(crate) async fn adopt(registry: &Registry, def: &ResourceDef, obj: &Value, r
         })
         .await
         .ok()?;
-    Some(updated.value().clone())
+    Some(updated.to_value())
 }
 
 /// Write `status` as `obj`'s (kind `def`) through the status subresource, unless it is

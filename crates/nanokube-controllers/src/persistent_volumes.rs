@@ -54,7 +54,7 @@ fn def(group: &str, plural: &str) -> &'static resources::ResourceDef {
 
 fn list<T: for<'de> k8s_openapi::serde::Deserialize<'de>>(registry: &Registry, group: &str, plural: &str) -> Vec<T> {
     match registry.list(def(group, plural), None, &ListOptions::default()) {
-        Ok(l) => l.items.iter().filter_map(|o| serde_json::from_value(o.value().clone()).ok()).collect(),
+        Ok(l) => l.items.iter().filter_map(|o| serde_json::from_value(o.to_value()).ok()).collect(),
         Err(_) => Vec::new(),
     }
 }
@@ -70,7 +70,22 @@ pub async fn run(registry: Arc<Registry>, shutdown: watch::Receiver<bool>) {
     for (group, plural) in [("", "persistentvolumeclaims"), ("", "persistentvolumes"), ("storage.k8s.io", "storageclasses"), ("", "pods")] {
         let (tx, sd, store) = (tx.clone(), shutdown.clone(), registry.store().clone());
         let prefix = def(group, plural).key_prefix();
-        tokio::spawn(async move { follow(store, &prefix, start, sd, |_: Change<'_>| tx.send(()).is_ok()).await });
+        let pods = plural == "pods";
+        tokio::spawn(async move {
+            follow(store, &prefix, start, sd, |change: Change<'_>| {
+                // Only pods that use a claim can hold one back (pvc-protection); a pass
+                // per change of every other pod is what a busy cluster cannot afford.
+                if pods {
+                    if let Change::Event(ev) = change {
+                        if !uses_claim(&ev.kv.value) && !ev.prev.as_ref().is_some_and(|p| uses_claim(&p.value)) {
+                            return true;
+                        }
+                    }
+                }
+                tx.send(()).is_ok()
+            })
+            .await
+        });
     }
     let mut said = HashSet::new();
     let mut shutdown = shutdown;
@@ -81,6 +96,20 @@ pub async fn run(registry: Arc<Registry>, shutdown: watch::Receiver<bool>) {
             Some(()) = rx.recv() => while rx.try_recv().is_ok() {},
         }
     }
+}
+
+/// Whether a pod's stored JSON may name a claim: a `persistentVolumeClaim` volume or a
+/// generic ephemeral one (whose claim is made for the pod). A false positive costs one
+/// pass; the keys cannot be missed, since the stored form is JSON.
+fn uses_claim(pod: &[u8]) -> bool {
+    memchr::memmem::find(pod, b"\"persistentVolumeClaim\"").is_some() || memchr::memmem::find(pod, b"\"ephemeral\"").is_some()
+}
+
+/// The labels of node `name`, read when a claim waits for its first consumer there.
+fn node_labels(registry: &Registry, name: &str) -> Option<BTreeMap<String, String>> {
+    let node = registry.get(def("", "nodes"), "", name).ok()?;
+    let node: k8s_openapi::api::core::v1::Node = serde_json::from_value(node.to_value()).ok()?;
+    Some(node.metadata.labels.unwrap_or_default())
 }
 
 /// What volumes a claim may bind to.
@@ -142,10 +171,6 @@ pub async fn sync(registry: &Registry, said: &mut HashSet<(String, String)>) {
     let classes: BTreeMap<String, StorageClass> =
         list::<StorageClass>(registry, "storage.k8s.io", "storageclasses").into_iter().map(|c| (c.metadata.name.clone().unwrap_or_default(), c)).collect();
     let pods: Vec<Pod> = if pvcs.iter().any(|c| c.metadata.deletion_timestamp.is_some()) { list(registry, "", "pods") } else { Vec::new() };
-    let nodes: BTreeMap<String, BTreeMap<String, String>> = list::<k8s_openapi::api::core::v1::Node>(registry, "", "nodes")
-        .into_iter()
-        .map(|n| (n.metadata.name.clone().unwrap_or_default(), n.metadata.labels.unwrap_or_default()))
-        .collect();
 
     for pvc in &pvcs {
         let (ns, name) = (pvc.metadata.namespace.clone().unwrap_or_default(), pvc.metadata.name.clone().unwrap_or_default());
@@ -191,7 +216,8 @@ pub async fn sync(registry: &Registry, said: &mut HashSet<(String, String)>) {
                 r.namespace.as_deref() == Some(&ns) && r.name.as_deref() == Some(&name) && r.uid.as_deref().is_none_or(|u| u.is_empty() || u == uid)
             }) && v.metadata.deletion_timestamp.is_none()
         });
-        let node_labels = if wffc { selected.as_ref().and_then(|n| nodes.get(n)) } else { None };
+        let labels = if wffc { selected.as_deref().and_then(|n| node_labels(registry, n)) } else { None };
+        let node_labels = labels.as_ref();
         let matching = || {
             pvs.iter()
                 .filter(|v| v.spec.as_ref().is_some_and(|s| s.claim_ref.is_none()) && v.metadata.deletion_timestamp.is_none())

@@ -85,6 +85,11 @@ impl QuotaController {
     /// (a quota's `used`): a recount then could read the store before the admitted
     /// object is in it and undo its charge.
     fn observe(&self, change: &Observed) {
+        // Only namespaces that have quotas are counted: elsewhere a change of anything but
+        // a quota is not looked into.
+        if !change.is("ResourceQuota") && (change.kind == EventKind::Created || !crate::workqueue::any_in(&self.registry, quotas(), &change.namespace)) {
+            return;
+        }
         let v = change.value();
         let ns = meta::namespace(v);
         let quota_changed = change.is("ResourceQuota")
@@ -120,7 +125,7 @@ impl QuotaController {
                 let items = self
                     .registry
                     .list(def(g, p), Some(ns), &ListOptions::default())
-                    .map(|l| l.items.iter().map(|o| o.value().clone()).collect())
+                    .map(|l| l.items.iter().map(|o| o.to_value()).collect())
                     .unwrap_or_default();
                 (*g, *p, items)
             })

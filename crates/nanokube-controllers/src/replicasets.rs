@@ -153,9 +153,19 @@ impl ReplicaController {
 
     /// The owners a pod without a controller matches.
     fn enqueue_matching(&self, pod: &Value) {
-        let Ok(list) = self.registry.list(self.owners(), Some(meta::namespace(pod)), &ListOptions::default()) else { return };
+        self.enqueue_matching_in(meta::namespace(pod), || pod);
+    }
+
+    /// [`Self::enqueue_matching`] for a pod of `namespace`, looked into only if an owner
+    /// there may select it.
+    fn enqueue_matching_in<'a>(&self, namespace: &str, pod: impl FnOnce() -> &'a Value) {
+        let Ok(list) = self.registry.list(self.owners(), Some(namespace), &ListOptions::default()) else { return };
+        if list.items.is_empty() {
+            return;
+        }
+        let labels = pod().pointer("/metadata/labels").and_then(Value::as_object);
         for o in &list.items {
-            if selector(self.kind, o.value()).is_ok_and(|s| s.matches(pod.pointer("/metadata/labels").and_then(Value::as_object))) {
+            if selector(self.kind, o.value()).is_ok_and(|s| s.matches(labels)) {
                 self.queue.add(&key_of(o.value()));
             }
         }
@@ -167,11 +177,19 @@ impl ReplicaController {
     }
 
     fn observe(&self, change: &Observed) {
-        let v = change.value();
         if change.is(self.kind.kind) {
-            self.queue.add(&key_of(v));
+            self.queue.add(&key_of(change.value()));
             return;
         }
+        // An orphan pod (before and after) matters only to owners in its namespace that
+        // may adopt it: with none there, it need not be decoded.
+        if !change.may_have_owners() {
+            if change.kind != EventKind::Deleted {
+                self.enqueue_matching_in(&change.namespace, || change.value());
+            }
+            return;
+        }
+        let v = change.value();
         let prev = change.prev.as_ref();
         match (self.owner_key(v), change.kind) {
             (Some(key), EventKind::Created) => {
@@ -210,7 +228,7 @@ impl ReplicaController {
     async fn sync(self: &Arc<Self>, key: &str) -> Result<(), ApiError> {
         let (ns, name) = key.split_once('/').unwrap_or(("", key));
         let owner = match self.registry.get(self.owners(), ns, name) {
-            Ok(o) => o.value().clone(),
+            Ok(o) => o.to_value(),
             Err(e) if e.code == 404 => {
                 self.expectations.forget(key);
                 return Ok(());

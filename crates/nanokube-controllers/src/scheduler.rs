@@ -179,7 +179,8 @@ fn requirement_matches(r: &NodeSelectorRequirement, value: Option<&str>) -> bool
 
 /// The node selector and required node affinity.
 fn affinity_matches(pod: &Pod, node: &Node) -> bool {
-    let labels = node.metadata.labels.clone().unwrap_or_default();
+    let no_labels = BTreeMap::new();
+    let labels = node.metadata.labels.as_ref().unwrap_or(&no_labels);
     let Some(spec) = &pod.spec else { return true };
     if let Some(sel) = &spec.node_selector {
         if !sel.iter().all(|(k, v)| labels.get(k) == Some(v)) {
@@ -188,10 +189,10 @@ fn affinity_matches(pod: &Pod, node: &Node) -> bool {
     }
     let required = spec.affinity.as_ref().and_then(|a| a.node_affinity.as_ref()).and_then(|n| n.required_during_scheduling_ignored_during_execution.as_ref());
     let Some(required) = required else { return true };
-    let node_name = node.metadata.name.clone().unwrap_or_default();
+    let node_name = node.metadata.name.as_deref().unwrap_or("");
     required.node_selector_terms.iter().any(|term| {
         let exprs_ok = term.match_expressions.iter().flatten().all(|r| requirement_matches(r, labels.get(&r.key).map(String::as_str)));
-        let fields_ok = term.match_fields.iter().flatten().all(|r| r.key == "metadata.name" && requirement_matches(r, Some(&node_name)));
+        let fields_ok = term.match_fields.iter().flatten().all(|r| r.key == "metadata.name" && requirement_matches(r, Some(node_name)));
         let empty = term.match_expressions.as_ref().is_none_or(Vec::is_empty) && term.match_fields.as_ref().is_none_or(Vec::is_empty);
         !empty && exprs_ok && fields_ok
     })
@@ -201,9 +202,9 @@ fn affinity_matches(pod: &Pod, node: &Node) -> bool {
 /// selector and required affinity go: what a DaemonSet asks of a node (upstream's
 /// `NodeShouldRunDaemonPod` runs these filters).
 pub(crate) fn node_accepts(pod: &Pod, node: &Node) -> bool {
-    let tolerations = pod.spec.as_ref().and_then(|s| s.tolerations.clone()).unwrap_or_default();
-    let taints = node.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default();
-    taints.iter().all(|t| !(t.effect == "NoSchedule" || t.effect == "NoExecute") || tolerates(&tolerations, t)) && affinity_matches(pod, node)
+    let tolerations = pod.spec.as_ref().and_then(|s| s.tolerations.as_deref()).unwrap_or_default();
+    let taints = node.spec.as_ref().and_then(|s| s.taints.as_deref()).unwrap_or_default();
+    taints.iter().all(|t| !(t.effect == "NoSchedule" || t.effect == "NoExecute") || tolerates(tolerations, t)) && affinity_matches(pod, node)
 }
 
 /// What is already placed on a node: requests summed, host ports, pod count.
@@ -366,7 +367,7 @@ impl Volumes {
     fn load(registry: &Registry) -> Volumes {
         fn list<T: for<'de> k8s_openapi::serde::Deserialize<'de>>(registry: &Registry, group: &str, plural: &str) -> Vec<T> {
             match registry.list(def(group, plural), None, &ListOptions::default()) {
-                Ok(l) => l.items.iter().filter_map(|o| serde_json::from_value(o.value().clone()).ok()).collect(),
+                Ok(l) => l.items.iter().filter_map(|o| serde_json::from_value(o.to_value()).ok()).collect(),
                 Err(_) => Vec::new(),
             }
         }
@@ -423,14 +424,18 @@ fn claims_prefilter(pod: &Pod, vols: &Volumes) -> Result<Vec<PersistentVolumeCla
 /// VolumeBinding's Filter on one node: bound volumes reachable from it; waiting claims
 /// either provisioned for it or with an available volume it reaches.
 fn volumes_filter(pod: &Pod, waiting: &[PersistentVolumeClaim], vols: &Volumes, node: &Node) -> Result<(), Misfit> {
-    let labels = node.metadata.labels.clone().unwrap_or_default();
+    if waiting.is_empty() && claim_names(pod).is_empty() {
+        return Ok(());
+    }
+    let no_labels = BTreeMap::new();
+    let labels = node.metadata.labels.as_ref().unwrap_or(&no_labels);
     let ns = pod.metadata.namespace.clone().unwrap_or_default();
     let unresolvable = |r: &str| Misfit { reasons: vec![r.to_string()], preemption_may_help: false };
     for name in claim_names(pod) {
         let Some(c) = vols.claims.get(&(ns.clone(), name)) else { continue };
         let Some(volume) = c.spec.as_ref().and_then(|s| s.volume_name.as_deref()).filter(|v| !v.is_empty()) else { continue };
         if let Some(pv) = vols.volumes.get(volume) {
-            if !crate::persistent_volumes::node_affinity_allows(pv, &labels) {
+            if !crate::persistent_volumes::node_affinity_allows(pv, labels) {
                 return Err(unresolvable("node(s) had volume node affinity conflict"));
             }
         }
@@ -443,7 +448,7 @@ fn volumes_filter(pod: &Pod, waiting: &[PersistentVolumeClaim], vols: &Volumes, 
         }
         let available = vols.volumes.values().any(|pv| {
             pv.spec.as_ref().is_some_and(|s| s.claim_ref.is_none() && s.storage_class_name.as_deref() == Some(class_name.as_str()))
-                && crate::persistent_volumes::node_affinity_allows(pv, &labels)
+                && crate::persistent_volumes::node_affinity_allows(pv, labels)
         });
         if !available {
             return Err(unresolvable("node(s) didn't find available persistent volumes to bind"));
@@ -668,7 +673,8 @@ impl Scheduler {
         let vols = if any_claims { Volumes::load(&self.registry) } else { Volumes::default() };
         let empty = Usage::default();
         for k in due {
-            let Some((pod, _)) = state.pending.get(&k).cloned() else { continue };
+            // Taken out while it is tried (no clone); put back unless it is bound.
+            let Some((pod, _)) = state.pending.remove(&k) else { continue };
             let demand = Demand::of(&pod);
             let generation = state.generation;
             let waiting = match claims_prefilter(&pod, &vols) {
@@ -681,9 +687,7 @@ impl Scheduler {
                         self.unschedulable(&pod, &message).await;
                         state.said.insert(k.clone(), message);
                     }
-                    if let Some(p) = state.pending.get_mut(&k) {
-                        p.1 = generation;
-                    }
+                    state.pending.insert(k, (pod, generation));
                     continue;
                 }
             };
@@ -721,15 +725,12 @@ impl Scheduler {
                     for c in &waiting {
                         self.select_node(c, &info.name).await;
                     }
-                    if let Some(p) = state.pending.get_mut(&k) {
-                        p.1 = generation;
-                    }
+                    state.pending.insert(k, (pod, generation));
                 }
                 Some((_, info)) => {
                     // Assume the pod onto the node, then write the binding beside the
                     // next pods' scheduling, as kube-scheduler's binding cycle.
                     let node_name = info.name.clone();
-                    state.pending.remove(&k);
                     state.said.remove(&k);
                     state.binding.insert(k.clone());
                     state.place(k.clone(), node_name.clone(), demand);
@@ -749,9 +750,7 @@ impl Scheduler {
                         self.unschedulable(&pod, &message).await;
                         state.said.insert(k.clone(), message);
                     }
-                    if let Some(p) = state.pending.get_mut(&k) {
-                        p.1 = generation;
-                    }
+                    state.pending.insert(k, (pod, generation));
                 }
             }
         }

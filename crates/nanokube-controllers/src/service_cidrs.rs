@@ -61,7 +61,7 @@ pub async fn run(registry: Arc<Registry>, mut shutdown: watch::Receiver<bool>) {
 
 /// One pass.
 pub async fn sync(registry: &Registry) -> Result<(), ApiError> {
-    let all: Vec<Value> = registry.list(def("servicecidrs"), None, &ListOptions::default())?.items.iter().map(|o| o.value().clone()).collect();
+    let all: Vec<Value> = registry.list(def("servicecidrs"), None, &ListOptions::default())?.items.iter().map(|o| o.to_value()).collect();
     for cidr in &all {
         let name = meta::name(cidr).to_string();
         if !meta::is_deleting(cidr) {

@@ -89,11 +89,15 @@ impl StatefulSetController {
     }
 
     fn observe(&self, change: &Observed) {
-        let v = change.value();
         if change.is("StatefulSet") {
-            self.queue.add(&key_of(v));
+            self.queue.add(&key_of(change.value()));
             return;
         }
+        // An orphan with no StatefulSet in its namespace to adopt it.
+        if !change.may_have_owners() && !crate::workqueue::any_in(&self.registry, sets(), &change.namespace) {
+            return;
+        }
+        let v = change.value();
         match controller_ref(v) {
             Some(_) => {
                 if let Some(key) = controller_key(v, "StatefulSet") {
@@ -247,7 +251,7 @@ impl StatefulSetController {
     async fn sync(&self, key: &str) -> Result<(), ApiError> {
         let (ns, name) = key.split_once('/').unwrap_or(("", key));
         let set = match self.registry.get(sets(), ns, name) {
-            Ok(o) => o.value().clone(),
+            Ok(o) => o.to_value(),
             Err(e) if e.code == 404 => return Ok(()),
             Err(e) => return Err(e),
         };
@@ -273,7 +277,7 @@ impl StatefulSetController {
             .list(pods(), Some(ns), &ListOptions::default())?
             .items
             .iter()
-            .map(|p| p.value().clone())
+            .map(|p| p.to_value())
             .filter(|p| controller_ref(p).and_then(|r| r.get("uid")).and_then(Value::as_str) == Some(uid.as_str()))
             .collect();
         self.write_status(&set, &owned, &current_name, &update_name).await?;

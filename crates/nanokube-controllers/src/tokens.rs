@@ -63,7 +63,7 @@ impl TokenController {
             .items
             .iter()
             .filter(|s| s.get("type").and_then(Value::as_str) == Some(TOKEN_TYPE) && annotation(s, NAME_ANNOTATION) == sa)
-            .map(|s| s.value().clone())
+            .map(|s| s.to_value())
             .collect())
     }
 

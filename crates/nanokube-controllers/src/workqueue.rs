@@ -147,6 +147,8 @@ pub(crate) fn enqueue_each(
 /// One change a controller is told of: the object as it is now (as it last was, for a
 /// delete), as it was before, and what happened.
 pub(crate) struct Observed {
+    /// The object's namespace (from its key: known without decoding it).
+    pub namespace: String,
     /// The object after the change.
     pub obj: nanokube_apiserver::registry::Obj,
     /// The object before it, if there was one.
@@ -161,10 +163,29 @@ impl Observed {
         self.obj.value()
     }
 
-    /// Whether the object is of `kind`.
+    /// Whether the object is of `kind`: read from the start of its encoding, which names
+    /// the kind first (decoded only if it does not).
     pub fn is(&self, kind: &str) -> bool {
-        self.value().get("kind").and_then(serde_json::Value::as_str) == Some(kind)
+        let head = self.obj.json_head();
+        match head.strip_prefix(br#"{"kind":""#) {
+            Some(rest) => rest.strip_prefix(kind.as_bytes()).is_some_and(|r| r.first() == Some(&b'"')),
+            None => self.value().get("kind").and_then(serde_json::Value::as_str) == Some(kind),
+        }
     }
+
+    /// Whether the object, or what it was before, may have owners. A `false` is certain
+    /// and costs no decoding.
+    pub fn may_have_owners(&self) -> bool {
+        let owned = |o: &nanokube_apiserver::registry::Obj| o.json_contains(br#""ownerReferences""#);
+        owned(&self.obj) || self.prev.as_ref().is_some_and(owned)
+    }
+}
+
+/// Whether any object of `def` lives in `namespace`: a controller whose objects are
+/// absent from a namespace need not look into the changes of others there.
+pub(crate) fn any_in(registry: &nanokube_apiserver::registry::Registry, def: &nanokube_api::resources::ResourceDef, namespace: &str) -> bool {
+    let first = nanokube_apiserver::registry::ListOptions { limit: 1, ..Default::default() };
+    registry.list(def, Some(namespace), &first).is_ok_and(|l| !l.items.is_empty())
 }
 
 /// Queue the owners of `def` in `obj`'s namespace whose (non-empty) selector matches

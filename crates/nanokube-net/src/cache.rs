@@ -58,7 +58,7 @@ fn reload<C: Cache>(cache: &C, registry: &Registry) {
     for (group, plural) in C::KINDS {
         let Some(def) = resources::find(group, "v1", plural) else { continue };
         if let Ok(list) = registry.list(def, None, &ListOptions::default()) {
-            objects.extend(list.items.iter().map(|o| o.value().clone()));
+            objects.extend(list.items.iter().map(|o| o.to_value()));
         }
     }
     cache.replace(objects);

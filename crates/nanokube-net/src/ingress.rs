@@ -252,7 +252,7 @@ impl IngressController {
     async fn reload(&self) {
         let Some(def) = resources::find("networking.k8s.io", "v1", "ingresses") else { return };
         let Ok(list) = self.registry.list(def, None, &ListOptions::default()) else { return };
-        let mut items: Vec<Value> = list.items.iter().map(|o| o.value().clone()).filter(ours).collect();
+        let mut items: Vec<Value> = list.items.iter().map(|o| o.to_value()).filter(ours).collect();
         items.sort_by(|a, b| {
             let created = |v: &Value| v.pointer("/metadata/creationTimestamp").and_then(Value::as_str).unwrap_or("").to_string();
             created(a).cmp(&created(b)).then_with(|| meta::name(a).cmp(meta::name(b)))

@@ -229,6 +229,15 @@ impl Simulator {
                     _ = shutdown.changed() => return,
                     ev = w.next() => match ev {
                         Some(Ok((ty, obj))) => {
+                            // Most pod events need nothing here and are not decoded: a pod
+                            // not bound yet, or one started already (its status written)
+                            // and not being deleted.
+                            if ty != "DELETED"
+                                && (!obj.json_contains(br#""nodeName""#)
+                                    || (obj.json_contains(br#""containerStatuses""#) && !obj.json_contains(br#""deletionTimestamp""#)))
+                            {
+                                continue;
+                            }
                             let v = obj.value();
                             if ty == "DELETED" {
                                 started.remove(meta::uid(v));

@@ -118,7 +118,7 @@ impl LocalPath {
         let (ns, name) = (pvc.metadata.namespace.clone().unwrap_or_default(), pvc.metadata.name.clone().unwrap_or_default());
         let class_name = spec.storage_class_name.clone().unwrap_or_default();
         let class: Option<StorageClass> =
-            self.registry.get(def("storage.k8s.io", "storageclasses"), "", &class_name).ok().and_then(|o| serde_json::from_value(o.value().clone()).ok());
+            self.registry.get(def("storage.k8s.io", "storageclasses"), "", &class_name).ok().and_then(|o| serde_json::from_value(o.to_value()).ok());
         let pvc_value = serde_json::to_value(pvc).unwrap_or_default();
         self.event(&pvc_value, "Normal", "Provisioning", &format!("External provisioner is provisioning volume for claim \"{ns}/{name}\"")).await;
         if spec.volume_mode.as_deref() == Some("Block") {
@@ -201,7 +201,7 @@ impl LocalPath {
 
 fn list<T: for<'de> k8s_openapi::serde::Deserialize<'de>>(registry: &Registry, group: &str, plural: &str) -> Vec<T> {
     match registry.list(def(group, plural), None, &ListOptions::default()) {
-        Ok(l) => l.items.iter().filter_map(|o| serde_json::from_value(o.value().clone()).ok()).collect(),
+        Ok(l) => l.items.iter().filter_map(|o| serde_json::from_value(o.to_value()).ok()).collect(),
         Err(_) => Vec::new(),
     }
 }

@@ -40,6 +40,9 @@ pub type Revision = i64;
 /// A boxed future, so the trait stays object-safe.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// What the layer above derives from a value (see [`KeyValue::decoded`]).
+pub type Decoded = Arc<dyn Any + Send + Sync>;
+
 /// One stored key at one revision.
 pub struct KeyValue {
     /// The key, e.g. `/registry/pods/default/web`.
@@ -52,7 +55,7 @@ pub struct KeyValue {
     pub mod_revision: Revision,
     /// A slot where the layer above caches what it derives from `value` (the API server:
     /// the served JSON encoding), computed once per revision, not once per read.
-    decoded: OnceLock<Arc<dyn Any + Send + Sync>>,
+    decoded: OnceLock<Decoded>,
 }
 
 impl std::fmt::Debug for KeyValue {
@@ -70,6 +73,15 @@ impl KeyValue {
     /// A new key-value.
     pub fn new(key: String, value: Bytes, create_revision: Revision, mod_revision: Revision) -> Self {
         KeyValue { key, value, create_revision, mod_revision, decoded: OnceLock::new() }
+    }
+
+    /// A new key-value whose decoded form the writer knows already (`None`: not known).
+    pub fn with_decoded(key: String, value: Bytes, create_revision: Revision, mod_revision: Revision, decoded: Option<Decoded>) -> Self {
+        let slot = OnceLock::new();
+        if let Some(d) = decoded {
+            let _ = slot.set(d);
+        }
+        KeyValue { key, value, create_revision, mod_revision, decoded: slot }
     }
 
     /// The decoded form of the value, computed once by `decode` and cached.
@@ -236,6 +248,20 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Replace a key's value if its `mod_revision` equals `expected` (any if `None`).
     fn update(&self, key: String, value: Bytes, expected: Option<Revision>) -> BoxFuture<'_, Result<Arc<KeyValue>, StoreError>>;
+
+    /// [`Backend::create`] by a writer that knows what [`KeyValue::decoded`] will make of
+    /// `value`: a backend that hands watchers the written key-value itself sets it there
+    /// first, so no watcher decodes what the writer just encoded. Others ignore it.
+    fn create_decoded(&self, key: String, value: Bytes, decoded: Decoded) -> BoxFuture<'_, Result<Arc<KeyValue>, StoreError>> {
+        let _ = decoded;
+        self.create(key, value)
+    }
+
+    /// [`Backend::update`] with the decoded form known, as [`Backend::create_decoded`].
+    fn update_decoded(&self, key: String, value: Bytes, expected: Option<Revision>, decoded: Decoded) -> BoxFuture<'_, Result<Arc<KeyValue>, StoreError>> {
+        let _ = decoded;
+        self.update(key, value, expected)
+    }
 
     /// Delete a key if its `mod_revision` equals `expected` (any if `None`); returns the
     /// deleted value at the deletion's revision.

@@ -66,11 +66,13 @@ enum Op {
     Create {
         key: String,
         value: Bytes,
+        decoded: Option<crate::Decoded>,
     },
     Update {
         key: String,
         value: Bytes,
         expected: Option<Revision>,
+        decoded: Option<crate::Decoded>,
     },
     Delete {
         key: String,
@@ -354,22 +356,22 @@ fn commit_batch(conn: &mut Connection, shared: &Shared, batch: Vec<Request>) {
     let mut rows: Vec<LogRow> = Vec::new();
     for req in batch {
         let (result, event, compact) = match req.op {
-            Op::Create { key, value } => match current(&overlay, &key) {
+            Op::Create { key, value, decoded } => match current(&overlay, &key) {
                 Some(_) => (Err(StoreError::AlreadyExists), None, None),
                 None => {
                     next += 1;
-                    let kv = Arc::new(KeyValue::new(key.clone(), value.clone(), next, next));
+                    let kv = Arc::new(KeyValue::with_decoded(key.clone(), value.clone(), next, next, decoded));
                     rows.push((next, key.clone(), next, None, false, value));
                     overlay.insert(key, Some(kv.clone()));
                     (Ok(Some(kv.clone())), Some(Arc::new(Event { kind: EventKind::Created, kv, prev: None })), None)
                 }
             },
-            Op::Update { key, value, expected } => match current(&overlay, &key) {
+            Op::Update { key, value, expected, decoded } => match current(&overlay, &key) {
                 None => (Err(StoreError::NotFound), None, None),
                 Some(cur) if expected.is_some_and(|e| e != cur.mod_revision) => (Err(StoreError::Conflict { current: cur }), None, None),
                 Some(cur) => {
                     next += 1;
-                    let kv = Arc::new(KeyValue::new(key.clone(), value.clone(), cur.create_revision, next));
+                    let kv = Arc::new(KeyValue::with_decoded(key.clone(), value.clone(), cur.create_revision, next, decoded));
                     rows.push((next, key.clone(), cur.create_revision, Some(cur.mod_revision), false, value));
                     overlay.insert(key, Some(kv.clone()));
                     (Ok(Some(kv.clone())), Some(Arc::new(Event { kind: EventKind::Updated, kv, prev: Some(cur) })), None)
@@ -492,12 +494,28 @@ impl Backend for SqliteBackend {
     }
 
     fn create(&self, key: String, value: Bytes) -> BoxFuture<'_, Result<Arc<KeyValue>, StoreError>> {
-        let f = self.submit(Op::Create { key, value });
+        let f = self.submit(Op::Create { key, value, decoded: None });
         Box::pin(async move { f.await.map(|kv| kv.expect("create returns a value")) })
     }
 
     fn update(&self, key: String, value: Bytes, expected: Option<Revision>) -> BoxFuture<'_, Result<Arc<KeyValue>, StoreError>> {
-        let f = self.submit(Op::Update { key, value, expected });
+        let f = self.submit(Op::Update { key, value, expected, decoded: None });
+        Box::pin(async move { f.await.map(|kv| kv.expect("update returns a value")) })
+    }
+
+    fn create_decoded(&self, key: String, value: Bytes, decoded: crate::Decoded) -> BoxFuture<'_, Result<Arc<KeyValue>, StoreError>> {
+        let f = self.submit(Op::Create { key, value, decoded: Some(decoded) });
+        Box::pin(async move { f.await.map(|kv| kv.expect("create returns a value")) })
+    }
+
+    fn update_decoded(
+        &self,
+        key: String,
+        value: Bytes,
+        expected: Option<Revision>,
+        decoded: crate::Decoded,
+    ) -> BoxFuture<'_, Result<Arc<KeyValue>, StoreError>> {
+        let f = self.submit(Op::Update { key, value, expected, decoded: Some(decoded) });
         Box::pin(async move { f.await.map(|kv| kv.expect("update returns a value")) })
     }
 

@@ -42,3 +42,23 @@ async fn revisions_cas_and_restart() {
     }
     assert_eq!(seen, vec![(EventKind::Created, 1), (EventKind::Updated, 2), (EventKind::Created, 3), (EventKind::Created, 4), (EventKind::Deleted, 5)]);
 }
+
+/// A writer that knows the decoded form hands it over with the write: the key-value a
+/// watcher receives has it already, and nothing decodes the bytes again.
+#[tokio::test]
+async fn a_write_with_its_decoded_form_reaches_watchers_decoded() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), 100);
+    let mut w = s.watch("/r/", 0).unwrap();
+    let never = |_: &[u8]| -> Result<u32, ()> { panic!("decoded again") };
+    s.create_decoded("/r/a".into(), Bytes::from_static(b"1"), std::sync::Arc::new(1u32)).await.unwrap();
+    s.update_decoded("/r/a".into(), Bytes::from_static(b"2"), None, std::sync::Arc::new(2u32)).await.unwrap();
+    for want in [1u32, 2] {
+        let ev = w.next().await.unwrap().unwrap();
+        assert_eq!(*ev.kv.decoded(never).unwrap(), want);
+    }
+    assert_eq!(*s.get("/r/a").unwrap().decoded(never).unwrap(), 2);
+    // Without it, the first reader decodes.
+    s.update("/r/a".into(), Bytes::from_static(b"3"), None).await.unwrap();
+    assert_eq!(*s.get("/r/a").unwrap().decoded(|b| Ok::<u32, ()>(u32::from(b[0] - b'0'))).unwrap(), 3);
+}

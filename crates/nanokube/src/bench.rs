@@ -120,15 +120,25 @@ fn rss_kib(pid: u32) -> Option<u64> {
     proc_status_kib(pid, "VmRSS:")
 }
 
-/// This process's user+system CPU time (clock ticks of 10 ms, as Linux uses by default).
+/// This process's user+system CPU time.
 fn cpu_time() -> Duration {
-    let s = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    stat_cpu("/proc/self/stat").unwrap_or_default()
+}
+
+/// A process's user+system CPU time, from /proc.
+fn process_cpu(pid: u32) -> Option<Duration> {
+    stat_cpu(&format!("/proc/{pid}/stat"))
+}
+
+/// utime + stime of a `/proc/<pid>/stat` (clock ticks of 10 ms, as Linux uses by default).
+fn stat_cpu(path: &str) -> Option<Duration> {
+    let s = std::fs::read_to_string(path).ok()?;
     // After "(comm)", field 3 (state) is index 0, so utime (14) and stime (15) are 11 and 12.
-    let after = s.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let after = s.rsplit_once(')')?.1;
     let fields: Vec<&str> = after.split_whitespace().collect();
-    let ut: u64 = fields.get(11).and_then(|x| x.parse().ok()).unwrap_or(0);
-    let st: u64 = fields.get(12).and_then(|x| x.parse().ok()).unwrap_or(0);
-    Duration::from_millis((ut + st) * 10)
+    let ut: u64 = fields.get(11)?.parse().ok()?;
+    let st: u64 = fields.get(12)?.parse().ok()?;
+    Some(Duration::from_millis((ut + st) * 10))
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -821,6 +831,7 @@ async fn pods_simulated(opts: &BenchOptions, kubeconfig: &Path, server_pid: u32,
         .unwrap_or_default();
     let mut watch = client.stream(&format!("/api/v1/namespaces/{ns}/pods?watch=true&resourceVersion={rv}&timeoutSeconds=3600")).await?;
     let start = Instant::now();
+    let cpu_at_start = process_cpu(server_pid);
     let running = tokio::spawn(async move {
         let mut seen = std::collections::HashSet::new();
         let mut pending = Vec::new();
@@ -873,6 +884,15 @@ async fn pods_simulated(opts: &BenchOptions, kubeconfig: &Path, server_pid: u32,
         format!("{:.1} s after the first create", all_running.as_secs_f64()),
         json!({"pods": n, "nodes": opts.simulated_nodes, "seconds": all_running.as_secs_f64()}),
     );
+    // The server's CPU over the same span: steadier than the wall clock on a shared machine.
+    if let (Some(before), Some(after)) = (cpu_at_start, process_cpu(server_pid)) {
+        let cpu = after.saturating_sub(before).as_secs_f64();
+        report.add(
+            "pods-simulated: server CPU until all Running (s)",
+            format!("{cpu:.1} ({:.2} cores)", cpu / start.elapsed().as_secs_f64()),
+            json!({"cpu_seconds": cpu}),
+        );
+    }
     stop.store(true, Ordering::Relaxed);
     let mut lat = pager.await.unwrap_or_default();
     lat.sort();

@@ -89,7 +89,7 @@ pub(super) fn selectors_match(registry: &Registry, spec: &Value, attrs: &Attribu
 /// The namespace object a namespaced write is in.
 pub(super) fn namespace_object(registry: &Registry, namespace: &str) -> Option<Value> {
     let def = resources::find("", "v1", "namespaces")?;
-    registry.get(def, "", namespace).ok().map(|o| o.value().clone())
+    registry.get(def, "", namespace).ok().map(|o| o.to_value())
 }
 
 /// `matchConditions`: each CEL expression must be true. `Ok(false)` when one is false;

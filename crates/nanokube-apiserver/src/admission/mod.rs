@@ -251,7 +251,7 @@ pub async fn validate(registry: &Registry, attrs: &Attributes<'_>, obj: Option<&
 fn configurations(registry: &Registry, plural: &str) -> Vec<Value> {
     let Some(def) = resources::find("admissionregistration.k8s.io", "v1", plural) else { return Vec::new() };
     match registry.list(def, None, &ListOptions::default()) {
-        Ok(l) => l.items.iter().map(|o| o.value().clone()).collect(),
+        Ok(l) => l.items.iter().map(|o| o.to_value()).collect(),
         Err(_) => Vec::new(),
     }
 }

@@ -96,20 +96,14 @@ fn params(registry: &Registry, attrs: &Attributes<'_>, pspec: &Value, bspec: &Va
         _ => String::new(),
     };
     let found: Vec<Option<Value>> = match pref.get("name").and_then(Value::as_str).filter(|n| !n.is_empty()) {
-        Some(name) => registry.get(def, &namespace, name).ok().map(|o| Some(o.value().clone())).into_iter().collect(),
+        Some(name) => registry.get(def, &namespace, name).ok().map(|o| Some(o.to_value())).into_iter().collect(),
         None => {
             let labels = match pref.get("selector") {
                 Some(s) if s.is_object() => LabelSelector::from_object(s).map_err(|e| e.message)?,
                 _ => LabelSelector::default(),
             };
             let ns = (!namespace.is_empty()).then_some(namespace.as_str());
-            registry
-                .list(def, ns, &ListOptions { labels, ..Default::default() })
-                .map_err(|e| e.message)?
-                .items
-                .iter()
-                .map(|o| Some(o.value().clone()))
-                .collect()
+            registry.list(def, ns, &ListOptions { labels, ..Default::default() }).map_err(|e| e.message)?.items.iter().map(|o| Some(o.to_value())).collect()
         }
     };
     if !found.is_empty() {

@@ -27,7 +27,7 @@ fn forbidden(attrs: &Attributes<'_>, why: String) -> ApiError {
 
 fn list(registry: &Registry, plural: &str, namespace: &str) -> Vec<Value> {
     let Some(def) = resources::find("", "v1", plural) else { return Vec::new() };
-    registry.list(def, Some(namespace), &ListOptions::default()).map(|l| l.items.iter().map(|o| o.value().clone()).collect()).unwrap_or_default()
+    registry.list(def, Some(namespace), &ListOptions::default()).map(|l| l.items.iter().map(|o| o.to_value()).collect()).unwrap_or_default()
 }
 
 /// ResourceQuota: check and charge the quotas of the namespace for a write. Boxed: the

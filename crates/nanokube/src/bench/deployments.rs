@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde_json::{json, Value};
 
-use super::{ensure_namespace, rss_kib, Report};
+use super::{ensure_namespace, process_cpu, rss_kib, Report};
 use crate::client::ApiClient;
 
 const REPLICAS: usize = 3;
@@ -29,16 +29,6 @@ fn deployment(i: usize) -> Bytes {
         })
         .to_string(),
     )
-}
-
-/// A process's user+system CPU time, from /proc (clock ticks of 10 ms).
-fn process_cpu(pid: u32) -> Option<Duration> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = s.rsplit_once(')')?.1;
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ut: u64 = fields.get(11)?.parse().ok()?;
-    let st: u64 = fields.get(12)?.parse().ok()?;
-    Some(Duration::from_millis((ut + st) * 10))
 }
 
 /// Run the scenario against the server at `kubeconfig` (process `server_pid`).
