@@ -1098,11 +1098,7 @@ impl Registry {
         }
         let key = def.key(namespace, &name);
         let encoding = encode_as(def, &obj);
-        let written = match written_form(&encoding) {
-            Some(d) => self.store.create_decoded(key, encoding.bytes.clone(), d).await,
-            None => self.store.create(key, encoding.bytes.clone()).await,
-        };
-        match written {
+        match self.store.create_decoded(key, encoding.bytes.clone(), written_form(&encoding)).await {
             Ok(kv) => served(def, &kv, encoding),
             Err(e) => {
                 if def.plural == "services" {
@@ -1722,10 +1718,7 @@ impl Registry {
             let encoding = (!finish_delete).then(|| encode_as(def, &new));
             let result = match &encoding {
                 None => self.store.delete(key.clone(), Some(kv.mod_revision)).await,
-                Some(e) => match written_form(e) {
-                    Some(d) => self.store.update_decoded(key.clone(), e.bytes.clone(), Some(kv.mod_revision), d).await,
-                    None => self.store.update(key.clone(), e.bytes.clone(), Some(kv.mod_revision)).await,
-                },
+                Some(e) => self.store.update_decoded(key.clone(), e.bytes.clone(), Some(kv.mod_revision), written_form(e)).await,
             };
             match result {
                 Ok(kv) => {
@@ -2374,6 +2367,8 @@ fn same_but_image(old: &Value, new: &Value) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn pod_spec_updates_change_only_what_upstream_lets_change() {
         let old = json!({"containers": [{"name": "a", "image": "x:1", "ports": [{"containerPort": 80}]}], "tolerations": [{"key": "k"}],
@@ -2411,8 +2406,6 @@ mod tests {
         assert!(allowed(with_debug, true));
         assert!(pod_spec_update_allowed(None, Some(&Value::Null), false));
     }
-
-    use super::*;
 
     #[test]
     fn api_version_prefix_is_checked_in_place() {

@@ -252,13 +252,19 @@ pub trait Backend: Send + Sync + 'static {
     /// [`Backend::create`] by a writer that knows what [`KeyValue::decoded`] will make of
     /// `value`: a backend that hands watchers the written key-value itself sets it there
     /// first, so no watcher decodes what the writer just encoded. Others ignore it.
-    fn create_decoded(&self, key: String, value: Bytes, decoded: Decoded) -> BoxFuture<'_, Result<Arc<KeyValue>, StoreError>> {
+    fn create_decoded(&self, key: String, value: Bytes, decoded: Option<Decoded>) -> BoxFuture<'_, Result<Arc<KeyValue>, StoreError>> {
         let _ = decoded;
         self.create(key, value)
     }
 
     /// [`Backend::update`] with the decoded form known, as [`Backend::create_decoded`].
-    fn update_decoded(&self, key: String, value: Bytes, expected: Option<Revision>, decoded: Decoded) -> BoxFuture<'_, Result<Arc<KeyValue>, StoreError>> {
+    fn update_decoded(
+        &self,
+        key: String,
+        value: Bytes,
+        expected: Option<Revision>,
+        decoded: Option<Decoded>,
+    ) -> BoxFuture<'_, Result<Arc<KeyValue>, StoreError>> {
         let _ = decoded;
         self.update(key, value, expected)
     }

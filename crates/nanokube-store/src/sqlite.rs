@@ -503,8 +503,8 @@ impl Backend for SqliteBackend {
         Box::pin(async move { f.await.map(|kv| kv.expect("update returns a value")) })
     }
 
-    fn create_decoded(&self, key: String, value: Bytes, decoded: crate::Decoded) -> BoxFuture<'_, Result<Arc<KeyValue>, StoreError>> {
-        let f = self.submit(Op::Create { key, value, decoded: Some(decoded) });
+    fn create_decoded(&self, key: String, value: Bytes, decoded: Option<crate::Decoded>) -> BoxFuture<'_, Result<Arc<KeyValue>, StoreError>> {
+        let f = self.submit(Op::Create { key, value, decoded });
         Box::pin(async move { f.await.map(|kv| kv.expect("create returns a value")) })
     }
 
@@ -513,9 +513,9 @@ impl Backend for SqliteBackend {
         key: String,
         value: Bytes,
         expected: Option<Revision>,
-        decoded: crate::Decoded,
+        decoded: Option<crate::Decoded>,
     ) -> BoxFuture<'_, Result<Arc<KeyValue>, StoreError>> {
-        let f = self.submit(Op::Update { key, value, expected, decoded: Some(decoded) });
+        let f = self.submit(Op::Update { key, value, expected, decoded });
         Box::pin(async move { f.await.map(|kv| kv.expect("update returns a value")) })
     }
 

@@ -51,8 +51,8 @@ async fn a_write_with_its_decoded_form_reaches_watchers_decoded() {
     let s = open(dir.path(), 100);
     let mut w = s.watch("/r/", 0).unwrap();
     let never = |_: &[u8]| -> Result<u32, ()> { panic!("decoded again") };
-    s.create_decoded("/r/a".into(), Bytes::from_static(b"1"), std::sync::Arc::new(1u32)).await.unwrap();
-    s.update_decoded("/r/a".into(), Bytes::from_static(b"2"), None, std::sync::Arc::new(2u32)).await.unwrap();
+    s.create_decoded("/r/a".into(), Bytes::from_static(b"1"), Some(std::sync::Arc::new(1u32))).await.unwrap();
+    s.update_decoded("/r/a".into(), Bytes::from_static(b"2"), None, Some(std::sync::Arc::new(2u32))).await.unwrap();
     for want in [1u32, 2] {
         let ev = w.next().await.unwrap().unwrap();
         assert_eq!(*ev.kv.decoded(never).unwrap(), want);
