@@ -11,7 +11,6 @@
 //!
 //! Custom resources keep what the client sent, as upstream's unstructured objects do.
 
-use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use serde_json::{Map, Value};
@@ -29,8 +28,8 @@ enum Omit {
     Empty,
 }
 
-fn table() -> &'static HashMap<(&'static str, &'static str), Omit> {
-    static TABLE: OnceLock<HashMap<(&'static str, &'static str), Omit>> = OnceLock::new();
+fn table() -> &'static crate::FastMap<(&'static str, &'static str), Omit> {
+    static TABLE: OnceLock<crate::FastMap<(&'static str, &'static str), Omit>> = OnceLock::new();
     TABLE.get_or_init(|| {
         TABLE_TSV
             .lines()

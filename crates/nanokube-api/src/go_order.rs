@@ -26,10 +26,10 @@ pub fn message_of(obj: &Value) -> Option<&'static str> {
 
 /// What [`message_of_uncached`] gives for every kind and apiVersion it gives one for,
 /// by kind (this runs for every object written or encoded).
-fn messages() -> &'static std::collections::HashMap<&'static str, Vec<(String, &'static str)>> {
-    static MESSAGES: std::sync::OnceLock<std::collections::HashMap<&'static str, Vec<(String, &'static str)>>> = std::sync::OnceLock::new();
+fn messages() -> &'static crate::FastMap<&'static str, Vec<(String, &'static str)>> {
+    static MESSAGES: std::sync::OnceLock<crate::FastMap<&'static str, Vec<(String, &'static str)>>> = std::sync::OnceLock::new();
     MESSAGES.get_or_init(|| {
-        let mut map: std::collections::HashMap<&'static str, Vec<(String, &'static str)>> = Default::default();
+        let mut map: crate::FastMap<&'static str, Vec<(String, &'static str)>> = Default::default();
         let builtin = crate::resources::BUILTIN;
         // A message needs a served version of the kind's group: every pair of a served
         // group/version and a kind of that group is a candidate.

@@ -143,6 +143,19 @@ impl<'de> Visitor<'de> for Walk<'_, 'de> {
     }
 }
 
+/// Whether two stored objects have the same `spec`, byte for byte, read without decoding
+/// it (a status write leaves a pod's spec as it was). False where either has none or does
+/// not parse.
+pub fn same_spec(a: &[u8], b: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Spec<'a> {
+        #[serde(borrow, default)]
+        spec: Option<&'a serde_json::value::RawValue>,
+    }
+    let spec = |bytes| serde_json::from_slice::<Spec<'_>>(bytes).ok().and_then(|s| s.spec).map(|s| s.get());
+    matches!((spec(a), spec(b)), (Some(x), Some(y)) if x == y)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,18 +187,18 @@ pub const MAX_DEPTH: usize = 100;
 pub fn depth_upto(value: &Value, limit: usize) -> usize {
     let mut deepest = 0;
     let mut stack: Vec<(&Value, usize)> = vec![(value, 0)];
+    let nested = |c: &&Value| c.is_array() || c.is_object();
     while let Some((v, d)) = stack.pop() {
-        let children: Box<dyn Iterator<Item = &Value>> = match v {
-            Value::Array(a) => Box::new(a.iter()),
-            Value::Object(m) => Box::new(m.values()),
-            _ => continue,
-        };
         let here = d + 1;
+        match v {
+            Value::Array(a) => stack.extend(a.iter().filter(nested).map(|c| (c, here))),
+            Value::Object(m) => stack.extend(m.values().filter(nested).map(|c| (c, here))),
+            _ => continue,
+        }
         deepest = deepest.max(here);
         if deepest > limit {
             return limit + 1;
         }
-        stack.extend(children.filter(|c| c.is_array() || c.is_object()).map(|c| (c, here)));
     }
     deepest
 }

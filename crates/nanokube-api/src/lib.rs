@@ -19,6 +19,10 @@
 //!
 //! Invariant: this crate never does IO and never blocks.
 
+/// A hash map for the fixed tables built once and read on every field of every write
+/// (their keys are the schema's, not a client's), with a faster hash than SipHash.
+pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
 pub mod convert;
 pub mod crd;
 pub mod defaults;

@@ -25,12 +25,12 @@ const SCHEMA_TSV: &str = include_str!("protobuf_schema.tsv");
 const SCHEMA_EXTRA_TSV: &str = include_str!("protobuf_schema_extra.tsv");
 const MAGIC: &[u8] = b"k8s\0";
 
-type Schema = HashMap<&'static str, HashMap<u32, FieldInfo>>;
+type Schema = crate::FastMap<&'static str, crate::FastMap<u32, FieldInfo>>;
 
 fn schema() -> &'static Schema {
     static SCHEMA: OnceLock<Schema> = OnceLock::new();
     SCHEMA.get_or_init(|| {
-        let mut s: Schema = HashMap::new();
+        let mut s: Schema = Schema::default();
         for (msg, tag, field) in schema_rows() {
             s.entry(msg).or_default().insert(tag, field);
         }
@@ -66,7 +66,7 @@ fn schema_rows() -> impl Iterator<Item = (&'static str, u32, FieldInfo)> {
 /// The fields of a message in the order of its Go struct, embedded (inline) structs'
 /// fields in their place: the order kube-apiserver writes a built-in object's JSON in.
 pub fn fields_in_go_order(msg: &str) -> Option<&'static [FieldInfo]> {
-    static ORDER: OnceLock<HashMap<&'static str, Vec<FieldInfo>>> = OnceLock::new();
+    static ORDER: OnceLock<crate::FastMap<&'static str, Vec<FieldInfo>>> = OnceLock::new();
     let order = ORDER.get_or_init(|| {
         let mut declared: HashMap<&'static str, Vec<FieldInfo>> = HashMap::new();
         for (msg, _, field) in schema_rows() {
@@ -721,10 +721,10 @@ pub type FieldPlace = (Vec<(u32, &'static str)>, u32, FieldInfo);
 /// The [`FieldPlace`] of JSON field `name` in message `msg`, inline messages' fields
 /// included (built once for every message).
 pub fn field_place(msg: &str, name: &str) -> Option<&'static FieldPlace> {
-    type Index = HashMap<&'static str, HashMap<&'static str, FieldPlace>>;
+    type Index = crate::FastMap<&'static str, crate::FastMap<&'static str, FieldPlace>>;
     static INDEX: OnceLock<Index> = OnceLock::new();
     let index = INDEX.get_or_init(|| {
-        fn collect(msg: &'static str, path: &mut Vec<(u32, &'static str)>, out: &mut HashMap<&'static str, FieldPlace>) {
+        fn collect(msg: &'static str, path: &mut Vec<(u32, &'static str)>, out: &mut crate::FastMap<&'static str, FieldPlace>) {
             let Some(fields) = schema().get(msg) else { return };
             let mut tags: Vec<&u32> = fields.keys().collect();
             tags.sort();
@@ -745,7 +745,7 @@ pub fn field_place(msg: &str, name: &str) -> Option<&'static FieldPlace> {
         schema()
             .keys()
             .map(|msg| {
-                let mut out = HashMap::new();
+                let mut out = crate::FastMap::default();
                 collect(msg, &mut Vec::new(), &mut out);
                 (*msg, out)
             })
@@ -785,7 +785,7 @@ fn docs() -> &'static Docs {
 /// from a table of the fields that have any. Field management reads this on every write,
 /// so it does not wait for the whole documentation table to be built.
 pub fn markers_of(msg: &str, field: &str) -> &'static str {
-    static MARKERS: OnceLock<HashMap<(&'static str, &'static str), &'static str>> = OnceLock::new();
+    static MARKERS: OnceLock<crate::FastMap<(&'static str, &'static str), &'static str>> = OnceLock::new();
     let markers = MARKERS.get_or_init(|| docs_rows().filter(|(_, _, _, markers)| !markers.is_empty()).map(|(m, f, _, markers)| ((m, f), markers)).collect());
     markers.get(&(msg, field)).copied().unwrap_or("")
 }
@@ -821,14 +821,16 @@ pub fn type_error_in(msg: &'static str, obj: &Value, path: &str) -> Option<Strin
                 continue;
             }
             let Some(f) = find_field(msg, key) else { continue };
-            let here = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
+            // The path is spelled out only where it is needed: for an error, or for a
+            // message to descend into (not for each scalar that fits).
+            let here = || join_path(&path, key);
             let error = match (f.cardinality, value) {
                 (_, Value::Null) => None,
-                (Cardinality::List, Value::Array(items)) => items.iter().find_map(|v| check_value(f, v, msg, &here, &mut stack)),
-                (Cardinality::List, v) => Some(unmarshal_error(v, msg, &here, &format!("[]{}", go_type(f.ty)))),
-                (Cardinality::Map, Value::Object(entries)) => entries.values().find_map(|v| check_value(f, v, msg, &here, &mut stack)),
-                (Cardinality::Map, v) => Some(unmarshal_error(v, msg, &here, &format!("map[string]{}", go_type(f.ty)))),
-                (_, v) => check_value(f, v, msg, &here, &mut stack),
+                (Cardinality::List, Value::Array(items)) => items.iter().find_map(|v| check_value(f, v, msg, &path, key, &mut stack)),
+                (Cardinality::List, v) => Some(unmarshal_error(v, msg, &here(), &format!("[]{}", go_type(f.ty)))),
+                (Cardinality::Map, Value::Object(entries)) => entries.values().find_map(|v| check_value(f, v, msg, &path, key, &mut stack)),
+                (Cardinality::Map, v) => Some(unmarshal_error(v, msg, &here(), &format!("map[string]{}", go_type(f.ty)))),
+                (_, v) => check_value(f, v, msg, &path, key, &mut stack),
             };
             if error.is_some() {
                 return error;
@@ -841,15 +843,25 @@ pub fn type_error_in(msg: &'static str, obj: &Value, path: &str) -> Option<Strin
 /// A message's fields still to check, and the path they are at.
 type Pending<'a> = (&'static str, &'a Map<String, Value>, String);
 
-/// Check one value of field `f` of `msg` at `path`; a message value is queued on `stack`.
-fn check_value<'a>(f: FieldInfo, v: &'a Value, msg: &str, path: &str, stack: &mut Vec<Pending<'a>>) -> Option<String> {
+/// `parent.key`, or `key` at the top.
+fn join_path(parent: &str, key: &str) -> String {
+    if parent.is_empty() {
+        key.to_string()
+    } else {
+        format!("{parent}.{key}")
+    }
+}
+
+/// Check one value of field `key` (`f`) of `msg` at `parent`; a message value is queued
+/// on `stack`.
+fn check_value<'a>(f: FieldInfo, v: &'a Value, msg: &str, parent: &str, key: &str, stack: &mut Vec<Pending<'a>>) -> Option<String> {
     match fits(f.ty, v) {
         Fit::Yes => None,
         Fit::Descend(inner, m) => {
-            stack.push((inner, m, path.to_string()));
+            stack.push((inner, m, join_path(parent, key)));
             None
         }
-        Fit::No => Some(unmarshal_error(v, msg, path, &go_type(f.ty))),
+        Fit::No => Some(unmarshal_error(v, msg, &join_path(parent, key), &go_type(f.ty))),
     }
 }
 

@@ -528,8 +528,8 @@ pub fn find_kind(group: &str, kind: &str) -> Option<&'static ResourceDef> {
 /// and every write looks resources up, and a scan of the table compared strings of
 /// ~100 entries each time (8% of the server's CPU creating 100,000 pods).
 struct BuiltinIndex {
-    by_plural: std::collections::HashMap<&'static str, Vec<&'static ResourceDef>>,
-    by_kind: std::collections::HashMap<&'static str, Vec<&'static ResourceDef>>,
+    by_plural: crate::FastMap<&'static str, Vec<&'static ResourceDef>>,
+    by_kind: crate::FastMap<&'static str, Vec<&'static ResourceDef>>,
 }
 
 fn builtin_index() -> &'static BuiltinIndex {

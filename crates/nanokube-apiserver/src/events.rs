@@ -5,6 +5,7 @@
 //! `kubectl describe` shows `(x5 over 2m)` as on a real cluster.
 
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::sync::Mutex;
 
 use nanokube_api::{meta, resources};
@@ -12,8 +13,56 @@ use serde_json::{json, Value};
 
 use crate::cluster::Cluster;
 
-/// (object uid, field path, type, reason, message) → (the Event's namespace and name, its count).
-type Seen = HashMap<(String, String, String, String, String), (String, String, i64)>;
+/// What this recorder wrote, by the uid of the object it is about: for each distinct
+/// (field path, type, reason, message), a hash of them, the Event's name and its count.
+/// Hashed rather than kept as strings: a kubelet remembers one of these per pod it
+/// started, and the strings were most of it (and a gone object is forgotten by its uid
+/// alone).
+#[derive(Default)]
+struct Seen {
+    by_object: HashMap<Box<str>, Vec<Written>>,
+    /// How many [`Written`] there are in all.
+    len: usize,
+    hasher: std::hash::RandomState,
+}
+
+/// One Event written: the hash of what it says, its name (in the object's namespace, or
+/// `default`), its count.
+struct Written {
+    said: u64,
+    name: Box<str>,
+    count: i64,
+}
+
+impl Seen {
+    fn said(&self, parts: [&str; 4]) -> u64 {
+        self.hasher.hash_one(parts)
+    }
+
+    fn get(&self, uid: &str, said: u64) -> Option<(&str, i64)> {
+        self.by_object.get(uid)?.iter().find(|w| w.said == said).map(|w| (&*w.name, w.count))
+    }
+
+    fn set(&mut self, uid: &str, said: u64, name: &str, count: i64) {
+        let list = match self.by_object.get_mut(uid) {
+            Some(list) => list,
+            None => {
+                if self.len >= REMEMBERED {
+                    self.by_object.clear();
+                    self.len = 0;
+                }
+                self.by_object.entry(uid.into()).or_default()
+            }
+        };
+        match list.iter_mut().find(|w| w.said == said) {
+            Some(w) => w.count = count,
+            None => {
+                list.push(Written { said, name: name.into(), count });
+                self.len += 1;
+            }
+        }
+    }
+}
 
 /// The most distinct events remembered before the oldest are forgotten (a repeat after
 /// that starts a new Event, as client-go's LRU cache of 4096 does).
@@ -29,7 +78,7 @@ pub struct Recorder {
 impl Recorder {
     /// A recorder for `component` (`kubelet` with its `host`, `deployment-controller`, …).
     pub fn new(component: &str, host: Option<&str>) -> Self {
-        Recorder { component: component.into(), host: host.map(String::from), seen: Mutex::new(HashMap::new()) }
+        Recorder { component: component.into(), host: host.map(String::from), seen: Mutex::new(Seen::default()) }
     }
 
     /// Record `reason`/`message` of type `ty` about `obj` (as stored, with its `kind` and
@@ -40,12 +89,12 @@ impl Recorder {
         let ns = obj.pointer("/metadata/namespace").and_then(Value::as_str).filter(|n| !n.is_empty()).unwrap_or("default").to_string();
         let name = meta::name(obj).to_string();
         let uid = meta::uid(obj).to_string();
-        let key = (uid.clone(), field_path.unwrap_or("").to_string(), ty.to_string(), reason.to_string(), message.to_string());
+        let said = self.seen.lock().map(|s| s.said([field_path.unwrap_or(""), ty, reason, message])).unwrap_or_default();
         let now = meta::now_rfc3339();
-        let previous = self.seen.lock().ok().and_then(|s| s.get(&key).cloned());
-        if let Some((event_ns, event_name, count)) = previous {
+        let previous = self.seen.lock().ok().and_then(|s| s.get(&uid, said).map(|(name, count)| (name.to_string(), count)));
+        if let Some((event_name, count)) = previous {
             let r = cluster
-                .update_with(events, &event_ns, &event_name, None, &mut |cur| {
+                .update_with(events, &ns, &event_name, None, &mut |cur| {
                     let mut next = cur.clone();
                     next["count"] = json!(count + 1);
                     next["lastTimestamp"] = json!(now);
@@ -54,7 +103,7 @@ impl Recorder {
                 .await;
             if r.is_ok() {
                 if let Ok(mut s) = self.seen.lock() {
-                    s.insert(key, (event_ns, event_name, count + 1));
+                    s.set(&uid, said, &event_name, count + 1);
                 }
                 return;
             }
@@ -82,10 +131,7 @@ impl Recorder {
         match cluster.create(events, &ns, ev).await {
             Ok(_) => {
                 if let Ok(mut s) = self.seen.lock() {
-                    if s.len() >= REMEMBERED {
-                        s.clear();
-                    }
-                    s.insert(key, (ns, event_name, 1));
+                    s.set(&uid, said, &event_name, 1);
                 }
             }
             Err(e) => tracing::debug!(object = %name, "recording event {reason}: {}", e.message),
@@ -95,7 +141,9 @@ impl Recorder {
     /// Forget the events of an object that is gone.
     pub fn forget(&self, uid: &str) {
         if let Ok(mut s) = self.seen.lock() {
-            s.retain(|k, _| k.0 != uid);
+            if let Some(list) = s.by_object.remove(uid) {
+                s.len -= list.len();
+            }
         }
     }
 }

@@ -121,15 +121,6 @@ impl PodUses {
         }
         Some(u)
     }
-
-    fn edges(&self) -> impl Iterator<Item = (Vertex, &str)> {
-        self.secrets
-            .iter()
-            .map(|n| (Vertex::Secret, n.as_str()))
-            .chain(self.configmaps.iter().map(|n| (Vertex::ConfigMap, n.as_str())))
-            .chain(self.claims.iter().map(|n| (Vertex::Claim, n.as_str())))
-            .chain(std::iter::once((Vertex::ServiceAccount, self.service_account.as_str())))
-    }
 }
 
 /// What a stored pod uses, read from its JSON: only its name and spec are decoded (a
@@ -156,24 +147,63 @@ fn pod_uses(stored: &[u8]) -> Option<PodUses> {
 /// `(node, kind, namespace, name)`: an edge from an object to a node through its pods.
 type EdgeKey = (String, Vertex, String, String);
 
+/// What the graph keeps of a bound pod: its node and service account, shared with every
+/// other pod naming the same ones (100,000 pods name a hundred nodes and a few accounts),
+/// and the secrets, config maps and claims it uses (most pods use none).
+struct Bound {
+    node: Arc<str>,
+    service_account: Arc<str>,
+    secrets: Box<[String]>,
+    configmaps: Box<[String]>,
+    claims: Box<[String]>,
+}
+
+impl Bound {
+    fn edges(&self) -> impl Iterator<Item = (Vertex, &str)> {
+        self.secrets
+            .iter()
+            .map(|n| (Vertex::Secret, n.as_str()))
+            .chain(self.configmaps.iter().map(|n| (Vertex::ConfigMap, n.as_str())))
+            .chain(self.claims.iter().map(|n| (Vertex::Claim, n.as_str())))
+            .chain(std::iter::once((Vertex::ServiceAccount, &*self.service_account)))
+    }
+}
+
+/// Node and service account names shared among the pods that use them; past this many
+/// distinct names, new ones are kept unshared.
+const SHARED_NAMES: usize = 65_536;
+
 #[derive(Default)]
 struct Graph {
-    /// Pods bound to a node, by (namespace, name).
-    pods: HashMap<(String, String), PodUses>,
+    /// Pods bound to a node, by `namespace/name`.
+    pods: HashMap<Box<str>, Bound>,
     /// How many of a node's pods use an object.
     edges: HashMap<EdgeKey, u32>,
     /// A bound claim's volume, by (namespace, claim).
     claim_volume: HashMap<(String, String), String>,
     /// A VolumeAttachment's node, by name.
     attachments: HashMap<String, String>,
+    /// See [`SHARED_NAMES`].
+    names: std::collections::HashSet<Arc<str>>,
 }
 
 impl Graph {
+    fn shared(&mut self, name: String) -> Arc<str> {
+        if let Some(n) = self.names.get(name.as_str()) {
+            return n.clone();
+        }
+        let n: Arc<str> = name.into();
+        if self.names.len() < SHARED_NAMES {
+            self.names.insert(n.clone());
+        }
+        n
+    }
+
     fn set_pod(&mut self, ns: &str, name: &str, uses: Option<PodUses>) {
-        let key = (ns.to_string(), name.to_string());
+        let key: Box<str> = format!("{ns}/{name}").into();
         if let Some(old) = self.pods.remove(&key) {
             for (kind, obj) in old.edges() {
-                let k = (old.node.clone(), kind, ns.to_string(), obj.to_string());
+                let k = (old.node.to_string(), kind, ns.to_string(), obj.to_string());
                 if let Some(n) = self.edges.get_mut(&k) {
                     *n -= 1;
                     if *n == 0 {
@@ -183,16 +213,23 @@ impl Graph {
             }
         }
         if let Some(new) = uses {
-            for (kind, obj) in new.edges() {
-                *self.edges.entry((new.node.clone(), kind, ns.to_string(), obj.to_string())).or_default() += 1;
+            let bound = Bound {
+                node: self.shared(new.node),
+                service_account: self.shared(new.service_account),
+                secrets: new.secrets.into(),
+                configmaps: new.configmaps.into(),
+                claims: new.claims.into(),
+            };
+            for (kind, obj) in bound.edges() {
+                *self.edges.entry((bound.node.to_string(), kind, ns.to_string(), obj.to_string())).or_default() += 1;
             }
-            self.pods.insert(key, new);
+            self.pods.insert(key, bound);
         }
     }
 
     fn related(&self, node: &str, kind: Vertex, ns: &str, name: &str) -> bool {
         match kind {
-            Vertex::Pod => self.pods.get(&(ns.to_string(), name.to_string())).is_some_and(|p| p.node == node),
+            Vertex::Pod => self.pods.get(format!("{ns}/{name}").as_str()).is_some_and(|p| &*p.node == node),
             _ => self.edges.contains_key(&(node.to_string(), kind, ns.to_string(), name.to_string())),
         }
     }
@@ -227,7 +264,14 @@ impl NodeGraph {
                     match change {
                         Change::Event(ev) => {
                             let value = if ev.kind == EventKind::Deleted { None } else { Some(&ev.kv.value[..]) };
-                            g.apply(plural, &ev.kv.key, value);
+                            // A pod's status writes leave its spec, and so its edges, as
+                            // they were.
+                            let spec_kept = plural == "pods"
+                                && value.is_some()
+                                && ev.prev.as_ref().is_some_and(|prev| nanokube_api::json::same_spec(&prev.value, &ev.kv.value));
+                            if !spec_kept {
+                                g.apply(plural, &ev.kv.key, value);
+                            }
                         }
                         Change::Resync => {
                             g.reload(&*s, plural, &prefix2);
@@ -526,5 +570,12 @@ mod tests {
         assert!(PodUses::of("p", &json!({})).is_none());
         assert!(pod_uses(br#"{"metadata":{"name":"p"},"spec":{"containers":[]},"status":{}}"#).is_none());
         assert!(pod_uses(br#"{"metadata":{"name":"p"},"spec":{"nodeName":"n1"}}"#).is_some_and(|u| u.node == "n1"));
+        // Status writes keep the spec; a binding does not.
+        let bound = br#"{"metadata":{"name":"p","annotations":{"spec":"x"}},"spec":{"nodeName":"n1"},"status":{"phase":"Pending"}}"#;
+        let running = br#"{"metadata":{"name":"p","annotations":{"spec":"y"}},"spec":{"nodeName":"n1"},"status":{"phase":"Running"}}"#;
+        let unbound = br#"{"metadata":{"name":"p"},"spec":{},"status":{"phase":"Pending"}}"#;
+        assert!(nanokube_api::json::same_spec(bound, running));
+        assert!(!nanokube_api::json::same_spec(unbound, bound));
+        assert!(!nanokube_api::json::same_spec(b"not json", b"not json"));
     }
 }

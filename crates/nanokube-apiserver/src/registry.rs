@@ -77,6 +77,31 @@ fn put_at(value: Option<Value>, into: &mut Value, path: &[&str]) {
     }
 }
 
+/// The parts of `obj` a subresource write carries (`paths`) and its metadata, moved out
+/// into an object of their own with `obj`'s apiVersion and kind. What a subresource write
+/// leaves alone was checked and normalized when it was stored, so the whole-object walks
+/// (Go's zero values, JSON types) need only see these; [`put_parts_back`] returns them.
+fn take_parts(obj: &mut Value, paths: &[&[&str]]) -> Value {
+    let mut parts = json!({});
+    for k in ["apiVersion", "kind"] {
+        if let Some(v) = obj.get(k) {
+            parts[k] = v.clone();
+        }
+    }
+    for path in paths.iter().copied().chain([&["metadata"][..]]) {
+        carry_out(obj, &mut parts, path);
+    }
+    parts
+}
+
+/// Undo [`take_parts`]: each part goes back where it was, or, where a check dropped it,
+/// is removed from `obj`.
+fn put_parts_back(mut parts: Value, obj: &mut Value, paths: &[&[&str]]) {
+    for path in paths.iter().copied().chain([&["metadata"][..]]) {
+        carry_out(&mut parts, obj, path);
+    }
+}
+
 /// Where the ServiceAccount admission mounts a pod's token, CA and namespace.
 const SERVICE_ACCOUNT_MOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 
@@ -1817,6 +1842,8 @@ impl Registry {
             _ => None,
         };
         let resize = def.group.is_empty() && def.plural == "pods" && opts.subresource.as_deref() == Some("resize");
+        // Set when the result is the (normalized) old object with only `written` replaced.
+        let mut carried_only = None;
         if resize {
             // Only the containers' resources and resize policies come from a resize.
             let mut merged = nanokube_api::pod_resize::merge(old, &new);
@@ -1825,6 +1852,7 @@ impl Registry {
             }
             new = merged;
         } else if let Some(paths) = written {
+            carried_only = Some(paths);
             let mut merged = old.clone();
             for path in paths {
                 carry_out(&mut new, &mut merged, path);
@@ -1881,7 +1909,13 @@ impl Registry {
         if !status_write {
             defaults::apply_defaults(def, &mut new);
         }
-        go_omitempty::drop_empty(&mut new);
+        if let Some(paths) = carried_only {
+            let mut parts = take_parts(&mut new, paths);
+            go_omitempty::drop_empty(&mut parts);
+            put_parts_back(parts, &mut new, paths);
+        } else {
+            go_omitempty::drop_empty(&mut new);
+        }
         if def.group.is_empty() && def.plural == "pods" {
             // A pod's spec is immutable but for images and a few fields; keep it simple and
             // strict as upstream is: only container images, activeDeadlineSeconds and
@@ -1909,7 +1943,14 @@ impl Registry {
                 ));
             }
         }
-        check_decodable(def, &new)?;
+        if let Some(paths) = carried_only {
+            let parts = take_parts(&mut new, paths);
+            let checked = check_decodable(def, &parts);
+            put_parts_back(parts, &mut new, paths);
+            checked?;
+        } else {
+            check_decodable(def, &new)?;
+        }
         let mut causes = Vec::new();
         self.custom_strategy(def, &mut new, Some(old), &mut causes);
         // Generation moves on spec changes only (for custom resources without a status

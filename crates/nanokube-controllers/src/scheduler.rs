@@ -51,8 +51,10 @@ fn def(group: &str, plural: &str) -> &'static resources::ResourceDef {
 /// What a pod asks of a node.
 #[derive(Debug, Clone, Default, PartialEq)]
 struct Demand {
-    /// Requests by resource name: cpu in cores, everything else in its unit.
-    requests: BTreeMap<String, f64>,
+    /// Requests by resource name in name order: cpu in cores, everything else in its
+    /// unit. A boxed slice, not a map: the scheduler keeps one for every bound pod, and a
+    /// map's node was most of the memory it held per pod.
+    requests: Box<[(Box<str>, f64)]>,
     /// What scoring counts (upstream's non-zero requests): each container's cpu and
     /// memory, or 0.1 core and 200 MiB where it asks for none, so pods without requests
     /// still spread.
@@ -123,7 +125,7 @@ impl Demand {
                 *sum.entry(k.clone()).or_default() += v;
             }
         }
-        d.requests = sum;
+        d.requests = sum.into_iter().map(|(k, v)| (k.into_boxed_str(), v)).collect();
         for c in spec.containers.iter().chain(spec.init_containers.iter().flatten()) {
             for p in c.ports.iter().flatten() {
                 if let Some(hp) = p.host_port.filter(|h| *h > 0) {
@@ -221,7 +223,12 @@ impl Usage {
     /// A pod with `demand` placed on the node.
     fn add(&mut self, demand: &Demand) {
         for (k, v) in &demand.requests {
-            *self.requests.entry(k.clone()).or_default() += v;
+            match self.requests.get_mut(&**k) {
+                Some(x) => *x += v,
+                None => {
+                    self.requests.insert(k.to_string(), *v);
+                }
+            }
         }
         self.nonzero.0 += demand.nonzero.0;
         self.nonzero.1 += demand.nonzero.1;
@@ -232,7 +239,7 @@ impl Usage {
     /// A pod with `demand` gone from the node.
     fn remove(&mut self, demand: &Demand) {
         for (k, v) in &demand.requests {
-            if let Some(x) = self.requests.get_mut(k) {
+            if let Some(x) = self.requests.get_mut(&**k) {
                 *x -= v;
             }
         }
@@ -300,7 +307,7 @@ fn filter(pod: &Pod, demand: &Demand, info: &NodeInfo, usage: &Usage) -> Result<
         if *want <= 0.0 {
             continue;
         }
-        let free = alloc.get(k).copied().unwrap_or(0.0) - usage.requests.get(k).copied().unwrap_or(0.0);
+        let free = alloc.get(&**k).copied().unwrap_or(0.0) - usage.requests.get(&**k).copied().unwrap_or(0.0);
         if *want > free + 1e-9 {
             reasons.push(format!("Insufficient {k}"));
         }
@@ -461,7 +468,10 @@ fn volumes_filter(pod: &Pod, waiting: &[PersistentVolumeClaim], vols: &Volumes, 
 #[derive(Default)]
 struct State {
     /// Pending pods by key, with the cluster generation they were last tried at.
-    pending: BTreeMap<String, (Pod, u64)>,
+    /// Kept as stored (the store's bytes, shared) and decoded when tried: while pods are
+    /// created faster than they are bound, tens of thousands wait here, and decoded they
+    /// held several kilobytes each.
+    pending: BTreeMap<String, (registry::Obj, u64)>,
     /// Bound (or assumed: bound by this scheduler, the write in flight), non-terminal
     /// pods: key → (node, demand).
     bound: HashMap<String, (String, Demand)>,
@@ -634,8 +644,8 @@ impl Scheduler {
         if ours(&pod) && pod.metadata.deletion_timestamp.is_none() {
             let tried = state.pending.get(&k).map(|(_, g)| *g);
             // A changed pod (its tolerations, say) is tried again.
-            let unchanged = state.pending.get(&k).is_some_and(|(p, _)| p.spec == pod.spec);
-            state.pending.insert(k, (pod, if unchanged { tried.unwrap_or(u64::MAX) } else { u64::MAX }));
+            let unchanged = state.pending.get(&k).is_some_and(|(p, _)| nanokube_api::json::same_spec(&p.json(), &obj.json()));
+            state.pending.insert(k, (obj.clone(), if unchanged { tried.unwrap_or(u64::MAX) } else { u64::MAX }));
         }
     }
 
@@ -669,12 +679,16 @@ impl Scheduler {
             return;
         }
         let Some(nodes) = self.nodes(state) else { return };
-        let any_claims = due.iter().any(|k| state.pending.get(k).is_some_and(|(p, _)| !claim_names(p).is_empty()));
+        // Read from the bytes: a pod with a claim has one of these keys (a false match
+        // only loads the volumes for nothing).
+        let any_claims =
+            due.iter().any(|k| state.pending.get(k).is_some_and(|(p, _)| p.json_contains(br#""persistentVolumeClaim""#) || p.json_contains(br#""ephemeral""#)));
         let vols = if any_claims { Volumes::load(&self.registry) } else { Volumes::default() };
         let empty = Usage::default();
         for k in due {
             // Taken out while it is tried (no clone); put back unless it is bound.
-            let Some((pod, _)) = state.pending.remove(&k) else { continue };
+            let Some((obj, _)) = state.pending.remove(&k) else { continue };
+            let Ok(pod) = serde_json::from_slice::<Pod>(&obj.json()) else { continue };
             let demand = Demand::of(&pod);
             let generation = state.generation;
             let waiting = match claims_prefilter(&pod, &vols) {
@@ -687,7 +701,7 @@ impl Scheduler {
                         self.unschedulable(&pod, &message).await;
                         state.said.insert(k.clone(), message);
                     }
-                    state.pending.insert(k, (pod, generation));
+                    state.pending.insert(k, (obj, generation));
                     continue;
                 }
             };
@@ -725,7 +739,7 @@ impl Scheduler {
                     for c in &waiting {
                         self.select_node(c, &info.name).await;
                     }
-                    state.pending.insert(k, (pod, generation));
+                    state.pending.insert(k, (obj, generation));
                 }
                 Some((_, info)) => {
                     // Assume the pod onto the node, then write the binding beside the
@@ -750,7 +764,7 @@ impl Scheduler {
                         self.unschedulable(&pod, &message).await;
                         state.said.insert(k.clone(), message);
                     }
-                    state.pending.insert(k, (pod, generation));
+                    state.pending.insert(k, (obj, generation));
                 }
             }
         }
@@ -879,7 +893,7 @@ mod tests {
         let tolerant =
             pod(json!({"containers": [{"name": "c", "resources": {"requests": {"cpu": "3"}}}], "tolerations": [{"key": "k", "operator": "Exists"}]}));
         let d = Demand::of(&tolerant);
-        assert_eq!(d.requests["cpu"], 3.0);
+        assert_eq!(&*d.requests, &[("cpu".into(), 3.0)]);
         assert_eq!(filter(&tolerant, &d, &n, &Usage::default()).unwrap_err().reasons, ["Insufficient cpu"]);
         let picky = pod(json!({"containers": [{"name": "c"}], "tolerations": [{"operator": "Exists"}], "nodeSelector": {"disk": "hdd"}}));
         assert_eq!(filter(&picky, &Demand::of(&picky), &n, &Usage::default()).unwrap_err().reasons, ["node(s) didn't match Pod's node affinity/selector"]);

@@ -130,12 +130,38 @@ pub fn is_simulated(node: &Value) -> bool {
 pub struct Simulator {
     registry: Arc<Registry>,
     cfg: SimulatedConfig,
+    /// Starts (a status write and an event) in flight at once, across all simulated
+    /// nodes. Each holds its pod decoded two or three times while its writes wait for a
+    /// commit; unbounded, a burst of bindings had tens of thousands in flight and the
+    /// server's memory rose by hundreds of megabytes until they drained.
+    starting: Arc<tokio::sync::Semaphore>,
+}
+
+/// See [`Simulator::starting`]: enough to keep every commit full (a commit takes up to
+/// 2,048 writes), few enough that what they hold stays in the tens of megabytes.
+const PARALLEL_STARTS: usize = 512;
+
+/// A pod's uid as the simulator keys what it keeps per pod: the 128 bits of a UUID (a
+/// string was most of that memory at 100,000 pods), or a hash of a uid that is not one.
+type UidKey = u128;
+
+fn uid_key(uid: &str) -> UidKey {
+    let hex: Vec<u8> = uid.bytes().filter(|b| *b != b'-').collect();
+    match std::str::from_utf8(&hex).ok().filter(|h| h.len() == 32).and_then(|h| u128::from_str_radix(h, 16).ok()) {
+        Some(k) => k,
+        None => {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            uid.hash(&mut h);
+            u128::from(h.finish())
+        }
+    }
 }
 
 /// What a simulated node keeps of its pods: the IP each got, and its event recorder.
 struct NodePods {
     next: u32,
-    ips: HashMap<String, Ipv4Addr>,
+    ips: HashMap<UidKey, Ipv4Addr>,
     events: Arc<crate::pods::events::Recorder>,
 }
 
@@ -148,7 +174,7 @@ impl NodePods {
 impl Simulator {
     /// Simulated nodes writing through `registry`.
     pub fn new(registry: Arc<Registry>, cfg: SimulatedConfig) -> Arc<Simulator> {
-        Arc::new(Simulator { registry, cfg })
+        Arc::new(Simulator { registry, cfg, starting: Arc::new(tokio::sync::Semaphore::new(PARALLEL_STARTS)) })
     }
 
     /// Register the configured nodes (or update them), with their Leases.
@@ -211,7 +237,7 @@ impl Simulator {
     /// and end it when it is deleted.
     async fn pods(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut nodes: HashMap<String, NodePods> = HashMap::new();
-        let mut started: HashSet<String> = HashSet::new();
+        let mut started: HashSet<UidKey> = HashSet::new();
         loop {
             let Ok(list) = self.registry.list(pods_def(), None, &ListOptions::default()) else {
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -240,9 +266,9 @@ impl Simulator {
                             }
                             let v = obj.value();
                             if ty == "DELETED" {
-                                started.remove(meta::uid(v));
+                                started.remove(&uid_key(meta::uid(v)));
                                 if let Some(n) = nodes.get_mut(v.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or("")) {
-                                    n.ips.remove(meta::uid(v));
+                                    n.ips.remove(&uid_key(meta::uid(v)));
                                     n.events.forget(meta::uid(v));
                                 }
                                 continue;
@@ -273,7 +299,7 @@ impl Simulator {
         out
     }
 
-    async fn handle(&self, pod: &Value, simulated: &mut HashSet<String>, nodes: &mut HashMap<String, NodePods>, started: &mut HashSet<String>) {
+    async fn handle(&self, pod: &Value, simulated: &mut HashSet<String>, nodes: &mut HashMap<String, NodePods>, started: &mut HashSet<UidKey>) {
         let node = pod.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or("");
         if node.is_empty() || !simulated.contains(node) {
             return;
@@ -288,26 +314,57 @@ impl Simulator {
             });
             return;
         }
-        if started.contains(&uid) || pod.pointer("/status/containerStatuses").is_some() {
-            started.insert(uid);
+        let key = uid_key(&uid);
+        if started.contains(&key) || pod.pointer("/status/containerStatuses").is_some() {
+            started.insert(key);
             return;
         }
-        started.insert(uid.clone());
+        started.insert(key);
         let np = nodes.entry(node.to_string()).or_insert_with(|| NodePods::new(node));
         let index = node_index(node);
-        let ip = *np.ips.entry(uid.clone()).or_insert_with(|| {
+        let ip = *np.ips.entry(key).or_insert_with(|| {
             np.next = np.next % 1021 + 1;
             Ipv4Addr::from(u32::from(pod_cidr(index).0) + np.next)
         });
         let host_ip = node_ip(index).to_string();
-        let (registry, delay, pod, events) = (self.registry.clone(), self.cfg.start_delay, pod.clone(), np.events.clone());
+        let (registry, delay, pod, events) = (self.registry.clone(), self.cfg.start_delay, what_start_reads(pod), np.events.clone());
+        let starting = self.starting.clone();
         tokio::spawn(async move {
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }
+            // Never closed: an error would only mean starting without waiting.
+            let _permit = starting.acquire_owned().await;
             start(&registry, &events, &pod, &host_ip, ip).await;
         });
     }
+}
+
+/// The parts of a pod [`start`] reads (and its event's `involvedObject`): a start waits
+/// for the CPU behind the writes of every pod bound before it, so while pods are bound
+/// faster than they start, tens of thousands wait at once, each holding this.
+fn what_start_reads(pod: &Value) -> Value {
+    let mut metadata = serde_json::Map::new();
+    for k in ["name", "namespace", "uid", "resourceVersion"] {
+        if let Some(v) = pod.pointer(&format!("/metadata/{k}")) {
+            metadata.insert(k.into(), v.clone());
+        }
+    }
+    if let Some(code) = pod.pointer("/metadata/annotations").and_then(|a| a.get(EXIT_CODE_ANNOTATION)) {
+        let annotations = serde_json::Map::from_iter([(EXIT_CODE_ANNOTATION.to_string(), code.clone())]);
+        metadata.insert("annotations".into(), Value::Object(annotations));
+    }
+    let containers: Vec<Value> = pod
+        .pointer("/spec/containers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|c| json!({"name": c.get("name"), "image": c.get("image")}))
+        .collect();
+    json!({
+        "kind": pod.get("kind"), "apiVersion": pod.get("apiVersion"), "metadata": metadata,
+        "spec": {"restartPolicy": pod.pointer("/spec/restartPolicy"), "containers": containers},
+    })
 }
 
 /// Write the pod's status as kubelet would once its containers run (or ended, with the

@@ -28,10 +28,14 @@ struct Ring {
     generation: u64,
 }
 
-/// What an event keeps alive, roughly: its value and its key (the layer above serves the
-/// value as it is, keeping only where its revision goes beside it).
+/// What an event keeps alive, roughly: its value, the value before it and its key (the
+/// layer above serves the value as it is, keeping only where its revision goes beside
+/// it). A value that is one event's and the next one's previous is counted with each:
+/// the limit errs toward holding less. Without the previous values, a ring of status
+/// writes (each holding the revision before it, its own event long gone) held half as
+/// much again as it counted.
 fn event_bytes(ev: &Event) -> usize {
-    ev.kv.value.len() + ev.kv.key.len()
+    ev.kv.value.len() + ev.kv.key.len() + ev.prev.as_ref().map_or(0, |p| p.value.len())
 }
 
 impl Ring {
@@ -263,6 +267,15 @@ mod tests {
         assert_eq!(kept.len(), 20);
         assert_eq!(kept.last().unwrap().revision(), 200);
         assert!(matches!(h.since("/", 100), Err(StoreError::Compacted { .. })));
+        // The previous values events pin count too: half as many updates fit.
+        let h = History::with_byte_limit(100_000, 10 * 1024 * 1024, 0);
+        let mut prev = None;
+        for rev in 1..=200 {
+            let ev = event("/registry/configmaps/default/big", rev, 500 * 1024);
+            let ev = Arc::new(Event { kind: ev.kind, kv: ev.kv.clone(), prev: prev.replace(ev.kv.clone()) });
+            h.publish(ev);
+        }
+        assert_eq!(h.since("/", h.floor()).unwrap().len(), 10);
     }
 
     #[test]

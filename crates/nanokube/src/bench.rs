@@ -66,6 +66,8 @@ pub struct BenchOptions {
     pub seconds: u64,
     /// The attacks `abuse` runs (empty: all of them).
     pub attacks: Vec<String>,
+    /// More arguments for the servers `pods-simulated` and `deployments` start.
+    pub server_args: Vec<String>,
 }
 
 fn free_port() -> u16 {
@@ -191,7 +193,8 @@ pub async fn run(opts: BenchOptions) -> Result<(), String> {
                     // Its own server: no real node, the scheduler and N simulated nodes.
                     let data = tmp.join("pods-simulated");
                     let nodes = opts.simulated_nodes.to_string();
-                    let mut s = spawn_server_with(&opts.binary, &data, free_port(), &["--node=false", "--simulated-nodes", &nodes])?;
+                    let args = [&["--node=false", "--simulated-nodes", &nodes][..], &opts.server_args.iter().map(String::as_str).collect::<Vec<_>>()].concat();
+                    let mut s = spawn_server_with(&opts.binary, &data, free_port(), &args)?;
                     println!("  (pods-simulated: a fresh nanokube server with {nodes} simulated nodes, pid {})", s.child.id());
                     let r = pods_simulated(&opts, &s.kubeconfig, s.child.id(), &mut report).await;
                     let _ = s.child.kill();
@@ -203,7 +206,8 @@ pub async fn run(opts: BenchOptions) -> Result<(), String> {
                     // enough for every pod.
                     let data = tmp.join("deployments");
                     let nodes = (opts.deployments * 3 / 1000 + 1).max(opts.simulated_nodes.min(10)).to_string();
-                    let mut s = spawn_server_with(&opts.binary, &data, free_port(), &["--node=false", "--simulated-nodes", &nodes])?;
+                    let args = [&["--node=false", "--simulated-nodes", &nodes][..], &opts.server_args.iter().map(String::as_str).collect::<Vec<_>>()].concat();
+                    let mut s = spawn_server_with(&opts.binary, &data, free_port(), &args)?;
                     println!("  (deployments: a fresh nanokube server with {nodes} simulated nodes, pid {})", s.child.id());
                     let r = deployments::deployments(opts.deployments, &s.kubeconfig, s.child.id(), &mut report).await;
                     let _ = s.child.kill();
@@ -903,6 +907,9 @@ async fn pods_simulated(opts: &BenchOptions, kubeconfig: &Path, server_pid: u32,
     );
     if let Some(rss) = rss_kib(server_pid) {
         report.add(&format!("pods-simulated: server RSS with {n} pods (MiB)"), format!("{:.0}", rss as f64 / 1024.0), json!(rss as f64 / 1024.0));
+    }
+    if let Some(peak) = proc_status_kib(server_pid, "VmHWM:") {
+        report.add("pods-simulated: server peak RSS meanwhile (MiB)", format!("{:.0}", peak as f64 / 1024.0), json!(peak as f64 / 1024.0));
     }
     Ok(())
 }

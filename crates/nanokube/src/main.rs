@@ -464,6 +464,10 @@ struct BenchArgs {
     /// scenario polls `/readyz` with its credentials until it answers 200.
     #[arg(long, default_value = "{data}/kubeconfig")]
     server_kubeconfig: String,
+    /// More arguments for the servers the pods-simulated and deployments scenarios start
+    /// (repeat it, or one `--server-arg=--flag=value` each), e.g. `--server-arg=--watch-history=50000`.
+    #[arg(long = "server-arg", allow_hyphen_values = true)]
+    server_args: Vec<String>,
     /// ConfigMaps created per client count.
     #[arg(long, default_value_t = 2000)]
     count: usize,
@@ -874,6 +878,7 @@ fn main() {
                     binary: std::env::current_exe().expect("current exe"),
                     server_command: args.server_command,
                     server_kubeconfig: args.server_kubeconfig,
+                    server_args: args.server_args,
                     runs: args.runs.max(1),
                     count: args.count.max(1),
                     clients: args.clients,

@@ -175,8 +175,12 @@ async fn cronjobs_follow_their_schedule_on_a_test_clock() {
     assert_eq!(manual.metadata.annotations.as_ref().unwrap()["cronjob.kubernetes.io/instantiate"], "manual");
     assert_eq!(manual.metadata.owner_references.as_ref().unwrap()[0].name, "tick");
 
-    // A time zone: 09:00 in Seoul, annotated in Seoul's offset.
-    let day = OffsetDateTime::from_unix_timestamp((born.unix_timestamp() / 86400 + 2) * 86400).unwrap();
+    // A time zone: 09:00 in Seoul, annotated in Seoul's offset. The clock comes back to
+    // the wall clock first: the CronJob's creation time is the wall clock's, and a clock
+    // already past a 09:00 in Seoul (00:00 UTC) would have a missed run to start.
+    let now = OffsetDateTime::now_utc();
+    clock.set(now);
+    let day = OffsetDateTime::from_unix_timestamp((now.unix_timestamp() / 86400 + 2) * 86400).unwrap();
     cjs.create(&PostParams::default(), &cron_job("seoul", "0 9 * * *", json!({"timeZone": "Asia/Seoul"}))).await.unwrap();
     advance(&clock, day + time::Duration::minutes(1), &cjs, "seoul").await;
     let list = wait_jobs(&jobs, "seoul", 1).await;
