@@ -89,9 +89,14 @@ impl Recorder {
         let ns = obj.pointer("/metadata/namespace").and_then(Value::as_str).filter(|n| !n.is_empty()).unwrap_or("default").to_string();
         let name = meta::name(obj).to_string();
         let uid = meta::uid(obj).to_string();
-        let said = self.seen.lock().map(|s| s.said([field_path.unwrap_or(""), ty, reason, message])).unwrap_or_default();
+        let (said, previous) = match self.seen.lock() {
+            Ok(s) => {
+                let said = s.said([field_path.unwrap_or(""), ty, reason, message]);
+                (said, s.get(&uid, said).map(|(name, count)| (name.to_string(), count)))
+            }
+            Err(_) => (0, None),
+        };
         let now = meta::now_rfc3339();
-        let previous = self.seen.lock().ok().and_then(|s| s.get(&uid, said).map(|(name, count)| (name.to_string(), count)));
         if let Some((event_name, count)) = previous {
             let r = cluster
                 .update_with(events, &ns, &event_name, None, &mut |cur| {

@@ -102,6 +102,20 @@ fn put_parts_back(mut parts: Value, obj: &mut Value, paths: &[&[&str]]) {
     }
 }
 
+/// Run `check` over what a write must have checked: with `carried` paths, only those
+/// parts and the metadata ([`take_parts`]); otherwise the whole object.
+fn over_written<T>(obj: &mut Value, carried: Option<&[&[&str]]>, check: impl FnOnce(&mut Value) -> T) -> T {
+    match carried {
+        Some(paths) => {
+            let mut parts = take_parts(obj, paths);
+            let out = check(&mut parts);
+            put_parts_back(parts, obj, paths);
+            out
+        }
+        None => check(obj),
+    }
+}
+
 /// Where the ServiceAccount admission mounts a pod's token, CA and namespace.
 const SERVICE_ACCOUNT_MOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 
@@ -1909,13 +1923,7 @@ impl Registry {
         if !status_write {
             defaults::apply_defaults(def, &mut new);
         }
-        if let Some(paths) = carried_only {
-            let mut parts = take_parts(&mut new, paths);
-            go_omitempty::drop_empty(&mut parts);
-            put_parts_back(parts, &mut new, paths);
-        } else {
-            go_omitempty::drop_empty(&mut new);
-        }
+        over_written(&mut new, carried_only, go_omitempty::drop_empty);
         if def.group.is_empty() && def.plural == "pods" {
             // A pod's spec is immutable but for images and a few fields; keep it simple and
             // strict as upstream is: only container images, activeDeadlineSeconds and
@@ -1943,14 +1951,7 @@ impl Registry {
                 ));
             }
         }
-        if let Some(paths) = carried_only {
-            let parts = take_parts(&mut new, paths);
-            let checked = check_decodable(def, &parts);
-            put_parts_back(parts, &mut new, paths);
-            checked?;
-        } else {
-            check_decodable(def, &new)?;
-        }
+        over_written(&mut new, carried_only, |v| check_decodable(def, v))?;
         let mut causes = Vec::new();
         self.custom_strategy(def, &mut new, Some(old), &mut causes);
         // Generation moves on spec changes only (for custom resources without a status
