@@ -563,11 +563,19 @@ impl JobController {
             let mut managed = false;
             if !meta::is_deleting(&job) {
                 managed = true;
+                // Upstream's firstPendingIndexes: when only failed pods are replaced, an
+                // index whose pod is still terminating is not pending.
+                let terminating_indexes: HashSet<usize> = if only_replace_failed(&job) {
+                    pods.iter().filter(|p| !is_terminal(p) && meta::is_deleting(p)).filter_map(completion_index).collect()
+                } else {
+                    HashSet::new()
+                };
                 let ctx = Manage {
                     key,
                     succeeded,
                     active,
                     terminating,
+                    terminating_indexes: &terminating_indexes,
                     backoff,
                     ncompletions,
                     succeeded_indexes: &succeeded_indexes,
@@ -707,7 +715,8 @@ impl JobController {
         diff = diff.min(BURST);
         let mut indexes: Vec<Option<usize>> = vec![None; diff];
         if is_indexed(job) {
-            let busy: HashSet<usize> = active_pods.iter().filter_map(completion_index).collect();
+            let mut busy: HashSet<usize> = active_pods.iter().filter_map(completion_index).collect();
+            busy.extend(ctx.terminating_indexes);
             let failed = |i: &usize| ctx.failed_indexes.is_some_and(|f| f.contains(i));
             indexes = (0..ctx.ncompletions).filter(|i| !ctx.succeeded_indexes.contains(i) && !busy.contains(i) && !failed(i)).take(diff).map(Some).collect();
         }
@@ -1102,6 +1111,8 @@ struct Manage<'a> {
     succeeded: i64,
     active: i64,
     terminating: i64,
+    /// The indexes of terminating pods, when only failed pods are replaced.
+    terminating_indexes: &'a HashSet<usize>,
     backoff: Backoff,
     ncompletions: usize,
     succeeded_indexes: &'a BTreeSet<usize>,

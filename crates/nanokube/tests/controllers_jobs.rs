@@ -410,3 +410,71 @@ spec:
     let j = job(&s, "hand");
     assert_eq!((j["status"]["succeeded"].as_i64(), j["status"]["failed"].as_i64()), (Some(2), Some(1)));
 }
+
+/// Under `podReplacementPolicy: Failed` an index whose pod is still terminating is not
+/// pending (upstream's `firstPendingIndexes`): raising parallelism then starts the next
+/// free indexes, never a second pod for the terminating one.
+#[test]
+fn a_terminating_index_is_not_started_again_when_only_failed_pods_are_replaced() {
+    let s = Server::start_with(&["--node=false"]);
+    apply(
+        &s,
+        r#"
+apiVersion: batch/v1
+kind: Job
+metadata: {name: slots}
+spec:
+  completions: 4
+  parallelism: 2
+  completionMode: Indexed
+  podReplacementPolicy: Failed
+  template:
+    spec:
+      restartPolicy: Never
+      containers: [{name: main, image: "nothing:1"}]
+"#,
+    );
+    let index = |p: &Value| p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"].as_str().unwrap_or("").to_string();
+    let indexes = || {
+        let mut ix: Vec<String> = job_pods(&s, "slots").iter().map(index).collect();
+        ix.sort();
+        ix
+    };
+    assert!(eventually(Duration::from_secs(20), || indexes() == ["0", "1"]), "{:?}", indexes());
+    // Index 0's pod is deleted but held by a finalizer: it terminates and stays.
+    let zero = job_pods(&s, "slots").into_iter().find(|p| index(p) == "0").unwrap();
+    let zero = zero["metadata"]["name"].as_str().unwrap().to_string();
+    let hold = r#"[{"op":"add","path":"/metadata/finalizers/-","value":"test.nanokube.io/hold"}]"#;
+    s.k(&["patch", "pod", &zero, "--type=json", "-p", hold]);
+    s.k(&["delete", "pod", &zero, "--wait=false"]);
+    assert!(eventually(Duration::from_secs(20), || job(&s, "slots")["status"]["terminating"] == 1), "{}", job(&s, "slots")["status"]);
+    s.k(&["patch", "job", "slots", "--type=merge", "-p", r#"{"spec":{"parallelism":4}}"#]);
+    assert!(eventually(Duration::from_secs(20), || indexes() == ["0", "1", "2", "3"]), "{:?}", indexes());
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(indexes(), ["0", "1", "2", "3"], "index 0 was started again while its pod terminated");
+    assert_eq!(job(&s, "slots")["status"]["active"], 3);
+    // Once the pod has failed and gone, index 0 gets its replacement.
+    let failed = serde_json::json!({"status": {"phase": "Failed"}}).to_string();
+    let (code, out) = s.curl("PATCH", &format!("/api/v1/namespaces/default/pods/{zero}/status"), Some("application/merge-patch+json"), Some(failed.as_bytes()));
+    assert_eq!(code, 200, "{out}");
+    // Our finalizer is removed by value: the Job controller removes its own meanwhile.
+    let released = || {
+        let pod: Value = serde_json::from_str(&s.k(&["get", "pod", &zero, "-o", "json"])).unwrap();
+        let Some(at) = pod["metadata"]["finalizers"].as_array().and_then(|f| f.iter().position(|f| f == "test.nanokube.io/hold")) else { return true };
+        let patch = serde_json::json!([
+            {"op": "test", "path": format!("/metadata/finalizers/{at}"), "value": "test.nanokube.io/hold"},
+            {"op": "remove", "path": format!("/metadata/finalizers/{at}")},
+        ]);
+        s.kubectl(&["patch", "pod", &zero, "--type=json", "-p", &patch.to_string()]).status.success()
+    };
+    assert!(eventually(Duration::from_secs(20), released));
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            let pods = job_pods(&s, "slots");
+            pods.len() == 4 && pods.iter().all(|p| p["metadata"]["name"] != zero.as_str()) && indexes() == ["0", "1", "2", "3"]
+        }),
+        "{:?} {}",
+        indexes(),
+        job(&s, "slots")["status"]
+    );
+}
