@@ -98,7 +98,7 @@ pub async fn handle(server: Arc<ApiServer>, conn: Arc<ConnInfo>, req: Request<In
     let mut seen = std::collections::HashSet::new();
     source_ips.retain(|ip| seen.insert(ip.clone()));
     let mut audit = AuditInfo::default();
-    let mutating = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    let mutating = crate::lanes::is_mutating(req.method());
     // Counted for `apiserver_current_inflight_requests`; limits are API Priority and
     // Fairness's, per priority level (inside `handle_inner`).
     let inflight = server.metrics.inflight(mutating);

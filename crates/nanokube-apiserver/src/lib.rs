@@ -34,6 +34,7 @@ pub mod fieldmanager;
 pub mod handler;
 pub mod http;
 pub mod kubeconfig;
+pub mod lanes;
 pub mod metrics;
 pub mod node_authz;
 pub mod node_link;

@@ -163,9 +163,48 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(32);
 /// Most connections served at once; more wait in the kernel's backlog.
 pub const MAX_CONNECTIONS: usize = 10_000;
 
-/// Accept connections until `shutdown` turns true.
+/// Accept connections until `shutdown` turns true. Connections, reads and watches are
+/// served on the read lane, and mutating requests on the runtime this is called on, where
+/// the controllers run too ([`crate::lanes`]).
 pub async fn serve(api: Arc<ApiServer>, listener: TcpListener, tls: Arc<rustls::ServerConfig>, shutdown: watch::Receiver<bool>) {
-    serve_with(listener, tls, shutdown, move |info, req| crate::handler::handle(api.clone(), info, req)).await
+    let writes = tokio::runtime::Handle::current();
+    let handler = move |info: Arc<ConnInfo>, req: hyper::Request<hyper::body::Incoming>| {
+        let (api, writes) = (api.clone(), writes.clone());
+        async move {
+            if crate::lanes::is_mutating(req.method()) {
+                let failed = || crate::http::error(&nanokube_api::ApiError::internal("the request's handling ended unexpectedly"));
+                crate::lanes::run_on(&writes, crate::handler::handle(api, info, req), failed).await
+            } else {
+                crate::handler::handle(api, info, req).await
+            }
+        }
+    };
+    // The listener moves to the read lane's reactor, so that the connections accepted from
+    // it are woken there.
+    let listener = match listener.into_std() {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "the API server's listener");
+            return;
+        }
+    };
+    let accepting = async move {
+        match TcpListener::from_std(listener) {
+            Ok(l) => accept_loop(l, Some(tls), shutdown, handler).await,
+            Err(e) => tracing::error!(error = %e, "the API server's listener"),
+        }
+    };
+    // Ended (its connections with it) when this returns or is dropped.
+    let lane = match crate::lanes::ReadLane::start() {
+        Ok(lane) => lane,
+        Err(e) => {
+            tracing::error!(error = %e, "the API server's read lane");
+            return;
+        }
+    };
+    if let Some(reads) = lane.handle() {
+        crate::lanes::run_on(reads, accepting, || ()).await;
+    }
 }
 
 /// Accept TLS connections until `shutdown` turns true, each request answered by

@@ -88,7 +88,8 @@ pub(crate) fn write_table(spec: &TableSpec<'_>, objs: &[Obj], list_meta: &Value,
 fn write_row(out: &mut Vec<u8>, spec: &TableSpec<'_>, obj: &Obj) {
     let json = obj.json();
     let whole = spec.custom.is_some();
-    let (cells, metadata) = match split(&json, whole) {
+    let spec_fields = if whole { None } else { table::spec_fields(spec.def.group, spec.def.plural) };
+    let ((cells, conditions), metadata) = match split(&json, whole, spec_fields) {
         Ok(parts) => (cells(spec, &parts.value), parts.metadata),
         // Not an object of plain keys (never written so, but stored bytes are not trusted):
         // the slow way, from the decoded value.
@@ -96,6 +97,10 @@ fn write_row(out: &mut Vec<u8>, spec: &TableSpec<'_>, obj: &Obj) {
     };
     out.extend_from_slice(b"{\"cells\":");
     write_json(out, &cells);
+    if let Some(c) = conditions {
+        out.extend_from_slice(b",\"conditions\":");
+        write_json(out, &c);
+    }
     match spec.include {
         Include::None => {}
         Include::Object => {
@@ -113,10 +118,11 @@ fn write_row(out: &mut Vec<u8>, spec: &TableSpec<'_>, obj: &Obj) {
     out.push(b'}');
 }
 
-fn cells(spec: &TableSpec<'_>, obj: &Value) -> Vec<Value> {
+/// A row's cells, and its `conditions` where the kind has any.
+fn cells(spec: &TableSpec<'_>, obj: &Value) -> (Vec<Value>, Option<Value>) {
     match spec.custom {
-        Some(v) => table::custom_cells(&v.columns, obj, spec.now),
-        None => table::cells(spec.def.group, spec.def.plural, obj, spec.now),
+        Some(v) => (table::custom_cells(&v.columns, obj, spec.now), None),
+        None => (table::cells(spec.def.group, spec.def.plural, obj, spec.now), table::row_conditions(spec.def.group, spec.def.plural, obj)),
     }
 }
 
@@ -187,18 +193,20 @@ const CELL_METADATA: [&str; 6] = ["name", "namespace", "creationTimestamp", "del
 
 /// Splits `json` at its top-level fields in one pass, without building a map of them.
 /// Unless `whole`, only what built-in cells read is decoded: `metadata`'s
-/// [`CELL_METADATA`], the keys (not the values) of `data`/`binaryData`, and every other
-/// field but `kind` and `apiVersion`. `whole` decodes everything but managed fields.
-fn split(json: &[u8], whole: bool) -> serde_json::Result<Split<'_>> {
+/// [`CELL_METADATA`], the keys (not the values) of `data`/`binaryData`, of `spec` what
+/// `spec_fields` names (all of it when `None`), and every other field but `kind` and
+/// `apiVersion`. `whole` decodes everything but managed fields.
+fn split<'a>(json: &'a [u8], whole: bool, spec_fields: Option<&'static table::SpecFields>) -> serde_json::Result<Split<'a>> {
     use serde::Deserializer as _;
     let mut de = serde_json::Deserializer::from_slice(json);
-    let split = de.deserialize_map(TopVisitor { whole })?;
+    let split = de.deserialize_map(TopVisitor { whole, spec_fields })?;
     de.end()?;
     Ok(split)
 }
 
 struct TopVisitor {
     whole: bool,
+    spec_fields: Option<&'static table::SpecFields>,
 }
 
 impl<'de> serde::de::Visitor<'de> for TopVisitor {
@@ -226,6 +234,13 @@ impl<'de> serde::de::Visitor<'de> for TopVisitor {
                 "data" | "binaryData" if !self.whole => {
                     let keys: KeysOnly = map.next_value()?;
                     value.insert(key.to_string(), Value::Object(keys.0));
+                }
+                "spec" if !self.whole && self.spec_fields.is_some() => {
+                    let lean = match self.spec_fields {
+                        Some(fields) => map.next_value_seed(LeanSpec(fields))?,
+                        None => map.next_value()?,
+                    };
+                    value.insert(key.to_string(), lean);
                 }
                 _ => {
                     value.insert(key.to_string(), map.next_value()?);
@@ -264,6 +279,74 @@ fn lean_metadata(json: &str, whole: bool) -> serde_json::Result<Value> {
     serde_json::Deserializer::from_str(json).deserialize_map(MetaVisitor { whole })
 }
 
+/// A `spec` with only the fields the cells read, and the lists they only count as lists
+/// of `null`s of the same length (a pod's containers, the bulk of its spec, are not
+/// decoded for a Table).
+struct LeanSpec(&'static table::SpecFields);
+
+impl<'de> serde::de::DeserializeSeed<'de> for LeanSpec {
+    type Value = Value;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, de: D) -> Result<Value, D::Error> {
+        de.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for LeanSpec {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a spec")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let fields = self.0;
+        let mut m = Map::new();
+        while let Some(key) = map.next_key::<&'de str>()? {
+            if fields.read.contains(&key) {
+                m.insert(key.to_string(), map.next_value()?);
+            } else if fields.counted.contains(&key) {
+                let n = map.next_value::<Counted>()?.0;
+                m.insert(key.to_string(), Value::Array(vec![Value::Null; n]));
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(Value::Object(m))
+    }
+
+    // Not an object: kept as it is (the cells read nothing from it).
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+}
+
+/// How many items a JSON list has (0 for anything else).
+struct Counted(usize);
+
+impl<'de> serde::Deserialize<'de> for Counted {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Counted, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Counted;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a list")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Counted, A::Error> {
+                let mut n = 0;
+                while seq.next_element::<IgnoredAny>()?.is_some() {
+                    n += 1;
+                }
+                Ok(Counted(n))
+            }
+            fn visit_unit<E>(self) -> Result<Counted, E> {
+                Ok(Counted(0))
+            }
+        }
+        de.deserialize_any(V)
+    }
+}
+
 /// A JSON object's keys, each with `null` for its value.
 struct KeysOnly(Map<String, Value>);
 
@@ -299,18 +382,52 @@ mod tests {
     #[test]
     fn split_keeps_metadata_as_written_and_drops_what_cells_never_read() {
         let json = br#"{"kind":"ConfigMap","apiVersion":"v1","metadata":{"name":"a","managedFields":[{"manager":"x"}]},"data":{"k":"a long value"}}"#;
-        let s = split(json, false).unwrap();
+        let s = split(json, false, None).unwrap();
         assert_eq!(s.metadata.unwrap().get(), r#"{"name":"a","managedFields":[{"manager":"x"}]}"#);
         assert_eq!(s.value["metadata"], serde_json::json!({"name": "a"}));
         assert!(s.value.get("kind").is_none());
         assert_eq!(s.value["data"], serde_json::json!({"k": null}));
-        let whole = split(json, true).unwrap();
+        let whole = split(json, true, None).unwrap();
         assert_eq!(whole.value["data"], serde_json::json!({"k": "a long value"}));
     }
 
     #[test]
     fn split_refuses_what_is_not_an_object() {
-        assert!(split(b"[1]", false).is_err());
-        assert!(split(br#"{"a":"#, false).is_err());
+        assert!(split(b"[1]", false, None).is_err());
+        assert!(split(br#"{"a":"#, false, None).is_err());
+    }
+
+    /// A pod's row from its lean split (most of the spec left undecoded) is the row from
+    /// the whole pod.
+    #[test]
+    fn a_pod_row_reads_only_what_it_needs_of_the_spec_and_is_the_same() {
+        let now = OffsetDateTime::now_utc();
+        let pods = [
+            serde_json::json!({"kind": "Pod", "apiVersion": "v1",
+                "metadata": {"name": "web", "namespace": "default", "creationTimestamp": "2026-01-01T00:00:00Z", "managedFields": [{"manager": "kubectl"}]},
+                "spec": {"nodeName": "n1", "readinessGates": [{"conditionType": "example.com/gate"}],
+                    "initContainers": [{"name": "setup", "image": "busybox"}, {"name": "proxy", "image": "envoy", "restartPolicy": "Always"}],
+                    "containers": [{"name": "a", "image": "nginx", "ports": [{"containerPort": 80}], "resources": {"requests": {"cpu": "100m"}}}, {"name": "b", "image": "busybox"}],
+                    "volumes": [{"name": "v", "emptyDir": {}}], "tolerations": [{"key": "k", "operator": "Exists"}]},
+                "status": {"phase": "Running", "podIP": "127.244.0.5", "podIPs": [{"ip": "127.244.0.5"}],
+                    "conditions": [{"type": "Ready", "status": "True"}, {"type": "Initialized", "status": "True"}, {"type": "example.com/gate", "status": "True"}],
+                    "initContainerStatuses": [
+                        {"name": "setup", "ready": true, "restartCount": 0, "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}},
+                        {"name": "proxy", "ready": true, "started": true, "restartCount": 1, "state": {"running": {}},
+                            "lastState": {"terminated": {"exitCode": 1, "finishedAt": "2026-01-01T00:01:00Z"}}}],
+                    "containerStatuses": [{"name": "a", "ready": true, "restartCount": 2, "state": {"running": {}}}, {"name": "b", "ready": false, "restartCount": 0, "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]}}),
+            serde_json::json!({"kind": "Pod", "apiVersion": "v1", "metadata": {"name": "done", "deletionTimestamp": "2026-01-01T00:00:00Z"},
+                "spec": {"containers": [{"name": "a", "image": "x"}]},
+                "status": {"phase": "Succeeded", "containerStatuses": [{"name": "a", "ready": false, "restartCount": 0, "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}}]}}),
+        ];
+        let def = nanokube_api::resources::find("", "v1", "pods").unwrap();
+        let spec = TableSpec { def, custom: None, include: Include::None, meta_version: "v1", now };
+        for pod in pods {
+            let json = serde_json::to_vec(&pod).unwrap();
+            let lean = split(&json, false, table::spec_fields("", "pods")).unwrap();
+            assert!(lean.value["spec"].get("volumes").is_none(), "{}", lean.value["spec"]);
+            assert_eq!(lean.value["spec"]["containers"].as_array().map(Vec::len), pod["spec"]["containers"].as_array().map(Vec::len));
+            assert_eq!(cells(&spec, &lean.value), cells(&spec, &pod), "{pod}");
+        }
     }
 }

@@ -292,7 +292,7 @@ impl EtcdBackend {
             pool,
             codec,
             prefix,
-            index: Index::new(State { map, revision }, history),
+            index: Index::new(State::new(map, revision), history),
             applied,
             trouble: Mutex::new(None),
             closed: AtomicBool::new(false),
@@ -392,7 +392,7 @@ impl EtcdBackend {
     /// (so a write's answer shares the index's decoded cache).
     fn indexed_or(&self, key: &str, revision: Revision, fresh: impl FnOnce() -> Arc<KeyValue>) -> Arc<KeyValue> {
         let st = self.shared.index.read();
-        st.map.get(key).filter(|kv| kv.mod_revision == revision).cloned().unwrap_or_else(fresh)
+        st.get(key).filter(|kv| kv.mod_revision == revision).cloned().unwrap_or_else(fresh)
     }
 }
 
@@ -441,8 +441,12 @@ impl Shared {
             // A consistent read's mark: everything before it has been delivered.
             return;
         }
-        let Some(event) = event_of(ev, &key, self.codec.as_ref(), || st.map.get(&key).cloned()) else { return };
-        place(&mut st.map, &event);
+        let Some(event) = event_of(ev, &key, self.codec.as_ref(), || st.get(&key).cloned()) else { return };
+        if event.kind == EventKind::Deleted {
+            st.take(&key);
+        } else {
+            st.put(key.clone(), event.kv.clone());
+        }
         // Published under the state lock, so lists at a revision see the ring and the
         // index agree (as the embedded backend does).
         self.index.history.publish(Arc::new(event));
@@ -735,8 +739,7 @@ async fn run_watch(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
             match list_all(&shared.pool, &shared.prefix, shared.codec.as_ref()).await {
                 Ok((map, revision)) => {
                     let mut st = shared.index.write();
-                    st.map = map;
-                    st.revision = revision;
+                    *st = State::new(map, revision);
                     shared.index.history.reset(revision);
                     drop(st);
                     shared.announce();

@@ -37,7 +37,7 @@ impl Index {
 
     /// The current value of a key.
     pub fn get(&self, key: &str) -> Option<Arc<KeyValue>> {
-        self.read().map.get(key).cloned()
+        self.read().get(key).cloned()
     }
 
     /// See [`crate::Backend::list`].
@@ -73,13 +73,65 @@ impl Index {
 /// The current state: every live key, and the revision it is current at.
 #[derive(Default)]
 pub(crate) struct State {
-    /// Live keys and their newest values.
-    pub map: BTreeMap<String, Arc<KeyValue>>,
+    /// Live keys and their newest values (changed only through [`State::put`] and
+    /// [`State::take`], which keep `dirs` true).
+    map: BTreeMap<String, Arc<KeyValue>>,
+    /// How many live keys each directory holds (a key's directory: the key up to and
+    /// including its last `/`, such as `/registry/pods/default/`), so that the keys under
+    /// a prefix ending in `/` are counted by directory, not one by one: counting what the
+    /// first page of 100,000 pods leaves took 3 ms under the read lock.
+    dirs: BTreeMap<String, usize>,
     /// The revision `map` is current at.
     pub revision: Revision,
 }
 
+/// The directory of a key: up to and including its last `/`.
+fn dir_of(key: &str) -> &str {
+    key.rfind('/').map_or("", |at| &key[..=at])
+}
+
 impl State {
+    /// The state of `map` at `revision`.
+    pub fn new(map: BTreeMap<String, Arc<KeyValue>>, revision: Revision) -> State {
+        let mut dirs: BTreeMap<String, usize> = BTreeMap::new();
+        for key in map.keys() {
+            let dir = dir_of(key);
+            match dirs.get_mut(dir) {
+                Some(n) => *n += 1,
+                None => {
+                    dirs.insert(dir.to_string(), 1);
+                }
+            }
+        }
+        State { map, dirs, revision }
+    }
+
+    /// The current value of `key`.
+    pub fn get(&self, key: &str) -> Option<&Arc<KeyValue>> {
+        self.map.get(key)
+    }
+
+    /// Set `key`'s current value.
+    pub fn put(&mut self, key: String, kv: Arc<KeyValue>) {
+        let dir = dir_of(&key).to_string();
+        if self.map.insert(key, kv).is_none() {
+            *self.dirs.entry(dir).or_insert(0) += 1;
+        }
+    }
+
+    /// Remove `key`.
+    pub fn take(&mut self, key: &str) {
+        if self.map.remove(key).is_some() {
+            let dir = dir_of(key);
+            if let Some(n) = self.dirs.get_mut(dir) {
+                *n -= 1;
+                if *n == 0 {
+                    self.dirs.remove(dir);
+                }
+            }
+        }
+    }
+
     /// Keys under `prefix`, strictly after `after`, at most `limit` (0: all).
     pub fn list(&self, prefix: &str, after: Option<&str>, limit: usize) -> ListResult {
         let mut iter = under(&self.map, prefix, after);
@@ -90,7 +142,12 @@ impl State {
                 break;
             }
         }
-        let remaining = if limit > 0 && items.len() == limit { iter.count() } else { 0 };
+        let remaining = match (limit > 0 && items.len() == limit, after) {
+            (false, _) => 0,
+            // A first page holds the first keys under the prefix.
+            (true, None) if prefix.ends_with('/') => self.count(prefix) - items.len(),
+            (true, _) => iter.count(),
+        };
         ListResult { items, revision: self.revision, remaining }
     }
 
@@ -143,9 +200,14 @@ impl State {
         Ok(ListResult { items, revision, remaining })
     }
 
-    /// How many keys are under `prefix`.
+    /// How many keys are under `prefix`: by directory when it ends in `/` (every key
+    /// under such a prefix has its directory under it too, and the other way round).
     pub fn count(&self, prefix: &str) -> usize {
-        under(&self.map, prefix, None).count()
+        if prefix.ends_with('/') {
+            under(&self.dirs, prefix, None).map(|(_, n)| n).sum()
+        } else {
+            under(&self.map, prefix, None).count()
+        }
     }
 }
 
@@ -207,5 +269,31 @@ mod tests {
         ] {
             assert_eq!(got(prefix, after), want(prefix, after), "{prefix:?} after {after:?}");
         }
+    }
+
+    #[test]
+    fn counts_by_directory_agree_with_counting_keys() {
+        let kv = |k: &str| Arc::new(KeyValue::new(k.to_string(), bytes::Bytes::new(), 1, 1));
+        let keys = ["/r/pods/a/x", "/r/pods/a/y", "/r/pods/b/x", "/r/pods-x/a/x", "/r/services/specs/a/s", "/r/namespaces/a", "/r/namespaces/b"];
+        let mut st = State::new(keys.iter().map(|k| (k.to_string(), kv(k))).collect(), 1);
+        let check = |st: &State| {
+            for prefix in ["/r/pods/", "/r/pods/a/", "/r/pods/b/", "/r/pods/c/", "/r/", "/r/services/", "/r/namespaces/", "/r/pods", "/"] {
+                assert_eq!(st.count(prefix), under(&st.map, prefix, None).count(), "{prefix}");
+                for limit in [1, 2, 3] {
+                    let page = st.list(prefix, None, limit);
+                    let all = under(&st.map, prefix, None).count();
+                    assert_eq!(page.remaining, all.saturating_sub(limit), "{prefix} {limit}");
+                }
+            }
+        };
+        check(&st);
+        st.put("/r/pods/c/z".into(), kv("/r/pods/c/z"));
+        st.put("/r/pods/a/x".into(), kv("/r/pods/a/x"));
+        st.take("/r/pods/b/x");
+        st.take("/r/pods/b/x");
+        st.take("/r/nothing/here");
+        check(&st);
+        assert!(!st.dirs.contains_key("/r/pods/b/"), "an emptied directory is forgotten");
+        assert_eq!(st.count("/r/pods/"), 3);
     }
 }

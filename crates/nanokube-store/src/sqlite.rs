@@ -27,8 +27,11 @@ use crate::{Backend, BoxFuture, Event, EventKind, KeyValue, ListResult, Revision
 pub const DEFAULT_HISTORY: usize = 100_000;
 
 /// How many bytes of values the watch history may hold, unless told otherwise: a few
-/// large objects rewritten often would otherwise pin 100,000 copies of themselves.
-pub const DEFAULT_HISTORY_BYTES: usize = 256 * 1024 * 1024;
+/// large objects rewritten often would otherwise pin 100,000 copies of themselves. With
+/// 100,000 pods created and run at once (`bench pods-simulated`, three writes a pod),
+/// 256 MiB took the server to its 1 GiB memory budget (peaks of 1,014–1,028 MiB); with
+/// 192 MiB it peaked at 972 MiB.
+pub const DEFAULT_HISTORY_BYTES: usize = 192 * 1024 * 1024;
 
 /// How to open the store.
 #[derive(Debug, Clone)]
@@ -139,7 +142,7 @@ impl SqliteBackend {
         let stats = crate::StoreStats::with_commit_buckets();
         let shared = Arc::new(Shared {
             writer_alive: std::sync::atomic::AtomicBool::new(true),
-            index: Index::new(State { map, revision }, history),
+            index: Index::new(State::new(map, revision), history),
             stats: std::sync::Mutex::new(stats),
         });
 
@@ -348,7 +351,7 @@ fn commit_batch(conn: &mut Connection, shared: &Shared, batch: Vec<Request>) {
     let current = |overlay: &HashMap<String, Option<Arc<KeyValue>>>, key: &str| -> Option<Arc<KeyValue>> {
         match overlay.get(key) {
             Some(v) => v.clone(),
-            None => shared.index.read().map.get(key).cloned(),
+            None => shared.index.read().get(key).cloned(),
         }
     };
 
@@ -416,10 +419,10 @@ fn commit_batch(conn: &mut Connection, shared: &Shared, batch: Vec<Request>) {
         for (key, v) in overlay {
             match v {
                 Some(kv) => {
-                    st.map.insert(key, kv);
+                    st.put(key, kv);
                 }
                 None => {
-                    st.map.remove(&key);
+                    st.take(&key);
                 }
             }
         }

@@ -36,15 +36,18 @@ fn choice() -> u8 {
 
 /// mimalloc's options for a long-running server that should hold no more memory than it
 /// uses: segments and arenas committed as they are used rather than whole, and freed pages
-/// given back at once rather than after 10 ms. Measured (`nanokube bench pods-run`): the
-/// server with 100 pods holds 77 MiB instead of 118. (Indices of mimalloc 2's
-/// `mi_option_e`; the crate names only some of them.)
+/// given back after 2 ms rather than 10. Measured (`nanokube bench pods-run`): the server
+/// with 100 pods holds 79 MiB instead of 118. Giving pages back at once (a delay of 0)
+/// held 2 MiB less but made every free of a large tree an `madvise` whose TLB shootdown
+/// interrupts the other core: 18% of the read lane's time under a write flood, and
+/// kubectl's first page took up to 67 ms instead of 42 (`bench pods-simulated`). (Indices
+/// of mimalloc 2's `mi_option_e`; the crate names only some of them.)
 fn lean_mimalloc() {
     const EAGER_COMMIT: libmimalloc_sys::mi_option_t = 3;
     const ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
     const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
     for (option, value, env) in
-        [(EAGER_COMMIT, 0, c"MIMALLOC_EAGER_COMMIT"), (ARENA_EAGER_COMMIT, 0, c"MIMALLOC_ARENA_EAGER_COMMIT"), (PURGE_DELAY, 0, c"MIMALLOC_PURGE_DELAY")]
+        [(EAGER_COMMIT, 0, c"MIMALLOC_EAGER_COMMIT"), (ARENA_EAGER_COMMIT, 0, c"MIMALLOC_ARENA_EAGER_COMMIT"), (PURGE_DELAY, 2, c"MIMALLOC_PURGE_DELAY")]
     {
         // SAFETY: reads the environment and sets one of mimalloc's options; allocates
         // nothing. Called once, while only the main thread runs. mimalloc's own variable,

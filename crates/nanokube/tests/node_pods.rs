@@ -340,6 +340,9 @@ spec:
     let init = &p["status"]["initContainerStatuses"];
     assert_eq!(init[0]["state"]["terminated"]["reason"], "Completed", "{init}");
     assert!(init[1]["state"]["running"].is_object(), "the sidecar keeps running: {init}");
+    // kubectl counts a started sidecar among the pod's containers, as upstream's printer.
+    let row = s.k(&["get", "pod", "full", "--no-headers"]);
+    assert_eq!(row.split_whitespace().take(3).collect::<Vec<_>>(), ["full", "2/2", "Running"], "{row}");
     assert_eq!(s.k(&["logs", "full", "-c", "init"]), "init ran\n");
     assert_eq!(s.k(&["logs", "full", "-c", "side"]), "sidecar up\n");
     let ip = p["status"]["podIP"].as_str().unwrap();
@@ -524,8 +527,18 @@ kind: Pod
 metadata: {name: never}
 spec:
   containers: [{name: c, image: "other:2.0", imagePullPolicy: Never}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: initfail}
+spec:
+  restartPolicy: Never
+  initContainers: [{name: i, image: testbox:1.0, command: [sh, -c, 'exit 3']}]
+  containers: [{name: c, image: testbox:1.0}]
 "#,
     );
+    // kubectl's STATUS column, as upstream's printer writes it.
+    let row = |name: &str| s.k(&["get", "pod", name, "--no-headers"]).split_whitespace().take(3).map(String::from).collect::<Vec<_>>();
     let p = wait_for(&s, "missing", "ImagePullBackOff", |p| {
         p.pointer("/status/containerStatuses/0/state/waiting/reason").and_then(Value::as_str) == Some("ImagePullBackOff")
     });
@@ -551,6 +564,11 @@ spec:
     let t = &p["status"]["containerStatuses"][0]["state"]["terminated"];
     assert_eq!((t["reason"].as_str(), t["exitCode"].as_i64()), (Some("OOMKilled"), Some(137)), "{t}");
     assert_eq!(p["status"]["qosClass"], "Burstable");
+    assert_eq!(row("hog"), ["hog", "0/1", "OOMKilled"]);
+    // A failed init container: the pod fails with it.
+    let p = wait_for(&s, "initfail", "Failed", |p| phase(p) == "Failed");
+    assert_eq!(p["status"]["initContainerStatuses"][0]["state"]["terminated"]["exitCode"], 3, "{p}");
+    assert_eq!(row("initfail"), ["initfail", "0/1", "Init:Error"]);
 
     // A command that does not exist: the runtime's start error, then restarts.
     let p = wait_for(&s, "nocommand", "StartError", |p| {
