@@ -266,7 +266,9 @@ pub static BUILTIN: &[ResourceDef] = &[
     ),
     res("", "PersistentVolumeClaim", "persistentvolumeclaims", "persistentvolumeclaim", true, &["pvc"], NONE, &[status("PersistentVolumeClaim", "")]),
     res("", "PersistentVolume", "persistentvolumes", "persistentvolume", false, &["pv"], NONE, &[status("PersistentVolume", "")]),
-    res(
+    // Pods count generations since 1.33 (KEP-5067, not feature-gated in the API server):
+    // 1 on create, +1 per spec change (updates, resizes, ephemeral containers).
+    with_generation(res(
         "",
         "Pod",
         "pods",
@@ -286,7 +288,7 @@ pub static BUILTIN: &[ResourceDef] = &[
             SubresourceDef { name: "resize", group: "", version: "v1", kind: "Pod", verbs: &["get", "patch", "update"] },
             status("Pod", ""),
         ],
-    ),
+    )),
     res("", "PodTemplate", "podtemplates", "podtemplate", true, NONE, NONE, &[]),
     with_generation(res(
         "",

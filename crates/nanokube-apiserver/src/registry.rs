@@ -760,6 +760,15 @@ fn decode_continue(token: &str) -> Result<ContinueToken, ApiError> {
     Ok(t)
 }
 
+/// An object marked for deletion for the first time moves to its next generation, if it
+/// counts generations (upstream's `BeforeDelete` and `markAsDeleting`): its controllers
+/// must see the change.
+fn bump_generation_on_deletion(metadata: &mut serde_json::Map<String, Value>) {
+    if let Some(g) = metadata.get("generation").and_then(Value::as_i64).filter(|g| *g > 0) {
+        metadata.insert("generation".into(), json!(g + 1));
+    }
+}
+
 /// Everything but `metadata` and `status`: what a generation change compares.
 fn spec_part(v: &Value) -> Map<String, Value> {
     v.as_object()
@@ -1957,10 +1966,20 @@ impl Registry {
         // Generation moves on spec changes only (for custom resources without a status
         // subresource, on any change outside metadata).
         if def.tracks_generation {
-            let g = meta::field(old, "generation").and_then(Value::as_i64).unwrap_or(1);
+            // A pod stored before pods counted generations has none: its first spec change
+            // makes it 1 (upstream's `Generation++` from 0).
+            let is_pod = def.group.is_empty() && def.plural == "pods";
+            let g = meta::field(old, "generation").and_then(Value::as_i64).unwrap_or(if is_pod { 0 } else { 1 });
             let changed = if def.custom && !def.has_status() { old.get("status") != new.get("status") } else { false };
-            let g = if changed || spec_part(old) != spec_part(&new) { g + 1 } else { g };
-            meta::metadata_mut(&mut new).insert("generation".into(), json!(g));
+            // Binding sets the node without the pod strategy (upstream's BindingREST), so it
+            // leaves the generation as it is.
+            let counts = !(is_pod && opts.subresource.as_deref() == Some("binding"));
+            let g = if counts && (changed || spec_part(old) != spec_part(&new)) { g + 1 } else { g };
+            if g > 0 {
+                meta::metadata_mut(&mut new).insert("generation".into(), json!(g));
+            } else {
+                meta::metadata_mut(&mut new).remove("generation");
+            }
         } else if let Some(g) = meta::field(old, "generation") {
             meta::metadata_mut(&mut new).insert("generation".into(), g.clone());
         } else {
@@ -2149,6 +2168,9 @@ impl Registry {
                 {
                     let due = time::OffsetDateTime::now_utc() + time::Duration::seconds(period);
                     let m = meta::metadata_mut(&mut next);
+                    if existing.is_none() {
+                        bump_generation_on_deletion(m);
+                    }
                     m.insert("deletionTimestamp".into(), json!(meta::format_time(due)));
                     m.insert("deletionGracePeriodSeconds".into(), json!(period));
                     if !finalizers.is_empty() {
@@ -2170,6 +2192,7 @@ impl Registry {
                 {
                     let m = meta::metadata_mut(&mut next);
                     if !m.contains_key("deletionTimestamp") {
+                        bump_generation_on_deletion(m);
                         m.insert("deletionTimestamp".into(), json!(meta::now_rfc3339()));
                         m.insert("deletionGracePeriodSeconds".into(), json!(0));
                     }

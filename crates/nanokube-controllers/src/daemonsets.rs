@@ -192,7 +192,7 @@ impl DaemonSetController {
 
     async fn sync(&self, key: &str) -> Result<(), ApiError> {
         let (ns, name) = key.split_once('/').unwrap_or(("", key));
-        let ds = match self.registry.get(daemon_sets(), ns, name) {
+        let mut ds = match self.registry.get(daemon_sets(), ns, name) {
             Ok(o) => o.to_value(),
             Err(e) if e.code == 404 => return Ok(()),
             Err(e) => return Err(e),
@@ -200,9 +200,11 @@ impl DaemonSetController {
         let sel = LabelSelector::from_object(ds.pointer("/spec/selector").unwrap_or(&Value::Null))?;
         let uid = meta::uid(&ds).to_string();
         let owned = crate::objects::claim_pods(&self.registry, &ds, &Self::owner_ref(&ds), &sel, |_| true).await?;
-        let labels = ds.pointer("/spec/template/metadata/labels").cloned().unwrap_or(json!({}));
-        let (all_revisions, update) = crate::history::ensure(&self.registry, &ds, &Self::owner_ref(&ds), labels).await?;
-        let hash = update.pointer("/metadata/labels/controller.kubernetes.io~1hash").and_then(Value::as_str).unwrap_or("").to_string();
+        let (all_revisions, update, collisions) = crate::history::ensure(&self.registry, crate::history::Owner::DaemonSet, &ds, &Self::owner_ref(&ds)).await?;
+        if collisions > 0 {
+            ds["status"]["collisionCount"] = json!(collisions);
+        }
+        let hash = crate::history::hash_of(crate::history::Owner::DaemonSet, &update).unwrap_or("").to_string();
         let template = daemon_template(&ds);
         let nodes: Vec<Value> = self.registry.list(def("", "nodes"), None, &ListOptions::default())?.items.iter().map(|n| n.to_value()).collect();
         let mut by_node: BTreeMap<String, Vec<Value>> = BTreeMap::new();
@@ -226,7 +228,7 @@ impl DaemonSetController {
             owned.iter().filter_map(|p| p.pointer(&format!("/metadata/labels/{REVISION_LABEL}")).and_then(Value::as_str)).collect();
         let used: std::collections::HashSet<String> = all_revisions
             .iter()
-            .filter(|r| r.pointer("/metadata/labels/controller.kubernetes.io~1hash").and_then(Value::as_str).is_some_and(|h| hashes.contains(h)))
+            .filter(|r| crate::history::hash_of(crate::history::Owner::DaemonSet, r).is_some_and(|h| hashes.contains(h)))
             .map(|r| meta::name(r).to_string())
             .collect();
         let in_use = |r: &str| r == meta::name(&update) || used.contains(r);
@@ -357,6 +359,9 @@ impl DaemonSetController {
             "numberAvailable": available,
             "numberUnavailable": desired - available,
         });
+        if let Some(c) = ds.pointer("/status/collisionCount") {
+            status["collisionCount"] = c.clone();
+        }
         for k in ["updatedNumberScheduled", "numberAvailable", "numberUnavailable"] {
             if status[k] == json!(0) {
                 if let Some(m) = status.as_object_mut() {

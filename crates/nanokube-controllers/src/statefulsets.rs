@@ -250,7 +250,7 @@ impl StatefulSetController {
 
     async fn sync(&self, key: &str) -> Result<(), ApiError> {
         let (ns, name) = key.split_once('/').unwrap_or(("", key));
-        let set = match self.registry.get(sets(), ns, name) {
+        let mut set = match self.registry.get(sets(), ns, name) {
             Ok(o) => o.to_value(),
             Err(e) if e.code == 404 => return Ok(()),
             Err(e) => return Err(e),
@@ -258,8 +258,11 @@ impl StatefulSetController {
         let sel = LabelSelector::from_object(set.pointer("/spec/selector").unwrap_or(&Value::Null))?;
         let uid = meta::uid(&set).to_string();
         let owned = crate::objects::claim_pods(&self.registry, &set, &Self::owner_ref(&set), &sel, |p| ordinal(name, p).is_some()).await?;
-        let labels = set.pointer("/spec/selector/matchLabels").cloned().unwrap_or(json!({}));
-        let (all_revisions, update_revision) = crate::history::ensure(&self.registry, &set, &Self::owner_ref(&set), labels).await?;
+        let (all_revisions, update_revision, collisions) =
+            crate::history::ensure(&self.registry, crate::history::Owner::StatefulSet, &set, &Self::owner_ref(&set)).await?;
+        if collisions > 0 {
+            set["status"]["collisionCount"] = json!(collisions);
+        }
         let update_name = meta::name(&update_revision).to_string();
         let current_name = set
             .pointer("/status/currentRevision")

@@ -295,3 +295,44 @@ fn paged_lists_are_one_snapshot() {
     let out = s.k(&["get", "configmaps", "--chunk-size=2", "-o", "name"]);
     assert_eq!(out.lines().count(), 6, "{out}");
 }
+
+/// Generations as kube-apiserver 1.33 counts them: a pod starts at 1 whatever it was sent
+/// with and moves on spec changes (not on status writes or its binding); an object that
+/// counts generations moves once more when it is first marked for deletion, gracefully
+/// (a pod on a node) or held by a finalizer.
+#[test]
+fn generations_move_on_spec_changes_and_on_deletion() {
+    let s = Server::start_with(&["--node=false"]);
+    let generation = |path: &str| s.get_json(path).1["metadata"]["generation"].as_i64();
+    let pod = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p","generation":7},"spec":{"containers":[{"name":"c","image":"nginx:1"}]}}"#;
+    s.k_stdin(&["create", "-f", "-"], pod);
+    let p = "/api/v1/namespaces/default/pods/p";
+    assert_eq!(generation(p), Some(1));
+    s.k(&["set", "image", "pod/p", "c=nginx:2"]);
+    assert_eq!(generation(p), Some(2));
+    let (code, out) = s.curl("PATCH", &format!("{p}/status"), Some("application/merge-patch+json"), Some(br#"{"status":{"message":"hello"}}"#));
+    assert_eq!(code, 200, "{out}");
+    assert_eq!(generation(p), Some(2), "a status write is not a spec change");
+    let binding = br#"{"apiVersion":"v1","kind":"Binding","metadata":{"name":"p"},"target":{"kind":"Node","name":"n1"}}"#;
+    let (code, out) = s.curl("POST", &format!("{p}/binding"), Some("application/json"), Some(binding));
+    assert_eq!(code, 201, "{out}");
+    let (_, bound) = s.get_json(p);
+    assert_eq!((bound["spec"]["nodeName"].as_str(), bound["metadata"]["generation"].as_i64()), (Some("n1"), Some(2)));
+    // On a node, the pod is deleted gracefully: marked, one generation on.
+    s.k(&["delete", "pod", "p", "--wait=false"]);
+    let (_, deleting) = s.get_json(p);
+    assert!(deleting["metadata"]["deletionTimestamp"].is_string(), "{deleting}");
+    assert_eq!(deleting["metadata"]["generation"], 3);
+    // A shorter grace period moves nothing.
+    s.k(&["delete", "pod", "p", "--wait=false", "--grace-period=5"]);
+    assert_eq!(generation(p), Some(3));
+
+    let held = r#"{"apiVersion":"apps/v1","kind":"Deployment","metadata":{"name":"d","finalizers":["test.nanokube.io/hold"]},"spec":{"selector":{"matchLabels":{"a":"b"}},"template":{"metadata":{"labels":{"a":"b"}},"spec":{"containers":[{"name":"c","image":"nginx"}]}}}}"#;
+    s.k_stdin(&["create", "-f", "-"], held);
+    let d = "/apis/apps/v1/namespaces/default/deployments/d";
+    assert_eq!(generation(d), Some(1));
+    s.k(&["delete", "deployment", "d", "--wait=false"]);
+    assert_eq!(generation(d), Some(2), "marked for deletion: one generation on");
+    s.k(&["delete", "deployment", "d", "--wait=false"]);
+    assert_eq!(generation(d), Some(2), "only the first mark counts");
+}

@@ -33,6 +33,35 @@ fn rollout(s: &Server, what: &str) {
     assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
 }
 
+/// Upstream's `HashControllerRevision` of `data` with collision count `probe`, written in
+/// Python, apart from the server's own: FNV-1 (32 bits) of the JSON as Go's `json.Marshal`
+/// writes a map (sorted keys, `<`, `>`, `&`, U+2028, U+2029 escaped) followed by the count
+/// in decimal; the sum written in decimal, each digit's character code taken modulo 27
+/// into `rand.SafeEncodeString`'s alphabet (so only `4`–`9`, `b`, `c`, `d`, `f` occur).
+fn upstream_revision_hash(data: &Value, probe: i64) -> String {
+    const PY: &str = r#"
+import json, sys
+data = json.dumps(json.load(sys.stdin), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+for raw, esc in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"), ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
+    data = data.replace(raw, esc)
+h = 0x811C9DC5
+for b in (data + sys.argv[1]).encode():
+    h = ((h * 0x01000193) & 0xFFFFFFFF) ^ b
+print("".join("bcdfghjklmnpqrstvwxz2456789"[ord(d) % 27] for d in str(h)))
+"#;
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", PY, &probe.to_string()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(data.to_string().as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
 fn time(v: &Value) -> time::OffsetDateTime {
     time::OffsetDateTime::parse(v.as_str().unwrap(), &time::format_description::well_known::Rfc3339).unwrap()
 }
@@ -63,6 +92,7 @@ spec:
       - name: main
         image: testbox:1.0
         command: [sh, -c, "{SCRIPT}"]
+        env: [{{name: EXPR, value: "a<b && c>d"}}]
         volumeMounts: [{{name: data, mountPath: /data}}]
   volumeClaimTemplates:
   - metadata: {{name: data}}
@@ -142,6 +172,17 @@ spec:
     assert_eq!(revision("web-0"), update);
     let revs = s.k(&["get", "controllerrevisions", "-o", "jsonpath={range .items[*]}{.metadata.name}={.revision};{end}"]);
     assert!(revs.contains(&format!("{current}=1;")) && revs.contains(&format!("{update}=2;")), "{revs}");
+    // Each revision is named as upstream's HashControllerRevision names it, computed here
+    // apart (in Python) from the data as served: the FNV-1 of its JSON as Go writes it,
+    // then the collision count; labelled with the template's labels and the hash, and
+    // annotated with the StatefulSet's annotations.
+    for name in [&current, &update] {
+        let rev: Value = serde_json::from_str(&s.k(&["get", "controllerrevision", name, "-o", "json"])).unwrap();
+        let hash = upstream_revision_hash(&rev["data"], 0);
+        assert_eq!(*name, format!("web-{hash}"), "{}", rev["data"]);
+        assert_eq!(rev["metadata"]["labels"], serde_json::json!({"app": "web", "controller.kubernetes.io/hash": hash}));
+        assert!(rev["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"].is_string(), "{}", rev["metadata"]);
+    }
     let history = s.k(&["rollout", "history", "statefulset/web"]);
     assert!(history.contains('1') && history.contains('2'), "{history}");
     // Undo: the first template again, as revision 3.
