@@ -88,8 +88,7 @@ pub(crate) fn write_table(spec: &TableSpec<'_>, objs: &[Obj], list_meta: &Value,
 fn write_row(out: &mut Vec<u8>, spec: &TableSpec<'_>, obj: &Obj) {
     let json = obj.json();
     let whole = spec.custom.is_some();
-    let spec_fields = if whole { None } else { table::spec_fields(spec.def.group, spec.def.plural) };
-    let ((cells, conditions), metadata) = match split(&json, whole, spec_fields) {
+    let ((cells, conditions), metadata) = match split(&json, whole, table::spec_fields(spec.def.group, spec.def.plural)) {
         Ok(parts) => (cells(spec, &parts.value), parts.metadata),
         // Not an object of plain keys (never written so, but stored bytes are not trusted):
         // the slow way, from the decoded value.
@@ -221,6 +220,10 @@ impl<'de> serde::de::Visitor<'de> for TopVisitor {
         let mut metadata = None;
         // Keys with escapes cannot be borrowed: the error sends the row the slow way.
         while let Some(key) = map.next_key::<&'de str>()? {
+            if let (false, "spec", Some(fields)) = (self.whole, key, self.spec_fields) {
+                value.insert(key.to_string(), map.next_value_seed(LeanSpec(fields))?);
+                continue;
+            }
             match key {
                 "metadata" => {
                     let raw: &'de RawValue = map.next_value()?;
@@ -234,13 +237,6 @@ impl<'de> serde::de::Visitor<'de> for TopVisitor {
                 "data" | "binaryData" if !self.whole => {
                     let keys: KeysOnly = map.next_value()?;
                     value.insert(key.to_string(), Value::Object(keys.0));
-                }
-                "spec" if !self.whole && self.spec_fields.is_some() => {
-                    let lean = match self.spec_fields {
-                        Some(fields) => map.next_value_seed(LeanSpec(fields))?,
-                        None => map.next_value()?,
-                    };
-                    value.insert(key.to_string(), lean);
                 }
                 _ => {
                     value.insert(key.to_string(), map.next_value()?);
@@ -315,7 +311,7 @@ impl<'de> serde::de::Visitor<'de> for LeanSpec {
         Ok(Value::Object(m))
     }
 
-    // Not an object: kept as it is (the cells read nothing from it).
+    // A `null` spec stays `null` (anything else not an object sends the row the slow way).
     fn visit_unit<E>(self) -> Result<Value, E> {
         Ok(Value::Null)
     }

@@ -63,8 +63,14 @@ pub fn template_hash(bytes: &[u8]) -> String {
         h ^= u32::from(*b);
         h = h.wrapping_mul(0x0100_0193);
     }
+    safe_encode(h)
+}
+
+/// Upstream's `rand.SafeEncodeString(fmt.Sprint(hash))`: each decimal digit's character
+/// code taken modulo 27 into an alphabet without vowels.
+pub(crate) fn safe_encode(hash: u32) -> String {
     const ALPHANUMS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-    h.to_string().bytes().map(|d| ALPHANUMS[usize::from(d) % ALPHANUMS.len()] as char).collect()
+    hash.to_string().bytes().map(|d| ALPHANUMS[usize::from(d) % ALPHANUMS.len()] as char).collect()
 }
 
 /// A value with Go's zero values left out (`false`, `0`, `""`, `null`, empty lists and

@@ -39,7 +39,7 @@ impl Owner {
             Owner::StatefulSet => {
                 let mut bytes = go_json(data);
                 bytes.extend_from_slice(collisions.to_string().as_bytes());
-                safe_encode(fnv1_32(&bytes))
+                crate::deployments::safe_encode(fnv1_32(&bytes))
             }
             Owner::DaemonSet => crate::deployments::template_hash(format!("{}{collisions}", crate::deployments::semantic_template(template)).as_bytes()),
         }
@@ -54,12 +54,6 @@ pub(crate) fn hash_of(owner: Owner, revision: &Value) -> Option<&str> {
 /// FNV-1, 32 bits (Go's `fnv.New32`).
 fn fnv1_32(bytes: &[u8]) -> u32 {
     bytes.iter().fold(0x811c_9dc5u32, |h, b| h.wrapping_mul(0x0100_0193) ^ u32::from(*b))
-}
-
-/// Upstream's `rand.SafeEncodeString` of a hash's decimal digits.
-fn safe_encode(hash: u32) -> String {
-    const ALPHANUMS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-    hash.to_string().bytes().map(|d| ALPHANUMS[usize::from(d) % ALPHANUMS.len()] as char).collect()
 }
 
 /// A value as Go's `json.Marshal` writes a `map[string]interface{}`: keys sorted (as
@@ -214,7 +208,7 @@ mod tests {
         let zero = Owner::StatefulSet.hash(&data, &Value::Null, 0);
         let mut bytes = br#"{"spec":{"template":{"$patch":"replace","metadata":{"labels":{"app":"web"}}}}}"#.to_vec();
         bytes.push(b'0');
-        assert_eq!(zero, safe_encode(fnv1_32(&bytes)));
+        assert_eq!(zero, crate::deployments::safe_encode(fnv1_32(&bytes)));
         assert_ne!(zero, Owner::StatefulSet.hash(&data, &Value::Null, 1));
         assert!(zero.bytes().all(|b| b"bcdfghjklmnpqrstvwxz2456789".contains(&b)));
     }

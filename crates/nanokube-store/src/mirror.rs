@@ -90,18 +90,22 @@ fn dir_of(key: &str) -> &str {
     key.rfind('/').map_or("", |at| &key[..=at])
 }
 
+/// One more key in `dir` (its name is copied only for a directory new to `dirs`).
+fn count_in(dirs: &mut BTreeMap<String, usize>, dir: &str) {
+    match dirs.get_mut(dir) {
+        Some(n) => *n += 1,
+        None => {
+            dirs.insert(dir.to_string(), 1);
+        }
+    }
+}
+
 impl State {
     /// The state of `map` at `revision`.
     pub fn new(map: BTreeMap<String, Arc<KeyValue>>, revision: Revision) -> State {
-        let mut dirs: BTreeMap<String, usize> = BTreeMap::new();
+        let mut dirs = BTreeMap::new();
         for key in map.keys() {
-            let dir = dir_of(key);
-            match dirs.get_mut(dir) {
-                Some(n) => *n += 1,
-                None => {
-                    dirs.insert(dir.to_string(), 1);
-                }
-            }
+            count_in(&mut dirs, dir_of(key));
         }
         State { map, dirs, revision }
     }
@@ -111,11 +115,16 @@ impl State {
         self.map.get(key)
     }
 
-    /// Set `key`'s current value.
+    /// Set `key`'s current value (nothing is allocated for a key already there).
     pub fn put(&mut self, key: String, kv: Arc<KeyValue>) {
-        let dir = dir_of(&key).to_string();
-        if self.map.insert(key, kv).is_none() {
-            *self.dirs.entry(dir).or_insert(0) += 1;
+        match self.map.entry(key) {
+            std::collections::btree_map::Entry::Occupied(mut e) => {
+                e.insert(kv);
+            }
+            std::collections::btree_map::Entry::Vacant(e) => {
+                count_in(&mut self.dirs, dir_of(e.key()));
+                e.insert(kv);
+            }
         }
     }
 
