@@ -8,8 +8,8 @@
 //!   `pod-template-hash` label aside); when there is none it is made, named
 //!   `<deployment>-<hash>`, with the hash label on its selector, template and labels, and
 //!   revision `max(old) + 1` (`deployment.kubernetes.io/revision`, copied to the
-//!   Deployment). The hash is FNV-32a encoded as upstream's `SafeEncodeString`, but of
-//!   the template's JSON rather than Go's struct dump, so names differ from upstream's.
+//!   Deployment). The hash is upstream's `ComputeHash` ([`crate::pod_template_hash`]), so
+//!   the same Deployment gets the same ReplicaSet names as on kube-controller-manager.
 //! - `RollingUpdate`: the new ReplicaSet is scaled up while all pods stay within
 //!   `replicas + maxSurge` (rounded up), old ones down while `replicas - maxUnavailable`
 //!   (rounded down; at least one may be unavailable when both are 0) stay available,
@@ -374,15 +374,8 @@ impl DeploymentController {
         if !create {
             return Ok((None, false));
         }
-        // The collision count goes into the hash as upstream writes it: 8 bytes, the
-        // first four its little-endian u32.
         let collisions = d.pointer("/status/collisionCount").and_then(Value::as_i64);
-        let mut hashed = wanted.to_string().into_bytes();
-        if let Some(c) = collisions {
-            hashed.extend_from_slice(&(c as u32).to_le_bytes());
-            hashed.extend_from_slice(&[0; 4]);
-        }
-        let hash = template_hash(&hashed);
+        let hash = crate::pod_template_hash::compute_hash(&template, collisions);
         let mut rs_template = template.clone();
         rs_template["metadata"]["labels"][HASH_LABEL] = json!(hash);
         let mut selector = d.pointer("/spec/selector").cloned().unwrap_or(json!({}));

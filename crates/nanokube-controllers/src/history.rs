@@ -7,9 +7,9 @@
 //! Names: a StatefulSet's revision is named as upstream's `HashControllerRevision` names
 //! it, the FNV-1 of the data's JSON (Go's encoding: keys sorted, `<`, `>`, `&` escaped)
 //! followed by the collision count, so the same StatefulSet gets the same revision names
-//! as on kube-controller-manager. A DaemonSet's is upstream's `ComputeHash`, an FNV-1a of
-//! a `go-spew` dump of the Go template struct, which cannot be reproduced from JSON: ours
-//! hashes the template's JSON instead (same alphabet, different value).
+//! as on kube-controller-manager. A DaemonSet's is upstream's `ComputeHash` of its pod
+//! template ([`crate::pod_template_hash`]), with the collision count only once the
+//! DaemonSet has one, as upstream passes `status.collisionCount`.
 
 use nanokube_api::{meta, resources, ApiError};
 use nanokube_apiserver::registry::{DeleteOptions, ListOptions, Registry, WriteOptions};
@@ -34,14 +34,16 @@ impl Owner {
         }
     }
 
-    fn hash(self, data: &Value, template: &Value, collisions: i64) -> String {
+    /// The revision's hash; `collisions` is the owner's collision count, `None` while it
+    /// has none (a StatefulSet hashes that as 0, a DaemonSet adds nothing).
+    fn hash(self, data: &Value, template: &Value, collisions: Option<i64>) -> String {
         match self {
             Owner::StatefulSet => {
                 let mut bytes = go_json(data);
-                bytes.extend_from_slice(collisions.to_string().as_bytes());
+                bytes.extend_from_slice(collisions.unwrap_or(0).to_string().as_bytes());
                 crate::deployments::safe_encode(fnv1_32(&bytes))
             }
-            Owner::DaemonSet => crate::deployments::template_hash(format!("{}{collisions}", crate::deployments::semantic_template(template)).as_bytes()),
+            Owner::DaemonSet => crate::pod_template_hash::compute_hash(template, collisions),
         }
     }
 }
@@ -107,7 +109,7 @@ const MAX_COLLISIONS: i64 = 16;
 pub(crate) async fn ensure(registry: &Registry, kind: Owner, owner: &Value, owner_ref: &Value) -> Result<(Vec<Value>, Value, i64), ApiError> {
     let ns = meta::namespace(owner);
     let uid = meta::uid(owner);
-    let mut collisions = owner.pointer("/status/collisionCount").and_then(Value::as_i64).unwrap_or(0);
+    let mut collisions = owner.pointer("/status/collisionCount").and_then(Value::as_i64);
     let mut owned: Vec<Value> = registry
         .list(revisions(), Some(ns), &ListOptions::default())?
         .items
@@ -121,7 +123,7 @@ pub(crate) async fn ensure(registry: &Registry, kind: Owner, owner: &Value, owne
     let latest = owned.last().map(number).unwrap_or(0);
     if let Some(found) = owned.iter().find(|r| crate::deployments::semantic_template(&template_of(r)) == wanted).cloned() {
         if number(&found) == latest {
-            return Ok((owned, found, collisions));
+            return Ok((owned, found, collisions.unwrap_or(0)));
         }
         let updated = registry
             .update_with(revisions(), ns, meta::name(&found), &WriteOptions::default(), |cur| {
@@ -133,7 +135,7 @@ pub(crate) async fn ensure(registry: &Registry, kind: Owner, owner: &Value, owne
             .value()
             .clone();
         let owned = owned.into_iter().map(|r| if meta::uid(&r) == meta::uid(&updated) { updated.clone() } else { r }).collect();
-        return Ok((owned, updated, collisions));
+        return Ok((owned, updated, collisions.unwrap_or(0)));
     }
     let mut data_template = template.clone();
     data_template["$patch"] = json!("replace");
@@ -156,8 +158,8 @@ pub(crate) async fn ensure(registry: &Registry, kind: Owner, owner: &Value, owne
             Err(e) if e.code == 409 => {
                 let held = registry.get(revisions(), ns, &name)?.to_value();
                 // The same data (made by an earlier sync): it is this revision.
-                if held.get("data") != Some(&data) && collisions < MAX_COLLISIONS {
-                    collisions += 1;
+                if held.get("data") != Some(&data) && collisions.unwrap_or(0) < MAX_COLLISIONS {
+                    collisions = Some(collisions.unwrap_or(0) + 1);
                     hash = kind.hash(&data, &template, collisions);
                     continue;
                 }
@@ -166,7 +168,7 @@ pub(crate) async fn ensure(registry: &Registry, kind: Owner, owner: &Value, owne
             Err(e) => return Err(e),
         };
         owned.push(made.clone());
-        return Ok((owned, made, collisions));
+        return Ok((owned, made, collisions.unwrap_or(0)));
     }
 }
 
@@ -205,11 +207,12 @@ mod tests {
     #[test]
     fn a_statefulset_revision_is_named_by_its_data_and_the_collision_count() {
         let data = json!({"spec": {"template": {"$patch": "replace", "metadata": {"labels": {"app": "web"}}}}});
-        let zero = Owner::StatefulSet.hash(&data, &Value::Null, 0);
+        let zero = Owner::StatefulSet.hash(&data, &Value::Null, Some(0));
         let mut bytes = br#"{"spec":{"template":{"$patch":"replace","metadata":{"labels":{"app":"web"}}}}}"#.to_vec();
         bytes.push(b'0');
         assert_eq!(zero, crate::deployments::safe_encode(fnv1_32(&bytes)));
-        assert_ne!(zero, Owner::StatefulSet.hash(&data, &Value::Null, 1));
+        assert_eq!(zero, Owner::StatefulSet.hash(&data, &Value::Null, None));
+        assert_ne!(zero, Owner::StatefulSet.hash(&data, &Value::Null, Some(1)));
         assert!(zero.bytes().all(|b| b"bcdfghjklmnpqrstvwxz2456789".contains(&b)));
     }
 }

@@ -52,6 +52,8 @@
 //!   terminated pods beyond the threshold are removed.
 //! - [`event_ttl`]: Events expire an hour after their last write.
 //! - [`hpa`]: HorizontalPodAutoscalers scale their targets on cpu and memory figures.
+//! - [`pod_template_hash`]: upstream's `ComputeHash` of a pod template (go-spew's dump of
+//!   the Go struct), behind `pod-template-hash` and DaemonSets' revision names.
 //! - [`clock`]: the time controllers read, replaceable in tests.
 //! - [`flowcontrol`]: kube-apiserver's API Priority and Fairness bootstrap configuration
 //!   (FlowSchemas, PriorityLevelConfigurations) and the FlowSchemas' `Dangling` condition.
@@ -88,6 +90,7 @@ pub mod node_lifecycle;
 mod objects;
 pub mod persistent_volumes;
 pub mod pod_gc;
+pub mod pod_template_hash;
 pub mod quota;
 pub mod rbac_aggregation;
 pub mod rbac_policy;
