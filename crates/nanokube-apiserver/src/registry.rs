@@ -1181,10 +1181,11 @@ impl Registry {
         }
     }
 
-    /// LimitRanger admission on a new pod (see [`nanokube_api::quota::apply_limit_ranges`]):
-    /// the namespace's LimitRanges fill in default requests and limits (noted in the
-    /// `kubernetes.io/limit-ranger` annotation), then their `Container` and `Pod` min,
-    /// max and ratios are checked (403, worded as upstream).
+    /// LimitRanger admission on a new pod or a resize (see
+    /// [`nanokube_api::quota::apply_limit_ranges`]): the namespace's LimitRanges fill in
+    /// default requests and limits (noted in the `kubernetes.io/limit-ranger` annotation),
+    /// then their `Container` and `Pod` min, max and ratios are checked (403, worded as
+    /// upstream).
     fn limit_ranger(&self, namespace: &str, obj: &mut Value) -> Result<(), ApiError> {
         let Some(def) = resources::find("", "v1", "limitranges") else { return Ok(()) };
         let Ok(ranges) = self.list(def, Some(namespace), &ListOptions::default()) else { return Ok(()) };
@@ -1951,6 +1952,10 @@ impl Registry {
                 if !causes.is_empty() {
                     return Err(ApiError::invalid("Pod", "", meta::name(old), causes));
                 }
+                // LimitRanger admits `pods/resize` updates too (upstream's
+                // SupportsAttributes), so a resize past a min or max is refused.
+                let mut checked = new.clone();
+                self.limit_ranger(meta::namespace(old), &mut checked)?;
             } else if !status_write && !pod_spec_update_allowed(old.get("spec"), new.get("spec"), ephemeral) {
                 return Err(ApiError::invalid(
                     "Pod",

@@ -3,7 +3,8 @@
 //! where its resize policy asks; the status reports what was admitted and applied;
 //! resizes that cannot fit are `Infeasible` or `Deferred` in kubelet's words; the API
 //! refuses what upstream refuses; quota charges the increase; RBAC guards the
-//! subresource; and a crash of the server keeps what the node admitted.
+//! subresource; a finished resize is announced (`ResizeCompleted`); and a crash of the
+//! server keeps what the node admitted.
 
 mod common;
 
@@ -90,6 +91,24 @@ fn resize_in_place_restart_pending_and_refusals() {
     assert_eq!(cgroup(&p, "c", "cpu", "cpu.cfs_quota_us"), "30000");
     assert_eq!(cgroup(&p, "c", "cpu", "cpu.shares"), (150 * 1024 / 1000).to_string());
     assert!(condition(&p, "PodResizeInProgress").is_none() && condition(&p, "PodResizePending").is_none(), "{}", p["status"]["conditions"]);
+    // kubelet announces the end of the resize with what every container now has.
+    let completed = r#"Pod resize completed: {"containers":[{"name":"c","resources":{"limits":{"cpu":"300m","memory":"128Mi"},"requests":{"cpu":"150m","memory":"64Mi"}}},{"name":"d","resources":{"limits":{"memory":"64Mi"},"requests":{"cpu":"50m","memory":"32Mi"}}}]}"#;
+    let resize_events = |s: &Server| -> Vec<(String, String, String)> {
+        let (_, events) = s.get_json("/api/v1/namespaces/default/events?fieldSelector=involvedObject.name%3Dr");
+        let items = events["items"].as_array().cloned().unwrap_or_default();
+        items
+            .iter()
+            .filter(|e| e["reason"] == "ResizeCompleted")
+            .map(|e| {
+                (e["type"].as_str().unwrap_or("").into(), e["source"]["component"].as_str().unwrap_or("").into(), e["message"].as_str().unwrap_or("").into())
+            })
+            .collect()
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || resize_events(&s).iter().any(|(ty, from, m)| ty == "Normal" && from == "kubelet" && m == completed)),
+        "{:?}",
+        resize_events(&s)
+    );
 
     // Memory, RestartContainer: the container restarts with the new limit (kubectl 1.33
     // this time; 1.32 above is the first that knows the subresource).
@@ -104,6 +123,12 @@ fn resize_in_place_restart_pending_and_refusals() {
     assert_eq!(status_of(&p, "d")["restartCount"], 0);
     let (_, events) = s.get_json("/api/v1/namespaces/default/events?fieldSelector=involvedObject.name%3Dr");
     assert!(events["items"].as_array().unwrap().iter().any(|e| e["reason"] == "Killing" && e["message"] == "Container c resize requires restart"), "{events}");
+    // A resize carried out by a restart ends with the event too.
+    assert!(
+        eventually(Duration::from_secs(10), || resize_events(&s).iter().any(|(_, _, m)| m.contains(r#""limits":{"cpu":"300m","memory":"192Mi"}"#))),
+        "{:?}",
+        resize_events(&s)
+    );
 
     // What upstream refuses, in its words, changing nothing.
     let refused = |patch: &str, want: &str| {
@@ -232,22 +257,31 @@ fn resize_is_its_own_permission_and_charged_to_quota() {
     let mf = p["metadata"]["managedFields"].as_array().unwrap();
     assert!(mf.iter().any(|m| m["subresource"] == "resize" && m["operation"] == "Update"), "{mf:?}");
 
+    let resize_in_q = |patch: &str| s.kubectl(&["patch", "pod", "p", "-n", "q", "--subresource", "resize", "-p", patch]);
     // The quota is charged the increase, and refuses one past its limit.
     assert!(eventually(Duration::from_secs(10), || { s.get_json("/api/v1/namespaces/q/resourcequotas/cpu").1["status"]["used"]["requests.cpu"] == "200m" }));
-    let out = s.kubectl(&[
-        "patch",
-        "pod",
-        "p",
-        "-n",
-        "q",
-        "--subresource",
-        "resize",
-        "-p",
-        r#"{"spec":{"containers":[{"name":"c","resources":{"requests":{"cpu":"400m"},"limits":{"cpu":"400m"}}}]}}"#,
-    ]);
+    let out = resize_in_q(r#"{"spec":{"containers":[{"name":"c","resources":{"requests":{"cpu":"400m"},"limits":{"cpu":"400m"}}}]}}"#);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("exceeded quota: cpu, requested: requests.cpu=200m, used: requests.cpu=200m, limited: requests.cpu=300m"), "{err}");
     assert_eq!(s.get_json("/api/v1/namespaces/q/pods/p").1["spec"]["containers"][0]["resources"]["requests"]["cpu"], "200m");
+
+    // LimitRanger admits resizes too: past a LimitRange's max, refused in its words
+    // (403), nothing changed; within it, admitted.
+    let range = r#"{"apiVersion":"v1","kind":"LimitRange","metadata":{"name":"lr","namespace":"q"},"spec":{"limits":[{"type":"Container","max":{"cpu":"250m"},"min":{"cpu":"50m"}}]}}"#;
+    let out = s.k_stdin(&["create", "-f", "-"], range);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = resize_in_q(r#"{"spec":{"containers":[{"name":"c","resources":{"limits":{"cpu":"300m"}}}]}}"#);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains(r#"pods "p" is forbidden: maximum cpu usage per Container is 250m, but limit is 300m"#), "{err}");
+    let out = resize_in_q(r#"{"spec":{"containers":[{"name":"c","resources":{"requests":{"cpu":"40m"}}}]}}"#);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("minimum cpu usage per Container is 50m, but request is 40m"), "{err}");
+    let resources = || s.get_json("/api/v1/namespaces/q/pods/p").1["spec"]["containers"][0]["resources"].clone();
+    assert_eq!(resources(), serde_json::json!({"requests": {"cpu": "200m"}, "limits": {"cpu": "200m"}}));
+    let out = resize_in_q(r#"{"spec":{"containers":[{"name":"c","resources":{"limits":{"cpu":"250m"}}}]}}"#);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(resources()["limits"]["cpu"], "250m");
+    s.k(&["delete", "limitrange", "lr", "-n", "q"]);
 
     // A resize policy that restarts is refused on a pod that never restarts.
     let never = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"n","namespace":"q"},"spec":{"restartPolicy":"Never","containers":[{"name":"c","image":"testbox:1.0","resizePolicy":[{"resourceName":"memory","restartPolicy":"RestartContainer"}],"resources":{"requests":{"cpu":"10m"}}}]}}"#;

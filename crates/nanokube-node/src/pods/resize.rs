@@ -189,6 +189,44 @@ pub fn status_resources(applied: &ResourceRequirements) -> Value {
     Value::Object(out)
 }
 
+/// kubelet's `ResizeCompleted` event message: every container's resources as the node
+/// now holds them (`{"initContainers":[...],"containers":[{"name":...,"resources":...}]}`,
+/// Go's JSON of the allocated pod's containers).
+pub fn completed_message(spec: &PodSpec, allocation: &Allocation) -> String {
+    let summary = |containers: &[Container]| -> Vec<String> {
+        containers
+            .iter()
+            .map(|c| {
+                let resources = allocation.0.get(&c.name).or(c.resources.as_ref()).cloned().unwrap_or_default();
+                // Go writes the struct's fields in their order (limits, requests, claims)
+                // and each map's keys sorted.
+                let quantities = |m: &BTreeMap<String, Quantity>| json!(m.iter().map(|(k, q)| (k.clone(), json!(q.0))).collect::<Map<String, Value>>());
+                let mut parts = Vec::new();
+                if let Some(m) = resources.limits.as_ref().filter(|m| !m.is_empty()) {
+                    parts.push(format!("\"limits\":{}", quantities(m)));
+                }
+                if let Some(m) = resources.requests.as_ref().filter(|m| !m.is_empty()) {
+                    parts.push(format!("\"requests\":{}", quantities(m)));
+                }
+                if let Some(claims) = resources.claims.as_ref().filter(|c| !c.is_empty()) {
+                    parts.push(format!("\"claims\":{}", json!(claims)));
+                }
+                format!("{{\"name\":{},\"resources\":{{{}}}}}", json!(c.name), parts.join(","))
+            })
+            .collect()
+    };
+    let mut parts = Vec::new();
+    let init = summary(spec.init_containers.as_deref().unwrap_or_default());
+    if !init.is_empty() {
+        parts.push(format!("\"initContainers\":[{}]", init.join(",")));
+    }
+    let regular = summary(&spec.containers);
+    if !regular.is_empty() {
+        parts.push(format!("\"containers\":[{}]", regular.join(",")));
+    }
+    format!("Pod resize completed: {{{}}}", parts.join(","))
+}
+
 /// A pod condition kubelet owns for resizes.
 pub fn condition(ty: &str, reason: Option<&str>, message: Option<&str>) -> Value {
     let mut c = json!({"type": ty, "status": "True", "lastProbeTime": null, "lastTransitionTime": null});
@@ -226,6 +264,21 @@ mod tests {
         let s = status_resources(&reqs("0.5", "1Gi"));
         assert_eq!(s["requests"]["cpu"], "500m");
         assert_eq!(status_resources(&ResourceRequirements::default()), json!({}));
+    }
+
+    #[test]
+    fn the_completed_event_lists_resources_as_go_writes_them() {
+        let spec: PodSpec = serde_json::from_value(json!({
+            "initContainers": [{"name": "side", "restartPolicy": "Always"}],
+            "containers": [{"name": "main", "resources": {"requests": {"memory": "64Mi", "cpu": "100m"}}}]
+        }))
+        .unwrap();
+        let mut allocation = Allocation::default();
+        allocation.0.insert("main".into(), reqs("200m", "128Mi"));
+        assert_eq!(
+            completed_message(&spec, &allocation),
+            r#"Pod resize completed: {"initContainers":[{"name":"side","resources":{}}],"containers":[{"name":"main","resources":{"limits":{"cpu":"200m","memory":"128Mi"},"requests":{"cpu":"200m","memory":"128Mi"}}}]}"#
+        );
     }
 
     #[test]

@@ -187,6 +187,8 @@ pub struct Worker {
     allocation: resize::Allocation,
     /// kubelet's resize conditions, as they stand.
     resize_conditions: Vec<Value>,
+    /// An admitted resize not yet carried out: its end is announced (`ResizeCompleted`).
+    resize_started: bool,
     tx: mpsc::Sender<Msg>,
     rx: Option<mpsc::Receiver<Msg>>,
 }
@@ -295,6 +297,7 @@ impl Worker {
             ended: None,
             allocation: resize::Allocation::default(),
             resize_conditions: Vec::new(),
+            resize_started: false,
             tx,
             rx: Some(rx),
         };
@@ -773,6 +776,7 @@ impl Worker {
                         tracing::warn!(pod = %self.uid, "keeping the pod's allocation: {e}");
                     }
                     self.rt.set_allocation(&self.uid, Some(desired));
+                    self.resize_started = true;
                 }
                 Err((reason, message)) => {
                     deferred = reason == "Deferred";
@@ -827,6 +831,10 @@ impl Worker {
         match in_progress {
             Some(e) if !e.is_empty() => conditions.push(resize::condition("PodResizeInProgress", Some("Error"), Some(&e))),
             Some(_) => conditions.push(resize::condition("PodResizeInProgress", None, None)),
+            None if std::mem::take(&mut self.resize_started) => {
+                let message = resize::completed_message(spec, &self.allocation);
+                self.rt.recorder.record(&*self.rt.cluster, v, None, "Normal", "ResizeCompleted", &message).await;
+            }
             None => {}
         }
         self.resize_conditions = conditions;
