@@ -2,7 +2,8 @@
 //! order (each after its predecessor is Ready) with stable hostnames and their own
 //! claims, removed from the top, partition-updated then rolled out, history and undo;
 //! Parallel; a DaemonSet on every node that should run it (a real node and simulated
-//! ones), following node selectors and taints, and rolled out.
+//! ones), following node selectors and taints, and rolled out (with a surge); claims
+//! kept or deleted as the retention policy says.
 
 mod common;
 
@@ -290,4 +291,73 @@ spec:
 
 fn nanokube_node_name(s: &Server) -> String {
     s.k(&["get", "nodes", "-l", "!nanokube.io/simulated", "-o", "jsonpath={.items[0].metadata.name}"])
+}
+
+/// `persistentVolumeClaimRetentionPolicy`: with `Delete` the claims of pods removed by a
+/// scale-down go with their pods, and the rest with the set; with the default `Retain`
+/// every claim stays. Pods stay Pending here (no node): claims are made for them anyway.
+#[test]
+fn claims_follow_the_retention_policy() {
+    let s = Server::start_with(&["--node=false"]);
+    let set = |name: &str, policy: &str| {
+        format!(
+            "apiVersion: apps/v1\nkind: StatefulSet\nmetadata: {{name: {name}}}\nspec:\n  serviceName: {name}\n  podManagementPolicy: Parallel\n  replicas: 3\n{policy}  selector: {{matchLabels: {{app: {name}}}}}\n  template:\n    metadata: {{labels: {{app: {name}}}}}\n    spec: {{containers: [{{name: main, image: \"web:1\"}}]}}\n  volumeClaimTemplates:\n  - metadata: {{name: data}}\n    spec: {{accessModes: [ReadWriteOnce], resources: {{requests: {{storage: 1Mi}}}}}}\n"
+        )
+    };
+    apply(&s, &set("gone", "  persistentVolumeClaimRetentionPolicy: {whenDeleted: Delete, whenScaled: Delete}\n"));
+    apply(&s, &set("kept", ""));
+    let claims = || s.k(&["get", "pvc", "-o", "jsonpath={.items[*].metadata.name}"]);
+    let all = "data-gone-0 data-gone-1 data-gone-2 data-kept-0 data-kept-1 data-kept-2";
+    assert!(eventually(Duration::from_secs(20), || claims() == all), "{}", claims());
+    for name in ["gone", "kept"] {
+        s.k(&["scale", "statefulset", name, "--replicas=1"]);
+    }
+    let scaled = "data-gone-0 data-kept-0 data-kept-1 data-kept-2";
+    assert!(eventually(Duration::from_secs(30), || claims() == scaled), "{}", claims());
+    for name in ["gone", "kept"] {
+        s.k(&["delete", "statefulset", name]);
+    }
+    let left = "data-kept-0 data-kept-1 data-kept-2";
+    assert!(eventually(Duration::from_secs(30), || claims() == left), "{}", claims());
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(claims(), left, "Retain keeps them");
+}
+
+/// A DaemonSet's rolling update with `maxSurge: 1, maxUnavailable: 0` starts each node's
+/// new pod before its old one goes: at some moment a node holds both, and no node is
+/// ever without a ready pod.
+#[test]
+fn a_daemonset_surges_during_its_rolling_update() {
+    let s = Server::start_with(&["--node=false", "--simulated-nodes", "2", "--simulated-start-delay", "300ms"]);
+    let ds = |color: &str| {
+        format!(
+            "apiVersion: apps/v1\nkind: DaemonSet\nmetadata: {{name: surge}}\nspec:\n  selector: {{matchLabels: {{app: surge}}}}\n  updateStrategy: {{type: RollingUpdate, rollingUpdate: {{maxSurge: 1, maxUnavailable: 0}}}}\n  template:\n    metadata: {{labels: {{app: surge}}}}\n    spec:\n      tolerations: [{{key: nanokube.io/simulated, operator: Exists}}]\n      containers: [{{name: main, image: \"web:1\", env: [{{name: COLOR, value: {color}}}]}}]\n"
+        )
+    };
+    apply(&s, &ds("red"));
+    rollout(&s, "daemonset/surge");
+    apply(&s, &ds("blue"));
+    let (mut most_on_a_node, mut fewest_ready_nodes) = (0, usize::MAX);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let live: Vec<Value> = pods(&s, "app=surge").into_iter().filter(|p| p["metadata"].get("deletionTimestamp").is_none()).collect();
+        let mut per_node: std::collections::BTreeMap<String, (usize, bool)> = Default::default();
+        for p in &live {
+            let e = per_node.entry(p["spec"]["nodeName"].as_str().unwrap_or("").to_string()).or_default();
+            e.0 += 1;
+            let ready = p["status"]["conditions"].as_array().into_iter().flatten().any(|c| c["type"] == "Ready" && c["status"] == "True");
+            e.1 |= ready;
+        }
+        most_on_a_node = most_on_a_node.max(per_node.values().map(|v| v.0).max().unwrap_or(0));
+        fewest_ready_nodes = fewest_ready_nodes.min(per_node.values().filter(|v| v.1).count());
+        let updated = live.iter().filter(|p| p["spec"]["containers"][0]["env"][0]["value"] == "blue").count();
+        if updated == 2 && live.len() == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the update did not finish: {live:?}");
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    assert_eq!(most_on_a_node, 2, "a node held its old and new pod at once");
+    assert_eq!(fewest_ready_nodes, 2, "no node was ever without a ready pod");
+    rollout(&s, "daemonset/surge");
 }
