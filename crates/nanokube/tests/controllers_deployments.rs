@@ -234,3 +234,41 @@ fn a_taken_replica_set_name_bumps_the_collision_count() {
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(collisions(), "1");
 }
+
+/// `minReadySeconds`: a ready pod counts as available only that long after it became
+/// ready; `progressDeadlineSeconds`: a rollout that makes no progress for that long is
+/// `Progressing=False ProgressDeadlineExceeded`, which `kubectl rollout status` reports.
+#[test]
+fn min_ready_seconds_and_the_progress_deadline() {
+    let s = Server::start_with(&["--node=false", "--simulated-nodes", "1", "--simulated-start-delay", "0s"]);
+    let slow = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: slow}\nspec:\n  replicas: 1\n  minReadySeconds: 3\n  selector: {matchLabels: {app: slow}}\n  template:\n    metadata: {labels: {app: slow}}\n    spec:\n      tolerations: [{key: nanokube.io/simulated, operator: Exists}]\n      containers: [{name: main, image: \"web:1\"}]\n";
+    let out = s.k_stdin(&["apply", "-f", "-"], slow);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let field = |f: &str| s.k(&["get", "deployment", "slow", "-o", &format!("jsonpath={{.status.{f}}}")]);
+    assert!(eventually(Duration::from_secs(20), || field("readyReplicas") == "1"));
+    let ready_at = s.k(&["get", "pods", "-l", "app=slow", "-o", "jsonpath={.items[0].status.conditions[?(@.type==\"Ready\")].lastTransitionTime}"]);
+    let ready_at = time::OffsetDateTime::parse(&ready_at, &time::format_description::well_known::Rfc3339).unwrap();
+    let seen_available = |s: &Server| s.k(&["get", "deployment", "slow", "-o", "jsonpath={.status.availableReplicas}"]) == "1";
+    if time::OffsetDateTime::now_utc() - ready_at < time::Duration::seconds(2) {
+        assert!(!seen_available(&s), "available before minReadySeconds passed");
+    }
+    assert!(eventually(Duration::from_secs(20), || seen_available(&s)));
+    let available_at = time::OffsetDateTime::now_utc();
+    assert!(available_at - ready_at >= time::Duration::seconds(3), "available {} after ready", available_at - ready_at);
+    assert_eq!(s.k(&["get", "deployment", "slow", "-o", "jsonpath={.status.conditions[?(@.type==\"Available\")].status}"]), "True");
+
+    // Pods that can run nowhere: no progress, so the deadline passes.
+    let stuck = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: stuck}\nspec:\n  replicas: 1\n  progressDeadlineSeconds: 2\n  selector: {matchLabels: {app: stuck}}\n  template:\n    metadata: {labels: {app: stuck}}\n    spec:\n      nodeSelector: {nowhere: \"true\"}\n      containers: [{name: main, image: \"web:1\"}]\n";
+    let out = s.k_stdin(&["apply", "-f", "-"], stuck);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let progressing = || {
+        s.k(&["get", "deployment", "stuck", "-o", "jsonpath={.status.conditions[?(@.type==\"Progressing\")].status}/{.status.conditions[?(@.type==\"Progressing\")].reason}/{.status.conditions[?(@.type==\"Progressing\")].message}"])
+    };
+    let rs = || s.k(&["get", "rs", "-l", "app=stuck", "-o", "jsonpath={.items[0].metadata.name}"]);
+    assert!(eventually(Duration::from_secs(20), || progressing().starts_with("False/ProgressDeadlineExceeded/")), "{}", progressing());
+    assert_eq!(progressing(), format!("False/ProgressDeadlineExceeded/ReplicaSet \"{}\" has timed out progressing.", rs()));
+    let out = s.kubectl(&["rollout", "status", "deployment/stuck", "--timeout=10s"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(r#"deployment "stuck" exceeded its progress deadline"#), "{err}");
+}

@@ -127,3 +127,40 @@ fn endpoints_of_selectorless_services_are_mirrored_into_slices() {
     let kube = s.k(&["get", "endpointslices", "-l", "endpointslice.kubernetes.io/managed-by=endpointslicemirroring-controller.k8s.io", "-A", "-o", "name"]);
     assert_eq!(kube, "", "nothing else mirrored");
 }
+
+/// `publishNotReadyAddresses`: a Service that publishes unready pods lists them as ready
+/// (as StatefulSets' headless Services need for peer discovery); one that does not puts
+/// them in `notReadyAddresses` and marks their slice endpoints not ready. The pods are on
+/// a simulated node, crashing (so never Ready) but with an IP.
+#[test]
+fn unready_pods_are_published_only_when_the_service_asks() {
+    let s = Server::start_with(&["--node=false", "--simulated-nodes", "1", "--simulated-start-delay", "0s"]);
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: crash, labels: {app: crash}, annotations: {nanokube.io/simulated-exit-code: \"1\"}}\nspec:\n  tolerations: [{key: nanokube.io/simulated, operator: Exists}]\n  containers: [{name: main, image: \"web:1\", ports: [{containerPort: 80}]}]\n";
+    let services = "apiVersion: v1\nkind: Service\nmetadata: {name: hidden}\nspec: {selector: {app: crash}, ports: [{port: 80}]}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: published}\nspec: {selector: {app: crash}, publishNotReadyAddresses: true, ports: [{port: 80}]}\n";
+    for yaml in [pod, services] {
+        let out = s.k_stdin(&["apply", "-f", "-"], yaml);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let ip = || s.k(&["get", "pod", "crash", "-o", "jsonpath={.status.podIP}"]);
+    assert!(eventually(Duration::from_secs(20), || !ip().is_empty()));
+    let ip = ip();
+    assert_eq!(s.k(&["get", "pod", "crash", "-o", "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}"]), "False");
+    let of = |svc: &str| s.k(&["get", "endpoints", svc, "-o", "jsonpath={.subsets[*].addresses[*].ip}|{.subsets[*].notReadyAddresses[*].ip}"]);
+    let slice_ready = |svc: &str| {
+        s.k(&[
+            "get",
+            "endpointslices",
+            "-l",
+            &format!("kubernetes.io/service-name={svc}"),
+            "-o",
+            "jsonpath={.items[0].endpoints[0].addresses[0]}:{.items[0].endpoints[0].conditions.ready}",
+        ])
+    };
+    assert!(
+        eventually(Duration::from_secs(20), || of("hidden") == format!("|{ip}") && of("published") == format!("{ip}|")),
+        "{} / {}",
+        of("hidden"),
+        of("published")
+    );
+    assert!(eventually(Duration::from_secs(10), || slice_ready("hidden") == format!("{ip}:false") && slice_ready("published") == format!("{ip}:true")));
+}

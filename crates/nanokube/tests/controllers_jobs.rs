@@ -368,6 +368,13 @@ spec:
     assert!(eventually(Duration::from_secs(30), || job_pods(&s, "later").is_empty()));
 }
 
+/// Plays the kubelet: writes a pod's phase through the status subresource.
+fn write_phase(s: &Server, pod: &str, phase: &str) {
+    let body = serde_json::json!({"status": {"phase": phase}}).to_string();
+    let (code, out) = s.curl("PATCH", &format!("/api/v1/namespaces/default/pods/{pod}/status"), Some("application/merge-patch+json"), Some(body.as_bytes()));
+    assert_eq!(code, 200, "{out}");
+}
+
 /// Without a node, the test plays the kubelet: it writes pod phases through the status
 /// subresource and the Job follows.
 #[test]
@@ -395,10 +402,7 @@ spec:
             name = pods.first().map(|p| p["metadata"]["name"].as_str().unwrap().to_string()).unwrap_or_default();
             pods.len() == 1
         }));
-        let body = serde_json::json!({"status": {"phase": phase}}).to_string();
-        let (code, out) =
-            s.curl("PATCH", &format!("/api/v1/namespaces/default/pods/{name}/status"), Some("application/merge-patch+json"), Some(body.as_bytes()));
-        assert_eq!(code, 200, "{out}");
+        write_phase(&s, &name, phase);
     };
     assert!(eventually(Duration::from_secs(20), || job(&s, "hand")["status"]["active"] == 1));
     finish("Failed");
@@ -476,5 +480,53 @@ spec:
         "{:?} {}",
         indexes(),
         job(&s, "slots")["status"]
+    );
+}
+
+/// `successPolicy`: an Indexed Job whose rule names index 0 succeeds when that index
+/// does (`SuccessCriteriaMet`, then `Complete`, both `SuccessPolicy`), and its other
+/// pods are stopped. Pod statuses are written by hand, as upstream's controller tests do.
+#[test]
+fn a_success_policy_ends_an_indexed_job_early() {
+    let s = Server::start_with(&["--node=false"]);
+    apply(
+        &s,
+        r#"
+apiVersion: batch/v1
+kind: Job
+metadata: {name: leader}
+spec:
+  completionMode: Indexed
+  completions: 3
+  parallelism: 3
+  successPolicy:
+    rules: [{succeededIndexes: "0"}]
+  template:
+    spec:
+      restartPolicy: Never
+      containers: [{name: main, image: "nothing:1"}]
+"#,
+    );
+    assert!(eventually(Duration::from_secs(20), || job_pods(&s, "leader").len() == 3));
+    let zero = job_pods(&s, "leader")
+        .into_iter()
+        .find(|p| p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"] == "0")
+        .map(|p| p["metadata"]["name"].as_str().unwrap().to_string())
+        .unwrap();
+    write_phase(&s, &zero, "Succeeded");
+    wait_for(&s, "job/leader", "complete");
+    let j = job(&s, "leader");
+    assert_eq!(conditions(&j), "SuccessCriteriaMet=True:SuccessPolicy;Complete=True:SuccessPolicy");
+    let met = j["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "SuccessCriteriaMet").cloned().unwrap();
+    assert_eq!(met["message"], "Matched rules at index 0");
+    assert_eq!(j["status"]["completedIndexes"], "0");
+    assert_eq!(j["status"]["succeeded"], 1);
+    // The other indexes' pods were stopped, not left running.
+    assert!(
+        eventually(Duration::from_secs(20), || job_pods(&s, "leader")
+            .iter()
+            .all(|p| p["metadata"]["name"] == zero.as_str() || p["metadata"].get("deletionTimestamp").is_some())),
+        "{:?}",
+        job_pods(&s, "leader").iter().map(|p| p["metadata"]["name"].clone()).collect::<Vec<_>>()
     );
 }

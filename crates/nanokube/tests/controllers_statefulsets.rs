@@ -361,3 +361,31 @@ fn a_daemonset_surges_during_its_rolling_update() {
     assert_eq!(fewest_ready_nodes, 2, "no node was ever without a ready pod");
     rollout(&s, "daemonset/surge");
 }
+
+/// `updateStrategy: OnDelete`: a new template replaces no pod by itself; a pod the user
+/// deletes comes back at the update revision, the others stay at the current one.
+#[test]
+fn an_on_delete_statefulset_waits_for_its_pods_to_be_deleted() {
+    let s = Server::start_with(&["--node=false", "--simulated-nodes", "1", "--simulated-start-delay", "0s"]);
+    let set = |color: &str| {
+        format!(
+            "apiVersion: apps/v1\nkind: StatefulSet\nmetadata: {{name: od}}\nspec:\n  serviceName: od\n  replicas: 2\n  updateStrategy: {{type: OnDelete}}\n  selector: {{matchLabels: {{app: od}}}}\n  template:\n    metadata: {{labels: {{app: od}}}}\n    spec:\n      tolerations: [{{key: nanokube.io/simulated, operator: Exists}}]\n      containers: [{{name: main, image: \"web:1\", env: [{{name: COLOR, value: {color}}}]}}]\n"
+        )
+    };
+    apply(&s, &set("red"));
+    let field = |f: &str| s.k(&["get", "statefulset", "od", "-o", &format!("jsonpath={{.status.{f}}}")]);
+    assert!(eventually(Duration::from_secs(30), || field("readyReplicas") == "2"));
+    let first = field("currentRevision");
+    apply(&s, &set("blue"));
+    assert!(eventually(Duration::from_secs(10), || !field("updateRevision").is_empty() && field("updateRevision") != first));
+    let update = field("updateRevision");
+    let revision_of = |p: &str| s.k(&["get", "pod", p, "-o", "jsonpath={.metadata.labels.controller-revision-hash}"]);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!((revision_of("od-0"), revision_of("od-1")), (first.clone(), first.clone()), "OnDelete replaced a pod by itself");
+    assert_eq!(field("updatedReplicas"), "", "none updated (0 is left out, as Go's omitempty does)");
+    s.k(&["delete", "pod", "od-1"]);
+    assert!(eventually(Duration::from_secs(30), || revision_of("od-1") == update), "od-1 came back at {}", revision_of("od-1"));
+    assert_eq!(s.k(&["get", "pod", "od-1", "-o", "jsonpath={.spec.containers[0].env[0].value}"]), "blue");
+    assert_eq!(revision_of("od-0"), first);
+    assert!(eventually(Duration::from_secs(10), || field("updatedReplicas") == "1" && field("currentRevision") == first));
+}
