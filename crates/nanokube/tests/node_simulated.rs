@@ -75,10 +75,27 @@ fn simulated_nodes_run_pods_without_processes() {
     assert!(eventually(Duration::from_secs(10), || s.k(&["get", "pod", "bound", "-o", "jsonpath={.status.phase}"]) == "Running"));
 
     // A node whose heartbeat stops: its Lease goes stale and the lifecycle controller
-    // marks it Unknown (after kubelet's 40 s grace).
+    // marks it Unknown (after kubelet's 40 s grace), taints it unreachable, and its pods
+    // are evicted once their toleration of that runs out (2 s here; 300 s by default).
+    let brief = "apiVersion: v1\nkind: Pod\nmetadata: {name: brief}\nspec:\n  nodeName: sim-1\n  tolerations:\n  - {key: nanokube.io/simulated, operator: Exists}\n  - {key: node.kubernetes.io/unreachable, operator: Exists, effect: NoExecute, tolerationSeconds: 2}\n  containers: [{name: app, image: x}]\n";
+    std::fs::write(&manifest, brief).unwrap();
+    s.k(&["apply", "-f", manifest.to_str().unwrap()]);
+    assert!(eventually(Duration::from_secs(10), || s.k(&["get", "pod", "brief", "-o", "jsonpath={.status.phase}"]) == "Running"));
     s.k(&["annotate", "node", "sim-1", "nanokube.io/simulated-heartbeat=stopped"]);
     assert!(
         eventually(Duration::from_secs(90), || s.k(&["get", "node", "sim-1", "-o", "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}"]) == "Unknown")
     );
     assert_eq!(s.k(&["get", "node", "sim-0", "-o", "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}"]), "True");
+    let taints = || s.k(&["get", "node", "sim-1", "-o", "jsonpath={range .spec.taints[*]}{.key}:{.effect},{end}"]);
+    assert!(
+        eventually(Duration::from_secs(10), || taints().contains("node.kubernetes.io/unreachable:NoSchedule,")
+            && taints().contains("node.kubernetes.io/unreachable:NoExecute,")),
+        "{}",
+        taints()
+    );
+    let gone = || {
+        let out = s.kubectl(&["get", "pod", "brief", "-o", "jsonpath={.metadata.deletionTimestamp}"]);
+        !out.status.success() || !out.stdout.is_empty()
+    };
+    assert!(eventually(Duration::from_secs(30), gone), "the pod outlived its toleration");
 }
