@@ -175,6 +175,10 @@ fn pods_resolve_cluster_names_and_reach_the_api_by_name() {
     );
     let out = lookup(&["_http._tcp.web.default.svc.cluster.local", "--type", "SRV"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("IN SRV 0 100 80 web.default.svc.cluster.local."), "{out:?}");
+    // A name that exists without records of the type asked: NODATA, not NXDOMAIN.
+    let out = lookup(&["web.default.svc.cluster.local", "--type", "AAAA"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(";; NOERROR, 0 answer(s)"), "{out:?}");
     let out = lookup(&["nothing.default.svc.cluster.local"]);
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stdout).contains("NXDOMAIN"), "{out:?}");
     // `nanokube dns hosts`: a marked block in a hosts file, and out again.

@@ -2,7 +2,8 @@
 //! 127.0.0.1 and a load-balancer IP (real runc containers, real curl), spread over the
 //! pods, session affinity, UDP echo through a Service (from the host and from a pod) and
 //! between pods, connections closed when their
-//! endpoint leaves, a Service without endpoints refusing, and SCTP reported.
+//! endpoint leaves, a Service without endpoints refusing, and SCTP reported; affinity
+//! timeouts, load-balancer classes and external IPs.
 
 mod common;
 
@@ -93,6 +94,18 @@ fn host_reaches_a_deployment_by_cluster_ip_node_port_and_load_balancer() {
     std::thread::sleep(Duration::from_millis(300));
     let sticky: BTreeSet<String> = hosts_seen(&format!("http://{cluster_ip}/"), 10).into_iter().collect();
     assert_eq!(sticky.len(), 1, "{sticky:?}");
+    // With a timeout, the client sticks within it and is balanced afresh after it.
+    let out = s.kubectl(&["patch", "svc", "web", "-p", r#"{"spec":{"sessionAffinityConfig":{"clientIP":{"timeoutSeconds":1}}}}"#]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::thread::sleep(Duration::from_millis(1300));
+    let mut across = BTreeSet::new();
+    for _ in 0..6 {
+        let pair = hosts_seen(&format!("http://{cluster_ip}/"), 2);
+        assert!(pair.len() == 2 && pair[0] == pair[1], "not sticky within the timeout: {pair:?}");
+        across.insert(pair[0].clone());
+        std::thread::sleep(Duration::from_millis(1300));
+    }
+    assert!(across.len() >= 2, "the affinity outlived its timeout: {across:?}");
 
     // Scaled down to one: the others stop getting traffic as soon as they leave.
     let out = s.kubectl(&["patch", "svc", "web", "-p", r#"{"spec":{"sessionAffinity":"None"}}"#]);
@@ -139,6 +152,15 @@ fn host_reaches_a_deployment_by_cluster_ip_node_port_and_load_balancer() {
     assert_eq!(s.k(&["get", "svc", "lb-only", "-o", "jsonpath={.spec.ports[0].nodePort}"]), "");
     let lb_only = s.k(&["get", "svc", "lb-only", "-o", "jsonpath={.status.loadBalancer.ingress[0].ip}"]);
     assert!(eventually(Duration::from_secs(5), || curl(&format!("http://{lb_only}:8081/")).0));
+
+    // A Service of another load-balancer class is another implementation's: no address.
+    s.k_stdin(&["apply", "-f", "-"], "apiVersion: v1\nkind: Service\nmetadata:\n  name: other-class\nspec:\n  type: LoadBalancer\n  loadBalancerClass: example.com/other\n  selector: {app: web}\n  ports:\n  - {port: 8082, targetPort: 8080}\n");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(s.k(&["get", "svc", "other-class", "-o", "jsonpath={.status.loadBalancer}"]), "{}");
+    // externalIPs in 127.0.0.0/8 are listened on like the ClusterIP.
+    let external = lb_prefix.replace("127.241.", "127.242.") + "7";
+    s.k_stdin(&["apply", "-f", "-"], &format!("apiVersion: v1\nkind: Service\nmetadata:\n  name: ext-ip\nspec:\n  externalIPs: [{external}]\n  selector: {{app: web}}\n  ports:\n  - {{port: 8083, targetPort: 8080}}\n"));
+    assert!(eventually(Duration::from_secs(5), || curl(&format!("http://{external}:8083/")).0), "nothing answers on the external IP {external}");
 
     // The load-balancer IP goes back when the Service is no longer a LoadBalancer.
     s.k(&["patch", "svc", "web", "-p", r#"{"spec":{"type":"ClusterIP"}}"#]);
