@@ -35,6 +35,7 @@ pub mod meta;
 pub mod pod_resize;
 pub mod protobuf;
 pub mod protobuf_encode;
+pub mod quantity;
 pub mod quota;
 pub mod resources;
 pub mod schedule;

@@ -840,6 +840,84 @@ pub fn type_error_in(msg: &'static str, obj: &Value, path: &str) -> Option<Strin
     None
 }
 
+/// The `resource.Quantity` message.
+const QUANTITY: &str = "apimachinery.pkg.api.resource.Quantity";
+
+/// Whether a message holds a quantity somewhere below it (computed once for all, to a
+/// fixed point: messages may nest each other).
+fn holds_quantity(msg: &str) -> bool {
+    static HOLDS: OnceLock<std::collections::HashSet<&'static str>> = OnceLock::new();
+    HOLDS
+        .get_or_init(|| {
+            let mut holds = std::collections::HashSet::new();
+            loop {
+                let before = holds.len();
+                for (msg, fields) in schema() {
+                    if !holds.contains(msg) && fields.values().any(|f| matches!(f.ty, FieldType::Message(m) if m == QUANTITY || holds.contains(m))) {
+                        holds.insert(*msg);
+                    }
+                }
+                if holds.len() == before {
+                    return holds;
+                }
+            }
+        })
+        .contains(msg)
+}
+
+/// Writes every quantity of a built-in object as kube-apiserver stores it (decoded and
+/// written back: `0.5` → `"500m"`, `1.5Gi` → `"1536Mi"`, see [`crate::quantity`]).
+/// `Err` with Go's reason for one it would not decode. Only messages that can hold a
+/// quantity are walked; the walk is as deep as the object, whose depth the caller has
+/// bounded.
+pub fn store_quantities(api_version: &str, kind: &str, obj: &mut Value) -> Result<(), String> {
+    let msg = message_for(api_version, kind);
+    let Some(msg) = intern(&msg).filter(|m| holds_quantity(m)) else { return Ok(()) };
+    match obj {
+        Value::Object(fields) => store_quantities_in(msg, fields),
+        _ => Ok(()),
+    }
+}
+
+fn store_quantities_in(msg: &str, fields: &mut Map<String, Value>) -> Result<(), String> {
+    for (key, value) in fields.iter_mut() {
+        let Some(FieldInfo { cardinality, ty: FieldType::Message(inner), .. }) = find_field(msg, key) else { continue };
+        let each: Box<dyn Iterator<Item = &mut Value>> = match (cardinality, value) {
+            (Cardinality::List, Value::Array(items)) => Box::new(items.iter_mut()),
+            (Cardinality::Map, Value::Object(entries)) => Box::new(entries.values_mut()),
+            (Cardinality::List | Cardinality::Map, _) => continue,
+            (_, v) => Box::new(std::iter::once(v)),
+        };
+        if inner == QUANTITY {
+            for v in each {
+                store_quantity(v)?;
+            }
+        } else if holds_quantity(inner) {
+            for v in each {
+                if let Value::Object(m) = v {
+                    store_quantities_in(inner, m)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One quantity (a string, or a number as YAML gives it) as it is stored.
+fn store_quantity(v: &mut Value) -> Result<(), String> {
+    let text = match v {
+        Value::String(s) => s.as_str(),
+        Value::Number(n) => &n.to_string(),
+        _ => return Ok(()),
+    };
+    match crate::quantity::stored_form(text) {
+        Ok(Some(stored)) => *v = Value::String(stored),
+        Ok(None) => *v = Value::String(text.trim().to_string()),
+        Err(reason) => return Err(reason.to_string()),
+    }
+    Ok(())
+}
+
 /// A message's fields still to check, and the path they are at.
 type Pending<'a> = (&'static str, &'a Map<String, Value>, String);
 

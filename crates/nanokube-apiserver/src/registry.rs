@@ -500,6 +500,17 @@ fn check_decodable(def: &ResourceDef, obj: &Value) -> Result<(), ApiError> {
     }
 }
 
+/// Quantities written as kube-apiserver writes them back after decoding (`0.5` cpu is
+/// stored and served as `"500m"`); one Go would not decode is refused as upstream's
+/// decoder refuses it (400). Built-in kinds only: custom resources keep their JSON.
+fn store_quantities(def: &ResourceDef, obj: &mut Value) -> Result<(), ApiError> {
+    if def.custom {
+        return Ok(());
+    }
+    nanokube_api::protobuf::store_quantities(&def.api_version(), def.kind, obj)
+        .map_err(|e| ApiError::bad_request(format!("{} in version \"{}\" cannot be handled as a {}: {e}", def.kind, def.version, def.kind)))
+}
+
 /// Whether a resource is stored in another version's shape (events.k8s.io/v1 Events are
 /// stored as core/v1 Events).
 fn converts(def: &ResourceDef) -> bool {
@@ -1100,6 +1111,7 @@ impl Registry {
         }
         self.check_custom_create(def)?;
         check_decodable(def, &obj)?;
+        store_quantities(def, &mut obj)?;
         defaults::apply_defaults(def, &mut obj);
         defaults::prepare_create(def, &mut obj);
         self.admit_create(def, namespace, &mut obj)?;
@@ -1118,6 +1130,7 @@ impl Registry {
             obj["kind"] = json!(def.kind);
             obj["apiVersion"] = json!(def.api_version());
             check_decodable(def, &obj)?;
+            store_quantities(def, &mut obj)?;
             defaults::apply_defaults(def, &mut obj);
         }
         go_omitempty::drop_empty(&mut obj);
@@ -1965,7 +1978,7 @@ impl Registry {
                 ));
             }
         }
-        over_written(&mut new, carried_only, |v| check_decodable(def, v))?;
+        over_written(&mut new, carried_only, |v| check_decodable(def, v).and_then(|()| store_quantities(def, v)))?;
         let mut causes = Vec::new();
         self.custom_strategy(def, &mut new, Some(old), &mut causes);
         // Generation moves on spec changes only (for custom resources without a status
