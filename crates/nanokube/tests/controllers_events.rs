@@ -1,5 +1,6 @@
 //! Events as the controllers and the node write them: a repeat raises the one Event's
-//! `count` (kubectl shows `x3`), and Events expire an hour after their last write.
+//! `count` (`kubectl describe` and `kubectl events` show `x3`), and Events expire an
+//! hour after their last write.
 
 use nanokube::testing::TestCluster;
 use nanokube_apiserver::events::Recorder;
@@ -30,6 +31,14 @@ async fn repeats_are_counted_and_events_expire() {
     let describe = kubectl(&["describe", "configmap", "watched"]);
     assert!(describe.contains("Trouble") && describe.contains("(x3 over"), "{describe}");
     assert!(describe.contains("test-controller"), "{describe}");
+    // `kubectl events` (its own command since 1.26) shows the same history.
+    let events = kubectl(&["events", "--for", "configmap/watched"]);
+    let trouble = events.lines().find(|l| l.contains("Trouble")).unwrap_or_default();
+    assert!(
+        trouble.contains("(x3 over") && trouble.contains("Warning") && trouble.contains("ConfigMap/watched") && trouble.contains("the same trouble"),
+        "{events}"
+    );
+    assert!(events.lines().any(|l| l.contains("Fine") && l.contains("Normal") && l.contains("all fine")), "{events}");
 
     // An hour and a bit later, the sweep has removed them.
     nanokube_controllers::event_ttl::sweep(&registry, time::OffsetDateTime::now_utc() + time::Duration::minutes(59)).await;
