@@ -6,8 +6,9 @@
 
 mod common;
 
-use common::Server;
+use common::{eventually, Server};
 use serde_json::{json, Value};
+use std::time::Duration;
 
 fn upstream(file: &str) -> String {
     std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/upstream-1.33").join(file)).unwrap()
@@ -52,7 +53,15 @@ fn horizontal_pod_autoscalers_in_both_versions_share_one_object() {
     let (_, v2) = s.get_json("/apis/autoscaling/v2/namespaces/default/horizontalpodautoscalers/web");
     assert_eq!(v2["apiVersion"], "autoscaling/v2");
     assert_eq!(v2["spec"]["metrics"], json!([{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 60}}}]));
-    assert_eq!(v2["metadata"]["resourceVersion"], created["metadata"]["resourceVersion"]);
+    assert_eq!(v2["metadata"]["uid"], created["metadata"]["uid"]);
+    // One object, one resourceVersion in both versions (read between the HPA controller's
+    // status writes: it reports the missing Deployment).
+    assert!(eventually(Duration::from_secs(10), || {
+        let (_, a) = s.get_json("/apis/autoscaling/v1/namespaces/default/horizontalpodautoscalers/web");
+        let (_, b) = s.get_json("/apis/autoscaling/v2/namespaces/default/horizontalpodautoscalers/web");
+        let (_, c) = s.get_json("/apis/autoscaling/v1/namespaces/default/horizontalpodautoscalers/web");
+        a["metadata"]["resourceVersion"] == c["metadata"]["resourceVersion"] && b["metadata"]["resourceVersion"] == a["metadata"]["resourceVersion"]
+    }));
     // A v2-only metric survives a v1 round trip (kept in an annotation, as upstream).
     let (code, body) = s.curl(
         "PATCH",

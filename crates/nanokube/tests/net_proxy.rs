@@ -28,9 +28,11 @@ fn admin_get(s: &Server, path: &str, extra: &[&str]) -> (u16, String) {
 #[test]
 fn services_and_pods_through_the_api_server_proxy() {
     let s = server_with_image();
+    // The listener's nc keeps its stdin open for an hour: an nc whose stdin has ended can
+    // close a connection before reading (and logging) the request on it.
     let manifests = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\n  labels: {app: web}\nspec:\n  containers:\n  - name: web\n    image: testbox:1.0\n    command: [sh, -c, 'mkdir -p /www/sub; echo hello > /www/index.html; echo deep > /www/sub/page; exec httpd -f -p 8080 -h /www']\n    ports: [{name: http, containerPort: 8080}]\n---\n\
         apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  selector: {app: web}\n  ports: [{name: http, port: 80, targetPort: http}]\n---\n\
-        apiVersion: v1\nkind: Pod\nmetadata:\n  name: listener\nspec:\n  containers:\n  - name: nc\n    image: testbox:1.0\n    command: [sh, -c, 'while true; do sleep 3 | nc -l -p 9000; done']\n";
+        apiVersion: v1\nkind: Pod\nmetadata:\n  name: listener\nspec:\n  containers:\n  - name: nc\n    image: testbox:1.0\n    command: [sh, -c, 'while true; do sleep 3600 | nc -l -p 9000; done']\n";
     let out = s.k_stdin(&["apply", "-f", "-"], manifests);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     for pod in ["web", "listener"] {

@@ -166,14 +166,17 @@ impl Server {
     /// Run a kubectl binary (e.g. `kubectl.1.27`) with the admin kubeconfig.
     pub fn kubectl_bin(&self, bin: &str, args: &[&str]) -> Output {
         let home = self.kubectl_home(bin);
-        Command::new(kubectl_path(bin))
+        let child = Command::new(kubectl_path(bin))
             .args(args)
             .env("KUBECONFIG", self.kubeconfig())
             .env("HOME", &home)
             .env_remove("KUBERNETES_SERVICE_HOST")
             .stdin(Stdio::null())
-            .output()
-            .expect("run kubectl")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run kubectl");
+        output_within(child, KUBECTL_DEADLINE, &format!("{bin} {args:?}"))
     }
 
     /// The HOME a kubectl binary runs with (its cache of discovery, apart per version).
@@ -208,14 +211,17 @@ impl Server {
         std::fs::set_permissions(&editor, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
         let home = self.dir.path().join("home-edit");
         std::fs::create_dir_all(&home).unwrap();
-        Command::new(kubectl_path("kubectl"))
+        let child = Command::new(kubectl_path("kubectl"))
             .arg("edit")
             .args(what)
             .env("KUBECONFIG", self.kubeconfig())
             .env("HOME", &home)
             .env("EDITOR", &editor)
-            .output()
-            .unwrap()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        output_within(child, KUBECTL_DEADLINE, &format!("kubectl edit {what:?}"))
     }
 
     /// Run `kubectl` with a manifest on stdin (`-f -`).
@@ -243,7 +249,7 @@ impl Server {
         let writer = std::thread::spawn(move || {
             let _ = stdin.write_all(&input);
         });
-        let out = child.wait_with_output().unwrap();
+        let out = output_within(child, KUBECTL_DEADLINE, &format!("{bin} {args:?}"));
         let _ = writer.join();
         out
     }
@@ -364,6 +370,38 @@ impl Drop for Server {
         // The server is gone before its etcd.
         drop(self.etcd.take());
     }
+}
+
+/// How long one kubectl call may take before the test ends it and fails. A call can hang
+/// for good: `kubectl delete` waits (for a week) for a DELETED event its informer never
+/// sees when a controller recreates the object under the same name between its list and
+/// its watch. A test must fail then, not hold CI.
+pub const KUBECTL_DEADLINE: Duration = Duration::from_secs(180);
+
+/// Wait for `child` (its stdout and stderr piped) and collect its output; past
+/// `deadline` it is killed and the test fails, naming `what`.
+pub fn output_within(child: Child, deadline: Duration, what: &str) -> Output {
+    let pid = child.id();
+    let (finished, until) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if until.recv_timeout(deadline) == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+            // SAFETY: kill(2) on our own child. Its waiter has not returned (it signals
+            // first), so the pid is still the child's unless it exited this very instant.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            return true;
+        }
+        false
+    });
+    let out = child.wait_with_output().expect("wait for a child process");
+    let _ = finished.send(());
+    let killed = watchdog.join().unwrap_or(false);
+    assert!(
+        !killed,
+        "{what} did not finish within {deadline:?} and was killed:\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }
 
 /// Poll `f` until it returns true or `timeout` passes.
