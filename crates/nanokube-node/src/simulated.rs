@@ -15,7 +15,11 @@
 //! - on a node, `nanokube.io/simulated-heartbeat: "stopped"`: its Lease is no longer
 //!   renewed, so the node lifecycle controller marks it `Unknown` and taints it.
 //!
-//! A pod deleted gracefully ends as kubelet ends it: the node deletes it with grace 0.
+//! A pod deleted gracefully ends as kubelet ends it: `Killing` events for its running
+//! containers, which end with exit code 0 after the configured stop delay (1 s by
+//! default, about what kubelet takes for a container that exits on SIGTERM); the terminal
+//! status (`Succeeded`, or `Failed` if a container had failed, kubelet's rule since 1.27);
+//! then the delete with grace 0.
 
 use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
@@ -43,6 +47,11 @@ pub struct SimulatedConfig {
     pub nodes: usize,
     /// The time between a pod's binding and its Running status.
     pub start_delay: Duration,
+    /// The time between a pod's deletion and the node's confirming it (kubelet's stop of
+    /// the containers, its status and volume work): never 0 in a real cluster, and
+    /// clients count on that (`kubectl delete` can wait for ever when a controller has
+    /// recreated the pod under its name between two of its reads).
+    pub stop_delay: Duration,
     /// Pods each node takes (`status.capacity.pods`).
     pub max_pods: u32,
     /// The kubelet version reported.
@@ -158,16 +167,18 @@ fn uid_key(uid: &str) -> UidKey {
     }
 }
 
-/// What a simulated node keeps of its pods: the IP each got, and its event recorder.
+/// What a simulated node keeps of its pods: the IP each got, the deleted ones it is
+/// ending (once each: its own status write shows it the pod again), and its event recorder.
 struct NodePods {
     next: u32,
     ips: HashMap<UidKey, Ipv4Addr>,
+    stopping: HashSet<UidKey>,
     events: Arc<crate::pods::events::Recorder>,
 }
 
 impl NodePods {
     fn new(node: &str) -> Self {
-        NodePods { next: 0, ips: HashMap::new(), events: Arc::new(crate::pods::events::kubelet(node)) }
+        NodePods { next: 0, ips: HashMap::new(), stopping: HashSet::new(), events: Arc::new(crate::pods::events::kubelet(node)) }
     }
 }
 
@@ -269,6 +280,7 @@ impl Simulator {
                                 started.remove(&uid_key(meta::uid(v)));
                                 if let Some(n) = nodes.get_mut(v.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or("")) {
                                     n.ips.remove(&uid_key(meta::uid(v)));
+                                    n.stopping.remove(&uid_key(meta::uid(v)));
                                     n.events.forget(meta::uid(v));
                                 }
                                 continue;
@@ -306,9 +318,15 @@ impl Simulator {
         }
         let (ns, name, uid) = (meta::namespace(pod).to_string(), meta::name(pod).to_string(), meta::uid(pod).to_string());
         if pod.pointer("/metadata/deletionTimestamp").is_some() {
-            // Nothing runs: the pod ends at once, as kubelet ends it after its containers.
-            let registry = self.registry.clone();
+            // Nothing runs: the containers end at once (as on SIGTERM), then the pod goes,
+            // in kubelet's order: `Killing` events, the terminal status, the delete.
+            let np = nodes.entry(node.to_string()).or_insert_with(|| NodePods::new(node));
+            if !np.stopping.insert(uid_key(&uid)) {
+                return;
+            }
+            let (registry, pod, events, delay) = (self.registry.clone(), pod.clone(), np.events.clone(), self.cfg.stop_delay);
             tokio::spawn(async move {
+                stop(&registry, &events, &pod, delay).await;
                 let opts = DeleteOptions { grace_period: Some(0), precondition_uid: Some(uid), ..Default::default() };
                 let _ = registry.delete(pods_def(), &ns, &name, &opts).await;
             });
@@ -433,4 +451,71 @@ async fn start(registry: &Registry, events: &crate::pods::events::Recorder, pod:
         let cname = c.get("name").and_then(Value::as_str).unwrap_or("");
         events.record(registry, pod, Some(&format!("spec.containers{{{cname}}}")), "Normal", "Started", &format!("Started container {cname}")).await;
     }
+}
+
+/// End a deleted pod's containers as kubelet does before it deletes the pod: a `Killing`
+/// event for each running container, then (`delay` later) the terminal status
+/// (containers terminated, not ready, the phase terminal). A pod that never started has
+/// nothing to end, and is confirmed `delay` later too.
+async fn stop(registry: &Registry, events: &crate::pods::events::Recorder, pod: &Value, delay: Duration) {
+    let Some(statuses) = pod.pointer("/status/containerStatuses").and_then(Value::as_array) else {
+        tokio::time::sleep(delay).await;
+        return;
+    };
+    for c in statuses.iter().filter(|c| c.pointer("/state/running").is_some()) {
+        let cname = c.get("name").and_then(Value::as_str).unwrap_or("");
+        let reason = format!("Stopping container {cname}");
+        events.record(registry, pod, Some(&format!("spec.containers{{{cname}}}")), "Normal", "Killing", &reason).await;
+    }
+    tokio::time::sleep(delay).await;
+    let (ns, name, uid) = (meta::namespace(pod).to_string(), meta::name(pod).to_string(), meta::uid(pod).to_string());
+    let now = meta::now_rfc3339();
+    let opts = WriteOptions { subresource: Some("status".into()), ..Default::default() };
+    let _ = registry
+        .update_with(pods_def(), &ns, &name, &opts, |cur| {
+            if meta::uid(cur) != uid {
+                return Err(nanokube_api::ApiError::conflict("pods", "", &name));
+            }
+            let status = terminal_status(cur.get("status").unwrap_or(&Value::Null), &now);
+            Ok(crate::pods::status::merge(cur, &status, &now))
+        })
+        .await;
+}
+
+/// `current` (a started pod's status) once its containers have ended at `now`: running
+/// ones with exit code 0, waiting ones (restarting) with how they ended last; none ready;
+/// the phase `Succeeded` if every container ended with 0, else `Failed`.
+fn terminal_status(current: &Value, now: &str) -> Value {
+    let mut status = current.clone();
+    let mut all_succeeded = true;
+    if let Some(cs) = status.get_mut("containerStatuses").and_then(Value::as_array_mut) {
+        for c in cs {
+            if let Some(started) = c.pointer("/state/running/startedAt").cloned() {
+                let id = c.get("containerID").cloned().unwrap_or(Value::Null);
+                c["state"] = json!({"terminated": {"exitCode": 0, "reason": "Completed", "startedAt": started, "finishedAt": now, "containerID": id}});
+            } else if let Some(last) = c.pointer("/lastState/terminated").cloned().filter(|_| c.pointer("/state/waiting").is_some()) {
+                c["state"] = json!({"terminated": last});
+            }
+            all_succeeded &= c.pointer("/state/terminated/exitCode").and_then(Value::as_i64) == Some(0);
+            c["ready"] = json!(false);
+            c["started"] = json!(false);
+        }
+    }
+    if !matches!(status.get("phase").and_then(Value::as_str), Some("Succeeded" | "Failed")) {
+        status["phase"] = json!(if all_succeeded { "Succeeded" } else { "Failed" });
+    }
+    if let Some(conditions) = status.get_mut("conditions").and_then(Value::as_array_mut) {
+        for c in conditions {
+            match c.get("type").and_then(Value::as_str) {
+                Some("PodReadyToStartContainers") => c["status"] = json!("False"),
+                // Kubelet's reason for a pod whose phase is terminal.
+                Some("Ready" | "ContainersReady") => {
+                    c["status"] = json!("False");
+                    c["reason"] = json!("PodCompleted");
+                }
+                _ => {}
+            }
+        }
+    }
+    status
 }

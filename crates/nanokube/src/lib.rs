@@ -129,6 +129,9 @@ pub struct ClusterConfig {
     pub simulated_nodes: usize,
     /// How long a pod on a simulated node takes from binding to Running.
     pub simulated_start_delay: std::time::Duration,
+    /// How long a simulated node takes to confirm a pod's deletion (see
+    /// `nanokube_node::simulated::SimulatedConfig::stop_delay`).
+    pub simulated_stop_delay: std::time::Duration,
     /// The kubelet API's port on the advertised address (0: any free port); the Node
     /// publishes the one bound in `daemonEndpoints`.
     pub kubelet_port: u16,
@@ -177,6 +180,7 @@ impl ClusterConfig {
             insecure_registries: Vec::new(),
             simulated_nodes: 0,
             simulated_start_delay: std::time::Duration::ZERO,
+            simulated_stop_delay: std::time::Duration::from_secs(1),
             kubelet_port: 10250,
             eviction_hard: nanokube_node::eviction::parse_thresholds(nanokube_node::eviction::DEFAULT_HARD).unwrap_or_default(),
             eviction_pressure_transition_period: std::time::Duration::from_secs(300),
@@ -632,6 +636,7 @@ impl Cluster {
                 nanokube_node::simulated::SimulatedConfig {
                     nodes: cfg.simulated_nodes,
                     start_delay: cfg.simulated_start_delay,
+                    stop_delay: cfg.simulated_stop_delay,
                     max_pods: 1100,
                     version: nanokube_apiserver::discovery::GIT_VERSION.into(),
                 },

@@ -627,6 +627,11 @@ struct ServerArgs {
     /// How long a pod on a simulated node takes from binding to Running (e.g. 500ms, 2s).
     #[arg(long, default_value = "0s")]
     simulated_start_delay: String,
+    /// How long a simulated node takes from a pod's deletion to confirming it (kubelet
+    /// stopping its containers); `kubectl delete` relies on this being more than a few
+    /// milliseconds.
+    #[arg(long, default_value = "1s")]
+    simulated_stop_delay: String,
     /// The kubelet API's port on the advertised address (0: any free port, published in
     /// the Node's daemonEndpoints).
     #[arg(long, default_value_t = 10250)]
@@ -1299,6 +1304,13 @@ async fn run_server(args: ServerArgs, started: Instant) -> i32 {
             Ok(d) => d,
             Err(e) => {
                 eprintln!("error: --simulated-start-delay: {e}");
+                std::process::exit(2);
+            }
+        },
+        simulated_stop_delay: match parse_duration(&args.simulated_stop_delay) {
+            Ok(d) => d,
+            Err(e) => {
+                eprintln!("error: --simulated-stop-delay: {e}");
                 std::process::exit(2);
             }
         },

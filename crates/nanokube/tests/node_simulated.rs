@@ -61,9 +61,14 @@ fn simulated_nodes_run_pods_without_processes() {
     assert_eq!(s.k(&["get", "pod", "crash", "-o", "jsonpath={.status.containerStatuses[0].lastState.terminated.exitCode}"]), "3");
     assert!(eventually(Duration::from_secs(10), || s.k(&["get", "pod", "fail", "-o", "jsonpath={.status.phase}"]) == "Failed"));
 
-    // Deleted pods go at once (the node confirms with grace 0).
+    // Deleted pods go as from kubelet: `Killing`, then (the stop delay, 1 s, later) the
+    // node confirms with grace 0.
+    let asked = std::time::Instant::now();
     s.k(&["delete", "pod", "p0", "p1", "--timeout=10s"]);
+    assert!(asked.elapsed() >= Duration::from_secs(1), "confirmed before the stop delay");
     assert!(s.kubectl(&["get", "pod", "p0"]).status.code() == Some(1));
+    let killing = s.k(&["get", "events", "--field-selector", "involvedObject.name=p0,reason=Killing", "-o", "jsonpath={.items[*].message}"]);
+    assert!(killing.starts_with("Stopping container "), "{killing}");
 
     // A Node made by hand with the label is simulated: a pod bound to it runs.
     let node = s.dir.path().join("node.yaml");
