@@ -388,7 +388,7 @@ fn what_start_reads(pod: &Value) -> Value {
 /// Write the pod's status as kubelet would once its containers run (or ended, with the
 /// failure annotation), and kubelet's `Started` event.
 async fn start(registry: &Registry, events: &crate::pods::events::Recorder, pod: &Value, host_ip: &str, ip: Ipv4Addr) {
-    let (ns, name, uid) = (meta::namespace(pod).to_string(), meta::name(pod).to_string(), meta::uid(pod).to_string());
+    let (ns, name, uid) = (meta::namespace(pod), meta::name(pod), meta::uid(pod));
     let now = meta::now_rfc3339();
     let exit: Option<i32> = pod.pointer("/metadata/annotations").and_then(|a| a.get(EXIT_CODE_ANNOTATION)).and_then(Value::as_str).and_then(|s| s.parse().ok());
     let never = pod.pointer("/spec/restartPolicy").and_then(Value::as_str) == Some("Never");
@@ -435,16 +435,7 @@ async fn start(registry: &Registry, events: &crate::pods::events::Recorder, pod:
         "startTime": now,
         "containerStatuses": statuses,
     });
-    let opts = WriteOptions { subresource: Some("status".into()), ..Default::default() };
-    let written = registry
-        .update_with(pods_def(), &ns, &name, &opts, |cur| {
-            if meta::uid(cur) != uid {
-                return Err(nanokube_api::ApiError::conflict("pods", "", &name));
-            }
-            Ok(crate::pods::status::merge(cur, &status, &now))
-        })
-        .await;
-    if written.is_err() {
+    if write_status(registry, pod, &now, |_| status.clone()).await.is_err() {
         return;
     }
     for c in &containers {
@@ -468,18 +459,25 @@ async fn stop(registry: &Registry, events: &crate::pods::events::Recorder, pod: 
         events.record(registry, pod, Some(&format!("spec.containers{{{cname}}}")), "Normal", "Killing", &reason).await;
     }
     tokio::time::sleep(delay).await;
-    let (ns, name, uid) = (meta::namespace(pod).to_string(), meta::name(pod).to_string(), meta::uid(pod).to_string());
     let now = meta::now_rfc3339();
+    let _ = write_status(registry, pod, &now, |current| terminal_status(current, &now)).await;
+}
+
+/// Merge `status_of(the stored status)` into `pod`'s status at `now`, as kubelet's status
+/// manager does, unless the pod stored under its name is another one (another uid).
+async fn write_status(registry: &Registry, pod: &Value, now: &str, status_of: impl Fn(&Value) -> Value) -> Result<(), nanokube_api::ApiError> {
+    let (ns, name, uid) = (meta::namespace(pod), meta::name(pod), meta::uid(pod));
     let opts = WriteOptions { subresource: Some("status".into()), ..Default::default() };
-    let _ = registry
-        .update_with(pods_def(), &ns, &name, &opts, |cur| {
+    registry
+        .update_with(pods_def(), ns, name, &opts, |cur| {
             if meta::uid(cur) != uid {
-                return Err(nanokube_api::ApiError::conflict("pods", "", &name));
+                return Err(nanokube_api::ApiError::conflict("pods", "", name));
             }
-            let status = terminal_status(cur.get("status").unwrap_or(&Value::Null), &now);
-            Ok(crate::pods::status::merge(cur, &status, &now))
+            let status = status_of(cur.get("status").unwrap_or(&Value::Null));
+            Ok(crate::pods::status::merge(cur, &status, now))
         })
-        .await;
+        .await
+        .map(|_| ())
 }
 
 /// `current` (a started pod's status) once its containers have ended at `now`: running

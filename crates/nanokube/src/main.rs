@@ -625,13 +625,13 @@ struct ServerArgs {
     #[arg(long, default_value_t = 0)]
     simulated_nodes: usize,
     /// How long a pod on a simulated node takes from binding to Running (e.g. 500ms, 2s).
-    #[arg(long, default_value = "0s")]
-    simulated_start_delay: String,
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    simulated_start_delay: std::time::Duration,
     /// How long a simulated node takes from a pod's deletion to confirming it (kubelet
     /// stopping its containers); `kubectl delete` relies on this being more than a few
     /// milliseconds.
-    #[arg(long, default_value = "1s")]
-    simulated_stop_delay: String,
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    simulated_stop_delay: std::time::Duration,
     /// The kubelet API's port on the advertised address (0: any free port, published in
     /// the Node's daemonEndpoints).
     #[arg(long, default_value_t = 10250)]
@@ -1300,20 +1300,8 @@ async fn run_server(args: ServerArgs, started: Instant) -> i32 {
         node_name: args.node_name,
         scheduler: args.scheduler,
         simulated_nodes: args.simulated_nodes,
-        simulated_start_delay: match parse_duration(&args.simulated_start_delay) {
-            Ok(d) => d,
-            Err(e) => {
-                eprintln!("error: --simulated-start-delay: {e}");
-                std::process::exit(2);
-            }
-        },
-        simulated_stop_delay: match parse_duration(&args.simulated_stop_delay) {
-            Ok(d) => d,
-            Err(e) => {
-                eprintln!("error: --simulated-stop-delay: {e}");
-                std::process::exit(2);
-            }
-        },
+        simulated_start_delay: args.simulated_start_delay,
+        simulated_stop_delay: args.simulated_stop_delay,
         registry_mirrors: Vec::new(),
         insecure_registries: args.insecure_registries,
         kubelet_port: args.kubelet_port,
