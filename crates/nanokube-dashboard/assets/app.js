@@ -13,6 +13,7 @@ const S = {
   resources: new Map(), // "group/resource" -> {group, version, resource, kind, namespaced, verbs, subresources}
   crds: [],
   cleanup: [], // functions that stop the current view's watches
+  epoch: 0, // bumped by every login and logout: an older session's late replies are dropped
 };
 
 // ---------- small DOM helpers (text only: never innerHTML with data) ----------
@@ -127,7 +128,11 @@ async function start() {
 
 function showLogin(message) {
   for (const stop of S.cleanup.splice(0)) stop();
+  S.epoch += 1;
   S.mode = null; S.csrf = '';
+  // The next session discovers and draws its own navigation.
+  clear($('nav'));
+  clear($('main'));
   $('app').classList.add('hidden');
   $('login').classList.remove('hidden');
   $('login-error').textContent = message || '';
@@ -152,6 +157,7 @@ async function logout() {
 }
 
 async function enter(mode, user, csrf) {
+  const epoch = ++S.epoch;
   S.mode = mode; S.user = user; S.csrf = csrf || '';
   S.base = mode === 'session' ? '/dashboard/k8s' : '';
   $('login').classList.add('hidden');
@@ -159,7 +165,11 @@ async function enter(mode, user, csrf) {
   $('whoami').textContent = `${user.username}${mode === 'direct' ? ' (via proxy or certificate)' : ''}`;
   $('whoami').title = (user.groups || []).join(', ');
   $('logout').classList.toggle('hidden', mode !== 'session');
-  await discover();
+  const found = await discover();
+  // A logout or a newer login while discovery ran: that session draws, not this one.
+  if (epoch !== S.epoch) return;
+  S.resources = found.resources;
+  S.crds = found.crds;
   buildNav();
   loadNamespaces();
   route();
@@ -167,13 +177,13 @@ async function enter(mode, user, csrf) {
 
 // ---------- discovery ----------
 async function discover() {
-  S.resources.clear();
+  const resources = new Map();
   const add = (group, version, list) => {
     for (const r of list.resources || []) {
       const [name, sub] = r.name.split('/');
       const key = resKey(group, name);
-      if (sub) { const base = S.resources.get(key); if (base) base.subresources.add(sub); continue; }
-      if (!S.resources.has(key)) S.resources.set(key, { group, version, resource: name, kind: r.kind, namespaced: r.namespaced, verbs: r.verbs || [], subresources: new Set() });
+      if (sub) { const base = resources.get(key); if (base) base.subresources.add(sub); continue; }
+      if (!resources.has(key)) resources.set(key, { group, version, resource: name, kind: r.kind, namespaced: r.namespaced, verbs: r.verbs || [], subresources: new Set() });
     }
   };
   const core = await api('/api/v1').catch(() => ({ resources: [] }));
@@ -184,7 +194,8 @@ async function discover() {
     const list = await api(`/apis/${g.name}/${v}`).catch(() => null);
     if (list) add(g.name, v, list);
   }));
-  S.crds = (await api('/apis/apiextensions.k8s.io/v1/customresourcedefinitions').catch(() => ({ items: [] }))).items || [];
+  const crds = (await api('/apis/apiextensions.k8s.io/v1/customresourcedefinitions').catch(() => ({ items: [] }))).items || [];
+  return { resources, crds };
 }
 
 const NAV = [
