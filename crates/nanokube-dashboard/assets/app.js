@@ -51,12 +51,14 @@ async function api(path, opts = {}) {
     if (opts.body !== undefined && !headers['Content-Type']) headers['Content-Type'] = 'application/json';
   }
   const body = opts.body === undefined ? undefined : (typeof opts.body === 'string' ? opts.body : JSON.stringify(opts.body));
+  const epoch = S.epoch;
   const r = await fetch(S.base + path, { method, headers, body, credentials: 'same-origin', signal: opts.signal, cache: 'no-store' });
   const text = await r.text();
   let parsed = text;
   try { parsed = JSON.parse(text); } catch (_) { /* plain text */ }
   if (!r.ok) {
-    if (r.status === 401 && S.mode === 'session') showLogin('Your session ended (logged out, or its token was revoked).');
+    // A 401 ends this session only: a request an earlier session sent says nothing of it.
+    if (r.status === 401 && S.mode === 'session' && epoch === S.epoch) showLogin('Your session ended (logged out, or its token was revoked).');
     throw new ApiError(r.status, parsed);
   }
   return parsed;
