@@ -462,6 +462,31 @@ def test_browser_logout_and_revoked_session(cluster, browser):
     assert "session ended" in d.find_element(By.ID, "login-error").text
 
 
+def test_a_quick_relogin_is_drawn_by_the_new_session_only(cluster, browser):
+    # A page opened with a live session starts that session's discovery; logging out and
+    # in again before it ends must leave the new session's view alone (the earlier
+    # session's late discovery once redrew over it, emptying the page under the reader).
+    d = browser
+    cluster.kubectl("create", "configmap", "relogin", "--from-literal=k=v")
+    login(d, cluster, cluster.token("dash-first", "view"))
+    d.get(cluster.url + "/dashboard/#/")
+    until(d, lambda: visible(d, "#app"), what="the app of the first session")
+    d.find_element(By.ID, "logout").click()
+    until(d, lambda: visible(d, "#login-token"), what="the login form")
+    assert not d.find_elements(By.CSS_SELECTOR, "nav a"), "logout leaves no navigation behind"
+    d.find_element(By.ID, "login-token").send_keys(cluster.token("dash-second", "cluster-admin"))
+    d.find_element(By.ID, "login-submit").click()
+    until(d, lambda: visible(d, "#app") and d.find_elements(By.CSS_SELECTOR, "nav a"), what="the second session's app")
+    go(d, "#/obj/core/configmaps/default/relogin/yaml")
+    until(d, lambda: d.find_elements(By.ID, "yaml-view"), what="the object")
+    # For two seconds the view stays drawn (a late redraw would empty it for a moment).
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline:
+        assert d.find_elements(By.ID, "yaml-view"), "the view was redrawn after it appeared"
+        time.sleep(0.02)
+    assert "dash-second" in d.find_element(By.ID, "whoami").text
+
+
 def test_pod_logs_and_exec_terminal(cluster, browser):
     d = browser
     load_image(cluster.server, "dashbox:1.0")
