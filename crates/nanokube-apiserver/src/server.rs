@@ -227,6 +227,35 @@ where
     accept_loop(listener, None, shutdown, handler).await
 }
 
+/// What an accept loop does when `accept(2)` fails: out of file descriptors (or another
+/// resource), a loop that tried again at once would spin a core for as long as the
+/// pending connections stay queued, and one that gave up would stop serving for good.
+/// Instead it waits 100 ms (connections closing meanwhile free descriptors) and says so
+/// at most once a second, as Go's `http.Server` backs off on temporary accept errors.
+pub struct AcceptBackoff {
+    what: &'static str,
+    warned: Option<std::time::Instant>,
+}
+
+impl AcceptBackoff {
+    /// How long a failed accept waits before the next.
+    pub const PAUSE: Duration = Duration::from_millis(100);
+
+    /// The backoff of the listener serving `what` (named in the warning).
+    pub fn new(what: &'static str) -> AcceptBackoff {
+        AcceptBackoff { what, warned: None }
+    }
+
+    /// Wait after `error` from `accept`.
+    pub async fn wait(&mut self, error: &std::io::Error) {
+        if self.warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+            tracing::warn!(%error, listener = self.what, "accept failed; backing off");
+            self.warned = Some(std::time::Instant::now());
+        }
+        tokio::time::sleep(Self::PAUSE).await;
+    }
+}
+
 async fn accept_loop<H, F>(listener: TcpListener, tls: Option<Arc<rustls::ServerConfig>>, mut shutdown: watch::Receiver<bool>, handler: H)
 where
     H: Fn(Arc<ConnInfo>, hyper::Request<hyper::body::Incoming>) -> F + Clone + Send + Sync + 'static,
@@ -234,7 +263,7 @@ where
 {
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    let mut last_accept_error: Option<std::time::Instant> = None;
+    let mut accept_failed = AcceptBackoff::new("the API server");
     loop {
         let slot = tokio::select! {
             s = slots.clone().acquire_owned() => match s {
@@ -247,13 +276,7 @@ where
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
-                    // Out of file descriptors (or another resource): back off rather than
-                    // spin, and say so at most once a second.
-                    if last_accept_error.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
-                        tracing::warn!(error = %e, "accept failed; backing off");
-                        last_accept_error = Some(std::time::Instant::now());
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    accept_failed.wait(&e).await;
                     continue;
                 }
             },

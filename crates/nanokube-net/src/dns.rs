@@ -83,8 +83,20 @@ impl Dns {
         let tcp = tokio::net::TcpListener::bind(self.addr).await.map_err(|e| format!("cluster DNS on {}/tcp: {e}", self.addr))?;
         let mut server = hickory_server::Server::new(Handler(self.clone()));
         server.register_socket(udp);
-        server.register_listener(tcp, TCP_IDLE, 64);
+        // TCP is accepted here rather than by hickory's listener, which tries again at
+        // once when accept fails and so spins a core while descriptors are exhausted.
+        let me = self.clone();
+        let tcp_task = tokio::spawn(async move {
+            let mut failed = nanokube_apiserver::server::AcceptBackoff::new("the cluster DNS");
+            loop {
+                match tcp.accept().await {
+                    Ok((stream, _)) => drop(tokio::spawn(me.clone().serve_tcp(stream))),
+                    Err(e) => failed.wait(&e).await,
+                }
+            }
+        });
         let _ = shutdown.changed().await;
+        tcp_task.abort();
         let _ = server.shutdown_gracefully().await;
         Ok(())
     }
@@ -107,17 +119,20 @@ impl Dns {
         })
     }
 
-    /// Answer DNS over TCP on `stream` (two-byte length prefixes) until it goes quiet.
+    /// Answer DNS over TCP on `stream` (two-byte length prefixes) until it goes quiet:
+    /// each message must arrive whole within [`TCP_IDLE`] (a client that sends a length
+    /// and then trickles is cut off), and the buffer is the message's own size.
     pub async fn serve_tcp(self: Arc<Self>, mut stream: tokio::net::TcpStream) {
         let peer = stream.peer_addr().unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)));
-        let mut buf = vec![0u8; MAX_MESSAGE];
         loop {
-            let Ok(Ok(len)) = tokio::time::timeout(TCP_IDLE, stream.read_u16()).await else { return };
-            let len = usize::from(len);
-            if stream.read_exact(&mut buf[..len]).await.is_err() {
-                return;
-            }
-            let Some(answer) = self.answer_bytes(&buf[..len], peer) else { return };
+            let message = tokio::time::timeout(TCP_IDLE, async {
+                let mut buf = vec![0u8; usize::from(stream.read_u16().await?)];
+                stream.read_exact(&mut buf).await?;
+                Ok::<_, std::io::Error>(buf)
+            })
+            .await;
+            let Ok(Ok(message)) = message else { return };
+            let Some(answer) = self.answer_bytes(&message, peer) else { return };
             let Some(answer) = answer.await else { return };
             let Ok(n) = u16::try_from(answer.len()) else { return };
             if stream.write_u16(n).await.is_err() || stream.write_all(&answer).await.is_err() {

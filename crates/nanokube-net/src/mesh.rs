@@ -150,12 +150,19 @@ pub async fn serve(capture: Capture, own_ip: Ipv4Addr, forwarder: Arc<Forwarder>
     let (Ok(tcp), Ok(udp)) = (tokio::net::TcpListener::from_std(tcp), tokio::net::UdpSocket::from_std(udp)) else { return };
     let udp_task = tokio::spawn(serve_udp(Arc::new(udp), conntrack, own_ip, forwarder.clone()));
     let mut stop = stop;
+    let mut failed = nanokube_apiserver::server::AcceptBackoff::new("a pod's capture");
     loop {
         let accepted = tokio::select! {
             _ = stop.changed() => break,
             a = tcp.accept() => a,
         };
-        let Ok((mut inbound, _)) = accepted else { continue };
+        let mut inbound = match accepted {
+            Ok((inbound, _)) => inbound,
+            Err(e) => {
+                failed.wait(&e).await;
+                continue;
+            }
+        };
         let fw = forwarder.clone();
         let Ok(target) = original_destination(&inbound) else { continue };
         if fw.pods.get(*target.ip()).is_some() {

@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nanokube_apiserver::registry::Registry;
+use nanokube_apiserver::server::AcceptBackoff;
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
@@ -352,8 +353,15 @@ impl Proxy {
             _ => {
                 let listener = tokio::net::TcpListener::bind(addr).await?;
                 tokio::spawn(async move {
+                    let mut failed = AcceptBackoff::new("a Service port");
                     loop {
-                        let Ok((inbound, from)) = listener.accept().await else { continue };
+                        let (inbound, from) = match listener.accept().await {
+                            Ok(accepted) => accepted,
+                            Err(e) => {
+                                failed.wait(&e).await;
+                                continue;
+                            }
+                        };
                         match lookup(&fw) {
                             Some(port) => fw.tcp(inbound, port, from.ip(), external),
                             None => {

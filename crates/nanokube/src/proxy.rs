@@ -24,6 +24,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use regex::Regex;
 
 use crate::client::{ClusterAccess, Connector};
+use nanokube_apiserver::server::AcceptBackoff;
 
 /// kubectl proxy's default `--accept-hosts`.
 pub const DEFAULT_ACCEPT_HOSTS: &str = r"^localhost$,^127\.0\.0\.1$,^\[::1\]$";
@@ -253,8 +254,15 @@ pub async fn run(opts: ProxyOptions, access: ClusterAccess, ready: impl FnOnce(&
         let _ = std::fs::remove_file(sock);
         let listener = tokio::net::UnixListener::bind(sock).map_err(|e| format!("listen on {}: {e}", sock.display()))?;
         ready(&format!("unix:{}", sock.display()));
+        let mut failed = AcceptBackoff::new("nanokube proxy");
         loop {
-            let (stream, _) = listener.accept().await.map_err(|e| e.to_string())?;
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    failed.wait(&e).await;
+                    continue;
+                }
+            };
             let p = proxy.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req| {
@@ -269,8 +277,15 @@ pub async fn run(opts: ProxyOptions, access: ClusterAccess, ready: impl FnOnce(&
         tokio::net::TcpListener::bind((opts.address.as_str(), opts.port)).await.map_err(|e| format!("listen on {}:{}: {e}", opts.address, opts.port))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     ready(&local.to_string());
+    let mut failed = AcceptBackoff::new("nanokube proxy");
     loop {
-        let (stream, peer) = listener.accept().await.map_err(|e| e.to_string())?;
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                failed.wait(&e).await;
+                continue;
+            }
+        };
         let p = proxy.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {

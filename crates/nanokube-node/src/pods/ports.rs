@@ -68,8 +68,15 @@ pub async fn forward(pod_dir: PathBuf, ip: Ipv4Addr, declared: BTreeSet<u16>, mu
 }
 
 async fn serve(listener: tokio::net::TcpListener, ns: PathBuf, target: SocketAddr) {
+    let mut failed = nanokube_apiserver::server::AcceptBackoff::new("a pod's port on the host");
     loop {
-        let Ok((mut inbound, _)) = listener.accept().await else { return };
+        let mut inbound = match listener.accept().await {
+            Ok((inbound, _)) => inbound,
+            Err(e) => {
+                failed.wait(&e).await;
+                continue;
+            }
+        };
         let ns = ns.clone();
         tokio::spawn(async move {
             match connect(&ns, target).await {

@@ -1,0 +1,211 @@
+//! Hostile clients at the node's listeners.
+//!
+//! - Out of file descriptors: with its limit lowered (`prlimit`) and every descriptor
+//!   held by clients, the server's listeners (the API, a Service's ClusterIP, the cluster
+//!   DNS over TCP) and `nanokube proxy` wait and go on. None spins a core on the failing
+//!   `accept`, none stops serving, and the connections that queued meanwhile are carried
+//!   once descriptors are free again.
+//! - A DNS client over TCP that announces a message and trickles it is cut off.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{eventually, KillOnDrop, Server};
+
+/// A Service range of this test's own (servers run side by side, and each opens its
+/// Service addresses on the host) and its DNS address; `which` tells this file's tests
+/// apart when they share a process.
+fn own_range(which: u32) -> (String, String) {
+    let n = std::process::id() % 100 * 2 + which + 20;
+    (format!("127.93.{n}.0/24"), format!("127.93.{n}.10:53"))
+}
+
+/// A TCP echo server on 127.0.0.1 (threads of this test); its port.
+fn echo_backend() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut conn = conn;
+                let Ok(mut reader) = conn.try_clone() else { return };
+                let _ = std::io::copy(&mut reader, &mut conn);
+            });
+        }
+    });
+    port
+}
+
+fn connect(addr: &str) -> TcpStream {
+    let addr: SocketAddr = addr.parse().unwrap();
+    let c = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap_or_else(|e| panic!("{addr}: {e}"));
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c
+}
+
+/// Whether `c` echoes what it is sent.
+fn echoes(c: &mut TcpStream) -> bool {
+    let mut back = [0u8; 4];
+    c.write_all(b"ping").is_ok() && c.read_exact(&mut back).is_ok() && &back == b"ping"
+}
+
+/// Whether the DNS server on `c` answers an A query for the API's Service with an
+/// address (DNS over TCP: two-byte length prefixes).
+fn dns_answers(c: &mut TcpStream) -> bool {
+    let mut query = vec![0x4e, 0x4b, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in ["kubernetes", "default", "svc", "cluster", "local"] {
+        query.push(label.len() as u8);
+        query.extend_from_slice(label.as_bytes());
+    }
+    query.extend_from_slice(&[0, 0, 1, 0, 1]);
+    let mut framed = (query.len() as u16).to_be_bytes().to_vec();
+    framed.extend_from_slice(&query);
+    let mut len = [0u8; 2];
+    if c.write_all(&framed).is_err() || c.read_exact(&mut len).is_err() {
+        return false;
+    }
+    let mut answer = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    // Same id, a response, NOERROR, at least one answer.
+    c.read_exact(&mut answer).is_ok() && answer.len() > 12 && answer[..2] == query[..2] && answer[2] & 0x80 != 0 && answer[3] & 0x0f == 0 && answer[7] > 0
+}
+
+/// The descriptors `pid` has open, and the highest of their numbers.
+fn descriptors(pid: u32) -> (usize, u32) {
+    let numbers: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect();
+    (numbers.len(), numbers.iter().copied().max().unwrap_or(0))
+}
+
+/// The CPU time `pid` has used (user and system), in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // After the command name: state is field 3, utime and stime are fields 14 and 15.
+    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf reads a constant of the system.
+    ticks as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// Lower `pid`'s descriptor limit so that at least `spare` more can be opened (more where
+/// lower numbers are free, as new descriptors take the lowest); the limit and how many
+/// more can be opened.
+fn leave_spare_descriptors(pid: u32, spare: usize) -> (usize, usize) {
+    let (open, highest) = descriptors(pid);
+    let limit = (open + spare).max(highest as usize + 1);
+    let out = Command::new("prlimit").arg(format!("--pid={pid}")).arg(format!("--nofile={limit}:{limit}")).output().unwrap();
+    assert!(out.status.success(), "prlimit: {}", String::from_utf8_lossy(&out.stderr));
+    (limit, limit - open)
+}
+
+/// CPU `pid` uses over two seconds, in seconds.
+fn cpu_over_two_seconds(pid: u32) -> f64 {
+    let before = cpu_seconds(pid);
+    std::thread::sleep(Duration::from_secs(2));
+    cpu_seconds(pid) - before
+}
+
+#[test]
+fn out_of_descriptors_the_servers_listeners_wait_and_then_carry_what_queued() {
+    let (range, dns) = own_range(0);
+    let s = Server::start_with(&["--service-proxy=true", &format!("--service-cluster-ip-range={range}")]);
+    let backend = echo_backend();
+    let objects = format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: echo\nspec:\n  ports:\n  - port: 7000\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: echo\n  labels:\n    kubernetes.io/service-name: echo\n\
+         addressType: IPv4\nports:\n- name: \"\"\n  port: {backend}\n  protocol: TCP\nendpoints:\n- addresses: [\"127.0.0.1\"]\n  conditions:\n    ready: true\n"
+    );
+    let out = s.k_stdin(&["apply", "-f", "-"], &objects);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let vip = format!("{}:7000", s.k(&["get", "svc", "echo", "-o", "jsonpath={.spec.clusterIP}"]));
+    assert!(eventually(Duration::from_secs(10), || TcpStream::connect(&vip).is_ok_and(|mut c| echoes(&mut c))), "{vip} never echoed");
+    assert!(eventually(Duration::from_secs(10), || TcpStream::connect(&dns).is_ok_and(|mut c| dns_answers(&mut c))), "{dns} never answered");
+
+    // Every descriptor the server may open is taken by connections to its API port
+    // (held in their TLS handshakes; the rest queue), then connections queue at the
+    // ClusterIP and the DNS address, whose accepts now fail.
+    let pid = s.child.id();
+    let (limit, spare) = leave_spare_descriptors(pid, 20);
+    let api: Vec<TcpStream> = (0..spare + 40).map(|_| connect(&format!("127.0.0.1:{}", s.port))).collect();
+    assert!(eventually(Duration::from_secs(5), || descriptors(pid).0 >= limit), "the server holds {:?} of {limit}", descriptors(pid));
+    let mut queued_at_vip: Vec<TcpStream> = (0..5).map(|_| connect(&vip)).collect();
+    let mut queued_at_dns: Vec<TcpStream> = (0..5).map(|_| connect(&dns)).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let used = cpu_over_two_seconds(pid);
+    assert!(used < 0.5, "with its accepts failing the server used {used:.2} s of CPU in 2 s: a listener spins");
+    assert!(descriptors(pid).0 > 0, "the server is gone");
+
+    // Descriptors free again: what queued is carried, and new connections are too.
+    drop(api);
+    for c in &mut queued_at_vip {
+        assert!(echoes(c), "a connection that queued at the ClusterIP was not carried");
+    }
+    for c in &mut queued_at_dns {
+        assert!(dns_answers(c), "a DNS query that queued was not answered");
+    }
+    assert!(echoes(&mut connect(&vip)));
+    assert_eq!(s.k(&["get", "--raw", "/readyz"]), "ok");
+}
+
+#[test]
+fn out_of_descriptors_nanokube_proxy_waits_and_serves_again() {
+    let s = Server::start();
+    let mut proxy = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_nanokube"))
+            .args(["proxy", "--port=0", "--kubeconfig"])
+            .arg(s.kubeconfig())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut line = String::new();
+    BufReader::new(proxy.0.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let port: u16 = line.trim().rsplit(':').next().unwrap().parse().unwrap_or_else(|_| panic!("proxy said {line:?}"));
+    let get = |path: &str| {
+        let out = Command::new("curl")
+            .args(["-s", "--max-time", "10", "-o", "/dev/null", "-w", "%{http_code}"])
+            .arg(format!("http://127.0.0.1:{port}{path}"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    assert_eq!(get("/api"), "200");
+
+    let pid = proxy.0.id();
+    let (limit, spare) = leave_spare_descriptors(pid, 8);
+    // (Connections that find the proxy gone are refused; the check below says so.)
+    let held: Vec<TcpStream> = (0..spare + 20).filter_map(|_| TcpStream::connect(("127.0.0.1", port)).ok()).collect();
+    let exhausted = eventually(Duration::from_secs(5), || proxy.0.try_wait().is_ok_and(|e| e.is_some()) || descriptors(pid).0 >= limit);
+    assert!(proxy.0.try_wait().unwrap().is_none(), "nanokube proxy ended when it ran out of descriptors");
+    assert!(exhausted, "the proxy holds {:?} of {limit}", descriptors(pid));
+    let used = cpu_over_two_seconds(pid);
+    assert!(proxy.0.try_wait().unwrap().is_none(), "nanokube proxy ended when it ran out of descriptors");
+    assert!(used < 0.5, "with its accepts failing nanokube proxy used {used:.2} s of CPU in 2 s");
+    drop(held);
+    assert!(eventually(Duration::from_secs(10), || get("/api") == "200"), "nanokube proxy did not serve again");
+}
+
+#[test]
+fn a_dns_client_that_trickles_a_message_over_tcp_is_cut_off() {
+    let (range, dns) = own_range(1);
+    let _s = Server::start_with(&["--service-proxy=true", &format!("--service-cluster-ip-range={range}")]);
+    assert!(eventually(Duration::from_secs(10), || TcpStream::connect(&dns).is_ok_and(|mut c| dns_answers(&mut c))), "{dns} never answered");
+    // A 100-byte message announced, then one byte a second: it never ends. The server
+    // gives a message 10 s; the test waits up to 30.
+    let mut c = connect(&dns);
+    c.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    c.write_all(&[0, 100]).unwrap();
+    let started = std::time::Instant::now();
+    let mut closed = false;
+    while !closed && started.elapsed() < Duration::from_secs(30) {
+        closed = c.write_all(&[0]).is_err()
+            || match c.read(&mut [0u8; 16]) {
+                Ok(_) => true,
+                Err(e) => !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
+            };
+    }
+    assert!(closed, "the DNS server held a connection trickling one message for {:?}", started.elapsed());
+}
