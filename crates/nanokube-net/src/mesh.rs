@@ -208,6 +208,9 @@ async fn serve_udp(socket: Arc<tokio::net::UdpSocket>, conntrack: Option<std::fs
     };
     let conntrack = Arc::new(Mutex::new(conntrack));
     let mut known: HashMap<SocketAddrV4, (SocketAddrV4, Instant)> = HashMap::new();
+    // Forgotten flows are swept once per FLOW_MEMORY, not per datagram: a pod sending
+    // from many ports would otherwise make each datagram cost a pass over all of them.
+    let mut next_sweep = Instant::now() + FLOW_MEMORY;
     let mut buf = vec![0u8; 65_536];
     loop {
         let Ok((n, from)) = socket.recv_from(&mut buf).await else { return };
@@ -230,7 +233,10 @@ async fn serve_udp(socket: Arc<tokio::net::UdpSocket>, conntrack: Option<std::fs
             }
         };
         let Some(target) = target else { continue };
-        known.retain(|_, (_, t)| t.elapsed() < FLOW_MEMORY);
+        if Instant::now() >= next_sweep {
+            known.retain(|_, (_, t)| t.elapsed() < FLOW_MEMORY);
+            next_sweep = Instant::now() + FLOW_MEMORY;
+        }
         known.insert(client, (target, Instant::now()));
         let via = if fw.pods.get(*target.ip()).is_some() {
             UdpTarget::Pod(target)

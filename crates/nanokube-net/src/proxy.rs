@@ -37,6 +37,19 @@ const DATAGRAM: usize = 65_536;
 /// How often listeners that could not be bound are tried again.
 const RETRY: Duration = Duration::from_secs(5);
 
+/// The most UDP flows carried at once: a quarter of the process's descriptor limit (each
+/// flow holds a socket). Past it, datagrams that would start a flow are dropped, as a
+/// full conntrack table drops them, so that clients sending from many ports cannot take
+/// the descriptors the API server and the TCP listeners need.
+fn max_udp_flows() -> usize {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit(2) writes the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return 1024;
+    }
+    usize::try_from(limit.rlim_cur / 4).unwrap_or(usize::MAX)
+}
+
 /// Carries connections and datagrams for Service ports to their endpoints; shared by the
 /// host's listeners and the pods' capture ([`crate::mesh`]).
 pub struct Forwarder {
@@ -51,6 +64,8 @@ pub struct Forwarder {
     tracked: Mutex<HashMap<u64, (Key, SocketAddrV4, AbortHandle)>>,
     next_id: AtomicU64,
     flows: Mutex<HashMap<(SocketAddr, SocketAddrV4), Flow>>,
+    /// When dropping a datagram for want of room for its flow was last logged.
+    flows_full_warned: Mutex<Option<Instant>>,
 }
 
 /// Where a UDP flow goes.
@@ -70,7 +85,16 @@ struct Flow {
 impl Forwarder {
     /// A forwarder over `table`.
     pub fn new(table: Arc<ServiceTable>, pods: Arc<PodNamespaces>, dns: Option<Arc<Dns>>, policies: Arc<crate::policy::Policies>) -> Arc<Forwarder> {
-        Arc::new(Forwarder { table, pods, dns, policies, tracked: Mutex::default(), next_id: AtomicU64::new(0), flows: Mutex::default() })
+        Arc::new(Forwarder {
+            table,
+            pods,
+            dns,
+            policies,
+            tracked: Mutex::default(),
+            next_id: AtomicU64::new(0),
+            flows: Mutex::default(),
+            flows_full_warned: Mutex::default(),
+        })
     }
 
     fn is_dns(&self, endpoint: SocketAddrV4) -> bool {
@@ -149,6 +173,20 @@ impl Forwarder {
             if let Some(answer) = self.dns.as_ref().and_then(|d| d.answer_bytes(data, client)) {
                 if let Some(answer) = answer.await {
                     let _ = reply.send_to(&answer, client).await;
+                }
+            }
+            return;
+        }
+        let flows = self.flows.lock().map(|f| f.len()).unwrap_or(0);
+        let room = max_udp_flows();
+        if flows >= room {
+            if let Ok(mut warned) = self.flows_full_warned.lock() {
+                if warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                    tracing::warn!(
+                        flows,
+                        "the Service proxy carries {room} UDP flows at most (a quarter of its descriptor limit): dropping datagrams that would start more"
+                    );
+                    *warned = Some(Instant::now());
                 }
             }
             return;

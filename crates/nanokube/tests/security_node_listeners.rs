@@ -6,11 +6,13 @@
 //!   `accept`, none stops serving, and the connections that queued meanwhile are carried
 //!   once descriptors are free again.
 //! - A DNS client over TCP that announces a message and trickles it is cut off.
+//! - UDP clients sending through a Service from many ports get a quarter of the
+//!   descriptors at most, and the API still answers.
 
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -20,7 +22,7 @@ use common::{eventually, KillOnDrop, Server};
 /// Service addresses on the host) and its DNS address; `which` tells this file's tests
 /// apart when they share a process.
 fn own_range(which: u32) -> (String, String) {
-    let n = std::process::id() % 100 * 2 + which + 20;
+    let n = std::process::id() % 70 * 3 + which + 20;
     (format!("127.93.{n}.0/24"), format!("127.93.{n}.10:53"))
 }
 
@@ -208,4 +210,59 @@ fn a_dns_client_that_trickles_a_message_over_tcp_is_cut_off() {
             };
     }
     assert!(closed, "the DNS server held a connection trickling one message for {:?}", started.elapsed());
+}
+
+#[test]
+fn udp_flows_from_many_ports_leave_the_api_its_descriptors() {
+    let (range, _) = own_range(2);
+    let s = Server::start_with(&["--service-proxy=true", &format!("--service-cluster-ip-range={range}")]);
+    let backend = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let backend_port = backend.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        while let Ok((n, from)) = backend.recv_from(&mut buf) {
+            let _ = backend.send_to(&buf[..n], from);
+        }
+    });
+    let objects = format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: uecho\nspec:\n  ports:\n  - port: 7000\n    protocol: UDP\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: uecho\n  labels:\n    kubernetes.io/service-name: uecho\n\
+         addressType: IPv4\nports:\n- name: \"\"\n  port: {backend_port}\n  protocol: UDP\nendpoints:\n- addresses: [\"127.0.0.1\"]\n  conditions:\n    ready: true\n"
+    );
+    let out = s.k_stdin(&["apply", "-f", "-"], &objects);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let vip = format!("{}:7000", s.k(&["get", "svc", "uecho", "-o", "jsonpath={.spec.clusterIP}"]));
+    let probe = UdpSocket::bind("127.0.0.1:0").unwrap();
+    probe.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || probe.send_to(b"ping", &vip).is_ok() && probe.recv(&mut [0u8; 8]).is_ok_and(|n| n == 4)),
+        "{vip} never echoed"
+    );
+
+    // More clients than the server has descriptors to spare, each from a port of its own.
+    let pid = s.child.id();
+    let (limit, spare) = leave_spare_descriptors(pid, 300);
+    let clients: Vec<UdpSocket> = (0..spare + 50).map(|_| UdpSocket::bind("127.0.0.1:0").unwrap()).collect();
+    for c in &clients {
+        c.send_to(b"ping", &vip).unwrap();
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let answered = clients
+        .iter()
+        .filter(|c| {
+            c.set_nonblocking(true).unwrap();
+            c.recv(&mut [0u8; 8]).is_ok()
+        })
+        .count();
+    // The probe's flow counts too.
+    assert!(answered < limit / 4, "{answered} flows started with a limit of {limit} descriptors");
+    assert!(answered + 10 > limit / 4, "only {answered} flows started: the cap is {}", limit / 4);
+    assert_eq!(s.k(&["get", "--raw", "/readyz"]), "ok");
+    // A client whose flow was started is still carried.
+    let first = &clients[0];
+    first.set_nonblocking(false).unwrap();
+    first.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    first.send_to(b"pong", &vip).unwrap();
+    let mut back = [0u8; 8];
+    assert!(first.recv(&mut back).is_ok_and(|n| &back[..n] == b"pong"), "a carried flow stopped");
 }
