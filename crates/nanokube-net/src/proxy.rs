@@ -16,7 +16,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -37,17 +37,38 @@ const DATAGRAM: usize = 65_536;
 /// How often listeners that could not be bound are tried again.
 const RETRY: Duration = Duration::from_secs(5);
 
-/// The most UDP flows carried at once: a quarter of the process's descriptor limit (each
-/// flow holds a socket). Past it, datagrams that would start a flow are dropped, as a
-/// full conntrack table drops them, so that clients sending from many ports cannot take
-/// the descriptors the API server and the TCP listeners need.
-fn max_udp_flows() -> usize {
+/// The process's limit on open descriptors (its soft limit, read each time: an operator
+/// may change it with `prlimit`).
+fn descriptor_limit() -> usize {
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit(2) writes the struct it is given.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
         return 1024;
     }
-    usize::try_from(limit.rlim_cur / 4).unwrap_or(usize::MAX)
+    usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX)
+}
+
+/// The most UDP flows carried at once: a quarter of the descriptor limit (each flow holds
+/// a socket). Past it, datagrams that would start a flow are dropped, as a full conntrack
+/// table drops them, so that clients sending from many ports cannot take the descriptors
+/// the API server and the TCP listeners need.
+fn max_udp_flows() -> usize {
+    descriptor_limit() / 4
+}
+
+/// The most TCP connections relayed at once: each holds two descriptors, together a
+/// quarter of the limit. Past it, new connections are reset.
+fn max_tcp_relays() -> usize {
+    descriptor_limit() / 8
+}
+
+/// A relayed TCP connection, counted while it lives (its task may be aborted anywhere).
+struct Relay(Arc<Forwarder>);
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.0.relays.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Carries connections and datagrams for Service ports to their endpoints; shared by the
@@ -66,6 +87,9 @@ pub struct Forwarder {
     flows: Mutex<HashMap<(SocketAddr, SocketAddrV4), Flow>>,
     /// When dropping a datagram for want of room for its flow was last logged.
     flows_full_warned: Mutex<Option<Instant>>,
+    relays: AtomicUsize,
+    /// When resetting a connection for want of room was last logged.
+    relays_full_warned: Mutex<Option<Instant>>,
 }
 
 /// Where a UDP flow goes.
@@ -94,6 +118,8 @@ impl Forwarder {
             next_id: AtomicU64::new(0),
             flows: Mutex::default(),
             flows_full_warned: Mutex::default(),
+            relays: AtomicUsize::new(0),
+            relays_full_warned: Mutex::default(),
         })
     }
 
@@ -104,6 +130,14 @@ impl Forwarder {
     /// Carry TCP connection `inbound` from `client` for `port` (`external`: it came to a
     /// node port, load-balancer or external IP).
     pub fn tcp(self: &Arc<Self>, mut inbound: tokio::net::TcpStream, port: Arc<ServicePort>, client: IpAddr, external: bool) {
+        let room = max_tcp_relays();
+        if self.relays.load(Ordering::Relaxed) >= room {
+            let _ = inbound.set_zero_linger();
+            warn_at_most_every_10s(&self.relays_full_warned, || {
+                tracing::warn!("the Service proxy relays {room} TCP connections at most (a quarter of its descriptor limit): resetting new ones")
+            });
+            return;
+        }
         let Some(endpoint) = port.pick(client, external, &self.table.node) else {
             // No usable endpoint: refused (a reset).
             let _ = inbound.set_zero_linger();
@@ -123,7 +157,10 @@ impl Forwarder {
         }
         let me = self.clone();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.relays.fetch_add(1, Ordering::Relaxed);
+        let relay = Relay(self.clone());
         let task = tokio::spawn(async move {
+            let _relay = relay;
             match me.pods.connect_from(endpoint, client).await {
                 Ok((mut outbound, _origin)) => {
                     let _ = outbound.set_nodelay(true);
@@ -180,15 +217,11 @@ impl Forwarder {
         let flows = self.flows.lock().map(|f| f.len()).unwrap_or(0);
         let room = max_udp_flows();
         if flows >= room {
-            if let Ok(mut warned) = self.flows_full_warned.lock() {
-                if warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
-                    tracing::warn!(
-                        flows,
-                        "the Service proxy carries {room} UDP flows at most (a quarter of its descriptor limit): dropping datagrams that would start more"
-                    );
-                    *warned = Some(Instant::now());
-                }
-            }
+            warn_at_most_every_10s(&self.flows_full_warned, || {
+                tracing::warn!(
+                    "the Service proxy carries {room} UDP flows at most (a quarter of its descriptor limit): dropping datagrams that would start more"
+                )
+            });
             return;
         }
         let upstream = match self.pods.udp(endpoint).await {
@@ -254,6 +287,16 @@ impl Forwarder {
             if let Ok(mut f) = self.flows.lock() {
                 f.retain(|_, flow| !gone.contains(&flow.endpoint));
             }
+        }
+    }
+}
+
+/// Run `warn` unless it ran less than 10 s ago (by `last`).
+fn warn_at_most_every_10s(last: &Mutex<Option<Instant>>, warn: impl FnOnce()) {
+    if let Ok(mut last) = last.lock() {
+        if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+            warn();
+            *last = Some(Instant::now());
         }
     }
 }

@@ -6,8 +6,9 @@
 //!   `accept`, none stops serving, and the connections that queued meanwhile are carried
 //!   once descriptors are free again.
 //! - A DNS client over TCP that announces a message and trickles it is cut off.
-//! - UDP clients sending through a Service from many ports get a quarter of the
-//!   descriptors at most, and the API still answers.
+//! - UDP clients sending through a Service from many ports, and TCP clients opening many
+//!   connections through one, get a quarter of the descriptors at most each, and the API
+//!   still answers.
 
 mod common;
 
@@ -22,7 +23,7 @@ use common::{eventually, KillOnDrop, Server};
 /// Service addresses on the host) and its DNS address; `which` tells this file's tests
 /// apart when they share a process.
 fn own_range(which: u32) -> (String, String) {
-    let n = std::process::id() % 70 * 3 + which + 20;
+    let n = std::process::id() % 50 * 4 + which + 20;
     (format!("127.93.{n}.0/24"), format!("127.93.{n}.10:53"))
 }
 
@@ -43,10 +44,28 @@ fn echo_backend() -> u16 {
 }
 
 fn connect(addr: &str) -> TcpStream {
+    try_connect(addr).unwrap_or_else(|e| panic!("{addr}: {e}"))
+}
+
+/// A connection to `addr` (made within 2 s) whose reads wait 10 s at most.
+fn try_connect(addr: &str) -> std::io::Result<TcpStream> {
     let addr: SocketAddr = addr.parse().unwrap();
-    let c = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap_or_else(|e| panic!("{addr}: {e}"));
-    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    c
+    let c = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    c.set_read_timeout(Some(Duration::from_secs(10)))?;
+    Ok(c)
+}
+
+/// Service `name` at port 7000 (`protocol`) with one endpoint, 127.0.0.1:`port`; its
+/// ClusterIP and port.
+fn service_to(s: &Server, name: &str, protocol: &str, port: u16) -> String {
+    let objects = format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n  ports:\n  - port: 7000\n    protocol: {protocol}\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}\n  labels:\n    kubernetes.io/service-name: {name}\n\
+         addressType: IPv4\nports:\n- name: \"\"\n  port: {port}\n  protocol: {protocol}\nendpoints:\n- addresses: [\"127.0.0.1\"]\n  conditions:\n    ready: true\n"
+    );
+    let out = s.k_stdin(&["apply", "-f", "-"], &objects);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    format!("{}:7000", s.k(&["get", "svc", name, "-o", "jsonpath={.spec.clusterIP}"]))
 }
 
 /// Whether `c` echoes what it is sent.
@@ -73,6 +92,11 @@ fn dns_answers(c: &mut TcpStream) -> bool {
     let mut answer = vec![0u8; usize::from(u16::from_be_bytes(len))];
     // Same id, a response, NOERROR, at least one answer.
     c.read_exact(&mut answer).is_ok() && answer.len() > 12 && answer[..2] == query[..2] && answer[2] & 0x80 != 0 && answer[3] & 0x0f == 0 && answer[7] > 0
+}
+
+/// The time left until `deadline` (a millisecond at least: a read timeout cannot be zero).
+fn until(deadline: std::time::Instant) -> Duration {
+    deadline.saturating_duration_since(std::time::Instant::now()).max(Duration::from_millis(1))
 }
 
 /// The descriptors `pid` has open, and the highest of their numbers.
@@ -114,16 +138,9 @@ fn out_of_descriptors_the_servers_listeners_wait_and_then_carry_what_queued() {
     let (range, dns) = own_range(0);
     let s = Server::start_with(&["--service-proxy=true", &format!("--service-cluster-ip-range={range}")]);
     let backend = echo_backend();
-    let objects = format!(
-        "apiVersion: v1\nkind: Service\nmetadata:\n  name: echo\nspec:\n  ports:\n  - port: 7000\n---\n\
-         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: echo\n  labels:\n    kubernetes.io/service-name: echo\n\
-         addressType: IPv4\nports:\n- name: \"\"\n  port: {backend}\n  protocol: TCP\nendpoints:\n- addresses: [\"127.0.0.1\"]\n  conditions:\n    ready: true\n"
-    );
-    let out = s.k_stdin(&["apply", "-f", "-"], &objects);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let vip = format!("{}:7000", s.k(&["get", "svc", "echo", "-o", "jsonpath={.spec.clusterIP}"]));
-    assert!(eventually(Duration::from_secs(10), || TcpStream::connect(&vip).is_ok_and(|mut c| echoes(&mut c))), "{vip} never echoed");
-    assert!(eventually(Duration::from_secs(10), || TcpStream::connect(&dns).is_ok_and(|mut c| dns_answers(&mut c))), "{dns} never answered");
+    let vip = service_to(&s, "echo", "TCP", backend);
+    assert!(eventually(Duration::from_secs(10), || try_connect(&vip).is_ok_and(|mut c| echoes(&mut c))), "{vip} never echoed");
+    assert!(eventually(Duration::from_secs(10), || try_connect(&dns).is_ok_and(|mut c| dns_answers(&mut c))), "{dns} never answered");
 
     // Every descriptor the server may open is taken by connections to its API port
     // (held in their TLS handshakes; the rest queue), then connections queue at the
@@ -148,7 +165,7 @@ fn out_of_descriptors_the_servers_listeners_wait_and_then_carry_what_queued() {
         assert!(dns_answers(c), "a DNS query that queued was not answered");
     }
     assert!(echoes(&mut connect(&vip)));
-    assert_eq!(s.k(&["get", "--raw", "/readyz"]), "ok");
+    assert_eq!(s.k(&["get", "--raw", "/readyz", "--request-timeout=10s"]), "ok");
 }
 
 #[test]
@@ -194,7 +211,7 @@ fn out_of_descriptors_nanokube_proxy_waits_and_serves_again() {
 fn a_dns_client_that_trickles_a_message_over_tcp_is_cut_off() {
     let (range, dns) = own_range(1);
     let _s = Server::start_with(&["--service-proxy=true", &format!("--service-cluster-ip-range={range}")]);
-    assert!(eventually(Duration::from_secs(10), || TcpStream::connect(&dns).is_ok_and(|mut c| dns_answers(&mut c))), "{dns} never answered");
+    assert!(eventually(Duration::from_secs(10), || try_connect(&dns).is_ok_and(|mut c| dns_answers(&mut c))), "{dns} never answered");
     // A 100-byte message announced, then one byte a second: it never ends. The server
     // gives a message 10 s; the test waits up to 30.
     let mut c = connect(&dns);
@@ -224,14 +241,7 @@ fn udp_flows_from_many_ports_leave_the_api_its_descriptors() {
             let _ = backend.send_to(&buf[..n], from);
         }
     });
-    let objects = format!(
-        "apiVersion: v1\nkind: Service\nmetadata:\n  name: uecho\nspec:\n  ports:\n  - port: 7000\n    protocol: UDP\n---\n\
-         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: uecho\n  labels:\n    kubernetes.io/service-name: uecho\n\
-         addressType: IPv4\nports:\n- name: \"\"\n  port: {backend_port}\n  protocol: UDP\nendpoints:\n- addresses: [\"127.0.0.1\"]\n  conditions:\n    ready: true\n"
-    );
-    let out = s.k_stdin(&["apply", "-f", "-"], &objects);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let vip = format!("{}:7000", s.k(&["get", "svc", "uecho", "-o", "jsonpath={.spec.clusterIP}"]));
+    let vip = service_to(&s, "uecho", "UDP", backend_port);
     let probe = UdpSocket::bind("127.0.0.1:0").unwrap();
     probe.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
     assert!(
@@ -246,18 +256,20 @@ fn udp_flows_from_many_ports_leave_the_api_its_descriptors() {
     for c in &clients {
         c.send_to(b"ping", &vip).unwrap();
     }
-    std::thread::sleep(Duration::from_secs(1));
+    // Answers are awaited until one deadline (the first client left unanswered waits it
+    // out; the answers to the others have come by then).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
     let answered = clients
         .iter()
         .filter(|c| {
-            c.set_nonblocking(true).unwrap();
+            c.set_read_timeout(Some(until(deadline))).unwrap();
             c.recv(&mut [0u8; 8]).is_ok()
         })
         .count();
     // The probe's flow counts too.
     assert!(answered < limit / 4, "{answered} flows started with a limit of {limit} descriptors");
     assert!(answered + 10 > limit / 4, "only {answered} flows started: the cap is {}", limit / 4);
-    assert_eq!(s.k(&["get", "--raw", "/readyz"]), "ok");
+    assert_eq!(s.k(&["get", "--raw", "/readyz", "--request-timeout=10s"]), "ok");
     // A client whose flow was started is still carried.
     let first = &clients[0];
     first.set_nonblocking(false).unwrap();
@@ -265,4 +277,40 @@ fn udp_flows_from_many_ports_leave_the_api_its_descriptors() {
     first.send_to(b"pong", &vip).unwrap();
     let mut back = [0u8; 8];
     assert!(first.recv(&mut back).is_ok_and(|n| &back[..n] == b"pong"), "a carried flow stopped");
+}
+
+#[test]
+fn tcp_connections_through_a_service_leave_the_api_its_descriptors() {
+    let (range, _) = own_range(3);
+    let s = Server::start_with(&["--service-proxy=true", &format!("--service-cluster-ip-range={range}")]);
+    let backend = echo_backend();
+    let vip = service_to(&s, "echo", "TCP", backend);
+    assert!(eventually(Duration::from_secs(10), || try_connect(&vip).is_ok_and(|mut c| echoes(&mut c))), "{vip} never echoed");
+
+    // More connections than the server has descriptors to spare, all held open.
+    let pid = s.child.id();
+    let (limit, spare) = leave_spare_descriptors(pid, 300);
+    // Opening stops at the first connection that fails: one the proxy reset (past its
+    // cap), or one the kernel's full accept queue leaves unanswered (no cap: every
+    // descriptor taken and the rest queued).
+    let mut clients: Vec<TcpStream> = (0..spare + 50).map_while(|_| try_connect(&vip).ok()).collect();
+    for c in &mut clients {
+        let _ = c.write_all(b"ping");
+    }
+    // Echoes are awaited until one deadline (connections past the cap are reset at once).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let echoed = clients
+        .iter()
+        .filter(|c| {
+            c.set_read_timeout(Some(until(deadline))).unwrap();
+            let (mut reader, mut back): (&TcpStream, _) = (c, [0u8; 4]);
+            reader.read_exact(&mut back).is_ok() && &back == b"ping"
+        })
+        .count();
+    assert!(echoed <= limit / 8, "{echoed} connections relayed with a limit of {limit} descriptors");
+    assert!(echoed + 10 > limit / 8, "only {echoed} connections relayed: the cap is {}", limit / 8);
+    assert_eq!(s.k(&["get", "--raw", "/readyz", "--request-timeout=10s"]), "ok");
+    // Room again once clients leave.
+    drop(clients);
+    assert!(eventually(Duration::from_secs(10), || try_connect(&vip).is_ok_and(|mut c| echoes(&mut c))), "{vip} did not relay again");
 }
