@@ -227,6 +227,32 @@ where
     accept_loop(listener, None, shutdown, handler).await
 }
 
+/// A listening TCP socket at `addr` (non-blocking, `SO_REUSEADDR` as std sets it) with the
+/// backlog Go programs (kube-apiserver, kubelet, kube-proxy) listen with: the kernel's
+/// `somaxconn`, read as Go reads it. std and mio listen with 128, and connects in a burst
+/// past the backlog while the accept loop is busy have their SYNs dropped, each waiting a
+/// second or more for the retransmit.
+pub fn listen(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(listen_backlog())?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+/// As [`listen`], registered with the tokio runtime it is called in.
+pub fn listen_async(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::from_std(listen(addr)?)
+}
+
+/// `/proc/sys/net/core/somaxconn`, at most 65,535 (the kernel kept it in 16 bits before
+/// 4.1), 4,096 (its default since 5.4) when unreadable.
+fn listen_backlog() -> i32 {
+    std::fs::read_to_string("/proc/sys/net/core/somaxconn").ok().and_then(|s| s.trim().parse::<i32>().ok()).filter(|n| *n > 0).unwrap_or(4096).min(65_535)
+}
+
 /// What an accept loop does when `accept(2)` fails: out of file descriptors (or another
 /// resource), a loop that tried again at once would spin a core for as long as the
 /// pending connections stay queued, and one that gave up would stop serving for good.

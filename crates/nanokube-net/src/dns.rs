@@ -80,7 +80,7 @@ impl Dns {
     /// Serve at [`Dns::addr`] over UDP and TCP until `shutdown`.
     pub async fn serve(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) -> Result<(), String> {
         let udp = tokio::net::UdpSocket::bind(self.addr).await.map_err(|e| format!("cluster DNS on {}/udp: {e}", self.addr))?;
-        let tcp = tokio::net::TcpListener::bind(self.addr).await.map_err(|e| format!("cluster DNS on {}/tcp: {e}", self.addr))?;
+        let tcp = nanokube_apiserver::server::listen_async(self.addr.into()).map_err(|e| format!("cluster DNS on {}/tcp: {e}", self.addr))?;
         let mut server = hickory_server::Server::new(Handler(self.clone()));
         server.register_socket(udp);
         // TCP is accepted here rather than by hickory's listener, which tries again at

@@ -212,7 +212,7 @@ impl IngressController {
         }
         let mut servers = Vec::new();
         let me = self.clone();
-        match tokio::net::TcpListener::bind(self.config.http).await {
+        match nanokube_apiserver::server::listen_async(self.config.http) {
             Ok(l) => servers.push(tokio::spawn(nanokube_apiserver::server::serve_plain_with(l, shutdown.clone(), move |info, req| {
                 let me = me.clone();
                 async move { me.handle(req, info.peer, "http").await }
@@ -223,7 +223,7 @@ impl IngressController {
         let tls = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()
             .map(|b| b.with_no_client_auth().with_cert_resolver(self.certs.clone()));
-        match (tokio::net::TcpListener::bind(self.config.https).await, tls) {
+        match (nanokube_apiserver::server::listen_async(self.config.https), tls) {
             (Ok(l), Ok(mut tls)) => {
                 tls.alpn_protocols = vec![b"http/1.1".to_vec()];
                 servers.push(tokio::spawn(nanokube_apiserver::server::serve_with(l, Arc::new(tls), shutdown.clone(), move |info, req| {

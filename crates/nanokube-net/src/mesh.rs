@@ -92,8 +92,7 @@ pub fn change_capture(ns: &Path, ranges: &[String], add: bool) -> Result<(), Str
 }
 
 fn bind() -> Result<Capture, String> {
-    let tcp = std::net::TcpListener::bind(("127.0.0.1", PORT)).map_err(|e| format!("the agent's listener in the pod: {e}"))?;
-    tcp.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let tcp = nanokube_apiserver::server::listen(SocketAddr::from(([127, 0, 0, 1], PORT))).map_err(|e| format!("the agent's listener in the pod: {e}"))?;
     let udp = std::net::UdpSocket::bind(("127.0.0.1", PORT)).map_err(|e| format!("the agent's UDP socket in the pod: {e}"))?;
     udp.set_nonblocking(true).map_err(|e| e.to_string())?;
     // Opened here, it reads this namespace's table from any thread.

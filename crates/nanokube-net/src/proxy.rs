@@ -432,7 +432,7 @@ impl Proxy {
                 })
             }
             _ => {
-                let listener = tokio::net::TcpListener::bind(addr).await?;
+                let listener = nanokube_apiserver::server::listen_async(addr.into())?;
                 tokio::spawn(async move {
                     let mut failed = AcceptBackoff::new("a Service port");
                     loop {

@@ -561,9 +561,7 @@ impl Agent {
         let mut kubelet_api = None;
         if let Some(rt) = &runtime {
             let ca = String::from_utf8_lossy(access.ca_pem.as_deref().unwrap_or_default()).into_owned();
-            let listener = std::net::TcpListener::bind((cfg.node_ip, cfg.kubelet_port))
-                .and_then(|l| l.set_nonblocking(true).map(|_| l))
-                .and_then(tokio::net::TcpListener::from_std)
+            let listener = nanokube_apiserver::server::listen_async(std::net::SocketAddr::from((cfg.node_ip, cfg.kubelet_port)))
                 .map_err(|e| format!("the kubelet API on {}:{}: {e}", cfg.node_ip, cfg.kubelet_port))?;
             kubelet_port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
             let stats = nanokube_node::pods::stats::Stats::new(rt.clone());

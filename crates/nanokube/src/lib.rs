@@ -39,7 +39,6 @@ use nanokube_controllers::namespaces::NamespaceController;
 use nanokube_controllers::tokens::TokenController;
 use nanokube_store::sqlite::{SqliteBackend, SqliteOptions};
 use nanokube_store::Backend;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -309,8 +308,7 @@ impl Cluster {
     /// Start a cluster and wait until it is ready (`/readyz` answers ok).
     pub async fn start(cfg: ClusterConfig) -> Result<Cluster, String> {
         let started = Instant::now();
-        let listener = TcpListener::bind(SocketAddr::new(cfg.bind_address, cfg.secure_port))
-            .await
+        let listener = nanokube_apiserver::server::listen_async(SocketAddr::new(cfg.bind_address, cfg.secure_port))
             .map_err(|e| format!("listen on {}:{}: {e}", cfg.bind_address, cfg.secure_port))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         let advertise = cfg.advertise_address.unwrap_or(if cfg.bind_address.is_unspecified() { IpAddr::V4(Ipv4Addr::LOCALHOST) } else { cfg.bind_address });
@@ -546,9 +544,7 @@ impl Cluster {
                 api.metrics_nodes.attach(stats.clone());
                 tokio::spawn(stats.clone().run(shutdown_rx.clone()));
                 // The kubelet API, on the node's address with a certificate of the cluster CA.
-                let serving = std::net::TcpListener::bind((advertise, cfg.kubelet_port))
-                    .and_then(|l| l.set_nonblocking(true).map(|_| l))
-                    .and_then(tokio::net::TcpListener::from_std)
+                let serving = nanokube_apiserver::server::listen_async(SocketAddr::new(advertise, cfg.kubelet_port))
                     .map_err(|e| {
                         format!("the kubelet API on {}: {e}", nanokube_apiserver::backend::join_host_port(&advertise.to_string(), i64::from(cfg.kubelet_port)))
                     })

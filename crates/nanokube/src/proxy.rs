@@ -273,8 +273,11 @@ pub async fn run(opts: ProxyOptions, access: ClusterAccess, ready: impl FnOnce(&
             });
         }
     }
-    let listener =
-        tokio::net::TcpListener::bind((opts.address.as_str(), opts.port)).await.map_err(|e| format!("listen on {}:{}: {e}", opts.address, opts.port))?;
+    let listen = async {
+        let addr = tokio::net::lookup_host((opts.address.as_str(), opts.port)).await?.next().ok_or(std::io::ErrorKind::AddrNotAvailable)?;
+        nanokube_apiserver::server::listen_async(addr)
+    };
+    let listener = listen.await.map_err(|e| format!("listen on {}:{}: {e}", opts.address, opts.port))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     ready(&local.to_string());
     let mut failed = AcceptBackoff::new("nanokube proxy");

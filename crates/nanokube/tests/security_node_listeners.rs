@@ -9,6 +9,8 @@
 //! - UDP clients sending through a Service from many ports, and TCP clients opening many
 //!   connections through one, get a quarter of the descriptors at most each, and the API
 //!   still answers.
+//! - A burst of connects while the server cannot accept (stopped) all complete: its
+//!   listeners' backlog is the kernel's `somaxconn`, as Go programs listen, not std's 128.
 
 mod common;
 
@@ -313,4 +315,22 @@ fn tcp_connections_through_a_service_leave_the_api_its_descriptors() {
     // Room again once clients leave.
     drop(clients);
     assert!(eventually(Duration::from_secs(10), || try_connect(&vip).is_ok_and(|mut c| echoes(&mut c))), "{vip} did not relay again");
+}
+
+#[test]
+fn a_burst_of_connects_while_the_server_is_stopped_all_complete() {
+    let s = Server::start();
+    let somaxconn: usize = std::fs::read_to_string("/proc/sys/net/core/somaxconn").unwrap().trim().parse().unwrap();
+    let want = somaxconn.min(300);
+    let pid = s.child.id() as i32;
+    let addr: SocketAddr = format!("127.0.0.1:{}", s.port).parse().unwrap();
+    // SAFETY: kill(2) of the server this test started; SIGCONT follows before any assert.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let opened: Vec<TcpStream> = (0..want).map_while(|_| TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()).collect();
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let completed = opened.len();
+    drop(opened);
+    assert_eq!(completed, want, "{completed} of {want} connects completed while the server could not accept (somaxconn {somaxconn})");
+    assert_eq!(s.k(&["get", "--raw", "/readyz", "--request-timeout=10s"]), "ok");
 }

@@ -50,7 +50,7 @@ pub async fn forward(pod_dir: PathBuf, ip: Ipv4Addr, declared: BTreeSet<u16>, mu
             if listeners.contains_key(&port) {
                 continue;
             }
-            match tokio::net::TcpListener::bind(SocketAddr::from((ip, port))).await {
+            match nanokube_apiserver::server::listen_async(SocketAddr::from((ip, port))) {
                 Ok(l) => {
                     listeners.insert(port, tokio::spawn(serve(l, ns.clone(), SocketAddr::from((ip, port)))));
                 }
