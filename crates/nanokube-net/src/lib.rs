@@ -2,6 +2,7 @@
 //! and CoreDNS do, on loopback addresses only (all of 127.0.0.0/8 is local on Linux, so
 //! ClusterIPs, load-balancer IPs and pod IPs need no change to the machine's network).
 //!
+//! - [`budget`]: what relayed connections may hold of the process's descriptors.
 //! - [`table`]: Services and their endpoints, kept in memory from the store's watch.
 //! - [`proxy`]: the Service proxy: host listeners on ClusterIPs, load-balancer and external
 //!   IPs and node ports, TCP and UDP, and the [`proxy::Forwarder`] that carries a connection
@@ -17,6 +18,7 @@
 //!
 //! [`Network`] puts them together for one node.
 
+pub mod budget;
 mod cache;
 pub mod dial;
 pub mod dns;

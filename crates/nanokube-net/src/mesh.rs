@@ -169,7 +169,12 @@ pub async fn serve(capture: Capture, own_ip: Ipv4Addr, forwarder: Arc<Forwarder>
                 let _ = inbound.set_zero_linger();
                 continue;
             }
+            let Some(relay) = crate::budget::Relay::try_start() else {
+                let _ = inbound.set_zero_linger();
+                continue;
+            };
             tokio::spawn(async move {
+                let _relay = relay;
                 match fw.pods.connect(target).await {
                     Ok(mut outbound) => {
                         let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;

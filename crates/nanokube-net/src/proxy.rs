@@ -16,7 +16,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,6 +26,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
+use crate::budget::Relay;
 use crate::dial::PodNamespaces;
 use crate::dns::Dns;
 use crate::table::{Key, Protocol, ServicePort, ServiceTable};
@@ -37,38 +38,12 @@ const DATAGRAM: usize = 65_536;
 /// How often listeners that could not be bound are tried again.
 const RETRY: Duration = Duration::from_secs(5);
 
-/// The process's limit on open descriptors (its soft limit, read each time: an operator
-/// may change it with `prlimit`).
-fn descriptor_limit() -> usize {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit(2) writes the struct it is given.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return 1024;
-    }
-    usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX)
-}
-
 /// The most UDP flows carried at once: a quarter of the descriptor limit (each flow holds
 /// a socket). Past it, datagrams that would start a flow are dropped, as a full conntrack
 /// table drops them, so that clients sending from many ports cannot take the descriptors
 /// the API server and the TCP listeners need.
 fn max_udp_flows() -> usize {
-    descriptor_limit() / 4
-}
-
-/// The most TCP connections relayed at once: each holds two descriptors, together a
-/// quarter of the limit. Past it, new connections are reset.
-fn max_tcp_relays() -> usize {
-    descriptor_limit() / 8
-}
-
-/// A relayed TCP connection, counted while it lives (its task may be aborted anywhere).
-struct Relay(Arc<Forwarder>);
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        self.0.relays.fetch_sub(1, Ordering::Relaxed);
-    }
+    crate::budget::descriptor_limit() / 4
 }
 
 /// Carries connections and datagrams for Service ports to their endpoints; shared by the
@@ -87,9 +62,6 @@ pub struct Forwarder {
     flows: Mutex<HashMap<(SocketAddr, SocketAddrV4), Flow>>,
     /// When dropping a datagram for want of room for its flow was last logged.
     flows_full_warned: Mutex<Option<Instant>>,
-    relays: AtomicUsize,
-    /// When resetting a connection for want of room was last logged.
-    relays_full_warned: Mutex<Option<Instant>>,
 }
 
 /// Where a UDP flow goes.
@@ -118,8 +90,6 @@ impl Forwarder {
             next_id: AtomicU64::new(0),
             flows: Mutex::default(),
             flows_full_warned: Mutex::default(),
-            relays: AtomicUsize::new(0),
-            relays_full_warned: Mutex::default(),
         })
     }
 
@@ -130,14 +100,11 @@ impl Forwarder {
     /// Carry TCP connection `inbound` from `client` for `port` (`external`: it came to a
     /// node port, load-balancer or external IP).
     pub fn tcp(self: &Arc<Self>, mut inbound: tokio::net::TcpStream, port: Arc<ServicePort>, client: IpAddr, external: bool) {
-        let room = max_tcp_relays();
-        if self.relays.load(Ordering::Relaxed) >= room {
+        // Past the relays' share of descriptors: reset.
+        let Some(relay) = Relay::try_start() else {
             let _ = inbound.set_zero_linger();
-            warn_at_most_every_10s(&self.relays_full_warned, || {
-                tracing::warn!("the Service proxy relays {room} TCP connections at most (a quarter of its descriptor limit): resetting new ones")
-            });
             return;
-        }
+        };
         let Some(endpoint) = port.pick(client, external, &self.table.node) else {
             // No usable endpoint: refused (a reset).
             let _ = inbound.set_zero_linger();
@@ -157,8 +124,6 @@ impl Forwarder {
         }
         let me = self.clone();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.relays.fetch_add(1, Ordering::Relaxed);
-        let relay = Relay(self.clone());
         let task = tokio::spawn(async move {
             let _relay = relay;
             match me.pods.connect_from(endpoint, client).await {

@@ -9,6 +9,7 @@
 //! - UDP clients sending through a Service from many ports, and TCP clients opening many
 //!   connections through one, get a quarter of the descriptors at most each, and the API
 //!   still answers.
+//! - Many connections to a pod's port from the host are held to the same share.
 //! - A burst of connects while the server cannot accept (stopped) all complete: its
 //!   listeners' backlog is the kernel's `somaxconn`, as Go programs listen, not std's 128.
 
@@ -19,7 +20,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{eventually, KillOnDrop, Server};
+use common::{build_image_with, eventually, host_program_files, load_image, wait_for, KillOnDrop, Server};
 
 /// A Service range of this test's own (servers run side by side, and each opens its
 /// Service addresses on the host) and its DNS address; `which` tells this file's tests
@@ -289,13 +290,21 @@ fn tcp_connections_through_a_service_leave_the_api_its_descriptors() {
     let vip = service_to(&s, "echo", "TCP", backend);
     assert!(eventually(Duration::from_secs(10), || try_connect(&vip).is_ok_and(|mut c| echoes(&mut c))), "{vip} never echoed");
 
-    // More connections than the server has descriptors to spare, all held open.
-    let pid = s.child.id();
-    let (limit, spare) = leave_spare_descriptors(pid, 300);
-    // Opening stops at the first connection that fails: one the proxy reset (past its
-    // cap), or one the kernel's full accept queue leaves unanswered (no cap: every
-    // descriptor taken and the rest queued).
-    let mut clients: Vec<TcpStream> = (0..spare + 50).map_while(|_| try_connect(&vip).ok()).collect();
+    let clients = relayed_at_most_an_eighth(&s, &vip);
+    // Room again once clients leave.
+    drop(clients);
+    assert!(eventually(Duration::from_secs(10), || try_connect(&vip).is_ok_and(|mut c| echoes(&mut c))), "{vip} did not relay again");
+}
+
+/// With the server's descriptors lowered to leave 300 spare, more connections than that
+/// to echo server `addr` through the server: at most an eighth of the limit are relayed
+/// (two descriptors each), and within 10 of it; the API still answers. The connections.
+fn relayed_at_most_an_eighth(s: &Server, addr: &str) -> Vec<TcpStream> {
+    let (limit, spare) = leave_spare_descriptors(s.child.id(), 300);
+    // Opening stops at the first connection that fails: one reset past the cap, or one
+    // the kernel's full accept queue leaves unanswered (no cap: every descriptor taken
+    // and the rest queued).
+    let mut clients: Vec<TcpStream> = (0..spare + 50).map_while(|_| try_connect(addr).ok()).collect();
     for c in &mut clients {
         let _ = c.write_all(b"ping");
     }
@@ -312,9 +321,26 @@ fn tcp_connections_through_a_service_leave_the_api_its_descriptors() {
     assert!(echoed <= limit / 8, "{echoed} connections relayed with a limit of {limit} descriptors");
     assert!(echoed + 10 > limit / 8, "only {echoed} connections relayed: the cap is {}", limit / 8);
     assert_eq!(s.k(&["get", "--raw", "/readyz", "--request-timeout=10s"]), "ok");
-    // Room again once clients leave.
+    clients
+}
+
+#[test]
+fn connections_to_a_pods_port_leave_the_api_its_descriptors() {
+    let s = Server::start();
+    let work = s.dir.path().join("tools");
+    std::fs::create_dir_all(&work).unwrap();
+    let (archive, _) = build_image_with(&work, "tools:1.0", &host_program_files(&["/usr/bin/socat"]));
+    load_image(&s, &archive);
+    let manifest = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: echo\nspec:\n  containers:\n  - name: tcp\n    image: tools:1.0\n    \
+                    command: [socat, 'TCP4-LISTEN:9001,fork,reuseaddr', 'EXEC:cat']\n    ports:\n    - containerPort: 9001\n";
+    let out = s.k_stdin(&["apply", "-f", "-"], manifest);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let pod = wait_for(&s, "echo", "a pod IP", |p| p["status"]["podIP"].is_string() && p["status"]["phase"] == "Running");
+    let addr = format!("{}:9001", pod["status"]["podIP"].as_str().unwrap());
+    assert!(eventually(Duration::from_secs(20), || try_connect(&addr).is_ok_and(|mut c| echoes(&mut c))), "{addr} never echoed");
+    let clients = relayed_at_most_an_eighth(&s, &addr);
     drop(clients);
-    assert!(eventually(Duration::from_secs(10), || try_connect(&vip).is_ok_and(|mut c| echoes(&mut c))), "{vip} did not relay again");
+    assert!(eventually(Duration::from_secs(10), || try_connect(&addr).is_ok_and(|mut c| echoes(&mut c))), "{addr} did not relay again");
 }
 
 #[test]

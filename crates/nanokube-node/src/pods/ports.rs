@@ -77,8 +77,14 @@ async fn serve(listener: tokio::net::TcpListener, ns: PathBuf, target: SocketAdd
                 continue;
             }
         };
+        // Past the relays' share of descriptors: reset.
+        let Some(relay) = nanokube_net::budget::Relay::try_start() else {
+            let _ = inbound.set_zero_linger();
+            continue;
+        };
         let ns = ns.clone();
         tokio::spawn(async move {
+            let _relay = relay;
             match connect(&ns, target).await {
                 Ok(mut outbound) => {
                     let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
