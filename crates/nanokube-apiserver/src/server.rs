@@ -272,8 +272,21 @@ impl AcceptBackoff {
         AcceptBackoff { what, warned: None }
     }
 
-    /// Wait after `error` from `accept`.
-    pub async fn wait(&mut self, error: &std::io::Error) {
+    /// The next connection `accept` (a listener's) gives, waiting after each failure.
+    /// Cancel-safe as the listener's own `accept` is.
+    pub async fn accept<T, F>(&mut self, mut accept: impl FnMut() -> F) -> T
+    where
+        F: std::future::Future<Output = std::io::Result<T>>,
+    {
+        loop {
+            match accept().await {
+                Ok(accepted) => return accepted,
+                Err(e) => self.wait(&e).await,
+            }
+        }
+    }
+
+    async fn wait(&mut self, error: &std::io::Error) {
         if self.warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
             tracing::warn!(%error, listener = self.what, "accept failed; backing off");
             self.warned = Some(std::time::Instant::now());
@@ -299,13 +312,7 @@ where
             _ = shutdown.changed() => return,
         };
         let (tcp, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    accept_failed.wait(&e).await;
-                    continue;
-                }
-            },
+            accepted = accept_failed.accept(|| listener.accept()) => accepted,
             _ = shutdown.changed() => return,
         };
         let _ = tcp.set_nodelay(true);

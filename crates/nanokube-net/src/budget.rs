@@ -22,10 +22,43 @@ pub fn descriptor_limit() -> usize {
     usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX)
 }
 
+/// Raise the soft limit on open descriptors to the hard limit, as every Go program
+/// (kube-apiserver, kubelet, kube-proxy) does at start since Go 1.19: each connection,
+/// relayed connection, UDP flow and watch holds one, and a shell's default soft limit
+/// (1,024) is far below what a server is allowed. The caps here are shares of it.
+pub fn raise_descriptor_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit(2) and setrlimit(2) read and write the struct they are given.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
 /// The most TCP connections relayed at once: two descriptors each, together a quarter of
 /// the limit.
 pub fn max_tcp_relays() -> usize {
     descriptor_limit() / 8
+}
+
+/// The most UDP flows carried at once: a quarter of the descriptor limit (each flow holds
+/// a socket). Past it, datagrams that would start a flow are dropped, as a full conntrack
+/// table drops them.
+pub fn max_udp_flows() -> usize {
+    descriptor_limit() / 4
+}
+
+/// Run `warn` unless it ran less than 10 s ago (by `last`): what a cap says when it
+/// refuses.
+pub(crate) fn warn_at_most_every_10s(last: &Mutex<Option<Instant>>, warn: impl FnOnce()) {
+    if let Ok(mut last) = last.lock() {
+        if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+            warn();
+            *last = Some(Instant::now());
+        }
+    }
 }
 
 /// A relayed TCP connection, counted while it lives (its task may be aborted anywhere).
@@ -39,12 +72,9 @@ impl Relay {
         let room = max_tcp_relays();
         if RELAYS.fetch_add(1, Ordering::Relaxed) >= room {
             RELAYS.fetch_sub(1, Ordering::Relaxed);
-            if let Ok(mut warned) = WARNED.lock() {
-                if warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
-                    tracing::warn!("{room} TCP connections are relayed at most (a quarter of the descriptor limit): resetting new ones");
-                    *warned = Some(Instant::now());
-                }
-            }
+            warn_at_most_every_10s(&WARNED, || {
+                tracing::warn!("{room} TCP connections are relayed at most (a quarter of the descriptor limit): resetting new ones")
+            });
             return None;
         }
         Some(Relay(()))

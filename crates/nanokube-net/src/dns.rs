@@ -89,10 +89,8 @@ impl Dns {
         let tcp_task = tokio::spawn(async move {
             let mut failed = nanokube_apiserver::server::AcceptBackoff::new("the cluster DNS");
             loop {
-                match tcp.accept().await {
-                    Ok((stream, _)) => drop(tokio::spawn(me.clone().serve_tcp(stream))),
-                    Err(e) => failed.wait(&e).await,
-                }
+                let (stream, _) = failed.accept(|| tcp.accept()).await;
+                tokio::spawn(me.clone().serve_tcp(stream));
             }
         });
         let _ = shutdown.changed().await;

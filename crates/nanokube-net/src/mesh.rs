@@ -151,16 +151,9 @@ pub async fn serve(capture: Capture, own_ip: Ipv4Addr, forwarder: Arc<Forwarder>
     let mut stop = stop;
     let mut failed = nanokube_apiserver::server::AcceptBackoff::new("a pod's capture");
     loop {
-        let accepted = tokio::select! {
+        let (mut inbound, _) = tokio::select! {
             _ = stop.changed() => break,
-            a = tcp.accept() => a,
-        };
-        let mut inbound = match accepted {
-            Ok((inbound, _)) => inbound,
-            Err(e) => {
-                failed.wait(&e).await;
-                continue;
-            }
+            accepted = failed.accept(|| tcp.accept()) => accepted,
         };
         let fw = forwarder.clone();
         let Ok(target) = original_destination(&inbound) else { continue };

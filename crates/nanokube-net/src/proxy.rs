@@ -26,7 +26,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
-use crate::budget::Relay;
+use crate::budget::{max_udp_flows, warn_at_most_every_10s, Relay};
 use crate::dial::PodNamespaces;
 use crate::dns::Dns;
 use crate::table::{Key, Protocol, ServicePort, ServiceTable};
@@ -37,14 +37,6 @@ const UDP_IDLE: Duration = Duration::from_secs(30);
 const DATAGRAM: usize = 65_536;
 /// How often listeners that could not be bound are tried again.
 const RETRY: Duration = Duration::from_secs(5);
-
-/// The most UDP flows carried at once: a quarter of the descriptor limit (each flow holds
-/// a socket). Past it, datagrams that would start a flow are dropped, as a full conntrack
-/// table drops them, so that clients sending from many ports cannot take the descriptors
-/// the API server and the TCP listeners need.
-fn max_udp_flows() -> usize {
-    crate::budget::descriptor_limit() / 4
-}
 
 /// Carries connections and datagrams for Service ports to their endpoints; shared by the
 /// host's listeners and the pods' capture ([`crate::mesh`]).
@@ -256,16 +248,6 @@ impl Forwarder {
     }
 }
 
-/// Run `warn` unless it ran less than 10 s ago (by `last`).
-fn warn_at_most_every_10s(last: &Mutex<Option<Instant>>, warn: impl FnOnce()) {
-    if let Ok(mut last) = last.lock() {
-        if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
-            warn();
-            *last = Some(Instant::now());
-        }
-    }
-}
-
 /// What the host listens on for Services.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 enum Listen {
@@ -401,13 +383,7 @@ impl Proxy {
                 tokio::spawn(async move {
                     let mut failed = AcceptBackoff::new("a Service port");
                     loop {
-                        let (inbound, from) = match listener.accept().await {
-                            Ok(accepted) => accepted,
-                            Err(e) => {
-                                failed.wait(&e).await;
-                                continue;
-                            }
-                        };
+                        let (inbound, from) = failed.accept(|| listener.accept()).await;
                         match lookup(&fw) {
                             Some(port) => fw.tcp(inbound, port, from.ip(), external),
                             None => {

@@ -764,7 +764,7 @@ fn main() {
     // terminal.
     use std::io::IsTerminal;
     tracing_subscriber::fmt().with_max_level(level).with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal()).log_internal_errors(false).init();
-    raise_descriptor_limit();
+    nanokube_net::budget::raise_descriptor_limit();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     let code = rt.block_on(async move {
         match cli.command {
@@ -1365,19 +1365,4 @@ async fn run_server(args: ServerArgs, started: Instant) -> i32 {
         let _ = writeln!(std::io::stderr(), "nanokube: stopped");
     }
     0
-}
-
-/// Raise the soft limit on open descriptors to the hard limit, as every Go program
-/// (kube-apiserver, kubelet, kube-proxy) does at start since Go 1.19: each connection,
-/// relayed connection, UDP flow and watch holds one, and a shell's default soft limit
-/// (1,024) is far below what a server is allowed.
-fn raise_descriptor_limit() {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit(2) and setrlimit(2) read and write the struct they are given.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        }
-    }
 }

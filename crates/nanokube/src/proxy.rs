@@ -256,13 +256,7 @@ pub async fn run(opts: ProxyOptions, access: ClusterAccess, ready: impl FnOnce(&
         ready(&format!("unix:{}", sock.display()));
         let mut failed = AcceptBackoff::new("nanokube proxy");
         loop {
-            let stream = match listener.accept().await {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    failed.wait(&e).await;
-                    continue;
-                }
-            };
+            let (stream, _) = failed.accept(|| listener.accept()).await;
             let p = proxy.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req| {
@@ -282,13 +276,7 @@ pub async fn run(opts: ProxyOptions, access: ClusterAccess, ready: impl FnOnce(&
     ready(&local.to_string());
     let mut failed = AcceptBackoff::new("nanokube proxy");
     loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                failed.wait(&e).await;
-                continue;
-            }
-        };
+        let (stream, peer) = failed.accept(|| listener.accept()).await;
         let p = proxy.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {

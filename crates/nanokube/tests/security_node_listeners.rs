@@ -22,12 +22,21 @@ use std::time::Duration;
 
 use common::{build_image_with, eventually, host_program_files, load_image, wait_for, KillOnDrop, Server};
 
-/// A Service range of this test's own (servers run side by side, and each opens its
-/// Service addresses on the host) and its DNS address; `which` tells this file's tests
-/// apart when they share a process.
-fn own_range(which: u32) -> (String, String) {
+/// A server with its Service proxy on a Service range of this test's own (servers run
+/// side by side, and each opens its Service addresses on the host), and its DNS address;
+/// `which` tells this file's tests apart when they share a process.
+fn server_with_services(which: u32) -> (Server, String) {
     let n = std::process::id() % 50 * 4 + which + 20;
-    (format!("127.93.{n}.0/24"), format!("127.93.{n}.10:53"))
+    let s = Server::start_with(&["--service-proxy=true", &format!("--service-cluster-ip-range=127.93.{n}.0/24")]);
+    (s, format!("127.93.{n}.10:53"))
+}
+
+/// Service `echo` in front of a TCP echo server of this test, once it echoes; its
+/// ClusterIP and port.
+fn echo_service(s: &Server) -> String {
+    let vip = service_to(s, "echo", "TCP", echo_backend());
+    assert!(eventually(Duration::from_secs(10), || try_connect(&vip).is_ok_and(|mut c| echoes(&mut c))), "{vip} never echoed");
+    vip
 }
 
 /// A TCP echo server on 127.0.0.1 (threads of this test); its port.
@@ -138,11 +147,8 @@ fn cpu_over_two_seconds(pid: u32) -> f64 {
 
 #[test]
 fn out_of_descriptors_the_servers_listeners_wait_and_then_carry_what_queued() {
-    let (range, dns) = own_range(0);
-    let s = Server::start_with(&["--service-proxy=true", &format!("--service-cluster-ip-range={range}")]);
-    let backend = echo_backend();
-    let vip = service_to(&s, "echo", "TCP", backend);
-    assert!(eventually(Duration::from_secs(10), || try_connect(&vip).is_ok_and(|mut c| echoes(&mut c))), "{vip} never echoed");
+    let (s, dns) = server_with_services(0);
+    let vip = echo_service(&s);
     assert!(eventually(Duration::from_secs(10), || try_connect(&dns).is_ok_and(|mut c| dns_answers(&mut c))), "{dns} never answered");
 
     // Every descriptor the server may open is taken by connections to its API port
@@ -212,8 +218,7 @@ fn out_of_descriptors_nanokube_proxy_waits_and_serves_again() {
 
 #[test]
 fn a_dns_client_that_trickles_a_message_over_tcp_is_cut_off() {
-    let (range, dns) = own_range(1);
-    let _s = Server::start_with(&["--service-proxy=true", &format!("--service-cluster-ip-range={range}")]);
+    let (_s, dns) = server_with_services(1);
     assert!(eventually(Duration::from_secs(10), || try_connect(&dns).is_ok_and(|mut c| dns_answers(&mut c))), "{dns} never answered");
     // A 100-byte message announced, then one byte a second: it never ends. The server
     // gives a message 10 s; the test waits up to 30.
@@ -234,8 +239,7 @@ fn a_dns_client_that_trickles_a_message_over_tcp_is_cut_off() {
 
 #[test]
 fn udp_flows_from_many_ports_leave_the_api_its_descriptors() {
-    let (range, _) = own_range(2);
-    let s = Server::start_with(&["--service-proxy=true", &format!("--service-cluster-ip-range={range}")]);
+    let (s, _) = server_with_services(2);
     let backend = UdpSocket::bind("127.0.0.1:0").unwrap();
     let backend_port = backend.local_addr().unwrap().port();
     std::thread::spawn(move || {
@@ -284,11 +288,8 @@ fn udp_flows_from_many_ports_leave_the_api_its_descriptors() {
 
 #[test]
 fn tcp_connections_through_a_service_leave_the_api_its_descriptors() {
-    let (range, _) = own_range(3);
-    let s = Server::start_with(&["--service-proxy=true", &format!("--service-cluster-ip-range={range}")]);
-    let backend = echo_backend();
-    let vip = service_to(&s, "echo", "TCP", backend);
-    assert!(eventually(Duration::from_secs(10), || try_connect(&vip).is_ok_and(|mut c| echoes(&mut c))), "{vip} never echoed");
+    let (s, _) = server_with_services(3);
+    let vip = echo_service(&s);
 
     let clients = relayed_at_most_an_eighth(&s, &vip);
     // Room again once clients leave.

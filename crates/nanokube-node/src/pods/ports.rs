@@ -70,13 +70,7 @@ pub async fn forward(pod_dir: PathBuf, ip: Ipv4Addr, declared: BTreeSet<u16>, mu
 async fn serve(listener: tokio::net::TcpListener, ns: PathBuf, target: SocketAddr) {
     let mut failed = nanokube_apiserver::server::AcceptBackoff::new("a pod's port on the host");
     loop {
-        let mut inbound = match listener.accept().await {
-            Ok((inbound, _)) => inbound,
-            Err(e) => {
-                failed.wait(&e).await;
-                continue;
-            }
-        };
+        let (mut inbound, _) = failed.accept(|| listener.accept()).await;
         // Past the relays' share of descriptors: reset.
         let Some(relay) = nanokube_net::budget::Relay::try_start() else {
             let _ = inbound.set_zero_linger();
