@@ -81,6 +81,19 @@ impl Relay {
     }
 }
 
+impl Relay {
+    /// Carry bytes both ways between `inbound` and `outbound` until both sides have
+    /// closed, counted until then. Nagle's algorithm is off on both, as Go (kube-proxy's
+    /// userspace mode) sets it on every TCP connection: each write here is the peer's
+    /// own, and Nagle would hold a response's second part until the client's delayed ACK
+    /// of its first, up to 40 ms.
+    pub async fn carry(self, inbound: &mut tokio::net::TcpStream, outbound: &mut tokio::net::TcpStream) {
+        let _ = inbound.set_nodelay(true);
+        let _ = outbound.set_nodelay(true);
+        let _ = tokio::io::copy_bidirectional(inbound, outbound).await;
+    }
+}
+
 impl Drop for Relay {
     fn drop(&mut self) {
         RELAYS.fetch_sub(1, Ordering::Relaxed);

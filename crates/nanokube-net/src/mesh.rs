@@ -167,11 +167,8 @@ pub async fn serve(capture: Capture, own_ip: Ipv4Addr, forwarder: Arc<Forwarder>
                 continue;
             };
             tokio::spawn(async move {
-                let _relay = relay;
                 match fw.pods.connect(target).await {
-                    Ok(mut outbound) => {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
+                    Ok(mut outbound) => relay.carry(&mut inbound, &mut outbound).await,
                     Err(e) => {
                         tracing::debug!(%target, "from a pod: {e}");
                         let _ = inbound.set_zero_linger();

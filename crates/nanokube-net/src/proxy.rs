@@ -117,13 +117,8 @@ impl Forwarder {
         let me = self.clone();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let task = tokio::spawn(async move {
-            let _relay = relay;
             match me.pods.connect_from(endpoint, client).await {
-                Ok((mut outbound, _origin)) => {
-                    let _ = outbound.set_nodelay(true);
-                    let _ = inbound.set_nodelay(true);
-                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                }
+                Ok((mut outbound, _origin)) => relay.carry(&mut inbound, &mut outbound).await,
                 Err(e) => {
                     tracing::debug!(%endpoint, "connecting to the endpoint: {e}");
                     let _ = inbound.set_zero_linger();

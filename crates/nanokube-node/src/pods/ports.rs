@@ -78,11 +78,8 @@ async fn serve(listener: tokio::net::TcpListener, ns: PathBuf, target: SocketAdd
         };
         let ns = ns.clone();
         tokio::spawn(async move {
-            let _relay = relay;
             match connect(&ns, target).await {
-                Ok(mut outbound) => {
-                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                }
+                Ok(mut outbound) => relay.carry(&mut inbound, &mut outbound).await,
                 // Refused inside: refused outside (the connection is dropped at once).
                 Err(e) => tracing::debug!(%target, "forwarding into the pod: {e}"),
             }
