@@ -72,19 +72,10 @@ impl PodNamespaces {
     /// server bound to all addresses answers from whichever address the route picks
     /// (127.0.0.1 on `lo`), not necessarily the one asked, and that answer must count.
     pub async fn udp(&self, to: SocketAddrV4) -> std::io::Result<tokio::net::UdpSocket> {
-        let make = move || -> std::io::Result<std::net::UdpSocket> {
-            let s = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
-            s.set_nonblocking(true)?;
-            Ok(s)
-        };
-        let socket = match self.get(*to.ip()) {
-            Some(ns) => tokio::task::spawn_blocking(move || nanokube_runtime::netns::within(&ns, make))
-                .await
-                .map_err(std::io::Error::other)?
-                .map_err(std::io::Error::other)??,
-            None => make()?,
-        };
-        tokio::net::UdpSocket::from_std(socket)
+        match self.get(*to.ip()) {
+            Some(ns) => nanokube_runtime::netns::udp_socket(&ns).await,
+            None => tokio::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).await,
+        }
     }
 }
 

@@ -191,15 +191,64 @@ pub fn add_loopback_address(ip: std::net::Ipv4Addr) -> Result<(), String> {
     Ok(())
 }
 
-/// A TCP connection to `addr` made inside the network namespace at `path`.
+/// A request to the socket maker: the namespace, the socket's kind, where to answer.
+type SocketRequest = (PathBuf, rustix::net::SocketType, tokio::sync::oneshot::Sender<std::io::Result<std::os::fd::OwnedFd>>);
+
+/// The thread that makes sockets inside pods' network namespaces, started at first use.
+/// Relays, probes and port-forwards open a connection into a pod for every connection
+/// they carry; a thread spawned for each (what [`within`] does) cost more than the
+/// connection itself. This one enters the namespace each request names (it never needs
+/// the host's again) and only makes the socket: binding and connecting happen on the
+/// caller's runtime, and a socket stays in the namespace it was made in.
+fn socket_maker() -> Option<&'static std::sync::mpsc::Sender<SocketRequest>> {
+    static MAKER: std::sync::OnceLock<Option<std::sync::mpsc::Sender<SocketRequest>>> = std::sync::OnceLock::new();
+    MAKER
+        .get_or_init(|| {
+            let (tx, rx) = std::sync::mpsc::channel::<SocketRequest>();
+            let spawned = std::thread::Builder::new().name("netns-sockets".into()).spawn(move || {
+                for (path, kind, answer) in rx {
+                    let made = std::fs::File::open(&path).and_then(|ns| {
+                        // SAFETY: setns(2) of this thread (which only makes sockets) into a
+                        // namespace file held open for the call.
+                        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                        let flags = rustix::net::SocketFlags::NONBLOCK | rustix::net::SocketFlags::CLOEXEC;
+                        Ok(rustix::net::socket_with(rustix::net::AddressFamily::INET, kind, flags, None)?)
+                    });
+                    let _ = answer.send(made);
+                }
+            });
+            spawned.ok().map(|_| tx)
+        })
+        .as_ref()
+}
+
+/// A non-blocking IPv4 socket of `kind` made inside the network namespace at `path`.
+async fn socket_in(path: &Path, kind: rustix::net::SocketType) -> std::io::Result<std::os::fd::OwnedFd> {
+    let (answer, made) = tokio::sync::oneshot::channel();
+    let maker = socket_maker().ok_or_else(|| std::io::Error::other("the namespace socket thread could not start"))?;
+    maker.send((path.to_path_buf(), kind, answer)).map_err(|_| std::io::Error::other("the namespace socket thread is gone"))?;
+    made.await.map_err(|_| std::io::Error::other("the namespace socket thread is gone"))?
+}
+
+/// A TCP connection to `addr` (IPv4) made inside the network namespace at `path`, given
+/// up after `timeout`.
 pub async fn connect(path: &Path, addr: std::net::SocketAddr, timeout: std::time::Duration) -> std::io::Result<tokio::net::TcpStream> {
-    let path = path.to_path_buf();
-    let stream = tokio::task::spawn_blocking(move || within(&path, move || std::net::TcpStream::connect_timeout(&addr, timeout)))
-        .await
-        .map_err(std::io::Error::other)?
-        .map_err(std::io::Error::other)??;
-    stream.set_nonblocking(true)?;
-    tokio::net::TcpStream::from_std(stream)
+    let fd = socket_in(path, rustix::net::SocketType::STREAM).await?;
+    let socket = tokio::net::TcpSocket::from_std_stream(std::net::TcpStream::from(fd));
+    match tokio::time::timeout(timeout, socket.connect(addr)).await {
+        Ok(connected) => connected,
+        Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, format!("connecting to {addr}"))),
+    }
+}
+
+/// A UDP socket bound to an ephemeral port on every address of the network namespace at
+/// `path` (made there, so it sends and receives there).
+pub async fn udp_socket(path: &Path) -> std::io::Result<tokio::net::UdpSocket> {
+    let fd = socket_in(path, rustix::net::SocketType::DGRAM).await?;
+    rustix::net::bind(&fd, &std::net::SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0))?;
+    tokio::net::UdpSocket::from_std(std::net::UdpSocket::from(fd))
 }
 
 /// A netlink `sock_diag` socket made inside the network namespace at `path`: it keeps
