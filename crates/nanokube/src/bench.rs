@@ -66,6 +66,10 @@ pub struct BenchOptions {
     pub seconds: u64,
     /// The attacks `abuse` runs (empty: all of them).
     pub attacks: Vec<String>,
+    /// How long each load of the service scenario runs, in milliseconds.
+    pub run_ms: u64,
+    /// Services present while the service scenario measures propagation.
+    pub services: usize,
     /// More arguments for the servers `pods-simulated` and `deployments` start.
     pub server_args: Vec<String>,
 }
@@ -230,17 +234,19 @@ pub async fn run(opts: BenchOptions) -> Result<(), String> {
                     // Its own server with its node, the host's Service listeners on a
                     // range of their own; stopped cleanly after.
                     let data = tmp.join("service");
-                    let ranges = [
-                        "--service-proxy=true".to_string(),
-                        format!("--service-cluster-ip-range={}", service::SERVICE_RANGE),
-                        format!("--load-balancer-cidr={}", service::LB_RANGE),
-                        "--cluster-dns-upstream=none".to_string(),
-                        "--kubelet-port=0".to_string(),
-                    ];
-                    let args: Vec<&str> = ranges.iter().map(String::as_str).collect();
+                    let given = |flag: &str| opts.server_args.iter().any(|a| a.starts_with(flag));
+                    let mut args = vec!["--service-proxy=true".to_string(), "--cluster-dns-upstream=none".to_string(), "--kubelet-port=0".to_string()];
+                    if !given("--service-cluster-ip-range") {
+                        args.push(format!("--service-cluster-ip-range={}", service::SERVICE_RANGE));
+                    }
+                    if !given("--load-balancer-cidr") {
+                        args.push(format!("--load-balancer-cidr={}", service::LB_RANGE));
+                    }
+                    args.extend(opts.server_args.iter().cloned());
+                    let args: Vec<&str> = args.iter().map(String::as_str).collect();
                     let mut s = spawn_server_with(&opts.binary, &data, free_port(), &args)?;
                     println!("  (service: a fresh nanokube server with its node, pid {})", s.child.id());
-                    let r = service::service(&opts.binary, &data, &s.kubeconfig, &mut report).await;
+                    let r = service::service(&opts.binary, &data, &s.kubeconfig, Duration::from_millis(opts.run_ms.max(1)), opts.services, &mut report).await;
                     // SAFETY: kill(2) of the child this bench started.
                     unsafe { libc::kill(s.child.id() as i32, libc::SIGTERM) };
                     let _ = s.child.wait();

@@ -441,8 +441,8 @@ struct BenchArgs {
     /// deployments (--deployments Deployments of 3 replicas on simulated nodes: the time
     /// until all are Available, then the server's CPU at rest and RSS),
     /// service (requests through a ClusterIP against direct, keep-alive and new connections,
-    /// 1 and 64 clients; a pod by ClusterIP and by pod IP; DNS answers/s; endpoint
-    /// propagation with 1,000 Services; as root),
+    /// 1 and 64 clients, to a host process and to a pod by its IP, each for --run-ms; DNS
+    /// answers/s; endpoint propagation with --services Services; as root),
     /// fsync (fdatasync latency of the disk under the temp dir), abuse (the attacks of
     /// docs/security.md for --seconds beside normal clients: their error rate and
     /// latency, /readyz, the server's peak RSS; fails on any unexpected answer).
@@ -464,7 +464,7 @@ struct BenchArgs {
     /// scenario polls `/readyz` with its credentials until it answers 200.
     #[arg(long, default_value = "{data}/kubeconfig")]
     server_kubeconfig: String,
-    /// More arguments for the servers the pods-simulated and deployments scenarios start
+    /// More arguments for the servers the pods-simulated, deployments and service scenarios start
     /// (repeat it, or one `--server-arg=--flag=value` each), e.g. `--server-arg=--watch-history=50000`.
     #[arg(long = "server-arg", allow_hyphen_values = true)]
     server_args: Vec<String>,
@@ -496,6 +496,13 @@ struct BenchArgs {
     /// Deployments (of 3 replicas each) the deployments scenario makes.
     #[arg(long, default_value_t = 1000)]
     deployments: usize,
+    /// How long each load of the service scenario runs, in milliseconds.
+    #[arg(long, default_value_t = 3000)]
+    run_ms: u64,
+    /// Services present while the service scenario measures endpoint propagation (a
+    /// tenth of them are moved, one at a time).
+    #[arg(long, default_value_t = 1000)]
+    services: usize,
     /// How long the abuse scenario attacks, in seconds (the normal clients first run
     /// alone for a third of it).
     #[arg(long, default_value_t = 60)]
@@ -898,6 +905,8 @@ fn main() {
                     deployments: args.deployments.max(1),
                     seconds: args.seconds.max(1),
                     attacks: args.attacks,
+                    run_ms: args.run_ms,
+                    services: args.services,
                 };
                 match nanokube::bench::run(opts).await {
                     Ok(()) => 0,

@@ -108,7 +108,7 @@ fn deployments_become_available_on_simulated_nodes() {
 fn help_documents_every_scenario() {
     let out = Command::new(env!("CARGO_BIN_EXE_nanokube")).args(["bench", "--help"]).output().unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
-    for s in ["startup", "testcluster", "create", "get", "update", "delete", "list", "watch", "pods", "deployments", "fsync", "abuse"] {
+    for s in ["startup", "testcluster", "create", "get", "update", "delete", "list", "watch", "pods", "deployments", "service", "fsync", "abuse"] {
         assert!(help.contains(s), "{s} not documented:\n{help}");
     }
 }
@@ -165,4 +165,44 @@ fn abuse_soak_gets_only_the_expected_answers() {
     }
     assert_eq!(figures["abuse: /readyz every 100 ms under attack"]["failures"], 0);
     assert!(figures["abuse: server RSS before / peak / after (MiB)"]["peak_mib"].as_f64().unwrap() > 0.0);
+}
+
+/// The service scenario briefly (as root, running a pod as the node's tests do; ranges
+/// of its own): both comparisons, the pod's httpd, DNS and propagation are all measured,
+/// every path carried requests, and a tenth of the Services were moved.
+#[test]
+fn service_scenario_compares_a_clusterip_with_a_host_process_and_a_pod_ip() {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    let n = h.finish() % 200 + 20;
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_nanokube"))
+        .args(["bench", "service", "--run-ms", "300", "--services", "20", "--json"])
+        .arg(&json)
+        .arg(format!("--server-arg=--service-cluster-ip-range=127.92.{n}.0/24"))
+        .arg(format!("--server-arg=--load-balancer-cidr=127.238.{n}.0/24"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let figures: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    for base in ["host process", "pod IP"] {
+        for what in ["keep-alive", "new connection per request"] {
+            for clients in [1, 64] {
+                for path in ["by ClusterIP", "directly"] {
+                    let key = format!("service: {base} {path}, {what}, {clients} client(s)");
+                    assert!(figures[&key]["rps"].as_f64().is_some_and(|r| r > 0.0), "{key}: {figures}");
+                }
+                let key = format!("service: ClusterIP / {base} ({what}, {clients})");
+                assert!(figures[&key]["throughput_pct"].as_f64().is_some_and(|p| p > 0.0), "{key}: {figures}");
+            }
+        }
+    }
+    for key in ["service: pod (httpd) by ClusterIP, new connections, 1 client", "service: pod (httpd) by pod IP, new connections, 1 client"] {
+        assert!(figures[key]["rps"].as_f64().is_some_and(|r| r > 0.0), "{key}: {figures}");
+    }
+    assert!(figures["service: DNS answers/s (UDP, 32 clients)"].as_f64().is_some_and(|q| q > 0.0), "{figures}");
+    let propagation = &figures["service: endpoint propagation, 20 Services (ms)"];
+    assert_eq!(propagation["moves"], 2, "{figures}");
 }

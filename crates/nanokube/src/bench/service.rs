@@ -2,13 +2,15 @@
 //! server (node on, host listeners on a Service range of its own) and two HTTP backends
 //! run by the bench on 127.0.0.1 (so both paths hit the same server process):
 //!
-//! - requests through a ClusterIP against the same requests sent to the backend directly:
-//!   keep-alive and a new connection per request, 1 and 64 clients (throughput, p50/p99
-//!   latency, and the added p99);
-//! - a new connection per request to a pod (busybox httpd) through its ClusterIP against
+//! - requests through a ClusterIP against the same requests sent directly, keep-alive and
+//!   a new connection per request, 1 and 64 clients (throughput, p50/p99 latency, and the
+//!   added p99), twice: to a backend on the host (a Service whose EndpointSlice names
+//!   127.0.0.1), and to a pod against its pod IP (the issue's "direct connection to the
+//!   pod": the same keep-alive server, listening in the pod's network namespace);
+//! - a new connection per request to a pod's busybox httpd through its ClusterIP against
 //!   its pod IP;
 //! - DNS answers per second at the cluster DNS address (UDP, 32 clients);
-//! - with 1,000 Services present: the time from an EndpointSlice write's acknowledgement
+//! - with 1,000 Services present (`--services`): the time from an EndpointSlice write's acknowledgement
 //!   to the first request the proxy carries to the new endpoint (propagation).
 
 use std::path::Path;
@@ -23,17 +25,31 @@ use tokio::net::TcpStream;
 use super::{ms, percentile, Report};
 use crate::client::ApiClient;
 
-/// The Service range and load-balancer range the bench's server uses (away from the
-/// defaults, so a cluster on them is not disturbed).
+/// The Service range and load-balancer range the bench's server uses unless
+/// `--server-arg` names others (away from the defaults, so a cluster on them is not
+/// disturbed).
 pub const SERVICE_RANGE: &str = "127.99.0.0/16";
 /// The load-balancer range of the bench's server.
 pub const LB_RANGE: &str = "127.242.0.0/16";
-const DNS: &str = "127.99.0.10:53";
-const RUN: Duration = Duration::from_secs(3);
 
-/// A keep-alive HTTP/1.1 server answering every request with `body`; its port.
+/// A keep-alive HTTP/1.1 server on 127.0.0.1 answering every request with `body`; its port.
 async fn backend(body: &'static str) -> Result<u16, String> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
+    serve(listener, body)
+}
+
+/// The same server on `port` inside the network namespace at `ns` (a pod's): the socket
+/// is made by a thread that entered the namespace and stays in it, so connections reach
+/// it exactly as they reach a container of that pod.
+async fn backend_in(ns: &Path, port: u16, body: &'static str) -> Result<u16, String> {
+    let listener = nanokube_runtime::netns::within(ns, move || std::net::TcpListener::bind(("0.0.0.0", port)))?
+        .map_err(|e| format!("listening in {}: {e}", ns.display()))?;
+    listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+    serve(tokio::net::TcpListener::from_std(listener).map_err(|e| e.to_string())?, body)
+}
+
+/// Serve `listener` as [`backend`] does; its port.
+fn serve(listener: tokio::net::TcpListener, body: &'static str) -> Result<u16, String> {
     let port = listener.local_addr().map_err(|e| e.to_string())?.port();
     tokio::spawn(async move {
         loop {
@@ -89,11 +105,11 @@ async fn request(s: &mut TcpStream) -> Result<Vec<u8>, String> {
     }
 }
 
-/// `clients` clients sending requests to `addr` for [`RUN`] (over one kept connection
+/// `clients` clients sending requests to `addr` for `run` (over one kept connection
 /// each, or a new one per request): requests per second and latencies.
-async fn load(addr: String, clients: usize, keep_alive: bool) -> Result<(f64, Vec<Duration>), String> {
+async fn load(addr: String, clients: usize, keep_alive: bool, run: Duration) -> Result<(f64, Vec<Duration>), String> {
     let done = Arc::new(AtomicU64::new(0));
-    let deadline = Instant::now() + RUN;
+    let deadline = Instant::now() + run;
     let mut tasks = Vec::new();
     for _ in 0..clients {
         let (addr, done) = (addr.clone(), done.clone());
@@ -123,7 +139,7 @@ async fn load(addr: String, clients: usize, keep_alive: bool) -> Result<(f64, Ve
         all.extend(t.await.map_err(|e| e.to_string())??);
     }
     all.sort();
-    Ok((done.load(Ordering::Relaxed) as f64 / RUN.as_secs_f64(), all))
+    Ok((done.load(Ordering::Relaxed) as f64 / run.as_secs_f64(), all))
 }
 
 async fn apply(client: &ApiClient, path: &str, obj: Value) -> Result<(), String> {
@@ -142,7 +158,11 @@ fn slice(name: &str, port: u16) -> Value {
 }
 
 async fn cluster_ip(client: &ApiClient, name: &str) -> Result<String, String> {
-    let (_, body) = client.request("GET", &format!("/api/v1/namespaces/default/services/{name}"), None, None, bytes::Bytes::new()).await?;
+    cluster_ip_in(client, "default", name).await
+}
+
+async fn cluster_ip_in(client: &ApiClient, namespace: &str, name: &str) -> Result<String, String> {
+    let (_, body) = client.request("GET", &format!("/api/v1/namespaces/{namespace}/services/{name}"), None, None, bytes::Bytes::new()).await?;
     let v: Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
     v.pointer("/spec/clusterIP").and_then(Value::as_str).map(String::from).ok_or_else(|| format!("service {name} has no ClusterIP"))
 }
@@ -169,8 +189,31 @@ fn row(report: &mut Report, key: &str, (rps, lat): &(f64, Vec<Duration>)) {
     );
 }
 
-/// Run the scenario against the server at `kubeconfig` (data directory `data`).
-pub async fn service(binary: &Path, data: &Path, kubeconfig: &Path, report: &mut Report) -> Result<(), String> {
+/// Requests through the ClusterIP `vip` against the same requests sent to `direct`
+/// (what `base` names), keep-alive and a new connection per request, 1 and 64 clients:
+/// each path's rate and latency, and the ClusterIP's share of the direct rate and added p99.
+async fn compare(report: &mut Report, base: &str, vip: &str, direct: &str, run: Duration) -> Result<(), String> {
+    for (keep_alive, what) in [(true, "keep-alive"), (false, "new connection per request")] {
+        for clients in [1usize, 64] {
+            let through = load(vip.to_string(), clients, keep_alive, run).await?;
+            let straight = load(direct.to_string(), clients, keep_alive, run).await?;
+            row(report, &format!("service: {base} by ClusterIP, {what}, {clients} client(s)"), &through);
+            row(report, &format!("service: {base} directly, {what}, {clients} client(s)"), &straight);
+            let share = through.0 / straight.0.max(1.0) * 100.0;
+            let added = percentile(&through.1, 0.99).as_secs_f64() - percentile(&straight.1, 0.99).as_secs_f64();
+            report.add(
+                &format!("service: ClusterIP / {base} ({what}, {clients})"),
+                format!("{share:.0}% of the throughput, p99 {added:+.3} ms", added = added * 1000.0),
+                json!({"throughput_pct": share, "added_p99_ms": added * 1000.0}),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Run the scenario against the server at `kubeconfig` (data directory `data`), each
+/// load for `run`, propagation measured with `services` Services.
+pub async fn service(binary: &Path, data: &Path, kubeconfig: &Path, run: Duration, services: usize, report: &mut Report) -> Result<(), String> {
     let client = Arc::new(ApiClient::from_kubeconfig(kubeconfig, false)?);
     let a = backend("A").await?;
     let b = backend("B").await?;
@@ -180,25 +223,12 @@ pub async fn service(binary: &Path, data: &Path, kubeconfig: &Path, report: &mut
     until_answers(&vip, b"A").await?;
     let direct = format!("127.0.0.1:{a}");
 
-    // Through the ClusterIP against directly, each twice (the better of two).
-    for (keep_alive, what) in [(true, "keep-alive"), (false, "new connection per request")] {
-        for clients in [1usize, 64] {
-            let through = load(vip.clone(), clients, keep_alive).await?;
-            let straight = load(direct.clone(), clients, keep_alive).await?;
-            row(report, &format!("service: ClusterIP, {what}, {clients} client(s)"), &through);
-            row(report, &format!("service: direct, {what}, {clients} client(s)"), &straight);
-            let share = through.0 / straight.0.max(1.0) * 100.0;
-            let added = percentile(&through.1, 0.99).as_secs_f64() - percentile(&straight.1, 0.99).as_secs_f64();
-            report.add(
-                &format!("service: ClusterIP / direct ({what}, {clients})"),
-                format!("{share:.0}% of the throughput, p99 +{:.3} ms", added * 1000.0),
-                json!({"throughput_pct": share, "added_p99_ms": added * 1000.0}),
-            );
-        }
-    }
+    // A Service in front of a host process: its ClusterIP against the process's own
+    // address on the host (no pod network on either path).
+    compare(report, "host process", &vip, &direct, run).await?;
 
-    // A pod behind a Service: its ClusterIP against its pod IP (new connections; busybox
-    // httpd speaks HTTP/1.0).
+    // A pod behind a Service (busybox httpd on 8080, and the bench's own keep-alive
+    // server in the pod's network namespace on 8081).
     let archive = data.join("benchbox.tar");
     std::fs::write(&archive, super::pods_run::test_image(Path::new("/bin/busybox"), "benchbox:1.0")?).map_err(|e| e.to_string())?;
     let out = std::process::Command::new(binary).args(["image", "load"]).arg(&archive).arg("--data-dir").arg(data).output().map_err(|e| e.to_string())?;
@@ -209,13 +239,13 @@ pub async fn service(binary: &Path, data: &Path, kubeconfig: &Path, report: &mut
         &client,
         "/api/v1/namespaces/default/pods",
         json!({"metadata": {"name": "web", "labels": {"app": "web"}}, "spec": {"containers": [{"name": "web", "image": "benchbox:1.0", "imagePullPolicy": "Never",
-            "command": ["sh", "-c", "mkdir /www; echo -n P > /www/index.html; exec busybox httpd -f -p 8080 -h /www"], "ports": [{"containerPort": 8080}]}]}}),
+            "command": ["sh", "-c", "mkdir /www; echo -n P > /www/index.html; exec busybox httpd -f -p 8080 -h /www"], "ports": [{"containerPort": 8080}, {"containerPort": 8081}]}]}}),
     )
     .await?;
     apply(
         &client,
         "/api/v1/namespaces/default/services",
-        json!({"metadata": {"name": "web"}, "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]}}),
+        json!({"metadata": {"name": "web"}, "spec": {"selector": {"app": "web"}, "ports": [{"name": "httpd", "port": 80, "targetPort": 8080}, {"name": "bench", "port": 81, "targetPort": 8081}]}}),
     )
     .await?;
     let web = format!("{}:80", cluster_ip(&client, "web").await?);
@@ -224,12 +254,20 @@ pub async fn service(binary: &Path, data: &Path, kubeconfig: &Path, report: &mut
     let pod: Value = serde_json::from_slice(&pod).map_err(|e| e.to_string())?;
     let pod_ip = format!("{}:8080", pod.pointer("/status/podIP").and_then(Value::as_str).unwrap_or(""));
     until_answers(&pod_ip, b"P").await?;
-    let through = load(web, 1, false).await?;
-    let straight = load(pod_ip, 1, false).await?;
-    row(report, "service: pod by ClusterIP, new connections, 1 client", &through);
-    row(report, "service: pod by pod IP, new connections, 1 client", &straight);
+    let through = load(web.clone(), 1, false, run).await?;
+    let straight = load(pod_ip.clone(), 1, false, run).await?;
+    row(report, "service: pod (httpd) by ClusterIP, new connections, 1 client", &through);
+    row(report, "service: pod (httpd) by pod IP, new connections, 1 client", &straight);
+    let uid = pod.pointer("/metadata/uid").and_then(Value::as_str).ok_or("the pod has no uid")?;
+    backend_in(&data.join("pods").join(uid).join("ns-net"), 8081, "Q").await?;
+    let (web, pod_ip) = (web.replace(":80", ":81"), pod_ip.replace(":8080", ":8081"));
+    until_answers(&web, b"Q").await?;
+    until_answers(&pod_ip, b"Q").await?;
+    // The issue's figure: a Service's cost over reaching the pod directly.
+    compare(report, "pod IP", &web, &pod_ip, run).await?;
 
-    // DNS answers per second.
+    // DNS answers per second, at the kube-dns Service's address.
+    let dns = format!("{}:53", cluster_ip_in(&client, "kube-system", "kube-dns").await?);
     let query = {
         // A query for web.default.svc.cluster.local, type A, class IN.
         let mut q = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
@@ -241,13 +279,13 @@ pub async fn service(binary: &Path, data: &Path, kubeconfig: &Path, report: &mut
         q
     };
     let answered = Arc::new(AtomicU64::new(0));
-    let deadline = Instant::now() + RUN;
+    let deadline = Instant::now() + run;
     let mut tasks = Vec::new();
     for _ in 0..32 {
-        let (query, answered) = (query.clone(), answered.clone());
+        let (query, answered, dns) = (query.clone(), answered.clone(), dns.clone());
         tasks.push(tokio::spawn(async move {
             let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
-            sock.connect(DNS).await.map_err(|e| e.to_string())?;
+            sock.connect(&dns).await.map_err(|e| e.to_string())?;
             let mut buf = [0u8; 512];
             while Instant::now() < deadline {
                 sock.send(&query).await.map_err(|e| e.to_string())?;
@@ -264,12 +302,12 @@ pub async fn service(binary: &Path, data: &Path, kubeconfig: &Path, report: &mut
     for t in tasks {
         t.await.map_err(|e| e.to_string())??;
     }
-    let qps = answered.load(Ordering::Relaxed) as f64 / RUN.as_secs_f64();
+    let qps = answered.load(Ordering::Relaxed) as f64 / run.as_secs_f64();
     report.add("service: DNS answers/s (UDP, 32 clients)", format!("{qps:.0}"), json!(qps));
 
-    // Propagation with 1,000 Services: each points at backend A; then 100 of them, one
-    // at a time, are moved to backend B.
-    let names: Vec<String> = (0..1000).map(|i| format!("svc-{i}")).collect();
+    // Propagation with `services` Services: each points at backend A; then a tenth of
+    // them, one at a time, are moved to backend B.
+    let names: Vec<String> = (0..services.max(1)).map(|i| format!("svc-{i}")).collect();
     for chunk in names.chunks(50) {
         let mut writes = Vec::new();
         for name in chunk {
@@ -299,7 +337,7 @@ pub async fn service(binary: &Path, data: &Path, kubeconfig: &Path, report: &mut
     }
     lat.sort();
     report.add(
-        "service: endpoint propagation, 1,000 Services (ms)",
+        &format!("service: endpoint propagation, {} Services (ms)", names.len()),
         format!(
             "p50 {}  p99 {}  max {}  ({} moves)",
             ms(percentile(&lat, 0.5)),
@@ -307,7 +345,7 @@ pub async fn service(binary: &Path, data: &Path, kubeconfig: &Path, report: &mut
             ms(*lat.last().unwrap_or(&Duration::ZERO)),
             lat.len()
         ),
-        json!({"p50_ms": percentile(&lat, 0.5).as_secs_f64() * 1000.0, "p99_ms": percentile(&lat, 0.99).as_secs_f64() * 1000.0}),
+        json!({"p50_ms": percentile(&lat, 0.5).as_secs_f64() * 1000.0, "p99_ms": percentile(&lat, 0.99).as_secs_f64() * 1000.0, "moves": lat.len()}),
     );
     Ok(())
 }
