@@ -9,6 +9,7 @@
 //!   or datagram to an endpoint (shared with the pods' capture).
 //! - [`mesh`]: traffic leaving a pod (NAT rules in its network namespace and the agent's
 //!   capture port there) to other pods and to Services.
+//! - [`conntrack`]: where a pod's redirected UDP was going (its flow's conntrack entry).
 //! - [`dial`]: reaching an endpoint: a pod here inside its namespace, anything else from
 //!   the host.
 //! - [`dns`]: the cluster DNS server (hickory-server), `kube-dns` in `kube-system`.
@@ -20,6 +21,7 @@
 
 pub mod budget;
 mod cache;
+pub mod conntrack;
 pub mod dial;
 pub mod dns;
 pub mod ingress;

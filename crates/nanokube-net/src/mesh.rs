@@ -11,11 +11,10 @@
 //! ([`crate::policy`]).
 
 use std::collections::HashMap;
-use std::io::{Read, Seek};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::AsRawFd;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
@@ -31,7 +30,7 @@ pub const PORT: u16 = 15001;
 pub struct Capture {
     tcp: std::net::TcpListener,
     udp: std::net::UdpSocket,
-    conntrack: Option<std::fs::File>,
+    conntrack: crate::conntrack::Conntrack,
 }
 
 /// Install the pod's NAT rules (other pods, and the address ranges in `captured`: the
@@ -95,8 +94,8 @@ fn bind() -> Result<Capture, String> {
     let tcp = nanokube_apiserver::server::listen(SocketAddr::from(([127, 0, 0, 1], PORT))).map_err(|e| format!("the agent's listener in the pod: {e}"))?;
     let udp = std::net::UdpSocket::bind(("127.0.0.1", PORT)).map_err(|e| format!("the agent's UDP socket in the pod: {e}"))?;
     udp.set_nonblocking(true).map_err(|e| e.to_string())?;
-    // Opened here, it reads this namespace's table from any thread.
-    let conntrack = std::fs::File::open("/proc/thread-self/net/nf_conntrack").ok();
+    // Opened here, it answers about this namespace from any thread.
+    let conntrack = crate::conntrack::Conntrack::open_here();
     Ok(Capture { tcp, udp, conntrack })
 }
 
@@ -119,28 +118,6 @@ fn original_destination(s: &tokio::net::TcpStream) -> std::io::Result<SocketAddr
         }
         Ok(SocketAddrV4::new(Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr)), u16::from_be(addr.sin_port)))
     }
-}
-
-/// The original destination of the UDP flow from `client`, from the namespace's
-/// conntrack table (`/proc/net/nf_conntrack` lines: the original tuple, then the reply's).
-pub fn conntrack_destination(table: &str, client: SocketAddrV4) -> Option<SocketAddrV4> {
-    let (src, sport) = (format!("src={}", client.ip()), format!("sport={}", client.port()));
-    for line in table.lines() {
-        let mut fields = line.split_whitespace();
-        if !fields.by_ref().take(3).any(|f| f == "udp") {
-            continue;
-        }
-        let rest: Vec<&str> = fields.collect();
-        // The first src/dst/sport/dport are the original direction's.
-        let first = |k: &str| rest.iter().find(|f| f.starts_with(k)).map(|f| &f[k.len()..]);
-        if first("src=").map(|v| format!("src={v}")) != Some(src.clone()) || first("sport=").map(|v| format!("sport={v}")) != Some(sport.clone()) {
-            continue;
-        }
-        let ip: Ipv4Addr = first("dst=")?.parse().ok()?;
-        let port: u16 = first("dport=")?.parse().ok()?;
-        return Some(SocketAddrV4::new(ip, port));
-    }
-    None
 }
 
 /// Serve the pod's outbound traffic until `stop` changes or its sender goes.
@@ -195,12 +172,12 @@ pub async fn serve(capture: Capture, own_ip: Ipv4Addr, forwarder: Arc<Forwarder>
 /// the pod reuses for another destination must be looked up again).
 const FLOW_MEMORY: Duration = Duration::from_secs(5);
 
-async fn serve_udp(socket: Arc<tokio::net::UdpSocket>, conntrack: Option<std::fs::File>, own_ip: Ipv4Addr, fw: Arc<Forwarder>) {
-    let Some(conntrack) = conntrack else {
-        tracing::debug!("no conntrack table in the pod's namespace: its UDP to Services is not carried");
+async fn serve_udp(socket: Arc<tokio::net::UdpSocket>, conntrack: crate::conntrack::Conntrack, own_ip: Ipv4Addr, fw: Arc<Forwarder>) {
+    if !conntrack.is_available() {
+        tracing::debug!("no connection tracking in the pod's namespace: its UDP to Services is not carried");
         return;
-    };
-    let conntrack = Arc::new(Mutex::new(conntrack));
+    }
+    let capture = SocketAddrV4::new(Ipv4Addr::LOCALHOST, PORT);
     let mut known: HashMap<SocketAddrV4, (SocketAddrV4, Instant)> = HashMap::new();
     // Forgotten flows are swept once per FLOW_MEMORY, not per datagram: a pod sending
     // from many ports would otherwise make each datagram cost a pass over all of them.
@@ -211,20 +188,9 @@ async fn serve_udp(socket: Arc<tokio::net::UdpSocket>, conntrack: Option<std::fs
         let SocketAddr::V4(client) = from else { continue };
         let target = match known.get(&client).filter(|(_, t)| t.elapsed() < FLOW_MEMORY) {
             Some((t, _)) => Some(*t),
-            None => {
-                let ct = conntrack.clone();
-                let table = tokio::task::spawn_blocking(move || {
-                    let mut f = ct.lock().ok()?;
-                    f.rewind().ok()?;
-                    let mut s = String::new();
-                    f.read_to_string(&mut s).ok()?;
-                    Some(s)
-                })
-                .await
-                .ok()
-                .flatten();
-                table.and_then(|t| conntrack_destination(&t, client))
-            }
+            // REDIRECT from the pod's own output sends to 127.0.0.1: the entry's reply
+            // tuple runs from there, at the capture's port, to the client.
+            None => conntrack.udp_destination(client, capture).await,
         };
         let Some(target) = target else { continue };
         if Instant::now() >= next_sweep {
@@ -241,19 +207,5 @@ async fn serve_udp(socket: Arc<tokio::net::UdpSocket>, conntrack: Option<std::fs
             }
         };
         fw.udp(&socket, from, &buf[..n], target, via, Some(own_ip)).await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn conntrack_lines() {
-        let table = "ipv4     2 tcp      6 431999 ESTABLISHED src=127.0.0.1 dst=127.96.0.1 sport=5000 dport=443 src=127.0.0.1 dst=127.0.0.1 sport=15001 dport=5000 [ASSURED] mark=0 zone=0 use=2\n\
-                     ipv4     2 udp      17 29 src=127.0.0.1 dst=127.96.0.10 sport=40001 dport=53 [UNREPLIED] src=127.0.0.1 dst=127.0.0.1 sport=15001 dport=40001 mark=0 zone=0 use=2\n";
-        let client = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 40001);
-        assert_eq!(conntrack_destination(table, client), Some("127.96.0.10:53".parse().unwrap()));
-        assert_eq!(conntrack_destination(table, SocketAddrV4::new(Ipv4Addr::LOCALHOST, 5000)), None, "TCP lines are not UDP flows");
     }
 }

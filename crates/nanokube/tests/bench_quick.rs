@@ -203,6 +203,7 @@ fn service_scenario_compares_a_clusterip_with_a_host_process_and_a_pod_ip() {
         assert!(figures[key]["rps"].as_f64().is_some_and(|r| r > 0.0), "{key}: {figures}");
     }
     assert!(figures["service: DNS answers/s (UDP, 32 clients)"].as_f64().is_some_and(|q| q > 0.0), "{figures}");
+    assert!(figures["service: DNS answers/s from a pod, a new socket per query (8 clients)"].as_f64().is_some_and(|q| q > 0.0), "{figures}");
     let propagation = &figures["service: endpoint propagation, 20 Services (ms)"];
     assert_eq!(propagation["moves"], 2, "{figures}");
 }

@@ -9,7 +9,8 @@
 //!   pod": the same keep-alive server, listening in the pod's network namespace);
 //! - a new connection per request to a pod's busybox httpd through its ClusterIP against
 //!   its pod IP;
-//! - DNS answers per second at the cluster DNS address (UDP, 32 clients);
+//! - DNS answers per second at the cluster DNS address (UDP, 32 clients), and from inside
+//!   the pod with a new socket per query (each a new flow through the pod's capture);
 //! - with 1,000 Services present (`--services`): the time from an EndpointSlice write's acknowledgement
 //!   to the first request the proxy carries to the new endpoint (propagation).
 
@@ -189,6 +190,49 @@ fn row(report: &mut Report, key: &str, (rps, lat): &(f64, Vec<Duration>)) {
     );
 }
 
+/// DNS answers per second (answers with one record) to `clients` clients sending `query`
+/// to `dns` for `run`: each from one socket on the host, or (`fresh_in`) from a new
+/// socket per query made inside that network namespace.
+async fn dns_answers(query: &[u8], dns: &str, clients: usize, run: Duration, fresh_in: Option<std::path::PathBuf>) -> Result<f64, String> {
+    let answered = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + run;
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (query, answered, dns, fresh_in) = (query.to_vec(), answered.clone(), dns.to_string(), fresh_in.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut kept = None;
+            let mut buf = [0u8; 512];
+            while Instant::now() < deadline {
+                let fresh;
+                let sock = match (&fresh_in, &kept) {
+                    (Some(ns), _) => {
+                        fresh = nanokube_runtime::netns::udp_socket(ns).await.map_err(|e| e.to_string())?;
+                        fresh.connect(&dns).await.map_err(|e| e.to_string())?;
+                        &fresh
+                    }
+                    (None, Some(sock)) => sock,
+                    (None, None) => {
+                        let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
+                        sock.connect(&dns).await.map_err(|e| e.to_string())?;
+                        kept.insert(sock)
+                    }
+                };
+                sock.send(&query).await.map_err(|e| e.to_string())?;
+                if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(1), sock.recv(&mut buf)).await {
+                    if n > 12 && buf[7] == 1 {
+                        answered.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            Ok::<_, String>(())
+        }));
+    }
+    for t in tasks {
+        t.await.map_err(|e| e.to_string())??;
+    }
+    Ok(answered.load(Ordering::Relaxed) as f64 / run.as_secs_f64())
+}
+
 /// Requests through the ClusterIP `vip` against the same requests sent to `direct`
 /// (what `base` names), keep-alive and a new connection per request, 1 and 64 clients:
 /// each path's rate and latency, and the ClusterIP's share of the direct rate and added p99.
@@ -259,7 +303,8 @@ pub async fn service(binary: &Path, data: &Path, kubeconfig: &Path, run: Duratio
     row(report, "service: pod (httpd) by ClusterIP, new connections, 1 client", &through);
     row(report, "service: pod (httpd) by pod IP, new connections, 1 client", &straight);
     let uid = pod.pointer("/metadata/uid").and_then(Value::as_str).ok_or("the pod has no uid")?;
-    backend_in(&data.join("pods").join(uid).join("ns-net"), 8081, "Q").await?;
+    let pod_ns = data.join("pods").join(uid).join("ns-net");
+    backend_in(&pod_ns, 8081, "Q").await?;
     let (web, pod_ip) = (web.replace(":80", ":81"), pod_ip.replace(":8080", ":8081"));
     until_answers(&web, b"Q").await?;
     until_answers(&pod_ip, b"Q").await?;
@@ -278,32 +323,12 @@ pub async fn service(binary: &Path, data: &Path, kubeconfig: &Path, run: Duratio
         q.extend_from_slice(&[0, 0, 1, 0, 1]);
         q
     };
-    let answered = Arc::new(AtomicU64::new(0));
-    let deadline = Instant::now() + run;
-    let mut tasks = Vec::new();
-    for _ in 0..32 {
-        let (query, answered, dns) = (query.clone(), answered.clone(), dns.clone());
-        tasks.push(tokio::spawn(async move {
-            let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
-            sock.connect(&dns).await.map_err(|e| e.to_string())?;
-            let mut buf = [0u8; 512];
-            while Instant::now() < deadline {
-                sock.send(&query).await.map_err(|e| e.to_string())?;
-                if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(1), sock.recv(&mut buf)).await {
-                    // An answer with one record.
-                    if n > 12 && buf[7] == 1 {
-                        answered.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-            Ok::<_, String>(())
-        }));
-    }
-    for t in tasks {
-        t.await.map_err(|e| e.to_string())??;
-    }
-    let qps = answered.load(Ordering::Relaxed) as f64 / run.as_secs_f64();
+    let qps = dns_answers(&query, &dns, 32, run, None).await?;
     report.add("service: DNS answers/s (UDP, 32 clients)", format!("{qps:.0}"), json!(qps));
+    // From inside the pod, each query from a socket of its own as glibc's resolver sends
+    // each lookup: every query is a new UDP flow through the pod's capture.
+    let qps = dns_answers(&query, &dns, 8, run, Some(pod_ns)).await?;
+    report.add("service: DNS answers/s from a pod, a new socket per query (8 clients)", format!("{qps:.0}"), json!(qps));
 
     // Propagation with `services` Services: each points at backend A; then a tenth of
     // them, one at a time, are moved to backend B.
