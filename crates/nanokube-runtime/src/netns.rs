@@ -197,13 +197,16 @@ type SocketRequest = (PathBuf, rustix::net::SocketType, tokio::sync::oneshot::Se
 /// The thread that makes sockets inside pods' network namespaces, started at first use.
 /// Relays, probes and port-forwards open a connection into a pod for every connection
 /// they carry; a thread spawned for each (what [`within`] does) cost more than the
-/// connection itself. This one enters the namespace each request names (it never needs
-/// the host's again) and only makes the socket: binding and connecting happen on the
-/// caller's runtime, and a socket stays in the namespace it was made in.
+/// connection itself. This one enters the namespace each request names, makes the
+/// socket and goes back to the host's (so it never keeps a deleted pod's namespace
+/// alive); binding and connecting happen on the caller's runtime, and a socket stays in
+/// the namespace it was made in.
 fn socket_maker() -> Option<&'static std::sync::mpsc::Sender<SocketRequest>> {
     static MAKER: std::sync::OnceLock<Option<std::sync::mpsc::Sender<SocketRequest>>> = std::sync::OnceLock::new();
     MAKER
         .get_or_init(|| {
+            // The namespace of the thread starting it: the host's.
+            let host = std::fs::File::open("/proc/thread-self/ns/net").ok()?;
             let (tx, rx) = std::sync::mpsc::channel::<SocketRequest>();
             let spawned = std::thread::Builder::new().name("netns-sockets".into()).spawn(move || {
                 for (path, kind, answer) in rx {
@@ -214,7 +217,12 @@ fn socket_maker() -> Option<&'static std::sync::mpsc::Sender<SocketRequest>> {
                             return Err(std::io::Error::last_os_error());
                         }
                         let flags = rustix::net::SocketFlags::NONBLOCK | rustix::net::SocketFlags::CLOEXEC;
-                        Ok(rustix::net::socket_with(rustix::net::AddressFamily::INET, kind, flags, None)?)
+                        let socket = rustix::net::socket_with(rustix::net::AddressFamily::INET, kind, flags, None);
+                        // SAFETY: setns(2) of this thread back into the host's namespace,
+                        // whose file it holds open. Should it fail, the next request still
+                        // enters its own namespace first.
+                        unsafe { libc::setns(host.as_raw_fd(), libc::CLONE_NEWNET) };
+                        Ok(socket?)
                     });
                     let _ = answer.send(made);
                 }

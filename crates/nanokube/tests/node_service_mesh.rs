@@ -37,4 +37,15 @@ fn pods_reach_services_through_their_endpoints_and_empty_ones_refuse() {
     // capture accepted it first, so the client sees a reset rather than kube-proxy's
     // refusal of the SYN).
     assert!(lines.next().is_some_and(|l| l == "failed after 0s" || l == "failed after 1s"), "{log}");
+
+    // Every thread of the server is back in the host's network namespace (those that
+    // made sockets inside the pods' left them), so none keeps a deleted pod's alive.
+    let pid = s.child.id();
+    let host = std::fs::read_link(format!("/proc/{pid}/ns/net")).unwrap();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        let name = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if let Ok(ns) = std::fs::read_link(task.path().join("ns/net")) {
+            assert_eq!(ns, host, "thread {} ({}) is in another network namespace", task.file_name().to_string_lossy(), name.trim());
+        }
+    }
 }
