@@ -54,7 +54,14 @@ pub struct Forwarder {
     flows: Mutex<HashMap<(SocketAddr, SocketAddrV4), Flow>>,
     /// When dropping a datagram for want of room for its flow was last logged.
     flows_full_warned: Mutex<Option<Instant>>,
+    /// Room for DNS queries being answered at once (a forwarded one waits for the
+    /// upstream resolver).
+    dns_in_flight: Arc<tokio::sync::Semaphore>,
 }
+
+/// DNS queries from pods answered at once, at most; past it, queries are dropped as a busy
+/// resolver drops them (the client asks again).
+const DNS_IN_FLIGHT: usize = 1024;
 
 /// Where a UDP flow goes.
 pub enum UdpTarget {
@@ -82,6 +89,7 @@ impl Forwarder {
             next_id: AtomicU64::new(0),
             flows: Mutex::default(),
             flows_full_warned: Mutex::default(),
+            dns_in_flight: Arc::new(tokio::sync::Semaphore::new(DNS_IN_FLIGHT)),
         })
     }
 
@@ -159,10 +167,18 @@ impl Forwarder {
             return;
         }
         if self.is_dns(endpoint) {
-            if let Some(answer) = self.dns.as_ref().and_then(|d| d.answer_bytes(data, client)) {
-                if let Some(answer) = answer.await {
-                    let _ = reply.send_to(&answer, client).await;
-                }
+            // Answered beside the caller's loop, not in it: a query forwarded upstream
+            // waits up to 2 s per resolver, and the pod's other datagrams (the AAAA
+            // query sent with an A one) must not wait behind it.
+            let answer = self.dns.as_ref().and_then(|d| d.answer_bytes(data, client));
+            if let (Some(answer), Ok(permit)) = (answer, self.dns_in_flight.clone().try_acquire_owned()) {
+                let reply = reply.clone();
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    if let Some(answer) = answer.await {
+                        let _ = reply.send_to(&answer, client).await;
+                    }
+                });
             }
             return;
         }

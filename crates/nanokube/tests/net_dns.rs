@@ -2,7 +2,8 @@
 //! real curl and glibc's getent), `https://kubernetes.default.svc/api` answers with the
 //! service-account token; Services, headless Services, StatefulSet pods, ExternalName,
 //! SRV and reverse names resolve; a name outside the cluster goes to the upstream resolver
-//! (Debian's dnsmasq on loopback); the host asks the DNS address directly.
+//! (Debian's dnsmasq on loopback); the host asks the DNS address directly. A query
+//! forwarded to an upstream that never answers holds up no other lookup of the pod.
 
 mod common;
 
@@ -230,4 +231,68 @@ fn pods_resolve_cluster_names_and_reach_the_api_by_name() {
     let status = follower.0.wait().unwrap();
     assert!(status.success(), "{status:?}");
     assert_eq!(std::fs::read_to_string(&hosts).unwrap(), "127.0.0.1\tlocalhost\n");
+}
+
+/// A DNS query message for `name`, type A, with `id`.
+fn a_query(id: u16, name: &str) -> Vec<u8> {
+    let mut q = id.to_be_bytes().to_vec();
+    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in name.split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    q
+}
+
+/// A query the cluster DNS forwards to an upstream that never answers does not hold the
+/// pod's other lookups: a cluster name asked after it is answered first, and the
+/// forwarded one gets its SERVFAIL when the upstream's 2 s are up. (The pod's captured
+/// UDP was served one datagram at a time, so the cluster name waited behind it.)
+#[test]
+fn a_silent_upstream_holds_up_no_other_lookup_from_a_pod() {
+    use std::net::UdpSocket;
+    // An upstream that takes queries and never answers.
+    let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let n = std::process::id() % 200 + 20;
+    let dns = format!("127.89.{n}.10:53");
+    let s = server_with_image_and(&[
+        "--service-proxy=true",
+        &format!("--service-cluster-ip-range=127.89.{n}.0/24"),
+        &format!("--cluster-dns-upstream={}", silent.local_addr().unwrap()),
+    ]);
+    s.k(&["run", "idle", "--image=testbox:1.0", "--", "sleep", "3600"]);
+    assert!(
+        eventually(Duration::from_secs(60), || s.kubectl(&["wait", "--for=condition=Ready", "pod/idle", "--timeout=5s"]).status.success()),
+        "{}",
+        s.k(&["get", "pods", "-o", "wide"])
+    );
+    let uid = s.k(&["get", "pod", "idle", "-o", "jsonpath={.metadata.uid}"]);
+    let ns = s.data.join("pods").join(uid.trim()).join("ns-net");
+    // Two sockets made inside the pod's network namespace, as two lookups of a program there.
+    let (outside, inside) = nanokube_runtime::netns::within(&ns, || (UdpSocket::bind("0.0.0.0:0").unwrap(), UdpSocket::bind("0.0.0.0:0").unwrap())).unwrap();
+    let mut buf = [0u8; 512];
+    // The capture is ready once the cluster name is answered.
+    inside.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    assert!(
+        eventually(Duration::from_secs(20), || inside.send_to(&a_query(1, "kubernetes.default.svc.cluster.local"), &dns).is_ok()
+            && inside.recv(&mut buf).is_ok()),
+        "the cluster DNS never answered inside the pod"
+    );
+
+    outside.send_to(&a_query(2, "example.org"), &dns).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    inside.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    inside.send_to(&a_query(3, "kubernetes.default.svc.cluster.local"), &dns).unwrap();
+    let got = inside.recv(&mut buf).unwrap();
+    assert!(got > 12 && buf[..2] == [0, 3] && buf[7] == 1, "the cluster name's answer: {:?}", &buf[..got]);
+    // By then the forwarded query is still waiting for its upstream.
+    outside.set_nonblocking(true).unwrap();
+    let early = outside.recv(&mut buf);
+    assert!(early.is_err(), "the forwarded query was answered before the cluster name: the cluster name waited behind it");
+    outside.set_nonblocking(false).unwrap();
+    outside.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let got = outside.recv(&mut buf).unwrap();
+    assert!(got > 12 && buf[..2] == [0, 2] && buf[3] & 0x0f == 2, "SERVFAIL for the forwarded query: {:?}", &buf[..got]);
+    drop(silent);
 }
