@@ -381,7 +381,11 @@ fn an_on_delete_statefulset_waits_for_its_pods_to_be_deleted() {
     apply(&s, &set("blue"));
     assert!(eventually(Duration::from_secs(10), || !field("updateRevision").is_empty() && field("updateRevision") != first));
     let update = field("updateRevision");
-    let revision_of = |p: &str| s.k(&["get", "pod", p, "-o", "jsonpath={.metadata.labels.controller-revision-hash}"]);
+    // Empty while the pod is gone (between its deletion and its replacement).
+    let revision_of = |p: &str| {
+        let out = s.kubectl(&["get", "pod", p, "-o", "jsonpath={.metadata.labels.controller-revision-hash}"]);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!((revision_of("od-0"), revision_of("od-1")), (first.clone(), first.clone()), "OnDelete replaced a pod by itself");
     assert_eq!(field("updatedReplicas"), "", "none updated (0 is left out, as Go's omitempty does)");
