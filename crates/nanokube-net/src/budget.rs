@@ -66,12 +66,14 @@ pub(crate) fn warn_at_most_every_10s(last: &Mutex<Option<Instant>>, warn: impl F
 pub struct Relay(());
 
 impl Relay {
-    /// Room for one more relayed connection, or `None` when [`max_tcp_relays`] are held
-    /// (the caller resets the connection; said at most once per 10 s).
-    pub fn try_start() -> Option<Relay> {
+    /// Room for one more relayed connection, or `None` when [`max_tcp_relays`] are held:
+    /// then `inbound` is set to be reset when the caller drops it (said at most once per
+    /// 10 s).
+    pub fn try_start(inbound: &tokio::net::TcpStream) -> Option<Relay> {
         let room = max_tcp_relays();
         if RELAYS.fetch_add(1, Ordering::Relaxed) >= room {
             RELAYS.fetch_sub(1, Ordering::Relaxed);
+            let _ = inbound.set_zero_linger();
             warn_at_most_every_10s(&WARNED, || {
                 tracing::warn!("{room} TCP connections are relayed at most (a quarter of the descriptor limit): resetting new ones")
             });
@@ -79,9 +81,7 @@ impl Relay {
         }
         Some(Relay(()))
     }
-}
 
-impl Relay {
     /// Carry bytes both ways between `inbound` and `outbound` until both sides have
     /// closed, counted until then. Nagle's algorithm is off on both, as Go (kube-proxy's
     /// userspace mode) sets it on every TCP connection: each write here is the peer's

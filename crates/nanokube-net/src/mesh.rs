@@ -139,10 +139,7 @@ pub async fn serve(capture: Capture, own_ip: Ipv4Addr, forwarder: Arc<Forwarder>
                 let _ = inbound.set_zero_linger();
                 continue;
             }
-            let Some(relay) = crate::budget::Relay::try_start() else {
-                let _ = inbound.set_zero_linger();
-                continue;
-            };
+            let Some(relay) = crate::budget::Relay::try_start(&inbound) else { continue };
             tokio::spawn(async move {
                 match fw.pods.connect(target).await {
                     Ok(mut outbound) => relay.carry(&mut inbound, &mut outbound).await,

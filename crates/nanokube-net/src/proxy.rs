@@ -101,10 +101,7 @@ impl Forwarder {
     /// node port, load-balancer or external IP).
     pub fn tcp(self: &Arc<Self>, mut inbound: tokio::net::TcpStream, port: Arc<ServicePort>, client: IpAddr, external: bool) {
         // Past the relays' share of descriptors: reset.
-        let Some(relay) = Relay::try_start() else {
-            let _ = inbound.set_zero_linger();
-            return;
-        };
+        let Some(relay) = Relay::try_start(&inbound) else { return };
         let Some(endpoint) = port.pick(client, external, &self.table.node) else {
             // No usable endpoint: refused (a reset).
             let _ = inbound.set_zero_linger();

@@ -72,10 +72,7 @@ async fn serve(listener: tokio::net::TcpListener, ns: PathBuf, target: SocketAdd
     loop {
         let (mut inbound, _) = failed.accept(|| listener.accept()).await;
         // Past the relays' share of descriptors: reset.
-        let Some(relay) = nanokube_net::budget::Relay::try_start() else {
-            let _ = inbound.set_zero_linger();
-            continue;
-        };
+        let Some(relay) = nanokube_net::budget::Relay::try_start(&inbound) else { continue };
         let ns = ns.clone();
         tokio::spawn(async move {
             match connect(&ns, target).await {

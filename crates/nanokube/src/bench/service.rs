@@ -40,8 +40,8 @@ async fn backend(body: &'static str) -> Result<u16, String> {
 }
 
 /// The same server on `port` inside the network namespace at `ns` (a pod's): the socket
-/// is made by a thread that entered the namespace and stays in it, so connections reach
-/// it exactly as they reach a container of that pod.
+/// is made by a thread that entered the namespace, and stays there after it, so
+/// connections reach it exactly as they reach a container of that pod.
 async fn backend_in(ns: &Path, port: u16, body: &'static str) -> Result<u16, String> {
     let listener = nanokube_runtime::netns::within(ns, move || std::net::TcpListener::bind(("0.0.0.0", port)))?
         .map_err(|e| format!("listening in {}: {e}", ns.display()))?;
